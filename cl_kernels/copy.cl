@@ -1,0 +1,24 @@
+/* cl_kernels/copy.cl - strided copies, fills and arange. Built with T = uchar, ushort or
+ * uint: copies move bits, so one build serves every dtype of that size. */
+
+/* dst[doff + i] = src[soff + offset(i)]: gathers any view into contiguous memory. */
+kernel void copy_strided(global const T *src, int soff, global T *dst, int doff, int n, kiln_geom g) {
+    int i = get_global_id(0);
+    if (i < n) dst[doff + i] = src[soff + kiln_offset(&g, 0, i)];
+}
+
+kernel void fill_contig(global T *dst, int off, int n, T v) {
+    int i = get_global_id(0);
+    if (i < n) dst[off + i] = v;
+}
+
+/* Writes v to every element of a view (strides in g.strides[0]). */
+kernel void fill_strided(global T *dst, int off, int n, kiln_geom g, T v) {
+    int i = get_global_id(0);
+    if (i < n) dst[off + kiln_offset(&g, 0, i)] = v;
+}
+
+kernel void arange_f32(global float *dst, int off, int n, float start, float step) {
+    int i = get_global_id(0);
+    if (i < n) dst[off + i] = start + (float)i * step;
+}

@@ -1,0 +1,1 @@
+/* cl_kernels/reduce.cl */

@@ -1,0 +1,176 @@
+/* src/core/error.c - status names, the sticky per-context error, logging. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../kiln_internal.h"
+
+const char *kiln_status_str(kiln_status s) {
+    switch (s) {
+#define KILN__STATUS_STR(name, value, text) \
+    case name:                              \
+        return text;
+        KILN_STATUS_LIST(KILN__STATUS_STR)
+#undef KILN__STATUS_STR
+    }
+    return "unknown status";
+}
+
+const char *kiln_status_name(kiln_status s) {
+    switch (s) {
+#define KILN__STATUS_NAME(name, value, text) \
+    case name:                               \
+        return #name;
+        KILN_STATUS_LIST(KILN__STATUS_NAME)
+#undef KILN__STATUS_NAME
+    }
+    return "KILN_STATUS_UNKNOWN";
+}
+
+static const struct {
+    const char *name;
+    size_t size;
+} dtype_table[] = {
+    [KILN_F32] = {"f32", 4},
+    [KILN_F16] = {"f16", 2},
+    [KILN_I32] = {"i32", 4},
+    [KILN_U8] = {"u8", 1},
+};
+_Static_assert(sizeof dtype_table / sizeof dtype_table[0] == KILN_DTYPE_COUNT,
+               "every dtype needs a name and a size");
+
+const char *kiln_dtype_name(kiln_dtype t) {
+    return (unsigned)t < KILN_DTYPE_COUNT ? dtype_table[t].name : "invalid";
+}
+
+size_t kiln_dtype_size(kiln_dtype t) {
+    return (unsigned)t < KILN_DTYPE_COUNT ? dtype_table[t].size : 0;
+}
+
+static char *vformat(const char *fmt, va_list ap) {
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0) return NULL;
+    char *s = malloc((size_t)n + 1);
+    if (s) vsnprintf(s, (size_t)n + 1, fmt, ap);
+    return s;
+}
+
+kiln_status kiln__fail(kiln_ctx *ctx, kiln_status status, const char *fmt, ...) {
+    if (!ctx || ctx->err != KILN_OK) return status;
+    va_list ap;
+    va_start(ap, fmt);
+    ctx->errmsg = vformat(fmt, ap);
+    va_end(ap);
+    ctx->err = status;
+    kiln__log(0, "%s", ctx->errmsg ? ctx->errmsg : kiln_status_str(status));
+    return status;
+}
+
+kiln_status kiln_error_status(const kiln_ctx *ctx) { return ctx ? ctx->err : KILN_ERR_NULL; }
+
+const char *kiln_error_message(const kiln_ctx *ctx) {
+    if (!ctx) return "kiln_error_message: ctx is NULL";
+    if (ctx->err == KILN_OK) return "";
+    return ctx->errmsg ? ctx->errmsg : kiln_status_str(ctx->err);
+}
+
+void kiln_error_clear(kiln_ctx *ctx) {
+    if (!ctx) return;
+    free(ctx->errmsg);
+    ctx->errmsg = NULL;
+    ctx->err = KILN_OK;
+}
+
+static _Thread_local char last_error[8192];
+
+kiln_status kiln__fail_global(kiln_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    kiln__log(0, "%s", last_error);
+    return status;
+}
+
+void kiln__clear_global(void) { last_error[0] = '\0'; }
+
+const char *kiln_last_error(void) { return last_error; }
+
+static kiln_log_fn log_fn;
+static void *log_user;
+
+void kiln_set_log(kiln_log_fn fn, void *user) {
+    log_fn = fn;
+    log_user = user;
+}
+
+void kiln__log(int level, const char *fmt, ...) {
+    const char *env = log_fn ? NULL : getenv("KILN_LOG");
+    if (!log_fn && !(env && *env && strcmp(env, "0") != 0)) return;
+    if (!log_fn && env && atoi(env) > 0 && level > atoi(env) + 1) return;
+    char buf[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (log_fn) {
+        log_fn(level, buf, log_user);
+    } else {
+        static const char *names[] = {"error", "warning", "info", "debug"};
+        fprintf(stderr, "kiln %s: %s\n", names[level < 0 ? 0 : level > 3 ? 3 : level], buf);
+    }
+}
+
+double kiln__now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+kiln_status kiln__cl_status(cl_int err) {
+    switch (err) {
+    case CL_SUCCESS: return KILN_OK;
+    case CL_MEM_OBJECT_ALLOCATION_FAILURE:
+    case CL_OUT_OF_RESOURCES:
+    case CL_INVALID_BUFFER_SIZE: return KILN_ERR_OUT_OF_MEMORY;
+    case CL_OUT_OF_HOST_MEMORY: return KILN_ERR_HOST_OUT_OF_MEMORY;
+    case CL_BUILD_PROGRAM_FAILURE:
+    case CL_COMPILER_NOT_AVAILABLE:
+    case CL_INVALID_BUILD_OPTIONS: return KILN_ERR_BUILD;
+    case CL_DEVICE_NOT_FOUND:
+    case -1001 /* CL_PLATFORM_NOT_FOUND_KHR */: return KILN_ERR_NO_DEVICE;
+    default: return KILN_ERR_OPENCL;
+    }
+}
+
+const char *kiln__cl_name(cl_int err) {
+    switch (err) {
+#define N(x) \
+    case x:  \
+        return #x;
+        N(CL_SUCCESS) N(CL_DEVICE_NOT_FOUND) N(CL_DEVICE_NOT_AVAILABLE)
+        N(CL_COMPILER_NOT_AVAILABLE) N(CL_MEM_OBJECT_ALLOCATION_FAILURE) N(CL_OUT_OF_RESOURCES)
+        N(CL_OUT_OF_HOST_MEMORY) N(CL_PROFILING_INFO_NOT_AVAILABLE) N(CL_MEM_COPY_OVERLAP)
+        N(CL_BUILD_PROGRAM_FAILURE) N(CL_MAP_FAILURE) N(CL_MISALIGNED_SUB_BUFFER_OFFSET)
+        N(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST) N(CL_COMPILE_PROGRAM_FAILURE)
+        N(CL_LINK_PROGRAM_FAILURE) N(CL_INVALID_VALUE) N(CL_INVALID_DEVICE_TYPE)
+        N(CL_INVALID_PLATFORM) N(CL_INVALID_DEVICE) N(CL_INVALID_CONTEXT)
+        N(CL_INVALID_QUEUE_PROPERTIES) N(CL_INVALID_COMMAND_QUEUE) N(CL_INVALID_HOST_PTR)
+        N(CL_INVALID_MEM_OBJECT) N(CL_INVALID_BINARY) N(CL_INVALID_BUILD_OPTIONS)
+        N(CL_INVALID_PROGRAM) N(CL_INVALID_PROGRAM_EXECUTABLE) N(CL_INVALID_KERNEL_NAME)
+        N(CL_INVALID_KERNEL_DEFINITION) N(CL_INVALID_KERNEL) N(CL_INVALID_ARG_INDEX)
+        N(CL_INVALID_ARG_VALUE) N(CL_INVALID_ARG_SIZE) N(CL_INVALID_KERNEL_ARGS)
+        N(CL_INVALID_WORK_DIMENSION) N(CL_INVALID_WORK_GROUP_SIZE) N(CL_INVALID_WORK_ITEM_SIZE)
+        N(CL_INVALID_GLOBAL_OFFSET) N(CL_INVALID_EVENT_WAIT_LIST) N(CL_INVALID_EVENT)
+        N(CL_INVALID_OPERATION) N(CL_INVALID_BUFFER_SIZE) N(CL_INVALID_GLOBAL_WORK_SIZE)
+#undef N
+    case -1001: return "CL_PLATFORM_NOT_FOUND_KHR";
+    }
+    return "CL_UNKNOWN_ERROR";
+}

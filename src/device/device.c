@@ -1,0 +1,325 @@
+/* src/device/device.c - platform and device enumeration, device specs, opening a context. */
+#define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../kiln_internal.h"
+
+const char *kiln_device_type_name(kiln_device_type t) {
+    switch (t) {
+    case KILN_DEVICE_CPU: return "CPU";
+    case KILN_DEVICE_GPU: return "GPU";
+    case KILN_DEVICE_ACCELERATOR: return "accelerator";
+    default: return "other";
+    }
+}
+
+/* One device found by enumeration, with its CL handles. */
+typedef struct found {
+    cl_platform_id platform;
+    cl_device_id device;
+    kiln_device_info info;
+} found;
+
+static void dev_str(cl_device_id d, cl_device_info what, char *out, size_t cap) {
+    out[0] = '\0';
+    if (clGetDeviceInfo(d, what, cap, out, NULL) != CL_SUCCESS) out[0] = '\0';
+    out[cap - 1] = '\0';
+}
+
+static void plat_str(cl_platform_id p, cl_platform_info what, char *out, size_t cap) {
+    out[0] = '\0';
+    if (clGetPlatformInfo(p, what, cap, out, NULL) != CL_SUCCESS) out[0] = '\0';
+    out[cap - 1] = '\0';
+}
+
+static uint64_t dev_u64(cl_device_id d, cl_device_info what) {
+    cl_ulong v = 0;
+    clGetDeviceInfo(d, what, sizeof v, &v, NULL);
+    return v;
+}
+
+static uint32_t dev_u32(cl_device_id d, cl_device_info what) {
+    cl_uint v = 0;
+    clGetDeviceInfo(d, what, sizeof v, &v, NULL);
+    return v;
+}
+
+static void fill_info(cl_platform_id p, cl_device_id d, kiln_device_info *o) {
+    dev_str(d, CL_DEVICE_NAME, o->name, sizeof o->name);
+    dev_str(d, CL_DEVICE_VENDOR, o->vendor, sizeof o->vendor);
+    dev_str(d, CL_DEVICE_VERSION, o->version, sizeof o->version);
+    dev_str(d, CL_DRIVER_VERSION, o->driver_version, sizeof o->driver_version);
+    dev_str(d, CL_DEVICE_OPENCL_C_VERSION, o->opencl_c_version, sizeof o->opencl_c_version);
+    plat_str(p, CL_PLATFORM_NAME, o->platform_name, sizeof o->platform_name);
+    plat_str(p, CL_PLATFORM_VENDOR, o->platform_vendor, sizeof o->platform_vendor);
+    plat_str(p, CL_PLATFORM_VERSION, o->platform_version, sizeof o->platform_version);
+    cl_device_type t = 0;
+    clGetDeviceInfo(d, CL_DEVICE_TYPE, sizeof t, &t, NULL);
+    o->type = (t & CL_DEVICE_TYPE_GPU)           ? KILN_DEVICE_GPU
+              : (t & CL_DEVICE_TYPE_CPU)         ? KILN_DEVICE_CPU
+              : (t & CL_DEVICE_TYPE_ACCELERATOR) ? KILN_DEVICE_ACCELERATOR
+                                                 : KILN_DEVICE_OTHER;
+    o->compute_units = dev_u32(d, CL_DEVICE_MAX_COMPUTE_UNITS);
+    o->max_clock_mhz = dev_u32(d, CL_DEVICE_MAX_CLOCK_FREQUENCY);
+    o->global_mem_bytes = dev_u64(d, CL_DEVICE_GLOBAL_MEM_SIZE);
+    o->local_mem_bytes = dev_u64(d, CL_DEVICE_LOCAL_MEM_SIZE);
+    o->max_alloc_bytes = dev_u64(d, CL_DEVICE_MAX_MEM_ALLOC_SIZE);
+    size_t wg = 0;
+    clGetDeviceInfo(d, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+    o->max_work_group_size = wg;
+    char ext[8192];
+    dev_str(d, CL_DEVICE_EXTENSIONS, ext, sizeof ext);
+    o->fp16 = strstr(ext, "cl_khr_fp16") != NULL;
+    o->fp64 = strstr(ext, "cl_khr_fp64") != NULL;
+    o->preferred_vector_width_float = dev_u32(d, CL_DEVICE_PREFERRED_VECTOR_WIDTH_FLOAT);
+    o->preferred_vector_width_half = dev_u32(d, CL_DEVICE_PREFERRED_VECTOR_WIDTH_HALF);
+    o->native_vector_width_float = dev_u32(d, CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT);
+}
+
+/* Enumerates every device into a malloc'ed array; marks the default. */
+static kiln_status enumerate(found **out, int *count) {
+    *out = NULL;
+    *count = 0;
+    cl_uint np = 0;
+    cl_int err = clGetPlatformIDs(0, NULL, &np);
+    if (err == -1001 || (err == CL_SUCCESS && np == 0))
+        return kiln__fail_global(KILN_ERR_NO_DEVICE,
+                                 "no OpenCL platform found: install an OpenCL driver (on a CPU-only "
+                                 "machine: apt-get install pocl-opencl-icd)");
+    if (err != CL_SUCCESS)
+        return kiln__fail_global(kiln__cl_status(err), "clGetPlatformIDs failed: %s (%d)",
+                                 kiln__cl_name(err), err);
+    cl_platform_id *plats = calloc(np, sizeof *plats);
+    if (!plats) return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "kiln_devices: out of memory");
+    clGetPlatformIDs(np, plats, NULL);
+    found *all = NULL;
+    int n = 0;
+    for (cl_uint p = 0; p < np; p++) {
+        cl_uint nd = 0;
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) != CL_SUCCESS || nd == 0)
+            continue;
+        cl_device_id *devs = calloc(nd, sizeof *devs);
+        found *grown = realloc(all, (size_t)(n + (int)nd) * sizeof *all);
+        if (!devs || !grown) {
+            free(devs);
+            free(grown ? grown : all);
+            free(plats);
+            return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "kiln_devices: out of memory");
+        }
+        all = grown;
+        clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, nd, devs, NULL);
+        for (cl_uint d = 0; d < nd; d++) {
+            found *f = &all[n++];
+            memset(f, 0, sizeof *f);
+            f->platform = plats[p];
+            f->device = devs[d];
+            fill_info(plats[p], devs[d], &f->info);
+            f->info.platform_index = (int)p;
+            f->info.device_index = (int)d;
+        }
+        free(devs);
+    }
+    free(plats);
+    if (n == 0) {
+        free(all);
+        return kiln__fail_global(KILN_ERR_NO_DEVICE, "OpenCL platforms exist but offer no device");
+    }
+    int def = -1;
+    for (int i = 0; i < n && def < 0; i++)
+        if (all[i].info.type == KILN_DEVICE_GPU) def = i;
+    for (int i = 0; i < n && def < 0; i++)
+        if (all[i].info.type == KILN_DEVICE_CPU) def = i;
+    all[def < 0 ? 0 : def].info.is_default = true;
+    *out = all;
+    *count = n;
+    return KILN_OK;
+}
+
+kiln_status kiln_devices(kiln_device_info *out, int cap, int *count) {
+    kiln__clear_global();
+    if (!count) return kiln__fail_global(KILN_ERR_NULL, "kiln_devices: count is NULL");
+    *count = 0;
+    if (cap > 0 && !out) return kiln__fail_global(KILN_ERR_NULL, "kiln_devices: out is NULL");
+    found *all;
+    int n;
+    kiln_status s = enumerate(&all, &n);
+    if (s != KILN_OK) return s;
+    for (int i = 0; i < n && i < cap; i++) out[i] = all[i].info;
+    *count = n;
+    free(all);
+    return KILN_OK;
+}
+
+static bool contains_ci(const char *hay, const char *needle) {
+    size_t nl = strlen(needle);
+    for (; *hay; hay++) {
+        size_t i = 0;
+        while (i < nl && hay[i] && tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i])) i++;
+        if (i == nl) return true;
+    }
+    return false;
+}
+
+static bool parse_pd(const char *s, int *p, int *d) {
+    char *end;
+    if (!isdigit((unsigned char)s[0])) return false;
+    long a = strtol(s, &end, 10);
+    if (*end != ':' || !isdigit((unsigned char)end[1])) return false;
+    long b = strtol(end + 1, &end, 10);
+    if (*end != '\0' || a > 1000000 || b > 1000000) return false;
+    *p = (int)a;
+    *d = (int)b;
+    return true;
+}
+
+/* Picks the index in `all` that spec names, or -1. */
+static int match_spec(const found *all, int n, const char *spec) {
+    if (!spec || !*spec || strcmp(spec, "default") == 0) {
+        for (int i = 0; i < n; i++)
+            if (all[i].info.is_default) return i;
+        return -1;
+    }
+    static const struct {
+        const char *word;
+        kiln_device_type type;
+    } types[] = {{"gpu", KILN_DEVICE_GPU}, {"cpu", KILN_DEVICE_CPU}, {"accelerator", KILN_DEVICE_ACCELERATOR}};
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        if (strcasecmp(spec, types[t].word) != 0) continue;
+        for (int i = 0; i < n; i++)
+            if (all[i].info.type == types[t].type) return i;
+        return -1;
+    }
+    int p, d;
+    if (parse_pd(spec, &p, &d)) {
+        for (int i = 0; i < n; i++)
+            if (all[i].info.platform_index == p && all[i].info.device_index == d) return i;
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const kiln_device_info *f = &all[i].info;
+        if (contains_ci(f->name, spec) || contains_ci(f->vendor, spec) ||
+            contains_ci(f->platform_name, spec) || contains_ci(f->platform_vendor, spec))
+            return i;
+    }
+    return -1;
+}
+
+static kiln_status not_found(const found *all, int n, const char *spec) {
+    char list[4096];
+    size_t used = 0;
+    for (int i = 0; i < n && used < sizeof list; i++) {
+        int w = snprintf(list + used, sizeof list - used, "\n  %d:%d  %s  [%s, %s]", all[i].info.platform_index,
+                         all[i].info.device_index, all[i].info.name, all[i].info.platform_name,
+                         kiln_device_type_name(all[i].info.type));
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+    return kiln__fail_global(KILN_ERR_DEVICE_NOT_FOUND,
+                             "no OpenCL device matches '%s' (specs: gpu, cpu, P:D, or part of a "
+                             "device or platform name); devices present:%s",
+                             spec, list);
+}
+
+static kiln_status resolve(const char *spec, found *out) {
+    found *all;
+    int n;
+    kiln_status s = enumerate(&all, &n);
+    if (s != KILN_OK) return s;
+    int i = match_spec(all, n, spec);
+    if (i < 0) {
+        s = not_found(all, n, spec ? spec : "");
+        free(all);
+        return s;
+    }
+    *out = all[i];
+    free(all);
+    return KILN_OK;
+}
+
+kiln_status kiln_device_find(const char *spec, kiln_device_info *out) {
+    kiln__clear_global();
+    if (!out) return kiln__fail_global(KILN_ERR_NULL, "kiln_device_find: out is NULL");
+    found f;
+    kiln_status s = resolve(spec, &f);
+    if (s == KILN_OK) *out = f.info;
+    return s;
+}
+
+kiln_status kiln_open(kiln_ctx **out, const char *spec) {
+    kiln__clear_global();
+    if (!out) return kiln__fail_global(KILN_ERR_NULL, "kiln_open: out is NULL");
+    *out = NULL;
+    if (!spec) spec = getenv("KILN_DEVICE");
+    found f;
+    kiln_status s = resolve(spec, &f);
+    if (s != KILN_OK) return s;
+
+    kiln_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "kiln_open: out of host memory");
+    ctx->platform = f.platform;
+    ctx->device = f.device;
+    ctx->info = f.info;
+    cl_int err;
+    cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)f.platform, 0};
+    ctx->context = clCreateContext(props, 1, &f.device, NULL, NULL, &err);
+    if (!ctx->context) {
+        free(ctx);
+        return kiln__fail_global(kiln__cl_status(err), "kiln_open: clCreateContext failed on '%s': %s (%d)",
+                                 f.info.name, kiln__cl_name(err), err);
+    }
+    ctx->queue = clCreateCommandQueue(ctx->context, f.device, 0, &err);
+    if (!ctx->queue) {
+        clReleaseContext(ctx->context);
+        free(ctx);
+        return kiln__fail_global(kiln__cl_status(err), "kiln_open: clCreateCommandQueue failed on '%s': %s (%d)",
+                                 f.info.name, kiln__cl_name(err), err);
+    }
+    /* Work-group size for 1-D elementwise launches: 256 suits GPUs; POCL runs a work-group
+     * as a loop that it vectorises, where a larger group amortises the per-group cost. */
+    ctx->wg = f.info.type == KILN_DEVICE_CPU ? 256 : 256;
+    if (ctx->wg > f.info.max_work_group_size && f.info.max_work_group_size > 0)
+        ctx->wg = (size_t)f.info.max_work_group_size;
+
+    const char *cache = getenv("KILN_CACHE");
+    ctx->disk_cache = !(cache && (strcmp(cache, "off") == 0 || strcmp(cache, "0") == 0));
+    if (ctx->disk_cache && kiln_cache_dir(ctx->cache_dir, sizeof ctx->cache_dir) != KILN_OK)
+        ctx->disk_cache = false;
+    const char *kdir = getenv("KILN_KERNEL_DIR");
+#ifdef KILN_KERNEL_SOURCE_DIR
+    if (!kdir || !*kdir) kdir = KILN_KERNEL_SOURCE_DIR;
+#endif
+    if (kdir) snprintf(ctx->kernel_dir, sizeof ctx->kernel_dir, "%s", kdir);
+    ctx->seed = 0;
+    ctx->rng_counter = 0;
+    *out = ctx;
+    kiln__log(2, "opened %d:%d %s (%s)", f.info.platform_index, f.info.device_index, f.info.name,
+              f.info.platform_name);
+    return KILN_OK;
+}
+
+void kiln_close(kiln_ctx *ctx) {
+    if (!ctx) return;
+    if (ctx->queue) clFinish(ctx->queue);
+    while (ctx->tensors) kiln_tensor_free(ctx->tensors);
+    kiln__programs_destroy(ctx);
+    kiln__pool_destroy(ctx);
+    if (ctx->queue) clReleaseCommandQueue(ctx->queue);
+    if (ctx->context) clReleaseContext(ctx->context);
+    free(ctx->errmsg);
+    free(ctx);
+}
+
+const kiln_device_info *kiln_ctx_device(const kiln_ctx *ctx) { return ctx ? &ctx->info : NULL; }
+
+kiln_status kiln_sync(kiln_ctx *ctx) {
+    if (!ctx) return KILN_ERR_NULL;
+    cl_int err = clFinish(ctx->queue);
+    if (err != CL_SUCCESS)
+        return kiln__fail(ctx, kiln__cl_status(err), "kiln_sync: the device reported %s (%d) on '%s'",
+                          kiln__cl_name(err), err, ctx->info.name);
+    return KILN_OK;
+}

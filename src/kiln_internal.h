@@ -1,0 +1,197 @@
+/* src/kiln_internal.h - structures and helpers shared by the library's sources. */
+#ifndef KILN_INTERNAL_H
+#define KILN_INTERNAL_H
+
+#define CL_TARGET_OPENCL_VERSION 120
+#include <CL/cl.h>
+
+#include "kiln/kiln.h"
+
+#if defined(__GNUC__)
+#define KILN__PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define KILN__PRINTF(f, a)
+#endif
+
+/* ---- errors (src/core/error.c) ----------------------------------------------------- */
+
+/* Records status and a formatted message as the context's error unless one is already
+ * held (the first error is the root cause). Returns status. ctx may be NULL. */
+kiln_status kiln__fail(kiln_ctx *ctx, kiln_status status, const char *fmt, ...) KILN__PRINTF(3, 4);
+/* Same, for calls with no context: sets the thread's kiln_last_error(). */
+kiln_status kiln__fail_global(kiln_status status, const char *fmt, ...) KILN__PRINTF(2, 3);
+void kiln__clear_global(void);
+/* Maps an OpenCL error code to a kiln status. */
+kiln_status kiln__cl_status(cl_int err);
+const char *kiln__cl_name(cl_int err);
+void kiln__log(int level, const char *fmt, ...) KILN__PRINTF(2, 3);
+double kiln__now_ms(void);
+
+/* ---- buffer pool (src/device/pool.c) ----------------------------------------------- */
+
+typedef struct kiln__free_buf {
+    cl_mem mem;
+    size_t bytes;
+} kiln__free_buf;
+
+typedef struct kiln__pool {
+    kiln__free_buf *free;
+    size_t nfree, capfree;
+    uint64_t in_use, cached, peak, limit;
+    uint64_t allocs, device_allocs, reuses;
+    int64_t fail_countdown; /* test hook: fail the Nth next allocation (0 = off) */
+} kiln__pool;
+
+/* Rounds a request up to its bucket size. */
+size_t kiln__pool_bucket(size_t bytes);
+/* A buffer of at least `bytes` (its bucket size goes to *got). `op` names the requester in
+ * the OOM message. NULL on failure with the context's error set. */
+cl_mem kiln__pool_alloc(kiln_ctx *ctx, size_t bytes, size_t *got, const char *op);
+void kiln__pool_release(kiln_ctx *ctx, cl_mem mem, size_t bucket_bytes);
+void kiln__pool_destroy(kiln_ctx *ctx);
+/* Test hook: the nth allocation from now fails as if the device were full (0 disables). */
+KILN_API void kiln__pool_fail_after(kiln_ctx *ctx, int64_t nth);
+
+/* ---- programs and kernels (src/device/program.c) ----------------------------------- */
+
+typedef struct kiln__kernel_entry {
+    char name[64];
+    cl_kernel kernel;
+} kiln__kernel_entry;
+
+typedef struct kiln__program {
+    char *name;
+    char *options;
+    cl_program program;
+    kiln__kernel_entry *kernels;
+    size_t nkernels;
+    struct kiln__program *next;
+} kiln__program;
+
+/* The embedded source of cl_kernels/<name>.cl (src/device/sources.c + generated table);
+ * $KILN_KERNEL_DIR or the kernel_dir build option make it read from disk instead.
+ * Returns a malloc'ed, NUL-terminated string or NULL with the context's error set. */
+char *kiln__program_source(kiln_ctx *ctx, const char *name, size_t *len);
+/* The kernel `kernel` of program `program` compiled with `options` (added to the common
+ * options), from the memory cache, the disk cache or a build. NULL with the error set. */
+cl_kernel kiln__kernel(kiln_ctx *ctx, const char *program, const char *options, const char *kernel);
+void kiln__programs_destroy(kiln_ctx *ctx);
+
+/* One kernel argument. */
+typedef struct kiln__karg {
+    size_t size;
+    const void *ptr;
+} kiln__karg;
+#define KILN__ARG(x) ((kiln__karg){sizeof(x), &(x)})
+#define KILN__LOCAL(bytes) ((kiln__karg){(bytes), NULL})
+
+/* Sets the arguments and enqueues a 1-D launch of `global` work-items, rounded up to a
+ * multiple of the work-group size (local 0 = let kiln choose). Kernels guard i < n. */
+kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, const char *options,
+                         const char *kernel, size_t nargs, const kiln__karg *args, size_t global,
+                         size_t local);
+/* 2-D version: global[] already multiples of local[] when local is given. */
+kiln_status kiln__launch2(kiln_ctx *ctx, const char *op, const char *program, const char *options,
+                          const char *kernel, size_t nargs, const kiln__karg *args,
+                          const size_t global[2], const size_t local[2]);
+/* The work-group size used for 1-D launches on this device. */
+size_t kiln__wg_size(const kiln_ctx *ctx);
+
+/* ---- context ------------------------------------------------------------------------ */
+
+struct kiln_tensor;
+
+struct kiln_ctx {
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context context;
+    cl_command_queue queue;
+    kiln_device_info info;
+
+    kiln_status err;
+    char *errmsg; /* malloc'ed; NULL when no error */
+
+    kiln__program *programs;
+    kiln_cache_stats cache;
+    bool disk_cache;
+    char cache_dir[1024];
+    char kernel_dir[1024]; /* "" = embedded sources */
+
+    kiln__pool pool;
+
+    struct kiln_tensor *tensors; /* every live tensor, newest first */
+    int64_t ntensors;
+    int scope_depth;
+
+    uint64_t seed, rng_counter;
+    size_t wg;
+    int64_t guard; /* see kiln__set_guard */
+};
+
+/* ---- tensors (src/tensor/tensor.c) ------------------------------------------------- */
+
+typedef struct kiln__storage {
+    cl_mem mem;
+    size_t bytes;  /* bucket size of mem */
+    int refs;      /* tensors viewing it */
+    int64_t guard; /* elements of sentinel before and after the payload (test mode) */
+    int64_t numel; /* payload elements */
+    size_t esize;
+} kiln__storage;
+
+/* Test hooks: with n > 0 every new storage gets n sentinel elements before and after its
+ * payload; kiln__check_guards reads them back and counts storages whose sentinels were
+ * overwritten (naming the first in msg). */
+KILN_API void kiln__set_guard(kiln_ctx *ctx, int64_t n);
+KILN_API int kiln__check_guards(kiln_ctx *ctx, char *msg, size_t cap);
+
+struct kiln_tensor {
+    kiln_ctx *ctx;
+    kiln__storage *st;
+    kiln_dtype dtype;
+    int ndim;
+    int64_t shape[KILN_MAX_DIMS];
+    int64_t strides[KILN_MAX_DIMS]; /* in elements */
+    int64_t offset;                 /* in elements */
+    int scope;                      /* scope depth it belongs to; 0 = none */
+    struct kiln_tensor *prev, *next;
+};
+
+/* A new contiguous tensor with fresh storage; `op` names the caller for errors. */
+kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, int ndim,
+                              const int64_t *shape);
+/* A new view of base's storage with the given geometry. */
+kiln_tensor *kiln__tensor_view(kiln_ctx *ctx, kiln_tensor *base, int ndim, const int64_t *shape,
+                               const int64_t *strides, int64_t offset);
+int64_t kiln__numel(int ndim, const int64_t *shape);
+void kiln__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
+bool kiln__is_contiguous(const kiln_tensor *t);
+/* "[5, 7, 11]" into buf. */
+char *kiln__shape_str(int ndim, const int64_t *shape, char *buf, size_t cap);
+/* Checks ctx and a list of inputs: NULL ctx, NULL inputs (error or propagation) and
+ * tensors of another context. Returns false with the error set. */
+bool kiln__check_inputs(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *ts);
+/* Normalises a possibly negative axis for ndim dims; -1 when out of range. */
+int kiln__axis(int axis, int ndim);
+
+/* ---- strided indexing shared with the kernels (cl_kernels/common.cl) --------------- */
+
+/* Geometry of an elementwise launch: output is contiguous with `shape`; each input has its
+ * own strides (0 where broadcast) and offset. The layout matches kiln_geom in the kernels:
+ * only 32-bit ints, so host and device agree without padding. */
+#define KILN__GEOM_IN 3
+typedef struct kiln__geom {
+    cl_int ndim;
+    cl_int shape[KILN_MAX_DIMS];
+    cl_int strides[KILN__GEOM_IN][KILN_MAX_DIMS];
+} kiln__geom;
+
+/* Fills g for an output of `shape` (ndim dims) and nin inputs whose strides are already
+ * broadcast to ndim dims; size-1 dims are dropped and contiguous runs merged. */
+void kiln__geom_build(kiln__geom *g, int ndim, const int64_t *shape, int nin,
+                      const int64_t (*strides)[KILN_MAX_DIMS]);
+
+/* Copies t into a new contiguous tensor with a kernel (src/tensor/tensor.c). */
+kiln_tensor *kiln__copy_contiguous(kiln_ctx *ctx, const char *op, kiln_tensor *t);
+
+#endif

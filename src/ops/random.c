@@ -1,0 +1,2 @@
+/* src/ops/random.c - placeholder until the op family lands. */
+#include "../kiln_internal.h"

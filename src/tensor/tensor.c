@@ -1,0 +1,729 @@
+/* src/tensor/tensor.c - the tensor handle: creation, lifetime and scopes, views, host
+ * transfer, fills and contiguous copies. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kiln_internal.h"
+
+/* Kernels index with 32-bit ints: the largest storage a tensor may have, in elements. */
+#define MAX_ELEMS ((int64_t)INT32_MAX)
+
+int64_t kiln__numel(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= shape[d];
+    return n;
+}
+
+void kiln__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides) {
+    int64_t s = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        strides[d] = s;
+        s *= shape[d] > 1 ? shape[d] : 1;
+    }
+}
+
+bool kiln__is_contiguous(const kiln_tensor *t) {
+    int64_t s = 1;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        if (t->shape[d] != 1 && t->strides[d] != s) return false;
+        s *= t->shape[d];
+    }
+    return true;
+}
+
+char *kiln__shape_str(int ndim, const int64_t *shape, char *buf, size_t cap) {
+    size_t used = 0;
+    buf[0] = '\0';
+    used += (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && used < cap; d++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (used < cap) snprintf(buf + used, cap - used, "]");
+    return buf;
+}
+
+int kiln__axis(int axis, int ndim) {
+    if (axis < 0) axis += ndim;
+    return (axis >= 0 && axis < ndim) ? axis : -1;
+}
+
+bool kiln__check_inputs(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *ts) {
+    if (!ctx) return false;
+    for (int i = 0; i < n; i++) {
+        if (!ts[i]) {
+            if (ctx->err == KILN_OK)
+                kiln__fail(ctx, KILN_ERR_NULL, "%s: input %d is NULL", op, i);
+            return false;
+        }
+        if (ts[i]->ctx != ctx) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: input %d belongs to another context", op, i);
+            return false;
+        }
+    }
+    return true;
+}
+
+static kiln_status fill_guards(kiln_ctx *ctx, const char *op, kiln_tensor *t);
+
+/* ---- lifetime ----------------------------------------------------------------------- */
+
+static kiln_tensor *link_new(kiln_ctx *ctx, const char *op) {
+    kiln_tensor *t = calloc(1, sizeof *t);
+    if (!t) {
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for a tensor handle", op);
+        return NULL;
+    }
+    t->ctx = ctx;
+    t->scope = ctx->scope_depth;
+    t->next = ctx->tensors;
+    if (ctx->tensors) ctx->tensors->prev = t;
+    ctx->tensors = t;
+    ctx->ntensors++;
+    return t;
+}
+
+static void storage_unref(kiln_ctx *ctx, kiln__storage *st) {
+    if (!st || --st->refs > 0) return;
+    kiln__pool_release(ctx, st->mem, st->bytes);
+    free(st);
+}
+
+void kiln_tensor_free(kiln_tensor *t) {
+    if (!t) return;
+    kiln_ctx *ctx = t->ctx;
+    if (t->prev) t->prev->next = t->next;
+    else ctx->tensors = t->next;
+    if (t->next) t->next->prev = t->prev;
+    ctx->ntensors--;
+    storage_unref(ctx, t->st);
+    free(t);
+}
+
+void kiln_scope_begin(kiln_ctx *ctx) {
+    if (ctx) ctx->scope_depth++;
+}
+
+void kiln_scope_end(kiln_ctx *ctx) {
+    if (!ctx || ctx->scope_depth == 0) return;
+    for (kiln_tensor *t = ctx->tensors, *next; t; t = next) {
+        next = t->next;
+        if (t->scope >= ctx->scope_depth) kiln_tensor_free(t);
+    }
+    ctx->scope_depth--;
+}
+
+kiln_tensor *kiln_tensor_keep(kiln_tensor *t) {
+    if (t) t->scope = 0;
+    return t;
+}
+
+int64_t kiln_tensor_count(const kiln_ctx *ctx) { return ctx ? ctx->ntensors : 0; }
+
+kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, int ndim, const int64_t *shape) {
+    char sb[160];
+    if ((unsigned)dtype >= KILN_DTYPE_COUNT) {
+        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: invalid dtype %d", op, (int)dtype);
+        return NULL;
+    }
+    if (ndim < 0 || ndim > KILN_MAX_DIMS) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %d dims (at most %d)", op, ndim, KILN_MAX_DIMS);
+        return NULL;
+    }
+    if (ndim > 0 && !shape) {
+        kiln__fail(ctx, KILN_ERR_NULL, "%s: shape is NULL", op);
+        return NULL;
+    }
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0 || (shape[d] > 0 && n > MAX_ELEMS / shape[d])) {
+            kiln__fail(ctx, shape[d] < 0 ? KILN_ERR_INVALID_ARGUMENT : KILN_ERR_UNSUPPORTED,
+                       "%s: shape %s is negative or has more than 2^31-1 elements", op,
+                       kiln__shape_str(ndim, shape, sb, sizeof sb));
+            return NULL;
+        }
+        n *= shape[d];
+    }
+    size_t es = kiln_dtype_size(dtype);
+    kiln__storage *st = calloc(1, sizeof *st);
+    if (!st) {
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+        return NULL;
+    }
+    st->guard = ctx->guard;
+    st->numel = n;
+    st->esize = es;
+    st->mem = kiln__pool_alloc(ctx, (size_t)(n + 2 * st->guard) * es, &st->bytes, op);
+    if (!st->mem) {
+        free(st);
+        return NULL;
+    }
+    st->refs = 1;
+    kiln_tensor *t = link_new(ctx, op);
+    if (!t) {
+        storage_unref(ctx, st);
+        return NULL;
+    }
+    t->st = st;
+    t->offset = st->guard;
+    if (st->guard && fill_guards(ctx, op, t) != KILN_OK) {
+        kiln_tensor_free(t);
+        return NULL;
+    }
+    t->dtype = dtype;
+    t->ndim = ndim;
+    for (int d = 0; d < ndim; d++) t->shape[d] = shape[d];
+    kiln__contiguous_strides(ndim, t->shape, t->strides);
+    return t;
+}
+
+kiln_tensor *kiln__tensor_view(kiln_ctx *ctx, kiln_tensor *base, int ndim, const int64_t *shape,
+                               const int64_t *strides, int64_t offset) {
+    kiln_tensor *t = link_new(ctx, "view");
+    if (!t) return NULL;
+    t->st = base->st;
+    t->st->refs++;
+    t->dtype = base->dtype;
+    t->ndim = ndim;
+    for (int d = 0; d < ndim; d++) {
+        t->shape[d] = shape[d];
+        t->strides[d] = strides[d];
+    }
+    t->offset = offset;
+    return t;
+}
+
+/* ---- properties --------------------------------------------------------------------- */
+
+kiln_ctx *kiln_tensor_ctx(const kiln_tensor *t) { return t ? t->ctx : NULL; }
+kiln_dtype kiln_tensor_dtype(const kiln_tensor *t) { return t ? t->dtype : KILN_DTYPE_COUNT; }
+int kiln_tensor_ndim(const kiln_tensor *t) { return t ? t->ndim : -1; }
+const int64_t *kiln_tensor_shape(const kiln_tensor *t) { return t ? t->shape : NULL; }
+const int64_t *kiln_tensor_strides(const kiln_tensor *t) { return t ? t->strides : NULL; }
+int64_t kiln_tensor_offset(const kiln_tensor *t) { return t ? t->offset : -1; }
+int64_t kiln_tensor_numel(const kiln_tensor *t) { return t ? kiln__numel(t->ndim, t->shape) : -1; }
+bool kiln_tensor_is_contiguous(const kiln_tensor *t) { return t && kiln__is_contiguous(t); }
+
+char *kiln_tensor_shape_str(const kiln_tensor *t, char *buf, size_t cap) {
+    if (!buf || cap == 0) return buf;
+    if (!t) {
+        snprintf(buf, cap, "(null)");
+        return buf;
+    }
+    return kiln__shape_str(t->ndim, t->shape, buf, cap);
+}
+
+/* ---- geometry for strided kernels --------------------------------------------------- */
+
+/* Fills g for an output of `shape` and up to KILN__GEOM_IN inputs' strides (already
+ * broadcast to ndim dims). Drops size-1 dims and merges dims that are contiguous in every
+ * operand, so the kernels do as little index arithmetic as the layout allows. */
+void kiln__geom_build(kiln__geom *g, int ndim, const int64_t *shape, int nin, const int64_t (*strides)[KILN_MAX_DIMS]) {
+    memset(g, 0, sizeof *g);
+    int64_t sh[KILN_MAX_DIMS], st[KILN__GEOM_IN][KILN_MAX_DIMS];
+    int n = 0;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] == 1) continue;
+        bool merge = n > 0;
+        for (int j = 0; j < nin && merge; j++) merge = st[j][n - 1] == strides[j][d] * shape[d];
+        if (merge) {
+            sh[n - 1] *= shape[d];
+            for (int j = 0; j < nin; j++) st[j][n - 1] = strides[j][d];
+            continue;
+        }
+        sh[n] = shape[d];
+        for (int j = 0; j < nin; j++) st[j][n] = strides[j][d];
+        n++;
+    }
+    if (n == 0) { /* a single element */
+        sh[0] = 1;
+        for (int j = 0; j < nin; j++) st[j][0] = 0;
+        n = 1;
+    }
+    g->ndim = n;
+    for (int d = 0; d < n; d++) {
+        g->shape[d] = (cl_int)sh[d];
+        for (int j = 0; j < nin; j++) g->strides[j][d] = (cl_int)st[j][d];
+    }
+}
+
+static const char *copy_options(kiln_dtype dt) {
+    switch (kiln_dtype_size(dt)) {
+    case 1: return "-DT=uchar";
+    case 2: return "-DT=ushort";
+    default: return "-DT=uint";
+    }
+}
+
+static kiln_status copy_into(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln_tensor *dst) {
+    kiln__geom g;
+    int64_t st[1][KILN_MAX_DIMS];
+    memcpy(st[0], src->strides, sizeof st[0]);
+    kiln__geom_build(&g, src->ndim, src->shape, 1, (const int64_t(*)[KILN_MAX_DIMS])st);
+    cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, n = (cl_int)kiln__numel(src->ndim, src->shape);
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem), KILN__ARG(doff),
+                         KILN__ARG(n), KILN__ARG(g)};
+    return kiln__launch(ctx, op, "copy", copy_options(src->dtype), "copy_strided", 6, args, (size_t)n, 0);
+}
+
+kiln_tensor *kiln__copy_contiguous(kiln_ctx *ctx, const char *op, kiln_tensor *t) {
+    kiln_tensor *out = kiln__tensor_new(ctx, op, t->dtype, t->ndim, t->shape);
+    if (!out) return NULL;
+    if (copy_into(ctx, op, t, out) != KILN_OK) {
+        kiln_tensor_free(out);
+        return NULL;
+    }
+    return out;
+}
+
+kiln_tensor *kiln_clone(kiln_ctx *ctx, kiln_tensor *t) {
+    if (!kiln__check_inputs(ctx, "kiln_clone", 1, &t)) return NULL;
+    return kiln__copy_contiguous(ctx, "kiln_clone", t);
+}
+
+kiln_tensor *kiln_contiguous(kiln_ctx *ctx, kiln_tensor *t) {
+    if (!kiln__check_inputs(ctx, "kiln_contiguous", 1, &t)) return NULL;
+    if (kiln__is_contiguous(t)) return kiln__tensor_view(ctx, t, t->ndim, t->shape, t->strides, t->offset);
+    return kiln__copy_contiguous(ctx, "kiln_contiguous", t);
+}
+
+/* ---- creation ----------------------------------------------------------------------- */
+
+kiln_tensor *kiln_empty(kiln_ctx *ctx, kiln_dtype dtype, int ndim, const int64_t *shape) {
+    if (!ctx) return NULL;
+    return kiln__tensor_new(ctx, "kiln_empty", dtype, ndim, shape);
+}
+
+kiln_tensor *kiln_from_host(kiln_ctx *ctx, const void *data, kiln_dtype dtype, int ndim, const int64_t *shape) {
+    if (!ctx) return NULL;
+    if (!data) {
+        kiln__fail(ctx, KILN_ERR_NULL, "kiln_from_host: data is NULL");
+        return NULL;
+    }
+    kiln_tensor *t = kiln__tensor_new(ctx, "kiln_from_host", dtype, ndim, shape);
+    if (!t) return NULL;
+    size_t bytes = (size_t)kiln__numel(ndim, shape) * kiln_dtype_size(dtype);
+    if (bytes == 0) return t;
+    /* Blocking: the caller may reuse `data` as soon as this returns. */
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, t->st->mem, CL_TRUE, (size_t)t->offset * kiln_dtype_size(dtype),
+                                      bytes, data, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        kiln__fail(ctx, kiln__cl_status(err), "kiln_from_host: writing %zu bytes to '%s' failed: %s (%d)", bytes,
+                   ctx->info.name, kiln__cl_name(err), err);
+        kiln_tensor_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static kiln_status fill_bits(kiln_ctx *ctx, const char *op, kiln_tensor *t, uint32_t bits) {
+    cl_int off = (cl_int)t->offset, n = (cl_int)kiln__numel(t->ndim, t->shape);
+    const char *opts = copy_options(t->dtype);
+    size_t es = kiln_dtype_size(t->dtype);
+    cl_uchar b8 = (cl_uchar)bits;
+    cl_ushort b16 = (cl_ushort)bits;
+    cl_uint b32 = bits;
+    kiln__karg v = es == 1 ? KILN__ARG(b8) : es == 2 ? KILN__ARG(b16) : KILN__ARG(b32);
+    if (kiln__is_contiguous(t)) {
+        kiln__karg args[] = {KILN__ARG(t->st->mem), KILN__ARG(off), KILN__ARG(n), v};
+        return kiln__launch(ctx, op, "copy", opts, "fill_contig", 4, args, (size_t)n, 0);
+    }
+    kiln__geom g;
+    int64_t st[1][KILN_MAX_DIMS];
+    memcpy(st[0], t->strides, sizeof st[0]);
+    kiln__geom_build(&g, t->ndim, t->shape, 1, (const int64_t(*)[KILN_MAX_DIMS])st);
+    kiln__karg args[] = {KILN__ARG(t->st->mem), KILN__ARG(off), KILN__ARG(n), KILN__ARG(g), v};
+    return kiln__launch(ctx, op, "copy", opts, "fill_strided", 5, args, (size_t)n, 0);
+}
+
+static uint32_t value_bits(kiln_dtype dt, float value) {
+    uint32_t bits;
+    if (dt == KILN_I32) {
+        int32_t i = (int32_t)value;
+        memcpy(&bits, &i, 4);
+    } else if (dt == KILN_U8) {
+        bits = (uint8_t)value;
+    } else {
+        memcpy(&bits, &value, 4);
+    }
+    return bits;
+}
+
+kiln_status kiln_fill(kiln_tensor *t, float value) {
+    if (!t) return KILN_ERR_NULL;
+    if (t->dtype == KILN_F16)
+        return kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_fill: f16 tensors are not supported yet");
+    return fill_bits(t->ctx, "kiln_fill", t, value_bits(t->dtype, value));
+}
+
+kiln_tensor *kiln_full(kiln_ctx *ctx, float value, int ndim, const int64_t *shape) {
+    if (!ctx) return NULL;
+    kiln_tensor *t = kiln__tensor_new(ctx, "kiln_full", KILN_F32, ndim, shape);
+    if (t && fill_bits(ctx, "kiln_full", t, value_bits(KILN_F32, value)) != KILN_OK) {
+        kiln_tensor_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+kiln_tensor *kiln_zeros(kiln_ctx *ctx, int ndim, const int64_t *shape) { return kiln_full(ctx, 0.0f, ndim, shape); }
+kiln_tensor *kiln_ones(kiln_ctx *ctx, int ndim, const int64_t *shape) { return kiln_full(ctx, 1.0f, ndim, shape); }
+
+kiln_tensor *kiln_arange(kiln_ctx *ctx, double start, double end, double step) {
+    if (!ctx) return NULL;
+    if (step == 0 || !isfinite(start) || !isfinite(end) || !isfinite(step) || (end - start) / step < 0) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_arange: bad range start=%g end=%g step=%g", start, end, step);
+        return NULL;
+    }
+    double count = ceil((end - start) / step);
+    if (count > (double)MAX_ELEMS) {
+        kiln__fail(ctx, KILN_ERR_UNSUPPORTED, "kiln_arange: %g elements is too many", count);
+        return NULL;
+    }
+    int64_t n = (int64_t)count;
+    kiln_tensor *t = kiln__tensor_new(ctx, "kiln_arange", KILN_F32, 1, &n);
+    if (!t) return NULL;
+    cl_int off = (cl_int)t->offset, ni = (cl_int)n;
+    cl_float s0 = (cl_float)start, st = (cl_float)step;
+    kiln__karg args[] = {KILN__ARG(t->st->mem), KILN__ARG(off), KILN__ARG(ni), KILN__ARG(s0), KILN__ARG(st)};
+    if (kiln__launch(ctx, "kiln_arange", "copy", "-DT=uint", "arange_f32", 5, args, (size_t)n, 0) != KILN_OK) {
+        kiln_tensor_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* ---- host transfer ------------------------------------------------------------------ */
+
+kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes) {
+    if (!t) return KILN_ERR_NULL;
+    kiln_ctx *ctx = t->ctx;
+    char sb[160];
+    size_t es = kiln_dtype_size(t->dtype);
+    size_t bytes = (size_t)kiln__numel(t->ndim, t->shape) * es;
+    if (!dst)
+        return kiln__fail(ctx, KILN_ERR_NULL, "kiln_to_host: destination is NULL");
+    if (dst_bytes < bytes)
+        return kiln__fail(ctx, KILN_ERR_BUFFER_TOO_SMALL,
+                          "kiln_to_host: tensor %s %s needs %zu bytes, destination holds %zu",
+                          kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype), bytes,
+                          dst_bytes);
+    if (bytes == 0) return KILN_OK;
+    kiln_tensor *src = t;
+    if (!kiln__is_contiguous(t)) {
+        src = kiln__copy_contiguous(ctx, "kiln_to_host", t);
+        if (!src) return ctx->err;
+    }
+    cl_int err = clEnqueueReadBuffer(ctx->queue, src->st->mem, CL_TRUE, (size_t)src->offset * es, bytes, dst, 0,
+                                     NULL, NULL);
+    if (src != t) kiln_tensor_free(src);
+    if (err != CL_SUCCESS)
+        return kiln__fail(ctx, kiln__cl_status(err), "kiln_to_host: reading %zu bytes from '%s' failed: %s (%d)",
+                          bytes, ctx->info.name, kiln__cl_name(err), err);
+    return KILN_OK;
+}
+
+float kiln_item(kiln_tensor *t) {
+    if (!t) return NAN;
+    char sb[160];
+    if (kiln__numel(t->ndim, t->shape) != 1) {
+        kiln__fail(t->ctx, KILN_ERR_SHAPE, "kiln_item: tensor %s has %lld elements, not 1",
+                   kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), (long long)kiln__numel(t->ndim, t->shape));
+        return NAN;
+    }
+    union {
+        float f;
+        int32_t i;
+        uint8_t u;
+    } v;
+    if (t->dtype != KILN_F32 && t->dtype != KILN_I32 && t->dtype != KILN_U8) {
+        kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_item: %s is not supported", kiln_dtype_name(t->dtype));
+        return NAN;
+    }
+    if (kiln_to_host(t, &v, sizeof v) != KILN_OK) return NAN;
+    return t->dtype == KILN_F32 ? v.f : t->dtype == KILN_I32 ? (float)v.i : (float)v.u;
+}
+
+/* ---- views -------------------------------------------------------------------------- */
+
+/* Strides for viewing t with a new shape without copying, as torch's computeStride: fails
+ * when some reshaped dims are not contiguous with each other. */
+static bool view_strides(const kiln_tensor *t, int ndim, const int64_t *shape, int64_t *out) {
+    if (kiln__numel(t->ndim, t->shape) == 0) {
+        kiln__contiguous_strides(ndim, shape, out);
+        return true;
+    }
+    int view_d = ndim - 1;
+    int64_t chunk_base_stride = t->ndim ? t->strides[t->ndim - 1] : 1;
+    int64_t tensor_numel = 1, view_numel = 1;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        tensor_numel *= t->shape[d];
+        if (d == 0 || (t->shape[d - 1] != 1 && t->strides[d - 1] != tensor_numel * chunk_base_stride)) {
+            while (view_d >= 0 && (view_numel < tensor_numel || shape[view_d] == 1)) {
+                out[view_d] = view_numel * chunk_base_stride;
+                view_numel *= shape[view_d];
+                view_d--;
+            }
+            if (view_numel != tensor_numel) return false;
+            if (d > 0) {
+                chunk_base_stride = t->strides[d - 1];
+                tensor_numel = 1;
+                view_numel = 1;
+            }
+        }
+    }
+    return view_d == -1;
+}
+
+/* Validates a target shape (one -1 inferred) against numel; writes the resolved shape. */
+static bool resolve_shape(kiln_ctx *ctx, const char *op, const kiln_tensor *t, int ndim, const int64_t *shape,
+                          int64_t *out) {
+    char a[160], b[160];
+    if (ndim < 0 || ndim > KILN_MAX_DIMS || (ndim > 0 && !shape)) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: bad target rank %d", op, ndim);
+        return false;
+    }
+    int infer = -1;
+    int64_t known = 1;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] == -1 && infer < 0) {
+            infer = d;
+        } else if (shape[d] < 0) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: bad target shape %s", op, kiln__shape_str(ndim, shape, a, sizeof a));
+            return false;
+        } else {
+            known *= shape[d];
+        }
+        out[d] = shape[d];
+    }
+    int64_t n = kiln__numel(t->ndim, t->shape);
+    if (infer >= 0) {
+        if (known == 0 || n % known != 0) goto bad;
+        out[infer] = n / known;
+    } else if (known != n) {
+        goto bad;
+    }
+    return true;
+bad:
+    kiln__fail(ctx, KILN_ERR_SHAPE, "%s: cannot reshape tensor %s (%lld elements) to %s", op,
+               kiln__shape_str(t->ndim, t->shape, a, sizeof a), (long long)n, kiln__shape_str(ndim, shape, b, sizeof b));
+    return false;
+}
+
+kiln_tensor *kiln_view(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
+    if (!kiln__check_inputs(ctx, "kiln_view", 1, &t)) return NULL;
+    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    if (!resolve_shape(ctx, "kiln_view", t, ndim, shape, sh)) return NULL;
+    if (!view_strides(t, ndim, sh, st)) {
+        char a[160], b[160];
+        kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_view: tensor %s with its strides cannot be viewed as %s without a copy "
+                   "(use kiln_reshape)", kiln__shape_str(t->ndim, t->shape, a, sizeof a),
+                   kiln__shape_str(ndim, sh, b, sizeof b));
+        return NULL;
+    }
+    return kiln__tensor_view(ctx, t, ndim, sh, st, t->offset);
+}
+
+kiln_tensor *kiln_reshape(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
+    if (!kiln__check_inputs(ctx, "kiln_reshape", 1, &t)) return NULL;
+    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    if (!resolve_shape(ctx, "kiln_reshape", t, ndim, shape, sh)) return NULL;
+    if (view_strides(t, ndim, sh, st)) return kiln__tensor_view(ctx, t, ndim, sh, st, t->offset);
+    kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_reshape", t);
+    if (!c) return NULL;
+    c->ndim = ndim;
+    memcpy(c->shape, sh, sizeof(int64_t) * (size_t)ndim);
+    kiln__contiguous_strides(ndim, c->shape, c->strides);
+    return c;
+}
+
+kiln_tensor *kiln_permute(kiln_ctx *ctx, kiln_tensor *t, const int *dims) {
+    if (!kiln__check_inputs(ctx, "kiln_permute", 1, &t)) return NULL;
+    if (!dims && t->ndim > 0) {
+        kiln__fail(ctx, KILN_ERR_NULL, "kiln_permute: dims is NULL");
+        return NULL;
+    }
+    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    bool seen[KILN_MAX_DIMS] = {false};
+    for (int d = 0; d < t->ndim; d++) {
+        int s = kiln__axis(dims[d], t->ndim);
+        if (s < 0 || seen[s]) {
+            char a[160];
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_permute: dims is not a permutation of %d axes of tensor %s "
+                       "(entry %d is %d)", t->ndim, kiln__shape_str(t->ndim, t->shape, a, sizeof a), d, dims[d]);
+            return NULL;
+        }
+        seen[s] = true;
+        sh[d] = t->shape[s];
+        st[d] = t->strides[s];
+    }
+    return kiln__tensor_view(ctx, t, t->ndim, sh, st, t->offset);
+}
+
+kiln_tensor *kiln_transpose(kiln_ctx *ctx, kiln_tensor *t, int dim0, int dim1) {
+    if (!kiln__check_inputs(ctx, "kiln_transpose", 1, &t)) return NULL;
+    int a = kiln__axis(dim0, t->ndim), b = kiln__axis(dim1, t->ndim);
+    if (a < 0 || b < 0) {
+        char s[160];
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_transpose: dims %d, %d out of range for tensor %s", dim0, dim1,
+                   kiln__shape_str(t->ndim, t->shape, s, sizeof s));
+        return NULL;
+    }
+    int dims[KILN_MAX_DIMS];
+    for (int d = 0; d < t->ndim; d++) dims[d] = d;
+    dims[a] = b;
+    dims[b] = a;
+    return kiln_permute(ctx, t, dims);
+}
+
+kiln_tensor *kiln_slice(kiln_ctx *ctx, kiln_tensor *t, int dim, int64_t start, int64_t end, int64_t step) {
+    if (!kiln__check_inputs(ctx, "kiln_slice", 1, &t)) return NULL;
+    int d = kiln__axis(dim, t->ndim);
+    char s[160];
+    if (d < 0 || step < 1) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_slice: dim %d / step %lld invalid for tensor %s", dim,
+                   (long long)step, kiln__shape_str(t->ndim, t->shape, s, sizeof s));
+        return NULL;
+    }
+    int64_t n = t->shape[d];
+    if (start < 0) start += n;
+    if (end < 0) end += n;
+    if (start < 0) start = 0;
+    if (start > n) start = n;
+    if (end > n) end = n;
+    if (end < start) end = start;
+    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    memcpy(sh, t->shape, sizeof sh);
+    memcpy(st, t->strides, sizeof st);
+    sh[d] = (end - start + step - 1) / step;
+    st[d] = t->strides[d] * step;
+    return kiln__tensor_view(ctx, t, t->ndim, sh, st, t->offset + start * t->strides[d]);
+}
+
+kiln_tensor *kiln_expand(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
+    if (!kiln__check_inputs(ctx, "kiln_expand", 1, &t)) return NULL;
+    char a[160], b[160];
+    if (ndim < t->ndim || ndim > KILN_MAX_DIMS || !shape) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_expand: cannot expand tensor %s to %d dims", 
+                   kiln__shape_str(t->ndim, t->shape, a, sizeof a), ndim);
+        return NULL;
+    }
+    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    int lead = ndim - t->ndim;
+    for (int d = 0; d < ndim; d++) {
+        int s = d - lead;
+        int64_t have = s >= 0 ? t->shape[s] : 1;
+        int64_t want = shape[d] == -1 && s >= 0 ? have : shape[d];
+        if (want < 0 || (have != want && have != 1)) {
+            kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_expand: cannot expand tensor %s to %s (dim %d: %lld vs %lld)",
+                       kiln__shape_str(t->ndim, t->shape, a, sizeof a), kiln__shape_str(ndim, shape, b, sizeof b), d,
+                       (long long)have, (long long)shape[d]);
+            return NULL;
+        }
+        sh[d] = want;
+        st[d] = (s >= 0 && have == want) ? t->strides[s] : 0;
+    }
+    return kiln__tensor_view(ctx, t, ndim, sh, st, t->offset);
+}
+
+kiln_tensor *kiln_unsqueeze(kiln_ctx *ctx, kiln_tensor *t, int dim) {
+    if (!kiln__check_inputs(ctx, "kiln_unsqueeze", 1, &t)) return NULL;
+    int d = kiln__axis(dim, t->ndim + 1);
+    if (d < 0 || t->ndim == KILN_MAX_DIMS) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_unsqueeze: dim %d invalid for %d dims", dim, t->ndim);
+        return NULL;
+    }
+    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    for (int i = 0, j = 0; i <= t->ndim; i++) {
+        if (i == d) {
+            sh[i] = 1;
+            st[i] = (j < t->ndim) ? t->strides[j] * t->shape[j] : 1;
+            continue;
+        }
+        sh[i] = t->shape[j];
+        st[i] = t->strides[j];
+        j++;
+    }
+    return kiln__tensor_view(ctx, t, t->ndim + 1, sh, st, t->offset);
+}
+
+kiln_tensor *kiln_squeeze(kiln_ctx *ctx, kiln_tensor *t, int dim) {
+    if (!kiln__check_inputs(ctx, "kiln_squeeze", 1, &t)) return NULL;
+    bool all = dim == -KILN_MAX_DIMS - 1;
+    int d = all ? -1 : kiln__axis(dim, t->ndim);
+    if (!all && d < 0) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_squeeze: dim %d invalid for %d dims", dim, t->ndim);
+        return NULL;
+    }
+    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    int n = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] == 1 && (all || i == d)) continue;
+        sh[n] = t->shape[i];
+        st[n++] = t->strides[i];
+    }
+    return kiln__tensor_view(ctx, t, n, sh, st, t->offset);
+}
+
+/* ---- guard regions (test mode) ------------------------------------------------------ */
+
+#define GUARD_BITS 0x7FA5A5A5u /* a NaN: a kernel that reads a guard poisons its result */
+
+void kiln__set_guard(kiln_ctx *ctx, int64_t n) {
+    if (ctx) ctx->guard = n > 0 ? n : 0;
+}
+
+static kiln_status fill_guards(kiln_ctx *ctx, const char *op, kiln_tensor *t) {
+    const kiln__storage *st = t->st;
+    const char *opts = copy_options(t->dtype);
+    size_t es = st->esize;
+    cl_uint b32 = GUARD_BITS;
+    cl_ushort b16 = (cl_ushort)GUARD_BITS;
+    cl_uchar b8 = (cl_uchar)GUARD_BITS;
+    kiln__karg v = es == 1 ? KILN__ARG(b8) : es == 2 ? KILN__ARG(b16) : KILN__ARG(b32);
+    cl_int n = (cl_int)st->guard;
+    cl_int offs[2] = {0, (cl_int)(st->guard + st->numel)};
+    for (int i = 0; i < 2; i++) {
+        kiln__karg args[] = {KILN__ARG(st->mem), KILN__ARG(offs[i]), KILN__ARG(n), v};
+        kiln_status s = kiln__launch(ctx, op, "copy", opts, "fill_contig", 4, args, (size_t)n, 0);
+        if (s != KILN_OK) return s;
+    }
+    return KILN_OK;
+}
+
+int kiln__check_guards(kiln_ctx *ctx, char *msg, size_t cap) {
+    if (!ctx) return -1;
+    if (msg && cap) msg[0] = '\0';
+    int bad = 0;
+    for (kiln_tensor *t = ctx->tensors; t; t = t->next) {
+        const kiln__storage *st = t->st;
+        if (!st->guard) continue;
+        size_t es = st->esize, total = (size_t)(st->numel + 2 * st->guard) * es;
+        unsigned char *h = malloc(total);
+        if (!h) return -1;
+        if (clEnqueueReadBuffer(ctx->queue, st->mem, CL_TRUE, 0, total, h, 0, NULL, NULL) != CL_SUCCESS) {
+            free(h);
+            return -1;
+        }
+        size_t gb = (size_t)st->guard * es;
+        const unsigned char *regions[2] = {h, h + gb + (size_t)st->numel * es};
+        for (int r = 0; r < 2; r++) {
+            for (size_t i = 0; i < gb; i++) {
+                uint32_t bits = GUARD_BITS;
+                unsigned char want = ((const unsigned char *)&bits)[i % es];
+                if (regions[r][i] == want) continue;
+                if (bad == 0 && msg) {
+                    char sb[160];
+                    snprintf(msg, cap, "tensor %s: guard %s its data overwritten at byte %zu",
+                             kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), r ? "after" : "before", i);
+                }
+                bad++;
+                r = 2;
+                break;
+            }
+        }
+        free(h);
+    }
+    return bad;
+}
