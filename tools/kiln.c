@@ -1,4 +1,147 @@
-/* tools/kiln.c - the kiln command line: devices, cache. */
+/* tools/kiln.c - the kiln command line: list devices, inspect and clear the kernel cache. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include <kiln/kiln.h>
-int main(void) { return 0; }
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: kiln <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  devices [--json]     list every OpenCL platform and device; '*' marks the default\n"
+            "  cache info           where the kernel disk cache is, how many files and bytes\n"
+            "  cache clear          remove kiln's files from the kernel disk cache\n"
+            "  version              print kiln's version\n"
+            "\n"
+            "environment:\n"
+            "  KILN_DEVICE          device to open: gpu, cpu, P:D, or part of a device/platform name\n"
+            "  KILN_CACHE_DIR       kernel cache directory (default $XDG_CACHE_HOME/kiln or ~/.cache/kiln)\n"
+            "  KILN_CACHE=off       disable the kernel disk cache\n"
+            "  KILN_LOG=1           log to stderr\n");
+}
+
+/* Writes s as a JSON string literal. */
+static void json_str(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+static int cmd_devices(int argc, char **argv) {
+    int json = argc > 0 && strcmp(argv[0], "--json") == 0;
+    int n = 0;
+    kiln_status s = kiln_devices(NULL, 0, &n);
+    if (s != KILN_OK) {
+        if (json) printf("{\"devices\": [], \"error\": "), json_str(kiln_last_error()), printf("}\n");
+        else fprintf(stderr, "kiln devices: %s\n", kiln_last_error());
+        return 1;
+    }
+    kiln_device_info *d = calloc((size_t)n, sizeof *d);
+    if (!d || kiln_devices(d, n, &n) != KILN_OK) {
+        fprintf(stderr, "kiln devices: %s\n", kiln_last_error());
+        free(d);
+        return 1;
+    }
+    kiln_device_info chosen;
+    int have_env = getenv("KILN_DEVICE") && kiln_device_find(getenv("KILN_DEVICE"), &chosen) == KILN_OK;
+    if (json) {
+        printf("{\"devices\": [");
+        for (int i = 0; i < n; i++) {
+            const kiln_device_info *x = &d[i];
+            printf("%s\n  {\"spec\": \"%d:%d\", \"default\": %s, \"name\": ", i ? "," : "", x->platform_index,
+                   x->device_index, x->is_default ? "true" : "false");
+            json_str(x->name);
+            printf(", \"vendor\": "), json_str(x->vendor);
+            printf(", \"type\": "), json_str(kiln_device_type_name(x->type));
+            printf(", \"platform\": "), json_str(x->platform_name);
+            printf(", \"platform_vendor\": "), json_str(x->platform_vendor);
+            printf(", \"platform_version\": "), json_str(x->platform_version);
+            printf(", \"version\": "), json_str(x->version);
+            printf(", \"driver_version\": "), json_str(x->driver_version);
+            printf(", \"opencl_c_version\": "), json_str(x->opencl_c_version);
+            printf(", \"compute_units\": %u, \"max_clock_mhz\": %u, \"global_mem_bytes\": %llu, "
+                   "\"local_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, \"max_work_group_size\": %llu, "
+                   "\"fp16\": %s, \"fp64\": %s, \"preferred_vector_width_float\": %u, "
+                   "\"preferred_vector_width_half\": %u, \"native_vector_width_float\": %u}",
+                   x->compute_units, x->max_clock_mhz, (unsigned long long)x->global_mem_bytes,
+                   (unsigned long long)x->local_mem_bytes, (unsigned long long)x->max_alloc_bytes,
+                   (unsigned long long)x->max_work_group_size, x->fp16 ? "true" : "false", x->fp64 ? "true" : "false",
+                   x->preferred_vector_width_float, x->preferred_vector_width_half, x->native_vector_width_float);
+        }
+        printf("\n]}\n");
+    } else {
+        printf("    %-5s %-12s %-36s %-28s %5s %9s %9s %5s %5s  %s\n", "spec", "type", "device", "platform", "CUs",
+               "mem MiB", "alloc MiB", "fp16", "fp64", "driver / OpenCL C");
+        for (int i = 0; i < n; i++) {
+            const kiln_device_info *x = &d[i];
+            int picked = have_env ? (x->platform_index == chosen.platform_index && x->device_index == chosen.device_index)
+                                  : x->is_default;
+            char spec[16];
+            snprintf(spec, sizeof spec, "%d:%d", x->platform_index, x->device_index);
+            printf("%s %-5s %-12s %-36.36s %-28.28s %5u %9llu %9llu %5s %5s  %s / %s\n", picked ? " * " : "   ", spec,
+                   kiln_device_type_name(x->type), x->name, x->platform_name, x->compute_units,
+                   (unsigned long long)(x->global_mem_bytes >> 20), (unsigned long long)(x->max_alloc_bytes >> 20),
+                   x->fp16 ? "yes" : "no", x->fp64 ? "yes" : "no", x->driver_version, x->opencl_c_version);
+        }
+        printf("\n* = the device kiln_open(NULL) picks%s\n",
+               have_env ? " (from KILN_DEVICE)" : "; set KILN_DEVICE=gpu|cpu|P:D|name to choose another");
+        if (getenv("KILN_DEVICE") && !have_env) {
+            printf("warning: KILN_DEVICE='%s' matches no device: kiln_open(NULL) will fail\n", getenv("KILN_DEVICE"));
+        }
+    }
+    free(d);
+    return 0;
+}
+
+static int cmd_cache(int argc, char **argv) {
+    if (argc < 1 || (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "clear") != 0)) {
+        usage(stderr);
+        return 2;
+    }
+    char dir[1024];
+    if (kiln_cache_dir(dir, sizeof dir) != KILN_OK) {
+        fprintf(stderr, "kiln cache: %s\n", kiln_last_error());
+        return 1;
+    }
+    if (!dir[0]) {
+        printf("kernel disk cache: off (KILN_CACHE=off)\n");
+        return 0;
+    }
+    kiln_cache_summary sum;
+    if (strcmp(argv[0], "clear") == 0) {
+        kiln_cache_summary_get(&sum);
+        if (kiln_cache_clear() != KILN_OK) {
+            fprintf(stderr, "kiln cache clear: %s\n", kiln_last_error());
+            return 1;
+        }
+        printf("removed %llu files (%.1f KiB) from %s\n", (unsigned long long)sum.files, sum.bytes / 1024.0, dir);
+        return 0;
+    }
+    kiln_cache_summary_get(&sum);
+    printf("kernel disk cache: %s\nprograms: %llu files, %.1f KiB\n", dir, (unsigned long long)sum.files,
+           sum.bytes / 1024.0);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "devices") == 0) return cmd_devices(argc - 2, argv + 2);
+    if (strcmp(argv[1], "cache") == 0) return cmd_cache(argc - 2, argv + 2);
+    if (strcmp(argv[1], "version") == 0) {
+        printf("kiln %s\n", KILN_VERSION_STRING);
+        return 0;
+    }
+    fprintf(stderr, "kiln: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

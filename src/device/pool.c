@@ -56,7 +56,6 @@ static kiln_status oom(kiln_ctx *ctx, const char *op, size_t bytes, const char *
 /* One attempt to create a buffer; CL_SUCCESS or the CL error. */
 static cl_int try_create(kiln_ctx *ctx, size_t bytes, cl_mem *out) {
     kiln__pool *p = &ctx->pool;
-    if (p->fail_countdown > 0 && --p->fail_countdown == 0) return CL_MEM_OBJECT_ALLOCATION_FAILURE;
     if (p->limit && p->in_use + p->cached + bytes > p->limit) return CL_MEM_OBJECT_ALLOCATION_FAILURE;
     cl_int err;
     *out = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
@@ -67,6 +66,10 @@ cl_mem kiln__pool_alloc(kiln_ctx *ctx, size_t bytes, size_t *got, const char *op
     kiln__pool *p = &ctx->pool;
     size_t b = kiln__pool_bucket(bytes ? bytes : 1);
     p->allocs++;
+    if (p->fail_countdown > 0 && --p->fail_countdown == 0) {
+        oom(ctx, op, b, "injected failure (kiln__pool_fail_after)");
+        return NULL;
+    }
     for (size_t i = p->nfree; i-- > 0;) {
         if (p->free[i].bytes != b) continue;
         cl_mem m = p->free[i].mem;

@@ -1,0 +1,129 @@
+/* tests/test_device.c - device listing, device specs, several contexts at once, status
+ * names. */
+#define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
+
+#include "harness.h"
+
+static bool same(const kiln_device_info *a, const kiln_device_info *b) {
+    return a->platform_index == b->platform_index && a->device_index == b->device_index;
+}
+
+static void test_listing(void) {
+    kiln_device_info d[16];
+    int n = 0;
+    CHECK(kiln_devices(d, 16, &n) == KILN_OK && n >= 1, "kiln_devices: %s", kiln_last_error());
+    int total = -1;
+    CHECK(kiln_devices(NULL, 0, &total) == KILN_OK && total == n, "count-only call gives %d, want %d", total, n);
+    CHECK(kiln_devices(NULL, 1, &total) == KILN_ERR_NULL, "NULL out with cap > 0 must fail");
+    CHECK(kiln_devices(d, 16, NULL) == KILN_ERR_NULL, "NULL count must fail");
+    int defaults = 0, first_gpu = -1, first_cpu = -1;
+    for (int i = 0; i < n && i < 16; i++) {
+        CHECK(d[i].name[0] && d[i].platform_name[0] && d[i].version[0], "device %d has empty names", i);
+        CHECK(d[i].compute_units > 0 && d[i].global_mem_bytes > 0 && d[i].max_alloc_bytes > 0 &&
+                  d[i].max_work_group_size > 0,
+              "device %d: zero limits", i);
+        defaults += d[i].is_default;
+        if (d[i].type == KILN_DEVICE_GPU && first_gpu < 0) first_gpu = i;
+        if (d[i].type == KILN_DEVICE_CPU && first_cpu < 0) first_cpu = i;
+    }
+    CHECK(defaults == 1, "%d devices marked default", defaults);
+    int want = first_gpu >= 0 ? first_gpu : first_cpu >= 0 ? first_cpu : 0;
+    CHECK(d[want].is_default, "the default is the first GPU, else the first CPU");
+
+    /* every way to name a device resolves to the device it names */
+    kiln_device_info f;
+    for (int i = 0; i < n && i < 16; i++) {
+        char spec[32];
+        snprintf(spec, sizeof spec, "%d:%d", d[i].platform_index, d[i].device_index);
+        CHECK(kiln_device_find(spec, &f) == KILN_OK && same(&f, &d[i]), "spec %s", spec);
+    }
+    CHECK(kiln_device_find(NULL, &f) == KILN_OK && same(&f, &d[want]), "NULL spec = default");
+    CHECK(kiln_device_find("", &f) == KILN_OK && same(&f, &d[want]), "empty spec = default");
+    CHECK(kiln_device_find("default", &f) == KILN_OK && same(&f, &d[want]), "'default'");
+    if (first_cpu >= 0) {
+        CHECK(kiln_device_find("cpu", &f) == KILN_OK && same(&f, &d[first_cpu]), "'cpu'");
+        CHECK(kiln_device_find("CPU", &f) == KILN_OK && same(&f, &d[first_cpu]), "'CPU' (case)");
+    }
+    if (first_gpu >= 0) CHECK(kiln_device_find("gpu", &f) == KILN_OK && same(&f, &d[first_gpu]), "'gpu'");
+    /* a case-flipped middle part of the first device's name */
+    char part[8] = {0};
+    size_t len = strlen(d[0].name);
+    if (len >= 6) {
+        for (int i = 0; i < 5; i++) part[i] = (char)toupper((unsigned char)d[0].name[len / 2 - 2 + i]);
+        CHECK(kiln_device_find(part, &f) == KILN_OK, "substring '%s' of '%s'", part, d[0].name);
+    }
+    if (strstr(d[0].platform_vendor, "pocl"))
+        CHECK(kiln_device_find("POCL", &f) == KILN_OK && f.platform_index == d[0].platform_index, "'POCL'");
+
+    /* unknown specs: a clear error that lists what exists */
+    const char *bad[] = {"no-such-device-xyz", "99:0", "0:99", "0:", ":0", "1:2:3"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        kiln_status s = kiln_device_find(bad[i], &f);
+        CHECK(s == KILN_ERR_DEVICE_NOT_FOUND, "spec '%s' gives %s", bad[i], kiln_status_name(s));
+        CHECK(strstr(kiln_last_error(), bad[i]) && strstr(kiln_last_error(), d[0].name),
+              "message names the spec and the devices: %s", kiln_last_error());
+    }
+    if (first_gpu < 0) CHECK(kiln_device_find("gpu", &f) == KILN_ERR_DEVICE_NOT_FOUND, "no GPU here");
+    kiln_ctx *ctx = (kiln_ctx *)1;
+    CHECK(kiln_open(&ctx, "no-such-device-xyz") == KILN_ERR_DEVICE_NOT_FOUND && ctx == NULL,
+          "kiln_open with a bad spec fails and sets *out to NULL");
+    CHECK(kiln_open(NULL, NULL) == KILN_ERR_NULL, "kiln_open(NULL out)");
+
+    /* KILN_DEVICE is read when the spec is NULL; an explicit spec wins over it */
+    setenv("KILN_DEVICE", "no-such-device-xyz", 1);
+    CHECK(kiln_open(&ctx, NULL) == KILN_ERR_DEVICE_NOT_FOUND, "KILN_DEVICE is honoured");
+    CHECK(kiln_open(&ctx, "0:0") == KILN_OK || d[0].platform_index != 0, "explicit spec overrides KILN_DEVICE");
+    if (ctx) kiln_close(ctx);
+    unsetenv("KILN_DEVICE");
+}
+
+/* Two contexts on one device at once: separate queues, pools, caches and errors. */
+static void test_two_contexts(void) {
+    kiln_ctx *a, *b;
+    CHECK(kiln_open(&a, NULL) == KILN_OK && kiln_open(&b, NULL) == KILN_OK, "two contexts: %s", kiln_last_error());
+    kiln_tensor *ta = kiln_full(a, 2.0f, 1, (int64_t[]){100});
+    kiln_tensor *tb = kiln_full(b, 3.0f, 1, (int64_t[]){100});
+    CHECK(kiln_contiguous(a, tb) == NULL && kiln_error_status(a) == KILN_ERR_INVALID_ARGUMENT,
+          "a tensor of another context is refused");
+    CHECK(kiln_error_status(b) == KILN_OK, "the other context's error state is untouched");
+    kiln_error_clear(a);
+    kiln_pool_stats pa, pb;
+    kiln_pool_stats_get(a, &pa);
+    kiln_pool_stats_get(b, &pb);
+    CHECK(pa.in_use_bytes > 0 && pb.in_use_bytes > 0, "each context has its own pool");
+    kiln_close(a); /* frees ta; b must be unaffected */
+    float h[100];
+    CHECK(kiln_to_host(tb, h, sizeof h) == KILN_OK && h[0] == 3.0f && h[99] == 3.0f, "b still works after a closes");
+    (void)ta;
+    kiln_close(b);
+    kiln_close(NULL); /* harmless */
+}
+
+static void test_status_names(void) {
+    const kiln_status all[] = {
+#define X(name, value, text) name,
+        KILN_STATUS_LIST(X)
+#undef X
+    };
+    size_t n = sizeof all / sizeof all[0];
+    for (size_t i = 0; i < n; i++) {
+        CHECK(strncmp(kiln_status_name(all[i]), "KILN_", 5) == 0, "name of %d", (int)all[i]);
+        CHECK(all[i] <= 0, "statuses are 0 or negative");
+        for (size_t j = 0; j < i; j++)
+            CHECK(all[i] != all[j] && strcmp(kiln_status_str(all[i]), kiln_status_str(all[j])) != 0,
+                  "duplicate status %d", (int)all[i]);
+    }
+    CHECK(strcmp(kiln_status_str((kiln_status)-999), "unknown status") == 0, "unknown status text");
+    CHECK(kiln_dtype_size(KILN_F32) == 4 && kiln_dtype_size(KILN_U8) == 1 && kiln_dtype_size(KILN_DTYPE_COUNT) == 0,
+          "dtype sizes");
+}
+
+int main(void) {
+    char specs[16][16];
+    h_devices(specs, 16); /* exits 77 when there is no device */
+    test_listing();
+    test_two_contexts();
+    test_status_names();
+    return h_finish();
+}
