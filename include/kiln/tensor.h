@@ -35,9 +35,10 @@ KILN_API kiln_tensor *kiln_arange(kiln_ctx *ctx, double start, double end, doubl
 
 /* ---- random numbers ----------------------------------------------------------------- */
 /*
- * Counter-based (Philox4x32-10): element i of the k-th value drawn since kiln_manual_seed
- * is a pure function of (seed, counter), so the same seed gives the same numbers on every
- * device, whatever the work-group size. Each call advances the context's counter by numel.
+ * Counter-based (Philox4x32-10): the i-th value drawn since kiln_manual_seed is a pure
+ * function of (seed, i), whatever the work-group size. Uniform numbers are bit-identical on
+ * every device; normal numbers go through the device's log/sqrt/cos and agree across
+ * devices to a few ulp. Each call advances the context's counter by numel.
  */
 KILN_API void kiln_manual_seed(kiln_ctx *ctx, uint64_t seed);
 /* Uniform in [low, high). */

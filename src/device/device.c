@@ -6,7 +6,16 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../kiln_internal.h"
+#include <stdatomic.h>
+
+#include "../kiln_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
+
+#include <clblast_c.h>
+
+/* Open contexts in the process. CLBlast keeps compiled programs (and a reference to their
+ * cl_context) in one process-wide cache that can only be cleared whole: the last
+ * kiln_close clears it, so closed contexts are not kept alive by it. */
+static atomic_int open_contexts;
 
 const char *kiln_device_type_name(kiln_device_type t) {
     switch (t) {
@@ -295,6 +304,7 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
     if (kdir) snprintf(ctx->kernel_dir, sizeof ctx->kernel_dir, "%s", kdir);
     ctx->seed = 0;
     ctx->rng_counter = 0;
+    atomic_fetch_add(&open_contexts, 1);
     *out = ctx;
     kiln__log(2, "opened %d:%d %s (%s)", f.info.platform_index, f.info.device_index, f.info.name,
               f.info.platform_name);
@@ -311,6 +321,7 @@ void kiln_close(kiln_ctx *ctx) {
     if (ctx->context) clReleaseContext(ctx->context);
     free(ctx->errmsg);
     free(ctx);
+    if (atomic_fetch_sub(&open_contexts, 1) == 1) CLBlastClearCache();
 }
 
 const kiln_device_info *kiln_ctx_device(const kiln_ctx *ctx) { return ctx ? &ctx->info : NULL; }

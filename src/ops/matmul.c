@@ -1,2 +1,342 @@
-/* src/ops/matmul.c - placeholder until the op family lands. */
-#include "../kiln_internal.h"
+/* src/ops/matmul.c - matrix products with torch.matmul semantics on CLBlast's SGEMM and
+ * strided-batched SGEMM, reading views in place through offsets, leading dims and
+ * transpose flags. */
+#include <stdio.h>
+#include <string.h>
+
+#include "../kiln_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
+
+#include <clblast_c.h>
+
+/*
+ * How an operand maps onto CLBlast (row-major layout throughout):
+ *
+ *   - Its last two dims (after 1-D promotion) are a rows x cols matrix with strides
+ *     (rs, cs). With cs == 1 and rs >= cols it is row-major with leading dim rs; with
+ *     rs == 1 and cs >= rows it is the transpose of a row-major cols x rows matrix with
+ *     leading dim cs, so the transpose flag flips. Size-1 dims have no meaningful stride.
+ *     Anything else (a step-2 slice of the last dim, a broadcast row, overlapping rows) is
+ *     copied to a contiguous tensor first: the only case that copies.
+ *   - KILN_TRANS_A / KILN_TRANS_B flip the flag once more: free.
+ *   - Batch dims broadcast; size-1 batch dims are dropped. When the operand's batch offset
+ *     is one stride times the flat batch index over the remaining dims (a broadcast
+ *     operand has stride 0, which CLBlast's strided-batched GEMM accepts), one
+ *     strided-batched call does every batch. Otherwise the longest run of trailing batch
+ *     dims that is linear for both operands goes into one call and the leading dims loop.
+ *   - When B is not batched and A's batches are stacked rows of one row-major matrix
+ *     (a [B, m, k] activation times a [k, n] weight), the batches fold into M: one SGEMM
+ *     with M = B * m.
+ *   - The output is a fresh contiguous tensor: C is row-major with ldc = n and batch
+ *     stride m * n.
+ *
+ * CLBlast rejects k == 0 (kInvalidDimension) instead of writing beta * C, so an empty inner
+ * dim fills the output with zeros; m == 0 or n == 0 is an empty result with no call. beta
+ * is 0: CLBlast then never reads C (stale pool memory, even NaN, cannot leak in).
+ */
+
+typedef struct operand {
+    kiln_tensor *t; /* the tensor read: the input or its contiguous copy */
+    bool vec;       /* 1-D input, promoted to a row (left) or a column (right) */
+    int nb;         /* batch dims */
+    int64_t bshape[KILN_MAX_DIMS], bstrides[KILN_MAX_DIMS];
+    int64_t rows, cols, rs, cs; /* the stored matrix, before any transpose flag */
+    bool trans;                 /* CLBlast's transpose flag for this operand */
+    int64_t ld;
+} operand;
+
+/* Geometry of t as the left (left = true) or right operand; 1-D promotes as torch. */
+static void describe(operand *o, kiln_tensor *t, bool left) {
+    memset(o, 0, sizeof *o);
+    o->t = t;
+    o->vec = t->ndim == 1;
+    if (o->vec) {
+        int64_t len = t->shape[0], st = t->strides[0];
+        o->rows = left ? 1 : len;
+        o->cols = left ? len : 1;
+        o->rs = left ? len : st;
+        o->cs = left ? st : 1;
+        return;
+    }
+    o->nb = t->ndim - 2;
+    for (int d = 0; d < o->nb; d++) {
+        o->bshape[d] = t->shape[d];
+        o->bstrides[d] = t->strides[d];
+    }
+    o->rows = t->shape[t->ndim - 2];
+    o->cols = t->shape[t->ndim - 1];
+    o->rs = t->strides[t->ndim - 2];
+    o->cs = t->strides[t->ndim - 1];
+}
+
+/* Sets o->trans and o->ld for CLBlast, given whether the caller asked for the transpose.
+ * False when the stored matrix is neither row- nor column-major with a valid leading dim. */
+static bool blas_layout(operand *o, bool want_trans) {
+    int64_t r = o->rows, c = o->cols;
+    if ((c <= 1 || o->cs == 1) && (r <= 1 || o->rs >= c)) {
+        o->trans = want_trans;
+        o->ld = r <= 1 ? (c > 1 ? c : 1) : o->rs;
+        return true;
+    }
+    if ((r <= 1 || o->rs == 1) && (c <= 1 || o->cs >= r)) {
+        o->trans = !want_trans;
+        o->ld = c <= 1 ? (r > 1 ? r : 1) : o->cs;
+        return true;
+    }
+    return false;
+}
+
+static const char *clblast_name(CLBlastStatusCode s) {
+    switch (s) {
+    case CLBlastNotImplemented: return "kNotImplemented";
+    case CLBlastInvalidMatrixA: return "kInvalidMatrixA";
+    case CLBlastInvalidMatrixB: return "kInvalidMatrixB";
+    case CLBlastInvalidMatrixC: return "kInvalidMatrixC";
+    case CLBlastInvalidVectorX: return "kInvalidVectorX";
+    case CLBlastInvalidVectorY: return "kInvalidVectorY";
+    case CLBlastInvalidDimension: return "kInvalidDimension";
+    case CLBlastInvalidLeadDimA: return "kInvalidLeadDimA";
+    case CLBlastInvalidLeadDimB: return "kInvalidLeadDimB";
+    case CLBlastInvalidLeadDimC: return "kInvalidLeadDimC";
+    case CLBlastInvalidIncrementX: return "kInvalidIncrementX";
+    case CLBlastInvalidIncrementY: return "kInvalidIncrementY";
+    case CLBlastInsufficientMemoryA: return "kInsufficientMemoryA";
+    case CLBlastInsufficientMemoryB: return "kInsufficientMemoryB";
+    case CLBlastInsufficientMemoryC: return "kInsufficientMemoryC";
+    case CLBlastInsufficientMemoryX: return "kInsufficientMemoryX";
+    case CLBlastInsufficientMemoryY: return "kInsufficientMemoryY";
+    case CLBlastInsufficientMemoryTemp: return "kInsufficientMemoryTemp";
+    case CLBlastInvalidBatchCount: return "kInvalidBatchCount";
+    case CLBlastInvalidOverrideKernel: return "kInvalidOverrideKernel";
+    case CLBlastMissingOverrideParameter: return "kMissingOverrideParameter";
+    case CLBlastInvalidLocalMemUsage: return "kInvalidLocalMemUsage";
+    case CLBlastNoHalfPrecision: return "kNoHalfPrecision";
+    case CLBlastNoDoublePrecision: return "kNoDoublePrecision";
+    case CLBlastInvalidVectorScalar: return "kInvalidVectorScalar";
+    case CLBlastInsufficientMemoryScalar: return "kInsufficientMemoryScalar";
+    case CLBlastDatabaseError: return "kDatabaseError";
+    case CLBlastUnknownError: return "kUnknownError";
+    case CLBlastUnexpectedError: return "kUnexpectedError";
+    default: return "unknown CLBlast status";
+    }
+}
+
+/* What an error message names: the op and both input shapes. */
+typedef struct mm_call {
+    kiln_ctx *ctx;
+    const char *op;
+    const kiln_tensor *a, *b;
+} mm_call;
+
+static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const char *routine, size_t m, size_t n,
+                                size_t k, size_t batch) {
+    char sa[160], sb[160];
+    kiln__shape_str(mc->a->ndim, mc->a->shape, sa, sizeof sa);
+    kiln__shape_str(mc->b->ndim, mc->b->shape, sb, sizeof sb);
+    /* CLBlast's codes above -1000 are OpenCL's own. */
+    if (s > -1000)
+        return kiln__fail(mc->ctx, kiln__cl_status((cl_int)s),
+                          "%s: %s (m=%zu n=%zu k=%zu batch=%zu) for %s x %s failed on '%s': %s (%d)", mc->op, routine,
+                          m, n, k, batch, sa, sb, mc->ctx->info.name, kiln__cl_name((cl_int)s), (int)s);
+    return kiln__fail(mc->ctx, KILN_ERR_CLBLAST,
+                      "%s: %s (m=%zu n=%zu k=%zu batch=%zu) for %s x %s failed on '%s': CLBlast %s (%d)", mc->op,
+                      routine, m, n, k, batch, sa, sb, mc->ctx->info.name, clblast_name(s), (int)s);
+}
+
+static CLBlastTranspose tflag(bool t) { return t ? CLBlastTransposeYes : CLBlastTransposeNo; }
+
+/* C[batch] = op(A) op(B) for `batch` matrices at element offsets aoff + i*astride, ...;
+ * one SGEMM when batch is 1, else one strided-batched SGEMM. Enqueued only: no event is
+ * asked for (CLBlast accepts NULL) and nothing waits. */
+static kiln_status gemm(const mm_call *mc, const operand *a, const operand *b, cl_mem c, size_t m, size_t n, size_t k,
+                        size_t lda, size_t aoff, size_t astride, size_t boff, size_t bstride, size_t coff,
+                        size_t batch) {
+    kiln_ctx *ctx = mc->ctx;
+    CLBlastStatusCode s;
+    const char *routine;
+    if (batch == 1) {
+        routine = "CLBlastSgemm";
+        s = CLBlastSgemm(CLBlastLayoutRowMajor, tflag(a->trans), tflag(b->trans), m, n, k, 1.0f, a->t->st->mem, aoff,
+                         lda, b->t->st->mem, boff, (size_t)b->ld, 0.0f, c, coff, n, &ctx->queue, NULL);
+    } else {
+        routine = "CLBlastSgemmStridedBatched";
+        s = CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, tflag(a->trans), tflag(b->trans), m, n, k, 1.0f,
+                                       a->t->st->mem, aoff, lda, astride, b->t->st->mem, boff, (size_t)b->ld, bstride,
+                                       0.0f, c, coff, n, m * n, batch, &ctx->queue, NULL);
+    }
+    return s == CLBlastSuccess ? KILN_OK : clblast_fail(mc, s, routine, m, n, k, batch);
+}
+
+/* Enqueues every product: the batch dims of size > 1 (shape sh, A/B strides sa/sb) are
+ * split into leading dims looped on the host and a trailing run done in one call. */
+static kiln_status run_batches(const mm_call *mc, const operand *a, const operand *b, kiln_tensor *out, int64_t m,
+                               int64_t n, int64_t k, int nd, const int64_t *sh, const int64_t *sa, const int64_t *sb) {
+    size_t coff0 = (size_t)out->offset;
+    int64_t batch = 1;
+    bool b_batched = false, a_linear = true;
+    for (int d = 0; d < nd; d++) {
+        batch *= sh[d];
+        b_batched |= sb[d] != 0;
+        if (d + 1 < nd) a_linear &= sa[d] == sa[d + 1] * sh[d + 1];
+    }
+    if (nd == 0)
+        return gemm(mc, a, b, out->st->mem, (size_t)m, (size_t)n, (size_t)k, (size_t)a->ld, (size_t)a->t->offset, 0,
+                    (size_t)b->t->offset, 0, coff0, 1);
+
+    /* Fold the batches into M: A's batch stride must continue its rows. */
+    if (!b_batched && a_linear && !a->trans) {
+        int64_t st = sa[nd - 1];
+        if (st == m * a->ld || (m == 1 && st >= k))
+            return gemm(mc, a, b, out->st->mem, (size_t)(batch * m), (size_t)n, (size_t)k,
+                        (size_t)(m == 1 ? st : a->ld), (size_t)a->t->offset, 0, (size_t)b->t->offset, 0, coff0, 1);
+    }
+
+    /* Trailing dims j..nd-1 whose offsets are linear in the flat index for both. */
+    int j = nd - 1;
+    while (j > 0 && sa[j - 1] == sa[j] * sh[j] && sb[j - 1] == sb[j] * sh[j])
+        j--;
+    int64_t inner = 1, outer = 1;
+    for (int d = j; d < nd; d++)
+        inner *= sh[d];
+    for (int d = 0; d < j; d++)
+        outer *= sh[d];
+    int64_t idx[KILN_MAX_DIMS] = {0};
+    for (int64_t o = 0; o < outer; o++) {
+        int64_t aoff = a->t->offset, boff = b->t->offset;
+        for (int d = 0; d < j; d++) {
+            aoff += idx[d] * sa[d];
+            boff += idx[d] * sb[d];
+        }
+        kiln_status s = gemm(mc, a, b, out->st->mem, (size_t)m, (size_t)n, (size_t)k, (size_t)a->ld, (size_t)aoff,
+                             (size_t)sa[nd - 1], (size_t)boff, (size_t)sb[nd - 1], coff0 + (size_t)(o * inner * m * n),
+                             (size_t)inner);
+        if (s != KILN_OK) return s;
+        for (int d = j - 1; d >= 0 && ++idx[d] == sh[d]; d--)
+            idx[d] = 0;
+    }
+    return KILN_OK;
+}
+
+/* "[3, 2] (transposed)" for messages. */
+static char *operand_str(const kiln_tensor *t, bool flagged, char *buf, size_t cap) {
+    kiln__shape_str(t->ndim, t->shape, buf, cap);
+    if (flagged && t->ndim >= 2) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, cap - len, " (transposed)");
+    }
+    return buf;
+}
+
+static kiln_tensor *matmul(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_tensor *b, int flags) {
+    kiln_tensor *in[2] = {a, b};
+    if (!kiln__check_inputs(ctx, op, 2, in)) return NULL;
+    char s1[192], s2[192];
+    bool ta = (flags & KILN_TRANS_A) != 0, tb = (flags & KILN_TRANS_B) != 0;
+    if (flags & ~(KILN_TRANS_A | KILN_TRANS_B)) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x", op, (unsigned)flags);
+        return NULL;
+    }
+    if (a->dtype != KILN_F32 || b->dtype != KILN_F32) {
+        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: only f32 is supported, got %s %s and %s %s", op, kiln_dtype_name(a->dtype),
+                   kiln__shape_str(a->ndim, a->shape, s1, sizeof s1), kiln_dtype_name(b->dtype),
+                   kiln__shape_str(b->ndim, b->shape, s2, sizeof s2));
+        return NULL;
+    }
+    if (a->ndim == 0 || b->ndim == 0) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: shapes %s and %s: both operands need at least 1 dim", op,
+                   kiln__shape_str(a->ndim, a->shape, s1, sizeof s1),
+                   kiln__shape_str(b->ndim, b->shape, s2, sizeof s2));
+        return NULL;
+    }
+    mm_call mc = {ctx, op, a, b};
+    operand oa, ob;
+    describe(&oa, a, true);
+    describe(&ob, b, false);
+    /* A 1-D operand has no pair of dims to swap: its flag changes nothing. */
+    ta &= !oa.vec;
+    tb &= !ob.vec;
+    int64_t m = ta ? oa.cols : oa.rows, k = ta ? oa.rows : oa.cols;
+    int64_t kb = tb ? ob.cols : ob.rows, n = tb ? ob.rows : ob.cols;
+    if (k != kb) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: shapes %s and %s do not match (%lld != %lld)", op,
+                   operand_str(a, ta, s1, sizeof s1), operand_str(b, tb, s2, sizeof s2), (long long)k, (long long)kb);
+        return NULL;
+    }
+
+    /* Broadcast the batch dims (right-aligned); a missing or size-1 dim reads stride 0. */
+    int nbo = oa.nb > ob.nb ? oa.nb : ob.nb;
+    int64_t oshape[KILN_MAX_DIMS + 2], sh[KILN_MAX_DIMS], sa[KILN_MAX_DIMS], sb[KILN_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < nbo; d++) {
+        int da = d - (nbo - oa.nb), db = d - (nbo - ob.nb);
+        int64_t na = da >= 0 ? oa.bshape[da] : 1, nbb = db >= 0 ? ob.bshape[db] : 1;
+        if (na != nbb && na != 1 && nbb != 1) {
+            kiln__fail(ctx, KILN_ERR_SHAPE,
+                       "%s: shapes %s and %s do not match: batch dims do not broadcast (%lld vs %lld at batch dim %d)",
+                       op, operand_str(a, ta, s1, sizeof s1), operand_str(b, tb, s2, sizeof s2), (long long)na,
+                       (long long)nbb, d);
+            return NULL;
+        }
+        oshape[d] = na == 1 ? nbb : na; /* 0 against 1 gives 0 */
+        if (oshape[d] == 1) continue;
+        sh[nd] = oshape[d];
+        sa[nd] = na == 1 ? 0 : oa.bstrides[da];
+        sb[nd] = nbb == 1 ? 0 : ob.bstrides[db];
+        nd++;
+    }
+    int ond = nbo;
+    if (!oa.vec) oshape[ond++] = m;
+    if (!ob.vec) oshape[ond++] = n;
+
+    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, ond, oshape);
+    if (!out) return NULL;
+    if (kiln__numel(ond, oshape) == 0) return out;
+    if (k == 0) {
+        if (kiln_fill(out, 0.0f) != KILN_OK) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        return out;
+    }
+
+    /* Operands CLBlast cannot read in place become contiguous copies (then always can). */
+    kiln_tensor *copies[2] = {NULL, NULL};
+    operand *ops[2] = {&oa, &ob};
+    bool want[2] = {ta, tb};
+    kiln_status st = KILN_OK;
+    for (int i = 0; i < 2 && st == KILN_OK; i++) {
+        if (blas_layout(ops[i], want[i])) continue;
+        copies[i] = kiln__copy_contiguous(ctx, op, in[i]);
+        if (!copies[i]) {
+            st = ctx->err;
+            break;
+        }
+        describe(ops[i], copies[i], i == 0);
+        blas_layout(ops[i], want[i]);
+        /* the copy's batch strides replace the view's */
+        for (int d = 0, q = 0; d < nbo; d++) {
+            if (oshape[d] == 1) continue;
+            int di = d - (nbo - ops[i]->nb);
+            int64_t stv = (di >= 0 && ops[i]->bshape[di] != 1) ? ops[i]->bstrides[di] : 0;
+            if (i == 0)
+                sa[q] = stv;
+            else
+                sb[q] = stv;
+            q++;
+        }
+    }
+    if (st == KILN_OK) st = run_batches(&mc, &oa, &ob, out, m, n, k, nd, sh, sa, sb);
+    /* The in-order queue runs the GEMM before any later reuse of a copy's buffer. */
+    kiln_tensor_free(copies[0]);
+    kiln_tensor_free(copies[1]);
+    if (st != KILN_OK) {
+        kiln_tensor_free(out);
+        return NULL;
+    }
+    return out;
+}
+
+kiln_tensor *kiln_matmul(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b) { return matmul(ctx, "kiln_matmul", a, b, 0); }
+
+kiln_tensor *kiln_matmul_ex(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, int flags) {
+    return matmul(ctx, "kiln_matmul_ex", a, b, flags);
+}

@@ -8,8 +8,10 @@
 
 #include "../kiln_internal.h"
 
-/* Kernels index with 32-bit ints: the largest storage a tensor may have, in elements. */
-#define MAX_ELEMS ((int64_t)INT32_MAX)
+/* Kernels index with 32-bit ints: the largest storage a tensor may have, in elements. The
+ * margin keeps a launch rounded up to whole work-groups below INT32_MAX too, so a kernel's
+ * `int i = get_global_id(0)` never wraps. */
+#define MAX_ELEMS ((int64_t)INT32_MAX - 65536)
 
 int64_t kiln__numel(int ndim, const int64_t *shape) {
     int64_t n = 1;
@@ -139,8 +141,8 @@ kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, i
     for (int d = 0; d < ndim; d++) {
         if (shape[d] < 0 || (shape[d] > 0 && n > MAX_ELEMS / shape[d])) {
             kiln__fail(ctx, shape[d] < 0 ? KILN_ERR_INVALID_ARGUMENT : KILN_ERR_UNSUPPORTED,
-                       "%s: shape %s is negative or has more than 2^31-1 elements", op,
-                       kiln__shape_str(ndim, shape, sb, sizeof sb));
+                       "%s: shape %s is negative or has more than %lld elements (kernels index with 32-bit "
+                       "ints)", op, kiln__shape_str(ndim, shape, sb, sizeof sb), (long long)MAX_ELEMS);
             return NULL;
         }
         n *= shape[d];
