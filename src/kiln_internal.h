@@ -57,6 +57,7 @@ KILN_API void kiln__pool_fail_after(kiln_ctx *ctx, int64_t nth);
 typedef struct kiln__kernel_entry {
     char name[64];
     cl_kernel kernel;
+    size_t wg; /* 1-D work-group size for this kernel: ctx->wg capped by the kernel's limit */
 } kiln__kernel_entry;
 
 typedef struct kiln__program {
@@ -94,7 +95,7 @@ kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, con
 kiln_status kiln__launch2(kiln_ctx *ctx, const char *op, const char *program, const char *options,
                           const char *kernel, size_t nargs, const kiln__karg *args,
                           const size_t global[2], const size_t local[2]);
-/* The work-group size used for 1-D launches on this device. */
+/* The work-group size used for 1-D launches on this device (before a kernel's own cap). */
 size_t kiln__wg_size(const kiln_ctx *ctx);
 
 /* ---- context ------------------------------------------------------------------------ */
@@ -144,6 +145,9 @@ typedef struct kiln__storage {
  * overwritten (naming the first in msg). */
 KILN_API void kiln__set_guard(kiln_ctx *ctx, int64_t n);
 KILN_API int kiln__check_guards(kiln_ctx *ctx, char *msg, size_t cap);
+/* Test hook (src/ops/reduce.c): 0 picks reduction kernels for the device, 1 forces the
+ * GPU-style layout, 2 the CPU-style one, so one device exercises both. */
+KILN_API void kiln__reduce_layout(int mode);
 
 struct kiln_tensor {
     kiln_ctx *ctx;

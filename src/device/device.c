@@ -287,9 +287,10 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
         return kiln__fail_global(kiln__cl_status(err), "kiln_open: clCreateCommandQueue failed on '%s': %s (%d)",
                                  f.info.name, kiln__cl_name(err), err);
     }
-    /* Work-group size for 1-D elementwise launches: 256 suits GPUs; POCL runs a work-group
-     * as a loop that it vectorises, where a larger group amortises the per-group cost. */
-    ctx->wg = f.info.type == KILN_DEVICE_CPU ? 256 : 256;
+    /* Work-group size for 1-D launches: 256 suits GPUs, and on POCL, which runs a work-group
+     * as one vectorised loop, it amortises the per-group cost. One size for every launch
+     * also matters there: POCL compiles a kernel again for each local size it meets. */
+    ctx->wg = 256;
     if (ctx->wg > f.info.max_work_group_size && f.info.max_work_group_size > 0)
         ctx->wg = (size_t)f.info.max_work_group_size;
 

@@ -332,7 +332,7 @@ out:
     return prog;
 }
 
-cl_kernel kiln__kernel(kiln_ctx *ctx, const char *program, const char *options, const char *kernel) {
+static kiln__kernel_entry *find_kernel(kiln_ctx *ctx, const char *program, const char *options, const char *kernel) {
     char opts[1024];
     snprintf(opts, sizeof opts, "%s%s%s", base_options, options && *options ? " " : "", options ? options : "");
     kiln__program *p = ctx->programs;
@@ -357,7 +357,7 @@ cl_kernel kiln__kernel(kiln_ctx *ctx, const char *program, const char *options, 
         ctx->programs = p;
     }
     for (size_t i = 0; i < p->nkernels; i++)
-        if (strcmp(p->kernels[i].name, kernel) == 0) return p->kernels[i].kernel;
+        if (strcmp(p->kernels[i].name, kernel) == 0) return &p->kernels[i];
     cl_int err;
     cl_kernel k = clCreateKernel(p->program, kernel, &err);
     if (!k) {
@@ -372,9 +372,24 @@ cl_kernel kiln__kernel(kiln_ctx *ctx, const char *program, const char *options, 
         return NULL;
     }
     p->kernels = grown;
-    snprintf(p->kernels[p->nkernels].name, sizeof p->kernels[0].name, "%s", kernel);
-    p->kernels[p->nkernels++].kernel = k;
-    return k;
+    kiln__kernel_entry *e = &p->kernels[p->nkernels++];
+    snprintf(e->name, sizeof e->name, "%s", kernel);
+    e->kernel = k;
+    /* A kernel that needs many registers may allow less than the device's maximum. */
+    size_t kw = 0;
+    e->wg = ctx->wg;
+    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
+        kw > 0 && kw < e->wg) {
+        size_t p2 = 1;
+        while (p2 * 2 <= kw) p2 *= 2;
+        e->wg = p2;
+    }
+    return e;
+}
+
+cl_kernel kiln__kernel(kiln_ctx *ctx, const char *program, const char *options, const char *kernel) {
+    kiln__kernel_entry *e = find_kernel(ctx, program, options, kernel);
+    return e ? e->kernel : NULL;
 }
 
 void kiln__programs_destroy(kiln_ctx *ctx) {
@@ -422,12 +437,13 @@ static kiln_status enqueue(kiln_ctx *ctx, const char *op, const char *kname, cl_
 
 kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, const char *options,
                          const char *kernel, size_t nargs, const kiln__karg *args, size_t global, size_t local) {
-    cl_kernel k = kiln__kernel(ctx, program, options, kernel);
-    if (!k) return ctx->err;
+    kiln__kernel_entry *e = find_kernel(ctx, program, options, kernel);
+    if (!e) return ctx->err;
+    cl_kernel k = e->kernel;
     kiln_status s = set_args(ctx, op, kernel, k, nargs, args);
     if (s != KILN_OK) return s;
     if (global == 0) return KILN_OK;
-    if (local == 0) local = ctx->wg;
+    if (local == 0) local = e->wg;
     size_t g = (global + local - 1) / local * local;
     return enqueue(ctx, op, kernel, k, 1, &g, &local);
 }

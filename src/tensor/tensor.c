@@ -626,6 +626,13 @@ kiln_tensor *kiln_expand(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t 
         sh[d] = want;
         st[d] = (s >= 0 && have == want) ? t->strides[s] : 0;
     }
+    int64_t n = 1;
+    for (int d = 0; d < ndim && n <= MAX_ELEMS; d++) n *= sh[d] ? sh[d] : 1;
+    if (n > MAX_ELEMS) {
+        kiln__fail(ctx, KILN_ERR_UNSUPPORTED, "kiln_expand: %s has more than %lld elements",
+                   kiln__shape_str(ndim, sh, b, sizeof b), (long long)MAX_ELEMS);
+        return NULL;
+    }
     return kiln__tensor_view(ctx, t, ndim, sh, st, t->offset);
 }
 
