@@ -106,7 +106,8 @@ static inline double h_compare(const char *what, const float *got, const double 
     for (int64_t i = 0; i < n; i++) {
         double g = got[i], r = ref[i];
         double e;
-        if (isnan(r) || isnan(g)) e = (isnan(r) && isnan(g)) ? 0 : INFINITY;
+        if (g == r) e = 0; /* exact, including zeros and equal infinities */
+        else if (isnan(r) || isnan(g)) e = (isnan(r) && isnan(g)) ? 0 : INFINITY;
         else if (isinf(r) || isinf(g)) e = (g == r) ? 0 : INFINITY;
         else e = fabs(g - r) / (atol + rtol * fabs(r));
         if (e > worst) worst = e;

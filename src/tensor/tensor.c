@@ -28,6 +28,7 @@ void kiln__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides) 
 }
 
 bool kiln__is_contiguous(const kiln_tensor *t) {
+    if (kiln__numel(t->ndim, t->shape) == 0) return true; /* nothing to address */
     int64_t s = 1;
     for (int d = t->ndim - 1; d >= 0; d--) {
         if (t->shape[d] != 1 && t->strides[d] != s) return false;
@@ -169,14 +170,14 @@ kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, i
     }
     t->st = st;
     t->offset = st->guard;
-    if (st->guard && fill_guards(ctx, op, t) != KILN_OK) {
-        kiln_tensor_free(t);
-        return NULL;
-    }
     t->dtype = dtype;
     t->ndim = ndim;
     for (int d = 0; d < ndim; d++) t->shape[d] = shape[d];
     kiln__contiguous_strides(ndim, t->shape, t->strides);
+    if (st->guard && fill_guards(ctx, op, t) != KILN_OK) {
+        kiln_tensor_free(t);
+        return NULL;
+    }
     return t;
 }
 
