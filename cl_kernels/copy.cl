@@ -22,3 +22,10 @@ kernel void arange_f32(global float *dst, int off, int n, float start, float ste
     int i = get_global_id(0);
     if (i < n) dst[off + i] = start + (float)i * step;
 }
+
+/* dst[doff + offset1(i)] = src[soff + offset0(i)]: copies a view into another view of the
+ * same shape (g.strides[0] for src, g.strides[1] for dst). */
+kernel void copy_view(global const T *src, int soff, global T *dst, int doff, int n, kiln_geom g) {
+    int i = get_global_id(0);
+    if (i < n) dst[doff + kiln_offset(&g, 1, i)] = src[soff + kiln_offset(&g, 0, i)];
+}

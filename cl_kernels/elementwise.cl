@@ -119,3 +119,10 @@ kernel void where_strided(global const T *c, int coff, global const T *a, int ao
         out[ooff + i] = c[coff + o.x] != (T)0 ? a[aoff + o.y] : b[boff + o.z];
     }
 }
+
+/* dst[doff + i] += src[soff + offset(i)]: gradient accumulation into a contiguous tensor
+ * from any view of the same shape (src/autograd/autograd.c). */
+kernel void add_into_strided(global T *dst, int doff, global const T *src, int soff, int n, kiln_geom g) {
+    int i = get_global_id(0);
+    if (i < n) dst[doff + i] += src[soff + kiln_offset(&g, 0, i)];
+}

@@ -126,6 +126,11 @@ struct kiln_ctx {
 
     uint64_t seed, rng_counter;
     size_t wg;
+    bool grad_enabled;    /* autograd records ops (default true) */
+    bool check_numerics;  /* KILN_CHECK_NUMERICS: every op's output checked for NaN/Inf */
+    uint64_t node_seq;    /* creation counter of autograd nodes */
+    struct kiln_tensor *dead; /* tensors to free (see src/tensor/tensor.c) */
+    bool releasing;
     int64_t guard; /* see kiln__set_guard */
 };
 
@@ -149,6 +154,8 @@ KILN_API int kiln__check_guards(kiln_ctx *ctx, char *msg, size_t cap);
  * GPU-style layout, 2 the CPU-style one, so one device exercises both. */
 KILN_API void kiln__reduce_layout(int mode);
 
+struct kiln__node;
+
 struct kiln_tensor {
     kiln_ctx *ctx;
     kiln__storage *st;
@@ -159,6 +166,16 @@ struct kiln_tensor {
     int64_t offset;                 /* in elements */
     int scope;                      /* scope depth it belongs to; 0 = none */
     struct kiln_tensor *prev, *next;
+
+    /* autograd (src/autograd/autograd.c) */
+    bool requires_grad;       /* a leaf the user marked, or the output of a recorded op */
+    bool graph_freed;         /* backward ran through this tensor's graph and released it */
+    struct kiln__node *node;  /* the op that made it (NULL for leaves); owned by the tensor */
+    struct kiln_tensor *grad; /* accumulated gradient of a leaf (kept: outside every scope) */
+    struct kiln_tensor *gacc; /* gradient being accumulated during one backward pass */
+    int refs;                 /* references from nodes; the handle is freed when 0 and dropped */
+    bool dropped;             /* the user (or a scope) let it go; freed once refs is 0 */
+    struct kiln_tensor *dead_next; /* the context's list of tensors waiting to be freed */
 };
 
 /* A new contiguous tensor with fresh storage; `op` names the caller for errors. */
@@ -195,7 +212,79 @@ typedef struct kiln__geom {
 void kiln__geom_build(kiln__geom *g, int ndim, const int64_t *shape, int nin,
                       const int64_t (*strides)[KILN_MAX_DIMS]);
 
+/* Copies src into dst (any views of one shape and dtype; dst must not overlap itself). */
+kiln_status kiln__copy_into(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln_tensor *dst);
 /* Copies t into a new contiguous tensor with a kernel (src/tensor/tensor.c). */
 kiln_tensor *kiln__copy_contiguous(kiln_ctx *ctx, const char *op, kiln_tensor *t);
+
+/* ---- autograd (src/autograd/autograd.c) -------------------------------------------- */
+/*
+ * How an op becomes differentiable. After computing `out` from inputs in[0..nin):
+ *
+ *     if (kiln__grad_wanted(ctx, nin, in)) {
+ *         kiln__node *n = kiln__node_new(ctx, "kiln_foo", out, nin, in, foo_backward);
+ *         if (!n) { kiln_tensor_free(out); return NULL; }
+ *         n->f[0] = alpha;                 // parameters the backward needs
+ *         kiln__node_save(n, mask);        // extra tensors the backward needs
+ *     }
+ *     return kiln__finish(ctx, "kiln_foo", out);
+ *
+ * The node keeps its inputs and saved tensors alive (a reference each) until the node is
+ * freed: when backward has run through it (unless the graph is retained) or when `out`
+ * itself is freed. n->out is `out` (not referenced: the node lives inside it).
+ *
+ * foo_backward(ctx, n, gout) runs with grad mode off. gout is the gradient of n->out: a
+ * contiguous F32 tensor of n->out's shape. For each input i with kiln__input_needs_grad(n,
+ * i) it computes that input's gradient with ordinary ops or its own kernels and passes it
+ * to kiln__accum(ctx, n, i, g). g may have a larger broadcast shape than the input (as from
+ * an elementwise op): kiln__accum sums it down to the input's shape. Tensors the backward
+ * creates belong to the caller's scope; it returns KILN_OK or the error status.
+ *
+ * Ops that are not differentiable (argmax, comparisons) skip all this; their outputs do
+ * not require grad. Non-F32 inputs (indices) never require grad.
+ */
+#define KILN__NODE_IN 4
+#define KILN__NODE_SAVED 6
+typedef struct kiln__node kiln__node;
+typedef kiln_status (*kiln__backward_fn)(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout);
+struct kiln__node {
+    const char *op;
+    kiln__backward_fn backward;
+    kiln_tensor *out;
+    int nin;
+    kiln_tensor *in[KILN__NODE_IN];
+    int nsaved;
+    kiln_tensor *saved[KILN__NODE_SAVED];
+    double f[8];       /* float parameters */
+    int64_t i[24];     /* integer parameters (axes, shapes, flags) */
+    void *extra;       /* malloc'ed op data, freed with the node */
+    uint64_t seq;      /* creation order: backward visits nodes from newest to oldest */
+};
+
+/* True when grad mode is on and some input requires grad. */
+bool kiln__grad_wanted(const kiln_ctx *ctx, int nin, kiln_tensor *const *in);
+/* Attaches a new node to out (out->requires_grad becomes true). NULL with the error set
+ * on host OOM or when nin > KILN__NODE_IN. */
+kiln__node *kiln__node_new(kiln_ctx *ctx, const char *op, kiln_tensor *out, int nin, kiln_tensor *const *in,
+                           kiln__backward_fn backward);
+/* Keeps t alive for the backward (NULL-safe; at most KILN__NODE_SAVED). */
+void kiln__node_save(kiln__node *n, kiln_tensor *t);
+bool kiln__input_needs_grad(const kiln__node *n, int i);
+/* Adds g (summed down to input i's shape where it is broadcast) into input i's gradient. */
+kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
+/* Sums g over broadcast dims so it has `ndim`/`shape` (shape must broadcast to g's). */
+kiln_tensor *kiln__sum_to(kiln_ctx *ctx, kiln_tensor *g, int ndim, const int64_t *shape);
+/* The last step of every op: with KILN_CHECK_NUMERICS=1 (or kiln_set_check_numerics) it
+ * reads out back and fails naming `op` when it holds NaN or Inf. Returns out, or NULL
+ * (out freed) on failure. NULL-safe. */
+kiln_tensor *kiln__finish(kiln_ctx *ctx, const char *op, kiln_tensor *out);
+/* Frees t's node (releasing its references); called when a tensor is really freed. */
+void kiln__node_free(kiln_ctx *ctx, kiln__node *n);
+/* Frees the tensors kiln__tensor_unref queued (after freeing nodes outside tensor.c). */
+void kiln__release_dead(kiln_ctx *ctx);
+/* Frees every tensor and node of the context (kiln_close). */
+void kiln__tensors_destroy(kiln_ctx *ctx);
+/* Drops one node reference to t; frees t when it was dropped by the user and unreferenced. */
+void kiln__tensor_unref(kiln_tensor *t);
 
 #endif

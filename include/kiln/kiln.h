@@ -27,9 +27,17 @@
 #ifndef KILN_KILN_H
 #define KILN_KILN_H
 
+#include "autograd.h"
 #include "common.h"
 #include "device.h"
+#include "functional.h"
 #include "ops.h"
 #include "tensor.h"
+#if __has_include("nn.h")
+#include "nn.h"
+#endif
+#if __has_include("optim.h")
+#include "optim.h"
+#endif
 
 #endif

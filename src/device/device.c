@@ -305,6 +305,9 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
     if (kdir) snprintf(ctx->kernel_dir, sizeof ctx->kernel_dir, "%s", kdir);
     ctx->seed = 0;
     ctx->rng_counter = 0;
+    ctx->grad_enabled = true;
+    const char *num = getenv("KILN_CHECK_NUMERICS");
+    ctx->check_numerics = num && *num && strcmp(num, "0") != 0;
     atomic_fetch_add(&open_contexts, 1);
     *out = ctx;
     kiln__log(2, "opened %d:%d %s (%s)", f.info.platform_index, f.info.device_index, f.info.name,
@@ -315,7 +318,7 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
 void kiln_close(kiln_ctx *ctx) {
     if (!ctx) return;
     if (ctx->queue) clFinish(ctx->queue);
-    while (ctx->tensors) kiln_tensor_free(ctx->tensors);
+    kiln__tensors_destroy(ctx);
     kiln__programs_destroy(ctx);
     kiln__pool_destroy(ctx);
     if (ctx->queue) clReleaseCommandQueue(ctx->queue);

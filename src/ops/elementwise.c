@@ -116,38 +116,205 @@ static kiln_tensor *ew_run(kiln_ctx *ctx, const char *op, const char *name, int 
     return out;
 }
 
+/* ---- backward rules ----------------------------------------------------------------
+ * Built from the forward ops (grad mode is off during backward). g is the output's
+ * gradient; kiln__accum sums each result down to its input's (broadcast) shape. */
+
+#define IN(k) (n->in[k])
+#define NEED(k) kiln__input_needs_grad(n, k)
+
+/* Accumulates t into input k and frees it (NULL t: the error is already set). */
+static kiln_status give(kiln_ctx *ctx, kiln__node *n, int k, kiln_tensor *t) {
+    if (!t) return ctx->err;
+    kiln_status s = kiln__accum(ctx, n, k, t);
+    kiln_tensor_free(t);
+    return s;
+}
+
+static kiln_status bw_add(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_status s = kiln__accum(ctx, n, 0, g);
+    return s ? s : kiln__accum(ctx, n, 1, g);
+}
+
+static kiln_status bw_sub(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_status s = kiln__accum(ctx, n, 0, g);
+    if (s == KILN_OK && NEED(1)) s = give(ctx, n, 1, kiln_neg(ctx, g));
+    return s;
+}
+
+static kiln_status bw_mul(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_status s = KILN_OK;
+    if (NEED(0)) s = give(ctx, n, 0, kiln_mul(ctx, g, IN(1)));
+    if (s == KILN_OK && NEED(1)) s = give(ctx, n, 1, kiln_mul(ctx, g, IN(0)));
+    return s;
+}
+
+/* d(a/b)/da = 1/b, d(a/b)/db = -(a/b)/b */
+static kiln_status bw_div(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_status s = KILN_OK;
+    kiln_tensor *gb = kiln_div(ctx, g, IN(1));
+    if (NEED(0)) s = kiln__accum(ctx, n, 0, gb);
+    if (s == KILN_OK && NEED(1)) {
+        kiln_tensor *t = kiln_mul(ctx, gb, n->out);
+        s = give(ctx, n, 1, kiln_neg(ctx, t));
+        kiln_tensor_free(t);
+    }
+    kiln_tensor_free(gb);
+    return gb ? s : ctx->err;
+}
+
+/* d(a^b)/da = b a^(b-1); d(a^b)/db = a^b log a, taken as 0 where a == 0 and b >= 0 (torch) */
+static kiln_status bw_pow(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_status s = KILN_OK;
+    kiln_scope_begin(ctx);
+    if (NEED(0)) {
+        kiln_tensor *e = kiln_pow(ctx, IN(0), kiln_add_scalar(ctx, IN(1), -1.0f));
+        s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, kiln_mul(ctx, IN(1), e)));
+    }
+    if (s == KILN_OK && NEED(1)) {
+        kiln_tensor *zero = kiln_zeros(ctx, 0, NULL);
+        kiln_tensor *mask = kiln_mul(ctx, kiln_eq(ctx, IN(0), zero), kiln_ge(ctx, IN(1), zero));
+        kiln_tensor *d = kiln_mul(ctx, g, kiln_mul(ctx, n->out, kiln_log(ctx, IN(0))));
+        s = kiln__accum(ctx, n, 1, kiln_where(ctx, mask, zero, d));
+    }
+    kiln_scope_end(ctx);
+    return s;
+}
+
+/* Ties split the gradient evenly, as torch.maximum/minimum. */
+static kiln_status bw_minmax(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, bool is_max) {
+    kiln_status s = KILN_OK;
+    kiln_scope_begin(ctx);
+    kiln_tensor *win = is_max ? kiln_gt(ctx, IN(0), IN(1)) : kiln_lt(ctx, IN(0), IN(1));
+    kiln_tensor *half = kiln_mul_scalar(ctx, kiln_eq(ctx, IN(0), IN(1)), 0.5f);
+    kiln_tensor *wa = kiln_add(ctx, win, half); /* a's share: 1, 1/2 or 0 */
+    if (NEED(0)) s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, wa));
+    if (s == KILN_OK && NEED(1)) {
+        kiln_tensor *wb = kiln_add_scalar(ctx, kiln_neg(ctx, wa), 1.0f);
+        s = kiln__accum(ctx, n, 1, kiln_mul(ctx, g, wb));
+    }
+    kiln_scope_end(ctx);
+    return s;
+}
+static kiln_status bw_maximum(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return bw_minmax(ctx, n, g, true); }
+static kiln_status bw_minimum(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return bw_minmax(ctx, n, g, false); }
+
+static kiln_status bw_where(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_status s = KILN_OK;
+    kiln_scope_begin(ctx);
+    kiln_tensor *zero = kiln_zeros(ctx, 0, NULL);
+    if (NEED(1)) s = kiln__accum(ctx, n, 1, kiln_where(ctx, IN(0), g, zero));
+    if (s == KILN_OK && NEED(2)) s = kiln__accum(ctx, n, 2, kiln_where(ctx, IN(0), zero, g));
+    kiln_scope_end(ctx);
+    return s;
+}
+
+static kiln_status bw_neg(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return give(ctx, n, 0, kiln_neg(ctx, g)); }
+static kiln_status bw_exp(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return give(ctx, n, 0, kiln_mul(ctx, g, n->out)); }
+static kiln_status bw_log(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return give(ctx, n, 0, kiln_div(ctx, g, IN(0))); }
+
+static kiln_status bw_sqrt(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_tensor *t = kiln_mul_scalar(ctx, n->out, 2.0f);
+    kiln_status s = give(ctx, n, 0, kiln_div(ctx, g, t));
+    kiln_tensor_free(t);
+    return s;
+}
+
+/* sign(a), with sign(0) = 0 as torch's abs backward */
+static kiln_status bw_abs(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *zero = kiln_zeros(ctx, 0, NULL);
+    kiln_tensor *sign = kiln_sub(ctx, kiln_gt(ctx, IN(0), zero), kiln_lt(ctx, IN(0), zero));
+    kiln_status s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, sign));
+    kiln_scope_end(ctx);
+    return s;
+}
+
+static kiln_status bw_add_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return kiln__accum(ctx, n, 0, g); }
+static kiln_status bw_mul_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    return give(ctx, n, 0, kiln_mul_scalar(ctx, g, (float)n->f[0]));
+}
+
+/* d(a^s)/da = s a^(s-1); 0 for s == 0 */
+static kiln_status bw_pow_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    float e = (float)n->f[0];
+    if (e == 0.0f) {
+        kiln_tensor *z = kiln_zeros(ctx, IN(0)->ndim, IN(0)->shape);
+        return give(ctx, n, 0, z);
+    }
+    kiln_scope_begin(ctx);
+    kiln_tensor *d = kiln_mul_scalar(ctx, kiln_pow_scalar(ctx, IN(0), e - 1.0f), e);
+    kiln_status s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, d));
+    kiln_scope_end(ctx);
+    return s;
+}
+
+/* As torch.clamp: the gradient passes where the input is within the bound, ties included. */
+static kiln_status bw_clamp(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, bool is_min_bound) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *b = kiln_full(ctx, (float)n->f[0], 0, NULL);
+    kiln_tensor *pass = is_min_bound ? kiln_ge(ctx, IN(0), b) : kiln_le(ctx, IN(0), b);
+    kiln_status s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, pass));
+    kiln_scope_end(ctx);
+    return s;
+}
+static kiln_status bw_maximum_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return bw_clamp(ctx, n, g, true); }
+static kiln_status bw_minimum_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return bw_clamp(ctx, n, g, false); }
+
+/* Records the node of a differentiable op (scalar s kept for the backward) and runs the
+ * numerics check. */
+static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, int nin, kiln_tensor *const *in,
+                           kiln__backward_fn bw, float s) {
+    if (!out) return NULL;
+    if (bw && kiln__grad_wanted(ctx, nin, in)) {
+        kiln__node *n = kiln__node_new(ctx, op, out, nin, in, bw);
+        if (!n) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        n->f[0] = s;
+    }
+    return kiln__finish(ctx, op, out);
+}
+
 /* ---- binary ------------------------------------------------------------------------- */
 
-#define EW_DEFINE_BINARY(stem)                                                   \
+#define EW_DEFINE_BINARY(stem, bw)                                               \
     kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b) {     \
         kiln_tensor *ts[2] = {a, b};                                              \
-        return ew_run(ctx, "kiln_" #stem, #stem, 2, ts, 0.0f);                    \
+        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 2, ts, 0.0f);        \
+        return record(ctx, "kiln_" #stem, out, 2, ts, bw, 0.0f);                  \
     }
 
-EW_DEFINE_BINARY(add)
-EW_DEFINE_BINARY(sub)
-EW_DEFINE_BINARY(mul)
-EW_DEFINE_BINARY(div)
-EW_DEFINE_BINARY(pow)
-EW_DEFINE_BINARY(minimum)
-EW_DEFINE_BINARY(maximum)
-EW_DEFINE_BINARY(eq)
-EW_DEFINE_BINARY(ne)
-EW_DEFINE_BINARY(lt)
-EW_DEFINE_BINARY(le)
-EW_DEFINE_BINARY(gt)
-EW_DEFINE_BINARY(ge)
+EW_DEFINE_BINARY(add, bw_add)
+EW_DEFINE_BINARY(sub, bw_sub)
+EW_DEFINE_BINARY(mul, bw_mul)
+EW_DEFINE_BINARY(div, bw_div)
+EW_DEFINE_BINARY(pow, bw_pow)
+EW_DEFINE_BINARY(minimum, bw_minimum)
+EW_DEFINE_BINARY(maximum, bw_maximum)
+/* comparisons are not differentiable: their outputs never require grad */
+EW_DEFINE_BINARY(eq, NULL)
+EW_DEFINE_BINARY(ne, NULL)
+EW_DEFINE_BINARY(lt, NULL)
+EW_DEFINE_BINARY(le, NULL)
+EW_DEFINE_BINARY(gt, NULL)
+EW_DEFINE_BINARY(ge, NULL)
 
 kiln_tensor *kiln_where(kiln_ctx *ctx, kiln_tensor *cond, kiln_tensor *a, kiln_tensor *b) {
     kiln_tensor *ts[3] = {cond, a, b};
-    return ew_run(ctx, "kiln_where", "where", 3, ts, 0.0f);
+    kiln_tensor *out = ew_run(ctx, "kiln_where", "where", 3, ts, 0.0f);
+    /* the condition is a mask: no gradient flows to it */
+    if (out && kiln__grad_wanted(ctx, 2, ts + 1)) return record(ctx, "kiln_where", out, 3, ts, bw_where, 0.0f);
+    return kiln__finish(ctx, "kiln_where", out);
 }
 
 /* ---- unary and tensor-scalar -------------------------------------------------------- */
 
 #define EW_DEFINE_UNARY(stem)                                                    \
     kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a) {                     \
-        return ew_run(ctx, "kiln_" #stem, #stem, 1, &a, 0.0f);                    \
+        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 1, &a, 0.0f);        \
+        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, 0.0f);           \
     }
 
 EW_DEFINE_UNARY(neg)
@@ -158,7 +325,8 @@ EW_DEFINE_UNARY(abs)
 
 #define EW_DEFINE_SCALAR(stem)                                                   \
     kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a, float s) {            \
-        return ew_run(ctx, "kiln_" #stem, #stem, 1, &a, s);                       \
+        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 1, &a, s);           \
+        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, s);              \
     }
 
 EW_DEFINE_SCALAR(add_scalar)

@@ -335,8 +335,59 @@ static kiln_tensor *matmul(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_t
     return out;
 }
 
-kiln_tensor *kiln_matmul(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b) { return matmul(ctx, "kiln_matmul", a, b, 0); }
+/* ---- backward ------------------------------------------------------------------------
+ * With C = op(A) op(B): d op(A) = dC op(B)^T and d op(B) = op(A)^T dC; the transposes map
+ * onto matmul_ex flags, so no operand is copied. 1-D operands are promoted as in the
+ * forward (the gradient of the removed dim is put back first) and their gradients summed
+ * back to 1-D; broadcast batch dims are summed by kiln__accum. */
+static kiln_status bw_matmul(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_tensor *a = n->in[0], *b = n->in[1];
+    bool ta = n->i[0] & KILN_TRANS_A, tb = n->i[0] & KILN_TRANS_B;
+    kiln_status s = KILN_OK;
+    kiln_scope_begin(ctx);
+    kiln_tensor *A = a, *B = b, *G = g;
+    if (a->ndim == 1) {
+        A = kiln_unsqueeze(ctx, a, 0); /* [1, k] */
+        G = kiln_unsqueeze(ctx, G, G->ndim - (b->ndim == 1 ? 0 : 1));
+    }
+    if (b->ndim == 1) {
+        B = kiln_unsqueeze(ctx, b, 1); /* [k, 1] */
+        G = kiln_unsqueeze(ctx, G, G->ndim);
+    }
+    if (kiln__input_needs_grad(n, 0)) {
+        kiln_tensor *ga = !ta ? kiln_matmul_ex(ctx, G, B, tb ? 0 : KILN_TRANS_B)
+                              : kiln_matmul_ex(ctx, B, G, (tb ? KILN_TRANS_A : 0) | KILN_TRANS_B);
+        if (ga && a->ndim == 1) ga = kiln_squeeze(ctx, ga, ga->ndim - 2);
+        s = kiln__accum(ctx, n, 0, ga);
+    }
+    if (s == KILN_OK && kiln__input_needs_grad(n, 1)) {
+        kiln_tensor *gb = !tb ? kiln_matmul_ex(ctx, A, G, ta ? 0 : KILN_TRANS_A)
+                              : kiln_matmul_ex(ctx, G, A, KILN_TRANS_A | (ta ? KILN_TRANS_B : 0));
+        if (gb && b->ndim == 1) gb = kiln_squeeze(ctx, gb, gb->ndim - 1);
+        s = kiln__accum(ctx, n, 1, gb);
+    }
+    kiln_scope_end(ctx);
+    return s;
+}
+
+static kiln_tensor *matmul_recorded(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_tensor *b, int flags) {
+    kiln_tensor *out = matmul(ctx, op, a, b, flags);
+    kiln_tensor *in[2] = {a, b};
+    if (out && kiln__grad_wanted(ctx, 2, in)) {
+        kiln__node *n = kiln__node_new(ctx, op, out, 2, in, bw_matmul);
+        if (!n) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        n->i[0] = flags;
+    }
+    return kiln__finish(ctx, op, out);
+}
+
+kiln_tensor *kiln_matmul(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b) {
+    return matmul_recorded(ctx, "kiln_matmul", a, b, 0);
+}
 
 kiln_tensor *kiln_matmul_ex(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, int flags) {
-    return matmul(ctx, "kiln_matmul_ex", a, b, flags);
+    return matmul_recorded(ctx, "kiln_matmul_ex", a, b, flags);
 }

@@ -345,13 +345,63 @@ static bool check_f32(kiln_ctx *ctx, const char *op, const kiln_tensor *t) {
     return false;
 }
 
+/* ---- backward: the gradient of each output spreads over the elements it reduced ---- */
+
+/* g reshaped to the input's rank with size 1 on the reduced axes (n->i[d] = 1 there). */
+static kiln_tensor *keep_shape(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    const kiln_tensor *x = n->in[0];
+    int64_t shape[KILN_MAX_DIMS];
+    for (int d = 0; d < x->ndim; d++) shape[d] = n->i[d] ? 1 : x->shape[d];
+    return kiln_reshape(ctx, g, x->ndim, shape);
+}
+
+static kiln_status bw_sum_mean(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_tensor *x = n->in[0];
+    kiln_scope_begin(ctx);
+    kiln_tensor *gk = keep_shape(ctx, n, g);
+    if (n->f[0] != 1.0) gk = kiln_mul_scalar(ctx, gk, (float)n->f[0]); /* 1/count for mean */
+    kiln_status s = kiln__accum(ctx, n, 0, kiln_expand(ctx, gk, x->ndim, x->shape));
+    kiln_scope_end(ctx);
+    return s;
+}
+
+/* The gradient goes to the elements equal to the extreme, split evenly among ties (as
+ * torch.amax/amin). */
+static kiln_status bw_extreme(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_tensor *x = n->in[0];
+    int axes[KILN_MAX_DIMS], na = 0;
+    for (int d = 0; d < x->ndim; d++)
+        if (n->i[d]) axes[na++] = d;
+    kiln_scope_begin(ctx);
+    kiln_tensor *mask = kiln_eq(ctx, x, keep_shape(ctx, n, n->out));
+    kiln_tensor *cnt = kiln_sum(ctx, mask, na, axes, true);
+    kiln_tensor *share = kiln_div(ctx, keep_shape(ctx, n, g), cnt);
+    kiln_status s = kiln__accum(ctx, n, 0, kiln_mul(ctx, mask, share));
+    kiln_scope_end(ctx);
+    return s;
+}
+
 static kiln_tensor *reduce_axes(kiln_ctx *ctx, const char *op, red_kind kind, kiln_tensor *t, int naxes,
                                 const int *axes, bool keepdim) {
     if (!kiln__check_inputs(ctx, op, 1, &t)) return NULL;
     if (!check_f32(ctx, op, t)) return NULL;
     bool red[KILN_MAX_DIMS];
     if (!parse_axes(ctx, op, t, naxes, axes, red)) return NULL;
-    return reduce(ctx, op, kind, t, red, keepdim);
+    kiln_tensor *out = reduce(ctx, op, kind, t, red, keepdim);
+    if (out && kiln__grad_wanted(ctx, 1, &t)) {
+        kiln__node *n = kiln__node_new(ctx, op, out, 1, &t, kind == RED_MAX || kind == RED_MIN ? bw_extreme : bw_sum_mean);
+        if (!n) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        int64_t count = 1;
+        for (int d = 0; d < t->ndim; d++) {
+            n->i[d] = red[d];
+            if (red[d]) count *= t->shape[d];
+        }
+        n->f[0] = kind == RED_MEAN ? 1.0 / (double)(count ? count : 1) : 1.0;
+    }
+    return kiln__finish(ctx, op, out);
 }
 
 kiln_tensor *kiln_sum(kiln_ctx *ctx, kiln_tensor *t, int naxes, const int *axes, bool keepdim) {
@@ -378,5 +428,5 @@ kiln_tensor *kiln_argmax(kiln_ctx *ctx, kiln_tensor *t, int axis, bool keepdim) 
     bool red[KILN_MAX_DIMS];
     bool all = axis == KILN_ALL_AXES;
     if (!parse_axes(ctx, "kiln_argmax", t, all ? 0 : 1, &axis, red)) return NULL;
-    return reduce(ctx, "kiln_argmax", RED_ARGMAX, t, red, keepdim);
+    return reduce(ctx, "kiln_argmax", RED_ARGMAX, t, red, keepdim); /* not differentiable */
 }

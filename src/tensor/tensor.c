@@ -69,6 +69,8 @@ bool kiln__check_inputs(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const
 }
 
 static kiln_status fill_guards(kiln_ctx *ctx, const char *op, kiln_tensor *t);
+static kiln_status bw_identity(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g);
+static kiln_tensor *record_view(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln_tensor *t, kiln__backward_fn bw);
 
 /* ---- lifetime ----------------------------------------------------------------------- */
 
@@ -93,15 +95,87 @@ static void storage_unref(kiln_ctx *ctx, kiln__storage *st) {
     free(st);
 }
 
-void kiln_tensor_free(kiln_tensor *t) {
-    if (!t) return;
-    kiln_ctx *ctx = t->ctx;
+/*
+ * Lifetime with autograd: a tensor is freed when its user lets it go (kiln_tensor_free or
+ * the end of its scope: "dropped") and no autograd node references it (refs == 0). Freeing
+ * one frees its node, which drops the node's references to its inputs; those released in
+ * turn go on a work list (ctx->dead, linked through dead_next) instead of recursing.
+ */
+static void release_one(kiln_ctx *ctx, kiln_tensor *t) {
     if (t->prev) t->prev->next = t->next;
     else ctx->tensors = t->next;
     if (t->next) t->next->prev = t->prev;
     ctx->ntensors--;
+    kiln__node *n = t->node;
+    t->node = NULL;
+    kiln__node_free(ctx, n); /* may queue inputs on ctx->dead */
+    if (t->grad) {
+        kiln_tensor *g = t->grad;
+        t->grad = NULL;
+        kiln_tensor_free(g);
+    }
+    if (t->gacc) {
+        kiln_tensor *g = t->gacc;
+        t->gacc = NULL;
+        kiln_tensor_free(g);
+    }
     storage_unref(ctx, t->st);
     free(t);
+}
+
+void kiln__release_dead(kiln_ctx *ctx) {
+    if (ctx->releasing) return; /* the outer call drains the list */
+    ctx->releasing = true;
+    while (ctx->dead) {
+        kiln_tensor *t = ctx->dead;
+        ctx->dead = t->dead_next;
+        release_one(ctx, t);
+    }
+    ctx->releasing = false;
+}
+
+static void drop(kiln_ctx *ctx, kiln_tensor *t) {
+    if (t->dropped) return;
+    t->dropped = true;
+    t->scope = 0;
+    if (t->refs == 0) {
+        t->dead_next = ctx->dead;
+        ctx->dead = t;
+    }
+}
+
+void kiln__tensor_unref(kiln_tensor *t) {
+    if (--t->refs == 0 && t->dropped) {
+        t->dead_next = t->ctx->dead;
+        t->ctx->dead = t;
+    }
+}
+
+void kiln_tensor_free(kiln_tensor *t) {
+    if (!t) return;
+    drop(t->ctx, t);
+    kiln__release_dead(t->ctx);
+}
+
+void kiln__tensors_destroy(kiln_ctx *ctx) {
+    /* Nodes first, without their reference counting: every tensor goes anyway. */
+    for (kiln_tensor *t = ctx->tensors; t; t = t->next) {
+        if (t->node) {
+            free(t->node->extra);
+            free(t->node);
+            t->node = NULL;
+        }
+        t->grad = t->gacc = NULL; /* they are on the list themselves */
+        t->refs = 0;
+    }
+    while (ctx->tensors) {
+        kiln_tensor *t = ctx->tensors;
+        ctx->tensors = t->next;
+        storage_unref(ctx, t->st);
+        free(t);
+    }
+    ctx->ntensors = 0;
+    ctx->dead = NULL;
 }
 
 void kiln_scope_begin(kiln_ctx *ctx) {
@@ -110,10 +184,9 @@ void kiln_scope_begin(kiln_ctx *ctx) {
 
 void kiln_scope_end(kiln_ctx *ctx) {
     if (!ctx || ctx->scope_depth == 0) return;
-    for (kiln_tensor *t = ctx->tensors, *next; t; t = next) {
-        next = t->next;
-        if (t->scope >= ctx->scope_depth) kiln_tensor_free(t);
-    }
+    for (kiln_tensor *t = ctx->tensors; t; t = t->next)
+        if (!t->dropped && t->scope >= ctx->scope_depth) drop(ctx, t);
+    kiln__release_dead(ctx);
     ctx->scope_depth--;
 }
 
@@ -270,6 +343,27 @@ static kiln_status copy_into(kiln_ctx *ctx, const char *op, kiln_tensor *src, ki
     return kiln__launch(ctx, op, "copy", copy_options(src->dtype), "copy_strided", 6, args, (size_t)n, 0);
 }
 
+kiln_status kiln__copy_into(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln_tensor *dst) {
+    char a[160], b[160];
+    if (src->dtype != dst->dtype || src->ndim != dst->ndim ||
+        memcmp(src->shape, dst->shape, sizeof(int64_t) * (size_t)src->ndim) != 0)
+        return kiln__fail(ctx, KILN_ERR_SHAPE, "%s: cannot copy %s %s into %s %s", op, kiln_dtype_name(src->dtype),
+                          kiln__shape_str(src->ndim, src->shape, a, sizeof a), kiln_dtype_name(dst->dtype),
+                          kiln__shape_str(dst->ndim, dst->shape, b, sizeof b));
+    int64_t n = kiln__numel(src->ndim, src->shape);
+    if (n == 0) return KILN_OK;
+    if (kiln__is_contiguous(dst)) return copy_into(ctx, op, src, dst);
+    kiln__geom g;
+    int64_t st[2][KILN_MAX_DIMS];
+    memcpy(st[0], src->strides, sizeof st[0]);
+    memcpy(st[1], dst->strides, sizeof st[1]);
+    kiln__geom_build(&g, src->ndim, src->shape, 2, (const int64_t(*)[KILN_MAX_DIMS])st);
+    cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, ni = (cl_int)n;
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem), KILN__ARG(doff),
+                         KILN__ARG(ni), KILN__ARG(g)};
+    return kiln__launch(ctx, op, "copy", copy_options(src->dtype), "copy_view", 6, args, (size_t)n, 0);
+}
+
 kiln_tensor *kiln__copy_contiguous(kiln_ctx *ctx, const char *op, kiln_tensor *t) {
     kiln_tensor *out = kiln__tensor_new(ctx, op, t->dtype, t->ndim, t->shape);
     if (!out) return NULL;
@@ -282,13 +376,14 @@ kiln_tensor *kiln__copy_contiguous(kiln_ctx *ctx, const char *op, kiln_tensor *t
 
 kiln_tensor *kiln_clone(kiln_ctx *ctx, kiln_tensor *t) {
     if (!kiln__check_inputs(ctx, "kiln_clone", 1, &t)) return NULL;
-    return kiln__copy_contiguous(ctx, "kiln_clone", t);
+    return record_view(ctx, "kiln_clone", kiln__copy_contiguous(ctx, "kiln_clone", t), t, bw_identity);
 }
 
 kiln_tensor *kiln_contiguous(kiln_ctx *ctx, kiln_tensor *t) {
     if (!kiln__check_inputs(ctx, "kiln_contiguous", 1, &t)) return NULL;
-    if (kiln__is_contiguous(t)) return kiln__tensor_view(ctx, t, t->ndim, t->shape, t->strides, t->offset);
-    return kiln__copy_contiguous(ctx, "kiln_contiguous", t);
+    kiln_tensor *out = kiln__is_contiguous(t) ? kiln__tensor_view(ctx, t, t->ndim, t->shape, t->strides, t->offset)
+                                              : kiln__copy_contiguous(ctx, "kiln_contiguous", t);
+    return record_view(ctx, "kiln_contiguous", out, t, bw_identity);
 }
 
 /* ---- creation ----------------------------------------------------------------------- */
@@ -514,6 +609,55 @@ bad:
     return false;
 }
 
+/* ---- backward of views and copies ------------------------------------------------- */
+
+/* expand, contiguous, clone: the gradient as it is (kiln__accum sums broadcast dims) */
+static kiln_status bw_identity(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return kiln__accum(ctx, n, 0, g); }
+
+/* view, reshape, squeeze, unsqueeze: the gradient in the input's shape */
+static kiln_status bw_reshape(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_tensor *r = kiln_reshape(ctx, g, n->in[0]->ndim, n->in[0]->shape);
+    kiln_status s = r ? kiln__accum(ctx, n, 0, r) : ctx->err;
+    kiln_tensor_free(r);
+    return s;
+}
+
+/* the inverse permutation (n->i holds the forward one) */
+static kiln_status bw_permute(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    int inv[KILN_MAX_DIMS];
+    for (int d = 0; d < g->ndim; d++) inv[n->i[d]] = d;
+    kiln_tensor *r = kiln_permute(ctx, g, inv);
+    kiln_status s = r ? kiln__accum(ctx, n, 0, r) : ctx->err;
+    kiln_tensor_free(r);
+    return s;
+}
+
+/* zeros of the input's shape with the gradient written into the sliced positions */
+static kiln_status bw_slice(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_tensor *x = n->in[0];
+    kiln_tensor *z = kiln_zeros(ctx, x->ndim, x->shape);
+    if (!z) return ctx->err;
+    int d = (int)n->i[0];
+    int64_t start = n->i[1], step = n->i[2];
+    kiln_tensor *v = kiln_slice(ctx, z, d, start, start + step * (g->shape[d] - 1) + 1, step);
+    kiln_status s = v ? kiln__copy_into(ctx, "kiln_slice backward", g, v) : ctx->err;
+    if (s == KILN_OK) s = kiln__accum(ctx, n, 0, z);
+    kiln_tensor_free(v);
+    kiln_tensor_free(z);
+    return s;
+}
+
+/* Attaches the backward of a view op to out (NULL-safe). */
+static kiln_tensor *record_view(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln_tensor *t, kiln__backward_fn bw) {
+    if (out && kiln__grad_wanted(ctx, 1, &t)) {
+        if (!kiln__node_new(ctx, op, out, 1, &t, bw)) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+    }
+    return kiln__finish(ctx, op, out);
+}
+
 kiln_tensor *kiln_view(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
     if (!kiln__check_inputs(ctx, "kiln_view", 1, &t)) return NULL;
     int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
@@ -525,20 +669,21 @@ kiln_tensor *kiln_view(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *s
                    kiln__shape_str(ndim, sh, b, sizeof b));
         return NULL;
     }
-    return kiln__tensor_view(ctx, t, ndim, sh, st, t->offset);
+    return record_view(ctx, "kiln_view", kiln__tensor_view(ctx, t, ndim, sh, st, t->offset), t, bw_reshape);
 }
 
 kiln_tensor *kiln_reshape(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
     if (!kiln__check_inputs(ctx, "kiln_reshape", 1, &t)) return NULL;
     int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
     if (!resolve_shape(ctx, "kiln_reshape", t, ndim, shape, sh)) return NULL;
-    if (view_strides(t, ndim, sh, st)) return kiln__tensor_view(ctx, t, ndim, sh, st, t->offset);
+    if (view_strides(t, ndim, sh, st))
+        return record_view(ctx, "kiln_reshape", kiln__tensor_view(ctx, t, ndim, sh, st, t->offset), t, bw_reshape);
     kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_reshape", t);
     if (!c) return NULL;
     c->ndim = ndim;
     memcpy(c->shape, sh, sizeof(int64_t) * (size_t)ndim);
     kiln__contiguous_strides(ndim, c->shape, c->strides);
-    return c;
+    return record_view(ctx, "kiln_reshape", c, t, bw_reshape);
 }
 
 kiln_tensor *kiln_permute(kiln_ctx *ctx, kiln_tensor *t, const int *dims) {
@@ -561,7 +706,11 @@ kiln_tensor *kiln_permute(kiln_ctx *ctx, kiln_tensor *t, const int *dims) {
         sh[d] = t->shape[s];
         st[d] = t->strides[s];
     }
-    return kiln__tensor_view(ctx, t, t->ndim, sh, st, t->offset);
+    kiln_tensor *out = record_view(ctx, "kiln_permute", kiln__tensor_view(ctx, t, t->ndim, sh, st, t->offset), t,
+                                   bw_permute);
+    if (out && out->node)
+        for (int d = 0; d < t->ndim; d++) out->node->i[d] = kiln__axis(dims[d], t->ndim);
+    return out;
 }
 
 kiln_tensor *kiln_transpose(kiln_ctx *ctx, kiln_tensor *t, int dim0, int dim1) {
@@ -601,7 +750,14 @@ kiln_tensor *kiln_slice(kiln_ctx *ctx, kiln_tensor *t, int dim, int64_t start, i
     memcpy(st, t->strides, sizeof st);
     sh[d] = (end - start + step - 1) / step;
     st[d] = t->strides[d] * step;
-    return kiln__tensor_view(ctx, t, t->ndim, sh, st, t->offset + start * t->strides[d]);
+    kiln_tensor *out = record_view(ctx, "kiln_slice", kiln__tensor_view(ctx, t, t->ndim, sh, st, t->offset + start * t->strides[d]),
+                                   t, bw_slice);
+    if (out && out->node) {
+        out->node->i[0] = d;
+        out->node->i[1] = start;
+        out->node->i[2] = step;
+    }
+    return out;
 }
 
 kiln_tensor *kiln_expand(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
@@ -634,7 +790,7 @@ kiln_tensor *kiln_expand(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t 
                    kiln__shape_str(ndim, sh, b, sizeof b), (long long)MAX_ELEMS);
         return NULL;
     }
-    return kiln__tensor_view(ctx, t, ndim, sh, st, t->offset);
+    return record_view(ctx, "kiln_expand", kiln__tensor_view(ctx, t, ndim, sh, st, t->offset), t, bw_identity);
 }
 
 kiln_tensor *kiln_unsqueeze(kiln_ctx *ctx, kiln_tensor *t, int dim) {
@@ -655,7 +811,7 @@ kiln_tensor *kiln_unsqueeze(kiln_ctx *ctx, kiln_tensor *t, int dim) {
         st[i] = t->strides[j];
         j++;
     }
-    return kiln__tensor_view(ctx, t, t->ndim + 1, sh, st, t->offset);
+    return record_view(ctx, "kiln_unsqueeze", kiln__tensor_view(ctx, t, t->ndim + 1, sh, st, t->offset), t, bw_reshape);
 }
 
 kiln_tensor *kiln_squeeze(kiln_ctx *ctx, kiln_tensor *t, int dim) {
@@ -673,7 +829,7 @@ kiln_tensor *kiln_squeeze(kiln_ctx *ctx, kiln_tensor *t, int dim) {
         sh[n] = t->shape[i];
         st[n++] = t->strides[i];
     }
-    return kiln__tensor_view(ctx, t, n, sh, st, t->offset);
+    return record_view(ctx, "kiln_squeeze", kiln__tensor_view(ctx, t, n, sh, st, t->offset), t, bw_reshape);
 }
 
 /* ---- guard regions (test mode) ------------------------------------------------------ */

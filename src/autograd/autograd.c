@@ -1,0 +1,371 @@
+/* src/autograd/autograd.c - reverse-mode autograd: nodes recorded on op outputs, the
+ * backward pass, gradient accumulation, no_grad, detach and the numerics check.
+ *
+ * A differentiable op whose input requires grad attaches a node to its output (see the
+ * contract in kiln_internal.h). Nodes reference their inputs, so the graph of a tensor
+ * stays alive as long as the tensor does; a scope that ends drops its intermediates and
+ * releases every node that only they held. Eager ops are created in execution order, so a
+ * node's creation number (seq) is a topological order: backward runs the reachable nodes
+ * from the newest to the oldest, each once, after all its consumers have added their part
+ * of its output's gradient. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kiln_internal.h"
+
+/* ---- grad mode ---------------------------------------------------------------------- */
+
+bool kiln_set_grad_enabled(kiln_ctx *ctx, bool enabled) {
+    if (!ctx) return false;
+    bool prev = ctx->grad_enabled;
+    ctx->grad_enabled = enabled;
+    return prev;
+}
+
+bool kiln_grad_enabled(const kiln_ctx *ctx) { return ctx && ctx->grad_enabled; }
+
+bool kiln_set_check_numerics(kiln_ctx *ctx, bool on) {
+    if (!ctx) return false;
+    bool prev = ctx->check_numerics;
+    ctx->check_numerics = on;
+    return prev;
+}
+
+/* ---- leaves ------------------------------------------------------------------------- */
+
+kiln_status kiln_set_requires_grad(kiln_tensor *t, bool requires_grad) {
+    if (!t) return KILN_ERR_NULL;
+    kiln_ctx *ctx = t->ctx;
+    char sb[160];
+    if (t->node) {
+        if (requires_grad) return KILN_OK;
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "kiln_set_requires_grad: tensor %s was made by %s and is not a leaf; use kiln_detach",
+                          kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), t->node->op);
+    }
+    if (requires_grad && t->dtype != KILN_F32)
+        return kiln__fail(ctx, KILN_ERR_DTYPE, "kiln_set_requires_grad: tensor %s has dtype %s; only f32 tensors can "
+                          "require grad", kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype));
+    t->requires_grad = requires_grad;
+    return KILN_OK;
+}
+
+bool kiln_requires_grad(const kiln_tensor *t) { return t && t->requires_grad; }
+bool kiln_has_grad_fn(const kiln_tensor *t) { return t && t->node; }
+kiln_tensor *kiln_grad(const kiln_tensor *t) { return t ? t->grad : NULL; }
+
+kiln_status kiln_zero_grad(kiln_tensor *t) {
+    if (!t) return KILN_ERR_NULL;
+    if (!t->grad) return KILN_OK;
+    return kiln_fill(t->grad, 0.0f);
+}
+
+void kiln_clear_grad(kiln_tensor *t) {
+    if (!t || !t->grad) return;
+    kiln_tensor *g = t->grad;
+    t->grad = NULL;
+    kiln_tensor_free(g);
+}
+
+kiln_tensor *kiln_detach(kiln_ctx *ctx, kiln_tensor *t) {
+    if (!kiln__check_inputs(ctx, "kiln_detach", 1, &t)) return NULL;
+    return kiln__tensor_view(ctx, t, t->ndim, t->shape, t->strides, t->offset);
+}
+
+/* ---- nodes -------------------------------------------------------------------------- */
+
+bool kiln__grad_wanted(const kiln_ctx *ctx, int nin, kiln_tensor *const *in) {
+    if (!ctx || !ctx->grad_enabled) return false;
+    for (int i = 0; i < nin; i++)
+        if (in[i] && in[i]->requires_grad) return true;
+    return false;
+}
+
+kiln__node *kiln__node_new(kiln_ctx *ctx, const char *op, kiln_tensor *out, int nin, kiln_tensor *const *in,
+                           kiln__backward_fn backward) {
+    if (nin > KILN__NODE_IN) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %d differentiable inputs (the tape holds %d)", op, nin,
+                   KILN__NODE_IN);
+        return NULL;
+    }
+    kiln__node *n = calloc(1, sizeof *n);
+    if (!n) {
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for an autograd node", op);
+        return NULL;
+    }
+    n->op = op;
+    n->backward = backward;
+    n->out = out;
+    n->nin = nin;
+    n->seq = ++ctx->node_seq;
+    for (int i = 0; i < nin; i++) {
+        n->in[i] = in[i];
+        if (in[i]) in[i]->refs++;
+    }
+    out->node = n;
+    out->requires_grad = true;
+    return n;
+}
+
+void kiln__node_save(kiln__node *n, kiln_tensor *t) {
+    if (!n || !t || n->nsaved == KILN__NODE_SAVED) return;
+    n->saved[n->nsaved++] = t;
+    t->refs++;
+}
+
+bool kiln__input_needs_grad(const kiln__node *n, int i) {
+    return i >= 0 && i < n->nin && n->in[i] && n->in[i]->requires_grad;
+}
+
+void kiln__node_free(kiln_ctx *ctx, kiln__node *n) {
+    (void)ctx;
+    if (!n) return;
+    for (int i = 0; i < n->nin; i++)
+        if (n->in[i]) kiln__tensor_unref(n->in[i]);
+    for (int i = 0; i < n->nsaved; i++) kiln__tensor_unref(n->saved[i]);
+    free(n->extra);
+    free(n);
+}
+
+/* ---- gradients ---------------------------------------------------------------------- */
+
+kiln_tensor *kiln__sum_to(kiln_ctx *ctx, kiln_tensor *g, int ndim, const int64_t *shape) {
+    if (!g) return NULL;
+    int axes[KILN_MAX_DIMS], na = 0;
+    int lead = g->ndim - ndim;
+    for (int d = 0; d < g->ndim; d++) {
+        int td = d - lead;
+        if (td < 0 || (shape[td] == 1 && g->shape[d] != 1)) axes[na++] = d;
+    }
+    if (na == 0 && g->ndim == ndim) return g;
+    kiln_tensor *s = na ? kiln_sum(ctx, g, na, axes, true) : g;
+    kiln_tensor *r = kiln_reshape(ctx, s, ndim, shape);
+    if (s != g) kiln_tensor_free(s);
+    return r;
+}
+
+/* dst += src elementwise (dst contiguous, src any view of the same shape). */
+static kiln_status add_into(kiln_ctx *ctx, const char *op, kiln_tensor *dst, kiln_tensor *src) {
+    int64_t n = kiln__numel(dst->ndim, dst->shape);
+    if (n == 0) return KILN_OK;
+    kiln__geom g;
+    int64_t st[1][KILN_MAX_DIMS];
+    memcpy(st[0], src->strides, sizeof st[0]);
+    kiln__geom_build(&g, src->ndim, src->shape, 1, (const int64_t(*)[KILN_MAX_DIMS])st);
+    cl_int doff = (cl_int)dst->offset, soff = (cl_int)src->offset, ni = (cl_int)n;
+    kiln__karg args[] = {KILN__ARG(dst->st->mem), KILN__ARG(doff), KILN__ARG(src->st->mem), KILN__ARG(soff),
+                         KILN__ARG(ni), KILN__ARG(g)};
+    return kiln__launch(ctx, op, "elementwise", "-DT=float", "add_into_strided", 6, args, (size_t)n, 0);
+}
+
+kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) {
+    if (!kiln__input_needs_grad(n, i)) return KILN_OK;
+    if (!g) return ctx->err != KILN_OK ? ctx->err : kiln__fail(ctx, KILN_ERR_NULL, "backward of %s: gradient is NULL", n->op);
+    kiln_tensor *x = n->in[i];
+    char sx[160], sg[160];
+    if (x->graph_freed && !x->node)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "kiln_backward: input %d of %s (shape %s) belongs to a graph an earlier backward already "
+                          "freed; pass retain_graph to kiln_backward_ex for the first backward",
+                          i, n->op, kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
+    kiln_tensor *r = kiln__sum_to(ctx, g, x->ndim, x->shape);
+    if (!r) return ctx->err;
+    if (kiln__numel(r->ndim, r->shape) != kiln__numel(x->ndim, x->shape)) {
+        if (r != g) kiln_tensor_free(r);
+        return kiln__fail(ctx, KILN_ERR_SHAPE, "backward of %s: gradient %s does not fit input %d of shape %s", n->op,
+                          kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), i,
+                          kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
+    }
+    kiln_status s = KILN_OK;
+    kiln_tensor **slot = x->node ? &x->gacc : &x->grad;
+    if (!*slot) {
+        /* a fresh contiguous copy: the gradient must not alias a tensor the backward or the
+         * user still holds */
+        kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_backward", r);
+        if (!c) s = ctx->err;
+        else {
+            /* out of every scope: a leaf's .grad outlives the step; a gacc is freed by the
+             * backward loop, whatever scopes the backward rules open */
+            c->scope = 0;
+            *slot = c;
+        }
+    } else {
+        s = add_into(ctx, "kiln_backward", *slot, r);
+    }
+    if (r != g) kiln_tensor_free(r);
+    return s;
+}
+
+/* ---- backward ----------------------------------------------------------------------- */
+
+static int by_seq_desc(const void *a, const void *b) {
+    uint64_t x = (*(kiln__node *const *)a)->seq, y = (*(kiln__node *const *)b)->seq;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The nodes reachable from root, each once, newest first. */
+static kiln__node **collect(kiln_ctx *ctx, kiln__node *root, size_t *count) {
+    size_t cap = 64, n = 0, top = 0, scap = 64;
+    kiln__node **list = malloc(cap * sizeof *list), **stack = malloc(scap * sizeof *stack);
+    if (!list || !stack) goto oom;
+    stack[top++] = root;
+    while (top) {
+        kiln__node *v = stack[--top];
+        /* the high bit of seq marks a visited node during the walk */
+        if (v->seq & (1ULL << 63)) continue;
+        v->seq |= 1ULL << 63;
+        if (n == cap) {
+            kiln__node **nl = realloc(list, 2 * cap * sizeof *nl);
+            if (!nl) goto oom;
+            list = nl;
+            cap *= 2;
+        }
+        list[n++] = v;
+        for (int i = 0; i < v->nin; i++) {
+            kiln_tensor *x = v->in[i];
+            if (!x || !x->node || !x->requires_grad) continue;
+            if (top == scap) {
+                kiln__node **ns = realloc(stack, 2 * scap * sizeof *ns);
+                if (!ns) goto oom;
+                stack = ns;
+                scap *= 2;
+            }
+            stack[top++] = x->node;
+        }
+    }
+    for (size_t k = 0; k < n; k++) list[k]->seq &= ~(1ULL << 63);
+    qsort(list, n, sizeof *list, by_seq_desc);
+    free(stack);
+    *count = n;
+    return list;
+oom:
+    if (list)
+        for (size_t k = 0; k < n; k++) list[k]->seq &= ~(1ULL << 63);
+    free(list);
+    free(stack);
+    kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "kiln_backward: out of host memory walking the graph");
+    return NULL;
+}
+
+kiln_status kiln_backward(kiln_tensor *loss) { return kiln_backward_ex(loss, NULL, false); }
+
+kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_graph) {
+    if (!out) return KILN_ERR_NULL;
+    kiln_ctx *ctx = out->ctx;
+    if (ctx->err != KILN_OK) return ctx->err; /* an earlier op failed: its result is not to be trusted */
+    char so[160], ss[160];
+    kiln__shape_str(out->ndim, out->shape, so, sizeof so);
+    if (!out->requires_grad)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "kiln_backward: tensor %s does not require grad (no input of the ops that made it requires "
+                          "grad, or it was made under no_grad)", so);
+    if (!out->node) {
+        if (out->graph_freed)
+            return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                              "kiln_backward: the graph of tensor %s was freed by an earlier backward; pass "
+                              "retain_graph to kiln_backward_ex to run backward through it twice", so);
+    }
+    int64_t numel = kiln__numel(out->ndim, out->shape);
+    if (!seed && numel != 1)
+        return kiln__fail(ctx, KILN_ERR_SHAPE,
+                          "kiln_backward: tensor %s has %lld elements; the gradient of a non-scalar needs an explicit "
+                          "seed gradient (kiln_backward_ex)", so, (long long)numel);
+    if (seed) {
+        if (seed->ctx != ctx)
+            return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_backward: the seed gradient belongs to another context");
+        if (seed->dtype != KILN_F32 || seed->ndim != out->ndim ||
+            memcmp(seed->shape, out->shape, sizeof(int64_t) * (size_t)out->ndim) != 0)
+            return kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_backward: seed gradient %s (%s) does not match tensor %s",
+                              kiln__shape_str(seed->ndim, seed->shape, ss, sizeof ss), kiln_dtype_name(seed->dtype), so);
+    }
+
+    bool prev_mode = ctx->grad_enabled;
+    ctx->grad_enabled = false;
+    kiln_status s = KILN_OK;
+
+    /* a leaf: its gradient is the seed */
+    if (!out->node) {
+        kiln__node fake = {.op = "kiln_backward", .nin = 1, .in = {out}};
+        kiln_tensor *g = seed ? seed : kiln_ones(ctx, out->ndim, out->shape);
+        s = g ? kiln__accum(ctx, &fake, 0, g) : ctx->err;
+        if (g != seed) kiln_tensor_free(g);
+        ctx->grad_enabled = prev_mode;
+        return s;
+    }
+
+    size_t count = 0;
+    kiln__node **nodes = collect(ctx, out->node, &count);
+    if (!nodes) {
+        ctx->grad_enabled = prev_mode;
+        return ctx->err;
+    }
+    out->gacc = seed ? kiln__copy_contiguous(ctx, "kiln_backward", seed) : kiln_ones(ctx, out->ndim, out->shape);
+    if (!out->gacc) s = ctx->err;
+
+    for (size_t k = 0; k < count && s == KILN_OK; k++) {
+        kiln__node *n = nodes[k];
+        kiln_tensor *t = n->out, *g = t->gacc;
+        if (!g) continue; /* nothing flowed into this node */
+        t->gacc = NULL;
+        if (!kiln__is_contiguous(g)) {
+            kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_backward", g);
+            kiln_tensor_free(g);
+            g = c;
+            if (!g) {
+                s = ctx->err;
+                break;
+            }
+        }
+        s = n->backward(ctx, n, g);
+        if (s == KILN_OK && ctx->err != KILN_OK) s = ctx->err;
+        kiln_tensor_free(g);
+    }
+    /* gradients that did not flow on because of an error */
+    for (size_t k = 0; k < count; k++) {
+        kiln_tensor *t = nodes[k]->out;
+        if (t->gacc) {
+            kiln_tensor_free(t->gacc);
+            t->gacc = NULL;
+        }
+    }
+    if (!retain_graph) {
+        /* Detach every node from its output first, then free them: freeing a node may
+         * release tensors (and their nodes) that nothing else holds. */
+        for (size_t k = 0; k < count; k++) {
+            nodes[k]->out->node = NULL;
+            nodes[k]->out->graph_freed = true;
+        }
+        for (size_t k = 0; k < count; k++) kiln__node_free(ctx, nodes[k]);
+        kiln__release_dead(ctx);
+    }
+    free(nodes);
+    ctx->grad_enabled = prev_mode;
+    return s;
+}
+
+/* ---- numerics check ----------------------------------------------------------------- */
+
+kiln_tensor *kiln__finish(kiln_ctx *ctx, const char *op, kiln_tensor *out) {
+    if (!out || !ctx || !ctx->check_numerics || out->dtype != KILN_F32) return out;
+    int64_t n = kiln__numel(out->ndim, out->shape);
+    if (n == 0) return out;
+    float *h = malloc(sizeof(float) * (size_t)n);
+    if (!h) return out; /* the check is best effort; the op's result stands */
+    if (kiln_to_host(out, h, sizeof(float) * (size_t)n) == KILN_OK) {
+        for (int64_t i = 0; i < n; i++) {
+            if (isfinite(h[i])) continue;
+            char sb[160];
+            kiln__fail(ctx, KILN_ERR_RANGE,
+                       "%s produced %s at element %lld of its output %s (KILN_CHECK_NUMERICS: the first op with a "
+                       "non-finite result)", op, isnan(h[i]) ? "NaN" : "Inf", (long long)i,
+                       kiln__shape_str(out->ndim, out->shape, sb, sizeof sb));
+            free(h);
+            kiln_tensor_free(out);
+            return NULL;
+        }
+    }
+    free(h);
+    return out;
+}
