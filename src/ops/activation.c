@@ -1,0 +1,358 @@
+/* src/ops/activation.c - activations as torch.nn.functional: relu, leaky_relu, elu, gelu
+ * (erf and tanh approximation), sigmoid, tanh, softplus, softmax and log_softmax, each
+ * with its backward rule (kernels in cl_kernels/activation.cl).
+ *
+ * Elementwise activations enqueue one kernel: <op>_fwd_contig when the input is
+ * contiguous, else <op>_fwd_strided with a kiln__geom of the input's strides (no copy).
+ * Their backward is one fused kernel per op computing grad_in from the output's gradient
+ * and the saved input (or, for sigmoid and tanh, the output, as torch does); the input is
+ * kept alive by the node anyway and the output is the node's own tensor, so nothing extra
+ * is saved.
+ *
+ * softmax / log_softmax work on rows along `dim` of any view: the other dims, in
+ * row-major order, number the rows; their strides go to the kernel as a kiln__geom, so a
+ * row's first element needs no copy of the input. The output is contiguous, and so are
+ * the output's gradient and the result of the backward: those kernels need only the row
+ * length and the product of the dims after `dim`.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../kiln_internal.h"
+
+#define ACT_PROGRAM "activation"
+#define ACT_OPTIONS ""
+
+/* ---- shared checks ------------------------------------------------------------------ */
+
+static bool check_f32(kiln_ctx *ctx, const char *op, const kiln_tensor *x) {
+    if (x->dtype == KILN_F32) return true;
+    char sb[160];
+    kiln__fail(ctx, KILN_ERR_DTYPE, "%s: input %s has dtype %s; only f32 is supported", op,
+               kiln__shape_str(x->ndim, x->shape, sb, sizeof sb), kiln_dtype_name(x->dtype));
+    return false;
+}
+
+/* The geometry that reads t (any view) in row-major order. */
+static void geom_of(kiln__geom *g, const kiln_tensor *t) {
+    int64_t st[1][KILN_MAX_DIMS];
+    memset(st, 0, sizeof st);
+    for (int d = 0; d < t->ndim; d++) st[0][d] = t->strides[d];
+    kiln__geom_build(g, t->ndim, t->shape, 1, (const int64_t(*)[KILN_MAX_DIMS])st);
+}
+
+/* ---- elementwise activations -------------------------------------------------------- */
+
+typedef enum act_kind {
+    ACT_RELU,
+    ACT_LEAKY_RELU,
+    ACT_ELU,
+    ACT_GELU,
+    ACT_GELU_TANH,
+    ACT_SIGMOID,
+    ACT_TANH,
+    ACT_SOFTPLUS,
+} act_kind;
+
+static const struct {
+    const char *op;   /* public name, for errors */
+    const char *stem; /* kernel name stem */
+    bool from_out;    /* the backward reads the output (else the input) */
+} act_info[] = {
+    [ACT_RELU] = {"kiln_relu", "relu", false},
+    [ACT_LEAKY_RELU] = {"kiln_leaky_relu", "leaky_relu", false},
+    [ACT_ELU] = {"kiln_elu", "elu", false},
+    [ACT_GELU] = {"kiln_gelu", "gelu", false},
+    [ACT_GELU_TANH] = {"kiln_gelu", "gelu_tanh", false},
+    [ACT_SIGMOID] = {"kiln_sigmoid", "sigmoid", true},
+    [ACT_TANH] = {"kiln_tanh", "tanh", true},
+    [ACT_SOFTPLUS] = {"kiln_softplus", "softplus", false},
+};
+
+/* grad_in of an elementwise activation: one kernel from the output's gradient (contiguous,
+ * the output's shape) and the saved input or output. */
+static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    if (!kiln__input_needs_grad(n, 0)) return KILN_OK;
+    act_kind kind = (act_kind)n->i[0];
+    const char *op = act_info[kind].op;
+    kiln_tensor *v = act_info[kind].from_out ? n->out : n->in[0];
+    kiln_tensor *gi = kiln__tensor_new(ctx, op, KILN_F32, v->ndim, v->shape);
+    if (!gi) return ctx->err;
+    int64_t numel = kiln__numel(v->ndim, v->shape);
+    if (numel > 0) {
+        bool contig = kiln__is_contiguous(v);
+        cl_int goff = (cl_int)gout->offset, voff = (cl_int)v->offset, ooff = (cl_int)gi->offset, ni = (cl_int)numel;
+        cl_float a = (cl_float)n->f[0], b = (cl_float)n->f[1];
+        kiln__geom g;
+        kiln__karg args[10];
+        size_t na = 0;
+        args[na++] = KILN__ARG(gout->st->mem);
+        args[na++] = KILN__ARG(goff);
+        args[na++] = KILN__ARG(v->st->mem);
+        args[na++] = KILN__ARG(voff);
+        args[na++] = KILN__ARG(gi->st->mem);
+        args[na++] = KILN__ARG(ooff);
+        args[na++] = KILN__ARG(ni);
+        if (!contig) {
+            geom_of(&g, v);
+            args[na++] = KILN__ARG(g);
+        }
+        args[na++] = KILN__ARG(a);
+        args[na++] = KILN__ARG(b);
+        char kernel[64];
+        snprintf(kernel, sizeof kernel, "%s_bwd_%s", act_info[kind].stem, contig ? "contig" : "strided");
+        if (kiln__launch(ctx, op, ACT_PROGRAM, ACT_OPTIONS, kernel, na, args, (size_t)numel, 0) != KILN_OK) {
+            kiln_tensor_free(gi);
+            return ctx->err;
+        }
+    }
+    kiln_status s = kiln__accum(ctx, n, 0, gi);
+    kiln_tensor_free(gi);
+    return s;
+}
+
+/* y = f(x) for an elementwise activation with parameters a, b; records the backward. */
+static kiln_tensor *act_forward(kiln_ctx *ctx, act_kind kind, kiln_tensor *x, float a, float b) {
+    const char *op = act_info[kind].op;
+    if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    if (!check_f32(ctx, op, x)) return NULL;
+    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
+    if (!out) return NULL;
+    int64_t numel = kiln__numel(x->ndim, x->shape);
+    if (numel > 0) {
+        bool contig = kiln__is_contiguous(x);
+        cl_int xoff = (cl_int)x->offset, ooff = (cl_int)out->offset, ni = (cl_int)numel;
+        cl_float av = a, bv = b;
+        kiln__geom g;
+        kiln__karg args[8];
+        size_t na = 0;
+        args[na++] = KILN__ARG(x->st->mem);
+        args[na++] = KILN__ARG(xoff);
+        args[na++] = KILN__ARG(out->st->mem);
+        args[na++] = KILN__ARG(ooff);
+        args[na++] = KILN__ARG(ni);
+        if (!contig) {
+            geom_of(&g, x);
+            args[na++] = KILN__ARG(g);
+        }
+        args[na++] = KILN__ARG(av);
+        args[na++] = KILN__ARG(bv);
+        char kernel[64];
+        snprintf(kernel, sizeof kernel, "%s_fwd_%s", act_info[kind].stem, contig ? "contig" : "strided");
+        if (kiln__launch(ctx, op, ACT_PROGRAM, ACT_OPTIONS, kernel, na, args, (size_t)numel, 0) != KILN_OK) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+    }
+    if (kiln__grad_wanted(ctx, 1, &x)) {
+        kiln__node *n = kiln__node_new(ctx, op, out, 1, &x, act_backward);
+        if (!n) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        n->i[0] = kind;
+        n->f[0] = a;
+        n->f[1] = b;
+    }
+    return kiln__finish(ctx, op, out);
+}
+
+kiln_tensor *kiln_relu(kiln_ctx *ctx, kiln_tensor *x) { return act_forward(ctx, ACT_RELU, x, 0.0f, 0.0f); }
+
+kiln_tensor *kiln_leaky_relu(kiln_ctx *ctx, kiln_tensor *x, float negative_slope) {
+    return act_forward(ctx, ACT_LEAKY_RELU, x, negative_slope, 0.0f);
+}
+
+kiln_tensor *kiln_elu(kiln_ctx *ctx, kiln_tensor *x, float alpha) {
+    return act_forward(ctx, ACT_ELU, x, alpha, 0.0f);
+}
+
+kiln_tensor *kiln_gelu(kiln_ctx *ctx, kiln_tensor *x, bool tanh_approx) {
+    return act_forward(ctx, tanh_approx ? ACT_GELU_TANH : ACT_GELU, x, 0.0f, 0.0f);
+}
+
+kiln_tensor *kiln_sigmoid(kiln_ctx *ctx, kiln_tensor *x) { return act_forward(ctx, ACT_SIGMOID, x, 0.0f, 0.0f); }
+
+kiln_tensor *kiln_tanh(kiln_ctx *ctx, kiln_tensor *x) { return act_forward(ctx, ACT_TANH, x, 0.0f, 0.0f); }
+
+kiln_tensor *kiln_softplus(kiln_ctx *ctx, kiln_tensor *x, float beta, float threshold) {
+    if (!kiln__check_inputs(ctx, "kiln_softplus", 1, &x)) return NULL;
+    /* torch divides by beta without a check; 0, Inf or NaN would turn every element into
+     * NaN or Inf, so they are refused here */
+    if (!(beta != 0.0f && isfinite(beta)) || isnan(threshold)) {
+        char sb[160];
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "kiln_softplus: beta %g must be finite and non-zero and threshold %g not NaN (input %s)",
+                   (double)beta, (double)threshold, kiln__shape_str(x->ndim, x->shape, sb, sizeof sb));
+        return NULL;
+    }
+    return act_forward(ctx, ACT_SOFTPLUS, x, beta, threshold);
+}
+
+/* ---- softmax / log_softmax ---------------------------------------------------------- */
+
+/*
+ * Kernel shape: a work-item per row (*_rows) unless the rows are long (>= SM_GROUPS_MIN_LEN)
+ * and too few to fill the device that way; then a work-group per row (*_groups). On CPUs
+ * (POCL runs a group's work-items one after another on one core) "too few" is fewer than
+ * SM_CPU_ROWS_PER_CU rows per compute unit; on GPUs fewer than SM_GPU_MIN_ROWS rows, or
+ * rows contiguous in memory (a work-item per row would read with a stride across the
+ * work-items of a wavefront). The choice depends only on shapes and the device, so
+ * results are deterministic.
+ */
+#define SM_GROUPS_MIN_LEN 256
+#define SM_CPU_ROWS_PER_CU 16
+#define SM_GPU_MIN_ROWS 1024
+
+/* Test hook: 1 forces *_rows, 2 forces *_groups with the CPU's blocked shares, 3 forces
+ * *_groups with the GPU's interleaved shares, 0 restores the device's own choice (so one
+ * device's test run covers every path). Process-wide; only tests call it (they declare it). */
+KILN_API void kiln__softmax_layout(int mode);
+static int sm_layout_override;
+void kiln__softmax_layout(int mode) { sm_layout_override = mode; }
+
+typedef struct sm_shape {
+    int dim;       /* normalised dim (0 for a 0-d tensor) */
+    int64_t len;   /* elements along dim */
+    int64_t inner; /* product of the dims after dim */
+    int64_t nrows; /* product of the other dims */
+} sm_shape;
+
+static void sm_shape_of(const kiln_tensor *t, int dim, sm_shape *s) {
+    s->dim = dim;
+    s->len = t->ndim ? t->shape[dim] : 1;
+    s->inner = 1;
+    s->nrows = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        if (d == dim) continue;
+        s->nrows *= t->shape[d];
+        if (d > dim) s->inner *= t->shape[d];
+    }
+}
+
+/* Work-group size of `kernel`: the context's, lowered to the kernel's limit, as a power of
+ * two (the group kernels' trees need one). */
+static kiln_status sm_group_size(kiln_ctx *ctx, const char *kernel, size_t *wg) {
+    cl_kernel k = kiln__kernel(ctx, ACT_PROGRAM, ACT_OPTIONS, kernel);
+    if (!k) return ctx->err;
+    size_t w = kiln__wg_size(ctx), kw = 0;
+    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
+        kw > 0 && kw < w)
+        w = kw;
+    if (w == 0) w = 1;
+    size_t p = 1;
+    while (p <= w / 2) p *= 2;
+    *wg = p;
+    return KILN_OK;
+}
+
+static bool sm_use_groups(const kiln_ctx *ctx, const sm_shape *s) {
+    if (sm_layout_override) return sm_layout_override >= 2;
+    if (s->len < SM_GROUPS_MIN_LEN) return false;
+    int64_t cu = ctx->info.compute_units ? ctx->info.compute_units : 1;
+    if (ctx->info.type == KILN_DEVICE_CPU) return s->nrows < SM_CPU_ROWS_PER_CU * cu;
+    return s->nrows < SM_GPU_MIN_ROWS || s->inner == 1;
+}
+
+/* Launches the rows or groups kernel `stem`: args[0..na) are the common arguments; the
+ * groups kernels take `blocked` and a local buffer on top. */
+static kiln_status sm_launch(kiln_ctx *ctx, const char *op, const char *stem, const sm_shape *s, kiln__karg *args,
+                             size_t na) {
+    char kernel[64];
+    if (!sm_use_groups(ctx, s)) {
+        snprintf(kernel, sizeof kernel, "%s_rows", stem);
+        return kiln__launch(ctx, op, ACT_PROGRAM, ACT_OPTIONS, kernel, na, args, (size_t)s->nrows, 0);
+    }
+    snprintf(kernel, sizeof kernel, "%s_groups", stem);
+    size_t local = 1;
+    kiln_status st = sm_group_size(ctx, kernel, &local);
+    if (st != KILN_OK) return st;
+    /* POCL runs a group's work-items one after another: give each a contiguous block */
+    cl_int blocked = sm_layout_override >= 2 ? sm_layout_override == 2 : ctx->info.type == KILN_DEVICE_CPU;
+    args[na++] = KILN__ARG(blocked);
+    args[na++] = KILN__LOCAL(local * sizeof(cl_float));
+    return kiln__launch(ctx, op, ACT_PROGRAM, ACT_OPTIONS, kernel, na, args, (size_t)s->nrows * local, local);
+}
+
+static kiln_status softmax_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    if (!kiln__input_needs_grad(n, 0)) return KILN_OK;
+    bool lg = n->i[1] != 0;
+    const char *op = lg ? "kiln_log_softmax" : "kiln_softmax";
+    kiln_tensor *y = n->out; /* contiguous: made by the forward */
+    sm_shape s;
+    sm_shape_of(y, (int)n->i[0], &s);
+    kiln_tensor *gi = kiln__tensor_new(ctx, op, KILN_F32, y->ndim, y->shape);
+    if (!gi) return ctx->err;
+    if (kiln__numel(y->ndim, y->shape) > 0) {
+        cl_int goff = (cl_int)gout->offset, yoff = (cl_int)y->offset, doff = (cl_int)gi->offset;
+        cl_int nrows = (cl_int)s.nrows, len = (cl_int)s.len, inner = (cl_int)s.inner;
+        kiln__karg args[11] = {KILN__ARG(gout->st->mem), KILN__ARG(goff), KILN__ARG(y->st->mem),
+                               KILN__ARG(yoff),          KILN__ARG(gi->st->mem), KILN__ARG(doff),
+                               KILN__ARG(nrows),         KILN__ARG(len),  KILN__ARG(inner)};
+        if (sm_launch(ctx, op, lg ? "log_softmax_bwd" : "softmax_bwd", &s, args, 9) != KILN_OK) {
+            kiln_tensor_free(gi);
+            return ctx->err;
+        }
+    }
+    kiln_status st = kiln__accum(ctx, n, 0, gi);
+    kiln_tensor_free(gi);
+    return st;
+}
+
+static kiln_tensor *softmax_forward(kiln_ctx *ctx, const char *op, kiln_tensor *x, int dim, bool lg) {
+    if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    if (!check_f32(ctx, op, x)) return NULL;
+    int d = kiln__axis(dim, x->ndim ? x->ndim : 1); /* a 0-d tensor takes dim 0 or -1, as torch */
+    if (d < 0) {
+        char sb[160];
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: dim %d out of range for tensor %s", op, dim,
+                   kiln__shape_str(x->ndim, x->shape, sb, sizeof sb));
+        return NULL;
+    }
+    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
+    if (!out) return NULL;
+    sm_shape s;
+    sm_shape_of(x, d, &s);
+    if (kiln__numel(x->ndim, x->shape) > 0) {
+        /* the rows' starts: the input's other dims, with their strides */
+        int64_t ksh[KILN_MAX_DIMS], kst[1][KILN_MAX_DIMS];
+        memset(kst, 0, sizeof kst);
+        int nk = 0;
+        for (int k = 0; k < x->ndim; k++) {
+            if (k == d) continue;
+            ksh[nk] = x->shape[k];
+            kst[0][nk++] = x->strides[k];
+        }
+        kiln__geom g;
+        kiln__geom_build(&g, nk, ksh, 1, (const int64_t(*)[KILN_MAX_DIMS])kst);
+        cl_int xoff = (cl_int)x->offset, yoff = (cl_int)out->offset;
+        cl_int nrows = (cl_int)s.nrows, len = (cl_int)s.len, inner = (cl_int)s.inner;
+        cl_int xs = x->ndim ? (cl_int)x->strides[d] : 0;
+        kiln__karg args[11] = {KILN__ARG(x->st->mem), KILN__ARG(xoff), KILN__ARG(out->st->mem),
+                               KILN__ARG(yoff),       KILN__ARG(nrows), KILN__ARG(len),
+                               KILN__ARG(inner),      KILN__ARG(xs),   KILN__ARG(g)};
+        if (sm_launch(ctx, op, lg ? "log_softmax" : "softmax", &s, args, 9) != KILN_OK) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+    }
+    if (kiln__grad_wanted(ctx, 1, &x)) {
+        kiln__node *n = kiln__node_new(ctx, op, out, 1, &x, softmax_backward);
+        if (!n) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        n->i[0] = d;
+        n->i[1] = lg;
+    }
+    return kiln__finish(ctx, op, out);
+}
+
+kiln_tensor *kiln_softmax(kiln_ctx *ctx, kiln_tensor *x, int dim) {
+    return softmax_forward(ctx, "kiln_softmax", x, dim, false);
+}
+
+kiln_tensor *kiln_log_softmax(kiln_ctx *ctx, kiln_tensor *x, int dim) {
+    return softmax_forward(ctx, "kiln_log_softmax", x, dim, true);
+}
