@@ -1,0 +1,353 @@
+/* cl_kernels/norm.cl - batch norm, layer norm, dropout and embedding (src/ops/norm.c).
+ *
+ * Batch norm and layer norm share one layout, "groups": group g (a channel of batch norm,
+ * a row of layer norm) owns the M = N * S elements at
+ *     g * gstride + n * nstride + s,   n < N, s < S
+ * of a contiguous tensor (batch norm on [N, C, S]: gstride S, nstride C * S; layer norm on
+ * [R, D]: gstride D, N 1, S D). Either one work-item handles a group (many short groups)
+ * or one work-group of L work-items (a power of two) does: work-item l visits the group's
+ * elements l, l + L, l + 2L, ... in row-major order (so neighbouring work-items read
+ * neighbouring addresses), then the L partial sums are combined in a fixed tree in local
+ * memory. No atomics: every result depends only on the shapes and the launch shape the
+ * host picks from them, so it is bit-identical from run to run.
+ *
+ * Statistics are two-pass in float (the mean first, then the mean of squared deviations
+ * from it), so the variance of data with a large mean loses nothing to cancellation; the
+ * mean itself sums deviations from the group's first element, for the same reason.
+ */
+
+/* Sums of one value (two values) per work-item over the work-group; every work-item gets
+ * the totals. Called unconditionally by every work-item: barriers only ever sit in
+ * uniform straight-line code (POCL miscompiled them inside branches, even uniform ones). */
+inline float norm_group_sum(local float *scr, float v) {
+    int lid = get_local_id(0), L = get_local_size(0);
+    scr[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = L >> 1; h > 0; h >>= 1) {
+        if (lid < h) scr[lid] += scr[lid + h];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float r = scr[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+/* scr holds 2L floats */
+inline float2 norm_group_sum2(local float *scr, float a, float b) {
+    int lid = get_local_id(0), L = get_local_size(0);
+    scr[lid] = a;
+    scr[L + lid] = b;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = L >> 1; h > 0; h >>= 1) {
+        if (lid < h) {
+            scr[lid] += scr[lid + h];
+            scr[L + lid] += scr[L + lid + h];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float2 r = (float2)(scr[0], scr[L]);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+/*
+ * Two launch shapes share every kernel body below:
+ *   *_groups  one work-group of L_ work-items per group (long groups, few of them);
+ *   *_rows    one work-item per group (L_ = 1): many short groups, no barriers.
+ * The bodies see g (the group), L_ and lid_ (this work-item's index in the group), and a
+ * SUM (SUM2) that totals a value (two values) over the group's work-items.
+ */
+#define NORM_SUM_GROUP(v) norm_group_sum(scr, (v))
+#define NORM_SUM2_GROUP(a, b) norm_group_sum2(scr, (a), (b))
+#define NORM_SUM_ROW(v) (v)
+#define NORM_SUM2_ROW(a, b) ((float2)((a), (b)))
+#define NORM_PROLOGUE_GROUPS                                                              \
+    int g = get_group_id(0), L_ = get_local_size(0), lid_ = get_local_id(0)
+#define NORM_PROLOGUE_ROWS                                                                \
+    int g = get_global_id(0), L_ = 1, lid_ = 0;                                           \
+    if (g >= G) return
+
+/* Runs BODY for the elements of this work-item in group g: rel is the element's offset in
+ * the contiguous tensor, s its position along S. (n, s) advance by L_ elements with one
+ * compare instead of a division per element. */
+#define NORM_LOOP(rel, s, BODY)                                                           \
+    do {                                                                                  \
+        if (N > 0 && S > 0) {                                                             \
+            int dn_ = L_ / S, ds_ = L_ - dn_ * S;                                         \
+            int n_ = lid_ / S, s = lid_ - n_ * S;                                         \
+            int gbase_ = g * gstride;                                                     \
+            while (n_ < N) {                                                              \
+                int rel = gbase_ + n_ * nstride + s;                                      \
+                BODY;                                                                     \
+                s += ds_;                                                                 \
+                n_ += dn_;                                                                \
+                if (s >= S) {                                                             \
+                    s -= S;                                                               \
+                    n_++;                                                                 \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+    } while (0)
+
+/* A work-item's float sums run in chunks of NORM_CHUNK terms whose totals are then added:
+ * the rounding error grows with n / NORM_CHUNK + NORM_CHUNK instead of n. */
+#define NORM_CHUNK 32
+#define NORM_ACC_ADD(acc, part, cnt, v)                                                   \
+    do {                                                                                  \
+        part += (v);                                                                      \
+        if (++cnt == NORM_CHUNK) {                                                        \
+            acc += part;                                                                  \
+            part = 0.0f;                                                                  \
+            cnt = 0;                                                                      \
+        }                                                                                 \
+    } while (0)
+
+/* y = (x - mean) * rstd * w + b over this work-item's elements of group g. wmode: 0 no
+ * weight/bias, 1 per group (batch norm), 2 per s (layer norm); has_w/has_b say which of
+ * the two is present. */
+#define NORM_WRITE_Y()                                                                    \
+    do {                                                                                  \
+        float wg = (wmode == 1 && has_w) ? w[woff + g] : 1.0f;                            \
+        float bg = (wmode == 1 && has_b) ? b[boff + g] : 0.0f;                            \
+        float sg = rstd * wg;                                                             \
+        if (wmode == 2) {                                                                 \
+            NORM_LOOP(rel, s, {                                                           \
+                float v = (x[xoff + rel] - mean) * rstd;                                  \
+                if (has_w) v *= w[woff + s];                                              \
+                if (has_b) v += b[boff + s];                                              \
+                y[yoff + rel] = v;                                                        \
+            });                                                                           \
+        } else {                                                                          \
+            NORM_LOOP(rel, s, y[yoff + rel] = fma(x[xoff + rel] - mean, sg, bg));         \
+        }                                                                                 \
+    } while (0)
+
+/*
+ * Forward with the batch statistics (batch norm training, layer norm): the mean and biased
+ * variance of group g, rstd = 1 / sqrt(var + eps), written to mean_out/rstd_out[g], then
+ * y. The mean sums x - k, k the group's first element: far from zero data (|mean| >> std)
+ * then sums small, mostly exact differences instead of large values. With update, the
+ * running statistics at rm/rv (1-D views: offset, stride) become (1 - momentum) * old +
+ * momentum * stat, with the unbiased variance var * M / (M - 1) (torch's rule, in its
+ * order of evaluation).
+ */
+#define NORM_FORWARD_ARGS                                                                 \
+    global const float *x, int xoff, global float *y, int yoff, int N, int S, int gstride, int nstride, \
+        int wmode, int has_w, global const float *w, int woff, int has_b, global const float *b, int boff, \
+        float eps, global float *mean_out, int moff, global float *rstd_out, int roff, int update, \
+        float momentum, global float *rm, int rmoff, int rmstr, global float *rv, int rvoff, int rvstr
+#define NORM_FORWARD_BODY(SUM)                                                            \
+    do {                                                                                  \
+        float M = (float)N * (float)S;                                                    \
+        float k = x[xoff + g * gstride], acc = 0.0f, part = 0.0f;                         \
+        int cnt = 0;                                                                      \
+        NORM_LOOP(rel, s, NORM_ACC_ADD(acc, part, cnt, x[xoff + rel] - k));               \
+        float mean = k + SUM(acc + part) / M;                                             \
+        acc = part = 0.0f;                                                                \
+        cnt = 0;                                                                          \
+        NORM_LOOP(rel, s, {                                                               \
+            float d = x[xoff + rel] - mean;                                               \
+            NORM_ACC_ADD(acc, part, cnt, d * d);                                          \
+        });                                                                               \
+        float var = SUM(acc + part) / M;                                                  \
+        float rstd = 1.0f / sqrt(var + eps);                                              \
+        if (lid_ == 0) {                                                                  \
+            mean_out[moff + g] = mean;                                                    \
+            rstd_out[roff + g] = rstd;                                                    \
+            if (update) {                                                                 \
+                float unbiased = var * (M / (M - 1.0f));                                  \
+                int im = rmoff + g * rmstr, iv = rvoff + g * rvstr;                       \
+                rm[im] = momentum * mean + (1.0f - momentum) * rm[im];                    \
+                rv[iv] = momentum * unbiased + (1.0f - momentum) * rv[iv];                \
+            }                                                                             \
+        }                                                                                 \
+        NORM_WRITE_Y();                                                                   \
+    } while (0)
+
+kernel void norm_forward_groups(NORM_FORWARD_ARGS, local float *scr) {
+    NORM_PROLOGUE_GROUPS;
+    NORM_FORWARD_BODY(NORM_SUM_GROUP);
+}
+
+kernel void norm_forward_rows(int G, NORM_FORWARD_ARGS) {
+    NORM_PROLOGUE_ROWS;
+    NORM_FORWARD_BODY(NORM_SUM_ROW);
+}
+
+/* Forward with given statistics (batch norm in eval mode): mean = rm[g], rstd =
+ * 1 / sqrt(rv[g] + eps), kept in mean_out/rstd_out for the backward. */
+#define NORM_EVAL_ARGS                                                                    \
+    global const float *x, int xoff, global float *y, int yoff, int N, int S, int gstride, int nstride, \
+        int wmode, int has_w, global const float *w, int woff, int has_b, global const float *b, int boff, \
+        float eps, global float *mean_out, int moff, global float *rstd_out, int roff, \
+        global const float *rm, int rmoff, int rmstr, global const float *rv, int rvoff, int rvstr
+#define NORM_EVAL_BODY()                                                                  \
+    do {                                                                                  \
+        float mean = rm[rmoff + g * rmstr];                                               \
+        float rstd = 1.0f / sqrt(rv[rvoff + g * rvstr] + eps);                            \
+        if (lid_ == 0) {                                                                  \
+            mean_out[moff + g] = mean;                                                    \
+            rstd_out[roff + g] = rstd;                                                    \
+        }                                                                                 \
+        NORM_WRITE_Y();                                                                   \
+    } while (0)
+
+kernel void norm_forward_eval_groups(NORM_EVAL_ARGS) {
+    NORM_PROLOGUE_GROUPS;
+    NORM_EVAL_BODY();
+}
+
+kernel void norm_forward_eval_rows(int G, NORM_EVAL_ARGS) {
+    NORM_PROLOGUE_ROWS;
+    NORM_EVAL_BODY();
+}
+
+/*
+ * Backward of the forwards for x, and the per-group sums that are batch norm's weight and
+ * bias gradients. With ge = dy * w[s] (layer norm with a weight) or dy, and
+ * xhat = (x - mean) * rstd:
+ *   A = sum ge, B = sum ge * xhat over the group (written to suma/sumb[g] with sums);
+ *   train: dx = scale * (ge - A / M - xhat * B / M)   (the statistics depend on x)
+ *   eval:  dx = scale * ge                            (fixed running statistics)
+ * scale = rstd * w[g] (batch norm with a weight) or rstd. The sums are always computed
+ * (no barrier in a branch); scr holds 2L floats.
+ */
+#define NORM_BACKWARD_ARGS                                                                \
+    global const float *x, int xoff, global const float *dy, int dyoff, global float *dx, int dxoff, int N, \
+        int S, int gstride, int nstride, int wmode, int has_w, global const float *w, int woff, \
+        global const float *mean_in, int moff, global const float *rstd_in, int roff, int train, int need_dx, \
+        int sums, global float *suma, int aoff, global float *sumb, int boff
+#define NORM_BACKWARD_BODY(SUM2)                                                          \
+    do {                                                                                  \
+        float M = (float)N * (float)S;                                                    \
+        float mean = mean_in[moff + g], rstd = rstd_in[roff + g];                         \
+        bool wps = wmode == 2 && has_w;                                                   \
+        float a = 0.0f, pa = 0.0f, bb = 0.0f, pb = 0.0f;                                  \
+        int cnt = 0;                                                                      \
+        NORM_LOOP(rel, s, {                                                               \
+            float ge = dy[dyoff + rel];                                                   \
+            if (wps) ge *= w[woff + s];                                                   \
+            float xh = (x[xoff + rel] - mean) * rstd;                                     \
+            pa += ge;                                                                     \
+            pb = fma(ge, xh, pb);                                                         \
+            if (++cnt == NORM_CHUNK) {                                                    \
+                a += pa;                                                                  \
+                bb += pb;                                                                 \
+                pa = pb = 0.0f;                                                           \
+                cnt = 0;                                                                  \
+            }                                                                             \
+        });                                                                               \
+        float2 AB = SUM2(a + pa, bb + pb);                                                \
+        if (lid_ == 0 && sums) {                                                          \
+            suma[aoff + g] = AB.x;                                                        \
+            sumb[boff + g] = AB.y;                                                        \
+        }                                                                                 \
+        if (!need_dx) return;                                                             \
+        float scale = (wmode == 1 && has_w) ? rstd * w[woff + g] : rstd;                  \
+        float ma = AB.x / M, mb = AB.y / M;                                               \
+        NORM_LOOP(rel, s, {                                                               \
+            float ge = dy[dyoff + rel];                                                   \
+            if (wps) ge *= w[woff + s];                                                   \
+            float v = ge;                                                                 \
+            if (train) v = ge - ma - (x[xoff + rel] - mean) * rstd * mb;                  \
+            dx[dxoff + rel] = scale * v;                                                  \
+        });                                                                               \
+    } while (0)
+
+kernel void norm_backward_groups(NORM_BACKWARD_ARGS, local float *scr) {
+    NORM_PROLOGUE_GROUPS;
+    NORM_BACKWARD_BODY(NORM_SUM2_GROUP);
+}
+
+kernel void norm_backward_rows(int G, NORM_BACKWARD_ARGS) {
+    NORM_PROLOGUE_ROWS;
+    NORM_BACKWARD_BODY(NORM_SUM2_ROW);
+}
+
+/* Layer norm's weight and bias gradients: one work-item per normalised element j of the
+ * [R, D] layout, summing over the rows in order (partials of 32 rows, then their total,
+ * so the rounding error grows with R / 32 + 32 rather than R). */
+kernel void ln_param_grad(global const float *x, int xoff, global const float *dy, int dyoff,
+                          global const float *mean, int moff, global const float *rstd, int roff, int R, int D,
+                          int need_w, global float *dw, int dwoff, int need_b, global float *db, int dboff) {
+    int j = get_global_id(0);
+    if (j >= D) return;
+    float tw = 0.0f, tb = 0.0f;
+    for (int r0 = 0; r0 < R; r0 += 32) {
+        int r1 = min(R, r0 + 32);
+        float pw = 0.0f, pb = 0.0f;
+        for (int r = r0; r < r1; r++) {
+            float d = dy[dyoff + r * D + j];
+            pw = fma(d, (x[xoff + r * D + j] - mean[moff + r]) * rstd[roff + r], pw);
+            pb += d;
+        }
+        tw += pw;
+        tb += pb;
+    }
+    if (need_w) dw[dwoff + j] = tw;
+    if (need_b) db[dboff + j] = tb;
+}
+
+/* ---- dropout: Philox4x32-10, the same generator and stream as cl_kernels/random.cl ---- */
+
+#define NORM_PHILOX_M0 0xD2511F53u
+#define NORM_PHILOX_M1 0xCD9E8D57u
+#define NORM_PHILOX_W0 0x9E3779B9u
+#define NORM_PHILOX_W1 0xBB67AE85u
+
+/* A copy of random.cl's philox4x32_10 / philox_at (programs are compiled separately):
+ * the block of element i is the encryption of the 64-bit counter ctr + i under the key. */
+inline uint4 norm_philox(uint i, uint key0, uint key1, uint ctr_lo, uint ctr_hi) {
+    uint lo = ctr_lo + i;
+    uint hi = ctr_hi + (lo < ctr_lo ? 1u : 0u);
+    uint4 c = (uint4)(lo, hi, 0u, 0u);
+    uint2 k = (uint2)(key0, key1);
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) {
+            k.x += NORM_PHILOX_W0;
+            k.y += NORM_PHILOX_W1;
+        }
+        /* one 32 x 32 -> 64-bit product for both halves (mul_hi vectorises poorly on CPUs) */
+        ulong p0 = (ulong)NORM_PHILOX_M0 * c.x, p1 = (ulong)NORM_PHILOX_M1 * c.z;
+        c = (uint4)((uint)(p1 >> 32) ^ c.y ^ k.x, (uint)p1, (uint)(p0 >> 32) ^ c.w ^ k.y, (uint)p0);
+    }
+    return c;
+}
+
+/* dst[i] = src[i] * (u_i >= p ? scale : 0) with u_i = (x0 >> 8) * 2^-24, the value
+ * kiln_rand_uniform(0, 1) draws at the same stream position. A multiplication, as torch's
+ * input * mask: a dropped NaN or Inf stays NaN. The same kernel applies the mask to the
+ * gradient in the backward pass (same key and counter). */
+kernel void dropout_apply(global const float *src, int soff, global float *dst, int doff, int n, uint key0,
+                          uint key1, uint ctr_lo, uint ctr_hi, float p, float scale) {
+    int i = get_global_id(0);
+    if (i >= n) return;
+    uint4 r = norm_philox((uint)i, key0, key1, ctr_lo, ctr_hi);
+    float u = (float)(r.x >> 8) * 0x1.0p-24f;
+    dst[doff + i] = src[soff + i] * (u >= p ? scale : 0.0f);
+}
+
+/* ---- embedding ------------------------------------------------------------------------ */
+
+/* out[r, j] = w[idx[r], j] for the nidx indices (validated on the host) and dim columns;
+ * w is any 2-D view (offset, strides). */
+kernel void embedding_forward(global const float *w, int woff, int ws0, int ws1, global const int *idx, int ioff,
+                              global float *out, int ooff, int nidx, int dim) {
+    int i = get_global_id(0);
+    if (i >= nidx * dim) return;
+    int r = i / dim, j = i - r * dim;
+    out[ooff + i] = w[woff + idx[ioff + r] * ws0 + j * ws1];
+}
+
+/* dw[r, j] = sum of dy[k, j] over the positions k whose index is r, in increasing k:
+ * rowptr/pos is the host-built CSR of positions per weight row. No atomics. */
+kernel void embedding_backward(global const float *dy, int dyoff, global const int *rowptr, int rpoff,
+                               global const int *pos, int poff, global float *dw, int dwoff, int num, int dim) {
+    int i = get_global_id(0);
+    if (i >= num * dim) return;
+    int r = i / dim, j = i - r * dim;
+    float acc = 0.0f;
+    int k1 = rowptr[rpoff + r + 1];
+    for (int k = rowptr[rpoff + r]; k < k1; k++) acc += dy[dyoff + pos[poff + k] * dim + j];
+    dw[dwoff + i] = acc;
+}

@@ -1,0 +1,638 @@
+/* src/ops/norm.c - batch norm, layer norm, dropout and embedding, with their backward
+ * rules (kernels in cl_kernels/norm.cl).
+ *
+ * Batch norm and layer norm run one kernel per direction over a "group" layout (norm.cl):
+ * a group is a channel of batch norm or a row of layer norm, handled by one work-item
+ * (many short groups) or one work-group (rows_layout picks). The forward computes the
+ * group's mean and biased variance in two passes and writes the output in a third; it
+ * keeps the mean and 1/sqrt(var + eps) of every group for the backward, whose kernel
+ * computes the group sums of dy and dy * xhat and then dx in one launch (layer norm's
+ * weight and bias gradients are column sums, a second kernel). Running statistics of
+ * batch norm are updated by the forward kernel, in place and outside autograd (buffers,
+ * as in torch); eval mode normalises with them and saves a copy for the backward.
+ *
+ * Dropout draws its mask from the context's Philox stream exactly as kiln_rand_uniform
+ * does (element i of a call uses counter rng_counter + i and keeps the element when its
+ * uniform u >= p); the backward recomputes the same mask from the key and counter the node
+ * remembers instead of storing it.
+ *
+ * Embedding reads its indices back to validate them (functional.h documents the sync);
+ * when the weight wants a gradient it also builds, on the host, the positions of each
+ * weight row's indices (CSR), so the backward sums rows without atomics, deterministically.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kiln_internal.h"
+
+#define NORM_PROGRAM "norm"
+#define NORM_OPTIONS ""
+/* Largest work-group per batch-norm channel / layer-norm row. On CPUs POCL runs a group's
+ * work-items in one loop on one core, so a smaller group wastes less on short rows. */
+#define NORM_MAX_WG_GPU 256
+#define NORM_MAX_WG_CPU 64
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static size_t pow2_floor(size_t n) {
+    size_t p = 1;
+    while (p <= n / 2) p *= 2;
+    return p;
+}
+
+/* Test hook (declared by tests/test_norm.c): 0 lets each launch choose its layout for the
+ * device, 1 forces a work-item per group (rows), 2 a work-group per group, so that one
+ * device's test run covers both. Process-wide; only tests call it. */
+KILN_API void kiln__norm_layout(int mode);
+static int layout_override;
+void kiln__norm_layout(int mode) { layout_override = mode; }
+
+/*
+ * Launch shape of the group kernels: a work-item per group ("rows") when there are enough
+ * groups to fill the device and each is short, else a work-group per group. On CPUs POCL
+ * runs a work-group's items in one loop on one core, so rows pay off as soon as each core
+ * has NORM_ROWS_PER_CU groups; GPUs need many more work-items. Depends only on the shapes
+ * and the device, so results are deterministic.
+ */
+#define NORM_ROWS_PER_CU 16
+#define NORM_ROWS_MAX_M_CPU 4096
+#define NORM_ROWS_MIN_G_GPU 4096
+#define NORM_ROWS_MAX_M_GPU 256
+
+static bool rows_layout(const kiln_ctx *ctx, int64_t G, int64_t M) {
+    if (layout_override) return layout_override == 1;
+    int64_t cu = ctx->info.compute_units ? (int64_t)ctx->info.compute_units : 1;
+    if (ctx->info.type == KILN_DEVICE_CPU) return G >= NORM_ROWS_PER_CU * cu && M <= NORM_ROWS_MAX_M_CPU;
+    return G >= NORM_ROWS_MIN_G_GPU && M <= NORM_ROWS_MAX_M_GPU;
+}
+
+/* The work-group size for the group kernel `kernel`: a power of two, the device's and the
+ * compiled kernel's limits respected. */
+static kiln_status group_wg(kiln_ctx *ctx, const char *kernel, size_t *wg) {
+    cl_kernel k = kiln__kernel(ctx, NORM_PROGRAM, NORM_OPTIONS, kernel);
+    if (!k) return ctx->err;
+    size_t w = kiln__wg_size(ctx), kw = 0;
+    size_t cap = ctx->info.type == KILN_DEVICE_CPU ? NORM_MAX_WG_CPU : NORM_MAX_WG_GPU;
+    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
+        kw > 0 && kw < w)
+        w = kw;
+    if (w > cap) w = cap;
+    *wg = pow2_floor(w ? w : 1);
+    return KILN_OK;
+}
+
+#define NORM_MAX_ARGS 32
+
+/* Launches <stem>_rows (G prepended to args) or <stem>_groups (nlocal floats of local
+ * memory per work-item appended when nlocal > 0) over G groups of M elements. */
+static kiln_status norm_launch(kiln_ctx *ctx, const char *op, const char *stem, size_t nargs, const kiln__karg *args,
+                               cl_int G, int64_t M, size_t nlocal) {
+    char kernel[64];
+    kiln__karg a[NORM_MAX_ARGS + 2];
+    if (G <= 0) return KILN_OK;
+    if (rows_layout(ctx, G, M)) {
+        snprintf(kernel, sizeof kernel, "%s_rows", stem);
+        a[0] = KILN__ARG(G);
+        memcpy(a + 1, args, sizeof *args * nargs);
+        return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, kernel, nargs + 1, a, (size_t)G, 0);
+    }
+    snprintf(kernel, sizeof kernel, "%s_groups", stem);
+    size_t L = 1;
+    kiln_status s = group_wg(ctx, kernel, &L);
+    if (s != KILN_OK) return s;
+    memcpy(a, args, sizeof *args * nargs);
+    if (nlocal) a[nargs++] = KILN__LOCAL(nlocal * L * sizeof(cl_float));
+    return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, kernel, nargs, a, (size_t)G * L, L);
+}
+
+static bool check_f32(kiln_ctx *ctx, const char *op, const char *what, const kiln_tensor *t) {
+    if (t->dtype == KILN_F32) return true;
+    char sb[160];
+    kiln__fail(ctx, KILN_ERR_DTYPE, "%s: %s %s has dtype %s; only f32 is supported", op, what,
+               kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype));
+    return false;
+}
+
+/* t itself when contiguous, else a contiguous copy (the caller frees it when != t). */
+static kiln_tensor *contig(kiln_ctx *ctx, const char *op, kiln_tensor *t) {
+    return kiln__is_contiguous(t) ? t : kiln__copy_contiguous(ctx, op, t);
+}
+
+/* Frees t when it is a temporary copy of orig. */
+static void free_copy(kiln_tensor *t, kiln_tensor *orig) {
+    if (t && t != orig) kiln_tensor_free(t);
+}
+
+/* Geometry of a group launch (norm.cl): G groups of N x S elements. */
+typedef struct norm_geom {
+    cl_int G, N, S, gstride, nstride;
+} norm_geom;
+
+/* ---- batch norm and layer norm: shared forward and backward -------------------------- */
+
+enum { WMODE_NONE = 0, WMODE_GROUP = 1, WMODE_ELEM = 2 };
+
+/* node layout shared by both ops: in[0] x, in[1] weight, in[2] bias (either may be NULL);
+ * saved[0] contiguous x, saved[1] mean, saved[2] rstd (one per group);
+ * i[0..4] the geometry, i[5] wmode, i[6] train (statistics depend on x). */
+
+static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    const char *op = n->op;
+    kiln_tensor *x = n->saved[0], *mean = n->saved[1], *rstd = n->saved[2], *w = n->in[1];
+    norm_geom g = {(cl_int)n->i[0], (cl_int)n->i[1], (cl_int)n->i[2], (cl_int)n->i[3], (cl_int)n->i[4]};
+    cl_int wmode = (cl_int)n->i[5], train = (cl_int)n->i[6];
+    bool need_x = kiln__input_needs_grad(n, 0), need_w = kiln__input_needs_grad(n, 1),
+         need_b = kiln__input_needs_grad(n, 2);
+    kiln_status s = KILN_OK;
+    kiln_tensor *dx = NULL, *suma = NULL, *sumb = NULL, *wc = NULL, *dw = NULL, *db = NULL;
+
+    wc = w ? contig(ctx, op, w) : NULL;
+    if (w && !wc) return ctx->err;
+    /* the kernel always computes the per-group sums; for batch norm they are the weight
+     * and bias gradients */
+    cl_int sums = wmode != WMODE_ELEM && (need_w || need_b);
+    if (need_x) {
+        dx = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
+        if (!dx) goto done;
+    }
+    if (sums) {
+        int64_t G = g.G;
+        suma = kiln__tensor_new(ctx, op, KILN_F32, 1, &G);
+        sumb = suma ? kiln__tensor_new(ctx, op, KILN_F32, 1, &G) : NULL;
+        if (!sumb) goto done;
+    }
+    if (need_x || sums) {
+        cl_mem any = x->st->mem;
+        cl_int xoff = (cl_int)x->offset, dyoff = (cl_int)gout->offset, dxoff = dx ? (cl_int)dx->offset : 0;
+        cl_int has_w = w != NULL, woff = wc ? (cl_int)wc->offset : 0, need_dx = need_x;
+        cl_mem wm = wc ? wc->st->mem : any, dxm = dx ? dx->st->mem : any;
+        cl_mem am = suma ? suma->st->mem : any, bm = sumb ? sumb->st->mem : any;
+        cl_int moff = (cl_int)mean->offset, roff = (cl_int)rstd->offset;
+        cl_int aoff = suma ? (cl_int)suma->offset : 0, boff = sumb ? (cl_int)sumb->offset : 0;
+        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),       KILN__ARG(gout->st->mem),
+                             KILN__ARG(dyoff),      KILN__ARG(dxm),        KILN__ARG(dxoff),
+                             KILN__ARG(g.N),        KILN__ARG(g.S),        KILN__ARG(g.gstride),
+                             KILN__ARG(g.nstride),  KILN__ARG(wmode),      KILN__ARG(has_w),
+                             KILN__ARG(wm),         KILN__ARG(woff),       KILN__ARG(mean->st->mem),
+                             KILN__ARG(moff),       KILN__ARG(rstd->st->mem), KILN__ARG(roff),
+                             KILN__ARG(train),      KILN__ARG(need_dx),    KILN__ARG(sums),
+                             KILN__ARG(am),         KILN__ARG(aoff),       KILN__ARG(bm),
+                             KILN__ARG(boff)};
+        s = norm_launch(ctx, op, "norm_backward", sizeof args / sizeof args[0], args, g.G, (int64_t)g.N * g.S, 2);
+        if (s != KILN_OK) goto done;
+    }
+    if (need_x) {
+        if ((s = kiln__accum(ctx, n, 0, dx)) != KILN_OK) goto done;
+    }
+    if (sums) {
+        if (need_w && (s = kiln__accum(ctx, n, 1, sumb)) != KILN_OK) goto done;
+        if (need_b && (s = kiln__accum(ctx, n, 2, suma)) != KILN_OK) goto done;
+    }
+    if (wmode == WMODE_ELEM && (need_w || need_b)) {
+        /* layer norm: column sums over the rows, [R, D] with R = G, D = S */
+        kiln_tensor *shape_src = need_w ? n->in[1] : n->in[2];
+        dw = need_w ? kiln__tensor_new(ctx, op, KILN_F32, shape_src->ndim, shape_src->shape) : NULL;
+        if (need_w && !dw) goto done;
+        db = need_b ? kiln__tensor_new(ctx, op, KILN_F32, n->in[2]->ndim, n->in[2]->shape) : NULL;
+        if (need_b && !db) goto done;
+        cl_mem any = x->st->mem;
+        cl_int xoff = (cl_int)x->offset, dyoff = (cl_int)gout->offset, nw = need_w, nb = need_b;
+        cl_mem dwm = dw ? dw->st->mem : any, dbm = db ? db->st->mem : any;
+        cl_int moff = (cl_int)mean->offset, roff = (cl_int)rstd->offset;
+        cl_int dwoff = dw ? (cl_int)dw->offset : 0, dboff = db ? (cl_int)db->offset : 0;
+        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),  KILN__ARG(gout->st->mem), KILN__ARG(dyoff),
+                             KILN__ARG(mean->st->mem), KILN__ARG(moff), KILN__ARG(rstd->st->mem), KILN__ARG(roff),
+                             KILN__ARG(g.G),        KILN__ARG(g.S),   KILN__ARG(nw),            KILN__ARG(dwm),
+                             KILN__ARG(dwoff),      KILN__ARG(nb),    KILN__ARG(dbm),           KILN__ARG(dboff)};
+        s = kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "ln_param_grad", sizeof args / sizeof args[0], args,
+                         (size_t)g.S, 0);
+        if (s != KILN_OK) goto done;
+        if (need_w && (s = kiln__accum(ctx, n, 1, dw)) != KILN_OK) goto done;
+        if (need_b && (s = kiln__accum(ctx, n, 2, db)) != KILN_OK) goto done;
+    }
+done:
+    if (s == KILN_OK && ctx->err != KILN_OK) s = ctx->err;
+    kiln_tensor_free(dx);
+    kiln_tensor_free(suma);
+    kiln_tensor_free(sumb);
+    kiln_tensor_free(dw);
+    kiln_tensor_free(db);
+    free_copy(wc, w);
+    return s;
+}
+
+/*
+ * Runs norm_forward over the contiguous xc (of x) with geometry g, records the node and
+ * returns the output (x's shape). rm/rv: running statistics (read in eval mode, updated
+ * when update). wc/bc: contiguous weight/bias or NULL. x, w, b are the caller's tensors,
+ * recorded as the node's inputs.
+ */
+static kiln_tensor *norm_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *xc, kiln_tensor *w,
+                             kiln_tensor *wc, kiln_tensor *b, kiln_tensor *bc, const norm_geom *g, int wmode,
+                             bool train, kiln_tensor *rm, kiln_tensor *rv, bool update, float momentum, float eps) {
+    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
+    if (!out) return NULL;
+    int64_t G = g->G;
+    kiln_tensor *mean = kiln__tensor_new(ctx, op, KILN_F32, 1, &G);
+    kiln_tensor *rstd = mean ? kiln__tensor_new(ctx, op, KILN_F32, 1, &G) : NULL;
+    if (!rstd) goto fail;
+    {
+        cl_mem any = xc->st->mem;
+        cl_int xoff = (cl_int)xc->offset, yoff = (cl_int)out->offset, cwmode = wmode;
+        cl_int has_w = wc != NULL, has_b = bc != NULL;
+        cl_int woff = wc ? (cl_int)wc->offset : 0, boff = bc ? (cl_int)bc->offset : 0;
+        cl_mem wm = wc ? wc->st->mem : any, bm = bc ? bc->st->mem : any;
+        cl_int upd = update, moff = (cl_int)mean->offset, roff = (cl_int)rstd->offset;
+        cl_float ceps = eps, cmom = momentum;
+        cl_mem rmm = rm ? rm->st->mem : any, rvm = rv ? rv->st->mem : any;
+        cl_int rmoff = rm ? (cl_int)rm->offset : 0, rmstr = rm ? (cl_int)rm->strides[0] : 0;
+        cl_int rvoff = rv ? (cl_int)rv->offset : 0, rvstr = rv ? (cl_int)rv->strides[0] : 0;
+        kiln__karg args[NORM_MAX_ARGS] = {
+            KILN__ARG(xc->st->mem), KILN__ARG(xoff),  KILN__ARG(out->st->mem),  KILN__ARG(yoff),
+            KILN__ARG(g->N),        KILN__ARG(g->S),  KILN__ARG(g->gstride),    KILN__ARG(g->nstride),
+            KILN__ARG(cwmode),      KILN__ARG(has_w), KILN__ARG(wm),            KILN__ARG(woff),
+            KILN__ARG(has_b),       KILN__ARG(bm),    KILN__ARG(boff),          KILN__ARG(ceps),
+            KILN__ARG(mean->st->mem), KILN__ARG(moff), KILN__ARG(rstd->st->mem), KILN__ARG(roff)};
+        size_t na = 20;
+        if (train) {
+            args[na++] = KILN__ARG(upd);
+            args[na++] = KILN__ARG(cmom);
+        }
+        args[na++] = KILN__ARG(rmm);
+        args[na++] = KILN__ARG(rmoff);
+        args[na++] = KILN__ARG(rmstr);
+        args[na++] = KILN__ARG(rvm);
+        args[na++] = KILN__ARG(rvoff);
+        args[na++] = KILN__ARG(rvstr);
+        if (norm_launch(ctx, op, train ? "norm_forward" : "norm_forward_eval", na, args, g->G,
+                        (int64_t)g->N * g->S, train ? 1 : 0) != KILN_OK)
+            goto fail;
+    }
+    kiln_tensor *in[3] = {x, w, b};
+    if (kiln__grad_wanted(ctx, 3, in)) {
+        kiln__node *n = kiln__node_new(ctx, op, out, 3, in, norm_backward_fn);
+        if (!n) goto fail;
+        kiln__node_save(n, xc);
+        kiln__node_save(n, mean);
+        kiln__node_save(n, rstd);
+        n->i[0] = g->G;
+        n->i[1] = g->N;
+        n->i[2] = g->S;
+        n->i[3] = g->gstride;
+        n->i[4] = g->nstride;
+        n->i[5] = wmode;
+        n->i[6] = train;
+    }
+    kiln_tensor_free(mean);
+    kiln_tensor_free(rstd);
+    return out;
+fail:
+    kiln_tensor_free(out);
+    kiln_tensor_free(mean);
+    kiln_tensor_free(rstd);
+    return NULL;
+}
+
+/* ---- batch norm --------------------------------------------------------------------------- */
+
+/* A [C] parameter or statistic: NULL allowed, else 1-D F32 of C elements. */
+static bool check_channel_vec(kiln_ctx *ctx, const char *op, const char *what, const kiln_tensor *t,
+                              const kiln_tensor *x, int64_t C) {
+    if (!t) return true;
+    if (!check_f32(ctx, op, what, t)) return false;
+    if (t->ndim != 1 || t->shape[0] != C) {
+        char sx[160], st[160];
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: %s %s does not match the %lld channels of input %s (expected [%lld])", op,
+                   what, kiln__shape_str(t->ndim, t->shape, st, sizeof st), (long long)C,
+                   kiln__shape_str(x->ndim, x->shape, sx, sizeof sx), (long long)C);
+        return false;
+    }
+    return true;
+}
+
+kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running_mean, kiln_tensor *running_var,
+                             kiln_tensor *weight, kiln_tensor *bias, bool training, float momentum, float eps) {
+    static const char op[] = "kiln_batch_norm";
+    if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    /* optional tensors: only another context is an error (NULL means absent) */
+    kiln_tensor *opt[4] = {running_mean, running_var, weight, bias};
+    for (int j = 0; j < 4; j++) {
+        if (opt[j] && opt[j]->ctx != ctx) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: input %d belongs to another context", op, j + 1);
+            return NULL;
+        }
+    }
+    char sx[160];
+    kiln__shape_str(x->ndim, x->shape, sx, sizeof sx);
+    if (!check_f32(ctx, op, "input", x)) return NULL;
+    if (x->ndim < 2) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: input %s must have at least 2 dims [N, C, ...]", op, sx);
+        return NULL;
+    }
+    int64_t N = x->shape[0], C = x->shape[1], S = 1;
+    for (int d = 2; d < x->ndim; d++) S *= x->shape[d];
+    if (!check_channel_vec(ctx, op, "running_mean", running_mean, x, C) ||
+        !check_channel_vec(ctx, op, "running_var", running_var, x, C) ||
+        !check_channel_vec(ctx, op, "weight", weight, x, C) || !check_channel_vec(ctx, op, "bias", bias, x, C))
+        return NULL;
+    if ((running_mean == NULL) != (running_var == NULL)) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "%s: running_mean and running_var must be given together (input %s)", op, sx);
+        return NULL;
+    }
+    if (!isfinite(eps) || eps < 0 || !isfinite(momentum)) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: eps %g must be finite and >= 0, momentum %g finite (input %s)",
+                   op, (double)eps, (double)momentum, sx);
+        return NULL;
+    }
+    if (!training && !running_mean) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "%s: eval mode (training false) needs running_mean and running_var (input %s)", op, sx);
+        return NULL;
+    }
+    if (training && N * S <= 1) {
+        kiln__fail(ctx, KILN_ERR_SHAPE,
+                   "%s: expected more than 1 value per channel when training, got input %s (%lld per channel)", op,
+                   sx, (long long)(N * S));
+        return NULL;
+    }
+    kiln_tensor *xc = contig(ctx, op, x);
+    kiln_tensor *wc = xc && weight ? contig(ctx, op, weight) : NULL;
+    kiln_tensor *bc = xc && bias ? contig(ctx, op, bias) : NULL;
+    kiln_tensor *out = NULL;
+    if (xc && (!weight || wc) && (!bias || bc)) {
+        norm_geom g = {(cl_int)C, (cl_int)N, (cl_int)S, (cl_int)S, (cl_int)(C * S)};
+        out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, WMODE_GROUP, training, running_mean, running_var,
+                       training && running_mean, momentum, eps);
+    }
+    free_copy(xc, x);
+    free_copy(wc, weight);
+    free_copy(bc, bias);
+    return kiln__finish(ctx, op, out);
+}
+
+/* ---- layer norm ---------------------------------------------------------------------------- */
+
+kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tensor *weight, kiln_tensor *bias,
+                             float eps) {
+    static const char op[] = "kiln_layer_norm";
+    if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    kiln_tensor *opt[2] = {weight, bias};
+    for (int j = 0; j < 2; j++) {
+        if (opt[j] && opt[j]->ctx != ctx) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: input %d belongs to another context", op, j + 1);
+            return NULL;
+        }
+    }
+    char sx[160], sw[160];
+    kiln__shape_str(x->ndim, x->shape, sx, sizeof sx);
+    if (!check_f32(ctx, op, "input", x)) return NULL;
+    if (nnorm < 1 || nnorm > x->ndim) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: nnorm %d out of range for input %s (1 to %d dims)", op, nnorm,
+                   sx, x->ndim);
+        return NULL;
+    }
+    int lead = x->ndim - nnorm;
+    int64_t D = kiln__numel(nnorm, x->shape + lead), R = kiln__numel(lead, x->shape);
+    for (int j = 0; j < 2; j++) {
+        kiln_tensor *t = opt[j];
+        if (!t) continue;
+        if (!check_f32(ctx, op, j ? "bias" : "weight", t)) return NULL;
+        if (t->ndim != nnorm || memcmp(t->shape, x->shape + lead, sizeof(int64_t) * (size_t)nnorm) != 0) {
+            char sn[160];
+            kiln__fail(ctx, KILN_ERR_SHAPE, "%s: %s %s does not match the normalised shape %s of input %s", op,
+                       j ? "bias" : "weight", kiln__shape_str(t->ndim, t->shape, sw, sizeof sw),
+                       kiln__shape_str(nnorm, x->shape + lead, sn, sizeof sn), sx);
+            return NULL;
+        }
+    }
+    if (!isfinite(eps) || eps < 0) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: eps %g must be finite and >= 0 (input %s)", op, (double)eps, sx);
+        return NULL;
+    }
+    kiln_tensor *xc = contig(ctx, op, x);
+    kiln_tensor *wc = xc && weight ? contig(ctx, op, weight) : NULL;
+    kiln_tensor *bc = xc && bias ? contig(ctx, op, bias) : NULL;
+    kiln_tensor *out = NULL;
+    if (xc && (!weight || wc) && (!bias || bc)) {
+        /* an empty row has nothing to normalise: no groups */
+        norm_geom g = {(cl_int)(D > 0 ? R : 0), 1, (cl_int)D, (cl_int)D, 0};
+        out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, WMODE_ELEM, true, NULL, NULL, false, 0.0f, eps);
+    }
+    free_copy(xc, x);
+    free_copy(wc, weight);
+    free_copy(bc, bias);
+    return kiln__finish(ctx, op, out);
+}
+
+/* ---- dropout ------------------------------------------------------------------------------- */
+
+/* node: in[0] x; i[0..3] key low/high, counter low/high; f[0] p, f[1] scale */
+static kiln_status dropout_launch(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln_tensor *dst, const int64_t *ki,
+                                  float p, float scale) {
+    int64_t n = kiln__numel(dst->ndim, dst->shape);
+    if (n == 0) return KILN_OK;
+    cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, ni = (cl_int)n;
+    cl_uint k0 = (cl_uint)ki[0], k1 = (cl_uint)ki[1], c0 = (cl_uint)ki[2], c1 = (cl_uint)ki[3];
+    cl_float cp = p, cs = scale;
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem), KILN__ARG(doff),
+                         KILN__ARG(ni),           KILN__ARG(k0),   KILN__ARG(k1),           KILN__ARG(c0),
+                         KILN__ARG(c1),           KILN__ARG(cp),   KILN__ARG(cs)};
+    return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "dropout_apply", sizeof args / sizeof args[0], args,
+                        (size_t)n, 0);
+}
+
+static kiln_status dropout_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    kiln_tensor *dx = kiln__tensor_new(ctx, n->op, KILN_F32, gout->ndim, gout->shape);
+    if (!dx) return ctx->err;
+    kiln_status s = dropout_launch(ctx, n->op, gout, dx, n->i, (float)n->f[0], (float)n->f[1]);
+    if (s == KILN_OK) s = kiln__accum(ctx, n, 0, dx);
+    kiln_tensor_free(dx);
+    return s;
+}
+
+static kiln_status identity_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    return kiln__accum(ctx, n, 0, gout);
+}
+
+kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training) {
+    static const char op[] = "kiln_dropout";
+    if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    if (!check_f32(ctx, op, "input", x)) return NULL;
+    if (!(p >= 0.0f && p <= 1.0f)) {
+        char sx[160];
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: probability p = %g is outside [0, 1] (input %s)", op,
+                   (double)p, kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
+        return NULL;
+    }
+    if (!training || p == 0.0f) {
+        /* the identity: a view of x (as torch returns x itself), recorded so gradients flow */
+        kiln_tensor *out = kiln__tensor_view(ctx, x, x->ndim, x->shape, x->strides, x->offset);
+        if (!out) return NULL;
+        if (kiln__grad_wanted(ctx, 1, &x) && !kiln__node_new(ctx, op, out, 1, &x, identity_backward_fn)) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        return kiln__finish(ctx, op, out);
+    }
+    kiln_tensor *xc = contig(ctx, op, x);
+    if (!xc) return NULL;
+    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
+    if (!out) {
+        free_copy(xc, x);
+        return NULL;
+    }
+    int64_t n = kiln__numel(x->ndim, x->shape);
+    /* p == 1 drops everything (x * 0, as torch): no random numbers are drawn */
+    float scale = p == 1.0f ? 0.0f : (float)(1.0 / (1.0 - (double)p));
+    int64_t ki[4] = {(int64_t)(uint32_t)ctx->seed, (int64_t)(uint32_t)(ctx->seed >> 32),
+                     (int64_t)(uint32_t)ctx->rng_counter, (int64_t)(uint32_t)(ctx->rng_counter >> 32)};
+    kiln_status s = dropout_launch(ctx, op, xc, out, ki, p, scale);
+    free_copy(xc, x);
+    if (s != KILN_OK) {
+        kiln_tensor_free(out);
+        return NULL;
+    }
+    if (kiln__grad_wanted(ctx, 1, &x)) {
+        kiln__node *nd = kiln__node_new(ctx, op, out, 1, &x, dropout_backward_fn);
+        if (!nd) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        memcpy(nd->i, ki, sizeof ki);
+        nd->f[0] = p;
+        nd->f[1] = scale;
+    }
+    if (p < 1.0f) ctx->rng_counter += (uint64_t)n;
+    return kiln__finish(ctx, op, out);
+}
+
+/* ---- embedding ----------------------------------------------------------------------------- */
+
+/* node: in[0] weight; saved[0] rowptr [num + 1], saved[1] positions [nidx] (I32); i[0] nidx */
+static kiln_status embedding_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    kiln_tensor *w = n->in[0], *rowptr = n->saved[0], *pos = n->saved[1];
+    kiln_tensor *dw = kiln__tensor_new(ctx, n->op, KILN_F32, 2, w->shape);
+    if (!dw) return ctx->err;
+    cl_int num = (cl_int)w->shape[0], dim = (cl_int)w->shape[1];
+    cl_int dyoff = (cl_int)gout->offset, dwoff = (cl_int)dw->offset;
+    /* with no indices there is no positions buffer: rowptr (all zeros) stands in */
+    cl_mem pm = pos ? pos->st->mem : rowptr->st->mem;
+    cl_int rpoff = (cl_int)rowptr->offset, poff = pos ? (cl_int)pos->offset : 0;
+    kiln__karg args[] = {KILN__ARG(gout->st->mem), KILN__ARG(dyoff), KILN__ARG(rowptr->st->mem), KILN__ARG(rpoff),
+                         KILN__ARG(pm),            KILN__ARG(poff),  KILN__ARG(dw->st->mem),     KILN__ARG(dwoff),
+                         KILN__ARG(num),           KILN__ARG(dim)};
+    kiln_status s = kiln__launch(ctx, n->op, NORM_PROGRAM, NORM_OPTIONS, "embedding_backward",
+                                 sizeof args / sizeof args[0], args, (size_t)num * (size_t)dim, 0);
+    if (s == KILN_OK) s = kiln__accum(ctx, n, 0, dw);
+    kiln_tensor_free(dw);
+    return s;
+}
+
+kiln_tensor *kiln_embedding(kiln_ctx *ctx, kiln_tensor *weight, kiln_tensor *indices) {
+    static const char op[] = "kiln_embedding";
+    kiln_tensor *ins[2] = {weight, indices};
+    if (!kiln__check_inputs(ctx, op, 2, ins)) return NULL;
+    char sw[160], si[160];
+    kiln__shape_str(weight->ndim, weight->shape, sw, sizeof sw);
+    kiln__shape_str(indices->ndim, indices->shape, si, sizeof si);
+    if (!check_f32(ctx, op, "weight", weight)) return NULL;
+    if (indices->dtype != KILN_I32) {
+        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: indices %s have dtype %s; they must be i32", op, si,
+                   kiln_dtype_name(indices->dtype));
+        return NULL;
+    }
+    if (weight->ndim != 2) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: weight %s must be 2-D [num_embeddings, dim] (indices %s)", op, sw, si);
+        return NULL;
+    }
+    if (indices->ndim + 1 > KILN_MAX_DIMS) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: indices %s have %d dims; the output would exceed %d", op, si,
+                   indices->ndim, KILN_MAX_DIMS);
+        return NULL;
+    }
+    int64_t num = weight->shape[0], dim = weight->shape[1];
+    int64_t nidx = kiln__numel(indices->ndim, indices->shape);
+    int64_t oshape[KILN_MAX_DIMS];
+    memcpy(oshape, indices->shape, sizeof(int64_t) * (size_t)indices->ndim);
+    oshape[indices->ndim] = dim;
+
+    /* read the indices back and validate them (the documented sync point) */
+    int32_t *h = malloc(sizeof(int32_t) * (size_t)(nidx > 0 ? nidx : 1));
+    if (!h) {
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %lld indices", op, (long long)nidx);
+        return NULL;
+    }
+    if (nidx > 0 && kiln_to_host(indices, h, sizeof(int32_t) * (size_t)nidx) != KILN_OK) {
+        free(h);
+        return NULL;
+    }
+    for (int64_t k = 0; k < nidx; k++) {
+        if (h[k] < 0 || h[k] >= num) {
+            kiln__fail(ctx, KILN_ERR_RANGE, "%s: index %d at position %lld of indices %s is out of range for weight %s",
+                       op, (int)h[k], (long long)k, si, sw);
+            free(h);
+            return NULL;
+        }
+    }
+
+    kiln_tensor *ic = NULL, *out = NULL, *rowptr = NULL, *pos = NULL;
+    int32_t *cnt = NULL, *ph = NULL;
+    out = kiln__tensor_new(ctx, op, KILN_F32, indices->ndim + 1, oshape);
+    if (!out) goto fail;
+    if (nidx > 0 && dim > 0) {
+        ic = contig(ctx, op, indices);
+        if (!ic) goto fail;
+        cl_int woff = (cl_int)weight->offset, ws0 = (cl_int)weight->strides[0], ws1 = (cl_int)weight->strides[1];
+        cl_int ioff = (cl_int)ic->offset, ooff = (cl_int)out->offset, cn = (cl_int)nidx, cd = (cl_int)dim;
+        kiln__karg args[] = {KILN__ARG(weight->st->mem), KILN__ARG(woff), KILN__ARG(ws0),  KILN__ARG(ws1),
+                             KILN__ARG(ic->st->mem),     KILN__ARG(ioff), KILN__ARG(out->st->mem),
+                             KILN__ARG(ooff),            KILN__ARG(cn),   KILN__ARG(cd)};
+        if (kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "embedding_forward", sizeof args / sizeof args[0], args,
+                         (size_t)(nidx * dim), 0) != KILN_OK)
+            goto fail;
+    }
+    if (kiln__grad_wanted(ctx, 1, &weight)) {
+        /* CSR of positions per weight row: positions of row r are pos[rowptr[r] .. rowptr[r+1]),
+         * in increasing order (a counting sort) */
+        cnt = calloc((size_t)num + 1, sizeof *cnt);
+        ph = malloc(sizeof *ph * (size_t)(nidx > 0 ? nidx : 1));
+        if (!cnt || !ph) {
+            kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+            goto fail;
+        }
+        for (int64_t k = 0; k < nidx; k++) cnt[h[k] + 1]++;
+        for (int64_t r = 0; r < num; r++) cnt[r + 1] += cnt[r];
+        int64_t nrp = num + 1;
+        rowptr = kiln_from_host(ctx, cnt, KILN_I32, 1, &nrp);
+        if (!rowptr) goto fail;
+        for (int64_t k = 0; k < nidx; k++) ph[cnt[h[k]]++] = (int32_t)k;
+        if (nidx > 0) {
+            pos = kiln_from_host(ctx, ph, KILN_I32, 1, &nidx);
+            if (!pos) goto fail;
+        }
+        kiln__node *nd = kiln__node_new(ctx, op, out, 1, &weight, embedding_backward_fn);
+        if (!nd) goto fail;
+        kiln__node_save(nd, rowptr);
+        kiln__node_save(nd, pos);
+        nd->i[0] = nidx;
+    }
+    free_copy(ic, indices);
+    kiln_tensor_free(rowptr);
+    kiln_tensor_free(pos);
+    free(cnt);
+    free(ph);
+    free(h);
+    return kiln__finish(ctx, op, out);
+fail:
+    free_copy(ic, indices);
+    kiln_tensor_free(out);
+    kiln_tensor_free(rowptr);
+    kiln_tensor_free(pos);
+    free(cnt);
+    free(ph);
+    free(h);
+    return NULL;
+}
