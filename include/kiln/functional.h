@@ -44,7 +44,8 @@ KILN_API kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_t
 
 /* NCHW input, weight [Cout, Cin/groups, kH, kW] (conv2d) or [Cin, Cout/groups, kH, kW]
  * (conv_transpose2d), optional bias [Cout]. NULL params = stride 1, padding 0,
- * dilation 1, groups 1, output_padding 0. */
+ * dilation 1, groups 1, output_padding 0; given params must be valid (stride, dilation,
+ * groups >= 1: a zeroed struct is an error, not the defaults). */
 typedef struct kiln_conv2d_params {
     int stride[2], padding[2], dilation[2];
     int groups;
@@ -55,8 +56,9 @@ KILN_API kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *we
 KILN_API kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight,
                                             kiln_tensor *bias, const kiln_conv2d_params *p);
 
-/* kernel is required; stride 0 means = kernel (torch's default); padding and dilation as
- * torch; ceil_mode rounds the output size up; count_include_pad for avg_pool2d. */
+/* kernel is required; stride 0 means = kernel (torch's default); dilation 0 means 1;
+ * padding as torch (at most half the kernel); ceil_mode rounds the output size up;
+ * count_include_pad for avg_pool2d. */
 typedef struct kiln_pool2d_params {
     int kernel[2], stride[2], padding[2], dilation[2];
     bool ceil_mode;
@@ -69,7 +71,8 @@ KILN_API kiln_tensor *kiln_avg_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_
 /* [N, C, H, W] -> [N, C, 1, 1] mean over H and W (adaptive_avg_pool2d(x, 1)). */
 KILN_API kiln_tensor *kiln_global_avg_pool2d(kiln_ctx *ctx, kiln_tensor *x);
 typedef enum kiln_upsample_mode { KILN_UPSAMPLE_NEAREST = 0, KILN_UPSAMPLE_BILINEAR = 1 } kiln_upsample_mode;
-/* To out_h x out_w (torch.nn.functional.interpolate; align_corners for bilinear only). */
+/* 4-D [N, C, H, W] input to out_h x out_w (torch.nn.functional.interpolate;
+ * align_corners for bilinear only). */
 KILN_API kiln_tensor *kiln_upsample(kiln_ctx *ctx, kiln_tensor *x, int out_h, int out_w, kiln_upsample_mode mode,
                                     bool align_corners);
 
@@ -85,8 +88,8 @@ KILN_API kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor
 KILN_API kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tensor *weight,
                                       kiln_tensor *bias, float eps);
 /* Zeroes each element with probability p and scales the rest by 1/(1-p) when training
- * (the mask comes from the context's RNG: kiln_manual_seed makes it reproducible); the
- * identity otherwise. */
+ * (the mask comes from the context's RNG: kiln_manual_seed makes it reproducible). With
+ * training false or p == 0 it returns x itself as a view (no copy). */
 KILN_API kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training);
 /* Rows of weight [num, dim] picked by I32 indices of any shape: [..., dim]. Indices out of
  * range are an error (checked on the host: this op reads the indices back). */

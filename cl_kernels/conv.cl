@@ -1,0 +1,174 @@
+/* cl_kernels/conv.cl - the data movement around the GEMMs of 2-D convolution
+ * (src/ops/conv.c): im2col (input patches to a column matrix), col2im (the columns back
+ * to an image, gathering: each image element sums the column entries that touch it, in a
+ * fixed order, so results are deterministic without atomics), and the permutes between
+ * NCHW and [C, N, HW] that let one GEMM span every image of a chunk.
+ *
+ * "Input" and "output" are always those of the convolution (conv_transpose2d runs the same
+ * kernels the other way round). A column matrix of a chunk of nb images holds, for group
+ * gi, the rows gi*kg + (ci*kh + ki)*kw + kj (ci the channel within the group, kg = cg*kh*kw)
+ * and has the images side by side: entry (row, image nl, pixel p) is at
+ * (row*nb + nl)*HW + p, HW = ho*wo. Indices are 32-bit: the host keeps every buffer below
+ * 2^31 elements.
+ *
+ * The kernels give each work-item a whole row or plane and copy with plain inner loops:
+ * POCL runs a work-group's items one after another on a core, and these loops are what it
+ * vectorises; a first version with a work-item per element paid several integer divisions
+ * per element and was about 15 times slower on the reference CNN's second layer (im2col
+ * 25 ms against 1.7 ms, col2im 43 ms against 3 ms). */
+
+/* Mirrored by conv_geom in src/ops/conv.c: only 32-bit ints, no padding. */
+typedef struct {
+    int n, c, h, w;    /* convolution input */
+    int cout, ho, wo;  /* convolution output */
+    int kh, kw, sh, sw, ph, pw, dh, dw;
+    int groups;
+} conv_geom;
+
+/* First and one-past-last output index o in [0, n) with lo <= o0 + o*st < hi (st >= 1). */
+inline int2 conv_range(int o0, int st, int lo, int hi, int n) {
+    int a = o0 >= lo ? 0 : (lo - o0 + st - 1) / st;
+    int b = o0 >= hi ? 0 : (hi - 1 - o0) / st + 1;
+    return (int2)(min(a, n), min(b, n));
+}
+
+/*
+ * One work-item per (column row, image) of a chunk of nb images starting at image n0: it
+ * writes the ho*wo entries of that row (contiguous), output row by output row as a zero
+ * run, a copy and a zero run. x is read through its strides xs (n, c, h, w) from xoff:
+ * any view.
+ */
+kernel void conv_im2col(global const float *x, int xoff, int4 xs, global float *col, int coloff, conv_geom g,
+                        int n0, int nb, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int kk = g.kh * g.kw;
+    int nl = q % nb, row = q / nb; /* row = c*kk + (ki*kw + kj) for the global channel c */
+    global float *dst = col + coloff + q * g.ho * g.wo;
+    int c = row / kk, kidx = row - c * kk, ki = kidx / g.kw, kj = kidx - ki * g.kw;
+    int2 hr = conv_range(ki * g.dh - g.ph, g.sh, 0, g.h, g.ho);
+    int iw0 = kj * g.dw - g.pw;
+    int2 wr = conv_range(iw0, g.sw, 0, g.w, g.wo);
+    global const float *src = x + xoff + (n0 + nl) * xs.x + c * xs.y + (iw0 + wr.x * g.sw) * xs.w;
+    int step = g.sw * xs.w;
+    for (int oh = 0; oh < g.ho; oh++, dst += g.wo) {
+        if (oh < hr.x || oh >= hr.y) {
+            for (int ow = 0; ow < g.wo; ow++) dst[ow] = 0.0f;
+            continue;
+        }
+        global const float *s = src + (oh * g.sh - g.ph + ki * g.dh) * xs.z;
+        for (int ow = 0; ow < wr.x; ow++) dst[ow] = 0.0f;
+        if (step == 1)
+            for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = s[ow - wr.x];
+        else
+            for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = s[(ow - wr.x) * step];
+        for (int ow = max(wr.y, wr.x); ow < g.wo; ow++) dst[ow] = 0.0f;
+    }
+}
+
+/*
+ * One work-item per row (nl, c, h) of images n0 .. n0+nb-1 of the convolution input:
+ *   out = bias[c] + sum over (ki, kj) in order of col[row(c, ki, kj), nl, oh*wo + ow]
+ * over the kernel taps whose output position (oh, ow) = ((h + ph - ki*dh) / sh, ...) is a
+ * whole in-range one. Tap by tap, each output position of the row receives at most one
+ * entry, so the row is updated by plain loops; every element still sums its terms in the
+ * order (bias, taps in row-major order): deterministic. has_bias 0 starts from 0.
+ */
+kernel void conv_col2im(global const float *col, int coloff, global float *out, int outoff, global const float *bias,
+                        int boff, int has_bias, conv_geom g, int n0, int nb, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int h = q % g.h, nc = q / g.h;
+    int c = nc % g.c, nl = nc / g.c;
+    int hw = g.ho * g.wo, kk = g.kh * g.kw;
+    global float *dst = out + outoff + ((n0 * g.c + nc) * g.h + h) * g.w;
+    float b0 = has_bias ? bias[boff + c] : 0.0f;
+    for (int w = 0; w < g.w; w++) dst[w] = b0;
+    global const float *base = col + coloff + c * kk * nb * hw + nl * hw;
+    for (int ki = 0; ki < g.kh; ki++) {
+        int th = h + g.ph - ki * g.dh;
+        if (th < 0) break; /* th only decreases with ki */
+        int oh = th / g.sh;
+        if (oh * g.sh != th || oh >= g.ho) continue;
+        for (int kj = 0; kj < g.kw; kj++) {
+            /* w = ow*sw + w0 for the output columns ow of this tap */
+            int w0 = kj * g.dw - g.pw;
+            int2 r = conv_range(w0, g.sw, 0, g.w, g.wo);
+            global const float *s = base + (ki * g.kw + kj) * nb * hw + oh * g.wo;
+            if (g.sw == 1)
+                for (int ow = r.x; ow < r.y; ow++) dst[ow + w0] += s[ow];
+            else
+                for (int ow = r.x; ow < r.y; ow++) dst[ow * g.sw + w0] += s[ow];
+        }
+    }
+}
+
+/*
+ * dst[c, nl, p] = src[n0 + nl, c, p / pw_, p % pw_] for a chunk of nb images of an NCHW
+ * tensor with channels nc and planes of ph_ x pw_ (any strides ss: n, c, h, w).
+ * One work-item per (c, nl) plane.
+ */
+kernel void conv_to_cnhw(global const float *src, int soff, int4 ss, global float *dst, int doff, int nc, int ph_,
+                         int pw_, int n0, int nb, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int nl = q % nb, c = q / nb;
+    global const float *s = src + soff + (n0 + nl) * ss.x + c * ss.y;
+    global float *d = dst + doff + q * ph_ * pw_;
+    if (ss.w == 1 && ss.z == pw_) {
+        for (int p = 0; p < ph_ * pw_; p++) d[p] = s[p];
+        return;
+    }
+    for (int hh = 0; hh < ph_; hh++, d += pw_)
+        for (int ww = 0; ww < pw_; ww++) d[ww] = s[hh * ss.z + ww * ss.w];
+}
+
+/*
+ * dst[n0 + nl, c, :] = src[c, nl, :] + bias[c]: a chunk of the [C, nb, HW] GEMM result back
+ * to the contiguous NCHW output (nc channels, planes of hw). One work-item per plane.
+ */
+kernel void conv_from_cnhw(global const float *src, int soff, global float *dst, int doff, global const float *bias,
+                           int boff, int has_bias, int nc, int hw, int n0, int nb, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int c = q % nc, nl = q / nc;
+    global const float *s = src + soff + (c * nb + nl) * hw;
+    global float *d = dst + doff + ((n0 + nl) * nc + c) * hw;
+    if (has_bias) {
+        float b = bias[boff + c];
+        for (int p = 0; p < hw; p++) d[p] = s[p] + b;
+    } else {
+        for (int p = 0; p < hw; p++) d[p] = s[p];
+    }
+}
+
+/*
+ * db[c] (+)= sum of row c of the [cout, ld] matrix at src: the bias gradient from the
+ * permuted output gradient of a chunk (accumulate 0 for the first chunk). One work-item
+ * per channel; 16 running sums over interleaved elements (a loop the compiler vectorises,
+ * and each term meets about ld/16 additions instead of ld), combined pairwise.
+ */
+kernel void conv_bias_grad(global const float *src, int soff, int ld, global float *db, int dboff, int accumulate,
+                           int nitems) {
+    int c = get_global_id(0);
+    if (c >= nitems) return;
+    global const float *s = src + soff + c * ld;
+    float acc[16];
+    for (int k = 0; k < 16; k++) acc[k] = 0.0f;
+    int full = ld / 16 * 16;
+    for (int j = 0; j < full; j += 16)
+        for (int k = 0; k < 16; k++) acc[k] += s[j + k];
+    for (int j = full; j < ld; j++) acc[j - full] += s[j];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++) acc[k] += acc[k + w];
+    db[dboff + c] = accumulate ? db[dboff + c] + acc[0] : acc[0];
+}
+
+/* dst[i] = sum over s in order of part[s*n + i]: the weight gradient's split-K partials. */
+kernel void conv_sum_parts(global const float *part, int poff, int nparts, global float *dst, int doff, int nitems) {
+    int i = get_global_id(0);
+    if (i >= nitems) return;
+    float acc = part[poff + i];
+    for (int s = 1; s < nparts; s++) acc += part[poff + s * nitems + i];
+    dst[doff + i] = acc;
+}

@@ -1,0 +1,597 @@
+/* src/ops/conv.c - 2-D convolution and transposed convolution, forward and backward, as
+ * im2col/col2im kernels (cl_kernels/conv.cl) around CLBlast GEMMs.
+ *
+ * Columns are laid out with a chunk's images side by side ([groups*kg][images*HW], kg =
+ * Cin/groups*kH*kW), so each product is one GEMM over every image of the chunk, batched
+ * over groups with CLBlast's strided-batched SGEMM (groups 1: one plain SGEMM). Two cores
+ * do all the work; "input" and "output" are those of a convolution:
+ *
+ *   conv_fwd    out_g [Cout/g, N*HW] = W_g x cols_g(x), then a permute to NCHW that adds
+ *               the bias on the way (one image without bias: the GEMM writes NCHW itself).
+ *   conv_bwd    from gy (the output's gradient), permuted to [Cout, N*HW]:
+ *                 d input: cols_g = W_g^T gy_g, then col2im gathers each input element's
+ *                          entries in a fixed order (deterministic, no atomics), adding an
+ *                          optional bias on the way (conv_transpose2d's forward);
+ *                 d weight: dW_g = gy_g cols_g(x)^T; chunks accumulate (beta 1) in order.
+ *   d bias      conv2d: row sums of the permuted gy (made for the other gradients anyway);
+ *               conv_transpose2d, or the bias alone: a deterministic kiln_sum over N, H, W.
+ *
+ * conv_transpose2d is the adjoint: its forward is conv_bwd's input gradient (with the
+ * transposed conv's input as gy), its input gradient conv_fwd of its output gradient, its
+ * weight gradient conv_bwd's weight gradient with the roles of x and gy exchanged. Weight
+ * [Cin, Cout/groups, kH, kW] of conv_transpose2d is exactly the weight of that
+ * convolution.
+ *
+ * Why one GEMM over the images (rather than a GEMM per image, which writes NCHW directly):
+ * on POCL with CLBlast's default parameters both run at the same ~20 GFLOPS for the
+ * reference CNN's layers (64x288 times 288x576 per image), the backward products are 20-30%
+ * faster as one GEMM, and once CLBlast is tuned for the device, large products switch to
+ * its faster indirect kernel (2.7x on conv(32, 64, 3)'s forward in a trial), which per-image
+ * products are too small for. K = kg is kept as is (no bias row appended) because the
+ * indirect kernel pads K that is not a multiple of its tile, which cost 4x in the same
+ * trial.
+ *
+ * Column buffers come from the pool and hold at most `chunk_budget` elements: the batch is
+ * processed in chunks of images that fit (one image at least). One image's columns must
+ * stay below 2^31 elements (kernels index with 32-bit ints); beyond that the op fails.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "../kiln_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
+
+#include <clblast_c.h>
+
+#define CONV_PROGRAM "conv"
+#define CONV_OPTIONS ""
+/* Largest buffer a kernel may index with 32-bit ints (as tensor.c's cap). */
+#define CONV_MAX_ELEMS ((int64_t)INT32_MAX - 65536)
+
+/* Elements of column (plus permuted gradient) buffer per chunk; 16 Mi floats = 64 MiB. */
+#define CHUNK_BUDGET ((int64_t)1 << 24)
+static int64_t chunk_budget = CHUNK_BUDGET;
+
+/* The weight gradient's long inner dim (images x pixels) is split into parts that one
+ * batched GEMM computes and a kernel sums after: a weight gradient is a small matrix
+ * (32 x 9 for the reference CNN's first layer) that a GEMM tiles into very few
+ * work-groups, leaving cores idle. One part per compute unit, each at least split_min_k
+ * long, at most SPLIT_MAX. (With CLBlast's default parameters on POCL this changes
+ * nothing; with XgemmDirect tuned for the CPU, 2 parts made the first layer's weight
+ * gradient 2x and the second's 15% faster in a trial.) */
+#define SPLIT_MIN_K 4096
+#define SPLIT_MAX 16
+static int64_t split_min_k = SPLIT_MIN_K;
+
+/* Test hook (tests/test_conv.c declares it): a smaller chunk budget forces several chunks,
+ * a smaller split_min splits small weight gradients; 0 restores a default. */
+KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
+void kiln__conv_tuning(int64_t budget, int64_t split_min) {
+    chunk_budget = budget > 0 ? budget : CHUNK_BUDGET;
+    split_min_k = split_min > 0 ? split_min : SPLIT_MIN_K;
+}
+
+/* Mirrors conv_geom in cl_kernels/conv.cl. */
+typedef struct conv_geom {
+    cl_int n, c, h, w;   /* convolution input */
+    cl_int cout, ho, wo; /* convolution output */
+    cl_int kh, kw, sh, sw, ph, pw, dh, dw;
+    cl_int groups;
+} conv_geom;
+
+/* ---- CLBlast ------------------------------------------------------------------------ */
+
+/* A matrix operand: buffer, element offset, leading dim, batch stride, transpose flag. */
+typedef struct gmat {
+    cl_mem mem;
+    size_t off, ld, stride;
+    bool trans;
+} gmat;
+
+static gmat gm(kiln_tensor *t, size_t off, size_t ld, size_t stride, bool trans) {
+    return (gmat){t->st->mem, (size_t)t->offset + off, ld, stride, trans};
+}
+
+/* C = op(A) op(B) (+ beta C) for `batch` matrices; row-major; enqueued only. */
+static kiln_status gemm(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, gmat a, gmat b, float beta, gmat c,
+                        size_t batch) {
+    CLBlastTranspose ta = a.trans ? CLBlastTransposeYes : CLBlastTransposeNo;
+    CLBlastTranspose tb = b.trans ? CLBlastTransposeYes : CLBlastTransposeNo;
+    CLBlastStatusCode s;
+    const char *routine;
+    if (batch == 1) {
+        routine = "CLBlastSgemm";
+        s = CLBlastSgemm(CLBlastLayoutRowMajor, ta, tb, m, n, k, 1.0f, a.mem, a.off, a.ld, b.mem, b.off, b.ld, beta,
+                         c.mem, c.off, c.ld, &ctx->queue, NULL);
+    } else {
+        routine = "CLBlastSgemmStridedBatched";
+        s = CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, ta, tb, m, n, k, 1.0f, a.mem, a.off, a.ld, a.stride,
+                                       b.mem, b.off, b.ld, b.stride, beta, c.mem, c.off, c.ld, c.stride, batch,
+                                       &ctx->queue, NULL);
+    }
+    if (s == CLBlastSuccess) return KILN_OK;
+    /* CLBlast's codes above -1000 are OpenCL's own. */
+    if (s > -1000)
+        return kiln__fail(ctx, kiln__cl_status((cl_int)s),
+                          "%s: %s (m=%zu n=%zu k=%zu batch=%zu) failed on '%s': %s (%d)", op, routine, m, n, k, batch,
+                          ctx->info.name, kiln__cl_name((cl_int)s), (int)s);
+    return kiln__fail(ctx, KILN_ERR_CLBLAST, "%s: %s (m=%zu n=%zu k=%zu batch=%zu) failed on '%s': CLBlast status %d",
+                      op, routine, m, n, k, batch, ctx->info.name, (int)s);
+}
+
+/* ---- kernel launches ---------------------------------------------------------------- */
+
+static cl_int4 strides4(const kiln_tensor *t) {
+    cl_int4 s;
+    s.s[0] = (cl_int)t->strides[0];
+    s.s[1] = (cl_int)t->strides[1];
+    s.s[2] = (cl_int)t->strides[2];
+    s.s[3] = (cl_int)t->strides[3];
+    return s;
+}
+
+/* Columns of images n0 .. n0+nb-1 of x (any view) into col. */
+static kiln_status im2col(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *col, const conv_geom *g, int n0,
+                          int nb) {
+    cl_int xoff = (cl_int)x->offset, coff = (cl_int)col->offset, cn0 = n0, cnb = nb;
+    cl_int4 xs = strides4(x);
+    cl_int nitems = nb * g->c * g->kh * g->kw;
+    kiln__karg args[] = {KILN__ARG(x->st->mem),   KILN__ARG(xoff), KILN__ARG(xs),
+                         KILN__ARG(col->st->mem), KILN__ARG(coff), KILN__ARG(*g),
+                         KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_im2col", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 0);
+}
+
+/* Images n0 .. n0+nb-1 of out (contiguous NCHW, the convolution input's shape) from the
+ * columns in col, plus bias[c] when bias is given. */
+static kiln_status col2im(kiln_ctx *ctx, const char *op, kiln_tensor *col, kiln_tensor *out, kiln_tensor *bias,
+                          const conv_geom *g, int n0, int nb) {
+    cl_int coff = (cl_int)col->offset, ooff = (cl_int)out->offset, cn0 = n0, cnb = nb, hb = bias != NULL;
+    cl_int boff = bias ? (cl_int)bias->offset : 0;
+    cl_mem bmem = bias ? bias->st->mem : col->st->mem;
+    cl_int nitems = nb * g->c * g->h;
+    kiln__karg args[] = {KILN__ARG(col->st->mem), KILN__ARG(coff), KILN__ARG(out->st->mem), KILN__ARG(ooff),
+                         KILN__ARG(bmem),         KILN__ARG(boff), KILN__ARG(hb),           KILN__ARG(*g),
+                         KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_col2im", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 0);
+}
+
+/* dst [nc, nb, ph*pw] from images n0 .. n0+nb-1 of the NCHW view src. */
+static kiln_status to_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln_tensor *dst, int n0, int nb) {
+    cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, cn0 = n0, cnb = nb;
+    cl_int nc = (cl_int)src->shape[1], ph = (cl_int)src->shape[2], pw = (cl_int)src->shape[3];
+    cl_int4 ss = strides4(src);
+    cl_int nitems = nb * nc;
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(ss),    KILN__ARG(dst->st->mem),
+                         KILN__ARG(doff),         KILN__ARG(nc),   KILN__ARG(ph),    KILN__ARG(pw),
+                         KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_to_cnhw", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 0);
+}
+
+/* Images n0 .. n0+nb-1 of out (contiguous NCHW) from the [cout, nb, HW] tmp, plus bias. */
+static kiln_status from_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *tmp, kiln_tensor *out, kiln_tensor *bias,
+                             int n0, int nb) {
+    cl_int soff = (cl_int)tmp->offset, doff = (cl_int)out->offset, hb = bias != NULL, cn0 = n0, cnb = nb;
+    cl_int boff = bias ? (cl_int)bias->offset : 0;
+    cl_mem bmem = bias ? bias->st->mem : tmp->st->mem;
+    cl_int nc = (cl_int)out->shape[1], hw = (cl_int)(out->shape[2] * out->shape[3]), nitems = nb * nc;
+    kiln__karg args[] = {KILN__ARG(tmp->st->mem), KILN__ARG(soff), KILN__ARG(out->st->mem), KILN__ARG(doff),
+                         KILN__ARG(bmem),         KILN__ARG(boff), KILN__ARG(hb),           KILN__ARG(nc),
+                         KILN__ARG(hw),           KILN__ARG(cn0),  KILN__ARG(cnb),          KILN__ARG(nitems)};
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_from_cnhw", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 0);
+}
+
+/* db (+)= the row sums of the [cout, ld] matrix gb. */
+static kiln_status bias_rows(kiln_ctx *ctx, const char *op, const gmat *gb, kiln_tensor *db, bool accumulate) {
+    cl_int soff = (cl_int)gb->off, ld = (cl_int)gb->ld, dboff = (cl_int)db->offset, acc = accumulate;
+    cl_int nitems = (cl_int)db->shape[0];
+    kiln__karg args[] = {KILN__ARG(gb->mem), KILN__ARG(soff), KILN__ARG(ld),    KILN__ARG(db->st->mem),
+                         KILN__ARG(dboff),   KILN__ARG(acc),  KILN__ARG(nitems)};
+    /* one work-item per group: a handful of channels still spreads over every core */
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_bias_grad", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 1);
+}
+
+/* dst = the sum of the nparts consecutive [numel(dst)] partials in part, in order. */
+static kiln_status sum_parts(kiln_ctx *ctx, const char *op, kiln_tensor *part, int nparts, kiln_tensor *dst) {
+    cl_int poff = (cl_int)part->offset, np = nparts, doff = (cl_int)dst->offset;
+    cl_int nitems = (cl_int)kiln__numel(dst->ndim, dst->shape);
+    kiln__karg args[] = {KILN__ARG(part->st->mem), KILN__ARG(poff), KILN__ARG(np),
+                         KILN__ARG(dst->st->mem),  KILN__ARG(doff), KILN__ARG(nitems)};
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_sum_parts", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 0);
+}
+
+/* Images per chunk when one image needs `per` elements of scratch. */
+static int chunk_images(int64_t per, int n) {
+    int64_t nb = chunk_budget / (per > 0 ? per : 1);
+    if (nb < 1) nb = 1;
+    if (nb > n) nb = n;
+    return (int)nb;
+}
+
+/* ---- the three cores ---------------------------------------------------------------- */
+
+/* out [n, cout, ho, wo] = conv(x, w) + bias. x any view, w any view [cout, c/groups, kh, kw]. */
+static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
+                             const conv_geom *g) {
+    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, g->cout, g->ho, g->wo});
+    if (!out || g->n == 0) return out;
+    int64_t hw = (int64_t)g->ho * g->wo, mg = g->cout / g->groups;
+    int64_t kg = (int64_t)(g->c / g->groups) * g->kh * g->kw, krows = g->groups * kg;
+    kiln_tensor *wc = NULL, *col = NULL, *tmp = NULL;
+    kiln_status s = KILN_OK;
+    if (!kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) s = ctx->err;
+    kiln_tensor *wt = wc ? wc : w;
+    int nb = chunk_images((krows + g->cout) * hw, g->n);
+    /* One image without bias: the GEMM's [cout, HW] result is the NCHW image itself. */
+    bool direct = nb == 1 && !bias;
+    if (s == KILN_OK && !(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krows * hw}))) s = ctx->err;
+    if (s == KILN_OK && !direct && !(tmp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * g->cout * hw})))
+        s = ctx->err;
+    for (int n0 = 0; n0 < g->n && s == KILN_OK; n0 += nb) {
+        int cnt = g->n - n0 < nb ? g->n - n0 : nb;
+        size_t ld = (size_t)(cnt * hw);
+        if ((s = im2col(ctx, op, x, col, g, n0, cnt)) != KILN_OK) break;
+        gmat c = direct ? gm(out, (size_t)(n0 * g->cout * hw), ld, (size_t)mg * ld, false)
+                        : gm(tmp, 0, ld, (size_t)mg * ld, false);
+        s = gemm(ctx, op, (size_t)mg, ld, (size_t)kg, gm(wt, 0, (size_t)kg, (size_t)(mg * kg), false),
+                 gm(col, 0, ld, (size_t)kg * ld, false), 0.0f, c, (size_t)g->groups);
+        if (s == KILN_OK && !direct) s = from_cnhw(ctx, op, tmp, out, bias, n0, cnt);
+    }
+    /* The in-order queue runs every launch above before a later reuse of these buffers. */
+    kiln_tensor_free(tmp);
+    kiln_tensor_free(col);
+    kiln_tensor_free(wc);
+    if (s != KILN_OK) {
+        kiln_tensor_free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/*
+ * Gradients of a convolution from gy [n, cout, ho, wo] (any view), each when its pointer
+ * is not NULL: *dx (the input's shape, plus dx_bias[c] when given), *dw (w's shape), *db
+ * (the sum of gy over images and pixels, [cout]). x (any view) is needed only for dw, w
+ * only for dx. Outputs are new tensors.
+ */
+static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, kiln_tensor *x, kiln_tensor *w,
+                            kiln_tensor *gy, kiln_tensor *dx_bias, kiln_tensor **dx, kiln_tensor **dw,
+                            kiln_tensor **db) {
+    int64_t hw = (int64_t)g->ho * g->wo, cg = g->c / g->groups, mg = g->cout / g->groups;
+    int64_t kg = cg * g->kh * g->kw, krows = g->groups * kg;
+    kiln_tensor *wc = NULL, *gyp = NULL, *col = NULL, *part = NULL;
+    kiln_status s = KILN_OK;
+    kiln_tensor **outs[3] = {dx, dw, db};
+    for (int k = 0; k < 3; k++)
+        if (outs[k]) *outs[k] = NULL;
+    if (dx && !(*dx = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, g->c, g->h, g->w}))) s = ctx->err;
+    if (dw && s == KILN_OK && !(*dw = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->cout, cg, g->kh, g->kw})))
+        s = ctx->err;
+    if (db && s == KILN_OK && !(*db = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){g->cout}))) s = ctx->err;
+    if (s == KILN_OK && dw && g->n == 0) s = kiln_fill(*dw, 0.0f);
+    if (s == KILN_OK && db && g->n == 0) s = kiln_fill(*db, 0.0f);
+    if (s != KILN_OK || g->n == 0) goto done;
+
+    if (dx && !kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) {
+        s = ctx->err;
+        goto done;
+    }
+    kiln_tensor *wt = wc ? wc : w;
+    int nb = chunk_images((krows + g->cout) * hw, g->n);
+    /* One image of a contiguous gy already is its [cout, HW] matrix. */
+    bool direct = nb == 1 && kiln__is_contiguous(gy);
+    if (!direct && !(gyp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * g->cout * hw}))) {
+        s = ctx->err;
+        goto done;
+    }
+    if (!(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krows * hw}))) {
+        s = ctx->err;
+        goto done;
+    }
+    /* Split-K parts of the weight gradient (groups already give a batch of their own); the
+     * parts of every chunk have the length of the first chunk's. */
+    int64_t nsplit = dw && g->groups == 1 ? nb * hw / split_min_k : 1;
+    if (nsplit > (int64_t)ctx->info.compute_units) nsplit = ctx->info.compute_units;
+    if (nsplit > SPLIT_MAX) nsplit = SPLIT_MAX;
+    if (nsplit > 1 && !(part = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nsplit * g->cout * kg}))) {
+        s = ctx->err;
+        goto done;
+    }
+    for (int n0 = 0; n0 < g->n && s == KILN_OK; n0 += nb) {
+        int cnt = g->n - n0 < nb ? g->n - n0 : nb;
+        size_t ld = (size_t)(cnt * hw);
+        gmat gb;
+        if (direct) {
+            gb = gm(gy, (size_t)(n0 * g->cout * hw), ld, (size_t)mg * ld, false);
+        } else {
+            if ((s = to_cnhw(ctx, op, gy, gyp, n0, cnt)) != KILN_OK) break;
+            gb = gm(gyp, 0, ld, (size_t)mg * ld, false);
+        }
+        if (db && (s = bias_rows(ctx, op, &gb, *db, n0 > 0)) != KILN_OK) break;
+        if (dw) {
+            /* dw_g [mg, kg] (+)= gy_g [mg, cnt*HW] x cols_g^T; chunks accumulate in order */
+            if ((s = im2col(ctx, op, x, col, g, n0, cnt)) != KILN_OK) break;
+            float beta = n0 == 0 ? 0.0f : 1.0f;
+            if (!part) {
+                s = gemm(ctx, op, (size_t)mg, (size_t)kg, ld, gb, gm(col, 0, ld, (size_t)kg * ld, true), beta,
+                         gm(*dw, 0, (size_t)kg, (size_t)(mg * kg), false), (size_t)g->groups);
+            } else {
+                /* part s (+)= the products over [s*len, (s+1)*len) of the inner dim; the last
+                 * few (fewer than nsplit) go to part 0 */
+                size_t len = ld / (size_t)nsplit, rest = ld - len * (size_t)nsplit;
+                gmat a = gb, b = gm(col, 0, ld, len, true), c = gm(part, 0, (size_t)kg, (size_t)(g->cout * kg), false);
+                a.stride = len;
+                if (len > 0) s = gemm(ctx, op, (size_t)mg, (size_t)kg, len, a, b, beta, c, (size_t)nsplit);
+                if (s == KILN_OK && rest > 0) {
+                    a.off += len * (size_t)nsplit;
+                    b.off += len * (size_t)nsplit;
+                    s = gemm(ctx, op, (size_t)mg, (size_t)kg, rest, a, b, len > 0 || n0 > 0 ? 1.0f : 0.0f, c, 1);
+                }
+            }
+            if (s != KILN_OK) break;
+        }
+        if (dx) {
+            /* cols_g [kg, cnt*HW] = w_g^T gy_g, then gathered into the images */
+            s = gemm(ctx, op, (size_t)kg, ld, (size_t)mg, gm(wt, 0, (size_t)kg, (size_t)(mg * kg), true), gb, 0.0f,
+                     gm(col, 0, ld, (size_t)kg * ld, false), (size_t)g->groups);
+            if (s == KILN_OK) s = col2im(ctx, op, col, *dx, dx_bias, g, n0, cnt);
+        }
+    }
+    if (s == KILN_OK && part) s = sum_parts(ctx, op, part, (int)nsplit, *dw);
+done:
+    kiln_tensor_free(part);
+    kiln_tensor_free(col);
+    kiln_tensor_free(gyp);
+    kiln_tensor_free(wc);
+    if (s != KILN_OK) {
+        for (int k = 0; k < 3; k++) {
+            if (outs[k]) {
+                kiln_tensor_free(*outs[k]);
+                *outs[k] = NULL;
+            }
+        }
+    }
+    return s;
+}
+
+/* ---- validation --------------------------------------------------------------------- */
+
+static const kiln_conv2d_params default_params = {{1, 1}, {0, 0}, {1, 1}, 1, {0, 0}};
+
+/* "stride (1, 1), padding (0, 0), dilation (1, 1), groups 1[, output_padding (0, 0)]" */
+static char *params_str(const kiln_conv2d_params *p, bool transpose, char *buf, size_t cap) {
+    int len = snprintf(buf, cap, "stride (%d, %d), padding (%d, %d), dilation (%d, %d), groups %d", p->stride[0],
+                       p->stride[1], p->padding[0], p->padding[1], p->dilation[0], p->dilation[1], p->groups);
+    if (transpose && len > 0 && (size_t)len < cap)
+        snprintf(buf + len, cap - (size_t)len, ", output_padding (%d, %d)", p->output_padding[0], p->output_padding[1]);
+    return buf;
+}
+
+/*
+ * Checks the inputs and parameters of conv2d (transpose false) or conv_transpose2d and
+ * fills the geometry of the convolution that does the work (for conv_transpose2d its
+ * input is the transposed op's output). False with the error set.
+ */
+static bool conv_setup(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
+                       const kiln_conv2d_params *p, bool transpose, conv_geom *g) {
+    kiln_tensor *in[2] = {x, w};
+    if (!kiln__check_inputs(ctx, op, 2, in)) return false;
+    if (bias && !kiln__check_inputs(ctx, op, 1, &bias)) return false;
+    char sx[160], sw[160], sb[160], sp[200];
+    kiln__shape_str(x->ndim, x->shape, sx, sizeof sx);
+    kiln__shape_str(w->ndim, w->shape, sw, sizeof sw);
+    if (bias) kiln__shape_str(bias->ndim, bias->shape, sb, sizeof sb);
+    params_str(p, transpose, sp, sizeof sp);
+    if (x->dtype != KILN_F32 || w->dtype != KILN_F32 || (bias && bias->dtype != KILN_F32)) {
+        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: only f32 is supported, got input %s %s, weight %s %s%s%s%s", op,
+                   kiln_dtype_name(x->dtype), sx, kiln_dtype_name(w->dtype), sw, bias ? ", bias " : "",
+                   bias ? kiln_dtype_name(bias->dtype) : "", bias ? " " : "");
+        return false;
+    }
+    if (x->ndim != 4) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: input %s must be 4-D (N, C, H, W); weight %s", op, sx, sw);
+        return false;
+    }
+    if (w->ndim != 4) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: weight %s must be 4-D %s; input %s", op, sw,
+                   transpose ? "[Cin, Cout/groups, kH, kW]" : "[Cout, Cin/groups, kH, kW]", sx);
+        return false;
+    }
+    if (p->stride[0] < 1 || p->stride[1] < 1 || p->dilation[0] < 1 || p->dilation[1] < 1 || p->padding[0] < 0 ||
+        p->padding[1] < 0 || p->groups < 1 || (transpose && (p->output_padding[0] < 0 || p->output_padding[1] < 0))) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "%s: invalid parameters for input %s, weight %s: %s (stride and dilation must be >= 1, padding%s "
+                   ">= 0, groups >= 1)",
+                   op, sx, sw, sp, transpose ? " and output_padding" : "");
+        return false;
+    }
+    if (transpose && ((p->output_padding[0] >= p->stride[0] && p->output_padding[0] >= p->dilation[0]) ||
+                      (p->output_padding[1] >= p->stride[1] && p->output_padding[1] >= p->dilation[1]))) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "%s: input %s, weight %s: output_padding must be smaller than stride or dilation, got %s", op, sx,
+                   sw, sp);
+        return false;
+    }
+    int64_t n = x->shape[0], c = x->shape[1], kh = w->shape[2], kw = w->shape[3], gr = p->groups;
+    if (c == 0 || x->shape[2] == 0 || x->shape[3] == 0 || w->shape[0] == 0 || w->shape[1] == 0 || kh == 0 || kw == 0) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: input %s, weight %s: only the batch dim may be empty", op, sx, sw);
+        return false;
+    }
+    /* Channels: conv2d weight [Cout, Cin/groups], conv_transpose2d weight [Cin, Cout/groups]. */
+    int64_t expect = transpose ? w->shape[0] : w->shape[1] * gr;
+    if (c != expect) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: input %s has %lld channels but weight %s expects %lld (groups %lld)", op,
+                   sx, (long long)c, sw, (long long)expect, (long long)gr);
+        return false;
+    }
+    if (c % gr != 0 || (!transpose && w->shape[0] % gr != 0)) {
+        kiln__fail(ctx, KILN_ERR_SHAPE,
+                   "%s: groups %lld must divide the input channels (input %s) and the output channels (weight %s)", op,
+                   (long long)gr, sx, sw);
+        return false;
+    }
+    int64_t cout = transpose ? w->shape[1] * gr : w->shape[0];
+    if (bias && (bias->ndim != 1 || bias->shape[0] != cout)) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: bias %s must be [%lld] for input %s and weight %s", op, sb,
+                   (long long)cout, sx, sw);
+        return false;
+    }
+    /* Spatial sizes; every intermediate index must fit 32-bit ints in the kernels. */
+    int64_t os[2], is[2] = {x->shape[2], x->shape[3]}, ks[2] = {kh, kw};
+    for (int d = 0; d < 2; d++) {
+        int64_t span = (int64_t)p->dilation[d] * (ks[d] - 1) + 1;
+        if (is[d] + 2 * (int64_t)p->padding[d] + span + p->stride[d] > INT32_MAX ||
+            (transpose && (is[d] - 1) * p->stride[d] + span + p->output_padding[d] > INT32_MAX)) {
+            kiln__fail(ctx, KILN_ERR_UNSUPPORTED, "%s: input %s, weight %s with %s: sizes exceed 32-bit indexing", op,
+                       sx, sw, sp);
+            return false;
+        }
+        if (transpose)
+            os[d] = (is[d] - 1) * p->stride[d] - 2 * (int64_t)p->padding[d] + span + p->output_padding[d];
+        else {
+            int64_t num = is[d] + 2 * (int64_t)p->padding[d] - span;
+            os[d] = num < 0 ? 0 : num / p->stride[d] + 1;
+        }
+    }
+    if (os[0] <= 0 || os[1] <= 0) {
+        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: input %s with weight %s and %s gives an output of %lld x %lld", op, sx, sw,
+                   sp, (long long)os[0], (long long)os[1]);
+        return false;
+    }
+    /* The convolution doing the work: conv2d itself, or the one whose input gradient
+     * conv_transpose2d is (its input is conv_transpose2d's output). */
+    g->n = (cl_int)n;
+    g->groups = (cl_int)gr;
+    g->kh = (cl_int)kh;
+    g->kw = (cl_int)kw;
+    g->sh = p->stride[0];
+    g->sw = p->stride[1];
+    g->ph = p->padding[0];
+    g->pw = p->padding[1];
+    g->dh = p->dilation[0];
+    g->dw = p->dilation[1];
+    int64_t cin_conv = transpose ? cout : c, cout_conv = transpose ? c : cout;
+    int64_t hin = transpose ? os[0] : is[0], win = transpose ? os[1] : is[1];
+    int64_t hout = transpose ? is[0] : os[0], wout = transpose ? is[1] : os[1];
+    int64_t kg = cin_conv / gr * kh * kw, percol = gr * kg * hout * wout;
+    if (percol > CONV_MAX_ELEMS || hin * win * cin_conv > CONV_MAX_ELEMS || hout * wout * cout_conv > CONV_MAX_ELEMS) {
+        kiln__fail(ctx, KILN_ERR_UNSUPPORTED,
+                   "%s: input %s, weight %s with %s: one image needs %lld column elements (at most %lld: kernels "
+                   "index with 32-bit ints)",
+                   op, sx, sw, sp, (long long)percol, (long long)CONV_MAX_ELEMS);
+        return false;
+    }
+    g->c = (cl_int)cin_conv;
+    g->cout = (cl_int)cout_conv;
+    g->h = (cl_int)hin;
+    g->w = (cl_int)win;
+    g->ho = (cl_int)hout;
+    g->wo = (cl_int)wout;
+    return true;
+}
+
+/* ---- autograd ----------------------------------------------------------------------- */
+
+static void geom_save(kiln__node *nd, const conv_geom *g) {
+    const cl_int *v = &g->n;
+    for (int k = 0; k < 16; k++)
+        nd->i[k] = v[k];
+}
+
+static void geom_load(const kiln__node *nd, conv_geom *g) {
+    cl_int *v = &g->n;
+    for (int k = 0; k < 16; k++)
+        v[k] = (cl_int)nd->i[k];
+}
+
+/* Sum of gy over N, H and W: the bias gradient. */
+static kiln_tensor *bias_grad(kiln_ctx *ctx, kiln_tensor *gy) {
+    static const int axes[3] = {0, 2, 3};
+    return kiln_sum(ctx, gy, 3, axes, false);
+}
+
+static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
+    conv_geom g;
+    geom_load(nd, &g);
+    kiln_tensor *x = nd->in[0], *w = nd->in[1];
+    bool want_dx = kiln__input_needs_grad(nd, 0), want_dw = kiln__input_needs_grad(nd, 1);
+    bool want_db = nd->nin > 2 && kiln__input_needs_grad(nd, 2);
+    kiln_tensor *dx = NULL, *dw = NULL, *db = NULL;
+    kiln_status s = KILN_OK;
+    /* the bias gradient comes from the permuted gradient when that is made anyway */
+    if (want_dx || want_dw)
+        s = conv_bwd(ctx, nd->op, &g, x, w, gout, NULL, want_dx ? &dx : NULL, want_dw ? &dw : NULL,
+                     want_db ? &db : NULL);
+    else if (want_db && !(db = bias_grad(ctx, gout)))
+        s = ctx->err;
+    if (s == KILN_OK && dx) s = kiln__accum(ctx, nd, 0, dx);
+    if (s == KILN_OK && dw) s = kiln__accum(ctx, nd, 1, dw);
+    if (s == KILN_OK && db) s = kiln__accum(ctx, nd, 2, db);
+    kiln_tensor_free(dx);
+    kiln_tensor_free(dw);
+    kiln_tensor_free(db);
+    return s;
+}
+
+static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
+    conv_geom g;
+    geom_load(nd, &g);
+    kiln_tensor *x = nd->in[0], *w = nd->in[1];
+    kiln_tensor *dx = NULL, *dw = NULL, *db = NULL;
+    kiln_status s = KILN_OK;
+    /* gout is the convolution's input: d x = conv(gout, w); d w from (gout, x) with x as
+     * the convolution's output gradient; d bias sums gout. */
+    if (kiln__input_needs_grad(nd, 0) && !(dx = conv_fwd(ctx, nd->op, gout, w, NULL, &g))) s = ctx->err;
+    if (s == KILN_OK && kiln__input_needs_grad(nd, 1)) s = conv_bwd(ctx, nd->op, &g, gout, w, x, NULL, NULL, &dw, NULL);
+    if (s == KILN_OK && nd->nin > 2 && kiln__input_needs_grad(nd, 2) && !(db = bias_grad(ctx, gout))) s = ctx->err;
+    if (s == KILN_OK && dx) s = kiln__accum(ctx, nd, 0, dx);
+    if (s == KILN_OK && dw) s = kiln__accum(ctx, nd, 1, dw);
+    if (s == KILN_OK && db) s = kiln__accum(ctx, nd, 2, db);
+    kiln_tensor_free(dx);
+    kiln_tensor_free(dw);
+    kiln_tensor_free(db);
+    return s;
+}
+
+/* Records the op when some input requires grad; frees out and returns NULL on failure. */
+static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln_tensor *x, kiln_tensor *w,
+                           kiln_tensor *bias, const conv_geom *g, kiln__backward_fn fn) {
+    kiln_tensor *in[3] = {x, w, bias};
+    int nin = bias ? 3 : 2;
+    if (kiln__grad_wanted(ctx, nin, in)) {
+        kiln__node *nd = kiln__node_new(ctx, op, out, nin, in, fn);
+        if (!nd) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        geom_save(nd, g);
+    }
+    return kiln__finish(ctx, op, out);
+}
+
+/* ---- public ------------------------------------------------------------------------- */
+
+kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                         const kiln_conv2d_params *p) {
+    const char *op = "kiln_conv2d";
+    conv_geom g;
+    if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
+    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, &g);
+    if (!out) return NULL;
+    return record(ctx, op, out, x, weight, bias, &g, conv2d_backward);
+}
+
+kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                                   const kiln_conv2d_params *p) {
+    const char *op = "kiln_conv_transpose2d";
+    conv_geom g;
+    if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, true, &g)) return NULL;
+    kiln_tensor *out = NULL;
+    if (conv_bwd(ctx, op, &g, NULL, weight, x, bias, &out, NULL, NULL) != KILN_OK) return NULL;
+    return record(ctx, op, out, x, weight, bias, &g, conv_transpose2d_backward);
+}

@@ -1,0 +1,736 @@
+/* tests/test_conv.c - kiln_conv2d and kiln_conv_transpose2d: forward against a plain-C
+ * double reference over a table of shapes and parameters (odd sizes, strides, padding,
+ * dilation, groups, depthwise, batch 1 and 3, input and weight views, NaN/Inf), the
+ * gradients of input, weight and bias against finite differences, the same again with the
+ * column buffer forced into small chunks, PyTorch's results (tests/golden/conv.safetensors),
+ * determinism, the error paths and leaks.
+ *
+ * Tolerances. u = 2^-24; gamma_d = d u / (1 - d u) bounds the relative error of a float sum
+ * whose terms each meet at most d - 1 roundings, in any order of summation (Higham,
+ * Accuracy and Stability of Numerical Algorithms, 2nd ed., 3.1 and 4.4; the product of two
+ * floats adds one rounding, hence d = terms + 1 or more). So |computed - exact| <=
+ * gamma_d * mag, mag = the sum of |terms|.
+ *   Forward: the reference also returns mag per element (|bias| + sum |x w|). conv2d sums
+ *   cg*kh*kw products in one GEMM and adds the bias after; conv_transpose2d sums cg' (its
+ *   output channels per group) products per column entry, then at most kh*kw entries and
+ *   the bias in col2im. d = (input channels / groups)*kh*kw + 2 covers both. Checked per
+ *   element (plus FLT_MIN for devices that flush denormals): a wrong tap or a wrong pixel
+ *   is off by a whole product and fails.
+ *   Gradients (gradcheck.h): each is a sum of at most 126 products in the checked shapes
+ *   (dW of "groups 2, batch 3" sums over 3 images x 6 x 7 pixels; dX sums cout/groups x
+ *   taps <= 50), so its error is at most gamma_127 ~ 7.6e-6 of the sum of |terms|, which
+ *   for these random inputs is about sqrt(126) ~ 11 times the gradient's largest magnitude:
+ *   atol 1e-4 of max|grad|, rtol 1e-4. The finite differences are exact to ~1e-10.
+ *   PyTorch (tests/golden/gen_conv.py): PyTorch computes in float64 and stores the result
+ *   rounded to float (off by u |ref|), plus the magnitude of every element (the same
+ *   computation on absolute values). kiln's float32 result must be within gamma_d * mag +
+ *   u |ref| with d = terms + 2 per element: y as above; d input cout/groups * taps + 2;
+ *   d weight 2 N*HW + 2 (the GEMM's sum over images and pixels, plus one addition per chunk
+ *   when the batch is split); d bias N*HW + 2.
+ */
+#include <float.h>
+
+#include "golden.h"
+#include "gradcheck.h"
+
+/* Test hook of src/ops/conv.c: the column buffer's element budget and the shortest part
+ * of a split weight gradient (0 = default). */
+KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
+
+#define U_F32 0x1p-24
+
+/* ---- cases ------------------------------------------------------------------------- */
+
+enum { V_NONE, V_TRANSPOSE_HW, V_SLICE_W, V_CHANNELS_LAST, V_BATCH_SLICE };
+
+typedef struct cspec {
+    const char *name;
+    bool transpose;
+    int n, c, h, w; /* input */
+    int cout;       /* output channels */
+    int kh, kw;
+    kiln_conv2d_params p;
+    bool bias;
+    int xview;     /* how the input is stored */
+    bool wview;    /* weight stored with kh and kw swapped, read through a transpose */
+    bool specials; /* a NaN and an Inf in the input */
+} cspec;
+
+// clang-format off
+#define P(s0, s1, p0, p1, d0, d1, g, o0, o1) {{s0, s1}, {p0, p1}, {d0, d1}, g, {o0, o1}}
+// clang-format on
+#define P1 P(1, 1, 0, 0, 1, 1, 1, 0, 0)
+
+static const cspec cases[] = {
+    /* conv2d */
+    {"basic 3x3", false, 2, 3, 8, 8, 4, 3, 3, P1, true, V_NONE, false, false},
+    {"odd 5x7, kernel 3x2", false, 1, 2, 5, 7, 3, 3, 2, P1, true, V_NONE, false, false},
+    {"stride 2 pad 1, batch 3", false, 3, 3, 9, 11, 5, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, false},
+    {"pad 2 dilation 2", false, 2, 2, 7, 6, 3, 3, 3, P(1, 1, 2, 2, 2, 2, 1, 0, 0), true, V_NONE, false, false},
+    {"mixed stride/pad/dilation, groups 2", false, 1, 4, 10, 9, 6, 3, 2, P(2, 1, 1, 2, 1, 2, 2, 0, 0), true, V_NONE,
+     false, false},
+    {"groups 2, batch 3", false, 3, 4, 6, 7, 6, 3, 3, P(1, 1, 1, 1, 1, 1, 2, 0, 0), true, V_NONE, false, false},
+    {"depthwise", false, 2, 5, 7, 5, 5, 3, 3, P(1, 1, 1, 1, 1, 1, 5, 0, 0), false, V_NONE, false, false},
+    {"depthwise x2, batch 1", false, 1, 3, 6, 6, 6, 3, 3, P(1, 1, 0, 0, 1, 1, 3, 0, 0), true, V_NONE, false, false},
+    {"1x1", false, 3, 5, 4, 6, 7, 1, 1, P1, false, V_NONE, false, false},
+    {"kernel covers the input", false, 2, 3, 5, 5, 2, 5, 5, P1, true, V_NONE, false, false},
+    {"stride larger than kernel", false, 2, 2, 11, 13, 3, 2, 2, P(3, 3, 0, 0, 1, 1, 1, 0, 0), true, V_NONE, false,
+     false},
+    {"transposed-view input", false, 3, 3, 7, 5, 4, 3, 3, P(1, 1, 1, 1, 1, 1, 1, 0, 0), true, V_TRANSPOSE_HW, false,
+     false},
+    {"sliced input, stride 2", false, 2, 2, 6, 9, 3, 2, 3, P(2, 2, 0, 0, 1, 1, 1, 0, 0), false, V_SLICE_W, false,
+     false},
+    {"channels-last input, groups 2", false, 2, 4, 5, 6, 4, 3, 3, P(1, 1, 1, 1, 1, 1, 2, 0, 0), true, V_CHANNELS_LAST,
+     false, false},
+    {"batch slice, weight view, no bias", false, 2, 3, 5, 7, 2, 2, 3, P(1, 2, 1, 0, 2, 1, 1, 0, 0), false,
+     V_BATCH_SLICE, true, false},
+    {"weight view with bias", false, 2, 2, 6, 5, 4, 3, 2, P(1, 1, 1, 1, 1, 1, 2, 0, 0), true, V_NONE, true, false},
+    {"NaN and Inf", false, 2, 2, 6, 7, 3, 3, 3, P(1, 1, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, true},
+    {"many channels", false, 2, 16, 12, 12, 24, 3, 3, P(1, 1, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, false},
+    /* conv_transpose2d */
+    {"T basic 3x3", true, 2, 3, 5, 5, 4, 3, 3, P1, true, V_NONE, false, false},
+    {"T stride 2 pad 1 output_padding 1, batch 3", true, 3, 4, 4, 5, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 1), true,
+     V_NONE, false, false},
+    {"T odd kernel 3x2, mixed params", true, 1, 2, 5, 7, 3, 3, 2, P(2, 1, 1, 0, 1, 2, 1, 1, 0), true, V_NONE, false,
+     false},
+    {"T groups 2 stride 2", true, 2, 4, 5, 4, 6, 3, 3, P(2, 2, 0, 0, 1, 1, 2, 0, 0), false, V_NONE, false, false},
+    {"T depthwise", true, 2, 4, 6, 5, 4, 3, 3, P(1, 1, 1, 1, 1, 1, 4, 0, 0), true, V_NONE, false, false},
+    {"T dilation 2 output_padding 1 (>= stride)", true, 1, 3, 4, 4, 2, 3, 3, P(1, 1, 0, 0, 2, 2, 1, 1, 1), true, V_NONE,
+     false, false},
+    {"T stride 3 kernel 2 (gaps)", true, 2, 2, 3, 4, 3, 2, 2, P(3, 3, 0, 0, 1, 1, 1, 0, 0), true, V_NONE, false, false},
+    {"T pad 2, transposed-view input", true, 2, 3, 5, 6, 2, 3, 3, P(1, 1, 2, 1, 1, 1, 1, 0, 0), true, V_TRANSPOSE_HW,
+     false, false},
+    {"T channels-last, weight view, groups 2", true, 3, 4, 4, 3, 2, 2, 3, P(2, 1, 0, 1, 1, 1, 2, 1, 0), true,
+     V_CHANNELS_LAST, true, false},
+    {"T NaN and Inf", true, 2, 2, 4, 5, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, true},
+    {"T many channels", true, 2, 24, 6, 6, 16, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 1), true, V_NONE, false, false},
+    /* one image without bias: the forward GEMM writes the output in place */
+    {"batch 1, no bias, groups 2", false, 1, 4, 7, 6, 4, 3, 3, P(1, 1, 1, 1, 1, 1, 2, 0, 0), false, V_NONE, false,
+     false},
+    {"T batch 1, no bias", true, 1, 3, 4, 5, 2, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 0), false, V_NONE, false, false},
+};
+#define NCASES (sizeof cases / sizeof cases[0])
+
+static void out_size(const cspec *s, int *ho, int *wo) {
+    int in[2] = {s->h, s->w}, k[2] = {s->kh, s->kw}, o[2];
+    for (int d = 0; d < 2; d++) {
+        int span = s->p.dilation[d] * (k[d] - 1) + 1;
+        o[d] = s->transpose ? (in[d] - 1) * s->p.stride[d] - 2 * s->p.padding[d] + span + s->p.output_padding[d]
+                            : (in[d] + 2 * s->p.padding[d] - span) / s->p.stride[d] + 1;
+    }
+    *ho = o[0];
+    *wo = o[1];
+}
+
+static void wshape(const cspec *s, int64_t *ws) {
+    ws[0] = s->transpose ? s->c : s->cout;
+    ws[1] = s->transpose ? s->cout / s->p.groups : s->c / s->p.groups;
+    ws[2] = s->kh;
+    ws[3] = s->kw;
+}
+
+/* ---- the reference ------------------------------------------------------------------ */
+
+/* y (and mag = |bias| + sum |terms| when not NULL) from row-major x, w, b (b may be NULL). */
+static void reference(const cspec *s, const double *x, const double *w, const double *b, double *y, double *mag) {
+    int ho, wo, G = s->p.groups;
+    out_size(s, &ho, &wo);
+    int sh = s->p.stride[0], sw = s->p.stride[1], ph = s->p.padding[0], pw = s->p.padding[1];
+    int dh = s->p.dilation[0], dw = s->p.dilation[1];
+    int64_t ny = (int64_t)s->n * s->cout * ho * wo;
+    for (int64_t i = 0; i < ny; i++) {
+        int co = (int)(i / ((int64_t)ho * wo) % s->cout);
+        y[i] = b ? b[co] : 0;
+        if (mag) mag[i] = b ? fabs(b[co]) : 0;
+    }
+    if (!s->transpose) {
+        int cg = s->c / G, mg = s->cout / G;
+        for (int n = 0; n < s->n; n++)
+            for (int co = 0; co < s->cout; co++)
+                for (int oh = 0; oh < ho; oh++)
+                    for (int ow = 0; ow < wo; ow++) {
+                        int64_t yi = (((int64_t)n * s->cout + co) * ho + oh) * wo + ow;
+                        int gi = co / mg;
+                        for (int ci = 0; ci < cg; ci++)
+                            for (int ki = 0; ki < s->kh; ki++)
+                                for (int kj = 0; kj < s->kw; kj++) {
+                                    int ih = oh * sh - ph + ki * dh, iw = ow * sw - pw + kj * dw;
+                                    if (ih < 0 || ih >= s->h || iw < 0 || iw >= s->w) continue;
+                                    double t = x[(((int64_t)n * s->c + gi * cg + ci) * s->h + ih) * s->w + iw] *
+                                               w[(((int64_t)co * cg + ci) * s->kh + ki) * s->kw + kj];
+                                    y[yi] += t;
+                                    if (mag) mag[yi] += fabs(t);
+                                }
+                    }
+    } else {
+        int cg = s->c / G, og = s->cout / G;
+        for (int n = 0; n < s->n; n++)
+            for (int ci = 0; ci < s->c; ci++)
+                for (int ih = 0; ih < s->h; ih++)
+                    for (int iw = 0; iw < s->w; iw++) {
+                        double xv = x[(((int64_t)n * s->c + ci) * s->h + ih) * s->w + iw];
+                        int gi = ci / cg;
+                        for (int ol = 0; ol < og; ol++)
+                            for (int ki = 0; ki < s->kh; ki++)
+                                for (int kj = 0; kj < s->kw; kj++) {
+                                    int oh = ih * sh - ph + ki * dh, ow = iw * sw - pw + kj * dw;
+                                    if (oh < 0 || oh >= ho || ow < 0 || ow >= wo) continue;
+                                    int co = gi * og + ol;
+                                    double t = xv * w[(((int64_t)ci * og + ol) * s->kh + ki) * s->kw + kj];
+                                    int64_t yi = (((int64_t)n * s->cout + co) * ho + oh) * wo + ow;
+                                    y[yi] += t;
+                                    if (mag) mag[yi] += fabs(t);
+                                }
+                    }
+    }
+}
+
+typedef struct gc_user {
+    const cspec *s;
+} gc_user;
+
+static void gc_ref(void *user, double *const *in, double *out) {
+    const cspec *s = ((gc_user *)user)->s;
+    reference(s, in[0], in[1], s->bias ? in[2] : NULL, out, NULL);
+}
+
+/* |got - ref| <= gamma_d * mag elementwise (NaN and Inf exactly). */
+static void compare_bound(const char *what, const float *got, const double *ref, const double *mag, int64_t n, int d) {
+    double gamma = d * U_F32 / (1 - d * U_F32), worst = 0;
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double g = got[i], r = ref[i], e;
+        if (g == r)
+            e = 0;
+        else if (isnan(r) || isnan(g) || isinf(r) || isinf(g))
+            e = (isnan(r) && isnan(g)) ? 0 : INFINITY;
+        else
+            e = fabs(g - r) / (gamma * mag[i] + FLT_MIN);
+        if (e > worst) worst = e;
+        if (e > 1 && bad++ == 0)
+            fprintf(stderr, "  %s: element %lld: got %.9g, reference %.9g (bound %.3g)\n", what, (long long)i, g, r,
+                    gamma * mag[i]);
+    }
+    CHECK(bad == 0, "%s: %lld of %lld elements outside gamma_%d * mag (worst %.3g of the bound)", what, (long long)bad,
+          (long long)n, d, worst);
+}
+
+/* ---- operands ------------------------------------------------------------------------ */
+
+/* A kiln view with logical NCHW shape `sh` stored as `view` says; the logical row-major
+ * values (read through the harness's own view model) go to logical and dlog. */
+static kiln_tensor *make_input(kiln_ctx *ctx, int view, const int64_t *sh, bool specials, float *logical,
+                               double *dlog) {
+    int64_t bs[4] = {sh[0], sh[1], sh[2], sh[3]};
+    switch (view) {
+    case V_TRANSPOSE_HW: bs[2] = sh[3], bs[3] = sh[2]; break;
+    case V_SLICE_W: bs[3] = 2 * sh[3] + 1; break;
+    case V_CHANNELS_LAST: bs[1] = sh[2], bs[2] = sh[3], bs[3] = sh[1]; break;
+    case V_BATCH_SLICE: bs[0] = sh[0] + 2; break;
+    }
+    h_view v = h_contig(4, bs);
+    switch (view) {
+    case V_TRANSPOSE_HW:
+        v.shape[2] = sh[2], v.shape[3] = sh[3];
+        v.strides[2] = 1, v.strides[3] = sh[2];
+        break;
+    case V_SLICE_W: v.offset = 1, v.shape[3] = sh[3], v.strides[3] = 2; break;
+    case V_CHANNELS_LAST:
+        v.shape[1] = sh[1], v.shape[2] = sh[2], v.shape[3] = sh[3];
+        v.strides[1] = 1, v.strides[2] = sh[3] * sh[1], v.strides[3] = sh[1];
+        break;
+    case V_BATCH_SLICE: v.offset = v.strides[0], v.shape[0] = sh[0]; break;
+    }
+    int64_t nb = h_numel(4, bs), n = h_numel(4, sh);
+    float *base = malloc(sizeof(float) * (size_t)nb);
+    h_fill(base, nb, -1, 1);
+    if (specials) { /* a NaN and an Inf at two logical positions */
+        int64_t pos[2] = {n / 3, 2 * n / 3};
+        float val[2] = {NAN, INFINITY};
+        for (int k = 0; k < 2; k++) {
+            int64_t rem = pos[k], off = v.offset;
+            for (int d = 3; d >= 0; d--) {
+                off += rem % v.shape[d] * v.strides[d];
+                rem /= v.shape[d];
+            }
+            base[off] = val[k];
+        }
+    }
+    kiln_tensor *t = kiln_from_host(ctx, base, KILN_F32, 4, bs), *r = t;
+    switch (view) {
+    case V_TRANSPOSE_HW: r = kiln_transpose(ctx, t, 2, 3); break;
+    case V_SLICE_W: r = kiln_slice(ctx, t, 3, 1, 2 * sh[3] + 1, 2); break;
+    case V_CHANNELS_LAST: r = kiln_permute(ctx, t, (const int[]){0, 3, 1, 2}); break;
+    case V_BATCH_SLICE: r = kiln_slice(ctx, t, 0, 1, sh[0] + 1, 1); break;
+    }
+    if (r != t) kiln_tensor_free(t);
+    for (int64_t i = 0; i < n; i++) {
+        logical[i] = (float)h_at(base, &v, i);
+        dlog[i] = logical[i];
+    }
+    free(base);
+    CHECK(r != NULL, "making an input: %s", kiln_error_message(ctx));
+    return r;
+}
+
+/* The weight [ws], contiguous or stored [ws0, ws1, kw, kh] and transposed back. */
+static kiln_tensor *make_weight(kiln_ctx *ctx, const int64_t *ws, bool view, float scale, float *logical,
+                                double *dlog) {
+    int64_t n = h_numel(4, ws);
+    float *base = calloc((size_t)n, sizeof(float));
+    h_fill(base, n, -scale, scale);
+    kiln_tensor *t;
+    if (!view) {
+        t = kiln_from_host(ctx, base, KILN_F32, 4, ws);
+        memcpy(logical, base, sizeof(float) * (size_t)n);
+    } else {
+        int64_t bs[4] = {ws[0], ws[1], ws[3], ws[2]};
+        kiln_tensor *b = kiln_from_host(ctx, base, KILN_F32, 4, bs);
+        t = kiln_transpose(ctx, b, 2, 3);
+        kiln_tensor_free(b);
+        h_view v = h_contig(4, bs);
+        v.shape[2] = ws[2], v.shape[3] = ws[3];
+        v.strides[2] = 1, v.strides[3] = ws[2];
+        for (int64_t i = 0; i < n; i++)
+            logical[i] = (float)h_at(base, &v, i);
+    }
+    for (int64_t i = 0; i < n; i++)
+        dlog[i] = logical[i];
+    free(base);
+    return t;
+}
+
+static kiln_tensor *run_op(kiln_ctx *ctx, const cspec *s, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b) {
+    return s->transpose ? kiln_conv_transpose2d(ctx, x, w, b, &s->p) : kiln_conv2d(ctx, x, w, b, &s->p);
+}
+
+/* ---- forward and gradients over the table -------------------------------------------- */
+
+/* Forward against the reference; with grads, the gradients of the inputs in gmask (bit 0
+ * input, 1 weight, 2 bias) against finite differences, the others not requiring grad. */
+static void run_case(kiln_ctx *ctx, const cspec *s, const char *tag, bool grads, int gmask) {
+    char what[256];
+    snprintf(what, sizeof what, "%s %s%s", s->transpose ? "kiln_conv_transpose2d" : "kiln_conv2d", s->name, tag);
+    kiln_scope_begin(ctx);
+    int ho, wo;
+    out_size(s, &ho, &wo);
+    int64_t xs[4] = {s->n, s->c, s->h, s->w}, ws[4], ys[4] = {s->n, s->cout, ho, wo};
+    wshape(s, ws);
+    int64_t nx = h_numel(4, xs), nw = h_numel(4, ws), ny = h_numel(4, ys), nb = s->cout;
+    float *fx = malloc(sizeof(float) * (size_t)nx), *fw = malloc(sizeof(float) * (size_t)nw);
+    float *fb = malloc(sizeof(float) * (size_t)nb);
+    double *dx = malloc(sizeof(double) * (size_t)nx), *dw = malloc(sizeof(double) * (size_t)nw);
+    double *db = malloc(sizeof(double) * (size_t)nb);
+    kiln_tensor *x = make_input(ctx, s->xview, xs, s->specials, fx, dx);
+    kiln_tensor *w = make_weight(ctx, ws, s->wview, 0.5f, fw, dw);
+    kiln_tensor *b = NULL;
+    if (s->bias) {
+        h_fill(fb, nb, -1, 1);
+        for (int64_t i = 0; i < nb; i++)
+            db[i] = fb[i];
+        b = kiln_from_host(ctx, fb, KILN_F32, 1, &nb);
+    }
+    if (!x || !w) goto out;
+    if (s->xview == V_BATCH_SLICE)
+        CHECK(kiln_tensor_offset(x) > 0, "%s: the input view should start at an offset", what);
+    else if (s->xview != V_NONE)
+        CHECK(!kiln_tensor_is_contiguous(x), "%s: the input view should not be contiguous", what);
+
+    kiln_tensor *y = run_op(ctx, s, x, w, b);
+    CHECK(y != NULL, "%s: %s", what, kiln_error_message(ctx));
+    if (y) {
+        CHECK(kiln_tensor_ndim(y) == 4 && memcmp(kiln_tensor_shape(y), ys, sizeof ys) == 0, "%s: output shape", what);
+        double *ref = malloc(sizeof(double) * (size_t)ny), *mag = malloc(sizeof(double) * (size_t)ny);
+        reference(s, dx, dw, s->bias ? db : NULL, ref, mag);
+        float *got = h_read(y);
+        int d = s->c / s->p.groups * s->kh * s->kw + 2;
+        compare_bound(what, got, ref, mag, ny, d);
+        if (s->specials) {
+            int64_t nnan = 0, ninf = 0;
+            for (int64_t i = 0; i < ny; i++)
+                nnan += isnan(ref[i]) != 0, ninf += isinf(ref[i]) != 0;
+            CHECK(nnan > 0 && ninf > 0, "%s: the case should produce NaN and Inf outputs (%lld, %lld)", what,
+                  (long long)nnan, (long long)ninf);
+        }
+        free(got);
+        free(ref);
+        free(mag);
+    }
+    if (grads && y && !s->specials) {
+        /* fresh leaves requiring grad (the views above are leaves too: non-contiguous
+         * gradients flow to them) */
+        bool wanted[3] = {(gmask & 1) != 0, (gmask & 2) != 0, s->bias && (gmask & 4) != 0};
+        kiln_set_requires_grad(x, wanted[0]);
+        kiln_set_requires_grad(w, wanted[1]);
+        if (b) kiln_set_requires_grad(b, wanted[2]);
+        kiln_tensor *y2 = run_op(ctx, s, x, w, b);
+        kiln_tensor *ins[3] = {x, w, b};
+        double *hin[3] = {dx, dw, db};
+        gc_user u = {s};
+        snprintf(what + strlen(what), sizeof what - strlen(what), " (grad%s%s%s)", wanted[0] ? " x" : "",
+                 wanted[1] ? " w" : "", wanted[2] ? " b" : "");
+        gc_check(ctx, what, gc_ref, &u, s->bias ? 3 : 2, ins, hin, wanted, y2, 1e-4, 1e-4);
+    }
+out:
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+    free(fx), free(fw), free(fb), free(dx), free(dw), free(db);
+}
+
+/* Finite differences cost (inputs) x 2 x (reference); keep the slow ones forward-only. */
+static bool cheap_for_gc(const cspec *s) {
+    int ho, wo;
+    out_size(s, &ho, &wo);
+    double nin = (double)s->n * s->c * s->h * s->w + (double)s->cout * (s->c / s->p.groups) * s->kh * s->kw + s->cout;
+    double ref = (double)s->n * s->cout * ho * wo * (s->c / s->p.groups) * s->kh * s->kw;
+    if (s->transpose) ref = (double)s->n * s->c * s->h * s->w * (s->cout / s->p.groups) * s->kh * s->kw;
+    return nin * 2 * ref < 3e8;
+}
+
+static void test_table(kiln_ctx *ctx) {
+    for (size_t k = 0; k < NCASES; k++)
+        run_case(ctx, &cases[k], "", cheap_for_gc(&cases[k]), 7);
+}
+
+/* Some inputs frozen: each backward path alone (the bias gradient without the weight's
+ * GEMM takes another route). */
+static void test_partial_grads(kiln_ctx *ctx) {
+    static const int masks[] = {1, 2, 4, 6, 5};
+    static const size_t which[] = {2, 5, 19, 21}; /* conv2d batch 3, groups 2; transposed stride 2, groups 2 */
+    for (size_t k = 0; k < sizeof which / sizeof which[0]; k++)
+        for (size_t m = 0; m < sizeof masks / sizeof masks[0]; m++) {
+            if (!cases[which[k]].bias && masks[m] == 4) continue;
+            run_case(ctx, &cases[which[k]], " [partial]", true, masks[m]);
+        }
+}
+
+/* The same with the column buffers cut into chunks of 1 and of 2 images (the last chunk
+ * short): offsets of later chunks and the weight gradient's accumulation over chunks; and
+ * with the weight gradient's inner dim split into parts (one per compute unit, the last
+ * few products going to part 0), alone and with chunks. */
+static void test_chunks(kiln_ctx *ctx) {
+    for (size_t k = 0; k < NCASES; k++) {
+        const cspec *s = &cases[k];
+        if (!cheap_for_gc(s)) continue;
+        int ho, wo;
+        out_size(s, &ho, &wo);
+        /* per-image scratch of the convolution doing the work: columns and a permuted
+         * output or gradient */
+        int64_t cin = s->transpose ? s->cout : s->c, cout = s->transpose ? s->c : s->cout;
+        int64_t hw = s->transpose ? (int64_t)s->h * s->w : (int64_t)ho * wo;
+        int64_t per = (cin * s->kh * s->kw + cout) * hw;
+        static const struct {
+            int images, split;
+            const char *tag;
+        } modes[] = {
+            {1, 0, " [chunks of 1]"}, {2, 0, " [chunks of 2]"}, {0, 1, " [split]"}, {2, 1, " [chunks of 2, split]"}};
+        for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+            if (modes[m].images && s->n < 2) continue;
+            /* split: parts of at least 8 products, as many as the device has compute units */
+            kiln__conv_tuning(per * modes[m].images, modes[m].split ? 8 : 0);
+            run_case(ctx, s, modes[m].tag, true, 7);
+        }
+    }
+    kiln__conv_tuning(0, 0);
+}
+
+/* ---- determinism ---------------------------------------------------------------------- */
+
+static void test_determinism(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    const cspec *s = &cases[5]; /* groups 2, batch 3 */
+    int64_t xs[4] = {s->n, s->c, s->h, s->w}, ws[4];
+    wshape(s, ws);
+    float *fx = malloc(sizeof(float) * 4096), *fw = malloc(sizeof(float) * 4096);
+    double *dx = malloc(sizeof(double) * 4096), *dw = malloc(sizeof(double) * 4096);
+    kiln_tensor *x = make_input(ctx, V_NONE, xs, false, fx, dx), *w = make_weight(ctx, ws, false, 0.5f, fw, dw);
+    kiln_set_requires_grad(x, true);
+    kiln_set_requires_grad(w, true);
+    float *first[2] = {NULL, NULL};
+    for (int r = 0; r < 2; r++) {
+        kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &s->p);
+        kiln_tensor *seed = kiln_full(ctx, 0.25f, kiln_tensor_ndim(y), kiln_tensor_shape(y));
+        kiln_zero_grad(x);
+        kiln_zero_grad(w);
+        CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "determinism backward: %s", kiln_error_message(ctx));
+        float *gx = h_read(kiln_grad(x)), *gw = h_read(kiln_grad(w));
+        if (r == 0) {
+            first[0] = gx, first[1] = gw;
+        } else {
+            CHECK(memcmp(first[0], gx, sizeof(float) * (size_t)kiln_tensor_numel(x)) == 0,
+                  "input gradient differs between two identical runs");
+            CHECK(memcmp(first[1], gw, sizeof(float) * (size_t)kiln_tensor_numel(w)) == 0,
+                  "weight gradient differs between two identical runs");
+            free(gx), free(gw);
+        }
+    }
+    free(first[0]), free(first[1]);
+    free(fx), free(fw), free(dx), free(dw);
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+}
+
+/* ---- PyTorch ------------------------------------------------------------------------- */
+
+/* The cases of tests/golden/gen_conv.py (same order and parameters). */
+typedef struct gcase {
+    const char *name;
+    bool transpose, bias;
+    kiln_conv2d_params p;
+} gcase;
+
+static const gcase gcases[] = {
+    {"conv_basic", false, true, P1},
+    {"conv_s2p1", false, true, P(2, 2, 1, 1, 1, 1, 1, 0, 0)},
+    {"conv_odd", false, true, P(2, 1, 1, 2, 1, 2, 1, 0, 0)},
+    {"conv_dil2", false, false, P(1, 1, 2, 2, 2, 2, 1, 0, 0)},
+    {"conv_groups2", false, true, P(1, 1, 1, 1, 1, 1, 2, 0, 0)},
+    {"conv_depthwise", false, true, P(2, 2, 1, 1, 1, 1, 4, 0, 0)},
+    {"conv_1x1", false, false, P1},
+    {"conv_cnn", false, true, P1},
+    {"convt_basic", true, true, P1},
+    {"convt_s2p1op1", true, true, P(2, 2, 1, 1, 1, 1, 1, 1, 1)},
+    {"convt_odd", true, true, P(2, 1, 0, 1, 1, 2, 1, 1, 0)},
+    {"convt_groups2", true, false, P(2, 2, 1, 0, 1, 1, 2, 0, 1)},
+    {"convt_depthwise", true, true, P(1, 1, 1, 1, 1, 1, 3, 0, 0)},
+    {"convt_dil2op1", true, true, P(1, 1, 0, 0, 2, 2, 1, 1, 1)},
+};
+
+/* kiln's t against PyTorch's float64 result rounded to float (ref): |t - ref| <=
+ * gamma_d * mag + u |ref|, mag from the file (the computation on absolute values). */
+static void compare_golden(const char *what, kiln_tensor *t, const golden_tensor *ref, const golden_tensor *mag,
+                           int d) {
+    if (!ref || !mag) return;
+    CHECK(t != NULL, "%s: no result", what);
+    if (!t) return;
+    CHECK(kiln_tensor_ndim(t) == ref->ndim &&
+              memcmp(kiln_tensor_shape(t), ref->shape, sizeof(int64_t) * (size_t)ref->ndim) == 0,
+          "%s: shape differs from PyTorch's", what);
+    if (kiln_tensor_numel(t) != ref->numel || mag->numel != ref->numel) return;
+    float *got = h_read(t);
+    double *r = malloc(sizeof(double) * (size_t)ref->numel), *m = malloc(sizeof(double) * (size_t)ref->numel);
+    double gamma = d * U_F32 / (1 - d * U_F32);
+    for (int64_t k = 0; k < ref->numel; k++) {
+        r[k] = ref->f[k];
+        /* compare_bound checks |got - r| <= gamma * m: fold u |ref| into m */
+        m[k] = mag->f[k] + U_F32 * fabs(r[k]) / gamma;
+    }
+    compare_bound(what, got, r, m, ref->numel, d);
+    free(got), free(r), free(m);
+}
+
+static void test_golden(kiln_ctx *ctx) {
+    golden gf;
+    if (!golden_open(&gf, "conv")) return;
+    for (size_t k = 0; k < sizeof gcases / sizeof gcases[0]; k++) {
+        const gcase *c = &gcases[k];
+        char nm[160], what[200];
+        kiln_scope_begin(ctx);
+#define G(suffix) (snprintf(nm, sizeof nm, "%s.%s", c->name, suffix), golden_get(&gf, nm))
+        const golden_tensor *gx = G("x"), *gw = G("w"), *gb = c->bias ? G("b") : NULL, *gy = G("y"), *ggy = G("gy");
+        const golden_tensor *ggx = G("gx"), *ggw = G("gw"), *ggb = c->bias ? G("gb") : NULL;
+        const golden_tensor *my = G("y_mag"), *mgx = G("gx_mag"), *mgw = G("gw_mag");
+        const golden_tensor *mgb = c->bias ? G("gb_mag") : NULL;
+#undef G
+        if (!gx || !gw || !gy || !ggy || (c->bias && !gb)) {
+            kiln_scope_end(ctx);
+            continue;
+        }
+        kiln_tensor *x = golden_upload(ctx, gx), *w = golden_upload(ctx, gw), *b = golden_upload(ctx, gb);
+        kiln_set_requires_grad(x, true);
+        kiln_set_requires_grad(w, true);
+        if (b) kiln_set_requires_grad(b, true);
+        kiln_tensor *y = c->transpose ? kiln_conv_transpose2d(ctx, x, w, b, &c->p) : kiln_conv2d(ctx, x, w, b, &c->p);
+        /* depths of the sums (see the top of the file): kk taps, channels per group */
+        int64_t kk = gw->shape[2] * gw->shape[3], g = c->p.groups;
+        int64_t nimg = gx->shape[0], yhw = gy->shape[2] * gy->shape[3], xhw = gx->shape[2] * gx->shape[3];
+        int dy = (int)(gx->shape[1] / g * kk + 2), dgx = (int)(gy->shape[1] / g * kk + 2);
+        int dgw = (int)(2 * nimg * (c->transpose ? xhw : yhw) + 2), dgb = (int)(nimg * yhw + 2);
+        snprintf(what, sizeof what, "%s y vs PyTorch", c->name);
+        compare_golden(what, y, gy, my, dy);
+        kiln_tensor *seed = golden_upload(ctx, ggy);
+        CHECK(y && kiln_backward_ex(y, seed, false) == KILN_OK, "%s backward: %s", c->name, kiln_error_message(ctx));
+        snprintf(what, sizeof what, "%s gx vs PyTorch", c->name);
+        compare_golden(what, kiln_grad(x), ggx, mgx, dgx);
+        snprintf(what, sizeof what, "%s gw vs PyTorch", c->name);
+        compare_golden(what, kiln_grad(w), ggw, mgw, dgw);
+        if (b) {
+            snprintf(what, sizeof what, "%s gb vs PyTorch", c->name);
+            compare_golden(what, kiln_grad(b), ggb, mgb, dgb);
+        }
+        kiln_scope_end(ctx);
+        CHECK_OK(ctx);
+        kiln_error_clear(ctx);
+    }
+    golden_close(&gf);
+}
+
+/* ---- errors and leaks ------------------------------------------------------------------ */
+
+/* Expects op to fail with status st and a message containing each of the strings. */
+#define EXPECT_FAIL(ctx, call, st, ...)                                                                                \
+    do {                                                                                                               \
+        int64_t before_ = kiln_tensor_count(ctx);                                                                      \
+        kiln_tensor *r_ = (call);                                                                                      \
+        CHECK(r_ == NULL, "%s should fail", #call);                                                                    \
+        CHECK(kiln_error_status(ctx) == (st), "%s: status %d, expected %d (%s)", #call, (int)kiln_error_status(ctx),   \
+              (int)(st), kiln_error_message(ctx));                                                                     \
+        const char *subs_[] = {__VA_ARGS__};                                                                           \
+        for (size_t i_ = 0; i_ < sizeof subs_ / sizeof subs_[0]; i_++)                                                 \
+            CHECK(strstr(kiln_error_message(ctx), subs_[i_]) != NULL, "%s: message '%s' lacks '%s'", #call,            \
+                  kiln_error_message(ctx), subs_[i_]);                                                                 \
+        CHECK(kiln_tensor_count(ctx) == before_, "%s leaked %lld tensors", #call,                                      \
+              (long long)(kiln_tensor_count(ctx) - before_));                                                          \
+        kiln_tensor_free(r_);                                                                                          \
+        kiln_error_clear(ctx);                                                                                         \
+    } while (0)
+
+static void test_errors(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_zeros(ctx, 4, (int64_t[]){2, 3, 5, 5});
+    kiln_tensor *w = kiln_zeros(ctx, 4, (int64_t[]){4, 2, 3, 3});
+    kiln_tensor *w3 = kiln_zeros(ctx, 4, (int64_t[]){4, 3, 3, 3});
+    kiln_tensor *w3d = kiln_zeros(ctx, 3, (int64_t[]){4, 3, 3});
+    kiln_tensor *x3d = kiln_zeros(ctx, 3, (int64_t[]){3, 5, 5});
+    kiln_tensor *b4 = kiln_zeros(ctx, 1, (int64_t[]){4});
+    kiln_tensor *b5 = kiln_zeros(ctx, 1, (int64_t[]){5});
+    kiln_tensor *xi = kiln_empty(ctx, KILN_I32, 4, (int64_t[]){2, 3, 5, 5});
+    kiln_tensor *x4 = kiln_zeros(ctx, 4, (int64_t[]){2, 4, 5, 5});
+    kiln_tensor *wg = kiln_zeros(ctx, 4, (int64_t[]){3, 2, 3, 3});
+    kiln_tensor *x1 = kiln_zeros(ctx, 4, (int64_t[]){1, 1, 2, 2});
+    kiln_tensor *w1 = kiln_zeros(ctx, 4, (int64_t[]){1, 1, 3, 3});
+    kiln_tensor *wt = kiln_zeros(ctx, 4, (int64_t[]){3, 2, 3, 3}); /* transpose: Cin 3 */
+    CHECK_OK(ctx);
+
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w, NULL, NULL), KILN_ERR_SHAPE,
+                "kiln_conv2d: input [2, 3, 5, 5] has 3 channels but weight [4, 2, 3, 3] expects 2 (groups 1)");
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w3d, NULL, NULL), KILN_ERR_SHAPE, "kiln_conv2d",
+                "weight [4, 3, 3] must be 4-D", "[2, 3, 5, 5]");
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x3d, w3, NULL, NULL), KILN_ERR_SHAPE, "kiln_conv2d",
+                "input [3, 5, 5] must be 4-D");
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, xi, w3, NULL, NULL), KILN_ERR_DTYPE, "kiln_conv2d", "i32", "[2, 3, 5, 5]");
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w3, b5, NULL), KILN_ERR_SHAPE, "kiln_conv2d", "bias [5] must be [4]");
+    kiln_conv2d_params pg = P(1, 1, 0, 0, 1, 1, 2, 0, 0);
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x4, wg, NULL, &pg), KILN_ERR_SHAPE, "kiln_conv2d", "groups 2 must divide",
+                "[2, 4, 5, 5]", "[3, 2, 3, 3]");
+    kiln_conv2d_params pg3 = P(1, 1, 0, 0, 1, 1, 3, 0, 0);
+    EXPECT_FAIL(ctx, kiln_conv_transpose2d(ctx, x4, w, NULL, &pg3), KILN_ERR_SHAPE, "kiln_conv_transpose2d",
+                "groups 3 must divide", "[2, 4, 5, 5]");
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x1, w1, NULL, NULL), KILN_ERR_SHAPE,
+                "kiln_conv2d: input [1, 1, 2, 2] with weight [1, 1, 3, 3] and stride (1, 1), padding (0, 0), "
+                "dilation (1, 1), groups 1 gives an output of 0 x 0");
+    kiln_conv2d_params pd = P(1, 1, 1, 1, 2, 2, 1, 0, 0);
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x1, w1, NULL, &pd), KILN_ERR_SHAPE, "dilation (2, 2)", "gives an output of");
+    kiln_conv2d_params pt = P(1, 1, 2, 2, 1, 1, 1, 0, 0);
+    EXPECT_FAIL(ctx, kiln_conv_transpose2d(ctx, x1, w1, NULL, &pt), KILN_ERR_SHAPE, "kiln_conv_transpose2d",
+                "output_padding (0, 0)", "gives an output of 0 x 0");
+    kiln_conv2d_params bad[] = {P(0, 1, 0, 0, 1, 1, 1, 0, 0), P(1, 1, -1, 0, 1, 1, 1, 0, 0),
+                                P(1, 1, 0, 0, 1, 0, 1, 0, 0), P(1, 1, 0, 0, 1, 1, 0, 0, 0)};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++)
+        EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w3, NULL, &bad[k]), KILN_ERR_INVALID_ARGUMENT, "kiln_conv2d",
+                    "invalid parameters", "[2, 3, 5, 5]");
+    kiln_conv2d_params pop = P(2, 2, 0, 0, 1, 1, 1, 2, 0);
+    EXPECT_FAIL(ctx, kiln_conv_transpose2d(ctx, x, wt, NULL, &pop), KILN_ERR_INVALID_ARGUMENT,
+                "output_padding must be smaller than stride or dilation", "output_padding (2, 0)");
+    kiln_conv2d_params pneg = P(1, 1, 0, 0, 1, 1, 1, -1, 0);
+    EXPECT_FAIL(ctx, kiln_conv_transpose2d(ctx, x, wt, NULL, &pneg), KILN_ERR_INVALID_ARGUMENT, "invalid parameters");
+    EXPECT_FAIL(ctx, kiln_conv_transpose2d(ctx, x, wt, b4, NULL), KILN_ERR_SHAPE, "bias [4] must be [2]");
+    kiln_tensor *x0 = kiln_zeros(ctx, 4, (int64_t[]){2, 0, 5, 5});
+    kiln_tensor *w0 = kiln_zeros(ctx, 4, (int64_t[]){4, 0, 3, 3});
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x0, w0, NULL, NULL), KILN_ERR_SHAPE, "only the batch dim may be empty");
+
+    /* a column buffer beyond 32-bit indexing: a broadcast (stride 0) input of 2^28 elements */
+    kiln_tensor *one = kiln_ones(ctx, 4, (int64_t[]){1, 1, 1, 1});
+    kiln_tensor *big = kiln_expand(ctx, one, 4, (int64_t[]){1, 256, 1024, 1024});
+    kiln_tensor *wbig = kiln_expand(ctx, one, 4, (int64_t[]){1, 256, 3, 3});
+    CHECK(big && wbig, "expand: %s", kiln_error_message(ctx));
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, big, wbig, NULL, NULL), KILN_ERR_UNSUPPORTED, "kiln_conv2d",
+                "[1, 256, 1024, 1024]", "32-bit");
+
+    /* NULL inputs: an error naming the op, or propagation of an earlier error */
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, NULL, w3, NULL, NULL), KILN_ERR_NULL, "kiln_conv2d", "input 0 is NULL");
+    EXPECT_FAIL(ctx, kiln_conv_transpose2d(ctx, x, NULL, NULL, NULL), KILN_ERR_NULL, "kiln_conv_transpose2d");
+    CHECK(kiln_conv2d(NULL, x, w3, NULL, NULL) == NULL, "NULL context");
+    kiln_conv2d(ctx, x, w, NULL, NULL); /* the first error stays */
+    CHECK(kiln_conv2d(ctx, NULL, w3, NULL, NULL) == NULL, "NULL propagation");
+    CHECK(strstr(kiln_error_message(ctx), "has 3 channels") != NULL, "the root cause was overwritten: %s",
+          kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+
+    /* device allocations failing at every step of forward and backward: NULL, no leak */
+    kiln_tensor *xr = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 3, 5, 5});
+    kiln_tensor *wr = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){4, 3, 3, 3});
+    kiln_tensor *br = kiln_rand_uniform(ctx, -1, 1, 1, (int64_t[]){4});
+    kiln_tensor *wtr = kiln_transpose(ctx, kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){3, 2, 3, 3}), 2, 3);
+    for (int transpose = 0; transpose < 2; transpose++) {
+        for (int nth = 1; nth <= 4; nth++) {
+            int64_t before = kiln_tensor_count(ctx);
+            kiln__pool_fail_after(ctx, nth);
+            kiln_tensor *y =
+                transpose ? kiln_conv_transpose2d(ctx, xr, wtr, NULL, NULL) : kiln_conv2d(ctx, xr, wr, br, NULL);
+            kiln__pool_fail_after(ctx, 0);
+            if (y) {
+                kiln_tensor_free(y);
+            } else {
+                CHECK(kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY, "allocation %d failing: %s", nth,
+                      kiln_error_message(ctx));
+            }
+            CHECK(kiln_tensor_count(ctx) == before, "allocation %d failing (transpose %d) leaked", nth, transpose);
+            kiln_error_clear(ctx);
+        }
+    }
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+}
+
+/* The empty batch: an empty output, zero weight and bias gradients. */
+static void test_empty_batch(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    for (int transpose = 0; transpose < 2; transpose++) {
+        kiln_tensor *x = kiln_zeros(ctx, 4, (int64_t[]){0, 2, 5, 5});
+        kiln_tensor *w = kiln_ones(ctx, 4, (int64_t[]){2, 2, 3, 3});
+        kiln_tensor *b = kiln_ones(ctx, 1, (int64_t[]){2});
+        kiln_set_requires_grad(w, true);
+        kiln_set_requires_grad(b, true);
+        kiln_tensor *y = transpose ? kiln_conv_transpose2d(ctx, x, w, b, NULL) : kiln_conv2d(ctx, x, w, b, NULL);
+        CHECK(y != NULL, "empty batch: %s", kiln_error_message(ctx));
+        if (!y) continue;
+        int64_t want[4] = {0, 2, transpose ? 7 : 3, transpose ? 7 : 3};
+        CHECK(memcmp(kiln_tensor_shape(y), want, sizeof want) == 0, "empty batch: output shape");
+        kiln_tensor *seed = kiln_zeros(ctx, 4, want);
+        CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "empty batch backward: %s", kiln_error_message(ctx));
+        float *gw = h_read(kiln_grad(w)), *gb = h_read(kiln_grad(b));
+        bool zero = true;
+        for (int i = 0; i < 36; i++)
+            zero &= gw[i] == 0;
+        zero &= gb[0] == 0 && gb[1] == 0;
+        CHECK(zero, "empty batch: the gradients should be zero");
+        free(gw), free(gb);
+    }
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+}
+
+static void test_device(kiln_ctx *ctx) {
+    int64_t before = kiln_tensor_count(ctx);
+    kiln__set_guard(ctx, 3);
+    test_table(ctx);
+    test_partial_grads(ctx);
+    test_chunks(ctx);
+    test_determinism(ctx);
+    test_golden(ctx);
+    test_empty_batch(ctx);
+    test_errors(ctx);
+    char msg[256] = "";
+    CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard regions overwritten: %s", msg);
+    kiln__set_guard(ctx, 0);
+    CHECK(kiln_tensor_count(ctx) == before, "%lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
+}
+
+int main(void) {
+    H_FOR_EACH_DEVICE(test_device);
+    return h_finish();
+}
