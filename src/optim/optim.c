@@ -1,0 +1,659 @@
+/* src/optim/optim.c - SGD, RMSprop, Adam and AdamW with torch.optim's semantics, their
+ * state for checkpoints, and gradient clipping (kernels in cl_kernels/optim.cl).
+ *
+ * The host keeps everything torch keeps in Python: hyper-parameters as doubles, a step
+ * count per parameter (torch's state[p]['step']) and which state tensors exist. A step
+ * turns them into float kernel arguments (bias corrections included), so it enqueues one
+ * kernel per parameter and never waits. State tensors are made lazily, when a parameter
+ * is first updated, as torch makes its state. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kiln_internal.h"
+
+#define OPT_PROGRAM "optim"
+#define OPT_NSLOT 3
+#define OPT_NAME_CAP 40
+
+/* Mirrors the flags of cl_kernels/optim.cl. */
+enum {
+    F_MAXIMIZE = 1,
+    F_DECAY = 2,
+    F_MOMENTUM = 4,
+    F_FIRST = 8,
+    F_NESTEROV = 16,
+    F_CENTERED = 32,
+    F_AMSGRAD = 64,
+    F_DECOUPLED = 128,
+};
+
+typedef enum opt_kind { OPT_SGD, OPT_RMSPROP, OPT_ADAM, OPT_ADAMW } opt_kind;
+static const char *const kind_name[] = {"SGD", "RMSprop", "Adam", "AdamW"};
+static const char *const ctor_name[] = {"kiln_sgd", "kiln_rmsprop", "kiln_adam", "kiln_adamw"};
+
+/* State slots per kind, in torch's insertion order (its state_dict order). */
+static const char *const slot_key[4][OPT_NSLOT] = {
+    {"momentum_buffer", NULL, NULL},
+    {"square_avg", "momentum_buffer", "grad_avg"},
+    {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+    {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+};
+
+typedef struct opt_param {
+    kiln_tensor *p;
+    kiln_tensor *state[OPT_NSLOT];
+    int64_t step;
+    bool fresh; /* SGD: the momentum buffer was just made; the next update sets it to d_p */
+} opt_param;
+
+struct kiln_optim {
+    kiln_ctx *ctx;
+    opt_kind kind;
+    double lr, momentum, dampening, weight_decay, alpha, eps, beta1, beta2;
+    bool nesterov, centered, amsgrad, maximize;
+    bool used[OPT_NSLOT]; /* slots this configuration uses */
+    double initial_lr;    /* torch's group['initial_lr'], set by the first scheduler */
+    bool has_initial_lr;
+    int n;
+    opt_param *ps;
+    char *names; /* n * OPT_NSLOT names of OPT_NAME_CAP bytes */
+};
+
+/* Used by src/optim/sched.c (torch's schedulers write param_group['lr'] unchecked and
+ * take group.setdefault('initial_lr', lr) as their base). */
+void kiln__optim_set_lr_raw(kiln_optim *opt, double lr);
+double kiln__optim_initial_lr(kiln_optim *opt);
+
+/* Python's repr of a float ("-1.0", "0.1", "nan"), for torch's error messages. */
+static const char *pyfloat(double v, char *buf, size_t cap) {
+    if (isnan(v)) return snprintf(buf, cap, "nan"), buf;
+    if (isinf(v)) return snprintf(buf, cap, v > 0 ? "inf" : "-inf"), buf;
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    if (!strpbrk(buf, ".e")) {
+        size_t l = strlen(buf);
+        if (l + 2 < cap) memcpy(buf + l, ".0", 3);
+    }
+    return buf;
+}
+
+/* ---- creation ------------------------------------------------------------------------ */
+
+static bool check_params(kiln_ctx *ctx, const char *op, kiln_tensor *const *params, int n) {
+    char sb[160], st[160];
+    if (!params) {
+        kiln__fail(ctx, KILN_ERR_NULL, "%s: params is NULL", op);
+        return false;
+    }
+    if (n <= 0) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: optimizer got an empty parameter list (n = %d)", op, n);
+        return false;
+    }
+    for (int i = 0; i < n; i++) {
+        kiln_tensor *p = params[i];
+        if (!p) {
+            kiln__fail(ctx, KILN_ERR_NULL, "%s: parameter %d is NULL", op, i);
+            return false;
+        }
+        kiln__shape_str(p->ndim, p->shape, sb, sizeof sb);
+        if (p->ctx != ctx) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: parameter %d %s belongs to another context", op, i, sb);
+            return false;
+        }
+        if (p->dtype != KILN_F32) {
+            kiln__fail(ctx, KILN_ERR_DTYPE, "%s: parameter %d %s has dtype %s; optimizers update f32 tensors", op, i,
+                       sb, kiln_dtype_name(p->dtype));
+            return false;
+        }
+        if (!kiln__is_contiguous(p)) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                       "%s: parameter %d %s is not contiguous (strides %s); optimize its contiguous base tensor", op,
+                       i, sb, kiln__shape_str(p->ndim, p->strides, st, sizeof st));
+            return false;
+        }
+        if (p->node) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: parameter %d %s was made by %s; can't optimize a non-leaf "
+                       "tensor", op, i, sb, p->node->op);
+            return false;
+        }
+        if (!p->requires_grad) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                       "%s: parameter %d %s does not require grad (call kiln_set_requires_grad on it first)", op, i,
+                       sb);
+            return false;
+        }
+        int64_t a0 = p->offset, a1 = a0 + kiln__numel(p->ndim, p->shape);
+        for (int j = 0; j < i; j++) {
+            kiln_tensor *q = params[j];
+            int64_t b0 = q->offset, b1 = b0 + kiln__numel(q->ndim, q->shape);
+            if (q == p || (q->st == p->st && a0 < b1 && b0 < a1 && a0 < a1 && b0 < b1)) {
+                kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: parameters %d and %d %s share memory (%s); each "
+                           "parameter must appear once", op, j, i, sb, q == p ? "the same tensor" : "overlapping views");
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+static kiln_optim *opt_new(kiln_ctx *ctx, opt_kind kind, kiln_tensor *const *params, int n) {
+    const char *op = ctor_name[kind];
+    kiln_optim *o = calloc(1, sizeof *o);
+    opt_param *ps = o ? calloc((size_t)n, sizeof *ps) : NULL;
+    char *names = ps ? calloc((size_t)n * OPT_NSLOT, OPT_NAME_CAP) : NULL;
+    if (!names) {
+        free(o);
+        free(ps);
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %d parameters", op, n);
+        return NULL;
+    }
+    o->ctx = ctx;
+    o->kind = kind;
+    o->n = n;
+    o->ps = ps;
+    o->names = names;
+    for (int i = 0; i < n; i++) ps[i].p = params[i];
+    return o;
+}
+
+/* Names "<i>.<key>" of the used slots; call once the configuration is known. */
+static kiln_optim *opt_finish(kiln_optim *o) {
+    for (int i = 0; i < o->n; i++)
+        for (int s = 0; s < OPT_NSLOT; s++)
+            if (o->used[s])
+                snprintf(o->names + ((size_t)i * OPT_NSLOT + s) * OPT_NAME_CAP, OPT_NAME_CAP, "%d.%s", i,
+                         slot_key[o->kind][s]);
+    return o;
+}
+
+/* Validation with torch's messages; op names the kiln function. */
+#define BAD(cond, ...)                                                                    \
+    do {                                                                                  \
+        if (cond) {                                                                       \
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, __VA_ARGS__);                      \
+            return false;                                                                 \
+        }                                                                                 \
+    } while (0)
+
+static bool check_sgd(kiln_ctx *ctx, const kiln_sgd_opts *o) {
+    char b[40];
+    const char *op = "kiln_sgd";
+    BAD(!(o->lr >= 0), "%s: Invalid learning rate: %s", op, pyfloat(o->lr, b, sizeof b));
+    BAD(!(o->momentum >= 0), "%s: Invalid momentum value: %s", op, pyfloat(o->momentum, b, sizeof b));
+    BAD(!(o->weight_decay >= 0), "%s: Invalid weight_decay value: %s", op, pyfloat(o->weight_decay, b, sizeof b));
+    BAD(isnan(o->dampening), "%s: Invalid dampening value: %s", op, pyfloat(o->dampening, b, sizeof b));
+    BAD(o->nesterov && (o->momentum <= 0 || o->dampening != 0),
+        "%s: Nesterov momentum requires a momentum and zero dampening (momentum %s, dampening %g)", op,
+        pyfloat(o->momentum, b, sizeof b), o->dampening);
+    return true;
+}
+
+static bool check_rmsprop(kiln_ctx *ctx, const kiln_rmsprop_opts *o) {
+    char b[40];
+    const char *op = "kiln_rmsprop";
+    BAD(!(o->lr >= 0), "%s: Invalid learning rate: %s", op, pyfloat(o->lr, b, sizeof b));
+    BAD(!(o->eps >= 0), "%s: Invalid epsilon value: %s", op, pyfloat(o->eps, b, sizeof b));
+    BAD(!(o->momentum >= 0), "%s: Invalid momentum value: %s", op, pyfloat(o->momentum, b, sizeof b));
+    BAD(!(o->weight_decay >= 0), "%s: Invalid weight_decay value: %s", op, pyfloat(o->weight_decay, b, sizeof b));
+    BAD(!(o->alpha >= 0), "%s: Invalid alpha value: %s", op, pyfloat(o->alpha, b, sizeof b));
+    return true;
+}
+
+static bool check_adam(kiln_ctx *ctx, const char *op, const kiln_adam_opts *o) {
+    char b[40];
+    BAD(!(o->lr >= 0), "%s: Invalid learning rate: %s", op, pyfloat(o->lr, b, sizeof b));
+    BAD(!(o->eps >= 0), "%s: Invalid epsilon value: %s", op, pyfloat(o->eps, b, sizeof b));
+    BAD(!(o->beta1 >= 0 && o->beta1 < 1), "%s: Invalid beta parameter at index 0: %s", op,
+        pyfloat(o->beta1, b, sizeof b));
+    BAD(!(o->beta2 >= 0 && o->beta2 < 1), "%s: Invalid beta parameter at index 1: %s", op,
+        pyfloat(o->beta2, b, sizeof b));
+    BAD(!(o->weight_decay >= 0), "%s: Invalid weight_decay value: %s", op, pyfloat(o->weight_decay, b, sizeof b));
+    return true;
+}
+
+kiln_sgd_opts kiln_sgd_defaults(double lr) { return (kiln_sgd_opts)KILN_SGD_DEFAULTS(lr); }
+kiln_rmsprop_opts kiln_rmsprop_defaults(void) { return (kiln_rmsprop_opts)KILN_RMSPROP_DEFAULTS; }
+kiln_adam_opts kiln_adam_defaults(void) { return (kiln_adam_opts)KILN_ADAM_DEFAULTS; }
+kiln_adam_opts kiln_adamw_defaults(void) { return (kiln_adam_opts)KILN_ADAMW_DEFAULTS; }
+
+static bool check_ctx(kiln_ctx *ctx, const char *op) {
+    if (!ctx) kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op);
+    return ctx != NULL;
+}
+
+kiln_optim *kiln_sgd(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_sgd_opts *opts) {
+    if (!check_ctx(ctx, "kiln_sgd")) return NULL;
+    if (!opts) {
+        kiln__fail(ctx, KILN_ERR_NULL, "kiln_sgd: opts is NULL; SGD has no default learning rate (use "
+                   "kiln_sgd_defaults(lr))");
+        return NULL;
+    }
+    if (!check_sgd(ctx, opts) || !check_params(ctx, "kiln_sgd", params, n)) return NULL;
+    kiln_optim *o = opt_new(ctx, OPT_SGD, params, n);
+    if (!o) return NULL;
+    o->lr = opts->lr;
+    o->momentum = opts->momentum;
+    o->dampening = opts->dampening;
+    o->weight_decay = opts->weight_decay;
+    o->nesterov = opts->nesterov;
+    o->maximize = opts->maximize;
+    o->used[0] = opts->momentum != 0;
+    return opt_finish(o);
+}
+
+kiln_optim *kiln_rmsprop(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_rmsprop_opts *opts) {
+    if (!check_ctx(ctx, "kiln_rmsprop")) return NULL;
+    kiln_rmsprop_opts d = kiln_rmsprop_defaults();
+    if (!opts) opts = &d;
+    if (!check_rmsprop(ctx, opts) || !check_params(ctx, "kiln_rmsprop", params, n)) return NULL;
+    kiln_optim *o = opt_new(ctx, OPT_RMSPROP, params, n);
+    if (!o) return NULL;
+    o->lr = opts->lr;
+    o->alpha = opts->alpha;
+    o->eps = opts->eps;
+    o->weight_decay = opts->weight_decay;
+    o->momentum = opts->momentum;
+    o->centered = opts->centered;
+    o->maximize = opts->maximize;
+    o->used[0] = true;
+    o->used[1] = opts->momentum > 0;
+    o->used[2] = opts->centered;
+    return opt_finish(o);
+}
+
+static kiln_optim *adam_new(kiln_ctx *ctx, opt_kind kind, kiln_tensor *const *params, int n,
+                            const kiln_adam_opts *opts) {
+    const char *op = ctor_name[kind];
+    if (!check_ctx(ctx, op)) return NULL;
+    kiln_adam_opts d = kind == OPT_ADAMW ? kiln_adamw_defaults() : kiln_adam_defaults();
+    if (!opts) opts = &d;
+    if (!check_adam(ctx, op, opts) || !check_params(ctx, op, params, n)) return NULL;
+    kiln_optim *o = opt_new(ctx, kind, params, n);
+    if (!o) return NULL;
+    o->lr = opts->lr;
+    o->beta1 = opts->beta1;
+    o->beta2 = opts->beta2;
+    o->eps = opts->eps;
+    o->weight_decay = opts->weight_decay;
+    o->amsgrad = opts->amsgrad;
+    o->maximize = opts->maximize;
+    o->used[0] = o->used[1] = true;
+    o->used[2] = opts->amsgrad;
+    return opt_finish(o);
+}
+
+kiln_optim *kiln_adam(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_adam_opts *opts) {
+    return adam_new(ctx, OPT_ADAM, params, n, opts);
+}
+
+kiln_optim *kiln_adamw(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_adam_opts *opts) {
+    return adam_new(ctx, OPT_ADAMW, params, n, opts);
+}
+
+void kiln_optim_free(kiln_optim *opt) {
+    if (!opt) return;
+    for (int i = 0; i < opt->n; i++)
+        for (int s = 0; s < OPT_NSLOT; s++) kiln_tensor_free(opt->ps[i].state[s]);
+    free(opt->ps);
+    free(opt->names);
+    free(opt);
+}
+
+/* ---- properties ---------------------------------------------------------------------- */
+
+kiln_ctx *kiln_optim_ctx(const kiln_optim *opt) { return opt ? opt->ctx : NULL; }
+const char *kiln_optim_kind(const kiln_optim *opt) { return opt ? kind_name[opt->kind] : NULL; }
+int kiln_optim_param_count(const kiln_optim *opt) { return opt ? opt->n : 0; }
+kiln_tensor *kiln_optim_param(const kiln_optim *opt, int i) {
+    return opt && i >= 0 && i < opt->n ? opt->ps[i].p : NULL;
+}
+
+double kiln_optim_get_lr(const kiln_optim *opt) { return opt ? opt->lr : NAN; }
+
+kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr) {
+    char b[40];
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_set_lr: optimizer is NULL");
+    if (!(lr >= 0))
+        return kiln__fail(opt->ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_optim_set_lr: Invalid learning rate: %s",
+                          pyfloat(lr, b, sizeof b));
+    opt->lr = lr;
+    return KILN_OK;
+}
+
+void kiln__optim_set_lr_raw(kiln_optim *opt, double lr) { opt->lr = lr; }
+
+double kiln__optim_initial_lr(kiln_optim *opt) {
+    if (!opt->has_initial_lr) {
+        opt->initial_lr = opt->lr;
+        opt->has_initial_lr = true;
+    }
+    return opt->initial_lr;
+}
+
+/* ---- state ----------------------------------------------------------------------------- */
+
+/* Makes slot s of parameter i: zeros, or (SGD's momentum buffer, which the first step sets
+ * to the gradient) uninitialised. Kept out of every scope. */
+static kiln_tensor *state_new(kiln_optim *opt, int i, int s, bool zero) {
+    kiln_tensor *p = opt->ps[i].p;
+    kiln_tensor *t = zero ? kiln_zeros(opt->ctx, p->ndim, p->shape)
+                          : kiln__tensor_new(opt->ctx, "kiln_optim_step", KILN_F32, p->ndim, p->shape);
+    if (t) opt->ps[i].state[s] = kiln_tensor_keep(t);
+    return t;
+}
+
+int kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_state: optimizer is NULL");
+    if (i < 0) return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_state: entry %d is negative", i);
+    int k = 0;
+    for (int j = 0; j < opt->n; j++) {
+        for (int s = 0; s < OPT_NSLOT; s++) {
+            if (!opt->ps[j].state[s]) continue;
+            if (k++ < i) continue;
+            if (name) *name = opt->names + ((size_t)j * OPT_NSLOT + s) * OPT_NAME_CAP;
+            if (t) *t = opt->ps[j].state[s];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool create) {
+    if (!opt) {
+        kiln__fail_global(KILN_ERR_NULL, "kiln_optim_state_find: optimizer is NULL");
+        return NULL;
+    }
+    if (!name) {
+        kiln__fail(opt->ctx, KILN_ERR_NULL, "kiln_optim_state_find: name is NULL");
+        return NULL;
+    }
+    char *end;
+    long i = strtol(name, &end, 10);
+    if (end != name && *end == '.' && name[0] >= '0' && name[0] <= '9' && i >= 0 && i < opt->n) {
+        for (int s = 0; s < OPT_NSLOT; s++) {
+            if (!opt->used[s] || strcmp(end + 1, slot_key[opt->kind][s]) != 0) continue;
+            if (opt->ps[i].state[s] || !create) return opt->ps[i].state[s];
+            return state_new(opt, (int)i, s, true);
+        }
+    }
+    if (create)
+        kiln__fail(opt->ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "kiln_optim_state_find: %s has no state '%s' (%d parameters; keys in this configuration: "
+                   "%s%s%s%s%s)", kind_name[opt->kind], name, opt->n, opt->used[0] ? slot_key[opt->kind][0] : "",
+                   opt->used[1] ? " " : "", opt->used[1] ? slot_key[opt->kind][1] : "", opt->used[2] ? " " : "",
+                   opt->used[2] ? slot_key[opt->kind][2] : "");
+    return NULL;
+}
+
+int64_t kiln_optim_get_step(const kiln_optim *opt, int i) {
+    return opt && i >= 0 && i < opt->n ? opt->ps[i].step : -1;
+}
+
+kiln_status kiln_optim_set_step(kiln_optim *opt, int i, int64_t step) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_set_step: optimizer is NULL");
+    if (i < -1 || i >= opt->n || step < 0)
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_set_step: parameter %d step %lld out of range "
+                          "(%d parameters, step >= 0)", i, (long long)step, opt->n);
+    for (int j = 0; j < opt->n; j++)
+        if (i == -1 || j == i) opt->ps[j].step = step;
+    return KILN_OK;
+}
+
+/* ---- step ------------------------------------------------------------------------------ */
+
+static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool first) {
+    opt_param *q = &o->ps[i];
+    kiln_tensor *p = q->p;
+    cl_int n = (cl_int)kiln__numel(p->ndim, p->shape);
+    cl_int poff = (cl_int)p->offset, goff = (cl_int)g->offset;
+    cl_mem mem[OPT_NSLOT];
+    cl_int off[OPT_NSLOT];
+    for (int s = 0; s < OPT_NSLOT; s++) { /* unused slots: the parameter, never accessed */
+        mem[s] = q->state[s] ? q->state[s]->st->mem : p->st->mem;
+        off[s] = q->state[s] ? (cl_int)q->state[s]->offset : 0;
+    }
+    cl_int flags = o->maximize ? F_MAXIMIZE : 0;
+    if (o->kind != OPT_ADAMW && o->weight_decay != 0) flags |= F_DECAY;
+    const char *op = "kiln_optim_step";
+    if (o->kind == OPT_SGD) {
+        if (o->momentum != 0) flags |= F_MOMENTUM;
+        if (first) flags |= F_FIRST;
+        if (o->nesterov) flags |= F_NESTEROV;
+        cl_float neg_lr = (cl_float)-o->lr, mom = (cl_float)o->momentum, damp1 = (cl_float)(1 - o->dampening),
+                 wd = (cl_float)o->weight_decay;
+        kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff), KILN__ARG(g->st->mem), KILN__ARG(goff),
+                          KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(n),       KILN__ARG(neg_lr),
+                          KILN__ARG(mom),        KILN__ARG(damp1), KILN__ARG(wd),      KILN__ARG(flags)};
+        return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "sgd_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+    }
+    if (o->kind == OPT_RMSPROP) {
+        if (o->momentum > 0) flags |= F_MOMENTUM;
+        if (o->centered) flags |= F_CENTERED;
+        cl_float neg_lr = (cl_float)-o->lr, alpha = (cl_float)o->alpha, oma = (cl_float)(1 - o->alpha),
+                 eps = (cl_float)o->eps, wd = (cl_float)o->weight_decay, mom = (cl_float)o->momentum;
+        kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
+                          KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(mem[1]),     KILN__ARG(off[1]),
+                          KILN__ARG(mem[2]),     KILN__ARG(off[2]), KILN__ARG(n),          KILN__ARG(neg_lr),
+                          KILN__ARG(alpha),      KILN__ARG(oma),    KILN__ARG(eps),        KILN__ARG(wd),
+                          KILN__ARG(mom),        KILN__ARG(flags)};
+        return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "rmsprop_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+    }
+    /* Adam/AdamW: torch's Python arithmetic in double with the step already incremented. */
+    if (o->amsgrad) flags |= F_AMSGRAD;
+    if (o->kind == OPT_ADAMW) flags |= F_DECOUPLED;
+    double t = (double)(q->step + 1);
+    double bc1 = 1 - pow(o->beta1, t), bc2 = 1 - pow(o->beta2, t);
+    double step_size = o->lr / bc1;
+    cl_float b1 = (cl_float)o->beta1, omb1 = (cl_float)(1 - o->beta1), b2 = (cl_float)o->beta2,
+             omb2 = (cl_float)(1 - o->beta2), wd = (cl_float)o->weight_decay,
+             decay = (cl_float)(1 - o->lr * o->weight_decay), neg_step = (cl_float)-step_size,
+             bc2s = (cl_float)sqrt(bc2), eps = (cl_float)o->eps;
+    kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
+                      KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(mem[1]),     KILN__ARG(off[1]),
+                      KILN__ARG(mem[2]),     KILN__ARG(off[2]), KILN__ARG(n),          KILN__ARG(b1),
+                      KILN__ARG(omb1),       KILN__ARG(b2),     KILN__ARG(omb2),       KILN__ARG(wd),
+                      KILN__ARG(decay),      KILN__ARG(neg_step), KILN__ARG(bc2s),     KILN__ARG(eps),
+                      KILN__ARG(flags)};
+    return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "adam_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+}
+
+kiln_status kiln_optim_step(kiln_optim *opt) {
+    const char *op = "kiln_optim_step";
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "%s: optimizer is NULL", op);
+    kiln_ctx *ctx = opt->ctx;
+    char sp[160], sg[160];
+    /* Every gradient is checked before any parameter changes. */
+    for (int i = 0; i < opt->n; i++) {
+        kiln_tensor *p = opt->ps[i].p, *g = p->grad;
+        if (!g) continue;
+        bool same = g->ndim == p->ndim && memcmp(g->shape, p->shape, sizeof(int64_t) * (size_t)p->ndim) == 0;
+        if (g->dtype != KILN_F32 || !same)
+            return kiln__fail(ctx, g->dtype != KILN_F32 ? KILN_ERR_DTYPE : KILN_ERR_SHAPE,
+                              "%s: parameter %d %s has a gradient %s %s; it must be f32 of the parameter's shape", op,
+                              i, kiln__shape_str(p->ndim, p->shape, sp, sizeof sp),
+                              kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), kiln_dtype_name(g->dtype));
+    }
+    /* State first (allocation is what can fail), so a failure leaves parameters as they were. */
+    for (int i = 0; i < opt->n; i++) {
+        if (!opt->ps[i].p->grad) continue;
+        for (int s = 0; s < OPT_NSLOT; s++) {
+            if (!opt->used[s] || opt->ps[i].state[s]) continue;
+            /* SGD's buffer is written from the gradient by its first step. */
+            if (!state_new(opt, i, s, opt->kind != OPT_SGD)) return ctx->err;
+            if (opt->kind == OPT_SGD) opt->ps[i].fresh = true;
+        }
+    }
+    for (int i = 0; i < opt->n; i++) {
+        opt_param *q = &opt->ps[i];
+        kiln_tensor *g = q->p->grad;
+        if (!g) continue;
+        if (kiln__numel(q->p->ndim, q->p->shape) > 0) {
+            kiln_tensor *gc = kiln__is_contiguous(g) ? g : kiln__copy_contiguous(ctx, op, g);
+            if (!gc) return ctx->err;
+            kiln_status s = launch_update(opt, i, gc, q->fresh);
+            if (gc != g) kiln_tensor_free(gc);
+            if (s != KILN_OK) return s;
+        }
+        q->fresh = false;
+        q->step++;
+    }
+    return KILN_OK;
+}
+
+kiln_status kiln_optim_zero_grad(kiln_optim *opt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_zero_grad: optimizer is NULL");
+    for (int i = 0; i < opt->n; i++) {
+        kiln_tensor *g = opt->ps[i].p->grad;
+        if (!g) continue;
+        kiln_status s = kiln_fill(g, 0.0f);
+        if (s != KILN_OK) return s;
+    }
+    return KILN_OK;
+}
+
+/* ---- gradient clipping --------------------------------------------------------------- */
+
+#define CLIP_MAX_GROUPS 64
+
+/* Work-group size for a kernel of the optim program: the context's size lowered to the
+ * kernel's limit, as a power of two (the trees in clip_* need one). */
+static kiln_status kernel_wg(kiln_ctx *ctx, const char *kernel, size_t *wg) {
+    cl_kernel k = kiln__kernel(ctx, OPT_PROGRAM, "", kernel);
+    if (!k) return ctx->err;
+    size_t w = kiln__wg_size(ctx), kw = 0;
+    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
+        kw > 0 && kw < w)
+        w = kw;
+    if (w == 0) w = 1;
+    size_t p = 1;
+    while (p <= w / 2) p *= 2;
+    *wg = p;
+    return KILN_OK;
+}
+
+/* The gradients of params[0..n) that exist, checked; NULL list (with the error set) on
+ * failure, *ng = 0 and a non-NULL list when there are none. */
+static kiln_tensor **clip_grads(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *params, int *ng) {
+    char sb[160], sg[160];
+    *ng = 0;
+    if (!check_ctx(ctx, op)) return NULL;
+    if (n < 0 || (n > 0 && !params)) {
+        kiln__fail(ctx, n < 0 ? KILN_ERR_INVALID_ARGUMENT : KILN_ERR_NULL, "%s: %s (n = %d)", op,
+                   n < 0 ? "negative parameter count" : "params is NULL", n);
+        return NULL;
+    }
+    if (!kiln__check_inputs(ctx, op, n, params)) return NULL;
+    kiln_tensor **gs = malloc(sizeof *gs * (size_t)(n > 0 ? n : 1));
+    if (!gs) {
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        kiln_tensor *g = params[i]->grad;
+        if (!g) continue;
+        if (g->dtype != KILN_F32 || !kiln__is_contiguous(g)) {
+            kiln__fail(ctx, g->dtype != KILN_F32 ? KILN_ERR_DTYPE : KILN_ERR_UNSUPPORTED,
+                       "%s: the gradient %s of parameter %d %s is %s; clipping changes f32 contiguous gradients in "
+                       "place", op, kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), i,
+                       kiln__shape_str(params[i]->ndim, params[i]->shape, sb, sizeof sb),
+                       g->dtype != KILN_F32 ? kiln_dtype_name(g->dtype) : "not contiguous");
+            free(gs);
+            return NULL;
+        }
+        gs[(*ng)++] = g;
+    }
+    return gs;
+}
+
+kiln_tensor *kiln_clip_grad_norm_tensor(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm,
+                                        double norm_type) {
+    const char *op = "kiln_clip_grad_norm";
+    char b[40];
+    int ng;
+    kiln_tensor **gs = clip_grads(ctx, op, n, params, &ng);
+    if (!gs) return NULL;
+    if (!(norm_type > 0)) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: norm_type %s is not supported (a p > 0 or INFINITY)", op,
+                   pyfloat(norm_type, b, sizeof b));
+        free(gs);
+        return NULL;
+    }
+    if (ng == 0) { /* torch returns tensor(0.) and touches nothing */
+        free(gs);
+        return kiln__finish(ctx, op, kiln_zeros(ctx, 0, NULL));
+    }
+    cl_int mode = isinf(norm_type) ? 3 : norm_type == 2 ? 0 : norm_type == 1 ? 1 : 2;
+    cl_float p = (cl_float)norm_type, mx = (cl_float)max_norm;
+    size_t lp, lt;
+    kiln_tensor *part = NULL, *out = NULL, *total = NULL;
+    if (kernel_wg(ctx, "clip_partial", &lp) != KILN_OK || kernel_wg(ctx, "clip_total", &lt) != KILN_OK) goto fail;
+    int64_t npart = 0;
+    for (int k = 0; k < ng; k++) {
+        int64_t m = kiln__numel(gs[k]->ndim, gs[k]->shape), groups = (m + (int64_t)lp - 1) / (int64_t)lp;
+        npart += groups < CLIP_MAX_GROUPS ? groups : CLIP_MAX_GROUPS;
+    }
+    int64_t pn = npart > 0 ? npart : 1, two = 2;
+    part = kiln__tensor_new(ctx, op, KILN_F32, 1, &pn);
+    out = kiln__tensor_new(ctx, op, KILN_F32, 1, &two);
+    if (!part || !out) goto fail;
+    cl_int pbase = (cl_int)part->offset, ooff = (cl_int)out->offset, np = (cl_int)npart, coff = ooff + 1;
+    for (int k = 0; k < ng; k++) {
+        int64_t m = kiln__numel(gs[k]->ndim, gs[k]->shape), groups = (m + (int64_t)lp - 1) / (int64_t)lp;
+        if (groups > CLIP_MAX_GROUPS) groups = CLIP_MAX_GROUPS;
+        if (groups == 0) continue;
+        cl_int goff = (cl_int)gs[k]->offset, mi = (cl_int)m;
+        kiln__karg a[] = {KILN__ARG(gs[k]->st->mem), KILN__ARG(goff), KILN__ARG(mi), KILN__ARG(part->st->mem),
+                          KILN__ARG(pbase), KILN__ARG(mode), KILN__ARG(p), KILN__LOCAL(lp * sizeof(cl_float))};
+        if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_partial", 8, a, (size_t)groups * lp, lp) != KILN_OK)
+            goto fail;
+        pbase += (cl_int)groups;
+    }
+    cl_int poff = (cl_int)part->offset;
+    kiln__karg a[] = {KILN__ARG(part->st->mem), KILN__ARG(poff), KILN__ARG(np),  KILN__ARG(mode), KILN__ARG(p),
+                      KILN__ARG(mx), KILN__ARG(out->st->mem), KILN__ARG(ooff), KILN__LOCAL(lt * sizeof(cl_float))};
+    if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_total", 9, a, lt, lt) != KILN_OK) goto fail;
+    for (int k = 0; k < ng; k++) {
+        cl_int goff = (cl_int)gs[k]->offset, mi = (cl_int)kiln__numel(gs[k]->ndim, gs[k]->shape);
+        kiln__karg s[] = {KILN__ARG(gs[k]->st->mem), KILN__ARG(goff), KILN__ARG(mi), KILN__ARG(out->st->mem),
+                          KILN__ARG(coff)};
+        if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_scale", 5, s, (size_t)mi, 0) != KILN_OK) goto fail;
+    }
+    total = kiln__tensor_view(ctx, out, 0, NULL, NULL, out->offset);
+fail:
+    kiln_tensor_free(part);
+    kiln_tensor_free(out);
+    free(gs);
+    return kiln__finish(ctx, op, total);
+}
+
+float kiln_clip_grad_norm(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm, double norm_type) {
+    kiln_tensor *t = kiln_clip_grad_norm_tensor(ctx, n, params, max_norm, norm_type);
+    if (!t) return NAN;
+    float v = kiln_item(t);
+    kiln_tensor_free(t);
+    return v;
+}
+
+kiln_status kiln_clip_grad_value(kiln_ctx *ctx, int n, kiln_tensor *const *params, double clip_value) {
+    const char *op = "kiln_clip_grad_value";
+    int ng;
+    kiln_tensor **gs = clip_grads(ctx, op, n, params, &ng);
+    if (!gs) return ctx ? (ctx->err != KILN_OK ? ctx->err : KILN_ERR_INPUT_ERROR) : KILN_ERR_NULL;
+    if (isnan(clip_value)) {
+        free(gs);
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: clip_value is NaN", op);
+    }
+    cl_float lo = (cl_float)-clip_value, hi = (cl_float)clip_value;
+    kiln_status s = KILN_OK;
+    for (int k = 0; k < ng && s == KILN_OK; k++) {
+        cl_int goff = (cl_int)gs[k]->offset, mi = (cl_int)kiln__numel(gs[k]->ndim, gs[k]->shape);
+        kiln__karg a[] = {KILN__ARG(gs[k]->st->mem), KILN__ARG(goff), KILN__ARG(mi), KILN__ARG(lo), KILN__ARG(hi)};
+        s = kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_value", 5, a, (size_t)mi, 0);
+    }
+    free(gs);
+    return s;
+}

@@ -1,0 +1,1022 @@
+/* tests/test_optim.c - optimizers (SGD, RMSprop, Adam, AdamW), their state, gradient
+ * clipping and lr schedules against PyTorch 1.13 (tests/golden/gen_optim.py) and against
+ * plain-C double-precision references of each rule; error paths and leaks.
+ *
+ * Gradients are given, not computed: each step sets a parameter's .grad (the internal
+ * field, as autograd does) to the stored gradient, or to NULL where torch's was None, so
+ * the trajectories test the update arithmetic alone. One test runs real backward passes.
+ *
+ * Tolerances (normalised error |got - ref| / (atol + rtol*|ref|) <= 1):
+ *   trajectories, after step k (1-based): atol = rtol = k * TRAJ_ULPS * FLT_EPSILON.
+ *     Each step does 4-8 float operations per element, each rounding by <= 1/2 ulp of its
+ *     result (OpenCL allows sqrt 3 ulp and division 2.5 ulp on some devices), and the
+ *     parameter and state inherit the previous steps' error, so the deviation grows at
+ *     most linearly with k: a few ulps of max(|param|, 1) per step. Against the double
+ *     reference every rounding counts. Against torch the kernels round the same operations
+ *     in the same order as ATen's CPU kernels (fma where GCC fused them), so on a device
+ *     with correctly rounded sqrt and division (POCL) every value equals torch's bit for
+ *     bit (the log line counts them); the bound is kept for other devices. Measured worst:
+ *     0 vs torch, ~0.5 ulp per step vs the double reference; TRAJ_ULPS = 4.
+ *     State tensors (moments, buffers) after 5 and 10 steps: the same bound, relative to
+ *     max(|value|, their magnitude) since they are sums of squares of O(1) gradients.
+ *   schedules: exact. The lr is host double arithmetic with torch's own expressions; the
+ *     golden file holds the bits of torch's doubles.
+ *   clip_grad_norm: total norm rtol 8 ulp for p = 1, 2 (a compensated float sum of at most
+ *     a few thousand terms, one sqrt), exact for inf (a max), 40 ulp for other p (OpenCL's
+ *     pow may be off by 16 ulp, used per term and once at the end); the clipped gradients
+ *     add 3 ulp (coefficient division, clamp, product). clip_grad_value: exact (a clamp).
+ */
+#include <float.h>
+
+#include "golden.h"
+
+#define STEPS 10
+#define NP 3
+#define TRAJ_ULPS 4.0
+
+static double worst_torch, worst_ref; /* largest errors seen (ulps per step), for the log */
+static int64_t torch_elems, torch_exact; /* trajectory elements compared with torch / equal to it */
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+/* Replaces p's gradient with g (NULL: none), as autograd's accumulation leaves it. */
+static void set_grad(kiln_tensor *p, kiln_tensor *g) {
+    kiln_tensor *old = p->grad;
+    p->grad = NULL;
+    kiln_tensor_free(old);
+    p->grad = g ? kiln_tensor_keep(g) : NULL;
+}
+
+static double golden_double(const golden_tensor *t, int i) {
+    double d;
+    memcpy(&d, &t->i[2 * i], sizeof d);
+    return d;
+}
+
+static kiln_tensor *param_from(kiln_ctx *ctx, const float *data, int ndim, const int64_t *shape) {
+    kiln_tensor *t = kiln_tensor_keep(kiln_from_host(ctx, data, KILN_F32, ndim, shape));
+    if (t) kiln_set_requires_grad(t, true);
+    return t;
+}
+
+static double compare_max(const char *what, kiln_tensor *t, const double *ref, int64_t n, double atol, double rtol) {
+    float *h = h_read(t);
+    double w = h_compare(what, h, ref, n, atol, rtol);
+    free(h);
+    return w;
+}
+
+/* ---- a configuration, read from the golden file ---------------------------------------- */
+
+enum { K_SGD, K_RMSPROP, K_ADAM, K_ADAMW };
+
+typedef struct cfg {
+    const char *name;
+    int kind;
+    double lr, momentum, dampening, wd, alpha, eps, beta1, beta2;
+    bool nesterov, centered, amsgrad, maximize;
+} cfg;
+
+static const char *const cfg_names[] = {
+    "sgd_plain",     "sgd_momentum",     "sgd_dampening",    "sgd_nesterov",     "sgd_wd",
+    "sgd_maximize",  "rmsprop_plain",    "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
+    "rmsprop_wd",    "adam_plain",       "adam_wd",          "adam_amsgrad",     "adamw_plain",
+    "adamw_amsgrad", "adamw_maximize",
+};
+#define NCFG ((int)(sizeof cfg_names / sizeof cfg_names[0]))
+
+static bool cfg_read(const golden *g, const char *name, cfg *c) {
+    char key[160];
+    snprintf(key, sizeof key, "%s.hp", name);
+    const golden_tensor *hp = golden_get(g, key);
+    snprintf(key, sizeof key, "%s.flags", name);
+    const golden_tensor *fl = golden_get(g, key);
+    if (!hp || !fl || hp->numel != 16 || fl->numel != 5) return false;
+    c->name = name;
+    c->lr = golden_double(hp, 0);
+    c->momentum = golden_double(hp, 1);
+    c->dampening = golden_double(hp, 2);
+    c->wd = golden_double(hp, 3);
+    c->alpha = golden_double(hp, 4);
+    c->eps = golden_double(hp, 5);
+    c->beta1 = golden_double(hp, 6);
+    c->beta2 = golden_double(hp, 7);
+    c->kind = fl->i[0];
+    c->nesterov = fl->i[1];
+    c->centered = fl->i[2];
+    c->amsgrad = fl->i[3];
+    c->maximize = fl->i[4];
+    return true;
+}
+
+static kiln_optim *cfg_make(kiln_ctx *ctx, const cfg *c, kiln_tensor **ps, int n) {
+    switch (c->kind) {
+    case K_SGD: {
+        kiln_sgd_opts o = kiln_sgd_defaults(c->lr);
+        o.momentum = c->momentum;
+        o.dampening = c->dampening;
+        o.weight_decay = c->wd;
+        o.nesterov = c->nesterov;
+        o.maximize = c->maximize;
+        return kiln_sgd(ctx, ps, n, &o);
+    }
+    case K_RMSPROP: {
+        kiln_rmsprop_opts o = kiln_rmsprop_defaults();
+        o.lr = c->lr;
+        o.alpha = c->alpha;
+        o.eps = c->eps;
+        o.weight_decay = c->wd;
+        o.momentum = c->momentum;
+        o.centered = c->centered;
+        o.maximize = c->maximize;
+        return kiln_rmsprop(ctx, ps, n, &o);
+    }
+    default: {
+        kiln_adam_opts o = c->kind == K_ADAMW ? kiln_adamw_defaults() : kiln_adam_defaults();
+        o.lr = c->lr;
+        o.beta1 = c->beta1;
+        o.beta2 = c->beta2;
+        o.eps = c->eps;
+        o.weight_decay = c->wd;
+        o.amsgrad = c->amsgrad;
+        o.maximize = c->maximize;
+        return c->kind == K_ADAMW ? kiln_adamw(ctx, ps, n, &o) : kiln_adam(ctx, ps, n, &o);
+    }
+    }
+}
+
+/* ---- the double reference: torch's update rules written out in double ------------------- */
+
+typedef struct ref_param {
+    int64_t n;
+    double *p, *s0, *s1, *s2; /* SGD: buf; RMSprop: square_avg, momentum_buffer, grad_avg; Adam: m, v, vmax */
+    bool has_buf;             /* SGD: the momentum buffer exists */
+    int64_t step;
+} ref_param;
+
+static void ref_init(ref_param *r, const float *p, int64_t n) {
+    r->n = n;
+    r->p = malloc(sizeof(double) * (size_t)n);
+    r->s0 = calloc((size_t)n, sizeof(double));
+    r->s1 = calloc((size_t)n, sizeof(double));
+    r->s2 = calloc((size_t)n, sizeof(double));
+    for (int64_t i = 0; i < n; i++) r->p[i] = p[i];
+    r->has_buf = false;
+    r->step = 0;
+}
+
+static void ref_free(ref_param *r) {
+    free(r->p);
+    free(r->s0);
+    free(r->s1);
+    free(r->s2);
+}
+
+static void ref_step(const cfg *c, double lr, ref_param *r, const float *grad) {
+    double t = (double)(r->step + 1);
+    double bc1 = 1 - pow(c->beta1, t), bc2 = 1 - pow(c->beta2, t);
+    for (int64_t i = 0; i < r->n; i++) {
+        double x = r->p[i], d = c->maximize ? -(double)grad[i] : (double)grad[i];
+        if (c->kind == K_SGD) {
+            if (c->wd != 0) d += c->wd * x;
+            if (c->momentum != 0) {
+                double b = r->has_buf ? c->momentum * r->s0[i] + (1 - c->dampening) * d : d;
+                r->s0[i] = b;
+                d = c->nesterov ? d + c->momentum * b : b;
+            }
+            x -= lr * d;
+        } else if (c->kind == K_RMSPROP) {
+            if (c->wd != 0) d += c->wd * x;
+            double sq = c->alpha * r->s0[i] + (1 - c->alpha) * d * d, avg;
+            r->s0[i] = sq;
+            if (c->centered) {
+                double ga = c->alpha * r->s2[i] + (1 - c->alpha) * d;
+                r->s2[i] = ga;
+                avg = sqrt(sq - ga * ga);
+            } else {
+                avg = sqrt(sq);
+            }
+            avg += c->eps;
+            if (c->momentum > 0) {
+                double b = c->momentum * r->s1[i] + d / avg;
+                r->s1[i] = b;
+                x -= lr * b;
+            } else {
+                x -= lr * d / avg;
+            }
+        } else {
+            if (c->kind == K_ADAMW) x *= 1 - lr * c->wd;
+            else if (c->wd != 0) d += c->wd * x;
+            double m = c->beta1 * r->s0[i] + (1 - c->beta1) * d;
+            double v = c->beta2 * r->s1[i] + (1 - c->beta2) * d * d;
+            r->s0[i] = m;
+            r->s1[i] = v;
+            if (c->amsgrad) {
+                if (r->s2[i] > v) v = r->s2[i];
+                r->s2[i] = v;
+            }
+            x -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + c->eps);
+        }
+        r->p[i] = x;
+    }
+    r->has_buf = true;
+    r->step++;
+}
+
+/* ---- golden trajectories ------------------------------------------------------------------ */
+
+typedef struct traj_data {
+    const golden_tensor *init[NP], *grad[NP], *mask;
+} traj_data;
+
+static bool traj_load(const golden *g, traj_data *d) {
+    char key[64];
+    for (int j = 0; j < NP; j++) {
+        snprintf(key, sizeof key, "init.p%d", j);
+        d->init[j] = golden_get(g, key);
+        snprintf(key, sizeof key, "grad.p%d", j);
+        d->grad[j] = golden_get(g, key);
+        if (!d->init[j] || !d->grad[j]) return false;
+    }
+    d->mask = golden_get(g, "grad_mask");
+    return d->mask != NULL;
+}
+
+/* Gradient of parameter j at step k, or NULL when torch's was None. */
+static const float *grad_at(const traj_data *d, int j, int k) {
+    if (!d->mask->i[k * NP + j]) return NULL;
+    return d->grad[j]->f + (int64_t)k * d->init[j]->numel;
+}
+
+/* Sets every parameter's gradient for step k; parameter 0's is given as a transposed
+ * view (a non-contiguous gradient) when `strided`. */
+static void set_step_grads(kiln_ctx *ctx, const traj_data *d, kiln_tensor **ps, int k, bool strided) {
+    for (int j = 0; j < NP; j++) {
+        const float *g = grad_at(d, j, k);
+        if (!g) {
+            set_grad(ps[j], NULL);
+            continue;
+        }
+        const golden_tensor *it = d->init[j];
+        if (strided && it->ndim == 2) {
+            int64_t r = it->shape[0], cdim = it->shape[1], tshape[2] = {cdim, r};
+            float *gt = malloc(sizeof(float) * (size_t)it->numel);
+            for (int64_t a = 0; a < r; a++)
+                for (int64_t b = 0; b < cdim; b++) gt[b * r + a] = g[a * cdim + b];
+            kiln_tensor *base = kiln_from_host(ctx, gt, KILN_F32, 2, tshape);
+            kiln_tensor *view = kiln_transpose(ctx, base, 0, 1);
+            kiln_tensor_free(base);
+            free(gt);
+            set_grad(ps[j], view);
+        } else {
+            set_grad(ps[j], kiln_from_host(ctx, g, KILN_F32, it->ndim, it->shape));
+        }
+    }
+}
+
+/* Compares state tensors and step counts with torch's state_dict after `after` steps. */
+static void check_state(const golden *g, const cfg *c, kiln_optim *opt, int after) {
+    char key[200];
+    const char *name;
+    kiln_tensor *t;
+    int listed = 0;
+    double tol = after * TRAJ_ULPS * FLT_EPSILON;
+    for (int i = 0; kiln_optim_state(opt, i, &name, &t) > 0; i++, listed++) {
+        snprintf(key, sizeof key, "%s.state%d.%s", c->name, after, name);
+        const golden_tensor *ref = golden_get(g, key);
+        char what[240];
+        snprintf(what, sizeof what, "%s after %d steps: %s", c->name, after, name);
+        golden_compare(what, t, ref, tol, tol);
+    }
+    int expect = 0; /* torch's state tensors of this configuration */
+    for (int k = 0; k < g->n; k++) {
+        snprintf(key, sizeof key, "%s.state%d.", c->name, after);
+        if (strncmp(g->t[k].name, key, strlen(key)) == 0 && !strstr(g->t[k].name, ".steps")) expect++;
+    }
+    CHECK(listed == expect, "%s after %d steps: %d state entries listed, torch has %d", c->name, after, listed, expect);
+    snprintf(key, sizeof key, "%s.state%d.steps", c->name, after);
+    const golden_tensor *st = golden_get(g, key);
+    for (int j = 0; st && j < NP; j++)
+        CHECK(kiln_optim_get_step(opt, j) == st->i[j], "%s: parameter %d step %lld, torch %d", c->name, j,
+              (long long)kiln_optim_get_step(opt, j), st->i[j]);
+}
+
+static void test_trajectories(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "optim")) return;
+    traj_data d;
+    if (!traj_load(&g, &d)) {
+        golden_close(&g);
+        return;
+    }
+    for (int ci = 0; ci < NCFG; ci++) {
+        cfg c;
+        if (!cfg_read(&g, cfg_names[ci], &c)) continue;
+        int64_t before = kiln_tensor_count(ctx);
+        kiln_tensor *ps[NP];
+        ref_param ref[NP];
+        for (int j = 0; j < NP; j++) {
+            ps[j] = param_from(ctx, d.init[j]->f, d.init[j]->ndim, d.init[j]->shape);
+            ref_init(&ref[j], d.init[j]->f, d.init[j]->numel);
+        }
+        kiln_optim *opt = cfg_make(ctx, &c, ps, NP);
+        CHECK(opt != NULL, "%s: %s", c.name, kiln_error_message(ctx));
+        if (!opt) {
+            kiln_error_clear(ctx);
+            for (int j = 0; j < NP; j++) kiln_tensor_free(ps[j]), ref_free(&ref[j]);
+            continue;
+        }
+        for (int k = 0; k < STEPS; k++) {
+            kiln_scope_begin(ctx);
+            set_step_grads(ctx, &d, ps, k, ci % 2 == 1); /* every other configuration: a strided gradient */
+            CHECK(kiln_optim_step(opt) == KILN_OK, "%s step %d: %s", c.name, k, kiln_error_message(ctx));
+            double tol = (k + 1) * TRAJ_ULPS * FLT_EPSILON;
+            for (int j = 0; j < NP; j++) {
+                char key[160], what[200];
+                snprintf(key, sizeof key, "%s.traj.p%d", c.name, j);
+                const golden_tensor *tr = golden_get(&g, key);
+                if (!tr) continue;
+                int64_t n = d.init[j]->numel;
+                const float *gk = grad_at(&d, j, k);
+                if (gk) ref_step(&c, c.lr, &ref[j], gk);
+                double *tref = malloc(sizeof(double) * (size_t)n);
+                for (int64_t i = 0; i < n; i++) tref[i] = tr->f[(int64_t)k * n + i];
+                snprintf(what, sizeof what, "%s step %d parameter %d vs torch", c.name, k + 1, j);
+                float *h = h_read(ps[j]);
+                double w = h_compare(what, h, tref, n, tol, tol) * TRAJ_ULPS;
+                if (w > worst_torch) worst_torch = w;
+                for (int64_t i = 0; i < n; i++) torch_exact += h[i] == (float)tref[i];
+                torch_elems += n;
+                free(h);
+                snprintf(what, sizeof what, "%s step %d parameter %d vs double reference", c.name, k + 1, j);
+                w = compare_max(what, ps[j], ref[j].p, n, tol, tol) * TRAJ_ULPS;
+                if (w > worst_ref) worst_ref = w;
+                free(tref);
+            }
+            kiln_scope_end(ctx);
+            if (k + 1 == 5 || k + 1 == STEPS) check_state(&g, &c, opt, k + 1);
+        }
+        kiln_optim_free(opt);
+        for (int j = 0; j < NP; j++) {
+            kiln_tensor_free(ps[j]);
+            ref_free(&ref[j]);
+        }
+        CHECK(kiln_tensor_count(ctx) == before, "%s: %lld tensors leaked", c.name,
+              (long long)(kiln_tensor_count(ctx) - before));
+        CHECK_OK(ctx);
+    }
+    golden_close(&g);
+}
+
+/* Resuming from a checkpoint: a fresh optimizer given torch's parameters and state after 5
+ * steps (kiln_optim_state_find with create, kiln_optim_set_step) continues exactly as the
+ * uninterrupted run. */
+static void test_resume(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "optim")) return;
+    traj_data d;
+    if (!traj_load(&g, &d)) {
+        golden_close(&g);
+        return;
+    }
+    for (int ci = 0; ci < NCFG; ci++) {
+        cfg c;
+        if (!cfg_read(&g, cfg_names[ci], &c)) continue;
+        char key[200];
+        kiln_tensor *ps[NP];
+        for (int j = 0; j < NP; j++) {
+            snprintf(key, sizeof key, "%s.traj.p%d", c.name, j);
+            const golden_tensor *tr = golden_get(&g, key);
+            ps[j] = param_from(ctx, tr ? tr->f + 4 * d.init[j]->numel : d.init[j]->f, d.init[j]->ndim,
+                               d.init[j]->shape);
+        }
+        kiln_optim *opt = cfg_make(ctx, &c, ps, NP);
+        CHECK(opt != NULL, "%s: %s", c.name, kiln_error_message(ctx));
+        if (opt) {
+            snprintf(key, sizeof key, "%s.state5.", c.name);
+            size_t kl = strlen(key);
+            for (int k = 0; k < g.n; k++) {
+                const golden_tensor *st = &g.t[k];
+                if (strncmp(st->name, key, kl) != 0 || strstr(st->name, ".steps")) continue;
+                kiln_tensor *t = kiln_optim_state_find(opt, st->name + kl, true);
+                CHECK(t != NULL, "%s: state_find(%s): %s", c.name, st->name + kl, kiln_error_message(ctx));
+                if (t) {
+                    CHECK(kiln_optim_state_find(opt, st->name + kl, false) == t, "%s: %s found twice differs", c.name,
+                          st->name + kl);
+                    kiln_tensor *src = golden_upload(ctx, st);
+                    kiln_tensor *diff = kiln_sub(ctx, src, t); /* t still zeros: diff == src */
+                    golden_compare("fresh state is zero", diff, st, 0, 0);
+                    kiln_tensor_free(diff);
+                    /* write the values in: copy through the host */
+                    CHECK(clEnqueueWriteBuffer(ctx->queue, t->st->mem, CL_TRUE, (size_t)t->offset * 4,
+                                               (size_t)st->numel * 4, st->f, 0, NULL, NULL) == CL_SUCCESS,
+                          "writing state");
+                    kiln_tensor_free(src);
+                }
+            }
+            snprintf(key, sizeof key, "%s.state5.steps", c.name);
+            const golden_tensor *steps = golden_get(&g, key);
+            for (int j = 0; steps && j < NP; j++) kiln_optim_set_step(opt, j, steps->i[j]);
+            for (int k = 5; k < STEPS; k++) {
+                kiln_scope_begin(ctx);
+                set_step_grads(ctx, &d, ps, k, false);
+                CHECK(kiln_optim_step(opt) == KILN_OK, "%s: %s", c.name, kiln_error_message(ctx));
+                kiln_scope_end(ctx);
+            }
+            double tol = STEPS * TRAJ_ULPS * FLT_EPSILON;
+            for (int j = 0; j < NP; j++) {
+                snprintf(key, sizeof key, "%s.traj.p%d", c.name, j);
+                const golden_tensor *tr = golden_get(&g, key);
+                if (!tr) continue;
+                int64_t n = d.init[j]->numel;
+                double *tref = malloc(sizeof(double) * (size_t)n);
+                for (int64_t i = 0; i < n; i++) tref[i] = tr->f[(int64_t)(STEPS - 1) * n + i];
+                char what[200];
+                snprintf(what, sizeof what, "%s resumed at step 5, parameter %d after step 10", c.name, j);
+                compare_max(what, ps[j], tref, n, tol, tol);
+                free(tref);
+            }
+            check_state(&g, &c, opt, STEPS);
+            kiln_optim_free(opt);
+        }
+        kiln_error_clear(ctx);
+        for (int j = 0; j < NP; j++) kiln_tensor_free(ps[j]);
+    }
+    golden_close(&g);
+}
+
+/* ---- a larger random run against the double reference only ----------------------------- */
+
+static void test_double_reference(kiln_ctx *ctx) {
+    /* shapes: a 5x7x11 block, a prime, an empty tensor, one element */
+    const int64_t shapes[4][3] = {{5, 7, 11}, {1009, 1, 1}, {0, 1, 1}, {1, 1, 1}};
+    const int nd[4] = {3, 1, 1, 1};
+    cfg cs[] = {
+        {"sgd nesterov wd", K_SGD, 0.03, 0.8, 0, 0.05, 0, 0, 0, 0, true, false, false, false},
+        {"sgd dampening", K_SGD, 0.2, 0.7, 0.5, 0, 0, 0, 0, 0, false, false, false, true},
+        {"rmsprop centered momentum wd", K_RMSPROP, 0.001, 0.3, 0, 0.01, 0.95, 1e-7, 0, 0, false, true, false, false},
+        {"adam amsgrad wd", K_ADAM, 0.003, 0, 0, 0.02, 0, 1e-6, 0.85, 0.995, false, false, true, false},
+        {"adamw maximize", K_ADAMW, 0.004, 0, 0, 0.3, 0, 1e-8, 0.5, 0.9, false, false, false, true},
+        {"adam beta1 0", K_ADAM, 0.01, 0, 0, 0, 0, 1e-8, 0.0, 0.0, false, false, true, false},
+    };
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+        const cfg *c = &cs[ci];
+        kiln_tensor *ps[4];
+        ref_param ref[4];
+        for (int j = 0; j < 4; j++) {
+            int64_t n = h_numel(nd[j], shapes[j]);
+            float *x = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+            h_fill(x, n, -2, 2);
+            ps[j] = param_from(ctx, x, nd[j], shapes[j]);
+            ref_init(&ref[j], x, n);
+            free(x);
+        }
+        kiln_optim *opt = cfg_make(ctx, c, ps, 4);
+        CHECK(opt != NULL, "%s: %s", c->name, kiln_error_message(ctx));
+        double lr = c->lr;
+        for (int k = 0; opt && k < 6; k++) {
+            kiln_scope_begin(ctx);
+            if (k == 3) { /* a changed lr takes effect at the next step */
+                lr *= 0.5;
+                CHECK(kiln_optim_set_lr(opt, lr) == KILN_OK && kiln_optim_get_lr(opt) == lr, "set_lr");
+            }
+            for (int j = 0; j < 4; j++) {
+                int64_t n = ref[j].n;
+                float *gh = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+                h_fill(gh, n, -1, 1);
+                if (j == 1) gh[7] = 0;
+                set_grad(ps[j], kiln_from_host(ctx, gh, KILN_F32, nd[j], shapes[j]));
+                ref_step(c, lr, &ref[j], gh);
+                free(gh);
+            }
+            CHECK(kiln_optim_step(opt) == KILN_OK, "%s: %s", c->name, kiln_error_message(ctx));
+            double tol = (k + 1) * TRAJ_ULPS * FLT_EPSILON;
+            for (int j = 0; j < 4; j++) {
+                char what[160];
+                snprintf(what, sizeof what, "%s step %d parameter %d", c->name, k + 1, j);
+                double w = compare_max(what, ps[j], ref[j].p, ref[j].n, tol, tol) * TRAJ_ULPS;
+                if (w > worst_ref) worst_ref = w;
+            }
+            kiln_scope_end(ctx);
+        }
+        for (int j = 0; j < 4; j++) CHECK(kiln_optim_get_step(opt, j) == 6, "step count %lld", (long long)kiln_optim_get_step(opt, j));
+        kiln_optim_free(opt);
+        for (int j = 0; j < 4; j++) {
+            kiln_tensor_free(ps[j]);
+            ref_free(&ref[j]);
+        }
+        CHECK_OK(ctx);
+    }
+}
+
+/* ---- real backward passes ---------------------------------------------------------------- */
+
+/* loss = sum(c * w * w): backward gives 2 c w; a second parameter is unused, so its
+ * gradient stays NULL and Adam skips it. zero_grad zeroes in place between steps. */
+static void test_with_backward(kiln_ctx *ctx) {
+    enum { N = 33 };
+    float w0[N], cv[N], u0[5];
+    h_fill(w0, N, -1, 1);
+    h_fill(cv, N, 0.5f, 2);
+    h_fill(u0, 5, -1, 1);
+    int64_t sn = N, s5 = 5;
+    kiln_tensor *w = param_from(ctx, w0, 1, &sn), *u = param_from(ctx, u0, 1, &s5);
+    kiln_tensor *cst = kiln_tensor_keep(kiln_from_host(ctx, cv, KILN_F32, 1, &sn));
+    kiln_tensor *ps[2] = {w, u};
+    cfg c = {"adam backward", K_ADAM, 0.05, 0, 0, 0.01, 0, 1e-8, 0.9, 0.999, false, false, false, false};
+    kiln_optim *opt = cfg_make(ctx, &c, ps, 2);
+    CHECK(opt != NULL, "%s", kiln_error_message(ctx));
+    ref_param ref;
+    ref_init(&ref, w0, N);
+    for (int k = 0; opt && k < 5; k++) {
+        kiln_scope_begin(ctx);
+        CHECK(kiln_optim_zero_grad(opt) == KILN_OK, "zero_grad");
+        if (k > 0) {
+            float *z = h_read(kiln_grad(w));
+            bool zero = true;
+            for (int i = 0; i < N; i++) zero = zero && z[i] == 0.0f;
+            CHECK(zero && kiln_grad(u) == NULL, "zero_grad: grads zeroed in place, NULL ones stay NULL");
+            free(z);
+        }
+        float *wnow = h_read(w);
+        kiln_tensor *loss = kiln_sum(ctx, kiln_mul(ctx, kiln_mul(ctx, cst, w), w), 0, NULL, false);
+        CHECK(kiln_backward(loss) == KILN_OK, "backward: %s", kiln_error_message(ctx));
+        float *gh = kiln_grad(w) ? h_read(kiln_grad(w)) : NULL;
+        CHECK(gh != NULL, "no gradient after backward");
+        if (gh) {
+            double gref[N];
+            for (int i = 0; i < N; i++) gref[i] = 2.0 * cv[i] * wnow[i];
+            /* c*w + w*c from the two products: 2 fl(c w), within 1/2 ulp of 2 c w */
+            h_compare("backward gradient 2cw", gh, gref, N, 0, FLT_EPSILON);
+            ref_step(&c, c.lr, &ref, gh); /* the reference steps with kiln's own gradient */
+        }
+        CHECK(kiln_optim_step(opt) == KILN_OK, "step: %s", kiln_error_message(ctx));
+        double tol = (k + 1) * TRAJ_ULPS * FLT_EPSILON;
+        compare_max("adam step after backward", w, ref.p, N, tol, tol);
+        free(gh);
+        free(wnow);
+        kiln_scope_end(ctx);
+    }
+    if (opt) {
+        double uref[5];
+        for (int i = 0; i < 5; i++) uref[i] = u0[i];
+        compare_max("unreached parameter unchanged", u, uref, 5, 0, 0);
+        CHECK(kiln_optim_get_step(opt, 0) == 5 && kiln_optim_get_step(opt, 1) == 0, "steps %lld %lld",
+              (long long)kiln_optim_get_step(opt, 0), (long long)kiln_optim_get_step(opt, 1));
+        const char *name;
+        kiln_tensor *t;
+        int cnt = 0;
+        for (int i = 0; kiln_optim_state(opt, i, &name, &t) > 0; i++) cnt++;
+        CHECK(cnt == 2, "state of the reached parameter only: %d entries", cnt);
+    }
+    kiln_optim_free(opt);
+    ref_free(&ref);
+    kiln_tensor_free(w);
+    kiln_tensor_free(u);
+    kiln_tensor_free(cst);
+    CHECK_OK(ctx);
+}
+
+/* ---- schedules ------------------------------------------------------------------------------ */
+
+static void test_schedules(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "optim")) return;
+    static const int ms[] = {12, 5, 12, 20};
+    const char *names[] = {"step", "multistep", "exponential", "cosine", "cosine_t7",
+                           "linear", "linear_warmup", "linear_decay", "chain"};
+    for (int si = 0; si < 9; si++) {
+        float z = 0;
+        int64_t one = 1;
+        kiln_tensor *w = param_from(ctx, &z, 1, &one);
+        kiln_sgd_opts o = kiln_sgd_defaults(0.1);
+        kiln_optim *opt = kiln_sgd(ctx, &w, 1, &o);
+        kiln_lr_sched *s[2] = {NULL, NULL};
+        switch (si) {
+        case 0: s[0] = kiln_step_lr(opt, 7, 0.5); break;
+        case 1: s[0] = kiln_multistep_lr(opt, ms, 4, 0.3); break;
+        case 2: s[0] = kiln_exponential_lr(opt, 0.93); break;
+        case 3: s[0] = kiln_cosine_annealing_lr(opt, 10, 0.001); break;
+        case 4: s[0] = kiln_cosine_annealing_lr(opt, 7, 0.0); break;
+        case 5: s[0] = kiln_linear_lr(opt, 1.0 / 3, 1.0, 5); break;
+        case 6: s[0] = kiln_linear_lr(opt, 0.25, 1.0, 8); break;
+        case 7: s[0] = kiln_linear_lr(opt, 1.0, 0.1, 12); break;
+        default:
+            s[0] = kiln_linear_lr(opt, 0.5, 1.0, 4);
+            s[1] = kiln_exponential_lr(opt, 0.9);
+        }
+        CHECK(s[0] != NULL, "%s: %s", names[si], kiln_error_message(ctx));
+        char key[64];
+        snprintf(key, sizeof key, "sched.%s", names[si]);
+        const golden_tensor *ref = golden_get(&g, key);
+        for (int k = 0; s[0] && ref && k <= 30; k++) {
+            if (k > 0) {
+                kiln_optim_step(opt); /* no gradient: a no-op, as in torch's loop */
+                for (int q = 0; q < 2; q++)
+                    if (s[q]) kiln_lr_sched_step(s[q]);
+            }
+            double want = golden_double(ref, k), got = kiln_optim_get_lr(opt);
+            CHECK(got == want, "%s after %d steps: lr %.17g, torch %.17g", names[si], k, got, want);
+            CHECK(kiln_lr_sched_get_last_lr(s[si == 8]) == got && kiln_lr_sched_last_epoch(s[0]) == k,
+                  "%s: last lr / epoch", names[si]);
+        }
+        kiln_lr_sched_free(s[0]);
+        kiln_lr_sched_free(s[1]);
+        kiln_optim_free(opt);
+        kiln_tensor_free(w);
+    }
+    /* resuming a schedule: counters restored, lr restored by the caller */
+    {
+        float z = 0;
+        int64_t one = 1;
+        kiln_tensor *w = param_from(ctx, &z, 1, &one);
+        kiln_sgd_opts o = kiln_sgd_defaults(0.1);
+        kiln_optim *opt = kiln_sgd(ctx, &w, 1, &o);
+        kiln_lr_sched *s = kiln_cosine_annealing_lr(opt, 10, 0.001);
+        const golden_tensor *ref = golden_get(&g, "sched.cosine");
+        if (ref) {
+            kiln_optim_set_lr(opt, golden_double(ref, 17));
+            CHECK(kiln_lr_sched_set_last_epoch(s, 17) == KILN_OK, "set_last_epoch");
+            for (int k = 18; k <= 30; k++) {
+                kiln_lr_sched_step(s);
+                CHECK(kiln_optim_get_lr(opt) == golden_double(ref, k), "resumed cosine at %d: %.17g vs %.17g", k,
+                      kiln_optim_get_lr(opt), golden_double(ref, k));
+            }
+        }
+        kiln_lr_sched_free(s);
+        kiln_optim_free(opt);
+        kiln_tensor_free(w);
+    }
+    golden_close(&g);
+    CHECK_OK(ctx);
+}
+
+/* ---- clipping --------------------------------------------------------------------------------- */
+
+/* torch's clip_grad_norm_ in double: total over the gradients, coef = clamp(max/(t+1e-6), 1). */
+static double ref_clip(int n, double **g, const int64_t *len, double max_norm, double p) {
+    double acc = 0;
+    for (int j = 0; j < n; j++)
+        for (int64_t i = 0; i < len[j]; i++) {
+            double a = fabs(g[j][i]);
+            if (isinf(p)) acc = (a > acc || isnan(a)) ? a : acc;
+            else acc += pow(a, p);
+        }
+    double total = isinf(p) ? acc : pow(acc, 1 / p);
+    double coef = max_norm / (total + 1e-6);
+    if (coef > 1) coef = 1;
+    for (int j = 0; j < n; j++)
+        for (int64_t i = 0; i < len[j]; i++) g[j][i] *= coef;
+    return total;
+}
+
+static double clip_rtol(double p) { return (isinf(p) ? 0 : (p == 1 || p == 2) ? 8 : 40) * FLT_EPSILON; }
+
+static void test_clip_golden(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "optim")) return;
+    const golden_tensor *in[3], *cases = golden_get(&g, "clip.cases");
+    char key[64];
+    for (int j = 0; j < 3; j++) {
+        snprintf(key, sizeof key, "clip.g%d", j);
+        in[j] = golden_get(&g, key);
+    }
+    if (!cases || !in[0] || !in[1] || !in[2]) {
+        golden_close(&g);
+        return;
+    }
+    for (int c = 0; c < (int)cases->numel / 4; c++) {
+        double max_norm = golden_double(cases, 2 * c), p = golden_double(cases, 2 * c + 1);
+        kiln_scope_begin(ctx);
+        kiln_tensor *ps[3];
+        for (int j = 0; j < 3; j++) ps[j] = param_from(ctx, in[j]->f, in[j]->ndim, in[j]->shape);
+        set_grad(ps[0], golden_upload(ctx, in[0]));
+        set_grad(ps[1], golden_upload(ctx, in[1]));
+        double *rg[2];
+        int64_t len[2] = {in[0]->numel, in[1]->numel};
+        for (int j = 0; j < 2; j++) {
+            rg[j] = malloc(sizeof(double) * (size_t)len[j]);
+            for (int64_t i = 0; i < len[j]; i++) rg[j][i] = in[j]->f[i];
+        }
+        double rtotal = ref_clip(2, rg, len, max_norm, p);
+        kiln_tensor *total = c % 2 ? kiln_clip_grad_norm_tensor(ctx, 3, ps, max_norm, p) : NULL;
+        float tf = c % 2 ? (total ? kiln_item(total) : NAN) : kiln_clip_grad_norm(ctx, 3, ps, max_norm, p);
+        CHECK(!(c % 2) || (total && kiln_tensor_ndim(total) == 0), "device total is a 0-d tensor");
+        snprintf(key, sizeof key, "clip%d.total", c);
+        const golden_tensor *tt = golden_get(&g, key);
+        double rt = clip_rtol(p);
+        char what[96];
+        snprintf(what, sizeof what, "clip_grad_norm p=%g max=%g total vs torch", p, max_norm);
+        if (tt) h_compare(what, &tf, (double[]){tt->f[0]}, 1, 0, rt);
+        snprintf(what, sizeof what, "clip_grad_norm p=%g max=%g total vs double", p, max_norm);
+        h_compare(what, &tf, &rtotal, 1, 0, rt);
+        for (int j = 0; j < 2; j++) {
+            snprintf(key, sizeof key, "clip%d.g%d", c, j);
+            snprintf(what, sizeof what, "clip_grad_norm p=%g max=%g grad %d vs torch", p, max_norm, j);
+            golden_compare(what, kiln_grad(ps[j]), golden_get(&g, key), 0, rt + 3 * FLT_EPSILON);
+            snprintf(what, sizeof what, "clip_grad_norm p=%g max=%g grad %d vs double", p, max_norm, j);
+            compare_max(what, kiln_grad(ps[j]), rg[j], len[j], 0, rt + 3 * FLT_EPSILON);
+            free(rg[j]);
+        }
+        CHECK(kiln_grad(ps[2]) == NULL, "a parameter without gradient stays without");
+        kiln_scope_end(ctx);
+        for (int j = 0; j < 3; j++) kiln_tensor_free(ps[j]);
+    }
+    /* clip_grad_value_ */
+    kiln_tensor *ps[3];
+    for (int j = 0; j < 3; j++) {
+        ps[j] = param_from(ctx, in[j]->f, in[j]->ndim, in[j]->shape);
+        set_grad(ps[j], golden_upload(ctx, in[j]));
+    }
+    CHECK(kiln_clip_grad_value(ctx, 3, ps, 0.25) == KILN_OK, "clip_grad_value: %s", kiln_error_message(ctx));
+    for (int j = 0; j < 3; j++) {
+        snprintf(key, sizeof key, "clipv.g%d", j);
+        golden_compare("clip_grad_value vs torch", kiln_grad(ps[j]), golden_get(&g, key), 0, 0);
+        kiln_tensor_free(ps[j]);
+    }
+    golden_close(&g);
+    CHECK_OK(ctx);
+}
+
+/* Larger gradients (several work-groups each, capped partial counts), NaN and Inf. */
+static void test_clip_reference(kiln_ctx *ctx) {
+    const int64_t len[3] = {100003, 4097, 1};
+    const double ptypes[] = {2, 1, INFINITY, 2.5};
+    for (int pi = 0; pi < 4; pi++) {
+        for (int special = 0; special < 3; special++) { /* 0: finite, 1: an Inf, 2: a NaN */
+            if (special && pi == 3) continue;
+            double p = ptypes[pi], max_norm = 0.75;
+            kiln_scope_begin(ctx);
+            kiln_tensor *ps[3];
+            double *rg[3];
+            for (int j = 0; j < 3; j++) {
+                float *h = malloc(sizeof(float) * (size_t)len[j]);
+                h_fill(h, len[j], -0.05f, 0.05f);
+                if (special == 1 && j == 1) h[17] = -INFINITY;
+                if (special == 2 && j == 0) h[99999] = NAN;
+                ps[j] = param_from(ctx, h, 1, &len[j]);
+                set_grad(ps[j], kiln_from_host(ctx, h, KILN_F32, 1, &len[j]));
+                rg[j] = malloc(sizeof(double) * (size_t)len[j]);
+                for (int64_t i = 0; i < len[j]; i++) rg[j][i] = h[i];
+                free(h);
+            }
+            double rtotal = ref_clip(3, rg, len, max_norm, p);
+            float tf = kiln_clip_grad_norm(ctx, 3, ps, max_norm, p);
+            char what[96];
+            snprintf(what, sizeof what, "clip p=%g case %d total", p, special);
+            h_compare(what, &tf, &rtotal, 1, 0, clip_rtol(p));
+            for (int j = 0; j < 3; j++) {
+                snprintf(what, sizeof what, "clip p=%g case %d grad %d", p, special, j);
+                compare_max(what, kiln_grad(ps[j]), rg[j], len[j], 0, clip_rtol(p) + 3 * FLT_EPSILON);
+                free(rg[j]);
+                kiln_tensor_free(ps[j]);
+            }
+            kiln_scope_end(ctx);
+        }
+    }
+    /* no gradients at all: total 0, nothing touched */
+    float z = 1;
+    int64_t one = 1;
+    kiln_tensor *w = param_from(ctx, &z, 1, &one);
+    CHECK(kiln_clip_grad_norm(ctx, 1, &w, 1.0, 2.0) == 0.0f, "no gradients: total 0");
+    CHECK(kiln_clip_grad_norm(ctx, 0, NULL, 1.0, 2.0) == 0.0f, "empty list: total 0");
+    CHECK(kiln_clip_grad_value(ctx, 1, &w, 1.0) == KILN_OK, "clip value without gradients");
+    kiln_tensor_free(w);
+    CHECK_OK(ctx);
+}
+
+/* ---- errors ------------------------------------------------------------------------------------ */
+
+#define EXPECT_ERR(ctx, call_ok, status, text)                                                              \
+    do {                                                                                                    \
+        kiln_error_clear(ctx);                                                                              \
+        bool ok_ = (call_ok);                                                                               \
+        CHECK(!ok_ && kiln_error_status(ctx) == (status) && strstr(kiln_error_message(ctx), (text)) != NULL, \
+              "expected %s containing \"%s\", got %s: %s", kiln_status_name(status), (text),                 \
+              kiln_status_name(kiln_error_status(ctx)), kiln_error_message(ctx));                           \
+        kiln_error_clear(ctx);                                                                              \
+    } while (0)
+
+static void test_errors(kiln_ctx *ctx) {
+    int64_t before = kiln_tensor_count(ctx);
+    float data[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    int64_t s34[2] = {3, 4}, s12 = 12;
+    kiln_tensor *a = param_from(ctx, data, 2, s34), *b = param_from(ctx, data, 1, &s12);
+    kiln_tensor *nograd = kiln_tensor_keep(kiln_from_host(ctx, data, KILN_F32, 2, s34));
+    int32_t idata[4] = {0};
+    int64_t s4 = 4;
+    kiln_tensor *ints = kiln_tensor_keep(kiln_from_host(ctx, idata, KILN_I32, 1, &s4));
+    kiln_sgd_opts sgd = kiln_sgd_defaults(0.1);
+    kiln_adam_opts adam = kiln_adam_defaults();
+    kiln_rmsprop_opts rms = kiln_rmsprop_defaults();
+
+    /* defaults mirror torch */
+    kiln_adam_opts aw = kiln_adamw_defaults();
+    CHECK(adam.lr == 1e-3 && adam.beta1 == 0.9 && adam.beta2 == 0.999 && adam.eps == 1e-8 && adam.weight_decay == 0 &&
+              aw.weight_decay == 1e-2 && rms.lr == 1e-2 && rms.alpha == 0.99 && rms.eps == 1e-8 && sgd.momentum == 0,
+          "defaults");
+
+    kiln_tensor *ps[2] = {a, b};
+    kiln_optim *opt = NULL;
+    CHECK(kiln_sgd(NULL, ps, 2, &sgd) == NULL && strstr(kiln_last_error(), "kiln_sgd"), "NULL ctx: %s",
+          kiln_last_error());
+    EXPECT_ERR(ctx, kiln_sgd(ctx, NULL, 2, &sgd) != NULL, KILN_ERR_NULL, "params is NULL");
+    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, NULL) != NULL, KILN_ERR_NULL, "no default learning rate");
+    EXPECT_ERR(ctx, kiln_adam(ctx, ps, 0, NULL) != NULL, KILN_ERR_INVALID_ARGUMENT, "empty parameter list");
+    kiln_tensor *withnull[2] = {a, NULL};
+    EXPECT_ERR(ctx, kiln_adam(ctx, withnull, 2, NULL) != NULL, KILN_ERR_NULL, "parameter 1 is NULL");
+    kiln_tensor *noreq[2] = {a, nograd};
+    EXPECT_ERR(ctx, kiln_adam(ctx, noreq, 2, NULL) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "parameter 1 [3, 4] does not require grad");
+    kiln_tensor *withint[2] = {ints, a};
+    EXPECT_ERR(ctx, kiln_rmsprop(ctx, withint, 2, NULL) != NULL, KILN_ERR_DTYPE, "parameter 0 [4] has dtype i32");
+    bool prev = kiln_set_grad_enabled(ctx, false);
+    kiln_tensor *tv = kiln_transpose(ctx, nograd, 0, 1); /* a leaf view, not contiguous */
+    kiln_set_grad_enabled(ctx, prev);
+    kiln_set_requires_grad(tv, true);
+    kiln_tensor *withview[2] = {a, tv};
+    EXPECT_ERR(ctx, kiln_adamw(ctx, withview, 2, NULL) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "parameter 1 [4, 3] is not contiguous");
+    kiln_tensor *nonleaf = kiln_mul(ctx, a, a);
+    kiln_tensor *withnl[1] = {nonleaf};
+    EXPECT_ERR(ctx, kiln_sgd(ctx, withnl, 1, &sgd) != NULL, KILN_ERR_INVALID_ARGUMENT, "can't optimize a non-leaf");
+    kiln_tensor *dup[3] = {a, b, a};
+    EXPECT_ERR(ctx, kiln_sgd(ctx, dup, 3, &sgd) != NULL, KILN_ERR_INVALID_ARGUMENT, "parameters 0 and 2");
+    kiln_tensor *row0 = kiln_slice(ctx, nograd, 0, 0, 1, 1), *rows = kiln_slice(ctx, nograd, 0, 0, 2, 1);
+    kiln_set_requires_grad(row0, true);
+    kiln_set_requires_grad(rows, true);
+    kiln_tensor *overlap[2] = {rows, row0};
+    EXPECT_ERR(ctx, kiln_sgd(ctx, overlap, 2, &sgd) != NULL, KILN_ERR_INVALID_ARGUMENT, "overlapping views");
+
+    /* hyper-parameters: torch's messages */
+    kiln_sgd_opts so = sgd;
+    so.lr = -1;
+    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, &so) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid learning rate: -1.0");
+    so = sgd, so.lr = NAN;
+    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, &so) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid learning rate: nan");
+    so = sgd, so.momentum = -0.5;
+    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, &so) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid momentum value: -0.5");
+    so = sgd, so.weight_decay = -0.1;
+    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, &so) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid weight_decay value: -0.1");
+    so = sgd, so.nesterov = true;
+    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, &so) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "Nesterov momentum requires a momentum and zero dampening");
+    so.momentum = 0.9, so.dampening = 0.1;
+    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, &so) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "Nesterov momentum requires a momentum and zero dampening");
+    kiln_adam_opts ao = adam;
+    ao.beta1 = 1.0;
+    EXPECT_ERR(ctx, kiln_adam(ctx, ps, 2, &ao) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "Invalid beta parameter at index 0: 1.0");
+    ao = adam, ao.beta2 = -0.25;
+    EXPECT_ERR(ctx, kiln_adamw(ctx, ps, 2, &ao) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "Invalid beta parameter at index 1: -0.25");
+    ao = adam, ao.eps = -1e-8;
+    EXPECT_ERR(ctx, kiln_adam(ctx, ps, 2, &ao) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid epsilon value: -1e-08");
+    ao = adam, ao.lr = -0.001;
+    EXPECT_ERR(ctx, kiln_adamw(ctx, ps, 2, &ao) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid learning rate: -0.001");
+    ao = adam, ao.weight_decay = -1;
+    EXPECT_ERR(ctx, kiln_adam(ctx, ps, 2, &ao) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid weight_decay value: -1.0");
+    kiln_rmsprop_opts ro = rms;
+    ro.alpha = -0.9;
+    EXPECT_ERR(ctx, kiln_rmsprop(ctx, ps, 2, &ro) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid alpha value: -0.9");
+    ro = rms, ro.momentum = -1;
+    EXPECT_ERR(ctx, kiln_rmsprop(ctx, ps, 2, &ro) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid momentum value: -1.0");
+    ro = rms, ro.eps = -1;
+    EXPECT_ERR(ctx, kiln_rmsprop(ctx, ps, 2, &ro) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid epsilon value: -1.0");
+
+    /* a working optimizer: bad gradients, lr, state and step accessors */
+    opt = kiln_adam(ctx, ps, 2, NULL);
+    CHECK(opt != NULL && kiln_optim_ctx(opt) == ctx && strcmp(kiln_optim_kind(opt), "Adam") == 0 &&
+              kiln_optim_param_count(opt) == 2 && kiln_optim_param(opt, 1) == b && kiln_optim_param(opt, 2) == NULL &&
+              kiln_optim_get_lr(opt) == 1e-3,
+          "accessors: %s", kiln_error_message(ctx));
+    CHECK(kiln_optim_step(opt) == KILN_OK, "a step without gradients is a no-op");
+    kiln_optim_zero_grad(opt);
+    set_grad(a, kiln_from_host(ctx, data, KILN_F32, 1, &s12)); /* [12] for a [3, 4] parameter */
+    set_grad(b, kiln_from_host(ctx, data, KILN_F32, 1, &s12));
+    EXPECT_ERR(ctx, kiln_optim_step(opt) == KILN_OK, KILN_ERR_SHAPE, "parameter 0 [3, 4] has a gradient [12]");
+    float after[12];
+    kiln_to_host(b, after, sizeof after);
+    CHECK(memcmp(after, data, sizeof after) == 0 && kiln_optim_get_step(opt, 1) == 0,
+          "a failed step changes no parameter");
+    const char *name = NULL;
+    kiln_tensor *st = NULL;
+    CHECK(kiln_optim_state(opt, 0, &name, &st) == 0, "no state before the first update");
+    set_grad(a, kiln_from_host(ctx, data, KILN_F32, 2, s34));
+    CHECK(kiln_optim_step(opt) == KILN_OK, "step: %s", kiln_error_message(ctx));
+    CHECK(kiln_optim_state(opt, 3, &name, &st) == 1 && strcmp(name, "1.exp_avg_sq") == 0, "4th entry %s",
+          name ? name : "(none)");
+    CHECK(kiln_optim_state(opt, 4, &name, &st) == 0, "4 entries");
+    CHECK(kiln_optim_state(opt, -1, &name, &st) < 0, "negative entry");
+    kiln_error_clear(ctx);
+    CHECK(kiln_optim_state_find(opt, "0.exp_avg", false) != NULL && kiln_optim_state_find(opt, "0.max_exp_avg_sq",
+                                                                                           false) == NULL,
+          "state_find");
+    EXPECT_ERR(ctx, kiln_optim_state_find(opt, "0.momentum_buffer", true) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "has no state '0.momentum_buffer'");
+    EXPECT_ERR(ctx, kiln_optim_state_find(opt, "2.exp_avg", true) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "has no state '2.exp_avg'");
+    EXPECT_ERR(ctx, kiln_optim_set_lr(opt, -0.5) == KILN_OK, KILN_ERR_INVALID_ARGUMENT, "Invalid learning rate: -0.5");
+    EXPECT_ERR(ctx, kiln_optim_set_step(opt, 2, 1) == KILN_OK, KILN_ERR_RANGE, "parameter 2");
+    EXPECT_ERR(ctx, kiln_optim_set_step(opt, 0, -3) == KILN_OK, KILN_ERR_RANGE, "step -3");
+    CHECK(kiln_optim_set_step(opt, -1, 7) == KILN_OK && kiln_optim_get_step(opt, 0) == 7 &&
+              kiln_optim_get_step(opt, 1) == 7 && kiln_optim_get_step(opt, 5) == -1,
+          "set_step all");
+    set_grad(b, ints);
+    ints = NULL; /* now owned by b */
+    EXPECT_ERR(ctx, kiln_optim_step(opt) == KILN_OK, KILN_ERR_DTYPE, "gradient [4] i32");
+    set_grad(b, NULL);
+
+    /* schedules */
+    CHECK(kiln_step_lr(NULL, 3, 0.1) == NULL && strstr(kiln_last_error(), "optimizer is NULL"), "NULL optimizer");
+    EXPECT_ERR(ctx, kiln_step_lr(opt, 0, 0.1) != NULL, KILN_ERR_INVALID_ARGUMENT, "step_size 0");
+    EXPECT_ERR(ctx, kiln_cosine_annealing_lr(opt, 0, 0) != NULL, KILN_ERR_INVALID_ARGUMENT, "T_max 0");
+    EXPECT_ERR(ctx, kiln_multistep_lr(opt, NULL, 2, 0.1) != NULL, KILN_ERR_INVALID_ARGUMENT, "2 milestones");
+    EXPECT_ERR(ctx, kiln_linear_lr(opt, 1.5, 1, 5) != NULL, KILN_ERR_INVALID_ARGUMENT, "Starting multiplicative");
+    EXPECT_ERR(ctx, kiln_linear_lr(opt, 0, 1, 5) != NULL, KILN_ERR_INVALID_ARGUMENT, "Starting multiplicative");
+    EXPECT_ERR(ctx, kiln_linear_lr(opt, 0.5, -0.1, 5) != NULL, KILN_ERR_INVALID_ARGUMENT, "Ending multiplicative");
+    CHECK(kiln_lr_sched_step(NULL) == KILN_ERR_NULL && isnan(kiln_lr_sched_get_last_lr(NULL)), "NULL scheduler");
+    CHECK(kiln_optim_get_lr(opt) == 1e-3, "failed schedulers left the lr alone");
+
+    /* clipping */
+    CHECK(isnan(kiln_clip_grad_norm(NULL, 2, ps, 1, 2)), "NULL ctx");
+    EXPECT_ERR(ctx, kiln_clip_grad_norm_tensor(ctx, 2, NULL, 1, 2) != NULL, KILN_ERR_NULL, "params is NULL");
+    EXPECT_ERR(ctx, kiln_clip_grad_norm_tensor(ctx, 2, ps, 1, 0) != NULL, KILN_ERR_INVALID_ARGUMENT,
+               "norm_type 0.0 is not supported");
+    EXPECT_ERR(ctx, kiln_clip_grad_norm_tensor(ctx, 2, ps, 1, NAN) != NULL, KILN_ERR_INVALID_ARGUMENT, "norm_type nan");
+    EXPECT_ERR(ctx, kiln_clip_grad_value(ctx, 2, ps, NAN) == KILN_OK, KILN_ERR_INVALID_ARGUMENT, "clip_value is NaN");
+    EXPECT_ERR(ctx, kiln_clip_grad_norm_tensor(ctx, 2, withnull, 1, 2) != NULL, KILN_ERR_NULL, "input 1 is NULL");
+    kiln_tensor *gbase = kiln_from_host(ctx, data, KILN_F32, 2, (int64_t[]){4, 3});
+    set_grad(a, kiln_transpose(ctx, gbase, 0, 1));
+    kiln_tensor_free(gbase);
+    EXPECT_ERR(ctx, kiln_clip_grad_value(ctx, 2, ps, 1) == KILN_OK, KILN_ERR_UNSUPPORTED, "not contiguous");
+    CHECK(kiln_optim_step(opt) == KILN_OK, "a strided gradient is fine for a step: %s", kiln_error_message(ctx));
+
+    CHECK(kiln_optim_step(NULL) == KILN_ERR_NULL && kiln_optim_zero_grad(NULL) == KILN_ERR_NULL &&
+              kiln_optim_get_step(NULL, 0) == -1 && isnan(kiln_optim_get_lr(NULL)) && kiln_optim_ctx(NULL) == NULL,
+          "NULL optimizer accessors");
+    kiln_optim_free(NULL);
+    kiln_optim_free(opt);
+    kiln_tensor_free(a);
+    kiln_tensor_free(b);
+    kiln_tensor_free(nograd);
+    kiln_tensor_free(ints);
+    kiln_tensor_free(tv);
+    kiln_tensor_free(nonleaf);
+    kiln_tensor_free(row0);
+    kiln_tensor_free(rows);
+    CHECK(kiln_tensor_count(ctx) == before, "error paths leaked %lld tensors",
+          (long long)(kiln_tensor_count(ctx) - before));
+    kiln_error_clear(ctx);
+}
+
+/* A scope around a whole training loop frees nothing of the optimizer: state is kept. */
+static void test_lifetime(kiln_ctx *ctx) {
+    int64_t before = kiln_tensor_count(ctx);
+    float x[6] = {1, 2, 3, 4, 5, 6};
+    int64_t s6 = 6;
+    kiln_scope_begin(ctx);
+    kiln_tensor *w = param_from(ctx, x, 1, &s6);
+    kiln_optim *opt = kiln_sgd(ctx, &w, 1, &(kiln_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    kiln_scope_begin(ctx);
+    set_grad(w, kiln_from_host(ctx, x, KILN_F32, 1, &s6));
+    kiln_optim_step(opt);
+    kiln_scope_end(ctx);
+    kiln_scope_end(ctx);
+    kiln_tensor *buf = kiln_optim_state_find(opt, "0.momentum_buffer", false);
+    float h[6] = {0};
+    CHECK(buf && kiln_to_host(buf, h, sizeof h) == KILN_OK && h[5] == 6.0f, "state survives scopes: %s",
+          kiln_error_message(ctx));
+    kiln_scope_begin(ctx);
+    set_grad(w, kiln_from_host(ctx, x, KILN_F32, 1, &s6));
+    kiln_optim_step(opt);
+    kiln_scope_end(ctx);
+    kiln_optim_free(opt);
+    kiln_tensor_free(w);
+    CHECK(kiln_tensor_count(ctx) == before, "lifetime: %lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
+    CHECK_OK(ctx);
+}
+
+static void run(kiln_ctx *ctx) {
+    kiln__set_guard(ctx, 8); /* sentinels around every storage: a kernel writing out of bounds shows */
+    test_errors(ctx);
+    test_lifetime(ctx);
+    test_trajectories(ctx);
+    test_resume(ctx);
+    test_double_reference(ctx);
+    test_with_backward(ctx);
+    test_schedules(ctx);
+    test_clip_golden(ctx);
+    test_clip_reference(ctx);
+    char msg[256] = "";
+    CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard overwritten: %s", msg);
+    fprintf(stderr, "worst trajectory error in ulps per step: vs torch %.3g, vs double reference %.3g (bound %g); "
+            "%lld of %lld trajectory values equal torch's bit for bit\n", worst_torch, worst_ref, TRAJ_ULPS,
+            (long long)torch_exact, (long long)torch_elems);
+}
+
+int main(void) {
+    H_FOR_EACH_DEVICE(run);
+    return h_finish();
+}
