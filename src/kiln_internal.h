@@ -20,6 +20,9 @@
 kiln_status kiln__fail(kiln_ctx *ctx, kiln_status status, const char *fmt, ...) KILN__PRINTF(3, 4);
 /* Same, for calls with no context: sets the thread's kiln_last_error(). */
 kiln_status kiln__fail_global(kiln_status status, const char *fmt, ...) KILN__PRINTF(2, 3);
+/* Appends " [note]" to the context's error message once (the innermost caller wins):
+ * modules name themselves in the errors of the ops they run. */
+void kiln__error_note(kiln_ctx *ctx, const char *fmt, ...) KILN__PRINTF(2, 3);
 void kiln__clear_global(void);
 /* Maps an OpenCL error code to a kiln status. */
 kiln_status kiln__cl_status(cl_int err);
@@ -111,6 +114,7 @@ struct kiln_ctx {
 
     kiln_status err;
     char *errmsg; /* malloc'ed; NULL when no error */
+    bool err_noted; /* kiln__error_note already added its note */
 
     kiln__program *programs;
     kiln_cache_stats cache;
@@ -185,6 +189,10 @@ kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, i
 kiln_tensor *kiln__tensor_view(kiln_ctx *ctx, kiln_tensor *base, int ndim, const int64_t *shape,
                                const int64_t *strides, int64_t offset);
 int64_t kiln__numel(int ndim, const int64_t *shape);
+/* src/optim/optim.c: whether "<i>.<key>" names state this optimizer's configuration uses
+ * (kiln_optim_state_find(opt, name, true) would succeed), without creating it. */
+struct kiln_optim;
+bool kiln__optim_state_known(const struct kiln_optim *opt, const char *name);
 void kiln__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 bool kiln__is_contiguous(const kiln_tensor *t);
 /* "[5, 7, 11]" into buf. */

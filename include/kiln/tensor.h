@@ -54,6 +54,12 @@ KILN_API kiln_tensor *kiln_rand_normal(kiln_ctx *ctx, float mean, float std, int
  * this and kiln_item are the synchronisation points. KILN_ERR_BUFFER_TOO_SMALL when
  * dst_bytes < numel * dtype-size. */
 KILN_API kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes);
+/* Copies numel * dtype-size bytes of host data into an existing tensor (a view writes
+ * through to its base). src_bytes must match exactly. Waits until the data is copied. */
+KILN_API kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t src_bytes);
+/* Copies src into dst: same shape and dtype, any views (torch's dst.copy_(src) without
+ * broadcasting). Not recorded by autograd. */
+KILN_API kiln_status kiln_copy(kiln_tensor *dst, kiln_tensor *src);
 /* The value of a one-element tensor as float (NaN on error; the context holds why). */
 KILN_API float kiln_item(kiln_tensor *t);
 /* Sets every element of t (a view writes through to its base) to value. */

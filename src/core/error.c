@@ -85,6 +85,24 @@ void kiln_error_clear(kiln_ctx *ctx) {
     free(ctx->errmsg);
     ctx->errmsg = NULL;
     ctx->err = KILN_OK;
+    ctx->err_noted = false;
+}
+
+void kiln__error_note(kiln_ctx *ctx, const char *fmt, ...) {
+    if (!ctx || ctx->err == KILN_OK || ctx->err_noted || !ctx->errmsg) return;
+    va_list ap;
+    va_start(ap, fmt);
+    char *note = vformat(fmt, ap);
+    va_end(ap);
+    if (!note) return;
+    size_t a = strlen(ctx->errmsg), b = strlen(note);
+    char *m = realloc(ctx->errmsg, a + b + 4);
+    if (m) {
+        snprintf(m + a, b + 4, " [%s]", note);
+        ctx->errmsg = m;
+        ctx->err_noted = true;
+    }
+    free(note);
 }
 
 static _Thread_local char last_error[8192];

@@ -522,6 +522,39 @@ kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes) {
     return KILN_OK;
 }
 
+kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t src_bytes) {
+    if (!t) return KILN_ERR_NULL;
+    kiln_ctx *ctx = t->ctx;
+    char sb[160];
+    size_t es = kiln_dtype_size(t->dtype);
+    size_t bytes = (size_t)kiln__numel(t->ndim, t->shape) * es;
+    if (!src) return kiln__fail(ctx, KILN_ERR_NULL, "kiln_copy_from_host: source is NULL");
+    if (src_bytes != bytes)
+        return kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_copy_from_host: tensor %s %s holds %zu bytes, source has %zu",
+                          kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype), bytes,
+                          src_bytes);
+    if (bytes == 0) return KILN_OK;
+    if (!kiln__is_contiguous(t)) {
+        kiln_tensor *tmp = kiln_from_host(ctx, src, t->dtype, t->ndim, t->shape);
+        if (!tmp) return ctx->err;
+        kiln_status s = kiln__copy_into(ctx, "kiln_copy_from_host", tmp, t);
+        kiln_tensor_free(tmp);
+        return s;
+    }
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, t->st->mem, CL_TRUE, (size_t)t->offset * es, bytes, src, 0, NULL,
+                                      NULL);
+    if (err != CL_SUCCESS)
+        return kiln__fail(ctx, kiln__cl_status(err), "kiln_copy_from_host: writing %zu bytes to '%s' failed: %s (%d)",
+                          bytes, ctx->info.name, kiln__cl_name(err), err);
+    return KILN_OK;
+}
+
+kiln_status kiln_copy(kiln_tensor *dst, kiln_tensor *src) {
+    if (!dst || !src) return KILN_ERR_NULL;
+    if (dst->ctx != src->ctx) return kiln__fail(dst->ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_copy: tensors of two contexts");
+    return kiln__copy_into(dst->ctx, "kiln_copy", src, dst);
+}
+
 float kiln_item(kiln_tensor *t) {
     if (!t) return NAN;
     char sb[160];
