@@ -362,6 +362,16 @@ int kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t)
     return 0;
 }
 
+bool kiln__optim_state_known(const kiln_optim *opt, const char *name) {
+    if (!opt || !name) return false;
+    char *end;
+    long i = strtol(name, &end, 10);
+    if (end == name || *end != '.' || name[0] < '0' || name[0] > '9' || i < 0 || i >= opt->n) return false;
+    for (int s = 0; s < OPT_NSLOT; s++)
+        if (opt->used[s] && strcmp(end + 1, slot_key[opt->kind][s]) == 0) return true;
+    return false;
+}
+
 kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool create) {
     if (!opt) {
         kiln__fail_global(KILN_ERR_NULL, "kiln_optim_state_find: optimizer is NULL");

@@ -1,0 +1,93 @@
+/* kiln/io.h - checkpoints in the safetensors format (https://huggingface.co/docs/safetensors):
+ * an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape
+ * and byte range, then the raw little-endian data. PyTorch reads them with
+ * safetensors.torch.load_file or a few lines of Python (tools/kiln_torch.py), and kiln
+ * reads PyTorch state dicts saved that way.
+ *
+ * Writing is atomic: the file is written under a temporary name in the same directory,
+ * flushed to disk (fsync) and renamed over the target, so a crash or a failed write at any
+ * point leaves the previous file as it was. Reading validates everything (header syntax,
+ * dtypes, shapes, that byte ranges are in the file, in order, non-overlapping and of the
+ * right size) before a single tensor is changed: a bad file leaves the model untouched.
+ */
+#ifndef KILN_IO_H
+#define KILN_IO_H
+
+#include "nn.h"
+#include "optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A metadata entry of the header's "__metadata__" (both strings). */
+typedef struct kiln_meta {
+    const char *key;
+    const char *value;
+} kiln_meta;
+
+/* ---- raw files ------------------------------------------------------------------------ */
+
+/* Writes the tensors (F32 or I32, any views) under their names, with metadata. */
+KILN_API kiln_status kiln_safetensors_save(kiln_ctx *ctx, const char *path, int n, const kiln_named_tensor *tensors,
+                                           int nmeta, const kiln_meta *meta);
+
+/* A parsed, validated file held in host memory. */
+typedef struct kiln_safetensors kiln_safetensors;
+/* Reads and validates a file; NULL with the context's error naming the file and the
+ * fault. F32, F16, F64, I64, I32, I16, I8, U8 and BOOL entries are accepted. */
+KILN_API kiln_safetensors *kiln_safetensors_open(kiln_ctx *ctx, const char *path);
+/* The same from memory (copied); `what` names the source in errors. For fuzzing and
+ * embedded files. */
+KILN_API kiln_safetensors *kiln_safetensors_parse(kiln_ctx *ctx, const void *data, size_t len, const char *what);
+KILN_API void kiln_safetensors_close(kiln_safetensors *f);
+KILN_API int kiln_safetensors_count(const kiln_safetensors *f);
+/* Entry i: its name, dtype string ("F32"), dims and shape (pointer owned by f). */
+KILN_API const char *kiln_safetensors_name(const kiln_safetensors *f, int i);
+KILN_API const char *kiln_safetensors_dtype(const kiln_safetensors *f, int i);
+KILN_API int kiln_safetensors_shape(const kiln_safetensors *f, int i, const int64_t **shape);
+/* Index of `name`, or -1. */
+KILN_API int kiln_safetensors_find(const kiln_safetensors *f, const char *name);
+/* Metadata value for key, or NULL. */
+KILN_API const char *kiln_safetensors_meta(const kiln_safetensors *f, const char *key);
+/* Entry i as a new tensor: float types become F32, integer types I32 (an integer that
+ * does not fit is an error). */
+KILN_API kiln_tensor *kiln_safetensors_tensor(kiln_safetensors *f, int i);
+
+/* ---- models and training state -------------------------------------------------------- */
+
+/* What a load did. Names are listed comma-separated in detail (truncated if long). */
+typedef struct kiln_load_report {
+    int loaded;     /* tensors copied into the model (and optimizer) */
+    int missing;    /* model tensors the file lacks */
+    int unexpected; /* file tensors the model lacks */
+    int mismatched; /* same name, other shape */
+    char detail[2048];
+} kiln_load_report;
+
+/* Saves m's parameters and buffers under their state_dict names; description goes into
+ * the metadata (with kiln's version and the module's description). */
+KILN_API kiln_status kiln_module_save(kiln_module *m, const char *path, const char *description);
+/* Loads a file saved by kiln_module_save or a PyTorch state dict. strict: every model
+ * tensor must be in the file with its shape and no other tensor may be (an error naming
+ * them, the model unchanged); non-strict loads what matches and reports the rest. report
+ * may be NULL. */
+KILN_API kiln_status kiln_module_load(kiln_module *m, const char *path, bool strict, kiln_load_report *report);
+
+/* A training checkpoint: the model, the optimizer's state ("optimizer.<i>.<key>", step
+ * counts, learning rate), the context's RNG position and the caller's metadata (epoch,
+ * ...), so that loading it and training on gives bit-identical weights to never having
+ * stopped (same device). opt may be NULL. A caller's metadata key that kiln writes itself
+ * ("format", "kiln_version", "model", "kiln_optimizer", "kiln_lr", ...) is refused
+ * (KILN_ERR_INVALID_ARGUMENT). */
+KILN_API kiln_status kiln_checkpoint_save(const char *path, kiln_module *m, kiln_optim *opt, int nmeta,
+                                          const kiln_meta *meta);
+/* Restores what kiln_checkpoint_save wrote (strict for the model; the optimizer must be
+ * of the same kind with parameters of the same shapes). Metadata values can be read with
+ * kiln_safetensors_open + kiln_safetensors_meta. */
+KILN_API kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *opt, kiln_load_report *report);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
