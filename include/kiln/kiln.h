@@ -33,11 +33,10 @@
 #include "functional.h"
 #include "ops.h"
 #include "tensor.h"
-#if __has_include("nn.h")
+#include "data.h"
+#include "io.h"
 #include "nn.h"
-#endif
-#if __has_include("optim.h")
 #include "optim.h"
-#endif
+#include "train.h"
 
 #endif

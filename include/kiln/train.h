@@ -1,0 +1,157 @@
+/* kiln/train.h - training support: classification metrics, a fit/evaluate loop with
+ * progress, early stopping, best-model restore and a CSV log, and training-curve plots.
+ *
+ *     kiln_epoch_stats hist[20];
+ *     kiln_fit_opts o = kiln_fit_defaults();
+ *     o.epochs = 20;  o.train = train_loader;  o.val = val_loader;  o.opt = opt;
+ *     o.patience = 3;  o.restore_best = true;  o.progress = true;
+ *     o.metrics_csv = "metrics.csv";  o.plot_path = "curves.svg";
+ *     o.history = hist;  o.history_cap = 20;
+ *     kiln_fit_result r;
+ *     if (kiln_fit(net, &o, &r) != KILN_OK) fprintf(stderr, "%s\n", kiln_error_message(ctx));
+ *
+ * kiln_fit is a convenience: everything it does is public API (kiln_loader_next,
+ * kiln_forward, kiln_cross_entropy, kiln_backward, kiln_optim_step, kiln_confusion_*), and
+ * a program may write the same loop itself. It prints only when progress is true (to
+ * stderr: a redrawn bar on a terminal, one line per epoch otherwise).
+ */
+#ifndef KILN_TRAIN_H
+#define KILN_TRAIN_H
+
+#include <stdio.h>
+
+#include "data.h"
+#include "nn.h"
+#include "optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- metrics (src/train/metrics.c) ---------------------------------------------------- */
+
+/* A confusion matrix of class counts: rows are true classes, columns predictions. Host
+ * memory; updating from tensors reads them back (a sync). */
+typedef struct kiln_confusion kiln_confusion;
+
+/* NULL with kiln_last_error() set when num_classes < 1 or memory runs out. */
+KILN_API kiln_confusion *kiln_confusion_new(int num_classes);
+KILN_API void kiln_confusion_free(kiln_confusion *cm);
+KILN_API void kiln_confusion_reset(kiln_confusion *cm);
+/* Adds n (truth, prediction) pairs; a class outside [0, num_classes) is KILN_ERR_RANGE
+ * and nothing is added. */
+KILN_API kiln_status kiln_confusion_add(kiln_confusion *cm, const int32_t *truth, const int32_t *pred, int64_t n);
+/* Adds argmax(logits [N, C]) against I32 labels [N] (C must equal num_classes). */
+KILN_API kiln_status kiln_confusion_update(kiln_confusion *cm, kiln_tensor *logits, kiln_tensor *labels);
+KILN_API int kiln_confusion_num_classes(const kiln_confusion *cm);
+KILN_API int64_t kiln_confusion_count(const kiln_confusion *cm, int truth, int pred);
+KILN_API int64_t kiln_confusion_total(const kiln_confusion *cm);
+/* Fraction of correct predictions (0 when empty). */
+KILN_API double kiln_confusion_accuracy(const kiln_confusion *cm);
+/* Precision, recall and F1 of class cls, or their unweighted means over all classes
+ * (macro average, as sklearn's average='macro') when cls is -1. A class never predicted
+ * has precision 0, never present recall 0 (sklearn's zero_division=0). Any out pointer
+ * may be NULL. */
+KILN_API kiln_status kiln_confusion_prf(const kiln_confusion *cm, int cls, double *precision, double *recall,
+                                        double *f1);
+/* The matrix as aligned text with a per-class precision/recall/F1 table; class names
+ * optional (NULL: indices). Returns buf. */
+KILN_API char *kiln_confusion_format(const kiln_confusion *cm, const char *const *class_names, char *buf,
+                                     size_t cap);
+
+/* How many rows of logits [N, C] have their label among the k largest logits (top-k
+ * accuracy is *correct / N). Reads back (a sync). Ties are ranked as kiln_argmax ranks
+ * them, so top-1 equals the confusion matrix's accuracy: a row's label counts when fewer
+ * than k logits of the row rank before the label's, a logit ranking before another when it
+ * is larger, or equal with a lower class index; NaN ranks before every number (the first
+ * NaN before later ones). 1 <= k <= C; a label outside [0, C) is KILN_ERR_RANGE. */
+KILN_API kiln_status kiln_topk_correct(kiln_tensor *logits, kiln_tensor *labels, int k, int64_t *correct);
+
+/* ---- fit / evaluate (src/train/fit.c) ------------------------------------------------- */
+
+/* One epoch's figures; NaN where not measured (no validation loader; accuracy when the
+ * outputs are not logits [N, C] with i32 labels [N]). The train figures are means over the
+ * epoch's batches as they ran (the weights changing between them), as Keras reports them:
+ * the loss weighted by batch size, the accuracy over every sample (argmax, first maximum). */
+typedef struct kiln_epoch_stats {
+    int epoch;                  /* 1-based */
+    double train_loss, train_accuracy;
+    double val_loss, val_accuracy;
+    double lr;                  /* the learning rate the epoch trained with */
+    double seconds;             /* wall time of the epoch, validation included */
+    double samples_per_second;  /* training samples */
+} kiln_epoch_stats;
+
+/* The loss of a batch: a one-element f32 tensor to call kiln_backward on, taken as the
+ * batch's mean (it is weighted by batch size in epoch means). NULL in kiln_fit_opts means
+ * kiln_cross_entropy(out, labels, KILN_MEAN). Returning NULL fails the run (with the
+ * context's error when the function set one). Evaluation calls it with grad mode off
+ * (kiln_grad_enabled tells training steps from evaluation). */
+typedef kiln_tensor *(*kiln_loss_fn)(kiln_ctx *ctx, kiln_tensor *out, kiln_tensor *labels, void *user);
+
+typedef enum kiln_monitor { KILN_MONITOR_VAL_ACCURACY = 0, KILN_MONITOR_VAL_LOSS = 1 } kiln_monitor;
+
+typedef struct kiln_fit_opts {
+    int epochs;              /* >= 1 */
+    kiln_loader *train;      /* required; the run starts at the first batch of its current epoch */
+    kiln_loader *val;        /* optional: validation each epoch, early stopping, best model
+                                (patience, restore_best and best_path without it are an error) */
+    kiln_optim *opt;         /* required */
+    kiln_lr_sched *sched;    /* optional: stepped once per epoch */
+    kiln_loss_fn loss;       /* NULL: cross-entropy */
+    void *loss_user;
+    float clip_grad_norm;    /* > 0: clip the global gradient norm each step */
+    kiln_monitor monitor;    /* what "best" means (needs val) */
+    int patience;            /* > 0: stop after this many epochs without a strict improvement */
+    bool restore_best;       /* at the end, load the best epoch's weights back (needs val) */
+    const char *best_path;   /* optional: the best model is also saved there (kiln_module_save) */
+    const char *metrics_csv; /* optional: one line per epoch, written as the run goes (a file
+                                already there is replaced when the run starts) */
+    const char *plot_path;   /* optional: the training curves as an SVG image, after each epoch */
+    bool progress;           /* print progress to stderr (a terminal's bar is redrawn after the
+                                first batch, then at most 10 times a second) */
+    kiln_epoch_stats *history; /* optional: filled with up to history_cap epochs */
+    int history_cap;
+} kiln_fit_opts;
+
+typedef struct kiln_fit_result {
+    int epochs_run;
+    int best_epoch;      /* 0 without validation */
+    double best_metric;  /* the monitored value at best_epoch */
+    bool stopped_early;
+    kiln_epoch_stats last;
+} kiln_fit_result;
+
+/* epochs 1, monitor val accuracy, everything else off. */
+KILN_API kiln_fit_opts kiln_fit_defaults(void);
+/* Trains m (train mode) and validates it (eval mode); m's mode and the context's grad
+ * mode are restored at the end. A step does not wait for the device: its loss and
+ * predictions are kept on the device and read back at the end of the epoch (and when the
+ * progress bar redraws). result may be NULL; it is filled on errors too (the epochs that
+ * finished). On an error the model keeps the weights of the last finished step and the
+ * context's error names the epoch and batch ("kiln_fit: epoch 2/5, batch 17/938: ...",
+ * "kiln_fit: epoch 2/5, validation: ..."). An error already held by the context is
+ * returned at once. */
+KILN_API kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *result);
+/* Runs m in eval mode without gradients over every batch of the loader (from its start;
+ * the loader is reset first) and gives the mean loss (NULL loss fn: cross-entropy; batch
+ * losses weighted by batch size) and accuracy (NaN when the outputs are not [N, C] with
+ * i32 labels [N]); cm (optional, needs such outputs with C = its classes) gets every
+ * prediction added. Reads back once at the end (more often only for very large loaders).
+ * The module's mode is restored. Outputs are NaN on error; the error names the batch. */
+KILN_API kiln_status kiln_evaluate(kiln_module *m, kiln_loader *l, kiln_loss_fn loss, void *loss_user,
+                                   kiln_confusion *cm, double *mean_loss, double *accuracy);
+
+/* ---- plots (src/train/plot.c) --------------------------------------------------------- */
+
+/* Writes the curves of n epochs as an SVG image (two panels: loss and accuracy, train and
+ * validation, with axes and a legend), atomically. Opens in any web browser. */
+KILN_API kiln_status kiln_plot_history(const char *path, const kiln_epoch_stats *h, int n, const char *title);
+/* Appends (or creates, with a header line) the CSV log
+ * "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds,samples_per_second". */
+KILN_API kiln_status kiln_metrics_csv_append(const char *path, const kiln_epoch_stats *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,587 @@
+/* src/train/fit.c - the fit/evaluate loop: training steps, device-side tallies of loss
+ * and predictions, progress on stderr, validation, early stopping and the best model. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../kiln_internal.h"
+#include "../nn/nn_internal.h"
+#include "kiln/io.h"
+#include "kiln/ops.h"
+#include "kiln/train.h"
+
+kiln_fit_opts kiln_fit_defaults(void) {
+    kiln_fit_opts o;
+    memset(&o, 0, sizeof o);
+    o.epochs = 1;
+    o.monitor = KILN_MONITOR_VAL_ACCURACY;
+    return o;
+}
+
+/* Puts "prefix: " in front of the context's error message, so the error of an op deep in
+ * a step says where in the run it happened. */
+static void error_prefix(kiln_ctx *ctx, const char *prefix) {
+    if (!ctx || ctx->err == KILN_OK || !ctx->errmsg) return;
+    size_t a = strlen(prefix), b = strlen(ctx->errmsg);
+    char *m = malloc(a + b + 3);
+    if (!m) return;
+    memcpy(m, prefix, a);
+    memcpy(m + a, ": ", 2);
+    memcpy(m + a + 2, ctx->errmsg, b + 1);
+    free(ctx->errmsg);
+    ctx->errmsg = m;
+}
+
+/* ---- tallies: per-batch results kept on the device, read back in bulk ----------------- */
+/*
+ * A step must not wait for the device, so the step's loss and its predictions (argmax of
+ * [B, C] outputs) and labels are copied into device buffers that live outside every
+ * scope. flush() reads what accumulated with one transfer per buffer and adds it to host
+ * totals in double precision: at the end of an epoch, when a buffer is full, and when the
+ * progress bar redraws (at most ten times a second).
+ */
+#ifndef TALLY_MAX_BATCHES
+#define TALLY_MAX_BATCHES 4096 /* pending batch losses before a read-back */
+#endif
+#ifndef TALLY_MAX_SAMPLES
+#define TALLY_MAX_SAMPLES (1 << 20) /* pending predictions before a read-back */
+#endif
+
+typedef struct tally {
+    kiln_ctx *ctx;
+    kiln_tensor *loss;         /* [cap_b] F32: the loss of each pending batch */
+    kiln_tensor *pred, *label; /* [cap_s] I32 */
+    int64_t cap_b, cap_s, want_b;
+    int64_t nb, ns;     /* pending batches, samples */
+    int64_t *bsize;     /* [cap_b] host: samples of each pending batch */
+    float *hl;          /* [cap_b] host staging */
+    int32_t *hp;        /* [2 * cap_s] host staging: predictions then labels */
+    kiln_confusion *cm; /* optional: every prediction is added */
+    bool acc_ok;        /* every batch so far gave [B, C] outputs and [B] labels */
+    /* totals */
+    double loss_sum; /* sum over batches of loss * batch size */
+    int64_t samples, correct, counted;
+} tally;
+
+static void tally_free(tally *t) {
+    kiln_tensor_free(t->loss);
+    kiln_tensor_free(t->pred);
+    kiln_tensor_free(t->label);
+    free(t->bsize);
+    free(t->hl);
+    free(t->hp);
+    memset(t, 0, sizeof *t);
+}
+
+static void tally_reset(tally *t) {
+    t->nb = t->ns = 0;
+    t->loss_sum = 0;
+    t->samples = t->correct = t->counted = 0;
+    t->acc_ok = true;
+}
+
+/* Reads back what is pending and adds it to the totals (a sync). */
+static kiln_status tally_flush(tally *t) {
+    kiln_ctx *ctx = t->ctx;
+    kiln_status s = KILN_OK;
+    if (t->nb > 0) {
+        kiln_tensor *v = kiln_slice(ctx, t->loss, 0, 0, t->nb, 1);
+        s = v ? kiln_to_host(v, t->hl, sizeof(float) * (size_t)t->nb) : kiln_error_status(ctx);
+        kiln_tensor_free(v);
+        if (s != KILN_OK) return s;
+        for (int64_t i = 0; i < t->nb; i++) {
+            t->loss_sum += (double)t->hl[i] * (double)t->bsize[i];
+            t->samples += t->bsize[i];
+        }
+        t->nb = 0;
+    }
+    if (t->ns > 0) {
+        int64_t n = t->ns;
+        kiln_tensor *p = kiln_slice(ctx, t->pred, 0, 0, n, 1);
+        kiln_tensor *l = kiln_slice(ctx, t->label, 0, 0, n, 1);
+        s = p && l ? kiln_to_host(p, t->hp, sizeof(int32_t) * (size_t)n) : kiln_error_status(ctx);
+        if (s == KILN_OK) s = kiln_to_host(l, t->hp + n, sizeof(int32_t) * (size_t)n);
+        kiln_tensor_free(p);
+        kiln_tensor_free(l);
+        if (s != KILN_OK) return s;
+        for (int64_t i = 0; i < n; i++)
+            t->correct += t->hp[i] == t->hp[n + i];
+        t->counted += n;
+        t->ns = 0;
+        if (t->cm) {
+            s = kiln_confusion_add(t->cm, t->hp + n, t->hp, n);
+            if (s != KILN_OK) return kiln__fail(ctx, s, "%s", kiln_last_error());
+        }
+    }
+    return KILN_OK;
+}
+
+/* A kept I32 or F32 buffer of n elements. */
+static kiln_tensor *kept(kiln_ctx *ctx, kiln_dtype dt, int64_t n) {
+    return kiln_tensor_keep(kiln_empty(ctx, dt, 1, &n));
+}
+
+/* Room for one more batch of B samples (allocating or growing the buffers). */
+static kiln_status tally_room(tally *t, int64_t B) {
+    kiln_ctx *ctx = t->ctx;
+    if (!t->loss) {
+        t->cap_b = t->want_b < 1 ? 1 : t->want_b > TALLY_MAX_BATCHES ? TALLY_MAX_BATCHES : t->want_b;
+        t->loss = kept(ctx, KILN_F32, t->cap_b);
+        t->bsize = malloc(sizeof(int64_t) * (size_t)t->cap_b);
+        t->hl = malloc(sizeof(float) * (size_t)t->cap_b);
+        if (!t->loss) return kiln_error_status(ctx);
+        if (!t->bsize || !t->hl)
+            return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory for the tallies");
+    }
+    if (t->nb == t->cap_b || t->ns + B > t->cap_s) {
+        kiln_status s = tally_flush(t);
+        if (s != KILN_OK) return s;
+    }
+    if (B > t->cap_s) {
+        /* a whole epoch's samples (batches x the first batch's size), within bounds */
+        int64_t cap = t->cap_b * B;
+        if (cap > TALLY_MAX_SAMPLES) cap = TALLY_MAX_SAMPLES;
+        if (cap < B) cap = B;
+        kiln_tensor_free(t->pred);
+        kiln_tensor_free(t->label);
+        free(t->hp);
+        t->pred = kept(ctx, KILN_I32, cap);
+        t->label = t->pred ? kept(ctx, KILN_I32, cap) : NULL;
+        t->hp = malloc(sizeof(int32_t) * 2 * (size_t)cap);
+        t->cap_s = t->label && t->hp ? cap : 0;
+        if (!t->label) return kiln_error_status(ctx);
+        if (!t->hp) return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory for the tallies");
+    }
+    return KILN_OK;
+}
+
+/* Queues the batch's loss and, for classification outputs, its predictions and labels
+ * (no host wait). B is the number of samples of the batch. */
+static kiln_status tally_record(tally *t, kiln_tensor *out, kiln_tensor *y, kiln_tensor *loss, int64_t B) {
+    kiln_ctx *ctx = t->ctx;
+    char sb[160];
+    if (kiln_tensor_numel(loss) != 1 || kiln_tensor_dtype(loss) != KILN_F32)
+        return kiln__fail(ctx, KILN_ERR_SHAPE, "the loss must be one f32 value; it is %s %s",
+                          kiln_dtype_name(kiln_tensor_dtype(loss)), kiln_tensor_shape_str(loss, sb, sizeof sb));
+    bool cls = kiln_tensor_dtype(out) == KILN_F32 && kiln_tensor_ndim(out) == 2 && kiln_tensor_shape(out)[0] == B &&
+               kiln_tensor_dtype(y) == KILN_I32 && kiln_tensor_ndim(y) == 1 && kiln_tensor_shape(y)[0] == B;
+    if (t->cm) {
+        if (!cls)
+            return kiln__fail(ctx, KILN_ERR_SHAPE,
+                              "a confusion matrix needs outputs [N, C] and i32 labels [N]; the batch gave %s",
+                              kiln_tensor_shape_str(out, sb, sizeof sb));
+        if (kiln_tensor_shape(out)[1] != kiln_confusion_num_classes(t->cm))
+            return kiln__fail(ctx, KILN_ERR_SHAPE, "outputs %s have %lld classes; the confusion matrix has %d",
+                              kiln_tensor_shape_str(out, sb, sizeof sb), (long long)kiln_tensor_shape(out)[1],
+                              kiln_confusion_num_classes(t->cm));
+    }
+    if (!cls) t->acc_ok = false;
+    kiln_status s = tally_room(t, t->acc_ok ? B : 0);
+    if (s != KILN_OK) return s;
+    bool prev = kiln_set_grad_enabled(ctx, false);
+    kiln_tensor *l1 = kiln_reshape(ctx, loss, 1, (int64_t[]){1});
+    kiln_tensor *dst = kiln_slice(ctx, t->loss, 0, t->nb, t->nb + 1, 1);
+    s = l1 && dst ? kiln_copy(dst, l1) : kiln_error_status(ctx);
+    kiln_tensor_free(dst);
+    kiln_tensor_free(l1);
+    if (s == KILN_OK && t->acc_ok && B > 0) {
+        kiln_tensor *p = kiln_argmax(ctx, out, 1, false);
+        kiln_tensor *dp = kiln_slice(ctx, t->pred, 0, t->ns, t->ns + B, 1);
+        kiln_tensor *dl = kiln_slice(ctx, t->label, 0, t->ns, t->ns + B, 1);
+        s = p && dp && dl ? kiln_copy(dp, p) : kiln_error_status(ctx);
+        if (s == KILN_OK) s = kiln_copy(dl, y);
+        kiln_tensor_free(p);
+        kiln_tensor_free(dp);
+        kiln_tensor_free(dl);
+        if (s == KILN_OK) t->ns += B;
+    }
+    kiln_set_grad_enabled(ctx, prev);
+    if (s != KILN_OK) return s;
+    t->bsize[t->nb++] = B;
+    return KILN_OK;
+}
+
+static double tally_loss(const tally *t) { return t->samples ? t->loss_sum / (double)t->samples : NAN; }
+static double tally_acc(const tally *t) {
+    return t->acc_ok && t->counted ? (double)t->correct / (double)t->counted : NAN;
+}
+
+/* The batch's loss: the user's function or cross-entropy. NULL with the error set. */
+static kiln_tensor *batch_loss(kiln_ctx *ctx, kiln_loss_fn fn, void *user, kiln_tensor *out, kiln_tensor *y) {
+    if (!out) return NULL;
+    kiln_tensor *loss = fn ? fn(ctx, out, y, user) : kiln_cross_entropy(ctx, out, y, KILN_MEAN);
+    if (!loss && kiln_error_status(ctx) == KILN_OK)
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "the loss function returned NULL without setting an error");
+    return loss;
+}
+
+/* ---- evaluate ---------------------------------------------------------------------------- */
+
+kiln_status kiln_evaluate(kiln_module *m, kiln_loader *l, kiln_loss_fn loss_fn, void *loss_user, kiln_confusion *cm,
+                          double *mean_loss, double *accuracy) {
+    static const char *op = "kiln_evaluate";
+    if (mean_loss) *mean_loss = NAN;
+    if (accuracy) *accuracy = NAN;
+    if (!m) return kiln__fail_global(KILN_ERR_NULL, "%s: module is NULL", op);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    if (kiln_error_status(ctx) != KILN_OK) return kiln_error_status(ctx); /* an earlier error is pending */
+    if (!l) return kiln__fail(ctx, KILN_ERR_NULL, "%s: loader is NULL", op);
+    kiln_status s = kiln_loader_reset(l);
+    if (s != KILN_OK) return s;
+    bool was_training = kiln_module_is_training(m);
+    bool grad = kiln_set_grad_enabled(ctx, false);
+    kiln_module_train(m, false);
+    int64_t nbat = kiln_loader_num_batches(l);
+    tally t = {.ctx = ctx, .want_b = nbat, .cm = cm};
+    tally_reset(&t);
+    int64_t batch = 0;
+    for (;;) {
+        kiln_tensor *x, *y;
+        kiln_scope_begin(ctx);
+        if (!kiln_loader_next(l, &x, &y)) {
+            kiln_scope_end(ctx);
+            s = kiln_error_status(ctx);
+            break;
+        }
+        batch++;
+        kiln_tensor *out = kiln_forward(m, x);
+        kiln_tensor *loss = batch_loss(ctx, loss_fn, loss_user, out, y);
+        s = loss ? tally_record(&t, out, y, loss, kiln_tensor_shape(x)[0]) : kiln_error_status(ctx);
+        kiln_scope_end(ctx);
+        if (s != KILN_OK) break;
+    }
+    if (s == KILN_OK) s = tally_flush(&t);
+    if (s == KILN_OK && batch == 0) {
+        s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the loader gave no batches", op);
+    } else if (s != KILN_OK) {
+        char where[96];
+        snprintf(where, sizeof where, "%s: batch %lld/%lld", op, (long long)(batch ? batch : 1), (long long)nbat);
+        error_prefix(ctx, where);
+    } else {
+        if (mean_loss) *mean_loss = tally_loss(&t);
+        if (accuracy) *accuracy = tally_acc(&t);
+    }
+    tally_free(&t);
+    kiln_module_train(m, was_training);
+    kiln_set_grad_enabled(ctx, grad);
+    return s;
+}
+
+/* ---- best-model snapshot ----------------------------------------------------------------- */
+
+typedef struct snapshot {
+    int n;
+    kiln_named_tensor *st;
+    void **data;
+    size_t *bytes;
+    bool taken;
+} snapshot;
+
+static void snapshot_free(snapshot *sn) {
+    for (int i = 0; i < sn->n && sn->data; i++)
+        free(sn->data[i]);
+    free(sn->data);
+    free(sn->bytes);
+    free(sn->st);
+    memset(sn, 0, sizeof *sn);
+}
+
+/* Host copies of every parameter and buffer of m (a sync). */
+static kiln_status snapshot_take(snapshot *sn, kiln_module *m) {
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    if (!sn->st) {
+        int n = kiln_module_state(m, NULL, 0);
+        sn->st = calloc((size_t)(n > 0 ? n : 1), sizeof *sn->st);
+        sn->data = calloc((size_t)(n > 0 ? n : 1), sizeof *sn->data);
+        sn->bytes = calloc((size_t)(n > 0 ? n : 1), sizeof *sn->bytes);
+        if (!sn->st || !sn->data || !sn->bytes) {
+            snapshot_free(sn);
+            return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory for the best model");
+        }
+        sn->n = kiln_module_state(m, sn->st, n);
+        for (int i = 0; i < sn->n; i++) {
+            kiln_tensor *t = sn->st[i].tensor;
+            sn->bytes[i] = (size_t)kiln_tensor_numel(t) * kiln_dtype_size(kiln_tensor_dtype(t));
+            sn->data[i] = malloc(sn->bytes[i] ? sn->bytes[i] : 1);
+            if (!sn->data[i]) {
+                snapshot_free(sn);
+                return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory for the best model");
+            }
+        }
+    }
+    for (int i = 0; i < sn->n; i++) {
+        kiln_status s = kiln_to_host(sn->st[i].tensor, sn->data[i], sn->bytes[i]);
+        if (s != KILN_OK) {
+            sn->taken = false;
+            return s;
+        }
+    }
+    sn->taken = true;
+    return KILN_OK;
+}
+
+static kiln_status snapshot_restore(snapshot *sn, kiln_module *m) {
+    for (int i = 0; i < sn->n; i++) {
+        kiln_status s = kiln_copy_from_host(sn->st[i].tensor, sn->data[i], sn->bytes[i]);
+        if (s != KILN_OK) return s;
+    }
+    kiln__module_state_loaded(m); /* cached host copies of buffers (batch counts) are stale */
+    return KILN_OK;
+}
+
+/* ---- progress ------------------------------------------------------------------------------ */
+
+static void fmt_duration(char *buf, size_t cap, double sec) {
+    if (!isfinite(sec) || sec < 0) sec = 0;
+    long s = (long)(sec + 0.5);
+    if (s >= 3600)
+        snprintf(buf, cap, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+    else
+        snprintf(buf, cap, "%ld:%02ld", s / 60, s % 60);
+}
+
+static void fmt_value(char *buf, size_t cap, const char *name, double v) {
+    if (isnan(v))
+        buf[0] = '\0';
+    else
+        snprintf(buf, cap, " %s %.4f", name, v);
+}
+
+/* The redrawn line of a terminal: epoch, bar, batches, running loss/accuracy, speed, ETA. */
+static void progress_bar(int epoch, int epochs, int64_t batch, int64_t nbat, const tally *t, double samples_s,
+                         double elapsed_s) {
+    enum { BAR = 20 };
+    char bar[BAR + 1], l[48], a[48], eta[32];
+    int fill = nbat > 0 ? (int)(BAR * batch / nbat) : 0;
+    for (int i = 0; i < BAR; i++)
+        bar[i] = i < fill ? '#' : '-';
+    bar[BAR] = '\0';
+    fmt_value(l, sizeof l, "loss", tally_loss(t));
+    fmt_value(a, sizeof a, "acc", tally_acc(t));
+    fmt_duration(eta, sizeof eta, batch > 0 ? elapsed_s / (double)batch * (double)(nbat - batch) : 0);
+    fprintf(stderr, "\r\033[Kepoch %d/%d [%s] %lld/%lld%s%s %.0f samples/s ETA %s", epoch, epochs, bar,
+            (long long)batch, (long long)nbat, l, a, samples_s, eta);
+    fflush(stderr);
+}
+
+static void progress_epoch(bool tty, const kiln_epoch_stats *e, int epochs, int64_t nbat) {
+    char l[48], a[48], vl[48], va[48], d[32];
+    fmt_value(l, sizeof l, "loss", e->train_loss);
+    fmt_value(a, sizeof a, "acc", e->train_accuracy);
+    fmt_value(vl, sizeof vl, "val_loss", e->val_loss);
+    fmt_value(va, sizeof va, "val_acc", e->val_accuracy);
+    fmt_duration(d, sizeof d, e->seconds);
+    fprintf(stderr, "%sepoch %d/%d %lld/%lld%s%s%s%s lr %.3g %.0f samples/s %s\n", tty ? "\r\033[K" : "", e->epoch,
+            epochs, (long long)nbat, (long long)nbat, l, a, vl, va, e->lr, e->samples_per_second, d);
+    fflush(stderr);
+}
+
+/* ---- fit ------------------------------------------------------------------------------------ */
+
+static const char *monitor_name(kiln_monitor m) { return m == KILN_MONITOR_VAL_LOSS ? "val_loss" : "val_accuracy"; }
+
+kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *result) {
+    static const char *op = "kiln_fit";
+    kiln_fit_result r;
+    memset(&r, 0, sizeof r);
+    r.best_metric = NAN;
+    r.last.train_loss = r.last.train_accuracy = r.last.val_loss = r.last.val_accuracy = NAN;
+    r.last.lr = r.last.seconds = r.last.samples_per_second = NAN;
+    if (result) *result = r;
+    if (!m) return kiln__fail_global(KILN_ERR_NULL, "%s: module is NULL", op);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    if (kiln_error_status(ctx) != KILN_OK) return kiln_error_status(ctx); /* an earlier error is pending */
+    if (!o) return kiln__fail(ctx, KILN_ERR_NULL, "%s: options are NULL", op);
+    if (!o->train) return kiln__fail(ctx, KILN_ERR_NULL, "%s: no training loader (o->train is NULL)", op);
+    if (!o->opt) return kiln__fail(ctx, KILN_ERR_NULL, "%s: no optimizer (o->opt is NULL)", op);
+    if (kiln_optim_ctx(o->opt) != ctx)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the optimizer belongs to another context", op);
+    if (o->epochs < 1)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: epochs is %d; it must be >= 1", op, o->epochs);
+    if (o->patience < 0)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: patience is %d; it must be >= 0", op, o->patience);
+    if (!(o->clip_grad_norm >= 0) || isinf(o->clip_grad_norm))
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "%s: clip_grad_norm is %g; it must be finite and >= 0 "
+                          "(0: off)",
+                          op, o->clip_grad_norm);
+    if (o->monitor != KILN_MONITOR_VAL_ACCURACY && o->monitor != KILN_MONITOR_VAL_LOSS)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: unknown monitor %d", op, (int)o->monitor);
+    if (o->history_cap < 0 || (o->history_cap > 0 && !o->history))
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: history_cap is %d with history %s", op, o->history_cap,
+                          o->history ? "set" : "NULL");
+    if (!o->val && (o->patience > 0 || o->restore_best || o->best_path))
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s needs a validation loader (o->val is NULL)", op,
+                          o->patience > 0   ? "early stopping (patience)"
+                          : o->restore_best ? "restore_best"
+                                            : "best_path");
+    /* start the CSV log now: a path that cannot be written fails before any training */
+    if (o->metrics_csv) {
+        FILE *f = fopen(o->metrics_csv, "w");
+        if (!f || fclose(f) != 0)
+            return kiln__fail(ctx, KILN_ERR_IO, "%s: metrics_csv %s: cannot create it: %s", op, o->metrics_csv,
+                              strerror(errno));
+    }
+
+    kiln_epoch_stats *hist = calloc((size_t)o->epochs, sizeof *hist);
+    int nparams = kiln_optim_param_count(o->opt);
+    kiln_tensor **params = calloc((size_t)(nparams > 0 ? nparams : 1), sizeof *params);
+    if (!hist || !params) {
+        free(hist);
+        free(params);
+        return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+    }
+    for (int i = 0; i < nparams; i++)
+        params[i] = kiln_optim_param(o->opt, i);
+
+    bool was_training = kiln_module_is_training(m);
+    bool grad = kiln_set_grad_enabled(ctx, true);
+    bool tty = o->progress && isatty(2);
+    int64_t nbat = kiln_loader_num_batches(o->train);
+    tally t = {.ctx = ctx, .want_b = nbat};
+    snapshot best = {0};
+    bool higher = o->monitor == KILN_MONITOR_VAL_ACCURACY;
+    int wait = 0;
+    char where[128];
+    kiln_status s = kiln_loader_reset(o->train);
+
+    for (int epoch = 1; s == KILN_OK && epoch <= o->epochs; epoch++) {
+        kiln_epoch_stats e = {.epoch = epoch, .val_loss = NAN, .val_accuracy = NAN};
+        e.lr = kiln_optim_get_lr(o->opt);
+        double t0 = kiln__now_ms(), last_draw = t0;
+        kiln_module_train(m, true);
+        tally_reset(&t);
+        int64_t batch = 0, seen = 0;
+        for (;;) {
+            kiln_tensor *x, *y;
+            kiln_scope_begin(ctx);
+            if (!kiln_loader_next(o->train, &x, &y)) {
+                kiln_scope_end(ctx);
+                s = kiln_error_status(ctx);
+                break;
+            }
+            batch++;
+            int64_t B = kiln_tensor_shape(x)[0];
+            kiln_tensor *out = kiln_forward(m, x);
+            kiln_tensor *loss = batch_loss(ctx, o->loss, o->loss_user, out, y);
+            s = loss ? tally_record(&t, out, y, loss, B) : kiln_error_status(ctx);
+            if (s == KILN_OK) s = kiln_optim_zero_grad(o->opt);
+            if (s == KILN_OK) s = kiln_backward(loss);
+            if (s == KILN_OK && o->clip_grad_norm > 0 &&
+                !kiln_clip_grad_norm_tensor(ctx, nparams, params, o->clip_grad_norm, 2.0))
+                s = kiln_error_status(ctx);
+            if (s == KILN_OK) s = kiln_optim_step(o->opt);
+            kiln_scope_end(ctx);
+            if (s != KILN_OK) break;
+            seen += B;
+            double now = kiln__now_ms();
+            if (tty && (batch == 1 || now - last_draw >= 100)) { /* the first at once: it shows a slow start */
+                s = tally_flush(&t);
+                if (s != KILN_OK) break;
+                now = kiln__now_ms();
+                double el = (now - t0) / 1000;
+                progress_bar(epoch, o->epochs, batch, nbat, &t, el > 0 ? seen / el : 0, el);
+                last_draw = now;
+            }
+        }
+        if (s == KILN_OK) s = tally_flush(&t);
+        if (s == KILN_OK && batch == 0)
+            s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "the training loader gave no batches");
+        if (s != KILN_OK) {
+            snprintf(where, sizeof where, "%s: epoch %d/%d, batch %lld/%lld", op, epoch, o->epochs,
+                     (long long)(batch ? batch : 1), (long long)nbat);
+            error_prefix(ctx, where);
+            break;
+        }
+        double train_s = (kiln__now_ms() - t0) / 1000;
+        e.train_loss = tally_loss(&t);
+        e.train_accuracy = tally_acc(&t);
+        e.samples_per_second = train_s > 0 ? (double)seen / train_s : NAN;
+        if (o->val) {
+            s = kiln_evaluate(m, o->val, o->loss, o->loss_user, NULL, &e.val_loss, &e.val_accuracy);
+            if (s != KILN_OK) {
+                snprintf(where, sizeof where, "%s: epoch %d/%d, validation", op, epoch, o->epochs);
+                error_prefix(ctx, where);
+                break;
+            }
+        }
+        if (o->sched && (s = kiln_lr_sched_step(o->sched)) != KILN_OK) {
+            snprintf(where, sizeof where, "%s: epoch %d/%d, lr scheduler", op, epoch, o->epochs);
+            error_prefix(ctx, where);
+            break;
+        }
+        e.seconds = (kiln__now_ms() - t0) / 1000;
+        hist[epoch - 1] = e;
+        if (epoch <= o->history_cap) o->history[epoch - 1] = e;
+        r.epochs_run = epoch;
+        r.last = e;
+        if (o->progress) progress_epoch(tty, &e, o->epochs, nbat);
+
+        /* best model and early stopping */
+        bool stop = false;
+        if (o->val) {
+            double v = higher ? e.val_accuracy : e.val_loss;
+            bool better = !isnan(v) && (r.best_epoch == 0 || (higher ? v > r.best_metric : v < r.best_metric));
+            if (better) {
+                r.best_epoch = epoch;
+                r.best_metric = v;
+                wait = 0;
+                if (o->restore_best && (s = snapshot_take(&best, m)) != KILN_OK) {
+                    snprintf(where, sizeof where, "%s: epoch %d/%d, best-model snapshot", op, epoch, o->epochs);
+                    error_prefix(ctx, where);
+                    break;
+                }
+                if (o->best_path) {
+                    char desc[160];
+                    snprintf(desc, sizeof desc, "kiln_fit best model: epoch %d, %s %.6g", epoch,
+                             monitor_name(o->monitor), v);
+                    if ((s = kiln_module_save(m, o->best_path, desc)) != KILN_OK) {
+                        snprintf(where, sizeof where, "%s: epoch %d/%d, saving the best model", op, epoch, o->epochs);
+                        error_prefix(ctx, where);
+                        break;
+                    }
+                }
+            } else if (o->patience > 0 && ++wait >= o->patience) {
+                stop = true;
+            }
+        }
+        /* the log and the plot: host files, context-less errors moved into the context */
+        if (o->metrics_csv && kiln_metrics_csv_append(o->metrics_csv, &e) != KILN_OK) {
+            s = kiln__fail(ctx, KILN_ERR_IO, "%s: epoch %d/%d: %s", op, epoch, o->epochs, kiln_last_error());
+            break;
+        }
+        if (o->plot_path && kiln_plot_history(o->plot_path, hist, epoch, "training history") != KILN_OK) {
+            s = kiln__fail(ctx, KILN_ERR_IO, "%s: epoch %d/%d: %s", op, epoch, o->epochs, kiln_last_error());
+            break;
+        }
+        if (stop) {
+            r.stopped_early = true;
+            if (o->progress)
+                fprintf(stderr, "early stopping: %s did not improve for %d epochs; best epoch %d (%.4f)\n",
+                        monitor_name(o->monitor), o->patience, r.best_epoch, r.best_metric);
+            break;
+        }
+    }
+    if (s == KILN_OK && o->restore_best && best.taken && r.best_epoch != r.epochs_run) {
+        s = snapshot_restore(&best, m);
+        if (s != KILN_OK) {
+            error_prefix(ctx, "kiln_fit: restoring the best model");
+        } else if (o->progress) {
+            fprintf(stderr, "restored the weights of epoch %d (%s %.4f)\n", r.best_epoch, monitor_name(o->monitor),
+                    r.best_metric);
+        }
+    }
+    if (tty && s != KILN_OK) fputc('\n', stderr); /* leave the bar's line */
+    snapshot_free(&best);
+    tally_free(&t);
+    free(params);
+    free(hist);
+    kiln_module_train(m, was_training);
+    kiln_set_grad_enabled(ctx, grad);
+    if (result) *result = r;
+    return s;
+}
