@@ -1,0 +1,43 @@
+/* examples/cnn_fashion.c - a convolutional network on Fashion-MNIST, PyTorch's MNIST
+ * example network: conv(1,32,3)-ReLU-conv(32,64,3)-ReLU-maxpool2-dropout(.25)-flatten-
+ * linear(9216,128)-ReLU-dropout(.5)-linear(128,10), SGD lr 0.01 momentum 0.9, batch 64,
+ * inputs x/255 shuffled each epoch: the recipe of bench/torch_ref.py's "cnn". Its layers
+ * are named as that PyTorch class's attributes (conv1, conv2, fc1, fc2), so a checkpoint
+ * saved here loads into it and back (tools/kiln_torch.py).
+ *
+ *   build/examples/cnn_fashion [--epochs N] [--batch N] [--lr X] [--optimizer sgd|adam] ...
+ *   build/examples/cnn_fashion --load model.safetensors --epochs 0    # evaluate only
+ *
+ * The last line printed is "test_accuracy=0.XXXX".
+ */
+#include "common.h"
+
+static kiln_module *build_cnn(kiln_ctx *ctx) {
+    kiln_module *net = kiln_nn_sequential(ctx, 11, (kiln_module *[]){
+        kiln_nn_conv2d(ctx, 1, 32, 3, 3, NULL, true),     // (B, 1, 28, 28) -> (B, 32, 26, 26)
+        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+        kiln_nn_conv2d(ctx, 32, 64, 3, 3, NULL, true),    // (B, 64, 24, 24)
+        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+        kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}}), // (B, 64, 12, 12)
+        kiln_nn_dropout(ctx, 0.25f),
+        kiln_nn_flatten(ctx, 1, -1),                      // (B, 9216)
+        kiln_nn_linear(ctx, 9216, 128, true),             // (B, 128)
+        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+        kiln_nn_dropout(ctx, 0.5f),
+        kiln_nn_linear(ctx, 128, 10, true)});             // (B, 10) logits
+    static const char *const names[] = {"conv1", "relu1", "conv2", "relu2", "pool", "drop1",
+                                        "flatten", "fc1", "relu3", "drop2", "fc2"};
+    for (int i = 0; net && i < 11; i++) kiln_module_set_child_name(net, i, names[i]);
+    return net;
+}
+
+int main(int argc, char **argv) {
+    ex_classifier spec = {
+        .prog = "cnn_fashion",
+        .what = "trains a two-convolution network on Fashion-MNIST and evaluates it on the test set",
+        .build = build_cnn,
+        .defaults = {.epochs = 3, .batch = 64, .lr = NAN, .momentum = 0.9, .optimizer = "sgd", .seed = 1,
+                     .progress = true, .eval_batch = 250},
+    };
+    return ex_classifier_main(argc, argv, &spec);
+}
