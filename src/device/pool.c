@@ -1,8 +1,27 @@
 /* src/device/pool.c - the size-bucketed caching allocator of device buffers. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../kiln_internal.h"
+
+/* KILN_MEMCHECK=1: buffers for device memory checkers (scripts/test --oclgrind): each of
+ * exactly the size asked for, so an access past the end of a tensor is outside its buffer
+ * (a bucket would hide it); written once with zeros when created, so that a checker that
+ * tracks initialisation from host writes (Oclgrind 21.10 keeps the state of a released
+ * buffer for the next one it creates) starts each buffer from its true size; released to
+ * the device when freed instead of cached. Read once per process. */
+static bool memcheck(void) {
+    static atomic_int v = -1;
+    int x = atomic_load(&v);
+    if (x < 0) {
+        const char *e = getenv("KILN_MEMCHECK");
+        x = e && *e && strcmp(e, "0") != 0;
+        atomic_store(&v, x);
+    }
+    return x;
+}
 
 size_t kiln__pool_bucket(size_t bytes) {
     /* Four buckets per power of two: at most 25% waste, and a training step's repeated
@@ -59,12 +78,22 @@ static cl_int try_create(kiln_ctx *ctx, size_t bytes, cl_mem *out) {
     if (p->limit && p->in_use + p->cached + bytes > p->limit) return CL_MEM_OBJECT_ALLOCATION_FAILURE;
     cl_int err;
     *out = clCreateBuffer(ctx->context, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    if (*out && memcheck()) {
+        void *zeros = calloc(1, bytes);
+        err = zeros ? clEnqueueWriteBuffer(ctx->queue, *out, CL_TRUE, 0, bytes, zeros, 0, NULL, NULL)
+                    : CL_OUT_OF_HOST_MEMORY;
+        free(zeros);
+        if (err != CL_SUCCESS) {
+            clReleaseMemObject(*out);
+            *out = NULL;
+        }
+    }
     return *out ? CL_SUCCESS : err;
 }
 
 cl_mem kiln__pool_alloc(kiln_ctx *ctx, size_t bytes, size_t *got, const char *op) {
     kiln__pool *p = &ctx->pool;
-    size_t b = kiln__pool_bucket(bytes ? bytes : 1);
+    size_t b = memcheck() ? (bytes ? bytes : 1) : kiln__pool_bucket(bytes ? bytes : 1);
     p->allocs++;
     if (p->fail_countdown > 0 && --p->fail_countdown == 0) {
         oom(ctx, op, b, "injected failure (kiln__pool_fail_after)");
@@ -108,6 +137,10 @@ cl_mem kiln__pool_alloc(kiln_ctx *ctx, size_t bytes, size_t *got, const char *op
 void kiln__pool_release(kiln_ctx *ctx, cl_mem mem, size_t bucket_bytes) {
     kiln__pool *p = &ctx->pool;
     p->in_use -= bucket_bytes;
+    if (memcheck()) {
+        clReleaseMemObject(mem);
+        return;
+    }
     if (p->nfree == p->capfree) {
         size_t cap = p->capfree ? p->capfree * 2 : 64;
         kiln__free_buf *grown = realloc(p->free, cap * sizeof *grown);

@@ -1,0 +1,274 @@
+/* tests/test_faults.c - faults in the middle of training are errors, not crashes, and
+ * training goes on once the cause is gone:
+ *   - the device refuses an allocation (kiln__pool_fail_after), at every allocation of a
+ *     training step in turn: the step fails with KILN_ERR_OUT_OF_MEMORY, leaves no tensor
+ *     and no pool buffer behind, and the next step succeeds;
+ *   - a kernel program fails to build half-way through training (its source replaced by a
+ *     broken one, the caches emptied): KILN_ERR_BUILD with the build log, the model
+ *     untouched, and the next step succeeds once the source is back;
+ *   - KILN_CHECK_NUMERICS=1 in the environment names the first op of a step that made a
+ *     NaN or Inf. */
+#define _POSIX_C_SOURCE 200809L
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "device/kernels_embedded.h"
+#include "small_cnn.h"
+
+#define CAP 4096
+
+/* CHECK that also clears `ok` when the condition fails. */
+#define CHECK_ACC(ok, cond, ...)   \
+    do {                           \
+        bool c_ = (cond);          \
+        CHECK(c_, __VA_ARGS__);    \
+        ok = ok && c_;             \
+    } while (0)
+
+static bool warm_up(cnn *m, int steps) {
+    for (int s = 0; s < steps; s++) {
+        float l;
+        if (cnn_step(m, s, &l) != KILN_OK || !isfinite(l)) {
+            CHECK(0, "warm-up step %d: %s", s, kiln_error_message(m->ctx));
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Every allocation of a step fails in turn. */
+static void test_alloc_failures(kiln_ctx *ctx) {
+    cnn m;
+    if (!cnn_build(&m, ctx, 7)) {
+        CHECK(0, "build: %s", kiln_error_message(ctx));
+        cnn_free(&m);
+        return;
+    }
+    if (!warm_up(&m, 2)) { /* programs built, optimizer state allocated */
+        cnn_free(&m);
+        return;
+    }
+    kiln_pool_stats p0, p1;
+    kiln_pool_stats_get(ctx, &p0);
+    float l;
+    CHECK(cnn_step(&m, 2, &l) == KILN_OK, "step: %s", kiln_error_message(ctx));
+    kiln_pool_stats_get(ctx, &p1);
+    int64_t per_step = (int64_t)(p1.allocs - p0.allocs);
+    CHECK(per_step > 10, "a step allocates (%lld allocations)", (long long)per_step);
+
+    int tried = 0, clean = 0;
+    for (int64_t nth = 1; nth <= per_step; nth++) {
+        int64_t tensors = kiln_tensor_count(ctx);
+        kiln_pool_stats before, after;
+        kiln_pool_stats_get(ctx, &before);
+        kiln__pool_fail_after(ctx, nth);
+        kiln_status s = cnn_step(&m, 3, &l);
+        kiln__pool_fail_after(ctx, 0);
+        kiln_pool_stats_get(ctx, &after);
+        tried++;
+        bool ok = true;
+        CHECK_ACC(ok, s == KILN_ERR_OUT_OF_MEMORY, "allocation %lld of %lld failing: status %s: %s", (long long)nth,
+                      (long long)per_step, kiln_status_name(s), kiln_error_message(ctx));
+        CHECK_ACC(ok, strstr(kiln_error_message(ctx), "injected failure") != NULL,
+                      "allocation %lld: the message is the allocation's: %s", (long long)nth, kiln_error_message(ctx));
+        CHECK_ACC(ok, isnan(l), "allocation %lld: a failed step reports no loss", (long long)nth);
+        CHECK_ACC(ok, kiln_tensor_count(ctx) == tensors, "allocation %lld: %lld tensors leaked", (long long)nth,
+                      (long long)(kiln_tensor_count(ctx) - tensors));
+        CHECK_ACC(ok, after.in_use_bytes == before.in_use_bytes, "allocation %lld: %lld pool bytes still in use",
+                      (long long)nth, (long long)(after.in_use_bytes - before.in_use_bytes));
+        kiln_error_clear(ctx);
+        /* memory is back: the next step trains */
+        s = cnn_step(&m, 4, &l);
+        CHECK_ACC(ok, s == KILN_OK && isfinite(l), "allocation %lld: the step after the failure: %s", (long long)nth,
+                      kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        clean += ok;
+    }
+    fprintf(stderr, "%s: %d of %d allocation failure points clean (%lld allocations per step)\n",
+            kiln_ctx_device(ctx)->name, clean, tried, (long long)per_step);
+    cnn_free(&m);
+    CHECK_OK(ctx);
+}
+
+/* The first step of a fresh model also allocates the optimizer's state: every allocation
+ * of it fails in turn, in a new model each time; whatever the failed step made is freed
+ * with the model, and the model trains on. */
+static void test_first_step_failures(kiln_ctx *ctx) {
+    int64_t base = kiln_tensor_count(ctx);
+    kiln_pool_stats pb, p0, p1;
+    kiln_pool_stats_get(ctx, &pb);
+    cnn m;
+    if (!cnn_build(&m, ctx, 5)) {
+        CHECK(0, "build: %s", kiln_error_message(ctx));
+        cnn_free(&m);
+        return;
+    }
+    kiln_pool_stats_get(ctx, &p0);
+    float l;
+    CHECK(cnn_step(&m, 0, &l) == KILN_OK, "first step: %s", kiln_error_message(ctx));
+    kiln_pool_stats_get(ctx, &p1);
+    cnn_free(&m);
+    int64_t first = (int64_t)(p1.allocs - p0.allocs);
+    int clean = 0;
+    for (int64_t nth = 1; nth <= first; nth++) {
+        if (!cnn_build(&m, ctx, 5)) {
+            CHECK(0, "build: %s", kiln_error_message(ctx));
+            cnn_free(&m);
+            return;
+        }
+        kiln__pool_fail_after(ctx, nth);
+        kiln_status s = cnn_step(&m, 0, &l);
+        kiln__pool_fail_after(ctx, 0);
+        bool ok = true;
+        CHECK_ACC(ok, s == KILN_ERR_OUT_OF_MEMORY, "first step, allocation %lld failing: %s: %s", (long long)nth,
+                  kiln_status_name(s), kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        s = cnn_step(&m, 1, &l);
+        CHECK_ACC(ok, s == KILN_OK && isfinite(l), "first step, allocation %lld: the next step: %s", (long long)nth,
+                  kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        cnn_free(&m);
+        CHECK_ACC(ok, kiln_tensor_count(ctx) == base, "first step, allocation %lld: %lld tensors outlive the model",
+                  (long long)nth, (long long)(kiln_tensor_count(ctx) - base));
+        clean += ok;
+    }
+    kiln_pool_stats_get(ctx, &p1);
+    CHECK(p1.in_use_bytes == pb.in_use_bytes, "%lld pool bytes still in use after the models are freed",
+          (long long)(p1.in_use_bytes - pb.in_use_bytes));
+    fprintf(stderr, "%s: %d of %lld first-step allocation failure points clean\n", kiln_ctx_device(ctx)->name, clean,
+            (long long)first);
+}
+
+/* Writes every embedded kernel source into dir, `broken` replaced by code that does not
+ * compile. */
+static bool write_sources(const char *dir, const char *broken) {
+    for (size_t i = 0; i < kiln__n_embedded_sources; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s.cl", dir, kiln__embedded_sources[i].name);
+        FILE *f = fopen(path, "wb");
+        if (!f) return false;
+        if (strcmp(kiln__embedded_sources[i].name, broken) == 0)
+            fputs("kernel void broken(global float *x) { x[0] = no_such_identifier_k4; }\n", f);
+        else
+            fwrite(kiln__embedded_sources[i].data, 1, kiln__embedded_sources[i].len, f);
+        if (fclose(f) != 0) return false;
+    }
+    return true;
+}
+
+static void remove_sources(const char *dir) {
+    for (size_t i = 0; i < kiln__n_embedded_sources; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s.cl", dir, kiln__embedded_sources[i].name);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+/* A program that stops building half-way through training. */
+static void test_build_failure(kiln_ctx *ctx) {
+    cnn m;
+    if (!cnn_build(&m, ctx, 11)) {
+        CHECK(0, "build: %s", kiln_error_message(ctx));
+        cnn_free(&m);
+        return;
+    }
+    if (!warm_up(&m, 2)) {
+        cnn_free(&m);
+        return;
+    }
+    char dir[] = "/tmp/kiln-test-faults-XXXXXX";
+    if (!mkdtemp(dir) || !write_sources(dir, "norm")) {
+        CHECK(0, "cannot write kernel sources to %s", dir);
+        cnn_free(&m);
+        return;
+    }
+    static uint32_t s0[CAP], s1[CAP];
+    int64_t n0 = cnn_state(&m, s0, CAP);
+    int64_t tensors = kiln_tensor_count(ctx);
+    kiln_pool_stats before, after;
+    kiln_pool_stats_get(ctx, &before);
+
+    /* From here on programs come from dir, rebuilt: batch norm's does not compile. */
+    kiln_sync(ctx);
+    kiln__programs_destroy(ctx);
+    bool disk = ctx->disk_cache;
+    ctx->disk_cache = false;
+    snprintf(ctx->kernel_dir, sizeof ctx->kernel_dir, "%s", dir);
+    float l;
+    kiln_status s = cnn_step(&m, 2, &l);
+    kiln_pool_stats_get(ctx, &after);
+    CHECK(s == KILN_ERR_BUILD, "a broken program mid-training: %s: %s", kiln_status_name(s), kiln_error_message(ctx));
+    CHECK(strstr(kiln_error_message(ctx), "norm") && strstr(kiln_error_message(ctx), "no_such_identifier_k4"),
+          "the error names the program and holds the build log: %s", kiln_error_message(ctx));
+    CHECK(isnan(l), "no loss from the failed step");
+    CHECK(kiln_tensor_count(ctx) == tensors, "%lld tensors leaked", (long long)(kiln_tensor_count(ctx) - tensors));
+    CHECK(after.in_use_bytes == before.in_use_bytes, "%lld pool bytes leaked",
+          (long long)(after.in_use_bytes - before.in_use_bytes));
+    kiln_error_clear(ctx);
+    int64_t n1 = cnn_state(&m, s1, CAP);
+    CHECK(n0 > 0 && n0 == n1 && memcmp(s0, s1, sizeof(uint32_t) * (size_t)n0) == 0,
+          "the failed step left the weights and running statistics as they were");
+
+    /* the source is fixed: training goes on */
+    ctx->kernel_dir[0] = '\0';
+    ctx->disk_cache = disk;
+    s = cnn_step(&m, 3, &l);
+    CHECK(s == KILN_OK && isfinite(l), "the step after the build failure: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    remove_sources(dir);
+    cnn_free(&m);
+    CHECK_OK(ctx);
+}
+
+/* KILN_CHECK_NUMERICS=1 from the environment: a NaN in a batch is reported at the first
+ * op that turns it into its output (the convolution), not at the loss. */
+static void test_numerics(kiln_ctx *ctx) {
+    char spec[16];
+    snprintf(spec, sizeof spec, "%d:%d", kiln_ctx_device(ctx)->platform_index, kiln_ctx_device(ctx)->device_index);
+    setenv("KILN_CHECK_NUMERICS", "1", 1);
+    kiln_ctx *c;
+    kiln_status s = kiln_open(&c, spec);
+    unsetenv("KILN_CHECK_NUMERICS");
+    CHECK(s == KILN_OK, "open: %s", kiln_last_error());
+    if (s != KILN_OK) return;
+    cnn m;
+    if (cnn_build(&m, c, 3) && warm_up(&m, 1)) {
+        float x[CNN_N * CNN_H * CNN_H];
+        int32_t y[CNN_N];
+        cnn_batch(0, x, y);
+        x[CNN_H * CNN_H + 5] = NAN; /* sample 1 */
+        int64_t tensors = kiln_tensor_count(c);
+        kiln_scope_begin(c);
+        kiln_tensor *xt = kiln_from_host(c, x, KILN_F32, 4, (int64_t[]){CNN_N, 1, CNN_H, CNN_H});
+        kiln_tensor *yt = kiln_from_host(c, y, KILN_I32, 1, (int64_t[]){CNN_N});
+        kiln_tensor *loss = kiln_cross_entropy(c, kiln_forward(m.net, xt), yt, KILN_MEAN);
+        const char *msg = kiln_error_message(c);
+        CHECK(loss == NULL && kiln_error_status(c) == KILN_ERR_RANGE, "a NaN input: %s", msg);
+        CHECK(strncmp(msg, "kiln_conv2d", 11) == 0 && strstr(msg, "NaN") && strstr(msg, "KILN_CHECK_NUMERICS"),
+              "the first op with a non-finite result is named: %s", msg);
+        kiln_scope_end(c);
+        kiln_error_clear(c);
+        CHECK(kiln_tensor_count(c) == tensors, "the failed forward leaked %lld tensors",
+              (long long)(kiln_tensor_count(c) - tensors));
+        float l;
+        CHECK(cnn_step(&m, 1, &l) == KILN_OK && isfinite(l), "a clean batch trains on: %s", kiln_error_message(c));
+    } else {
+        CHECK(0, "numerics model: %s", kiln_error_message(c));
+    }
+    cnn_free(&m);
+    kiln_close(c);
+}
+
+static void run(kiln_ctx *ctx) {
+    test_alloc_failures(ctx);
+    test_first_step_failures(ctx);
+    test_build_failure(ctx);
+    test_numerics(ctx);
+}
+
+int main(void) {
+    H_FOR_EACH_DEVICE(run);
+    return h_finish();
+}
