@@ -101,6 +101,60 @@ kiln_status kiln__launch2(kiln_ctx *ctx, const char *op, const char *program, co
 /* The work-group size used for 1-D launches on this device (before a kernel's own cap). */
 size_t kiln__wg_size(const kiln_ctx *ctx);
 
+/* ---- CLBlast parameters per device (src/device/tuning.c) --------------------------- */
+
+/* CLBlast's GEMM kernel sets (Xgemm, XgemmDirect, GemmRoutine, Copy, Pad, Transpose,
+ * Padtranspose) and their parameters; a set of values, each marked when present. */
+#define KILN__TUNE_KERNELS 7
+#define KILN__TUNE_MAXP 16
+typedef struct kiln__tune_set {
+    size_t v[KILN__TUNE_KERNELS][KILN__TUNE_MAXP];
+    bool has[KILN__TUNE_KERNELS][KILN__TUNE_MAXP];
+} kiln__tune_set;
+
+KILN_API const char *kiln__tune_kernel(int k);
+KILN_API int kiln__tune_nparams(int k);
+KILN_API const char *kiln__tune_param(int k, int p);
+KILN_API int kiln__tune_kernel_index(const char *name);
+KILN_API int kiln__tune_param_index(int k, const char *name);
+KILN_API void kiln__tune_set_value(kiln__tune_set *s, int k, int p, size_t v);
+KILN_API bool kiln__tune_complete(const kiln__tune_set *s, int k);
+KILN_API bool kiln__tune_any(const kiln__tune_set *s, int k);
+/* dst takes every value present in src. */
+KILN_API void kiln__tune_merge(kiln__tune_set *dst, const kiln__tune_set *src);
+/* The built-in values for a device (false, empty set when the table has none). */
+KILN_API bool kiln__tune_builtin(const kiln_device_info *info, kiln__tune_set *out);
+/* Parses "Kernel NAME=v ..." lines; with expect, "device:"/"driver:" lines must match it. */
+KILN_API kiln_status kiln__tune_parse(const char *text, kiln__tune_set *out, const kiln_device_info *expect,
+                                      char *err, size_t cap);
+KILN_API char *kiln__tune_format(const kiln__tune_set *s, char *buf, size_t cap);
+/* $KILN_CACHE_DIR/kiln-tune-<hash of device name, driver, platform>.txt */
+KILN_API kiln_status kiln__tune_path(const kiln_device_info *info, char *buf, size_t cap);
+KILN_API kiln_status kiln__tune_load(const kiln_device_info *info, const char *path, kiln__tune_set *out,
+                                     char *err, size_t cap);
+/* Writes the file atomically; its path into path. Sets kiln_last_error on failure. */
+KILN_API kiln_status kiln__tune_save(const kiln_device_info *info, const kiln__tune_set *s, const char *comment,
+                                     char *path, size_t cap);
+/* CLBlastOverrideParameters for every kernel set present in s (each must be complete). */
+KILN_API kiln_status kiln__tune_apply(kiln_ctx *ctx, const kiln__tune_set *s);
+/* "on", "builtin" or "off" from $KILN_TUNE. */
+KILN_API const char *kiln__tune_mode(void);
+/* kiln_open's step: built-in table, then the stored file, applied; never fails. Returns
+ * where the parameters came from; *applied (optional) gets them. */
+KILN_API const char *kiln__tune_open(kiln_ctx *ctx, kiln__tune_set *applied);
+/* What the last kiln__tune_open applied ("built-in table", "stored by kiln tune", ...). */
+KILN_API const char *kiln__tune_source(void);
+/* Row-major C = alpha op(A) op(B) + beta C through CLBlast, enqueued on ctx's queue with no
+ * event; batch > 1 is strided-batched (strides in elements). Picks the operand order and,
+ * where kiln set CLBlast's parameters, the kernel (direct or indirect) that run fastest on
+ * the device. Returns CLBlast's status code (0 = success). */
+int kiln__sgemm(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t aoff,
+                size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta, cl_mem c,
+                size_t coff, size_t ldc, size_t cstride, size_t batch);
+/* Turns kiln__sgemm's per-call choice between CLBlast's direct and indirect kernels on
+ * (default) or off (kiln tune measures each kernel as the parameters force it). */
+KILN_API void kiln__sgemm_routing(bool on);
+
 /* ---- context ------------------------------------------------------------------------ */
 
 struct kiln_tensor;

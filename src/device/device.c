@@ -308,6 +308,8 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
     ctx->grad_enabled = true;
     const char *num = getenv("KILN_CHECK_NUMERICS");
     ctx->check_numerics = num && *num && strcmp(num, "0") != 0;
+    /* CLBlast compiles GEMM with the parameters current at its first call: set them now. */
+    kiln__tune_open(ctx, NULL);
     atomic_fetch_add(&open_contexts, 1);
     *out = ctx;
     kiln__log(2, "opened %d:%d %s (%s)", f.info.platform_index, f.info.device_index, f.info.name,

@@ -54,12 +54,15 @@ static int64_t chunk_budget = CHUNK_BUDGET;
 /* The weight gradient's long inner dim (images x pixels) is split into parts that one
  * batched GEMM computes and a kernel sums after: a weight gradient is a small matrix
  * (32 x 9 for the reference CNN's first layer) that a GEMM tiles into very few
- * work-groups, leaving cores idle. One part per compute unit, each at least split_min_k
- * long, at most SPLIT_MAX. (With CLBlast's default parameters on POCL this changes
- * nothing; with XgemmDirect tuned for the CPU, 2 parts made the first layer's weight
- * gradient 2x and the second's 15% faster in a trial.) */
+ * work-groups, leaving cores idle. Up to SPLIT_PER_UNIT parts per compute unit, each at
+ * least split_min_k long, at most SPLIT_MAX. (With CLBlast's default parameters on POCL
+ * this changes nothing; with XgemmDirect tuned for the CPU, 2 parts made the first layer's
+ * weight gradient 2x and the second's 15% faster in a trial; with kiln's CPU table, whose
+ * indirect kernel tiles 64 x 64, 8 parts instead of 2 took another 20% off conv(32, 64,
+ * 3)'s backward, CPU time 198-222 -> 162-168 ms under load, kiln bench ops.) */
 #define SPLIT_MIN_K 4096
 #define SPLIT_MAX 16
+#define SPLIT_PER_UNIT 4
 static int64_t split_min_k = SPLIT_MIN_K;
 
 /* Test hook (tests/test_conv.c declares it): a smaller chunk budget forces several chunks,
@@ -94,20 +97,10 @@ static gmat gm(kiln_tensor *t, size_t off, size_t ld, size_t stride, bool trans)
 /* C = op(A) op(B) (+ beta C) for `batch` matrices; row-major; enqueued only. */
 static kiln_status gemm(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, gmat a, gmat b, float beta, gmat c,
                         size_t batch) {
-    CLBlastTranspose ta = a.trans ? CLBlastTransposeYes : CLBlastTransposeNo;
-    CLBlastTranspose tb = b.trans ? CLBlastTransposeYes : CLBlastTransposeNo;
-    CLBlastStatusCode s;
-    const char *routine;
-    if (batch == 1) {
-        routine = "CLBlastSgemm";
-        s = CLBlastSgemm(CLBlastLayoutRowMajor, ta, tb, m, n, k, 1.0f, a.mem, a.off, a.ld, b.mem, b.off, b.ld, beta,
-                         c.mem, c.off, c.ld, &ctx->queue, NULL);
-    } else {
-        routine = "CLBlastSgemmStridedBatched";
-        s = CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, ta, tb, m, n, k, 1.0f, a.mem, a.off, a.ld, a.stride,
-                                       b.mem, b.off, b.ld, b.stride, beta, c.mem, c.off, c.ld, c.stride, batch,
-                                       &ctx->queue, NULL);
-    }
+    const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
+    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(ctx, a.trans, b.trans, m, n, k, 1.0f, a.mem, a.off, a.ld,
+                                                         a.stride, b.mem, b.off, b.ld, b.stride, beta, c.mem, c.off,
+                                                         c.ld, c.stride, batch);
     if (s == CLBlastSuccess) return KILN_OK;
     /* CLBlast's codes above -1000 are OpenCL's own. */
     if (s > -1000)
@@ -296,7 +289,7 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
     /* Split-K parts of the weight gradient (groups already give a batch of their own); the
      * parts of every chunk have the length of the first chunk's. */
     int64_t nsplit = dw && g->groups == 1 ? nb * hw / split_min_k : 1;
-    if (nsplit > (int64_t)ctx->info.compute_units) nsplit = ctx->info.compute_units;
+    if (nsplit > SPLIT_PER_UNIT * (int64_t)ctx->info.compute_units) nsplit = SPLIT_PER_UNIT * ctx->info.compute_units;
     if (nsplit > SPLIT_MAX) nsplit = SPLIT_MAX;
     if (nsplit > 1 && !(part = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nsplit * g->cout * kg}))) {
         s = ctx->err;

@@ -142,27 +142,16 @@ static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const ch
                       routine, m, n, k, batch, sa, sb, mc->ctx->info.name, clblast_name(s), (int)s);
 }
 
-static CLBlastTranspose tflag(bool t) { return t ? CLBlastTransposeYes : CLBlastTransposeNo; }
-
 /* C[batch] = op(A) op(B) for `batch` matrices at element offsets aoff + i*astride, ...;
  * one SGEMM when batch is 1, else one strided-batched SGEMM. Enqueued only: no event is
  * asked for (CLBlast accepts NULL) and nothing waits. */
 static kiln_status gemm(const mm_call *mc, const operand *a, const operand *b, cl_mem c, size_t m, size_t n, size_t k,
                         size_t lda, size_t aoff, size_t astride, size_t boff, size_t bstride, size_t coff,
                         size_t batch) {
-    kiln_ctx *ctx = mc->ctx;
-    CLBlastStatusCode s;
-    const char *routine;
-    if (batch == 1) {
-        routine = "CLBlastSgemm";
-        s = CLBlastSgemm(CLBlastLayoutRowMajor, tflag(a->trans), tflag(b->trans), m, n, k, 1.0f, a->t->st->mem, aoff,
-                         lda, b->t->st->mem, boff, (size_t)b->ld, 0.0f, c, coff, n, &ctx->queue, NULL);
-    } else {
-        routine = "CLBlastSgemmStridedBatched";
-        s = CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, tflag(a->trans), tflag(b->trans), m, n, k, 1.0f,
-                                       a->t->st->mem, aoff, lda, astride, b->t->st->mem, boff, (size_t)b->ld, bstride,
-                                       0.0f, c, coff, n, m * n, batch, &ctx->queue, NULL);
-    }
+    const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
+    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(mc->ctx, a->trans, b->trans, m, n, k, 1.0f, a->t->st->mem,
+                                                         aoff, lda, astride, b->t->st->mem, boff, (size_t)b->ld,
+                                                         bstride, 0.0f, c, coff, n, m * n, batch);
     return s == CLBlastSuccess ? KILN_OK : clblast_fail(mc, s, routine, m, n, k, batch);
 }
 
