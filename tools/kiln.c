@@ -5,6 +5,10 @@
 
 #include <kiln/kiln.h>
 
+#include "bench.h"
+#include "ops.h"
+#include "tune.h"
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: kiln <command> [options]\n"
@@ -13,13 +17,19 @@ static void usage(FILE *f) {
             "  devices [--json]     list every OpenCL platform and device; '*' marks the default\n"
             "  cache info           where the kernel disk cache is, how many files and bytes\n"
             "  cache clear          remove kiln's files from the kernel disk cache\n"
+            "  ops [--json] [--device SPEC]\n"
+            "                       every op: backward, test references, PyTorch golden test, smoke run per device\n"
+            "  bench gemm|train|startup|ops [--json] [options]\n"
+            "                       GEMM against OpenBLAS, training steps, start-up, per-op times (bench --help)\n"
+            "  tune [--quick]       search CLBlast's GEMM parameters for the device and store the best\n"
             "  version              print kiln's version\n"
             "\n"
             "environment:\n"
             "  KILN_DEVICE          device to open: gpu, cpu, P:D, or part of a device/platform name\n"
             "  KILN_CACHE_DIR       kernel cache directory (default $XDG_CACHE_HOME/kiln or ~/.cache/kiln)\n"
             "  KILN_CACHE=off       disable the kernel disk cache\n"
-            "  KILN_LOG=1           log to stderr\n");
+            "  KILN_LOG=1           log to stderr\n"
+            "  KILN_TUNE=off        use CLBlast's own parameters (builtin: ignore what kiln tune stored)\n");
 }
 
 /* Writes s as a JSON string literal. */
@@ -137,6 +147,9 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "devices") == 0) return cmd_devices(argc - 2, argv + 2);
     if (strcmp(argv[1], "cache") == 0) return cmd_cache(argc - 2, argv + 2);
+    if (strcmp(argv[1], "ops") == 0) return kiln_cmd_ops(argc - 2, argv + 2);
+    if (strcmp(argv[1], "bench") == 0) return kiln_cmd_bench(argc - 2, argv + 2);
+    if (strcmp(argv[1], "tune") == 0) return kiln_cmd_tune(argc - 2, argv + 2);
     if (strcmp(argv[1], "version") == 0) {
         printf("kiln %s\n", KILN_VERSION_STRING);
         return 0;

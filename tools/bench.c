@@ -1,0 +1,889 @@
+/* tools/bench.c - `kiln bench`: GEMM against OpenBLAS on the same data, training steps of
+ * the reference MLP and CNN (the recipes of torch_ref.py on random data), start-up
+ * time with a cold and a warm cache, and per-op times of the reference CNN's layers.
+ *
+ * Every time is wall-clock with the device queue drained (kiln_sync) after the measured
+ * work; medians after warm-up, so a first-call compile never counts except where it is the
+ * point (start-up). Human lines by default, one JSON object per result with --json. */
+#define _GNU_SOURCE
+#include "bench.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef KILN_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+#include "kiln_internal.h" /* kiln__tune_source: what CLBlast parameters are in effect */
+
+/* ---- helpers -------------------------------------------------------------------------- */
+
+double bench_now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double bench_median(double *v, int n) {
+    if (n <= 0) return NAN;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void json_str(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+/* splitmix64: reproducible host data */
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static float rng_uniform(uint64_t *s) { return (float)(rng_next(s) >> 40) / (float)(1 << 24); }
+
+/* Options: "--name value" or "--flag". */
+typedef struct args {
+    int argc;
+    char **argv;
+    bool bad;
+} args;
+
+static const char *arg_value(args *a, const char *name) {
+    for (int i = 0; i < a->argc; i++) {
+        if (strcmp(a->argv[i], name) != 0) continue;
+        if (i + 1 >= a->argc) {
+            fprintf(stderr, "kiln bench: %s needs a value\n", name);
+            a->bad = true;
+            return NULL;
+        }
+        return a->argv[i + 1];
+    }
+    return NULL;
+}
+
+static bool arg_flag(args *a, const char *name) {
+    for (int i = 0; i < a->argc; i++)
+        if (strcmp(a->argv[i], name) == 0) return true;
+    return false;
+}
+
+static long arg_long(args *a, const char *name, long def, long lo, long hi) {
+    const char *v = arg_value(a, name);
+    if (!v) return def;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "kiln bench: %s %s: expected an integer in [%ld, %ld]\n", name, v, lo, hi);
+        a->bad = true;
+        return def;
+    }
+    return x;
+}
+
+/* Fails on any option not in `valued` (takes a value) or `flags`; --json is always known. */
+static bool args_check(args *a, const char *const *valued, const char *const *flags) {
+    for (int i = 0; i < a->argc; i++) {
+        bool ok = strcmp(a->argv[i], "--json") == 0;
+        for (int j = 0; !ok && valued && valued[j]; j++)
+            if (strcmp(a->argv[i], valued[j]) == 0) ok = true, i++;
+        for (int j = 0; !ok && flags && flags[j]; j++)
+            ok = strcmp(a->argv[i], flags[j]) == 0;
+        if (!ok) {
+            fprintf(stderr, "kiln bench: unknown option '%s'\n", a->argv[i]);
+            a->bad = true;
+            return false;
+        }
+    }
+    return true;
+}
+
+static kiln_ctx *open_ctx(const char *who) {
+    kiln_ctx *ctx;
+    if (kiln_open(&ctx, NULL) != KILN_OK) {
+        fprintf(stderr, "%s: %s\n", who, kiln_last_error());
+        return NULL;
+    }
+    return ctx;
+}
+
+static double peak_rss_mib(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; /* Linux: KiB */
+}
+
+/* ---- GEMM ----------------------------------------------------------------------------- */
+
+int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d) {
+    memset(d, 0, sizeof *d);
+    int64_t ar = s->ta ? s->k : s->m, ac = s->ta ? s->m : s->k;
+    int64_t br = s->tb ? s->n : s->k, bc = s->tb ? s->k : s->n;
+    d->ha = malloc((size_t)(ar * ac) * sizeof(float));
+    d->hb = malloc((size_t)(br * bc) * sizeof(float));
+    if (!d->ha || !d->hb) {
+        bench_gemm_data_free(d);
+        return -1;
+    }
+    uint64_t st = seed;
+    for (int64_t i = 0; i < ar * ac; i++)
+        d->ha[i] = 2.0f * rng_uniform(&st) - 1.0f;
+    for (int64_t i = 0; i < br * bc; i++)
+        d->hb[i] = 2.0f * rng_uniform(&st) - 1.0f;
+    d->a = kiln_from_host(ctx, d->ha, KILN_F32, 2, (int64_t[]){ar, ac});
+    d->b = kiln_from_host(ctx, d->hb, KILN_F32, 2, (int64_t[]){br, bc});
+    if (!d->a || !d->b) {
+        bench_gemm_data_free(d);
+        return -1;
+    }
+    return 0;
+}
+
+void bench_gemm_data_free(bench_gemm_data *d) {
+    kiln_tensor_free(d->a);
+    kiln_tensor_free(d->b);
+    free(d->ha);
+    free(d->hb);
+    memset(d, 0, sizeof *d);
+}
+
+static int gemm_flags(const bench_gemm_shape *s) { return (s->ta ? KILN_TRANS_A : 0) | (s->tb ? KILN_TRANS_B : 0); }
+
+double bench_cpu_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+double bench_gemm_kiln_ms(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gemm_data *d, int repeat, double *min_ms,
+                          double *min_cpu_ms) {
+    double *t = calloc((size_t)repeat * 2, sizeof *t), *c = t + repeat;
+    if (!t) return -1;
+    int got = 0;
+    for (int i = -1; i < repeat; i++) {
+        double c0 = bench_cpu_ms(), t0 = bench_now_ms();
+        kiln_tensor *out = kiln_matmul_ex(ctx, d->a, d->b, gemm_flags(s));
+        kiln_status st = out ? kiln_sync(ctx) : kiln_error_status(ctx);
+        double t1 = bench_now_ms(), c1 = bench_cpu_ms();
+        kiln_tensor_free(out);
+        if (st != KILN_OK) {
+            free(t);
+            return -1;
+        }
+        if (i >= 0) t[got] = t1 - t0, c[got] = c1 - c0, got++;
+    }
+    double med = bench_median(t, got);
+    bench_median(c, got);
+    if (min_ms) *min_ms = t[0];
+    if (min_cpu_ms) *min_cpu_ms = c[0];
+    free(t);
+    return med;
+}
+
+/* C = op(A) op(B) on the host in double: the reference both GEMMs are checked against. */
+static void host_gemm(const bench_gemm_shape *s, const float *a, const float *b, double *c) {
+    int64_t lda = s->ta ? s->m : s->k, ldb = s->tb ? s->k : s->n;
+    for (int64_t i = 0; i < s->m; i++) {
+        double *row = c + i * s->n;
+        for (int64_t j = 0; j < s->n; j++)
+            row[j] = 0.0;
+        for (int64_t p = 0; p < s->k; p++) {
+            double av = s->ta ? a[p * lda + i] : a[i * lda + p];
+            if (!s->tb) {
+                const float *br = b + p * ldb;
+                for (int64_t j = 0; j < s->n; j++)
+                    row[j] += av * br[j];
+            } else {
+                for (int64_t j = 0; j < s->n; j++)
+                    row[j] += av * b[j * ldb + p];
+            }
+        }
+    }
+}
+
+double bench_gemm_check(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gemm_data *d) {
+    size_t mn = (size_t)(s->m * s->n);
+    float *got = malloc(mn * sizeof *got);
+    double *ref = malloc(mn * sizeof *ref);
+    double diff = -1;
+    kiln_tensor *c = kiln_matmul_ex(ctx, d->a, d->b, gemm_flags(s));
+    if (got && ref && c && kiln_to_host(c, got, mn * sizeof *got) == KILN_OK) {
+        host_gemm(s, d->ha, d->hb, ref);
+        diff = 0;
+        for (size_t i = 0; i < mn; i++) {
+            double e = fabs((double)got[i] - ref[i]);
+            if (!(e <= diff)) diff = e; /* NaN wins */
+        }
+    }
+    kiln_tensor_free(c);
+    free(got);
+    free(ref);
+    return diff;
+}
+
+double bench_gemm_check_bound(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gemm_data *d, int nrows) {
+    size_t mn = (size_t)(s->m * s->n);
+    float *got = malloc(mn * sizeof *got);
+    double worst = INFINITY;
+    kiln_tensor *c = kiln_matmul_ex(ctx, d->a, d->b, gemm_flags(s));
+    if (got && c && kiln_to_host(c, got, mn * sizeof *got) == KILN_OK) {
+        worst = 0;
+        int64_t lda = s->ta ? s->m : s->k, ldb = s->tb ? s->k : s->n;
+        int64_t rows = nrows < s->m ? nrows : s->m;
+        for (int64_t r = 0; r < rows; r++) {
+            /* spread over M, always including the first and the last row (edge tiles) */
+            int64_t i = rows == 1 ? 0 : r * (s->m - 1) / (rows - 1);
+            for (int64_t j = 0; j < s->n; j++) {
+                double ref = 0, mag = 0;
+                for (int64_t p = 0; p < s->k; p++) {
+                    double av = s->ta ? d->ha[p * lda + i] : d->ha[i * lda + p];
+                    double bv = s->tb ? d->hb[j * ldb + p] : d->hb[p * ldb + j];
+                    ref += av * bv;
+                    mag += fabs(av * bv);
+                }
+                double bound = 2.0 * (double)s->k * (1.0 / 16777216.0) * mag + 1e-30;
+                double e = fabs((double)got[i * s->n + j] - ref) / bound;
+                if (!(e <= worst)) worst = e; /* NaN wins */
+            }
+        }
+    }
+    kiln_tensor_free(c);
+    free(got);
+    return worst;
+}
+
+#ifdef KILN_HAVE_OPENBLAS
+/* Median ms of cblas_sgemm on the same host data; *diff the largest |blas - reference|. */
+static double openblas_ms(const bench_gemm_shape *s, const bench_gemm_data *d, int repeat, float *c) {
+    double *t = calloc((size_t)repeat, sizeof *t);
+    if (!t) return -1;
+    int lda = (int)(s->ta ? s->m : s->k), ldb = (int)(s->tb ? s->k : s->n);
+    for (int i = -1; i < repeat; i++) {
+        double t0 = bench_now_ms();
+        cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, (int)s->m,
+                    (int)s->n, (int)s->k, 1.0f, d->ha, lda, d->hb, ldb, 0.0f, c, (int)s->n);
+        double t1 = bench_now_ms();
+        if (i >= 0) t[i] = t1 - t0;
+    }
+    double med = bench_median(t, repeat);
+    free(t);
+    return med;
+}
+#endif
+
+static int cmd_gemm(args *a, bool json) {
+    if (!args_check(a, (const char *const[]){"--m", "--n", "--k", "--repeat", NULL},
+                    (const char *const[]){"--trans-a", "--trans-b", "--no-check", NULL}))
+        return 2;
+    bench_gemm_shape s = {"gemm", 0, 0, 0, false, false};
+    s.m = arg_long(a, "--m", 1024, 1, 1 << 20);
+    s.n = arg_long(a, "--n", s.m, 1, 1 << 20);
+    s.k = arg_long(a, "--k", s.m, 1, 1 << 20);
+    s.ta = arg_flag(a, "--trans-a");
+    s.tb = arg_flag(a, "--trans-b");
+    int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
+    bool check = !arg_flag(a, "--no-check");
+    if (a->bad) return 2;
+    kiln_ctx *ctx = open_ctx("kiln bench gemm");
+    if (!ctx) return 1;
+    bench_gemm_data d;
+    if (bench_gemm_data_new(ctx, &s, 42, &d) != 0) {
+        fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
+        kiln_close(ctx);
+        return 1;
+    }
+    double kcpu = NAN, kms = bench_gemm_kiln_ms(ctx, &s, &d, repeat, NULL, &kcpu);
+    if (kms < 0) {
+        fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
+        bench_gemm_data_free(&d);
+        kiln_close(ctx);
+        return 1;
+    }
+    double flop = 2.0 * (double)s.m * (double)s.n * (double)s.k;
+    double kg = flop / kms / 1e6, bms = NAN, bg = NAN, kdiff = NAN, bdiff = NAN;
+#ifdef KILN_HAVE_OPENBLAS
+    float *bc = malloc((size_t)(s.m * s.n) * sizeof *bc);
+    if (bc) {
+        bms = openblas_ms(&s, &d, repeat, bc);
+        bg = flop / bms / 1e6;
+        if (check) {
+            /* kiln against OpenBLAS on the same data: both round in float, so the difference
+             * is a few ulps of sqrt(k)-sized sums, not zero */
+            size_t mn = (size_t)(s.m * s.n);
+            float *kc = malloc(mn * sizeof *kc);
+            kiln_tensor *c = kiln_matmul_ex(ctx, d.a, d.b, gemm_flags(&s));
+            if (kc && c && kiln_to_host(c, kc, mn * sizeof *kc) == KILN_OK) {
+                bdiff = 0;
+                for (size_t i = 0; i < mn; i++) {
+                    double e = fabs((double)kc[i] - (double)bc[i]);
+                    if (!(e <= bdiff)) bdiff = e;
+                }
+            }
+            kiln_tensor_free(c);
+            free(kc);
+        }
+        free(bc);
+    }
+#endif
+    if (check && s.m * s.n * s.k <= (int64_t)1 << 31) kdiff = bench_gemm_check(ctx, &s, &d);
+    const char *tn = s.ta ? (s.tb ? "TT" : "TN") : (s.tb ? "NT" : "NN");
+    if (json) {
+        printf("{\"bench\": \"gemm\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"trans_a\": %s, \"trans_b\": %s, "
+               "\"repeat\": %d, \"kiln_ms\": %.4f, \"kiln_gflops\": %.2f, \"kiln_min_cpu_ms\": %.4f",
+               (long long)s.m, (long long)s.n, (long long)s.k, s.ta ? "true" : "false", s.tb ? "true" : "false",
+               repeat, kms, kg, kcpu);
+        if (!isnan(bms)) printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f", bms, bg, kg / bg);
+        if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
+        if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g", kdiff);
+        printf(", \"tuning\": "), json_str(kiln__tune_source());
+        printf(", \"device\": "), json_str(kiln_ctx_device(ctx)->name);
+        printf("}\n");
+    } else {
+        printf("gemm %lldx%lldx%lld %s: kiln %.1f GFLOP/s (%.3f ms)", (long long)s.m, (long long)s.n, (long long)s.k,
+               tn, kg, kms);
+        if (!isnan(bms)) printf(", OpenBLAS %.1f GFLOP/s (%.3f ms), kiln/OpenBLAS %.3f", bg, bms, kg / bg);
+        else printf(" (built without OpenBLAS: no comparison)");
+        if (!isnan(bdiff)) printf(", max |kiln - OpenBLAS| %.3g", bdiff);
+        if (!isnan(kdiff)) printf(", max |kiln - fp64| %.3g", kdiff);
+        printf("  [CLBlast parameters: %s]\n", kiln__tune_source());
+    }
+    bench_gemm_data_free(&d);
+    kiln_close(ctx);
+    return 0;
+}
+
+/* ---- the reference models ------------------------------------------------------------- */
+
+typedef enum { MODEL_MLP, MODEL_CNN } model_kind;
+
+typedef struct model {
+    model_kind kind;
+    kiln_module *net;
+    kiln_optim *opt;
+    int64_t xshape[4];
+    int xnd;
+} model;
+
+static void model_free(model *m) {
+    kiln_optim_free(m->opt);
+    kiln_module_free(m->net);
+    memset(m, 0, sizeof *m);
+}
+
+/* torch_ref.py's models and optimizers. */
+static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
+    memset(m, 0, sizeof *m);
+    m->kind = kind;
+    kiln_manual_seed(ctx, 0);
+    if (kind == MODEL_MLP) {
+        m->net = kiln_nn_sequential(ctx, 5,
+                                    (kiln_module *[]){kiln_nn_linear(ctx, 784, 512, true),
+                                                      kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                                      kiln_nn_linear(ctx, 512, 256, true),
+                                                      kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                                      kiln_nn_linear(ctx, 256, 10, true)});
+        m->xnd = 2; /* x.view(-1, 784) */
+        m->xshape[0] = batch;
+        m->xshape[1] = 784;
+    } else {
+        kiln_pool2d_params pool = {.kernel = {2, 2}};
+        m->net = kiln_nn_sequential(
+            ctx, 11,
+            (kiln_module *[]){kiln_nn_conv2d(ctx, 1, 32, 3, 3, NULL, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                              kiln_nn_conv2d(ctx, 32, 64, 3, 3, NULL, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                              kiln_nn_maxpool2d(ctx, &pool), kiln_nn_dropout(ctx, 0.25f), kiln_nn_flatten(ctx, 1, -1),
+                              kiln_nn_linear(ctx, 9216, 128, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                              kiln_nn_dropout(ctx, 0.5f), kiln_nn_linear(ctx, 128, 10, true)});
+        m->xnd = 4;
+        m->xshape[0] = batch;
+        m->xshape[1] = 1;
+        m->xshape[2] = 28;
+        m->xshape[3] = 28;
+    }
+    if (!m->net) return -1;
+    kiln_tensor *params[64];
+    int np = kiln_module_parameters(m->net, params, 64);
+    if (kind == MODEL_MLP) {
+        kiln_adam_opts o = kiln_adam_defaults();
+        o.lr = 1e-3;
+        m->opt = kiln_adam(ctx, params, np, &o);
+    } else {
+        kiln_sgd_opts o = kiln_sgd_defaults(0.01);
+        o.momentum = 0.9;
+        m->opt = kiln_sgd(ctx, params, np, &o);
+    }
+    if (!m->opt) {
+        model_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* Random inputs in [0, 1) (as normalised pixels) and labels 0..9: nbatches batches. */
+typedef struct batches {
+    float *x;
+    int32_t *y;
+    int n, batch;
+    int64_t xnumel; /* per batch */
+} batches;
+
+static int batches_new(batches *b, int n, int batch, int64_t xnumel) {
+    b->n = n;
+    b->batch = batch;
+    b->xnumel = xnumel;
+    b->x = malloc((size_t)(n * xnumel) * sizeof *b->x);
+    b->y = malloc((size_t)(n * batch) * sizeof *b->y);
+    if (!b->x || !b->y) return -1;
+    uint64_t s = 1234;
+    for (int64_t i = 0; i < n * xnumel; i++)
+        b->x[i] = rng_uniform(&s);
+    for (int64_t i = 0; i < (int64_t)n * batch; i++)
+        b->y[i] = (int32_t)(rng_next(&s) % 10);
+    return 0;
+}
+
+static void batches_free(batches *b) {
+    free(b->x);
+    free(b->y);
+}
+
+/* One training step: forward, cross-entropy, zero_grad, backward, optimizer step, and the
+ * loss read back (the step's one sync point, as a training loop has). */
+static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, float *loss_out) {
+    int j = i % b->n;
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
+    kiln_tensor *y = kiln_from_host(ctx, b->y + (int64_t)j * b->batch, KILN_I32, 1, (int64_t[]){b->batch});
+    kiln_tensor *loss = kiln_cross_entropy(ctx, kiln_forward(m->net, x), y, KILN_MEAN);
+    kiln_status s = loss ? KILN_OK : kiln_error_status(ctx);
+    if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
+    if (s == KILN_OK) s = kiln_backward(loss);
+    if (s == KILN_OK) s = kiln_optim_step(m->opt);
+    float l = s == KILN_OK ? kiln_item(loss) : NAN;
+    if (s == KILN_OK && kiln_error_status(ctx) != KILN_OK) s = kiln_error_status(ctx);
+    kiln_scope_end(ctx);
+    if (loss_out) *loss_out = l;
+    return s;
+}
+
+static int parse_model(args *a, model_kind *kind) {
+    const char *name = arg_value(a, "--model");
+    if (!name || strcmp(name, "mlp") == 0) *kind = MODEL_MLP;
+    else if (strcmp(name, "cnn") == 0) *kind = MODEL_CNN;
+    else {
+        fprintf(stderr, "kiln bench: --model %s: expected mlp or cnn\n", name);
+        return -1;
+    }
+    return 0;
+}
+
+static int cmd_train(args *a, bool json) {
+    if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", NULL}, NULL)) return 2;
+    model_kind kind;
+    if (parse_model(a, &kind) != 0) return 2;
+    int batch = (int)arg_long(a, "--batch", 64, 1, 1 << 16);
+    int steps = (int)arg_long(a, "--steps", kind == MODEL_MLP ? 200 : 60, 1, 1 << 24);
+    int warmup = (int)arg_long(a, "--warmup", 5, 0, 1 << 20);
+    if (a->bad) return 2;
+    kiln_ctx *ctx = open_ctx("kiln bench train");
+    if (!ctx) return 1;
+    model m;
+    batches b = {0};
+    int rc = 1;
+    double *t = calloc((size_t)steps, sizeof *t);
+    if (!t || model_new(ctx, kind, batch, &m) != 0) {
+        fprintf(stderr, "kiln bench train: %s\n", kiln_error_message(ctx));
+        free(t);
+        kiln_close(ctx);
+        return 1;
+    }
+    int64_t xnumel = 1;
+    for (int d = 0; d < m.xnd; d++)
+        xnumel *= m.xshape[d];
+    if (batches_new(&b, 16, batch, xnumel) != 0) {
+        fprintf(stderr, "kiln bench train: out of host memory\n");
+        goto out;
+    }
+    float first = NAN, last = NAN;
+    double cpu0 = 0;
+    for (int i = 0; i < warmup + steps; i++) {
+        if (i == warmup) cpu0 = bench_cpu_ms();
+        double t0 = bench_now_ms();
+        float l;
+        if (train_step(ctx, &m, &b, i, &l) != KILN_OK) {
+            fprintf(stderr, "kiln bench train: step %d: %s\n", i, kiln_error_message(ctx));
+            goto out;
+        }
+        double t1 = bench_now_ms();
+        if (i == 0) first = l;
+        last = l;
+        if (i >= warmup) t[i - warmup] = t1 - t0;
+    }
+    /* process CPU time per step (every thread): barely moved by other load on the cores */
+    double cpu_step = (bench_cpu_ms() - cpu0) / steps;
+    double mean = 0;
+    for (int i = 0; i < steps; i++)
+        mean += t[i] / steps;
+    double med = bench_median(t, steps);
+    kiln_pool_stats ps;
+    kiln_pool_stats_get(ctx, &ps);
+    const char *name = kind == MODEL_MLP ? "mlp" : "cnn";
+    if (json) {
+        printf("{\"bench\": \"train\", \"impl\": \"kiln\", \"model\": \"%s\", \"batch\": %d, \"steps\": %d, "
+               "\"ms_per_step\": %.3f, \"mean_ms\": %.3f, \"min_ms\": %.3f, \"cpu_ms_per_step\": %.3f, "
+               "\"samples_per_s\": %.1f, "
+               "\"peak_pool_bytes\": %llu, \"peak_rss_mib\": %.1f, \"loss_first\": %.4f, \"loss_last\": %.4f, "
+               "\"tuning\": ",
+               name, batch, steps, med, mean, t[0], cpu_step, batch * 1e3 / med, (unsigned long long)ps.peak_in_use_bytes,
+               peak_rss_mib(), first, last);
+        json_str(kiln__tune_source());
+        printf(", \"device\": "), json_str(kiln_ctx_device(ctx)->name);
+        printf("}\n");
+    } else {
+        printf("train %s batch %d: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU %.2f ms/step), "
+               "%.0f samples/s, peak pool %.1f MiB, peak RSS %.1f MiB, loss %.3f -> %.3f  [CLBlast parameters: %s]\n",
+               name, batch, med, mean, t[0], steps, cpu_step, batch * 1e3 / med, ps.peak_in_use_bytes / 1048576.0,
+               peak_rss_mib(), first, last, kiln__tune_source());
+    }
+    rc = 0;
+out:
+    batches_free(&b);
+    free(t);
+    model_free(&m);
+    kiln_close(ctx);
+    return rc;
+}
+
+/* ---- start-up ------------------------------------------------------------------------- */
+
+/* The child: open, build the MLP, one training step; prints its times as one JSON line. */
+static int startup_child(void) {
+    double t0 = bench_now_ms();
+    kiln_ctx *ctx = open_ctx("kiln bench startup");
+    if (!ctx) return 1;
+    double t_open = bench_now_ms();
+    model m;
+    batches b = {0};
+    if (model_new(ctx, MODEL_MLP, 64, &m) != 0 || batches_new(&b, 1, 64, 64 * 784) != 0) {
+        fprintf(stderr, "kiln bench startup: %s\n", kiln_error_message(ctx));
+        return 1;
+    }
+    double t_model = bench_now_ms();
+    if (train_step(ctx, &m, &b, 0, NULL) != KILN_OK) {
+        fprintf(stderr, "kiln bench startup: %s\n", kiln_error_message(ctx));
+        return 1;
+    }
+    double t_step = bench_now_ms();
+    if (train_step(ctx, &m, &b, 1, NULL) != KILN_OK) return 1;
+    double t_step2 = bench_now_ms();
+    printf("{\"open_ms\": %.1f, \"model_ms\": %.1f, \"first_step_ms\": %.1f, \"second_step_ms\": %.2f, "
+           "\"to_first_step_ms\": %.1f}\n",
+           t_open - t0, t_model - t_open, t_step - t_model, t_step2 - t_step, t_step - t0);
+    batches_free(&b);
+    model_free(&m);
+    kiln_close(ctx);
+    return 0;
+}
+
+/* Runs this executable as a startup child with the given cache dirs; fills its JSON line and
+ * the wall time from fork to exit. */
+static int startup_run(const char *kiln_dir, const char *pocl_dir, char *line, size_t cap, double *wall) {
+    int fd[2];
+    if (pipe(fd) != 0) return -1;
+    double t0 = bench_now_ms();
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        close(fd[0]);
+        dup2(fd[1], 1);
+        setenv("KILN_CACHE_DIR", kiln_dir, 1);
+        if (pocl_dir) setenv("POCL_CACHE_DIR", pocl_dir, 1);
+        execl("/proc/self/exe", "kiln", "bench", "startup", "--child", (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t used = 0;
+    ssize_t r;
+    while (used + 1 < cap && (r = read(fd[0], line + used, cap - used - 1)) > 0)
+        used += (size_t)r;
+    line[used] = '\0';
+    close(fd[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    *wall = bench_now_ms() - t0;
+    char *nl = strchr(line, '\n');
+    if (nl) *nl = '\0';
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 && line[0] == '{' ? 0 : -1;
+}
+
+static int cmd_startup(args *a, bool json) {
+    if (!args_check(a, NULL, (const char *const[]){"--child", NULL})) return 2;
+    if (arg_flag(a, "--child")) return startup_child();
+    char tmpl[] = "/tmp/kiln-bench-startup-XXXXXX";
+    if (!mkdtemp(tmpl)) {
+        perror("kiln bench startup: mkdtemp");
+        return 1;
+    }
+    char kdir[256], kdir2[256], pdir[256];
+    snprintf(kdir, sizeof kdir, "%s/kiln", tmpl);
+    snprintf(kdir2, sizeof kdir2, "%s/kiln2", tmpl);
+    snprintf(pdir, sizeof pdir, "%s/pocl", tmpl);
+    /* cold: both kiln's and POCL's (the driver's own compiled-kernel cache) empty;
+     * kiln-cold: kiln's empty, POCL's warm (a new kiln cache on a machine that ran OpenCL);
+     * warm: both filled by the runs before. */
+    struct {
+        const char *name, *kdir, *pdir;
+    } runs[] = {{"cold", kdir, pdir}, {"warm", kdir, pdir}, {"kiln-cold", kdir2, pdir}};
+    int rc = 0;
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        char line[1024];
+        double wall;
+        if (startup_run(runs[i].kdir, runs[i].pdir, line, sizeof line, &wall) != 0) {
+            fprintf(stderr, "kiln bench startup: the %s run failed: %s\n", runs[i].name, line);
+            rc = 1;
+            break;
+        }
+        if (json) {
+            printf("{\"bench\": \"startup\", \"cache\": \"%s\", \"process_wall_ms\": %.1f, %s\n", runs[i].name, wall,
+                   line + 1);
+        } else {
+            double open_ms = NAN, first = NAN, to_first = NAN;
+            const char *p;
+            if ((p = strstr(line, "\"open_ms\": "))) open_ms = atof(p + 11);
+            if ((p = strstr(line, "\"first_step_ms\": "))) first = atof(p + 17);
+            if ((p = strstr(line, "\"to_first_step_ms\": "))) to_first = atof(p + 20);
+            printf("startup %-9s: kiln_open %.0f ms, first MLP step %.0f ms, open to first step done %.0f ms, "
+                   "whole process %.0f ms\n",
+                   runs[i].name, open_ms, first, to_first, wall);
+        }
+    }
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
+    if (system(cmd) != 0) fprintf(stderr, "kiln bench startup: could not remove %s\n", tmpl);
+    return rc;
+}
+
+/* ---- per-op times --------------------------------------------------------------------- */
+
+typedef struct op_times {
+    double fwd, bwd, fwd_cpu, bwd_cpu; /* medians: wall ms, process CPU ms */
+} op_times;
+
+/*
+ * Times module mod on x: the forward, and a backward from its output with a ones seed
+ * (graph retained). The input requires grad unless it is the data, and its gradient is
+ * cleared before each backward, so a backward costs what it costs inside a training step:
+ * the layer's rule plus the copy of the input gradient into its slot (kiln__accum). The
+ * seed's copy into the output's slot is counted too (in a step, the next layer pays it).
+ * *out_keep gets the next layer's input: a leaf with the output's values.
+ */
+static int time_module(kiln_ctx *ctx, kiln_module *mod, kiln_tensor *x, int repeat, op_times *t,
+                       kiln_tensor **out_keep) {
+    double *v = calloc((size_t)repeat * 2, sizeof *v), *c = v ? v + repeat : NULL;
+    if (!v) return -1;
+    for (int i = -2; i < repeat; i++) {
+        kiln_scope_begin(ctx);
+        double c0 = bench_cpu_ms(), t0 = bench_now_ms();
+        kiln_tensor *y = kiln_forward(mod, x);
+        kiln_status s = y ? kiln_sync(ctx) : kiln_error_status(ctx);
+        double t1 = bench_now_ms(), c1 = bench_cpu_ms();
+        kiln_scope_end(ctx);
+        if (s != KILN_OK) {
+            free(v);
+            return -1;
+        }
+        if (i >= 0) v[i] = t1 - t0, c[i] = c1 - c0;
+    }
+    t->fwd = bench_median(v, repeat);
+    t->fwd_cpu = bench_median(c, repeat);
+    kiln_tensor *y = kiln_forward(mod, x); /* outside any scope: kept */
+    kiln_tensor *seed = y ? kiln_ones(ctx, kiln_tensor_ndim(y), kiln_tensor_shape(y)) : NULL;
+    if (!seed) {
+        free(v);
+        return -1;
+    }
+    t->bwd = t->bwd_cpu = NAN;
+    if (kiln_requires_grad(y)) {
+        for (int i = -2; i < repeat; i++) {
+            kiln_clear_grad(x);
+            kiln_scope_begin(ctx);
+            double c0 = bench_cpu_ms(), t0 = bench_now_ms();
+            kiln_status s = kiln_backward_ex(y, seed, true);
+            if (s == KILN_OK) s = kiln_sync(ctx);
+            double t1 = bench_now_ms(), c1 = bench_cpu_ms();
+            kiln_scope_end(ctx);
+            if (s != KILN_OK) {
+                free(v);
+                return -1;
+            }
+            if (i >= 0) v[i] = t1 - t0, c[i] = c1 - c0;
+        }
+        t->bwd = bench_median(v, repeat);
+        t->bwd_cpu = bench_median(c, repeat);
+    }
+    free(v);
+    kiln_tensor_free(seed);
+    kiln_tensor *next = kiln_clone(ctx, kiln_detach(ctx, y));
+    kiln_tensor_free(y);
+    if (!next) return -1;
+    kiln_set_requires_grad(next, true);
+    *out_keep = next;
+    return 0;
+}
+
+static int cmd_ops(args *a, bool json) {
+    if (!args_check(a, (const char *const[]){"--batch", "--repeat", NULL}, NULL)) return 2;
+    int batch = (int)arg_long(a, "--batch", 64, 1, 1 << 16);
+    int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
+    if (a->bad) return 2;
+    kiln_ctx *ctx = open_ctx("kiln bench ops");
+    if (!ctx) return 1;
+    model m;
+    if (model_new(ctx, MODEL_CNN, batch, &m) != 0) {
+        fprintf(stderr, "kiln bench ops: %s\n", kiln_error_message(ctx));
+        kiln_close(ctx);
+        return 1;
+    }
+    static const char *const names[] = {"conv1 conv(1,32,3)",
+                                        "relu1",
+                                        "conv2 conv(32,64,3)",
+                                        "relu2",
+                                        "maxpool2",
+                                        "dropout(.25)",
+                                        "flatten",
+                                        "fc1 linear(9216,128)",
+                                        "relu3",
+                                        "dropout(.5)",
+                                        "fc2 linear(128,10)"};
+    batches b = {0};
+    int rc = 1;
+    if (batches_new(&b, 1, batch, (int64_t)batch * 784) != 0) goto out;
+    kiln_tensor *x = kiln_from_host(ctx, b.x, KILN_F32, 4, m.xshape);
+    double total_f = 0, total_b = 0, total_fc = 0, total_bc = 0;
+    int nchild = kiln_module_num_children(m.net);
+    for (int i = 0; i < nchild && x; i++) {
+        op_times t;
+        kiln_tensor *next = NULL;
+        if (time_module(ctx, kiln_module_child(m.net, i), x, repeat, &t, &next) != 0) {
+            fprintf(stderr, "kiln bench ops: %s: %s\n", names[i], kiln_error_message(ctx));
+            kiln_tensor_free(x);
+            goto out;
+        }
+        kiln_tensor_free(x);
+        x = next;
+        total_f += t.fwd;
+        total_b += isnan(t.bwd) ? 0 : t.bwd;
+        total_fc += t.fwd_cpu;
+        total_bc += isnan(t.bwd_cpu) ? 0 : t.bwd_cpu;
+        if (json)
+            printf("{\"bench\": \"ops\", \"op\": \"%s\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
+                   "\"fwd_cpu_ms\": %.3f, \"bwd_cpu_ms\": %.3f}\n",
+                   names[i], batch, t.fwd, isnan(t.bwd) ? -1.0 : t.bwd, t.fwd_cpu, isnan(t.bwd_cpu) ? -1.0 : t.bwd_cpu);
+        else
+            printf("%-22s fwd %8.3f ms   bwd %8.3f ms   (CPU fwd %8.3f ms, bwd %8.3f ms)\n", names[i], t.fwd, t.bwd,
+                   t.fwd_cpu, t.bwd_cpu);
+    }
+    /* the loss and the optimizer step */
+    kiln_tensor *y = kiln_from_host(ctx, b.y, KILN_I32, 1, (int64_t[]){batch});
+    double *v = calloc((size_t)repeat, sizeof *v), *w = calloc((size_t)repeat, sizeof *w),
+           *o = calloc((size_t)repeat, sizeof *o);
+    for (int i = -2; i < repeat && x && y && v && w && o; i++) {
+        kiln_scope_begin(ctx);
+        double t0 = bench_now_ms();
+        kiln_tensor *loss = kiln_cross_entropy(ctx, x, y, KILN_MEAN);
+        kiln_status s = loss ? kiln_sync(ctx) : kiln_error_status(ctx);
+        double t1 = bench_now_ms();
+        if (s == KILN_OK) s = kiln_backward(loss);
+        if (s == KILN_OK) s = kiln_sync(ctx);
+        double t2 = bench_now_ms();
+        if (s == KILN_OK) s = kiln_optim_step(m.opt);
+        if (s == KILN_OK) s = kiln_sync(ctx);
+        double t3 = bench_now_ms();
+        kiln_scope_end(ctx);
+        if (s != KILN_OK) {
+            fprintf(stderr, "kiln bench ops: loss: %s\n", kiln_error_message(ctx));
+            break;
+        }
+        if (i >= 0) v[i] = t1 - t0, w[i] = t2 - t1, o[i] = t3 - t2;
+    }
+    if (v && w && o && kiln_error_status(ctx) == KILN_OK) {
+        double lf = bench_median(v, repeat), lb = bench_median(w, repeat), os = bench_median(o, repeat);
+        if (json) {
+            printf("{\"bench\": \"ops\", \"op\": \"cross_entropy\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f}\n",
+                   batch, lf, lb);
+            printf("{\"bench\": \"ops\", \"op\": \"sgd_step\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": -1}\n", batch,
+                   os);
+            printf("{\"bench\": \"ops\", \"op\": \"total\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
+                   "\"step_ms\": %.3f, \"layers_fwd_cpu_ms\": %.3f, \"layers_bwd_cpu_ms\": %.3f, \"tuning\": ",
+                   batch, total_f + lf, total_b + lb, os, total_fc, total_bc);
+            json_str(kiln__tune_source());
+            printf("}\n");
+        } else {
+            printf("%-22s fwd %8.3f ms   bwd %8.3f ms\n", "cross_entropy", lf, lb);
+            printf("%-22s     %8.3f ms\n", "sgd step (momentum)", os);
+            printf("%-22s fwd %8.3f ms   bwd %8.3f ms   step %.3f ms (layers' CPU fwd %.3f, bwd %.3f ms)  "
+                   "[CLBlast parameters: %s]\n",
+                   "total", total_f + lf, total_b + lb, os, total_fc, total_bc, kiln__tune_source());
+        }
+        rc = 0;
+    }
+    free(v);
+    free(w);
+    free(o);
+    kiln_tensor_free(y);
+    kiln_tensor_free(x);
+out:
+    batches_free(&b);
+    model_free(&m);
+    kiln_close(ctx);
+    return rc;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------- */
+
+static void bench_usage(FILE *f) {
+    fprintf(f, "usage: kiln bench <what> [--json] [options]\n"
+               "  gemm --m M --n N --k K [--trans-a] [--trans-b] [--repeat R] [--no-check]\n"
+               "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
+               "  train --model mlp|cnn [--batch 64] [--steps N] [--warmup 5]\n"
+               "                    training steps of torch_ref.py's models on random data\n"
+               "  startup           kiln_open to the first MLP step, cold and warm caches\n"
+               "  ops [--batch 64] [--repeat R]\n"
+               "                    forward/backward time of each layer of the reference CNN\n");
+}
+
+int kiln_cmd_bench(int argc, char **argv) {
+    if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+        bench_usage(argc < 1 ? stderr : stdout);
+        return argc < 1 ? 2 : 0;
+    }
+    args a = {argc - 1, argv + 1, false};
+    bool json = arg_flag(&a, "--json");
+    if (strcmp(argv[0], "gemm") == 0) return cmd_gemm(&a, json);
+    if (strcmp(argv[0], "train") == 0) return cmd_train(&a, json);
+    if (strcmp(argv[0], "startup") == 0) return cmd_startup(&a, json);
+    if (strcmp(argv[0], "ops") == 0) return cmd_ops(&a, json);
+    fprintf(stderr, "kiln bench: unknown benchmark '%s'\n", argv[0]);
+    bench_usage(stderr);
+    return 2;
+}
