@@ -668,7 +668,8 @@ static void test_fashion(kiln_ctx *ctx) {
         CHECK(r.last.val_accuracy >= 0.65, "test accuracy %.4f (chance 0.10)", r.last.val_accuracy);
         if (slave >= 0) {
             CHECK(strstr(out, "epoch 1/1 ") && strstr(out, "\r\033[K"), "terminal progress:\n%s", out);
-            /* the bar is drawn after the first batch, then at most ten times a second */
+            /* the bar is drawn after the first and the last batch (full: no timing involved),
+             * between them at most ten times a second */
             CHECK(strstr(out, "ETA") && strstr(out, "[#"), "a bar was drawn:\n%s", out);
             for (char *c = out; *c; c++)
                 if (*c == '\r' || *c == '\033') *c = '|';

@@ -479,7 +479,9 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
             if (s != KILN_OK) break;
             seen += B;
             double now = kiln__now_ms();
-            if (tty && (batch == 1 || now - last_draw >= 100)) { /* the first at once: it shows a slow start */
+            /* the first at once (it shows a slow start), the last (the full bar), others at most
+             * ten times a second */
+            if (tty && (batch == 1 || batch == nbat || now - last_draw >= 100)) {
                 s = tally_flush(&t);
                 if (s != KILN_OK) break;
                 now = kiln__now_ms();
