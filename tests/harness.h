@@ -163,6 +163,19 @@ static inline h_view h_contig(int ndim, const int64_t *shape) {
 }
 
 /* Element at row-major index i of the view over base. */
+/* The host view model of kiln_transpose(t, a, b) and kiln_slice(t, d, start, end, step). */
+static inline void h_view_transpose(h_view *v, int a, int b) {
+    int64_t t = v->shape[a];
+    v->shape[a] = v->shape[b], v->shape[b] = t;
+    t = v->strides[a];
+    v->strides[a] = v->strides[b], v->strides[b] = t;
+}
+static inline void h_view_slice(h_view *v, int d, int64_t start, int64_t end, int64_t step) {
+    v->offset += start * v->strides[d];
+    v->shape[d] = (end - start + step - 1) / step;
+    v->strides[d] *= step;
+}
+
 static inline double h_at(const float *base, const h_view *v, int64_t i) {
     int64_t off = v->offset;
     for (int d = v->ndim - 1; d >= 0; d--) {

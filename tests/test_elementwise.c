@@ -74,17 +74,12 @@ static bool make_operand(kiln_ctx *ctx, const vspec *s, int gen, float lo, float
         h_view *v = &o->hv;
         if (f->kind == TF_T) {
             int a = (int)f->p[0], b = (int)f->p[1];
-            int64_t t = v->shape[a];
-            v->shape[a] = v->shape[b], v->shape[b] = t;
-            t = v->strides[a];
-            v->strides[a] = v->strides[b], v->strides[b] = t;
+            h_view_transpose(v, a, b);
             o->t = kiln_transpose(ctx, o->t, a, b);
         } else if (f->kind == TF_S) {
             int d = (int)f->p[0];
             int64_t start = f->p[1], end = f->p[2], step = f->p[3];
-            v->offset += start * v->strides[d];
-            v->shape[d] = (end - start + step - 1) / step;
-            v->strides[d] *= step;
+            h_view_slice(v, d, start, end, step);
             o->t = kiln_slice(ctx, o->t, d, start, end, step);
         } else if (f->kind == TF_E) {
             h_view e = {.ndim = (int)f->p[0], .offset = v->offset};
