@@ -1,8 +1,10 @@
 /* cl_kernels/conv.cl - the data movement around the GEMMs of 2-D convolution
- * (src/ops/conv.c): im2col (input patches to a column matrix), col2im (the columns back
- * to an image, gathering: each image element sums the column entries that touch it, in a
- * fixed order, so results are deterministic without atomics), and the permutes between
- * NCHW and [C, N, HW] that let one GEMM span every image of a chunk.
+ * (src/ops/conv.c): im2col (input patches to a column matrix) and im2col_t (the same,
+ * transposed, for the weight gradient), col2im (the columns back to an image, gathering:
+ * each image element sums the column entries that touch it, in a fixed order, so results
+ * are deterministic without atomics), the permutes between NCHW and [C, N, HW] that let
+ * one GEMM span every image of a chunk, and a direct weight gradient for kernels with few
+ * taps per output channel.
  *
  * "Input" and "output" are always those of the convolution (conv_transpose2d runs the same
  * kernels the other way round). A column matrix of a chunk of nb images holds, for group
@@ -72,10 +74,11 @@ kernel void conv_im2col(global const float *x, int xoff, int4 xs, global float *
  * over the kernel taps whose output position (oh, ow) = ((h + ph - ki*dh) / sh, ...) is a
  * whole in-range one. Tap by tap, each output position of the row receives at most one
  * entry, so the row is updated by plain loops; every element still sums its terms in the
- * order (bias, taps in row-major order): deterministic. has_bias 0 starts from 0.
+ * order (bias, taps in row-major order): deterministic. has_bias 0 starts from 0. Group gi's
+ * rows start at row gi*kgp (kgp >= kg: rows padded for the GEMM; the extra rows are unread).
  */
 kernel void conv_col2im(global const float *col, int coloff, global float *out, int outoff, global const float *bias,
-                        int boff, int has_bias, conv_geom g, int n0, int nb, int nitems) {
+                        int boff, int has_bias, conv_geom g, int kgp, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int h = q % g.h, nc = q / g.h;
@@ -84,7 +87,8 @@ kernel void conv_col2im(global const float *col, int coloff, global float *out, 
     global float *dst = out + outoff + ((n0 * g.c + nc) * g.h + h) * g.w;
     float b0 = has_bias ? bias[boff + c] : 0.0f;
     for (int w = 0; w < g.w; w++) dst[w] = b0;
-    global const float *base = col + coloff + c * kk * nb * hw + nl * hw;
+    int cg = g.c / g.groups, gi = c / cg;
+    global const float *base = col + coloff + (gi * kgp + (c - gi * cg) * kk) * nb * hw + nl * hw;
     for (int ki = 0; ki < g.kh; ki++) {
         int th = h + g.ph - ki * g.dh;
         if (th < 0) break; /* th only decreases with ki */
@@ -164,11 +168,150 @@ kernel void conv_bias_grad(global const float *src, int soff, int ld, global flo
     db[dboff + c] = accumulate ? db[dboff + c] + acc[0] : acc[0];
 }
 
-/* dst[i] = sum over s in order of part[s*n + i]: the weight gradient's split-K partials. */
-kernel void conv_sum_parts(global const float *part, int poff, int nparts, global float *dst, int doff, int nitems) {
-    int i = get_global_id(0);
-    if (i >= nitems) return;
-    float acc = part[poff + i];
-    for (int s = 1; s < nparts; s++) acc += part[poff + s * nitems + i];
-    dst[doff + i] = acc;
+/*
+ * dst[r, j] (rows of width kg) = sum over s in order of part[s][r, j], where the nparts
+ * partials are consecutive [rows, kgp] matrices (kgp >= kg: padded columns, dropped): the
+ * weight gradient's split-K partials, or one padded result (nparts 1). With has_db,
+ * db[r] = the same sum of column kg (conv_wgrad_small's bias sums). One work-item per row.
+ */
+kernel void conv_sum_parts(global const float *part, int poff, int nparts, int kg, int kgp, global float *dst,
+                           int doff, int has_db, global float *db, int dboff, int nitems) {
+    int r = get_global_id(0);
+    if (r >= nitems) return;
+    global const float *p = part + poff + r * kgp;
+    global float *d = dst + doff + r * kg;
+    int kc = has_db ? kg + 1 : kg;
+    float acc[33];
+    for (int j = 0; j < kc; j++) acc[j] = p[j];
+    for (int s = 1; s < nparts; s++) {
+        global const float *q = p + s * nitems * kgp;
+        for (int j = 0; j < kc; j++) acc[j] += q[j];
+    }
+    for (int j = 0; j < kg; j++) d[j] = acc[j];
+    if (has_db) db[dboff + r] = acc[kg];
 }
+
+/*
+ * The weight (and bias) gradient of a convolution whose kernel has few taps per output
+ * channel (kg <= 32: a first layer on 1 or 3 channels, a depthwise convolution) straight
+ * from x and gy, without columns: a GEMM tiles a 32 x 9 result into a handful of tiles
+ * padded 7x. One work-item per (output channel co, part s of the images): for images
+ * [n*s/nparts, n*(s+1)/nparts) in order, part[s][co][j] = sum of gy[n, co, oh, ow] *
+ * x[n, ci, oh*sh - ph + ki*dh, ow*sw - pw + kj*dw] over the pixels (j = (ci*kh + ki)*kw +
+ * kj, ci within co's group), and part[s][co][kg] = the sum of gy (the bias gradient). Each
+ * row's dot product runs four interleaved sums (fixed order: deterministic).
+ */
+kernel void conv_wgrad_small(global const float *x, int xoff, int4 xs, global const float *gy, int gyoff, int4 gs,
+                             global float *part, int poff, conv_geom g, int nparts, int nitems) {
+#pragma OPENCL FP_CONTRACT OFF
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int co = q % g.cout, s = q / g.cout;
+    int cg = g.c / g.groups, gi = co / (g.cout / g.groups), kk = g.kh * g.kw, kg = cg * kk;
+    float acc[33];
+    for (int j = 0; j <= kg; j++) acc[j] = 0.0f;
+    int na = g.n * s / nparts, ne = g.n * (s + 1) / nparts;
+    bool unit = gs.w == 1 && xs.w == 1 && g.sw == 1;
+    for (int n = na; n < ne; n++) {
+        for (int oh = 0; oh < g.ho; oh++) {
+            global const float *gr = gy + gyoff + n * gs.x + co * gs.y + oh * gs.z;
+            float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
+            int ow = 0;
+            for (; ow + 4 <= g.wo; ow += 4) {
+                b0 += gr[ow * gs.w];
+                b1 += gr[(ow + 1) * gs.w];
+                b2 += gr[(ow + 2) * gs.w];
+                b3 += gr[(ow + 3) * gs.w];
+            }
+            for (; ow < g.wo; ow++) b0 += gr[ow * gs.w];
+            acc[kg] += (b0 + b1) + (b2 + b3);
+            for (int ci = 0; ci < cg; ci++) {
+                global const float *xc = x + xoff + n * xs.x + (gi * cg + ci) * xs.y;
+                for (int ki = 0; ki < g.kh; ki++) {
+                    int ih = oh * g.sh - g.ph + ki * g.dh;
+                    if (ih < 0 || ih >= g.h) continue;
+                    global const float *xr = xc + ih * xs.z;
+                    for (int kj = 0; kj < g.kw; kj++) {
+                        int w0 = kj * g.dw - g.pw;
+                        int2 r = conv_range(w0, g.sw, 0, g.w, g.wo);
+                        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+                        int o = r.x;
+                        if (unit) {
+                            /* the same four sums as float4 lanes (no contraction into
+                             * fma in either form: identical results) */
+                            float4 a = (float4)(0.0f);
+                            for (; o + 4 <= r.y; o += 4) a += vload4(0, gr + o) * vload4(0, xr + o + w0);
+                            a0 = a.x;
+                            a1 = a.y;
+                            a2 = a.z;
+                            a3 = a.w;
+                        }
+                        for (; o + 4 <= r.y; o += 4) {
+                            a0 += gr[o * gs.w] * xr[(o * g.sw + w0) * xs.w];
+                            a1 += gr[(o + 1) * gs.w] * xr[((o + 1) * g.sw + w0) * xs.w];
+                            a2 += gr[(o + 2) * gs.w] * xr[((o + 2) * g.sw + w0) * xs.w];
+                            a3 += gr[(o + 3) * gs.w] * xr[((o + 3) * g.sw + w0) * xs.w];
+                        }
+                        for (; o < r.y; o++) a0 += gr[o * gs.w] * xr[(o * g.sw + w0) * xs.w];
+                        acc[(ci * g.kh + ki) * g.kw + kj] += (a0 + a1) + (a2 + a3);
+                    }
+                }
+            }
+        }
+    }
+    global float *d = part + poff + (s * g.cout + co) * (kg + 1);
+    for (int j = 0; j <= kg; j++) d[j] = acc[j];
+}
+
+/* dst [rows, kgp] = src [rows, kg] (contiguous) with zero columns kg .. kgp-1: a weight
+ * matrix padded to the GEMM's tile. One work-item per row. */
+kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, global float *dst, int doff,
+                          int nitems) {
+    int r = get_global_id(0);
+    if (r >= nitems) return;
+    global const float *s = src + soff + r * kg;
+    global float *d = dst + doff + r * kgp;
+    for (int j = 0; j < kg; j++) d[j] = s[j];
+    for (int j = kg; j < kgp; j++) d[j] = 0.0f;
+}
+
+/*
+ * The transposed column matrix of a chunk of nb images from n0: row (nl, oh, ow) holds, at
+ * column gi*kgp + (ci*kh + ki)*kw + kj, the input entry that tap (ki, kj) of channel ci of
+ * group gi sees at output pixel (oh, ow), 0 in the padding, and zeros in columns kg .. kgp-1
+ * of each group. Rows are groups*kgp long and written whole (contiguous); one work-item per
+ * output row (nl, oh). x is read through its strides xs: any view.
+ */
+kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float *col, int coloff, conv_geom g,
+                          int kgp, int n0, int nb, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int oh = q % g.ho, nl = q / g.ho;
+    int cg = g.c / g.groups, kg = cg * g.kh * g.kw, ldc = g.groups * kgp;
+    global float *dst = col + coloff + q * g.wo * ldc;
+    global const float *xn = x + xoff + (n0 + nl) * xs.x;
+    int ih0 = oh * g.sh - g.ph;
+    /* tap by tap (column j of every row): a run of zeros, a strided copy, zeros; the
+     * block being written (wo rows) stays in the core's cache */
+    for (int gi = 0; gi < g.groups; gi++) {
+        global float *d = dst + gi * kgp;
+        for (int ci = 0; ci < cg; ci++) {
+            global const float *xc = xn + (gi * cg + ci) * xs.y;
+            for (int ki = 0; ki < g.kh; ki++) {
+                int ih = ih0 + ki * g.dh;
+                bool hin = ih >= 0 && ih < g.h;
+                global const float *xr = xc + ih * xs.z;
+                for (int kj = 0; kj < g.kw; kj++, d++) {
+                    int w0 = kj * g.dw - g.pw;
+                    int2 r = hin ? conv_range(w0, g.sw, 0, g.w, g.wo) : (int2)(0, 0);
+                    for (int ow = 0; ow < r.x; ow++) d[ow * ldc] = 0.0f;
+                    for (int ow = r.x; ow < r.y; ow++) d[ow * ldc] = xr[(ow * g.sw + w0) * xs.w];
+                    for (int ow = max(r.x, r.y); ow < g.wo; ow++) d[ow * ldc] = 0.0f;
+                }
+            }
+        }
+        for (int j = kg; j < kgp; j++)
+            for (int ow = 0; ow < g.wo; ow++) d[(j - kg) + ow * ldc] = 0.0f;
+    }
+}
+

@@ -151,6 +151,11 @@ KILN_API const char *kiln__tune_source(void);
 int kiln__sgemm(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t aoff,
                 size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta, cl_mem c,
                 size_t coff, size_t ldc, size_t cstride, size_t batch);
+/* The multiple of each row-major dim (m, n, k of kiln__sgemm) at which CLBlast's indirect
+ * kernel, as kiln set it up for ctx's device, uses the operands in place instead of copying
+ * them into padded buffers first; 1 where that is not known (CLBlast's own parameters, or
+ * the row-major call order). Ops that own their operands' layout pad to these. */
+void kiln__sgemm_tiles(kiln_ctx *ctx, size_t *tm, size_t *tn, size_t *tk);
 /* Turns kiln__sgemm's per-call choice between CLBlast's direct and indirect kernels on
  * (default) or off (kiln tune measures each kernel as the parameters force it). */
 KILN_API void kiln__sgemm_routing(bool on);

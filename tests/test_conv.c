@@ -87,6 +87,12 @@ static const cspec cases[] = {
     {"weight view with bias", false, 2, 2, 6, 5, 4, 3, 2, P(1, 1, 1, 1, 1, 1, 2, 0, 0), true, V_NONE, true, false},
     {"NaN and Inf", false, 2, 2, 6, 7, 3, 3, 3, P(1, 1, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, true},
     {"many channels", false, 2, 16, 12, 12, 24, 3, 3, P(1, 1, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, false},
+    /* more than 32 taps per output channel: the weight gradient is a GEMM over transposed
+     * columns; 63 and 54 are padded to 64 where the device's GEMM tile is 64, 40 is not */
+    {"63 taps (padded rows)", false, 2, 7, 5, 6, 3, 3, 3, P(1, 1, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, false},
+    {"groups 2, 54 taps (padded rows)", false, 2, 12, 5, 4, 4, 3, 3, P(1, 1, 1, 1, 1, 1, 2, 0, 0), true, V_SLICE_W,
+     false, false},
+    {"40 taps, stride 2", false, 3, 5, 7, 9, 3, 2, 4, P(2, 1, 0, 1, 1, 1, 1, 0, 0), true, V_NONE, false, false},
     /* conv_transpose2d */
     {"T basic 3x3", true, 2, 3, 5, 5, 4, 3, 3, P1, true, V_NONE, false, false},
     {"T stride 2 pad 1 output_padding 1, batch 3", true, 3, 4, 4, 5, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 1), true,
@@ -104,6 +110,7 @@ static const cspec cases[] = {
      V_CHANNELS_LAST, true, false},
     {"T NaN and Inf", true, 2, 2, 4, 5, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, true},
     {"T many channels", true, 2, 24, 6, 6, 16, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 1), true, V_NONE, false, false},
+    {"T 63 taps (padded rows)", true, 2, 3, 4, 5, 7, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 0), true, V_NONE, false, false},
     /* one image without bias: the forward GEMM writes the output in place */
     {"batch 1, no bias, groups 2", false, 1, 4, 7, 6, 4, 3, 3, P(1, 1, 1, 1, 1, 1, 2, 0, 0), false, V_NONE, false,
      false},
@@ -397,7 +404,8 @@ static void test_table(kiln_ctx *ctx) {
  * GEMM takes another route). */
 static void test_partial_grads(kiln_ctx *ctx) {
     static const int masks[] = {1, 2, 4, 6, 5};
-    static const size_t which[] = {2, 5, 19, 21}; /* conv2d batch 3, groups 2; transposed stride 2, groups 2 */
+    /* conv2d batch 3, groups 2, 54 taps; transposed stride 2, groups 2 */
+    static const size_t which[] = {2, 5, 19, 22, 24};
     for (size_t k = 0; k < sizeof which / sizeof which[0]; k++)
         for (size_t m = 0; m < sizeof masks / sizeof masks[0]; m++) {
             if (!cases[which[k]].bias && masks[m] == 4) continue;

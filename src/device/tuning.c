@@ -484,6 +484,18 @@ static const char *tune_open(kiln_ctx *ctx, kiln__tune_set *applied) {
 
 static bool use_colmajor(void) { return gemm_colmajor; }
 
+void kiln__sgemm_tiles(kiln_ctx *ctx, size_t *tm, size_t *tn, size_t *tk) {
+    *tm = *tn = *tk = 1;
+    pthread_mutex_lock(&route_mu);
+    /* column-major form: CLBlast's m' is kiln's n (tile MWG), its n' kiln's m (NWG) */
+    if (gemm_colmajor && route.known && route.device == ctx->device) {
+        *tm = route.nwg;
+        *tn = route.mwg;
+        *tk = route.kwg;
+    }
+    pthread_mutex_unlock(&route_mu);
+}
+
 static int sgemm(kiln_ctx *ctx, bool col, CLBlastTranspose fa, CLBlastTranspose fb, size_t m, size_t n, size_t k,
                  float alpha, cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                  size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {

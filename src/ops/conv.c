@@ -12,7 +12,16 @@
  *                 d input: cols_g = W_g^T gy_g, then col2im gathers each input element's
  *                          entries in a fixed order (deterministic, no atomics), adding an
  *                          optional bias on the way (conv_transpose2d's forward);
- *                 d weight: dW_g = gy_g cols_g(x)^T; chunks accumulate (beta 1) in order.
+ *                 d weight: dW_g = gy_g colsT_g(x), from columns im2col_t writes already
+ *                          transposed ([N*HW, kg] rows), so CLBlast has no 42 MB operand to
+ *                          transpose (conv(32, 64, 3) of the reference CNN); chunks
+ *                          accumulate (beta 1) in order. Weights with few taps per output
+ *                          channel (kg <= 32: first layers, depthwise) skip the columns:
+ *                          conv_wgrad_small computes dW (and d bias) from x and gy directly.
+ *               Where the device's GEMM tile is known, kg is padded up to it (288 -> 320)
+ *               when that adds at most a quarter: CLBlast then reads and writes the column
+ *               buffers in place instead of copying them into padded ones (the input
+ *               gradient's GEMM of conv(32, 64, 3) went from 45 to 10 ms).
  *   d bias      conv2d: row sums of the permuted gy (made for the other gradients anyway);
  *               conv_transpose2d, or the bias alone: a deterministic kiln_sum over N, H, W.
  *
@@ -122,6 +131,31 @@ static cl_int4 strides4(const kiln_tensor *t) {
     return s;
 }
 
+/* Transposed columns [nb*HW, groups*kgp] of images n0 .. n0+nb-1 of x (any view) into col,
+ * each group's kg columns padded with zeros to kgp. */
+static kiln_status im2col_t(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *col, const conv_geom *g,
+                            int64_t kgp, int n0, int nb) {
+    cl_int xoff = (cl_int)x->offset, coff = (cl_int)col->offset, ckgp = (cl_int)kgp, cn0 = n0, cnb = nb;
+    cl_int4 xs = strides4(x);
+    cl_int nitems = nb * g->ho;
+    kiln__karg args[] = {KILN__ARG(x->st->mem),   KILN__ARG(xoff), KILN__ARG(xs),  KILN__ARG(col->st->mem),
+                         KILN__ARG(coff),         KILN__ARG(*g),   KILN__ARG(ckgp), KILN__ARG(cn0),
+                         KILN__ARG(cnb),          KILN__ARG(nitems)};
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_im2col_t", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 0);
+}
+
+/* dst [rows, kgp] = the contiguous [rows, kg] src with zero columns appended. */
+static kiln_status pad_cols(kiln_ctx *ctx, const char *op, kiln_tensor *src, int64_t rows, int64_t kg, int64_t kgp,
+                            kiln_tensor *dst) {
+    cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, ckg = (cl_int)kg, ckgp = (cl_int)kgp;
+    cl_int nitems = (cl_int)rows;
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(ckg),   KILN__ARG(ckgp),
+                         KILN__ARG(dst->st->mem), KILN__ARG(doff), KILN__ARG(nitems)};
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_pad_cols", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 0);
+}
+
 /* Columns of images n0 .. n0+nb-1 of x (any view) into col. */
 static kiln_status im2col(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *col, const conv_geom *g, int n0,
                           int nb) {
@@ -138,14 +172,15 @@ static kiln_status im2col(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_te
 /* Images n0 .. n0+nb-1 of out (contiguous NCHW, the convolution input's shape) from the
  * columns in col, plus bias[c] when bias is given. */
 static kiln_status col2im(kiln_ctx *ctx, const char *op, kiln_tensor *col, kiln_tensor *out, kiln_tensor *bias,
-                          const conv_geom *g, int n0, int nb) {
+                          const conv_geom *g, int64_t kgp, int n0, int nb) {
     cl_int coff = (cl_int)col->offset, ooff = (cl_int)out->offset, cn0 = n0, cnb = nb, hb = bias != NULL;
+    cl_int ckgp = (cl_int)kgp;
     cl_int boff = bias ? (cl_int)bias->offset : 0;
     cl_mem bmem = bias ? bias->st->mem : col->st->mem;
     cl_int nitems = nb * g->c * g->h;
     kiln__karg args[] = {KILN__ARG(col->st->mem), KILN__ARG(coff), KILN__ARG(out->st->mem), KILN__ARG(ooff),
                          KILN__ARG(bmem),         KILN__ARG(boff), KILN__ARG(hb),           KILN__ARG(*g),
-                         KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
+                         KILN__ARG(ckgp),         KILN__ARG(cn0),  KILN__ARG(cnb),          KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_col2im", sizeof args / sizeof args[0], args,
                         (size_t)nitems, 0);
 }
@@ -188,13 +223,34 @@ static kiln_status bias_rows(kiln_ctx *ctx, const char *op, const gmat *gb, kiln
                         (size_t)nitems, 1);
 }
 
-/* dst = the sum of the nparts consecutive [numel(dst)] partials in part, in order. */
-static kiln_status sum_parts(kiln_ctx *ctx, const char *op, kiln_tensor *part, int nparts, kiln_tensor *dst) {
-    cl_int poff = (cl_int)part->offset, np = nparts, doff = (cl_int)dst->offset;
-    cl_int nitems = (cl_int)kiln__numel(dst->ndim, dst->shape);
-    kiln__karg args[] = {KILN__ARG(part->st->mem), KILN__ARG(poff), KILN__ARG(np),
-                         KILN__ARG(dst->st->mem),  KILN__ARG(doff), KILN__ARG(nitems)};
+/* dst [rows, kg] = the sum, in order, of the nparts consecutive [rows, kgp] partials in part
+ * (their padding columns dropped). */
+static kiln_status sum_parts(kiln_ctx *ctx, const char *op, kiln_tensor *part, int nparts, int64_t rows, int64_t kg,
+                             int64_t kgp, kiln_tensor *dst, kiln_tensor *db) {
+    cl_int poff = (cl_int)part->offset, np = nparts, doff = (cl_int)dst->offset, ckg = (cl_int)kg;
+    cl_int ckgp = (cl_int)kgp, nitems = (cl_int)rows, hdb = db != NULL, dboff = db ? (cl_int)db->offset : 0;
+    cl_mem dbm = db ? db->st->mem : dst->st->mem;
+    kiln__karg args[] = {KILN__ARG(part->st->mem), KILN__ARG(poff), KILN__ARG(np),    KILN__ARG(ckg),
+                         KILN__ARG(ckgp),          KILN__ARG(dst->st->mem), KILN__ARG(doff), KILN__ARG(hdb),
+                         KILN__ARG(dbm),           KILN__ARG(dboff), KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_sum_parts", sizeof args / sizeof args[0], args,
+                        (size_t)nitems, 0);
+}
+
+/* Largest kg (input channels per group x taps) whose weight gradient conv_wgrad_small
+ * computes; its private sums are sized for it (cl_kernels/conv.cl). */
+#define SMALL_KG 32
+
+/* part [nparts, cout, kg+1] = conv_wgrad_small's partial weight and bias gradients. */
+static kiln_status wgrad_small(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *gy, kiln_tensor *part,
+                               const conv_geom *g, int nparts) {
+    cl_int xoff = (cl_int)x->offset, gyoff = (cl_int)gy->offset, poff = (cl_int)part->offset, np = nparts;
+    cl_int4 xs = strides4(x), gs = strides4(gy);
+    cl_int nitems = g->cout * nparts;
+    kiln__karg args[] = {KILN__ARG(x->st->mem),    KILN__ARG(xoff), KILN__ARG(xs), KILN__ARG(gy->st->mem),
+                         KILN__ARG(gyoff),         KILN__ARG(gs),   KILN__ARG(part->st->mem),
+                         KILN__ARG(poff),          KILN__ARG(*g),   KILN__ARG(np), KILN__ARG(nitems)};
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_wgrad_small", sizeof args / sizeof args[0], args,
                         (size_t)nitems, 0);
 }
 
@@ -204,6 +260,22 @@ static int chunk_images(int64_t per, int n) {
     if (nb < 1) nb = 1;
     if (nb > n) nb = n;
     return (int)nb;
+}
+
+/* The row count kg of a weight matrix padded up to the GEMM tiles of both backward products
+ * (rows of d input's columns, columns of d weight), so that CLBlast uses the column
+ * buffers in place rather than copying them into padded ones: 42 MB each way for the
+ * reference CNN's second layer, where padding 288 to 320 took the input gradient's GEMM
+ * from 45 to 10 ms. Left as is where padding would add more than a quarter. */
+static int64_t padded_rows(kiln_ctx *ctx, int64_t kg) {
+    size_t tm, tn, tk;
+    kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
+    size_t t = tm;
+    while (t % tn != 0 && t <= 1024)
+        t += tm;
+    if (t > 1024) return kg;
+    int64_t kgp = (kg + (int64_t)t - 1) / (int64_t)t * (int64_t)t;
+    return kgp * 4 <= kg * 5 ? kgp : kg;
 }
 
 /* ---- the three cores ---------------------------------------------------------------- */
@@ -256,8 +328,8 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
                             kiln_tensor *gy, kiln_tensor *dx_bias, kiln_tensor **dx, kiln_tensor **dw,
                             kiln_tensor **db) {
     int64_t hw = (int64_t)g->ho * g->wo, cg = g->c / g->groups, mg = g->cout / g->groups;
-    int64_t kg = cg * g->kh * g->kw, krows = g->groups * kg;
-    kiln_tensor *wc = NULL, *gyp = NULL, *col = NULL, *part = NULL;
+    int64_t kg = cg * g->kh * g->kw;
+    kiln_tensor *wc = NULL, *wp = NULL, *gyp = NULL, *col = NULL, *part = NULL;
     kiln_status s = KILN_OK;
     kiln_tensor **outs[3] = {dx, dw, db};
     for (int k = 0; k < 3; k++)
@@ -270,31 +342,64 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
     if (s == KILN_OK && db && g->n == 0) s = kiln_fill(*db, 0.0f);
     if (s != KILN_OK || g->n == 0) goto done;
 
+    /* Few taps per output channel: weight and bias gradients straight from x and gy, in
+     * parts of the batch that spread over the compute units (summed in order after). */
+    if (dw && kg <= SMALL_KG) {
+        int64_t np = (128 * (int64_t)ctx->info.compute_units + g->cout - 1) / g->cout;
+        if (np > g->n) np = g->n;
+        if (np > 64) np = 64;
+        if (!(part = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){np * g->cout * (kg + 1)}))) {
+            s = ctx->err;
+            goto done;
+        }
+        if ((s = wgrad_small(ctx, op, x, gy, part, g, (int)np)) != KILN_OK ||
+            (s = sum_parts(ctx, op, part, (int)np, g->cout, kg, kg + 1, *dw, db ? *db : NULL)) != KILN_OK)
+            goto done;
+        /* the in-order queue runs both kernels before any later use of the freed buffer */
+        kiln_tensor_free(part);
+        part = NULL;
+        dw = db = NULL;
+        if (!dx) goto done;
+    }
+    int64_t kgp = padded_rows(ctx, kg), krp = g->groups * kgp;
     if (dx && !kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) {
         s = ctx->err;
         goto done;
     }
     kiln_tensor *wt = wc ? wc : w;
-    int nb = chunk_images((krows + g->cout) * hw, g->n);
+    if (dx && kgp != kg) {
+        if (!(wp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){g->cout * kgp})) ||
+            (s = pad_cols(ctx, op, wt, g->cout, kg, kgp, wp)) != KILN_OK) {
+            s = ctx->err;
+            goto done;
+        }
+        wt = wp;
+    }
+    int nb = chunk_images((krp + g->cout) * hw, g->n);
     /* One image of a contiguous gy already is its [cout, HW] matrix. */
     bool direct = nb == 1 && kiln__is_contiguous(gy);
     if (!direct && !(gyp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * g->cout * hw}))) {
         s = ctx->err;
         goto done;
     }
-    if (!(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krows * hw}))) {
+    if (!(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krp * hw}))) {
         s = ctx->err;
         goto done;
     }
     /* Split-K parts of the weight gradient (groups already give a batch of their own); the
-     * parts of every chunk have the length of the first chunk's. */
+     * parts of every chunk have the length of the first chunk's. A padded or split weight
+     * gradient is computed into `part` and summed / cut to dw's shape after. */
     int64_t nsplit = dw && g->groups == 1 ? nb * hw / split_min_k : 1;
     if (nsplit > SPLIT_PER_UNIT * (int64_t)ctx->info.compute_units) nsplit = SPLIT_PER_UNIT * ctx->info.compute_units;
     if (nsplit > SPLIT_MAX) nsplit = SPLIT_MAX;
-    if (nsplit > 1 && !(part = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nsplit * g->cout * kg}))) {
+    if (nsplit < 1) nsplit = 1;
+    if (dw && (nsplit > 1 || kgp != kg) &&
+        !(part = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nsplit * g->cout * kgp}))) {
         s = ctx->err;
         goto done;
     }
+    size_t tm, tn, tk;
+    kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
     for (int n0 = 0; n0 < g->n && s == KILN_OK; n0 += nb) {
         int cnt = g->n - n0 < nb ? g->n - n0 : nb;
         size_t ld = (size_t)(cnt * hw);
@@ -307,39 +412,47 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
         }
         if (db && (s = bias_rows(ctx, op, &gb, *db, n0 > 0)) != KILN_OK) break;
         if (dw) {
-            /* dw_g [mg, kg] (+)= gy_g [mg, cnt*HW] x cols_g^T; chunks accumulate in order */
-            if ((s = im2col(ctx, op, x, col, g, n0, cnt)) != KILN_OK) break;
+            /* dw_g [mg, kgp] (+)= gy_g [mg, cnt*HW] x colT_g [cnt*HW, kgp]; chunks accumulate
+             * in order */
+            if ((s = im2col_t(ctx, op, x, col, g, kgp, n0, cnt)) != KILN_OK) break;
             float beta = n0 == 0 ? 0.0f : 1.0f;
-            if (!part) {
-                s = gemm(ctx, op, (size_t)mg, (size_t)kg, ld, gb, gm(col, 0, ld, (size_t)kg * ld, true), beta,
-                         gm(*dw, 0, (size_t)kg, (size_t)(mg * kg), false), (size_t)g->groups);
+            gmat c = part ? gm(part, 0, (size_t)kgp, (size_t)(mg * kgp), false)
+                          : gm(*dw, 0, (size_t)kgp, (size_t)(mg * kgp), false);
+            if (nsplit == 1) {
+                s = gemm(ctx, op, (size_t)mg, (size_t)kgp, ld, gb, gm(col, 0, (size_t)krp, (size_t)kgp, false), beta,
+                         c, (size_t)g->groups);
             } else {
-                /* part s (+)= the products over [s*len, (s+1)*len) of the inner dim; the last
-                 * few (fewer than nsplit) go to part 0 */
-                size_t len = ld / (size_t)nsplit, rest = ld - len * (size_t)nsplit;
-                gmat a = gb, b = gm(col, 0, ld, len, true), c = gm(part, 0, (size_t)kg, (size_t)(g->cout * kg), false);
+                /* part s (+)= the products over [s*len, (s+1)*len) of the inner dim, len a
+                 * multiple of the GEMM's K tile where it can be; the rest goes to part 0 */
+                size_t len = ld / (size_t)nsplit;
+                if (len >= tk) len = len / tk * tk;
+                size_t rest = ld - len * (size_t)nsplit;
+                gmat a = gb, b = gm(col, 0, (size_t)kgp, len * (size_t)kgp, false);
                 a.stride = len;
-                if (len > 0) s = gemm(ctx, op, (size_t)mg, (size_t)kg, len, a, b, beta, c, (size_t)nsplit);
+                c.stride = (size_t)(g->cout * kgp);
+                if (len > 0) s = gemm(ctx, op, (size_t)mg, (size_t)kgp, len, a, b, beta, c, (size_t)nsplit);
                 if (s == KILN_OK && rest > 0) {
                     a.off += len * (size_t)nsplit;
-                    b.off += len * (size_t)nsplit;
-                    s = gemm(ctx, op, (size_t)mg, (size_t)kg, rest, a, b, len > 0 || n0 > 0 ? 1.0f : 0.0f, c, 1);
+                    b.off += len * (size_t)nsplit * (size_t)kgp;
+                    s = gemm(ctx, op, (size_t)mg, (size_t)kgp, rest, a, b, len > 0 || n0 > 0 ? 1.0f : 0.0f, c, 1);
                 }
             }
             if (s != KILN_OK) break;
         }
         if (dx) {
-            /* cols_g [kg, cnt*HW] = w_g^T gy_g, then gathered into the images */
-            s = gemm(ctx, op, (size_t)kg, ld, (size_t)mg, gm(wt, 0, (size_t)kg, (size_t)(mg * kg), true), gb, 0.0f,
-                     gm(col, 0, ld, (size_t)kg * ld, false), (size_t)g->groups);
-            if (s == KILN_OK) s = col2im(ctx, op, col, *dx, dx_bias, g, n0, cnt);
+            /* cols_g [kgp, cnt*HW] = w_g^T gy_g (rows past kg are zero), then gathered into
+             * the images */
+            s = gemm(ctx, op, (size_t)kgp, ld, (size_t)mg, gm(wt, 0, (size_t)kgp, (size_t)(mg * kgp), true), gb, 0.0f,
+                     gm(col, 0, ld, (size_t)kgp * ld, false), (size_t)g->groups);
+            if (s == KILN_OK) s = col2im(ctx, op, col, *dx, dx_bias, g, kgp, n0, cnt);
         }
     }
-    if (s == KILN_OK && part) s = sum_parts(ctx, op, part, (int)nsplit, *dw);
+    if (s == KILN_OK && part) s = sum_parts(ctx, op, part, (int)nsplit, g->cout, kg, kgp, *dw, NULL);
 done:
     kiln_tensor_free(part);
     kiln_tensor_free(col);
     kiln_tensor_free(gyp);
+    kiln_tensor_free(wp);
     kiln_tensor_free(wc);
     if (s != KILN_OK) {
         for (int k = 0; k < 3; k++) {
