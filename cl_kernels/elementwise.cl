@@ -121,8 +121,12 @@ kernel void where_strided(global const T *c, int coff, global const T *a, int ao
 }
 
 /* dst[doff + i] += src[soff + offset(i)]: gradient accumulation into a contiguous tensor
- * from any view of the same shape (src/autograd/autograd.c). */
+ * from any view of the same shape (src/autograd/autograd.c). A source whose dims merge
+ * into one skips kiln_offset's div/mod (a uniform branch: it still vectorises), as
+ * copy_strided in copy.cl. */
 kernel void add_into_strided(global T *dst, int doff, global const T *src, int soff, int n, kiln_geom g) {
     int i = get_global_id(0);
-    if (i < n) dst[doff + i] += src[soff + kiln_offset(&g, 0, i)];
+    if (i >= n) return;
+    if (g.ndim == 1) dst[doff + i] += src[soff + i * g.strides[0][0]];
+    else dst[doff + i] += src[soff + kiln_offset(&g, 0, i)];
 }

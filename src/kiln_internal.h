@@ -339,6 +339,11 @@ void kiln__node_save(kiln__node *n, kiln_tensor *t);
 bool kiln__input_needs_grad(const kiln__node *n, int i);
 /* Adds g (summed down to input i's shape where it is broadcast) into input i's gradient. */
 kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
+/* The same for a g the caller made for this call and gives up (NULL-safe): g must be its
+ * own new tensor, not gout, an input, a saved tensor or a view of one. When the slot is
+ * empty and nothing else views g's storage, g becomes the gradient (no copy); otherwise it
+ * is accumulated as by kiln__accum and freed. Either way the caller no longer holds g. */
+kiln_status kiln__accum_owned(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
 /* Sums g over broadcast dims so it has `ndim`/`shape` (shape must broadcast to g's). */
 kiln_tensor *kiln__sum_to(kiln_ctx *ctx, kiln_tensor *g, int ndim, const int64_t *shape);
 /* The last step of every op: with KILN_CHECK_NUMERICS=1 (or kiln_set_check_numerics) it

@@ -577,6 +577,142 @@ static void test_lifetime(kiln_ctx *ctx) {
     CHECK(kiln_tensor_count(ctx) == t0, "lifetime: %lld tensors left", (long long)(kiln_tensor_count(ctx) - t0));
 }
 
+/* Pool requests served so far. */
+static uint64_t pool_allocs(kiln_ctx *ctx) {
+    kiln_pool_stats st;
+    kiln_pool_stats_get(ctx, &st);
+    return st.allocs;
+}
+
+/* Reads t and compares every element with want[i]; returns the first index that differs
+ * or -1. */
+static int64_t first_diff(kiln_tensor *t, const float *want, int64_t n) {
+    float *h = malloc(sizeof(float) * (size_t)n);
+    if (!h || kiln_to_host(t, h, sizeof(float) * (size_t)n) != KILN_OK) {
+        free(h);
+        return 0;
+    }
+    int64_t bad = -1;
+    for (int64_t i = 0; i < n && bad < 0; i++)
+        if (h[i] != want[i]) bad = i;
+    free(h);
+    return bad;
+}
+
+/*
+ * Gradient slots: a gradient a backward rule made itself becomes the slot's tensor as it
+ * is (kiln__accum_owned), a gradient that is the output's gradient or a view of it (add,
+ * reshape/flatten, permute) is copied, so the slot never shares storage with a tensor the
+ * backward loop frees. Checked by reusing the freed buffers (same sizes: the pool hands
+ * them out again) and reading the gradients back. Also the copy kernels' paths: a
+ * contiguous source, an evenly strided one (one merged dim) and a general view.
+ */
+static void test_grad_slots(kiln_ctx *ctx) {
+    int64_t t0 = kiln_tensor_count(ctx);
+    enum { N = 4 * 3 * 5 };
+    int64_t sh[3] = {4, 3, 5};
+    float xv[N], sv[N], want[N];
+    for (int i = 0; i < N; i++) {
+        xv[i] = (float)(i % 7) - 3.0f; /* zeros and both signs */
+        sv[i] = 0.25f * (float)(i + 1);
+    }
+    kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 3, sh);
+    kiln_tensor *seed = kiln_from_host(ctx, sv, KILN_F32, 3, sh);
+    kiln_set_requires_grad(x, true);
+
+    /* relu: the seed's copy (the output's gradient) and the rule's result, which becomes
+     * x's gradient without a third buffer for a copy */
+    kiln_scope_begin(ctx);
+    kiln_tensor *y = kiln_relu(ctx, x);
+    uint64_t a0 = pool_allocs(ctx);
+    CHECK(kiln_backward_ex(y, seed, true) == KILN_OK, "relu backward: %s", kiln_error_message(ctx));
+    CHECK(pool_allocs(ctx) - a0 == 2, "relu backward: %llu buffers, want 2 (seed copy, gradient)",
+          (unsigned long long)(pool_allocs(ctx) - a0));
+    for (int i = 0; i < N; i++) want[i] = xv[i] <= 0.0f ? 0.0f : sv[i];
+    for (int k = 0; k < 4; k++) kiln_full(ctx, 99.0f, 3, sh); /* take the freed buffers */
+    int64_t bad = first_diff(kiln_grad(x), want, N);
+    CHECK(bad < 0, "relu grad element %lld wrong after buffer reuse", (long long)bad);
+    /* a second backward adds into the slot, which must be the gradient's own storage */
+    CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "relu backward 2: %s", kiln_error_message(ctx));
+    for (int i = 0; i < N; i++) want[i] *= 2.0f;
+    for (int k = 0; k < 4; k++) kiln_full(ctx, 99.0f, 3, sh);
+    bad = first_diff(kiln_grad(x), want, N);
+    CHECK(bad < 0, "relu grad element %lld wrong after accumulation", (long long)bad);
+    kiln_scope_end(ctx);
+
+    /* views of the output's gradient: flatten, permute, and add (g itself); each copied */
+    const char *what[3] = {"flatten", "permute", "add"};
+    for (int c = 0; c < 3; c++) {
+        kiln_clear_grad(x);
+        kiln_scope_begin(ctx);
+        kiln_tensor *o = c == 0 ? kiln_flatten(ctx, x, 1, 2)
+                         : c == 1 ? kiln_permute(ctx, x, (const int[]){2, 0, 1})
+                                  : kiln_add(ctx, x, kiln_zeros(ctx, 0, NULL));
+        kiln_tensor *sd = NULL;
+        if (c == 1) { /* the seed in the permuted shape: element (k, i, j) = sv[i][j][k] */
+            float pv[N];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 3; j++)
+                    for (int k = 0; k < 5; k++) pv[(k * 4 + i) * 3 + j] = sv[(i * 3 + j) * 5 + k];
+            sd = kiln_from_host(ctx, pv, KILN_F32, 3, (int64_t[]){5, 4, 3});
+        } else {
+            sd = kiln_from_host(ctx, sv, KILN_F32, kiln_tensor_ndim(o), kiln_tensor_shape(o));
+        }
+        CHECK(kiln_backward_ex(o, sd, false) == KILN_OK, "%s backward: %s", what[c], kiln_error_message(ctx));
+        CHECK(kiln_tensor_is_contiguous(kiln_grad(x)), "%s: grad not contiguous", what[c]);
+        for (int k = 0; k < 4; k++) kiln_full(ctx, 99.0f, 3, sh);
+        kiln_copy_from_host(sd, xv, sizeof xv); /* the seed changes: the grad must not */
+        bad = first_diff(kiln_grad(x), sv, N);
+        CHECK(bad < 0, "%s grad element %lld wrong after buffer reuse", what[c], (long long)bad);
+        kiln_scope_end(ctx);
+    }
+
+    /* copies through copy_strided: contiguous, a step-3 slice (one strided dim) and a
+     * transposed view; and accumulation from a strided gradient into a filled slot */
+    kiln_scope_begin(ctx);
+    kiln_tensor *flat = kiln_reshape(ctx, kiln_detach(ctx, x), 1, (int64_t[]){N});
+    kiln_tensor *c1 = kiln_contiguous(ctx, kiln_slice(ctx, flat, 0, 1, N, 3));
+    float h1[N / 3];
+    kiln_to_host(c1, h1, sizeof h1);
+    bool ok = kiln_tensor_numel(c1) == N / 3;
+    for (int i = 0; ok && i < N / 3; i++) ok = h1[i] == xv[1 + 3 * i];
+    CHECK(ok, "contiguous copy of a step-3 slice");
+    kiln_tensor *c2 = kiln_contiguous(ctx, kiln_permute(ctx, kiln_detach(ctx, x), (const int[]){2, 0, 1}));
+    float h2[N];
+    kiln_to_host(c2, h2, sizeof h2);
+    ok = true;
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++)
+            for (int k = 0; k < 5; k++) ok = ok && h2[(k * 4 + i) * 3 + j] == xv[(i * 3 + j) * 5 + k];
+    CHECK(ok, "contiguous copy of a permuted view");
+    kiln_scope_end(ctx);
+
+    kiln_tensor *w = kiln_zeros(ctx, 1, (int64_t[]){N});
+    kiln_set_requires_grad(w, true);
+    kiln_zero_grad(w);
+    kiln_scope_begin(ctx);
+    /* sum(w[1::3] * 2) adds 2 at every third element; the slice's backward and the mul's */
+    kiln_tensor *l = kiln_sum(ctx, kiln_mul_scalar(ctx, kiln_slice(ctx, w, 0, 1, N, 3), 2.0f), 0, NULL, false);
+    CHECK(kiln_backward(l) == KILN_OK, "slice backward: %s", kiln_error_message(ctx));
+    kiln_scope_end(ctx);
+    kiln_scope_begin(ctx);
+    /* then a gradient that is a strided view of the output's: w + w viewed with step 1 */
+    kiln_tensor *two = kiln_reshape(ctx, w, 2, (int64_t[]){N / 3, 3});
+    kiln_tensor *l2 = kiln_sum(ctx, kiln_mul_scalar(ctx, kiln_permute(ctx, two, (const int[]){1, 0}), 0.5f), 0, NULL,
+                               false);
+    CHECK(kiln_backward(l2) == KILN_OK, "permute backward: %s", kiln_error_message(ctx));
+    kiln_scope_end(ctx);
+    for (int i = 0; i < N; i++) want[i] = (i % 3 == 1 ? 2.0f : 0.0f) + 0.5f;
+    bad = first_diff(kiln_grad(w), want, N);
+    CHECK(bad < 0, "accumulated grad element %lld wrong", (long long)bad);
+    kiln_tensor_free(w);
+
+    kiln_tensor_free(seed);
+    kiln_tensor_free(x);
+    CHECK(kiln_tensor_count(ctx) == t0, "grad slots: %lld tensors left", (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK_OK(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
     test_elementwise_grads(ctx);
     test_reduce_grads(ctx);
@@ -584,6 +720,7 @@ static void run(kiln_ctx *ctx) {
     test_view_grads(ctx);
     test_semantics(ctx);
     test_lifetime(ctx);
+    test_grad_slots(ctx);
 }
 
 int main(void) {

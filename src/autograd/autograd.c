@@ -160,30 +160,69 @@ static kiln_status add_into(kiln_ctx *ctx, const char *op, kiln_tensor *dst, kil
     return kiln__launch(ctx, op, "elementwise", "-DT=float", "add_into_strided", 6, args, (size_t)n, 0);
 }
 
-kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) {
-    if (!kiln__input_needs_grad(n, i)) return KILN_OK;
-    if (!g) return ctx->err != KILN_OK ? ctx->err : kiln__fail(ctx, KILN_ERR_NULL, "backward of %s: gradient is NULL", n->op);
+/* Whether t is a tensor nothing but its handle reaches: a contiguous handle over the whole
+ * payload of a storage no other handle views, with no autograd state. Such a tensor can
+ * become a gradient slot as it is, once its owner gives it up. */
+static bool sole_owner(const kiln_tensor *t) {
+    return t->st && t->st->refs == 1 && t->refs == 0 && !t->node && !t->grad && !t->gacc && !t->dropped &&
+           !t->requires_grad && kiln__is_contiguous(t) && t->offset == t->st->guard &&
+           t->st->numel == kiln__numel(t->ndim, t->shape);
+}
+
+/*
+ * The body of kiln__accum and kiln__accum_owned. With own, g is the caller's own new tensor
+ * and the caller gives it up: it is freed here, or stored in the slot when the slot is
+ * empty and nothing else can see its storage (then no copy is made). Without own, g stays
+ * the caller's, and only a tensor kiln__sum_to made here can be stored without a copy.
+ */
+static kiln_status accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bool own) {
+    kiln_tensor *mine = own ? g : NULL; /* freed on the way out unless stored */
+    kiln_status s = KILN_OK;
+    if (!kiln__input_needs_grad(n, i)) goto out;
+    if (!g) {
+        s = ctx->err != KILN_OK ? ctx->err : kiln__fail(ctx, KILN_ERR_NULL, "backward of %s: gradient is NULL", n->op);
+        goto out;
+    }
     kiln_tensor *x = n->in[i];
     char sx[160], sg[160];
-    if (x->graph_freed && !x->node)
-        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                          "kiln_backward: input %d of %s (shape %s) belongs to a graph an earlier backward already "
-                          "freed; pass retain_graph to kiln_backward_ex for the first backward",
-                          i, n->op, kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
+    if (x->graph_freed && !x->node) {
+        s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                       "kiln_backward: input %d of %s (shape %s) belongs to a graph an earlier backward already "
+                       "freed; pass retain_graph to kiln_backward_ex for the first backward",
+                       i, n->op, kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
+        goto out;
+    }
     kiln_tensor *r = kiln__sum_to(ctx, g, x->ndim, x->shape);
-    if (!r) return ctx->err;
+    if (!r) {
+        s = ctx->err;
+        goto out;
+    }
     if (kiln__numel(r->ndim, r->shape) != kiln__numel(x->ndim, x->shape)) {
         if (r != g) kiln_tensor_free(r);
-        return kiln__fail(ctx, KILN_ERR_SHAPE, "backward of %s: gradient %s does not fit input %d of shape %s", n->op,
-                          kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), i,
-                          kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
+        s = kiln__fail(ctx, KILN_ERR_SHAPE, "backward of %s: gradient %s does not fit input %d of shape %s", n->op,
+                       kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), i,
+                       kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
+        goto out;
     }
-    kiln_status s = KILN_OK;
+    if (r != g && mine) {
+        /* r is a sum or a reshape of g: g itself is no longer needed, and a reshape of it
+         * becomes the only view of its storage */
+        kiln_tensor_free(mine);
+        mine = NULL;
+    }
     kiln_tensor **slot = x->node ? &x->gacc : &x->grad;
     if (!*slot) {
-        /* a fresh contiguous copy: the gradient must not alias a tensor the backward or the
-         * user still holds */
-        kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_backward", r);
+        /* The slot's tensor must not alias a tensor the backward or the user still holds:
+         * the caller's own tensor, or one made by kiln__sum_to, when nothing else views
+         * its storage; else a fresh contiguous copy. */
+        kiln_tensor *c = NULL;
+        if ((r != g || r == mine) && sole_owner(r)) {
+            c = r;
+            if (r == mine) mine = NULL;
+        } else {
+            c = kiln__copy_contiguous(ctx, "kiln_backward", r);
+            if (r != g) kiln_tensor_free(r);
+        }
         if (!c) s = ctx->err;
         else {
             /* out of every scope: a leaf's .grad outlives the step; a gacc is freed by the
@@ -193,10 +232,16 @@ kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) {
         }
     } else {
         s = add_into(ctx, "kiln_backward", *slot, r);
+        if (r != g) kiln_tensor_free(r);
     }
-    if (r != g) kiln_tensor_free(r);
+out:
+    kiln_tensor_free(mine);
     return s;
 }
+
+kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) { return accum(ctx, n, i, g, false); }
+
+kiln_status kiln__accum_owned(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) { return accum(ctx, n, i, g, true); }
 
 /* ---- backward ----------------------------------------------------------------------- */
 
@@ -288,9 +333,11 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
     /* a leaf: its gradient is the seed */
     if (!out->node) {
         kiln__node fake = {.op = "kiln_backward", .nin = 1, .in = {out}};
-        kiln_tensor *g = seed ? seed : kiln_ones(ctx, out->ndim, out->shape);
-        s = g ? kiln__accum(ctx, &fake, 0, g) : ctx->err;
-        if (g != seed) kiln_tensor_free(g);
+        if (seed) s = kiln__accum(ctx, &fake, 0, seed);
+        else {
+            kiln_tensor *g = kiln_ones(ctx, out->ndim, out->shape);
+            s = g ? kiln__accum_owned(ctx, &fake, 0, g) : ctx->err;
+        }
         ctx->grad_enabled = prev_mode;
         return s;
     }

@@ -107,9 +107,7 @@ static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
             return ctx->err;
         }
     }
-    kiln_status s = kiln__accum(ctx, n, 0, gi);
-    kiln_tensor_free(gi);
-    return s;
+    return kiln__accum_owned(ctx, n, 0, gi); /* gi is new: it becomes the gradient, no copy */
 }
 
 /* y = f(x) for an elementwise activation with parameters a, b; records the backward. */
@@ -295,9 +293,7 @@ static kiln_status softmax_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
             return ctx->err;
         }
     }
-    kiln_status st = kiln__accum(ctx, n, 0, gi);
-    kiln_tensor_free(gi);
-    return st;
+    return kiln__accum_owned(ctx, n, 0, gi);
 }
 
 static kiln_tensor *softmax_forward(kiln_ctx *ctx, const char *op, kiln_tensor *x, int dim, bool lg) {

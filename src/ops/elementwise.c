@@ -118,17 +118,18 @@ static kiln_tensor *ew_run(kiln_ctx *ctx, const char *op, const char *name, int 
 
 /* ---- backward rules ----------------------------------------------------------------
  * Built from the forward ops (grad mode is off during backward). g is the output's
- * gradient; kiln__accum sums each result down to its input's (broadcast) shape. */
+ * gradient; kiln__accum sums each result down to its input's (broadcast) shape. Results
+ * the rule made itself go to kiln__accum_owned, which keeps them as the gradient instead
+ * of copying them; g itself (add, sub, add_scalar) is the backward loop's and is copied. */
 
 #define IN(k) (n->in[k])
 #define NEED(k) kiln__input_needs_grad(n, k)
 
-/* Accumulates t into input k and frees it (NULL t: the error is already set). */
+/* Accumulates t, a new tensor, into input k and gives it up (NULL t: the error is
+ * already set). */
 static kiln_status give(kiln_ctx *ctx, kiln__node *n, int k, kiln_tensor *t) {
     if (!t) return ctx->err;
-    kiln_status s = kiln__accum(ctx, n, k, t);
-    kiln_tensor_free(t);
-    return s;
+    return kiln__accum_owned(ctx, n, k, t);
 }
 
 static kiln_status bw_add(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
@@ -151,16 +152,17 @@ static kiln_status bw_mul(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 
 /* d(a/b)/da = 1/b, d(a/b)/db = -(a/b)/b */
 static kiln_status bw_div(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
-    kiln_status s = KILN_OK;
     kiln_tensor *gb = kiln_div(ctx, g, IN(1));
-    if (NEED(0)) s = kiln__accum(ctx, n, 0, gb);
-    if (s == KILN_OK && NEED(1)) {
+    if (!gb) return ctx->err;
+    if (!NEED(1)) return give(ctx, n, 0, gb); /* the only use of gb: it may become the gradient */
+    kiln_status s = NEED(0) ? kiln__accum(ctx, n, 0, gb) : KILN_OK;
+    if (s == KILN_OK) {
         kiln_tensor *t = kiln_mul(ctx, gb, n->out);
         s = give(ctx, n, 1, kiln_neg(ctx, t));
         kiln_tensor_free(t);
     }
     kiln_tensor_free(gb);
-    return gb ? s : ctx->err;
+    return s;
 }
 
 /* d(a^b)/da = b a^(b-1); d(a^b)/db = a^b log a, taken as 0 where a == 0 and b >= 0 (torch) */
@@ -169,13 +171,13 @@ static kiln_status bw_pow(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     kiln_scope_begin(ctx);
     if (NEED(0)) {
         kiln_tensor *e = kiln_pow(ctx, IN(0), kiln_add_scalar(ctx, IN(1), -1.0f));
-        s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, kiln_mul(ctx, IN(1), e)));
+        s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, g, kiln_mul(ctx, IN(1), e)));
     }
     if (s == KILN_OK && NEED(1)) {
         kiln_tensor *zero = kiln_zeros(ctx, 0, NULL);
         kiln_tensor *mask = kiln_mul(ctx, kiln_eq(ctx, IN(0), zero), kiln_ge(ctx, IN(1), zero));
         kiln_tensor *d = kiln_mul(ctx, g, kiln_mul(ctx, n->out, kiln_log(ctx, IN(0))));
-        s = kiln__accum(ctx, n, 1, kiln_where(ctx, mask, zero, d));
+        s = kiln__accum_owned(ctx, n, 1, kiln_where(ctx, mask, zero, d));
     }
     kiln_scope_end(ctx);
     return s;
@@ -188,10 +190,10 @@ static kiln_status bw_minmax(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, bool 
     kiln_tensor *win = is_max ? kiln_gt(ctx, IN(0), IN(1)) : kiln_lt(ctx, IN(0), IN(1));
     kiln_tensor *half = kiln_mul_scalar(ctx, kiln_eq(ctx, IN(0), IN(1)), 0.5f);
     kiln_tensor *wa = kiln_add(ctx, win, half); /* a's share: 1, 1/2 or 0 */
-    if (NEED(0)) s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, wa));
+    if (NEED(0)) s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, g, wa));
     if (s == KILN_OK && NEED(1)) {
         kiln_tensor *wb = kiln_add_scalar(ctx, kiln_neg(ctx, wa), 1.0f);
-        s = kiln__accum(ctx, n, 1, kiln_mul(ctx, g, wb));
+        s = kiln__accum_owned(ctx, n, 1, kiln_mul(ctx, g, wb));
     }
     kiln_scope_end(ctx);
     return s;
@@ -203,8 +205,8 @@ static kiln_status bw_where(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     kiln_status s = KILN_OK;
     kiln_scope_begin(ctx);
     kiln_tensor *zero = kiln_zeros(ctx, 0, NULL);
-    if (NEED(1)) s = kiln__accum(ctx, n, 1, kiln_where(ctx, IN(0), g, zero));
-    if (s == KILN_OK && NEED(2)) s = kiln__accum(ctx, n, 2, kiln_where(ctx, IN(0), zero, g));
+    if (NEED(1)) s = kiln__accum_owned(ctx, n, 1, kiln_where(ctx, IN(0), g, zero));
+    if (s == KILN_OK && NEED(2)) s = kiln__accum_owned(ctx, n, 2, kiln_where(ctx, IN(0), zero, g));
     kiln_scope_end(ctx);
     return s;
 }
@@ -225,7 +227,7 @@ static kiln_status bw_abs(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     kiln_scope_begin(ctx);
     kiln_tensor *zero = kiln_zeros(ctx, 0, NULL);
     kiln_tensor *sign = kiln_sub(ctx, kiln_gt(ctx, IN(0), zero), kiln_lt(ctx, IN(0), zero));
-    kiln_status s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, sign));
+    kiln_status s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, g, sign));
     kiln_scope_end(ctx);
     return s;
 }
@@ -244,7 +246,7 @@ static kiln_status bw_pow_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     }
     kiln_scope_begin(ctx);
     kiln_tensor *d = kiln_mul_scalar(ctx, kiln_pow_scalar(ctx, IN(0), e - 1.0f), e);
-    kiln_status s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, d));
+    kiln_status s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, g, d));
     kiln_scope_end(ctx);
     return s;
 }
@@ -254,7 +256,7 @@ static kiln_status bw_clamp(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, bool i
     kiln_scope_begin(ctx);
     kiln_tensor *b = kiln_full(ctx, (float)n->f[0], 0, NULL);
     kiln_tensor *pass = is_min_bound ? kiln_ge(ctx, IN(0), b) : kiln_le(ctx, IN(0), b);
-    kiln_status s = kiln__accum(ctx, n, 0, kiln_mul(ctx, g, pass));
+    kiln_status s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, g, pass));
     kiln_scope_end(ctx);
     return s;
 }

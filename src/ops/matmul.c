@@ -347,13 +347,13 @@ static kiln_status bw_matmul(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
         kiln_tensor *ga = !ta ? kiln_matmul_ex(ctx, G, B, tb ? 0 : KILN_TRANS_B)
                               : kiln_matmul_ex(ctx, B, G, (tb ? KILN_TRANS_A : 0) | KILN_TRANS_B);
         if (ga && a->ndim == 1) ga = kiln_squeeze(ctx, ga, ga->ndim - 2);
-        s = kiln__accum(ctx, n, 0, ga);
+        s = kiln__accum_owned(ctx, n, 0, ga);
     }
     if (s == KILN_OK && kiln__input_needs_grad(n, 1)) {
         kiln_tensor *gb = !tb ? kiln_matmul_ex(ctx, A, G, ta ? 0 : KILN_TRANS_A)
                               : kiln_matmul_ex(ctx, G, A, KILN_TRANS_A | (ta ? KILN_TRANS_B : 0));
         if (gb && b->ndim == 1) gb = kiln_squeeze(ctx, gb, gb->ndim - 1);
-        s = kiln__accum(ctx, n, 1, gb);
+        s = kiln__accum_owned(ctx, n, 1, gb);
     }
     kiln_scope_end(ctx);
     return s;

@@ -376,7 +376,7 @@ static kiln_status bw_extreme(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     kiln_tensor *mask = kiln_eq(ctx, x, keep_shape(ctx, n, n->out));
     kiln_tensor *cnt = kiln_sum(ctx, mask, na, axes, true);
     kiln_tensor *share = kiln_div(ctx, keep_shape(ctx, n, g), cnt);
-    kiln_status s = kiln__accum(ctx, n, 0, kiln_mul(ctx, mask, share));
+    kiln_status s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, mask, share));
     kiln_scope_end(ctx);
     return s;
 }

@@ -413,9 +413,7 @@ static kiln_status pad_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
     for (int p = 0; p < npad / 2; p++) before[x->ndim - 1 - p] = -n->i[1 + 2 * p];
     kiln_tensor *g = pad_run(ctx, "kiln_pad (backward)", gout, before, x->shape, 0);
     if (!g) return ctx->err;
-    kiln_status s = kiln__accum(ctx, n, 0, g);
-    kiln_tensor_free(g);
-    return s;
+    return kiln__accum_owned(ctx, n, 0, g); /* a new tensor: it becomes the gradient */
 }
 
 kiln_tensor *kiln_pad(kiln_ctx *ctx, kiln_tensor *x, int npad, const int64_t *pad, float value) {
@@ -600,9 +598,7 @@ static kiln_status index_select_backward(kiln_ctx *ctx, kiln__node *n, kiln_tens
             return ctx->err;
         }
     }
-    kiln_status s = kiln__accum(ctx, n, 0, gx);
-    kiln_tensor_free(gx);
-    return s;
+    return kiln__accum_owned(ctx, n, 0, gx);
 }
 
 kiln_tensor *kiln_index_select(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *index) {
@@ -718,9 +714,7 @@ static kiln_status gather_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *go
             return ctx->err;
         }
     }
-    kiln_status s = kiln__accum(ctx, n, 0, gx);
-    kiln_tensor_free(gx);
-    return s;
+    return kiln__accum_owned(ctx, n, 0, gx);
 }
 
 kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *index) {
