@@ -635,12 +635,12 @@ static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *g
                      want_db ? &db : NULL);
     else if (want_db && !(db = bias_grad(ctx, gout)))
         s = ctx->err;
-    if (s == KILN_OK && dx) s = kiln__accum(ctx, nd, 0, dx);
-    if (s == KILN_OK && dw) s = kiln__accum(ctx, nd, 1, dw);
-    if (s == KILN_OK && db) s = kiln__accum(ctx, nd, 2, db);
-    kiln_tensor_free(dx);
-    kiln_tensor_free(dw);
-    kiln_tensor_free(db);
+    /* fresh tensors: each becomes the gradient as it is where the slot is empty */
+    kiln_tensor *got[3] = {dx, dw, db};
+    for (int k = 0; k < 3; k++) {
+        if (s == KILN_OK && got[k]) s = kiln__accum_owned(ctx, nd, k, got[k]);
+        else kiln_tensor_free(got[k]);
+    }
     return s;
 }
 
@@ -655,12 +655,12 @@ static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln
     if (kiln__input_needs_grad(nd, 0) && !(dx = conv_fwd(ctx, nd->op, gout, w, NULL, &g))) s = ctx->err;
     if (s == KILN_OK && kiln__input_needs_grad(nd, 1)) s = conv_bwd(ctx, nd->op, &g, gout, w, x, NULL, NULL, &dw, NULL);
     if (s == KILN_OK && nd->nin > 2 && kiln__input_needs_grad(nd, 2) && !(db = bias_grad(ctx, gout))) s = ctx->err;
-    if (s == KILN_OK && dx) s = kiln__accum(ctx, nd, 0, dx);
-    if (s == KILN_OK && dw) s = kiln__accum(ctx, nd, 1, dw);
-    if (s == KILN_OK && db) s = kiln__accum(ctx, nd, 2, db);
-    kiln_tensor_free(dx);
-    kiln_tensor_free(dw);
-    kiln_tensor_free(db);
+    /* fresh tensors: each becomes the gradient as it is where the slot is empty */
+    kiln_tensor *got[3] = {dx, dw, db};
+    for (int k = 0; k < 3; k++) {
+        if (s == KILN_OK && got[k]) s = kiln__accum_owned(ctx, nd, k, got[k]);
+        else kiln_tensor_free(got[k]);
+    }
     return s;
 }
 
