@@ -295,36 +295,81 @@ kernel void ln_param_grad(global const float *x, int xoff, global const float *d
 #define NORM_PHILOX_W0 0x9E3779B9u
 #define NORM_PHILOX_W1 0xBB67AE85u
 
-/* A copy of random.cl's philox4x32_10 / philox_at (programs are compiled separately):
- * the block of element i is the encryption of the 64-bit counter ctr + i under the key. */
-inline uint4 norm_philox(uint i, uint key0, uint key1, uint ctr_lo, uint ctr_hi) {
-    uint lo = ctr_lo + i;
-    uint hi = ctr_hi + (lo < ctr_lo ? 1u : 0u);
-    uint4 c = (uint4)(lo, hi, 0u, 0u);
-    uint2 k = (uint2)(key0, key1);
-    for (int r = 0; r < 10; r++) {
-        if (r > 0) {
-            k.x += NORM_PHILOX_W0;
-            k.y += NORM_PHILOX_W1;
-        }
-        /* one 32 x 32 -> 64-bit product for both halves (mul_hi vectorises poorly on CPUs) */
-        ulong p0 = (ulong)NORM_PHILOX_M0 * c.x, p1 = (ulong)NORM_PHILOX_M1 * c.z;
-        c = (uint4)((uint)(p1 >> 32) ^ c.y ^ k.x, (uint)p1, (uint)(p0 >> 32) ^ c.w ^ k.y, (uint)p0);
+/* x0 = word 0 of random.cl's philox_at(i, key0, key1, ctr_lo, ctr_hi) (programs are
+ * compiled separately): the block of element i is the encryption of the 64-bit counter
+ * ctr + i under the key, and its uniform is (x0 >> 8) * 2^-24. Element i owns the whole
+ * block (kiln_rand_uniform's layout), so the other three words go unused. A macro on plain
+ * uints, not an inline function on a uint4: POCL left the function as a call, and a call
+ * (or uint4 arithmetic) in the caller's element loop keeps the loop from vectorising. One
+ * 32 x 32 -> 64-bit product per half (mul_hi vectorises poorly on CPUs); the last round
+ * forms only the product x0 needs. */
+#define NORM_PHILOX_ROUND()                                                               \
+    do {                                                                                  \
+        ulong p0_ = (ulong)NORM_PHILOX_M0 * c0_, p1_ = (ulong)NORM_PHILOX_M1 * c2_;       \
+        uint n0_ = (uint)(p1_ >> 32) ^ c1_ ^ k0_, n2_ = (uint)(p0_ >> 32) ^ c3_ ^ k1_;     \
+        c1_ = (uint)p1_;                                                                  \
+        c3_ = (uint)p0_;                                                                  \
+        c0_ = n0_;                                                                        \
+        c2_ = n2_;                                                                        \
+        k0_ += NORM_PHILOX_W0;                                                            \
+        k1_ += NORM_PHILOX_W1;                                                            \
+    } while (0)
+/* The rounds are written out: left as a loop, POCL's compiler kept it rolled, and an inner
+ * loop keeps the element loop around it from vectorising. */
+#define NORM_PHILOX_X0(x0, i, key0, key1, ctr_lo, ctr_hi)                                 \
+    do {                                                                                  \
+        uint c0_ = (ctr_lo) + (i);                                                        \
+        uint c1_ = (ctr_hi) + (c0_ < (ctr_lo) ? 1u : 0u), c2_ = 0u, c3_ = 0u;             \
+        uint k0_ = (key0), k1_ = (key1);                                                  \
+        NORM_PHILOX_ROUND();                                                              \
+        NORM_PHILOX_ROUND();                                                              \
+        NORM_PHILOX_ROUND();                                                              \
+        NORM_PHILOX_ROUND();                                                              \
+        NORM_PHILOX_ROUND();                                                              \
+        NORM_PHILOX_ROUND();                                                              \
+        NORM_PHILOX_ROUND();                                                              \
+        NORM_PHILOX_ROUND();                                                              \
+        NORM_PHILOX_ROUND();                                                              \
+        x0 = (uint)(((ulong)NORM_PHILOX_M1 * c2_) >> 32) ^ c1_ ^ k0_;                     \
+    } while (0)
+
+/* Dropout works on words of NORM_DROP_WORD consecutive elements, one work-item per word
+ * (a plain loop the compiler vectorises), and keeps the mask as one bit per element. */
+#define NORM_DROP_WORD 32
+
+/* dst[i] = src[i] * (u_i >= p ? scale : 0) for the n elements, u_i the value
+ * kiln_rand_uniform(0, 1) draws at the same stream position. A multiplication, as torch's
+ * input * mask: a dropped NaN or Inf stays NaN. With want_mask, bit j of mask[w] is the
+ * keep bit of element w * 32 + j (zero past n), for dropout_mask_apply in the backward. */
+kernel void dropout_apply(global const float *restrict src, int soff, global float *restrict dst, int doff, int n,
+                          uint key0, uint key1, uint ctr_lo, uint ctr_hi, float p, float scale, int want_mask,
+                          global uint *restrict mask, int moff) {
+    int w = get_global_id(0);
+    if (w > (n - 1) / NORM_DROP_WORD) return; /* n >= 1: the host launches nothing for n = 0 */
+    int i0 = w * NORM_DROP_WORD, cnt = min(NORM_DROP_WORD, n - i0);
+    global const float *s = src + soff + i0;
+    global float *d = dst + doff + i0;
+    uint bits = 0u;
+    for (int j = 0; j < cnt; j++) {
+        uint x0;
+        NORM_PHILOX_X0(x0, (uint)(i0 + j), key0, key1, ctr_lo, ctr_hi);
+        bool keep = (float)(x0 >> 8) * 0x1.0p-24f >= p;
+        d[j] = s[j] * (keep ? scale : 0.0f);
+        bits |= (keep ? 1u : 0u) << j;
     }
-    return c;
+    if (want_mask) mask[moff + w] = bits;
 }
 
-/* dst[i] = src[i] * (u_i >= p ? scale : 0) with u_i = (x0 >> 8) * 2^-24, the value
- * kiln_rand_uniform(0, 1) draws at the same stream position. A multiplication, as torch's
- * input * mask: a dropped NaN or Inf stays NaN. The same kernel applies the mask to the
- * gradient in the backward pass (same key and counter). */
-kernel void dropout_apply(global const float *src, int soff, global float *dst, int doff, int n, uint key0,
-                          uint key1, uint ctr_lo, uint ctr_hi, float p, float scale) {
-    int i = get_global_id(0);
-    if (i >= n) return;
-    uint4 r = norm_philox((uint)i, key0, key1, ctr_lo, ctr_hi);
-    float u = (float)(r.x >> 8) * 0x1.0p-24f;
-    dst[doff + i] = src[soff + i] * (u >= p ? scale : 0.0f);
+/* The backward: dst[i] = src[i] * (bit i of the forward's mask ? scale : 0). */
+kernel void dropout_mask_apply(global const float *restrict src, int soff, global float *restrict dst, int doff,
+                               int n, global const uint *restrict mask, int moff, float scale) {
+    int w = get_global_id(0);
+    if (w > (n - 1) / NORM_DROP_WORD) return; /* n >= 1: the host launches nothing for n = 0 */
+    int i0 = w * NORM_DROP_WORD, cnt = min(NORM_DROP_WORD, n - i0);
+    global const float *s = src + soff + i0;
+    global float *d = dst + doff + i0;
+    uint bits = mask[moff + w];
+    for (int j = 0; j < cnt; j++) d[j] = s[j] * (((bits >> j) & 1u) ? scale : 0.0f);
 }
 
 /* ---- embedding ------------------------------------------------------------------------ */

@@ -3,12 +3,13 @@
  * bilinear upsampling, forward and backward.
  *
  * Forward kernels run one work-item per output element (a 3-D launch over columns, rows and
- * planes: no index divisions) and read the input through its strides (any view; no copy).
- * Backward kernels use no atomics, so they are deterministic: in general one work-item per
- * input element GATHERS from the outputs whose window (or interpolation stencil) holds it,
- * in the raster order of the outputs (for max/avg pooling the same additions in the same
- * order as PyTorch's CPU scatter); when pooling windows do not overlap, one work-item per
- * output writes its own box of the input (the *_tile kernels).
+ * planes: no index divisions), max_pool2d's one per output row (see POOL_ROW_IDS), and
+ * read the input through its strides (any view; no copy). Backward kernels use no atomics,
+ * so they are deterministic: in general one work-item per input element GATHERS from the
+ * outputs whose window (or interpolation stencil) holds it, in the raster order of the
+ * outputs (for max/avg pooling the same additions in the same order as PyTorch's CPU
+ * scatter); when pooling windows do not overlap, one work-item per output (max: per output
+ * row) writes its own box of the input (the *_tile kernels).
  *
  * Contraction of a*b+c into fma is off so that every device rounds alike. */
 #pragma OPENCL FP_CONTRACT OFF
@@ -20,7 +21,7 @@ typedef struct {
     int ph, pw, dh, dw;           /* padding, dilation */
     int xoff, xsn, xsc, xsh, xsw; /* input offset and strides (forward only) */
     int merged;                   /* xsn == C * xsc: plane p starts at p * xsc */
-    int n;                        /* planes (global_avg_pool2d_fwd) */
+    int n;                        /* planes (global_avg_pool2d_fwd, max_pool2d) */
     int flag;                     /* avg: count_include_pad; bilinear: align_corners */
 } pool_geom;
 
@@ -37,43 +38,76 @@ inline int plane_off(const pool_geom *g, int p) {
     return g->xoff + (g->merged ? p * g->xsc : (p / g->C) * g->xsn + (p % g->C) * g->xsc);
 }
 
-/* Every kernel but global_avg_pool2d_fwd is launched 3-D: x = column, y = row, z = plane,
- * x and y rounded up to the work-group; the extra work-items return at once. */
+/* Every kernel but global_avg_pool2d_fwd and the max_pool2d row kernels is launched 3-D:
+ * x = column, y = row, z = plane, x and y rounded up to the work-group; the extra
+ * work-items return at once. */
 #define POOL_IDS(NX, NY)                                                                       \
     int cx = get_global_id(0), cy = get_global_id(1), p = get_global_id(2);                    \
     if (cx >= (NX) || cy >= (NY)) return;
 
 /* ---- max_pool2d --------------------------------------------------------------------- */
 
+/* max_pool2d forward and its tile backward run one work-item per output row (a 1-D launch
+ * over the g.n * OH rows, row q = plane * OH + oh) and loop over the row's outputs: POCL
+ * runs a work-group's items one after another on a core and vectorises plain inner loops,
+ * which a work-item per output (3-D launch) did not give it. */
+#define POOL_ROW_IDS                                                                           \
+    int q = get_global_id(0);                                                                  \
+    if (q >= g.n * g.OH) return;                                                               \
+    int p = q / g.OH, oh = q - p * g.OH;
+
 /* As PyTorch's CPU kernel: the window's first valid element is the default index, a value
  * wins when it is greater than the running max or NaN (so NaN propagates, the last NaN's
- * index is kept) and ties keep the first. */
+ * index is kept) and ties keep the first. 2x2 windows with stride 2, no padding or
+ * dilation, on rows of unit stride (max_pool2d(2)) take a straight-line form of the same
+ * comparisons, in the same order, that vectorises; a row whose windows are clipped (ceil
+ * mode) and every other geometry take the general loop. */
+#define MAX_POOL_TAKE(v, idx)                                                                  \
+    do {                                                                                       \
+        bool take_ = ((v) > m) | isnan(v);                                                     \
+        m = take_ ? (v) : m;                                                                   \
+        mi = take_ ? (idx) : mi;                                                               \
+    } while (0)
 #define MAX_POOL_FWD(name, WRITE_IDX)                                                          \
     kernel void name(global const float *x, global float *y, int yoff, global int *ind, int ioff, \
                      pool_geom g) {                                                            \
-        POOL_IDS(g.OW, g.OH)                                                                   \
-        int ow = cx, oh = cy, i = (p * g.OH + oh) * g.OW + ow;                                 \
-        int hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;                                      \
-        int he = min(hs + (g.kh - 1) * g.dh + 1, g.H), we = min(ws + (g.kw - 1) * g.dw + 1, g.W); \
+        POOL_ROW_IDS                                                                           \
+        int hs = oh * g.sh - g.ph, he = min(hs + (g.kh - 1) * g.dh + 1, g.H);                  \
         if (hs < 0) hs += (-hs + g.dh - 1) / g.dh * g.dh;                                      \
-        if (ws < 0) ws += (-ws + g.dw - 1) / g.dw * g.dw;                                      \
         global const float *xp = x + plane_off(&g, p);                                         \
-        float m = -INFINITY;                                                                   \
-        int mi = hs * g.W + ws;                                                                \
-        for (int h = hs; h < he; h += g.dh) {                                                  \
-            for (int w = ws; w < we; w += g.dw) {                                              \
-                float v = xp[h * g.xsh + w * g.xsw];                                           \
-                bool take = v > m || isnan(v);                                                 \
-                m = take ? v : m;                                                              \
-                mi = take ? h * g.W + w : mi;                                                  \
+        global float *yr = y + yoff + q * g.OW;                                                \
+        global int *ir = ind + ioff + q * g.OW;                                                \
+        (void)ir;                                                                              \
+        if (g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&     \
+            g.dh == 1 && g.dw == 1 && g.xsw == 1 && he - hs == 2 && 2 * g.OW <= g.W) {        \
+            global const float *r0 = xp + hs * g.xsh, *r1 = r0 + g.xsh;                         \
+            int i0 = hs * g.W, i1 = i0 + g.W;                                                  \
+            for (int ow = 0; ow < g.OW; ow++) {                                                \
+                int c = 2 * ow;                                                                \
+                float m = r0[c];                                                               \
+                int mi = i0 + c;                                                               \
+                MAX_POOL_TAKE(r0[c + 1], i0 + c + 1);                                          \
+                MAX_POOL_TAKE(r1[c], i1 + c);                                                  \
+                MAX_POOL_TAKE(r1[c + 1], i1 + c + 1);                                          \
+                yr[ow] = m;                                                                    \
+                WRITE_IDX;                                                                     \
             }                                                                                  \
+            return;                                                                            \
         }                                                                                      \
-        y[yoff + i] = m;                                                                       \
-        WRITE_IDX;                                                                             \
+        for (int ow = 0; ow < g.OW; ow++) {                                                    \
+            int ws = ow * g.sw - g.pw, we = min(ws + (g.kw - 1) * g.dw + 1, g.W);              \
+            if (ws < 0) ws += (-ws + g.dw - 1) / g.dw * g.dw;                                  \
+            float m = -INFINITY;                                                               \
+            int mi = hs * g.W + ws;                                                            \
+            for (int h = hs; h < he; h += g.dh)                                                \
+                for (int w = ws; w < we; w += g.dw) MAX_POOL_TAKE(xp[h * g.xsh + w * g.xsw], h * g.W + w); \
+            yr[ow] = m;                                                                        \
+            WRITE_IDX;                                                                         \
+        }                                                                                      \
     }
 
-MAX_POOL_FWD(max_pool2d_fwd, (void)ind; (void)ioff; (void)mi)
-MAX_POOL_FWD(max_pool2d_fwd_idx, ind[ioff + i] = mi)
+MAX_POOL_FWD(max_pool2d_fwd, (void)mi)
+MAX_POOL_FWD(max_pool2d_fwd_idx, ir[ow] = mi)
 
 /* First output index o with o*s - pad + (k-1)*d >= h (a window reaching h), clamped at 0. */
 inline int pool_first(int h, int k, int s, int pad, int d) {
@@ -112,18 +146,25 @@ inline void tile_box(const pool_geom *g, int oh, int ow, int *h0, int *h1, int *
     *w1 = ow == g->OW - 1 ? g->W : min(ws + g->sw, g->W);
 }
 
-/* max_pool2d backward for non-overlapping windows, one work-item per output: its gradient
- * at its argmax, zero in the rest of its box (the same values as the gather). */
+/* max_pool2d backward for non-overlapping windows, one work-item per output row (as the
+ * forward): the input rows of its boxes (whole rows: the boxes of a row of outputs tile
+ * them) are zeroed, then each output's gradient is written at its argmax, which lies in
+ * its own box (the same values as the gather). An index outside this work-item's rows is
+ * skipped, so no work-item writes another's elements. */
 kernel void max_pool2d_bwd_tile(global const float *go, int gooff, global const int *ind, int ioff,
                                 global float *gi, int gioff, pool_geom g) {
-    POOL_IDS(g.OW, g.OH)
-    int o = (p * g.OH + cy) * g.OW + cx, mi = ind[ioff + o];
-    float v = go[gooff + o];
+    POOL_ROW_IDS
     int h0, h1, w0, w1;
-    tile_box(&g, cy, cx, &h0, &h1, &w0, &w1);
+    tile_box(&g, oh, 0, &h0, &h1, &w0, &w1);
+    global const float *gr = go + gooff + q * g.OW;
+    global const int *ir = ind + ioff + q * g.OW;
     global float *gp = gi + gioff + p * g.H * g.W;
-    for (int h = h0; h < h1; h++)
-        for (int w = w0; w < w1; w++) gp[h * g.W + w] = h * g.W + w == mi ? v : 0.0f;
+    int lo = h0 * g.W, hi = h1 * g.W;
+    for (int e = lo; e < hi; e++) gp[e] = 0.0f;
+    for (int ow = 0; ow < g.OW; ow++) {
+        int mi = ir[ow];
+        if (mi >= lo && mi < hi) gp[mi] = gr[ow];
+    }
 }
 
 /* ---- avg_pool2d --------------------------------------------------------------------- */

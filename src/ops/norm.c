@@ -13,8 +13,11 @@
  *
  * Dropout draws its mask from the context's Philox stream exactly as kiln_rand_uniform
  * does (element i of a call uses counter rng_counter + i and keeps the element when its
- * uniform u >= p); the backward recomputes the same mask from the key and counter the node
- * remembers instead of storing it.
+ * uniform u >= p). When a gradient is wanted the forward also writes the mask as bits (one
+ * I32 word per 32 elements, n / 8 bytes) into the node, so the backward is one multiply
+ * per element instead of ten Philox rounds; a work-item per mask word runs a plain loop that
+ * POCL vectorises (the reference CNN's dropout(.25) on [64, 64, 12, 12]: 20 -> 2.1 ms of
+ * CPU forward, 20.5 -> 0.15 ms backward; drawing the mask again would cost 2.2 ms).
  *
  * Embedding reads its indices back to validate them (functional.h documents the sync);
  * when the weight wants a gradient it also builds, on the host, the positions of each
@@ -429,28 +432,45 @@ kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tens
 
 /* ---- dropout ------------------------------------------------------------------------------- */
 
-/* node: in[0] x; i[0..3] key low/high, counter low/high; f[0] p, f[1] scale */
+/* Elements per mask word (NORM_DROP_WORD in norm.cl): one work-item per word. */
+#define DROP_WORD 32
+
+/* Forward: dst = src * mask with the mask drawn from the stream at key/counter ki[0..3]
+ * (key low/high, counter low/high); mask NULL or the [ceil(n / 32)] I32 bit mask to fill. */
 static kiln_status dropout_launch(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln_tensor *dst, const int64_t *ki,
-                                  float p, float scale) {
+                                  float p, float scale, kiln_tensor *mask) {
     int64_t n = kiln__numel(dst->ndim, dst->shape);
     if (n == 0) return KILN_OK;
     cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, ni = (cl_int)n;
     cl_uint k0 = (cl_uint)ki[0], k1 = (cl_uint)ki[1], c0 = (cl_uint)ki[2], c1 = (cl_uint)ki[3];
     cl_float cp = p, cs = scale;
+    cl_int want = mask != NULL, moff = mask ? (cl_int)mask->offset : 0;
+    cl_mem mm = mask ? mask->st->mem : dst->st->mem; /* unused without a mask */
     kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem), KILN__ARG(doff),
                          KILN__ARG(ni),           KILN__ARG(k0),   KILN__ARG(k1),           KILN__ARG(c0),
-                         KILN__ARG(c1),           KILN__ARG(cp),   KILN__ARG(cs)};
+                         KILN__ARG(c1),           KILN__ARG(cp),   KILN__ARG(cs),           KILN__ARG(want),
+                         KILN__ARG(mm),           KILN__ARG(moff)};
     return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "dropout_apply", sizeof args / sizeof args[0], args,
-                        (size_t)n, 0);
+                        (size_t)((n + DROP_WORD - 1) / DROP_WORD), 0);
 }
 
+/* node: in[0] x; saved[0] the forward's bit mask; f[1] scale */
 static kiln_status dropout_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     kiln_tensor *dx = kiln__tensor_new(ctx, n->op, KILN_F32, gout->ndim, gout->shape);
     if (!dx) return ctx->err;
-    kiln_status s = dropout_launch(ctx, n->op, gout, dx, n->i, (float)n->f[0], (float)n->f[1]);
-    if (s == KILN_OK) s = kiln__accum(ctx, n, 0, dx);
-    kiln_tensor_free(dx);
-    return s;
+    int64_t numel = kiln__numel(gout->ndim, gout->shape);
+    kiln_tensor *mask = n->saved[0];
+    cl_int soff = (cl_int)gout->offset, doff = (cl_int)dx->offset, ni = (cl_int)numel, moff = (cl_int)mask->offset;
+    cl_float cs = (cl_float)n->f[1];
+    kiln__karg args[] = {KILN__ARG(gout->st->mem), KILN__ARG(soff), KILN__ARG(dx->st->mem), KILN__ARG(doff),
+                         KILN__ARG(ni),            KILN__ARG(mask->st->mem), KILN__ARG(moff), KILN__ARG(cs)};
+    kiln_status s = kiln__launch(ctx, n->op, NORM_PROGRAM, NORM_OPTIONS, "dropout_mask_apply",
+                                 sizeof args / sizeof args[0], args, (size_t)((numel + DROP_WORD - 1) / DROP_WORD), 0);
+    if (s != KILN_OK) {
+        kiln_tensor_free(dx);
+        return s;
+    }
+    return kiln__accum_owned(ctx, n, 0, dx); /* dx is new: it becomes the gradient, no copy */
 }
 
 static kiln_status identity_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
@@ -489,19 +509,33 @@ kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training)
     float scale = p == 1.0f ? 0.0f : (float)(1.0 / (1.0 - (double)p));
     int64_t ki[4] = {(int64_t)(uint32_t)ctx->seed, (int64_t)(uint32_t)(ctx->seed >> 32),
                      (int64_t)(uint32_t)ctx->rng_counter, (int64_t)(uint32_t)(ctx->rng_counter >> 32)};
-    kiln_status s = dropout_launch(ctx, op, xc, out, ki, p, scale);
-    free_copy(xc, x);
-    if (s != KILN_OK) {
-        kiln_tensor_free(out);
-        return NULL;
-    }
+    /* the backward applies the forward's mask, kept as bits, rather than drawing it again */
+    kiln_tensor *mask = NULL;
     if (kiln__grad_wanted(ctx, 1, &x)) {
-        kiln__node *nd = kiln__node_new(ctx, op, out, 1, &x, dropout_backward_fn);
-        if (!nd) {
+        int64_t words = (n + DROP_WORD - 1) / DROP_WORD;
+        mask = kiln__tensor_new(ctx, op, KILN_I32, 1, &words);
+        if (!mask) {
+            free_copy(xc, x);
             kiln_tensor_free(out);
             return NULL;
         }
-        memcpy(nd->i, ki, sizeof ki);
+    }
+    kiln_status s = dropout_launch(ctx, op, xc, out, ki, p, scale, mask);
+    free_copy(xc, x);
+    if (s != KILN_OK) {
+        kiln_tensor_free(mask);
+        kiln_tensor_free(out);
+        return NULL;
+    }
+    if (mask) {
+        kiln__node *nd = kiln__node_new(ctx, op, out, 1, &x, dropout_backward_fn);
+        if (!nd) {
+            kiln_tensor_free(mask);
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        kiln__node_save(nd, mask); /* the node holds its own reference */
+        kiln_tensor_free(mask);
         nd->f[0] = p;
         nd->f[1] = scale;
     }

@@ -5,13 +5,17 @@
  * Inputs are [N, C, H, W] or unbatched [C, H, W] (pooling; upsampling takes 4-D only, as
  * torch's interpolate reads a 3-D input as 1-D data). Forward kernels read any view
  * through its strides, so a non-contiguous input costs no copy. Kernels run on 3-D ranges
- * (column, row, plane), which spares them index divisions.
+ * (column, row, plane), which spares them index divisions, except max_pool2d's forward and
+ * tile backward: one work-item per output row with plain loops over the row, which POCL
+ * vectorises (max_pool2d(2) on the reference CNN's [64, 64, 24, 24]: 9.4 -> 1.5 ms of CPU
+ * forward, 4.3 -> 0.8 ms backward).
  *
  * Backward kernels never use atomics, so gradients are bit-for-bit reproducible: in
  * general one work-item per input element gathers from the outputs that read it, in output
  * raster order (for max/avg pooling the same additions in the same order as PyTorch's CPU
  * scatter). When pooling windows do not overlap (stride >= span, as max_pool2d(2)) one
- * work-item per output writes its own box of the input instead. max_pool2d saves its
+ * work-item per output (for max_pool2d: per output row) writes its own box of the input
+ * instead. max_pool2d saves its
  * argmax indices in the node (whether or not the caller asked for them), so the backward
  * reads no input values.
  *
@@ -200,11 +204,15 @@ static kiln_status launch3(kiln_ctx *ctx, const char *op, const char *options, c
 
 /* ---- backward ------------------------------------------------------------------------ */
 
+/* What a backward kernel's work-items run over: input elements, output elements (both
+ * 3-D launches) or output rows (1-D, the max_pool2d row kernels). */
+typedef enum { OVER_INPUTS, OVER_OUTPUTS, OVER_OUTPUT_ROWS } pool_range;
+
 /* Runs the gather kernel `kernel` (arguments: gout, its offset, [saved[0], its offset,]
- * gin, its offset, geometry, [nf floats]) into a new gradient of input 0's shape and adds
+ * gin, its offset, geometry, [nf floats]) into a new gradient of input 0's shape and hands
  * it to that input's gradient. */
 static kiln_status pool_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout, const char *kernel, bool with_saved,
-                                 int nf, bool over_outputs) {
+                                 int nf, pool_range over) {
     if (!kiln__input_needs_grad(n, 0)) return KILN_OK;
     kiln_tensor *x = n->in[0];
     pool_geom g;
@@ -227,11 +235,18 @@ static kiln_status pool_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout
     args[na++] = KILN__ARG(gioff);
     args[na++] = KILN__ARG(g);
     for (int j = 0; j < nf; j++) args[na++] = KILN__ARG(f[j]);
-    kiln_status s = launch3(ctx, n->op, n->i[POOL_WIDE_SLOT] ? POOL_OPTIONS_WIDE : POOL_OPTIONS, kernel, na, args,
-                            (size_t)(over_outputs ? g.OW : g.W), (size_t)(over_outputs ? g.OH : g.H), (size_t)planes);
-    if (s == KILN_OK) s = kiln__accum(ctx, n, 0, gi);
-    kiln_tensor_free(gi);
-    return s;
+    const char *options = n->i[POOL_WIDE_SLOT] ? POOL_OPTIONS_WIDE : POOL_OPTIONS;
+    kiln_status s;
+    if (over == OVER_OUTPUT_ROWS)
+        s = kiln__launch(ctx, n->op, POOL_PROGRAM, options, kernel, na, args, (size_t)(planes * g.OH), 0);
+    else
+        s = launch3(ctx, n->op, options, kernel, na, args, (size_t)(over == OVER_OUTPUTS ? g.OW : g.W),
+                    (size_t)(over == OVER_OUTPUTS ? g.OH : g.H), (size_t)planes);
+    if (s != KILN_OK) {
+        kiln_tensor_free(gi);
+        return s;
+    }
+    return kiln__accum_owned(ctx, n, 0, gi); /* gi is new: it becomes the gradient, no copy */
 }
 
 /* Windows that do not overlap (stride >= span on both axes, as max_pool2d(2)) let the
@@ -245,22 +260,24 @@ static bool tiles(const kiln__node *n) {
 
 static kiln_status max_pool2d_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     bool t = tiles(n);
-    return pool_backward(ctx, n, gout, t ? "max_pool2d_bwd_tile" : "max_pool2d_bwd", true, 0, t);
+    return pool_backward(ctx, n, gout, t ? "max_pool2d_bwd_tile" : "max_pool2d_bwd", true, 0,
+                         t ? OVER_OUTPUT_ROWS : OVER_INPUTS);
 }
 
 static kiln_status avg_pool2d_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     bool t = tiles(n);
-    return pool_backward(ctx, n, gout, t ? "avg_pool2d_bwd_tile" : "avg_pool2d_bwd", false, 0, t);
+    return pool_backward(ctx, n, gout, t ? "avg_pool2d_bwd_tile" : "avg_pool2d_bwd", false, 0,
+                         t ? OVER_OUTPUTS : OVER_INPUTS);
 }
 
 static kiln_status global_avg_pool2d_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    return pool_backward(ctx, n, gout, "global_avg_pool2d_bwd", false, 0, false);
+    return pool_backward(ctx, n, gout, "global_avg_pool2d_bwd", false, 0, OVER_INPUTS);
 }
 
 static kiln_status upsample_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     if (n->i[POOL_MODE_SLOT] == KILN_UPSAMPLE_NEAREST)
-        return pool_backward(ctx, n, gout, "upsample_nearest_bwd", false, 2, false);
-    return pool_backward(ctx, n, gout, "upsample_bilinear_bwd", false, 0, false);
+        return pool_backward(ctx, n, gout, "upsample_nearest_bwd", false, 2, OVER_INPUTS);
+    return pool_backward(ctx, n, gout, "upsample_bilinear_bwd", false, 0, OVER_INPUTS);
 }
 
 /* Records the node of a one-input op whose backward needs the geometry g (and optionally
@@ -284,6 +301,7 @@ kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
     pool_geom g;
     int64_t nb;
     if (!pool_input(ctx, op, x, true, &g, &nb) || !pool_params(ctx, op, x, p, false, &g)) return NULL;
+    g.n = (cl_int)(nb * g.C); /* the kernels run over the planes' output rows */
     int64_t shape[KILN_MAX_DIMS];
     out_shape(x, g.OH, g.OW, shape);
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, shape);
@@ -302,8 +320,8 @@ kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
         cl_mem im = ind ? ind->st->mem : out->st->mem; /* unused without indices */
         kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff), KILN__ARG(im),
                              KILN__ARG(ioff), KILN__ARG(g)};
-        if (launch3(ctx, op, POOL_OPTIONS, ind ? "max_pool2d_fwd_idx" : "max_pool2d_fwd", 6, args, (size_t)g.OW,
-                    (size_t)g.OH, (size_t)(nb * g.C)) != KILN_OK) {
+        if (kiln__launch(ctx, op, POOL_PROGRAM, POOL_OPTIONS, ind ? "max_pool2d_fwd_idx" : "max_pool2d_fwd", 6, args,
+                         (size_t)(nb * g.C * g.OH), 0) != KILN_OK) {
             kiln_tensor_free(ind);
             kiln_tensor_free(out);
             return NULL;
