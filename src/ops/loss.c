@@ -365,10 +365,11 @@ static kiln_status el_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
         el_kernel(kernel, sizeof kernel, kind, "bwd", &c);
         s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, kernel, na, args, (size_t)c.n, 0);
     }
-    if (s == KILN_OK && gx) s = kiln__accum(ctx, n, 0, gx);
-    if (s == KILN_OK && gt) s = kiln__accum(ctx, n, 1, gt);
-    kiln_tensor_free(gx);
-    kiln_tensor_free(gt);
+    /* gx and gt are new: each becomes the gradient as it is where the slot is empty */
+    if (s == KILN_OK && gx) s = kiln__accum_owned(ctx, n, 0, gx);
+    else kiln_tensor_free(gx);
+    if (s == KILN_OK && gt) s = kiln__accum_owned(ctx, n, 1, gt);
+    else kiln_tensor_free(gt);
     return s;
 }
 
@@ -527,8 +528,8 @@ static kiln_status pen_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
             el_kernel(kernel, sizeof kernel, kind, "bwd", &c);
             s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, kernel, na, args, (size_t)c.n, 0);
         }
-        if (s == KILN_OK) s = kiln__accum(ctx, n, j, gx);
-        kiln_tensor_free(gx);
+        if (s == KILN_OK) s = kiln__accum_owned(ctx, n, j, gx);
+        else kiln_tensor_free(gx);
         if (s != KILN_OK) return s;
     }
     return KILN_OK;
@@ -790,8 +791,8 @@ static kiln_status ce_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
             s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, "ce_bwd", 26, args, (size_t)nel, 0);
         }
     }
-    if (s == KILN_OK) s = kiln__accum(ctx, n, 0, gx);
-    kiln_tensor_free(gx);
+    if (s == KILN_OK) s = kiln__accum_owned(ctx, n, 0, gx);
+    else kiln_tensor_free(gx);
     return s;
 }
 
