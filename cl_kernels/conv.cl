@@ -180,15 +180,16 @@ kernel void conv_sum_parts(global const float *part, int poff, int nparts, int k
     if (r >= nitems) return;
     global const float *p = part + poff + r * kgp;
     global float *d = dst + doff + r * kg;
-    int kc = has_db ? kg + 1 : kg;
-    float acc[33];
-    for (int j = 0; j < kc; j++) acc[j] = p[j];
+    for (int j = 0; j < kg; j++) d[j] = p[j];
     for (int s = 1; s < nparts; s++) {
         global const float *q = p + s * nitems * kgp;
-        for (int j = 0; j < kc; j++) acc[j] += q[j];
+        for (int j = 0; j < kg; j++) d[j] += q[j];
     }
-    for (int j = 0; j < kg; j++) d[j] = acc[j];
-    if (has_db) db[dboff + r] = acc[kg];
+    if (has_db) {
+        float b = p[kg];
+        for (int s = 1; s < nparts; s++) b += p[s * nitems * kgp + kg];
+        db[dboff + r] = b;
+    }
 }
 
 /*
