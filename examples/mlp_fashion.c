@@ -11,13 +11,18 @@
 #include "common.h"
 
 static kiln_module *build_mlp(kiln_ctx *ctx) {
+    /* KILN_EXAMPLE_TINY=1: hidden layers 16 and 8 wide, the same program at a small
+     * fraction of the work (scripts/test --oclgrind runs a training step under Oclgrind) */
+    const char *tiny = getenv("KILN_EXAMPLE_TINY");
+    bool t = tiny && *tiny && strcmp(tiny, "0") != 0;
+    int64_t h1 = t ? 16 : 512, h2 = t ? 8 : 256;
     kiln_module *net = kiln_nn_sequential(ctx, 6, (kiln_module *[]){
         kiln_nn_flatten(ctx, 1, -1),                      // (B, 1, 28, 28) -> (B, 784)
-        kiln_nn_linear(ctx, 784, 512, true),              // (B, 512)
+        kiln_nn_linear(ctx, 784, h1, true),               // (B, 512)
         kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-        kiln_nn_linear(ctx, 512, 256, true),              // (B, 256)
+        kiln_nn_linear(ctx, h1, h2, true),                // (B, 256)
         kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-        kiln_nn_linear(ctx, 256, 10, true)});             // (B, 10) logits
+        kiln_nn_linear(ctx, h2, 10, true)});              // (B, 10) logits
     static const char *const names[] = {"flatten", "fc1", "relu1", "fc2", "relu2", "fc3"};
     for (int i = 0; net && i < 6; i++) kiln_module_set_child_name(net, i, names[i]);
     return net;

@@ -1,8 +1,15 @@
 /* tests/test_sweep.c - every kernel of cl_kernels/ at small, odd shapes, forward and
  * backward, on contiguous and strided inputs: the workload memory checkers run
  * (scripts/test --oclgrind runs it under Oclgrind, where the op tests' large shapes take
- * hours). Correctness is the op tests' business; this checks that every op succeeds,
- * that outputs and gradients are finite, and that a scope leaves no tensor behind. */
+ * hours). Correctness is mostly the op tests' business; this checks that every op
+ * succeeds, that outputs and gradients are finite, and that a scope leaves no tensor
+ * behind. The kernels a device picks only at some sizes or on another kind of device
+ * (work-group vs work-item layouts, split sums, merges) are forced with the ops' test
+ * hooks at small sizes and their results checked against host references (forced_*).
+ * Not reached here: sigmoid_bwd_strided and tanh_bwd_strided (their backward reads the
+ * forward's own contiguous output), pen1/pen2_none_* (penalties have no reduction none)
+ * and conv_pad_cols (only where kiln knows the GEMM's tiles: a tuned device; POCL's x86
+ * table pads this file's 54-tap convolution). */
 #include "harness.h"
 
 static kiln_ctx *C;
@@ -59,6 +66,118 @@ static void back(const char *what, kiln_tensor *out, int nleaves, kiln_tensor *c
 
 #define BACK(what, out, ...) \
     back(what, out, (int)(sizeof((kiln_tensor *[]){__VA_ARGS__}) / sizeof(kiln_tensor *)), (kiln_tensor *[]){__VA_ARGS__})
+
+/* ---- the kernel shapes a device does not choose by itself ------------------------------
+ * Which kernel runs can depend on the device (POCL and Oclgrind choose differently) and on
+ * sizes. The test hooks below force each shape on any device; the runs they force are
+ * checked against host references (double precision), forward and backward, so a kernel
+ * reached only this way is still checked for its results, not just for finite output. */
+KILN_API void kiln__softmax_layout(int mode);                  /* src/ops/activation.c */
+KILN_API void kiln__norm_layout(int mode);                     /* src/ops/norm.c */
+KILN_API void kiln__shape_layout(int mode);                    /* src/ops/shape.c */
+KILN_API void kiln__loss_layout(int mode);                     /* src/ops/loss.c */
+KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min); /* src/ops/conv.c */
+
+/* A tensor and the host values it was made from (row-major; h is owned). */
+typedef struct leaf {
+    kiln_tensor *t;
+    float *h;
+    int64_t n;
+} leaf;
+
+static leaf mkl(float lo, float hi, bool grad, int ndim, const int64_t *shape) {
+    leaf l = {.n = h_numel(ndim, shape)};
+    l.h = malloc(sizeof(float) * (size_t)(l.n ? l.n : 1));
+    h_fill(l.h, l.n, lo, hi);
+    l.t = kiln_from_host(C, l.h, KILN_F32, ndim, shape);
+    if (grad && l.t) kiln_set_requires_grad(l.t, true);
+    return l;
+}
+#define ML(lo, hi, grad, ...) \
+    mkl(lo, hi, grad, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
+
+static double *dzeros(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(double)); }
+
+static float *hrand(int64_t n, float lo, float hi) {
+    float *h = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    h_fill(h, n, lo, hi);
+    return h;
+}
+
+/* t (F32, n elements) against ref. */
+static void near(const char *what, kiln_tensor *t, const double *ref, int64_t n) {
+    CHECK(t != NULL, "%s: %s", what, kiln_error_message(C));
+    if (!t) {
+        kiln_error_clear(C);
+        return;
+    }
+    CHECK(kiln_tensor_numel(t) == n, "%s: %lld elements, expected %lld", what, (long long)kiln_tensor_numel(t),
+          (long long)n);
+    if (kiln_tensor_numel(t) != n) return;
+    float *got = h_read(t);
+    h_compare(what, got, ref, n, 1e-4, 1e-4);
+    free(got);
+}
+
+/* Backward from sum(out * w), w the host seed weights (out's numel values). */
+static bool seeded_backward(const char *what, kiln_tensor *out, const float *w) {
+    if (!out) return false;
+    kiln_tensor *wt = kiln_from_host(C, w, KILN_F32, kiln_tensor_ndim(out), kiln_tensor_shape(out));
+    kiln_tensor *l = kiln_sum(C, kiln_mul(C, out, wt), 0, NULL, false);
+    bool ok = l && kiln_backward(l) == KILN_OK;
+    CHECK(ok, "%s backward: %s", what, kiln_error_message(C));
+    kiln_error_clear(C);
+    return ok;
+}
+
+/* The gradient of l against ref; clears it. */
+static void near_grad(const char *what, leaf *l, const double *ref) {
+    char w[160];
+    snprintf(w, sizeof w, "%s: gradient", what);
+    near(w, kiln_grad(l->t), ref, l->n);
+    kiln_clear_grad(l->t);
+}
+
+/* Ops whose outputs are copies of input elements or a fill value (concat, pad, pooling's
+ * max, a min): output element i is element off of leaf `leaf`'s host values, or the fill
+ * value when leaf < 0. Checks out against that and, after a seeded backward, each leaf's
+ * gradient: the sum of the seeds of the outputs that read each element. */
+typedef struct src {
+    int leaf;
+    int64_t off;
+} src;
+
+static void check_map(const char *what, kiln_tensor *out, int nl, leaf *ls, const src *map, int64_t n, float value) {
+    double *y = dzeros(n);
+    for (int64_t i = 0; i < n; i++) y[i] = map[i].leaf >= 0 ? ls[map[i].leaf].h[map[i].off] : value;
+    near(what, out, y, n);
+    float *w = hrand(n, 0.5f, 1.5f);
+    if (out && seeded_backward(what, out, w)) {
+        for (int j = 0; j < nl; j++) {
+            double *g = dzeros(ls[j].n);
+            bool used = false;
+            for (int64_t i = 0; i < n; i++)
+                if (map[i].leaf == j) g[map[i].off] += w[i], used = true;
+            if (used) near_grad(what, &ls[j], g); /* (a leaf the op did not read has no gradient) */
+            free(g);
+        }
+    }
+    free(w);
+    free(y);
+}
+
+/* Coordinates of row-major index i of shape. */
+static void unravel(int64_t i, int nd, const int64_t *shape, int64_t *c) {
+    for (int d = nd - 1; d >= 0; d--) {
+        c[d] = i % shape[d];
+        i /= shape[d];
+    }
+}
+static int64_t view_off(const h_view *v, const int64_t *c) {
+    int64_t off = v->offset;
+    for (int d = 0; d < v->ndim; d++) off += c[d] * v->strides[d];
+    return off;
+}
 
 /* ---- copy.cl -------------------------------------------------------------------------- */
 static void sweep_copy(void) {
@@ -125,6 +244,38 @@ static void sweep_elementwise(void) {
 #undef AT
 }
 
+/* ---- reduce.cl: one long row's argmax in segments (argmax_merge), min per work-group --- */
+static void forced_reduce(void) {
+    for (int layout = 1; layout <= 2; layout++) {
+        kiln__reduce_layout(layout);
+        char what[96];
+        /* 20000 > 256 work-items x 64 terms: segments of one output, merged after */
+        leaf a = ML(-1, 1, false, 1, 20000);
+        kiln_tensor *am = kiln_argmax(C, a.t, 1, false);
+        int64_t best = 0;
+        for (int64_t i = 1; i < a.n; i++)
+            if (a.h[i] > a.h[best]) best = i;
+        int32_t got = -1;
+        CHECK(am && kiln_tensor_numel(am) == 1 && kiln_to_host(am, &got, sizeof got) == KILN_OK,
+              "argmax of a long row: %s", kiln_error_message(C));
+        CHECK(got == best, "argmax of 20000 elements (layout %d): %d, expected %lld", layout, got, (long long)best);
+        kiln_error_clear(C);
+        free(a.h);
+        leaf m = ML(-2, 2, true, 3, 2500);
+        src map[3];
+        for (int r = 0; r < 3; r++) {
+            int64_t j = 0;
+            for (int64_t k = 1; k < 2500; k++)
+                if (m.h[r * 2500 + k] < m.h[r * 2500 + j]) j = k;
+            map[r] = (src){0, r * 2500 + j};
+        }
+        snprintf(what, sizeof what, "min of long rows (layout %d)", layout);
+        check_map(what, kiln_min(C, m.t, 1, (int[]){1}, false), 1, &m, map, 3, 0);
+        free(m.h);
+    }
+    kiln__reduce_layout(0);
+}
+
 /* ---- reduce.cl (both kernel layouts) ------------------------------------------------- */
 static void sweep_reduce(void) {
     for (int layout = 1; layout <= 2; layout++) {
@@ -150,6 +301,7 @@ static void sweep_reduce(void) {
 #undef XT
     }
     kiln__reduce_layout(0);
+    forced_reduce();
 }
 
 /* ---- matmul (CLBlast) ------------------------------------------------------------------ */
@@ -169,6 +321,67 @@ static void sweep_random(void) {
     kiln_manual_seed(C, 5);
     finite("rand_uniform", kiln_rand_uniform(C, -1, 1, 2, (int64_t[]){3, 7}));
     finite("rand_normal", kiln_rand_normal(C, 0, 1, 1, (int64_t[]){13}));
+}
+
+/* ---- activation.cl: softmax's work-group kernels (*_groups), both ways of sharing a row -- */
+
+/* softmax (or log_softmax) of x, contiguous [outer, len, inner], along the middle dim, and
+ * the gradient for seeds w. */
+static void ref_softmax(const float *x, const float *w, int64_t outer, int64_t len, int64_t inner, bool lg, double *y,
+                        double *gx) {
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t in = 0; in < inner; in++) {
+            int64_t base = o * len * inner + in;
+            double m = -INFINITY, s = 0, dot = 0, sw = 0;
+            for (int64_t j = 0; j < len; j++) m = fmax(m, x[base + j * inner]);
+            for (int64_t j = 0; j < len; j++) s += exp(x[base + j * inner] - m);
+            for (int64_t j = 0; j < len; j++) {
+                int64_t i = base + j * inner;
+                dot += w[i] * exp(x[i] - m) / s;
+                sw += w[i];
+            }
+            for (int64_t j = 0; j < len; j++) {
+                int64_t i = base + j * inner;
+                double p = exp(x[i] - m) / s;
+                y[i] = lg ? x[i] - m - log(s) : p;
+                gx[i] = lg ? w[i] - p * sw : p * (w[i] - dot);
+            }
+        }
+}
+
+static void forced_softmax(void) {
+    static const struct {
+        int nd;
+        int64_t shape[3];
+        int dim;
+    } cs[] = {{2, {3, 5}, 1}, {2, {3, 5}, 0}, {3, {2, 5, 3}, 1}, {2, {2, 300}, 1}};
+    for (int layout = 2; layout <= 3; layout++) {
+        kiln__softmax_layout(layout); /* 2: blocked shares of a row, 3: interleaved */
+        for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++)
+            for (int lg = 0; lg < 2; lg++) {
+                int dim = cs[k].dim;
+                leaf x = mkl(-3, 3, true, cs[k].nd, cs[k].shape);
+                int64_t outer = 1, inner = 1, len = cs[k].shape[dim];
+                for (int d = 0; d < cs[k].nd; d++) {
+                    if (d < dim) outer *= cs[k].shape[d];
+                    if (d > dim) inner *= cs[k].shape[d];
+                }
+                char what[128];
+                snprintf(what, sizeof what, "%s groups, %s shares: %d-d dim %d of %lld", lg ? "log_softmax" : "softmax",
+                         layout == 2 ? "blocked" : "interleaved", cs[k].nd, dim, (long long)x.n);
+                kiln_tensor *out = lg ? kiln_log_softmax(C, x.t, dim) : kiln_softmax(C, x.t, dim);
+                double *y = dzeros(x.n), *gx = dzeros(x.n);
+                float *w = hrand(x.n, 0.5f, 1.5f);
+                ref_softmax(x.h, w, outer, len, inner, lg != 0, y, gx);
+                near(what, out, y, x.n);
+                if (seeded_backward(what, out, w)) near_grad(what, &x, gx);
+                free(w);
+                free(y);
+                free(gx);
+                free(x.h);
+            }
+    }
+    kiln__softmax_layout(0);
 }
 
 /* ---- activation.cl --------------------------------------------------------------------- */
@@ -200,6 +413,74 @@ static void sweep_activation(void) {
     BACK("sigmoid strided", kiln_sigmoid(C, kiln_transpose(C, z, 0, 2)), z);
     BACK("tanh strided", kiln_tanh(C, kiln_transpose(C, z, 0, 2)), z);
     BACK("log_softmax middle dim", kiln_log_softmax(C, y, 1), y);
+    forced_softmax();
+}
+
+/* ---- shape.cl: the per-row kernels (cat_copy_chunks, pad_rows) ------------------------- */
+
+/* kiln_concat of ts (leaves' views v, of leaves lf) along dim, against the host. */
+static void check_concat(const char *what, int n, kiln_tensor **ts, const h_view *v, const int *lf, int nl, leaf *ls,
+                         int dim) {
+    int nd = v[0].ndim;
+    int64_t oshape[KILN_MAX_DIMS], c[KILN_MAX_DIMS];
+    memcpy(oshape, v[0].shape, sizeof(int64_t) * (size_t)nd);
+    for (int k = 1; k < n; k++) oshape[dim] += v[k].shape[dim];
+    int64_t total = h_numel(nd, oshape);
+    src *map = malloc(sizeof *map * (size_t)total);
+    for (int64_t i = 0; i < total; i++) {
+        unravel(i, nd, oshape, c);
+        int k = 0;
+        while (c[dim] >= v[k].shape[dim]) c[dim] -= v[k++].shape[dim];
+        map[i] = (src){lf[k], view_off(&v[k], c)};
+    }
+    check_map(what, kiln_concat(C, n, ts, dim), nl, ls, map, total, 0);
+    free(map);
+}
+
+/* kiln_pad of x (leaf l's view v) against the host. */
+static void check_pad(const char *what, leaf *l, kiln_tensor *x, const h_view *v, int npad, const int64_t *pad,
+                      float value) {
+    int nd = v->ndim;
+    int64_t before[KILN_MAX_DIMS] = {0}, oshape[KILN_MAX_DIMS], c[KILN_MAX_DIMS];
+    memcpy(oshape, v->shape, sizeof(int64_t) * (size_t)nd);
+    for (int p = 0; p < npad / 2; p++) {
+        before[nd - 1 - p] = pad[2 * p];
+        oshape[nd - 1 - p] += pad[2 * p] + pad[2 * p + 1];
+    }
+    int64_t total = h_numel(nd, oshape);
+    src *map = malloc(sizeof *map * (size_t)total);
+    for (int64_t i = 0; i < total; i++) {
+        unravel(i, nd, oshape, c);
+        bool in = true;
+        for (int d = 0; d < nd; d++) {
+            c[d] -= before[d];
+            in = in && c[d] >= 0 && c[d] < v->shape[d];
+        }
+        map[i] = in ? (src){0, view_off(v, c)} : (src){-1, 0};
+    }
+    check_map(what, kiln_pad(C, x, npad, pad, value), 1, l, map, total, value);
+    free(map);
+}
+
+static void forced_shape(void) {
+    kiln__shape_layout(2); /* a work-item per chunk of a row (concat) and per row (pad) */
+    leaf ls[3] = {ML(-1, 1, true, 2, 3, 4), ML(-1, 1, true, 2, 2, 4), ML(-1, 1, true, 2, 300)};
+    h_view va = h_contig(3, (int64_t[]){2, 3, 4}), vb = h_contig(3, (int64_t[]){2, 2, 4});
+    h_view vw = h_contig(2, (int64_t[]){2, 300}), vat = va;
+    h_view_transpose(&vat, 1, 2);
+#define AT kiln_transpose(C, ls[0].t, 1, 2)
+    check_concat("concat rows dim 1", 2, (kiln_tensor *[]){ls[0].t, ls[1].t}, (h_view[]){va, vb}, (int[]){0, 1}, 2, ls,
+                 1);
+    check_concat("concat rows of views dim 2", 2, (kiln_tensor *[]){AT, AT}, (h_view[]){vat, vat}, (int[]){0, 0}, 1,
+                 ls, 2);
+    check_concat("concat rows of 2 chunks", 2, (kiln_tensor *[]){ls[2].t, ls[2].t}, (h_view[]){vw, vw},
+                 (int[]){2, 2}, 3, ls, 1);
+    check_pad("pad rows", &ls[0], ls[0].t, &va, 4, (int64_t[]){1, 2, 0, 1}, 0.5f);
+    check_pad("pad rows crop of a view", &ls[0], AT, &vat, 2, (int64_t[]){-1, 1}, 0.0f);
+    check_pad("pad wide rows", &ls[2], ls[2].t, &vw, 2, (int64_t[]){1, 1}, -2.0f);
+#undef AT
+    for (int j = 0; j < 3; j++) free(ls[j].h);
+    kiln__shape_layout(0);
 }
 
 /* ---- shape.cl -------------------------------------------------------------------------- */
@@ -226,6 +507,91 @@ static void sweep_shape(void) {
     int32_t gi[2 * 3 * 2] = {0, 3, 1, 1, 2, 0, 3, 3, 0, 1, 2, 2};
     kiln_tensor *g = mk_i32(gi, 3, (int64_t[]){2, 3, 2});
     BACK("gather", kiln_gather(C, a, 2, g), a);
+    forced_shape();
+}
+
+/* ---- conv.cl: the weight gradient in parts summed after (conv_sum_parts) ----------------- */
+
+/* y = conv2d(x, w) + b (stride 1, padding pad, groups 1) of x [N, CI, H, W], w [CO, CI,
+ * KH, KW], and for seeds gy the gradients gx, gw, gb. */
+typedef struct cshape {
+    int64_t N, CI, H, W, CO, KH, KW, pad;
+} cshape;
+
+static void ref_conv(const cshape *s, const float *x, const float *w, const float *b, const float *gy, double *y,
+                     double *gx, double *gw, double *gb) {
+    int64_t HO = s->H + 2 * s->pad - s->KH + 1, WO = s->W + 2 * s->pad - s->KW + 1;
+    for (int64_t n = 0; n < s->N; n++)
+        for (int64_t o = 0; o < s->CO; o++)
+            for (int64_t i = 0; i < HO; i++)
+                for (int64_t j = 0; j < WO; j++) {
+                    int64_t yi = ((n * s->CO + o) * HO + i) * WO + j;
+                    double acc = b[o];
+                    gb[o] += gy[yi];
+                    for (int64_t c = 0; c < s->CI; c++)
+                        for (int64_t ki = 0; ki < s->KH; ki++)
+                            for (int64_t kj = 0; kj < s->KW; kj++) {
+                                int64_t h = i - s->pad + ki, ww = j - s->pad + kj;
+                                if (h < 0 || h >= s->H || ww < 0 || ww >= s->W) continue;
+                                int64_t xi = ((n * s->CI + c) * s->H + h) * s->W + ww;
+                                int64_t wi = ((o * s->CI + c) * s->KH + ki) * s->KW + kj;
+                                acc += (double)x[xi] * w[wi];
+                                gx[xi] += (double)gy[yi] * w[wi];
+                                gw[wi] += (double)gy[yi] * x[xi];
+                            }
+                    y[yi] = acc;
+                }
+}
+
+static void forced_conv(void) {
+    static const struct {
+        cshape s;
+        int mode;
+    } cs[] = {
+        /* 27 taps per output channel: the direct kernel for few taps (conv_wgrad_small) */
+        {{2, 3, 5, 5, 4, 3, 3, 1}, 1},
+        /* 54 taps: GEMMs; where kiln knows the GEMM's tiles (kiln__sgemm_tiles: a tuned
+         * device) padded to 64 (conv_pad_cols); mode 1 splits the inner dim (72) into parts
+         * of at least 8 products, mode 2 also cuts the columns into chunks of one image */
+        {{2, 6, 6, 6, 3, 3, 3, 1}, 0},
+        {{2, 6, 6, 6, 3, 3, 3, 1}, 1},
+        {{2, 6, 6, 6, 3, 3, 3, 1}, 2},
+    };
+    for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
+        const cshape *s = &cs[k].s;
+        int mode = cs[k].mode;
+        int64_t HO = s->H + 2 * s->pad - s->KH + 1, WO = s->W + 2 * s->pad - s->KW + 1;
+        /* mode 2: column buffers of one image (chunks accumulate into the parts) */
+        int64_t per = (s->CI * s->KH * s->KW + s->CO) * HO * WO;
+        kiln__conv_tuning(mode == 2 ? per : 0, mode ? 8 : 0);
+        leaf x = ML(-1, 1, true, s->N, s->CI, s->H, s->W), w = ML(-0.5f, 0.5f, true, s->CO, s->CI, s->KH, s->KW);
+        leaf b = ML(-0.5f, 0.5f, true, s->CO);
+        int64_t ny = s->N * s->CO * HO * WO;
+        double *y = dzeros(ny), *gx = dzeros(x.n), *gw = dzeros(w.n), *gb = dzeros(b.n);
+        float *gy = hrand(ny, 0.5f, 1.5f);
+        ref_conv(s, x.h, w.h, b.h, gy, y, gx, gw, gb);
+        char what[96];
+        snprintf(what, sizeof what, "conv2d %lld taps%s", (long long)(s->CI * s->KH * s->KW),
+                 mode == 0 ? "" : mode == 1 ? " [split]" : " [chunks of 1, split]");
+        kiln_conv2d_params p = {.stride = {1, 1}, .padding = {(int)s->pad, (int)s->pad}, .dilation = {1, 1},
+                                .groups = 1};
+        kiln_tensor *out = kiln_conv2d(C, x.t, w.t, b.t, &p);
+        near(what, out, y, ny);
+        if (seeded_backward(what, out, gy)) {
+            near_grad(what, &x, gx);
+            near_grad(what, &w, gw);
+            near_grad(what, &b, gb);
+        }
+        free(gy);
+        free(y);
+        free(gx);
+        free(gw);
+        free(gb);
+        free(x.h);
+        free(w.h);
+        free(b.h);
+    }
+    kiln__conv_tuning(0, 0);
 }
 
 /* ---- conv.cl --------------------------------------------------------------------------- */
@@ -247,6 +613,34 @@ static void sweep_conv(void) {
     kiln_tensor *wb = MK(-0.5f, 0.5f, true, 3, 2, 1, 1);
     kiln_tensor *bb = MK(-0.5f, 0.5f, true, 3);
     BACK("conv2d 1x1 over many positions", kiln_conv2d(C, xb, wb, bb, NULL), xb, wb, bb);
+    forced_conv();
+}
+
+/* ---- pool.cl: max pooling whose windows do not overlap (the backward's tile kernel) ---- */
+static void forced_pool(void) {
+    static const int64_t N = 2, CH = 3, H = 7, W = 6;
+    static const int ks[][2] = {{2, 2}, {3, 2}}; /* stride = kernel */
+    for (size_t k = 0; k < sizeof ks / sizeof ks[0]; k++) {
+        int kh = ks[k][0], kw = ks[k][1];
+        int64_t OH = (H - kh) / kh + 1, OW = (W - kw) / kw + 1, n = N * CH * OH * OW;
+        leaf x = ML(-1, 1, true, N, CH, H, W);
+        src *map = malloc(sizeof *map * (size_t)n);
+        for (int64_t i = 0; i < n; i++) {
+            int64_t plane = i / (OH * OW), oh = i / OW % OH, ow = i % OW, best = -1;
+            for (int a = 0; a < kh; a++)
+                for (int b = 0; b < kw; b++) {
+                    int64_t off = (plane * H + oh * kh + a) * W + ow * kw + b;
+                    if (best < 0 || x.h[off] > x.h[best]) best = off;
+                }
+            map[i] = (src){0, best};
+        }
+        kiln_pool2d_params p = {.kernel = {kh, kw}};
+        char what[64];
+        snprintf(what, sizeof what, "max_pool2d %dx%d tiles", kh, kw);
+        check_map(what, kiln_max_pool2d(C, x.t, &p, NULL), 1, &x, map, n, 0);
+        free(map);
+        free(x.h);
+    }
 }
 
 /* ---- pool.cl --------------------------------------------------------------------------- */
@@ -267,6 +661,133 @@ static void sweep_pool(void) {
     BACK("upsample nearest", kiln_upsample(C, x, 11, 4, KILN_UPSAMPLE_NEAREST, false), x);
     BACK("upsample bilinear", kiln_upsample(C, x, 9, 13, KILN_UPSAMPLE_BILINEAR, false), x);
     BACK("upsample bilinear aligned", kiln_upsample(C, x, 5, 8, KILN_UPSAMPLE_BILINEAR, true), x);
+    forced_pool();
+}
+
+/* ---- norm.cl: a work-item per channel / row (norm_*_rows) and a work-group per one -------- */
+
+/* Batch / layer norm of x [N, G, S] per group g (N*S elements each): y; with train the
+ * batch statistics (mean, unbiased variance out), else rm/rv; the affine weight/bias per
+ * group, or per element s (elem: layer norm) or absent; and for seeds gy the gradients gx,
+ * gw, gb (gw/gb [G], or [S] with elem). */
+typedef struct nshape {
+    int64_t N, G, S;
+    bool elem, train;
+} nshape;
+
+static void ref_norm(const nshape *s, const float *x, const float *wt, const float *bs, const float *rm,
+                     const float *rv, double eps, const float *gy, double *y, double *gx, double *gw, double *gb,
+                     double *mean, double *uvar) {
+    int64_t M = s->N * s->S;
+    for (int64_t g = 0; g < s->G; g++) {
+#define IDX(n, e) (((n) * s->G + g) * s->S + (e))
+#define PI(e) (s->elem ? (e) : g)
+        double mu = 0, var = 0;
+        for (int64_t n = 0; n < s->N; n++)
+            for (int64_t e = 0; e < s->S; e++) mu += x[IDX(n, e)];
+        mu /= (double)M;
+        for (int64_t n = 0; n < s->N; n++)
+            for (int64_t e = 0; e < s->S; e++) var += (x[IDX(n, e)] - mu) * (x[IDX(n, e)] - mu);
+        var /= (double)M;
+        if (s->train) {
+            mean[g] = mu;
+            uvar[g] = M > 1 ? var * (double)M / (double)(M - 1) : var;
+        } else {
+            mu = rm[g];
+            var = rv[g];
+        }
+        double rstd = 1.0 / sqrt(var + eps), gs = 0, gxs = 0;
+        for (int64_t n = 0; n < s->N; n++)
+            for (int64_t e = 0; e < s->S; e++) {
+                int64_t i = IDX(n, e);
+                double a = wt ? wt[PI(e)] : 1.0, xh = (x[i] - mu) * rstd;
+                y[i] = xh * a + (bs ? bs[PI(e)] : 0.0);
+                gw[PI(e)] += gy[i] * xh;
+                gb[PI(e)] += gy[i];
+                gs += gy[i] * a;
+                gxs += gy[i] * a * xh;
+            }
+        for (int64_t n = 0; n < s->N; n++)
+            for (int64_t e = 0; e < s->S; e++) {
+                int64_t i = IDX(n, e);
+                double a = wt ? wt[PI(e)] : 1.0, xh = (x[i] - mu) * rstd;
+                gx[i] = s->train ? rstd * (gy[i] * a - gs / (double)M - xh * gxs / (double)M) : gy[i] * a * rstd;
+            }
+#undef IDX
+#undef PI
+    }
+}
+
+static void forced_norm(void) {
+    static const struct {
+        const char *what;
+        int nd;
+        int64_t shape[4];
+        nshape s;
+        bool w, b, stats; /* affine weight, bias; running statistics */
+    } cs[] = {
+        {"batch_norm train 4-d", 4, {3, 4, 2, 2}, {3, 4, 4, false, true}, true, true, true},
+        {"batch_norm eval 4-d", 4, {3, 4, 2, 2}, {3, 4, 4, false, false}, true, true, true},
+        {"batch_norm train 2-d", 2, {6, 4}, {6, 4, 1, false, true}, true, false, false},
+        {"layer_norm", 2, {5, 3}, {1, 5, 3, true, true}, true, true, false},
+        {"layer_norm of 2 dims", 3, {2, 3, 4}, {1, 2, 12, true, true}, false, false, false},
+    };
+    const float mom = 0.1f, eps = 1e-5f;
+    for (int layout = 1; layout <= 2; layout++) {
+        kiln__norm_layout(layout);
+        for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
+            const nshape *s = &cs[k].s;
+            int64_t np = s->elem ? s->S : s->G;
+            leaf x = mkl(-1, 1, true, cs[k].nd, cs[k].shape);
+            leaf w = ML(0.5f, 1.5f, true, np), b = ML(-0.5f, 0.5f, true, np);
+            leaf rm = ML(-0.2f, 0.2f, false, s->G), rv = ML(0.5f, 1.5f, false, s->G);
+            kiln_tensor *wt = cs[k].w ? w.t : NULL, *bt = cs[k].b ? b.t : NULL;
+            char what[96];
+            snprintf(what, sizeof what, "%s (%s)", cs[k].what, layout == 1 ? "a work-item per group" : "work-groups");
+            kiln_tensor *out =
+                s->elem ? kiln_layer_norm(C, x.t, cs[k].nd == 3 ? 2 : 1, wt, bt, eps)
+                        : kiln_batch_norm(C, x.t, cs[k].stats ? rm.t : NULL, cs[k].stats ? rv.t : NULL, wt, bt,
+                                          s->train, mom, eps);
+            double *y = dzeros(x.n), *gx = dzeros(x.n), *gw = dzeros(np), *gb = dzeros(np);
+            double *mean = dzeros(s->G), *uvar = dzeros(s->G);
+            float *gy = hrand(x.n, 0.5f, 1.5f);
+            ref_norm(s, x.h, cs[k].w ? w.h : NULL, cs[k].b ? b.h : NULL, rm.h, rv.h, eps, gy, y, gx, gw, gb, mean,
+                     uvar);
+            near(what, out, y, x.n);
+            if (cs[k].stats && s->train) { /* the running statistics' update */
+                double *erm = dzeros(s->G), *erv = dzeros(s->G);
+                for (int64_t g = 0; g < s->G; g++) {
+                    erm[g] = (1 - mom) * rm.h[g] + mom * mean[g];
+                    erv[g] = (1 - mom) * rv.h[g] + mom * uvar[g];
+                }
+                char w2[128];
+                snprintf(w2, sizeof w2, "%s: running mean", what);
+                near(w2, rm.t, erm, s->G);
+                snprintf(w2, sizeof w2, "%s: running variance", what);
+                near(w2, rv.t, erv, s->G);
+                free(erm);
+                free(erv);
+            }
+            if (seeded_backward(what, out, gy)) {
+                near_grad(what, &x, gx);
+                if (cs[k].w) near_grad(what, &w, gw);
+                if (cs[k].b) near_grad(what, &b, gb);
+            }
+            free(gy);
+            free(y);
+            free(gx);
+            free(gw);
+            free(gb);
+            free(mean);
+            free(uvar);
+            free(x.h);
+            free(w.h);
+            free(b.h);
+            free(rm.h);
+            free(rv.h);
+        }
+    }
+    kiln__norm_layout(0);
 }
 
 /* ---- norm.cl --------------------------------------------------------------------------- */
@@ -298,6 +819,73 @@ static void sweep_norm(void) {
     kiln_tensor *emb = MK(-1, 1, true, 7, 3);
     int32_t ids[6] = {6, 0, 3, 3, 1, 6};
     BACK("embedding", kiln_embedding(C, emb, mk_i32(ids, 2, (int64_t[]){2, 3})), emb);
+    forced_norm();
+}
+
+/* ---- loss.cl: partial sums before the final one (sum_part), penalties of many tensors (add4) */
+static void forced_loss(void) {
+    /* nll over more rows than one work-group's 256 x 32 terms: the mean's two sums (losses
+     * and weights; interleaved terms) and the sum's one (blocked) in partial sums first */
+    enum { N = 8200 };
+    int32_t *lab = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) lab[i] = i % 7 == 3 ? -100 : (i * 5 + i / 3) % 2;
+    kiln_tensor *y = mk_i32(lab, 1, (int64_t[]){N});
+    leaf cw = ML(0.5f, 1.5f, false, 2);
+    for (int layout = 1; layout <= 2; layout++) {
+        kiln__loss_layout(layout);
+        int r = layout == 1 ? KILN_MEAN : KILN_SUM;
+        leaf lp = ML(-3, 0, true, N, 2);
+        double num = 0, den = 0;
+        for (int i = 0; i < N; i++)
+            if (lab[i] >= 0) num -= (double)cw.h[lab[i]] * lp.h[2 * i + lab[i]], den += cw.h[lab[i]];
+        double ref = r == KILN_MEAN ? num / den : num;
+        char what[96];
+        snprintf(what, sizeof what, "nll_loss %s of %d rows (layout %d)", r == KILN_MEAN ? "mean" : "sum", N,
+                 layout);
+        kiln_tensor *out = kiln_nll_loss(C, lp.t, y, cw.t, -100, (kiln_reduction)r);
+        near(what, out, &ref, 1);
+        float seed = 1.25f;
+        if (seeded_backward(what, out, &seed)) {
+            double *g = dzeros(lp.n);
+            for (int i = 0; i < N; i++)
+                if (lab[i] >= 0) g[2 * i + lab[i]] = -(double)cw.h[lab[i]] * seed / (r == KILN_MEAN ? den : 1.0);
+            near_grad(what, &lp, g);
+            free(g);
+        }
+        free(lp.h);
+    }
+    kiln__loss_layout(0);
+    free(lab);
+    free(cw.h);
+    /* more tensors than a node takes (4): each chunk's penalty, then add4 over them */
+    static const int64_t shapes[9][2] = {{3, 1}, {2, 3}, {4, 1}, {1, 1}, {2, 2}, {5, 1}, {3, 1}, {2, 1}, {6, 1}};
+    for (int l2 = 0; l2 < 2; l2++) {
+        int n = l2 ? 9 : 5;
+        leaf ps[9];
+        kiln_tensor *ts[9];
+        double ref = 0;
+        for (int j = 0; j < n; j++) {
+            ps[j] = mkl(-1, 1, true, 2, shapes[j]);
+            ts[j] = j == 1 ? kiln_transpose(C, ps[j].t, 0, 1) : ps[j].t; /* one strided */
+            for (int64_t i = 0; i < ps[j].n; i++) ref += l2 ? (double)ps[j].h[i] * ps[j].h[i] : fabs(ps[j].h[i]);
+        }
+        char what[64];
+        snprintf(what, sizeof what, "%s of %d tensors", l2 ? "l2_penalty" : "l1_penalty", n);
+        kiln_tensor *out = l2 ? kiln_l2_penalty(C, n, ts) : kiln_l1_penalty(C, n, ts);
+        near(what, out, &ref, 1);
+        float seed = 0.75f;
+        bool ok = seeded_backward(what, out, &seed);
+        for (int j = 0; j < n; j++) {
+            if (ok) {
+                double *g = dzeros(ps[j].n);
+                for (int64_t i = 0; i < ps[j].n; i++)
+                    g[i] = seed * (l2 ? 2.0 * ps[j].h[i] : (ps[j].h[i] > 0) - (ps[j].h[i] < 0));
+                near_grad(what, &ps[j], g);
+                free(g);
+            }
+            free(ps[j].h);
+        }
+    }
 }
 
 /* ---- loss.cl --------------------------------------------------------------------------- */
@@ -351,6 +939,7 @@ static void sweep_loss(void) {
     BACK("l2_penalty", kiln_l2_penalty(C, 2, (kiln_tensor *[]){p, logits}), p, logits);
     BACK("l1_penalty strided", kiln_l1_penalty(C, 1, (kiln_tensor *[]){kiln_transpose(C, p, 0, 1)}), p);
     BACK("l2_penalty strided", kiln_l2_penalty(C, 1, (kiln_tensor *[]){kiln_transpose(C, p, 0, 1)}), p);
+    forced_loss();
 }
 
 /* ---- optim.cl -------------------------------------------------------------------------- */
