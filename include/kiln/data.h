@@ -221,7 +221,8 @@ typedef struct kiln_loader_opts {
     const float *std;   /* norm_count values > 0 (copied) */
     int crop_padding;   /* > 0: random crop of the padded sample (samples of >= 2 dims) */
     bool hflip;         /* random horizontal flip (samples of >= 2 dims) */
-    bool sync;          /* prepare batches on the calling thread (no background thread) */
+    bool sync;          /* prepare batches on the calling thread (no background thread);
+                           always so on Oclgrind, which is not safe to drive from two threads */
 } kiln_loader_opts;
 
 typedef struct kiln_loader kiln_loader;

@@ -756,6 +756,10 @@ kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_l
                    (long long)ds->n, (long long)o.batch_size);
         return NULL;
     }
+    /* Oclgrind 21.10 runs the queue's commands on whichever thread calls into it, so the
+     * worker's clFlush/clWaitForEvents would run the simulator on two threads at once (it
+     * crashes in its memory pool): batches are prepared on the calling thread there. */
+    if (strstr(ctx->info.platform_name, "Oclgrind")) o.sync = true;
     kiln_loader *l = calloc(1, sizeof *l);
     if (!l) goto oom;
     l->ctx = ctx;
