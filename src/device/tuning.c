@@ -534,9 +534,48 @@ static void set_threshold(cl_device_id dev, size_t v) {
  * lock keeps concurrent calls from seeing each other's switch. A switch costs ~0.7 ms of
  * host time, so small products keep CLBlast's choice.
  */
+/*
+ * Whether CLBlast 1.5's strided-batched indirect GEMM might compute this batch wrongly. It
+ * uses an operand in place (no padded temporary) when its dims are multiples of the tiles
+ * and its leading dim is exact, without looking at the operand's offset or batch stride:
+ * its kernel then reads batch i at i * rows * cols from the buffer's start. (kiln's
+ * [2, 64, 64] x [2, 64, 64] with non-zero offsets got NaN and wrote outside its output.)
+ * Where kiln knows the tiles and calls in the column-major form it predicts CLBlast's test
+ * (xgemmstridedbatched.cpp, GEMMK 0: A wanted unrotated, B rotated); elsewhere every
+ * operand counts as possibly in place.
+ */
+static bool batched_unsafe(bool col, bool ta, bool tb, size_t m, size_t n, size_t k, size_t aoff, size_t lda,
+                           size_t astride, size_t boff, size_t ldb, size_t bstride, size_t coff, size_t ldc,
+                           size_t cstride) {
+    bool a_dense = aoff == 0 && astride == (ta ? k * m : m * k) && lda == (ta ? m : k);
+    bool b_dense = boff == 0 && bstride == k * n && ldb == (tb ? k : n);
+    bool c_dense = coff == 0 && cstride == m * n && ldc == n;
+    pthread_mutex_lock(&route_mu);
+    bool known = col && route.known && route.mwg && route.nwg && route.kwg;
+    size_t mwg = route.mwg, nwg = route.nwg, kwg = route.kwg;
+    pthread_mutex_unlock(&route_mu);
+    if (!known) return !a_dense || !b_dense || !c_dense;
+    /* the column-major call: CLBlast's A is kiln's B, its B kiln's A, m' = n, n' = m */
+    bool kin = k % kwg == 0;
+    bool a_in_place = ta && m % nwg == 0 && kin && lda == m;
+    bool b_in_place = !tb && n % mwg == 0 && kin && ldb == n;
+    bool c_in_place = n % mwg == 0 && m % nwg == 0 && ldc == n;
+    return (a_in_place && !a_dense) || (b_in_place && !b_dense) || (c_in_place && !c_dense);
+}
+
 int kiln__sgemm(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t aoff,
                 size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta, cl_mem c,
                 size_t coff, size_t ldc, size_t cstride, size_t batch) {
+    if (batch > 1 && batched_unsafe(use_colmajor(), ta, tb, m, n, k, aoff, lda, astride, boff, ldb, bstride, coff, ldc,
+                                    cstride)) {
+        /* one plain GEMM per batch: CLBlast's single GEMM copies an offset operand first */
+        for (size_t i = 0; i < batch; i++) {
+            int r = kiln__sgemm(ctx, ta, tb, m, n, k, alpha, a, aoff + i * astride, lda, 0, b, boff + i * bstride, ldb,
+                                0, beta, c, coff + i * cstride, ldc, 0, 1);
+            if (r != 0) return r;
+        }
+        return 0;
+    }
     CLBlastTranspose fa = ta ? CLBlastTransposeYes : CLBlastTransposeNo;
     CLBlastTranspose fb = tb ? CLBlastTransposeYes : CLBlastTransposeNo;
     bool col = use_colmajor();
