@@ -17,6 +17,9 @@
 #define U_F32 (1.0 / 16777216.0)
 #define TOL_C 2.0
 
+/* src/ops/matmul.c's test hook: how many parts of K a product is split into. */
+KILN_API size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
+
 static const char *g_pass = ""; /* which pass of the suite runs, for messages */
 
 /* ---- host views (independent of kiln's stride bookkeeping) ------------------------- */
@@ -104,8 +107,13 @@ static void check_mm(kiln_ctx *ctx, const char *name, kiln_tensor *a, const floa
     kiln_pool_stats_get(ctx, &s1);
     CHECK(c != NULL, "%s: %s", what, kiln_error_message(ctx));
     if (!c) return;
-    CHECK(s1.allocs - s0.allocs == (uint64_t)(1 + copies), "%s: %llu pool allocations, expected %d (%s)", what,
-          (unsigned long long)(s1.allocs - s0.allocs), 1 + copies, copies ? "output + copy" : "output only, no copy");
+    /* a product split over K (one matrix, or batches folded into M) adds its partials */
+    int64_t on = kiln_tensor_ndim(c) ? kiln_tensor_shape(c)[kiln_tensor_ndim(c) - 1] : 1;
+    int64_t kk = av.ndim < 2 ? av.shape[0] : (flags & KILN_TRANS_A) ? av.shape[av.ndim - 2] : av.shape[av.ndim - 1];
+    int split = on > 0 && kiln__matmul_split_parts(ctx, (size_t)(kiln_tensor_numel(c) / on), (size_t)on, (size_t)kk) > 1;
+    CHECK(s1.allocs - s0.allocs == (uint64_t)(1 + copies + split), "%s: %llu pool allocations, expected %d (%s)", what,
+          (unsigned long long)(s1.allocs - s0.allocs), 1 + copies + split,
+          copies ? "output + copy" : split ? "output + split-K partials, no copy" : "output only, no copy");
     int64_t oshape[KILN_MAX_DIMS], k;
     double *ref, *mag;
     int ond = ref_matmul(abase, av, bbase, bv, flags, oshape, &ref, &mag, &k);
@@ -185,6 +193,26 @@ static void test_shapes(kiln_ctx *ctx) {
         check_mm(ctx, i ? "k=0 over reused NaN memory" : "output over reused NaN memory", a, ha, va, b, hb, vb, 0, 0);
         free(ha), free(hb);
     }
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+}
+
+/* Long K with few output tiles: on a device whose GEMM tiles kiln knows (POCL's CPU table)
+ * the product is split over K into parts summed after (src/ops/matmul.c, split_parts), with
+ * a remainder of K added to part 0 (2500 = 2 x 1248 + 4); every transpose combination,
+ * since each moves the parts' offsets differently. Elsewhere the same products are plain. */
+static void test_split_k(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    const int64_t m = 5, k = 2500, n = 7;
+    static const int flags[] = {0, KILN_TRANS_A, KILN_TRANS_B, KILN_TRANS_A | KILN_TRANS_B};
+    static const char *const names[] = {"split K NN", "split K TN", "split K NT", "split K TT"};
+    for (int f = 0; f < 4; f++) {
+        bool ta = flags[f] & KILN_TRANS_A, tb = flags[f] & KILN_TRANS_B;
+        check_plain(ctx, names[f], 2, ta ? (int64_t[]){k, m} : (int64_t[]){m, k}, 2,
+                    tb ? (int64_t[]){n, k} : (int64_t[]){k, n}, flags[f]);
+    }
+    check_plain(ctx, "split K, fc1 forward [64,9216]x[128,9216]^T", 2, (int64_t[]){64, 9216}, 2,
+                (int64_t[]){128, 9216}, KILN_TRANS_B);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
 }
@@ -394,6 +422,7 @@ static void run_pass(kiln_ctx *ctx, const char *pass, int64_t guard) {
      * indirect path can skip its temporaries */
     kiln__set_guard(ctx, guard);
     test_shapes(ctx);
+    test_split_k(ctx);
     test_views(ctx);
     test_batches(ctx);
     test_vectors(ctx);

@@ -142,12 +142,88 @@ static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const ch
                       routine, m, n, k, batch, sa, sb, mc->ctx->info.name, clblast_name(s), (int)s);
 }
 
+/*
+ * Parts of K for one product whose result has few GEMM tiles but a long K (the reference
+ * CNN's fc1 forward, 64 x 128 x 9216 NT: two 64 x 64 tiles, so CLBlast's indirect kernel
+ * keeps at most two cores busy for all of K): enough parts for ~16 work-groups per compute
+ * unit, each part at least SPLIT_MIN_K long; 1 (no split) where the device's tiles are not
+ * known (kiln__sgemm_tiles) or the partial results would take more than SPLIT_MAX_ELEMS.
+ */
+#define SPLIT_MIN_K 1024
+#define SPLIT_MAX_PARTS 16
+#define SPLIT_MAX_ELEMS ((size_t)1 << 22)
+/* Test hook (tests/test_matmul.c declares it): the parts split_parts picks. */
+KILN_API size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
+static size_t split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
+size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k) { return split_parts(ctx, m, n, k); }
+
+static size_t split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k) {
+    size_t tm, tn, tk;
+    kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
+    if (tm <= 1 || tn <= 1 || m == 0 || n == 0 || k == 0) return 1;
+    size_t tiles = ((m + tm - 1) / tm) * ((n + tn - 1) / tn);
+    size_t want = 16 * (size_t)(ctx->info.compute_units > 0 ? ctx->info.compute_units : 1);
+    if (tiles >= want) return 1;
+    size_t parts = (want + tiles - 1) / tiles;
+    if (parts > k / SPLIT_MIN_K) parts = k / SPLIT_MIN_K;
+    if (parts > SPLIT_MAX_PARTS) parts = SPLIT_MAX_PARTS;
+    while (parts > 1 && parts * m * n > SPLIT_MAX_ELEMS)
+        parts--;
+    return parts < 1 ? 1 : parts;
+}
+
+/* C = op(A) op(B) as `parts` products over consecutive ranges of K (one strided-batched
+ * SGEMM into a scratch buffer, the last k % parts products added to part 0), then summed
+ * in order into C (conv.cl's conv_sum_parts: one work-item per row). Deterministic. */
+static kiln_status gemm_split(const mm_call *mc, const operand *a, const operand *b, cl_mem c, size_t m, size_t n,
+                              size_t k, size_t lda, size_t aoff, size_t boff, size_t coff, size_t parts) {
+    kiln_ctx *ctx = mc->ctx;
+    size_t tm, tn, tk, ldb = (size_t)b->ld;
+    kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
+    size_t len = k / parts;
+    if (len >= tk) len = len / tk * tk;
+    size_t rest = k - len * parts;
+    /* a part's first element: A steps along its columns (rows when transposed), B along
+     * its rows (columns when transposed) */
+    size_t astep = a->trans ? len * lda : len, bstep = b->trans ? len : len * ldb;
+    kiln_tensor *part = kiln__tensor_new(ctx, mc->op, KILN_F32, 1, (int64_t[]){(int64_t)(parts * m * n)});
+    if (!part) return ctx->err;
+    cl_mem pm = part->st->mem;
+    size_t poff = (size_t)part->offset;
+    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(ctx, a->trans, b->trans, m, n, len, 1.0f, a->t->st->mem, aoff,
+                                                         lda, astep, b->t->st->mem, boff, ldb, bstep, 0.0f, pm, poff,
+                                                         n, m * n, parts);
+    kiln_status st = s == CLBlastSuccess ? KILN_OK : clblast_fail(mc, s, "CLBlastSgemmStridedBatched", m, n, len, parts);
+    if (st == KILN_OK && rest > 0) {
+        s = (CLBlastStatusCode)kiln__sgemm(ctx, a->trans, b->trans, m, n, rest, 1.0f, a->t->st->mem,
+                                           aoff + parts * astep, lda, 0, b->t->st->mem, boff + parts * bstep, ldb, 0,
+                                           1.0f, pm, poff, n, m * n, 1);
+        if (s != CLBlastSuccess) st = clblast_fail(mc, s, "CLBlastSgemm", m, n, rest, 1);
+    }
+    if (st == KILN_OK) {
+        cl_int cpoff = (cl_int)poff, np = (cl_int)parts, cn = (cl_int)n, cdoff = (cl_int)coff, hdb = 0, zero = 0;
+        cl_int rows = (cl_int)m;
+        kiln__karg args[] = {KILN__ARG(pm), KILN__ARG(cpoff), KILN__ARG(np),  KILN__ARG(cn),   KILN__ARG(cn),
+                             KILN__ARG(c),  KILN__ARG(cdoff), KILN__ARG(hdb), KILN__ARG(c),    KILN__ARG(zero),
+                             KILN__ARG(rows)};
+        st = kiln__launch(ctx, mc->op, "conv", "", "conv_sum_parts", sizeof args / sizeof args[0], args, m, 0);
+    }
+    /* the in-order queue runs every launch above before a later reuse of the scratch */
+    kiln_tensor_free(part);
+    return st;
+}
+
 /* C[batch] = op(A) op(B) for `batch` matrices at element offsets aoff + i*astride, ...;
- * one SGEMM when batch is 1, else one strided-batched SGEMM. Enqueued only: no event is
- * asked for (CLBlast accepts NULL) and nothing waits. */
+ * one SGEMM when batch is 1 (split over K where that pays: split_parts), else one
+ * strided-batched SGEMM. Enqueued only: no event is asked for (CLBlast accepts NULL) and
+ * nothing waits. */
 static kiln_status gemm(const mm_call *mc, const operand *a, const operand *b, cl_mem c, size_t m, size_t n, size_t k,
                         size_t lda, size_t aoff, size_t astride, size_t boff, size_t bstride, size_t coff,
                         size_t batch) {
+    if (batch == 1) {
+        size_t parts = split_parts(mc->ctx, m, n, k);
+        if (parts > 1) return gemm_split(mc, a, b, c, m, n, k, lda, aoff, boff, coff, parts);
+    }
     const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
     CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(mc->ctx, a->trans, b->trans, m, n, k, 1.0f, a->t->st->mem,
                                                          aoff, lda, astride, b->t->st->mem, boff, (size_t)b->ld,
