@@ -261,7 +261,71 @@ static void test_numerics(kiln_ctx *ctx) {
     kiln_close(c);
 }
 
+/* src/ops/conv.c's test hook: chunk budget and split-K minimum (0 restores a default). */
+KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
+
+/* A split-K product (kiln_matmul's partials) and a convolution backward whose weight
+ * gradient is padded and split (63 taps: padded to the GEMM tile on a tuned device) make
+ * scratch buffers on the way: every allocation of forward and backward fails in turn. */
+static kiln_status split_ops(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, kiln_tensor *x, kiln_tensor *w) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *c = kiln_matmul(ctx, a, b);
+    kiln_tensor *y = c ? kiln_conv2d(ctx, x, w, NULL, NULL) : NULL;
+    kiln_tensor *l = y ? kiln_sum(ctx, y, 0, NULL, false) : NULL;
+    kiln_status s = l ? kiln_backward(l) : kiln_error_status(ctx);
+    kiln_scope_end(ctx);
+    return s;
+}
+
+static void test_op_scratch_failures(kiln_ctx *ctx) {
+    kiln__conv_tuning(0, 8);
+    kiln_tensor *a = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){5, 2500});
+    kiln_tensor *b = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){2500, 7});
+    kiln_tensor *x = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 7, 5, 6});
+    kiln_tensor *w = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){3, 7, 3, 3});
+    kiln_set_requires_grad(x, true);
+    kiln_set_requires_grad(w, true);
+    kiln_pool_stats p0, p1;
+    kiln_pool_stats_get(ctx, &p0);
+    CHECK(split_ops(ctx, a, b, x, w) == KILN_OK, "split ops: %s", kiln_error_message(ctx));
+    kiln_pool_stats_get(ctx, &p1);
+    int64_t n = (int64_t)(p1.allocs - p0.allocs);
+    int clean = 0;
+    for (int64_t nth = 1; nth <= n; nth++) {
+        kiln_clear_grad(x);
+        kiln_clear_grad(w);
+        int64_t tensors = kiln_tensor_count(ctx);
+        kiln_pool_stats before, after;
+        kiln_pool_stats_get(ctx, &before);
+        kiln__pool_fail_after(ctx, nth);
+        kiln_status s = split_ops(ctx, a, b, x, w);
+        kiln__pool_fail_after(ctx, 0);
+        kiln_pool_stats_get(ctx, &after);
+        bool ok = true;
+        CHECK_ACC(ok, s == KILN_ERR_OUT_OF_MEMORY, "split ops, allocation %lld of %lld failing: %s: %s", (long long)nth,
+                  (long long)n, kiln_status_name(s), kiln_error_message(ctx));
+        CHECK_ACC(ok, kiln_tensor_count(ctx) == tensors, "split ops, allocation %lld: %lld tensors leaked",
+                  (long long)nth, (long long)(kiln_tensor_count(ctx) - tensors));
+        CHECK_ACC(ok, after.in_use_bytes == before.in_use_bytes, "split ops, allocation %lld: %lld pool bytes in use",
+                  (long long)nth, (long long)(after.in_use_bytes - before.in_use_bytes));
+        kiln_error_clear(ctx);
+        clean += ok;
+    }
+    kiln_clear_grad(x);
+    kiln_clear_grad(w);
+    CHECK(split_ops(ctx, a, b, x, w) == KILN_OK, "split ops after the failures: %s", kiln_error_message(ctx));
+    fprintf(stderr, "%s: split-K matmul and padded conv backward: %d of %lld allocation failure points clean\n",
+            kiln_ctx_device(ctx)->name, clean, (long long)n);
+    kiln__conv_tuning(0, 0);
+    kiln_tensor_free(a);
+    kiln_tensor_free(b);
+    kiln_tensor_free(x);
+    kiln_tensor_free(w);
+    CHECK_OK(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
+    test_op_scratch_failures(ctx);
     test_alloc_failures(ctx);
     test_first_step_failures(ctx);
     test_build_failure(ctx);
