@@ -7,7 +7,8 @@
  *   <op>_bwd_contig   grad_in = f'(g, v) with g the output's gradient (contiguous) and v
  *                     the saved value the rule needs (the input x, or the output y for
  *                     sigmoid and tanh, as torch), contiguous;
- *   <op>_bwd_strided  the same with v any view.
+ *   <op>_bwd_strided  the same with v any view (not for sigmoid and tanh, whose v is their
+ *                     own output: always contiguous).
  * Every kernel takes the op's two float parameters a and b (unused ones are ignored).
  * The formulas, NaN behaviour included, are those of PyTorch's CPU kernels (ATen
  * Activation.cpp / UnaryOps, their vectorised paths where the scalar ones differ):
@@ -49,15 +50,19 @@
         out[ooff + i] = (EXPR);                                                                \
     }
 
-/* grad_in = EXPR(g, v): g the output's gradient, v the saved input or output. */
-#define ACT_BWD(name, EXPR)                                                                    \
+/* grad_in = EXPR(g, v): g the output's gradient, v the saved input or output. The strided
+ * form is for rules that read the input, which may be any view; sigmoid's and tanh's read
+ * their own output, always contiguous, and have only the contiguous form. */
+#define ACT_BWD_CONTIG(name, EXPR)                                                             \
     kernel void name##_bwd_contig(global const float *gp, int goff, global const float *vp, int voff, \
                                   global float *out, int ooff, int n, float a, float b) {     \
         int i = get_global_id(0);                                                              \
         if (i >= n) return;                                                                    \
         float g = gp[goff + i], v = vp[voff + i];                                              \
         out[ooff + i] = (EXPR);                                                                \
-    }                                                                                          \
+    }
+#define ACT_BWD(name, EXPR)                                                                    \
+    ACT_BWD_CONTIG(name, EXPR)                                                                 \
     kernel void name##_bwd_strided(global const float *gp, int goff, global const float *vp, int voff, \
                                    global float *out, int ooff, int n, kiln_geom geo, float a, float b) { \
         int i = get_global_id(0);                                                              \
@@ -142,11 +147,11 @@ ACT_BWD(gelu_tanh, gelu_tanh_grad(g, v))
 
 /* sigmoid: 1 / (1 + exp(-x)); gradient from the output y: g * (1 - y) * y. */
 ACT_FWD(sigmoid, 1.0f / (1.0f + exp(-x)))
-ACT_BWD(sigmoid, g * (1.0f - v) * v)
+ACT_BWD_CONTIG(sigmoid, g * (1.0f - v) * v)
 
 /* tanh; gradient from the output y: g * (1 - y^2). */
 ACT_FWD(tanh, act_tanh(x))
-ACT_BWD(tanh, g * (1.0f - v * v))
+ACT_BWD_CONTIG(tanh, g * (1.0f - v * v))
 
 /* softplus (a = beta, b = threshold): x*beta > threshold ? x : log1p(exp(x*beta)) / beta;
  * gradient: x*beta > threshold ? g : g * z / (z + 1) with z = exp(x*beta). */

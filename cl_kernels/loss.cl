@@ -3,7 +3,7 @@
  * cross-entropy and nll rows, and the deterministic sums that reduce them.
  *
  * Elementwise losses come from one macro per loss, each in three kernels and two operand
- * layouts:
+ * layouts (the penalties, always reduced, without the first):
  *   <loss>_none_<layout>  out[i] = w[i] * loss(x[i], t[i])              (reduction none)
  *   <loss>_part_<layout>  each work-group writes scale * the sum of its share of the
  *                         terms (mean/sum: with one group that is the result itself)
@@ -140,13 +140,14 @@ inline float loss_tree(local float *sc, float v) {
     (void)t;                                                                           \
     (void)pw;
 
-#define EL_LAYOUT(name, layout, GEOM_ARG, LOAD)                                              \
+#define EL_NONE(name, layout, GEOM_ARG, LOAD)                                                \
     kernel void name##_none_##layout(LOSS_ARGS, global float *out, int oo, int n GEOM_ARG) { \
         int i = get_global_id(0);                                                            \
         if (i >= n) return;                                                                  \
         LOAD(i)                                                                              \
         out[oo + i] = w * (V_##name);                                                        \
-    }                                                                                        \
+    }
+#define EL_PART_BWD(name, layout, GEOM_ARG, LOAD)                                            \
     kernel void name##_part_##layout(LOSS_ARGS, global float *out, int oo, int n, int blocked, \
                                      float scale, local float *sc GEOM_ARG) {                \
         LOSS_RANGE(n, blocked, lo, hi, step)                                                 \
@@ -170,9 +171,14 @@ inline float loss_tree(local float *sc, float v) {
     }
 
 #define COMMA ,
-#define EL_KERNELS(name)                                  \
-    EL_LAYOUT(name, contig, , LOAD_CONTIG)                \
-    EL_LAYOUT(name, strided, COMMA loss_geom g, LOAD_STRIDED)
+/* Penalties (pen1, pen2) are always reduced: no _none kernels. */
+#define PEN_KERNELS(name)                                    \
+    EL_PART_BWD(name, contig, , LOAD_CONTIG)                 \
+    EL_PART_BWD(name, strided, COMMA loss_geom g, LOAD_STRIDED)
+#define EL_KERNELS(name)                                     \
+    EL_NONE(name, contig, , LOAD_CONTIG)                     \
+    EL_NONE(name, strided, COMMA loss_geom g, LOAD_STRIDED)  \
+    PEN_KERNELS(name)
 
 EL_KERNELS(mse)
 EL_KERNELS(l1)
@@ -180,8 +186,8 @@ EL_KERNELS(sl1)
 EL_KERNELS(bce)
 EL_KERNELS(bcel)
 EL_KERNELS(lsgan)
-EL_KERNELS(pen1)
-EL_KERNELS(pen2)
+PEN_KERNELS(pen1)
+PEN_KERNELS(pen2)
 
 /* ---- sums ---------------------------------------------------------------------------- */
 

@@ -6,10 +6,8 @@
  * behind. The kernels a device picks only at some sizes or on another kind of device
  * (work-group vs work-item layouts, split sums, merges) are forced with the ops' test
  * hooks at small sizes and their results checked against host references (forced_*).
- * Not reached here: sigmoid_bwd_strided and tanh_bwd_strided (their backward reads the
- * forward's own contiguous output), pen1/pen2_none_* (penalties have no reduction none)
- * and conv_pad_cols (only where kiln knows the GEMM's tiles: a tuned device; POCL's x86
- * table pads this file's 54-tap convolution). */
+ * Not reached here: conv_pad_cols (only where kiln knows the GEMM's tiles: a tuned device;
+ * POCL's x86 table pads this file's 54-tap convolution). */
 #include "harness.h"
 
 static kiln_ctx *C;
