@@ -6,8 +6,8 @@
  * behind. The kernels a device picks only at some sizes or on another kind of device
  * (work-group vs work-item layouts, split sums, merges) are forced with the ops' test
  * hooks at small sizes and their results checked against host references (forced_*).
- * Not reached here: conv_pad_cols (only where kiln knows the GEMM's tiles: a tuned device;
- * POCL's x86 table pads this file's 54-tap convolution). */
+ * Every kernel of cl_kernels/ is reached (conv_pad_cols through kiln__conv_pad on devices
+ * whose GEMM tiles kiln does not know). */
 #include "harness.h"
 
 static kiln_ctx *C;
@@ -75,6 +75,7 @@ KILN_API void kiln__norm_layout(int mode);                     /* src/ops/norm.c
 KILN_API void kiln__shape_layout(int mode);                    /* src/ops/shape.c */
 KILN_API void kiln__loss_layout(int mode);                     /* src/ops/loss.c */
 KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min); /* src/ops/conv.c */
+KILN_API void kiln__conv_pad(int64_t multiple);                      /* src/ops/conv.c */
 
 /* A tensor and the host values it was made from (row-major; h is owned). */
 typedef struct leaf {
@@ -550,10 +551,12 @@ static void forced_conv(void) {
         {{2, 3, 5, 5, 4, 3, 3, 1}, 1},
         /* 54 taps: GEMMs; where kiln knows the GEMM's tiles (kiln__sgemm_tiles: a tuned
          * device) padded to 64 (conv_pad_cols); mode 1 splits the inner dim (72) into parts
-         * of at least 8 products, mode 2 also cuts the columns into chunks of one image */
+         * of at least 8 products, mode 2 also cuts the columns into chunks of one image,
+         * mode 3 pads the rows to 64 on any device (kiln__conv_pad) and splits */
         {{2, 6, 6, 6, 3, 3, 3, 1}, 0},
         {{2, 6, 6, 6, 3, 3, 3, 1}, 1},
         {{2, 6, 6, 6, 3, 3, 3, 1}, 2},
+        {{2, 6, 6, 6, 3, 3, 3, 1}, 3},
     };
     for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
         const cshape *s = &cs[k].s;
@@ -562,6 +565,7 @@ static void forced_conv(void) {
         /* mode 2: column buffers of one image (chunks accumulate into the parts) */
         int64_t per = (s->CI * s->KH * s->KW + s->CO) * HO * WO;
         kiln__conv_tuning(mode == 2 ? per : 0, mode ? 8 : 0);
+        kiln__conv_pad(mode == 3 ? 64 : 0);
         leaf x = ML(-1, 1, true, s->N, s->CI, s->H, s->W), w = ML(-0.5f, 0.5f, true, s->CO, s->CI, s->KH, s->KW);
         leaf b = ML(-0.5f, 0.5f, true, s->CO);
         int64_t ny = s->N * s->CO * HO * WO;
@@ -570,7 +574,10 @@ static void forced_conv(void) {
         ref_conv(s, x.h, w.h, b.h, gy, y, gx, gw, gb);
         char what[96];
         snprintf(what, sizeof what, "conv2d %lld taps%s", (long long)(s->CI * s->KH * s->KW),
-                 mode == 0 ? "" : mode == 1 ? " [split]" : " [chunks of 1, split]");
+                 mode == 0   ? ""
+                 : mode == 1 ? " [split]"
+                 : mode == 2 ? " [chunks of 1, split]"
+                             : " [padded to 64, split]");
         kiln_conv2d_params p = {.stride = {1, 1}, .padding = {(int)s->pad, (int)s->pad}, .dilation = {1, 1},
                                 .groups = 1};
         kiln_tensor *out = kiln_conv2d(C, x.t, w.t, b.t, &p);
@@ -590,6 +597,7 @@ static void forced_conv(void) {
         free(b.h);
     }
     kiln__conv_tuning(0, 0);
+    kiln__conv_pad(0);
 }
 
 /* ---- conv.cl --------------------------------------------------------------------------- */

@@ -267,7 +267,16 @@ static int chunk_images(int64_t per, int n) {
  * buffers in place rather than copying them into padded ones: 42 MB each way for the
  * reference CNN's second layer, where padding 288 to 320 took the input gradient's GEMM
  * from 45 to 10 ms. Left as is where padding would add more than a quarter. */
+static int64_t pad_forced; /* kiln__conv_pad: a multiple to pad to whatever the device */
+
+/* Test hook (tests/test_sweep.c and test_conv.c declare it): pad kg up to a multiple of
+ * `multiple` on every device (0 restores the tile rule), so the padded path runs where kiln
+ * knows no tiles (Oclgrind, GPUs with CLBlast's own parameters). */
+KILN_API void kiln__conv_pad(int64_t multiple);
+void kiln__conv_pad(int64_t multiple) { pad_forced = multiple > 0 ? multiple : 0; }
+
 static int64_t padded_rows(kiln_ctx *ctx, int64_t kg) {
+    if (pad_forced > 0) return (kg + pad_forced - 1) / pad_forced * pad_forced;
     size_t tm, tn, tk;
     kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
     size_t t = tm;
