@@ -62,13 +62,14 @@ static int64_t chunk_budget = CHUNK_BUDGET;
 
 /* The weight gradient's long inner dim (images x pixels) is split into parts that one
  * batched GEMM computes and a kernel sums after: a weight gradient is a small matrix
- * (32 x 9 for the reference CNN's first layer) that a GEMM tiles into very few
- * work-groups, leaving cores idle. Up to SPLIT_PER_UNIT parts per compute unit, each at
+ * (64 x 320 for the reference CNN's second layer: five 64 x 64 tiles) that a GEMM tiles
+ * into very few work-groups, leaving cores idle. Up to SPLIT_PER_UNIT parts per compute unit, each at
  * least split_min_k long, at most SPLIT_MAX. (With CLBlast's default parameters on POCL
  * this changes nothing; with XgemmDirect tuned for the CPU, 2 parts made the first layer's
  * weight gradient 2x and the second's 15% faster in a trial; with kiln's CPU table, whose
  * indirect kernel tiles 64 x 64, 8 parts instead of 2 took another 20% off conv(32, 64,
- * 3)'s backward, CPU time 198-222 -> 162-168 ms under load, kiln bench ops.) */
+ * 3)'s backward, CPU time 198-222 -> 162-168 ms under load, kiln bench ops; over the
+ * transposed columns, 2, 4 and 8 parts per unit measured the same within noise.) */
 #define SPLIT_MIN_K 4096
 #define SPLIT_MAX 16
 #define SPLIT_PER_UNIT 4
