@@ -13,11 +13,8 @@
 #include "common.h"
 
 static kiln_module *build_cnn(kiln_ctx *ctx) {
-    /* KILN_EXAMPLE_TINY=1: 4 and 8 channels and 16 hidden units, the same program at a
-     * small fraction of the work (scripts/test --oclgrind runs a training step under
-     * Oclgrind) */
-    const char *tiny = getenv("KILN_EXAMPLE_TINY");
-    bool t = tiny && *tiny && strcmp(tiny, "0") != 0;
+    /* tiny (ex_tiny): 4 and 8 channels and 16 hidden units */
+    bool t = ex_tiny();
     int64_t c1 = t ? 4 : 32, c2 = t ? 8 : 64, h = t ? 16 : 128;
     kiln_module *net = kiln_nn_sequential(ctx, 11, (kiln_module *[]){
         kiln_nn_conv2d(ctx, 1, c1, 3, 3, NULL, true),     // (B, 1, 28, 28) -> (B, 32, 26, 26)

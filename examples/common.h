@@ -21,6 +21,13 @@
 
 #include <kiln/kiln.h>
 
+/* KILN_EXAMPLE_TINY set (and not "0"): the classifiers build small models, the same program
+ * at a small fraction of the work (scripts/test --oclgrind runs a step under Oclgrind). */
+static inline bool ex_tiny(void) {
+    const char *t = getenv("KILN_EXAMPLE_TINY");
+    return t && *t && strcmp(t, "0") != 0;
+}
+
 static inline double ex_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

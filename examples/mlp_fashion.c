@@ -11,10 +11,8 @@
 #include "common.h"
 
 static kiln_module *build_mlp(kiln_ctx *ctx) {
-    /* KILN_EXAMPLE_TINY=1: hidden layers 16 and 8 wide, the same program at a small
-     * fraction of the work (scripts/test --oclgrind runs a training step under Oclgrind) */
-    const char *tiny = getenv("KILN_EXAMPLE_TINY");
-    bool t = tiny && *tiny && strcmp(tiny, "0") != 0;
+    /* tiny (ex_tiny): hidden layers 16 and 8 wide */
+    bool t = ex_tiny();
     int64_t h1 = t ? 16 : 512, h2 = t ? 8 : 256;
     kiln_module *net = kiln_nn_sequential(ctx, 6, (kiln_module *[]){
         kiln_nn_flatten(ctx, 1, -1),                      // (B, 1, 28, 28) -> (B, 784)
