@@ -371,7 +371,11 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
         dw = db = NULL;
         if (!dx) goto done;
     }
-    int64_t kgp = padded_rows(ctx, kg), krp = g->groups * kgp;
+    int64_t kgp = padded_rows(ctx, kg);
+    /* padding must not take one image's columns past 32-bit indexing (conv_setup checked
+     * the unpadded ones) */
+    if (g->groups * kgp * hw > CONV_MAX_ELEMS) kgp = kg;
+    int64_t krp = g->groups * kgp;
     if (dx && !kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) {
         s = ctx->err;
         goto done;
