@@ -42,7 +42,7 @@ double bench_median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static void json_str(const char *s) {
+void bench_json_str(const char *s) {
     putchar('"');
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -355,8 +355,8 @@ static int cmd_gemm(args *a, bool json) {
         if (!isnan(bms)) printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f", bms, bg, kg / bg);
         if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
         if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g", kdiff);
-        printf(", \"tuning\": "), json_str(kiln__tune_source());
-        printf(", \"device\": "), json_str(kiln_ctx_device(ctx)->name);
+        printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
+        printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
         printf("}\n");
     } else {
         printf("gemm %lldx%lldx%lld %s: kiln %.1f GFLOP/s (%.3f ms)", (long long)s.m, (long long)s.n, (long long)s.k,
@@ -556,8 +556,8 @@ static int cmd_train(args *a, bool json) {
                "\"tuning\": ",
                name, batch, steps, med, mean, t[0], cpu_step, batch * 1e3 / med, (unsigned long long)ps.peak_in_use_bytes,
                peak_rss_mib(), first, last);
-        json_str(kiln__tune_source());
-        printf(", \"device\": "), json_str(kiln_ctx_device(ctx)->name);
+        bench_json_str(kiln__tune_source());
+        printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
         printf("}\n");
     } else {
         printf("train %s batch %d: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU %.2f ms/step), "
@@ -697,25 +697,53 @@ typedef struct op_times {
  * seed's copy into the output's slot is counted too (in a step, the next layer pays it).
  * *out_keep gets the next layer's input: a leaf with the output's values.
  */
-static int time_module(kiln_ctx *ctx, kiln_module *mod, kiln_tensor *x, int repeat, op_times *t,
-                       kiln_tensor **out_keep) {
-    double *v = calloc((size_t)repeat * 2, sizeof *v), *c = v ? v + repeat : NULL;
-    if (!v) return -1;
+/* What time_runs times: a forward of mod on x, or a retained backward of y from seed (after
+ * clearing x's gradient), synchronised. */
+typedef struct timed_op {
+    kiln_ctx *ctx;
+    kiln_module *mod;
+    kiln_tensor *x, *y, *seed;
+} timed_op;
+
+static kiln_status run_forward(timed_op *o) {
+    kiln_tensor *y = kiln_forward(o->mod, o->x);
+    return y ? kiln_sync(o->ctx) : kiln_error_status(o->ctx);
+}
+
+static kiln_status run_backward(timed_op *o) {
+    kiln_clear_grad(o->x);
+    kiln_status s = kiln_backward_ex(o->y, o->seed, true);
+    return s == KILN_OK ? kiln_sync(o->ctx) : s;
+}
+
+/* Median wall and process-CPU ms of `repeat` runs of fn (after two untimed ones), each in its
+ * own scope; v holds 2 * repeat doubles. -1 when a run fails. */
+static int time_runs(timed_op *o, kiln_status (*fn)(timed_op *), int repeat, double *v, double *wall,
+                     double *cpu) {
+    double *c = v + repeat;
     for (int i = -2; i < repeat; i++) {
-        kiln_scope_begin(ctx);
+        kiln_scope_begin(o->ctx);
         double c0 = bench_cpu_ms(), t0 = bench_now_ms();
-        kiln_tensor *y = kiln_forward(mod, x);
-        kiln_status s = y ? kiln_sync(ctx) : kiln_error_status(ctx);
+        kiln_status s = fn(o);
         double t1 = bench_now_ms(), c1 = bench_cpu_ms();
-        kiln_scope_end(ctx);
-        if (s != KILN_OK) {
-            free(v);
-            return -1;
-        }
+        kiln_scope_end(o->ctx);
+        if (s != KILN_OK) return -1;
         if (i >= 0) v[i] = t1 - t0, c[i] = c1 - c0;
     }
-    t->fwd = bench_median(v, repeat);
-    t->fwd_cpu = bench_median(c, repeat);
+    *wall = bench_median(v, repeat);
+    *cpu = bench_median(c, repeat);
+    return 0;
+}
+
+static int time_module(kiln_ctx *ctx, kiln_module *mod, kiln_tensor *x, int repeat, op_times *t,
+                       kiln_tensor **out_keep) {
+    double *v = calloc((size_t)repeat * 2, sizeof *v);
+    if (!v) return -1;
+    timed_op o = {ctx, mod, x, NULL, NULL};
+    if (time_runs(&o, run_forward, repeat, v, &t->fwd, &t->fwd_cpu) != 0) {
+        free(v);
+        return -1;
+    }
     kiln_tensor *y = kiln_forward(mod, x); /* outside any scope: kept */
     kiln_tensor *seed = y ? kiln_ones(ctx, kiln_tensor_ndim(y), kiln_tensor_shape(y)) : NULL;
     if (!seed) {
@@ -723,23 +751,13 @@ static int time_module(kiln_ctx *ctx, kiln_module *mod, kiln_tensor *x, int repe
         return -1;
     }
     t->bwd = t->bwd_cpu = NAN;
-    if (kiln_requires_grad(y)) {
-        for (int i = -2; i < repeat; i++) {
-            kiln_clear_grad(x);
-            kiln_scope_begin(ctx);
-            double c0 = bench_cpu_ms(), t0 = bench_now_ms();
-            kiln_status s = kiln_backward_ex(y, seed, true);
-            if (s == KILN_OK) s = kiln_sync(ctx);
-            double t1 = bench_now_ms(), c1 = bench_cpu_ms();
-            kiln_scope_end(ctx);
-            if (s != KILN_OK) {
-                free(v);
-                return -1;
-            }
-            if (i >= 0) v[i] = t1 - t0, c[i] = c1 - c0;
-        }
-        t->bwd = bench_median(v, repeat);
-        t->bwd_cpu = bench_median(c, repeat);
+    o.y = y;
+    o.seed = seed;
+    if (kiln_requires_grad(y) && time_runs(&o, run_backward, repeat, v, &t->bwd, &t->bwd_cpu) != 0) {
+        free(v);
+        kiln_tensor_free(seed);
+        kiln_tensor_free(y);
+        return -1;
     }
     free(v);
     kiln_tensor_free(seed);
@@ -836,7 +854,7 @@ static int cmd_ops(args *a, bool json) {
             printf("{\"bench\": \"ops\", \"op\": \"total\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
                    "\"step_ms\": %.3f, \"layers_fwd_cpu_ms\": %.3f, \"layers_bwd_cpu_ms\": %.3f, \"tuning\": ",
                    batch, total_f + lf, total_b + lb, os, total_fc, total_bc);
-            json_str(kiln__tune_source());
+            bench_json_str(kiln__tune_source());
             printf("}\n");
         } else {
             printf("%-22s fwd %8.3f ms   bwd %8.3f ms\n", "cross_entropy", lf, lb);

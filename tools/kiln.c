@@ -32,24 +32,12 @@ static void usage(FILE *f) {
             "  KILN_TUNE=off        use CLBlast's own parameters (builtin: ignore what kiln tune stored)\n");
 }
 
-/* Writes s as a JSON string literal. */
-static void json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
-
 static int cmd_devices(int argc, char **argv) {
     int json = argc > 0 && strcmp(argv[0], "--json") == 0;
     int n = 0;
     kiln_status s = kiln_devices(NULL, 0, &n);
     if (s != KILN_OK) {
-        if (json) printf("{\"devices\": [], \"error\": "), json_str(kiln_last_error()), printf("}\n");
+        if (json) printf("{\"devices\": [], \"error\": "), bench_json_str(kiln_last_error()), printf("}\n");
         else fprintf(stderr, "kiln devices: %s\n", kiln_last_error());
         return 1;
     }
@@ -67,15 +55,15 @@ static int cmd_devices(int argc, char **argv) {
             const kiln_device_info *x = &d[i];
             printf("%s\n  {\"spec\": \"%d:%d\", \"default\": %s, \"name\": ", i ? "," : "", x->platform_index,
                    x->device_index, x->is_default ? "true" : "false");
-            json_str(x->name);
-            printf(", \"vendor\": "), json_str(x->vendor);
-            printf(", \"type\": "), json_str(kiln_device_type_name(x->type));
-            printf(", \"platform\": "), json_str(x->platform_name);
-            printf(", \"platform_vendor\": "), json_str(x->platform_vendor);
-            printf(", \"platform_version\": "), json_str(x->platform_version);
-            printf(", \"version\": "), json_str(x->version);
-            printf(", \"driver_version\": "), json_str(x->driver_version);
-            printf(", \"opencl_c_version\": "), json_str(x->opencl_c_version);
+            bench_json_str(x->name);
+            printf(", \"vendor\": "), bench_json_str(x->vendor);
+            printf(", \"type\": "), bench_json_str(kiln_device_type_name(x->type));
+            printf(", \"platform\": "), bench_json_str(x->platform_name);
+            printf(", \"platform_vendor\": "), bench_json_str(x->platform_vendor);
+            printf(", \"platform_version\": "), bench_json_str(x->platform_version);
+            printf(", \"version\": "), bench_json_str(x->version);
+            printf(", \"driver_version\": "), bench_json_str(x->driver_version);
+            printf(", \"opencl_c_version\": "), bench_json_str(x->opencl_c_version);
             printf(", \"compute_units\": %u, \"max_clock_mhz\": %u, \"global_mem_bytes\": %llu, "
                    "\"local_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, \"max_work_group_size\": %llu, "
                    "\"fp16\": %s, \"fp64\": %s, \"preferred_vector_width_float\": %u, "
