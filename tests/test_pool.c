@@ -546,14 +546,31 @@ static double bil_term(double v, double wa, double wb, double ca, double cb, dou
     return fabs(v) * (ca * wb + cb * wa + ca * cb + gj * (wa + ca) * (wb + cb));
 }
 
+/* Both axes' bilinear weights and "near" flags (lin_axis) for an H x W -> OH x OW resize. */
+typedef struct bil_axes {
+    double *wh, *ww;
+    unsigned char *nh, *nw;
+} bil_axes;
+
+static void bil_axes_new(bil_axes *a, int64_t H, int64_t W, int64_t OH, int64_t OW, bool align) {
+    a->wh = malloc(sizeof(double) * (size_t)(OH * H));
+    a->ww = malloc(sizeof(double) * (size_t)(OW * W));
+    a->nh = malloc((size_t)(OH * H));
+    a->nw = malloc((size_t)(OW * W));
+    lin_axis(H, OH, align, c_torch(H), a->wh, a->nh);
+    lin_axis(W, OW, align, c_torch(W), a->ww, a->nw);
+}
+
+static void bil_axes_free(bil_axes *a) { free(a->wh), free(a->ww), free(a->nh), free(a->nw); }
+
 /* Bilinear forward: 4 terms (2x2 taps) per output, each two products and three additions at
  * most (kiln: b0*x00 + b1*x01, then a0*r0 + a1*r1; PyTorch alike): gamma_5. */
 static void eb_bil_fwd(eb *b, const double *x, int64_t P, int64_t H, int64_t W, int64_t OH, int64_t OW, bool align) {
     eb_init(b, P * OH * OW);
-    double *wh = malloc(sizeof(double) * (size_t)(OH * H)), *ww = malloc(sizeof(double) * (size_t)(OW * W));
-    unsigned char *nh = malloc((size_t)(OH * H)), *nw = malloc((size_t)(OW * W));
-    lin_axis(H, OH, align, c_torch(H), wh, nh);
-    lin_axis(W, OW, align, c_torch(W), ww, nw);
+    bil_axes ax;
+    bil_axes_new(&ax, H, W, OH, OW, align);
+    const double *wh = ax.wh, *ww = ax.ww;
+    const unsigned char *nh = ax.nh, *nw = ax.nw;
     for (int64_t p = 0, o = 0; p < P; p++)
         for (int64_t oh = 0; oh < OH; oh++)
             for (int64_t ow = 0; ow < OW; ow++, o++)
@@ -568,7 +585,7 @@ static void eb_bil_fwd(eb *b, const double *x, int64_t P, int64_t H, int64_t W, 
                         b->bd[o] += bil_term(v, a, c, c_double(H), c_double(W), GAMD(5));
                     }
                 }
-    free(wh), free(ww), free(nh), free(nw);
+    bil_axes_free(&ax);
 }
 
 /* Bilinear backward: input (h, w) gathers w_h(oh) w_w(ow) gy from every output near it on both
@@ -576,10 +593,10 @@ static void eb_bil_fwd(eb *b, const double *x, int64_t P, int64_t H, int64_t W, 
  * both taps' terms separately); each term two products and k - 1 additions: gamma_{k+1}. */
 static void eb_bil_bwd(eb *b, const double *gy, int64_t P, int64_t H, int64_t W, int64_t OH, int64_t OW, bool align) {
     eb_init(b, P * H * W);
-    double *wh = malloc(sizeof(double) * (size_t)(OH * H)), *ww = malloc(sizeof(double) * (size_t)(OW * W));
-    unsigned char *nh = malloc((size_t)(OH * H)), *nw = malloc((size_t)(OW * W));
-    lin_axis(H, OH, align, c_torch(H), wh, nh);
-    lin_axis(W, OW, align, c_torch(W), ww, nw);
+    bil_axes ax;
+    bil_axes_new(&ax, H, W, OH, OW, align);
+    const double *wh = ax.wh, *ww = ax.ww;
+    const unsigned char *nh = ax.nh, *nw = ax.nw;
     for (int64_t p = 0, i = 0; p < P; p++)
         for (int64_t h = 0; h < H; h++)
             for (int64_t w = 0; w < W; w++, i++) {
@@ -599,7 +616,7 @@ static void eb_bil_bwd(eb *b, const double *gy, int64_t P, int64_t H, int64_t W,
                     }
                 }
             }
-    free(wh), free(ww), free(nh), free(nw);
+    bil_axes_free(&ax);
 }
 
 enum { K_MAX, K_AVG, K_GAP, K_NEAREST, K_BILINEAR };
