@@ -144,11 +144,14 @@ KILN_API const char *kiln__tune_mode(void);
 KILN_API const char *kiln__tune_open(kiln_ctx *ctx, kiln__tune_set *applied);
 /* What the last kiln__tune_open applied ("built-in table", "stored by kiln tune", ...). */
 KILN_API const char *kiln__tune_source(void);
-/* Row-major C = alpha op(A) op(B) + beta C through CLBlast, enqueued on ctx's queue with no
- * event; batch > 1 is strided-batched (strides in elements). Picks the operand order and,
- * where kiln set CLBlast's parameters, the kernel (direct or indirect) that run fastest on
- * the device. Returns CLBlast's status code (0 = success). */
-int kiln__sgemm(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t aoff,
+/* Row-major C = alpha op(A) op(B) + beta C, enqueued on ctx's queue with no event; batch
+ * > 1 is strided-batched (strides in elements). Products kiln__gemm_own_takes goes to
+ * kiln's own kernel; the rest to CLBlast, with the operand order and, where kiln set
+ * CLBlast's parameters, the kernel (direct or indirect) that run fastest on the device.
+ * Returns CLBlast's status code (0 = success), or KILN__SGEMM_FAILED when kiln's own
+ * kernel failed: the context's error then says why, naming op. */
+#define KILN__SGEMM_FAILED (-100000)
+int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t aoff,
                 size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta, cl_mem c,
                 size_t coff, size_t ldc, size_t cstride, size_t batch);
 /* The multiple of each row-major dim (m, n, k of kiln__sgemm) at which CLBlast's indirect
@@ -159,6 +162,20 @@ void kiln__sgemm_tiles(kiln_ctx *ctx, size_t *tm, size_t *tn, size_t *tk);
 /* Turns kiln__sgemm's per-call choice between CLBlast's direct and indirect kernels on
  * (default) or off (kiln tune measures each kernel as the parameters force it). */
 KILN_API void kiln__sgemm_routing(bool on);
+
+/* ---- kiln's own GEMM kernels (src/ops/gemm.c) ---------------------------------------- */
+
+/* Whether kiln__sgemm gives this product to kiln's own kernel: row-major A B^T (both with
+ * K contiguous) with beta 0, on a CPU device. */
+bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
+                          float beta);
+/* Row-major C = alpha A B^T (A [m, k], B [n, k]) for `batch` matrices; enqueued. */
+kiln_status kiln__gemm_nt(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, float alpha, cl_mem a,
+                          size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride,
+                          cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
+/* Test hook: mode 1 sends every A B^T product to kiln's kernel whatever the device, 0 none,
+ * -1 (default) lets the device type decide; $KILN_GEMM_OWN=off also turns it off. */
+KILN_API void kiln__gemm_own(int mode);
 
 /* ---- context ------------------------------------------------------------------------ */
 

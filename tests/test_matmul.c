@@ -19,6 +19,10 @@
 
 /* src/ops/matmul.c's test hook: how many parts of K a product is split into. */
 KILN_API size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
+/* ... and how many parts the last product enqueued was split into. */
+KILN_API size_t kiln__matmul_last_parts(void);
+/* src/ops/gemm.c's: 1 sends every A B^T product to kiln's own kernel, 0 none, -1 default. */
+KILN_API void kiln__gemm_own(int mode);
 
 static const char *g_pass = ""; /* which pass of the suite runs, for messages */
 
@@ -108,9 +112,7 @@ static void check_mm(kiln_ctx *ctx, const char *name, kiln_tensor *a, const floa
     CHECK(c != NULL, "%s: %s", what, kiln_error_message(ctx));
     if (!c) return;
     /* a product split over K (one matrix, or batches folded into M) adds its partials */
-    int64_t on = kiln_tensor_ndim(c) ? kiln_tensor_shape(c)[kiln_tensor_ndim(c) - 1] : 1;
-    int64_t kk = av.ndim < 2 ? av.shape[0] : (flags & KILN_TRANS_A) ? av.shape[av.ndim - 2] : av.shape[av.ndim - 1];
-    int split = on > 0 && kiln__matmul_split_parts(ctx, (size_t)(kiln_tensor_numel(c) / on), (size_t)on, (size_t)kk) > 1;
+    int split = kiln__matmul_last_parts() > 1;
     CHECK(s1.allocs - s0.allocs == (uint64_t)(1 + copies + split), "%s: %llu pool allocations, expected %d (%s)", what,
           (unsigned long long)(s1.allocs - s0.allocs), 1 + copies + split,
           copies ? "output + copy" : split ? "output + split-K partials, no copy" : "output only, no copy");
@@ -213,6 +215,31 @@ static void test_split_k(kiln_ctx *ctx) {
     }
     check_plain(ctx, "split K, fc1 forward [64,9216]x[128,9216]^T", 2, (int64_t[]){64, 9216}, 2,
                 (int64_t[]){128, 9216}, KILN_TRANS_B);
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+}
+
+/* A B^T, both with K contiguous: on CPUs kiln's own kernel (cl_kernels/gemm.cl), which
+ * computes 4 x 4 blocks of C in float16 steps of K: M and N that are not multiples of 4
+ * (clamped rows, unwritten outputs), K below, at and past a multiple of 16 (the one-term
+ * tail), batches (the launch's dim 1 spans every batch's row blocks), a batch broadcast
+ * from B and the folded [B, m, k] x [n, k]^T of a linear layer (test_views has the
+ * transposed views). */
+static void test_nt(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    static const int64_t ms[] = {1, 3, 4, 5, 17}, ks[] = {1, 15, 16, 17, 33, 100};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
+            int64_t m = ms[i], n = ms[(i + j) % 5], k = ks[j];
+            char name[96];
+            snprintf(name, sizeof name, "A B^T %lldx%lldx%lld", (long long)m, (long long)n, (long long)k);
+            check_plain(ctx, name, 2, (int64_t[]){m, k}, 2, (int64_t[]){n, k}, KILN_TRANS_B);
+        }
+    check_plain(ctx, "A B^T batched [3,5,33]x[3,6,33]^T", 3, (int64_t[]){3, 5, 33}, 3, (int64_t[]){3, 6, 33},
+                KILN_TRANS_B);
+    check_plain(ctx, "A B^T broadcast B [2,3,7,40]x[3,9,40]^T", 4, (int64_t[]){2, 3, 7, 40}, 3,
+                (int64_t[]){3, 9, 40}, KILN_TRANS_B);
+    check_plain(ctx, "linear [4,6,70]x[13,70]^T", 3, (int64_t[]){4, 6, 70}, 2, (int64_t[]){13, 70}, KILN_TRANS_B);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
 }
@@ -423,6 +450,7 @@ static void run_pass(kiln_ctx *ctx, const char *pass, int64_t guard) {
     kiln__set_guard(ctx, guard);
     test_shapes(ctx);
     test_split_k(ctx);
+    test_nt(ctx);
     test_views(ctx);
     test_batches(ctx);
     test_vectors(ctx);
@@ -436,10 +464,18 @@ static void run(kiln_ctx *ctx) {
     g_pass = "errors";
     test_errors(ctx);
     kiln__set_guard(ctx, 0);
+    /* kiln's own A B^T kernel runs by default on CPUs only: forced here on every device, and
+     * turned off for the CLBlast passes, so that CLBlast's transposed-B paths stay checked
+     * on CPUs too */
+    kiln__gemm_own(1);
+    run_pass(ctx, "own A B^T kernel, guarded", 67);
+    kiln__gemm_own(0);
+    run_pass(ctx, "CLBlast only, guarded", 67);
     if (force_indirect_gemm(ctx)) {
         run_pass(ctx, "indirect, guarded", 67);
         run_pass(ctx, "indirect, offset 0", 0);
     }
+    kiln__gemm_own(-1);
 }
 
 int main(void) {

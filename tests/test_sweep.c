@@ -76,6 +76,7 @@ KILN_API void kiln__shape_layout(int mode);                    /* src/ops/shape.
 KILN_API void kiln__loss_layout(int mode);                     /* src/ops/loss.c */
 KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min); /* src/ops/conv.c */
 KILN_API void kiln__conv_pad(int64_t multiple);                      /* src/ops/conv.c */
+KILN_API void kiln__gemm_own(int mode);                              /* src/ops/gemm.c */
 
 /* A tensor and the host values it was made from (row-major; h is owned). */
 typedef struct leaf {
@@ -303,6 +304,30 @@ static void sweep_reduce(void) {
     forced_reduce();
 }
 
+/* ---- gemm.cl: kiln's own A B^T kernel, which only CPUs pick --------------------------- */
+static void forced_matmul(void) {
+    kiln__gemm_own(1);
+    /* [2, 5, 37] x [6, 37]^T: rows past 4 clamped, K = 2 x 16 + a 5-term tail, batches
+     * folded into M; then a batch of 2 with its own B per batch */
+    leaf a = ML(-1, 1, true, 2, 5, 37), b = ML(-1, 1, true, 6, 37), bb = ML(-1, 1, false, 2, 6, 37);
+    for (int batched = 0; batched < 2; batched++) {
+        leaf *r = batched ? &bb : &b;
+        int64_t n = 2 * 5 * 6;
+        double *y = dzeros(n);
+        for (int64_t q = 0; q < 2; q++)
+            for (int64_t i = 0; i < 5; i++)
+                for (int64_t j = 0; j < 6; j++)
+                    for (int64_t k = 0; k < 37; k++)
+                        y[(q * 5 + i) * 6 + j] +=
+                            (double)a.h[(q * 5 + i) * 37 + k] * r->h[((batched ? q * 6 : 0) + j) * 37 + k];
+        near(batched ? "own A B^T kernel, batched" : "own A B^T kernel, folded batches",
+             kiln_matmul_ex(C, a.t, r->t, KILN_TRANS_B), y, n);
+        free(y);
+    }
+    kiln__gemm_own(-1);
+    free(a.h), free(b.h), free(bb.h);
+}
+
 /* ---- matmul (CLBlast) ------------------------------------------------------------------ */
 static void sweep_matmul(void) {
     kiln_tensor *a = MK(-1, 1, true, 3, 4);
@@ -313,6 +338,7 @@ static void sweep_matmul(void) {
     kiln_tensor *bb = MK(-1, 1, true, 2, 4, 5);
     BACK("batched matmul", kiln_matmul(C, ba, bb), ba, bb);
     BACK("broadcast matmul", kiln_matmul(C, ba, b), ba, b);
+    forced_matmul();
 }
 
 /* ---- random.cl ------------------------------------------------------------------------- */

@@ -563,14 +563,19 @@ static bool batched_unsafe(bool col, bool ta, bool tb, size_t m, size_t n, size_
     return (a_in_place && !a_dense) || (b_in_place && !b_dense) || (c_in_place && !c_dense);
 }
 
-int kiln__sgemm(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t aoff,
-                size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta, cl_mem c,
-                size_t coff, size_t ldc, size_t cstride, size_t batch) {
+int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a,
+                size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
+                cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
+    if (kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, beta))
+        return kiln__gemm_nt(ctx, op, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, c, coff, ldc, cstride,
+                             batch) == KILN_OK
+                   ? 0
+                   : KILN__SGEMM_FAILED;
     if (batch > 1 && batched_unsafe(use_colmajor(), ta, tb, m, n, k, aoff, lda, astride, boff, ldb, bstride, coff, ldc,
                                     cstride)) {
         /* one plain GEMM per batch: CLBlast's single GEMM copies an offset operand first */
         for (size_t i = 0; i < batch; i++) {
-            int r = kiln__sgemm(ctx, ta, tb, m, n, k, alpha, a, aoff + i * astride, lda, 0, b, boff + i * bstride, ldb,
+            int r = kiln__sgemm(ctx, op, ta, tb, m, n, k, alpha, a, aoff + i * astride, lda, 0, b, boff + i * bstride, ldb,
                                 0, beta, c, coff + i * cstride, ldc, 0, 1);
             if (r != 0) return r;
         }

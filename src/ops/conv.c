@@ -108,10 +108,11 @@ static gmat gm(kiln_tensor *t, size_t off, size_t ld, size_t stride, bool trans)
 static kiln_status gemm(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, gmat a, gmat b, float beta, gmat c,
                         size_t batch) {
     const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
-    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(ctx, a.trans, b.trans, m, n, k, 1.0f, a.mem, a.off, a.ld,
+    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(ctx, op, a.trans, b.trans, m, n, k, 1.0f, a.mem, a.off, a.ld,
                                                          a.stride, b.mem, b.off, b.ld, b.stride, beta, c.mem, c.off,
                                                          c.ld, c.stride, batch);
     if (s == CLBlastSuccess) return KILN_OK;
+    if ((int)s == KILN__SGEMM_FAILED) return ctx->err; /* kiln's own kernel said why */
     /* CLBlast's codes above -1000 are OpenCL's own. */
     if (s > -1000)
         return kiln__fail(ctx, kiln__cl_status((cl_int)s),

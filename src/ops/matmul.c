@@ -129,6 +129,7 @@ typedef struct mm_call {
 
 static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const char *routine, size_t m, size_t n,
                                 size_t k, size_t batch) {
+    if ((int)s == KILN__SGEMM_FAILED) return mc->ctx->err; /* kiln's own kernel said why */
     char sa[160], sb[160];
     kiln__shape_str(mc->a->ndim, mc->a->shape, sa, sizeof sa);
     kiln__shape_str(mc->b->ndim, mc->b->shape, sb, sizeof sb);
@@ -156,6 +157,11 @@ static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const ch
 KILN_API size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
 static size_t split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
 size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k) { return split_parts(ctx, m, n, k); }
+/* Test hook: the parts of K the last product kiln_matmul enqueued was split into (1: none;
+ * tests on one thread). */
+KILN_API size_t kiln__matmul_last_parts(void);
+static _Atomic size_t last_parts = 1;
+size_t kiln__matmul_last_parts(void) { return last_parts; }
 
 static size_t split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k) {
     size_t tm, tn, tk;
@@ -190,12 +196,12 @@ static kiln_status gemm_split(const mm_call *mc, const operand *a, const operand
     if (!part) return ctx->err;
     cl_mem pm = part->st->mem;
     size_t poff = (size_t)part->offset;
-    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(ctx, a->trans, b->trans, m, n, len, 1.0f, a->t->st->mem, aoff,
+    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(ctx, mc->op, a->trans, b->trans, m, n, len, 1.0f, a->t->st->mem, aoff,
                                                          lda, astep, b->t->st->mem, boff, ldb, bstep, 0.0f, pm, poff,
                                                          n, m * n, parts);
     kiln_status st = s == CLBlastSuccess ? KILN_OK : clblast_fail(mc, s, "CLBlastSgemmStridedBatched", m, n, len, parts);
     if (st == KILN_OK && rest > 0) {
-        s = (CLBlastStatusCode)kiln__sgemm(ctx, a->trans, b->trans, m, n, rest, 1.0f, a->t->st->mem,
+        s = (CLBlastStatusCode)kiln__sgemm(ctx, mc->op, a->trans, b->trans, m, n, rest, 1.0f, a->t->st->mem,
                                            aoff + parts * astep, lda, 0, b->t->st->mem, boff + parts * bstep, ldb, 0,
                                            1.0f, pm, poff, n, m * n, 1);
         if (s != CLBlastSuccess) st = clblast_fail(mc, s, "CLBlastSgemm", m, n, rest, 1);
@@ -220,12 +226,15 @@ static kiln_status gemm_split(const mm_call *mc, const operand *a, const operand
 static kiln_status gemm(const mm_call *mc, const operand *a, const operand *b, cl_mem c, size_t m, size_t n, size_t k,
                         size_t lda, size_t aoff, size_t astride, size_t boff, size_t bstride, size_t coff,
                         size_t batch) {
-    if (batch == 1) {
-        size_t parts = split_parts(mc->ctx, m, n, k);
-        if (parts > 1) return gemm_split(mc, a, b, c, m, n, k, lda, aoff, boff, coff, parts);
-    }
+    /* kiln's own kernel (A B^T on CPUs) gives every 4 x 4 block of C a work-item: enough of
+     * them without a split */
+    size_t parts = batch == 1 && !kiln__gemm_own_takes(mc->ctx, a->trans, b->trans, m, n, k, 1, 0.0f)
+                       ? split_parts(mc->ctx, m, n, k)
+                       : 1;
+    last_parts = parts;
+    if (parts > 1) return gemm_split(mc, a, b, c, m, n, k, lda, aoff, boff, coff, parts);
     const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
-    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(mc->ctx, a->trans, b->trans, m, n, k, 1.0f, a->t->st->mem,
+    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(mc->ctx, mc->op, a->trans, b->trans, m, n, k, 1.0f, a->t->st->mem,
                                                          aoff, lda, astride, b->t->st->mem, boff, (size_t)b->ld,
                                                          bstride, 0.0f, c, coff, n, m * n, batch);
     return s == CLBlastSuccess ? KILN_OK : clblast_fail(mc, s, routine, m, n, k, batch);

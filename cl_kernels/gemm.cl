@@ -1,0 +1,71 @@
+/* cl_kernels/gemm.cl - kiln's own GEMM for CPU devices (src/ops/gemm.c decides when).
+ *
+ * gemm_nt: row-major C = alpha A B^T, A [M, K] and B [N, K] both with K
+ * contiguous: every output is a dot product of two contiguous rows. This is the product
+ * of a linear layer's forward (x W^T), for which CLBlast's indirect kernel first copies
+ * the whole weight into a transposed, padded temporary on every call.
+ *
+ * Each work-item computes a 4 x 4 block of C with sixteen float16 accumulators, reading
+ * four rows of A and four of B once per 16 k: 8 vector loads per 16 vector multiply-adds,
+ * which LLVM keeps in registers on AVX-512 (and splits into narrower vectors elsewhere).
+ * POCL runs a work-group's items one after another; the blocks of one group share rows of
+ * A, which stay in cache. Rows past M or N are clamped to the last one for the loads and
+ * never written, so any M, N >= 1 works; K's last K % 16 terms are added one at a time.
+ * Dim 1 of the launch holds every batch's row blocks (mblocks per batch); batch b's
+ * operands start at aoff + b*astride, ... (elements).
+ */
+
+/* The 16 lanes of v, one by one: Oclgrind 21.10 loses track of which lanes are
+ * initialised through .lo/.hi halves of a float16 (it reported the sums as uninitialised);
+ * the sum runs once per work-item, so its shape costs nothing. */
+static float hsum16(float16 v) {
+    return v.s0 + v.s1 + v.s2 + v.s3 + v.s4 + v.s5 + v.s6 + v.s7 + v.s8 + v.s9 + v.sa + v.sb + v.sc + v.sd + v.se +
+           v.sf;
+}
+#define HSUM hsum16
+
+__kernel void gemm_nt(int M, int N, int K, int mblocks, int batch, float alpha,
+                      __global const float *A, ulong aoff, ulong lda, ulong astride,
+                      __global const float *B, ulong boff, ulong ldb, ulong bstride,
+                      __global float *C, ulong coff, ulong ldc, ulong cstride) {
+    int j0 = (int)get_global_id(0) * 4;
+    int bi = (int)get_global_id(1) / mblocks;
+    int i0 = ((int)get_global_id(1) - bi * mblocks) * 4;
+    if (j0 >= N || bi >= batch) return;
+    const __global float *a0 = A + aoff + (ulong)bi * astride + (ulong)min(i0, M - 1) * lda;
+    const __global float *a1 = A + aoff + (ulong)bi * astride + (ulong)min(i0 + 1, M - 1) * lda;
+    const __global float *a2 = A + aoff + (ulong)bi * astride + (ulong)min(i0 + 2, M - 1) * lda;
+    const __global float *a3 = A + aoff + (ulong)bi * astride + (ulong)min(i0 + 3, M - 1) * lda;
+    const __global float *b0 = B + boff + (ulong)bi * bstride + (ulong)min(j0, N - 1) * ldb;
+    const __global float *b1 = B + boff + (ulong)bi * bstride + (ulong)min(j0 + 1, N - 1) * ldb;
+    const __global float *b2 = B + boff + (ulong)bi * bstride + (ulong)min(j0 + 2, N - 1) * ldb;
+    const __global float *b3 = B + boff + (ulong)bi * bstride + (ulong)min(j0 + 3, N - 1) * ldb;
+    float16 c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
+    float16 c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
+    int kv = K / 16 * 16;
+    for (int k = 0; k < kv; k += 16) {
+        float16 y0 = vload16(0, b0 + k), y1 = vload16(0, b1 + k), y2 = vload16(0, b2 + k), y3 = vload16(0, b3 + k);
+        float16 x = vload16(0, a0 + k);
+        c00 = fma(x, y0, c00); c01 = fma(x, y1, c01); c02 = fma(x, y2, c02); c03 = fma(x, y3, c03);
+        x = vload16(0, a1 + k);
+        c10 = fma(x, y0, c10); c11 = fma(x, y1, c11); c12 = fma(x, y2, c12); c13 = fma(x, y3, c13);
+        x = vload16(0, a2 + k);
+        c20 = fma(x, y0, c20); c21 = fma(x, y1, c21); c22 = fma(x, y2, c22); c23 = fma(x, y3, c23);
+        x = vload16(0, a3 + k);
+        c30 = fma(x, y0, c30); c31 = fma(x, y1, c31); c32 = fma(x, y2, c32); c33 = fma(x, y3, c33);
+    }
+    float s[4][4] = {{HSUM(c00), HSUM(c01), HSUM(c02), HSUM(c03)},
+                     {HSUM(c10), HSUM(c11), HSUM(c12), HSUM(c13)},
+                     {HSUM(c20), HSUM(c21), HSUM(c22), HSUM(c23)},
+                     {HSUM(c30), HSUM(c31), HSUM(c32), HSUM(c33)}};
+    for (int k = kv; k < K; k++) {
+        float x[4] = {a0[k], a1[k], a2[k], a3[k]}, y[4] = {b0[k], b1[k], b2[k], b3[k]};
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < 4; c++) s[r][c] = fma(x[r], y[c], s[r][c]);
+    }
+    __global float *crow = C + coff + (ulong)bi * cstride + (ulong)i0 * ldc + j0;
+    int rows = min(4, M - i0), cols = min(4, N - j0);
+    /* C is only written: stale pool memory, even NaN, cannot leak in */
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) crow[(ulong)r * ldc + c] = alpha * s[r][c];
+}
