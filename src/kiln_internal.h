@@ -166,13 +166,12 @@ KILN_API void kiln__sgemm_routing(bool on);
 /* ---- kiln's own GEMM kernels (src/ops/gemm.c) ---------------------------------------- */
 
 /* Whether kiln__sgemm gives this product to kiln's own kernel: row-major A B^T (both with
- * K contiguous) with beta 0, on a CPU device. */
-bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
-                          float beta);
-/* Row-major C = alpha A B^T (A [m, k], B [n, k]) for `batch` matrices; enqueued. */
+ * K contiguous) on a CPU device. */
+bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch);
+/* Row-major C = alpha A B^T + beta C (A [m, k], B [n, k]) for `batch` matrices; enqueued. */
 kiln_status kiln__gemm_nt(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, float alpha, cl_mem a,
                           size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride,
-                          cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
+                          float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
 /* Test hook: mode 1 sends every A B^T product to kiln's kernel whatever the device, 0 none,
  * -1 (default) lets the device type decide; $KILN_GEMM_OWN=off also turns it off. */
 KILN_API void kiln__gemm_own(int mode);

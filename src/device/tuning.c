@@ -566,9 +566,9 @@ static bool batched_unsafe(bool col, bool ta, bool tb, size_t m, size_t n, size_
 int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a,
                 size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
                 cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
-    if (kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, beta))
-        return kiln__gemm_nt(ctx, op, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, c, coff, ldc, cstride,
-                             batch) == KILN_OK
+    if (kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch))
+        return kiln__gemm_nt(ctx, op, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
+                             cstride, batch) == KILN_OK
                    ? 0
                    : KILN__SGEMM_FAILED;
     if (batch > 1 && batched_unsafe(use_colmajor(), ta, tb, m, n, k, aoff, lda, astride, boff, ldb, bstride, coff, ldc,

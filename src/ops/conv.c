@@ -391,6 +391,13 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
         wt = wp;
     }
     int nb = chunk_images((krp + g->cout) * hw, g->n);
+    /* On CPUs the weight gradient is gy_g cols_g^T through kiln's own A B^T kernel, which
+     * reads both operands along the pixels: the plain columns of conv_im2col, unpadded,
+     * straight into dw, with no split (src/ops/gemm.c). It ran the reference CNN's second
+     * layer's weight gradient faster than CLBlast's split product did, and conv_im2col
+     * writes its rows faster than conv_im2col_t writes the transposed ones. */
+    bool own_dw = dw && kiln__gemm_own_takes(ctx, false, true, (size_t)mg, (size_t)kg, (size_t)(nb * hw),
+                                             (size_t)g->groups);
     /* One image of a contiguous gy already is its [cout, HW] matrix. */
     bool direct = nb == 1 && kiln__is_contiguous(gy);
     if (!direct && !(gyp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * g->cout * hw}))) {
@@ -404,11 +411,11 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
     /* Split-K parts of the weight gradient (groups already give a batch of their own); the
      * parts of every chunk have the length of the first chunk's. A padded or split weight
      * gradient is computed into `part` and summed / cut to dw's shape after. */
-    int64_t nsplit = dw && g->groups == 1 ? nb * hw / split_min_k : 1;
+    int64_t nsplit = dw && !own_dw && g->groups == 1 ? nb * hw / split_min_k : 1;
     if (nsplit > SPLIT_PER_UNIT * (int64_t)ctx->info.compute_units) nsplit = SPLIT_PER_UNIT * ctx->info.compute_units;
     if (nsplit > SPLIT_MAX) nsplit = SPLIT_MAX;
     if (nsplit < 1) nsplit = 1;
-    if (dw && (nsplit > 1 || kgp != kg) &&
+    if (dw && !own_dw && (nsplit > 1 || kgp != kg) &&
         !(part = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nsplit * g->cout * kgp}))) {
         s = ctx->err;
         goto done;
@@ -426,7 +433,14 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
             gb = gm(gyp, 0, ld, (size_t)mg * ld, false);
         }
         if (db && (s = bias_rows(ctx, op, &gb, *db, n0 > 0)) != KILN_OK) break;
-        if (dw) {
+        if (own_dw) {
+            /* dw_g [mg, kg] (+)= gy_g [mg, cnt*HW] x (cols_g [kg, cnt*HW])^T; chunks
+             * accumulate in order */
+            if ((s = im2col(ctx, op, x, col, g, n0, cnt)) != KILN_OK) break;
+            s = gemm(ctx, op, (size_t)mg, (size_t)kg, ld, gb, gm(col, 0, ld, (size_t)kg * ld, true),
+                     n0 == 0 ? 0.0f : 1.0f, gm(*dw, 0, (size_t)kg, (size_t)(mg * kg), false), (size_t)g->groups);
+            if (s != KILN_OK) break;
+        } else if (dw) {
             /* dw_g [mg, kgp] (+)= gy_g [mg, cnt*HW] x colT_g [cnt*HW, kgp]; chunks accumulate
              * in order */
             if ((s = im2col_t(ctx, op, x, col, g, kgp, n0, cnt)) != KILN_OK) break;

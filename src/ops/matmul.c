@@ -228,7 +228,7 @@ static kiln_status gemm(const mm_call *mc, const operand *a, const operand *b, c
                         size_t batch) {
     /* kiln's own kernel (A B^T on CPUs) gives every 4 x 4 block of C a work-item: enough of
      * them without a split */
-    size_t parts = batch == 1 && !kiln__gemm_own_takes(mc->ctx, a->trans, b->trans, m, n, k, 1, 0.0f)
+    size_t parts = batch == 1 && !kiln__gemm_own_takes(mc->ctx, a->trans, b->trans, m, n, k, 1)
                        ? split_parts(mc->ctx, m, n, k)
                        : 1;
     last_parts = parts;
