@@ -74,3 +74,100 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
             *p = beta == 0.0f ? alpha * s[r][c] : fma(beta, *p, alpha * s[r][c]);
         }
 }
+
+/* gemm_nn: row-major C = alpha op(A) B + beta C, B [K, N] row-major and op(A) [M, K] either
+ * A [M, K] (ta == 0) or the transpose of A [K, M] (ta == 1): a convolution's forward
+ * (w cols) and input gradient (w^T gy), a linear layer's input and weight gradients.
+ *
+ * Each work-item computes an 8 x 32 block of C as outer products: per k, two float16
+ * loads of B's row k, eight scalars of A broadcast, sixteen vector multiply-adds into
+ * sixteen float16 accumulators. With the broadcasts folded into the FMAs that is ~2 vector
+ * loads per 16 multiply-adds: on the reference CNN's second layer it ran the forward
+ * (64 x 36864 x 288) and input-gradient (320 x 36864 x 64, TN) products 1.3-1.5x faster
+ * than CLBlast's tuned indirect kernel, which copies and pads its operands first. Dim 0
+ * walks A's row blocks, dim 1 every batch's column blocks (nblocks per batch); a
+ * work-group is 8 neighbouring column blocks of one row block, which share A's rows.
+ * Rows past M are clamped for the loads and never written. The last block of a row, when
+ * it reaches past N, computes its first 16 columns as vectors (if it has them) and the
+ * rest one at a time. */
+__kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha, float beta,
+                      __global const float *A, ulong aoff, ulong lda, ulong astride,
+                      __global const float *B, ulong boff, ulong ldb, ulong bstride,
+                      __global float *C, ulong coff, ulong ldc, ulong cstride) {
+    int i0 = (int)get_global_id(0) * 8;
+    int bi = (int)get_global_id(1) / nblocks;
+    int j0 = ((int)get_global_id(1) - bi * nblocks) * 32;
+    if (i0 >= M || bi >= batch) return;
+    const __global float *ab = A + aoff + (ulong)bi * astride;
+    const __global float *bp = B + boff + (ulong)bi * bstride + j0;
+    /* op(A)[i0 + r, k] = ap[r * rs + k * ks], rows past M clamped to the last */
+    ulong rs = ta ? 1 : lda, ks = ta ? lda : 1;
+    int rmax = M - 1 - i0;
+    ulong r1 = (ulong)min(1, rmax) * rs, r2 = (ulong)min(2, rmax) * rs, r3 = (ulong)min(3, rmax) * rs;
+    ulong r4 = (ulong)min(4, rmax) * rs, r5 = (ulong)min(5, rmax) * rs, r6 = (ulong)min(6, rmax) * rs;
+    ulong r7 = (ulong)min(7, rmax) * rs;
+    const __global float *ap = ab + (ulong)i0 * rs;
+    int rows = min(8, M - i0);
+    __global float *cp = C + coff + (ulong)bi * cstride + (ulong)i0 * ldc + j0;
+    int cols = N - j0;
+    /* k's terms of row r: 16 columns from x into c_r, and with WIDE 16 more from y into d_r
+     * (WIDE is a literal, so each loop below is compiled without the other's work) */
+#define NN_ROW(WIDE, r, ar)                                                                \
+    a = ap[ar];                                                                            \
+    c##r = fma((float16)a, x, c##r);                                                       \
+    if (WIDE) d##r = fma((float16)a, y, d##r);
+#define NN_LOOP(WIDE)                                                                      \
+    for (int k = 0; k < K; k++) {                                                          \
+        float16 x = vload16(0, bk), y = WIDE ? vload16(1, bk) : x;                         \
+        float a;                                                                           \
+        NN_ROW(WIDE, 0, 0) NN_ROW(WIDE, 1, r1) NN_ROW(WIDE, 2, r2) NN_ROW(WIDE, 3, r3)     \
+        NN_ROW(WIDE, 4, r4) NN_ROW(WIDE, 5, r5) NN_ROW(WIDE, 6, r6) NN_ROW(WIDE, 7, r7)    \
+        bk += ldb;                                                                         \
+        ap += ks;                                                                          \
+    }
+    /* C's row r: cols 0..15 from c_r, 16..31 from d_r (when wide); beta == 0 never reads C:
+     * stale pool memory, even NaN, cannot leak in */
+#define NN_STORE(r)                                                                        \
+    if (r < rows) {                                                                        \
+        __global float *p = cp + (ulong)(r) * ldc;                                         \
+        if (beta == 0.0f) {                                                                \
+            vstore16(alpha * c##r, 0, p);                                                  \
+            if (wide) vstore16(alpha * d##r, 1, p);                                        \
+        } else {                                                                           \
+            vstore16(fma((float16)beta, vload16(0, p), alpha * c##r), 0, p);               \
+            if (wide) vstore16(fma((float16)beta, vload16(1, p), alpha * d##r), 1, p);     \
+        }                                                                                  \
+    }
+    if (cols >= 16) {
+        /* 32 columns; the last block of a row may have 16..31, of which the first 16 go
+         * here (wide == false) and the rest to the scalar loop below */
+        bool wide = cols >= 32;
+        float16 c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f, c4 = 0.0f, c5 = 0.0f, c6 = 0.0f, c7 = 0.0f;
+        float16 d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f, d4 = 0.0f, d5 = 0.0f, d6 = 0.0f, d7 = 0.0f;
+        const __global float *bk = bp, *ak = ap;
+        if (wide) {
+            NN_LOOP(1)
+        } else {
+            NN_LOOP(0)
+        }
+        ap = ak;
+        NN_STORE(0) NN_STORE(1) NN_STORE(2) NN_STORE(3) NN_STORE(4) NN_STORE(5) NN_STORE(6) NN_STORE(7)
+        if (wide) return;
+    }
+#undef NN_ROW
+#undef NN_LOOP
+#undef NN_STORE
+    /* the columns of a row's last block past its first 16: one at a time */
+    const ulong ro[8] = {0, r1, r2, r3, r4, r5, r6, r7};
+    for (int c = cols >= 16 ? 16 : 0; c < cols; c++) {
+        float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k = 0; k < K; k++) {
+            float b = bp[(ulong)k * ldb + c];
+            for (int r = 0; r < 8; r++) s[r] = fma(ap[ro[r] + (ulong)k * ks], b, s[r]);
+        }
+        for (int r = 0; r < rows; r++) {
+            __global float *p = cp + (ulong)r * ldc + c;
+            *p = beta == 0.0f ? alpha * s[r] : fma(beta, *p, alpha * s[r]);
+        }
+    }
+}

@@ -165,15 +165,18 @@ KILN_API void kiln__sgemm_routing(bool on);
 
 /* ---- kiln's own GEMM kernels (src/ops/gemm.c) ---------------------------------------- */
 
-/* Whether kiln__sgemm gives this product to kiln's own kernel: row-major A B^T (both with
- * K contiguous) on a CPU device. */
+/* Whether kiln__sgemm gives this product to kiln's own kernels: every transpose
+ * combination but op(A)^T B^T, on a CPU device. */
 bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch);
-/* Row-major C = alpha A B^T + beta C (A [m, k], B [n, k]) for `batch` matrices; enqueued. */
-kiln_status kiln__gemm_nt(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, float alpha, cl_mem a,
-                          size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride,
-                          float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
-/* Test hook: mode 1 sends every A B^T product to kiln's kernel whatever the device, 0 none,
- * -1 (default) lets the device type decide; $KILN_GEMM_OWN=off also turns it off. */
+/* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices through gemm_nt (tb) or
+ * gemm_nn (!tb), as kiln__sgemm's arguments; enqueued. Not for ta && tb. */
+kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                           cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
+                           size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
+                           size_t batch);
+/* Test hook: mode 1 sends every product kiln's kernels can compute to them whatever the
+ * device, 0 none, -1 (default) lets the device type decide; $KILN_GEMM_OWN=off also turns
+ * them off. */
 KILN_API void kiln__gemm_own(int mode);
 
 /* ---- context ------------------------------------------------------------------------ */

@@ -21,7 +21,7 @@
 KILN_API size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
 /* ... and how many parts the last product enqueued was split into. */
 KILN_API size_t kiln__matmul_last_parts(void);
-/* src/ops/gemm.c's: 1 sends every A B^T product to kiln's own kernel, 0 none, -1 default. */
+/* src/ops/gemm.c's: 1 sends every product it can to kiln's own kernels, 0 none, -1 default. */
 KILN_API void kiln__gemm_own(int mode);
 
 static const char *g_pass = ""; /* which pass of the suite runs, for messages */
@@ -219,26 +219,37 @@ static void test_split_k(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
-/* A B^T, both with K contiguous: on CPUs kiln's own kernel (cl_kernels/gemm.cl), which
- * computes 4 x 4 blocks of C in float16 steps of K: M and N that are not multiples of 4
- * (clamped rows, unwritten outputs), K below, at and past a multiple of 16 (the one-term
- * tail), batches (the launch's dim 1 spans every batch's row blocks), a batch broadcast
- * from B and the folded [B, m, k] x [n, k]^T of a linear layer (test_views has the
- * transposed views). */
-static void test_nt(kiln_ctx *ctx) {
+/* The shapes at the edges of kiln's own kernels' blocks (cl_kernels/gemm.cl, run on CPUs
+ * by default and on every device in the "own kernels" pass): gemm_nt computes A B^T in 4 x
+ * 4 blocks, float16 steps of K and a one-term tail; gemm_nn computes A B and A^T B in
+ * 8 x 32 blocks with a scalar path for the last partial block of a row. Rows past M are
+ * clamped, outputs past M or N never written (the guarded pass sees a stray write).
+ * Batches (the launches' dim 1 spans every batch's column blocks), a batch broadcast from
+ * B and the folded [B, m, k] x [n, k]^T of a linear layer. */
+static void test_own(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
-    static const int64_t ms[] = {1, 3, 4, 5, 17}, ks[] = {1, 15, 16, 17, 33, 100};
-    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
-        for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
-            int64_t m = ms[i], n = ms[(i + j) % 5], k = ks[j];
-            char name[96];
-            snprintf(name, sizeof name, "A B^T %lldx%lldx%lld", (long long)m, (long long)n, (long long)k);
-            check_plain(ctx, name, 2, (int64_t[]){m, k}, 2, (int64_t[]){n, k}, KILN_TRANS_B);
-        }
+    static const int64_t ms[] = {1, 3, 4, 5, 7, 8, 9, 17}, ns[] = {1, 5, 31, 32, 33, 70}, ks[] = {1, 15, 16, 17, 33, 100};
+    static const int flags[] = {0, KILN_TRANS_A, KILN_TRANS_B};
+    static const char *const names[] = {"A B", "A^T B", "A B^T"};
+    for (int f = 0; f < 3; f++)
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+            for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
+                int64_t m = ms[i], n = ns[(i + j) % 6], k = ks[j];
+                bool ta = flags[f] & KILN_TRANS_A, tb = flags[f] & KILN_TRANS_B;
+                char name[96];
+                snprintf(name, sizeof name, "%s %lldx%lldx%lld", names[f], (long long)m, (long long)n, (long long)k);
+                check_plain(ctx, name, 2, ta ? (int64_t[]){k, m} : (int64_t[]){m, k}, 2,
+                            tb ? (int64_t[]){n, k} : (int64_t[]){k, n}, flags[f]);
+            }
     check_plain(ctx, "A B^T batched [3,5,33]x[3,6,33]^T", 3, (int64_t[]){3, 5, 33}, 3, (int64_t[]){3, 6, 33},
                 KILN_TRANS_B);
+    check_plain(ctx, "A B batched [3,9,20]x[3,20,40]", 3, (int64_t[]){3, 9, 20}, 3, (int64_t[]){3, 20, 40}, 0);
+    check_plain(ctx, "A^T B batched [2,20,9]^T x[2,20,64]", 3, (int64_t[]){2, 20, 9}, 3, (int64_t[]){2, 20, 64},
+                KILN_TRANS_A);
     check_plain(ctx, "A B^T broadcast B [2,3,7,40]x[3,9,40]^T", 4, (int64_t[]){2, 3, 7, 40}, 3,
                 (int64_t[]){3, 9, 40}, KILN_TRANS_B);
+    check_plain(ctx, "A B broadcast B [2,3,7,40]x[3,40,33]", 4, (int64_t[]){2, 3, 7, 40}, 3, (int64_t[]){3, 40, 33},
+                0);
     check_plain(ctx, "linear [4,6,70]x[13,70]^T", 3, (int64_t[]){4, 6, 70}, 2, (int64_t[]){13, 70}, KILN_TRANS_B);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
@@ -450,7 +461,7 @@ static void run_pass(kiln_ctx *ctx, const char *pass, int64_t guard) {
     kiln__set_guard(ctx, guard);
     test_shapes(ctx);
     test_split_k(ctx);
-    test_nt(ctx);
+    test_own(ctx);
     test_views(ctx);
     test_batches(ctx);
     test_vectors(ctx);
@@ -464,11 +475,10 @@ static void run(kiln_ctx *ctx) {
     g_pass = "errors";
     test_errors(ctx);
     kiln__set_guard(ctx, 0);
-    /* kiln's own A B^T kernel runs by default on CPUs only: forced here on every device, and
-     * turned off for the CLBlast passes, so that CLBlast's transposed-B paths stay checked
-     * on CPUs too */
+    /* kiln's own GEMM kernels run by default on CPUs only: forced here on every device, and
+     * turned off for the CLBlast passes, so that CLBlast's paths stay checked on CPUs too */
     kiln__gemm_own(1);
-    run_pass(ctx, "own A B^T kernel, guarded", 67);
+    run_pass(ctx, "own kernels, guarded", 67);
     kiln__gemm_own(0);
     run_pass(ctx, "CLBlast only, guarded", 67);
     if (force_indirect_gemm(ctx)) {

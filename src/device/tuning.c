@@ -567,8 +567,8 @@ int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_
                 size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
                 cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
     if (kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch))
-        return kiln__gemm_nt(ctx, op, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
-                             cstride, batch) == KILN_OK
+        return kiln__gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c,
+                              coff, ldc, cstride, batch) == KILN_OK
                    ? 0
                    : KILN__SGEMM_FAILED;
     if (batch > 1 && batched_unsafe(use_colmajor(), ta, tb, m, n, k, aoff, lda, astride, boff, ldb, bstride, coff, ldc,

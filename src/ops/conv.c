@@ -268,7 +268,8 @@ static int chunk_images(int64_t per, int n) {
  * (rows of d input's columns, columns of d weight), so that CLBlast uses the column
  * buffers in place rather than copying them into padded ones: 42 MB each way for the
  * reference CNN's second layer, where padding 288 to 320 took the input gradient's GEMM
- * from 45 to 10 ms. Left as is where padding would add more than a quarter. */
+ * from 45 to 10 ms. Left as is where padding would add more than a quarter, and where
+ * kiln's own kernels compute the input gradient (they read any kg in place). */
 static int64_t pad_forced; /* kiln__conv_pad: a multiple to pad to whatever the device */
 
 /* Test hook (tests/test_sweep.c and test_conv.c declare it): pad kg up to a multiple of
@@ -277,8 +278,9 @@ static int64_t pad_forced; /* kiln__conv_pad: a multiple to pad to whatever the 
 KILN_API void kiln__conv_pad(int64_t multiple);
 void kiln__conv_pad(int64_t multiple) { pad_forced = multiple > 0 ? multiple : 0; }
 
-static int64_t padded_rows(kiln_ctx *ctx, int64_t kg) {
+static int64_t padded_rows(kiln_ctx *ctx, int64_t kg, bool own_dx) {
     if (pad_forced > 0) return (kg + pad_forced - 1) / pad_forced * pad_forced;
+    if (own_dx) return kg;
     size_t tm, tn, tk;
     kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
     size_t t = tm;
@@ -372,7 +374,10 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
         dw = db = NULL;
         if (!dx) goto done;
     }
-    int64_t kgp = padded_rows(ctx, kg);
+    /* (a chunk's columns are at most all n images' pixels wide) */
+    int64_t kgp = padded_rows(ctx, kg,
+                              dx && kiln__gemm_own_takes(ctx, true, false, (size_t)kg, (size_t)(g->n * hw), (size_t)mg,
+                                                         (size_t)g->groups));
     /* padding must not take one image's columns past 32-bit indexing (conv_setup checked
      * the unpadded ones) */
     if (g->groups * kgp * hw > CONV_MAX_ELEMS) kgp = kg;
