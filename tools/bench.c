@@ -347,6 +347,10 @@ static int cmd_gemm(args *a, bool json) {
 #endif
     if (check && s.m * s.n * s.k <= (int64_t)1 << 31) kdiff = bench_gemm_check(ctx, &s, &d);
     const char *tn = s.ta ? (s.tb ? "TT" : "TN") : (s.tb ? "NT" : "NN");
+    /* which GEMM computed it (src/ops/gemm.c: kiln's kernels on CPUs, CLBlast elsewhere) */
+    const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1) ? "CLBlast"
+                         : s.tb                                                                        ? "kiln gemm_nt"
+                                                                                                       : "kiln gemm_nn";
     if (json) {
         printf("{\"bench\": \"gemm\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"trans_a\": %s, \"trans_b\": %s, "
                "\"repeat\": %d, \"kiln_ms\": %.4f, \"kiln_gflops\": %.2f, \"kiln_min_cpu_ms\": %.4f",
@@ -355,6 +359,7 @@ static int cmd_gemm(args *a, bool json) {
         if (!isnan(bms)) printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f", bms, bg, kg / bg);
         if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
         if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g", kdiff);
+        printf(", \"kernel\": "), bench_json_str(kernel);
         printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
         printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
         printf("}\n");
@@ -365,7 +370,7 @@ static int cmd_gemm(args *a, bool json) {
         else printf(" (built without OpenBLAS: no comparison)");
         if (!isnan(bdiff)) printf(", max |kiln - OpenBLAS| %.3g", bdiff);
         if (!isnan(kdiff)) printf(", max |kiln - fp64| %.3g", kdiff);
-        printf("  [CLBlast parameters: %s]\n", kiln__tune_source());
+        printf("  [%s; CLBlast parameters: %s]\n", kernel, kiln__tune_source());
     }
     bench_gemm_data_free(&d);
     kiln_close(ctx);

@@ -11,6 +11,10 @@
  * sets the threshold that sends each shape to the faster path. Each candidate costs one
  * compile of CLBlast's GEMM program (a few seconds on POCL), which dominates the time.
  *
+ * On CPUs kiln's own kernels (cl_kernels/gemm.cl) compute every product but A^T B^T, so
+ * there the parameters matter only for that one; the search switches them off so that it
+ * measures CLBlast.
+ *
  * Candidates: for CPUs, register tiles of explicit float vectors without local memory
  * (what POCL runs well), plus a few local-memory tilings; for GPUs, CLBlast's own tuner
  * (clblast_tuner_xgemm) explores far more and is the better tool. */
@@ -333,6 +337,13 @@ static int cmd_tune(int argc, char **argv) {
         return 1;
     }
     int rc = 1;
+    /* Every product measured here goes to CLBlast: on CPUs kiln's own kernels
+     * (src/ops/gemm.c) would otherwise take all but op(A)^T op(B)^T, whatever the
+     * parameters. */
+    kiln__gemm_own(0);
+    if (!json && kiln_ctx_device(t.ctx)->type == KILN_DEVICE_CPU)
+        printf("note: on CPUs kiln's own GEMM kernels compute every product but A^T B^T; the CLBlast parameters "
+               "tuned here serve the rest\n");
     for (int i = 0; i < NSHAPES; i++) {
         t.use[i] = !only || name_listed(only, shapes[i].s.name);
         if (t.use[i] && bench_gemm_data_new(t.ctx, &shapes[i].s, 100 + (uint64_t)i, &t.data[i]) != 0) {
@@ -515,6 +526,7 @@ static int cmd_tune(int argc, char **argv) {
     }
     rc = 0;
 out:
+    kiln__gemm_own(-1);
     for (int i = 0; i < NSHAPES; i++)
         bench_gemm_data_free(&t.data[i]);
     kiln_close(t.ctx);
