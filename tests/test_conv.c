@@ -36,6 +36,7 @@
 /* Test hook of src/ops/conv.c: the column buffer's element budget and the shortest part
  * of a split weight gradient (0 = default). */
 KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
+KILN_API void kiln__gemm_own(int mode); /* src/ops/gemm.c */
 
 #define U_F32 0x1p-24
 
@@ -315,9 +316,13 @@ static kiln_tensor *run_op(kiln_ctx *ctx, const cspec *s, kiln_tensor *x, kiln_t
 
 /* Forward against the reference; with grads, the gradients of the inputs in gmask (bit 0
  * input, 1 weight, 2 bias) against finite differences, the others not requiring grad. */
+/* Which GEMMs the current pass uses (test_device): "" for the device's own choice. */
+static const char *g_gemm = "";
+
 static void run_case(kiln_ctx *ctx, const cspec *s, const char *tag, bool grads, int gmask) {
     char what[256];
-    snprintf(what, sizeof what, "%s %s%s", s->transpose ? "kiln_conv_transpose2d" : "kiln_conv2d", s->name, tag);
+    snprintf(what, sizeof what, "%s %s%s%s", s->transpose ? "kiln_conv_transpose2d" : "kiln_conv2d", s->name, tag,
+             g_gemm);
     kiln_scope_begin(ctx);
     int ho, wo;
     out_size(s, &ho, &wo);
@@ -732,6 +737,16 @@ static void test_device(kiln_ctx *ctx) {
     test_golden(ctx);
     test_empty_batch(ctx);
     test_errors(ctx);
+    /* The other GEMM route: kiln's own kernels (src/ops/gemm.c) on CPUs by default, CLBlast
+     * elsewhere. Each chooses its own layout (padded rows, split parts, conv_wgrad_small for
+     * few taps only with CLBlast), so both are checked on every device. */
+    bool cpu = kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU;
+    kiln__gemm_own(cpu ? 0 : 1);
+    g_gemm = cpu ? " [CLBlast]" : " [kiln's own GEMM kernels]";
+    test_table(ctx);
+    test_chunks(ctx);
+    kiln__gemm_own(-1);
+    g_gemm = "";
     char msg[256] = "";
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard regions overwritten: %s", msg);
     kiln__set_guard(ctx, 0);
