@@ -263,10 +263,14 @@ static void test_numerics(kiln_ctx *ctx) {
 
 /* src/ops/conv.c's test hook: chunk budget and split-K minimum (0 restores a default). */
 KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
+/* src/ops/gemm.c's: 1 sends every product it can to kiln's own GEMM kernels, 0 none. */
+KILN_API void kiln__gemm_own(int mode);
 
 /* A split-K product (kiln_matmul's partials) and a convolution backward whose weight
  * gradient is padded and split (63 taps: padded to the GEMM tile on a tuned device) make
- * scratch buffers on the way: every allocation of forward and backward fails in turn. */
+ * scratch buffers on the way: every allocation of forward and backward fails in turn.
+ * Both GEMM routes: CLBlast's (split and padded where the tiles are known) and kiln's own
+ * kernels' (neither: their scratch is the columns alone). */
 static kiln_status split_ops(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, kiln_tensor *x, kiln_tensor *w) {
     kiln_scope_begin(ctx);
     kiln_tensor *c = kiln_matmul(ctx, a, b);
@@ -277,7 +281,8 @@ static kiln_status split_ops(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, kiln
     return s;
 }
 
-static void test_op_scratch_failures(kiln_ctx *ctx) {
+static void op_scratch_failures(kiln_ctx *ctx, int own) {
+    kiln__gemm_own(own);
     kiln__conv_tuning(0, 8);
     kiln_tensor *a = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){5, 2500});
     kiln_tensor *b = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){2500, 7});
@@ -314,14 +319,20 @@ static void test_op_scratch_failures(kiln_ctx *ctx) {
     kiln_clear_grad(x);
     kiln_clear_grad(w);
     CHECK(split_ops(ctx, a, b, x, w) == KILN_OK, "split ops after the failures: %s", kiln_error_message(ctx));
-    fprintf(stderr, "%s: split-K matmul and padded conv backward: %d of %lld allocation failure points clean\n",
-            kiln_ctx_device(ctx)->name, clean, (long long)n);
+    fprintf(stderr, "%s, %s: split-K matmul and padded conv backward: %d of %lld allocation failure points clean\n",
+            kiln_ctx_device(ctx)->name, own ? "kiln's GEMM kernels" : "CLBlast", clean, (long long)n);
     kiln__conv_tuning(0, 0);
+    kiln__gemm_own(-1);
     kiln_tensor_free(a);
     kiln_tensor_free(b);
     kiln_tensor_free(x);
     kiln_tensor_free(w);
     CHECK_OK(ctx);
+}
+
+static void test_op_scratch_failures(kiln_ctx *ctx) {
+    op_scratch_failures(ctx, 0);
+    op_scratch_failures(ctx, 1);
 }
 
 static void run(kiln_ctx *ctx) {
