@@ -60,7 +60,7 @@ KILN_API kiln_tensor *kiln_min(kiln_ctx *ctx, kiln_tensor *t, int naxes, const i
 #define KILN_ALL_AXES (-KILN_MAX_DIMS - 1)
 KILN_API kiln_tensor *kiln_argmax(kiln_ctx *ctx, kiln_tensor *t, int axis, bool keepdim);
 
-/* ---- matrix products (CLBlast) ------------------------------------------------------ */
+/* ---- matrix products (kiln's GEMM kernels on CPUs, CLBlast elsewhere) ----------------- */
 
 enum { KILN_TRANS_A = 1, KILN_TRANS_B = 2 };
 
@@ -71,7 +71,7 @@ enum { KILN_TRANS_A = 1, KILN_TRANS_B = 2 };
  */
 KILN_API kiln_tensor *kiln_matmul(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b);
 /* matmul with op(a) = a^T when KILN_TRANS_A is set (the last two dims swap), the same for b:
- * the transposes cost nothing, CLBlast reads the operands transposed. */
+ * the transposes cost nothing, the GEMM reads the operands transposed. */
 KILN_API kiln_tensor *kiln_matmul_ex(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, int flags);
 
 #ifdef __cplusplus

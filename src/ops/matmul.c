@@ -1,6 +1,7 @@
 /* src/ops/matmul.c - matrix products with torch.matmul semantics on CLBlast's SGEMM and
- * strided-batched SGEMM, reading views in place through offsets, leading dims and
- * transpose flags. */
+ * strided-batched SGEMM, or on CPUs kiln's own kernels (kiln__sgemm decides, see
+ * src/ops/gemm.c), reading views in place through offsets, leading dims and transpose
+ * flags. */
 #include <stdio.h>
 #include <string.h>
 
