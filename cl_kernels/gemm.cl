@@ -75,7 +75,7 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
         }
 }
 
-/* gemm_nn: row-major C = alpha op(A) B + beta C, B [K, N] row-major and op(A) [M, K] either
+/* gemm_nn: row-major C = alpha op(A) B, B [K, N] row-major and op(A) [M, K] either
  * A [M, K] (ta == 0) or the transpose of A [K, M] (ta == 1): a convolution's forward
  * (w cols) and input gradient (w^T gy), a linear layer's input and weight gradients.
  *
@@ -90,7 +90,7 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
  * Rows past M are clamped for the loads and never written. The last block of a row, when
  * it reaches past N, computes its first 16 columns as vectors (if it has them) and the
  * rest one at a time. */
-__kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha, float beta,
+__kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha,
                       __global const float *A, ulong aoff, ulong lda, ulong astride,
                       __global const float *B, ulong boff, ulong ldb, ulong bstride,
                       __global float *C, ulong coff, ulong ldc, ulong cstride) {
@@ -125,18 +125,12 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         bk += ldb;                                                                         \
         ap += ks;                                                                          \
     }
-    /* C's row r: cols 0..15 from c_r, 16..31 from d_r (when wide); beta == 0 never reads C:
-     * stale pool memory, even NaN, cannot leak in */
+    /* C's row r: cols 0..15 from c_r, 16..31 from d_r (when wide). C is only written: stale
+     * pool memory, even NaN, cannot leak in. */
 #define NN_STORE(r)                                                                        \
     if (r < rows) {                                                                        \
-        __global float *p = cp + (ulong)(r) * ldc;                                         \
-        if (beta == 0.0f) {                                                                \
-            vstore16(alpha * c##r, 0, p);                                                  \
-            if (wide) vstore16(alpha * d##r, 1, p);                                        \
-        } else {                                                                           \
-            vstore16(fma((float16)beta, vload16(0, p), alpha * c##r), 0, p);               \
-            if (wide) vstore16(fma((float16)beta, vload16(1, p), alpha * d##r), 1, p);     \
-        }                                                                                  \
+        vstore16(alpha * c##r, 0, cp + (ulong)(r) * ldc);                                  \
+        if (wide) vstore16(alpha * d##r, 1, cp + (ulong)(r) * ldc);                        \
     }
     if (cols >= 16) {
         /* 32 columns; the last block of a row may have 16..31, of which the first 16 go
@@ -165,9 +159,6 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
             float b = bp[(ulong)k * ldb + c];
             for (int r = 0; r < 8; r++) s[r] = fma(ap[ro[r] + (ulong)k * ks], b, s[r]);
         }
-        for (int r = 0; r < rows; r++) {
-            __global float *p = cp + (ulong)r * ldc + c;
-            *p = beta == 0.0f ? alpha * s[r] : fma(beta, *p, alpha * s[r]);
-        }
+        for (int r = 0; r < rows; r++) cp[(ulong)r * ldc + c] = alpha * s[r];
     }
 }

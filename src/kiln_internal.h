@@ -146,14 +146,14 @@ KILN_API const char *kiln__tune_open(kiln_ctx *ctx, kiln__tune_set *applied);
 KILN_API const char *kiln__tune_source(void);
 /* Row-major C = alpha op(A) op(B) + beta C, enqueued on ctx's queue with no event; batch
  * > 1 is strided-batched (strides in elements). Products kiln__gemm_own_takes goes to
- * kiln's own kernel; the rest to CLBlast, with the operand order and, where kiln set
+ * kiln's own kernels; the rest to CLBlast, with the operand order and, where kiln set
  * CLBlast's parameters, the kernel (direct or indirect) that run fastest on the device.
  * Returns CLBlast's status code (0 = success), or KILN__SGEMM_FAILED when kiln's own
- * kernel failed: the context's error then says why, naming op. */
+ * kernel failed: the context's error then says why. */
 #define KILN__SGEMM_FAILED (-100000)
-int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a, size_t aoff,
-                size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta, cl_mem c,
-                size_t coff, size_t ldc, size_t cstride, size_t batch);
+int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a,
+                size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
+                cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
 /* The multiple of each row-major dim (m, n, k of kiln__sgemm) at which CLBlast's indirect
  * kernel, as kiln set it up for ctx's device, uses the operands in place instead of copying
  * them into padded buffers first; 1 where that is not known (CLBlast's own parameters, or
@@ -166,10 +166,11 @@ KILN_API void kiln__sgemm_routing(bool on);
 /* ---- kiln's own GEMM kernels (src/ops/gemm.c) ---------------------------------------- */
 
 /* Whether kiln__sgemm gives this product to kiln's own kernels: every transpose
- * combination but op(A)^T B^T, on a CPU device. */
-bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch);
+ * combination but op(A)^T B^T, on a CPU device (A B and A^T B only with beta 0). */
+bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
+                          float beta);
 /* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices through gemm_nt (tb) or
- * gemm_nn (!tb), as kiln__sgemm's arguments; enqueued. Not for ta && tb. */
+ * gemm_nn (!tb, beta 0), as kiln__sgemm's arguments; enqueued. Not for ta && tb. */
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,

@@ -228,7 +228,8 @@ static void test_split_k(kiln_ctx *ctx) {
  * B and the folded [B, m, k] x [n, k]^T of a linear layer. */
 static void test_own(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
-    static const int64_t ms[] = {1, 3, 4, 5, 7, 8, 9, 17}, ns[] = {1, 5, 31, 32, 33, 70}, ks[] = {1, 15, 16, 17, 33, 100};
+    static const int64_t ms[] = {1, 3, 4, 5, 7, 8, 9, 17}, ns[] = {1, 5, 31, 32, 33, 70},
+                         ks[] = {1, 15, 16, 17, 33, 100};
     static const int flags[] = {0, KILN_TRANS_A, KILN_TRANS_B};
     static const char *const names[] = {"A B", "A^T B", "A B^T"};
     for (int f = 0; f < 3; f++)

@@ -304,12 +304,14 @@ static void sweep_reduce(void) {
     forced_reduce();
 }
 
-/* ---- gemm.cl: kiln's own A B^T kernel, which only CPUs pick --------------------------- */
+/* ---- gemm.cl: kiln's own GEMM kernels, which only CPUs pick ---------------------------- */
 static void forced_matmul(void) {
     kiln__gemm_own(1);
-    /* [2, 5, 37] x [6, 37]^T: rows past 4 clamped, K = 2 x 16 + a 5-term tail, batches
-     * folded into M; then a batch of 2 with its own B per batch */
-    leaf a = ML(-1, 1, true, 2, 5, 37), b = ML(-1, 1, true, 6, 37), bb = ML(-1, 1, false, 2, 6, 37);
+    /* gemm_nt, A B^T: [2, 5, 37] x [6, 37]^T (rows past 4 clamped, K = 2 x 16 + a 5-term
+     * tail, batches folded into M), then a batch of 2 with its own B per batch. gemm_nn, A B
+     * and A^T B: [9, 20] x [20, 50] (a row block of 8 + 1 clamped, a column block of 32 +
+     * one of 18: 16 as vectors, 2 one by one) and the same with A stored transposed. */
+    leaf a = ML(-1, 1, false, 2, 5, 37), b = ML(-1, 1, false, 6, 37), bb = ML(-1, 1, false, 2, 6, 37);
     for (int batched = 0; batched < 2; batched++) {
         leaf *r = batched ? &bb : &b;
         int64_t n = 2 * 5 * 6;
@@ -324,8 +326,19 @@ static void forced_matmul(void) {
              kiln_matmul_ex(C, a.t, r->t, KILN_TRANS_B), y, n);
         free(y);
     }
+    leaf p = ML(-1, 1, false, 9, 20), pt = ML(-1, 1, false, 20, 9), q = ML(-1, 1, false, 20, 50);
+    for (int trans = 0; trans < 2; trans++) {
+        double *y = dzeros(9 * 50);
+        for (int64_t i = 0; i < 9; i++)
+            for (int64_t j = 0; j < 50; j++)
+                for (int64_t k = 0; k < 20; k++)
+                    y[i * 50 + j] += (double)(trans ? pt.h[k * 9 + i] : p.h[i * 20 + k]) * q.h[k * 50 + j];
+        near(trans ? "own A^T B kernel" : "own A B kernel",
+             kiln_matmul_ex(C, trans ? pt.t : p.t, q.t, trans ? KILN_TRANS_A : 0), y, 9 * 50);
+        free(y);
+    }
     kiln__gemm_own(-1);
-    free(a.h), free(b.h), free(bb.h);
+    free(a.h), free(b.h), free(bb.h), free(p.h), free(pt.h), free(q.h);
 }
 
 /* ---- matmul (CLBlast) ------------------------------------------------------------------ */

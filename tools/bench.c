@@ -348,7 +348,7 @@ static int cmd_gemm(args *a, bool json) {
     if (check && s.m * s.n * s.k <= (int64_t)1 << 31) kdiff = bench_gemm_check(ctx, &s, &d);
     const char *tn = s.ta ? (s.tb ? "TT" : "TN") : (s.tb ? "NT" : "NN");
     /* which GEMM computed it (src/ops/gemm.c: kiln's kernels on CPUs, CLBlast elsewhere) */
-    const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1) ? "CLBlast"
+    const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1, 0.0f) ? "CLBlast"
                          : s.tb                                                                        ? "kiln gemm_nt"
                                                                                                        : "kiln gemm_nn";
     if (json) {

@@ -566,7 +566,7 @@ static bool batched_unsafe(bool col, bool ta, bool tb, size_t m, size_t n, size_
 int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a,
                 size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
                 cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
-    if (kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch))
+    if (kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, beta))
         return kiln__gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c,
                               coff, ldc, cstride, batch) == KILN_OK
                    ? 0
@@ -575,8 +575,8 @@ int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_
                                     cstride)) {
         /* one plain GEMM per batch: CLBlast's single GEMM copies an offset operand first */
         for (size_t i = 0; i < batch; i++) {
-            int r = kiln__sgemm(ctx, op, ta, tb, m, n, k, alpha, a, aoff + i * astride, lda, 0, b, boff + i * bstride, ldb,
-                                0, beta, c, coff + i * cstride, ldc, 0, 1);
+            int r = kiln__sgemm(ctx, op, ta, tb, m, n, k, alpha, a, aoff + i * astride, lda, 0, b, boff + i * bstride,
+                                ldb, 0, beta, c, coff + i * cstride, ldc, 0, 1);
             if (r != 0) return r;
         }
         return 0;

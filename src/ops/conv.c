@@ -362,7 +362,7 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
      * writes its rows faster than conv_im2col_t writes the transposed ones. (A chunk's
      * columns are at most all n images' pixels wide.) */
     bool own_dw = dw && kiln__gemm_own_takes(ctx, false, true, (size_t)mg, (size_t)kg, (size_t)(g->n * hw),
-                                             (size_t)g->groups);
+                                             (size_t)g->groups, 1.0f);
     /* Few taps per output channel, without kiln's own kernels: weight and bias gradients
      * straight from x and gy, in parts of the batch that spread over the compute units
      * (summed in order after). With them the GEMM is faster: the reference CNN's first
@@ -387,7 +387,7 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
     /* (a chunk's columns are at most all n images' pixels wide) */
     int64_t kgp = padded_rows(ctx, kg,
                               dx && kiln__gemm_own_takes(ctx, true, false, (size_t)kg, (size_t)(g->n * hw), (size_t)mg,
-                                                         (size_t)g->groups));
+                                                         (size_t)g->groups, 0.0f));
     /* padding must not take one image's columns past 32-bit indexing (conv_setup checked
      * the unpadded ones) */
     if (g->groups * kgp * hw > CONV_MAX_ELEMS) kgp = kg;

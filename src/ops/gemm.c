@@ -27,8 +27,10 @@ void kiln__gemm_own(int mode) { forced = mode < 0 ? -1 : mode > 0; }
 
 static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
 
-bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch) {
-    if ((ta && tb) || m == 0 || n == 0 || k == 0 || batch == 0) return false;
+bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
+                          float beta) {
+    /* gemm_nn only overwrites C: no caller accumulates into an A B product */
+    if ((ta && tb) || (!tb && beta != 0.0f) || m == 0 || n == 0 || k == 0 || batch == 0) return false;
     /* the kernels' dims are ints, and so is their flat index over every batch's column
      * blocks */
     size_t nblocks = blocks(n, tb ? 4 : 32);
@@ -49,14 +51,14 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
     cl_int cm = (cl_int)m, cn = (cl_int)n, ck = (cl_int)k, nb = (cl_int)blocks(n, bn), cb = (cl_int)batch;
     cl_int cta = ta;
     cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc, cs = cstride;
-    kiln__karg nt[] = {KILN__ARG(cm), KILN__ARG(cn),    KILN__ARG(ck),   KILN__ARG(nb), KILN__ARG(cb),
+    kiln__karg nt[] = {KILN__ARG(cm),    KILN__ARG(cn),   KILN__ARG(ck), KILN__ARG(nb), KILN__ARG(cb),
                        KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),  KILN__ARG(ao), KILN__ARG(al),
-                       KILN__ARG(as), KILN__ARG(b),     KILN__ARG(bo),   KILN__ARG(bl), KILN__ARG(bs),
-                       KILN__ARG(c),  KILN__ARG(co),    KILN__ARG(cl),   KILN__ARG(cs)};
-    kiln__karg nn[] = {KILN__ARG(cm), KILN__ARG(cn),    KILN__ARG(ck),   KILN__ARG(cta), KILN__ARG(nb),
-                       KILN__ARG(cb), KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),   KILN__ARG(ao),
-                       KILN__ARG(al), KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo),  KILN__ARG(bl),
-                       KILN__ARG(bs), KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl),  KILN__ARG(cs)};
+                       KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo), KILN__ARG(bl), KILN__ARG(bs),
+                       KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl), KILN__ARG(cs)};
+    kiln__karg nn[] = {KILN__ARG(cm), KILN__ARG(cn),    KILN__ARG(ck), KILN__ARG(cta), KILN__ARG(nb),
+                       KILN__ARG(cb), KILN__ARG(alpha), KILN__ARG(a),  KILN__ARG(ao),  KILN__ARG(al),
+                       KILN__ARG(as), KILN__ARG(b),     KILN__ARG(bo), KILN__ARG(bl),  KILN__ARG(bs),
+                       KILN__ARG(c),  KILN__ARG(co),    KILN__ARG(cl), KILN__ARG(cs)};
     /* nt: 4 x 4 items per group, neighbouring blocks sharing rows of A and B in cache; nn:
      * 8 column blocks of one row block. The kernels drop the items the rounding adds. */
     size_t lx = tb ? 4 : 1, ly = tb ? 4 : 8;

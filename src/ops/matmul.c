@@ -150,6 +150,7 @@ static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const ch
  * keeps at most two cores busy for all of K): enough parts for ~16 work-groups per compute
  * unit, each part at least SPLIT_MIN_K long; 1 (no split) where the device's tiles are not
  * known (kiln__sgemm_tiles) or the partial results would take more than SPLIT_MAX_ELEMS.
+ * Only for products CLBlast computes (on CPUs kiln's own kernels take all but A^T B^T).
  */
 #define SPLIT_MIN_K 1024
 #define SPLIT_MAX_PARTS 16
@@ -197,10 +198,11 @@ static kiln_status gemm_split(const mm_call *mc, const operand *a, const operand
     if (!part) return ctx->err;
     cl_mem pm = part->st->mem;
     size_t poff = (size_t)part->offset;
-    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(ctx, mc->op, a->trans, b->trans, m, n, len, 1.0f, a->t->st->mem, aoff,
-                                                         lda, astep, b->t->st->mem, boff, ldb, bstep, 0.0f, pm, poff,
-                                                         n, m * n, parts);
-    kiln_status st = s == CLBlastSuccess ? KILN_OK : clblast_fail(mc, s, "CLBlastSgemmStridedBatched", m, n, len, parts);
+    CLBlastStatusCode s =
+        (CLBlastStatusCode)kiln__sgemm(ctx, mc->op, a->trans, b->trans, m, n, len, 1.0f, a->t->st->mem, aoff, lda,
+                                       astep, b->t->st->mem, boff, ldb, bstep, 0.0f, pm, poff, n, m * n, parts);
+    kiln_status st =
+        s == CLBlastSuccess ? KILN_OK : clblast_fail(mc, s, "CLBlastSgemmStridedBatched", m, n, len, parts);
     if (st == KILN_OK && rest > 0) {
         s = (CLBlastStatusCode)kiln__sgemm(ctx, mc->op, a->trans, b->trans, m, n, rest, 1.0f, a->t->st->mem,
                                            aoff + parts * astep, lda, 0, b->t->st->mem, boff + parts * bstep, ldb, 0,
@@ -227,17 +229,17 @@ static kiln_status gemm_split(const mm_call *mc, const operand *a, const operand
 static kiln_status gemm(const mm_call *mc, const operand *a, const operand *b, cl_mem c, size_t m, size_t n, size_t k,
                         size_t lda, size_t aoff, size_t astride, size_t boff, size_t bstride, size_t coff,
                         size_t batch) {
-    /* kiln's own kernel (A B^T on CPUs) gives every 4 x 4 block of C a work-item: enough of
-     * them without a split */
-    size_t parts = batch == 1 && !kiln__gemm_own_takes(mc->ctx, a->trans, b->trans, m, n, k, 1)
+    /* kiln's own kernels (on CPUs) give every 4 x 4 or 8 x 32 block of C a work-item: enough
+     * of them without a split */
+    size_t parts = batch == 1 && !kiln__gemm_own_takes(mc->ctx, a->trans, b->trans, m, n, k, 1, 0.0f)
                        ? split_parts(mc->ctx, m, n, k)
                        : 1;
     last_parts = parts;
     if (parts > 1) return gemm_split(mc, a, b, c, m, n, k, lda, aoff, boff, coff, parts);
     const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
-    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(mc->ctx, mc->op, a->trans, b->trans, m, n, k, 1.0f, a->t->st->mem,
-                                                         aoff, lda, astride, b->t->st->mem, boff, (size_t)b->ld,
-                                                         bstride, 0.0f, c, coff, n, m * n, batch);
+    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(mc->ctx, mc->op, a->trans, b->trans, m, n, k, 1.0f,
+                                                         a->t->st->mem, aoff, lda, astride, b->t->st->mem, boff,
+                                                         (size_t)b->ld, bstride, 0.0f, c, coff, n, m * n, batch);
     return s == CLBlastSuccess ? KILN_OK : clblast_fail(mc, s, routine, m, n, k, batch);
 }
 
