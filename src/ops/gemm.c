@@ -37,10 +37,10 @@ bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_
                           float beta) {
     /* gemm_nn only overwrites C: no caller accumulates into an A B product */
     if ((ta && tb) || (!tb && beta != 0.0f) || m == 0 || n == 0 || k == 0 || batch == 0) return false;
-    /* the kernels' dims are ints, and so is their flat index over every batch's column
-     * blocks */
-    size_t nblocks = blocks(n, tb ? 4 : 32);
-    if (m > INT_MAX || n > INT_MAX || k > INT_MAX || batch > INT_MAX / nblocks) return false;
+    /* the kernels' dims are ints, and so are a block's first row and column (up to a
+     * work-group past m or n) and the flat index over every batch's column blocks */
+    size_t nblocks = blocks(n, tb ? 4 : 32), lim = (size_t)INT_MAX - 256;
+    if (m > lim || n > lim || k > lim || batch > lim / nblocks) return false;
     int mode = forced;
     if (mode >= 0) return mode == 1;
     const char *e = getenv("KILN_GEMM_OWN");
