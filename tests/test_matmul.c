@@ -25,6 +25,7 @@ KILN_API size_t kiln__matmul_last_parts(void);
 KILN_API void kiln__gemm_own(int mode);
 
 static const char *g_pass = ""; /* which pass of the suite runs, for messages */
+static int g_own = -1;           /* the kiln__gemm_own mode of the pass */
 
 /* ---- host views (independent of kiln's stride bookkeeping) ------------------------- */
 
@@ -200,18 +201,23 @@ static void test_shapes(kiln_ctx *ctx) {
 }
 
 /* Long K with few output tiles: on a device whose GEMM tiles kiln knows (POCL's CPU table)
- * the product is split over K into parts summed after (src/ops/matmul.c, split_parts), with
- * a remainder of K added to part 0 (2500 = 2 x 1248 + 4); every transpose combination,
- * since each moves the parts' offsets differently. Elsewhere the same products are plain. */
+ * a product CLBlast computes is split over K into parts summed after (src/ops/matmul.c,
+ * split_parts), with a remainder of K added to part 0 (2500 = 2 x 1248 + 4); every
+ * transpose combination, since each moves the parts' offsets differently. Elsewhere, and
+ * where kiln's own kernels compute it (all but A^T B^T), the same products are plain. */
 static void test_split_k(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
     const int64_t m = 5, k = 2500, n = 7;
     static const int flags[] = {0, KILN_TRANS_A, KILN_TRANS_B, KILN_TRANS_A | KILN_TRANS_B};
     static const char *const names[] = {"split K NN", "split K TN", "split K NT", "split K TT"};
+    bool own = g_own == 1 || (g_own < 0 && kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU);
     for (int f = 0; f < 4; f++) {
         bool ta = flags[f] & KILN_TRANS_A, tb = flags[f] & KILN_TRANS_B;
         check_plain(ctx, names[f], 2, ta ? (int64_t[]){k, m} : (int64_t[]){m, k}, 2,
                     tb ? (int64_t[]){n, k} : (int64_t[]){k, n}, flags[f]);
+        size_t want = own && !(ta && tb) ? 1 : kiln__matmul_split_parts(ctx, (size_t)m, (size_t)n, (size_t)k);
+        CHECK(kiln__matmul_last_parts() == want, "[%s] %s: split into %zu parts, expected %zu", g_pass, names[f],
+              kiln__matmul_last_parts(), want);
     }
     check_plain(ctx, "split K, fc1 forward [64,9216]x[128,9216]^T", 2, (int64_t[]){64, 9216}, 2,
                 (int64_t[]){128, 9216}, KILN_TRANS_B);
@@ -478,15 +484,15 @@ static void run(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 0);
     /* kiln's own GEMM kernels run by default on CPUs only: forced here on every device, and
      * turned off for the CLBlast passes, so that CLBlast's paths stay checked on CPUs too */
-    kiln__gemm_own(1);
+    kiln__gemm_own(g_own = 1);
     run_pass(ctx, "own kernels, guarded", 67);
-    kiln__gemm_own(0);
+    kiln__gemm_own(g_own = 0);
     run_pass(ctx, "CLBlast only, guarded", 67);
     if (force_indirect_gemm(ctx)) {
         run_pass(ctx, "indirect, guarded", 67);
         run_pass(ctx, "indirect, offset 0", 0);
     }
-    kiln__gemm_own(-1);
+    kiln__gemm_own(g_own = -1);
 }
 
 int main(void) {
