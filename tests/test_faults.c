@@ -166,8 +166,9 @@ static void remove_sources(const char *dir) {
     rmdir(dir);
 }
 
-/* A program that stops building half-way through training. */
-static void test_build_failure(kiln_ctx *ctx) {
+/* A program that stops building half-way through training: batch norm's, and the GEMM
+ * kernels' (kiln's own kernels forced on, as CPUs run them). */
+static void build_failure(kiln_ctx *ctx, const char *program) {
     cnn m;
     if (!cnn_build(&m, ctx, 11)) {
         CHECK(0, "build: %s", kiln_error_message(ctx));
@@ -179,7 +180,7 @@ static void test_build_failure(kiln_ctx *ctx) {
         return;
     }
     char dir[] = "/tmp/kiln-test-faults-XXXXXX";
-    if (!mkdtemp(dir) || !write_sources(dir, "norm")) {
+    if (!mkdtemp(dir) || !write_sources(dir, program)) {
         CHECK(0, "cannot write kernel sources to %s", dir);
         cnn_free(&m);
         return;
@@ -190,7 +191,7 @@ static void test_build_failure(kiln_ctx *ctx) {
     kiln_pool_stats before, after;
     kiln_pool_stats_get(ctx, &before);
 
-    /* From here on programs come from dir, rebuilt: batch norm's does not compile. */
+    /* From here on programs come from dir, rebuilt: `program` does not compile. */
     kiln_sync(ctx);
     kiln__programs_destroy(ctx);
     bool disk = ctx->disk_cache;
@@ -199,9 +200,12 @@ static void test_build_failure(kiln_ctx *ctx) {
     float l;
     kiln_status s = cnn_step(&m, 2, &l);
     kiln_pool_stats_get(ctx, &after);
-    CHECK(s == KILN_ERR_BUILD, "a broken program mid-training: %s: %s", kiln_status_name(s), kiln_error_message(ctx));
-    CHECK(strstr(kiln_error_message(ctx), "norm") && strstr(kiln_error_message(ctx), "no_such_identifier_k4"),
-          "the error names the program and holds the build log: %s", kiln_error_message(ctx));
+    CHECK(s == KILN_ERR_BUILD, "a broken %s program mid-training: %s: %s", program, kiln_status_name(s),
+          kiln_error_message(ctx));
+    char named[64];
+    snprintf(named, sizeof named, "'%s'", program);
+    CHECK(strstr(kiln_error_message(ctx), named) && strstr(kiln_error_message(ctx), "no_such_identifier_k4"),
+          "the error names the program %s and holds the build log: %s", named, kiln_error_message(ctx));
     CHECK(isnan(l), "no loss from the failed step");
     CHECK(kiln_tensor_count(ctx) == tensors, "%lld tensors leaked", (long long)(kiln_tensor_count(ctx) - tensors));
     CHECK(after.in_use_bytes == before.in_use_bytes, "%lld pool bytes leaked",
@@ -220,6 +224,13 @@ static void test_build_failure(kiln_ctx *ctx) {
     remove_sources(dir);
     cnn_free(&m);
     CHECK_OK(ctx);
+}
+
+static void test_build_failure(kiln_ctx *ctx) {
+    build_failure(ctx, "norm");
+    kiln__gemm_own(1);
+    build_failure(ctx, "gemm");
+    kiln__gemm_own(-1);
 }
 
 /* KILN_CHECK_NUMERICS=1 from the environment: a NaN in a batch is reported at the first
@@ -263,8 +274,6 @@ static void test_numerics(kiln_ctx *ctx) {
 
 /* src/ops/conv.c's test hook: chunk budget and split-K minimum (0 restores a default). */
 KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
-/* src/ops/gemm.c's: 1 sends every product it can to kiln's own GEMM kernels, 0 none. */
-KILN_API void kiln__gemm_own(int mode);
 
 /* A split-K product (kiln_matmul's partials) and a convolution backward whose weight
  * gradient is padded and split (63 taps: padded to the GEMM tile on a tuned device) make
