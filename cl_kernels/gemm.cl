@@ -34,14 +34,12 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
     int bi = (int)get_global_id(1) / nblocks;
     int j0 = ((int)get_global_id(1) - bi * nblocks) * 4;
     if (i0 >= M || bi >= batch) return;
-    const __global float *a0 = A + aoff + (ulong)bi * astride + (ulong)i0 * lda;
-    const __global float *a1 = A + aoff + (ulong)bi * astride + (ulong)min(i0 + 1, M - 1) * lda;
-    const __global float *a2 = A + aoff + (ulong)bi * astride + (ulong)min(i0 + 2, M - 1) * lda;
-    const __global float *a3 = A + aoff + (ulong)bi * astride + (ulong)min(i0 + 3, M - 1) * lda;
-    const __global float *b0 = B + boff + (ulong)bi * bstride + (ulong)j0 * ldb;
-    const __global float *b1 = B + boff + (ulong)bi * bstride + (ulong)min(j0 + 1, N - 1) * ldb;
-    const __global float *b2 = B + boff + (ulong)bi * bstride + (ulong)min(j0 + 2, N - 1) * ldb;
-    const __global float *b3 = B + boff + (ulong)bi * bstride + (ulong)min(j0 + 3, N - 1) * ldb;
+    /* this batch's operands; rows past M or N clamped to the last */
+    const __global float *ab = A + aoff + (ulong)bi * astride, *bb = B + boff + (ulong)bi * bstride;
+    const __global float *a0 = ab + (ulong)i0 * lda, *a1 = ab + (ulong)min(i0 + 1, M - 1) * lda;
+    const __global float *a2 = ab + (ulong)min(i0 + 2, M - 1) * lda, *a3 = ab + (ulong)min(i0 + 3, M - 1) * lda;
+    const __global float *b0 = bb + (ulong)j0 * ldb, *b1 = bb + (ulong)min(j0 + 1, N - 1) * ldb;
+    const __global float *b2 = bb + (ulong)min(j0 + 2, N - 1) * ldb, *b3 = bb + (ulong)min(j0 + 3, N - 1) * ldb;
     float16 c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
     float16 c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
     int kv = K / 16 * 16;
