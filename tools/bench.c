@@ -135,6 +135,12 @@ static double peak_rss_mib(void) {
 
 /* ---- GEMM ----------------------------------------------------------------------------- */
 
+/* Where ctx's products of the reference models run: kiln's own GEMM kernels take every
+ * A B, A^T B and A B^T there (src/ops/gemm.c), or CLBlast. */
+static const char *gemm_route(const kiln_ctx *ctx) {
+    return kiln__gemm_own_takes(ctx, false, true, 1, 1, 1, 1, 0.0f) ? "kiln's GEMM kernels" : "CLBlast";
+}
+
 int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d) {
     memset(d, 0, sizeof *d);
     int64_t ar = s->ta ? s->k : s->m, ac = s->ta ? s->m : s->k;
@@ -345,7 +351,13 @@ static int cmd_gemm(args *a, bool json) {
         free(bc);
     }
 #endif
-    if (check && s.m * s.n * s.k <= (int64_t)1 << 31) kdiff = bench_gemm_check(ctx, &s, &d);
+    /* against the double-precision product: the largest difference, and on 16 rows each
+     * element's error relative to its bound 2 k u sum|a b| (> 1 fails the command) */
+    double bound = NAN;
+    if (check && s.m * s.n * s.k <= (int64_t)1 << 31) {
+        kdiff = bench_gemm_check(ctx, &s, &d);
+        bound = bench_gemm_check_bound(ctx, &s, &d, 16);
+    }
     const char *tn = s.ta ? (s.tb ? "TT" : "TN") : (s.tb ? "NT" : "NN");
     /* which GEMM computed it (src/ops/gemm.c: kiln's kernels on CPUs, CLBlast elsewhere) */
     const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1, 0.0f) ? "CLBlast"
@@ -358,7 +370,7 @@ static int cmd_gemm(args *a, bool json) {
                repeat, kms, kg, kcpu);
         if (!isnan(bms)) printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f", bms, bg, kg / bg);
         if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
-        if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g", kdiff);
+        if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g, \"error_over_bound\": %.3g", kdiff, bound);
         printf(", \"kernel\": "), bench_json_str(kernel);
         printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
         printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
@@ -374,6 +386,10 @@ static int cmd_gemm(args *a, bool json) {
     }
     bench_gemm_data_free(&d);
     kiln_close(ctx);
+    if (!(isnan(bound) || bound <= 1.0)) {
+        fprintf(stderr, "kiln bench gemm: kiln's result is off: an error %.3g times its bound 2 k u sum|a b|\n", bound);
+        return 1;
+    }
     return 0;
 }
 
@@ -558,17 +574,19 @@ static int cmd_train(args *a, bool json) {
                "\"ms_per_step\": %.3f, \"mean_ms\": %.3f, \"min_ms\": %.3f, \"cpu_ms_per_step\": %.3f, "
                "\"samples_per_s\": %.1f, "
                "\"peak_pool_bytes\": %llu, \"peak_rss_mib\": %.1f, \"loss_first\": %.4f, \"loss_last\": %.4f, "
-               "\"tuning\": ",
+               "\"gemm\": ",
                name, batch, steps, med, mean, t[0], cpu_step, batch * 1e3 / med, (unsigned long long)ps.peak_in_use_bytes,
                peak_rss_mib(), first, last);
-        bench_json_str(kiln__tune_source());
+        bench_json_str(gemm_route(ctx));
+        printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
         printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
         printf("}\n");
     } else {
         printf("train %s batch %d: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU %.2f ms/step), "
-               "%.0f samples/s, peak pool %.1f MiB, peak RSS %.1f MiB, loss %.3f -> %.3f  [CLBlast parameters: %s]\n",
+               "%.0f samples/s, peak pool %.1f MiB, peak RSS %.1f MiB, loss %.3f -> %.3f  [GEMM: %s; CLBlast "
+               "parameters: %s]\n",
                name, batch, med, mean, t[0], steps, cpu_step, batch * 1e3 / med, ps.peak_in_use_bytes / 1048576.0,
-               peak_rss_mib(), first, last, kiln__tune_source());
+               peak_rss_mib(), first, last, gemm_route(ctx), kiln__tune_source());
     }
     rc = 0;
 out:
@@ -857,16 +875,17 @@ static int cmd_ops(args *a, bool json) {
             printf("{\"bench\": \"ops\", \"op\": \"sgd_step\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": -1}\n", batch,
                    os);
             printf("{\"bench\": \"ops\", \"op\": \"total\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
-                   "\"step_ms\": %.3f, \"layers_fwd_cpu_ms\": %.3f, \"layers_bwd_cpu_ms\": %.3f, \"tuning\": ",
+                   "\"step_ms\": %.3f, \"layers_fwd_cpu_ms\": %.3f, \"layers_bwd_cpu_ms\": %.3f, \"gemm\": ",
                    batch, total_f + lf, total_b + lb, os, total_fc, total_bc);
-            bench_json_str(kiln__tune_source());
+            bench_json_str(gemm_route(ctx));
+            printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
             printf("}\n");
         } else {
             printf("%-22s fwd %8.3f ms   bwd %8.3f ms\n", "cross_entropy", lf, lb);
             printf("%-22s     %8.3f ms\n", "sgd step (momentum)", os);
             printf("%-22s fwd %8.3f ms   bwd %8.3f ms   step %.3f ms (layers' CPU fwd %.3f, bwd %.3f ms)  "
-                   "[CLBlast parameters: %s]\n",
-                   "total", total_f + lf, total_b + lb, os, total_fc, total_bc, kiln__tune_source());
+                   "[GEMM: %s; CLBlast parameters: %s]\n",
+                   "total", total_f + lf, total_b + lb, os, total_fc, total_bc, gemm_route(ctx), kiln__tune_source());
         }
         rc = 0;
     }
