@@ -1,10 +1,11 @@
 /* src/ops/conv.c - 2-D convolution and transposed convolution, forward and backward, as
- * im2col/col2im kernels (cl_kernels/conv.cl) around CLBlast GEMMs.
+ * im2col/col2im kernels (cl_kernels/conv.cl) around GEMMs: kiln's own kernels on CPUs,
+ * CLBlast elsewhere (kiln__sgemm decides, src/ops/gemm.c).
  *
  * Columns are laid out with a chunk's images side by side ([groups*kg][images*HW], kg =
  * Cin/groups*kH*kW), so each product is one GEMM over every image of the chunk, batched
- * over groups with CLBlast's strided-batched SGEMM (groups 1: one plain SGEMM). Two cores
- * do all the work; "input" and "output" are those of a convolution:
+ * over groups (groups 1: one plain GEMM). Two cores do all the work; "input" and "output"
+ * are those of a convolution:
  *
  *   conv_fwd    out_g [Cout/g, N*HW] = W_g x cols_g(x), then a permute to NCHW that adds
  *               the bias on the way (one image without bias: the GEMM writes NCHW itself).
@@ -12,16 +13,19 @@
  *                 d input: cols_g = W_g^T gy_g, then col2im gathers each input element's
  *                          entries in a fixed order (deterministic, no atomics), adding an
  *                          optional bias on the way (conv_transpose2d's forward);
- *                 d weight: dW_g = gy_g colsT_g(x), from columns im2col_t writes already
- *                          transposed ([N*HW, kg] rows), so CLBlast has no 42 MB operand to
- *                          transpose (conv(32, 64, 3) of the reference CNN); chunks
- *                          accumulate (beta 1) in order. Weights with few taps per output
+ *                 d weight: dW_g = gy_g cols_g(x)^T. kiln's own A B^T kernel reads the
+ *                          plain columns as they are; for CLBlast, im2col_t writes them
+ *                          already transposed ([N*HW, kg] rows), so it has no 42 MB operand
+ *                          to transpose (conv(32, 64, 3) of the reference CNN). Chunks
+ *                          accumulate (beta 1) in order; the pixels are split into parts
+ *                          summed after. With CLBlast, weights with few taps per output
  *                          channel (kg <= 32: first layers, depthwise) skip the columns:
  *                          conv_wgrad_small computes dW (and d bias) from x and gy directly.
- *               Where the device's GEMM tile is known, kg is padded up to it (288 -> 320)
- *               when that adds at most a quarter: CLBlast then reads and writes the column
- *               buffers in place instead of copying them into padded ones (the input
- *               gradient's GEMM of conv(32, 64, 3) went from 45 to 10 ms).
+ *               Where CLBlast computes the input gradient and its tile is known, kg is
+ *               padded up to it (288 -> 320) when that adds at most a quarter: CLBlast then
+ *               reads and writes the column buffers in place instead of copying them into
+ *               padded ones (the input gradient's GEMM of conv(32, 64, 3) went from 45 to
+ *               10 ms).
  *   d bias      conv2d: row sums of the permuted gy (made for the other gradients anyway);
  *               conv_transpose2d, or the bias alone: a deterministic kiln_sum over N, H, W.
  *
@@ -31,8 +35,9 @@
  * [Cin, Cout/groups, kH, kW] of conv_transpose2d is exactly the weight of that
  * convolution.
  *
- * Why one GEMM over the images (rather than a GEMM per image, which writes NCHW directly):
- * on POCL with CLBlast's default parameters both run at the same ~20 GFLOPS for the
+ * Why one GEMM over the images (rather than a GEMM per image, which writes NCHW directly),
+ * as measured with CLBlast before kiln had its own kernels: on POCL with CLBlast's default
+ * parameters both run at the same ~20 GFLOPS for the
  * reference CNN's layers (64x288 times 288x576 per image), the backward products are 20-30%
  * faster as one GEMM, and once CLBlast is tuned for the device, large products switch to
  * its faster indirect kernel (2.7x on conv(32, 64, 3)'s forward in a trial), which per-image
