@@ -314,11 +314,11 @@ static kiln_tensor *run_op(kiln_ctx *ctx, const cspec *s, kiln_tensor *x, kiln_t
 
 /* ---- forward and gradients over the table -------------------------------------------- */
 
-/* Forward against the reference; with grads, the gradients of the inputs in gmask (bit 0
- * input, 1 weight, 2 bias) against finite differences, the others not requiring grad. */
 /* Which GEMMs the current pass uses (test_device): "" for the device's own choice. */
 static const char *g_gemm = "";
 
+/* Forward against the reference; with grads, the gradients of the inputs in gmask (bit 0
+ * input, 1 weight, 2 bias) against finite differences, the others not requiring grad. */
 static void run_case(kiln_ctx *ctx, const cspec *s, const char *tag, bool grads, int gmask) {
     char what[256];
     snprintf(what, sizeof what, "%s %s%s%s", s->transpose ? "kiln_conv_transpose2d" : "kiln_conv2d", s->name, tag,
