@@ -214,6 +214,22 @@ static void build_failure(kiln_ctx *ctx, const char *program) {
     int64_t n1 = cnn_state(&m, s1, CAP);
     CHECK(n0 > 0 && n0 == n1 && memcmp(s0, s1, sizeof(uint32_t) * (size_t)n0) == 0,
           "the failed step left the weights and running statistics as they were");
+    if (strcmp(program, "gemm") == 0) {
+        /* the step failed in a convolution; kiln_matmul reports the kernels' failure
+         * through its own error path (src/ops/matmul.c), for both kernels */
+        float h[12] = {0};
+        kiln_tensor *a = kiln_from_host(ctx, h, KILN_F32, 2, (int64_t[]){3, 4});
+        for (int f = 0; f < 2; f++) {
+            kiln_tensor *c = a ? kiln_matmul_ex(ctx, a, a, f ? KILN_TRANS_B : KILN_TRANS_A) : NULL;
+            CHECK(c == NULL && kiln_error_status(ctx) == KILN_ERR_BUILD &&
+                      strstr(kiln_error_message(ctx), "'gemm'") != NULL,
+                  "kiln_matmul_ex with gemm.cl broken (%s): %s: %s", f ? "A B^T" : "A^T B",
+                  kiln_status_name(kiln_error_status(ctx)), kiln_error_message(ctx));
+            kiln_tensor_free(c);
+            kiln_error_clear(ctx);
+        }
+        kiln_tensor_free(a);
+    }
 
     /* the source is fixed: training goes on */
     ctx->kernel_dir[0] = '\0';
