@@ -330,8 +330,9 @@ kiln_tensor *kiln__copy_contiguous(kiln_ctx *ctx, const char *op, kiln_tensor *t
  * Ops that are not differentiable (argmax, comparisons) skip all this; their outputs do
  * not require grad. Non-F32 inputs (indices) never require grad.
  */
+/* DEPRECATED: a node takes any number of inputs; kiln_cat and the penalties still split
+ * their operands into chunks of this many. */
 #define KILN__NODE_IN 4
-#define KILN__NODE_SAVED 6
 typedef struct kiln__node kiln__node;
 typedef kiln_status (*kiln__backward_fn)(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout);
 struct kiln__node {
@@ -339,23 +340,45 @@ struct kiln__node {
     kiln__backward_fn backward;
     kiln_tensor *out;
     int nin;
-    kiln_tensor *in[KILN__NODE_IN];
-    int nsaved;
-    kiln_tensor *saved[KILN__NODE_SAVED];
-    double f[8];       /* float parameters */
-    int64_t i[24];     /* integer parameters (axes, shapes, flags) */
-    void *extra;       /* malloc'ed op data, freed with the node */
+    kiln_tensor **in;  /* nin inputs (NULL entries allowed), owned array */
+    int nsaved, capsaved;
+    kiln_tensor **saved; /* tensors the backward reads, owned array */
+    /* The op's typed state (see KILN__NODE_STATE_NEW): a zeroed block of state_size bytes
+     * whose type is named state_type; state_destroy (optional) frees what it owns. */
+    void *state;
+    size_t state_size;
+    const char *state_type;
+    void (*state_destroy)(void *state);
+    double f[8];       /* DEPRECATED positional slots, being replaced by typed state */
+    int64_t i[24];     /* DEPRECATED positional slots, being replaced by typed state */
+    void *extra;       /* DEPRECATED: malloc'ed op data, freed with the node */
     uint64_t seq;      /* creation order: backward visits nodes from newest to oldest */
 };
 
+/* Typed per-op state. An op family declares its own struct and the forward attaches it:
+ *
+ *     typedef struct { int axis; bool keepdim; } sum_state;
+ *     sum_state *st = KILN__NODE_STATE_NEW(n, sum_state);   // zeroed; NULL + error on OOM
+ *     ...
+ *     const sum_state *st = KILN__NODE_STATE(n, sum_state); // in the backward
+ *
+ * KILN__NODE_STATE checks that the node carries a state of that type name and size and
+ * fails (NULL, the context's error set, naming the op) otherwise, so a backward can never
+ * read another op's slots. The state is freed with the node. */
+void *kiln__node_state_new(kiln__node *n, size_t size, const char *type);
+void *kiln__node_state_get(const kiln__node *n, size_t size, const char *type);
+#define KILN__NODE_STATE_NEW(n, T) ((T *)kiln__node_state_new((n), sizeof(T), #T))
+#define KILN__NODE_STATE(n, T) ((T *)kiln__node_state_get((n), sizeof(T), #T))
+
 /* True when grad mode is on and some input requires grad. */
 bool kiln__grad_wanted(const kiln_ctx *ctx, int nin, kiln_tensor *const *in);
-/* Attaches a new node to out (out->requires_grad becomes true). NULL with the error set
- * on host OOM or when nin > KILN__NODE_IN. */
+/* Attaches a new node with nin inputs (any number) to out (out->requires_grad becomes
+ * true). NULL with the error set on host OOM. */
 kiln__node *kiln__node_new(kiln_ctx *ctx, const char *op, kiln_tensor *out, int nin, kiln_tensor *const *in,
                            kiln__backward_fn backward);
-/* Keeps t alive for the backward (NULL-safe; at most KILN__NODE_SAVED). */
-void kiln__node_save(kiln__node *n, kiln_tensor *t);
+/* Keeps t alive for the backward (any number; NULL t is a no-op). Fails only on host OOM,
+ * with the context's error set. */
+kiln_status kiln__node_save(kiln__node *n, kiln_tensor *t);
 bool kiln__input_needs_grad(const kiln__node *n, int i);
 /* Adds g (summed down to input i's shape where it is broadcast) into input i's gradient. */
 kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
@@ -370,6 +393,9 @@ kiln_tensor *kiln__sum_to(kiln_ctx *ctx, kiln_tensor *g, int ndim, const int64_t
  * reads out back and fails naming `op` when it holds NaN or Inf. Returns out, or NULL
  * (out freed) on failure. NULL-safe. */
 kiln_tensor *kiln__finish(kiln_ctx *ctx, const char *op, kiln_tensor *out);
+/* Frees a node's memory without touching the tensors it references (kiln_close, where
+ * every tensor goes anyway). NULL-safe. */
+void kiln__node_discard(kiln__node *n);
 /* Frees t's node (releasing its references); called when a tensor is really freed. */
 void kiln__node_free(kiln_ctx *ctx, kiln__node *n);
 /* Frees the tensors kiln__tensor_unref queued (after freeing nodes outside tensor.c). */

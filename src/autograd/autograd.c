@@ -85,20 +85,20 @@ bool kiln__grad_wanted(const kiln_ctx *ctx, int nin, kiln_tensor *const *in) {
 
 kiln__node *kiln__node_new(kiln_ctx *ctx, const char *op, kiln_tensor *out, int nin, kiln_tensor *const *in,
                            kiln__backward_fn backward) {
-    if (nin > KILN__NODE_IN) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %d differentiable inputs (the tape holds %d)", op, nin,
-                   KILN__NODE_IN);
-        return NULL;
-    }
     kiln__node *n = calloc(1, sizeof *n);
-    if (!n) {
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for an autograd node", op);
+    kiln_tensor **ins = nin > 0 ? calloc((size_t)nin, sizeof *ins) : NULL;
+    if (!n || (nin > 0 && !ins)) {
+        free(n);
+        free(ins);
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for an autograd node of %d inputs", op,
+                   nin);
         return NULL;
     }
     n->op = op;
     n->backward = backward;
     n->out = out;
     n->nin = nin;
+    n->in = ins;
     n->seq = ++ctx->node_seq;
     for (int i = 0; i < nin; i++) {
         n->in[i] = in[i];
@@ -109,10 +109,49 @@ kiln__node *kiln__node_new(kiln_ctx *ctx, const char *op, kiln_tensor *out, int 
     return n;
 }
 
-void kiln__node_save(kiln__node *n, kiln_tensor *t) {
-    if (!n || !t || n->nsaved == KILN__NODE_SAVED) return;
+kiln_status kiln__node_save(kiln__node *n, kiln_tensor *t) {
+    if (!n || !t) return KILN_OK;
+    if (n->nsaved == n->capsaved) {
+        int cap = n->capsaved ? 2 * n->capsaved : 4;
+        kiln_tensor **s = realloc(n->saved, sizeof *s * (size_t)cap);
+        if (!s)
+            return kiln__fail(n->out->ctx, KILN_ERR_HOST_OUT_OF_MEMORY,
+                              "%s: out of host memory saving a tensor for the backward", n->op);
+        n->saved = s;
+        n->capsaved = cap;
+    }
     n->saved[n->nsaved++] = t;
     t->refs++;
+    return KILN_OK;
+}
+
+void *kiln__node_state_new(kiln__node *n, size_t size, const char *type) {
+    if (!n) return NULL;
+    if (n->state) {
+        kiln__fail(n->out->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the autograd node already has a %s state", n->op,
+                   n->state_type);
+        return NULL;
+    }
+    n->state = calloc(1, size ? size : 1);
+    if (!n->state) {
+        kiln__fail(n->out->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for its %s (%zu bytes)", n->op,
+                   type, size);
+        return NULL;
+    }
+    n->state_size = size;
+    n->state_type = type;
+    return n->state;
+}
+
+void *kiln__node_state_get(const kiln__node *n, size_t size, const char *type) {
+    if (!n) return NULL;
+    if (!n->state || n->state_size != size || strcmp(n->state_type, type) != 0) {
+        kiln__fail(n->out->ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "backward of %s: expected a %s state (%zu bytes), the node carries %s (%zu bytes)", n->op, type,
+                   size, n->state ? n->state_type : "none", n->state_size);
+        return NULL;
+    }
+    return n->state;
 }
 
 bool kiln__input_needs_grad(const kiln__node *n, int i) {
@@ -125,6 +164,15 @@ void kiln__node_free(kiln_ctx *ctx, kiln__node *n) {
     for (int i = 0; i < n->nin; i++)
         if (n->in[i]) kiln__tensor_unref(n->in[i]);
     for (int i = 0; i < n->nsaved; i++) kiln__tensor_unref(n->saved[i]);
+    kiln__node_discard(n);
+}
+
+void kiln__node_discard(kiln__node *n) {
+    if (!n) return;
+    if (n->state && n->state_destroy) n->state_destroy(n->state);
+    free(n->state);
+    free(n->in);
+    free(n->saved);
     free(n->extra);
     free(n);
 }
@@ -332,7 +380,8 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
 
     /* a leaf: its gradient is the seed */
     if (!out->node) {
-        kiln__node fake = {.op = "kiln_backward", .nin = 1, .in = {out}};
+        kiln_tensor *leaf[1] = {out};
+        kiln__node fake = {.op = "kiln_backward", .nin = 1, .in = leaf};
         if (seed) s = kiln__accum(ctx, &fake, 0, seed);
         else {
             kiln_tensor *g = kiln_ones(ctx, out->ndim, out->shape);

@@ -160,11 +160,8 @@ void kiln_tensor_free(kiln_tensor *t) {
 void kiln__tensors_destroy(kiln_ctx *ctx) {
     /* Nodes first, without their reference counting: every tensor goes anyway. */
     for (kiln_tensor *t = ctx->tensors; t; t = t->next) {
-        if (t->node) {
-            free(t->node->extra);
-            free(t->node);
-            t->node = NULL;
-        }
+        kiln__node_discard(t->node);
+        t->node = NULL;
         t->grad = t->gacc = NULL; /* they are on the list themselves */
         t->refs = 0;
     }
