@@ -184,6 +184,22 @@ KILN_API void kiln__gemm_own(int mode);
 
 struct kiln_tensor;
 
+/* Switches that tests and kiln's tools set on one context to force a code path the device
+ * would not choose (tests reach them through src/kiln_test_hooks.h). Zero everywhere means
+ * "the device decides", so a fresh context has every hook off. */
+typedef struct kiln__hooks {
+    int reduce_layout;  /* 0 device, 1 GPU-style layout, 2 CPU-style (src/ops/reduce.c) */
+    int softmax_layout; /* as reduce_layout, for softmax (src/ops/activation.c) */
+    int loss_layout;    /* as reduce_layout (src/ops/loss.c) */
+    int norm_layout;    /* 0 device, 1 and 2 the two layouts (src/ops/norm.c) */
+    int shape_layout;   /* as reduce_layout (src/ops/shape.c) */
+    int gemm_own;       /* 0 device, 1 every product kiln's kernels can take, -1 none */
+    bool sgemm_fixed;   /* kiln tune: no per-call choice between CLBlast's kernels */
+    int64_t conv_pad;   /* the padded conv path with this multiple (0 = off) */
+    int64_t conv_budget, conv_split_min; /* conv's column budget and split-K minimum (0 = built-in) */
+    size_t matmul_last_parts; /* written by matmul: parts of the last split-K product */
+} kiln__hooks;
+
 struct kiln_ctx {
     cl_platform_id platform;
     cl_device_id device;
@@ -215,6 +231,7 @@ struct kiln_ctx {
     struct kiln_tensor *dead; /* tensors to free (see src/tensor/tensor.c) */
     bool releasing;
     int64_t guard; /* see kiln__set_guard */
+    kiln__hooks hooks;
 };
 
 /* ---- tensors (src/tensor/tensor.c) ------------------------------------------------- */

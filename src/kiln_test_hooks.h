@@ -1,0 +1,14 @@
+/* src/kiln_test_hooks.h - the one header through which tests (and kiln's tools) reach
+ * kiln's internal switches: the per-context hooks (kiln__hooks in kiln_internal.h) and the
+ * fault injectors. Tests include this instead of re-declaring internal functions, so the
+ * compiler checks every signature. Nothing here is exported from the shared library: tests
+ * and tools link the static one. */
+#ifndef KILN_TEST_HOOKS_H
+#define KILN_TEST_HOOKS_H
+
+#include "kiln_internal.h"
+
+/* The context's switches: kiln__hooks_of(ctx)->reduce_layout = 2, ... */
+static inline kiln__hooks *kiln__hooks_of(kiln_ctx *ctx) { return &ctx->hooks; }
+
+#endif
