@@ -100,6 +100,11 @@ kiln_status kiln__launch2(kiln_ctx *ctx, const char *op, const char *program, co
                           const size_t global[2], const size_t local[2]);
 /* The work-group size used for 1-D launches on this device (before a kernel's own cap). */
 size_t kiln__wg_size(const kiln_ctx *ctx);
+/* The work-group size for a kernel that sums through a local-memory tree: the context's
+ * size, lowered to what the compiled kernel allows on this device and to cap (0 = no cap),
+ * as a power of two (>= 1). Fails, with the error set, when the kernel cannot be built. */
+kiln_status kiln__tree_wg(kiln_ctx *ctx, const char *program, const char *options, const char *kernel, size_t cap,
+                          size_t *wg);
 
 /* ---- CLBlast parameters per device (src/device/tuning.c) --------------------------- */
 

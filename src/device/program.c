@@ -415,6 +415,21 @@ kiln_status kiln_cache_stats_get(const kiln_ctx *ctx, kiln_cache_stats *out) {
 
 size_t kiln__wg_size(const kiln_ctx *ctx) { return ctx->wg; }
 
+kiln_status kiln__tree_wg(kiln_ctx *ctx, const char *program, const char *options, const char *kernel, size_t cap,
+                          size_t *wg) {
+    cl_kernel k = kiln__kernel(ctx, program, options, kernel);
+    if (!k) return ctx->err;
+    size_t w = kiln__wg_size(ctx), kw = 0;
+    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
+        kw > 0 && kw < w)
+        w = kw;
+    if (cap && w > cap) w = cap;
+    size_t p = 1;
+    while (p <= w / 2) p *= 2;
+    *wg = p;
+    return KILN_OK;
+}
+
 static kiln_status set_args(kiln_ctx *ctx, const char *op, const char *kname, cl_kernel k, size_t nargs,
                             const kiln__karg *args) {
     for (size_t i = 0; i < nargs; i++) {
