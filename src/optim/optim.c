@@ -529,22 +529,6 @@ kiln_status kiln_optim_zero_grad(kiln_optim *opt) {
 
 #define CLIP_MAX_GROUPS 64
 
-/* Work-group size for a kernel of the optim program: the context's size lowered to the
- * kernel's limit, as a power of two (the trees in clip_* need one). */
-static kiln_status kernel_wg(kiln_ctx *ctx, const char *kernel, size_t *wg) {
-    cl_kernel k = kiln__kernel(ctx, OPT_PROGRAM, "", kernel);
-    if (!k) return ctx->err;
-    size_t w = kiln__wg_size(ctx), kw = 0;
-    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
-        kw > 0 && kw < w)
-        w = kw;
-    if (w == 0) w = 1;
-    size_t p = 1;
-    while (p <= w / 2) p *= 2;
-    *wg = p;
-    return KILN_OK;
-}
-
 /* The gradients of params[0..n) that exist, checked; NULL list (with the error set) on
  * failure, *ng = 0 and a non-NULL list when there are none. */
 static kiln_tensor **clip_grads(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *params, int *ng) {
@@ -600,7 +584,10 @@ kiln_tensor *kiln_clip_grad_norm_tensor(kiln_ctx *ctx, int n, kiln_tensor *const
     cl_float p = (cl_float)norm_type, mx = (cl_float)max_norm;
     size_t lp, lt;
     kiln_tensor *part = NULL, *out = NULL, *total = NULL;
-    if (kernel_wg(ctx, "clip_partial", &lp) != KILN_OK || kernel_wg(ctx, "clip_total", &lt) != KILN_OK) goto fail;
+    /* the trees in clip_* need a power-of-two work-group */
+    if (kiln__tree_wg(ctx, OPT_PROGRAM, "", "clip_partial", 0, &lp) != KILN_OK ||
+        kiln__tree_wg(ctx, OPT_PROGRAM, "", "clip_total", 0, &lt) != KILN_OK)
+        goto fail;
     int64_t npart = 0;
     for (int k = 0; k < ng; k++) {
         int64_t m = kiln__numel(gs[k]->ndim, gs[k]->shape), groups = (m + (int64_t)lp - 1) / (int64_t)lp;
