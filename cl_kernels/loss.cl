@@ -231,17 +231,6 @@ kernel void sum_final(global const float *A, int ao, global const float *B, int 
     }
 }
 
-/* out = a + b + c + d over the first k operands (0-d tensors), in that order. */
-kernel void add4(global const float *A, int ao, global const float *B, int bo, global const float *C, int co,
-                 global const float *D, int dO, int k, global float *out, int oo) {
-    if (get_global_id(0) != 0) return;
-    float s = A[ao];
-    if (k > 1) s += B[bo];
-    if (k > 2) s += C[co];
-    if (k > 3) s += D[dO];
-    out[oo] = s;
-}
-
 /* ---- cross-entropy and nll: one work-item per row ------------------------------------ */
 /*
  * Logits (or log-probabilities) [N, C, S] with strides sN, sC, sS (S: the product of the

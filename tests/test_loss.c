@@ -38,12 +38,9 @@
 
 #include "gradcheck.h"
 #include "golden.h"
+#include "kiln_test_hooks.h"
 
 #define U_F32 0x1p-24
-
-/* Test hook of src/ops/loss.c: 1 = split sums over work-items as on a GPU (interleaved),
- * 2 = as on a CPU (blocked), 0 = the device's own choice. */
-KILN_API void kiln__loss_layout(int mode);
 
 enum { OP_MSE, OP_L1, OP_SL1, OP_BCE, OP_BCEL, OP_LSGAN, OP_CE, OP_NLL, OP_PEN1, OP_PEN2 };
 static const char *const op_names[] = {"mse",   "l1", "smooth_l1", "bce",        "bce_with_logits",
@@ -859,18 +856,19 @@ static void pen_ref(void *user, double *const *in, double *out) {
     out[0] = s;
 }
 
-/* gc_check takes any number of inputs; the penalties are checked with 6 tensors (two
- * autograd chunks plus their sum), one of them a transposed view, and with 1 tensor. */
+/* gc_check takes any number of inputs; the penalties are checked with 1, 6 and 9 tensors
+ * (one autograd node over all of them), one a transposed view. The penalty adds its
+ * output and no other tensor (no per-chunk partial results held by the graph). */
 static void grad_penalty(kiln_ctx *ctx, int op, int n) {
     char what[128];
     snprintf(what, sizeof what, "grad kiln_%s over %d tensors", op_names[op], n);
     kiln_scope_begin(ctx);
-    static const int64_t shapes[6][2] = {{3, 4}, {5, 1}, {2, 3}, {1, 1}, {7, 1}, {4, 3}};
-    opnd ps[6];
-    kiln_tensor *ts[6];
-    double *hin[6];
-    bool wanted[6];
-    int64_t sizes[6];
+    static const int64_t shapes[9][2] = {{3, 4}, {5, 1}, {2, 3}, {1, 1}, {7, 1}, {4, 3}, {2, 2}, {1, 5}, {6, 1}};
+    opnd ps[9];
+    kiln_tensor *ts[9];
+    double *hin[9];
+    bool wanted[9];
+    int64_t sizes[9];
     bool ok = true;
     for (int j = 0; j < n; j++) {
         vw v = j == 5 ? (vw){VW_T, 0, 1, 0, 0, 0, {0}} : (vw){0};
@@ -883,7 +881,10 @@ static void grad_penalty(kiln_ctx *ctx, int op, int n) {
     }
     if (ok) {
         pen_user u = {op, n, sizes};
+        int64_t live = kiln_tensor_count(ctx);
         kiln_tensor *y = op == OP_PEN1 ? kiln_l1_penalty(ctx, n, ts) : kiln_l2_penalty(ctx, n, ts);
+        CHECK(kiln_tensor_count(ctx) == live + 1, "%s: %lld tensors made, only the output expected", what,
+              (long long)(kiln_tensor_count(ctx) - live));
         gc_check(ctx, what, pen_ref, &u, n, ts, hin, wanted, y, GC_ATOL, GC_RTOL);
     }
     for (int j = 0; j < n; j++)
@@ -907,9 +908,10 @@ static void test_gradients(kiln_ctx *ctx) {
                     if (nll && ce_opts[o].ls > 0) continue;
                     grad_ce_case(ctx, &ce_cases[gc_cases[k]], &ce_opts[o], red, nll);
                 }
-    for (int n = 1; n <= 6; n += 5) {
-        grad_penalty(ctx, OP_PEN1, n);
-        grad_penalty(ctx, OP_PEN2, n);
+    static const int pen_counts[] = {1, 6, 9};
+    for (size_t k = 0; k < sizeof pen_counts / sizeof pen_counts[0]; k++) {
+        grad_penalty(ctx, OP_PEN1, pen_counts[k]);
+        grad_penalty(ctx, OP_PEN2, pen_counts[k]);
     }
     CHECK_OK(ctx);
 }
@@ -1174,6 +1176,26 @@ static void test_errors(kiln_ctx *ctx) {
     ps[1] = i23;
     expect_err(ctx, kiln_l2_penalty(ctx, 2, ps), KILN_ERR_DTYPE, "penalty int param",
                NEEDLES("kiln_l2_penalty", "params[1]"));
+    /* the device refuses the output (1st allocation) or the buffer of every tensor's
+     * partial sums (2nd) of a penalty over 9 tensors: an error, nothing left behind */
+    kiln_tensor *nine[9] = {x23, x32, x35, x23, x32, x35, x23, x32, x35};
+    for (int nth = 1; nth <= 3; nth++) {
+        char what[64];
+        snprintf(what, sizeof what, "penalty of 9, allocation %d fails", nth);
+        int64_t live = kiln_tensor_count(ctx);
+        kiln__pool_fail_after(ctx, nth);
+        kiln_tensor *r = kiln_l2_penalty(ctx, 9, nine);
+        kiln__pool_fail_after(ctx, 0);
+        if (nth < 3) {
+            expect_err(ctx, r, KILN_ERR_OUT_OF_MEMORY, what, NEEDLES("kiln_l2_penalty"));
+            CHECK(kiln_tensor_count(ctx) == live, "%s: %lld tensors left", what,
+                  (long long)(kiln_tensor_count(ctx) - live));
+        } else {
+            /* two allocations in all: the third would have been the next op's */
+            CHECK(r != NULL, "%s: %s", what, kiln_error_message(ctx));
+            kiln_tensor_free(r);
+        }
+    }
     kiln_tensor *zero = kiln_l1_penalty(ctx, 0, ps);
     CHECK(zero && kiln_item(zero) == 0.0f, "penalty of no tensors is 0: %s", kiln_error_message(ctx));
     kiln_tensor_free(zero);
@@ -1215,14 +1237,15 @@ static void test_errors(kiln_ctx *ctx) {
 }
 
 static void run(kiln_ctx *ctx) {
-    /* the reductions once with each way of splitting the terms over work-items */
+    /* the reductions once with each way of splitting the terms over work-items: 1 as on a
+     * GPU (interleaved), 2 as on a CPU (blocked) */
     for (int layout = 1; layout <= 2; layout++) {
-        kiln__loss_layout(layout);
+        kiln__hooks_of(ctx)->loss_layout = layout;
         test_el_forward(ctx);
         test_ce_forward(ctx);
         test_determinism(ctx);
     }
-    kiln__loss_layout(0);
+    kiln__hooks_of(ctx)->loss_layout = 0;
     test_specials(ctx);
     test_gradients(ctx);
     test_composite(ctx);

@@ -23,10 +23,7 @@
 
 #include "gradcheck.h"
 #include "golden.h"
-
-/* Test hook in src/ops/shape.c: 1 forces the per-element kernels of concat/stack/pad, 2
- * the per-row ones, 0 the device's own choice. */
-void kiln__shape_layout(int mode);
+#include "kiln_test_hooks.h"
 
 /* ---- operands: a host base buffer, a kiln view of it, and the harness's model ------- */
 
@@ -591,7 +588,7 @@ static void test_forward(kiln_ctx *ctx) {
         for (size_t k = 0; k < groups[gi].n * (size_t)nmodes; k++) {
             size_t c = k / (size_t)nmodes;
             int mode = (int)(k % (size_t)nmodes);
-            kiln__shape_layout(mode);
+            kiln__hooks_of(ctx)->shape_layout = mode; /* 1 per element, 2 per row */
             kiln_scope_begin(ctx);
             switch (gi) {
             case 0: run_cat(ctx, &cat_cases[c], false); break;
@@ -606,7 +603,7 @@ static void test_forward(kiln_ctx *ctx) {
             kiln_scope_end(ctx);
         }
     }
-    kiln__shape_layout(0);
+    kiln__hooks_of(ctx)->shape_layout = 0;
     kiln_scope_begin(ctx);
     test_cat_dtypes(ctx);
     test_pad_dtypes(ctx);
@@ -645,7 +642,12 @@ static void grad_cat(kiln_ctx *ctx, const char *what, int n, const vspec *specs,
     u.dim = dim < 0 ? dim + u.ndim : dim;
     for (int k = 0; k < n; k++)
         for (int d = 0, s = 0; d < u.ndim; d++) u.shape[k][d] = (stack && d == u.dim) ? 1 : o[k].hv.shape[s++];
+    /* one node over all the inputs: the op adds its output and no other tensor (no group
+     * views held by the graph) */
+    int64_t live = kiln_tensor_count(ctx);
     kiln_tensor *y = stack ? kiln_stack(ctx, n, ts, dim) : kiln_concat(ctx, n, ts, dim);
+    CHECK(kiln_tensor_count(ctx) == live + 1, "%s: %lld tensors made, only the output expected", what,
+          (long long)(kiln_tensor_count(ctx) - live));
     gc_check(ctx, what, ref_cat, &u, n, ts, hin, wanted, y, 1e-6, 0);
     for (int k = 0; k < n; k++) {
         if (!wanted[k]) CHECK(kiln_grad(ts[k]) == NULL, "%s: input %d does not require grad but got one", what, k);
@@ -665,8 +667,12 @@ static void test_grad_cat(kiln_ctx *ctx) {
         want[k] = k % 5 != 2; /* some inputs without grad, in every group */
     }
     many[4] = (vspec)VT(2, 0, 1, 2, 3);
-    grad_cat(ctx, "kiln_concat grad, 17 inputs (two levels of groups)", 17, many, want, -1, false);
+    grad_cat(ctx, "kiln_concat grad, 17 inputs", 17, many, want, -1, false);
+    grad_cat(ctx, "kiln_concat grad, 9 inputs", 9, many, NULL, 1, false);
     grad_cat(ctx, "kiln_concat grad, 6 inputs", 6, many, NULL, 1, false);
+    vspec nine[9];
+    for (int k = 0; k < 9; k++) nine[k] = k % 4 == 1 ? (vspec)VT(2, 0, 1, 2, 3) : (vspec)V(2, 3, 2); /* all [3, 2] */
+    grad_cat(ctx, "kiln_stack grad, 9 inputs at dim 0", 9, nine, want, 0, true);
     const vspec st[] = {V(2, 3, 5), VT(2, 0, 1, 5, 3), VS(2, 0, 1, 7, 2, 7, 5), V(2, 3, 5), V(2, 3, 5)};
     grad_cat(ctx, "kiln_stack grad, 5 inputs at dim 1", 5, st, NULL, 1, true);
     grad_cat(ctx, "kiln_stack grad, 3 inputs at dim -1", 3, st, NULL, -1, true);
@@ -825,7 +831,7 @@ static void test_grad_deterministic(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
-/* Graphs through the ops release everything with their scope (group views included). */
+/* Graphs through the ops release everything with their scope. */
 static void test_grad_lifetime(kiln_ctx *ctx) {
     int64_t before = kiln_tensor_count(ctx);
     kiln_scope_begin(ctx);

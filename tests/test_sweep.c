@@ -9,6 +9,7 @@
  * Every kernel of cl_kernels/ is reached (conv_pad_cols through kiln__conv_pad on devices
  * whose GEMM tiles kiln does not know). */
 #include "harness.h"
+#include "kiln_test_hooks.h"
 
 static kiln_ctx *C;
 
@@ -71,9 +72,6 @@ static void back(const char *what, kiln_tensor *out, int nleaves, kiln_tensor *c
  * checked against host references (double precision), forward and backward, so a kernel
  * reached only this way is still checked for its results, not just for finite output. */
 KILN_API void kiln__softmax_layout(int mode);                  /* src/ops/activation.c */
-KILN_API void kiln__norm_layout(int mode);                     /* src/ops/norm.c */
-KILN_API void kiln__shape_layout(int mode);                    /* src/ops/shape.c */
-KILN_API void kiln__loss_layout(int mode);                     /* src/ops/loss.c */
 KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min); /* src/ops/conv.c */
 KILN_API void kiln__conv_pad(int64_t multiple);                      /* src/ops/conv.c */
 KILN_API void kiln__gemm_own(int mode);                              /* src/ops/gemm.c */
@@ -501,7 +499,7 @@ static void check_pad(const char *what, leaf *l, kiln_tensor *x, const h_view *v
 }
 
 static void forced_shape(void) {
-    kiln__shape_layout(2); /* a work-item per chunk of a row (concat) and per row (pad) */
+    kiln__hooks_of(C)->shape_layout = 2; /* a work-item per chunk of a row (concat) and per row (pad) */
     leaf ls[3] = {ML(-1, 1, true, 2, 3, 4), ML(-1, 1, true, 2, 2, 4), ML(-1, 1, true, 2, 300)};
     h_view va = h_contig(3, (int64_t[]){2, 3, 4}), vb = h_contig(3, (int64_t[]){2, 2, 4});
     h_view vw = h_contig(2, (int64_t[]){2, 300}), vat = va;
@@ -518,7 +516,7 @@ static void forced_shape(void) {
     check_pad("pad wide rows", &ls[2], ls[2].t, &vw, 2, (int64_t[]){1, 1}, -2.0f);
 #undef AT
     for (int j = 0; j < 3; j++) free(ls[j].h);
-    kiln__shape_layout(0);
+    kiln__hooks_of(C)->shape_layout = 0;
 }
 
 /* ---- shape.cl -------------------------------------------------------------------------- */
@@ -779,7 +777,7 @@ static void forced_norm(void) {
     };
     const float mom = 0.1f, eps = 1e-5f;
     for (int layout = 1; layout <= 2; layout++) {
-        kiln__norm_layout(layout);
+        kiln__hooks_of(C)->norm_layout = layout;
         for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
             const nshape *s = &cs[k].s;
             int64_t np = s->elem ? s->S : s->G;
@@ -832,7 +830,7 @@ static void forced_norm(void) {
             free(rv.h);
         }
     }
-    kiln__norm_layout(0);
+    kiln__hooks_of(C)->norm_layout = 0;
 }
 
 /* ---- norm.cl --------------------------------------------------------------------------- */
@@ -867,7 +865,7 @@ static void sweep_norm(void) {
     forced_norm();
 }
 
-/* ---- loss.cl: partial sums before the final one (sum_part), penalties of many tensors (add4) */
+/* ---- loss.cl: partial sums before the final one (sum_part), penalties of many tensors */
 static void forced_loss(void) {
     /* nll over more rows than one work-group's 256 x 32 terms: the mean's two sums (losses
      * and weights; interleaved terms) and the sum's one (blocked) in partial sums first */
@@ -877,7 +875,7 @@ static void forced_loss(void) {
     kiln_tensor *y = mk_i32(lab, 1, (int64_t[]){N});
     leaf cw = ML(0.5f, 1.5f, false, 2);
     for (int layout = 1; layout <= 2; layout++) {
-        kiln__loss_layout(layout);
+        kiln__hooks_of(C)->loss_layout = layout;
         int r = layout == 1 ? KILN_MEAN : KILN_SUM;
         leaf lp = ML(-3, 0, true, N, 2);
         double num = 0, den = 0;
@@ -899,10 +897,10 @@ static void forced_loss(void) {
         }
         free(lp.h);
     }
-    kiln__loss_layout(0);
+    kiln__hooks_of(C)->loss_layout = 0;
     free(lab);
     free(cw.h);
-    /* more tensors than a node takes (4): each chunk's penalty, then add4 over them */
+    /* penalties of many tensors: every tensor's partial sums into one buffer, then one sum */
     static const int64_t shapes[9][2] = {{3, 1}, {2, 3}, {4, 1}, {1, 1}, {2, 2}, {5, 1}, {3, 1}, {2, 1}, {6, 1}};
     for (int l2 = 0; l2 < 2; l2++) {
         int n = l2 ? 9 : 5;

@@ -45,6 +45,38 @@ typedef struct loss_geom {
     cl_int strides[LOSS_NIN][KILN_MAX_DIMS];
 } loss_geom;
 
+typedef enum el_kind { EL_MSE, EL_L1, EL_SL1, EL_BCE, EL_BCEL, EL_LSGAN, EL_PEN1, EL_PEN2 } el_kind;
+
+/* ---- autograd node states ----------------------------------------------------------- */
+
+/* An elementwise loss: in = {x[, t]}; weight and pos_weight are saved by the node. */
+typedef struct el_state {
+    el_kind kind;
+    kiln_reduction reduction;
+    kiln_tensor *weight, *pos_weight; /* saved tensors (NULL: absent) */
+    double p;                         /* the loss's parameter (smooth_l1's beta, lsgan's target) */
+    double gscale;                    /* the gradient's scale: the mean's 1/n, else 1 */
+} el_state;
+
+/* A penalty: in = the parameters, any number of them. */
+typedef struct pen_state {
+    el_kind kind; /* EL_PEN1 or EL_PEN2 */
+} pen_state;
+
+/* cross_entropy / nll: in = {logits}; the tensors below are saved by the node. */
+typedef struct ce_state {
+    bool nll;
+    kiln_reduction reduction;
+    int ignore_index;
+    double label_smoothing;
+    kiln_tensor *target; /* contiguous labels */
+    kiln_tensor *weight; /* class weights (NULL: none) */
+    kiln_tensor *lse;    /* each row's log-sum-exp (cross_entropy only) */
+    kiln_tensor *den;    /* the mean's divisor, sum of the rows' weights (mean only) */
+    kiln_tensor *wtot;   /* sum of the class weights (label smoothing with weights only) */
+    kiln_tensor *logits; /* a contiguous copy of the logits when their view needed one */
+} ce_state;
+
 /* ---- checks ------------------------------------------------------------------------- */
 
 static const char *shp(const kiln_tensor *t, char *buf, size_t cap) {
@@ -101,35 +133,19 @@ static bool check_int_range(kiln_ctx *ctx, const char *op, const kiln_tensor *t,
 
 /* ---- launch helpers ----------------------------------------------------------------- */
 
-/* Test hook, as kiln__reduce_layout: 0 lets the device decide how work-items share a sum's
- * terms, 1 forces the GPU-style interleaved split, 2 the CPU-style blocked one, so one device
- * covers both. Process-wide; only tests/test_loss.c calls it (and declares it). */
-static int layout_override;
-KILN_API void kiln__loss_layout(int mode);
-void kiln__loss_layout(int mode) { layout_override = mode; }
-
+/* How work-items share a sum's terms: the CPU-style blocked split on CPUs, the GPU-style
+ * interleaved one elsewhere; ctx->hooks.loss_layout (1 GPU-style, 2 CPU-style) forces one
+ * so that one device's tests cover both. */
 static bool cpu_layout(const kiln_ctx *ctx) {
-    return layout_override ? layout_override == 2 : ctx->info.type == KILN_DEVICE_CPU;
+    int mode = ctx->hooks.loss_layout;
+    return mode ? mode == 2 : ctx->info.type == KILN_DEVICE_CPU;
 }
 
-/* The largest power of two <= n (n >= 1). */
-static size_t pow2_floor(size_t n) {
-    size_t p = 1;
-    while (p <= n / 2)
-        p *= 2;
-    return p;
-}
-
-/* Work-group size for a kernel with a local-memory tree: the context's size lowered to the
- * kernel's limit, as a power of two. 0 with the error set on failure. */
+/* Work-group size for a kernel with a local-memory tree (kiln__tree_wg). 0 with the error
+ * set on failure. */
 static size_t tree_wg(kiln_ctx *ctx, const char *kernel) {
-    cl_kernel k = kiln__kernel(ctx, LOSS_PROGRAM, LOSS_OPTIONS, kernel);
-    if (!k) return 0;
-    size_t w = kiln__wg_size(ctx), kw = 0;
-    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
-        kw > 0 && kw < w)
-        w = kw;
-    return pow2_floor(w ? w : 1);
+    size_t wg = 0;
+    return kiln__tree_wg(ctx, LOSS_PROGRAM, LOSS_OPTIONS, kernel, 0, &wg) == KILN_OK ? wg : 0;
 }
 
 /* Number of work-groups to sum n terms with groups of L work-items. */
@@ -206,8 +222,6 @@ static kiln_status reduce_sum(kiln_ctx *ctx, const char *op, kiln_tensor *a, kil
 }
 
 /* ---- elementwise losses ------------------------------------------------------------- */
-
-typedef enum el_kind { EL_MSE, EL_L1, EL_SL1, EL_BCE, EL_BCEL, EL_LSGAN, EL_PEN1, EL_PEN2 } el_kind;
 
 static const struct {
     const char *op;   /* public name, for errors */
@@ -328,13 +342,12 @@ static kiln_status el_reduce(kiln_ctx *ctx, const char *op, el_kind kind, el_cal
     return s;
 }
 
-/* Node layout of elementwise losses: in = {x[, t]}; i[0] kind, i[1] reduction, i[2]/i[3]
- * saved slot of weight / pos_weight (-1: absent); f[0] p, f[1] the mean's 1/n. */
 static kiln_status el_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    el_kind kind = (el_kind)n->i[0];
-    const char *op = el_info[kind].op;
+    const el_state *st = KILN__NODE_STATE(n, el_state);
+    if (!st) return ctx->err;
+    const char *op = el_info[st->kind].op;
     kiln_tensor *x = n->in[0], *t = n->nin > 1 ? n->in[1] : NULL;
-    kiln_tensor *w = n->i[2] >= 0 ? n->saved[n->i[2]] : NULL, *pw = n->i[3] >= 0 ? n->saved[n->i[3]] : NULL;
+    kiln_tensor *w = st->weight, *pw = st->pos_weight;
     bool want_x = kiln__input_needs_grad(n, 0), want_t = t && kiln__input_needs_grad(n, 1);
     if (!want_x && !want_t) return KILN_OK;
     kiln_tensor *gx = want_x ? kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape) : NULL;
@@ -342,12 +355,12 @@ static kiln_status el_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
     kiln_status s = KILN_OK;
     if ((want_x && !gx) || (want_t && !gt)) s = ctx->err;
     el_call c;
-    el_setup(&c, x, t, w, pw, (float)n->f[0]);
+    el_setup(&c, x, t, w, pw, (float)st->p);
     if (s == KILN_OK && c.n > 0) {
         c.flags |= (want_x ? 4 : 0) | (want_t ? 8 : 0);
         kiln_tensor *any = gx ? gx : gt;
-        cl_int go = (cl_int)gout->offset, gscalar = n->i[1] != KILN_NONE;
-        cl_float gscale = (cl_float)n->f[1];
+        cl_int go = (cl_int)gout->offset, gscalar = st->reduction != KILN_NONE;
+        cl_float gscale = (cl_float)st->gscale;
         cl_int gxo = (cl_int)(gx ? gx : any)->offset, gto = (cl_int)(gt ? gt : any)->offset;
         kiln__karg args[24];
         size_t na = el_args(&c, args);
@@ -362,7 +375,7 @@ static kiln_status el_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
         args[na++] = KILN__ARG(c.n);
         if (!c.contig) args[na++] = KILN__ARG(c.g);
         char kernel[64];
-        el_kernel(kernel, sizeof kernel, kind, "bwd", &c);
+        el_kernel(kernel, sizeof kernel, st->kind, "bwd", &c);
         s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, kernel, na, args, (size_t)c.n, 0);
     }
     /* gx and gt are new: each becomes the gradient as it is where the slot is empty */
@@ -415,18 +428,12 @@ static kiln_tensor *el_loss(kiln_ctx *ctx, el_kind kind, kiln_tensor *x, kiln_te
     int nin = t ? 2 : 1;
     if (kiln__grad_wanted(ctx, nin, in)) {
         kiln__node *nd = kiln__node_new(ctx, op, out, nin, in, el_backward);
-        if (!nd) {
+        el_state *st = nd ? KILN__NODE_STATE_NEW(nd, el_state) : NULL;
+        if (!st || kiln__node_save(nd, w) != KILN_OK || kiln__node_save(nd, pw) != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
-        nd->i[0] = kind;
-        nd->i[1] = r;
-        nd->i[2] = w ? nd->nsaved : -1;
-        kiln__node_save(nd, w);
-        nd->i[3] = pw ? nd->nsaved : -1;
-        kiln__node_save(nd, pw);
-        nd->f[0] = p;
-        nd->f[1] = r == KILN_MEAN ? 1.0 / (double)n : 1.0;
+        *st = (el_state){kind, r, w, pw, p, r == KILN_MEAN ? 1.0 / (double)n : 1.0};
     }
     return kiln__finish(ctx, op, out);
 }
@@ -496,10 +503,10 @@ kiln_tensor *kiln_lsgan_loss(kiln_ctx *ctx, kiln_tensor *pred, float target_valu
 
 /* ---- penalties ---------------------------------------------------------------------- */
 
-/* Node of a chunk of up to KILN__NODE_IN parameters: i[0] kind. */
 static kiln_status pen_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    el_kind kind = (el_kind)n->i[0];
-    const char *op = el_info[kind].op;
+    const pen_state *st = KILN__NODE_STATE(n, pen_state);
+    if (!st) return ctx->err;
+    const char *op = el_info[st->kind].op;
     for (int j = 0; j < n->nin; j++) {
         if (!kiln__input_needs_grad(n, j)) continue;
         kiln_tensor *x = n->in[j];
@@ -525,7 +532,7 @@ static kiln_status pen_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
             args[na++] = KILN__ARG(c.n);
             if (!c.contig) args[na++] = KILN__ARG(c.g);
             char kernel[64];
-            el_kernel(kernel, sizeof kernel, kind, "bwd", &c);
+            el_kernel(kernel, sizeof kernel, st->kind, "bwd", &c);
             s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, kernel, na, args, (size_t)c.n, 0);
         }
         if (s == KILN_OK) s = kiln__accum_owned(ctx, n, j, gx);
@@ -535,28 +542,37 @@ static kiln_status pen_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
     return KILN_OK;
 }
 
-/* The penalty of up to KILN__NODE_IN tensors: per tensor its groups' partial sums into one
- * buffer, then one final sum (a single tensor small enough for one group writes the
- * result directly). */
-static kiln_tensor *pen_chunk(kiln_ctx *ctx, el_kind kind, int k, kiln_tensor *const *ps) {
+/* One parameter's launch of a penalty. */
+typedef struct pen_part {
+    el_call c;
+    size_t L;  /* work-group size */
+    int64_t G; /* work-groups, each writing one partial sum */
+    char kernel[64];
+} pen_part;
+
+/* The penalty of k (>= 1) tensors: per tensor its groups' partial sums into one buffer,
+ * then one final sum (a single tensor small enough for one group writes the result
+ * directly); one node over all of them. */
+static kiln_tensor *pen_run(kiln_ctx *ctx, el_kind kind, int k, kiln_tensor *const *ps) {
     const char *op = el_info[kind].op;
+    pen_part *pp = malloc(sizeof *pp * (size_t)k);
+    if (!pp) {
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %d tensors", op, k);
+        return NULL;
+    }
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 0, NULL);
-    if (!out) return NULL;
-    el_call c[KILN__NODE_IN];
-    size_t L[KILN__NODE_IN];
-    int64_t G[KILN__NODE_IN], total = 0;
-    char kernel[KILN__NODE_IN][64];
-    kiln_status s = KILN_OK;
+    kiln_status s = out ? KILN_OK : ctx->err;
+    int64_t total = 0;
     for (int j = 0; j < k && s == KILN_OK; j++) {
-        el_setup(&c[j], ps[j], NULL, NULL, NULL, 0.0f);
-        el_kernel(kernel[j], sizeof kernel[j], kind, "part", &c[j]);
-        L[j] = tree_wg(ctx, kernel[j]);
-        if (!L[j]) {
+        el_setup(&pp[j].c, ps[j], NULL, NULL, NULL, 0.0f);
+        el_kernel(pp[j].kernel, sizeof pp[j].kernel, kind, "part", &pp[j].c);
+        pp[j].L = tree_wg(ctx, pp[j].kernel);
+        if (!pp[j].L) {
             s = ctx->err;
             break;
         }
-        G[j] = n_groups(ctx, c[j].n, L[j]);
-        total += G[j];
+        pp[j].G = n_groups(ctx, pp[j].c.n, pp[j].L);
+        total += pp[j].G;
     }
     kiln_tensor *part = NULL;
     if (s == KILN_OK && total > 1) {
@@ -570,74 +586,35 @@ static kiln_tensor *pen_chunk(kiln_ctx *ctx, el_kind kind, int k, kiln_tensor *c
     for (int j = 0; j < k && s == KILN_OK; j++) {
         cl_int doff = (cl_int)(dst->offset + at);
         kiln__karg args[20];
-        size_t na = el_args(&c[j], args);
+        size_t na = el_args(&pp[j].c, args);
         args[na++] = KILN__ARG(dst->st->mem);
         args[na++] = KILN__ARG(doff);
-        args[na++] = KILN__ARG(c[j].n);
+        args[na++] = KILN__ARG(pp[j].c.n);
         args[na++] = KILN__ARG(blocked);
         args[na++] = KILN__ARG(one);
-        args[na++] = KILN__LOCAL(L[j] * sizeof(cl_float));
-        if (!c[j].contig) args[na++] = KILN__ARG(c[j].g);
-        s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, kernel[j], na, args, (size_t)G[j] * L[j], L[j]);
-        at += G[j];
+        args[na++] = KILN__LOCAL(pp[j].L * sizeof(cl_float));
+        if (!pp[j].c.contig) args[na++] = KILN__ARG(pp[j].c.g);
+        s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, pp[j].kernel, na, args, (size_t)pp[j].G * pp[j].L,
+                         pp[j].L);
+        at += pp[j].G;
     }
     if (s == KILN_OK && part) s = reduce_sum(ctx, op, part, NULL, total, 1.0f, out, NULL);
     kiln_tensor_free(part);
+    free(pp);
+    if (s == KILN_OK && kiln__grad_wanted(ctx, k, ps)) {
+        kiln__node *nd = kiln__node_new(ctx, op, out, k, ps, pen_backward);
+        pen_state *st = nd ? KILN__NODE_STATE_NEW(nd, pen_state) : NULL;
+        if (st) st->kind = kind;
+        else s = ctx->err;
+    }
     if (s != KILN_OK) {
         kiln_tensor_free(out);
         return NULL;
     }
-    if (kiln__grad_wanted(ctx, k, ps)) {
-        kiln__node *nd = kiln__node_new(ctx, op, out, k, ps, pen_backward);
-        if (!nd) {
-            kiln_tensor_free(out);
-            return NULL;
-        }
-        nd->i[0] = kind;
-    }
     return out;
 }
 
-/* d(a + b + c + d) / d each = the seed. */
-static kiln_status add4_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    for (int j = 0; j < n->nin; j++) {
-        kiln_status s = kiln__accum(ctx, n, j, gout);
-        if (s != KILN_OK) return s;
-    }
-    return KILN_OK;
-}
-
-/* The sum of k (1..4) 0-d tensors, differentiable. */
-static kiln_tensor *add_scalars(kiln_ctx *ctx, const char *op, int k, kiln_tensor *const *s) {
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 0, NULL);
-    if (!out) return NULL;
-    cl_int off[4], kk = k, oo = (cl_int)out->offset;
-    kiln__karg args[11];
-    for (int j = 0; j < 4; j++) {
-        kiln_tensor *v = s[j < k ? j : 0];
-        off[j] = (cl_int)v->offset;
-        args[2 * j] = KILN__ARG(v->st->mem);
-        args[2 * j + 1] = KILN__ARG(off[j]);
-    }
-    args[8] = KILN__ARG(kk);
-    args[9] = KILN__ARG(out->st->mem);
-    args[10] = KILN__ARG(oo);
-    if (kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, "add4", 11, args, 1, 0) != KILN_OK) {
-        kiln_tensor_free(out);
-        return NULL;
-    }
-    if (kiln__grad_wanted(ctx, k, s)) {
-        kiln__node *nd = kiln__node_new(ctx, op, out, k, s, add4_backward);
-        if (!nd) {
-            kiln_tensor_free(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-
-/* sum over params of sum|p| (L1) or sum p^2 (L2): chunks of KILN__NODE_IN tensors (a node
- * holds that many inputs), then their results added four at a time. */
+/* sum over params of sum|p| (L1) or sum p^2 (L2). */
 static kiln_tensor *penalty(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *const *params) {
     const char *op = el_info[kind].op;
     if (!ctx) return NULL;
@@ -664,40 +641,7 @@ static kiln_tensor *penalty(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *con
         }
         return kiln__finish(ctx, op, z);
     }
-    int m = (n + KILN__NODE_IN - 1) / KILN__NODE_IN;
-    kiln_tensor **level = calloc((size_t)m, sizeof *level);
-    if (!level) {
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
-        return NULL;
-    }
-    bool ok = true;
-    for (int c = 0; c < m && ok; c++) {
-        int k = n - c * KILN__NODE_IN < KILN__NODE_IN ? n - c * KILN__NODE_IN : KILN__NODE_IN;
-        level[c] = pen_chunk(ctx, kind, k, params + c * KILN__NODE_IN);
-        ok = level[c] != NULL;
-    }
-    while (ok && m > 1) {
-        int next = 0;
-        for (int c = 0; c < m && ok; c += 4) {
-            int k = m - c < 4 ? m - c : 4;
-            kiln_tensor *sum = k > 1 ? add_scalars(ctx, op, k, level + c) : level[c];
-            ok = sum != NULL;
-            /* the node (if any) holds its inputs; the handles are ours to drop */
-            if (k > 1)
-                for (int j = 0; j < k; j++) {
-                    kiln_tensor_free(level[c + j]);
-                    level[c + j] = NULL;
-                }
-            level[next++] = sum;
-        }
-        m = next;
-    }
-    kiln_tensor *out = ok ? level[0] : NULL;
-    if (!ok)
-        for (int c = 0; c < m; c++)
-            kiln_tensor_free(level[c]);
-    free(level);
-    return kiln__finish(ctx, op, out);
+    return kiln__finish(ctx, op, pen_run(ctx, kind, n, params));
 }
 
 kiln_tensor *kiln_l1_penalty(kiln_ctx *ctx, int n, kiln_tensor *const *params) {
@@ -735,23 +679,15 @@ static bool ce_shape_of(const kiln_tensor *x, ce_shape *L) {
     return true;
 }
 
-enum { CE_CE = 0, CE_NLL = 1 };
-/* saved slots of a cross-entropy / nll node (indices into n->i, value -1: absent) */
-enum { CS_TARGET = 4, CS_WEIGHT, CS_LSE, CS_DEN, CS_WTOT, CS_LOGITS };
-
-static kiln_tensor *ce_saved(const kiln__node *n, int slot) { return n->i[slot] >= 0 ? n->saved[n->i[slot]] : NULL; }
-
-/* Node: in = {logits}; i[0] CE_CE/CE_NLL, i[1] reduction, i[2] ignore_index, i[CS_*] saved
- * slots (CS_LOGITS: a contiguous copy of the logits when their view needed one); f[0]
- * label smoothing. */
 static kiln_status ce_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     if (!kiln__input_needs_grad(n, 0)) return KILN_OK;
-    bool nll = n->i[0] == CE_NLL;
+    const ce_state *st = KILN__NODE_STATE(n, ce_state);
+    if (!st) return ctx->err;
+    bool nll = st->nll;
     const char *op = nll ? "kiln_nll_loss" : "kiln_cross_entropy";
     kiln_tensor *x0 = n->in[0];
-    kiln_tensor *x = ce_saved(n, CS_LOGITS) ? ce_saved(n, CS_LOGITS) : x0;
-    kiln_tensor *y = ce_saved(n, CS_TARGET), *w = ce_saved(n, CS_WEIGHT), *lse = ce_saved(n, CS_LSE);
-    kiln_tensor *den = ce_saved(n, CS_DEN), *wt = ce_saved(n, CS_WTOT);
+    kiln_tensor *x = st->logits ? st->logits : x0;
+    kiln_tensor *y = st->target, *w = st->weight, *lse = st->lse, *den = st->den, *wt = st->wtot;
     ce_shape L;
     ce_shape_of(x, &L);
     int64_t nel = kiln__numel(x0->ndim, x0->shape);
@@ -760,8 +696,8 @@ static kiln_status ce_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
     kiln_status s = KILN_OK;
     if (nel > 0) {
         cl_int xo = (cl_int)x->offset, yo = (cl_int)y->offset, wo = w ? (cl_int)w->offset : 0;
-        cl_int wst = w ? (cl_int)w->strides[0] : 0, ignore = (cl_int)n->i[2];
-        cl_int flags = (w ? 1 : 0) | (n->i[1] != KILN_NONE ? 2 : 0) | (den ? 4 : 0) | (wt ? 8 : 0);
+        cl_int wst = w ? (cl_int)w->strides[0] : 0, ignore = (cl_int)st->ignore_index;
+        cl_int flags = (w ? 1 : 0) | (st->reduction != KILN_NONE ? 2 : 0) | (den ? 4 : 0) | (wt ? 8 : 0);
         cl_int go = (cl_int)gout->offset, deno = den ? (cl_int)den->offset : 0, gxo = (cl_int)gx->offset;
         cl_int ni = (cl_int)nel;
         cl_mem wmem = w ? w->st->mem : x->st->mem, dmem = den ? den->st->mem : gout->st->mem;
@@ -776,7 +712,7 @@ static kiln_status ce_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
                                  KILN__ARG(gxo),        KILN__ARG(ni)};
             s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, "nll_bwd", 16, args, (size_t)nel, 0);
         } else {
-            cl_float ls = (cl_float)n->f[0];
+            cl_float ls = (cl_float)st->label_smoothing;
             cl_int lo = (cl_int)lse->offset, wto = wt ? (cl_int)wt->offset : 0;
             cl_mem wtmem = wt ? wt->st->mem : gout->st->mem;
             kiln__karg args[] = {KILN__ARG(x->st->mem),   KILN__ARG(xo),         KILN__ARG(L.sN),
@@ -946,18 +882,14 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
     kiln_tensor_free(rw);
     if (s == KILN_OK && grad) {
         kiln__node *nd = kiln__node_new(ctx, op, out, 1, &logits, ce_backward);
-        if (!nd)
+        ce_state *st = nd ? KILN__NODE_STATE_NEW(nd, ce_state) : NULL;
+        if (!st)
             s = ctx->err;
         else {
-            nd->i[0] = nll ? CE_NLL : CE_CE;
-            nd->i[1] = r;
-            nd->i[2] = ignore_index;
-            nd->f[0] = nll ? 0.0 : ls;
+            *st = (ce_state){nll, r, ignore_index, nll ? 0.0 : ls, y, weight, lse, den, wt, xcopy};
             kiln_tensor *sv[] = {y, weight, lse, den, wt, xcopy};
-            for (int k = 0; k < 6; k++) {
-                nd->i[CS_TARGET + k] = sv[k] ? nd->nsaved : -1;
-                kiln__node_save(nd, sv[k]);
-            }
+            for (int k = 0; k < 6 && s == KILN_OK; k++)
+                s = kiln__node_save(nd, sv[k]);
         }
     }
     /* our handles; the node holds what it saved */

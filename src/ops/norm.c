@@ -39,19 +39,6 @@
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
-static size_t pow2_floor(size_t n) {
-    size_t p = 1;
-    while (p <= n / 2) p *= 2;
-    return p;
-}
-
-/* Test hook (declared by tests/test_norm.c): 0 lets each launch choose its layout for the
- * device, 1 forces a work-item per group (rows), 2 a work-group per group, so that one
- * device's test run covers both. Process-wide; only tests call it. */
-KILN_API void kiln__norm_layout(int mode);
-static int layout_override;
-void kiln__norm_layout(int mode) { layout_override = mode; }
-
 /*
  * Launch shape of the group kernels: a work-item per group ("rows") when there are enough
  * groups to fill the device and each is short, else a work-group per group. On CPUs POCL
@@ -65,25 +52,18 @@ void kiln__norm_layout(int mode) { layout_override = mode; }
 #define NORM_ROWS_MAX_M_GPU 256
 
 static bool rows_layout(const kiln_ctx *ctx, int64_t G, int64_t M) {
-    if (layout_override) return layout_override == 1;
+    /* ctx->hooks.norm_layout 1 forces rows, 2 a work-group per group (tests cover both) */
+    if (ctx->hooks.norm_layout) return ctx->hooks.norm_layout == 1;
     int64_t cu = ctx->info.compute_units ? (int64_t)ctx->info.compute_units : 1;
     if (ctx->info.type == KILN_DEVICE_CPU) return G >= NORM_ROWS_PER_CU * cu && M <= NORM_ROWS_MAX_M_CPU;
     return G >= NORM_ROWS_MIN_G_GPU && M <= NORM_ROWS_MAX_M_GPU;
 }
 
-/* The work-group size for the group kernel `kernel`: a power of two, the device's and the
- * compiled kernel's limits respected. */
+/* The work-group size for the group kernel `kernel` (kiln__tree_wg, capped per device
+ * type). */
 static kiln_status group_wg(kiln_ctx *ctx, const char *kernel, size_t *wg) {
-    cl_kernel k = kiln__kernel(ctx, NORM_PROGRAM, NORM_OPTIONS, kernel);
-    if (!k) return ctx->err;
-    size_t w = kiln__wg_size(ctx), kw = 0;
     size_t cap = ctx->info.type == KILN_DEVICE_CPU ? NORM_MAX_WG_CPU : NORM_MAX_WG_GPU;
-    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
-        kw > 0 && kw < w)
-        w = kw;
-    if (w > cap) w = cap;
-    *wg = pow2_floor(w ? w : 1);
-    return KILN_OK;
+    return kiln__tree_wg(ctx, NORM_PROGRAM, NORM_OPTIONS, kernel, cap, wg);
 }
 
 #define NORM_MAX_ARGS 32
@@ -133,19 +113,32 @@ typedef struct norm_geom {
     cl_int G, N, S, gstride, nstride;
 } norm_geom;
 
+/* ---- autograd node states --------------------------------------------------------------- */
+
+/* Batch norm and layer norm: in[0] x, in[1] weight, in[2] bias (either may be NULL);
+ * saved[0] contiguous x, saved[1] mean, saved[2] rstd (one per group). */
+typedef struct norm_state {
+    norm_geom g;
+    int wmode;  /* WMODE_* */
+    bool train; /* the statistics were computed from x (they depend on it) */
+} norm_state;
+
+/* Dropout: in[0] x; saved[0] the forward's bit mask. */
+typedef struct dropout_state {
+    float scale; /* 1 / (1 - p), 0 for p = 1 */
+} dropout_state;
+
 /* ---- batch norm and layer norm: shared forward and backward -------------------------- */
 
 enum { WMODE_NONE = 0, WMODE_GROUP = 1, WMODE_ELEM = 2 };
 
-/* node layout shared by both ops: in[0] x, in[1] weight, in[2] bias (either may be NULL);
- * saved[0] contiguous x, saved[1] mean, saved[2] rstd (one per group);
- * i[0..4] the geometry, i[5] wmode, i[6] train (statistics depend on x). */
-
 static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     const char *op = n->op;
+    const norm_state *st = KILN__NODE_STATE(n, norm_state);
+    if (!st) return ctx->err;
     kiln_tensor *x = n->saved[0], *mean = n->saved[1], *rstd = n->saved[2], *w = n->in[1];
-    norm_geom g = {(cl_int)n->i[0], (cl_int)n->i[1], (cl_int)n->i[2], (cl_int)n->i[3], (cl_int)n->i[4]};
-    cl_int wmode = (cl_int)n->i[5], train = (cl_int)n->i[6];
+    norm_geom g = st->g;
+    cl_int wmode = st->wmode, train = st->train;
     bool need_x = kiln__input_needs_grad(n, 0), need_w = kiln__input_needs_grad(n, 1),
          need_b = kiln__input_needs_grad(n, 2);
     kiln_status s = KILN_OK;
@@ -276,17 +269,12 @@ static kiln_tensor *norm_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
     kiln_tensor *in[3] = {x, w, b};
     if (kiln__grad_wanted(ctx, 3, in)) {
         kiln__node *n = kiln__node_new(ctx, op, out, 3, in, norm_backward_fn);
-        if (!n) goto fail;
-        kiln__node_save(n, xc);
-        kiln__node_save(n, mean);
-        kiln__node_save(n, rstd);
-        n->i[0] = g->G;
-        n->i[1] = g->N;
-        n->i[2] = g->S;
-        n->i[3] = g->gstride;
-        n->i[4] = g->nstride;
-        n->i[5] = wmode;
-        n->i[6] = train;
+        norm_state *st = n ? KILN__NODE_STATE_NEW(n, norm_state) : NULL;
+        if (!st) goto fail;
+        *st = (norm_state){*g, wmode, train};
+        if (kiln__node_save(n, xc) != KILN_OK || kiln__node_save(n, mean) != KILN_OK ||
+            kiln__node_save(n, rstd) != KILN_OK)
+            goto fail;
     }
     kiln_tensor_free(mean);
     kiln_tensor_free(rstd);
@@ -454,14 +442,15 @@ static kiln_status dropout_launch(kiln_ctx *ctx, const char *op, kiln_tensor *sr
                         (size_t)((n + DROP_WORD - 1) / DROP_WORD), 0);
 }
 
-/* node: in[0] x; saved[0] the forward's bit mask; f[1] scale */
 static kiln_status dropout_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    const dropout_state *st = KILN__NODE_STATE(n, dropout_state);
+    if (!st) return ctx->err;
     kiln_tensor *dx = kiln__tensor_new(ctx, n->op, KILN_F32, gout->ndim, gout->shape);
     if (!dx) return ctx->err;
     int64_t numel = kiln__numel(gout->ndim, gout->shape);
     kiln_tensor *mask = n->saved[0];
     cl_int soff = (cl_int)gout->offset, doff = (cl_int)dx->offset, ni = (cl_int)numel, moff = (cl_int)mask->offset;
-    cl_float cs = (cl_float)n->f[1];
+    cl_float cs = st->scale;
     kiln__karg args[] = {KILN__ARG(gout->st->mem), KILN__ARG(soff), KILN__ARG(dx->st->mem), KILN__ARG(doff),
                          KILN__ARG(ni),            KILN__ARG(mask->st->mem), KILN__ARG(moff), KILN__ARG(cs)};
     kiln_status s = kiln__launch(ctx, n->op, NORM_PROGRAM, NORM_OPTIONS, "dropout_mask_apply",
@@ -529,15 +518,14 @@ kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training)
     }
     if (mask) {
         kiln__node *nd = kiln__node_new(ctx, op, out, 1, &x, dropout_backward_fn);
-        if (!nd) {
-            kiln_tensor_free(mask);
+        dropout_state *st = nd ? KILN__NODE_STATE_NEW(nd, dropout_state) : NULL;
+        kiln_status s2 = st ? kiln__node_save(nd, mask) : ctx->err; /* the node holds its own reference */
+        kiln_tensor_free(mask);
+        if (s2 != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
-        kiln__node_save(nd, mask); /* the node holds its own reference */
-        kiln_tensor_free(mask);
-        nd->f[0] = p;
-        nd->f[1] = scale;
+        st->scale = scale;
     }
     if (p < 1.0f) ctx->rng_counter += (uint64_t)n;
     return kiln__finish(ctx, op, out);
@@ -545,9 +533,10 @@ kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training)
 
 /* ---- embedding ----------------------------------------------------------------------------- */
 
-/* node: in[0] weight; saved[0] rowptr [num + 1], saved[1] positions [nidx] (I32); i[0] nidx */
+/* node: in[0] weight; saved[0] rowptr [num + 1], saved[1] positions [nidx] (I32; absent
+ * when there are no indices); no other state */
 static kiln_status embedding_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    kiln_tensor *w = n->in[0], *rowptr = n->saved[0], *pos = n->saved[1];
+    kiln_tensor *w = n->in[0], *rowptr = n->saved[0], *pos = n->nsaved > 1 ? n->saved[1] : NULL;
     kiln_tensor *dw = kiln__tensor_new(ctx, n->op, KILN_F32, 2, w->shape);
     if (!dw) return ctx->err;
     cl_int num = (cl_int)w->shape[0], dim = (cl_int)w->shape[1];
@@ -648,10 +637,7 @@ kiln_tensor *kiln_embedding(kiln_ctx *ctx, kiln_tensor *weight, kiln_tensor *ind
             if (!pos) goto fail;
         }
         kiln__node *nd = kiln__node_new(ctx, op, out, 1, &weight, embedding_backward_fn);
-        if (!nd) goto fail;
-        kiln__node_save(nd, rowptr);
-        kiln__node_save(nd, pos);
-        nd->i[0] = nidx;
+        if (!nd || kiln__node_save(nd, rowptr) != KILN_OK || kiln__node_save(nd, pos) != KILN_OK) goto fail;
     }
     free_copy(ic, indices);
     kiln_tensor_free(rowptr);

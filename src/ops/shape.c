@@ -49,16 +49,41 @@ static const char *bits_options(kiln_dtype dt) {
 #define ROWS_PER_CU 16
 #define CAT_CHUNK 256
 
-/* Test hook: 1 forces the per-element kernels, 2 the per-row ones, 0 restores the
- * device's own choice, so one device's test run covers both. Process-wide; only tests
- * call it (tests/test_shape.c declares it). */
-static int layout_override;
-KILN_API void kiln__shape_layout(int mode);
-void kiln__shape_layout(int mode) { layout_override = mode; }
-
+/* Per-row kernels on CPUs; ctx->hooks.shape_layout 1 forces the per-element kernels, 2 the
+ * per-row ones, so one device's test run covers both. */
 static bool row_layout(const kiln_ctx *ctx) {
-    return layout_override ? layout_override == 2 : ctx->info.type == KILN_DEVICE_CPU;
+    int mode = ctx->hooks.shape_layout;
+    return mode ? mode == 2 : ctx->info.type == KILN_DEVICE_CPU;
 }
+
+/* ---- autograd node states ----------------------------------------------------------- */
+
+/* Where one input of a concat or stack sits in the output: the slice [start, start + len)
+ * along the node's dim; squeeze: the input lacks that dim (a stacked input, len 1). */
+typedef struct cat_slice {
+    int64_t start, len;
+    bool squeeze;
+} cat_slice;
+
+/* Concat and stack: in = the parts, any number; part[k] places input k. Allocated with
+ * cat_state_size(nin) bytes. */
+typedef struct cat_state {
+    int dim;
+    cat_slice part[];
+} cat_state;
+
+static size_t cat_state_size(int nin) { return sizeof(cat_state) + sizeof(cat_slice) * (size_t)nin; }
+
+/* Constant padding: in[0] x; the amounts as kiln_pad took them. */
+typedef struct pad_state {
+    int npad;
+    int64_t pad[2 * KILN_MAX_DIMS];
+} pad_state;
+
+/* index_select and gather: in[0] x; saved[0] the index. */
+typedef struct idx_state {
+    int dim; /* of the input, a 0-d tensor counting as [1] */
+} idx_state;
 
 /* "[5, 7, 11]" of a tensor. */
 static char *tshape(const kiln_tensor *t, char *buf, size_t cap) { return kiln__shape_str(t->ndim, t->shape, buf, cap); }
@@ -106,32 +131,21 @@ static kiln_status copy_region(kiln_ctx *ctx, const char *op, kiln_tensor *src, 
     return kiln__launch(ctx, op, SHAPE_PROGRAM, opts, "cat_copy_strided", 6, args, (size_t)n, 0);
 }
 
-/* One input of a concat node: the slice [start, start + len) of the node's output along
- * dim; squeeze: the input lacks that dim (a stacked input, len 1). */
-typedef struct cat_part {
-    kiln_tensor *t;
-    int64_t start, len;
-    bool squeeze;
-} cat_part;
-
-/* Node parameters: i[0] = dim, then per input k: i[1+k] start, i[1+N+k] len,
- * i[1+2N+k] squeeze (N = KILN__NODE_IN). */
-#define CAT_START(k) (1 + (k))
-#define CAT_LEN(k) (1 + KILN__NODE_IN + (k))
-#define CAT_SQUEEZE(k) (1 + 2 * KILN__NODE_IN + (k))
-
 static kiln_status cat_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    int dim = (int)n->i[0];
+    const cat_state *st = kiln__node_state_get(n, cat_state_size(n->nin), "cat_state");
+    if (!st) return ctx->err;
+    int dim = st->dim;
     for (int k = 0; k < n->nin; k++) {
         if (!kiln__input_needs_grad(n, k)) continue;
-        int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+        const cat_slice *p = &st->part[k];
+        int64_t sh[KILN_MAX_DIMS], str[KILN_MAX_DIMS];
         int nd = 0;
         for (int d = 0; d < gout->ndim; d++) {
-            if (d == dim && n->i[CAT_SQUEEZE(k)]) continue;
-            sh[nd] = d == dim ? n->i[CAT_LEN(k)] : gout->shape[d];
-            st[nd++] = gout->strides[d];
+            if (d == dim && p->squeeze) continue;
+            sh[nd] = d == dim ? p->len : gout->shape[d];
+            str[nd++] = gout->strides[d];
         }
-        kiln_tensor *g = kiln__tensor_view(ctx, gout, nd, sh, st, gout->offset + n->i[CAT_START(k)] * gout->strides[dim]);
+        kiln_tensor *g = kiln__tensor_view(ctx, gout, nd, sh, str, gout->offset + p->start * gout->strides[dim]);
         if (!g) return ctx->err;
         kiln_status s = kiln__accum(ctx, n, k, g);
         kiln_tensor_free(g);
@@ -140,72 +154,17 @@ static kiln_status cat_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
     return KILN_OK;
 }
 
-/*
- * Records the backward of a concat whose output (or a region of it: a view) is `region`.
- * A node holds at most KILN__NODE_IN inputs, so more parts are split into at most that
- * many groups, each a view of its slice of the region with a node of its own over its
- * parts (recursively): the backward then slices the gradient group by group. The group
- * nodes are made first, so they are older and run after the node above them. The group
- * views are dropped at once: the node above holds them.
- */
-static bool cat_record(kiln_ctx *ctx, const char *op, kiln_tensor *region, int dim, int np, const cat_part *parts) {
-    kiln_tensor *ins[KILN__NODE_IN];
-    bool wanted = false;
-    for (int k = 0; k < np && !wanted; k++) wanted = kiln__grad_wanted(ctx, 1, &parts[k].t);
-    if (!wanted) return true;
-    if (np <= KILN__NODE_IN) {
-        for (int k = 0; k < np; k++) ins[k] = parts[k].t;
-        kiln__node *n = kiln__node_new(ctx, op, region, np, ins, cat_backward);
-        if (!n) return false;
-        n->i[0] = dim;
-        for (int k = 0; k < np; k++) {
-            n->i[CAT_START(k)] = parts[k].start;
-            n->i[CAT_LEN(k)] = parts[k].len;
-            n->i[CAT_SQUEEZE(k)] = parts[k].squeeze;
-        }
-        return true;
-    }
-    int per = (np + KILN__NODE_IN - 1) / KILN__NODE_IN, ng = 0;
-    cat_part groups[KILN__NODE_IN];
-    cat_part *sub = malloc(sizeof *sub * (size_t)per);
-    bool ok = sub != NULL;
-    if (!ok) kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
-    for (int first = 0; ok && first < np; first += per) {
-        int cnt = np - first < per ? np - first : per;
-        int64_t gstart = parts[first].start;
-        int64_t glen = parts[first + cnt - 1].start + parts[first + cnt - 1].len - gstart;
-        int64_t sh[KILN_MAX_DIMS];
-        memcpy(sh, region->shape, sizeof sh);
-        sh[dim] = glen;
-        kiln_tensor *v = kiln__tensor_view(ctx, region, region->ndim, sh, region->strides,
-                                           region->offset + gstart * region->strides[dim]);
-        if (!v) {
-            ok = false;
-            break;
-        }
-        groups[ng++] = (cat_part){v, gstart, glen, false};
-        for (int k = 0; k < cnt; k++) {
-            sub[k] = parts[first + k];
-            sub[k].start -= gstart;
-        }
-        ok = cat_record(ctx, op, v, dim, cnt, sub);
-    }
-    free(sub);
-    if (ok) {
-        for (int k = 0; k < ng; k++) ins[k] = groups[k].t;
-        kiln__node *n = kiln__node_new(ctx, op, region, ng, ins, cat_backward);
-        ok = n != NULL;
-        if (ok) {
-            n->i[0] = dim;
-            for (int k = 0; k < ng; k++) {
-                n->i[CAT_START(k)] = groups[k].start;
-                n->i[CAT_LEN(k)] = groups[k].len;
-                n->i[CAT_SQUEEZE(k)] = 0;
-            }
-        }
-    }
-    for (int k = 0; k < ng; k++) kiln_tensor_free(groups[k].t);
-    return ok;
+/* Records the backward of a concat of the np tensors ts into out: one node over all of
+ * them, which hands each its slice of the gradient. */
+static bool cat_record(kiln_ctx *ctx, const char *op, kiln_tensor *out, int dim, int np, kiln_tensor *const *ts,
+                       const cat_slice *parts) {
+    if (!kiln__grad_wanted(ctx, np, ts)) return true;
+    kiln__node *n = kiln__node_new(ctx, op, out, np, ts, cat_backward);
+    cat_state *st = n ? kiln__node_state_new(n, cat_state_size(np), "cat_state") : NULL;
+    if (!st) return false;
+    st->dim = dim;
+    memcpy(st->part, parts, sizeof *parts * (size_t)np);
+    return true;
 }
 
 /* Checks the list and the inputs; false with the error set (NULL inputs propagate). */
@@ -241,7 +200,7 @@ static kiln_tensor *cat_run(kiln_ctx *ctx, const char *op, int n, kiln_tensor *c
                             int ondim, const int64_t *oshape) {
     kiln_tensor *out = kiln__tensor_new(ctx, op, ts[0]->dtype, ondim, oshape);
     if (!out) return NULL;
-    cat_part *parts = malloc(sizeof *parts * (size_t)n);
+    cat_slice *parts = malloc(sizeof *parts * (size_t)n);
     if (!parts) {
         kiln_tensor_free(out);
         kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
@@ -253,7 +212,7 @@ static kiln_tensor *cat_run(kiln_ctx *ctx, const char *op, int n, kiln_tensor *c
     int64_t pos = 0;
     for (int k = 0; k < n; k++) {
         int64_t len = stack ? 1 : ts[k]->shape[dim];
-        parts[k] = (cat_part){ts[k], pos, len, stack};
+        parts[k] = (cat_slice){pos, len, stack};
         if (copy_region(ctx, op, ts[k], out->st->mem, out->offset + pos * out->strides[dim], dst_st) != KILN_OK) {
             free(parts);
             kiln_tensor_free(out);
@@ -261,7 +220,7 @@ static kiln_tensor *cat_run(kiln_ctx *ctx, const char *op, int n, kiln_tensor *c
         }
         pos += len;
     }
-    bool ok = cat_record(ctx, op, out, dim, n, parts);
+    bool ok = cat_record(ctx, op, out, dim, n, ts, parts);
     free(parts);
     if (!ok) {
         kiln_tensor_free(out);
@@ -388,8 +347,8 @@ static kiln_tensor *pad_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, const
                          KILN__ARG(ni),         KILN__ARG(g),    v};
     /* a work-item per output row on CPUs (see row_layout) */
     cl_int nrows = (cl_int)(n / g.oshape[m - 1]);
-    bool rows = layout_override ? layout_override == 2
-                                : row_layout(ctx) && nrows >= ROWS_PER_CU * (cl_int)ctx->info.compute_units;
+    bool rows = ctx->hooks.shape_layout ? ctx->hooks.shape_layout == 2
+                                        : row_layout(ctx) && nrows >= ROWS_PER_CU * (cl_int)ctx->info.compute_units;
     kiln_status s;
     if (rows) {
         args[4] = KILN__ARG(nrows);
@@ -404,13 +363,13 @@ static kiln_tensor *pad_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, const
     return out;
 }
 
-/* Node parameters: i[0] = npad, i[1..npad] = the amounts. The gradient is gout padded by
- * the negated amounts with zeros. */
+/* The gradient is gout padded by the negated amounts with zeros. */
 static kiln_status pad_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    const pad_state *st = KILN__NODE_STATE(n, pad_state);
+    if (!st) return ctx->err;
     kiln_tensor *x = n->in[0];
     int64_t before[KILN_MAX_DIMS] = {0};
-    int npad = (int)n->i[0];
-    for (int p = 0; p < npad / 2; p++) before[x->ndim - 1 - p] = -n->i[1 + 2 * p];
+    for (int p = 0; p < st->npad / 2; p++) before[x->ndim - 1 - p] = -st->pad[2 * p];
     kiln_tensor *g = pad_run(ctx, "kiln_pad (backward)", gout, before, x->shape, 0);
     if (!g) return ctx->err;
     return kiln__accum_owned(ctx, n, 0, g); /* a new tensor: it becomes the gradient */
@@ -463,12 +422,13 @@ kiln_tensor *kiln_pad(kiln_ctx *ctx, kiln_tensor *x, int npad, const int64_t *pa
     if (!out) return NULL;
     if (kiln__grad_wanted(ctx, 1, &x)) {
         kiln__node *n = kiln__node_new(ctx, op, out, 1, &x, pad_backward);
-        if (!n) {
+        pad_state *st = n ? KILN__NODE_STATE_NEW(n, pad_state) : NULL;
+        if (!st) {
             kiln_tensor_free(out);
             return NULL;
         }
-        n->i[0] = npad;
-        for (int k = 0; k < npad; k++) n->i[1 + k] = pad[k];
+        st->npad = npad;
+        for (int k = 0; k < npad; k++) st->pad[k] = pad[k];
     }
     return kiln__finish(ctx, op, out);
 }
@@ -573,11 +533,12 @@ static bool check_index_dtype(kiln_ctx *ctx, const char *op, const kiln_tensor *
     return false;
 }
 
-/* Node parameters: i[0] = dim (of the input, a 0-d input counting as [1]). Saved: the
- * index. gx = [outer, R, inner] contiguous, gout = [outer, len, inner]. */
+/* gx = [outer, R, inner] contiguous, gout = [outer, len, inner]. */
 static kiln_status index_select_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    const idx_state *st = KILN__NODE_STATE(n, idx_state);
+    if (!st) return ctx->err;
     kiln_tensor *x = n->in[0], *index = n->saved[0];
-    int dim = (int)n->i[0];
+    int dim = st->dim;
     kiln_tensor *gx = kiln__tensor_new(ctx, "kiln_index_select (backward)", KILN_F32, x->ndim, x->shape);
     if (!gx) return ctx->err;
     int64_t numel = kiln__numel(x->ndim, x->shape);
@@ -658,12 +619,12 @@ kiln_tensor *kiln_index_select(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tens
     }
     if (kiln__grad_wanted(ctx, 1, &x)) {
         kiln__node *node = kiln__node_new(ctx, op, out, 1, &x, index_select_backward);
-        if (!node) {
+        idx_state *st = node ? KILN__NODE_STATE_NEW(node, idx_state) : NULL;
+        if (!st || kiln__node_save(node, index) != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
-        node->i[0] = d;
-        kiln__node_save(node, index);
+        st->dim = d;
     }
     return kiln__finish(ctx, op, out);
 }
@@ -679,10 +640,11 @@ static void gather_dims(const kiln_tensor *t, int64_t *shape, int64_t *strides) 
     memcpy(strides, t->strides, sizeof(int64_t) * (size_t)t->ndim);
 }
 
-/* Node parameters: i[0] = dim (0-d tensors counting as [1]). Saved: the index. */
 static kiln_status gather_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    const idx_state *st = KILN__NODE_STATE(n, idx_state);
+    if (!st) return ctx->err;
     kiln_tensor *x = n->in[0], *index = n->saved[0];
-    int dim = (int)n->i[0];
+    int dim = st->dim;
     kiln_tensor *gx = kiln__tensor_new(ctx, "kiln_gather (backward)", KILN_F32, x->ndim, x->shape);
     if (!gx) return ctx->err;
     int64_t numel = kiln__numel(x->ndim, x->shape);
@@ -766,12 +728,12 @@ kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *in
     }
     if (kiln__grad_wanted(ctx, 1, &x)) {
         kiln__node *node = kiln__node_new(ctx, op, out, 1, &x, gather_backward);
-        if (!node) {
+        idx_state *st = node ? KILN__NODE_STATE_NEW(node, idx_state) : NULL;
+        if (!st || kiln__node_save(node, index) != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
-        node->i[0] = d;
-        kiln__node_save(node, index);
+        st->dim = d;
     }
     return kiln__finish(ctx, op, out);
 }
