@@ -45,9 +45,10 @@ typedef struct loss_geom {
     cl_int strides[LOSS_NIN][KILN_MAX_DIMS];
 } loss_geom;
 
-typedef enum el_kind { EL_MSE, EL_L1, EL_SL1, EL_BCE, EL_BCEL, EL_LSGAN, EL_PEN1, EL_PEN2 } el_kind;
-
 /* ---- autograd node states ----------------------------------------------------------- */
+
+/* The elementwise losses and the penalties (their names and kernel stems: el_info). */
+typedef enum el_kind { EL_MSE, EL_L1, EL_SL1, EL_BCE, EL_BCEL, EL_LSGAN, EL_PEN1, EL_PEN2 } el_kind;
 
 /* An elementwise loss: in = {x[, t]}; weight and pos_weight are saved by the node. */
 typedef struct el_state {
