@@ -145,6 +145,22 @@ static inline const golden_tensor *golden_get(const golden *g, const char *name)
     return NULL;
 }
 
+/* Whether g holds a case whose keys start with prefix; pidx >= 0: and whose parameter
+ * vector "<prefix>...p" (I32) holds pval at index pidx. No CHECK: the caller names what is
+ * missing. */
+static inline bool golden_has_prefix(const golden *g, const char *prefix, int pidx, int pval) {
+    size_t n = strlen(prefix);
+    for (int k = 0; k < g->n; k++) {
+        const golden_tensor *t = &g->t[k];
+        if (strncmp(t->name, prefix, n) != 0) continue;
+        if (pidx < 0) return true;
+        size_t len = strlen(t->name);
+        if (len >= 2 && strcmp(t->name + len - 2, ".p") == 0 && t->is_int && t->numel > pidx && t->i[pidx] == pval)
+            return true;
+    }
+    return false;
+}
+
 /* Uploads a golden tensor (F32 or I32) to ctx. */
 static inline kiln_tensor *golden_upload(kiln_ctx *ctx, const golden_tensor *t) {
     if (!t) return NULL;

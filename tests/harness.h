@@ -162,7 +162,6 @@ static inline h_view h_contig(int ndim, const int64_t *shape) {
     return v;
 }
 
-/* Element at row-major index i of the view over base. */
 /* The host view model of kiln_transpose(t, a, b) and kiln_slice(t, d, start, end, step). */
 static inline void h_view_transpose(h_view *v, int a, int b) {
     int64_t t = v->shape[a];
@@ -176,6 +175,61 @@ static inline void h_view_slice(h_view *v, int d, int64_t start, int64_t end, in
     v->strides[d] *= step;
 }
 
+/* ---- views as operands: testing ops on non-contiguous inputs ---------------------------- */
+
+/* One step from a tensor to a strided/offset view of it. */
+enum { TF_NONE, TF_T, TF_S, TF_E, TF_P };
+typedef struct h_tf {
+    int kind; /* TF_T: transpose(p0, p1); TF_S: slice(dim p0, start p1, end p2, step p3);
+                 TF_E: expand to rank p0 with sizes p1..; TF_P: permute(p0, p1, ...) of every dim */
+    int64_t p[KILN_MAX_DIMS + 1];
+} h_tf;
+
+/* Applies f to t (kiln_transpose, kiln_slice, kiln_expand or kiln_permute) and to v, t's host
+ * model; returns the view (NULL when t is NULL or the op fails: ctx holds why). */
+static inline kiln_tensor *h_view_apply(kiln_ctx *ctx, kiln_tensor *t, h_view *v, const h_tf *f) {
+    if (f->kind == TF_T) {
+        int a = (int)f->p[0], b = (int)f->p[1];
+        h_view_transpose(v, a, b);
+        return kiln_transpose(ctx, t, a, b);
+    }
+    if (f->kind == TF_S) {
+        int d = (int)f->p[0];
+        h_view_slice(v, d, f->p[1], f->p[2], f->p[3]);
+        return kiln_slice(ctx, t, d, f->p[1], f->p[2], f->p[3]);
+    }
+    if (f->kind == TF_E) {
+        h_view e = {.ndim = (int)f->p[0], .offset = v->offset};
+        int lead = e.ndim - v->ndim;
+        for (int d = 0; d < e.ndim; d++) {
+            int sd = d - lead;
+            e.shape[d] = f->p[1 + d];
+            e.strides[d] = (sd >= 0 && v->shape[sd] == f->p[1 + d]) ? v->strides[sd] : 0;
+        }
+        *v = e;
+        return kiln_expand(ctx, t, e.ndim, &f->p[1]);
+    }
+    if (f->kind == TF_P) {
+        h_view e = *v;
+        int dims[KILN_MAX_DIMS];
+        for (int d = 0; d < v->ndim; d++) {
+            dims[d] = (int)f->p[d];
+            e.shape[d] = v->shape[dims[d]];
+            e.strides[d] = v->strides[dims[d]];
+        }
+        *v = e;
+        return kiln_permute(ctx, t, dims);
+    }
+    return t;
+}
+
+/* The n steps of tf in order (see h_view_apply). */
+static inline kiln_tensor *h_view_build(kiln_ctx *ctx, kiln_tensor *t, h_view *v, int n, const h_tf *tf) {
+    for (int k = 0; k < n; k++) t = h_view_apply(ctx, t, v, &tf[k]);
+    return t;
+}
+
+/* Element at row-major index i of the view over base. */
 static inline double h_at(const float *base, const h_view *v, int64_t i) {
     int64_t off = v->offset;
     for (int d = v->ndim - 1; d >= 0; d--) {

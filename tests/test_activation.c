@@ -143,12 +143,7 @@ static void cmp_x(const char *what, const float *got, const double *ref, const d
 
 /* ---- operands: a host base buffer, a kiln view of it, the harness's model ----------- */
 
-enum { TF_NONE, TF_T, TF_S, TF_E };
-typedef struct tf {
-    int kind; /* TF_T: transpose(p0, p1); TF_S: slice(dim p0, start p1, end p2, step p3);
-                 TF_E: expand to rank p0 with sizes p1.. */
-    int64_t p[5];
-} tf;
+typedef h_tf tf; /* the harness's view steps */
 
 typedef struct vspec {
     const char *name;
@@ -184,30 +179,7 @@ static bool make_operand(kiln_ctx *ctx, const vspec *s, float lo, float hi, bool
     if (grad) kiln_set_requires_grad(o->leaf, true);
     o->t = o->leaf;
     o->hv = h_contig(s->ndim, s->shape);
-    for (int k = 0; k < 2; k++) {
-        const tf *f = &s->tf[k];
-        h_view *v = &o->hv;
-        if (f->kind == TF_T) {
-            int a = (int)f->p[0], b = (int)f->p[1];
-            h_view_transpose(v, a, b);
-            o->t = kiln_transpose(ctx, o->t, a, b);
-        } else if (f->kind == TF_S) {
-            int d = (int)f->p[0];
-            int64_t start = f->p[1], end = f->p[2], step = f->p[3];
-            h_view_slice(v, d, start, end, step);
-            o->t = kiln_slice(ctx, o->t, d, start, end, step);
-        } else if (f->kind == TF_E) {
-            h_view e = {.ndim = (int)f->p[0], .offset = v->offset};
-            int lead = e.ndim - v->ndim;
-            for (int d = 0; d < e.ndim; d++) {
-                int sd = d - lead;
-                e.shape[d] = f->p[1 + d];
-                e.strides[d] = (sd >= 0 && v->shape[sd] == f->p[1 + d]) ? v->strides[sd] : 0;
-            }
-            *v = e;
-            o->t = kiln_expand(ctx, o->t, e.ndim, &f->p[1]);
-        }
-    }
+    o->t = h_view_build(ctx, o->t, &o->hv, 2, s->tf);
     CHECK(o->t != NULL, "making operand %s: %s", s->name, kiln_error_message(ctx));
     if (!o->t) return false;
     o->n = h_numel(o->hv.ndim, o->hv.shape);

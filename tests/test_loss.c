@@ -88,26 +88,14 @@ static bool mk(kiln_ctx *ctx, opnd *o, int ndim, const int64_t *bshape, vw v, bo
     o->t = kiln_from_host(ctx, o->base, is_int ? KILN_I32 : KILN_F32, ndim, bshape);
     o->hv = h_contig(ndim, bshape);
     h_view *h = &o->hv;
-    if (v.kind == VW_T) {
-        int64_t s = h->shape[v.a];
-        h->shape[v.a] = h->shape[v.b], h->shape[v.b] = s;
-        s = h->strides[v.a];
-        h->strides[v.a] = h->strides[v.b], h->strides[v.b] = s;
-        o->t = kiln_transpose(ctx, o->t, v.a, v.b);
-    } else if (v.kind == VW_S) {
-        h->offset += v.start * h->strides[v.a];
-        h->shape[v.a] = (v.end - v.start + v.step - 1) / v.step;
-        h->strides[v.a] *= v.step;
-        o->t = kiln_slice(ctx, o->t, v.a, v.start, v.end, v.step);
-    } else if (v.kind == VW_P) {
-        h_view p = *h;
-        for (int d = 0; d < ndim; d++) {
-            p.shape[d] = h->shape[v.perm[d]];
-            p.strides[d] = h->strides[v.perm[d]];
-        }
-        *h = p;
-        o->t = kiln_permute(ctx, o->t, v.perm);
+    h_tf f = {TF_NONE, {0}}; /* the harness's view step */
+    if (v.kind == VW_T) f = (h_tf){TF_T, {v.a, v.b}};
+    if (v.kind == VW_S) f = (h_tf){TF_S, {v.a, v.start, v.end, v.step}};
+    if (v.kind == VW_P) {
+        f.kind = TF_P;
+        for (int d = 0; d < ndim; d++) f.p[d] = v.perm[d];
     }
+    o->t = h_view_apply(ctx, o->t, h, &f);
     CHECK(o->t != NULL, "making an operand: %s", kiln_error_message(ctx));
     o->n = h_numel(h->ndim, h->shape);
     o->v = malloc(sizeof(double) * cap1(o->n));

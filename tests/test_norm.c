@@ -47,7 +47,7 @@ static void check_guards(kiln_ctx *ctx, const char *what) {
 
 /* ---- operands: a contiguous host base, a kiln view of it, the harness's view model ---- */
 
-enum { VW_NONE, VW_T, VW_S };
+enum { VW_NONE = TF_NONE, VW_T = TF_T, VW_S = TF_S }; /* the harness's view steps */
 typedef struct vspec {
     int ndim; /* rank of the base tensor */
     int64_t shape[5];
@@ -71,21 +71,7 @@ static bool make_operand(kiln_ctx *ctx, const vspec *s, float lo, float hi, oper
     o->t = kiln_from_host(ctx, o->base, KILN_F32, s->ndim, s->shape);
     o->hv = h_contig(s->ndim, s->shape);
     h_view *v = &o->hv;
-    if (s->kind == VW_T) {
-        int a = (int)s->p[0], b = (int)s->p[1];
-        int64_t t = v->shape[a];
-        v->shape[a] = v->shape[b], v->shape[b] = t;
-        t = v->strides[a];
-        v->strides[a] = v->strides[b], v->strides[b] = t;
-        o->t = kiln_transpose(ctx, o->t, a, b);
-    } else if (s->kind == VW_S) {
-        int d = (int)s->p[0];
-        int64_t start = s->p[1], end = s->p[2], step = s->p[3];
-        v->offset += start * v->strides[d];
-        v->shape[d] = (end - start + step - 1) / step;
-        v->strides[d] *= step;
-        o->t = kiln_slice(ctx, o->t, d, start, end, step);
-    }
+    o->t = h_view_apply(ctx, o->t, v, &(h_tf){s->kind, {s->p[0], s->p[1], s->p[2], s->p[3]}});
     o->n = h_numel(v->ndim, v->shape);
     o->d = malloc(sizeof(double) * (size_t)(o->n > 0 ? o->n : 1));
     for (int64_t i = 0; i < o->n; i++) o->d[i] = h_at(o->base, v, i);

@@ -43,12 +43,7 @@
 
 /* ---- operands: a base buffer, a kiln view of it, and the harness's model --------------- */
 
-enum { TF_NONE, TF_T, TF_S, TF_P };
-typedef struct tf {
-    int kind; /* TF_T: transpose(p0, p1); TF_S: slice(dim p0, start p1, end p2, step p3);
-                 TF_P: permute(p0, p1, p2, p3) */
-    int64_t p[4];
-} tf;
+typedef h_tf tf; /* the harness's view steps (TF_T, TF_S, TF_P here) */
 
 typedef struct vspec {
     int ndim;
@@ -95,30 +90,7 @@ static bool make_operand(kiln_ctx *ctx, const vspec *s, int gen, bool requires_g
     if (requires_grad) kiln_set_requires_grad(o->leaf, true);
     o->t = o->leaf;
     o->hv = h_contig(s->ndim, s->shape);
-    for (int k = 0; k < 2; k++) {
-        const tf *f = &s->tf[k];
-        h_view *v = &o->hv;
-        if (f->kind == TF_T) {
-            int a = (int)f->p[0], b = (int)f->p[1];
-            h_view_transpose(v, a, b);
-            o->t = kiln_transpose(ctx, o->t, a, b);
-        } else if (f->kind == TF_S) {
-            int d = (int)f->p[0];
-            int64_t start = f->p[1], end = f->p[2], step = f->p[3];
-            h_view_slice(v, d, start, end, step);
-            o->t = kiln_slice(ctx, o->t, d, start, end, step);
-        } else if (f->kind == TF_P) {
-            h_view e = *v;
-            int dims[4];
-            for (int d = 0; d < v->ndim; d++) {
-                dims[d] = (int)f->p[d];
-                e.shape[d] = v->shape[dims[d]];
-                e.strides[d] = v->strides[dims[d]];
-            }
-            *v = e;
-            o->t = kiln_permute(ctx, o->t, dims);
-        }
-    }
+    o->t = h_view_build(ctx, o->t, &o->hv, 2, s->tf);
     CHECK(o->t != NULL, "making an operand: %s", kiln_error_message(ctx));
     return o->t != NULL;
 }

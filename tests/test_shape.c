@@ -27,7 +27,6 @@
 
 /* ---- operands: a host base buffer, a kiln view of it, and the harness's model ------- */
 
-enum { TF_NONE, TF_T, TF_S };
 typedef struct vspec {
     int ndim;
     int64_t shape[5];
@@ -46,21 +45,8 @@ typedef struct operand {
 static const float specials[] = {NAN, INFINITY, -INFINITY, -0.0f, FLT_MAX, FLT_MIN};
 
 static void apply_tf(kiln_ctx *ctx, const vspec *s, h_view *v, kiln_tensor **t) {
-    if (s->tf == TF_T) {
-        int a = (int)s->p[0], b = (int)s->p[1];
-        int64_t x = v->shape[a];
-        v->shape[a] = v->shape[b], v->shape[b] = x;
-        x = v->strides[a];
-        v->strides[a] = v->strides[b], v->strides[b] = x;
-        *t = kiln_transpose(ctx, *t, a, b);
-    } else if (s->tf == TF_S) {
-        int d = (int)s->p[0];
-        int64_t start = s->p[1], end = s->p[2], step = s->p[3];
-        v->offset += start * v->strides[d];
-        v->shape[d] = (end - start + step - 1) / step;
-        v->strides[d] *= step;
-        *t = kiln_slice(ctx, *t, d, start, end, step);
-    }
+    h_tf f = {s->tf, {s->p[0], s->p[1], s->p[2], s->p[3]}};
+    *t = h_view_apply(ctx, *t, v, &f);
 }
 
 /* A float operand; `spec` > 0 sprinkles NaN/Inf/-0/extremes over about 1 in spec elements. */

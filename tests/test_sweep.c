@@ -7,11 +7,34 @@
  * (work-group vs work-item layouts, split sums, merges) are forced with the ops' test
  * hooks at small sizes and their results checked against host references (forced_*).
  * Every kernel of cl_kernels/ is reached (conv_pad_cols through kiln__conv_pad on devices
- * whose GEMM tiles kiln does not know). */
+ * whose GEMM tiles kiln does not know), and every op of src/ops/registry.h: a result checked
+ * here names its op first, and an op of the list that no check names fails the test. */
+#include <ctype.h>
+
 #include "harness.h"
 #include "kiln_test_hooks.h"
+#include "ops/registry.h"
 
 static kiln_ctx *C;
+
+/* The ops of src/ops/registry.h whose result the sweep checked (on this device): every
+ * check names its op first ("relu strided", "mse_loss mean"), and a checked result marks it. */
+static bool reached[KILN__OP_COUNT];
+
+static void reach(const char *what) {
+    char name[64];
+    size_t n = 0;
+    while (n + 1 < sizeof name && (islower((unsigned char)what[n]) || isdigit((unsigned char)what[n]) || what[n] == '_'))
+        name[n] = what[n], n++;
+    name[n] = 0;
+    int op = kiln__op_find(name);
+    if (op >= 0) reached[op] = true;
+}
+
+/* For the ops that return a status (fill, copy, clip_grad_value): ok marks op. */
+static void reach_if(bool ok, const char *op) {
+    if (ok) reach(op);
+}
 
 /* A [d0, d1, ...] tensor of values in [lo, hi) (deterministic), optionally a leaf that
  * requires grad. */
@@ -38,6 +61,7 @@ static void finite(const char *what, kiln_tensor *t) {
         kiln_error_clear(C);
         return;
     }
+    reach(what);
     if (kiln_tensor_dtype(t) != KILN_F32) return;
     float *h = h_read(t);
     int64_t n = kiln_tensor_numel(t), bad = 0;
@@ -112,6 +136,7 @@ static void near(const char *what, kiln_tensor *t, const double *ref, int64_t n)
     CHECK(kiln_tensor_numel(t) == n, "%s: %lld elements, expected %lld", what, (long long)kiln_tensor_numel(t),
           (long long)n);
     if (kiln_tensor_numel(t) != n) return;
+    reach(what);
     float *got = h_read(t);
     h_compare(what, got, ref, n, 1e-4, 1e-4);
     free(got);
@@ -181,14 +206,46 @@ static int64_t view_off(const h_view *v, const int64_t *c) {
 static void sweep_copy(void) {
     finite("arange", kiln_arange(C, 0, 13, 1));
     kiln_tensor *z = kiln_zeros(C, 2, (int64_t[]){5, 7}); /* fill_contig */
+    finite("zeros", z);
+    finite("ones", kiln_ones(C, 1, (int64_t[]){9}));
+    finite("full", kiln_full(C, -2.5f, 3, (int64_t[]){2, 1, 3}));
+    kiln_tensor *e = kiln_empty(C, KILN_I32, 2, (int64_t[]){3, 4}); /* values unspecified: I32 is not read */
+    CHECK(e && kiln_tensor_numel(e) == 12, "empty [3, 4]: %s", kiln_error_message(C));
+    if (e) reach("empty");
+    float hv[6] = {1, -2, 3, -4, 5, -6};
+    finite("from_host", kiln_from_host(C, hv, KILN_F32, 2, (int64_t[]){2, 3}));
     kiln_tensor *tv = kiln_transpose(C, z, 0, 1);
-    CHECK(kiln_fill(tv, 2.0f) == KILN_OK, "fill of a strided view"); /* fill_strided */
-    finite("contiguous of a transpose", kiln_contiguous(C, tv));    /* copy_strided */
-    kiln_tensor *src = MK(-1, 1, false, 7, 5);
-    CHECK(kiln_copy(tv, src) == KILN_OK, "copy into a strided view: %s", kiln_error_message(C)); /* copy_view */
-    finite("after copy_view", z);
+    kiln_status st = kiln_fill(tv, 2.0f); /* fill_strided */
+    CHECK(st == KILN_OK, "fill of a strided view");
+    reach_if(st == KILN_OK, "fill");
+    finite("contiguous of a transpose", kiln_contiguous(C, tv)); /* copy_strided */
+    leaf src = ML(-1, 1, false, 7, 5);
+    st = kiln_copy(tv, src.t); /* copy_view */
+    CHECK(st == KILN_OK, "copy into a strided view: %s", kiln_error_message(C));
+    if (st == KILN_OK) { /* z [5, 7] is src [7, 5] transposed */
+        double *y = dzeros(35);
+        for (int64_t i = 0; i < 5; i++)
+            for (int64_t j = 0; j < 7; j++) y[i * 7 + j] = src.h[j * 5 + i];
+        near("copy into a transposed view", z, y, 35);
+        free(y);
+    }
+    free(src.h);
     kiln_tensor *sl = kiln_slice(C, z, 1, 1, 7, 2);
     finite("clone of a slice", kiln_clone(C, sl));
+}
+
+/* ---- views (no kernels of their own): forward through them, backward into the base ---- */
+static void sweep_view(void) {
+    kiln_tensor *x = MK(-1, 1, true, 2, 3, 4);
+    BACK("reshape", kiln_reshape(C, x, 2, (int64_t[]){4, -1}), x);
+    BACK("view", kiln_view(C, x, 2, (int64_t[]){6, 4}), x);
+    BACK("transpose", kiln_transpose(C, x, 0, 2), x);
+    BACK("permute", kiln_permute(C, x, (int[]){2, 0, 1}), x);
+    BACK("slice", kiln_slice(C, x, 2, 1, 4, 2), x);
+    BACK("unsqueeze", kiln_unsqueeze(C, x, 1), x);
+    kiln_tensor *c = MK(-1, 1, true, 3, 1);
+    BACK("expand", kiln_expand(C, c, 3, (int64_t[]){2, 3, 5}), c);
+    BACK("squeeze", kiln_squeeze(C, c, 1), c);
 }
 
 /* ---- elementwise.cl ------------------------------------------------------------------- */
@@ -320,7 +377,7 @@ static void forced_matmul(void) {
                     for (int64_t k = 0; k < 37; k++)
                         y[(q * 5 + i) * 6 + j] +=
                             (double)a.h[(q * 5 + i) * 37 + k] * r->h[((batched ? q * 6 : 0) + j) * 37 + k];
-        near(batched ? "own A B^T kernel, batched" : "own A B^T kernel, folded batches",
+        near(batched ? "matmul_ex: own A B^T kernel, batched" : "matmul_ex: own A B^T kernel, folded batches",
              kiln_matmul_ex(C, a.t, r->t, KILN_TRANS_B), y, n);
         free(y);
     }
@@ -331,7 +388,7 @@ static void forced_matmul(void) {
             for (int64_t j = 0; j < 50; j++)
                 for (int64_t k = 0; k < 20; k++)
                     y[i * 50 + j] += (double)(trans ? pt.h[k * 9 + i] : p.h[i * 20 + k]) * q.h[k * 50 + j];
-        near(trans ? "own A^T B kernel" : "own A B kernel",
+        near(trans ? "matmul_ex: own A^T B kernel" : "matmul_ex: own A B kernel",
              kiln_matmul_ex(C, trans ? pt.t : p.t, q.t, trans ? KILN_TRANS_A : 0), y, 9 * 50);
         free(y);
     }
@@ -347,8 +404,8 @@ static void sweep_matmul(void) {
     BACK("matmul transposed views", kiln_matmul(C, kiln_transpose(C, b, 0, 1), kiln_transpose(C, a, 0, 1)), a, b);
     kiln_tensor *ba = MK(-1, 1, true, 2, 3, 4);
     kiln_tensor *bb = MK(-1, 1, true, 2, 4, 5);
-    BACK("batched matmul", kiln_matmul(C, ba, bb), ba, bb);
-    BACK("broadcast matmul", kiln_matmul(C, ba, b), ba, b);
+    BACK("matmul batched", kiln_matmul(C, ba, bb), ba, bb);
+    BACK("matmul broadcast", kiln_matmul(C, ba, b), ba, b);
     forced_matmul();
 }
 
@@ -429,7 +486,7 @@ static void sweep_activation(void) {
         BACK("leaky_relu", kiln_leaky_relu(C, in, 0.1f), x);
         BACK("elu", kiln_elu(C, in, 1.0f), x);
         BACK("gelu", kiln_gelu(C, in, false), x);
-        BACK("gelu tanh", kiln_gelu(C, in, true), x);
+        BACK("gelu_tanh", kiln_gelu(C, in, true), x);
         BACK("sigmoid", kiln_sigmoid(C, in), x);
         BACK("tanh", kiln_tanh(C, in), x);
         BACK("softplus", kiln_softplus(C, in, 1.0f, 20.0f), x);
@@ -701,9 +758,9 @@ static void sweep_pool(void) {
     BACK("avg_pool2d ceil", kiln_avg_pool2d(C, x, &ap2), x);
     BACK("global_avg_pool2d", kiln_global_avg_pool2d(C, x), x);
     finite("max_pool2d without grad", kiln_max_pool2d(C, kiln_detach(C, x), &mp, NULL));
-    BACK("upsample nearest", kiln_upsample(C, x, 11, 4, KILN_UPSAMPLE_NEAREST, false), x);
-    BACK("upsample bilinear", kiln_upsample(C, x, 9, 13, KILN_UPSAMPLE_BILINEAR, false), x);
-    BACK("upsample bilinear aligned", kiln_upsample(C, x, 5, 8, KILN_UPSAMPLE_BILINEAR, true), x);
+    BACK("upsample_nearest", kiln_upsample(C, x, 11, 4, KILN_UPSAMPLE_NEAREST, false), x);
+    BACK("upsample_bilinear", kiln_upsample(C, x, 9, 13, KILN_UPSAMPLE_BILINEAR, false), x);
+    BACK("upsample_bilinear aligned", kiln_upsample(C, x, 5, 8, KILN_UPSAMPLE_BILINEAR, true), x);
     forced_pool();
 }
 
@@ -936,24 +993,24 @@ static void sweep_loss(void) {
     kiln_tensor *p = MK(-1, 1, true, 3, 5);
     kiln_tensor *t = MK(-1, 1, false, 3, 5);
     for (int r = 0; r < 3; r++) {
-        BACK("mse", kiln_mse_loss(C, p, t, (kiln_reduction)r), p);
-        BACK("l1", kiln_l1_loss(C, kiln_transpose(C, p, 0, 1), kiln_transpose(C, t, 0, 1), (kiln_reduction)r), p);
-        BACK("smooth_l1", kiln_smooth_l1_loss(C, p, t, (kiln_reduction)r, 0.5f), p);
-        BACK("lsgan", kiln_lsgan_loss(C, p, 1.0f, (kiln_reduction)r), p);
+        BACK("mse_loss", kiln_mse_loss(C, p, t, (kiln_reduction)r), p);
+        BACK("l1_loss", kiln_l1_loss(C, kiln_transpose(C, p, 0, 1), kiln_transpose(C, t, 0, 1), (kiln_reduction)r), p);
+        BACK("smooth_l1_loss", kiln_smooth_l1_loss(C, p, t, (kiln_reduction)r, 0.5f), p);
+        BACK("lsgan_loss", kiln_lsgan_loss(C, p, 1.0f, (kiln_reduction)r), p);
         /* the other layout of each */
 #define PT kiln_transpose(C, p, 0, 1)
 #define TT kiln_transpose(C, t, 0, 1)
-        BACK("mse strided", kiln_mse_loss(C, PT, TT, (kiln_reduction)r), p);
-        BACK("l1 contig", kiln_l1_loss(C, p, t, (kiln_reduction)r), p);
-        BACK("smooth_l1 strided", kiln_smooth_l1_loss(C, PT, TT, (kiln_reduction)r, 0.5f), p);
-        BACK("lsgan strided", kiln_lsgan_loss(C, PT, 0.0f, (kiln_reduction)r), p);
+        BACK("mse_loss strided", kiln_mse_loss(C, PT, TT, (kiln_reduction)r), p);
+        BACK("l1_loss contig", kiln_l1_loss(C, p, t, (kiln_reduction)r), p);
+        BACK("smooth_l1_loss strided", kiln_smooth_l1_loss(C, PT, TT, (kiln_reduction)r, 0.5f), p);
+        BACK("lsgan_loss strided", kiln_lsgan_loss(C, PT, 0.0f, (kiln_reduction)r), p);
 #undef PT
 #undef TT
     }
     kiln_tensor *big = MK(-1, 1, true, 70, 300); /* long enough for multi-part sums */
     kiln_tensor *bigt = MK(-1, 1, false, 70, 300);
-    BACK("mse over 21000 elements", kiln_mse_loss(C, big, bigt, KILN_MEAN), big);
-    BACK("l1 over 21000 elements", kiln_l1_loss(C, kiln_transpose(C, big, 0, 1), kiln_transpose(C, bigt, 0, 1), KILN_SUM), big);
+    BACK("mse_loss over 21000 elements", kiln_mse_loss(C, big, bigt, KILN_MEAN), big);
+    BACK("l1_loss over 21000 elements", kiln_l1_loss(C, kiln_transpose(C, big, 0, 1), kiln_transpose(C, bigt, 0, 1), KILN_SUM), big);
     kiln_tensor *logits = MK(-2, 2, true, 4, 5);
     int32_t lab[4] = {0, 4, 2, 1}, labi[4] = {0, -100, 2, 4};
     kiln_tensor *y = mk_i32(lab, 1, (int64_t[]){4});
@@ -962,7 +1019,7 @@ static void sweep_loss(void) {
     for (int r = 0; r < 3; r++) {
         BACK("cross_entropy", kiln_cross_entropy(C, logits, y, (kiln_reduction)r), logits);
         BACK("cross_entropy_ex", kiln_cross_entropy_ex(C, logits, yi, cw, -100, 0.1f, (kiln_reduction)r), logits);
-        BACK("nll", kiln_nll_loss(C, kiln_log_softmax(C, logits, 1), yi, cw, -100, (kiln_reduction)r), logits);
+        BACK("nll_loss", kiln_nll_loss(C, kiln_log_softmax(C, logits, 1), yi, cw, -100, (kiln_reduction)r), logits);
     }
     kiln_tensor *l3 = MK(-2, 2, true, 2, 5, 3);
     int32_t lab3[6] = {0, 1, 4, 3, 2, 2};
@@ -972,9 +1029,9 @@ static void sweep_loss(void) {
     kiln_tensor *bw = MK(0.5f, 1.5f, false, 3, 5);
     kiln_tensor *pw = MK(0.5f, 2, false, 5);
     for (int r = 0; r < 3; r++) {
-        BACK("bce", kiln_bce_loss(C, prob, tgt, bw, (kiln_reduction)r), prob);
+        BACK("bce_loss", kiln_bce_loss(C, prob, tgt, bw, (kiln_reduction)r), prob);
         BACK("bce_with_logits", kiln_bce_with_logits(C, p, tgt, bw, pw, (kiln_reduction)r), p);
-        BACK("bce strided", kiln_bce_loss(C, kiln_transpose(C, prob, 0, 1), kiln_transpose(C, tgt, 0, 1), NULL,
+        BACK("bce_loss strided", kiln_bce_loss(C, kiln_transpose(C, prob, 0, 1), kiln_transpose(C, tgt, 0, 1), NULL,
                                           (kiln_reduction)r), prob);
         BACK("bce_with_logits contig", kiln_bce_with_logits(C, p, tgt, NULL, NULL, (kiln_reduction)r), p);
     }
@@ -1015,13 +1072,19 @@ static void sweep_optim(void) {
                 CHECK(isfinite(norm), "clip_grad_norm: %s", kiln_error_message(C));
                 finite("clip_grad_norm inf", kiln_clip_grad_norm_tensor(C, 2, ps, 1.0, INFINITY));
             } else {
-                CHECK(kiln_clip_grad_value(C, 2, ps, 0.5) == KILN_OK, "clip_grad_value: %s", kiln_error_message(C));
+                kiln_status st = kiln_clip_grad_value(C, 2, ps, 0.5);
+                CHECK(st == KILN_OK, "clip_grad_value: %s", kiln_error_message(C));
+                reach_if(st == KILN_OK, "clip_grad_value");
             }
             CHECK(kiln_optim_step(o) == KILN_OK, "step %d of optimizer %d: %s", step, kind, kiln_error_message(C));
             kiln_scope_end(C);
         }
-        finite("optimised weights", w);
-        finite("optimised vector", v);
+        static const char *const opt_name[6] = {"sgd", "sgd", "rmsprop", "adam", "adam", "adamw"};
+        char what[64];
+        snprintf(what, sizeof what, "%s: optimised weights", opt_name[kind]);
+        finite(what, w);
+        snprintf(what, sizeof what, "%s: optimised vector", opt_name[kind]);
+        finite(what, v);
         kiln_optim_free(o);
         kiln_error_clear(C);
     }
@@ -1032,11 +1095,13 @@ static void run(kiln_ctx *ctx) {
     static const struct {
         const char *name;
         void (*fn)(void);
-    } sweeps[] = {{"copy", sweep_copy},         {"elementwise", sweep_elementwise}, {"reduce", sweep_reduce},
+    } sweeps[] = {{"copy", sweep_copy},         {"view", sweep_view},
+                  {"elementwise", sweep_elementwise}, {"reduce", sweep_reduce},
                   {"matmul", sweep_matmul},     {"random", sweep_random},           {"activation", sweep_activation},
                   {"shape", sweep_shape},       {"conv", sweep_conv},               {"pool", sweep_pool},
                   {"norm", sweep_norm},         {"loss", sweep_loss},               {"optim", sweep_optim}};
     const char *only = getenv("KILN_SWEEP"); /* one family, for a quick look */
+    memset(reached, 0, sizeof reached);
     for (size_t k = 0; k < sizeof sweeps / sizeof sweeps[0]; k++) {
         if (only && *only && strcmp(only, sweeps[k].name) != 0) continue;
         int64_t before = kiln_tensor_count(ctx);
@@ -1047,6 +1112,18 @@ static void run(kiln_ctx *ctx) {
         CHECK(kiln_tensor_count(ctx) == before, "%s: %lld tensors left after the scope", sweeps[k].name,
               (long long)(kiln_tensor_count(ctx) - before));
         fprintf(stderr, "  %s done\n", sweeps[k].name);
+    }
+    /* every family of src/ops/registry.h has its sweep, and every op was reached */
+    for (int f = 0; f < KILN__FAM_COUNT; f++) {
+        const char *fam = kiln__family_get((kiln__family)f)->name;
+        bool has = false;
+        for (size_t k = 0; k < sizeof sweeps / sizeof sweeps[0]; k++) has |= strcmp(sweeps[k].name, fam) == 0;
+        CHECK(has, "family %s of src/ops/registry.h has no sweep_%s", fam, fam);
+    }
+    for (int op = 0; !(only && *only) && op < KILN__OP_COUNT; op++) {
+        const kiln__op_info *r = kiln__op_get((kiln__op)op);
+        CHECK(reached[op], "op %s (%s) was never reached: sweep_%s checks no result named \"%s ...\"", r->name, r->fn,
+              kiln__family_get(r->family)->name, r->name);
     }
     CHECK_OK(ctx);
 }

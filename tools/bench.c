@@ -22,6 +22,7 @@
 #endif
 
 #include "kiln_internal.h" /* kiln__tune_source: what CLBlast parameters are in effect */
+#include "ops/registry.h"    /* the ops' names */
 
 /* ---- helpers -------------------------------------------------------------------------- */
 
@@ -870,10 +871,10 @@ static int cmd_ops(args *a, bool json) {
     if (v && w && o && kiln_error_status(ctx) == KILN_OK) {
         double lf = bench_median(v, repeat), lb = bench_median(w, repeat), os = bench_median(o, repeat);
         if (json) {
-            printf("{\"bench\": \"ops\", \"op\": \"cross_entropy\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f}\n",
-                   batch, lf, lb);
-            printf("{\"bench\": \"ops\", \"op\": \"sgd_step\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": -1}\n", batch,
-                   os);
+            printf("{\"bench\": \"ops\", \"op\": \"%s\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f}\n",
+                   kiln__op_name(KILN__OP_CROSS_ENTROPY), batch, lf, lb);
+            printf("{\"bench\": \"ops\", \"op\": \"%s_step\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": -1}\n",
+                   kiln__op_name(KILN__OP_SGD), batch, os);
             printf("{\"bench\": \"ops\", \"op\": \"total\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
                    "\"step_ms\": %.3f, \"layers_fwd_cpu_ms\": %.3f, \"layers_bwd_cpu_ms\": %.3f, \"gemm\": ",
                    batch, total_f + lf, total_b + lb, os, total_fc, total_bc);
@@ -881,7 +882,7 @@ static int cmd_ops(args *a, bool json) {
             printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
             printf("}\n");
         } else {
-            printf("%-22s fwd %8.3f ms   bwd %8.3f ms\n", "cross_entropy", lf, lb);
+            printf("%-22s fwd %8.3f ms   bwd %8.3f ms\n", kiln__op_name(KILN__OP_CROSS_ENTROPY), lf, lb);
             printf("%-22s     %8.3f ms\n", "sgd step (momentum)", os);
             printf("%-22s fwd %8.3f ms   bwd %8.3f ms   step %.3f ms (layers' CPU fwd %.3f, bwd %.3f ms)  "
                    "[GEMM: %s; CLBlast parameters: %s]\n",

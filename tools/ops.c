@@ -1,6 +1,7 @@
-/* tools/ops.c - `kiln ops`: every public op with whether it has a backward, what the test
- * suite compares it against, whether a PyTorch golden file covers it, and a smoke run of
- * its forward (and backward) on each device. */
+/* tools/ops.c - `kiln ops`: every op of src/ops/registry.h with whether it has a backward,
+ * what the test suite compares it against, whether a PyTorch golden file covers it, and a
+ * smoke run of its forward (and backward) on each device. tests/test_registry.c runs the
+ * same smoke runs (ops_smoke). */
 #include "ops.h"
 
 #include <math.h>
@@ -12,6 +13,8 @@
 #include <time.h>
 
 #include <kiln/kiln.h>
+
+#include "ops/registry.h"
 
 /* ---- smoke runs: small inputs, the op, a host reference where it is cheap ------------- */
 
@@ -30,6 +33,7 @@ typedef struct smoke {
     double atol, rtol;
     /* An extra check of the output (dropout's mask): NULL or what is wrong. */
     const char *(*verify)(struct smoke *s, const float *got, int64_t n);
+    int64_t size_only; /* > 0: only the output's element count is checked (kiln_empty) */
     char err[400]; /* a failure the run function found itself */
     uint32_t rng;
 } smoke;
@@ -812,170 +816,122 @@ static void run_clip_grad_value(smoke *s) {
         o[i] = fmin(fmax(2.0 * p[i], -0.5), 0.5);
 }
 
-/* ---- the table ------------------------------------------------------------------------------ */
+/* ---- creation and copies ------------------------------------------------------------------ */
 
-/* What the test suite compares an op against. */
-enum { REF_TORCH = 1, REF_F64 = 2, REF_FD = 4 };
+static void run_from_host(smoke *s) {
+    const float *x;
+    s->out = input(s, &x, 2, (int64_t[]){3, 5}, NULL, -2, 2, false);
+    same_as(s, x, 15);
+}
 
-typedef struct op_entry {
-    const char *name; /* the kiln_ function without its prefix (two rows for gelu, upsample) */
-    const char *family;
-    bool backward;     /* differentiable: records a backward rule (checked by the smoke run) */
-    unsigned refs;     /* REF_*: what tests/test_*.c compare it against */
-    const char *tests; /* the test files that do */
-    /* PyTorch golden coverage: a key of tests/golden/<gfile>.safetensors starting with gprefix
-     * (names from tests/golden/gen_<gfile>.py); pidx >= 0: the key "<prefix>N.p" must hold
-     * pval at index pidx (the upsample cases share a prefix and differ by mode). */
-    const char *gfile, *gprefix;
-    int pidx, pval;
-    void (*run)(smoke *s);
-} op_entry;
+/* kiln_empty's values are unspecified: only its size is checked. */
+static void run_empty(smoke *s) {
+    s->out = kiln_empty(s->ctx, KILN_F32, 2, (int64_t[]){3, 5});
+    s->size_only = 15;
+}
 
-#define NOG NULL, NULL, -1, 0
-#define G(file, prefix) file, prefix, -1, 0
+static void fill_ref(smoke *s, int64_t n, double v) {
+    double *o = expect(s, n);
+    for (int64_t i = 0; i < n; i++)
+        o[i] = v;
+}
 
-static const op_entry OPS[] = {
-/* tests/test_elementwise.c: double-precision host reference; tests/test_autograd.c:
- * gradients by finite differences (its ew_case table). where has a backward but no
- * gradient check; comparisons have no backward. */
-#define EW_FD(stem)                                                                                                    \
-    { #stem, "elementwise", true, REF_F64 | REF_FD, "test_elementwise.c test_autograd.c", NOG, run_##stem }
-#define EW_CMP(stem)                                                                                                   \
-    { #stem, "elementwise", false, REF_F64, "test_elementwise.c", NOG, run_##stem }
-    EW_FD(add),
-    EW_FD(sub),
-    EW_FD(mul),
-    EW_FD(div),
-    EW_FD(pow),
-    EW_FD(minimum),
-    EW_FD(maximum),
-    EW_CMP(eq),
-    EW_CMP(ne),
-    EW_CMP(lt),
-    EW_CMP(le),
-    EW_CMP(gt),
-    EW_CMP(ge),
-    {"where", "elementwise", true, REF_F64, "test_elementwise.c", NOG, run_where},
-    EW_FD(neg),
-    EW_FD(exp),
-    EW_FD(log),
-    EW_FD(sqrt),
-    EW_FD(abs),
-    EW_FD(add_scalar),
-    EW_FD(mul_scalar),
-    EW_FD(pow_scalar),
-    EW_FD(minimum_scalar),
-    EW_FD(maximum_scalar),
-/* tests/test_reduce.c: double reference; tests/test_autograd.c: finite differences of
- * sum, mean, max, min. */
-#define RED(stem)                                                                                                      \
-    { #stem, "reduce", true, REF_F64 | REF_FD, "test_reduce.c test_autograd.c", NOG, run_##stem }
-    RED(sum),
-    RED(mean),
-    RED(max),
-    RED(min),
-    {"argmax", "reduce", false, REF_F64, "test_reduce.c", NOG, run_argmax},
-    /* tests/test_matmul.c: double reference for both; tests/test_autograd.c checks the
-     * gradients through kiln_matmul_ex only. */
-    {"matmul", "matmul", true, REF_F64, "test_matmul.c", NOG, run_matmul},
-    {"matmul_ex", "matmul", true, REF_F64 | REF_FD, "test_matmul.c test_autograd.c", NOG, run_matmul_ex},
-/* tests/test_tensor.c: exact against the host view model (read into doubles);
- * tests/test_autograd.c (test_view_grads): finite differences, not kiln_view. */
-#define VIEW(stem)                                                                                                     \
-    { #stem, "view", true, REF_F64 | REF_FD, "test_tensor.c test_autograd.c", NOG, run_##stem }
-    VIEW(reshape),
-    {"view", "view", true, REF_F64, "test_tensor.c", NOG, run_view},
-    VIEW(transpose),
-    VIEW(permute),
-    VIEW(slice),
-    VIEW(expand),
-    VIEW(unsqueeze),
-    VIEW(squeeze),
-    VIEW(contiguous),
-    VIEW(clone),
-/* tests/test_activation.c: double reference, finite differences, golden
- * tests/golden/activation.safetensors (gen_activation.py: "<case>.x" etc.). */
-#define ACT(stem, prefix)                                                                                              \
-    {                                                                                                                  \
-#stem, "activation", true, REF_TORCH | REF_F64 | REF_FD, "test_activation.c", G("activation", prefix),         \
-            run_##stem                                                                                                 \
-    }
-    ACT(relu, "relu."),
-    ACT(leaky_relu, "leaky_relu_"),
-    ACT(elu, "elu_"),
-    ACT(gelu, "gelu."),
-    ACT(gelu_tanh, "gelu_tanh."),
-    ACT(sigmoid, "sigmoid."),
-    ACT(tanh, "tanh."),
-    ACT(softplus, "softplus_"),
-    ACT(softmax, "softmax_"),
-    ACT(log_softmax, "log_softmax_"),
-/* tests/test_shape.c: double reference, finite differences, golden shape.safetensors
- * (gen_shape.py: cat, cat6, stack, stack5, pad, flatten, isel0/1, gather0/1). */
-#define SHP(stem, prefix)                                                                                              \
-    { #stem, "shape", true, REF_TORCH | REF_F64 | REF_FD, "test_shape.c", G("shape", prefix), run_##stem }
-    SHP(concat, "cat"),
-    SHP(stack, "stack"),
-    SHP(pad, "pad."),
-    SHP(flatten, "flatten."),
-    SHP(index_select, "isel"),
-    SHP(gather, "gather"),
-    /* tests/test_conv.c: double reference, finite differences, golden conv.safetensors
-     * (gen_conv.py: "conv_*" and "convt_*" cases). */
-    {"conv2d", "conv", true, REF_TORCH | REF_F64 | REF_FD, "test_conv.c", G("conv", "conv_"), run_conv2d},
-    {"conv_transpose2d", "conv", true, REF_TORCH | REF_F64 | REF_FD, "test_conv.c", G("conv", "convt_"),
-     run_conv_transpose2d},
-/* tests/test_pool.c: double reference, finite differences, golden pool.safetensors
- * (gen_pool.py: mp*, ap*, gp*, up* with p = out_h out_w mode align_corners). */
-#define POOL(stem, prefix, pidx, pval)                                                                                 \
-    { #stem, "pool", true, REF_TORCH | REF_F64 | REF_FD, "test_pool.c", "pool", prefix, pidx, pval, run_##stem }
-    POOL(max_pool2d, "mp", -1, 0),
-    POOL(avg_pool2d, "ap", -1, 0),
-    POOL(global_avg_pool2d, "gp", -1, 0),
-    POOL(upsample_nearest, "up", 2, 0),
-    POOL(upsample_bilinear, "up", 2, 1),
-/* tests/test_norm.c: double reference, finite differences, golden norm.safetensors
- * (gen_norm.py: bn*, ln*, do_*, emb*). */
-#define NORM(stem, prefix)                                                                                             \
-    { #stem, "norm", true, REF_TORCH | REF_F64 | REF_FD, "test_norm.c", G("norm", prefix), run_##stem }
-    NORM(batch_norm, "bn"),
-    NORM(layer_norm, "ln"),
-    NORM(dropout, "do_"),
-    NORM(embedding, "emb"),
-/* tests/test_loss.c: double reference, finite differences, golden loss.safetensors
- * (gen_loss.py: mse., l1., smooth_l1., bce., bcel., lsgan., ce*, nll*, *_penalty.). */
-#define LOSS(stem, prefix)                                                                                             \
-    { #stem, "loss", true, REF_TORCH | REF_F64 | REF_FD, "test_loss.c", G("loss", prefix), run_##stem }
-    LOSS(mse_loss, "mse."),
-    LOSS(l1_loss, "l1."),
-    LOSS(smooth_l1_loss, "smooth_l1."),
-    LOSS(cross_entropy, "ce"),
-    LOSS(cross_entropy_ex, "ce.w."),
-    LOSS(nll_loss, "nll"),
-    LOSS(bce_loss, "bce."),
-    LOSS(bce_with_logits, "bcel."),
-    LOSS(lsgan_loss, "lsgan."),
-    LOSS(l1_penalty, "l1_penalty."),
-    LOSS(l2_penalty, "l2_penalty."),
-/* tests/test_optim.c: torch trajectories (gen_optim.py: "<config>.traj.*", clipN.*,
- * clipv.*) and double references of each rule and of clip_grad_norm; clip_grad_value
- * only against torch. The update kernels are not differentiable. */
-#define OPT(stem, prefix)                                                                                              \
-    { #stem, "optim", false, REF_TORCH | REF_F64, "test_optim.c", G("optim", prefix), run_##stem }
-    OPT(sgd, "sgd_"),
-    OPT(rmsprop, "rmsprop_"),
-    OPT(adam, "adam_"),
-    OPT(adamw, "adamw_"),
-    OPT(clip_grad_norm, "clip0."),
-    {"clip_grad_value", "optim", false, REF_TORCH, "test_optim.c", G("optim", "clipv."), run_clip_grad_value},
+static void run_full(smoke *s) {
+    s->out = kiln_full(s->ctx, -1.5f, 3, X3);
+    fill_ref(s, 24, -1.5);
+}
+
+static void run_zeros(smoke *s) {
+    s->out = kiln_zeros(s->ctx, 3, X3);
+    fill_ref(s, 24, 0);
+}
+
+static void run_ones(smoke *s) {
+    s->out = kiln_ones(s->ctx, 3, X3);
+    fill_ref(s, 24, 1);
+}
+
+static void run_arange(smoke *s) {
+    s->out = kiln_arange(s->ctx, -2, 3, 0.5);
+    double *o = expect(s, 10);
+    for (int i = 0; i < 10; i++)
+        o[i] = -2 + 0.5 * i;
+}
+
+/* fill of a strided view: every other column of a [3, 4] of zeros */
+static void run_fill(smoke *s) {
+    kiln_tensor *t = kiln_zeros(s->ctx, 2, (int64_t[]){3, 4});
+    if (t && kiln_fill(kiln_slice(s->ctx, t, 1, 0, 4, 2), 2.5f) == KILN_OK) s->out = t;
+    double *o = expect(s, 12);
+    for (int i = 0; i < 12; i++)
+        o[i] = i % 2 ? 0 : 2.5;
+}
+
+/* copy of a [4, 3] into the transposed view of a [3, 4] */
+static void run_copy(smoke *s) {
+    const float *x;
+    kiln_tensor *src = input(s, &x, 2, (int64_t[]){4, 3}, NULL, -2, 2, false);
+    kiln_tensor *dst = kiln_zeros(s->ctx, 2, (int64_t[]){3, 4});
+    if (src && dst && kiln_copy(kiln_transpose(s->ctx, dst, 0, 1), src) == KILN_OK) s->out = dst;
+    permute_ref(x, 2, (int64_t[]){4, 3}, (int[]){1, 0}, expect(s, 12));
+}
+
+/* ---- random: ranges and moments of 4096 draws ---------------------------------------------- */
+
+static const char *uniform_verify(smoke *s, const float *got, int64_t n) {
+    (void)s;
+    for (int64_t i = 0; i < n; i++)
+        if (!(got[i] >= -1.0f && got[i] < 3.0f)) return "an element outside [-1, 3)";
+    return NULL;
+}
+
+/* mean 1, std 2: the sample mean of 4096 is within 0.2 (more than 6 standard errors) */
+static const char *normal_verify(smoke *s, const float *got, int64_t n) {
+    (void)s;
+    double sum = 0, sq = 0;
+    for (int64_t i = 0; i < n; i++)
+        sum += got[i], sq += (double)got[i] * got[i];
+    double mean = sum / (double)n, var = sq / (double)n - mean * mean;
+    if (fabs(mean - 1.0) > 0.2) return "the sample mean is not within 0.2 of 1";
+    if (fabs(sqrt(var) - 2.0) > 0.2) return "the sample standard deviation is not within 0.2 of 2";
+    return NULL;
+}
+
+static void run_rand_uniform(smoke *s) {
+    kiln_manual_seed(s->ctx, 7);
+    s->out = kiln_rand_uniform(s->ctx, -1, 3, 2, (int64_t[]){64, 64});
+    s->verify = uniform_verify;
+}
+
+static void run_rand_normal(smoke *s) {
+    kiln_manual_seed(s->ctx, 7);
+    s->out = kiln_rand_normal(s->ctx, 1, 2, 2, (int64_t[]){64, 64});
+    s->verify = normal_verify;
+}
+
+/* ---- the smoke run of every op of src/ops/registry.h ----------------------------------------- */
+
+/* run_<name> of each op: a line of KILN__OPS without its run function fails to compile. */
+static void (*const RUN[KILN__OP_COUNT])(smoke *s) = {
+#define X(id, name, fn, fam, grad, golden, tests, refs) [KILN__OP_##id] = run_##name,
+    KILN__OPS(X)
+#undef X
 };
-#define NOPS ((int)(sizeof OPS / sizeof OPS[0]))
 
-static bool is_optim(const op_entry *op) { return strcmp(op->family, "optim") == 0; }
+#define NOPS KILN__OP_COUNT
 
-static void refs_str(unsigned r, char *buf, size_t cap) {
-    snprintf(buf, cap, "%s%s%s%s%s", r & REF_TORCH ? "torch" : "", (r & REF_TORCH) && (r & ~REF_TORCH) ? "," : "",
-             r & REF_F64 ? "host-f64" : "", (r & REF_F64) && (r & REF_FD) ? "," : "", r & REF_FD ? "fd" : "");
+static const kiln__op_info *op_info(int k) { return kiln__op_get((kiln__op)k); }
+
+static const char *family_name(const kiln__op_info *op) { return kiln__family_get(op->family)->name; }
+
+static bool is_optim(const kiln__op_info *op) { return op->family == KILN__FAM_OPTIM; }
+
+/* The references of an op: torch when it has a golden case, then the registry's REF_*. */
+static void refs_str(const kiln__op_info *op, char *buf, size_t cap) {
+    unsigned r = op->refs;
+    snprintf(buf, cap, "%s%s%s%s%s", op->golden_prefix ? "torch" : "", op->golden_prefix && r ? "," : "",
+             r & KILN__REF_F64 ? "host-f64" : "", (r & KILN__REF_F64) && (r & KILN__REF_FD) ? "," : "",
+             r & KILN__REF_FD ? "fd" : "");
 }
 
 /* ---- running one op on one device ------------------------------------------------------------ */
@@ -1013,12 +969,16 @@ static float *read_floats(kiln_tensor *t, char *why, size_t cap, const char *wha
     return v;
 }
 
-static bool check(smoke *s, const op_entry *op, char *why, size_t cap) {
+static bool check(smoke *s, const kiln__op_info *op, char *why, size_t cap) {
     kiln_ctx *ctx = s->ctx;
     const char *msg = kiln_error_message(ctx);
     if (s->err[0]) return snprintf(why, cap, "%s", s->err), false;
     if (!s->out) return snprintf(why, cap, "forward failed: %s", *msg ? msg : "no result"), false;
     int64_t n = kiln_tensor_numel(s->out), bad;
+    if (s->size_only) {
+        if (n == s->size_only) return true;
+        return snprintf(why, cap, "%lld elements, expected %lld", (long long)n, (long long)s->size_only), false;
+    }
     float *got = read_floats(s->out, why, cap, "reading the result");
     if (!got) return false;
     bool ok = false;
@@ -1042,8 +1002,8 @@ static bool check(smoke *s, const op_entry *op, char *why, size_t cap) {
     if (is_optim(op)) return true; /* updates in place: no output to differentiate */
 
     bool has = kiln_has_grad_fn(s->out);
-    if (!op->backward) {
-        if (has) return snprintf(why, cap, "records a backward rule, which the table says it has not"), false;
+    if (!op->grad) {
+        if (has) return snprintf(why, cap, "records a backward rule, which src/ops/registry.h says it has not"), false;
         return true;
     }
     if (!has) return snprintf(why, cap, "no backward: the output of grad-requiring inputs has no grad_fn"), false;
@@ -1063,14 +1023,16 @@ static bool check(smoke *s, const op_entry *op, char *why, size_t cap) {
     return true;
 }
 
-static bool smoke_op(kiln_ctx *ctx, const op_entry *op, char *why, size_t cap) {
-    smoke s = {.ctx = ctx, .grad = !is_optim(op), .atol = 1e-5, .rtol = 1e-4, .rng = 2166136261u};
-    for (const char *c = op->name; *c; c++)
+bool ops_smoke(kiln_ctx *ctx, int op, char *why, size_t cap) {
+    const kiln__op_info *info = kiln__op_get((kiln__op)op);
+    if (!info) return snprintf(why, cap, "no op %d in src/ops/registry.h", op), false;
+    smoke s = {.ctx = ctx, .grad = !is_optim(info), .atol = 1e-5, .rtol = 1e-4, .rng = 2166136261u};
+    for (const char *c = info->name; *c; c++)
         s.rng = (s.rng ^ (unsigned char)*c) * 16777619u;
     kiln_error_clear(ctx);
     kiln_scope_begin(ctx);
-    op->run(&s);
-    bool ok = check(&s, op, why, cap);
+    RUN[op](&s);
+    bool ok = check(&s, info, why, cap);
     kiln_scope_end(ctx);
     kiln_error_clear(ctx);
     for (int i = 0; i < s.nhost; i++)
@@ -1092,8 +1054,8 @@ typedef struct golden_set {
 
 static void golden_load(golden_set *g, kiln_ctx *ctx) {
     for (int i = 0; i < NOPS; i++) {
-        const char *stem = OPS[i].gfile;
-        if (!stem) continue;
+        if (!op_info(i)->golden_prefix) continue;
+        const char *stem = family_name(op_info(i));
         bool seen = false;
         for (int k = 0; k < g->nfile; k++)
             seen |= strcmp(g->stem[k], stem) == 0;
@@ -1115,27 +1077,27 @@ static bool ends_with(const char *s, const char *suffix) {
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-static int golden_status(const golden_set *g, const op_entry *op, kiln_ctx *ctx) {
+static int golden_status(const golden_set *g, const kiln__op_info *op, kiln_ctx *ctx) {
     bool any = false;
     for (int k = 0; k < g->nfile; k++)
         any |= g->file[k] != NULL;
     if (!any) return GOLD_UNKNOWN; /* no golden file could be read: say so rather than guess */
-    if (!op->gfile) return GOLD_NO;
+    if (!op->golden_prefix) return GOLD_NO;
     kiln_safetensors *f = NULL;
     for (int k = 0; k < g->nfile; k++)
-        if (strcmp(g->stem[k], op->gfile) == 0) f = g->file[k];
+        if (strcmp(g->stem[k], family_name(op)) == 0) f = g->file[k];
     if (!f) return GOLD_UNKNOWN;
-    size_t plen = strlen(op->gprefix);
+    size_t plen = strlen(op->golden_prefix);
     for (int i = 0; i < kiln_safetensors_count(f); i++) {
         const char *name = kiln_safetensors_name(f, i);
-        if (strncmp(name, op->gprefix, plen) != 0) continue;
-        if (op->pidx < 0) return GOLD_YES;
+        if (strncmp(name, op->golden_prefix, plen) != 0) continue;
+        if (op->golden_pidx < 0) return GOLD_YES;
         if (!ends_with(name, ".p")) continue;
         kiln_tensor *t = kiln_safetensors_tensor(f, i);
         int32_t p[16];
         bool hit =
-            t && kiln_tensor_dtype(t) == KILN_I32 && kiln_tensor_numel(t) > op->pidx && kiln_tensor_numel(t) <= 16 &&
-            kiln_to_host(t, p, sizeof(int32_t) * (size_t)kiln_tensor_numel(t)) == KILN_OK && p[op->pidx] == op->pval;
+            t && kiln_tensor_dtype(t) == KILN_I32 && kiln_tensor_numel(t) > op->golden_pidx && kiln_tensor_numel(t) <= 16 &&
+            kiln_to_host(t, p, sizeof(int32_t) * (size_t)kiln_tensor_numel(t)) == KILN_OK && p[op->golden_pidx] == op->golden_pval;
         if (t) kiln_tensor_free(t);
         kiln_error_clear(ctx);
         if (hit) return GOLD_YES;
@@ -1162,8 +1124,8 @@ static void json_str(const char *s) {
 static void usage(FILE *f) {
     fprintf(f, "usage: kiln ops [--json] [--device SPEC] [--op NAME]... [--no-run]\n"
                "\n"
-               "Lists every op of kiln's public API (ops.h, tensor.h views, functional.h, the optimizers'\n"
-               "updates and gradient clipping) with:\n"
+               "Lists every op of kiln's public API (ops.h, tensor.h's creation functions and views,\n"
+               "functional.h, the optimizers' updates and gradient clipping) with:\n"
                "  backward   whether it is differentiable (the smoke run checks that it records a backward\n"
                "             and that backward from the sum of its output gives finite gradients)\n"
                "  reference  what the test suite compares it against: torch (PyTorch golden files),\n"
@@ -1190,220 +1152,277 @@ static char *dupstr(const char *s) {
     return d ? memcpy(d, s, n) : NULL;
 }
 
-int kiln_cmd_ops(int argc, char **argv) {
-    bool json = false, run = true;
-    const char *device = NULL;
-    bool selected[sizeof OPS / sizeof OPS[0]];
-    bool filter = false;
-    memset(selected, 0, sizeof selected);
+
+/* ---- the command, step by step ---------------------------------------------------------------- */
+
+/* Everything one `kiln ops` run gathers. pass[op][dev]: 1 passed, 0 failed, -1 not run. */
+typedef struct ops_run {
+    bool json, run, filter;
+    const char *device;
+    bool selected[NOPS];
+    kiln_device_info info[MAX_DEV];
+    char spec[MAX_DEV][16];
+    int ndev;
+    bool no_device;
+    signed char pass[NOPS][MAX_DEV];
+    char *why[NOPS][MAX_DEV];
+    double op_secs[NOPS][MAX_DEV]; /* kernel builds on first use included */
+    double secs[MAX_DEV];
+    int gold[NOPS];
+    golden_set gs;
+    bool golden_done;
+    int golden_read; /* golden files that could be read */
+} ops_run;
+
+typedef struct ops_summary {
+    int nops, nbw, ngold, nall_pass, nfail;
+} ops_summary;
+
+/* The options into r; returns -1 to go on, else the exit status. */
+static int parse_args(ops_run *r, int argc, char **argv) {
+    r->run = true;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
-            json = true;
+            r->json = true;
         else if (strcmp(argv[i], "--no-run") == 0)
-            run = false;
+            r->run = false;
         else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
             return usage(stdout), 0;
         else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
-            device = argv[++i];
+            r->device = argv[++i];
         else if (strcmp(argv[i], "--op") == 0 && i + 1 < argc) {
             const char *name = argv[++i];
-            int k = 0;
-            while (k < NOPS && strcmp(OPS[k].name, name) != 0)
-                k++;
-            if (k == NOPS) {
+            int k = kiln__op_find(name);
+            if (k < 0) {
                 fprintf(stderr, "kiln ops: no op '%s' (kiln ops --no-run lists them)\n", name);
                 return 2;
             }
-            selected[k] = filter = true;
+            r->selected[k] = r->filter = true;
         } else {
             fprintf(stderr, "kiln ops: unknown argument '%s'\n\n", argv[i]);
             usage(stderr);
             return 2;
         }
     }
-    if (!filter)
+    if (!r->filter)
         for (int k = 0; k < NOPS; k++)
-            selected[k] = true;
+            r->selected[k] = true;
+    return -1;
+}
 
-    /* the devices */
-    kiln_device_info info[MAX_DEV];
-    int ndev = 0, nall = 0;
-    bool no_device = kiln_devices(info, MAX_DEV, &nall) != KILN_OK || nall == 0;
+/* The devices to run on (all, or --device's); returns -1 to go on, else the exit status. */
+static int find_devices(ops_run *r) {
+    kiln_device_info all[MAX_DEV];
+    int nall = 0;
+    r->no_device = kiln_devices(all, MAX_DEV, &nall) != KILN_OK || nall == 0;
+    if (r->no_device) return -1;
     if (nall > MAX_DEV) nall = MAX_DEV;
-    char spec[MAX_DEV][16];
-    if (!no_device) {
-        kiln_device_info want;
-        if (device && kiln_device_find(device, &want) != KILN_OK) {
-            fprintf(stderr, "kiln ops: %s\n", kiln_last_error());
-            return 2;
-        }
-        for (int i = 0; i < nall; i++) {
-            if (device && (info[i].platform_index != want.platform_index || info[i].device_index != want.device_index))
-                continue;
-            info[ndev] = info[i];
-            snprintf(spec[ndev], sizeof spec[ndev], "%d:%d", info[i].platform_index, info[i].device_index);
-            ndev++;
-        }
+    kiln_device_info want;
+    if (r->device && kiln_device_find(r->device, &want) != KILN_OK) {
+        fprintf(stderr, "kiln ops: %s\n", kiln_last_error());
+        return 2;
     }
-
-    /* results: pass[op][dev] 1 passed, 0 failed, -1 not run */
-    static signed char pass[sizeof OPS / sizeof OPS[0]][MAX_DEV];
-    static char *why[sizeof OPS / sizeof OPS[0]][MAX_DEV];
-    static double op_secs[sizeof OPS / sizeof OPS[0]][MAX_DEV]; /* kernel builds on first use included */
-    memset(pass, -1, sizeof pass);
-    int gold[sizeof OPS / sizeof OPS[0]];
-    for (int k = 0; k < NOPS; k++)
-        gold[k] = GOLD_UNKNOWN;
-
-    golden_set gs = {0};
-    gs.dir = getenv("KILN_GOLDEN_DIR") && *getenv("KILN_GOLDEN_DIR") ? getenv("KILN_GOLDEN_DIR") : NULL;
-#ifdef KILN_GOLDEN_SOURCE_DIR
-    if (!gs.dir) gs.dir = KILN_GOLDEN_SOURCE_DIR;
-#endif
-    double secs[MAX_DEV] = {0};
-    bool golden_done = false;
-    int golden_read = 0; /* golden files that could be read */
-    for (int d = 0; d < ndev && (run || !golden_done); d++) {
-        kiln_ctx *ctx;
-        if (kiln_open(&ctx, spec[d]) != KILN_OK) {
-            for (int k = 0; k < NOPS; k++)
-                if (selected[k] && run) pass[k][d] = 0, why[k][d] = dupstr(kiln_last_error());
+    for (int i = 0; i < nall; i++) {
+        if (r->device && (all[i].platform_index != want.platform_index || all[i].device_index != want.device_index))
             continue;
-        }
-        if (!golden_done) {
-            golden_load(&gs, ctx);
-            for (int k = 0; k < NOPS; k++)
-                gold[k] = golden_status(&gs, &OPS[k], ctx);
-            for (int f = 0; f < gs.nfile; f++) {
-                golden_read += gs.file[f] != NULL;
-                kiln_safetensors_close(gs.file[f]);
-                gs.file[f] = NULL;
-            }
-            golden_done = true;
-        }
-        struct timespec t0, t1;
-        timespec_get(&t0, TIME_UTC);
-        for (int k = 0; run && k < NOPS; k++) {
-            if (!selected[k]) continue;
-            char msg[512] = "";
-            struct timespec o0, o1;
-            timespec_get(&o0, TIME_UTC);
-            pass[k][d] = smoke_op(ctx, &OPS[k], msg, sizeof msg);
-            timespec_get(&o1, TIME_UTC);
-            op_secs[k][d] = (double)(o1.tv_sec - o0.tv_sec) + (o1.tv_nsec - o0.tv_nsec) * 1e-9;
-            if (!pass[k][d]) why[k][d] = dupstr(msg);
-        }
-        timespec_get(&t1, TIME_UTC);
-        secs[d] = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-        kiln_close(ctx);
+        r->info[r->ndev] = all[i];
+        snprintf(r->spec[r->ndev], sizeof r->spec[r->ndev], "%d:%d", all[i].platform_index, all[i].device_index);
+        r->ndev++;
     }
+    return -1;
+}
 
-    /* summary counts */
-    int nops = 0, nbw = 0, ngold = 0, nall_pass = 0, nfail = 0;
-    for (int k = 0; k < NOPS; k++) {
-        if (!selected[k]) continue;
-        nops++;
-        nbw += OPS[k].backward;
-        ngold += gold[k] == GOLD_YES;
-        bool all = run && ndev > 0;
-        for (int d = 0; d < ndev; d++) {
-            all &= pass[k][d] == 1;
-            nfail += pass[k][d] == 0;
-        }
-        nall_pass += all;
-    }
-    const char *gname[] = {"unknown", "no", "yes"};
-
-    if (json) {
-        for (int k = 0; k < NOPS; k++) {
-            if (!selected[k]) continue;
-            const op_entry *op = &OPS[k];
-            printf("{\"op\": "), json_str(op->name);
-            printf(", \"family\": "), json_str(op->family);
-            printf(", \"backward\": %s, \"reference\": [", op->backward ? "true" : "false");
-            const char *rn[] = {"torch", "host-f64", "fd"};
-            for (int r = 0, first = 1; r < 3; r++)
-                if (op->refs & (1u << r)) printf("%s\"%s\"", first ? "" : ", ", rn[r]), first = 0;
-            printf("], \"tests\": "), json_str(op->tests);
-            printf(", \"golden\": %s", gold[k] == GOLD_UNKNOWN ? "null" : gold[k] == GOLD_YES ? "true" : "false");
-            printf(", \"golden_file\": ");
-            if (op->gfile)
-                printf("\"%s.safetensors\"", op->gfile), printf(", \"golden_prefix\": "), json_str(op->gprefix);
-            else
-                printf("null, \"golden_prefix\": null");
-            if (op->pidx >= 0) /* the case's parameter vector "<prefix>N.p" must hold pval at pidx */
-                printf(", \"golden_param\": {\"index\": %d, \"value\": %d}", op->pidx, op->pval);
-            printf(", \"devices_passed\": [");
-            for (int d = 0, first = 1; d < ndev; d++)
-                if (pass[k][d] == 1) printf("%s\"%s\"", first ? "" : ", ", spec[d]), first = 0;
-            printf("], \"devices_failed\": [");
-            for (int d = 0, first = 1; d < ndev; d++)
-                if (pass[k][d] == 0) {
-                    printf("%s{\"device\": \"%s\", \"error\": ", first ? "" : ", ", spec[d]);
-                    json_str(why[k][d]);
-                    printf("}");
-                    first = 0;
-                }
-            printf("], \"seconds\": {");
-            for (int d = 0, first = 1; d < ndev; d++)
-                if (pass[k][d] >= 0) printf("%s\"%s\": %.4f", first ? "" : ", ", spec[d], op_secs[k][d]), first = 0;
-            printf("}}\n");
-        }
-        printf("{\"summary\": {\"ops\": %d, \"with_backward\": %d, \"with_torch_golden\": %d, "
-               "\"passed_all_devices\": %d, \"failed_runs\": %d, \"ran\": %s, \"golden_files_read\": %d, "
-               "\"golden_dir\": ",
-               nops, nbw, ngold, nall_pass, nfail, run && ndev > 0 ? "true" : "false", golden_read);
-        if (gs.dir)
-            json_str(gs.dir);
-        else
-            printf("null");
-        printf(", \"devices\": [");
-        for (int d = 0; d < ndev; d++) {
-            printf("%s{\"spec\": \"%s\", \"name\": ", d ? ", " : "", spec[d]);
-            json_str(info[d].name);
-            printf(", \"seconds\": %.3f}", secs[d]);
-        }
-        printf("]}}\n");
-    } else {
-        for (int d = 0; d < ndev; d++)
-            printf("device %s: %s (%s)%s\n", spec[d], info[d].name, info[d].platform_name,
-                   run ? "" : " - not run (--no-run)");
-        if (no_device) printf("no OpenCL device: %s\n", kiln_last_error());
-        if (!gs.dir)
-            printf("golden files: no directory known (set KILN_GOLDEN_DIR): golden is unknown\n\n");
-        else if (!golden_done)
-            printf("golden files: not read (no device to open them with): golden is unknown\n\n");
-        else if (!golden_read)
-            printf("golden files: none readable in %s: golden is unknown\n\n", gs.dir);
-        else
-            printf("golden files: %s (%d of %d read)\n\n", gs.dir, golden_read, gs.nfile);
-        printf("%-18s %-11s %-8s %-20s %-7s %s\n", "op", "family", "backward", "reference", "golden", "passed on");
-        for (int k = 0; k < NOPS; k++) {
-            if (!selected[k]) continue;
-            char refs[48], passed[MAX_DEV * 17 + 1] = "";
-            refs_str(OPS[k].refs, refs, sizeof refs);
-            for (int d = 0; d < ndev; d++)
-                if (pass[k][d] == 1)
-                    snprintf(passed + strlen(passed), sizeof passed - strlen(passed), "%s%s", *passed ? " " : "",
-                             spec[d]);
-            printf("%-18s %-11s %-8s %-20s %-7s %s\n", OPS[k].name, OPS[k].family, OPS[k].backward ? "yes" : "no", refs,
-                   gname[gold[k] + 1], *passed ? passed : "-");
-        }
-        if (nfail) printf("\n");
-        for (int k = 0; k < NOPS; k++)
-            for (int d = 0; d < ndev; d++)
-                if (pass[k][d] == 0) printf("FAILED %s on %s: %s\n", OPS[k].name, spec[d], why[k][d]);
-        printf("\nops: %d, with backward: %d, with torch golden test: %d, passed on all devices: ", nops, nbw, ngold);
-        if (run && ndev > 0)
-            printf("%d\n", nall_pass);
-        else
-            printf("not run\n");
-        for (int d = 0; run && d < ndev; d++)
-            printf("smoke run on %s: %.1f s\n", spec[d], secs[d]);
-    }
+/* Which ops have a golden case: read once, with the first device that opens. */
+static void read_golden(ops_run *r, kiln_ctx *ctx) {
+    golden_load(&r->gs, ctx);
     for (int k = 0; k < NOPS; k++)
-        for (int d = 0; d < ndev; d++)
-            free(why[k][d]);
-    if (no_device) return 77;
-    return nfail ? 1 : 0;
+        r->gold[k] = golden_status(&r->gs, op_info(k), ctx);
+    for (int f = 0; f < r->gs.nfile; f++) {
+        r->golden_read += r->gs.file[f] != NULL;
+        kiln_safetensors_close(r->gs.file[f]);
+        r->gs.file[f] = NULL;
+    }
+    r->golden_done = true;
+}
+
+static double seconds_since(const struct timespec *t0) {
+    struct timespec t1;
+    timespec_get(&t1, TIME_UTC);
+    return (double)(t1.tv_sec - t0->tv_sec) + (t1.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
+/* The smoke run of the selected ops on device d (and the golden files, if not read yet). */
+static void run_device(ops_run *r, int d) {
+    kiln_ctx *ctx;
+    if (kiln_open(&ctx, r->spec[d]) != KILN_OK) {
+        for (int k = 0; k < NOPS; k++)
+            if (r->selected[k] && r->run) r->pass[k][d] = 0, r->why[k][d] = dupstr(kiln_last_error());
+        return;
+    }
+    if (!r->golden_done) read_golden(r, ctx);
+    struct timespec t0;
+    timespec_get(&t0, TIME_UTC);
+    for (int k = 0; r->run && k < NOPS; k++) {
+        if (!r->selected[k]) continue;
+        char msg[512] = "";
+        struct timespec o0;
+        timespec_get(&o0, TIME_UTC);
+        r->pass[k][d] = ops_smoke(ctx, k, msg, sizeof msg);
+        r->op_secs[k][d] = seconds_since(&o0);
+        if (!r->pass[k][d]) r->why[k][d] = dupstr(msg);
+    }
+    r->secs[d] = seconds_since(&t0);
+    kiln_close(ctx);
+}
+
+static ops_summary summarize(const ops_run *r) {
+    ops_summary s = {0};
+    for (int k = 0; k < NOPS; k++) {
+        if (!r->selected[k]) continue;
+        s.nops++;
+        s.nbw += op_info(k)->grad;
+        s.ngold += r->gold[k] == GOLD_YES;
+        bool all = r->run && r->ndev > 0;
+        for (int d = 0; d < r->ndev; d++) {
+            all &= r->pass[k][d] == 1;
+            s.nfail += r->pass[k][d] == 0;
+        }
+        s.nall_pass += all;
+    }
+    return s;
+}
+
+static void print_json_op(const ops_run *r, int k) {
+    const kiln__op_info *op = op_info(k);
+    printf("{\"op\": "), json_str(op->name);
+    printf(", \"function\": "), json_str(op->fn);
+    printf(", \"family\": "), json_str(family_name(op));
+    printf(", \"backward\": %s, \"reference\": [", op->grad ? "true" : "false");
+    int first = 1;
+    if (op->golden_prefix) printf("\"torch\""), first = 0;
+    if (op->refs & KILN__REF_F64) printf("%s\"host-f64\"", first ? "" : ", "), first = 0;
+    if (op->refs & KILN__REF_FD) printf("%s\"fd\"", first ? "" : ", ");
+    printf("], \"tests\": "), json_str(op->tests);
+    printf(", \"golden\": %s", r->gold[k] == GOLD_UNKNOWN ? "null" : r->gold[k] == GOLD_YES ? "true" : "false");
+    printf(", \"golden_file\": ");
+    if (op->golden_prefix)
+        printf("\"%s.safetensors\"", family_name(op)), printf(", \"golden_prefix\": "), json_str(op->golden_prefix);
+    else
+        printf("null, \"golden_prefix\": null");
+    if (op->golden_pidx >= 0) /* the case's parameter vector "<prefix>N.p" must hold the value at index */
+        printf(", \"golden_param\": {\"index\": %d, \"value\": %d}", op->golden_pidx, op->golden_pval);
+    printf(", \"devices_passed\": [");
+    first = 1;
+    for (int d = 0; d < r->ndev; d++)
+        if (r->pass[k][d] == 1) printf("%s\"%s\"", first ? "" : ", ", r->spec[d]), first = 0;
+    printf("], \"devices_failed\": [");
+    first = 1;
+    for (int d = 0; d < r->ndev; d++)
+        if (r->pass[k][d] == 0) {
+            printf("%s{\"device\": \"%s\", \"error\": ", first ? "" : ", ", r->spec[d]);
+            json_str(r->why[k][d]);
+            printf("}");
+            first = 0;
+        }
+    printf("], \"seconds\": {");
+    first = 1;
+    for (int d = 0; d < r->ndev; d++)
+        if (r->pass[k][d] >= 0) printf("%s\"%s\": %.4f", first ? "" : ", ", r->spec[d], r->op_secs[k][d]), first = 0;
+    printf("}}\n");
+}
+
+static void print_json(const ops_run *r, const ops_summary *s) {
+    for (int k = 0; k < NOPS; k++)
+        if (r->selected[k]) print_json_op(r, k);
+    printf("{\"summary\": {\"ops\": %d, \"with_backward\": %d, \"with_torch_golden\": %d, "
+           "\"passed_all_devices\": %d, \"failed_runs\": %d, \"ran\": %s, \"golden_files_read\": %d, "
+           "\"golden_dir\": ",
+           s->nops, s->nbw, s->ngold, s->nall_pass, s->nfail, r->run && r->ndev > 0 ? "true" : "false",
+           r->golden_read);
+    if (r->gs.dir)
+        json_str(r->gs.dir);
+    else
+        printf("null");
+    printf(", \"devices\": [");
+    for (int d = 0; d < r->ndev; d++) {
+        printf("%s{\"spec\": \"%s\", \"name\": ", d ? ", " : "", r->spec[d]);
+        json_str(r->info[d].name);
+        printf(", \"seconds\": %.3f}", r->secs[d]);
+    }
+    printf("]}}\n");
+}
+
+static void print_text(const ops_run *r, const ops_summary *s) {
+    for (int d = 0; d < r->ndev; d++)
+        printf("device %s: %s (%s)%s\n", r->spec[d], r->info[d].name, r->info[d].platform_name,
+               r->run ? "" : " - not run (--no-run)");
+    if (r->no_device) printf("no OpenCL device: %s\n", kiln_last_error());
+    if (!r->gs.dir)
+        printf("golden files: no directory known (set KILN_GOLDEN_DIR): golden is unknown\n\n");
+    else if (!r->golden_done)
+        printf("golden files: not read (no device to open them with): golden is unknown\n\n");
+    else if (!r->golden_read)
+        printf("golden files: none readable in %s: golden is unknown\n\n", r->gs.dir);
+    else
+        printf("golden files: %s (%d of %d read)\n\n", r->gs.dir, r->golden_read, r->gs.nfile);
+    static const char *const gname[] = {"unknown", "no", "yes"};
+    printf("%-18s %-11s %-8s %-20s %-7s %s\n", "op", "family", "backward", "reference", "golden", "passed on");
+    for (int k = 0; k < NOPS; k++) {
+        if (!r->selected[k]) continue;
+        const kiln__op_info *op = op_info(k);
+        char refs[48], passed[MAX_DEV * 17 + 1] = "";
+        refs_str(op, refs, sizeof refs);
+        for (int d = 0; d < r->ndev; d++)
+            if (r->pass[k][d] == 1)
+                snprintf(passed + strlen(passed), sizeof passed - strlen(passed), "%s%s", *passed ? " " : "",
+                         r->spec[d]);
+        printf("%-18s %-11s %-8s %-20s %-7s %s\n", op->name, family_name(op), op->grad ? "yes" : "no", refs,
+               gname[r->gold[k] + 1], *passed ? passed : "-");
+    }
+    if (s->nfail) printf("\n");
+    for (int k = 0; k < NOPS; k++)
+        for (int d = 0; d < r->ndev; d++)
+            if (r->pass[k][d] == 0) printf("FAILED %s on %s: %s\n", op_info(k)->name, r->spec[d], r->why[k][d]);
+    printf("\nops: %d, with backward: %d, with torch golden test: %d, passed on all devices: ", s->nops, s->nbw,
+           s->ngold);
+    if (r->run && r->ndev > 0)
+        printf("%d\n", s->nall_pass);
+    else
+        printf("not run\n");
+    for (int d = 0; r->run && d < r->ndev; d++)
+        printf("smoke run on %s: %.1f s\n", r->spec[d], r->secs[d]);
+}
+
+static void ops_run_free(ops_run *r) {
+    for (int k = 0; k < NOPS; k++)
+        for (int d = 0; d < r->ndev; d++)
+            free(r->why[k][d]);
+    free(r);
+}
+
+int kiln_cmd_ops(int argc, char **argv) {
+    ops_run *r = calloc(1, sizeof *r);
+    if (!r) return fprintf(stderr, "kiln ops: out of host memory\n"), 1;
+    memset(r->pass, -1, sizeof r->pass);
+    for (int k = 0; k < NOPS; k++)
+        r->gold[k] = GOLD_UNKNOWN;
+    int rc = parse_args(r, argc, argv);
+    if (rc < 0) rc = find_devices(r);
+    if (rc >= 0) return ops_run_free(r), rc;
+
+    r->gs.dir = getenv("KILN_GOLDEN_DIR") && *getenv("KILN_GOLDEN_DIR") ? getenv("KILN_GOLDEN_DIR") : NULL;
+#ifdef KILN_GOLDEN_SOURCE_DIR
+    if (!r->gs.dir) r->gs.dir = KILN_GOLDEN_SOURCE_DIR;
+#endif
+    for (int d = 0; d < r->ndev && (r->run || !r->golden_done); d++)
+        run_device(r, d);
+
+    ops_summary s = summarize(r);
+    if (r->json)
+        print_json(r, &s);
+    else
+        print_text(r, &s);
+    rc = r->no_device ? 77 : s.nfail ? 1 : 0;
+    ops_run_free(r);
+    return rc;
 }
