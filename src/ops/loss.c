@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define LOSS_PROGRAM "loss"
 #define LOSS_OPTIONS ""
@@ -105,7 +105,7 @@ static bool check_int_range(kiln_ctx *ctx, const char *op, const kiln_tensor *t,
  * terms, 1 forces the GPU-style interleaved split, 2 the CPU-style blocked one, so one device
  * covers both. Process-wide; only tests/test_loss.c calls it (and declares it). */
 static int layout_override;
-KILN_API void kiln__loss_layout(int mode);
+void kiln__loss_layout(int mode);
 void kiln__loss_layout(int mode) { layout_override = mode; }
 
 static bool cpu_layout(const kiln_ctx *ctx) {

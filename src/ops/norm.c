@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define NORM_PROGRAM "norm"
 #define NORM_OPTIONS ""
@@ -48,7 +48,7 @@ static size_t pow2_floor(size_t n) {
 /* Test hook (declared by tests/test_norm.c): 0 lets each launch choose its layout for the
  * device, 1 forces a work-item per group (rows), 2 a work-group per group, so that one
  * device's test run covers both. Process-wide; only tests call it. */
-KILN_API void kiln__norm_layout(int mode);
+void kiln__norm_layout(int mode);
 static int layout_override;
 void kiln__norm_layout(int mode) { layout_override = mode; }
 

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define SHAPE_PROGRAM "shape"
 /* Backward kernels work on float gradients; they live in the f32-sized build. */
@@ -53,7 +53,7 @@ static const char *bits_options(kiln_dtype dt) {
  * device's own choice, so one device's test run covers both. Process-wide; only tests
  * call it (tests/test_shape.c declares it). */
 static int layout_override;
-KILN_API void kiln__shape_layout(int mode);
+void kiln__shape_layout(int mode);
 void kiln__shape_layout(int mode) { layout_override = mode; }
 
 static bool row_layout(const kiln_ctx *ctx) {
