@@ -806,6 +806,26 @@ static void test_grad_contract(kiln_ctx *ctx) {
     CHECK(sl && sl->node && sl->node->state_type && strcmp(sl->node->state_type, "slice_state") == 0,
           "kiln_slice's node carries a slice_state");
     CHECK(ctx->node_release != NULL, "the autograd floor installed how tensors free their nodes");
+    /* a backward can only read the state type its op attached */
+    typedef struct other_state {
+        int64_t x[3];
+    } other_state;
+    CHECK(p && KILN__NODE_STATE(p->node, other_state) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT,
+          "reading another op's state must fail");
+    CHECK(strstr(kiln_error_message(ctx), "backward of kiln_permute: expected a other_state state (24 bytes), the node "
+                                          "carries permute_state") != NULL,
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(p && KILN__NODE_STATE_NEW(p->node, other_state) == NULL &&
+              strstr(kiln_error_message(ctx), "kiln_permute: the autograd node already has a permute_state state"),
+          "a second state must fail: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_tensor *e = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
+    kiln__node *bare = kiln__node_new(ctx, "test_bare", e, 1, &x, bw_give); /* a node without state */
+    CHECK(bare && KILN__NODE_STATE(bare, other_state) == NULL &&
+              strstr(kiln_error_message(ctx), "the node carries none (0 bytes)"),
+          "reading a state from a node without one must fail: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
     kiln_scope_end(ctx);
 
     kiln_tensor_free(x);
