@@ -3,7 +3,7 @@
 #define KILN_MAX_DIMS 8
 #define KILN_GEOM_IN 3
 
-/* Geometry of a strided launch, mirrored by kiln__geom in src/kiln_internal.h: the output
+/* Geometry of a strided launch, mirrored by kiln__geom in src/tensor/tensor_internal.h: the output
  * is contiguous with `shape`; input j reads element i at sum_d idx_d * strides[j][d]. */
 typedef struct {
     int ndim;

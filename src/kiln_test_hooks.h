@@ -1,12 +1,16 @@
 /* src/kiln_test_hooks.h - the one header through which tests (and kiln's tools) reach
- * kiln's internal switches: the per-context hooks (kiln__hooks in kiln_internal.h) and the
- * fault injectors. Tests include this instead of re-declaring internal functions, so the
- * compiler checks every signature. Nothing here is exported from the shared library: tests
- * and tools link the static one. */
+ * kiln's internals: the per-context hooks (kiln__hooks, src/device/device_internal.h), the
+ * fault injectors (kiln__pool_fail_after, kiln__io_fail_after), the storage sentinels
+ * (kiln__set_guard, kiln__check_guards) and CLBlast's parameter tables (kiln__tune_*).
+ * Tests include this instead of re-declaring internal functions, so the compiler checks
+ * every signature. It sits above every floor of the library (it includes the top internal
+ * headers); nothing in src/ includes it. Nothing here is exported from the shared library:
+ * tests and tools link the static one. */
 #ifndef KILN_TEST_HOOKS_H
 #define KILN_TEST_HOOKS_H
 
-#include "kiln_internal.h"
+#include "io/io_internal.h"
+#include "ops/ops_internal.h"
 
 /* The context's switches: kiln__hooks_of(ctx)->reduce_layout = 2, ... */
 static inline kiln__hooks *kiln__hooks_of(kiln_ctx *ctx) { return &ctx->hooks; }

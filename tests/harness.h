@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include <kiln/kiln.h>
-#include "kiln_internal.h"
+#include "kiln_test_hooks.h"
 
 /* Sentinels around storages (kiln__set_guard) are left off on Oclgrind (scripts/test
  * --oclgrind): it reports out-of-bounds accesses itself, and its uninitialised-value

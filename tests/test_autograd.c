@@ -713,6 +713,127 @@ static void test_grad_slots(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/*
+ * The floors' contract for gradients (src/ops/ops_internal.h): autograd's kiln__grad_add
+ * takes only a gradient of exactly its input's shape, and kiln__accum, on the ops floor,
+ * sums a broadcast gradient down first. Checked through nodes made by hand, whose backward
+ * hands over what the test chose; and the view ops' nodes carry their typed state.
+ */
+typedef enum { GIVE_SAME, GIVE_TRANSPOSED, GIVE_BROADCAST, GIVE_OWNED_BROADCAST } give_kind;
+static give_kind give;
+
+static kiln_status bw_give(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    switch (give) {
+    case GIVE_SAME: return kiln__grad_add(ctx, n, 0, g, false);
+    case GIVE_TRANSPOSED: {
+        /* the gradient's elements in another shape of the same size: no longer accepted */
+        kiln_tensor *t = kiln_reshape(ctx, g, 2, (int64_t[]){kiln_tensor_shape(g)[1], kiln_tensor_shape(g)[0]});
+        kiln_status s = kiln__grad_add(ctx, n, 0, t, false);
+        kiln_tensor_free(t);
+        return s;
+    }
+    case GIVE_BROADCAST: return kiln__accum(ctx, n, 0, g);
+    case GIVE_OWNED_BROADCAST: return kiln__accum_owned(ctx, n, 0, kiln_mul_scalar(ctx, g, 2.0f));
+    }
+    return KILN_ERR_INVALID_ARGUMENT;
+}
+
+static void test_grad_contract(kiln_ctx *ctx) {
+    int64_t t0 = kiln_tensor_count(ctx);
+    float sv[12];
+    for (int i = 0; i < 12; i++) sv[i] = (float)(i + 1);
+    kiln_tensor *seed = kiln_from_host(ctx, sv, KILN_F32, 2, (int64_t[]){4, 3});
+
+    /* exactly the input's shape: added as it is */
+    kiln_tensor *x = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
+    kiln_set_requires_grad(x, true);
+    kiln_scope_begin(ctx);
+    kiln_tensor *out = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
+    give = GIVE_SAME;
+    CHECK(kiln__node_new(ctx, "test_same", out, 1, &x, bw_give) != NULL, "node: %s", kiln_error_message(ctx));
+    CHECK(kiln_backward_ex(out, seed, false) == KILN_OK, "same shape: %s", kiln_error_message(ctx));
+    CHECK(first_diff(kiln_grad(x), sv, 12) < 0, "same shape: the gradient is the seed");
+    kiln_scope_end(ctx);
+
+    /* the same elements as [3, 4] for an input of [4, 3]: refused, naming op and shapes */
+    kiln_clear_grad(x);
+    kiln_scope_begin(ctx);
+    out = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
+    give = GIVE_TRANSPOSED;
+    kiln__node_new(ctx, "test_transposed", out, 1, &x, bw_give);
+    CHECK(kiln_backward_ex(out, seed, false) == KILN_ERR_SHAPE, "a gradient of another shape must fail");
+    CHECK(strstr(kiln_error_message(ctx), "backward of test_transposed: gradient [3, 4] does not fit input 0 of "
+                                          "shape [4, 3]") != NULL,
+          "message: %s", kiln_error_message(ctx));
+    CHECK(kiln_grad(x) == NULL, "no gradient after the failure");
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+
+    /* broadcast: kiln__accum sums [4, 3] down to [3] and to [4, 1] */
+    const int64_t xs[2][2] = {{3, 0}, {4, 1}};
+    const int xn[2] = {1, 2};
+    for (int c = 0; c < 2; c++) {
+        for (int owned = 0; owned < 2; owned++) {
+            kiln_tensor *b = kiln_zeros(ctx, xn[c], xs[c]);
+            kiln_set_requires_grad(b, true);
+            kiln_scope_begin(ctx);
+            out = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
+            give = owned ? GIVE_OWNED_BROADCAST : GIVE_BROADCAST;
+            kiln__node_new(ctx, "test_broadcast", out, 1, &b, bw_give);
+            CHECK(kiln_backward_ex(out, seed, false) == KILN_OK, "broadcast %d: %s", c, kiln_error_message(ctx));
+            kiln_scope_end(ctx);
+            float want[4], got[4] = {0};
+            int64_t nw = c == 0 ? 3 : 4;
+            for (int k = 0; k < nw; k++) want[k] = 0;
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 3; j++) want[c == 0 ? j : i] += (owned ? 2.0f : 1.0f) * sv[i * 3 + j];
+            CHECK(kiln_grad(b) && kiln_tensor_ndim(kiln_grad(b)) == xn[c] &&
+                      kiln_to_host(kiln_grad(b), got, sizeof(float) * (size_t)nw) == KILN_OK,
+                  "broadcast %d: no gradient of the input's rank", c);
+            for (int k = 0; k < nw; k++)
+                CHECK(got[k] == want[k], "broadcast %d%s: grad[%d] = %g, want %g", c, owned ? " (owned)" : "", k,
+                      got[k], want[k]);
+            kiln_tensor_free(b);
+        }
+    }
+
+    /* the view ops record typed state (not positional slots), read back by their backward */
+    kiln_scope_begin(ctx);
+    kiln_tensor *p = kiln_permute(ctx, x, (const int[]){1, 0});
+    kiln_tensor *sl = kiln_slice(ctx, x, 0, 1, 4, 2);
+    CHECK(p && p->node && p->node->state_type && strcmp(p->node->state_type, "permute_state") == 0,
+          "kiln_permute's node carries a permute_state");
+    CHECK(sl && sl->node && sl->node->state_type && strcmp(sl->node->state_type, "slice_state") == 0,
+          "kiln_slice's node carries a slice_state");
+    CHECK(ctx->node_release != NULL, "the autograd floor installed how tensors free their nodes");
+    /* a backward can only read the state type its op attached */
+    typedef struct other_state {
+        int64_t x[3];
+    } other_state;
+    CHECK(p && KILN__NODE_STATE(p->node, other_state) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT,
+          "reading another op's state must fail");
+    CHECK(strstr(kiln_error_message(ctx), "backward of kiln_permute: expected a other_state state (24 bytes), the node "
+                                          "carries permute_state") != NULL,
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(p && KILN__NODE_STATE_NEW(p->node, other_state) == NULL &&
+              strstr(kiln_error_message(ctx), "kiln_permute: the autograd node already has a permute_state state"),
+          "a second state must fail: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_tensor *e = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
+    kiln__node *bare = kiln__node_new(ctx, "test_bare", e, 1, &x, bw_give); /* a node without state */
+    CHECK(bare && KILN__NODE_STATE(bare, other_state) == NULL &&
+              strstr(kiln_error_message(ctx), "the node carries none (0 bytes)"),
+          "reading a state from a node without one must fail: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+
+    kiln_tensor_free(x);
+    kiln_tensor_free(seed);
+    CHECK(kiln_tensor_count(ctx) == t0, "grad contract: %lld tensors left", (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK_OK(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
     test_elementwise_grads(ctx);
     test_reduce_grads(ctx);
@@ -721,6 +842,7 @@ static void run(kiln_ctx *ctx) {
     test_semantics(ctx);
     test_lifetime(ctx);
     test_grad_slots(ctx);
+    test_grad_contract(ctx);
 }
 
 int main(void) {

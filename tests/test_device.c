@@ -100,6 +100,56 @@ static void test_two_contexts(void) {
     kiln_close(NULL); /* harmless */
 }
 
+/* kiln_close frees what the floors above the device keep on the context through the hooks
+ * they register (kiln__on_close): each once, newest first; a full list is an error. */
+static int closed[KILN__CLOSE_HOOKS + 1], nclosed;
+#define HOOK(k) \
+    static void hook_##k(kiln_ctx *ctx) { (void)ctx; closed[nclosed++] = k; }
+HOOK(0) HOOK(1) HOOK(2) HOOK(3) HOOK(4) HOOK(5) HOOK(6) HOOK(7) HOOK(8)
+#undef HOOK
+static const kiln__close_fn hooks[] = {hook_0, hook_1, hook_2, hook_3, hook_4, hook_5, hook_6, hook_7, hook_8};
+_Static_assert(sizeof hooks / sizeof hooks[0] == KILN__CLOSE_HOOKS + 1, "one hook more than the context holds");
+
+static void test_close_hooks(void) {
+    kiln_ctx *ctx;
+    CHECK(kiln_open(&ctx, NULL) == KILN_OK, "open: %s", kiln_last_error());
+    nclosed = 0;
+    CHECK(kiln__on_close(ctx, hook_0) == KILN_OK && kiln__on_close(ctx, hook_1) == KILN_OK, "register two hooks");
+    CHECK(kiln__on_close(ctx, hook_0) == KILN_OK, "registering a hook again is a no-op");
+    kiln_close(ctx);
+    CHECK(nclosed == 2 && closed[0] == 1 && closed[1] == 0, "hooks run once each, newest first (%d ran)", nclosed);
+
+    /* a full list: the ninth hook is refused, and so is the tensor floor's own */
+    CHECK(kiln_open(&ctx, NULL) == KILN_OK, "open: %s", kiln_last_error());
+    nclosed = 0;
+    for (int k = 0; k < KILN__CLOSE_HOOKS; k++)
+        CHECK(kiln__on_close(ctx, hooks[k]) == KILN_OK, "hook %d: %s", k, kiln_error_message(ctx));
+    CHECK(kiln__on_close(ctx, hooks[KILN__CLOSE_HOOKS]) == KILN_ERR_INVALID_ARGUMENT, "a ninth hook must fail");
+    CHECK(strstr(kiln_error_message(ctx), "kiln__on_close: the context holds 8 close hooks already") != NULL,
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(kiln_zeros(ctx, 1, (int64_t[]){4}) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT,
+          "a tensor whose floor cannot register its close hook is refused");
+    kiln_close(ctx);
+    bool order = nclosed == KILN__CLOSE_HOOKS;
+    for (int k = 0; order && k < KILN__CLOSE_HOOKS; k++) order = closed[k] == KILN__CLOSE_HOOKS - 1 - k;
+    CHECK(order, "the eight hooks run newest first (%d ran)", nclosed);
+
+    /* the tensor floor's hook: tensors, views, gradients and nodes left at close all go (the
+     * sanitizer build sees a leak otherwise), registered once however often the list empties */
+    CHECK(kiln_open(&ctx, NULL) == KILN_OK, "open: %s", kiln_last_error());
+    kiln_tensor *a = kiln_ones(ctx, 1, (int64_t[]){6});
+    kiln_tensor_free(a);
+    a = kiln_ones(ctx, 1, (int64_t[]){6});
+    kiln_set_requires_grad(a, true);
+    kiln_tensor *v = kiln_reshape(ctx, kiln_mul_scalar(ctx, a, 3.0f), 2, (int64_t[]){2, 3});
+    CHECK(kiln_backward(kiln_sum(ctx, v, 0, NULL, false)) == KILN_OK && kiln_grad(a), "backward: %s",
+          kiln_error_message(ctx));
+    kiln_tensor *keep = kiln_mul_scalar(ctx, kiln_slice(ctx, a, 0, 1, 5, 2), 2.0f); /* its graph stays */
+    CHECK(keep && keep->node && ctx->nclose_hooks == 1, "one close hook for the tensor floor (%d)", ctx->nclose_hooks);
+    kiln_close(ctx);
+}
+
 static void test_status_names(void) {
     const kiln_status all[] = {
 #define X(name, value, text) name,
@@ -124,6 +174,7 @@ int main(void) {
     h_devices(specs, 16); /* exits 77 when there is no device */
     test_listing();
     test_two_contexts();
+    test_close_hooks();
     test_status_names();
     return h_finish();
 }

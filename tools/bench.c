@@ -21,7 +21,7 @@
 #include <cblas.h>
 #endif
 
-#include "kiln_internal.h" /* kiln__tune_source: what CLBlast parameters are in effect */
+#include "kiln_test_hooks.h" /* kiln__tune_source: what CLBlast parameters are in effect */
 #include "ops/registry.h"    /* the ops' names */
 
 /* ---- helpers -------------------------------------------------------------------------- */

@@ -27,7 +27,7 @@
 #include <string.h>
 
 #include "bench.h"
-#include "kiln_internal.h"
+#include "kiln_test_hooks.h"
 
 /* The GEMMs of one training step of each reference model at batch 64, as kiln issues them
  * (row-major C = op(A) op(B)); weight = how many such calls one step makes. The data input's
@@ -408,7 +408,7 @@ static int cmd_tune(int argc, char **argv) {
     for (int i = 0; i < NSHAPES; i++)
         t.use[i] = use_all[i] && (double)shapes[i].s.m * (double)shapes[i].s.n * (double)shapes[i].s.k < DIRECT_MAX_MNK;
     set_threshold(&work, 1u << 20);
-    kiln__sgemm_routing(false); /* each kernel as the threshold forces it */
+    kiln__hooks_of(t.ctx)->sgemm_fixed = true; /* each kernel as the threshold forces it */
     for (int c = 0; c < nd; c++) {
         set_direct(&work, &dcand[c]);
         if (!apply(&t, &work)) continue;
@@ -454,7 +454,7 @@ static int cmd_tune(int argc, char **argv) {
     }
     if (xwin >= 0) set_xgemm(&work, &xcand[xwin]);
     if (dwin < 0 && xwin < 0) {
-        kiln__sgemm_routing(true);
+        kiln__hooks_of(t.ctx)->sgemm_fixed = false;
         fprintf(stderr, "kiln tune: no candidate ran correctly; nothing stored\n");
         goto out;
     }
@@ -478,7 +478,7 @@ static int cmd_tune(int argc, char **argv) {
         if (tot < thr_cost) thr_cost = tot, thr_best = thr;
     }
     set_threshold(&work, thr_best);
-    kiln__sgemm_routing(true);
+    kiln__hooks_of(t.ctx)->sgemm_fixed = false;
     /* Check and time the result as a whole, then the starting point again right after it
      * (the load may have changed); keep the result only when it beats the start. */
     double final = INFINITY, worst = INFINITY;

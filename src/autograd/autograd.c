@@ -1,8 +1,11 @@
 /* src/autograd/autograd.c - reverse-mode autograd: nodes recorded on op outputs, the
- * backward pass, gradient accumulation, no_grad, detach and the numerics check.
+ * backward pass, gradient slots, no_grad, detach and the numerics check. It calls no op:
+ * the backward rules are the ops floor's, reached through each node's function pointer,
+ * and a gradient arrives here already in its input's shape (kiln__accum, src/ops/reduce.c,
+ * sums broadcast dims down first).
  *
  * A differentiable op whose input requires grad attaches a node to its output (see the
- * contract in kiln_internal.h). Nodes reference their inputs, so the graph of a tensor
+ * contract in src/ops/ops_internal.h). Nodes reference their inputs, so the graph of a tensor
  * stays alive as long as the tensor does; a scope that ends drops its intermediates and
  * releases every node that only they held. Eager ops are created in execution order, so a
  * node's creation number (seq) is a topological order: backward runs the reachable nodes
@@ -13,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "autograd_internal.h"
 
 /* ---- grad mode ---------------------------------------------------------------------- */
 
@@ -76,6 +79,8 @@ kiln_tensor *kiln_detach(kiln_ctx *ctx, kiln_tensor *t) {
 
 /* ---- nodes -------------------------------------------------------------------------- */
 
+static void node_release(kiln_ctx *ctx, kiln__node *n, bool discard);
+
 bool kiln__grad_wanted(const kiln_ctx *ctx, int nin, kiln_tensor *const *in) {
     if (!ctx || !ctx->grad_enabled) return false;
     for (int i = 0; i < nin; i++)
@@ -100,6 +105,7 @@ kiln__node *kiln__node_new(kiln_ctx *ctx, const char *op, kiln_tensor *out, int 
     n->nin = nin;
     n->in = ins;
     n->seq = ++ctx->node_seq;
+    ctx->node_release = node_release; /* how the tensor floor frees a tensor's node */
     for (int i = 0; i < nin; i++) {
         n->in[i] = in[i];
         if (in[i]) in[i]->refs++;
@@ -158,16 +164,9 @@ bool kiln__input_needs_grad(const kiln__node *n, int i) {
     return i >= 0 && i < n->nin && n->in[i] && n->in[i]->requires_grad;
 }
 
-void kiln__node_free(kiln_ctx *ctx, kiln__node *n) {
-    (void)ctx;
-    if (!n) return;
-    for (int i = 0; i < n->nin; i++)
-        if (n->in[i]) kiln__tensor_unref(n->in[i]);
-    for (int i = 0; i < n->nsaved; i++) kiln__tensor_unref(n->saved[i]);
-    kiln__node_discard(n);
-}
-
-void kiln__node_discard(kiln__node *n) {
+/* Frees a node's memory without touching the tensors it references (kiln_close, where
+ * every tensor goes anyway). */
+static void node_discard(kiln__node *n) {
     if (!n) return;
     if (n->state && n->state_destroy) n->state_destroy(n->state);
     free(n->state);
@@ -177,22 +176,24 @@ void kiln__node_discard(kiln__node *n) {
     free(n);
 }
 
-/* ---- gradients ---------------------------------------------------------------------- */
-
-kiln_tensor *kiln__sum_to(kiln_ctx *ctx, kiln_tensor *g, int ndim, const int64_t *shape) {
-    if (!g) return NULL;
-    int axes[KILN_MAX_DIMS], na = 0;
-    int lead = g->ndim - ndim;
-    for (int d = 0; d < g->ndim; d++) {
-        int td = d - lead;
-        if (td < 0 || (shape[td] == 1 && g->shape[d] != 1)) axes[na++] = d;
-    }
-    if (na == 0 && g->ndim == ndim) return g;
-    kiln_tensor *s = na ? kiln_sum(ctx, g, na, axes, true) : g;
-    kiln_tensor *r = kiln_reshape(ctx, s, ndim, shape);
-    if (s != g) kiln_tensor_free(s);
-    return r;
+/* Frees a node and drops its references to its inputs and saved tensors (those no longer
+ * held are queued on ctx->dead for kiln__release_dead). */
+static void node_free(kiln__node *n) {
+    if (!n) return;
+    for (int i = 0; i < n->nin; i++)
+        if (n->in[i]) kiln__tensor_unref(n->in[i]);
+    for (int i = 0; i < n->nsaved; i++) kiln__tensor_unref(n->saved[i]);
+    node_discard(n);
 }
+
+/* ctx->node_release: the tensor floor frees a tensor's node through it. */
+static void node_release(kiln_ctx *ctx, kiln__node *n, bool discard) {
+    (void)ctx;
+    if (discard) node_discard(n);
+    else node_free(n);
+}
+
+/* ---- gradients ---------------------------------------------------------------------- */
 
 /* dst += src elementwise (dst contiguous, src any view of the same shape). */
 static kiln_status add_into(kiln_ctx *ctx, const char *op, kiln_tensor *dst, kiln_tensor *src) {
@@ -217,13 +218,7 @@ static bool sole_owner(const kiln_tensor *t) {
            t->st->numel == kiln__numel(t->ndim, t->shape);
 }
 
-/*
- * The body of kiln__accum and kiln__accum_owned. With own, g is the caller's own new tensor
- * and the caller gives it up: it is freed here, or stored in the slot when the slot is
- * empty and nothing else can see its storage (then no copy is made). Without own, g stays
- * the caller's, and only a tensor kiln__sum_to made here can be stored without a copy.
- */
-static kiln_status accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bool own) {
+kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bool own) {
     kiln_tensor *mine = own ? g : NULL; /* freed on the way out unless stored */
     kiln_status s = KILN_OK;
     if (!kiln__input_needs_grad(n, i)) goto out;
@@ -240,36 +235,23 @@ static kiln_status accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bo
                        i, n->op, kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
         goto out;
     }
-    kiln_tensor *r = kiln__sum_to(ctx, g, x->ndim, x->shape);
-    if (!r) {
-        s = ctx->err;
-        goto out;
-    }
-    if (kiln__numel(r->ndim, r->shape) != kiln__numel(x->ndim, x->shape)) {
-        if (r != g) kiln_tensor_free(r);
+    if (g->ndim != x->ndim || memcmp(g->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim) != 0) {
         s = kiln__fail(ctx, KILN_ERR_SHAPE, "backward of %s: gradient %s does not fit input %d of shape %s", n->op,
                        kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), i,
                        kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
         goto out;
     }
-    if (r != g && mine) {
-        /* r is a sum or a reshape of g: g itself is no longer needed, and a reshape of it
-         * becomes the only view of its storage */
-        kiln_tensor_free(mine);
-        mine = NULL;
-    }
     kiln_tensor **slot = x->node ? &x->gacc : &x->grad;
     if (!*slot) {
         /* The slot's tensor must not alias a tensor the backward or the user still holds:
-         * the caller's own tensor, or one made by kiln__sum_to, when nothing else views
-         * its storage; else a fresh contiguous copy. */
+         * the caller's own tensor when nothing else views its storage; else a fresh
+         * contiguous copy. */
         kiln_tensor *c = NULL;
-        if ((r != g || r == mine) && sole_owner(r)) {
-            c = r;
-            if (r == mine) mine = NULL;
+        if (mine && sole_owner(mine)) {
+            c = mine;
+            mine = NULL;
         } else {
-            c = kiln__copy_contiguous(ctx, "kiln_backward", r);
-            if (r != g) kiln_tensor_free(r);
+            c = kiln__copy_contiguous(ctx, "kiln_backward", g);
         }
         if (!c) s = ctx->err;
         else {
@@ -279,17 +261,12 @@ static kiln_status accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bo
             *slot = c;
         }
     } else {
-        s = add_into(ctx, "kiln_backward", *slot, r);
-        if (r != g) kiln_tensor_free(r);
+        s = add_into(ctx, "kiln_backward", *slot, g);
     }
 out:
     kiln_tensor_free(mine);
     return s;
 }
-
-kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) { return accum(ctx, n, i, g, false); }
-
-kiln_status kiln__accum_owned(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) { return accum(ctx, n, i, g, true); }
 
 /* ---- backward ----------------------------------------------------------------------- */
 
@@ -382,10 +359,11 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
     if (!out->node) {
         kiln_tensor *leaf[1] = {out};
         kiln__node fake = {.op = "kiln_backward", .nin = 1, .in = leaf};
-        if (seed) s = kiln__accum(ctx, &fake, 0, seed);
+        /* the seed of ones is the tensor floor's fill */
+        if (seed) s = kiln__grad_add(ctx, &fake, 0, seed, false);
         else {
             kiln_tensor *g = kiln_ones(ctx, out->ndim, out->shape);
-            s = g ? kiln__accum_owned(ctx, &fake, 0, g) : ctx->err;
+            s = g ? kiln__grad_add(ctx, &fake, 0, g, true) : ctx->err;
         }
         ctx->grad_enabled = prev_mode;
         return s;
@@ -433,7 +411,7 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
             nodes[k]->out->node = NULL;
             nodes[k]->out->graph_freed = true;
         }
-        for (size_t k = 0; k < count; k++) kiln__node_free(ctx, nodes[k]);
+        for (size_t k = 0; k < count; k++) node_free(nodes[k]);
         kiln__release_dead(ctx);
     }
     free(nodes);

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../kiln_internal.h"
+#include "core_internal.h"
 
 const char *kiln_status_str(kiln_status s) {
     switch (s) {
@@ -61,46 +61,54 @@ static char *vformat(const char *fmt, va_list ap) {
     return s;
 }
 
+/* A context's error state: struct kiln_ctx starts with it (src/core/core_internal.h), and
+ * core knows no more of the context. NULL for a NULL ctx. */
+static kiln__error_state *state_of(const kiln_ctx *ctx) { return (kiln__error_state *)(void *)ctx; }
+
 kiln_status kiln__fail(kiln_ctx *ctx, kiln_status status, const char *fmt, ...) {
-    if (!ctx || ctx->err != KILN_OK) return status;
+    kiln__error_state *e = state_of(ctx);
+    if (!e || e->err != KILN_OK) return status;
     va_list ap;
     va_start(ap, fmt);
-    ctx->errmsg = vformat(fmt, ap);
+    e->errmsg = vformat(fmt, ap);
     va_end(ap);
-    ctx->err = status;
-    kiln__log(0, "%s", ctx->errmsg ? ctx->errmsg : kiln_status_str(status));
+    e->err = status;
+    kiln__log(0, "%s", e->errmsg ? e->errmsg : kiln_status_str(status));
     return status;
 }
 
-kiln_status kiln_error_status(const kiln_ctx *ctx) { return ctx ? ctx->err : KILN_ERR_NULL; }
+kiln_status kiln_error_status(const kiln_ctx *ctx) { return ctx ? state_of(ctx)->err : KILN_ERR_NULL; }
 
 const char *kiln_error_message(const kiln_ctx *ctx) {
     if (!ctx) return "kiln_error_message: ctx is NULL";
-    if (ctx->err == KILN_OK) return "";
-    return ctx->errmsg ? ctx->errmsg : kiln_status_str(ctx->err);
+    const kiln__error_state *e = state_of(ctx);
+    if (e->err == KILN_OK) return "";
+    return e->errmsg ? e->errmsg : kiln_status_str(e->err);
 }
 
 void kiln_error_clear(kiln_ctx *ctx) {
     if (!ctx) return;
-    free(ctx->errmsg);
-    ctx->errmsg = NULL;
-    ctx->err = KILN_OK;
-    ctx->err_noted = false;
+    kiln__error_state *e = state_of(ctx);
+    free(e->errmsg);
+    e->errmsg = NULL;
+    e->err = KILN_OK;
+    e->err_noted = false;
 }
 
 void kiln__error_note(kiln_ctx *ctx, const char *fmt, ...) {
-    if (!ctx || ctx->err == KILN_OK || ctx->err_noted || !ctx->errmsg) return;
+    kiln__error_state *e = state_of(ctx);
+    if (!e || e->err == KILN_OK || e->err_noted || !e->errmsg) return;
     va_list ap;
     va_start(ap, fmt);
     char *note = vformat(fmt, ap);
     va_end(ap);
     if (!note) return;
-    size_t a = strlen(ctx->errmsg), b = strlen(note);
-    char *m = realloc(ctx->errmsg, a + b + 4);
+    size_t a = strlen(e->errmsg), b = strlen(note);
+    char *m = realloc(e->errmsg, a + b + 4);
     if (m) {
         snprintf(m + a, b + 4, " [%s]", note);
-        ctx->errmsg = m;
-        ctx->err_noted = true;
+        e->errmsg = m;
+        e->err_noted = true;
     }
     free(note);
 }

@@ -2,7 +2,7 @@
 #ifndef KILN_DATA_INTERNAL_H
 #define KILN_DATA_INTERNAL_H
 
-#include "../kiln_internal.h"
+#include "../ops/ops_internal.h"
 #include "kiln/data.h"
 
 /* Reads a whole file into a malloc'ed buffer (with one extra NUL byte after it), inflating

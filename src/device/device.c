@@ -8,7 +8,7 @@
 
 #include <stdatomic.h>
 
-#include "../kiln_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
+#include "device_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
 
 #include <clblast_c.h>
 
@@ -317,10 +317,21 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
     return KILN_OK;
 }
 
+kiln_status kiln__on_close(kiln_ctx *ctx, kiln__close_fn fn) {
+    for (int i = 0; i < ctx->nclose_hooks; i++)
+        if (ctx->close_hooks[i] == fn) return KILN_OK;
+    if (ctx->nclose_hooks == KILN__CLOSE_HOOKS)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln__on_close: the context holds %d close hooks already",
+                          KILN__CLOSE_HOOKS);
+    ctx->close_hooks[ctx->nclose_hooks++] = fn;
+    return KILN_OK;
+}
+
 void kiln_close(kiln_ctx *ctx) {
     if (!ctx) return;
     if (ctx->queue) clFinish(ctx->queue);
-    kiln__tensors_destroy(ctx);
+    /* the floors above free what they keep on the context (every tensor), newest first */
+    while (ctx->nclose_hooks > 0) ctx->close_hooks[--ctx->nclose_hooks](ctx);
     kiln__programs_destroy(ctx);
     kiln__pool_destroy(ctx);
     if (ctx->queue) clReleaseCommandQueue(ctx->queue);

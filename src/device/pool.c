@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "device_internal.h"
 
 /* KILN_MEMCHECK=1: buffers for device memory checkers (scripts/test --oclgrind): each of
  * exactly the size asked for, so an access past the end of a tensor is outside its buffer

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../kiln_internal.h"
+#include "device_internal.h"
 #include "kernels_embedded.h"
 
 /* Bump when the cache file layout or the meaning of a cached binary changes. */

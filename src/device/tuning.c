@@ -28,7 +28,7 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
-#include "../kiln_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
+#include "device_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
 
 #include <clblast_c.h>
 
@@ -340,14 +340,17 @@ kiln_status kiln__tune_save(const kiln_device_info *info, const kiln__tune_set *
 
 /* ---- applying ------------------------------------------------------------------------- */
 
-/* Per-call routing between CLBlast's direct and indirect kernels (see kiln__sgemm): the
- * tiles of the parameters last applied, guarded by route_mu with the overrides it makes. */
+/* What the GEMM router (src/ops/sgemm.c) needs of the parameters last applied: their
+ * tiles, guarded by route_mu with the overrides made under it. */
 static pthread_mutex_t route_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
-    bool known, on;
+    bool known;
     cl_device_id device;
     size_t mwg, nwg, kwg, wgd, thr;
-} route = {false, true, NULL, 0, 0, 0, 0, 0};
+} route = {false, NULL, 0, 0, 0, 0, 0};
+/* The operand order kiln__sgemm hands CLBlast (column-major where kiln set GEMMK 0, see
+ * src/ops/sgemm.c); set by every kiln__tune_open, to the same value for the same device. */
+static _Atomic bool gemm_colmajor;
 
 static size_t value(const kiln__tune_set *s, int k, const char *name) {
     return s->v[k][kiln__tune_param_index(k, name)];
@@ -366,10 +369,24 @@ static void route_record(kiln_ctx *ctx, const kiln__tune_set *s) {
     pthread_mutex_unlock(&route_mu);
 }
 
-void kiln__sgemm_routing(bool on) {
-    pthread_mutex_lock(&route_mu);
-    route.on = on;
-    pthread_mutex_unlock(&route_mu);
+void kiln__tune_lock(void) { pthread_mutex_lock(&route_mu); }
+void kiln__tune_unlock(void) { pthread_mutex_unlock(&route_mu); }
+
+void kiln__tune_route(const kiln_ctx *ctx, kiln__gemm_route *out) {
+    *out = (kiln__gemm_route){.colmajor = gemm_colmajor};
+    if (!route.known || route.device != ctx->device) return;
+    out->known = true;
+    out->mwg = route.mwg;
+    out->nwg = route.nwg;
+    out->kwg = route.kwg;
+    out->wgd = route.wgd;
+    out->thr = route.thr;
+}
+
+void kiln__tune_threshold(kiln_ctx *ctx, size_t v) {
+    const char *name[1] = {"XGEMM_MIN_INDIRECT_SIZE"};
+    size_t val[1] = {v};
+    CLBlastOverrideParameters(ctx->device, "GemmRoutine", CLBlastPrecisionSingle, 1, name, val);
 }
 
 kiln_status kiln__tune_apply(kiln_ctx *ctx, const kiln__tune_set *s) {
@@ -400,9 +417,6 @@ const char *kiln__tune_mode(void) {
 
 /* Atomic: contexts may be opened on several threads at once (tests/test_threads.c). */
 static const char *_Atomic last_source = "CLBlast defaults";
-/* The operand order kiln__sgemm hands CLBlast (see below); set by every kiln__tune_open,
- * to the same value for the same device. */
-static _Atomic bool gemm_colmajor;
 const char *kiln__tune_source(void) { return last_source; }
 
 static const char *tune_open(kiln_ctx *ctx, kiln__tune_set *applied);
@@ -468,149 +482,4 @@ static const char *tune_open(kiln_ctx *ctx, kiln__tune_set *applied) {
     char body[2048];
     kiln__log(2, "CLBlast parameters (%s):\n%s", source, kiln__tune_format(&want, body, sizeof body));
     return source;
-}
-
-/* ---- calling CLBlast's GEMM ------------------------------------------------------------
- *
- * Row-major C = op(A) op(B) is, byte for byte, column-major C^T = op(B)^T op(A)^T, and
- * CLBlast's indirect kernel treats the two forms differently. Its GEMMK=0 kernel wants A
- * "unrotated" and C column-major, so a row-major call pays a transpose pass over A and
- * another over C around the main kernel, the column-major form only one over the (swapped)
- * B operand; with the CPU parameters the column-major form ran conv(32, 64, 3)'s forward
- * GEMM 1.7x and 1024^3 1.6x faster (CPU time). GEMMK=1 kernels want the opposite, so the
- * column-major form is used only where kiln set GEMMK=0 itself (the built-in table or a
- * stored tuning); elsewhere kiln calls CLBlast as before. KILN_GEMM_LAYOUT=row|col
- * overrides (for measurements). */
-
-static bool use_colmajor(void) { return gemm_colmajor; }
-
-void kiln__sgemm_tiles(kiln_ctx *ctx, size_t *tm, size_t *tn, size_t *tk) {
-    *tm = *tn = *tk = 1;
-    pthread_mutex_lock(&route_mu);
-    /* column-major form: CLBlast's m' is kiln's n (tile MWG), its n' kiln's m (NWG) */
-    if (gemm_colmajor && route.known && route.device == ctx->device) {
-        *tm = route.nwg;
-        *tn = route.mwg;
-        *tk = route.kwg;
-    }
-    pthread_mutex_unlock(&route_mu);
-}
-
-static int sgemm(kiln_ctx *ctx, bool col, CLBlastTranspose fa, CLBlastTranspose fb, size_t m, size_t n, size_t k,
-                 float alpha, cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
-                 size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
-    if (col) {
-        if (batch == 1)
-            return CLBlastSgemm(CLBlastLayoutColMajor, fb, fa, n, m, k, alpha, b, boff, ldb, a, aoff, lda, beta, c, coff,
-                                ldc, &ctx->queue, NULL);
-        return CLBlastSgemmStridedBatched(CLBlastLayoutColMajor, fb, fa, n, m, k, alpha, b, boff, ldb, bstride, a, aoff,
-                                          lda, astride, beta, c, coff, ldc, cstride, batch, &ctx->queue, NULL);
-    }
-    if (batch == 1)
-        return CLBlastSgemm(CLBlastLayoutRowMajor, fa, fb, m, n, k, alpha, a, aoff, lda, b, boff, ldb, beta, c, coff,
-                            ldc, &ctx->queue, NULL);
-    return CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, fa, fb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb,
-                                      bstride, beta, c, coff, ldc, cstride, batch, &ctx->queue, NULL);
-}
-
-static double padded(size_t x, size_t tile) { return tile ? (double)((x + tile - 1) / tile * tile) : (double)x; }
-
-static void set_threshold(cl_device_id dev, size_t v) {
-    const char *name[1] = {"XGEMM_MIN_INDIRECT_SIZE"};
-    size_t val[1] = {v};
-    CLBlastOverrideParameters(dev, "GemmRoutine", CLBlastPrecisionSingle, 1, name, val);
-}
-
-/*
- * CLBlast picks its kernel by size alone (direct below XGEMM_MIN_INDIRECT_SIZE^3 flops/2),
- * but what decides on a CPU is padding: the indirect kernel computes whole MWG x NWG x KWG
- * tiles, the direct one whole WGD^3 ones. The reference CNN's first layer (32 x 43264 x 9
- * forward, 9 x 32 x 5408 per weight-gradient part) wastes 7x and 14x in the indirect
- * kernel and 3.6x in a 32-wide direct one, which ran those products 2.3x and 2.2x faster,
- * while the MLP's 64 x 256 x 512 ran 4x faster indirect: no size threshold serves both.
- * So where kiln set the parameters itself, each call goes to the kernel that pads less
- * (indirect unless it does at least twice the direct kernel's padded work), by switching
- * the threshold around the call: both programs stay compiled in CLBlast's cache, and the
- * lock keeps concurrent calls from seeing each other's switch. A switch costs ~0.7 ms of
- * host time, so small products keep CLBlast's choice.
- */
-/*
- * Whether CLBlast 1.5's strided-batched indirect GEMM might compute this batch wrongly. It
- * uses an operand in place (no padded temporary) when its dims are multiples of the tiles
- * and its leading dim is exact, without looking at the operand's offset or batch stride:
- * its kernel then reads batch i at i * rows * cols from the buffer's start. (kiln's
- * [2, 64, 64] x [2, 64, 64] with non-zero offsets got NaN and wrote outside its output.)
- * Where kiln knows the tiles and calls in the column-major form it predicts CLBlast's test
- * (xgemmstridedbatched.cpp, GEMMK 0: A wanted unrotated, B rotated); elsewhere every
- * operand counts as possibly in place.
- */
-static bool batched_unsafe(bool col, bool ta, bool tb, size_t m, size_t n, size_t k, size_t aoff, size_t lda,
-                           size_t astride, size_t boff, size_t ldb, size_t bstride, size_t coff, size_t ldc,
-                           size_t cstride) {
-    bool a_dense = aoff == 0 && astride == (ta ? k * m : m * k) && lda == (ta ? m : k);
-    bool b_dense = boff == 0 && bstride == k * n && ldb == (tb ? k : n);
-    bool c_dense = coff == 0 && cstride == m * n && ldc == n;
-    pthread_mutex_lock(&route_mu);
-    bool known = col && route.known && route.mwg && route.nwg && route.kwg;
-    size_t mwg = route.mwg, nwg = route.nwg, kwg = route.kwg;
-    pthread_mutex_unlock(&route_mu);
-    if (!known) return !a_dense || !b_dense || !c_dense;
-    /* the column-major call: CLBlast's A is kiln's B, its B kiln's A, m' = n, n' = m */
-    bool kin = k % kwg == 0;
-    bool a_in_place = ta && m % nwg == 0 && kin && lda == m;
-    bool b_in_place = !tb && n % mwg == 0 && kin && ldb == n;
-    bool c_in_place = n % mwg == 0 && m % nwg == 0 && ldc == n;
-    return (a_in_place && !a_dense) || (b_in_place && !b_dense) || (c_in_place && !c_dense);
-}
-
-int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a,
-                size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
-                cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
-    if (kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, beta))
-        return kiln__gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c,
-                              coff, ldc, cstride, batch) == KILN_OK
-                   ? 0
-                   : KILN__SGEMM_FAILED;
-    if (batch > 1 && batched_unsafe(use_colmajor(), ta, tb, m, n, k, aoff, lda, astride, boff, ldb, bstride, coff, ldc,
-                                    cstride)) {
-        /* one plain GEMM per batch: CLBlast's single GEMM copies an offset operand first */
-        for (size_t i = 0; i < batch; i++) {
-            int r = kiln__sgemm(ctx, op, ta, tb, m, n, k, alpha, a, aoff + i * astride, lda, 0, b, boff + i * bstride,
-                                ldb, 0, beta, c, coff + i * cstride, ldc, 0, 1);
-            if (r != 0) return r;
-        }
-        return 0;
-    }
-    CLBlastTranspose fa = ta ? CLBlastTransposeYes : CLBlastTransposeNo;
-    CLBlastTranspose fb = tb ? CLBlastTransposeYes : CLBlastTransposeNo;
-    bool col = use_colmajor();
-    pthread_mutex_lock(&route_mu);
-    if (!col || !route.known || !route.on || route.device != ctx->device || m == 0 || n == 0 || k == 0) {
-        pthread_mutex_unlock(&route_mu);
-        return sgemm(ctx, col, fa, fb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
-                     cstride, batch);
-    }
-    /* CLBlast's view: m' = n, n' = m in the column-major form */
-    double mm = (double)n, nn = (double)m, kk = (double)k, flops = mm * nn * kk;
-    double thr = (double)route.thr;
-    bool clblast_direct = flops < thr * thr * thr;
-    double w_ind = padded(n, route.mwg) * padded(m, route.nwg) * padded(k, route.kwg) / flops;
-    double w_dir = padded(n, route.wgd) * padded(m, route.wgd) * padded(k, route.wgd) / flops;
-    /* a switch costs two CLBlastOverrideParameters, ~0.33 ms each on POCL: only for products
-     * whose padded work (>= 2^25 multiply-adds) costs more than that */
-    bool want_direct = clblast_direct;
-    if (flops * (double)batch * (clblast_direct ? w_dir : w_ind) >= 33554432.0)
-        want_direct = w_ind >= 2.0 * w_dir;
-    int r;
-    if (want_direct == clblast_direct) {
-        r = sgemm(ctx, col, fa, fb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
-                  cstride, batch);
-    } else {
-        set_threshold(ctx->device, want_direct ? ((size_t)1 << 20) : 1);
-        r = sgemm(ctx, col, fa, fb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
-                  cstride, batch);
-        set_threshold(ctx->device, route.thr);
-    }
-    pthread_mutex_unlock(&route_mu);
-    return r;
 }

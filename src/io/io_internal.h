@@ -3,7 +3,7 @@
 #ifndef KILN_IO_INTERNAL_H
 #define KILN_IO_INTERNAL_H
 
-#include "../kiln_internal.h"
+#include "../ops/ops_internal.h"
 #include "kiln/io.h"
 
 typedef struct kiln__st_entry {
@@ -51,6 +51,9 @@ kiln_status kiln__st_convert(kiln_ctx *ctx, const kiln_safetensors *f, const kil
 kiln_status kiln__st_write(kiln_ctx *ctx, const char *path, int n, const kiln__st_out *t, int nmeta,
                            const kiln_meta *meta);
 /* Test hook: the nth step of the next saves fails as a full disk would (0 = off). */
-KILN_API void kiln__io_fail_after(int64_t nth);
+void kiln__io_fail_after(int64_t nth);
+/* src/optim/optim.c: whether "<i>.<key>" names state this optimizer's configuration uses
+ * (kiln_optim_state_find(opt, name, true) would succeed), without creating it. */
+bool kiln__optim_state_known(const kiln_optim *opt, const char *name);
 
 #endif

@@ -3,7 +3,7 @@
 #ifndef KILN_NN_INTERNAL_H
 #define KILN_NN_INTERNAL_H
 
-#include "../kiln_internal.h"
+#include "../ops/ops_internal.h"
 
 #define KILN__MODULE_TENSORS 8
 

@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define ACT_PROGRAM "activation"
 #define ACT_OPTIONS ""
@@ -206,7 +206,7 @@ kiln_tensor *kiln_softplus(kiln_ctx *ctx, kiln_tensor *x, float beta, float thre
 /* Test hook: 1 forces *_rows, 2 forces *_groups with the CPU's blocked shares, 3 forces
  * *_groups with the GPU's interleaved shares, 0 restores the device's own choice (so one
  * device's test run covers every path). Process-wide; only tests call it (they declare it). */
-KILN_API void kiln__softmax_layout(int mode);
+void kiln__softmax_layout(int mode);
 static int sm_layout_override;
 void kiln__softmax_layout(int mode) { sm_layout_override = mode; }
 

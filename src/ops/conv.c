@@ -52,7 +52,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../kiln_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
+#include "ops_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
 
 #include <clblast_c.h>
 
@@ -82,7 +82,7 @@ static int64_t split_min_k = SPLIT_MIN_K;
 
 /* Test hook (tests/test_conv.c declares it): a smaller chunk budget forces several chunks,
  * a smaller split_min splits small weight gradients; 0 restores a default. */
-KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
+void kiln__conv_tuning(int64_t budget, int64_t split_min);
 void kiln__conv_tuning(int64_t budget, int64_t split_min) {
     chunk_budget = budget > 0 ? budget : CHUNK_BUDGET;
     split_min_k = split_min > 0 ? split_min : SPLIT_MIN_K;
@@ -280,7 +280,7 @@ static int64_t pad_forced; /* kiln__conv_pad: a multiple to pad to whatever the 
 /* Test hook (tests/test_sweep.c and test_conv.c declare it): pad kg up to a multiple of
  * `multiple` on every device (0 restores the tile rule), so the padded path runs where kiln
  * knows no tiles (Oclgrind, GPUs with CLBlast's own parameters). */
-KILN_API void kiln__conv_pad(int64_t multiple);
+void kiln__conv_pad(int64_t multiple);
 void kiln__conv_pad(int64_t multiple) { pad_forced = multiple > 0 ? multiple : 0; }
 
 static int64_t padded_rows(kiln_ctx *ctx, int64_t kg, bool own_dx) {

@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define EW_PROGRAM "elementwise"
 #define EW_OPTIONS "-DT=float"

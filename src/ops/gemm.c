@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define GEMM_PROGRAM "gemm"
 #define GEMM_OPTIONS ""

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define LOSS_PROGRAM "loss"
 #define LOSS_OPTIONS ""

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../kiln_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
+#include "ops_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
 
 #include <clblast_c.h>
 
@@ -156,12 +156,12 @@ static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const ch
 #define SPLIT_MAX_PARTS 16
 #define SPLIT_MAX_ELEMS ((size_t)1 << 22)
 /* Test hook (tests/test_matmul.c declares it): the parts split_parts picks. */
-KILN_API size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
+size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
 static size_t split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
 size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k) { return split_parts(ctx, m, n, k); }
 /* Test hook: the parts of K the last product kiln_matmul enqueued was split into (1: none;
  * tests on one thread). */
-KILN_API size_t kiln__matmul_last_parts(void);
+size_t kiln__matmul_last_parts(void);
 static _Atomic size_t last_parts = 1;
 size_t kiln__matmul_last_parts(void) { return last_parts; }
 

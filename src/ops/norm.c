@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define NORM_PROGRAM "norm"
 #define NORM_OPTIONS ""

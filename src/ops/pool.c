@@ -27,7 +27,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define POOL_PROGRAM "pool"
 #define POOL_OPTIONS ""

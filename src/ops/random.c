@@ -22,7 +22,7 @@
  */
 #include <math.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 void kiln_manual_seed(kiln_ctx *ctx, uint64_t seed) {
     if (!ctx) return;

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 /* Mirrors kiln_red_geom in cl_kernels/reduce.cl: only 32-bit ints, so host and device
  * agree on the layout without padding. */
@@ -43,7 +43,7 @@ static const char *const red_stem[] = {"sum", "sum", "max", "min", "argmax"};
  * as a CPU does, 0 restores the device's own, so that one device's test run covers every
  * path. Process-wide; only tests call it (tests/test_reduce.c declares it). */
 static int layout_override;
-/* declared in kiln_internal.h */
+/* declared in src/kiln_test_hooks.h */
 void kiln__reduce_layout(int mode) { layout_override = mode; }
 
 static bool cpu_layout(const kiln_ctx *ctx) {
@@ -430,3 +430,39 @@ kiln_tensor *kiln_argmax(kiln_ctx *ctx, kiln_tensor *t, int axis, bool keepdim) 
     if (!parse_axes(ctx, "kiln_argmax", t, all ? 0 : 1, &axis, red)) return NULL;
     return reduce(ctx, "kiln_argmax", RED_ARGMAX, t, red, keepdim); /* not differentiable */
 }
+
+/* ---- gradients of broadcast operands -------------------------------------------------
+ * A backward rule may hand kiln__accum a gradient of the broadcast shape its op computed
+ * in; it is summed down to the input's shape here, on the ops floor, so that autograd's
+ * kiln__grad_add only ever adds a gradient of exactly its input's shape. */
+
+kiln_tensor *kiln__sum_to(kiln_ctx *ctx, kiln_tensor *g, int ndim, const int64_t *shape) {
+    if (!g) return NULL;
+    int axes[KILN_MAX_DIMS], na = 0;
+    int lead = g->ndim - ndim;
+    for (int d = 0; d < g->ndim; d++) {
+        int td = d - lead;
+        if (td < 0 || (shape[td] == 1 && g->shape[d] != 1)) axes[na++] = d;
+    }
+    if (na == 0 && g->ndim == ndim) return g;
+    kiln_tensor *s = na ? kiln_sum(ctx, g, na, axes, true) : g;
+    kiln_tensor *r = kiln_reshape(ctx, s, ndim, shape);
+    if (s != g) kiln_tensor_free(s);
+    return r;
+}
+
+/* With own, g is the caller's own new tensor and is given up (see kiln__accum_owned). */
+static kiln_status accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bool own) {
+    if (!g || !kiln__input_needs_grad(n, i)) return kiln__grad_add(ctx, n, i, g, own);
+    kiln_tensor *x = n->in[i];
+    kiln_tensor *r = kiln__sum_to(ctx, g, x->ndim, x->shape);
+    if (r == g) return kiln__grad_add(ctx, n, i, g, own);
+    /* r is a sum or a reshape of g, made here: g itself is no longer needed, and a reshape
+     * of the caller's own g becomes the only view of its storage */
+    if (own) kiln_tensor_free(g);
+    return r ? kiln__grad_add(ctx, n, i, r, true) : ctx->err;
+}
+
+kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) { return accum(ctx, n, i, g, false); }
+
+kiln_status kiln__accum_owned(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g) { return accum(ctx, n, i, g, true); }

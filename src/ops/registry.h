@@ -38,7 +38,7 @@
 /* X(ID, name, source file, kernel file or NULL) - an op family: its host code and kernels. */
 #define KILN__FAMILIES(X)                                                                                              \
     X(COPY, copy, "src/tensor/tensor.c", "cl_kernels/copy.cl")                                                         \
-    X(VIEW, view, "src/tensor/tensor.c", NULL)                                                                         \
+    X(VIEW, view, "src/ops/view.c", NULL)                                                                              \
     X(RANDOM, random, "src/ops/random.c", "cl_kernels/random.cl")                                                      \
     X(ELEMENTWISE, elementwise, "src/ops/elementwise.c", "cl_kernels/elementwise.cl")                                  \
     X(REDUCE, reduce, "src/ops/reduce.c", "cl_kernels/reduce.cl")                                                      \
@@ -73,7 +73,7 @@
     X(COPY, copy, kiln_copy, COPY, KILN__NOGRAD, KILN__G_NONE, "test_sweep.c", KILN__REF_F64)                          \
     X(CONTIGUOUS, contiguous, kiln_contiguous, COPY, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
     X(CLONE, clone, kiln_clone, COPY, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    /* views (src/tensor/tensor.c): tests/test_tensor.c against the host view model */                                \
+    /* views (src/ops/view.c): tests/test_tensor.c against the host view model */                                \
     X(RESHAPE, reshape, kiln_reshape, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
     X(VIEW, view, kiln_view, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c", KILN__REF_F64)                           \
     X(TRANSPOSE, transpose, kiln_transpose, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "ops_internal.h"
 
 #define SHAPE_PROGRAM "shape"
 /* Backward kernels work on float gradients; they live in the f32-sized build. */

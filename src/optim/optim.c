@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "../ops/ops_internal.h"
 
 #define OPT_PROGRAM "optim"
 #define OPT_NSLOT 3

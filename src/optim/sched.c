@@ -9,7 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "../kiln_internal.h"
+#include "../ops/ops_internal.h"
 
 /* src/optim/optim.c */
 void kiln__optim_set_lr_raw(kiln_optim *opt, double lr);

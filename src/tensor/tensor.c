@@ -1,17 +1,16 @@
-/* src/tensor/tensor.c - the tensor handle: creation, lifetime and scopes, views, host
- * transfer, fills and contiguous copies. */
+/* src/tensor/tensor.c - the tensor handle: creation, lifetime and scopes, host transfer,
+ * fills and contiguous copies. The differentiable views (kiln_view, kiln_reshape, ...) are
+ * ops: src/ops/view.c. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "tensor_internal.h"
 
-/* Kernels index with 32-bit ints: the largest storage a tensor may have, in elements. The
- * margin keeps a launch rounded up to whole work-groups below INT32_MAX too, so a kernel's
- * `int i = get_global_id(0)` never wraps. */
-#define MAX_ELEMS ((int64_t)INT32_MAX - 65536)
+/* the largest storage a tensor may have, in elements (see tensor_internal.h) */
+#define MAX_ELEMS KILN__MAX_ELEMS
 
 int64_t kiln__numel(int ndim, const int64_t *shape) {
     int64_t n = 1;
@@ -69,12 +68,13 @@ bool kiln__check_inputs(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const
 }
 
 static kiln_status fill_guards(kiln_ctx *ctx, const char *op, kiln_tensor *t);
-static kiln_status bw_identity(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g);
-static kiln_tensor *record_view(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln_tensor *t, kiln__backward_fn bw);
+static void tensors_destroy(kiln_ctx *ctx);
 
 /* ---- lifetime ----------------------------------------------------------------------- */
 
 static kiln_tensor *link_new(kiln_ctx *ctx, const char *op) {
+    /* kiln_close frees the tensors left (registered again after the list was empty: a no-op) */
+    if (!ctx->tensors && kiln__on_close(ctx, tensors_destroy) != KILN_OK) return NULL;
     kiln_tensor *t = calloc(1, sizeof *t);
     if (!t) {
         kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for a tensor handle", op);
@@ -98,17 +98,18 @@ static void storage_unref(kiln_ctx *ctx, kiln__storage *st) {
 /*
  * Lifetime with autograd: a tensor is freed when its user lets it go (kiln_tensor_free or
  * the end of its scope: "dropped") and no autograd node references it (refs == 0). Freeing
- * one frees its node, which drops the node's references to its inputs; those released in
- * turn go on a work list (ctx->dead, linked through dead_next) instead of recursing.
+ * one frees its node (through ctx->node_release, the autograd floor's), which drops the
+ * node's references to its inputs; those released in turn go on a work list (ctx->dead,
+ * linked through dead_next) instead of recursing.
  */
 static void release_one(kiln_ctx *ctx, kiln_tensor *t) {
     if (t->prev) t->prev->next = t->next;
     else ctx->tensors = t->next;
     if (t->next) t->next->prev = t->prev;
     ctx->ntensors--;
-    kiln__node *n = t->node;
+    struct kiln__node *n = t->node;
     t->node = NULL;
-    kiln__node_free(ctx, n); /* may queue inputs on ctx->dead */
+    if (n) ctx->node_release(ctx, n, false); /* may queue inputs on ctx->dead */
     if (t->grad) {
         kiln_tensor *g = t->grad;
         t->grad = NULL;
@@ -157,10 +158,11 @@ void kiln_tensor_free(kiln_tensor *t) {
     kiln__release_dead(t->ctx);
 }
 
-void kiln__tensors_destroy(kiln_ctx *ctx) {
+/* kiln_close's hook: every tensor and node of the context. */
+static void tensors_destroy(kiln_ctx *ctx) {
     /* Nodes first, without their reference counting: every tensor goes anyway. */
     for (kiln_tensor *t = ctx->tensors; t; t = t->next) {
-        kiln__node_discard(t->node);
+        if (t->node) ctx->node_release(ctx, t->node, true);
         t->node = NULL;
         t->grad = t->gacc = NULL; /* they are on the list themselves */
         t->refs = 0;
@@ -371,18 +373,6 @@ kiln_tensor *kiln__copy_contiguous(kiln_ctx *ctx, const char *op, kiln_tensor *t
     return out;
 }
 
-kiln_tensor *kiln_clone(kiln_ctx *ctx, kiln_tensor *t) {
-    if (!kiln__check_inputs(ctx, "kiln_clone", 1, &t)) return NULL;
-    return record_view(ctx, "kiln_clone", kiln__copy_contiguous(ctx, "kiln_clone", t), t, bw_identity);
-}
-
-kiln_tensor *kiln_contiguous(kiln_ctx *ctx, kiln_tensor *t) {
-    if (!kiln__check_inputs(ctx, "kiln_contiguous", 1, &t)) return NULL;
-    kiln_tensor *out = kiln__is_contiguous(t) ? kiln__tensor_view(ctx, t, t->ndim, t->shape, t->strides, t->offset)
-                                              : kiln__copy_contiguous(ctx, "kiln_contiguous", t);
-    return record_view(ctx, "kiln_contiguous", out, t, bw_identity);
-}
-
 /* ---- creation ----------------------------------------------------------------------- */
 
 kiln_tensor *kiln_empty(kiln_ctx *ctx, kiln_dtype dtype, int ndim, const int64_t *shape) {
@@ -571,295 +561,6 @@ float kiln_item(kiln_tensor *t) {
     }
     if (kiln_to_host(t, &v, sizeof v) != KILN_OK) return NAN;
     return t->dtype == KILN_F32 ? v.f : t->dtype == KILN_I32 ? (float)v.i : (float)v.u;
-}
-
-/* ---- views -------------------------------------------------------------------------- */
-
-/* Strides for viewing t with a new shape without copying, as torch's computeStride: fails
- * when some reshaped dims are not contiguous with each other. */
-static bool view_strides(const kiln_tensor *t, int ndim, const int64_t *shape, int64_t *out) {
-    if (kiln__numel(t->ndim, t->shape) == 0) {
-        kiln__contiguous_strides(ndim, shape, out);
-        return true;
-    }
-    int view_d = ndim - 1;
-    int64_t chunk_base_stride = t->ndim ? t->strides[t->ndim - 1] : 1;
-    int64_t tensor_numel = 1, view_numel = 1;
-    for (int d = t->ndim - 1; d >= 0; d--) {
-        tensor_numel *= t->shape[d];
-        if (d == 0 || (t->shape[d - 1] != 1 && t->strides[d - 1] != tensor_numel * chunk_base_stride)) {
-            while (view_d >= 0 && (view_numel < tensor_numel || shape[view_d] == 1)) {
-                out[view_d] = view_numel * chunk_base_stride;
-                view_numel *= shape[view_d];
-                view_d--;
-            }
-            if (view_numel != tensor_numel) return false;
-            if (d > 0) {
-                chunk_base_stride = t->strides[d - 1];
-                tensor_numel = 1;
-                view_numel = 1;
-            }
-        }
-    }
-    return view_d == -1;
-}
-
-/* Validates a target shape (one -1 inferred) against numel; writes the resolved shape. */
-static bool resolve_shape(kiln_ctx *ctx, const char *op, const kiln_tensor *t, int ndim, const int64_t *shape,
-                          int64_t *out) {
-    char a[160], b[160];
-    if (ndim < 0 || ndim > KILN_MAX_DIMS || (ndim > 0 && !shape)) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: bad target rank %d", op, ndim);
-        return false;
-    }
-    int infer = -1;
-    int64_t known = 1;
-    for (int d = 0; d < ndim; d++) {
-        if (shape[d] == -1 && infer < 0) {
-            infer = d;
-        } else if (shape[d] < 0) {
-            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: bad target shape %s", op, kiln__shape_str(ndim, shape, a, sizeof a));
-            return false;
-        } else {
-            known *= shape[d];
-        }
-        out[d] = shape[d];
-    }
-    int64_t n = kiln__numel(t->ndim, t->shape);
-    if (infer >= 0) {
-        if (known == 0 || n % known != 0) goto bad;
-        out[infer] = n / known;
-    } else if (known != n) {
-        goto bad;
-    }
-    return true;
-bad:
-    kiln__fail(ctx, KILN_ERR_SHAPE, "%s: cannot reshape tensor %s (%lld elements) to %s", op,
-               kiln__shape_str(t->ndim, t->shape, a, sizeof a), (long long)n, kiln__shape_str(ndim, shape, b, sizeof b));
-    return false;
-}
-
-/* ---- backward of views and copies ------------------------------------------------- */
-
-/* expand, contiguous, clone: the gradient as it is (kiln__accum sums broadcast dims) */
-static kiln_status bw_identity(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return kiln__accum(ctx, n, 0, g); }
-
-/* view, reshape, squeeze, unsqueeze: the gradient in the input's shape */
-static kiln_status bw_reshape(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
-    kiln_tensor *r = kiln_reshape(ctx, g, n->in[0]->ndim, n->in[0]->shape);
-    kiln_status s = r ? kiln__accum(ctx, n, 0, r) : ctx->err;
-    kiln_tensor_free(r);
-    return s;
-}
-
-/* the inverse permutation (n->i holds the forward one) */
-static kiln_status bw_permute(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
-    int inv[KILN_MAX_DIMS];
-    for (int d = 0; d < g->ndim; d++) inv[n->i[d]] = d;
-    kiln_tensor *r = kiln_permute(ctx, g, inv);
-    kiln_status s = r ? kiln__accum(ctx, n, 0, r) : ctx->err;
-    kiln_tensor_free(r);
-    return s;
-}
-
-/* zeros of the input's shape with the gradient written into the sliced positions */
-static kiln_status bw_slice(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
-    kiln_tensor *x = n->in[0];
-    kiln_tensor *z = kiln_zeros(ctx, x->ndim, x->shape);
-    if (!z) return ctx->err;
-    int d = (int)n->i[0];
-    int64_t start = n->i[1], step = n->i[2];
-    kiln_tensor *v = kiln_slice(ctx, z, d, start, start + step * (g->shape[d] - 1) + 1, step);
-    kiln_status s = v ? kiln__copy_into(ctx, "kiln_slice backward", g, v) : ctx->err;
-    if (s == KILN_OK) s = kiln__accum(ctx, n, 0, z);
-    kiln_tensor_free(v);
-    kiln_tensor_free(z);
-    return s;
-}
-
-/* Attaches the backward of a view op to out (NULL-safe). */
-static kiln_tensor *record_view(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln_tensor *t, kiln__backward_fn bw) {
-    if (out && kiln__grad_wanted(ctx, 1, &t)) {
-        if (!kiln__node_new(ctx, op, out, 1, &t, bw)) {
-            kiln_tensor_free(out);
-            return NULL;
-        }
-    }
-    return kiln__finish(ctx, op, out);
-}
-
-kiln_tensor *kiln_view(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
-    if (!kiln__check_inputs(ctx, "kiln_view", 1, &t)) return NULL;
-    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
-    if (!resolve_shape(ctx, "kiln_view", t, ndim, shape, sh)) return NULL;
-    if (!view_strides(t, ndim, sh, st)) {
-        char a[160], b[160];
-        kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_view: tensor %s with its strides cannot be viewed as %s without a copy "
-                   "(use kiln_reshape)", kiln__shape_str(t->ndim, t->shape, a, sizeof a),
-                   kiln__shape_str(ndim, sh, b, sizeof b));
-        return NULL;
-    }
-    return record_view(ctx, "kiln_view", kiln__tensor_view(ctx, t, ndim, sh, st, t->offset), t, bw_reshape);
-}
-
-kiln_tensor *kiln_reshape(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
-    if (!kiln__check_inputs(ctx, "kiln_reshape", 1, &t)) return NULL;
-    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
-    if (!resolve_shape(ctx, "kiln_reshape", t, ndim, shape, sh)) return NULL;
-    if (view_strides(t, ndim, sh, st))
-        return record_view(ctx, "kiln_reshape", kiln__tensor_view(ctx, t, ndim, sh, st, t->offset), t, bw_reshape);
-    kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_reshape", t);
-    if (!c) return NULL;
-    c->ndim = ndim;
-    memcpy(c->shape, sh, sizeof(int64_t) * (size_t)ndim);
-    kiln__contiguous_strides(ndim, c->shape, c->strides);
-    return record_view(ctx, "kiln_reshape", c, t, bw_reshape);
-}
-
-kiln_tensor *kiln_permute(kiln_ctx *ctx, kiln_tensor *t, const int *dims) {
-    if (!kiln__check_inputs(ctx, "kiln_permute", 1, &t)) return NULL;
-    if (!dims && t->ndim > 0) {
-        kiln__fail(ctx, KILN_ERR_NULL, "kiln_permute: dims is NULL");
-        return NULL;
-    }
-    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
-    bool seen[KILN_MAX_DIMS] = {false};
-    for (int d = 0; d < t->ndim; d++) {
-        int s = kiln__axis(dims[d], t->ndim);
-        if (s < 0 || seen[s]) {
-            char a[160];
-            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_permute: dims is not a permutation of %d axes of tensor %s "
-                       "(entry %d is %d)", t->ndim, kiln__shape_str(t->ndim, t->shape, a, sizeof a), d, dims[d]);
-            return NULL;
-        }
-        seen[s] = true;
-        sh[d] = t->shape[s];
-        st[d] = t->strides[s];
-    }
-    kiln_tensor *out = record_view(ctx, "kiln_permute", kiln__tensor_view(ctx, t, t->ndim, sh, st, t->offset), t,
-                                   bw_permute);
-    if (out && out->node)
-        for (int d = 0; d < t->ndim; d++) out->node->i[d] = kiln__axis(dims[d], t->ndim);
-    return out;
-}
-
-kiln_tensor *kiln_transpose(kiln_ctx *ctx, kiln_tensor *t, int dim0, int dim1) {
-    if (!kiln__check_inputs(ctx, "kiln_transpose", 1, &t)) return NULL;
-    int a = kiln__axis(dim0, t->ndim), b = kiln__axis(dim1, t->ndim);
-    if (a < 0 || b < 0) {
-        char s[160];
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_transpose: dims %d, %d out of range for tensor %s", dim0, dim1,
-                   kiln__shape_str(t->ndim, t->shape, s, sizeof s));
-        return NULL;
-    }
-    int dims[KILN_MAX_DIMS];
-    for (int d = 0; d < t->ndim; d++) dims[d] = d;
-    dims[a] = b;
-    dims[b] = a;
-    return kiln_permute(ctx, t, dims);
-}
-
-kiln_tensor *kiln_slice(kiln_ctx *ctx, kiln_tensor *t, int dim, int64_t start, int64_t end, int64_t step) {
-    if (!kiln__check_inputs(ctx, "kiln_slice", 1, &t)) return NULL;
-    int d = kiln__axis(dim, t->ndim);
-    char s[160];
-    if (d < 0 || step < 1) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_slice: dim %d / step %lld invalid for tensor %s", dim,
-                   (long long)step, kiln__shape_str(t->ndim, t->shape, s, sizeof s));
-        return NULL;
-    }
-    int64_t n = t->shape[d];
-    if (start < 0) start += n;
-    if (end < 0) end += n;
-    if (start < 0) start = 0;
-    if (start > n) start = n;
-    if (end > n) end = n;
-    if (end < start) end = start;
-    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
-    memcpy(sh, t->shape, sizeof sh);
-    memcpy(st, t->strides, sizeof st);
-    sh[d] = (end - start + step - 1) / step;
-    st[d] = t->strides[d] * step;
-    kiln_tensor *out = record_view(ctx, "kiln_slice", kiln__tensor_view(ctx, t, t->ndim, sh, st, t->offset + start * t->strides[d]),
-                                   t, bw_slice);
-    if (out && out->node) {
-        out->node->i[0] = d;
-        out->node->i[1] = start;
-        out->node->i[2] = step;
-    }
-    return out;
-}
-
-kiln_tensor *kiln_expand(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape) {
-    if (!kiln__check_inputs(ctx, "kiln_expand", 1, &t)) return NULL;
-    char a[160], b[160];
-    if (ndim < t->ndim || ndim > KILN_MAX_DIMS || !shape) {
-        kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_expand: cannot expand tensor %s to %d dims", 
-                   kiln__shape_str(t->ndim, t->shape, a, sizeof a), ndim);
-        return NULL;
-    }
-    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
-    int lead = ndim - t->ndim;
-    for (int d = 0; d < ndim; d++) {
-        int s = d - lead;
-        int64_t have = s >= 0 ? t->shape[s] : 1;
-        int64_t want = shape[d] == -1 && s >= 0 ? have : shape[d];
-        if (want < 0 || (have != want && have != 1)) {
-            kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_expand: cannot expand tensor %s to %s (dim %d: %lld vs %lld)",
-                       kiln__shape_str(t->ndim, t->shape, a, sizeof a), kiln__shape_str(ndim, shape, b, sizeof b), d,
-                       (long long)have, (long long)shape[d]);
-            return NULL;
-        }
-        sh[d] = want;
-        st[d] = (s >= 0 && have == want) ? t->strides[s] : 0;
-    }
-    int64_t n = 1;
-    for (int d = 0; d < ndim && n <= MAX_ELEMS; d++) n *= sh[d] ? sh[d] : 1;
-    if (n > MAX_ELEMS) {
-        kiln__fail(ctx, KILN_ERR_UNSUPPORTED, "kiln_expand: %s has more than %lld elements",
-                   kiln__shape_str(ndim, sh, b, sizeof b), (long long)MAX_ELEMS);
-        return NULL;
-    }
-    return record_view(ctx, "kiln_expand", kiln__tensor_view(ctx, t, ndim, sh, st, t->offset), t, bw_identity);
-}
-
-kiln_tensor *kiln_unsqueeze(kiln_ctx *ctx, kiln_tensor *t, int dim) {
-    if (!kiln__check_inputs(ctx, "kiln_unsqueeze", 1, &t)) return NULL;
-    int d = kiln__axis(dim, t->ndim + 1);
-    if (d < 0 || t->ndim == KILN_MAX_DIMS) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_unsqueeze: dim %d invalid for %d dims", dim, t->ndim);
-        return NULL;
-    }
-    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
-    for (int i = 0, j = 0; i <= t->ndim; i++) {
-        if (i == d) {
-            sh[i] = 1;
-            st[i] = (j < t->ndim) ? t->strides[j] * t->shape[j] : 1;
-            continue;
-        }
-        sh[i] = t->shape[j];
-        st[i] = t->strides[j];
-        j++;
-    }
-    return record_view(ctx, "kiln_unsqueeze", kiln__tensor_view(ctx, t, t->ndim + 1, sh, st, t->offset), t, bw_reshape);
-}
-
-kiln_tensor *kiln_squeeze(kiln_ctx *ctx, kiln_tensor *t, int dim) {
-    if (!kiln__check_inputs(ctx, "kiln_squeeze", 1, &t)) return NULL;
-    bool all = dim == -KILN_MAX_DIMS - 1;
-    int d = all ? -1 : kiln__axis(dim, t->ndim);
-    if (!all && d < 0) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_squeeze: dim %d invalid for %d dims", dim, t->ndim);
-        return NULL;
-    }
-    int64_t sh[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
-    int n = 0;
-    for (int i = 0; i < t->ndim; i++) {
-        if (t->shape[i] == 1 && (all || i == d)) continue;
-        sh[n] = t->shape[i];
-        st[n++] = t->strides[i];
-    }
-    return record_view(ctx, "kiln_squeeze", kiln__tensor_view(ctx, t, n, sh, st, t->offset), t, bw_reshape);
 }
 
 /* ---- guard regions (test mode) ------------------------------------------------------ */

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../kiln_internal.h"
+#include "../ops/ops_internal.h"
 #include "../nn/nn_internal.h"
 #include "kiln/io.h"
 #include "kiln/ops.h"

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kiln_internal.h"
+#include "../ops/ops_internal.h"
 #include "kiln/train.h"
 
 struct kiln_confusion {

@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../kiln_internal.h"
+#include "../ops/ops_internal.h"
 #include "kiln/train.h"
 
 /* ---- a growing string ------------------------------------------------------------------ */

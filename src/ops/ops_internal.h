@@ -1,0 +1,86 @@
+/* src/ops/ops_internal.h - the ops floor: what the op families (the files of src/ops) share: the
+ * gradient accumulation of backward rules, the GEMM router and kiln's own GEMM kernels.
+ * Includes the autograd floor; see src/core/core_internal.h for the floors.
+ *
+ * How an op becomes differentiable. After computing `out` from inputs in[0..nin):
+ *
+ *     if (kiln__grad_wanted(ctx, nin, in)) {
+ *         kiln__node *n = kiln__node_new(ctx, "kiln_foo", out, nin, in, foo_backward);
+ *         foo_state *st = n ? KILN__NODE_STATE_NEW(n, foo_state) : NULL;
+ *         if (!st) { kiln_tensor_free(out); return NULL; }  // frees n with out
+ *         st->alpha = alpha;               // parameters the backward needs
+ *         kiln__node_save(n, mask);        // extra tensors the backward needs
+ *     }
+ *     return kiln__finish(ctx, "kiln_foo", out);
+ *
+ * The node keeps its inputs and saved tensors alive (a reference each) until the node is
+ * freed: when backward has run through it (unless the graph is retained) or when `out`
+ * itself is freed. n->out is `out` (not referenced: the node lives inside it).
+ *
+ * foo_backward(ctx, n, gout) runs with grad mode off. gout is the gradient of n->out: a
+ * contiguous F32 tensor of n->out's shape. For each input i with kiln__input_needs_grad(n,
+ * i) it computes that input's gradient with ordinary ops or its own kernels and passes it
+ * to kiln__accum(ctx, n, i, g). g may have a larger broadcast shape than the input (as from
+ * an elementwise op): kiln__accum sums it down to the input's shape. Tensors the backward
+ * creates belong to the caller's scope; it returns KILN_OK or the error status.
+ *
+ * Ops that are not differentiable (argmax, comparisons) skip all this; their outputs do
+ * not require grad. Non-F32 inputs (indices) never require grad. */
+#ifndef KILN_OPS_INTERNAL_H
+#define KILN_OPS_INTERNAL_H
+
+#include "../autograd/autograd_internal.h"
+
+/* ---- gradients of broadcast operands (src/ops/reduce.c) ---------------------------- */
+
+/* Sums g over broadcast dims so it has `ndim`/`shape` (shape must broadcast to g's).
+ * Returns g itself when nothing is to be summed, else a new tensor. */
+kiln_tensor *kiln__sum_to(kiln_ctx *ctx, kiln_tensor *g, int ndim, const int64_t *shape);
+/* Adds g (summed down to input i's shape where it is broadcast) into input i's gradient. */
+kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
+/* The same for a g the caller made for this call and gives up (NULL-safe): g must be its
+ * own new tensor, not gout, an input, a saved tensor or a view of one. When the slot is
+ * empty and nothing else views g's storage, g becomes the gradient (no copy); otherwise it
+ * is accumulated as by kiln__accum and freed. Either way the caller no longer holds g. */
+kiln_status kiln__accum_owned(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
+
+/* ---- the GEMM router (src/ops/sgemm.c) --------------------------------------------- */
+
+/* Row-major C = alpha op(A) op(B) + beta C, enqueued on ctx's queue with no event; batch
+ * > 1 is strided-batched (strides in elements). Products kiln__gemm_own_takes goes to
+ * kiln's own kernels; the rest to CLBlast, with the operand order and, where kiln set
+ * CLBlast's parameters, the kernel (direct or indirect) that run fastest on the device.
+ * Returns CLBlast's status code (0 = success), or KILN__SGEMM_FAILED when kiln's own
+ * kernel failed: the context's error then says why. */
+#define KILN__SGEMM_FAILED (-100000)
+int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a,
+                size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
+                cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
+/* The multiple of each row-major dim (m, n, k of kiln__sgemm) at which CLBlast's indirect
+ * kernel, as kiln set it up for ctx's device, uses the operands in place instead of copying
+ * them into padded buffers first; 1 where that is not known (CLBlast's own parameters, or
+ * the row-major call order). Ops that own their operands' layout pad to these. */
+void kiln__sgemm_tiles(kiln_ctx *ctx, size_t *tm, size_t *tn, size_t *tk);
+
+/* ---- kiln's own GEMM kernels (src/ops/gemm.c) ---------------------------------------- */
+
+/* Whether kiln__sgemm gives this product to kiln's own kernels: every transpose
+ * combination but op(A)^T B^T, on a CPU device (A B and A^T B only with beta 0). */
+bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
+                          float beta);
+/* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices through gemm_nt (tb) or
+ * gemm_nn (!tb, beta 0), as kiln__sgemm's arguments; enqueued. Not for ta && tb. */
+kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                           cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
+                           size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
+                           size_t batch);
+/* Test hook: mode 1 sends every product kiln's kernels can compute to them whatever the
+ * device, 0 none, -1 (default) lets the device type decide; $KILN_GEMM_OWN=off also turns
+ * them off. */
+void kiln__gemm_own(int mode);
+
+/* Test hook (src/ops/reduce.c): 0 picks reduction kernels for the device, 1 forces the
+ * GPU-style layout, 2 the CPU-style one, so one device exercises both. */
+void kiln__reduce_layout(int mode);
+
+#endif
