@@ -51,11 +51,11 @@
 
 #include "golden.h"
 #include "gradcheck.h"
+#include "kiln_test_hooks.h"
 
-/* Test hook of src/ops/activation.c: 1 forces the one-work-item-per-row softmax kernels, 2
- * the one-work-group-per-row ones with a block of the row per work-item (CPU), 3 the same
+/* kiln__hooks_of(ctx)->softmax_layout: 1 forces the one-work-item-per-row softmax kernels,
+ * 2 the one-work-group-per-row ones with a block of the row per work-item (CPU), 3 the same
  * with every L-th element per work-item (GPU), 0 the device's own choice. */
-KILN_API void kiln__softmax_layout(int mode);
 
 #define EPS ((double)FLT_EPSILON)
 
@@ -517,7 +517,7 @@ static const char *const layout_names[NLAYOUTS] = {"auto", "rows", "groups block
 static void test_softmax_shapes(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 67);
     for (int layout = 0; layout < NLAYOUTS; layout++) {
-        kiln__softmax_layout(layout);
+        kiln__hooks_of(ctx)->softmax_layout = layout;
         for (int c = 0; c < NSM; c++) {
             for (int di = 0; di < sm_cases[c].ndims; di++) {
                 for (int lg = 0; lg < 2; lg++) {
@@ -564,7 +564,7 @@ static void test_softmax_shapes(kiln_ctx *ctx) {
             }
         }
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(ctx)->softmax_layout = 0;
     kiln__set_guard(ctx, 0);
 }
 
@@ -577,7 +577,7 @@ static void test_softmax_specials(kiln_ctx *ctx) {
                                      {100, -100, 80, 99},
                                      {1e4f, 1e4f + 1, 1e4f - 2, 1e4f}};
     for (int layout = 0; layout < NLAYOUTS; layout++) {
-        kiln__softmax_layout(layout);
+        kiln__hooks_of(ctx)->softmax_layout = layout;
         kiln_scope_begin(ctx);
         kiln_tensor *x = kiln_from_host(ctx, rows, KILN_F32, 2, (int64_t[]){6, 4});
         double xd[24], ref[24];
@@ -604,7 +604,7 @@ static void test_softmax_specials(kiln_ctx *ctx) {
         kiln_scope_end(ctx);
         CHECK_OK(ctx);
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(ctx)->softmax_layout = 0;
 }
 
 /* ---- softmax gradients -------------------------------------------------------------- */
@@ -660,7 +660,7 @@ static void test_softmax_grads(kiln_ctx *ctx) {
     for (size_t c = 0; c < sizeof smg_cases / sizeof smg_cases[0]; c++) {
         for (int lg = 0; lg < 2; lg++) {
             const smgcase *sc = &smg_cases[c];
-            kiln__softmax_layout(sc->layout);
+            kiln__hooks_of(ctx)->softmax_layout = sc->layout;
             char what[200];
             snprintf(what, sizeof what, "kiln_%s, %s, dim %d, layout %s", lg ? "log_softmax" : "softmax", sc->v.name,
                      sc->dim, layout_names[sc->layout]);
@@ -688,7 +688,7 @@ static void test_softmax_grads(kiln_ctx *ctx) {
             kiln_error_clear(ctx);
         }
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(ctx)->softmax_layout = 0;
     kiln__set_guard(ctx, 0);
 }
 
@@ -788,7 +788,7 @@ static void test_golden(kiln_ctx *ctx) {
     } sm[] = {{"d0", 0, false}, {"d1", 1, false}, {"d2", 2, false}, {"dm1", -1, false}, {"1d", 0, false},
               {"0d", 0, false}, {"long", 1, false}, {"t", 1, true},   {"special", 1, false}};
     for (int layout = 0; layout < NLAYOUTS; layout++) {
-        kiln__softmax_layout(layout);
+        kiln__hooks_of(ctx)->softmax_layout = layout;
         for (int lg = 0; lg < 2; lg++) {
             for (size_t k = 0; k < sizeof sm / sizeof sm[0]; k++) {
                 char cname[160];
@@ -797,7 +797,7 @@ static void test_golden(kiln_ctx *ctx) {
             }
         }
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(ctx)->softmax_layout = 0;
     golden_close(&g);
 }
 

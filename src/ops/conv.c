@@ -63,7 +63,6 @@
 
 /* Elements of column (plus permuted gradient) buffer per chunk; 16 Mi floats = 64 MiB. */
 #define CHUNK_BUDGET ((int64_t)1 << 24)
-static int64_t chunk_budget = CHUNK_BUDGET;
 
 /* The weight gradient's long inner dim (images x pixels) is split into parts that one
  * batched GEMM computes and a kernel sums after: a weight gradient is a small matrix
@@ -78,23 +77,25 @@ static int64_t chunk_budget = CHUNK_BUDGET;
 #define SPLIT_MIN_K 4096
 #define SPLIT_MAX 16
 #define SPLIT_PER_UNIT 4
-static int64_t split_min_k = SPLIT_MIN_K;
 
-/* Test hook (tests/test_conv.c declares it): a smaller chunk budget forces several chunks,
- * a smaller split_min splits small weight gradients; 0 restores a default. */
-KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
-void kiln__conv_tuning(int64_t budget, int64_t split_min) {
-    chunk_budget = budget > 0 ? budget : CHUNK_BUDGET;
-    split_min_k = split_min > 0 ? split_min : SPLIT_MIN_K;
+/* The chunk budget and split minimum in use: ctx->hooks.conv_budget and .conv_split_min
+ * (tests) make them smaller, to force several chunks and split small weight gradients;
+ * 0 keeps the built-in values. */
+static int64_t chunk_budget(const kiln_ctx *ctx) {
+    return ctx->hooks.conv_budget > 0 ? ctx->hooks.conv_budget : CHUNK_BUDGET;
+}
+static int64_t split_min_k(const kiln_ctx *ctx) {
+    return ctx->hooks.conv_split_min > 0 ? ctx->hooks.conv_split_min : SPLIT_MIN_K;
 }
 
-/* Mirrors conv_geom in cl_kernels/conv.cl. */
-typedef struct conv_geom {
-    cl_int n, c, h, w;   /* convolution input */
-    cl_int cout, ho, wo; /* convolution output */
-    cl_int kh, kw, sh, sw, ph, pw, dh, dw;
-    cl_int groups;
-} conv_geom;
+/* The geometry of the convolution doing the work, as the kernels read it (one argument,
+ * by value; cl_kernels/kiln_shared.h). */
+typedef kiln_conv_geom conv_geom;
+
+/* What a conv2d or conv_transpose2d node keeps for its backward. */
+typedef struct conv_state {
+    conv_geom g;
+} conv_state;
 
 /* ---- CLBlast ------------------------------------------------------------------------ */
 
@@ -262,8 +263,8 @@ static kiln_status wgrad_small(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
 }
 
 /* Images per chunk when one image needs `per` elements of scratch. */
-static int chunk_images(int64_t per, int n) {
-    int64_t nb = chunk_budget / (per > 0 ? per : 1);
+static int chunk_images(const kiln_ctx *ctx, int64_t per, int n) {
+    int64_t nb = chunk_budget(ctx) / (per > 0 ? per : 1);
     if (nb < 1) nb = 1;
     if (nb > n) nb = n;
     return (int)nb;
@@ -274,17 +275,13 @@ static int chunk_images(int64_t per, int n) {
  * buffers in place rather than copying them into padded ones: 42 MB each way for the
  * reference CNN's second layer, where padding 288 to 320 took the input gradient's GEMM
  * from 45 to 10 ms. Left as is where padding would add more than a quarter, and where
- * kiln's own kernels compute the input gradient (they read any kg in place). */
-static int64_t pad_forced; /* kiln__conv_pad: a multiple to pad to whatever the device */
-
-/* Test hook (tests/test_sweep.c and test_conv.c declare it): pad kg up to a multiple of
- * `multiple` on every device (0 restores the tile rule), so the padded path runs where kiln
- * knows no tiles (Oclgrind, GPUs with CLBlast's own parameters). */
-KILN_API void kiln__conv_pad(int64_t multiple);
-void kiln__conv_pad(int64_t multiple) { pad_forced = multiple > 0 ? multiple : 0; }
-
+ * kiln's own kernels compute the input gradient (they read any kg in place).
+ * ctx->hooks.conv_pad > 0 (tests) pads kg up to a multiple of it on every device, so the
+ * padded path runs where kiln knows no tiles (Oclgrind, GPUs with CLBlast's own
+ * parameters). */
 static int64_t padded_rows(kiln_ctx *ctx, int64_t kg, bool own_dx) {
-    if (pad_forced > 0) return (kg + pad_forced - 1) / pad_forced * pad_forced;
+    int64_t forced = ctx->hooks.conv_pad;
+    if (forced > 0) return (kg + forced - 1) / forced * forced;
     if (own_dx) return kg;
     size_t tm, tn, tk;
     kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
@@ -309,7 +306,7 @@ static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
     kiln_status s = KILN_OK;
     if (!kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) s = ctx->err;
     kiln_tensor *wt = wc ? wc : w;
-    int nb = chunk_images((krows + g->cout) * hw, g->n);
+    int nb = chunk_images(ctx, (krows + g->cout) * hw, g->n);
     /* One image without bias: the GEMM's [cout, HW] result is the NCHW image itself. */
     bool direct = nb == 1 && !bias;
     if (s == KILN_OK && !(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krows * hw}))) s = ctx->err;
@@ -410,7 +407,7 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
         }
         wt = wp;
     }
-    int nb = chunk_images((krp + g->cout) * hw, g->n);
+    int nb = chunk_images(ctx, (krp + g->cout) * hw, g->n);
     /* One image of a contiguous gy already is its [cout, HW] matrix. */
     bool direct = nb == 1 && kiln__is_contiguous(gy);
     if (!direct && !(gyp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * g->cout * hw}))) {
@@ -424,7 +421,7 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
     /* Split-K parts of the weight gradient (groups already give a batch of their own); the
      * parts of every chunk have the length of the first chunk's. A padded or split weight
      * gradient is computed into `part` and summed / cut to dw's shape after. */
-    int64_t nsplit = dw && g->groups == 1 ? nb * hw / split_min_k : 1;
+    int64_t nsplit = dw && g->groups == 1 ? nb * hw / split_min_k(ctx) : 1;
     if (nsplit > SPLIT_PER_UNIT * (int64_t)ctx->info.compute_units) nsplit = SPLIT_PER_UNIT * ctx->info.compute_units;
     if (nsplit > SPLIT_MAX) nsplit = SPLIT_MAX;
     if (nsplit < 1) nsplit = 1;
@@ -649,18 +646,6 @@ static bool conv_setup(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tenso
 
 /* ---- autograd ----------------------------------------------------------------------- */
 
-static void geom_save(kiln__node *nd, const conv_geom *g) {
-    const cl_int *v = &g->n;
-    for (int k = 0; k < 16; k++)
-        nd->i[k] = v[k];
-}
-
-static void geom_load(const kiln__node *nd, conv_geom *g) {
-    cl_int *v = &g->n;
-    for (int k = 0; k < 16; k++)
-        v[k] = (cl_int)nd->i[k];
-}
-
 /* Sum of gy over N, H and W: the bias gradient. */
 static kiln_tensor *bias_grad(kiln_ctx *ctx, kiln_tensor *gy) {
     static const int axes[3] = {0, 2, 3};
@@ -668,8 +653,9 @@ static kiln_tensor *bias_grad(kiln_ctx *ctx, kiln_tensor *gy) {
 }
 
 static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
-    conv_geom g;
-    geom_load(nd, &g);
+    const conv_state *st = KILN__NODE_STATE(nd, conv_state);
+    if (!st) return ctx->err;
+    conv_geom g = st->g;
     kiln_tensor *x = nd->in[0], *w = nd->in[1];
     bool want_dx = kiln__input_needs_grad(nd, 0), want_dw = kiln__input_needs_grad(nd, 1);
     bool want_db = nd->nin > 2 && kiln__input_needs_grad(nd, 2);
@@ -691,8 +677,9 @@ static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *g
 }
 
 static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
-    conv_geom g;
-    geom_load(nd, &g);
+    const conv_state *st = KILN__NODE_STATE(nd, conv_state);
+    if (!st) return ctx->err;
+    conv_geom g = st->g;
     kiln_tensor *x = nd->in[0], *w = nd->in[1];
     kiln_tensor *dx = NULL, *dw = NULL, *db = NULL;
     kiln_status s = KILN_OK;
@@ -721,7 +708,12 @@ static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln
             kiln_tensor_free(out);
             return NULL;
         }
-        geom_save(nd, g);
+        conv_state *st = KILN__NODE_STATE_NEW(nd, conv_state);
+        if (!st) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        st->g = *g;
     }
     return kiln__finish(ctx, op, out);
 }
