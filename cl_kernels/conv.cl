@@ -15,9 +15,8 @@
  *
  * The kernels give each work-item a whole row or plane and copy with plain inner loops:
  * POCL runs a work-group's items one after another on a core, and these loops are what it
- * vectorises; a first version with a work-item per element paid several integer divisions
- * per element and was about 15 times slower on the reference CNN's second layer (im2col
- * 25 ms against 1.7 ms, col2im 43 ms against 3 ms). */
+ * vectorises; a work-item per element pays several integer divisions per element (README.md,
+ * "Speed", has the measurement). */
 
 /* The convolution's geometry, shared with src/ops/conv.c (cl_kernels/kiln_shared.h). */
 typedef kiln_conv_geom conv_geom;
