@@ -862,6 +862,32 @@ static void test_autograd(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* A backward reads its node's typed state only when the node carries that type: a node
+ * whose state was relabelled (as a mix-up of op families would) fails naming both. */
+static void test_state_checked(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){2, 3});
+    kiln_set_requires_grad(x, true);
+    kiln_tensor *ys[2] = {kiln_leaky_relu(ctx, x, 0.1f), kiln_log_softmax(ctx, x, 1)};
+    static const char *const own[2] = {"act_state", "softmax_state"}, *const other[2] = {"softmax_state", "act_state"};
+    static const char *const ops[2] = {"kiln_leaky_relu", "kiln_log_softmax"};
+    for (int k = 0; k < 2; k++) {
+        CHECK(ys[k] && ys[k]->node && ys[k]->node->state_type && strcmp(ys[k]->node->state_type, own[k]) == 0,
+              "%s: node state %s, expected %s", ops[k], ys[k] && ys[k]->node ? ys[k]->node->state_type : "(none)",
+              own[k]);
+        if (!ys[k] || !ys[k]->node) continue;
+        ys[k]->node->state_type = other[k];
+        kiln_status s = kiln_backward_ex(ys[k], kiln_ones(ctx, 2, (int64_t[]){2, 3}), true);
+        const char *msg = kiln_error_message(ctx);
+        CHECK(s == KILN_ERR_INVALID_ARGUMENT && strstr(msg, ops[k]) && strstr(msg, own[k]) && strstr(msg, other[k]),
+              "%s backward with a %s state: %s: %s", ops[k], other[k], kiln_status_name(s), msg);
+        kiln_error_clear(ctx);
+        ys[k]->node->state_type = own[k];
+    }
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+}
+
 /* Inputs are read, never written. */
 static void test_inputs_untouched(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
@@ -1015,6 +1041,7 @@ static void run(kiln_ctx *ctx) {
     test_softmax_grads(ctx);
     test_golden(ctx);
     test_autograd(ctx);
+    test_state_checked(ctx);
     test_inputs_untouched(ctx);
     test_errors(ctx);
 }
