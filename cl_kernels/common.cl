@@ -1,15 +1,7 @@
-/* cl_kernels/common.cl - types and index helpers put in front of every kiln program. */
+/* cl_kernels/common.cl - types and index helpers put in front of every kiln program, after
+ * cl_kernels/kiln_shared.h (the structs the host shares: kiln_geom, ...). */
 
-#define KILN_MAX_DIMS 8
-#define KILN_GEOM_IN 3
-
-/* Geometry of a strided launch, mirrored by kiln__geom in src/tensor/tensor_internal.h: the output
- * is contiguous with `shape`; input j reads element i at sum_d idx_d * strides[j][d]. */
-typedef struct {
-    int ndim;
-    int shape[KILN_MAX_DIMS];
-    int strides[KILN_GEOM_IN][KILN_MAX_DIMS];
-} kiln_geom;
+#define KILN_MAX_DIMS KILN_SHARED_DIMS
 
 /* Offset of row-major linear index i of the output in input j. */
 inline int kiln_offset(const kiln_geom *g, int j, int i) {

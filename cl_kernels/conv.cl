@@ -15,17 +15,11 @@
  *
  * The kernels give each work-item a whole row or plane and copy with plain inner loops:
  * POCL runs a work-group's items one after another on a core, and these loops are what it
- * vectorises; a first version with a work-item per element paid several integer divisions
- * per element and was about 15 times slower on the reference CNN's second layer (im2col
- * 25 ms against 1.7 ms, col2im 43 ms against 3 ms). */
+ * vectorises; a work-item per element pays several integer divisions per element (README.md,
+ * "Speed", has the measurement). */
 
-/* Mirrored by conv_geom in src/ops/conv.c: only 32-bit ints, no padding. */
-typedef struct {
-    int n, c, h, w;    /* convolution input */
-    int cout, ho, wo;  /* convolution output */
-    int kh, kw, sh, sw, ph, pw, dh, dw;
-    int groups;
-} conv_geom;
+/* The convolution's geometry, shared with src/ops/conv.c (cl_kernels/kiln_shared.h). */
+typedef kiln_conv_geom conv_geom;
 
 /* First and one-past-last output index o in [0, n) with lo <= o0 + o*st < hi (st >= 1). */
 inline int2 conv_range(int o0, int st, int lo, int hi, int n) {

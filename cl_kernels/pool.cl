@@ -14,16 +14,8 @@
  * Contraction of a*b+c into fma is off so that every device rounds alike. */
 #pragma OPENCL FP_CONTRACT OFF
 
-/* Mirrors pool_geom in src/ops/pool.c (32-bit ints only: no padding differences). */
-typedef struct {
-    int C, H, W, OH, OW;          /* channels, input and output plane sizes */
-    int kh, kw, sh, sw;           /* kernel, stride */
-    int ph, pw, dh, dw;           /* padding, dilation */
-    int xoff, xsn, xsc, xsh, xsw; /* input offset and strides (forward only) */
-    int merged;                   /* xsn == C * xsc: plane p starts at p * xsc */
-    int n;                        /* planes (global_avg_pool2d_fwd, max_pool2d) */
-    int flag;                     /* avg: count_include_pad; bilinear: align_corners */
-} pool_geom;
+/* The pooling geometry, shared with src/ops/pool.c (cl_kernels/kiln_shared.h). */
+typedef kiln_pool_geom pool_geom;
 
 /* Index type of the bilinear source coordinates (host's choice: 64-bit only when
  * in * 2 * out could overflow 32 bits). */

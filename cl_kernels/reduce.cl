@@ -13,17 +13,7 @@
  * run to run.
  */
 
-/* Mirrored by red_geom in src/ops/reduce.c: only 32-bit ints, no padding. */
-typedef struct {
-    int nout; /* outputs: product of kshape */
-    int nred; /* reduced elements per output: product of rshape */
-    int kndim;
-    int kshape[KILN_MAX_DIMS];
-    int kstride[KILN_MAX_DIMS];
-    int rndim;
-    int rshape[KILN_MAX_DIMS];
-    int rstride[KILN_MAX_DIMS];
-} kiln_red_geom;
+/* kiln_red_geom, the reduction's geometry, comes from cl_kernels/kiln_shared.h. */
 
 /* Offset of row-major index i over dims [0, n) of shape/stride. */
 inline int red_off(const int *shape, const int *stride, int n, int i) {

@@ -15,4 +15,8 @@
 /* The context's switches: kiln__hooks_of(ctx)->reduce_layout = 2, ... */
 static inline kiln__hooks *kiln__hooks_of(kiln_ctx *ctx) { return &ctx->hooks; }
 
+/* src/ops/matmul.c: the parts of K kiln_matmul splits an m x n x k product into where
+ * CLBlast computes it (ctx->hooks.matmul_last_parts says what the last product used). */
+size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
+
 #endif

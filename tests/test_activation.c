@@ -51,11 +51,11 @@
 
 #include "golden.h"
 #include "gradcheck.h"
+#include "kiln_test_hooks.h"
 
-/* Test hook of src/ops/activation.c: 1 forces the one-work-item-per-row softmax kernels, 2
- * the one-work-group-per-row ones with a block of the row per work-item (CPU), 3 the same
+/* kiln__hooks_of(ctx)->softmax_layout: 1 forces the one-work-item-per-row softmax kernels,
+ * 2 the one-work-group-per-row ones with a block of the row per work-item (CPU), 3 the same
  * with every L-th element per work-item (GPU), 0 the device's own choice. */
-KILN_API void kiln__softmax_layout(int mode);
 
 #define EPS ((double)FLT_EPSILON)
 
@@ -489,7 +489,7 @@ static const char *const layout_names[NLAYOUTS] = {"auto", "rows", "groups block
 static void test_softmax_shapes(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 67);
     for (int layout = 0; layout < NLAYOUTS; layout++) {
-        kiln__softmax_layout(layout);
+        kiln__hooks_of(ctx)->softmax_layout = layout;
         for (int c = 0; c < NSM; c++) {
             for (int di = 0; di < sm_cases[c].ndims; di++) {
                 for (int lg = 0; lg < 2; lg++) {
@@ -536,7 +536,7 @@ static void test_softmax_shapes(kiln_ctx *ctx) {
             }
         }
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(ctx)->softmax_layout = 0;
     kiln__set_guard(ctx, 0);
 }
 
@@ -549,7 +549,7 @@ static void test_softmax_specials(kiln_ctx *ctx) {
                                      {100, -100, 80, 99},
                                      {1e4f, 1e4f + 1, 1e4f - 2, 1e4f}};
     for (int layout = 0; layout < NLAYOUTS; layout++) {
-        kiln__softmax_layout(layout);
+        kiln__hooks_of(ctx)->softmax_layout = layout;
         kiln_scope_begin(ctx);
         kiln_tensor *x = kiln_from_host(ctx, rows, KILN_F32, 2, (int64_t[]){6, 4});
         double xd[24], ref[24];
@@ -576,7 +576,7 @@ static void test_softmax_specials(kiln_ctx *ctx) {
         kiln_scope_end(ctx);
         CHECK_OK(ctx);
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(ctx)->softmax_layout = 0;
 }
 
 /* ---- softmax gradients -------------------------------------------------------------- */
@@ -632,7 +632,7 @@ static void test_softmax_grads(kiln_ctx *ctx) {
     for (size_t c = 0; c < sizeof smg_cases / sizeof smg_cases[0]; c++) {
         for (int lg = 0; lg < 2; lg++) {
             const smgcase *sc = &smg_cases[c];
-            kiln__softmax_layout(sc->layout);
+            kiln__hooks_of(ctx)->softmax_layout = sc->layout;
             char what[200];
             snprintf(what, sizeof what, "kiln_%s, %s, dim %d, layout %s", lg ? "log_softmax" : "softmax", sc->v.name,
                      sc->dim, layout_names[sc->layout]);
@@ -660,7 +660,7 @@ static void test_softmax_grads(kiln_ctx *ctx) {
             kiln_error_clear(ctx);
         }
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(ctx)->softmax_layout = 0;
     kiln__set_guard(ctx, 0);
 }
 
@@ -760,7 +760,7 @@ static void test_golden(kiln_ctx *ctx) {
     } sm[] = {{"d0", 0, false}, {"d1", 1, false}, {"d2", 2, false}, {"dm1", -1, false}, {"1d", 0, false},
               {"0d", 0, false}, {"long", 1, false}, {"t", 1, true},   {"special", 1, false}};
     for (int layout = 0; layout < NLAYOUTS; layout++) {
-        kiln__softmax_layout(layout);
+        kiln__hooks_of(ctx)->softmax_layout = layout;
         for (int lg = 0; lg < 2; lg++) {
             for (size_t k = 0; k < sizeof sm / sizeof sm[0]; k++) {
                 char cname[160];
@@ -769,7 +769,7 @@ static void test_golden(kiln_ctx *ctx) {
             }
         }
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(ctx)->softmax_layout = 0;
     golden_close(&g);
 }
 
@@ -831,6 +831,32 @@ static void test_autograd(kiln_ctx *ctx) {
     kiln_scope_end(ctx);
     CHECK(kiln_tensor_count(ctx) == base, "scope end left %lld tensors",
           (long long)(kiln_tensor_count(ctx) - base));
+    CHECK_OK(ctx);
+}
+
+/* A backward reads its node's typed state only when the node carries that type: a node
+ * whose state was relabelled (as a mix-up of op families would) fails naming both. */
+static void test_state_checked(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){2, 3});
+    kiln_set_requires_grad(x, true);
+    kiln_tensor *ys[2] = {kiln_leaky_relu(ctx, x, 0.1f), kiln_log_softmax(ctx, x, 1)};
+    static const char *const own[2] = {"act_state", "softmax_state"}, *const other[2] = {"softmax_state", "act_state"};
+    static const char *const ops[2] = {"kiln_leaky_relu", "kiln_log_softmax"};
+    for (int k = 0; k < 2; k++) {
+        CHECK(ys[k] && ys[k]->node && ys[k]->node->state_type && strcmp(ys[k]->node->state_type, own[k]) == 0,
+              "%s: node state %s, expected %s", ops[k], ys[k] && ys[k]->node ? ys[k]->node->state_type : "(none)",
+              own[k]);
+        if (!ys[k] || !ys[k]->node) continue;
+        ys[k]->node->state_type = other[k];
+        kiln_status s = kiln_backward_ex(ys[k], kiln_ones(ctx, 2, (int64_t[]){2, 3}), true);
+        const char *msg = kiln_error_message(ctx);
+        CHECK(s == KILN_ERR_INVALID_ARGUMENT && strstr(msg, ops[k]) && strstr(msg, own[k]) && strstr(msg, other[k]),
+              "%s backward with a %s state: %s: %s", ops[k], other[k], kiln_status_name(s), msg);
+        kiln_error_clear(ctx);
+        ys[k]->node->state_type = own[k];
+    }
+    kiln_scope_end(ctx);
     CHECK_OK(ctx);
 }
 
@@ -987,6 +1013,7 @@ static void run(kiln_ctx *ctx) {
     test_softmax_grads(ctx);
     test_golden(ctx);
     test_autograd(ctx);
+    test_state_checked(ctx);
     test_inputs_untouched(ctx);
     test_errors(ctx);
 }

@@ -32,11 +32,7 @@
 
 #include "golden.h"
 #include "gradcheck.h"
-
-/* Test hook of src/ops/conv.c: the column buffer's element budget and the shortest part
- * of a split weight gradient (0 = default). */
-KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
-KILN_API void kiln__gemm_own(int mode); /* src/ops/gemm.c */
+#include "kiln_test_hooks.h"
 
 #define U_F32 0x1p-24
 
@@ -441,11 +437,12 @@ static void test_chunks(kiln_ctx *ctx) {
         for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
             if (modes[m].images && s->n < 2) continue;
             /* split: parts of at least 8 products, as many as the device has compute units */
-            kiln__conv_tuning(per * modes[m].images, modes[m].split ? 8 : 0);
+            kiln__hooks_of(ctx)->conv_budget = per * modes[m].images; /* column elements, 0 = default */
+            kiln__hooks_of(ctx)->conv_split_min = modes[m].split ? 8 : 0;
             run_case(ctx, s, modes[m].tag, true, 7);
         }
     }
-    kiln__conv_tuning(0, 0);
+    kiln__hooks_of(ctx)->conv_budget = kiln__hooks_of(ctx)->conv_split_min = 0;
 }
 
 /* ---- determinism ---------------------------------------------------------------------- */
@@ -741,11 +738,11 @@ static void test_device(kiln_ctx *ctx) {
      * elsewhere. Each chooses its own layout (padded rows, split parts, conv_wgrad_small for
      * few taps only with CLBlast), so both are checked on every device. */
     bool cpu = kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU;
-    kiln__gemm_own(cpu ? 0 : 1);
+    kiln__hooks_of(ctx)->gemm_own = cpu ? -1 : 1;
     g_gemm = cpu ? " [CLBlast]" : " [kiln's own GEMM kernels]";
     test_table(ctx);
     test_chunks(ctx);
-    kiln__gemm_own(-1);
+    kiln__hooks_of(ctx)->gemm_own = 0;
     g_gemm = "";
     char msg[256] = "";
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard regions overwritten: %s", msg);

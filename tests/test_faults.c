@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "kiln_test_hooks.h"
 #include "device/kernels_embedded.h"
 #include "small_cnn.h"
 
@@ -244,9 +245,9 @@ static void build_failure(kiln_ctx *ctx, const char *program) {
 
 static void test_build_failure(kiln_ctx *ctx) {
     build_failure(ctx, "norm");
-    kiln__gemm_own(1);
+    kiln__hooks_of(ctx)->gemm_own = 1;
     build_failure(ctx, "gemm");
-    kiln__gemm_own(-1);
+    kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
 /* KILN_CHECK_NUMERICS=1 from the environment: a NaN in a batch is reported at the first
@@ -288,9 +289,6 @@ static void test_numerics(kiln_ctx *ctx) {
     kiln_close(c);
 }
 
-/* src/ops/conv.c's test hook: chunk budget and split-K minimum (0 restores a default). */
-KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min);
-
 /* A split-K product (kiln_matmul's partials) and a convolution backward whose weight
  * gradient is padded and split (63 taps: padded to the GEMM tile on a tuned device) make
  * scratch buffers on the way: every allocation of forward and backward fails in turn.
@@ -307,8 +305,8 @@ static kiln_status split_ops(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, kiln
 }
 
 static void op_scratch_failures(kiln_ctx *ctx, int own) {
-    kiln__gemm_own(own);
-    kiln__conv_tuning(0, 8);
+    kiln__hooks_of(ctx)->gemm_own = own ? 1 : -1;
+    kiln__hooks_of(ctx)->conv_split_min = 8;
     kiln_tensor *a = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){5, 2500});
     kiln_tensor *b = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){2500, 7});
     kiln_tensor *x = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 7, 5, 6});
@@ -346,8 +344,8 @@ static void op_scratch_failures(kiln_ctx *ctx, int own) {
     CHECK(split_ops(ctx, a, b, x, w) == KILN_OK, "split ops after the failures: %s", kiln_error_message(ctx));
     fprintf(stderr, "%s, %s: split-K matmul and padded conv backward: %d of %lld allocation failure points clean\n",
             kiln_ctx_device(ctx)->name, own ? "kiln's GEMM kernels" : "CLBlast", clean, (long long)n);
-    kiln__conv_tuning(0, 0);
-    kiln__gemm_own(-1);
+    kiln__hooks_of(ctx)->conv_split_min = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
     kiln_tensor_free(a);
     kiln_tensor_free(b);
     kiln_tensor_free(x);

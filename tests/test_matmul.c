@@ -11,21 +11,17 @@
  * devices where CLBlast's kernels use mad() (AMD), whose accuracy OpenCL does not pin to
  * one rounding per operation. Inputs are exact floats, so the reference is exact to ~1e-16. */
 #include "harness.h"
+#include "kiln_test_hooks.h"
 
 #include <clblast_c.h>
 
 #define U_F32 (1.0 / 16777216.0)
 #define TOL_C 2.0
 
-/* src/ops/matmul.c's test hook: how many parts of K a product is split into. */
-KILN_API size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
-/* ... and how many parts the last product enqueued was split into. */
-KILN_API size_t kiln__matmul_last_parts(void);
-/* src/ops/gemm.c's: 1 sends every product it can to kiln's own kernels, 0 none, -1 default. */
-KILN_API void kiln__gemm_own(int mode);
-
 static const char *g_pass = ""; /* which pass of the suite runs, for messages */
-static int g_own = -1;           /* the kiln__gemm_own mode of the pass */
+/* the pass's kiln__hooks_of(ctx)->gemm_own: 1 sends every product it can to kiln's own
+ * kernels, -1 none, 0 the device decides */
+static int g_own = 0;
 
 /* ---- host views (independent of kiln's stride bookkeeping) ------------------------- */
 
@@ -113,7 +109,7 @@ static void check_mm(kiln_ctx *ctx, const char *name, kiln_tensor *a, const floa
     CHECK(c != NULL, "%s: %s", what, kiln_error_message(ctx));
     if (!c) return;
     /* a product split over K (one matrix, or batches folded into M) adds its partials */
-    int split = kiln__matmul_last_parts() > 1;
+    int split = kiln__hooks_of(ctx)->matmul_last_parts > 1;
     CHECK(s1.allocs - s0.allocs == (uint64_t)(1 + copies + split), "%s: %llu pool allocations, expected %d (%s)", what,
           (unsigned long long)(s1.allocs - s0.allocs), 1 + copies + split,
           copies ? "output + copy" : split ? "output + split-K partials, no copy" : "output only, no copy");
@@ -210,14 +206,14 @@ static void test_split_k(kiln_ctx *ctx) {
     const int64_t m = 5, k = 2500, n = 7;
     static const int flags[] = {0, KILN_TRANS_A, KILN_TRANS_B, KILN_TRANS_A | KILN_TRANS_B};
     static const char *const names[] = {"split K NN", "split K TN", "split K NT", "split K TT"};
-    bool own = g_own == 1 || (g_own < 0 && kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU);
+    bool own = g_own == 1 || (g_own == 0 && kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU);
     for (int f = 0; f < 4; f++) {
         bool ta = flags[f] & KILN_TRANS_A, tb = flags[f] & KILN_TRANS_B;
         check_plain(ctx, names[f], 2, ta ? (int64_t[]){k, m} : (int64_t[]){m, k}, 2,
                     tb ? (int64_t[]){n, k} : (int64_t[]){k, n}, flags[f]);
         size_t want = own && !(ta && tb) ? 1 : kiln__matmul_split_parts(ctx, (size_t)m, (size_t)n, (size_t)k);
-        CHECK(kiln__matmul_last_parts() == want, "[%s] %s: split into %zu parts, expected %zu", g_pass, names[f],
-              kiln__matmul_last_parts(), want);
+        CHECK(kiln__hooks_of(ctx)->matmul_last_parts == want, "[%s] %s: split into %zu parts, expected %zu", g_pass, names[f],
+              kiln__hooks_of(ctx)->matmul_last_parts, want);
     }
     check_plain(ctx, "split K, fc1 forward [64,9216]x[128,9216]^T", 2, (int64_t[]){64, 9216}, 2,
                 (int64_t[]){128, 9216}, KILN_TRANS_B);
@@ -484,15 +480,15 @@ static void run(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 0);
     /* kiln's own GEMM kernels run by default on CPUs only: forced here on every device, and
      * turned off for the CLBlast passes, so that CLBlast's paths stay checked on CPUs too */
-    kiln__gemm_own(g_own = 1);
+    kiln__hooks_of(ctx)->gemm_own = g_own = 1;
     run_pass(ctx, "own kernels, guarded", 67);
-    kiln__gemm_own(g_own = 0);
+    kiln__hooks_of(ctx)->gemm_own = g_own = -1;
     run_pass(ctx, "CLBlast only, guarded", 67);
     if (force_indirect_gemm(ctx)) {
         run_pass(ctx, "indirect, guarded", 67);
         run_pass(ctx, "indirect, offset 0", 0);
     }
-    kiln__gemm_own(g_own = -1);
+    kiln__hooks_of(ctx)->gemm_own = g_own = 0;
 }
 
 int main(void) {

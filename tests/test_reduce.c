@@ -3,10 +3,8 @@
  * shapes, every subset of axes, empty dims, long reductions, non-contiguous inputs,
  * NaN/Inf, ties, determinism, guard regions and the error paths. */
 #include "harness.h"
+#include "kiln_test_hooks.h"
 
-/* Test hook of src/ops/reduce.c: 1 = choose kernel shapes as on a GPU, 2 = as on a CPU,
- * 0 = the device's own choice. */
-/* declared in kiln_internal.h */
 static const char *layout_name = "";
 
 typedef enum { OP_SUM, OP_MEAN, OP_MAX, OP_MIN, OP_ARGMAX, OP_COUNT } op_t;
@@ -613,7 +611,7 @@ static void run(kiln_ctx *ctx) {
      * work-item per output sooner), so that a CPU-only CI still runs the GPU paths. */
     const char *names[3] = {"", "[gpu layout] ", "[cpu layout] "};
     for (int layout = 1; layout <= 2; layout++) {
-        kiln__reduce_layout(layout);
+        kiln__hooks_of(ctx)->reduce_layout = layout; /* 1 = as on a GPU, 2 = as on a CPU */
         layout_name = names[layout];
         test_small(ctx);
         test_shapes(ctx);
@@ -621,7 +619,7 @@ static void run(kiln_ctx *ctx) {
         test_special(ctx);
         test_long(ctx);
     }
-    kiln__reduce_layout(0);
+    kiln__hooks_of(ctx)->reduce_layout = 0;
     layout_name = names[0];
     test_errors(ctx);
     kiln__set_guard(ctx, 0);

@@ -6,7 +6,7 @@
  * behind. The kernels a device picks only at some sizes or on another kind of device
  * (work-group vs work-item layouts, split sums, merges) are forced with the ops' test
  * hooks at small sizes and their results checked against host references (forced_*).
- * Every kernel of cl_kernels/ is reached (conv_pad_cols through kiln__conv_pad on devices
+ * Every kernel of cl_kernels/ is reached (conv_pad_cols through the conv_pad hook on devices
  * whose GEMM tiles kiln does not know), and every op of src/ops/registry.h: a result checked
  * here names its op first, and an op of the list that no check names fails the test. */
 #include <ctype.h>
@@ -94,11 +94,8 @@ static void back(const char *what, kiln_tensor *out, int nleaves, kiln_tensor *c
  * Which kernel runs can depend on the device (POCL and Oclgrind choose differently) and on
  * sizes. The test hooks below force each shape on any device; the runs they force are
  * checked against host references (double precision), forward and backward, so a kernel
- * reached only this way is still checked for its results, not just for finite output. */
-KILN_API void kiln__softmax_layout(int mode);                  /* src/ops/activation.c */
-KILN_API void kiln__conv_tuning(int64_t budget, int64_t split_min); /* src/ops/conv.c */
-KILN_API void kiln__conv_pad(int64_t multiple);                      /* src/ops/conv.c */
-KILN_API void kiln__gemm_own(int mode);                              /* src/ops/gemm.c */
+ * reached only this way is still checked for its results, not just for finite output.
+ * The hooks are kiln__hooks_of(C)'s fields (src/kiln_test_hooks.h). */
 
 /* A tensor and the host values it was made from (row-major; h is owned). */
 typedef struct leaf {
@@ -302,7 +299,7 @@ static void sweep_elementwise(void) {
 /* ---- reduce.cl: one long row's argmax in segments (argmax_merge), min per work-group --- */
 static void forced_reduce(void) {
     for (int layout = 1; layout <= 2; layout++) {
-        kiln__reduce_layout(layout);
+        kiln__hooks_of(C)->reduce_layout = layout;
         char what[96];
         /* 20000 > 256 work-items x 64 terms: segments of one output, merged after */
         leaf a = ML(-1, 1, false, 1, 20000);
@@ -328,13 +325,13 @@ static void forced_reduce(void) {
         check_map(what, kiln_min(C, m.t, 1, (int[]){1}, false), 1, &m, map, 3, 0);
         free(m.h);
     }
-    kiln__reduce_layout(0);
+    kiln__hooks_of(C)->reduce_layout = 0;
 }
 
 /* ---- reduce.cl (both kernel layouts) ------------------------------------------------- */
 static void sweep_reduce(void) {
     for (int layout = 1; layout <= 2; layout++) {
-        kiln__reduce_layout(layout);
+        kiln__hooks_of(C)->reduce_layout = layout;
         kiln_tensor *x = MK(-2, 2, true, 3, 7, 5);
 #define XT kiln_permute(C, x, (int[]){2, 0, 1})
         for (int ax = 0; ax < 3; ax++) {
@@ -355,13 +352,13 @@ static void sweep_reduce(void) {
         finite("argmax over an outer axis", kiln_argmax(C, lg, 0, false));
 #undef XT
     }
-    kiln__reduce_layout(0);
+    kiln__hooks_of(C)->reduce_layout = 0;
     forced_reduce();
 }
 
 /* ---- gemm.cl: kiln's own GEMM kernels, which only CPUs pick ---------------------------- */
 static void forced_matmul(void) {
-    kiln__gemm_own(1);
+    kiln__hooks_of(C)->gemm_own = 1;
     /* gemm_nt, A B^T: [2, 5, 37] x [6, 37]^T (rows past 4 clamped, K = 2 x 16 + a 5-term
      * tail, batches folded into M), then a batch of 2 with its own B per batch. gemm_nn, A B
      * and A^T B: [9, 20] x [20, 50] (a row block of 8 + 1 clamped, a column block of 32 +
@@ -392,7 +389,7 @@ static void forced_matmul(void) {
              kiln_matmul_ex(C, trans ? pt.t : p.t, q.t, trans ? KILN_TRANS_A : 0), y, 9 * 50);
         free(y);
     }
-    kiln__gemm_own(-1);
+    kiln__hooks_of(C)->gemm_own = 0;
     free(a.h), free(b.h), free(bb.h), free(p.h), free(pt.h), free(q.h);
 }
 
@@ -449,7 +446,7 @@ static void forced_softmax(void) {
         int dim;
     } cs[] = {{2, {3, 5}, 1}, {2, {3, 5}, 0}, {3, {2, 5, 3}, 1}, {2, {2, 300}, 1}};
     for (int layout = 2; layout <= 3; layout++) {
-        kiln__softmax_layout(layout); /* 2: blocked shares of a row, 3: interleaved */
+        kiln__hooks_of(C)->softmax_layout = layout; /* 2: blocked shares of a row, 3: interleaved */
         for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++)
             for (int lg = 0; lg < 2; lg++) {
                 int dim = cs[k].dim;
@@ -474,7 +471,7 @@ static void forced_softmax(void) {
                 free(x.h);
             }
     }
-    kiln__softmax_layout(0);
+    kiln__hooks_of(C)->softmax_layout = 0;
 }
 
 /* ---- activation.cl --------------------------------------------------------------------- */
@@ -646,7 +643,7 @@ static void forced_conv(void) {
         /* 54 taps: GEMMs; where kiln knows the GEMM's tiles (kiln__sgemm_tiles: a tuned
          * device) padded to 64 (conv_pad_cols); mode 1 splits the inner dim (72) into parts
          * of at least 8 products, mode 2 also cuts the columns into chunks of one image,
-         * mode 3 pads the rows to 64 on any device (kiln__conv_pad) and splits */
+         * mode 3 pads the rows to 64 on any device (the conv_pad hook) and splits */
         {{2, 6, 6, 6, 3, 3, 3, 1}, 0},
         {{2, 6, 6, 6, 3, 3, 3, 1}, 1},
         {{2, 6, 6, 6, 3, 3, 3, 1}, 2},
@@ -658,8 +655,9 @@ static void forced_conv(void) {
         int64_t HO = s->H + 2 * s->pad - s->KH + 1, WO = s->W + 2 * s->pad - s->KW + 1;
         /* mode 2: column buffers of one image (chunks accumulate into the parts) */
         int64_t per = (s->CI * s->KH * s->KW + s->CO) * HO * WO;
-        kiln__conv_tuning(mode == 2 ? per : 0, mode ? 8 : 0);
-        kiln__conv_pad(mode == 3 ? 64 : 0);
+        kiln__hooks_of(C)->conv_budget = mode == 2 ? per : 0;
+        kiln__hooks_of(C)->conv_split_min = mode ? 8 : 0;
+        kiln__hooks_of(C)->conv_pad = mode == 3 ? 64 : 0;
         leaf x = ML(-1, 1, true, s->N, s->CI, s->H, s->W), w = ML(-0.5f, 0.5f, true, s->CO, s->CI, s->KH, s->KW);
         leaf b = ML(-0.5f, 0.5f, true, s->CO);
         int64_t ny = s->N * s->CO * HO * WO;
@@ -690,8 +688,7 @@ static void forced_conv(void) {
         free(w.h);
         free(b.h);
     }
-    kiln__conv_tuning(0, 0);
-    kiln__conv_pad(0);
+    kiln__hooks_of(C)->conv_budget = kiln__hooks_of(C)->conv_split_min = kiln__hooks_of(C)->conv_pad = 0;
 }
 
 /* ---- conv.cl --------------------------------------------------------------------------- */

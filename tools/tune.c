@@ -340,7 +340,7 @@ static int cmd_tune(int argc, char **argv) {
     /* Every product measured here goes to CLBlast: on CPUs kiln's own kernels
      * (src/ops/gemm.c) would otherwise take all but op(A)^T op(B)^T, whatever the
      * parameters. */
-    kiln__gemm_own(0);
+    t.ctx->hooks.gemm_own = -1;
     if (!json && kiln_ctx_device(t.ctx)->type == KILN_DEVICE_CPU)
         printf("note: on CPUs kiln's own GEMM kernels compute every product but A^T B^T; the CLBlast parameters "
                "tuned here serve the rest\n");
@@ -526,7 +526,6 @@ static int cmd_tune(int argc, char **argv) {
     }
     rc = 0;
 out:
-    kiln__gemm_own(-1);
     for (int i = 0; i < NSHAPES; i++)
         bench_gemm_data_free(&t.data[i]);
     kiln_close(t.ctx);

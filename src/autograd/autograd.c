@@ -172,7 +172,6 @@ static void node_discard(kiln__node *n) {
     free(n->state);
     free(n->in);
     free(n->saved);
-    free(n->extra);
     free(n);
 }
 

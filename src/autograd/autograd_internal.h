@@ -8,9 +8,6 @@
 
 #include "../tensor/tensor_internal.h"
 
-/* DEPRECATED: a node takes any number of inputs; kiln_cat and the penalties still split
- * their operands into chunks of this many. */
-#define KILN__NODE_IN 4
 typedef struct kiln__node kiln__node;
 typedef kiln_status (*kiln__backward_fn)(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout);
 struct kiln__node {
@@ -27,9 +24,6 @@ struct kiln__node {
     size_t state_size;
     const char *state_type;
     void (*state_destroy)(void *state);
-    double f[8];       /* DEPRECATED positional slots, being replaced by typed state */
-    int64_t i[24];     /* DEPRECATED positional slots, being replaced by typed state */
-    void *extra;       /* DEPRECATED: malloc'ed op data, freed with the node */
     uint64_t seq;      /* creation order: backward visits nodes from newest to oldest */
 };
 

@@ -152,7 +152,7 @@ void kiln__tune_threshold(kiln_ctx *ctx, size_t v);
  * "the device decides", so a fresh context has every hook off. */
 typedef struct kiln__hooks {
     int reduce_layout;  /* 0 device, 1 GPU-style layout, 2 CPU-style (src/ops/reduce.c) */
-    int softmax_layout; /* as reduce_layout, for softmax (src/ops/activation.c) */
+    int softmax_layout; /* 0 device, 1 rows, 2 groups CPU-style, 3 groups GPU-style (activation.c) */
     int loss_layout;    /* as reduce_layout (src/ops/loss.c) */
     int norm_layout;    /* 0 device, 1 and 2 the two layouts (src/ops/norm.c) */
     int shape_layout;   /* as reduce_layout (src/ops/shape.c) */

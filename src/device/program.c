@@ -51,8 +51,10 @@ static char *read_file(const char *path, size_t *len) {
     return buf;
 }
 
-static char *one_source(kiln_ctx *ctx, const char *name, size_t *len) {
-    if (ctx->kernel_dir[0]) {
+/* The source `name`: from the kernel directory when one is set and from_dir, else the
+ * copy embedded in the library. */
+static char *one_source(kiln_ctx *ctx, const char *name, bool from_dir, size_t *len) {
+    if (from_dir && ctx->kernel_dir[0]) {
         char path[1200];
         snprintf(path, sizeof path, "%s/%s.cl", ctx->kernel_dir, name);
         char *s = read_file(path, len);
@@ -77,26 +79,25 @@ static char *one_source(kiln_ctx *ctx, const char *name, size_t *len) {
 }
 
 char *kiln__program_source(kiln_ctx *ctx, const char *name, size_t *len) {
-    /* common.cl (shared types and index helpers) goes in front of every program: OpenCL's
-     * #include cannot see sources that are embedded in the library. */
-    size_t lc = 0, ln = 0;
-    char *common = one_source(ctx, "common", &lc);
-    if (!common) return NULL;
-    char *body = one_source(ctx, name, &ln);
-    if (!body) {
-        free(common);
-        return NULL;
-    }
-    char *all = malloc(lc + ln + 64 + strlen(name));
-    if (!all) {
-        free(common);
-        free(body);
+    /* kiln_shared.h (the structs the host passes) and common.cl (index helpers) go in front
+     * of every program: OpenCL's #include cannot see sources that are embedded in the
+     * library. kiln_shared.h always comes from the library: the host was compiled against
+     * that copy, and one read from a kernel directory could disagree with it. */
+    size_t ls = 0, lc = 0, ln = 0;
+    char *shared = one_source(ctx, "kiln_shared", false, &ls);
+    if (!shared) return NULL;
+    char *common = one_source(ctx, "common", true, &lc);
+    char *body = common ? one_source(ctx, name, true, &ln) : NULL;
+    char *all = body ? malloc(ls + lc + ln + 96 + strlen(name)) : NULL;
+    if (body && !all)
         kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "kernel source '%s': out of host memory", name);
-        return NULL;
+    if (all) {
+        int head = sprintf(all, "#line 1 \"kiln_shared.h\"\n%s\n#line 1 \"common.cl\"\n%s\n#line 1 \"%s.cl\"\n",
+                           shared, common, name);
+        memcpy(all + head, body, ln + 1);
+        *len = (size_t)head + ln;
     }
-    int head = sprintf(all, "%s\n#line 1 \"%s.cl\"\n", common, name);
-    memcpy(all + head, body, ln + 1);
-    *len = (size_t)head + ln;
+    free(shared);
     free(common);
     free(body);
     return all;

@@ -55,6 +55,12 @@ typedef enum act_kind {
     ACT_SOFTPLUS,
 } act_kind;
 
+/* What an elementwise activation's node keeps for its backward. */
+typedef struct act_state {
+    act_kind kind;
+    cl_float a, b; /* the op's parameters (negative_slope, alpha, beta and threshold) */
+} act_state;
+
 static const struct {
     const char *op;   /* public name, for errors */
     const char *stem; /* kernel name stem */
@@ -74,7 +80,9 @@ static const struct {
  * the output's shape) and the saved input or output. */
 static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     if (!kiln__input_needs_grad(n, 0)) return KILN_OK;
-    act_kind kind = (act_kind)n->i[0];
+    const act_state *st = KILN__NODE_STATE(n, act_state);
+    if (!st) return ctx->err;
+    act_kind kind = st->kind;
     const char *op = act_info[kind].op;
     kiln_tensor *v = act_info[kind].from_out ? n->out : n->in[0];
     kiln_tensor *gi = kiln__tensor_new(ctx, op, KILN_F32, v->ndim, v->shape);
@@ -83,7 +91,7 @@ static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
     if (numel > 0) {
         bool contig = kiln__is_contiguous(v);
         cl_int goff = (cl_int)gout->offset, voff = (cl_int)v->offset, ooff = (cl_int)gi->offset, ni = (cl_int)numel;
-        cl_float a = (cl_float)n->f[0], b = (cl_float)n->f[1];
+        cl_float a = st->a, b = st->b;
         kiln__geom g;
         kiln__karg args[10];
         size_t na = 0;
@@ -149,9 +157,12 @@ static kiln_tensor *act_forward(kiln_ctx *ctx, act_kind kind, kiln_tensor *x, fl
             kiln_tensor_free(out);
             return NULL;
         }
-        n->i[0] = kind;
-        n->f[0] = a;
-        n->f[1] = b;
+        act_state *st = KILN__NODE_STATE_NEW(n, act_state);
+        if (!st) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        *st = (act_state){kind, a, b};
     }
     return kiln__finish(ctx, op, out);
 }
@@ -203,12 +214,15 @@ kiln_tensor *kiln_softplus(kiln_ctx *ctx, kiln_tensor *x, float beta, float thre
 #define SM_CPU_ROWS_PER_CU 16
 #define SM_GPU_MIN_ROWS 1024
 
-/* Test hook: 1 forces *_rows, 2 forces *_groups with the CPU's blocked shares, 3 forces
- * *_groups with the GPU's interleaved shares, 0 restores the device's own choice (so one
- * device's test run covers every path). Process-wide; only tests call it (they declare it). */
-void kiln__softmax_layout(int mode);
-static int sm_layout_override;
-void kiln__softmax_layout(int mode) { sm_layout_override = mode; }
+/* ctx->hooks.softmax_layout (tests): 1 forces *_rows, 2 forces *_groups with the CPU's
+ * blocked shares, 3 forces *_groups with the GPU's interleaved shares, 0 leaves the choice
+ * to the device (so one device's test run covers every path). */
+
+/* What a softmax or log_softmax node keeps for its backward. */
+typedef struct softmax_state {
+    int dim;  /* normalised dim */
+    bool log; /* log_softmax */
+} softmax_state;
 
 typedef struct sm_shape {
     int dim;       /* normalised dim (0 for a 0-d tensor) */
@@ -229,24 +243,8 @@ static void sm_shape_of(const kiln_tensor *t, int dim, sm_shape *s) {
     }
 }
 
-/* Work-group size of `kernel`: the context's, lowered to the kernel's limit, as a power of
- * two (the group kernels' trees need one). */
-static kiln_status sm_group_size(kiln_ctx *ctx, const char *kernel, size_t *wg) {
-    cl_kernel k = kiln__kernel(ctx, ACT_PROGRAM, ACT_OPTIONS, kernel);
-    if (!k) return ctx->err;
-    size_t w = kiln__wg_size(ctx), kw = 0;
-    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
-        kw > 0 && kw < w)
-        w = kw;
-    if (w == 0) w = 1;
-    size_t p = 1;
-    while (p <= w / 2) p *= 2;
-    *wg = p;
-    return KILN_OK;
-}
-
 static bool sm_use_groups(const kiln_ctx *ctx, const sm_shape *s) {
-    if (sm_layout_override) return sm_layout_override >= 2;
+    if (ctx->hooks.softmax_layout) return ctx->hooks.softmax_layout >= 2;
     if (s->len < SM_GROUPS_MIN_LEN) return false;
     int64_t cu = ctx->info.compute_units ? ctx->info.compute_units : 1;
     if (ctx->info.type == KILN_DEVICE_CPU) return s->nrows < SM_CPU_ROWS_PER_CU * cu;
@@ -264,10 +262,11 @@ static kiln_status sm_launch(kiln_ctx *ctx, const char *op, const char *stem, co
     }
     snprintf(kernel, sizeof kernel, "%s_groups", stem);
     size_t local = 1;
-    kiln_status st = sm_group_size(ctx, kernel, &local);
+    kiln_status st = kiln__tree_wg(ctx, ACT_PROGRAM, ACT_OPTIONS, kernel, 0, &local);
     if (st != KILN_OK) return st;
     /* POCL runs a group's work-items one after another: give each a contiguous block */
-    cl_int blocked = sm_layout_override >= 2 ? sm_layout_override == 2 : ctx->info.type == KILN_DEVICE_CPU;
+    int hook = ctx->hooks.softmax_layout;
+    cl_int blocked = hook >= 2 ? hook == 2 : ctx->info.type == KILN_DEVICE_CPU;
     args[na++] = KILN__ARG(blocked);
     args[na++] = KILN__LOCAL(local * sizeof(cl_float));
     return kiln__launch(ctx, op, ACT_PROGRAM, ACT_OPTIONS, kernel, na, args, (size_t)s->nrows * local, local);
@@ -275,11 +274,13 @@ static kiln_status sm_launch(kiln_ctx *ctx, const char *op, const char *stem, co
 
 static kiln_status softmax_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     if (!kiln__input_needs_grad(n, 0)) return KILN_OK;
-    bool lg = n->i[1] != 0;
+    const softmax_state *st = KILN__NODE_STATE(n, softmax_state);
+    if (!st) return ctx->err;
+    bool lg = st->log;
     const char *op = lg ? "kiln_log_softmax" : "kiln_softmax";
     kiln_tensor *y = n->out; /* contiguous: made by the forward */
     sm_shape s;
-    sm_shape_of(y, (int)n->i[0], &s);
+    sm_shape_of(y, st->dim, &s);
     kiln_tensor *gi = kiln__tensor_new(ctx, op, KILN_F32, y->ndim, y->shape);
     if (!gi) return ctx->err;
     if (kiln__numel(y->ndim, y->shape) > 0) {
@@ -339,8 +340,12 @@ static kiln_tensor *softmax_forward(kiln_ctx *ctx, const char *op, kiln_tensor *
             kiln_tensor_free(out);
             return NULL;
         }
-        n->i[0] = d;
-        n->i[1] = lg;
+        softmax_state *st = KILN__NODE_STATE_NEW(n, softmax_state);
+        if (!st) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        *st = (softmax_state){d, lg};
     }
     return kiln__finish(ctx, op, out);
 }

@@ -15,17 +15,17 @@
  *                          optional bias on the way (conv_transpose2d's forward);
  *                 d weight: dW_g = gy_g cols_g(x)^T. kiln's own A B^T kernel reads the
  *                          plain columns as they are; for CLBlast, im2col_t writes them
- *                          already transposed ([N*HW, kg] rows), so it has no 42 MB operand
- *                          to transpose (conv(32, 64, 3) of the reference CNN). Chunks
- *                          accumulate (beta 1) in order; the pixels are split into parts
- *                          summed after. With CLBlast, weights with few taps per output
- *                          channel (kg <= 32: first layers, depthwise) skip the columns:
- *                          conv_wgrad_small computes dW (and d bias) from x and gy directly.
+ *                          already transposed ([N*HW, kg] rows), so CLBlast has no large
+ *                          operand to transpose. Chunks accumulate (beta 1) in order; the
+ *                          pixels are split into parts summed after. With CLBlast, weights
+ *                          with few taps per output channel (kg <= 32: first layers,
+ *                          depthwise) skip the columns: conv_wgrad_small computes dW (and
+ *                          d bias) from x and gy directly.
  *               Where CLBlast computes the input gradient and its tile is known, kg is
  *               padded up to it (288 -> 320) when that adds at most a quarter: CLBlast then
  *               reads and writes the column buffers in place instead of copying them into
- *               padded ones (the input gradient's GEMM of conv(32, 64, 3) went from 45 to
- *               10 ms).
+ *               padded ones.
+ *               conv_bwd runs these as named steps over one bwd_plan (see there).
  *   d bias      conv2d: row sums of the permuted gy (made for the other gradients anyway);
  *               conv_transpose2d, or the bias alone: a deterministic kiln_sum over N, H, W.
  *
@@ -35,15 +35,11 @@
  * [Cin, Cout/groups, kH, kW] of conv_transpose2d is exactly the weight of that
  * convolution.
  *
- * Why one GEMM over the images (rather than a GEMM per image, which writes NCHW directly),
- * as measured with CLBlast before kiln had its own kernels: on POCL with CLBlast's default
- * parameters both run at the same ~20 GFLOPS for the
- * reference CNN's layers (64x288 times 288x576 per image), the backward products are 20-30%
- * faster as one GEMM, and once CLBlast is tuned for the device, large products switch to
- * its faster indirect kernel (2.7x on conv(32, 64, 3)'s forward in a trial), which per-image
- * products are too small for. K = kg is kept as is (no bias row appended) because the
- * indirect kernel pads K that is not a multiple of its tile, which cost 4x in the same
- * trial.
+ * One GEMM spans the images (rather than a GEMM per image, which would write NCHW
+ * directly) because the backward products run faster that way and large products reach
+ * CLBlast's faster indirect kernel, which per-image products are too small for. K = kg is
+ * kept as is (no bias row appended) because the indirect kernel pads a K that is not a
+ * multiple of its tile. README.md ("Speed", convolution) has the measurements.
  *
  * Column buffers come from the pool and hold at most `chunk_budget` elements: the batch is
  * processed in chunks of images that fit (one image at least). One image's columns must
@@ -63,38 +59,35 @@
 
 /* Elements of column (plus permuted gradient) buffer per chunk; 16 Mi floats = 64 MiB. */
 #define CHUNK_BUDGET ((int64_t)1 << 24)
-static int64_t chunk_budget = CHUNK_BUDGET;
 
 /* The weight gradient's long inner dim (images x pixels) is split into parts that one
  * batched GEMM computes and a kernel sums after: a weight gradient is a small matrix
  * (64 x 320 for the reference CNN's second layer: five 64 x 64 tiles) that a GEMM tiles
- * into very few work-groups, leaving cores idle. Up to SPLIT_PER_UNIT parts per compute unit, each at
- * least split_min_k long, at most SPLIT_MAX. (With CLBlast's default parameters on POCL
- * this changes nothing; with XgemmDirect tuned for the CPU, 2 parts made the first layer's
- * weight gradient 2x and the second's 15% faster in a trial; with kiln's CPU table, whose
- * indirect kernel tiles 64 x 64, 8 parts instead of 2 took another 20% off conv(32, 64,
- * 3)'s backward, CPU time 198-222 -> 162-168 ms under load, kiln bench ops; over the
- * transposed columns, 2, 4 and 8 parts per unit measured the same within noise.) */
+ * into very few work-groups, leaving cores idle. Up to SPLIT_PER_UNIT parts per compute
+ * unit, each at least split_min_k long, at most SPLIT_MAX (README.md, "Speed", has the
+ * measurements behind these). */
 #define SPLIT_MIN_K 4096
 #define SPLIT_MAX 16
 #define SPLIT_PER_UNIT 4
-static int64_t split_min_k = SPLIT_MIN_K;
 
-/* Test hook (tests/test_conv.c declares it): a smaller chunk budget forces several chunks,
- * a smaller split_min splits small weight gradients; 0 restores a default. */
-void kiln__conv_tuning(int64_t budget, int64_t split_min);
-void kiln__conv_tuning(int64_t budget, int64_t split_min) {
-    chunk_budget = budget > 0 ? budget : CHUNK_BUDGET;
-    split_min_k = split_min > 0 ? split_min : SPLIT_MIN_K;
+/* The chunk budget and split minimum in use: ctx->hooks.conv_budget and .conv_split_min
+ * (tests) make them smaller, to force several chunks and split small weight gradients;
+ * 0 keeps the built-in values. */
+static int64_t chunk_budget(const kiln_ctx *ctx) {
+    return ctx->hooks.conv_budget > 0 ? ctx->hooks.conv_budget : CHUNK_BUDGET;
+}
+static int64_t split_min_k(const kiln_ctx *ctx) {
+    return ctx->hooks.conv_split_min > 0 ? ctx->hooks.conv_split_min : SPLIT_MIN_K;
 }
 
-/* Mirrors conv_geom in cl_kernels/conv.cl. */
-typedef struct conv_geom {
-    cl_int n, c, h, w;   /* convolution input */
-    cl_int cout, ho, wo; /* convolution output */
-    cl_int kh, kw, sh, sw, ph, pw, dh, dw;
-    cl_int groups;
-} conv_geom;
+/* The geometry of the convolution doing the work, as the kernels read it (one argument,
+ * by value; cl_kernels/kiln_shared.h). */
+typedef kiln_conv_geom conv_geom;
+
+/* What a conv2d or conv_transpose2d node keeps for its backward. */
+typedef struct conv_state {
+    conv_geom g;
+} conv_state;
 
 /* ---- CLBlast ------------------------------------------------------------------------ */
 
@@ -262,8 +255,8 @@ static kiln_status wgrad_small(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
 }
 
 /* Images per chunk when one image needs `per` elements of scratch. */
-static int chunk_images(int64_t per, int n) {
-    int64_t nb = chunk_budget / (per > 0 ? per : 1);
+static int chunk_images(const kiln_ctx *ctx, int64_t per, int n) {
+    int64_t nb = chunk_budget(ctx) / (per > 0 ? per : 1);
     if (nb < 1) nb = 1;
     if (nb > n) nb = n;
     return (int)nb;
@@ -271,20 +264,15 @@ static int chunk_images(int64_t per, int n) {
 
 /* The row count kg of a weight matrix padded up to the GEMM tiles of both backward products
  * (rows of d input's columns, columns of d weight), so that CLBlast uses the column
- * buffers in place rather than copying them into padded ones: 42 MB each way for the
- * reference CNN's second layer, where padding 288 to 320 took the input gradient's GEMM
- * from 45 to 10 ms. Left as is where padding would add more than a quarter, and where
- * kiln's own kernels compute the input gradient (they read any kg in place). */
-static int64_t pad_forced; /* kiln__conv_pad: a multiple to pad to whatever the device */
-
-/* Test hook (tests/test_sweep.c and test_conv.c declare it): pad kg up to a multiple of
- * `multiple` on every device (0 restores the tile rule), so the padded path runs where kiln
- * knows no tiles (Oclgrind, GPUs with CLBlast's own parameters). */
-void kiln__conv_pad(int64_t multiple);
-void kiln__conv_pad(int64_t multiple) { pad_forced = multiple > 0 ? multiple : 0; }
-
+ * buffers in place rather than copying them into padded ones (42 MB each way for the
+ * reference CNN's second layer). Left as is where padding would add more than a quarter, and where
+ * kiln's own kernels compute the input gradient (they read any kg in place).
+ * ctx->hooks.conv_pad > 0 (tests) pads kg up to a multiple of it on every device, so the
+ * padded path runs where kiln knows no tiles (Oclgrind, GPUs with CLBlast's own
+ * parameters). */
 static int64_t padded_rows(kiln_ctx *ctx, int64_t kg, bool own_dx) {
-    if (pad_forced > 0) return (kg + pad_forced - 1) / pad_forced * pad_forced;
+    int64_t forced = ctx->hooks.conv_pad;
+    if (forced > 0) return (kg + forced - 1) / forced * forced;
     if (own_dx) return kg;
     size_t tm, tn, tk;
     kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
@@ -309,7 +297,7 @@ static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
     kiln_status s = KILN_OK;
     if (!kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) s = ctx->err;
     kiln_tensor *wt = wc ? wc : w;
-    int nb = chunk_images((krows + g->cout) * hw, g->n);
+    int nb = chunk_images(ctx, (krows + g->cout) * hw, g->n);
     /* One image without bias: the GEMM's [cout, HW] result is the NCHW image itself. */
     bool direct = nb == 1 && !bias;
     if (s == KILN_OK && !(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krows * hw}))) s = ctx->err;
@@ -337,176 +325,234 @@ static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
 }
 
 /*
+ * One conv_bwd call: what is left to compute, the sizes and choices its steps share, and
+ * its scratch buffers. The steps, in order:
+ *   bwd_outputs       the gradients' tensors (zero-filled for an empty batch);
+ *   bwd_small_wgrad   few taps without kiln's own kernels: dW and d bias from x and gy
+ *                     directly (conv_wgrad_small), done before the chunks;
+ *   bwd_prepare       padded rows kgp, the weight as the input gradient's GEMM reads it,
+ *                     images per chunk, split-K parts, scratch buffers;
+ *   per chunk of images: bwd_chunk_gy (gy as [cout, cnt*HW] matrices, d bias rows),
+ *                     bwd_chunk_wgrad (dW), bwd_chunk_dgrad (d input through col2im);
+ *   bwd_finish        split or padded dW partials summed into dW, scratch freed.
+ */
+typedef struct bwd_plan {
+    kiln_ctx *ctx;
+    const char *op;
+    const conv_geom *g;
+    kiln_tensor *x, *w, *gy, *dx_bias;
+    kiln_tensor *dx, *dw, *db; /* the outputs */
+    bool do_dw, do_db;         /* dw / db still to be computed by the chunks */
+    int64_t hw, mg, kg;        /* pixels per image, output channels and taps per group */
+    int64_t kgp, krp;          /* kg padded for the GEMM tiles, and for every group */
+    int64_t kw;                /* dw's columns as its GEMM computes them (kg or kgp) */
+    int64_t nsplit;            /* split-K parts of dw (1: none) */
+    int nb;                    /* images per chunk */
+    bool own_dw;               /* kiln's own A B^T kernel computes dw */
+    bool direct;               /* one image of a contiguous gy is read in place */
+    size_t tk;                 /* the GEMM's K tile (kiln__sgemm_tiles) */
+    kiln_tensor *wt;           /* w for the input gradient: contiguous, rows padded to kgp */
+    kiln_tensor *wc, *wp, *gyp, *col, *part; /* scratch */
+} bwd_plan;
+
+/* The requested gradients' tensors; for an empty batch dw and db are zeros (dx is empty). */
+static kiln_status bwd_outputs(bwd_plan *p, bool want_dx, bool want_dw, bool want_db) {
+    kiln_ctx *ctx = p->ctx;
+    const conv_geom *g = p->g;
+    int64_t cg = g->c / g->groups;
+    if (want_dx && !(p->dx = kiln__tensor_new(ctx, p->op, KILN_F32, 4, (int64_t[]){g->n, g->c, g->h, g->w})))
+        return ctx->err;
+    if (want_dw && !(p->dw = kiln__tensor_new(ctx, p->op, KILN_F32, 4, (int64_t[]){g->cout, cg, g->kh, g->kw})))
+        return ctx->err;
+    if (want_db && !(p->db = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){g->cout}))) return ctx->err;
+    kiln_status s = KILN_OK;
+    if (want_dw && g->n == 0) s = kiln_fill(p->dw, 0.0f);
+    if (s == KILN_OK && want_db && g->n == 0) s = kiln_fill(p->db, 0.0f);
+    return s;
+}
+
+/* Few taps per output channel, without kiln's own kernels: weight and bias gradients
+ * straight from x and gy, in parts of the batch that spread over the compute units
+ * (summed in order after). With kiln's own kernels the GEMM is faster, so they skip this.
+ * Leaves nothing for the chunks to do for dw and db. */
+static kiln_status bwd_small_wgrad(bwd_plan *p) {
+    kiln_ctx *ctx = p->ctx;
+    const conv_geom *g = p->g;
+    int64_t np = (128 * (int64_t)ctx->info.compute_units + g->cout - 1) / g->cout;
+    if (np > g->n) np = g->n;
+    if (np > 64) np = 64;
+    kiln_tensor *part = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){np * g->cout * (p->kg + 1)});
+    if (!part) return ctx->err;
+    kiln_status s = wgrad_small(ctx, p->op, p->x, p->gy, part, g, (int)np);
+    if (s == KILN_OK) s = sum_parts(ctx, p->op, part, (int)np, g->cout, p->kg, p->kg + 1, p->dw, p->do_db ? p->db : NULL);
+    /* the in-order queue runs both kernels before any later use of the freed buffer */
+    kiln_tensor_free(part);
+    p->do_dw = p->do_db = false;
+    return s;
+}
+
+/* The choices and scratch buffers of the chunk loop. */
+static kiln_status bwd_prepare(bwd_plan *p) {
+    kiln_ctx *ctx = p->ctx;
+    const conv_geom *g = p->g;
+    bool dx = p->dx != NULL;
+    /* (a chunk's columns are at most all n images' pixels wide) */
+    p->kgp = padded_rows(ctx, p->kg,
+                         dx && kiln__gemm_own_takes(ctx, true, false, (size_t)p->kg, (size_t)(g->n * p->hw),
+                                                    (size_t)p->mg, (size_t)g->groups, 0.0f));
+    /* padding must not take one image's columns past 32-bit indexing (conv_setup checked
+     * the unpadded ones) */
+    if (g->groups * p->kgp * p->hw > CONV_MAX_ELEMS) p->kgp = p->kg;
+    p->krp = g->groups * p->kgp;
+    if (dx && !kiln__is_contiguous(p->w) && !(p->wc = kiln__copy_contiguous(ctx, p->op, p->w))) return ctx->err;
+    p->wt = p->wc ? p->wc : p->w;
+    if (dx && p->kgp != p->kg) {
+        if (!(p->wp = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){g->cout * p->kgp})) ||
+            pad_cols(ctx, p->op, p->wt, g->cout, p->kg, p->kgp, p->wp) != KILN_OK)
+            return ctx->err;
+        p->wt = p->wp;
+    }
+    p->nb = chunk_images(ctx, (p->krp + g->cout) * p->hw, g->n);
+    /* One image of a contiguous gy already is its [cout, HW] matrix. */
+    p->direct = p->nb == 1 && kiln__is_contiguous(p->gy);
+    if (!p->direct && !(p->gyp = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){p->nb * g->cout * p->hw})))
+        return ctx->err;
+    if (!(p->col = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){p->nb * p->krp * p->hw}))) return ctx->err;
+    /* Split-K parts of the weight gradient (groups already give a batch of their own); the
+     * parts of every chunk have the length of the first chunk's. A padded or split weight
+     * gradient is computed into `part` and summed / cut to dw's shape after. */
+    int64_t nsplit = p->do_dw && g->groups == 1 ? p->nb * p->hw / split_min_k(ctx) : 1;
+    if (nsplit > SPLIT_PER_UNIT * (int64_t)ctx->info.compute_units) nsplit = SPLIT_PER_UNIT * ctx->info.compute_units;
+    if (nsplit > SPLIT_MAX) nsplit = SPLIT_MAX;
+    if (nsplit < 1) nsplit = 1;
+    p->nsplit = nsplit;
+    /* dw's columns as the GEMM computes them: kg through kiln's own kernel, kgp through
+     * CLBlast (padded rows of the transposed columns) */
+    p->kw = p->own_dw ? p->kg : p->kgp;
+    if (p->do_dw && (nsplit > 1 || p->kw != p->kg) &&
+        !(p->part = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){nsplit * g->cout * p->kw})))
+        return ctx->err;
+    size_t tm, tn;
+    kiln__sgemm_tiles(ctx, &tm, &tn, &p->tk);
+    return KILN_OK;
+}
+
+/* gy of images n0 .. n0+cnt-1 as the groups' [mg, cnt*HW] matrices (*gb), and their bias
+ * gradient rows added to db. */
+static kiln_status bwd_chunk_gy(bwd_plan *p, int n0, int cnt, gmat *gb) {
+    const conv_geom *g = p->g;
+    size_t ld = (size_t)(cnt * p->hw);
+    if (p->direct) {
+        *gb = gm(p->gy, (size_t)(n0 * g->cout * p->hw), ld, (size_t)p->mg * ld, false);
+    } else {
+        kiln_status s = to_cnhw(p->ctx, p->op, p->gy, p->gyp, n0, cnt);
+        if (s != KILN_OK) return s;
+        *gb = gm(p->gyp, 0, ld, (size_t)p->mg * ld, false);
+    }
+    return p->do_db ? bias_rows(p->ctx, p->op, gb, p->db, n0 > 0) : KILN_OK;
+}
+
+/* dw_g [mg, kw] (+)= gy_g [mg, cnt*HW] x cols_g^T for images n0 .. n0+cnt-1, chunks
+ * accumulating in order. kiln's own kernel reads the plain columns cols_g [kg, cnt*HW] as
+ * B^T (A B^T, both along the pixels); CLBlast reads colT_g [cnt*HW, kgp], which
+ * conv_im2col_t writes transposed. */
+static kiln_status bwd_chunk_wgrad(bwd_plan *p, int n0, int cnt, gmat gb) {
+    kiln_ctx *ctx = p->ctx;
+    const char *op = p->op;
+    const conv_geom *g = p->g;
+    size_t ld = (size_t)(cnt * p->hw), kw = (size_t)p->kw, mg = (size_t)p->mg;
+    /* elements from one pixel's column entries to the next one's */
+    size_t step = p->own_dw ? 1 : (size_t)p->kgp;
+    kiln_status s = p->own_dw ? im2col(ctx, op, p->x, p->col, g, n0, cnt)
+                              : im2col_t(ctx, op, p->x, p->col, g, p->kgp, n0, cnt);
+    if (s != KILN_OK) return s;
+    float beta = n0 == 0 ? 0.0f : 1.0f;
+    gmat c = gm(p->part ? p->part : p->dw, 0, kw, mg * kw, false);
+    if (p->nsplit == 1) {
+        gmat b = p->own_dw ? gm(p->col, 0, ld, (size_t)p->kg * ld, true)
+                           : gm(p->col, 0, (size_t)p->krp, (size_t)p->kgp, false);
+        return gemm(ctx, op, mg, kw, ld, gb, b, beta, c, (size_t)g->groups);
+    }
+    /* part s (+)= the products over [s*len, (s+1)*len) of the inner dim, len a multiple of
+     * CLBlast's K tile where it can be; the rest goes to part 0. Parts pay with kiln's
+     * kernel too: each part's rows stay in cache while every block uses them. */
+    size_t nsplit = (size_t)p->nsplit, len = ld / nsplit;
+    if (!p->own_dw && len >= p->tk) len = len / p->tk * p->tk;
+    size_t rest = ld - len * nsplit;
+    gmat a = gb, b = p->own_dw ? gm(p->col, 0, ld, len, true) : gm(p->col, 0, (size_t)p->kgp, len * (size_t)p->kgp, false);
+    a.stride = len;
+    c.stride = (size_t)g->cout * kw;
+    if (len > 0) s = gemm(ctx, op, mg, kw, len, a, b, beta, c, nsplit);
+    if (s == KILN_OK && rest > 0) {
+        a.off += len * nsplit;
+        b.off += len * nsplit * step;
+        s = gemm(ctx, op, mg, kw, rest, a, b, len > 0 || n0 > 0 ? 1.0f : 0.0f, c, 1);
+    }
+    return s;
+}
+
+/* Images n0 .. n0+cnt-1 of dx: cols_g [kgp, cnt*HW] = w_g^T gy_g (rows past kg are zero),
+ * then gathered into the images (plus dx_bias). */
+static kiln_status bwd_chunk_dgrad(bwd_plan *p, int n0, int cnt, gmat gb) {
+    const conv_geom *g = p->g;
+    size_t ld = (size_t)(cnt * p->hw), kgp = (size_t)p->kgp, mg = (size_t)p->mg;
+    kiln_status s = gemm(p->ctx, p->op, kgp, ld, mg, gm(p->wt, 0, kgp, mg * kgp, true), gb, 0.0f,
+                         gm(p->col, 0, ld, kgp * ld, false), (size_t)g->groups);
+    return s == KILN_OK ? col2im(p->ctx, p->op, p->col, p->dx, p->dx_bias, g, p->kgp, n0, cnt) : s;
+}
+
+/* dw from its split or padded partials (when s is still KILN_OK); frees the scratch. */
+static kiln_status bwd_finish(bwd_plan *p, kiln_status s) {
+    if (s == KILN_OK && p->part)
+        s = sum_parts(p->ctx, p->op, p->part, (int)p->nsplit, p->g->cout, p->kg, p->kw, p->dw, NULL);
+    kiln_tensor_free(p->part);
+    kiln_tensor_free(p->col);
+    kiln_tensor_free(p->gyp);
+    kiln_tensor_free(p->wp);
+    kiln_tensor_free(p->wc);
+    return s;
+}
+
+/*
  * Gradients of a convolution from gy [n, cout, ho, wo] (any view), each when its pointer
  * is not NULL: *dx (the input's shape, plus dx_bias[c] when given), *dw (w's shape), *db
  * (the sum of gy over images and pixels, [cout]). x (any view) is needed only for dw, w
- * only for dx. Outputs are new tensors.
+ * only for dx. Outputs are new tensors (all NULL on failure).
  */
 static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, kiln_tensor *x, kiln_tensor *w,
                             kiln_tensor *gy, kiln_tensor *dx_bias, kiln_tensor **dx, kiln_tensor **dw,
                             kiln_tensor **db) {
-    int64_t hw = (int64_t)g->ho * g->wo, cg = g->c / g->groups, mg = g->cout / g->groups;
-    int64_t kg = cg * g->kh * g->kw;
-    kiln_tensor *wc = NULL, *wp = NULL, *gyp = NULL, *col = NULL, *part = NULL;
-    kiln_status s = KILN_OK;
+    bwd_plan p = {.ctx = ctx, .op = op, .g = g, .x = x, .w = w, .gy = gy, .dx_bias = dx_bias};
+    p.do_dw = dw != NULL;
+    p.do_db = db != NULL;
+    p.hw = (int64_t)g->ho * g->wo;
+    p.mg = g->cout / g->groups;
+    p.kg = (int64_t)(g->c / g->groups) * g->kh * g->kw;
+    kiln_status s = bwd_outputs(&p, dx != NULL, dw != NULL, db != NULL);
+    if (s == KILN_OK && g->n > 0) {
+        /* On CPUs the weight gradient is gy_g cols_g^T through kiln's own A B^T kernel,
+         * which reads both operands along the pixels: the plain columns of conv_im2col,
+         * unpadded (src/ops/gemm.c), which conv_im2col writes faster than conv_im2col_t
+         * writes the transposed ones. (A chunk's columns are at most all n images' pixels
+         * wide.) */
+        p.own_dw = p.do_dw && kiln__gemm_own_takes(ctx, false, true, (size_t)p.mg, (size_t)p.kg,
+                                                   (size_t)(g->n * p.hw), (size_t)g->groups, 1.0f);
+        if (p.do_dw && p.kg <= SMALL_KG && !p.own_dw) s = bwd_small_wgrad(&p);
+        if (s == KILN_OK && (p.dx || p.do_dw || p.do_db)) s = bwd_prepare(&p);
+        for (int n0 = 0; s == KILN_OK && p.col && n0 < g->n; n0 += p.nb) {
+            int cnt = g->n - n0 < p.nb ? g->n - n0 : p.nb;
+            gmat gb;
+            s = bwd_chunk_gy(&p, n0, cnt, &gb);
+            if (s == KILN_OK && p.do_dw) s = bwd_chunk_wgrad(&p, n0, cnt, gb);
+            if (s == KILN_OK && p.dx) s = bwd_chunk_dgrad(&p, n0, cnt, gb);
+        }
+    }
+    s = bwd_finish(&p, s);
     kiln_tensor **outs[3] = {dx, dw, db};
-    for (int k = 0; k < 3; k++)
-        if (outs[k]) *outs[k] = NULL;
-    if (dx && !(*dx = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, g->c, g->h, g->w}))) s = ctx->err;
-    if (dw && s == KILN_OK && !(*dw = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->cout, cg, g->kh, g->kw})))
-        s = ctx->err;
-    if (db && s == KILN_OK && !(*db = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){g->cout}))) s = ctx->err;
-    if (s == KILN_OK && dw && g->n == 0) s = kiln_fill(*dw, 0.0f);
-    if (s == KILN_OK && db && g->n == 0) s = kiln_fill(*db, 0.0f);
-    if (s != KILN_OK || g->n == 0) goto done;
-
-    /* On CPUs the weight gradient is gy_g cols_g^T through kiln's own A B^T kernel, which
-     * reads both operands along the pixels: the plain columns of conv_im2col, unpadded
-     * (src/ops/gemm.c). It ran the reference CNN's second layer's weight gradient faster
-     * than CLBlast's product did, and conv_im2col writes its rows faster than
-     * conv_im2col_t writes the transposed ones. (A chunk's columns are at most all n
-     * images' pixels wide.) */
-    bool own_dw = dw && kiln__gemm_own_takes(ctx, false, true, (size_t)mg, (size_t)kg, (size_t)(g->n * hw),
-                                             (size_t)g->groups, 1.0f);
-    /* Few taps per output channel, without kiln's own kernels: weight and bias gradients
-     * straight from x and gy, in parts of the batch that spread over the compute units
-     * (summed in order after). With them the GEMM is faster: the reference CNN's first
-     * layer's weight gradient took 1.2-1.8 ms that way against 5.2-6.9 ms here. */
-    if (dw && kg <= SMALL_KG && !own_dw) {
-        int64_t np = (128 * (int64_t)ctx->info.compute_units + g->cout - 1) / g->cout;
-        if (np > g->n) np = g->n;
-        if (np > 64) np = 64;
-        if (!(part = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){np * g->cout * (kg + 1)}))) {
-            s = ctx->err;
-            goto done;
-        }
-        if ((s = wgrad_small(ctx, op, x, gy, part, g, (int)np)) != KILN_OK ||
-            (s = sum_parts(ctx, op, part, (int)np, g->cout, kg, kg + 1, *dw, db ? *db : NULL)) != KILN_OK)
-            goto done;
-        /* the in-order queue runs both kernels before any later use of the freed buffer */
-        kiln_tensor_free(part);
-        part = NULL;
-        dw = db = NULL;
-        if (!dx) goto done;
-    }
-    /* (a chunk's columns are at most all n images' pixels wide) */
-    int64_t kgp = padded_rows(ctx, kg,
-                              dx && kiln__gemm_own_takes(ctx, true, false, (size_t)kg, (size_t)(g->n * hw), (size_t)mg,
-                                                         (size_t)g->groups, 0.0f));
-    /* padding must not take one image's columns past 32-bit indexing (conv_setup checked
-     * the unpadded ones) */
-    if (g->groups * kgp * hw > CONV_MAX_ELEMS) kgp = kg;
-    int64_t krp = g->groups * kgp;
-    if (dx && !kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) {
-        s = ctx->err;
-        goto done;
-    }
-    kiln_tensor *wt = wc ? wc : w;
-    if (dx && kgp != kg) {
-        if (!(wp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){g->cout * kgp})) ||
-            (s = pad_cols(ctx, op, wt, g->cout, kg, kgp, wp)) != KILN_OK) {
-            s = ctx->err;
-            goto done;
-        }
-        wt = wp;
-    }
-    int nb = chunk_images((krp + g->cout) * hw, g->n);
-    /* One image of a contiguous gy already is its [cout, HW] matrix. */
-    bool direct = nb == 1 && kiln__is_contiguous(gy);
-    if (!direct && !(gyp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * g->cout * hw}))) {
-        s = ctx->err;
-        goto done;
-    }
-    if (!(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krp * hw}))) {
-        s = ctx->err;
-        goto done;
-    }
-    /* Split-K parts of the weight gradient (groups already give a batch of their own); the
-     * parts of every chunk have the length of the first chunk's. A padded or split weight
-     * gradient is computed into `part` and summed / cut to dw's shape after. */
-    int64_t nsplit = dw && g->groups == 1 ? nb * hw / split_min_k : 1;
-    if (nsplit > SPLIT_PER_UNIT * (int64_t)ctx->info.compute_units) nsplit = SPLIT_PER_UNIT * ctx->info.compute_units;
-    if (nsplit > SPLIT_MAX) nsplit = SPLIT_MAX;
-    if (nsplit < 1) nsplit = 1;
-    /* dw's columns as the GEMM computes them: kg through kiln's own kernel, kgp through
-     * CLBlast (padded rows of the transposed columns) */
-    int64_t kw = own_dw ? kg : kgp;
-    if (dw && (nsplit > 1 || kw != kg) &&
-        !(part = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nsplit * g->cout * kw}))) {
-        s = ctx->err;
-        goto done;
-    }
-    size_t tm, tn, tk;
-    kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
-    for (int n0 = 0; n0 < g->n && s == KILN_OK; n0 += nb) {
-        int cnt = g->n - n0 < nb ? g->n - n0 : nb;
-        size_t ld = (size_t)(cnt * hw);
-        gmat gb;
-        if (direct) {
-            gb = gm(gy, (size_t)(n0 * g->cout * hw), ld, (size_t)mg * ld, false);
-        } else {
-            if ((s = to_cnhw(ctx, op, gy, gyp, n0, cnt)) != KILN_OK) break;
-            gb = gm(gyp, 0, ld, (size_t)mg * ld, false);
-        }
-        if (db && (s = bias_rows(ctx, op, &gb, *db, n0 > 0)) != KILN_OK) break;
-        if (dw) {
-            /* dw_g [mg, kw] (+)= gy_g [mg, cnt*HW] x cols_g^T, chunks accumulating in order.
-             * kiln's own kernel reads the plain columns cols_g [kg, cnt*HW] as B^T (A B^T,
-             * both along the pixels); CLBlast reads colT_g [cnt*HW, kgp], which
-             * conv_im2col_t writes transposed. `step`: elements from one pixel's column
-             * entries to the next one's. */
-            size_t step = own_dw ? 1 : (size_t)kgp;
-            s = own_dw ? im2col(ctx, op, x, col, g, n0, cnt) : im2col_t(ctx, op, x, col, g, kgp, n0, cnt);
-            if (s != KILN_OK) break;
-            float beta = n0 == 0 ? 0.0f : 1.0f;
-            gmat c = part ? gm(part, 0, (size_t)kw, (size_t)(mg * kw), false)
-                          : gm(*dw, 0, (size_t)kw, (size_t)(mg * kw), false);
-            if (nsplit == 1) {
-                gmat b = own_dw ? gm(col, 0, ld, (size_t)kg * ld, true) : gm(col, 0, (size_t)krp, (size_t)kgp, false);
-                s = gemm(ctx, op, (size_t)mg, (size_t)kw, ld, gb, b, beta, c, (size_t)g->groups);
-            } else {
-                /* part s (+)= the products over [s*len, (s+1)*len) of the inner dim, len a
-                 * multiple of CLBlast's K tile where it can be; the rest goes to part 0.
-                 * Parts pay with kiln's kernel too: each part's rows stay in cache while
-                 * every block uses them (conv2's weight gradient, 64 x 288 x 36864, ran at
-                 * 138-152 GFLOP/s in 4 or 8 parts against 113-125 in one). */
-                size_t len = ld / (size_t)nsplit;
-                if (!own_dw && len >= tk) len = len / tk * tk;
-                size_t rest = ld - len * (size_t)nsplit;
-                gmat a = gb, b = own_dw ? gm(col, 0, ld, len, true) : gm(col, 0, (size_t)kgp, len * (size_t)kgp, false);
-                a.stride = len;
-                c.stride = (size_t)(g->cout * kw);
-                if (len > 0) s = gemm(ctx, op, (size_t)mg, (size_t)kw, len, a, b, beta, c, (size_t)nsplit);
-                if (s == KILN_OK && rest > 0) {
-                    a.off += len * (size_t)nsplit;
-                    b.off += len * (size_t)nsplit * step;
-                    s = gemm(ctx, op, (size_t)mg, (size_t)kw, rest, a, b, len > 0 || n0 > 0 ? 1.0f : 0.0f, c, 1);
-                }
-            }
-            if (s != KILN_OK) break;
-        }
-        if (dx) {
-            /* cols_g [kgp, cnt*HW] = w_g^T gy_g (rows past kg are zero), then gathered into
-             * the images */
-            s = gemm(ctx, op, (size_t)kgp, ld, (size_t)mg, gm(wt, 0, (size_t)kgp, (size_t)(mg * kgp), true), gb, 0.0f,
-                     gm(col, 0, ld, (size_t)kgp * ld, false), (size_t)g->groups);
-            if (s == KILN_OK) s = col2im(ctx, op, col, *dx, dx_bias, g, kgp, n0, cnt);
-        }
-    }
-    if (s == KILN_OK && part) s = sum_parts(ctx, op, part, (int)nsplit, g->cout, kg, kw, *dw, NULL);
-done:
-    kiln_tensor_free(part);
-    kiln_tensor_free(col);
-    kiln_tensor_free(gyp);
-    kiln_tensor_free(wp);
-    kiln_tensor_free(wc);
-    if (s != KILN_OK) {
-        for (int k = 0; k < 3; k++) {
-            if (outs[k]) {
-                kiln_tensor_free(*outs[k]);
-                *outs[k] = NULL;
-            }
-        }
+    kiln_tensor *got[3] = {p.dx, p.dw, p.db};
+    for (int k = 0; k < 3; k++) {
+        if (s != KILN_OK) kiln_tensor_free(got[k]);
+        if (outs[k]) *outs[k] = s == KILN_OK ? got[k] : NULL;
     }
     return s;
 }
@@ -649,18 +695,6 @@ static bool conv_setup(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tenso
 
 /* ---- autograd ----------------------------------------------------------------------- */
 
-static void geom_save(kiln__node *nd, const conv_geom *g) {
-    const cl_int *v = &g->n;
-    for (int k = 0; k < 16; k++)
-        nd->i[k] = v[k];
-}
-
-static void geom_load(const kiln__node *nd, conv_geom *g) {
-    cl_int *v = &g->n;
-    for (int k = 0; k < 16; k++)
-        v[k] = (cl_int)nd->i[k];
-}
-
 /* Sum of gy over N, H and W: the bias gradient. */
 static kiln_tensor *bias_grad(kiln_ctx *ctx, kiln_tensor *gy) {
     static const int axes[3] = {0, 2, 3};
@@ -668,8 +702,9 @@ static kiln_tensor *bias_grad(kiln_ctx *ctx, kiln_tensor *gy) {
 }
 
 static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
-    conv_geom g;
-    geom_load(nd, &g);
+    const conv_state *st = KILN__NODE_STATE(nd, conv_state);
+    if (!st) return ctx->err;
+    conv_geom g = st->g;
     kiln_tensor *x = nd->in[0], *w = nd->in[1];
     bool want_dx = kiln__input_needs_grad(nd, 0), want_dw = kiln__input_needs_grad(nd, 1);
     bool want_db = nd->nin > 2 && kiln__input_needs_grad(nd, 2);
@@ -691,8 +726,9 @@ static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *g
 }
 
 static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
-    conv_geom g;
-    geom_load(nd, &g);
+    const conv_state *st = KILN__NODE_STATE(nd, conv_state);
+    if (!st) return ctx->err;
+    conv_geom g = st->g;
     kiln_tensor *x = nd->in[0], *w = nd->in[1];
     kiln_tensor *dx = NULL, *dw = NULL, *db = NULL;
     kiln_status s = KILN_OK;
@@ -721,7 +757,12 @@ static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln
             kiln_tensor_free(out);
             return NULL;
         }
-        geom_save(nd, g);
+        conv_state *st = KILN__NODE_STATE_NEW(nd, conv_state);
+        if (!st) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        st->g = *g;
     }
     return kiln__finish(ctx, op, out);
 }

@@ -125,6 +125,12 @@ static kiln_tensor *ew_run(kiln_ctx *ctx, const char *op, const char *name, int 
 #define IN(k) (n->in[k])
 #define NEED(k) kiln__input_needs_grad(n, k)
 
+/* What a tensor-scalar op's node keeps for its backward (the binary and unary ops keep
+ * nothing but their inputs and output). */
+typedef struct scalar_state {
+    float s; /* the scalar operand */
+} scalar_state;
+
 /* Accumulates t, a new tensor, into input k and gives it up (NULL t: the error is
  * already set). */
 static kiln_status give(kiln_ctx *ctx, kiln__node *n, int k, kiln_tensor *t) {
@@ -234,12 +240,16 @@ static kiln_status bw_abs(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 
 static kiln_status bw_add_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return kiln__accum(ctx, n, 0, g); }
 static kiln_status bw_mul_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
-    return give(ctx, n, 0, kiln_mul_scalar(ctx, g, (float)n->f[0]));
+    const scalar_state *st = KILN__NODE_STATE(n, scalar_state);
+    if (!st) return ctx->err;
+    return give(ctx, n, 0, kiln_mul_scalar(ctx, g, st->s));
 }
 
 /* d(a^s)/da = s a^(s-1); 0 for s == 0 */
 static kiln_status bw_pow_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
-    float e = (float)n->f[0];
+    const scalar_state *st = KILN__NODE_STATE(n, scalar_state);
+    if (!st) return ctx->err;
+    float e = st->s;
     if (e == 0.0f) {
         kiln_tensor *z = kiln_zeros(ctx, IN(0)->ndim, IN(0)->shape);
         return give(ctx, n, 0, z);
@@ -253,8 +263,10 @@ static kiln_status bw_pow_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 
 /* As torch.clamp: the gradient passes where the input is within the bound, ties included. */
 static kiln_status bw_clamp(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, bool is_min_bound) {
+    const scalar_state *st = KILN__NODE_STATE(n, scalar_state);
+    if (!st) return ctx->err;
     kiln_scope_begin(ctx);
-    kiln_tensor *b = kiln_full(ctx, (float)n->f[0], 0, NULL);
+    kiln_tensor *b = kiln_full(ctx, st->s, 0, NULL);
     kiln_tensor *pass = is_min_bound ? kiln_ge(ctx, IN(0), b) : kiln_le(ctx, IN(0), b);
     kiln_status s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, g, pass));
     kiln_scope_end(ctx);
@@ -263,18 +275,19 @@ static kiln_status bw_clamp(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, bool i
 static kiln_status bw_maximum_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return bw_clamp(ctx, n, g, true); }
 static kiln_status bw_minimum_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return bw_clamp(ctx, n, g, false); }
 
-/* Records the node of a differentiable op (scalar s kept for the backward) and runs the
- * numerics check. */
+/* Records the node of a differentiable op (a tensor-scalar op's scalar, when s is given,
+ * kept for the backward) and runs the numerics check. */
 static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, int nin, kiln_tensor *const *in,
-                           kiln__backward_fn bw, float s) {
+                           kiln__backward_fn bw, const float *s) {
     if (!out) return NULL;
     if (bw && kiln__grad_wanted(ctx, nin, in)) {
         kiln__node *n = kiln__node_new(ctx, op, out, nin, in, bw);
-        if (!n) {
+        scalar_state *st = n && s ? KILN__NODE_STATE_NEW(n, scalar_state) : NULL;
+        if (!n || (s && !st)) {
             kiln_tensor_free(out);
             return NULL;
         }
-        n->f[0] = s;
+        if (st) st->s = *s;
     }
     return kiln__finish(ctx, op, out);
 }
@@ -285,7 +298,7 @@ static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, int 
     kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b) {     \
         kiln_tensor *ts[2] = {a, b};                                              \
         kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 2, ts, 0.0f);        \
-        return record(ctx, "kiln_" #stem, out, 2, ts, bw, 0.0f);                  \
+        return record(ctx, "kiln_" #stem, out, 2, ts, bw, NULL);                  \
     }
 
 EW_DEFINE_BINARY(add, bw_add)
@@ -307,7 +320,7 @@ kiln_tensor *kiln_where(kiln_ctx *ctx, kiln_tensor *cond, kiln_tensor *a, kiln_t
     kiln_tensor *ts[3] = {cond, a, b};
     kiln_tensor *out = ew_run(ctx, "kiln_where", "where", 3, ts, 0.0f);
     /* the condition is a mask: no gradient flows to it */
-    if (out && kiln__grad_wanted(ctx, 2, ts + 1)) return record(ctx, "kiln_where", out, 3, ts, bw_where, 0.0f);
+    if (out && kiln__grad_wanted(ctx, 2, ts + 1)) return record(ctx, "kiln_where", out, 3, ts, bw_where, NULL);
     return kiln__finish(ctx, "kiln_where", out);
 }
 
@@ -316,7 +329,7 @@ kiln_tensor *kiln_where(kiln_ctx *ctx, kiln_tensor *cond, kiln_tensor *a, kiln_t
 #define EW_DEFINE_UNARY(stem)                                                    \
     kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a) {                     \
         kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 1, &a, 0.0f);        \
-        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, 0.0f);           \
+        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, NULL);           \
     }
 
 EW_DEFINE_UNARY(neg)
@@ -328,7 +341,7 @@ EW_DEFINE_UNARY(abs)
 #define EW_DEFINE_SCALAR(stem)                                                   \
     kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a, float s) {            \
         kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 1, &a, s);           \
-        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, s);              \
+        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, &s);             \
     }
 
 EW_DEFINE_SCALAR(add_scalar)

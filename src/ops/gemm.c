@@ -26,11 +26,6 @@
 #define GEMM_PROGRAM "gemm"
 #define GEMM_OPTIONS ""
 
-/* -1: the device type decides (CPU); 0: never; 1: always (test hook). */
-static _Atomic int forced = -1;
-
-void kiln__gemm_own(int mode) { forced = mode < 0 ? -1 : mode > 0; }
-
 static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
 
 bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
@@ -41,8 +36,9 @@ bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_
      * work-group past m or n) and the flat index over every batch's column blocks */
     size_t nblocks = blocks(n, tb ? 4 : 32), lim = (size_t)INT_MAX - 256;
     if (m > lim || n > lim || k > lim || batch > lim / nblocks) return false;
-    int mode = forced;
-    if (mode >= 0) return mode == 1;
+    /* ctx->hooks.gemm_own (tests, kiln tune): 1 always, -1 never, 0 the device decides */
+    int mode = ctx->hooks.gemm_own;
+    if (mode != 0) return mode > 0;
     const char *e = getenv("KILN_GEMM_OWN");
     if (e && (strcmp(e, "off") == 0 || strcmp(e, "0") == 0)) return false;
     return ctx->info.type == KILN_DEVICE_CPU;

@@ -121,6 +121,11 @@ static const char *clblast_name(CLBlastStatusCode s) {
     }
 }
 
+/* What a matmul node keeps for its backward. */
+typedef struct matmul_state {
+    int flags; /* KILN_TRANS_A, KILN_TRANS_B */
+} matmul_state;
+
 /* What an error message names: the op and both input shapes. */
 typedef struct mm_call {
     kiln_ctx *ctx;
@@ -155,15 +160,11 @@ static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const ch
 #define SPLIT_MIN_K 1024
 #define SPLIT_MAX_PARTS 16
 #define SPLIT_MAX_ELEMS ((size_t)1 << 22)
-/* Test hook (tests/test_matmul.c declares it): the parts split_parts picks. */
+/* The parts split_parts picks, for tests (src/kiln_test_hooks.h declares it; not exported).
+ * The parts the last product was split into go to ctx->hooks.matmul_last_parts. */
 size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
 static size_t split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k);
 size_t kiln__matmul_split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k) { return split_parts(ctx, m, n, k); }
-/* Test hook: the parts of K the last product kiln_matmul enqueued was split into (1: none;
- * tests on one thread). */
-size_t kiln__matmul_last_parts(void);
-static _Atomic size_t last_parts = 1;
-size_t kiln__matmul_last_parts(void) { return last_parts; }
 
 static size_t split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k) {
     size_t tm, tn, tk;
@@ -234,7 +235,7 @@ static kiln_status gemm(const mm_call *mc, const operand *a, const operand *b, c
     size_t parts = batch == 1 && !kiln__gemm_own_takes(mc->ctx, a->trans, b->trans, m, n, k, 1, 0.0f)
                        ? split_parts(mc->ctx, m, n, k)
                        : 1;
-    last_parts = parts;
+    mc->ctx->hooks.matmul_last_parts = parts; /* 1: not split */
     if (parts > 1) return gemm_split(mc, a, b, c, m, n, k, lda, aoff, boff, coff, parts);
     const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
     CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(mc->ctx, mc->op, a->trans, b->trans, m, n, k, 1.0f,
@@ -418,8 +419,10 @@ static kiln_tensor *matmul(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_t
  * forward (the gradient of the removed dim is put back first) and their gradients summed
  * back to 1-D; broadcast batch dims are summed by kiln__accum. */
 static kiln_status bw_matmul(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    const matmul_state *st = KILN__NODE_STATE(n, matmul_state);
+    if (!st) return ctx->err;
     kiln_tensor *a = n->in[0], *b = n->in[1];
-    bool ta = n->i[0] & KILN_TRANS_A, tb = n->i[0] & KILN_TRANS_B;
+    bool ta = st->flags & KILN_TRANS_A, tb = st->flags & KILN_TRANS_B;
     kiln_status s = KILN_OK;
     kiln_scope_begin(ctx);
     kiln_tensor *A = a, *B = b, *G = g;
@@ -456,7 +459,12 @@ static kiln_tensor *matmul_recorded(kiln_ctx *ctx, const char *op, kiln_tensor *
             kiln_tensor_free(out);
             return NULL;
         }
-        n->i[0] = flags;
+        matmul_state *st = KILN__NODE_STATE_NEW(n, matmul_state);
+        if (!st) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
+        st->flags = flags;
     }
     return kiln__finish(ctx, op, out);
 }

@@ -74,13 +74,4 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
                            size_t batch);
-/* Test hook: mode 1 sends every product kiln's kernels can compute to them whatever the
- * device, 0 none, -1 (default) lets the device type decide; $KILN_GEMM_OWN=off also turns
- * them off. */
-void kiln__gemm_own(int mode);
-
-/* Test hook (src/ops/reduce.c): 0 picks reduction kernels for the device, 1 forces the
- * GPU-style layout, 2 the CPU-style one, so one device exercises both. */
-void kiln__reduce_layout(int mode);
-
 #endif

@@ -33,22 +33,16 @@
 #define POOL_OPTIONS ""
 #define POOL_OPTIONS_WIDE "-DPOOL_WIDE" /* 64-bit bilinear source coordinates */
 
-/* Mirrors pool_geom in cl_kernels/pool.cl (32-bit ints only). */
-typedef struct pool_geom {
-    cl_int C, H, W, OH, OW;
-    cl_int kh, kw, sh, sw;
-    cl_int ph, pw, dh, dw;
-    cl_int xoff, xsn, xsc, xsh, xsw;
-    cl_int merged;
-    cl_int n;
-    cl_int flag;
-} pool_geom;
+/* The geometry as the kernels read it (one argument, by value; cl_kernels/kiln_shared.h). */
+typedef kiln_pool_geom pool_geom;
 
-/* The backward rules keep the geometry in the node's integer slots. */
-_Static_assert(sizeof(pool_geom) <= sizeof(((kiln__node *)0)->i) - 4 * sizeof(int64_t),
-               "pool_geom must fit the node's integer parameters");
-#define POOL_MODE_SLOT 23 /* n->i slots of the upsample mode and index width (after the geometry) */
-#define POOL_WIDE_SLOT 22
+/* What every pooling and upsampling node keeps for its backward. */
+typedef struct pool_state {
+    pool_geom g;                  /* the forward's geometry */
+    kiln_upsample_mode mode;      /* kiln_upsample: nearest or bilinear */
+    bool wide;                    /* kiln_upsample: 64-bit source coordinates (POOL_WIDE) */
+    cl_float scale_h, scale_w;    /* kiln_upsample nearest: in / out per axis */
+} pool_state;
 
 /* ---- validation ---------------------------------------------------------------------- */
 
@@ -214,14 +208,15 @@ typedef enum { OVER_INPUTS, OVER_OUTPUTS, OVER_OUTPUT_ROWS } pool_range;
 static kiln_status pool_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout, const char *kernel, bool with_saved,
                                  int nf, pool_range over) {
     if (!kiln__input_needs_grad(n, 0)) return KILN_OK;
+    const pool_state *st = KILN__NODE_STATE(n, pool_state);
+    if (!st) return ctx->err;
     kiln_tensor *x = n->in[0];
-    pool_geom g;
-    memcpy(&g, n->i, sizeof g);
+    pool_geom g = st->g;
     kiln_tensor *gi = kiln__tensor_new(ctx, n->op, KILN_F32, x->ndim, x->shape);
     if (!gi) return ctx->err;
     int64_t planes = kiln__numel(x->ndim - 2, x->shape);
     cl_int gooff = (cl_int)gout->offset, gioff = (cl_int)gi->offset, soff = 0;
-    cl_float f[2] = {(cl_float)n->f[0], (cl_float)n->f[1]};
+    cl_float f[2] = {st->scale_h, st->scale_w};
     kiln__karg args[9];
     size_t na = 0;
     args[na++] = KILN__ARG(gout->st->mem);
@@ -235,7 +230,7 @@ static kiln_status pool_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout
     args[na++] = KILN__ARG(gioff);
     args[na++] = KILN__ARG(g);
     for (int j = 0; j < nf; j++) args[na++] = KILN__ARG(f[j]);
-    const char *options = n->i[POOL_WIDE_SLOT] ? POOL_OPTIONS_WIDE : POOL_OPTIONS;
+    const char *options = st->wide ? POOL_OPTIONS_WIDE : POOL_OPTIONS;
     kiln_status s;
     if (over == OVER_OUTPUT_ROWS)
         s = kiln__launch(ctx, n->op, POOL_PROGRAM, options, kernel, na, args, (size_t)(planes * g.OH), 0);
@@ -252,20 +247,20 @@ static kiln_status pool_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout
 /* Windows that do not overlap (stride >= span on both axes, as max_pool2d(2)) let the
  * backward run over the outputs, each writing its own box of the input (tile kernels):
  * no search for the windows that hold an element. */
-static bool tiles(const kiln__node *n) {
-    pool_geom g;
-    memcpy(&g, n->i, sizeof g);
-    return g.sh >= (g.kh - 1) * g.dh + 1 && g.sw >= (g.kw - 1) * g.dw + 1;
-}
+static bool tiles(const pool_geom *g) { return g->sh >= (g->kh - 1) * g->dh + 1 && g->sw >= (g->kw - 1) * g->dw + 1; }
 
 static kiln_status max_pool2d_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    bool t = tiles(n);
+    const pool_state *st = KILN__NODE_STATE(n, pool_state);
+    if (!st) return ctx->err;
+    bool t = tiles(&st->g);
     return pool_backward(ctx, n, gout, t ? "max_pool2d_bwd_tile" : "max_pool2d_bwd", true, 0,
                          t ? OVER_OUTPUT_ROWS : OVER_INPUTS);
 }
 
 static kiln_status avg_pool2d_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    bool t = tiles(n);
+    const pool_state *st = KILN__NODE_STATE(n, pool_state);
+    if (!st) return ctx->err;
+    bool t = tiles(&st->g);
     return pool_backward(ctx, n, gout, t ? "avg_pool2d_bwd_tile" : "avg_pool2d_bwd", false, 0,
                          t ? OVER_OUTPUTS : OVER_INPUTS);
 }
@@ -275,20 +270,25 @@ static kiln_status global_avg_pool2d_backward(kiln_ctx *ctx, kiln__node *n, kiln
 }
 
 static kiln_status upsample_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
-    if (n->i[POOL_MODE_SLOT] == KILN_UPSAMPLE_NEAREST)
+    const pool_state *st = KILN__NODE_STATE(n, pool_state);
+    if (!st) return ctx->err;
+    if (st->mode == KILN_UPSAMPLE_NEAREST)
         return pool_backward(ctx, n, gout, "upsample_nearest_bwd", false, 2, OVER_INPUTS);
     return pool_backward(ctx, n, gout, "upsample_bilinear_bwd", false, 0, OVER_INPUTS);
 }
 
 /* Records the node of a one-input op whose backward needs the geometry g (and optionally
- * a saved tensor). Returns false (error set) on failure. */
+ * a saved tensor); *state (optional) gets the node's state for the caller to complete.
+ * Returns false (error set) on failure. */
 static bool record(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *out, kiln__backward_fn fn,
-                   const pool_geom *g, kiln_tensor *saved, kiln__node **node) {
+                   const pool_geom *g, kiln_tensor *saved, pool_state **state) {
     kiln__node *n = kiln__node_new(ctx, op, out, 1, &x, fn);
     if (!n) return false;
-    memcpy(n->i, g, sizeof *g);
-    kiln__node_save(n, saved);
-    if (node) *node = n;
+    pool_state *st = KILN__NODE_STATE_NEW(n, pool_state);
+    if (!st) return false;
+    st->g = *g;
+    if (kiln__node_save(n, saved) != KILN_OK) return false;
+    if (state) *state = st;
     return true;
 }
 
@@ -445,16 +445,16 @@ kiln_tensor *kiln_upsample(kiln_ctx *ctx, kiln_tensor *x, int out_h, int out_w, 
             return NULL;
         }
     }
-    kiln__node *n = NULL;
+    pool_state *st = NULL;
     if (kiln__grad_wanted(ctx, 1, &x)) {
-        if (!record(ctx, op, x, out, upsample_backward, &g, NULL, &n)) {
+        if (!record(ctx, op, x, out, upsample_backward, &g, NULL, &st)) {
             kiln_tensor_free(out);
             return NULL;
         }
-        n->i[POOL_MODE_SLOT] = mode;
-        n->i[POOL_WIDE_SLOT] = wide;
-        n->f[0] = sh;
-        n->f[1] = sw;
+        st->mode = mode;
+        st->wide = wide;
+        st->scale_h = sh;
+        st->scale_w = sw;
     }
     return kiln__finish(ctx, op, out);
 }

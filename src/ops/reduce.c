@@ -5,13 +5,9 @@
 
 #include "ops_internal.h"
 
-/* Mirrors kiln_red_geom in cl_kernels/reduce.cl: only 32-bit ints, so host and device
- * agree on the layout without padding. */
-typedef struct red_geom {
-    cl_int nout, nred;
-    cl_int kndim, kshape[KILN_MAX_DIMS], kstride[KILN_MAX_DIMS];
-    cl_int rndim, rshape[KILN_MAX_DIMS], rstride[KILN_MAX_DIMS];
-} red_geom;
+/* The reduction's geometry as the kernels read it (one argument, by value;
+ * cl_kernels/kiln_shared.h). */
+typedef kiln_red_geom red_geom;
 
 typedef enum red_kind { RED_SUM, RED_MEAN, RED_MAX, RED_MIN, RED_ARGMAX } red_kind;
 
@@ -39,16 +35,19 @@ static const char *const red_stem[] = {"sum", "sum", "max", "min", "argmax"};
 #define SEG_TERMS 64
 #define MAX_SEGS 256
 
-/* Test hook: 1 makes every device choose kernel shapes and work splits as a GPU does, 2
- * as a CPU does, 0 restores the device's own, so that one device's test run covers every
- * path. Process-wide; only tests call it (tests/test_reduce.c declares it). */
-static int layout_override;
-/* declared in src/kiln_test_hooks.h */
-void kiln__reduce_layout(int mode) { layout_override = mode; }
-
+/* ctx->hooks.reduce_layout (tests): 1 makes the device choose kernel shapes and work
+ * splits as a GPU does, 2 as a CPU does, 0 leaves them to the device, so that one device's
+ * test run covers every path. */
 static bool cpu_layout(const kiln_ctx *ctx) {
-    return layout_override ? layout_override == 2 : ctx->info.type == KILN_DEVICE_CPU;
+    int hook = ctx->hooks.reduce_layout;
+    return hook ? hook == 2 : ctx->info.type == KILN_DEVICE_CPU;
 }
+
+/* What a sum, mean, max or min node keeps for its backward. */
+typedef struct reduce_state {
+    bool red[KILN_MAX_DIMS]; /* the input's reduced dims */
+    float scale;             /* the gradient's factor: 1/count for mean, else 1 */
+} reduce_state;
 
 /* ---- axes and geometry -------------------------------------------------------------- */
 
@@ -139,25 +138,9 @@ static void build_geom(red_geom *g, const kiln_tensor *t, const bool *red, int64
 
 /* ---- launches ----------------------------------------------------------------------- */
 
-/* The largest power of two <= n (n >= 1). */
-static size_t pow2_floor(size_t n) {
-    size_t p = 1;
-    while (p <= n / 2)
-        p *= 2;
-    return p;
-}
-
-/* Work-group size for `kernel`: the context's size, lowered to what the compiled kernel
- * allows on this device, as a power of two (the group kernels' trees need one). */
+/* Work-group size for `kernel`: a power of two (the group kernels' trees need one). */
 static kiln_status kernel_wg(kiln_ctx *ctx, const char *kernel, size_t *wg) {
-    cl_kernel k = kiln__kernel(ctx, "reduce", "", kernel);
-    if (!k) return ctx->err;
-    size_t w = kiln__wg_size(ctx), kw = 0;
-    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
-        kw > 0 && kw < w)
-        w = kw;
-    *wg = pow2_floor(w ? w : 1);
-    return KILN_OK;
+    return kiln__tree_wg(ctx, "reduce", "", kernel, 0, wg);
 }
 
 static kiln_status launch_rows(kiln_ctx *ctx, const char *op, red_kind kind, cl_mem x, cl_int xoff, cl_mem y,
@@ -347,19 +330,21 @@ static bool check_f32(kiln_ctx *ctx, const char *op, const kiln_tensor *t) {
 
 /* ---- backward: the gradient of each output spreads over the elements it reduced ---- */
 
-/* g reshaped to the input's rank with size 1 on the reduced axes (n->i[d] = 1 there). */
-static kiln_tensor *keep_shape(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+/* g reshaped to the input's rank with size 1 on the reduced axes. */
+static kiln_tensor *keep_shape(kiln_ctx *ctx, kiln__node *n, const reduce_state *st, kiln_tensor *g) {
     const kiln_tensor *x = n->in[0];
     int64_t shape[KILN_MAX_DIMS];
-    for (int d = 0; d < x->ndim; d++) shape[d] = n->i[d] ? 1 : x->shape[d];
+    for (int d = 0; d < x->ndim; d++) shape[d] = st->red[d] ? 1 : x->shape[d];
     return kiln_reshape(ctx, g, x->ndim, shape);
 }
 
 static kiln_status bw_sum_mean(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    const reduce_state *st = KILN__NODE_STATE(n, reduce_state);
+    if (!st) return ctx->err;
     kiln_tensor *x = n->in[0];
     kiln_scope_begin(ctx);
-    kiln_tensor *gk = keep_shape(ctx, n, g);
-    if (n->f[0] != 1.0) gk = kiln_mul_scalar(ctx, gk, (float)n->f[0]); /* 1/count for mean */
+    kiln_tensor *gk = keep_shape(ctx, n, st, g);
+    if (st->scale != 1.0f) gk = kiln_mul_scalar(ctx, gk, st->scale); /* 1/count for mean */
     kiln_status s = kiln__accum(ctx, n, 0, kiln_expand(ctx, gk, x->ndim, x->shape));
     kiln_scope_end(ctx);
     return s;
@@ -368,14 +353,16 @@ static kiln_status bw_sum_mean(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 /* The gradient goes to the elements equal to the extreme, split evenly among ties (as
  * torch.amax/amin). */
 static kiln_status bw_extreme(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    const reduce_state *st = KILN__NODE_STATE(n, reduce_state);
+    if (!st) return ctx->err;
     kiln_tensor *x = n->in[0];
     int axes[KILN_MAX_DIMS], na = 0;
     for (int d = 0; d < x->ndim; d++)
-        if (n->i[d]) axes[na++] = d;
+        if (st->red[d]) axes[na++] = d;
     kiln_scope_begin(ctx);
-    kiln_tensor *mask = kiln_eq(ctx, x, keep_shape(ctx, n, n->out));
+    kiln_tensor *mask = kiln_eq(ctx, x, keep_shape(ctx, n, st, n->out));
     kiln_tensor *cnt = kiln_sum(ctx, mask, na, axes, true);
-    kiln_tensor *share = kiln_div(ctx, keep_shape(ctx, n, g), cnt);
+    kiln_tensor *share = kiln_div(ctx, keep_shape(ctx, n, st, g), cnt);
     kiln_status s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, mask, share));
     kiln_scope_end(ctx);
     return s;
@@ -394,12 +381,17 @@ static kiln_tensor *reduce_axes(kiln_ctx *ctx, const char *op, red_kind kind, ki
             kiln_tensor_free(out);
             return NULL;
         }
+        reduce_state *st = KILN__NODE_STATE_NEW(n, reduce_state);
+        if (!st) {
+            kiln_tensor_free(out);
+            return NULL;
+        }
         int64_t count = 1;
         for (int d = 0; d < t->ndim; d++) {
-            n->i[d] = red[d];
+            st->red[d] = red[d];
             if (red[d]) count *= t->shape[d];
         }
-        n->f[0] = kind == RED_MEAN ? 1.0 / (double)(count ? count : 1) : 1.0;
+        st->scale = kind == RED_MEAN ? (float)(1.0 / (double)(count ? count : 1)) : 1.0f;
     }
     return kiln__finish(ctx, op, out);
 }

@@ -73,17 +73,14 @@ void kiln__release_dead(kiln_ctx *ctx);
  * is no longer referenced (kiln__release_dead frees it). */
 void kiln__tensor_unref(kiln_tensor *t);
 
-/* ---- strided indexing shared with the kernels (cl_kernels/common.cl) --------------- */
+/* ---- strided indexing shared with the kernels (cl_kernels/kiln_shared.h) ------------- */
 
 /* Geometry of an elementwise launch: output is contiguous with `shape`; each input has its
- * own strides (0 where broadcast) and offset. The layout matches kiln_geom in the kernels:
- * only 32-bit ints, so host and device agree without padding. */
-#define KILN__GEOM_IN 3
-typedef struct kiln__geom {
-    cl_int ndim;
-    cl_int shape[KILN_MAX_DIMS];
-    cl_int strides[KILN__GEOM_IN][KILN_MAX_DIMS];
-} kiln__geom;
+ * own strides (0 where broadcast) and offset. kiln_geom comes from the header the kernels
+ * include too (cl_kernels/kiln_shared.h), with the other structs both sides read. */
+#include "../../cl_kernels/kiln_shared.h"
+#define KILN__GEOM_IN KILN_GEOM_IN
+typedef kiln_geom kiln__geom;
 
 /* Fills g for an output of `shape` (ndim dims) and nin inputs whose strides are already
  * broadcast to ndim dims; size-1 dims are dropped and contiguous runs merged. */

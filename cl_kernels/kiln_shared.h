@@ -1,0 +1,71 @@
+/* cl_kernels/kiln_shared.h - the structs that the host and the kernels both read, in one
+ * header that C (through src/kiln_internal.h) and OpenCL C (src/device/program.c puts it in
+ * front of every program) include, so that their layouts cannot drift apart.
+ *
+ * Each struct is passed to a kernel by value as one argument. Fields are 32-bit ints only
+ * (kiln_i32), so host and device lay them out alike with no padding; the host checks each
+ * struct's size with a static assertion. */
+#ifndef KILN_SHARED_H
+#define KILN_SHARED_H
+
+/* Dims of a strided geometry; kiln.h's KILN_MAX_DIMS must equal it (checked below). */
+#define KILN_SHARED_DIMS 8
+/* Inputs of an elementwise launch. */
+#define KILN_GEOM_IN 3
+
+#ifdef __OPENCL_VERSION__
+typedef int kiln_i32;
+#else
+typedef cl_int kiln_i32;
+#endif
+
+/* Geometry of a strided launch: the output is contiguous with `shape`; input j reads
+ * element i at sum_d idx_d * strides[j][d] (src/kiln_internal.h: kiln__geom_build). */
+typedef struct kiln_geom {
+    kiln_i32 ndim;
+    kiln_i32 shape[KILN_SHARED_DIMS];
+    kiln_i32 strides[KILN_GEOM_IN][KILN_SHARED_DIMS];
+} kiln_geom;
+
+/* A reduction (src/ops/reduce.c, cl_kernels/reduce.cl): the kept dims (one output each) and
+ * the reduced dims, each coalesced, with the input's strides. */
+typedef struct kiln_red_geom {
+    kiln_i32 nout; /* outputs: product of kshape */
+    kiln_i32 nred; /* reduced elements per output: product of rshape */
+    kiln_i32 kndim;
+    kiln_i32 kshape[KILN_SHARED_DIMS];
+    kiln_i32 kstride[KILN_SHARED_DIMS];
+    kiln_i32 rndim;
+    kiln_i32 rshape[KILN_SHARED_DIMS];
+    kiln_i32 rstride[KILN_SHARED_DIMS];
+} kiln_red_geom;
+
+/* The convolution that does the work of conv2d and conv_transpose2d (src/ops/conv.c). */
+typedef struct kiln_conv_geom {
+    kiln_i32 n, c, h, w;   /* convolution input */
+    kiln_i32 cout, ho, wo; /* convolution output */
+    kiln_i32 kh, kw, sh, sw, ph, pw, dh, dw;
+    kiln_i32 groups;
+} kiln_conv_geom;
+
+/* Pooling and upsampling (src/ops/pool.c). */
+typedef struct kiln_pool_geom {
+    kiln_i32 C, H, W, OH, OW;               /* channels, input and output plane sizes */
+    kiln_i32 kh, kw, sh, sw;                /* kernel, stride */
+    kiln_i32 ph, pw, dh, dw;                /* padding, dilation */
+    kiln_i32 xoff, xsn, xsc, xsh, xsw;      /* input offset and strides (forward only) */
+    kiln_i32 merged;                        /* xsn == C * xsc: plane p starts at p * xsc */
+    kiln_i32 n;                             /* planes (global_avg_pool2d_fwd, max_pool2d) */
+    kiln_i32 flag;                          /* avg: count_include_pad; bilinear: align_corners */
+} kiln_pool_geom;
+
+#ifndef __OPENCL_VERSION__
+_Static_assert(KILN_MAX_DIMS == KILN_SHARED_DIMS, "kiln.h's KILN_MAX_DIMS must match the kernels' dims");
+_Static_assert(sizeof(kiln_i32) == 4, "kiln_i32 must be 32 bits");
+_Static_assert(sizeof(kiln_geom) == (1 + KILN_SHARED_DIMS * (1 + KILN_GEOM_IN)) * 4, "kiln_geom has padding");
+_Static_assert(sizeof(kiln_red_geom) == (4 + 4 * KILN_SHARED_DIMS) * 4, "kiln_red_geom has padding");
+_Static_assert(sizeof(kiln_conv_geom) == 16 * 4, "kiln_conv_geom has padding");
+_Static_assert(sizeof(kiln_pool_geom) == 21 * 4, "kiln_pool_geom has padding");
+#endif
+
+#endif
