@@ -1561,6 +1561,30 @@ static void test_user_errors(kiln_ctx *ctx) {
     expect_err(ctx, !bad, KILN_ERR_NULL, "module_list with a NULL entry", "kiln_nn_module_list", "NULL", NULL);
     CHECK(kiln_tensor_count(ctx) == c2 && kiln_module_find_child(dict, "mix") == mx, "refused container calls leaked");
 
+    /* refused container calls never free a module that is not the caller's to give */
+    kiln_module *outer = kiln_nn_sequential(
+        ctx, 1, (kiln_module *[]){kiln_nn_sequential(ctx, 1, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true)})});
+    kiln_module *inner = kiln_module_child(outer, 0);
+    s = kiln_nn_sequential_set(inner, 5, outer);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set of an ancestor, bad index", "index 5", NULL,
+               NULL);
+    s = kiln_nn_sequential_set(inner, 0, outer);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set of an ancestor", "of its descendant", NULL,
+               NULL);
+    s = kiln_nn_module_list_append(inner, outer);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "list_append of an ancestor to a Sequential",
+               "Sequential is not a ModuleList", NULL, NULL);
+    s = kiln_nn_module_dict_set(inner, "k", inner);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "dict_set of itself on a Sequential",
+               "Sequential is not a ModuleDict", NULL, NULL);
+    s = kiln_nn_sequential_append(inner, kiln_module_child(inner, 0));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "appending a module's own child again",
+               "already is a child", NULL, NULL);
+    CHECK(kiln_module_child(outer, 0) == inner && kiln_module_num_children(inner) == 1 &&
+              kiln_module_find(outer, "0.0.weight") != NULL,
+          "the refused modules are intact");
+    kiln_module_free(outer);
+
     /* a forward that misbehaves is caught and named */
     static const kiln_module_def broken_def = {.kind = "Broken", .state_size = sizeof(broken), .forward = broken_forward,
                                                .num_inputs = 1, .num_outputs = 2, .describe = broken_describe};

@@ -6,6 +6,7 @@
  *
  *     static kiln_status block_forward(kiln_module *m, int nin, kiln_tensor *const *in,
  *                                      int nout, kiln_tensor **out) {
+ *         (void)nin, (void)nout;                   // 1 and 1: kiln checked them
  *         block *b = kiln_module_data(m);
  *         kiln_ctx *ctx = kiln_module_ctx(m);
  *         kiln_tensor *h = kiln_relu(ctx, kiln_forward(b->fc1, in[0]));
@@ -21,11 +22,10 @@
  *         kiln_module *m = kiln_module_new(ctx, &block_def);
  *         if (!m) return NULL;
  *         block *b = kiln_module_data(m);
- *         b->fc1 = kiln_nn_linear(ctx, dim, dim, true);
- *         b->fc2 = kiln_nn_linear(ctx, dim, dim, true);
- *         // add_child owns the child from now on, also when it fails
- *         if (kiln_module_add_child(m, "fc1", b->fc1) != KILN_OK ||
- *             kiln_module_add_child(m, "fc2", b->fc2) != KILN_OK) {
+ *         // add_child owns the child from now on, also when it fails; a child made only
+ *         // when its turn comes is never left over when an earlier one fails
+ *         if (kiln_module_add_child(m, "fc1", b->fc1 = kiln_nn_linear(ctx, dim, dim, true)) != KILN_OK ||
+ *             kiln_module_add_child(m, "fc2", b->fc2 = kiln_nn_linear(ctx, dim, dim, true)) != KILN_OK) {
  *             kiln_module_free(m);                 // destroy() once, then children, tensors
  *             return NULL;
  *         }

@@ -125,9 +125,17 @@ static kiln_status check_child(kiln_module *m, const char *fn, kiln_module *chil
     return KILN_OK;
 }
 
+/* Frees child refused by container c unless it is not ours to free (see check_child). */
+static void free_refused(const kiln_module *c, kiln_module *child) {
+    if (!child || child->parent) return;
+    for (const kiln_module *a = c; a; a = a->parent)
+        if (a == child) return;
+    kiln_module_free(child);
+}
+
 static kiln_status add_child(kiln_module *m, const char *fn, const char *name, kiln_module *child) {
     if (!m) {
-        if (child && !child->parent) kiln_module_free(child);
+        free_refused(NULL, child);
         return kiln__fail_global(KILN_ERR_NULL, "%s: the module is NULL", fn);
     }
     bool keep;
@@ -510,7 +518,7 @@ static kiln_status append(kiln_module *c, const char *fn, const kiln_module_def 
         return kiln__fail_global(KILN_ERR_NULL, "%s: the container is NULL", fn);
     }
     if (!is_a(c, d)) {
-        if (m && !m->parent && m != c) kiln_module_free(m);
+        free_refused(c, m);
         return kiln__fail(c->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s is not a %s", fn, c->kind, d->kind);
     }
     char name[16];
@@ -559,7 +567,7 @@ kiln_status kiln_nn_sequential_set(kiln_module *seq, int index, kiln_module *m) 
     }
     if (!m) return kiln__fail(seq->ctx, KILN_ERR_NULL, "%s: the module is NULL (its constructor failed)", fn);
     if (index < 0 || index >= seq->nchildren || !is_a(seq, &seq_def)) {
-        if (!m->parent) kiln_module_free(m);
+        free_refused(seq, m);
         return kiln__fail(seq->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: index %d of a %s of %d children (a Sequential's)", fn,
                           index, seq->kind, seq->nchildren);
     }
@@ -583,7 +591,7 @@ kiln_status kiln_nn_module_dict_set(kiln_module *dict, const char *key, kiln_mod
         return kiln__fail_global(KILN_ERR_NULL, "%s: the dict is NULL", fn);
     }
     if (!is_a(dict, &dict_def)) {
-        if (m && !m->parent && m != dict) kiln_module_free(m);
+        free_refused(dict, m);
         return kiln__fail(dict->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s is not a ModuleDict", fn, dict->kind);
     }
     for (int k = 0; key && k < dict->nchildren; k++)
