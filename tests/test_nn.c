@@ -1561,6 +1561,28 @@ static void test_user_errors(kiln_ctx *ctx) {
     expect_err(ctx, !bad, KILN_ERR_NULL, "module_list with a NULL entry", "kiln_nn_module_list", "NULL", NULL);
     CHECK(kiln_tensor_count(ctx) == c2 && kiln_module_find_child(dict, "mix") == mx, "refused container calls leaked");
 
+    /* modules, tensors and inputs of another context (a second context on the same device) */
+    const kiln_device_info *di = kiln_ctx_device(ctx);
+    char spec[32];
+    snprintf(spec, sizeof spec, "%d:%d", di->platform_index, di->device_index);
+    kiln_ctx *ctx2 = NULL;
+    CHECK(kiln_open(&ctx2, spec) == KILN_OK, "a second context: %s", kiln_last_error());
+    if (ctx2) {
+        s = kiln_module_add_child(mx, "other", kiln_nn_linear(ctx2, 2, 2, true));
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "a child of another context", "kiln_module_add_child",
+                   "another context", NULL);
+        s = kiln_module_add_parameter(mx, "other", kiln_zeros(ctx2, 1, (int64_t[]){2}));
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "a parameter of another context",
+                   "kiln_module_add_parameter", "'other' belongs to another context", NULL);
+        kiln_tensor *a2 = kiln_zeros(ctx2, 2, (int64_t[]){2, 4});
+        s = kiln_module_forward(mx, 2, (kiln_tensor *[]){a, a2}, 2, out);
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "an input of another context",
+                   "input 1 of Mixer(4, 3) belongs to another context", NULL, NULL);
+        CHECK(kiln_tensor_count(ctx2) == 1, "refused tensors of the second context were not freed (%lld left)",
+              (long long)kiln_tensor_count(ctx2));
+        kiln_close(ctx2);
+    }
+
     /* refused container calls never free a module that is not the caller's to give */
     kiln_module *outer = kiln_nn_sequential(
         ctx, 1, (kiln_module *[]){kiln_nn_sequential(ctx, 1, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true)})});
