@@ -377,9 +377,12 @@ static size_t describe(const kiln_module *m, char *buf, size_t cap, int indent) 
     } while (0)
     char args[512];
     args_of(m, args, sizeof args);
-    PUT("%s(%s", m->kind, args);
-    if (m->nchildren) {
+    /* torch's repr: the arguments inline without children, else on a line of their own */
+    PUT("%s(", m->kind);
+    if (!m->nchildren) PUT("%s", args);
+    else {
         PUT("\n");
+        if (*args) PUT("%*s%s\n", indent + 2, "", args);
         for (int k = 0; k < m->nchildren; k++) {
             PUT("%*s(%s): ", indent + 2, "", m->children[k].name);
             if (used < cap) used += describe(m->children[k].m, buf + used, cap - used, indent + 2);
