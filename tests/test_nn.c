@@ -210,6 +210,7 @@ static kiln_module *basic_block_new(kiln_ctx *ctx, int64_t inplanes, int64_t pla
 }
 
 static kiln_module *mk_basic_block(kiln_ctx *ctx) { return basic_block_new(ctx, 3, 4, 2); }
+static kiln_module *mk_basic_block_identity(kiln_ctx *ctx) { return basic_block_new(ctx, 4, 4, 1); }
 
 typedef struct nn_case {
     const char *name;
@@ -258,6 +259,12 @@ static const nn_case cases[] = {
       "downsample.0.weight", "downsample.1.weight", "downsample.1.bias", "downsample.1.running_mean",
       "downsample.1.running_var", "downsample.1.num_batches_tracked"},
      EPS_SUM, EPS_SUM, BB_EPS, BB_EPS, 3e-7, 3e-7},
+    /* the identity shortcut in eval: batch norm is a fixed affine map, so outputs and
+     * gradients are 36-term convolution sums twice over, scaled by up to ~1.5 / sqrt(0.5) */
+    {"basic_block_identity_eval", mk_basic_block_identity, false,
+     {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
+      "conv2.weight", "bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked"},
+     EPS_SUM, EPS_SUM, EPS_NORM, EPS_NORM, 0, 0},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 

@@ -5,8 +5,8 @@ kiln's names are PyTorch's), an input, a seed gradient, the output, the input's 
 and every parameter's gradient after output.backward(seed), and for batch norm the running
 statistics after the forward. Both training and eval mode where they differ.
 
-"basic_block" is torchvision's ResNet BasicBlock (conv3x3-bn-relu-conv3x3-bn, plus a
-1x1-conv/bn downsample of the identity, relu) written here with plain torch.nn, so that
+"basic_block" (and "basic_block_identity_eval") is torchvision's ResNet BasicBlock (conv3x3-bn-relu-conv3x3-bn, plus a
+1x1-conv/bn downsample of the identity or the identity itself, relu) written here with plain torch.nn, so that
 torchvision is not needed: tests/test_nn.c builds the same block as a user-defined kiln
 module and loads this state_dict into it by name, strictly.
 Run with Debian's interpreter: /usr/bin/python3 tests/golden/gen_nn.py
@@ -67,7 +67,16 @@ out = {}
 
 
 def run(name, mod, shape, training):
-    if name.endswith("_eval"):
+    if isinstance(mod, BasicBlock):
+        # every batch norm with non-trivial affine parameters and running statistics
+        with torch.no_grad():
+            for bn in (m for m in mod.modules() if isinstance(m, nn.BatchNorm2d)):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+                bn.num_batches_tracked.fill_(3)
+    elif name.endswith("_eval"):
         # non-trivial running statistics to evaluate with
         with torch.no_grad():
             mod.running_mean.uniform_(-1, 1)
@@ -78,15 +87,6 @@ def run(name, mod, shape, training):
         with torch.no_grad():
             mod.weight.uniform_(0.5, 1.5)
             mod.bias.uniform_(-0.5, 0.5)
-    elif isinstance(mod, BasicBlock):
-        # every batch norm with non-trivial affine parameters and running statistics
-        with torch.no_grad():
-            for bn in (m for m in mod.modules() if isinstance(m, nn.BatchNorm2d)):
-                bn.weight.uniform_(0.5, 1.5)
-                bn.bias.uniform_(-0.5, 0.5)
-                bn.running_mean.uniform_(-1, 1)
-                bn.running_var.uniform_(0.5, 2)
-                bn.num_batches_tracked.fill_(3)
     mod.train(training)
     for k, v in mod.state_dict().items():
         out[f"{name}.state.{k}"] = v.clone()  # state_dict aliases the live buffers: keep the values before the forward
@@ -109,6 +109,8 @@ for name, (mod, shape, training) in cases.items():
 # after the others, from its own seed, so that their random draws (and values) stay as they were
 torch.manual_seed(1013)
 run("basic_block", BasicBlock(3, 4, stride=2), (2, 3, 6, 6), True)
+torch.manual_seed(1014)  # the identity shortcut (no downsample), in eval mode
+run("basic_block_identity_eval", BasicBlock(4, 4), (2, 4, 5, 5), False)
 
 save(os.path.join(os.path.dirname(os.path.abspath(__file__)), "nn.safetensors"), out,
      {"what": "torch.nn modules: state, outputs and gradients"})
