@@ -419,48 +419,50 @@ static kiln_status forward(kiln_module *m, const char *fn, int nin, kiln_tensor 
         return kiln__fail_global(KILN_ERR_NULL, "%s: the module is NULL", fn);
     }
     kiln_ctx *ctx = m->ctx;
+    /* the description only for a message: a forward that succeeds formats nothing */
     char args[512];
-    args_of(m, args, sizeof args);
+#define ARGS (args_of(m, args, sizeof args), args)
     const kiln_module_def *d = &m->def;
     int lo = d->num_inputs - d->optional_inputs;
     if (nin < lo || nin > d->num_inputs || (nin > 0 && !in)) {
         if (lo == d->num_inputs)
             return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s(%s) takes %d input%s, given %d%s", fn, m->kind,
-                              args, lo, lo == 1 ? "" : "s", nin, nin > 0 && !in ? " in a NULL array" : "");
+                              ARGS, lo, lo == 1 ? "" : "s", nin, nin > 0 && !in ? " in a NULL array" : "");
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s(%s) takes %d to %d inputs, given %d%s", fn, m->kind,
-                          args, lo, d->num_inputs, nin, nin > 0 && !in ? " in a NULL array" : "");
+                          ARGS, lo, d->num_inputs, nin, nin > 0 && !in ? " in a NULL array" : "");
     }
     if (nout != d->num_outputs || !out)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s(%s) gives %d output%s, asked for %d%s", fn, m->kind,
-                          args, d->num_outputs, d->num_outputs == 1 ? "" : "s", nout, out ? "" : " into a NULL array");
+                          ARGS, d->num_outputs, d->num_outputs == 1 ? "" : "s", nout, out ? "" : " into a NULL array");
     for (int k = 0; k < nin; k++) {
         if (!in[k]) {
             if (ctx->err != KILN_OK) return ctx->err; /* the op that gave the NULL said why */
-            if (nin == 1) return kiln__fail(ctx, KILN_ERR_NULL, "%s: the input of %s(%s) is NULL", fn, m->kind, args);
-            return kiln__fail(ctx, KILN_ERR_NULL, "%s: input %d of %s(%s) is NULL", fn, k, m->kind, args);
+            if (nin == 1) return kiln__fail(ctx, KILN_ERR_NULL, "%s: the input of %s(%s) is NULL", fn, m->kind, ARGS);
+            return kiln__fail(ctx, KILN_ERR_NULL, "%s: input %d of %s(%s) is NULL", fn, k, m->kind, ARGS);
         }
         if (in[k]->ctx != ctx)
             return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: input %d of %s(%s) belongs to another context", fn,
-                              k, m->kind, args);
+                              k, m->kind, ARGS);
     }
     kiln_status s = d->forward(m, nin, in, nout, out);
     if (s == KILN_OK) {
         for (int k = 0; k < nout && s == KILN_OK; k++)
             if (!out[k])
                 s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the forward of %s(%s) returned KILN_OK without output %d",
-                               fn, m->kind, args, k);
+                               fn, m->kind, ARGS, k);
     } else if (ctx->err == KILN_OK) {
-        kiln__fail(ctx, s, "%s: the forward of %s(%s) failed with %s and left no message", fn, m->kind, args,
+        kiln__fail(ctx, s, "%s: the forward of %s(%s) failed with %s and left no message", fn, m->kind, ARGS,
                    kiln_status_name(s));
     }
     if (s != KILN_OK) {
         for (int k = 0; k < nout; k++) out[k] = NULL;
         char path[256];
         kiln__module_path(m, path, sizeof path);
-        kiln__error_note(ctx, "in %s(%s)%s%s", m->kind, args, *path ? " at " : "", path);
+        kiln__error_note(ctx, "in %s(%s)%s%s", m->kind, ARGS, *path ? " at " : "", path);
         return ctx->err != KILN_OK ? ctx->err : s;
     }
     return KILN_OK;
+#undef ARGS
 }
 
 kiln_status kiln_module_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
