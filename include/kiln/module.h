@@ -85,7 +85,8 @@ typedef struct kiln_module_def {
 
 /* A new module of `def` (copied: it may live on the stack) in training mode, with its
  * state zeroed and no children or tensors. NULL with the context's error set for a NULL
- * def, kind or forward, a bad kind or bad input/output counts. Free with kiln_module_free. */
+ * def, kind or forward, a bad kind or bad input/output counts (a NULL ctx: NULL with
+ * kiln_last_error() set). Free with kiln_module_free. */
 KILN_API kiln_module *kiln_module_new(kiln_ctx *ctx, const kiln_module_def *def);
 /* The typed state of m (state_size bytes), or NULL when m is NULL or has none. */
 KILN_API void *kiln_module_data(const kiln_module *m);
