@@ -1,7 +1,9 @@
-/* tests/test_nn.c - the module layer (include/kiln/nn.h): every layer against its torch.nn
- * twin (tests/golden/gen_nn.py), PyTorch's default initialisation, state_dict names,
- * train/eval, transfer learning (replace a head, freeze a body), error paths that name
- * the module, and leaks.
+/* tests/test_nn.c - the module layer (include/kiln/nn.h, include/kiln/module.h): every
+ * layer against its torch.nn twin (tests/golden/gen_nn.py), a user-defined torchvision
+ * BasicBlock loaded with torch's state_dict and compared with torch, a user-defined
+ * two-input two-output module against the same computation in plain ops, ModuleList and
+ * ModuleDict, PyTorch's default initialisation, state_dict names, train/eval, transfer
+ * learning (replace a head, freeze a body), error paths that name the module, and leaks.
  *
  * Golden tolerances (normalised error |got - ref| / (atol + rtol*|ref|) <= 1). Both sides
  * are float32, so the difference is rounding only: kiln's kernels and torch's CPU kernels
@@ -25,6 +27,7 @@
  *     weight (up to 1.5).
  *   - running statistics after a training forward, 3e-7 abs + rel: one momentum update (3
  *     roundings) of O(1) float statistics against torch's double ones.
+ *   - BB_EPS 1e-5 (basic_block's gradients; its output is EPS_SUM): see its definition.
  *
  * Initialisation statistics (fixed seeds, so the outcome is deterministic; the bounds are
  * what a correct implementation meets except with probability ~1e-6, and a wrong bound
@@ -43,6 +46,10 @@
 #define EPS_OUT 5e-7
 #define EPS_SUM 2e-6
 #define EPS_NORM 3e-6
+/* the BasicBlock's gradients: two training-mode batch norms (EPS_NORM each) in a chain,
+ * each stage's rounding scaled by the next one's rstd * weight (up to ~3) and summed over
+ * 27- to 36-term convolution windows: 3 * EPS_NORM ~ 1e-5 */
+#define BB_EPS 1e-5
 
 static bool verbose;
 
@@ -152,11 +159,64 @@ static kiln_module *mk_gelu(kiln_ctx *ctx) { return kiln_nn_activation(ctx, KILN
 static kiln_module *mk_leaky(kiln_ctx *ctx) { return kiln_nn_activation(ctx, KILN_ACT_LEAKY_RELU, 0.2f); }
 static kiln_module *mk_softmax(kiln_ctx *ctx) { return kiln_nn_activation(ctx, KILN_ACT_SOFTMAX, 1); }
 
+/* torchvision's ResNet BasicBlock as a user-defined module, through kiln/module.h alone:
+ * conv3x3(stride)-bn-relu-conv3x3-bn, plus the identity or a 1x1-conv/bn "downsample"
+ * (a Sequential, so its keys are downsample.0.weight, downsample.1.*), relu. */
+typedef struct basic_block {
+    kiln_module *conv1, *bn1, *relu, *conv2, *bn2, *downsample; /* downsample NULL: the identity */
+} basic_block;
+
+static kiln_status basic_block_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
+    (void)nin, (void)nout;
+    const basic_block *b = kiln_module_data(m);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    kiln_tensor *h = kiln_forward(b->relu, kiln_forward(b->bn1, kiln_forward(b->conv1, in[0])));
+    h = kiln_forward(b->bn2, kiln_forward(b->conv2, h));
+    kiln_tensor *identity = b->downsample ? kiln_forward(b->downsample, in[0]) : in[0];
+    out[0] = kiln_forward(b->relu, kiln_add(ctx, h, identity));
+    return out[0] ? KILN_OK : kiln_error_status(ctx);
+}
+
+/* Registers child under name and keeps it in *slot. */
+static bool bb_child(kiln_module *m, const char *name, kiln_module **slot, kiln_module *child) {
+    if (kiln_module_add_child(m, name, child) != KILN_OK) return false;
+    *slot = child;
+    return true;
+}
+
+static kiln_module *basic_block_new(kiln_ctx *ctx, int64_t inplanes, int64_t planes, int stride) {
+    static const kiln_module_def def = {.kind = "BasicBlock", .state_size = sizeof(basic_block),
+                                        .forward = basic_block_forward, .num_inputs = 1, .num_outputs = 1};
+    kiln_module *m = kiln_module_new(ctx, &def);
+    if (!m) return NULL;
+    basic_block *b = kiln_module_data(m);
+    kiln_conv2d_params p3 = {.stride = {stride, stride}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
+    kiln_conv2d_params p3s1 = {.stride = {1, 1}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
+    kiln_conv2d_params p1 = {.stride = {stride, stride}, .dilation = {1, 1}, .groups = 1};
+    bool ok = bb_child(m, "conv1", &b->conv1, kiln_nn_conv2d(ctx, inplanes, planes, 3, 3, &p3, false)) &&
+              bb_child(m, "bn1", &b->bn1, kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f)) &&
+              bb_child(m, "relu", &b->relu, kiln_nn_activation(ctx, KILN_ACT_RELU, 0)) &&
+              bb_child(m, "conv2", &b->conv2, kiln_nn_conv2d(ctx, planes, planes, 3, 3, &p3s1, false)) &&
+              bb_child(m, "bn2", &b->bn2, kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f));
+    if (ok && (stride != 1 || inplanes != planes))
+        ok = bb_child(m, "downsample", &b->downsample,
+                      kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_conv2d(ctx, inplanes, planes, 1, 1, &p1, false),
+                                                                  kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f)}));
+    if (!ok) {
+        kiln_module_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static kiln_module *mk_basic_block(kiln_ctx *ctx) { return basic_block_new(ctx, 3, 4, 2); }
+static kiln_module *mk_basic_block_identity(kiln_ctx *ctx) { return basic_block_new(ctx, 4, 4, 1); }
+
 typedef struct nn_case {
     const char *name;
     kiln_module *(*make)(kiln_ctx *);
     bool training;
-    const char *state[6]; /* torch's state_dict keys in torch's order (the golden file sorts them) */
+    const char *state[20]; /* torch's state_dict keys in torch's order (the golden file sorts them) */
     double y_atol, y_rtol; /* output */
     double g_atol, g_rtol; /* input and parameter gradients */
     double b_atol, b_rtol; /* buffers after the forward */
@@ -191,6 +251,20 @@ static const nn_case cases[] = {
     {"leaky_relu", mk_leaky, true, {NULL}, 0, 0, 0, 0, 0, 0},
     /* exp, a 7-term sum, a division; the gradient y * (g - sum(g * y)) */
     {"softmax", mk_softmax, true, {NULL}, EPS_OUT, EPS_OUT, EPS_OUT, EPS_OUT, 0, 0},
+    /* a user-defined module (torchvision's BasicBlock with downsample) loaded with torch's
+     * state_dict by name, every key and no other; tolerances: see BB_EPS */
+    {"basic_block", mk_basic_block, true,
+     {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
+      "conv2.weight", "bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked",
+      "downsample.0.weight", "downsample.1.weight", "downsample.1.bias", "downsample.1.running_mean",
+      "downsample.1.running_var", "downsample.1.num_batches_tracked"},
+     EPS_SUM, EPS_SUM, BB_EPS, BB_EPS, 3e-7, 3e-7},
+    /* the identity shortcut in eval: batch norm is a fixed affine map, so outputs and
+     * gradients are 36-term convolution sums twice over, scaled by up to ~1.5 / sqrt(0.5) */
+    {"basic_block_identity_eval", mk_basic_block_identity, false,
+     {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
+      "conv2.weight", "bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked"},
+     EPS_SUM, EPS_SUM, EPS_NORM, EPS_NORM, 0, 0},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -222,12 +296,12 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const nn_case *c) {
         return;
     }
     /* names and shapes are torch's state_dict, in torch's order */
-    kiln_named_tensor st[16];
-    int ns = kiln_module_state(m, st, 16), nexp = 0;
-    while (nexp < 6 && c->state[nexp]) nexp++;
+    kiln_named_tensor st[32];
+    int ns = kiln_module_state(m, st, 32), nexp = 0;
+    while (nexp < 20 && c->state[nexp]) nexp++;
     CHECK(ns == nexp && ns == gcount(g, c->name, "state"), "%s: %d state entries, torch has %d", c->name, ns,
           gcount(g, c->name, "state"));
-    for (int k = 0; k < ns && k < 16; k++) {
+    for (int k = 0; k < ns && k < 32; k++) {
         CHECK(k < nexp && strcmp(st[k].name, c->state[k]) == 0, "%s: state entry %d is '%s', torch's is '%s'", c->name,
               k, st[k].name, k < nexp ? c->state[k] : "(none)");
         char part[200];
@@ -241,7 +315,7 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const nn_case *c) {
         char s[96];
         CHECK(same, "%s: '%s' is %s %s, torch's differs", c->name, st[k].name,
               kiln_dtype_name(kiln_tensor_dtype(st[k].tensor)), kiln_tensor_shape_str(st[k].tensor, s, sizeof s));
-        bool is_buf = strstr(st[k].name, "running_") || strcmp(st[k].name, "num_batches_tracked") == 0;
+        bool is_buf = strstr(st[k].name, "running_") || strstr(st[k].name, "num_batches_tracked");
         CHECK(st[k].is_buffer == is_buf, "%s: '%s' is_buffer %d", c->name, st[k].name, st[k].is_buffer);
         CHECK(kiln_module_find(m, st[k].name) == st[k].tensor, "%s: kiln_module_find('%s')", c->name, st[k].name);
         if (same) /* load torch's values by name */
@@ -1011,6 +1085,563 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(kiln_tensor_count(ctx) == before, "errors: %lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
 }
 
+/* ---- user-defined modules (kiln/module.h) ----------------------------------------------- */
+
+/* Mixer(in, out): two inputs a, b [N, in] (and an optional third c [N, out]), two outputs
+ *   y0 = fc(a) * scale + shift (+ c)
+ *   y1 = tanh(fc(b)) + fc(a) in training, tanh(fc(b)) in eval;
+ * child fc = Linear(in, out), parameter scale [out], buffer shift [out] (0.25), and a host
+ * allocation its destroy frees (counted). */
+typedef struct mixer {
+    int64_t in, out;
+    kiln_module *fc;
+    kiln_tensor *scale, *shift;
+    char *label; /* owned by the state: freed by destroy */
+    int fail_at; /* test: make construction step fail_at fail */
+} mixer;
+
+static int g_mixer_destroyed;
+
+static void mixer_destroy(kiln_module *m) {
+    mixer *x = kiln_module_data(m);
+    free(x->label);
+    g_mixer_destroyed++;
+}
+
+static void mixer_describe(const kiln_module *m, char *buf, size_t cap) {
+    const mixer *x = kiln_module_data(m);
+    snprintf(buf, cap, "%lld, %lld", (long long)x->in, (long long)x->out);
+}
+
+static kiln_status mixer_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
+    (void)nout;
+    const mixer *x = kiln_module_data(m);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    kiln_tensor *fa = kiln_forward(x->fc, in[0]), *fb = kiln_forward(x->fc, in[1]);
+    kiln_tensor *y0 = kiln_add(ctx, kiln_mul(ctx, fa, x->scale), x->shift);
+    if (nin == 3) y0 = kiln_add(ctx, y0, in[2]);
+    kiln_tensor *y1 = kiln_tanh(ctx, fb);
+    if (kiln_module_is_training(m)) y1 = kiln_add(ctx, y1, fa);
+    out[0] = y0, out[1] = y1;
+    return y0 && y1 ? KILN_OK : kiln_error_status(ctx);
+}
+
+static const kiln_module_def mixer_def = {.kind = "Mixer", .state_size = sizeof(mixer), .forward = mixer_forward,
+                                          .num_inputs = 3, .optional_inputs = 1, .num_outputs = 2,
+                                          .destroy = mixer_destroy, .describe = mixer_describe};
+
+/* fail_at 1..3: the child, the buffer or the parameter is registered under a bad name */
+static kiln_module *mixer_new(kiln_ctx *ctx, int64_t in, int64_t out, int fail_at) {
+    kiln_module *m = kiln_module_new(ctx, &mixer_def);
+    if (!m) return NULL;
+    mixer *x = kiln_module_data(m);
+    x->in = in, x->out = out, x->fail_at = fail_at;
+    x->label = malloc(16);
+    if (x->label) snprintf(x->label, 16, "mixer");
+    kiln_module *fc = kiln_nn_linear(ctx, in, out, true);
+    kiln_tensor *shift = kiln_full(ctx, 0.25f, 1, (int64_t[]){out});
+    kiln_tensor *scale = kiln_rand_uniform(ctx, 0.5f, 1.5f, 1, (int64_t[]){out});
+    /* registered child first, then the buffer, then the parameter: the state_dict still
+     * lists the parameter, then the buffer, then the child's entries (torch's order) */
+    kiln_status s = kiln_module_add_child(m, fail_at == 1 ? "f.c" : "fc", fc);
+    if (s == KILN_OK) x->fc = fc;
+    else {
+        kiln_tensor_free(shift);
+        kiln_tensor_free(scale);
+        goto fail;
+    }
+    if ((s = kiln_module_add_buffer(m, fail_at == 2 ? "fc" : "shift", shift)) != KILN_OK) {
+        kiln_tensor_free(scale);
+        goto fail;
+    }
+    x->shift = shift;
+    if ((s = kiln_module_add_parameter(m, fail_at == 3 ? "" : "scale", scale)) != KILN_OK) goto fail;
+    x->scale = scale;
+    return m;
+fail:
+    kiln_module_free(m);
+    return NULL;
+}
+
+/* Reads a tensor back as floats (NULL tensor: NULL). */
+static float *read_or_null(kiln_tensor *t) { return t ? h_read(t) : NULL; }
+
+static bool same_floats(const float *a, const float *b, int64_t n) {
+    return a && b && memcmp(a, b, sizeof(float) * (size_t)n) == 0;
+}
+
+/* The Mixer's computation with plain ops on its own tensors, as mixer_forward should do it. */
+static void mixer_plain(kiln_ctx *ctx, kiln_module *mx, kiln_tensor *a, kiln_tensor *b, bool training,
+                        kiln_tensor **y0, kiln_tensor **y1) {
+    kiln_tensor *w = kiln_module_find(mx, "fc.weight"), *bias = kiln_module_find(mx, "fc.bias");
+    kiln_tensor *fa = kiln_add(ctx, kiln_matmul_ex(ctx, a, w, KILN_TRANS_B), bias);
+    kiln_tensor *fb = kiln_add(ctx, kiln_matmul_ex(ctx, b, w, KILN_TRANS_B), bias);
+    *y0 = kiln_add(ctx, kiln_mul(ctx, fa, kiln_module_find(mx, "scale")), kiln_module_find(mx, "shift"));
+    *y1 = kiln_tanh(ctx, fb);
+    if (training) *y1 = kiln_add(ctx, *y1, fa);
+}
+
+static void test_user_module(kiln_ctx *ctx) {
+    int64_t before = kiln_tensor_count(ctx);
+    int destroyed0 = g_mixer_destroyed;
+    kiln_manual_seed(ctx, 31);
+    kiln_module *mx = mixer_new(ctx, 4, 3, 0);
+    CHECK(mx != NULL, "Mixer: %s", kiln_error_message(ctx));
+    if (!mx) return;
+    mixer *st = kiln_module_data(mx);
+    CHECK(st && st->in == 4 && st->fc == kiln_module_child(mx, 0) && strcmp(st->label, "mixer") == 0,
+          "kiln_module_data is the typed state");
+    CHECK(strcmp(kiln_module_kind(mx), "Mixer") == 0 && strcmp(kiln_module_kind(NULL), "(null)") == 0, "kind");
+    CHECK(kiln_module_child_name(mx, 0) && strcmp(kiln_module_child_name(mx, 0), "fc") == 0 &&
+              kiln_module_child_name(mx, 1) == NULL && kiln_module_find_child(mx, "fc") == st->fc &&
+              kiln_module_find_child(mx, "fc.x") == NULL && kiln_module_find_child(mx, "") == NULL,
+          "children by index and by name");
+
+    /* state_dict: own parameter, own buffer, the child's (torch's order, not registration's) */
+    static const char *const want[] = {"scale", "shift", "fc.weight", "fc.bias"};
+    kiln_named_tensor ns[8];
+    int n = kiln_module_state(mx, ns, 8);
+    CHECK(n == 4, "Mixer state has %d entries, expected 4", n);
+    for (int k = 0; k < n && k < 4; k++) {
+        CHECK(strcmp(ns[k].name, want[k]) == 0, "state entry %d is '%s', expected '%s'", k, ns[k].name, want[k]);
+        CHECK(ns[k].is_buffer == (k == 1), "%s: is_buffer %d", ns[k].name, ns[k].is_buffer);
+    }
+    kiln_tensor *ps[4];
+    CHECK(kiln_module_parameters(mx, ps, 4) == 3 && ps[0] == st->scale && ps[1] == kiln_module_find(mx, "fc.weight"),
+          "parameters: scale, fc.weight, fc.bias");
+    CHECK(kiln_requires_grad(st->scale) && !kiln_requires_grad(st->shift), "a parameter requires grad, a buffer not");
+    CHECK(kiln_module_num_elements(mx) == 3 + 12 + 3, "num_elements %lld", (long long)kiln_module_num_elements(mx));
+
+    /* torch's repr puts the arguments of a module with children on a line of their own */
+    char desc[512];
+    kiln_module_describe(mx, desc, sizeof desc);
+    CHECK(strcmp(desc, "Mixer(\n  4, 3\n  (fc): Linear(in_features=4, out_features=3, bias=True)\n)") == 0, "describe: %s",
+          desc);
+
+    /* forward and backward against the same computation with plain ops: the same kernels
+     * on the same tensors in the same order, so bit for bit */
+    float ah[5 * 4], bh[5 * 4], g0h[5 * 3], g1h[5 * 3];
+    h_fill(ah, 20, -1, 1), h_fill(bh, 20, -2, 2), h_fill(g0h, 15, -1, 1), h_fill(g1h, 15, -1, 1);
+    for (int training = 1; training >= 0; training--) {
+        kiln_module_train(mx, training);
+        CHECK(kiln_module_is_training(st->fc) == training, "train(%d) reaches the child", training);
+        float *got[7] = {0}, *ref[7] = {0};
+        for (int pass = 0; pass < 2; pass++) {
+            kiln_scope_begin(ctx);
+            kiln_tensor *a = upload(ctx, ah, 2, (int64_t[]){5, 4}), *b = upload(ctx, bh, 2, (int64_t[]){5, 4});
+            kiln_set_requires_grad(a, true), kiln_set_requires_grad(b, true);
+            kiln_tensor *y[2] = {NULL, NULL};
+            if (pass == 0)
+                CHECK(kiln_module_forward(mx, 2, (kiln_tensor *[]){a, b}, 2, y) == KILN_OK, "Mixer forward: %s",
+                      kiln_error_message(ctx));
+            else
+                mixer_plain(ctx, mx, a, b, training, &y[0], &y[1]);
+            kiln_tensor *g0 = upload(ctx, g0h, 2, (int64_t[]){5, 3}), *g1 = upload(ctx, g1h, 2, (int64_t[]){5, 3});
+            kiln_tensor *loss = kiln_add(ctx, kiln_sum(ctx, kiln_mul(ctx, y[0], g0), 0, NULL, false),
+                                         kiln_sum(ctx, kiln_mul(ctx, y[1], g1), 0, NULL, false));
+            CHECK(loss && kiln_backward(loss) == KILN_OK, "backward (pass %d): %s", pass, kiln_error_message(ctx));
+            float **dst = pass == 0 ? got : ref;
+            kiln_tensor *fw = kiln_module_find(mx, "fc.weight"), *fbias = kiln_module_find(mx, "fc.bias");
+            kiln_tensor *ts[7] = {y[0], y[1], kiln_grad(a), kiln_grad(b), kiln_grad(st->scale), kiln_grad(fw),
+                                  kiln_grad(fbias)};
+            for (int k = 0; k < 7; k++) dst[k] = read_or_null(ts[k]);
+            CHECK(kiln_grad(st->shift) == NULL, "the buffer got a gradient");
+            kiln_clear_grad(st->scale), kiln_clear_grad(fw), kiln_clear_grad(fbias);
+            kiln_scope_end(ctx);
+        }
+        static const char *const what[7] = {"y0", "y1", "grad a", "grad b", "grad scale", "grad fc.weight",
+                                            "grad fc.bias"};
+        static const int64_t numel[7] = {15, 15, 20, 20, 3, 12, 3};
+        for (int k = 0; k < 7; k++) {
+            CHECK(same_floats(got[k], ref[k], numel[k]), "Mixer (%s): %s differs from the plain ops'",
+                  training ? "train" : "eval", what[k]);
+            free(got[k]), free(ref[k]);
+        }
+    }
+
+    /* the optional third input; kiln_forward refuses a two-input module */
+    kiln_module_train(mx, true);
+    kiln_scope_begin(ctx);
+    kiln_tensor *a = upload(ctx, ah, 2, (int64_t[]){5, 4}), *b = upload(ctx, bh, 2, (int64_t[]){5, 4});
+    kiln_tensor *c = upload(ctx, g0h, 2, (int64_t[]){5, 3});
+    kiln_tensor *y2[2], *y3[2];
+    CHECK(kiln_module_forward(mx, 2, (kiln_tensor *[]){a, b}, 2, y2) == KILN_OK &&
+              kiln_module_forward(mx, 3, (kiln_tensor *[]){a, b, c}, 2, y3) == KILN_OK,
+          "forward with 2 and 3 inputs: %s", kiln_error_message(ctx));
+    kiln_tensor *d = kiln_sub(ctx, y3[0], y2[0]);
+    float *dh = read_or_null(d);
+    double cref[15];
+    for (int k = 0; k < 15; k++) cref[k] = g0h[k];
+    if (dh) h_compare("optional input c added to y0", dh, cref, 15, 1e-6, 1e-6);
+    free(dh);
+
+    /* freezing: no parameter gradient, the inputs still get theirs */
+    kiln_module_requires_grad(mx, false);
+    CHECK(!kiln_requires_grad(st->scale) && !kiln_requires_grad(kiln_module_find(mx, "fc.weight")), "frozen");
+    kiln_set_requires_grad(a, true);
+    kiln_tensor *yf[2];
+    kiln_module_forward(mx, 2, (kiln_tensor *[]){a, b}, 2, yf);
+    kiln_tensor *loss = kiln_sum(ctx, kiln_add(ctx, yf[0], yf[1]), 0, NULL, false);
+    CHECK(loss && kiln_backward(loss) == KILN_OK, "frozen backward: %s", kiln_error_message(ctx));
+    CHECK(kiln_grad(a) != NULL && kiln_grad(st->scale) == NULL && kiln_grad(kiln_module_find(mx, "fc.weight")) == NULL,
+          "a frozen Mixer's parameters got gradients");
+    kiln_module_requires_grad(mx, true);
+    CHECK(kiln_requires_grad(st->scale) && kiln_requires_grad(kiln_module_find(mx, "fc.bias")) &&
+              !kiln_requires_grad(st->shift),
+          "unfrozen: parameters again, the buffer still not");
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+
+    kiln_module_free(mx);
+    CHECK(g_mixer_destroyed == destroyed0 + 1, "destroy ran %d times for one free", g_mixer_destroyed - destroyed0);
+
+    /* a module without state; a state of n bytes comes zeroed */
+    kiln_module *empty = kiln_module_new(ctx, &(kiln_module_def){.kind = "Empty", .forward = mixer_forward,
+                                                                 .num_inputs = 1, .num_outputs = 1});
+    CHECK(empty && kiln_module_data(empty) == NULL && kiln_module_data(NULL) == NULL, "state_size 0: no data");
+    kiln_module_describe(empty, desc, sizeof desc);
+    CHECK(strcmp(desc, "Empty()") == 0, "describe without a describe function: %s", desc);
+    kiln_module_free(empty);
+    kiln_module *big = kiln_module_new(ctx, &(kiln_module_def){.kind = "Big", .state_size = 4096, .forward = mixer_forward,
+                                                               .num_inputs = 1, .num_outputs = 1});
+    const unsigned char *bytes = kiln_module_data(big);
+    int nonzero = 0;
+    for (int k = 0; bytes && k < 4096; k++) nonzero += bytes[k] != 0;
+    CHECK(bytes && nonzero == 0, "state_size 4096: %d non-zero bytes", nonzero);
+    kiln_module_free(big);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+    CHECK(kiln_tensor_count(ctx) == before, "user module: %lld tensors leaked",
+          (long long)(kiln_tensor_count(ctx) - before));
+}
+
+/* ---- containers: ModuleList, ModuleDict, a ResNet-style stage of user blocks ------------- */
+
+static void test_containers(kiln_ctx *ctx) {
+    int64_t before = kiln_tensor_count(ctx);
+    kiln_module *list = kiln_nn_module_list(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true),
+                                                                      kiln_nn_activation(ctx, KILN_ACT_TANH, 0)});
+    CHECK(list && kiln_nn_module_list_append(list, kiln_nn_linear(ctx, 4, 2, false)) == KILN_OK, "list: %s",
+          kiln_error_message(ctx));
+    kiln_named_tensor st[8];
+    int n = kiln_module_state(list, st, 8);
+    CHECK(n == 3 && strcmp(st[0].name, "0.weight") == 0 && strcmp(st[1].name, "0.bias") == 0 &&
+              strcmp(st[2].name, "2.weight") == 0,
+          "ModuleList keys: %d entries", n);
+    char desc[1024];
+    /* repr(nn.ModuleList([nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2, bias=False)])) in torch 1.13 */
+    CHECK(strcmp(kiln_module_describe(list, desc, sizeof desc),
+                 "ModuleList(\n  (0): Linear(in_features=4, out_features=4, bias=True)\n  (1): Tanh()\n"
+                 "  (2): Linear(in_features=4, out_features=2, bias=False)\n)") == 0,
+          "ModuleList describe: %s", desc);
+
+    kiln_module *dict = kiln_nn_module_dict(ctx);
+    CHECK(dict && kiln_nn_module_dict_set(dict, "encoder", kiln_nn_linear(ctx, 4, 8, true)) == KILN_OK &&
+              kiln_nn_module_dict_set(dict, "head", kiln_nn_linear(ctx, 8, 2, true)) == KILN_OK,
+          "dict: %s", kiln_error_message(ctx));
+    /* d["encoder"] = ... replaces in place: the order stays, the old module is freed */
+    int64_t c0 = kiln_tensor_count(ctx);
+    kiln_module *enc2 = kiln_nn_linear(ctx, 4, 6, false);
+    CHECK(kiln_nn_module_dict_set(dict, "encoder", enc2) == KILN_OK && kiln_module_num_children(dict) == 2 &&
+              kiln_module_child(dict, 0) == enc2 && kiln_module_find_child(dict, "encoder") == enc2 &&
+              kiln_tensor_count(ctx) == c0 - 1,
+          "dict replace: %s", kiln_error_message(ctx));
+    n = kiln_module_state(dict, st, 8);
+    CHECK(n == 3 && strcmp(st[0].name, "encoder.weight") == 0 && strcmp(st[1].name, "head.weight") == 0,
+          "ModuleDict keys");
+
+    /* a ResNet stage: Sequential of user BasicBlocks, named as torchvision's layer1 */
+    kiln_module *stage = kiln_nn_sequential(ctx, 2, (kiln_module *[]){basic_block_new(ctx, 3, 4, 2), basic_block_new(ctx, 4, 4, 1)});
+    kiln_module *net = kiln_nn_sequential(ctx, 1, (kiln_module *[]){stage});
+    CHECK(net && kiln_module_set_child_name(net, 0, "layer1") == KILN_OK, "stage: %s", kiln_error_message(ctx));
+    CHECK(kiln_module_find(net, "layer1.0.downsample.1.running_var") && kiln_module_find(net, "layer1.1.bn2.weight") &&
+              !kiln_module_find(net, "layer1.1.downsample.0.weight"),
+          "torchvision's keys (no downsample in the second block)");
+    CHECK(kiln_module_state(net, NULL, 0) == 18 + 12, "stage state: %d entries", kiln_module_state(net, NULL, 0));
+    kiln_module_train(net, false);
+    int training = 0;
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < kiln_module_num_children(kiln_module_child(stage, k)); j++)
+            training += kiln_module_is_training(kiln_module_child(kiln_module_child(stage, k), j));
+    CHECK(training == 0, "eval reached %d fewer modules inside the user blocks", training);
+    kiln_scope_begin(ctx);
+    float xh[2 * 3 * 6 * 6];
+    h_fill(xh, 2 * 3 * 6 * 6, -1, 1);
+    kiln_tensor *y = kiln_forward(net, upload(ctx, xh, 4, (int64_t[]){2, 3, 6, 6}));
+    CHECK(y && kiln_tensor_shape(y)[1] == 4 && kiln_tensor_shape(y)[2] == 3, "stage forward: %s",
+          kiln_error_message(ctx));
+    /* an op failing in a child of a user block names the child and its path */
+    kiln_tensor *bad = upload(ctx, xh, 4, (int64_t[]){2, 4, 3, 6});
+    y = kiln_forward(net, bad);
+    expect_err(ctx, !y, KILN_ERR_SHAPE, "stage: a 4-channel input", "[2, 4, 3, 6]",
+               "[in Conv2d(3, 4, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=False) at layer1.0.conv1]", NULL);
+    kiln_scope_end(ctx);
+    kiln_module_free(list);
+    kiln_module_free(dict);
+    kiln_module_free(net);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+    CHECK(kiln_tensor_count(ctx) == before, "containers: %lld tensors leaked",
+          (long long)(kiln_tensor_count(ctx) - before));
+}
+
+/* A module whose forward misbehaves, by its state's `how`. */
+typedef struct broken {
+    int how; /* 0: returns an error status and no message; 1: KILN_OK with output 1 NULL;
+              * 2: an op of its own fails */
+} broken;
+
+static kiln_status broken_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
+    (void)nin, (void)nout;
+    const broken *b = kiln_module_data(m);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    if (b->how == 0) return KILN_ERR_UNSUPPORTED;
+    out[0] = in[0];
+    if (b->how == 1) return KILN_OK;
+    out[1] = kiln_reshape(ctx, in[0], 1, (int64_t[]){7});
+    return out[1] ? KILN_OK : kiln_error_status(ctx);
+}
+
+static void broken_describe(const kiln_module *m, char *buf, size_t cap) {
+    snprintf(buf, cap, "how=%d", ((const broken *)kiln_module_data(m))->how);
+}
+
+static void test_user_errors(kiln_ctx *ctx) {
+    int64_t before = kiln_tensor_count(ctx);
+    kiln_scope_begin(ctx);
+    kiln_status s;
+    kiln_module *bad;
+    /* definitions */
+    CHECK(kiln_module_new(NULL, &mixer_def) == NULL && strstr(kiln_last_error(), "kiln_module_new") &&
+              strstr(kiln_last_error(), "context is NULL"),
+          "kiln_module_new(NULL ctx): '%s'", kiln_last_error());
+    bad = kiln_module_new(ctx, NULL);
+    expect_err(ctx, !bad, KILN_ERR_NULL, "kiln_module_new(NULL def)", "kiln_module_new", "the definition is NULL", NULL);
+    kiln_module_def d = mixer_def;
+    d.forward = NULL;
+    bad = kiln_module_new(ctx, &d);
+    expect_err(ctx, !bad, KILN_ERR_NULL, "a NULL forward", "kiln_module_new", "def->forward is NULL", NULL);
+    d = mixer_def;
+    d.kind = NULL;
+    bad = kiln_module_new(ctx, &d);
+    expect_err(ctx, !bad, KILN_ERR_NULL, "a NULL kind", "kiln_module_new", "def->kind is NULL", NULL);
+    d.kind = "";
+    bad = kiln_module_new(ctx, &d);
+    expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "an empty kind", "kiln_module_new", "kind ''", NULL);
+    d = mixer_def;
+    d.num_inputs = 0, d.optional_inputs = 0;
+    bad = kiln_module_new(ctx, &d);
+    expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "0 inputs", "kiln_module_new", "num_inputs 0", NULL);
+    d = mixer_def;
+    d.optional_inputs = 3;
+    bad = kiln_module_new(ctx, &d);
+    expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "every input optional", "kiln_module_new", "optional_inputs 3",
+               NULL);
+    d = mixer_def;
+    d.num_outputs = 0;
+    bad = kiln_module_new(ctx, &d);
+    expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "0 outputs", "kiln_module_new", "num_outputs 0", NULL);
+
+    /* construction failing half-way: destroy runs exactly once, nothing leaks */
+    for (int at = 1; at <= 3; at++) {
+        int d0 = g_mixer_destroyed;
+        int64_t c0 = kiln_tensor_count(ctx);
+        bad = mixer_new(ctx, 4, 3, at);
+        static const char *const step[4] = {NULL, "'f.c'", "'fc' is taken by child 0 of Mixer", "name ''"};
+        expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "Mixer construction failing", step[at], NULL, NULL);
+        CHECK(g_mixer_destroyed == d0 + 1, "construction failing at step %d: destroy ran %d times", at,
+              g_mixer_destroyed - d0);
+        CHECK(kiln_tensor_count(ctx) == c0, "construction failing at step %d leaked %lld tensors", at,
+              (long long)(kiln_tensor_count(ctx) - c0));
+    }
+
+    /* names and ownership */
+    kiln_module *mx = mixer_new(ctx, 4, 3, 0);
+    CHECK(mx != NULL, "Mixer: %s", kiln_error_message(ctx));
+    int64_t c1 = kiln_tensor_count(ctx);
+    char long_name[65]; /* 64 characters: one too many */
+    memset(long_name, 'n', 64);
+    long_name[64] = '\0';
+    const char *bad_names[] = {"", "a.b", long_name, "fc", "scale", "shift"};
+    const char *bad_why[] = {"1 to 63 characters", "no dots", "1 to 63 characters", "taken by child 0",
+                             "taken by a parameter", "taken by a buffer"};
+    for (int k = 0; k < 6; k++) {
+        s = kiln_module_add_child(mx, bad_names[k], kiln_nn_linear(ctx, 2, 2, true));
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "add_child, bad name", "kiln_module_add_child",
+                   bad_why[k], NULL);
+        s = kiln_module_add_parameter(mx, bad_names[k], kiln_zeros(ctx, 1, (int64_t[]){2}));
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "add_parameter, bad name", "kiln_module_add_parameter",
+                   bad_why[k], NULL);
+        s = kiln_module_add_buffer(mx, bad_names[k], kiln_zeros(ctx, 1, (int64_t[]){2}));
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "add_buffer, bad name", "kiln_module_add_buffer",
+                   bad_why[k], NULL);
+    }
+    s = kiln_module_add_child(mx, NULL, kiln_nn_linear(ctx, 2, 2, true));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "add_child, NULL name", "kiln_module_add_child", "name is NULL", NULL);
+    s = kiln_module_add_child(mx, "x", kiln_nn_linear(ctx, 0, 2, true));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "add_child of a failed constructor keeps its error",
+               "kiln_nn_linear", "in_features=0", NULL);
+    s = kiln_module_add_child(mx, "x", NULL);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "add_child(NULL)", "kiln_module_add_child", "is NULL", NULL);
+    s = kiln_module_add_parameter(mx, "idx", kiln_empty(ctx, KILN_I32, 1, (int64_t[]){2}));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_DTYPE, "an I32 parameter", "kiln_module_add_parameter", "'idx'", "i32");
+    s = kiln_module_add_buffer(mx, "b", NULL);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "add_buffer(NULL)", "kiln_module_add_buffer", "'b'", "is NULL");
+    CHECK(kiln_module_add_child(NULL, "x", kiln_nn_linear(ctx, 2, 2, true)) == KILN_ERR_NULL &&
+              strstr(kiln_last_error(), "the module is NULL") &&
+              kiln_module_add_parameter(NULL, "p", kiln_zeros(ctx, 1, (int64_t[]){2})) == KILN_ERR_NULL &&
+              kiln_module_add_buffer(NULL, "p", kiln_zeros(ctx, 1, (int64_t[]){2})) == KILN_ERR_NULL,
+          "add to a NULL module");
+    CHECK(kiln_tensor_count(ctx) == c1 && kiln_module_num_children(mx) == 1 && kiln_module_state(mx, NULL, 0) == 4,
+          "refused registrations were freed and changed nothing (%lld tensors more, %d children)",
+          (long long)(kiln_tensor_count(ctx) - c1), kiln_module_num_children(mx));
+    /* a child that is not ours to take: it stays where it is */
+    kiln_module *holder = kiln_nn_sequential(ctx, 1, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true)});
+    kiln_module *owned = kiln_module_child(holder, 0);
+    s = kiln_module_add_child(mx, "y", owned);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "adding another module's child", "already is a child",
+               "Sequential", NULL);
+    s = kiln_module_add_child(mx, "self", mx);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "adding a module to itself", "child of itself", NULL, NULL);
+    s = kiln_module_add_child(owned, "up", holder);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "adding an ancestor", "of its descendant", NULL, NULL);
+    CHECK(kiln_module_child(holder, 0) == owned && kiln_module_num_children(owned) == 0, "the refused child is intact");
+
+    /* forward: counts and NULLs */
+    kiln_tensor *a = upload(ctx, (float[8]){0}, 2, (int64_t[]){2, 4});
+    kiln_tensor *out[3] = {a, a, a};
+    s = kiln_module_forward(mx, 1, &a, 2, out);
+    expect_err(ctx, s != KILN_OK && !out[0] && !out[1], KILN_ERR_INVALID_ARGUMENT, "Mixer given 1 input",
+               "kiln_module_forward", "Mixer(4, 3) takes 2 to 3 inputs, given 1", NULL);
+    s = kiln_module_forward(mx, 4, (kiln_tensor *[]){a, a, a, a}, 2, out);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "Mixer given 4 inputs", "given 4", NULL, NULL);
+    s = kiln_module_forward(mx, 2, (kiln_tensor *[]){a, a}, 1, out);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "Mixer asked for 1 output", "gives 2 outputs, asked for 1",
+               NULL, NULL);
+    s = kiln_module_forward(mx, 2, (kiln_tensor *[]){a, a}, 3, out);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "Mixer asked for 3 outputs", "asked for 3", NULL, NULL);
+    s = kiln_module_forward(mx, 2, NULL, 2, out);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "a NULL input array", "NULL array", NULL, NULL);
+    s = kiln_module_forward(mx, 2, (kiln_tensor *[]){a, NULL}, 2, out);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "a NULL input", "input 1 of Mixer(4, 3) is NULL", NULL, NULL);
+    kiln_tensor *failed = kiln_reshape(ctx, a, 1, (int64_t[]){5});
+    s = kiln_module_forward(mx, 2, (kiln_tensor *[]){a, failed}, 2, out);
+    expect_err(ctx, s != KILN_OK && !failed, KILN_ERR_SHAPE, "an input from a failed op keeps that op's error",
+               "kiln_reshape", NULL, NULL);
+    s = kiln_module_forward(NULL, 1, &a, 1, out);
+    expect_err(ctx, s == KILN_ERR_NULL, KILN_ERR_NULL, "kiln_module_forward(NULL)", "kiln_module_forward",
+               "module is NULL", NULL);
+    kiln_tensor *y = kiln_forward(mx, a);
+    expect_err(ctx, !y, KILN_ERR_INVALID_ARGUMENT, "kiln_forward on a two-input module", "kiln_forward",
+               "Mixer(4, 3) takes 3 inputs and gives 2 outputs", "kiln_module_forward");
+    /* an op failing in the user module's child names the child by its path */
+    kiln_module *dict = kiln_nn_module_dict(ctx);
+    CHECK(kiln_nn_module_dict_set(dict, "mix", mx) == KILN_OK, "dict: %s", kiln_error_message(ctx));
+    kiln_tensor *a5 = upload(ctx, (float[10]){0}, 2, (int64_t[]){2, 5});
+    s = kiln_module_forward(kiln_module_find_child(dict, "mix"), 2, (kiln_tensor *[]){a5, a5}, 2, out);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_SHAPE, "an op failing in a user module's child", "[2, 5]",
+               "[in Linear(in_features=4, out_features=3, bias=True) at mix.fc]", NULL);
+    /* ModuleList and ModuleDict have no forward */
+    y = kiln_forward(dict, a);
+    expect_err(ctx, !y, KILN_ERR_UNSUPPORTED, "forward of a ModuleDict", "ModuleDict has no forward", "[in ModuleDict()]",
+               NULL);
+    kiln_module *list = kiln_nn_module_list(ctx, 1, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true)});
+    y = kiln_forward(list, a);
+    expect_err(ctx, !y, KILN_ERR_UNSUPPORTED, "forward of a ModuleList", "ModuleList has no forward", NULL, NULL);
+    /* container misuse */
+    int64_t c2 = kiln_tensor_count(ctx);
+    s = kiln_nn_module_list_append(dict, kiln_nn_linear(ctx, 2, 2, true));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "list_append to a dict", "ModuleDict is not a ModuleList",
+               NULL, NULL);
+    s = kiln_nn_module_dict_set(list, "k", kiln_nn_linear(ctx, 2, 2, true));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "dict_set on a list", "ModuleList is not a ModuleDict",
+               NULL, NULL);
+    s = kiln_nn_module_dict_set(dict, "a.b", kiln_nn_linear(ctx, 2, 2, true));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "dict key with a dot", "kiln_nn_module_dict_set", "'a.b'",
+               "no dots");
+    s = kiln_nn_module_dict_set(dict, "mix", NULL);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "dict_set NULL", "kiln_nn_module_dict_set", "NULL", NULL);
+    s = kiln_nn_sequential_append(list, kiln_nn_linear(ctx, 2, 2, true));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_append to a list",
+               "ModuleList is not a Sequential", NULL, NULL);
+    bad = kiln_nn_module_list(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true), NULL});
+    expect_err(ctx, !bad, KILN_ERR_NULL, "module_list with a NULL entry", "kiln_nn_module_list", "NULL", NULL);
+    CHECK(kiln_tensor_count(ctx) == c2 && kiln_module_find_child(dict, "mix") == mx, "refused container calls leaked");
+
+    /* modules, tensors and inputs of another context (a second context on the same device) */
+    const kiln_device_info *di = kiln_ctx_device(ctx);
+    char spec[32];
+    snprintf(spec, sizeof spec, "%d:%d", di->platform_index, di->device_index);
+    kiln_ctx *ctx2 = NULL;
+    CHECK(kiln_open(&ctx2, spec) == KILN_OK, "a second context: %s", kiln_last_error());
+    if (ctx2) {
+        s = kiln_module_add_child(mx, "other", kiln_nn_linear(ctx2, 2, 2, true));
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "a child of another context", "kiln_module_add_child",
+                   "another context", NULL);
+        s = kiln_module_add_parameter(mx, "other", kiln_zeros(ctx2, 1, (int64_t[]){2}));
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "a parameter of another context",
+                   "kiln_module_add_parameter", "'other' belongs to another context", NULL);
+        kiln_tensor *a2 = kiln_zeros(ctx2, 2, (int64_t[]){2, 4});
+        s = kiln_module_forward(mx, 2, (kiln_tensor *[]){a, a2}, 2, out);
+        expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "an input of another context",
+                   "input 1 of Mixer(4, 3) belongs to another context", NULL, NULL);
+        CHECK(kiln_tensor_count(ctx2) == 1, "refused tensors of the second context were not freed (%lld left)",
+              (long long)kiln_tensor_count(ctx2));
+        kiln_close(ctx2);
+    }
+
+    /* refused container calls never free a module that is not the caller's to give */
+    kiln_module *outer = kiln_nn_sequential(
+        ctx, 1, (kiln_module *[]){kiln_nn_sequential(ctx, 1, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true)})});
+    kiln_module *inner = kiln_module_child(outer, 0);
+    s = kiln_nn_sequential_set(inner, 5, outer);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set of an ancestor, bad index", "index 5", NULL,
+               NULL);
+    s = kiln_nn_sequential_set(inner, 0, outer);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set of an ancestor", "of its descendant", NULL,
+               NULL);
+    s = kiln_nn_module_list_append(inner, outer);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "list_append of an ancestor to a Sequential",
+               "Sequential is not a ModuleList", NULL, NULL);
+    s = kiln_nn_module_dict_set(inner, "k", inner);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "dict_set of itself on a Sequential",
+               "Sequential is not a ModuleDict", NULL, NULL);
+    s = kiln_nn_sequential_append(inner, kiln_module_child(inner, 0));
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "appending a module's own child again",
+               "already is a child", NULL, NULL);
+    CHECK(kiln_module_child(outer, 0) == inner && kiln_module_num_children(inner) == 1 &&
+              kiln_module_find(outer, "0.0.weight") != NULL,
+          "the refused modules are intact");
+    kiln_module_free(outer);
+
+    /* a forward that misbehaves is caught and named */
+    static const kiln_module_def broken_def = {.kind = "Broken", .state_size = sizeof(broken), .forward = broken_forward,
+                                               .num_inputs = 1, .num_outputs = 2, .describe = broken_describe};
+    kiln_module *br = kiln_module_new(ctx, &broken_def);
+    broken *bs = kiln_module_data(br);
+    s = kiln_module_forward(br, 1, &a, 2, out);
+    expect_err(ctx, s == KILN_ERR_UNSUPPORTED && !out[0], KILN_ERR_UNSUPPORTED, "an error status without a message",
+               "the forward of Broken(how=0) failed with KILN_ERR_UNSUPPORTED and left no message", NULL, NULL);
+    bs->how = 1;
+    s = kiln_module_forward(br, 1, &a, 2, out);
+    expect_err(ctx, s != KILN_OK && !out[0] && !out[1], KILN_ERR_INVALID_ARGUMENT, "KILN_OK without an output",
+               "returned KILN_OK without output 1", NULL, NULL);
+    bs->how = 2;
+    s = kiln_module_forward(br, 1, &a, 2, out);
+    expect_err(ctx, s != KILN_OK && !out[0], KILN_ERR_SHAPE, "an op of the user module fails", "kiln_reshape",
+               "[in Broken(how=2)]", NULL);
+    kiln_module_free(br);
+    kiln_module_free(dict);
+    kiln_module_free(list);
+    kiln_module_free(holder);
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+    CHECK(kiln_tensor_count(ctx) == before, "user errors: %lld tensors leaked",
+          (long long)(kiln_tensor_count(ctx) - before));
+}
+
 /* ---- everything at once: build, train a step, free ------------------------------------- */
 
 static void test_lifetime(kiln_ctx *ctx) {
@@ -1041,6 +1672,9 @@ static void run(kiln_ctx *ctx) {
     test_train_eval(ctx);
     test_transfer(ctx);
     test_errors(ctx);
+    test_user_module(ctx);
+    test_containers(ctx);
+    test_user_errors(ctx);
     test_lifetime(ctx);
     CHECK(kiln_tensor_count(ctx) == before, "test_nn: %lld tensors leaked overall",
           (long long)(kiln_tensor_count(ctx) - before));

@@ -1,5 +1,6 @@
-/* kiln/nn.h - modules: layers holding named parameters and buffers, composed with
- * sequential, as torch.nn.
+/* kiln/nn.h - the built-in modules: layers holding named parameters and buffers, and the
+ * containers (sequential, module list, module dict), as torch.nn. They are made with the
+ * public module API of kiln/module.h, with which users write their own modules too.
  *
  *     kiln_module *net = kiln_nn_sequential(ctx, 3, (kiln_module *[]){
  *         kiln_nn_linear(ctx, 784, 128, true),
@@ -19,19 +20,18 @@
  *
  * Names are PyTorch's state_dict keys: "weight", "bias", "running_mean", children by their
  * index in a sequential ("0.weight", "features.3.bias" when a sequential is named with
- * kiln_module_set_name). A module's errors name it: an op that fails inside a module gets
+ * kiln_module_set_child_name). A module's errors name it: an op that fails inside a module gets
  * " [in Linear(784, 128) at 0]" appended to its message.
  */
 #ifndef KILN_NN_H
 #define KILN_NN_H
 
 #include "functional.h"
+#include "module.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-typedef struct kiln_module kiln_module;
 
 /* ---- layers (constructors return NULL with the context's error set on bad arguments) -- */
 
@@ -82,42 +82,18 @@ KILN_API kiln_status kiln_nn_sequential_append(kiln_module *seq, kiln_module *m)
 /* Replaces child `index` of a sequential with m (owned; the old child is freed): a new
  * head for transfer learning. */
 KILN_API kiln_status kiln_nn_sequential_set(kiln_module *seq, int index, kiln_module *m);
-/* Names child `index` of a sequential (default: its index), as a torch attribute name:
- * a container of named children gives "features.0.weight". */
-KILN_API kiln_status kiln_module_set_child_name(kiln_module *seq, int index, const char *name);
-
-/* ---- use ------------------------------------------------------------------------------ */
-
-KILN_API kiln_tensor *kiln_forward(kiln_module *m, kiln_tensor *x);
-/* train (true) or eval (false), for m and every child: dropout and batch norm switch. */
-KILN_API void kiln_module_train(kiln_module *m, bool training);
-KILN_API bool kiln_module_is_training(const kiln_module *m);
-KILN_API void kiln_module_free(kiln_module *m);
-KILN_API kiln_ctx *kiln_module_ctx(const kiln_module *m);
-/* "Linear(in_features=784, out_features=128, bias=True)" style, nested for sequential. */
-KILN_API char *kiln_module_describe(const kiln_module *m, char *buf, size_t cap);
-KILN_API int kiln_module_num_children(const kiln_module *m);
-KILN_API kiln_module *kiln_module_child(const kiln_module *m, int index);
-
-/* ---- parameters and buffers ------------------------------------------------------------ */
-
-typedef struct kiln_named_tensor {
-    char name[128];     /* dotted state_dict key */
-    kiln_tensor *tensor;
-    bool is_buffer;     /* running statistics; not trained */
-} kiln_named_tensor;
-
-/* Writes up to cap parameters (trainable, in registration order) and returns how many
- * exist (call with cap 0 to count). */
-KILN_API int kiln_module_parameters(kiln_module *m, kiln_tensor **out, int cap);
-/* Parameters and buffers with their names, in state_dict order; returns how many exist. */
-KILN_API int kiln_module_state(kiln_module *m, kiln_named_tensor *out, int cap);
-/* The parameter or buffer of that dotted name, or NULL. */
-KILN_API kiln_tensor *kiln_module_find(kiln_module *m, const char *name);
-/* Total number of trainable elements. */
-KILN_API int64_t kiln_module_num_elements(kiln_module *m);
-/* Turns requires_grad of every parameter of m off (freeze) or on. */
-KILN_API void kiln_module_requires_grad(kiln_module *m, bool requires_grad);
+/* torch.nn.ModuleList: children named "0", "1", ... in order, for a module that runs them
+ * itself. Takes ownership of the modules as kiln_nn_sequential. Like torch's, it has no
+ * forward: kiln_forward on it fails with KILN_ERR_UNSUPPORTED. */
+KILN_API kiln_module *kiln_nn_module_list(kiln_ctx *ctx, int n, kiln_module *const *modules);
+/* Appends m (owned from now on, also on failure) as child "<count>". */
+KILN_API kiln_status kiln_nn_module_list_append(kiln_module *list, kiln_module *m);
+/* torch.nn.ModuleDict: children named by key, in insertion order; no forward either. */
+KILN_API kiln_module *kiln_nn_module_dict(kiln_ctx *ctx);
+/* d[key] = m: a new key is appended, an existing one's module is replaced (the old one
+ * freed). m is owned from now on, also on failure; keys are names as in kiln/module.h.
+ * kiln_module_find_child(d, key) looks one up. */
+KILN_API kiln_status kiln_nn_module_dict_set(kiln_module *dict, const char *key, kiln_module *m);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,5 @@
-/* src/nn/layers.c - the layers of nn.h: constructors with PyTorch's default
+/* src/nn/layers.c - the layers of nn.h, each defined through the public module API
+ * (kiln/module.h) with its own typed configuration: constructors with PyTorch's default
  * initialisation, forwards that check their input's shape against the layer (so the error
  * names the layer, not just the op underneath), and torch-style descriptions. */
 #include <inttypes.h>
@@ -10,9 +11,29 @@
 
 #define PY_BOOL(b) ((b) ? "True" : "False")
 
-/* U(-bound, bound) of `shape`, registered under `name`. */
-static bool add_uniform(kiln_module *m, const char *name, double bound, int ndim, const int64_t *shape) {
-    return kiln__module_add(m, name, kiln_rand_uniform(m->ctx, (float)-bound, (float)bound, ndim, shape), false);
+/* A one-input, one-output forward `name` from `kiln_tensor *fn(kiln_module *, kiln_tensor *)`. */
+#define FORWARD1(name, fn)                                                                                    \
+    static kiln_status name(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) { \
+        (void)nin, (void)nout;                                                                                \
+        out[0] = fn(m, in[0]);                                                                                \
+        return out[0] ? KILN_OK : kiln_error_status(m->ctx);                                                  \
+    }
+
+/* The definition of a one-input, one-output layer with configuration type `cfg`. */
+#define LAYER_DEF(kind_, cfg, fwd, args)                                                                          \
+    {.kind = (kind_), .state_size = sizeof(cfg), .forward = (fwd), .num_inputs = 1, .num_outputs = 1,          \
+     .describe = (args)}
+
+/* Registers t as parameter (or buffer) `name` of m; t on success, NULL (t freed, the error
+ * set) on failure. */
+static kiln_tensor *reg(kiln_module *m, const char *name, kiln_tensor *t, bool buffer) {
+    kiln_status s = buffer ? kiln_module_add_buffer(m, name, t) : kiln_module_add_parameter(m, name, t);
+    return s == KILN_OK ? t : NULL;
+}
+
+/* U(-bound, bound) of `shape`, registered as parameter `name`. */
+static kiln_tensor *add_uniform(kiln_module *m, const char *name, double bound, int ndim, const int64_t *shape) {
+    return reg(m, name, kiln_rand_uniform(m->ctx, (float)-bound, (float)bound, ndim, shape), false);
 }
 
 static kiln_module *fail_free(kiln_module *m) {
@@ -43,18 +64,27 @@ static bool check_dim(kiln_module *m, kiln_tensor *x, int dim, int64_t want, con
 
 /* ---- linear --------------------------------------------------------------------------- */
 
-static kiln_tensor *linear_forward(kiln_module *m, kiln_tensor *x) {
-    if (!check_ndim(m, x, 1, KILN_MAX_DIMS, ">= 1") || !check_dim(m, x, x->ndim - 1, m->i[0], "input features"))
+typedef struct linear_cfg {
+    int64_t in_features, out_features;
+    kiln_tensor *weight, *bias; /* bias NULL without */
+} linear_cfg;
+
+static kiln_tensor *linear_fwd(kiln_module *m, kiln_tensor *x) {
+    const linear_cfg *c = m->data;
+    if (!check_ndim(m, x, 1, KILN_MAX_DIMS, ">= 1") || !check_dim(m, x, x->ndim - 1, c->in_features, "input features"))
         return NULL;
-    kiln_tensor *y = kiln_matmul_ex(m->ctx, x, kiln__module_tensor(m, "weight"), KILN_TRANS_B);
-    kiln_tensor *b = kiln__module_tensor(m, "bias");
-    return b ? kiln_add(m->ctx, y, b) : y;
+    kiln_tensor *y = kiln_matmul_ex(m->ctx, x, c->weight, KILN_TRANS_B);
+    return c->bias ? kiln_add(m->ctx, y, c->bias) : y;
 }
+FORWARD1(linear_forward, linear_fwd)
 
 static void linear_args(const kiln_module *m, char *buf, size_t cap) {
-    snprintf(buf, cap, "in_features=%" PRId64 ", out_features=%" PRId64 ", bias=%s", m->i[0], m->i[1],
-             PY_BOOL(m->i[2]));
+    const linear_cfg *c = m->data;
+    snprintf(buf, cap, "in_features=%" PRId64 ", out_features=%" PRId64 ", bias=%s", c->in_features, c->out_features,
+             PY_BOOL(c->bias));
 }
+
+static const kiln_module_def linear_def = LAYER_DEF("Linear", linear_cfg, linear_forward, linear_args);
 
 kiln_module *kiln_nn_linear(kiln_ctx *ctx, int64_t in_features, int64_t out_features, bool bias) {
     if (!ctx) return NULL;
@@ -63,17 +93,26 @@ kiln_module *kiln_nn_linear(kiln_ctx *ctx, int64_t in_features, int64_t out_feat
                    " (both must be > 0)", in_features, out_features);
         return NULL;
     }
-    kiln_module *m = kiln__module_new(ctx, "Linear", linear_forward, linear_args);
+    kiln_module *m = kiln_module_new(ctx, &linear_def);
     if (!m) return NULL;
-    m->i[0] = in_features, m->i[1] = out_features, m->i[2] = bias;
+    linear_cfg *c = m->data;
+    c->in_features = in_features, c->out_features = out_features;
     /* kaiming_uniform_(a=sqrt(5)) gives U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias the same */
     double bound = 1.0 / sqrt((double)in_features);
-    if (!add_uniform(m, "weight", bound, 2, (int64_t[]){out_features, in_features})) return fail_free(m);
-    if (bias && !add_uniform(m, "bias", bound, 1, (int64_t[]){out_features})) return fail_free(m);
+    if (!(c->weight = add_uniform(m, "weight", bound, 2, (int64_t[]){out_features, in_features}))) return fail_free(m);
+    if (bias && !(c->bias = add_uniform(m, "bias", bound, 1, (int64_t[]){out_features}))) return fail_free(m);
     return m;
 }
 
 /* ---- convolution ---------------------------------------------------------------------- */
+
+typedef struct conv_cfg {
+    int64_t in_channels, out_channels;
+    int kh, kw;
+    bool transposed;
+    kiln_conv2d_params p;
+    kiln_tensor *weight, *bias;
+} conv_cfg;
 
 static bool conv_params(kiln_ctx *ctx, const char *op, const kiln_conv2d_params *p, kiln_conv2d_params *out,
                         int64_t cin, int64_t cout, int kh, int kw, bool transposed) {
@@ -97,16 +136,19 @@ static bool conv_params(kiln_ctx *ctx, const char *op, const kiln_conv2d_params 
     return ok;
 }
 
-static kiln_tensor *conv_forward(kiln_module *m, kiln_tensor *x) {
-    if (!check_ndim(m, x, 4, 4, "4 ([N, C, H, W])") || !check_dim(m, x, 1, m->i[0], "channels")) return NULL;
-    kiln_tensor *w = kiln__module_tensor(m, "weight"), *b = kiln__module_tensor(m, "bias");
-    return m->i[4] ? kiln_conv_transpose2d(m->ctx, x, w, b, &m->conv) : kiln_conv2d(m->ctx, x, w, b, &m->conv);
+static kiln_tensor *conv_fwd(kiln_module *m, kiln_tensor *x) {
+    const conv_cfg *c = m->data;
+    if (!check_ndim(m, x, 4, 4, "4 ([N, C, H, W])") || !check_dim(m, x, 1, c->in_channels, "channels")) return NULL;
+    return c->transposed ? kiln_conv_transpose2d(m->ctx, x, c->weight, c->bias, &c->p)
+                         : kiln_conv2d(m->ctx, x, c->weight, c->bias, &c->p);
 }
+FORWARD1(conv_forward, conv_fwd)
 
 static void conv_args(const kiln_module *m, char *buf, size_t cap) {
-    const kiln_conv2d_params *p = &m->conv;
-    size_t used = (size_t)snprintf(buf, cap, "%" PRId64 ", %" PRId64 ", kernel_size=(%d, %d), stride=(%d, %d)", m->i[0],
-                                   m->i[1], (int)m->i[2], (int)m->i[3], p->stride[0], p->stride[1]);
+    const conv_cfg *c = m->data;
+    const kiln_conv2d_params *p = &c->p;
+    size_t used = (size_t)snprintf(buf, cap, "%" PRId64 ", %" PRId64 ", kernel_size=(%d, %d), stride=(%d, %d)",
+                                   c->in_channels, c->out_channels, c->kh, c->kw, p->stride[0], p->stride[1]);
 #define MORE(...) \
     if (used < cap) used += (size_t)snprintf(buf + used, cap - used, __VA_ARGS__)
     if (p->padding[0] || p->padding[1]) MORE(", padding=(%d, %d)", p->padding[0], p->padding[1]);
@@ -114,151 +156,189 @@ static void conv_args(const kiln_module *m, char *buf, size_t cap) {
         MORE(", output_padding=(%d, %d)", p->output_padding[0], p->output_padding[1]);
     if (p->dilation[0] != 1 || p->dilation[1] != 1) MORE(", dilation=(%d, %d)", p->dilation[0], p->dilation[1]);
     if (p->groups != 1) MORE(", groups=%d", p->groups);
-    if (!m->i[5]) MORE(", bias=False");
+    if (!c->bias) MORE(", bias=False");
 #undef MORE
 }
 
-static kiln_module *conv_new(kiln_ctx *ctx, const char *op, const char *kind, int64_t cin, int64_t cout, int kh, int kw,
-                             const kiln_conv2d_params *p, bool bias, bool transposed) {
+static const kiln_module_def conv_def = LAYER_DEF("Conv2d", conv_cfg, conv_forward, conv_args);
+static const kiln_module_def convt_def = LAYER_DEF("ConvTranspose2d", conv_cfg, conv_forward, conv_args);
+
+static kiln_module *conv_new(kiln_ctx *ctx, const char *op, const kiln_module_def *def, int64_t cin, int64_t cout,
+                             int kh, int kw, const kiln_conv2d_params *p, bool bias, bool transposed) {
     if (!ctx) return NULL;
     kiln_conv2d_params cp;
     if (!conv_params(ctx, op, p, &cp, cin, cout, kh, kw, transposed)) return NULL;
-    kiln_module *m = kiln__module_new(ctx, kind, conv_forward, conv_args);
+    kiln_module *m = kiln_module_new(ctx, def);
     if (!m) return NULL;
-    m->i[0] = cin, m->i[1] = cout, m->i[2] = kh, m->i[3] = kw, m->i[4] = transposed, m->i[5] = bias;
-    m->conv = cp;
+    conv_cfg *c = m->data;
+    *c = (conv_cfg){.in_channels = cin, .out_channels = cout, .kh = kh, .kw = kw, .transposed = transposed, .p = cp};
     /* torch computes fan_in from weight.size(1) * kh * kw: in/groups for conv2d,
      * out/groups for conv_transpose2d (whose weight is [in, out/groups, kh, kw]) */
     int64_t wshape[4] = {transposed ? cin : cout, (transposed ? cout : cin) / cp.groups, kh, kw};
     double bound = 1.0 / sqrt((double)(wshape[1] * kh * kw));
-    if (!add_uniform(m, "weight", bound, 4, wshape)) return fail_free(m);
-    if (bias && !add_uniform(m, "bias", bound, 1, (int64_t[]){cout})) return fail_free(m);
+    if (!(c->weight = add_uniform(m, "weight", bound, 4, wshape))) return fail_free(m);
+    if (bias && !(c->bias = add_uniform(m, "bias", bound, 1, (int64_t[]){cout}))) return fail_free(m);
     return m;
 }
 
 kiln_module *kiln_nn_conv2d(kiln_ctx *ctx, int64_t in_channels, int64_t out_channels, int kh, int kw,
                             const kiln_conv2d_params *p, bool bias) {
-    return conv_new(ctx, "kiln_nn_conv2d", "Conv2d", in_channels, out_channels, kh, kw, p, bias, false);
+    return conv_new(ctx, "kiln_nn_conv2d", &conv_def, in_channels, out_channels, kh, kw, p, bias, false);
 }
 
 kiln_module *kiln_nn_conv_transpose2d(kiln_ctx *ctx, int64_t in_channels, int64_t out_channels, int kh, int kw,
                                       const kiln_conv2d_params *p, bool bias) {
-    return conv_new(ctx, "kiln_nn_conv_transpose2d", "ConvTranspose2d", in_channels, out_channels, kh, kw, p, bias,
-                    true);
+    return conv_new(ctx, "kiln_nn_conv_transpose2d", &convt_def, in_channels, out_channels, kh, kw, p, bias, true);
 }
 
 /* ---- batch norm ----------------------------------------------------------------------- */
 
-static kiln_tensor *bn_forward(kiln_module *m, kiln_tensor *x) {
-    bool two_d = m->i[1] == 2;
+typedef struct bn_cfg {
+    int64_t num_features;
+    int dims; /* 1: BatchNorm1d, 2: BatchNorm2d */
+    float eps, momentum;
+    int64_t batches_tracked; /* host copy of num_batches_tracked; -1: read it from the device */
+    kiln_tensor *weight, *bias, *running_mean, *running_var, *num_batches_tracked;
+} bn_cfg;
+
+static kiln_tensor *bn_fwd(kiln_module *m, kiln_tensor *x) {
+    bn_cfg *c = m->data;
+    bool two_d = c->dims == 2;
     if (!check_ndim(m, x, two_d ? 4 : 2, two_d ? 4 : 3, two_d ? "4 ([N, C, H, W])" : "2 or 3 ([N, C] or [N, C, L])") ||
-        !check_dim(m, x, 1, m->i[0], "channels"))
+        !check_dim(m, x, 1, c->num_features, "channels"))
         return NULL;
-    kiln_tensor *y = kiln_batch_norm(m->ctx, x, kiln__module_tensor(m, "running_mean"),
-                                     kiln__module_tensor(m, "running_var"), kiln__module_tensor(m, "weight"),
-                                     kiln__module_tensor(m, "bias"), m->training, (float)m->f[1], (float)m->f[0]);
+    kiln_tensor *y = kiln_batch_norm(m->ctx, x, c->running_mean, c->running_var, c->weight, c->bias, m->training,
+                                     c->momentum, c->eps);
     if (y && m->training) {
         /* num_batches_tracked += 1 (a fill, no read back, except once after a load) */
-        kiln_tensor *nbt = kiln__module_tensor(m, "num_batches_tracked");
-        if (m->batches_tracked < 0) {
+        if (c->batches_tracked < 0) {
             int32_t v = 0;
-            if (kiln_to_host(nbt, &v, sizeof v) != KILN_OK) return NULL;
-            m->batches_tracked = v;
+            if (kiln_to_host(c->num_batches_tracked, &v, sizeof v) != KILN_OK) return NULL;
+            c->batches_tracked = v;
         }
-        if (kiln_fill(nbt, (float)(m->batches_tracked + 1)) != KILN_OK) return NULL;
-        m->batches_tracked++;
+        if (kiln_fill(c->num_batches_tracked, (float)(c->batches_tracked + 1)) != KILN_OK) return NULL;
+        c->batches_tracked++;
     }
     return y;
 }
+FORWARD1(bn_forward, bn_fwd)
 
 static void bn_args(const kiln_module *m, char *buf, size_t cap) {
-    snprintf(buf, cap, "%" PRId64 ", eps=%g, momentum=%g, affine=True, track_running_stats=True", m->i[0], m->f[0],
-             m->f[1]);
+    const bn_cfg *c = m->data;
+    snprintf(buf, cap, "%" PRId64 ", eps=%g, momentum=%g, affine=True, track_running_stats=True", c->num_features,
+             (double)c->eps, (double)c->momentum);
 }
 
-static kiln_module *bn_new(kiln_ctx *ctx, const char *op, const char *kind, int64_t c, float eps, float momentum,
-                           int dims) {
+static void bn_state_loaded(kiln_module *m) { ((bn_cfg *)m->data)->batches_tracked = -1; }
+
+static const kiln_module_def bn1_def = LAYER_DEF("BatchNorm1d", bn_cfg, bn_forward, bn_args);
+static const kiln_module_def bn2_def = LAYER_DEF("BatchNorm2d", bn_cfg, bn_forward, bn_args);
+
+static kiln_module *bn_new(kiln_ctx *ctx, const char *op, const kiln_module_def *def, int64_t nf, float eps,
+                           float momentum, int dims) {
     if (!ctx) return NULL;
-    if (c <= 0 || !(eps >= 0) || !(momentum >= 0 && momentum <= 1)) {
+    if (nf <= 0 || !(eps >= 0) || !(momentum >= 0 && momentum <= 1)) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                    "%s: num_features=%" PRId64 " eps=%g momentum=%g (features > 0, eps >= 0, momentum in [0, 1])", op,
-                   c, eps, momentum);
+                   nf, eps, momentum);
         return NULL;
     }
-    kiln_module *m = kiln__module_new(ctx, kind, bn_forward, bn_args);
+    kiln_module *m = kiln_module_new(ctx, def);
     if (!m) return NULL;
-    m->i[0] = c, m->i[1] = dims;
-    m->f[0] = eps, m->f[1] = momentum;
-    int64_t shape[1] = {c};
+    m->state_loaded = bn_state_loaded;
+    bn_cfg *c = m->data;
+    *c = (bn_cfg){.num_features = nf, .dims = dims, .eps = eps, .momentum = momentum};
+    int64_t shape[1] = {nf};
     kiln_tensor *nbt = kiln_empty(ctx, KILN_I32, 0, NULL);
     if (nbt && kiln_fill(nbt, 0.0f) != KILN_OK) {
         kiln_tensor_free(nbt);
         nbt = NULL;
     }
-    if (!kiln__module_add(m, "weight", kiln_ones(ctx, 1, shape), false) ||
-        !kiln__module_add(m, "bias", kiln_zeros(ctx, 1, shape), false) ||
-        !kiln__module_add(m, "running_mean", kiln_zeros(ctx, 1, shape), true) ||
-        !kiln__module_add(m, "running_var", kiln_ones(ctx, 1, shape), true) ||
-        !kiln__module_add(m, "num_batches_tracked", nbt, true))
+    if (!(c->weight = reg(m, "weight", kiln_ones(ctx, 1, shape), false)) ||
+        !(c->bias = reg(m, "bias", kiln_zeros(ctx, 1, shape), false)) ||
+        !(c->running_mean = reg(m, "running_mean", kiln_zeros(ctx, 1, shape), true)) ||
+        !(c->running_var = reg(m, "running_var", kiln_ones(ctx, 1, shape), true)) ||
+        !(c->num_batches_tracked = reg(m, "num_batches_tracked", nbt, true)))
         return fail_free(m);
     return m;
 }
 
 kiln_module *kiln_nn_batchnorm1d(kiln_ctx *ctx, int64_t num_features, float eps, float momentum) {
-    return bn_new(ctx, "kiln_nn_batchnorm1d", "BatchNorm1d", num_features, eps, momentum, 1);
+    return bn_new(ctx, "kiln_nn_batchnorm1d", &bn1_def, num_features, eps, momentum, 1);
 }
 
 kiln_module *kiln_nn_batchnorm2d(kiln_ctx *ctx, int64_t num_features, float eps, float momentum) {
-    return bn_new(ctx, "kiln_nn_batchnorm2d", "BatchNorm2d", num_features, eps, momentum, 2);
+    return bn_new(ctx, "kiln_nn_batchnorm2d", &bn2_def, num_features, eps, momentum, 2);
 }
 
 /* ---- layer norm ----------------------------------------------------------------------- */
 
-static kiln_tensor *ln_forward(kiln_module *m, kiln_tensor *x) {
-    int nd = (int)m->i[0];
-    if (!check_ndim(m, x, nd, KILN_MAX_DIMS, "at least the normalised dims")) return NULL;
-    for (int d = 0; d < nd; d++)
-        if (!check_dim(m, x, x->ndim - nd + d, m->i[1 + d], "elements in a normalised dim")) return NULL;
-    return kiln_layer_norm(m->ctx, x, nd, kiln__module_tensor(m, "weight"), kiln__module_tensor(m, "bias"),
-                           (float)m->f[0]);
+typedef struct ln_cfg {
+    int ndim; /* trailing dims normalised */
+    int64_t shape[KILN_MAX_DIMS];
+    float eps;
+    kiln_tensor *weight, *bias; /* NULL without elementwise_affine */
+} ln_cfg;
+
+static kiln_tensor *ln_fwd(kiln_module *m, kiln_tensor *x) {
+    const ln_cfg *c = m->data;
+    if (!check_ndim(m, x, c->ndim, KILN_MAX_DIMS, "at least the normalised dims")) return NULL;
+    for (int d = 0; d < c->ndim; d++)
+        if (!check_dim(m, x, x->ndim - c->ndim + d, c->shape[d], "elements in a normalised dim")) return NULL;
+    return kiln_layer_norm(m->ctx, x, c->ndim, c->weight, c->bias, c->eps);
 }
+FORWARD1(ln_forward, ln_fwd)
 
 static void ln_args(const kiln_module *m, char *buf, size_t cap) {
+    const ln_cfg *c = m->data;
     size_t used = (size_t)snprintf(buf, cap, "(");
-    for (int d = 0; d < m->i[0] && used < cap; d++)
-        used += (size_t)snprintf(buf + used, cap - used, "%s%" PRId64, d ? ", " : "", m->i[1 + d]);
+    for (int d = 0; d < c->ndim && used < cap; d++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%" PRId64, d ? ", " : "", c->shape[d]);
     if (used < cap)
-        snprintf(buf + used, cap - used, "%s), eps=%g, elementwise_affine=%s", m->i[0] == 1 ? "," : "", m->f[0],
-                 PY_BOOL(m->i[7]));
+        snprintf(buf + used, cap - used, "%s), eps=%g, elementwise_affine=%s", c->ndim == 1 ? "," : "", (double)c->eps,
+                 PY_BOOL(c->weight));
 }
+
+static const kiln_module_def ln_def = LAYER_DEF("LayerNorm", ln_cfg, ln_forward, ln_args);
 
 kiln_module *kiln_nn_layernorm(kiln_ctx *ctx, int ndim, const int64_t *shape, float eps, bool affine) {
     if (!ctx) return NULL;
-    bool ok = ndim >= 1 && ndim <= 6 && shape && eps >= 0;
+    bool ok = ndim >= 1 && ndim <= KILN_MAX_DIMS && shape && eps >= 0;
     for (int d = 0; ok && d < ndim; d++) ok = shape[d] > 0;
     if (!ok) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "kiln_nn_layernorm: ndim=%d (1 to 6 trailing dims, each > 0), eps=%g (>= 0)", ndim, eps);
+                   "kiln_nn_layernorm: ndim=%d (1 to %d trailing dims, each > 0), eps=%g (>= 0)", ndim, KILN_MAX_DIMS,
+                   eps);
         return NULL;
     }
-    kiln_module *m = kiln__module_new(ctx, "LayerNorm", ln_forward, ln_args);
+    kiln_module *m = kiln_module_new(ctx, &ln_def);
     if (!m) return NULL;
-    m->i[0] = ndim, m->i[7] = affine;
-    for (int d = 0; d < ndim; d++) m->i[1 + d] = shape[d];
-    m->f[0] = eps;
-    if (affine && (!kiln__module_add(m, "weight", kiln_ones(ctx, ndim, shape), false) ||
-                   !kiln__module_add(m, "bias", kiln_zeros(ctx, ndim, shape), false)))
+    ln_cfg *c = m->data;
+    c->ndim = ndim;
+    memcpy(c->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    c->eps = eps;
+    if (affine && (!(c->weight = reg(m, "weight", kiln_ones(ctx, ndim, shape), false)) ||
+                   !(c->bias = reg(m, "bias", kiln_zeros(ctx, ndim, shape), false))))
         return fail_free(m);
     return m;
 }
 
 /* ---- dropout, embedding --------------------------------------------------------------- */
 
-static kiln_tensor *dropout_forward(kiln_module *m, kiln_tensor *x) {
-    return kiln_dropout(m->ctx, x, (float)m->f[0], m->training);
+typedef struct dropout_cfg {
+    float p;
+} dropout_cfg;
+
+static kiln_tensor *dropout_fwd(kiln_module *m, kiln_tensor *x) {
+    return kiln_dropout(m->ctx, x, ((const dropout_cfg *)m->data)->p, m->training);
+}
+FORWARD1(dropout_forward, dropout_fwd)
+
+static void dropout_args(const kiln_module *m, char *buf, size_t cap) {
+    snprintf(buf, cap, "p=%g, inplace=False", (double)((const dropout_cfg *)m->data)->p);
 }
 
-static void dropout_args(const kiln_module *m, char *buf, size_t cap) { snprintf(buf, cap, "p=%g, inplace=False", m->f[0]); }
+static const kiln_module_def dropout_def = LAYER_DEF("Dropout", dropout_cfg, dropout_forward, dropout_args);
 
 kiln_module *kiln_nn_dropout(kiln_ctx *ctx, float p) {
     if (!ctx) return NULL;
@@ -266,18 +346,27 @@ kiln_module *kiln_nn_dropout(kiln_ctx *ctx, float p) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_nn_dropout: p=%g (must be in [0, 1])", p);
         return NULL;
     }
-    kiln_module *m = kiln__module_new(ctx, "Dropout", dropout_forward, dropout_args);
-    if (m) m->f[0] = p;
+    kiln_module *m = kiln_module_new(ctx, &dropout_def);
+    if (m) ((dropout_cfg *)m->data)->p = p;
     return m;
 }
 
-static kiln_tensor *embedding_forward(kiln_module *m, kiln_tensor *x) {
-    return kiln_embedding(m->ctx, kiln__module_tensor(m, "weight"), x);
+typedef struct embedding_cfg {
+    int64_t num_embeddings, dim;
+    kiln_tensor *weight;
+} embedding_cfg;
+
+static kiln_tensor *embedding_fwd(kiln_module *m, kiln_tensor *x) {
+    return kiln_embedding(m->ctx, ((const embedding_cfg *)m->data)->weight, x);
 }
+FORWARD1(embedding_forward, embedding_fwd)
 
 static void embedding_args(const kiln_module *m, char *buf, size_t cap) {
-    snprintf(buf, cap, "%" PRId64 ", %" PRId64, m->i[0], m->i[1]);
+    const embedding_cfg *c = m->data;
+    snprintf(buf, cap, "%" PRId64 ", %" PRId64, c->num_embeddings, c->dim);
 }
+
+static const kiln_module_def embedding_def = LAYER_DEF("Embedding", embedding_cfg, embedding_forward, embedding_args);
 
 kiln_module *kiln_nn_embedding(kiln_ctx *ctx, int64_t num_embeddings, int64_t dim) {
     if (!ctx) return NULL;
@@ -287,41 +376,53 @@ kiln_module *kiln_nn_embedding(kiln_ctx *ctx, int64_t num_embeddings, int64_t di
                    num_embeddings, dim);
         return NULL;
     }
-    kiln_module *m = kiln__module_new(ctx, "Embedding", embedding_forward, embedding_args);
+    kiln_module *m = kiln_module_new(ctx, &embedding_def);
     if (!m) return NULL;
-    m->i[0] = num_embeddings, m->i[1] = dim;
-    if (!kiln__module_add(m, "weight", kiln_rand_normal(ctx, 0.0f, 1.0f, 2, (int64_t[]){num_embeddings, dim}), false))
+    embedding_cfg *c = m->data;
+    c->num_embeddings = num_embeddings, c->dim = dim;
+    if (!(c->weight = reg(m, "weight", kiln_rand_normal(ctx, 0.0f, 1.0f, 2, (int64_t[]){num_embeddings, dim}), false)))
         return fail_free(m);
     return m;
 }
 
 /* ---- pooling, flatten ----------------------------------------------------------------- */
 
-static kiln_tensor *maxpool_forward(kiln_module *m, kiln_tensor *x) {
-    if (!check_ndim(m, x, 4, 4, "4 ([N, C, H, W])")) return NULL;
-    return kiln_max_pool2d(m->ctx, x, &m->pool, NULL);
-}
+typedef struct pool_cfg {
+    kiln_pool2d_params p;
+} pool_cfg;
 
-static kiln_tensor *avgpool_forward(kiln_module *m, kiln_tensor *x) {
+static kiln_tensor *maxpool_fwd(kiln_module *m, kiln_tensor *x) {
     if (!check_ndim(m, x, 4, 4, "4 ([N, C, H, W])")) return NULL;
-    return kiln_avg_pool2d(m->ctx, x, &m->pool);
+    return kiln_max_pool2d(m->ctx, x, &((const pool_cfg *)m->data)->p, NULL);
 }
+FORWARD1(maxpool_forward, maxpool_fwd)
 
-static void pool_args(const kiln_module *m, char *buf, size_t cap) {
-    const kiln_pool2d_params *p = &m->pool;
+static kiln_tensor *avgpool_fwd(kiln_module *m, kiln_tensor *x) {
+    if (!check_ndim(m, x, 4, 4, "4 ([N, C, H, W])")) return NULL;
+    return kiln_avg_pool2d(m->ctx, x, &((const pool_cfg *)m->data)->p);
+}
+FORWARD1(avgpool_forward, avgpool_fwd)
+
+static void maxpool_args(const kiln_module *m, char *buf, size_t cap) {
+    const kiln_pool2d_params *p = &((const pool_cfg *)m->data)->p;
     int sh = p->stride[0] ? p->stride[0] : p->kernel[0], sw = p->stride[1] ? p->stride[1] : p->kernel[1];
-    if (m->forward == maxpool_forward)
-        snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), dilation=(%d, %d), ceil_mode=%s",
-                 p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1], p->dilation[0] ? p->dilation[0] : 1,
-                 p->dilation[1] ? p->dilation[1] : 1, PY_BOOL(p->ceil_mode));
-    else
-        snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), ceil_mode=%s, "
-                 "count_include_pad=%s", p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1],
-                 PY_BOOL(p->ceil_mode), PY_BOOL(p->count_include_pad));
+    snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), dilation=(%d, %d), ceil_mode=%s",
+             p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1], p->dilation[0] ? p->dilation[0] : 1,
+             p->dilation[1] ? p->dilation[1] : 1, PY_BOOL(p->ceil_mode));
 }
 
-static kiln_module *pool_new(kiln_ctx *ctx, const char *op, const char *kind,
-                             kiln_tensor *(*fwd)(kiln_module *, kiln_tensor *), const kiln_pool2d_params *p) {
+static void avgpool_args(const kiln_module *m, char *buf, size_t cap) {
+    const kiln_pool2d_params *p = &((const pool_cfg *)m->data)->p;
+    int sh = p->stride[0] ? p->stride[0] : p->kernel[0], sw = p->stride[1] ? p->stride[1] : p->kernel[1];
+    snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), ceil_mode=%s, count_include_pad=%s",
+             p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1], PY_BOOL(p->ceil_mode),
+             PY_BOOL(p->count_include_pad));
+}
+
+static const kiln_module_def maxpool_def = LAYER_DEF("MaxPool2d", pool_cfg, maxpool_forward, maxpool_args);
+static const kiln_module_def avgpool_def = LAYER_DEF("AvgPool2d", pool_cfg, avgpool_forward, avgpool_args);
+
+static kiln_module *pool_new(kiln_ctx *ctx, const char *op, const kiln_module_def *def, const kiln_pool2d_params *p) {
     if (!ctx) return NULL;
     bool ok = p && p->kernel[0] > 0 && p->kernel[1] > 0;
     for (int d = 0; ok && d < 2; d++)
@@ -332,57 +433,75 @@ static kiln_module *pool_new(kiln_ctx *ctx, const char *op, const char *kind,
                    op, p ? "bad parameters" : "params is NULL");
         return NULL;
     }
-    kiln_module *m = kiln__module_new(ctx, kind, fwd, pool_args);
-    if (m) m->pool = *p;
+    kiln_module *m = kiln_module_new(ctx, def);
+    if (m) ((pool_cfg *)m->data)->p = *p;
     return m;
 }
 
 kiln_module *kiln_nn_maxpool2d(kiln_ctx *ctx, const kiln_pool2d_params *p) {
-    return pool_new(ctx, "kiln_nn_maxpool2d", "MaxPool2d", maxpool_forward, p);
+    return pool_new(ctx, "kiln_nn_maxpool2d", &maxpool_def, p);
 }
 
 kiln_module *kiln_nn_avgpool2d(kiln_ctx *ctx, const kiln_pool2d_params *p) {
-    return pool_new(ctx, "kiln_nn_avgpool2d", "AvgPool2d", avgpool_forward, p);
+    return pool_new(ctx, "kiln_nn_avgpool2d", &avgpool_def, p);
 }
 
-static kiln_tensor *gap_forward(kiln_module *m, kiln_tensor *x) {
+static kiln_tensor *gap_fwd(kiln_module *m, kiln_tensor *x) {
     if (!check_ndim(m, x, 4, 4, "4 ([N, C, H, W])")) return NULL;
     return kiln_global_avg_pool2d(m->ctx, x);
 }
+FORWARD1(gap_forward, gap_fwd)
 
 static void gap_args(const kiln_module *m, char *buf, size_t cap) {
     (void)m;
     snprintf(buf, cap, "output_size=1");
 }
 
-kiln_module *kiln_nn_global_avgpool2d(kiln_ctx *ctx) {
-    return ctx ? kiln__module_new(ctx, "AdaptiveAvgPool2d", gap_forward, gap_args) : NULL;
-}
+/* no configuration: state_size 0 */
+static const kiln_module_def gap_def = {
+    .kind = "AdaptiveAvgPool2d", .forward = gap_forward, .num_inputs = 1, .num_outputs = 1, .describe = gap_args};
 
-static kiln_tensor *flatten_forward(kiln_module *m, kiln_tensor *x) {
-    return kiln_flatten(m->ctx, x, (int)m->i[0], (int)m->i[1]);
+kiln_module *kiln_nn_global_avgpool2d(kiln_ctx *ctx) { return ctx ? kiln_module_new(ctx, &gap_def) : NULL; }
+
+typedef struct flatten_cfg {
+    int start_dim, end_dim;
+} flatten_cfg;
+
+static kiln_tensor *flatten_fwd(kiln_module *m, kiln_tensor *x) {
+    const flatten_cfg *c = m->data;
+    return kiln_flatten(m->ctx, x, c->start_dim, c->end_dim);
 }
+FORWARD1(flatten_forward, flatten_fwd)
 
 static void flatten_args(const kiln_module *m, char *buf, size_t cap) {
-    snprintf(buf, cap, "start_dim=%d, end_dim=%d", (int)m->i[0], (int)m->i[1]);
+    const flatten_cfg *c = m->data;
+    snprintf(buf, cap, "start_dim=%d, end_dim=%d", c->start_dim, c->end_dim);
 }
+
+static const kiln_module_def flatten_def = LAYER_DEF("Flatten", flatten_cfg, flatten_forward, flatten_args);
 
 kiln_module *kiln_nn_flatten(kiln_ctx *ctx, int start_dim, int end_dim) {
     if (!ctx) return NULL;
-    kiln_module *m = kiln__module_new(ctx, "Flatten", flatten_forward, flatten_args);
-    if (m) m->i[0] = start_dim, m->i[1] = end_dim;
+    kiln_module *m = kiln_module_new(ctx, &flatten_def);
+    if (m) *(flatten_cfg *)m->data = (flatten_cfg){start_dim, end_dim};
     return m;
 }
 
 /* ---- activations ---------------------------------------------------------------------- */
 
+typedef struct act_cfg {
+    kiln_activation kind;
+    float param; /* slope, alpha, beta or dim, by kind */
+} act_cfg;
+
 static const char *const act_kind[] = {"ReLU", "LeakyReLU", "ELU",  "GELU",    "GELU",
                                        "Sigmoid", "Tanh",    "Softplus", "Softmax", "LogSoftmax"};
 
-static kiln_tensor *act_forward(kiln_module *m, kiln_tensor *x) {
+static kiln_tensor *act_fwd(kiln_module *m, kiln_tensor *x) {
+    const act_cfg *a = m->data;
     kiln_ctx *c = m->ctx;
-    float p = (float)m->f[0];
-    switch ((kiln_activation)m->i[0]) {
+    float p = a->param;
+    switch (a->kind) {
     case KILN_ACT_RELU: return kiln_relu(c, x);
     case KILN_ACT_LEAKY_RELU: return kiln_leaky_relu(c, x, p);
     case KILN_ACT_ELU: return kiln_elu(c, x, p);
@@ -396,16 +515,19 @@ static kiln_tensor *act_forward(kiln_module *m, kiln_tensor *x) {
     }
     return NULL;
 }
+FORWARD1(act_forward, act_fwd)
 
 static void act_args(const kiln_module *m, char *buf, size_t cap) {
-    switch ((kiln_activation)m->i[0]) {
-    case KILN_ACT_LEAKY_RELU: snprintf(buf, cap, "negative_slope=%g", m->f[0]); break;
-    case KILN_ACT_ELU: snprintf(buf, cap, "alpha=%g", m->f[0]); break;
+    const act_cfg *a = m->data;
+    double p = a->param;
+    switch (a->kind) {
+    case KILN_ACT_LEAKY_RELU: snprintf(buf, cap, "negative_slope=%g", p); break;
+    case KILN_ACT_ELU: snprintf(buf, cap, "alpha=%g", p); break;
     case KILN_ACT_GELU: snprintf(buf, cap, "approximate='none'"); break;
     case KILN_ACT_GELU_TANH: snprintf(buf, cap, "approximate='tanh'"); break;
-    case KILN_ACT_SOFTPLUS: snprintf(buf, cap, "beta=%g, threshold=20", m->f[0]); break;
+    case KILN_ACT_SOFTPLUS: snprintf(buf, cap, "beta=%g, threshold=20", p); break;
     case KILN_ACT_SOFTMAX:
-    case KILN_ACT_LOG_SOFTMAX: snprintf(buf, cap, "dim=%d", (int)m->f[0]); break;
+    case KILN_ACT_LOG_SOFTMAX: snprintf(buf, cap, "dim=%d", (int)p); break;
     default: buf[0] = '\0';
     }
 }
@@ -417,11 +539,12 @@ kiln_module *kiln_nn_activation(kiln_ctx *ctx, kiln_activation kind, float param
                    (int)kind, param);
         return NULL;
     }
-    kiln_module *m = kiln__module_new(ctx, act_kind[kind], act_forward, act_args);
+    /* one definition, the kind name by activation (the definition is copied) */
+    kiln_module_def def = LAYER_DEF(act_kind[kind], act_cfg, act_forward, act_args);
+    kiln_module *m = kiln_module_new(ctx, &def);
     if (!m) return NULL;
     if (param == 0 && kind == KILN_ACT_LEAKY_RELU) param = 0.01f;
     if (param == 0 && (kind == KILN_ACT_ELU || kind == KILN_ACT_SOFTPLUS)) param = 1.0f;
-    m->i[0] = kind;
-    m->f[0] = param;
+    *(act_cfg *)m->data = (act_cfg){kind, param};
     return m;
 }

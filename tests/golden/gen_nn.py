@@ -4,6 +4,11 @@ For each case: the module's state_dict (kiln loads it by the same names, which c
 kiln's names are PyTorch's), an input, a seed gradient, the output, the input's gradient
 and every parameter's gradient after output.backward(seed), and for batch norm the running
 statistics after the forward. Both training and eval mode where they differ.
+
+"basic_block" (and "basic_block_identity_eval") is torchvision's ResNet BasicBlock (conv3x3-bn-relu-conv3x3-bn, plus a
+1x1-conv/bn downsample of the identity or the identity itself, relu) written here with plain torch.nn, so that
+torchvision is not needed: tests/test_nn.c builds the same block as a user-defined kiln
+module and loads this state_dict into it by name, strictly.
 Run with Debian's interpreter: /usr/bin/python3 tests/golden/gen_nn.py
 """
 import os
@@ -12,6 +17,31 @@ import torch
 import torch.nn as nn
 
 from golden_io import save
+
+
+class BasicBlock(nn.Module):
+    """torchvision.models.resnet.BasicBlock, with its attribute (state_dict) names."""
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out + identity)
+
 
 torch.manual_seed(42)
 cases = {
@@ -34,8 +64,19 @@ cases = {
     "softmax": (nn.Softmax(dim=1), (3, 7), True),
 }
 out = {}
-for name, (mod, shape, training) in cases.items():
-    if name.endswith("_eval"):
+
+
+def run(name, mod, shape, training):
+    if isinstance(mod, BasicBlock):
+        # every batch norm with non-trivial affine parameters and running statistics
+        with torch.no_grad():
+            for bn in (m for m in mod.modules() if isinstance(m, nn.BatchNorm2d)):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+                bn.num_batches_tracked.fill_(3)
+    elif name.endswith("_eval"):
         # non-trivial running statistics to evaluate with
         with torch.no_grad():
             mod.running_mean.uniform_(-1, 1)
@@ -61,6 +102,15 @@ for name, (mod, shape, training) in cases.items():
         out[f"{name}.grad.{k}"] = p.grad
     for k, b in mod.named_buffers():
         out[f"{name}.after.{k}"] = b
+
+
+for name, (mod, shape, training) in cases.items():
+    run(name, mod, shape, training)
+# after the others, from its own seed, so that their random draws (and values) stay as they were
+torch.manual_seed(1013)
+run("basic_block", BasicBlock(3, 4, stride=2), (2, 3, 6, 6), True)
+torch.manual_seed(1014)  # the identity shortcut (no downsample), in eval mode
+run("basic_block_identity_eval", BasicBlock(4, 4), (2, 4, 5, 5), False)
 
 save(os.path.join(os.path.dirname(os.path.abspath(__file__)), "nn.safetensors"), out,
      {"what": "torch.nn modules: state, outputs and gradients"})
