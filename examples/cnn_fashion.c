@@ -1,7 +1,8 @@
 /* examples/cnn_fashion.c - a convolutional network on Fashion-MNIST, PyTorch's MNIST
  * example network: conv(1,32,3)-ReLU-conv(32,64,3)-ReLU-maxpool2-dropout(.25)-flatten-
  * linear(9216,128)-ReLU-dropout(.5)-linear(128,10), SGD lr 0.01 momentum 0.9, batch 64,
- * inputs x/255 shuffled each epoch: the recipe of bench/torch_ref.py's "cnn". Its layers
+ * inputs x/255 shuffled each epoch: the recipe of the PyTorch reference's "cnn" (torch_ref.py,
+ * shared/bench/ beside this repository). Its layers
  * are named as that PyTorch class's attributes (conv1, conv2, fc1, fc2), so a checkpoint
  * saved here loads into it and back (tools/kiln_torch.py).
  *

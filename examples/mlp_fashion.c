@@ -1,7 +1,8 @@
 /* examples/mlp_fashion.c - a multi-layer perceptron on Fashion-MNIST: 784-512-256-10 with
  * ReLU, Adam (lr 1e-3), batch 64, trained with kiln_fit and evaluated on the 10000 test
- * images with a confusion matrix. The same model as bench/torch_ref.py's "mlp" (its layers
- * are named fc1, fc2, fc3, so checkpoints load into that PyTorch class).
+ * images with a confusion matrix. The same model as the PyTorch reference's "mlp"
+ * (torch_ref.py, shared/bench/ beside this repository); its layers are named fc1, fc2, fc3,
+ * so checkpoints load into that PyTorch class.
  *
  *   build/examples/mlp_fashion [--epochs N] [--batch N] [--lr X] [--optimizer sgd|adam] ...
  *   build/examples/mlp_fashion --help

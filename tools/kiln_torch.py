@@ -21,7 +21,8 @@ read and written here with json + struct when the module is missing.
       accuracy after each epoch and the median ms per step: the reference kiln's
       accuracies are compared with. Saves the state dict with --save PATH.
 
-The model classes are bench/torch_ref.py's: their attribute names (conv1, conv2, fc1, fc2;
+The model classes are those of torch_ref.py (the PyTorch reference bench, shared/bench/
+beside this repository): their attribute names (conv1, conv2, fc1, fc2;
 fc1..fc3) are the names the kiln examples give their layers, so the state dicts match.
 """
 import argparse, gzip, json, os, struct, sys
@@ -51,7 +52,7 @@ def fashion(data_dir, train):
         sys.exit(f"kiln_torch: no {name}[.gz] in {data_dir}")
     x = idx(find(f"{stem}-images-idx3-ubyte"))
     y = idx(find(f"{stem}-labels-idx1-ubyte"))
-    # inputs x/255 without normalisation, as the kiln examples and bench/torch_ref.py
+    # inputs x/255 without normalisation, as the kiln examples and torch_ref.py
     return torch.tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0, torch.tensor(y, dtype=torch.long)
 
 
