@@ -193,7 +193,7 @@ static void test_fashion_dataset(void) {
     CHECK(strcmp(kiln_fashion_mnist_class_name(9), "Ankle boot") == 0 && strcmp(kiln_fashion_mnist_class_name(10), "") == 0,
           "class names");
     kiln_dataset *none = kiln_fashion_mnist(tmpdir, true);
-    expect_global("fashion in an empty dir", none == NULL, kiln_data_last_status(), KILN_ERR_IO,
+    expect_global("fashion in an empty dir", none == NULL, kiln_last_status(), KILN_ERR_IO,
                   "train-images-idx3-ubyte", tmpdir, NULL);
 }
 
@@ -280,7 +280,7 @@ static void idx_fault(const char *name, const unsigned char *b, size_t len, cons
     kiln_idx *x = kiln_idx_parse(b, len, name);
     char what[160];
     snprintf(what, sizeof what, "kiln_idx_parse(%s)", name);
-    expect_global(what, x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, name, want1, want2);
+    expect_global(what, x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, name, want1, want2);
     kiln_idx_free(x);
     char fname[128], p[512];
     for (int g = 0; g < 2; g++) {
@@ -290,7 +290,7 @@ static void idx_fault(const char *name, const unsigned char *b, size_t len, cons
         path_in(p, sizeof p, fname);
         x = kiln_idx_load(p);
         snprintf(what, sizeof what, "kiln_idx_load(%s)", fname);
-        expect_global(what, x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p, want1, want2);
+        expect_global(what, x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, want1, want2);
         kiln_idx_free(x);
     }
 }
@@ -354,7 +354,7 @@ static void test_idx_faults(void) {
     write_file("garbage.gz", "this is not gzip at all\n", 24);
     path_in(p, sizeof p, "garbage.gz");
     kiln_idx *x = kiln_idx_load(p);
-    expect_global("garbage.gz", x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("garbage.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "wrong magic 0x74686973", "not gzip-compressed");
     kiln_idx_free(x);
     /* a valid raw IDX under a .gz name loads (browsers inflate downloads but keep the name) */
@@ -378,14 +378,14 @@ static void test_idx_faults(void) {
     write_file("cut.gz", gz, gl / 2);
     path_in(p, sizeof p, "cut.gz");
     x = kiln_idx_load(p);
-    expect_global("cut.gz", x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("cut.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "gzip stream is truncated", NULL);
     kiln_idx_free(x);
     for (size_t i = gl / 3; i < gl / 3 + 40; i++) gz[i] ^= 0x5a;
     write_file("damaged.gz", gz, gl);
     path_in(p, sizeof p, "damaged.gz");
     x = kiln_idx_load(p);
-    expect_global("damaged.gz", x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p, "gzip", NULL);
+    expect_global("damaged.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, "gzip", NULL);
     kiln_idx_free(x);
     /* trailing garbage after a complete gzip stream */
     free(gz);
@@ -397,7 +397,7 @@ static void test_idx_faults(void) {
     write_file("tail.gz", gzt, gl + 5);
     path_in(p, sizeof p, "tail.gz");
     x = kiln_idx_load(p);
-    expect_global("tail.gz", x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("tail.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "5 bytes of trailing data after the gzip stream", NULL);
     kiln_idx_free(x);
     free(gzt);
@@ -407,9 +407,9 @@ static void test_idx_faults(void) {
     /* files that are not there, directories, NULLs */
     path_in(p, sizeof p, "missing.idx");
     x = kiln_idx_load(p);
-    expect_global("missing", x == NULL, kiln_data_last_status(), KILN_ERR_IO, p, "cannot open", NULL);
+    expect_global("missing", x == NULL, kiln_last_status(), KILN_ERR_IO, p, "cannot open", NULL);
     x = kiln_idx_load(tmpdir);
-    expect_global("directory", x == NULL, kiln_data_last_status(), KILN_ERR_IO, tmpdir, NULL, NULL);
+    expect_global("directory", x == NULL, kiln_last_status(), KILN_ERR_IO, tmpdir, NULL, NULL);
     CHECK(kiln_idx_load(NULL) == NULL && strstr(kiln_last_error(), "NULL"), "load(NULL): %s", kiln_last_error());
     CHECK(kiln_idx_parse(NULL, 5, "n") == NULL && strstr(kiln_last_error(), "NULL"), "parse(NULL): %s",
           kiln_last_error());
@@ -527,7 +527,7 @@ static void test_csv(void) {
         if (strcmp(bad[i].name, "nul.csv") == 0) len = 9;
         kiln_csv_opts o = {.header = bad[i].h};
         c = kiln_csv_parse(bad[i].text, len, bad[i].name, &o);
-        expect_global(bad[i].name, c == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, bad[i].name,
+        expect_global(bad[i].name, c == NULL, kiln_last_status(), KILN_ERR_CORRUPT, bad[i].name,
                       bad[i].w1, bad[i].w2);
         kiln_csv_free(c);
         /* the same from a file (gzip: the reader inflates CSV too) */
@@ -536,15 +536,15 @@ static void test_csv(void) {
         write_gz(fname, bad[i].text, len);
         path_in(p, sizeof p, fname);
         c = kiln_csv_load(p, &o);
-        expect_global(fname, c == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p, bad[i].w1,
+        expect_global(fname, c == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, bad[i].w1,
                       bad[i].w2);
         kiln_csv_free(c);
     }
     c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.delimiter = '"'});
-    expect_global("quote delimiter", c == NULL, kiln_data_last_status(),
+    expect_global("quote delimiter", c == NULL, kiln_last_status(),
                   KILN_ERR_INVALID_ARGUMENT, "delimiter", NULL, NULL);
     c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.header = (kiln_csv_header)7});
-    expect_global("bad header option", c == NULL, kiln_data_last_status(),
+    expect_global("bad header option", c == NULL, kiln_last_status(),
                   KILN_ERR_INVALID_ARGUMENT, "header option 7", NULL, NULL);
     CHECK(kiln_csv_parse(NULL, 3, NULL, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "csv parse NULL");
     CHECK(kiln_csv_load(NULL, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "csv load NULL");
@@ -601,13 +601,13 @@ static void test_dataset_idx_faults(void) {
     path_in(pl2, sizeof pl2, "lab5.idx");
     path_in(pl3, sizeof pl3, "labf.idx");
     kiln_dataset *ds = kiln_dataset_idx(pi, pl, 10);
-    expect_global("count mismatch", ds == NULL, kiln_data_last_status(), KILN_ERR_SHAPE, pi, pl,
+    expect_global("count mismatch", ds == NULL, kiln_last_status(), KILN_ERR_SHAPE, pi, pl,
                   "hold 5 samples but labels");
     ds = kiln_dataset_idx(pi, pl2, 10);
-    expect_global("label range", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE, pl2,
+    expect_global("label range", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, pl2,
                   "label 10 at index 3 is outside [0, 10)", pi);
     ds = kiln_dataset_idx(pi, pl3, 10);
-    expect_global("float labels", ds == NULL, kiln_data_last_status(), KILN_ERR_SHAPE, pl3, "f32", NULL);
+    expect_global("float labels", ds == NULL, kiln_last_status(), KILN_ERR_SHAPE, pl3, "f32", NULL);
     /* inferred class count; the images' bytes stay bytes */
     ds = kiln_dataset_idx(pi, pl2, 0);
     CHECK(ds && kiln_dataset_num_classes(ds) == 11, "inferred classes: %s", kiln_last_error());
@@ -626,7 +626,7 @@ static void test_dataset_idx_faults(void) {
     char pm[512];
     path_in(pm, sizeof pm, "nolabels.idx");
     ds = kiln_dataset_idx(pi, pm, 10);
-    expect_global("missing labels", ds == NULL, kiln_data_last_status(), KILN_ERR_IO, pm, NULL, NULL);
+    expect_global("missing labels", ds == NULL, kiln_last_status(), KILN_ERR_IO, pm, NULL, NULL);
     CHECK(kiln_dataset_idx(NULL, pl, 10) == NULL && strstr(kiln_last_error(), "NULL"), "idx(NULL)");
     /* 1-D images cannot be samples */
     b = idx_make(KILN_IDX_U8, 1, dl, "\x01\x02\x03\x04", 4, &len);
@@ -635,7 +635,7 @@ static void test_dataset_idx_faults(void) {
     char pf[512];
     path_in(pf, sizeof pf, "flat.idx");
     ds = kiln_dataset_idx(pf, pl, 10);
-    expect_global("1-D images", ds == NULL, kiln_data_last_status(), KILN_ERR_SHAPE, pf, "[N, ...]", NULL);
+    expect_global("1-D images", ds == NULL, kiln_last_status(), KILN_ERR_SHAPE, pf, "[N, ...]", NULL);
 }
 
 static void test_dataset_csv(void) {
@@ -655,24 +655,24 @@ static void test_dataset_csv(void) {
     }
     kiln_dataset_free(ds);
     ds = kiln_dataset_csv(p, 0, 0, NULL); /* label in column 0 (0.5: not an integer) */
-    expect_global("csv float label", ds == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("csv float label", ds == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "line 2, column 1: label 0.5 is not an integer", "kiln_dataset_csv");
     ds = kiln_dataset_csv(p, 2, 2, NULL);
-    expect_global("csv label range", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE, p,
+    expect_global("csv label range", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, p,
                   "line 2, column 3: label 2 is outside [0, 2)", NULL);
     ds = kiln_dataset_csv(p, 3, 2, NULL);
-    expect_global("csv label column", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE, p,
+    expect_global("csv label column", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, p,
                   "label column 3", NULL);
     const char *r = "1,2,0\n3,4\n";
     write_file("ragged-ds.csv", r, strlen(r));
     path_in(p, sizeof p, "ragged-ds.csv");
     ds = kiln_dataset_csv(p, -1, 0, NULL);
-    expect_global("csv dataset ragged", ds == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("csv dataset ragged", ds == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "line 2 has 2 columns, expected 3", NULL);
     const char *big = "1e39,0\n";
     kiln_csv *c = kiln_csv_parse(big, strlen(big), "big", NULL);
     ds = kiln_dataset_from_csv(c, 1, 0, "big");
-    expect_global("csv float overflow", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE,
+    expect_global("csv float overflow", ds == NULL, kiln_last_status(), KILN_ERR_RANGE,
                   "line 1, column 1", "does not fit in a float", NULL);
     kiln_csv_free(c);
     CHECK(kiln_dataset_from_csv(NULL, 0, 0, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "from_csv(NULL)");
@@ -765,7 +765,7 @@ static void test_dataset_host_split(void) {
     CHECK(sub && kiln_dataset_get(sub, 1, v, 2, &yy) == KILN_OK && v[0] == 5 && yy == 5, "subset");
     kiln_dataset_free(sub);
     sub = kiln_dataset_subset(ds, (int64_t[]){N}, 1);
-    expect_global("subset range", sub == NULL, kiln_data_last_status(), KILN_ERR_RANGE,
+    expect_global("subset range", sub == NULL, kiln_last_status(), KILN_ERR_RANGE,
                   "idx[0] = 103 is outside", NULL, NULL);
     kiln_dataset_free(va);
     kiln_dataset_free(tr2);
@@ -776,19 +776,19 @@ static void test_dataset_host_split(void) {
     /* from_host faults */
     int32_t yb[3] = {0, 7, 1};
     ds = kiln_dataset_from_host(x, yb, 3, 1, (int64_t[]){2}, 7);
-    expect_global("host label range", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE,
+    expect_global("host label range", ds == NULL, kiln_last_status(), KILN_ERR_RANGE,
                   "label 7 at index 1 is outside [0, 7)", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 0, 1, (int64_t[]){2}, 7);
-    expect_global("host n 0", ds == NULL, kiln_data_last_status(), KILN_ERR_INVALID_ARGUMENT,
+    expect_global("host n 0", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT,
                   "no samples", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 3, 8, (int64_t[]){1, 1, 1, 1, 1, 1, 1, 1}, 7);
-    expect_global("host ndim 8", ds == NULL, kiln_data_last_status(), KILN_ERR_INVALID_ARGUMENT,
+    expect_global("host ndim 8", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT,
                   "8 dims", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 3, 2, (int64_t[]){2, 0}, 7);
-    expect_global("host zero dim", ds == NULL, kiln_data_last_status(),
+    expect_global("host zero dim", ds == NULL, kiln_last_status(),
                   KILN_ERR_INVALID_ARGUMENT, "[2, 0]", NULL, NULL);
     ds = kiln_dataset_from_host(NULL, y, 3, 1, (int64_t[]){2}, 7);
-    expect_global("host NULL", ds == NULL, kiln_data_last_status(), KILN_ERR_NULL, "x is NULL", NULL, NULL);
+    expect_global("host NULL", ds == NULL, kiln_last_status(), KILN_ERR_NULL, "x is NULL", NULL, NULL);
     /* accessors on NULL */
     const int64_t *sh = (const int64_t *)1;
     CHECK(kiln_dataset_size(NULL) == 0 && kiln_dataset_shape(NULL, &sh) == 0 && sh == NULL &&

@@ -32,8 +32,9 @@
  * given to a memory parser) and what is wrong in it: line and column for CSV, the header's
  * sizes against the file's for IDX. The loader makes tensors on a context and, like every
  * op, reports through that context (kiln_error_message(ctx)); kiln_loader_new(NULL, ...)
- * and calls on a NULL loader report through kiln_last_error(). kiln_data_last_status()
- * gives the status that goes with kiln_last_error() for the calls that return a pointer.
+ * and calls on a NULL loader report through kiln_last_error(). kiln_last_status()
+ * (common.h) gives the status that goes with kiln_last_error(), as for every context-less
+ * call.
  * Every function accepts NULL handles without crashing.
  *
  * Ownership: every object returned here is owned by the caller and freed with its _free
@@ -51,11 +52,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* The status of the last failed context-less data call of this thread (KILN_OK when the
- * last such call succeeded): KILN_ERR_CORRUPT for malformed files, KILN_ERR_IO when a file
- * cannot be read, ... Its message is kiln_last_error(). */
-KILN_API kiln_status kiln_data_last_status(void);
 
 /* ---- IDX files (the MNIST format) --------------------------------------------------- */
 /*

@@ -74,7 +74,7 @@ static bool field_put(parser *p, field fl) {
 }
 
 static kiln_status oom(parser *p) {
-    return kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory at line %lld", p->op, p->what,
+    return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory at line %lld", p->op, p->what,
                              (long long)p->line);
 }
 
@@ -98,7 +98,7 @@ static kiln_status read_record(parser *p, bool *got, int64_t *start_line) {
             i++;
             for (;;) {
                 if (i >= p->len)
-                    return kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: unterminated quoted field",
+                    return kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: unterminated quoted field",
                                              p->op, p->what, (long long)qline, p->nf + 1);
                 unsigned char c = p->b[i];
                 if (c == '"') {
@@ -116,7 +116,7 @@ static kiln_status read_record(parser *p, bool *got, int64_t *start_line) {
             }
             while (i < p->len && is_space(p->b[i], p->delim)) i++;
             if (i < p->len && p->b[i] != (unsigned char)p->delim && p->b[i] != '\n' && p->b[i] != '\r')
-                return kiln__data_fail(KILN_ERR_CORRUPT,
+                return kiln__fail_global(KILN_ERR_CORRUPT,
                                          "%s: %s: line %lld, column %zu: unexpected character after a quoted field",
                                          p->op, p->what, (long long)p->line, p->nf + 1);
             fl.s = (const char *)(uintptr_t)off; /* an offset until the record ends */
@@ -184,12 +184,12 @@ static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char
     kiln_csv_opts o = opts ? *opts : (kiln_csv_opts){0};
     char delim = o.delimiter ? o.delimiter : ',';
     if (delim == '"' || delim == '\n' || delim == '\r') {
-        kiln__data_fail(KILN_ERR_INVALID_ARGUMENT, "%s: %s: delimiter 0x%02x is not allowed", op, what,
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: delimiter 0x%02x is not allowed", op, what,
                           (unsigned char)delim);
         return NULL;
     }
     if (o.header != KILN_CSV_HEADER_AUTO && o.header != KILN_CSV_HEADER_YES && o.header != KILN_CSV_HEADER_NO) {
-        kiln__data_fail(KILN_ERR_INVALID_ARGUMENT, "%s: %s: header option %d is not a kiln_csv_header", op, what,
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: header option %d is not a kiln_csv_header", op, what,
                           (int)o.header);
         return NULL;
     }
@@ -244,20 +244,20 @@ static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char
             }
         }
         if ((int64_t)p.nf != cols) {
-            st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld has %zu columns, expected %lld (as line %lld)",
+            st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld has %zu columns, expected %lld (as line %lld)",
                                    op, what, (long long)line, p.nf, (long long)cols, (long long)first_line);
             break;
         }
         for (size_t k = 0; k < p.nf; k++) {
             double v;
             if (p.f[k].len == 0) {
-                st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: empty cell", op, what,
+                st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: empty cell", op, what,
                                        (long long)line, k + 1);
                 break;
             }
             if (!to_number(&p.f[k], &v)) {
                 show(&p.f[k], sb, sizeof sb);
-                st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: '%s' is not a number", op,
+                st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: '%s' is not a number", op,
                                        what, (long long)line, k + 1, sb);
                 break;
             }
@@ -279,7 +279,7 @@ done:
     }
     free(p.f);
     free(p.text);
-    if (st == KILN_OK && cols < 0) st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: no rows (empty or blank input)", op, what);
+    if (st == KILN_OK && cols < 0) st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: no rows (empty or blank input)", op, what);
     if (st != KILN_OK) {
         free(data.p);
         free(lines.p);
@@ -299,17 +299,17 @@ done:
 }
 
 kiln_csv *kiln_csv_parse(const void *buf, size_t len, const char *what, const kiln_csv_opts *opts) {
-    kiln__data_clear();
+    kiln__clear_global();
     if (!what) what = "<memory>";
     if (!buf && len) {
-        kiln__data_fail(KILN_ERR_NULL, "kiln_csv_parse: %s: buf is NULL", what);
+        kiln__fail_global(KILN_ERR_NULL, "kiln_csv_parse: %s: buf is NULL", what);
         return NULL;
     }
     return csv_parse("kiln_csv_parse", what, buf ? buf : (const void *)"", len, opts);
 }
 
 kiln_csv *kiln_csv_load(const char *path, const kiln_csv_opts *opts) {
-    kiln__data_clear();
+    kiln__clear_global();
     unsigned char *buf;
     size_t len;
     if (kiln__data_read_file("kiln_csv_load", path, &buf, &len, NULL) != KILN_OK) return NULL;

@@ -202,14 +202,14 @@ void kiln_module_requires_grad(kiln_module *m, bool requires_grad) {
 /* ---- forward ------------------------------------------------------------------------ */
 
 kiln_tensor *kiln_forward(kiln_module *m, kiln_tensor *x) {
-    if (!m || !x) {
+    if (!m) /* x's context holds the error; with x NULL too, kiln_last_error() does */
+        return kiln__fail(x ? x->ctx : NULL, KILN_ERR_NULL, "kiln_forward: the module is NULL"), NULL;
+    if (!x) {
         /* as an op given NULL: NULL at once, and an error unless an earlier one explains it */
-        if (m && m->ctx->err == KILN_OK) {
+        if (m->ctx->err == KILN_OK) {
             char args[256] = "";
             if (m->args) m->args(m, args, sizeof args);
             kiln__fail(m->ctx, KILN_ERR_NULL, "kiln_forward: the input of %s(%s) is NULL", m->kind, args);
-        } else if (!m && x) {
-            kiln__fail(x->ctx, KILN_ERR_NULL, "kiln_forward: the module is NULL");
         }
         return NULL;
     }
@@ -255,7 +255,7 @@ kiln_status kiln_nn_sequential_append(kiln_module *seq, kiln_module *m) {
     if (!seq || !m) {
         kiln_module_free(m);
         if (seq) return kiln__fail(seq->ctx, KILN_ERR_NULL, "kiln_nn_sequential_append: module is NULL");
-        return KILN_ERR_NULL;
+        return kiln__fail_global(KILN_ERR_NULL, "kiln_nn_sequential_append: the sequential is NULL");
     }
     if (seq->forward != seq_forward) {
         kiln_module_free(m);
@@ -304,7 +304,8 @@ kiln_status kiln_nn_sequential_set(kiln_module *seq, int index, kiln_module *m) 
 }
 
 kiln_status kiln_module_set_child_name(kiln_module *seq, int index, const char *name) {
-    if (!seq || !name) return KILN_ERR_NULL;
+    if (!seq) return kiln__fail_global(KILN_ERR_NULL, "kiln_module_set_child_name: module is NULL");
+    if (!name) return kiln__fail(seq->ctx, KILN_ERR_NULL, "kiln_module_set_child_name: name is NULL");
     size_t len = strlen(name);
     bool valid = len > 0 && len < 64 && !strchr(name, '.');
     if (index < 0 || index >= seq->nchildren || !valid)

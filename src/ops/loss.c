@@ -640,7 +640,7 @@ static kiln_tensor *add_scalars(kiln_ctx *ctx, const char *op, int k, kiln_tenso
  * holds that many inputs), then their results added four at a time. */
 static kiln_tensor *penalty(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *const *params) {
     const char *op = el_info[kind].op;
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op), NULL;
     if (n < 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: n is %d", op, n);
         return NULL;

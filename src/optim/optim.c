@@ -312,7 +312,10 @@ kiln_tensor *kiln_optim_param(const kiln_optim *opt, int i) {
     return opt && i >= 0 && i < opt->n ? opt->ps[i].p : NULL;
 }
 
-double kiln_optim_get_lr(const kiln_optim *opt) { return opt ? opt->lr : NAN; }
+double kiln_optim_get_lr(const kiln_optim *opt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_get_lr: optimizer is NULL"), NAN;
+    return opt->lr;
+}
 
 kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr) {
     char b[40];
@@ -400,7 +403,10 @@ kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool creat
 }
 
 int64_t kiln_optim_get_step(const kiln_optim *opt, int i) {
-    return opt && i >= 0 && i < opt->n ? opt->ps[i].step : -1;
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_get_step: optimizer is NULL"), -1;
+    if (i < 0 || i >= opt->n)
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_get_step: parameter %d of %d", i, opt->n), -1;
+    return opt->ps[i].step;
 }
 
 kiln_status kiln_optim_set_step(kiln_optim *opt, int i, int64_t step) {
@@ -579,9 +585,9 @@ static kiln_tensor **clip_grads(kiln_ctx *ctx, const char *op, int n, kiln_tenso
     return gs;
 }
 
-kiln_tensor *kiln_clip_grad_norm_tensor(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm,
-                                        double norm_type) {
-    const char *op = "kiln_clip_grad_norm";
+/* kiln_clip_grad_norm_tensor and kiln_clip_grad_norm; op names the one called. */
+static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *params, double max_norm,
+                              double norm_type) {
     char b[40];
     int ng;
     kiln_tensor **gs = clip_grads(ctx, op, n, params, &ng);
@@ -640,8 +646,13 @@ fail:
     return kiln__finish(ctx, op, total);
 }
 
+kiln_tensor *kiln_clip_grad_norm_tensor(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm,
+                                        double norm_type) {
+    return clip_norm(ctx, "kiln_clip_grad_norm_tensor", n, params, max_norm, norm_type);
+}
+
 float kiln_clip_grad_norm(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm, double norm_type) {
-    kiln_tensor *t = kiln_clip_grad_norm_tensor(ctx, n, params, max_norm, norm_type);
+    kiln_tensor *t = clip_norm(ctx, "kiln_clip_grad_norm", n, params, max_norm, norm_type);
     if (!t) return NAN;
     float v = kiln_item(t);
     kiln_tensor_free(t);
