@@ -141,13 +141,17 @@ static const char *gemm_route(const kiln_ctx *ctx) {
     return kiln__gemm_own_takes(ctx, false, true, 1, 1, 1, 1, 0.0f) ? "kiln's GEMM kernels" : "CLBlast";
 }
 
-int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d) {
+int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d, char *why,
+                        size_t cap) {
     memset(d, 0, sizeof *d);
     int64_t ar = s->ta ? s->k : s->m, ac = s->ta ? s->m : s->k;
     int64_t br = s->tb ? s->n : s->k, bc = s->tb ? s->k : s->n;
     d->ha = malloc((size_t)(ar * ac) * sizeof(float));
     d->hb = malloc((size_t)(br * bc) * sizeof(float));
     if (!d->ha || !d->hb) {
+        snprintf(why, cap, "out of host memory for the operands A [%lld, %lld] and B [%lld, %lld] (%.3g GiB)",
+                 (long long)ar, (long long)ac, (long long)br, (long long)bc,
+                 (double)(ar * ac + br * bc) * sizeof(float) / (1 << 30));
         bench_gemm_data_free(d);
         return -1;
     }
@@ -159,6 +163,7 @@ int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed,
     d->a = kiln_from_host(ctx, d->ha, KILN_F32, 2, (int64_t[]){ar, ac});
     d->b = kiln_from_host(ctx, d->hb, KILN_F32, 2, (int64_t[]){br, bc});
     if (!d->a || !d->b) {
+        snprintf(why, cap, "%s", kiln_error_message(ctx));
         bench_gemm_data_free(d);
         return -1;
     }
@@ -313,8 +318,9 @@ static int cmd_gemm(args *a, bool json) {
     kiln_ctx *ctx = open_ctx("kiln bench gemm");
     if (!ctx) return 1;
     bench_gemm_data d;
-    if (bench_gemm_data_new(ctx, &s, 42, &d) != 0) {
-        fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
+    char why[512];
+    if (bench_gemm_data_new(ctx, &s, 42, &d, why, sizeof why) != 0) {
+        fprintf(stderr, "kiln bench gemm: %s\n", why);
         kiln_close(ctx);
         return 1;
     }

@@ -225,7 +225,8 @@ static double check_shapes(tuner *t) {
     /* an odd shape with both transposes: partial tiles everywhere */
     bench_gemm_shape odd = {"odd", 67, 131, 97, true, true};
     bench_gemm_data d;
-    if (bench_gemm_data_new(t->ctx, &odd, 7, &d) == 0) {
+    char why[512];
+    if (bench_gemm_data_new(t->ctx, &odd, 7, &d, why, sizeof why) == 0) {
         double r = bench_gemm_check_bound(t->ctx, &odd, &d, 67);
         if (!(r <= worst)) worst = r;
         bench_gemm_data_free(&d);
@@ -316,11 +317,22 @@ static int cmd_tune(int argc, char **argv) {
         else if (strcmp(argv[i], "--wall") == 0) wall = true;
         else if (strcmp(argv[i], "--eval") == 0 && i + 1 < argc) eval = argv[++i];
         else if (strcmp(argv[i], "--shapes") == 0 && i + 1 < argc) only = argv[++i];
-        else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) repeat = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) {
+            char *end;
+            long r = strtol(argv[++i], &end, 10);
+            if (*end || end == argv[i] || r < 1 || r > 1000) {
+                fprintf(stderr, "kiln tune: --repeat %s: expected an integer in [1, 1000]\n", argv[i]);
+                return 2;
+            }
+            repeat = (int)r;
+        }
         else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
         } else {
+            bool valued = strcmp(argv[i], "--eval") == 0 || strcmp(argv[i], "--shapes") == 0 ||
+                          strcmp(argv[i], "--repeat") == 0;
+            fprintf(stderr, valued ? "kiln tune: %s needs a value\n\n" : "kiln tune: unknown argument '%s'\n\n", argv[i]);
             usage(stderr);
             return 2;
         }
@@ -346,8 +358,9 @@ static int cmd_tune(int argc, char **argv) {
                "tuned here serve the rest\n");
     for (int i = 0; i < NSHAPES; i++) {
         t.use[i] = !only || name_listed(only, shapes[i].s.name);
-        if (t.use[i] && bench_gemm_data_new(t.ctx, &shapes[i].s, 100 + (uint64_t)i, &t.data[i]) != 0) {
-            fprintf(stderr, "kiln tune: %s\n", kiln_error_message(t.ctx));
+        char why[512];
+        if (t.use[i] && bench_gemm_data_new(t.ctx, &shapes[i].s, 100 + (uint64_t)i, &t.data[i], why, sizeof why) != 0) {
+            fprintf(stderr, "kiln tune: %s: %s\n", shapes[i].s.name, why);
             goto out;
         }
     }
