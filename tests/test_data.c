@@ -515,6 +515,9 @@ static void test_csv(void) {
         {"nonnum.csv", "a,b\n1,2\n3,x7\n", KILN_CSV_HEADER_AUTO, "line 3, column 2", "'x7' is not a number"},
         {"nonnum-first.csv", "1,zz\n", KILN_CSV_HEADER_NO, "line 1, column 2", "'zz' is not a number"},
         {"partial.csv", "1,2.5.5\n", KILN_CSV_HEADER_NO, "line 1, column 2", "'2.5.5'"},
+        /* beyond the largest double: an error, not inf (an explicit "inf" is a number) */
+        {"range.csv", "a,b\n1,2\n3,1e400\n", KILN_CSV_HEADER_AUTO, "line 3, column 2", "'1e400' is out of range"},
+        {"range-neg.csv", "-1e999,2\n", KILN_CSV_HEADER_NO, "line 1, column 1", "'-1e999' is out of range"},
         {"empty-cell.csv", "1,2\n3,\n", KILN_CSV_HEADER_AUTO, "line 2, column 2: empty cell", NULL},
         {"quote.csv", "1,\"2\n3,4\n", KILN_CSV_HEADER_AUTO, "line 1, column 2: unterminated quoted field", NULL},
         {"after-quote.csv", "1,\"2\"x\n", KILN_CSV_HEADER_AUTO, "line 1, column 2", "after a quoted field"},

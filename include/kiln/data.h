@@ -100,8 +100,9 @@ KILN_API const char *kiln_idx_type_name(kiln_idx_type type);
  * the delimiter, surrounding spaces and tabs are ignored, and a field may be quoted
  * ("1.5", with "" for a quote inside). Every data cell must be a number as C's strtod reads
  * it in the "C" locale (so "1e-3", "nan" and "inf" are numbers whatever the program's
- * locale); an empty or non-numeric cell and a row with another number of cells than the
- * first are KILN_ERR_CORRUPT naming the line and column. Files may be gzip-compressed.
+ * locale); an empty or non-numeric cell, a number too large for a double ("1e400"; it is
+ * not read as inf) and a row with another number of cells than the first are
+ * KILN_ERR_CORRUPT naming the file, line and column. Files may be gzip-compressed.
  */
 typedef enum kiln_csv_header {
     KILN_CSV_HEADER_AUTO = 0, /* the first row is a header when any of its cells is not a number */

@@ -1,6 +1,8 @@
 /* src/data/csv.c - CSV tables of numbers. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <locale.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,17 +166,22 @@ static void show(const field *f, char *buf, size_t cap) {
     buf[k] = 0;
 }
 
-/* Parses a numeric cell; false when it is not exactly a number. strtod runs in the C
- * locale (set by the caller) so a program's LC_NUMERIC cannot change what "1.5" means. */
-static bool to_number(const field *f, double *out) {
+/* Parses a numeric cell: NUM_BAD when it is not exactly a number, NUM_RANGE when it is one
+ * too large for a double (strtod's ERANGE overflow: "1e400" is not read as inf; "inf"
+ * itself is a number, and underflow rounds towards 0 as strtod does). strtod runs in the
+ * C locale (set by the caller) so a program's LC_NUMERIC cannot change what "1.5" means. */
+enum { NUM_OK, NUM_BAD, NUM_RANGE };
+static int to_number(const field *f, double *out) {
     char tmp[320];
-    if (f->len == 0 || f->len >= sizeof tmp) return false;
+    if (f->len == 0 || f->len >= sizeof tmp) return NUM_BAD;
     memcpy(tmp, f->s, f->len);
     tmp[f->len] = 0;
-    if (strlen(tmp) != f->len) return false; /* a NUL byte inside */
+    if (strlen(tmp) != f->len) return NUM_BAD; /* a NUL byte inside */
     char *end;
+    errno = 0;
     *out = strtod(tmp, &end);
-    return end == tmp + f->len;
+    if (end != tmp + f->len) return NUM_BAD;
+    return errno == ERANGE && isinf(*out) ? NUM_RANGE : NUM_OK;
 }
 
 static bool blank_record(const parser *p) { return p->nf == 1 && p->f[0].len == 0 && !p->f[0].quoted; }
@@ -218,7 +225,7 @@ static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char
             if (o.header == KILN_CSV_HEADER_AUTO) {
                 for (size_t k = 0; k < p.nf && !header; k++) {
                     double v;
-                    if (p.f[k].len && !to_number(&p.f[k], &v)) header = true;
+                    if (p.f[k].len && to_number(&p.f[k], &v) == NUM_BAD) header = true;
                 }
             }
             cols = (int64_t)p.nf;
@@ -255,10 +262,13 @@ static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char
                                        (long long)line, k + 1);
                 break;
             }
-            if (!to_number(&p.f[k], &v)) {
+            int num = to_number(&p.f[k], &v);
+            if (num != NUM_OK) {
                 show(&p.f[k], sb, sizeof sb);
-                st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: '%s' is not a number", op,
-                                       what, (long long)line, k + 1, sb);
+                st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: '%s' %s", op, what,
+                                       (long long)line, k + 1, sb,
+                                       num == NUM_RANGE ? "is out of range (beyond the largest double)"
+                                                        : "is not a number");
                 break;
             }
             if (!vec_push(&data, &v)) {
