@@ -107,7 +107,8 @@ typedef struct kiln_fit_opts {
     const char *best_path;   /* optional: the best model is also saved there (kiln_module_save) */
     const char *metrics_csv; /* optional: one line per epoch, written as the run goes (a file
                                 already there is replaced when the run starts) */
-    const char *plot_path;   /* optional: the training curves as an SVG image, after each epoch */
+    const char *plot_path;   /* optional: the training curves as an SVG image, after each epoch
+                                (it and best_path are checked writable before training starts) */
     bool progress;           /* print progress to stderr (a terminal's bar is redrawn after the
                                 first batch, then at most 10 times a second) */
     kiln_epoch_stats *history; /* optional: filled with up to history_cap epochs */
