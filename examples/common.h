@@ -223,7 +223,8 @@ static inline kiln_optim *ex_optimizer(kiln_ctx *ctx, kiln_module *m, const ex_o
     kiln_module_parameters(m, params, n);
     kiln_optim *opt;
     if (!strcmp(o->optimizer, "sgd")) {
-        kiln_sgd_opts so = kiln_sgd_defaults(o->lr);
+        kiln_sgd_opts so = kiln_sgd_defaults();
+        so.lr = o->lr;
         so.momentum = o->momentum;
         opt = kiln_sgd(ctx, params, n, &so);
     } else {

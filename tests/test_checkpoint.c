@@ -1189,7 +1189,8 @@ static kiln_optim *ropt(kiln_ctx *ctx, kiln_module *m, int kind, double lr) {
         o.lr = lr;
         return kiln_adam(ctx, ps, n, &o);
     }
-    kiln_sgd_opts o = kiln_sgd_defaults(lr);
+    kiln_sgd_opts o = kiln_sgd_defaults();
+    o.lr = lr;
     o.momentum = 0.9;
     o.weight_decay = 1e-3;
     return kiln_sgd(ctx, ps, n, &o);

@@ -994,7 +994,8 @@ static void sweep_optim(void) {
         kiln_tensor *v = MK(-1, 1, true, 7);
         kiln_tensor *ps[2] = {w, v};
         kiln_optim *o = NULL;
-        kiln_sgd_opts so = kiln_sgd_defaults(0.1);
+        kiln_sgd_opts so = kiln_sgd_defaults();
+        so.lr = 0.1;
         kiln_rmsprop_opts ro = kiln_rmsprop_defaults();
         kiln_adam_opts ao = kind == 5 ? kiln_adamw_defaults() : kiln_adam_defaults();
         switch (kind) {

@@ -455,7 +455,8 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         o.lr = 1e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
     } else {
-        kiln_sgd_opts o = kiln_sgd_defaults(0.01);
+        kiln_sgd_opts o = kiln_sgd_defaults();
+        o.lr = 0.01;
         o.momentum = 0.9;
         m->opt = kiln_sgd(ctx, params, np, &o);
     }

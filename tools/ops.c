@@ -760,7 +760,8 @@ static void optimizer(smoke *s, int kind) {
     kiln_tensor *t = param_with_grad(s, &p);
     if (!t) return;
     kiln_optim *opt = NULL;
-    kiln_sgd_opts sgd = kiln_sgd_defaults(0.1);
+    kiln_sgd_opts sgd = kiln_sgd_defaults();
+    sgd.lr = 0.1;
     kiln_rmsprop_opts rms = kiln_rmsprop_defaults();
     kiln_adam_opts adam = kiln_adam_defaults(), adamw = kiln_adamw_defaults();
     switch (kind) {

@@ -215,10 +215,12 @@ static bool check_adam(kiln_ctx *ctx, const char *op, const kiln_adam_opts *o) {
     return true;
 }
 
-kiln_sgd_opts kiln_sgd_defaults(double lr) { return (kiln_sgd_opts)KILN_SGD_DEFAULTS(lr); }
-kiln_rmsprop_opts kiln_rmsprop_defaults(void) { return (kiln_rmsprop_opts)KILN_RMSPROP_DEFAULTS; }
-kiln_adam_opts kiln_adam_defaults(void) { return (kiln_adam_opts)KILN_ADAM_DEFAULTS; }
-kiln_adam_opts kiln_adamw_defaults(void) { return (kiln_adam_opts)KILN_ADAMW_DEFAULTS; }
+kiln_sgd_opts kiln_sgd_defaults(void) { return (kiln_sgd_opts){.lr = 1e-3}; }
+kiln_rmsprop_opts kiln_rmsprop_defaults(void) { return (kiln_rmsprop_opts){.lr = 1e-2, .alpha = 0.99, .eps = 1e-8}; }
+kiln_adam_opts kiln_adam_defaults(void) { return (kiln_adam_opts){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8}; }
+kiln_adam_opts kiln_adamw_defaults(void) {
+    return (kiln_adam_opts){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-2};
+}
 
 static bool check_ctx(kiln_ctx *ctx, const char *op) {
     if (!ctx) kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op);
@@ -227,11 +229,8 @@ static bool check_ctx(kiln_ctx *ctx, const char *op) {
 
 kiln_optim *kiln_sgd(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_sgd_opts *opts) {
     if (!check_ctx(ctx, "kiln_sgd")) return NULL;
-    if (!opts) {
-        kiln__fail(ctx, KILN_ERR_NULL, "kiln_sgd: opts is NULL; SGD has no default learning rate (use "
-                   "kiln_sgd_defaults(lr))");
-        return NULL;
-    }
+    kiln_sgd_opts d = kiln_sgd_defaults();
+    if (!opts) opts = &d;
     if (!check_sgd(ctx, opts) || !check_params(ctx, "kiln_sgd", params, n)) return NULL;
     kiln_optim *o = opt_new(ctx, OPT_SGD, params, n);
     if (!o) return NULL;
