@@ -323,6 +323,8 @@ NULL_CASE(optim_step, kiln_optim_step(NULL) == KILN_ERR_NULL)
 NULL_CASE(optim_zero_grad, kiln_optim_zero_grad(NULL) == KILN_ERR_NULL)
 NULL_CASE(optim_set_lr, kiln_optim_set_lr(NULL, 0.1) == KILN_ERR_NULL)
 NULL_CASE(optim_get_lr, isnan(kiln_optim_get_lr(NULL)))
+NULL_CASE(optim_num_states, kiln_optim_num_states(NULL) == 0)
+NULL_CASE(optim_state, kiln_optim_state(NULL, 0, NULL, NULL) == KILN_ERR_NULL)
 NULL_CASE(optim_state_find, kiln_optim_state_find(NULL, "0.exp_avg", true) == NULL)
 NULL_CASE(optim_get_step, kiln_optim_get_step(NULL, 0) == -1)
 NULL_CASE(optim_set_step, kiln_optim_set_step(NULL, 0, 1) == KILN_ERR_NULL)
@@ -486,6 +488,8 @@ static const null_case null_cases[] = {
     {"kiln_optim_zero_grad", null_optim_zero_grad},
     {"kiln_optim_set_lr", null_optim_set_lr},
     {"kiln_optim_get_lr", null_optim_get_lr},
+    {"kiln_optim_num_states", null_optim_num_states},
+    {"kiln_optim_state", null_optim_state},
     {"kiln_optim_state_find", null_optim_state_find},
     {"kiln_optim_get_step", null_optim_get_step},
     {"kiln_optim_set_step", null_optim_set_step},

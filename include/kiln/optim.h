@@ -133,11 +133,13 @@ KILN_API kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr);
  * "max_exp_avg_sq" (amsgrad). As in torch, state appears when a parameter is first
  * updated; torch's per-parameter "step" is kiln_optim_get_step/set_step. */
 
-/* Entry i (0, 1, ... in parameter then key order) of the existing state: sets *name
- * (owned by opt, valid until kiln_optim_free) and *t (owned by opt; write it to restore
- * state) and returns 1; returns 0 past the last entry and a negative kiln_status on
- * error. Iterate with: for (int i = 0; kiln_optim_state(opt, i, &name, &t) > 0; i++). */
-KILN_API int kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t);
+/* Number of entries of the existing state (0 for NULL, with kiln_last_error() set). */
+KILN_API int kiln_optim_num_states(const kiln_optim *opt);
+/* Entry i in [0, kiln_optim_num_states) (parameter then key order): sets *name (owned by
+ * opt, valid until kiln_optim_free) and *t (owned by opt; write it to restore state).
+ * KILN_ERR_RANGE for any other i. Iterate with:
+ *     for (int i = 0; i < kiln_optim_num_states(opt); i++) kiln_optim_state(opt, i, &name, &t); */
+KILN_API kiln_status kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t);
 /* The state tensor called `name` ("3.exp_avg"), or NULL. With create, a missing entry
  * that this optimizer's configuration uses is made (zeros, the parameter's shape) so a
  * checkpoint loader can fill it; an SGD momentum buffer that exists is used as is by the

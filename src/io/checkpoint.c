@@ -67,12 +67,7 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
                             const char *description) {
     kiln_ctx *ctx = m->ctx;
     int nm = kiln_module_state(m, NULL, 0);
-    int no = 0;
-    if (opt) {
-        const char *nm_;
-        kiln_tensor *t;
-        while (kiln_optim_state(opt, no, &nm_, &t) > 0) no++;
-    }
+    int no = opt ? kiln_optim_num_states(opt) : 0;
     int np = opt ? kiln_optim_param_count(opt) : 0;
     int total = nm + no + np;
     kiln_named_tensor *all = calloc((size_t)(total ? total : 1), sizeof *all);

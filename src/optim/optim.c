@@ -348,20 +348,29 @@ static kiln_tensor *state_new(kiln_optim *opt, int i, int s, bool zero) {
     return t;
 }
 
-int kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t) {
-    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_state: optimizer is NULL");
-    if (i < 0) return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_state: entry %d is negative", i);
+int kiln_optim_num_states(const kiln_optim *opt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_num_states: optimizer is NULL"), 0;
     int k = 0;
-    for (int j = 0; j < opt->n; j++) {
+    for (int j = 0; j < opt->n; j++)
+        for (int s = 0; s < OPT_NSLOT; s++)
+            k += opt->ps[j].state[s] != NULL;
+    return k;
+}
+
+kiln_status kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_state: optimizer is NULL");
+    int k = 0;
+    for (int j = 0; j < opt->n && i >= 0; j++) {
         for (int s = 0; s < OPT_NSLOT; s++) {
             if (!opt->ps[j].state[s]) continue;
             if (k++ < i) continue;
             if (name) *name = opt->names + ((size_t)j * OPT_NSLOT + s) * OPT_NAME_CAP;
             if (t) *t = opt->ps[j].state[s];
-            return 1;
+            return KILN_OK;
         }
     }
-    return 0;
+    return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_state: entry %d of %d (kiln_optim_num_states)", i,
+                      kiln_optim_num_states(opt));
 }
 
 bool kiln__optim_state_known(const kiln_optim *opt, const char *name) {
