@@ -344,8 +344,8 @@ static kiln_tensor *ascent_loss(kiln_ctx *ctx, kiln_tensor *out, kiln_tensor *y,
 static void test_fit_blobs(kiln_ctx *ctx) {
     kiln_manual_seed(ctx, 7);
     kiln_dataset *dtr = blobs(NTRAIN, 11), *dva = blobs(NVAL, 12);
-    kiln_loader *tr = kiln_loader_new(ctx, dtr, &(kiln_loader_opts){.batch_size = 32, .shuffle = true, .seed = 3});
-    kiln_loader *va = kiln_loader_new(ctx, dva, &(kiln_loader_opts){.batch_size = 64});
+    kiln_loader *tr = kiln_loader_new(ctx, dtr, &(kiln_loader_opts){.scale = 1, .batch_size = 32, .shuffle = true, .seed = 3});
+    kiln_loader *va = kiln_loader_new(ctx, dva, &(kiln_loader_opts){.scale = 1, .batch_size = 64});
     kiln_module *net = mlp2(ctx);
     kiln_optim *opt = adam_for(net, 0.02);
     CHECK(tr && va && net && opt, "setup: %s %s", kiln_error_message(ctx), kiln_last_error());

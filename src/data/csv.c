@@ -184,15 +184,17 @@ static int to_number(const field *f, double *out) {
     return errno == ERANGE && isinf(*out) ? NUM_RANGE : NUM_OK;
 }
 
+kiln_csv_opts kiln_csv_defaults(void) { return (kiln_csv_opts){.delimiter = ',', .header = KILN_CSV_HEADER_AUTO}; }
+
 static bool blank_record(const parser *p) { return p->nf == 1 && p->f[0].len == 0 && !p->f[0].quoted; }
 
 static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char *buf, size_t len,
                            const kiln_csv_opts *opts) {
-    kiln_csv_opts o = opts ? *opts : (kiln_csv_opts){0};
-    char delim = o.delimiter ? o.delimiter : ',';
-    if (delim == '"' || delim == '\n' || delim == '\r') {
-        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: delimiter 0x%02x is not allowed", op, what,
-                          (unsigned char)delim);
+    kiln_csv_opts o = opts ? *opts : kiln_csv_defaults();
+    char delim = o.delimiter;
+    if (delim == '"' || delim == '\n' || delim == '\r' || delim == 0) {
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: delimiter 0x%02x is not allowed%s", op, what,
+                          (unsigned char)delim, delim == 0 ? " (start from kiln_csv_defaults() for ',')" : "");
         return NULL;
     }
     if (o.header != KILN_CSV_HEADER_AUTO && o.header != KILN_CSV_HEADER_YES && o.header != KILN_CSV_HEADER_NO) {

@@ -695,6 +695,12 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+kiln_loader_opts kiln_loader_defaults(void) {
+    /* torch.utils.data.DataLoader's batch_size=1, shuffle=False, drop_last=False; values as
+     * stored (scale 1), no normalisation or augmentation */
+    return (kiln_loader_opts){.batch_size = 1, .scale = 1.0f};
+}
+
 kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_loader_opts *opts) {
     static const char *op = "kiln_loader_new";
     char sb[160];
@@ -706,23 +712,24 @@ kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_l
         kiln__fail(ctx, KILN_ERR_NULL, "%s: dataset is NULL", op);
         return NULL;
     }
-    kiln_loader_opts o = opts ? *opts : (kiln_loader_opts){0};
-    if (o.batch_size == 0) o.batch_size = 32;
-    if (o.scale == 0) o.scale = 1;
+    kiln_loader_opts o = opts ? *opts : kiln_loader_defaults();
     const store *st = ds->st;
     kiln__shape_str(st->ndim, st->shape, sb, sizeof sb);
     if (ds->n == 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the dataset is empty", op);
         return NULL;
     }
-    if (o.batch_size < 0 || o.batch_size > (INT32_MAX - 65536) / st->numel) {
+    /* a zero that options left unset is named: fields are literal, no zero means a default */
+    const char *hint = " (start from kiln_loader_defaults() and change fields)";
+    if (o.batch_size < 1 || o.batch_size > (INT32_MAX - 65536) / st->numel) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "%s: batch_size %lld (samples %s) must be positive and give batches of fewer than 2^31 values", op,
-                   (long long)o.batch_size, sb);
+                   "%s: batch_size %lld (samples %s) must be positive and give batches of fewer than 2^31 values%s",
+                   op, (long long)o.batch_size, sb, o.batch_size == 0 ? hint : "");
         return NULL;
     }
-    if (!isfinite(o.scale)) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: scale %g is not finite", op, o.scale);
+    if (!isfinite(o.scale) || o.scale == 0) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: scale %g must be finite and non-zero%s", op, o.scale,
+                   o.scale == 0 ? hint : "");
         return NULL;
     }
     if (o.norm_count < 0 || (o.norm_count > 1 && o.norm_count != st->shape[0])) {
