@@ -433,7 +433,7 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xshape[0] = batch;
         m->xshape[1] = 784;
     } else {
-        kiln_pool2d_params pool = {.kernel = {2, 2}};
+        kiln_pool2d_params pool = kiln_pool2d_defaults(2, 2);
         m->net = kiln_nn_sequential(
             ctx, 11,
             (kiln_module *[]){kiln_nn_conv2d(ctx, 1, 32, 3, 3, NULL, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),

@@ -309,11 +309,11 @@ static kiln_tensor *avgpool_forward(kiln_module *m, kiln_tensor *x) {
 
 static void pool_args(const kiln_module *m, char *buf, size_t cap) {
     const kiln_pool2d_params *p = &m->pool;
-    int sh = p->stride[0] ? p->stride[0] : p->kernel[0], sw = p->stride[1] ? p->stride[1] : p->kernel[1];
+    int sh = p->stride[0], sw = p->stride[1];
     if (m->forward == maxpool_forward)
         snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), dilation=(%d, %d), ceil_mode=%s",
-                 p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1], p->dilation[0] ? p->dilation[0] : 1,
-                 p->dilation[1] ? p->dilation[1] : 1, PY_BOOL(p->ceil_mode));
+                 p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1], p->dilation[0], p->dilation[1],
+                 PY_BOOL(p->ceil_mode));
     else
         snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), ceil_mode=%s, "
                  "count_include_pad=%s", p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1],
@@ -325,10 +325,11 @@ static kiln_module *pool_new(kiln_ctx *ctx, const char *op, const char *kind,
     if (!ctx) return NULL;
     bool ok = p && p->kernel[0] > 0 && p->kernel[1] > 0;
     for (int d = 0; ok && d < 2; d++)
-        ok = p->stride[d] >= 0 && p->dilation[d] >= 0 && p->padding[d] >= 0 && 2 * p->padding[d] <= p->kernel[d];
+        ok = p->stride[d] >= 1 && p->dilation[d] >= 1 && p->padding[d] >= 0 && 2 * p->padding[d] <= p->kernel[d];
     if (!ok) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "%s: %s (kernel > 0 required; stride, dilation >= 0 with 0 for the default; 0 <= padding <= kernel/2)",
+                   "%s: %s (kernel, stride, dilation >= 1; 0 <= padding <= kernel/2; start from "
+                   "kiln_pool2d_defaults(kh, kw))",
                    op, p ? "bad parameters" : "params is NULL");
         return NULL;
     }
