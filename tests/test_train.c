@@ -448,6 +448,25 @@ static void test_fit_blobs(kiln_ctx *ctx) {
     CHECK(kiln_fit(net, &b, NULL) == KILN_ERR_INVALID_ARGUMENT, "epochs 0");
     CHECK(strstr(kiln_error_message(ctx), "epochs is 0") != NULL, "message: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);
+    /* fields are literal: zeros that would stop at once or zero every gradient are refused,
+     * naming the defaults (patience -1 and clip_grad_norm INFINITY: off) */
+    kiln_fit_opts fd = kiln_fit_defaults();
+    CHECK(fd.epochs == 1 && fd.patience == -1 && isinf(fd.clip_grad_norm) && !fd.restore_best && !fd.plot_path &&
+              fd.monitor == KILN_MONITOR_VAL_ACCURACY,
+          "kiln_fit_defaults");
+    b = o;
+    b.patience = 0;
+    CHECK(kiln_fit(net, &b, NULL) == KILN_ERR_INVALID_ARGUMENT, "patience 0");
+    CHECK(strstr(kiln_error_message(ctx), "patience is 0; it must be >= 1, or -1 for no early stopping "
+                                          "(kiln_fit_defaults)"),
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    b = o;
+    b.clip_grad_norm = 0;
+    CHECK(kiln_fit(net, &b, NULL) == KILN_ERR_INVALID_ARGUMENT, "clip_grad_norm 0");
+    CHECK(strstr(kiln_error_message(ctx), "clip_grad_norm is 0; it must be > 0, INFINITY for no clipping"),
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
     b = o;
     b.val = NULL;
     b.patience = 2;

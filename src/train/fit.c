@@ -20,7 +20,9 @@ kiln_fit_opts kiln_fit_defaults(void) {
     kiln_fit_opts o;
     memset(&o, 0, sizeof o);
     o.epochs = 1;
+    o.clip_grad_norm = INFINITY; /* no clipping */
     o.monitor = KILN_MONITOR_VAL_ACCURACY;
+    o.patience = -1; /* no early stopping */
     return o;
 }
 
@@ -420,21 +422,24 @@ static kiln_status fit_check(kiln_ctx *ctx, const char *op, const kiln_fit_opts 
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the optimizer belongs to another context", op);
     if (o->epochs < 1)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: epochs is %d; it must be >= 1", op, o->epochs);
-    if (o->patience < 0)
-        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: patience is %d; it must be >= 0", op, o->patience);
-    if (!(o->clip_grad_norm >= 0) || isinf(o->clip_grad_norm))
+    /* fields are literal: a zero here would mean "stop at once" and "zero every gradient",
+     * which no one asks for, so it is refused with where the defaults are */
+    if (o->patience < 1 && o->patience != -1)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                          "%s: clip_grad_norm is %g; it must be finite and >= 0 "
-                          "(0: off)",
-                          op, o->clip_grad_norm);
+                          "%s: patience is %d; it must be >= 1, or -1 for no early stopping (kiln_fit_defaults)", op,
+                          o->patience);
+    if (!(o->clip_grad_norm > 0))
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "%s: clip_grad_norm is %g; it must be > 0, INFINITY for no clipping (kiln_fit_defaults)", op,
+                          o->clip_grad_norm);
     if (o->monitor != KILN_MONITOR_VAL_ACCURACY && o->monitor != KILN_MONITOR_VAL_LOSS)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: unknown monitor %d", op, (int)o->monitor);
     if (o->history_cap < 0 || (o->history_cap > 0 && !o->history))
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: history_cap is %d with history %s", op, o->history_cap,
                           o->history ? "set" : "NULL");
-    if (!o->val && (o->patience > 0 || o->restore_best || o->best_path))
+    if (!o->val && (o->patience != -1 || o->restore_best || o->best_path))
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s needs a validation loader (o->val is NULL)", op,
-                          o->patience > 0   ? "early stopping (patience)"
+                          o->patience != -1 ? "early stopping (patience)"
                           : o->restore_best ? "restore_best"
                                             : "best_path");
     /* the plot and the best model are written after an epoch: a path that cannot be
@@ -490,7 +495,7 @@ static kiln_status fit_step(fit_run *f, kiln_tensor *x, kiln_tensor *y) {
     kiln_status s = loss ? tally_record(&f->t, out, y, loss, kiln_tensor_shape(x)[0]) : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(o->opt);
     if (s == KILN_OK) s = kiln_backward(loss);
-    if (s == KILN_OK && o->clip_grad_norm > 0 &&
+    if (s == KILN_OK && !isinf(o->clip_grad_norm) &&
         !kiln_clip_grad_norm_tensor(ctx, f->nparams, f->params, o->clip_grad_norm, 2.0))
         s = kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_step(o->opt);
@@ -556,7 +561,7 @@ static kiln_status fit_track_best(fit_run *f, const kiln_epoch_stats *e, bool *s
     bool better = !isnan(v) && (r->best_epoch == 0 || (higher ? v > r->best_metric : v < r->best_metric));
     kiln_status s;
     if (!better) {
-        if (o->patience > 0 && ++f->wait >= o->patience) *stop = true;
+        if (o->patience != -1 && ++f->wait >= o->patience) *stop = true;
         return KILN_OK;
     }
     r->best_epoch = e->epoch;
