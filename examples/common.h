@@ -223,7 +223,8 @@ static inline kiln_optim *ex_optimizer(kiln_ctx *ctx, kiln_module *m, const ex_o
     kiln_module_parameters(m, params, n);
     kiln_optim *opt;
     if (!strcmp(o->optimizer, "sgd")) {
-        kiln_sgd_opts so = kiln_sgd_defaults(o->lr);
+        kiln_sgd_opts so = kiln_sgd_defaults();
+        so.lr = o->lr;
         so.momentum = o->momentum;
         opt = kiln_sgd(ctx, params, n, &so);
     } else {
@@ -357,10 +358,16 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
            (long long)kiln_dataset_size(val), (long long)kiln_dataset_size(test));
 
     /* inputs x/255 without mean/std normalisation, as the PyTorch reference recipe */
-    train_l = kiln_loader_new(ctx, train, &(kiln_loader_opts){.batch_size = o.batch, .shuffle = true,
-                                                                .seed = o.seed, .scale = 1.0f / 255});
-    test_l = kiln_loader_new(ctx, test, &(kiln_loader_opts){.batch_size = o.eval_batch, .scale = 1.0f / 255});
-    if (val) val_l = kiln_loader_new(ctx, val, &(kiln_loader_opts){.batch_size = o.eval_batch, .scale = 1.0f / 255});
+    kiln_loader_opts lo = kiln_loader_defaults();
+    lo.batch_size = o.batch;
+    lo.shuffle = true;
+    lo.seed = o.seed;
+    lo.scale = 1.0f / 255;
+    train_l = kiln_loader_new(ctx, train, &lo);
+    lo.batch_size = o.eval_batch;
+    lo.shuffle = false;
+    test_l = kiln_loader_new(ctx, test, &lo);
+    if (val) val_l = kiln_loader_new(ctx, val, &lo);
     if (!train_l || !test_l || (val && !val_l)) EX_FAIL("%s", kiln_error_message(ctx));
     opt = ex_optimizer(ctx, net, &o);
     if (!opt) EX_FAIL("%s", kiln_error_message(ctx));

@@ -74,9 +74,13 @@ static kiln_module *basic_block_new(kiln_ctx *ctx, int64_t inplanes, int64_t pla
     if (!m) return NULL;
     basic_block *b = kiln_module_data(m);
     b->inplanes = inplanes, b->planes = planes, b->stride = stride;
-    kiln_conv2d_params conv3 = {.stride = {stride, stride}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
-    kiln_conv2d_params conv3s1 = {.stride = {1, 1}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
-    kiln_conv2d_params conv1 = {.stride = {stride, stride}, .dilation = {1, 1}, .groups = 1};
+    /* torch's Conv2d defaults (stride 1, padding 0, dilation 1, groups 1), then this block's */
+    kiln_conv2d_params conv3s1 = kiln_conv2d_defaults();
+    conv3s1.padding[0] = conv3s1.padding[1] = 1;
+    kiln_conv2d_params conv3 = conv3s1;
+    conv3.stride[0] = conv3.stride[1] = stride;
+    kiln_conv2d_params conv1 = kiln_conv2d_defaults();
+    conv1.stride[0] = conv1.stride[1] = stride;
     bool ok = add(m, "conv1", &b->conv1, kiln_nn_conv2d(ctx, inplanes, planes, 3, 3, &conv3, false)) &&
               add(m, "bn1", &b->bn1, kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f)) &&
               add(m, "relu", &b->relu, kiln_nn_activation(ctx, KILN_ACT_RELU, 0)) &&
@@ -97,7 +101,8 @@ static kiln_module *basic_block_new(kiln_ctx *ctx, int64_t inplanes, int64_t pla
  * conv1-bn1-relu, layer1 (BasicBlock 8->8), layer2 (BasicBlock 8->16, stride 2, downsample),
  * avgpool, flatten, fc (16 -> 10). */
 static kiln_module *resnet_new(kiln_ctx *ctx) {
-    kiln_conv2d_params same = {.stride = {1, 1}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
+    kiln_conv2d_params same = kiln_conv2d_defaults();
+    same.padding[0] = same.padding[1] = 1;
     kiln_module *net = kiln_nn_sequential(ctx, 8, (kiln_module *[]){
         kiln_nn_conv2d(ctx, 1, 8, 3, 3, &same, false),                            // (B, 8, 28, 28)
         kiln_nn_batchnorm2d(ctx, 8, 1e-5f, 0.1f),
@@ -249,13 +254,18 @@ int main(int argc, char **argv) {
     ds = synth ? synthetic(2000, seed) : kiln_fashion_mnist(data, true);
     if (!ds) FAIL("%s%s", kiln_last_error(), synth ? "" : " (--synthetic trains without the dataset)");
     printf("data: %s, %lld images\n", synth ? "synthetic bars" : "Fashion-MNIST", (long long)kiln_dataset_size(ds));
-    loader = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = batch, .shuffle = true, .seed = seed,
-                                                           .scale = synth ? 1.0f : 1.0f / 255});
+    kiln_loader_opts lo = kiln_loader_defaults();
+    lo.batch_size = batch;
+    lo.shuffle = true;
+    lo.seed = seed;
+    lo.scale = synth ? 1.0f : 1.0f / 255;
+    loader = kiln_loader_new(ctx, ds, &lo);
     int np = kiln_module_parameters(net, NULL, 0);
     params = malloc(sizeof *params * (size_t)np);
     if (!loader || !params) FAIL("%s", kiln_error_message(ctx));
     kiln_module_parameters(net, params, np);
-    kiln_sgd_opts so = kiln_sgd_defaults(lr);
+    kiln_sgd_opts so = kiln_sgd_defaults();
+    so.lr = lr;
     so.momentum = 0.9;
     opt = kiln_sgd(ctx, params, np, &so);
     if (!opt) FAIL("%s", kiln_error_message(ctx));

@@ -32,7 +32,7 @@ static inline bool cnn_build(cnn *m, kiln_ctx *ctx, uint64_t seed) {
     m->ctx = ctx;
     kiln_manual_seed(ctx, seed);
     kiln_conv2d_params cp = {.stride = {1, 1}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
-    kiln_pool2d_params pp = {.kernel = {2, 2}};
+    kiln_pool2d_params pp = {.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}};
     m->net = kiln_nn_sequential(ctx, 7,
                                 (kiln_module *[]){kiln_nn_conv2d(ctx, 1, 4, 3, 3, &cp, true),
                                                   kiln_nn_batchnorm2d(ctx, 4, 1e-5f, 0.1f),

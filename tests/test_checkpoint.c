@@ -171,7 +171,7 @@ static snap *snap_take(kiln_module *m, kiln_optim *opt) {
         const char *name;
         kiln_tensor *t;
         char full[160];
-        for (int i = 0; kiln_optim_state(opt, i, &name, &t) > 0; i++) {
+        for (int i = 0; i < kiln_optim_num_states(opt) && kiln_optim_state(opt, i, &name, &t) == KILN_OK; i++) {
             snprintf(full, sizeof full, "optimizer.%s", name);
             snap_add(s, full, t);
         }
@@ -1189,7 +1189,8 @@ static kiln_optim *ropt(kiln_ctx *ctx, kiln_module *m, int kind, double lr) {
         o.lr = lr;
         return kiln_adam(ctx, ps, n, &o);
     }
-    kiln_sgd_opts o = kiln_sgd_defaults(lr);
+    kiln_sgd_opts o = kiln_sgd_defaults();
+    o.lr = lr;
     o.momentum = 0.9;
     o.weight_decay = 1e-3;
     return kiln_sgd(ctx, ps, n, &o);
@@ -1281,9 +1282,7 @@ static void test_resume_kind(kiln_ctx *ctx, int kind) {
     kiln_error_clear(ctx);
     int nstate = 0;
     {
-        const char *nm;
-        kiln_tensor *t;
-        while (kiln_optim_state(opt, nstate, &nm, &t) > 0) nstate++;
+        nstate = kiln_optim_num_states(opt);
     }
     int nparams = kiln_optim_param_count(opt);
     CHECK(nstate == (kind == OPT_ADAM ? 2 : 1) * nparams, "%s: %d state tensors", kname, nstate);

@@ -641,6 +641,13 @@ static void test_errors(kiln_ctx *ctx) {
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++)
         EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w3, NULL, &bad[k]), KILN_ERR_INVALID_ARGUMENT, "kiln_conv2d",
                     "invalid parameters", "[2, 3, 5, 5]");
+    /* options are literal: a zeroed struct is an error that names the defaults function */
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w3, NULL, &(kiln_conv2d_params){0}), KILN_ERR_INVALID_ARGUMENT,
+                "kiln_conv2d", "start from kiln_conv2d_defaults()");
+    kiln_conv2d_params dp = kiln_conv2d_defaults();
+    CHECK(dp.stride[0] == 1 && dp.stride[1] == 1 && dp.padding[0] == 0 && dp.padding[1] == 0 && dp.dilation[0] == 1 &&
+              dp.dilation[1] == 1 && dp.groups == 1 && dp.output_padding[0] == 0 && dp.output_padding[1] == 0,
+          "kiln_conv2d_defaults is torch's");
     kiln_conv2d_params pop = P(2, 2, 0, 0, 1, 1, 1, 2, 0);
     EXPECT_FAIL(ctx, kiln_conv_transpose2d(ctx, x, wt, NULL, &pop), KILN_ERR_INVALID_ARGUMENT,
                 "output_padding must be smaller than stride or dilation", "output_padding (2, 0)");

@@ -193,7 +193,7 @@ static void test_fashion_dataset(void) {
     CHECK(strcmp(kiln_fashion_mnist_class_name(9), "Ankle boot") == 0 && strcmp(kiln_fashion_mnist_class_name(10), "") == 0,
           "class names");
     kiln_dataset *none = kiln_fashion_mnist(tmpdir, true);
-    expect_global("fashion in an empty dir", none == NULL, kiln_data_last_status(), KILN_ERR_IO,
+    expect_global("fashion in an empty dir", none == NULL, kiln_last_status(), KILN_ERR_IO,
                   "train-images-idx3-ubyte", tmpdir, NULL);
 }
 
@@ -280,7 +280,7 @@ static void idx_fault(const char *name, const unsigned char *b, size_t len, cons
     kiln_idx *x = kiln_idx_parse(b, len, name);
     char what[160];
     snprintf(what, sizeof what, "kiln_idx_parse(%s)", name);
-    expect_global(what, x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, name, want1, want2);
+    expect_global(what, x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, name, want1, want2);
     kiln_idx_free(x);
     char fname[128], p[512];
     for (int g = 0; g < 2; g++) {
@@ -290,7 +290,7 @@ static void idx_fault(const char *name, const unsigned char *b, size_t len, cons
         path_in(p, sizeof p, fname);
         x = kiln_idx_load(p);
         snprintf(what, sizeof what, "kiln_idx_load(%s)", fname);
-        expect_global(what, x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p, want1, want2);
+        expect_global(what, x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, want1, want2);
         kiln_idx_free(x);
     }
 }
@@ -354,7 +354,7 @@ static void test_idx_faults(void) {
     write_file("garbage.gz", "this is not gzip at all\n", 24);
     path_in(p, sizeof p, "garbage.gz");
     kiln_idx *x = kiln_idx_load(p);
-    expect_global("garbage.gz", x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("garbage.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "wrong magic 0x74686973", "not gzip-compressed");
     kiln_idx_free(x);
     /* a valid raw IDX under a .gz name loads (browsers inflate downloads but keep the name) */
@@ -378,14 +378,14 @@ static void test_idx_faults(void) {
     write_file("cut.gz", gz, gl / 2);
     path_in(p, sizeof p, "cut.gz");
     x = kiln_idx_load(p);
-    expect_global("cut.gz", x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("cut.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "gzip stream is truncated", NULL);
     kiln_idx_free(x);
     for (size_t i = gl / 3; i < gl / 3 + 40; i++) gz[i] ^= 0x5a;
     write_file("damaged.gz", gz, gl);
     path_in(p, sizeof p, "damaged.gz");
     x = kiln_idx_load(p);
-    expect_global("damaged.gz", x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p, "gzip", NULL);
+    expect_global("damaged.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, "gzip", NULL);
     kiln_idx_free(x);
     /* trailing garbage after a complete gzip stream */
     free(gz);
@@ -397,7 +397,7 @@ static void test_idx_faults(void) {
     write_file("tail.gz", gzt, gl + 5);
     path_in(p, sizeof p, "tail.gz");
     x = kiln_idx_load(p);
-    expect_global("tail.gz", x == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("tail.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "5 bytes of trailing data after the gzip stream", NULL);
     kiln_idx_free(x);
     free(gzt);
@@ -407,9 +407,9 @@ static void test_idx_faults(void) {
     /* files that are not there, directories, NULLs */
     path_in(p, sizeof p, "missing.idx");
     x = kiln_idx_load(p);
-    expect_global("missing", x == NULL, kiln_data_last_status(), KILN_ERR_IO, p, "cannot open", NULL);
+    expect_global("missing", x == NULL, kiln_last_status(), KILN_ERR_IO, p, "cannot open", NULL);
     x = kiln_idx_load(tmpdir);
-    expect_global("directory", x == NULL, kiln_data_last_status(), KILN_ERR_IO, tmpdir, NULL, NULL);
+    expect_global("directory", x == NULL, kiln_last_status(), KILN_ERR_IO, tmpdir, NULL, NULL);
     CHECK(kiln_idx_load(NULL) == NULL && strstr(kiln_last_error(), "NULL"), "load(NULL): %s", kiln_last_error());
     CHECK(kiln_idx_parse(NULL, 5, "n") == NULL && strstr(kiln_last_error(), "NULL"), "parse(NULL): %s",
           kiln_last_error());
@@ -497,7 +497,7 @@ static void test_csv(void) {
     kiln_csv_free(c);
     /* nan and inf are numbers; a program's locale does not matter (C locale inside) */
     const char *t5 = "nan,inf,-1.25e2\n";
-    c = kiln_csv_parse(t5, strlen(t5), "t5", &(kiln_csv_opts){.header = KILN_CSV_HEADER_NO});
+    c = kiln_csv_parse(t5, strlen(t5), "t5", &(kiln_csv_opts){.delimiter = ',', .header = KILN_CSV_HEADER_NO});
     CHECK(c && isnan(c->data[0]) && isinf(c->data[1]) && c->data[2] == -125, "t5: %s", kiln_last_error());
     kiln_csv_free(c);
     /* header only: zero rows */
@@ -515,6 +515,9 @@ static void test_csv(void) {
         {"nonnum.csv", "a,b\n1,2\n3,x7\n", KILN_CSV_HEADER_AUTO, "line 3, column 2", "'x7' is not a number"},
         {"nonnum-first.csv", "1,zz\n", KILN_CSV_HEADER_NO, "line 1, column 2", "'zz' is not a number"},
         {"partial.csv", "1,2.5.5\n", KILN_CSV_HEADER_NO, "line 1, column 2", "'2.5.5'"},
+        /* beyond the largest double: an error, not inf (an explicit "inf" is a number) */
+        {"range.csv", "a,b\n1,2\n3,1e400\n", KILN_CSV_HEADER_AUTO, "line 3, column 2", "'1e400' is out of range"},
+        {"range-neg.csv", "-1e999,2\n", KILN_CSV_HEADER_NO, "line 1, column 1", "'-1e999' is out of range"},
         {"empty-cell.csv", "1,2\n3,\n", KILN_CSV_HEADER_AUTO, "line 2, column 2: empty cell", NULL},
         {"quote.csv", "1,\"2\n3,4\n", KILN_CSV_HEADER_AUTO, "line 1, column 2: unterminated quoted field", NULL},
         {"after-quote.csv", "1,\"2\"x\n", KILN_CSV_HEADER_AUTO, "line 1, column 2", "after a quoted field"},
@@ -525,9 +528,9 @@ static void test_csv(void) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         size_t len = strlen(bad[i].text);
         if (strcmp(bad[i].name, "nul.csv") == 0) len = 9;
-        kiln_csv_opts o = {.header = bad[i].h};
+        kiln_csv_opts o = {.delimiter = ',', .header = bad[i].h};
         c = kiln_csv_parse(bad[i].text, len, bad[i].name, &o);
-        expect_global(bad[i].name, c == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, bad[i].name,
+        expect_global(bad[i].name, c == NULL, kiln_last_status(), KILN_ERR_CORRUPT, bad[i].name,
                       bad[i].w1, bad[i].w2);
         kiln_csv_free(c);
         /* the same from a file (gzip: the reader inflates CSV too) */
@@ -536,15 +539,24 @@ static void test_csv(void) {
         write_gz(fname, bad[i].text, len);
         path_in(p, sizeof p, fname);
         c = kiln_csv_load(p, &o);
-        expect_global(fname, c == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p, bad[i].w1,
+        expect_global(fname, c == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, bad[i].w1,
                       bad[i].w2);
         kiln_csv_free(c);
     }
     c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.delimiter = '"'});
-    expect_global("quote delimiter", c == NULL, kiln_data_last_status(),
+    expect_global("quote delimiter", c == NULL, kiln_last_status(),
                   KILN_ERR_INVALID_ARGUMENT, "delimiter", NULL, NULL);
-    c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.header = (kiln_csv_header)7});
-    expect_global("bad header option", c == NULL, kiln_data_last_status(),
+    /* options are literal: delimiter 0 is not ',' but an error that says where the defaults are */
+    c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.header = KILN_CSV_HEADER_NO});
+    expect_global("zero delimiter", c == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT,
+                  "delimiter 0x00 is not allowed (start from kiln_csv_defaults()", NULL, NULL);
+    kiln_csv_opts cd = kiln_csv_defaults();
+    CHECK(cd.delimiter == ',' && cd.header == KILN_CSV_HEADER_AUTO, "kiln_csv_defaults");
+    c = kiln_csv_parse("a,b\n1,2\n", 8, "d", NULL);
+    CHECK(c && c->rows == 1 && c->cols == 2 && c->names, "NULL options are the defaults: %s", kiln_last_error());
+    kiln_csv_free(c);
+    c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.delimiter = ',', .header = (kiln_csv_header)7});
+    expect_global("bad header option", c == NULL, kiln_last_status(),
                   KILN_ERR_INVALID_ARGUMENT, "header option 7", NULL, NULL);
     CHECK(kiln_csv_parse(NULL, 3, NULL, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "csv parse NULL");
     CHECK(kiln_csv_load(NULL, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "csv load NULL");
@@ -601,13 +613,13 @@ static void test_dataset_idx_faults(void) {
     path_in(pl2, sizeof pl2, "lab5.idx");
     path_in(pl3, sizeof pl3, "labf.idx");
     kiln_dataset *ds = kiln_dataset_idx(pi, pl, 10);
-    expect_global("count mismatch", ds == NULL, kiln_data_last_status(), KILN_ERR_SHAPE, pi, pl,
+    expect_global("count mismatch", ds == NULL, kiln_last_status(), KILN_ERR_SHAPE, pi, pl,
                   "hold 5 samples but labels");
     ds = kiln_dataset_idx(pi, pl2, 10);
-    expect_global("label range", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE, pl2,
+    expect_global("label range", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, pl2,
                   "label 10 at index 3 is outside [0, 10)", pi);
     ds = kiln_dataset_idx(pi, pl3, 10);
-    expect_global("float labels", ds == NULL, kiln_data_last_status(), KILN_ERR_SHAPE, pl3, "f32", NULL);
+    expect_global("float labels", ds == NULL, kiln_last_status(), KILN_ERR_SHAPE, pl3, "f32", NULL);
     /* inferred class count; the images' bytes stay bytes */
     ds = kiln_dataset_idx(pi, pl2, 0);
     CHECK(ds && kiln_dataset_num_classes(ds) == 11, "inferred classes: %s", kiln_last_error());
@@ -626,7 +638,7 @@ static void test_dataset_idx_faults(void) {
     char pm[512];
     path_in(pm, sizeof pm, "nolabels.idx");
     ds = kiln_dataset_idx(pi, pm, 10);
-    expect_global("missing labels", ds == NULL, kiln_data_last_status(), KILN_ERR_IO, pm, NULL, NULL);
+    expect_global("missing labels", ds == NULL, kiln_last_status(), KILN_ERR_IO, pm, NULL, NULL);
     CHECK(kiln_dataset_idx(NULL, pl, 10) == NULL && strstr(kiln_last_error(), "NULL"), "idx(NULL)");
     /* 1-D images cannot be samples */
     b = idx_make(KILN_IDX_U8, 1, dl, "\x01\x02\x03\x04", 4, &len);
@@ -635,7 +647,7 @@ static void test_dataset_idx_faults(void) {
     char pf[512];
     path_in(pf, sizeof pf, "flat.idx");
     ds = kiln_dataset_idx(pf, pl, 10);
-    expect_global("1-D images", ds == NULL, kiln_data_last_status(), KILN_ERR_SHAPE, pf, "[N, ...]", NULL);
+    expect_global("1-D images", ds == NULL, kiln_last_status(), KILN_ERR_SHAPE, pf, "[N, ...]", NULL);
 }
 
 static void test_dataset_csv(void) {
@@ -655,24 +667,24 @@ static void test_dataset_csv(void) {
     }
     kiln_dataset_free(ds);
     ds = kiln_dataset_csv(p, 0, 0, NULL); /* label in column 0 (0.5: not an integer) */
-    expect_global("csv float label", ds == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("csv float label", ds == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "line 2, column 1: label 0.5 is not an integer", "kiln_dataset_csv");
     ds = kiln_dataset_csv(p, 2, 2, NULL);
-    expect_global("csv label range", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE, p,
+    expect_global("csv label range", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, p,
                   "line 2, column 3: label 2 is outside [0, 2)", NULL);
     ds = kiln_dataset_csv(p, 3, 2, NULL);
-    expect_global("csv label column", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE, p,
+    expect_global("csv label column", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, p,
                   "label column 3", NULL);
     const char *r = "1,2,0\n3,4\n";
     write_file("ragged-ds.csv", r, strlen(r));
     path_in(p, sizeof p, "ragged-ds.csv");
     ds = kiln_dataset_csv(p, -1, 0, NULL);
-    expect_global("csv dataset ragged", ds == NULL, kiln_data_last_status(), KILN_ERR_CORRUPT, p,
+    expect_global("csv dataset ragged", ds == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
                   "line 2 has 2 columns, expected 3", NULL);
     const char *big = "1e39,0\n";
     kiln_csv *c = kiln_csv_parse(big, strlen(big), "big", NULL);
     ds = kiln_dataset_from_csv(c, 1, 0, "big");
-    expect_global("csv float overflow", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE,
+    expect_global("csv float overflow", ds == NULL, kiln_last_status(), KILN_ERR_RANGE,
                   "line 1, column 1", "does not fit in a float", NULL);
     kiln_csv_free(c);
     CHECK(kiln_dataset_from_csv(NULL, 0, 0, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "from_csv(NULL)");
@@ -765,7 +777,7 @@ static void test_dataset_host_split(void) {
     CHECK(sub && kiln_dataset_get(sub, 1, v, 2, &yy) == KILN_OK && v[0] == 5 && yy == 5, "subset");
     kiln_dataset_free(sub);
     sub = kiln_dataset_subset(ds, (int64_t[]){N}, 1);
-    expect_global("subset range", sub == NULL, kiln_data_last_status(), KILN_ERR_RANGE,
+    expect_global("subset range", sub == NULL, kiln_last_status(), KILN_ERR_RANGE,
                   "idx[0] = 103 is outside", NULL, NULL);
     kiln_dataset_free(va);
     kiln_dataset_free(tr2);
@@ -776,19 +788,19 @@ static void test_dataset_host_split(void) {
     /* from_host faults */
     int32_t yb[3] = {0, 7, 1};
     ds = kiln_dataset_from_host(x, yb, 3, 1, (int64_t[]){2}, 7);
-    expect_global("host label range", ds == NULL, kiln_data_last_status(), KILN_ERR_RANGE,
+    expect_global("host label range", ds == NULL, kiln_last_status(), KILN_ERR_RANGE,
                   "label 7 at index 1 is outside [0, 7)", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 0, 1, (int64_t[]){2}, 7);
-    expect_global("host n 0", ds == NULL, kiln_data_last_status(), KILN_ERR_INVALID_ARGUMENT,
+    expect_global("host n 0", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT,
                   "no samples", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 3, 8, (int64_t[]){1, 1, 1, 1, 1, 1, 1, 1}, 7);
-    expect_global("host ndim 8", ds == NULL, kiln_data_last_status(), KILN_ERR_INVALID_ARGUMENT,
+    expect_global("host ndim 8", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT,
                   "8 dims", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 3, 2, (int64_t[]){2, 0}, 7);
-    expect_global("host zero dim", ds == NULL, kiln_data_last_status(),
+    expect_global("host zero dim", ds == NULL, kiln_last_status(),
                   KILN_ERR_INVALID_ARGUMENT, "[2, 0]", NULL, NULL);
     ds = kiln_dataset_from_host(NULL, y, 3, 1, (int64_t[]){2}, 7);
-    expect_global("host NULL", ds == NULL, kiln_data_last_status(), KILN_ERR_NULL, "x is NULL", NULL, NULL);
+    expect_global("host NULL", ds == NULL, kiln_last_status(), KILN_ERR_NULL, "x is NULL", NULL, NULL);
     /* accessors on NULL */
     const int64_t *sh = (const int64_t *)1;
     CHECK(kiln_dataset_size(NULL) == 0 && kiln_dataset_shape(NULL, &sh) == 0 && sh == NULL &&
@@ -896,7 +908,7 @@ static void test_loader_batches(kiln_ctx *ctx) {
     kiln_dataset *ds = make_indexed(10, C, H, W, &xs);
     int64_t before = kiln_tensor_count(ctx);
     for (int sync = 0; sync < 2; sync++) {
-        kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = 4, .sync = sync});
+        kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 4, .sync = sync});
         CHECK(l && kiln_loader_num_batches(l) == 3, "loader: %s", kiln_error_message(ctx));
         if (!l) continue;
         int64_t sizes[3] = {4, 4, 2};
@@ -932,7 +944,7 @@ static void test_loader_batches(kiln_ctx *ctx) {
                   "end of epoch %d not signalled cleanly", e);
         }
         kiln_loader_free(l);
-        l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = 4, .drop_last = true, .sync = sync});
+        l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 4, .drop_last = true, .sync = sync});
         int32_t order[16];
         int64_t got;
         CHECK(l && kiln_loader_num_batches(l) == 2 && epoch_labels(ctx, l, order, 16, &got) == 2 && got == 8,
@@ -941,7 +953,7 @@ static void test_loader_batches(kiln_ctx *ctx) {
     }
     /* guard regions around every storage: the uploads honour the tensor's offset */
     kiln__set_guard(ctx, 7);
-    kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = 3});
+    kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 3});
     for (int b = 0; b < 4; b++) {
         kiln_tensor *x, *y;
         kiln_scope_begin(ctx);
@@ -971,7 +983,7 @@ static void test_loader_shuffle(kiln_ctx *ctx) {
     /* [0] threaded seed 5, [1] sync seed 5, [2] threaded seed 5 again, [3] seed 6 */
     uint64_t seeds[4] = {5, 5, 5, 6};
     for (int r = 0; r < 4; r++) {
-        kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = 10, .shuffle = true,
+        kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 10, .shuffle = true,
                                                                         .seed = seeds[r], .sync = r == 1});
         for (int e = 0; e < E; e++) {
             int64_t nb = epoch_labels(ctx, l, ord[r][e], N, &got);
@@ -1003,7 +1015,7 @@ static void test_loader_shuffle(kiln_ctx *ctx) {
         CHECK(memcmp(want, ord[0][e], sizeof want) == 0, "epoch %d order differs from the reference permutation", e);
     }
     /* set_epoch and reset replay; a loader mid-epoch restarts cleanly */
-    kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = 10, .shuffle = true, .seed = 5});
+    kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 10, .shuffle = true, .seed = 5});
     int32_t tmp[N];
     CHECK(kiln_loader_set_epoch(l, 2) == KILN_OK && kiln_loader_epoch(l) == 2, "set_epoch");
     epoch_labels(ctx, l, tmp, N, &got);
@@ -1038,7 +1050,7 @@ static void test_loader_normalise(kiln_ctx *ctx) {
     struct {
         float scale;
         int nc;
-    } cases[] = {{1.0f / 255, 3}, {1.0f / 255, 1}, {0.5f, 0}, {0, 3}};
+    } cases[] = {{1.0f / 255, 3}, {1.0f / 255, 1}, {0.5f, 0}, {1, 3}, {-2, 1}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = N, .scale = cases[c].scale,
                                                                         .norm_count = cases[c].nc, .mean = mean, .std = sd});
@@ -1047,7 +1059,7 @@ static void test_loader_normalise(kiln_ctx *ctx) {
         if (kiln_loader_next(l, &x, &y)) {
             float *got = h_read(x);
             double *ref = malloc(sizeof(double) * (size_t)(N * m));
-            double scale = cases[c].scale == 0 ? 1.0 : (double)cases[c].scale;
+            double scale = cases[c].scale;
             for (int64_t i = 0; i < N * m; i++) {
                 int ch = (int)((i % m) / (H * W));
                 double v = xs[i] * scale;
@@ -1070,7 +1082,7 @@ static void test_loader_normalise(kiln_ctx *ctx) {
     float fx[6] = {1, 10, 2, 20, 3, 30};
     int32_t fy[3] = {0, 1, 0};
     kiln_dataset *fds = kiln_dataset_from_host(fx, fy, 3, 1, (int64_t[]){2}, 2);
-    kiln_loader *l = kiln_loader_new(ctx, fds, &(kiln_loader_opts){.batch_size = 3, .norm_count = 2,
+    kiln_loader *l = kiln_loader_new(ctx, fds, &(kiln_loader_opts){.scale = 1, .batch_size = 3, .norm_count = 2,
                                                                      .mean = (float[]){2, 20}, .std = (float[]){1, 10}});
     kiln_tensor *x, *y;
     kiln_scope_begin(ctx);
@@ -1129,7 +1141,7 @@ static void test_loader_augment(kiln_ctx *ctx) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         float *out[2] = {NULL, NULL};
         for (int r = 0; r < 2; r++) { /* twice, threaded then sync: same augmentation */
-            kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = N, .seed = 3, .sync = r == 1,
+            kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = N, .seed = 3, .sync = r == 1,
                                                                             .crop_padding = cases[c].pad,
                                                                             .hflip = cases[c].flip});
             kiln_tensor *x, *y;
@@ -1270,20 +1282,27 @@ static void test_loader_errors(kiln_ctx *ctx) {
         kiln_status st;
         const char *want;
     } cases[] = {
-        {"negative batch", ds, {.batch_size = -2}, KILN_ERR_INVALID_ARGUMENT, "batch_size -2"},
-        {"drop_last empty", ds, {.batch_size = 11, .drop_last = true}, KILN_ERR_INVALID_ARGUMENT,
+        {"negative batch", ds, {.batch_size = -2, .scale = 1}, KILN_ERR_INVALID_ARGUMENT, "batch_size -2"},
+        /* options are literal: a zeroed struct is not the defaults, and says where they are */
+        {"zero batch", ds, {.scale = 1}, KILN_ERR_INVALID_ARGUMENT, "batch_size 0 (samples [1, 2, 3]) must be "
+         "positive and give batches of fewer than 2^31 values (start from kiln_loader_defaults()"},
+        {"zero scale", ds, {.batch_size = 2}, KILN_ERR_INVALID_ARGUMENT,
+         "scale 0 must be finite and non-zero (start from kiln_loader_defaults()"},
+        {"drop_last empty", ds, {.batch_size = 11, .scale = 1, .drop_last = true}, KILN_ERR_INVALID_ARGUMENT,
          "10 samples make no full batch of 11"},
-        {"norm count", ds, {.norm_count = 2, .mean = (float[]){0, 0}, .std = (float[]){1, 1}}, KILN_ERR_SHAPE,
+        {"norm count", ds, {.batch_size = 1, .scale = 1, .norm_count = 2, .mean = (float[]){0, 0},
+         .std = (float[]){1, 1}}, KILN_ERR_SHAPE,
          "norm_count 2 must be 0, 1 or the size of the first dim of the samples [1, 2, 3] (1)"},
-        {"norm NULL", ds, {.norm_count = 1}, KILN_ERR_NULL, "mean is NULL"},
-        {"std zero", ds, {.norm_count = 1, .mean = (float[]){0}, .std = (float[]){0}}, KILN_ERR_INVALID_ARGUMENT,
-         "std[0] = 0"},
-        {"crop 1-D", flat, {.crop_padding = 1}, KILN_ERR_SHAPE, "samples are [2]"},
-        {"flip 1-D", flat, {.hflip = true}, KILN_ERR_SHAPE, "samples are [2]"},
-        {"negative pad", ds, {.crop_padding = -1}, KILN_ERR_INVALID_ARGUMENT, "crop_padding -1"},
-        {"scale inf", ds, {.scale = INFINITY}, KILN_ERR_INVALID_ARGUMENT, "scale inf"},
-        {"huge batch", ds, {.batch_size = 1LL << 40}, KILN_ERR_INVALID_ARGUMENT, "fewer than 2^31"},
-        {"NULL dataset", NULL, {0}, KILN_ERR_NULL, "dataset is NULL"},
+        {"norm NULL", ds, {.batch_size = 1, .scale = 1, .norm_count = 1}, KILN_ERR_NULL, "mean is NULL"},
+        {"std zero", ds, {.batch_size = 1, .scale = 1, .norm_count = 1, .mean = (float[]){0}, .std = (float[]){0}},
+         KILN_ERR_INVALID_ARGUMENT, "std[0] = 0"},
+        {"crop 1-D", flat, {.batch_size = 1, .scale = 1, .crop_padding = 1}, KILN_ERR_SHAPE, "samples are [2]"},
+        {"flip 1-D", flat, {.batch_size = 1, .scale = 1, .hflip = true}, KILN_ERR_SHAPE, "samples are [2]"},
+        {"negative pad", ds, {.batch_size = 1, .scale = 1, .crop_padding = -1}, KILN_ERR_INVALID_ARGUMENT,
+         "crop_padding -1"},
+        {"scale inf", ds, {.batch_size = 1, .scale = INFINITY}, KILN_ERR_INVALID_ARGUMENT, "scale inf"},
+        {"huge batch", ds, {.batch_size = 1LL << 40, .scale = 1}, KILN_ERR_INVALID_ARGUMENT, "fewer than 2^31"},
+        {"NULL dataset", NULL, {.batch_size = 1, .scale = 1}, KILN_ERR_NULL, "dataset is NULL"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         kiln_loader *l = kiln_loader_new(ctx, cases[c].ds, &cases[c].o);
@@ -1304,8 +1323,12 @@ static void test_loader_errors(kiln_ctx *ctx) {
     kiln_tensor *x = (kiln_tensor *)1, *y = (kiln_tensor *)1;
     CHECK(!kiln_loader_next(NULL, &x, &y) && x == NULL && y == NULL && strstr(kiln_last_error(), "loader is NULL"),
           "next(NULL)");
-    l = kiln_loader_new(ctx, ds, NULL); /* defaults: batch 32, one batch of 10 */
-    CHECK(l && kiln_loader_num_batches(l) == 1, "default loader: %s", kiln_error_message(ctx));
+    kiln_loader_opts dflt = kiln_loader_defaults(); /* torch's DataLoader: batch_size 1, no shuffle */
+    CHECK(dflt.batch_size == 1 && !dflt.shuffle && !dflt.drop_last && dflt.scale == 1 && dflt.norm_count == 0 &&
+              dflt.crop_padding == 0 && !dflt.hflip && !dflt.sync,
+          "kiln_loader_defaults");
+    l = kiln_loader_new(ctx, ds, NULL); /* the defaults: ten batches of one */
+    CHECK(l && kiln_loader_num_batches(l) == 10, "default loader: %s", kiln_error_message(ctx));
     CHECK(!kiln_loader_next(l, NULL, &y) && kiln_error_status(ctx) == KILN_ERR_NULL &&
               strstr(kiln_error_message(ctx), "x is NULL"),
           "next(x NULL): %s", kiln_error_message(ctx));
@@ -1319,7 +1342,7 @@ static void test_loader_errors(kiln_ctx *ctx) {
     kiln__pool_fail_after(ctx, 0);
     kiln_error_clear(ctx);
     ok = kiln_loader_next(l, &x, &y);
-    CHECK(ok && kiln_tensor_shape(x)[0] == 10, "retry after OOM: %s", kiln_error_message(ctx));
+    CHECK(ok && kiln_tensor_shape(x)[0] == 1, "retry after OOM: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
     kiln_loader_free(l);
     CHECK(kiln_loader_num_batches(NULL) == 0 && kiln_loader_epoch(NULL) == 0 &&
@@ -1328,7 +1351,7 @@ static void test_loader_errors(kiln_ctx *ctx) {
           "NULL loader accessors");
     kiln_loader_free(NULL);
     /* free a loader whose worker is ahead, mid-epoch, with writes in flight */
-    l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = 2, .shuffle = true});
+    l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 2, .shuffle = true});
     kiln_scope_begin(ctx);
     kiln_loader_next(l, &x, &y);
     kiln_loader_free(l);

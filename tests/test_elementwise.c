@@ -523,10 +523,51 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* ---- pow's gradient where it is singular ---------------------------------------------
+ * torch's pow backward (tools/autograd/derivatives.yaml, pow_backward_self and
+ * pow_backward_exponent) masks two cases: d/da = b a^(b-1) is 0 where b == 0 (0 * 0^-1
+ * would be NaN at a = 0), d/db = a^b log a is 0 where a == 0 and b >= 0. The expected
+ * values are torch 2.x's for a.grad, b.grad of pow(a, b).sum(). */
+static void test_pow_grad_edges(kiln_ctx *ctx) {
+    enum { N = 7 };
+    const float av[N] = {0.0f, 0.0f, 0.0f, 2.0f, -1.0f, 0.0f, 3.0f};
+    const float bv[N] = {0.0f, 1.0f, 2.0f, 0.0f, 2.0f, 0.5f, 2.0f};
+    const float want_a[N] = {0.0f, 1.0f, 0.0f, 0.0f, -2.0f, INFINITY, 6.0f};
+    const float want_b[N] = {0.0f, 0.0f, 0.0f, 0.69314718f, NAN, 0.0f, 9.8875106f};
+    kiln_tensor *a = kiln_from_host(ctx, av, KILN_F32, 1, (int64_t[]){N});
+    kiln_tensor *b = kiln_from_host(ctx, bv, KILN_F32, 1, (int64_t[]){N});
+    kiln_set_requires_grad(a, true);
+    kiln_set_requires_grad(b, true);
+    kiln_scope_begin(ctx);
+    kiln_tensor *y = kiln_sum(ctx, kiln_pow(ctx, a, b), 0, NULL, false);
+    CHECK(y && kiln_backward(y) == KILN_OK, "pow backward: %s", kiln_error_message(ctx));
+    float ga[N], gb[N];
+    if (kiln_grad(a) && kiln_grad(b) && kiln_to_host(kiln_grad(a), ga, sizeof ga) == KILN_OK &&
+        kiln_to_host(kiln_grad(b), gb, sizeof gb) == KILN_OK) {
+        for (int i = 0; i < N; i++) {
+            bool ok_a = isnan(want_a[i]) ? isnan(ga[i]) : fabsf(ga[i] - want_a[i]) <= 16 * FLT_EPSILON * fabsf(want_a[i]) ||
+                                                               ga[i] == want_a[i];
+            bool ok_b = isnan(want_b[i]) ? isnan(gb[i]) : fabsf(gb[i] - want_b[i]) <= 16 * FLT_EPSILON * fabsf(want_b[i]) ||
+                                                               gb[i] == want_b[i];
+            CHECK(ok_a, "d pow(%g, %g)/da = %g, torch %g", (double)av[i], (double)bv[i], (double)ga[i],
+                  (double)want_a[i]);
+            CHECK(ok_b, "d pow(%g, %g)/db = %g, torch %g", (double)av[i], (double)bv[i], (double)gb[i],
+                  (double)want_b[i]);
+        }
+    } else {
+        CHECK(false, "pow backward left no gradient: %s", kiln_error_message(ctx));
+    }
+    kiln_scope_end(ctx);
+    kiln_tensor_free(a);
+    kiln_tensor_free(b);
+    CHECK_OK(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
     test_shapes(ctx);
     test_specials(ctx);
     test_inputs_untouched(ctx);
+    test_pow_grad_edges(ctx);
     test_errors(ctx);
 }
 

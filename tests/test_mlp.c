@@ -74,7 +74,8 @@ static void train(kiln_ctx *ctx, const golden *g, const char *name) {
     int np = kiln_module_parameters(net, params, 4);
     kiln_optim *opt;
     if (strcmp(name, "sgd") == 0) {
-        kiln_sgd_opts o = kiln_sgd_defaults(0.05);
+        kiln_sgd_opts o = kiln_sgd_defaults();
+        o.lr = 0.05;
         o.momentum = 0.9;
         opt = kiln_sgd(ctx, params, np, &o);
     } else {

@@ -147,10 +147,10 @@ static kiln_module *mk_convt(kiln_ctx *ctx) {
 static kiln_module *mk_bn1(kiln_ctx *ctx) { return kiln_nn_batchnorm1d(ctx, 5, 1e-5f, 0.1f); }
 static kiln_module *mk_bn2(kiln_ctx *ctx) { return kiln_nn_batchnorm2d(ctx, 3, 1e-5f, 0.1f); }
 static kiln_module *mk_ln(kiln_ctx *ctx) { return kiln_nn_layernorm(ctx, 2, (int64_t[]){4, 5}, 1e-5f, true); }
-static kiln_module *mk_maxpool(kiln_ctx *ctx) { return kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}}); }
+static kiln_module *mk_maxpool(kiln_ctx *ctx) { return kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}}); }
 static kiln_module *mk_avgpool(kiln_ctx *ctx) {
     /* torch's AvgPool2d counts the padding (count_include_pad=True by default) */
-    kiln_pool2d_params p = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .count_include_pad = true};
+    kiln_pool2d_params p = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .count_include_pad = true, .dilation = {1, 1}};
     return kiln_nn_avgpool2d(ctx, &p);
 }
 static kiln_module *mk_gap(kiln_ctx *ctx) { return kiln_nn_global_avgpool2d(ctx); }
@@ -662,7 +662,7 @@ static void test_names(kiln_ctx *ctx) {
         {kiln_nn_batchnorm1d(ctx, 5, 1e-5f, 0.1f),
          "BatchNorm1d(5, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"},
         {kiln_nn_linear(ctx, 6, 4, false), "Linear(in_features=6, out_features=4, bias=False)"},
-        {kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}}),
+        {kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}}),
          "MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1), ceil_mode=False)"},
     };
     for (size_t k = 0; k < sizeof one / sizeof one[0]; k++) {
@@ -929,8 +929,8 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, !y, KILN_ERR_SHAPE, "layernorm, trailing [4, 6]", "LayerNorm((4, 5)", "[2, 4, 6]", "expected 5");
     y = kiln_forward(ln, ifl);
     expect_err(ctx, !y, KILN_ERR_SHAPE, "layernorm, 1-D input", "LayerNorm((4, 5)", "[3]", NULL);
-    kiln_module *mp = kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}});
-    kiln_module *ap = kiln_nn_avgpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}});
+    kiln_module *mp = kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}});
+    kiln_module *ap = kiln_nn_avgpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}});
     kiln_module *gap = kiln_nn_global_avgpool2d(ctx);
     y = kiln_forward(mp, x3);
     expect_err(ctx, !y, KILN_ERR_SHAPE, "maxpool2d, 3-D input", "MaxPool2d(kernel_size=(2, 2)", "[3, 5, 5]", "3 dims");
@@ -996,7 +996,7 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "maxpool2d, NULL params", "kiln_nn_maxpool2d", "NULL", NULL);
     bad = kiln_nn_avgpool2d(ctx, NULL);
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "avgpool2d, NULL params", "kiln_nn_avgpool2d", "NULL", NULL);
-    bad = kiln_nn_avgpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .padding = {2, 0}});
+    bad = kiln_nn_avgpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .padding = {2, 0}, .stride = {2, 2}, .dilation = {1, 1}});
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "avgpool2d, padding > kernel/2", "kiln_nn_avgpool2d", "padding",
                NULL);
     bad = kiln_nn_activation(ctx, (kiln_activation)99, 0);

@@ -112,7 +112,8 @@ static bool cfg_read(const golden *g, const char *name, cfg *c) {
 static kiln_optim *cfg_make(kiln_ctx *ctx, const cfg *c, kiln_tensor **ps, int n) {
     switch (c->kind) {
     case K_SGD: {
-        kiln_sgd_opts o = kiln_sgd_defaults(c->lr);
+        kiln_sgd_opts o = kiln_sgd_defaults();
+        o.lr = c->lr;
         o.momentum = c->momentum;
         o.dampening = c->dampening;
         o.weight_decay = c->wd;
@@ -281,7 +282,7 @@ static void check_state(const golden *g, const cfg *c, kiln_optim *opt, int afte
     kiln_tensor *t;
     int listed = 0;
     double tol = after * TRAJ_ULPS * FLT_EPSILON;
-    for (int i = 0; kiln_optim_state(opt, i, &name, &t) > 0; i++, listed++) {
+    for (int i = 0; i < kiln_optim_num_states(opt) && kiln_optim_state(opt, i, &name, &t) == KILN_OK; i++, listed++) {
         snprintf(key, sizeof key, "%s.state%d.%s", c->name, after, name);
         const golden_tensor *ref = golden_get(g, key);
         char what[240];
@@ -563,10 +564,7 @@ static void test_with_backward(kiln_ctx *ctx) {
         compare_max("unreached parameter unchanged", u, uref, 5, 0, 0);
         CHECK(kiln_optim_get_step(opt, 0) == 5 && kiln_optim_get_step(opt, 1) == 0, "steps %lld %lld",
               (long long)kiln_optim_get_step(opt, 0), (long long)kiln_optim_get_step(opt, 1));
-        const char *name;
-        kiln_tensor *t;
-        int cnt = 0;
-        for (int i = 0; kiln_optim_state(opt, i, &name, &t) > 0; i++) cnt++;
+        int cnt = kiln_optim_num_states(opt);
         CHECK(cnt == 2, "state of the reached parameter only: %d entries", cnt);
     }
     kiln_optim_free(opt);
@@ -589,7 +587,8 @@ static void test_schedules(kiln_ctx *ctx) {
         float z = 0;
         int64_t one = 1;
         kiln_tensor *w = param_from(ctx, &z, 1, &one);
-        kiln_sgd_opts o = kiln_sgd_defaults(0.1);
+        kiln_sgd_opts o = kiln_sgd_defaults();
+        o.lr = 0.1;
         kiln_optim *opt = kiln_sgd(ctx, &w, 1, &o);
         kiln_lr_sched *s[2] = {NULL, NULL};
         switch (si) {
@@ -630,7 +629,8 @@ static void test_schedules(kiln_ctx *ctx) {
         float z = 0;
         int64_t one = 1;
         kiln_tensor *w = param_from(ctx, &z, 1, &one);
-        kiln_sgd_opts o = kiln_sgd_defaults(0.1);
+        kiln_sgd_opts o = kiln_sgd_defaults();
+        o.lr = 0.1;
         kiln_optim *opt = kiln_sgd(ctx, &w, 1, &o);
         kiln_lr_sched *s = kiln_cosine_annealing_lr(opt, 10, 0.001);
         const golden_tensor *ref = golden_get(&g, "sched.cosine");
@@ -806,14 +806,17 @@ static void test_errors(kiln_ctx *ctx) {
     int32_t idata[4] = {0};
     int64_t s4 = 4;
     kiln_tensor *ints = kiln_tensor_keep(kiln_from_host(ctx, idata, KILN_I32, 1, &s4));
-    kiln_sgd_opts sgd = kiln_sgd_defaults(0.1);
+    kiln_sgd_opts sgd = kiln_sgd_defaults();
+    sgd.lr = 0.1;
     kiln_adam_opts adam = kiln_adam_defaults();
     kiln_rmsprop_opts rms = kiln_rmsprop_defaults();
 
-    /* defaults mirror torch */
+    /* defaults mirror torch 2 (SGD's lr=1e-3 included) */
     kiln_adam_opts aw = kiln_adamw_defaults();
+    kiln_sgd_opts sd = kiln_sgd_defaults();
     CHECK(adam.lr == 1e-3 && adam.beta1 == 0.9 && adam.beta2 == 0.999 && adam.eps == 1e-8 && adam.weight_decay == 0 &&
-              aw.weight_decay == 1e-2 && rms.lr == 1e-2 && rms.alpha == 0.99 && rms.eps == 1e-8 && sgd.momentum == 0,
+              aw.weight_decay == 1e-2 && rms.lr == 1e-2 && rms.alpha == 0.99 && rms.eps == 1e-8 && sd.lr == 1e-3 &&
+              sd.momentum == 0 && sd.dampening == 0 && sd.weight_decay == 0 && !sd.nesterov && !sd.maximize,
           "defaults");
 
     kiln_tensor *ps[2] = {a, b};
@@ -821,7 +824,16 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(kiln_sgd(NULL, ps, 2, &sgd) == NULL && strstr(kiln_last_error(), "kiln_sgd"), "NULL ctx: %s",
           kiln_last_error());
     EXPECT_ERR(ctx, kiln_sgd(ctx, NULL, 2, &sgd) != NULL, KILN_ERR_NULL, "params is NULL");
-    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, NULL) != NULL, KILN_ERR_NULL, "no default learning rate");
+    /* NULL options are the defaults */
+    opt = kiln_sgd(ctx, ps, 2, NULL);
+    CHECK(opt && kiln_optim_get_lr(opt) == 1e-3, "kiln_sgd with NULL options: %s", kiln_error_message(ctx));
+    kiln_optim_free(opt);
+    opt = NULL;
+    /* a zeroed struct is literal: lr 0 is valid (torch accepts it), a negative one is not */
+    sgd = (kiln_sgd_opts){.lr = -1};
+    EXPECT_ERR(ctx, kiln_sgd(ctx, ps, 2, &sgd) != NULL, KILN_ERR_INVALID_ARGUMENT, "Invalid learning rate: -1");
+    sgd = kiln_sgd_defaults();
+    sgd.lr = 0.1;
     EXPECT_ERR(ctx, kiln_adam(ctx, ps, 0, NULL) != NULL, KILN_ERR_INVALID_ARGUMENT, "empty parameter list");
     kiln_tensor *withnull[2] = {a, NULL};
     EXPECT_ERR(ctx, kiln_adam(ctx, withnull, 2, NULL) != NULL, KILN_ERR_NULL, "parameter 1 is NULL");
@@ -902,14 +914,15 @@ static void test_errors(kiln_ctx *ctx) {
           "a failed step changes no parameter");
     const char *name = NULL;
     kiln_tensor *st = NULL;
-    CHECK(kiln_optim_state(opt, 0, &name, &st) == 0, "no state before the first update");
+    CHECK(kiln_optim_num_states(opt) == 0, "no state before the first update");
+    EXPECT_ERR(ctx, kiln_optim_state(opt, 0, &name, &st) != KILN_ERR_RANGE, KILN_ERR_RANGE, "entry 0 of 0");
     set_grad(a, kiln_from_host(ctx, data, KILN_F32, 2, s34));
     CHECK(kiln_optim_step(opt) == KILN_OK, "step: %s", kiln_error_message(ctx));
-    CHECK(kiln_optim_state(opt, 3, &name, &st) == 1 && strcmp(name, "1.exp_avg_sq") == 0, "4th entry %s",
+    CHECK(kiln_optim_state(opt, 3, &name, &st) == KILN_OK && strcmp(name, "1.exp_avg_sq") == 0, "4th entry %s",
           name ? name : "(none)");
-    CHECK(kiln_optim_state(opt, 4, &name, &st) == 0, "4 entries");
-    CHECK(kiln_optim_state(opt, -1, &name, &st) < 0, "negative entry");
-    kiln_error_clear(ctx);
+    CHECK(kiln_optim_num_states(opt) == 4, "4 entries, not %d", kiln_optim_num_states(opt));
+    EXPECT_ERR(ctx, kiln_optim_state(opt, 4, &name, &st) != KILN_ERR_RANGE, KILN_ERR_RANGE, "entry 4 of 4");
+    EXPECT_ERR(ctx, kiln_optim_state(opt, -1, &name, &st) != KILN_ERR_RANGE, KILN_ERR_RANGE, "entry -1 of 4");
     CHECK(kiln_optim_state_find(opt, "0.exp_avg", false) != NULL && kiln_optim_state_find(opt, "0.max_exp_avg_sq",
                                                                                            false) == NULL,
           "state_find");

@@ -123,7 +123,7 @@ static inline double lget(const double *b, const lview *v, int64_t n, int64_t c,
     return b[v->off + n * v->sn + c * v->sc + h * v->sh + w * v->sw];
 }
 
-/* Pooling parameters resolved (stride 0 = kernel, dilation 0 = 1). */
+/* Pooling parameters as the reference reads them (every field literal). */
 typedef struct rp {
     int k[2], s[2], p[2], d[2];
     bool ceil, cip;
@@ -133,9 +133,9 @@ static rp resolve(const kiln_pool2d_params *p) {
     rp r;
     for (int a = 0; a < 2; a++) {
         r.k[a] = p->kernel[a];
-        r.s[a] = p->stride[a] ? p->stride[a] : p->kernel[a];
+        r.s[a] = p->stride[a];
         r.p[a] = p->padding[a];
-        r.d[a] = p->dilation[a] ? p->dilation[a] : 1;
+        r.d[a] = p->dilation[a];
     }
     r.ceil = p->ceil_mode;
     r.cip = p->count_include_pad;
@@ -738,8 +738,8 @@ typedef struct pcase {
 
 static const pcase pcases[] = {
     {"7x5 k3 s2 p1", V(4, 2, 3, 7, 5), P(3, 3, 2, 2, 1, 1, 1, 1, false)},
-    {"1x1 k1", V(4, 1, 1, 1, 1), P(1, 1, 0, 0, 0, 0, 0, 0, false)},
-    {"7x5 k2 default stride, batch 3", V(4, 3, 2, 7, 5), P(2, 2, 0, 0, 0, 0, 0, 0, false)},
+    {"1x1 k1", V(4, 1, 1, 1, 1), P(1, 1, 1, 1, 0, 0, 1, 1, false)},
+    {"7x5 k2 s2, batch 3", V(4, 3, 2, 7, 5), P(2, 2, 2, 2, 0, 0, 1, 1, false)},
     {"9x8 k3 p1 dilation 2", V(4, 1, 2, 9, 8), P(3, 3, 1, 1, 1, 1, 2, 2, false)},
     {"8x7 k3 s2 p1 ceil", V(4, 2, 2, 8, 7), P(3, 3, 2, 2, 1, 1, 1, 1, true)},
     {"11x13 k3x2 s3x2 p1 d2x3 ceil", V(4, 1, 3, 11, 13), P(3, 2, 3, 2, 1, 1, 2, 3, true)},
@@ -756,7 +756,7 @@ static const pcase pcases[] = {
     {"9x11 k2 s3 p1 (gaps between windows)", V(4, 2, 2, 9, 11), P(2, 2, 3, 3, 1, 1, 1, 1, false)},
     {"10x9 k2x3 s3x4 p0x1 ceil", V(4, 1, 3, 10, 9), P(2, 3, 3, 4, 0, 1, 1, 1, true)},
     {"8x7 k2 s3 p1 dilation 2", V(4, 2, 1, 8, 7), P(2, 2, 3, 3, 1, 1, 2, 2, false)},
-    {"transposed 7x5 k2 (uncovered last row)", {4, {3, 2, 5, 7}, {{TF_T, {2, 3}}}}, P(2, 2, 0, 0, 0, 0, 0, 0, false)},
+    {"transposed 7x5 k2 (uncovered last row)", {4, {3, 2, 5, 7}, {{TF_T, {2, 3}}}}, P(2, 2, 2, 2, 0, 0, 1, 1, false)},
 };
 #define NPCASES (sizeof pcases / sizeof pcases[0])
 
@@ -1102,7 +1102,7 @@ static void test_cnn_shape(kiln_ctx *ctx) {
     kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 4, shape);
     kiln_set_requires_grad(xt, true);
     kiln_tensor *seed = kiln_from_host(ctx, gy, KILN_F32, 4, oshape);
-    kiln_pool2d_params p = {.kernel = {2, 2}};
+    kiln_pool2d_params p = {.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}};
     kiln_tensor *y = kiln_max_pool2d(ctx, xt, &p, NULL);
     float *got = y ? h_read(y) : NULL;
     CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "cnn pool backward: %s", kiln_error_message(ctx));
@@ -1315,7 +1315,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
     int64_t before = kiln_tensor_count(ctx);
     kiln_tensor *x = kiln_ones(ctx, 4, (int64_t[]){1, 1, 5, 5});
-    kiln_pool2d_params p3 = {.kernel = {3, 3}};
+    kiln_pool2d_params p3 = {.kernel = {3, 3}, .stride = {3, 3}, .dilation = {1, 1}};
     kiln_tensor *ind = (kiln_tensor *)&ind; /* must be reset to NULL on failure */
 
     expect_error(ctx, kiln_max_pool2d(ctx, NULL, &p3, &ind), KILN_ERR_NULL, "max_pool2d(NULL)", "kiln_max_pool2d", NULL);
@@ -1356,28 +1356,40 @@ static void test_errors(kiln_ctx *ctx) {
     expect_error(ctx, kiln_max_pool2d(ctx, xc0, &p3, NULL), KILN_ERR_SHAPE, "no channels", "kiln_max_pool2d",
                  "[1, 0, 5, 5]");
 
-    kiln_pool2d_params p = {.kernel = {0, 2}};
+    kiln_pool2d_params p = {.kernel = {0, 2}, .stride = {0, 2}, .dilation = {1, 1}};
     expect_error(ctx, kiln_max_pool2d(ctx, x, &p, NULL), KILN_ERR_INVALID_ARGUMENT, "kernel 0", "kernel [0, 2]",
                  "[1, 1, 5, 5]");
-    p = (kiln_pool2d_params){.kernel = {2, 2}, .stride = {-1, 1}};
+    /* options are literal: stride 0 and dilation 0 are errors (not "the kernel", "1") that
+     * name the defaults function, which gives torch's values */
+    p = (kiln_pool2d_params){.kernel = {2, 2}, .dilation = {1, 1}};
+    expect_error(ctx, kiln_max_pool2d(ctx, x, &p, NULL), KILN_ERR_INVALID_ARGUMENT, "stride 0", "stride [0, 0]",
+                 "start from kiln_pool2d_defaults(kh, kw)");
+    p = (kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}};
+    expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_INVALID_ARGUMENT, "dilation 0", "dilation [0, 0]",
+                 "start from kiln_pool2d_defaults(kh, kw)");
+    p = kiln_pool2d_defaults(3, 2);
+    CHECK(p.kernel[0] == 3 && p.kernel[1] == 2 && p.stride[0] == 3 && p.stride[1] == 2 && p.padding[0] == 0 &&
+              p.padding[1] == 0 && p.dilation[0] == 1 && p.dilation[1] == 1 && !p.ceil_mode && p.count_include_pad,
+          "kiln_pool2d_defaults is torch's");
+    p = (kiln_pool2d_params){.kernel = {2, 2}, .stride = {-1, 1}, .dilation = {1, 1}};
     expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_INVALID_ARGUMENT, "negative stride", "stride [-1, 1]",
                  "kiln_avg_pool2d");
-    p = (kiln_pool2d_params){.kernel = {2, 2}, .padding = {0, -1}};
+    p = (kiln_pool2d_params){.kernel = {2, 2}, .padding = {0, -1}, .stride = {2, 2}, .dilation = {1, 1}};
     expect_error(ctx, kiln_max_pool2d(ctx, x, &p, NULL), KILN_ERR_INVALID_ARGUMENT, "negative padding",
                  "padding [0, -1]", NULL);
-    p = (kiln_pool2d_params){.kernel = {3, 3}, .padding = {2, 1}};
+    p = (kiln_pool2d_params){.kernel = {3, 3}, .padding = {2, 1}, .stride = {3, 3}, .dilation = {1, 1}};
     expect_error(ctx, kiln_max_pool2d(ctx, x, &p, NULL), KILN_ERR_INVALID_ARGUMENT, "padding > kernel/2",
                  "padding [2, 1]", "half the kernel");
-    p = (kiln_pool2d_params){.kernel = {2, 5}, .padding = {1, 3}};
+    p = (kiln_pool2d_params){.kernel = {2, 5}, .padding = {1, 3}, .stride = {2, 5}, .dilation = {1, 1}};
     expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_INVALID_ARGUMENT, "avg padding > kernel/2",
                  "kernel [2, 5]", "[1, 1, 5, 5]");
-    p = (kiln_pool2d_params){.kernel = {3, 3}, .dilation = {2, 2}};
+    p = (kiln_pool2d_params){.kernel = {3, 3}, .dilation = {2, 2}, .stride = {3, 3}};
     expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_INVALID_ARGUMENT, "avg dilation", "dilation [2, 2]",
                  "kiln_avg_pool2d");
-    p = (kiln_pool2d_params){.kernel = {3, 3}, .dilation = {3, 1}};
+    p = (kiln_pool2d_params){.kernel = {3, 3}, .dilation = {3, 1}, .stride = {3, 3}};
     expect_error(ctx, kiln_max_pool2d(ctx, x, &p, NULL), KILN_ERR_SHAPE, "output too small", "[1, 1, 5, 5]",
                  "0x1");
-    p = (kiln_pool2d_params){.kernel = {6, 6}};
+    p = (kiln_pool2d_params){.kernel = {6, 6}, .stride = {6, 6}, .dilation = {1, 1}};
     expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_SHAPE, "kernel larger than input", "kernel [6, 6]",
                  "0x0");
 
@@ -1390,7 +1402,7 @@ static void test_errors(kiln_ctx *ctx) {
 
     /* empty batch: empty outputs, no error (as torch) */
     kiln_tensor *e = kiln_empty(ctx, KILN_F32, 4, (int64_t[]){0, 3, 7, 5});
-    kiln_pool2d_params p2 = {.kernel = {2, 2}};
+    kiln_pool2d_params p2 = {.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}};
     kiln_tensor *ei = NULL;
     kiln_tensor *ey = kiln_max_pool2d(ctx, e, &p2, &ei);
     CHECK(shape_is(ey, 4, (int64_t[]){0, 3, 3, 2}) && shape_is(ei, 4, (int64_t[]){0, 3, 3, 2}), "empty batch: %s",
@@ -1414,7 +1426,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *w = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 3, 9, 8});
     kiln_set_requires_grad(w, true);
     kiln_scope_begin(ctx);
-    kiln_pool2d_params pm = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}};
+    kiln_pool2d_params pm = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .dilation = {1, 1}};
     kiln_tensor *i2 = NULL;
     kiln_tensor *a = kiln_max_pool2d(ctx, w, &pm, &i2);
     kiln_tensor *b = kiln_avg_pool2d(ctx, a, &pm);

@@ -731,7 +731,7 @@ static void forced_pool(void) {
                 }
             map[i] = (src){0, best};
         }
-        kiln_pool2d_params p = {.kernel = {kh, kw}};
+        kiln_pool2d_params p = {.kernel = {kh, kw}, .stride = {kh, kw}, .dilation = {1, 1}};
         char what[64];
         snprintf(what, sizeof what, "max_pool2d %dx%d tiles", kh, kw);
         check_map(what, kiln_max_pool2d(C, x.t, &p, NULL), 1, &x, map, n, 0);
@@ -744,14 +744,14 @@ static void forced_pool(void) {
 static void sweep_pool(void) {
     kiln_tensor *x = MK(-1, 1, true, 2, 3, 7, 6);
     kiln_tensor *idx = NULL;
-    kiln_pool2d_params mp = {.kernel = {3, 2}, .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true};
+    kiln_pool2d_params mp = {.kernel = {3, 2}, .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true, .dilation = {1, 1}};
     BACK("max_pool2d", kiln_max_pool2d(C, x, &mp, &idx), x);
     finite("max_pool2d indices", idx);
-    kiln_pool2d_params mp2 = {.kernel = {2, 2}, .dilation = {2, 1}};
+    kiln_pool2d_params mp2 = {.kernel = {2, 2}, .dilation = {2, 1}, .stride = {2, 2}};
     BACK("max_pool2d dilation strided input", kiln_max_pool2d(C, kiln_transpose(C, x, 2, 3), &mp2, NULL), x);
-    kiln_pool2d_params ap = {.kernel = {3, 3}, .stride = {2, 1}, .padding = {1, 1}, .count_include_pad = false};
+    kiln_pool2d_params ap = {.kernel = {3, 3}, .stride = {2, 1}, .padding = {1, 1}, .count_include_pad = false, .dilation = {1, 1}};
     BACK("avg_pool2d", kiln_avg_pool2d(C, x, &ap), x);
-    kiln_pool2d_params ap2 = {.kernel = {2, 3}, .ceil_mode = true, .count_include_pad = true};
+    kiln_pool2d_params ap2 = {.kernel = {2, 3}, .ceil_mode = true, .count_include_pad = true, .stride = {2, 3}, .dilation = {1, 1}};
     BACK("avg_pool2d ceil", kiln_avg_pool2d(C, x, &ap2), x);
     BACK("global_avg_pool2d", kiln_global_avg_pool2d(C, x), x);
     finite("max_pool2d without grad", kiln_max_pool2d(C, kiln_detach(C, x), &mp, NULL));
@@ -1046,7 +1046,8 @@ static void sweep_optim(void) {
         kiln_tensor *v = MK(-1, 1, true, 7);
         kiln_tensor *ps[2] = {w, v};
         kiln_optim *o = NULL;
-        kiln_sgd_opts so = kiln_sgd_defaults(0.1);
+        kiln_sgd_opts so = kiln_sgd_defaults();
+        so.lr = 0.1;
         kiln_rmsprop_opts ro = kiln_rmsprop_defaults();
         kiln_adam_opts ao = kind == 5 ? kiln_adamw_defaults() : kiln_adam_defaults();
         switch (kind) {

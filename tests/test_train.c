@@ -344,8 +344,8 @@ static kiln_tensor *ascent_loss(kiln_ctx *ctx, kiln_tensor *out, kiln_tensor *y,
 static void test_fit_blobs(kiln_ctx *ctx) {
     kiln_manual_seed(ctx, 7);
     kiln_dataset *dtr = blobs(NTRAIN, 11), *dva = blobs(NVAL, 12);
-    kiln_loader *tr = kiln_loader_new(ctx, dtr, &(kiln_loader_opts){.batch_size = 32, .shuffle = true, .seed = 3});
-    kiln_loader *va = kiln_loader_new(ctx, dva, &(kiln_loader_opts){.batch_size = 64});
+    kiln_loader *tr = kiln_loader_new(ctx, dtr, &(kiln_loader_opts){.scale = 1, .batch_size = 32, .shuffle = true, .seed = 3});
+    kiln_loader *va = kiln_loader_new(ctx, dva, &(kiln_loader_opts){.scale = 1, .batch_size = 64});
     kiln_module *net = mlp2(ctx);
     kiln_optim *opt = adam_for(net, 0.02);
     CHECK(tr && va && net && opt, "setup: %s %s", kiln_error_message(ctx), kiln_last_error());
@@ -448,6 +448,25 @@ static void test_fit_blobs(kiln_ctx *ctx) {
     CHECK(kiln_fit(net, &b, NULL) == KILN_ERR_INVALID_ARGUMENT, "epochs 0");
     CHECK(strstr(kiln_error_message(ctx), "epochs is 0") != NULL, "message: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);
+    /* fields are literal: zeros that would stop at once or zero every gradient are refused,
+     * naming the defaults (patience -1 and clip_grad_norm INFINITY: off) */
+    kiln_fit_opts fd = kiln_fit_defaults();
+    CHECK(fd.epochs == 1 && fd.patience == -1 && isinf(fd.clip_grad_norm) && !fd.restore_best && !fd.plot_path &&
+              fd.monitor == KILN_MONITOR_VAL_ACCURACY,
+          "kiln_fit_defaults");
+    b = o;
+    b.patience = 0;
+    CHECK(kiln_fit(net, &b, NULL) == KILN_ERR_INVALID_ARGUMENT, "patience 0");
+    CHECK(strstr(kiln_error_message(ctx), "patience is 0; it must be >= 1, or -1 for no early stopping "
+                                          "(kiln_fit_defaults)"),
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    b = o;
+    b.clip_grad_norm = 0;
+    CHECK(kiln_fit(net, &b, NULL) == KILN_ERR_INVALID_ARGUMENT, "clip_grad_norm 0");
+    CHECK(strstr(kiln_error_message(ctx), "clip_grad_norm is 0; it must be > 0, INFINITY for no clipping"),
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
     b = o;
     b.val = NULL;
     b.patience = 2;
@@ -459,6 +478,39 @@ static void test_fit_blobs(kiln_ctx *ctx) {
     CHECK(kiln_fit(net, &b, NULL) == KILN_ERR_IO, "unwritable csv fails before training");
     CHECK(strstr(kiln_error_message(ctx), "/nonexistent-dir/m.csv") != NULL, "message: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);
+    /* the plot and the best model are written after an epoch, but an unwritable path fails
+     * before the first step: the optimizer has taken no step and no epoch ran */
+    {
+        char dir[] = "/tmp/kiln-train-outXXXXXX";
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        struct {
+            const char *field;
+            bool plot;
+            const char *path;
+            const char *want;
+        } bad[] = {
+            {"plot_path", true, "/nonexistent-dir/p.svg", "plot_path /nonexistent-dir/p.svg: cannot write there"},
+            {"best_path", false, "/nonexistent-dir/b.safetensors", "best_path /nonexistent-dir/b.safetensors: cannot"},
+            {"plot_path", true, dir, "is a directory"},
+            {"best_path", false, "", "best_path is an empty path"},
+        };
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            b = o;
+            if (bad[k].plot) b.plot_path = bad[k].path;
+            else b.best_path = bad[k].path;
+            int64_t step0 = kiln_optim_get_step(o.opt, 0);
+            kiln_fit_result rr;
+            kiln_status st = kiln_fit(net, &b, &rr);
+            CHECK(st == (bad[k].path[0] ? KILN_ERR_IO : KILN_ERR_INVALID_ARGUMENT), "%s '%s': status %s", bad[k].field,
+                  bad[k].path, kiln_status_name(st));
+            CHECK(strstr(kiln_error_message(ctx), bad[k].want) && strstr(kiln_error_message(ctx), "kiln_fit: "),
+                  "%s: message: %s", bad[k].field, kiln_error_message(ctx));
+            CHECK(rr.epochs_run == 0 && kiln_optim_get_step(o.opt, 0) == step0, "%s: trained before failing (%d epochs)",
+                  bad[k].field, rr.epochs_run);
+            kiln_error_clear(ctx);
+        }
+        rmdir(dir);
+    }
     /* a loss function returning NULL at the first step, then at batch 3 of epoch 2 */
     int64_t nb = kiln_loader_num_batches(tr);
     fail_loss fl = {.fail_at = 1};

@@ -142,13 +142,17 @@ static const char *gemm_route(const kiln_ctx *ctx) {
     return kiln__gemm_own_takes(ctx, false, true, 1, 1, 1, 1, 0.0f) ? "kiln's GEMM kernels" : "CLBlast";
 }
 
-int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d) {
+int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d, char *why,
+                        size_t cap) {
     memset(d, 0, sizeof *d);
     int64_t ar = s->ta ? s->k : s->m, ac = s->ta ? s->m : s->k;
     int64_t br = s->tb ? s->n : s->k, bc = s->tb ? s->k : s->n;
     d->ha = malloc((size_t)(ar * ac) * sizeof(float));
     d->hb = malloc((size_t)(br * bc) * sizeof(float));
     if (!d->ha || !d->hb) {
+        snprintf(why, cap, "out of host memory for the operands A [%lld, %lld] and B [%lld, %lld] (%.3g GiB)",
+                 (long long)ar, (long long)ac, (long long)br, (long long)bc,
+                 (double)(ar * ac + br * bc) * sizeof(float) / (1 << 30));
         bench_gemm_data_free(d);
         return -1;
     }
@@ -160,6 +164,7 @@ int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed,
     d->a = kiln_from_host(ctx, d->ha, KILN_F32, 2, (int64_t[]){ar, ac});
     d->b = kiln_from_host(ctx, d->hb, KILN_F32, 2, (int64_t[]){br, bc});
     if (!d->a || !d->b) {
+        snprintf(why, cap, "%s", kiln_error_message(ctx));
         bench_gemm_data_free(d);
         return -1;
     }
@@ -314,8 +319,9 @@ static int cmd_gemm(args *a, bool json) {
     kiln_ctx *ctx = open_ctx("kiln bench gemm");
     if (!ctx) return 1;
     bench_gemm_data d;
-    if (bench_gemm_data_new(ctx, &s, 42, &d) != 0) {
-        fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
+    char why[512];
+    if (bench_gemm_data_new(ctx, &s, 42, &d, why, sizeof why) != 0) {
+        fprintf(stderr, "kiln bench gemm: %s\n", why);
         kiln_close(ctx);
         return 1;
     }
@@ -428,7 +434,7 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xshape[0] = batch;
         m->xshape[1] = 784;
     } else {
-        kiln_pool2d_params pool = {.kernel = {2, 2}};
+        kiln_pool2d_params pool = kiln_pool2d_defaults(2, 2);
         m->net = kiln_nn_sequential(
             ctx, 11,
             (kiln_module *[]){kiln_nn_conv2d(ctx, 1, 32, 3, 3, NULL, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
@@ -450,7 +456,8 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         o.lr = 1e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
     } else {
-        kiln_sgd_opts o = kiln_sgd_defaults(0.01);
+        kiln_sgd_opts o = kiln_sgd_defaults();
+        o.lr = 0.01;
         o.momentum = 0.9;
         m->opt = kiln_sgd(ctx, params, np, &o);
     }

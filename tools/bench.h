@@ -30,7 +30,10 @@ typedef struct bench_gemm_data {
     kiln_tensor *a, *b;
     float *ha, *hb; /* host copies (row-major as stored) */
 } bench_gemm_data;
-int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d);
+/* 0, or -1 with the reason in why (cap bytes): host memory for the copies, or the
+ * context's error. */
+int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d, char *why,
+                        size_t cap);
 void bench_gemm_data_free(bench_gemm_data *d);
 /* Median ms of `repeat` timed kiln_matmul_ex calls (each synchronised) after one warm-up,
  * the fastest into *min_ms and the least process CPU time of a call into *min_cpu_ms (both

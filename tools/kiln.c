@@ -32,8 +32,19 @@ static void usage(FILE *f) {
             "  KILN_TUNE=off        use CLBlast's own parameters (builtin: ignore what kiln tune stored)\n");
 }
 
+/* Every subcommand rejects what it does not know: exit 2 naming the argument. */
+static int unknown_arg(const char *cmd, const char *arg) {
+    fprintf(stderr, "kiln %s: unknown argument '%s'\n\n", cmd, arg);
+    usage(stderr);
+    return 2;
+}
+
 static int cmd_devices(int argc, char **argv) {
-    int json = argc > 0 && strcmp(argv[0], "--json") == 0;
+    int json = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) json = 1;
+        else return unknown_arg("devices", argv[i]);
+    }
     int n = 0;
     kiln_status s = kiln_devices(NULL, 0, &n);
     if (s != KILN_OK) {
@@ -99,10 +110,13 @@ static int cmd_devices(int argc, char **argv) {
 }
 
 static int cmd_cache(int argc, char **argv) {
-    if (argc < 1 || (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "clear") != 0)) {
+    if (argc < 1) {
+        fprintf(stderr, "kiln cache: expected info or clear\n\n");
         usage(stderr);
         return 2;
     }
+    if (strcmp(argv[0], "info") != 0 && strcmp(argv[0], "clear") != 0) return unknown_arg("cache", argv[0]);
+    if (argc > 1) return unknown_arg(argv[0][0] == 'i' ? "cache info" : "cache clear", argv[1]);
     char dir[1024];
     if (kiln_cache_dir(dir, sizeof dir) != KILN_OK) {
         fprintf(stderr, "kiln cache: %s\n", kiln_last_error());
@@ -139,6 +153,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "bench") == 0) return kiln_cmd_bench(argc - 2, argv + 2);
     if (strcmp(argv[1], "tune") == 0) return kiln_cmd_tune(argc - 2, argv + 2);
     if (strcmp(argv[1], "version") == 0) {
+        if (argc > 2) return unknown_arg("version", argv[2]);
         printf("kiln %s\n", KILN_VERSION_STRING);
         return 0;
     }

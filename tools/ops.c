@@ -525,7 +525,7 @@ static void run_conv_transpose2d(smoke *s) {
 static void pool2(smoke *s, bool max) {
     const float *x;
     kiln_tensor *t = input(s, &x, 4, (int64_t[]){1, 2, 4, 4}, NULL, -2, 2, true);
-    kiln_pool2d_params p = {.kernel = {2, 2}};
+    kiln_pool2d_params p = {.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}};
     s->out = max ? kiln_max_pool2d(s->ctx, t, &p, NULL) : kiln_avg_pool2d(s->ctx, t, &p);
     double *o = expect(s, 8);
     for (int c = 0; c < 2; c++)
@@ -764,7 +764,8 @@ static void optimizer(smoke *s, int kind) {
     kiln_tensor *t = param_with_grad(s, &p);
     if (!t) return;
     kiln_optim *opt = NULL;
-    kiln_sgd_opts sgd = kiln_sgd_defaults(0.1);
+    kiln_sgd_opts sgd = kiln_sgd_defaults();
+    sgd.lr = 0.1;
     kiln_rmsprop_opts rms = kiln_rmsprop_defaults();
     kiln_adam_opts adam = kiln_adam_defaults(), adamw = kiln_adamw_defaults();
     switch (kind) {

@@ -225,7 +225,8 @@ static double check_shapes(tuner *t) {
     /* an odd shape with both transposes: partial tiles everywhere */
     bench_gemm_shape odd = {"odd", 67, 131, 97, true, true};
     bench_gemm_data d;
-    if (bench_gemm_data_new(t->ctx, &odd, 7, &d) == 0) {
+    char why[512];
+    if (bench_gemm_data_new(t->ctx, &odd, 7, &d, why, sizeof why) == 0) {
         double r = bench_gemm_check_bound(t->ctx, &odd, &d, 67);
         if (!(r <= worst)) worst = r;
         bench_gemm_data_free(&d);
@@ -304,212 +305,219 @@ static void usage(FILE *f) {
                "  --eval      time these parameters (merged over the current ones) against the current ones\n");
 }
 
-static int cmd_tune(int argc, char **argv) {
-    bool quick = false, store = true, json = false, verbose = false, wall = false;
-    const char *eval = NULL, *only = NULL;
-    int repeat = 0;
+/* The command line of kiln tune. */
+typedef struct tune_args {
+    bool quick, store, json, verbose, wall;
+    const char *eval, *only;
+    int repeat;
+} tune_args;
+
+/* -1 when parsed, else the exit status (0 after --help, 2 for a bad argument). */
+static int tune_parse_args(int argc, char **argv, tune_args *a) {
+    *a = (tune_args){.store = true};
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0) quick = true;
-        else if (strcmp(argv[i], "--no-store") == 0) store = false;
-        else if (strcmp(argv[i], "--json") == 0) json = true;
-        else if (strcmp(argv[i], "--verbose") == 0) verbose = true;
-        else if (strcmp(argv[i], "--wall") == 0) wall = true;
-        else if (strcmp(argv[i], "--eval") == 0 && i + 1 < argc) eval = argv[++i];
-        else if (strcmp(argv[i], "--shapes") == 0 && i + 1 < argc) only = argv[++i];
-        else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) repeat = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        if (strcmp(argv[i], "--quick") == 0) a->quick = true;
+        else if (strcmp(argv[i], "--no-store") == 0) a->store = false;
+        else if (strcmp(argv[i], "--json") == 0) a->json = true;
+        else if (strcmp(argv[i], "--verbose") == 0) a->verbose = true;
+        else if (strcmp(argv[i], "--wall") == 0) a->wall = true;
+        else if (strcmp(argv[i], "--eval") == 0 && i + 1 < argc) a->eval = argv[++i];
+        else if (strcmp(argv[i], "--shapes") == 0 && i + 1 < argc) a->only = argv[++i];
+        else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) {
+            char *end;
+            long r = strtol(argv[++i], &end, 10);
+            if (*end || end == argv[i] || r < 1 || r > 1000) {
+                fprintf(stderr, "kiln tune: --repeat %s: expected an integer in [1, 1000]\n", argv[i]);
+                return 2;
+            }
+            a->repeat = (int)r;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
         } else {
+            bool valued = strcmp(argv[i], "--eval") == 0 || strcmp(argv[i], "--shapes") == 0 ||
+                          strcmp(argv[i], "--repeat") == 0;
+            fprintf(stderr, valued ? "kiln tune: %s needs a value\n\n" : "kiln tune: unknown argument '%s'\n\n", argv[i]);
             usage(stderr);
             return 2;
         }
     }
-    if (repeat <= 0) repeat = quick ? 2 : 3;
-    double t_start = bench_now_ms();
-    tuner t = {0};
-    t.repeat = repeat;
-    t.json = json;
-    t.verbose = verbose;
-    t.wall = wall;
-    if (kiln_open(&t.ctx, NULL) != KILN_OK) {
-        fprintf(stderr, "kiln tune: %s\n", kiln_last_error());
+    if (a->repeat <= 0) a->repeat = a->quick ? 2 : 3;
+    return -1;
+}
+
+/* The parameters kiln_open applied (the starting point and the baseline to beat) and
+ * their timings. */
+typedef struct tune_base {
+    kiln__tune_set cur;
+    const char *source;
+    double total, ms[NSHAPES], cost[NSHAPES];
+} tune_base;
+
+/* --eval: times the given parameters (merged over the current ones) against the current
+ * ones and checks them. The exit status. */
+static int tune_eval(tuner *t, const tune_args *a, const tune_base *b) {
+    char text[4096];
+    snprintf(text, sizeof text, "%s", a->eval);
+    for (char *p = text; *p; p++)
+        if (*p == ';') *p = '\n';
+    kiln__tune_set e, want = b->cur;
+    char err[256];
+    if (kiln__tune_parse(text, &e, NULL, err, sizeof err) != KILN_OK) {
+        fprintf(stderr, "kiln tune --eval: %s\n", err);
         return 1;
     }
-    int rc = 1;
-    /* Every product measured here goes to CLBlast: on CPUs kiln's own kernels
-     * (src/ops/gemm.c) would otherwise take all but op(A)^T op(B)^T, whatever the
-     * parameters. */
-    t.ctx->hooks.gemm_own = -1;
-    if (!json && kiln_ctx_device(t.ctx)->type == KILN_DEVICE_CPU)
-        printf("note: on CPUs kiln's own GEMM kernels compute every product but A^T B^T; the CLBlast parameters "
-               "tuned here serve the rest\n");
-    for (int i = 0; i < NSHAPES; i++) {
-        t.use[i] = !only || name_listed(only, shapes[i].s.name);
-        if (t.use[i] && bench_gemm_data_new(t.ctx, &shapes[i].s, 100 + (uint64_t)i, &t.data[i]) != 0) {
-            fprintf(stderr, "kiln tune: %s\n", kiln_error_message(t.ctx));
-            goto out;
-        }
-    }
-    /* What kiln_open applied: the starting point and the baseline to beat. */
-    kiln__tune_set cur;
-    const char *source = kiln__tune_open(t.ctx, &cur);
-    double base_ms[NSHAPES], base_cost[NSHAPES], ms[NSHAPES], cost[NSHAPES];
-    double base = time_shapes_p(&t, &cur, base_ms, base_cost);
+    kiln__tune_merge(&want, &e);
+    if (!apply(t, &want)) return 1;
+    double ms[NSHAPES], cost[NSHAPES];
+    double total = time_shapes_p(t, &want, ms, cost);
+    double worst = check_shapes(t);
+    if (!a->json) printf("current parameters (%s):\n", b->source);
+    print_shapes(t, "current", b->ms, b->cost, &b->cur);
+    print_shapes(t, "eval", ms, cost, &want);
+    if (a->json)
+        printf("{\"tune\": \"eval-summary\", \"current_ms\": %.3f, \"eval_ms\": %.3f, \"current_cost_ms\": %.3f, "
+               "\"eval_cost_ms\": %.3f, \"check\": %.3g}\n",
+               sum_w(t, b->ms), sum_w(t, ms), sum_w(t, b->cost), sum_w(t, cost), worst);
+    else
+        printf("eval: %.2f ms weighted wall (current %.2f), cost %.2f ms (current %.2f): %.2fx; error check "
+               "%.3g (<= 1 passes)\n",
+               sum_w(t, ms), sum_w(t, b->ms), sum_w(t, cost), sum_w(t, b->cost), b->total / total, worst);
+    return worst <= 1.0 ? 0 : 1;
+}
 
-    if (eval) {
-        char text[4096];
-        snprintf(text, sizeof text, "%s", eval);
-        for (char *p = text; *p; p++)
-            if (*p == ';') *p = '\n';
-        kiln__tune_set e, want = cur;
-        char err[256];
-        if (kiln__tune_parse(text, &e, NULL, err, sizeof err) != KILN_OK) {
-            fprintf(stderr, "kiln tune --eval: %s\n", err);
-            goto out;
-        }
-        kiln__tune_merge(&want, &e);
-        if (!apply(&t, &want)) goto out;
-        double total = time_shapes_p(&t, &want, ms, cost);
-        double worst = check_shapes(&t);
-        if (!json) printf("current parameters (%s):\n", source);
-        print_shapes(&t, "current", base_ms, base_cost, &cur);
-        print_shapes(&t, "eval", ms, cost, &want);
-        if (json)
-            printf("{\"tune\": \"eval-summary\", \"current_ms\": %.3f, \"eval_ms\": %.3f, \"current_cost_ms\": %.3f, "
-                   "\"eval_cost_ms\": %.3f, \"check\": %.3g}\n",
-                   sum_w(&t, base_ms), sum_w(&t, ms), sum_w(&t, base_cost), sum_w(&t, cost), worst);
-        else
-            printf("eval: %.2f ms weighted wall (current %.2f), cost %.2f ms (current %.2f): %.2fx; error check "
-                   "%.3g (<= 1 passes)\n",
-                   sum_w(&t, ms), sum_w(&t, base_ms), sum_w(&t, cost), sum_w(&t, base_cost), base / total, worst);
-        rc = worst <= 1.0 ? 0 : 1;
-        goto out;
-    }
+/* The winners of the search phases: candidate indices (-1: none ran correctly) and each
+ * shape's timing under them. */
+typedef struct tune_search {
+    int nd, nx;     /* candidates tried */
+    int dwin, xwin; /* winning direct and xgemm candidate */
+    double dm[NSHAPES], dc[NSHAPES], xm[NSHAPES], xc[NSHAPES];
+} tune_search;
 
-    if (!json) {
-        printf("kiln tune%s on '%s': %d shapes, best of %d runs each; starting from %s (%.1f ms weighted %s)\n",
-               quick ? " --quick" : "", kiln_ctx_device(t.ctx)->name, NSHAPES, repeat, source, base,
-               wall ? "wall" : "cost");
-        fflush(stdout);
-    }
+static direct_p dcand[512];
+static xgemm_p xcand[512];
 
-    /* Phase 1: the smaller shapes through XgemmDirect. The direct kernel is CLBlast's answer
-     * for small products; products above DIRECT_MAX_MNK only take time to measure there
-     * (on POCL it ran them at a third of the indirect kernel's speed). */
-    static direct_p dcand[512];
-    static xgemm_p xcand[512];
-    int nd = direct_candidates(dcand, 512, quick), nx = xgemm_candidates(xcand, 512, quick);
-    kiln__tune_set work = cur;
-    double dbest = INFINITY, dm[NSHAPES], dc[NSHAPES];
-    int dwin = -1;
+/* Phase 1: the smaller shapes through XgemmDirect. The direct kernel is CLBlast's answer
+ * for small products; products above DIRECT_MAX_MNK only take time to measure there
+ * (on POCL it ran them at a third of the indirect kernel's speed). */
+static void tune_direct(tuner *t, const tune_args *a, kiln__tune_set *work, tune_search *r) {
+    double dbest = INFINITY, ms[NSHAPES], cost[NSHAPES];
+    r->dwin = -1;
     bool use_all[NSHAPES];
-    memcpy(use_all, t.use, sizeof use_all);
+    memcpy(use_all, t->use, sizeof use_all);
     for (int i = 0; i < NSHAPES; i++)
-        t.use[i] = use_all[i] && (double)shapes[i].s.m * (double)shapes[i].s.n * (double)shapes[i].s.k < DIRECT_MAX_MNK;
-    set_threshold(&work, 1u << 20);
-    kiln__hooks_of(t.ctx)->sgemm_fixed = true; /* each kernel as the threshold forces it */
-    for (int c = 0; c < nd; c++) {
-        set_direct(&work, &dcand[c]);
-        if (!apply(&t, &work)) continue;
-        double tot = time_shapes_p(&t, &work, ms, cost);
-        if (verbose && !json) {
+        t->use[i] = use_all[i] && (double)shapes[i].s.m * (double)shapes[i].s.n * (double)shapes[i].s.k < DIRECT_MAX_MNK;
+    set_threshold(work, 1u << 20);
+    kiln__hooks_of(t->ctx)->sgemm_fixed = true; /* each kernel as the threshold forces it */
+    for (int c = 0; c < r->nd; c++) {
+        set_direct(work, &dcand[c]);
+        if (!apply(t, work)) continue;
+        double tot = time_shapes_p(t, work, ms, cost);
+        if (a->verbose && !a->json) {
             const direct_p *p = &dcand[c];
             printf("  direct %3d/%d WGD=%d MDIMCD=%d NDIMCD=%d MDIMAD=%d NDIMBD=%d VWMD=%d VWND=%d KWID=%d: %.2f ms\n",
-                   c + 1, nd, p->wgd, p->mdimcd, p->ndimcd, p->mdimad, p->ndimbd, p->vwmd, p->vwnd, p->kwid, tot);
+                   c + 1, r->nd, p->wgd, p->mdimcd, p->ndimcd, p->mdimad, p->ndimbd, p->vwmd, p->vwnd, p->kwid, tot);
             fflush(stdout);
         }
-        if (tot < dbest && check_shapes(&t) <= 1.0) {
+        if (tot < dbest && check_shapes(t) <= 1.0) {
             dbest = tot;
-            dwin = c;
-            memcpy(dm, ms, sizeof ms);
-            memcpy(dc, cost, sizeof cost);
+            r->dwin = c;
+            memcpy(r->dm, ms, sizeof ms);
+            memcpy(r->dc, cost, sizeof cost);
         }
     }
-    memcpy(t.use, use_all, sizeof use_all);
-    for (int i = 0; i < NSHAPES && dwin >= 0; i++)
+    memcpy(t->use, use_all, sizeof use_all);
+    for (int i = 0; i < NSHAPES && r->dwin >= 0; i++)
         if ((double)shapes[i].s.m * (double)shapes[i].s.n * (double)shapes[i].s.k >= DIRECT_MAX_MNK)
-            dm[i] = dc[i] = INFINITY;
-    /* Phase 2: every shape through the indirect Xgemm. */
-    double xbest = INFINITY, xm[NSHAPES], xc[NSHAPES];
-    int xwin = -1;
-    if (dwin >= 0) set_direct(&work, &dcand[dwin]);
-    set_threshold(&work, 1);
-    for (int c = 0; c < nx; c++) {
-        set_xgemm(&work, &xcand[c]);
-        if (!apply(&t, &work)) continue;
-        double tot = time_shapes_p(&t, &work, ms, cost);
-        if (verbose && !json) {
+            r->dm[i] = r->dc[i] = INFINITY;
+}
+
+/* Phase 2: every shape through the indirect Xgemm (with phase 1's direct winner set). */
+static void tune_xgemm(tuner *t, const tune_args *a, kiln__tune_set *work, tune_search *r) {
+    double xbest = INFINITY, ms[NSHAPES], cost[NSHAPES];
+    r->xwin = -1;
+    if (r->dwin >= 0) set_direct(work, &dcand[r->dwin]);
+    set_threshold(work, 1);
+    for (int c = 0; c < r->nx; c++) {
+        set_xgemm(work, &xcand[c]);
+        if (!apply(t, work)) continue;
+        double tot = time_shapes_p(t, work, ms, cost);
+        if (a->verbose && !a->json) {
             const xgemm_p *p = &xcand[c];
             printf("  xgemm %3d/%d MWG=%d NWG=%d KWG=%d MDIMC=%d NDIMC=%d VWM=%d VWN=%d SA=%d SB=%d: %.2f ms\n", c + 1,
-                   nx, p->mwg, p->nwg, p->kwg, p->mdimc, p->ndimc, p->vwm, p->vwn, p->sa, p->sb, tot);
+                   r->nx, p->mwg, p->nwg, p->kwg, p->mdimc, p->ndimc, p->vwm, p->vwn, p->sa, p->sb, tot);
             fflush(stdout);
         }
-        if (tot < xbest && check_shapes(&t) <= 1.0) {
+        if (tot < xbest && check_shapes(t) <= 1.0) {
             xbest = tot;
-            xwin = c;
-            memcpy(xm, ms, sizeof ms);
-            memcpy(xc, cost, sizeof cost);
+            r->xwin = c;
+            memcpy(r->xm, ms, sizeof ms);
+            memcpy(r->xc, cost, sizeof cost);
         }
     }
-    if (xwin >= 0) set_xgemm(&work, &xcand[xwin]);
-    if (dwin < 0 && xwin < 0) {
-        kiln__hooks_of(t.ctx)->sgemm_fixed = false;
-        fprintf(stderr, "kiln tune: no candidate ran correctly; nothing stored\n");
-        goto out;
-    }
-    /* Phase 3: the threshold. CLBlast runs the direct kernel when m*n*k < thr^3: try a cut
-     * just above each shape's size (and all-indirect, all-direct), keep the cheapest. */
+    if (r->xwin >= 0) set_xgemm(work, &xcand[r->xwin]);
+}
+
+/* Phase 3: the threshold. CLBlast runs the direct kernel when m*n*k < thr^3: try a cut
+ * just above each shape's size (and all-indirect, all-direct), keep the cheapest. */
+static size_t tune_threshold(const tuner *t, const tune_args *a, const tune_search *r) {
     size_t thr_best = 1u << 20;
     double thr_cost = INFINITY;
     for (int c = -1; c <= NSHAPES; c++) {
         size_t thr = c < 0 ? 1 : c == NSHAPES ? (1u << 20) : 0;
         if (c >= 0 && c < NSHAPES) {
-            if (!t.use[c]) continue;
+            if (!t->use[c]) continue;
             const bench_gemm_shape *x = &shapes[c].s;
             thr = (size_t)ceil(cbrt((double)x->m * (double)x->n * (double)x->k)) + 1;
         }
         double tot = 0;
         for (int i = 0; i < NSHAPES; i++) {
-            if (!t.use[i]) continue;
-            bool d = dwin >= 0 && (xwin < 0 || is_direct(&shapes[i].s, thr));
-            tot += (wall ? (d ? dm[i] : xm[i]) : (d ? dc[i] : xc[i])) * shapes[i].weight;
+            if (!t->use[i]) continue;
+            bool d = r->dwin >= 0 && (r->xwin < 0 || is_direct(&shapes[i].s, thr));
+            tot += (a->wall ? (d ? r->dm[i] : r->xm[i]) : (d ? r->dc[i] : r->xc[i])) * shapes[i].weight;
         }
         if (tot < thr_cost) thr_cost = tot, thr_best = thr;
     }
-    set_threshold(&work, thr_best);
-    kiln__hooks_of(t.ctx)->sgemm_fixed = false;
-    /* Check and time the result as a whole, then the starting point again right after it
-     * (the load may have changed); keep the result only when it beats the start. */
-    double final = INFINITY, worst = INFINITY;
-    if (apply(&t, &work)) {
-        final = time_shapes_p(&t, &work, ms, cost);
-        worst = check_shapes(&t);
+    return thr_best;
+}
+
+/* Checks and times the result as a whole, then the starting point again right after it
+ * (the load may have changed); keeps and stores the result only when it beats the start,
+ * and reports. The exit status. */
+static int tune_finish(tuner *t, const tune_args *a, tune_base *b, const kiln__tune_set *work, const tune_search *r,
+                       size_t thr_best, double t_start) {
+    double final = INFINITY, worst = INFINITY, ms[NSHAPES], cost[NSHAPES];
+    for (int i = 0; i < NSHAPES; i++)
+        ms[i] = cost[i] = NAN; /* the result did not run: nothing measured */
+    if (apply(t, work)) {
+        final = time_shapes_p(t, work, ms, cost);
+        worst = check_shapes(t);
     }
-    if (apply(&t, &cur)) base = time_shapes_p(&t, &cur, base_ms, base_cost);
+    if (apply(t, &b->cur)) b->total = time_shapes_p(t, &b->cur, b->ms, b->cost);
+    double base = b->total;
     bool better = worst <= 1.0 && final < base;
-    apply(&t, better ? &work : &cur);
+    apply(t, better ? work : &b->cur);
     double elapsed = (bench_now_ms() - t_start) / 1e3;
     char body[2048];
-    kiln__tune_format(&work, body, sizeof body);
-    print_shapes(&t, "before", base_ms, base_cost, &cur);
-    print_shapes(&t, "after", ms, cost, &work);
+    kiln__tune_format(work, body, sizeof body);
+    print_shapes(t, "before", b->ms, b->cost, &b->cur);
+    print_shapes(t, "after", ms, cost, work);
     char path[1200] = "";
-    if (better && store) {
+    if (better && a->store) {
         char comment[256];
         snprintf(comment, sizeof comment, "kiln tune%s: weighted GEMM cost %.1f ms -> %.1f ms over %d shapes, %.0f s",
-                 quick ? " --quick" : "", base, final, NSHAPES, elapsed);
-        if (kiln__tune_save(kiln_ctx_device(t.ctx), &work, comment, path, sizeof path) != KILN_OK) {
+                 a->quick ? " --quick" : "", base, final, NSHAPES, elapsed);
+        if (kiln__tune_save(kiln_ctx_device(t->ctx), work, comment, path, sizeof path) != KILN_OK) {
             fprintf(stderr, "kiln tune: %s\n", kiln_last_error());
-            goto out;
+            return 1;
         }
     }
-    if (json) {
+    if (a->json) {
         printf("{\"tune\": \"summary\", \"quick\": %s, \"candidates_direct\": %d, \"candidates_xgemm\": %d, "
                "\"before_ms\": %.3f, \"after_ms\": %.3f, \"before_cost_ms\": %.3f, \"after_cost_ms\": %.3f, "
                "\"threshold\": %zu, \"check\": %.3g, \"stored\": %s, \"seconds\": %.1f, \"parameters\": ",
-               quick ? "true" : "false", nd, nx, sum_w(&t, base_ms), sum_w(&t, ms), sum_w(&t, base_cost),
-               sum_w(&t, cost), thr_best, worst, better && store ? "true" : "false", elapsed);
+               a->quick ? "true" : "false", r->nd, r->nx, sum_w(t, b->ms), sum_w(t, ms), sum_w(t, b->cost),
+               sum_w(t, cost), thr_best, worst, better && a->store ? "true" : "false", elapsed);
         putchar('"');
         for (const char *p = body; *p; p++)
             fputs(*p == '\n' ? "; " : (char[]){*p, 0}, stdout);
@@ -518,13 +526,75 @@ static int cmd_tune(int argc, char **argv) {
         printf("parameters:\n%s", body);
         printf("weighted GEMM %s %.2f ms -> %.2f ms (%.2fx); wall %.2f -> %.2f ms; error check %.3g (<= 1 passes); "
                "%d + %d candidates\n",
-               wall ? "wall time" : "cost", base, final, base / final, sum_w(&t, base_ms), sum_w(&t, ms), worst, nd,
-               nx);
-        if (better && store) printf("stored in %s\n", path);
-        else if (!better) printf("not stored: no better than what kiln_open applied (%s)\n", source);
+               a->wall ? "wall time" : "cost", base, final, base / final, sum_w(t, b->ms), sum_w(t, ms), worst, r->nd,
+               r->nx);
+        if (better && a->store) printf("stored in %s\n", path);
+        else if (!better) printf("not stored: no better than what kiln_open applied (%s)\n", b->source);
         printf("tuning took %.1f s\n", elapsed);
     }
-    rc = 0;
+    return 0;
+}
+
+/* The search: direct kernel, indirect kernel, the threshold between them, then the
+ * result against the start. The exit status. */
+static int tune_search_all(tuner *t, const tune_args *a, tune_base *b, double t_start) {
+    if (!a->json) {
+        printf("kiln tune%s on '%s': %d shapes, best of %d runs each; starting from %s (%.1f ms weighted %s)\n",
+               a->quick ? " --quick" : "", kiln_ctx_device(t->ctx)->name, NSHAPES, a->repeat, b->source, b->total,
+               a->wall ? "wall" : "cost");
+        fflush(stdout);
+    }
+    tune_search r;
+    r.nd = direct_candidates(dcand, 512, a->quick);
+    r.nx = xgemm_candidates(xcand, 512, a->quick);
+    kiln__tune_set work = b->cur;
+    tune_direct(t, a, &work, &r);
+    tune_xgemm(t, a, &work, &r);
+    if (r.dwin < 0 && r.xwin < 0) {
+        kiln__hooks_of(t->ctx)->sgemm_fixed = false;
+        fprintf(stderr, "kiln tune: no candidate ran correctly; nothing stored\n");
+        return 1;
+    }
+    size_t thr_best = tune_threshold(t, a, &r);
+    set_threshold(&work, thr_best);
+    kiln__hooks_of(t->ctx)->sgemm_fixed = false;
+    return tune_finish(t, a, b, &work, &r, thr_best, t_start);
+}
+
+static int cmd_tune(int argc, char **argv) {
+    tune_args a;
+    int parsed = tune_parse_args(argc, argv, &a);
+    if (parsed >= 0) return parsed;
+    double t_start = bench_now_ms();
+    tuner t = {0};
+    t.repeat = a.repeat;
+    t.json = a.json;
+    t.verbose = a.verbose;
+    t.wall = a.wall;
+    if (kiln_open(&t.ctx, NULL) != KILN_OK) {
+        fprintf(stderr, "kiln tune: %s\n", kiln_last_error());
+        return 1;
+    }
+    int rc = 1;
+    /* Every product measured here goes to CLBlast: on CPUs kiln's own kernels
+     * (src/ops/gemm.c) would otherwise take all but op(A)^T op(B)^T, whatever the
+     * parameters. */
+    kiln__hooks_of(t.ctx)->gemm_own = -1;
+    if (!a.json && kiln_ctx_device(t.ctx)->type == KILN_DEVICE_CPU)
+        printf("note: on CPUs kiln's own GEMM kernels compute every product but A^T B^T; the CLBlast parameters "
+               "tuned here serve the rest\n");
+    for (int i = 0; i < NSHAPES; i++) {
+        t.use[i] = !a.only || name_listed(a.only, shapes[i].s.name);
+        char why[512];
+        if (t.use[i] && bench_gemm_data_new(t.ctx, &shapes[i].s, 100 + (uint64_t)i, &t.data[i], why, sizeof why) != 0) {
+            fprintf(stderr, "kiln tune: %s: %s\n", shapes[i].s.name, why);
+            goto out;
+        }
+    }
+    tune_base b;
+    b.source = kiln__tune_open(t.ctx, &b.cur);
+    b.total = time_shapes_p(&t, &b.cur, b.ms, b.cost);
+    rc = a.eval ? tune_eval(&t, &a, &b) : tune_search_all(&t, &a, &b, t_start);
 out:
     for (int i = 0; i < NSHAPES; i++)
         bench_gemm_data_free(&t.data[i]);

@@ -93,9 +93,14 @@ KILN_API kiln_status kiln_error_status(const kiln_ctx *ctx);
 KILN_API const char *kiln_error_message(const kiln_ctx *ctx);
 KILN_API void kiln_error_clear(kiln_ctx *ctx);
 
-/* The message of the last failed call in this thread that had no context to hold it
- * (kiln_open, kiln_devices, ...). Thread-local; "" when there is none. */
+/* The message of the last failed call in this thread that had no context to hold it:
+ * context-less calls (kiln_open, kiln_devices, the data readers, ...) and any call given a
+ * NULL handle or NULL context. Thread-local; "" when there is none. A context-less call
+ * that can fail clears it on entry. */
 KILN_API const char *kiln_last_error(void);
+/* The status that goes with kiln_last_error() (KILN_OK when it is ""): for the calls that
+ * return a pointer or a value rather than a kiln_status. */
+KILN_API kiln_status kiln_last_status(void);
 
 /* Optional log callback. By default kiln prints nothing; with KILN_LOG=1 in the
  * environment it logs to stderr. level: 0 error, 1 warning, 2 info, 3 debug. */

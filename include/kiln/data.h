@@ -5,10 +5,11 @@
  *     kiln_dataset *train, *val;
  *     kiln_dataset_split(all, 0.1, 42, &train, &val);           // 54000 / 6000, seeded
  *     kiln_dataset_free(all);                                   // the halves keep the data
- *     kiln_loader *loader = kiln_loader_new(ctx, train, &(kiln_loader_opts){
- *         .batch_size = 64, .shuffle = true, .seed = 1, .scale = 1.0f / 255,
- *         .norm_count = 1, .mean = (float[]){KILN_FASHION_MNIST_MEAN},
- *         .std = (float[]){KILN_FASHION_MNIST_STD}, .crop_padding = 2, .hflip = true});
+ *     kiln_loader_opts lo = kiln_loader_defaults();             // torch's DataLoader defaults
+ *     lo.batch_size = 64, lo.shuffle = true, lo.seed = 1, lo.scale = 1.0f / 255;
+ *     lo.norm_count = 1, lo.mean = (float[]){KILN_FASHION_MNIST_MEAN};
+ *     lo.std = (float[]){KILN_FASHION_MNIST_STD}, lo.crop_padding = 2, lo.hflip = true;
+ *     kiln_loader *loader = kiln_loader_new(ctx, train, &lo);
  *     for (int epoch = 0; epoch < 10; epoch++) {
  *         for (;;) {
  *             kiln_tensor *x, *y;
@@ -32,8 +33,9 @@
  * given to a memory parser) and what is wrong in it: line and column for CSV, the header's
  * sizes against the file's for IDX. The loader makes tensors on a context and, like every
  * op, reports through that context (kiln_error_message(ctx)); kiln_loader_new(NULL, ...)
- * and calls on a NULL loader report through kiln_last_error(). kiln_data_last_status()
- * gives the status that goes with kiln_last_error() for the calls that return a pointer.
+ * and calls on a NULL loader report through kiln_last_error(). kiln_last_status()
+ * (common.h) gives the status that goes with kiln_last_error(), as for every context-less
+ * call.
  * Every function accepts NULL handles without crashing.
  *
  * Ownership: every object returned here is owned by the caller and freed with its _free
@@ -51,11 +53,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* The status of the last failed context-less data call of this thread (KILN_OK when the
- * last such call succeeded): KILN_ERR_CORRUPT for malformed files, KILN_ERR_IO when a file
- * cannot be read, ... Its message is kiln_last_error(). */
-KILN_API kiln_status kiln_data_last_status(void);
 
 /* ---- IDX files (the MNIST format) --------------------------------------------------- */
 /*
@@ -104,8 +101,9 @@ KILN_API const char *kiln_idx_type_name(kiln_idx_type type);
  * the delimiter, surrounding spaces and tabs are ignored, and a field may be quoted
  * ("1.5", with "" for a quote inside). Every data cell must be a number as C's strtod reads
  * it in the "C" locale (so "1e-3", "nan" and "inf" are numbers whatever the program's
- * locale); an empty or non-numeric cell and a row with another number of cells than the
- * first are KILN_ERR_CORRUPT naming the line and column. Files may be gzip-compressed.
+ * locale); an empty or non-numeric cell, a number too large for a double ("1e400"; it is
+ * not read as inf) and a row with another number of cells than the first are
+ * KILN_ERR_CORRUPT naming the file, line and column. Files may be gzip-compressed.
  */
 typedef enum kiln_csv_header {
     KILN_CSV_HEADER_AUTO = 0, /* the first row is a header when any of its cells is not a number */
@@ -114,9 +112,11 @@ typedef enum kiln_csv_header {
 } kiln_csv_header;
 
 typedef struct kiln_csv_opts {
-    char delimiter; /* 0: ','; any byte but '"', '\r' and '\n' (use '\t' for TSV) */
+    char delimiter; /* any byte but 0, '"', '\r' and '\n' (use '\t' for TSV) */
     kiln_csv_header header;
 } kiln_csv_opts;
+/* delimiter ',', header KILN_CSV_HEADER_AUTO; what NULL options mean. */
+KILN_API kiln_csv_opts kiln_csv_defaults(void);
 
 /* A parsed table. Read-only for the caller. */
 typedef struct kiln_csv {
@@ -127,7 +127,7 @@ typedef struct kiln_csv {
 } kiln_csv;
 
 /* Parses CSV text held in memory (not gzip). `what` names the source in errors (NULL:
- * "<memory>"). opts may be NULL (defaults). */
+ * "<memory>"). opts may be NULL (kiln_csv_defaults()). */
 KILN_API kiln_csv *kiln_csv_parse(const void *buf, size_t len, const char *what, const kiln_csv_opts *opts);
 KILN_API kiln_csv *kiln_csv_load(const char *path, const kiln_csv_opts *opts);
 KILN_API void kiln_csv_free(kiln_csv *csv);
@@ -210,11 +210,11 @@ KILN_API void kiln_dataset_free(kiln_dataset *ds);
  * current one is used, then written to the device without waiting for it.
  */
 typedef struct kiln_loader_opts {
-    int64_t batch_size; /* samples per batch; 0: 32 */
+    int64_t batch_size; /* samples per batch, >= 1 */
     bool shuffle;       /* a new permutation every epoch */
     uint64_t seed;      /* shuffling and augmentation */
     bool drop_last;     /* skip the last batch when it is short */
-    float scale;        /* multiplies every value first; 0 means 1 (1/255 for bytes) */
+    float scale;        /* multiplies every value first, finite and non-zero (1/255 for bytes) */
     int norm_count;     /* 0: no normalisation; 1: mean[0], std[0] for every value; else the
                            sample's first dim, one pair per index along it */
     const float *mean;  /* norm_count values (copied) */
@@ -227,8 +227,13 @@ typedef struct kiln_loader_opts {
 
 typedef struct kiln_loader kiln_loader;
 
-/* A loader over ds (which it keeps alive) producing tensors on ctx; opts NULL: defaults.
- * Free it before closing ctx. */
+/* torch's DataLoader defaults: batch_size 1, no shuffle, drop_last false; scale 1, no
+ * normalisation or augmentation, a background thread. Start from it and change fields:
+ * every field is literal (a zero batch_size or scale is an error, not a default). */
+KILN_API kiln_loader_opts kiln_loader_defaults(void);
+
+/* A loader over ds (which it keeps alive) producing tensors on ctx; opts NULL:
+ * kiln_loader_defaults(). Free it before closing ctx. */
 KILN_API kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_loader_opts *opts);
 /* The next batch of the epoch as new tensors in the caller's current scope: *x [B, shape...]
  * F32 and *y [B] I32 (B = batch_size but for a short last batch). Returns false with *x and

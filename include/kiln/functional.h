@@ -43,27 +43,32 @@ KILN_API kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_t
 /* ---- convolution and pooling (src/ops/conv.c, src/ops/pool.c) ------------------------ */
 
 /* NCHW input, weight [Cout, Cin/groups, kH, kW] (conv2d) or [Cin, Cout/groups, kH, kW]
- * (conv_transpose2d), optional bias [Cout]. NULL params = stride 1, padding 0,
- * dilation 1, groups 1, output_padding 0; given params must be valid (stride, dilation,
- * groups >= 1: a zeroed struct is an error, not the defaults). */
+ * (conv_transpose2d), optional bias [Cout]. Fields are literal: stride, dilation and
+ * groups >= 1 (a zeroed struct is an error, not the defaults). */
 typedef struct kiln_conv2d_params {
     int stride[2], padding[2], dilation[2];
     int groups;
     int output_padding[2]; /* conv_transpose2d only */
 } kiln_conv2d_params;
+/* torch's defaults: stride 1, padding 0, dilation 1, groups 1, output_padding 0; what
+ * NULL params mean. Start from it and change fields. */
+KILN_API kiln_conv2d_params kiln_conv2d_defaults(void);
 KILN_API kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                   const kiln_conv2d_params *p);
 KILN_API kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight,
                                             kiln_tensor *bias, const kiln_conv2d_params *p);
 
-/* kernel is required; stride 0 means = kernel (torch's default); dilation 0 means 1;
- * padding as torch (at most half the kernel); ceil_mode rounds the output size up;
- * count_include_pad for avg_pool2d. */
+/* Fields are literal: kernel, stride and dilation >= 1 (stride 0 is an error, not "the
+ * kernel"); padding as torch (at most half the kernel); ceil_mode rounds the output size
+ * up; count_include_pad for avg_pool2d. params is required (the kernel has no default). */
 typedef struct kiln_pool2d_params {
     int kernel[2], stride[2], padding[2], dilation[2];
     bool ceil_mode;
     bool count_include_pad;
 } kiln_pool2d_params;
+/* torch's defaults for a kh x kw window: stride = the kernel, padding 0, dilation 1,
+ * ceil_mode false, count_include_pad true (AvgPool2d's). Start from it and change fields. */
+KILN_API kiln_pool2d_params kiln_pool2d_defaults(int kh, int kw);
 /* indices (optional out): a new I32 tensor of flat h*W+w positions per plane, as torch. */
 KILN_API kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_params *p,
                                       kiln_tensor **indices);

@@ -48,11 +48,12 @@ extern "C" {
 typedef struct kiln_optim kiln_optim;
 
 /* ---- hyper-parameters ----------------------------------------------------------------
- * Start from the kiln_*_defaults() functions (or the KILN_*_DEFAULTS initialisers) and
- * change fields: a zero-initialised struct is NOT torch's defaults (betas 0, eps 0). */
+ * Start from the kiln_*_defaults() functions (torch's defaults) and change fields; every
+ * field means its literal value, so a zero-initialised struct is NOT torch's defaults
+ * (lr 0, betas 0, eps 0). */
 
-/* torch.optim.SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False,
- * maximize=False). lr has no default in torch either. */
+/* torch.optim.SGD(params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
+ * maximize=False) (torch 2's defaults). */
 typedef struct kiln_sgd_opts {
     double lr;
     double momentum;
@@ -86,20 +87,14 @@ typedef struct kiln_adam_opts {
     bool maximize;
 } kiln_adam_opts;
 
-#define KILN_SGD_DEFAULTS(lr_) {.lr = (lr_)}
-#define KILN_RMSPROP_DEFAULTS {.lr = 1e-2, .alpha = 0.99, .eps = 1e-8}
-#define KILN_ADAM_DEFAULTS {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8}
-#define KILN_ADAMW_DEFAULTS {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-2}
-
-KILN_API kiln_sgd_opts kiln_sgd_defaults(double lr);
+KILN_API kiln_sgd_opts kiln_sgd_defaults(void);
 KILN_API kiln_rmsprop_opts kiln_rmsprop_defaults(void);
 KILN_API kiln_adam_opts kiln_adam_defaults(void);
 KILN_API kiln_adam_opts kiln_adamw_defaults(void);
 
 /* ---- creation ------------------------------------------------------------------------
  * params: n > 0 distinct, non-overlapping, contiguous F32 leaf tensors of ctx that
- * require grad (kiln_set_requires_grad). opts NULL means the defaults (not for SGD, whose
- * lr is required). Invalid hyper-parameters fail with torch's messages ("Invalid learning
+ * require grad (kiln_set_requires_grad). opts NULL means the defaults. Invalid hyper-parameters fail with torch's messages ("Invalid learning
  * rate: -1", "Nesterov momentum requires a momentum and zero dampening"); a bad parameter
  * fails naming its index and shape. NULL on error (the context holds why). The list
  * itself is copied; the tensors are not. */
@@ -138,11 +133,13 @@ KILN_API kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr);
  * "max_exp_avg_sq" (amsgrad). As in torch, state appears when a parameter is first
  * updated; torch's per-parameter "step" is kiln_optim_get_step/set_step. */
 
-/* Entry i (0, 1, ... in parameter then key order) of the existing state: sets *name
- * (owned by opt, valid until kiln_optim_free) and *t (owned by opt; write it to restore
- * state) and returns 1; returns 0 past the last entry and a negative kiln_status on
- * error. Iterate with: for (int i = 0; kiln_optim_state(opt, i, &name, &t) > 0; i++). */
-KILN_API int kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t);
+/* Number of entries of the existing state (0 for NULL, with kiln_last_error() set). */
+KILN_API int kiln_optim_num_states(const kiln_optim *opt);
+/* Entry i in [0, kiln_optim_num_states) (parameter then key order): sets *name (owned by
+ * opt, valid until kiln_optim_free) and *t (owned by opt; write it to restore state).
+ * KILN_ERR_RANGE for any other i. Iterate with:
+ *     for (int i = 0; i < kiln_optim_num_states(opt); i++) kiln_optim_state(opt, i, &name, &t); */
+KILN_API kiln_status kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t);
 /* The state tensor called `name` ("3.exp_avg"), or NULL. With create, a missing entry
  * that this optimizer's configuration uses is made (zeros, the parameter's shape) so a
  * checkpoint loader can fill it; an SGD momentum buffer that exists is used as is by the

@@ -100,14 +100,16 @@ typedef struct kiln_fit_opts {
     kiln_lr_sched *sched;    /* optional: stepped once per epoch */
     kiln_loss_fn loss;       /* NULL: cross-entropy */
     void *loss_user;
-    float clip_grad_norm;    /* > 0: clip the global gradient norm each step */
+    float clip_grad_norm;    /* > 0: clip the global gradient norm to it each step; INFINITY: no clipping */
     kiln_monitor monitor;    /* what "best" means (needs val) */
-    int patience;            /* > 0: stop after this many epochs without a strict improvement */
+    int patience;            /* >= 1: stop after this many epochs without a strict improvement;
+                                -1: no early stopping */
     bool restore_best;       /* at the end, load the best epoch's weights back (needs val) */
     const char *best_path;   /* optional: the best model is also saved there (kiln_module_save) */
     const char *metrics_csv; /* optional: one line per epoch, written as the run goes (a file
                                 already there is replaced when the run starts) */
-    const char *plot_path;   /* optional: the training curves as an SVG image, after each epoch */
+    const char *plot_path;   /* optional: the training curves as an SVG image, after each epoch
+                                (it and best_path are checked writable before training starts) */
     bool progress;           /* print progress to stderr (a terminal's bar is redrawn after the
                                 first batch, then at most 10 times a second) */
     kiln_epoch_stats *history; /* optional: filled with up to history_cap epochs */
@@ -122,7 +124,9 @@ typedef struct kiln_fit_result {
     kiln_epoch_stats last;
 } kiln_fit_result;
 
-/* epochs 1, monitor val accuracy, everything else off. */
+/* epochs 1, monitor val accuracy, patience -1 and clip_grad_norm INFINITY (neither early
+ * stopping nor clipping), everything else off (NULL, false, 0). Start from it: fields are
+ * literal, and a zero patience or clip_grad_norm is an error. */
 KILN_API kiln_fit_opts kiln_fit_defaults(void);
 /* Trains m (train mode) and validates it (eval mode); m's mode and the context's grad
  * mode are restored at the end. A step does not wait for the device: its loss and

@@ -21,7 +21,7 @@
 /* ---- grad mode ---------------------------------------------------------------------- */
 
 bool kiln_set_grad_enabled(kiln_ctx *ctx, bool enabled) {
-    if (!ctx) return false;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_set_grad_enabled: ctx is NULL"), false;
     bool prev = ctx->grad_enabled;
     ctx->grad_enabled = enabled;
     return prev;
@@ -30,7 +30,7 @@ bool kiln_set_grad_enabled(kiln_ctx *ctx, bool enabled) {
 bool kiln_grad_enabled(const kiln_ctx *ctx) { return ctx && ctx->grad_enabled; }
 
 bool kiln_set_check_numerics(kiln_ctx *ctx, bool on) {
-    if (!ctx) return false;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_set_check_numerics: ctx is NULL"), false;
     bool prev = ctx->check_numerics;
     ctx->check_numerics = on;
     return prev;
@@ -39,7 +39,7 @@ bool kiln_set_check_numerics(kiln_ctx *ctx, bool on) {
 /* ---- leaves ------------------------------------------------------------------------- */
 
 kiln_status kiln_set_requires_grad(kiln_tensor *t, bool requires_grad) {
-    if (!t) return KILN_ERR_NULL;
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_set_requires_grad: tensor is NULL");
     kiln_ctx *ctx = t->ctx;
     char sb[160];
     if (t->node) {
@@ -60,7 +60,7 @@ bool kiln_has_grad_fn(const kiln_tensor *t) { return t && t->node; }
 kiln_tensor *kiln_grad(const kiln_tensor *t) { return t ? t->grad : NULL; }
 
 kiln_status kiln_zero_grad(kiln_tensor *t) {
-    if (!t) return KILN_ERR_NULL;
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_zero_grad: tensor is NULL");
     if (!t->grad) return KILN_OK;
     return kiln_fill(t->grad, 0.0f);
 }
@@ -318,10 +318,13 @@ oom:
     return NULL;
 }
 
-kiln_status kiln_backward(kiln_tensor *loss) { return kiln_backward_ex(loss, NULL, false); }
+kiln_status kiln_backward(kiln_tensor *loss) {
+    if (!loss) return kiln__fail_global(KILN_ERR_NULL, "kiln_backward: tensor is NULL");
+    return kiln_backward_ex(loss, NULL, false);
+}
 
 kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_graph) {
-    if (!out) return KILN_ERR_NULL;
+    if (!out) return kiln__fail_global(KILN_ERR_NULL, "kiln_backward_ex: tensor is NULL");
     kiln_ctx *ctx = out->ctx;
     if (ctx->err != KILN_OK) return ctx->err; /* an earlier op failed: its result is not to be trusted */
     char so[160], ss[160];

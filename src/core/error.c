@@ -65,10 +65,18 @@ static char *vformat(const char *fmt, va_list ap) {
  * core knows no more of the context. NULL for a NULL ctx. */
 static kiln__error_state *state_of(const kiln_ctx *ctx) { return (kiln__error_state *)(void *)ctx; }
 
+static kiln_status vfail_global(kiln_status status, const char *fmt, va_list ap);
+
 kiln_status kiln__fail(kiln_ctx *ctx, kiln_status status, const char *fmt, ...) {
     kiln__error_state *e = state_of(ctx);
-    if (!e || e->err != KILN_OK) return status;
     va_list ap;
+    if (!ctx) { /* no context to hold it: the thread's kiln_last_error() does */
+        va_start(ap, fmt);
+        vfail_global(status, fmt, ap);
+        va_end(ap);
+        return status;
+    }
+    if (e->err != KILN_OK) return status;
     va_start(ap, fmt);
     e->errmsg = vformat(fmt, ap);
     va_end(ap);
@@ -114,19 +122,31 @@ void kiln__error_note(kiln_ctx *ctx, const char *fmt, ...) {
 }
 
 static _Thread_local char last_error[8192];
+static _Thread_local kiln_status last_status;
 
-kiln_status kiln__fail_global(kiln_status status, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
+static kiln_status vfail_global(kiln_status status, const char *fmt, va_list ap) {
     vsnprintf(last_error, sizeof last_error, fmt, ap);
-    va_end(ap);
+    last_status = status;
     kiln__log(0, "%s", last_error);
     return status;
 }
 
-void kiln__clear_global(void) { last_error[0] = '\0'; }
+kiln_status kiln__fail_global(kiln_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfail_global(status, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+void kiln__clear_global(void) {
+    last_error[0] = '\0';
+    last_status = KILN_OK;
+}
 
 const char *kiln_last_error(void) { return last_error; }
+
+kiln_status kiln_last_status(void) { return last_status; }
 
 static kiln_log_fn log_fn;
 static void *log_user;

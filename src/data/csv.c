@@ -1,6 +1,8 @@
 /* src/data/csv.c - CSV tables of numbers. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <locale.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,7 +76,7 @@ static bool field_put(parser *p, field fl) {
 }
 
 static kiln_status oom(parser *p) {
-    return kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory at line %lld", p->op, p->what,
+    return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory at line %lld", p->op, p->what,
                              (long long)p->line);
 }
 
@@ -98,7 +100,7 @@ static kiln_status read_record(parser *p, bool *got, int64_t *start_line) {
             i++;
             for (;;) {
                 if (i >= p->len)
-                    return kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: unterminated quoted field",
+                    return kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: unterminated quoted field",
                                              p->op, p->what, (long long)qline, p->nf + 1);
                 unsigned char c = p->b[i];
                 if (c == '"') {
@@ -116,7 +118,7 @@ static kiln_status read_record(parser *p, bool *got, int64_t *start_line) {
             }
             while (i < p->len && is_space(p->b[i], p->delim)) i++;
             if (i < p->len && p->b[i] != (unsigned char)p->delim && p->b[i] != '\n' && p->b[i] != '\r')
-                return kiln__data_fail(KILN_ERR_CORRUPT,
+                return kiln__fail_global(KILN_ERR_CORRUPT,
                                          "%s: %s: line %lld, column %zu: unexpected character after a quoted field",
                                          p->op, p->what, (long long)p->line, p->nf + 1);
             fl.s = (const char *)(uintptr_t)off; /* an offset until the record ends */
@@ -164,32 +166,39 @@ static void show(const field *f, char *buf, size_t cap) {
     buf[k] = 0;
 }
 
-/* Parses a numeric cell; false when it is not exactly a number. strtod runs in the C
- * locale (set by the caller) so a program's LC_NUMERIC cannot change what "1.5" means. */
-static bool to_number(const field *f, double *out) {
+/* Parses a numeric cell: NUM_BAD when it is not exactly a number, NUM_RANGE when it is one
+ * too large for a double (strtod's ERANGE overflow: "1e400" is not read as inf; "inf"
+ * itself is a number, and underflow rounds towards 0 as strtod does). strtod runs in the
+ * C locale (set by the caller) so a program's LC_NUMERIC cannot change what "1.5" means. */
+enum { NUM_OK, NUM_BAD, NUM_RANGE };
+static int to_number(const field *f, double *out) {
     char tmp[320];
-    if (f->len == 0 || f->len >= sizeof tmp) return false;
+    if (f->len == 0 || f->len >= sizeof tmp) return NUM_BAD;
     memcpy(tmp, f->s, f->len);
     tmp[f->len] = 0;
-    if (strlen(tmp) != f->len) return false; /* a NUL byte inside */
+    if (strlen(tmp) != f->len) return NUM_BAD; /* a NUL byte inside */
     char *end;
+    errno = 0;
     *out = strtod(tmp, &end);
-    return end == tmp + f->len;
+    if (end != tmp + f->len) return NUM_BAD;
+    return errno == ERANGE && isinf(*out) ? NUM_RANGE : NUM_OK;
 }
+
+kiln_csv_opts kiln_csv_defaults(void) { return (kiln_csv_opts){.delimiter = ',', .header = KILN_CSV_HEADER_AUTO}; }
 
 static bool blank_record(const parser *p) { return p->nf == 1 && p->f[0].len == 0 && !p->f[0].quoted; }
 
 static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char *buf, size_t len,
                            const kiln_csv_opts *opts) {
-    kiln_csv_opts o = opts ? *opts : (kiln_csv_opts){0};
-    char delim = o.delimiter ? o.delimiter : ',';
-    if (delim == '"' || delim == '\n' || delim == '\r') {
-        kiln__data_fail(KILN_ERR_INVALID_ARGUMENT, "%s: %s: delimiter 0x%02x is not allowed", op, what,
-                          (unsigned char)delim);
+    kiln_csv_opts o = opts ? *opts : kiln_csv_defaults();
+    char delim = o.delimiter;
+    if (delim == '"' || delim == '\n' || delim == '\r' || delim == 0) {
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: delimiter 0x%02x is not allowed%s", op, what,
+                          (unsigned char)delim, delim == 0 ? " (start from kiln_csv_defaults() for ',')" : "");
         return NULL;
     }
     if (o.header != KILN_CSV_HEADER_AUTO && o.header != KILN_CSV_HEADER_YES && o.header != KILN_CSV_HEADER_NO) {
-        kiln__data_fail(KILN_ERR_INVALID_ARGUMENT, "%s: %s: header option %d is not a kiln_csv_header", op, what,
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: header option %d is not a kiln_csv_header", op, what,
                           (int)o.header);
         return NULL;
     }
@@ -218,7 +227,7 @@ static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char
             if (o.header == KILN_CSV_HEADER_AUTO) {
                 for (size_t k = 0; k < p.nf && !header; k++) {
                     double v;
-                    if (p.f[k].len && !to_number(&p.f[k], &v)) header = true;
+                    if (p.f[k].len && to_number(&p.f[k], &v) == NUM_BAD) header = true;
                 }
             }
             cols = (int64_t)p.nf;
@@ -244,21 +253,24 @@ static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char
             }
         }
         if ((int64_t)p.nf != cols) {
-            st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld has %zu columns, expected %lld (as line %lld)",
+            st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld has %zu columns, expected %lld (as line %lld)",
                                    op, what, (long long)line, p.nf, (long long)cols, (long long)first_line);
             break;
         }
         for (size_t k = 0; k < p.nf; k++) {
             double v;
             if (p.f[k].len == 0) {
-                st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: empty cell", op, what,
+                st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: empty cell", op, what,
                                        (long long)line, k + 1);
                 break;
             }
-            if (!to_number(&p.f[k], &v)) {
+            int num = to_number(&p.f[k], &v);
+            if (num != NUM_OK) {
                 show(&p.f[k], sb, sizeof sb);
-                st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: '%s' is not a number", op,
-                                       what, (long long)line, k + 1, sb);
+                st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: '%s' %s", op, what,
+                                       (long long)line, k + 1, sb,
+                                       num == NUM_RANGE ? "is out of range (beyond the largest double)"
+                                                        : "is not a number");
                 break;
             }
             if (!vec_push(&data, &v)) {
@@ -279,7 +291,7 @@ done:
     }
     free(p.f);
     free(p.text);
-    if (st == KILN_OK && cols < 0) st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: no rows (empty or blank input)", op, what);
+    if (st == KILN_OK && cols < 0) st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: no rows (empty or blank input)", op, what);
     if (st != KILN_OK) {
         free(data.p);
         free(lines.p);
@@ -299,17 +311,17 @@ done:
 }
 
 kiln_csv *kiln_csv_parse(const void *buf, size_t len, const char *what, const kiln_csv_opts *opts) {
-    kiln__data_clear();
+    kiln__clear_global();
     if (!what) what = "<memory>";
     if (!buf && len) {
-        kiln__data_fail(KILN_ERR_NULL, "kiln_csv_parse: %s: buf is NULL", what);
+        kiln__fail_global(KILN_ERR_NULL, "kiln_csv_parse: %s: buf is NULL", what);
         return NULL;
     }
     return csv_parse("kiln_csv_parse", what, buf ? buf : (const void *)"", len, opts);
 }
 
 kiln_csv *kiln_csv_load(const char *path, const kiln_csv_opts *opts) {
-    kiln__data_clear();
+    kiln__clear_global();
     unsigned char *buf;
     size_t len;
     if (kiln__data_read_file("kiln_csv_load", path, &buf, &len, NULL) != KILN_OK) return NULL;

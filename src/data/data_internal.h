@@ -11,11 +11,6 @@
 kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char **buf, size_t *len,
                                  bool *was_gzip);
 
-/* kiln__fail_global / kiln__clear_global that also keep the status for
- * kiln_data_last_status(). Every context-less data call reports through these. */
-kiln_status kiln__data_fail(kiln_status status, const char *fmt, ...) KILN__PRINTF(2, 3);
-void kiln__data_clear(void);
-
 /* True when path ends in ".gz". */
 bool kiln__data_gz_name(const char *path);
 

@@ -12,27 +12,6 @@
 
 #include "data_internal.h"
 
-/* ---- errors ------------------------------------------------------------------------ */
-
-static _Thread_local kiln_status data_status;
-
-kiln_status kiln__data_fail(kiln_status status, const char *fmt, ...) {
-    char msg[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    data_status = status;
-    return kiln__fail_global(status, "%s", msg);
-}
-
-void kiln__data_clear(void) {
-    data_status = KILN_OK;
-    kiln__clear_global();
-}
-
-kiln_status kiln_data_last_status(void) { return data_status; }
-
 /* ---- reading files ------------------------------------------------------------------ */
 
 bool kiln__data_gz_name(const char *path) {
@@ -59,12 +38,12 @@ static kiln_status gunzip(const char *op, const char *path, const unsigned char 
         if (hint + 1 > cap) cap = hint + 1 < most ? hint + 1 : most;
     }
     unsigned char *o = malloc(cap);
-    if (!o) return kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, path);
+    if (!o) return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, path);
     z_stream zs;
     memset(&zs, 0, sizeof zs);
     if (inflateInit2(&zs, 15 + 16) != Z_OK) {
         free(o);
-        return kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: inflateInit2 failed", op, path);
+        return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: inflateInit2 failed", op, path);
     }
     size_t ipos = 0, opos = 0;
     kiln_status st = KILN_OK;
@@ -73,7 +52,7 @@ static kiln_status gunzip(const char *op, const char *path, const unsigned char 
             size_t ncap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
             unsigned char *no = ncap > cap ? realloc(o, ncap) : NULL;
             if (!no) {
-                st = kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY,
+                st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY,
                                        "%s: %s: out of host memory inflating (%zu bytes so far)", op, path, opos);
                 break;
             }
@@ -95,23 +74,23 @@ static kiln_status gunzip(const char *op, const char *path, const unsigned char 
                 inflateReset(&zs);
                 continue;
             }
-            st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: %zu bytes of trailing data after the gzip stream", op,
+            st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: %zu bytes of trailing data after the gzip stream", op,
                                    path, inlen - ipos);
             break;
         }
         if (r == Z_OK) continue;
         if (r == Z_BUF_ERROR && ipos == inlen && opos < cap) {
-            st = kiln__data_fail(KILN_ERR_CORRUPT,
+            st = kiln__fail_global(KILN_ERR_CORRUPT,
                                    "%s: %s: gzip stream is truncated (input ends after %zu compressed bytes, "
                                    "%zu bytes inflated)", op, path, inlen, opos);
             break;
         }
         if (r == Z_BUF_ERROR) continue; /* output full: grow */
         if (r == Z_MEM_ERROR) {
-            st = kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory inflating", op, path);
+            st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory inflating", op, path);
             break;
         }
-        st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: gzip data is corrupt at compressed byte %zu: %s", op,
+        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: gzip data is corrupt at compressed byte %zu: %s", op,
                                path, ipos, zs.msg ? zs.msg : "inflate failed");
         break;
     }
@@ -125,7 +104,7 @@ static kiln_status gunzip(const char *op, const char *path, const unsigned char 
         unsigned char *no = realloc(o, cap + 1);
         if (!no) {
             free(o);
-            return kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, path);
+            return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, path);
         }
         o = no;
     }
@@ -141,11 +120,11 @@ kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char
     *buf = NULL;
     *len = 0;
     if (was_gzip) *was_gzip = false;
-    if (!path) return kiln__data_fail(KILN_ERR_NULL, "%s: path is NULL", op);
+    if (!path) return kiln__fail_global(KILN_ERR_NULL, "%s: path is NULL", op);
     FILE *f = fopen(path, "rb");
     if (!f) {
         int e = errno;
-        return kiln__data_fail(KILN_ERR_IO, "%s: %s: cannot open: %s", op, path, errno_str(e, eb, sizeof eb));
+        return kiln__fail_global(KILN_ERR_IO, "%s: %s: cannot open: %s", op, path, errno_str(e, eb, sizeof eb));
     }
     struct stat sb;
     size_t cap = 1 << 16;
@@ -155,13 +134,13 @@ kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char
     unsigned char *b = malloc(cap);
     size_t n = 0;
     kiln_status st = KILN_OK;
-    if (!b) st = kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory (%zu bytes)", op, path, cap);
+    if (!b) st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory (%zu bytes)", op, path, cap);
     while (st == KILN_OK) {
         if (n == cap) {
             size_t ncap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
             unsigned char *nb = ncap > cap ? realloc(b, ncap) : NULL;
             if (!nb) {
-                st = kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, path);
+                st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, path);
                 break;
             }
             b = nb;
@@ -172,7 +151,7 @@ kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char
         if (got == 0) {
             if (ferror(f)) {
                 int e = errno;
-                st = kiln__data_fail(KILN_ERR_IO, "%s: %s: read failed: %s", op, path, errno_str(e, eb, sizeof eb));
+                st = kiln__fail_global(KILN_ERR_IO, "%s: %s: read failed: %s", op, path, errno_str(e, eb, sizeof eb));
             }
             break;
         }
@@ -197,7 +176,7 @@ kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char
         unsigned char *nb = realloc(b, cap + 1);
         if (!nb) {
             free(b);
-            return kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, path);
+            return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, path);
         }
         b = nb;
     }
@@ -252,16 +231,16 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
     kiln_status st = KILN_OK;
     kiln_idx *idx = NULL;
     if (len == 0) {
-        st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: file is empty", op, what);
+        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: file is empty", op, what);
         goto fail;
     }
     if (len < 4) {
-        st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: truncated header: file is %zu bytes, the IDX magic alone is 4",
+        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: truncated header: file is %zu bytes, the IDX magic alone is 4",
                                op, what, len);
         goto fail;
     }
     if (b[0] != 0 || b[1] != 0) {
-        st = kiln__data_fail(KILN_ERR_CORRUPT,
+        st = kiln__fail_global(KILN_ERR_CORRUPT,
                                "%s: %s: wrong magic 0x%02x%02x%02x%02x: an IDX file starts with two zero bytes, a "
                                "type byte and the number of dimensions", op, what, b[0], b[1], b[2], b[3]);
         goto fail;
@@ -269,19 +248,19 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
     int type = b[2], ndim = b[3];
     size_t es = type_size(type);
     if (!es) {
-        st = kiln__data_fail(KILN_ERR_CORRUPT,
+        st = kiln__fail_global(KILN_ERR_CORRUPT,
                                "%s: %s: bad type byte 0x%02x (IDX types: 0x08 u8, 0x09 i8, 0x0B i16, 0x0C i32, 0x0D "
                                "f32, 0x0E f64)", op, what, type);
         goto fail;
     }
     if (ndim < 1 || ndim > KILN_MAX_DIMS) {
-        st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: header has ndim %d; kiln reads 1 to %d dimensions", op, what,
+        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: header has ndim %d; kiln reads 1 to %d dimensions", op, what,
                                ndim, KILN_MAX_DIMS);
         goto fail;
     }
     size_t hdr = 4 + 4 * (size_t)ndim;
     if (len < hdr) {
-        st = kiln__data_fail(KILN_ERR_CORRUPT,
+        st = kiln__fail_global(KILN_ERR_CORRUPT,
                                "%s: %s: truncated header: %d dimensions need a %zu-byte header, file has %zu bytes", op,
                                what, ndim, hdr, len);
         goto fail;
@@ -301,14 +280,14 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
     else
         for (int d = 0; d < ndim; d++) {
             if (count > INT64_MAX / dims[d]) {
-                st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: header dims %s: the element count overflows int64",
+                st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: header dims %s: the element count overflows int64",
                                        op, what, ds);
                 goto fail;
             }
             count *= dims[d];
         }
     if ((uint64_t)count > (uint64_t)INT64_MAX / es || (uint64_t)count * es > (uint64_t)SIZE_MAX - hdr) {
-        st = kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: header dims %s of %s: %lld elements are too many bytes", op,
+        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: header dims %s of %s: %lld elements are too many bytes", op,
                                what, ds, kiln_idx_type_name((kiln_idx_type)type), (long long)count);
         goto fail;
     }
@@ -317,14 +296,14 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
         char tail[64];
         if (payload < bytes) snprintf(tail, sizeof tail, "truncated");
         else snprintf(tail, sizeof tail, "%zu trailing bytes", payload - bytes);
-        st = kiln__data_fail(KILN_ERR_CORRUPT,
+        st = kiln__fail_global(KILN_ERR_CORRUPT,
                                "%s: %s: header says %s %s = %zu bytes of data, file has %zu after the %zu-byte header (%s)",
                                op, what, ds, kiln_idx_type_name((kiln_idx_type)type), bytes, payload, hdr, tail);
         goto fail;
     }
     idx = calloc(1, sizeof *idx);
     if (!idx) {
-        st = kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, what);
+        st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory", op, what);
         goto fail;
     }
     idx->type = (kiln_idx_type)type;
@@ -341,7 +320,7 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
     } else {
         data = malloc(bytes ? bytes : 1);
         if (!data) {
-            st = kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory (%zu bytes)", op, what,
+            st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory (%zu bytes)", op, what,
                                    bytes);
             goto fail;
         }
@@ -374,10 +353,10 @@ fail:
 }
 
 kiln_idx *kiln_idx_parse(const void *buf, size_t len, const char *what) {
-    kiln__data_clear();
+    kiln__clear_global();
     if (!what) what = "<memory>";
     if (!buf && len) {
-        kiln__data_fail(KILN_ERR_NULL, "kiln_idx_parse: %s: buf is NULL", what);
+        kiln__fail_global(KILN_ERR_NULL, "kiln_idx_parse: %s: buf is NULL", what);
         return NULL;
     }
     static const unsigned char empty[1];
@@ -385,7 +364,7 @@ kiln_idx *kiln_idx_parse(const void *buf, size_t len, const char *what) {
 }
 
 kiln_idx *kiln_idx_load(const char *path) {
-    kiln__data_clear();
+    kiln__clear_global();
     unsigned char *buf;
     size_t len;
     bool gz;
@@ -394,7 +373,7 @@ kiln_idx *kiln_idx_load(const char *path) {
     if (!idx && !gz && kiln__data_gz_name(path)) {
         char msg[8192];
         snprintf(msg, sizeof msg, "%s", kiln_last_error());
-        kiln__data_fail(kiln_data_last_status(), "%s (the name ends in .gz but the file is not gzip-compressed; it "
+        kiln__fail_global(kiln_last_status(), "%s (the name ends in .gz but the file is not gzip-compressed; it "
                         "was read as raw IDX)", msg);
     }
     return idx;

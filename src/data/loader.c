@@ -112,7 +112,7 @@ static void sample_to_float(const store *st, int64_t si, float *out) {
 static kiln_dataset *dataset_wrap(const char *op, store *st, int64_t n, int64_t *idx) {
     kiln_dataset *ds = calloc(1, sizeof *ds);
     if (!ds) {
-        kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+        kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
         free(idx);
         return NULL;
     }
@@ -129,22 +129,22 @@ static store *store_new(const char *op, const char *what, int64_t n, int ndim, c
                         bool alloc_x) {
     char sb[160];
     if (n <= 0) {
-        kiln__data_fail(KILN_ERR_INVALID_ARGUMENT, "%s: %s: no samples (n = %lld)", op, what, (long long)n);
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: no samples (n = %lld)", op, what, (long long)n);
         return NULL;
     }
     if (ndim < 1 || ndim > KILN_MAX_DIMS - 1) {
-        kiln__data_fail(KILN_ERR_INVALID_ARGUMENT, "%s: %s: samples of %d dims (1 to %d: a batch adds one)", op,
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: samples of %d dims (1 to %d: a batch adds one)", op,
                           what, ndim, KILN_MAX_DIMS - 1);
         return NULL;
     }
     if (!shape) {
-        kiln__data_fail(KILN_ERR_NULL, "%s: %s: shape is NULL", op, what);
+        kiln__fail_global(KILN_ERR_NULL, "%s: %s: shape is NULL", op, what);
         return NULL;
     }
     int64_t numel = 1;
     for (int d = 0; d < ndim; d++) {
         if (shape[d] <= 0 || numel > INT32_MAX / shape[d]) {
-            kiln__data_fail(KILN_ERR_INVALID_ARGUMENT,
+            kiln__fail_global(KILN_ERR_INVALID_ARGUMENT,
                               "%s: %s: sample shape %s must have positive sizes and fewer than 2^31 elements", op, what,
                               kiln__shape_str(ndim, shape, sb, sizeof sb));
             return NULL;
@@ -153,7 +153,7 @@ static store *store_new(const char *op, const char *what, int64_t n, int ndim, c
     }
     size_t es = bytes ? 1 : sizeof(float);
     if ((uint64_t)n > SIZE_MAX / es / (uint64_t)numel || (uint64_t)n > SIZE_MAX / sizeof(int32_t)) {
-        kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: %lld samples of %s do not fit in memory", op, what,
+        kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: %lld samples of %s do not fit in memory", op, what,
                           (long long)n, kiln__shape_str(ndim, shape, sb, sizeof sb));
         return NULL;
     }
@@ -168,7 +168,7 @@ static store *store_new(const char *op, const char *what, int64_t n, int ndim, c
             free(st->y);
         }
         free(st);
-        kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory for %lld samples of %s", op, what,
+        kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory for %lld samples of %s", op, what,
                           (long long)n, kiln__shape_str(ndim, shape, sb, sizeof sb));
         return NULL;
     }
@@ -195,14 +195,14 @@ static bool check_labels(const char *op, store *st, int num_classes, const char 
         int32_t mx = -1;
         for (int64_t i = 0; i < st->n; i++) {
             if (st->y[i] < 0) {
-                kiln__data_fail(KILN_ERR_RANGE, "%s: %s: label %d at index %lld is negative%s", op, labels,
+                kiln__fail_global(KILN_ERR_RANGE, "%s: %s: label %d at index %lld is negative%s", op, labels,
                                   (int)st->y[i], (long long)i, extra);
                 return false;
             }
             if (st->y[i] > mx) mx = st->y[i];
         }
         if (mx == INT32_MAX) {
-            kiln__data_fail(KILN_ERR_RANGE, "%s: %s: label %d is too large%s", op, labels, (int)mx, extra);
+            kiln__fail_global(KILN_ERR_RANGE, "%s: %s: label %d is too large%s", op, labels, (int)mx, extra);
             return false;
         }
         st->num_classes = mx + 1;
@@ -210,7 +210,7 @@ static bool check_labels(const char *op, store *st, int num_classes, const char 
     }
     for (int64_t i = 0; i < st->n; i++) {
         if (st->y[i] < 0 || st->y[i] >= num_classes) {
-            kiln__data_fail(KILN_ERR_RANGE, "%s: %s: label %d at index %lld is outside [0, %d)%s", op, labels,
+            kiln__fail_global(KILN_ERR_RANGE, "%s: %s: label %d at index %lld is outside [0, %d)%s", op, labels,
                               (int)st->y[i], (long long)i, num_classes, extra);
             return false;
         }
@@ -222,9 +222,9 @@ static bool check_labels(const char *op, store *st, int num_classes, const char 
 kiln_dataset *kiln_dataset_from_host(const float *x, const int32_t *y, int64_t n, int ndim, const int64_t *shape,
                                      int num_classes) {
     static const char *op = "kiln_dataset_from_host";
-    kiln__data_clear();
+    kiln__clear_global();
     if (!x || !y) {
-        kiln__data_fail(KILN_ERR_NULL, "%s: %s is NULL", op, !x ? "x" : "y");
+        kiln__fail_global(KILN_ERR_NULL, "%s: %s is NULL", op, !x ? "x" : "y");
         return NULL;
     }
     store *st = store_new(op, "host data", n, ndim, shape, false, true);
@@ -255,9 +255,9 @@ static void idx_dims_str(const kiln_idx *idx, char *buf, size_t cap) {
 kiln_dataset *kiln_dataset_idx(const char *images, const char *labels, int num_classes) {
     static const char *op = "kiln_dataset_idx";
     char ds[160], extra[1200];
-    kiln__data_clear();
+    kiln__clear_global();
     if (!images || !labels) {
-        kiln__data_fail(KILN_ERR_NULL, "%s: %s path is NULL", op, !images ? "images" : "labels");
+        kiln__fail_global(KILN_ERR_NULL, "%s: %s path is NULL", op, !images ? "images" : "labels");
         return NULL;
     }
     kiln_idx *im = kiln_idx_load(images);
@@ -271,18 +271,18 @@ kiln_dataset *kiln_dataset_idx(const char *images, const char *labels, int num_c
     kiln_dataset *out = NULL;
     if (im->ndim < 2) {
         idx_dims_str(im, ds, sizeof ds);
-        kiln__data_fail(KILN_ERR_SHAPE, "%s: images %s have dims %s; expected [N, ...] with at least 2 dims", op,
+        kiln__fail_global(KILN_ERR_SHAPE, "%s: images %s have dims %s; expected [N, ...] with at least 2 dims", op,
                           images, ds);
         goto done;
     }
     if (lb->ndim != 1 || !idx_is_int(lb->type)) {
         idx_dims_str(lb, ds, sizeof ds);
-        kiln__data_fail(KILN_ERR_SHAPE, "%s: labels %s are %s of dims %s; expected one integer per sample", op,
+        kiln__fail_global(KILN_ERR_SHAPE, "%s: labels %s are %s of dims %s; expected one integer per sample", op,
                           labels, kiln_idx_type_name(lb->type), ds);
         goto done;
     }
     if (im->dims[0] != lb->dims[0]) {
-        kiln__data_fail(KILN_ERR_SHAPE, "%s: images %s hold %lld samples but labels %s hold %lld labels", op,
+        kiln__fail_global(KILN_ERR_SHAPE, "%s: images %s hold %lld samples but labels %s hold %lld labels", op,
                           images, (long long)im->dims[0], labels, (long long)lb->dims[0]);
         goto done;
     }
@@ -324,20 +324,20 @@ done:
 
 kiln_dataset *kiln_dataset_from_csv(const kiln_csv *csv, int label_col, int num_classes, const char *what) {
     static const char *op = "kiln_dataset_from_csv";
-    kiln__data_clear();
+    kiln__clear_global();
     if (!what) what = "<csv>";
     if (!csv) {
-        kiln__data_fail(KILN_ERR_NULL, "%s: csv is NULL", op);
+        kiln__fail_global(KILN_ERR_NULL, "%s: csv is NULL", op);
         return NULL;
     }
     if (csv->cols < 2) {
-        kiln__data_fail(KILN_ERR_SHAPE, "%s: %s: %lld columns; need a label column and at least one feature", op,
+        kiln__fail_global(KILN_ERR_SHAPE, "%s: %s: %lld columns; need a label column and at least one feature", op,
                           what, (long long)csv->cols);
         return NULL;
     }
     int64_t lc = label_col < 0 ? csv->cols + label_col : label_col;
     if (lc < 0 || lc >= csv->cols) {
-        kiln__data_fail(KILN_ERR_RANGE, "%s: %s: label column %d is outside the table's %lld columns", op, what,
+        kiln__fail_global(KILN_ERR_RANGE, "%s: %s: label column %d is outside the table's %lld columns", op, what,
                           label_col, (long long)csv->cols);
         return NULL;
     }
@@ -352,14 +352,14 @@ kiln_dataset *kiln_dataset_from_csv(const kiln_csv *csv, int label_col, int num_
             double v = row[c];
             if (c == lc) {
                 if (!(v == floor(v)) || v < -2147483648.0 || v > 2147483647.0) {
-                    kiln__data_fail(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %lld: label %g is not an integer", op,
+                    kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %lld: label %g is not an integer", op,
                                       what, line, (long long)c + 1, v);
                     store_discard(st);
                     return NULL;
                 }
                 st->y[r] = (int32_t)v;
                 if (num_classes > 0 && (v < 0 || v >= num_classes)) {
-                    kiln__data_fail(KILN_ERR_RANGE, "%s: %s: line %lld, column %lld: label %d is outside [0, %d)", op,
+                    kiln__fail_global(KILN_ERR_RANGE, "%s: %s: line %lld, column %lld: label %d is outside [0, %d)", op,
                                       what, line, (long long)c + 1, (int)v, num_classes);
                     store_discard(st);
                     return NULL;
@@ -367,7 +367,7 @@ kiln_dataset *kiln_dataset_from_csv(const kiln_csv *csv, int label_col, int num_
                 continue;
             }
             if (isfinite(v) && fabs(v) > 3.4028234663852886e38) {
-                kiln__data_fail(KILN_ERR_RANGE, "%s: %s: line %lld, column %lld: %g does not fit in a float", op,
+                kiln__fail_global(KILN_ERR_RANGE, "%s: %s: line %lld, column %lld: %g does not fit in a float", op,
                                   what, line, (long long)c + 1, v);
                 store_discard(st);
                 return NULL;
@@ -383,7 +383,8 @@ kiln_dataset *kiln_dataset_from_csv(const kiln_csv *csv, int label_col, int num_
 }
 
 kiln_dataset *kiln_dataset_csv(const char *path, int label_col, int num_classes, const kiln_csv_opts *opts) {
-    kiln__data_clear();
+    kiln__clear_global();
+    if (!path) return kiln__fail_global(KILN_ERR_NULL, "kiln_dataset_csv: path is NULL"), NULL;
     kiln_csv *csv = kiln_csv_load(path, opts);
     if (!csv) return NULL;
     kiln_dataset *ds = kiln_dataset_from_csv(csv, label_col, num_classes, path);
@@ -393,7 +394,7 @@ kiln_dataset *kiln_dataset_csv(const char *path, int label_col, int num_classes,
         const char *m = kiln_last_error();
         const char *pre = "kiln_dataset_from_csv: ";
         snprintf(msg, sizeof msg, "kiln_dataset_csv: %s", strncmp(m, pre, strlen(pre)) == 0 ? m + strlen(pre) : m);
-        kiln__data_fail(kiln_data_last_status(), "%s", msg);
+        kiln__fail_global(kiln_last_status(), "%s", msg);
     }
     kiln_csv_free(csv);
     return ds;
@@ -401,7 +402,7 @@ kiln_dataset *kiln_dataset_csv(const char *path, int label_col, int num_classes,
 
 kiln_dataset *kiln_fashion_mnist(const char *dir, bool train) {
     static const char *op = "kiln_fashion_mnist";
-    kiln__data_clear();
+    kiln__clear_global();
     if (!dir) dir = KILN_FASHION_MNIST_DIR;
     const char *set = train ? "train" : "t10k";
     char paths[2][4096];
@@ -411,7 +412,7 @@ kiln_dataset *kiln_fashion_mnist(const char *dir, bool train) {
         if (access(paths[k], R_OK) != 0) {
             snprintf(paths[k], sizeof paths[k], "%s/%s-%s-ubyte", dir, set, kinds[k]);
             if (access(paths[k], R_OK) != 0) {
-                kiln__data_fail(KILN_ERR_IO,
+                kiln__fail_global(KILN_ERR_IO,
                                   "%s: no readable %s-%s-ubyte.gz (or uncompressed) in %s (on Debian: apt install "
                                   "dataset-fashion-mnist)", op, set, kinds[k], dir);
                 return NULL;
@@ -420,7 +421,7 @@ kiln_dataset *kiln_fashion_mnist(const char *dir, bool train) {
     }
     kiln_dataset *ds = kiln_dataset_idx(paths[0], paths[1], 10);
     if (ds && (ds->st->ndim != 3 || ds->st->shape[1] != 28 || ds->st->shape[2] != 28 || !ds->st->bytes)) {
-        kiln__data_fail(KILN_ERR_SHAPE, "%s: %s does not hold 28x28 byte images", op, paths[0]);
+        kiln__fail_global(KILN_ERR_SHAPE, "%s: %s does not hold 28x28 byte images", op, paths[0]);
         kiln_dataset_free(ds);
         return NULL;
     }
@@ -435,23 +436,23 @@ const char *kiln_fashion_mnist_class_name(int label) {
 
 kiln_dataset *kiln_dataset_subset(const kiln_dataset *ds, const int64_t *idx, int64_t n) {
     static const char *op = "kiln_dataset_subset";
-    kiln__data_clear();
+    kiln__clear_global();
     if (!ds || (!idx && n > 0)) {
-        kiln__data_fail(KILN_ERR_NULL, "%s: %s is NULL", op, !ds ? "dataset" : "idx");
+        kiln__fail_global(KILN_ERR_NULL, "%s: %s is NULL", op, !ds ? "dataset" : "idx");
         return NULL;
     }
     if (n < 0 || (uint64_t)n > SIZE_MAX / sizeof(int64_t)) {
-        kiln__data_fail(KILN_ERR_INVALID_ARGUMENT, "%s: n = %lld", op, (long long)n);
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: n = %lld", op, (long long)n);
         return NULL;
     }
     int64_t *m = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
     if (!m) {
-        kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+        kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
         return NULL;
     }
     for (int64_t i = 0; i < n; i++) {
         if (idx[i] < 0 || idx[i] >= ds->n) {
-            kiln__data_fail(KILN_ERR_RANGE, "%s: idx[%lld] = %lld is outside the dataset's %lld samples", op,
+            kiln__fail_global(KILN_ERR_RANGE, "%s: idx[%lld] = %lld is outside the dataset's %lld samples", op,
                               (long long)i, (long long)idx[i], (long long)ds->n);
             free(m);
             return NULL;
@@ -469,17 +470,17 @@ static int cmp_i64(const void *a, const void *b) {
 kiln_status kiln_dataset_split(const kiln_dataset *ds, double val_frac, uint64_t seed, kiln_dataset **train,
                                kiln_dataset **val) {
     static const char *op = "kiln_dataset_split";
-    kiln__data_clear();
+    kiln__clear_global();
     if (train) *train = NULL;
     if (val) *val = NULL;
     if (!ds || !train || !val)
-        return kiln__data_fail(KILN_ERR_NULL, "%s: %s is NULL", op, !ds ? "dataset" : !train ? "train" : "val");
+        return kiln__fail_global(KILN_ERR_NULL, "%s: %s is NULL", op, !ds ? "dataset" : !train ? "train" : "val");
     if (!(val_frac >= 0 && val_frac <= 1))
-        return kiln__data_fail(KILN_ERR_RANGE, "%s: val_frac %g is outside [0, 1]", op, val_frac);
+        return kiln__fail_global(KILN_ERR_RANGE, "%s: val_frac %g is outside [0, 1]", op, val_frac);
     int64_t n = ds->n, nv = (int64_t)llround(val_frac * (double)n);
     if (nv > n) nv = n;
     int64_t *p = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
-    if (!p) return kiln__data_fail(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+    if (!p) return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
     kiln__rng r;
     kiln__rng_init(&r, seed, 0, 0, STREAM_SPLIT);
     permute(p, n, &r);
@@ -511,13 +512,13 @@ int kiln_dataset_num_classes(const kiln_dataset *ds) { return ds ? ds->st->num_c
 
 kiln_status kiln_dataset_get(const kiln_dataset *ds, int64_t i, float *x, size_t x_count, int32_t *label) {
     static const char *op = "kiln_dataset_get";
-    kiln__data_clear();
-    if (!ds) return kiln__data_fail(KILN_ERR_NULL, "%s: dataset is NULL", op);
+    kiln__clear_global();
+    if (!ds) return kiln__fail_global(KILN_ERR_NULL, "%s: dataset is NULL", op);
     if (i < 0 || i >= ds->n)
-        return kiln__data_fail(KILN_ERR_RANGE, "%s: index %lld is outside the dataset's %lld samples", op,
+        return kiln__fail_global(KILN_ERR_RANGE, "%s: index %lld is outside the dataset's %lld samples", op,
                                  (long long)i, (long long)ds->n);
     if (x && x_count < (size_t)ds->st->numel)
-        return kiln__data_fail(KILN_ERR_BUFFER_TOO_SMALL, "%s: x has room for %zu values, a sample has %lld", op,
+        return kiln__fail_global(KILN_ERR_BUFFER_TOO_SMALL, "%s: x has room for %zu values, a sample has %lld", op,
                                  x_count, (long long)ds->st->numel);
     int64_t si = store_index(ds, i);
     if (x) sample_to_float(ds->st, si, x);
@@ -694,34 +695,41 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+kiln_loader_opts kiln_loader_defaults(void) {
+    /* torch.utils.data.DataLoader's batch_size=1, shuffle=False, drop_last=False; values as
+     * stored (scale 1), no normalisation or augmentation */
+    return (kiln_loader_opts){.batch_size = 1, .scale = 1.0f};
+}
+
 kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_loader_opts *opts) {
     static const char *op = "kiln_loader_new";
     char sb[160];
     if (!ctx) {
-        kiln__data_fail(KILN_ERR_NULL, "%s: ctx is NULL", op);
+        kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op);
         return NULL;
     }
     if (!ds) {
         kiln__fail(ctx, KILN_ERR_NULL, "%s: dataset is NULL", op);
         return NULL;
     }
-    kiln_loader_opts o = opts ? *opts : (kiln_loader_opts){0};
-    if (o.batch_size == 0) o.batch_size = 32;
-    if (o.scale == 0) o.scale = 1;
+    kiln_loader_opts o = opts ? *opts : kiln_loader_defaults();
     const store *st = ds->st;
     kiln__shape_str(st->ndim, st->shape, sb, sizeof sb);
     if (ds->n == 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the dataset is empty", op);
         return NULL;
     }
-    if (o.batch_size < 0 || o.batch_size > (INT32_MAX - 65536) / st->numel) {
+    /* a zero that options left unset is named: fields are literal, no zero means a default */
+    const char *hint = " (start from kiln_loader_defaults() and change fields)";
+    if (o.batch_size < 1 || o.batch_size > (INT32_MAX - 65536) / st->numel) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "%s: batch_size %lld (samples %s) must be positive and give batches of fewer than 2^31 values", op,
-                   (long long)o.batch_size, sb);
+                   "%s: batch_size %lld (samples %s) must be positive and give batches of fewer than 2^31 values%s",
+                   op, (long long)o.batch_size, sb, o.batch_size == 0 ? hint : "");
         return NULL;
     }
-    if (!isfinite(o.scale)) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: scale %g is not finite", op, o.scale);
+    if (!isfinite(o.scale) || o.scale == 0) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: scale %g must be finite and non-zero%s", op, o.scale,
+                   o.scale == 0 ? hint : "");
         return NULL;
     }
     if (o.norm_count < 0 || (o.norm_count > 1 && o.norm_count != st->shape[0])) {
@@ -864,7 +872,7 @@ bool kiln_loader_next(kiln_loader *l, kiln_tensor **x, kiln_tensor **y) {
     if (x) *x = NULL;
     if (y) *y = NULL;
     if (!l) {
-        kiln__data_fail(KILN_ERR_NULL, "kiln_loader_next: loader is NULL");
+        kiln__fail_global(KILN_ERR_NULL, "kiln_loader_next: loader is NULL");
         return false;
     }
     if (!x || !y) {
@@ -921,7 +929,7 @@ int64_t kiln_loader_num_batches(const kiln_loader *l) { return l ? l->nb : 0; }
 int64_t kiln_loader_epoch(const kiln_loader *l) { return l ? l->epoch : 0; }
 
 kiln_status kiln_loader_set_epoch(kiln_loader *l, int64_t epoch) {
-    if (!l) return kiln__data_fail(KILN_ERR_NULL, "kiln_loader_set_epoch: loader is NULL");
+    if (!l) return kiln__fail_global(KILN_ERR_NULL, "kiln_loader_set_epoch: loader is NULL");
     if (epoch < 0)
         return kiln__fail(l->ctx, KILN_ERR_RANGE, "kiln_loader_set_epoch: epoch %lld is negative", (long long)epoch);
     if (l->threaded) pthread_mutex_lock(&l->mu);
@@ -940,7 +948,7 @@ kiln_status kiln_loader_set_epoch(kiln_loader *l, int64_t epoch) {
 }
 
 kiln_status kiln_loader_reset(kiln_loader *l) {
-    if (!l) return kiln__data_fail(KILN_ERR_NULL, "kiln_loader_reset: loader is NULL");
+    if (!l) return kiln__fail_global(KILN_ERR_NULL, "kiln_loader_reset: loader is NULL");
     /* After the last batch of an epoch (before the call that returns false) the current
      * epoch is still that one. */
     return kiln_loader_set_epoch(l, l->epoch);

@@ -344,7 +344,7 @@ void kiln_close(kiln_ctx *ctx) {
 const kiln_device_info *kiln_ctx_device(const kiln_ctx *ctx) { return ctx ? &ctx->info : NULL; }
 
 kiln_status kiln_sync(kiln_ctx *ctx) {
-    if (!ctx) return KILN_ERR_NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_sync: ctx is NULL");
     cl_int err = clFinish(ctx->queue);
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "kiln_sync: the device reported %s (%d) on '%s'",

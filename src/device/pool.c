@@ -50,7 +50,7 @@ void kiln__pool_fail_after(kiln_ctx *ctx, int64_t nth) {
 }
 
 kiln_status kiln_pool_stats_get(const kiln_ctx *ctx, kiln_pool_stats *out) {
-    if (!ctx || !out) return KILN_ERR_NULL;
+    if (!ctx || !out) return kiln__fail_global(KILN_ERR_NULL, "kiln_pool_stats_get: %s is NULL", !ctx ? "ctx" : "out");
     const kiln__pool *p = &ctx->pool;
     *out = (kiln_pool_stats){p->in_use, p->cached, p->peak, p->limit, p->allocs, p->device_allocs, p->reuses};
     return KILN_OK;

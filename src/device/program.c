@@ -106,7 +106,7 @@ char *kiln__program_source(kiln_ctx *ctx, const char *name, size_t *len) {
 /* ---- disk cache --------------------------------------------------------------------- */
 
 kiln_status kiln_cache_dir(char *buf, size_t cap) {
-    if (!buf || cap == 0) return KILN_ERR_NULL;
+    if (!buf || cap == 0) return kiln__fail_global(KILN_ERR_NULL, "kiln_cache_dir: %s", !buf ? "buf is NULL" : "cap is 0");
     buf[0] = '\0';
     const char *off = getenv("KILN_CACHE");
     if (off && (strcmp(off, "off") == 0 || strcmp(off, "0") == 0)) return KILN_OK;
@@ -134,7 +134,7 @@ static bool is_cache_file(const char *name) {
 }
 
 kiln_status kiln_cache_summary_get(kiln_cache_summary *out) {
-    if (!out) return KILN_ERR_NULL;
+    if (!out) return kiln__fail_global(KILN_ERR_NULL, "kiln_cache_summary_get: out is NULL");
     *out = (kiln_cache_summary){0, 0};
     char dir[1024];
     kiln_status s = kiln_cache_dir(dir, sizeof dir);
@@ -407,7 +407,7 @@ void kiln__programs_destroy(kiln_ctx *ctx) {
 }
 
 kiln_status kiln_cache_stats_get(const kiln_ctx *ctx, kiln_cache_stats *out) {
-    if (!ctx || !out) return KILN_ERR_NULL;
+    if (!ctx || !out) return kiln__fail_global(KILN_ERR_NULL, "kiln_cache_stats_get: %s is NULL", !ctx ? "ctx" : "out");
     *out = ctx->cache;
     return KILN_OK;
 }

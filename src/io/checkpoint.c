@@ -41,7 +41,7 @@ static kiln_status stage(kiln_ctx *ctx, const char *path, staged *s, const char 
 
 kiln_status kiln_safetensors_save(kiln_ctx *ctx, const char *path, int n, const kiln_named_tensor *tensors, int nmeta,
                                   const kiln_meta *meta) {
-    if (!ctx) return KILN_ERR_NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_safetensors_save: ctx is NULL");
     if (!path || (n > 0 && !tensors) || n < 0 || nmeta < 0 || (nmeta > 0 && !meta))
         return kiln__fail(ctx, KILN_ERR_NULL, "kiln_safetensors_save: NULL path, tensors or metadata");
     for (int i = 0; i < nmeta; i++)
@@ -67,12 +67,7 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
                             const char *description) {
     kiln_ctx *ctx = m->ctx;
     int nm = kiln_module_state(m, NULL, 0);
-    int no = 0;
-    if (opt) {
-        const char *nm_;
-        kiln_tensor *t;
-        while (kiln_optim_state(opt, no, &nm_, &t) > 0) no++;
-    }
+    int no = opt ? kiln_optim_num_states(opt) : 0;
     int np = opt ? kiln_optim_param_count(opt) : 0;
     int total = nm + no + np;
     kiln_named_tensor *all = calloc((size_t)(total ? total : 1), sizeof *all);
@@ -128,7 +123,7 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
 }
 
 kiln_status kiln_module_save(kiln_module *m, const char *path, const char *description) {
-    if (!m) return KILN_ERR_NULL;
+    if (!m) return kiln__fail_global(KILN_ERR_NULL, "kiln_module_save: module is NULL");
     return save_all(m, path, NULL, 0, NULL, description);
 }
 
@@ -216,7 +211,7 @@ static void plans_free(plan *plans, int n) {
 }
 
 kiln_status kiln_module_load(kiln_module *m, const char *path, bool strict, kiln_load_report *report) {
-    if (!m) return KILN_ERR_NULL;
+    if (!m) return kiln__fail_global(KILN_ERR_NULL, "kiln_module_load: module is NULL");
     kiln_load_report local;
     kiln_load_report *r = report ? report : &local;
     memset(r, 0, sizeof *r);
@@ -238,7 +233,7 @@ kiln_status kiln_module_load(kiln_module *m, const char *path, bool strict, kiln
 /* ---- training checkpoints ------------------------------------------------------------ */
 
 kiln_status kiln_checkpoint_save(const char *path, kiln_module *m, kiln_optim *opt, int nmeta, const kiln_meta *meta) {
-    if (!m) return KILN_ERR_NULL;
+    if (!m) return kiln__fail_global(KILN_ERR_NULL, "kiln_checkpoint_save: module is NULL");
     if (!path || nmeta < 0 || (nmeta > 0 && !meta))
         return kiln__fail(m->ctx, KILN_ERR_NULL, "kiln_checkpoint_save: NULL path or metadata (nmeta %d)", nmeta);
     if (opt && kiln_optim_ctx(opt) != m->ctx)
@@ -256,7 +251,7 @@ static bool parse_u64(const char *s, uint64_t *v) {
 }
 
 kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *opt, kiln_load_report *report) {
-    if (!m) return KILN_ERR_NULL;
+    if (!m) return kiln__fail_global(KILN_ERR_NULL, "kiln_checkpoint_load: module is NULL");
     kiln_ctx *ctx = m->ctx;
     kiln_load_report local;
     kiln_load_report *r = report ? report : &local;

@@ -420,7 +420,7 @@ bad:
 }
 
 kiln_safetensors *kiln_safetensors_parse(kiln_ctx *ctx, const void *data, size_t len, const char *what) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_safetensors_parse: ctx is NULL"), NULL;
     if (!data && len) {
         kiln__fail(ctx, KILN_ERR_NULL, "kiln_safetensors_parse: data is NULL");
         return NULL;
@@ -435,7 +435,7 @@ kiln_safetensors *kiln_safetensors_parse(kiln_ctx *ctx, const void *data, size_t
 }
 
 kiln_safetensors *kiln_safetensors_open(kiln_ctx *ctx, const char *path) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_safetensors_open: ctx is NULL"), NULL;
     if (!path) {
         kiln__fail(ctx, KILN_ERR_NULL, "kiln_safetensors_open: path is NULL");
         return NULL;
@@ -560,7 +560,7 @@ kiln_status kiln__st_convert(kiln_ctx *ctx, const kiln_safetensors *f, const kil
 }
 
 kiln_tensor *kiln_safetensors_tensor(kiln_safetensors *f, int i) {
-    if (!f) return NULL;
+    if (!f) return kiln__fail_global(KILN_ERR_NULL, "kiln_safetensors_tensor: file is NULL"), NULL;
     kiln_ctx *ctx = f->ctx;
     if (i < 0 || i >= f->n) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: entry %d of %d", f->what, i, f->n);

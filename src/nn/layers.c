@@ -87,7 +87,7 @@ static void linear_args(const kiln_module *m, char *buf, size_t cap) {
 static const kiln_module_def linear_def = LAYER_DEF("Linear", linear_cfg, linear_forward, linear_args);
 
 kiln_module *kiln_nn_linear(kiln_ctx *ctx, int64_t in_features, int64_t out_features, bool bias) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_linear: ctx is NULL"), NULL;
     if (in_features <= 0 || out_features <= 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_nn_linear: in_features=%" PRId64 ", out_features=%" PRId64
                    " (both must be > 0)", in_features, out_features);
@@ -116,7 +116,7 @@ typedef struct conv_cfg {
 
 static bool conv_params(kiln_ctx *ctx, const char *op, const kiln_conv2d_params *p, kiln_conv2d_params *out,
                         int64_t cin, int64_t cout, int kh, int kw, bool transposed) {
-    *out = p ? *p : (kiln_conv2d_params){{1, 1}, {0, 0}, {1, 1}, 1, {0, 0}};
+    *out = p ? *p : kiln_conv2d_defaults();
     bool ok = cin > 0 && cout > 0 && kh > 0 && kw > 0 && out->groups >= 1 && cin % out->groups == 0 &&
               cout % out->groups == 0;
     for (int d = 0; d < 2; d++) {
@@ -165,7 +165,7 @@ static const kiln_module_def convt_def = LAYER_DEF("ConvTranspose2d", conv_cfg, 
 
 static kiln_module *conv_new(kiln_ctx *ctx, const char *op, const kiln_module_def *def, int64_t cin, int64_t cout,
                              int kh, int kw, const kiln_conv2d_params *p, bool bias, bool transposed) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "%s: ctx is NULL", op), NULL;
     kiln_conv2d_params cp;
     if (!conv_params(ctx, op, p, &cp, cin, cout, kh, kw, transposed)) return NULL;
     kiln_module *m = kiln_module_new(ctx, def);
@@ -236,7 +236,7 @@ static const kiln_module_def bn2_def = LAYER_DEF("BatchNorm2d", bn_cfg, bn_forwa
 
 static kiln_module *bn_new(kiln_ctx *ctx, const char *op, const kiln_module_def *def, int64_t nf, float eps,
                            float momentum, int dims) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "%s: ctx is NULL", op), NULL;
     if (nf <= 0 || !(eps >= 0) || !(momentum >= 0 && momentum <= 1)) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                    "%s: num_features=%" PRId64 " eps=%g momentum=%g (features > 0, eps >= 0, momentum in [0, 1])", op,
@@ -302,7 +302,7 @@ static void ln_args(const kiln_module *m, char *buf, size_t cap) {
 static const kiln_module_def ln_def = LAYER_DEF("LayerNorm", ln_cfg, ln_forward, ln_args);
 
 kiln_module *kiln_nn_layernorm(kiln_ctx *ctx, int ndim, const int64_t *shape, float eps, bool affine) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_layernorm: ctx is NULL"), NULL;
     bool ok = ndim >= 1 && ndim <= KILN_MAX_DIMS && shape && eps >= 0;
     for (int d = 0; ok && d < ndim; d++) ok = shape[d] > 0;
     if (!ok) {
@@ -341,7 +341,7 @@ static void dropout_args(const kiln_module *m, char *buf, size_t cap) {
 static const kiln_module_def dropout_def = LAYER_DEF("Dropout", dropout_cfg, dropout_forward, dropout_args);
 
 kiln_module *kiln_nn_dropout(kiln_ctx *ctx, float p) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_dropout: ctx is NULL"), NULL;
     if (!(p >= 0 && p <= 1)) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_nn_dropout: p=%g (must be in [0, 1])", p);
         return NULL;
@@ -369,7 +369,7 @@ static void embedding_args(const kiln_module *m, char *buf, size_t cap) {
 static const kiln_module_def embedding_def = LAYER_DEF("Embedding", embedding_cfg, embedding_forward, embedding_args);
 
 kiln_module *kiln_nn_embedding(kiln_ctx *ctx, int64_t num_embeddings, int64_t dim) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_embedding: ctx is NULL"), NULL;
     if (num_embeddings <= 0 || dim <= 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                    "kiln_nn_embedding: num_embeddings=%" PRId64 ", embedding_dim=%" PRId64 " (both must be > 0)",
@@ -405,17 +405,15 @@ FORWARD1(avgpool_forward, avgpool_fwd)
 
 static void maxpool_args(const kiln_module *m, char *buf, size_t cap) {
     const kiln_pool2d_params *p = &((const pool_cfg *)m->data)->p;
-    int sh = p->stride[0] ? p->stride[0] : p->kernel[0], sw = p->stride[1] ? p->stride[1] : p->kernel[1];
     snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), dilation=(%d, %d), ceil_mode=%s",
-             p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1], p->dilation[0] ? p->dilation[0] : 1,
-             p->dilation[1] ? p->dilation[1] : 1, PY_BOOL(p->ceil_mode));
+             p->kernel[0], p->kernel[1], p->stride[0], p->stride[1], p->padding[0], p->padding[1], p->dilation[0],
+             p->dilation[1], PY_BOOL(p->ceil_mode));
 }
 
 static void avgpool_args(const kiln_module *m, char *buf, size_t cap) {
     const kiln_pool2d_params *p = &((const pool_cfg *)m->data)->p;
-    int sh = p->stride[0] ? p->stride[0] : p->kernel[0], sw = p->stride[1] ? p->stride[1] : p->kernel[1];
     snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), ceil_mode=%s, count_include_pad=%s",
-             p->kernel[0], p->kernel[1], sh, sw, p->padding[0], p->padding[1], PY_BOOL(p->ceil_mode),
+             p->kernel[0], p->kernel[1], p->stride[0], p->stride[1], p->padding[0], p->padding[1], PY_BOOL(p->ceil_mode),
              PY_BOOL(p->count_include_pad));
 }
 
@@ -423,13 +421,14 @@ static const kiln_module_def maxpool_def = LAYER_DEF("MaxPool2d", pool_cfg, maxp
 static const kiln_module_def avgpool_def = LAYER_DEF("AvgPool2d", pool_cfg, avgpool_forward, avgpool_args);
 
 static kiln_module *pool_new(kiln_ctx *ctx, const char *op, const kiln_module_def *def, const kiln_pool2d_params *p) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "%s: ctx is NULL", op), NULL;
     bool ok = p && p->kernel[0] > 0 && p->kernel[1] > 0;
     for (int d = 0; ok && d < 2; d++)
-        ok = p->stride[d] >= 0 && p->dilation[d] >= 0 && p->padding[d] >= 0 && 2 * p->padding[d] <= p->kernel[d];
+        ok = p->stride[d] >= 1 && p->dilation[d] >= 1 && p->padding[d] >= 0 && 2 * p->padding[d] <= p->kernel[d];
     if (!ok) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "%s: %s (kernel > 0 required; stride, dilation >= 0 with 0 for the default; 0 <= padding <= kernel/2)",
+                   "%s: %s (kernel, stride, dilation >= 1; 0 <= padding <= kernel/2; start from "
+                   "kiln_pool2d_defaults(kh, kw))",
                    op, p ? "bad parameters" : "params is NULL");
         return NULL;
     }
@@ -461,7 +460,10 @@ static void gap_args(const kiln_module *m, char *buf, size_t cap) {
 static const kiln_module_def gap_def = {
     .kind = "AdaptiveAvgPool2d", .forward = gap_forward, .num_inputs = 1, .num_outputs = 1, .describe = gap_args};
 
-kiln_module *kiln_nn_global_avgpool2d(kiln_ctx *ctx) { return ctx ? kiln_module_new(ctx, &gap_def) : NULL; }
+kiln_module *kiln_nn_global_avgpool2d(kiln_ctx *ctx) {
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_global_avgpool2d: ctx is NULL"), NULL;
+    return kiln_module_new(ctx, &gap_def);
+}
 
 typedef struct flatten_cfg {
     int start_dim, end_dim;
@@ -481,7 +483,7 @@ static void flatten_args(const kiln_module *m, char *buf, size_t cap) {
 static const kiln_module_def flatten_def = LAYER_DEF("Flatten", flatten_cfg, flatten_forward, flatten_args);
 
 kiln_module *kiln_nn_flatten(kiln_ctx *ctx, int start_dim, int end_dim) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_flatten: ctx is NULL"), NULL;
     kiln_module *m = kiln_module_new(ctx, &flatten_def);
     if (m) *(flatten_cfg *)m->data = (flatten_cfg){start_dim, end_dim};
     return m;
@@ -533,7 +535,7 @@ static void act_args(const kiln_module *m, char *buf, size_t cap) {
 }
 
 kiln_module *kiln_nn_activation(kiln_ctx *ctx, kiln_activation kind, float param) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_activation: ctx is NULL"), NULL;
     if ((int)kind < 0 || (int)kind > (int)KILN_ACT_LOG_SOFTMAX || !isfinite(param)) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_nn_activation: unknown kind %d or non-finite parameter %g",
                    (int)kind, param);

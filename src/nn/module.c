@@ -470,7 +470,8 @@ kiln_status kiln_module_forward(kiln_module *m, int nin, kiln_tensor *const *in,
 }
 
 kiln_tensor *kiln_forward(kiln_module *m, kiln_tensor *x) {
-    if (!m && !x) return NULL; /* nothing to name and no context to tell */
+    if (!m && !x) /* no context to tell: kiln_last_error() holds it */
+        return kiln__fail(NULL, KILN_ERR_NULL, "kiln_forward: the module and the input are NULL"), NULL;
     kiln_tensor *y = NULL;
     if (m && (m->def.num_inputs - m->def.optional_inputs > 1 || m->def.num_outputs != 1)) {
         char args[512];

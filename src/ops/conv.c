@@ -560,6 +560,7 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
 /* ---- validation --------------------------------------------------------------------- */
 
 static const kiln_conv2d_params default_params = {{1, 1}, {0, 0}, {1, 1}, 1, {0, 0}};
+kiln_conv2d_params kiln_conv2d_defaults(void) { return default_params; }
 
 /* "stride (1, 1), padding (0, 0), dilation (1, 1), groups 1[, output_padding (0, 0)]" */
 static char *params_str(const kiln_conv2d_params *p, bool transpose, char *buf, size_t cap) {
@@ -604,7 +605,7 @@ static bool conv_setup(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tenso
         p->padding[1] < 0 || p->groups < 1 || (transpose && (p->output_padding[0] < 0 || p->output_padding[1] < 0))) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                    "%s: invalid parameters for input %s, weight %s: %s (stride and dilation must be >= 1, padding%s "
-                   ">= 0, groups >= 1)",
+                   ">= 0, groups >= 1; start from kiln_conv2d_defaults())",
                    op, sx, sw, sp, transpose ? " and output_padding" : "");
         return false;
     }

@@ -171,16 +171,18 @@ static kiln_status bw_div(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     return s;
 }
 
-/* d(a^b)/da = b a^(b-1); d(a^b)/db = a^b log a, taken as 0 where a == 0 and b >= 0 (torch) */
+/* d(a^b)/da = b a^(b-1), taken as 0 where b == 0 (torch masks it: 0 * 0^-1 would be NaN);
+ * d(a^b)/db = a^b log a, taken as 0 where a == 0 and b >= 0 (torch) */
 static kiln_status bw_pow(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     kiln_status s = KILN_OK;
     kiln_scope_begin(ctx);
+    kiln_tensor *zero = kiln_zeros(ctx, 0, NULL);
     if (NEED(0)) {
         kiln_tensor *e = kiln_pow(ctx, IN(0), kiln_add_scalar(ctx, IN(1), -1.0f));
-        s = kiln__accum_owned(ctx, n, 0, kiln_mul(ctx, g, kiln_mul(ctx, IN(1), e)));
+        kiln_tensor *d = kiln_mul(ctx, g, kiln_mul(ctx, IN(1), e));
+        s = kiln__accum_owned(ctx, n, 0, kiln_where(ctx, kiln_eq(ctx, IN(1), zero), zero, d));
     }
     if (s == KILN_OK && NEED(1)) {
-        kiln_tensor *zero = kiln_zeros(ctx, 0, NULL);
         kiln_tensor *mask = kiln_mul(ctx, kiln_eq(ctx, IN(0), zero), kiln_ge(ctx, IN(1), zero));
         kiln_tensor *d = kiln_mul(ctx, g, kiln_mul(ctx, n->out, kiln_log(ctx, IN(0))));
         s = kiln__accum_owned(ctx, n, 1, kiln_where(ctx, mask, zero, d));

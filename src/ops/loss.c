@@ -618,7 +618,7 @@ static kiln_tensor *pen_run(kiln_ctx *ctx, el_kind kind, int k, kiln_tensor *con
 /* sum over params of sum|p| (L1) or sum p^2 (L2). */
 static kiln_tensor *penalty(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *const *params) {
     const char *op = el_info[kind].op;
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op), NULL;
     if (n < 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: n is %d", op, n);
         return NULL;

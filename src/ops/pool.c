@@ -94,6 +94,10 @@ static int64_t out_size(int64_t in, int64_t k, int64_t pad, int64_t s, int64_t d
     return o;
 }
 
+kiln_pool2d_params kiln_pool2d_defaults(int kh, int kw) {
+    return (kiln_pool2d_params){.kernel = {kh, kw}, .stride = {kh, kw}, .dilation = {1, 1}, .count_include_pad = true};
+}
+
 /* Checks p against x (already in g) and fills the window part of g. avg pooling has no
  * dilation (torch's avg_pool2d takes none): it must be 1 (or 0). */
 static bool pool_params(kiln_ctx *ctx, const char *op, const kiln_tensor *x, const kiln_pool2d_params *p, bool avg,
@@ -107,17 +111,17 @@ static bool pool_params(kiln_ctx *ctx, const char *op, const kiln_tensor *x, con
     int k[2], s[2], pad[2], d[2];
     for (int a = 0; a < 2; a++) {
         k[a] = p->kernel[a];
-        s[a] = p->stride[a] == 0 ? p->kernel[a] : p->stride[a];
+        s[a] = p->stride[a];
         pad[a] = p->padding[a];
-        d[a] = p->dilation[a] == 0 ? 1 : p->dilation[a];
+        d[a] = p->dilation[a];
     }
     char ps[200];
     snprintf(ps, sizeof ps, "kernel [%d, %d], stride [%d, %d], padding [%d, %d], dilation [%d, %d]%s", k[0], k[1],
              s[0], s[1], pad[0], pad[1], d[0], d[1], p->ceil_mode ? ", ceil_mode" : "");
-    if (k[0] <= 0 || k[1] <= 0 || s[0] < 0 || s[1] < 0 || pad[0] < 0 || pad[1] < 0 || d[0] < 0 || d[1] < 0) {
+    if (k[0] <= 0 || k[1] <= 0 || s[0] < 1 || s[1] < 1 || pad[0] < 0 || pad[1] < 0 || d[0] < 1 || d[1] < 1) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "%s: input %s, %s: the kernel must be positive, stride, padding and dilation non-negative "
-                   "(stride 0 = the kernel, dilation 0 = 1)",
+                   "%s: input %s, %s: the kernel, stride and dilation must be positive, padding non-negative "
+                   "(start from kiln_pool2d_defaults(kh, kw))",
                    op, sb, ps);
         return false;
     }

@@ -54,7 +54,7 @@ static kiln_tensor *rand_tensor(kiln_ctx *ctx, const char *op, const char *kerne
 }
 
 kiln_tensor *kiln_rand_uniform(kiln_ctx *ctx, float low, float high, int ndim, const int64_t *shape) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_rand_uniform: ctx is NULL"), NULL;
     float range = high - low;
     if (!isfinite(low) || !isfinite(high) || low > high || !isfinite(range)) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
@@ -70,7 +70,7 @@ kiln_tensor *kiln_rand_uniform(kiln_ctx *ctx, float low, float high, int ndim, c
 }
 
 kiln_tensor *kiln_rand_normal(kiln_ctx *ctx, float mean, float std, int ndim, const int64_t *shape) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_rand_normal: ctx is NULL"), NULL;
     if (!isfinite(mean) || !isfinite(std) || std < 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                    "kiln_rand_normal: bad parameters mean=%g std=%g: both must be finite and std >= 0", (double)mean,

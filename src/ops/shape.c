@@ -169,7 +169,7 @@ static bool cat_record(kiln_ctx *ctx, const char *op, kiln_tensor *out, int dim,
 
 /* Checks the list and the inputs; false with the error set (NULL inputs propagate). */
 static bool cat_check_list(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *ts) {
-    if (!ctx) return false;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op), false;
     if (n < 1) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: needs at least one tensor (n = %d)", op, n);
         return false;

@@ -215,10 +215,12 @@ static bool check_adam(kiln_ctx *ctx, const char *op, const kiln_adam_opts *o) {
     return true;
 }
 
-kiln_sgd_opts kiln_sgd_defaults(double lr) { return (kiln_sgd_opts)KILN_SGD_DEFAULTS(lr); }
-kiln_rmsprop_opts kiln_rmsprop_defaults(void) { return (kiln_rmsprop_opts)KILN_RMSPROP_DEFAULTS; }
-kiln_adam_opts kiln_adam_defaults(void) { return (kiln_adam_opts)KILN_ADAM_DEFAULTS; }
-kiln_adam_opts kiln_adamw_defaults(void) { return (kiln_adam_opts)KILN_ADAMW_DEFAULTS; }
+kiln_sgd_opts kiln_sgd_defaults(void) { return (kiln_sgd_opts){.lr = 1e-3}; }
+kiln_rmsprop_opts kiln_rmsprop_defaults(void) { return (kiln_rmsprop_opts){.lr = 1e-2, .alpha = 0.99, .eps = 1e-8}; }
+kiln_adam_opts kiln_adam_defaults(void) { return (kiln_adam_opts){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8}; }
+kiln_adam_opts kiln_adamw_defaults(void) {
+    return (kiln_adam_opts){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-2};
+}
 
 static bool check_ctx(kiln_ctx *ctx, const char *op) {
     if (!ctx) kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op);
@@ -227,11 +229,8 @@ static bool check_ctx(kiln_ctx *ctx, const char *op) {
 
 kiln_optim *kiln_sgd(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_sgd_opts *opts) {
     if (!check_ctx(ctx, "kiln_sgd")) return NULL;
-    if (!opts) {
-        kiln__fail(ctx, KILN_ERR_NULL, "kiln_sgd: opts is NULL; SGD has no default learning rate (use "
-                   "kiln_sgd_defaults(lr))");
-        return NULL;
-    }
+    kiln_sgd_opts d = kiln_sgd_defaults();
+    if (!opts) opts = &d;
     if (!check_sgd(ctx, opts) || !check_params(ctx, "kiln_sgd", params, n)) return NULL;
     kiln_optim *o = opt_new(ctx, OPT_SGD, params, n);
     if (!o) return NULL;
@@ -312,7 +311,10 @@ kiln_tensor *kiln_optim_param(const kiln_optim *opt, int i) {
     return opt && i >= 0 && i < opt->n ? opt->ps[i].p : NULL;
 }
 
-double kiln_optim_get_lr(const kiln_optim *opt) { return opt ? opt->lr : NAN; }
+double kiln_optim_get_lr(const kiln_optim *opt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_get_lr: optimizer is NULL"), NAN;
+    return opt->lr;
+}
 
 kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr) {
     char b[40];
@@ -346,20 +348,29 @@ static kiln_tensor *state_new(kiln_optim *opt, int i, int s, bool zero) {
     return t;
 }
 
-int kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t) {
-    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_state: optimizer is NULL");
-    if (i < 0) return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_state: entry %d is negative", i);
+int kiln_optim_num_states(const kiln_optim *opt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_num_states: optimizer is NULL"), 0;
     int k = 0;
-    for (int j = 0; j < opt->n; j++) {
+    for (int j = 0; j < opt->n; j++)
+        for (int s = 0; s < OPT_NSLOT; s++)
+            k += opt->ps[j].state[s] != NULL;
+    return k;
+}
+
+kiln_status kiln_optim_state(kiln_optim *opt, int i, const char **name, kiln_tensor **t) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_state: optimizer is NULL");
+    int k = 0;
+    for (int j = 0; j < opt->n && i >= 0; j++) {
         for (int s = 0; s < OPT_NSLOT; s++) {
             if (!opt->ps[j].state[s]) continue;
             if (k++ < i) continue;
             if (name) *name = opt->names + ((size_t)j * OPT_NSLOT + s) * OPT_NAME_CAP;
             if (t) *t = opt->ps[j].state[s];
-            return 1;
+            return KILN_OK;
         }
     }
-    return 0;
+    return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_state: entry %d of %d (kiln_optim_num_states)", i,
+                      kiln_optim_num_states(opt));
 }
 
 bool kiln__optim_state_known(const kiln_optim *opt, const char *name) {
@@ -400,7 +411,10 @@ kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool creat
 }
 
 int64_t kiln_optim_get_step(const kiln_optim *opt, int i) {
-    return opt && i >= 0 && i < opt->n ? opt->ps[i].step : -1;
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_get_step: optimizer is NULL"), -1;
+    if (i < 0 || i >= opt->n)
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_get_step: parameter %d of %d", i, opt->n), -1;
+    return opt->ps[i].step;
 }
 
 kiln_status kiln_optim_set_step(kiln_optim *opt, int i, int64_t step) {
@@ -563,9 +577,9 @@ static kiln_tensor **clip_grads(kiln_ctx *ctx, const char *op, int n, kiln_tenso
     return gs;
 }
 
-kiln_tensor *kiln_clip_grad_norm_tensor(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm,
-                                        double norm_type) {
-    const char *op = "kiln_clip_grad_norm";
+/* kiln_clip_grad_norm_tensor and kiln_clip_grad_norm; op names the one called. */
+static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *params, double max_norm,
+                              double norm_type) {
     char b[40];
     int ng;
     kiln_tensor **gs = clip_grads(ctx, op, n, params, &ng);
@@ -627,8 +641,13 @@ fail:
     return kiln__finish(ctx, op, total);
 }
 
+kiln_tensor *kiln_clip_grad_norm_tensor(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm,
+                                        double norm_type) {
+    return clip_norm(ctx, "kiln_clip_grad_norm_tensor", n, params, max_norm, norm_type);
+}
+
 float kiln_clip_grad_norm(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm, double norm_type) {
-    kiln_tensor *t = kiln_clip_grad_norm_tensor(ctx, n, params, max_norm, norm_type);
+    kiln_tensor *t = clip_norm(ctx, "kiln_clip_grad_norm", n, params, max_norm, norm_type);
     if (!t) return NAN;
     float v = kiln_item(t);
     kiln_tensor_free(t);

@@ -167,8 +167,14 @@ kiln_lr_sched *kiln_linear_lr(kiln_optim *opt, double start_factor, double end_f
     return sched_start(s);
 }
 
-double kiln_lr_sched_get_last_lr(const kiln_lr_sched *s) { return s ? s->last_lr : NAN; }
-int64_t kiln_lr_sched_last_epoch(const kiln_lr_sched *s) { return s ? s->last_epoch : -1; }
+double kiln_lr_sched_get_last_lr(const kiln_lr_sched *s) {
+    if (!s) return kiln__fail_global(KILN_ERR_NULL, "kiln_lr_sched_get_last_lr: scheduler is NULL"), NAN;
+    return s->last_lr;
+}
+int64_t kiln_lr_sched_last_epoch(const kiln_lr_sched *s) {
+    if (!s) return kiln__fail_global(KILN_ERR_NULL, "kiln_lr_sched_last_epoch: scheduler is NULL"), -1;
+    return s->last_epoch;
+}
 
 kiln_status kiln_lr_sched_set_last_epoch(kiln_lr_sched *s, int64_t last_epoch) {
     if (!s) return kiln__fail_global(KILN_ERR_NULL, "kiln_lr_sched_set_last_epoch: scheduler is NULL");

@@ -52,7 +52,10 @@ int kiln__axis(int axis, int ndim) {
 }
 
 bool kiln__check_inputs(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *ts) {
-    if (!ctx) return false;
+    if (!ctx) {
+        kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op);
+        return false;
+    }
     for (int i = 0; i < n; i++) {
         if (!ts[i]) {
             if (ctx->err == KILN_OK)
@@ -376,12 +379,12 @@ kiln_tensor *kiln__copy_contiguous(kiln_ctx *ctx, const char *op, kiln_tensor *t
 /* ---- creation ----------------------------------------------------------------------- */
 
 kiln_tensor *kiln_empty(kiln_ctx *ctx, kiln_dtype dtype, int ndim, const int64_t *shape) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_empty: ctx is NULL"), NULL;
     return kiln__tensor_new(ctx, "kiln_empty", dtype, ndim, shape);
 }
 
 kiln_tensor *kiln_from_host(kiln_ctx *ctx, const void *data, kiln_dtype dtype, int ndim, const int64_t *shape) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_from_host: ctx is NULL"), NULL;
     if (!data) {
         kiln__fail(ctx, KILN_ERR_NULL, "kiln_from_host: data is NULL");
         return NULL;
@@ -436,27 +439,30 @@ static uint32_t value_bits(kiln_dtype dt, float value) {
 }
 
 kiln_status kiln_fill(kiln_tensor *t, float value) {
-    if (!t) return KILN_ERR_NULL;
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_fill: tensor is NULL");
     if (t->dtype == KILN_F16)
         return kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_fill: f16 tensors are not supported yet");
     return fill_bits(t->ctx, "kiln_fill", t, value_bits(t->dtype, value));
 }
 
-kiln_tensor *kiln_full(kiln_ctx *ctx, float value, int ndim, const int64_t *shape) {
-    if (!ctx) return NULL;
-    kiln_tensor *t = kiln__tensor_new(ctx, "kiln_full", KILN_F32, ndim, shape);
-    if (t && fill_bits(ctx, "kiln_full", t, value_bits(KILN_F32, value)) != KILN_OK) {
+static kiln_tensor *full(kiln_ctx *ctx, const char *op, float value, int ndim, const int64_t *shape) {
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op), NULL;
+    kiln_tensor *t = kiln__tensor_new(ctx, op, KILN_F32, ndim, shape);
+    if (t && fill_bits(ctx, op, t, value_bits(KILN_F32, value)) != KILN_OK) {
         kiln_tensor_free(t);
         return NULL;
     }
     return t;
 }
 
-kiln_tensor *kiln_zeros(kiln_ctx *ctx, int ndim, const int64_t *shape) { return kiln_full(ctx, 0.0f, ndim, shape); }
-kiln_tensor *kiln_ones(kiln_ctx *ctx, int ndim, const int64_t *shape) { return kiln_full(ctx, 1.0f, ndim, shape); }
+kiln_tensor *kiln_full(kiln_ctx *ctx, float value, int ndim, const int64_t *shape) {
+    return full(ctx, "kiln_full", value, ndim, shape);
+}
+kiln_tensor *kiln_zeros(kiln_ctx *ctx, int ndim, const int64_t *shape) { return full(ctx, "kiln_zeros", 0.0f, ndim, shape); }
+kiln_tensor *kiln_ones(kiln_ctx *ctx, int ndim, const int64_t *shape) { return full(ctx, "kiln_ones", 1.0f, ndim, shape); }
 
 kiln_tensor *kiln_arange(kiln_ctx *ctx, double start, double end, double step) {
-    if (!ctx) return NULL;
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_arange: ctx is NULL"), NULL;
     if (step == 0 || !isfinite(start) || !isfinite(end) || !isfinite(step) || (end - start) / step < 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_arange: bad range start=%g end=%g step=%g", start, end, step);
         return NULL;
@@ -482,7 +488,7 @@ kiln_tensor *kiln_arange(kiln_ctx *ctx, double start, double end, double step) {
 /* ---- host transfer ------------------------------------------------------------------ */
 
 kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes) {
-    if (!t) return KILN_ERR_NULL;
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_to_host: tensor is NULL");
     kiln_ctx *ctx = t->ctx;
     char sb[160];
     size_t es = kiln_dtype_size(t->dtype);
@@ -510,7 +516,7 @@ kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes) {
 }
 
 kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t src_bytes) {
-    if (!t) return KILN_ERR_NULL;
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_copy_from_host: tensor is NULL");
     kiln_ctx *ctx = t->ctx;
     char sb[160];
     size_t es = kiln_dtype_size(t->dtype);
@@ -537,13 +543,14 @@ kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t src_byte
 }
 
 kiln_status kiln_copy(kiln_tensor *dst, kiln_tensor *src) {
-    if (!dst || !src) return KILN_ERR_NULL;
+    if (!dst) return kiln__fail_global(KILN_ERR_NULL, "kiln_copy: dst is NULL");
+    if (!src) return kiln__fail(dst->ctx, KILN_ERR_NULL, "kiln_copy: src is NULL");
     if (dst->ctx != src->ctx) return kiln__fail(dst->ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_copy: tensors of two contexts");
     return kiln__copy_into(dst->ctx, "kiln_copy", src, dst);
 }
 
 float kiln_item(kiln_tensor *t) {
-    if (!t) return NAN;
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_item: tensor is NULL"), NAN;
     char sb[160];
     if (kiln__numel(t->ndim, t->shape) != 1) {
         kiln__fail(t->ctx, KILN_ERR_SHAPE, "kiln_item: tensor %s has %lld elements, not 1",

@@ -3,9 +3,11 @@
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../ops/ops_internal.h"
@@ -18,7 +20,9 @@ kiln_fit_opts kiln_fit_defaults(void) {
     kiln_fit_opts o;
     memset(&o, 0, sizeof o);
     o.epochs = 1;
+    o.clip_grad_norm = INFINITY; /* no clipping */
     o.monitor = KILN_MONITOR_VAL_ACCURACY;
+    o.patience = -1; /* no early stopping */
     return o;
 }
 
@@ -384,17 +388,33 @@ static void progress_epoch(bool tty, const kiln_epoch_stats *e, int epochs, int6
 
 static const char *monitor_name(kiln_monitor m) { return m == KILN_MONITOR_VAL_LOSS ? "val_loss" : "val_accuracy"; }
 
-kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *result) {
-    static const char *op = "kiln_fit";
-    kiln_fit_result r;
-    memset(&r, 0, sizeof r);
-    r.best_metric = NAN;
-    r.last.train_loss = r.last.train_accuracy = r.last.val_loss = r.last.val_accuracy = NAN;
-    r.last.lr = r.last.seconds = r.last.samples_per_second = NAN;
-    if (result) *result = r;
-    if (!m) return kiln__fail_global(KILN_ERR_NULL, "%s: module is NULL", op);
-    kiln_ctx *ctx = kiln_module_ctx(m);
-    if (kiln_error_status(ctx) != KILN_OK) return kiln_error_status(ctx); /* an earlier error is pending */
+/* A file kiln_fit writes (`what` names its option) must be writable before training
+ * starts: the writers put a temporary file next to it and rename it over, so the same is
+ * tried here (and removed), and an existing directory of that name is refused. */
+static kiln_status check_output(kiln_ctx *ctx, const char *op, const char *what, const char *path) {
+    if (!path) return KILN_OK;
+    if (!*path) return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s is an empty path", op, what);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return kiln__fail(ctx, KILN_ERR_IO, "%s: %s %s: is a directory", op, what, path);
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 16);
+    if (!tmp) return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int err = errno;
+        free(tmp);
+        return kiln__fail(ctx, KILN_ERR_IO, "%s: %s %s: cannot write there: %s", op, what, path, strerror(err));
+    }
+    close(fd);
+    unlink(tmp);
+    free(tmp);
+    return KILN_OK;
+}
+
+/* Everything about the options that can be checked before the first step. */
+static kiln_status fit_check(kiln_ctx *ctx, const char *op, const kiln_fit_opts *o) {
     if (!o) return kiln__fail(ctx, KILN_ERR_NULL, "%s: options are NULL", op);
     if (!o->train) return kiln__fail(ctx, KILN_ERR_NULL, "%s: no training loader (o->train is NULL)", op);
     if (!o->opt) return kiln__fail(ctx, KILN_ERR_NULL, "%s: no optimizer (o->opt is NULL)", op);
@@ -402,23 +422,31 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the optimizer belongs to another context", op);
     if (o->epochs < 1)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: epochs is %d; it must be >= 1", op, o->epochs);
-    if (o->patience < 0)
-        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: patience is %d; it must be >= 0", op, o->patience);
-    if (!(o->clip_grad_norm >= 0) || isinf(o->clip_grad_norm))
+    /* fields are literal: a zero here would mean "stop at once" and "zero every gradient",
+     * which no one asks for, so it is refused with where the defaults are */
+    if (o->patience < 1 && o->patience != -1)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                          "%s: clip_grad_norm is %g; it must be finite and >= 0 "
-                          "(0: off)",
-                          op, o->clip_grad_norm);
+                          "%s: patience is %d; it must be >= 1, or -1 for no early stopping (kiln_fit_defaults)", op,
+                          o->patience);
+    if (!(o->clip_grad_norm > 0))
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "%s: clip_grad_norm is %g; it must be > 0, INFINITY for no clipping (kiln_fit_defaults)", op,
+                          o->clip_grad_norm);
     if (o->monitor != KILN_MONITOR_VAL_ACCURACY && o->monitor != KILN_MONITOR_VAL_LOSS)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: unknown monitor %d", op, (int)o->monitor);
     if (o->history_cap < 0 || (o->history_cap > 0 && !o->history))
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: history_cap is %d with history %s", op, o->history_cap,
                           o->history ? "set" : "NULL");
-    if (!o->val && (o->patience > 0 || o->restore_best || o->best_path))
+    if (!o->val && (o->patience != -1 || o->restore_best || o->best_path))
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s needs a validation loader (o->val is NULL)", op,
-                          o->patience > 0   ? "early stopping (patience)"
+                          o->patience != -1 ? "early stopping (patience)"
                           : o->restore_best ? "restore_best"
                                             : "best_path");
+    /* the plot and the best model are written after an epoch: a path that cannot be
+     * written fails now, before any training */
+    kiln_status s = check_output(ctx, op, "plot_path", o->plot_path);
+    if (s == KILN_OK) s = check_output(ctx, op, "best_path", o->best_path);
+    if (s != KILN_OK) return s;
     /* start the CSV log now: a path that cannot be written fails before any training */
     if (o->metrics_csv) {
         FILE *f = fopen(o->metrics_csv, "w");
@@ -426,164 +454,225 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
             return kiln__fail(ctx, KILN_ERR_IO, "%s: metrics_csv %s: cannot create it: %s", op, o->metrics_csv,
                               strerror(errno));
     }
+    return KILN_OK;
+}
 
-    kiln_epoch_stats *hist = calloc((size_t)o->epochs, sizeof *hist);
-    int nparams = kiln_optim_param_count(o->opt);
-    kiln_tensor **params = calloc((size_t)(nparams > 0 ? nparams : 1), sizeof *params);
-    if (!hist || !params) {
-        free(hist);
-        free(params);
-        return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+/* One run of kiln_fit: its options, what it keeps across epochs, and its result. */
+typedef struct fit_run {
+    const char *op;
+    kiln_module *m;
+    const kiln_fit_opts *o;
+    kiln_ctx *ctx;
+    kiln_tensor **params; /* the optimizer's, for gradient clipping */
+    int nparams;
+    kiln_epoch_stats *hist; /* every finished epoch, for the plot */
+    tally t;
+    snapshot best;
+    bool tty;
+    int64_t nbat;
+    int wait; /* epochs since the monitored value last improved */
+    kiln_fit_result r;
+} fit_run;
+
+/* Names where in the run the context's error happened and returns its status. */
+static kiln_status fit_fail_at(fit_run *f, kiln_status s, const char *fmt, ...) KILN__PRINTF(3, 4);
+static kiln_status fit_fail_at(fit_run *f, kiln_status s, const char *fmt, ...) {
+    char where[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(where, sizeof where, fmt, ap);
+    va_end(ap);
+    error_prefix(f->ctx, where);
+    return s;
+}
+
+/* One training step on a batch: forward, loss (tallied), backward, clipping, update. */
+static kiln_status fit_step(fit_run *f, kiln_tensor *x, kiln_tensor *y) {
+    const kiln_fit_opts *o = f->o;
+    kiln_ctx *ctx = f->ctx;
+    kiln_tensor *out = kiln_forward(f->m, x);
+    kiln_tensor *loss = batch_loss(ctx, o->loss, o->loss_user, out, y);
+    kiln_status s = loss ? tally_record(&f->t, out, y, loss, kiln_tensor_shape(x)[0]) : kiln_error_status(ctx);
+    if (s == KILN_OK) s = kiln_optim_zero_grad(o->opt);
+    if (s == KILN_OK) s = kiln_backward(loss);
+    if (s == KILN_OK && !isinf(o->clip_grad_norm) &&
+        !kiln_clip_grad_norm_tensor(ctx, f->nparams, f->params, o->clip_grad_norm, 2.0))
+        s = kiln_error_status(ctx);
+    if (s == KILN_OK) s = kiln_optim_step(o->opt);
+    return s;
+}
+
+/* Trains one epoch over the training loader, drawing the progress bar on a terminal, and
+ * fills e's train figures. */
+static kiln_status fit_train_epoch(fit_run *f, int epoch, kiln_epoch_stats *e, double t0) {
+    const kiln_fit_opts *o = f->o;
+    kiln_ctx *ctx = f->ctx;
+    double last_draw = t0;
+    kiln_module_train(f->m, true);
+    tally_reset(&f->t);
+    int64_t batch = 0, seen = 0;
+    kiln_status s = KILN_OK;
+    for (;;) {
+        kiln_tensor *x, *y;
+        kiln_scope_begin(ctx);
+        if (!kiln_loader_next(o->train, &x, &y)) {
+            kiln_scope_end(ctx);
+            s = kiln_error_status(ctx);
+            break;
+        }
+        batch++;
+        int64_t B = kiln_tensor_shape(x)[0];
+        s = fit_step(f, x, y);
+        kiln_scope_end(ctx);
+        if (s != KILN_OK) break;
+        seen += B;
+        double now = kiln__now_ms();
+        /* the first at once (it shows a slow start), the last (the full bar), others at most
+         * ten times a second */
+        if (f->tty && (batch == 1 || batch == f->nbat || now - last_draw >= 100)) {
+            s = tally_flush(&f->t);
+            if (s != KILN_OK) break;
+            now = kiln__now_ms();
+            double el = (now - t0) / 1000;
+            progress_bar(epoch, o->epochs, batch, f->nbat, &f->t, el > 0 ? seen / el : 0, el);
+            last_draw = now;
+        }
     }
-    for (int i = 0; i < nparams; i++)
-        params[i] = kiln_optim_param(o->opt, i);
+    if (s == KILN_OK) s = tally_flush(&f->t);
+    if (s == KILN_OK && batch == 0)
+        s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "the training loader gave no batches");
+    if (s != KILN_OK)
+        return fit_fail_at(f, s, "%s: epoch %d/%d, batch %lld/%lld", f->op, epoch, o->epochs,
+                           (long long)(batch ? batch : 1), (long long)f->nbat);
+    double train_s = (kiln__now_ms() - t0) / 1000;
+    e->train_loss = tally_loss(&f->t);
+    e->train_accuracy = tally_acc(&f->t);
+    e->samples_per_second = train_s > 0 ? (double)seen / train_s : NAN;
+    return KILN_OK;
+}
+
+/* After an epoch with validation: a better monitored value snapshots and saves the model;
+ * patience epochs without one set *stop. */
+static kiln_status fit_track_best(fit_run *f, const kiln_epoch_stats *e, bool *stop) {
+    const kiln_fit_opts *o = f->o;
+    kiln_fit_result *r = &f->r;
+    bool higher = o->monitor == KILN_MONITOR_VAL_ACCURACY;
+    double v = higher ? e->val_accuracy : e->val_loss;
+    bool better = !isnan(v) && (r->best_epoch == 0 || (higher ? v > r->best_metric : v < r->best_metric));
+    kiln_status s;
+    if (!better) {
+        if (o->patience != -1 && ++f->wait >= o->patience) *stop = true;
+        return KILN_OK;
+    }
+    r->best_epoch = e->epoch;
+    r->best_metric = v;
+    f->wait = 0;
+    if (o->restore_best && (s = snapshot_take(&f->best, f->m)) != KILN_OK)
+        return fit_fail_at(f, s, "%s: epoch %d/%d, best-model snapshot", f->op, e->epoch, o->epochs);
+    if (o->best_path) {
+        char desc[160];
+        snprintf(desc, sizeof desc, "kiln_fit best model: epoch %d, %s %.6g", e->epoch, monitor_name(o->monitor), v);
+        if ((s = kiln_module_save(f->m, o->best_path, desc)) != KILN_OK)
+            return fit_fail_at(f, s, "%s: epoch %d/%d, saving the best model", f->op, e->epoch, o->epochs);
+    }
+    return KILN_OK;
+}
+
+/* The log line and the plot of the epochs so far: host files, their context-less errors
+ * moved into the context. */
+static kiln_status fit_write_files(fit_run *f, const kiln_epoch_stats *e) {
+    const kiln_fit_opts *o = f->o;
+    if (o->metrics_csv && kiln_metrics_csv_append(o->metrics_csv, e) != KILN_OK)
+        return kiln__fail(f->ctx, KILN_ERR_IO, "%s: epoch %d/%d: %s", f->op, e->epoch, o->epochs, kiln_last_error());
+    if (o->plot_path && kiln_plot_history(o->plot_path, f->hist, e->epoch, "training history") != KILN_OK)
+        return kiln__fail(f->ctx, KILN_ERR_IO, "%s: epoch %d/%d: %s", f->op, e->epoch, o->epochs, kiln_last_error());
+    return KILN_OK;
+}
+
+/* One epoch: training, validation, the lr schedule, the best model, the files. */
+static kiln_status fit_epoch(fit_run *f, int epoch, bool *stop) {
+    const kiln_fit_opts *o = f->o;
+    kiln_epoch_stats e = {.epoch = epoch, .val_loss = NAN, .val_accuracy = NAN};
+    e.lr = kiln_optim_get_lr(o->opt);
+    double t0 = kiln__now_ms();
+    kiln_status s = fit_train_epoch(f, epoch, &e, t0);
+    if (s != KILN_OK) return s;
+    if (o->val) {
+        s = kiln_evaluate(f->m, o->val, o->loss, o->loss_user, NULL, &e.val_loss, &e.val_accuracy);
+        if (s != KILN_OK) return fit_fail_at(f, s, "%s: epoch %d/%d, validation", f->op, epoch, o->epochs);
+    }
+    if (o->sched && (s = kiln_lr_sched_step(o->sched)) != KILN_OK)
+        return fit_fail_at(f, s, "%s: epoch %d/%d, lr scheduler", f->op, epoch, o->epochs);
+    e.seconds = (kiln__now_ms() - t0) / 1000;
+    f->hist[epoch - 1] = e;
+    if (epoch <= o->history_cap) o->history[epoch - 1] = e;
+    f->r.epochs_run = epoch;
+    f->r.last = e;
+    if (o->progress) progress_epoch(f->tty, &e, o->epochs, f->nbat);
+    if (o->val && (s = fit_track_best(f, &e, stop)) != KILN_OK) return s;
+    return fit_write_files(f, &e);
+}
+
+/* At the end of a run with restore_best: the best epoch's weights back in the model. */
+static kiln_status fit_restore_best(fit_run *f) {
+    kiln_fit_result *r = &f->r;
+    if (!f->o->restore_best || !f->best.taken || r->best_epoch == r->epochs_run) return KILN_OK;
+    kiln_status s = snapshot_restore(&f->best, f->m);
+    if (s != KILN_OK) return fit_fail_at(f, s, "kiln_fit: restoring the best model");
+    if (f->o->progress)
+        fprintf(stderr, "restored the weights of epoch %d (%s %.4f)\n", r->best_epoch, monitor_name(f->o->monitor),
+                r->best_metric);
+    return KILN_OK;
+}
+
+kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *result) {
+    fit_run f = {.op = "kiln_fit", .m = m, .o = o};
+    f.r.best_metric = NAN;
+    f.r.last.train_loss = f.r.last.train_accuracy = f.r.last.val_loss = f.r.last.val_accuracy = NAN;
+    f.r.last.lr = f.r.last.seconds = f.r.last.samples_per_second = NAN;
+    if (result) *result = f.r;
+    if (!m) return kiln__fail_global(KILN_ERR_NULL, "%s: module is NULL", f.op);
+    kiln_ctx *ctx = f.ctx = kiln_module_ctx(m);
+    if (kiln_error_status(ctx) != KILN_OK) return kiln_error_status(ctx); /* an earlier error is pending */
+    kiln_status s = fit_check(ctx, f.op, o);
+    if (s != KILN_OK) return s;
+
+    f.hist = calloc((size_t)o->epochs, sizeof *f.hist);
+    f.nparams = kiln_optim_param_count(o->opt);
+    f.params = calloc((size_t)(f.nparams > 0 ? f.nparams : 1), sizeof *f.params);
+    if (!f.hist || !f.params) {
+        free(f.hist);
+        free(f.params);
+        return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", f.op);
+    }
+    for (int i = 0; i < f.nparams; i++)
+        f.params[i] = kiln_optim_param(o->opt, i);
 
     bool was_training = kiln_module_is_training(m);
     bool grad = kiln_set_grad_enabled(ctx, true);
-    bool tty = o->progress && isatty(2);
-    int64_t nbat = kiln_loader_num_batches(o->train);
-    tally t = {.ctx = ctx, .want_b = nbat};
-    snapshot best = {0};
-    bool higher = o->monitor == KILN_MONITOR_VAL_ACCURACY;
-    int wait = 0;
-    char where[128];
-    kiln_status s = kiln_loader_reset(o->train);
-
+    f.tty = o->progress && isatty(2);
+    f.nbat = kiln_loader_num_batches(o->train);
+    f.t = (tally){.ctx = ctx, .want_b = f.nbat};
+    s = kiln_loader_reset(o->train);
     for (int epoch = 1; s == KILN_OK && epoch <= o->epochs; epoch++) {
-        kiln_epoch_stats e = {.epoch = epoch, .val_loss = NAN, .val_accuracy = NAN};
-        e.lr = kiln_optim_get_lr(o->opt);
-        double t0 = kiln__now_ms(), last_draw = t0;
-        kiln_module_train(m, true);
-        tally_reset(&t);
-        int64_t batch = 0, seen = 0;
-        for (;;) {
-            kiln_tensor *x, *y;
-            kiln_scope_begin(ctx);
-            if (!kiln_loader_next(o->train, &x, &y)) {
-                kiln_scope_end(ctx);
-                s = kiln_error_status(ctx);
-                break;
-            }
-            batch++;
-            int64_t B = kiln_tensor_shape(x)[0];
-            kiln_tensor *out = kiln_forward(m, x);
-            kiln_tensor *loss = batch_loss(ctx, o->loss, o->loss_user, out, y);
-            s = loss ? tally_record(&t, out, y, loss, B) : kiln_error_status(ctx);
-            if (s == KILN_OK) s = kiln_optim_zero_grad(o->opt);
-            if (s == KILN_OK) s = kiln_backward(loss);
-            if (s == KILN_OK && o->clip_grad_norm > 0 &&
-                !kiln_clip_grad_norm_tensor(ctx, nparams, params, o->clip_grad_norm, 2.0))
-                s = kiln_error_status(ctx);
-            if (s == KILN_OK) s = kiln_optim_step(o->opt);
-            kiln_scope_end(ctx);
-            if (s != KILN_OK) break;
-            seen += B;
-            double now = kiln__now_ms();
-            /* the first at once (it shows a slow start), the last (the full bar), others at most
-             * ten times a second */
-            if (tty && (batch == 1 || batch == nbat || now - last_draw >= 100)) {
-                s = tally_flush(&t);
-                if (s != KILN_OK) break;
-                now = kiln__now_ms();
-                double el = (now - t0) / 1000;
-                progress_bar(epoch, o->epochs, batch, nbat, &t, el > 0 ? seen / el : 0, el);
-                last_draw = now;
-            }
-        }
-        if (s == KILN_OK) s = tally_flush(&t);
-        if (s == KILN_OK && batch == 0)
-            s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "the training loader gave no batches");
-        if (s != KILN_OK) {
-            snprintf(where, sizeof where, "%s: epoch %d/%d, batch %lld/%lld", op, epoch, o->epochs,
-                     (long long)(batch ? batch : 1), (long long)nbat);
-            error_prefix(ctx, where);
-            break;
-        }
-        double train_s = (kiln__now_ms() - t0) / 1000;
-        e.train_loss = tally_loss(&t);
-        e.train_accuracy = tally_acc(&t);
-        e.samples_per_second = train_s > 0 ? (double)seen / train_s : NAN;
-        if (o->val) {
-            s = kiln_evaluate(m, o->val, o->loss, o->loss_user, NULL, &e.val_loss, &e.val_accuracy);
-            if (s != KILN_OK) {
-                snprintf(where, sizeof where, "%s: epoch %d/%d, validation", op, epoch, o->epochs);
-                error_prefix(ctx, where);
-                break;
-            }
-        }
-        if (o->sched && (s = kiln_lr_sched_step(o->sched)) != KILN_OK) {
-            snprintf(where, sizeof where, "%s: epoch %d/%d, lr scheduler", op, epoch, o->epochs);
-            error_prefix(ctx, where);
-            break;
-        }
-        e.seconds = (kiln__now_ms() - t0) / 1000;
-        hist[epoch - 1] = e;
-        if (epoch <= o->history_cap) o->history[epoch - 1] = e;
-        r.epochs_run = epoch;
-        r.last = e;
-        if (o->progress) progress_epoch(tty, &e, o->epochs, nbat);
-
-        /* best model and early stopping */
         bool stop = false;
-        if (o->val) {
-            double v = higher ? e.val_accuracy : e.val_loss;
-            bool better = !isnan(v) && (r.best_epoch == 0 || (higher ? v > r.best_metric : v < r.best_metric));
-            if (better) {
-                r.best_epoch = epoch;
-                r.best_metric = v;
-                wait = 0;
-                if (o->restore_best && (s = snapshot_take(&best, m)) != KILN_OK) {
-                    snprintf(where, sizeof where, "%s: epoch %d/%d, best-model snapshot", op, epoch, o->epochs);
-                    error_prefix(ctx, where);
-                    break;
-                }
-                if (o->best_path) {
-                    char desc[160];
-                    snprintf(desc, sizeof desc, "kiln_fit best model: epoch %d, %s %.6g", epoch,
-                             monitor_name(o->monitor), v);
-                    if ((s = kiln_module_save(m, o->best_path, desc)) != KILN_OK) {
-                        snprintf(where, sizeof where, "%s: epoch %d/%d, saving the best model", op, epoch, o->epochs);
-                        error_prefix(ctx, where);
-                        break;
-                    }
-                }
-            } else if (o->patience > 0 && ++wait >= o->patience) {
-                stop = true;
-            }
-        }
-        /* the log and the plot: host files, context-less errors moved into the context */
-        if (o->metrics_csv && kiln_metrics_csv_append(o->metrics_csv, &e) != KILN_OK) {
-            s = kiln__fail(ctx, KILN_ERR_IO, "%s: epoch %d/%d: %s", op, epoch, o->epochs, kiln_last_error());
-            break;
-        }
-        if (o->plot_path && kiln_plot_history(o->plot_path, hist, epoch, "training history") != KILN_OK) {
-            s = kiln__fail(ctx, KILN_ERR_IO, "%s: epoch %d/%d: %s", op, epoch, o->epochs, kiln_last_error());
-            break;
-        }
-        if (stop) {
-            r.stopped_early = true;
+        s = fit_epoch(&f, epoch, &stop);
+        if (s == KILN_OK && stop) {
+            f.r.stopped_early = true;
             if (o->progress)
                 fprintf(stderr, "early stopping: %s did not improve for %d epochs; best epoch %d (%.4f)\n",
-                        monitor_name(o->monitor), o->patience, r.best_epoch, r.best_metric);
+                        monitor_name(o->monitor), o->patience, f.r.best_epoch, f.r.best_metric);
             break;
         }
     }
-    if (s == KILN_OK && o->restore_best && best.taken && r.best_epoch != r.epochs_run) {
-        s = snapshot_restore(&best, m);
-        if (s != KILN_OK) {
-            error_prefix(ctx, "kiln_fit: restoring the best model");
-        } else if (o->progress) {
-            fprintf(stderr, "restored the weights of epoch %d (%s %.4f)\n", r.best_epoch, monitor_name(o->monitor),
-                    r.best_metric);
-        }
-    }
-    if (tty && s != KILN_OK) fputc('\n', stderr); /* leave the bar's line */
-    snapshot_free(&best);
-    tally_free(&t);
-    free(params);
-    free(hist);
+    if (s == KILN_OK) s = fit_restore_best(&f);
+    if (f.tty && s != KILN_OK) fputc('\n', stderr); /* leave the bar's line */
+    snapshot_free(&f.best);
+    tally_free(&f.t);
+    free(f.params);
+    free(f.hist);
     kiln_module_train(m, was_training);
     kiln_set_grad_enabled(ctx, grad);
-    if (result) *result = r;
+    if (result) *result = f.r;
     return s;
 }

@@ -18,13 +18,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t len = size - 1;
     kiln_csv *csv = kiln_csv_parse(text, len, "fuzz-input", (o & 0x80) ? NULL : &opts);
     if (!csv) {
-        FUZZ_CHECK(kiln_data_last_status() != KILN_OK, "failed without a status");
+        FUZZ_CHECK(kiln_last_status() != KILN_OK, "failed without a status");
         FUZZ_CHECK(strstr(kiln_last_error(), "fuzz-input") != NULL, "message does not name the source: %s",
                    kiln_last_error());
         return 0;
     }
     FUZZ_CHECK(!(o & 0x80) ? opts.delimiter != '"' && opts.header != 3 : 1, "invalid options accepted");
-    FUZZ_CHECK(kiln_data_last_status() == KILN_OK, "parsed with a status");
+    FUZZ_CHECK(kiln_last_status() == KILN_OK, "parsed with a status");
     FUZZ_CHECK(csv->cols >= 1 && csv->rows >= 0, "%lld x %lld table", (long long)csv->rows, (long long)csv->cols);
     FUZZ_CHECK(csv->data && csv->lines, "NULL arrays");
     /* every cell came from at least one byte and a separator */

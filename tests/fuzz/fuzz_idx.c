@@ -76,14 +76,14 @@ static void check_idx(const kiln_idx *idx, const uint8_t *raw, size_t len) {
 }
 
 static void check_failure(const char *what) {
-    FUZZ_CHECK(kiln_data_last_status() != KILN_OK, "%s failed without a status", what);
+    FUZZ_CHECK(kiln_last_status() != KILN_OK, "%s failed without a status", what);
     FUZZ_CHECK(kiln_last_error()[0] != '\0', "%s failed without a message", what);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     kiln_idx *idx = kiln_idx_parse(data, size, "fuzz-input");
     if (idx) {
-        FUZZ_CHECK(kiln_data_last_status() == KILN_OK, "parsed with status %d", (int)kiln_data_last_status());
+        FUZZ_CHECK(kiln_last_status() == KILN_OK, "parsed with status %d", (int)kiln_last_status());
         check_idx(idx, data, size);
         kiln_idx_free(idx);
     } else {
