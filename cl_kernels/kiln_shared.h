@@ -1,6 +1,6 @@
 /* cl_kernels/kiln_shared.h - the structs that the host and the kernels both read, in one
- * header that C (through src/kiln_internal.h) and OpenCL C (src/device/program.c puts it in
- * front of every program) include, so that their layouts cannot drift apart.
+ * header that C (through src/tensor/tensor_internal.h) and OpenCL C (src/device/program.c
+ * puts it in front of every program) include, so that their layouts cannot drift apart.
  *
  * Each struct is passed to a kernel by value as one argument. Fields are 32-bit ints only
  * (kiln_i32), so host and device lay them out alike with no padding; the host checks each
@@ -12,6 +12,8 @@
 #define KILN_SHARED_DIMS 8
 /* Inputs of an elementwise launch. */
 #define KILN_GEOM_IN 3
+/* Operands of an elementwise-loss launch: x, t, weight, pos_weight. */
+#define KILN_LOSS_IN 4
 
 #ifdef __OPENCL_VERSION__
 typedef int kiln_i32;
@@ -59,6 +61,35 @@ typedef struct kiln_pool_geom {
     kiln_i32 flag;                          /* avg: count_include_pad; bilinear: align_corners */
 } kiln_pool_geom;
 
+/* An elementwise loss over operands broadcast to the loss's shape (src/ops/loss.c,
+ * cl_kernels/loss.cl): operand j (x, t, weight, pos_weight) reads element i at
+ * sum_d idx_d * strides[j][d]; an absent operand's strides are 0. */
+typedef struct kiln_loss_geom {
+    kiln_i32 ndim;
+    kiln_i32 shape[KILN_SHARED_DIMS];
+    kiln_i32 strides[KILN_LOSS_IN][KILN_SHARED_DIMS];
+} kiln_loss_geom;
+
+/* Constant padding (kiln_pad and the crops, src/ops/shape.c, cl_kernels/shape.cl). */
+typedef struct kiln_pad_geom {
+    kiln_i32 ndim;
+    kiln_i32 oshape[KILN_SHARED_DIMS];
+    kiln_i32 ishape[KILN_SHARED_DIMS];
+    kiln_i32 before[KILN_SHARED_DIMS]; /* elements added before the input along each dim (< 0 crops) */
+    kiln_i32 istride[KILN_SHARED_DIMS];
+} kiln_pad_geom;
+
+/* index_select and gather, forward and backward (src/ops/shape.c, cl_kernels/shape.cl). */
+typedef struct kiln_idx_geom {
+    kiln_i32 ndim;
+    kiln_i32 dim;                     /* the indexed dim */
+    kiln_i32 xsize;                   /* the input's size along dim: indices are clamped below it */
+    kiln_i32 shape[KILN_SHARED_DIMS];  /* iteration shape (the output's; gather_bwd: the input's) */
+    kiln_i32 shape2[KILN_SHARED_DIMS]; /* gather_bwd: the index's shape */
+    kiln_i32 sa[KILN_SHARED_DIMS];     /* the input's strides (gather_bwd: the output gradient's) */
+    kiln_i32 sb[KILN_SHARED_DIMS];     /* the index's strides (gather) */
+} kiln_idx_geom;
+
 #ifndef __OPENCL_VERSION__
 _Static_assert(KILN_MAX_DIMS == KILN_SHARED_DIMS, "kiln.h's KILN_MAX_DIMS must match the kernels' dims");
 _Static_assert(sizeof(kiln_i32) == 4, "kiln_i32 must be 32 bits");
@@ -66,6 +97,9 @@ _Static_assert(sizeof(kiln_geom) == (1 + KILN_SHARED_DIMS * (1 + KILN_GEOM_IN)) 
 _Static_assert(sizeof(kiln_red_geom) == (4 + 4 * KILN_SHARED_DIMS) * 4, "kiln_red_geom has padding");
 _Static_assert(sizeof(kiln_conv_geom) == 16 * 4, "kiln_conv_geom has padding");
 _Static_assert(sizeof(kiln_pool_geom) == 21 * 4, "kiln_pool_geom has padding");
+_Static_assert(sizeof(kiln_loss_geom) == (1 + KILN_SHARED_DIMS * (1 + KILN_LOSS_IN)) * 4, "kiln_loss_geom has padding");
+_Static_assert(sizeof(kiln_pad_geom) == (1 + 4 * KILN_SHARED_DIMS) * 4, "kiln_pad_geom has padding");
+_Static_assert(sizeof(kiln_idx_geom) == (3 + 4 * KILN_SHARED_DIMS) * 4, "kiln_idx_geom has padding");
 #endif
 
 #endif

@@ -18,14 +18,8 @@
  * geometry, so results are bit-identical from run to run.
  */
 
-#define LOSS_NIN 4
-
-/* Mirrored by loss_geom in src/ops/loss.c: only 32-bit ints, no padding. */
-typedef struct {
-    int ndim;
-    int shape[KILN_MAX_DIMS];
-    int strides[LOSS_NIN][KILN_MAX_DIMS];
-} loss_geom;
+/* The strided kernels' geometry, shared with src/ops/loss.c (cl_kernels/kiln_shared.h). */
+typedef kiln_loss_geom loss_geom;
 
 inline int4 loss_offsets(const loss_geom *g, int i) {
     int4 o = (int4)(0, 0, 0, 0);

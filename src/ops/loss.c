@@ -29,7 +29,7 @@
 
 #define LOSS_PROGRAM "loss"
 #define LOSS_OPTIONS ""
-#define LOSS_NIN 4
+#define LOSS_NIN KILN_LOSS_IN
 
 /* A loss kernel's work-item sums about PART_TERMS terms before a second work-group pays;
  * at most GROUPS_PER_CU groups per compute unit and MAX_GROUPS in all (the final launch
@@ -38,12 +38,9 @@
 #define GROUPS_PER_CU 4
 #define MAX_GROUPS 256
 
-/* Mirrors loss_geom in cl_kernels/loss.cl: only 32-bit ints, no padding. */
-typedef struct loss_geom {
-    cl_int ndim;
-    cl_int shape[KILN_MAX_DIMS];
-    cl_int strides[LOSS_NIN][KILN_MAX_DIMS];
-} loss_geom;
+/* The strided launches' geometry as the kernels read it (one argument, by value;
+ * cl_kernels/kiln_shared.h). */
+typedef kiln_loss_geom loss_geom;
 
 /* ---- autograd node states ----------------------------------------------------------- */
 
