@@ -1,6 +1,7 @@
-/* cl_kernels/kiln_shared.h - the structs that the host and the kernels both read, in one
- * header that C (through src/tensor/tensor_internal.h) and OpenCL C (src/device/program.c
- * puts it in front of every program) include, so that their layouts cannot drift apart.
+/* cl_kernels/kiln_shared.h - the structs and flag values that the host and the kernels
+ * both read, in one header that C (through src/tensor/tensor_internal.h) and OpenCL C
+ * (src/device/program.c puts it in front of every program) include, so that their layouts
+ * and meanings cannot drift apart.
  *
  * Each struct is passed to a kernel by value as one argument. Fields are 32-bit ints only
  * (kiln_i32), so host and device lay them out alike with no padding; the host checks each
@@ -89,6 +90,28 @@ typedef struct kiln_idx_geom {
     kiln_i32 sa[KILN_SHARED_DIMS];     /* the input's strides (gather_bwd: the output gradient's) */
     kiln_i32 sb[KILN_SHARED_DIMS];     /* the index's strides (gather) */
 } kiln_idx_geom;
+
+/* Flag bits of the elementwise-loss kernels (<loss>_none/_part/_bwd, cl_kernels/loss.cl). */
+#define KILN_LOSS_W 1  /* weight given */
+#define KILN_LOSS_PW 2 /* pos_weight given */
+#define KILN_LOSS_GX 4 /* _bwd: write the gradient of x */
+#define KILN_LOSS_GT 8 /* _bwd: write the gradient of t */
+
+/* Flag bits of the cross-entropy and nll row kernels (ce_rows, nll_rows). */
+#define KILN_ROWS_W 1   /* class weights given */
+#define KILN_ROWS_RW 2  /* write each row's weight (0 when ignored) */
+#define KILN_ROWS_LSE 4 /* write each row's log-sum-exp (ce_rows) */
+
+/* Flag bits of their backward (ce_bwd, nll_bwd). */
+#define KILN_ROWS_BWD_W 1      /* class weights given */
+#define KILN_ROWS_BWD_SCALAR 2 /* one seed G[0] for every row (sum, mean), else G[r] */
+#define KILN_ROWS_BWD_DEN 4    /* divide by DEN[0] (mean: the rows' summed weights) */
+#define KILN_ROWS_BWD_WT 8     /* ce_bwd: the summed class weights WT given (else WT = C) */
+
+/* How batch norm and layer norm apply weight and bias (the wmode argument of the norm
+ * kernels, src/ops/norm.c, cl_kernels/norm.cl; has_w and has_b say which is present). */
+#define KILN_NORM_W_GROUP 1 /* one per group (batch norm's channels) */
+#define KILN_NORM_W_ELEM 2  /* one per element s of a group (layer norm) */
 
 #ifndef __OPENCL_VERSION__
 _Static_assert(KILN_MAX_DIMS == KILN_SHARED_DIMS, "kiln.h's KILN_MAX_DIMS must match the kernels' dims");
