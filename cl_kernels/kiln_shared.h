@@ -1,6 +1,7 @@
-/* cl_kernels/kiln_shared.h - the structs that the host and the kernels both read, in one
- * header that C (through src/kiln_internal.h) and OpenCL C (src/device/program.c puts it in
- * front of every program) include, so that their layouts cannot drift apart.
+/* cl_kernels/kiln_shared.h - the structs and flag values that the host and the kernels
+ * both read, in one header that C (through src/tensor/tensor_internal.h) and OpenCL C
+ * (src/device/program.c puts it in front of every program) include, so that their layouts
+ * and meanings cannot drift apart.
  *
  * Each struct is passed to a kernel by value as one argument. Fields are 32-bit ints only
  * (kiln_i32), so host and device lay them out alike with no padding; the host checks each
@@ -12,6 +13,8 @@
 #define KILN_SHARED_DIMS 8
 /* Inputs of an elementwise launch. */
 #define KILN_GEOM_IN 3
+/* Operands of an elementwise-loss launch: x, t, weight, pos_weight. */
+#define KILN_LOSS_IN 4
 
 #ifdef __OPENCL_VERSION__
 typedef int kiln_i32;
@@ -59,6 +62,57 @@ typedef struct kiln_pool_geom {
     kiln_i32 flag;                          /* avg: count_include_pad; bilinear: align_corners */
 } kiln_pool_geom;
 
+/* An elementwise loss over operands broadcast to the loss's shape (src/ops/loss.c,
+ * cl_kernels/loss.cl): operand j (x, t, weight, pos_weight) reads element i at
+ * sum_d idx_d * strides[j][d]; an absent operand's strides are 0. */
+typedef struct kiln_loss_geom {
+    kiln_i32 ndim;
+    kiln_i32 shape[KILN_SHARED_DIMS];
+    kiln_i32 strides[KILN_LOSS_IN][KILN_SHARED_DIMS];
+} kiln_loss_geom;
+
+/* Constant padding (kiln_pad and the crops, src/ops/shape.c, cl_kernels/shape.cl). */
+typedef struct kiln_pad_geom {
+    kiln_i32 ndim;
+    kiln_i32 oshape[KILN_SHARED_DIMS];
+    kiln_i32 ishape[KILN_SHARED_DIMS];
+    kiln_i32 before[KILN_SHARED_DIMS]; /* elements added before the input along each dim (< 0 crops) */
+    kiln_i32 istride[KILN_SHARED_DIMS];
+} kiln_pad_geom;
+
+/* index_select and gather, forward and backward (src/ops/shape.c, cl_kernels/shape.cl). */
+typedef struct kiln_idx_geom {
+    kiln_i32 ndim;
+    kiln_i32 dim;                     /* the indexed dim */
+    kiln_i32 xsize;                   /* the input's size along dim: indices are clamped below it */
+    kiln_i32 shape[KILN_SHARED_DIMS];  /* iteration shape (the output's; gather_bwd: the input's) */
+    kiln_i32 shape2[KILN_SHARED_DIMS]; /* gather_bwd: the index's shape */
+    kiln_i32 sa[KILN_SHARED_DIMS];     /* the input's strides (gather_bwd: the output gradient's) */
+    kiln_i32 sb[KILN_SHARED_DIMS];     /* the index's strides (gather) */
+} kiln_idx_geom;
+
+/* Flag bits of the elementwise-loss kernels (<loss>_none/_part/_bwd, cl_kernels/loss.cl). */
+#define KILN_LOSS_W 1  /* weight given */
+#define KILN_LOSS_PW 2 /* pos_weight given */
+#define KILN_LOSS_GX 4 /* _bwd: write the gradient of x */
+#define KILN_LOSS_GT 8 /* _bwd: write the gradient of t */
+
+/* Flag bits of the cross-entropy and nll row kernels (ce_rows, nll_rows). */
+#define KILN_ROWS_W 1   /* class weights given */
+#define KILN_ROWS_RW 2  /* write each row's weight (0 when ignored) */
+#define KILN_ROWS_LSE 4 /* write each row's log-sum-exp (ce_rows) */
+
+/* Flag bits of their backward (ce_bwd, nll_bwd). */
+#define KILN_ROWS_BWD_W 1      /* class weights given */
+#define KILN_ROWS_BWD_SCALAR 2 /* one seed G[0] for every row (sum, mean), else G[r] */
+#define KILN_ROWS_BWD_DEN 4    /* divide by DEN[0] (mean: the rows' summed weights) */
+#define KILN_ROWS_BWD_WT 8     /* ce_bwd: the summed class weights WT given (else WT = C) */
+
+/* How batch norm and layer norm apply weight and bias (the wmode argument of the norm
+ * kernels, src/ops/norm.c, cl_kernels/norm.cl; has_w and has_b say which is present). */
+#define KILN_NORM_W_GROUP 1 /* one per group (batch norm's channels) */
+#define KILN_NORM_W_ELEM 2  /* one per element s of a group (layer norm) */
+
 #ifndef __OPENCL_VERSION__
 _Static_assert(KILN_MAX_DIMS == KILN_SHARED_DIMS, "kiln.h's KILN_MAX_DIMS must match the kernels' dims");
 _Static_assert(sizeof(kiln_i32) == 4, "kiln_i32 must be 32 bits");
@@ -66,6 +120,9 @@ _Static_assert(sizeof(kiln_geom) == (1 + KILN_SHARED_DIMS * (1 + KILN_GEOM_IN)) 
 _Static_assert(sizeof(kiln_red_geom) == (4 + 4 * KILN_SHARED_DIMS) * 4, "kiln_red_geom has padding");
 _Static_assert(sizeof(kiln_conv_geom) == 16 * 4, "kiln_conv_geom has padding");
 _Static_assert(sizeof(kiln_pool_geom) == 21 * 4, "kiln_pool_geom has padding");
+_Static_assert(sizeof(kiln_loss_geom) == (1 + KILN_SHARED_DIMS * (1 + KILN_LOSS_IN)) * 4, "kiln_loss_geom has padding");
+_Static_assert(sizeof(kiln_pad_geom) == (1 + 4 * KILN_SHARED_DIMS) * 4, "kiln_pad_geom has padding");
+_Static_assert(sizeof(kiln_idx_geom) == (3 + 4 * KILN_SHARED_DIMS) * 4, "kiln_idx_geom has padding");
 #endif
 
 #endif

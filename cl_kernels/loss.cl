@@ -11,21 +11,15 @@
  * layout contig: every operand holds element i at its offset + i; strided: operand j at
  * its offset + sum_d idx_d * g.strides[j][d] (0 where broadcast: weight, pos_weight).
  * Operands: x (input), t (target; x again for lsgan and the penalties, which have none),
- * w (weight), pw (pos_weight); flags bit 0: w present, bit 1: pw present, bit 2: write gx,
- * bit 3: write gt; p: beta (smooth_l1) or the target value (lsgan).
+ * w (weight), pw (pos_weight); flags: KILN_LOSS_* (cl_kernels/kiln_shared.h); p: beta
+ * (smooth_l1) or the target value (lsgan).
  *
  * No atomics anywhere: every sum runs in an order fixed by the shapes and the launch
  * geometry, so results are bit-identical from run to run.
  */
 
-#define LOSS_NIN 4
-
-/* Mirrored by loss_geom in src/ops/loss.c: only 32-bit ints, no padding. */
-typedef struct {
-    int ndim;
-    int shape[KILN_MAX_DIMS];
-    int strides[LOSS_NIN][KILN_MAX_DIMS];
-} loss_geom;
+/* The strided kernels' geometry, shared with src/ops/loss.c (cl_kernels/kiln_shared.h). */
+typedef kiln_loss_geom loss_geom;
 
 inline int4 loss_offsets(const loss_geom *g, int i) {
     int4 o = (int4)(0, 0, 0, 0);
@@ -127,16 +121,16 @@ inline float loss_tree(local float *sc, float v) {
 
 #define LOAD_CONTIG(i)                                                                 \
     float x = X[xo + (i)], t = T[to + (i)];                                            \
-    float w = (flags & 1) ? W[wo + (i)] : 1.0f;                                        \
-    float pw = (flags & 2) ? PW[pwo + (i)] : 1.0f;                                     \
+    float w = (flags & KILN_LOSS_W) ? W[wo + (i)] : 1.0f;                              \
+    float pw = (flags & KILN_LOSS_PW) ? PW[pwo + (i)] : 1.0f;                          \
     (void)t;                                                                           \
     (void)pw;
 
 #define LOAD_STRIDED(i)                                                                \
     int4 o_ = loss_offsets(&g, (i));                                                   \
     float x = X[xo + o_.x], t = T[to + o_.y];                                          \
-    float w = (flags & 1) ? W[wo + o_.z] : 1.0f;                                       \
-    float pw = (flags & 2) ? PW[pwo + o_.w] : 1.0f;                                    \
+    float w = (flags & KILN_LOSS_W) ? W[wo + o_.z] : 1.0f;                             \
+    float pw = (flags & KILN_LOSS_PW) ? PW[pwo + o_.w] : 1.0f;                         \
     (void)t;                                                                           \
     (void)pw;
 
@@ -166,8 +160,8 @@ inline float loss_tree(local float *sc, float v) {
         if (i >= n) return;                                                                  \
         LOAD(i)                                                                              \
         float gw = (gscalar ? G[go] : G[go + i]) * gscale * w;                               \
-        if (flags & 4) GX[gxo + i] = gw * (GX_##name);                                       \
-        if (flags & 8) GT[gto + i] = gw * (GT_##name);                                       \
+        if (flags & KILN_LOSS_GX) GX[gxo + i] = gw * (GX_##name);                            \
+        if (flags & KILN_LOSS_GT) GT[gto + i] = gw * (GT_##name);                            \
     }
 
 #define COMMA ,
@@ -236,8 +230,8 @@ kernel void sum_final(global const float *A, int ao, global const float *B, int 
  * Logits (or log-probabilities) [N, C, S] with strides sN, sC, sS (S: the product of the
  * trailing dims, 1 for [N, C]); row r = n * S + s has label Y[r]. weight [C] at stride wst.
  * Row outputs: L[r] the row's loss, RW[r] its weight (w[y], 0 when ignored: the mean's
- * divisor sums them) when flags bit 1, LSE[r] the log-sum-exp when flags bit 2. flags bit 0:
- * weight present.
+ * divisor sums them) when flags has KILN_ROWS_RW, LSE[r] the log-sum-exp when it has
+ * KILN_ROWS_LSE; KILN_ROWS_W: weight present (cl_kernels/kiln_shared.h).
  *
  * cross-entropy with label smoothing ls, as torch 1.13: with logp = x - lse,
  *   loss_r = (1 - ls) w[y] (-logp[y]) + (ls / C) sum_c w[c] (-logp[c])
@@ -252,8 +246,8 @@ kernel void ce_rows(global const float *X, int xo, int sN, int sC, int sS, int S
     int y = Y[yo + r];
     if (y == ignore) {
         L[lo + r] = 0.0f;
-        if (flags & 2) RW[rwo + r] = 0.0f;
-        if (flags & 4) LSE[lseo + r] = 0.0f;
+        if (flags & KILN_ROWS_RW) RW[rwo + r] = 0.0f;
+        if (flags & KILN_ROWS_LSE) LSE[lseo + r] = 0.0f;
         return;
     }
     global const float *xr = X + xo + n * sN + s * sS;
@@ -266,7 +260,7 @@ kernel void ce_rows(global const float *X, int xo, int sN, int sC, int sS, int S
     if (ls > 0.0f) {
         for (int c = 0; c < C; c++) {
             float d = xr[c * sC] - m;
-            float wc = (flags & 1) ? W[wo + c * wst] : 1.0f;
+            float wc = (flags & KILN_ROWS_W) ? W[wo + c * wst] : 1.0f;
             se += exp(d);
             smooth -= wc * d;
             wsum += wc;
@@ -275,12 +269,12 @@ kernel void ce_rows(global const float *X, int xo, int sN, int sC, int sS, int S
         for (int c = 0; c < C; c++) se += exp(xr[c * sC] - m);
     }
     float lz = log(se);
-    float wy = (flags & 1) ? W[wo + y * wst] : 1.0f;
+    float wy = (flags & KILN_ROWS_W) ? W[wo + y * wst] : 1.0f;
     float l = (1.0f - ls) * wy * (lz - (xr[y * sC] - m));
     if (ls > 0.0f) l += (ls / (float)C) * (wsum * lz + smooth);
     L[lo + r] = l;
-    if (flags & 2) RW[rwo + r] = wy;
-    if (flags & 4) LSE[lseo + r] = m + lz;
+    if (flags & KILN_ROWS_RW) RW[rwo + r] = wy;
+    if (flags & KILN_ROWS_LSE) LSE[lseo + r] = m + lz;
 }
 
 /*
@@ -288,8 +282,8 @@ kernel void ce_rows(global const float *X, int xo, int sN, int sC, int sS, int S
  *   d loss_r / d x_c = softmax_c * Q - q_c,  q_c = (1 - ls) w[y] [c == y] + (ls / C) w[c],
  *   Q = sum_c q_c = (1 - ls) w[y] + (ls / C) WT   (WT = sum of the class weights, or C)
  * times the row's seed: G[r] (none) or G[0] (sum), divided by DEN[0] (mean: the summed
- * weights of the rows). flags: bit 0 weight, bit 1 scalar seed, bit 2 divide by DEN,
- * bit 3 WT given (else WT = C).
+ * weights of the rows). flags: KILN_ROWS_BWD_* (cl_kernels/kiln_shared.h): weight given,
+ * one scalar seed, divide by DEN, WT given (else WT = C).
  */
 kernel void ce_bwd(global const float *X, int xo, int sN, int sC, int sS, int S, int C, global const int *Y, int yo,
                    global const float *W, int wo, int wst, int ignore, float ls, int flags, global const float *LSE,
@@ -305,15 +299,15 @@ kernel void ce_bwd(global const float *X, int xo, int sN, int sC, int sS, int S,
         GX[gxo + i] = 0.0f;
         return;
     }
-    float g = (flags & 2) ? G[go] : G[go + r];
-    if (flags & 4) g /= DEN[deno];
+    float g = (flags & KILN_ROWS_BWD_SCALAR) ? G[go] : G[go + r];
+    if (flags & KILN_ROWS_BWD_DEN) g /= DEN[deno];
     float x = X[xo + n * sN + c * sC + s * sS];
     float sm = exp(x - LSE[lseo + r]);
-    float wy = (flags & 1) ? W[wo + y * wst] : 1.0f;
+    float wy = (flags & KILN_ROWS_BWD_W) ? W[wo + y * wst] : 1.0f;
     float gr;
     if (ls > 0.0f) {
-        float wc = (flags & 1) ? W[wo + c * wst] : 1.0f;
-        float wt = (flags & 8) ? WT[wto] : (float)C;
+        float wc = (flags & KILN_ROWS_BWD_W) ? W[wo + c * wst] : 1.0f;
+        float wt = (flags & KILN_ROWS_BWD_WT) ? WT[wto] : (float)C;
         float k = ls / (float)C;
         float Q = (1.0f - ls) * wy + k * wt;
         gr = sm * Q - k * wc - (c == y ? (1.0f - ls) * wy : 0.0f);
@@ -333,11 +327,11 @@ kernel void nll_rows(global const float *X, int xo, int sN, int sC, int sS, int 
     int y = Y[yo + r];
     float wy = 0.0f, l = 0.0f;
     if (y != ignore) {
-        wy = (flags & 1) ? W[wo + y * wst] : 1.0f;
+        wy = (flags & KILN_ROWS_W) ? W[wo + y * wst] : 1.0f;
         l = -wy * X[xo + n * sN + y * sC + s * sS];
     }
     L[lo + r] = l;
-    if (flags & 2) RW[rwo + r] = wy;
+    if (flags & KILN_ROWS_RW) RW[rwo + r] = wy;
 }
 
 /* d nll / d logp: -w[y] * seed at the label, 0 elsewhere (flags as ce_bwd). */
@@ -352,9 +346,9 @@ kernel void nll_bwd(int S, int C, global const int *Y, int yo, global const floa
     int y = Y[yo + r];
     float v = 0.0f;
     if (y != ignore && c == y) {
-        float g = (flags & 2) ? G[go] : G[go + r];
-        if (flags & 4) g /= DEN[deno];
-        v = -((flags & 1) ? W[wo + y * wst] : 1.0f) * g;
+        float g = (flags & KILN_ROWS_BWD_SCALAR) ? G[go] : G[go + r];
+        if (flags & KILN_ROWS_BWD_DEN) g /= DEN[deno];
+        v = -((flags & KILN_ROWS_BWD_W) ? W[wo + y * wst] : 1.0f) * g;
     }
     GX[gxo + i] = v;
 }

@@ -102,15 +102,15 @@ inline float2 norm_group_sum2(local float *scr, float a, float b) {
         }                                                                                 \
     } while (0)
 
-/* y = (x - mean) * rstd * w + b over this work-item's elements of group g. wmode: 0 no
- * weight/bias, 1 per group (batch norm), 2 per s (layer norm); has_w/has_b say which of
- * the two is present. */
+/* y = (x - mean) * rstd * w + b over this work-item's elements of group g. wmode
+ * (cl_kernels/kiln_shared.h): KILN_NORM_W_GROUP per group (batch norm), KILN_NORM_W_ELEM
+ * per s (layer norm); has_w/has_b say which of the two is present. */
 #define NORM_WRITE_Y()                                                                    \
     do {                                                                                  \
-        float wg = (wmode == 1 && has_w) ? w[woff + g] : 1.0f;                            \
-        float bg = (wmode == 1 && has_b) ? b[boff + g] : 0.0f;                            \
+        float wg = (wmode == KILN_NORM_W_GROUP && has_w) ? w[woff + g] : 1.0f;            \
+        float bg = (wmode == KILN_NORM_W_GROUP && has_b) ? b[boff + g] : 0.0f;            \
         float sg = rstd * wg;                                                             \
-        if (wmode == 2) {                                                                 \
+        if (wmode == KILN_NORM_W_ELEM) {                                                  \
             NORM_LOOP(rel, s, {                                                           \
                 float v = (x[xoff + rel] - mean) * rstd;                                  \
                 if (has_w) v *= w[woff + s];                                              \
@@ -221,7 +221,7 @@ kernel void norm_forward_eval_rows(int G, NORM_EVAL_ARGS) {
     do {                                                                                  \
         float M = (float)N * (float)S;                                                    \
         float mean = mean_in[moff + g], rstd = rstd_in[roff + g];                         \
-        bool wps = wmode == 2 && has_w;                                                   \
+        bool wps = wmode == KILN_NORM_W_ELEM && has_w;                                    \
         float a = 0.0f, pa = 0.0f, bb = 0.0f, pb = 0.0f;                                  \
         int cnt = 0;                                                                      \
         NORM_LOOP(rel, s, {                                                               \
@@ -243,7 +243,7 @@ kernel void norm_forward_eval_rows(int G, NORM_EVAL_ARGS) {
             sumb[boff + g] = AB.y;                                                        \
         }                                                                                 \
         if (!need_dx) return;                                                             \
-        float scale = (wmode == 1 && has_w) ? rstd * w[woff + g] : rstd;                  \
+        float scale = (wmode == KILN_NORM_W_GROUP && has_w) ? rstd * w[woff + g] : rstd;  \
         float ma = AB.x / M, mb = AB.y / M;                                               \
         NORM_LOOP(rel, s, {                                                               \
             float ge = dy[dyoff + rel];                                                   \

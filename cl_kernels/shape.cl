@@ -45,14 +45,8 @@ kernel void cat_copy_strided(global const T *src, int soff, global T *dst, int d
 
 /* ---- constant padding -------------------------------------------------------------------- */
 
-/* Mirrored by pad_geom in src/ops/shape.c (32-bit ints only, no padding). */
-typedef struct {
-    int ndim;
-    int oshape[KILN_MAX_DIMS];
-    int ishape[KILN_MAX_DIMS];
-    int before[KILN_MAX_DIMS]; /* elements added before the input along each dim (< 0 crops) */
-    int istride[KILN_MAX_DIMS];
-} pad_geom;
+/* The padding's geometry, shared with src/ops/shape.c (cl_kernels/kiln_shared.h). */
+typedef kiln_pad_geom pad_geom;
 
 /* out[i] = the input element that lands at i, or v where i lies in the padding. */
 kernel void pad_fwd(global const T *src, int soff, global T *dst, int doff, int n, pad_geom g, T v) {
@@ -100,16 +94,8 @@ kernel void pad_rows(global const T *src, int soff, global T *dst, int doff, int
 
 /* ---- index_select / gather ------------------------------------------------------------- */
 
-/* Mirrored by idx_geom in src/ops/shape.c (32-bit ints only, no padding). */
-typedef struct {
-    int ndim;
-    int dim;                 /* the indexed dim */
-    int xsize;               /* the input's size along dim: indices are clamped below it */
-    int shape[KILN_MAX_DIMS];  /* iteration shape (the output's; gather_bwd: the input's) */
-    int shape2[KILN_MAX_DIMS]; /* gather_bwd: the index's shape */
-    int sa[KILN_MAX_DIMS];     /* the input's strides (gather_bwd: the output gradient's) */
-    int sb[KILN_MAX_DIMS];     /* the index's strides (gather) */
-} idx_geom;
+/* The indexing geometry, shared with src/ops/shape.c (cl_kernels/kiln_shared.h). */
+typedef kiln_idx_geom idx_geom;
 
 /* The indices were checked on the host; the clamp only keeps a read in bounds whatever
  * happens to the index buffer afterwards. */

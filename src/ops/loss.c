@@ -29,7 +29,7 @@
 
 #define LOSS_PROGRAM "loss"
 #define LOSS_OPTIONS ""
-#define LOSS_NIN 4
+#define LOSS_NIN KILN_LOSS_IN
 
 /* A loss kernel's work-item sums about PART_TERMS terms before a second work-group pays;
  * at most GROUPS_PER_CU groups per compute unit and MAX_GROUPS in all (the final launch
@@ -38,12 +38,9 @@
 #define GROUPS_PER_CU 4
 #define MAX_GROUPS 256
 
-/* Mirrors loss_geom in cl_kernels/loss.cl: only 32-bit ints, no padding. */
-typedef struct loss_geom {
-    cl_int ndim;
-    cl_int shape[KILN_MAX_DIMS];
-    cl_int strides[LOSS_NIN][KILN_MAX_DIMS];
-} loss_geom;
+/* The strided launches' geometry as the kernels read it (one argument, by value;
+ * cl_kernels/kiln_shared.h). */
+typedef kiln_loss_geom loss_geom;
 
 /* ---- autograd node states ----------------------------------------------------------- */
 
@@ -277,7 +274,7 @@ static void geom_build4(loss_geom *g, int ndim, const int64_t *shape, int64_t (*
 static void el_setup(el_call *c, kiln_tensor *x, kiln_tensor *t, kiln_tensor *w, kiln_tensor *pw, float p) {
     kiln_tensor *in[LOSS_NIN] = {x, t, w, pw};
     int64_t n = kiln__numel(x->ndim, x->shape);
-    c->flags = (w ? 1 : 0) | (pw ? 2 : 0);
+    c->flags = (w ? KILN_LOSS_W : 0) | (pw ? KILN_LOSS_PW : 0);
     c->p = p;
     c->n = (cl_int)n;
     c->contig = true;
@@ -358,7 +355,7 @@ static kiln_status el_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
     el_call c;
     el_setup(&c, x, t, w, pw, (float)st->p);
     if (s == KILN_OK && c.n > 0) {
-        c.flags |= (want_x ? 4 : 0) | (want_t ? 8 : 0);
+        c.flags |= (want_x ? KILN_LOSS_GX : 0) | (want_t ? KILN_LOSS_GT : 0);
         kiln_tensor *any = gx ? gx : gt;
         cl_int go = (cl_int)gout->offset, gscalar = st->reduction != KILN_NONE;
         cl_float gscale = (cl_float)st->gscale;
@@ -517,7 +514,7 @@ static kiln_status pen_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
         el_setup(&c, x, NULL, NULL, NULL, 0.0f);
         kiln_status s = KILN_OK;
         if (c.n > 0) {
-            c.flags |= 4;
+            c.flags |= KILN_LOSS_GX;
             cl_int go = (cl_int)gout->offset, gscalar = 1, gxo = (cl_int)gx->offset;
             cl_float gscale = 1.0f;
             kiln__karg args[24];
@@ -698,7 +695,8 @@ static kiln_status ce_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
     if (nel > 0) {
         cl_int xo = (cl_int)x->offset, yo = (cl_int)y->offset, wo = w ? (cl_int)w->offset : 0;
         cl_int wst = w ? (cl_int)w->strides[0] : 0, ignore = (cl_int)st->ignore_index;
-        cl_int flags = (w ? 1 : 0) | (st->reduction != KILN_NONE ? 2 : 0) | (den ? 4 : 0) | (wt ? 8 : 0);
+        cl_int flags = (w ? KILN_ROWS_BWD_W : 0) | (st->reduction != KILN_NONE ? KILN_ROWS_BWD_SCALAR : 0) |
+                       (den ? KILN_ROWS_BWD_DEN : 0) | (wt ? KILN_ROWS_BWD_WT : 0);
         cl_int go = (cl_int)gout->offset, deno = den ? (cl_int)den->offset : 0, gxo = (cl_int)gx->offset;
         cl_int ni = (cl_int)nel;
         cl_mem wmem = w ? w->st->mem : x->st->mem, dmem = den ? den->st->mem : gout->st->mem;
@@ -855,7 +853,7 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
         kiln_tensor *lt = rl ? rl : out;
         cl_int xo = (cl_int)x->offset, yo = (cl_int)y->offset, wo = weight ? (cl_int)weight->offset : 0;
         cl_int wst = weight ? (cl_int)weight->strides[0] : 0, ignore = ignore_index, nr = (cl_int)rows;
-        cl_int flags = (weight ? 1 : 0) | (rw ? 2 : 0) | (lse ? 4 : 0);
+        cl_int flags = (weight ? KILN_ROWS_W : 0) | (rw ? KILN_ROWS_RW : 0) | (lse ? KILN_ROWS_LSE : 0);
         cl_int lo = (cl_int)lt->offset, rwo = rw ? (cl_int)rw->offset : 0, lseo = lse ? (cl_int)lse->offset : 0;
         cl_mem wmem = weight ? weight->st->mem : x->st->mem, rwmem = rw ? rw->st->mem : lt->st->mem;
         cl_mem lsemem = lse ? lse->st->mem : lt->st->mem;

@@ -119,7 +119,7 @@ typedef struct norm_geom {
  * saved[0] contiguous x, saved[1] mean, saved[2] rstd (one per group). */
 typedef struct norm_state {
     norm_geom g;
-    int wmode;  /* WMODE_* */
+    int wmode;  /* KILN_NORM_W_* (cl_kernels/kiln_shared.h) */
     bool train; /* the statistics were computed from x (they depend on it) */
 } norm_state;
 
@@ -129,8 +129,6 @@ typedef struct dropout_state {
 } dropout_state;
 
 /* ---- batch norm and layer norm: shared forward and backward -------------------------- */
-
-enum { WMODE_NONE = 0, WMODE_GROUP = 1, WMODE_ELEM = 2 };
 
 static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     const char *op = n->op;
@@ -148,7 +146,7 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     if (w && !wc) return ctx->err;
     /* the kernel always computes the per-group sums; for batch norm they are the weight
      * and bias gradients */
-    cl_int sums = wmode != WMODE_ELEM && (need_w || need_b);
+    cl_int sums = wmode != KILN_NORM_W_ELEM && (need_w || need_b);
     if (need_x) {
         dx = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
         if (!dx) goto done;
@@ -186,7 +184,7 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         if (need_w && (s = kiln__accum(ctx, n, 1, sumb)) != KILN_OK) goto done;
         if (need_b && (s = kiln__accum(ctx, n, 2, suma)) != KILN_OK) goto done;
     }
-    if (wmode == WMODE_ELEM && (need_w || need_b)) {
+    if (wmode == KILN_NORM_W_ELEM && (need_w || need_b)) {
         /* layer norm: column sums over the rows, [R, D] with R = G, D = S */
         kiln_tensor *shape_src = need_w ? n->in[1] : n->in[2];
         dw = need_w ? kiln__tensor_new(ctx, op, KILN_F32, shape_src->ndim, shape_src->shape) : NULL;
@@ -355,7 +353,7 @@ kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running
     kiln_tensor *out = NULL;
     if (xc && (!weight || wc) && (!bias || bc)) {
         norm_geom g = {(cl_int)C, (cl_int)N, (cl_int)S, (cl_int)S, (cl_int)(C * S)};
-        out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, WMODE_GROUP, training, running_mean, running_var,
+        out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, KILN_NORM_W_GROUP, training, running_mean, running_var,
                        training && running_mean, momentum, eps);
     }
     free_copy(xc, x);
@@ -410,7 +408,7 @@ kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tens
     if (xc && (!weight || wc) && (!bias || bc)) {
         /* an empty row has nothing to normalise: no groups */
         norm_geom g = {(cl_int)(D > 0 ? R : 0), 1, (cl_int)D, (cl_int)D, 0};
-        out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, WMODE_ELEM, true, NULL, NULL, false, 0.0f, eps);
+        out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, KILN_NORM_W_ELEM, true, NULL, NULL, false, 0.0f, eps);
     }
     free_copy(xc, x);
     free_copy(wc, weight);

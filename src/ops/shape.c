@@ -293,14 +293,9 @@ kiln_tensor *kiln_stack(kiln_ctx *ctx, int n, kiln_tensor *const *ts, int dim) {
 
 /* ---- constant padding --------------------------------------------------------------- */
 
-/* Mirrors pad_geom in cl_kernels/shape.cl. */
-typedef struct pad_geom {
-    cl_int ndim;
-    cl_int oshape[KILN_MAX_DIMS];
-    cl_int ishape[KILN_MAX_DIMS];
-    cl_int before[KILN_MAX_DIMS];
-    cl_int istride[KILN_MAX_DIMS];
-} pad_geom;
+/* The padding's geometry as the kernels read it (one argument, by value;
+ * cl_kernels/kiln_shared.h). */
+typedef kiln_pad_geom pad_geom;
 
 /*
  * x padded to oshape with before[d] elements (negative: cropped) ahead of x along each dim;
@@ -460,14 +455,9 @@ kiln_tensor *kiln_flatten(kiln_ctx *ctx, kiln_tensor *x, int start_dim, int end_
 
 /* ---- index_select and gather -------------------------------------------------------- */
 
-/* Mirrors idx_geom in cl_kernels/shape.cl. */
-typedef struct idx_geom {
-    cl_int ndim, dim, xsize;
-    cl_int shape[KILN_MAX_DIMS];
-    cl_int shape2[KILN_MAX_DIMS];
-    cl_int sa[KILN_MAX_DIMS];
-    cl_int sb[KILN_MAX_DIMS];
-} idx_geom;
+/* The indexing geometry as the kernels read it (one argument, by value;
+ * cl_kernels/kiln_shared.h). */
+typedef kiln_idx_geom idx_geom;
 
 /* Fills g for an iteration over shape (ndim dims) with stride arrays sa and sb (sb may be
  * NULL), keeping `dim` as it is: size-1 dims drop out and neighbours on the same side of
