@@ -1,6 +1,7 @@
 /* tests/test_elementwise.c - every elementwise op (binary, where, unary, tensor-scalar)
  * against a plain-C double-precision reference, over odd shapes, views and broadcasting,
- * with NaN/Inf inputs, guard regions around every storage, and the error paths.
+ * with NaN/Inf inputs, guard regions around every storage, and the error paths; and against
+ * PyTorch golden outputs and gradients (tests/golden/gen_elementwise.py, test_golden).
  *
  * References read the inputs through the harness's own view model (h_view, h_at_bcast),
  * not through kiln's strides, so a wrong stride or offset in kiln shows up as a mismatch.

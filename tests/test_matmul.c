@@ -1,6 +1,7 @@
 /* tests/test_matmul.c - kiln_matmul / kiln_matmul_ex against a double-precision host
  * reference: odd and empty shapes, transposed and sliced views, the transpose flags,
- * batches with broadcasting, vectors, guard regions, and the error paths.
+ * batches with broadcasting, vectors, guard regions, and the error paths; and against
+ * PyTorch golden outputs and gradients (tests/golden/gen_matmul.py, test_golden).
  *
  * Tolerance: each element must satisfy |got - ref| <= C * k * u * sum_p |a_ip| |b_pj| with
  * u = 2^-24 (f32 unit roundoff) and C = 2. A dot product of k terms evaluated in f32 in ANY

@@ -1,5 +1,6 @@
 /* tests/test_tensor.c - tensor creation, host transfer, fills, views and copies, scopes,
- * the buffer pool; each against values computed independently on the host. */
+ * the buffer pool; each against values computed independently on the host, and views,
+ * contiguous, clone and arange against PyTorch (tests/golden/gen_view.py, gen_copy.py). */
 #include "golden.h"
 #include "harness.h"
 

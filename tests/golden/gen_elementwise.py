@@ -136,6 +136,8 @@ def operands(op, variant):
 for op, fn in binary.items():
     for v in ("bc", "nc"):
         a, b = operands(op, v)
+        if op in ("minimum", "maximum"):  # ties present: their gradient is split
+            assert (view(a, LAYOUTS["a_" + v][1]) == view(b, LAYOUTS["b_" + v][1])).any()
         case("%s.%s" % (op, v), fn, [("a", "a_" + v, a), ("b", "b_" + v, b)])
 for op, fn in compare.items():
     for v in ("bc", "nc"):
