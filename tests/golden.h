@@ -186,4 +186,38 @@ static inline void golden_compare(const char *what, kiln_tensor *got, const gold
     free(r);
 }
 
+/* Compares got with the golden F32 tensor ref, elementwise:
+ *     |got - ref| <= atol + nm * 2^-24 * mag[k] + nr * 2^-24 * |ref[k]|
+ * mag (may be NULL): the golden magnitude an element was computed from (for a sum, the sum
+ * of its terms' magnitudes), so that a bound of a few roundings per term stays meaningful
+ * when the terms cancel. NaN and Inf in ref must be matched exactly. */
+static inline void golden_compare_scaled(const char *what, kiln_tensor *got, const golden_tensor *ref,
+                                         const golden_tensor *mag, double atol, double nm, double nr) {
+    if (!ref) return;
+    CHECK(got != NULL, "%s: no result", what);
+    if (!got) return;
+    CHECK(kiln_tensor_ndim(got) == ref->ndim &&
+              (ref->ndim == 0 || memcmp(kiln_tensor_shape(got), ref->shape, sizeof(int64_t) * (size_t)ref->ndim) == 0),
+          "%s: shape differs from PyTorch's", what);
+    CHECK(!mag || mag->numel == ref->numel, "%s: magnitude tensor of another size", what);
+    if (kiln_tensor_numel(got) != ref->numel || (mag && mag->numel != ref->numel)) return;
+    float *h = h_read(got);
+    int64_t bad = 0;
+    double worst = 0;
+    for (int64_t k = 0; k < ref->numel; k++) {
+        double g = h[k], r = ref->f[k], e;
+        double tol = atol + nm * 0x1p-24 * (mag ? fabs((double)mag->f[k]) : 0) + nr * 0x1p-24 * fabs(r);
+        if (g == r) e = 0;
+        else if (isnan(r) || isnan(g) || isinf(r) || isinf(g)) e = isnan(r) && isnan(g) ? 0 : INFINITY;
+        else e = tol > 0 ? fabs(g - r) / tol : INFINITY;
+        if (e > worst) worst = e;
+        if (e > 1 && bad++ == 0)
+            fprintf(stderr, "  %s: element %lld: got %.9g, PyTorch %.9g (normalised error %.3g)\n", what,
+                    (long long)k, g, r, e);
+    }
+    CHECK(bad == 0, "%s: %lld of %lld elements outside atol=%g + %g u mag + %g u |ref| (worst normalised error %.3g)",
+          what, (long long)bad, (long long)ref->numel, atol, nm, nr, worst);
+    free(h);
+}
+
 #endif

@@ -1,6 +1,7 @@
 /* tests/test_elementwise.c - every elementwise op (binary, where, unary, tensor-scalar)
  * against a plain-C double-precision reference, over odd shapes, views and broadcasting,
- * with NaN/Inf inputs, guard regions around every storage, and the error paths.
+ * with NaN/Inf inputs, guard regions around every storage, and the error paths; and against
+ * PyTorch golden outputs and gradients (tests/golden/gen_elementwise.py, test_golden).
  *
  * References read the inputs through the harness's own view model (h_view, h_at_bcast),
  * not through kiln's strides, so a wrong stride or offset in kiln shows up as a mismatch.
@@ -21,6 +22,7 @@
  */
 #include <float.h>
 
+#include "golden.h"
 #include "harness.h"
 
 /* ---- operands: a host base buffer, a kiln view of it, and the harness's model ------- */
@@ -563,12 +565,137 @@ static void test_pow_grad_edges(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* ---- PyTorch golden values (tests/golden/gen_elementwise.py) ----------------------------- */
+/*
+ * Each case's inputs are rebuilt from their contiguous golden bases with gold_layout's
+ * views (the same steps as LAYOUTS in gen_elementwise.py). torch computes in float64 from
+ * the same float32 inputs; the file holds that result rounded once to float32 (half an
+ * ulp, 1 u = 2^-24 relative, of its own). Bounds, in u = 2^-24:
+ *   output: exact where kiln's float result is exact or correctly rounded (the ops the
+ *     header lists as exact: the correctly rounded float of the double result is what
+ *     torch's rounding gives too); else kiln's OpenCL bound of n ulp (2n u) plus torch's
+ *     rounding (1 u), relative to |ref|, and FLT_MIN absolute (flush to zero).
+ *   gradient of an input broadcast over bc output elements: each of the bc terms is the
+ *     seed times kiln's backward formula, off by t ulp (2t u) relative to the term; bc - 1
+ *     float additions each add <= 1 u of the running sum, <= 1 u of the sum of |terms|;
+ *     torch's rounding 1 u. So (2t + bc - 1 + 1) u * sum|terms| (the golden <case>.m<in>),
+ *     and exact when bc == 1 and the term is one correctly rounded product (t <= 0.5) or
+ *     exact (t = 0).
+ * t per op (kiln's rules in src/ops/elementwise.c): add sub neg add_scalar, minimum maximum
+ * where abs and the clamps (the seed times 0, 1/2, 1 or -1): 0; mul mul_scalar: 0.5 (one
+ * product); div: 1/b 2.5, -(g/b)*out 2.5 + 2.5 + 0.5 = 5.5; pow: da = g*b*a^(b-1): the
+ * rounded b-1 moves a^(b-1) by |ln a| |b-1| u <= 2.1 u for a in [0.5, 2], |b-1| <= 3
+ * (~1 ulp), pow 16 ulp, two products: 18; db = g*out*log a: 16 + 3 + 2 * 0.5: 20 (the edge
+ * case's values are integers and halves where these hold as well); exp: g*out 3.5; log:
+ * g/a 2.5; sqrt: g/(2 out) 3 + 2.5 = 5.5; pow_scalar: g * s*a^(s-1) 16 + 1 = 17.
+ */
+enum { GL_PLAIN, GL_A_NC, GL_B_NC, GL_C_NC, GL_X_NC };
+static const h_tf gold_layout[][2] = {
+    [GL_PLAIN] = {{TF_NONE, {0}}, {TF_NONE, {0}}},
+    [GL_A_NC] = {{TF_T, {0, 1}}, {TF_NONE, {0}}},          /* [4,3] -> [3,4] transposed */
+    [GL_B_NC] = {{TF_S, {1, 1, 8, 2}}, {TF_NONE, {0}}},    /* [3,8] -> [3,4] every other column */
+    [GL_C_NC] = {{TF_S, {0, 0, 6, 2}}, {TF_NONE, {0}}},    /* [6,4] -> [3,4] every other row */
+    [GL_X_NC] = {{TF_T, {0, 1}}, {TF_S, {1, 0, 6, 2}}},    /* [6,4] -> [4,3] */
+};
+
+typedef struct gold_ew {
+    const char *c; /* case name: keys "<c>.<input>", "<c>.out", ... */
+    kiln_tensor *(*bin)(kiln_ctx *, kiln_tensor *, kiln_tensor *);
+    kiln_tensor *(*un)(kiln_ctx *, kiln_tensor *);
+    kiln_tensor *(*sc)(kiln_ctx *, kiln_tensor *, float); /* all three NULL: kiln_where */
+    int lay[3];         /* gold_layout of each input */
+    double fwd_ulp;     /* kiln's bound on the output, ulp (0: exact) */
+    double term_ulp[2]; /* t of each differentiable input's gradient terms, ulp */
+    bool grad;
+} gold_ew;
+
+#define GB(op, v, la, lb, f, ta, tb) {#op "." v, kiln_##op, NULL, NULL, {la, lb, 0}, f, {ta, tb}, true}
+#define GBC(op, v, la, lb) {#op "." v, kiln_##op, NULL, NULL, {la, lb, 0}, 0, {0, 0}, false}
+#define GBIN(op, f, ta, tb) GB(op, "bc", GL_PLAIN, GL_PLAIN, f, ta, tb), GB(op, "nc", GL_A_NC, GL_B_NC, f, ta, tb)
+#define GCMP(op) GBC(op, "bc", GL_PLAIN, GL_PLAIN), GBC(op, "nc", GL_A_NC, GL_B_NC)
+#define GUN(op, f, t)                                                                                                  \
+    {#op ".3d", NULL, kiln_##op, NULL, {GL_PLAIN, 0, 0}, f, {t, 0}, true},                                            \
+        {#op ".nc", NULL, kiln_##op, NULL, {GL_X_NC, 0, 0}, f, {t, 0}, true}
+#define GSC(op, v, f, t) {#op "." v, NULL, NULL, kiln_##op, {GL_X_NC, 0, 0}, f, {t, 0}, true}
+
+static const gold_ew gold_ew_cases[] = {
+    GBIN(add, 0, 0, 0), GBIN(sub, 0, 0, 0), GBIN(mul, 0, 0.5, 0.5), GBIN(div, 2.5, 2.5, 5.5),
+    GBIN(pow, 16, 18, 20), GB(pow, "edge", GL_PLAIN, GL_PLAIN, 16, 18, 20), GBIN(minimum, 0, 0, 0),
+    GBIN(maximum, 0, 0, 0), GCMP(eq), GCMP(ne), GCMP(lt), GCMP(le), GCMP(gt), GCMP(ge),
+    {"where.bc", NULL, NULL, NULL, {GL_PLAIN, GL_PLAIN, GL_PLAIN}, 0, {0, 0}, true},
+    {"where.nc", NULL, NULL, NULL, {GL_C_NC, GL_A_NC, GL_B_NC}, 0, {0, 0}, true},
+    GUN(neg, 0, 0), GUN(exp, 3, 3.5), GUN(log, 3, 2.5), GUN(sqrt, 3, 5.5), GUN(abs, 0, 0),
+    GSC(add_scalar, "0", 0, 0), GSC(mul_scalar, "0", 0, 0.5), GSC(pow_scalar, "2", 16, 17),
+    GSC(pow_scalar, "3", 16, 17), GSC(pow_scalar, "0.5", 16, 17), GSC(pow_scalar, "-1.5", 16, 17),
+    GSC(pow_scalar, "0", 16, 17), GSC(minimum_scalar, "0", 0, 0), GSC(maximum_scalar, "0", 0, 0),
+};
+
+static void gold_ew_run(kiln_ctx *ctx, const golden *g, const gold_ew *e) {
+    static const char *const bin_in[] = {"a", "b"}, *const un_in[] = {"x"}, *const where_in[] = {"c", "a", "b"};
+    bool where = !e->bin && !e->un && !e->sc;
+    int nin = where ? 3 : e->bin ? 2 : 1;
+    const char *const *in = where ? where_in : e->bin ? bin_in : un_in;
+    char name[160], what[200];
+    kiln_scope_begin(ctx);
+    kiln_tensor *x[3] = {NULL, NULL, NULL};
+    for (int k = 0; k < nin; k++) {
+        snprintf(name, sizeof name, "%s.%s", e->c, in[k]);
+        const golden_tensor *b = golden_get(g, name);
+        if (!b) break;
+        h_view hv = h_contig(b->ndim, b->shape);
+        x[k] = h_view_build(ctx, golden_upload(ctx, b), &hv, 2, gold_layout[e->lay[k]]);
+        if (e->grad && !(where && k == 0)) kiln_set_requires_grad(x[k], true);
+    }
+    kiln_tensor *out = NULL;
+    if (where) out = kiln_where(ctx, x[0], x[1], x[2]);
+    else if (e->bin) out = e->bin(ctx, x[0], x[1]);
+    else if (e->un) out = e->un(ctx, x[0]);
+    else {
+        snprintf(name, sizeof name, "%s.scalar", e->c);
+        const golden_tensor *s = golden_get(g, name);
+        out = s ? e->sc(ctx, x[0], s->f[0]) : NULL;
+    }
+    CHECK(out != NULL, "golden %s: %s", e->c, kiln_error_message(ctx));
+    snprintf(name, sizeof name, "%s.out", e->c);
+    snprintf(what, sizeof what, "golden %s output", e->c);
+    double nr = e->fwd_ulp > 0 ? 2 * e->fwd_ulp + 1 : 0;
+    if (out) golden_compare_scaled(what, out, golden_get(g, name), NULL, nr > 0 ? FLT_MIN : 0, 0, nr);
+    if (out && e->grad) {
+        snprintf(name, sizeof name, "%s.g", e->c);
+        kiln_tensor *seed = golden_upload(ctx, golden_get(g, name));
+        CHECK(seed && kiln_backward_ex(out, seed, false) == KILN_OK, "golden %s backward: %s", e->c,
+              kiln_error_message(ctx));
+        for (int k = where ? 1 : 0; k < nin; k++) {
+            int64_t bc = kiln_tensor_numel(out) / kiln_tensor_numel(x[k]);
+            double t = e->term_ulp[where ? 0 : k];
+            double nm = bc == 1 && t <= 0.5 ? 0 : 2 * t + (double)(bc - 1) + 1;
+            char mname[160];
+            snprintf(name, sizeof name, "%s.d%s", e->c, in[k]);
+            snprintf(mname, sizeof mname, "%s.m%s", e->c, in[k]);
+            snprintf(what, sizeof what, "golden %s d%s", e->c, in[k]);
+            golden_compare_scaled(what, kiln_grad(x[k]), golden_get(g, name), golden_get(g, mname),
+                                  nm > 0 ? FLT_MIN : 0, nm, 0);
+        }
+    }
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+}
+
+static void test_golden(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "elementwise")) return;
+    for (size_t k = 0; k < sizeof gold_ew_cases / sizeof gold_ew_cases[0]; k++) gold_ew_run(ctx, &g, &gold_ew_cases[k]);
+    golden_close(&g);
+}
+
 static void run(kiln_ctx *ctx) {
     test_shapes(ctx);
     test_specials(ctx);
     test_inputs_untouched(ctx);
     test_pow_grad_edges(ctx);
     test_errors(ctx);
+    test_golden(ctx);
 }
 
 int main(void) {

@@ -1,6 +1,7 @@
 /* tests/test_matmul.c - kiln_matmul / kiln_matmul_ex against a double-precision host
  * reference: odd and empty shapes, transposed and sliced views, the transpose flags,
- * batches with broadcasting, vectors, guard regions, and the error paths.
+ * batches with broadcasting, vectors, guard regions, and the error paths; and against
+ * PyTorch golden outputs and gradients (tests/golden/gen_matmul.py, test_golden).
  *
  * Tolerance: each element must satisfy |got - ref| <= C * k * u * sum_p |a_ip| |b_pj| with
  * u = 2^-24 (f32 unit roundoff) and C = 2. A dot product of k terms evaluated in f32 in ANY
@@ -10,6 +11,7 @@
  * covers the 1/(1 - k*u) factor (< 1.0001 here), the reference's own double rounding, and
  * devices where CLBlast's kernels use mad() (AMD), whose accuracy OpenCL does not pin to
  * one rounding per operation. Inputs are exact floats, so the reference is exact to ~1e-16. */
+#include "golden.h"
 #include "harness.h"
 #include "kiln_test_hooks.h"
 
@@ -456,6 +458,76 @@ static bool force_indirect_gemm(kiln_ctx *ctx) {
     return s == CLBlastSuccess;
 }
 
+/* ---- PyTorch golden values (tests/golden/gen_matmul.py) ----------------------------------- */
+/*
+ * The cases of gen_matmul.py (CASES there): batch broadcasting of both operands, vectors on
+ * either side, a transposed and a sliced operand, each flag of kiln_matmul_ex. The header's
+ * bound with torch's float64 result rounded once to float32 (1 u |ref|): an output element
+ * is a dot product of k terms, |got - ref| <= TOL_C k u * mag + u |ref| with mag the sum of
+ * |a||b| over its terms (<case>.mout). A gradient element is a dot product as well (kiln's
+ * backward is two matmul_ex calls, and a sum over the batch dims an operand was broadcast
+ * over): its numel(out) * k / numel(operand) terms, each a product of a seed and an operand
+ * element (<case>.mda, .mdb: the same products of |g| and |operand|).
+ */
+static const struct {
+    const char *c;
+    bool ex; /* kiln_matmul_ex with flags, else kiln_matmul */
+    int flags;
+    int64_t k;  /* the inner dimension */
+    bool nc;    /* a = transpose(0, 1) of its base, b = every other column of its base */
+} gold_mm_cases[] = {
+    {"matmul.2d", false, 0, 5, false},   {"matmul.bb", false, 0, 5, false},   {"matmul.nc", false, 0, 5, true},
+    {"matmul.vl", false, 0, 5, false},   {"matmul.vr", false, 0, 5, false},   {"matmul_ex.f0", true, 0, 5, false},
+    {"matmul_ex.f1", true, KILN_TRANS_A, 5, false},                       {"matmul_ex.f2", true, KILN_TRANS_B, 5, false},
+    {"matmul_ex.f3", true, KILN_TRANS_A | KILN_TRANS_B, 5, false},
+};
+
+static void test_golden(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "matmul")) return;
+    for (size_t k = 0; k < sizeof gold_mm_cases / sizeof gold_mm_cases[0]; k++) {
+        const char *c = gold_mm_cases[k].c;
+        char name[160], mname[160], what[200];
+        kiln_scope_begin(ctx);
+        snprintf(name, sizeof name, "%s.a", c);
+        kiln_tensor *a = golden_upload(ctx, golden_get(&g, name));
+        snprintf(name, sizeof name, "%s.b", c);
+        kiln_tensor *b = golden_upload(ctx, golden_get(&g, name));
+        if (gold_mm_cases[k].nc) {
+            a = kiln_transpose(ctx, a, 0, 1);
+            b = kiln_slice(ctx, b, 1, 0, 8, 2);
+        }
+        kiln_set_requires_grad(a, true);
+        kiln_set_requires_grad(b, true);
+        kiln_tensor *out = gold_mm_cases[k].ex ? kiln_matmul_ex(ctx, a, b, gold_mm_cases[k].flags) : kiln_matmul(ctx, a, b);
+        CHECK(out != NULL, "[%s] golden %s: %s", g_pass, c, kiln_error_message(ctx));
+        if (out) {
+            double kk = (double)gold_mm_cases[k].k, no = (double)kiln_tensor_numel(out);
+            snprintf(name, sizeof name, "%s.out", c);
+            snprintf(mname, sizeof mname, "%s.mout", c);
+            snprintf(what, sizeof what, "[%s] golden %s output", g_pass, c);
+            golden_compare_scaled(what, out, golden_get(&g, name), golden_get(&g, mname), 0, TOL_C * kk, 1);
+            snprintf(name, sizeof name, "%s.g", c);
+            kiln_tensor *seed = golden_upload(ctx, golden_get(&g, name));
+            CHECK(seed && kiln_backward_ex(out, seed, false) == KILN_OK, "[%s] golden %s backward: %s", g_pass, c,
+                  kiln_error_message(ctx));
+            kiln_tensor *in[2] = {a, b};
+            for (int i = 0; i < 2; i++) {
+                double terms = no * kk / (double)kiln_tensor_numel(in[i]);
+                snprintf(name, sizeof name, "%s.d%c", c, "ab"[i]);
+                snprintf(mname, sizeof mname, "%s.md%c", c, "ab"[i]);
+                snprintf(what, sizeof what, "[%s] golden %s d%c", g_pass, c, "ab"[i]);
+                golden_compare_scaled(what, kiln_grad(in[i]), golden_get(&g, name), golden_get(&g, mname), 0,
+                                      TOL_C * terms, 1);
+            }
+        }
+        kiln_scope_end(ctx);
+        CHECK_OK(ctx);
+        kiln_error_clear(ctx);
+    }
+    golden_close(&g);
+}
+
 static void run_pass(kiln_ctx *ctx, const char *pass, int64_t guard) {
     g_pass = pass;
     /* guard > 0: sentinels around every storage (a GEMM writing outside its output is
@@ -468,6 +540,7 @@ static void run_pass(kiln_ctx *ctx, const char *pass, int64_t guard) {
     test_views(ctx);
     test_batches(ctx);
     test_vectors(ctx);
+    test_golden(ctx);
     kiln__set_guard(ctx, 0);
 }
 

@@ -1,7 +1,9 @@
 /* tests/test_reduce.c - sum, mean, max, min and argmax on every device against a plain-C
  * double-precision reference computed from an independent model of views (h_view): odd
  * shapes, every subset of axes, empty dims, long reductions, non-contiguous inputs,
- * NaN/Inf, ties, determinism, guard regions and the error paths. */
+ * NaN/Inf, ties, determinism, guard regions and the error paths; PyTorch golden outputs and
+ * gradients (tests/golden/gen_reduce.py, test_golden). */
+#include "golden.h"
 #include "harness.h"
 #include "kiln_test_hooks.h"
 
@@ -602,6 +604,107 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* ---- PyTorch golden values (tests/golden/gen_reduce.py) ----------------------------------- */
+/*
+ * The same cases as CASES in gen_reduce.py; "nc" inputs are the [5,4,3] base transposed
+ * (0, 2). torch's values are float64 rounded once to float32 (1 u = 2^-24 relative). Bounds:
+ *   sum: the header's bound gamma_d sum|x| with d = min(n - 1, sum_depth(n)) additions per
+ *     term (n terms per output), plus torch's rounding (<= 1 u |ref| <= 1 u sum|x|):
+ *     (d + 1) u * <case>.mout. mean: that bound / n, i.e. d u * mean|x| (mout), plus the
+ *     division (2.5 ulp = 5 u) and torch's rounding: 6 u |ref|.
+ *   max, min, argmax: an input element or its index: exact.
+ *   gradients: sum copies the seed: exact. mean: the seed times 1/n rounded to float (1 u)
+ *     and the product (1 u), torch's rounding: 3 u |ref|. max/min: mask * (g / count):
+ *     the division 2.5 ulp, torch's rounding: 6 u |ref| (ties split as torch.amax).
+ */
+static const struct {
+    const char *c;
+    op_t op;
+    bool nc; /* the input is the [5,4,3] base transposed (0, 2) */
+    int naxes, axes[2];
+    bool keepdim;
+} gold_red_cases[] = {
+    {"sum.all", OP_SUM, false, 0, {0}, false},     {"sum.nc", OP_SUM, true, 2, {0, -1}, true},
+    {"sum.neg", OP_SUM, false, 1, {-2}, false},    {"mean.all", OP_MEAN, false, 0, {0}, false},
+    {"mean.nc", OP_MEAN, true, 2, {0, -1}, true},  {"mean.neg", OP_MEAN, false, 1, {-2}, false},
+    {"max.all", OP_MAX, false, 0, {0}, false},     {"max.nc", OP_MAX, true, 1, {1}, true},
+    {"max.multi", OP_MAX, false, 2, {0, -1}, false}, {"min.all", OP_MIN, false, 0, {0}, false},
+    {"min.nc", OP_MIN, true, 1, {1}, true},        {"min.multi", OP_MIN, false, 2, {0, -1}, false},
+    {"argmax.all", OP_ARGMAX, false, 1, {KILN_ALL_AXES}, false},
+    {"argmax.nc", OP_ARGMAX, true, 1, {-1}, true}, {"argmax.0", OP_ARGMAX, false, 1, {0}, false},
+};
+
+/* An I32 result against the golden I32 tensor: equal, shape and values. */
+static void gold_cmp_i32(const char *what, kiln_tensor *got, const golden_tensor *ref) {
+    if (!ref || !got) return;
+    CHECK(kiln_tensor_dtype(got) == KILN_I32 && kiln_tensor_ndim(got) == ref->ndim &&
+              (ref->ndim == 0 || memcmp(kiln_tensor_shape(got), ref->shape, sizeof(int64_t) * (size_t)ref->ndim) == 0),
+          "%s: dtype or shape differs from PyTorch's", what);
+    if (kiln_tensor_numel(got) != ref->numel || !ref->is_int) return;
+    int32_t *h = malloc(sizeof(int32_t) * cap1(ref->numel));
+    CHECK(kiln_to_host(got, h, sizeof(int32_t) * (size_t)ref->numel) == KILN_OK, "%s: %s", what,
+          kiln_error_message(kiln_tensor_ctx(got)));
+    int64_t bad = 0;
+    for (int64_t k = 0; k < ref->numel; k++)
+        if (h[k] != ref->i[k] && bad++ == 0)
+            fprintf(stderr, "  %s: element %lld: got %d, PyTorch %d\n", what, (long long)k, h[k], ref->i[k]);
+    CHECK(bad == 0, "%s: %lld of %lld indices differ from PyTorch's", what, (long long)bad, (long long)ref->numel);
+    free(h);
+}
+
+static void test_golden(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "reduce")) return;
+    for (size_t k = 0; k < sizeof gold_red_cases / sizeof gold_red_cases[0]; k++) {
+        const char *c = gold_red_cases[k].c;
+        op_t op = gold_red_cases[k].op;
+        int na = gold_red_cases[k].naxes;
+        const int *ax = gold_red_cases[k].axes;
+        bool kd = gold_red_cases[k].keepdim;
+        char name[160], what[200];
+        kiln_scope_begin(ctx);
+        snprintf(name, sizeof name, "%s.x", c);
+        kiln_tensor *x = golden_upload(ctx, golden_get(&g, name));
+        if (gold_red_cases[k].nc) x = kiln_transpose(ctx, x, 0, 2);
+        if (op != OP_ARGMAX) kiln_set_requires_grad(x, true);
+        kiln_tensor *out = op == OP_SUM    ? kiln_sum(ctx, x, na, ax, kd)
+                           : op == OP_MEAN ? kiln_mean(ctx, x, na, ax, kd)
+                           : op == OP_MAX  ? kiln_max(ctx, x, na, ax, kd)
+                           : op == OP_MIN  ? kiln_min(ctx, x, na, ax, kd)
+                                           : kiln_argmax(ctx, x, ax[0], kd);
+        CHECK(out != NULL, "%sgolden %s: %s", layout_name, c, kiln_error_message(ctx));
+        snprintf(name, sizeof name, "%s.out", c);
+        snprintf(what, sizeof what, "%sgolden %s output", layout_name, c);
+        int64_t n = out && kiln_tensor_numel(out) ? kiln_tensor_numel(x) / kiln_tensor_numel(out) : 1;
+        double d = fmin((double)(n - 1), sum_depth(n));
+        char mname[160];
+        snprintf(mname, sizeof mname, "%s.mout", c);
+        if (out && op == OP_ARGMAX) {
+            gold_cmp_i32(what, out, golden_get(&g, name));
+        } else if (out && op == OP_SUM) {
+            golden_compare_scaled(what, out, golden_get(&g, name), golden_get(&g, mname), 0, d + 1, 0);
+        } else if (out && op == OP_MEAN) {
+            golden_compare_scaled(what, out, golden_get(&g, name), golden_get(&g, mname), 0, d, 6);
+        } else if (out) {
+            golden_compare_scaled(what, out, golden_get(&g, name), NULL, 0, 0, 0);
+        }
+        if (out && op != OP_ARGMAX) {
+            snprintf(name, sizeof name, "%s.g", c);
+            kiln_tensor *seed = golden_upload(ctx, golden_get(&g, name));
+            CHECK(seed && kiln_backward_ex(out, seed, false) == KILN_OK, "%sgolden %s backward: %s", layout_name, c,
+                  kiln_error_message(ctx));
+            snprintf(name, sizeof name, "%s.dx", c);
+            snprintf(what, sizeof what, "%sgolden %s dx", layout_name, c);
+            double nr = op == OP_SUM ? 0 : op == OP_MEAN ? 3 : 6;
+            golden_compare_scaled(what, kiln_grad(x), golden_get(&g, name), NULL, 0, 0, nr);
+        }
+        kiln_scope_end(ctx);
+        CHECK_OK(ctx);
+        kiln_error_clear(ctx);
+    }
+    golden_close(&g);
+}
+
 static void run(kiln_ctx *ctx) {
     /* Every tensor gets sentinels before and after its payload, so outputs start at a
      * non-zero offset and out-of-bounds writes are caught (checked in each test). */
@@ -618,6 +721,7 @@ static void run(kiln_ctx *ctx) {
         test_empty(ctx);
         test_special(ctx);
         test_long(ctx);
+        test_golden(ctx);
     }
     kiln__hooks_of(ctx)->reduce_layout = 0;
     layout_name = names[0];

@@ -1,5 +1,7 @@
 /* tests/test_tensor.c - tensor creation, host transfer, fills, views and copies, scopes,
- * the buffer pool; each against values computed independently on the host. */
+ * the buffer pool; each against values computed independently on the host, and views,
+ * contiguous, clone and arange against PyTorch (tests/golden/gen_view.py, gen_copy.py). */
+#include "golden.h"
 #include "harness.h"
 
 static void test_roundtrip(kiln_ctx *ctx) {
@@ -235,12 +237,123 @@ static void test_guards(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* ---- PyTorch golden values (tests/golden/gen_view.py, gen_copy.py) ------------------------ */
+/*
+ * Views and copies move values without arithmetic: outputs and gradients exact, except
+ * expand's gradient, a float sum of the seed over the k output elements an input element
+ * is broadcast to: k - 1 additions of <= 1 u (u = 2^-24) of sum|g| each, plus torch's
+ * float64 result rounded once to float32 (1 u |ref| <= 1 u sum|g|): k u * <case>.mdx.
+ * arange: start + (float)i * step in float (cl_kernels/copy.cl) with start and step float32
+ * values, which torch also used: two roundings, u |i step| + u |out|, and torch's rounding
+ * u |ref|; the test bounds |i step| by (n - 1) |step|.
+ */
+
+/* Compares out with <c>.out, runs backward from <c>.g and compares x's gradient with <c>.dx
+ * (k > 1: expand's sum of k terms, against <c>.mdx; else exact). */
+static void gold_view_case(kiln_ctx *ctx, const golden *g, const char *c, kiln_tensor *x, kiln_tensor *out, int64_t k) {
+    char name[160], mname[160], what[200];
+    CHECK(out != NULL, "golden %s: %s", c, kiln_error_message(ctx));
+    if (!out) return;
+    snprintf(name, sizeof name, "%s.out", c);
+    snprintf(what, sizeof what, "golden %s output", c);
+    golden_compare_scaled(what, out, golden_get(g, name), NULL, 0, 0, 0);
+    snprintf(name, sizeof name, "%s.g", c);
+    kiln_tensor *seed = golden_upload(ctx, golden_get(g, name));
+    CHECK(seed && kiln_backward_ex(out, seed, false) == KILN_OK, "golden %s backward: %s", c, kiln_error_message(ctx));
+    snprintf(name, sizeof name, "%s.dx", c);
+    snprintf(mname, sizeof mname, "%s.mdx", c);
+    snprintf(what, sizeof what, "golden %s dx", c);
+    golden_compare_scaled(what, kiln_grad(x), golden_get(g, name), k > 1 ? golden_get(g, mname) : NULL, 0,
+                          k > 1 ? (double)k : 0, 0);
+}
+
+/* The leaf <c>.x (transposed (0, 1) when t), requiring grad. */
+static kiln_tensor *gold_x(kiln_ctx *ctx, const golden *g, const char *c, bool t) {
+    char name[160];
+    snprintf(name, sizeof name, "%s.x", c);
+    kiln_tensor *x = golden_upload(ctx, golden_get(g, name));
+    if (t) x = kiln_transpose(ctx, x, 0, 1);
+    if (x) kiln_set_requires_grad(x, true);
+    return x;
+}
+
+static void test_golden_views(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "view")) return;
+    kiln_scope_begin(ctx);
+    kiln_tensor *x;
+    x = gold_x(ctx, &g, "reshape.c", false);
+    gold_view_case(ctx, &g, "reshape.c", x, kiln_reshape(ctx, x, 2, (int64_t[]){4, -1}), 1);
+    x = gold_x(ctx, &g, "reshape.nc", true); /* not viewable: a copy */
+    gold_view_case(ctx, &g, "reshape.nc", x, kiln_reshape(ctx, x, 2, (int64_t[]){3, -1}), 1);
+    x = gold_x(ctx, &g, "view.c", false);
+    gold_view_case(ctx, &g, "view.c", x, kiln_view(ctx, x, 2, (int64_t[]){6, -1}), 1);
+    x = gold_x(ctx, &g, "transpose.neg", false);
+    gold_view_case(ctx, &g, "transpose.neg", x, kiln_transpose(ctx, x, -1, 0), 1);
+    x = gold_x(ctx, &g, "permute.4d", false);
+    gold_view_case(ctx, &g, "permute.4d", x, kiln_permute(ctx, x, (int[]){2, 0, 3, 1}), 1);
+    x = gold_x(ctx, &g, "slice.neg", false);
+    gold_view_case(ctx, &g, "slice.neg", x, kiln_slice(ctx, x, -1, -6, -1, 2), 1);
+    x = gold_x(ctx, &g, "slice.clamp", false);
+    gold_view_case(ctx, &g, "slice.clamp", x, kiln_slice(ctx, x, 0, 1, 100, 3), 1);
+    x = gold_x(ctx, &g, "expand.bc", false);
+    gold_view_case(ctx, &g, "expand.bc", x, kiln_expand(ctx, x, 3, (int64_t[]){2, 3, 4}), 8);
+    x = gold_x(ctx, &g, "expand.keep", false);
+    gold_view_case(ctx, &g, "expand.keep", x, kiln_expand(ctx, x, 2, (int64_t[]){3, -1}), 3);
+    x = gold_x(ctx, &g, "unsqueeze.neg", false);
+    gold_view_case(ctx, &g, "unsqueeze.neg", x, kiln_unsqueeze(ctx, x, -1), 1);
+    x = gold_x(ctx, &g, "unsqueeze.0", false);
+    gold_view_case(ctx, &g, "unsqueeze.0", x, kiln_unsqueeze(ctx, x, 0), 1);
+    x = gold_x(ctx, &g, "squeeze.neg", false);
+    gold_view_case(ctx, &g, "squeeze.neg", x, kiln_squeeze(ctx, x, -2), 1);
+    x = gold_x(ctx, &g, "squeeze.all", false);
+    gold_view_case(ctx, &g, "squeeze.all", x, kiln_squeeze(ctx, x, -KILN_MAX_DIMS - 1), 1);
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+    golden_close(&g);
+}
+
+static void test_golden_copies(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "copy")) return;
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = gold_x(ctx, &g, "contiguous.nc", true);
+    gold_view_case(ctx, &g, "contiguous.nc", x, kiln_contiguous(ctx, x), 1);
+    x = kiln_slice(ctx, golden_upload(ctx, golden_get(&g, "clone.nc.x")), 1, 1, 7, 2);
+    if (x) kiln_set_requires_grad(x, true);
+    gold_view_case(ctx, &g, "clone.nc", x, kiln_clone(ctx, x), 1);
+    x = gold_x(ctx, &g, "clone.c", false);
+    gold_view_case(ctx, &g, "clone.c", x, kiln_clone(ctx, x), 1);
+    for (int k = 0; k < 5; k++) {
+        char name[64], what[96];
+        snprintf(name, sizeof name, "arange.%d.p", k);
+        const golden_tensor *p = golden_get(&g, name);
+        snprintf(name, sizeof name, "arange.%d.out", k);
+        const golden_tensor *ref = golden_get(&g, name);
+        if (!p || !ref) continue;
+        kiln_tensor *t = kiln_arange(ctx, p->f[0], p->f[1], p->f[2]);
+        snprintf(what, sizeof what, "golden arange(%g, %g, %g)", p->f[0], p->f[1], p->f[2]);
+        CHECK(t && kiln_tensor_numel(t) == ref->numel, "%s: %lld elements, PyTorch %lld: %s", what,
+              t ? (long long)kiln_tensor_numel(t) : -1LL, (long long)ref->numel, kiln_error_message(ctx));
+        if (!t || kiln_tensor_numel(t) != ref->numel) continue;
+        double u = 0x1p-24, span = (double)(ref->numel - 1) * fabs((double)p->f[2]);
+        golden_compare_scaled(what, t, ref, NULL, u * span, 0, 2);
+    }
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+    golden_close(&g);
+}
+
 static void run(kiln_ctx *ctx) {
     test_roundtrip(ctx);
     test_fill_arange(ctx);
     test_views(ctx);
     test_scopes_and_pool(ctx);
     test_guards(ctx);
+    test_golden_views(ctx);
+    test_golden_copies(ctx);
 }
 
 int main(void) {

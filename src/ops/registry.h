@@ -26,7 +26,13 @@
  *   golden  KILN__G(prefix): a key of tests/golden/<family>.safetensors starts with prefix
  *           (names from tests/golden/gen_<family>.py); KILN__GP(prefix, i, v): and the
  *           case's parameter vector "<prefix>N.p" holds v at index i (upsample's modes share
- *           a prefix); KILN__G_NONE: no PyTorch case (the reference is a host computation)
+ *           a prefix); KILN__G_NONE: no PyTorch case (the reference is a host computation).
+ *           G_NONE ops: random numbers (kiln's Philox stream is not torch's generator, so
+ *           no value can match: test_random.c checks moments and ranges), and the
+ *           creation ops that are defined by their arguments alone with no arithmetic
+ *           (from_host, empty, full, zeros, ones, fill, copy: a byte copy or a constant,
+ *           checked bit-exactly on the host; torch would only restate the argument).
+ *           arange computes values, so it has a case.
  *   tests   the test files (under tests/) that check the op against a reference
  *   refs    KILN__REF_*: what those tests compare against besides PyTorch golden files
  */
@@ -62,63 +68,63 @@
 
 /* clang-format off */
 #define KILN__OPS(X)                                                                                                   \
-    /* creation and copies (src/tensor/tensor.c, cl_kernels/copy.cl) */                                               \
+    /* creation and copies (src/tensor/tensor.c, cl_kernels/copy.cl); golden copy.safetensors (gen_copy.py) */     \
     X(FROM_HOST, from_host, kiln_from_host, COPY, KILN__NOGRAD, KILN__G_NONE, "test_tensor.c", KILN__REF_F64)          \
     X(EMPTY, empty, kiln_empty, COPY, KILN__NOGRAD, KILN__G_NONE, "test_shape.c", KILN__REF_F64)                       \
     X(FULL, full, kiln_full, COPY, KILN__NOGRAD, KILN__G_NONE, "test_tensor.c", KILN__REF_F64)                         \
     X(ZEROS, zeros, kiln_zeros, COPY, KILN__NOGRAD, KILN__G_NONE, "test_tensor.c", KILN__REF_F64)                      \
     X(ONES, ones, kiln_ones, COPY, KILN__NOGRAD, KILN__G_NONE, "test_tensor.c", KILN__REF_F64)                         \
-    X(ARANGE, arange, kiln_arange, COPY, KILN__NOGRAD, KILN__G_NONE, "test_tensor.c", KILN__REF_F64)                   \
+    X(ARANGE, arange, kiln_arange, COPY, KILN__NOGRAD, KILN__G("arange."), "test_tensor.c", KILN__REF_F64)                   \
     X(FILL, fill, kiln_fill, COPY, KILN__NOGRAD, KILN__G_NONE, "test_tensor.c", KILN__REF_F64)                         \
     X(COPY, copy, kiln_copy, COPY, KILN__NOGRAD, KILN__G_NONE, "test_sweep.c", KILN__REF_F64)                          \
-    X(CONTIGUOUS, contiguous, kiln_contiguous, COPY, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(CLONE, clone, kiln_clone, COPY, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    /* views (src/ops/view.c): tests/test_tensor.c against the host view model */                                \
-    X(RESHAPE, reshape, kiln_reshape, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(VIEW, view, kiln_view, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c", KILN__REF_F64)                           \
-    X(TRANSPOSE, transpose, kiln_transpose, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(PERMUTE, permute, kiln_permute, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(SLICE, slice, kiln_slice, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(EXPAND, expand, kiln_expand, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(UNSQUEEZE, unsqueeze, kiln_unsqueeze, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(SQUEEZE, squeeze, kiln_squeeze, VIEW, KILN__GRAD, KILN__G_NONE, "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(CONTIGUOUS, contiguous, kiln_contiguous, COPY, KILN__GRAD, KILN__G("contiguous."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(CLONE, clone, kiln_clone, COPY, KILN__GRAD, KILN__G("clone."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    /* views (src/ops/view.c): test_tensor.c, host view model and golden view.safetensors (gen_view.py) */      \
+    X(RESHAPE, reshape, kiln_reshape, VIEW, KILN__GRAD, KILN__G("reshape."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(VIEW, view, kiln_view, VIEW, KILN__GRAD, KILN__G("view."), "test_tensor.c", KILN__REF_F64)                           \
+    X(TRANSPOSE, transpose, kiln_transpose, VIEW, KILN__GRAD, KILN__G("transpose."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(PERMUTE, permute, kiln_permute, VIEW, KILN__GRAD, KILN__G("permute."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(SLICE, slice, kiln_slice, VIEW, KILN__GRAD, KILN__G("slice."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(EXPAND, expand, kiln_expand, VIEW, KILN__GRAD, KILN__G("expand."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(UNSQUEEZE, unsqueeze, kiln_unsqueeze, VIEW, KILN__GRAD, KILN__G("unsqueeze."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(SQUEEZE, squeeze, kiln_squeeze, VIEW, KILN__GRAD, KILN__G("squeeze."), "test_tensor.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
     /* random (tests/test_random.c: moments and ranges) */                                                             \
     X(RAND_UNIFORM, rand_uniform, kiln_rand_uniform, RANDOM, KILN__NOGRAD, KILN__G_NONE, "test_random.c", KILN__REF_F64) \
     X(RAND_NORMAL, rand_normal, kiln_rand_normal, RANDOM, KILN__NOGRAD, KILN__G_NONE, "test_random.c", KILN__REF_F64) \
-    /* elementwise: double reference; gradients by finite differences in test_autograd.c */                            \
-    X(ADD, add, kiln_add, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(SUB, sub, kiln_sub, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MUL, mul, kiln_mul, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(DIV, div, kiln_div, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(POW, pow, kiln_pow, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MINIMUM, minimum, kiln_minimum, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MAXIMUM, maximum, kiln_maximum, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(EQ, eq, kiln_eq, ELEMENTWISE, KILN__NOGRAD, KILN__G_NONE, "test_elementwise.c", KILN__REF_F64)                  \
-    X(NE, ne, kiln_ne, ELEMENTWISE, KILN__NOGRAD, KILN__G_NONE, "test_elementwise.c", KILN__REF_F64)                  \
-    X(LT, lt, kiln_lt, ELEMENTWISE, KILN__NOGRAD, KILN__G_NONE, "test_elementwise.c", KILN__REF_F64)                  \
-    X(LE, le, kiln_le, ELEMENTWISE, KILN__NOGRAD, KILN__G_NONE, "test_elementwise.c", KILN__REF_F64)                  \
-    X(GT, gt, kiln_gt, ELEMENTWISE, KILN__NOGRAD, KILN__G_NONE, "test_elementwise.c", KILN__REF_F64)                  \
-    X(GE, ge, kiln_ge, ELEMENTWISE, KILN__NOGRAD, KILN__G_NONE, "test_elementwise.c", KILN__REF_F64)                  \
-    X(WHERE, where, kiln_where, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c", KILN__REF_F64)           \
-    X(NEG, neg, kiln_neg, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(EXP, exp, kiln_exp, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(LOG, log, kiln_log, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(SQRT, sqrt, kiln_sqrt, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(ABS, abs, kiln_abs, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(ADD_SCALAR, add_scalar, kiln_add_scalar, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MUL_SCALAR, mul_scalar, kiln_mul_scalar, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(POW_SCALAR, pow_scalar, kiln_pow_scalar, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MINIMUM_SCALAR, minimum_scalar, kiln_minimum_scalar, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MAXIMUM_SCALAR, maximum_scalar, kiln_maximum_scalar, ELEMENTWISE, KILN__GRAD, KILN__G_NONE, "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    /* reductions: double reference; finite differences of sum, mean, max, min */                                     \
-    X(SUM, sum, kiln_sum, REDUCE, KILN__GRAD, KILN__G_NONE, "test_reduce.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MEAN, mean, kiln_mean, REDUCE, KILN__GRAD, KILN__G_NONE, "test_reduce.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MAX, max, kiln_max, REDUCE, KILN__GRAD, KILN__G_NONE, "test_reduce.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(MIN, min, kiln_min, REDUCE, KILN__GRAD, KILN__G_NONE, "test_reduce.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
-    X(ARGMAX, argmax, kiln_argmax, REDUCE, KILN__NOGRAD, KILN__G_NONE, "test_reduce.c", KILN__REF_F64)               \
-    /* matrix products: double reference; gradients through kiln_matmul_ex */                                         \
-    X(MATMUL, matmul, kiln_matmul, MATMUL, KILN__GRAD, KILN__G_NONE, "test_matmul.c", KILN__REF_F64)                  \
-    X(MATMUL_EX, matmul_ex, kiln_matmul_ex, MATMUL, KILN__GRAD, KILN__G_NONE, "test_matmul.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    /* elementwise: double reference, golden elementwise.safetensors (gen_elementwise.py: "<op>.<variant>.*") */ \
+    X(ADD, add, kiln_add, ELEMENTWISE, KILN__GRAD, KILN__G("add."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(SUB, sub, kiln_sub, ELEMENTWISE, KILN__GRAD, KILN__G("sub."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MUL, mul, kiln_mul, ELEMENTWISE, KILN__GRAD, KILN__G("mul."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(DIV, div, kiln_div, ELEMENTWISE, KILN__GRAD, KILN__G("div."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(POW, pow, kiln_pow, ELEMENTWISE, KILN__GRAD, KILN__G("pow."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MINIMUM, minimum, kiln_minimum, ELEMENTWISE, KILN__GRAD, KILN__G("minimum."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MAXIMUM, maximum, kiln_maximum, ELEMENTWISE, KILN__GRAD, KILN__G("maximum."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(EQ, eq, kiln_eq, ELEMENTWISE, KILN__NOGRAD, KILN__G("eq."), "test_elementwise.c", KILN__REF_F64)                  \
+    X(NE, ne, kiln_ne, ELEMENTWISE, KILN__NOGRAD, KILN__G("ne."), "test_elementwise.c", KILN__REF_F64)                  \
+    X(LT, lt, kiln_lt, ELEMENTWISE, KILN__NOGRAD, KILN__G("lt."), "test_elementwise.c", KILN__REF_F64)                  \
+    X(LE, le, kiln_le, ELEMENTWISE, KILN__NOGRAD, KILN__G("le."), "test_elementwise.c", KILN__REF_F64)                  \
+    X(GT, gt, kiln_gt, ELEMENTWISE, KILN__NOGRAD, KILN__G("gt."), "test_elementwise.c", KILN__REF_F64)                  \
+    X(GE, ge, kiln_ge, ELEMENTWISE, KILN__NOGRAD, KILN__G("ge."), "test_elementwise.c", KILN__REF_F64)                  \
+    X(WHERE, where, kiln_where, ELEMENTWISE, KILN__GRAD, KILN__G("where."), "test_elementwise.c", KILN__REF_F64)           \
+    X(NEG, neg, kiln_neg, ELEMENTWISE, KILN__GRAD, KILN__G("neg."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(EXP, exp, kiln_exp, ELEMENTWISE, KILN__GRAD, KILN__G("exp."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(LOG, log, kiln_log, ELEMENTWISE, KILN__GRAD, KILN__G("log."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(SQRT, sqrt, kiln_sqrt, ELEMENTWISE, KILN__GRAD, KILN__G("sqrt."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(ABS, abs, kiln_abs, ELEMENTWISE, KILN__GRAD, KILN__G("abs."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(ADD_SCALAR, add_scalar, kiln_add_scalar, ELEMENTWISE, KILN__GRAD, KILN__G("add_scalar."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MUL_SCALAR, mul_scalar, kiln_mul_scalar, ELEMENTWISE, KILN__GRAD, KILN__G("mul_scalar."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(POW_SCALAR, pow_scalar, kiln_pow_scalar, ELEMENTWISE, KILN__GRAD, KILN__G("pow_scalar."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MINIMUM_SCALAR, minimum_scalar, kiln_minimum_scalar, ELEMENTWISE, KILN__GRAD, KILN__G("minimum_scalar."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MAXIMUM_SCALAR, maximum_scalar, kiln_maximum_scalar, ELEMENTWISE, KILN__GRAD, KILN__G("maximum_scalar."), "test_elementwise.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    /* reductions: double reference; finite differences; golden reduce.safetensors (gen_reduce.py) */            \
+    X(SUM, sum, kiln_sum, REDUCE, KILN__GRAD, KILN__G("sum."), "test_reduce.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MEAN, mean, kiln_mean, REDUCE, KILN__GRAD, KILN__G("mean."), "test_reduce.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MAX, max, kiln_max, REDUCE, KILN__GRAD, KILN__G("max."), "test_reduce.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(MIN, min, kiln_min, REDUCE, KILN__GRAD, KILN__G("min."), "test_reduce.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
+    X(ARGMAX, argmax, kiln_argmax, REDUCE, KILN__NOGRAD, KILN__G("argmax."), "test_reduce.c", KILN__REF_F64)               \
+    /* matrix products: double reference; golden matmul.safetensors (gen_matmul.py: matmul.*, matmul_ex.fN.*) */ \
+    X(MATMUL, matmul, kiln_matmul, MATMUL, KILN__GRAD, KILN__G("matmul."), "test_matmul.c", KILN__REF_F64)                  \
+    X(MATMUL_EX, matmul_ex, kiln_matmul_ex, MATMUL, KILN__GRAD, KILN__G("matmul_ex."), "test_matmul.c test_autograd.c", KILN__REF_F64 | KILN__REF_FD) \
     /* activations: tests/golden/activation.safetensors (gen_activation.py: "<case>.x" ...) */                       \
     X(RELU, relu, kiln_relu, ACTIVATION, KILN__GRAD, KILN__G("relu."), "test_activation.c", KILN__REF_F64 | KILN__REF_FD) \
     X(LEAKY_RELU, leaky_relu, kiln_leaky_relu, ACTIVATION, KILN__GRAD, KILN__G("leaky_relu_"), "test_activation.c", KILN__REF_F64 | KILN__REF_FD) \
