@@ -263,7 +263,7 @@ static inline double ex_bench_steps(kiln_module *m, kiln_optim *opt, kiln_loader
         kiln_optim_zero_grad(opt);
         kiln_backward(loss);
         kiln_optim_step(opt);
-        float lv = kiln_item(loss);
+        float lv = kiln_tensor_item(loss);
         kiln_scope_end(ctx);
         if (kiln_error_status(ctx) != KILN_OK || !isfinite(lv)) break;
         if (i >= 3) t[done++] = ex_now_ms() - t0;
@@ -338,7 +338,7 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
     all = kiln_fashion_mnist(o.data, true);
     test = all ? kiln_fashion_mnist(o.data, false) : NULL;
     if (!all || !test) EX_FAIL("%s", kiln_last_error());
-    if (o.limit > 0 && o.limit < kiln_dataset_size(all)) {
+    if (o.limit > 0 && o.limit < kiln_dataset_num_samples(all)) {
         int64_t *idx = malloc(sizeof *idx * (size_t)o.limit);
         if (!idx) EX_FAIL("out of host memory");
         for (int64_t i = 0; i < o.limit; i++) idx[i] = i;
@@ -354,8 +354,8 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
         train = all;
         all = NULL;
     }
-    printf("data: %lld training, %lld validation, %lld test images\n", (long long)kiln_dataset_size(train),
-           (long long)kiln_dataset_size(val), (long long)kiln_dataset_size(test));
+    printf("data: %lld training, %lld validation, %lld test images\n", (long long)kiln_dataset_num_samples(train),
+           (long long)kiln_dataset_num_samples(val), (long long)kiln_dataset_num_samples(test));
 
     /* inputs x/255 without mean/std normalisation, as the PyTorch reference recipe */
     kiln_loader_opts lo = kiln_loader_defaults();

@@ -63,18 +63,18 @@ int main(int argc, char **argv) {
             kiln_optim_zero_grad(opt);
             kiln_backward(loss);
             kiln_optim_step(opt);
-            float l = kiln_item(loss); /* the one wait for the device in a step */
+            float l = kiln_tensor_item(loss); /* the one wait for the device in a step */
             kiln_scope_end(ctx);
             if (kiln_error_status(ctx) != KILN_OK) goto fail;
             sum += l;
             batches++;
         }
         if (epoch == 1 || epoch % 10 == 0 || epoch == o.epochs) {
-            float wv = kiln_item(w), bv = kiln_item(b);
+            float wv = kiln_tensor_item(w), bv = kiln_tensor_item(b);
             printf("epoch %3d  loss %.5f  weight %.4f  bias %.4f\n", epoch, sum / batches, wv, bv);
         }
     }
-    float wv = kiln_item(w), bv = kiln_item(b);
+    float wv = kiln_tensor_item(w), bv = kiln_tensor_item(b);
     if (kiln_error_status(ctx) != KILN_OK) goto fail;
     if (o.save) {
         if (kiln_module_save(model, o.save, "linear_regression") != KILN_OK) goto fail;

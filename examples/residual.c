@@ -170,7 +170,7 @@ static float train_step(kiln_module *net, kiln_optim *opt, kiln_loader *l) {
     kiln_optim_zero_grad(opt);
     kiln_backward(loss);
     kiln_optim_step(opt);
-    float v = kiln_error_status(ctx) == KILN_OK ? kiln_item(loss) : NAN;
+    float v = kiln_error_status(ctx) == KILN_OK ? kiln_tensor_item(loss) : NAN;
     kiln_scope_end(ctx);
     return v;
 }
@@ -181,7 +181,7 @@ static double max_abs_diff(kiln_module *a, kiln_module *b, kiln_tensor *x) {
     kiln_scope_begin(ctx);
     kiln_tensor *d = kiln_abs(ctx, kiln_sub(ctx, kiln_forward(a, x), kiln_forward(b, x)));
     kiln_tensor *mx = kiln_max(ctx, d, 0, NULL, false);
-    double v = kiln_error_status(ctx) == KILN_OK ? kiln_item(mx) : NAN;
+    double v = kiln_error_status(ctx) == KILN_OK ? kiln_tensor_item(mx) : NAN;
     kiln_scope_end(ctx);
     return v;
 }
@@ -253,7 +253,7 @@ int main(int argc, char **argv) {
 
     ds = synth ? synthetic(2000, seed) : kiln_fashion_mnist(data, true);
     if (!ds) FAIL("%s%s", kiln_last_error(), synth ? "" : " (--synthetic trains without the dataset)");
-    printf("data: %s, %lld images\n", synth ? "synthetic bars" : "Fashion-MNIST", (long long)kiln_dataset_size(ds));
+    printf("data: %s, %lld images\n", synth ? "synthetic bars" : "Fashion-MNIST", (long long)kiln_dataset_num_samples(ds));
     kiln_loader_opts lo = kiln_loader_defaults();
     lo.batch_size = batch;
     lo.shuffle = true;

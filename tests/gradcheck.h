@@ -2,7 +2,7 @@
  * double-precision reference.
  *
  * For an op y = f(x0, x1, ...), the test picks a random seed gradient w (y's shape), runs
- * kiln_backward_ex(y, w) and compares each input's kiln_grad with the central difference
+ * kiln_backward_ex(y, w) and compares each input's kiln_tensor_grad with the central difference
  *     d/dx_j[k] sum_m w[m] * f_ref(x)[m]  ~  (L(x + h e_k) - L(x - h e_k)) / 2h
  * computed on the host reference in double (h = 1e-5 relative to |x|, error ~1e-10, far
  * below float32 rounding), so the only error left is kiln's float32 arithmetic.
@@ -65,7 +65,7 @@ static inline void gc_check(kiln_ctx *ctx, const char *what, gc_ref_fn f, void *
         int64_t nj = kiln_tensor_numel(xs[j]);
         double *num = malloc(sizeof(double) * (size_t)(nj > 0 ? nj : 1));
         gc_numeric(f, user, hin, j, nj, nout, w, num);
-        kiln_tensor *g = kiln_grad(xs[j]);
+        kiln_tensor *g = kiln_tensor_grad(xs[j]);
         CHECK(g != NULL, "%s: input %d has no gradient", what, j);
         if (g) {
             float *got = h_read(g);

@@ -85,7 +85,7 @@ static inline kiln_status cnn_step(cnn *m, int step, float *loss) {
     kiln_tensor *l = kiln_cross_entropy(ctx, kiln_forward(m->net, xt), yt, KILN_MEAN);
     if (l) {
         if (kiln_optim_zero_grad(m->opt) == KILN_OK && kiln_backward(l) == KILN_OK && kiln_optim_step(m->opt) == KILN_OK)
-            *loss = kiln_item(l);
+            *loss = kiln_tensor_item(l);
     }
     kiln_scope_end(ctx);
     return kiln_error_status(ctx);

@@ -176,7 +176,7 @@ static bool make_operand(kiln_ctx *ctx, const vspec *s, float lo, float hi, bool
     o->base = malloc(sizeof(float) * (size_t)(o->nbase > 0 ? o->nbase : 1));
     h_fill(o->base, o->nbase, lo, hi);
     o->leaf = kiln_from_host(ctx, o->base, KILN_F32, s->ndim, s->shape);
-    if (grad) kiln_set_requires_grad(o->leaf, true);
+    if (grad) kiln_tensor_set_requires_grad(o->leaf, true);
     o->t = o->leaf;
     o->hv = h_contig(s->ndim, s->shape);
     o->t = h_view_build(ctx, o->t, &o->hv, 2, s->tf);
@@ -228,7 +228,7 @@ static void test_elementwise_shapes(kiln_ctx *ctx) {
                 CHECK(y != NULL, "%s: %s", what, kiln_error_message(ctx));
                 if (y) {
                     CHECK(same_shape(y, &o.hv) && kiln_tensor_is_contiguous(y), "%s: output shape/layout", what);
-                    CHECK(!kiln_requires_grad(y), "%s: output requires grad with no grad input", what);
+                    CHECK(!kiln_tensor_requires_grad(y), "%s: output requires grad with no grad input", what);
                     float *got = h_read(y);
                     double *ref = malloc(sizeof(double) * (size_t)(o.n > 0 ? o.n : 1));
                     for (int64_t i = 0; i < o.n; i++) {
@@ -389,7 +389,7 @@ static void test_elementwise_grads(kiln_ctx *ctx) {
             float lo = -3, hi = 3;
             if (make_operand(ctx, &grad_shapes[c], lo, hi, true, &o)) {
                 kiln_tensor *y = act_call(ctx, &ops[k], o.t);
-                CHECK(y == NULL || kiln_requires_grad(y), "%s: output does not require grad", what);
+                CHECK(y == NULL || kiln_tensor_requires_grad(y), "%s: output does not require grad", what);
                 double *hd = malloc(sizeof(double) * (size_t)(o.nbase > 0 ? o.nbase : 1));
                 for (int64_t i = 0; i < o.nbase; i++) hd[i] = o.base[i];
                 bool near_kink = false;
@@ -718,7 +718,7 @@ static void gold_run(kiln_ctx *ctx, const golden *g, const char *cname, const ac
     if (!gx || !gy || !ggy || !ggx) return;
     kiln_scope_begin(ctx);
     kiln_tensor *x = golden_upload(ctx, gx);
-    kiln_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(x, true);
     kiln_tensor *xin = transpose ? kiln_transpose(ctx, x, 0, 1) : x;
     kiln_tensor *y = op ? act_call(ctx, op, xin)
                         : (sm_log ? kiln_log_softmax(ctx, xin, sm_dim) : kiln_softmax(ctx, xin, sm_dim));
@@ -728,7 +728,7 @@ static void gold_run(kiln_ctx *ctx, const golden *g, const char *cname, const ac
     kiln_status s = y ? kiln_backward_ex(y, seed, false) : KILN_ERR_NULL;
     CHECK(s == KILN_OK, "golden %s backward: %s", cname, kiln_error_message(ctx));
     snprintf(what, sizeof what, "golden %s gradient", cname);
-    if (s == KILN_OK) golden_compare(what, kiln_grad(x), ggx, gatol, grtol);
+    if (s == KILN_OK) golden_compare(what, kiln_tensor_grad(x), ggx, gatol, grtol);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
@@ -776,37 +776,37 @@ static void test_golden(kiln_ctx *ctx) {
 /* ---- autograd bookkeeping ----------------------------------------------------------- */
 
 static void test_autograd(kiln_ctx *ctx) {
-    int64_t base = kiln_tensor_count(ctx);
+    int64_t base = kiln_ctx_num_tensors(ctx);
     kiln_scope_begin(ctx);
     float xv[6] = {-1, 0, 2, -0.0f, 3, NAN};
     kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 1, (int64_t[]){6});
-    kiln_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(x, true);
     /* relu's gradient: 0 at 0 and -0, 1 above, and NaN passes the seed through (torch) */
     kiln_tensor *y = kiln_relu(ctx, x);
     kiln_status s = kiln_backward(kiln_sum(ctx, y, 0, NULL, false));
     CHECK(s == KILN_OK, "relu backward: %s", kiln_error_message(ctx));
     float g[6] = {0};
-    if (s == KILN_OK && kiln_to_host(kiln_grad(x), g, sizeof g) == KILN_OK)
+    if (s == KILN_OK && kiln_to_host(kiln_tensor_grad(x), g, sizeof g) == KILN_OK)
         CHECK(g[0] == 0 && g[1] == 0 && g[2] == 1 && g[3] == 0 && g[4] == 1 && g[5] == 1,
               "relu' = %g %g %g %g %g %g (want 0 0 1 0 1 1)", g[0], g[1], g[2], g[3], g[4], g[5]);
     /* elu's gradient: alpha at 0 (x <= 0 branch), NaN at NaN (torch's vectorised rule) */
     kiln_tensor *xe = kiln_from_host(ctx, xv, KILN_F32, 1, (int64_t[]){6});
-    kiln_set_requires_grad(xe, true);
+    kiln_tensor_set_requires_grad(xe, true);
     s = kiln_backward(kiln_sum(ctx, kiln_elu(ctx, xe, 0.5f), 0, NULL, false));
     CHECK(s == KILN_OK, "elu backward: %s", kiln_error_message(ctx));
-    if (s == KILN_OK && kiln_to_host(kiln_grad(xe), g, sizeof g) == KILN_OK)
+    if (s == KILN_OK && kiln_to_host(kiln_tensor_grad(xe), g, sizeof g) == KILN_OK)
         CHECK(g[1] == 0.5f && g[3] == 0.5f && g[2] == 1 && g[4] == 1 && isnan(g[5]) &&
                   fabs(g[0] - 0.5 * exp(-1.0)) < 4 * EPS,
               "elu' = %g %g %g %g %g %g", g[0], g[1], g[2], g[3], g[4], g[5]);
     /* accumulation: a second path adds into the same .grad */
     kiln_tensor *x2 = kiln_from_host(ctx, xv, KILN_F32, 1, (int64_t[]){5});
-    kiln_set_requires_grad(x2, true);
+    kiln_tensor_set_requires_grad(x2, true);
     kiln_tensor *l = kiln_add(ctx, kiln_sum(ctx, kiln_sigmoid(ctx, x2), 0, NULL, false),
                               kiln_sum(ctx, kiln_tanh(ctx, x2), 0, NULL, false));
     s = kiln_backward(l);
     CHECK(s == KILN_OK, "sigmoid + tanh backward: %s", kiln_error_message(ctx));
     float g2[5];
-    if (s == KILN_OK && kiln_to_host(kiln_grad(x2), g2, sizeof g2) == KILN_OK) {
+    if (s == KILN_OK && kiln_to_host(kiln_tensor_grad(x2), g2, sizeof g2) == KILN_OK) {
         for (int i = 0; i < 5; i++) {
             double sg = 1 / (1 + exp(-(double)xv[i])), th = tanh((double)xv[i]);
             double want = sg * (1 - sg) + (1 - th * th);
@@ -815,22 +815,22 @@ static void test_autograd(kiln_ctx *ctx) {
         }
     }
     /* no_grad: nothing recorded */
-    bool prev = kiln_set_grad_enabled(ctx, false);
+    bool prev = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_tensor *ng = kiln_softmax(ctx, x2, 0);
-    CHECK(ng && !kiln_requires_grad(ng) && !kiln_has_grad_fn(ng), "no_grad softmax recorded a node");
-    kiln_set_grad_enabled(ctx, prev);
+    CHECK(ng && !kiln_tensor_requires_grad(ng) && !kiln_tensor_has_grad_fn(ng), "no_grad softmax recorded a node");
+    kiln_ctx_set_grad_enabled(ctx, prev);
     kiln_tensor *wg = kiln_log_softmax(ctx, x2, 0);
-    CHECK(wg && kiln_requires_grad(wg) && kiln_has_grad_fn(wg), "log_softmax output has no grad_fn");
+    CHECK(wg && kiln_tensor_requires_grad(wg) && kiln_tensor_has_grad_fn(wg), "log_softmax output has no grad_fn");
     /* chained activations on one input, then everything freed with the scope */
     kiln_tensor *chain = kiln_softplus(ctx, kiln_gelu(ctx, kiln_elu(ctx, kiln_leaky_relu(ctx, x2, 0.1f), 1.0f), true),
                                        1.0f, 20.0f);
     chain = kiln_log_softmax(ctx, kiln_softmax(ctx, chain, 0), -1);
     s = kiln_backward(kiln_sum(ctx, chain, 0, NULL, false));
     CHECK(s == KILN_OK, "chain backward: %s", kiln_error_message(ctx));
-    CHECK(kiln_tensor_count(ctx) > base, "tensors exist inside the scope");
+    CHECK(kiln_ctx_num_tensors(ctx) > base, "tensors exist inside the scope");
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == base, "scope end left %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - base));
+    CHECK(kiln_ctx_num_tensors(ctx) == base, "scope end left %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - base));
     CHECK_OK(ctx);
 }
 
@@ -839,7 +839,7 @@ static void test_autograd(kiln_ctx *ctx) {
 static void test_state_checked(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
     kiln_tensor *x = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){2, 3});
-    kiln_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(x, true);
     kiln_tensor *ys[2] = {kiln_leaky_relu(ctx, x, 0.1f), kiln_log_softmax(ctx, x, 1)};
     static const char *const own[2] = {"act_state", "softmax_state"}, *const other[2] = {"softmax_state", "act_state"};
     static const char *const ops[2] = {"kiln_leaky_relu", "kiln_log_softmax"};
@@ -878,12 +878,12 @@ static void test_inputs_untouched(kiln_ctx *ctx) {
 
 static void test_errors(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_scope_begin(ctx);
     kiln_tensor *a = kiln_ones(ctx, 2, (int64_t[]){2, 3});
     int32_t iv[6] = {1, 2, 3, 4, 5, 6};
     kiln_tensor *ti = kiln_from_host(ctx, iv, KILN_I32, 2, (int64_t[]){2, 3});
-    int64_t live = kiln_tensor_count(ctx);
+    int64_t live = kiln_ctx_num_tensors(ctx);
 
     /* dtype: only f32, the message names the op, the shape and the dtype */
     static const char *const names[] = {"kiln_relu", "kiln_leaky_relu", "kiln_elu", "kiln_gelu", "kiln_gelu",
@@ -923,7 +923,7 @@ static void test_errors(kiln_ctx *ctx) {
     }
     float one = 1;
     kiln_tensor *scalar = kiln_from_host(ctx, &one, KILN_F32, 0, NULL);
-    live = kiln_tensor_count(ctx);
+    live = kiln_ctx_num_tensors(ctx);
     CHECK(kiln_softmax(ctx, scalar, 1) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT,
           "0-d softmax dim 1 must fail");
     kiln_error_clear(ctx);
@@ -939,7 +939,7 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(kiln_softplus(ctx, a, 1, NAN) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT,
           "softplus threshold NaN");
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == live, "failed ops left %lld tensors", (long long)(kiln_tensor_count(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "failed ops left %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - live));
 
     /* NULL: NULL context, NULL input (error KILN_ERR_NULL), and a chain keeps the root cause */
     CHECK(kiln_relu(NULL, a) == NULL && kiln_softmax(NULL, a, 0) == NULL, "NULL context");
@@ -971,7 +971,7 @@ static void test_errors(kiln_ctx *ctx) {
     }
 
     /* an exhausted pool: the output allocation fails cleanly, in forward and in backward */
-    live = kiln_tensor_count(ctx);
+    live = kiln_ctx_num_tensors(ctx);
     kiln__pool_fail_after(ctx, 1);
     CHECK(kiln_gelu(ctx, a, false) == NULL && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY, "OOM gelu: %s",
           kiln_status_name(kiln_error_status(ctx)));
@@ -981,9 +981,9 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(kiln_softmax(ctx, a, 1) == NULL && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY, "OOM softmax");
     kiln__pool_fail_after(ctx, 0);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == live, "OOM left tensors behind");
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "OOM left tensors behind");
     kiln_tensor *p = kiln_ones(ctx, 2, (int64_t[]){2, 3});
-    kiln_set_requires_grad(p, true);
+    kiln_tensor_set_requires_grad(p, true);
     kiln_tensor *sy = kiln_softmax(ctx, p, 1);
     kiln_tensor *seed = kiln_ones(ctx, 2, (int64_t[]){2, 3});
     kiln__pool_fail_after(ctx, 1);
@@ -998,8 +998,8 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(ok && kiln_to_host(ok, h, sizeof h) == KILN_OK && fabsf(h[0] - 1.0f / 3) < 1e-6f,
           "context unusable after errors: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "test_errors leaked %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "test_errors leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
     CHECK_OK(ctx);
 }
 

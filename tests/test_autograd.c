@@ -133,7 +133,7 @@ static void away_from_kinks(const ew_case *c, float *h0, float *h1, int64_t n0, 
 static void test_elementwise_grads(kiln_ctx *ctx) {
     for (size_t ci = 0; ci < sizeof ew_cases / sizeof ew_cases[0]; ci++) {
         const ew_case *c = &ew_cases[ci];
-        int64_t t0 = kiln_tensor_count(ctx);
+        int64_t t0 = kiln_ctx_num_tensors(ctx);
         kiln_scope_begin(ctx);
         float *hf[2] = {NULL, NULL};
         double *hd[2] = {NULL, NULL};
@@ -149,10 +149,10 @@ static void test_elementwise_grads(kiln_ctx *ctx) {
             hd[j] = malloc(sizeof(double) * (size_t)nn[j]);
             for (int64_t k = 0; k < nn[j]; k++) hd[j][k] = hf[j][k];
             xs[j] = kiln_from_host(ctx, hf[j], KILN_F32, c->ndim[j], c->shape[j]);
-            kiln_set_requires_grad(xs[j], true);
+            kiln_tensor_set_requires_grad(xs[j], true);
         }
         kiln_tensor *y = ew_kiln(ctx, c->name, xs[0], xs[1], c->scalar);
-        CHECK(kiln_requires_grad(y) && kiln_has_grad_fn(y), "kiln_%s: output not recorded", c->name);
+        CHECK(kiln_tensor_requires_grad(y) && kiln_tensor_has_grad_fn(y), "kiln_%s: output not recorded", c->name);
         ew_user u = {.c = c};
         bool wanted[2] = {true, true};
         char what[64];
@@ -165,8 +165,8 @@ static void test_elementwise_grads(kiln_ctx *ctx) {
         /* leaves live until freed: their grads with them */
         for (int j = 0; j < c->nin; j++) kiln_tensor_free(xs[j]);
         kiln_scope_end(ctx);
-        CHECK(kiln_tensor_count(ctx) == t0, "kiln_%s: %lld tensors leaked", c->name,
-              (long long)(kiln_tensor_count(ctx) - t0));
+        CHECK(kiln_ctx_num_tensors(ctx) == t0, "kiln_%s: %lld tensors leaked", c->name,
+              (long long)(kiln_ctx_num_tensors(ctx) - t0));
         CHECK_OK(ctx);
         kiln_error_clear(ctx);
     }
@@ -235,7 +235,7 @@ static void test_reduce_grads(kiln_ctx *ctx) {
             for (int64_t k = 0; k < n; k++) hf[k] = (float)((k * 7919) % n) * 0.25f - 3.0f;
             for (int64_t k = 0; k < n; k++) hd[k] = hf[k];
             kiln_tensor *x = kiln_from_host(ctx, hf, KILN_F32, u.ndim, u.shape);
-            kiln_set_requires_grad(x, true);
+            kiln_tensor_set_requires_grad(x, true);
             kiln_tensor *y = kind == 0   ? kiln_sum(ctx, x, cs[ci].naxes, cs[ci].axes, cs[ci].keepdim)
                              : kind == 1 ? kiln_mean(ctx, x, cs[ci].naxes, cs[ci].axes, cs[ci].keepdim)
                              : kind == 2 ? kiln_max(ctx, x, cs[ci].naxes, cs[ci].axes, cs[ci].keepdim)
@@ -256,10 +256,10 @@ static void test_reduce_grads(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
     float v[4] = {1, 3, 3, 2};
     kiln_tensor *x = kiln_from_host(ctx, v, KILN_F32, 1, (int64_t[]){4});
-    kiln_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(x, true);
     kiln_backward(kiln_max(ctx, x, 0, NULL, false));
     float g[4] = {0};
-    kiln_to_host(kiln_grad(x), g, sizeof g);
+    kiln_to_host(kiln_tensor_grad(x), g, sizeof g);
     CHECK(g[0] == 0 && g[1] == 0.5f && g[2] == 0.5f && g[3] == 0, "max ties: grad %g %g %g %g, want 0 .5 .5 0", g[0],
           g[1], g[2], g[3]);
     kiln_tensor_free(x);
@@ -332,8 +332,8 @@ static void test_matmul_grads(kiln_ctx *ctx) {
         for (int64_t k = 0; k < na; k++) da[k] = fa[k];
         for (int64_t k = 0; k < nb; k++) db[k] = fb[k];
         kiln_tensor *xs[2] = {kiln_from_host(ctx, fa, KILN_F32, nda, sa), kiln_from_host(ctx, fb, KILN_F32, ndb, sb)};
-        kiln_set_requires_grad(xs[0], true);
-        kiln_set_requires_grad(xs[1], true);
+        kiln_tensor_set_requires_grad(xs[0], true);
+        kiln_tensor_set_requires_grad(xs[1], true);
         int flags = (u.ta ? KILN_TRANS_A : 0) | (u.tb ? KILN_TRANS_B : 0);
         kiln_tensor *y = kiln_matmul_ex(ctx, xs[0], xs[1], flags);
         double *hin[2] = {da, db};
@@ -380,7 +380,7 @@ static void test_view_grads(kiln_ctx *ctx) {
         h_fill(hf, n, -1, 1);
         for (int k = 0; k < n; k++) hd[k] = hf[k];
         kiln_tensor *x = kiln_from_host(ctx, hf, KILN_F32, 3, shape);
-        kiln_set_requires_grad(x, true);
+        kiln_tensor_set_requires_grad(x, true);
         kiln_tensor *y = NULL;
         const char *what = "";
         switch (kind) {
@@ -428,20 +428,20 @@ static void test_view_grads(kiln_ctx *ctx) {
 
 /* ---- semantics ---------------------------------------------------------------------- */
 
-static float item_of(kiln_tensor *t) { return t ? kiln_item(t) : NAN; }
+static float item_of(kiln_tensor *t) { return t ? kiln_tensor_item(t) : NAN; }
 
 static void test_semantics(kiln_ctx *ctx) {
-    int64_t t0 = kiln_tensor_count(ctx);
+    int64_t t0 = kiln_ctx_num_tensors(ctx);
     float wv[3] = {1, 2, 3};
     kiln_tensor *w = kiln_from_host(ctx, wv, KILN_F32, 1, (int64_t[]){3});
-    CHECK(kiln_set_requires_grad(w, true) == KILN_OK, "set_requires_grad");
+    CHECK(kiln_tensor_set_requires_grad(w, true) == KILN_OK, "set_requires_grad");
 
     /* a tensor used twice accumulates both paths: d/dw sum(w*w + w) = 2w + 1 */
     kiln_scope_begin(ctx);
     kiln_tensor *loss = kiln_sum(ctx, kiln_add(ctx, kiln_mul(ctx, w, w), w), 0, NULL, false);
     CHECK(kiln_backward(loss) == KILN_OK, "backward: %s", kiln_error_message(ctx));
     float g[3];
-    kiln_to_host(kiln_grad(w), g, sizeof g);
+    kiln_to_host(kiln_tensor_grad(w), g, sizeof g);
     CHECK(g[0] == 3 && g[1] == 5 && g[2] == 7, "diamond: grad %g %g %g, want 3 5 7", g[0], g[1], g[2]);
 
     /* backward twice through a freed graph is an error naming retain_graph */
@@ -449,18 +449,18 @@ static void test_semantics(kiln_ctx *ctx) {
           "second backward: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == t0 + 2, "after the step scope: %lld tensors (want w and its grad)",
-          (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0 + 2, "after the step scope: %lld tensors (want w and its grad)",
+          (long long)(kiln_ctx_num_tensors(ctx) - t0));
 
     /* gradients accumulate across backward calls until zeroed; retain_graph allows two */
     kiln_scope_begin(ctx);
     loss = kiln_sum(ctx, kiln_mul_scalar(ctx, w, 2.0f), 0, NULL, false);
     CHECK(kiln_backward_ex(loss, NULL, true) == KILN_OK, "retain 1: %s", kiln_error_message(ctx));
     CHECK(kiln_backward_ex(loss, NULL, false) == KILN_OK, "retain 2: %s", kiln_error_message(ctx));
-    kiln_to_host(kiln_grad(w), g, sizeof g);
+    kiln_to_host(kiln_tensor_grad(w), g, sizeof g);
     CHECK(g[0] == 7 && g[1] == 9 && g[2] == 11, "accumulated: %g %g %g, want 7 9 11", g[0], g[1], g[2]);
-    CHECK(kiln_zero_grad(w) == KILN_OK, "zero_grad");
-    kiln_to_host(kiln_grad(w), g, sizeof g);
+    CHECK(kiln_tensor_zero_grad(w) == KILN_OK, "zero_grad");
+    kiln_to_host(kiln_tensor_grad(w), g, sizeof g);
     CHECK(g[0] == 0 && g[1] == 0 && g[2] == 0, "zero_grad left %g %g %g", g[0], g[1], g[2]);
     kiln_scope_end(ctx);
 
@@ -490,42 +490,42 @@ static void test_semantics(kiln_ctx *ctx) {
 
     /* no_grad: nothing is recorded, backward says why */
     kiln_scope_begin(ctx);
-    CHECK(kiln_set_grad_enabled(ctx, false) == true, "grad mode was on");
+    CHECK(kiln_ctx_set_grad_enabled(ctx, false) == true, "grad mode was on");
     kiln_tensor *y = kiln_sum(ctx, kiln_mul(ctx, w, w), 0, NULL, false);
-    CHECK(!kiln_requires_grad(y) && !kiln_has_grad_fn(y), "no_grad recorded an op");
-    kiln_set_grad_enabled(ctx, true);
+    CHECK(!kiln_tensor_requires_grad(y) && !kiln_tensor_has_grad_fn(y), "no_grad recorded an op");
+    kiln_ctx_set_grad_enabled(ctx, true);
     s = kiln_backward(y);
     CHECK(s != KILN_OK && strstr(kiln_error_message(ctx), "does not require grad"), "no_grad backward: %s",
           kiln_error_message(ctx));
     kiln_error_clear(ctx);
     /* detach cuts the graph */
     kiln_tensor *d = kiln_detach(ctx, w);
-    CHECK(!kiln_requires_grad(d), "detach requires grad");
-    CHECK(!kiln_requires_grad(kiln_mul(ctx, d, d)), "op on a detached tensor requires grad");
+    CHECK(!kiln_tensor_requires_grad(d), "detach requires grad");
+    CHECK(!kiln_tensor_requires_grad(kiln_mul(ctx, d, d)), "op on a detached tensor requires grad");
     /* comparisons and argmax are not differentiable */
-    CHECK(!kiln_requires_grad(kiln_gt(ctx, w, d)), "comparison requires grad");
-    CHECK(!kiln_requires_grad(kiln_argmax(ctx, w, 0, false)), "argmax requires grad");
+    CHECK(!kiln_tensor_requires_grad(kiln_gt(ctx, w, d)), "comparison requires grad");
+    CHECK(!kiln_tensor_requires_grad(kiln_argmax(ctx, w, 0, false)), "argmax requires grad");
     /* only f32 leaves, only leaves */
     kiln_tensor *idx = kiln_argmax(ctx, w, 0, false);
-    CHECK(kiln_set_requires_grad(idx, true) == KILN_ERR_DTYPE, "i32 leaf accepted requires_grad");
+    CHECK(kiln_tensor_set_requires_grad(idx, true) == KILN_ERR_DTYPE, "i32 leaf accepted requires_grad");
     kiln_error_clear(ctx);
-    CHECK(kiln_set_requires_grad(kiln_exp(ctx, w), false) == KILN_ERR_INVALID_ARGUMENT, "non-leaf turned off");
+    CHECK(kiln_tensor_set_requires_grad(kiln_exp(ctx, w), false) == KILN_ERR_INVALID_ARGUMENT, "non-leaf turned off");
     kiln_error_clear(ctx);
     CHECK(kiln_backward(NULL) == KILN_ERR_NULL, "backward(NULL)");
     kiln_scope_end(ctx);
 
     /* a kept output keeps its graph alive after the scope; freeing it releases the graph */
-    int64_t t1 = kiln_tensor_count(ctx);
+    int64_t t1 = kiln_ctx_num_tensors(ctx);
     kiln_scope_begin(ctx);
     kiln_tensor *kept = kiln_tensor_keep(kiln_sum(ctx, kiln_exp(ctx, kiln_mul_scalar(ctx, w, 0.5f)), 0, NULL, false));
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) > t1 + 1, "the kept tensor's graph was freed with the scope");
-    kiln_zero_grad(w);
+    CHECK(kiln_ctx_num_tensors(ctx) > t1 + 1, "the kept tensor's graph was freed with the scope");
+    kiln_tensor_zero_grad(w);
     CHECK(kiln_backward(kept) == KILN_OK, "backward after the scope: %s", kiln_error_message(ctx));
-    kiln_to_host(kiln_grad(w), g, sizeof g);
+    kiln_to_host(kiln_tensor_grad(w), g, sizeof g);
     CHECK(fabs(g[1] - 0.5 * exp(1.0)) < 1e-6, "grad after scope %g, want %g", g[1], 0.5 * exp(1.0));
     kiln_tensor_free(kept);
-    CHECK(kiln_tensor_count(ctx) == t1, "graph not released: %lld extra tensors", (long long)(kiln_tensor_count(ctx) - t1));
+    CHECK(kiln_ctx_num_tensors(ctx) == t1, "graph not released: %lld extra tensors", (long long)(kiln_ctx_num_tensors(ctx) - t1));
 
     /* a scope that ends after an error still frees everything it made */
     kiln_scope_begin(ctx);
@@ -534,47 +534,47 @@ static void test_semantics(kiln_ctx *ctx) {
     kiln_backward(bad);
     kiln_scope_end(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == t1, "error scope leaked %lld tensors", (long long)(kiln_tensor_count(ctx) - t1));
+    CHECK(kiln_ctx_num_tensors(ctx) == t1, "error scope leaked %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - t1));
 
     /* KILN_CHECK_NUMERICS names the first op that made a NaN */
-    kiln_set_check_numerics(ctx, true);
+    kiln_ctx_set_check_numerics(ctx, true);
     kiln_scope_begin(ctx);
     kiln_tensor *r = kiln_sqrt(ctx, kiln_add_scalar(ctx, w, -2.5f)); /* sqrt of -1.5 */
     CHECK(r == NULL && strstr(kiln_error_message(ctx), "kiln_sqrt") && strstr(kiln_error_message(ctx), "NaN"),
           "numerics: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);
     kiln_scope_end(ctx);
-    kiln_set_check_numerics(ctx, false);
+    kiln_ctx_set_check_numerics(ctx, false);
     kiln_scope_begin(ctx);
     CHECK(item_of(kiln_sum(ctx, w, 0, NULL, false)) == 6.0f, "w changed");
     kiln_scope_end(ctx);
     kiln_tensor_free(w);
-    CHECK(kiln_tensor_count(ctx) == t0, "semantics: %lld tensors left", (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0, "semantics: %lld tensors left", (long long)(kiln_ctx_num_tensors(ctx) - t0));
     CHECK_OK(ctx);
 }
 
 /* An intermediate freed while a later op's node still references it stays alive for the
  * backward, and goes when the graph does. */
 static void test_lifetime(kiln_ctx *ctx) {
-    int64_t t0 = kiln_tensor_count(ctx);
+    int64_t t0 = kiln_ctx_num_tensors(ctx);
     kiln_tensor *a = kiln_full(ctx, 2.0f, 1, (int64_t[]){2});
-    kiln_set_requires_grad(a, true);
+    kiln_tensor_set_requires_grad(a, true);
     kiln_tensor *b = kiln_exp(ctx, a);
     kiln_tensor *m = kiln_mul(ctx, b, b);
     kiln_tensor *c = kiln_sum(ctx, m, 0, NULL, false);
     kiln_tensor_free(b); /* referenced by the mul's node: stays until that node goes */
     kiln_tensor_free(m);
-    CHECK(kiln_tensor_count(ctx) == t0 + 4, "a, b, m, c expected alive: %lld", (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0 + 4, "a, b, m, c expected alive: %lld", (long long)(kiln_ctx_num_tensors(ctx) - t0));
     CHECK(kiln_backward(c) == KILN_OK, "backward: %s", kiln_error_message(ctx));
     float g[2];
-    kiln_to_host(kiln_grad(a), g, sizeof g);
+    kiln_to_host(kiln_tensor_grad(a), g, sizeof g);
     double want = 2 * exp(4.0);
     CHECK(fabs(g[0] - want) < 1e-6 * want, "d sum(exp(a)^2)/da = %g, want %g", g[0], want);
     /* the backward released the graph: b and m are gone, a, its grad and c remain */
-    CHECK(kiln_tensor_count(ctx) == t0 + 3, "after backward: %lld tensors", (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0 + 3, "after backward: %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - t0));
     kiln_tensor_free(c);
     kiln_tensor_free(a);
-    CHECK(kiln_tensor_count(ctx) == t0, "lifetime: %lld tensors left", (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0, "lifetime: %lld tensors left", (long long)(kiln_ctx_num_tensors(ctx) - t0));
 }
 
 /* Pool requests served so far. */
@@ -608,7 +608,7 @@ static int64_t first_diff(kiln_tensor *t, const float *want, int64_t n) {
  * contiguous source, an evenly strided one (one merged dim) and a general view.
  */
 static void test_grad_slots(kiln_ctx *ctx) {
-    int64_t t0 = kiln_tensor_count(ctx);
+    int64_t t0 = kiln_ctx_num_tensors(ctx);
     enum { N = 4 * 3 * 5 };
     int64_t sh[3] = {4, 3, 5};
     float xv[N], sv[N], want[N];
@@ -618,7 +618,7 @@ static void test_grad_slots(kiln_ctx *ctx) {
     }
     kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 3, sh);
     kiln_tensor *seed = kiln_from_host(ctx, sv, KILN_F32, 3, sh);
-    kiln_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(x, true);
 
     /* relu: the seed's copy (the output's gradient) and the rule's result, which becomes
      * x's gradient without a third buffer for a copy */
@@ -630,20 +630,20 @@ static void test_grad_slots(kiln_ctx *ctx) {
           (unsigned long long)(pool_allocs(ctx) - a0));
     for (int i = 0; i < N; i++) want[i] = xv[i] <= 0.0f ? 0.0f : sv[i];
     for (int k = 0; k < 4; k++) kiln_full(ctx, 99.0f, 3, sh); /* take the freed buffers */
-    int64_t bad = first_diff(kiln_grad(x), want, N);
+    int64_t bad = first_diff(kiln_tensor_grad(x), want, N);
     CHECK(bad < 0, "relu grad element %lld wrong after buffer reuse", (long long)bad);
     /* a second backward adds into the slot, which must be the gradient's own storage */
     CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "relu backward 2: %s", kiln_error_message(ctx));
     for (int i = 0; i < N; i++) want[i] *= 2.0f;
     for (int k = 0; k < 4; k++) kiln_full(ctx, 99.0f, 3, sh);
-    bad = first_diff(kiln_grad(x), want, N);
+    bad = first_diff(kiln_tensor_grad(x), want, N);
     CHECK(bad < 0, "relu grad element %lld wrong after accumulation", (long long)bad);
     kiln_scope_end(ctx);
 
     /* views of the output's gradient: flatten, permute, and add (g itself); each copied */
     const char *what[3] = {"flatten", "permute", "add"};
     for (int c = 0; c < 3; c++) {
-        kiln_clear_grad(x);
+        kiln_tensor_clear_grad(x);
         kiln_scope_begin(ctx);
         kiln_tensor *o = c == 0 ? kiln_flatten(ctx, x, 1, 2)
                          : c == 1 ? kiln_permute(ctx, x, (const int[]){2, 0, 1})
@@ -659,10 +659,10 @@ static void test_grad_slots(kiln_ctx *ctx) {
             sd = kiln_from_host(ctx, sv, KILN_F32, kiln_tensor_ndim(o), kiln_tensor_shape(o));
         }
         CHECK(kiln_backward_ex(o, sd, false) == KILN_OK, "%s backward: %s", what[c], kiln_error_message(ctx));
-        CHECK(kiln_tensor_is_contiguous(kiln_grad(x)), "%s: grad not contiguous", what[c]);
+        CHECK(kiln_tensor_is_contiguous(kiln_tensor_grad(x)), "%s: grad not contiguous", what[c]);
         for (int k = 0; k < 4; k++) kiln_full(ctx, 99.0f, 3, sh);
         kiln_copy_from_host(sd, xv, sizeof xv); /* the seed changes: the grad must not */
-        bad = first_diff(kiln_grad(x), sv, N);
+        bad = first_diff(kiln_tensor_grad(x), sv, N);
         CHECK(bad < 0, "%s grad element %lld wrong after buffer reuse", what[c], (long long)bad);
         kiln_scope_end(ctx);
     }
@@ -688,8 +688,8 @@ static void test_grad_slots(kiln_ctx *ctx) {
     kiln_scope_end(ctx);
 
     kiln_tensor *w = kiln_zeros(ctx, 1, (int64_t[]){N});
-    kiln_set_requires_grad(w, true);
-    kiln_zero_grad(w);
+    kiln_tensor_set_requires_grad(w, true);
+    kiln_tensor_zero_grad(w);
     kiln_scope_begin(ctx);
     /* sum(w[1::3] * 2) adds 2 at every third element; the slice's backward and the mul's */
     kiln_tensor *l = kiln_sum(ctx, kiln_mul_scalar(ctx, kiln_slice(ctx, w, 0, 1, N, 3), 2.0f), 0, NULL, false);
@@ -703,13 +703,13 @@ static void test_grad_slots(kiln_ctx *ctx) {
     CHECK(kiln_backward(l2) == KILN_OK, "permute backward: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
     for (int i = 0; i < N; i++) want[i] = (i % 3 == 1 ? 2.0f : 0.0f) + 0.5f;
-    bad = first_diff(kiln_grad(w), want, N);
+    bad = first_diff(kiln_tensor_grad(w), want, N);
     CHECK(bad < 0, "accumulated grad element %lld wrong", (long long)bad);
     kiln_tensor_free(w);
 
     kiln_tensor_free(seed);
     kiln_tensor_free(x);
-    CHECK(kiln_tensor_count(ctx) == t0, "grad slots: %lld tensors left", (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0, "grad slots: %lld tensors left", (long long)(kiln_ctx_num_tensors(ctx) - t0));
     CHECK_OK(ctx);
 }
 
@@ -739,24 +739,24 @@ static kiln_status bw_give(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 }
 
 static void test_grad_contract(kiln_ctx *ctx) {
-    int64_t t0 = kiln_tensor_count(ctx);
+    int64_t t0 = kiln_ctx_num_tensors(ctx);
     float sv[12];
     for (int i = 0; i < 12; i++) sv[i] = (float)(i + 1);
     kiln_tensor *seed = kiln_from_host(ctx, sv, KILN_F32, 2, (int64_t[]){4, 3});
 
     /* exactly the input's shape: added as it is */
     kiln_tensor *x = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
-    kiln_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(x, true);
     kiln_scope_begin(ctx);
     kiln_tensor *out = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
     give = GIVE_SAME;
     CHECK(kiln__node_new(ctx, "test_same", out, 1, &x, bw_give) != NULL, "node: %s", kiln_error_message(ctx));
     CHECK(kiln_backward_ex(out, seed, false) == KILN_OK, "same shape: %s", kiln_error_message(ctx));
-    CHECK(first_diff(kiln_grad(x), sv, 12) < 0, "same shape: the gradient is the seed");
+    CHECK(first_diff(kiln_tensor_grad(x), sv, 12) < 0, "same shape: the gradient is the seed");
     kiln_scope_end(ctx);
 
     /* the same elements as [3, 4] for an input of [4, 3]: refused, naming op and shapes */
-    kiln_clear_grad(x);
+    kiln_tensor_clear_grad(x);
     kiln_scope_begin(ctx);
     out = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
     give = GIVE_TRANSPOSED;
@@ -765,7 +765,7 @@ static void test_grad_contract(kiln_ctx *ctx) {
     CHECK(strstr(kiln_error_message(ctx), "backward of test_transposed: gradient [3, 4] does not fit input 0 of "
                                           "shape [4, 3]") != NULL,
           "message: %s", kiln_error_message(ctx));
-    CHECK(kiln_grad(x) == NULL, "no gradient after the failure");
+    CHECK(kiln_tensor_grad(x) == NULL, "no gradient after the failure");
     kiln_error_clear(ctx);
     kiln_scope_end(ctx);
 
@@ -775,7 +775,7 @@ static void test_grad_contract(kiln_ctx *ctx) {
     for (int c = 0; c < 2; c++) {
         for (int owned = 0; owned < 2; owned++) {
             kiln_tensor *b = kiln_zeros(ctx, xn[c], xs[c]);
-            kiln_set_requires_grad(b, true);
+            kiln_tensor_set_requires_grad(b, true);
             kiln_scope_begin(ctx);
             out = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
             give = owned ? GIVE_OWNED_BROADCAST : GIVE_BROADCAST;
@@ -787,8 +787,8 @@ static void test_grad_contract(kiln_ctx *ctx) {
             for (int k = 0; k < nw; k++) want[k] = 0;
             for (int i = 0; i < 4; i++)
                 for (int j = 0; j < 3; j++) want[c == 0 ? j : i] += (owned ? 2.0f : 1.0f) * sv[i * 3 + j];
-            CHECK(kiln_grad(b) && kiln_tensor_ndim(kiln_grad(b)) == xn[c] &&
-                      kiln_to_host(kiln_grad(b), got, sizeof(float) * (size_t)nw) == KILN_OK,
+            CHECK(kiln_tensor_grad(b) && kiln_tensor_ndim(kiln_tensor_grad(b)) == xn[c] &&
+                      kiln_to_host(kiln_tensor_grad(b), got, sizeof(float) * (size_t)nw) == KILN_OK,
                   "broadcast %d: no gradient of the input's rank", c);
             for (int k = 0; k < nw; k++)
                 CHECK(got[k] == want[k], "broadcast %d%s: grad[%d] = %g, want %g", c, owned ? " (owned)" : "", k,
@@ -830,7 +830,7 @@ static void test_grad_contract(kiln_ctx *ctx) {
 
     kiln_tensor_free(x);
     kiln_tensor_free(seed);
-    CHECK(kiln_tensor_count(ctx) == t0, "grad contract: %lld tensors left", (long long)(kiln_tensor_count(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0, "grad contract: %lld tensors left", (long long)(kiln_ctx_num_tensors(ctx) - t0));
     CHECK_OK(ctx);
 }
 

@@ -23,7 +23,7 @@ static int child(const char *spec, double t_exec) {
     if (kiln_open(&ctx, spec) != KILN_OK) return 3;
     kiln_tensor *t = kiln_full(ctx, 2.0f, 1, (int64_t[]){1000});
     kiln_tensor *v = kiln_contiguous(ctx, kiln_slice(ctx, t, 0, 1, 1000, 3));
-    float x = kiln_item(kiln_slice(ctx, v, 0, 5, 6, 1));
+    float x = kiln_tensor_item(kiln_slice(ctx, v, 0, 5, 6, 1));
     double t1 = mono_ms();
     kiln_cache_stats s;
     kiln_cache_stats_get(ctx, &s);

@@ -175,9 +175,9 @@ static snap *snap_take(kiln_module *m, kiln_optim *opt) {
             snprintf(full, sizeof full, "optimizer.%s", name);
             snap_add(s, full, t);
         }
-        s->nsteps = kiln_optim_param_count(opt);
-        for (int i = 0; i < s->nsteps && i < 32; i++) s->steps[i] = kiln_optim_get_step(opt, i);
-        s->lr = kiln_optim_get_lr(opt);
+        s->nsteps = kiln_optim_num_params(opt);
+        for (int i = 0; i < s->nsteps && i < 32; i++) s->steps[i] = kiln_optim_step_count(opt, i);
+        s->lr = kiln_optim_lr(opt);
     }
     kiln_ctx *ctx = kiln_module_ctx(m);
     s->seed = ctx->seed;
@@ -437,7 +437,7 @@ static void test_round_trip(kiln_ctx *ctx) {
         v = kiln_safetensors_meta(f, "format");
         CHECK(v && strcmp(v, "pt") == 0, "format '%s'", v ? v : "(none)");
         CHECK(kiln_safetensors_meta(f, "no such key") == NULL, "unknown metadata key");
-        CHECK(kiln_safetensors_count(f) == CNN_TENSORS, "%d entries", kiln_safetensors_count(f));
+        CHECK(kiln_safetensors_num_tensors(f) == CNN_TENSORS, "%d entries", kiln_safetensors_num_tensors(f));
         int k = kiln_safetensors_find(f, "1.num_batches_tracked");
         const int64_t *shape = NULL;
         CHECK(k >= 0 && strcmp(kiln_safetensors_dtype(f, k), "I32") == 0 && kiln_safetensors_shape(f, k, &shape) == 0,
@@ -449,7 +449,7 @@ static void test_round_trip(kiln_ctx *ctx) {
               "0.weight entry: F32 [4, 1, 3, 3]");
         /* entries read back as tensors equal the model's */
         bool same = true;
-        for (int i = 0; i < kiln_safetensors_count(f); i++) {
+        for (int i = 0; i < kiln_safetensors_num_tensors(f); i++) {
             kiln_scope_begin(ctx);
             kiln_tensor *t = kiln_safetensors_tensor(f, i);
             const snap_t *s = snap_get(sa, kiln_safetensors_name(f, i));
@@ -795,7 +795,7 @@ static void test_corrupt(kiln_ctx *ctx) {
         CHECK(f != NULL, "valid variant rejected: %s", kiln_error_message(ctx));
         kiln_error_clear(ctx);
         if (f) {
-            CHECK(kiln_safetensors_count(f) == 4, "count %d", kiln_safetensors_count(f));
+            CHECK(kiln_safetensors_num_tensors(f) == 4, "count %d", kiln_safetensors_num_tensors(f));
             CHECK(kiln_safetensors_find(f, "a") >= 0 && kiln_safetensors_find(f, "b") >= 0 &&
                       kiln_safetensors_find(f, "z\xc3\xa9\n") >= 0 && kiln_safetensors_find(f, "s") >= 0 &&
                       kiln_safetensors_find(f, "c") == -1,
@@ -826,7 +826,7 @@ static void test_corrupt(kiln_ctx *ctx) {
         free(b);
         b = mk(2, "{}", 0, &len);
         f = kiln_safetensors_parse(ctx, b, len, "empty-object");
-        CHECK(f && kiln_safetensors_count(f) == 0, "{} rejected: %s", kiln_error_message(ctx));
+        CHECK(f && kiln_safetensors_num_tensors(f) == 0, "{} rejected: %s", kiln_error_message(ctx));
         kiln_error_clear(ctx);
         kiln_safetensors_close(f);
         free(b);
@@ -847,7 +847,7 @@ static void test_corrupt(kiln_ctx *ctx) {
     unsigned char *sb = read_bytes(small, &slen);
     CHECK(sb && slen > 40, "small file %zu bytes", slen);
     kiln_safetensors *f = sb ? kiln_safetensors_parse(ctx, sb, slen, "small.safetensors") : NULL;
-    CHECK(f && kiln_safetensors_count(f) == 2, "whole small file: %s", kiln_error_message(ctx));
+    CHECK(f && kiln_safetensors_num_tensors(f) == 2, "whole small file: %s", kiln_error_message(ctx));
     kiln_safetensors_close(f);
     kiln_error_clear(ctx);
     int rejected = 0, named = 0;
@@ -1049,7 +1049,7 @@ static void test_dtypes(kiln_ctx *ctx) {
     kiln_tensor *t = kiln_safetensors_tensor(f, kiln_safetensors_find(f, "big"));
     CHECK(t == NULL, "3e9 became an i32");
     EXPECT_ERR(ctx, "I64 out of range", kiln_error_status(ctx), KILN_ERR_RANGE, "dtypes", "big", "3000000000");
-    t = kiln_safetensors_tensor(f, kiln_safetensors_count(f));
+    t = kiln_safetensors_tensor(f, kiln_safetensors_num_tensors(f));
     CHECK(t == NULL, "entry past the end");
     EXPECT_ERR(ctx, "entry past the end", kiln_error_status(ctx), KILN_ERR_INVALID_ARGUMENT, "dtypes");
     t = kiln_safetensors_tensor(f, -1);
@@ -1206,7 +1206,7 @@ static void rtrain(kiln_ctx *ctx, kiln_module *m, kiln_optim *opt, int from, int
         kiln_optim_zero_grad(opt);
         kiln_backward(loss);
         kiln_optim_step(opt);
-        float l = kiln_item(loss);
+        float l = kiln_tensor_item(loss);
         CHECK(isfinite(l), "step %d: loss %g: %s", k, l, kiln_error_message(ctx));
         kiln_scope_end(ctx);
     }
@@ -1226,7 +1226,7 @@ static void rewrite(kiln_ctx *ctx, const char *src, const char *dst, const char 
     int n = 0;
     bool swapped = false;
     kiln_scope_begin(ctx);
-    for (int i = 0; i < kiln_safetensors_count(f) && n < 63; i++) {
+    for (int i = 0; i < kiln_safetensors_num_tensors(f) && n < 63; i++) {
         const char *name = kiln_safetensors_name(f, i);
         if (skip && strcmp(name, skip) == 0) continue;
         snprintf(all[n].name, sizeof all[n].name, "%s", name);
@@ -1284,7 +1284,7 @@ static void test_resume_kind(kiln_ctx *ctx, int kind) {
     {
         nstate = kiln_optim_num_states(opt);
     }
-    int nparams = kiln_optim_param_count(opt);
+    int nparams = kiln_optim_num_params(opt);
     CHECK(nstate == (kind == OPT_ADAM ? 2 : 1) * nparams, "%s: %d state tensors", kname, nstate);
     kiln_optim_free(opt);
     kiln_module_free(m);
@@ -1490,7 +1490,7 @@ static void test_null(kiln_ctx *ctx) {
                "twice");
     kiln_scope_end(ctx);
     CHECK(access(p, F_OK) != 0, "a refused save created %s", p);
-    CHECK(kiln_safetensors_count(NULL) == 0 && kiln_safetensors_name(NULL, 0) == NULL &&
+    CHECK(kiln_safetensors_num_tensors(NULL) == 0 && kiln_safetensors_name(NULL, 0) == NULL &&
               kiln_safetensors_dtype(NULL, 0) == NULL && kiln_safetensors_shape(NULL, 0, NULL) == -1 &&
               kiln_safetensors_find(NULL, "x") == -1 && kiln_safetensors_meta(NULL, "x") == NULL &&
               kiln_safetensors_tensor(NULL, 0) == NULL,
@@ -1499,7 +1499,7 @@ static void test_null(kiln_ctx *ctx) {
     /* an empty file list and a view save and load */
     CHECK(kiln_safetensors_save(ctx, p, 0, NULL, 0, NULL) == KILN_OK, "empty save: %s", kiln_error_message(ctx));
     kiln_safetensors *f = kiln_safetensors_open(ctx, p);
-    CHECK(f && kiln_safetensors_count(f) == 0 && kiln_safetensors_find(f, NULL) == -1 &&
+    CHECK(f && kiln_safetensors_num_tensors(f) == 0 && kiln_safetensors_find(f, NULL) == -1 &&
               kiln_safetensors_meta(f, NULL) == NULL,
           "empty file: %s", kiln_error_message(ctx));
     kiln_safetensors_close(f);
@@ -1532,7 +1532,7 @@ static void run(kiln_ctx *ctx) {
     test_atomic(ctx);
     test_resume(ctx);
     test_null(ctx);
-    CHECK(kiln_tensor_count(ctx) < 200, "%lld tensors alive at the end", (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) < 200, "%lld tensors alive at the end", (long long)kiln_ctx_num_tensors(ctx));
 }
 
 int main(void) {

@@ -368,9 +368,9 @@ static void run_case(kiln_ctx *ctx, const cspec *s, const char *tag, bool grads,
         /* fresh leaves requiring grad (the views above are leaves too: non-contiguous
          * gradients flow to them) */
         bool wanted[3] = {(gmask & 1) != 0, (gmask & 2) != 0, s->bias && (gmask & 4) != 0};
-        kiln_set_requires_grad(x, wanted[0]);
-        kiln_set_requires_grad(w, wanted[1]);
-        if (b) kiln_set_requires_grad(b, wanted[2]);
+        kiln_tensor_set_requires_grad(x, wanted[0]);
+        kiln_tensor_set_requires_grad(w, wanted[1]);
+        if (b) kiln_tensor_set_requires_grad(b, wanted[2]);
         kiln_tensor *y2 = run_op(ctx, s, x, w, b);
         kiln_tensor *ins[3] = {x, w, b};
         double *hin[3] = {dx, dw, db};
@@ -455,16 +455,16 @@ static void test_determinism(kiln_ctx *ctx) {
     float *fx = malloc(sizeof(float) * 4096), *fw = malloc(sizeof(float) * 4096);
     double *dx = malloc(sizeof(double) * 4096), *dw = malloc(sizeof(double) * 4096);
     kiln_tensor *x = make_input(ctx, V_NONE, xs, false, fx, dx), *w = make_weight(ctx, ws, false, 0.5f, fw, dw);
-    kiln_set_requires_grad(x, true);
-    kiln_set_requires_grad(w, true);
+    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(w, true);
     float *first[2] = {NULL, NULL};
     for (int r = 0; r < 2; r++) {
         kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &s->p);
         kiln_tensor *seed = kiln_full(ctx, 0.25f, kiln_tensor_ndim(y), kiln_tensor_shape(y));
-        kiln_zero_grad(x);
-        kiln_zero_grad(w);
+        kiln_tensor_zero_grad(x);
+        kiln_tensor_zero_grad(w);
         CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "determinism backward: %s", kiln_error_message(ctx));
-        float *gx = h_read(kiln_grad(x)), *gw = h_read(kiln_grad(w));
+        float *gx = h_read(kiln_tensor_grad(x)), *gw = h_read(kiln_tensor_grad(w));
         if (r == 0) {
             first[0] = gx, first[1] = gw;
         } else {
@@ -549,9 +549,9 @@ static void test_golden(kiln_ctx *ctx) {
             continue;
         }
         kiln_tensor *x = golden_upload(ctx, gx), *w = golden_upload(ctx, gw), *b = golden_upload(ctx, gb);
-        kiln_set_requires_grad(x, true);
-        kiln_set_requires_grad(w, true);
-        if (b) kiln_set_requires_grad(b, true);
+        kiln_tensor_set_requires_grad(x, true);
+        kiln_tensor_set_requires_grad(w, true);
+        if (b) kiln_tensor_set_requires_grad(b, true);
         kiln_tensor *y = c->transpose ? kiln_conv_transpose2d(ctx, x, w, b, &c->p) : kiln_conv2d(ctx, x, w, b, &c->p);
         /* depths of the sums (see the top of the file): kk taps, channels per group */
         int64_t kk = gw->shape[2] * gw->shape[3], g = c->p.groups;
@@ -563,12 +563,12 @@ static void test_golden(kiln_ctx *ctx) {
         kiln_tensor *seed = golden_upload(ctx, ggy);
         CHECK(y && kiln_backward_ex(y, seed, false) == KILN_OK, "%s backward: %s", c->name, kiln_error_message(ctx));
         snprintf(what, sizeof what, "%s gx vs PyTorch", c->name);
-        compare_golden(what, kiln_grad(x), ggx, mgx, dgx);
+        compare_golden(what, kiln_tensor_grad(x), ggx, mgx, dgx);
         snprintf(what, sizeof what, "%s gw vs PyTorch", c->name);
-        compare_golden(what, kiln_grad(w), ggw, mgw, dgw);
+        compare_golden(what, kiln_tensor_grad(w), ggw, mgw, dgw);
         if (b) {
             snprintf(what, sizeof what, "%s gb vs PyTorch", c->name);
-            compare_golden(what, kiln_grad(b), ggb, mgb, dgb);
+            compare_golden(what, kiln_tensor_grad(b), ggb, mgb, dgb);
         }
         kiln_scope_end(ctx);
         CHECK_OK(ctx);
@@ -582,7 +582,7 @@ static void test_golden(kiln_ctx *ctx) {
 /* Expects op to fail with status st and a message containing each of the strings. */
 #define EXPECT_FAIL(ctx, call, st, ...)                                                                                \
     do {                                                                                                               \
-        int64_t before_ = kiln_tensor_count(ctx);                                                                      \
+        int64_t before_ = kiln_ctx_num_tensors(ctx);                                                                      \
         kiln_tensor *r_ = (call);                                                                                      \
         CHECK(r_ == NULL, "%s should fail", #call);                                                                    \
         CHECK(kiln_error_status(ctx) == (st), "%s: status %d, expected %d (%s)", #call, (int)kiln_error_status(ctx),   \
@@ -591,8 +591,8 @@ static void test_golden(kiln_ctx *ctx) {
         for (size_t i_ = 0; i_ < sizeof subs_ / sizeof subs_[0]; i_++)                                                 \
             CHECK(strstr(kiln_error_message(ctx), subs_[i_]) != NULL, "%s: message '%s' lacks '%s'", #call,            \
                   kiln_error_message(ctx), subs_[i_]);                                                                 \
-        CHECK(kiln_tensor_count(ctx) == before_, "%s leaked %lld tensors", #call,                                      \
-              (long long)(kiln_tensor_count(ctx) - before_));                                                          \
+        CHECK(kiln_ctx_num_tensors(ctx) == before_, "%s leaked %lld tensors", #call,                                      \
+              (long long)(kiln_ctx_num_tensors(ctx) - before_));                                                          \
         kiln_tensor_free(r_);                                                                                          \
         kiln_error_clear(ctx);                                                                                         \
     } while (0)
@@ -683,7 +683,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *wtr = kiln_transpose(ctx, kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){3, 2, 3, 3}), 2, 3);
     for (int transpose = 0; transpose < 2; transpose++) {
         for (int nth = 1; nth <= 4; nth++) {
-            int64_t before = kiln_tensor_count(ctx);
+            int64_t before = kiln_ctx_num_tensors(ctx);
             kiln__pool_fail_after(ctx, nth);
             kiln_tensor *y =
                 transpose ? kiln_conv_transpose2d(ctx, xr, wtr, NULL, NULL) : kiln_conv2d(ctx, xr, wr, br, NULL);
@@ -694,7 +694,7 @@ static void test_errors(kiln_ctx *ctx) {
                 CHECK(kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY, "allocation %d failing: %s", nth,
                       kiln_error_message(ctx));
             }
-            CHECK(kiln_tensor_count(ctx) == before, "allocation %d failing (transpose %d) leaked", nth, transpose);
+            CHECK(kiln_ctx_num_tensors(ctx) == before, "allocation %d failing (transpose %d) leaked", nth, transpose);
             kiln_error_clear(ctx);
         }
     }
@@ -709,8 +709,8 @@ static void test_empty_batch(kiln_ctx *ctx) {
         kiln_tensor *x = kiln_zeros(ctx, 4, (int64_t[]){0, 2, 5, 5});
         kiln_tensor *w = kiln_ones(ctx, 4, (int64_t[]){2, 2, 3, 3});
         kiln_tensor *b = kiln_ones(ctx, 1, (int64_t[]){2});
-        kiln_set_requires_grad(w, true);
-        kiln_set_requires_grad(b, true);
+        kiln_tensor_set_requires_grad(w, true);
+        kiln_tensor_set_requires_grad(b, true);
         kiln_tensor *y = transpose ? kiln_conv_transpose2d(ctx, x, w, b, NULL) : kiln_conv2d(ctx, x, w, b, NULL);
         CHECK(y != NULL, "empty batch: %s", kiln_error_message(ctx));
         if (!y) continue;
@@ -718,7 +718,7 @@ static void test_empty_batch(kiln_ctx *ctx) {
         CHECK(memcmp(kiln_tensor_shape(y), want, sizeof want) == 0, "empty batch: output shape");
         kiln_tensor *seed = kiln_zeros(ctx, 4, want);
         CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "empty batch backward: %s", kiln_error_message(ctx));
-        float *gw = h_read(kiln_grad(w)), *gb = h_read(kiln_grad(b));
+        float *gw = h_read(kiln_tensor_grad(w)), *gb = h_read(kiln_tensor_grad(b));
         bool zero = true;
         for (int i = 0; i < 36; i++)
             zero &= gw[i] == 0;
@@ -732,7 +732,7 @@ static void test_empty_batch(kiln_ctx *ctx) {
 }
 
 static void test_device(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln__set_guard(ctx, 3);
     test_table(ctx);
     test_partial_grads(ctx);
@@ -754,7 +754,7 @@ static void test_device(kiln_ctx *ctx) {
     char msg[256] = "";
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard regions overwritten: %s", msg);
     kiln__set_guard(ctx, 0);
-    CHECK(kiln_tensor_count(ctx) == before, "%lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "%lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 int main(void) {

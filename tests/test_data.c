@@ -160,7 +160,7 @@ static void test_fashion_dataset(void) {
         if (!ds) continue;
         const int64_t *shape;
         int nd = kiln_dataset_shape(ds, &shape);
-        CHECK(kiln_dataset_size(ds) == n, "size %lld", (long long)kiln_dataset_size(ds));
+        CHECK(kiln_dataset_num_samples(ds) == n, "size %lld", (long long)kiln_dataset_num_samples(ds));
         CHECK(nd == 3 && shape[0] == 1 && shape[1] == 28 && shape[2] == 28, "sample shape");
         CHECK(kiln_dataset_sample_numel(ds) == 784 && kiln_dataset_num_classes(ds) == 10, "numel/classes");
         int64_t hist[10] = {0};
@@ -659,7 +659,7 @@ static void test_dataset_csv(void) {
     CHECK(ds != NULL, "csv dataset: %s", kiln_last_error());
     if (ds) {
         const int64_t *shape;
-        CHECK(kiln_dataset_size(ds) == 3 && kiln_dataset_shape(ds, &shape) == 1 && shape[0] == 2, "csv shape");
+        CHECK(kiln_dataset_num_samples(ds) == 3 && kiln_dataset_shape(ds, &shape) == 1 && shape[0] == 2, "csv shape");
         float x[2];
         int32_t y;
         kiln_dataset_get(ds, 1, x, 2, &y);
@@ -700,21 +700,21 @@ static void test_dataset_host_split(void) {
         y[i] = i % 7;
     }
     kiln_dataset *ds = kiln_dataset_from_host(x, y, N, 1, (int64_t[]){2}, 7);
-    CHECK(ds && kiln_dataset_size(ds) == N && kiln_dataset_num_classes(ds) == 7, "from_host: %s", kiln_last_error());
+    CHECK(ds && kiln_dataset_num_samples(ds) == N && kiln_dataset_num_classes(ds) == 7, "from_host: %s", kiln_last_error());
     if (!ds) return;
     kiln_dataset *tr, *va, *tr2, *va2, *tr3, *va3;
     CHECK(kiln_dataset_split(ds, 0.2, 7, &tr, &va) == KILN_OK, "split: %s", kiln_last_error());
     CHECK(kiln_dataset_split(ds, 0.2, 7, &tr2, &va2) == KILN_OK, "split again");
     CHECK(kiln_dataset_split(ds, 0.2, 8, &tr3, &va3) == KILN_OK, "split seed 8");
-    CHECK(kiln_dataset_size(va) == 21 && kiln_dataset_size(tr) == 82, "sizes %lld/%lld", (long long)kiln_dataset_size(tr),
-          (long long)kiln_dataset_size(va));
+    CHECK(kiln_dataset_num_samples(va) == 21 && kiln_dataset_num_samples(tr) == 82, "sizes %lld/%lld", (long long)kiln_dataset_num_samples(tr),
+          (long long)kiln_dataset_num_samples(va));
     /* every sample in exactly one part, each part in dataset order, same seed same split */
     int seen[N] = {0};
     bool same = true, ordered = true, differs = false;
     kiln_dataset *parts[2] = {tr, va}, *again[2] = {tr2, va2}, *other[2] = {tr3, va3};
     for (int p = 0; p < 2; p++) {
         float prev = -1;
-        for (int64_t i = 0; i < kiln_dataset_size(parts[p]); i++) {
+        for (int64_t i = 0; i < kiln_dataset_num_samples(parts[p]); i++) {
             float a[2], b2[2], c2[2];
             int32_t ya;
             kiln_dataset_get(parts[p], i, a, 2, &ya);
@@ -735,17 +735,17 @@ static void test_dataset_host_split(void) {
     CHECK(differs, "seeds 7 and 8 gave the same split");
     /* a split of a split still maps to the right samples after the parent is freed */
     kiln_dataset *a, *b;
-    CHECK(kiln_dataset_split(tr, 0.5, 1, &a, &b) == KILN_OK && kiln_dataset_size(a) + kiln_dataset_size(b) == 82, "split of split");
+    CHECK(kiln_dataset_split(tr, 0.5, 1, &a, &b) == KILN_OK && kiln_dataset_num_samples(a) + kiln_dataset_num_samples(b) == 82, "split of split");
     kiln_dataset_free(tr);
     int seen2[N] = {0};
     for (int p = 0; p < 2; p++)
-        for (int64_t i = 0; i < kiln_dataset_size(p ? b : a); i++) {
+        for (int64_t i = 0; i < kiln_dataset_num_samples(p ? b : a); i++) {
             float v[2];
             kiln_dataset_get(p ? b : a, i, v, 2, NULL);
             seen2[(int)v[0]]++;
         }
     int in_val = 0, twice = 0;
-    for (int64_t i = 0; i < kiln_dataset_size(va); i++) {
+    for (int64_t i = 0; i < kiln_dataset_num_samples(va); i++) {
         float v[2];
         kiln_dataset_get(va, i, v, 2, NULL);
         in_val += seen2[(int)v[0]];
@@ -755,10 +755,10 @@ static void test_dataset_host_split(void) {
     kiln_dataset_free(a);
     kiln_dataset_free(b);
     /* edge fractions */
-    CHECK(kiln_dataset_split(ds, 0, 1, &a, &b) == KILN_OK && kiln_dataset_size(a) == N && kiln_dataset_size(b) == 0, "frac 0");
+    CHECK(kiln_dataset_split(ds, 0, 1, &a, &b) == KILN_OK && kiln_dataset_num_samples(a) == N && kiln_dataset_num_samples(b) == 0, "frac 0");
     kiln_dataset_free(a);
     kiln_dataset_free(b);
-    CHECK(kiln_dataset_split(ds, 1, 1, &a, &b) == KILN_OK && kiln_dataset_size(a) == 0 && kiln_dataset_size(b) == N, "frac 1");
+    CHECK(kiln_dataset_split(ds, 1, 1, &a, &b) == KILN_OK && kiln_dataset_num_samples(a) == 0 && kiln_dataset_num_samples(b) == N, "frac 1");
     kiln_dataset_free(a);
     kiln_dataset_free(b);
     kiln_status s = kiln_dataset_split(ds, 1.5, 1, &a, &b);
@@ -803,7 +803,7 @@ static void test_dataset_host_split(void) {
     expect_global("host NULL", ds == NULL, kiln_last_status(), KILN_ERR_NULL, "x is NULL", NULL, NULL);
     /* accessors on NULL */
     const int64_t *sh = (const int64_t *)1;
-    CHECK(kiln_dataset_size(NULL) == 0 && kiln_dataset_shape(NULL, &sh) == 0 && sh == NULL &&
+    CHECK(kiln_dataset_num_samples(NULL) == 0 && kiln_dataset_shape(NULL, &sh) == 0 && sh == NULL &&
               kiln_dataset_num_classes(NULL) == 0 && kiln_dataset_sample_numel(NULL) == 0,
           "NULL accessors");
     CHECK(kiln_dataset_get(NULL, 0, v, 2, NULL) == KILN_ERR_NULL, "get(NULL)");
@@ -906,7 +906,7 @@ static void test_loader_batches(kiln_ctx *ctx) {
     float *xs;
     const int64_t C = 2, H = 3, W = 5, m = C * H * W;
     kiln_dataset *ds = make_indexed(10, C, H, W, &xs);
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     for (int sync = 0; sync < 2; sync++) {
         kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 4, .sync = sync});
         CHECK(l && kiln_loader_num_batches(l) == 3, "loader: %s", kiln_error_message(ctx));
@@ -968,8 +968,8 @@ static void test_loader_batches(kiln_ctx *ctx) {
     }
     kiln_loader_free(l);
     kiln__set_guard(ctx, 0);
-    CHECK(kiln_tensor_count(ctx) == before, "tensors leaked: %lld -> %lld", (long long)before,
-          (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "tensors leaked: %lld -> %lld", (long long)before,
+          (long long)kiln_ctx_num_tensors(ctx));
     CHECK_OK(ctx);
     free(xs);
     kiln_dataset_free(ds);
@@ -1227,7 +1227,7 @@ static void test_loader_fashion(kiln_ctx *ctx) {
         CHECK(0, "fashion: %s", kiln_last_error());
         return;
     }
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = 64, .scale = 1.0f / 255});
     kiln_dataset_free(ds); /* the loader keeps the data */
     CHECK(kiln_loader_num_batches(l) == 157, "10000 / 64: %lld batches", (long long)kiln_loader_num_batches(l));
@@ -1265,7 +1265,7 @@ static void test_loader_fashion(kiln_ctx *ctx) {
     CHECK(nb == 157 && total == 10000 && last == 16, "%lld batches, %lld samples, last %lld", (long long)nb,
           (long long)total, (long long)last);
     kiln_loader_free(l);
-    CHECK(kiln_tensor_count(ctx) == before, "fashion loader leaked tensors");
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "fashion loader leaked tensors");
     CHECK_OK(ctx);
 }
 
@@ -1274,7 +1274,7 @@ static void test_loader_errors(kiln_ctx *ctx) {
     float fx[4] = {1, 2, 3, 4};
     int32_t fy[2] = {0, 1};
     kiln_dataset *flat = kiln_dataset_from_host(fx, fy, 2, 1, (int64_t[]){2}, 2);
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     struct {
         const char *name;
         const kiln_dataset *ds;
@@ -1356,8 +1356,8 @@ static void test_loader_errors(kiln_ctx *ctx) {
     kiln_loader_next(l, &x, &y);
     kiln_loader_free(l);
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "loader errors leaked tensors: %lld -> %lld", (long long)before,
-          (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "loader errors leaked tensors: %lld -> %lld", (long long)before,
+          (long long)kiln_ctx_num_tensors(ctx));
     kiln_dataset_free(ds);
     kiln_dataset_free(flat);
     CHECK_OK(ctx);

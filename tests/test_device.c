@@ -141,9 +141,9 @@ static void test_close_hooks(void) {
     kiln_tensor *a = kiln_ones(ctx, 1, (int64_t[]){6});
     kiln_tensor_free(a);
     a = kiln_ones(ctx, 1, (int64_t[]){6});
-    kiln_set_requires_grad(a, true);
+    kiln_tensor_set_requires_grad(a, true);
     kiln_tensor *v = kiln_reshape(ctx, kiln_mul_scalar(ctx, a, 3.0f), 2, (int64_t[]){2, 3});
-    CHECK(kiln_backward(kiln_sum(ctx, v, 0, NULL, false)) == KILN_OK && kiln_grad(a), "backward: %s",
+    CHECK(kiln_backward(kiln_sum(ctx, v, 0, NULL, false)) == KILN_OK && kiln_tensor_grad(a), "backward: %s",
           kiln_error_message(ctx));
     kiln_tensor *keep = kiln_mul_scalar(ctx, kiln_slice(ctx, a, 0, 1, 5, 2), 2.0f); /* its graph stays */
     CHECK(keep && keep->node && ctx->nclose_hooks == 1, "one close hook for the tensor floor (%d)", ctx->nclose_hooks);

@@ -439,14 +439,14 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *a = kiln_ones(ctx, 2, (int64_t[]){2, 3});
     kiln_tensor *b = kiln_ones(ctx, 1, (int64_t[]){4});
     kiln_tensor *c = kiln_ones(ctx, 3, (int64_t[]){5, 7, 11});
-    int64_t live = kiln_tensor_count(ctx);
+    int64_t live = kiln_ctx_num_tensors(ctx);
 
     /* shape mismatch names the op and both shapes, and leaves no tensor behind */
     CHECK(kiln_add(ctx, a, b) == NULL && kiln_error_status(ctx) == KILN_ERR_SHAPE, "[2,3] + [4] must fail: %s",
           kiln_status_name(kiln_error_status(ctx)));
     const char *m = kiln_error_message(ctx);
     CHECK(strstr(m, "kiln_add") && strstr(m, "[2, 3]") && strstr(m, "[4]"), "message: %s", m);
-    CHECK(kiln_tensor_count(ctx) == live, "a failed op left %lld tensors", (long long)(kiln_tensor_count(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "a failed op left %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - live));
     kiln_error_clear(ctx);
     CHECK(kiln_ge(ctx, c, a) == NULL && kiln_error_status(ctx) == KILN_ERR_SHAPE, "[5,7,11] >= [2,3] must fail");
     m = kiln_error_message(ctx);
@@ -479,7 +479,7 @@ static void test_errors(kiln_ctx *ctx) {
     /* dtype: only f32 */
     int32_t iv[6] = {1, 2, 3, 4, 5, 6};
     kiln_tensor *ti = kiln_from_host(ctx, iv, KILN_I32, 2, (int64_t[]){2, 3});
-    live = kiln_tensor_count(ctx);
+    live = kiln_ctx_num_tensors(ctx);
     CHECK(kiln_add(ctx, a, ti) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE, "f32 + i32 must fail");
     m = kiln_error_message(ctx);
     CHECK(strstr(m, "kiln_add") && strstr(m, "i32"), "message names op and dtype: %s", m);
@@ -491,7 +491,7 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(kiln_mul_scalar(ctx, ti, 2) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE, "mul_scalar(i32)");
     kiln_error_clear(ctx);
     CHECK(kiln_where(ctx, ti, a, a) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE, "where(i32 cond)");
-    CHECK(kiln_tensor_count(ctx) == live, "dtype errors left tensors behind");
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "dtype errors left tensors behind");
     kiln_error_clear(ctx);
 
     /* a tensor of another context */
@@ -508,11 +508,11 @@ static void test_errors(kiln_ctx *ctx) {
     }
 
     /* an exhausted pool: the output allocation fails cleanly */
-    live = kiln_tensor_count(ctx);
+    live = kiln_ctx_num_tensors(ctx);
     kiln__pool_fail_after(ctx, 1);
     CHECK(kiln_add(ctx, c, c) == NULL && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY, "OOM: %s",
           kiln_status_name(kiln_error_status(ctx)));
-    CHECK(kiln_tensor_count(ctx) == live, "OOM left tensors behind");
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "OOM left tensors behind");
     kiln__pool_fail_after(ctx, 0);
     kiln_error_clear(ctx);
 
@@ -538,14 +538,14 @@ static void test_pow_grad_edges(kiln_ctx *ctx) {
     const float want_b[N] = {0.0f, 0.0f, 0.0f, 0.69314718f, NAN, 0.0f, 9.8875106f};
     kiln_tensor *a = kiln_from_host(ctx, av, KILN_F32, 1, (int64_t[]){N});
     kiln_tensor *b = kiln_from_host(ctx, bv, KILN_F32, 1, (int64_t[]){N});
-    kiln_set_requires_grad(a, true);
-    kiln_set_requires_grad(b, true);
+    kiln_tensor_set_requires_grad(a, true);
+    kiln_tensor_set_requires_grad(b, true);
     kiln_scope_begin(ctx);
     kiln_tensor *y = kiln_sum(ctx, kiln_pow(ctx, a, b), 0, NULL, false);
     CHECK(y && kiln_backward(y) == KILN_OK, "pow backward: %s", kiln_error_message(ctx));
     float ga[N], gb[N];
-    if (kiln_grad(a) && kiln_grad(b) && kiln_to_host(kiln_grad(a), ga, sizeof ga) == KILN_OK &&
-        kiln_to_host(kiln_grad(b), gb, sizeof gb) == KILN_OK) {
+    if (kiln_tensor_grad(a) && kiln_tensor_grad(b) && kiln_to_host(kiln_tensor_grad(a), ga, sizeof ga) == KILN_OK &&
+        kiln_to_host(kiln_tensor_grad(b), gb, sizeof gb) == KILN_OK) {
         for (int i = 0; i < N; i++) {
             bool ok_a = isnan(want_a[i]) ? isnan(ga[i]) : fabsf(ga[i] - want_a[i]) <= 16 * FLT_EPSILON * fabsf(want_a[i]) ||
                                                                ga[i] == want_a[i];
@@ -644,7 +644,7 @@ static void gold_ew_run(kiln_ctx *ctx, const golden *g, const gold_ew *e) {
         if (!b) break;
         h_view hv = h_contig(b->ndim, b->shape);
         x[k] = h_view_build(ctx, golden_upload(ctx, b), &hv, 2, gold_layout[e->lay[k]]);
-        if (e->grad && !(where && k == 0)) kiln_set_requires_grad(x[k], true);
+        if (e->grad && !(where && k == 0)) kiln_tensor_set_requires_grad(x[k], true);
     }
     kiln_tensor *out = NULL;
     if (where) out = kiln_where(ctx, x[0], x[1], x[2]);
@@ -673,7 +673,7 @@ static void gold_ew_run(kiln_ctx *ctx, const golden *g, const gold_ew *e) {
             snprintf(name, sizeof name, "%s.d%s", e->c, in[k]);
             snprintf(mname, sizeof mname, "%s.m%s", e->c, in[k]);
             snprintf(what, sizeof what, "golden %s d%s", e->c, in[k]);
-            golden_compare_scaled(what, kiln_grad(x[k]), golden_get(g, name), golden_get(g, mname),
+            golden_compare_scaled(what, kiln_tensor_grad(x[k]), golden_get(g, name), golden_get(g, mname),
                                   nm > 0 ? FLT_MIN : 0, nm, 0);
         }
     }

@@ -20,7 +20,7 @@ static void check_usable(kiln_ctx *ctx, const char *after) {
 static void test_null_handles(kiln_ctx *ctx) {
     float h[4];
     CHECK(kiln_to_host(NULL, h, sizeof h) == KILN_ERR_NULL, "to_host(NULL)");
-    CHECK(isnan(kiln_item(NULL)), "item(NULL) is NaN");
+    CHECK(isnan(kiln_tensor_item(NULL)), "item(NULL) is NaN");
     CHECK(kiln_fill(NULL, 1) == KILN_ERR_NULL, "fill(NULL)");
     CHECK(kiln_zeros(NULL, 1, (int64_t[]){3}) == NULL, "ops with a NULL context return NULL");
     CHECK(kiln_reshape(NULL, NULL, 1, (int64_t[]){3}) == NULL, "view with NULL context");
@@ -53,7 +53,7 @@ static void test_null_handles(kiln_ctx *ctx) {
     kiln_tensor *chain = kiln_transpose(ctx, kiln_reshape(ctx, bad, 1, (int64_t[]){-1}), 0, 0);
     CHECK(chain == NULL && strcmp(kiln_error_message(ctx), saved) == 0,
           "a chain on a NULL keeps the first error (%s)", kiln_error_message(ctx));
-    float x = kiln_item(chain);
+    float x = kiln_tensor_item(chain);
     CHECK(isnan(x), "item of the failed chain is NaN");
     check_usable(ctx, "NULL handles");
 }
@@ -73,7 +73,7 @@ static void test_host_buffers(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
     CHECK(kiln_to_host(t, NULL, 1000) == KILN_ERR_NULL, "NULL destination");
     kiln_error_clear(ctx);
-    CHECK(isnan(kiln_item(t)) && kiln_error_status(ctx) == KILN_ERR_SHAPE, "item of 35 elements");
+    CHECK(isnan(kiln_tensor_item(t)) && kiln_error_status(ctx) == KILN_ERR_SHAPE, "item of 35 elements");
     kiln_tensor_free(t);
     check_usable(ctx, "host buffer errors");
 }
@@ -162,7 +162,7 @@ static void test_build_failure(const char *spec) {
     /* the same context can still do what does not need the broken program */
     float one = 1;
     kiln_tensor *h = kiln_from_host(ctx, &one, KILN_F32, 1, (int64_t[]){1});
-    CHECK(h && kiln_item(h) == 1.0f, "transfers still work");
+    CHECK(h && kiln_tensor_item(h) == 1.0f, "transfers still work");
     kiln_close(ctx);
 
     unlink(p2); /* missing source */
@@ -212,7 +212,7 @@ NULL_CASE(rand_normal, kiln_rand_normal(NULL, 0, 1, 1, shp) == NULL)
 NULL_CASE(to_host, kiln_to_host(NULL, h, sizeof null_h) == KILN_ERR_NULL)
 NULL_CASE(copy_from_host, kiln_copy_from_host(NULL, h, sizeof null_h) == KILN_ERR_NULL)
 NULL_CASE(copy, kiln_copy(NULL, NULL) == KILN_ERR_NULL)
-NULL_CASE(item, isnan(kiln_item(NULL)))
+NULL_CASE(item, isnan(kiln_tensor_item(NULL)))
 NULL_CASE(fill, kiln_fill(NULL, 1.0f) == KILN_ERR_NULL)
 NULL_CASE(reshape, kiln_reshape(NULL, NULL, 1, shp) == NULL)
 NULL_CASE(view, kiln_view(NULL, NULL, 1, shp) == NULL)
@@ -291,8 +291,8 @@ NULL_CASE(bce_with_logits, kiln_bce_with_logits(NULL, NULL, NULL, NULL, NULL, KI
 NULL_CASE(lsgan_loss, kiln_lsgan_loss(NULL, NULL, 1, KILN_MEAN) == NULL)
 NULL_CASE(l1_penalty, kiln_l1_penalty(NULL, 1, ts) == NULL)
 NULL_CASE(l2_penalty, kiln_l2_penalty(NULL, 1, ts) == NULL)
-NULL_CASE(set_requires_grad, kiln_set_requires_grad(NULL, true) == KILN_ERR_NULL)
-NULL_CASE(zero_grad, kiln_zero_grad(NULL) == KILN_ERR_NULL)
+NULL_CASE(set_requires_grad, kiln_tensor_set_requires_grad(NULL, true) == KILN_ERR_NULL)
+NULL_CASE(zero_grad, kiln_tensor_zero_grad(NULL) == KILN_ERR_NULL)
 NULL_CASE(backward, kiln_backward(NULL) == KILN_ERR_NULL)
 NULL_CASE(backward_ex, kiln_backward_ex(NULL, NULL, false) == KILN_ERR_NULL)
 NULL_CASE(detach, kiln_detach(NULL, NULL) == NULL)
@@ -338,12 +338,12 @@ NULL_CASE(adamw, kiln_adamw(NULL, ts, 1, NULL) == NULL)
 NULL_CASE(optim_step, kiln_optim_step(NULL) == KILN_ERR_NULL)
 NULL_CASE(optim_zero_grad, kiln_optim_zero_grad(NULL) == KILN_ERR_NULL)
 NULL_CASE(optim_set_lr, kiln_optim_set_lr(NULL, 0.1) == KILN_ERR_NULL)
-NULL_CASE(optim_get_lr, isnan(kiln_optim_get_lr(NULL)))
+NULL_CASE(optim_get_lr, isnan(kiln_optim_lr(NULL)))
 NULL_CASE(optim_num_states, kiln_optim_num_states(NULL) == 0)
 NULL_CASE(optim_state, kiln_optim_state(NULL, 0, NULL, NULL) == KILN_ERR_NULL)
 NULL_CASE(optim_state_find, kiln_optim_state_find(NULL, "0.exp_avg", true) == NULL)
-NULL_CASE(optim_get_step, kiln_optim_get_step(NULL, 0) == -1)
-NULL_CASE(optim_set_step, kiln_optim_set_step(NULL, 0, 1) == KILN_ERR_NULL)
+NULL_CASE(optim_get_step, kiln_optim_step_count(NULL, 0) == -1)
+NULL_CASE(optim_set_step, kiln_optim_set_step_count(NULL, 0, 1) == KILN_ERR_NULL)
 NULL_CASE(clip_grad_norm_tensor, kiln_clip_grad_norm_tensor(NULL, 1, ts, 1, 2) == NULL)
 NULL_CASE(clip_grad_norm, isnan(kiln_clip_grad_norm(NULL, 1, ts, 1, 2)))
 NULL_CASE(clip_grad_value, kiln_clip_grad_value(NULL, 1, ts, 1) == KILN_ERR_NULL)
@@ -353,7 +353,7 @@ NULL_CASE(exponential_lr, kiln_exponential_lr(NULL, 0.9) == NULL)
 NULL_CASE(cosine_annealing_lr, kiln_cosine_annealing_lr(NULL, 10, 0) == NULL)
 NULL_CASE(linear_lr, kiln_linear_lr(NULL, 0.5, 1, 5) == NULL)
 NULL_CASE(lr_sched_step, kiln_lr_sched_step(NULL) == KILN_ERR_NULL)
-NULL_CASE(lr_sched_get_last_lr, isnan(kiln_lr_sched_get_last_lr(NULL)))
+NULL_CASE(lr_sched_get_last_lr, isnan(kiln_lr_sched_last_lr(NULL)))
 NULL_CASE(lr_sched_last_epoch, kiln_lr_sched_last_epoch(NULL) == -1)
 NULL_CASE(lr_sched_set_last_epoch, kiln_lr_sched_set_last_epoch(NULL, 0) == KILN_ERR_NULL)
 NULL_CASE(idx_parse, kiln_idx_parse(NULL, 4, NULL) == NULL)
@@ -393,7 +393,7 @@ static const null_case null_cases[] = {
     {"kiln_to_host", null_to_host},
     {"kiln_copy_from_host", null_copy_from_host},
     {"kiln_copy", null_copy},
-    {"kiln_item", null_item},
+    {"kiln_tensor_item", null_item},
     {"kiln_fill", null_fill},
     {"kiln_reshape", null_reshape},
     {"kiln_view", null_view},
@@ -472,8 +472,8 @@ static const null_case null_cases[] = {
     {"kiln_lsgan_loss", null_lsgan_loss},
     {"kiln_l1_penalty", null_l1_penalty},
     {"kiln_l2_penalty", null_l2_penalty},
-    {"kiln_set_requires_grad", null_set_requires_grad},
-    {"kiln_zero_grad", null_zero_grad},
+    {"kiln_tensor_set_requires_grad", null_set_requires_grad},
+    {"kiln_tensor_zero_grad", null_zero_grad},
     {"kiln_backward", null_backward},
     {"kiln_backward_ex", null_backward_ex},
     {"kiln_detach", null_detach},
@@ -519,12 +519,12 @@ static const null_case null_cases[] = {
     {"kiln_optim_step", null_optim_step},
     {"kiln_optim_zero_grad", null_optim_zero_grad},
     {"kiln_optim_set_lr", null_optim_set_lr},
-    {"kiln_optim_get_lr", null_optim_get_lr},
+    {"kiln_optim_lr", null_optim_get_lr},
     {"kiln_optim_num_states", null_optim_num_states},
     {"kiln_optim_state", null_optim_state},
     {"kiln_optim_state_find", null_optim_state_find},
-    {"kiln_optim_get_step", null_optim_get_step},
-    {"kiln_optim_set_step", null_optim_set_step},
+    {"kiln_optim_step_count", null_optim_get_step},
+    {"kiln_optim_set_step_count", null_optim_set_step},
     {"kiln_clip_grad_norm_tensor", null_clip_grad_norm_tensor},
     {"kiln_clip_grad_norm", null_clip_grad_norm},
     {"kiln_clip_grad_value", null_clip_grad_value},
@@ -534,7 +534,7 @@ static const null_case null_cases[] = {
     {"kiln_cosine_annealing_lr", null_cosine_annealing_lr},
     {"kiln_linear_lr", null_linear_lr},
     {"kiln_lr_sched_step", null_lr_sched_step},
-    {"kiln_lr_sched_get_last_lr", null_lr_sched_get_last_lr},
+    {"kiln_lr_sched_last_lr", null_lr_sched_get_last_lr},
     {"kiln_lr_sched_last_epoch", null_lr_sched_last_epoch},
     {"kiln_lr_sched_set_last_epoch", null_lr_sched_set_last_epoch},
     {"kiln_idx_parse", null_idx_parse},

@@ -60,7 +60,7 @@ static void test_alloc_failures(kiln_ctx *ctx) {
 
     int tried = 0, clean = 0;
     for (int64_t nth = 1; nth <= per_step; nth++) {
-        int64_t tensors = kiln_tensor_count(ctx);
+        int64_t tensors = kiln_ctx_num_tensors(ctx);
         kiln_pool_stats before, after;
         kiln_pool_stats_get(ctx, &before);
         kiln__pool_fail_after(ctx, nth);
@@ -74,8 +74,8 @@ static void test_alloc_failures(kiln_ctx *ctx) {
         CHECK_ACC(ok, strstr(kiln_error_message(ctx), "injected failure") != NULL,
                       "allocation %lld: the message is the allocation's: %s", (long long)nth, kiln_error_message(ctx));
         CHECK_ACC(ok, isnan(l), "allocation %lld: a failed step reports no loss", (long long)nth);
-        CHECK_ACC(ok, kiln_tensor_count(ctx) == tensors, "allocation %lld: %lld tensors leaked", (long long)nth,
-                      (long long)(kiln_tensor_count(ctx) - tensors));
+        CHECK_ACC(ok, kiln_ctx_num_tensors(ctx) == tensors, "allocation %lld: %lld tensors leaked", (long long)nth,
+                      (long long)(kiln_ctx_num_tensors(ctx) - tensors));
         CHECK_ACC(ok, after.in_use_bytes == before.in_use_bytes, "allocation %lld: %lld pool bytes still in use",
                       (long long)nth, (long long)(after.in_use_bytes - before.in_use_bytes));
         kiln_error_clear(ctx);
@@ -96,7 +96,7 @@ static void test_alloc_failures(kiln_ctx *ctx) {
  * of it fails in turn, in a new model each time; whatever the failed step made is freed
  * with the model, and the model trains on. */
 static void test_first_step_failures(kiln_ctx *ctx) {
-    int64_t base = kiln_tensor_count(ctx);
+    int64_t base = kiln_ctx_num_tensors(ctx);
     kiln_pool_stats pb, p0, p1;
     kiln_pool_stats_get(ctx, &pb);
     cnn m;
@@ -130,8 +130,8 @@ static void test_first_step_failures(kiln_ctx *ctx) {
                   kiln_error_message(ctx));
         kiln_error_clear(ctx);
         cnn_free(&m);
-        CHECK_ACC(ok, kiln_tensor_count(ctx) == base, "first step, allocation %lld: %lld tensors outlive the model",
-                  (long long)nth, (long long)(kiln_tensor_count(ctx) - base));
+        CHECK_ACC(ok, kiln_ctx_num_tensors(ctx) == base, "first step, allocation %lld: %lld tensors outlive the model",
+                  (long long)nth, (long long)(kiln_ctx_num_tensors(ctx) - base));
         clean += ok;
     }
     kiln_pool_stats_get(ctx, &p1);
@@ -188,7 +188,7 @@ static void build_failure(kiln_ctx *ctx, const char *program) {
     }
     static uint32_t s0[CAP], s1[CAP];
     int64_t n0 = cnn_state(&m, s0, CAP);
-    int64_t tensors = kiln_tensor_count(ctx);
+    int64_t tensors = kiln_ctx_num_tensors(ctx);
     kiln_pool_stats before, after;
     kiln_pool_stats_get(ctx, &before);
 
@@ -208,7 +208,7 @@ static void build_failure(kiln_ctx *ctx, const char *program) {
     CHECK(strstr(kiln_error_message(ctx), named) && strstr(kiln_error_message(ctx), "no_such_identifier_k4"),
           "the error names the program %s and holds the build log: %s", named, kiln_error_message(ctx));
     CHECK(isnan(l), "no loss from the failed step");
-    CHECK(kiln_tensor_count(ctx) == tensors, "%lld tensors leaked", (long long)(kiln_tensor_count(ctx) - tensors));
+    CHECK(kiln_ctx_num_tensors(ctx) == tensors, "%lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - tensors));
     CHECK(after.in_use_bytes == before.in_use_bytes, "%lld pool bytes leaked",
           (long long)(after.in_use_bytes - before.in_use_bytes));
     kiln_error_clear(ctx);
@@ -267,7 +267,7 @@ static void test_numerics(kiln_ctx *ctx) {
         int32_t y[CNN_N];
         cnn_batch(0, x, y);
         x[CNN_H * CNN_H + 5] = NAN; /* sample 1 */
-        int64_t tensors = kiln_tensor_count(c);
+        int64_t tensors = kiln_ctx_num_tensors(c);
         kiln_scope_begin(c);
         kiln_tensor *xt = kiln_from_host(c, x, KILN_F32, 4, (int64_t[]){CNN_N, 1, CNN_H, CNN_H});
         kiln_tensor *yt = kiln_from_host(c, y, KILN_I32, 1, (int64_t[]){CNN_N});
@@ -278,8 +278,8 @@ static void test_numerics(kiln_ctx *ctx) {
               "the first op with a non-finite result is named: %s", msg);
         kiln_scope_end(c);
         kiln_error_clear(c);
-        CHECK(kiln_tensor_count(c) == tensors, "the failed forward leaked %lld tensors",
-              (long long)(kiln_tensor_count(c) - tensors));
+        CHECK(kiln_ctx_num_tensors(c) == tensors, "the failed forward leaked %lld tensors",
+              (long long)(kiln_ctx_num_tensors(c) - tensors));
         float l;
         CHECK(cnn_step(&m, 1, &l) == KILN_OK && isfinite(l), "a clean batch trains on: %s", kiln_error_message(c));
     } else {
@@ -311,8 +311,8 @@ static void op_scratch_failures(kiln_ctx *ctx, int own) {
     kiln_tensor *b = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){2500, 7});
     kiln_tensor *x = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 7, 5, 6});
     kiln_tensor *w = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){3, 7, 3, 3});
-    kiln_set_requires_grad(x, true);
-    kiln_set_requires_grad(w, true);
+    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(w, true);
     kiln_pool_stats p0, p1;
     kiln_pool_stats_get(ctx, &p0);
     CHECK(split_ops(ctx, a, b, x, w) == KILN_OK, "split ops: %s", kiln_error_message(ctx));
@@ -320,9 +320,9 @@ static void op_scratch_failures(kiln_ctx *ctx, int own) {
     int64_t n = (int64_t)(p1.allocs - p0.allocs);
     int clean = 0;
     for (int64_t nth = 1; nth <= n; nth++) {
-        kiln_clear_grad(x);
-        kiln_clear_grad(w);
-        int64_t tensors = kiln_tensor_count(ctx);
+        kiln_tensor_clear_grad(x);
+        kiln_tensor_clear_grad(w);
+        int64_t tensors = kiln_ctx_num_tensors(ctx);
         kiln_pool_stats before, after;
         kiln_pool_stats_get(ctx, &before);
         kiln__pool_fail_after(ctx, nth);
@@ -332,15 +332,15 @@ static void op_scratch_failures(kiln_ctx *ctx, int own) {
         bool ok = true;
         CHECK_ACC(ok, s == KILN_ERR_OUT_OF_MEMORY, "split ops, allocation %lld of %lld failing: %s: %s", (long long)nth,
                   (long long)n, kiln_status_name(s), kiln_error_message(ctx));
-        CHECK_ACC(ok, kiln_tensor_count(ctx) == tensors, "split ops, allocation %lld: %lld tensors leaked",
-                  (long long)nth, (long long)(kiln_tensor_count(ctx) - tensors));
+        CHECK_ACC(ok, kiln_ctx_num_tensors(ctx) == tensors, "split ops, allocation %lld: %lld tensors leaked",
+                  (long long)nth, (long long)(kiln_ctx_num_tensors(ctx) - tensors));
         CHECK_ACC(ok, after.in_use_bytes == before.in_use_bytes, "split ops, allocation %lld: %lld pool bytes in use",
                   (long long)nth, (long long)(after.in_use_bytes - before.in_use_bytes));
         kiln_error_clear(ctx);
         clean += ok;
     }
-    kiln_clear_grad(x);
-    kiln_clear_grad(w);
+    kiln_tensor_clear_grad(x);
+    kiln_tensor_clear_grad(w);
     CHECK(split_ops(ctx, a, b, x, w) == KILN_OK, "split ops after the failures: %s", kiln_error_message(ctx));
     fprintf(stderr, "%s, %s: split-K matmul and padded conv backward: %d of %lld allocation failure points clean\n",
             kiln_ctx_device(ctx)->name, own ? "kiln's GEMM kernels" : "CLBlast", clean, (long long)n);

@@ -768,8 +768,8 @@ static void grad_el_case(kiln_ctx *ctx, const el_cfg *c, int red, bool views) {
     if (ok) {
         /* l1 (and smooth_l1 with beta 0) has a kink at x = t; random floats land within
          * the difference step (1e-5) of it with probability ~1e-5 per element */
-        ok &= kiln_set_requires_grad(x.t, true) == KILN_OK;
-        if (has_t) ok &= kiln_set_requires_grad(t.t, true) == KILN_OK;
+        ok &= kiln_tensor_set_requires_grad(x.t, true) == KILN_OK;
+        if (has_t) ok &= kiln_tensor_set_requires_grad(t.t, true) == KILN_OK;
         CHECK(ok, "%s: set_requires_grad: %s", what, kiln_error_message(ctx));
     }
     if (ok) {
@@ -802,7 +802,7 @@ static void grad_ce_case(kiln_ctx *ctx, const ce_case *c, const ce_opt *o, int r
     kiln_scope_begin(ctx);
     ce_data d;
     if (ce_make(ctx, &d, c, o, nll, -3, 3)) {
-        CHECK(kiln_set_requires_grad(d.x.t, true) == KILN_OK, "%s: %s", what, kiln_error_message(ctx));
+        CHECK(kiln_tensor_set_requires_grad(d.x.t, true) == KILN_OK, "%s: %s", what, kiln_error_message(ctx));
         ce_user u = {nll, d.N, d.C, d.S, red, o->ignore, nll ? 0 : o->ls, d.y, d.w};
         kiln_tensor *y = nll ? kiln_nll_loss(ctx, d.x.t, d.yo.t, d.wt.t, o->ignore, red)
                              : kiln_cross_entropy_ex(ctx, d.x.t, d.yo.t, d.wt.t, o->ignore, o->ls, red);
@@ -861,7 +861,7 @@ static void grad_penalty(kiln_ctx *ctx, int op, int n) {
     for (int j = 0; j < n; j++) {
         vw v = j == 5 ? (vw){VW_T, 0, 1, 0, 0, 0, {0}} : (vw){0};
         ok &= mk(ctx, &ps[j], 2, shapes[j], v, false, -2, 2);
-        ok &= ps[j].t && kiln_set_requires_grad(ps[j].t, true) == KILN_OK;
+        ok &= ps[j].t && kiln_tensor_set_requires_grad(ps[j].t, true) == KILN_OK;
         ts[j] = ps[j].t;
         hin[j] = ps[j].v;
         wanted[j] = true;
@@ -869,10 +869,10 @@ static void grad_penalty(kiln_ctx *ctx, int op, int n) {
     }
     if (ok) {
         pen_user u = {op, n, sizes};
-        int64_t live = kiln_tensor_count(ctx);
+        int64_t live = kiln_ctx_num_tensors(ctx);
         kiln_tensor *y = op == OP_PEN1 ? kiln_l1_penalty(ctx, n, ts) : kiln_l2_penalty(ctx, n, ts);
-        CHECK(kiln_tensor_count(ctx) == live + 1, "%s: %lld tensors made, only the output expected", what,
-              (long long)(kiln_tensor_count(ctx) - live));
+        CHECK(kiln_ctx_num_tensors(ctx) == live + 1, "%s: %lld tensors made, only the output expected", what,
+              (long long)(kiln_ctx_num_tensors(ctx) - live));
         gc_check(ctx, what, pen_ref, &u, n, ts, hin, wanted, y, GC_ATOL, GC_RTOL);
     }
     for (int j = 0; j < n; j++)
@@ -913,12 +913,12 @@ static void test_composite(kiln_ctx *ctx) {
     kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 2, (int64_t[]){2, 3});
     kiln_tensor *t = kiln_from_host(ctx, tv, KILN_F32, 2, (int64_t[]){2, 3});
     kiln_tensor *y = kiln_from_host(ctx, yv, KILN_I32, 1, (int64_t[]){2});
-    kiln_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(x, true);
     kiln_tensor *a = kiln_cross_entropy(ctx, x, y, KILN_MEAN);
     kiln_tensor *b = kiln_mse_loss(ctx, x, t, KILN_SUM);
     kiln_tensor *l = kiln_add(ctx, a, kiln_mul_scalar(ctx, b, 0.5f));
     CHECK(kiln_backward(l) == KILN_OK, "composite backward: %s", kiln_error_message(ctx));
-    float *g = kiln_grad(x) ? h_read(kiln_grad(x)) : NULL;
+    float *g = kiln_tensor_grad(x) ? h_read(kiln_tensor_grad(x)) : NULL;
     CHECK(g != NULL, "composite: no gradient");
     if (g) {
         double ref[6];
@@ -937,10 +937,10 @@ static void test_composite(kiln_ctx *ctx) {
         free(g);
     }
     /* no_grad records nothing */
-    bool prev = kiln_set_grad_enabled(ctx, false);
+    bool prev = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_tensor *ng = kiln_cross_entropy(ctx, x, y, KILN_MEAN);
-    CHECK(ng && !kiln_requires_grad(ng), "no_grad: cross_entropy's output requires grad");
-    kiln_set_grad_enabled(ctx, prev);
+    CHECK(ng && !kiln_tensor_requires_grad(ng), "no_grad: cross_entropy's output requires grad");
+    kiln_ctx_set_grad_enabled(ctx, prev);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
 }
@@ -964,7 +964,7 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const char *name) {
         for (int k = 0; k < extra && k < 16; k++) {
             snprintf(key, sizeof key, "%s.x%d", name, k);
             ps[k] = golden_upload(ctx, golden_get(g, key));
-            kiln_set_requires_grad(ps[k], true);
+            kiln_tensor_set_requires_grad(ps[k], true);
         }
         kiln_tensor *y = op == OP_PEN1 ? kiln_l1_penalty(ctx, extra, ps) : kiln_l2_penalty(ctx, extra, ps);
         snprintf(what, sizeof what, "golden %s", name);
@@ -973,7 +973,7 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const char *name) {
         for (int k = 0; k < extra && k < 16; k++) {
             snprintf(key, sizeof key, "%s.g%d", name, k);
             snprintf(what, sizeof what, "golden %s grad %d", name, k);
-            golden_compare(what, kiln_grad(ps[k]), golden_get(g, key), 1e-6, 2e-5);
+            golden_compare(what, kiln_tensor_grad(ps[k]), golden_get(g, key), 1e-6, 2e-5);
         }
         kiln_scope_end(ctx);
         return;
@@ -982,8 +982,8 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const char *name) {
     kiln_tensor *t = op == OP_LSGAN ? NULL : golden_upload(ctx, golden_get(g, GKEY("t")));
     kiln_tensor *w = has_w ? golden_upload(ctx, golden_get(g, GKEY("w"))) : NULL;
     kiln_tensor *pw = has_pw ? golden_upload(ctx, golden_get(g, GKEY("pw"))) : NULL;
-    kiln_set_requires_grad(x, true);
-    if (extra) kiln_set_requires_grad(t, true);
+    kiln_tensor_set_requires_grad(x, true);
+    if (extra) kiln_tensor_set_requires_grad(t, true);
     kiln_tensor *y;
     if (op == OP_CE)
         y = kiln_cross_entropy_ex(ctx, x, t, w, ignore, p, red);
@@ -997,10 +997,10 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const char *name) {
     if (y) {
         CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "%s backward: %s", what, kiln_error_message(ctx));
         snprintf(what, sizeof what, "golden %s d/dinput", name);
-        golden_compare(what, kiln_grad(x), golden_get(g, GKEY("gx")), 1e-6, 2e-5);
+        golden_compare(what, kiln_tensor_grad(x), golden_get(g, GKEY("gx")), 1e-6, 2e-5);
         if (extra) {
             snprintf(what, sizeof what, "golden %s d/dtarget", name);
-            golden_compare(what, kiln_grad(t), golden_get(g, GKEY("gt")), 1e-6, 2e-5);
+            golden_compare(what, kiln_tensor_grad(t), golden_get(g, GKEY("gt")), 1e-6, 2e-5);
         }
     }
     kiln_error_clear(ctx);
@@ -1042,10 +1042,10 @@ static void test_determinism(kiln_ctx *ctx) {
     kiln_tensor *yt = kiln_from_host(ctx, y, KILN_I32, 1, &rows);
     float v[2][3];
     for (int k = 0; k < 2; k++) {
-        v[k][0] = kiln_item(kiln_mse_loss(ctx, x, t, KILN_MEAN));
-        v[k][1] = kiln_item(kiln_cross_entropy_ex(ctx, lg, yt, NULL, -100, 0.1f, KILN_MEAN));
+        v[k][0] = kiln_tensor_item(kiln_mse_loss(ctx, x, t, KILN_MEAN));
+        v[k][1] = kiln_tensor_item(kiln_cross_entropy_ex(ctx, lg, yt, NULL, -100, 0.1f, KILN_MEAN));
         kiln_tensor *ps[2] = {x, t};
-        v[k][2] = kiln_item(kiln_l2_penalty(ctx, 2, ps));
+        v[k][2] = kiln_tensor_item(kiln_l2_penalty(ctx, 2, ps));
     }
     CHECK(memcmp(v[0], v[1], sizeof v[0]) == 0, "repeated reductions differ: %.9g/%.9g %.9g/%.9g %.9g/%.9g",
           (double)v[0][0], (double)v[1][0], (double)v[0][1], (double)v[1][1], (double)v[0][2], (double)v[1][2]);
@@ -1071,7 +1071,7 @@ static void expect_err(kiln_ctx *ctx, kiln_tensor *r, kiln_status st, const char
 #define NEEDLES(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 static void test_errors(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     float v[30] = {0};
     kiln_tensor *x23 = kiln_from_host(ctx, v, KILN_F32, 2, (int64_t[]){2, 3});
     kiln_tensor *x32 = kiln_from_host(ctx, v, KILN_F32, 2, (int64_t[]){3, 2});
@@ -1080,7 +1080,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *x35 = kiln_from_host(ctx, v, KILN_F32, 2, (int64_t[]){3, 5});
     kiln_tensor *y3 = kiln_from_host(ctx, lab, KILN_I32, 1, (int64_t[]){3});
     kiln_tensor *w4 = kiln_from_host(ctx, v, KILN_F32, 1, (int64_t[]){4});
-    int64_t live = kiln_tensor_count(ctx);
+    int64_t live = kiln_ctx_num_tensors(ctx);
 
     expect_err(ctx, kiln_mse_loss(ctx, x23, x32, KILN_MEAN), KILN_ERR_SHAPE, "mse shapes",
                NEEDLES("kiln_mse_loss", "[2, 3]", "[3, 2]"));
@@ -1170,14 +1170,14 @@ static void test_errors(kiln_ctx *ctx) {
     for (int nth = 1; nth <= 3; nth++) {
         char what[64];
         snprintf(what, sizeof what, "penalty of 9, allocation %d fails", nth);
-        int64_t live = kiln_tensor_count(ctx);
+        int64_t live = kiln_ctx_num_tensors(ctx);
         kiln__pool_fail_after(ctx, nth);
         kiln_tensor *r = kiln_l2_penalty(ctx, 9, nine);
         kiln__pool_fail_after(ctx, 0);
         if (nth < 3) {
             expect_err(ctx, r, KILN_ERR_OUT_OF_MEMORY, what, NEEDLES("kiln_l2_penalty"));
-            CHECK(kiln_tensor_count(ctx) == live, "%s: %lld tensors left", what,
-                  (long long)(kiln_tensor_count(ctx) - live));
+            CHECK(kiln_ctx_num_tensors(ctx) == live, "%s: %lld tensors left", what,
+                  (long long)(kiln_ctx_num_tensors(ctx) - live));
         } else {
             /* two allocations in all: the third would have been the next op's */
             CHECK(r != NULL, "%s: %s", what, kiln_error_message(ctx));
@@ -1185,13 +1185,13 @@ static void test_errors(kiln_ctx *ctx) {
         }
     }
     kiln_tensor *zero = kiln_l1_penalty(ctx, 0, ps);
-    CHECK(zero && kiln_item(zero) == 0.0f, "penalty of no tensors is 0: %s", kiln_error_message(ctx));
+    CHECK(zero && kiln_tensor_item(zero) == 0.0f, "penalty of no tensors is 0: %s", kiln_error_message(ctx));
     kiln_tensor_free(zero);
-    CHECK(kiln_tensor_count(ctx) == live, "error paths leaked %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "error paths leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - live));
 
     /* forward + backward of every op in a scope: nothing survives the scope but gradients */
-    kiln_set_requires_grad(x35, true);
+    kiln_tensor_set_requires_grad(x35, true);
     kiln_scope_begin(ctx);
     int32_t g3[3] = {0, 4, -100};
     kiln_tensor *yl = kiln_from_host(ctx, g3, KILN_I32, 1, (int64_t[]){3});
@@ -1215,13 +1215,13 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(total && kiln_backward(total) == KILN_OK, "every loss, backward: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == live + 1, "a scope with every loss leaked %lld tensors (the gradient stays)",
-          (long long)(kiln_tensor_count(ctx) - live - 1));
+    CHECK(kiln_ctx_num_tensors(ctx) == live + 1, "a scope with every loss leaked %lld tensors (the gradient stays)",
+          (long long)(kiln_ctx_num_tensors(ctx) - live - 1));
     kiln_tensor *keep[] = {x23, x32, i23, x35, y3, w4};
     for (size_t k = 0; k < sizeof keep / sizeof keep[0]; k++)
         kiln_tensor_free(keep[k]);
-    CHECK(kiln_tensor_count(ctx) == before, "test_errors leaked %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "test_errors leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 static void run(kiln_ctx *ctx) {

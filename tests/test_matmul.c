@@ -400,12 +400,12 @@ static bool has(const char *s, const char *sub) { return strstr(s, sub) != NULL;
  * (NULL-terminated), and no tensor left behind; then clears the error. */
 #define EXPECT_FAIL(ctx, call, status, ...)                                                                            \
     do {                                                                                                               \
-        int64_t live_ = kiln_tensor_count(ctx);                                                                        \
+        int64_t live_ = kiln_ctx_num_tensors(ctx);                                                                        \
         kiln_tensor *r_ = (call);                                                                                      \
         CHECK(r_ == NULL && kiln_error_status(ctx) == (status), "%s: got %s, want %s (%s)", #call,                     \
               kiln_status_name(kiln_error_status(ctx)), kiln_status_name(status), kiln_error_message(ctx));            \
-        CHECK(kiln_tensor_count(ctx) == live_, "%s left %lld tensors behind", #call,                                   \
-              (long long)(kiln_tensor_count(ctx) - live_));                                                            \
+        CHECK(kiln_ctx_num_tensors(ctx) == live_, "%s left %lld tensors behind", #call,                                   \
+              (long long)(kiln_ctx_num_tensors(ctx) - live_));                                                            \
         const char *subs_[] = {__VA_ARGS__, NULL};                                                                     \
         for (int i_ = 0; subs_[i_]; i_++)                                                                              \
             CHECK(has(kiln_error_message(ctx), subs_[i_]), "%s: message lacks \"%s\": %s", #call, subs_[i_],           \
@@ -497,8 +497,8 @@ static void test_golden(kiln_ctx *ctx) {
             a = kiln_transpose(ctx, a, 0, 1);
             b = kiln_slice(ctx, b, 1, 0, 8, 2);
         }
-        kiln_set_requires_grad(a, true);
-        kiln_set_requires_grad(b, true);
+        kiln_tensor_set_requires_grad(a, true);
+        kiln_tensor_set_requires_grad(b, true);
         kiln_tensor *out = gold_mm_cases[k].ex ? kiln_matmul_ex(ctx, a, b, gold_mm_cases[k].flags) : kiln_matmul(ctx, a, b);
         CHECK(out != NULL, "[%s] golden %s: %s", g_pass, c, kiln_error_message(ctx));
         if (out) {
@@ -517,7 +517,7 @@ static void test_golden(kiln_ctx *ctx) {
                 snprintf(name, sizeof name, "%s.d%c", c, "ab"[i]);
                 snprintf(mname, sizeof mname, "%s.md%c", c, "ab"[i]);
                 snprintf(what, sizeof what, "[%s] golden %s d%c", g_pass, c, "ab"[i]);
-                golden_compare_scaled(what, kiln_grad(in[i]), golden_get(&g, name), golden_get(&g, mname), 0,
+                golden_compare_scaled(what, kiln_tensor_grad(in[i]), golden_get(&g, name), golden_get(&g, mname), 0,
                                       TOL_C * terms, 1);
             }
         }

@@ -58,7 +58,7 @@ static kiln_module *build(kiln_ctx *ctx, const golden *g) {
 }
 
 static void train(kiln_ctx *ctx, const golden *g, const char *name) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_module *net = build(ctx, g);
     const golden_tensor *gx = golden_get(g, "x"), *gy = golden_get(g, "y");
     char key[64];
@@ -93,7 +93,7 @@ static void train(kiln_ctx *ctx, const golden *g, const char *name) {
         kiln_optim_zero_grad(opt);
         kiln_status s = l ? kiln_backward(l) : KILN_ERR_NULL;
         if (s == KILN_OK) s = kiln_optim_step(opt);
-        loss[k] = s == KILN_OK ? kiln_item(l) : NAN;
+        loss[k] = s == KILN_OK ? kiln_tensor_item(l) : NAN;
         kiln_scope_end(ctx);
         CHECK(s == KILN_OK && isfinite(loss[k]), "%s step %d: %s", name, k, kiln_error_message(ctx));
         if (s != KILN_OK) break;
@@ -130,7 +130,7 @@ static void train(kiln_ctx *ctx, const golden *g, const char *name) {
     kiln_tensor_free(y);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "%s: %lld tensors leaked", name, (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "%s: %lld tensors leaked", name, (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 static void run(kiln_ctx *ctx) {

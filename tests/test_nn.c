@@ -286,7 +286,7 @@ static int gcount(const golden *g, const char *cname, const char *section) {
 }
 
 static void golden_case(kiln_ctx *ctx, const golden *g, const nn_case *c) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_scope_begin(ctx);
     kiln_module *m = c->make(ctx);
     CHECK(m != NULL, "%s: constructor: %s", c->name, kiln_error_message(ctx));
@@ -329,7 +329,7 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const nn_case *c) {
     const golden_tensor *gx = gfind(g, c->name, "x"), *gseed = gfind(g, c->name, "seed");
     CHECK(gx && gseed, "%s: golden x/seed missing", c->name);
     kiln_tensor *x = gx ? golden_upload(ctx, gx) : NULL;
-    kiln_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(x, true);
     kiln_tensor *y = kiln_forward(m, x);
     CHECK(y != NULL, "%s: forward: %s", c->name, kiln_error_message(ctx));
     char what[400];
@@ -340,7 +340,7 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const nn_case *c) {
         kiln_tensor *seed = golden_upload(ctx, gseed);
         CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "%s: backward: %s", c->name, kiln_error_message(ctx));
         snprintf(what, sizeof what, "%s: grad of x", c->name);
-        wg = fmax(wg, cmp(what, kiln_grad(x), gfind(g, c->name, "grad.x"), c->g_atol, c->g_rtol));
+        wg = fmax(wg, cmp(what, kiln_tensor_grad(x), gfind(g, c->name, "grad.x"), c->g_atol, c->g_rtol));
         int nparams = 0;
         for (int k = 0; k < ns; k++) {
             char part[200];
@@ -352,9 +352,9 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const nn_case *c) {
                 nparams++;
                 snprintf(part, sizeof part, "grad.%.127s", st[k].name);
                 snprintf(what, sizeof what, "%s: grad of %.127s", c->name, st[k].name);
-                CHECK(kiln_grad(st[k].tensor) != NULL, "%s: parameter %s got no gradient", c->name, st[k].name);
-                if (kiln_grad(st[k].tensor))
-                    wg = fmax(wg, cmp(what, kiln_grad(st[k].tensor), gfind(g, c->name, part), c->g_atol, c->g_rtol));
+                CHECK(kiln_tensor_grad(st[k].tensor) != NULL, "%s: parameter %s got no gradient", c->name, st[k].name);
+                if (kiln_tensor_grad(st[k].tensor))
+                    wg = fmax(wg, cmp(what, kiln_tensor_grad(st[k].tensor), gfind(g, c->name, part), c->g_atol, c->g_rtol));
             }
         }
         CHECK(gcount(g, c->name, "grad") == nparams + 1, "%s: torch has %d gradients, kiln %d parameters + x", c->name,
@@ -370,8 +370,8 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const nn_case *c) {
     kiln_error_clear(ctx);
     kiln_module_free(m);
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "%s: %lld tensors leaked", c->name,
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "%s: %lld tensors leaked", c->name,
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 static void test_golden(kiln_ctx *ctx) {
@@ -445,7 +445,7 @@ static bool same_values(kiln_tensor *a, kiln_tensor *b, int64_t *ndiff) {
 }
 
 static void test_init(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_manual_seed(ctx, 2024);
     /* linear: fan_in = in_features; a wide layer for the bias statistics too */
     kiln_module *lin = kiln_nn_linear(ctx, 512, 256, true);
@@ -539,7 +539,7 @@ static void test_init(kiln_ctx *ctx) {
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) kiln_module_free(all[k]);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "init: %lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "init: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- names ----------------------------------------------------------------------------- */
@@ -576,7 +576,7 @@ static const char torch_repr[] =
     ")";
 
 static void test_names(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_module *net = named_net(ctx);
     CHECK(net != NULL, "named net: %s", kiln_error_message(ctx));
     if (!net) {
@@ -603,7 +603,7 @@ static void test_names(kiln_ctx *ctx) {
         bool buf = k >= 4 && k <= 6;
         CHECK(st[k].is_buffer == buf, "%s: is_buffer %d", st[k].name, st[k].is_buffer);
         CHECK(kiln_module_find(net, want[k]) == st[k].tensor, "kiln_module_find('%s')", want[k]);
-        CHECK(kiln_requires_grad(st[k].tensor) == !buf, "%s: requires_grad %d", want[k], kiln_requires_grad(st[k].tensor));
+        CHECK(kiln_tensor_requires_grad(st[k].tensor) == !buf, "%s: requires_grad %d", want[k], kiln_tensor_requires_grad(st[k].tensor));
         if (!buf) {
             CHECK(p < np && params[p] == st[k].tensor, "parameter %d is not %s", p, want[k]);
             p++;
@@ -688,7 +688,7 @@ static void test_names(kiln_ctx *ctx) {
     kiln_module_free(net);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "names: %lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "names: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- train / eval ---------------------------------------------------------------------- */
@@ -707,7 +707,7 @@ static int32_t nbt_of(kiln_module *bn) {
 }
 
 static void test_train_eval(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_module *net = named_net(ctx);
     CHECK(net && count_training(net, true) == 0, "a new module trains");
     kiln_module_train(net, false);
@@ -775,9 +775,9 @@ static void test_train_eval(kiln_ctx *ctx) {
     CHECK(nbt_of(bn) == 2 && memcmp(rm1, rm2, sizeof rm1) == 0, "an eval forward changed the statistics (count %d)",
           nbt_of(bn));
     kiln_module_train(bn, true);
-    bool prev = kiln_set_grad_enabled(ctx, false);
+    bool prev = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_forward(bn, xb);
-    kiln_set_grad_enabled(ctx, prev);
+    kiln_ctx_set_grad_enabled(ctx, prev);
     CHECK(nbt_of(bn) == 3, "a training forward without grad: num_batches_tracked %d", nbt_of(bn));
     /* a value written through kiln_module_find (as a loader would) is where counting goes on */
     int32_t ten = 10;
@@ -788,27 +788,27 @@ static void test_train_eval(kiln_ctx *ctx) {
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "train/eval: %lld tensors leaked",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "train/eval: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- transfer learning: a new head on a frozen body ------------------------------------- */
 
 static void test_transfer(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_manual_seed(ctx, 11);
     kiln_module *body = kiln_nn_sequential(
         ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 6, 8, true), kiln_nn_activation(ctx, KILN_ACT_TANH, 0)});
     kiln_module *net = kiln_nn_sequential(ctx, 2, (kiln_module *[]){body, kiln_nn_linear(ctx, 8, 3, true)});
     CHECK(net != NULL, "net: %s", kiln_error_message(ctx));
     if (!net) return;
-    int64_t with_old_head = kiln_tensor_count(ctx);
+    int64_t with_old_head = kiln_ctx_num_tensors(ctx);
     /* replace the head: the old one is freed, the new one is named "1" */
     kiln_module *head = kiln_nn_linear(ctx, 8, 2, true);
     kiln_tensor *hw = kiln_module_find(head, "weight"), *hb = kiln_module_find(head, "bias");
     CHECK(kiln_nn_sequential_set(net, 1, head) == KILN_OK, "sequential_set: %s", kiln_error_message(ctx));
-    CHECK(kiln_tensor_count(ctx) == with_old_head, "the old head was not freed (%lld tensors more)",
-          (long long)(kiln_tensor_count(ctx) - with_old_head));
+    CHECK(kiln_ctx_num_tensors(ctx) == with_old_head, "the old head was not freed (%lld tensors more)",
+          (long long)(kiln_ctx_num_tensors(ctx) - with_old_head));
     CHECK(kiln_module_child(net, 1) == head && kiln_module_find(net, "1.weight") == hw &&
               kiln_module_find(net, "1.bias") == hb && kiln_tensor_shape(hw)[0] == 2,
           "the new head is child 1 with its parameters as 1.weight / 1.bias");
@@ -816,8 +816,8 @@ static void test_transfer(kiln_ctx *ctx) {
     CHECK(strstr(kiln_module_describe(net, desc, sizeof desc), "(1): Linear(in_features=8, out_features=2, bias=True)"),
           "describe after set: %s", desc);
     /* freeze the body */
-    kiln_module_requires_grad(body, false);
-    CHECK(!kiln_requires_grad(kiln_module_find(net, "0.0.weight")) && kiln_requires_grad(hw), "frozen flags");
+    kiln_module_set_requires_grad(body, false);
+    CHECK(!kiln_tensor_requires_grad(kiln_module_find(net, "0.0.weight")) && kiln_tensor_requires_grad(hw), "frozen flags");
     CHECK(kiln_module_parameters(net, NULL, 0) == 4, "frozen parameters are still parameters (as torch)");
 
     kiln_scope_begin(ctx);
@@ -827,13 +827,13 @@ static void test_transfer(kiln_ctx *ctx) {
     kiln_tensor *y = kiln_forward(net, x);
     kiln_tensor *loss = kiln_sum(ctx, y, 0, NULL, false);
     CHECK(loss && kiln_backward(loss) == KILN_OK, "backward: %s", kiln_error_message(ctx));
-    CHECK(kiln_grad(kiln_module_find(net, "0.0.weight")) == NULL && kiln_grad(kiln_module_find(net, "0.0.bias")) == NULL,
+    CHECK(kiln_tensor_grad(kiln_module_find(net, "0.0.weight")) == NULL && kiln_tensor_grad(kiln_module_find(net, "0.0.bias")) == NULL,
           "the frozen body got gradients");
-    CHECK(kiln_grad(hw) && kiln_grad(hb), "the new head has no gradient");
+    CHECK(kiln_tensor_grad(hw) && kiln_tensor_grad(hb), "the new head has no gradient");
     /* d sum(y) / d bias = N per output, d / d W[j, :] = sum_n h[n, :] with h the body's output */
     kiln_tensor *h = kiln_forward(body, x);
-    if (kiln_grad(hw) && kiln_grad(hb) && h) {
-        float *hh = h_read(h), *gw = h_read(kiln_grad(hw)), *gb = h_read(kiln_grad(hb));
+    if (kiln_tensor_grad(hw) && kiln_tensor_grad(hb) && h) {
+        float *hh = h_read(h), *gw = h_read(kiln_tensor_grad(hw)), *gb = h_read(kiln_tensor_grad(hb));
         double ref[16];
         for (int j = 0; j < 2; j++)
             for (int i = 0; i < 8; i++) {
@@ -847,12 +847,12 @@ static void test_transfer(kiln_ctx *ctx) {
     }
     kiln_scope_end(ctx);
     /* unfreezing: the body learns again */
-    kiln_module_requires_grad(body, true);
+    kiln_module_set_requires_grad(body, true);
     kiln_scope_begin(ctx);
     x = upload(ctx, xh, 2, (int64_t[]){5, 6});
     loss = kiln_sum(ctx, kiln_forward(net, x), 0, NULL, false);
     CHECK(loss && kiln_backward(loss) == KILN_OK, "backward: %s", kiln_error_message(ctx));
-    CHECK(kiln_grad(kiln_module_find(net, "0.0.weight")) != NULL, "the unfrozen body has no gradient");
+    CHECK(kiln_tensor_grad(kiln_module_find(net, "0.0.weight")) != NULL, "the unfrozen body has no gradient");
     kiln_scope_end(ctx);
 
     /* a new child takes the container's mode, also its own children */
@@ -867,13 +867,13 @@ static void test_transfer(kiln_ctx *ctx) {
     kiln_module_free(net);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "transfer: %lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "transfer: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
 static void test_errors(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     intact r = {0};
     r.m = kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 3, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0)});
     float rx[8];
@@ -1008,20 +1008,20 @@ static void test_errors(kiln_ctx *ctx) {
           "constructors with a NULL context");
 
     /* sequential: a NULL entry (a failed constructor) frees the others */
-    int64_t c0 = kiln_tensor_count(ctx);
+    int64_t c0 = kiln_ctx_num_tensors(ctx);
     bad = kiln_nn_sequential(ctx, 3,
                              (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), NULL, kiln_nn_batchnorm1d(ctx, 4, 1e-5f, 0.1f)});
     expect_err(ctx, !bad, KILN_ERR_NULL, "sequential with a NULL entry", "kiln_nn_sequential", "NULL", NULL);
-    CHECK(kiln_tensor_count(ctx) == c0, "sequential with a NULL entry leaked %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - c0));
+    CHECK(kiln_ctx_num_tensors(ctx) == c0, "sequential with a NULL entry leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - c0));
     bad = kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), kiln_nn_linear(ctx, 0, 4, true)});
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "sequential with a failed constructor keeps its error",
                "kiln_nn_linear", "in_features=0", NULL);
-    CHECK(kiln_tensor_count(ctx) == c0, "sequential with a failed constructor leaked %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - c0));
+    CHECK(kiln_ctx_num_tensors(ctx) == c0, "sequential with a failed constructor leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - c0));
     kiln_module *seq = kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), kiln_nn_linear(ctx, 4, 2, true)});
     CHECK(seq != NULL, "sequential: %s", kiln_error_message(ctx));
-    int64_t c1 = kiln_tensor_count(ctx);
+    int64_t c1 = kiln_ctx_num_tensors(ctx);
     kiln_status s = kiln_nn_sequential_set(seq, 2, kiln_nn_linear(ctx, 4, 4, true));
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set index 2 of 2", "kiln_nn_sequential_set",
                "index 2", "2 children");
@@ -1029,14 +1029,14 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set index -1", "index -1", NULL, NULL);
     s = kiln_nn_sequential_set(seq, 0, NULL);
     expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "sequential_set NULL module", "kiln_nn_sequential_set", "NULL", NULL);
-    CHECK(kiln_tensor_count(ctx) == c1 && kiln_module_num_children(seq) == 2, "failed sets leaked or changed the net");
+    CHECK(kiln_ctx_num_tensors(ctx) == c1 && kiln_module_num_children(seq) == 2, "failed sets leaked or changed the net");
     s = kiln_nn_sequential_set(lin, 0, kiln_nn_linear(ctx, 4, 4, true));
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set on a Linear", "index 0", "0 children", NULL);
     s = kiln_nn_sequential_append(lin, kiln_nn_linear(ctx, 4, 4, true));
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "append to a Linear", "not a Sequential", "Linear", NULL);
     s = kiln_nn_sequential_append(seq, NULL);
     expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "append NULL", "kiln_nn_sequential_append", "NULL", NULL);
-    CHECK(kiln_tensor_count(ctx) == c1, "failed appends leaked %lld tensors", (long long)(kiln_tensor_count(ctx) - c1));
+    CHECK(kiln_ctx_num_tensors(ctx) == c1, "failed appends leaked %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - c1));
     /* child names: duplicates and dotted names are refused, the old name stays */
     CHECK(kiln_module_set_child_name(seq, 0, "enc") == KILN_OK, "name: %s", kiln_error_message(ctx));
     s = kiln_module_set_child_name(seq, 1, "enc");
@@ -1082,7 +1082,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor_free(r.x);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "errors: %lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "errors: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- user-defined modules (kiln/module.h) ----------------------------------------------- */
@@ -1182,7 +1182,7 @@ static void mixer_plain(kiln_ctx *ctx, kiln_module *mx, kiln_tensor *a, kiln_ten
 }
 
 static void test_user_module(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     int destroyed0 = g_mixer_destroyed;
     kiln_manual_seed(ctx, 31);
     kiln_module *mx = mixer_new(ctx, 4, 3, 0);
@@ -1209,7 +1209,7 @@ static void test_user_module(kiln_ctx *ctx) {
     kiln_tensor *ps[4];
     CHECK(kiln_module_parameters(mx, ps, 4) == 3 && ps[0] == st->scale && ps[1] == kiln_module_find(mx, "fc.weight"),
           "parameters: scale, fc.weight, fc.bias");
-    CHECK(kiln_requires_grad(st->scale) && !kiln_requires_grad(st->shift), "a parameter requires grad, a buffer not");
+    CHECK(kiln_tensor_requires_grad(st->scale) && !kiln_tensor_requires_grad(st->shift), "a parameter requires grad, a buffer not");
     CHECK(kiln_module_num_elements(mx) == 3 + 12 + 3, "num_elements %lld", (long long)kiln_module_num_elements(mx));
 
     /* torch's repr puts the arguments of a module with children on a line of their own */
@@ -1229,7 +1229,7 @@ static void test_user_module(kiln_ctx *ctx) {
         for (int pass = 0; pass < 2; pass++) {
             kiln_scope_begin(ctx);
             kiln_tensor *a = upload(ctx, ah, 2, (int64_t[]){5, 4}), *b = upload(ctx, bh, 2, (int64_t[]){5, 4});
-            kiln_set_requires_grad(a, true), kiln_set_requires_grad(b, true);
+            kiln_tensor_set_requires_grad(a, true), kiln_tensor_set_requires_grad(b, true);
             kiln_tensor *y[2] = {NULL, NULL};
             if (pass == 0)
                 CHECK(kiln_module_forward(mx, 2, (kiln_tensor *[]){a, b}, 2, y) == KILN_OK, "Mixer forward: %s",
@@ -1242,11 +1242,11 @@ static void test_user_module(kiln_ctx *ctx) {
             CHECK(loss && kiln_backward(loss) == KILN_OK, "backward (pass %d): %s", pass, kiln_error_message(ctx));
             float **dst = pass == 0 ? got : ref;
             kiln_tensor *fw = kiln_module_find(mx, "fc.weight"), *fbias = kiln_module_find(mx, "fc.bias");
-            kiln_tensor *ts[7] = {y[0], y[1], kiln_grad(a), kiln_grad(b), kiln_grad(st->scale), kiln_grad(fw),
-                                  kiln_grad(fbias)};
+            kiln_tensor *ts[7] = {y[0], y[1], kiln_tensor_grad(a), kiln_tensor_grad(b), kiln_tensor_grad(st->scale), kiln_tensor_grad(fw),
+                                  kiln_tensor_grad(fbias)};
             for (int k = 0; k < 7; k++) dst[k] = read_or_null(ts[k]);
-            CHECK(kiln_grad(st->shift) == NULL, "the buffer got a gradient");
-            kiln_clear_grad(st->scale), kiln_clear_grad(fw), kiln_clear_grad(fbias);
+            CHECK(kiln_tensor_grad(st->shift) == NULL, "the buffer got a gradient");
+            kiln_tensor_clear_grad(st->scale), kiln_tensor_clear_grad(fw), kiln_tensor_clear_grad(fbias);
             kiln_scope_end(ctx);
         }
         static const char *const what[7] = {"y0", "y1", "grad a", "grad b", "grad scale", "grad fc.weight",
@@ -1276,18 +1276,18 @@ static void test_user_module(kiln_ctx *ctx) {
     free(dh);
 
     /* freezing: no parameter gradient, the inputs still get theirs */
-    kiln_module_requires_grad(mx, false);
-    CHECK(!kiln_requires_grad(st->scale) && !kiln_requires_grad(kiln_module_find(mx, "fc.weight")), "frozen");
-    kiln_set_requires_grad(a, true);
+    kiln_module_set_requires_grad(mx, false);
+    CHECK(!kiln_tensor_requires_grad(st->scale) && !kiln_tensor_requires_grad(kiln_module_find(mx, "fc.weight")), "frozen");
+    kiln_tensor_set_requires_grad(a, true);
     kiln_tensor *yf[2];
     kiln_module_forward(mx, 2, (kiln_tensor *[]){a, b}, 2, yf);
     kiln_tensor *loss = kiln_sum(ctx, kiln_add(ctx, yf[0], yf[1]), 0, NULL, false);
     CHECK(loss && kiln_backward(loss) == KILN_OK, "frozen backward: %s", kiln_error_message(ctx));
-    CHECK(kiln_grad(a) != NULL && kiln_grad(st->scale) == NULL && kiln_grad(kiln_module_find(mx, "fc.weight")) == NULL,
+    CHECK(kiln_tensor_grad(a) != NULL && kiln_tensor_grad(st->scale) == NULL && kiln_tensor_grad(kiln_module_find(mx, "fc.weight")) == NULL,
           "a frozen Mixer's parameters got gradients");
-    kiln_module_requires_grad(mx, true);
-    CHECK(kiln_requires_grad(st->scale) && kiln_requires_grad(kiln_module_find(mx, "fc.bias")) &&
-              !kiln_requires_grad(st->shift),
+    kiln_module_set_requires_grad(mx, true);
+    CHECK(kiln_tensor_requires_grad(st->scale) && kiln_tensor_requires_grad(kiln_module_find(mx, "fc.bias")) &&
+              !kiln_tensor_requires_grad(st->shift),
           "unfrozen: parameters again, the buffer still not");
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
@@ -1312,14 +1312,14 @@ static void test_user_module(kiln_ctx *ctx) {
     kiln_module_free(big);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "user module: %lld tensors leaked",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "user module: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- containers: ModuleList, ModuleDict, a ResNet-style stage of user blocks ------------- */
 
 static void test_containers(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_module *list = kiln_nn_module_list(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true),
                                                                       kiln_nn_activation(ctx, KILN_ACT_TANH, 0)});
     CHECK(list && kiln_nn_module_list_append(list, kiln_nn_linear(ctx, 4, 2, false)) == KILN_OK, "list: %s",
@@ -1341,11 +1341,11 @@ static void test_containers(kiln_ctx *ctx) {
               kiln_nn_module_dict_set(dict, "head", kiln_nn_linear(ctx, 8, 2, true)) == KILN_OK,
           "dict: %s", kiln_error_message(ctx));
     /* d["encoder"] = ... replaces in place: the order stays, the old module is freed */
-    int64_t c0 = kiln_tensor_count(ctx);
+    int64_t c0 = kiln_ctx_num_tensors(ctx);
     kiln_module *enc2 = kiln_nn_linear(ctx, 4, 6, false);
     CHECK(kiln_nn_module_dict_set(dict, "encoder", enc2) == KILN_OK && kiln_module_num_children(dict) == 2 &&
               kiln_module_child(dict, 0) == enc2 && kiln_module_find_child(dict, "encoder") == enc2 &&
-              kiln_tensor_count(ctx) == c0 - 1,
+              kiln_ctx_num_tensors(ctx) == c0 - 1,
           "dict replace: %s", kiln_error_message(ctx));
     n = kiln_module_state(dict, st, 8);
     CHECK(n == 3 && strcmp(st[0].name, "encoder.weight") == 0 && strcmp(st[1].name, "head.weight") == 0,
@@ -1382,8 +1382,8 @@ static void test_containers(kiln_ctx *ctx) {
     kiln_module_free(net);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "containers: %lld tensors leaked",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "containers: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* A module whose forward misbehaves, by its state's `how`. */
@@ -1408,7 +1408,7 @@ static void broken_describe(const kiln_module *m, char *buf, size_t cap) {
 }
 
 static void test_user_errors(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_scope_begin(ctx);
     kiln_status s;
     kiln_module *bad;
@@ -1446,20 +1446,20 @@ static void test_user_errors(kiln_ctx *ctx) {
     /* construction failing half-way: destroy runs exactly once, nothing leaks */
     for (int at = 1; at <= 3; at++) {
         int d0 = g_mixer_destroyed;
-        int64_t c0 = kiln_tensor_count(ctx);
+        int64_t c0 = kiln_ctx_num_tensors(ctx);
         bad = mixer_new(ctx, 4, 3, at);
         static const char *const step[4] = {NULL, "'f.c'", "'fc' is taken by child 0 of Mixer", "name ''"};
         expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "Mixer construction failing", step[at], NULL, NULL);
         CHECK(g_mixer_destroyed == d0 + 1, "construction failing at step %d: destroy ran %d times", at,
               g_mixer_destroyed - d0);
-        CHECK(kiln_tensor_count(ctx) == c0, "construction failing at step %d leaked %lld tensors", at,
-              (long long)(kiln_tensor_count(ctx) - c0));
+        CHECK(kiln_ctx_num_tensors(ctx) == c0, "construction failing at step %d leaked %lld tensors", at,
+              (long long)(kiln_ctx_num_tensors(ctx) - c0));
     }
 
     /* names and ownership */
     kiln_module *mx = mixer_new(ctx, 4, 3, 0);
     CHECK(mx != NULL, "Mixer: %s", kiln_error_message(ctx));
-    int64_t c1 = kiln_tensor_count(ctx);
+    int64_t c1 = kiln_ctx_num_tensors(ctx);
     char long_name[65]; /* 64 characters: one too many */
     memset(long_name, 'n', 64);
     long_name[64] = '\0';
@@ -1493,9 +1493,9 @@ static void test_user_errors(kiln_ctx *ctx) {
               kiln_module_add_parameter(NULL, "p", kiln_zeros(ctx, 1, (int64_t[]){2})) == KILN_ERR_NULL &&
               kiln_module_add_buffer(NULL, "p", kiln_zeros(ctx, 1, (int64_t[]){2})) == KILN_ERR_NULL,
           "add to a NULL module");
-    CHECK(kiln_tensor_count(ctx) == c1 && kiln_module_num_children(mx) == 1 && kiln_module_state(mx, NULL, 0) == 4,
+    CHECK(kiln_ctx_num_tensors(ctx) == c1 && kiln_module_num_children(mx) == 1 && kiln_module_state(mx, NULL, 0) == 4,
           "refused registrations were freed and changed nothing (%lld tensors more, %d children)",
-          (long long)(kiln_tensor_count(ctx) - c1), kiln_module_num_children(mx));
+          (long long)(kiln_ctx_num_tensors(ctx) - c1), kiln_module_num_children(mx));
     /* a child that is not ours to take: it stays where it is */
     kiln_module *holder = kiln_nn_sequential(ctx, 1, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true)});
     kiln_module *owned = kiln_module_child(holder, 0);
@@ -1550,7 +1550,7 @@ static void test_user_errors(kiln_ctx *ctx) {
     y = kiln_forward(list, a);
     expect_err(ctx, !y, KILN_ERR_UNSUPPORTED, "forward of a ModuleList", "ModuleList has no forward", NULL, NULL);
     /* container misuse */
-    int64_t c2 = kiln_tensor_count(ctx);
+    int64_t c2 = kiln_ctx_num_tensors(ctx);
     s = kiln_nn_module_list_append(dict, kiln_nn_linear(ctx, 2, 2, true));
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "list_append to a dict", "ModuleDict is not a ModuleList",
                NULL, NULL);
@@ -1567,7 +1567,7 @@ static void test_user_errors(kiln_ctx *ctx) {
                "ModuleList is not a Sequential", NULL, NULL);
     bad = kiln_nn_module_list(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true), NULL});
     expect_err(ctx, !bad, KILN_ERR_NULL, "module_list with a NULL entry", "kiln_nn_module_list", "NULL", NULL);
-    CHECK(kiln_tensor_count(ctx) == c2 && kiln_module_find_child(dict, "mix") == mx, "refused container calls leaked");
+    CHECK(kiln_ctx_num_tensors(ctx) == c2 && kiln_module_find_child(dict, "mix") == mx, "refused container calls leaked");
 
     /* modules, tensors and inputs of another context (a second context on the same device) */
     const kiln_device_info *di = kiln_ctx_device(ctx);
@@ -1586,8 +1586,8 @@ static void test_user_errors(kiln_ctx *ctx) {
         s = kiln_module_forward(mx, 2, (kiln_tensor *[]){a, a2}, 2, out);
         expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "an input of another context",
                    "input 1 of Mixer(4, 3) belongs to another context", NULL, NULL);
-        CHECK(kiln_tensor_count(ctx2) == 1, "refused tensors of the second context were not freed (%lld left)",
-              (long long)kiln_tensor_count(ctx2));
+        CHECK(kiln_ctx_num_tensors(ctx2) == 1, "refused tensors of the second context were not freed (%lld left)",
+              (long long)kiln_ctx_num_tensors(ctx2));
         kiln_close(ctx2);
     }
 
@@ -1638,14 +1638,14 @@ static void test_user_errors(kiln_ctx *ctx) {
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "user errors: %lld tensors leaked",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "user errors: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- everything at once: build, train a step, free ------------------------------------- */
 
 static void test_lifetime(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_module *net = named_net(ctx);
     float xh[2 * 3 * 6 * 6];
     h_fill(xh, 2 * 3 * 6 * 6, -1, 1);
@@ -1656,16 +1656,16 @@ static void test_lifetime(kiln_ctx *ctx) {
         CHECK(loss && kiln_backward(loss) == KILN_OK, "step %d: %s", step, kiln_error_message(ctx));
         kiln_scope_end(ctx);
     }
-    CHECK(kiln_grad(kiln_module_find(net, "classifier.1.weight")) != NULL, "gradients accumulate");
-    CHECK(kiln_tensor_count(ctx) > before, "the module holds its tensors");
+    CHECK(kiln_tensor_grad(kiln_module_find(net, "classifier.1.weight")) != NULL, "gradients accumulate");
+    CHECK(kiln_ctx_num_tensors(ctx) > before, "the module holds its tensors");
     kiln_module_free(net);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "lifetime: %lld tensors leaked", (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "lifetime: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 static void run(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     test_golden(ctx);
     test_init(ctx);
     test_names(ctx);
@@ -1676,8 +1676,8 @@ static void run(kiln_ctx *ctx) {
     test_containers(ctx);
     test_user_errors(ctx);
     test_lifetime(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "test_nn: %lld tensors leaked overall",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "test_nn: %lld tensors leaked overall",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 int main(void) {

@@ -262,7 +262,7 @@ static void run_bn_case(kiln_ctx *ctx, const bn_case *c) {
                     free(hb);
                 }
             }
-            CHECK(!kiln_requires_grad(trm) && !kiln_has_grad_fn(trm) && !kiln_requires_grad(trv),
+            CHECK(!kiln_tensor_requires_grad(trm) && !kiln_tensor_has_grad_fn(trm) && !kiln_tensor_requires_grad(trv),
                   "%s: running statistics became part of the graph", what);
         }
         free(ref);
@@ -479,7 +479,7 @@ static void test_norm_specials(kiln_ctx *ctx) {
 /* A leaf for gc_check: the operand's view itself (made from a tensor that does not require
  * grad, so it is a leaf, possibly non-contiguous) marked requires_grad. */
 static void mark(kiln_tensor *t) {
-    if (t) kiln_set_requires_grad(t, true);
+    if (t) kiln_tensor_set_requires_grad(t, true);
 }
 
 static void gc_bn(kiln_ctx *ctx, const char *name, vspec xs, bool train, bool affine, bool want_x) {
@@ -837,13 +837,13 @@ static void test_embedding(kiln_ctx *ctx) {
     CHECK(bad == 0, "kiln_embedding: %d guard regions overwritten: %s", bad, msg);
     /* the backward of a weight no index uses is zero; two lookups accumulate */
     kiln_tensor *wl = kiln_from_host(ctx, wh, KILN_F32, 2, (int64_t[]){num, dim});
-    kiln_set_requires_grad(wl, true);
+    kiln_tensor_set_requires_grad(wl, true);
     int32_t two[2] = {4, 4};
     kiln_tensor *ti = kiln_from_host(ctx, two, KILN_I32, 1, (int64_t[]){2});
     kiln_tensor *y1 = kiln_embedding(ctx, wl, ti);
     kiln_tensor *s = kiln_sum(ctx, y1, 0, NULL, false);
     kiln_backward(s);
-    kiln_tensor *gw = kiln_grad(wl);
+    kiln_tensor *gw = kiln_tensor_grad(wl);
     CHECK(gw != NULL, "kiln_embedding: no gradient: %s", kiln_error_message(ctx));
     if (gw) {
         float *g = h_read(gw);
@@ -853,12 +853,12 @@ static void test_embedding(kiln_ctx *ctx) {
         free(g);
     }
     /* no indices: the node saves no positions buffer; the gradient is zero */
-    kiln_clear_grad(wl);
+    kiln_tensor_clear_grad(wl);
     kiln_tensor *none = kiln_from_host(ctx, two, KILN_I32, 1, (int64_t[]){0});
     kiln_tensor *y0 = kiln_embedding(ctx, wl, none);
     CHECK(y0 && kiln_backward(kiln_sum(ctx, y0, 0, NULL, false)) == KILN_OK, "kiln_embedding of no indices, backward: %s",
           kiln_error_message(ctx));
-    gw = kiln_grad(wl);
+    gw = kiln_tensor_grad(wl);
     CHECK(gw != NULL, "kiln_embedding of no indices: no gradient: %s", kiln_error_message(ctx));
     if (gw) {
         float *g = h_read(gw);
@@ -888,7 +888,7 @@ static const golden_tensor *gget(const golden *g, const char *a, const char *b) 
 
 static kiln_tensor *gleaf(kiln_ctx *ctx, const golden_tensor *t) {
     kiln_tensor *k = golden_upload(ctx, t);
-    if (k && !t->is_int) kiln_set_requires_grad(k, true);
+    if (k && !t->is_int) kiln_tensor_set_requires_grad(k, true);
     return k;
 }
 
@@ -921,10 +921,10 @@ static void golden_bn(kiln_ctx *ctx, const golden *g, const char *name, int step
         }
         kiln_tensor *gy = golden_upload(ctx, gget(g, p, "gy"));
         CHECK(kiln_backward_ex(y, gy, false) == KILN_OK, "golden %s backward: %s", p, kiln_error_message(ctx));
-        gcmp(p, "dx", kiln_grad(x), gget(g, p, "gx"), GG_ATOL, GG_RTOL);
+        gcmp(p, "dx", kiln_tensor_grad(x), gget(g, p, "gx"), GG_ATOL, GG_RTOL);
         if (affine) {
-            gcmp(p, "dweight", kiln_grad(w), gget(g, p, "gw"), GG_ATOL, GG_RTOL);
-            gcmp(p, "dbias", kiln_grad(b), gget(g, p, "gb"), GG_ATOL, GG_RTOL);
+            gcmp(p, "dweight", kiln_tensor_grad(w), gget(g, p, "gw"), GG_ATOL, GG_RTOL);
+            gcmp(p, "dbias", kiln_tensor_grad(b), gget(g, p, "gb"), GG_ATOL, GG_RTOL);
         }
     }
     check_guards(ctx, name);
@@ -945,9 +945,9 @@ static void golden_ln(kiln_ctx *ctx, const golden *g, const char *name, int nnor
         gcmp(name, "y", y, gget(g, name, "y"), GY_ATOL, GY_RTOL);
         kiln_tensor *gy = golden_upload(ctx, gget(g, name, "gy"));
         CHECK(kiln_backward_ex(y, gy, false) == KILN_OK, "golden %s backward: %s", name, kiln_error_message(ctx));
-        gcmp(name, "dx", kiln_grad(x), gget(g, name, "gx"), GG_ATOL, GG_RTOL);
-        if (has_w) gcmp(name, "dweight", kiln_grad(w), gget(g, name, "gw"), GG_ATOL, GG_RTOL);
-        if (has_b) gcmp(name, "dbias", kiln_grad(b), gget(g, name, "gb"), GG_ATOL, GG_RTOL);
+        gcmp(name, "dx", kiln_tensor_grad(x), gget(g, name, "gx"), GG_ATOL, GG_RTOL);
+        if (has_w) gcmp(name, "dweight", kiln_tensor_grad(w), gget(g, name, "gw"), GG_ATOL, GG_RTOL);
+        if (has_b) gcmp(name, "dbias", kiln_tensor_grad(b), gget(g, name, "gb"), GG_ATOL, GG_RTOL);
     }
     check_guards(ctx, name);
     CHECK_OK(ctx);
@@ -984,7 +984,7 @@ static void test_golden(kiln_ctx *ctx) {
             kiln_tensor *gy = golden_upload(ctx, golden_get(&g, "do.gy"));
             CHECK(kiln_backward_ex(y, gy, false) == KILN_OK, "golden %s backward: %s", dc[k].name,
                   kiln_error_message(ctx));
-            gcmp(dc[k].name, "dx", kiln_grad(x), gget(&g, dc[k].name, "gx"), 0, 0);
+            gcmp(dc[k].name, "dx", kiln_tensor_grad(x), gget(&g, dc[k].name, "gx"), 0, 0);
         }
         check_guards(ctx, dc[k].name);
         kiln_error_clear(ctx);
@@ -1003,7 +1003,7 @@ static void test_golden(kiln_ctx *ctx) {
             gcmp(ec[k], "y", y, gget(&g, ec[k], "y"), 0, 0);
             kiln_tensor *gy = golden_upload(ctx, gget(&g, ec[k], "gy"));
             CHECK(kiln_backward_ex(y, gy, false) == KILN_OK, "golden %s backward: %s", ec[k], kiln_error_message(ctx));
-            gcmp(ec[k], "dweight", kiln_grad(w), gget(&g, ec[k], "gw"), 1e-7, 1e-6);
+            gcmp(ec[k], "dweight", kiln_tensor_grad(w), gget(&g, ec[k], "gw"), 1e-7, 1e-6);
         }
         check_guards(ctx, ec[k]);
         kiln_error_clear(ctx);
@@ -1029,7 +1029,7 @@ static void expect_err(kiln_ctx *ctx, kiln_tensor *got, kiln_status st, const ch
 }
 
 static void test_errors(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_scope_begin(ctx);
     kiln_tensor *x = kiln_ones(ctx, 3, (int64_t[]){4, 3, 5});
     kiln_tensor *v3 = kiln_ones(ctx, 1, (int64_t[]){3});
@@ -1120,8 +1120,8 @@ static void test_errors(kiln_ctx *ctx) {
     r = kiln_embedding(ctx, w, NULL);
     expect_err(ctx, r, KILN_ERR_NULL, "embedding NULL indices", "kiln_embedding", NULL, NULL);
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "error paths leaked %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "error paths leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 
     /* allocation failures at every step of each op: NULL, an error, no leaked tensor */
     kiln_scope_begin(ctx);
@@ -1131,10 +1131,10 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *wg = kiln_ones(ctx, 1, (int64_t[]){5}), *bg = kiln_zeros(ctx, 1, (int64_t[]){5});
     kiln_tensor *we = kiln_ones(ctx, 2, (int64_t[]){6, 3});
     ii = kiln_from_host(ctx, ib, KILN_I32, 1, (int64_t[]){3});
-    kiln_set_requires_grad(xg, true);
-    kiln_set_requires_grad(wg, true);
-    kiln_set_requires_grad(we, true);
-    int64_t base = kiln_tensor_count(ctx);
+    kiln_tensor_set_requires_grad(xg, true);
+    kiln_tensor_set_requires_grad(wg, true);
+    kiln_tensor_set_requires_grad(we, true);
+    int64_t base = kiln_ctx_num_tensors(ctx);
     for (int op = 0; op < 4; op++) {
         for (int nth = 1; nth <= 8; nth++) {
             kiln__pool_fail_after(ctx, nth);
@@ -1151,33 +1151,33 @@ static void test_errors(kiln_ctx *ctx) {
                       kiln_error_message(ctx));
             }
             kiln_error_clear(ctx);
-            CHECK(kiln_tensor_count(ctx) == base, "op %d, failing allocation %d: %lld tensors leaked", op, nth,
-                  (long long)(kiln_tensor_count(ctx) - base));
+            CHECK(kiln_ctx_num_tensors(ctx) == base, "op %d, failing allocation %d: %lld tensors leaked", op, nth,
+                  (long long)(kiln_ctx_num_tensors(ctx) - base));
         }
     }
     kiln_scope_end(ctx);
 
     /* a full forward/backward of every op inside a scope leaves nothing behind */
-    before = kiln_tensor_count(ctx);
+    before = kiln_ctx_num_tensors(ctx);
     kiln_scope_begin(ctx);
     rm = kiln_zeros(ctx, 1, (int64_t[]){3});
     rv = kiln_ones(ctx, 1, (int64_t[]){3});
     ii = kiln_from_host(ctx, ib, KILN_I32, 1, (int64_t[]){3});
     kiln_tensor *p = kiln_ones(ctx, 3, (int64_t[]){4, 3, 5});
-    kiln_set_requires_grad(p, true);
+    kiln_tensor_set_requires_grad(p, true);
     kiln_tensor *y = kiln_batch_norm(ctx, p, rm, rv, NULL, NULL, true, 0.1f, 1e-5f);
     y = kiln_layer_norm(ctx, y, 1, NULL, NULL, 1e-5f);
     y = kiln_dropout(ctx, y, 0.2f, true);
     kiln_tensor *ew = kiln_ones(ctx, 2, (int64_t[]){6, 3});
-    kiln_set_requires_grad(ew, true);
+    kiln_tensor_set_requires_grad(ew, true);
     kiln_tensor *e = kiln_embedding(ctx, ew, ii);
     kiln_tensor *s1 = kiln_sum(ctx, y, 0, NULL, false), *s2 = kiln_sum(ctx, e, 0, NULL, false);
     kiln_tensor *loss = kiln_add(ctx, s1, s2);
     CHECK(kiln_backward(loss) == KILN_OK, "backward through every op: %s", kiln_error_message(ctx));
-    CHECK(kiln_grad(p) && kiln_grad(ew), "missing gradients");
+    CHECK(kiln_tensor_grad(p) && kiln_tensor_grad(ew), "missing gradients");
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "a training step leaked %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "a training step leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
     kiln_error_clear(ctx);
 }
 
@@ -1197,9 +1197,9 @@ static void test_running(kiln_ctx *ctx) {
         bool train = call < 2;
         for (int64_t i = 0; i < n; i++) xd[i] = xf[i] = h_uniform(-1, 3) * (float)(call + 1);
         kiln_tensor *x = kiln_from_host(ctx, xf, KILN_F32, 3, (int64_t[]){N, C, S});
-        bool prev = kiln_set_grad_enabled(ctx, call != 1);
+        bool prev = kiln_ctx_set_grad_enabled(ctx, call != 1);
         kiln_tensor *y = kiln_batch_norm(ctx, x, trm, trv, NULL, NULL, train, mom, 1e-5f);
-        kiln_set_grad_enabled(ctx, prev);
+        kiln_ctx_set_grad_enabled(ctx, prev);
         double mean[4], var[4];
         bn_ref r = {N, C, S, train, false, false, 1e-5, rm, rv};
         double *in[3] = {xd, NULL, NULL};

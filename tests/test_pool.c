@@ -87,7 +87,7 @@ static bool make_operand(kiln_ctx *ctx, const vspec *s, int gen, bool requires_g
     }
     for (int64_t i = 0; i < n; i++) o->based[i] = o->base[i];
     o->leaf = kiln_from_host(ctx, o->base, KILN_F32, s->ndim, s->shape);
-    if (requires_grad) kiln_set_requires_grad(o->leaf, true);
+    if (requires_grad) kiln_tensor_set_requires_grad(o->leaf, true);
     o->t = o->leaf;
     o->hv = h_contig(s->ndim, s->shape);
     o->t = h_view_build(ctx, o->t, &o->hv, 2, s->tf);
@@ -699,11 +699,11 @@ static void check_backward(kiln_ctx *ctx, const char *what, operand *o, const lv
     double *gd = malloc(sizeof(double) * (size_t)(no > 0 ? no : 1));
     h_fill(gf, no, -1, 1);
     for (int64_t i = 0; i < no; i++) gd[i] = gf[i];
-    kiln_clear_grad(o->leaf);
+    kiln_tensor_clear_grad(o->leaf);
     kiln_tensor *seed = kiln_from_host(ctx, gf, KILN_F32, kiln_tensor_ndim(y), kiln_tensor_shape(y));
     kiln_status s = kiln_backward_ex(y, seed, true);
     CHECK(s == KILN_OK, "%s: backward: %s", label, kiln_error_message(ctx));
-    kiln_tensor *g = s == KILN_OK ? kiln_grad(o->leaf) : NULL;
+    kiln_tensor *g = s == KILN_OK ? kiln_tensor_grad(o->leaf) : NULL;
     CHECK(s != KILN_OK || g != NULL, "%s: no gradient", label);
     if (g && kiln_tensor_numel(g) == o->nbase) {
         eb vb, bb;
@@ -721,7 +721,7 @@ static void check_backward(kiln_ctx *ctx, const char *what, operand *o, const lv
         free(got);
         eb_free(&vb), eb_free(&bb);
     } else if (g) CHECK(0, "%s: gradient has %lld elements", label, (long long)kiln_tensor_numel(g));
-    kiln_clear_grad(o->leaf);
+    kiln_tensor_clear_grad(o->leaf);
     free(gf), free(gd);
 }
 
@@ -1074,11 +1074,11 @@ static void test_indices_lifetime_and_determinism(kiln_ctx *ctx) {
     if (make_operand(ctx, &s, G_UNIFORM, true, &o)) {
         float *g[2] = {NULL, NULL};
         for (int r = 0; r < 2; r++) {
-            kiln_clear_grad(o.leaf);
+            kiln_tensor_clear_grad(o.leaf);
             kiln_tensor *y = kiln_upsample(ctx, o.t, 23, 17, BI, false);
             kiln_tensor *seed = kiln_ones(ctx, 4, (int64_t[]){2, 3, 23, 17});
             CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "backward: %s", kiln_error_message(ctx));
-            g[r] = kiln_grad(o.leaf) ? h_read(kiln_grad(o.leaf)) : NULL;
+            g[r] = kiln_tensor_grad(o.leaf) ? h_read(kiln_tensor_grad(o.leaf)) : NULL;
         }
         CHECK(g[0] && g[1] && memcmp(g[0], g[1], sizeof(float) * (size_t)o.nbase) == 0,
               "bilinear backward is not bit-reproducible");
@@ -1100,13 +1100,13 @@ static void test_cnn_shape(kiln_ctx *ctx) {
     h_fill(x, n, -2, 2);
     h_fill(gy, no, -1, 1);
     kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 4, shape);
-    kiln_set_requires_grad(xt, true);
+    kiln_tensor_set_requires_grad(xt, true);
     kiln_tensor *seed = kiln_from_host(ctx, gy, KILN_F32, 4, oshape);
     kiln_pool2d_params p = {.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}};
     kiln_tensor *y = kiln_max_pool2d(ctx, xt, &p, NULL);
     float *got = y ? h_read(y) : NULL;
     CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "cnn pool backward: %s", kiln_error_message(ctx));
-    float *g = kiln_grad(xt) ? h_read(kiln_grad(xt)) : NULL;
+    float *g = kiln_tensor_grad(xt) ? h_read(kiln_tensor_grad(xt)) : NULL;
     /* reference: values exact, each input's gradient is gy at its window's argmax, else 0 */
     double *ry = malloc(sizeof(double) * (size_t)no), *rg = calloc((size_t)n, sizeof(double));
     for (int64_t pl = 0; pl < 64 * 64; pl++)
@@ -1191,10 +1191,10 @@ static void golden_case(kiln_ctx *ctx, const golden *gf, int kind, const char *p
         nhwc = to_nhwc(x->f, x->shape);
         int64_t s[4] = {x->shape[0], x->shape[2], x->shape[3], x->shape[1]};
         leaf = kiln_from_host(ctx, nhwc, KILN_F32, 4, s);
-        if (backward) kiln_set_requires_grad(leaf, true);
+        if (backward) kiln_tensor_set_requires_grad(leaf, true);
         xt = kiln_permute(ctx, leaf, (const int[]){0, 3, 1, 2});
     }
-    if (backward && layout == 0) kiln_set_requires_grad(leaf, true);
+    if (backward && layout == 0) kiln_tensor_set_requires_grad(leaf, true);
     kiln_tensor *out = NULL, *ind = NULL;
     int ek = K_MAX;
     rp r = {0};
@@ -1256,7 +1256,7 @@ static void golden_case(kiln_ctx *ctx, const golden *gf, int kind, const char *p
         kiln_tensor *seed = golden_upload(ctx, gy);
         kiln_status s = kiln_backward_ex(out, seed, false);
         CHECK(s == KILN_OK, "%s backward: %s", what, kiln_error_message(ctx));
-        kiln_tensor *g = kiln_grad(leaf);
+        kiln_tensor *g = kiln_tensor_grad(leaf);
         float *gg = g ? read_shaped(w2, g, kiln_tensor_ndim(leaf), kiln_tensor_shape(leaf)) : NULL;
         if (gg && layout == 1) {
             float *t = to_nchw(gg, x->shape);
@@ -1313,7 +1313,7 @@ static void expect_error(kiln_ctx *ctx, kiln_tensor *r, kiln_status want, const 
 
 static void test_errors(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_tensor *x = kiln_ones(ctx, 4, (int64_t[]){1, 1, 5, 5});
     kiln_pool2d_params p3 = {.kernel = {3, 3}, .stride = {3, 3}, .dilation = {1, 1}};
     kiln_tensor *ind = (kiln_tensor *)&ind; /* must be reset to NULL on failure */
@@ -1418,13 +1418,13 @@ static void test_errors(kiln_ctx *ctx) {
 
     kiln_tensor_free(x), kiln_tensor_free(xi), kiln_tensor_free(x2), kiln_tensor_free(x3), kiln_tensor_free(x5);
     kiln_tensor_free(xc0);
-    CHECK(kiln_tensor_count(ctx) == before, "tensors leaked by the error paths: %lld before, %lld after",
-          (long long)before, (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "tensors leaked by the error paths: %lld before, %lld after",
+          (long long)before, (long long)kiln_ctx_num_tensors(ctx));
 
     /* a whole training-like step in a scope leaves nothing behind */
-    before = kiln_tensor_count(ctx);
+    before = kiln_ctx_num_tensors(ctx);
     kiln_tensor *w = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 3, 9, 8});
-    kiln_set_requires_grad(w, true);
+    kiln_tensor_set_requires_grad(w, true);
     kiln_scope_begin(ctx);
     kiln_pool2d_params pm = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .dilation = {1, 1}};
     kiln_tensor *i2 = NULL;
@@ -1435,21 +1435,21 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *gsum = kiln_sum(ctx, kiln_global_avg_pool2d(ctx, d), 0, NULL, false);
     CHECK(gsum && kiln_backward(gsum) == KILN_OK, "chain backward: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
-    CHECK(kiln_grad(w) != NULL, "chain: no gradient");
+    CHECK(kiln_tensor_grad(w) != NULL, "chain: no gradient");
     kiln_tensor_free(w);
-    CHECK(kiln_tensor_count(ctx) == before, "tensors leaked by a pooling step: %lld before, %lld after",
-          (long long)before, (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "tensors leaked by a pooling step: %lld before, %lld after",
+          (long long)before, (long long)kiln_ctx_num_tensors(ctx));
     /* no grad mode: no node, no indices kept */
-    before = kiln_tensor_count(ctx);
+    before = kiln_ctx_num_tensors(ctx);
     kiln_tensor *v = kiln_ones(ctx, 4, (int64_t[]){1, 2, 4, 4});
-    kiln_set_requires_grad(v, true);
-    bool prev = kiln_set_grad_enabled(ctx, false);
+    kiln_tensor_set_requires_grad(v, true);
+    bool prev = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_tensor *nv = kiln_max_pool2d(ctx, v, &p2, NULL);
-    CHECK(nv && !kiln_requires_grad(nv), "no_grad output requires grad");
-    kiln_set_grad_enabled(ctx, prev);
+    CHECK(nv && !kiln_tensor_requires_grad(nv), "no_grad output requires grad");
+    kiln_ctx_set_grad_enabled(ctx, prev);
     kiln_tensor_free(nv);
     kiln_tensor_free(v);
-    CHECK(kiln_tensor_count(ctx) == before, "no_grad leak");
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "no_grad leak");
     kiln_error_clear(ctx);
 }
 

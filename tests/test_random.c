@@ -177,7 +177,7 @@ static void test_reproducible(kiln_ctx *ctx) {
     kiln_manual_seed(ctx, 1234);
     kiln_tensor *e = kiln_rand_uniform(ctx, 0, 1, 2, (int64_t[]){0, 3});
     CHECK(e && kiln_tensor_numel(e) == 0 && ctx->rng_counter == 0, "an empty tensor draws nothing");
-    float s = kiln_item(kiln_rand_uniform(ctx, 0, 1, 0, NULL));
+    float s = kiln_tensor_item(kiln_rand_uniform(ctx, 0, 1, 0, NULL));
     CHECK(s == whole[0] && ctx->rng_counter == 1, "a 0-d tensor draws one number (%g vs %g)", s, whole[0]);
 
     /* the work-group size changes nothing */
@@ -289,7 +289,7 @@ static void expect_fail(kiln_ctx *ctx, const char *what, kiln_tensor *t, kiln_st
 
 static void test_errors(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
-    int64_t live = kiln_tensor_count(ctx);
+    int64_t live = kiln_ctx_num_tensors(ctx);
     kiln_manual_seed(ctx, 5);
     int64_t n = 3;
     expect_fail(ctx, "negative dim", kiln_rand_uniform(ctx, 0, 1, 2, (int64_t[]){4, -1}), KILN_ERR_INVALID_ARGUMENT,
@@ -309,7 +309,7 @@ static void test_errors(kiln_ctx *ctx) {
     expect_fail(ctx, "NaN mean", kiln_rand_normal(ctx, NAN, 1, 1, &n), KILN_ERR_INVALID_ARGUMENT, "kiln_rand_normal");
     expect_fail(ctx, "infinite std", kiln_rand_normal(ctx, 0, INFINITY, 1, &n), KILN_ERR_INVALID_ARGUMENT,
                 "kiln_rand_normal");
-    CHECK(kiln_tensor_count(ctx) == live, "failed calls left %lld tensors", (long long)(kiln_tensor_count(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "failed calls left %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - live));
     CHECK(ctx->rng_counter == 0, "failed calls advanced the counter to %llu", (unsigned long long)ctx->rng_counter);
     /* NULL ctx: NULL, no crash */
     CHECK(kiln_rand_uniform(NULL, 0, 1, 1, &n) == NULL && kiln_rand_normal(NULL, 0, 1, 1, &n) == NULL, "NULL ctx");

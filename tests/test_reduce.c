@@ -365,7 +365,7 @@ static void test_long(kiln_ctx *ctx) {
     /* determinism: the same sum twice is bit-identical */
     for (op_t op = OP_SUM; op <= OP_MEAN; op++) {
         kiln_tensor *a = call(ctx, op, t, 0, NULL, false), *b = call(ctx, op, t, 0, NULL, false);
-        float fa = kiln_item(a), fb = kiln_item(b);
+        float fa = kiln_tensor_item(a), fb = kiln_tensor_item(b);
         CHECK(memcmp(&fa, &fb, sizeof fa) == 0, "%s of 1000003 elements twice: %.9g then %.9g", op_name[op], fa, fb);
     }
 
@@ -428,21 +428,21 @@ static void test_long(kiln_ctx *ctx) {
     h_fill(z, 100000, -1, 1);
     z[99999] = 5, z[50001] = 5, z[50000] = 5, z[70000] = 5;
     kiln_tensor *tz = kiln_from_host(ctx, z, KILN_F32, 1, (int64_t[]){100000});
-    CHECK(kiln_item(kiln_argmax(ctx, tz, 0, false)) == 50000.0f, "argmax of ties at 50000, 50001, 70000, 99999");
-    CHECK(kiln_item(kiln_max(ctx, tz, 0, NULL, false)) == 5.0f, "max with ties");
+    CHECK(kiln_tensor_item(kiln_argmax(ctx, tz, 0, false)) == 50000.0f, "argmax of ties at 50000, 50001, 70000, 99999");
+    CHECK(kiln_tensor_item(kiln_max(ctx, tz, 0, NULL, false)) == 5.0f, "max with ties");
     z[70001] = NAN, z[90000] = NAN;
     kiln_tensor *tn = kiln_from_host(ctx, z, KILN_F32, 2, (int64_t[]){1, 100000});
-    CHECK(kiln_item(kiln_argmax(ctx, tn, KILN_ALL_AXES, false)) == 70001.0f, "argmax: the first NaN wins");
-    CHECK(isnan(kiln_item(kiln_max(ctx, tn, 0, NULL, false))), "max propagates NaN");
-    CHECK(isnan(kiln_item(kiln_min(ctx, tn, 0, NULL, false))), "min propagates NaN");
-    CHECK(isnan(kiln_item(kiln_sum(ctx, tn, 0, NULL, false))), "sum propagates NaN");
-    CHECK(isnan(kiln_item(kiln_mean(ctx, tn, 0, NULL, false))), "mean propagates NaN");
+    CHECK(kiln_tensor_item(kiln_argmax(ctx, tn, KILN_ALL_AXES, false)) == 70001.0f, "argmax: the first NaN wins");
+    CHECK(isnan(kiln_tensor_item(kiln_max(ctx, tn, 0, NULL, false))), "max propagates NaN");
+    CHECK(isnan(kiln_tensor_item(kiln_min(ctx, tn, 0, NULL, false))), "min propagates NaN");
+    CHECK(isnan(kiln_tensor_item(kiln_sum(ctx, tn, 0, NULL, false))), "sum propagates NaN");
+    CHECK(isnan(kiln_tensor_item(kiln_mean(ctx, tn, 0, NULL, false))), "mean propagates NaN");
     float *mi = malloc(sizeof(float) * 100000);
     for (int i = 0; i < 100000; i++)
         mi[i] = -INFINITY;
     kiln_tensor *tm = kiln_from_host(ctx, mi, KILN_F32, 1, (int64_t[]){100000});
-    CHECK(kiln_item(kiln_argmax(ctx, tm, 0, false)) == 0.0f, "argmax of all -Inf is 0");
-    CHECK(kiln_item(kiln_max(ctx, tm, 0, NULL, false)) == -INFINITY, "max of all -Inf");
+    CHECK(kiln_tensor_item(kiln_argmax(ctx, tm, 0, false)) == 0.0f, "argmax of all -Inf is 0");
+    CHECK(kiln_tensor_item(kiln_max(ctx, tm, 0, NULL, false)) == -INFINITY, "max of all -Inf");
 
     check_guards(ctx, "test_long");
     kiln_scope_end(ctx);
@@ -459,19 +459,19 @@ static void test_special(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
     float a[5] = {1, NAN, 3, NAN, -INFINITY};
     kiln_tensor *ta = kiln_from_host(ctx, a, KILN_F32, 1, (int64_t[]){5});
-    CHECK(isnan(kiln_item(kiln_sum(ctx, ta, 0, NULL, false))), "sum with NaN");
-    CHECK(isnan(kiln_item(kiln_max(ctx, ta, 0, NULL, false))), "max with NaN");
-    CHECK(isnan(kiln_item(kiln_min(ctx, ta, 0, NULL, false))), "min with NaN");
-    CHECK(kiln_item(kiln_argmax(ctx, ta, 0, false)) == 1.0f, "argmax picks the first NaN");
+    CHECK(isnan(kiln_tensor_item(kiln_sum(ctx, ta, 0, NULL, false))), "sum with NaN");
+    CHECK(isnan(kiln_tensor_item(kiln_max(ctx, ta, 0, NULL, false))), "max with NaN");
+    CHECK(isnan(kiln_tensor_item(kiln_min(ctx, ta, 0, NULL, false))), "min with NaN");
+    CHECK(kiln_tensor_item(kiln_argmax(ctx, ta, 0, false)) == 1.0f, "argmax picks the first NaN");
     float b[3] = {INFINITY, 1, -INFINITY};
     kiln_tensor *tb = kiln_from_host(ctx, b, KILN_F32, 1, (int64_t[]){3});
-    CHECK(isnan(kiln_item(kiln_sum(ctx, tb, 0, NULL, false))), "Inf + -Inf is NaN");
-    CHECK(kiln_item(kiln_max(ctx, tb, 0, NULL, false)) == INFINITY, "max with Inf");
-    CHECK(kiln_item(kiln_min(ctx, tb, 0, NULL, false)) == -INFINITY, "min with -Inf");
-    CHECK(kiln_item(kiln_argmax(ctx, tb, 0, false)) == 0.0f, "argmax of Inf");
+    CHECK(isnan(kiln_tensor_item(kiln_sum(ctx, tb, 0, NULL, false))), "Inf + -Inf is NaN");
+    CHECK(kiln_tensor_item(kiln_max(ctx, tb, 0, NULL, false)) == INFINITY, "max with Inf");
+    CHECK(kiln_tensor_item(kiln_min(ctx, tb, 0, NULL, false)) == -INFINITY, "min with -Inf");
+    CHECK(kiln_tensor_item(kiln_argmax(ctx, tb, 0, false)) == 0.0f, "argmax of Inf");
     float c[5] = {1, 3, 3, 2, 3};
     kiln_tensor *tc = kiln_from_host(ctx, c, KILN_F32, 1, (int64_t[]){5});
-    CHECK(kiln_item(kiln_argmax(ctx, tc, -1, false)) == 1.0f, "ties pick the first index");
+    CHECK(kiln_tensor_item(kiln_argmax(ctx, tc, -1, false)) == 1.0f, "ties pick the first index");
     /* argmax of a [2, 3] with keepdim: shape [2, 1], indices along the axis */
     float d[6] = {0, 9, 9, 4, 4, -1};
     kiln_tensor *td = kiln_from_host(ctx, d, KILN_F32, 2, (int64_t[]){2, 3});
@@ -481,9 +481,9 @@ static void test_special(kiln_ctx *ctx) {
               kiln_to_host(r, got, sizeof got) == KILN_OK && got[0] == 1 && got[1] == 0,
           "argmax(axis 1, keepdim) of [[0,9,9],[4,4,-1]] gives [%d, %d], want [1, 0]", got[0], got[1]);
     kiln_tensor *rf = kiln_argmax(ctx, td, KILN_ALL_AXES, false);
-    CHECK(rf && kiln_tensor_ndim(rf) == 0 && kiln_item(rf) == 1.0f, "argmax over all of it is the flat index 1");
+    CHECK(rf && kiln_tensor_ndim(rf) == 0 && kiln_tensor_item(rf) == 1.0f, "argmax over all of it is the flat index 1");
     kiln_tensor *rk = kiln_argmax(ctx, td, KILN_ALL_AXES, true);
-    CHECK(rk && kiln_tensor_ndim(rk) == 2 && kiln_tensor_numel(rk) == 1 && kiln_item(rk) == 1.0f,
+    CHECK(rk && kiln_tensor_ndim(rk) == 2 && kiln_tensor_numel(rk) == 1 && kiln_tensor_item(rk) == 1.0f,
           "argmax over all with keepdim has shape [1, 1]");
     check_guards(ctx, "test_special");
     kiln_scope_end(ctx);
@@ -504,7 +504,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *t0 = kiln_from_host(ctx, base, KILN_F32, 0, NULL);
     kiln_tensor *e = kiln_from_host(ctx, base, KILN_F32, 2, (int64_t[]){0, 3});
     kiln_tensor *ti = kiln_from_host(ctx, iv, KILN_I32, 1, (int64_t[]){6});
-    int64_t live = kiln_tensor_count(ctx);
+    int64_t live = kiln_ctx_num_tensors(ctx);
 
     /* axes: out of range, duplicated (also as a negative), NULL, negative count */
     CHECK(kiln_sum(ctx, t, 1, (int[]){3}, false) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT &&
@@ -552,7 +552,7 @@ static void test_errors(kiln_ctx *ctx) {
 
     /* a view describing more elements than kernels can index is refused where it is made */
     kiln_tensor *huge = kiln_expand(ctx, kiln_reshape(ctx, t0, 2, (int64_t[]){1, 1}), 2, (int64_t[]){65536, 65536});
-    live = kiln_tensor_count(ctx);
+    live = kiln_ctx_num_tensors(ctx);
     CHECK(!huge && kiln_sum(ctx, huge, 0, NULL, false) == NULL && kiln_error_status(ctx) == KILN_ERR_UNSUPPORTED &&
               msg_has(ctx, "kiln_expand", "[65536, 65536]", NULL),
           "expand to 2^32 elements: %s", kiln_error_message(ctx));
@@ -567,8 +567,8 @@ static void test_errors(kiln_ctx *ctx) {
               msg_has(ctx, "kiln_argmax", "i32", NULL),
           "argmax of i32: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == live, "failed calls leaked %lld tensors",
-          (long long)(kiln_tensor_count(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "failed calls leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - live));
 
     /* NULL input: an error of its own, or the earlier error kept when a chain failed */
     CHECK(kiln_sum(NULL, t, 0, NULL, false) == NULL, "NULL context");
@@ -666,7 +666,7 @@ static void test_golden(kiln_ctx *ctx) {
         snprintf(name, sizeof name, "%s.x", c);
         kiln_tensor *x = golden_upload(ctx, golden_get(&g, name));
         if (gold_red_cases[k].nc) x = kiln_transpose(ctx, x, 0, 2);
-        if (op != OP_ARGMAX) kiln_set_requires_grad(x, true);
+        if (op != OP_ARGMAX) kiln_tensor_set_requires_grad(x, true);
         kiln_tensor *out = op == OP_SUM    ? kiln_sum(ctx, x, na, ax, kd)
                            : op == OP_MEAN ? kiln_mean(ctx, x, na, ax, kd)
                            : op == OP_MAX  ? kiln_max(ctx, x, na, ax, kd)
@@ -696,7 +696,7 @@ static void test_golden(kiln_ctx *ctx) {
             snprintf(name, sizeof name, "%s.dx", c);
             snprintf(what, sizeof what, "%sgolden %s dx", layout_name, c);
             double nr = op == OP_SUM ? 0 : op == OP_MEAN ? 3 : 6;
-            golden_compare_scaled(what, kiln_grad(x), golden_get(&g, name), NULL, 0, 0, nr);
+            golden_compare_scaled(what, kiln_tensor_grad(x), golden_get(&g, name), NULL, 0, 0, nr);
         }
         kiln_scope_end(ctx);
         CHECK_OK(ctx);

@@ -209,7 +209,7 @@ static void run(kiln_ctx *ctx) {
         CHECK(ok, "op %s (%s, %s): %s", kiln__op_name((kiln__op)k), kiln__op_get((kiln__op)k)->fn,
               kiln__op_get((kiln__op)k)->grad ? "differentiable" : "not differentiable", why);
     }
-    CHECK(kiln_tensor_count(ctx) == 0, "%lld tensors left after the smoke runs", (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == 0, "%lld tensors left after the smoke runs", (long long)kiln_ctx_num_tensors(ctx));
     CHECK_OK(ctx);
 }
 

@@ -610,7 +610,7 @@ static void grad_operands(kiln_ctx *ctx, int n, const vspec *specs, operand *o, 
         ts[k] = o[k].t;
         hin[k] = o[k].val;
         wanted[k] = want ? want[k] : true;
-        if (wanted[k]) kiln_set_requires_grad(o[k].t, true);
+        if (wanted[k]) kiln_tensor_set_requires_grad(o[k].t, true);
     }
 }
 
@@ -630,13 +630,13 @@ static void grad_cat(kiln_ctx *ctx, const char *what, int n, const vspec *specs,
         for (int d = 0, s = 0; d < u.ndim; d++) u.shape[k][d] = (stack && d == u.dim) ? 1 : o[k].hv.shape[s++];
     /* one node over all the inputs: the op adds its output and no other tensor (no group
      * views held by the graph) */
-    int64_t live = kiln_tensor_count(ctx);
+    int64_t live = kiln_ctx_num_tensors(ctx);
     kiln_tensor *y = stack ? kiln_stack(ctx, n, ts, dim) : kiln_concat(ctx, n, ts, dim);
-    CHECK(kiln_tensor_count(ctx) == live + 1, "%s: %lld tensors made, only the output expected", what,
-          (long long)(kiln_tensor_count(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live + 1, "%s: %lld tensors made, only the output expected", what,
+          (long long)(kiln_ctx_num_tensors(ctx) - live));
     gc_check(ctx, what, ref_cat, &u, n, ts, hin, wanted, y, 1e-6, 0);
     for (int k = 0; k < n; k++) {
-        if (!wanted[k]) CHECK(kiln_grad(ts[k]) == NULL, "%s: input %d does not require grad but got one", what, k);
+        if (!wanted[k]) CHECK(kiln_tensor_grad(ts[k]) == NULL, "%s: input %d does not require grad but got one", what, k);
         free_operand(&o[k]);
     }
     kiln_scope_end(ctx);
@@ -669,12 +669,12 @@ static void test_grad_cat(kiln_ctx *ctx) {
     float h[6] = {1, 2, 3, 4, 5, 6}, s[12];
     for (int k = 0; k < 12; k++) s[k] = (float)(k + 1) * 0.5f;
     kiln_tensor *a = kiln_from_host(ctx, h, KILN_F32, 2, (int64_t[]){2, 3});
-    kiln_set_requires_grad(a, true);
+    kiln_tensor_set_requires_grad(a, true);
     kiln_tensor *y = kiln_concat(ctx, 2, (kiln_tensor *[]){a, a}, 0);
     kiln_tensor *seed = kiln_from_host(ctx, s, KILN_F32, 2, (int64_t[]){4, 3});
     CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "concat(a, a) backward: %s", kiln_error_message(ctx));
     float g[6] = {0};
-    CHECK(kiln_grad(a) && kiln_to_host(kiln_grad(a), g, sizeof g) == KILN_OK, "concat(a, a) grad");
+    CHECK(kiln_tensor_grad(a) && kiln_to_host(kiln_tensor_grad(a), g, sizeof g) == KILN_OK, "concat(a, a) grad");
     for (int k = 0; k < 6; k++) CHECK(g[k] == s[k] + s[k + 6], "concat(a, a) grad[%d] = %g, want %g", k, g[k], s[k] + s[k + 6]);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
@@ -799,12 +799,12 @@ static void test_grad_deterministic(kiln_ctx *ctx) {
     float *g[2] = {NULL, NULL};
     for (int run = 0; run < 2; run++) {
         kiln_tensor *tx = kiln_from_host(ctx, x, KILN_F32, 2, xs);
-        kiln_set_requires_grad(tx, true);
+        kiln_tensor_set_requires_grad(tx, true);
         kiln_tensor *ti = kiln_from_host(ctx, idx, KILN_I32, 1, &L);
         kiln_tensor *y = kiln_index_select(ctx, tx, 0, ti);
         kiln_tensor *s = kiln_from_host(ctx, seed, KILN_F32, 2, (int64_t[]){L, 33});
         CHECK(kiln_backward_ex(y, s, false) == KILN_OK, "backward: %s", kiln_error_message(ctx));
-        g[run] = kiln_grad(tx) ? h_read(kiln_grad(tx)) : NULL;
+        g[run] = kiln_tensor_grad(tx) ? h_read(kiln_tensor_grad(tx)) : NULL;
     }
     CHECK(g[0] && g[1] && memcmp(g[0], g[1], sizeof(float) * (size_t)n) == 0,
           "index_select backward differs between two runs");
@@ -819,12 +819,12 @@ static void test_grad_deterministic(kiln_ctx *ctx) {
 
 /* Graphs through the ops release everything with their scope. */
 static void test_grad_lifetime(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_scope_begin(ctx);
     kiln_tensor *ts[9];
     for (int k = 0; k < 9; k++) {
         ts[k] = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){2, 3});
-        kiln_set_requires_grad(ts[k], true);
+        kiln_tensor_set_requires_grad(ts[k], true);
     }
     kiln_tensor *c = kiln_concat(ctx, 9, ts, 0);
     kiln_tensor *s = kiln_stack(ctx, 9, ts, 1);
@@ -840,9 +840,9 @@ static void test_grad_lifetime(kiln_ctx *ctx) {
      * columns 0 and 1. s = stack at dim 1, flattened: row 0 is ts[0][0], ts[1][0], ...;
      * gather takes its columns 3, 0, 4: ts[1][0][0], ts[0][0][0], ts[1][0][1]. */
     float g0[6] = {0}, g1[6] = {0}, g2[6] = {0};
-    CHECK(kiln_grad(ts[0]) && kiln_to_host(kiln_grad(ts[0]), g0, sizeof g0) == KILN_OK, "grad ts[0]");
-    CHECK(kiln_grad(ts[1]) && kiln_to_host(kiln_grad(ts[1]), g1, sizeof g1) == KILN_OK, "grad ts[1]");
-    CHECK(kiln_grad(ts[2]) && kiln_to_host(kiln_grad(ts[2]), g2, sizeof g2) == KILN_OK, "grad ts[2]");
+    CHECK(kiln_tensor_grad(ts[0]) && kiln_to_host(kiln_tensor_grad(ts[0]), g0, sizeof g0) == KILN_OK, "grad ts[0]");
+    CHECK(kiln_tensor_grad(ts[1]) && kiln_to_host(kiln_tensor_grad(ts[1]), g1, sizeof g1) == KILN_OK, "grad ts[1]");
+    CHECK(kiln_tensor_grad(ts[2]) && kiln_to_host(kiln_tensor_grad(ts[2]), g2, sizeof g2) == KILN_OK, "grad ts[2]");
     const float w0[6] = {2, 1, 0, 2, 2, 0}, w1[6] = {1, 1, 0, 0, 0, 0}, w2[6] = {0};
     CHECK(memcmp(g0, w0, sizeof w0) == 0, "grad ts[0] = [%g %g %g; %g %g %g]", g0[0], g0[1], g0[2], g0[3], g0[4], g0[5]);
     CHECK(memcmp(g1, w1, sizeof w1) == 0, "grad ts[1] = [%g %g %g; %g %g %g]", g1[0], g1[1], g1[2], g1[3], g1[4], g1[5]);
@@ -850,11 +850,11 @@ static void test_grad_lifetime(kiln_ctx *ctx) {
     for (int k = 0; k < 9; k++) kiln_tensor_free(ts[k]);
     /* a graph that is never run back is released with its scope too */
     kiln_tensor *a = kiln_rand_uniform(ctx, -1, 1, 1, (int64_t[]){4});
-    kiln_set_requires_grad(a, true);
+    kiln_tensor_set_requires_grad(a, true);
     kiln_tensor *many[6] = {a, a, a, a, a, a};
     CHECK(kiln_stack(ctx, 6, many, 0) != NULL, "stack of 6: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before, "%lld tensors left after the scope", (long long)(kiln_tensor_count(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "%lld tensors left after the scope", (long long)(kiln_ctx_num_tensors(ctx) - before));
     CHECK_OK(ctx);
 }
 
@@ -862,7 +862,7 @@ static void test_grad_lifetime(kiln_ctx *ctx) {
 
 static kiln_tensor *gup(kiln_ctx *ctx, const golden *g, const char *name, bool grad) {
     kiln_tensor *t = golden_upload(ctx, golden_get(g, name));
-    if (t && grad) kiln_set_requires_grad(t, true);
+    if (t && grad) kiln_tensor_set_requires_grad(t, true);
     return t;
 }
 
@@ -880,7 +880,7 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const char *c, kiln_tens
     for (int k = 0; k < n; k++) {
         snprintf(name, sizeof name, "%s.d%s", c, names[k]);
         snprintf(what, sizeof what, "golden %s d%s", c, names[k]);
-        golden_compare(what, kiln_grad(xs[k]), golden_get(g, name), gatol, grtol);
+        golden_compare(what, kiln_tensor_grad(xs[k]), golden_get(g, name), gatol, grtol);
     }
 }
 
@@ -893,8 +893,8 @@ static void test_golden(kiln_ctx *ctx) {
         kiln_tensor *a = gup(ctx, &g, "cat.a", true);
         kiln_tensor *b = kiln_transpose(ctx, gup(ctx, &g, "cat.b_base", false), 0, 2);
         kiln_tensor *c = kiln_slice(ctx, gup(ctx, &g, "cat.c_base", false), 1, 1, 2, 1);
-        kiln_set_requires_grad(b, true);
-        kiln_set_requires_grad(c, true);
+        kiln_tensor_set_requires_grad(b, true);
+        kiln_tensor_set_requires_grad(c, true);
         kiln_tensor *xs[3] = {a, b, c};
         golden_case(ctx, &g, "cat", kiln_concat(ctx, 3, xs, 1), 3, xs, (const char *[]){"a", "b", "c"}, 0, 0);
     }
@@ -956,12 +956,12 @@ static void test_golden(kiln_ctx *ctx) {
 #define EXPECT_FAIL(call, status, ...)                                                                   \
     do {                                                                                                 \
         kiln_error_clear(ctx);                                                                           \
-        int64_t live_ = kiln_tensor_count(ctx);                                                          \
+        int64_t live_ = kiln_ctx_num_tensors(ctx);                                                          \
         kiln_tensor *r_ = (call);                                                                        \
         CHECK(r_ == NULL && kiln_error_status(ctx) == (status), "%s must fail with %s, got %s (%s)", #call, \
               kiln_status_name(status), kiln_status_name(kiln_error_status(ctx)), kiln_error_message(ctx)); \
-        CHECK(kiln_tensor_count(ctx) == live_, "%s left %lld tensors", #call,                            \
-              (long long)(kiln_tensor_count(ctx) - live_));                                              \
+        CHECK(kiln_ctx_num_tensors(ctx) == live_, "%s left %lld tensors", #call,                            \
+              (long long)(kiln_ctx_num_tensors(ctx) - live_));                                              \
         const char *need_[] = {__VA_ARGS__};                                                             \
         for (size_t k_ = 0; k_ < sizeof need_ / sizeof need_[0]; k_++)                                  \
             CHECK(strstr(kiln_error_message(ctx), need_[k_]) != NULL, "%s: message lacks \"%s\": %s", #call, \
@@ -981,7 +981,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *tn = kiln_from_host(ctx, nv, KILN_I32, 1, (int64_t[]){2});
     kiln_tensor *ti2 = kiln_from_host(ctx, iv, KILN_I32, 2, (int64_t[]){1, 3});
     kiln_tensor *h16 = kiln_empty(ctx, KILN_F16, 2, (int64_t[]){2, 3});
-    kiln_set_requires_grad(a, true);
+    kiln_tensor_set_requires_grad(a, true);
 
     /* concat / stack */
     EXPECT_FAIL(kiln_concat(ctx, 2, (kiln_tensor *[]){a, b}, 0), KILN_ERR_SHAPE, "kiln_concat", "input 1", "[4, 5]",
@@ -1062,7 +1062,7 @@ static void test_errors(kiln_ctx *ctx) {
           "NULL context");
 
     /* an exhausted pool: the output allocation fails cleanly */
-    int64_t live = kiln_tensor_count(ctx);
+    int64_t live = kiln_ctx_num_tensors(ctx);
     kiln__pool_fail_after(ctx, 1);
     CHECK(kiln_concat(ctx, 2, (kiln_tensor *[]){a, a}, 0) == NULL && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY,
           "OOM concat: %s", kiln_status_name(kiln_error_status(ctx)));
@@ -1072,12 +1072,12 @@ static void test_errors(kiln_ctx *ctx) {
           "OOM pad");
     kiln_error_clear(ctx);
     kiln_tensor *valid = kiln_from_host(ctx, nv, KILN_I32, 1, (int64_t[]){1});
-    live = kiln_tensor_count(ctx);
+    live = kiln_ctx_num_tensors(ctx);
     kiln__pool_fail_after(ctx, 1);
     CHECK(kiln_index_select(ctx, a, 1, valid) == NULL && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY,
           "OOM index_select");
     kiln__pool_fail_after(ctx, 0);
-    CHECK(kiln_tensor_count(ctx) == live, "OOM left tensors behind");
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "OOM left tensors behind");
     kiln_error_clear(ctx);
 
     /* usable after the errors */

@@ -44,7 +44,7 @@ static kiln_tensor *mk(float lo, float hi, bool grad, int ndim, const int64_t *s
     h_fill(h, n, lo, hi);
     kiln_tensor *t = kiln_from_host(C, h, KILN_F32, ndim, shape);
     free(h);
-    if (grad && t) kiln_set_requires_grad(t, true);
+    if (grad && t) kiln_tensor_set_requires_grad(t, true);
     return t;
 }
 #define MK(lo, hi, grad, ...) \
@@ -81,8 +81,8 @@ static void back(const char *what, kiln_tensor *out, int nleaves, kiln_tensor *c
     for (int i = 0; i < nleaves; i++) {
         char w2[160];
         snprintf(w2, sizeof w2, "%s: gradient of input %d", what, i);
-        finite(w2, kiln_grad(leaves[i]));
-        kiln_clear_grad(leaves[i]);
+        finite(w2, kiln_tensor_grad(leaves[i]));
+        kiln_tensor_clear_grad(leaves[i]);
     }
     kiln_error_clear(C);
 }
@@ -109,7 +109,7 @@ static leaf mkl(float lo, float hi, bool grad, int ndim, const int64_t *shape) {
     l.h = malloc(sizeof(float) * (size_t)(l.n ? l.n : 1));
     h_fill(l.h, l.n, lo, hi);
     l.t = kiln_from_host(C, l.h, KILN_F32, ndim, shape);
-    if (grad && l.t) kiln_set_requires_grad(l.t, true);
+    if (grad && l.t) kiln_tensor_set_requires_grad(l.t, true);
     return l;
 }
 #define ML(lo, hi, grad, ...) \
@@ -154,8 +154,8 @@ static bool seeded_backward(const char *what, kiln_tensor *out, const float *w) 
 static void near_grad(const char *what, leaf *l, const double *ref) {
     char w[160];
     snprintf(w, sizeof w, "%s: gradient", what);
-    near(w, kiln_grad(l->t), ref, l->n);
-    kiln_clear_grad(l->t);
+    near(w, kiln_tensor_grad(l->t), ref, l->n);
+    kiln_tensor_clear_grad(l->t);
 }
 
 /* Ops whose outputs are copies of input elements or a fill value (concat, pad, pooling's
@@ -1102,13 +1102,13 @@ static void run(kiln_ctx *ctx) {
     memset(reached, 0, sizeof reached);
     for (size_t k = 0; k < sizeof sweeps / sizeof sweeps[0]; k++) {
         if (only && *only && strcmp(only, sweeps[k].name) != 0) continue;
-        int64_t before = kiln_tensor_count(ctx);
+        int64_t before = kiln_ctx_num_tensors(ctx);
         kiln_scope_begin(ctx);
         sweeps[k].fn();
         kiln_scope_end(ctx);
         kiln_error_clear(ctx);
-        CHECK(kiln_tensor_count(ctx) == before, "%s: %lld tensors left after the scope", sweeps[k].name,
-              (long long)(kiln_tensor_count(ctx) - before));
+        CHECK(kiln_ctx_num_tensors(ctx) == before, "%s: %lld tensors left after the scope", sweeps[k].name,
+              (long long)(kiln_ctx_num_tensors(ctx) - before));
         fprintf(stderr, "  %s done\n", sweeps[k].name);
     }
     /* every family of src/ops/registry.h has its sweep, and every op was reached */

@@ -38,7 +38,7 @@ static void test_fill_arange(kiln_ctx *ctx) {
     for (int i = 0; i < 15; i++) bad += hz[i] != 0.0f;
     for (int i = 0; i < 17; i++) bad += ho[i] != 1.0f;
     CHECK(bad == 0, "%d wrong values in zeros/ones", bad);
-    CHECK(kiln_item(f) == -2.5f, "full 0-d gives %g", kiln_item(f));
+    CHECK(kiln_tensor_item(f) == -2.5f, "full 0-d gives %g", kiln_tensor_item(f));
 
     /* arange as torch: count = ceil((end - start) / step). */
     struct { double a, b, s; } r[] = {{0, 10, 1}, {1, 2, 0.3}, {5, -5, -2.5}, {3, 3, 1}};
@@ -173,7 +173,7 @@ static void test_views(kiln_ctx *ctx) {
 }
 
 static void test_scopes_and_pool(kiln_ctx *ctx) {
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_tensor *kept;
     kiln_scope_begin(ctx);
     kiln_tensor *a = kiln_ones(ctx, 1, (int64_t[]){1000});
@@ -181,15 +181,15 @@ static void test_scopes_and_pool(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
     kiln_zeros(ctx, 1, (int64_t[]){1000});
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before + 2, "inner scope freed its tensor (%lld live)",
-          (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == before + 2, "inner scope freed its tensor (%lld live)",
+          (long long)kiln_ctx_num_tensors(ctx));
     kiln_scope_end(ctx);
-    CHECK(kiln_tensor_count(ctx) == before + 1, "outer scope kept only the kept tensor");
+    CHECK(kiln_ctx_num_tensors(ctx) == before + 1, "outer scope kept only the kept tensor");
     /* the kept view keeps its storage alive after its base was freed */
     float h[10];
     CHECK(kiln_to_host(kept, h, sizeof h) == KILN_OK && h[0] == 1.0f && h[9] == 1.0f, "kept view readable");
     kiln_tensor_free(kept);
-    CHECK(kiln_tensor_count(ctx) == before, "all freed");
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "all freed");
 
     /* the pool reuses a freed buffer of the same bucket */
     kiln_pool_stats s0, s1;
@@ -263,7 +263,7 @@ static void gold_view_case(kiln_ctx *ctx, const golden *g, const char *c, kiln_t
     snprintf(name, sizeof name, "%s.dx", c);
     snprintf(mname, sizeof mname, "%s.mdx", c);
     snprintf(what, sizeof what, "golden %s dx", c);
-    golden_compare_scaled(what, kiln_grad(x), golden_get(g, name), k > 1 ? golden_get(g, mname) : NULL, 0,
+    golden_compare_scaled(what, kiln_tensor_grad(x), golden_get(g, name), k > 1 ? golden_get(g, mname) : NULL, 0,
                           k > 1 ? (double)k : 0, 0);
 }
 
@@ -273,7 +273,7 @@ static kiln_tensor *gold_x(kiln_ctx *ctx, const golden *g, const char *c, bool t
     snprintf(name, sizeof name, "%s.x", c);
     kiln_tensor *x = golden_upload(ctx, golden_get(g, name));
     if (t) x = kiln_transpose(ctx, x, 0, 1);
-    if (x) kiln_set_requires_grad(x, true);
+    if (x) kiln_tensor_set_requires_grad(x, true);
     return x;
 }
 
@@ -321,7 +321,7 @@ static void test_golden_copies(kiln_ctx *ctx) {
     kiln_tensor *x = gold_x(ctx, &g, "contiguous.nc", true);
     gold_view_case(ctx, &g, "contiguous.nc", x, kiln_contiguous(ctx, x), 1);
     x = kiln_slice(ctx, golden_upload(ctx, golden_get(&g, "clone.nc.x")), 1, 1, 7, 2);
-    if (x) kiln_set_requires_grad(x, true);
+    if (x) kiln_tensor_set_requires_grad(x, true);
     gold_view_case(ctx, &g, "clone.nc", x, kiln_clone(ctx, x), 1);
     x = gold_x(ctx, &g, "clone.c", false);
     gold_view_case(ctx, &g, "clone.c", x, kiln_clone(ctx, x), 1);

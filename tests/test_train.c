@@ -221,7 +221,7 @@ static void test_metrics_device(kiln_ctx *ctx) {
         {NAN, 1, 2, 3},           /* label 3: NaN ranks first -> top-2 */
     };
     const int32_t y[5] = {2, 1, 3, 3, 3};
-    int64_t before = kiln_tensor_count(ctx);
+    int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_tensor *lg = kiln_from_host(ctx, x, KILN_F32, 2, (int64_t[]){5, 4});
     kiln_tensor *lb = kiln_from_host(ctx, y, KILN_I32, 1, (int64_t[]){5});
     const int64_t want[5] = {0, 1, 4, 4, 5};
@@ -267,8 +267,8 @@ static void test_metrics_device(kiln_ctx *ctx) {
     kiln_tensor_free(lg);
     kiln_tensor_free(lb);
     kiln_tensor_free(lbad);
-    CHECK(kiln_tensor_count(ctx) == before, "metrics leak tensors: %lld -> %lld", (long long)before,
-          (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "metrics leak tensors: %lld -> %lld", (long long)before,
+          (long long)kiln_ctx_num_tensors(ctx));
     CHECK_OK(ctx);
 }
 
@@ -336,7 +336,7 @@ typedef struct ascent {
 
 static kiln_tensor *ascent_loss(kiln_ctx *ctx, kiln_tensor *out, kiln_tensor *y, void *user) {
     ascent *a = user;
-    if (!kiln_grad_enabled(ctx) || ++a->steps <= a->ascend_after) return kiln_cross_entropy(ctx, out, y, KILN_MEAN);
+    if (!kiln_ctx_grad_enabled(ctx) || ++a->steps <= a->ascend_after) return kiln_cross_entropy(ctx, out, y, KILN_MEAN);
     kiln_tensor *sw[2] = {kiln_slice(ctx, out, 1, 1, 2, 1), kiln_slice(ctx, out, 1, 0, 1, 1)};
     return kiln_cross_entropy(ctx, kiln_concat(ctx, 2, sw, 1), y, KILN_MEAN);
 }
@@ -420,7 +420,7 @@ static void test_fit_blobs(kiln_ctx *ctx) {
     kiln_confusion_free(cm);
 
     /* 2. error paths: no leaked tensors, no open scope, clear messages */
-    int64_t n0 = kiln_tensor_count(ctx);
+    int64_t n0 = kiln_ctx_num_tensors(ctx);
     int depth0 = ctx->scope_depth;
     o.history = NULL;
     o.history_cap = 0;
@@ -498,14 +498,14 @@ static void test_fit_blobs(kiln_ctx *ctx) {
             b = o;
             if (bad[k].plot) b.plot_path = bad[k].path;
             else b.best_path = bad[k].path;
-            int64_t step0 = kiln_optim_get_step(o.opt, 0);
+            int64_t step0 = kiln_optim_step_count(o.opt, 0);
             kiln_fit_result rr;
             kiln_status st = kiln_fit(net, &b, &rr);
             CHECK(st == (bad[k].path[0] ? KILN_ERR_IO : KILN_ERR_INVALID_ARGUMENT), "%s '%s': status %s", bad[k].field,
                   bad[k].path, kiln_status_name(st));
             CHECK(strstr(kiln_error_message(ctx), bad[k].want) && strstr(kiln_error_message(ctx), "kiln_fit: "),
                   "%s: message: %s", bad[k].field, kiln_error_message(ctx));
-            CHECK(rr.epochs_run == 0 && kiln_optim_get_step(o.opt, 0) == step0, "%s: trained before failing (%d epochs)",
+            CHECK(rr.epochs_run == 0 && kiln_optim_step_count(o.opt, 0) == step0, "%s: trained before failing (%d epochs)",
                   bad[k].field, rr.epochs_run);
             kiln_error_clear(ctx);
         }
@@ -542,10 +542,10 @@ static void test_fit_blobs(kiln_ctx *ctx) {
     CHECK(kiln_evaluate(NULL, va, NULL, NULL, NULL, NULL, NULL) == KILN_ERR_NULL, "evaluate NULL model");
     CHECK(kiln_evaluate(net, NULL, NULL, NULL, NULL, NULL, NULL) == KILN_ERR_NULL, "evaluate NULL loader");
     kiln_error_clear(ctx);
-    CHECK(kiln_tensor_count(ctx) == n0, "error paths leak tensors: %lld -> %lld", (long long)n0,
-          (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == n0, "error paths leak tensors: %lld -> %lld", (long long)n0,
+          (long long)kiln_ctx_num_tensors(ctx));
     CHECK(ctx->scope_depth == depth0, "scopes unbalanced: %d -> %d", depth0, ctx->scope_depth);
-    CHECK(kiln_grad_enabled(ctx), "grad mode restored");
+    CHECK(kiln_ctx_grad_enabled(ctx), "grad mode restored");
 
     /* 3. early stopping: lr 0 never improves val loss after epoch 1 */
     kiln_optim_set_lr(opt, 0);
@@ -563,8 +563,8 @@ static void test_fit_blobs(kiln_ctx *ctx) {
           kiln_error_message(ctx));
     CHECK(NEAR(tl, r.last.train_loss, 1e-6 * fabs(tl) + 1e-9) && tacc == r.last.train_accuracy,
           "train tallies %.9g %.9g vs evaluation %.9g %.9g", r.last.train_loss, r.last.train_accuracy, tl, tacc);
-    CHECK(kiln_tensor_count(ctx) == n0, "fit leaks tensors: %lld -> %lld", (long long)n0,
-          (long long)kiln_tensor_count(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == n0, "fit leaks tensors: %lld -> %lld", (long long)n0,
+          (long long)kiln_ctx_num_tensors(ctx));
 
     /* 4. restore_best: after two epochs the loss ascends, the best epoch's weights return */
     kiln_manual_seed(ctx, 8);

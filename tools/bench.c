@@ -508,7 +508,7 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
     if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
     if (s == KILN_OK) s = kiln_backward(loss);
     if (s == KILN_OK) s = kiln_optim_step(m->opt);
-    float l = s == KILN_OK ? kiln_item(loss) : NAN;
+    float l = s == KILN_OK ? kiln_tensor_item(loss) : NAN;
     if (s == KILN_OK && kiln_error_status(ctx) != KILN_OK) s = kiln_error_status(ctx);
     kiln_scope_end(ctx);
     if (loss_out) *loss_out = l;
@@ -742,7 +742,7 @@ static kiln_status run_forward(timed_op *o) {
 }
 
 static kiln_status run_backward(timed_op *o) {
-    kiln_clear_grad(o->x);
+    kiln_tensor_clear_grad(o->x);
     kiln_status s = kiln_backward_ex(o->y, o->seed, true);
     return s == KILN_OK ? kiln_sync(o->ctx) : s;
 }
@@ -784,7 +784,7 @@ static int time_module(kiln_ctx *ctx, kiln_module *mod, kiln_tensor *x, int repe
     t->bwd = t->bwd_cpu = NAN;
     o.y = y;
     o.seed = seed;
-    if (kiln_requires_grad(y) && time_runs(&o, run_backward, repeat, v, &t->bwd, &t->bwd_cpu) != 0) {
+    if (kiln_tensor_requires_grad(y) && time_runs(&o, run_backward, repeat, v, &t->bwd, &t->bwd_cpu) != 0) {
         free(v);
         kiln_tensor_free(seed);
         kiln_tensor_free(y);
@@ -795,7 +795,7 @@ static int time_module(kiln_ctx *ctx, kiln_module *mod, kiln_tensor *x, int repe
     kiln_tensor *next = kiln_clone(ctx, kiln_detach(ctx, y));
     kiln_tensor_free(y);
     if (!next) return -1;
-    kiln_set_requires_grad(next, true);
+    kiln_tensor_set_requires_grad(next, true);
     *out_keep = next;
     return 0;
 }

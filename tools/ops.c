@@ -70,7 +70,7 @@ static kiln_tensor *input(smoke *s, const float **h, int ndim, const int64_t *sh
     if (h) *h = v;
     kiln_tensor *t = kiln_from_host(s->ctx, v, KILN_F32, ndim, shape);
     if (t && grad && s->grad && s->nleaf < MAX_LEAF) {
-        if (kiln_set_requires_grad(t, true) != KILN_OK) return NULL;
+        if (kiln_tensor_set_requires_grad(t, true) != KILN_OK) return NULL;
         s->leaf[s->nleaf++] = t;
     }
     return t;
@@ -751,7 +751,7 @@ static void run_l2_penalty(smoke *s) { penalty(s, true); }
 
 static kiln_tensor *param_with_grad(smoke *s, const float **p) {
     kiln_tensor *t = input(s, p, 2, (int64_t[]){2, 5}, NULL, -1, 1, false);
-    if (!t || kiln_set_requires_grad(t, true) != KILN_OK) return NULL;
+    if (!t || kiln_tensor_set_requires_grad(t, true) != KILN_OK) return NULL;
     kiln_tensor *loss = kiln_sum(s->ctx, kiln_mul(s->ctx, t, t), 0, NULL, false);
     if (!loss || kiln_backward(loss) != KILN_OK) return NULL;
     return t;
@@ -811,7 +811,7 @@ static void run_clip_grad_value(smoke *s) {
     const float *p;
     kiln_tensor *t = param_with_grad(s, &p);
     if (!t) return;
-    if (kiln_clip_grad_value(s->ctx, 1, &t, 0.5) == KILN_OK) s->out = kiln_grad(t);
+    if (kiln_clip_grad_value(s->ctx, 1, &t, 0.5) == KILN_OK) s->out = kiln_tensor_grad(t);
     double *o = expect(s, 10);
     for (int i = 0; i < 10; i++)
         o[i] = fmin(fmax(2.0 * p[i], -0.5), 0.5);
@@ -1002,7 +1002,7 @@ static bool check(smoke *s, const kiln__op_info *op, char *why, size_t cap) {
     if (!ok) return false;
     if (is_optim(op)) return true; /* updates in place: no output to differentiate */
 
-    bool has = kiln_has_grad_fn(s->out);
+    bool has = kiln_tensor_has_grad_fn(s->out);
     if (!op->grad) {
         if (has) return snprintf(why, cap, "records a backward rule, which src/ops/registry.h says it has not"), false;
         return true;
@@ -1012,7 +1012,7 @@ static bool check(smoke *s, const kiln__op_info *op, char *why, size_t cap) {
     if (!loss || kiln_backward(loss) != KILN_OK)
         return snprintf(why, cap, "backward failed: %s", kiln_error_message(ctx)), false;
     for (int k = 0; k < s->nleaf; k++) {
-        kiln_tensor *g = kiln_grad(s->leaf[k]);
+        kiln_tensor *g = kiln_tensor_grad(s->leaf[k]);
         if (!g) return snprintf(why, cap, "backward: input %d got no gradient", k), false;
         float *gv = read_floats(g, why, cap, "reading a gradient");
         if (!gv) return false;
@@ -1089,7 +1089,7 @@ static int golden_status(const golden_set *g, const kiln__op_info *op, kiln_ctx 
         if (strcmp(g->stem[k], family_name(op)) == 0) f = g->file[k];
     if (!f) return GOLD_UNKNOWN;
     size_t plen = strlen(op->golden_prefix);
-    for (int i = 0; i < kiln_safetensors_count(f); i++) {
+    for (int i = 0; i < kiln_safetensors_num_tensors(f); i++) {
         const char *name = kiln_safetensors_name(f, i);
         if (strncmp(name, op->golden_prefix, plen) != 0) continue;
         if (op->golden_pidx < 0) return GOLD_YES;

@@ -179,7 +179,7 @@ KILN_API kiln_status kiln_dataset_split(const kiln_dataset *ds, double val_frac,
                                         kiln_dataset **train, kiln_dataset **val);
 
 /* Number of samples (0 for NULL). */
-KILN_API int64_t kiln_dataset_size(const kiln_dataset *ds);
+KILN_API int64_t kiln_dataset_num_samples(const kiln_dataset *ds);
 /* The sample shape: returns its number of dims, *shape points into ds (0 for NULL). */
 KILN_API int kiln_dataset_shape(const kiln_dataset *ds, const int64_t **shape);
 /* Elements per sample. */

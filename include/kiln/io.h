@@ -41,7 +41,7 @@ KILN_API kiln_safetensors *kiln_safetensors_open(kiln_ctx *ctx, const char *path
  * embedded files. */
 KILN_API kiln_safetensors *kiln_safetensors_parse(kiln_ctx *ctx, const void *data, size_t len, const char *what);
 KILN_API void kiln_safetensors_close(kiln_safetensors *f);
-KILN_API int kiln_safetensors_count(const kiln_safetensors *f);
+KILN_API int kiln_safetensors_num_tensors(const kiln_safetensors *f);
 /* Entry i: its name, dtype string ("F32"), dims and shape (pointer owned by f). */
 KILN_API const char *kiln_safetensors_name(const kiln_safetensors *f, int i);
 KILN_API const char *kiln_safetensors_dtype(const kiln_safetensors *f, int i);

@@ -153,7 +153,7 @@ KILN_API kiln_tensor *kiln_module_find(kiln_module *m, const char *name);
 /* Total number of trainable elements. */
 KILN_API int64_t kiln_module_num_elements(kiln_module *m);
 /* Turns requires_grad of every parameter of m and its descendants off (freeze) or on. */
-KILN_API void kiln_module_requires_grad(kiln_module *m, bool requires_grad);
+KILN_API void kiln_module_set_requires_grad(kiln_module *m, bool requires_grad);
 
 #ifdef __cplusplus
 }

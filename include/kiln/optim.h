@@ -94,7 +94,7 @@ KILN_API kiln_adam_opts kiln_adamw_defaults(void);
 
 /* ---- creation ------------------------------------------------------------------------
  * params: n > 0 distinct, non-overlapping, contiguous F32 leaf tensors of ctx that
- * require grad (kiln_set_requires_grad). opts NULL means the defaults. Invalid hyper-parameters fail with torch's messages ("Invalid learning
+ * require grad (kiln_tensor_set_requires_grad). opts NULL means the defaults. Invalid hyper-parameters fail with torch's messages ("Invalid learning
  * rate: -1", "Nesterov momentum requires a momentum and zero dampening"); a bad parameter
  * fails naming its index and shape. NULL on error (the context holds why). The list
  * itself is copied; the tensors are not. */
@@ -108,7 +108,7 @@ KILN_API void kiln_optim_free(kiln_optim *opt);
 
 /* ---- stepping ------------------------------------------------------------------------ */
 
-/* One update of every parameter whose gradient is not NULL (kiln_grad), enqueued as one
+/* One update of every parameter whose gradient is not NULL (kiln_tensor_grad), enqueued as one
  * fused kernel per parameter; no host wait. Gradients must be F32 with the parameter's
  * shape (any strides). Fails before touching any parameter when a gradient is wrong. */
 KILN_API kiln_status kiln_optim_step(kiln_optim *opt);
@@ -119,11 +119,11 @@ KILN_API kiln_status kiln_optim_zero_grad(kiln_optim *opt);
 KILN_API kiln_ctx *kiln_optim_ctx(const kiln_optim *opt);
 /* "SGD", "RMSprop", "Adam" or "AdamW" (torch's class names); NULL for NULL. */
 KILN_API const char *kiln_optim_kind(const kiln_optim *opt);
-KILN_API int kiln_optim_param_count(const kiln_optim *opt);
+KILN_API int kiln_optim_num_params(const kiln_optim *opt);
 KILN_API kiln_tensor *kiln_optim_param(const kiln_optim *opt, int i);
 
 /* The learning rate (param_groups[0]['lr']); NaN for NULL. set_lr rejects lr < 0 / NaN. */
-KILN_API double kiln_optim_get_lr(const kiln_optim *opt);
+KILN_API double kiln_optim_lr(const kiln_optim *opt);
 KILN_API kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr);
 
 /* ---- state (for checkpoints) ---------------------------------------------------------
@@ -131,7 +131,7 @@ KILN_API kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr);
  * "<param index>.<key>": SGD "momentum_buffer"; RMSprop "square_avg", "momentum_buffer"
  * (momentum > 0), "grad_avg" (centered); Adam/AdamW "exp_avg", "exp_avg_sq",
  * "max_exp_avg_sq" (amsgrad). As in torch, state appears when a parameter is first
- * updated; torch's per-parameter "step" is kiln_optim_get_step/set_step. */
+ * updated; torch's per-parameter "step" is kiln_optim_step_count/set_step. */
 
 /* Number of entries of the existing state (0 for NULL, with kiln_last_error() set). */
 KILN_API int kiln_optim_num_states(const kiln_optim *opt);
@@ -148,9 +148,9 @@ KILN_API kiln_status kiln_optim_state(kiln_optim *opt, int i, const char **name,
 KILN_API kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool create);
 /* Number of updates applied to parameter i (torch's state[p]['step']; counted for SGD
  * too). -1 on error. */
-KILN_API int64_t kiln_optim_get_step(const kiln_optim *opt, int i);
+KILN_API int64_t kiln_optim_step_count(const kiln_optim *opt, int i);
 /* Sets parameter i's step count (i = -1: every parameter); step >= 0. */
-KILN_API kiln_status kiln_optim_set_step(kiln_optim *opt, int i, int64_t step);
+KILN_API kiln_status kiln_optim_set_step_count(kiln_optim *opt, int i, int64_t step);
 
 /* ---- gradient clipping ---------------------------------------------------------------
  * torch.nn.utils.clip_grad_norm_ / clip_grad_value_ over the gradients of params[0..n)
@@ -193,7 +193,7 @@ KILN_API kiln_lr_sched *kiln_linear_lr(kiln_optim *opt, double start_factor, dou
 /* Advances one epoch and sets the optimizer's lr. */
 KILN_API kiln_status kiln_lr_sched_step(kiln_lr_sched *s);
 /* The lr the last step set (get_last_lr()[0]); NaN for NULL. */
-KILN_API double kiln_lr_sched_get_last_lr(const kiln_lr_sched *s);
+KILN_API double kiln_lr_sched_last_lr(const kiln_lr_sched *s);
 /* The epoch counter (torch's last_epoch: 0 after creation); -1 for NULL. */
 KILN_API int64_t kiln_lr_sched_last_epoch(const kiln_lr_sched *s);
 /* Restores the counters a checkpoint saved (torch's load_state_dict: last_epoch, its

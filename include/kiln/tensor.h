@@ -51,7 +51,7 @@ KILN_API kiln_tensor *kiln_rand_normal(kiln_ctx *ctx, float mean, float std, int
 /* ---- host transfer ------------------------------------------------------------------ */
 
 /* Copies the tensor (any strides) to host memory in row-major order. Waits for the device:
- * this and kiln_item are the synchronisation points. KILN_ERR_BUFFER_TOO_SMALL when
+ * this and kiln_tensor_item are the synchronisation points. KILN_ERR_BUFFER_TOO_SMALL when
  * dst_bytes < numel * dtype-size. */
 KILN_API kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes);
 /* Copies numel * dtype-size bytes of host data into an existing tensor (a view writes
@@ -61,7 +61,7 @@ KILN_API kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t
  * broadcasting). Not recorded by autograd. */
 KILN_API kiln_status kiln_copy(kiln_tensor *dst, kiln_tensor *src);
 /* The value of a one-element tensor as float (NaN on error; the context holds why). */
-KILN_API float kiln_item(kiln_tensor *t);
+KILN_API float kiln_tensor_item(kiln_tensor *t);
 /* Sets every element of t (a view writes through to its base) to value. */
 KILN_API kiln_status kiln_fill(kiln_tensor *t, float value);
 
@@ -88,7 +88,7 @@ KILN_API void kiln_scope_end(kiln_ctx *ctx);
 /* Moves t out of every scope: it lives until kiln_tensor_free or kiln_close. Returns t. */
 KILN_API kiln_tensor *kiln_tensor_keep(kiln_tensor *t);
 /* Number of live tensors of the context (for leak checks). */
-KILN_API int64_t kiln_tensor_count(const kiln_ctx *ctx);
+KILN_API int64_t kiln_ctx_num_tensors(const kiln_ctx *ctx);
 
 /* ---- views (no copy) and copies ----------------------------------------------------- */
 /* Views share memory with their base: writing one (kiln_fill) changes the other. */

@@ -86,7 +86,7 @@ typedef struct kiln_epoch_stats {
  * batch's mean (it is weighted by batch size in epoch means). NULL in kiln_fit_opts means
  * kiln_cross_entropy(out, labels, KILN_MEAN). Returning NULL fails the run (with the
  * context's error when the function set one). Evaluation calls it with grad mode off
- * (kiln_grad_enabled tells training steps from evaluation). */
+ * (kiln_ctx_grad_enabled tells training steps from evaluation). */
 typedef kiln_tensor *(*kiln_loss_fn)(kiln_ctx *ctx, kiln_tensor *out, kiln_tensor *labels, void *user);
 
 typedef enum kiln_monitor { KILN_MONITOR_VAL_ACCURACY = 0, KILN_MONITOR_VAL_LOSS = 1 } kiln_monitor;

@@ -20,17 +20,17 @@
 
 /* ---- grad mode ---------------------------------------------------------------------- */
 
-bool kiln_set_grad_enabled(kiln_ctx *ctx, bool enabled) {
-    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_set_grad_enabled: ctx is NULL"), false;
+bool kiln_ctx_set_grad_enabled(kiln_ctx *ctx, bool enabled) {
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_ctx_set_grad_enabled: ctx is NULL"), false;
     bool prev = ctx->grad_enabled;
     ctx->grad_enabled = enabled;
     return prev;
 }
 
-bool kiln_grad_enabled(const kiln_ctx *ctx) { return ctx && ctx->grad_enabled; }
+bool kiln_ctx_grad_enabled(const kiln_ctx *ctx) { return ctx && ctx->grad_enabled; }
 
-bool kiln_set_check_numerics(kiln_ctx *ctx, bool on) {
-    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_set_check_numerics: ctx is NULL"), false;
+bool kiln_ctx_set_check_numerics(kiln_ctx *ctx, bool on) {
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_ctx_set_check_numerics: ctx is NULL"), false;
     bool prev = ctx->check_numerics;
     ctx->check_numerics = on;
     return prev;
@@ -38,34 +38,34 @@ bool kiln_set_check_numerics(kiln_ctx *ctx, bool on) {
 
 /* ---- leaves ------------------------------------------------------------------------- */
 
-kiln_status kiln_set_requires_grad(kiln_tensor *t, bool requires_grad) {
-    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_set_requires_grad: tensor is NULL");
+kiln_status kiln_tensor_set_requires_grad(kiln_tensor *t, bool requires_grad) {
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_tensor_set_requires_grad: tensor is NULL");
     kiln_ctx *ctx = t->ctx;
     char sb[160];
     if (t->node) {
         if (requires_grad) return KILN_OK;
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                          "kiln_set_requires_grad: tensor %s was made by %s and is not a leaf; use kiln_detach",
+                          "kiln_tensor_set_requires_grad: tensor %s was made by %s and is not a leaf; use kiln_detach",
                           kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), t->node->op);
     }
     if (requires_grad && t->dtype != KILN_F32)
-        return kiln__fail(ctx, KILN_ERR_DTYPE, "kiln_set_requires_grad: tensor %s has dtype %s; only f32 tensors can "
+        return kiln__fail(ctx, KILN_ERR_DTYPE, "kiln_tensor_set_requires_grad: tensor %s has dtype %s; only f32 tensors can "
                           "require grad", kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype));
     t->requires_grad = requires_grad;
     return KILN_OK;
 }
 
-bool kiln_requires_grad(const kiln_tensor *t) { return t && t->requires_grad; }
-bool kiln_has_grad_fn(const kiln_tensor *t) { return t && t->node; }
-kiln_tensor *kiln_grad(const kiln_tensor *t) { return t ? t->grad : NULL; }
+bool kiln_tensor_requires_grad(const kiln_tensor *t) { return t && t->requires_grad; }
+bool kiln_tensor_has_grad_fn(const kiln_tensor *t) { return t && t->node; }
+kiln_tensor *kiln_tensor_grad(const kiln_tensor *t) { return t ? t->grad : NULL; }
 
-kiln_status kiln_zero_grad(kiln_tensor *t) {
-    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_zero_grad: tensor is NULL");
+kiln_status kiln_tensor_zero_grad(kiln_tensor *t) {
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_tensor_zero_grad: tensor is NULL");
     if (!t->grad) return KILN_OK;
     return kiln_fill(t->grad, 0.0f);
 }
 
-void kiln_clear_grad(kiln_tensor *t) {
+void kiln_tensor_clear_grad(kiln_tensor *t) {
     if (!t || !t->grad) return;
     kiln_tensor *g = t->grad;
     t->grad = NULL;

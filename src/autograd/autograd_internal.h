@@ -59,7 +59,7 @@ bool kiln__input_needs_grad(const kiln__node *n, int i);
  * views its storage, and is freed otherwise. Without own, g stays the caller's and the slot
  * gets a copy. The ops floor's kiln__accum sums a broadcast gradient down first. */
 kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bool own);
-/* The last step of every op: with KILN_CHECK_NUMERICS=1 (or kiln_set_check_numerics) it
+/* The last step of every op: with KILN_CHECK_NUMERICS=1 (or kiln_ctx_set_check_numerics) it
  * reads out back and fails naming `op` when it holds NaN or Inf. Returns out, or NULL
  * (out freed) on failure. NULL-safe. */
 kiln_tensor *kiln__finish(kiln_ctx *ctx, const char *op, kiln_tensor *out);

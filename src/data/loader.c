@@ -499,7 +499,7 @@ kiln_status kiln_dataset_split(const kiln_dataset *ds, double val_frac, uint64_t
     return KILN_OK;
 }
 
-int64_t kiln_dataset_size(const kiln_dataset *ds) { return ds ? ds->n : 0; }
+int64_t kiln_dataset_num_samples(const kiln_dataset *ds) { return ds ? ds->n : 0; }
 
 int kiln_dataset_shape(const kiln_dataset *ds, const int64_t **shape) {
     if (shape) *shape = ds ? ds->st->shape : NULL;

@@ -68,7 +68,7 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
     kiln_ctx *ctx = m->ctx;
     int nm = kiln_module_state(m, NULL, 0);
     int no = opt ? kiln_optim_num_states(opt) : 0;
-    int np = opt ? kiln_optim_param_count(opt) : 0;
+    int np = opt ? kiln_optim_num_params(opt) : 0;
     int total = nm + no + np;
     kiln_named_tensor *all = calloc((size_t)(total ? total : 1), sizeof *all);
     kiln_tensor **steps = calloc((size_t)(np ? np : 1), sizeof *steps);
@@ -86,7 +86,7 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
         for (int i = 0; i < np && st == KILN_OK; i++, k++) {
             /* a step count is an i32 scalar, as torch's state[p]['step'] holds a count */
             steps[i] = kiln_empty(ctx, KILN_I32, 0, NULL);
-            if (!steps[i] || kiln_fill(steps[i], (float)kiln_optim_get_step(opt, i)) != KILN_OK) st = ctx->err;
+            if (!steps[i] || kiln_fill(steps[i], (float)kiln_optim_step_count(opt, i)) != KILN_OK) st = ctx->err;
             all[k].tensor = steps[i];
             snprintf(all[k].name, sizeof all[k].name, OPT_PREFIX "%d.step", i);
         }
@@ -96,7 +96,7 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
         md[j++] = (kiln_meta){"model", kiln_module_describe(m, desc, sizeof desc)};
         if (description) md[j++] = (kiln_meta){"description", description};
         if (opt) {
-            snprintf(lr, sizeof lr, "%.17g", kiln_optim_get_lr(opt));
+            snprintf(lr, sizeof lr, "%.17g", kiln_optim_lr(opt));
             snprintf(seed, sizeof seed, "%" PRIu64, ctx->seed);
             snprintf(counter, sizeof counter, "%" PRIu64, ctx->rng_counter);
             md[j++] = (kiln_meta){"kiln_optimizer", kiln_optim_kind(opt)};
@@ -261,7 +261,7 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
     int nm = kiln_module_state(m, NULL, 0);
     plan *plans = calloc((size_t)nm + (size_t)f->n + 1, sizeof *plans);
     int np = 0;
-    int nparams = opt ? kiln_optim_param_count(opt) : 0;
+    int nparams = opt ? kiln_optim_num_params(opt) : 0;
     int64_t *steps = calloc((size_t)(nparams ? nparams : 1), sizeof *steps);
     uint64_t seed = 0, counter = 0;
     double lr = 0;
@@ -335,7 +335,7 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
         }
         if (s == KILN_OK) s = apply(ctx, plans, np);
         kiln__module_state_loaded(m);
-        for (int i = 0; i < nparams && s == KILN_OK; i++) s = kiln_optim_set_step(opt, i, steps[i]);
+        for (int i = 0; i < nparams && s == KILN_OK; i++) s = kiln_optim_set_step_count(opt, i, steps[i]);
         if (s == KILN_OK && opt) {
             s = kiln_optim_set_lr(opt, lr);
             ctx->seed = seed;

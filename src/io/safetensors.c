@@ -470,7 +470,7 @@ kiln_safetensors *kiln_safetensors_open(kiln_ctx *ctx, const char *path) {
 }
 
 void kiln_safetensors_close(kiln_safetensors *f) { kiln__st_free(f); }
-int kiln_safetensors_count(const kiln_safetensors *f) { return f ? f->n : 0; }
+int kiln_safetensors_num_tensors(const kiln_safetensors *f) { return f ? f->n : 0; }
 const char *kiln_safetensors_name(const kiln_safetensors *f, int i) { return f && i >= 0 && i < f->n ? f->e[i].name : NULL; }
 const char *kiln_safetensors_dtype(const kiln_safetensors *f, int i) {
     return f && i >= 0 && i < f->n ? f->e[i].dtype : NULL;

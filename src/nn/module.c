@@ -245,7 +245,7 @@ static kiln_status add_tensor(kiln_module *m, const char *fn, const char *name, 
                        fn, name, m->kind, kiln_dtype_name(t->dtype));
     if (s == KILN_OK && !grow((void **)&m->tensors, &m->captensors, m->ntensors, sizeof *m->tensors))
         s = kiln__fail(m->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", fn);
-    if (s == KILN_OK && !buffer) s = kiln_set_requires_grad(t, true);
+    if (s == KILN_OK && !buffer) s = kiln_tensor_set_requires_grad(t, true);
     if (s != KILN_OK) {
         kiln_tensor_free(t);
         return s;
@@ -346,11 +346,11 @@ int64_t kiln_module_num_elements(kiln_module *m) {
     return total;
 }
 
-void kiln_module_requires_grad(kiln_module *m, bool requires_grad) {
+void kiln_module_set_requires_grad(kiln_module *m, bool requires_grad) {
     if (!m) return;
     for (int k = 0; k < m->ntensors; k++)
-        if (!m->tensors[k].buffer) kiln_set_requires_grad(m->tensors[k].t, requires_grad);
-    for (int k = 0; k < m->nchildren; k++) kiln_module_requires_grad(m->children[k].m, requires_grad);
+        if (!m->tensors[k].buffer) kiln_tensor_set_requires_grad(m->tensors[k].t, requires_grad);
+    for (int k = 0; k < m->nchildren; k++) kiln_module_set_requires_grad(m->children[k].m, requires_grad);
 }
 
 void kiln__module_state_loaded(kiln_module *m) {

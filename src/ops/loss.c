@@ -844,9 +844,9 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
     }
     if (s == KILN_OK && grad && !nll && ls > 0.0f && weight) {
         /* the summed class weights, for the smoothing term of the backward */
-        bool prev = kiln_set_grad_enabled(ctx, false);
+        bool prev = kiln_ctx_set_grad_enabled(ctx, false);
         wt = kiln_sum(ctx, weight, 0, NULL, false);
-        kiln_set_grad_enabled(ctx, prev);
+        kiln_ctx_set_grad_enabled(ctx, prev);
         if (!wt) s = ctx->err;
     }
     if (s == KILN_OK && rows > 0) {

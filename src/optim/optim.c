@@ -122,7 +122,7 @@ static bool check_params(kiln_ctx *ctx, const char *op, kiln_tensor *const *para
         }
         if (!p->requires_grad) {
             kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                       "%s: parameter %d %s does not require grad (call kiln_set_requires_grad on it first)", op, i,
+                       "%s: parameter %d %s does not require grad (call kiln_tensor_set_requires_grad on it first)", op, i,
                        sb);
             return false;
         }
@@ -306,13 +306,13 @@ void kiln_optim_free(kiln_optim *opt) {
 
 kiln_ctx *kiln_optim_ctx(const kiln_optim *opt) { return opt ? opt->ctx : NULL; }
 const char *kiln_optim_kind(const kiln_optim *opt) { return opt ? kind_name[opt->kind] : NULL; }
-int kiln_optim_param_count(const kiln_optim *opt) { return opt ? opt->n : 0; }
+int kiln_optim_num_params(const kiln_optim *opt) { return opt ? opt->n : 0; }
 kiln_tensor *kiln_optim_param(const kiln_optim *opt, int i) {
     return opt && i >= 0 && i < opt->n ? opt->ps[i].p : NULL;
 }
 
-double kiln_optim_get_lr(const kiln_optim *opt) {
-    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_get_lr: optimizer is NULL"), NAN;
+double kiln_optim_lr(const kiln_optim *opt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_lr: optimizer is NULL"), NAN;
     return opt->lr;
 }
 
@@ -410,17 +410,17 @@ kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool creat
     return NULL;
 }
 
-int64_t kiln_optim_get_step(const kiln_optim *opt, int i) {
-    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_get_step: optimizer is NULL"), -1;
+int64_t kiln_optim_step_count(const kiln_optim *opt, int i) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_step_count: optimizer is NULL"), -1;
     if (i < 0 || i >= opt->n)
-        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_get_step: parameter %d of %d", i, opt->n), -1;
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_step_count: parameter %d of %d", i, opt->n), -1;
     return opt->ps[i].step;
 }
 
-kiln_status kiln_optim_set_step(kiln_optim *opt, int i, int64_t step) {
-    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_set_step: optimizer is NULL");
+kiln_status kiln_optim_set_step_count(kiln_optim *opt, int i, int64_t step) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_set_step_count: optimizer is NULL");
     if (i < -1 || i >= opt->n || step < 0)
-        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_set_step: parameter %d step %lld out of range "
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_set_step_count: parameter %d step %lld out of range "
                           "(%d parameters, step >= 0)", i, (long long)step, opt->n);
     for (int j = 0; j < opt->n; j++)
         if (i == -1 || j == i) opt->ps[j].step = step;
@@ -649,7 +649,7 @@ kiln_tensor *kiln_clip_grad_norm_tensor(kiln_ctx *ctx, int n, kiln_tensor *const
 float kiln_clip_grad_norm(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm, double norm_type) {
     kiln_tensor *t = clip_norm(ctx, "kiln_clip_grad_norm", n, params, max_norm, norm_type);
     if (!t) return NAN;
-    float v = kiln_item(t);
+    float v = kiln_tensor_item(t);
     kiln_tensor_free(t);
     return v;
 }

@@ -33,7 +33,7 @@ static int64_t pymod(int64_t a, int64_t b) {
 }
 
 static double get_lr(const kiln_lr_sched *s) {
-    double lr = kiln_optim_get_lr(s->opt);
+    double lr = kiln_optim_lr(s->opt);
     int64_t e = s->last_epoch;
     switch (s->kind) {
     case SCH_STEP:
@@ -167,8 +167,8 @@ kiln_lr_sched *kiln_linear_lr(kiln_optim *opt, double start_factor, double end_f
     return sched_start(s);
 }
 
-double kiln_lr_sched_get_last_lr(const kiln_lr_sched *s) {
-    if (!s) return kiln__fail_global(KILN_ERR_NULL, "kiln_lr_sched_get_last_lr: scheduler is NULL"), NAN;
+double kiln_lr_sched_last_lr(const kiln_lr_sched *s) {
+    if (!s) return kiln__fail_global(KILN_ERR_NULL, "kiln_lr_sched_last_lr: scheduler is NULL"), NAN;
     return s->last_lr;
 }
 int64_t kiln_lr_sched_last_epoch(const kiln_lr_sched *s) {
@@ -183,7 +183,7 @@ kiln_status kiln_lr_sched_set_last_epoch(kiln_lr_sched *s, int64_t last_epoch) {
                           (long long)last_epoch);
     s->last_epoch = last_epoch;
     s->step_count = last_epoch + 1;
-    s->last_lr = kiln_optim_get_lr(s->opt);
+    s->last_lr = kiln_optim_lr(s->opt);
     return KILN_OK;
 }
 

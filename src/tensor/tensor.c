@@ -197,7 +197,7 @@ kiln_tensor *kiln_tensor_keep(kiln_tensor *t) {
     return t;
 }
 
-int64_t kiln_tensor_count(const kiln_ctx *ctx) { return ctx ? ctx->ntensors : 0; }
+int64_t kiln_ctx_num_tensors(const kiln_ctx *ctx) { return ctx ? ctx->ntensors : 0; }
 
 kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, int ndim, const int64_t *shape) {
     char sb[160];
@@ -549,11 +549,11 @@ kiln_status kiln_copy(kiln_tensor *dst, kiln_tensor *src) {
     return kiln__copy_into(dst->ctx, "kiln_copy", src, dst);
 }
 
-float kiln_item(kiln_tensor *t) {
-    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_item: tensor is NULL"), NAN;
+float kiln_tensor_item(kiln_tensor *t) {
+    if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_tensor_item: tensor is NULL"), NAN;
     char sb[160];
     if (kiln__numel(t->ndim, t->shape) != 1) {
-        kiln__fail(t->ctx, KILN_ERR_SHAPE, "kiln_item: tensor %s has %lld elements, not 1",
+        kiln__fail(t->ctx, KILN_ERR_SHAPE, "kiln_tensor_item: tensor %s has %lld elements, not 1",
                    kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), (long long)kiln__numel(t->ndim, t->shape));
         return NAN;
     }
@@ -563,7 +563,7 @@ float kiln_item(kiln_tensor *t) {
         uint8_t u;
     } v;
     if (t->dtype != KILN_F32 && t->dtype != KILN_I32 && t->dtype != KILN_U8) {
-        kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_item: %s is not supported", kiln_dtype_name(t->dtype));
+        kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_tensor_item: %s is not supported", kiln_dtype_name(t->dtype));
         return NAN;
     }
     if (kiln_to_host(t, &v, sizeof v) != KILN_OK) return NAN;

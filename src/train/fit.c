@@ -186,7 +186,7 @@ static kiln_status tally_record(tally *t, kiln_tensor *out, kiln_tensor *y, kiln
     if (!cls) t->acc_ok = false;
     kiln_status s = tally_room(t, t->acc_ok ? B : 0);
     if (s != KILN_OK) return s;
-    bool prev = kiln_set_grad_enabled(ctx, false);
+    bool prev = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_tensor *l1 = kiln_reshape(ctx, loss, 1, (int64_t[]){1});
     kiln_tensor *dst = kiln_slice(ctx, t->loss, 0, t->nb, t->nb + 1, 1);
     s = l1 && dst ? kiln_copy(dst, l1) : kiln_error_status(ctx);
@@ -203,7 +203,7 @@ static kiln_status tally_record(tally *t, kiln_tensor *out, kiln_tensor *y, kiln
         kiln_tensor_free(dl);
         if (s == KILN_OK) t->ns += B;
     }
-    kiln_set_grad_enabled(ctx, prev);
+    kiln_ctx_set_grad_enabled(ctx, prev);
     if (s != KILN_OK) return s;
     t->bsize[t->nb++] = B;
     return KILN_OK;
@@ -237,7 +237,7 @@ kiln_status kiln_evaluate(kiln_module *m, kiln_loader *l, kiln_loss_fn loss_fn, 
     kiln_status s = kiln_loader_reset(l);
     if (s != KILN_OK) return s;
     bool was_training = kiln_module_is_training(m);
-    bool grad = kiln_set_grad_enabled(ctx, false);
+    bool grad = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_module_train(m, false);
     int64_t nbat = kiln_loader_num_batches(l);
     tally t = {.ctx = ctx, .want_b = nbat, .cm = cm};
@@ -271,7 +271,7 @@ kiln_status kiln_evaluate(kiln_module *m, kiln_loader *l, kiln_loss_fn loss_fn, 
     }
     tally_free(&t);
     kiln_module_train(m, was_training);
-    kiln_set_grad_enabled(ctx, grad);
+    kiln_ctx_set_grad_enabled(ctx, grad);
     return s;
 }
 
@@ -593,7 +593,7 @@ static kiln_status fit_write_files(fit_run *f, const kiln_epoch_stats *e) {
 static kiln_status fit_epoch(fit_run *f, int epoch, bool *stop) {
     const kiln_fit_opts *o = f->o;
     kiln_epoch_stats e = {.epoch = epoch, .val_loss = NAN, .val_accuracy = NAN};
-    e.lr = kiln_optim_get_lr(o->opt);
+    e.lr = kiln_optim_lr(o->opt);
     double t0 = kiln__now_ms();
     kiln_status s = fit_train_epoch(f, epoch, &e, t0);
     if (s != KILN_OK) return s;
@@ -638,7 +638,7 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
     if (s != KILN_OK) return s;
 
     f.hist = calloc((size_t)o->epochs, sizeof *f.hist);
-    f.nparams = kiln_optim_param_count(o->opt);
+    f.nparams = kiln_optim_num_params(o->opt);
     f.params = calloc((size_t)(f.nparams > 0 ? f.nparams : 1), sizeof *f.params);
     if (!f.hist || !f.params) {
         free(f.hist);
@@ -649,7 +649,7 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
         f.params[i] = kiln_optim_param(o->opt, i);
 
     bool was_training = kiln_module_is_training(m);
-    bool grad = kiln_set_grad_enabled(ctx, true);
+    bool grad = kiln_ctx_set_grad_enabled(ctx, true);
     f.tty = o->progress && isatty(2);
     f.nbat = kiln_loader_num_batches(o->train);
     f.t = (tally){.ctx = ctx, .want_b = f.nbat};
@@ -672,7 +672,7 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
     free(f.params);
     free(f.hist);
     kiln_module_train(m, was_training);
-    kiln_set_grad_enabled(ctx, grad);
+    kiln_ctx_set_grad_enabled(ctx, grad);
     if (result) *result = f.r;
     return s;
 }

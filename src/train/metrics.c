@@ -112,9 +112,9 @@ kiln_status kiln_confusion_update(kiln_confusion *cm, kiln_tensor *logits, kiln_
     int32_t *h = malloc(sizeof(int32_t) * 2 * (size_t)n);
     if (!h)
         return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %lld labels", op, (long long)n);
-    bool prev = kiln_set_grad_enabled(ctx, false);
+    bool prev = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_tensor *pred = kiln_argmax(ctx, logits, 1, false);
-    kiln_set_grad_enabled(ctx, prev);
+    kiln_ctx_set_grad_enabled(ctx, prev);
     s = pred ? kiln_to_host(pred, h, sizeof(int32_t) * (size_t)n) : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_to_host(labels, h + n, sizeof(int32_t) * (size_t)n);
     kiln_tensor_free(pred);

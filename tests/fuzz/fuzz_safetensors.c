@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!ctx) LLVMFuzzerInitialize(NULL, NULL);
     if (!ctx) return 0;
     kiln_error_clear(ctx);
-    int64_t tensors_before = kiln_tensor_count(ctx);
+    int64_t tensors_before = kiln_ctx_num_tensors(ctx);
     kiln_safetensors *f = kiln_safetensors_parse(ctx, data, size, "fuzz-input");
     if (!f) {
         kiln_status s = kiln_error_status(ctx);
@@ -52,7 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     FUZZ_CHECK(kiln_error_status(ctx) == KILN_OK, "parsed, yet the context holds %s", kiln_error_message(ctx));
-    int n = kiln_safetensors_count(f);
+    int n = kiln_safetensors_num_tensors(f);
     FUZZ_CHECK(n >= 0 && n <= 65536, "count %d", n);
     int64_t bytes = 0;
     for (int i = 0; i < n; i++) {
@@ -101,7 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int i = 0; i < f->nmeta; i++)
         FUZZ_CHECK(kiln_safetensors_meta(f, f->meta[i].key) != NULL, "metadata key %d not found", i);
     kiln_safetensors_close(f);
-    FUZZ_CHECK(kiln_tensor_count(ctx) == tensors_before, "tensors leaked: %lld -> %lld", (long long)tensors_before,
-               (long long)kiln_tensor_count(ctx));
+    FUZZ_CHECK(kiln_ctx_num_tensors(ctx) == tensors_before, "tensors leaked: %lld -> %lld", (long long)tensors_before,
+               (long long)kiln_ctx_num_tensors(ctx));
     return 0;
 }
