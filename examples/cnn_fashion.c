@@ -17,20 +17,19 @@ static kiln_module *build_cnn(kiln_ctx *ctx) {
     /* tiny (ex_tiny): 4 and 8 channels and 16 hidden units */
     bool t = ex_tiny();
     int64_t c1 = t ? 4 : 32, c2 = t ? 8 : 64, h = t ? 16 : 128;
-    kiln_module *net = kiln_nn_sequential(ctx, 11, (kiln_module *[]){
-        kiln_nn_conv2d(ctx, 1, c1, 3, 3, NULL, true),     // (B, 1, 28, 28) -> (B, 32, 26, 26)
-        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-        kiln_nn_conv2d(ctx, c1, c2, 3, 3, NULL, true),    // (B, 64, 24, 24)
-        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-        kiln_nn_maxpool2d(ctx, (kiln_pool2d_params[]){kiln_pool2d_defaults(2, 2)}), // (B, 64, 12, 12)
-        kiln_nn_dropout(ctx, 0.25f),
-        kiln_nn_flatten(ctx, 1, -1),                      // (B, 9216)
-        kiln_nn_linear(ctx, c2 * 12 * 12, h, true),       // (B, 128)
-        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-        kiln_nn_dropout(ctx, 0.5f),
-        kiln_nn_linear(ctx, h, 10, true)});               // (B, 10) logits
-    static const char *const names[] = {"conv1", "relu1", "conv2", "relu2", "pool", "drop1",
-                                        "flatten", "fc1", "relu3", "drop2", "fc2"};
+    kiln_module *net = kiln_nn_sequential(
+        ctx, 11,
+        (kiln_module *[]){kiln_nn_conv2d(ctx, 1, c1, 3, 3, NULL, true), // (B, 1, 28, 28) -> (B, 32, 26, 26)
+                          kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                          kiln_nn_conv2d(ctx, c1, c2, 3, 3, NULL, true), // (B, 64, 24, 24)
+                          kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                          kiln_nn_maxpool2d(ctx, (kiln_pool2d_params[]){kiln_pool2d_defaults(2, 2)}), // (B, 64, 12, 12)
+                          kiln_nn_dropout(ctx, 0.25f), kiln_nn_flatten(ctx, 1, -1),                   // (B, 9216)
+                          kiln_nn_linear(ctx, c2 * 12 * 12, h, true),                                 // (B, 128)
+                          kiln_nn_activation(ctx, KILN_ACT_RELU, 0), kiln_nn_dropout(ctx, 0.5f),
+                          kiln_nn_linear(ctx, h, 10, true)}); // (B, 10) logits
+    static const char *const names[] = {"conv1",   "relu1", "conv2", "relu2", "pool", "drop1",
+                                        "flatten", "fc1",   "relu3", "drop2", "fc2"};
     for (int i = 0; net && i < 11; i++) kiln_module_set_child_name(net, i, names[i]);
     return net;
 }
@@ -40,8 +39,14 @@ int main(int argc, char **argv) {
         .prog = "cnn_fashion",
         .what = "trains a two-convolution network on Fashion-MNIST and evaluates it on the test set",
         .build = build_cnn,
-        .defaults = {.epochs = 3, .batch = 64, .lr = NAN, .momentum = 0.9, .optimizer = "sgd", .seed = 1,
-                     .progress = true, .eval_batch = 250},
+        .defaults = {.epochs = 3,
+                     .batch = 64,
+                     .lr = NAN,
+                     .momentum = 0.9,
+                     .optimizer = "sgd",
+                     .seed = 1,
+                     .progress = true,
+                     .eval_batch = 250},
     };
     return ex_classifier_main(argc, argv, &spec);
 }

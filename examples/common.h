@@ -38,9 +38,9 @@ static inline double ex_now_ms(void) {
 
 /* Which flags a program accepts (the regression has no dataset, no curves). */
 enum {
-    EX_F_DATA = 1 << 0,   /* --data --limit --val --plot --metrics --eval-batch */
+    EX_F_DATA = 1 << 0,     /* --data --limit --val --plot --metrics --eval-batch */
     EX_F_PROGRESS = 1 << 1, /* --progress --no-progress */
-    EX_F_BENCH = 1 << 2,  /* --bench */
+    EX_F_BENCH = 1 << 2,    /* --bench */
 };
 
 typedef struct ex_opts {
@@ -50,14 +50,14 @@ typedef struct ex_opts {
     double momentum;       /* SGD only */
     const char *optimizer; /* "sgd" or "adam" */
     uint64_t seed;
-    const char *device;    /* NULL: $KILN_DEVICE, else the default device */
+    const char *device; /* NULL: $KILN_DEVICE, else the default device */
     const char *save, *load, *data;
-    int64_t limit;         /* 0: every training sample */
-    double val;            /* fraction of the training set held out for validation */
+    int64_t limit; /* 0: every training sample */
+    double val;    /* fraction of the training set held out for validation */
     const char *plot, *metrics;
     bool progress;
-    int bench;             /* timed training steps after the run (0: none) */
-    bool test_each_epoch;  /* the test set as kiln_fit's validation set, to follow it per epoch */
+    int bench;            /* timed training steps after the run (0: none) */
+    bool test_each_epoch; /* the test set as kiln_fit's validation set, to follow it per epoch */
     int64_t eval_batch;
 } ex_opts;
 
@@ -87,8 +87,7 @@ static inline void ex_usage(FILE *f, const char *prog, const char *what, unsigne
         fprintf(f, "  --test-each-epoch  measure the test set after every epoch (in place of --val; to\n"
                    "                     follow test accuracy per epoch, not to select a model)\n");
     }
-    if (flags & EX_F_PROGRESS)
-        fprintf(f, "  --progress, --no-progress   progress on stderr [on]\n");
+    if (flags & EX_F_PROGRESS) fprintf(f, "  --progress, --no-progress   progress on stderr [on]\n");
     if (flags & EX_F_BENCH)
         fprintf(f, "  --bench N          after the run, time N training steps and print the median\n"
                    "                     milliseconds per step (step_ms=...) [0: off]\n");
@@ -146,9 +145,9 @@ static inline int ex_parse(int argc, char **argv, const char *prog, const char *
             o->progress = false;
             continue;
         }
-        static const char *const valued[] = {"--epochs", "--batch", "--lr", "--optimizer", "--momentum", "--seed",
-                                             "--device", "--save", "--load", "--data", "--limit", "--val",
-                                             "--plot", "--metrics", "--bench", "--eval-batch"};
+        static const char *const valued[] = {"--epochs", "--batch",   "--lr",    "--optimizer", "--momentum", "--seed",
+                                             "--device", "--save",    "--load",  "--data",      "--limit",    "--val",
+                                             "--plot",   "--metrics", "--bench", "--eval-batch"};
         bool known = false;
         for (size_t k = 0; k < sizeof valued / sizeof *valued; k++) known |= !strcmp(name, valued[k]);
         bool data_flag = !strcmp(name, "--data") || !strcmp(name, "--limit") || !strcmp(name, "--val") ||
@@ -166,25 +165,41 @@ static inline int ex_parse(int argc, char **argv, const char *prog, const char *
         }
         int64_t n = 0;
         bool ok = true;
-        if (!strcmp(name, "--epochs")) ok = ex_parse_i64(v, 0, 1000000, &n), o->epochs = (int)n;
-        else if (!strcmp(name, "--batch")) ok = ex_parse_i64(v, 1, 1 << 20, &o->batch);
-        else if (!strcmp(name, "--eval-batch")) ok = ex_parse_i64(v, 1, 1 << 20, &o->eval_batch);
-        else if (!strcmp(name, "--lr")) ok = ex_parse_f64(v, 0, 1e6, &o->lr);
-        else if (!strcmp(name, "--momentum")) ok = ex_parse_f64(v, 0, 1, &o->momentum);
-        else if (!strcmp(name, "--seed")) ok = ex_parse_i64(v, 0, INT64_MAX, &n), o->seed = (uint64_t)n;
-        else if (!strcmp(name, "--limit")) ok = ex_parse_i64(v, 1, INT64_MAX, &o->limit);
-        else if (!strcmp(name, "--val")) ok = ex_parse_f64(v, 0, 0.99, &o->val);
-        else if (!strcmp(name, "--bench")) ok = ex_parse_i64(v, 0, 1000000, &n), o->bench = (int)n;
+        if (!strcmp(name, "--epochs"))
+            ok = ex_parse_i64(v, 0, 1000000, &n), o->epochs = (int)n;
+        else if (!strcmp(name, "--batch"))
+            ok = ex_parse_i64(v, 1, 1 << 20, &o->batch);
+        else if (!strcmp(name, "--eval-batch"))
+            ok = ex_parse_i64(v, 1, 1 << 20, &o->eval_batch);
+        else if (!strcmp(name, "--lr"))
+            ok = ex_parse_f64(v, 0, 1e6, &o->lr);
+        else if (!strcmp(name, "--momentum"))
+            ok = ex_parse_f64(v, 0, 1, &o->momentum);
+        else if (!strcmp(name, "--seed"))
+            ok = ex_parse_i64(v, 0, INT64_MAX, &n), o->seed = (uint64_t)n;
+        else if (!strcmp(name, "--limit"))
+            ok = ex_parse_i64(v, 1, INT64_MAX, &o->limit);
+        else if (!strcmp(name, "--val"))
+            ok = ex_parse_f64(v, 0, 0.99, &o->val);
+        else if (!strcmp(name, "--bench"))
+            ok = ex_parse_i64(v, 0, 1000000, &n), o->bench = (int)n;
         else if (!strcmp(name, "--optimizer")) {
             ok = !strcmp(v, "sgd") || !strcmp(v, "adam");
             o->optimizer = v;
-        } else if (!*v) ok = false; /* an empty path or spec */
-        else if (!strcmp(name, "--device")) o->device = v;
-        else if (!strcmp(name, "--save")) o->save = v;
-        else if (!strcmp(name, "--load")) o->load = v;
-        else if (!strcmp(name, "--data")) o->data = v;
-        else if (!strcmp(name, "--plot")) o->plot = v;
-        else if (!strcmp(name, "--metrics")) o->metrics = v;
+        } else if (!*v)
+            ok = false; /* an empty path or spec */
+        else if (!strcmp(name, "--device"))
+            o->device = v;
+        else if (!strcmp(name, "--save"))
+            o->save = v;
+        else if (!strcmp(name, "--load"))
+            o->load = v;
+        else if (!strcmp(name, "--data"))
+            o->data = v;
+        else if (!strcmp(name, "--plot"))
+            o->plot = v;
+        else if (!strcmp(name, "--metrics"))
+            o->metrics = v;
         if (!ok) {
             fprintf(stderr, "%s: invalid value '%s' for %s\n", prog, v, name);
             goto bad;
@@ -282,17 +297,17 @@ static inline double ex_bench_steps(kiln_module *m, kiln_optim *opt, kiln_loader
 
 typedef struct ex_classifier {
     const char *prog;
-    const char *what;                         /* one line for --help */
-    kiln_module *(*build)(kiln_ctx *ctx);     /* the model, from the context's RNG */
+    const char *what;                     /* one line for --help */
+    kiln_module *(*build)(kiln_ctx *ctx); /* the model, from the context's RNG */
     ex_opts defaults;
 } ex_classifier;
 
-#define EX_FAIL(...)                                                                          \
-    do {                                                                                      \
-        fprintf(stderr, "%s: ", spec->prog);                                                  \
-        fprintf(stderr, __VA_ARGS__);                                                         \
-        fputc('\n', stderr);                                                                  \
-        goto done;                                                                            \
+#define EX_FAIL(...)                                                                                                   \
+    do {                                                                                                               \
+        fprintf(stderr, "%s: ", spec->prog);                                                                           \
+        fprintf(stderr, __VA_ARGS__);                                                                                  \
+        fputc('\n', stderr);                                                                                           \
+        goto done;                                                                                                     \
     } while (0)
 
 /* Flags, device, data, model, optional --load, kiln_fit, kiln_evaluate on the 10000 test

@@ -40,11 +40,16 @@ int main(int argc, char **argv) {
             return 2;
         }
         const char *v = argv[++i];
-        if (!strcmp(a, "--device")) spec = v;
-        else if (!strcmp(a, "--m")) m = atol(v);
-        else if (!strcmp(a, "--n")) n = atol(v);
-        else if (!strcmp(a, "--k")) k = atol(v);
-        else if (!strcmp(a, "--repeat")) repeat = atol(v);
+        if (!strcmp(a, "--device"))
+            spec = v;
+        else if (!strcmp(a, "--m"))
+            m = atol(v);
+        else if (!strcmp(a, "--n"))
+            n = atol(v);
+        else if (!strcmp(a, "--k"))
+            k = atol(v);
+        else if (!strcmp(a, "--repeat"))
+            repeat = atol(v);
         else {
             fprintf(stderr, "gemm: unknown option %s (see --help)\n", a);
             return 2;
@@ -72,8 +77,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     uint64_t s = 42;
-    for (long i = 0; i < m * k; i++) a[i] = (float)((s = s * 6364136223846793005ULL + 1442695040888963407ULL) >> 40) / 16777216.0f - 0.5f;
-    for (long i = 0; i < k * n; i++) b[i] = (float)((s = s * 6364136223846793005ULL + 1442695040888963407ULL) >> 40) / 16777216.0f - 0.5f;
+    for (long i = 0; i < m * k; i++)
+        a[i] = (float)((s = s * 6364136223846793005ULL + 1442695040888963407ULL) >> 40) / 16777216.0f - 0.5f;
+    for (long i = 0; i < k * n; i++)
+        b[i] = (float)((s = s * 6364136223846793005ULL + 1442695040888963407ULL) >> 40) / 16777216.0f - 0.5f;
 
     kiln_tensor *A = kiln_from_host(ctx, a, KILN_F32, 2, (int64_t[]){m, k});
     kiln_tensor *B = kiln_from_host(ctx, b, KILN_F32, 2, (int64_t[]){k, n});

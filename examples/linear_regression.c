@@ -48,8 +48,7 @@ int main(int argc, char **argv) {
     rc = 1;
     if (!opt || !w || !b) goto fail;
     if (o.load && kiln_module_load(model, o.load, true, NULL) != KILN_OK) goto fail;
-    printf("%d points of y = 3x + N(0, %g^2); least squares: weight=%.4f bias=%.4f\n", N_POINTS, NOISE_STD, ls_w,
-           ls_b);
+    printf("%d points of y = 3x + N(0, %g^2); least squares: weight=%.4f bias=%.4f\n", N_POINTS, NOISE_STD, ls_w, ls_b);
 
     for (int epoch = 1; epoch <= o.epochs; epoch++) {
         double sum = 0;
@@ -59,7 +58,7 @@ int main(int argc, char **argv) {
             kiln_scope_begin(ctx); /* everything made until scope_end is freed there */
             kiln_tensor *x = kiln_from_host(ctx, xs + start, KILN_F32, 2, (int64_t[]){n, 1}); // (n, 1)
             kiln_tensor *y = kiln_from_host(ctx, ys + start, KILN_F32, 2, (int64_t[]){n, 1}); // (n, 1)
-            kiln_tensor *loss = kiln_mse_loss(ctx, kiln_forward(model, x), y, KILN_MEAN);    // ()
+            kiln_tensor *loss = kiln_mse_loss(ctx, kiln_forward(model, x), y, KILN_MEAN);     // ()
             kiln_optim_zero_grad(opt);
             kiln_backward(loss);
             kiln_optim_step(opt);

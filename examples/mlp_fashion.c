@@ -15,13 +15,13 @@ static kiln_module *build_mlp(kiln_ctx *ctx) {
     /* tiny (ex_tiny): hidden layers 16 and 8 wide */
     bool t = ex_tiny();
     int64_t h1 = t ? 16 : 512, h2 = t ? 8 : 256;
-    kiln_module *net = kiln_nn_sequential(ctx, 6, (kiln_module *[]){
-        kiln_nn_flatten(ctx, 1, -1),                      // (B, 1, 28, 28) -> (B, 784)
-        kiln_nn_linear(ctx, 784, h1, true),               // (B, 512)
-        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-        kiln_nn_linear(ctx, h1, h2, true),                // (B, 256)
-        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-        kiln_nn_linear(ctx, h2, 10, true)});              // (B, 10) logits
+    kiln_module *net = kiln_nn_sequential(ctx, 6,
+                                          (kiln_module *[]){kiln_nn_flatten(ctx, 1, -1), // (B, 1, 28, 28) -> (B, 784)
+                                                            kiln_nn_linear(ctx, 784, h1, true), // (B, 512)
+                                                            kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                                            kiln_nn_linear(ctx, h1, h2, true), // (B, 256)
+                                                            kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                                            kiln_nn_linear(ctx, h2, 10, true)}); // (B, 10) logits
     static const char *const names[] = {"flatten", "fc1", "relu1", "fc2", "relu2", "fc3"};
     for (int i = 0; net && i < 6; i++) kiln_module_set_child_name(net, i, names[i]);
     return net;
@@ -32,8 +32,14 @@ int main(int argc, char **argv) {
         .prog = "mlp_fashion",
         .what = "trains a 784-512-256-10 ReLU perceptron on Fashion-MNIST and evaluates it on the test set",
         .build = build_mlp,
-        .defaults = {.epochs = 5, .batch = 64, .lr = NAN, .momentum = 0.9, .optimizer = "adam", .seed = 1,
-                     .progress = true, .eval_batch = 250},
+        .defaults = {.epochs = 5,
+                     .batch = 64,
+                     .lr = NAN,
+                     .momentum = 0.9,
+                     .optimizer = "adam",
+                     .seed = 1,
+                     .progress = true,
+                     .eval_batch = 250},
     };
     return ex_classifier_main(argc, argv, &spec);
 }

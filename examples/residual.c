@@ -49,7 +49,8 @@ static kiln_status basic_block_forward(kiln_module *m, int nin, kiln_tensor *con
 /* torchvision's BasicBlock prints no arguments; these help reading kiln_module_describe */
 static void basic_block_describe(const kiln_module *m, char *buf, size_t cap) {
     const basic_block *b = kiln_module_data(m);
-    snprintf(buf, cap, "inplanes=%lld, planes=%lld, stride=%d", (long long)b->inplanes, (long long)b->planes, b->stride);
+    snprintf(buf, cap, "inplanes=%lld, planes=%lld, stride=%d", (long long)b->inplanes, (long long)b->planes,
+             b->stride);
 }
 
 static const kiln_module_def basic_block_def = {
@@ -88,8 +89,9 @@ static kiln_module *basic_block_new(kiln_ctx *ctx, int64_t inplanes, int64_t pla
               add(m, "bn2", &b->bn2, kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f));
     if (ok && (stride != 1 || inplanes != planes))
         ok = add(m, "downsample", &b->downsample,
-                 kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_conv2d(ctx, inplanes, planes, 1, 1, &conv1, false),
-                                                             kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f)}));
+                 kiln_nn_sequential(ctx, 2,
+                                    (kiln_module *[]){kiln_nn_conv2d(ctx, inplanes, planes, 1, 1, &conv1, false),
+                                                      kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f)}));
     if (!ok) {
         kiln_module_free(m); /* the children added so far go with it */
         return NULL;
@@ -103,15 +105,16 @@ static kiln_module *basic_block_new(kiln_ctx *ctx, int64_t inplanes, int64_t pla
 static kiln_module *resnet_new(kiln_ctx *ctx) {
     kiln_conv2d_params same = kiln_conv2d_defaults();
     same.padding[0] = same.padding[1] = 1;
-    kiln_module *net = kiln_nn_sequential(ctx, 8, (kiln_module *[]){
-        kiln_nn_conv2d(ctx, 1, 8, 3, 3, &same, false),                            // (B, 8, 28, 28)
-        kiln_nn_batchnorm2d(ctx, 8, 1e-5f, 0.1f),
-        kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-        kiln_nn_sequential(ctx, 1, (kiln_module *[]){basic_block_new(ctx, 8, 8, 1)}),   // (B, 8, 28, 28)
-        kiln_nn_sequential(ctx, 1, (kiln_module *[]){basic_block_new(ctx, 8, 16, 2)}),  // (B, 16, 14, 14)
-        kiln_nn_global_avgpool2d(ctx),                                             // (B, 16, 1, 1)
-        kiln_nn_flatten(ctx, 1, -1),                                               // (B, 16)
-        kiln_nn_linear(ctx, 16, 10, true)});                                       // (B, 10) logits
+    kiln_module *net = kiln_nn_sequential(
+        ctx, 8,
+        (kiln_module *[]){
+            kiln_nn_conv2d(ctx, 1, 8, 3, 3, &same, false), // (B, 8, 28, 28)
+            kiln_nn_batchnorm2d(ctx, 8, 1e-5f, 0.1f), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+            kiln_nn_sequential(ctx, 1, (kiln_module *[]){basic_block_new(ctx, 8, 8, 1)}),  // (B, 8, 28, 28)
+            kiln_nn_sequential(ctx, 1, (kiln_module *[]){basic_block_new(ctx, 8, 16, 2)}), // (B, 16, 14, 14)
+            kiln_nn_global_avgpool2d(ctx),                                                 // (B, 16, 1, 1)
+            kiln_nn_flatten(ctx, 1, -1),                                                   // (B, 16)
+            kiln_nn_linear(ctx, 16, 10, true)});                                           // (B, 10) logits
     static const char *const names[] = {"conv1", "bn1", "relu", "layer1", "layer2", "avgpool", "flatten", "fc"};
     for (int i = 0; net && i < 8; i++)
         if (kiln_module_set_child_name(net, i, names[i]) != KILN_OK) {
@@ -196,17 +199,28 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
-        if (!strcmp(a, "--synthetic")) synth = true;
-        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) return usage(argv[0]) - 2;
-        else if (!v) return usage(argv[0]);
-        else if (!strcmp(a, "--steps")) steps = (int)strtol(v, &end, 10), i++;
-        else if (!strcmp(a, "--batch")) batch = strtoll(v, &end, 10), i++;
-        else if (!strcmp(a, "--lr")) lr = strtod(v, &end), i++;
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, &end, 10), i++;
-        else if (!strcmp(a, "--data")) data = v, i++;
-        else if (!strcmp(a, "--device")) device = v, i++;
-        else if (!strcmp(a, "--save")) save = v, i++;
-        else return usage(argv[0]);
+        if (!strcmp(a, "--synthetic"))
+            synth = true;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h"))
+            return usage(argv[0]) - 2;
+        else if (!v)
+            return usage(argv[0]);
+        else if (!strcmp(a, "--steps"))
+            steps = (int)strtol(v, &end, 10), i++;
+        else if (!strcmp(a, "--batch"))
+            batch = strtoll(v, &end, 10), i++;
+        else if (!strcmp(a, "--lr"))
+            lr = strtod(v, &end), i++;
+        else if (!strcmp(a, "--seed"))
+            seed = strtoull(v, &end, 10), i++;
+        else if (!strcmp(a, "--data"))
+            data = v, i++;
+        else if (!strcmp(a, "--device"))
+            device = v, i++;
+        else if (!strcmp(a, "--save"))
+            save = v, i++;
+        else
+            return usage(argv[0]);
         if (end && (*end || steps < 10 || batch < 1 || !(lr > 0))) {
             fprintf(stderr, "%s: bad value '%s' for %s (--steps >= 10, --batch >= 1, --lr > 0)\n", argv[0], v, a);
             return 2;
@@ -226,15 +240,17 @@ int main(int argc, char **argv) {
     kiln_tensor **params = NULL;
     char *text = malloc(1 << 15);
     char path[512];
-    if (save) snprintf(path, sizeof path, "%s", save);
-    else snprintf(path, sizeof path, "%s/kiln_residual_%ld.safetensors", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
-                  (long)getpid());
-#define FAIL(...)                                   \
-    do {                                            \
-        fprintf(stderr, "%s: ", argv[0]);           \
-        fprintf(stderr, __VA_ARGS__);               \
-        fputc('\n', stderr);                        \
-        goto done;                                  \
+    if (save)
+        snprintf(path, sizeof path, "%s", save);
+    else
+        snprintf(path, sizeof path, "%s/kiln_residual_%ld.safetensors", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+                 (long)getpid());
+#define FAIL(...)                                                                                                      \
+    do {                                                                                                               \
+        fprintf(stderr, "%s: ", argv[0]);                                                                              \
+        fprintf(stderr, __VA_ARGS__);                                                                                  \
+        fputc('\n', stderr);                                                                                           \
+        goto done;                                                                                                     \
     } while (0)
 
     kiln_manual_seed(ctx, seed);
@@ -253,7 +269,8 @@ int main(int argc, char **argv) {
 
     ds = synth ? synthetic(2000, seed) : kiln_fashion_mnist(data, true);
     if (!ds) FAIL("%s%s", kiln_last_error(), synth ? "" : " (--synthetic trains without the dataset)");
-    printf("data: %s, %lld images\n", synth ? "synthetic bars" : "Fashion-MNIST", (long long)kiln_dataset_num_samples(ds));
+    printf("data: %s, %lld images\n", synth ? "synthetic bars" : "Fashion-MNIST",
+           (long long)kiln_dataset_num_samples(ds));
     kiln_loader_opts lo = kiln_loader_defaults();
     lo.batch_size = batch;
     lo.shuffle = true;

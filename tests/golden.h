@@ -92,8 +92,10 @@ static inline bool golden__parse(golden *g, const char *h, size_t hlen, const un
         void *dst = malloc(bytes);
         if (!dst) return false;
         memcpy(dst, data + a, (size_t)(b - a));
-        if (t->is_int) t->i = dst;
-        else t->f = dst;
+        if (t->is_int)
+            t->i = dst;
+        else
+            t->f = dst;
         g->n++;
         p = strchr(of, ']') + 1;
         const char *close = strchr(p, '}');
@@ -170,7 +172,8 @@ static inline kiln_tensor *golden_upload(kiln_ctx *ctx, const golden_tensor *t) 
 
 /* Compares a kiln tensor with a golden F32 tensor of the same shape: |got-ref| <=
  * atol + rtol*|ref| elementwise (tolerances stated by the caller). */
-static inline void golden_compare(const char *what, kiln_tensor *got, const golden_tensor *ref, double atol, double rtol) {
+static inline void golden_compare(const char *what, kiln_tensor *got, const golden_tensor *ref, double atol,
+                                  double rtol) {
     if (!ref) return;
     CHECK(got != NULL, "%s: no result: %s", what, got ? "" : "NULL tensor");
     if (!got) return;
@@ -207,13 +210,16 @@ static inline void golden_compare_scaled(const char *what, kiln_tensor *got, con
     for (int64_t k = 0; k < ref->numel; k++) {
         double g = h[k], r = ref->f[k], e;
         double tol = atol + nm * 0x1p-24 * (mag ? fabs((double)mag->f[k]) : 0) + nr * 0x1p-24 * fabs(r);
-        if (g == r) e = 0;
-        else if (isnan(r) || isnan(g) || isinf(r) || isinf(g)) e = isnan(r) && isnan(g) ? 0 : INFINITY;
-        else e = tol > 0 ? fabs(g - r) / tol : INFINITY;
+        if (g == r)
+            e = 0;
+        else if (isnan(r) || isnan(g) || isinf(r) || isinf(g))
+            e = isnan(r) && isnan(g) ? 0 : INFINITY;
+        else
+            e = tol > 0 ? fabs(g - r) / tol : INFINITY;
         if (e > worst) worst = e;
         if (e > 1 && bad++ == 0)
-            fprintf(stderr, "  %s: element %lld: got %.9g, PyTorch %.9g (normalised error %.3g)\n", what,
-                    (long long)k, g, r, e);
+            fprintf(stderr, "  %s: element %lld: got %.9g, PyTorch %.9g (normalised error %.3g)\n", what, (long long)k,
+                    g, r, e);
     }
     CHECK(bad == 0, "%s: %lld of %lld elements outside atol=%g + %g u mag + %g u |ref| (worst normalised error %.3g)",
           what, (long long)bad, (long long)ref->numel, atol, nm, nr, worst);

@@ -30,15 +30,15 @@ static inline void h_set_guard(kiln_ctx *ctx, int64_t n) {
 static int h_checks, h_failed;
 static const char *h_device = "";
 
-#define CHECK(cond, ...)                                                                  \
-    do {                                                                                  \
-        h_checks++;                                                                       \
-        if (!(cond)) {                                                                    \
-            h_failed++;                                                                   \
-            fprintf(stderr, "%s:%d [%s] CHECK(%s) failed: ", __FILE__, __LINE__, h_device, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                                 \
-            fputc('\n', stderr);                                                          \
-        }                                                                                 \
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        h_checks++;                                                                                                    \
+        if (!(cond)) {                                                                                                 \
+            h_failed++;                                                                                                \
+            fprintf(stderr, "%s:%d [%s] CHECK(%s) failed: ", __FILE__, __LINE__, h_device, #cond);                     \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fputc('\n', stderr);                                                                                       \
+        }                                                                                                              \
     } while (0)
 
 /* Checks that ctx holds no error; prints it when it does. */
@@ -69,21 +69,21 @@ static inline int h_devices(char specs[][16], int cap) {
 }
 
 /* Opens each device in turn and calls fn(ctx). */
-#define H_FOR_EACH_DEVICE(fn)                                                             \
-    do {                                                                                  \
-        char specs_[16][16];                                                              \
-        int nd_ = h_devices(specs_, 16);                                                  \
-        for (int di_ = 0; di_ < nd_; di_++) {                                             \
-            kiln_ctx *ctx_;                                                               \
-            if (kiln_open(&ctx_, specs_[di_]) != KILN_OK) {                               \
-                CHECK(0, "kiln_open(%s): %s", specs_[di_], kiln_last_error());            \
-                continue;                                                                 \
-            }                                                                             \
-            h_device = kiln_ctx_device(ctx_)->name;                                      \
-            fprintf(stderr, "device %s: %s\n", specs_[di_], h_device);                   \
-            fn(ctx_);                                                                     \
-            kiln_close(ctx_);                                                             \
-        }                                                                                 \
+#define H_FOR_EACH_DEVICE(fn)                                                                                          \
+    do {                                                                                                               \
+        char specs_[16][16];                                                                                           \
+        int nd_ = h_devices(specs_, 16);                                                                               \
+        for (int di_ = 0; di_ < nd_; di_++) {                                                                          \
+            kiln_ctx *ctx_;                                                                                            \
+            if (kiln_open(&ctx_, specs_[di_]) != KILN_OK) {                                                            \
+                CHECK(0, "kiln_open(%s): %s", specs_[di_], kiln_last_error());                                         \
+                continue;                                                                                              \
+            }                                                                                                          \
+            h_device = kiln_ctx_device(ctx_)->name;                                                                    \
+            fprintf(stderr, "device %s: %s\n", specs_[di_], h_device);                                                 \
+            fn(ctx_);                                                                                                  \
+            kiln_close(ctx_);                                                                                          \
+        }                                                                                                              \
     } while (0)
 
 static inline int h_finish(void) {
@@ -111,16 +111,21 @@ static inline int64_t h_numel(int ndim, const int64_t *shape) {
 
 /* Compares got (float) with ref (double). Returns the largest normalised error; reports
  * the first element outside the bound. NaN/Inf in ref must be matched exactly. */
-static inline double h_compare(const char *what, const float *got, const double *ref, int64_t n, double atol, double rtol) {
+static inline double h_compare(const char *what, const float *got, const double *ref, int64_t n, double atol,
+                               double rtol) {
     double worst = 0;
     int64_t bad = 0;
     for (int64_t i = 0; i < n; i++) {
         double g = got[i], r = ref[i];
         double e;
-        if (g == r) e = 0; /* exact, including zeros and equal infinities */
-        else if (isnan(r) || isnan(g)) e = (isnan(r) && isnan(g)) ? 0 : INFINITY;
-        else if (isinf(r) || isinf(g)) e = (g == r) ? 0 : INFINITY;
-        else e = fabs(g - r) / (atol + rtol * fabs(r));
+        if (g == r)
+            e = 0; /* exact, including zeros and equal infinities */
+        else if (isnan(r) || isnan(g))
+            e = (isnan(r) && isnan(g)) ? 0 : INFINITY;
+        else if (isinf(r) || isinf(g))
+            e = (g == r) ? 0 : INFINITY;
+        else
+            e = fabs(g - r) / (atol + rtol * fabs(r));
         if (e > worst) worst = e;
         if (e > 1 && bad++ == 0)
             fprintf(stderr, "  %s: element %lld: got %.9g, reference %.9g (normalised error %.3g)\n", what,

@@ -33,13 +33,12 @@ static inline bool cnn_build(cnn *m, kiln_ctx *ctx, uint64_t seed) {
     kiln_manual_seed(ctx, seed);
     kiln_conv2d_params cp = {.stride = {1, 1}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
     kiln_pool2d_params pp = {.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}};
-    m->net = kiln_nn_sequential(ctx, 7,
-                                (kiln_module *[]){kiln_nn_conv2d(ctx, 1, 4, 3, 3, &cp, true),
-                                                  kiln_nn_batchnorm2d(ctx, 4, 1e-5f, 0.1f),
-                                                  kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-                                                  kiln_nn_maxpool2d(ctx, &pp), kiln_nn_dropout(ctx, 0.25f),
-                                                  kiln_nn_flatten(ctx, 1, -1),
-                                                  kiln_nn_linear(ctx, 4 * (CNN_H / 2) * (CNN_H / 2), CNN_CLASSES, true)});
+    m->net = kiln_nn_sequential(
+        ctx, 7,
+        (kiln_module *[]){kiln_nn_conv2d(ctx, 1, 4, 3, 3, &cp, true), kiln_nn_batchnorm2d(ctx, 4, 1e-5f, 0.1f),
+                          kiln_nn_activation(ctx, KILN_ACT_RELU, 0), kiln_nn_maxpool2d(ctx, &pp),
+                          kiln_nn_dropout(ctx, 0.25f), kiln_nn_flatten(ctx, 1, -1),
+                          kiln_nn_linear(ctx, 4 * (CNN_H / 2) * (CNN_H / 2), CNN_CLASSES, true)});
     if (!m->net) return false;
     m->nparams = kiln_module_parameters(m->net, m->params, CNN_MAX_STATE);
     if (m->nparams <= 0 || m->nparams > CNN_MAX_STATE) return false;
@@ -84,7 +83,8 @@ static inline kiln_status cnn_step(cnn *m, int step, float *loss) {
     kiln_tensor *yt = kiln_from_host(ctx, y, KILN_I32, 1, (int64_t[]){CNN_N});
     kiln_tensor *l = kiln_cross_entropy(ctx, kiln_forward(m->net, xt), yt, KILN_MEAN);
     if (l) {
-        if (kiln_optim_zero_grad(m->opt) == KILN_OK && kiln_backward(l) == KILN_OK && kiln_optim_step(m->opt) == KILN_OK)
+        if (kiln_optim_zero_grad(m->opt) == KILN_OK && kiln_backward(l) == KILN_OK &&
+            kiln_optim_step(m->opt) == KILN_OK)
             *loss = kiln_tensor_item(l);
     }
     kiln_scope_end(ctx);

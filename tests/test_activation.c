@@ -66,9 +66,9 @@ enum { K_RELU, K_LEAKY, K_ELU, K_GELU, K_GELU_TANH, K_SIGMOID, K_TANH, K_SOFTPLU
 typedef struct act_desc {
     const char *name;
     int kind;
-    float a, b;        /* parameters: slope, alpha, beta/threshold */
-    double ax, rtol;   /* tolerance: FLT_MIN + ax*|x| + rtol*|ref| */
-    bool exact;        /* the reference is rounded to float and must match bit for bit */
+    float a, b;      /* parameters: slope, alpha, beta/threshold */
+    double ax, rtol; /* tolerance: FLT_MIN + ax*|x| + rtol*|ref| */
+    bool exact;      /* the reference is rounded to float and must match bit for bit */
 } act_desc;
 
 static kiln_tensor *act_call(kiln_ctx *ctx, const act_desc *op, kiln_tensor *x) {
@@ -127,18 +127,22 @@ static void cmp_x(const char *what, const float *got, const double *ref, const d
     double worst = 0;
     for (int64_t i = 0; i < n; i++) {
         double g = got[i], r = ref[i], e;
-        if (g == r) e = 0;
-        else if (isnan(r) || isnan(g)) e = (isnan(r) && isnan(g)) ? 0 : INFINITY;
-        else if (isinf(r) || isinf(g)) e = INFINITY;
-        else e = fabs(g - r) / (FLT_MIN + ax * (isfinite(x[i]) ? fabs(x[i]) : 0) + rtol * fabs(r));
+        if (g == r)
+            e = 0;
+        else if (isnan(r) || isnan(g))
+            e = (isnan(r) && isnan(g)) ? 0 : INFINITY;
+        else if (isinf(r) || isinf(g))
+            e = INFINITY;
+        else
+            e = fabs(g - r) / (FLT_MIN + ax * (isfinite(x[i]) ? fabs(x[i]) : 0) + rtol * fabs(r));
         if (e > worst) worst = e;
         if (e > 1 && bad++ == 0)
-            fprintf(stderr, "  %s: element %lld (x = %.9g): got %.9g, reference %.9g (normalised error %.3g)\n",
-                    what, (long long)i, x[i], g, r, e);
+            fprintf(stderr, "  %s: element %lld (x = %.9g): got %.9g, reference %.9g (normalised error %.3g)\n", what,
+                    (long long)i, x[i], g, r, e);
     }
     if (getenv("ACT_VERBOSE")) fprintf(stderr, "worst %.3f %s\n", worst, what);
-    CHECK(bad == 0, "%s: %lld of %lld elements outside the bound (worst normalised error %.3g)", what,
-          (long long)bad, (long long)n, worst);
+    CHECK(bad == 0, "%s: %lld of %lld elements outside the bound (worst normalised error %.3g)", what, (long long)bad,
+          (long long)n, worst);
 }
 
 /* ---- operands: a host base buffer, a kiln view of it, the harness's model ----------- */
@@ -193,9 +197,28 @@ static bool same_shape(kiln_tensor *t, const h_view *v) {
            (v->ndim == 0 || memcmp(kiln_tensor_shape(t), v->shape, sizeof(int64_t) * (size_t)v->ndim) == 0);
 }
 
-#define V(nm, n, ...) {nm, n, {__VA_ARGS__}, {{0}}}
-#define VT(nm, n, a, b, ...) {nm, n, {__VA_ARGS__}, {{TF_T, {a, b}}}}
-#define VS(nm, n, d, s, e, st, ...) {nm, n, {__VA_ARGS__}, {{TF_S, {d, s, e, st}}}}
+#define V(nm, n, ...)                                                                                                  \
+    {                                                                                                                  \
+        nm, n, {__VA_ARGS__}, {                                                                                        \
+            { 0 }                                                                                                      \
+        }                                                                                                              \
+    }
+#define VT(nm, n, a, b, ...)                                                                                           \
+    {                                                                                                                  \
+        nm, n, {__VA_ARGS__}, {                                                                                        \
+            {                                                                                                          \
+                TF_T, { a, b }                                                                                         \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+#define VS(nm, n, d, s, e, st, ...)                                                                                    \
+    {                                                                                                                  \
+        nm, n, {__VA_ARGS__}, {                                                                                        \
+            {                                                                                                          \
+                TF_S, { d, s, e, st }                                                                                  \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
 
 static const vspec shapes[] = {
     V("0-d", 0, 0),
@@ -251,9 +274,9 @@ static void test_elementwise_shapes(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 0);
 }
 
-static const float specials[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1.0f, -1.0f, 100.0f, -100.0f, 20.5f,
-                                 19.5f, 10.0f, -10.0f, 1e-30f, -1e-30f, 88.0f, -88.0f, 3.0f, -3.0f, 0.5f,
-                                 1e-40f, -1e-40f, 1e30f, -1e30f};
+static const float specials[] = {NAN,     INFINITY, -INFINITY, 0.0f,  -0.0f,  1.0f,    -1.0f,   100.0f,
+                                 -100.0f, 20.5f,    19.5f,     10.0f, -10.0f, 1e-30f,  -1e-30f, 88.0f,
+                                 -88.0f,  3.0f,     -3.0f,     0.5f,  1e-40f, -1e-40f, 1e30f,   -1e30f};
 #define NSPEC ((int64_t)(sizeof specials / sizeof specials[0]))
 
 /* NaN, Inf, signed zeros, denormals and huge values through every op, plus values spelled
@@ -542,12 +565,9 @@ static void test_softmax_shapes(kiln_ctx *ctx) {
 
 /* Rows with NaN, +-Inf, all -Inf, huge spreads; and a large shift (stability). */
 static void test_softmax_specials(kiln_ctx *ctx) {
-    static const float rows[6][4] = {{1, NAN, 2, 0},
-                                     {INFINITY, 1, 2, 0},
-                                     {-INFINITY, -INFINITY, -INFINITY, -INFINITY},
-                                     {-INFINITY, 0, 1, -3},
-                                     {100, -100, 80, 99},
-                                     {1e4f, 1e4f + 1, 1e4f - 2, 1e4f}};
+    static const float rows[6][4] = {
+        {1, NAN, 2, 0},        {INFINITY, 1, 2, 0}, {-INFINITY, -INFINITY, -INFINITY, -INFINITY},
+        {-INFINITY, 0, 1, -3}, {100, -100, 80, 99}, {1e4f, 1e4f + 1, 1e4f - 2, 1e4f}};
     for (int layout = 0; layout < NLAYOUTS; layout++) {
         kiln__hooks_of(ctx)->softmax_layout = layout;
         kiln_scope_begin(ctx);
@@ -643,8 +663,12 @@ static void test_softmax_grads(kiln_ctx *ctx) {
                 double *hd = malloc(sizeof(double) * (size_t)(o.nbase > 0 ? o.nbase : 1));
                 for (int64_t i = 0; i < o.nbase; i++) hd[i] = o.base[i];
                 int nd = o.hv.ndim;
-                sm_user u = {&o.hv, o.n, sc->dim < 0 ? sc->dim + (nd ? nd : 1) : sc->dim, lg,
-                             malloc(sizeof(double) * (size_t)(o.n > 0 ? o.n : 1)), NULL};
+                sm_user u = {&o.hv,
+                             o.n,
+                             sc->dim < 0 ? sc->dim + (nd ? nd : 1) : sc->dim,
+                             lg,
+                             malloc(sizeof(double) * (size_t)(o.n > 0 ? o.n : 1)),
+                             NULL};
                 double *hin[1] = {hd};
                 bool wanted[1] = {true};
                 gc_check(ctx, what, sm_gref, &u, 1, &o.leaf, hin, wanted, y, 1e-5, 1e-5);
@@ -720,8 +744,8 @@ static void gold_run(kiln_ctx *ctx, const golden *g, const char *cname, const ac
     kiln_tensor *x = golden_upload(ctx, gx);
     kiln_tensor_set_requires_grad(x, true);
     kiln_tensor *xin = transpose ? kiln_transpose(ctx, x, 0, 1) : x;
-    kiln_tensor *y = op ? act_call(ctx, op, xin)
-                        : (sm_log ? kiln_log_softmax(ctx, xin, sm_dim) : kiln_softmax(ctx, xin, sm_dim));
+    kiln_tensor *y =
+        op ? act_call(ctx, op, xin) : (sm_log ? kiln_log_softmax(ctx, xin, sm_dim) : kiln_softmax(ctx, xin, sm_dim));
     snprintf(what, sizeof what, "golden %s output", cname);
     golden_compare(what, y, gy, atol, rtol);
     kiln_tensor *seed = golden_upload(ctx, ggy);
@@ -757,7 +781,7 @@ static void test_golden(kiln_ctx *ctx) {
         const char *c;
         int dim;
         bool t;
-    } sm[] = {{"d0", 0, false}, {"d1", 1, false}, {"d2", 2, false}, {"dm1", -1, false}, {"1d", 0, false},
+    } sm[] = {{"d0", 0, false}, {"d1", 1, false},   {"d2", 2, false}, {"dm1", -1, false},   {"1d", 0, false},
               {"0d", 0, false}, {"long", 1, false}, {"t", 1, true},   {"special", 1, false}};
     for (int layout = 0; layout < NLAYOUTS; layout++) {
         kiln__hooks_of(ctx)->softmax_layout = layout;
@@ -822,8 +846,8 @@ static void test_autograd(kiln_ctx *ctx) {
     kiln_tensor *wg = kiln_log_softmax(ctx, x2, 0);
     CHECK(wg && kiln_tensor_requires_grad(wg) && kiln_tensor_has_grad_fn(wg), "log_softmax output has no grad_fn");
     /* chained activations on one input, then everything freed with the scope */
-    kiln_tensor *chain = kiln_softplus(ctx, kiln_gelu(ctx, kiln_elu(ctx, kiln_leaky_relu(ctx, x2, 0.1f), 1.0f), true),
-                                       1.0f, 20.0f);
+    kiln_tensor *chain =
+        kiln_softplus(ctx, kiln_gelu(ctx, kiln_elu(ctx, kiln_leaky_relu(ctx, x2, 0.1f), 1.0f), true), 1.0f, 20.0f);
     chain = kiln_log_softmax(ctx, kiln_softmax(ctx, chain, 0), -1);
     s = kiln_backward(kiln_sum(ctx, chain, 0, NULL, false));
     CHECK(s == KILN_OK, "chain backward: %s", kiln_error_message(ctx));
@@ -886,8 +910,8 @@ static void test_errors(kiln_ctx *ctx) {
     int64_t live = kiln_ctx_num_tensors(ctx);
 
     /* dtype: only f32, the message names the op, the shape and the dtype */
-    static const char *const names[] = {"kiln_relu", "kiln_leaky_relu", "kiln_elu", "kiln_gelu", "kiln_gelu",
-                                        "kiln_sigmoid", "kiln_tanh", "kiln_softplus"};
+    static const char *const names[] = {"kiln_relu", "kiln_leaky_relu", "kiln_elu",  "kiln_gelu",
+                                        "kiln_gelu", "kiln_sigmoid",    "kiln_tanh", "kiln_softplus"};
     for (int kind = K_RELU; kind <= K_SOFTPLUS; kind++) {
         act_desc d = {"", kind, 1.0f, 20.0f, 0, 0, false};
         kiln_tensor *r = act_call(ctx, &d, ti);
@@ -939,7 +963,8 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(kiln_softplus(ctx, a, 1, NAN) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT,
           "softplus threshold NaN");
     kiln_error_clear(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == live, "failed ops left %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "failed ops left %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - live));
 
     /* NULL: NULL context, NULL input (error KILN_ERR_NULL), and a chain keeps the root cause */
     CHECK(kiln_relu(NULL, a) == NULL && kiln_softmax(NULL, a, 0) == NULL, "NULL context");

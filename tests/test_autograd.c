@@ -26,11 +26,26 @@ static double f_div(double a, double b) { return a / b; }
 static double f_pow(double a, double b) { return pow(a, b); }
 static double f_maximum(double a, double b) { return a > b ? a : b; }
 static double f_minimum(double a, double b) { return a < b ? a : b; }
-static double f_neg(double a, double b) { (void)b; return -a; }
-static double f_exp(double a, double b) { (void)b; return exp(a); }
-static double f_log(double a, double b) { (void)b; return log(a); }
-static double f_sqrt(double a, double b) { (void)b; return sqrt(a); }
-static double f_abs(double a, double b) { (void)b; return fabs(a); }
+static double f_neg(double a, double b) {
+    (void)b;
+    return -a;
+}
+static double f_exp(double a, double b) {
+    (void)b;
+    return exp(a);
+}
+static double f_log(double a, double b) {
+    (void)b;
+    return log(a);
+}
+static double f_sqrt(double a, double b) {
+    (void)b;
+    return sqrt(a);
+}
+static double f_abs(double a, double b) {
+    (void)b;
+    return fabs(a);
+}
 static double f_add_s(double a, double s) { return a + s; }
 static double f_mul_s(double a, double s) { return a * s; }
 static double f_pow_s(double a, double s) { return pow(a, s); }
@@ -68,7 +83,8 @@ static void ew_ref(void *user, double *const *in, double *out) {
 }
 
 static kiln_tensor *ew_kiln(kiln_ctx *ctx, const char *name, kiln_tensor *a, kiln_tensor *b, float s) {
-#define E(n, call) if (strcmp(name, n) == 0) return call
+#define E(n, call)                                                                                                     \
+    if (strcmp(name, n) == 0) return call
     E("add", kiln_add(ctx, a, b));
     E("sub", kiln_sub(ctx, a, b));
     E("mul", kiln_mul(ctx, a, b));
@@ -90,7 +106,8 @@ static kiln_tensor *ew_kiln(kiln_ctx *ctx, const char *name, kiln_tensor *a, kil
     return NULL;
 }
 
-#define S2(a, b) {a, b}
+#define S2(a, b)                                                                                                       \
+    { a, b }
 static const ew_case ew_cases[] = {
     {"add", 2, f_add, {2, 1}, {{5, 7}, {7}}, -2, 2, 0, 2, {5, 7}},
     {"sub", 2, f_sub, {3, 3}, {{3, 1, 4}, {1, 5, 1}}, -2, 2, 0, 3, {3, 5, 4}},
@@ -185,8 +202,10 @@ static void red_ref(void *user, double *const *in, double *out) {
     red_user *u = user;
     int64_t n = h_numel(u->ndim, u->shape), nout = 1, cnt = 1;
     for (int d = 0; d < u->ndim; d++) {
-        if (u->red[d]) cnt *= u->shape[d];
-        else nout *= u->shape[d];
+        if (u->red[d])
+            cnt *= u->shape[d];
+        else
+            nout *= u->shape[d];
     }
     for (int64_t o = 0; o < nout; o++) out[o] = u->kind >= 2 ? NAN : 0;
     for (int64_t i = 0; i < n; i++) {
@@ -200,8 +219,10 @@ static void red_ref(void *user, double *const *in, double *out) {
             }
         }
         double v = in[0][i];
-        if (u->kind <= 1) out[o] += v;
-        else if (isnan(out[o]) || (u->kind == 2 ? v > out[o] : v < out[o])) out[o] = v;
+        if (u->kind <= 1)
+            out[o] += v;
+        else if (isnan(out[o]) || (u->kind == 2 ? v > out[o] : v < out[o]))
+            out[o] = v;
     }
     if (u->kind == 1)
         for (int64_t o = 0; o < nout; o++) out[o] /= (double)cnt;
@@ -307,19 +328,29 @@ static void test_matmul_grads(kiln_ctx *ctx) {
     };
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
         kiln_scope_begin(ctx);
-        mm_user u = {cs[ci].ba ? cs[ci].ba : 1, cs[ci].bb ? cs[ci].bb : 1, 1, cs[ci].m, cs[ci].k, cs[ci].n,
-                     cs[ci].ta, cs[ci].tb, cs[ci].va, cs[ci].vb};
+        mm_user u = {cs[ci].ba ? cs[ci].ba : 1,
+                     cs[ci].bb ? cs[ci].bb : 1,
+                     1,
+                     cs[ci].m,
+                     cs[ci].k,
+                     cs[ci].n,
+                     cs[ci].ta,
+                     cs[ci].tb,
+                     cs[ci].va,
+                     cs[ci].vb};
         u.batch = u.batch_a > u.batch_b ? u.batch_a : u.batch_b;
         int64_t sa[3], sb[3];
         int nda = 0, ndb = 0;
         if (cs[ci].ba) sa[nda++] = cs[ci].ba;
-        if (u.vec_a) sa[nda++] = u.k;
+        if (u.vec_a)
+            sa[nda++] = u.k;
         else {
             sa[nda++] = u.ta ? u.k : u.m;
             sa[nda++] = u.ta ? u.m : u.k;
         }
         if (cs[ci].bb) sb[ndb++] = cs[ci].bb;
-        if (u.vec_b) sb[ndb++] = u.k;
+        if (u.vec_b)
+            sb[ndb++] = u.k;
         else {
             sb[ndb++] = u.tb ? u.n : u.k;
             sb[ndb++] = u.tb ? u.k : u.n;
@@ -388,11 +419,15 @@ static void test_view_grads(kiln_ctx *ctx) {
         case 1: y = kiln_permute(ctx, x, (int[]){2, 0, 1}), what = "kiln_permute"; break;
         case 2: y = kiln_transpose(ctx, x, 0, 2), what = "kiln_transpose"; break;
         case 3: y = kiln_slice(ctx, x, 1, 1, 5, 2), what = "kiln_slice step 2"; break;
-        case 4: y = kiln_expand(ctx, kiln_slice(ctx, x, 0, 1, 2, 1), 4, (int64_t[]){3, 2, 5, 6}), what = "kiln_expand"; break;
+        case 4:
+            y = kiln_expand(ctx, kiln_slice(ctx, x, 0, 1, 2, 1), 4, (int64_t[]){3, 2, 5, 6}), what = "kiln_expand";
+            break;
         case 5: y = kiln_squeeze(ctx, kiln_unsqueeze(ctx, x, 1), 1), what = "kiln_unsqueeze/squeeze"; break;
         case 6: y = kiln_contiguous(ctx, kiln_transpose(ctx, x, 1, 2)), what = "kiln_contiguous"; break;
         case 7: y = kiln_clone(ctx, kiln_slice(ctx, x, 2, -4, 6, 3)), what = "kiln_clone"; break;
-        case 8: y = kiln_reshape(ctx, kiln_transpose(ctx, x, 0, 1), 1, (int64_t[]){-1}), what = "kiln_reshape (copy)"; break;
+        case 8:
+            y = kiln_reshape(ctx, kiln_transpose(ctx, x, 0, 1), 1, (int64_t[]){-1}), what = "kiln_reshape (copy)";
+            break;
         }
         view_user u = {.n = y ? kiln_tensor_numel(y) : 0};
         /* the host model of the same view (expand via stride 0) */
@@ -445,8 +480,8 @@ static void test_semantics(kiln_ctx *ctx) {
     CHECK(g[0] == 3 && g[1] == 5 && g[2] == 7, "diamond: grad %g %g %g, want 3 5 7", g[0], g[1], g[2]);
 
     /* backward twice through a freed graph is an error naming retain_graph */
-    CHECK(kiln_backward(loss) != KILN_OK && strstr(kiln_error_message(ctx), "retain_graph"),
-          "second backward: %s", kiln_error_message(ctx));
+    CHECK(kiln_backward(loss) != KILN_OK && strstr(kiln_error_message(ctx), "retain_graph"), "second backward: %s",
+          kiln_error_message(ctx));
     kiln_error_clear(ctx);
     kiln_scope_end(ctx);
     CHECK(kiln_ctx_num_tensors(ctx) == t0 + 2, "after the step scope: %lld tensors (want w and its grad)",
@@ -525,7 +560,8 @@ static void test_semantics(kiln_ctx *ctx) {
     kiln_to_host(kiln_tensor_grad(w), g, sizeof g);
     CHECK(fabs(g[1] - 0.5 * exp(1.0)) < 1e-6, "grad after scope %g, want %g", g[1], 0.5 * exp(1.0));
     kiln_tensor_free(kept);
-    CHECK(kiln_ctx_num_tensors(ctx) == t1, "graph not released: %lld extra tensors", (long long)(kiln_ctx_num_tensors(ctx) - t1));
+    CHECK(kiln_ctx_num_tensors(ctx) == t1, "graph not released: %lld extra tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - t1));
 
     /* a scope that ends after an error still frees everything it made */
     kiln_scope_begin(ctx);
@@ -534,7 +570,8 @@ static void test_semantics(kiln_ctx *ctx) {
     kiln_backward(bad);
     kiln_scope_end(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == t1, "error scope leaked %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - t1));
+    CHECK(kiln_ctx_num_tensors(ctx) == t1, "error scope leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - t1));
 
     /* KILN_CHECK_NUMERICS names the first op that made a NaN */
     kiln_ctx_set_check_numerics(ctx, true);
@@ -564,14 +601,16 @@ static void test_lifetime(kiln_ctx *ctx) {
     kiln_tensor *c = kiln_sum(ctx, m, 0, NULL, false);
     kiln_tensor_free(b); /* referenced by the mul's node: stays until that node goes */
     kiln_tensor_free(m);
-    CHECK(kiln_ctx_num_tensors(ctx) == t0 + 4, "a, b, m, c expected alive: %lld", (long long)(kiln_ctx_num_tensors(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0 + 4, "a, b, m, c expected alive: %lld",
+          (long long)(kiln_ctx_num_tensors(ctx) - t0));
     CHECK(kiln_backward(c) == KILN_OK, "backward: %s", kiln_error_message(ctx));
     float g[2];
     kiln_to_host(kiln_tensor_grad(a), g, sizeof g);
     double want = 2 * exp(4.0);
     CHECK(fabs(g[0] - want) < 1e-6 * want, "d sum(exp(a)^2)/da = %g, want %g", g[0], want);
     /* the backward released the graph: b and m are gone, a, its grad and c remain */
-    CHECK(kiln_ctx_num_tensors(ctx) == t0 + 3, "after backward: %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0 + 3, "after backward: %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - t0));
     kiln_tensor_free(c);
     kiln_tensor_free(a);
     CHECK(kiln_ctx_num_tensors(ctx) == t0, "lifetime: %lld tensors left", (long long)(kiln_ctx_num_tensors(ctx) - t0));
@@ -645,7 +684,7 @@ static void test_grad_slots(kiln_ctx *ctx) {
     for (int c = 0; c < 3; c++) {
         kiln_tensor_clear_grad(x);
         kiln_scope_begin(ctx);
-        kiln_tensor *o = c == 0 ? kiln_flatten(ctx, x, 1, 2)
+        kiln_tensor *o = c == 0   ? kiln_flatten(ctx, x, 1, 2)
                          : c == 1 ? kiln_permute(ctx, x, (const int[]){2, 0, 1})
                                   : kiln_add(ctx, x, kiln_zeros(ctx, 0, NULL));
         kiln_tensor *sd = NULL;
@@ -698,8 +737,8 @@ static void test_grad_slots(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
     /* then a gradient that is a strided view of the output's: w + w viewed with step 1 */
     kiln_tensor *two = kiln_reshape(ctx, w, 2, (int64_t[]){N / 3, 3});
-    kiln_tensor *l2 = kiln_sum(ctx, kiln_mul_scalar(ctx, kiln_permute(ctx, two, (const int[]){1, 0}), 0.5f), 0, NULL,
-                               false);
+    kiln_tensor *l2 =
+        kiln_sum(ctx, kiln_mul_scalar(ctx, kiln_permute(ctx, two, (const int[]){1, 0}), 0.5f), 0, NULL, false);
     CHECK(kiln_backward(l2) == KILN_OK, "permute backward: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
     for (int i = 0; i < N; i++) want[i] = (i % 3 == 1 ? 2.0f : 0.0f) + 0.5f;
@@ -709,7 +748,8 @@ static void test_grad_slots(kiln_ctx *ctx) {
 
     kiln_tensor_free(seed);
     kiln_tensor_free(x);
-    CHECK(kiln_ctx_num_tensors(ctx) == t0, "grad slots: %lld tensors left", (long long)(kiln_ctx_num_tensors(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0, "grad slots: %lld tensors left",
+          (long long)(kiln_ctx_num_tensors(ctx) - t0));
     CHECK_OK(ctx);
 }
 
@@ -830,7 +870,8 @@ static void test_grad_contract(kiln_ctx *ctx) {
 
     kiln_tensor_free(x);
     kiln_tensor_free(seed);
-    CHECK(kiln_ctx_num_tensors(ctx) == t0, "grad contract: %lld tensors left", (long long)(kiln_ctx_num_tensors(ctx) - t0));
+    CHECK(kiln_ctx_num_tensors(ctx) == t0, "grad contract: %lld tensors left",
+          (long long)(kiln_ctx_num_tensors(ctx) - t0));
     CHECK_OK(ctx);
 }
 

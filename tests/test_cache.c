@@ -27,9 +27,8 @@ static int child(const char *spec, double t_exec) {
     double t1 = mono_ms();
     kiln_cache_stats s;
     kiln_cache_stats_get(ctx, &s);
-    printf("%g %llu %llu %llu %llu %.1f %.1f %.1f\n", x, (unsigned long long)s.builds,
-           (unsigned long long)s.disk_hits, (unsigned long long)s.disk_writes, (unsigned long long)s.disk_faults,
-           s.build_ms, t1 - t0, t1 - t_exec);
+    printf("%g %llu %llu %llu %llu %.1f %.1f %.1f\n", x, (unsigned long long)s.builds, (unsigned long long)s.disk_hits,
+           (unsigned long long)s.disk_writes, (unsigned long long)s.disk_faults, s.build_ms, t1 - t0, t1 - t_exec);
     kiln_close(ctx);
     return 0;
 }
@@ -51,8 +50,10 @@ static bool run_child(const char *self, const char *spec, const char *cache_dir,
         dup2(fd[1], 1);
         close(fd[0]);
         setenv("KILN_CACHE_DIR", cache_dir, 1);
-        if (cache) setenv("KILN_CACHE", cache, 1);
-        else unsetenv("KILN_CACHE");
+        if (cache)
+            setenv("KILN_CACHE", cache, 1);
+        else
+            unsetenv("KILN_CACHE");
         /* POCL keeps its own cache of compiled kernels; off, a cold start is really cold */
         if (!pocl_cache) setenv("POCL_KERNEL_CACHE", "0", 1);
         char t[64];
@@ -121,8 +122,7 @@ int main(int argc, char **argv) {
         CHECK(files == (int)cold.writes, "%d cache files for %llu writes", files, cold.writes);
         CHECK(run_child(argv[0], specs[i], dir, NULL, false, &warm), "warm child failed");
         CHECK(warm.x == 2.0f && warm.builds == 0 && warm.hits == cold.builds && warm.faults == 0,
-              "warm: a second process loads every program from disk (%llu builds, %llu hits)", warm.builds,
-              warm.hits);
+              "warm: a second process loads every program from disk (%llu builds, %llu hits)", warm.builds, warm.hits);
         count_files(dir, true);
         CHECK(run_child(argv[0], specs[i], dir, NULL, false, &bad), "child with corrupt cache failed");
         CHECK(bad.x == 2.0f && bad.faults >= 1 && bad.builds == bad.faults && bad.writes == bad.builds,

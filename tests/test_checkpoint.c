@@ -120,7 +120,7 @@ static void expect_err_(kiln_ctx *ctx, int line, const char *what, kiln_status g
         CHECK(strstr(msg, needles[k]) != NULL, "line %d, %s: message lacks '%s': %s", line, what, needles[k], msg);
     kiln_error_clear(ctx);
 }
-#define EXPECT_ERR(ctx, what, got, want, ...) \
+#define EXPECT_ERR(ctx, what, got, want, ...)                                                                          \
     expect_err_(ctx, __LINE__, what, got, want, (const char *const[]){__VA_ARGS__, NULL})
 
 /* ---- snapshots: host copies of every tensor of a model (and optimizer) ------------------ */
@@ -208,15 +208,17 @@ static bool snap_t_equal(const snap_t *a, const snap_t *b) {
 static int snap_diff(const snap *a, const snap *b, bool rng, char *why, size_t cap) {
     int d = 0;
     why[0] = '\0';
-#define DIFF(...)                                             \
-    do {                                                      \
-        if (d++ == 0) snprintf(why, cap, __VA_ARGS__);        \
+#define DIFF(...)                                                                                                      \
+    do {                                                                                                               \
+        if (d++ == 0) snprintf(why, cap, __VA_ARGS__);                                                                 \
     } while (0)
     if (a->n != b->n) DIFF("%d tensors vs %d", a->n, b->n);
     for (int i = 0; i < a->n; i++) {
         const snap_t *o = snap_get(b, a->t[i].name);
-        if (!o) DIFF("'%s' only in one", a->t[i].name);
-        else if (!snap_t_equal(&a->t[i], o)) DIFF("'%s' differs", a->t[i].name);
+        if (!o)
+            DIFF("'%s' only in one", a->t[i].name);
+        else if (!snap_t_equal(&a->t[i], o))
+            DIFF("'%s' differs", a->t[i].name);
     }
     if (a->has_opt && b->has_opt) {
         if (a->nsteps != b->nsteps) DIFF("%d vs %d step counts", a->nsteps, b->nsteps);
@@ -536,23 +538,53 @@ static void test_torch(kiln_ctx *ctx) {
 
 typedef struct variant {
     const char *name;
-    const char *drop[3];     /* names left out */
-    bool add_unexpected;     /* extra.weight [2], 9.bias [3] */
-    bool bad_shape;          /* 4.weight as [64, 3] */
-    bool bad_dtype;          /* 1.num_batches_tracked as F32, 0.bias as I32 */
+    const char *drop[3]; /* names left out */
+    bool add_unexpected; /* extra.weight [2], 9.bias [3] */
+    bool bad_shape;      /* 4.weight as [64, 3] */
+    bool bad_dtype;      /* 1.num_batches_tracked as F32, 0.bias as I32 */
     int missing, unexpected, mismatched;
     const char *needles[6];
 } variant;
 
 static void test_strict(kiln_ctx *ctx) {
     static const variant vs[] = {
-        {"missing", {"4.bias", "1.running_var"}, false, false, false, 2, 0, 0,
+        {"missing",
+         {"4.bias", "1.running_var"},
+         false,
+         false,
+         false,
+         2,
+         0,
+         0,
          {"missing 4.bias", "missing 1.running_var", "2 missing"}},
-        {"unexpected", {NULL}, true, false, false, 0, 2, 0, {"unexpected extra.weight", "unexpected 9.bias", "2 unexpected"}},
+        {"unexpected",
+         {NULL},
+         true,
+         false,
+         false,
+         0,
+         2,
+         0,
+         {"unexpected extra.weight", "unexpected 9.bias", "2 unexpected"}},
         {"shape", {NULL}, false, true, false, 0, 0, 1, {"mismatched 4.weight", "[3, 64]", "[64, 3]"}},
-        {"dtype", {NULL}, false, false, true, 0, 0, 2, {"mismatched 1.num_batches_tracked", "mismatched 0.bias", "I32", "F32"}},
-        {"all", {"0.weight"}, true, true, true, 1, 2, 3, {"missing 0.weight", "unexpected 9.bias", "mismatched 4.weight",
-                                                           "mismatched 0.bias"}},
+        {"dtype",
+         {NULL},
+         false,
+         false,
+         true,
+         0,
+         0,
+         2,
+         {"mismatched 1.num_batches_tracked", "mismatched 0.bias", "I32", "F32"}},
+        {"all",
+         {"0.weight"},
+         true,
+         true,
+         true,
+         1,
+         2,
+         3,
+         {"missing 0.weight", "unexpected 9.bias", "mismatched 4.weight", "mismatched 0.bias"}},
     };
     kiln_module *src = cnn(ctx, 30);
     if (!src) return;
@@ -605,7 +637,8 @@ static void test_strict(kiln_ctx *ctx) {
             CHECK(strstr(kiln_error_message(ctx), V->needles[k]) != NULL, "%s: message lacks '%s': %s", V->name,
                   V->needles[k], kiln_error_message(ctx));
         EXPECT_ERR(ctx, what, s, KILN_ERR_INVALID_ARGUMENT, path, "nothing was loaded");
-        CHECK(r.loaded == 0 && r.missing == V->missing && r.unexpected == V->unexpected && r.mismatched == V->mismatched,
+        CHECK(r.loaded == 0 && r.missing == V->missing && r.unexpected == V->unexpected &&
+                  r.mismatched == V->mismatched,
               "%s strict report: loaded %d, missing %d, unexpected %d, mismatched %d", V->name, r.loaded, r.missing,
               r.unexpected, r.mismatched);
         snap *after = snap_take(t, NULL);
@@ -638,12 +671,14 @@ static void test_strict(kiln_ctx *ctx) {
             if (V->bad_dtype && (strcmp(nm, "1.num_batches_tracked") == 0 || strcmp(nm, "0.bias") == 0)) loads = false;
             const snap_t *want = loads ? snap_get(ssrc, nm) : snap_get(before, nm);
             if (!snap_t_equal(&after->t[i], want)) {
-                if (wrong++ == 0) fprintf(stderr, "  %s: %s is not the %s value\n", V->name, nm, loads ? "file's" : "old");
+                if (wrong++ == 0)
+                    fprintf(stderr, "  %s: %s is not the %s value\n", V->name, nm, loads ? "file's" : "old");
             }
         }
         CHECK(wrong == 0, "%s: %d tensors wrong after a non-strict load", V->name, wrong);
         /* report may be NULL */
-        CHECK(kiln_module_load(t, path, false, NULL) == KILN_OK, "%s: NULL report: %s", V->name, kiln_error_message(ctx));
+        CHECK(kiln_module_load(t, path, false, NULL) == KILN_OK, "%s: NULL report: %s", V->name,
+              kiln_error_message(ctx));
         kiln_error_clear(ctx);
         snap_free(before);
         snap_free(after);
@@ -771,7 +806,8 @@ static void test_corrupt(kiln_ctx *ctx) {
     static const struct {
         uint64_t hl;
         const char *hdr;
-    } lens[] = {{0, "{}"}, {1, "{}"}, {3, "{}"}, {UINT64_C(1) << 63, "{}"}, {UINT64_MAX, "{}"}, {(100u << 20) + 1, "{}"}};
+    } lens[] = {
+        {0, "{}"}, {1, "{}"}, {3, "{}"}, {UINT64_C(1) << 63, "{}"}, {UINT64_MAX, "{}"}, {(100u << 20) + 1, "{}"}};
     for (size_t c = 0; c < sizeof lens / sizeof lens[0]; c++) {
         size_t len;
         unsigned char *b = mk(lens[c].hl, lens[c].hdr, 0, &len);
@@ -889,8 +925,8 @@ static void test_corrupt(kiln_ctx *ctx) {
         named += strstr(kiln_error_message(ctx), trunc) != NULL;
         kiln_error_clear(ctx);
     }
-    CHECK(fb && rejected == (int)flen && named == (int)flen, "truncations of a model file: %d of %zu rejected, %d named",
-          rejected, flen, named);
+    CHECK(fb && rejected == (int)flen && named == (int)flen,
+          "truncations of a model file: %d of %zu rejected, %d named", rejected, flen, named);
     free(fb);
 
     /* malformed files on disk: the module loaders and open name the path */
@@ -961,9 +997,10 @@ static void test_dtypes(kiln_ctx *ctx) {
     size_t at = 0;
     char hdr[2048];
     size_t hn = (size_t)snprintf(hdr, sizeof hdr, "{");
-#define ENTRY(name, dt, n, sz)                                                                                  \
-    hn += (size_t)snprintf(hdr + hn, sizeof hdr - hn, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]}", \
-                           hn > 1 ? "," : "", name, dt, n, at, at + (size_t)(n) * (sz))
+#define ENTRY(name, dt, n, sz)                                                                                         \
+    hn += (size_t)snprintf(hdr + hn, sizeof hdr - hn,                                                                  \
+                           "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]}", hn > 1 ? "," : "", \
+                           name, dt, n, at, at + (size_t)(n) * (sz))
     uint16_t f16[] = {0x3C00, 0xC000, 0x7BFF, 0x0001, 0x7C00, 0x8000, 0x3555};
     ENTRY("f16", "F16", 7, 2);
     memcpy(data + at, f16, sizeof f16), at += sizeof f16;
@@ -1127,7 +1164,8 @@ static void test_atomic(kiln_ctx *ctx) {
         kiln_error_clear(ctx);
     }
     /* steps: open, length, header, one per tensor, flush, fsync, rename */
-    CHECK(saved && failures >= CNN_TENSORS + 5, "save succeeded after %d injected failures (saved %d)", failures, saved);
+    CHECK(saved && failures >= CNN_TENSORS + 5, "save succeeded after %d injected failures (saved %d)", failures,
+          saved);
     CHECK(bad_status == 0, "%d failed saves returned another status than KILN_ERR_IO", bad_status);
     CHECK(unnamed == 0, "%d failed saves without the path and cause in the message", unnamed);
     CHECK(changed == 0, "%d failed saves changed the previous file", changed);
@@ -1164,8 +1202,8 @@ static void test_atomic(kiln_ctx *ctx) {
 
 /* ---- 6. resume-exact training ------------------------------------------------------------- */
 
-#define RB 6    /* batch */
-#define RIN 8   /* features */
+#define RB 6  /* batch */
+#define RIN 8 /* features */
 #define ROUT 4
 #define RSTEPS 8
 
@@ -1174,7 +1212,8 @@ static float rx[RSTEPS][RB * RIN], ry[RSTEPS][RB * ROUT];
 static kiln_module *rnet(kiln_ctx *ctx, uint64_t seed) {
     kiln_manual_seed(ctx, seed);
     return kiln_nn_sequential(ctx, 5,
-                              (kiln_module *[]){kiln_nn_linear(ctx, RIN, 16, true), kiln_nn_batchnorm1d(ctx, 16, 1e-5f, 0.1f),
+                              (kiln_module *[]){kiln_nn_linear(ctx, RIN, 16, true),
+                                                kiln_nn_batchnorm1d(ctx, 16, 1e-5f, 0.1f),
                                                 kiln_nn_activation(ctx, KILN_ACT_RELU, 0), kiln_nn_dropout(ctx, 0.3f),
                                                 kiln_nn_linear(ctx, 16, ROUT, true)});
 }
@@ -1216,9 +1255,9 @@ static void rtrain(kiln_ctx *ctx, kiln_module *m, kiln_optim *opt, int from, int
  * entry `swap_name` or added, and the known metadata keys. */
 static void rewrite(kiln_ctx *ctx, const char *src, const char *dst, const char *skip, const char *swap_name,
                     kiln_tensor *swap) {
-    static const char *const keys[] = {"format",        "kiln_version",  "model",           "description",
-                                       "kiln_optimizer", "kiln_lr",       "kiln_rng_seed",   "kiln_rng_counter",
-                                       "epoch"};
+    static const char *const keys[] = {"format",        "kiln_version",     "model",
+                                       "description",   "kiln_optimizer",   "kiln_lr",
+                                       "kiln_rng_seed", "kiln_rng_counter", "epoch"};
     kiln_safetensors *f = kiln_safetensors_open(ctx, src);
     CHECK(f != NULL, "open %s: %s", src, kiln_error_message(ctx));
     if (!f) return;
@@ -1281,9 +1320,7 @@ static void test_resume_kind(kiln_ctx *ctx, int kind) {
           kiln_error_message(ctx));
     kiln_error_clear(ctx);
     int nstate = 0;
-    {
-        nstate = kiln_optim_num_states(opt);
-    }
+    { nstate = kiln_optim_num_states(opt); }
     int nparams = kiln_optim_num_params(opt);
     CHECK(nstate == (kind == OPT_ADAM ? 2 : 1) * nparams, "%s: %d state tensors", kname, nstate);
     kiln_optim_free(opt);

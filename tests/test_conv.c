@@ -295,11 +295,9 @@ static kiln_tensor *make_weight(kiln_ctx *ctx, const int64_t *ws, bool view, flo
         h_view v = h_contig(4, bs);
         v.shape[2] = ws[2], v.shape[3] = ws[3];
         v.strides[2] = 1, v.strides[3] = ws[2];
-        for (int64_t i = 0; i < n; i++)
-            logical[i] = (float)h_at(base, &v, i);
+        for (int64_t i = 0; i < n; i++) logical[i] = (float)h_at(base, &v, i);
     }
-    for (int64_t i = 0; i < n; i++)
-        dlog[i] = logical[i];
+    for (int64_t i = 0; i < n; i++) dlog[i] = logical[i];
     free(base);
     return t;
 }
@@ -334,8 +332,7 @@ static void run_case(kiln_ctx *ctx, const cspec *s, const char *tag, bool grads,
     kiln_tensor *b = NULL;
     if (s->bias) {
         h_fill(fb, nb, -1, 1);
-        for (int64_t i = 0; i < nb; i++)
-            db[i] = fb[i];
+        for (int64_t i = 0; i < nb; i++) db[i] = fb[i];
         b = kiln_from_host(ctx, fb, KILN_F32, 1, &nb);
     }
     if (!x || !w) goto out;
@@ -355,8 +352,7 @@ static void run_case(kiln_ctx *ctx, const cspec *s, const char *tag, bool grads,
         compare_bound(what, got, ref, mag, ny, d);
         if (s->specials) {
             int64_t nnan = 0, ninf = 0;
-            for (int64_t i = 0; i < ny; i++)
-                nnan += isnan(ref[i]) != 0, ninf += isinf(ref[i]) != 0;
+            for (int64_t i = 0; i < ny; i++) nnan += isnan(ref[i]) != 0, ninf += isinf(ref[i]) != 0;
             CHECK(nnan > 0 && ninf > 0, "%s: the case should produce NaN and Inf outputs (%lld, %lld)", what,
                   (long long)nnan, (long long)ninf);
         }
@@ -397,8 +393,7 @@ static bool cheap_for_gc(const cspec *s) {
 }
 
 static void test_table(kiln_ctx *ctx) {
-    for (size_t k = 0; k < NCASES; k++)
-        run_case(ctx, &cases[k], "", cheap_for_gc(&cases[k]), 7);
+    for (size_t k = 0; k < NCASES; k++) run_case(ctx, &cases[k], "", cheap_for_gc(&cases[k]), 7);
 }
 
 /* Some inputs frozen: each backward path alone (the bias gradient without the weight's
@@ -582,7 +577,7 @@ static void test_golden(kiln_ctx *ctx) {
 /* Expects op to fail with status st and a message containing each of the strings. */
 #define EXPECT_FAIL(ctx, call, st, ...)                                                                                \
     do {                                                                                                               \
-        int64_t before_ = kiln_ctx_num_tensors(ctx);                                                                      \
+        int64_t before_ = kiln_ctx_num_tensors(ctx);                                                                   \
         kiln_tensor *r_ = (call);                                                                                      \
         CHECK(r_ == NULL, "%s should fail", #call);                                                                    \
         CHECK(kiln_error_status(ctx) == (st), "%s: status %d, expected %d (%s)", #call, (int)kiln_error_status(ctx),   \
@@ -591,8 +586,8 @@ static void test_golden(kiln_ctx *ctx) {
         for (size_t i_ = 0; i_ < sizeof subs_ / sizeof subs_[0]; i_++)                                                 \
             CHECK(strstr(kiln_error_message(ctx), subs_[i_]) != NULL, "%s: message '%s' lacks '%s'", #call,            \
                   kiln_error_message(ctx), subs_[i_]);                                                                 \
-        CHECK(kiln_ctx_num_tensors(ctx) == before_, "%s leaked %lld tensors", #call,                                      \
-              (long long)(kiln_ctx_num_tensors(ctx) - before_));                                                          \
+        CHECK(kiln_ctx_num_tensors(ctx) == before_, "%s leaked %lld tensors", #call,                                   \
+              (long long)(kiln_ctx_num_tensors(ctx) - before_));                                                       \
         kiln_tensor_free(r_);                                                                                          \
         kiln_error_clear(ctx);                                                                                         \
     } while (0)
@@ -642,8 +637,8 @@ static void test_errors(kiln_ctx *ctx) {
         EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w3, NULL, &bad[k]), KILN_ERR_INVALID_ARGUMENT, "kiln_conv2d",
                     "invalid parameters", "[2, 3, 5, 5]");
     /* options are literal: a zeroed struct is an error that names the defaults function */
-    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w3, NULL, &(kiln_conv2d_params){0}), KILN_ERR_INVALID_ARGUMENT,
-                "kiln_conv2d", "start from kiln_conv2d_defaults()");
+    EXPECT_FAIL(ctx, kiln_conv2d(ctx, x, w3, NULL, &(kiln_conv2d_params){0}), KILN_ERR_INVALID_ARGUMENT, "kiln_conv2d",
+                "start from kiln_conv2d_defaults()");
     kiln_conv2d_params dp = kiln_conv2d_defaults();
     CHECK(dp.stride[0] == 1 && dp.stride[1] == 1 && dp.padding[0] == 0 && dp.padding[1] == 0 && dp.dilation[0] == 1 &&
               dp.dilation[1] == 1 && dp.groups == 1 && dp.output_padding[0] == 0 && dp.output_padding[1] == 0,
@@ -720,8 +715,7 @@ static void test_empty_batch(kiln_ctx *ctx) {
         CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "empty batch backward: %s", kiln_error_message(ctx));
         float *gw = h_read(kiln_tensor_grad(w)), *gb = h_read(kiln_tensor_grad(b));
         bool zero = true;
-        for (int i = 0; i < 36; i++)
-            zero &= gw[i] == 0;
+        for (int i = 0; i < 36; i++) zero &= gw[i] == 0;
         zero &= gb[0] == 0 && gb[1] == 0;
         CHECK(zero, "empty batch: the gradients should be zero");
         free(gw), free(gb);

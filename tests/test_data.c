@@ -60,7 +60,8 @@ static unsigned char *read_whole(const char *p, size_t *len) {
 }
 
 /* An IDX image: header for type/ndim/dims, then `payload` bytes (already big-endian). */
-static unsigned char *idx_make(int type, int ndim, const uint32_t *dims, const void *payload, size_t plen, size_t *len) {
+static unsigned char *idx_make(int type, int ndim, const uint32_t *dims, const void *payload, size_t plen,
+                               size_t *len) {
     size_t hdr = 4 + 4 * (size_t)ndim;
     unsigned char *b = malloc(hdr + plen + 1);
     b[0] = 0;
@@ -133,8 +134,8 @@ static void test_idx_real(void) {
             unsigned char raw[16 + 784];
             int got = g ? gzread(g, raw, sizeof raw) : -1;
             if (g) gzclose(g);
-            CHECK(got == (int)sizeof raw && memcmp(raw + 16, x->data, 784) == 0, "%s: first image differs from gzread's",
-                  files[f].file);
+            CHECK(got == (int)sizeof raw && memcmp(raw + 16, x->data, 784) == 0,
+                  "%s: first image differs from gzread's", files[f].file);
             uint64_t sum = 0;
             for (int i = 0; i < 784; i++) sum += ((unsigned char *)x->data)[i];
             uint64_t h = fnv1a(x->data, 784);
@@ -190,11 +191,12 @@ static void test_fashion_dataset(void) {
         }
         kiln_dataset_free(ds);
     }
-    CHECK(strcmp(kiln_fashion_mnist_class_name(9), "Ankle boot") == 0 && strcmp(kiln_fashion_mnist_class_name(10), "") == 0,
+    CHECK(strcmp(kiln_fashion_mnist_class_name(9), "Ankle boot") == 0 &&
+              strcmp(kiln_fashion_mnist_class_name(10), "") == 0,
           "class names");
     kiln_dataset *none = kiln_fashion_mnist(tmpdir, true);
-    expect_global("fashion in an empty dir", none == NULL, kiln_last_status(), KILN_ERR_IO,
-                  "train-images-idx3-ubyte", tmpdir, NULL);
+    expect_global("fashion in an empty dir", none == NULL, kiln_last_status(), KILN_ERR_IO, "train-images-idx3-ubyte",
+                  tmpdir, NULL);
 }
 
 /* ---- IDX: synthetic files, every type and every fault ------------------------------------ */
@@ -213,8 +215,10 @@ static void test_idx_types(void) {
         {KILN_IDX_I16, {0x80, 0x00, 0xff, 0xfe, 0x01, 0x02}, 6, {-32768, -2, 258}},
         {KILN_IDX_I32, {0xff, 0xfe, 0xee, 0x90, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 5}, 12, {-70000, 2147483647, 5}},
         {KILN_IDX_F32, {0x3f, 0xc0, 0, 0, 0xc0, 0x10, 0, 0, 0x7f, 0x80, 0, 0}, 12, {1.5, -2.25, INFINITY}},
-        {KILN_IDX_F64, {0x3f, 0xf8, 0, 0, 0, 0, 0, 0, 0xc0, 0x02, 0, 0, 0, 0, 0, 0, 0x3f, 0xb9, 0x99, 0x99, 0x99, 0x99,
-                        0x99, 0x9a}, 24, {1.5, -2.25, 0.1}},
+        {KILN_IDX_F64,
+         {0x3f, 0xf8, 0, 0, 0, 0, 0, 0, 0xc0, 0x02, 0, 0, 0, 0, 0, 0, 0x3f, 0xb9, 0x99, 0x99, 0x99, 0x99, 0x99, 0x9a},
+         24,
+         {1.5, -2.25, 0.1}},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         size_t len;
@@ -222,8 +226,8 @@ static void test_idx_types(void) {
         kiln_idx *x = kiln_idx_parse(b, len, "types");
         CHECK(x != NULL, "type 0x%02x: %s", cases[c].type, kiln_last_error());
         if (x) {
-            CHECK((int)x->type == cases[c].type && x->ndim == 2 && x->dims[1] == 3 && x->count == 3, "type 0x%02x header",
-                  cases[c].type);
+            CHECK((int)x->type == cases[c].type && x->ndim == 2 && x->dims[1] == 3 && x->count == 3,
+                  "type 0x%02x header", cases[c].type);
             for (int i = 0; i < 3; i++)
                 CHECK(kiln_idx_value(x, i) == cases[c].want[i], "type %s value %d: %.17g, want %.17g",
                       kiln_idx_type_name(x->type), i, kiln_idx_value(x, i), cases[c].want[i]);
@@ -285,8 +289,10 @@ static void idx_fault(const char *name, const unsigned char *b, size_t len, cons
     char fname[128], p[512];
     for (int g = 0; g < 2; g++) {
         snprintf(fname, sizeof fname, "%s%s", name, g ? ".gz" : "");
-        if (g) write_gz(fname, b, len);
-        else write_file(fname, b, len);
+        if (g)
+            write_gz(fname, b, len);
+        else
+            write_file(fname, b, len);
         path_in(p, sizeof p, fname);
         x = kiln_idx_load(p);
         snprintf(what, sizeof what, "kiln_idx_load(%s)", fname);
@@ -332,8 +338,8 @@ static void test_idx_faults(void) {
     b = idx_make(KILN_IDX_U8, 9, d9, pix, 1, &len);
     idx_fault("ndim9", b, len, "ndim 9", NULL);
     free(b);
-    uint32_t big[8] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu,
-                       0xffffffffu};
+    uint32_t big[8] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu,
+                       0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
     b = idx_make(KILN_IDX_U8, 8, big, pix, 16, &len);
     idx_fault("overflow", b, len, "overflows int64", "4294967295x4294967295");
     free(b);
@@ -354,8 +360,8 @@ static void test_idx_faults(void) {
     write_file("garbage.gz", "this is not gzip at all\n", 24);
     path_in(p, sizeof p, "garbage.gz");
     kiln_idx *x = kiln_idx_load(p);
-    expect_global("garbage.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
-                  "wrong magic 0x74686973", "not gzip-compressed");
+    expect_global("garbage.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, "wrong magic 0x74686973",
+                  "not gzip-compressed");
     kiln_idx_free(x);
     /* a valid raw IDX under a .gz name loads (browsers inflate downloads but keep the name) */
     uint32_t d1[1] = {2};
@@ -378,8 +384,7 @@ static void test_idx_faults(void) {
     write_file("cut.gz", gz, gl / 2);
     path_in(p, sizeof p, "cut.gz");
     x = kiln_idx_load(p);
-    expect_global("cut.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p,
-                  "gzip stream is truncated", NULL);
+    expect_global("cut.gz", x == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, "gzip stream is truncated", NULL);
     kiln_idx_free(x);
     for (size_t i = gl / 3; i < gl / 3 + 40; i++) gz[i] ^= 0x5a;
     write_file("damaged.gz", gz, gl);
@@ -450,7 +455,8 @@ static void test_idx_mutations(void) {
         kiln_idx *x = kiln_idx_parse(b, l, "mut");
         if (x) {
             parsed++;
-            CHECK((size_t)x->count * x->elem_size + 4 + 4 * (size_t)x->ndim == l, "mutation %d: size mismatch accepted", it);
+            CHECK((size_t)x->count * x->elem_size + 4 + 4 * (size_t)x->ndim == l, "mutation %d: size mismatch accepted",
+                  it);
             kiln_idx_free(x);
         } else {
             failed++;
@@ -473,8 +479,8 @@ static void test_csv(void) {
         CHECK(c->names && strcmp(c->names[0], "a") == 0 && strcmp(c->names[2], "c") == 0, "t1 names");
         double want[9] = {1, 2, 3, 4, 5.5, -0.6, 7, 8, 9};
         for (int i = 0; i < 9; i++) CHECK(c->data[i] == want[i], "t1[%d] = %g", i, c->data[i]);
-        CHECK(c->lines[0] == 2 && c->lines[1] == 4 && c->lines[2] == 5, "t1 lines %lld %lld %lld", (long long)c->lines[0],
-              (long long)c->lines[1], (long long)c->lines[2]);
+        CHECK(c->lines[0] == 2 && c->lines[1] == 4 && c->lines[2] == 5, "t1 lines %lld %lld %lld",
+              (long long)c->lines[0], (long long)c->lines[1], (long long)c->lines[2]);
     }
     kiln_csv_free(c);
     /* no header (auto), no trailing newline, a lone \r as line end */
@@ -491,8 +497,8 @@ static void test_csv(void) {
     /* quoted header names with a delimiter, a quote and a newline inside */
     const char *t4 = "\"x,1\",\"say \"\"hi\"\"\",\"multi\nline\"\n1,2,3\n";
     c = kiln_csv_parse(t4, strlen(t4), "t4", NULL);
-    CHECK(c && c->rows == 1 && c->cols == 3 && strcmp(c->names[0], "x,1") == 0 && strcmp(c->names[1], "say \"hi\"") == 0 &&
-              strcmp(c->names[2], "multi\nline") == 0 && c->lines[0] == 3,
+    CHECK(c && c->rows == 1 && c->cols == 3 && strcmp(c->names[0], "x,1") == 0 &&
+              strcmp(c->names[1], "say \"hi\"") == 0 && strcmp(c->names[2], "multi\nline") == 0 && c->lines[0] == 3,
           "t4: %s", kiln_last_error());
     kiln_csv_free(c);
     /* nan and inf are numbers; a program's locale does not matter (C locale inside) */
@@ -530,8 +536,7 @@ static void test_csv(void) {
         if (strcmp(bad[i].name, "nul.csv") == 0) len = 9;
         kiln_csv_opts o = {.delimiter = ',', .header = bad[i].h};
         c = kiln_csv_parse(bad[i].text, len, bad[i].name, &o);
-        expect_global(bad[i].name, c == NULL, kiln_last_status(), KILN_ERR_CORRUPT, bad[i].name,
-                      bad[i].w1, bad[i].w2);
+        expect_global(bad[i].name, c == NULL, kiln_last_status(), KILN_ERR_CORRUPT, bad[i].name, bad[i].w1, bad[i].w2);
         kiln_csv_free(c);
         /* the same from a file (gzip: the reader inflates CSV too) */
         char fname[128], p[512];
@@ -539,13 +544,11 @@ static void test_csv(void) {
         write_gz(fname, bad[i].text, len);
         path_in(p, sizeof p, fname);
         c = kiln_csv_load(p, &o);
-        expect_global(fname, c == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, bad[i].w1,
-                      bad[i].w2);
+        expect_global(fname, c == NULL, kiln_last_status(), KILN_ERR_CORRUPT, p, bad[i].w1, bad[i].w2);
         kiln_csv_free(c);
     }
     c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.delimiter = '"'});
-    expect_global("quote delimiter", c == NULL, kiln_last_status(),
-                  KILN_ERR_INVALID_ARGUMENT, "delimiter", NULL, NULL);
+    expect_global("quote delimiter", c == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT, "delimiter", NULL, NULL);
     /* options are literal: delimiter 0 is not ',' but an error that says where the defaults are */
     c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.header = KILN_CSV_HEADER_NO});
     expect_global("zero delimiter", c == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT,
@@ -556,8 +559,8 @@ static void test_csv(void) {
     CHECK(c && c->rows == 1 && c->cols == 2 && c->names, "NULL options are the defaults: %s", kiln_last_error());
     kiln_csv_free(c);
     c = kiln_csv_parse("1\n", 2, "d", &(kiln_csv_opts){.delimiter = ',', .header = (kiln_csv_header)7});
-    expect_global("bad header option", c == NULL, kiln_last_status(),
-                  KILN_ERR_INVALID_ARGUMENT, "header option 7", NULL, NULL);
+    expect_global("bad header option", c == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT, "header option 7",
+                  NULL, NULL);
     CHECK(kiln_csv_parse(NULL, 3, NULL, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "csv parse NULL");
     CHECK(kiln_csv_load(NULL, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "csv load NULL");
     kiln_csv_free(NULL);
@@ -625,7 +628,8 @@ static void test_dataset_idx_faults(void) {
     CHECK(ds && kiln_dataset_num_classes(ds) == 11, "inferred classes: %s", kiln_last_error());
     if (ds) {
         const int64_t *shape;
-        CHECK(kiln_dataset_shape(ds, &shape) == 3 && shape[0] == 1 && shape[1] == 2 && shape[2] == 3, "[N,H,W] -> [1,H,W]");
+        CHECK(kiln_dataset_shape(ds, &shape) == 3 && shape[0] == 1 && shape[1] == 2 && shape[2] == 3,
+              "[N,H,W] -> [1,H,W]");
         float x[6];
         int32_t y;
         CHECK(kiln_dataset_get(ds, 4, x, 6, &y) == KILN_OK && x[0] == 25 && x[5] == 30 && y == 4, "sample 4");
@@ -673,8 +677,7 @@ static void test_dataset_csv(void) {
     expect_global("csv label range", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, p,
                   "line 2, column 3: label 2 is outside [0, 2)", NULL);
     ds = kiln_dataset_csv(p, 3, 2, NULL);
-    expect_global("csv label column", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, p,
-                  "label column 3", NULL);
+    expect_global("csv label column", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, p, "label column 3", NULL);
     const char *r = "1,2,0\n3,4\n";
     write_file("ragged-ds.csv", r, strlen(r));
     path_in(p, sizeof p, "ragged-ds.csv");
@@ -684,8 +687,8 @@ static void test_dataset_csv(void) {
     const char *big = "1e39,0\n";
     kiln_csv *c = kiln_csv_parse(big, strlen(big), "big", NULL);
     ds = kiln_dataset_from_csv(c, 1, 0, "big");
-    expect_global("csv float overflow", ds == NULL, kiln_last_status(), KILN_ERR_RANGE,
-                  "line 1, column 1", "does not fit in a float", NULL);
+    expect_global("csv float overflow", ds == NULL, kiln_last_status(), KILN_ERR_RANGE, "line 1, column 1",
+                  "does not fit in a float", NULL);
     kiln_csv_free(c);
     CHECK(kiln_dataset_from_csv(NULL, 0, 0, NULL) == NULL && strstr(kiln_last_error(), "NULL"), "from_csv(NULL)");
 }
@@ -700,14 +703,15 @@ static void test_dataset_host_split(void) {
         y[i] = i % 7;
     }
     kiln_dataset *ds = kiln_dataset_from_host(x, y, N, 1, (int64_t[]){2}, 7);
-    CHECK(ds && kiln_dataset_num_samples(ds) == N && kiln_dataset_num_classes(ds) == 7, "from_host: %s", kiln_last_error());
+    CHECK(ds && kiln_dataset_num_samples(ds) == N && kiln_dataset_num_classes(ds) == 7, "from_host: %s",
+          kiln_last_error());
     if (!ds) return;
     kiln_dataset *tr, *va, *tr2, *va2, *tr3, *va3;
     CHECK(kiln_dataset_split(ds, 0.2, 7, &tr, &va) == KILN_OK, "split: %s", kiln_last_error());
     CHECK(kiln_dataset_split(ds, 0.2, 7, &tr2, &va2) == KILN_OK, "split again");
     CHECK(kiln_dataset_split(ds, 0.2, 8, &tr3, &va3) == KILN_OK, "split seed 8");
-    CHECK(kiln_dataset_num_samples(va) == 21 && kiln_dataset_num_samples(tr) == 82, "sizes %lld/%lld", (long long)kiln_dataset_num_samples(tr),
-          (long long)kiln_dataset_num_samples(va));
+    CHECK(kiln_dataset_num_samples(va) == 21 && kiln_dataset_num_samples(tr) == 82, "sizes %lld/%lld",
+          (long long)kiln_dataset_num_samples(tr), (long long)kiln_dataset_num_samples(va));
     /* every sample in exactly one part, each part in dataset order, same seed same split */
     int seen[N] = {0};
     bool same = true, ordered = true, differs = false;
@@ -735,7 +739,9 @@ static void test_dataset_host_split(void) {
     CHECK(differs, "seeds 7 and 8 gave the same split");
     /* a split of a split still maps to the right samples after the parent is freed */
     kiln_dataset *a, *b;
-    CHECK(kiln_dataset_split(tr, 0.5, 1, &a, &b) == KILN_OK && kiln_dataset_num_samples(a) + kiln_dataset_num_samples(b) == 82, "split of split");
+    CHECK(kiln_dataset_split(tr, 0.5, 1, &a, &b) == KILN_OK &&
+              kiln_dataset_num_samples(a) + kiln_dataset_num_samples(b) == 82,
+          "split of split");
     kiln_dataset_free(tr);
     int seen2[N] = {0};
     for (int p = 0; p < 2; p++)
@@ -755,10 +761,14 @@ static void test_dataset_host_split(void) {
     kiln_dataset_free(a);
     kiln_dataset_free(b);
     /* edge fractions */
-    CHECK(kiln_dataset_split(ds, 0, 1, &a, &b) == KILN_OK && kiln_dataset_num_samples(a) == N && kiln_dataset_num_samples(b) == 0, "frac 0");
+    CHECK(kiln_dataset_split(ds, 0, 1, &a, &b) == KILN_OK && kiln_dataset_num_samples(a) == N &&
+              kiln_dataset_num_samples(b) == 0,
+          "frac 0");
     kiln_dataset_free(a);
     kiln_dataset_free(b);
-    CHECK(kiln_dataset_split(ds, 1, 1, &a, &b) == KILN_OK && kiln_dataset_num_samples(a) == 0 && kiln_dataset_num_samples(b) == N, "frac 1");
+    CHECK(kiln_dataset_split(ds, 1, 1, &a, &b) == KILN_OK && kiln_dataset_num_samples(a) == 0 &&
+              kiln_dataset_num_samples(b) == N,
+          "frac 1");
     kiln_dataset_free(a);
     kiln_dataset_free(b);
     kiln_status s = kiln_dataset_split(ds, 1.5, 1, &a, &b);
@@ -777,8 +787,8 @@ static void test_dataset_host_split(void) {
     CHECK(sub && kiln_dataset_get(sub, 1, v, 2, &yy) == KILN_OK && v[0] == 5 && yy == 5, "subset");
     kiln_dataset_free(sub);
     sub = kiln_dataset_subset(ds, (int64_t[]){N}, 1);
-    expect_global("subset range", sub == NULL, kiln_last_status(), KILN_ERR_RANGE,
-                  "idx[0] = 103 is outside", NULL, NULL);
+    expect_global("subset range", sub == NULL, kiln_last_status(), KILN_ERR_RANGE, "idx[0] = 103 is outside", NULL,
+                  NULL);
     kiln_dataset_free(va);
     kiln_dataset_free(tr2);
     kiln_dataset_free(va2);
@@ -791,14 +801,11 @@ static void test_dataset_host_split(void) {
     expect_global("host label range", ds == NULL, kiln_last_status(), KILN_ERR_RANGE,
                   "label 7 at index 1 is outside [0, 7)", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 0, 1, (int64_t[]){2}, 7);
-    expect_global("host n 0", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT,
-                  "no samples", NULL, NULL);
+    expect_global("host n 0", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT, "no samples", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 3, 8, (int64_t[]){1, 1, 1, 1, 1, 1, 1, 1}, 7);
-    expect_global("host ndim 8", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT,
-                  "8 dims", NULL, NULL);
+    expect_global("host ndim 8", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT, "8 dims", NULL, NULL);
     ds = kiln_dataset_from_host(x, y, 3, 2, (int64_t[]){2, 0}, 7);
-    expect_global("host zero dim", ds == NULL, kiln_last_status(),
-                  KILN_ERR_INVALID_ARGUMENT, "[2, 0]", NULL, NULL);
+    expect_global("host zero dim", ds == NULL, kiln_last_status(), KILN_ERR_INVALID_ARGUMENT, "[2, 0]", NULL, NULL);
     ds = kiln_dataset_from_host(NULL, y, 3, 1, (int64_t[]){2}, 7);
     expect_global("host NULL", ds == NULL, kiln_last_status(), KILN_ERR_NULL, "x is NULL", NULL, NULL);
     /* accessors on NULL */
@@ -824,8 +831,10 @@ static kiln_dataset *make_indexed(int64_t n, int64_t C, int64_t H, int64_t W, fl
     }
     kiln_dataset *ds = kiln_dataset_from_host(x, y, n, 3, (int64_t[]){C, H, W}, (int)n);
     free(y);
-    if (xs) *xs = x;
-    else free(x);
+    if (xs)
+        *xs = x;
+    else
+        free(x);
     return ds;
 }
 
@@ -924,7 +933,8 @@ static void test_loader_batches(kiln_ctx *ctx) {
                     CHECK(kiln_tensor_ndim(x) == 4 && xsh[0] == sizes[b] && xsh[1] == C && xsh[2] == H && xsh[3] == W &&
                               kiln_tensor_dtype(x) == KILN_F32,
                           "batch %d x shape", b);
-                    CHECK(kiln_tensor_ndim(y) == 1 && kiln_tensor_shape(y)[0] == sizes[b] && kiln_tensor_dtype(y) == KILN_I32,
+                    CHECK(kiln_tensor_ndim(y) == 1 && kiln_tensor_shape(y)[0] == sizes[b] &&
+                              kiln_tensor_dtype(y) == KILN_I32,
                           "batch %d y shape", b);
                     float hx[4 * 30];
                     int32_t hy[4];
@@ -983,16 +993,20 @@ static void test_loader_shuffle(kiln_ctx *ctx) {
     /* [0] threaded seed 5, [1] sync seed 5, [2] threaded seed 5 again, [3] seed 6 */
     uint64_t seeds[4] = {5, 5, 5, 6};
     for (int r = 0; r < 4; r++) {
-        kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 10, .shuffle = true,
-                                                                        .seed = seeds[r], .sync = r == 1});
+        kiln_loader *l = kiln_loader_new(
+            ctx, ds,
+            &(kiln_loader_opts){.scale = 1, .batch_size = 10, .shuffle = true, .seed = seeds[r], .sync = r == 1});
         for (int e = 0; e < E; e++) {
             int64_t nb = epoch_labels(ctx, l, ord[r][e], N, &got);
-            CHECK(nb == 11 && got == N, "run %d epoch %d: %lld batches %lld samples", r, e, (long long)nb, (long long)got);
+            CHECK(nb == 11 && got == N, "run %d epoch %d: %lld batches %lld samples", r, e, (long long)nb,
+                  (long long)got);
             int seen[N] = {0};
             bool perm = true;
             for (int i = 0; i < N; i++) {
-                if (ord[r][e][i] >= 0 && ord[r][e][i] < N) seen[ord[r][e][i]]++;
-                else perm = false;
+                if (ord[r][e][i] >= 0 && ord[r][e][i] < N)
+                    seen[ord[r][e][i]]++;
+                else
+                    perm = false;
             }
             for (int i = 0; i < N; i++) perm &= seen[i] == 1;
             CHECK(perm, "run %d epoch %d: not every sample exactly once", r, e);
@@ -1015,7 +1029,8 @@ static void test_loader_shuffle(kiln_ctx *ctx) {
         CHECK(memcmp(want, ord[0][e], sizeof want) == 0, "epoch %d order differs from the reference permutation", e);
     }
     /* set_epoch and reset replay; a loader mid-epoch restarts cleanly */
-    kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 10, .shuffle = true, .seed = 5});
+    kiln_loader *l =
+        kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = 10, .shuffle = true, .seed = 5});
     int32_t tmp[N];
     CHECK(kiln_loader_set_epoch(l, 2) == KILN_OK && kiln_loader_epoch(l) == 2, "set_epoch");
     epoch_labels(ctx, l, tmp, N, &got);
@@ -1034,7 +1049,8 @@ static void test_loader_shuffle(kiln_ctx *ctx) {
     epoch_labels(ctx, l, tmp, N, &got);
     CHECK(got == N && memcmp(tmp, tmp2, sizeof tmp) == 0, "reset mid-epoch does not replay the epoch");
     kiln_status s = kiln_loader_set_epoch(l, -1);
-    CHECK(s == KILN_ERR_RANGE && strstr(kiln_error_message(ctx), "epoch -1"), "set_epoch(-1): %s", kiln_error_message(ctx));
+    CHECK(s == KILN_ERR_RANGE && strstr(kiln_error_message(ctx), "epoch -1"), "set_epoch(-1): %s",
+          kiln_error_message(ctx));
     kiln_error_clear(ctx);
     kiln_loader_free(l);
     /* Without shuffle the order is the dataset's (checked in test_loader_batches). */
@@ -1052,8 +1068,10 @@ static void test_loader_normalise(kiln_ctx *ctx) {
         int nc;
     } cases[] = {{1.0f / 255, 3}, {1.0f / 255, 1}, {0.5f, 0}, {1, 3}, {-2, 1}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = N, .scale = cases[c].scale,
-                                                                        .norm_count = cases[c].nc, .mean = mean, .std = sd});
+        kiln_loader *l = kiln_loader_new(
+            ctx, ds,
+            &(kiln_loader_opts){
+                .batch_size = N, .scale = cases[c].scale, .norm_count = cases[c].nc, .mean = mean, .std = sd});
         kiln_tensor *x, *y;
         kiln_scope_begin(ctx);
         if (kiln_loader_next(l, &x, &y)) {
@@ -1082,15 +1100,17 @@ static void test_loader_normalise(kiln_ctx *ctx) {
     float fx[6] = {1, 10, 2, 20, 3, 30};
     int32_t fy[3] = {0, 1, 0};
     kiln_dataset *fds = kiln_dataset_from_host(fx, fy, 3, 1, (int64_t[]){2}, 2);
-    kiln_loader *l = kiln_loader_new(ctx, fds, &(kiln_loader_opts){.scale = 1, .batch_size = 3, .norm_count = 2,
-                                                                     .mean = (float[]){2, 20}, .std = (float[]){1, 10}});
+    kiln_loader *l = kiln_loader_new(
+        ctx, fds,
+        &(kiln_loader_opts){
+            .scale = 1, .batch_size = 3, .norm_count = 2, .mean = (float[]){2, 20}, .std = (float[]){1, 10}});
     kiln_tensor *x, *y;
     kiln_scope_begin(ctx);
     if (l && kiln_loader_next(l, &x, &y)) {
         float h[6];
         kiln_to_host(x, h, sizeof h);
-        CHECK(h[0] == -1 && h[1] == -1 && h[2] == 0 && h[3] == 0 && h[4] == 1 && h[5] == 1, "per-feature: %g %g %g %g %g %g",
-              h[0], h[1], h[2], h[3], h[4], h[5]);
+        CHECK(h[0] == -1 && h[1] == -1 && h[2] == 0 && h[3] == 0 && h[4] == 1 && h[5] == 1,
+              "per-feature: %g %g %g %g %g %g", h[0], h[1], h[2], h[3], h[4], h[5]);
     } else {
         CHECK(0, "per-feature loader: %s", kiln_error_message(ctx));
     }
@@ -1141,9 +1161,13 @@ static void test_loader_augment(kiln_ctx *ctx) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         float *out[2] = {NULL, NULL};
         for (int r = 0; r < 2; r++) { /* twice, threaded then sync: same augmentation */
-            kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.scale = 1, .batch_size = N, .seed = 3, .sync = r == 1,
-                                                                            .crop_padding = cases[c].pad,
-                                                                            .hflip = cases[c].flip});
+            kiln_loader *l = kiln_loader_new(ctx, ds,
+                                             &(kiln_loader_opts){.scale = 1,
+                                                                 .batch_size = N,
+                                                                 .seed = 3,
+                                                                 .sync = r == 1,
+                                                                 .crop_padding = cases[c].pad,
+                                                                 .hflip = cases[c].flip});
             kiln_tensor *x, *y;
             kiln_scope_begin(ctx);
             if (l && kiln_loader_next(l, &x, &y)) {
@@ -1182,15 +1206,23 @@ static void test_loader_augment(kiln_ctx *ctx) {
         CHECK(bad == 0, "case %zu: %d samples are not a crop/flip of their source", c, bad);
         CHECK(zeros_ok, "case %zu: padding is not exactly the vacated border", c);
         if (cases[c].flip) CHECK(flips > 8 && flips < N - 8, "case %zu: %d of %lld flipped", c, flips, (long long)N);
-        if (cases[c].pad) CHECK(shifts > N / 2 && zeros > 0, "case %zu: %d of %lld shifted", c, shifts, (long long)N);
-        else CHECK(shifts == 0 && zeros == 0, "case %zu: shifted without padding", c);
+        if (cases[c].pad)
+            CHECK(shifts > N / 2 && zeros > 0, "case %zu: %d of %lld shifted", c, shifts, (long long)N);
+        else
+            CHECK(shifts == 0 && zeros == 0, "case %zu: shifted without padding", c);
         free(out[0]);
         free(out[1]);
     }
     /* the next epoch draws other augmentations; padding becomes -mean/std after normalising */
-    kiln_loader *l = kiln_loader_new(ctx, ds, &(kiln_loader_opts){.batch_size = N, .seed = 3, .crop_padding = 2,
-                                                                    .hflip = true, .scale = 0.5f, .norm_count = 1,
-                                                                    .mean = (float[]){1}, .std = (float[]){4}});
+    kiln_loader *l = kiln_loader_new(ctx, ds,
+                                     &(kiln_loader_opts){.batch_size = N,
+                                                         .seed = 3,
+                                                         .crop_padding = 2,
+                                                         .hflip = true,
+                                                         .scale = 0.5f,
+                                                         .norm_count = 1,
+                                                         .mean = (float[]){1},
+                                                         .std = (float[]){4}});
     float *e[2] = {NULL, NULL};
     for (int ep = 0; ep < 2; ep++) {
         kiln_tensor *x, *y;
@@ -1284,21 +1316,39 @@ static void test_loader_errors(kiln_ctx *ctx) {
     } cases[] = {
         {"negative batch", ds, {.batch_size = -2, .scale = 1}, KILN_ERR_INVALID_ARGUMENT, "batch_size -2"},
         /* options are literal: a zeroed struct is not the defaults, and says where they are */
-        {"zero batch", ds, {.scale = 1}, KILN_ERR_INVALID_ARGUMENT, "batch_size 0 (samples [1, 2, 3]) must be "
+        {"zero batch",
+         ds,
+         {.scale = 1},
+         KILN_ERR_INVALID_ARGUMENT,
+         "batch_size 0 (samples [1, 2, 3]) must be "
          "positive and give batches of fewer than 2^31 values (start from kiln_loader_defaults()"},
-        {"zero scale", ds, {.batch_size = 2}, KILN_ERR_INVALID_ARGUMENT,
+        {"zero scale",
+         ds,
+         {.batch_size = 2},
+         KILN_ERR_INVALID_ARGUMENT,
          "scale 0 must be finite and non-zero (start from kiln_loader_defaults()"},
-        {"drop_last empty", ds, {.batch_size = 11, .scale = 1, .drop_last = true}, KILN_ERR_INVALID_ARGUMENT,
+        {"drop_last empty",
+         ds,
+         {.batch_size = 11, .scale = 1, .drop_last = true},
+         KILN_ERR_INVALID_ARGUMENT,
          "10 samples make no full batch of 11"},
-        {"norm count", ds, {.batch_size = 1, .scale = 1, .norm_count = 2, .mean = (float[]){0, 0},
-         .std = (float[]){1, 1}}, KILN_ERR_SHAPE,
+        {"norm count",
+         ds,
+         {.batch_size = 1, .scale = 1, .norm_count = 2, .mean = (float[]){0, 0}, .std = (float[]){1, 1}},
+         KILN_ERR_SHAPE,
          "norm_count 2 must be 0, 1 or the size of the first dim of the samples [1, 2, 3] (1)"},
         {"norm NULL", ds, {.batch_size = 1, .scale = 1, .norm_count = 1}, KILN_ERR_NULL, "mean is NULL"},
-        {"std zero", ds, {.batch_size = 1, .scale = 1, .norm_count = 1, .mean = (float[]){0}, .std = (float[]){0}},
-         KILN_ERR_INVALID_ARGUMENT, "std[0] = 0"},
+        {"std zero",
+         ds,
+         {.batch_size = 1, .scale = 1, .norm_count = 1, .mean = (float[]){0}, .std = (float[]){0}},
+         KILN_ERR_INVALID_ARGUMENT,
+         "std[0] = 0"},
         {"crop 1-D", flat, {.batch_size = 1, .scale = 1, .crop_padding = 1}, KILN_ERR_SHAPE, "samples are [2]"},
         {"flip 1-D", flat, {.batch_size = 1, .scale = 1, .hflip = true}, KILN_ERR_SHAPE, "samples are [2]"},
-        {"negative pad", ds, {.batch_size = 1, .scale = 1, .crop_padding = -1}, KILN_ERR_INVALID_ARGUMENT,
+        {"negative pad",
+         ds,
+         {.batch_size = 1, .scale = 1, .crop_padding = -1},
+         KILN_ERR_INVALID_ARGUMENT,
          "crop_padding -1"},
         {"scale inf", ds, {.batch_size = 1, .scale = INFINITY}, KILN_ERR_INVALID_ARGUMENT, "scale inf"},
         {"huge batch", ds, {.batch_size = 1LL << 40, .scale = 1}, KILN_ERR_INVALID_ARGUMENT, "fewer than 2^31"},
@@ -1307,7 +1357,8 @@ static void test_loader_errors(kiln_ctx *ctx) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         kiln_loader *l = kiln_loader_new(ctx, cases[c].ds, &cases[c].o);
         const char *m = kiln_error_message(ctx);
-        CHECK(l == NULL && kiln_error_status(ctx) == cases[c].st && strstr(m, "kiln_loader_new") && strstr(m, cases[c].want),
+        CHECK(l == NULL && kiln_error_status(ctx) == cases[c].st && strstr(m, "kiln_loader_new") &&
+                  strstr(m, cases[c].want),
               "%s: status %s message '%s'", cases[c].name, kiln_status_name(kiln_error_status(ctx)), m);
         kiln_loader_free(l);
         kiln_error_clear(ctx);

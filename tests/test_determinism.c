@@ -49,7 +49,6 @@ static int64_t first_diff(const run_result *a, const run_result *b) {
 
 static run_result ra, rb, rc, rd;
 
-
 static void run(kiln_ctx *ctx) {
     const char *spec_name = kiln_ctx_device(ctx)->name;
     char spec[16];

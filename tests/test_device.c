@@ -103,11 +103,13 @@ static void test_two_contexts(void) {
 /* kiln_close frees what the floors above the device keep on the context through the hooks
  * they register (kiln__on_close): each once, newest first; a full list is an error. */
 static int closed[KILN__CLOSE_HOOKS + 1], nclosed;
+// clang-format off
 #define HOOK(k) \
     static void hook_##k(kiln_ctx *ctx) { (void)ctx; closed[nclosed++] = k; }
 HOOK(0) HOOK(1) HOOK(2) HOOK(3) HOOK(4) HOOK(5) HOOK(6) HOOK(7) HOOK(8)
 #undef HOOK
 static const kiln__close_fn hooks[] = {hook_0, hook_1, hook_2, hook_3, hook_4, hook_5, hook_6, hook_7, hook_8};
+// clang-format on
 _Static_assert(sizeof hooks / sizeof hooks[0] == KILN__CLOSE_HOOKS + 1, "one hook more than the context holds");
 
 static void test_close_hooks(void) {

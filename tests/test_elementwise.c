@@ -30,9 +30,9 @@
 typedef h_tf tf; /* the harness's view steps */
 
 typedef struct vspec {
-    int ndim;           /* rank of the contiguous base tensor */
+    int ndim; /* rank of the contiguous base tensor */
     int64_t shape[4];
-    tf tf[2];           /* applied in order */
+    tf tf[2]; /* applied in order */
 } vspec;
 
 typedef struct operand {
@@ -55,8 +55,7 @@ static float gen_value(int gen, float lo, float hi) {
     case G_COND: /* half zeros (some -0), half arbitrary non-zero */
         if (h_uniform(0, 1) < 0.5f) return h_uniform(0, 1) < 0.5f ? 0.0f : -0.0f;
         return h_uniform(0, 1) < 0.5f ? h_uniform(0.25f, 2) : -h_uniform(0.25f, 2);
-    default:
-        return h_uniform(lo, hi);
+    default: return h_uniform(lo, hi);
     }
 }
 
@@ -100,16 +99,39 @@ static double r_lt(double x, double y) { return x < y; }
 static double r_le(double x, double y) { return x <= y; }
 static double r_gt(double x, double y) { return x > y; }
 static double r_ge(double x, double y) { return x >= y; }
-static double r_neg(double x, double y) { (void)y; return -x; }
-static double r_exp(double x, double y) { (void)y; return exp(x); }
-static double r_log(double x, double y) { (void)y; return log(x); }
-static double r_sqrt(double x, double y) { (void)y; return sqrt(x); }
-static double r_abs(double x, double y) { (void)y; return fabs(x); }
+static double r_neg(double x, double y) {
+    (void)y;
+    return -x;
+}
+static double r_exp(double x, double y) {
+    (void)y;
+    return exp(x);
+}
+static double r_log(double x, double y) {
+    (void)y;
+    return log(x);
+}
+static double r_sqrt(double x, double y) {
+    (void)y;
+    return sqrt(x);
+}
+static double r_abs(double x, double y) {
+    (void)y;
+    return fabs(x);
+}
 
-#define BIN(f, r, u, g0, lo0, hi0, g1, lo1, hi1) \
-    {#f, K_BIN, kiln_##f, NULL, NULL, r, u, {g0, g1}, {lo0, lo1}, {hi0, hi1}}
-#define UN(f, r, u, g0, lo0, hi0) {#f, K_UN, NULL, kiln_##f, NULL, r, u, {g0, 0}, {lo0, 0}, {hi0, 0}}
-#define SC(f, r, u, g0, lo0, hi0) {#f, K_SCALAR, NULL, NULL, kiln_##f, r, u, {g0, 0}, {lo0, 0}, {hi0, 0}}
+#define BIN(f, r, u, g0, lo0, hi0, g1, lo1, hi1)                                                                       \
+    {                                                                                                                  \
+#f, K_BIN, kiln_##f, NULL, NULL, r, u, {g0, g1 }, {lo0, lo1 }, { hi0, hi1 }                                    \
+    }
+#define UN(f, r, u, g0, lo0, hi0)                                                                                      \
+    {                                                                                                                  \
+#f, K_UN, NULL, kiln_##f, NULL, r, u, {g0, 0 }, {lo0, 0 }, { hi0, 0 }                                          \
+    }
+#define SC(f, r, u, g0, lo0, hi0)                                                                                      \
+    {                                                                                                                  \
+#f, K_SCALAR, NULL, NULL, kiln_##f, r, u, {g0, 0 }, {lo0, 0 }, { hi0, 0 }                                      \
+    }
 
 static const op_desc ops[] = {
     BIN(add, r_add, 0, G_UNIFORM, -3, 3, G_UNIFORM, -3, 3),
@@ -151,16 +173,42 @@ static double finish_ref(const op_desc *op, double r) {
 }
 
 static void compare(const op_desc *op, const char *what, const float *got, const double *ref, int64_t n) {
-    if (op->ulps == 0) h_compare(what, got, ref, n, 0, 0);
-    else h_compare(what, got, ref, n, FLT_MIN, op->ulps * FLT_EPSILON);
+    if (op->ulps == 0)
+        h_compare(what, got, ref, n, 0, 0);
+    else
+        h_compare(what, got, ref, n, FLT_MIN, op->ulps * FLT_EPSILON);
 }
 
 /* ---- the shape table ---------------------------------------------------------------- */
 
-#define V0 {0, {0}, {{0}}}
-#define V(n, ...) {n, {__VA_ARGS__}, {{0}}}
-#define VT(n, a, b, ...) {n, {__VA_ARGS__}, {{TF_T, {a, b}}}}
-#define VS(n, d, s, e, st, ...) {n, {__VA_ARGS__}, {{TF_S, {d, s, e, st}}}}
+#define V0                                                                                                             \
+    {                                                                                                                  \
+        0, {0}, {                                                                                                      \
+            { 0 }                                                                                                      \
+        }                                                                                                              \
+    }
+#define V(n, ...)                                                                                                      \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, {                                                                                            \
+            { 0 }                                                                                                      \
+        }                                                                                                              \
+    }
+#define VT(n, a, b, ...)                                                                                               \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, {                                                                                            \
+            {                                                                                                          \
+                TF_T, { a, b }                                                                                         \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+#define VS(n, d, s, e, st, ...)                                                                                        \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, {                                                                                            \
+            {                                                                                                          \
+                TF_S, { d, s, e, st }                                                                                  \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
 
 typedef struct bcase {
     const char *name;
@@ -187,10 +235,11 @@ static const bcase cases[] = {
     {"[1] x 3-D", {V(1, 1), V(3, 5, 7, 11)}, 3, {5, 7, 11}},
     {"3-D x 0-d", {V(3, 5, 7, 11), V0}, 3, {5, 7, 11}},
     {"3-D x [11]", {V(3, 5, 7, 11), V(1, 11)}, 3, {5, 7, 11}},
-    {"expanded (stride 0) view",
-     {{2, {1, 11}, {{TF_E, {3, 5, 7, 11}}}}, V(3, 5, 7, 11)}, 3, {5, 7, 11}},
+    {"expanded (stride 0) view", {{2, {1, 11}, {{TF_E, {3, 5, 7, 11}}}}, V(3, 5, 7, 11)}, 3, {5, 7, 11}},
     {"broadcast of a transposed slice",
-     {{3, {11, 1, 10}, {{TF_T, {0, 2}}, {TF_S, {0, 1, 10, 2}}}}, V(2, 7, 1)}, 3, {5, 7, 11}},
+     {{3, {11, 1, 10}, {{TF_T, {0, 2}}, {TF_S, {0, 1, 10, 2}}}}, V(2, 7, 1)},
+     3,
+     {5, 7, 11}},
     {"4-D broadcast", {V(4, 2, 3, 1, 5), V(3, 3, 4, 1)}, 4, {2, 3, 4, 5}},
     {"large broadcast", {V(2, 1031, 1), V(2, 1, 3)}, 2, {1031, 3}},
     {"large transposed", {VT(2, 0, 1, 67, 64), V(2, 64, 67)}, 2, {64, 67}},
@@ -215,9 +264,9 @@ static void run_case(kiln_ctx *ctx, const op_desc *op, const bcase *c, float s) 
         kiln_error_clear(ctx);
         return;
     }
-    kiln_tensor *out = op->kind == K_BIN ? op->bin(ctx, o[0].t, o[1].t)
-                     : op->kind == K_UN  ? op->un(ctx, o[0].t)
-                                         : op->sc(ctx, o[0].t, s);
+    kiln_tensor *out = op->kind == K_BIN  ? op->bin(ctx, o[0].t, o[1].t)
+                       : op->kind == K_UN ? op->un(ctx, o[0].t)
+                                          : op->sc(ctx, o[0].t, s);
     /* unary ops keep the operand's (view) shape */
     int ondim = nin == 2 ? c->ondim : o[0].hv.ndim;
     const int64_t *oshape = nin == 2 ? c->oshape : o[0].hv.shape;
@@ -331,8 +380,8 @@ static void test_shapes(kiln_ctx *ctx) {
 
 /* ---- NaN, Inf, signed zeros, overflow, underflow ------------------------------------ */
 
-static const float specials[] = {0.0f, -0.0f, 1.0f, -1.0f, 2.0f, -2.5f, 0.5f, 3.0f, 100.0f, -100.0f, 88.8f,
-                                 1e30f, -1e30f, 1e-30f, INFINITY, -INFINITY, NAN};
+static const float specials[] = {0.0f,    -0.0f, 1.0f,  -1.0f,  2.0f,   -2.5f,    0.5f,      3.0f, 100.0f,
+                                 -100.0f, 88.8f, 1e30f, -1e30f, 1e-30f, INFINITY, -INFINITY, NAN};
 #define NSPEC ((int64_t)(sizeof specials / sizeof specials[0]))
 
 /* Binary ops on every pair of specials ([N,1] against [1,N]); unary ops on each; scalar
@@ -393,8 +442,10 @@ static void test_specials(kiln_ctx *ctx) {
     float h[NSPEC];
     kiln_tensor *lg = kiln_log(ctx, vec);
     if (lg && kiln_to_host(lg, h, sizeof h) == KILN_OK)
-        CHECK(isinf(h[0]) && h[0] < 0 && isnan(h[3]) && h[2] == 0.0f && isnan(h[16]), "log(0)=%g log(-1)=%g "
-              "log(1)=%g log(nan)=%g", h[0], h[3], h[2], h[16]);
+        CHECK(isinf(h[0]) && h[0] < 0 && isnan(h[3]) && h[2] == 0.0f && isnan(h[16]),
+              "log(0)=%g log(-1)=%g "
+              "log(1)=%g log(nan)=%g",
+              h[0], h[3], h[2], h[16]);
     kiln_tensor *ex = kiln_exp(ctx, vec);
     if (ex && kiln_to_host(ex, h, sizeof h) == KILN_OK)
         CHECK(isinf(h[10]) && h[10] > 0 && h[15] == 0.0f && h[0] == 1.0f, "exp(88.8)=%g exp(-inf)=%g exp(0)=%g", h[10],
@@ -446,7 +497,8 @@ static void test_errors(kiln_ctx *ctx) {
           kiln_status_name(kiln_error_status(ctx)));
     const char *m = kiln_error_message(ctx);
     CHECK(strstr(m, "kiln_add") && strstr(m, "[2, 3]") && strstr(m, "[4]"), "message: %s", m);
-    CHECK(kiln_ctx_num_tensors(ctx) == live, "a failed op left %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "a failed op left %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - live));
     kiln_error_clear(ctx);
     CHECK(kiln_ge(ctx, c, a) == NULL && kiln_error_status(ctx) == KILN_ERR_SHAPE, "[5,7,11] >= [2,3] must fail");
     m = kiln_error_message(ctx);
@@ -547,10 +599,12 @@ static void test_pow_grad_edges(kiln_ctx *ctx) {
     if (kiln_tensor_grad(a) && kiln_tensor_grad(b) && kiln_to_host(kiln_tensor_grad(a), ga, sizeof ga) == KILN_OK &&
         kiln_to_host(kiln_tensor_grad(b), gb, sizeof gb) == KILN_OK) {
         for (int i = 0; i < N; i++) {
-            bool ok_a = isnan(want_a[i]) ? isnan(ga[i]) : fabsf(ga[i] - want_a[i]) <= 16 * FLT_EPSILON * fabsf(want_a[i]) ||
-                                                               ga[i] == want_a[i];
-            bool ok_b = isnan(want_b[i]) ? isnan(gb[i]) : fabsf(gb[i] - want_b[i]) <= 16 * FLT_EPSILON * fabsf(want_b[i]) ||
-                                                               gb[i] == want_b[i];
+            bool ok_a = isnan(want_a[i])
+                            ? isnan(ga[i])
+                            : fabsf(ga[i] - want_a[i]) <= 16 * FLT_EPSILON * fabsf(want_a[i]) || ga[i] == want_a[i];
+            bool ok_b = isnan(want_b[i])
+                            ? isnan(gb[i])
+                            : fabsf(gb[i] - want_b[i]) <= 16 * FLT_EPSILON * fabsf(want_b[i]) || gb[i] == want_b[i];
             CHECK(ok_a, "d pow(%g, %g)/da = %g, torch %g", (double)av[i], (double)bv[i], (double)ga[i],
                   (double)want_a[i]);
             CHECK(ok_b, "d pow(%g, %g)/db = %g, torch %g", (double)av[i], (double)bv[i], (double)gb[i],
@@ -592,10 +646,10 @@ static void test_pow_grad_edges(kiln_ctx *ctx) {
 enum { GL_PLAIN, GL_A_NC, GL_B_NC, GL_C_NC, GL_X_NC };
 static const h_tf gold_layout[][2] = {
     [GL_PLAIN] = {{TF_NONE, {0}}, {TF_NONE, {0}}},
-    [GL_A_NC] = {{TF_T, {0, 1}}, {TF_NONE, {0}}},          /* [4,3] -> [3,4] transposed */
-    [GL_B_NC] = {{TF_S, {1, 1, 8, 2}}, {TF_NONE, {0}}},    /* [3,8] -> [3,4] every other column */
-    [GL_C_NC] = {{TF_S, {0, 0, 6, 2}}, {TF_NONE, {0}}},    /* [6,4] -> [3,4] every other row */
-    [GL_X_NC] = {{TF_T, {0, 1}}, {TF_S, {1, 0, 6, 2}}},    /* [6,4] -> [4,3] */
+    [GL_A_NC] = {{TF_T, {0, 1}}, {TF_NONE, {0}}},       /* [4,3] -> [3,4] transposed */
+    [GL_B_NC] = {{TF_S, {1, 1, 8, 2}}, {TF_NONE, {0}}}, /* [3,8] -> [3,4] every other column */
+    [GL_C_NC] = {{TF_S, {0, 0, 6, 2}}, {TF_NONE, {0}}}, /* [6,4] -> [3,4] every other row */
+    [GL_X_NC] = {{TF_T, {0, 1}}, {TF_S, {1, 0, 6, 2}}}, /* [6,4] -> [4,3] */
 };
 
 typedef struct gold_ew {
@@ -603,31 +657,56 @@ typedef struct gold_ew {
     kiln_tensor *(*bin)(kiln_ctx *, kiln_tensor *, kiln_tensor *);
     kiln_tensor *(*un)(kiln_ctx *, kiln_tensor *);
     kiln_tensor *(*sc)(kiln_ctx *, kiln_tensor *, float); /* all three NULL: kiln_where */
-    int lay[3];         /* gold_layout of each input */
-    double fwd_ulp;     /* kiln's bound on the output, ulp (0: exact) */
-    double term_ulp[2]; /* t of each differentiable input's gradient terms, ulp */
+    int lay[3];                                           /* gold_layout of each input */
+    double fwd_ulp;                                       /* kiln's bound on the output, ulp (0: exact) */
+    double term_ulp[2];                                   /* t of each differentiable input's gradient terms, ulp */
     bool grad;
 } gold_ew;
 
-#define GB(op, v, la, lb, f, ta, tb) {#op "." v, kiln_##op, NULL, NULL, {la, lb, 0}, f, {ta, tb}, true}
-#define GBC(op, v, la, lb) {#op "." v, kiln_##op, NULL, NULL, {la, lb, 0}, 0, {0, 0}, false}
+#define GB(op, v, la, lb, f, ta, tb)                                                                                   \
+    { #op "." v, kiln_##op, NULL, NULL, {la, lb, 0 }, f, {ta, tb }, true }
+#define GBC(op, v, la, lb)                                                                                             \
+    { #op "." v, kiln_##op, NULL, NULL, {la, lb, 0 }, 0, {0, 0 }, false }
 #define GBIN(op, f, ta, tb) GB(op, "bc", GL_PLAIN, GL_PLAIN, f, ta, tb), GB(op, "nc", GL_A_NC, GL_B_NC, f, ta, tb)
 #define GCMP(op) GBC(op, "bc", GL_PLAIN, GL_PLAIN), GBC(op, "nc", GL_A_NC, GL_B_NC)
 #define GUN(op, f, t)                                                                                                  \
-    {#op ".3d", NULL, kiln_##op, NULL, {GL_PLAIN, 0, 0}, f, {t, 0}, true},                                            \
-        {#op ".nc", NULL, kiln_##op, NULL, {GL_X_NC, 0, 0}, f, {t, 0}, true}
-#define GSC(op, v, f, t) {#op "." v, NULL, NULL, kiln_##op, {GL_X_NC, 0, 0}, f, {t, 0}, true}
+    {#op ".3d", NULL, kiln_##op, NULL, {GL_PLAIN, 0, 0}, f, {t, 0}, true}, {                                           \
+#op ".nc", NULL, kiln_##op, NULL, {GL_X_NC, 0, 0 }, f, {t, 0 }, true                                           \
+    }
+#define GSC(op, v, f, t)                                                                                               \
+    { #op "." v, NULL, NULL, kiln_##op, {GL_X_NC, 0, 0 }, f, {t, 0 }, true }
 
 static const gold_ew gold_ew_cases[] = {
-    GBIN(add, 0, 0, 0), GBIN(sub, 0, 0, 0), GBIN(mul, 0, 0.5, 0.5), GBIN(div, 2.5, 2.5, 5.5),
-    GBIN(pow, 16, 18, 20), GB(pow, "edge", GL_PLAIN, GL_PLAIN, 16, 18, 20), GBIN(minimum, 0, 0, 0),
-    GBIN(maximum, 0, 0, 0), GCMP(eq), GCMP(ne), GCMP(lt), GCMP(le), GCMP(gt), GCMP(ge),
+    GBIN(add, 0, 0, 0),
+    GBIN(sub, 0, 0, 0),
+    GBIN(mul, 0, 0.5, 0.5),
+    GBIN(div, 2.5, 2.5, 5.5),
+    GBIN(pow, 16, 18, 20),
+    GB(pow, "edge", GL_PLAIN, GL_PLAIN, 16, 18, 20),
+    GBIN(minimum, 0, 0, 0),
+    GBIN(maximum, 0, 0, 0),
+    GCMP(eq),
+    GCMP(ne),
+    GCMP(lt),
+    GCMP(le),
+    GCMP(gt),
+    GCMP(ge),
     {"where.bc", NULL, NULL, NULL, {GL_PLAIN, GL_PLAIN, GL_PLAIN}, 0, {0, 0}, true},
     {"where.nc", NULL, NULL, NULL, {GL_C_NC, GL_A_NC, GL_B_NC}, 0, {0, 0}, true},
-    GUN(neg, 0, 0), GUN(exp, 3, 3.5), GUN(log, 3, 2.5), GUN(sqrt, 3, 5.5), GUN(abs, 0, 0),
-    GSC(add_scalar, "0", 0, 0), GSC(mul_scalar, "0", 0, 0.5), GSC(pow_scalar, "2", 16, 17),
-    GSC(pow_scalar, "3", 16, 17), GSC(pow_scalar, "0.5", 16, 17), GSC(pow_scalar, "-1.5", 16, 17),
-    GSC(pow_scalar, "0", 16, 17), GSC(minimum_scalar, "0", 0, 0), GSC(maximum_scalar, "0", 0, 0),
+    GUN(neg, 0, 0),
+    GUN(exp, 3, 3.5),
+    GUN(log, 3, 2.5),
+    GUN(sqrt, 3, 5.5),
+    GUN(abs, 0, 0),
+    GSC(add_scalar, "0", 0, 0),
+    GSC(mul_scalar, "0", 0, 0.5),
+    GSC(pow_scalar, "2", 16, 17),
+    GSC(pow_scalar, "3", 16, 17),
+    GSC(pow_scalar, "0.5", 16, 17),
+    GSC(pow_scalar, "-1.5", 16, 17),
+    GSC(pow_scalar, "0", 16, 17),
+    GSC(minimum_scalar, "0", 0, 0),
+    GSC(maximum_scalar, "0", 0, 0),
 };
 
 static void gold_ew_run(kiln_ctx *ctx, const golden *g, const gold_ew *e) {
@@ -647,9 +726,12 @@ static void gold_ew_run(kiln_ctx *ctx, const golden *g, const gold_ew *e) {
         if (e->grad && !(where && k == 0)) kiln_tensor_set_requires_grad(x[k], true);
     }
     kiln_tensor *out = NULL;
-    if (where) out = kiln_where(ctx, x[0], x[1], x[2]);
-    else if (e->bin) out = e->bin(ctx, x[0], x[1]);
-    else if (e->un) out = e->un(ctx, x[0]);
+    if (where)
+        out = kiln_where(ctx, x[0], x[1], x[2]);
+    else if (e->bin)
+        out = e->bin(ctx, x[0], x[1]);
+    else if (e->un)
+        out = e->un(ctx, x[0]);
     else {
         snprintf(name, sizeof name, "%s.scalar", e->c);
         const golden_tensor *s = golden_get(g, name);

@@ -51,8 +51,8 @@ static void test_null_handles(kiln_ctx *ctx) {
     char saved[256];
     snprintf(saved, sizeof saved, "%s", first);
     kiln_tensor *chain = kiln_transpose(ctx, kiln_reshape(ctx, bad, 1, (int64_t[]){-1}), 0, 0);
-    CHECK(chain == NULL && strcmp(kiln_error_message(ctx), saved) == 0,
-          "a chain on a NULL keeps the first error (%s)", kiln_error_message(ctx));
+    CHECK(chain == NULL && strcmp(kiln_error_message(ctx), saved) == 0, "a chain on a NULL keeps the first error (%s)",
+          kiln_error_message(ctx));
     float x = kiln_tensor_item(chain);
     CHECK(isnan(x), "item of the failed chain is NaN");
     check_usable(ctx, "NULL handles");
@@ -155,7 +155,8 @@ static void test_build_failure(const char *spec) {
     }
     kiln_tensor *t = kiln_zeros(ctx, 1, (int64_t[]){10});
     const char *msg = kiln_error_message(ctx);
-    CHECK(t == NULL && kiln_error_status(ctx) == KILN_ERR_BUILD, "broken kernel: %s", kiln_status_name(kiln_error_status(ctx)));
+    CHECK(t == NULL && kiln_error_status(ctx) == KILN_ERR_BUILD, "broken kernel: %s",
+          kiln_status_name(kiln_error_status(ctx)));
     CHECK(strstr(msg, "copy") && strstr(msg, kiln_ctx_device(ctx)->name) && strstr(msg, "undefined_name_q7"),
           "the message names program and device and holds the build log: %s", msg);
     kiln_error_clear(ctx);
@@ -192,14 +193,14 @@ static float null_h[4];
 static int64_t null_shp[2] = {2, 2};
 static int null_dims[2] = {1, 0};
 static kiln_tensor *null_ts[1] = {NULL};
-#define NULL_CASE(name, failed)                       \
-    static bool null_##name(void) {                   \
-        float *h = null_h;                            \
-        int64_t *shp = null_shp;                      \
-        int *dims = null_dims;                        \
-        kiln_tensor **ts = null_ts;                   \
-        (void)h, (void)shp, (void)dims, (void)ts;     \
-        return failed;                                \
+#define NULL_CASE(name, failed)                                                                                        \
+    static bool null_##name(void) {                                                                                    \
+        float *h = null_h;                                                                                             \
+        int64_t *shp = null_shp;                                                                                       \
+        int *dims = null_dims;                                                                                         \
+        kiln_tensor **ts = null_ts;                                                                                    \
+        (void)h, (void)shp, (void)dims, (void)ts;                                                                      \
+        return failed;                                                                                                 \
     }
 NULL_CASE(from_host, kiln_from_host(NULL, NULL, KILN_F32, 1, shp) == NULL)
 NULL_CASE(empty, kiln_empty(NULL, KILN_F32, 1, shp) == NULL)

@@ -20,11 +20,11 @@
 #define CAP 4096
 
 /* CHECK that also clears `ok` when the condition fails. */
-#define CHECK_ACC(ok, cond, ...)   \
-    do {                           \
-        bool c_ = (cond);          \
-        CHECK(c_, __VA_ARGS__);    \
-        ok = ok && c_;             \
+#define CHECK_ACC(ok, cond, ...)                                                                                       \
+    do {                                                                                                               \
+        bool c_ = (cond);                                                                                              \
+        CHECK(c_, __VA_ARGS__);                                                                                        \
+        ok = ok && c_;                                                                                                 \
     } while (0)
 
 static bool warm_up(cnn *m, int steps) {
@@ -70,19 +70,19 @@ static void test_alloc_failures(kiln_ctx *ctx) {
         tried++;
         bool ok = true;
         CHECK_ACC(ok, s == KILN_ERR_OUT_OF_MEMORY, "allocation %lld of %lld failing: status %s: %s", (long long)nth,
-                      (long long)per_step, kiln_status_name(s), kiln_error_message(ctx));
+                  (long long)per_step, kiln_status_name(s), kiln_error_message(ctx));
         CHECK_ACC(ok, strstr(kiln_error_message(ctx), "injected failure") != NULL,
-                      "allocation %lld: the message is the allocation's: %s", (long long)nth, kiln_error_message(ctx));
+                  "allocation %lld: the message is the allocation's: %s", (long long)nth, kiln_error_message(ctx));
         CHECK_ACC(ok, isnan(l), "allocation %lld: a failed step reports no loss", (long long)nth);
         CHECK_ACC(ok, kiln_ctx_num_tensors(ctx) == tensors, "allocation %lld: %lld tensors leaked", (long long)nth,
-                      (long long)(kiln_ctx_num_tensors(ctx) - tensors));
+                  (long long)(kiln_ctx_num_tensors(ctx) - tensors));
         CHECK_ACC(ok, after.in_use_bytes == before.in_use_bytes, "allocation %lld: %lld pool bytes still in use",
-                      (long long)nth, (long long)(after.in_use_bytes - before.in_use_bytes));
+                  (long long)nth, (long long)(after.in_use_bytes - before.in_use_bytes));
         kiln_error_clear(ctx);
         /* memory is back: the next step trains */
         s = cnn_step(&m, 4, &l);
         CHECK_ACC(ok, s == KILN_OK && isfinite(l), "allocation %lld: the step after the failure: %s", (long long)nth,
-                      kiln_error_message(ctx));
+                  kiln_error_message(ctx));
         kiln_error_clear(ctx);
         clean += ok;
     }
@@ -208,7 +208,8 @@ static void build_failure(kiln_ctx *ctx, const char *program) {
     CHECK(strstr(kiln_error_message(ctx), named) && strstr(kiln_error_message(ctx), "no_such_identifier_k4"),
           "the error names the program %s and holds the build log: %s", named, kiln_error_message(ctx));
     CHECK(isnan(l), "no loss from the failed step");
-    CHECK(kiln_ctx_num_tensors(ctx) == tensors, "%lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - tensors));
+    CHECK(kiln_ctx_num_tensors(ctx) == tensors, "%lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - tensors));
     CHECK(after.in_use_bytes == before.in_use_bytes, "%lld pool bytes leaked",
           (long long)(after.in_use_bytes - before.in_use_bytes));
     kiln_error_clear(ctx);

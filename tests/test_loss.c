@@ -160,8 +160,7 @@ static int test_L(kiln_ctx *ctx) {
     size_t w = 256, m = (size_t)kiln_ctx_device(ctx)->max_work_group_size;
     if (m > 0 && m < w) w = m;
     int p = 1;
-    while ((size_t)p * 2 <= w)
-        p *= 2;
+    while ((size_t)p * 2 <= w) p *= 2;
     return p;
 }
 
@@ -174,8 +173,7 @@ static double sum_gamma(kiln_ctx *ctx, int64_t n) {
     if (G < 1) G = 1;
     int64_t c = (n + G * L - 1) / (G * L);
     int lg = 0;
-    while ((1LL << lg) < L)
-        lg++;
+    while ((1LL << lg) < L) lg++;
     double d = (double)c + 2 * lg + 4;
     return d * U_F32 / (1 - d * U_F32);
 }
@@ -413,10 +411,8 @@ static void ce_rows_ref(const ce_user *u, const double *x, double *loss, double 
                 continue;
             }
             double m = -INFINITY, se = 0;
-            for (int c = 0; c < u->C; c++)
-                m = fmax(m, xr[(int64_t)c * u->S]);
-            for (int c = 0; c < u->C; c++)
-                se += exp(xr[(int64_t)c * u->S] - m);
+            for (int c = 0; c < u->C; c++) m = fmax(m, xr[(int64_t)c * u->S]);
+            for (int c = 0; c < u->C; c++) se += exp(xr[(int64_t)c * u->S] - m);
             double lz = log(se), lse = m + lz;
             double l = (1 - u->ls) * wy * (lse - xr[(int64_t)y * u->S]);
             double mg = (1 - u->ls) * fabs(wy) * (lz + fabs(xr[(int64_t)y * u->S] - m) + 1);
@@ -523,8 +519,7 @@ static bool ce_make(kiln_ctx *ctx, ce_data *d, const ce_case *c, const ce_opt *o
     d->C = (int)(h->ndim == 1 ? h->shape[0] : h->shape[1]);
     d->N = h->ndim == 1 ? 1 : (int)h->shape[0];
     d->S = 1;
-    for (int k = 2; k < h->ndim; k++)
-        d->S *= (int)h->shape[k];
+    for (int k = 2; k < h->ndim; k++) d->S *= (int)h->shape[k];
     int64_t rows = (int64_t)d->N * d->S;
     d->y = malloc(sizeof(int32_t) * cap1(rows));
     for (int64_t r = 0; r < rows; r++) {
@@ -541,8 +536,7 @@ static bool ce_make(kiln_ctx *ctx, ce_data *d, const ce_case *c, const ce_opt *o
         int64_t bs[2] = {tshape[1], tshape[0]};
         int32_t *b = malloc(sizeof(int32_t) * cap1(rows));
         for (int64_t i = 0; i < tshape[0]; i++)
-            for (int64_t j = 0; j < tshape[1]; j++)
-                b[j * tshape[0] + i] = d->y[i * tshape[1] + j];
+            for (int64_t j = 0; j < tshape[1]; j++) b[j * tshape[0] + i] = d->y[i * tshape[1] + j];
         kiln_tensor *base = kiln_from_host(ctx, b, KILN_I32, 2, bs);
         d->yo.t = kiln_transpose(ctx, base, 0, 1);
         free(b);
@@ -559,8 +553,7 @@ static bool ce_make(kiln_ctx *ctx, ce_data *d, const ce_case *c, const ce_opt *o
         else
             ok &= mk(ctx, &d->wt, 1, &C, (vw){0}, false, 0.25f, 1.75f);
         d->w = malloc(sizeof(double) * cap1(C));
-        for (int k = 0; k < d->C; k++)
-            d->w[k] = d->wt.v[k];
+        for (int k = 0; k < d->C; k++) d->w[k] = d->wt.v[k];
     }
     CHECK(ok, "making cross-entropy operands: %s", kiln_error_message(ctx));
     return ok;
@@ -807,8 +800,7 @@ static void grad_ce_case(kiln_ctx *ctx, const ce_case *c, const ce_opt *o, int r
         kiln_tensor *y = nll ? kiln_nll_loss(ctx, d.x.t, d.yo.t, d.wt.t, o->ignore, red)
                              : kiln_cross_entropy_ex(ctx, d.x.t, d.yo.t, d.wt.t, o->ignore, o->ls, red);
         bool all_ignored = true;
-        for (int64_t r = 0; r < (int64_t)d.N * d.S; r++)
-            all_ignored &= d.y[r] == o->ignore;
+        for (int64_t r = 0; r < (int64_t)d.N * d.S; r++) all_ignored &= d.y[r] == o->ignore;
         if (all_ignored && red == KILN_MEAN) {
             /* the mean is 0/0 = NaN and so is any finite difference of it; the gradient is
              * zero, as torch's (the golden case ce.allignored checks it) */
@@ -839,8 +831,7 @@ static void pen_ref(void *user, double *const *in, double *out) {
     const pen_user *u = user;
     double s = 0, mag;
     for (int j = 0; j < u->n; j++)
-        for (int64_t i = 0; i < u->sizes[j]; i++)
-            s += el_ref(u->op, in[j][i], 0, 1, 0, &mag);
+        for (int64_t i = 0; i < u->sizes[j]; i++) s += el_ref(u->op, in[j][i], 0, 1, 0, &mag);
     out[0] = s;
 }
 
@@ -875,8 +866,7 @@ static void grad_penalty(kiln_ctx *ctx, int op, int n) {
               (long long)(kiln_ctx_num_tensors(ctx) - live));
         gc_check(ctx, what, pen_ref, &u, n, ts, hin, wanted, y, GC_ATOL, GC_RTOL);
     }
-    for (int j = 0; j < n; j++)
-        opnd_free(&ps[j]);
+    for (int j = 0; j < n; j++) opnd_free(&ps[j]);
     kiln_error_clear(ctx);
     kiln_scope_end(ctx);
 }
@@ -884,8 +874,7 @@ static void grad_penalty(kiln_ctx *ctx, int op, int n) {
 static void test_gradients(kiln_ctx *ctx) {
     for (size_t c = 0; c < N_EL_CFGS; c++)
         for (int red = 0; red < 3; red++)
-            for (int views = 0; views < 2; views++)
-                grad_el_case(ctx, &el_cfgs[c], red, views);
+            for (int views = 0; views < 2; views++) grad_el_case(ctx, &el_cfgs[c], red, views);
     /* cross-entropy / nll on odd shapes, views (a transposed [N, C], the copy path of a
      * permuted 4-D tensor, transposed labels) and option sets */
     static const int gc_cases[] = {1, 3, 4, 5, 7, 9, 10};
@@ -924,10 +913,8 @@ static void test_composite(kiln_ctx *ctx) {
         double ref[6];
         for (int r = 0; r < 2; r++) {
             double m = -INFINITY, se = 0;
-            for (int c = 0; c < 3; c++)
-                m = fmax(m, xv[r * 3 + c]);
-            for (int c = 0; c < 3; c++)
-                se += exp(xv[r * 3 + c] - m);
+            for (int c = 0; c < 3; c++) m = fmax(m, xv[r * 3 + c]);
+            for (int c = 0; c < 3; c++) se += exp(xv[r * 3 + c] - m);
             for (int c = 0; c < 3; c++) {
                 double sm = exp(xv[r * 3 + c] - m) / se;
                 ref[r * 3 + c] = (sm - (c == yv[r])) / 2 + (xv[r * 3 + c] - tv[r * 3 + c]);
@@ -1035,8 +1022,7 @@ static void test_determinism(kiln_ctx *ctx) {
     h_fill(a, n, -3, 3);
     h_fill(b, n, -3, 3);
     int32_t *y = malloc(sizeof(int32_t) * (size_t)rows);
-    for (int64_t r = 0; r < rows; r++)
-        y[r] = (int32_t)(r * 5 % C);
+    for (int64_t r = 0; r < rows; r++) y[r] = (int32_t)(r * 5 % C);
     kiln_tensor *x = kiln_from_host(ctx, a, KILN_F32, 1, &n), *t = kiln_from_host(ctx, b, KILN_F32, 1, &n);
     kiln_tensor *lg = kiln_from_host(ctx, a, KILN_F32, 2, (int64_t[]){rows, C});
     kiln_tensor *yt = kiln_from_host(ctx, y, KILN_I32, 1, &rows);
@@ -1210,16 +1196,14 @@ static void test_errors(kiln_ctx *ctx) {
         kiln_l2_penalty(ctx, 1, &x35),
     };
     kiln_tensor *total = terms[0];
-    for (size_t k = 1; k < sizeof terms / sizeof terms[0]; k++)
-        total = kiln_add(ctx, total, terms[k]);
+    for (size_t k = 1; k < sizeof terms / sizeof terms[0]; k++) total = kiln_add(ctx, total, terms[k]);
     CHECK(total && kiln_backward(total) == KILN_OK, "every loss, backward: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
     kiln_error_clear(ctx);
     CHECK(kiln_ctx_num_tensors(ctx) == live + 1, "a scope with every loss leaked %lld tensors (the gradient stays)",
           (long long)(kiln_ctx_num_tensors(ctx) - live - 1));
     kiln_tensor *keep[] = {x23, x32, i23, x35, y3, w4};
-    for (size_t k = 0; k < sizeof keep / sizeof keep[0]; k++)
-        kiln_tensor_free(keep[k]);
+    for (size_t k = 0; k < sizeof keep / sizeof keep[0]; k++) kiln_tensor_free(keep[k]);
     CHECK(kiln_ctx_num_tensors(ctx) == before, "test_errors leaked %lld tensors",
           (long long)(kiln_ctx_num_tensors(ctx) - before));
 }

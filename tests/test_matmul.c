@@ -69,8 +69,7 @@ static int ref_matmul(const float *A, h_view av, const float *B, h_view bv, int 
     }
     int64_t m = av.shape[av.ndim - 2], k = av.shape[av.ndim - 1], n = bv.shape[bv.ndim - 1];
     int ond = 0;
-    for (int d = 0; d < nb; d++)
-        oshape[ond++] = bs[d];
+    for (int d = 0; d < nb; d++) oshape[ond++] = bs[d];
     if (!a1) oshape[ond++] = m;
     if (!b1) oshape[ond++] = n;
     int64_t batch = h_numel(nb, bs), total = batch * m * n;
@@ -89,8 +88,7 @@ static int ref_matmul(const float *A, h_view av, const float *B, h_view bv, int 
                 (*ref)[(q * m + i) * n + j] = s;
                 (*mag)[(q * m + i) * n + j] = g;
             }
-        for (int d = nb - 1; d >= 0 && ++bi[d] == bs[d]; d--)
-            bi[d] = 0;
+        for (int d = nb - 1; d >= 0 && ++bi[d] == bs[d]; d--) bi[d] = 0;
     }
     *kout = k;
     return ond;
@@ -114,7 +112,9 @@ static void check_mm(kiln_ctx *ctx, const char *name, kiln_tensor *a, const floa
     int split = kiln__hooks_of(ctx)->matmul_last_parts > 1;
     CHECK(s1.allocs - s0.allocs == (uint64_t)(1 + copies + split), "%s: %llu pool allocations, expected %d (%s)", what,
           (unsigned long long)(s1.allocs - s0.allocs), 1 + copies + split,
-          copies ? "output + copy" : split ? "output + split-K partials, no copy" : "output only, no copy");
+          copies  ? "output + copy"
+          : split ? "output + split-K partials, no copy"
+                  : "output only, no copy");
     int64_t oshape[KILN_MAX_DIMS], k;
     double *ref, *mag;
     int ond = ref_matmul(abase, av, bbase, bv, flags, oshape, &ref, &mag, &k);
@@ -214,11 +214,11 @@ static void test_split_k(kiln_ctx *ctx) {
         check_plain(ctx, names[f], 2, ta ? (int64_t[]){k, m} : (int64_t[]){m, k}, 2,
                     tb ? (int64_t[]){n, k} : (int64_t[]){k, n}, flags[f]);
         size_t want = own && !(ta && tb) ? 1 : kiln__matmul_split_parts(ctx, (size_t)m, (size_t)n, (size_t)k);
-        CHECK(kiln__hooks_of(ctx)->matmul_last_parts == want, "[%s] %s: split into %zu parts, expected %zu", g_pass, names[f],
-              kiln__hooks_of(ctx)->matmul_last_parts, want);
+        CHECK(kiln__hooks_of(ctx)->matmul_last_parts == want, "[%s] %s: split into %zu parts, expected %zu", g_pass,
+              names[f], kiln__hooks_of(ctx)->matmul_last_parts, want);
     }
-    check_plain(ctx, "split K, fc1 forward [64,9216]x[128,9216]^T", 2, (int64_t[]){64, 9216}, 2,
-                (int64_t[]){128, 9216}, KILN_TRANS_B);
+    check_plain(ctx, "split K, fc1 forward [64,9216]x[128,9216]^T", 2, (int64_t[]){64, 9216}, 2, (int64_t[]){128, 9216},
+                KILN_TRANS_B);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
 }
@@ -251,10 +251,9 @@ static void test_own(kiln_ctx *ctx) {
     check_plain(ctx, "A B batched [3,9,20]x[3,20,40]", 3, (int64_t[]){3, 9, 20}, 3, (int64_t[]){3, 20, 40}, 0);
     check_plain(ctx, "A^T B batched [2,20,9]^T x[2,20,64]", 3, (int64_t[]){2, 20, 9}, 3, (int64_t[]){2, 20, 64},
                 KILN_TRANS_A);
-    check_plain(ctx, "A B^T broadcast B [2,3,7,40]x[3,9,40]^T", 4, (int64_t[]){2, 3, 7, 40}, 3,
-                (int64_t[]){3, 9, 40}, KILN_TRANS_B);
-    check_plain(ctx, "A B broadcast B [2,3,7,40]x[3,40,33]", 4, (int64_t[]){2, 3, 7, 40}, 3, (int64_t[]){3, 40, 33},
-                0);
+    check_plain(ctx, "A B^T broadcast B [2,3,7,40]x[3,9,40]^T", 4, (int64_t[]){2, 3, 7, 40}, 3, (int64_t[]){3, 9, 40},
+                KILN_TRANS_B);
+    check_plain(ctx, "A B broadcast B [2,3,7,40]x[3,40,33]", 4, (int64_t[]){2, 3, 7, 40}, 3, (int64_t[]){3, 40, 33}, 0);
     check_plain(ctx, "linear [4,6,70]x[13,70]^T", 3, (int64_t[]){4, 6, 70}, 2, (int64_t[]){13, 70}, KILN_TRANS_B);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
@@ -400,12 +399,12 @@ static bool has(const char *s, const char *sub) { return strstr(s, sub) != NULL;
  * (NULL-terminated), and no tensor left behind; then clears the error. */
 #define EXPECT_FAIL(ctx, call, status, ...)                                                                            \
     do {                                                                                                               \
-        int64_t live_ = kiln_ctx_num_tensors(ctx);                                                                        \
+        int64_t live_ = kiln_ctx_num_tensors(ctx);                                                                     \
         kiln_tensor *r_ = (call);                                                                                      \
         CHECK(r_ == NULL && kiln_error_status(ctx) == (status), "%s: got %s, want %s (%s)", #call,                     \
               kiln_status_name(kiln_error_status(ctx)), kiln_status_name(status), kiln_error_message(ctx));            \
-        CHECK(kiln_ctx_num_tensors(ctx) == live_, "%s left %lld tensors behind", #call,                                   \
-              (long long)(kiln_ctx_num_tensors(ctx) - live_));                                                            \
+        CHECK(kiln_ctx_num_tensors(ctx) == live_, "%s left %lld tensors behind", #call,                                \
+              (long long)(kiln_ctx_num_tensors(ctx) - live_));                                                         \
         const char *subs_[] = {__VA_ARGS__, NULL};                                                                     \
         for (int i_ = 0; subs_[i_]; i_++)                                                                              \
             CHECK(has(kiln_error_message(ctx), subs_[i_]), "%s: message lacks \"%s\": %s", #call, subs_[i_],           \
@@ -473,12 +472,17 @@ static const struct {
     const char *c;
     bool ex; /* kiln_matmul_ex with flags, else kiln_matmul */
     int flags;
-    int64_t k;  /* the inner dimension */
-    bool nc;    /* a = transpose(0, 1) of its base, b = every other column of its base */
+    int64_t k; /* the inner dimension */
+    bool nc;   /* a = transpose(0, 1) of its base, b = every other column of its base */
 } gold_mm_cases[] = {
-    {"matmul.2d", false, 0, 5, false},   {"matmul.bb", false, 0, 5, false},   {"matmul.nc", false, 0, 5, true},
-    {"matmul.vl", false, 0, 5, false},   {"matmul.vr", false, 0, 5, false},   {"matmul_ex.f0", true, 0, 5, false},
-    {"matmul_ex.f1", true, KILN_TRANS_A, 5, false},                       {"matmul_ex.f2", true, KILN_TRANS_B, 5, false},
+    {"matmul.2d", false, 0, 5, false},
+    {"matmul.bb", false, 0, 5, false},
+    {"matmul.nc", false, 0, 5, true},
+    {"matmul.vl", false, 0, 5, false},
+    {"matmul.vr", false, 0, 5, false},
+    {"matmul_ex.f0", true, 0, 5, false},
+    {"matmul_ex.f1", true, KILN_TRANS_A, 5, false},
+    {"matmul_ex.f2", true, KILN_TRANS_B, 5, false},
     {"matmul_ex.f3", true, KILN_TRANS_A | KILN_TRANS_B, 5, false},
 };
 
@@ -499,7 +503,8 @@ static void test_golden(kiln_ctx *ctx) {
         }
         kiln_tensor_set_requires_grad(a, true);
         kiln_tensor_set_requires_grad(b, true);
-        kiln_tensor *out = gold_mm_cases[k].ex ? kiln_matmul_ex(ctx, a, b, gold_mm_cases[k].flags) : kiln_matmul(ctx, a, b);
+        kiln_tensor *out =
+            gold_mm_cases[k].ex ? kiln_matmul_ex(ctx, a, b, gold_mm_cases[k].flags) : kiln_matmul(ctx, a, b);
         CHECK(out != NULL, "[%s] golden %s: %s", g_pass, c, kiln_error_message(ctx));
         if (out) {
             double kk = (double)gold_mm_cases[k].k, no = (double)kiln_tensor_numel(out);

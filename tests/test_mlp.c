@@ -34,9 +34,10 @@
 static const char *const pnames[4] = {"0.weight", "0.bias", "2.weight", "2.bias"};
 
 static kiln_module *build(kiln_ctx *ctx, const golden *g) {
-    kiln_module *net = kiln_nn_sequential(ctx, 3, (kiln_module *[]){kiln_nn_linear(ctx, 20, 32, true),
-                                                                     kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-                                                                     kiln_nn_linear(ctx, 32, 5, true)});
+    kiln_module *net = kiln_nn_sequential(ctx, 3,
+                                          (kiln_module *[]){kiln_nn_linear(ctx, 20, 32, true),
+                                                            kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                                            kiln_nn_linear(ctx, 32, 5, true)});
     CHECK(net != NULL, "building the MLP: %s", kiln_error_message(ctx));
     if (!net) return NULL;
     CHECK(kiln_module_parameters(net, NULL, 0) == 4 && kiln_module_state(net, NULL, 0) == 4, "MLP has 4 tensors");
@@ -130,7 +131,8 @@ static void train(kiln_ctx *ctx, const golden *g, const char *name) {
     kiln_tensor_free(y);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == before, "%s: %lld tensors leaked", name, (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "%s: %lld tensors leaked", name,
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 static void run(kiln_ctx *ctx) {

@@ -60,8 +60,9 @@ static bool verbose;
 static double cmp(const char *what, kiln_tensor *got, const golden_tensor *ref, double atol, double rtol) {
     CHECK(got != NULL, "%s: no tensor", what);
     if (!got || !ref) return INFINITY;
-    bool same_shape = kiln_tensor_ndim(got) == ref->ndim &&
-                      (ref->ndim == 0 || memcmp(kiln_tensor_shape(got), ref->shape, sizeof(int64_t) * (size_t)ref->ndim) == 0);
+    bool same_shape =
+        kiln_tensor_ndim(got) == ref->ndim &&
+        (ref->ndim == 0 || memcmp(kiln_tensor_shape(got), ref->shape, sizeof(int64_t) * (size_t)ref->ndim) == 0);
     char s[96];
     CHECK(same_shape, "%s: shape %s differs from PyTorch's", what, kiln_tensor_shape_str(got, s, sizeof s));
     if (!same_shape) return INFINITY;
@@ -141,16 +142,20 @@ static kiln_module *mk_conv_groups(kiln_ctx *ctx) {
     return kiln_nn_conv2d(ctx, 4, 6, 3, 2, &p, true);
 }
 static kiln_module *mk_convt(kiln_ctx *ctx) {
-    kiln_conv2d_params p = {.stride = {2, 2}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1, .output_padding = {1, 1}};
+    kiln_conv2d_params p = {
+        .stride = {2, 2}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1, .output_padding = {1, 1}};
     return kiln_nn_conv_transpose2d(ctx, 3, 2, 3, 3, &p, true);
 }
 static kiln_module *mk_bn1(kiln_ctx *ctx) { return kiln_nn_batchnorm1d(ctx, 5, 1e-5f, 0.1f); }
 static kiln_module *mk_bn2(kiln_ctx *ctx) { return kiln_nn_batchnorm2d(ctx, 3, 1e-5f, 0.1f); }
 static kiln_module *mk_ln(kiln_ctx *ctx) { return kiln_nn_layernorm(ctx, 2, (int64_t[]){4, 5}, 1e-5f, true); }
-static kiln_module *mk_maxpool(kiln_ctx *ctx) { return kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}}); }
+static kiln_module *mk_maxpool(kiln_ctx *ctx) {
+    return kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}});
+}
 static kiln_module *mk_avgpool(kiln_ctx *ctx) {
     /* torch's AvgPool2d counts the padding (count_include_pad=True by default) */
-    kiln_pool2d_params p = {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .count_include_pad = true, .dilation = {1, 1}};
+    kiln_pool2d_params p = {
+        .kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .count_include_pad = true, .dilation = {1, 1}};
     return kiln_nn_avgpool2d(ctx, &p);
 }
 static kiln_module *mk_gap(kiln_ctx *ctx) { return kiln_nn_global_avgpool2d(ctx); }
@@ -185,8 +190,11 @@ static bool bb_child(kiln_module *m, const char *name, kiln_module **slot, kiln_
 }
 
 static kiln_module *basic_block_new(kiln_ctx *ctx, int64_t inplanes, int64_t planes, int stride) {
-    static const kiln_module_def def = {.kind = "BasicBlock", .state_size = sizeof(basic_block),
-                                        .forward = basic_block_forward, .num_inputs = 1, .num_outputs = 1};
+    static const kiln_module_def def = {.kind = "BasicBlock",
+                                        .state_size = sizeof(basic_block),
+                                        .forward = basic_block_forward,
+                                        .num_inputs = 1,
+                                        .num_outputs = 1};
     kiln_module *m = kiln_module_new(ctx, &def);
     if (!m) return NULL;
     basic_block *b = kiln_module_data(m);
@@ -200,8 +208,9 @@ static kiln_module *basic_block_new(kiln_ctx *ctx, int64_t inplanes, int64_t pla
               bb_child(m, "bn2", &b->bn2, kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f));
     if (ok && (stride != 1 || inplanes != planes))
         ok = bb_child(m, "downsample", &b->downsample,
-                      kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_conv2d(ctx, inplanes, planes, 1, 1, &p1, false),
-                                                                  kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f)}));
+                      kiln_nn_sequential(ctx, 2,
+                                         (kiln_module *[]){kiln_nn_conv2d(ctx, inplanes, planes, 1, 1, &p1, false),
+                                                           kiln_nn_batchnorm2d(ctx, planes, 1e-5f, 0.1f)}));
     if (!ok) {
         kiln_module_free(m);
         return NULL;
@@ -222,7 +231,8 @@ typedef struct nn_case {
     double b_atol, b_rtol; /* buffers after the forward */
 } nn_case;
 
-#define BN_STATE {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+#define BN_STATE                                                                                                       \
+    { "weight", "bias", "running_mean", "running_var", "num_batches_tracked" }
 static const nn_case cases[] = {
     /* 7-term dot products; the gradients sum 3 (weight) or 5 (input) products */
     {"linear", mk_linear, true, {"weight", "bias"}, EPS_SUM, EPS_SUM, EPS_SUM, EPS_SUM, 0, 0},
@@ -253,18 +263,32 @@ static const nn_case cases[] = {
     {"softmax", mk_softmax, true, {NULL}, EPS_OUT, EPS_OUT, EPS_OUT, EPS_OUT, 0, 0},
     /* a user-defined module (torchvision's BasicBlock with downsample) loaded with torch's
      * state_dict by name, every key and no other; tolerances: see BB_EPS */
-    {"basic_block", mk_basic_block, true,
+    {"basic_block",
+     mk_basic_block,
+     true,
      {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
       "conv2.weight", "bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked",
       "downsample.0.weight", "downsample.1.weight", "downsample.1.bias", "downsample.1.running_mean",
       "downsample.1.running_var", "downsample.1.num_batches_tracked"},
-     EPS_SUM, EPS_SUM, BB_EPS, BB_EPS, 3e-7, 3e-7},
+     EPS_SUM,
+     EPS_SUM,
+     BB_EPS,
+     BB_EPS,
+     3e-7,
+     3e-7},
     /* the identity shortcut in eval: batch norm is a fixed affine map, so outputs and
      * gradients are 36-term convolution sums twice over, scaled by up to ~1.5 / sqrt(0.5) */
-    {"basic_block_identity_eval", mk_basic_block_identity, false,
+    {"basic_block_identity_eval",
+     mk_basic_block_identity,
+     false,
      {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
       "conv2.weight", "bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked"},
-     EPS_SUM, EPS_SUM, EPS_NORM, EPS_NORM, 0, 0},
+     EPS_SUM,
+     EPS_SUM,
+     EPS_NORM,
+     EPS_NORM,
+     0,
+     0},
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
@@ -354,7 +378,8 @@ static void golden_case(kiln_ctx *ctx, const golden *g, const nn_case *c) {
                 snprintf(what, sizeof what, "%s: grad of %.127s", c->name, st[k].name);
                 CHECK(kiln_tensor_grad(st[k].tensor) != NULL, "%s: parameter %s got no gradient", c->name, st[k].name);
                 if (kiln_tensor_grad(st[k].tensor))
-                    wg = fmax(wg, cmp(what, kiln_tensor_grad(st[k].tensor), gfind(g, c->name, part), c->g_atol, c->g_rtol));
+                    wg = fmax(wg,
+                              cmp(what, kiln_tensor_grad(st[k].tensor), gfind(g, c->name, part), c->g_atol, c->g_rtol));
             }
         }
         CHECK(gcount(g, c->name, "grad") == nparams + 1, "%s: torch has %d gradients, kiln %d parameters + x", c->name,
@@ -410,12 +435,13 @@ static void check_uniform(const char *what, kiln_tensor *t, double bound) {
     for (int64_t i = 0; i < n; i++) s2 += (h[i] - mean) * (h[i] - mean);
     double var = s2 / (double)(n - 1), want = bound * bound / 3;
     CHECK(out == 0, "%s: %lld of %lld values outside +-%.9g", what, (long long)out, (long long)n, bound);
-    CHECK(mx >= bound * (1 - 20.0 / (double)n), "%s: largest |w| %.9g, expected within %.3g of the bound %.9g", what, mx,
-          20.0 / (double)n, bound);
+    CHECK(mx >= bound * (1 - 20.0 / (double)n), "%s: largest |w| %.9g, expected within %.3g of the bound %.9g", what,
+          mx, 20.0 / (double)n, bound);
     CHECK(fabs(mean) <= 5 * bound / sqrt(3.0 * (double)n), "%s: mean %.3g, expected 0 +- %.3g", what, mean,
           5 * bound / sqrt(3.0 * (double)n));
     double rel = fabs(var / want - 1), tol = 5 * sqrt(0.8 / (double)n);
-    CHECK(rel <= tol, "%s: variance %.6g, bound^2/3 = %.6g (relative deviation %.4f > %.4f)", what, var, want, rel, tol);
+    CHECK(rel <= tol, "%s: variance %.6g, bound^2/3 = %.6g (relative deviation %.4f > %.4f)", what, var, want, rel,
+          tol);
     if (verbose)
         fprintf(stderr, "  init %s: n %lld bound %.6g max %.6g variance/(b^2/3) - 1 = %+.4f (tolerance %.4f)\n", what,
                 (long long)n, bound, mx, var / want - 1, tol);
@@ -539,7 +565,8 @@ static void test_init(kiln_ctx *ctx) {
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) kiln_module_free(all[k]);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == before, "init: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "init: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- names ----------------------------------------------------------------------------- */
@@ -548,11 +575,13 @@ static void test_init(kiln_ctx *ctx) {
  * pool: AdaptiveAvgPool2d(1), classifier: Sequential(Flatten(), Linear(4, 10))) */
 static kiln_module *named_net(kiln_ctx *ctx) {
     kiln_module *features = kiln_nn_sequential(
-        ctx, 2, (kiln_module *[]){kiln_nn_conv2d(ctx, 3, 4, 3, 3, NULL, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0)});
+        ctx, 2,
+        (kiln_module *[]){kiln_nn_conv2d(ctx, 3, 4, 3, 3, NULL, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0)});
     kiln_module *classifier =
         kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_flatten(ctx, 1, -1), kiln_nn_linear(ctx, 4, 10, true)});
-    kiln_module *net = kiln_nn_sequential(ctx, 4, (kiln_module *[]){features, kiln_nn_batchnorm2d(ctx, 4, 1e-5f, 0.1f),
-                                                                     kiln_nn_global_avgpool2d(ctx), classifier});
+    kiln_module *net = kiln_nn_sequential(ctx, 4,
+                                          (kiln_module *[]){features, kiln_nn_batchnorm2d(ctx, 4, 1e-5f, 0.1f),
+                                                            kiln_nn_global_avgpool2d(ctx), classifier});
     const char *names[4] = {"features", "bn", "pool", "classifier"};
     for (int k = 0; net && k < 4; k++)
         CHECK(kiln_module_set_child_name(net, k, names[k]) == KILN_OK, "naming %s: %s", names[k],
@@ -584,9 +613,9 @@ static void test_names(kiln_ctx *ctx) {
         return;
     }
     /* net.state_dict().keys() in PyTorch */
-    static const char *const want[] = {"features.0.weight", "features.0.bias",         "bn.weight",
-                                       "bn.bias",           "bn.running_mean",         "bn.running_var",
-                                       "bn.num_batches_tracked", "classifier.1.weight", "classifier.1.bias"};
+    static const char *const want[] = {
+        "features.0.weight", "features.0.bias",        "bn.weight",           "bn.bias",          "bn.running_mean",
+        "bn.running_var",    "bn.num_batches_tracked", "classifier.1.weight", "classifier.1.bias"};
     static const int64_t want_numel[] = {108, 4, 4, 4, 4, 4, 1, 40, 10};
     kiln_named_tensor st[16];
     int ns = kiln_module_state(net, st, 16);
@@ -603,7 +632,8 @@ static void test_names(kiln_ctx *ctx) {
         bool buf = k >= 4 && k <= 6;
         CHECK(st[k].is_buffer == buf, "%s: is_buffer %d", st[k].name, st[k].is_buffer);
         CHECK(kiln_module_find(net, want[k]) == st[k].tensor, "kiln_module_find('%s')", want[k]);
-        CHECK(kiln_tensor_requires_grad(st[k].tensor) == !buf, "%s: requires_grad %d", want[k], kiln_tensor_requires_grad(st[k].tensor));
+        CHECK(kiln_tensor_requires_grad(st[k].tensor) == !buf, "%s: requires_grad %d", want[k],
+              kiln_tensor_requires_grad(st[k].tensor));
         if (!buf) {
             CHECK(p < np && params[p] == st[k].tensor, "parameter %d is not %s", p, want[k]);
             p++;
@@ -616,7 +646,8 @@ static void test_names(kiln_ctx *ctx) {
     const int64_t *ws = w ? kiln_tensor_shape(w) : NULL;
     CHECK(ws && kiln_tensor_ndim(w) == 4 && ws[0] == 4 && ws[1] == 3 && ws[2] == 3 && ws[3] == 3,
           "features.0.weight is [4, 3, 3, 3]");
-    const char *absent[] = {"features", "features.0", "features.1.weight", "0.weight", "bn.weight.x", "bn.", "", "weight"};
+    const char *absent[] = {"features", "features.0", "features.1.weight", "0.weight", "bn.weight.x", "bn.",
+                            "",         "weight"};
     for (size_t k = 0; k < sizeof absent / sizeof absent[0]; k++)
         CHECK(kiln_module_find(net, absent[k]) == NULL, "kiln_module_find('%s') should be NULL", absent[k]);
     CHECK(kiln_module_find(net, NULL) == NULL && kiln_module_find(NULL, "bn.weight") == NULL, "find with NULLs");
@@ -648,7 +679,8 @@ static void test_names(kiln_ctx *ctx) {
         {kiln_nn_conv2d(ctx, 3, 4, 3, 3, NULL, false), "Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1), bias=False)"},
         {kiln_nn_conv_transpose2d(ctx, 3, 2, 3, 3, &(kiln_conv2d_params){{2, 2}, {1, 1}, {1, 1}, 1, {1, 1}}, true),
          "ConvTranspose2d(3, 2, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), output_padding=(1, 1))"},
-        {kiln_nn_layernorm(ctx, 2, (int64_t[]){4, 5}, 1e-5f, true), "LayerNorm((4, 5), eps=1e-05, elementwise_affine=True)"},
+        {kiln_nn_layernorm(ctx, 2, (int64_t[]){4, 5}, 1e-5f, true),
+         "LayerNorm((4, 5), eps=1e-05, elementwise_affine=True)"},
         {kiln_nn_layernorm(ctx, 1, (int64_t[]){4}, 1e-5f, true), "LayerNorm((4,), eps=1e-05, elementwise_affine=True)"},
         {kiln_nn_dropout(ctx, 0.25f), "Dropout(p=0.25, inplace=False)"},
         {kiln_nn_embedding(ctx, 10, 4), "Embedding(10, 4)"},
@@ -688,7 +720,8 @@ static void test_names(kiln_ctx *ctx) {
     kiln_module_free(net);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == before, "names: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "names: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- train / eval ---------------------------------------------------------------------- */
@@ -741,8 +774,10 @@ static void test_train_eval(kiln_ctx *ctx) {
     float scale = (float)(1.0 / (1.0 - (double)p));
     if (y && kiln_to_host(y, yh, sizeof(float) * n) == KILN_OK)
         for (int64_t i = 0; i < n; i++) {
-            if (yh[i] == 0) zeros++;
-            else wrong += yh[i] != xh[i] * scale;
+            if (yh[i] == 0)
+                zeros++;
+            else
+                wrong += yh[i] != xh[i] * scale;
         }
     double frac = (double)zeros / (double)n, tol = 5 * sqrt((double)p * (1 - p) / (double)n);
     CHECK(y && fabs(frac - p) <= tol, "dropout zeroed %.4f, expected %.2f +- %.4f", frac, (double)p, tol);
@@ -817,7 +852,8 @@ static void test_transfer(kiln_ctx *ctx) {
           "describe after set: %s", desc);
     /* freeze the body */
     kiln_module_set_requires_grad(body, false);
-    CHECK(!kiln_tensor_requires_grad(kiln_module_find(net, "0.0.weight")) && kiln_tensor_requires_grad(hw), "frozen flags");
+    CHECK(!kiln_tensor_requires_grad(kiln_module_find(net, "0.0.weight")) && kiln_tensor_requires_grad(hw),
+          "frozen flags");
     CHECK(kiln_module_parameters(net, NULL, 0) == 4, "frozen parameters are still parameters (as torch)");
 
     kiln_scope_begin(ctx);
@@ -827,7 +863,8 @@ static void test_transfer(kiln_ctx *ctx) {
     kiln_tensor *y = kiln_forward(net, x);
     kiln_tensor *loss = kiln_sum(ctx, y, 0, NULL, false);
     CHECK(loss && kiln_backward(loss) == KILN_OK, "backward: %s", kiln_error_message(ctx));
-    CHECK(kiln_tensor_grad(kiln_module_find(net, "0.0.weight")) == NULL && kiln_tensor_grad(kiln_module_find(net, "0.0.bias")) == NULL,
+    CHECK(kiln_tensor_grad(kiln_module_find(net, "0.0.weight")) == NULL &&
+              kiln_tensor_grad(kiln_module_find(net, "0.0.bias")) == NULL,
           "the frozen body got gradients");
     CHECK(kiln_tensor_grad(hw) && kiln_tensor_grad(hb), "the new head has no gradient");
     /* d sum(y) / d bias = N per output, d / d W[j, :] = sum_n h[n, :] with h the body's output */
@@ -857,7 +894,8 @@ static void test_transfer(kiln_ctx *ctx) {
 
     /* a new child takes the container's mode, also its own children */
     kiln_module_train(net, false);
-    kiln_module *head2 = kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_dropout(ctx, 0.5f), kiln_nn_linear(ctx, 8, 2, true)});
+    kiln_module *head2 =
+        kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_dropout(ctx, 0.5f), kiln_nn_linear(ctx, 8, 2, true)});
     CHECK(kiln_nn_sequential_set(net, 1, head2) == KILN_OK, "set: %s", kiln_error_message(ctx));
     CHECK(count_training(net, false) == 0, "%d modules of an eval net train after sequential_set",
           count_training(net, false));
@@ -867,7 +905,8 @@ static void test_transfer(kiln_ctx *ctx) {
     kiln_module_free(net);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == before, "transfer: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "transfer: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- errors ---------------------------------------------------------------------------- */
@@ -875,7 +914,8 @@ static void test_transfer(kiln_ctx *ctx) {
 static void test_errors(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
     intact r = {0};
-    r.m = kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 3, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0)});
+    r.m = kiln_nn_sequential(
+        ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 3, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0)});
     float rx[8];
     h_fill(rx, 8, -1, 1);
     r.x = kiln_from_host(ctx, rx, KILN_F32, 2, (int64_t[]){2, 4});
@@ -929,8 +969,10 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, !y, KILN_ERR_SHAPE, "layernorm, trailing [4, 6]", "LayerNorm((4, 5)", "[2, 4, 6]", "expected 5");
     y = kiln_forward(ln, ifl);
     expect_err(ctx, !y, KILN_ERR_SHAPE, "layernorm, 1-D input", "LayerNorm((4, 5)", "[3]", NULL);
-    kiln_module *mp = kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}});
-    kiln_module *ap = kiln_nn_avgpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}});
+    kiln_module *mp =
+        kiln_nn_maxpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}});
+    kiln_module *ap =
+        kiln_nn_avgpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .stride = {2, 2}, .dilation = {1, 1}});
     kiln_module *gap = kiln_nn_global_avgpool2d(ctx);
     y = kiln_forward(mp, x3);
     expect_err(ctx, !y, KILN_ERR_SHAPE, "maxpool2d, 3-D input", "MaxPool2d(kernel_size=(2, 2)", "[3, 5, 5]", "3 dims");
@@ -977,8 +1019,8 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "conv_transpose2d, output_padding >= stride",
                "kiln_nn_conv_transpose2d", "output_padding=(1, 1)", NULL);
     bad = kiln_nn_batchnorm2d(ctx, 0, 1e-5f, 0.1f);
-    expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "batchnorm2d, 0 features", "kiln_nn_batchnorm2d",
-               "num_features=0", NULL);
+    expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "batchnorm2d, 0 features", "kiln_nn_batchnorm2d", "num_features=0",
+               NULL);
     bad = kiln_nn_batchnorm1d(ctx, 3, 1e-5f, 1.5f);
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "batchnorm1d, momentum 1.5", "kiln_nn_batchnorm1d", "momentum=1.5",
                NULL);
@@ -996,7 +1038,8 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "maxpool2d, NULL params", "kiln_nn_maxpool2d", "NULL", NULL);
     bad = kiln_nn_avgpool2d(ctx, NULL);
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "avgpool2d, NULL params", "kiln_nn_avgpool2d", "NULL", NULL);
-    bad = kiln_nn_avgpool2d(ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .padding = {2, 0}, .stride = {2, 2}, .dilation = {1, 1}});
+    bad = kiln_nn_avgpool2d(
+        ctx, &(kiln_pool2d_params){.kernel = {2, 2}, .padding = {2, 0}, .stride = {2, 2}, .dilation = {1, 1}});
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "avgpool2d, padding > kernel/2", "kiln_nn_avgpool2d", "padding",
                NULL);
     bad = kiln_nn_activation(ctx, (kiln_activation)99, 0);
@@ -1009,17 +1052,19 @@ static void test_errors(kiln_ctx *ctx) {
 
     /* sequential: a NULL entry (a failed constructor) frees the others */
     int64_t c0 = kiln_ctx_num_tensors(ctx);
-    bad = kiln_nn_sequential(ctx, 3,
-                             (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), NULL, kiln_nn_batchnorm1d(ctx, 4, 1e-5f, 0.1f)});
+    bad = kiln_nn_sequential(
+        ctx, 3, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), NULL, kiln_nn_batchnorm1d(ctx, 4, 1e-5f, 0.1f)});
     expect_err(ctx, !bad, KILN_ERR_NULL, "sequential with a NULL entry", "kiln_nn_sequential", "NULL", NULL);
     CHECK(kiln_ctx_num_tensors(ctx) == c0, "sequential with a NULL entry leaked %lld tensors",
           (long long)(kiln_ctx_num_tensors(ctx) - c0));
-    bad = kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), kiln_nn_linear(ctx, 0, 4, true)});
+    bad =
+        kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), kiln_nn_linear(ctx, 0, 4, true)});
     expect_err(ctx, !bad, KILN_ERR_INVALID_ARGUMENT, "sequential with a failed constructor keeps its error",
                "kiln_nn_linear", "in_features=0", NULL);
     CHECK(kiln_ctx_num_tensors(ctx) == c0, "sequential with a failed constructor leaked %lld tensors",
           (long long)(kiln_ctx_num_tensors(ctx) - c0));
-    kiln_module *seq = kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), kiln_nn_linear(ctx, 4, 2, true)});
+    kiln_module *seq =
+        kiln_nn_sequential(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), kiln_nn_linear(ctx, 4, 2, true)});
     CHECK(seq != NULL, "sequential: %s", kiln_error_message(ctx));
     int64_t c1 = kiln_ctx_num_tensors(ctx);
     kiln_status s = kiln_nn_sequential_set(seq, 2, kiln_nn_linear(ctx, 4, 4, true));
@@ -1029,14 +1074,17 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set index -1", "index -1", NULL, NULL);
     s = kiln_nn_sequential_set(seq, 0, NULL);
     expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "sequential_set NULL module", "kiln_nn_sequential_set", "NULL", NULL);
-    CHECK(kiln_ctx_num_tensors(ctx) == c1 && kiln_module_num_children(seq) == 2, "failed sets leaked or changed the net");
+    CHECK(kiln_ctx_num_tensors(ctx) == c1 && kiln_module_num_children(seq) == 2,
+          "failed sets leaked or changed the net");
     s = kiln_nn_sequential_set(lin, 0, kiln_nn_linear(ctx, 4, 4, true));
-    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set on a Linear", "index 0", "0 children", NULL);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set on a Linear", "index 0", "0 children",
+               NULL);
     s = kiln_nn_sequential_append(lin, kiln_nn_linear(ctx, 4, 4, true));
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "append to a Linear", "not a Sequential", "Linear", NULL);
     s = kiln_nn_sequential_append(seq, NULL);
     expect_err(ctx, s != KILN_OK, KILN_ERR_NULL, "append NULL", "kiln_nn_sequential_append", "NULL", NULL);
-    CHECK(kiln_ctx_num_tensors(ctx) == c1, "failed appends leaked %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - c1));
+    CHECK(kiln_ctx_num_tensors(ctx) == c1, "failed appends leaked %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - c1));
     /* child names: duplicates and dotted names are refused, the old name stays */
     CHECK(kiln_module_set_child_name(seq, 0, "enc") == KILN_OK, "name: %s", kiln_error_message(ctx));
     s = kiln_module_set_child_name(seq, 1, "enc");
@@ -1052,14 +1100,16 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(kiln_module_find(seq, "enc.weight") && kiln_module_find(seq, "1.weight"), "names after refused renames");
 
     /* an op failing inside a nested sequential names the innermost module and its path, once */
-    kiln_module *feat = kiln_nn_sequential(ctx, 3, (kiln_module *[]){kiln_nn_linear(ctx, 4, 8, true),
-                                                                     kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-                                                                     kiln_nn_flatten(ctx, 5, -1)});
+    kiln_module *feat =
+        kiln_nn_sequential(ctx, 3,
+                           (kiln_module *[]){kiln_nn_linear(ctx, 4, 8, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                             kiln_nn_flatten(ctx, 5, -1)});
     kiln_module *nested = kiln_nn_sequential(ctx, 2, (kiln_module *[]){feat, kiln_nn_linear(ctx, 8, 2, true)});
-    CHECK(nested && kiln_module_set_child_name(nested, 0, "features") == KILN_OK, "nested: %s", kiln_error_message(ctx));
+    CHECK(nested && kiln_module_set_child_name(nested, 0, "features") == KILN_OK, "nested: %s",
+          kiln_error_message(ctx));
     y = kiln_forward(nested, x2_6);
-    expect_err(ctx, !y, KILN_ERR_SHAPE, "nested: Linear's check", "[in Linear(in_features=4, out_features=8, bias=True) at features.0]",
-               "[3, 6]", NULL);
+    expect_err(ctx, !y, KILN_ERR_SHAPE, "nested: Linear's check",
+               "[in Linear(in_features=4, out_features=8, bias=True) at features.0]", "[3, 6]", NULL);
     y = kiln_forward(nested, x2_4);
     const char *msg = kiln_error_message(ctx);
     const char *first = strstr(msg, "[in ");
@@ -1082,7 +1132,8 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor_free(r.x);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == before, "errors: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "errors: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 /* ---- user-defined modules (kiln/module.h) ----------------------------------------------- */
@@ -1126,9 +1177,14 @@ static kiln_status mixer_forward(kiln_module *m, int nin, kiln_tensor *const *in
     return y0 && y1 ? KILN_OK : kiln_error_status(ctx);
 }
 
-static const kiln_module_def mixer_def = {.kind = "Mixer", .state_size = sizeof(mixer), .forward = mixer_forward,
-                                          .num_inputs = 3, .optional_inputs = 1, .num_outputs = 2,
-                                          .destroy = mixer_destroy, .describe = mixer_describe};
+static const kiln_module_def mixer_def = {.kind = "Mixer",
+                                          .state_size = sizeof(mixer),
+                                          .forward = mixer_forward,
+                                          .num_inputs = 3,
+                                          .optional_inputs = 1,
+                                          .num_outputs = 2,
+                                          .destroy = mixer_destroy,
+                                          .describe = mixer_describe};
 
 /* fail_at 1..3: the child, the buffer or the parameter is registered under a bad name */
 static kiln_module *mixer_new(kiln_ctx *ctx, int64_t in, int64_t out, int fail_at) {
@@ -1144,7 +1200,8 @@ static kiln_module *mixer_new(kiln_ctx *ctx, int64_t in, int64_t out, int fail_a
     /* registered child first, then the buffer, then the parameter: the state_dict still
      * lists the parameter, then the buffer, then the child's entries (torch's order) */
     kiln_status s = kiln_module_add_child(m, fail_at == 1 ? "f.c" : "fc", fc);
-    if (s == KILN_OK) x->fc = fc;
+    if (s == KILN_OK)
+        x->fc = fc;
     else {
         kiln_tensor_free(shift);
         kiln_tensor_free(scale);
@@ -1171,8 +1228,8 @@ static bool same_floats(const float *a, const float *b, int64_t n) {
 }
 
 /* The Mixer's computation with plain ops on its own tensors, as mixer_forward should do it. */
-static void mixer_plain(kiln_ctx *ctx, kiln_module *mx, kiln_tensor *a, kiln_tensor *b, bool training,
-                        kiln_tensor **y0, kiln_tensor **y1) {
+static void mixer_plain(kiln_ctx *ctx, kiln_module *mx, kiln_tensor *a, kiln_tensor *b, bool training, kiln_tensor **y0,
+                        kiln_tensor **y1) {
     kiln_tensor *w = kiln_module_find(mx, "fc.weight"), *bias = kiln_module_find(mx, "fc.bias");
     kiln_tensor *fa = kiln_add(ctx, kiln_matmul_ex(ctx, a, w, KILN_TRANS_B), bias);
     kiln_tensor *fb = kiln_add(ctx, kiln_matmul_ex(ctx, b, w, KILN_TRANS_B), bias);
@@ -1209,14 +1266,15 @@ static void test_user_module(kiln_ctx *ctx) {
     kiln_tensor *ps[4];
     CHECK(kiln_module_parameters(mx, ps, 4) == 3 && ps[0] == st->scale && ps[1] == kiln_module_find(mx, "fc.weight"),
           "parameters: scale, fc.weight, fc.bias");
-    CHECK(kiln_tensor_requires_grad(st->scale) && !kiln_tensor_requires_grad(st->shift), "a parameter requires grad, a buffer not");
+    CHECK(kiln_tensor_requires_grad(st->scale) && !kiln_tensor_requires_grad(st->shift),
+          "a parameter requires grad, a buffer not");
     CHECK(kiln_module_num_elements(mx) == 3 + 12 + 3, "num_elements %lld", (long long)kiln_module_num_elements(mx));
 
     /* torch's repr puts the arguments of a module with children on a line of their own */
     char desc[512];
     kiln_module_describe(mx, desc, sizeof desc);
-    CHECK(strcmp(desc, "Mixer(\n  4, 3\n  (fc): Linear(in_features=4, out_features=3, bias=True)\n)") == 0, "describe: %s",
-          desc);
+    CHECK(strcmp(desc, "Mixer(\n  4, 3\n  (fc): Linear(in_features=4, out_features=3, bias=True)\n)") == 0,
+          "describe: %s", desc);
 
     /* forward and backward against the same computation with plain ops: the same kernels
      * on the same tensors in the same order, so bit for bit */
@@ -1242,14 +1300,19 @@ static void test_user_module(kiln_ctx *ctx) {
             CHECK(loss && kiln_backward(loss) == KILN_OK, "backward (pass %d): %s", pass, kiln_error_message(ctx));
             float **dst = pass == 0 ? got : ref;
             kiln_tensor *fw = kiln_module_find(mx, "fc.weight"), *fbias = kiln_module_find(mx, "fc.bias");
-            kiln_tensor *ts[7] = {y[0], y[1], kiln_tensor_grad(a), kiln_tensor_grad(b), kiln_tensor_grad(st->scale), kiln_tensor_grad(fw),
+            kiln_tensor *ts[7] = {y[0],
+                                  y[1],
+                                  kiln_tensor_grad(a),
+                                  kiln_tensor_grad(b),
+                                  kiln_tensor_grad(st->scale),
+                                  kiln_tensor_grad(fw),
                                   kiln_tensor_grad(fbias)};
             for (int k = 0; k < 7; k++) dst[k] = read_or_null(ts[k]);
             CHECK(kiln_tensor_grad(st->shift) == NULL, "the buffer got a gradient");
             kiln_tensor_clear_grad(st->scale), kiln_tensor_clear_grad(fw), kiln_tensor_clear_grad(fbias);
             kiln_scope_end(ctx);
         }
-        static const char *const what[7] = {"y0", "y1", "grad a", "grad b", "grad scale", "grad fc.weight",
+        static const char *const what[7] = {"y0",          "y1", "grad a", "grad b", "grad scale", "grad fc.weight",
                                             "grad fc.bias"};
         static const int64_t numel[7] = {15, 15, 20, 20, 3, 12, 3};
         for (int k = 0; k < 7; k++) {
@@ -1277,13 +1340,15 @@ static void test_user_module(kiln_ctx *ctx) {
 
     /* freezing: no parameter gradient, the inputs still get theirs */
     kiln_module_set_requires_grad(mx, false);
-    CHECK(!kiln_tensor_requires_grad(st->scale) && !kiln_tensor_requires_grad(kiln_module_find(mx, "fc.weight")), "frozen");
+    CHECK(!kiln_tensor_requires_grad(st->scale) && !kiln_tensor_requires_grad(kiln_module_find(mx, "fc.weight")),
+          "frozen");
     kiln_tensor_set_requires_grad(a, true);
     kiln_tensor *yf[2];
     kiln_module_forward(mx, 2, (kiln_tensor *[]){a, b}, 2, yf);
     kiln_tensor *loss = kiln_sum(ctx, kiln_add(ctx, yf[0], yf[1]), 0, NULL, false);
     CHECK(loss && kiln_backward(loss) == KILN_OK, "frozen backward: %s", kiln_error_message(ctx));
-    CHECK(kiln_tensor_grad(a) != NULL && kiln_tensor_grad(st->scale) == NULL && kiln_tensor_grad(kiln_module_find(mx, "fc.weight")) == NULL,
+    CHECK(kiln_tensor_grad(a) != NULL && kiln_tensor_grad(st->scale) == NULL &&
+              kiln_tensor_grad(kiln_module_find(mx, "fc.weight")) == NULL,
           "a frozen Mixer's parameters got gradients");
     kiln_module_set_requires_grad(mx, true);
     CHECK(kiln_tensor_requires_grad(st->scale) && kiln_tensor_requires_grad(kiln_module_find(mx, "fc.bias")) &&
@@ -1297,14 +1362,15 @@ static void test_user_module(kiln_ctx *ctx) {
     CHECK(g_mixer_destroyed == destroyed0 + 1, "destroy ran %d times for one free", g_mixer_destroyed - destroyed0);
 
     /* a module without state; a state of n bytes comes zeroed */
-    kiln_module *empty = kiln_module_new(ctx, &(kiln_module_def){.kind = "Empty", .forward = mixer_forward,
-                                                                 .num_inputs = 1, .num_outputs = 1});
+    kiln_module *empty = kiln_module_new(
+        ctx, &(kiln_module_def){.kind = "Empty", .forward = mixer_forward, .num_inputs = 1, .num_outputs = 1});
     CHECK(empty && kiln_module_data(empty) == NULL && kiln_module_data(NULL) == NULL, "state_size 0: no data");
     kiln_module_describe(empty, desc, sizeof desc);
     CHECK(strcmp(desc, "Empty()") == 0, "describe without a describe function: %s", desc);
     kiln_module_free(empty);
-    kiln_module *big = kiln_module_new(ctx, &(kiln_module_def){.kind = "Big", .state_size = 4096, .forward = mixer_forward,
-                                                               .num_inputs = 1, .num_outputs = 1});
+    kiln_module *big = kiln_module_new(
+        ctx, &(kiln_module_def){
+                 .kind = "Big", .state_size = 4096, .forward = mixer_forward, .num_inputs = 1, .num_outputs = 1});
     const unsigned char *bytes = kiln_module_data(big);
     int nonzero = 0;
     for (int k = 0; bytes && k < 4096; k++) nonzero += bytes[k] != 0;
@@ -1320,8 +1386,8 @@ static void test_user_module(kiln_ctx *ctx) {
 
 static void test_containers(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
-    kiln_module *list = kiln_nn_module_list(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true),
-                                                                      kiln_nn_activation(ctx, KILN_ACT_TANH, 0)});
+    kiln_module *list = kiln_nn_module_list(
+        ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true), kiln_nn_activation(ctx, KILN_ACT_TANH, 0)});
     CHECK(list && kiln_nn_module_list_append(list, kiln_nn_linear(ctx, 4, 2, false)) == KILN_OK, "list: %s",
           kiln_error_message(ctx));
     kiln_named_tensor st[8];
@@ -1352,7 +1418,8 @@ static void test_containers(kiln_ctx *ctx) {
           "ModuleDict keys");
 
     /* a ResNet stage: Sequential of user BasicBlocks, named as torchvision's layer1 */
-    kiln_module *stage = kiln_nn_sequential(ctx, 2, (kiln_module *[]){basic_block_new(ctx, 3, 4, 2), basic_block_new(ctx, 4, 4, 1)});
+    kiln_module *stage =
+        kiln_nn_sequential(ctx, 2, (kiln_module *[]){basic_block_new(ctx, 3, 4, 2), basic_block_new(ctx, 4, 4, 1)});
     kiln_module *net = kiln_nn_sequential(ctx, 1, (kiln_module *[]){stage});
     CHECK(net && kiln_module_set_child_name(net, 0, "layer1") == KILN_OK, "stage: %s", kiln_error_message(ctx));
     CHECK(kiln_module_find(net, "layer1.0.downsample.1.running_var") && kiln_module_find(net, "layer1.1.bn2.weight") &&
@@ -1375,7 +1442,8 @@ static void test_containers(kiln_ctx *ctx) {
     kiln_tensor *bad = upload(ctx, xh, 4, (int64_t[]){2, 4, 3, 6});
     y = kiln_forward(net, bad);
     expect_err(ctx, !y, KILN_ERR_SHAPE, "stage: a 4-channel input", "[2, 4, 3, 6]",
-               "[in Conv2d(3, 4, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=False) at layer1.0.conv1]", NULL);
+               "[in Conv2d(3, 4, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), bias=False) at layer1.0.conv1]",
+               NULL);
     kiln_scope_end(ctx);
     kiln_module_free(list);
     kiln_module_free(dict);
@@ -1417,7 +1485,8 @@ static void test_user_errors(kiln_ctx *ctx) {
               strstr(kiln_last_error(), "context is NULL"),
           "kiln_module_new(NULL ctx): '%s'", kiln_last_error());
     bad = kiln_module_new(ctx, NULL);
-    expect_err(ctx, !bad, KILN_ERR_NULL, "kiln_module_new(NULL def)", "kiln_module_new", "the definition is NULL", NULL);
+    expect_err(ctx, !bad, KILN_ERR_NULL, "kiln_module_new(NULL def)", "kiln_module_new", "the definition is NULL",
+               NULL);
     kiln_module_def d = mixer_def;
     d.forward = NULL;
     bad = kiln_module_new(ctx, &d);
@@ -1464,7 +1533,7 @@ static void test_user_errors(kiln_ctx *ctx) {
     memset(long_name, 'n', 64);
     long_name[64] = '\0';
     const char *bad_names[] = {"", "a.b", long_name, "fc", "scale", "shift"};
-    const char *bad_why[] = {"1 to 63 characters", "no dots", "1 to 63 characters", "taken by child 0",
+    const char *bad_why[] = {"1 to 63 characters",   "no dots",          "1 to 63 characters", "taken by child 0",
                              "taken by a parameter", "taken by a buffer"};
     for (int k = 0; k < 6; k++) {
         s = kiln_module_add_child(mx, bad_names[k], kiln_nn_linear(ctx, 2, 2, true));
@@ -1503,7 +1572,8 @@ static void test_user_errors(kiln_ctx *ctx) {
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "adding another module's child", "already is a child",
                "Sequential", NULL);
     s = kiln_module_add_child(mx, "self", mx);
-    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "adding a module to itself", "child of itself", NULL, NULL);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "adding a module to itself", "child of itself", NULL,
+               NULL);
     s = kiln_module_add_child(owned, "up", holder);
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "adding an ancestor", "of its descendant", NULL, NULL);
     CHECK(kiln_module_child(holder, 0) == owned && kiln_module_num_children(owned) == 0, "the refused child is intact");
@@ -1544,8 +1614,8 @@ static void test_user_errors(kiln_ctx *ctx) {
                "[in Linear(in_features=4, out_features=3, bias=True) at mix.fc]", NULL);
     /* ModuleList and ModuleDict have no forward */
     y = kiln_forward(dict, a);
-    expect_err(ctx, !y, KILN_ERR_UNSUPPORTED, "forward of a ModuleDict", "ModuleDict has no forward", "[in ModuleDict()]",
-               NULL);
+    expect_err(ctx, !y, KILN_ERR_UNSUPPORTED, "forward of a ModuleDict", "ModuleDict has no forward",
+               "[in ModuleDict()]", NULL);
     kiln_module *list = kiln_nn_module_list(ctx, 1, (kiln_module *[]){kiln_nn_linear(ctx, 4, 4, true)});
     y = kiln_forward(list, a);
     expect_err(ctx, !y, KILN_ERR_UNSUPPORTED, "forward of a ModuleList", "ModuleList has no forward", NULL, NULL);
@@ -1567,7 +1637,8 @@ static void test_user_errors(kiln_ctx *ctx) {
                "ModuleList is not a Sequential", NULL, NULL);
     bad = kiln_nn_module_list(ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true), NULL});
     expect_err(ctx, !bad, KILN_ERR_NULL, "module_list with a NULL entry", "kiln_nn_module_list", "NULL", NULL);
-    CHECK(kiln_ctx_num_tensors(ctx) == c2 && kiln_module_find_child(dict, "mix") == mx, "refused container calls leaked");
+    CHECK(kiln_ctx_num_tensors(ctx) == c2 && kiln_module_find_child(dict, "mix") == mx,
+          "refused container calls leaked");
 
     /* modules, tensors and inputs of another context (a second context on the same device) */
     const kiln_device_info *di = kiln_ctx_device(ctx);
@@ -1596,8 +1667,8 @@ static void test_user_errors(kiln_ctx *ctx) {
         ctx, 1, (kiln_module *[]){kiln_nn_sequential(ctx, 1, (kiln_module *[]){kiln_nn_linear(ctx, 2, 2, true)})});
     kiln_module *inner = kiln_module_child(outer, 0);
     s = kiln_nn_sequential_set(inner, 5, outer);
-    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set of an ancestor, bad index", "index 5", NULL,
-               NULL);
+    expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set of an ancestor, bad index", "index 5",
+               NULL, NULL);
     s = kiln_nn_sequential_set(inner, 0, outer);
     expect_err(ctx, s != KILN_OK, KILN_ERR_INVALID_ARGUMENT, "sequential_set of an ancestor", "of its descendant", NULL,
                NULL);
@@ -1616,8 +1687,12 @@ static void test_user_errors(kiln_ctx *ctx) {
     kiln_module_free(outer);
 
     /* a forward that misbehaves is caught and named */
-    static const kiln_module_def broken_def = {.kind = "Broken", .state_size = sizeof(broken), .forward = broken_forward,
-                                               .num_inputs = 1, .num_outputs = 2, .describe = broken_describe};
+    static const kiln_module_def broken_def = {.kind = "Broken",
+                                               .state_size = sizeof(broken),
+                                               .forward = broken_forward,
+                                               .num_inputs = 1,
+                                               .num_outputs = 2,
+                                               .describe = broken_describe};
     kiln_module *br = kiln_module_new(ctx, &broken_def);
     broken *bs = kiln_module_data(br);
     s = kiln_module_forward(br, 1, &a, 2, out);
@@ -1661,7 +1736,8 @@ static void test_lifetime(kiln_ctx *ctx) {
     kiln_module_free(net);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == before, "lifetime: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "lifetime: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
 static void run(kiln_ctx *ctx) {

@@ -159,9 +159,18 @@ typedef struct bn_case {
     bool train, affine, running, wview, rview;
 } bn_case;
 
-#define VSH(n, ...) {n, {__VA_ARGS__}, VW_NONE, {0}}
-#define VT(n, a, b, ...) {n, {__VA_ARGS__}, VW_T, {a, b}}
-#define VS(n, d, s, e, st, ...) {n, {__VA_ARGS__}, VW_S, {d, s, e, st}}
+#define VSH(n, ...)                                                                                                    \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, VW_NONE, { 0 }                                                                               \
+    }
+#define VT(n, a, b, ...)                                                                                               \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, VW_T, { a, b }                                                                               \
+    }
+#define VS(n, d, s, e, st, ...)                                                                                        \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, VW_S, { d, s, e, st }                                                                        \
+    }
 
 static const bn_case bn_cases[] = {
     {"[2, 3]", VSH(2, 2, 3), true, true, true, false, false},
@@ -299,7 +308,10 @@ typedef struct ln_case {
     vspec w; /* ndim 0: contiguous of the normalised shape */
 } ln_case;
 
-#define VNONE {0, {0}, VW_NONE, {0}}
+#define VNONE                                                                                                          \
+    {                                                                                                                  \
+        0, {0}, VW_NONE, { 0 }                                                                                         \
+    }
 
 static const ln_case ln_cases[] = {
     {"[1, 9] one row", VSH(2, 1, 9), 1, true, true, VNONE},
@@ -387,8 +399,9 @@ static void test_norm_specials(kiln_ctx *ctx) {
         bn_forward_ref(&r, in, ref, NULL, NULL);
         float *got = y ? h_read(y) : NULL;
         CHECK(y != NULL, "batch norm with NaN/Inf: %s", kiln_error_message(ctx));
-        if (got) h_compare(train ? "kiln_batch_norm NaN/Inf, training" : "kiln_batch_norm NaN/Inf, eval", got, ref,
-                           60, FWD_ATOL, FWD_RTOL);
+        if (got)
+            h_compare(train ? "kiln_batch_norm NaN/Inf, training" : "kiln_batch_norm NaN/Inf, eval", got, ref, 60,
+                      FWD_ATOL, FWD_RTOL);
         free(got);
     }
     ln_ref lr = {12, 5, false, false, 1e-5};
@@ -795,10 +808,10 @@ static void test_embedding(kiln_ctx *ctx) {
         int ndim;
         int64_t shape[3];
         bool transpose;
-    } cs[] = {{"0-d index", 0, {0}, false},          {"[1]", 1, {1}, false},
-              {"[30]", 1, {30}, false},              {"[5, 6]", 2, {5, 6}, false},
-              {"[2, 3, 5]", 3, {2, 3, 5}, false},    {"transposed [6, 5] indices", 2, {6, 5}, true},
-              {"[0] no indices", 1, {0}, false},     {"[3, 0]", 2, {3, 0}, false}};
+    } cs[] = {{"0-d index", 0, {0}, false},       {"[1]", 1, {1}, false},
+              {"[30]", 1, {30}, false},           {"[5, 6]", 2, {5, 6}, false},
+              {"[2, 3, 5]", 3, {2, 3, 5}, false}, {"transposed [6, 5] indices", 2, {6, 5}, true},
+              {"[0] no indices", 1, {0}, false},  {"[3, 0]", 2, {3, 0}, false}};
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         for (int wk = 0; wk < 2; wk++) {
             char what[160];
@@ -822,7 +835,8 @@ static void test_embedding(kiln_ctx *ctx) {
             kiln_tensor *y = kiln_embedding(ctx, wk ? wv : w, ti);
             CHECK(y != NULL, "%s: %s", what, kiln_error_message(ctx));
             if (!y) continue;
-            CHECK(kiln_tensor_ndim(y) == ond + 1 && memcmp(kiln_tensor_shape(y), oshape, sizeof(int64_t) * (size_t)(ond + 1)) == 0,
+            CHECK(kiln_tensor_ndim(y) == ond + 1 &&
+                      memcmp(kiln_tensor_shape(y), oshape, sizeof(int64_t) * (size_t)(ond + 1)) == 0,
                   "%s: wrong output shape", what);
             double ref[30 * 7];
             for (int64_t k = 0; k < ni; k++)
@@ -856,8 +870,8 @@ static void test_embedding(kiln_ctx *ctx) {
     kiln_tensor_clear_grad(wl);
     kiln_tensor *none = kiln_from_host(ctx, two, KILN_I32, 1, (int64_t[]){0});
     kiln_tensor *y0 = kiln_embedding(ctx, wl, none);
-    CHECK(y0 && kiln_backward(kiln_sum(ctx, y0, 0, NULL, false)) == KILN_OK, "kiln_embedding of no indices, backward: %s",
-          kiln_error_message(ctx));
+    CHECK(y0 && kiln_backward(kiln_sum(ctx, y0, 0, NULL, false)) == KILN_OK,
+          "kiln_embedding of no indices, backward: %s", kiln_error_message(ctx));
     gw = kiln_tensor_grad(wl);
     CHECK(gw != NULL, "kiln_embedding of no indices: no gradient: %s", kiln_error_message(ctx));
     if (gw) {
@@ -933,8 +947,7 @@ static void golden_bn(kiln_ctx *ctx, const golden *g, const char *name, int step
     kiln_scope_end(ctx);
 }
 
-static void golden_ln(kiln_ctx *ctx, const golden *g, const char *name, int nnorm, bool has_w, bool has_b,
-                      float eps) {
+static void golden_ln(kiln_ctx *ctx, const golden *g, const char *name, int nnorm, bool has_w, bool has_b, float eps) {
     kiln_scope_begin(ctx);
     kiln_tensor *x = gleaf(ctx, gget(g, name, "x"));
     kiln_tensor *w = has_w ? gleaf(ctx, gget(g, name, "w")) : NULL;
@@ -1206,8 +1219,9 @@ static void test_running(kiln_ctx *ctx) {
         bn_forward_ref(&r, in, yref, mean, var);
         float *g = y ? h_read(y) : NULL;
         CHECK(y != NULL, "running test call %d: %s", call, kiln_error_message(ctx));
-        if (g) h_compare(train ? "kiln_batch_norm training call" : "kiln_batch_norm eval after two calls", g, yref, n,
-                         FWD_ATOL, FWD_RTOL);
+        if (g)
+            h_compare(train ? "kiln_batch_norm training call" : "kiln_batch_norm eval after two calls", g, yref, n,
+                      FWD_ATOL, FWD_RTOL);
         free(g);
         if (train) {
             for (int c = 0; c < C; c++) {

@@ -34,7 +34,7 @@
 #define NP 3
 #define TRAJ_ULPS 4.0
 
-static double worst_torch, worst_ref; /* largest errors seen (ulps per step), for the log */
+static double worst_torch, worst_ref;    /* largest errors seen (ulps per step), for the log */
 static int64_t torch_elems, torch_exact; /* trajectory elements compared with torch / equal to it */
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -78,9 +78,9 @@ typedef struct cfg {
 } cfg;
 
 static const char *const cfg_names[] = {
-    "sgd_plain",     "sgd_momentum",     "sgd_dampening",    "sgd_nesterov",     "sgd_wd",
-    "sgd_maximize",  "rmsprop_plain",    "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
-    "rmsprop_wd",    "adam_plain",       "adam_wd",          "adam_amsgrad",     "adamw_plain",
+    "sgd_plain",     "sgd_momentum",   "sgd_dampening",    "sgd_nesterov",     "sgd_wd",
+    "sgd_maximize",  "rmsprop_plain",  "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
+    "rmsprop_wd",    "adam_plain",     "adam_wd",          "adam_amsgrad",     "adamw_plain",
     "adamw_amsgrad", "adamw_maximize",
 };
 #define NCFG ((int)(sizeof cfg_names / sizeof cfg_names[0]))
@@ -206,8 +206,10 @@ static void ref_step(const cfg *c, double lr, ref_param *r, const float *grad) {
                 x -= lr * d / avg;
             }
         } else {
-            if (c->kind == K_ADAMW) x *= 1 - lr * c->wd;
-            else if (c->wd != 0) d += c->wd * x;
+            if (c->kind == K_ADAMW)
+                x *= 1 - lr * c->wd;
+            else if (c->wd != 0)
+                d += c->wd * x;
             double m = c->beta1 * r->s0[i] + (1 - c->beta1) * d;
             double v = c->beta2 * r->s1[i] + (1 - c->beta2) * d * d;
             r->s0[i] = m;
@@ -388,8 +390,8 @@ static void test_resume(kiln_ctx *ctx) {
         for (int j = 0; j < NP; j++) {
             snprintf(key, sizeof key, "%s.traj.p%d", c.name, j);
             const golden_tensor *tr = golden_get(&g, key);
-            ps[j] = param_from(ctx, tr ? tr->f + 4 * d.init[j]->numel : d.init[j]->f, d.init[j]->ndim,
-                               d.init[j]->shape);
+            ps[j] =
+                param_from(ctx, tr ? tr->f + 4 * d.init[j]->numel : d.init[j]->f, d.init[j]->ndim, d.init[j]->shape);
         }
         kiln_optim *opt = cfg_make(ctx, &c, ps, NP);
         CHECK(opt != NULL, "%s: %s", c.name, kiln_error_message(ctx));
@@ -500,7 +502,8 @@ static void test_double_reference(kiln_ctx *ctx) {
             }
             kiln_scope_end(ctx);
         }
-        for (int j = 0; j < 4; j++) CHECK(kiln_optim_step_count(opt, j) == 6, "step count %lld", (long long)kiln_optim_step_count(opt, j));
+        for (int j = 0; j < 4; j++)
+            CHECK(kiln_optim_step_count(opt, j) == 6, "step count %lld", (long long)kiln_optim_step_count(opt, j));
         kiln_optim_free(opt);
         for (int j = 0; j < 4; j++) {
             kiln_tensor_free(ps[j]);
@@ -581,7 +584,7 @@ static void test_schedules(kiln_ctx *ctx) {
     golden g;
     if (!golden_open(&g, "optim")) return;
     static const int ms[] = {12, 5, 12, 20};
-    const char *names[] = {"step", "multistep", "exponential", "cosine", "cosine_t7",
+    const char *names[] = {"step",   "multistep",     "exponential",  "cosine", "cosine_t7",
                            "linear", "linear_warmup", "linear_decay", "chain"};
     for (int si = 0; si < 9; si++) {
         float z = 0;
@@ -600,9 +603,7 @@ static void test_schedules(kiln_ctx *ctx) {
         case 5: s[0] = kiln_linear_lr(opt, 1.0 / 3, 1.0, 5); break;
         case 6: s[0] = kiln_linear_lr(opt, 0.25, 1.0, 8); break;
         case 7: s[0] = kiln_linear_lr(opt, 1.0, 0.1, 12); break;
-        default:
-            s[0] = kiln_linear_lr(opt, 0.5, 1.0, 4);
-            s[1] = kiln_exponential_lr(opt, 0.9);
+        default: s[0] = kiln_linear_lr(opt, 0.5, 1.0, 4); s[1] = kiln_exponential_lr(opt, 0.9);
         }
         CHECK(s[0] != NULL, "%s: %s", names[si], kiln_error_message(ctx));
         char key[64];
@@ -659,8 +660,10 @@ static double ref_clip(int n, double **g, const int64_t *len, double max_norm, d
     for (int j = 0; j < n; j++)
         for (int64_t i = 0; i < len[j]; i++) {
             double a = fabs(g[j][i]);
-            if (isinf(p)) acc = (a > acc || isnan(a)) ? a : acc;
-            else acc += pow(a, p);
+            if (isinf(p))
+                acc = (a > acc || isnan(a)) ? a : acc;
+            else
+                acc += pow(a, p);
         }
     double total = isinf(p) ? acc : pow(acc, 1 / p);
     double coef = max_norm / (total + 1e-6);
@@ -787,14 +790,14 @@ static void test_clip_reference(kiln_ctx *ctx) {
 
 /* ---- errors ------------------------------------------------------------------------------------ */
 
-#define EXPECT_ERR(ctx, call_ok, status, text)                                                              \
-    do {                                                                                                    \
-        kiln_error_clear(ctx);                                                                              \
-        bool ok_ = (call_ok);                                                                               \
-        CHECK(!ok_ && kiln_error_status(ctx) == (status) && strstr(kiln_error_message(ctx), (text)) != NULL, \
-              "expected %s containing \"%s\", got %s: %s", kiln_status_name(status), (text),                 \
-              kiln_status_name(kiln_error_status(ctx)), kiln_error_message(ctx));                           \
-        kiln_error_clear(ctx);                                                                              \
+#define EXPECT_ERR(ctx, call_ok, status, text)                                                                         \
+    do {                                                                                                               \
+        kiln_error_clear(ctx);                                                                                         \
+        bool ok_ = (call_ok);                                                                                          \
+        CHECK(!ok_ && kiln_error_status(ctx) == (status) && strstr(kiln_error_message(ctx), (text)) != NULL,           \
+              "expected %s containing \"%s\", got %s: %s", kiln_status_name(status), (text),                           \
+              kiln_status_name(kiln_error_status(ctx)), kiln_error_message(ctx));                                      \
+        kiln_error_clear(ctx);                                                                                         \
     } while (0)
 
 static void test_errors(kiln_ctx *ctx) {
@@ -923,8 +926,8 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK(kiln_optim_num_states(opt) == 4, "4 entries, not %d", kiln_optim_num_states(opt));
     EXPECT_ERR(ctx, kiln_optim_state(opt, 4, &name, &st) != KILN_ERR_RANGE, KILN_ERR_RANGE, "entry 4 of 4");
     EXPECT_ERR(ctx, kiln_optim_state(opt, -1, &name, &st) != KILN_ERR_RANGE, KILN_ERR_RANGE, "entry -1 of 4");
-    CHECK(kiln_optim_state_find(opt, "0.exp_avg", false) != NULL && kiln_optim_state_find(opt, "0.max_exp_avg_sq",
-                                                                                           false) == NULL,
+    CHECK(kiln_optim_state_find(opt, "0.exp_avg", false) != NULL &&
+              kiln_optim_state_find(opt, "0.max_exp_avg_sq", false) == NULL,
           "state_find");
     EXPECT_ERR(ctx, kiln_optim_state_find(opt, "0.momentum_buffer", true) != NULL, KILN_ERR_INVALID_ARGUMENT,
                "has no state '0.momentum_buffer'");
@@ -1007,7 +1010,8 @@ static void test_lifetime(kiln_ctx *ctx) {
     kiln_scope_end(ctx);
     kiln_optim_free(opt);
     kiln_tensor_free(w);
-    CHECK(kiln_ctx_num_tensors(ctx) == before, "lifetime: %lld tensors leaked", (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "lifetime: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
     CHECK_OK(ctx);
 }
 
@@ -1024,9 +1028,10 @@ static void run(kiln_ctx *ctx) {
     test_clip_reference(ctx);
     char msg[256] = "";
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard overwritten: %s", msg);
-    fprintf(stderr, "worst trajectory error in ulps per step: vs torch %.3g, vs double reference %.3g (bound %g); "
-            "%lld of %lld trajectory values equal torch's bit for bit\n", worst_torch, worst_ref, TRAJ_ULPS,
-            (long long)torch_exact, (long long)torch_elems);
+    fprintf(stderr,
+            "worst trajectory error in ulps per step: vs torch %.3g, vs double reference %.3g (bound %g); "
+            "%lld of %lld trajectory values equal torch's bit for bit\n",
+            worst_torch, worst_ref, TRAJ_ULPS, (long long)torch_exact, (long long)torch_elems);
 }
 
 int main(void) {

@@ -241,7 +241,8 @@ static int64_t ref_nearest(int64_t o, int64_t in, int64_t out) {
 /* Bilinear taps along one axis, in double. */
 static void ref_linear(int64_t o, int64_t in, int64_t out, bool align, int64_t *i0, int64_t *i1, double *l1) {
     double src;
-    if (align) src = out > 1 ? (double)o * (double)(in - 1) / (double)(out - 1) : 0.0;
+    if (align)
+        src = out > 1 ? (double)o * (double)(in - 1) / (double)(out - 1) : 0.0;
     else {
         src = ((double)o + 0.5) * (double)in / (double)out - 0.5;
         if (src < 0) src = 0;
@@ -373,8 +374,8 @@ static lview lv_planes(int64_t P, int64_t H, int64_t W) {
 
 /* avg_pool2d's window of output (oh, ow) clipped to the input, and its divisor (PyTorch's rule:
  * count_include_pad counts the padding the window covers, not what lies beyond it). */
-static int64_t avg_win(const rp *r, int64_t H, int64_t W, int64_t oh, int64_t ow, int64_t *hs, int64_t *he,
-                       int64_t *ws, int64_t *we) {
+static int64_t avg_win(const rp *r, int64_t H, int64_t W, int64_t oh, int64_t ow, int64_t *hs, int64_t *he, int64_t *ws,
+                       int64_t *we) {
     int64_t h0 = oh * r->s[0] - r->p[0], w0 = ow * r->s[1] - r->p[1];
     int64_t h1 = h0 + r->k[0] < H + r->p[0] ? h0 + r->k[0] : H + r->p[0];
     int64_t w1 = w0 + r->k[1] < W + r->p[1] ? w0 + r->k[1] : W + r->p[1];
@@ -442,8 +443,8 @@ static void eb_avg_bwd(eb *b, const double *gy, int64_t P, int64_t H, int64_t W,
 /* A gradient whose terms are output gradients themselves, unrounded (max_pool2d: to the
  * window's argmax; nearest: to the source pixel): target[o] is output o's element in its
  * plane, or -1. k exact terms in some order: sum_err with e = 0 on every side. */
-static void eb_gather_exact(eb *b, const double *gy, const int64_t *target, int64_t P, int64_t H, int64_t W,
-                            int64_t OH, int64_t OW) {
+static void eb_gather_exact(eb *b, const double *gy, const int64_t *target, int64_t P, int64_t H, int64_t W, int64_t OH,
+                            int64_t OW) {
     eb_init(b, P * H * W);
     double *S = calloc((size_t)(b->n > 0 ? b->n : 1), sizeof(double));
     int64_t *k = calloc((size_t)(b->n > 0 ? b->n : 1), sizeof(int64_t));
@@ -604,9 +605,12 @@ static void eb_forward(eb *b, int kind, const rp *r, bool align, const double *x
         eb_exact(b, P * OH * OW);
         up_user u = {.v = lv_planes(P, H, W), .OH = OH, .OW = OW, .mode = KILN_UPSAMPLE_NEAREST};
         ref_up(&u, (double *const[]){(double *)x}, b->ref);
-    } else if (kind == K_AVG) eb_avg_fwd(b, x, P, H, W, r, OH, OW);
-    else if (kind == K_GAP) eb_gap_fwd(b, x, P, H, W);
-    else eb_bil_fwd(b, x, P, H, W, OH, OW, align);
+    } else if (kind == K_AVG)
+        eb_avg_fwd(b, x, P, H, W, r, OH, OW);
+    else if (kind == K_GAP)
+        eb_gap_fwd(b, x, P, H, W);
+    else
+        eb_bil_fwd(b, x, P, H, W, OH, OW, align);
 }
 
 /* Input gradient of kind `kind` for output gradient gy ([P][OH][OW] -> [P][H][W]); max_pool2d
@@ -622,9 +626,12 @@ static void eb_backward(eb *b, int kind, const rp *r, bool align, const int32_t 
         }
         eb_gather_exact(b, gy, t, P, H, W, OH, OW);
         free(t);
-    } else if (kind == K_AVG) eb_avg_bwd(b, gy, P, H, W, r, OH, OW);
-    else if (kind == K_GAP) eb_gap_bwd(b, gy, P, H, W);
-    else eb_bil_bwd(b, gy, P, H, W, OH, OW, align);
+    } else if (kind == K_AVG)
+        eb_avg_bwd(b, gy, P, H, W, r, OH, OW);
+    else if (kind == K_GAP)
+        eb_gap_bwd(b, gy, P, H, W);
+    else
+        eb_bil_bwd(b, gy, P, H, W, OH, OW, align);
 }
 
 /* Largest |error| / bound seen by each kind of comparison (printed after each device). */
@@ -646,16 +653,19 @@ static double bcompare(const char *what, const float *kiln, const float *torch, 
         double bound = mode == VS_TORCH ? (b->same[i] ? 0 : b->bk[i] + b->bt[i])
                                         : (mode == VS_DOUBLE ? b->bk[i] : b->bt[i]) + b->bd[i];
         double e;
-        if (g == r || (isnan(g) && isnan(r))) e = 0;
-        else if (!isfinite(g) || !isfinite(r)) e = INFINITY;
-        else e = bound > 0 ? fabs(g - r) / bound : INFINITY;
+        if (g == r || (isnan(g) && isnan(r)))
+            e = 0;
+        else if (!isfinite(g) || !isfinite(r))
+            e = INFINITY;
+        else
+            e = bound > 0 ? fabs(g - r) / bound : INFINITY;
         if (e > worst) worst = e;
         if (e > 1 && bad++ == 0)
             fprintf(stderr, "  %s (%s): element %lld: got %.9g, want %.9g, bound %.3g (|error|/bound %.3g)\n", what,
                     vs_name[mode], (long long)i, g, r, bound, e);
     }
-    CHECK(bad == 0, "%s (%s): %lld of %lld elements outside the bound (worst |error|/bound %.3g)", what,
-          vs_name[mode], (long long)bad, (long long)b->n, worst);
+    CHECK(bad == 0, "%s (%s): %lld of %lld elements outside the bound (worst |error|/bound %.3g)", what, vs_name[mode],
+          (long long)bad, (long long)b->n, worst);
     if (worst > worst_ratio[mode]) {
         worst_ratio[mode] = worst;
         snprintf(worst_what[mode], sizeof worst_what[mode], "%s", what);
@@ -692,8 +702,8 @@ static void check_backward(kiln_ctx *ctx, const char *what, operand *o, const lv
     CHECK(y != NULL, "%s: forward failed: %s", label, kiln_error_message(ctx));
     if (!y) return;
     int64_t P = v->N * v->C, no = P * OH * OW;
-    CHECK(kiln_tensor_numel(y) == no, "%s: output has %lld elements, want %lld", label,
-          (long long)kiln_tensor_numel(y), (long long)no);
+    CHECK(kiln_tensor_numel(y) == no, "%s: output has %lld elements, want %lld", label, (long long)kiln_tensor_numel(y),
+          (long long)no);
     if (kiln_tensor_numel(y) != no) return;
     float *gf = malloc(sizeof(float) * (size_t)(no > 0 ? no : 1));
     double *gd = malloc(sizeof(double) * (size_t)(no > 0 ? no : 1));
@@ -720,15 +730,22 @@ static void check_backward(kiln_ctx *ctx, const char *what, operand *o, const lv
         bcompare(label, got, NULL, &bb, VS_DOUBLE);
         free(got);
         eb_free(&vb), eb_free(&bb);
-    } else if (g) CHECK(0, "%s: gradient has %lld elements", label, (long long)kiln_tensor_numel(g));
+    } else if (g)
+        CHECK(0, "%s: gradient has %lld elements", label, (long long)kiln_tensor_numel(g));
     kiln_tensor_clear_grad(o->leaf);
     free(gf), free(gd);
 }
 
 /* ---- the pooling table ----------------------------------------------------------------- */
 
-#define V(n, ...) {n, {__VA_ARGS__}, {{0}}}
-#define P(kh, kw, sh, sw, ph, pw, dh, dw, c) {{kh, kw}, {sh, sw}, {ph, pw}, {dh, dw}, c, false}
+#define V(n, ...)                                                                                                      \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, {                                                                                            \
+            { 0 }                                                                                                      \
+        }                                                                                                              \
+    }
+#define P(kh, kw, sh, sw, ph, pw, dh, dw, c)                                                                           \
+    { {kh, kw}, {sh, sw}, {ph, pw}, {dh, dw}, c, false }
 
 typedef struct pcase {
     const char *name;
@@ -746,7 +763,8 @@ static const pcase pcases[] = {
     {"unbatched 3x6x6 k2 s1", V(3, 3, 6, 6), P(2, 2, 1, 1, 0, 0, 1, 1, false)},
     {"5x7x11 k3 s2 p1", V(3, 5, 7, 11), P(3, 3, 2, 2, 1, 1, 1, 1, false)},
     {"transposed view k3 s2 p1 ceil", {4, {2, 3, 5, 7}, {{TF_T, {2, 3}}}}, P(3, 3, 2, 2, 1, 1, 1, 1, true)},
-    {"sliced view k3 s2 p1", {4, {3, 4, 9, 11}, {{TF_S, {3, 1, 11, 2}}, {TF_S, {1, 0, 4, 2}}}},
+    {"sliced view k3 s2 p1",
+     {4, {3, 4, 9, 11}, {{TF_S, {3, 1, 11, 2}}, {TF_S, {1, 0, 4, 2}}}},
      P(3, 3, 2, 2, 1, 1, 1, 1, false)},
     {"channels-last view k2x3 s1x2 p1", {4, {2, 6, 5, 3}, {{TF_P, {0, 3, 1, 2}}}}, P(2, 3, 1, 2, 1, 1, 1, 1, false)},
     {"5x5 k5 (whole plane)", V(4, 1, 2, 5, 5), P(5, 5, 1, 1, 0, 0, 1, 1, false)},
@@ -801,8 +819,10 @@ static void test_max_forward(kiln_ctx *ctx) {
                 kiln_tensor *y2 = kiln_max_pool2d(ctx, o.t, &pc->p, NULL);
                 float *g2 = y2 ? h_read(y2) : NULL;
                 snprintf(w2, sizeof w2, "%s without indices", what);
-                if (g2) h_compare(w2, g2, ref, nout, 0, 0);
-                else CHECK(0, "%s: %s", w2, kiln_error_message(ctx));
+                if (g2)
+                    h_compare(w2, g2, ref, nout, 0, 0);
+                else
+                    CHECK(0, "%s: %s", w2, kiln_error_message(ctx));
                 free(g2);
             }
             free(ref);
@@ -884,8 +904,8 @@ static void test_gap_forward(kiln_ctx *ctx) {
             eb_gap_fwd(&b, xd, u.v.N * u.v.C, u.v.H, u.v.W);
             kiln_tensor *y = kiln_global_avg_pool2d(ctx, o.t);
             char sb[64], what[160];
-            snprintf(what, sizeof what, "global_avg_pool2d %s case %zu%s",
-                     kiln_tensor_shape_str(o.t, sb, sizeof sb), ci, gen ? " (NaN/Inf)" : "");
+            snprintf(what, sizeof what, "global_avg_pool2d %s case %zu%s", kiln_tensor_shape_str(o.t, sb, sizeof sb),
+                     ci, gen ? " (NaN/Inf)" : "");
             int64_t oshape[4];
             memcpy(oshape, o.hv.shape, sizeof oshape);
             oshape[o.hv.ndim - 2] = oshape[o.hv.ndim - 1] = 1;
@@ -914,17 +934,28 @@ typedef struct ucase {
 #define NE KILN_UPSAMPLE_NEAREST
 #define BI KILN_UPSAMPLE_BILINEAR
 static const ucase ucases[] = {
-    {V(4, 2, 3, 4, 5), 8, 10, NE, false},   {V(4, 2, 3, 4, 5), 7, 9, NE, false},
-    {V(4, 1, 2, 7, 5), 3, 2, NE, false},    {V(4, 1, 2, 4, 5), 4, 5, NE, false},
-    {V(4, 1, 1, 14, 7), 20, 10, NE, false}, {V(4, 1, 1, 3, 5), 13, 6, NE, false},
-    {V(4, 1, 1, 1, 1), 3, 5, NE, false},    {V(4, 3, 2, 11, 13), 29, 31, NE, false},
-    {V(4, 2, 3, 4, 5), 8, 10, BI, false},   {V(4, 2, 3, 4, 5), 7, 9, BI, false},
-    {V(4, 1, 2, 7, 5), 3, 2, BI, false},    {V(4, 1, 2, 4, 5), 4, 5, BI, false},
-    {V(4, 1, 1, 3, 3), 17, 11, BI, false},  {V(4, 2, 3, 4, 5), 7, 9, BI, true},
-    {V(4, 1, 2, 7, 5), 3, 2, BI, true},     {V(4, 1, 2, 7, 5), 1, 1, BI, true},
-    {V(4, 1, 2, 1, 1), 3, 4, BI, true},     {V(4, 1, 2, 1, 1), 3, 4, BI, false},
-    {V(4, 1, 1, 5, 4), 1, 9, BI, false},    {V(4, 3, 2, 11, 13), 29, 31, BI, false},
-    {V(4, 1, 1, 13, 11), 5, 4, BI, true},   {V(4, 1, 1, 13, 11), 5, 4, BI, false},
+    {V(4, 2, 3, 4, 5), 8, 10, NE, false},
+    {V(4, 2, 3, 4, 5), 7, 9, NE, false},
+    {V(4, 1, 2, 7, 5), 3, 2, NE, false},
+    {V(4, 1, 2, 4, 5), 4, 5, NE, false},
+    {V(4, 1, 1, 14, 7), 20, 10, NE, false},
+    {V(4, 1, 1, 3, 5), 13, 6, NE, false},
+    {V(4, 1, 1, 1, 1), 3, 5, NE, false},
+    {V(4, 3, 2, 11, 13), 29, 31, NE, false},
+    {V(4, 2, 3, 4, 5), 8, 10, BI, false},
+    {V(4, 2, 3, 4, 5), 7, 9, BI, false},
+    {V(4, 1, 2, 7, 5), 3, 2, BI, false},
+    {V(4, 1, 2, 4, 5), 4, 5, BI, false},
+    {V(4, 1, 1, 3, 3), 17, 11, BI, false},
+    {V(4, 2, 3, 4, 5), 7, 9, BI, true},
+    {V(4, 1, 2, 7, 5), 3, 2, BI, true},
+    {V(4, 1, 2, 7, 5), 1, 1, BI, true},
+    {V(4, 1, 2, 1, 1), 3, 4, BI, true},
+    {V(4, 1, 2, 1, 1), 3, 4, BI, false},
+    {V(4, 1, 1, 5, 4), 1, 9, BI, false},
+    {V(4, 3, 2, 11, 13), 29, 31, BI, false},
+    {V(4, 1, 1, 13, 11), 5, 4, BI, true},
+    {V(4, 1, 1, 13, 11), 5, 4, BI, false},
     {{4, {2, 6, 5, 3}, {{TF_P, {0, 3, 1, 2}}}}, 11, 7, BI, false},
     {{4, {2, 6, 5, 3}, {{TF_P, {0, 3, 1, 2}}}}, 11, 7, BI, true},
     {{4, {2, 6, 5, 3}, {{TF_P, {0, 3, 1, 2}}}}, 11, 7, NE, false},
@@ -957,8 +988,10 @@ static void test_up_forward(kiln_ctx *ctx) {
             CHECK(shape_is(y, 4, oshape), "%s: output shape (%s)", what, kiln_error_message(ctx));
             if (shape_is(y, 4, oshape)) {
                 float *got = h_read(y);
-                if (uc->mode == NE) h_compare(what, got, ref, nout, 0, 0);
-                else h_compare(what, got, ref, nout, 16 * U * max_abs(o.base, o.nbase), 0);
+                if (uc->mode == NE)
+                    h_compare(what, got, ref, nout, 0, 0);
+                else
+                    h_compare(what, got, ref, nout, 16 * U * max_abs(o.base, o.nbase), 0);
                 free(got);
             }
             free(ref);
@@ -1063,8 +1096,8 @@ static void test_indices_lifetime_and_determinism(kiln_ctx *ctx) {
         kiln_tensor_free(ind);
         pool_user u = {.r = resolve(&p), .v = lv_from(&o.hv)};
         u.OH = ref_out(u.v.H, 3, 2, 1, 1, false), u.OW = ref_out(u.v.W, 3, 2, 1, 1, false);
-        gc_check(ctx, "max_pool2d, indices freed before backward", ref_max, &u, 1, &o.leaf,
-                 (double *const[]){o.based}, (const bool[]){true}, y, 1e-5, 1e-5);
+        gc_check(ctx, "max_pool2d, indices freed before backward", ref_max, &u, 1, &o.leaf, (double *const[]){o.based},
+                 (const bool[]){true}, y, 1e-5, 1e-5);
     }
     free_operand(&o);
     kiln_scope_end(ctx);
@@ -1178,8 +1211,8 @@ static void golden_case(kiln_ctx *ctx, const golden *gf, int kind, const char *p
     int nd = x->ndim;
     int64_t H = x->shape[nd - 2], W = x->shape[nd - 1], P = H * W > 0 ? x->numel / (H * W) : 0;
     int64_t OH = y->shape[nd - 2], OW = y->shape[nd - 1];
-    bool consistent = y->ndim == nd && y->numel == P * OH * OW && (!gy || gy->numel == y->numel) &&
-                      (!gx || gx->numel == x->numel);
+    bool consistent =
+        y->ndim == nd && y->numel == P * OH * OW && (!gy || gy->numel == y->numel) && (!gx || gx->numel == x->numel);
     CHECK(consistent, "golden %s: inconsistent shapes", prefix);
     if (!consistent) return;
     kiln_scope_begin(ctx);
@@ -1246,8 +1279,10 @@ static void golden_case(kiln_ctx *ctx, const golden *gf, int kind, const char *p
         int32_t *gi = read_i32(ind);
         char w2[200];
         snprintf(w2, sizeof w2, "%s indices", what);
-        if (kiln_tensor_numel(ind) == idx->numel) compare_i32(w2, gi, idx->i, idx->numel);
-        else CHECK(0, "%s: count", w2);
+        if (kiln_tensor_numel(ind) == idx->numel)
+            compare_i32(w2, gi, idx->i, idx->numel);
+        else
+            CHECK(0, "%s: count", w2);
         free(gi);
     }
     if (out && backward) {
@@ -1266,7 +1301,8 @@ static void golden_case(kiln_ctx *ctx, const golden *gf, int kind, const char *p
         if (gg) {
             bcompare(w2, gg, gx->f, &bb, VS_TORCH);
             bcompare(w2, gg, NULL, &bb, VS_DOUBLE);
-        } else CHECK(g != NULL, "%s: no gradient", w2);
+        } else
+            CHECK(g != NULL, "%s: no gradient", w2);
         if (layout == 0) bcompare(w2, NULL, gx->f, &bb, TORCH_VS_DOUBLE);
         free(gg);
     }
@@ -1318,11 +1354,11 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_pool2d_params p3 = {.kernel = {3, 3}, .stride = {3, 3}, .dilation = {1, 1}};
     kiln_tensor *ind = (kiln_tensor *)&ind; /* must be reset to NULL on failure */
 
-    expect_error(ctx, kiln_max_pool2d(ctx, NULL, &p3, &ind), KILN_ERR_NULL, "max_pool2d(NULL)", "kiln_max_pool2d", NULL);
+    expect_error(ctx, kiln_max_pool2d(ctx, NULL, &p3, &ind), KILN_ERR_NULL, "max_pool2d(NULL)", "kiln_max_pool2d",
+                 NULL);
     CHECK(ind == NULL, "indices not reset on failure");
     expect_error(ctx, kiln_avg_pool2d(ctx, NULL, &p3), KILN_ERR_NULL, "avg_pool2d(NULL)", "kiln_avg_pool2d", NULL);
-    expect_error(ctx, kiln_global_avg_pool2d(ctx, NULL), KILN_ERR_NULL, "global(NULL)", "kiln_global_avg_pool2d",
-                 NULL);
+    expect_error(ctx, kiln_global_avg_pool2d(ctx, NULL), KILN_ERR_NULL, "global(NULL)", "kiln_global_avg_pool2d", NULL);
     expect_error(ctx, kiln_upsample(ctx, NULL, 3, 3, NE, false), KILN_ERR_NULL, "upsample(NULL)", "kiln_upsample",
                  NULL);
     CHECK(kiln_max_pool2d(NULL, x, &p3, NULL) == NULL, "NULL ctx");
@@ -1381,17 +1417,15 @@ static void test_errors(kiln_ctx *ctx) {
     expect_error(ctx, kiln_max_pool2d(ctx, x, &p, NULL), KILN_ERR_INVALID_ARGUMENT, "padding > kernel/2",
                  "padding [2, 1]", "half the kernel");
     p = (kiln_pool2d_params){.kernel = {2, 5}, .padding = {1, 3}, .stride = {2, 5}, .dilation = {1, 1}};
-    expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_INVALID_ARGUMENT, "avg padding > kernel/2",
-                 "kernel [2, 5]", "[1, 1, 5, 5]");
+    expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_INVALID_ARGUMENT, "avg padding > kernel/2", "kernel [2, 5]",
+                 "[1, 1, 5, 5]");
     p = (kiln_pool2d_params){.kernel = {3, 3}, .dilation = {2, 2}, .stride = {3, 3}};
     expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_INVALID_ARGUMENT, "avg dilation", "dilation [2, 2]",
                  "kiln_avg_pool2d");
     p = (kiln_pool2d_params){.kernel = {3, 3}, .dilation = {3, 1}, .stride = {3, 3}};
-    expect_error(ctx, kiln_max_pool2d(ctx, x, &p, NULL), KILN_ERR_SHAPE, "output too small", "[1, 1, 5, 5]",
-                 "0x1");
+    expect_error(ctx, kiln_max_pool2d(ctx, x, &p, NULL), KILN_ERR_SHAPE, "output too small", "[1, 1, 5, 5]", "0x1");
     p = (kiln_pool2d_params){.kernel = {6, 6}, .stride = {6, 6}, .dilation = {1, 1}};
-    expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_SHAPE, "kernel larger than input", "kernel [6, 6]",
-                 "0x0");
+    expect_error(ctx, kiln_avg_pool2d(ctx, x, &p), KILN_ERR_SHAPE, "kernel larger than input", "kernel [6, 6]", "0x0");
 
     expect_error(ctx, kiln_upsample(ctx, x, 0, 3, NE, false), KILN_ERR_INVALID_ARGUMENT, "upsample to 0",
                  "kiln_upsample", "0x3");

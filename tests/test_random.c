@@ -234,8 +234,7 @@ static void test_statistics(kiln_ctx *ctx) {
         hist[bin < 0 ? 0 : bin > 99 ? 99 : bin]++;
     }
     double mean = sum / n;
-    for (int64_t i = 0; i < n; i++)
-        sq += (u[i] - mean) * (u[i] - mean);
+    for (int64_t i = 0; i < n; i++) sq += (u[i] - mean) * (u[i] - mean);
     double var = sq / (n - 1);
     /* U(0,1): mean 1/2, var 1/12; SE(mean) = sqrt(1/12 / n); SE(var) = sqrt((mu4 - var^2) / n)
      * with mu4 = 1/80, so mu4 - var^2 = 1/180 */
@@ -243,8 +242,7 @@ static void test_statistics(kiln_ctx *ctx) {
     CHECK(fabs(var - 1.0 / 12) <= 5 * sqrt(1.0 / 180) / rn, "uniform variance %.6f (1/12 = %.6f)", var, 1.0 / 12);
     /* chi-square over 100 equal bins: 99 degrees of freedom, mean 99, sd sqrt(198) */
     double chi2 = 0, expect = n / 100.0;
-    for (int b = 0; b < 100; b++)
-        chi2 += (hist[b] - expect) * (hist[b] - expect) / expect;
+    for (int b = 0; b < 100; b++) chi2 += (hist[b] - expect) * (hist[b] - expect) / expect;
     CHECK(chi2 <= 99 + 5 * sqrt(198.0), "uniform chi-square %.1f over 100 bins", chi2);
     double d = ks_stat(u, n, cdf_uniform01);
     CHECK(d <= ks_crit, "uniform KS statistic %.5f > %.5f", d, ks_crit);
@@ -252,25 +250,21 @@ static void test_statistics(kiln_ctx *ctx) {
 
     float *z = h_read(kiln_rand_normal(ctx, 3.0f, 2.0f, 1, &n));
     sum = sq = 0;
-    for (int64_t i = 0; i < n; i++)
-        sum += z[i];
+    for (int64_t i = 0; i < n; i++) sum += z[i];
     mean = sum / n;
-    for (int64_t i = 0; i < n; i++)
-        sq += (z[i] - mean) * (z[i] - mean);
+    for (int64_t i = 0; i < n; i++) sq += (z[i] - mean) * (z[i] - mean);
     var = sq / (n - 1);
     /* N(3, 2^2): SE(mean) = 2 / sqrt(n), SE(var) = sqrt(2 * 2^4 / n) */
     CHECK(fabs(mean - 3.0) <= 5 * 2.0 / rn, "normal mean %.5f", mean);
     CHECK(fabs(var - 4.0) <= 5 * sqrt(2 * 16.0) / rn, "normal variance %.5f", var);
-    for (int64_t i = 0; i < n; i++)
-        z[i] = (z[i] - 3.0f) / 2.0f;
+    for (int64_t i = 0; i < n; i++) z[i] = (z[i] - 3.0f) / 2.0f;
     d = ks_stat(z, n, cdf_normal);
     CHECK(d <= ks_crit, "normal KS statistic %.5f > %.5f", d, ks_crit);
     /* coarse histogram: the fraction within 1, 2, 3 sigma; SE sqrt(p (1 - p) / n) */
     const double within[3] = {0.682689492, 0.954499736, 0.997300204};
     for (int s = 0; s < 3; s++) {
         int64_t in = 0;
-        for (int64_t i = 0; i < n; i++)
-            in += fabsf(z[i]) < (float)(s + 1);
+        for (int64_t i = 0; i < n; i++) in += fabsf(z[i]) < (float)(s + 1);
         double frac = (double)in / n, se = sqrt(within[s] * (1 - within[s]) / n);
         CHECK(fabs(frac - within[s]) <= 5 * se, "normal: %.5f within %d sigma, expected %.5f", frac, s + 1, within[s]);
     }
@@ -309,7 +303,8 @@ static void test_errors(kiln_ctx *ctx) {
     expect_fail(ctx, "NaN mean", kiln_rand_normal(ctx, NAN, 1, 1, &n), KILN_ERR_INVALID_ARGUMENT, "kiln_rand_normal");
     expect_fail(ctx, "infinite std", kiln_rand_normal(ctx, 0, INFINITY, 1, &n), KILN_ERR_INVALID_ARGUMENT,
                 "kiln_rand_normal");
-    CHECK(kiln_ctx_num_tensors(ctx) == live, "failed calls left %lld tensors", (long long)(kiln_ctx_num_tensors(ctx) - live));
+    CHECK(kiln_ctx_num_tensors(ctx) == live, "failed calls left %lld tensors",
+          (long long)(kiln_ctx_num_tensors(ctx) - live));
     CHECK(ctx->rng_counter == 0, "failed calls advanced the counter to %llu", (unsigned long long)ctx->rng_counter);
     /* NULL ctx: NULL, no crash */
     CHECK(kiln_rand_uniform(NULL, 0, 1, 1, &n) == NULL && kiln_rand_normal(NULL, 0, 1, 1, &n) == NULL, "NULL ctx");

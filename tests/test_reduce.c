@@ -34,8 +34,7 @@ static const char *const op_name[OP_COUNT] = {"sum", "mean", "max", "min", "argm
 
 static double sum_depth(int64_t n) {
     int l = 0;
-    while (l < 62 && ((int64_t)1 << l) < n)
-        l++;
+    while (l < 62 && ((int64_t)1 << l) < n) l++;
     return 2 * 16 + l + 4;
 }
 
@@ -55,8 +54,7 @@ static size_t cap1(int64_t n) { return n > 0 ? (size_t)n : 1; }
  * axis 0 or -1 and reduces nothing. */
 static void red_mask(const h_view *v, int naxes, const int *axes, bool *red) {
     int nd = v->ndim ? v->ndim : 1;
-    for (int d = 0; d < KILN_MAX_DIMS; d++)
-        red[d] = naxes == 0 && d < v->ndim;
+    for (int d = 0; d < KILN_MAX_DIMS; d++) red[d] = naxes == 0 && d < v->ndim;
     for (int i = 0; i < naxes; i++) {
         int a = axes[i] < 0 ? axes[i] + nd : axes[i];
         if (a < v->ndim) red[a] = true;
@@ -137,8 +135,7 @@ static double *read_result(kiln_tensor *r, int64_t n) {
     void *h = malloc(4 * cap1(n));
     if (kiln_to_host(r, h, 4 * (size_t)n) != KILN_OK) {
         CHECK(0, "kiln_to_host: %s", kiln_error_message(kiln_tensor_ctx(r)));
-        for (int64_t i = 0; i < n; i++)
-            out[i] = -12345.5;
+        for (int64_t i = 0; i < n; i++) out[i] = -12345.5;
     } else {
         for (int64_t i = 0; i < n; i++)
             out[i] = kiln_tensor_dtype(r) == KILN_I32 ? (double)((int32_t *)h)[i] : (double)((float *)h)[i];
@@ -227,13 +224,11 @@ static void check_all_subsets(kiln_ctx *ctx, const char *label, kiln_tensor *t, 
         for (int d = 0; d < nd; d++)
             if (mask >> d & 1) axes[na++] = ((mask + d) & 1) ? d - nd : d;
         for (int keep = 0; keep < 2; keep++)
-            for (op_t op = OP_SUM; op < OP_ARGMAX; op++)
-                check_case(ctx, label, op, t, base, hv, na, axes, keep);
+            for (op_t op = OP_SUM; op < OP_ARGMAX; op++) check_case(ctx, label, op, t, base, hv, na, axes, keep);
     }
     for (int keep = 0; keep < 2; keep++) {
         check_case(ctx, label, OP_ARGMAX, t, base, hv, 0, NULL, keep);
-        for (int d = -1; d < nd; d++)
-            check_case(ctx, label, OP_ARGMAX, t, base, hv, 1, (int[]){d}, keep);
+        for (int d = -1; d < nd; d++) check_case(ctx, label, OP_ARGMAX, t, base, hv, 1, (int[]){d}, keep);
     }
 }
 
@@ -338,8 +333,7 @@ static void test_empty(kiln_ctx *ctx) {
             check_case(ctx, "[0,3]", op, t, &dummy, &hv, 1, (int[]){0}, keep);
             check_case(ctx, "[0,3]", op, t, &dummy, &hv, 0, NULL, keep);
         }
-        for (op_t op = OP_SUM; op < OP_COUNT; op++)
-            check_case(ctx, "[0,3]", op, t, &dummy, &hv, 1, (int[]){1}, keep);
+        for (op_t op = OP_SUM; op < OP_COUNT; op++) check_case(ctx, "[0,3]", op, t, &dummy, &hv, 1, (int[]){1}, keep);
     }
     kiln_tensor *t3 = kiln_from_host(ctx, &dummy, KILN_F32, 3, (int64_t[]){4, 0, 3});
     h_view h3 = h_contig(3, (int64_t[]){4, 0, 3});
@@ -359,8 +353,7 @@ static void test_long(kiln_ctx *ctx) {
     h_fill(x, n, 0, 1);
     kiln_tensor *t = kiln_from_host(ctx, x, KILN_F32, 1, &n);
     h_view hv = h_contig(1, &n);
-    for (op_t op = OP_SUM; op < OP_COUNT; op++)
-        check_case(ctx, "[1000003]", op, t, x, &hv, 0, NULL, false);
+    for (op_t op = OP_SUM; op < OP_COUNT; op++) check_case(ctx, "[1000003]", op, t, x, &hv, 0, NULL, false);
 
     /* determinism: the same sum twice is bit-identical */
     for (op_t op = OP_SUM; op <= OP_MEAN; op++) {
@@ -374,14 +367,12 @@ static void test_long(kiln_ctx *ctx) {
     const int64_t ns = 1000001;
     float *st = malloc(sizeof(float) * (size_t)ns);
     st[0] = 16777216.0f;
-    for (int64_t i = 1; i < ns; i++)
-        st[i] = 1.0f;
+    for (int64_t i = 1; i < ns; i++) st[i] = 1.0f;
     kiln_tensor *ts = kiln_from_host(ctx, st, KILN_F32, 1, &ns);
     h_view hs = h_contig(1, &ns);
     check_case(ctx, "2^24 and 10^6 ones", OP_SUM, ts, st, &hs, 0, NULL, false);
     float running = 0;
-    for (int64_t i = 0; i < ns; i++)
-        running += st[i];
+    for (int64_t i = 0; i < ns; i++) running += st[i];
     CHECK(fabs((double)running - 17777216.0) > 1e5, "a running float sum was expected to stall, got %.9g", running);
 
     /* [3, 100000] along axis 1 (few long outputs) and [100000, 3] along axis 1 (many short
@@ -401,8 +392,7 @@ static void test_long(kiln_ctx *ctx) {
             check_case(ctx, "[100000,3]", op, tb, y, &hb, 1, (int[]){0}, keep);
             check_case(ctx, "[100000,3]^T", op, tbt, y, &hbt, 1, (int[]){-1}, keep);
         }
-    for (op_t op = OP_SUM; op < OP_COUNT; op++)
-        check_case(ctx, "[100000,3]", op, tb, y, &hb, 0, NULL, false);
+    for (op_t op = OP_SUM; op < OP_COUNT; op++) check_case(ctx, "[100000,3]", op, tb, y, &hb, 0, NULL, false);
 
     /* [2000, 150] along axis 1 (a work-item per output, runs of 16 and the pairwise counter),
      * [1100, 300] along axis 1 (many contiguous rows: a work-group each) and along axis 0,
@@ -438,8 +428,7 @@ static void test_long(kiln_ctx *ctx) {
     CHECK(isnan(kiln_tensor_item(kiln_sum(ctx, tn, 0, NULL, false))), "sum propagates NaN");
     CHECK(isnan(kiln_tensor_item(kiln_mean(ctx, tn, 0, NULL, false))), "mean propagates NaN");
     float *mi = malloc(sizeof(float) * 100000);
-    for (int i = 0; i < 100000; i++)
-        mi[i] = -INFINITY;
+    for (int i = 0; i < 100000; i++) mi[i] = -INFINITY;
     kiln_tensor *tm = kiln_from_host(ctx, mi, KILN_F32, 1, (int64_t[]){100000});
     CHECK(kiln_tensor_item(kiln_argmax(ctx, tm, 0, false)) == 0.0f, "argmax of all -Inf is 0");
     CHECK(kiln_tensor_item(kiln_max(ctx, tm, 0, NULL, false)) == -INFINITY, "max of all -Inf");
@@ -624,14 +613,21 @@ static const struct {
     int naxes, axes[2];
     bool keepdim;
 } gold_red_cases[] = {
-    {"sum.all", OP_SUM, false, 0, {0}, false},     {"sum.nc", OP_SUM, true, 2, {0, -1}, true},
-    {"sum.neg", OP_SUM, false, 1, {-2}, false},    {"mean.all", OP_MEAN, false, 0, {0}, false},
-    {"mean.nc", OP_MEAN, true, 2, {0, -1}, true},  {"mean.neg", OP_MEAN, false, 1, {-2}, false},
-    {"max.all", OP_MAX, false, 0, {0}, false},     {"max.nc", OP_MAX, true, 1, {1}, true},
-    {"max.multi", OP_MAX, false, 2, {0, -1}, false}, {"min.all", OP_MIN, false, 0, {0}, false},
-    {"min.nc", OP_MIN, true, 1, {1}, true},        {"min.multi", OP_MIN, false, 2, {0, -1}, false},
+    {"sum.all", OP_SUM, false, 0, {0}, false},
+    {"sum.nc", OP_SUM, true, 2, {0, -1}, true},
+    {"sum.neg", OP_SUM, false, 1, {-2}, false},
+    {"mean.all", OP_MEAN, false, 0, {0}, false},
+    {"mean.nc", OP_MEAN, true, 2, {0, -1}, true},
+    {"mean.neg", OP_MEAN, false, 1, {-2}, false},
+    {"max.all", OP_MAX, false, 0, {0}, false},
+    {"max.nc", OP_MAX, true, 1, {1}, true},
+    {"max.multi", OP_MAX, false, 2, {0, -1}, false},
+    {"min.all", OP_MIN, false, 0, {0}, false},
+    {"min.nc", OP_MIN, true, 1, {1}, true},
+    {"min.multi", OP_MIN, false, 2, {0, -1}, false},
     {"argmax.all", OP_ARGMAX, false, 1, {KILN_ALL_AXES}, false},
-    {"argmax.nc", OP_ARGMAX, true, 1, {-1}, true}, {"argmax.0", OP_ARGMAX, false, 1, {0}, false},
+    {"argmax.nc", OP_ARGMAX, true, 1, {-1}, true},
+    {"argmax.0", OP_ARGMAX, false, 1, {0}, false},
 };
 
 /* An I32 result against the golden I32 tensor: equal, shape and values. */

@@ -189,8 +189,8 @@ static void test_golden_cases(void) {
             if (op->family != (kiln__family)f || !op->golden_prefix) continue;
             if (op->golden_pidx < 0)
                 CHECK(open && golden_has_prefix(&g, op->golden_prefix, -1, 0),
-                      "op %s: no golden case \"%s*\" in tests/golden/%s.safetensors (tests/golden/gen_%s.py)",
-                      op->name, op->golden_prefix, fi->name, fi->name);
+                      "op %s: no golden case \"%s*\" in tests/golden/%s.safetensors (tests/golden/gen_%s.py)", op->name,
+                      op->golden_prefix, fi->name, fi->name);
             else
                 CHECK(open && golden_has_prefix(&g, op->golden_prefix, op->golden_pidx, op->golden_pval),
                       "op %s: no golden case \"%s*\" with parameter %d = %d in tests/golden/%s.safetensors", op->name,
@@ -209,18 +209,21 @@ static void run(kiln_ctx *ctx) {
         CHECK(ok, "op %s (%s, %s): %s", kiln__op_name((kiln__op)k), kiln__op_get((kiln__op)k)->fn,
               kiln__op_get((kiln__op)k)->grad ? "differentiable" : "not differentiable", why);
     }
-    CHECK(kiln_ctx_num_tensors(ctx) == 0, "%lld tensors left after the smoke runs", (long long)kiln_ctx_num_tensors(ctx));
+    CHECK(kiln_ctx_num_tensors(ctx) == 0, "%lld tensors left after the smoke runs",
+          (long long)kiln_ctx_num_tensors(ctx));
     CHECK_OK(ctx);
 }
 
 /* The registry's own lookups. */
 static void test_lookups(void) {
     for (int k = 0; k < KILN__OP_COUNT; k++)
-        CHECK(kiln__op_find(kiln__op_name((kiln__op)k)) == k, "op %s: two ops share its name", kiln__op_name((kiln__op)k));
+        CHECK(kiln__op_find(kiln__op_name((kiln__op)k)) == k, "op %s: two ops share its name",
+              kiln__op_name((kiln__op)k));
     CHECK(kiln__op_find("no_such_op") == -1 && kiln__op_get(KILN__OP_COUNT) == NULL &&
               strcmp(kiln__op_name(KILN__OP_COUNT), "?") == 0 && kiln__family_get(KILN__FAM_COUNT) == NULL,
           "lookups out of range");
-    CHECK(strcmp(kiln__op_name(KILN__OP_RELU), "relu") == 0 && kiln__op_get(KILN__OP_RELU)->family == KILN__FAM_ACTIVATION,
+    CHECK(strcmp(kiln__op_name(KILN__OP_RELU), "relu") == 0 &&
+              kiln__op_get(KILN__OP_RELU)->family == KILN__FAM_ACTIVATION,
           "relu's row");
 }
 

@@ -30,7 +30,7 @@
 typedef struct vspec {
     int ndim;
     int64_t shape[5];
-    int tf;        /* TF_T: transpose(p0, p1); TF_S: slice(dim p0, start p1, end p2, step p3) */
+    int tf; /* TF_T: transpose(p0, p1); TF_S: slice(dim p0, start p1, end p2, step p3) */
     int64_t p[4];
 } vspec;
 
@@ -152,7 +152,7 @@ static void check_guards(kiln_ctx *ctx, const char *what) {
 
 /* concat (stack: the inputs have a size-1 dim inserted at dim, same memory) */
 typedef struct cat_user {
-    int n, ndim, dim; /* ndim/dim of the output */
+    int n, ndim, dim;                 /* ndim/dim of the output */
     int64_t shape[24][KILN_MAX_DIMS]; /* inputs' shapes in the output's rank */
 } cat_user;
 
@@ -221,9 +221,18 @@ static void ref_gather(void *user, double *const *in, double *out) {
 
 /* ---- concat and stack forward -------------------------------------------------------- */
 
-#define V(n, ...) {n, {__VA_ARGS__}, TF_NONE, {0}}
-#define VT(n, a, b, ...) {n, {__VA_ARGS__}, TF_T, {a, b}}
-#define VS(n, d, s, e, st, ...) {n, {__VA_ARGS__}, TF_S, {d, s, e, st}}
+#define V(n, ...)                                                                                                      \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, TF_NONE, { 0 }                                                                               \
+    }
+#define VT(n, a, b, ...)                                                                                               \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, TF_T, { a, b }                                                                               \
+    }
+#define VS(n, d, s, e, st, ...)                                                                                        \
+    {                                                                                                                  \
+        n, {__VA_ARGS__}, TF_S, { d, s, e, st }                                                                        \
+    }
 
 typedef struct cat_case {
     const char *name;
@@ -234,8 +243,7 @@ typedef struct cat_case {
 static const cat_case cat_cases[] = {
     {"1-D primes", 4, 0, {V(1, 13), V(1, 1), V(1, 0), V(1, 7)}},
     {"5x7x11 along dim 1 with views", 3, 1, {V(3, 5, 3, 11), VT(3, 0, 1, 7, 5, 11), VS(3, 1, 2, 3, 1, 5, 4, 11)}},
-    {"dim -1, transposed and stepped", 3, -1,
-     {VT(3, 0, 2, 11, 7, 5), VS(3, 2, 1, 12, 5, 5, 7, 12), V(3, 5, 7, 2)}},
+    {"dim -1, transposed and stepped", 3, -1, {VT(3, 0, 2, 11, 7, 5), VS(3, 2, 1, 12, 5, 5, 7, 12), V(3, 5, 7, 2)}},
     {"dim 0, offset views", 2, 0, {VS(2, 0, 3, 8, 1, 9, 13), VT(2, 0, 1, 13, 2)}},
     {"single input", 1, 2, {VT(3, 1, 2, 2, 3, 5)}},
     {"6 inputs", 6, 1, {V(2, 3, 1), V(2, 3, 2), VT(2, 0, 1, 3, 3), V(2, 3, 4), V(2, 3, 0), V(2, 3, 6)}},
@@ -249,7 +257,9 @@ static const cat_case stack_cases[] = {
     {"[5,7] at dim 0 with views", 3, 0, {V(2, 5, 7), VT(2, 0, 1, 7, 5), VS(2, 1, 1, 15, 2, 5, 15)}},
     {"[5,7] at dim 1", 3, 1, {V(2, 5, 7), VT(2, 0, 1, 7, 5), VS(2, 1, 1, 15, 2, 5, 15)}},
     {"[5,7] at dim -1", 3, -1, {V(2, 5, 7), VT(2, 0, 1, 7, 5), VS(2, 1, 1, 15, 2, 5, 15)}},
-    {"7 inputs [3,1,2] at dim 2", 7, 2,
+    {"7 inputs [3,1,2] at dim 2",
+     7,
+     2,
      {V(3, 3, 1, 2), V(3, 3, 1, 2), V(3, 3, 1, 2), VT(3, 0, 2, 2, 1, 3), V(3, 3, 1, 2), V(3, 3, 1, 2), V(3, 3, 1, 2)}},
     {"empty inputs", 2, 1, {V(2, 4, 0), V(2, 4, 0)}},
 };
@@ -415,7 +425,8 @@ static void test_flatten(kiln_ctx *ctx) {
             int s = cases[k].s < 0 ? cases[k].s + nd : cases[k].s, e = cases[k].e < 0 ? cases[k].e + nd : cases[k].e;
             int64_t sh[KILN_MAX_DIMS];
             int m = 0;
-            if (o.hv.ndim == 0) sh[m++] = 1;
+            if (o.hv.ndim == 0)
+                sh[m++] = 1;
             else {
                 for (int d = 0; d < s; d++) sh[m++] = o.hv.shape[d];
                 sh[m] = 1;
@@ -636,7 +647,8 @@ static void grad_cat(kiln_ctx *ctx, const char *what, int n, const vspec *specs,
           (long long)(kiln_ctx_num_tensors(ctx) - live));
     gc_check(ctx, what, ref_cat, &u, n, ts, hin, wanted, y, 1e-6, 0);
     for (int k = 0; k < n; k++) {
-        if (!wanted[k]) CHECK(kiln_tensor_grad(ts[k]) == NULL, "%s: input %d does not require grad but got one", what, k);
+        if (!wanted[k])
+            CHECK(kiln_tensor_grad(ts[k]) == NULL, "%s: input %d does not require grad but got one", what, k);
         free_operand(&o[k]);
     }
     kiln_scope_end(ctx);
@@ -675,7 +687,8 @@ static void test_grad_cat(kiln_ctx *ctx) {
     CHECK(kiln_backward_ex(y, seed, false) == KILN_OK, "concat(a, a) backward: %s", kiln_error_message(ctx));
     float g[6] = {0};
     CHECK(kiln_tensor_grad(a) && kiln_to_host(kiln_tensor_grad(a), g, sizeof g) == KILN_OK, "concat(a, a) grad");
-    for (int k = 0; k < 6; k++) CHECK(g[k] == s[k] + s[k + 6], "concat(a, a) grad[%d] = %g, want %g", k, g[k], s[k] + s[k + 6]);
+    for (int k = 0; k < 6; k++)
+        CHECK(g[k] == s[k] + s[k + 6], "concat(a, a) grad[%d] = %g, want %g", k, g[k], s[k] + s[k + 6]);
     kiln_scope_end(ctx);
     CHECK_OK(ctx);
 }
@@ -844,9 +857,12 @@ static void test_grad_lifetime(kiln_ctx *ctx) {
     CHECK(kiln_tensor_grad(ts[1]) && kiln_to_host(kiln_tensor_grad(ts[1]), g1, sizeof g1) == KILN_OK, "grad ts[1]");
     CHECK(kiln_tensor_grad(ts[2]) && kiln_to_host(kiln_tensor_grad(ts[2]), g2, sizeof g2) == KILN_OK, "grad ts[2]");
     const float w0[6] = {2, 1, 0, 2, 2, 0}, w1[6] = {1, 1, 0, 0, 0, 0}, w2[6] = {0};
-    CHECK(memcmp(g0, w0, sizeof w0) == 0, "grad ts[0] = [%g %g %g; %g %g %g]", g0[0], g0[1], g0[2], g0[3], g0[4], g0[5]);
-    CHECK(memcmp(g1, w1, sizeof w1) == 0, "grad ts[1] = [%g %g %g; %g %g %g]", g1[0], g1[1], g1[2], g1[3], g1[4], g1[5]);
-    CHECK(memcmp(g2, w2, sizeof w2) == 0, "grad ts[2] = [%g %g %g; %g %g %g]", g2[0], g2[1], g2[2], g2[3], g2[4], g2[5]);
+    CHECK(memcmp(g0, w0, sizeof w0) == 0, "grad ts[0] = [%g %g %g; %g %g %g]", g0[0], g0[1], g0[2], g0[3], g0[4],
+          g0[5]);
+    CHECK(memcmp(g1, w1, sizeof w1) == 0, "grad ts[1] = [%g %g %g; %g %g %g]", g1[0], g1[1], g1[2], g1[3], g1[4],
+          g1[5]);
+    CHECK(memcmp(g2, w2, sizeof w2) == 0, "grad ts[2] = [%g %g %g; %g %g %g]", g2[0], g2[1], g2[2], g2[3], g2[4],
+          g2[5]);
     for (int k = 0; k < 9; k++) kiln_tensor_free(ts[k]);
     /* a graph that is never run back is released with its scope too */
     kiln_tensor *a = kiln_rand_uniform(ctx, -1, 1, 1, (int64_t[]){4});
@@ -854,7 +870,8 @@ static void test_grad_lifetime(kiln_ctx *ctx) {
     kiln_tensor *many[6] = {a, a, a, a, a, a};
     CHECK(kiln_stack(ctx, 6, many, 0) != NULL, "stack of 6: %s", kiln_error_message(ctx));
     kiln_scope_end(ctx);
-    CHECK(kiln_ctx_num_tensors(ctx) == before, "%lld tensors left after the scope", (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "%lld tensors left after the scope",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
     CHECK_OK(ctx);
 }
 
@@ -943,7 +960,8 @@ static void test_golden(kiln_ctx *ctx) {
         kiln_tensor *x = gup(ctx, &g, name, true);
         snprintf(name, sizeof name, "%s.index", idx[k].c);
         kiln_tensor *ix = gup(ctx, &g, name, false);
-        kiln_tensor *y = idx[k].gather ? kiln_gather(ctx, x, idx[k].dim, ix) : kiln_index_select(ctx, x, idx[k].dim, ix);
+        kiln_tensor *y =
+            idx[k].gather ? kiln_gather(ctx, x, idx[k].dim, ix) : kiln_index_select(ctx, x, idx[k].dim, ix);
         golden_case(ctx, &g, idx[k].c, y, 1, &x, (const char *[]){"x"}, 1e-6, 1e-6);
     }
     kiln_scope_end(ctx);
@@ -953,20 +971,20 @@ static void test_golden(kiln_ctx *ctx) {
 
 /* ---- errors --------------------------------------------------------------------------- */
 
-#define EXPECT_FAIL(call, status, ...)                                                                   \
-    do {                                                                                                 \
-        kiln_error_clear(ctx);                                                                           \
-        int64_t live_ = kiln_ctx_num_tensors(ctx);                                                          \
-        kiln_tensor *r_ = (call);                                                                        \
-        CHECK(r_ == NULL && kiln_error_status(ctx) == (status), "%s must fail with %s, got %s (%s)", #call, \
-              kiln_status_name(status), kiln_status_name(kiln_error_status(ctx)), kiln_error_message(ctx)); \
-        CHECK(kiln_ctx_num_tensors(ctx) == live_, "%s left %lld tensors", #call,                            \
-              (long long)(kiln_ctx_num_tensors(ctx) - live_));                                              \
-        const char *need_[] = {__VA_ARGS__};                                                             \
-        for (size_t k_ = 0; k_ < sizeof need_ / sizeof need_[0]; k_++)                                  \
-            CHECK(strstr(kiln_error_message(ctx), need_[k_]) != NULL, "%s: message lacks \"%s\": %s", #call, \
-                  need_[k_], kiln_error_message(ctx));                                                   \
-        kiln_error_clear(ctx);                                                                           \
+#define EXPECT_FAIL(call, status, ...)                                                                                 \
+    do {                                                                                                               \
+        kiln_error_clear(ctx);                                                                                         \
+        int64_t live_ = kiln_ctx_num_tensors(ctx);                                                                     \
+        kiln_tensor *r_ = (call);                                                                                      \
+        CHECK(r_ == NULL && kiln_error_status(ctx) == (status), "%s must fail with %s, got %s (%s)", #call,            \
+              kiln_status_name(status), kiln_status_name(kiln_error_status(ctx)), kiln_error_message(ctx));            \
+        CHECK(kiln_ctx_num_tensors(ctx) == live_, "%s left %lld tensors", #call,                                       \
+              (long long)(kiln_ctx_num_tensors(ctx) - live_));                                                         \
+        const char *need_[] = {__VA_ARGS__};                                                                           \
+        for (size_t k_ = 0; k_ < sizeof need_ / sizeof need_[0]; k_++)                                                 \
+            CHECK(strstr(kiln_error_message(ctx), need_[k_]) != NULL, "%s: message lacks \"%s\": %s", #call,           \
+                  need_[k_], kiln_error_message(ctx));                                                                 \
+        kiln_error_clear(ctx);                                                                                         \
     } while (0)
 
 static void test_errors(kiln_ctx *ctx) {
@@ -990,8 +1008,7 @@ static void test_errors(kiln_ctx *ctx) {
                 "[2, 3, 1]", "[2, 3]");
     EXPECT_FAIL(kiln_concat(ctx, 2, (kiln_tensor *[]){a, ti2}, 0), KILN_ERR_DTYPE, "kiln_concat", "input 1", "i32",
                 "f32");
-    EXPECT_FAIL(kiln_concat(ctx, 2, (kiln_tensor *[]){s0, s0}, 0), KILN_ERR_SHAPE, "kiln_concat",
-                "zero-dimensional");
+    EXPECT_FAIL(kiln_concat(ctx, 2, (kiln_tensor *[]){s0, s0}, 0), KILN_ERR_SHAPE, "kiln_concat", "zero-dimensional");
     EXPECT_FAIL(kiln_concat(ctx, 2, (kiln_tensor *[]){a, a}, 2), KILN_ERR_INVALID_ARGUMENT, "kiln_concat", "dim 2",
                 "[2, 3]");
     EXPECT_FAIL(kiln_concat(ctx, 2, (kiln_tensor *[]){a, a}, -3), KILN_ERR_INVALID_ARGUMENT, "kiln_concat", "-3");
@@ -1011,8 +1028,7 @@ static void test_errors(kiln_ctx *ctx) {
     /* pad */
     EXPECT_FAIL(kiln_pad(ctx, a, 3, (int64_t[]){1, 1, 1}, 0), KILN_ERR_INVALID_ARGUMENT, "kiln_pad", "3", "[2, 3]");
     EXPECT_FAIL(kiln_pad(ctx, a, 6, (int64_t[]){1, 1, 1, 1, 1, 1}, 0), KILN_ERR_INVALID_ARGUMENT, "kiln_pad", "6");
-    EXPECT_FAIL(kiln_pad(ctx, a, 2, (int64_t[]){-2, -2}, 0), KILN_ERR_SHAPE, "kiln_pad", "(-2, -2)", "dim 1",
-                "[2, 3]");
+    EXPECT_FAIL(kiln_pad(ctx, a, 2, (int64_t[]){-2, -2}, 0), KILN_ERR_SHAPE, "kiln_pad", "(-2, -2)", "dim 1", "[2, 3]");
     EXPECT_FAIL(kiln_pad(ctx, a, 2, NULL, 0), KILN_ERR_NULL, "kiln_pad");
     EXPECT_FAIL(kiln_pad(ctx, a, 2, (int64_t[]){INT64_MAX, 1}, 0), KILN_ERR_SHAPE, "kiln_pad");
     EXPECT_FAIL(kiln_pad(ctx, h16, 2, (int64_t[]){1, 1}, 0), KILN_ERR_DTYPE, "kiln_pad", "f16");
@@ -1022,8 +1038,8 @@ static void test_errors(kiln_ctx *ctx) {
     EXPECT_FAIL(kiln_flatten(ctx, a, 0, 2), KILN_ERR_INVALID_ARGUMENT, "kiln_flatten", "out of range");
 
     /* index_select */
-    EXPECT_FAIL(kiln_index_select(ctx, a, 1, ti), KILN_ERR_RANGE, "kiln_index_select", "index 7", "position 1",
-                "dim 1", "size 3");
+    EXPECT_FAIL(kiln_index_select(ctx, a, 1, ti), KILN_ERR_RANGE, "kiln_index_select", "index 7", "position 1", "dim 1",
+                "size 3");
     EXPECT_FAIL(kiln_index_select(ctx, a, 0, tn), KILN_ERR_RANGE, "kiln_index_select", "index -1", "size 2");
     EXPECT_FAIL(kiln_index_select(ctx, a, 0, a), KILN_ERR_DTYPE, "kiln_index_select", "f32", "i32");
     EXPECT_FAIL(kiln_index_select(ctx, a, 0, ti2), KILN_ERR_SHAPE, "kiln_index_select", "[1, 3]", "1-D");
@@ -1033,8 +1049,7 @@ static void test_errors(kiln_ctx *ctx) {
 
     /* gather */
     EXPECT_FAIL(kiln_gather(ctx, a, 1, ti), KILN_ERR_SHAPE, "kiln_gather", "[3]", "[2, 3]", "dims");
-    EXPECT_FAIL(kiln_gather(ctx, a, 0, ti2), KILN_ERR_RANGE, "kiln_gather", "index 7", "position 1", "dim 0",
-                "size 2");
+    EXPECT_FAIL(kiln_gather(ctx, a, 0, ti2), KILN_ERR_RANGE, "kiln_gather", "index 7", "position 1", "dim 0", "size 2");
     {
         int32_t z[8] = {0};
         kiln_tensor *tz = kiln_from_host(ctx, z, KILN_I32, 2, (int64_t[]){2, 4});
@@ -1052,8 +1067,14 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *bad = kiln_concat(ctx, 2, (kiln_tensor *[]){a, b}, 0);
     char saved[512];
     snprintf(saved, sizeof saved, "%s", kiln_error_message(ctx));
-    kiln_tensor *chain = kiln_gather(ctx, kiln_index_select(ctx, kiln_flatten(ctx, kiln_pad(ctx, kiln_stack(ctx, 2,
-                                                     (kiln_tensor *[]){bad, a}, 0), 2, (int64_t[]){1, 1}, 0), 0, -1), 0, ti), 0, ti);
+    kiln_tensor *chain = kiln_gather(
+        ctx,
+        kiln_index_select(
+            ctx,
+            kiln_flatten(ctx, kiln_pad(ctx, kiln_stack(ctx, 2, (kiln_tensor *[]){bad, a}, 0), 2, (int64_t[]){1, 1}, 0),
+                         0, -1),
+            0, ti),
+        0, ti);
     CHECK(bad == NULL && chain == NULL && strcmp(kiln_error_message(ctx), saved) == 0 && strstr(saved, "kiln_concat"),
           "a chain on a failed op keeps the first error: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);

@@ -24,7 +24,8 @@ static bool reached[KILN__OP_COUNT];
 static void reach(const char *what) {
     char name[64];
     size_t n = 0;
-    while (n + 1 < sizeof name && (islower((unsigned char)what[n]) || isdigit((unsigned char)what[n]) || what[n] == '_'))
+    while (n + 1 < sizeof name &&
+           (islower((unsigned char)what[n]) || isdigit((unsigned char)what[n]) || what[n] == '_'))
         name[n] = what[n], n++;
     name[n] = 0;
     int op = kiln__op_find(name);
@@ -47,7 +48,7 @@ static kiln_tensor *mk(float lo, float hi, bool grad, int ndim, const int64_t *s
     if (grad && t) kiln_tensor_set_requires_grad(t, true);
     return t;
 }
-#define MK(lo, hi, grad, ...) \
+#define MK(lo, hi, grad, ...)                                                                                          \
     mk(lo, hi, grad, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
 
 static kiln_tensor *mk_i32(const int32_t *v, int ndim, const int64_t *shape) {
@@ -87,8 +88,9 @@ static void back(const char *what, kiln_tensor *out, int nleaves, kiln_tensor *c
     kiln_error_clear(C);
 }
 
-#define BACK(what, out, ...) \
-    back(what, out, (int)(sizeof((kiln_tensor *[]){__VA_ARGS__}) / sizeof(kiln_tensor *)), (kiln_tensor *[]){__VA_ARGS__})
+#define BACK(what, out, ...)                                                                                           \
+    back(what, out, (int)(sizeof((kiln_tensor *[]){__VA_ARGS__}) / sizeof(kiln_tensor *)),                             \
+         (kiln_tensor *[]){__VA_ARGS__})
 
 /* ---- the kernel shapes a device does not choose by itself ------------------------------
  * Which kernel runs can depend on the device (POCL and Oclgrind choose differently) and on
@@ -112,7 +114,7 @@ static leaf mkl(float lo, float hi, bool grad, int ndim, const int64_t *shape) {
     if (grad && l.t) kiln_tensor_set_requires_grad(l.t, true);
     return l;
 }
-#define ML(lo, hi, grad, ...) \
+#define ML(lo, hi, grad, ...)                                                                                          \
     mkl(lo, hi, grad, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
 
 static double *dzeros(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(double)); }
@@ -251,9 +253,10 @@ static void sweep_elementwise(void) {
     static const struct {
         const char *name;
         bin f;
-    } bins[] = {{"add", kiln_add}, {"sub", kiln_sub}, {"mul", kiln_mul}, {"div", kiln_div}, {"pow", kiln_pow},
-                {"minimum", kiln_minimum}, {"maximum", kiln_maximum}, {"eq", kiln_eq}, {"ne", kiln_ne},
-                {"lt", kiln_lt}, {"le", kiln_le}, {"gt", kiln_gt}, {"ge", kiln_ge}};
+    } bins[] = {{"add", kiln_add}, {"sub", kiln_sub},         {"mul", kiln_mul},         {"div", kiln_div},
+                {"pow", kiln_pow}, {"minimum", kiln_minimum}, {"maximum", kiln_maximum}, {"eq", kiln_eq},
+                {"ne", kiln_ne},   {"lt", kiln_lt},           {"le", kiln_le},           {"gt", kiln_gt},
+                {"ge", kiln_ge}};
     kiln_tensor *a = MK(0.5f, 2, true, 3, 5);
     kiln_tensor *b = MK(0.5f, 2, true, 3, 5);
     kiln_tensor *r = MK(0.5f, 2, true, 5); /* broadcast: the strided kernels */
@@ -262,12 +265,16 @@ static void sweep_elementwise(void) {
         bool diff = k < 7;
         snprintf(w, sizeof w, "%s contig", bins[k].name);
         kiln_tensor *o = bins[k].f(C, a, b);
-        if (diff) BACK(w, o, a, b);
-        else finite(w, o);
+        if (diff)
+            BACK(w, o, a, b);
+        else
+            finite(w, o);
         snprintf(w, sizeof w, "%s broadcast", bins[k].name);
         o = bins[k].f(C, a, r);
-        if (diff) BACK(w, o, a, r);
-        else finite(w, o);
+        if (diff)
+            BACK(w, o, a, r);
+        else
+            finite(w, o);
     }
     typedef kiln_tensor *(*un)(kiln_ctx *, kiln_tensor *);
     static const struct {
@@ -284,8 +291,11 @@ static void sweep_elementwise(void) {
     static const struct {
         const char *name;
         sc f;
-    } scs[] = {{"add_scalar", kiln_add_scalar}, {"mul_scalar", kiln_mul_scalar}, {"pow_scalar", kiln_pow_scalar},
-               {"minimum_scalar", kiln_minimum_scalar}, {"maximum_scalar", kiln_maximum_scalar}};
+    } scs[] = {{"add_scalar", kiln_add_scalar},
+               {"mul_scalar", kiln_mul_scalar},
+               {"pow_scalar", kiln_pow_scalar},
+               {"minimum_scalar", kiln_minimum_scalar},
+               {"maximum_scalar", kiln_maximum_scalar}};
     for (size_t k = 0; k < sizeof scs / sizeof scs[0]; k++) {
         BACK(scs[k].name, scs[k].f(C, a, 1.25f), a);
         BACK(scs[k].name, scs[k].f(C, AT, 1.25f), a);
@@ -561,10 +571,10 @@ static void forced_shape(void) {
 #define AT kiln_transpose(C, ls[0].t, 1, 2)
     check_concat("concat rows dim 1", 2, (kiln_tensor *[]){ls[0].t, ls[1].t}, (h_view[]){va, vb}, (int[]){0, 1}, 2, ls,
                  1);
-    check_concat("concat rows of views dim 2", 2, (kiln_tensor *[]){AT, AT}, (h_view[]){vat, vat}, (int[]){0, 0}, 1,
-                 ls, 2);
-    check_concat("concat rows of 2 chunks", 2, (kiln_tensor *[]){ls[2].t, ls[2].t}, (h_view[]){vw, vw},
-                 (int[]){2, 2}, 3, ls, 1);
+    check_concat("concat rows of views dim 2", 2, (kiln_tensor *[]){AT, AT}, (h_view[]){vat, vat}, (int[]){0, 0}, 1, ls,
+                 2);
+    check_concat("concat rows of 2 chunks", 2, (kiln_tensor *[]){ls[2].t, ls[2].t}, (h_view[]){vw, vw}, (int[]){2, 2},
+                 3, ls, 1);
     check_pad("pad rows", &ls[0], ls[0].t, &va, 4, (int64_t[]){1, 2, 0, 1}, 0.5f);
     check_pad("pad rows crop of a view", &ls[0], AT, &vat, 2, (int64_t[]){-1, 1}, 0.0f);
     check_pad("pad wide rows", &ls[2], ls[2].t, &vw, 2, (int64_t[]){1, 1}, -2.0f);
@@ -579,7 +589,8 @@ static void sweep_shape(void) {
     kiln_tensor *b = MK(-1, 1, true, 2, 2, 4);
     BACK("concat dim 1", kiln_concat(C, 2, (kiln_tensor *[]){a, b}, 1), a, b);
     BACK("concat dim 0", kiln_concat(C, 2, (kiln_tensor *[]){a, a}, 0), a);
-    BACK("concat last dim of views", kiln_concat(C, 2, (kiln_tensor *[]){kiln_transpose(C, a, 1, 2), kiln_transpose(C, a, 1, 2)}, 2), a);
+    BACK("concat last dim of views",
+         kiln_concat(C, 2, (kiln_tensor *[]){kiln_transpose(C, a, 1, 2), kiln_transpose(C, a, 1, 2)}, 2), a);
     BACK("stack", kiln_stack(C, 2, (kiln_tensor *[]){a, a}, 1), a);
     BACK("pad", kiln_pad(C, a, 4, (int64_t[]){1, 2, 0, 1}, 0.5f), a);
     BACK("pad crop", kiln_pad(C, a, 2, (int64_t[]){-1, 1}, 0.0f), a);
@@ -670,8 +681,8 @@ static void forced_conv(void) {
                  : mode == 1 ? " [split]"
                  : mode == 2 ? " [chunks of 1, split]"
                              : " [padded to 64, split]");
-        kiln_conv2d_params p = {.stride = {1, 1}, .padding = {(int)s->pad, (int)s->pad}, .dilation = {1, 1},
-                                .groups = 1};
+        kiln_conv2d_params p = {
+            .stride = {1, 1}, .padding = {(int)s->pad, (int)s->pad}, .dilation = {1, 1}, .groups = 1};
         kiln_tensor *out = kiln_conv2d(C, x.t, w.t, b.t, &p);
         near(what, out, y, ny);
         if (seeded_backward(what, out, gy)) {
@@ -703,8 +714,8 @@ static void sweep_conv(void) {
     BACK("conv2d dilation", kiln_conv2d(C, kiln_transpose(C, x, 2, 3), w1, NULL, &q), x, w1);
     kiln_tensor *wt = MK(-0.5f, 0.5f, true, 4, 3, 3, 2);
     kiln_tensor *bt = MK(-0.5f, 0.5f, true, 6);
-    kiln_conv2d_params t = {.stride = {2, 2}, .padding = {1, 0}, .dilation = {1, 1}, .groups = 2,
-                            .output_padding = {1, 0}};
+    kiln_conv2d_params t = {
+        .stride = {2, 2}, .padding = {1, 0}, .dilation = {1, 1}, .groups = 2, .output_padding = {1, 0}};
     BACK("conv_transpose2d", kiln_conv_transpose2d(C, x, wt, bt, &t), x, wt, bt);
     kiln_tensor *xb = MK(-1, 1, true, 6, 2, 20, 20);
     kiln_tensor *wb = MK(-0.5f, 0.5f, true, 3, 2, 1, 1);
@@ -744,14 +755,17 @@ static void forced_pool(void) {
 static void sweep_pool(void) {
     kiln_tensor *x = MK(-1, 1, true, 2, 3, 7, 6);
     kiln_tensor *idx = NULL;
-    kiln_pool2d_params mp = {.kernel = {3, 2}, .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true, .dilation = {1, 1}};
+    kiln_pool2d_params mp = {
+        .kernel = {3, 2}, .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true, .dilation = {1, 1}};
     BACK("max_pool2d", kiln_max_pool2d(C, x, &mp, &idx), x);
     finite("max_pool2d indices", idx);
     kiln_pool2d_params mp2 = {.kernel = {2, 2}, .dilation = {2, 1}, .stride = {2, 2}};
     BACK("max_pool2d dilation strided input", kiln_max_pool2d(C, kiln_transpose(C, x, 2, 3), &mp2, NULL), x);
-    kiln_pool2d_params ap = {.kernel = {3, 3}, .stride = {2, 1}, .padding = {1, 1}, .count_include_pad = false, .dilation = {1, 1}};
+    kiln_pool2d_params ap = {
+        .kernel = {3, 3}, .stride = {2, 1}, .padding = {1, 1}, .count_include_pad = false, .dilation = {1, 1}};
     BACK("avg_pool2d", kiln_avg_pool2d(C, x, &ap), x);
-    kiln_pool2d_params ap2 = {.kernel = {2, 3}, .ceil_mode = true, .count_include_pad = true, .stride = {2, 3}, .dilation = {1, 1}};
+    kiln_pool2d_params ap2 = {
+        .kernel = {2, 3}, .ceil_mode = true, .count_include_pad = true, .stride = {2, 3}, .dilation = {1, 1}};
     BACK("avg_pool2d ceil", kiln_avg_pool2d(C, x, &ap2), x);
     BACK("global_avg_pool2d", kiln_global_avg_pool2d(C, x), x);
     finite("max_pool2d without grad", kiln_max_pool2d(C, kiln_detach(C, x), &mp, NULL));
@@ -777,7 +791,7 @@ static void ref_norm(const nshape *s, const float *x, const float *wt, const flo
                      double *mean, double *uvar) {
     int64_t M = s->N * s->S;
     for (int64_t g = 0; g < s->G; g++) {
-#define IDX(n, e) (((n) * s->G + g) * s->S + (e))
+#define IDX(n, e) (((n)*s->G + g) * s->S + (e))
 #define PI(e) (s->elem ? (e) : g)
         double mu = 0, var = 0;
         for (int64_t n = 0; n < s->N; n++)
@@ -841,10 +855,9 @@ static void forced_norm(void) {
             kiln_tensor *wt = cs[k].w ? w.t : NULL, *bt = cs[k].b ? b.t : NULL;
             char what[96];
             snprintf(what, sizeof what, "%s (%s)", cs[k].what, layout == 1 ? "a work-item per group" : "work-groups");
-            kiln_tensor *out =
-                s->elem ? kiln_layer_norm(C, x.t, cs[k].nd == 3 ? 2 : 1, wt, bt, eps)
-                        : kiln_batch_norm(C, x.t, cs[k].stats ? rm.t : NULL, cs[k].stats ? rv.t : NULL, wt, bt,
-                                          s->train, mom, eps);
+            kiln_tensor *out = s->elem ? kiln_layer_norm(C, x.t, cs[k].nd == 3 ? 2 : 1, wt, bt, eps)
+                                       : kiln_batch_norm(C, x.t, cs[k].stats ? rm.t : NULL, cs[k].stats ? rv.t : NULL,
+                                                         wt, bt, s->train, mom, eps);
             double *y = dzeros(x.n), *gx = dzeros(x.n), *gw = dzeros(np), *gb = dzeros(np);
             double *mean = dzeros(s->G), *uvar = dzeros(s->G);
             float *gy = hrand(x.n, 0.5f, 1.5f);
@@ -937,8 +950,7 @@ static void forced_loss(void) {
             if (lab[i] >= 0) num -= (double)cw.h[lab[i]] * lp.h[2 * i + lab[i]], den += cw.h[lab[i]];
         double ref = r == KILN_MEAN ? num / den : num;
         char what[96];
-        snprintf(what, sizeof what, "nll_loss %s of %d rows (layout %d)", r == KILN_MEAN ? "mean" : "sum", N,
-                 layout);
+        snprintf(what, sizeof what, "nll_loss %s of %d rows (layout %d)", r == KILN_MEAN ? "mean" : "sum", N, layout);
         kiln_tensor *out = kiln_nll_loss(C, lp.t, y, cw.t, -100, (kiln_reduction)r);
         near(what, out, &ref, 1);
         float seed = 1.25f;
@@ -1007,7 +1019,8 @@ static void sweep_loss(void) {
     kiln_tensor *big = MK(-1, 1, true, 70, 300); /* long enough for multi-part sums */
     kiln_tensor *bigt = MK(-1, 1, false, 70, 300);
     BACK("mse_loss over 21000 elements", kiln_mse_loss(C, big, bigt, KILN_MEAN), big);
-    BACK("l1_loss over 21000 elements", kiln_l1_loss(C, kiln_transpose(C, big, 0, 1), kiln_transpose(C, bigt, 0, 1), KILN_SUM), big);
+    BACK("l1_loss over 21000 elements",
+         kiln_l1_loss(C, kiln_transpose(C, big, 0, 1), kiln_transpose(C, bigt, 0, 1), KILN_SUM), big);
     kiln_tensor *logits = MK(-2, 2, true, 4, 5);
     int32_t lab[4] = {0, 4, 2, 1}, labi[4] = {0, -100, 2, 4};
     kiln_tensor *y = mk_i32(lab, 1, (int64_t[]){4});
@@ -1028,8 +1041,9 @@ static void sweep_loss(void) {
     for (int r = 0; r < 3; r++) {
         BACK("bce_loss", kiln_bce_loss(C, prob, tgt, bw, (kiln_reduction)r), prob);
         BACK("bce_with_logits", kiln_bce_with_logits(C, p, tgt, bw, pw, (kiln_reduction)r), p);
-        BACK("bce_loss strided", kiln_bce_loss(C, kiln_transpose(C, prob, 0, 1), kiln_transpose(C, tgt, 0, 1), NULL,
-                                          (kiln_reduction)r), prob);
+        BACK("bce_loss strided",
+             kiln_bce_loss(C, kiln_transpose(C, prob, 0, 1), kiln_transpose(C, tgt, 0, 1), NULL, (kiln_reduction)r),
+             prob);
         BACK("bce_with_logits contig", kiln_bce_with_logits(C, p, tgt, NULL, NULL, (kiln_reduction)r), p);
     }
     BACK("l1_penalty", kiln_l1_penalty(C, 2, (kiln_tensor *[]){p, logits}), p, logits);
@@ -1052,10 +1066,19 @@ static void sweep_optim(void) {
         kiln_adam_opts ao = kind == 5 ? kiln_adamw_defaults() : kiln_adam_defaults();
         switch (kind) {
         case 0: o = kiln_sgd(C, ps, 2, &so); break;
-        case 1: so.momentum = 0.9, so.nesterov = true, so.weight_decay = 0.01; o = kiln_sgd(C, ps, 2, &so); break;
-        case 2: ro.momentum = 0.5, ro.centered = true; o = kiln_rmsprop(C, ps, 2, &ro); break;
+        case 1:
+            so.momentum = 0.9, so.nesterov = true, so.weight_decay = 0.01;
+            o = kiln_sgd(C, ps, 2, &so);
+            break;
+        case 2:
+            ro.momentum = 0.5, ro.centered = true;
+            o = kiln_rmsprop(C, ps, 2, &ro);
+            break;
         case 3: o = kiln_adam(C, ps, 2, &ao); break;
-        case 4: ao.amsgrad = true, ao.weight_decay = 0.1; o = kiln_adam(C, ps, 2, &ao); break;
+        case 4:
+            ao.amsgrad = true, ao.weight_decay = 0.1;
+            o = kiln_adam(C, ps, 2, &ao);
+            break;
         default: o = kiln_adamw(C, ps, 2, &ao); break;
         }
         CHECK(o != NULL, "optimizer %d: %s", kind, kiln_error_message(C));
@@ -1093,11 +1116,19 @@ static void run(kiln_ctx *ctx) {
     static const struct {
         const char *name;
         void (*fn)(void);
-    } sweeps[] = {{"copy", sweep_copy},         {"view", sweep_view},
-                  {"elementwise", sweep_elementwise}, {"reduce", sweep_reduce},
-                  {"matmul", sweep_matmul},     {"random", sweep_random},           {"activation", sweep_activation},
-                  {"shape", sweep_shape},       {"conv", sweep_conv},               {"pool", sweep_pool},
-                  {"norm", sweep_norm},         {"loss", sweep_loss},               {"optim", sweep_optim}};
+    } sweeps[] = {{"copy", sweep_copy},
+                  {"view", sweep_view},
+                  {"elementwise", sweep_elementwise},
+                  {"reduce", sweep_reduce},
+                  {"matmul", sweep_matmul},
+                  {"random", sweep_random},
+                  {"activation", sweep_activation},
+                  {"shape", sweep_shape},
+                  {"conv", sweep_conv},
+                  {"pool", sweep_pool},
+                  {"norm", sweep_norm},
+                  {"loss", sweep_loss},
+                  {"optim", sweep_optim}};
     const char *only = getenv("KILN_SWEEP"); /* one family, for a quick look */
     memset(reached, 0, sizeof reached);
     for (size_t k = 0; k < sizeof sweeps / sizeof sweeps[0]; k++) {

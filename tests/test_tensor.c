@@ -41,7 +41,9 @@ static void test_fill_arange(kiln_ctx *ctx) {
     CHECK(kiln_tensor_item(f) == -2.5f, "full 0-d gives %g", kiln_tensor_item(f));
 
     /* arange as torch: count = ceil((end - start) / step). */
-    struct { double a, b, s; } r[] = {{0, 10, 1}, {1, 2, 0.3}, {5, -5, -2.5}, {3, 3, 1}};
+    struct {
+        double a, b, s;
+    } r[] = {{0, 10, 1}, {1, 2, 0.3}, {5, -5, -2.5}, {3, 3, 1}};
     for (int k = 0; k < 4; k++) {
         kiln_tensor *t = kiln_arange(ctx, r[k].a, r[k].b, r[k].s);
         int64_t want = (int64_t)ceil((r[k].b - r[k].a) / r[k].s);

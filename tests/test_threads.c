@@ -44,7 +44,8 @@ static void *train(void *arg) {
         if (j->fail_first) {
             /* errors of this thread: a bad op in its context, a bad spec in its thread */
             kiln_scope_begin(ctx);
-            kiln_tensor *bad = kiln_matmul(ctx, kiln_zeros(ctx, 2, (int64_t[]){2, 3}), kiln_zeros(ctx, 2, (int64_t[]){2, 3}));
+            kiln_tensor *bad =
+                kiln_matmul(ctx, kiln_zeros(ctx, 2, (int64_t[]){2, 3}), kiln_zeros(ctx, 2, (int64_t[]){2, 3}));
             kiln_scope_end(ctx);
             kiln_device_info info;
             if (bad || kiln_error_status(ctx) != KILN_ERR_SHAPE ||

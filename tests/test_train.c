@@ -50,15 +50,13 @@ static char *slurp(const char *path) {
 
 static int count_lines(const char *s) {
     int n = 0;
-    for (; s && *s; s++)
-        n += *s == '\n';
+    for (; s && *s; s++) n += *s == '\n';
     return n;
 }
 
 static int count_sub(const char *s, const char *sub) {
     int n = 0;
-    for (const char *p = s; p && (p = strstr(p, sub)); p += strlen(sub))
-        n++;
+    for (const char *p = s; p && (p = strstr(p, sub)); p += strlen(sub)) n++;
     return n;
 }
 
@@ -191,8 +189,7 @@ static void test_plot_host(void) {
 
     path_in(csv, sizeof csv, "log.csv");
     unlink(csv);
-    for (int i = 0; i < 4; i++)
-        CHECK(kiln_metrics_csv_append(csv, &h[i]) == KILN_OK, "csv: %s", kiln_last_error());
+    for (int i = 0; i < 4; i++) CHECK(kiln_metrics_csv_append(csv, &h[i]) == KILN_OK, "csv: %s", kiln_last_error());
     s = slurp(csv);
     CHECK(count_lines(s) == 5, "header + 4 lines: %d", count_lines(s));
     CHECK(s && strstr(s, "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds,samples_per_second\n1,1.5,"),
@@ -344,7 +341,8 @@ static kiln_tensor *ascent_loss(kiln_ctx *ctx, kiln_tensor *out, kiln_tensor *y,
 static void test_fit_blobs(kiln_ctx *ctx) {
     kiln_manual_seed(ctx, 7);
     kiln_dataset *dtr = blobs(NTRAIN, 11), *dva = blobs(NVAL, 12);
-    kiln_loader *tr = kiln_loader_new(ctx, dtr, &(kiln_loader_opts){.scale = 1, .batch_size = 32, .shuffle = true, .seed = 3});
+    kiln_loader *tr =
+        kiln_loader_new(ctx, dtr, &(kiln_loader_opts){.scale = 1, .batch_size = 32, .shuffle = true, .seed = 3});
     kiln_loader *va = kiln_loader_new(ctx, dva, &(kiln_loader_opts){.scale = 1, .batch_size = 64});
     kiln_module *net = mlp2(ctx);
     kiln_optim *opt = adam_for(net, 0.02);
@@ -496,8 +494,10 @@ static void test_fit_blobs(kiln_ctx *ctx) {
         };
         for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
             b = o;
-            if (bad[k].plot) b.plot_path = bad[k].path;
-            else b.best_path = bad[k].path;
+            if (bad[k].plot)
+                b.plot_path = bad[k].path;
+            else
+                b.best_path = bad[k].path;
             int64_t step0 = kiln_optim_step_count(o.opt, 0);
             kiln_fit_result rr;
             kiln_status st = kiln_fit(net, &b, &rr);
@@ -505,8 +505,8 @@ static void test_fit_blobs(kiln_ctx *ctx) {
                   bad[k].path, kiln_status_name(st));
             CHECK(strstr(kiln_error_message(ctx), bad[k].want) && strstr(kiln_error_message(ctx), "kiln_fit: "),
                   "%s: message: %s", bad[k].field, kiln_error_message(ctx));
-            CHECK(rr.epochs_run == 0 && kiln_optim_step_count(o.opt, 0) == step0, "%s: trained before failing (%d epochs)",
-                  bad[k].field, rr.epochs_run);
+            CHECK(rr.epochs_run == 0 && kiln_optim_step_count(o.opt, 0) == step0,
+                  "%s: trained before failing (%d epochs)", bad[k].field, rr.epochs_run);
             kiln_error_clear(ctx);
         }
         rmdir(dir);
@@ -657,8 +657,7 @@ static void test_fashion(kiln_ctx *ctx) {
         return;
     }
     int64_t idx[3000];
-    for (int i = 0; i < 3000; i++)
-        idx[i] = i;
+    for (int i = 0; i < 3000; i++) idx[i] = i;
     kiln_dataset *dtr = kiln_dataset_subset(all_tr, idx, 3000), *dte = kiln_dataset_subset(all_te, idx, 1000);
     kiln_dataset_free(all_tr);
     kiln_dataset_free(all_te);
@@ -733,8 +732,7 @@ static void test_fashion(kiln_ctx *ctx) {
         CHECK(kiln_evaluate(net, te, NULL, NULL, cm, &l, &a) == KILN_OK && a == r.last.val_accuracy,
               "evaluate: %g vs %g", a, r.last.val_accuracy);
         const char *names[10];
-        for (int i = 0; i < 10; i++)
-            names[i] = kiln_fashion_mnist_class_name(i);
+        for (int i = 0; i < 10; i++) names[i] = kiln_fashion_mnist_class_name(i);
         char table[4096];
         kiln_confusion_format(cm, names, table, sizeof table);
         fprintf(stderr, "%s", table);

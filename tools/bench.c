@@ -47,9 +47,12 @@ void bench_json_str(const char *s) {
     putchar('"');
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
     }
     putchar('"');
 }
@@ -108,8 +111,7 @@ static bool args_check(args *a, const char *const *valued, const char *const *fl
         bool ok = strcmp(a->argv[i], "--json") == 0;
         for (int j = 0; !ok && valued && valued[j]; j++)
             if (strcmp(a->argv[i], valued[j]) == 0) ok = true, i++;
-        for (int j = 0; !ok && flags && flags[j]; j++)
-            ok = strcmp(a->argv[i], flags[j]) == 0;
+        for (int j = 0; !ok && flags && flags[j]; j++) ok = strcmp(a->argv[i], flags[j]) == 0;
         if (!ok) {
             fprintf(stderr, "kiln bench: unknown option '%s'\n", a->argv[i]);
             a->bad = true;
@@ -157,10 +159,8 @@ int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed,
         return -1;
     }
     uint64_t st = seed;
-    for (int64_t i = 0; i < ar * ac; i++)
-        d->ha[i] = 2.0f * rng_uniform(&st) - 1.0f;
-    for (int64_t i = 0; i < br * bc; i++)
-        d->hb[i] = 2.0f * rng_uniform(&st) - 1.0f;
+    for (int64_t i = 0; i < ar * ac; i++) d->ha[i] = 2.0f * rng_uniform(&st) - 1.0f;
+    for (int64_t i = 0; i < br * bc; i++) d->hb[i] = 2.0f * rng_uniform(&st) - 1.0f;
     d->a = kiln_from_host(ctx, d->ha, KILN_F32, 2, (int64_t[]){ar, ac});
     d->b = kiln_from_host(ctx, d->hb, KILN_F32, 2, (int64_t[]){br, bc});
     if (!d->a || !d->b) {
@@ -217,17 +217,14 @@ static void host_gemm(const bench_gemm_shape *s, const float *a, const float *b,
     int64_t lda = s->ta ? s->m : s->k, ldb = s->tb ? s->k : s->n;
     for (int64_t i = 0; i < s->m; i++) {
         double *row = c + i * s->n;
-        for (int64_t j = 0; j < s->n; j++)
-            row[j] = 0.0;
+        for (int64_t j = 0; j < s->n; j++) row[j] = 0.0;
         for (int64_t p = 0; p < s->k; p++) {
             double av = s->ta ? a[p * lda + i] : a[i * lda + p];
             if (!s->tb) {
                 const float *br = b + p * ldb;
-                for (int64_t j = 0; j < s->n; j++)
-                    row[j] += av * br[j];
+                for (int64_t j = 0; j < s->n; j++) row[j] += av * br[j];
             } else {
-                for (int64_t j = 0; j < s->n; j++)
-                    row[j] += av * b[j * ldb + p];
+                for (int64_t j = 0; j < s->n; j++) row[j] += av * b[j * ldb + p];
             }
         }
     }
@@ -367,15 +364,17 @@ static int cmd_gemm(args *a, bool json) {
     }
     const char *tn = s.ta ? (s.tb ? "TT" : "TN") : (s.tb ? "NT" : "NN");
     /* which GEMM computed it (src/ops/gemm.c: kiln's kernels on CPUs, CLBlast elsewhere) */
-    const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1, 0.0f) ? "CLBlast"
-                         : s.tb                                                                        ? "kiln gemm_nt"
-                                                                                                       : "kiln gemm_nn";
+    const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1, 0.0f)
+                             ? "CLBlast"
+                         : s.tb ? "kiln gemm_nt"
+                                : "kiln gemm_nn";
     if (json) {
         printf("{\"bench\": \"gemm\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"trans_a\": %s, \"trans_b\": %s, "
                "\"repeat\": %d, \"kiln_ms\": %.4f, \"kiln_gflops\": %.2f, \"kiln_min_cpu_ms\": %.4f",
-               (long long)s.m, (long long)s.n, (long long)s.k, s.ta ? "true" : "false", s.tb ? "true" : "false",
-               repeat, kms, kg, kcpu);
-        if (!isnan(bms)) printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f", bms, bg, kg / bg);
+               (long long)s.m, (long long)s.n, (long long)s.k, s.ta ? "true" : "false", s.tb ? "true" : "false", repeat,
+               kms, kg, kcpu);
+        if (!isnan(bms))
+            printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f", bms, bg, kg / bg);
         if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
         if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g, \"error_over_bound\": %.3g", kdiff, bound);
         printf(", \"kernel\": "), bench_json_str(kernel);
@@ -385,8 +384,10 @@ static int cmd_gemm(args *a, bool json) {
     } else {
         printf("gemm %lldx%lldx%lld %s: kiln %.1f GFLOP/s (%.3f ms)", (long long)s.m, (long long)s.n, (long long)s.k,
                tn, kg, kms);
-        if (!isnan(bms)) printf(", OpenBLAS %.1f GFLOP/s (%.3f ms), kiln/OpenBLAS %.3f", bg, bms, kg / bg);
-        else printf(" (built without OpenBLAS: no comparison)");
+        if (!isnan(bms))
+            printf(", OpenBLAS %.1f GFLOP/s (%.3f ms), kiln/OpenBLAS %.3f", bg, bms, kg / bg);
+        else
+            printf(" (built without OpenBLAS: no comparison)");
         if (!isnan(bdiff)) printf(", max |kiln - OpenBLAS| %.3g", bdiff);
         if (!isnan(kdiff)) printf(", max |kiln - fp64| %.3g", kdiff);
         printf("  [%s; CLBlast parameters: %s]\n", kernel, kiln__tune_source());
@@ -424,12 +425,11 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
     m->kind = kind;
     kiln_manual_seed(ctx, 0);
     if (kind == MODEL_MLP) {
-        m->net = kiln_nn_sequential(ctx, 5,
-                                    (kiln_module *[]){kiln_nn_linear(ctx, 784, 512, true),
-                                                      kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-                                                      kiln_nn_linear(ctx, 512, 256, true),
-                                                      kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
-                                                      kiln_nn_linear(ctx, 256, 10, true)});
+        m->net = kiln_nn_sequential(
+            ctx, 5,
+            (kiln_module *[]){kiln_nn_linear(ctx, 784, 512, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                              kiln_nn_linear(ctx, 512, 256, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                              kiln_nn_linear(ctx, 256, 10, true)});
         m->xnd = 2; /* x.view(-1, 784) */
         m->xshape[0] = batch;
         m->xshape[1] = 784;
@@ -484,10 +484,8 @@ static int batches_new(batches *b, int n, int batch, int64_t xnumel) {
     b->y = malloc((size_t)(n * batch) * sizeof *b->y);
     if (!b->x || !b->y) return -1;
     uint64_t s = 1234;
-    for (int64_t i = 0; i < n * xnumel; i++)
-        b->x[i] = rng_uniform(&s);
-    for (int64_t i = 0; i < (int64_t)n * batch; i++)
-        b->y[i] = (int32_t)(rng_next(&s) % 10);
+    for (int64_t i = 0; i < n * xnumel; i++) b->x[i] = rng_uniform(&s);
+    for (int64_t i = 0; i < (int64_t)n * batch; i++) b->y[i] = (int32_t)(rng_next(&s) % 10);
     return 0;
 }
 
@@ -517,8 +515,10 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
 
 static int parse_model(args *a, model_kind *kind) {
     const char *name = arg_value(a, "--model");
-    if (!name || strcmp(name, "mlp") == 0) *kind = MODEL_MLP;
-    else if (strcmp(name, "cnn") == 0) *kind = MODEL_CNN;
+    if (!name || strcmp(name, "mlp") == 0)
+        *kind = MODEL_MLP;
+    else if (strcmp(name, "cnn") == 0)
+        *kind = MODEL_CNN;
     else {
         fprintf(stderr, "kiln bench: --model %s: expected mlp or cnn\n", name);
         return -1;
@@ -547,8 +547,7 @@ static int cmd_train(args *a, bool json) {
         return 1;
     }
     int64_t xnumel = 1;
-    for (int d = 0; d < m.xnd; d++)
-        xnumel *= m.xshape[d];
+    for (int d = 0; d < m.xnd; d++) xnumel *= m.xshape[d];
     if (batches_new(&b, 16, batch, xnumel) != 0) {
         fprintf(stderr, "kiln bench train: out of host memory\n");
         goto out;
@@ -571,8 +570,7 @@ static int cmd_train(args *a, bool json) {
     /* process CPU time per step (every thread): barely moved by other load on the cores */
     double cpu_step = (bench_cpu_ms() - cpu0) / steps;
     double mean = 0;
-    for (int i = 0; i < steps; i++)
-        mean += t[i] / steps;
+    for (int i = 0; i < steps; i++) mean += t[i] / steps;
     double med = bench_median(t, steps);
     kiln_pool_stats ps;
     kiln_pool_stats_get(ctx, &ps);
@@ -583,8 +581,8 @@ static int cmd_train(args *a, bool json) {
                "\"samples_per_s\": %.1f, "
                "\"peak_pool_bytes\": %llu, \"peak_rss_mib\": %.1f, \"loss_first\": %.4f, \"loss_last\": %.4f, "
                "\"gemm\": ",
-               name, batch, steps, med, mean, t[0], cpu_step, batch * 1e3 / med, (unsigned long long)ps.peak_in_use_bytes,
-               peak_rss_mib(), first, last);
+               name, batch, steps, med, mean, t[0], cpu_step, batch * 1e3 / med,
+               (unsigned long long)ps.peak_in_use_bytes, peak_rss_mib(), first, last);
         bench_json_str(gemm_route(ctx));
         printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
         printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
@@ -655,8 +653,7 @@ static int startup_run(const char *kiln_dir, const char *pocl_dir, char *line, s
     close(fd[1]);
     size_t used = 0;
     ssize_t r;
-    while (used + 1 < cap && (r = read(fd[0], line + used, cap - used - 1)) > 0)
-        used += (size_t)r;
+    while (used + 1 < cap && (r = read(fd[0], line + used, cap - used - 1)) > 0) used += (size_t)r;
     line[used] = '\0';
     close(fd[0]);
     int status;
@@ -749,8 +746,7 @@ static kiln_status run_backward(timed_op *o) {
 
 /* Median wall and process-CPU ms of `repeat` runs of fn (after two untimed ones), each in its
  * own scope; v holds 2 * repeat doubles. -1 when a run fails. */
-static int time_runs(timed_op *o, kiln_status (*fn)(timed_op *), int repeat, double *v, double *wall,
-                     double *cpu) {
+static int time_runs(timed_op *o, kiln_status (*fn)(timed_op *), int repeat, double *v, double *wall, double *cpu) {
     double *c = v + repeat;
     for (int i = -2; i < repeat; i++) {
         kiln_scope_begin(o->ctx);
@@ -813,16 +809,8 @@ static int cmd_ops(args *a, bool json) {
         kiln_close(ctx);
         return 1;
     }
-    static const char *const names[] = {"conv1 conv(1,32,3)",
-                                        "relu1",
-                                        "conv2 conv(32,64,3)",
-                                        "relu2",
-                                        "maxpool2",
-                                        "dropout(.25)",
-                                        "flatten",
-                                        "fc1 linear(9216,128)",
-                                        "relu3",
-                                        "dropout(.5)",
+    static const char *const names[] = {"conv1 conv(1,32,3)", "relu1",   "conv2 conv(32,64,3)",  "relu2", "maxpool2",
+                                        "dropout(.25)",       "flatten", "fc1 linear(9216,128)", "relu3", "dropout(.5)",
                                         "fc2 linear(128,10)"};
     batches b = {0};
     int rc = 1;

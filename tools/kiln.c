@@ -10,26 +10,25 @@
 #include "tune.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: kiln <command> [options]\n"
-            "\n"
-            "commands:\n"
-            "  devices [--json]     list every OpenCL platform and device; '*' marks the default\n"
-            "  cache info           where the kernel disk cache is, how many files and bytes\n"
-            "  cache clear          remove kiln's files from the kernel disk cache\n"
-            "  ops [--json] [--device SPEC]\n"
-            "                       every op: backward, test references, PyTorch golden test, smoke run per device\n"
-            "  bench gemm|train|startup|ops [--json] [options]\n"
-            "                       GEMM against OpenBLAS, training steps, start-up, per-op times (bench --help)\n"
-            "  tune [--quick]       search CLBlast's GEMM parameters for the device and store the best\n"
-            "  version              print kiln's version\n"
-            "\n"
-            "environment:\n"
-            "  KILN_DEVICE          device to open: gpu, cpu, P:D, or part of a device/platform name\n"
-            "  KILN_CACHE_DIR       kernel cache directory (default $XDG_CACHE_HOME/kiln or ~/.cache/kiln)\n"
-            "  KILN_CACHE=off       disable the kernel disk cache\n"
-            "  KILN_LOG=1           log to stderr\n"
-            "  KILN_TUNE=off        use CLBlast's own parameters (builtin: ignore what kiln tune stored)\n");
+    fprintf(f, "usage: kiln <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  devices [--json]     list every OpenCL platform and device; '*' marks the default\n"
+               "  cache info           where the kernel disk cache is, how many files and bytes\n"
+               "  cache clear          remove kiln's files from the kernel disk cache\n"
+               "  ops [--json] [--device SPEC]\n"
+               "                       every op: backward, test references, PyTorch golden test, smoke run per device\n"
+               "  bench gemm|train|startup|ops [--json] [options]\n"
+               "                       GEMM against OpenBLAS, training steps, start-up, per-op times (bench --help)\n"
+               "  tune [--quick]       search CLBlast's GEMM parameters for the device and store the best\n"
+               "  version              print kiln's version\n"
+               "\n"
+               "environment:\n"
+               "  KILN_DEVICE          device to open: gpu, cpu, P:D, or part of a device/platform name\n"
+               "  KILN_CACHE_DIR       kernel cache directory (default $XDG_CACHE_HOME/kiln or ~/.cache/kiln)\n"
+               "  KILN_CACHE=off       disable the kernel disk cache\n"
+               "  KILN_LOG=1           log to stderr\n"
+               "  KILN_TUNE=off        use CLBlast's own parameters (builtin: ignore what kiln tune stored)\n");
 }
 
 /* Every subcommand rejects what it does not know: exit 2 naming the argument. */
@@ -42,14 +41,18 @@ static int unknown_arg(const char *cmd, const char *arg) {
 static int cmd_devices(int argc, char **argv) {
     int json = 0;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) json = 1;
-        else return unknown_arg("devices", argv[i]);
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else
+            return unknown_arg("devices", argv[i]);
     }
     int n = 0;
     kiln_status s = kiln_devices(NULL, 0, &n);
     if (s != KILN_OK) {
-        if (json) printf("{\"devices\": [], \"error\": "), bench_json_str(kiln_last_error()), printf("}\n");
-        else fprintf(stderr, "kiln devices: %s\n", kiln_last_error());
+        if (json)
+            printf("{\"devices\": [], \"error\": "), bench_json_str(kiln_last_error()), printf("}\n");
+        else
+            fprintf(stderr, "kiln devices: %s\n", kiln_last_error());
         return 1;
     }
     kiln_device_info *d = calloc((size_t)n, sizeof *d);
@@ -90,8 +93,9 @@ static int cmd_devices(int argc, char **argv) {
                "mem MiB", "alloc MiB", "fp16", "fp64", "driver / OpenCL C");
         for (int i = 0; i < n; i++) {
             const kiln_device_info *x = &d[i];
-            int picked = have_env ? (x->platform_index == chosen.platform_index && x->device_index == chosen.device_index)
-                                  : x->is_default;
+            int picked = have_env
+                             ? (x->platform_index == chosen.platform_index && x->device_index == chosen.device_index)
+                             : x->is_default;
             char spec[16];
             snprintf(spec, sizeof spec, "%d:%d", x->platform_index, x->device_index);
             printf("%s %-5s %-12s %-36.36s %-28.28s %5u %9llu %9llu %5s %5s  %s / %s\n", picked ? " * " : "   ", spec,

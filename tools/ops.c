@@ -34,7 +34,7 @@ typedef struct smoke {
     /* An extra check of the output (dropout's mask): NULL or what is wrong. */
     const char *(*verify)(struct smoke *s, const float *got, int64_t n);
     int64_t size_only; /* > 0: only the output's element count is checked (kiln_empty) */
-    char err[400]; /* a failure the run function found itself */
+    char err[400];     /* a failure the run function found itself */
     uint32_t rng;
 } smoke;
 
@@ -45,8 +45,7 @@ static float rnd(smoke *s, float lo, float hi) {
 
 static int64_t numel(int ndim, const int64_t *shape) {
     int64_t n = 1;
-    for (int d = 0; d < ndim; d++)
-        n *= shape[d];
+    for (int d = 0; d < ndim; d++) n *= shape[d];
     return n;
 }
 
@@ -64,8 +63,7 @@ static kiln_tensor *input(smoke *s, const float **h, int ndim, const int64_t *sh
         snprintf(s->err, sizeof s->err, "smoke run: out of host memory");
         return NULL;
     }
-    for (int64_t i = 0; i < n; i++)
-        v[i] = vals ? vals[i] : rnd(s, lo, hi);
+    for (int64_t i = 0; i < n; i++) v[i] = vals ? vals[i] : rnd(s, lo, hi);
     s->host[s->nhost++] = v;
     if (h) *h = v;
     kiln_tensor *t = kiln_from_host(s->ctx, v, KILN_F32, ndim, shape);
@@ -93,10 +91,8 @@ static double *expect(smoke *s, int64_t n) {
 static void permute_ref(const float *x, int nd, const int64_t *shape, const int *perm, double *out) {
     int64_t xs[8], os[8], n = numel(nd, shape);
     xs[nd - 1] = 1;
-    for (int d = nd - 2; d >= 0; d--)
-        xs[d] = xs[d + 1] * shape[d + 1];
-    for (int d = 0; d < nd; d++)
-        os[d] = shape[perm[d]];
+    for (int d = nd - 2; d >= 0; d--) xs[d] = xs[d + 1] * shape[d + 1];
+    for (int d = 0; d < nd; d++) os[d] = shape[perm[d]];
     for (int64_t i = 0; i < n; i++) {
         int64_t r = i, src = 0;
         for (int d = nd - 1; d >= 0; d--) {
@@ -113,17 +109,14 @@ typedef kiln_tensor *(*binop)(kiln_ctx *, kiln_tensor *, kiln_tensor *);
 
 static void binary(smoke *s, binop f, double (*r)(double, double), float lo, float hi, bool ints) {
     float va[12], vb[4];
-    for (int i = 0; i < 12; i++)
-        va[i] = ints ? floorf(rnd(s, lo, hi)) : rnd(s, lo, hi);
-    for (int i = 0; i < 4; i++)
-        vb[i] = ints ? floorf(rnd(s, lo, hi)) : rnd(s, lo, hi);
+    for (int i = 0; i < 12; i++) va[i] = ints ? floorf(rnd(s, lo, hi)) : rnd(s, lo, hi);
+    for (int i = 0; i < 4; i++) vb[i] = ints ? floorf(rnd(s, lo, hi)) : rnd(s, lo, hi);
     const float *a, *b;
     kiln_tensor *ta = input(s, &a, 2, (int64_t[]){3, 4}, va, 0, 0, true);
     kiln_tensor *tb = input(s, &b, 1, (int64_t[]){4}, vb, 0, 0, true);
     s->out = f(s->ctx, ta, tb);
     double *o = expect(s, 12);
-    for (int i = 0; i < 12; i++)
-        o[i] = r(a[i], b[i % 4]);
+    for (int i = 0; i < 12; i++) o[i] = r(a[i], b[i % 4]);
 }
 
 static double r_add(double a, double b) { return a + b; }
@@ -159,16 +152,14 @@ BINARY(ge, -1, 2, true)
 
 static void run_where(smoke *s) {
     float vc[12];
-    for (int i = 0; i < 12; i++)
-        vc[i] = (float)(i % 3 == 1);
+    for (int i = 0; i < 12; i++) vc[i] = (float)(i % 3 == 1);
     const float *c, *a, *b;
     kiln_tensor *tc = input(s, &c, 2, (int64_t[]){3, 4}, vc, 0, 0, false);
     kiln_tensor *ta = input(s, &a, 2, (int64_t[]){3, 4}, NULL, -2, 2, true);
     kiln_tensor *tb = input(s, &b, 1, (int64_t[]){4}, NULL, -2, 2, true);
     s->out = kiln_where(s->ctx, tc, ta, tb);
     double *o = expect(s, 12);
-    for (int i = 0; i < 12; i++)
-        o[i] = c[i] != 0 ? a[i] : b[i % 4];
+    for (int i = 0; i < 12; i++) o[i] = c[i] != 0 ? a[i] : b[i % 4];
 }
 
 typedef kiln_tensor *(*unop)(kiln_ctx *, kiln_tensor *);
@@ -178,8 +169,7 @@ static void unary(smoke *s, unop f, double (*r)(double), float lo, float hi) {
     kiln_tensor *t = input(s, &x, 2, (int64_t[]){3, 5}, NULL, lo, hi, true);
     s->out = f(s->ctx, t);
     double *o = expect(s, 15);
-    for (int i = 0; i < 15; i++)
-        o[i] = r(x[i]);
+    for (int i = 0; i < 15; i++) o[i] = r(x[i]);
 }
 
 static double r_neg(double x) { return -x; }
@@ -206,8 +196,7 @@ static void with_scalar(smoke *s, scalarop f, double (*r)(double, double), float
     kiln_tensor *t = input(s, &x, 2, (int64_t[]){3, 5}, NULL, lo, hi, true);
     s->out = f(s->ctx, t, c);
     double *o = expect(s, 15);
-    for (int i = 0; i < 15; i++)
-        o[i] = r(x[i], c);
+    for (int i = 0; i < 15; i++) o[i] = r(x[i], c);
 }
 
 static void run_add_scalar(smoke *s) { with_scalar(s, kiln_add_scalar, r_add, 1.5f, -2, 2); }
@@ -262,8 +251,7 @@ static void matmul(smoke *s, bool trans_b) {
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 4; j++) {
             double acc = 0;
-            for (int k = 0; k < 3; k++)
-                acc += (double)a[i * 3 + k] * (trans_b ? b[j * 3 + k] : b[k * 4 + j]);
+            for (int k = 0; k < 3; k++) acc += (double)a[i * 3 + k] * (trans_b ? b[j * 3 + k] : b[k * 4 + j]);
             o[i * 4 + j] = acc;
         }
 }
@@ -279,8 +267,7 @@ static kiln_tensor *x3(smoke *s, const float **x) { return input(s, x, 3, X3, NU
 
 static void same_as(smoke *s, const float *x, int64_t n) {
     double *o = expect(s, n);
-    for (int64_t i = 0; i < n; i++)
-        o[i] = x[i];
+    for (int64_t i = 0; i < n; i++) o[i] = x[i];
 }
 
 static void run_reshape(smoke *s) {
@@ -317,8 +304,7 @@ static void run_slice(smoke *s) {
     const float *x;
     s->out = kiln_slice(s->ctx, x3(s, &x), 2, 1, 4, 2); /* [2, 3, 2]: columns 1 and 3 */
     double *o = expect(s, 12);
-    for (int i = 0; i < 6; i++)
-        o[2 * i] = x[4 * i + 1], o[2 * i + 1] = x[4 * i + 3];
+    for (int i = 0; i < 6; i++) o[2 * i] = x[4 * i + 1], o[2 * i + 1] = x[4 * i + 3];
 }
 
 static void run_expand(smoke *s) {
@@ -326,8 +312,7 @@ static void run_expand(smoke *s) {
     kiln_tensor *t = input(s, &x, 2, (int64_t[]){3, 1}, NULL, -2, 2, true);
     s->out = kiln_expand(s->ctx, t, 3, X3);
     double *o = expect(s, 24);
-    for (int i = 0; i < 24; i++)
-        o[i] = x[(i / 4) % 3];
+    for (int i = 0; i < 24; i++) o[i] = x[(i / 4) % 3];
 }
 
 static void run_unsqueeze(smoke *s) {
@@ -354,40 +339,35 @@ static void run_leaky_relu(smoke *s) {
     const float *x;
     s->out = kiln_leaky_relu(s->ctx, input(s, &x, 2, (int64_t[]){3, 5}, NULL, -3, 3, true), 0.1f);
     double *o = expect(s, 15);
-    for (int i = 0; i < 15; i++)
-        o[i] = x[i] > 0 ? x[i] : 0.1 * x[i];
+    for (int i = 0; i < 15; i++) o[i] = x[i] > 0 ? x[i] : 0.1 * x[i];
 }
 
 static void run_elu(smoke *s) {
     const float *x;
     s->out = kiln_elu(s->ctx, input(s, &x, 2, (int64_t[]){3, 5}, NULL, -3, 3, true), 1.0f);
     double *o = expect(s, 15);
-    for (int i = 0; i < 15; i++)
-        o[i] = x[i] > 0 ? x[i] : expm1(x[i]);
+    for (int i = 0; i < 15; i++) o[i] = x[i] > 0 ? x[i] : expm1(x[i]);
 }
 
 static void run_gelu(smoke *s) {
     const float *x;
     s->out = kiln_gelu(s->ctx, input(s, &x, 2, (int64_t[]){3, 5}, NULL, -3, 3, true), false);
     double *o = expect(s, 15);
-    for (int i = 0; i < 15; i++)
-        o[i] = r_gelu(x[i]);
+    for (int i = 0; i < 15; i++) o[i] = r_gelu(x[i]);
 }
 
 static void run_gelu_tanh(smoke *s) {
     const float *x;
     s->out = kiln_gelu(s->ctx, input(s, &x, 2, (int64_t[]){3, 5}, NULL, -3, 3, true), true);
     double *o = expect(s, 15);
-    for (int i = 0; i < 15; i++)
-        o[i] = r_gelu_tanh(x[i]);
+    for (int i = 0; i < 15; i++) o[i] = r_gelu_tanh(x[i]);
 }
 
 static void run_softplus(smoke *s) {
     const float *x;
     s->out = kiln_softplus(s->ctx, input(s, &x, 2, (int64_t[]){3, 5}, NULL, -3, 3, true), 1.0f, 20.0f);
     double *o = expect(s, 15);
-    for (int i = 0; i < 15; i++)
-        o[i] = log1p(exp(x[i]));
+    for (int i = 0; i < 15; i++) o[i] = log1p(exp(x[i]));
 }
 
 static void softmax(smoke *s, bool logs) {
@@ -397,10 +377,8 @@ static void softmax(smoke *s, bool logs) {
     double *o = expect(s, 15);
     for (int r = 0; r < 3; r++) {
         double se = 0;
-        for (int c = 0; c < 5; c++)
-            se += exp(x[r * 5 + c]);
-        for (int c = 0; c < 5; c++)
-            o[r * 5 + c] = logs ? x[r * 5 + c] - log(se) : exp(x[r * 5 + c]) / se;
+        for (int c = 0; c < 5; c++) se += exp(x[r * 5 + c]);
+        for (int c = 0; c < 5; c++) o[r * 5 + c] = logs ? x[r * 5 + c] - log(se) : exp(x[r * 5 + c]) / se;
     }
 }
 
@@ -416,8 +394,7 @@ static void run_concat(smoke *s) {
     s->out = kiln_concat(s->ctx, 2, ts, 1);
     double *o = expect(s, 10);
     for (int r = 0; r < 2; r++)
-        for (int c = 0; c < 5; c++)
-            o[r * 5 + c] = c < 3 ? a[r * 3 + c] : b[r * 2 + c - 3];
+        for (int c = 0; c < 5; c++) o[r * 5 + c] = c < 3 ? a[r * 3 + c] : b[r * 2 + c - 3];
 }
 
 static void run_stack(smoke *s) {
@@ -426,8 +403,7 @@ static void run_stack(smoke *s) {
                           input(s, &b, 2, (int64_t[]){2, 3}, NULL, -2, 2, true)};
     s->out = kiln_stack(s->ctx, 2, ts, 0);
     double *o = expect(s, 12);
-    for (int i = 0; i < 6; i++)
-        o[i] = a[i], o[6 + i] = b[i];
+    for (int i = 0; i < 6; i++) o[i] = a[i], o[6 + i] = b[i];
 }
 
 static void run_pad(smoke *s) {
@@ -435,8 +411,7 @@ static void run_pad(smoke *s) {
     s->out = kiln_pad(s->ctx, input(s, &x, 2, (int64_t[]){2, 3}, NULL, -2, 2, true), 2, (int64_t[]){1, 2}, 0.5f);
     double *o = expect(s, 12);
     for (int r = 0; r < 2; r++)
-        for (int c = 0; c < 6; c++)
-            o[r * 6 + c] = c >= 1 && c < 4 ? x[r * 3 + c - 1] : 0.5;
+        for (int c = 0; c < 6; c++) o[r * 6 + c] = c >= 1 && c < 4 ? x[r * 3 + c - 1] : 0.5;
 }
 
 static void run_flatten(smoke *s) {
@@ -452,8 +427,7 @@ static void run_index_select(smoke *s) {
     s->out = kiln_index_select(s->ctx, t, 0, indices(s, 1, (int64_t[]){3}, idx));
     double *o = expect(s, 9);
     for (int r = 0; r < 3; r++)
-        for (int c = 0; c < 3; c++)
-            o[r * 3 + c] = x[idx[r] * 3 + c];
+        for (int c = 0; c < 3; c++) o[r * 3 + c] = x[idx[r] * 3 + c];
 }
 
 static void run_gather(smoke *s) {
@@ -463,8 +437,7 @@ static void run_gather(smoke *s) {
     s->out = kiln_gather(s->ctx, t, 1, indices(s, 2, (int64_t[]){3, 2}, idx));
     double *o = expect(s, 6);
     for (int r = 0; r < 3; r++)
-        for (int c = 0; c < 2; c++)
-            o[r * 2 + c] = x[r * 4 + idx[r * 2 + c]];
+        for (int c = 0; c < 2; c++) o[r * 2 + c] = x[r * 4 + idx[r * 2 + c]];
 }
 
 /* ---- convolution --------------------------------------------------------------------------- */
@@ -505,8 +478,7 @@ static void run_conv_transpose2d(smoke *s) {
     s->out = kiln_conv_transpose2d(s->ctx, tx, tw, tb, &p);
     double *o = expect(s, 108);
     for (int co = 0; co < 3; co++)
-        for (int k = 0; k < 36; k++)
-            o[co * 36 + k] = b[co];
+        for (int k = 0; k < 36; k++) o[co * 36 + k] = b[co];
     for (int ci = 0; ci < 2; ci++)
         for (int i = 0; i < 3; i++)
             for (int j = 0; j < 3; j++)
@@ -551,8 +523,7 @@ static void run_global_avg_pool2d(smoke *s) {
     double *o = expect(s, 6);
     for (int p = 0; p < 6; p++) {
         double sum = 0;
-        for (int k = 0; k < 6; k++)
-            sum += x[p * 6 + k];
+        for (int k = 0; k < 6; k++) sum += x[p * 6 + k];
         o[p] = sum / 6;
     }
 }
@@ -565,8 +536,7 @@ static void run_upsample_nearest(smoke *s) {
     s->out = kiln_upsample(s->ctx, t, 4, 6, KILN_UPSAMPLE_NEAREST, false);
     double *o = expect(s, 24);
     for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 6; j++)
-            o[i * 6 + j] = x[(i / 2) * 3 + j / 2];
+        for (int j = 0; j < 6; j++) o[i * 6 + j] = x[(i / 2) * 3 + j / 2];
 }
 
 static void run_upsample_bilinear(smoke *s) {
@@ -598,12 +568,9 @@ static void run_batch_norm(smoke *s) {
     double *o = expect(s, 12);
     for (int c = 0; c < 3; c++) {
         double m = 0, v = 0;
-        for (int n = 0; n < 4; n++)
-            m += x[n * 3 + c] / 4.0;
-        for (int n = 0; n < 4; n++)
-            v += (x[n * 3 + c] - m) * (x[n * 3 + c] - m) / 4.0;
-        for (int n = 0; n < 4; n++)
-            o[n * 3 + c] = (x[n * 3 + c] - m) / sqrt(v + 1e-5) * w[c] + b[c];
+        for (int n = 0; n < 4; n++) m += x[n * 3 + c] / 4.0;
+        for (int n = 0; n < 4; n++) v += (x[n * 3 + c] - m) * (x[n * 3 + c] - m) / 4.0;
+        for (int n = 0; n < 4; n++) o[n * 3 + c] = (x[n * 3 + c] - m) / sqrt(v + 1e-5) * w[c] + b[c];
     }
 }
 
@@ -616,12 +583,9 @@ static void run_layer_norm(smoke *s) {
     double *o = expect(s, 12);
     for (int r = 0; r < 3; r++) {
         double m = 0, v = 0;
-        for (int c = 0; c < 4; c++)
-            m += x[r * 4 + c] / 4.0;
-        for (int c = 0; c < 4; c++)
-            v += (x[r * 4 + c] - m) * (x[r * 4 + c] - m) / 4.0;
-        for (int c = 0; c < 4; c++)
-            o[r * 4 + c] = (x[r * 4 + c] - m) / sqrt(v + 1e-5) * w[c] + b[c];
+        for (int c = 0; c < 4; c++) m += x[r * 4 + c] / 4.0;
+        for (int c = 0; c < 4; c++) v += (x[r * 4 + c] - m) * (x[r * 4 + c] - m) / 4.0;
+        for (int c = 0; c < 4; c++) o[r * 4 + c] = (x[r * 4 + c] - m) / sqrt(v + 1e-5) * w[c] + b[c];
     }
 }
 
@@ -646,8 +610,7 @@ static void run_embedding(smoke *s) {
     s->out = kiln_embedding(s->ctx, tw, indices(s, 1, (int64_t[]){4}, idx));
     double *o = expect(s, 12);
     for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 3; c++)
-            o[r * 3 + c] = w[idx[r] * 3 + c];
+        for (int c = 0; c < 3; c++) o[r * 3 + c] = w[idx[r] * 3 + c];
 }
 
 /* ---- losses (mean reduction) ---------------------------------------------------------------- */
@@ -690,8 +653,7 @@ static void run_lsgan_loss(smoke *s) {
     const float *x;
     s->out = kiln_lsgan_loss(s->ctx, input(s, &x, 2, (int64_t[]){3, 4}, NULL, -2, 2, true), 1.0f, KILN_MEAN);
     double sum = 0;
-    for (int i = 0; i < 12; i++)
-        sum += 0.5 * (x[i] - 1.0) * (x[i] - 1.0);
+    for (int i = 0; i < 12; i++) sum += 0.5 * (x[i] - 1.0) * (x[i] - 1.0);
     expect(s, 1)[0] = sum / 12;
 }
 
@@ -714,13 +676,10 @@ static void classification(smoke *s, int kind) {
     for (int r = 0; r < 4; r++) {
         if (lab[r] < 0) continue;
         double se = 0, lp[3];
-        for (int c = 0; c < 3; c++)
-            se += exp(x[r * 3 + c]);
-        for (int c = 0; c < 3; c++)
-            lp[c] = kind == 2 ? x[r * 3 + c] : x[r * 3 + c] - log(se);
+        for (int c = 0; c < 3; c++) se += exp(x[r * 3 + c]);
+        for (int c = 0; c < 3; c++) lp[c] = kind == 2 ? x[r * 3 + c] : x[r * 3 + c] - log(se);
         double wy = w ? w[lab[r]] : 1, smooth = 0;
-        for (int c = 0; c < 3; c++)
-            smooth -= (w ? w[c] : 1) * lp[c];
+        for (int c = 0; c < 3; c++) smooth -= (w ? w[c] : 1) * lp[c];
         num += (1 - eps) * wy * -lp[lab[r]] + eps / 3 * smooth;
         den += wy;
     }
@@ -737,10 +696,8 @@ static void penalty(smoke *s, bool l2) {
                           input(s, &b, 1, (int64_t[]){4}, NULL, -2, 2, true)};
     s->out = l2 ? kiln_l2_penalty(s->ctx, 2, ts) : kiln_l1_penalty(s->ctx, 2, ts);
     double sum = 0;
-    for (int i = 0; i < 6; i++)
-        sum += l2 ? (double)a[i] * a[i] : fabs(a[i]);
-    for (int i = 0; i < 4; i++)
-        sum += l2 ? (double)b[i] * b[i] : fabs(b[i]);
+    for (int i = 0; i < 6; i++) sum += l2 ? (double)a[i] * a[i] : fabs(a[i]);
+    for (int i = 0; i < 4; i++) sum += l2 ? (double)b[i] * b[i] : fabs(b[i]);
     expect(s, 1)[0] = sum;
 }
 
@@ -802,8 +759,7 @@ static void run_clip_grad_norm(smoke *s) {
     if (!t) return;
     s->out = kiln_clip_grad_norm_tensor(s->ctx, 1, &t, 1.0, 2.0);
     double sq = 0;
-    for (int i = 0; i < 10; i++)
-        sq += 4.0 * p[i] * p[i];
+    for (int i = 0; i < 10; i++) sq += 4.0 * p[i] * p[i];
     expect(s, 1)[0] = sqrt(sq);
 }
 
@@ -813,8 +769,7 @@ static void run_clip_grad_value(smoke *s) {
     if (!t) return;
     if (kiln_clip_grad_value(s->ctx, 1, &t, 0.5) == KILN_OK) s->out = kiln_tensor_grad(t);
     double *o = expect(s, 10);
-    for (int i = 0; i < 10; i++)
-        o[i] = fmin(fmax(2.0 * p[i], -0.5), 0.5);
+    for (int i = 0; i < 10; i++) o[i] = fmin(fmax(2.0 * p[i], -0.5), 0.5);
 }
 
 /* ---- creation and copies ------------------------------------------------------------------ */
@@ -833,8 +788,7 @@ static void run_empty(smoke *s) {
 
 static void fill_ref(smoke *s, int64_t n, double v) {
     double *o = expect(s, n);
-    for (int64_t i = 0; i < n; i++)
-        o[i] = v;
+    for (int64_t i = 0; i < n; i++) o[i] = v;
 }
 
 static void run_full(smoke *s) {
@@ -855,8 +809,7 @@ static void run_ones(smoke *s) {
 static void run_arange(smoke *s) {
     s->out = kiln_arange(s->ctx, -2, 3, 0.5);
     double *o = expect(s, 10);
-    for (int i = 0; i < 10; i++)
-        o[i] = -2 + 0.5 * i;
+    for (int i = 0; i < 10; i++) o[i] = -2 + 0.5 * i;
 }
 
 /* fill of a strided view: every other column of a [3, 4] of zeros */
@@ -864,8 +817,7 @@ static void run_fill(smoke *s) {
     kiln_tensor *t = kiln_zeros(s->ctx, 2, (int64_t[]){3, 4});
     if (t && kiln_fill(kiln_slice(s->ctx, t, 1, 0, 4, 2), 2.5f) == KILN_OK) s->out = t;
     double *o = expect(s, 12);
-    for (int i = 0; i < 12; i++)
-        o[i] = i % 2 ? 0 : 2.5;
+    for (int i = 0; i < 12; i++) o[i] = i % 2 ? 0 : 2.5;
 }
 
 /* copy of a [4, 3] into the transposed view of a [3, 4] */
@@ -890,8 +842,7 @@ static const char *uniform_verify(smoke *s, const float *got, int64_t n) {
 static const char *normal_verify(smoke *s, const float *got, int64_t n) {
     (void)s;
     double sum = 0, sq = 0;
-    for (int64_t i = 0; i < n; i++)
-        sum += got[i], sq += (double)got[i] * got[i];
+    for (int64_t i = 0; i < n; i++) sum += got[i], sq += (double)got[i] * got[i];
     double mean = sum / (double)n, var = sq / (double)n - mean * mean;
     if (fabs(mean - 1.0) > 0.2) return "the sample mean is not within 0.2 of 1";
     if (fabs(sqrt(var) - 2.0) > 0.2) return "the sample standard deviation is not within 0.2 of 2";
@@ -955,8 +906,7 @@ static float *read_floats(kiln_tensor *t, char *why, size_t cap, const char *wha
     if (kiln_tensor_dtype(t) == KILN_I32) {
         int32_t *iv = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
         st = iv ? kiln_to_host(t, iv, sizeof(int32_t) * (size_t)n) : KILN_ERR_HOST_OUT_OF_MEMORY;
-        for (int64_t i = 0; st == KILN_OK && i < n; i++)
-            v[i] = (float)iv[i];
+        for (int64_t i = 0; st == KILN_OK && i < n; i++) v[i] = (float)iv[i];
         free(iv);
     } else {
         st = kiln_to_host(t, v, sizeof(float) * (size_t)n);
@@ -1028,16 +978,14 @@ bool ops_smoke(kiln_ctx *ctx, int op, char *why, size_t cap) {
     const kiln__op_info *info = kiln__op_get((kiln__op)op);
     if (!info) return snprintf(why, cap, "no op %d in src/ops/registry.h", op), false;
     smoke s = {.ctx = ctx, .grad = !is_optim(info), .atol = 1e-5, .rtol = 1e-4, .rng = 2166136261u};
-    for (const char *c = info->name; *c; c++)
-        s.rng = (s.rng ^ (unsigned char)*c) * 16777619u;
+    for (const char *c = info->name; *c; c++) s.rng = (s.rng ^ (unsigned char)*c) * 16777619u;
     kiln_error_clear(ctx);
     kiln_scope_begin(ctx);
     RUN[op](&s);
     bool ok = check(&s, info, why, cap);
     kiln_scope_end(ctx);
     kiln_error_clear(ctx);
-    for (int i = 0; i < s.nhost; i++)
-        free(s.host[i]);
+    for (int i = 0; i < s.nhost; i++) free(s.host[i]);
     free(s.ref);
     return ok;
 }
@@ -1058,8 +1006,7 @@ static void golden_load(golden_set *g, kiln_ctx *ctx) {
         if (!op_info(i)->golden_prefix) continue;
         const char *stem = family_name(op_info(i));
         bool seen = false;
-        for (int k = 0; k < g->nfile; k++)
-            seen |= strcmp(g->stem[k], stem) == 0;
+        for (int k = 0; k < g->nfile; k++) seen |= strcmp(g->stem[k], stem) == 0;
         if (seen || g->nfile == 16) continue;
         g->stem[g->nfile] = stem;
         g->file[g->nfile] = NULL;
@@ -1080,8 +1027,7 @@ static bool ends_with(const char *s, const char *suffix) {
 
 static int golden_status(const golden_set *g, const kiln__op_info *op, kiln_ctx *ctx) {
     bool any = false;
-    for (int k = 0; k < g->nfile; k++)
-        any |= g->file[k] != NULL;
+    for (int k = 0; k < g->nfile; k++) any |= g->file[k] != NULL;
     if (!any) return GOLD_UNKNOWN; /* no golden file could be read: say so rather than guess */
     if (!op->golden_prefix) return GOLD_NO;
     kiln_safetensors *f = NULL;
@@ -1096,9 +1042,10 @@ static int golden_status(const golden_set *g, const kiln__op_info *op, kiln_ctx 
         if (!ends_with(name, ".p")) continue;
         kiln_tensor *t = kiln_safetensors_tensor(f, i);
         int32_t p[16];
-        bool hit =
-            t && kiln_tensor_dtype(t) == KILN_I32 && kiln_tensor_numel(t) > op->golden_pidx && kiln_tensor_numel(t) <= 16 &&
-            kiln_to_host(t, p, sizeof(int32_t) * (size_t)kiln_tensor_numel(t)) == KILN_OK && p[op->golden_pidx] == op->golden_pval;
+        bool hit = t && kiln_tensor_dtype(t) == KILN_I32 && kiln_tensor_numel(t) > op->golden_pidx &&
+                   kiln_tensor_numel(t) <= 16 &&
+                   kiln_to_host(t, p, sizeof(int32_t) * (size_t)kiln_tensor_numel(t)) == KILN_OK &&
+                   p[op->golden_pidx] == op->golden_pval;
         if (t) kiln_tensor_free(t);
         kiln_error_clear(ctx);
         if (hit) return GOLD_YES;
@@ -1153,7 +1100,6 @@ static char *dupstr(const char *s) {
     return d ? memcpy(d, s, n) : NULL;
 }
 
-
 /* ---- the command, step by step ---------------------------------------------------------------- */
 
 /* Everything one `kiln ops` run gathers. pass[op][dev]: 1 passed, 0 failed, -1 not run. */
@@ -1206,8 +1152,7 @@ static int parse_args(ops_run *r, int argc, char **argv) {
         }
     }
     if (!r->filter)
-        for (int k = 0; k < NOPS; k++)
-            r->selected[k] = true;
+        for (int k = 0; k < NOPS; k++) r->selected[k] = true;
     return -1;
 }
 
@@ -1236,8 +1181,7 @@ static int find_devices(ops_run *r) {
 /* Which ops have a golden case: read once, with the first device that opens. */
 static void read_golden(ops_run *r, kiln_ctx *ctx) {
     golden_load(&r->gs, ctx);
-    for (int k = 0; k < NOPS; k++)
-        r->gold[k] = golden_status(&r->gs, op_info(k), ctx);
+    for (int k = 0; k < NOPS; k++) r->gold[k] = golden_status(&r->gs, op_info(k), ctx);
     for (int f = 0; f < r->gs.nfile; f++) {
         r->golden_read += r->gs.file[f] != NULL;
         kiln_safetensors_close(r->gs.file[f]);
@@ -1338,8 +1282,7 @@ static void print_json(const ops_run *r, const ops_summary *s) {
     printf("{\"summary\": {\"ops\": %d, \"with_backward\": %d, \"with_torch_golden\": %d, "
            "\"passed_all_devices\": %d, \"failed_runs\": %d, \"ran\": %s, \"golden_files_read\": %d, "
            "\"golden_dir\": ",
-           s->nops, s->nbw, s->ngold, s->nall_pass, s->nfail, r->run && r->ndev > 0 ? "true" : "false",
-           r->golden_read);
+           s->nops, s->nbw, s->ngold, s->nall_pass, s->nfail, r->run && r->ndev > 0 ? "true" : "false", r->golden_read);
     if (r->gs.dir)
         json_str(r->gs.dir);
     else
@@ -1390,14 +1333,12 @@ static void print_text(const ops_run *r, const ops_summary *s) {
         printf("%d\n", s->nall_pass);
     else
         printf("not run\n");
-    for (int d = 0; r->run && d < r->ndev; d++)
-        printf("smoke run on %s: %.1f s\n", r->spec[d], r->secs[d]);
+    for (int d = 0; r->run && d < r->ndev; d++) printf("smoke run on %s: %.1f s\n", r->spec[d], r->secs[d]);
 }
 
 static void ops_run_free(ops_run *r) {
     for (int k = 0; k < NOPS; k++)
-        for (int d = 0; d < r->ndev; d++)
-            free(r->why[k][d]);
+        for (int d = 0; d < r->ndev; d++) free(r->why[k][d]);
     free(r);
 }
 
@@ -1405,8 +1346,7 @@ int kiln_cmd_ops(int argc, char **argv) {
     ops_run *r = calloc(1, sizeof *r);
     if (!r) return fprintf(stderr, "kiln ops: out of host memory\n"), 1;
     memset(r->pass, -1, sizeof r->pass);
-    for (int k = 0; k < NOPS; k++)
-        r->gold[k] = GOLD_UNKNOWN;
+    for (int k = 0; k < NOPS; k++) r->gold[k] = GOLD_UNKNOWN;
     int rc = parse_args(r, argc, argv);
     if (rc < 0) rc = find_devices(r);
     if (rc >= 0) return ops_run_free(r), rc;
@@ -1415,8 +1355,7 @@ int kiln_cmd_ops(int argc, char **argv) {
 #ifdef KILN_GOLDEN_SOURCE_DIR
     if (!r->gs.dir) r->gs.dir = KILN_GOLDEN_SOURCE_DIR;
 #endif
-    for (int d = 0; d < r->ndev && (r->run || !r->golden_done); d++)
-        run_device(r, d);
+    for (int d = 0; d < r->ndev && (r->run || !r->golden_done); d++) run_device(r, d);
 
     ops_summary s = summarize(r);
     if (r->json)

@@ -108,10 +108,9 @@ static void set_direct(kiln__tune_set *t, const direct_p *p) {
 static void set_xgemm(kiln__tune_set *t, const xgemm_p *p) {
     const char *n[] = {"GEMMK", "KREG", "KWG", "KWI", "MDIMA", "MDIMC", "MWG", "NDIMB",
                        "NDIMC", "NWG",  "SA",  "SB",  "STRM",  "STRN",  "VWM", "VWN"};
-    const int v[] = {0,        1,        p->kwg,   p->kwi, p->mdima, p->mdimc, p->mwg, p->ndimb,
-                     p->ndimc, p->nwg, p->sa, p->sb, p->strm, p->strn, p->vwm, p->vwn};
-    for (int i = 0; i < 16; i++)
-        kiln__tune_set_value(t, K_XGEMM, kiln__tune_param_index(K_XGEMM, n[i]), (size_t)v[i]);
+    const int v[] = {0,        1,      p->kwg, p->kwi, p->mdima, p->mdimc, p->mwg, p->ndimb,
+                     p->ndimc, p->nwg, p->sa,  p->sb,  p->strm,  p->strn,  p->vwm, p->vwn};
+    for (int i = 0; i < 16; i++) kiln__tune_set_value(t, K_XGEMM, kiln__tune_param_index(K_XGEMM, n[i]), (size_t)v[i]);
 }
 
 /*
@@ -127,21 +126,21 @@ static void set_xgemm(kiln__tune_set *t, const xgemm_p *p) {
  */
 static const direct_p direct_list[] = {
     /* WGD MDIMCD NDIMCD MDIMAD NDIMBD KWID VWMD VWND PADA PADB; the first ones are --quick's */
-    {64, 8, 4, 4, 8, 2, 8, 8, 0, 0},  {32, 4, 4, 4, 4, 2, 8, 8, 0, 0},  {64, 4, 8, 4, 8, 2, 8, 8, 0, 0},
-    {64, 8, 8, 8, 8, 2, 8, 8, 0, 0},  {64, 8, 4, 8, 4, 2, 8, 8, 0, 0},  {32, 4, 4, 4, 4, 2, 4, 4, 0, 0},
-    {64, 8, 4, 4, 8, 8, 8, 8, 0, 0},  {128, 16, 8, 8, 16, 2, 8, 8, 0, 0}, {64, 8, 4, 4, 8, 2, 8, 8, 1, 1},
+    {64, 8, 4, 4, 8, 2, 8, 8, 0, 0}, {32, 4, 4, 4, 4, 2, 8, 8, 0, 0},    {64, 4, 8, 4, 8, 2, 8, 8, 0, 0},
+    {64, 8, 8, 8, 8, 2, 8, 8, 0, 0}, {64, 8, 4, 8, 4, 2, 8, 8, 0, 0},    {32, 4, 4, 4, 4, 2, 4, 4, 0, 0},
+    {64, 8, 4, 4, 8, 8, 8, 8, 0, 0}, {128, 16, 8, 8, 16, 2, 8, 8, 0, 0}, {64, 8, 4, 4, 8, 2, 8, 8, 1, 1},
 };
 #define NDIRECT_QUICK 3
 
 static const xgemm_p xgemm_list[] = {
     /* MWG NWG KWG MDIMC NDIMC MDIMA NDIMB KWI VWM VWN STRM STRN SA SB; the first ones are --quick's */
-    {64, 64, 32, 4, 8, 4, 8, 2, 8, 8, 0, 0, 0, 0},     {96, 64, 32, 4, 8, 4, 8, 2, 8, 8, 0, 0, 0, 0},
-    {64, 64, 32, 8, 8, 8, 8, 2, 8, 8, 0, 0, 0, 0},     {128, 64, 32, 8, 8, 8, 8, 2, 8, 8, 0, 0, 0, 0},
-    {64, 128, 32, 8, 8, 8, 8, 2, 8, 8, 0, 0, 0, 0},    {64, 64, 16, 8, 8, 8, 8, 2, 4, 4, 0, 0, 0, 0},
-    {64, 64, 32, 4, 4, 4, 4, 2, 8, 8, 0, 0, 0, 0},     {64, 64, 16, 4, 8, 4, 8, 2, 8, 8, 0, 0, 0, 0},
-    {64, 64, 32, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0},     {32, 32, 32, 4, 4, 4, 4, 2, 8, 8, 0, 0, 0, 0},
+    {64, 64, 32, 4, 8, 4, 8, 2, 8, 8, 0, 0, 0, 0},       {96, 64, 32, 4, 8, 4, 8, 2, 8, 8, 0, 0, 0, 0},
+    {64, 64, 32, 8, 8, 8, 8, 2, 8, 8, 0, 0, 0, 0},       {128, 64, 32, 8, 8, 8, 8, 2, 8, 8, 0, 0, 0, 0},
+    {64, 128, 32, 8, 8, 8, 8, 2, 8, 8, 0, 0, 0, 0},      {64, 64, 16, 8, 8, 8, 8, 2, 4, 4, 0, 0, 0, 0},
+    {64, 64, 32, 4, 4, 4, 4, 2, 8, 8, 0, 0, 0, 0},       {64, 64, 16, 4, 8, 4, 8, 2, 8, 8, 0, 0, 0, 0},
+    {64, 64, 32, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0},       {32, 32, 32, 4, 4, 4, 4, 2, 8, 8, 0, 0, 0, 0},
     {128, 128, 32, 16, 16, 16, 16, 2, 8, 8, 0, 0, 0, 0}, {64, 64, 32, 8, 8, 8, 8, 2, 8, 4, 0, 0, 0, 0},
-    {64, 64, 32, 8, 8, 8, 8, 2, 8, 8, 0, 0, 1, 1},     {128, 128, 32, 8, 8, 8, 8, 2, 16, 16, 0, 0, 0, 0},
+    {64, 64, 32, 8, 8, 8, 8, 2, 8, 8, 0, 0, 1, 1},       {128, 128, 32, 8, 8, 8, 8, 2, 16, 16, 0, 0, 0, 0},
 };
 #define NXGEMM_QUICK 4
 
@@ -180,8 +179,10 @@ static double work_groups(const bench_gemm_shape *x, const kiln__tune_set *p) {
     int iw = kiln__tune_param_index(K_DIRECT, "WGD"), im = kiln__tune_param_index(K_XGEMM, "MWG"),
         in = kiln__tune_param_index(K_XGEMM, "NWG");
     double tm = 64, tn = 64;
-    if (is_direct(x, thr) && p->has[K_DIRECT][iw]) tm = tn = (double)p->v[K_DIRECT][iw];
-    else if (!is_direct(x, thr) && p->has[K_XGEMM][im]) tm = (double)p->v[K_XGEMM][im], tn = (double)p->v[K_XGEMM][in];
+    if (is_direct(x, thr) && p->has[K_DIRECT][iw])
+        tm = tn = (double)p->v[K_DIRECT][iw];
+    else if (!is_direct(x, thr) && p->has[K_XGEMM][im])
+        tm = (double)p->v[K_XGEMM][im], tn = (double)p->v[K_XGEMM][in];
     /* either operand order (kiln may hand CLBlast C^T): the count is the same */
     return ceil((double)x->m / tm) * ceil((double)x->n / tn);
 }
@@ -316,13 +317,20 @@ typedef struct tune_args {
 static int tune_parse_args(int argc, char **argv, tune_args *a) {
     *a = (tune_args){.store = true};
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0) a->quick = true;
-        else if (strcmp(argv[i], "--no-store") == 0) a->store = false;
-        else if (strcmp(argv[i], "--json") == 0) a->json = true;
-        else if (strcmp(argv[i], "--verbose") == 0) a->verbose = true;
-        else if (strcmp(argv[i], "--wall") == 0) a->wall = true;
-        else if (strcmp(argv[i], "--eval") == 0 && i + 1 < argc) a->eval = argv[++i];
-        else if (strcmp(argv[i], "--shapes") == 0 && i + 1 < argc) a->only = argv[++i];
+        if (strcmp(argv[i], "--quick") == 0)
+            a->quick = true;
+        else if (strcmp(argv[i], "--no-store") == 0)
+            a->store = false;
+        else if (strcmp(argv[i], "--json") == 0)
+            a->json = true;
+        else if (strcmp(argv[i], "--verbose") == 0)
+            a->verbose = true;
+        else if (strcmp(argv[i], "--wall") == 0)
+            a->wall = true;
+        else if (strcmp(argv[i], "--eval") == 0 && i + 1 < argc)
+            a->eval = argv[++i];
+        else if (strcmp(argv[i], "--shapes") == 0 && i + 1 < argc)
+            a->only = argv[++i];
         else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) {
             char *end;
             long r = strtol(argv[++i], &end, 10);
@@ -335,9 +343,10 @@ static int tune_parse_args(int argc, char **argv, tune_args *a) {
             usage(stdout);
             return 0;
         } else {
-            bool valued = strcmp(argv[i], "--eval") == 0 || strcmp(argv[i], "--shapes") == 0 ||
-                          strcmp(argv[i], "--repeat") == 0;
-            fprintf(stderr, valued ? "kiln tune: %s needs a value\n\n" : "kiln tune: unknown argument '%s'\n\n", argv[i]);
+            bool valued =
+                strcmp(argv[i], "--eval") == 0 || strcmp(argv[i], "--shapes") == 0 || strcmp(argv[i], "--repeat") == 0;
+            fprintf(stderr, valued ? "kiln tune: %s needs a value\n\n" : "kiln tune: unknown argument '%s'\n\n",
+                    argv[i]);
             usage(stderr);
             return 2;
         }
@@ -406,7 +415,8 @@ static void tune_direct(tuner *t, const tune_args *a, kiln__tune_set *work, tune
     bool use_all[NSHAPES];
     memcpy(use_all, t->use, sizeof use_all);
     for (int i = 0; i < NSHAPES; i++)
-        t->use[i] = use_all[i] && (double)shapes[i].s.m * (double)shapes[i].s.n * (double)shapes[i].s.k < DIRECT_MAX_MNK;
+        t->use[i] =
+            use_all[i] && (double)shapes[i].s.m * (double)shapes[i].s.n * (double)shapes[i].s.k < DIRECT_MAX_MNK;
     set_threshold(work, 1u << 20);
     kiln__hooks_of(t->ctx)->sgemm_fixed = true; /* each kernel as the threshold forces it */
     for (int c = 0; c < r->nd; c++) {
@@ -487,8 +497,7 @@ static size_t tune_threshold(const tuner *t, const tune_args *a, const tune_sear
 static int tune_finish(tuner *t, const tune_args *a, tune_base *b, const kiln__tune_set *work, const tune_search *r,
                        size_t thr_best, double t_start) {
     double final = INFINITY, worst = INFINITY, ms[NSHAPES], cost[NSHAPES];
-    for (int i = 0; i < NSHAPES; i++)
-        ms[i] = cost[i] = NAN; /* the result did not run: nothing measured */
+    for (int i = 0; i < NSHAPES; i++) ms[i] = cost[i] = NAN; /* the result did not run: nothing measured */
     if (apply(t, work)) {
         final = time_shapes_p(t, work, ms, cost);
         worst = check_shapes(t);
@@ -519,8 +528,7 @@ static int tune_finish(tuner *t, const tune_args *a, tune_base *b, const kiln__t
                a->quick ? "true" : "false", r->nd, r->nx, sum_w(t, b->ms), sum_w(t, ms), sum_w(t, b->cost),
                sum_w(t, cost), thr_best, worst, better && a->store ? "true" : "false", elapsed);
         putchar('"');
-        for (const char *p = body; *p; p++)
-            fputs(*p == '\n' ? "; " : (char[]){*p, 0}, stdout);
+        for (const char *p = body; *p; p++) fputs(*p == '\n' ? "; " : (char[]){*p, 0}, stdout);
         printf("\"}\n");
     } else {
         printf("parameters:\n%s", body);
@@ -528,8 +536,10 @@ static int tune_finish(tuner *t, const tune_args *a, tune_base *b, const kiln__t
                "%d + %d candidates\n",
                a->wall ? "wall time" : "cost", base, final, base / final, sum_w(t, b->ms), sum_w(t, ms), worst, r->nd,
                r->nx);
-        if (better && a->store) printf("stored in %s\n", path);
-        else if (!better) printf("not stored: no better than what kiln_open applied (%s)\n", b->source);
+        if (better && a->store)
+            printf("stored in %s\n", path);
+        else if (!better)
+            printf("not stored: no better than what kiln_open applied (%s)\n", b->source);
         printf("tuning took %.1f s\n", elapsed);
     }
     return 0;
@@ -596,8 +606,7 @@ static int cmd_tune(int argc, char **argv) {
     b.total = time_shapes_p(&t, &b.cur, b.ms, b.cost);
     rc = a.eval ? tune_eval(&t, &a, &b) : tune_search_all(&t, &a, &b, t_start);
 out:
-    for (int i = 0; i < NSHAPES; i++)
-        bench_gemm_data_free(&t.data[i]);
+    for (int i = 0; i < NSHAPES; i++) bench_gemm_data_free(&t.data[i]);
     kiln_close(t.ctx);
     return rc;
 }

@@ -32,24 +32,24 @@ extern "C" {
  * Status codes. 0 is success, every error is negative. The list is the single source of
  * the enum, the names (kiln_status_name) and the descriptions (kiln_status_str).
  */
-#define KILN_STATUS_LIST(X)                                                              \
-    X(KILN_OK, 0, "success")                                                             \
-    X(KILN_ERR_INVALID_ARGUMENT, -1, "invalid argument")                                 \
-    X(KILN_ERR_NULL, -2, "NULL handle or pointer")                                       \
-    X(KILN_ERR_SHAPE, -3, "shape mismatch")                                              \
-    X(KILN_ERR_DTYPE, -4, "unsupported or mismatched dtype")                             \
-    X(KILN_ERR_NO_DEVICE, -5, "no OpenCL device found")                                  \
-    X(KILN_ERR_DEVICE_NOT_FOUND, -6, "no device matches the device spec")                \
-    X(KILN_ERR_OUT_OF_MEMORY, -7, "device memory exhausted")                             \
-    X(KILN_ERR_HOST_OUT_OF_MEMORY, -8, "host memory exhausted")                          \
-    X(KILN_ERR_BUILD, -9, "kernel build failed")                                         \
-    X(KILN_ERR_OPENCL, -10, "OpenCL call failed")                                        \
-    X(KILN_ERR_CLBLAST, -11, "CLBlast call failed")                                      \
-    X(KILN_ERR_IO, -12, "file input/output failed")                                      \
-    X(KILN_ERR_CORRUPT, -13, "corrupt or malformed data")                                \
-    X(KILN_ERR_BUFFER_TOO_SMALL, -14, "destination buffer too small")                    \
-    X(KILN_ERR_UNSUPPORTED, -15, "operation not supported")                              \
-    X(KILN_ERR_INPUT_ERROR, -16, "an input is NULL because an earlier operation failed") \
+#define KILN_STATUS_LIST(X)                                                                                            \
+    X(KILN_OK, 0, "success")                                                                                           \
+    X(KILN_ERR_INVALID_ARGUMENT, -1, "invalid argument")                                                               \
+    X(KILN_ERR_NULL, -2, "NULL handle or pointer")                                                                     \
+    X(KILN_ERR_SHAPE, -3, "shape mismatch")                                                                            \
+    X(KILN_ERR_DTYPE, -4, "unsupported or mismatched dtype")                                                           \
+    X(KILN_ERR_NO_DEVICE, -5, "no OpenCL device found")                                                                \
+    X(KILN_ERR_DEVICE_NOT_FOUND, -6, "no device matches the device spec")                                              \
+    X(KILN_ERR_OUT_OF_MEMORY, -7, "device memory exhausted")                                                           \
+    X(KILN_ERR_HOST_OUT_OF_MEMORY, -8, "host memory exhausted")                                                        \
+    X(KILN_ERR_BUILD, -9, "kernel build failed")                                                                       \
+    X(KILN_ERR_OPENCL, -10, "OpenCL call failed")                                                                      \
+    X(KILN_ERR_CLBLAST, -11, "CLBlast call failed")                                                                    \
+    X(KILN_ERR_IO, -12, "file input/output failed")                                                                    \
+    X(KILN_ERR_CORRUPT, -13, "corrupt or malformed data")                                                              \
+    X(KILN_ERR_BUFFER_TOO_SMALL, -14, "destination buffer too small")                                                  \
+    X(KILN_ERR_UNSUPPORTED, -15, "operation not supported")                                                            \
+    X(KILN_ERR_INPUT_ERROR, -16, "an input is NULL because an earlier operation failed")                               \
     X(KILN_ERR_RANGE, -17, "value or index out of range")
 
 typedef enum kiln_status {
@@ -65,13 +65,7 @@ KILN_API const char *kiln_status_name(kiln_status s);
 
 /* Element types. Only KILN_F32 is computed on by every op today; KILN_I32 holds indices
  * (argmax). The others are reserved so the ABI does not change when they arrive. */
-typedef enum kiln_dtype {
-    KILN_F32 = 0,
-    KILN_F16 = 1,
-    KILN_I32 = 2,
-    KILN_U8 = 3,
-    KILN_DTYPE_COUNT
-} kiln_dtype;
+typedef enum kiln_dtype { KILN_F32 = 0, KILN_F16 = 1, KILN_I32 = 2, KILN_U8 = 3, KILN_DTYPE_COUNT } kiln_dtype;
 
 KILN_API const char *kiln_dtype_name(kiln_dtype t);
 /* Size of one element in bytes, 0 for an invalid dtype. */

@@ -77,11 +77,11 @@ typedef enum kiln_idx_type {
 /* A parsed IDX file. Read-only for the caller. */
 typedef struct kiln_idx {
     kiln_idx_type type;
-    int ndim;                     /* 1..KILN_MAX_DIMS */
-    int64_t dims[KILN_MAX_DIMS];  /* sizes; a size may be 0 */
-    int64_t count;                /* product of dims */
-    size_t elem_size;             /* 1, 1, 2, 4, 4 or 8 bytes */
-    void *data;                   /* count values of `type` in host byte order */
+    int ndim;                    /* 1..KILN_MAX_DIMS */
+    int64_t dims[KILN_MAX_DIMS]; /* sizes; a size may be 0 */
+    int64_t count;               /* product of dims */
+    size_t elem_size;            /* 1, 1, 2, 4, 4 or 8 bytes */
+    void *data;                  /* count values of `type` in host byte order */
 } kiln_idx;
 
 /* Parses an uncompressed IDX image held in memory (copied: buf may be freed after). `what`
@@ -151,11 +151,9 @@ KILN_API kiln_dataset *kiln_dataset_from_host(const float *x, const int32_t *y, 
 KILN_API kiln_dataset *kiln_dataset_idx(const char *images, const char *labels, int num_classes);
 /* From a CSV table: column label_col (negative counts from the end: -1 is the last) holds
  * integral labels, the other columns are the features (samples of shape [cols - 1]). */
-KILN_API kiln_dataset *kiln_dataset_csv(const char *path, int label_col, int num_classes,
-                                        const kiln_csv_opts *opts);
+KILN_API kiln_dataset *kiln_dataset_csv(const char *path, int label_col, int num_classes, const kiln_csv_opts *opts);
 /* The same from a parsed table; `what` names it in errors (NULL: "<csv>"). */
-KILN_API kiln_dataset *kiln_dataset_from_csv(const kiln_csv *csv, int label_col, int num_classes,
-                                             const char *what);
+KILN_API kiln_dataset *kiln_dataset_from_csv(const kiln_csv *csv, int label_col, int num_classes, const char *what);
 
 /* Debian's dataset-fashion-mnist installs the files here. */
 #define KILN_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
@@ -175,8 +173,8 @@ KILN_API kiln_dataset *kiln_dataset_subset(const kiln_dataset *ds, const int64_t
 /* Splits ds at random into a validation part of round(val_frac * N) samples and a
  * training part of the rest; the same seed gives the same split on every machine. Both
  * keep ds's sample order. val_frac in [0, 1]; either part may be empty. */
-KILN_API kiln_status kiln_dataset_split(const kiln_dataset *ds, double val_frac, uint64_t seed,
-                                        kiln_dataset **train, kiln_dataset **val);
+KILN_API kiln_status kiln_dataset_split(const kiln_dataset *ds, double val_frac, uint64_t seed, kiln_dataset **train,
+                                        kiln_dataset **val);
 
 /* Number of samples (0 for NULL). */
 KILN_API int64_t kiln_dataset_num_samples(const kiln_dataset *ds);
@@ -196,7 +194,8 @@ KILN_API void kiln_dataset_free(kiln_dataset *ds);
  * Each epoch visits every sample once, in dataset order or, with shuffle, in a permutation
  * that is a function of (seed, epoch) only (Fisher-Yates driven by xoshiro256** seeded
  * through splitmix64, in integers): the same on every machine and whatever the timing, and
- * a loader moved to epoch e with kiln_loader_set_epoch gives what it gave the first time. A batch's values, in this order:
+ * a loader moved to epoch e with kiln_loader_set_epoch gives what it gave the first time. A batch's values, in this
+ * order:
  *
  *     crop:  with crop_padding p > 0, the last two dims (H, W) of the sample are padded with
  *            p zeros on every side and an H x W window is taken at a random offset

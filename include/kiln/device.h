@@ -17,14 +17,14 @@ typedef enum kiln_device_type {
 } kiln_device_type;
 
 typedef struct kiln_device_info {
-    int platform_index;          /* P in "P:D" */
-    int device_index;            /* D in "P:D", counted within the platform */
+    int platform_index; /* P in "P:D" */
+    int device_index;   /* D in "P:D", counted within the platform */
     char name[256];
     char vendor[256];
     char platform_name[256];
     char platform_vendor[256];
     char platform_version[256];
-    char version[256];           /* CL_DEVICE_VERSION */
+    char version[256]; /* CL_DEVICE_VERSION */
     char driver_version[128];
     char opencl_c_version[128];
     kiln_device_type type;
@@ -39,7 +39,7 @@ typedef struct kiln_device_info {
     uint32_t preferred_vector_width_float;
     uint32_t preferred_vector_width_half;
     uint32_t native_vector_width_float;
-    bool is_default;             /* the device kiln_open(NULL) picks without KILN_DEVICE */
+    bool is_default; /* the device kiln_open(NULL) picks without KILN_DEVICE */
 } kiln_device_info;
 
 KILN_API const char *kiln_device_type_name(kiln_device_type t);
@@ -81,13 +81,13 @@ KILN_API kiln_status kiln_sync(kiln_ctx *ctx);
 /* ---- buffer pool -------------------------------------------------------------------- */
 
 typedef struct kiln_pool_stats {
-    uint64_t in_use_bytes;     /* held by live tensors (bucket sizes) */
-    uint64_t cached_bytes;     /* free buffers kept for reuse */
+    uint64_t in_use_bytes; /* held by live tensors (bucket sizes) */
+    uint64_t cached_bytes; /* free buffers kept for reuse */
     uint64_t peak_in_use_bytes;
-    uint64_t limit_bytes;      /* 0: no limit besides the device's */
-    uint64_t allocs;           /* requests served */
-    uint64_t device_allocs;    /* requests that created a new OpenCL buffer */
-    uint64_t reuses;           /* requests served from the cache */
+    uint64_t limit_bytes;   /* 0: no limit besides the device's */
+    uint64_t allocs;        /* requests served */
+    uint64_t device_allocs; /* requests that created a new OpenCL buffer */
+    uint64_t reuses;        /* requests served from the cache */
 } kiln_pool_stats;
 
 KILN_API kiln_status kiln_pool_stats_get(const kiln_ctx *ctx, kiln_pool_stats *out);
@@ -100,12 +100,12 @@ KILN_API void kiln_pool_set_limit(kiln_ctx *ctx, uint64_t bytes);
 /* ---- kernel caches ------------------------------------------------------------------ */
 
 typedef struct kiln_cache_stats {
-    uint64_t memory_hits;   /* program found in this context's memory cache */
-    uint64_t disk_hits;     /* program binary loaded from the disk cache */
-    uint64_t builds;        /* programs compiled from source */
-    uint64_t disk_writes;   /* binaries written to the disk cache */
-    uint64_t disk_faults;   /* unreadable or stale cache files ignored (a build followed) */
-    double build_ms;        /* time spent compiling or loading programs */
+    uint64_t memory_hits; /* program found in this context's memory cache */
+    uint64_t disk_hits;   /* program binary loaded from the disk cache */
+    uint64_t builds;      /* programs compiled from source */
+    uint64_t disk_writes; /* binaries written to the disk cache */
+    uint64_t disk_faults; /* unreadable or stale cache files ignored (a build followed) */
+    double build_ms;      /* time spent compiling or loading programs */
 } kiln_cache_stats;
 
 KILN_API kiln_status kiln_cache_stats_get(const kiln_ctx *ctx, kiln_cache_stats *out);

@@ -55,8 +55,8 @@ typedef struct kiln_conv2d_params {
 KILN_API kiln_conv2d_params kiln_conv2d_defaults(void);
 KILN_API kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                   const kiln_conv2d_params *p);
-KILN_API kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight,
-                                            kiln_tensor *bias, const kiln_conv2d_params *p);
+KILN_API kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                                            const kiln_conv2d_params *p);
 
 /* Fields are literal: kernel, stride and dilation >= 1 (stride 0 is an error, not "the
  * kernel"); padding as torch (at most half the kernel); ceil_mode rounds the output size
@@ -87,11 +87,11 @@ KILN_API kiln_tensor *kiln_upsample(kiln_ctx *ctx, kiln_tensor *x, int out_h, in
  * running_mean/var are given, updates them in place (momentum; unbiased variance) as
  * torch; eval: uses the running statistics. weight/bias [C] optional. */
 KILN_API kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running_mean,
-                                      kiln_tensor *running_var, kiln_tensor *weight, kiln_tensor *bias,
-                                      bool training, float momentum, float eps);
+                                      kiln_tensor *running_var, kiln_tensor *weight, kiln_tensor *bias, bool training,
+                                      float momentum, float eps);
 /* Normalises over the last `nnorm` dims; weight/bias of those dims' shape, optional. */
-KILN_API kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tensor *weight,
-                                      kiln_tensor *bias, float eps);
+KILN_API kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tensor *weight, kiln_tensor *bias,
+                                      float eps);
 /* Zeroes each element with probability p and scales the rest by 1/(1-p) when training
  * (the mask comes from the context's RNG: kiln_manual_seed makes it reproducible). With
  * training false or p == 0 it returns x itself as a view (no copy). */
@@ -124,8 +124,8 @@ KILN_API kiln_tensor *kiln_nll_loss(kiln_ctx *ctx, kiln_tensor *logp, kiln_tenso
 KILN_API kiln_tensor *kiln_bce_loss(kiln_ctx *ctx, kiln_tensor *p, kiln_tensor *target, kiln_tensor *weight,
                                     kiln_reduction r);
 /* Numerically stable sigmoid + BCE; pos_weight [C] optional (broadcast on the last dim). */
-KILN_API kiln_tensor *kiln_bce_with_logits(kiln_ctx *ctx, kiln_tensor *logits, kiln_tensor *target,
-                                           kiln_tensor *weight, kiln_tensor *pos_weight, kiln_reduction r);
+KILN_API kiln_tensor *kiln_bce_with_logits(kiln_ctx *ctx, kiln_tensor *logits, kiln_tensor *target, kiln_tensor *weight,
+                                           kiln_tensor *pos_weight, kiln_reduction r);
 /* Least-squares GAN (Mao et al. 2017): 0.5 * mean((pred - target_value)^2). The
  * discriminator's loss is lsgan(D(real), 1) + lsgan(D(fake), 0), the generator's
  * lsgan(D(fake), 1). */

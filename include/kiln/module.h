@@ -138,9 +138,9 @@ KILN_API char *kiln_module_describe(const kiln_module *m, char *buf, size_t cap)
 /* ---- parameters and buffers -------------------------------------------------------------- */
 
 typedef struct kiln_named_tensor {
-    char name[128];     /* dotted state_dict key */
+    char name[128]; /* dotted state_dict key */
     kiln_tensor *tensor;
-    bool is_buffer;     /* running statistics; not trained */
+    bool is_buffer; /* running statistics; not trained */
 } kiln_named_tensor;
 
 /* Writes up to cap parameters (trainable, in state_dict order) and returns how many exist

@@ -41,8 +41,8 @@ KILN_API kiln_module *kiln_nn_linear(kiln_ctx *ctx, int64_t in_features, int64_t
 KILN_API kiln_module *kiln_nn_conv2d(kiln_ctx *ctx, int64_t in_channels, int64_t out_channels, int kh, int kw,
                                      const kiln_conv2d_params *p, bool bias);
 /* weight [in, out/groups, kh, kw]. */
-KILN_API kiln_module *kiln_nn_conv_transpose2d(kiln_ctx *ctx, int64_t in_channels, int64_t out_channels, int kh,
-                                               int kw, const kiln_conv2d_params *p, bool bias);
+KILN_API kiln_module *kiln_nn_conv_transpose2d(kiln_ctx *ctx, int64_t in_channels, int64_t out_channels, int kh, int kw,
+                                               const kiln_conv2d_params *p, bool bias);
 /* Affine, tracking running statistics (torch defaults: eps 1e-5, momentum 0.1). 1d takes
  * [N, C] or [N, C, L]; 2d takes [N, C, H, W]. Buffers: running_mean, running_var,
  * num_batches_tracked (I32). */
@@ -61,10 +61,10 @@ KILN_API kiln_module *kiln_nn_flatten(kiln_ctx *ctx, int start_dim, int end_dim)
 
 typedef enum kiln_activation {
     KILN_ACT_RELU,
-    KILN_ACT_LEAKY_RELU,  /* param: negative slope (torch default 0.01) */
-    KILN_ACT_ELU,         /* param: alpha (1.0) */
-    KILN_ACT_GELU,        /* erf form */
-    KILN_ACT_GELU_TANH,   /* tanh approximation */
+    KILN_ACT_LEAKY_RELU, /* param: negative slope (torch default 0.01) */
+    KILN_ACT_ELU,        /* param: alpha (1.0) */
+    KILN_ACT_GELU,       /* erf form */
+    KILN_ACT_GELU_TANH,  /* tanh approximation */
     KILN_ACT_SIGMOID,
     KILN_ACT_TANH,
     KILN_ACT_SOFTPLUS,    /* param: beta (1.0); threshold 20 */

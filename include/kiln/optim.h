@@ -94,10 +94,10 @@ KILN_API kiln_adam_opts kiln_adamw_defaults(void);
 
 /* ---- creation ------------------------------------------------------------------------
  * params: n > 0 distinct, non-overlapping, contiguous F32 leaf tensors of ctx that
- * require grad (kiln_tensor_set_requires_grad). opts NULL means the defaults. Invalid hyper-parameters fail with torch's messages ("Invalid learning
- * rate: -1", "Nesterov momentum requires a momentum and zero dampening"); a bad parameter
- * fails naming its index and shape. NULL on error (the context holds why). The list
- * itself is copied; the tensors are not. */
+ * require grad (kiln_tensor_set_requires_grad). opts NULL means the defaults. Invalid hyper-parameters fail with
+ * torch's messages ("Invalid learning rate: -1", "Nesterov momentum requires a momentum and zero dampening"); a bad
+ * parameter fails naming its index and shape. NULL on error (the context holds why). The list itself is copied; the
+ * tensors are not. */
 KILN_API kiln_optim *kiln_sgd(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_sgd_opts *opts);
 KILN_API kiln_optim *kiln_rmsprop(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_rmsprop_opts *opts);
 KILN_API kiln_optim *kiln_adam(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_adam_opts *opts);
@@ -164,8 +164,7 @@ KILN_API kiln_status kiln_optim_set_step_count(kiln_optim *opt, int i, int64_t s
 KILN_API kiln_tensor *kiln_clip_grad_norm_tensor(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm,
                                                  double norm_type);
 /* The same, returning the total norm as a float (it waits for the device); NaN on error. */
-KILN_API float kiln_clip_grad_norm(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm,
-                                   double norm_type);
+KILN_API float kiln_clip_grad_norm(kiln_ctx *ctx, int n, kiln_tensor *const *params, double max_norm, double norm_type);
 /* Clamps every gradient element to [-clip_value, clip_value] (NaN stays NaN). */
 KILN_API kiln_status kiln_clip_grad_value(kiln_ctx *ctx, int n, kiln_tensor *const *params, double clip_value);
 

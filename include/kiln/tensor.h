@@ -23,8 +23,7 @@ typedef struct kiln_tensor kiln_tensor;
 /* ---- creation ----------------------------------------------------------------------- */
 
 /* Copies numel * dtype-size bytes from host `data` into a new contiguous tensor. */
-KILN_API kiln_tensor *kiln_from_host(kiln_ctx *ctx, const void *data, kiln_dtype dtype,
-                                     int ndim, const int64_t *shape);
+KILN_API kiln_tensor *kiln_from_host(kiln_ctx *ctx, const void *data, kiln_dtype dtype, int ndim, const int64_t *shape);
 /* Uninitialised contents. */
 KILN_API kiln_tensor *kiln_empty(kiln_ctx *ctx, kiln_dtype dtype, int ndim, const int64_t *shape);
 KILN_API kiln_tensor *kiln_full(kiln_ctx *ctx, float value, int ndim, const int64_t *shape);
@@ -42,11 +41,9 @@ KILN_API kiln_tensor *kiln_arange(kiln_ctx *ctx, double start, double end, doubl
  */
 KILN_API void kiln_manual_seed(kiln_ctx *ctx, uint64_t seed);
 /* Uniform in [low, high). */
-KILN_API kiln_tensor *kiln_rand_uniform(kiln_ctx *ctx, float low, float high, int ndim,
-                                        const int64_t *shape);
+KILN_API kiln_tensor *kiln_rand_uniform(kiln_ctx *ctx, float low, float high, int ndim, const int64_t *shape);
 /* Normal with the given mean and standard deviation (Box-Muller). */
-KILN_API kiln_tensor *kiln_rand_normal(kiln_ctx *ctx, float mean, float std, int ndim,
-                                       const int64_t *shape);
+KILN_API kiln_tensor *kiln_rand_normal(kiln_ctx *ctx, float mean, float std, int ndim, const int64_t *shape);
 
 /* ---- host transfer ------------------------------------------------------------------ */
 
@@ -102,8 +99,7 @@ KILN_API kiln_tensor *kiln_transpose(kiln_ctx *ctx, kiln_tensor *t, int dim0, in
 KILN_API kiln_tensor *kiln_permute(kiln_ctx *ctx, kiln_tensor *t, const int *dims);
 /* Elements start, start+step, ... < end along dim (negative start/end count from the end,
  * clamped as in Python slicing; step >= 1). */
-KILN_API kiln_tensor *kiln_slice(kiln_ctx *ctx, kiln_tensor *t, int dim, int64_t start,
-                                 int64_t end, int64_t step);
+KILN_API kiln_tensor *kiln_slice(kiln_ctx *ctx, kiln_tensor *t, int dim, int64_t start, int64_t end, int64_t step);
 /* Broadcasts size-1 dimensions (stride 0) and prepends new ones, as torch.expand; -1
  * keeps a size. */
 KILN_API kiln_tensor *kiln_expand(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *shape);

@@ -56,8 +56,7 @@ KILN_API kiln_status kiln_confusion_prf(const kiln_confusion *cm, int cls, doubl
                                         double *f1);
 /* The matrix as aligned text with a per-class precision/recall/F1 table; class names
  * optional (NULL: indices). Returns buf. */
-KILN_API char *kiln_confusion_format(const kiln_confusion *cm, const char *const *class_names, char *buf,
-                                     size_t cap);
+KILN_API char *kiln_confusion_format(const kiln_confusion *cm, const char *const *class_names, char *buf, size_t cap);
 
 /* How many rows of logits [N, C] have their label among the k largest logits (top-k
  * accuracy is *correct / N). Reads back (a sync). Ties are ranked as kiln_argmax ranks
@@ -74,12 +73,12 @@ KILN_API kiln_status kiln_topk_correct(kiln_tensor *logits, kiln_tensor *labels,
  * epoch's batches as they ran (the weights changing between them), as Keras reports them:
  * the loss weighted by batch size, the accuracy over every sample (argmax, first maximum). */
 typedef struct kiln_epoch_stats {
-    int epoch;                  /* 1-based */
+    int epoch; /* 1-based */
     double train_loss, train_accuracy;
     double val_loss, val_accuracy;
-    double lr;                  /* the learning rate the epoch trained with */
-    double seconds;             /* wall time of the epoch, validation included */
-    double samples_per_second;  /* training samples */
+    double lr;                 /* the learning rate the epoch trained with */
+    double seconds;            /* wall time of the epoch, validation included */
+    double samples_per_second; /* training samples */
 } kiln_epoch_stats;
 
 /* The loss of a batch: a one-element f32 tensor to call kiln_backward on, taken as the
@@ -92,34 +91,34 @@ typedef kiln_tensor *(*kiln_loss_fn)(kiln_ctx *ctx, kiln_tensor *out, kiln_tenso
 typedef enum kiln_monitor { KILN_MONITOR_VAL_ACCURACY = 0, KILN_MONITOR_VAL_LOSS = 1 } kiln_monitor;
 
 typedef struct kiln_fit_opts {
-    int epochs;              /* >= 1 */
-    kiln_loader *train;      /* required; the run starts at the first batch of its current epoch */
-    kiln_loader *val;        /* optional: validation each epoch, early stopping, best model
-                                (patience, restore_best and best_path without it are an error) */
-    kiln_optim *opt;         /* required */
-    kiln_lr_sched *sched;    /* optional: stepped once per epoch */
-    kiln_loss_fn loss;       /* NULL: cross-entropy */
+    int epochs;           /* >= 1 */
+    kiln_loader *train;   /* required; the run starts at the first batch of its current epoch */
+    kiln_loader *val;     /* optional: validation each epoch, early stopping, best model
+                             (patience, restore_best and best_path without it are an error) */
+    kiln_optim *opt;      /* required */
+    kiln_lr_sched *sched; /* optional: stepped once per epoch */
+    kiln_loss_fn loss;    /* NULL: cross-entropy */
     void *loss_user;
-    float clip_grad_norm;    /* > 0: clip the global gradient norm to it each step; INFINITY: no clipping */
-    kiln_monitor monitor;    /* what "best" means (needs val) */
-    int patience;            /* >= 1: stop after this many epochs without a strict improvement;
-                                -1: no early stopping */
-    bool restore_best;       /* at the end, load the best epoch's weights back (needs val) */
-    const char *best_path;   /* optional: the best model is also saved there (kiln_module_save) */
-    const char *metrics_csv; /* optional: one line per epoch, written as the run goes (a file
-                                already there is replaced when the run starts) */
-    const char *plot_path;   /* optional: the training curves as an SVG image, after each epoch
-                                (it and best_path are checked writable before training starts) */
-    bool progress;           /* print progress to stderr (a terminal's bar is redrawn after the
-                                first batch, then at most 10 times a second) */
+    float clip_grad_norm;      /* > 0: clip the global gradient norm to it each step; INFINITY: no clipping */
+    kiln_monitor monitor;      /* what "best" means (needs val) */
+    int patience;              /* >= 1: stop after this many epochs without a strict improvement;
+                                  -1: no early stopping */
+    bool restore_best;         /* at the end, load the best epoch's weights back (needs val) */
+    const char *best_path;     /* optional: the best model is also saved there (kiln_module_save) */
+    const char *metrics_csv;   /* optional: one line per epoch, written as the run goes (a file
+                                  already there is replaced when the run starts) */
+    const char *plot_path;     /* optional: the training curves as an SVG image, after each epoch
+                                  (it and best_path are checked writable before training starts) */
+    bool progress;             /* print progress to stderr (a terminal's bar is redrawn after the
+                                  first batch, then at most 10 times a second) */
     kiln_epoch_stats *history; /* optional: filled with up to history_cap epochs */
     int history_cap;
 } kiln_fit_opts;
 
 typedef struct kiln_fit_result {
     int epochs_run;
-    int best_epoch;      /* 0 without validation */
-    double best_metric;  /* the monitored value at best_epoch */
+    int best_epoch;     /* 0 without validation */
+    double best_metric; /* the monitored value at best_epoch */
     bool stopped_early;
     kiln_epoch_stats last;
 } kiln_fit_result;

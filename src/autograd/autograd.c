@@ -49,8 +49,10 @@ kiln_status kiln_tensor_set_requires_grad(kiln_tensor *t, bool requires_grad) {
                           kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), t->node->op);
     }
     if (requires_grad && t->dtype != KILN_F32)
-        return kiln__fail(ctx, KILN_ERR_DTYPE, "kiln_tensor_set_requires_grad: tensor %s has dtype %s; only f32 tensors can "
-                          "require grad", kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype));
+        return kiln__fail(ctx, KILN_ERR_DTYPE,
+                          "kiln_tensor_set_requires_grad: tensor %s has dtype %s; only f32 tensors can "
+                          "require grad",
+                          kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype));
     t->requires_grad = requires_grad;
     return KILN_OK;
 }
@@ -188,8 +190,10 @@ static void node_free(kiln__node *n) {
 /* ctx->node_release: the tensor floor frees a tensor's node through it. */
 static void node_release(kiln_ctx *ctx, kiln__node *n, bool discard) {
     (void)ctx;
-    if (discard) node_discard(n);
-    else node_free(n);
+    if (discard)
+        node_discard(n);
+    else
+        node_free(n);
 }
 
 /* ---- gradients ---------------------------------------------------------------------- */
@@ -203,8 +207,8 @@ static kiln_status add_into(kiln_ctx *ctx, const char *op, kiln_tensor *dst, kil
     memcpy(st[0], src->strides, sizeof st[0]);
     kiln__geom_build(&g, src->ndim, src->shape, 1, (const int64_t(*)[KILN_MAX_DIMS])st);
     cl_int doff = (cl_int)dst->offset, soff = (cl_int)src->offset, ni = (cl_int)n;
-    kiln__karg args[] = {KILN__ARG(dst->st->mem), KILN__ARG(doff), KILN__ARG(src->st->mem), KILN__ARG(soff),
-                         KILN__ARG(ni), KILN__ARG(g)};
+    kiln__karg args[] = {KILN__ARG(dst->st->mem), KILN__ARG(doff), KILN__ARG(src->st->mem),
+                         KILN__ARG(soff),         KILN__ARG(ni),   KILN__ARG(g)};
     return kiln__launch(ctx, op, "elementwise", "-DT=float", "add_into_strided", 6, args, (size_t)n, 0);
 }
 
@@ -252,7 +256,8 @@ kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, 
         } else {
             c = kiln__copy_contiguous(ctx, "kiln_backward", g);
         }
-        if (!c) s = ctx->err;
+        if (!c)
+            s = ctx->err;
         else {
             /* out of every scope: a leaf's .grad outlives the step; a gacc is freed by the
              * backward loop, whatever scopes the backward rules open */
@@ -332,25 +337,30 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
     if (!out->requires_grad)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                           "kiln_backward: tensor %s does not require grad (no input of the ops that made it requires "
-                          "grad, or it was made under no_grad)", so);
+                          "grad, or it was made under no_grad)",
+                          so);
     if (!out->node) {
         if (out->graph_freed)
             return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                               "kiln_backward: the graph of tensor %s was freed by an earlier backward; pass "
-                              "retain_graph to kiln_backward_ex to run backward through it twice", so);
+                              "retain_graph to kiln_backward_ex to run backward through it twice",
+                              so);
     }
     int64_t numel = kiln__numel(out->ndim, out->shape);
     if (!seed && numel != 1)
         return kiln__fail(ctx, KILN_ERR_SHAPE,
                           "kiln_backward: tensor %s has %lld elements; the gradient of a non-scalar needs an explicit "
-                          "seed gradient (kiln_backward_ex)", so, (long long)numel);
+                          "seed gradient (kiln_backward_ex)",
+                          so, (long long)numel);
     if (seed) {
         if (seed->ctx != ctx)
-            return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_backward: the seed gradient belongs to another context");
+            return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                              "kiln_backward: the seed gradient belongs to another context");
         if (seed->dtype != KILN_F32 || seed->ndim != out->ndim ||
             memcmp(seed->shape, out->shape, sizeof(int64_t) * (size_t)out->ndim) != 0)
             return kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_backward: seed gradient %s (%s) does not match tensor %s",
-                              kiln__shape_str(seed->ndim, seed->shape, ss, sizeof ss), kiln_dtype_name(seed->dtype), so);
+                              kiln__shape_str(seed->ndim, seed->shape, ss, sizeof ss), kiln_dtype_name(seed->dtype),
+                              so);
     }
 
     bool prev_mode = ctx->grad_enabled;
@@ -362,7 +372,8 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
         kiln_tensor *leaf[1] = {out};
         kiln__node fake = {.op = "kiln_backward", .nin = 1, .in = leaf};
         /* the seed of ones is the tensor floor's fill */
-        if (seed) s = kiln__grad_add(ctx, &fake, 0, seed, false);
+        if (seed)
+            s = kiln__grad_add(ctx, &fake, 0, seed, false);
         else {
             kiln_tensor *g = kiln_ones(ctx, out->ndim, out->shape);
             s = g ? kiln__grad_add(ctx, &fake, 0, g, true) : ctx->err;
@@ -435,7 +446,8 @@ kiln_tensor *kiln__finish(kiln_ctx *ctx, const char *op, kiln_tensor *out) {
             char sb[160];
             kiln__fail(ctx, KILN_ERR_RANGE,
                        "%s produced %s at element %lld of its output %s (KILN_CHECK_NUMERICS: the first op with a "
-                       "non-finite result)", op, isnan(h[i]) ? "NaN" : "Inf", (long long)i,
+                       "non-finite result)",
+                       op, isnan(h[i]) ? "NaN" : "Inf", (long long)i,
                        kiln__shape_str(out->ndim, out->shape, sb, sizeof sb));
             free(h);
             kiln_tensor_free(out);

@@ -15,7 +15,7 @@ struct kiln__node {
     kiln__backward_fn backward;
     kiln_tensor *out;
     int nin;
-    kiln_tensor **in;  /* nin inputs (NULL entries allowed), owned array */
+    kiln_tensor **in; /* nin inputs (NULL entries allowed), owned array */
     int nsaved, capsaved;
     kiln_tensor **saved; /* tensors the backward reads, owned array */
     /* The op's typed state (see KILN__NODE_STATE_NEW): a zeroed block of state_size bytes
@@ -24,7 +24,7 @@ struct kiln__node {
     size_t state_size;
     const char *state_type;
     void (*state_destroy)(void *state);
-    uint64_t seq;      /* creation order: backward visits nodes from newest to oldest */
+    uint64_t seq; /* creation order: backward visits nodes from newest to oldest */
 };
 
 /* Typed per-op state. An op family declares its own struct and the forward attaches it:

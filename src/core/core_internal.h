@@ -23,9 +23,9 @@
 /* A context's error state. struct kiln_ctx (src/device/device_internal.h) starts with it,
  * so core reads and writes a context's error without knowing the rest of the context; the
  * floors above name its fields ctx->err, ctx->errmsg, ctx->err_noted. */
-#define KILN__ERROR_FIELDS                                                                     \
-    kiln_status err;                                                                           \
-    char *errmsg;   /* malloc'ed; NULL when no error */                                        \
+#define KILN__ERROR_FIELDS                                                                                             \
+    kiln_status err;                                                                                                   \
+    char *errmsg;   /* malloc'ed; NULL when no error */                                                                \
     bool err_noted; /* kiln__error_note already added its note */
 typedef struct kiln__error_state {
     KILN__ERROR_FIELDS

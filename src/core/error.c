@@ -10,9 +10,8 @@
 
 const char *kiln_status_str(kiln_status s) {
     switch (s) {
-#define KILN__STATUS_STR(name, value, text) \
-    case name:                              \
-        return text;
+#define KILN__STATUS_STR(name, value, text)                                                                            \
+    case name: return text;
         KILN_STATUS_LIST(KILN__STATUS_STR)
 #undef KILN__STATUS_STR
     }
@@ -21,9 +20,8 @@ const char *kiln_status_str(kiln_status s) {
 
 const char *kiln_status_name(kiln_status s) {
     switch (s) {
-#define KILN__STATUS_NAME(name, value, text) \
-    case name:                               \
-        return #name;
+#define KILN__STATUS_NAME(name, value, text)                                                                           \
+    case name: return #name;
         KILN_STATUS_LIST(KILN__STATUS_NAME)
 #undef KILN__STATUS_NAME
     }
@@ -39,16 +37,11 @@ static const struct {
     [KILN_I32] = {"i32", 4},
     [KILN_U8] = {"u8", 1},
 };
-_Static_assert(sizeof dtype_table / sizeof dtype_table[0] == KILN_DTYPE_COUNT,
-               "every dtype needs a name and a size");
+_Static_assert(sizeof dtype_table / sizeof dtype_table[0] == KILN_DTYPE_COUNT, "every dtype needs a name and a size");
 
-const char *kiln_dtype_name(kiln_dtype t) {
-    return (unsigned)t < KILN_DTYPE_COUNT ? dtype_table[t].name : "invalid";
-}
+const char *kiln_dtype_name(kiln_dtype t) { return (unsigned)t < KILN_DTYPE_COUNT ? dtype_table[t].name : "invalid"; }
 
-size_t kiln_dtype_size(kiln_dtype t) {
-    return (unsigned)t < KILN_DTYPE_COUNT ? dtype_table[t].size : 0;
-}
+size_t kiln_dtype_size(kiln_dtype t) { return (unsigned)t < KILN_DTYPE_COUNT ? dtype_table[t].size : 0; }
 
 static char *vformat(const char *fmt, va_list ap) {
     va_list ap2;
@@ -197,24 +190,52 @@ kiln_status kiln__cl_status(cl_int err) {
 
 const char *kiln__cl_name(cl_int err) {
     switch (err) {
-#define N(x) \
-    case x:  \
-        return #x;
-        N(CL_SUCCESS) N(CL_DEVICE_NOT_FOUND) N(CL_DEVICE_NOT_AVAILABLE)
-        N(CL_COMPILER_NOT_AVAILABLE) N(CL_MEM_OBJECT_ALLOCATION_FAILURE) N(CL_OUT_OF_RESOURCES)
-        N(CL_OUT_OF_HOST_MEMORY) N(CL_PROFILING_INFO_NOT_AVAILABLE) N(CL_MEM_COPY_OVERLAP)
-        N(CL_BUILD_PROGRAM_FAILURE) N(CL_MAP_FAILURE) N(CL_MISALIGNED_SUB_BUFFER_OFFSET)
-        N(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST) N(CL_COMPILE_PROGRAM_FAILURE)
-        N(CL_LINK_PROGRAM_FAILURE) N(CL_INVALID_VALUE) N(CL_INVALID_DEVICE_TYPE)
-        N(CL_INVALID_PLATFORM) N(CL_INVALID_DEVICE) N(CL_INVALID_CONTEXT)
-        N(CL_INVALID_QUEUE_PROPERTIES) N(CL_INVALID_COMMAND_QUEUE) N(CL_INVALID_HOST_PTR)
-        N(CL_INVALID_MEM_OBJECT) N(CL_INVALID_BINARY) N(CL_INVALID_BUILD_OPTIONS)
-        N(CL_INVALID_PROGRAM) N(CL_INVALID_PROGRAM_EXECUTABLE) N(CL_INVALID_KERNEL_NAME)
-        N(CL_INVALID_KERNEL_DEFINITION) N(CL_INVALID_KERNEL) N(CL_INVALID_ARG_INDEX)
-        N(CL_INVALID_ARG_VALUE) N(CL_INVALID_ARG_SIZE) N(CL_INVALID_KERNEL_ARGS)
-        N(CL_INVALID_WORK_DIMENSION) N(CL_INVALID_WORK_GROUP_SIZE) N(CL_INVALID_WORK_ITEM_SIZE)
-        N(CL_INVALID_GLOBAL_OFFSET) N(CL_INVALID_EVENT_WAIT_LIST) N(CL_INVALID_EVENT)
-        N(CL_INVALID_OPERATION) N(CL_INVALID_BUFFER_SIZE) N(CL_INVALID_GLOBAL_WORK_SIZE)
+#define N(x)                                                                                                           \
+    case x: return #x
+        N(CL_SUCCESS);
+        N(CL_DEVICE_NOT_FOUND);
+        N(CL_DEVICE_NOT_AVAILABLE);
+        N(CL_COMPILER_NOT_AVAILABLE);
+        N(CL_MEM_OBJECT_ALLOCATION_FAILURE);
+        N(CL_OUT_OF_RESOURCES);
+        N(CL_OUT_OF_HOST_MEMORY);
+        N(CL_PROFILING_INFO_NOT_AVAILABLE);
+        N(CL_MEM_COPY_OVERLAP);
+        N(CL_BUILD_PROGRAM_FAILURE);
+        N(CL_MAP_FAILURE);
+        N(CL_MISALIGNED_SUB_BUFFER_OFFSET);
+        N(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST);
+        N(CL_COMPILE_PROGRAM_FAILURE);
+        N(CL_LINK_PROGRAM_FAILURE);
+        N(CL_INVALID_VALUE);
+        N(CL_INVALID_DEVICE_TYPE);
+        N(CL_INVALID_PLATFORM);
+        N(CL_INVALID_DEVICE);
+        N(CL_INVALID_CONTEXT);
+        N(CL_INVALID_QUEUE_PROPERTIES);
+        N(CL_INVALID_COMMAND_QUEUE);
+        N(CL_INVALID_HOST_PTR);
+        N(CL_INVALID_MEM_OBJECT);
+        N(CL_INVALID_BINARY);
+        N(CL_INVALID_BUILD_OPTIONS);
+        N(CL_INVALID_PROGRAM);
+        N(CL_INVALID_PROGRAM_EXECUTABLE);
+        N(CL_INVALID_KERNEL_NAME);
+        N(CL_INVALID_KERNEL_DEFINITION);
+        N(CL_INVALID_KERNEL);
+        N(CL_INVALID_ARG_INDEX);
+        N(CL_INVALID_ARG_VALUE);
+        N(CL_INVALID_ARG_SIZE);
+        N(CL_INVALID_KERNEL_ARGS);
+        N(CL_INVALID_WORK_DIMENSION);
+        N(CL_INVALID_WORK_GROUP_SIZE);
+        N(CL_INVALID_WORK_ITEM_SIZE);
+        N(CL_INVALID_GLOBAL_OFFSET);
+        N(CL_INVALID_EVENT_WAIT_LIST);
+        N(CL_INVALID_EVENT);
+        N(CL_INVALID_OPERATION);
+        N(CL_INVALID_BUFFER_SIZE);
+        N(CL_INVALID_GLOBAL_WORK_SIZE);
 #undef N
     case -1001: return "CL_PLATFORM_NOT_FOUND_KHR";
     }

@@ -100,8 +100,9 @@ static kiln_status read_record(parser *p, bool *got, int64_t *start_line) {
             i++;
             for (;;) {
                 if (i >= p->len)
-                    return kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: unterminated quoted field",
-                                             p->op, p->what, (long long)qline, p->nf + 1);
+                    return kiln__fail_global(KILN_ERR_CORRUPT,
+                                             "%s: %s: line %lld, column %zu: unterminated quoted field", p->op, p->what,
+                                             (long long)qline, p->nf + 1);
                 unsigned char c = p->b[i];
                 if (c == '"') {
                     if (i + 1 < p->len && p->b[i + 1] == '"') {
@@ -267,10 +268,9 @@ static kiln_csv *csv_parse(const char *op, const char *what, const unsigned char
             int num = to_number(&p.f[k], &v);
             if (num != NUM_OK) {
                 show(&p.f[k], sb, sizeof sb);
-                st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: '%s' %s", op, what,
-                                       (long long)line, k + 1, sb,
-                                       num == NUM_RANGE ? "is out of range (beyond the largest double)"
-                                                        : "is not a number");
+                st = kiln__fail_global(
+                    KILN_ERR_CORRUPT, "%s: %s: line %lld, column %zu: '%s' %s", op, what, (long long)line, k + 1, sb,
+                    num == NUM_RANGE ? "is out of range (beyond the largest double)" : "is not a number");
                 break;
             }
             if (!vec_push(&data, &v)) {
@@ -291,7 +291,8 @@ done:
     }
     free(p.f);
     free(p.text);
-    if (st == KILN_OK && cols < 0) st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: no rows (empty or blank input)", op, what);
+    if (st == KILN_OK && cols < 0)
+        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: no rows (empty or blank input)", op, what);
     if (st != KILN_OK) {
         free(data.p);
         free(lines.p);

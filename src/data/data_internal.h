@@ -8,8 +8,7 @@
 /* Reads a whole file into a malloc'ed buffer (with one extra NUL byte after it), inflating
  * it when its content is gzip. *was_gzip tells which (may be NULL). Errors go to
  * kiln_last_error, prefixed "op: path: ". */
-kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char **buf, size_t *len,
-                                 bool *was_gzip);
+kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char **buf, size_t *len, bool *was_gzip);
 
 /* True when path ends in ".gz". */
 bool kiln__data_gz_name(const char *path);

@@ -26,8 +26,8 @@ static const char *errno_str(int e, char *buf, size_t cap) {
 }
 
 /* Inflates one or more concatenated gzip members; anything else after them is an error. */
-static kiln_status gunzip(const char *op, const char *path, const unsigned char *in, size_t inlen,
-                          unsigned char **out, size_t *outlen) {
+static kiln_status gunzip(const char *op, const char *path, const unsigned char *in, size_t inlen, unsigned char **out,
+                          size_t *outlen) {
     /* The last 4 bytes hold the uncompressed size mod 2^32: a good first guess, capped by
      * deflate's best ratio (~1032:1) so a lying trailer cannot make us allocate much. */
     size_t cap = 1 << 16;
@@ -82,7 +82,8 @@ static kiln_status gunzip(const char *op, const char *path, const unsigned char 
         if (r == Z_BUF_ERROR && ipos == inlen && opos < cap) {
             st = kiln__fail_global(KILN_ERR_CORRUPT,
                                    "%s: %s: gzip stream is truncated (input ends after %zu compressed bytes, "
-                                   "%zu bytes inflated)", op, path, inlen, opos);
+                                   "%zu bytes inflated)",
+                                   op, path, inlen, opos);
             break;
         }
         if (r == Z_BUF_ERROR) continue; /* output full: grow */
@@ -90,8 +91,8 @@ static kiln_status gunzip(const char *op, const char *path, const unsigned char 
             st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory inflating", op, path);
             break;
         }
-        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: gzip data is corrupt at compressed byte %zu: %s", op,
-                               path, ipos, zs.msg ? zs.msg : "inflate failed");
+        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: gzip data is corrupt at compressed byte %zu: %s", op, path,
+                               ipos, zs.msg ? zs.msg : "inflate failed");
         break;
     }
     inflateEnd(&zs);
@@ -114,8 +115,7 @@ static kiln_status gunzip(const char *op, const char *path, const unsigned char 
     return KILN_OK;
 }
 
-kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char **buf, size_t *len,
-                                 bool *was_gzip) {
+kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char **buf, size_t *len, bool *was_gzip) {
     char eb[128];
     *buf = NULL;
     *len = 0;
@@ -134,7 +134,8 @@ kiln_status kiln__data_read_file(const char *op, const char *path, unsigned char
     unsigned char *b = malloc(cap);
     size_t n = 0;
     kiln_status st = KILN_OK;
-    if (!b) st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory (%zu bytes)", op, path, cap);
+    if (!b)
+        st = kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory (%zu bytes)", op, path, cap);
     while (st == KILN_OK) {
         if (n == cap) {
             size_t ncap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
@@ -235,14 +236,15 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
         goto fail;
     }
     if (len < 4) {
-        st = kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: truncated header: file is %zu bytes, the IDX magic alone is 4",
-                               op, what, len);
+        st = kiln__fail_global(KILN_ERR_CORRUPT,
+                               "%s: %s: truncated header: file is %zu bytes, the IDX magic alone is 4", op, what, len);
         goto fail;
     }
     if (b[0] != 0 || b[1] != 0) {
         st = kiln__fail_global(KILN_ERR_CORRUPT,
                                "%s: %s: wrong magic 0x%02x%02x%02x%02x: an IDX file starts with two zero bytes, a "
-                               "type byte and the number of dimensions", op, what, b[0], b[1], b[2], b[3]);
+                               "type byte and the number of dimensions",
+                               op, what, b[0], b[1], b[2], b[3]);
         goto fail;
     }
     int type = b[2], ndim = b[3];
@@ -250,7 +252,8 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
     if (!es) {
         st = kiln__fail_global(KILN_ERR_CORRUPT,
                                "%s: %s: bad type byte 0x%02x (IDX types: 0x08 u8, 0x09 i8, 0x0B i16, 0x0C i32, 0x0D "
-                               "f32, 0x0E f64)", op, what, type);
+                               "f32, 0x0E f64)",
+                               op, what, type);
         goto fail;
     }
     if (ndim < 1 || ndim > KILN_MAX_DIMS) {
@@ -276,7 +279,8 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
     int64_t count = 1;
     bool zero = false;
     for (int d = 0; d < ndim; d++) zero |= dims[d] == 0;
-    if (zero) count = 0;
+    if (zero)
+        count = 0;
     else
         for (int d = 0; d < ndim; d++) {
             if (count > INT64_MAX / dims[d]) {
@@ -294,11 +298,14 @@ static kiln_idx *idx_parse(const char *op, const char *what, unsigned char *buf,
     size_t bytes = (size_t)count * es, payload = len - hdr;
     if (payload != bytes) {
         char tail[64];
-        if (payload < bytes) snprintf(tail, sizeof tail, "truncated");
-        else snprintf(tail, sizeof tail, "%zu trailing bytes", payload - bytes);
-        st = kiln__fail_global(KILN_ERR_CORRUPT,
-                               "%s: %s: header says %s %s = %zu bytes of data, file has %zu after the %zu-byte header (%s)",
-                               op, what, ds, kiln_idx_type_name((kiln_idx_type)type), bytes, payload, hdr, tail);
+        if (payload < bytes)
+            snprintf(tail, sizeof tail, "truncated");
+        else
+            snprintf(tail, sizeof tail, "%zu trailing bytes", payload - bytes);
+        st = kiln__fail_global(
+            KILN_ERR_CORRUPT,
+            "%s: %s: header says %s %s = %zu bytes of data, file has %zu after the %zu-byte header (%s)", op, what, ds,
+            kiln_idx_type_name((kiln_idx_type)type), bytes, payload, hdr, tail);
         goto fail;
     }
     idx = calloc(1, sizeof *idx);
@@ -373,8 +380,10 @@ kiln_idx *kiln_idx_load(const char *path) {
     if (!idx && !gz && kiln__data_gz_name(path)) {
         char msg[8192];
         snprintf(msg, sizeof msg, "%s", kiln_last_error());
-        kiln__fail_global(kiln_last_status(), "%s (the name ends in .gz but the file is not gzip-compressed; it "
-                        "was read as raw IDX)", msg);
+        kiln__fail_global(kiln_last_status(),
+                          "%s (the name ends in .gz but the file is not gzip-compressed; it "
+                          "was read as raw IDX)",
+                          msg);
     }
     return idx;
 }

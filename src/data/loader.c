@@ -133,8 +133,8 @@ static store *store_new(const char *op, const char *what, int64_t n, int ndim, c
         return NULL;
     }
     if (ndim < 1 || ndim > KILN_MAX_DIMS - 1) {
-        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: samples of %d dims (1 to %d: a batch adds one)", op,
-                          what, ndim, KILN_MAX_DIMS - 1);
+        kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s: samples of %d dims (1 to %d: a batch adds one)", op, what,
+                          ndim, KILN_MAX_DIMS - 1);
         return NULL;
     }
     if (!shape) {
@@ -282,8 +282,8 @@ kiln_dataset *kiln_dataset_idx(const char *images, const char *labels, int num_c
         goto done;
     }
     if (im->dims[0] != lb->dims[0]) {
-        kiln__fail_global(KILN_ERR_SHAPE, "%s: images %s hold %lld samples but labels %s hold %lld labels", op,
-                          images, (long long)im->dims[0], labels, (long long)lb->dims[0]);
+        kiln__fail_global(KILN_ERR_SHAPE, "%s: images %s hold %lld samples but labels %s hold %lld labels", op, images,
+                          (long long)im->dims[0], labels, (long long)lb->dims[0]);
         goto done;
     }
     int64_t shape[KILN_MAX_DIMS];
@@ -352,8 +352,8 @@ kiln_dataset *kiln_dataset_from_csv(const kiln_csv *csv, int label_col, int num_
             double v = row[c];
             if (c == lc) {
                 if (!(v == floor(v)) || v < -2147483648.0 || v > 2147483647.0) {
-                    kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %lld: label %g is not an integer", op,
-                                      what, line, (long long)c + 1, v);
+                    kiln__fail_global(KILN_ERR_CORRUPT, "%s: %s: line %lld, column %lld: label %g is not an integer",
+                                      op, what, line, (long long)c + 1, v);
                     store_discard(st);
                     return NULL;
                 }
@@ -414,7 +414,8 @@ kiln_dataset *kiln_fashion_mnist(const char *dir, bool train) {
             if (access(paths[k], R_OK) != 0) {
                 kiln__fail_global(KILN_ERR_IO,
                                   "%s: no readable %s-%s-ubyte.gz (or uncompressed) in %s (on Debian: apt install "
-                                  "dataset-fashion-mnist)", op, set, kinds[k], dir);
+                                  "dataset-fashion-mnist)",
+                                  op, set, kinds[k], dir);
                 return NULL;
             }
         }
@@ -723,8 +724,8 @@ kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_l
     const char *hint = " (start from kiln_loader_defaults() and change fields)";
     if (o.batch_size < 1 || o.batch_size > (INT32_MAX - 65536) / st->numel) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "%s: batch_size %lld (samples %s) must be positive and give batches of fewer than 2^31 values%s",
-                   op, (long long)o.batch_size, sb, o.batch_size == 0 ? hint : "");
+                   "%s: batch_size %lld (samples %s) must be positive and give batches of fewer than 2^31 values%s", op,
+                   (long long)o.batch_size, sb, o.batch_size == 0 ? hint : "");
         return NULL;
     }
     if (!isfinite(o.scale) || o.scale == 0) {
@@ -744,8 +745,10 @@ kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_l
     }
     for (int c = 0; c < o.norm_count; c++) {
         if (!isfinite(o.mean[c]) || !(o.std[c] > 0) || !isfinite(o.std[c])) {
-            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: mean[%d] = %g, std[%d] = %g: need a finite mean and a "
-                       "finite std > 0", op, c, o.mean[c], c, o.std[c]);
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                       "%s: mean[%d] = %g, std[%d] = %g: need a finite mean and a "
+                       "finite std > 0",
+                       op, c, o.mean[c], c, o.std[c]);
             return NULL;
         }
     }
@@ -754,8 +757,10 @@ kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_l
         return NULL;
     }
     if ((o.crop_padding > 0 || o.hflip) && st->ndim < 2) {
-        kiln__fail(ctx, KILN_ERR_SHAPE, "%s: crop and flip need samples with (H, W) as their last dims; the dataset's "
-                   "samples are %s", op, sb);
+        kiln__fail(ctx, KILN_ERR_SHAPE,
+                   "%s: crop and flip need samples with (H, W) as their last dims; the dataset's "
+                   "samples are %s",
+                   op, sb);
         return NULL;
     }
     int64_t nb = o.drop_last ? ds->n / o.batch_size : (ds->n + o.batch_size - 1) / o.batch_size;
@@ -853,8 +858,8 @@ static bool upload(kiln_loader *l, slot *s, kiln_tensor **x, kiln_tensor **y) {
     cl_int err = clEnqueueWriteBuffer(ctx->queue, tx->st->mem, CL_FALSE, (size_t)tx->offset * sizeof(float), xb, s->x,
                                       0, NULL, &s->ev[0]);
     if (err == CL_SUCCESS)
-        err = clEnqueueWriteBuffer(ctx->queue, ty->st->mem, CL_FALSE, (size_t)ty->offset * sizeof(int32_t), yb, s->y,
-                                   0, NULL, &s->ev[1]);
+        err = clEnqueueWriteBuffer(ctx->queue, ty->st->mem, CL_FALSE, (size_t)ty->offset * sizeof(int32_t), yb, s->y, 0,
+                                   NULL, &s->ev[1]);
     if (err != CL_SUCCESS) {
         kiln__fail(ctx, kiln__cl_status(err), "%s: writing a batch of %zu bytes to '%s' failed: %s (%d)", op, xb + yb,
                    ctx->info.name, kiln__cl_name(err), err);

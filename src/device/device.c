@@ -100,8 +100,7 @@ static kiln_status enumerate(found **out, int *count) {
                                  "no OpenCL platform found: install an OpenCL driver (on a CPU-only "
                                  "machine: apt-get install pocl-opencl-icd)");
     if (err != CL_SUCCESS)
-        return kiln__fail_global(kiln__cl_status(err), "clGetPlatformIDs failed: %s (%d)",
-                                 kiln__cl_name(err), err);
+        return kiln__fail_global(kiln__cl_status(err), "clGetPlatformIDs failed: %s (%d)", kiln__cl_name(err), err);
     cl_platform_id *plats = calloc(np, sizeof *plats);
     if (!plats) return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "kiln_devices: out of memory");
     clGetPlatformIDs(np, plats, NULL);
@@ -109,8 +108,7 @@ static kiln_status enumerate(found **out, int *count) {
     int n = 0;
     for (cl_uint p = 0; p < np; p++) {
         cl_uint nd = 0;
-        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) != CL_SUCCESS || nd == 0)
-            continue;
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) != CL_SUCCESS || nd == 0) continue;
         cl_device_id *devs = calloc(nd, sizeof *devs);
         found *grown = realloc(all, (size_t)(n + (int)nd) * sizeof *all);
         if (!devs || !grown) {
@@ -210,8 +208,8 @@ static int match_spec(const found *all, int n, const char *spec) {
     }
     for (int i = 0; i < n; i++) {
         const kiln_device_info *f = &all[i].info;
-        if (contains_ci(f->name, spec) || contains_ci(f->vendor, spec) ||
-            contains_ci(f->platform_name, spec) || contains_ci(f->platform_vendor, spec))
+        if (contains_ci(f->name, spec) || contains_ci(f->vendor, spec) || contains_ci(f->platform_name, spec) ||
+            contains_ci(f->platform_vendor, spec))
             return i;
     }
     return -1;
@@ -296,8 +294,7 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
 
     const char *cache = getenv("KILN_CACHE");
     ctx->disk_cache = !(cache && (strcmp(cache, "off") == 0 || strcmp(cache, "0") == 0));
-    if (ctx->disk_cache && kiln_cache_dir(ctx->cache_dir, sizeof ctx->cache_dir) != KILN_OK)
-        ctx->disk_cache = false;
+    if (ctx->disk_cache && kiln_cache_dir(ctx->cache_dir, sizeof ctx->cache_dir) != KILN_OK) ctx->disk_cache = false;
     const char *kdir = getenv("KILN_KERNEL_DIR");
 #ifdef KILN_KERNEL_SOURCE_DIR
     if (!kdir || !*kdir) kdir = KILN_KERNEL_SOURCE_DIR;
@@ -312,8 +309,7 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
     kiln__tune_open(ctx, NULL);
     atomic_fetch_add(&open_contexts, 1);
     *out = ctx;
-    kiln__log(2, "opened %d:%d %s (%s)", f.info.platform_index, f.info.device_index, f.info.name,
-              f.info.platform_name);
+    kiln__log(2, "opened %d:%d %s (%s)", f.info.platform_index, f.info.device_index, f.info.name, f.info.platform_name);
     return KILN_OK;
 }
 

@@ -67,13 +67,11 @@ typedef struct kiln__karg {
 
 /* Sets the arguments and enqueues a 1-D launch of `global` work-items, rounded up to a
  * multiple of the work-group size (local 0 = let kiln choose). Kernels guard i < n. */
-kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, const char *options,
-                         const char *kernel, size_t nargs, const kiln__karg *args, size_t global,
-                         size_t local);
+kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, const char *options, const char *kernel,
+                         size_t nargs, const kiln__karg *args, size_t global, size_t local);
 /* 2-D version: global[] already multiples of local[] when local is given. */
-kiln_status kiln__launch2(kiln_ctx *ctx, const char *op, const char *program, const char *options,
-                          const char *kernel, size_t nargs, const kiln__karg *args,
-                          const size_t global[2], const size_t local[2]);
+kiln_status kiln__launch2(kiln_ctx *ctx, const char *op, const char *program, const char *options, const char *kernel,
+                          size_t nargs, const kiln__karg *args, const size_t global[2], const size_t local[2]);
 /* The work-group size used for 1-D launches on this device (before a kernel's own cap). */
 size_t kiln__wg_size(const kiln_ctx *ctx);
 /* The work-group size for a kernel that sums through a local-memory tree: the context's
@@ -111,8 +109,7 @@ kiln_status kiln__tune_parse(const char *text, kiln__tune_set *out, const kiln_d
 char *kiln__tune_format(const kiln__tune_set *s, char *buf, size_t cap);
 /* $KILN_CACHE_DIR/kiln-tune-<hash of device name, driver, platform>.txt */
 kiln_status kiln__tune_path(const kiln_device_info *info, char *buf, size_t cap);
-kiln_status kiln__tune_load(const kiln_device_info *info, const char *path, kiln__tune_set *out, char *err,
-                            size_t cap);
+kiln_status kiln__tune_load(const kiln_device_info *info, const char *path, kiln__tune_set *out, char *err, size_t cap);
 /* Writes the file atomically; its path into path. Sets kiln_last_error on failure. */
 kiln_status kiln__tune_save(const kiln_device_info *info, const kiln__tune_set *s, const char *comment, char *path,
                             size_t cap);
@@ -151,16 +148,16 @@ void kiln__tune_threshold(kiln_ctx *ctx, size_t v);
  * would not choose (tests reach them through src/kiln_test_hooks.h). Zero everywhere means
  * "the device decides", so a fresh context has every hook off. */
 typedef struct kiln__hooks {
-    int reduce_layout;  /* 0 device, 1 GPU-style layout, 2 CPU-style (src/ops/reduce.c) */
-    int softmax_layout; /* 0 device, 1 rows, 2 groups CPU-style, 3 groups GPU-style (activation.c) */
-    int loss_layout;    /* as reduce_layout (src/ops/loss.c) */
-    int norm_layout;    /* 0 device, 1 and 2 the two layouts (src/ops/norm.c) */
-    int shape_layout;   /* as reduce_layout (src/ops/shape.c) */
-    int gemm_own;       /* 0 device, 1 every product kiln's kernels can take, -1 none */
-    bool sgemm_fixed;   /* kiln tune: no per-call choice between CLBlast's kernels */
-    int64_t conv_pad;   /* the padded conv path with this multiple (0 = off) */
+    int reduce_layout;                   /* 0 device, 1 GPU-style layout, 2 CPU-style (src/ops/reduce.c) */
+    int softmax_layout;                  /* 0 device, 1 rows, 2 groups CPU-style, 3 groups GPU-style (activation.c) */
+    int loss_layout;                     /* as reduce_layout (src/ops/loss.c) */
+    int norm_layout;                     /* 0 device, 1 and 2 the two layouts (src/ops/norm.c) */
+    int shape_layout;                    /* as reduce_layout (src/ops/shape.c) */
+    int gemm_own;                        /* 0 device, 1 every product kiln's kernels can take, -1 none */
+    bool sgemm_fixed;                    /* kiln tune: no per-call choice between CLBlast's kernels */
+    int64_t conv_pad;                    /* the padded conv path with this multiple (0 = off) */
     int64_t conv_budget, conv_split_min; /* conv's column budget and split-K minimum (0 = built-in) */
-    size_t matmul_last_parts; /* written by matmul: parts of the last split-K product */
+    size_t matmul_last_parts;            /* written by matmul: parts of the last split-K product */
 } kiln__hooks;
 
 /* A floor above this one that keeps state on a context registers how to free it when the

@@ -58,8 +58,7 @@ static char *one_source(kiln_ctx *ctx, const char *name, bool from_dir, size_t *
         char path[1200];
         snprintf(path, sizeof path, "%s/%s.cl", ctx->kernel_dir, name);
         char *s = read_file(path, len);
-        if (!s)
-            kiln__fail(ctx, KILN_ERR_IO, "kernel source '%s' cannot be read: %s", path, strerror(errno));
+        if (!s) kiln__fail(ctx, KILN_ERR_IO, "kernel source '%s' cannot be read: %s", path, strerror(errno));
         return s;
     }
     for (size_t i = 0; i < kiln__n_embedded_sources; i++) {
@@ -89,11 +88,10 @@ char *kiln__program_source(kiln_ctx *ctx, const char *name, size_t *len) {
     char *common = one_source(ctx, "common", true, &lc);
     char *body = common ? one_source(ctx, name, true, &ln) : NULL;
     char *all = body ? malloc(ls + lc + ln + 96 + strlen(name)) : NULL;
-    if (body && !all)
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "kernel source '%s': out of host memory", name);
+    if (body && !all) kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "kernel source '%s': out of host memory", name);
     if (all) {
-        int head = sprintf(all, "#line 1 \"kiln_shared.h\"\n%s\n#line 1 \"common.cl\"\n%s\n#line 1 \"%s.cl\"\n",
-                           shared, common, name);
+        int head = sprintf(all, "#line 1 \"kiln_shared.h\"\n%s\n#line 1 \"common.cl\"\n%s\n#line 1 \"%s.cl\"\n", shared,
+                           common, name);
         memcpy(all + head, body, ln + 1);
         *len = (size_t)head + ln;
     }
@@ -106,7 +104,8 @@ char *kiln__program_source(kiln_ctx *ctx, const char *name, size_t *len) {
 /* ---- disk cache --------------------------------------------------------------------- */
 
 kiln_status kiln_cache_dir(char *buf, size_t cap) {
-    if (!buf || cap == 0) return kiln__fail_global(KILN_ERR_NULL, "kiln_cache_dir: %s", !buf ? "buf is NULL" : "cap is 0");
+    if (!buf || cap == 0)
+        return kiln__fail_global(KILN_ERR_NULL, "kiln_cache_dir: %s", !buf ? "buf is NULL" : "cap is 0");
     buf[0] = '\0';
     const char *off = getenv("KILN_CACHE");
     if (off && (strcmp(off, "off") == 0 || strcmp(off, "0") == 0)) return KILN_OK;
@@ -217,10 +216,10 @@ static unsigned char *cache_load(kiln_ctx *ctx, const char *path, const char *ke
     uint64_t kl = 0, bl = 0, sum = 0;
     char *k = NULL;
     bool ok = fread(magic, 1, 8, f) == 8 && memcmp(magic, cache_magic, 8) == 0 && fread(&kl, 8, 1, f) == 1 &&
-              kl == keylen && (k = malloc(keylen)) && fread(k, 1, keylen, f) == keylen &&
-              memcmp(k, key, keylen) == 0 && fread(&bl, 8, 1, f) == 1 && bl > 0 && bl < ((uint64_t)1 << 32) &&
-              (bin = malloc(bl)) && fread(bin, 1, bl, f) == bl && fread(&sum, 8, 1, f) == 1 &&
-              sum == fnv1a(FNV_BASIS, bin, bl) && fgetc(f) == EOF;
+              kl == keylen && (k = malloc(keylen)) && fread(k, 1, keylen, f) == keylen && memcmp(k, key, keylen) == 0 &&
+              fread(&bl, 8, 1, f) == 1 && bl > 0 && bl < ((uint64_t)1 << 32) && (bin = malloc(bl)) &&
+              fread(bin, 1, bl, f) == bl && fread(&sum, 8, 1, f) == 1 && sum == fnv1a(FNV_BASIS, bin, bl) &&
+              fgetc(f) == EOF;
     fclose(f);
     free(k);
     if (!ok) {
@@ -289,8 +288,10 @@ static cl_program build_program(kiln_ctx *ctx, const char *name, const char *opt
                 clReleaseProgram(prog);
                 prog = NULL;
             }
-            if (prog) ctx->cache.disk_hits++;
-            else ctx->cache.disk_faults++;
+            if (prog)
+                ctx->cache.disk_hits++;
+            else
+                ctx->cache.disk_faults++;
             free(bin);
         }
     }
@@ -306,9 +307,11 @@ static cl_program build_program(kiln_ctx *ctx, const char *name, const char *opt
         ctx->cache.builds++;
         if (err != CL_SUCCESS) {
             char *log = build_log(ctx, prog);
-            kiln__fail(ctx, KILN_ERR_BUILD, "program '%s' failed to build on '%s' (%s) with options '%s': %s (%d)\n"
-                       "build log:\n%s", name, ctx->info.name, ctx->info.platform_name, options,
-                       kiln__cl_name(err), err, log ? log : "(no log)");
+            kiln__fail(ctx, KILN_ERR_BUILD,
+                       "program '%s' failed to build on '%s' (%s) with options '%s': %s (%d)\n"
+                       "build log:\n%s",
+                       name, ctx->info.name, ctx->info.platform_name, options, kiln__cl_name(err), err,
+                       log ? log : "(no log)");
             free(log);
             clReleaseProgram(prog);
             prog = NULL;
@@ -436,8 +439,8 @@ static kiln_status set_args(kiln_ctx *ctx, const char *op, const char *kname, cl
     for (size_t i = 0; i < nargs; i++) {
         cl_int err = clSetKernelArg(k, (cl_uint)i, args[i].size, args[i].ptr);
         if (err != CL_SUCCESS)
-            return kiln__fail(ctx, kiln__cl_status(err), "%s: setting argument %zu of kernel '%s' failed: %s (%d)",
-                              op, i, kname, kiln__cl_name(err), err);
+            return kiln__fail(ctx, kiln__cl_status(err), "%s: setting argument %zu of kernel '%s' failed: %s (%d)", op,
+                              i, kname, kiln__cl_name(err), err);
     }
     return KILN_OK;
 }
@@ -451,8 +454,8 @@ static kiln_status enqueue(kiln_ctx *ctx, const char *op, const char *kname, cl_
     return KILN_OK;
 }
 
-kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, const char *options,
-                         const char *kernel, size_t nargs, const kiln__karg *args, size_t global, size_t local) {
+kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, const char *options, const char *kernel,
+                         size_t nargs, const kiln__karg *args, size_t global, size_t local) {
     kiln__kernel_entry *e = find_kernel(ctx, program, options, kernel);
     if (!e) return ctx->err;
     cl_kernel k = e->kernel;
@@ -464,9 +467,8 @@ kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, con
     return enqueue(ctx, op, kernel, k, 1, &g, &local);
 }
 
-kiln_status kiln__launch2(kiln_ctx *ctx, const char *op, const char *program, const char *options,
-                          const char *kernel, size_t nargs, const kiln__karg *args, const size_t global[2],
-                          const size_t local[2]) {
+kiln_status kiln__launch2(kiln_ctx *ctx, const char *op, const char *program, const char *options, const char *kernel,
+                          size_t nargs, const kiln__karg *args, const size_t global[2], const size_t local[2]) {
     cl_kernel k = kiln__kernel(ctx, program, options, kernel);
     if (!k) return ctx->err;
     kiln_status s = set_args(ctx, op, kernel, k, nargs, args);

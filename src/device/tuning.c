@@ -41,8 +41,8 @@ static const struct {
 } sets[KILN__TUNE_KERNELS] = {
     {"Xgemm",
      16,
-     {"GEMMK", "KREG", "KWG", "KWI", "MDIMA", "MDIMC", "MWG", "NDIMB", "NDIMC", "NWG", "SA", "SB", "STRM", "STRN", "VWM",
-      "VWN"}},
+     {"GEMMK", "KREG", "KWG", "KWI", "MDIMA", "MDIMC", "MWG", "NDIMB", "NDIMC", "NWG", "SA", "SB", "STRM", "STRN",
+      "VWM", "VWN"}},
     {"XgemmDirect", 10, {"KWID", "MDIMAD", "MDIMCD", "NDIMBD", "NDIMCD", "PADA", "PADB", "VWMD", "VWND", "WGD"}},
     {"GemmRoutine", 1, {"XGEMM_MIN_INDIRECT_SIZE"}},
     {"Copy", 4, {"COPY_DIMX", "COPY_DIMY", "COPY_VW", "COPY_WPT"}},
@@ -137,10 +137,10 @@ bool kiln__tune_builtin(const kiln_device_info *info, kiln__tune_set *out) {
     /* POCL names its CPU device after the LLVM target: "pthread-skylake-avx512-...",
      * "cpu-haswell-...", "pthread-x86-64-v3-..."; other architectures (aarch64, riscv)
      * were not measured. */
-    static const char *const x86[] = {"x86-64", "x86_64", "skylake", "haswell", "broadwell", "znver", "zen",
-                                      "sandybridge", "ivybridge", "icelake", "cascadelake", "cooperlake",
-                                      "tigerlake", "sapphirerapids", "alderlake", "rocketlake", "avx", "EPYC",
-                                      "Intel", "AMD"};
+    static const char *const x86[] = {"x86-64",      "x86_64",     "skylake",     "haswell",        "broadwell",
+                                      "znver",       "zen",        "sandybridge", "ivybridge",      "icelake",
+                                      "cascadelake", "cooperlake", "tigerlake",   "sapphirerapids", "alderlake",
+                                      "rocketlake",  "avx",        "EPYC",        "Intel",          "AMD"};
     bool is_x86 = false;
     for (size_t i = 0; i < sizeof x86 / sizeof x86[0] && !is_x86; i++)
         is_x86 = strstr(info->name, x86[i]) != NULL || strstr(info->vendor, x86[i]) != NULL;
@@ -327,8 +327,7 @@ kiln_status kiln__tune_save(const kiln_device_info *info, const kiln__tune_set *
     char body[4096];
     fprintf(f, "# kiln: CLBlast single-precision parameters for this device, applied by kiln_open\n");
     if (comment && *comment) fprintf(f, "# %s\n", comment);
-    fprintf(f, "device: %s\ndriver: %s\n%s", info->name, info->driver_version,
-            kiln__tune_format(s, body, sizeof body));
+    fprintf(f, "device: %s\ndriver: %s\n%s", info->name, info->driver_version, kiln__tune_format(s, body, sizeof body));
     bool ok = fflush(f) == 0;
     ok &= fclose(f) == 0;
     if (!ok || rename(tmp, path) != 0) {
@@ -397,9 +396,8 @@ kiln_status kiln__tune_apply(kiln_ctx *ctx, const kiln__tune_set *s) {
             return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                               "CLBlast parameters for %s are incomplete: every one of its %d parameters is needed",
                               sets[k].kernel, sets[k].n);
-        CLBlastStatusCode r =
-            CLBlastOverrideParameters(ctx->device, sets[k].kernel, CLBlastPrecisionSingle, (size_t)sets[k].n,
-                                      (const char **)sets[k].names, s->v[k]);
+        CLBlastStatusCode r = CLBlastOverrideParameters(ctx->device, sets[k].kernel, CLBlastPrecisionSingle,
+                                                        (size_t)sets[k].n, (const char **)sets[k].names, s->v[k]);
         if (r != CLBlastSuccess)
             return kiln__fail(ctx, KILN_ERR_CLBLAST, "CLBlastOverrideParameters(%s) failed on '%s': status %d",
                               sets[k].kernel, ctx->info.name, (int)r);
@@ -462,13 +460,11 @@ static const char *tune_open(kiln_ctx *ctx, kiln__tune_set *applied) {
     for (int k = 0; k < KILN__TUNE_KERNELS; k++) {
         if (kiln__tune_any(&want, k) && !kiln__tune_complete(&want, k)) {
             kiln__log(1, "CLBlast parameters for %s incomplete: left to CLBlast", sets[k].kernel);
-            for (int p = 0; p < sets[k].n; p++)
-                want.has[k][p] = false;
+            for (int p = 0; p < sets[k].n; p++) want.has[k][p] = false;
         }
     }
     bool any = false;
-    for (int k = 0; k < KILN__TUNE_KERNELS; k++)
-        any |= kiln__tune_any(&want, k);
+    for (int k = 0; k < KILN__TUNE_KERNELS; k++) any |= kiln__tune_any(&want, k);
     if (!any) return "CLBlast defaults";
     /* Never fatal: a failed override leaves CLBlast's own parameters. The error is not kept
      * on the context, which has to start clean. */

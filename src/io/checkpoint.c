@@ -48,7 +48,8 @@ kiln_status kiln_safetensors_save(kiln_ctx *ctx, const char *path, int n, const 
         if (!meta[i].key || !meta[i].value)
             return kiln__fail(ctx, KILN_ERR_NULL, "kiln_safetensors_save: metadata entry %d is NULL", i);
     staged s = {calloc((size_t)(n ? n : 1), sizeof *s.out), calloc((size_t)(n ? n : 1), sizeof *s.data), 0};
-    kiln_status st = (s.out && s.data) ? KILN_OK : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
+    kiln_status st =
+        (s.out && s.data) ? KILN_OK : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
     for (int i = 0; i < n && st == KILN_OK; i++) {
         for (int j = 0; j < i; j++)
             if (strcmp(tensors[i].name, tensors[j].name) == 0)
@@ -74,7 +75,8 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
     kiln_tensor **steps = calloc((size_t)(np ? np : 1), sizeof *steps);
     kiln_meta *md = calloc((size_t)nmeta + 8, sizeof *md);
     char desc[4096], lr[64], seed[32], counter[32];
-    kiln_status st = (all && steps && md) ? KILN_OK : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
+    kiln_status st =
+        (all && steps && md) ? KILN_OK : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
     if (st == KILN_OK) {
         kiln_module_state(m, all, nm);
         int k = nm;
@@ -174,14 +176,18 @@ static kiln_status plan_module(kiln_module *m, kiln_safetensors *f, bool strict,
             r->mismatched++;
             char a[160], b[160], what[400];
             snprintf(what, sizeof what, "%s (model %s %s, file %s %s)", st[i].name, kiln_dtype_name(t->dtype),
-                     kiln__shape_str(t->ndim, t->shape, a, sizeof a), e->dtype, kiln__shape_str(e->ndim, e->shape, b, sizeof b));
+                     kiln__shape_str(t->ndim, t->shape, a, sizeof a), e->dtype,
+                     kiln__shape_str(e->ndim, e->shape, b, sizeof b));
             note(r, "mismatched", what);
             continue;
         }
         void *h = malloc((size_t)(e->numel ? e->numel : 1) * 4);
-        if (!h) s = kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", f->what);
-        else if ((s = kiln__st_convert(ctx, f, e, h)) != KILN_OK) free(h);
-        else plans[(*nplans)++] = (plan){t, h, e->numel, -1};
+        if (!h)
+            s = kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", f->what);
+        else if ((s = kiln__st_convert(ctx, f, e, h)) != KILN_OK)
+            free(h);
+        else
+            plans[(*nplans)++] = (plan){t, h, e->numel, -1};
     }
     for (int k = 0; k < f->n && s == KILN_OK; k++) {
         if (used[k] || strncmp(f->e[k].name, OPT_PREFIX, strlen(OPT_PREFIX)) == 0) continue;
@@ -200,7 +206,8 @@ static kiln_status plan_module(kiln_module *m, kiln_safetensors *f, bool strict,
 
 static kiln_status apply(kiln_ctx *ctx, plan *plans, int n) {
     kiln_status s = KILN_OK;
-    for (int i = 0; i < n && s == KILN_OK; i++) s = kiln_copy_from_host(plans[i].dst, plans[i].host, (size_t)plans[i].numel * 4);
+    for (int i = 0; i < n && s == KILN_OK; i++)
+        s = kiln_copy_from_host(plans[i].dst, plans[i].host, (size_t)plans[i].numel * 4);
     (void)ctx;
     return s;
 }
@@ -237,7 +244,8 @@ kiln_status kiln_checkpoint_save(const char *path, kiln_module *m, kiln_optim *o
     if (!path || nmeta < 0 || (nmeta > 0 && !meta))
         return kiln__fail(m->ctx, KILN_ERR_NULL, "kiln_checkpoint_save: NULL path or metadata (nmeta %d)", nmeta);
     if (opt && kiln_optim_ctx(opt) != m->ctx)
-        return kiln__fail(m->ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_checkpoint_save: model and optimizer of two contexts");
+        return kiln__fail(m->ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "kiln_checkpoint_save: model and optimizer of two contexts");
     return save_all(m, path, opt, nmeta, meta, NULL);
 }
 
@@ -276,8 +284,8 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
             !parse_u64(kiln_safetensors_meta(f, "kiln_rng_seed"), &seed) ||
             !parse_u64(kiln_safetensors_meta(f, "kiln_rng_counter"), &counter))
             s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                           "%s: holds no %s optimizer state (it has '%s'); nothing was loaded", path, kiln_optim_kind(opt),
-                           kind ? kind : "none");
+                           "%s: holds no %s optimizer state (it has '%s'); nothing was loaded", path,
+                           kiln_optim_kind(opt), kind ? kind : "none");
         for (int i = 0; i < nparams; i++) steps[i] = -1;
         for (int k = 0; k < f->n && s == KILN_OK; k++) {
             kiln__st_entry *e = &f->e[k];
@@ -286,30 +294,37 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
             char *dot;
             long idx = strtol(rest, &dot, 10);
             if (dot == rest || *dot != '.' || idx < 0 || idx >= nparams) {
-                s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: optimizer entry '%s' does not fit an optimizer of %d "
-                               "parameters; nothing was loaded", path, e->name, nparams);
+                s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                               "%s: optimizer entry '%s' does not fit an optimizer of %d "
+                               "parameters; nothing was loaded",
+                               path, e->name, nparams);
                 break;
             }
             if (strcmp(dot + 1, "step") == 0) {
                 int32_t v;
                 if (e->numel != 1 || kiln__st_is_float(e) || kiln__st_convert(ctx, f, e, &v) != KILN_OK || v < 0) {
-                    s = ctx->err ? ctx->err : kiln__fail(ctx, KILN_ERR_CORRUPT, "%s: bad step count '%s'", path, e->name);
+                    s = ctx->err ? ctx->err
+                                 : kiln__fail(ctx, KILN_ERR_CORRUPT, "%s: bad step count '%s'", path, e->name);
                     break;
                 }
                 steps[idx] = v;
                 continue;
             }
             if (!kiln__optim_state_known(opt, rest)) { /* checked now: phase 2 creates state */
-                s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: optimizer entry '%s' is no state of this %s "
-                               "configuration; nothing was loaded", path, e->name, kiln_optim_kind(opt));
+                s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                               "%s: optimizer entry '%s' is no state of this %s "
+                               "configuration; nothing was loaded",
+                               path, e->name, kiln_optim_kind(opt));
                 break;
             }
             /* every state tensor has its parameter's shape */
             kiln_tensor *p = kiln_optim_param(opt, (int)idx);
             if (!same_shape(p, e) || !kiln__st_is_float(e)) {
                 char a[160], b[160];
-                s = kiln__fail(ctx, KILN_ERR_SHAPE, "%s: optimizer state '%s' is %s %s, parameter %ld is %s; nothing was "
-                               "loaded", path, e->name, e->dtype, kiln__shape_str(e->ndim, e->shape, a, sizeof a), idx,
+                s = kiln__fail(ctx, KILN_ERR_SHAPE,
+                               "%s: optimizer state '%s' is %s %s, parameter %ld is %s; nothing was "
+                               "loaded",
+                               path, e->name, e->dtype, kiln__shape_str(e->ndim, e->shape, a, sizeof a), idx,
                                kiln__shape_str(p->ndim, p->shape, b, sizeof b));
                 break;
             }
@@ -318,13 +333,13 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
                 s = kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
                 break;
             }
-            kiln__st_convert(ctx, f, e, h); /* a float entry: cannot fail */
+            kiln__st_convert(ctx, f, e, h);             /* a float entry: cannot fail */
             plans[np++] = (plan){NULL, h, e->numel, k}; /* the tensor is found (or made) after validation */
         }
         for (int i = 0; i < nparams && s == KILN_OK; i++)
             if (steps[i] < 0)
-                s = kiln__fail(ctx, KILN_ERR_CORRUPT, "%s: no step count for optimizer parameter %d; nothing was loaded",
-                               path, i);
+                s = kiln__fail(ctx, KILN_ERR_CORRUPT,
+                               "%s: no step count for optimizer parameter %d; nothing was loaded", path, i);
     }
     /* everything checked: now change state */
     if (s == KILN_OK) {

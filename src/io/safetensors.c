@@ -101,7 +101,8 @@ static char *jstring(jp *p) {
                     jfail(p, "unsupported \\u escape");
                     goto bad;
                 }
-                if (v < 0x80) buf[0] = (char)v;
+                if (v < 0x80)
+                    buf[0] = (char)v;
                 else if (v < 0x800) {
                     buf[0] = (char)(0xC0 | v >> 6);
                     buf[1] = (char)(0x80 | (v & 0x3F));
@@ -175,8 +176,8 @@ static int juint_array(jp *p, int64_t *v, int cap) {
 static const struct {
     const char *name;
     int size;
-} dtypes[] = {{"F32", 4}, {"F16", 2}, {"F64", 8}, {"BF16", 2}, {"I64", 8}, {"I32", 4},
-              {"I16", 2}, {"I8", 1},  {"U8", 1},  {"BOOL", 1}};
+} dtypes[] = {{"F32", 4}, {"F16", 2}, {"F64", 8}, {"BF16", 2}, {"I64", 8},
+              {"I32", 4}, {"I16", 2}, {"I8", 1},  {"U8", 1},   {"BOOL", 1}};
 
 static int dtype_size(const char *name) {
     for (size_t k = 0; k < sizeof dtypes / sizeof dtypes[0]; k++)
@@ -246,8 +247,10 @@ static bool parse_entry(jp *p, kiln__st_entry *e) {
         if (ok && strcmp(k, "dtype") == 0 && !have_dtype) {
             char *d = jstring(p);
             ok = d && strlen(d) < sizeof e->dtype && dtype_size(d) > 0;
-            if (ok) strcpy(e->dtype, d);
-            else jfail(p, "unknown dtype");
+            if (ok)
+                strcpy(e->dtype, d);
+            else
+                jfail(p, "unknown dtype");
             free(d);
             have_dtype = true;
         } else if (ok && strcmp(k, "shape") == 0 && !have_shape) {
@@ -383,8 +386,8 @@ static kiln_safetensors *parse_owned(kiln_ctx *ctx, unsigned char *buf, size_t l
         if (why) break;
         e->numel = numel;
         if (e->end < e->begin || e->end - e->begin != numel * dtype_size(e->dtype)) {
-            snprintf(detail, sizeof detail, "tensor '%.100s' (%s, %lld elements) has data_offsets [%lld, %lld]", e->name,
-                     e->dtype, (long long)numel, (long long)e->begin, (long long)e->end);
+            snprintf(detail, sizeof detail, "tensor '%.100s' (%s, %lld elements) has data_offsets [%lld, %lld]",
+                     e->name, e->dtype, (long long)numel, (long long)e->begin, (long long)e->end);
             why = detail;
         }
         for (int j = 0; j < i && !why; j++)
@@ -398,15 +401,19 @@ static kiln_safetensors *parse_owned(kiln_ctx *ctx, unsigned char *buf, size_t l
         int64_t at = 0;
         for (int i = 0; i < f->n && !why; i++) {
             if (order[i]->begin != at) {
-                snprintf(detail, sizeof detail, "tensor '%.100s' starts at byte %lld of the data, expected %lld (gap or "
-                         "overlap)", order[i]->name, (long long)order[i]->begin, (long long)at);
+                snprintf(detail, sizeof detail,
+                         "tensor '%.100s' starts at byte %lld of the data, expected %lld (gap or "
+                         "overlap)",
+                         order[i]->name, (long long)order[i]->begin, (long long)at);
                 why = detail;
             }
             at = order[i]->end;
         }
         if (!why && (uint64_t)at != f->data_len) {
-            snprintf(detail, sizeof detail, "the header describes %lld data bytes, the file has %zu (truncated or "
-                     "trailing bytes)", (long long)at, f->data_len);
+            snprintf(detail, sizeof detail,
+                     "the header describes %lld data bytes, the file has %zu (truncated or "
+                     "trailing bytes)",
+                     (long long)at, f->data_len);
             why = detail;
         }
     }
@@ -427,7 +434,8 @@ kiln_safetensors *kiln_safetensors_parse(kiln_ctx *ctx, const void *data, size_t
     }
     unsigned char *buf = malloc(len ? len : 1);
     if (!buf) {
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %zu bytes", what ? what : "buffer", len);
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %zu bytes", what ? what : "buffer",
+                   len);
         return NULL;
     }
     if (len) memcpy(buf, data, len);
@@ -471,7 +479,9 @@ kiln_safetensors *kiln_safetensors_open(kiln_ctx *ctx, const char *path) {
 
 void kiln_safetensors_close(kiln_safetensors *f) { kiln__st_free(f); }
 int kiln_safetensors_num_tensors(const kiln_safetensors *f) { return f ? f->n : 0; }
-const char *kiln_safetensors_name(const kiln_safetensors *f, int i) { return f && i >= 0 && i < f->n ? f->e[i].name : NULL; }
+const char *kiln_safetensors_name(const kiln_safetensors *f, int i) {
+    return f && i >= 0 && i < f->n ? f->e[i].name : NULL;
+}
 const char *kiln_safetensors_dtype(const kiln_safetensors *f, int i) {
     return f && i >= 0 && i < f->n ? f->e[i].dtype : NULL;
 }
@@ -498,7 +508,8 @@ const char *kiln_safetensors_meta(const kiln_safetensors *f, const char *key) {
 static float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
     if (exp == 0) {
-        if (man == 0) bits = sign;
+        if (man == 0)
+            bits = sign;
         else { /* subnormal */
             exp = 127 - 15 + 1;
             while (!(man & 0x400)) {
@@ -517,9 +528,7 @@ static float half_to_float(uint16_t h) {
     return v;
 }
 
-bool kiln__st_is_float(const kiln__st_entry *e) {
-    return e->dtype[0] == 'F' || strcmp(e->dtype, "BF16") == 0;
-}
+bool kiln__st_is_float(const kiln__st_entry *e) { return e->dtype[0] == 'F' || strcmp(e->dtype, "BF16") == 0; }
 
 /* Converts entry e to F32 (floats) or I32 (integers) into out (numel elements). */
 kiln_status kiln__st_convert(kiln_ctx *ctx, const kiln_safetensors *f, const kiln__st_entry *e, void *out) {
@@ -545,11 +554,16 @@ kiln_status kiln__st_convert(kiln_ctx *ctx, const kiln_safetensors *f, const kil
             of[k] = (float)d;
         } else {
             int64_t v;
-            if (!strcmp(e->dtype, "I64")) memcpy(&v, &u, 8);
-            else if (!strcmp(e->dtype, "I32")) v = (int32_t)(uint32_t)u;
-            else if (!strcmp(e->dtype, "I16")) v = (int16_t)(uint16_t)u;
-            else if (!strcmp(e->dtype, "I8")) v = (int8_t)(uint8_t)u;
-            else v = (int64_t)u; /* U8, BOOL */
+            if (!strcmp(e->dtype, "I64"))
+                memcpy(&v, &u, 8);
+            else if (!strcmp(e->dtype, "I32"))
+                v = (int32_t)(uint32_t)u;
+            else if (!strcmp(e->dtype, "I16"))
+                v = (int16_t)(uint16_t)u;
+            else if (!strcmp(e->dtype, "I8"))
+                v = (int8_t)(uint8_t)u;
+            else
+                v = (int64_t)u; /* U8, BOOL */
             if (v < INT32_MIN || v > INT32_MAX)
                 return kiln__fail(ctx, KILN_ERR_RANGE, "%s: tensor '%s' (%s) holds %lld, outside kiln's i32", f->what,
                                   e->name, e->dtype, (long long)v);
@@ -613,7 +627,8 @@ static void put_json_str(char *buf, size_t *n, const char *s) {
     buf[(*n)++] = '"';
 }
 
-kiln_status kiln__st_write(kiln_ctx *ctx, const char *path, int n, const kiln__st_out *t, int nmeta, const kiln_meta *meta) {
+kiln_status kiln__st_write(kiln_ctx *ctx, const char *path, int n, const kiln__st_out *t, int nmeta,
+                           const kiln_meta *meta) {
     /* header size bound: each string may grow 6x when escaped */
     size_t cap = 64;
     for (int i = 0; i < n; i++) cap += 6 * strlen(t[i].name) + 64 + 24 * (size_t)(t[i].ndim + 2);
@@ -637,7 +652,8 @@ kiln_status kiln__st_write(kiln_ctx *ctx, const char *path, int n, const kiln__s
         if (hn > 1) h[hn++] = ',';
         put_json_str(h, &hn, t[i].name);
         hn += (size_t)sprintf(h + hn, ":{\"dtype\":\"%s\",\"shape\":[", t[i].is_int ? "I32" : "F32");
-        for (int d = 0; d < t[i].ndim; d++) hn += (size_t)sprintf(h + hn, "%s%lld", d ? "," : "", (long long)t[i].shape[d]);
+        for (int d = 0; d < t[i].ndim; d++)
+            hn += (size_t)sprintf(h + hn, "%s%lld", d ? "," : "", (long long)t[i].shape[d]);
         int64_t bytes = t[i].numel * 4;
         hn += (size_t)sprintf(h + hn, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + bytes));
         off += bytes;
@@ -655,8 +671,8 @@ kiln_status kiln__st_write(kiln_ctx *ctx, const char *path, int n, const kiln__s
     snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0) {
-        kiln_status s = kiln__fail(ctx, KILN_ERR_IO, "%s: cannot create a temporary file next to it: %s", path,
-                                   strerror(errno));
+        kiln_status s =
+            kiln__fail(ctx, KILN_ERR_IO, "%s: cannot create a temporary file next to it: %s", path, strerror(errno));
         free(h), free(tmp);
         return s;
     }

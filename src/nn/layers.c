@@ -12,17 +12,19 @@
 #define PY_BOOL(b) ((b) ? "True" : "False")
 
 /* A one-input, one-output forward `name` from `kiln_tensor *fn(kiln_module *, kiln_tensor *)`. */
-#define FORWARD1(name, fn)                                                                                    \
-    static kiln_status name(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) { \
-        (void)nin, (void)nout;                                                                                \
-        out[0] = fn(m, in[0]);                                                                                \
-        return out[0] ? KILN_OK : kiln_error_status(m->ctx);                                                  \
+#define FORWARD1(name, fn)                                                                                             \
+    static kiln_status name(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {            \
+        (void)nin, (void)nout;                                                                                         \
+        out[0] = fn(m, in[0]);                                                                                         \
+        return out[0] ? KILN_OK : kiln_error_status(m->ctx);                                                           \
     }
 
 /* The definition of a one-input, one-output layer with configuration type `cfg`. */
-#define LAYER_DEF(kind_, cfg, fwd, args)                                                                          \
-    {.kind = (kind_), .state_size = sizeof(cfg), .forward = (fwd), .num_inputs = 1, .num_outputs = 1,          \
-     .describe = (args)}
+#define LAYER_DEF(kind_, cfg, fwd, args)                                                                               \
+    {                                                                                                                  \
+        .kind = (kind_), .state_size = sizeof(cfg), .forward = (fwd), .num_inputs = 1, .num_outputs = 1,               \
+        .describe = (args)                                                                                             \
+    }
 
 /* Registers t as parameter (or buffer) `name` of m; t on success, NULL (t freed, the error
  * set) on failure. */
@@ -89,8 +91,9 @@ static const kiln_module_def linear_def = LAYER_DEF("Linear", linear_cfg, linear
 kiln_module *kiln_nn_linear(kiln_ctx *ctx, int64_t in_features, int64_t out_features, bool bias) {
     if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_linear: ctx is NULL"), NULL;
     if (in_features <= 0 || out_features <= 0) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_nn_linear: in_features=%" PRId64 ", out_features=%" PRId64
-                   " (both must be > 0)", in_features, out_features);
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "kiln_nn_linear: in_features=%" PRId64 ", out_features=%" PRId64 " (both must be > 0)", in_features,
+                   out_features);
         return NULL;
     }
     kiln_module *m = kiln_module_new(ctx, &linear_def);
@@ -128,7 +131,8 @@ static bool conv_params(kiln_ctx *ctx, const char *op, const kiln_conv2d_params 
     }
     if (!ok)
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "%s: in_channels=%" PRId64 " out_channels=%" PRId64 " kernel=(%d, %d) stride=(%d, %d) padding=(%d, %d) "
+                   "%s: in_channels=%" PRId64 " out_channels=%" PRId64
+                   " kernel=(%d, %d) stride=(%d, %d) padding=(%d, %d) "
                    "dilation=(%d, %d) groups=%d output_padding=(%d, %d): channels and kernel must be > 0, groups must "
                    "divide both channel counts, stride and dilation >= 1, padding >= 0",
                    op, cin, cout, kh, kw, out->stride[0], out->stride[1], out->padding[0], out->padding[1],
@@ -149,7 +153,7 @@ static void conv_args(const kiln_module *m, char *buf, size_t cap) {
     const kiln_conv2d_params *p = &c->p;
     size_t used = (size_t)snprintf(buf, cap, "%" PRId64 ", %" PRId64 ", kernel_size=(%d, %d), stride=(%d, %d)",
                                    c->in_channels, c->out_channels, c->kh, c->kw, p->stride[0], p->stride[1]);
-#define MORE(...) \
+#define MORE(...)                                                                                                      \
     if (used < cap) used += (size_t)snprintf(buf + used, cap - used, __VA_ARGS__)
     if (p->padding[0] || p->padding[1]) MORE(", padding=(%d, %d)", p->padding[0], p->padding[1]);
     if (p->output_padding[0] || p->output_padding[1])
@@ -413,8 +417,8 @@ static void maxpool_args(const kiln_module *m, char *buf, size_t cap) {
 static void avgpool_args(const kiln_module *m, char *buf, size_t cap) {
     const kiln_pool2d_params *p = &((const pool_cfg *)m->data)->p;
     snprintf(buf, cap, "kernel_size=(%d, %d), stride=(%d, %d), padding=(%d, %d), ceil_mode=%s, count_include_pad=%s",
-             p->kernel[0], p->kernel[1], p->stride[0], p->stride[1], p->padding[0], p->padding[1], PY_BOOL(p->ceil_mode),
-             PY_BOOL(p->count_include_pad));
+             p->kernel[0], p->kernel[1], p->stride[0], p->stride[1], p->padding[0], p->padding[1],
+             PY_BOOL(p->ceil_mode), PY_BOOL(p->count_include_pad));
 }
 
 static const kiln_module_def maxpool_def = LAYER_DEF("MaxPool2d", pool_cfg, maxpool_forward, maxpool_args);
@@ -496,8 +500,8 @@ typedef struct act_cfg {
     float param; /* slope, alpha, beta or dim, by kind */
 } act_cfg;
 
-static const char *const act_kind[] = {"ReLU", "LeakyReLU", "ELU",  "GELU",    "GELU",
-                                       "Sigmoid", "Tanh",    "Softplus", "Softmax", "LogSoftmax"};
+static const char *const act_kind[] = {"ReLU",    "LeakyReLU", "ELU",      "GELU",    "GELU",
+                                       "Sigmoid", "Tanh",      "Softplus", "Softmax", "LogSoftmax"};
 
 static kiln_tensor *act_fwd(kiln_module *m, kiln_tensor *x) {
     const act_cfg *a = m->data;

@@ -16,8 +16,10 @@ kiln_module *kiln_module_new(kiln_ctx *ctx, const kiln_module_def *def) {
         return NULL;
     }
     if (!def || !def->kind || !def->forward) {
-        kiln__fail(ctx, KILN_ERR_NULL, "kiln_module_new: %s is NULL", !def ? "the definition" : !def->kind ? "def->kind"
-                                                                                                       : "def->forward");
+        kiln__fail(ctx, KILN_ERR_NULL, "kiln_module_new: %s is NULL",
+                   !def         ? "the definition"
+                   : !def->kind ? "def->kind"
+                                : "def->forward");
         return NULL;
     }
     size_t klen = strlen(def->kind);
@@ -34,8 +36,9 @@ kiln_module *kiln_module_new(kiln_ctx *ctx, const kiln_module_def *def) {
     if (!m || (def->state_size && !data)) {
         free(m);
         free(data);
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "kiln_module_new: out of host memory for a %s module (%zu bytes of state)",
-                   def->kind, def->state_size);
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY,
+                   "kiln_module_new: out of host memory for a %s module (%zu bytes of state)", def->kind,
+                   def->state_size);
         return NULL;
     }
     m->ctx = ctx;
@@ -111,8 +114,8 @@ static kiln_status check_child(kiln_module *m, const char *fn, kiln_module *chil
     for (const kiln_module *a = m; a; a = a->parent)
         if (a == child) {
             *keep = true;
-            return kiln__fail(m->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: a %s cannot be a child of itself or of its descendant",
-                              fn, child->kind);
+            return kiln__fail(m->ctx, KILN_ERR_INVALID_ARGUMENT,
+                              "%s: a %s cannot be a child of itself or of its descendant", fn, child->kind);
         }
     if (child->parent) {
         *keep = true;
@@ -203,8 +206,8 @@ kiln_module *kiln_module_find_child(const kiln_module *m, const char *path) {
 kiln_status kiln_module_set_child_name(kiln_module *m, int index, const char *name) {
     if (!m) return kiln__fail_global(KILN_ERR_NULL, "kiln_module_set_child_name: the module is NULL");
     if (index < 0 || index >= m->nchildren)
-        return kiln__fail(m->ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_module_set_child_name: index %d of %d children of %s",
-                          index, m->nchildren, m->kind);
+        return kiln__fail(m->ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "kiln_module_set_child_name: index %d of %d children of %s", index, m->nchildren, m->kind);
     kiln_status s = check_name(m, "kiln_module_set_child_name", name, index);
     if (s != KILN_OK) return s;
     snprintf(m->children[index].name, sizeof m->children[index].name, "%s", name);
@@ -241,8 +244,9 @@ static kiln_status add_tensor(kiln_module *m, const char *fn, const char *name, 
                        name ? name : "(null)", m->kind);
     if (s == KILN_OK) s = check_name(m, fn, name, -1);
     if (s == KILN_OK && !buffer && t->dtype != KILN_F32)
-        s = kiln__fail(m->ctx, KILN_ERR_DTYPE, "%s: parameter '%s' of %s is %s; parameters are f32 (a buffer may be any dtype)",
-                       fn, name, m->kind, kiln_dtype_name(t->dtype));
+        s = kiln__fail(m->ctx, KILN_ERR_DTYPE,
+                       "%s: parameter '%s' of %s is %s; parameters are f32 (a buffer may be any dtype)", fn, name,
+                       m->kind, kiln_dtype_name(t->dtype));
     if (s == KILN_OK && !grow((void **)&m->tensors, &m->captensors, m->ntensors, sizeof *m->tensors))
         s = kiln__fail(m->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", fn);
     if (s == KILN_OK && !buffer) s = kiln_tensor_set_requires_grad(t, true);
@@ -282,7 +286,8 @@ static void walk_module(const kiln_module *m, const char *prefix, walk *w) {
             if (e->buffer != (pass == 1)) continue;
             if (w->n < w->cap) {
                 if (w->out) {
-                    snprintf(w->out[w->n].name, sizeof w->out[w->n].name, "%s%s%s", prefix, *prefix ? "." : "", e->name);
+                    snprintf(w->out[w->n].name, sizeof w->out[w->n].name, "%s%s%s", prefix, *prefix ? "." : "",
+                             e->name);
                     w->out[w->n].tensor = e->t;
                     w->out[w->n].is_buffer = e->buffer;
                 }
@@ -371,15 +376,16 @@ bool kiln_module_is_training(const kiln_module *m) { return m && m->training; }
 
 static size_t describe(const kiln_module *m, char *buf, size_t cap, int indent) {
     size_t used = 0;
-#define PUT(...)                                                                   \
-    do {                                                                           \
-        if (used < cap) used += (size_t)snprintf(buf + used, cap - used, __VA_ARGS__); \
+#define PUT(...)                                                                                                       \
+    do {                                                                                                               \
+        if (used < cap) used += (size_t)snprintf(buf + used, cap - used, __VA_ARGS__);                                 \
     } while (0)
     char args[512];
     args_of(m, args, sizeof args);
     /* torch's repr: the arguments inline without children, else on a line of their own */
     PUT("%s(", m->kind);
-    if (!m->nchildren) PUT("%s", args);
+    if (!m->nchildren)
+        PUT("%s", args);
     else {
         PUT("\n");
         if (*args) PUT("%*s%s\n", indent + 2, "", args);
@@ -448,8 +454,8 @@ static kiln_status forward(kiln_module *m, const char *fn, int nin, kiln_tensor 
     if (s == KILN_OK) {
         for (int k = 0; k < nout && s == KILN_OK; k++)
             if (!out[k])
-                s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the forward of %s(%s) returned KILN_OK without output %d",
-                               fn, m->kind, ARGS, k);
+                s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                               "%s: the forward of %s(%s) returned KILN_OK without output %d", fn, m->kind, ARGS, k);
     } else if (ctx->err == KILN_OK) {
         kiln__fail(ctx, s, "%s: the forward of %s(%s) failed with %s and left no message", fn, m->kind, ARGS,
                    kiln_status_name(s));
@@ -477,8 +483,8 @@ kiln_tensor *kiln_forward(kiln_module *m, kiln_tensor *x) {
         char args[512];
         args_of(m, args, sizeof args);
         kiln__fail(m->ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "kiln_forward: %s(%s) takes %d input%s and gives %d output%s; call kiln_module_forward", m->kind, args,
-                   m->def.num_inputs, m->def.num_inputs == 1 ? "" : "s", m->def.num_outputs,
+                   "kiln_forward: %s(%s) takes %d input%s and gives %d output%s; call kiln_module_forward", m->kind,
+                   args, m->def.num_inputs, m->def.num_inputs == 1 ? "" : "s", m->def.num_outputs,
                    m->def.num_outputs == 1 ? "" : "s");
         return NULL;
     }
@@ -536,8 +542,10 @@ static kiln_module *container_new(kiln_ctx *ctx, const char *fn, const kiln_modu
                                   kiln_module *const *modules) {
     if (!ctx || n < 0 || (n > 0 && !modules)) {
         for (int k = 0; modules && k < n; k++) kiln_module_free(modules[k]);
-        if (ctx) kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %d modules%s", fn, n, modules ? "" : " in a NULL array");
-        else kiln__fail_global(KILN_ERR_NULL, "%s: the context is NULL", fn);
+        if (ctx)
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %d modules%s", fn, n, modules ? "" : " in a NULL array");
+        else
+            kiln__fail_global(KILN_ERR_NULL, "%s: the context is NULL", fn);
         return NULL;
     }
     bool ok = true;
@@ -574,8 +582,8 @@ kiln_status kiln_nn_sequential_set(kiln_module *seq, int index, kiln_module *m) 
     if (!m) return kiln__fail(seq->ctx, KILN_ERR_NULL, "%s: the module is NULL (its constructor failed)", fn);
     if (index < 0 || index >= seq->nchildren || !is_a(seq, &seq_def)) {
         free_refused(seq, m);
-        return kiln__fail(seq->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: index %d of a %s of %d children (a Sequential's)", fn,
-                          index, seq->kind, seq->nchildren);
+        return kiln__fail(seq->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: index %d of a %s of %d children (a Sequential's)",
+                          fn, index, seq->kind, seq->nchildren);
     }
     return replace_child(seq, fn, index, m);
 }
@@ -588,7 +596,9 @@ kiln_status kiln_nn_module_list_append(kiln_module *list, kiln_module *m) {
     return append(list, "kiln_nn_module_list_append", &list_def, m);
 }
 
-kiln_module *kiln_nn_module_dict(kiln_ctx *ctx) { return container_new(ctx, "kiln_nn_module_dict", &dict_def, 0, NULL); }
+kiln_module *kiln_nn_module_dict(kiln_ctx *ctx) {
+    return container_new(ctx, "kiln_nn_module_dict", &dict_def, 0, NULL);
+}
 
 kiln_status kiln_nn_module_dict_set(kiln_module *dict, const char *key, kiln_module *m) {
     const char *fn = "kiln_nn_module_dict_set";

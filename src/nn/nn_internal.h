@@ -21,10 +21,10 @@ typedef struct kiln__mchild {
 
 struct kiln_module {
     kiln_ctx *ctx;
-    kiln_module_def def;        /* a copy; def.kind points at kind */
+    kiln_module_def def; /* a copy; def.kind points at kind */
     char kind[KILN__NAME_MAX];
-    void *data;                 /* def.state_size zeroed bytes, or NULL */
-    kiln__mtensor *tensors;     /* parameters and buffers in registration order */
+    void *data;             /* def.state_size zeroed bytes, or NULL */
+    kiln__mtensor *tensors; /* parameters and buffers in registration order */
     int ntensors, captensors;
     kiln__mchild *children;
     int nchildren, capchildren;

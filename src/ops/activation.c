@@ -173,9 +173,7 @@ kiln_tensor *kiln_leaky_relu(kiln_ctx *ctx, kiln_tensor *x, float negative_slope
     return act_forward(ctx, ACT_LEAKY_RELU, x, negative_slope, 0.0f);
 }
 
-kiln_tensor *kiln_elu(kiln_ctx *ctx, kiln_tensor *x, float alpha) {
-    return act_forward(ctx, ACT_ELU, x, alpha, 0.0f);
-}
+kiln_tensor *kiln_elu(kiln_ctx *ctx, kiln_tensor *x, float alpha) { return act_forward(ctx, ACT_ELU, x, alpha, 0.0f); }
 
 kiln_tensor *kiln_gelu(kiln_ctx *ctx, kiln_tensor *x, bool tanh_approx) {
     return act_forward(ctx, tanh_approx ? ACT_GELU_TANH : ACT_GELU, x, 0.0f, 0.0f);
@@ -286,9 +284,9 @@ static kiln_status softmax_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     if (kiln__numel(y->ndim, y->shape) > 0) {
         cl_int goff = (cl_int)gout->offset, yoff = (cl_int)y->offset, doff = (cl_int)gi->offset;
         cl_int nrows = (cl_int)s.nrows, len = (cl_int)s.len, inner = (cl_int)s.inner;
-        kiln__karg args[11] = {KILN__ARG(gout->st->mem), KILN__ARG(goff), KILN__ARG(y->st->mem),
+        kiln__karg args[11] = {KILN__ARG(gout->st->mem), KILN__ARG(goff),        KILN__ARG(y->st->mem),
                                KILN__ARG(yoff),          KILN__ARG(gi->st->mem), KILN__ARG(doff),
-                               KILN__ARG(nrows),         KILN__ARG(len),  KILN__ARG(inner)};
+                               KILN__ARG(nrows),         KILN__ARG(len),         KILN__ARG(inner)};
         if (sm_launch(ctx, op, lg ? "log_softmax_bwd" : "softmax_bwd", &s, args, 9) != KILN_OK) {
             kiln_tensor_free(gi);
             return ctx->err;
@@ -326,9 +324,9 @@ static kiln_tensor *softmax_forward(kiln_ctx *ctx, const char *op, kiln_tensor *
         cl_int xoff = (cl_int)x->offset, yoff = (cl_int)out->offset;
         cl_int nrows = (cl_int)s.nrows, len = (cl_int)s.len, inner = (cl_int)s.inner;
         cl_int xs = x->ndim ? (cl_int)x->strides[d] : 0;
-        kiln__karg args[11] = {KILN__ARG(x->st->mem), KILN__ARG(xoff), KILN__ARG(out->st->mem),
+        kiln__karg args[11] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),  KILN__ARG(out->st->mem),
                                KILN__ARG(yoff),       KILN__ARG(nrows), KILN__ARG(len),
-                               KILN__ARG(inner),      KILN__ARG(xs),   KILN__ARG(g)};
+                               KILN__ARG(inner),      KILN__ARG(xs),    KILN__ARG(g)};
         if (sm_launch(ctx, op, lg ? "log_softmax" : "softmax", &s, args, 9) != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;

@@ -106,9 +106,9 @@ static gmat gm(kiln_tensor *t, size_t off, size_t ld, size_t stride, bool trans)
 static kiln_status gemm(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, gmat a, gmat b, float beta, gmat c,
                         size_t batch) {
     const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
-    CLBlastStatusCode s = (CLBlastStatusCode)kiln__sgemm(ctx, op, a.trans, b.trans, m, n, k, 1.0f, a.mem, a.off, a.ld,
-                                                         a.stride, b.mem, b.off, b.ld, b.stride, beta, c.mem, c.off,
-                                                         c.ld, c.stride, batch);
+    CLBlastStatusCode s =
+        (CLBlastStatusCode)kiln__sgemm(ctx, op, a.trans, b.trans, m, n, k, 1.0f, a.mem, a.off, a.ld, a.stride, b.mem,
+                                       b.off, b.ld, b.stride, beta, c.mem, c.off, c.ld, c.stride, batch);
     if (s == CLBlastSuccess) return KILN_OK;
     if ((int)s == KILN__SGEMM_FAILED) return ctx->err; /* kiln's own kernel said why */
     /* CLBlast's codes above -1000 are OpenCL's own. */
@@ -138,9 +138,9 @@ static kiln_status im2col_t(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_
     cl_int xoff = (cl_int)x->offset, coff = (cl_int)col->offset, ckgp = (cl_int)kgp, cn0 = n0, cnb = nb;
     cl_int4 xs = strides4(x);
     cl_int nitems = nb * g->ho;
-    kiln__karg args[] = {KILN__ARG(x->st->mem),   KILN__ARG(xoff), KILN__ARG(xs),  KILN__ARG(col->st->mem),
-                         KILN__ARG(coff),         KILN__ARG(*g),   KILN__ARG(ckgp), KILN__ARG(cn0),
-                         KILN__ARG(cnb),          KILN__ARG(nitems)};
+    kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),  KILN__ARG(xs),   KILN__ARG(col->st->mem),
+                         KILN__ARG(coff),       KILN__ARG(*g),    KILN__ARG(ckgp), KILN__ARG(cn0),
+                         KILN__ARG(cnb),        KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_im2col_t", sizeof args / sizeof args[0], args,
                         (size_t)nitems, 0);
 }
@@ -230,9 +230,9 @@ static kiln_status sum_parts(kiln_ctx *ctx, const char *op, kiln_tensor *part, i
     cl_int poff = (cl_int)part->offset, np = nparts, doff = (cl_int)dst->offset, ckg = (cl_int)kg;
     cl_int ckgp = (cl_int)kgp, nitems = (cl_int)rows, hdb = db != NULL, dboff = db ? (cl_int)db->offset : 0;
     cl_mem dbm = db ? db->st->mem : dst->st->mem;
-    kiln__karg args[] = {KILN__ARG(part->st->mem), KILN__ARG(poff), KILN__ARG(np),    KILN__ARG(ckg),
-                         KILN__ARG(ckgp),          KILN__ARG(dst->st->mem), KILN__ARG(doff), KILN__ARG(hdb),
-                         KILN__ARG(dbm),           KILN__ARG(dboff), KILN__ARG(nitems)};
+    kiln__karg args[] = {KILN__ARG(part->st->mem), KILN__ARG(poff),         KILN__ARG(np),    KILN__ARG(ckg),
+                         KILN__ARG(ckgp),          KILN__ARG(dst->st->mem), KILN__ARG(doff),  KILN__ARG(hdb),
+                         KILN__ARG(dbm),           KILN__ARG(dboff),        KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_sum_parts", sizeof args / sizeof args[0], args,
                         (size_t)nitems, 0);
 }
@@ -247,9 +247,10 @@ static kiln_status wgrad_small(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
     cl_int xoff = (cl_int)x->offset, gyoff = (cl_int)gy->offset, poff = (cl_int)part->offset, np = nparts;
     cl_int4 xs = strides4(x), gs = strides4(gy);
     cl_int nitems = g->cout * nparts;
-    kiln__karg args[] = {KILN__ARG(x->st->mem),    KILN__ARG(xoff), KILN__ARG(xs), KILN__ARG(gy->st->mem),
-                         KILN__ARG(gyoff),         KILN__ARG(gs),   KILN__ARG(part->st->mem),
-                         KILN__ARG(poff),          KILN__ARG(*g),   KILN__ARG(np), KILN__ARG(nitems)};
+    kiln__karg args[] = {
+        KILN__ARG(x->st->mem), KILN__ARG(xoff),          KILN__ARG(xs),   KILN__ARG(gy->st->mem), KILN__ARG(gyoff),
+        KILN__ARG(gs),         KILN__ARG(part->st->mem), KILN__ARG(poff), KILN__ARG(*g),          KILN__ARG(np),
+        KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_wgrad_small", sizeof args / sizeof args[0], args,
                         (size_t)nitems, 0);
 }
@@ -277,8 +278,7 @@ static int64_t padded_rows(kiln_ctx *ctx, int64_t kg, bool own_dx) {
     size_t tm, tn, tk;
     kiln__sgemm_tiles(ctx, &tm, &tn, &tk);
     size_t t = tm;
-    while (t % tn != 0 && t <= 1024)
-        t += tm;
+    while (t % tn != 0 && t <= 1024) t += tm;
     if (t > 1024) return kg;
     int64_t kgp = (kg + (int64_t)t - 1) / (int64_t)t * (int64_t)t;
     return kgp * 4 <= kg * 5 ? kgp : kg;
@@ -341,17 +341,17 @@ typedef struct bwd_plan {
     const char *op;
     const conv_geom *g;
     kiln_tensor *x, *w, *gy, *dx_bias;
-    kiln_tensor *dx, *dw, *db; /* the outputs */
-    bool do_dw, do_db;         /* dw / db still to be computed by the chunks */
-    int64_t hw, mg, kg;        /* pixels per image, output channels and taps per group */
-    int64_t kgp, krp;          /* kg padded for the GEMM tiles, and for every group */
-    int64_t kw;                /* dw's columns as its GEMM computes them (kg or kgp) */
-    int64_t nsplit;            /* split-K parts of dw (1: none) */
-    int nb;                    /* images per chunk */
-    bool own_dw;               /* kiln's own A B^T kernel computes dw */
-    bool direct;               /* one image of a contiguous gy is read in place */
-    size_t tk;                 /* the GEMM's K tile (kiln__sgemm_tiles) */
-    kiln_tensor *wt;           /* w for the input gradient: contiguous, rows padded to kgp */
+    kiln_tensor *dx, *dw, *db;               /* the outputs */
+    bool do_dw, do_db;                       /* dw / db still to be computed by the chunks */
+    int64_t hw, mg, kg;                      /* pixels per image, output channels and taps per group */
+    int64_t kgp, krp;                        /* kg padded for the GEMM tiles, and for every group */
+    int64_t kw;                              /* dw's columns as its GEMM computes them (kg or kgp) */
+    int64_t nsplit;                          /* split-K parts of dw (1: none) */
+    int nb;                                  /* images per chunk */
+    bool own_dw;                             /* kiln's own A B^T kernel computes dw */
+    bool direct;                             /* one image of a contiguous gy is read in place */
+    size_t tk;                               /* the GEMM's K tile (kiln__sgemm_tiles) */
+    kiln_tensor *wt;                         /* w for the input gradient: contiguous, rows padded to kgp */
     kiln_tensor *wc, *wp, *gyp, *col, *part; /* scratch */
 } bwd_plan;
 
@@ -384,7 +384,8 @@ static kiln_status bwd_small_wgrad(bwd_plan *p) {
     kiln_tensor *part = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){np * g->cout * (p->kg + 1)});
     if (!part) return ctx->err;
     kiln_status s = wgrad_small(ctx, p->op, p->x, p->gy, part, g, (int)np);
-    if (s == KILN_OK) s = sum_parts(ctx, p->op, part, (int)np, g->cout, p->kg, p->kg + 1, p->dw, p->do_db ? p->db : NULL);
+    if (s == KILN_OK)
+        s = sum_parts(ctx, p->op, part, (int)np, g->cout, p->kg, p->kg + 1, p->dw, p->do_db ? p->db : NULL);
     /* the in-order queue runs both kernels before any later use of the freed buffer */
     kiln_tensor_free(part);
     p->do_dw = p->do_db = false;
@@ -463,8 +464,8 @@ static kiln_status bwd_chunk_wgrad(bwd_plan *p, int n0, int cnt, gmat gb) {
     size_t ld = (size_t)(cnt * p->hw), kw = (size_t)p->kw, mg = (size_t)p->mg;
     /* elements from one pixel's column entries to the next one's */
     size_t step = p->own_dw ? 1 : (size_t)p->kgp;
-    kiln_status s = p->own_dw ? im2col(ctx, op, p->x, p->col, g, n0, cnt)
-                              : im2col_t(ctx, op, p->x, p->col, g, p->kgp, n0, cnt);
+    kiln_status s =
+        p->own_dw ? im2col(ctx, op, p->x, p->col, g, n0, cnt) : im2col_t(ctx, op, p->x, p->col, g, p->kgp, n0, cnt);
     if (s != KILN_OK) return s;
     float beta = n0 == 0 ? 0.0f : 1.0f;
     gmat c = gm(p->part ? p->part : p->dw, 0, kw, mg * kw, false);
@@ -479,7 +480,8 @@ static kiln_status bwd_chunk_wgrad(bwd_plan *p, int n0, int cnt, gmat gb) {
     size_t nsplit = (size_t)p->nsplit, len = ld / nsplit;
     if (!p->own_dw && len >= p->tk) len = len / p->tk * p->tk;
     size_t rest = ld - len * nsplit;
-    gmat a = gb, b = p->own_dw ? gm(p->col, 0, ld, len, true) : gm(p->col, 0, (size_t)p->kgp, len * (size_t)p->kgp, false);
+    gmat a = gb,
+         b = p->own_dw ? gm(p->col, 0, ld, len, true) : gm(p->col, 0, (size_t)p->kgp, len * (size_t)p->kgp, false);
     a.stride = len;
     c.stride = (size_t)g->cout * kw;
     if (len > 0) s = gemm(ctx, op, mg, kw, len, a, b, beta, c, nsplit);
@@ -535,8 +537,8 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
          * unpadded (src/ops/gemm.c), which conv_im2col writes faster than conv_im2col_t
          * writes the transposed ones. (A chunk's columns are at most all n images' pixels
          * wide.) */
-        p.own_dw = p.do_dw && kiln__gemm_own_takes(ctx, false, true, (size_t)p.mg, (size_t)p.kg,
-                                                   (size_t)(g->n * p.hw), (size_t)g->groups, 1.0f);
+        p.own_dw = p.do_dw && kiln__gemm_own_takes(ctx, false, true, (size_t)p.mg, (size_t)p.kg, (size_t)(g->n * p.hw),
+                                                   (size_t)g->groups, 1.0f);
         if (p.do_dw && p.kg <= SMALL_KG && !p.own_dw) s = bwd_small_wgrad(&p);
         if (s == KILN_OK && (p.dx || p.do_dw || p.do_db)) s = bwd_prepare(&p);
         for (int n0 = 0; s == KILN_OK && p.col && n0 < g->n; n0 += p.nb) {
@@ -720,8 +722,10 @@ static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *g
     /* fresh tensors: each becomes the gradient as it is where the slot is empty */
     kiln_tensor *got[3] = {dx, dw, db};
     for (int k = 0; k < 3; k++) {
-        if (s == KILN_OK && got[k]) s = kiln__accum_owned(ctx, nd, k, got[k]);
-        else kiln_tensor_free(got[k]);
+        if (s == KILN_OK && got[k])
+            s = kiln__accum_owned(ctx, nd, k, got[k]);
+        else
+            kiln_tensor_free(got[k]);
     }
     return s;
 }
@@ -741,8 +745,10 @@ static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln
     /* fresh tensors: each becomes the gradient as it is where the slot is empty */
     kiln_tensor *got[3] = {dx, dw, db};
     for (int k = 0; k < 3; k++) {
-        if (s == KILN_OK && got[k]) s = kiln__accum_owned(ctx, nd, k, got[k]);
-        else kiln_tensor_free(got[k]);
+        if (s == KILN_OK && got[k])
+            s = kiln__accum_owned(ctx, nd, k, got[k]);
+        else
+            kiln_tensor_free(got[k]);
     }
     return s;
 }

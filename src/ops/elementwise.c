@@ -53,8 +53,7 @@ static bool broadcast_shape(kiln_ctx *ctx, const char *op, int n, kiln_tensor *c
  * together. Unary kernels (n == 1) take the scalar s as their last argument; tensor-scalar
  * ops use it, the others ignore it. Returns the new output or NULL with the error set.
  */
-static kiln_tensor *ew_run(kiln_ctx *ctx, const char *op, const char *name, int n, kiln_tensor *const *ts,
-                           float s) {
+static kiln_tensor *ew_run(kiln_ctx *ctx, const char *op, const char *name, int n, kiln_tensor *const *ts, float s) {
     if (!kiln__check_inputs(ctx, op, n, ts)) return NULL;
     for (int j = 0; j < n; j++) {
         if (ts[j]->dtype != KILN_F32) {
@@ -220,8 +219,12 @@ static kiln_status bw_where(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 }
 
 static kiln_status bw_neg(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return give(ctx, n, 0, kiln_neg(ctx, g)); }
-static kiln_status bw_exp(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return give(ctx, n, 0, kiln_mul(ctx, g, n->out)); }
-static kiln_status bw_log(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return give(ctx, n, 0, kiln_div(ctx, g, IN(0))); }
+static kiln_status bw_exp(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    return give(ctx, n, 0, kiln_mul(ctx, g, n->out));
+}
+static kiln_status bw_log(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    return give(ctx, n, 0, kiln_div(ctx, g, IN(0)));
+}
 
 static kiln_status bw_sqrt(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     kiln_tensor *t = kiln_mul_scalar(ctx, n->out, 2.0f);
@@ -275,7 +278,9 @@ static kiln_status bw_clamp(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, bool i
     return s;
 }
 static kiln_status bw_maximum_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return bw_clamp(ctx, n, g, true); }
-static kiln_status bw_minimum_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return bw_clamp(ctx, n, g, false); }
+static kiln_status bw_minimum_scalar(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    return bw_clamp(ctx, n, g, false);
+}
 
 /* Records the node of a differentiable op (a tensor-scalar op's scalar, when s is given,
  * kept for the backward) and runs the numerics check. */
@@ -296,11 +301,11 @@ static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, int 
 
 /* ---- binary ------------------------------------------------------------------------- */
 
-#define EW_DEFINE_BINARY(stem, bw)                                               \
-    kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b) {     \
-        kiln_tensor *ts[2] = {a, b};                                              \
-        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 2, ts, 0.0f);        \
-        return record(ctx, "kiln_" #stem, out, 2, ts, bw, NULL);                  \
+#define EW_DEFINE_BINARY(stem, bw)                                                                                     \
+    kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b) {                                          \
+        kiln_tensor *ts[2] = {a, b};                                                                                   \
+        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 2, ts, 0.0f);                                             \
+        return record(ctx, "kiln_" #stem, out, 2, ts, bw, NULL);                                                       \
     }
 
 EW_DEFINE_BINARY(add, bw_add)
@@ -328,10 +333,10 @@ kiln_tensor *kiln_where(kiln_ctx *ctx, kiln_tensor *cond, kiln_tensor *a, kiln_t
 
 /* ---- unary and tensor-scalar -------------------------------------------------------- */
 
-#define EW_DEFINE_UNARY(stem)                                                    \
-    kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a) {                     \
-        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 1, &a, 0.0f);        \
-        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, NULL);           \
+#define EW_DEFINE_UNARY(stem)                                                                                          \
+    kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a) {                                                          \
+        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 1, &a, 0.0f);                                             \
+        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, NULL);                                                \
     }
 
 EW_DEFINE_UNARY(neg)
@@ -340,10 +345,10 @@ EW_DEFINE_UNARY(log)
 EW_DEFINE_UNARY(sqrt)
 EW_DEFINE_UNARY(abs)
 
-#define EW_DEFINE_SCALAR(stem)                                                   \
-    kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a, float s) {            \
-        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 1, &a, s);           \
-        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, &s);             \
+#define EW_DEFINE_SCALAR(stem)                                                                                         \
+    kiln_tensor *kiln_##stem(kiln_ctx *ctx, kiln_tensor *a, float s) {                                                 \
+        kiln_tensor *out = ew_run(ctx, "kiln_" #stem, #stem, 1, &a, s);                                                \
+        return record(ctx, "kiln_" #stem, out, 1, &a, bw_##stem, &s);                                                  \
     }
 
 EW_DEFINE_SCALAR(add_scalar)

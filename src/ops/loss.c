@@ -249,25 +249,21 @@ static void geom_build4(loss_geom *g, int ndim, const int64_t *shape, int64_t (*
     for (int d = 0; d < ndim; d++) {
         if (shape[d] == 1) continue;
         bool merge = m > 0;
-        for (int j = 0; j < LOSS_NIN && merge; j++)
-            merge = ms[j][m - 1] == st[j][d] * shape[d];
+        for (int j = 0; j < LOSS_NIN && merge; j++) merge = ms[j][m - 1] == st[j][d] * shape[d];
         if (merge) {
             sh[m - 1] *= shape[d];
-            for (int j = 0; j < LOSS_NIN; j++)
-                ms[j][m - 1] = st[j][d];
+            for (int j = 0; j < LOSS_NIN; j++) ms[j][m - 1] = st[j][d];
             continue;
         }
         sh[m] = shape[d];
-        for (int j = 0; j < LOSS_NIN; j++)
-            ms[j][m] = st[j][d];
+        for (int j = 0; j < LOSS_NIN; j++) ms[j][m] = st[j][d];
         m++;
     }
     memset(g, 0, sizeof *g);
     g->ndim = m;
     for (int d = 0; d < m; d++) {
         g->shape[d] = (cl_int)sh[d];
-        for (int j = 0; j < LOSS_NIN; j++)
-            g->strides[j][d] = (cl_int)ms[j][d];
+        for (int j = 0; j < LOSS_NIN; j++) g->strides[j][d] = (cl_int)ms[j][d];
     }
 }
 
@@ -377,10 +373,14 @@ static kiln_status el_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
         s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, kernel, na, args, (size_t)c.n, 0);
     }
     /* gx and gt are new: each becomes the gradient as it is where the slot is empty */
-    if (s == KILN_OK && gx) s = kiln__accum_owned(ctx, n, 0, gx);
-    else kiln_tensor_free(gx);
-    if (s == KILN_OK && gt) s = kiln__accum_owned(ctx, n, 1, gt);
-    else kiln_tensor_free(gt);
+    if (s == KILN_OK && gx)
+        s = kiln__accum_owned(ctx, n, 0, gx);
+    else
+        kiln_tensor_free(gx);
+    if (s == KILN_OK && gt)
+        s = kiln__accum_owned(ctx, n, 1, gt);
+    else
+        kiln_tensor_free(gt);
     return s;
 }
 
@@ -533,8 +533,10 @@ static kiln_status pen_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
             el_kernel(kernel, sizeof kernel, st->kind, "bwd", &c);
             s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, kernel, na, args, (size_t)c.n, 0);
         }
-        if (s == KILN_OK) s = kiln__accum_owned(ctx, n, j, gx);
-        else kiln_tensor_free(gx);
+        if (s == KILN_OK)
+            s = kiln__accum_owned(ctx, n, j, gx);
+        else
+            kiln_tensor_free(gx);
         if (s != KILN_OK) return s;
     }
     return KILN_OK;
@@ -602,8 +604,10 @@ static kiln_tensor *pen_run(kiln_ctx *ctx, el_kind kind, int k, kiln_tensor *con
     if (s == KILN_OK && kiln__grad_wanted(ctx, k, ps)) {
         kiln__node *nd = kiln__node_new(ctx, op, out, k, ps, pen_backward);
         pen_state *st = nd ? KILN__NODE_STATE_NEW(nd, pen_state) : NULL;
-        if (st) st->kind = kind;
-        else s = ctx->err;
+        if (st)
+            st->kind = kind;
+        else
+            s = ctx->err;
     }
     if (s != KILN_OK) {
         kiln_tensor_free(out);
@@ -726,8 +730,10 @@ static kiln_status ce_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
             s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, "ce_bwd", 26, args, (size_t)nel, 0);
         }
     }
-    if (s == KILN_OK) s = kiln__accum_owned(ctx, n, 0, gx);
-    else kiln_tensor_free(gx);
+    if (s == KILN_OK)
+        s = kiln__accum_owned(ctx, n, 0, gx);
+    else
+        kiln_tensor_free(gx);
     return s;
 }
 
@@ -887,8 +893,7 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
         else {
             *st = (ce_state){nll, r, ignore_index, nll ? 0.0 : ls, y, weight, lse, den, wt, xcopy};
             kiln_tensor *sv[] = {y, weight, lse, den, wt, xcopy};
-            for (int k = 0; k < 6 && s == KILN_OK; k++)
-                s = kiln__node_save(nd, sv[k]);
+            for (int k = 0; k < 6 && s == KILN_OK; k++) s = kiln__node_save(nd, sv[k]);
         }
     }
     /* our handles; the node holds what it saved */

@@ -176,8 +176,7 @@ static size_t split_parts(kiln_ctx *ctx, size_t m, size_t n, size_t k) {
     size_t parts = (want + tiles - 1) / tiles;
     if (parts > k / SPLIT_MIN_K) parts = k / SPLIT_MIN_K;
     if (parts > SPLIT_MAX_PARTS) parts = SPLIT_MAX_PARTS;
-    while (parts > 1 && parts * m * n > SPLIT_MAX_ELEMS)
-        parts--;
+    while (parts > 1 && parts * m * n > SPLIT_MAX_ELEMS) parts--;
     return parts < 1 ? 1 : parts;
 }
 
@@ -213,9 +212,9 @@ static kiln_status gemm_split(const mm_call *mc, const operand *a, const operand
     if (st == KILN_OK) {
         cl_int cpoff = (cl_int)poff, np = (cl_int)parts, cn = (cl_int)n, cdoff = (cl_int)coff, hdb = 0, zero = 0;
         cl_int rows = (cl_int)m;
-        kiln__karg args[] = {KILN__ARG(pm), KILN__ARG(cpoff), KILN__ARG(np),  KILN__ARG(cn),   KILN__ARG(cn),
-                             KILN__ARG(c),  KILN__ARG(cdoff), KILN__ARG(hdb), KILN__ARG(c),    KILN__ARG(zero),
-                             KILN__ARG(rows)};
+        kiln__karg args[] = {KILN__ARG(pm), KILN__ARG(cpoff), KILN__ARG(np),    KILN__ARG(cn),
+                             KILN__ARG(cn), KILN__ARG(c),     KILN__ARG(cdoff), KILN__ARG(hdb),
+                             KILN__ARG(c),  KILN__ARG(zero),  KILN__ARG(rows)};
         st = kiln__launch(ctx, mc->op, "conv", "", "conv_sum_parts", sizeof args / sizeof args[0], args, m, 0);
     }
     /* the in-order queue runs every launch above before a later reuse of the scratch */
@@ -270,13 +269,10 @@ static kiln_status run_batches(const mm_call *mc, const operand *a, const operan
 
     /* Trailing dims j..nd-1 whose offsets are linear in the flat index for both. */
     int j = nd - 1;
-    while (j > 0 && sa[j - 1] == sa[j] * sh[j] && sb[j - 1] == sb[j] * sh[j])
-        j--;
+    while (j > 0 && sa[j - 1] == sa[j] * sh[j] && sb[j - 1] == sb[j] * sh[j]) j--;
     int64_t inner = 1, outer = 1;
-    for (int d = j; d < nd; d++)
-        inner *= sh[d];
-    for (int d = 0; d < j; d++)
-        outer *= sh[d];
+    for (int d = j; d < nd; d++) inner *= sh[d];
+    for (int d = 0; d < j; d++) outer *= sh[d];
     int64_t idx[KILN_MAX_DIMS] = {0};
     for (int64_t o = 0; o < outer; o++) {
         int64_t aoff = a->t->offset, boff = b->t->offset;
@@ -288,8 +284,7 @@ static kiln_status run_batches(const mm_call *mc, const operand *a, const operan
                              (size_t)sa[nd - 1], (size_t)boff, (size_t)sb[nd - 1], coff0 + (size_t)(o * inner * m * n),
                              (size_t)inner);
         if (s != KILN_OK) return s;
-        for (int d = j - 1; d >= 0 && ++idx[d] == sh[d]; d--)
-            idx[d] = 0;
+        for (int d = j - 1; d >= 0 && ++idx[d] == sh[d]; d--) idx[d] = 0;
     }
     return KILN_OK;
 }

@@ -165,14 +165,14 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         cl_mem am = suma ? suma->st->mem : any, bm = sumb ? sumb->st->mem : any;
         cl_int moff = (cl_int)mean->offset, roff = (cl_int)rstd->offset;
         cl_int aoff = suma ? (cl_int)suma->offset : 0, boff = sumb ? (cl_int)sumb->offset : 0;
-        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),       KILN__ARG(gout->st->mem),
-                             KILN__ARG(dyoff),      KILN__ARG(dxm),        KILN__ARG(dxoff),
-                             KILN__ARG(g.N),        KILN__ARG(g.S),        KILN__ARG(g.gstride),
-                             KILN__ARG(g.nstride),  KILN__ARG(wmode),      KILN__ARG(has_w),
-                             KILN__ARG(wm),         KILN__ARG(woff),       KILN__ARG(mean->st->mem),
+        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),          KILN__ARG(gout->st->mem),
+                             KILN__ARG(dyoff),      KILN__ARG(dxm),           KILN__ARG(dxoff),
+                             KILN__ARG(g.N),        KILN__ARG(g.S),           KILN__ARG(g.gstride),
+                             KILN__ARG(g.nstride),  KILN__ARG(wmode),         KILN__ARG(has_w),
+                             KILN__ARG(wm),         KILN__ARG(woff),          KILN__ARG(mean->st->mem),
                              KILN__ARG(moff),       KILN__ARG(rstd->st->mem), KILN__ARG(roff),
-                             KILN__ARG(train),      KILN__ARG(need_dx),    KILN__ARG(sums),
-                             KILN__ARG(am),         KILN__ARG(aoff),       KILN__ARG(bm),
+                             KILN__ARG(train),      KILN__ARG(need_dx),       KILN__ARG(sums),
+                             KILN__ARG(am),         KILN__ARG(aoff),          KILN__ARG(bm),
                              KILN__ARG(boff)};
         s = norm_launch(ctx, op, "norm_backward", sizeof args / sizeof args[0], args, g.G, (int64_t)g.N * g.S, 2);
         if (s != KILN_OK) goto done;
@@ -196,10 +196,22 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         cl_mem dwm = dw ? dw->st->mem : any, dbm = db ? db->st->mem : any;
         cl_int moff = (cl_int)mean->offset, roff = (cl_int)rstd->offset;
         cl_int dwoff = dw ? (cl_int)dw->offset : 0, dboff = db ? (cl_int)db->offset : 0;
-        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),  KILN__ARG(gout->st->mem), KILN__ARG(dyoff),
-                             KILN__ARG(mean->st->mem), KILN__ARG(moff), KILN__ARG(rstd->st->mem), KILN__ARG(roff),
-                             KILN__ARG(g.G),        KILN__ARG(g.S),   KILN__ARG(nw),            KILN__ARG(dwm),
-                             KILN__ARG(dwoff),      KILN__ARG(nb),    KILN__ARG(dbm),           KILN__ARG(dboff)};
+        kiln__karg args[] = {KILN__ARG(x->st->mem),
+                             KILN__ARG(xoff),
+                             KILN__ARG(gout->st->mem),
+                             KILN__ARG(dyoff),
+                             KILN__ARG(mean->st->mem),
+                             KILN__ARG(moff),
+                             KILN__ARG(rstd->st->mem),
+                             KILN__ARG(roff),
+                             KILN__ARG(g.G),
+                             KILN__ARG(g.S),
+                             KILN__ARG(nw),
+                             KILN__ARG(dwm),
+                             KILN__ARG(dwoff),
+                             KILN__ARG(nb),
+                             KILN__ARG(dbm),
+                             KILN__ARG(dboff)};
         s = kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "ln_param_grad", sizeof args / sizeof args[0], args,
                          (size_t)g.S, 0);
         if (s != KILN_OK) goto done;
@@ -243,12 +255,26 @@ static kiln_tensor *norm_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
         cl_mem rmm = rm ? rm->st->mem : any, rvm = rv ? rv->st->mem : any;
         cl_int rmoff = rm ? (cl_int)rm->offset : 0, rmstr = rm ? (cl_int)rm->strides[0] : 0;
         cl_int rvoff = rv ? (cl_int)rv->offset : 0, rvstr = rv ? (cl_int)rv->strides[0] : 0;
-        kiln__karg args[NORM_MAX_ARGS] = {
-            KILN__ARG(xc->st->mem), KILN__ARG(xoff),  KILN__ARG(out->st->mem),  KILN__ARG(yoff),
-            KILN__ARG(g->N),        KILN__ARG(g->S),  KILN__ARG(g->gstride),    KILN__ARG(g->nstride),
-            KILN__ARG(cwmode),      KILN__ARG(has_w), KILN__ARG(wm),            KILN__ARG(woff),
-            KILN__ARG(has_b),       KILN__ARG(bm),    KILN__ARG(boff),          KILN__ARG(ceps),
-            KILN__ARG(mean->st->mem), KILN__ARG(moff), KILN__ARG(rstd->st->mem), KILN__ARG(roff)};
+        kiln__karg args[NORM_MAX_ARGS] = {KILN__ARG(xc->st->mem),
+                                          KILN__ARG(xoff),
+                                          KILN__ARG(out->st->mem),
+                                          KILN__ARG(yoff),
+                                          KILN__ARG(g->N),
+                                          KILN__ARG(g->S),
+                                          KILN__ARG(g->gstride),
+                                          KILN__ARG(g->nstride),
+                                          KILN__ARG(cwmode),
+                                          KILN__ARG(has_w),
+                                          KILN__ARG(wm),
+                                          KILN__ARG(woff),
+                                          KILN__ARG(has_b),
+                                          KILN__ARG(bm),
+                                          KILN__ARG(boff),
+                                          KILN__ARG(ceps),
+                                          KILN__ARG(mean->st->mem),
+                                          KILN__ARG(moff),
+                                          KILN__ARG(rstd->st->mem),
+                                          KILN__ARG(roff)};
         size_t na = 20;
         if (train) {
             args[na++] = KILN__ARG(upd);
@@ -260,8 +286,8 @@ static kiln_tensor *norm_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
         args[na++] = KILN__ARG(rvm);
         args[na++] = KILN__ARG(rvoff);
         args[na++] = KILN__ARG(rvstr);
-        if (norm_launch(ctx, op, train ? "norm_forward" : "norm_forward_eval", na, args, g->G,
-                        (int64_t)g->N * g->S, train ? 1 : 0) != KILN_OK)
+        if (norm_launch(ctx, op, train ? "norm_forward" : "norm_forward_eval", na, args, g->G, (int64_t)g->N * g->S,
+                        train ? 1 : 0) != KILN_OK)
             goto fail;
     }
     kiln_tensor *in[3] = {x, w, b};
@@ -327,8 +353,8 @@ kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running
         !check_channel_vec(ctx, op, "weight", weight, x, C) || !check_channel_vec(ctx, op, "bias", bias, x, C))
         return NULL;
     if ((running_mean == NULL) != (running_var == NULL)) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                   "%s: running_mean and running_var must be given together (input %s)", op, sx);
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: running_mean and running_var must be given together (input %s)",
+                   op, sx);
         return NULL;
     }
     if (!isfinite(eps) || eps < 0 || !isfinite(momentum)) {
@@ -343,8 +369,8 @@ kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running
     }
     if (training && N * S <= 1) {
         kiln__fail(ctx, KILN_ERR_SHAPE,
-                   "%s: expected more than 1 value per channel when training, got input %s (%lld per channel)", op,
-                   sx, (long long)(N * S));
+                   "%s: expected more than 1 value per channel when training, got input %s (%lld per channel)", op, sx,
+                   (long long)(N * S));
         return NULL;
     }
     kiln_tensor *xc = contig(ctx, op, x);
@@ -398,7 +424,8 @@ kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tens
         }
     }
     if (!isfinite(eps) || eps < 0) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: eps %g must be finite and >= 0 (input %s)", op, (double)eps, sx);
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: eps %g must be finite and >= 0 (input %s)", op, (double)eps,
+                   sx);
         return NULL;
     }
     kiln_tensor *xc = contig(ctx, op, x);
@@ -449,8 +476,9 @@ static kiln_status dropout_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor
     kiln_tensor *mask = n->saved[0];
     cl_int soff = (cl_int)gout->offset, doff = (cl_int)dx->offset, ni = (cl_int)numel, moff = (cl_int)mask->offset;
     cl_float cs = st->scale;
-    kiln__karg args[] = {KILN__ARG(gout->st->mem), KILN__ARG(soff), KILN__ARG(dx->st->mem), KILN__ARG(doff),
-                         KILN__ARG(ni),            KILN__ARG(mask->st->mem), KILN__ARG(moff), KILN__ARG(cs)};
+    kiln__karg args[] = {KILN__ARG(gout->st->mem), KILN__ARG(soff), KILN__ARG(dx->st->mem),
+                         KILN__ARG(doff),          KILN__ARG(ni),   KILN__ARG(mask->st->mem),
+                         KILN__ARG(moff),          KILN__ARG(cs)};
     kiln_status s = kiln__launch(ctx, n->op, NORM_PROGRAM, NORM_OPTIONS, "dropout_mask_apply",
                                  sizeof args / sizeof args[0], args, (size_t)((numel + DROP_WORD - 1) / DROP_WORD), 0);
     if (s != KILN_OK) {
@@ -470,8 +498,8 @@ kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training)
     if (!check_f32(ctx, op, "input", x)) return NULL;
     if (!(p >= 0.0f && p <= 1.0f)) {
         char sx[160];
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: probability p = %g is outside [0, 1] (input %s)", op,
-                   (double)p, kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: probability p = %g is outside [0, 1] (input %s)", op, (double)p,
+                   kiln__shape_str(x->ndim, x->shape, sx, sizeof sx));
         return NULL;
     }
     if (!training || p == 0.0f) {
@@ -542,9 +570,9 @@ static kiln_status embedding_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tens
     /* with no indices there is no positions buffer: rowptr (all zeros) stands in */
     cl_mem pm = pos ? pos->st->mem : rowptr->st->mem;
     cl_int rpoff = (cl_int)rowptr->offset, poff = pos ? (cl_int)pos->offset : 0;
-    kiln__karg args[] = {KILN__ARG(gout->st->mem), KILN__ARG(dyoff), KILN__ARG(rowptr->st->mem), KILN__ARG(rpoff),
-                         KILN__ARG(pm),            KILN__ARG(poff),  KILN__ARG(dw->st->mem),     KILN__ARG(dwoff),
-                         KILN__ARG(num),           KILN__ARG(dim)};
+    kiln__karg args[] = {
+        KILN__ARG(gout->st->mem), KILN__ARG(dyoff),       KILN__ARG(rowptr->st->mem), KILN__ARG(rpoff), KILN__ARG(pm),
+        KILN__ARG(poff),          KILN__ARG(dw->st->mem), KILN__ARG(dwoff),           KILN__ARG(num),   KILN__ARG(dim)};
     kiln_status s = kiln__launch(ctx, n->op, NORM_PROGRAM, NORM_OPTIONS, "embedding_backward",
                                  sizeof args / sizeof args[0], args, (size_t)num * (size_t)dim, 0);
     if (s == KILN_OK) s = kiln__accum(ctx, n, 0, dw);
@@ -608,9 +636,16 @@ kiln_tensor *kiln_embedding(kiln_ctx *ctx, kiln_tensor *weight, kiln_tensor *ind
         if (!ic) goto fail;
         cl_int woff = (cl_int)weight->offset, ws0 = (cl_int)weight->strides[0], ws1 = (cl_int)weight->strides[1];
         cl_int ioff = (cl_int)ic->offset, ooff = (cl_int)out->offset, cn = (cl_int)nidx, cd = (cl_int)dim;
-        kiln__karg args[] = {KILN__ARG(weight->st->mem), KILN__ARG(woff), KILN__ARG(ws0),  KILN__ARG(ws1),
-                             KILN__ARG(ic->st->mem),     KILN__ARG(ioff), KILN__ARG(out->st->mem),
-                             KILN__ARG(ooff),            KILN__ARG(cn),   KILN__ARG(cd)};
+        kiln__karg args[] = {KILN__ARG(weight->st->mem),
+                             KILN__ARG(woff),
+                             KILN__ARG(ws0),
+                             KILN__ARG(ws1),
+                             KILN__ARG(ic->st->mem),
+                             KILN__ARG(ioff),
+                             KILN__ARG(out->st->mem),
+                             KILN__ARG(ooff),
+                             KILN__ARG(cn),
+                             KILN__ARG(cd)};
         if (kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "embedding_forward", sizeof args / sizeof args[0], args,
                          (size_t)(nidx * dim), 0) != KILN_OK)
             goto fail;

@@ -38,10 +38,10 @@ typedef kiln_pool_geom pool_geom;
 
 /* What every pooling and upsampling node keeps for its backward. */
 typedef struct pool_state {
-    pool_geom g;                  /* the forward's geometry */
-    kiln_upsample_mode mode;      /* kiln_upsample: nearest or bilinear */
-    bool wide;                    /* kiln_upsample: 64-bit source coordinates (POOL_WIDE) */
-    cl_float scale_h, scale_w;    /* kiln_upsample nearest: in / out per axis */
+    pool_geom g;               /* the forward's geometry */
+    kiln_upsample_mode mode;   /* kiln_upsample: nearest or bilinear */
+    bool wide;                 /* kiln_upsample: 64-bit source coordinates (POOL_WIDE) */
+    cl_float scale_h, scale_w; /* kiln_upsample nearest: in / out per axis */
 } pool_state;
 
 /* ---- validation ---------------------------------------------------------------------- */
@@ -116,8 +116,8 @@ static bool pool_params(kiln_ctx *ctx, const char *op, const kiln_tensor *x, con
         d[a] = p->dilation[a];
     }
     char ps[200];
-    snprintf(ps, sizeof ps, "kernel [%d, %d], stride [%d, %d], padding [%d, %d], dilation [%d, %d]%s", k[0], k[1],
-             s[0], s[1], pad[0], pad[1], d[0], d[1], p->ceil_mode ? ", ceil_mode" : "");
+    snprintf(ps, sizeof ps, "kernel [%d, %d], stride [%d, %d], padding [%d, %d], dilation [%d, %d]%s", k[0], k[1], s[0],
+             s[1], pad[0], pad[1], d[0], d[1], p->ceil_mode ? ", ceil_mode" : "");
     if (k[0] <= 0 || k[1] <= 0 || s[0] < 1 || s[1] < 1 || pad[0] < 0 || pad[1] < 0 || d[0] < 1 || d[1] < 1) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                    "%s: input %s, %s: the kernel, stride and dilation must be positive, padding non-negative "
@@ -131,8 +131,8 @@ static bool pool_params(kiln_ctx *ctx, const char *op, const kiln_tensor *x, con
         return false;
     }
     if (pad[0] > k[0] / 2 || pad[1] > k[1] / 2) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: input %s, %s: padding must be at most half the kernel size",
-                   op, sb, ps);
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: input %s, %s: padding must be at most half the kernel size", op,
+                   sb, ps);
         return false;
     }
     int64_t oh = out_size(g->H, k[0], pad[0], s[0], d[0], p->ceil_mode);
@@ -186,8 +186,10 @@ static kiln_status launch3(kiln_ctx *ctx, const char *op, const char *options, c
     for (int s = 0; s < 3; s++) {
         size_t sx = shapes[s][0], sy = shapes[s][1];
         while (sx * sy > cap) { /* a device (or kernel) with smaller groups */
-            if (sy > 1) sy /= 2;
-            else sx /= 2;
+            if (sy > 1)
+                sy /= 2;
+            else
+                sx /= 2;
         }
         size_t area = (nx + sx - 1) / sx * sx * ((ny + sy - 1) / sy * sy);
         if (best == 0 || area < best) best = area, lx = sx, ly = sy;
@@ -322,8 +324,8 @@ kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
     {
         cl_int yoff = (cl_int)out->offset, ioff = ind ? (cl_int)ind->offset : 0;
         cl_mem im = ind ? ind->st->mem : out->st->mem; /* unused without indices */
-        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff), KILN__ARG(im),
-                             KILN__ARG(ioff), KILN__ARG(g)};
+        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff),
+                             KILN__ARG(im),         KILN__ARG(ioff),         KILN__ARG(g)};
         if (kiln__launch(ctx, op, POOL_PROGRAM, POOL_OPTIONS, ind ? "max_pool2d_fwd_idx" : "max_pool2d_fwd", 6, args,
                          (size_t)(nb * g.C * g.OH), 0) != KILN_OK) {
             kiln_tensor_free(ind);
@@ -340,8 +342,10 @@ kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
     if (!indices) kiln_tensor_free(ind);
     out = kiln__finish(ctx, op, out);
     if (indices) {
-        if (out) *indices = ind;
-        else kiln_tensor_free(ind);
+        if (out)
+            *indices = ind;
+        else
+            kiln_tensor_free(ind);
     }
     return out;
 }
@@ -360,8 +364,8 @@ kiln_tensor *kiln_avg_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
     {
         cl_int yoff = (cl_int)out->offset;
         kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff), KILN__ARG(g)};
-        if (launch3(ctx, op, POOL_OPTIONS, "avg_pool2d_fwd", 4, args, (size_t)g.OW, (size_t)g.OH,
-                    (size_t)(nb * g.C)) != KILN_OK) {
+        if (launch3(ctx, op, POOL_OPTIONS, "avg_pool2d_fwd", 4, args, (size_t)g.OW, (size_t)g.OH, (size_t)(nb * g.C)) !=
+            KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
@@ -439,8 +443,8 @@ kiln_tensor *kiln_upsample(kiln_ctx *ctx, kiln_tensor *x, int out_h, int out_w, 
     bool wide = span >= INT32_MAX / 2;
     {
         cl_int yoff = (cl_int)out->offset;
-        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff), KILN__ARG(g),
-                             KILN__ARG(sh), KILN__ARG(sw)};
+        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff),
+                             KILN__ARG(g),          KILN__ARG(sh),           KILN__ARG(sw)};
         bool nearest = mode == KILN_UPSAMPLE_NEAREST;
         if (launch3(ctx, op, wide ? POOL_OPTIONS_WIDE : POOL_OPTIONS,
                     nearest ? "upsample_nearest_fwd" : "upsample_bilinear_fwd", nearest ? 6 : 4, args, (size_t)out_w,

@@ -43,8 +43,7 @@ static kiln_tensor *rand_tensor(kiln_ctx *ctx, const char *op, const char *kerne
     cl_uint c0 = (cl_uint)ctx->rng_counter, c1 = (cl_uint)(ctx->rng_counter >> 32);
     kiln__karg args[10] = {KILN__ARG(t->st->mem), KILN__ARG(off), KILN__ARG(ni), KILN__ARG(key0),
                            KILN__ARG(key1),       KILN__ARG(c0),  KILN__ARG(c1)};
-    for (int p = 0; p < nparams; p++)
-        args[7 + p] = KILN__ARG(params[p]);
+    for (int p = 0; p < nparams; p++) args[7 + p] = KILN__ARG(params[p]);
     if (kiln__launch(ctx, op, "random", "", kernel, (size_t)(7 + nparams), args, (size_t)n, 0) != KILN_OK) {
         kiln_tensor_free(t);
         return NULL;

@@ -56,8 +56,7 @@ typedef struct reduce_state {
 static bool parse_axes(kiln_ctx *ctx, const char *op, const kiln_tensor *t, int naxes, const int *axes,
                        bool red[KILN_MAX_DIMS]) {
     char sb[160];
-    for (int d = 0; d < KILN_MAX_DIMS; d++)
-        red[d] = naxes == 0 && d < t->ndim;
+    for (int d = 0; d < KILN_MAX_DIMS; d++) red[d] = naxes == 0 && d < t->ndim;
     if (naxes < 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: naxes is %d for tensor %s", op, naxes,
                    kiln__shape_str(t->ndim, t->shape, sb, sizeof sb));
@@ -376,7 +375,8 @@ static kiln_tensor *reduce_axes(kiln_ctx *ctx, const char *op, red_kind kind, ki
     if (!parse_axes(ctx, op, t, naxes, axes, red)) return NULL;
     kiln_tensor *out = reduce(ctx, op, kind, t, red, keepdim);
     if (out && kiln__grad_wanted(ctx, 1, &t)) {
-        kiln__node *n = kiln__node_new(ctx, op, out, 1, &t, kind == RED_MAX || kind == RED_MIN ? bw_extreme : bw_sum_mean);
+        kiln__node *n =
+            kiln__node_new(ctx, op, out, 1, &t, kind == RED_MAX || kind == RED_MIN ? bw_extreme : bw_sum_mean);
         if (!n) {
             kiln_tensor_free(out);
             return NULL;

@@ -11,16 +11,14 @@ static const kiln__family_info families[] = {
 _Static_assert(sizeof families / sizeof families[0] == KILN__FAM_COUNT, "one row per op family");
 
 static const kiln__op_info ops[] = {
-#define KILN__X(id, name, fn, fam, grad, golden, tests, refs) \
+#define KILN__X(id, name, fn, fam, grad, golden, tests, refs)                                                          \
     [KILN__OP_##id] = {#name, #fn, KILN__FAM_##fam, grad, golden, tests, refs},
     KILN__OPS(KILN__X)
 #undef KILN__X
 };
 _Static_assert(sizeof ops / sizeof ops[0] == KILN__OP_COUNT, "one row per op");
 
-const kiln__op_info *kiln__op_get(kiln__op op) {
-    return (int)op >= 0 && op < KILN__OP_COUNT ? &ops[op] : NULL;
-}
+const kiln__op_info *kiln__op_get(kiln__op op) { return (int)op >= 0 && op < KILN__OP_COUNT ? &ops[op] : NULL; }
 
 const char *kiln__op_name(kiln__op op) {
     const kiln__op_info *r = kiln__op_get(op);

@@ -202,14 +202,14 @@ typedef struct kiln__family_info {
 
 /* One op's row of KILN__OPS. */
 typedef struct kiln__op_info {
-    const char *name;          /* `kiln ops` name */
-    const char *fn;            /* the public function, "kiln_..." */
-    kiln__family family;       /* KILN__FAM_* */
-    bool grad;                 /* differentiable: its output records a backward rule */
-    const char *golden_prefix; /* NULL: no PyTorch golden case */
+    const char *name;             /* `kiln ops` name */
+    const char *fn;               /* the public function, "kiln_..." */
+    kiln__family family;          /* KILN__FAM_* */
+    bool grad;                    /* differentiable: its output records a backward rule */
+    const char *golden_prefix;    /* NULL: no PyTorch golden case */
     int golden_pidx, golden_pval; /* golden_pidx >= 0: "<prefix>N.p"[golden_pidx] == golden_pval */
-    const char *tests;         /* space-separated test files under tests/ */
-    unsigned refs;             /* KILN__REF_* */
+    const char *tests;            /* space-separated test files under tests/ */
+    unsigned refs;                /* KILN__REF_* */
 } kiln__op_info;
 
 /* The row of op (NULL when op is out of range). */

@@ -36,16 +36,16 @@ static int sgemm(kiln_ctx *ctx, bool col, CLBlastTranspose fa, CLBlastTranspose 
                  size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
     if (col) {
         if (batch == 1)
-            return CLBlastSgemm(CLBlastLayoutColMajor, fb, fa, n, m, k, alpha, b, boff, ldb, a, aoff, lda, beta, c, coff,
-                                ldc, &ctx->queue, NULL);
+            return CLBlastSgemm(CLBlastLayoutColMajor, fb, fa, n, m, k, alpha, b, boff, ldb, a, aoff, lda, beta, c,
+                                coff, ldc, &ctx->queue, NULL);
         return CLBlastSgemmStridedBatched(CLBlastLayoutColMajor, fb, fa, n, m, k, alpha, b, boff, ldb, bstride, a, aoff,
                                           lda, astride, beta, c, coff, ldc, cstride, batch, &ctx->queue, NULL);
     }
     if (batch == 1)
         return CLBlastSgemm(CLBlastLayoutRowMajor, fa, fb, m, n, k, alpha, a, aoff, lda, b, boff, ldb, beta, c, coff,
                             ldc, &ctx->queue, NULL);
-    return CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, fa, fb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb,
-                                      bstride, beta, c, coff, ldc, cstride, batch, &ctx->queue, NULL);
+    return CLBlastSgemmStridedBatched(CLBlastLayoutRowMajor, fa, fb, m, n, k, alpha, a, aoff, lda, astride, b, boff,
+                                      ldb, bstride, beta, c, coff, ldc, cstride, batch, &ctx->queue, NULL);
 }
 
 static double padded(size_t x, size_t tile) { return tile ? (double)((x + tile - 1) / tile * tile) : (double)x; }

@@ -86,7 +86,9 @@ typedef struct idx_state {
 } idx_state;
 
 /* "[5, 7, 11]" of a tensor. */
-static char *tshape(const kiln_tensor *t, char *buf, size_t cap) { return kiln__shape_str(t->ndim, t->shape, buf, cap); }
+static char *tshape(const kiln_tensor *t, char *buf, size_t cap) {
+    return kiln__shape_str(t->ndim, t->shape, buf, cap);
+}
 
 /* ---- concat and stack --------------------------------------------------------------- */
 
@@ -113,8 +115,8 @@ static kiln_status copy_region(kiln_ctx *ctx, const char *op, kiln_tensor *src, 
         cl_int chunk = CAT_CHUNK, nchunks = (cols + CAT_CHUNK - 1) / CAT_CHUNK;
         cl_int nitems = (cl_int)(n / cols) * nchunks;
         g.ndim = last;
-        kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff),  KILN__ARG(ss),      KILN__ARG(dst),
-                             KILN__ARG(dof),          KILN__ARG(ds),    KILN__ARG(cols),    KILN__ARG(chunk),
+        kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff),   KILN__ARG(ss),   KILN__ARG(dst),
+                             KILN__ARG(dof),          KILN__ARG(ds),     KILN__ARG(cols), KILN__ARG(chunk),
                              KILN__ARG(nchunks),      KILN__ARG(nitems), KILN__ARG(g)};
         return kiln__launch(ctx, op, SHAPE_PROGRAM, opts, "cat_copy_chunks", 11, args, (size_t)nitems, 0);
     }
@@ -122,12 +124,12 @@ static kiln_status copy_region(kiln_ctx *ctx, const char *op, kiln_tensor *src, 
         /* contiguous rows: one division per element instead of a walk over the dims */
         cl_int cols = g.shape[last];
         cl_int sld = g.ndim == 2 ? g.strides[0][0] : 0, dld = g.ndim == 2 ? g.strides[1][0] : 0;
-        kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(sld), KILN__ARG(dst),
+        kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(sld),  KILN__ARG(dst),
                              KILN__ARG(dof),          KILN__ARG(dld),  KILN__ARG(cols), KILN__ARG(ni)};
         return kiln__launch(ctx, op, SHAPE_PROGRAM, opts, "cat_copy_rows", 8, args, (size_t)n, 0);
     }
-    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst), KILN__ARG(dof),
-                         KILN__ARG(ni),           KILN__ARG(g)};
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst),
+                         KILN__ARG(dof),          KILN__ARG(ni),   KILN__ARG(g)};
     return kiln__launch(ctx, op, SHAPE_PROGRAM, opts, "cat_copy_strided", 6, args, (size_t)n, 0);
 }
 
@@ -236,8 +238,10 @@ kiln_tensor *kiln_concat(kiln_ctx *ctx, int n, kiln_tensor *const *ts, int dim) 
     int nd = ts[0]->ndim;
     for (int k = 0; k < n; k++) {
         if (ts[k]->ndim == 0) {
-            kiln__fail(ctx, KILN_ERR_SHAPE, "%s: input %d is zero-dimensional and cannot be concatenated (use "
-                       "kiln_stack)", op, k);
+            kiln__fail(ctx, KILN_ERR_SHAPE,
+                       "%s: input %d is zero-dimensional and cannot be concatenated (use "
+                       "kiln_stack)",
+                       op, k);
             return NULL;
         }
     }
@@ -254,8 +258,10 @@ kiln_tensor *kiln_concat(kiln_ctx *ctx, int n, kiln_tensor *const *ts, int dim) 
         bool match = ts[k]->ndim == nd;
         for (int j = 0; j < nd && match; j++) match = j == d || ts[k]->shape[j] == ts[0]->shape[j];
         if (!match) {
-            kiln__fail(ctx, KILN_ERR_SHAPE, "%s: input %d has shape %s but input 0 has shape %s; shapes must match "
-                       "except in dim %d", op, k, tshape(ts[k], a, sizeof a), tshape(ts[0], b, sizeof b), d);
+            kiln__fail(ctx, KILN_ERR_SHAPE,
+                       "%s: input %d has shape %s but input 0 has shape %s; shapes must match "
+                       "except in dim %d",
+                       op, k, tshape(ts[k], a, sizeof a), tshape(ts[0], b, sizeof b), d);
             return NULL;
         }
         oshape[d] += ts[k]->shape[d];
@@ -275,14 +281,16 @@ kiln_tensor *kiln_stack(kiln_ctx *ctx, int n, kiln_tensor *const *ts, int dim) {
     }
     int d = kiln__axis(dim, nd + 1);
     if (d < 0) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: dim %d out of range for stacking inputs %s (%d dims)", op,
-                   dim, tshape(ts[0], a, sizeof a), nd);
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: dim %d out of range for stacking inputs %s (%d dims)", op, dim,
+                   tshape(ts[0], a, sizeof a), nd);
         return NULL;
     }
     for (int k = 1; k < n; k++) {
         if (ts[k]->ndim != nd || memcmp(ts[k]->shape, ts[0]->shape, sizeof(int64_t) * (size_t)nd) != 0) {
-            kiln__fail(ctx, KILN_ERR_SHAPE, "%s: input %d has shape %s but input 0 has shape %s; stacked tensors "
-                       "must have equal shapes", op, k, tshape(ts[k], a, sizeof a), tshape(ts[0], b, sizeof b));
+            kiln__fail(ctx, KILN_ERR_SHAPE,
+                       "%s: input %d has shape %s but input 0 has shape %s; stacked tensors "
+                       "must have equal shapes",
+                       op, k, tshape(ts[k], a, sizeof a), tshape(ts[0], b, sizeof b));
             return NULL;
         }
     }
@@ -302,8 +310,8 @@ typedef kiln_pad_geom pad_geom;
  * `bits` is the fill value's bit pattern in x's dtype. Dims without padding that are
  * contiguous with their neighbour in x merge, size-1 dims without padding drop out.
  */
-static kiln_tensor *pad_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, const int64_t *before,
-                            const int64_t *oshape, uint32_t bits) {
+static kiln_tensor *pad_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, const int64_t *before, const int64_t *oshape,
+                            uint32_t bits) {
     kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, x->ndim, oshape);
     if (!out) return NULL;
     int64_t n = kiln__numel(out->ndim, out->shape);
@@ -338,8 +346,13 @@ static kiln_tensor *pad_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, const
     cl_uchar b8 = (cl_uchar)bits;
     size_t es = kiln_dtype_size(x->dtype);
     kiln__karg v = es == 1 ? KILN__ARG(b8) : es == 2 ? KILN__ARG(b16) : KILN__ARG(b32);
-    kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(soff), KILN__ARG(out->st->mem), KILN__ARG(doff),
-                         KILN__ARG(ni),         KILN__ARG(g),    v};
+    kiln__karg args[] = {KILN__ARG(x->st->mem),
+                         KILN__ARG(soff),
+                         KILN__ARG(out->st->mem),
+                         KILN__ARG(doff),
+                         KILN__ARG(ni),
+                         KILN__ARG(g),
+                         v};
     /* a work-item per output row on CPUs (see row_layout) */
     cl_int nrows = (cl_int)(n / g.oshape[m - 1]);
     bool rows = ctx->hooks.shape_layout ? ctx->hooks.shape_layout == 2
@@ -375,8 +388,10 @@ kiln_tensor *kiln_pad(kiln_ctx *ctx, kiln_tensor *x, int npad, const int64_t *pa
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
     char a[160];
     if (npad < 0 || npad % 2 != 0 || npad / 2 > x->ndim) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %d padding amounts for input %s (need an even number, at "
-                   "most 2 * %d dims)", op, npad, tshape(x, a, sizeof a), x->ndim);
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "%s: %d padding amounts for input %s (need an even number, at "
+                   "most 2 * %d dims)",
+                   op, npad, tshape(x, a, sizeof a), x->ndim);
         return NULL;
     }
     if (npad > 0 && !pad) {
@@ -405,9 +420,10 @@ kiln_tensor *kiln_pad(kiln_ctx *ctx, kiln_tensor *x, int npad, const int64_t *pa
         /* bounded so the sums below cannot overflow; a real size never comes close */
         if (lo > INT32_MAX || lo < -(int64_t)INT32_MAX || hi > INT32_MAX || hi < -(int64_t)INT32_MAX ||
             x->shape[d] + lo + hi < 0) {
-            kiln__fail(ctx, KILN_ERR_SHAPE, "%s: padding (%lld, %lld) of dim %d (size %lld) of input %s gives a "
-                       "negative or too large size", op, (long long)lo, (long long)hi, d, (long long)x->shape[d],
-                       tshape(x, a, sizeof a));
+            kiln__fail(ctx, KILN_ERR_SHAPE,
+                       "%s: padding (%lld, %lld) of dim %d (size %lld) of input %s gives a "
+                       "negative or too large size",
+                       op, (long long)lo, (long long)hi, d, (long long)x->shape[d], tshape(x, a, sizeof a));
             return NULL;
         }
         before[d] = lo;
@@ -437,8 +453,8 @@ kiln_tensor *kiln_flatten(kiln_ctx *ctx, kiln_tensor *x, int start_dim, int end_
     int s = kiln__axis(start_dim, nd), e = kiln__axis(end_dim, nd);
     char a[160];
     if (s < 0 || e < 0 || s > e) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: start_dim %d and end_dim %d are %s for input %s", op,
-                   start_dim, end_dim, s < 0 || e < 0 ? "out of range" : "in the wrong order", tshape(x, a, sizeof a));
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: start_dim %d and end_dim %d are %s for input %s", op, start_dim,
+                   end_dim, s < 0 || e < 0 ? "out of range" : "in the wrong order", tshape(x, a, sizeof a));
         return NULL;
     }
     /* a 0-d tensor becomes a [1] view (kiln_reshape would copy it) */
@@ -505,9 +521,11 @@ static bool check_indices(kiln_ctx *ctx, const char *op, kiln_tensor *index, int
     for (int64_t k = 0; k < n; k++) {
         if (h[k] >= 0 && h[k] < size) continue;
         char a[160], b[160];
-        kiln__fail(ctx, KILN_ERR_RANGE, "%s: index %d at position %lld of index %s is out of range for dim %d of "
-                   "size %lld (input %s)", op, (int)h[k], (long long)k, tshape(index, b, sizeof b), dim,
-                   (long long)size, tshape(x, a, sizeof a));
+        kiln__fail(ctx, KILN_ERR_RANGE,
+                   "%s: index %d at position %lld of index %s is out of range for dim %d of "
+                   "size %lld (input %s)",
+                   op, (int)h[k], (long long)k, tshape(index, b, sizeof b), dim, (long long)size,
+                   tshape(x, a, sizeof a));
         ok = false;
         break;
     }
@@ -539,12 +557,19 @@ static kiln_status index_select_backward(kiln_ctx *ctx, kiln__node *n, kiln_tens
         cl_int len = (cl_int)kiln__numel(index->ndim, index->shape);
         cl_int istride = index->ndim ? (cl_int)index->strides[0] : 0;
         cl_int goff = (cl_int)gout->offset, ioff = (cl_int)index->offset, xoff = (cl_int)gx->offset;
-        kiln__karg args[] = {KILN__ARG(gout->st->mem), KILN__ARG(goff), KILN__ARG(index->st->mem),
-                             KILN__ARG(ioff),          KILN__ARG(istride), KILN__ARG(len),
-                             KILN__ARG(gx->st->mem),   KILN__ARG(xoff), KILN__ARG(ni),
-                             KILN__ARG(R),             KILN__ARG(ci)};
-        if (kiln__launch(ctx, "kiln_index_select (backward)", SHAPE_PROGRAM, SHAPE_F32_OPTIONS, "index_select_bwd",
-                         11, args, (size_t)numel, 0) != KILN_OK) {
+        kiln__karg args[] = {KILN__ARG(gout->st->mem),
+                             KILN__ARG(goff),
+                             KILN__ARG(index->st->mem),
+                             KILN__ARG(ioff),
+                             KILN__ARG(istride),
+                             KILN__ARG(len),
+                             KILN__ARG(gx->st->mem),
+                             KILN__ARG(xoff),
+                             KILN__ARG(ni),
+                             KILN__ARG(R),
+                             KILN__ARG(ci)};
+        if (kiln__launch(ctx, "kiln_index_select (backward)", SHAPE_PROGRAM, SHAPE_F32_OPTIONS, "index_select_bwd", 11,
+                         args, (size_t)numel, 0) != KILN_OK) {
             kiln_tensor_free(gx);
             return ctx->err;
         }
@@ -598,9 +623,9 @@ kiln_tensor *kiln_index_select(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tens
         g.xsize = (cl_int)xshape[d];
         cl_int xoff = (cl_int)x->offset, ioff = (cl_int)index->offset, ooff = (cl_int)out->offset, ni = (cl_int)n;
         cl_int istride = index->ndim ? (cl_int)index->strides[0] : 0;
-        kiln__karg args[] = {KILN__ARG(x->st->mem),   KILN__ARG(xoff), KILN__ARG(index->st->mem), KILN__ARG(ioff),
-                             KILN__ARG(istride),      KILN__ARG(out->st->mem), KILN__ARG(ooff),   KILN__ARG(ni),
-                             KILN__ARG(g)};
+        kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),    KILN__ARG(index->st->mem),
+                             KILN__ARG(ioff),       KILN__ARG(istride), KILN__ARG(out->st->mem),
+                             KILN__ARG(ooff),       KILN__ARG(ni),      KILN__ARG(g)};
         if (kiln__launch(ctx, op, SHAPE_PROGRAM, bits_options(x->dtype), "index_select_fwd", 9, args, (size_t)n, 0) !=
             KILN_OK) {
             kiln_tensor_free(out);
@@ -656,10 +681,15 @@ static kiln_status gather_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *go
             g.sa[d] = (cl_int)gst[d];
             g.sb[d] = (cl_int)ist[d];
         }
-        cl_int goff = (cl_int)gout->offset, ioff = (cl_int)index->offset, xoff = (cl_int)gx->offset,
-               ni = (cl_int)numel;
-        kiln__karg args[] = {KILN__ARG(gout->st->mem), KILN__ARG(goff), KILN__ARG(index->st->mem), KILN__ARG(ioff),
-                             KILN__ARG(gx->st->mem),   KILN__ARG(xoff), KILN__ARG(ni),             KILN__ARG(g)};
+        cl_int goff = (cl_int)gout->offset, ioff = (cl_int)index->offset, xoff = (cl_int)gx->offset, ni = (cl_int)numel;
+        kiln__karg args[] = {KILN__ARG(gout->st->mem),
+                             KILN__ARG(goff),
+                             KILN__ARG(index->st->mem),
+                             KILN__ARG(ioff),
+                             KILN__ARG(gx->st->mem),
+                             KILN__ARG(xoff),
+                             KILN__ARG(ni),
+                             KILN__ARG(g)};
         if (kiln__launch(ctx, "kiln_gather (backward)", SHAPE_PROGRAM, SHAPE_F32_OPTIONS, "gather_bwd", 8, args,
                          (size_t)numel, 0) != KILN_OK) {
             kiln_tensor_free(gx);
@@ -693,8 +723,10 @@ kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *in
     gather_dims(index, ishape, ist);
     for (int j = 0; j < nd; j++) {
         if (j != d && ishape[j] > xshape[j]) {
-            kiln__fail(ctx, KILN_ERR_SHAPE, "%s: index %s is larger than input %s in dim %d (only dim %d may be "
-                       "larger)", op, tshape(index, b, sizeof b), tshape(x, a, sizeof a), j, d);
+            kiln__fail(ctx, KILN_ERR_SHAPE,
+                       "%s: index %s is larger than input %s in dim %d (only dim %d may be "
+                       "larger)",
+                       op, tshape(index, b, sizeof b), tshape(x, a, sizeof a), j, d);
             return NULL;
         }
     }
@@ -708,8 +740,14 @@ kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *in
         idx_coalesce(&g, nd, ishape, d, xst, ist);
         g.xsize = (cl_int)xshape[d];
         cl_int xoff = (cl_int)x->offset, ioff = (cl_int)index->offset, ooff = (cl_int)out->offset, ni = (cl_int)n;
-        kiln__karg args[] = {KILN__ARG(x->st->mem),   KILN__ARG(xoff), KILN__ARG(index->st->mem), KILN__ARG(ioff),
-                             KILN__ARG(out->st->mem), KILN__ARG(ooff), KILN__ARG(ni),             KILN__ARG(g)};
+        kiln__karg args[] = {KILN__ARG(x->st->mem),
+                             KILN__ARG(xoff),
+                             KILN__ARG(index->st->mem),
+                             KILN__ARG(ioff),
+                             KILN__ARG(out->st->mem),
+                             KILN__ARG(ooff),
+                             KILN__ARG(ni),
+                             KILN__ARG(g)};
         if (kiln__launch(ctx, op, SHAPE_PROGRAM, bits_options(x->dtype), "gather_fwd", 8, args, (size_t)n, 0) !=
             KILN_OK) {
             kiln_tensor_free(out);

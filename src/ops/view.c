@@ -50,7 +50,8 @@ static bool resolve_shape(kiln_ctx *ctx, const char *op, const kiln_tensor *t, i
         if (shape[d] == -1 && infer < 0) {
             infer = d;
         } else if (shape[d] < 0) {
-            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: bad target shape %s", op, kiln__shape_str(ndim, shape, a, sizeof a));
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: bad target shape %s", op,
+                       kiln__shape_str(ndim, shape, a, sizeof a));
             return false;
         } else {
             known *= shape[d];
@@ -67,7 +68,8 @@ static bool resolve_shape(kiln_ctx *ctx, const char *op, const kiln_tensor *t, i
     return true;
 bad:
     kiln__fail(ctx, KILN_ERR_SHAPE, "%s: cannot reshape tensor %s (%lld elements) to %s", op,
-               kiln__shape_str(t->ndim, t->shape, a, sizeof a), (long long)n, kiln__shape_str(ndim, shape, b, sizeof b));
+               kiln__shape_str(t->ndim, t->shape, a, sizeof a), (long long)n,
+               kiln__shape_str(ndim, shape, b, sizeof b));
     return false;
 }
 
@@ -163,9 +165,10 @@ kiln_tensor *kiln_view(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t *s
     if (!resolve_shape(ctx, "kiln_view", t, ndim, shape, sh)) return NULL;
     if (!view_strides(t, ndim, sh, st)) {
         char a[160], b[160];
-        kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_view: tensor %s with its strides cannot be viewed as %s without a copy "
-                   "(use kiln_reshape)", kiln__shape_str(t->ndim, t->shape, a, sizeof a),
-                   kiln__shape_str(ndim, sh, b, sizeof b));
+        kiln__fail(ctx, KILN_ERR_SHAPE,
+                   "kiln_view: tensor %s with its strides cannot be viewed as %s without a copy "
+                   "(use kiln_reshape)",
+                   kiln__shape_str(t->ndim, t->shape, a, sizeof a), kiln__shape_str(ndim, sh, b, sizeof b));
         return NULL;
     }
     return record_view(ctx, "kiln_view", kiln__tensor_view(ctx, t, ndim, sh, st, t->offset), t, bw_reshape);
@@ -197,8 +200,10 @@ kiln_tensor *kiln_permute(kiln_ctx *ctx, kiln_tensor *t, const int *dims) {
         int s = kiln__axis(dims[d], t->ndim);
         if (s < 0 || seen[s]) {
             char a[160];
-            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_permute: dims is not a permutation of %d axes of tensor %s "
-                       "(entry %d is %d)", t->ndim, kiln__shape_str(t->ndim, t->shape, a, sizeof a), d, dims[d]);
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                       "kiln_permute: dims is not a permutation of %d axes of tensor %s "
+                       "(entry %d is %d)",
+                       t->ndim, kiln__shape_str(t->ndim, t->shape, a, sizeof a), d, dims[d]);
             return NULL;
         }
         seen[s] = true;
@@ -272,7 +277,7 @@ kiln_tensor *kiln_expand(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t 
     if (!kiln__check_inputs(ctx, "kiln_expand", 1, &t)) return NULL;
     char a[160], b[160];
     if (ndim < t->ndim || ndim > KILN_MAX_DIMS || !shape) {
-        kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_expand: cannot expand tensor %s to %d dims", 
+        kiln__fail(ctx, KILN_ERR_SHAPE, "kiln_expand: cannot expand tensor %s to %d dims",
                    kiln__shape_str(t->ndim, t->shape, a, sizeof a), ndim);
         return NULL;
     }

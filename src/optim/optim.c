@@ -111,19 +111,21 @@ static bool check_params(kiln_ctx *ctx, const char *op, kiln_tensor *const *para
         }
         if (!kiln__is_contiguous(p)) {
             kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                       "%s: parameter %d %s is not contiguous (strides %s); optimize its contiguous base tensor", op,
-                       i, sb, kiln__shape_str(p->ndim, p->strides, st, sizeof st));
+                       "%s: parameter %d %s is not contiguous (strides %s); optimize its contiguous base tensor", op, i,
+                       sb, kiln__shape_str(p->ndim, p->strides, st, sizeof st));
             return false;
         }
         if (p->node) {
-            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: parameter %d %s was made by %s; can't optimize a non-leaf "
-                       "tensor", op, i, sb, p->node->op);
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                       "%s: parameter %d %s was made by %s; can't optimize a non-leaf "
+                       "tensor",
+                       op, i, sb, p->node->op);
             return false;
         }
         if (!p->requires_grad) {
             kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                       "%s: parameter %d %s does not require grad (call kiln_tensor_set_requires_grad on it first)", op, i,
-                       sb);
+                       "%s: parameter %d %s does not require grad (call kiln_tensor_set_requires_grad on it first)", op,
+                       i, sb);
             return false;
         }
         int64_t a0 = p->offset, a1 = a0 + kiln__numel(p->ndim, p->shape);
@@ -131,8 +133,10 @@ static bool check_params(kiln_ctx *ctx, const char *op, kiln_tensor *const *para
             kiln_tensor *q = params[j];
             int64_t b0 = q->offset, b1 = b0 + kiln__numel(q->ndim, q->shape);
             if (q == p || (q->st == p->st && a0 < b1 && b0 < a1 && a0 < a1 && b0 < b1)) {
-                kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: parameters %d and %d %s share memory (%s); each "
-                           "parameter must appear once", op, j, i, sb, q == p ? "the same tensor" : "overlapping views");
+                kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                           "%s: parameters %d and %d %s share memory (%s); each "
+                           "parameter must appear once",
+                           op, j, i, sb, q == p ? "the same tensor" : "overlapping views");
                 return false;
             }
         }
@@ -171,12 +175,12 @@ static kiln_optim *opt_finish(kiln_optim *o) {
 }
 
 /* Validation with torch's messages; op names the kiln function. */
-#define BAD(cond, ...)                                                                    \
-    do {                                                                                  \
-        if (cond) {                                                                       \
-            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, __VA_ARGS__);                      \
-            return false;                                                                 \
-        }                                                                                 \
+#define BAD(cond, ...)                                                                                                 \
+    do {                                                                                                               \
+        if (cond) {                                                                                                    \
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, __VA_ARGS__);                                                   \
+            return false;                                                                                              \
+        }                                                                                                              \
     } while (0)
 
 static bool check_sgd(kiln_ctx *ctx, const kiln_sgd_opts *o) {
@@ -217,7 +221,9 @@ static bool check_adam(kiln_ctx *ctx, const char *op, const kiln_adam_opts *o) {
 
 kiln_sgd_opts kiln_sgd_defaults(void) { return (kiln_sgd_opts){.lr = 1e-3}; }
 kiln_rmsprop_opts kiln_rmsprop_defaults(void) { return (kiln_rmsprop_opts){.lr = 1e-2, .alpha = 0.99, .eps = 1e-8}; }
-kiln_adam_opts kiln_adam_defaults(void) { return (kiln_adam_opts){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8}; }
+kiln_adam_opts kiln_adam_defaults(void) {
+    return (kiln_adam_opts){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8};
+}
 kiln_adam_opts kiln_adamw_defaults(void) {
     return (kiln_adam_opts){.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 1e-2};
 }
@@ -352,8 +358,7 @@ int kiln_optim_num_states(const kiln_optim *opt) {
     if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_num_states: optimizer is NULL"), 0;
     int k = 0;
     for (int j = 0; j < opt->n; j++)
-        for (int s = 0; s < OPT_NSLOT; s++)
-            k += opt->ps[j].state[s] != NULL;
+        for (int s = 0; s < OPT_NSLOT; s++) k += opt->ps[j].state[s] != NULL;
     return k;
 }
 
@@ -404,7 +409,8 @@ kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool creat
     if (create)
         kiln__fail(opt->ctx, KILN_ERR_INVALID_ARGUMENT,
                    "kiln_optim_state_find: %s has no state '%s' (%d parameters; keys in this configuration: "
-                   "%s%s%s%s%s)", kind_name[opt->kind], name, opt->n, opt->used[0] ? slot_key[opt->kind][0] : "",
+                   "%s%s%s%s%s)",
+                   kind_name[opt->kind], name, opt->n, opt->used[0] ? slot_key[opt->kind][0] : "",
                    opt->used[1] ? " " : "", opt->used[1] ? slot_key[opt->kind][1] : "", opt->used[2] ? " " : "",
                    opt->used[2] ? slot_key[opt->kind][2] : "");
     return NULL;
@@ -420,8 +426,10 @@ int64_t kiln_optim_step_count(const kiln_optim *opt, int i) {
 kiln_status kiln_optim_set_step_count(kiln_optim *opt, int i, int64_t step) {
     if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_set_step_count: optimizer is NULL");
     if (i < -1 || i >= opt->n || step < 0)
-        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_set_step_count: parameter %d step %lld out of range "
-                          "(%d parameters, step >= 0)", i, (long long)step, opt->n);
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE,
+                          "kiln_optim_set_step_count: parameter %d step %lld out of range "
+                          "(%d parameters, step >= 0)",
+                          i, (long long)step, opt->n);
     for (int j = 0; j < opt->n; j++)
         if (i == -1 || j == i) opt->ps[j].step = step;
     return KILN_OK;
@@ -449,9 +457,9 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
         if (o->nesterov) flags |= F_NESTEROV;
         cl_float neg_lr = (cl_float)-o->lr, mom = (cl_float)o->momentum, damp1 = (cl_float)(1 - o->dampening),
                  wd = (cl_float)o->weight_decay;
-        kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff), KILN__ARG(g->st->mem), KILN__ARG(goff),
-                          KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(n),       KILN__ARG(neg_lr),
-                          KILN__ARG(mom),        KILN__ARG(damp1), KILN__ARG(wd),      KILN__ARG(flags)};
+        kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
+                          KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(n),          KILN__ARG(neg_lr),
+                          KILN__ARG(mom),        KILN__ARG(damp1),  KILN__ARG(wd),         KILN__ARG(flags)};
         return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "sgd_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
     }
     if (o->kind == OPT_RMSPROP) {
@@ -476,11 +484,11 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
              omb2 = (cl_float)(1 - o->beta2), wd = (cl_float)o->weight_decay,
              decay = (cl_float)(1 - o->lr * o->weight_decay), neg_step = (cl_float)-step_size,
              bc2s = (cl_float)sqrt(bc2), eps = (cl_float)o->eps;
-    kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
-                      KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(mem[1]),     KILN__ARG(off[1]),
-                      KILN__ARG(mem[2]),     KILN__ARG(off[2]), KILN__ARG(n),          KILN__ARG(b1),
-                      KILN__ARG(omb1),       KILN__ARG(b2),     KILN__ARG(omb2),       KILN__ARG(wd),
-                      KILN__ARG(decay),      KILN__ARG(neg_step), KILN__ARG(bc2s),     KILN__ARG(eps),
+    kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),     KILN__ARG(g->st->mem), KILN__ARG(goff),
+                      KILN__ARG(mem[0]),     KILN__ARG(off[0]),   KILN__ARG(mem[1]),     KILN__ARG(off[1]),
+                      KILN__ARG(mem[2]),     KILN__ARG(off[2]),   KILN__ARG(n),          KILN__ARG(b1),
+                      KILN__ARG(omb1),       KILN__ARG(b2),       KILN__ARG(omb2),       KILN__ARG(wd),
+                      KILN__ARG(decay),      KILN__ARG(neg_step), KILN__ARG(bc2s),       KILN__ARG(eps),
                       KILN__ARG(flags)};
     return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "adam_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
 }
@@ -566,7 +574,8 @@ static kiln_tensor **clip_grads(kiln_ctx *ctx, const char *op, int n, kiln_tenso
         if (g->dtype != KILN_F32 || !kiln__is_contiguous(g)) {
             kiln__fail(ctx, g->dtype != KILN_F32 ? KILN_ERR_DTYPE : KILN_ERR_UNSUPPORTED,
                        "%s: the gradient %s of parameter %d %s is %s; clipping changes f32 contiguous gradients in "
-                       "place", op, kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), i,
+                       "place",
+                       op, kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), i,
                        kiln__shape_str(params[i]->ndim, params[i]->shape, sb, sizeof sb),
                        g->dtype != KILN_F32 ? kiln_dtype_name(g->dtype) : "not contiguous");
             free(gs);
@@ -617,15 +626,16 @@ static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor 
         if (groups > CLIP_MAX_GROUPS) groups = CLIP_MAX_GROUPS;
         if (groups == 0) continue;
         cl_int goff = (cl_int)gs[k]->offset, mi = (cl_int)m;
-        kiln__karg a[] = {KILN__ARG(gs[k]->st->mem), KILN__ARG(goff), KILN__ARG(mi), KILN__ARG(part->st->mem),
-                          KILN__ARG(pbase), KILN__ARG(mode), KILN__ARG(p), KILN__LOCAL(lp * sizeof(cl_float))};
-        if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_partial", 8, a, (size_t)groups * lp, lp) != KILN_OK)
-            goto fail;
+        kiln__karg a[] = {
+            KILN__ARG(gs[k]->st->mem), KILN__ARG(goff), KILN__ARG(mi), KILN__ARG(part->st->mem),
+            KILN__ARG(pbase),          KILN__ARG(mode), KILN__ARG(p),  KILN__LOCAL(lp * sizeof(cl_float))};
+        if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_partial", 8, a, (size_t)groups * lp, lp) != KILN_OK) goto fail;
         pbase += (cl_int)groups;
     }
     cl_int poff = (cl_int)part->offset;
-    kiln__karg a[] = {KILN__ARG(part->st->mem), KILN__ARG(poff), KILN__ARG(np),  KILN__ARG(mode), KILN__ARG(p),
-                      KILN__ARG(mx), KILN__ARG(out->st->mem), KILN__ARG(ooff), KILN__LOCAL(lt * sizeof(cl_float))};
+    kiln__karg a[] = {KILN__ARG(part->st->mem), KILN__ARG(poff), KILN__ARG(np),
+                      KILN__ARG(mode),          KILN__ARG(p),    KILN__ARG(mx),
+                      KILN__ARG(out->st->mem),  KILN__ARG(ooff), KILN__LOCAL(lt * sizeof(cl_float))};
     if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_total", 9, a, lt, lt) != KILN_OK) goto fail;
     for (int k = 0; k < ng; k++) {
         cl_int goff = (cl_int)gs[k]->offset, mi = (cl_int)kiln__numel(gs[k]->ndim, gs[k]->shape);

@@ -51,8 +51,7 @@ static double get_lr(const kiln_lr_sched *s) {
     case SCH_COSINE: {
         double T = (double)s->t_max, E = (double)e, pi = 3.14159265358979323846; /* M_PI is not C11 */
         if (e == 0) return lr;
-        if (s->step_count == 1 && e > 0)
-            return s->eta_min + (s->base_lr - s->eta_min) * (1 + cos(E * pi / T)) / 2;
+        if (s->step_count == 1 && e > 0) return s->eta_min + (s->base_lr - s->eta_min) * (1 + cos(E * pi / T)) / 2;
         if (pymod(e - 1 - s->t_max, 2 * (int64_t)s->t_max) == 0)
             return lr + (s->base_lr - s->eta_min) * (1 - cos(pi / T)) / 2;
         return (1 + cos(pi * E / T)) / (1 + cos(pi * (E - 1) / T)) * (lr - s->eta_min) + s->eta_min;
@@ -101,12 +100,12 @@ static kiln_lr_sched *sched_start(kiln_lr_sched *s) {
 }
 
 /* Argument checks run before anything is allocated (opt may be NULL: sched_new reports it). */
-#define SCHED_BAD(cond, ...)                                                              \
-    do {                                                                                  \
-        if (opt && (cond)) {                                                              \
-            kiln__fail(kiln_optim_ctx(opt), KILN_ERR_INVALID_ARGUMENT, __VA_ARGS__);      \
-            return NULL;                                                                  \
-        }                                                                                 \
+#define SCHED_BAD(cond, ...)                                                                                           \
+    do {                                                                                                               \
+        if (opt && (cond)) {                                                                                           \
+            kiln__fail(kiln_optim_ctx(opt), KILN_ERR_INVALID_ARGUMENT, __VA_ARGS__);                                   \
+            return NULL;                                                                                               \
+        }                                                                                                              \
     } while (0)
 
 kiln_lr_sched *kiln_step_lr(kiln_optim *opt, int step_size, double gamma) {
@@ -119,8 +118,7 @@ kiln_lr_sched *kiln_step_lr(kiln_optim *opt, int step_size, double gamma) {
 }
 
 kiln_lr_sched *kiln_multistep_lr(kiln_optim *opt, const int *milestones, int n, double gamma) {
-    SCHED_BAD(n < 0 || (n > 0 && !milestones), "kiln_multistep_lr: %d milestones at %p", n,
-              (const void *)milestones);
+    SCHED_BAD(n < 0 || (n > 0 && !milestones), "kiln_multistep_lr: %d milestones at %p", n, (const void *)milestones);
     kiln_lr_sched *s = sched_new(opt, "kiln_multistep_lr", SCH_MULTISTEP);
     if (!s) return NULL;
     s->milestones = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
@@ -154,8 +152,10 @@ kiln_lr_sched *kiln_cosine_annealing_lr(kiln_optim *opt, int t_max, double eta_m
 kiln_lr_sched *kiln_linear_lr(kiln_optim *opt, double start_factor, double end_factor, int total_iters) {
     /* torch 1.13 accepts start_factor 0 and then divides by zero at the first step. */
     bool bad_start = !(start_factor > 0 && start_factor <= 1), bad_end = !(end_factor >= 0 && end_factor <= 1);
-    SCHED_BAD(bad_start, "kiln_linear_lr: Starting multiplicative factor expected to be greater than 0 and less or "
-              "equal to 1 (got %g).", start_factor);
+    SCHED_BAD(bad_start,
+              "kiln_linear_lr: Starting multiplicative factor expected to be greater than 0 and less or "
+              "equal to 1 (got %g).",
+              start_factor);
     SCHED_BAD(bad_end, "kiln_linear_lr: Ending multiplicative factor expected to be between 0 and 1 (got %g).",
               end_factor);
     SCHED_BAD(total_iters < 0, "kiln_linear_lr: total_iters %d must be >= 0", total_iters);

@@ -58,8 +58,7 @@ bool kiln__check_inputs(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const
     }
     for (int i = 0; i < n; i++) {
         if (!ts[i]) {
-            if (ctx->err == KILN_OK)
-                kiln__fail(ctx, KILN_ERR_NULL, "%s: input %d is NULL", op, i);
+            if (ctx->err == KILN_OK) kiln__fail(ctx, KILN_ERR_NULL, "%s: input %d is NULL", op, i);
             return false;
         }
         if (ts[i]->ctx != ctx) {
@@ -106,8 +105,10 @@ static void storage_unref(kiln_ctx *ctx, kiln__storage *st) {
  * linked through dead_next) instead of recursing.
  */
 static void release_one(kiln_ctx *ctx, kiln_tensor *t) {
-    if (t->prev) t->prev->next = t->next;
-    else ctx->tensors = t->next;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        ctx->tensors = t->next;
     if (t->next) t->next->prev = t->prev;
     ctx->ntensors--;
     struct kiln__node *n = t->node;
@@ -218,7 +219,8 @@ kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, i
         if (shape[d] < 0 || (shape[d] > 0 && n > MAX_ELEMS / shape[d])) {
             kiln__fail(ctx, shape[d] < 0 ? KILN_ERR_INVALID_ARGUMENT : KILN_ERR_UNSUPPORTED,
                        "%s: shape %s is negative or has more than %lld elements (kernels index with 32-bit "
-                       "ints)", op, kiln__shape_str(ndim, shape, sb, sizeof sb), (long long)MAX_ELEMS);
+                       "ints)",
+                       op, kiln__shape_str(ndim, shape, sb, sizeof sb), (long long)MAX_ELEMS);
             return NULL;
         }
         n *= shape[d];
@@ -256,8 +258,8 @@ kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, i
     return t;
 }
 
-kiln_tensor *kiln__tensor_view(kiln_ctx *ctx, kiln_tensor *base, int ndim, const int64_t *shape,
-                               const int64_t *strides, int64_t offset) {
+kiln_tensor *kiln__tensor_view(kiln_ctx *ctx, kiln_tensor *base, int ndim, const int64_t *shape, const int64_t *strides,
+                               int64_t offset) {
     kiln_tensor *t = link_new(ctx, "view");
     if (!t) return NULL;
     t->st = base->st;
@@ -340,8 +342,8 @@ static kiln_status copy_into(kiln_ctx *ctx, const char *op, kiln_tensor *src, ki
     memcpy(st[0], src->strides, sizeof st[0]);
     kiln__geom_build(&g, src->ndim, src->shape, 1, (const int64_t(*)[KILN_MAX_DIMS])st);
     cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, n = (cl_int)kiln__numel(src->ndim, src->shape);
-    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem), KILN__ARG(doff),
-                         KILN__ARG(n), KILN__ARG(g)};
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem),
+                         KILN__ARG(doff),         KILN__ARG(n),    KILN__ARG(g)};
     return kiln__launch(ctx, op, "copy", copy_options(src->dtype), "copy_strided", 6, args, (size_t)n, 0);
 }
 
@@ -361,8 +363,8 @@ kiln_status kiln__copy_into(kiln_ctx *ctx, const char *op, kiln_tensor *src, kil
     memcpy(st[1], dst->strides, sizeof st[1]);
     kiln__geom_build(&g, src->ndim, src->shape, 2, (const int64_t(*)[KILN_MAX_DIMS])st);
     cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, ni = (cl_int)n;
-    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem), KILN__ARG(doff),
-                         KILN__ARG(ni), KILN__ARG(g)};
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem),
+                         KILN__ARG(doff),         KILN__ARG(ni),   KILN__ARG(g)};
     return kiln__launch(ctx, op, "copy", copy_options(src->dtype), "copy_view", 6, args, (size_t)n, 0);
 }
 
@@ -440,8 +442,7 @@ static uint32_t value_bits(kiln_dtype dt, float value) {
 
 kiln_status kiln_fill(kiln_tensor *t, float value) {
     if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_fill: tensor is NULL");
-    if (t->dtype == KILN_F16)
-        return kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_fill: f16 tensors are not supported yet");
+    if (t->dtype == KILN_F16) return kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_fill: f16 tensors are not supported yet");
     return fill_bits(t->ctx, "kiln_fill", t, value_bits(t->dtype, value));
 }
 
@@ -458,8 +459,12 @@ static kiln_tensor *full(kiln_ctx *ctx, const char *op, float value, int ndim, c
 kiln_tensor *kiln_full(kiln_ctx *ctx, float value, int ndim, const int64_t *shape) {
     return full(ctx, "kiln_full", value, ndim, shape);
 }
-kiln_tensor *kiln_zeros(kiln_ctx *ctx, int ndim, const int64_t *shape) { return full(ctx, "kiln_zeros", 0.0f, ndim, shape); }
-kiln_tensor *kiln_ones(kiln_ctx *ctx, int ndim, const int64_t *shape) { return full(ctx, "kiln_ones", 1.0f, ndim, shape); }
+kiln_tensor *kiln_zeros(kiln_ctx *ctx, int ndim, const int64_t *shape) {
+    return full(ctx, "kiln_zeros", 0.0f, ndim, shape);
+}
+kiln_tensor *kiln_ones(kiln_ctx *ctx, int ndim, const int64_t *shape) {
+    return full(ctx, "kiln_ones", 1.0f, ndim, shape);
+}
 
 kiln_tensor *kiln_arange(kiln_ctx *ctx, double start, double end, double step) {
     if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_arange: ctx is NULL"), NULL;
@@ -493,25 +498,23 @@ kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes) {
     char sb[160];
     size_t es = kiln_dtype_size(t->dtype);
     size_t bytes = (size_t)kiln__numel(t->ndim, t->shape) * es;
-    if (!dst)
-        return kiln__fail(ctx, KILN_ERR_NULL, "kiln_to_host: destination is NULL");
+    if (!dst) return kiln__fail(ctx, KILN_ERR_NULL, "kiln_to_host: destination is NULL");
     if (dst_bytes < bytes)
-        return kiln__fail(ctx, KILN_ERR_BUFFER_TOO_SMALL,
-                          "kiln_to_host: tensor %s %s needs %zu bytes, destination holds %zu",
-                          kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype), bytes,
-                          dst_bytes);
+        return kiln__fail(
+            ctx, KILN_ERR_BUFFER_TOO_SMALL, "kiln_to_host: tensor %s %s needs %zu bytes, destination holds %zu",
+            kiln__shape_str(t->ndim, t->shape, sb, sizeof sb), kiln_dtype_name(t->dtype), bytes, dst_bytes);
     if (bytes == 0) return KILN_OK;
     kiln_tensor *src = t;
     if (!kiln__is_contiguous(t)) {
         src = kiln__copy_contiguous(ctx, "kiln_to_host", t);
         if (!src) return ctx->err;
     }
-    cl_int err = clEnqueueReadBuffer(ctx->queue, src->st->mem, CL_TRUE, (size_t)src->offset * es, bytes, dst, 0,
-                                     NULL, NULL);
+    cl_int err =
+        clEnqueueReadBuffer(ctx->queue, src->st->mem, CL_TRUE, (size_t)src->offset * es, bytes, dst, 0, NULL, NULL);
     if (src != t) kiln_tensor_free(src);
     if (err != CL_SUCCESS)
-        return kiln__fail(ctx, kiln__cl_status(err), "kiln_to_host: reading %zu bytes from '%s' failed: %s (%d)",
-                          bytes, ctx->info.name, kiln__cl_name(err), err);
+        return kiln__fail(ctx, kiln__cl_status(err), "kiln_to_host: reading %zu bytes from '%s' failed: %s (%d)", bytes,
+                          ctx->info.name, kiln__cl_name(err), err);
     return KILN_OK;
 }
 
@@ -534,8 +537,8 @@ kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t src_byte
         kiln_tensor_free(tmp);
         return s;
     }
-    cl_int err = clEnqueueWriteBuffer(ctx->queue, t->st->mem, CL_TRUE, (size_t)t->offset * es, bytes, src, 0, NULL,
-                                      NULL);
+    cl_int err =
+        clEnqueueWriteBuffer(ctx->queue, t->st->mem, CL_TRUE, (size_t)t->offset * es, bytes, src, 0, NULL, NULL);
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "kiln_copy_from_host: writing %zu bytes to '%s' failed: %s (%d)",
                           bytes, ctx->info.name, kiln__cl_name(err), err);
@@ -545,7 +548,8 @@ kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t src_byte
 kiln_status kiln_copy(kiln_tensor *dst, kiln_tensor *src) {
     if (!dst) return kiln__fail_global(KILN_ERR_NULL, "kiln_copy: dst is NULL");
     if (!src) return kiln__fail(dst->ctx, KILN_ERR_NULL, "kiln_copy: src is NULL");
-    if (dst->ctx != src->ctx) return kiln__fail(dst->ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_copy: tensors of two contexts");
+    if (dst->ctx != src->ctx)
+        return kiln__fail(dst->ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_copy: tensors of two contexts");
     return kiln__copy_into(dst->ctx, "kiln_copy", src, dst);
 }
 

@@ -41,21 +41,21 @@ struct kiln_tensor {
     struct kiln_tensor *prev, *next;
 
     /* Autograd's fields (src/autograd/autograd.c): the tensor floor only frees them. */
-    bool requires_grad;       /* a leaf the user marked, or the output of a recorded op */
-    bool graph_freed;         /* backward ran through this tensor's graph and released it */
-    struct kiln__node *node;  /* the op that made it (NULL for leaves); owned by the tensor */
-    struct kiln_tensor *grad; /* accumulated gradient of a leaf (kept: outside every scope) */
-    struct kiln_tensor *gacc; /* gradient being accumulated during one backward pass */
-    int refs;                 /* references from nodes; the handle is freed when 0 and dropped */
-    bool dropped;             /* the user (or a scope) let it go; freed once refs is 0 */
+    bool requires_grad;            /* a leaf the user marked, or the output of a recorded op */
+    bool graph_freed;              /* backward ran through this tensor's graph and released it */
+    struct kiln__node *node;       /* the op that made it (NULL for leaves); owned by the tensor */
+    struct kiln_tensor *grad;      /* accumulated gradient of a leaf (kept: outside every scope) */
+    struct kiln_tensor *gacc;      /* gradient being accumulated during one backward pass */
+    int refs;                      /* references from nodes; the handle is freed when 0 and dropped */
+    bool dropped;                  /* the user (or a scope) let it go; freed once refs is 0 */
     struct kiln_tensor *dead_next; /* the context's list of tensors waiting to be freed */
 };
 
 /* A new contiguous tensor with fresh storage; `op` names the caller for errors. */
 kiln_tensor *kiln__tensor_new(kiln_ctx *ctx, const char *op, kiln_dtype dtype, int ndim, const int64_t *shape);
 /* A new view of base's storage with the given geometry (no autograd: see src/ops/view.c). */
-kiln_tensor *kiln__tensor_view(kiln_ctx *ctx, kiln_tensor *base, int ndim, const int64_t *shape,
-                               const int64_t *strides, int64_t offset);
+kiln_tensor *kiln__tensor_view(kiln_ctx *ctx, kiln_tensor *base, int ndim, const int64_t *shape, const int64_t *strides,
+                               int64_t offset);
 int64_t kiln__numel(int ndim, const int64_t *shape);
 void kiln__contiguous_strides(int ndim, const int64_t *shape, int64_t *strides);
 bool kiln__is_contiguous(const kiln_tensor *t);

@@ -112,8 +112,7 @@ static kiln_status tally_flush(tally *t) {
         kiln_tensor_free(p);
         kiln_tensor_free(l);
         if (s != KILN_OK) return s;
-        for (int64_t i = 0; i < n; i++)
-            t->correct += t->hp[i] == t->hp[n + i];
+        for (int64_t i = 0; i < n; i++) t->correct += t->hp[i] == t->hp[n + i];
         t->counted += n;
         t->ns = 0;
         if (t->cm) {
@@ -286,8 +285,7 @@ typedef struct snapshot {
 } snapshot;
 
 static void snapshot_free(snapshot *sn) {
-    for (int i = 0; i < sn->n && sn->data; i++)
-        free(sn->data[i]);
+    for (int i = 0; i < sn->n && sn->data; i++) free(sn->data[i]);
     free(sn->data);
     free(sn->bytes);
     free(sn->st);
@@ -361,8 +359,7 @@ static void progress_bar(int epoch, int epochs, int64_t batch, int64_t nbat, con
     enum { BAR = 20 };
     char bar[BAR + 1], l[48], a[48], eta[32];
     int fill = nbat > 0 ? (int)(BAR * batch / nbat) : 0;
-    for (int i = 0; i < BAR; i++)
-        bar[i] = i < fill ? '#' : '-';
+    for (int i = 0; i < BAR; i++) bar[i] = i < fill ? '#' : '-';
     bar[BAR] = '\0';
     fmt_value(l, sizeof l, "loss", tally_loss(t));
     fmt_value(a, sizeof a, "acc", tally_acc(t));
@@ -645,8 +642,7 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
         free(f.params);
         return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", f.op);
     }
-    for (int i = 0; i < f.nparams; i++)
-        f.params[i] = kiln_optim_param(o->opt, i);
+    for (int i = 0; i < f.nparams; i++) f.params[i] = kiln_optim_param(o->opt, i);
 
     bool was_training = kiln_module_is_training(m);
     bool grad = kiln_ctx_set_grad_enabled(ctx, true);

@@ -66,8 +66,7 @@ kiln_status kiln_confusion_add(kiln_confusion *cm, const int32_t *truth, const i
             return kiln__fail_global(KILN_ERR_RANGE, "%s: predicted class %d at index %lld is outside [0, %d)", op,
                                      (int)pred[i], (long long)i, cm->n);
     }
-    for (int64_t i = 0; i < n; i++)
-        cm->m[(size_t)truth[i] * (size_t)cm->n + (size_t)pred[i]]++;
+    for (int64_t i = 0; i < n; i++) cm->m[(size_t)truth[i] * (size_t)cm->n + (size_t)pred[i]]++;
     cm->total += n;
     return KILN_OK;
 }
@@ -138,8 +137,7 @@ int64_t kiln_confusion_total(const kiln_confusion *cm) { return cm ? cm->total :
 double kiln_confusion_accuracy(const kiln_confusion *cm) {
     if (!cm || cm->total == 0) return 0;
     int64_t ok = 0;
-    for (int c = 0; c < cm->n; c++)
-        ok += cm->m[(size_t)c * (size_t)cm->n + (size_t)c];
+    for (int c = 0; c < cm->n; c++) ok += cm->m[(size_t)c * (size_t)cm->n + (size_t)c];
     return (double)ok / (double)cm->total;
 }
 
@@ -246,13 +244,11 @@ char *kiln_confusion_format(const kiln_confusion *cm, const char *const *class_n
     sb_printf(&s, "confusion matrix (rows: true class, columns: predicted class), %lld samples\n",
               (long long)cm->total);
     sb_printf(&s, "%-*s", rw, "");
-    for (int c = 0; c < n; c++)
-        sb_printf(&s, "  %*.*s", cw, COL_NAME_MAX, NAME(c));
+    for (int c = 0; c < n; c++) sb_printf(&s, "  %*.*s", cw, COL_NAME_MAX, NAME(c));
     sb_printf(&s, "\n");
     for (int t = 0; t < n; t++) {
         sb_printf(&s, "%-*.*s", rw, rw, NAME(t));
-        for (int p = 0; p < n; p++)
-            sb_printf(&s, "  %*lld", cw, (long long)cm->m[(size_t)t * (size_t)n + (size_t)p]);
+        for (int p = 0; p < n; p++) sb_printf(&s, "  %*lld", cw, (long long)cm->m[(size_t)t * (size_t)n + (size_t)p]);
         sb_printf(&s, "\n");
     }
     int sw = digits(cm->total);

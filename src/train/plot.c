@@ -38,8 +38,7 @@ static void sp(str *s, const char *fmt, ...) {
             return;
         }
         size_t cap = s->cap ? s->cap : 4096;
-        while (cap <= s->len + (size_t)w)
-            cap *= 2;
+        while (cap <= s->len + (size_t)w) cap *= 2;
         char *q = realloc(s->p, cap);
         if (!q) {
             s->oom = true;
@@ -172,11 +171,9 @@ static void draw_series(str *s, const panel *p, const kiln_epoch_stats *h, int n
     const char *dash = (which & 1) ? " stroke-dasharray=\"7,4\"" : "";
     int i = 0;
     while (i < n) {
-        while (i < n && !isfinite(series(&h[i], which)))
-            i++;
+        while (i < n && !isfinite(series(&h[i], which))) i++;
         int start = i;
-        while (i < n && isfinite(series(&h[i], which)))
-            i++;
+        while (i < n && isfinite(series(&h[i], which))) i++;
         int len = i - start;
         if (len == 1) {
             sp(s, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"4\" fill=\"%s\"/>\n", px(p, epoch_x(h, start)),
@@ -264,8 +261,7 @@ static void draw_panel(str *s, int index, const char *name, const kiln_epoch_sta
        p.y0 - 10, name);
     /* the curves, clipped to the plot area */
     sp(s, "<g clip-path=\"url(#clip%d)\">\n", index);
-    for (int k = 0; k < 2; k++)
-        draw_series(s, &p, h, n, first + k);
+    for (int k = 0; k < 2; k++) draw_series(s, &p, h, n, first + k);
     sp(s, "</g>\n");
     /* legend, top right */
     int entries = has[0] + has[1];

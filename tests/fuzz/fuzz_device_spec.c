@@ -54,8 +54,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char tail;
         if (isdigit((unsigned char)spec[0]) && sscanf(spec, "%d:%d%c", &p, &d, &tail) == 2 &&
             strspn(spec, "0123456789:") == strlen(spec))
-            FUZZ_CHECK(p == info.platform_index && d == info.device_index, "'%s' gave %d:%d", spec,
-                       info.platform_index, info.device_index);
+            FUZZ_CHECK(p == info.platform_index && d == info.device_index, "'%s' gave %d:%d", spec, info.platform_index,
+                       info.device_index);
         if (strcasecmp(spec, "cpu") == 0) FUZZ_CHECK(info.type == KILN_DEVICE_CPU, "'cpu' gave another type");
         if (strcasecmp(spec, "gpu") == 0) FUZZ_CHECK(info.type == KILN_DEVICE_GPU, "'gpu' gave another type");
     } else {
