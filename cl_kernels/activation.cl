@@ -87,10 +87,10 @@ ACT_FWD(elu, x <= 0.0f ? expm1(x) * a : x)
 ACT_BWD(elu, v > 0.0f ? g : g * a * exp(v))
 
 /*
- * erf for gelu. POCL's erf is a scalar library call (gelu took 20x as long as sigmoid);
- * this one is straight-line code that vectorises, within 1 ulp over every float in [0, 6]
- * (measured on the host with fmaf/expf against double erf; a device exp of 3 ulp adds at
- * most 0.5 ulp):
+ * erf for gelu. POCL's erf is a scalar library call, which made gelu many times slower than
+ * sigmoid (README.md, "Speed", has the figures); this one is straight-line code that
+ * vectorises, within 1 ulp over every float in [0, 6] (measured on the host with fmaf/expf
+ * against double erf; a device exp of 3 ulp adds at most 0.5 ulp):
  *   |x| < 1:      erf(x) = x + x * P(x^2), P of degree 6;
  *   1 <= |x| < 4: erf(x) = sign(x) * (1 - exp(R(t) - t^2)), t = |x|, R of degree 9 in
  *                 t - 2.5 (R(t) ~ log(erfc(t)) + t^2, so exp carries no cancellation);

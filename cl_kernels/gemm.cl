@@ -10,11 +10,11 @@
  * which LLVM keeps in registers on AVX-512 (and splits into narrower vectors elsewhere).
  * POCL runs a work-group's items one after another. Dim 0 walks down A's row blocks, so
  * that a block of B rows is used for every row of A while it is in cache: when N is large
- * (a weight gradient's 36864 pixels) that ran the product 1.3-1.5x faster than the other
- * order. Rows past M or N are clamped to the last one for the loads and never written, so
- * any M, N >= 1 works; K's last K % 16 terms are added one at a time. Dim 1 holds every
- * batch's column blocks (nblocks per batch); batch b's operands start at aoff +
- * b*astride, ... (elements).
+ * (a weight gradient's 36864 pixels) that ran the product faster than the other order
+ * (README.md, "Speed", has the figures). Rows past M or N are clamped to the last one for
+ * the loads and never written, so any M, N >= 1 works; K's last K % 16 terms are added one
+ * at a time. Dim 1 holds every batch's column blocks (nblocks per batch); batch b's
+ * operands start at aoff + b*astride, ... (elements).
  */
 
 /* The 16 lanes of v, one by one: Oclgrind 21.10 loses track of which lanes are
@@ -77,17 +77,16 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
  * A [M, K] (ta == 0) or the transpose of A [K, M] (ta == 1): a convolution's forward
  * (w cols) and input gradient (w^T gy), a linear layer's input and weight gradients.
  *
- * Each work-item computes an 8 x 32 block of C as outer products: per k, two float16
- * loads of B's row k, eight scalars of A broadcast, sixteen vector multiply-adds into
- * sixteen float16 accumulators. With the broadcasts folded into the FMAs that is ~2 vector
- * loads per 16 multiply-adds: on the reference CNN's second layer it ran the forward
- * (64 x 36864 x 288) and input-gradient (320 x 36864 x 64, TN) products 1.3-1.5x faster
- * than CLBlast's tuned indirect kernel, which copies and pads its operands first. Dim 0
- * walks A's row blocks, dim 1 every batch's column blocks (nblocks per batch); a
- * work-group is 8 neighbouring column blocks of one row block, which share A's rows.
- * Rows past M are clamped for the loads and never written. The last block of a row, when
- * it reaches past N, computes its first 16 columns as vectors (if it has them) and the
- * rest one at a time. */
+ * Each work-item computes an 8 x 32 block of C as outer products: per k, two float16 loads
+ * of B's row k, eight scalars of A broadcast, sixteen vector multiply-adds into sixteen
+ * float16 accumulators. With the broadcasts folded into the FMAs that is ~2 vector loads
+ * per 16 multiply-adds: on the reference CNN's second layer it ran the forward and
+ * input-gradient products faster than CLBlast's tuned indirect kernel, which copies and
+ * pads its operands first (README.md, "Speed", has the figures). Dim 0 walks A's row
+ * blocks, dim 1 every batch's column blocks (nblocks per batch); a work-group is 8
+ * neighbouring column blocks of one row block, which share A's rows. Rows past M are
+ * clamped for the loads and never written. The last block of a row, when it reaches past N,
+ * computes its first 16 columns as vectors (if it has them) and the rest one at a time. */
 __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha,
                       __global const float *A, ulong aoff, ulong lda, ulong astride,
                       __global const float *B, ulong boff, ulong ldb, ulong bstride,

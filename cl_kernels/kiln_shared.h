@@ -113,6 +113,24 @@ typedef struct kiln_idx_geom {
 #define KILN_NORM_W_GROUP 1 /* one per group (batch norm's channels) */
 #define KILN_NORM_W_ELEM 2  /* one per element s of a group (layer norm) */
 
+/* Flag bits of the optimizer updates (the flags argument of sgd_step, rmsprop_step and
+ * adam_step, src/optim/optim.c, cl_kernels/optim.cl). */
+#define KILN_OPT_MAXIMIZE 1    /* g = -g */
+#define KILN_OPT_DECAY 2       /* weight_decay != 0: g += wd * p (L2, torch's coupled decay) */
+#define KILN_OPT_MOMENTUM 4    /* SGD/RMSprop momentum buffer in use */
+#define KILN_OPT_FIRST 8       /* SGD: the buffer is new: buf = g (torch clones d_p) */
+#define KILN_OPT_NESTEROV 16   /* SGD */
+#define KILN_OPT_CENTERED 32   /* RMSprop */
+#define KILN_OPT_AMSGRAD 64    /* Adam/AdamW */
+#define KILN_OPT_DECOUPLED 128 /* AdamW: p *= 1 - lr * wd before the update */
+
+/* What gradient clipping sums per element (the mode argument of clip_partial and
+ * clip_total): norm_type 2, 1, any other p > 0, and infinity. */
+#define KILN_CLIP_L2 0   /* sum of x*x; total = sqrt(sum) */
+#define KILN_CLIP_L1 1   /* sum of |x|; total = sum */
+#define KILN_CLIP_LP 2   /* sum of |x|^p; total = sum^(1/p) */
+#define KILN_CLIP_LINF 3 /* max |x| (NaN wins); total = max */
+
 #ifndef __OPENCL_VERSION__
 _Static_assert(KILN_MAX_DIMS == KILN_SHARED_DIMS, "kiln.h's KILN_MAX_DIMS must match the kernels' dims");
 _Static_assert(sizeof(kiln_i32) == 4, "kiln_i32 must be 32 bits");

@@ -17,15 +17,7 @@
 
 #define ADD_ALPHA(x, y, a) fma((y), (a), (x))
 
-/* flags shared by the update kernels */
-#define OPT_MAXIMIZE 1  /* g = -g */
-#define OPT_DECAY 2     /* weight_decay != 0: g += wd * p (L2, torch's coupled decay) */
-#define OPT_MOMENTUM 4  /* SGD/RMSprop momentum buffer in use */
-#define OPT_FIRST 8     /* SGD: the buffer is new: buf = g (torch clones d_p) */
-#define OPT_NESTEROV 16 /* SGD */
-#define OPT_CENTERED 32 /* RMSprop */
-#define OPT_AMSGRAD 64  /* Adam/AdamW */
-#define OPT_DECOUPLED 128 /* AdamW: p *= 1 - lr * wd before the update */
+/* The update kernels' flags are KILN_OPT_* and clipping's modes KILN_CLIP_* (kiln_shared.h). */
 
 /* torch.maximum: NaN wins. */
 inline float opt_max(float a, float b) { return (a > b || isnan(a)) ? a : (isnan(b) ? b : fmax(a, b)); }
@@ -37,12 +29,12 @@ kernel void sgd_step(global float *p, int poff, global const float *g, int goff,
     if (i >= n) return;
     float x = p[poff + i];
     float d = g[goff + i];
-    if (flags & OPT_MAXIMIZE) d = -d;
-    if (flags & OPT_DECAY) d = ADD_ALPHA(d, x, wd);
-    if (flags & OPT_MOMENTUM) {
-        float b = (flags & OPT_FIRST) ? d : ADD_ALPHA(buf[boff + i] * momentum, d, damp1);
+    if (flags & KILN_OPT_MAXIMIZE) d = -d;
+    if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
+    if (flags & KILN_OPT_MOMENTUM) {
+        float b = (flags & KILN_OPT_FIRST) ? d : ADD_ALPHA(buf[boff + i] * momentum, d, damp1);
         buf[boff + i] = b;
-        d = (flags & OPT_NESTEROV) ? ADD_ALPHA(d, b, momentum) : b;
+        d = (flags & KILN_OPT_NESTEROV) ? ADD_ALPHA(d, b, momentum) : b;
     }
     p[poff + i] = ADD_ALPHA(x, d, neg_lr);
 }
@@ -55,12 +47,12 @@ kernel void rmsprop_step(global float *p, int poff, global const float *g, int g
     if (i >= n) return;
     float x = p[poff + i];
     float d = g[goff + i];
-    if (flags & OPT_MAXIMIZE) d = -d;
-    if (flags & OPT_DECAY) d = ADD_ALPHA(d, x, wd);
+    if (flags & KILN_OPT_MAXIMIZE) d = -d;
+    if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
     float s = fma(oma * d, d, sq[sqoff + i] * alpha);
     sq[sqoff + i] = s;
     float avg;
-    if (flags & OPT_CENTERED) {
+    if (flags & KILN_OPT_CENTERED) {
         float a = ADD_ALPHA(ga[gaoff + i] * alpha, d, oma);
         ga[gaoff + i] = a;
         avg = sqrt(fma(-1.0f * a, a, s));
@@ -68,7 +60,7 @@ kernel void rmsprop_step(global float *p, int poff, global const float *g, int g
         avg = sqrt(s);
     }
     avg = avg + eps;
-    if (flags & OPT_MOMENTUM) {
+    if (flags & KILN_OPT_MOMENTUM) {
         float b = buf[boff + i] * momentum + d / avg;
         buf[boff + i] = b;
         p[poff + i] = ADD_ALPHA(x, b, neg_lr);
@@ -87,14 +79,14 @@ kernel void adam_step(global float *p, int poff, global const float *g, int goff
     if (i >= n) return;
     float x = p[poff + i];
     float d = g[goff + i];
-    if (flags & OPT_MAXIMIZE) d = -d;
-    if (flags & OPT_DECOUPLED) x = x * decay;
-    else if (flags & OPT_DECAY) d = ADD_ALPHA(d, x, wd);
+    if (flags & KILN_OPT_MAXIMIZE) d = -d;
+    if (flags & KILN_OPT_DECOUPLED) x = x * decay;
+    else if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
     float mi = ADD_ALPHA(m[moff + i] * beta1, d, omb1);
     float vi = fma(omb2 * d, d, v[voff + i] * beta2);
     m[moff + i] = mi;
     v[voff + i] = vi;
-    if (flags & OPT_AMSGRAD) {
+    if (flags & KILN_OPT_AMSGRAD) {
         vi = opt_max(vmax[vmoff + i], vi);
         vmax[vmoff + i] = vi;
     }
@@ -104,10 +96,10 @@ kernel void adam_step(global float *p, int poff, global const float *g, int goff
 
 /* ---- gradient clipping ---------------------------------------------------------------- */
 
-/* mode: 0 sum of x*x (p = 2), 1 sum of |x| (p = 1), 2 sum of |x|^p, 3 max |x| (p = inf). */
+/* The term clipping sums (or maxes) for element x: x*x, |x| or |x|^p (mode: KILN_CLIP_*). */
 inline float clip_term(float x, int mode, float p) {
     float a = fabs(x);
-    return mode == 0 ? x * x : mode == 2 ? pow(a, p) : a;
+    return mode == KILN_CLIP_L2 ? x * x : mode == KILN_CLIP_LP ? pow(a, p) : a;
 }
 
 /* One partial per work-group: part[pbase + group] = the group's sum (compensated) or
@@ -119,7 +111,7 @@ kernel void clip_partial(global const float *g, int goff, int n, global float *p
     float s = 0.0f, c = 0.0f;
     for (int i = get_global_id(0); i < n; i += stride) {
         float t = clip_term(g[goff + i], mode, p);
-        if (mode == 3) {
+        if (mode == KILN_CLIP_LINF) {
             s = opt_max(s, t);
         } else { /* Kahan: float partials of ~n/stride terms stay within a few ulps */
             float y = t - c;
@@ -131,7 +123,9 @@ kernel void clip_partial(global const float *g, int goff, int n, global float *p
     scratch[lid] = s;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int h = L >> 1; h > 0; h >>= 1) {
-        if (lid < h) scratch[lid] = mode == 3 ? opt_max(scratch[lid], scratch[lid + h]) : scratch[lid] + scratch[lid + h];
+        if (lid < h)
+            scratch[lid] = mode == KILN_CLIP_LINF ? opt_max(scratch[lid], scratch[lid + h])
+                                                  : scratch[lid] + scratch[lid + h];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     if (lid == 0) part[pbase + get_group_id(0)] = scratch[0];
@@ -145,7 +139,7 @@ kernel void clip_total(global const float *part, int poff, int npart, int mode, 
     float s = 0.0f, c = 0.0f;
     for (int i = lid; i < npart; i += L) {
         float t = part[poff + i];
-        if (mode == 3) {
+        if (mode == KILN_CLIP_LINF) {
             s = opt_max(s, t);
         } else {
             float y = t - c;
@@ -157,12 +151,14 @@ kernel void clip_total(global const float *part, int poff, int npart, int mode, 
     scratch[lid] = s;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int h = L >> 1; h > 0; h >>= 1) {
-        if (lid < h) scratch[lid] = mode == 3 ? opt_max(scratch[lid], scratch[lid + h]) : scratch[lid] + scratch[lid + h];
+        if (lid < h)
+            scratch[lid] = mode == KILN_CLIP_LINF ? opt_max(scratch[lid], scratch[lid + h])
+                                                  : scratch[lid] + scratch[lid + h];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     if (lid == 0) {
         float sum = scratch[0];
-        float total = mode == 0 ? sqrt(sum) : mode == 2 ? pow(sum, 1.0f / p) : sum;
+        float total = mode == KILN_CLIP_L2 ? sqrt(sum) : mode == KILN_CLIP_LP ? pow(sum, 1.0f / p) : sum;
         float coef = max_norm / (total + 1e-6f);
         if (!isnan(coef) && coef > 1.0f) coef = 1.0f;
         out[ooff] = total;

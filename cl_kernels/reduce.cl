@@ -84,9 +84,9 @@ inline bool red_better(float v, int i, float m, int j) {
  * In the loops over elements, NaN is tracked apart from the comparisons: a plain
  * compare-and-select chain per element (one instruction on most hardware) plus an
  * independent flag, instead of a longer dependent chain that tests for NaN at every step
- * (that was twice as slow on POCL). The loops visit indices in increasing order, so for
- * argmax a strictly greater value is the only reason to move, and the first NaN is the
- * smallest index at which one was seen.
+ * (that was markedly slower on POCL; README.md, "Speed", has the figure). The loops visit
+ * indices in increasing order, so for argmax a strictly greater value is the only reason to
+ * move, and the first NaN is the smallest index at which one was seen.
  */
 #define RED_NAN_FIRST(fn, v, r) fn = (isnan(v) & ((fn) == INT_MAX)) ? (r) : (fn)
 

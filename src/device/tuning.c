@@ -3,7 +3,7 @@
  * applied with CLBlastOverrideParameters when a context opens.
  *
  * Why: CLBlast ships tuned parameters for many GPUs but none for POCL on x86-64 CPUs, where
- * its generic defaults leave SGEMM at ~10% of what the same CPU does with OpenBLAS. CLBlast
+ * its generic defaults leave SGEMM far below what the same CPU does with OpenBLAS. CLBlast
  * compiles its GEMM program with the parameters current at the first call (its program
  * cache is keyed by the values), so they have to be set before the first GEMM: kiln_open
  * does it.
@@ -100,25 +100,24 @@ void kiln__tune_merge(kiln__tune_set *dst, const kiln__tune_set *src) {
  * its work-items on one core: local memory is only a copy and every barrier splits those
  * loops (private tiles then live in memory), so what pays is a plain register tile per
  * work-item built from explicit float vectors and no local memory (SA = SB = 0).
- * Measured with kiln tune --eval on a 2-core EPYC (AVX-512), CPU time per GEMM (the wall
- * time swung 2-3x with other load; CPU time by a few percent):
+ * Chosen with kiln tune --eval by CPU time per GEMM, which moves far less with other load
+ * than wall time (README.md, "Speed", has the figures):
  *   - Xgemm: 8-float vectors beat 16 (LLVM prefers 256-bit vectors for AVX-512 targets and
- *     16-wide tiles spill; 2x slower): VWM=VWN=8. A 16 x 8 work-item tile (MWG/MDIMC =
- *     64/4, NWG/NDIMC = 64/8) beat 8 x 8 by 1.7x on 1024^3 and conv2's forward GEMM; in 4 x 8
- *     work-groups it beat the same tile in 8 x 8 groups by 1.2x over all shapes (smaller
- *     groups, better balance); 8 x 16 lost 1.6x overall, 24 x 8 won on long-K products and
- *     lost on the MLP's (kiln tune tries it). KWG=32 over 16. conv(32, 64, 3)'s forward GEMM
- *     went from 16 (CLBlast's defaults) to 156 GFLOP/s of CPU time, 1024^3 to 109.
+ *     16-wide tiles spill): VWM=VWN=8. A 16 x 8 work-item tile (MWG/MDIMC = 64/4,
+ *     NWG/NDIMC = 64/8) beat 8 x 8 on 1024^3 and conv2's forward GEMM; in 4 x 8 work-groups
+ *     it beat the same tile in 8 x 8 groups over all shapes (smaller groups, better
+ *     balance); 8 x 16 lost overall, 24 x 8 won on long-K products and lost on the MLP's
+ *     (kiln tune tries it). KWG=32 over 16.
  *   - GemmRoutine: by size, the indirect kernel beat the direct one on every shape of the
- *     reference MLP, down to 64 x 10 x 256 (0.61 vs 0.75 ms summed over the 9 smallest), so
- *     the threshold is 1 (always indirect) and kiln__sgemm sends the products the indirect
- *     kernel pads badly (the CNN's first layer) to the direct one call by call.
+ *     reference MLP, down to the smallest (64 x 10 x 256), so the threshold is 1 (always
+ *     indirect) and kiln__sgemm sends the products the indirect kernel pads badly (the
+ *     CNN's first layer) to the direct one call by call.
  *   - XgemmDirect: 32 x 32 tiles, 8 x 8 per work-item, 8-float vectors, no local-memory
- *     padding: 2.2x faster than 64 x 64 tiles over the small shapes (kiln tune --quick),
- *     and the smaller tile pads conv1's K = 9 and N = 32 less.
+ *     padding: faster than 64 x 64 tiles over the small shapes, and the smaller tile pads
+ *     conv1's K = 9 and N = 32 less.
  *   - Copy, Pad, Transpose, Padtranspose (the indirect path's operand preparation): wider
- *     work per work-item and vector copies cut the weighted cost of the long-K weight
- *     gradient and MLP shapes by 1.23x (conv2's weight gradient 35 -> 25 ms). */
+ *     work per work-item and vector copies, which cut the cost of the long-K weight
+ *     gradient and MLP shapes. */
 static const char *const pocl_x86_cpu =
     "Xgemm GEMMK=0 KREG=1 KWG=32 KWI=2 MDIMA=4 MDIMC=4 MWG=64 NDIMB=8 NDIMC=8 NWG=64 SA=0 SB=0 STRM=0 STRN=0 "
     "VWM=8 VWN=8\n"

@@ -2,21 +2,21 @@
  * kiln__sgemm hands them instead of CLBlast.
  *
  * On CPU devices CLBlast's indirect kernel copies its operands into padded (and, for a
- * transposed B, transposed) temporaries on every call, and its tuned parameters stay
+ * transposed B, transposed) temporaries on every call, and its tuned parameters stay well
  * below OpenBLAS: a linear layer's x W^T re-copied the whole weight each step, and the
- * reference CNN's fc1 forward (64 x 128 x 9216) ran at 0.36x OpenBLAS, the MLP's fc1
- * (64 x 512 x 784) at 0.28x. kiln's two kernels read the operands in place, with
- * register blocks that POCL compiles to AVX-512 FMAs without spills:
+ * reference CNN's and MLP's fc1 forward ran at a fraction of OpenBLAS's speed. kiln's two
+ * kernels read the operands in place, with register blocks that POCL compiles to AVX-512
+ * FMAs without spills:
  *   - gemm_nt, A B^T with both K contiguous: dot products of rows, 4 x 4 per work-item;
  *   - gemm_nn, op(A) B with B's rows contiguous: outer products, 8 x 32 per work-item.
  * Together they take every product but op(A)^T B^T on CPUs (README, "Speed", has the
  * figures); GPUs keep CLBlast, whose kernels use local memory as these do not.
  *
  * Measured through POCL on AVX-512 only. On AVX2 a float16 accumulator takes two of the
- * sixteen registers, so they spill; the same loops in C built with clang -mavx2 (one
- * thread, this machine) still ran at 0.58 (nt, 64 x 128 x 9216) and 0.60-0.67 (nn, the
- * conv shapes) of OpenBLAS using AVX-512, where CLBlast through POCL with AVX-512 managed
- * 0.09-0.98 on the same kind of shapes: so every CPU takes them. */
+ * sixteen registers, so they spill; the same loops in C built with clang -mavx2 still ran
+ * at a steady fraction of OpenBLAS using AVX-512, where CLBlast through POCL with AVX-512
+ * swung from far below that to near OpenBLAS on the same kind of shapes (README.md,
+ * "Speed", has the figures): so every CPU takes them. */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>

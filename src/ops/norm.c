@@ -15,9 +15,9 @@
  * does (element i of a call uses counter rng_counter + i and keeps the element when its
  * uniform u >= p). When a gradient is wanted the forward also writes the mask as bits (one
  * I32 word per 32 elements, n / 8 bytes) into the node, so the backward is one multiply
- * per element instead of ten Philox rounds; a work-item per mask word runs a plain loop that
- * POCL vectorises (the reference CNN's dropout(.25) on [64, 64, 12, 12]: 20 -> 2.1 ms of
- * CPU forward, 20.5 -> 0.15 ms backward; drawing the mask again would cost 2.2 ms).
+ * per element instead of ten Philox rounds, a small fraction of the cost of drawing the
+ * mask again; a work-item per mask word runs a plain loop that POCL vectorises, unlike a
+ * work-item per element calling a Philox function (README.md, "Speed", has the figures).
  *
  * Embedding reads its indices back to validate them (functional.h documents the sync);
  * when the weight wants a gradient it also builds, on the host, the positions of each

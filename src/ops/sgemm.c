@@ -8,11 +8,10 @@
  * CLBlast's indirect kernel treats the two forms differently. Its GEMMK=0 kernel wants A
  * "unrotated" and C column-major, so a row-major call pays a transpose pass over A and
  * another over C around the main kernel, the column-major form only one over the (swapped)
- * B operand; with the CPU parameters the column-major form ran conv(32, 64, 3)'s forward
- * GEMM 1.7x and 1024^3 1.6x faster (CPU time). GEMMK=1 kernels want the opposite, so the
- * column-major form is used only where kiln set GEMMK=0 itself (the built-in table or a
- * stored tuning); elsewhere kiln calls CLBlast as before. KILN_GEMM_LAYOUT=row|col
- * overrides (for measurements). */
+ * B operand, which makes it the faster form with the CPU parameters (README.md, "Speed",
+ * has the figures). GEMMK=1 kernels want the opposite, so the column-major form is used
+ * only where kiln set GEMMK=0 itself (the built-in table or a stored tuning); elsewhere
+ * kiln calls CLBlast as before. KILN_GEMM_LAYOUT=row|col overrides (for measurements). */
 #include "ops_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
 
 #include <clblast_c.h>
@@ -79,16 +78,15 @@ static bool batched_unsafe(const kiln__gemm_route *r, bool ta, bool tb, size_t m
  * CLBlast picks its kernel by size alone (direct below XGEMM_MIN_INDIRECT_SIZE^3 flops/2),
  * but what decides on a CPU is padding: the indirect kernel computes whole MWG x NWG x KWG
  * tiles, the direct one whole WGD^3 ones. The reference CNN's first layer (32 x 43264 x 9
- * forward, 9 x 32 x 5408 per weight-gradient part) wastes 7x and 14x in the indirect
- * kernel and 3.6x in a 32-wide direct one, which ran those products 2.3x and 2.2x faster,
- * while the MLP's 64 x 256 x 512 ran 4x faster indirect: no size threshold serves both.
- * So where kiln set the parameters itself, each call goes to the kernel that pads less
- * (indirect unless it does at least twice the direct kernel's padded work), by switching
- * the threshold around the call: both programs stay compiled in CLBlast's cache, and the
- * device floor's lock keeps concurrent calls from seeing each other's switch. A switch
- * costs ~0.7 ms of host time, so small products keep CLBlast's choice. kiln tune turns
- * the choice off on its context (ctx->hooks.sgemm_fixed) to time each kernel as the
- * parameters force it.
+ * forward, 9 x 32 x 5408 per weight-gradient part) wastes 7x and 14x in the indirect kernel
+ * and 3.6x in a 32-wide direct one, which ran those products faster, while the MLP's
+ * 64 x 256 x 512 ran faster indirect: no size threshold serves both. So where kiln set the
+ * parameters itself, each call goes to the kernel that pads less (indirect unless it does
+ * at least twice the direct kernel's padded work), by switching the threshold around the
+ * call: both programs stay compiled in CLBlast's cache, and the device floor's lock keeps
+ * concurrent calls from seeing each other's switch. A switch costs host time, so small
+ * products keep CLBlast's choice. kiln tune turns the choice off on its context
+ * (ctx->hooks.sgemm_fixed) to time each kernel as the parameters force it.
  */
 int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a,
                 size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
@@ -127,8 +125,8 @@ int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_
     bool clblast_direct = flops < thr * thr * thr;
     double w_ind = padded(n, r.mwg) * padded(m, r.nwg) * padded(k, r.kwg) / flops;
     double w_dir = padded(n, r.wgd) * padded(m, r.wgd) * padded(k, r.wgd) / flops;
-    /* a switch costs two CLBlastOverrideParameters, ~0.33 ms each on POCL: only for products
-     * whose padded work (>= 2^25 multiply-adds) costs more than that */
+    /* a switch costs two CLBlastOverrideParameters (README.md, "Speed", has their time on
+     * POCL): only for products whose padded work (>= 2^25 multiply-adds) costs more */
     bool want_direct = clblast_direct;
     if (flops * (double)batch * (clblast_direct ? w_dir : w_ind) >= 33554432.0) want_direct = w_ind >= 2.0 * w_dir;
     int rc;

@@ -17,18 +17,6 @@
 #define OPT_NSLOT 3
 #define OPT_NAME_CAP 40
 
-/* Mirrors the flags of cl_kernels/optim.cl. */
-enum {
-    F_MAXIMIZE = 1,
-    F_DECAY = 2,
-    F_MOMENTUM = 4,
-    F_FIRST = 8,
-    F_NESTEROV = 16,
-    F_CENTERED = 32,
-    F_AMSGRAD = 64,
-    F_DECOUPLED = 128,
-};
-
 typedef enum opt_kind { OPT_SGD, OPT_RMSPROP, OPT_ADAM, OPT_ADAMW } opt_kind;
 static const char *const kind_name[] = {"SGD", "RMSprop", "Adam", "AdamW"};
 static const char *const ctor_name[] = {"kiln_sgd", "kiln_rmsprop", "kiln_adam", "kiln_adamw"};
@@ -448,13 +436,13 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
         mem[s] = q->state[s] ? q->state[s]->st->mem : p->st->mem;
         off[s] = q->state[s] ? (cl_int)q->state[s]->offset : 0;
     }
-    cl_int flags = o->maximize ? F_MAXIMIZE : 0;
-    if (o->kind != OPT_ADAMW && o->weight_decay != 0) flags |= F_DECAY;
+    cl_int flags = o->maximize ? KILN_OPT_MAXIMIZE : 0;
+    if (o->kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
     const char *op = "kiln_optim_step";
     if (o->kind == OPT_SGD) {
-        if (o->momentum != 0) flags |= F_MOMENTUM;
-        if (first) flags |= F_FIRST;
-        if (o->nesterov) flags |= F_NESTEROV;
+        if (o->momentum != 0) flags |= KILN_OPT_MOMENTUM;
+        if (first) flags |= KILN_OPT_FIRST;
+        if (o->nesterov) flags |= KILN_OPT_NESTEROV;
         cl_float neg_lr = (cl_float)-o->lr, mom = (cl_float)o->momentum, damp1 = (cl_float)(1 - o->dampening),
                  wd = (cl_float)o->weight_decay;
         kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
@@ -463,8 +451,8 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
         return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "sgd_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
     }
     if (o->kind == OPT_RMSPROP) {
-        if (o->momentum > 0) flags |= F_MOMENTUM;
-        if (o->centered) flags |= F_CENTERED;
+        if (o->momentum > 0) flags |= KILN_OPT_MOMENTUM;
+        if (o->centered) flags |= KILN_OPT_CENTERED;
         cl_float neg_lr = (cl_float)-o->lr, alpha = (cl_float)o->alpha, oma = (cl_float)(1 - o->alpha),
                  eps = (cl_float)o->eps, wd = (cl_float)o->weight_decay, mom = (cl_float)o->momentum;
         kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
@@ -475,8 +463,8 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
         return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "rmsprop_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
     }
     /* Adam/AdamW: torch's Python arithmetic in double with the step already incremented. */
-    if (o->amsgrad) flags |= F_AMSGRAD;
-    if (o->kind == OPT_ADAMW) flags |= F_DECOUPLED;
+    if (o->amsgrad) flags |= KILN_OPT_AMSGRAD;
+    if (o->kind == OPT_ADAMW) flags |= KILN_OPT_DECOUPLED;
     double t = (double)(q->step + 1);
     double bc1 = 1 - pow(o->beta1, t), bc2 = 1 - pow(o->beta2, t);
     double step_size = o->lr / bc1;
@@ -603,7 +591,10 @@ static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor 
         free(gs);
         return kiln__finish(ctx, op, kiln_zeros(ctx, 0, NULL));
     }
-    cl_int mode = isinf(norm_type) ? 3 : norm_type == 2 ? 0 : norm_type == 1 ? 1 : 2;
+    cl_int mode = isinf(norm_type) ? KILN_CLIP_LINF
+                  : norm_type == 2 ? KILN_CLIP_L2
+                  : norm_type == 1 ? KILN_CLIP_L1
+                                   : KILN_CLIP_LP;
     cl_float p = (cl_float)norm_type, mx = (cl_float)max_norm;
     size_t lp, lt;
     kiln_tensor *part = NULL, *out = NULL, *total = NULL;
