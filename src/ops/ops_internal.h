@@ -31,7 +31,28 @@
 
 #include "../autograd/autograd_internal.h"
 
-/* ---- gradients of broadcast operands (src/ops/reduce.c) ---------------------------- */
+/* ---- reductions without autograd (src/ops/reduce_kernels.c) ---------------------- */
+
+typedef enum kiln__red_kind {
+    KILN__RED_SUM,
+    KILN__RED_MEAN,
+    KILN__RED_MAX,
+    KILN__RED_MIN,
+    KILN__RED_ARGMAX
+} kiln__red_kind;
+
+/* Marks in red[] the dims of t that naxes/axes name (naxes 0: every dim; negative axes
+ * count from the end; a 0-d tensor accepts axis 0 or -1, reducing nothing, as torch does).
+ * False with the error set, naming op, on a bad or repeated axis. */
+bool kiln__reduce_axes(kiln_ctx *ctx, const char *op, const kiln_tensor *t, int naxes, const int *axes,
+                       bool red[KILN_MAX_DIMS]);
+/* A new tensor holding the reduction `kind` of t over the dims marked in red (I32 indices
+ * for argmax), keeping them as size 1 with keepdim; no autograd node. NULL with the error
+ * set, naming op (an empty max/min/argmax, more elements than the kernels index). */
+kiln_tensor *kiln__reduce(kiln_ctx *ctx, const char *op, kiln__red_kind kind, kiln_tensor *t, const bool *red,
+                          bool keepdim);
+
+/* ---- gradients of broadcast operands (src/ops/reduce_kernels.c) ------------------- */
 
 /* Sums g over broadcast dims so it has `ndim`/`shape` (shape must broadcast to g's).
  * Returns g itself when nothing is to be summed, else a new tensor. */
