@@ -1,44 +1,156 @@
-/* src/ops/gemm.c - kiln's own GEMM kernels (cl_kernels/gemm.cl) and which products
- * kiln__sgemm hands them instead of CLBlast.
+/* src/ops/gemm.c - kiln's own GEMM kernels (cl_kernels/gemm.cl), which products
+ * kiln__sgemm hands them instead of CLBlast, and which parameter set each device gets.
  *
  * On CPU devices CLBlast's indirect kernel copies its operands into padded (and, for a
  * transposed B, transposed) temporaries on every call, and its tuned parameters stay well
  * below OpenBLAS: a linear layer's x W^T re-copied the whole weight each step, and the
  * reference CNN's and MLP's fc1 forward ran at a fraction of OpenBLAS's speed. kiln's two
- * kernels read the operands in place, with register blocks that POCL compiles to AVX-512
- * FMAs without spills:
- *   - gemm_nt, A B^T with both K contiguous: dot products of rows, 4 x 4 per work-item;
- *   - gemm_nn, op(A) B with B's rows contiguous: outer products, 8 x 32 per work-item.
+ * kernels read the operands in place, with register blocks sized to the vector register
+ * file:
+ *   - gemm_nt, A B^T with both K contiguous: dot products of rows;
+ *   - gemm_nn, op(A) B with B's rows contiguous: outer products.
  * Together they take every product but op(A)^T B^T on CPUs (README, "Speed", has the
  * figures); GPUs keep CLBlast, whose kernels use local memory as these do not.
  *
- * Measured through POCL on AVX-512 only. On AVX2 a float16 accumulator takes two of the
- * sixteen registers, so they spill; the same loops in C built with clang -mavx2 still ran
- * at a steady fraction of OpenBLAS using AVX-512, where CLBlast through POCL with AVX-512
- * swung from far below that to near OpenBLAS on the same kind of shapes (README.md,
- * "Speed", has the figures): so every CPU takes them. */
+ * The block shape, vector width and K unroll are build options of the kernels; the table
+ * below holds one set per instruction set, chosen from the LLVM target in POCL's device
+ * name ("pthread-haswell-AMD EPYC") or, for a target it does not know, from the device's
+ * vector width. A set that needs more vector registers than the CPU has spills its
+ * accumulators to the stack every k: on AVX2 the AVX-512 set (16 float16 accumulators of
+ * two ymm registers each) ran at 0.4-0.6x OpenBLAS (issue 14). */
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ops_internal.h"
 
 #define GEMM_PROGRAM "gemm"
-#define GEMM_OPTIONS ""
+
+enum { SET_AVX512, SET_AVX2, SET_NEON, SET_VEC4, SET_DEVICES };
+
+/* Registers counted per k step: gemm_nt holds RM*RN accumulators, RN vectors of B and one
+ * of A; gemm_nn holds RM*NV accumulators, NV vectors of B and one broadcast of A. */
+const kiln__gemm_params kiln__gemm_sets[KILN__GEMM_SETS] = {
+    /* AVX-512, 32 zmm of 16 floats: nt 4x4 -> 16 + 4 + 1 = 21; nn 8x32 -> 16 + 2 + 1 = 19.
+     * The shapes kiln's figures on AVX-512 were measured with (README, "Speed"). */
+    [SET_AVX512] = {"avx512", 4, 4, 16, 1, 8, 2, 16, 1},
+    /* AVX2, 16 ymm of 8 floats: nt 3x3 -> 9 + 3 + 1 = 13 (4x3 would take all 16, 4x4 21);
+     * two vectors per step read one 64-byte line of each row per iteration. nn 6x16 ->
+     * 12 + 2 + 1 = 15 (8x16 would take 19): the block BLIS and OpenBLAS use on Haswell. */
+    [SET_AVX2] = {"avx2", 3, 3, 8, 2, 6, 2, 8, 1},
+    /* NEON (AArch64), 32 q registers of 4 floats, unmeasured: nt 4x4 -> 16 + 4 + 1 = 21,
+     * two vectors (32 bytes of each row) per iteration; nn 8x12 -> 24 + 3 + 1 = 28, the
+     * block of OpenBLAS's ARMv8 sgemm kernel. */
+    [SET_NEON] = {"neon", 4, 4, 4, 2, 8, 3, 4, 1},
+    /* 4-wide vectors with 16 registers (SSE, or a device whose register file is not
+     * known): nt 3x3 -> 13; nn 4x8 -> 8 + 2 + 1 = 11. */
+    [SET_VEC4] = {"vec4", 3, 3, 4, 2, 4, 2, 4, 1},
+    /* Never chosen for a device: odd shapes that tests run so that the kernels' block
+     * arithmetic is checked away from the powers of two (narrow vectors, one vector per
+     * row, a K unroll that does not divide a vector's multiple). */
+    {"odd-a", 5, 2, 2, 3, 3, 1, 4, 3},
+    {"odd-b", 1, 7, 8, 1, 7, 3, 2, 2},
+};
+
+/* LLVM CPU names in POCL's device names, by the instruction set whose parameter set they
+ * get; a name ending in '*' matches every name that starts with the rest. */
+static const struct {
+    const char *cpu;
+    int set;
+} targets[] = {
+    {"skylake-avx512", SET_AVX512}, {"cascadelake", SET_AVX512},    {"cooperlake", SET_AVX512},
+    {"cannonlake", SET_AVX512},     {"icelake-client", SET_AVX512}, {"icelake-server", SET_AVX512},
+    {"tigerlake", SET_AVX512},      {"rocketlake", SET_AVX512},     {"sapphirerapids", SET_AVX512},
+    {"emeraldrapids", SET_AVX512},  {"graniterapids*", SET_AVX512}, {"znver4", SET_AVX512},
+    {"znver5", SET_AVX512},         {"x86-64-v4", SET_AVX512},      {"haswell", SET_AVX2},
+    {"broadwell", SET_AVX2},        {"skylake", SET_AVX2},          {"alderlake", SET_AVX2},
+    {"raptorlake", SET_AVX2},       {"meteorlake", SET_AVX2},       {"arrowlake*", SET_AVX2},
+    {"lunarlake", SET_AVX2},        {"gracemont", SET_AVX2},        {"znver1", SET_AVX2},
+    {"znver2", SET_AVX2},           {"znver3", SET_AVX2},           {"x86-64-v3", SET_AVX2},
+    {"cortex-a*", SET_NEON},        {"cortex-x*", SET_NEON},        {"neoverse-*", SET_NEON},
+    {"apple-*", SET_NEON},          {"ampere1*", SET_NEON},         {"thunderx*", SET_NEON},
+    {"generic-armv8*", SET_NEON},
+};
+
+/* POCL's CPU device names: "<driver>-<llvm cpu>-<the CPU's own name>". */
+static const char *const pocl_prefixes[] = {"pthread-", "cpu-", "basic-", "cpu-minimal-"};
+
+int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, const char **isa) {
+    if (cap) target[0] = '\0';
+    if (isa) *isa = "unknown";
+    const char *rest = NULL;
+    for (size_t i = 0; i < sizeof pocl_prefixes / sizeof pocl_prefixes[0]; i++) {
+        size_t n = strlen(pocl_prefixes[i]);
+        if (strncmp(info->name, pocl_prefixes[i], n) == 0) rest = info->name + n;
+    }
+    if (rest) {
+        for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) {
+            const char *cpu = targets[i].cpu;
+            size_t n = strlen(cpu);
+            bool family = cpu[n - 1] == '*';
+            if (family) n--;
+            if (strncmp(rest, cpu, n) != 0) continue;
+            /* the whole name, or (a family) up to the next '-' */
+            size_t end = n;
+            if (family)
+                while (rest[end] && rest[end] != '-') end++;
+            else if (rest[end] != '\0' && rest[end] != '-')
+                continue;
+            if (cap) snprintf(target, cap, "%.*s", (int)end, rest);
+            if (isa) *isa = kiln__gemm_sets[targets[i].set].name;
+            return targets[i].set;
+        }
+        /* an unknown target: its name up to the next '-' for the record */
+        size_t end = 0;
+        while (rest[end] && rest[end] != '-') end++;
+        if (cap) snprintf(target, cap, "%.*s", (int)end, rest);
+    }
+    /* unknown: by the widest vector the device says suits floats */
+    uint32_t w = info->native_vector_width_float > info->preferred_vector_width_float
+                     ? info->native_vector_width_float
+                     : info->preferred_vector_width_float;
+    return w >= 16 ? SET_AVX512 : w >= 8 ? SET_AVX2 : SET_VEC4;
+}
+
+const kiln__gemm_params *kiln__gemm_params_of(const kiln_ctx *ctx) {
+    int i = ctx->hooks.gemm_params;
+    if (i != 0) return i > 0 && i <= KILN__GEMM_SETS ? &kiln__gemm_sets[i - 1] : NULL;
+    return &kiln__gemm_sets[kiln__gemm_choose(&ctx->info, NULL, 0, NULL)];
+}
+
+void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s: nt %dx%d float%d k-unroll %d, nn %dx%d float%d k-unroll %d", p->name, p->nt_rm, p->nt_rn,
+             p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv * p->nn_vw, p->nn_vw, p->nn_ku);
+}
 
 static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
+
+/* Work-groups: nt NT_LX x NT_LY neighbouring blocks sharing rows of A and B in cache; nn
+ * NN_LY column blocks of one row block, sharing A's rows. */
+#define NT_LX 4
+#define NT_LY 4
+#define NN_LY 8
 
 bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
                           float beta) {
     /* gemm_nn only overwrites C: no caller accumulates into an A B product */
     if ((ta && tb) || (!tb && beta != 0.0f) || m == 0 || n == 0 || k == 0 || batch == 0) return false;
     /* the kernels' dims are ints, and so are a block's first row and column (up to a
-     * work-group past m or n) and the flat index over every batch's column blocks */
-    size_t nblocks = blocks(n, tb ? 4 : 32), lim = (size_t)INT_MAX - 256;
-    if (m > lim || n > lim || k > lim || batch > lim / nblocks) return false;
+     * work-group past m or n), k plus a vector step, and the flat index over every batch's
+     * column blocks. A forced set that does not exist takes every product, to fail there. */
+    const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+    if (p) {
+        size_t bm = tb ? (size_t)p->nt_rm : (size_t)p->nn_rm;
+        size_t bn = tb ? (size_t)p->nt_rn : (size_t)(p->nn_nv * p->nn_vw);
+        size_t span = tb ? (NT_LX * bm > NT_LY * bn ? NT_LX * bm : NT_LY * bn) : (bm > NN_LY * bn ? bm : NN_LY * bn);
+        size_t kstep = (size_t)(p->nt_vw * p->nt_ku), lim = (size_t)INT_MAX - span - kstep;
+        if (m > lim || n > lim || k > lim || batch > lim / blocks(n, bn)) return false;
+    }
     /* ctx->hooks.gemm_own (tests, kiln tune): 1 always, -1 never, 0 the device decides */
     int mode = ctx->hooks.gemm_own;
     if (mode != 0) return mode > 0;
+    if (ctx->hooks.gemm_params != 0) return true;
     const char *e = getenv("KILN_GEMM_OWN");
     if (e && (strcmp(e, "off") == 0 || strcmp(e, "0") == 0)) return false;
     return ctx->info.type == KILN_DEVICE_CPU;
@@ -48,8 +160,17 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
                            size_t batch) {
-    /* 4 x 4 (nt) or 8 x 32 (nn) outputs per work-item */
-    size_t bm = tb ? 4 : 8, bn = tb ? 4 : 32;
+    const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+    if (!p)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "%s: kiln's GEMM kernels forced to parameter set %d (hooks.gemm_params), which does not "
+                          "exist: the table holds 1..%d (m=%zu n=%zu k=%zu)",
+                          op, ctx->hooks.gemm_params, KILN__GEMM_SETS, m, n, k);
+    char options[160];
+    snprintf(options, sizeof options,
+             "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d", p->nt_rm,
+             p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku);
+    size_t bm = tb ? (size_t)p->nt_rm : (size_t)p->nn_rm, bn = tb ? (size_t)p->nt_rn : (size_t)(p->nn_nv * p->nn_vw);
     cl_int cm = (cl_int)m, cn = (cl_int)n, ck = (cl_int)k, nb = (cl_int)blocks(n, bn), cb = (cl_int)batch;
     cl_int cta = ta;
     cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc, cs = cstride;
@@ -61,13 +182,11 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
                        KILN__ARG(cb), KILN__ARG(alpha), KILN__ARG(a),  KILN__ARG(ao),  KILN__ARG(al),
                        KILN__ARG(as), KILN__ARG(b),     KILN__ARG(bo), KILN__ARG(bl),  KILN__ARG(bs),
                        KILN__ARG(c),  KILN__ARG(co),    KILN__ARG(cl), KILN__ARG(cs)};
-    /* nt: 4 x 4 items per group, neighbouring blocks sharing rows of A and B in cache; nn:
-     * 8 column blocks of one row block. The kernels drop the items the rounding adds. */
-    size_t lx = tb ? 4 : 1, ly = tb ? 4 : 8;
+    /* the kernels drop the items the rounding to whole work-groups adds */
+    size_t lx = tb ? NT_LX : 1, ly = tb ? NT_LY : NN_LY;
     size_t global[2] = {blocks(blocks(m, bm), lx) * lx, blocks((size_t)nb * batch, ly) * ly};
     size_t local[2] = {lx, ly};
     if (tb)
-        return kiln__launch2(ctx, op, GEMM_PROGRAM, GEMM_OPTIONS, "gemm_nt", sizeof nt / sizeof nt[0], nt, global,
-                             local);
-    return kiln__launch2(ctx, op, GEMM_PROGRAM, GEMM_OPTIONS, "gemm_nn", sizeof nn / sizeof nn[0], nn, global, local);
+        return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nt", sizeof nt / sizeof nt[0], nt, global, local);
+    return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nn", sizeof nn / sizeof nn[0], nn, global, local);
 }
