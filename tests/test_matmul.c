@@ -444,6 +444,104 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* Every parameter set of kiln's own kernels (src/ops/gemm.c's table: the sets devices get
+ * and the odd ones only tests force), forced through ctx->hooks.gemm_params on this device:
+ * m, n and k on each side of the set's block, vector and K step (k = 1 too), gemm_nn's two
+ * transposes and gemm_nt's, batched and with a broadcast B, in the guarded pass (a write
+ * past the block is seen). */
+static void test_param_sets(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    int own0 = kiln__hooks_of(ctx)->gemm_own;
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    for (int s = 0; s < KILN__GEMM_SETS; s++) {
+        const kiln__gemm_params *p = &kiln__gemm_sets[s];
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        CHECK(kiln__gemm_params_of(ctx) == p, "set %d: the hook did not select it", s);
+        static const int flags[] = {0, KILN_TRANS_A, KILN_TRANS_B};
+        static const char *const names[] = {"A B", "A^T B", "A B^T"};
+        for (int f = 0; f < 3; f++) {
+            bool ta = flags[f] & KILN_TRANS_A, tb = flags[f] & KILN_TRANS_B;
+            int64_t rm = tb ? p->nt_rm : p->nn_rm, rn = tb ? p->nt_rn : p->nn_nv * p->nn_vw;
+            int64_t vw = tb ? p->nt_vw : p->nn_vw, kstep = tb ? p->nt_vw * p->nt_ku : p->nn_ku;
+            int64_t ms[] = {1, rm, rm + 1, 2 * rm - 1 > 0 ? 2 * rm - 1 : 1, 3 * rm + 2};
+            int64_t ns[] = {1, rn, rn + 1, vw + 1, 2 * rn - 1 > 0 ? 2 * rn - 1 : 1, rn + vw + 3, 9 * rn + 1};
+            int64_t ks[] = {1, vw - 1 > 0 ? vw - 1 : 2, kstep, kstep + 1, kstep + vw + 3, 3 * kstep + vw - 1, 100};
+            for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+                for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
+                    int64_t m = ms[i], n = ns[(i + j) % (sizeof ns / sizeof ns[0])], k = ks[j];
+                    char name[128];
+                    snprintf(name, sizeof name, "set %s: %s %lldx%lldx%lld", p->name, names[f], (long long)m,
+                             (long long)n, (long long)k);
+                    check_plain(ctx, name, 2, ta ? (int64_t[]){k, m} : (int64_t[]){m, k}, 2,
+                                tb ? (int64_t[]){n, k} : (int64_t[]){k, n}, flags[f]);
+                }
+            /* batches: dim 1 of the launch spans every batch's column blocks */
+            char name[128];
+            int64_t m = rm + 1, n = rn + vw + 1, k = kstep + 3;
+            snprintf(name, sizeof name, "set %s: %s batched [3,%lld,%lld]", p->name, names[f], (long long)m,
+                     (long long)n);
+            check_plain(ctx, name, 3, ta ? (int64_t[]){3, k, m} : (int64_t[]){3, m, k}, 3,
+                        tb ? (int64_t[]){3, n, k} : (int64_t[]){3, k, n}, flags[f]);
+            snprintf(name, sizeof name, "set %s: %s broadcast B [2,3,%lld,%lld]", p->name, names[f], (long long)m,
+                     (long long)n);
+            check_plain(ctx, name, 4, ta ? (int64_t[]){2, 3, k, m} : (int64_t[]){2, 3, m, k}, 3,
+                        tb ? (int64_t[]){3, n, k} : (int64_t[]){3, k, n}, flags[f]);
+        }
+    }
+    /* a set that does not exist: the product fails, naming the hook and the table's size */
+    kiln__hooks_of(ctx)->gemm_params = KILN__GEMM_SETS + 1;
+    CHECK(kiln__gemm_params_of(ctx) == NULL, "set %d should not exist", KILN__GEMM_SETS);
+    kiln_tensor *a = kiln_ones(ctx, 2, (int64_t[]){3, 4}), *b = kiln_ones(ctx, 2, (int64_t[]){4, 5});
+    EXPECT_FAIL(ctx, kiln_matmul(ctx, a, b), KILN_ERR_INVALID_ARGUMENT, "kiln_matmul", "parameter set 7",
+                "hooks.gemm_params", "1..6", "m=3 n=5 k=4");
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = own0;
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+}
+
+/* Which set a device gets: by the LLVM target in POCL's device name, else by its vector
+ * width; the target and its instruction set as kiln bench reports them. */
+static void test_param_choice(void) {
+    static const struct {
+        const char *name;
+        uint32_t width;
+        const char *set, *target, *isa;
+    } cases[] = {
+        {"pthread-skylake-avx512-AMD EPYC", 16, "avx512", "skylake-avx512", "avx512"},
+        {"pthread-haswell-AMD EPYC", 8, "avx2", "haswell", "avx2"},
+        {"pthread-skylake-Intel(R) Core(TM) i7", 8, "avx2", "skylake", "avx2"},
+        {"cpu-znver3-AMD Ryzen 9 5950X", 8, "avx2", "znver3", "avx2"},
+        {"cpu-znver4-AMD Ryzen 9 7950X", 16, "avx512", "znver4", "avx512"},
+        {"pthread-cortex-a76-ARM", 4, "neon", "cortex-a76", "neon"},
+        {"pthread-neoverse-n1-ARM", 4, "neon", "neoverse-n1", "neon"},
+        {"pthread-apple-m1-Apple M1", 4, "neon", "apple-m1", "neon"},
+        /* unknown targets and other devices: by vector width */
+        {"pthread-futurecore-Some CPU", 16, "avx512", "futurecore", "unknown"},
+        {"pthread-futurecore-Some CPU", 8, "avx2", "futurecore", "unknown"},
+        {"pthread-futurecore-Some CPU", 4, "vec4", "futurecore", "unknown"},
+        {"NVIDIA GeForce RTX 3090", 1, "vec4", "", "unknown"},
+        {"pthread-", 8, "avx2", "", "unknown"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kiln_device_info info;
+        memset(&info, 0, sizeof info);
+        snprintf(info.name, sizeof info.name, "%s", cases[i].name);
+        info.preferred_vector_width_float = info.native_vector_width_float = cases[i].width;
+        char target[64];
+        const char *isa = NULL;
+        int s = kiln__gemm_choose(&info, target, sizeof target, &isa);
+        CHECK(s >= 0 && s < KILN__GEMM_SETS && strcmp(kiln__gemm_sets[s].name, cases[i].set) == 0 &&
+                  strcmp(target, cases[i].target) == 0 && isa && strcmp(isa, cases[i].isa) == 0,
+              "'%s' (width %u): set %s, target '%s', isa %s; expected %s, '%s', %s", cases[i].name, cases[i].width,
+              s >= 0 && s < KILN__GEMM_SETS ? kiln__gemm_sets[s].name : "?", target, isa ? isa : "NULL", cases[i].set,
+              cases[i].target, cases[i].isa);
+    }
+    char d[128];
+    kiln__gemm_describe(&kiln__gemm_sets[0], d, sizeof d);
+    CHECK(strcmp(d, "avx512: nt 4x4 float16 k-unroll 1, nn 8x32 float16 k-unroll 1") == 0, "describe: %s", d);
+}
+
 /* CLBlast picks a direct GEMM kernel below m*n*k = XGEMM_MIN_INDIRECT_SIZE^3 (per device)
  * and else pads/transposes into temporaries for its fast kernel, which reads offsets,
  * leading dims and batch strides differently: setting the threshold to 1 makes the second
@@ -567,9 +665,14 @@ static void run(kiln_ctx *ctx) {
         run_pass(ctx, "indirect, offset 0", 0);
     }
     kiln__hooks_of(ctx)->gemm_own = g_own = 0;
+    kiln__set_guard(ctx, 67);
+    g_pass = "parameter sets, guarded";
+    test_param_sets(ctx);
+    kiln__set_guard(ctx, 0);
 }
 
 int main(void) {
+    test_param_choice();
     H_FOR_EACH_DEVICE(run);
     return h_finish();
 }
