@@ -743,6 +743,17 @@ static void test_device(kiln_ctx *ctx) {
     g_gemm = cpu ? " [CLBlast]" : " [kiln's own GEMM kernels]";
     test_table(ctx);
     test_chunks(ctx);
+    /* Every parameter set of kiln's own kernels (src/ops/gemm.c's table, the odd test-only
+     * sets too): the convolutions' products reach their blocks' edges in other places */
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    for (int s = 0; s < KILN__GEMM_SETS; s++) {
+        char tag[64];
+        snprintf(tag, sizeof tag, " [GEMM parameter set %s]", kiln__gemm_sets[s].name);
+        g_gemm = tag;
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        test_table(ctx);
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
     kiln__hooks_of(ctx)->gemm_own = 0;
     g_gemm = "";
     char msg[256] = "";
