@@ -367,12 +367,17 @@ static void sweep_reduce(void) {
 }
 
 /* ---- gemm.cl: kiln's own GEMM kernels, which only CPUs pick ---------------------------- */
-static void forced_matmul(void) {
+/* Under parameter set `set` (src/ops/gemm.c's table). With the AVX-512 set: gemm_nt, A B^T:
+ * [2, 5, 37] x [6, 37]^T (rows past 4 clamped, K = 2 x 16 + a 5-term tail, batches folded
+ * into M), then a batch of 2 with its own B per batch. gemm_nn, A B and A^T B: [9, 20] x
+ * [20, 50] (a row block of 8 + 1 clamped, a column block of 32 + one of 18: 16 as vectors,
+ * 2 one by one) and the same with A stored transposed. The other sets' blocks meet other
+ * edges of the same shapes. */
+static void forced_matmul_set(int set) {
     kiln__hooks_of(C)->gemm_own = 1;
-    /* gemm_nt, A B^T: [2, 5, 37] x [6, 37]^T (rows past 4 clamped, K = 2 x 16 + a 5-term
-     * tail, batches folded into M), then a batch of 2 with its own B per batch. gemm_nn, A B
-     * and A^T B: [9, 20] x [20, 50] (a row block of 8 + 1 clamped, a column block of 32 +
-     * one of 18: 16 as vectors, 2 one by one) and the same with A stored transposed. */
+    kiln__hooks_of(C)->gemm_params = set + 1;
+    char what[128];
+    const char *sn = kiln__gemm_sets[set].name;
     leaf a = ML(-1, 1, false, 2, 5, 37), b = ML(-1, 1, false, 6, 37), bb = ML(-1, 1, false, 2, 6, 37);
     for (int batched = 0; batched < 2; batched++) {
         leaf *r = batched ? &bb : &b;
@@ -384,8 +389,8 @@ static void forced_matmul(void) {
                     for (int64_t k = 0; k < 37; k++)
                         y[(q * 5 + i) * 6 + j] +=
                             (double)a.h[(q * 5 + i) * 37 + k] * r->h[((batched ? q * 6 : 0) + j) * 37 + k];
-        near(batched ? "matmul_ex: own A B^T kernel, batched" : "matmul_ex: own A B^T kernel, folded batches",
-             kiln_matmul_ex(C, a.t, r->t, KILN_TRANS_B), y, n);
+        snprintf(what, sizeof what, "matmul_ex: own A B^T kernel (%s), %s", sn, batched ? "batched" : "folded batches");
+        near(what, kiln_matmul_ex(C, a.t, r->t, KILN_TRANS_B), y, n);
         free(y);
     }
     leaf p = ML(-1, 1, false, 9, 20), pt = ML(-1, 1, false, 20, 9), q = ML(-1, 1, false, 20, 50);
@@ -395,12 +400,18 @@ static void forced_matmul(void) {
             for (int64_t j = 0; j < 50; j++)
                 for (int64_t k = 0; k < 20; k++)
                     y[i * 50 + j] += (double)(trans ? pt.h[k * 9 + i] : p.h[i * 20 + k]) * q.h[k * 50 + j];
-        near(trans ? "matmul_ex: own A^T B kernel" : "matmul_ex: own A B kernel",
-             kiln_matmul_ex(C, trans ? pt.t : p.t, q.t, trans ? KILN_TRANS_A : 0), y, 9 * 50);
+        snprintf(what, sizeof what, "matmul_ex: own %s kernel (%s)", trans ? "A^T B" : "A B", sn);
+        near(what, kiln_matmul_ex(C, trans ? pt.t : p.t, q.t, trans ? KILN_TRANS_A : 0), y, 9 * 50);
         free(y);
     }
     kiln__hooks_of(C)->gemm_own = 0;
+    kiln__hooks_of(C)->gemm_params = 0;
     free(a.h), free(b.h), free(bb.h), free(p.h), free(pt.h), free(q.h);
+}
+
+/* every parameter set once, so that each variant of the kernels runs (under Oclgrind too) */
+static void forced_matmul(void) {
+    for (int s = 0; s < KILN__GEMM_SETS; s++) forced_matmul_set(s);
 }
 
 /* ---- matmul (CLBlast) ------------------------------------------------------------------ */
