@@ -144,6 +144,33 @@ static const char *gemm_route(const kiln_ctx *ctx) {
     return kiln__gemm_own_takes(ctx, false, true, 1, 1, 1, 1, 0.0f) ? "kiln's GEMM kernels" : "CLBlast";
 }
 
+/* The device's LLVM target and instruction set as parsed from its name, and the parameter
+ * set kiln's GEMM kernels run with there (src/ops/gemm.c), for the result lines. */
+typedef struct {
+    char target[64];
+    const char *isa;
+    char params[160];
+} gemm_setup;
+
+static gemm_setup gemm_setup_of(const kiln_ctx *ctx) {
+    gemm_setup g;
+    kiln__gemm_choose(kiln_ctx_device(ctx), g.target, sizeof g.target, &g.isa);
+    const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+    if (p)
+        kiln__gemm_describe(p, g.params, sizeof g.params);
+    else
+        snprintf(g.params, sizeof g.params, "none");
+    return g;
+}
+
+/* ", \"target\": ..., \"isa\": ..., \"gemm_params\": ..." of a JSON line */
+static void json_gemm_setup(const kiln_ctx *ctx) {
+    gemm_setup g = gemm_setup_of(ctx);
+    printf(", \"target\": "), bench_json_str(g.target);
+    printf(", \"isa\": "), bench_json_str(g.isa);
+    printf(", \"gemm_params\": "), bench_json_str(g.params);
+}
+
 int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d, char *why,
                         size_t cap) {
     memset(d, 0, sizeof *d);
@@ -380,6 +407,7 @@ static int cmd_gemm(args *a, bool json) {
         printf(", \"kernel\": "), bench_json_str(kernel);
         printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
         printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
+        json_gemm_setup(ctx);
         printf("}\n");
     } else {
         printf("gemm %lldx%lldx%lld %s: kiln %.1f GFLOP/s (%.3f ms)", (long long)s.m, (long long)s.n, (long long)s.k,
@@ -390,7 +418,9 @@ static int cmd_gemm(args *a, bool json) {
             printf(" (built without OpenBLAS: no comparison)");
         if (!isnan(bdiff)) printf(", max |kiln - OpenBLAS| %.3g", bdiff);
         if (!isnan(kdiff)) printf(", max |kiln - fp64| %.3g", kdiff);
-        printf("  [%s; CLBlast parameters: %s]\n", kernel, kiln__tune_source());
+        gemm_setup g = gemm_setup_of(ctx);
+        printf("  [%s; target %s (%s), kernel parameters %s; CLBlast parameters: %s]\n", kernel,
+               g.target[0] ? g.target : "unknown", g.isa, g.params, kiln__tune_source());
     }
     bench_gemm_data_free(&d);
     kiln_close(ctx);
@@ -586,6 +616,7 @@ static int cmd_train(args *a, bool json) {
         bench_json_str(gemm_route(ctx));
         printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
         printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
+        json_gemm_setup(ctx);
         printf("}\n");
     } else {
         printf("train %s batch %d: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU %.2f ms/step), "
