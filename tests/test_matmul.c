@@ -11,6 +11,7 @@
  * covers the 1/(1 - k*u) factor (< 1.0001 here), the reference's own double rounding, and
  * devices where CLBlast's kernels use mad() (AMD), whose accuracy OpenCL does not pin to
  * one rounding per operation. Inputs are exact floats, so the reference is exact to ~1e-16. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "golden.h"
 #include "harness.h"
 #include "kiln_test_hooks.h"
@@ -495,6 +496,15 @@ static void test_param_sets(kiln_ctx *ctx) {
     EXPECT_FAIL(ctx, kiln_matmul(ctx, a, b), KILN_ERR_INVALID_ARGUMENT, "kiln_matmul", "parameter set 7",
                 "hooks.gemm_params", "1..6", "m=3 n=5 k=4");
     kiln__hooks_of(ctx)->gemm_params = 0;
+    /* KILN_GEMM_PARAMS picks a set by name; a name of none fails the product, naming them */
+    setenv("KILN_GEMM_PARAMS", "odd-b", 1);
+    CHECK(kiln__gemm_params_of(ctx) == &kiln__gemm_sets[KILN__GEMM_SETS - 1], "KILN_GEMM_PARAMS=odd-b");
+    check_plain(ctx, "KILN_GEMM_PARAMS=odd-b: A B 9x50x20", 2, (int64_t[]){9, 20}, 2, (int64_t[]){20, 50}, 0);
+    setenv("KILN_GEMM_PARAMS", "avx3", 1);
+    EXPECT_FAIL(ctx, kiln_matmul(ctx, a, b), KILN_ERR_INVALID_ARGUMENT, "kiln_matmul", "KILN_GEMM_PARAMS='avx3'",
+                "avx512, avx2, neon", "m=3 n=5 k=4");
+    unsetenv("KILN_GEMM_PARAMS");
+    CHECK(kiln__gemm_params_of(ctx) != NULL, "KILN_GEMM_PARAMS unset: the device's set");
     kiln__hooks_of(ctx)->gemm_own = own0;
     kiln_scope_end(ctx);
     CHECK_OK(ctx);

@@ -116,6 +116,13 @@ int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, co
 const kiln__gemm_params *kiln__gemm_params_of(const kiln_ctx *ctx) {
     int i = ctx->hooks.gemm_params;
     if (i != 0) return i > 0 && i <= KILN__GEMM_SETS ? &kiln__gemm_sets[i - 1] : NULL;
+    /* KILN_GEMM_PARAMS=<set name>: one set on any device, to compare sets in one sitting */
+    const char *e = getenv("KILN_GEMM_PARAMS");
+    if (e && *e) {
+        for (int s = 0; s < KILN__GEMM_SETS; s++)
+            if (strcmp(e, kiln__gemm_sets[s].name) == 0) return &kiln__gemm_sets[s];
+        return NULL;
+    }
     return &kiln__gemm_sets[kiln__gemm_choose(&ctx->info, NULL, 0, NULL)];
 }
 
@@ -161,11 +168,21 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
                            size_t batch) {
     const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
-    if (!p)
+    if (!p && ctx->hooks.gemm_params != 0)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                           "%s: kiln's GEMM kernels forced to parameter set %d (hooks.gemm_params), which does not "
                           "exist: the table holds 1..%d (m=%zu n=%zu k=%zu)",
                           op, ctx->hooks.gemm_params, KILN__GEMM_SETS, m, n, k);
+    if (!p) {
+        char names[128] = "";
+        for (int s = 0; s < KILN__GEMM_SETS; s++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", s ? ", " : "",
+                     kiln__gemm_sets[s].name);
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "%s: KILN_GEMM_PARAMS='%s' names no parameter set of kiln's GEMM kernels (%s) (m=%zu n=%zu "
+                          "k=%zu)",
+                          op, getenv("KILN_GEMM_PARAMS"), names, m, n, k);
+    }
     char options[160];
     snprintf(options, sizeof options,
              "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d", p->nt_rm,

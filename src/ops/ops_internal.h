@@ -103,7 +103,8 @@ extern const kiln__gemm_params kiln__gemm_sets[KILN__GEMM_SETS];
  * *isa (may be NULL). */
 int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, const char **isa);
 /* The set ctx's GEMM kernels run with: set ctx->hooks.gemm_params - 1 when that hook is
- * set (NULL when no such set), else kiln__gemm_choose's. */
+ * set, else the set KILN_GEMM_PARAMS names when that is set (NULL when either names no
+ * set), else kiln__gemm_choose's. */
 const kiln__gemm_params *kiln__gemm_params_of(const kiln_ctx *ctx);
 /* "avx512: nt 4x4 float16 k-unroll 1, nn 8x32 float16 k-unroll 1" into buf. */
 void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap);
