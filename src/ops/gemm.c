@@ -35,10 +35,11 @@ const kiln__gemm_params kiln__gemm_sets[KILN__GEMM_SETS] = {
     /* AVX-512, 32 zmm of 16 floats: nt 4x4 -> 16 + 4 + 1 = 21; nn 8x32 -> 16 + 2 + 1 = 19.
      * The shapes kiln's figures on AVX-512 were measured with (README, "Speed"). */
     [SET_AVX512] = {"avx512", 4, 4, 16, 1, 8, 2, 16, 1},
-    /* AVX2, 16 ymm of 8 floats: nt 3x3 -> 9 + 3 + 1 = 13 (4x3 would take all 16, 4x4 21);
-     * two vectors per step read one 64-byte line of each row per iteration. nn 6x16 ->
-     * 12 + 2 + 1 = 15 (8x16 would take 19): the block BLIS and OpenBLAS use on Haswell. */
-    [SET_AVX2] = {"avx2", 3, 3, 8, 2, 6, 2, 8, 1},
+    /* AVX2, 16 ymm of 8 floats: nt 4x3 -> 12 + 3 + 1 = 16, one vector per step (the mirror
+     * 3x4 takes 17 and spills; a second vector per step would too). nn 6x16 -> 12 + 2 + 1 =
+     * 15 (8x16 would take 19): the block BLIS and OpenBLAS use on Haswell. Both were the
+     * fastest of the shapes measured with POCL generating haswell code (README, "Speed"). */
+    [SET_AVX2] = {"avx2", 4, 3, 8, 1, 6, 2, 8, 1},
     /* NEON (AArch64), 32 q registers of 4 floats, unmeasured: nt 4x4 -> 16 + 4 + 1 = 21,
      * two vectors (32 bytes of each row) per iteration; nn 8x12 -> 24 + 3 + 1 = 28, the
      * block of OpenBLAS's ARMv8 sgemm kernel. */
