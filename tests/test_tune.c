@@ -43,6 +43,16 @@ static void test_parse_format(void) {
     CHECK(kiln__tune_parse(buf, &back, NULL, err, sizeof err) == KILN_OK && back.has_gemm &&
               same_params(&back.gemm, &odd) && back.has[2][0] && back.v[2][0] == 5,
           "round trip of '%s': %s", buf, err);
+    /* a buffer too small for the line: no partial line (it would parse as another set) */
+    kiln__tune_set only;
+    memset(&only, 0, sizeof only);
+    only.has_gemm = true;
+    only.gemm = odd;
+    char small[40];
+    kiln__tune_format(&only, small, sizeof small);
+    CHECK(small[0] == '\0', "partial KilnGemm line in a %zu-byte buffer: '%s'", sizeof small, small);
+    kiln__tune_format(&only, small, strlen(ODD_LINE) + 1); /* no room for the newline */
+    CHECK(small[0] == '\0', "KilnGemm line without its newline: '%s'", small);
     /* merge: the KilnGemm set goes over */
     kiln__tune_set dst;
     memset(&dst, 0, sizeof dst);

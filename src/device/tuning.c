@@ -319,14 +319,15 @@ char *kiln__tune_format(const kiln__tune_set *s, char *buf, size_t cap) {
     if (s->has_gemm) {
         kiln__gemm_params g = s->gemm;
         size_t before = used;
-        int w = snprintf(buf + used, cap - used, "KilnGemm");
-        for (int i = 0; i < 8 && w >= 0 && (size_t)w < cap - used; i++) {
-            used += (size_t)w;
-            w = snprintf(buf + used, cap - used, " %s=%d", gemm_names[i], *gemm_field(&g, i));
+        bool fits = true;
+        for (int i = 0; i <= 9 && fits; i++) {
+            int w = i == 0   ? snprintf(buf + used, cap - used, "KilnGemm")
+                    : i == 9 ? snprintf(buf + used, cap - used, "\n")
+                             : snprintf(buf + used, cap - used, " %s=%d", gemm_names[i - 1], *gemm_field(&g, i - 1));
+            fits = w >= 0 && (size_t)w < cap - used;
+            if (fits) used += (size_t)w;
         }
-        if (w >= 0 && (size_t)w < cap - used) used += (size_t)w;
-        w = snprintf(buf + used, cap - used, "\n");
-        if (w < 0 || (size_t)w >= cap - used) buf[before] = '\0'; /* no partial line */
+        if (!fits) buf[before] = '\0'; /* no partial line */
     }
     return buf;
 }
