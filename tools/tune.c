@@ -776,6 +776,22 @@ static int tune_own(tuner *t, const tune_args *a, double t_start) {
             }
         }
     double final = own_total(t, ms, cost), base = own_total(t, tms, tcost);
+    for (int w = 0; w < 2 && (a->json || a->verbose); w++)
+        for (int i = 0; i < NSHAPES; i++) {
+            if (!t->use[i]) continue;
+            const bench_gemm_shape *x = &shapes[i].s;
+            double fl = 2.0 * (double)x->m * (double)x->n * (double)x->k, m = w ? tms[i] : ms[i],
+                   c = w ? tcost[i] : cost[i];
+            if (a->json)
+                printf("{\"tune\": \"%s\", \"shape\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, "
+                       "\"trans_a\": %s, \"trans_b\": %s, \"ms\": %.4f, \"gflops\": %.2f, \"cost_ms\": %.4f}\n",
+                       w ? "kiln-table" : "kiln-winner", x->name, (long long)x->m, (long long)x->n, (long long)x->k,
+                       x->ta ? "true" : "false", x->tb ? "true" : "false", m, fl / m / 1e6, c);
+            else
+                printf("  %-11s %-14s %4lldx%5lldx%5lld %s%s %9.3f ms %6.1f GFLOP/s | cost %9.3f ms\n",
+                       w ? "kiln-table" : "kiln-winner", x->name, (long long)x->m, (long long)x->n, (long long)x->k,
+                       x->ta ? "T" : "N", x->tb ? "T" : "N", m, fl / m / 1e6, c);
+        }
     memcpy(t->use, use_all, sizeof use_all);
     kiln__hooks_of(ctx)->gemm_own = -1;
     ctx->has_gemm_tuned = false;
