@@ -13,7 +13,9 @@
  *
  * On CPUs kiln's own kernels (cl_kernels/gemm.cl) compute every product but A^T B^T, so
  * there the parameters matter only for that one; the search switches them off so that it
- * measures CLBlast.
+ * measures CLBlast. A second search then tunes kiln's own kernels (their register block,
+ * vector width and K unroll, src/ops/gemm.c) on the same shapes and stores the winner as
+ * the file's KilnGemm line when it beats the set gemm.c's table gives the device.
  *
  * Candidates: for CPUs, register tiles of explicit float vectors without local memory
  * (what POCL runs well), plus a few local-memory tilings; for GPUs, CLBlast's own tuner
@@ -187,13 +189,24 @@ static double work_groups(const bench_gemm_shape *x, const kiln__tune_set *p) {
     return ceil((double)x->m / tm) * ceil((double)x->n / tn);
 }
 
+static double time_shapes_own(tuner *t, const kiln__tune_set *p, const kiln__gemm_params *own, double *ms,
+                              double *cost);
+
 /* Times each shape under the parameters now in effect: ms[] the fastest wall-clock time,
  * cost[] (optional) the wall time the least CPU time of a call implies with no other load:
  * CPU time spread over the cores in rounds of whole work-groups. Wall-clock time is what
  * matters but swings 2x when other processes load the cores; CPU time barely moves, so the
  * search ranks candidates by cost (by wall time with --wall). Returns the weighted sum of
  * the ranking metric (INFINITY when a GEMM fails). */
+static double own_work_groups(const bench_gemm_shape *x, const kiln__gemm_params *g);
+
 static double time_shapes_p(tuner *t, const kiln__tune_set *p, double *ms, double *cost) {
+    return time_shapes_own(t, p, NULL, ms, cost);
+}
+
+/* As time_shapes_p, for kiln's own kernels running with the set own (their work-groups). */
+static double time_shapes_own(tuner *t, const kiln__tune_set *p, const kiln__gemm_params *own, double *ms,
+                              double *cost) {
     double total = 0;
     int units = (int)kiln_ctx_device(t->ctx)->compute_units;
     if (units < 1) units = 1;
@@ -206,7 +219,8 @@ static double time_shapes_p(tuner *t, const kiln__tune_set *p, double *ms, doubl
             kiln_error_clear(t->ctx);
             return INFINITY;
         }
-        double wg = work_groups(&shapes[i].s, p), c = cpu / wg * ceil(wg / units);
+        double wg = own ? own_work_groups(&shapes[i].s, own) : work_groups(&shapes[i].s, p),
+               c = cpu / wg * ceil(wg / units);
         if (c > best) c = best; /* never slower than it was seen to run */
         ms[i] = best;
         if (cost) cost[i] = c;
@@ -296,11 +310,13 @@ static bool name_listed(const char *list, const char *name) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: kiln tune [--quick] [--no-store] [--json] [--verbose] [--wall] [--repeat R]\n"
+    fprintf(f, "usage: kiln tune [--quick] [--kiln-only] [--no-store] [--json] [--verbose] [--wall] [--repeat R]\n"
                "                 [--shapes A,B,..] [--eval 'Kernel NAME=v ...; ...']\n"
-               "  searches CLBlast's GEMM parameters on the GEMMs of the reference MLP and CNN (and 1024^3),\n"
-               "  checks the results, and stores the best in the cache dir, where kiln_open applies it.\n"
-               "  --quick     fewer candidates (about a third of the time)\n"
+               "  searches CLBlast's GEMM parameters, then (on CPUs) kiln's own GEMM kernels' register blocks,\n"
+               "  vector width and K unroll, on the GEMMs of the reference MLP and CNN (and 1024^3), checks the\n"
+               "  results, and stores the best in the cache dir, where kiln_open applies it.\n"
+               "  --quick     fewer candidates (about a third of the time; a handful for kiln's kernels)\n"
+               "  --kiln-only only kiln's own kernels (the CLBlast search skipped)\n"
                "  --wall      rank by wall-clock time instead of CPU cost (only on an otherwise idle machine)\n"
                "  --shapes    only the shapes whose names contain one of these parts (mlp, cnn, conv2, ...)\n"
                "  --eval      time these parameters (merged over the current ones) against the current ones\n");
@@ -308,7 +324,7 @@ static void usage(FILE *f) {
 
 /* The command line of kiln tune. */
 typedef struct tune_args {
-    bool quick, store, json, verbose, wall;
+    bool quick, store, json, verbose, wall, kiln_only;
     const char *eval, *only;
     int repeat;
 } tune_args;
@@ -319,6 +335,8 @@ static int tune_parse_args(int argc, char **argv, tune_args *a) {
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             a->quick = true;
+        else if (strcmp(argv[i], "--kiln-only") == 0)
+            a->kiln_only = true;
         else if (strcmp(argv[i], "--no-store") == 0)
             a->store = false;
         else if (strcmp(argv[i], "--json") == 0)
@@ -571,11 +589,266 @@ static int tune_search_all(tuner *t, const tune_args *a, tune_base *b, double t_
     return tune_finish(t, a, b, &work, &r, thr_best, t_start);
 }
 
+/* ---- kiln's own kernels ---------------------------------------------------------------- */
+
+/* Work-groups kiln__gemm_run launches for shape x under set g (src/ops/gemm.c: gemm_nt in
+ * 4 x 4 groups of blocks, gemm_nn in groups of 8 column blocks). */
+static double own_work_groups(const bench_gemm_shape *x, const kiln__gemm_params *g) {
+    double m = (double)x->m, n = (double)x->n;
+    if (x->tb) return ceil(ceil(m / g->nt_rm) / 4) * ceil(ceil(n / g->nt_rn) / 4);
+    return ceil(m / g->nn_rm) * ceil(ceil(n / (g->nn_nv * g->nn_vw)) / 8);
+}
+
+/* The vector registers of the instruction set whose table entry the device gets, and how
+ * many floats one holds (src/ops/gemm.c's table comments count the same way). */
+static void own_regfile(const char *isa, int *regs, int *width) {
+    *regs = 16, *width = 4; /* vec4: SSE, or a register file that is not known */
+    if (strcmp(isa, "avx512") == 0) *regs = 32, *width = 16;
+    if (strcmp(isa, "avx2") == 0) *regs = 16, *width = 8;
+    if (strcmp(isa, "neon") == 0) *regs = 32, *width = 4;
+}
+
+/* Registers a set holds per k step: gemm_nt RM*RN accumulators, RN vectors of B and one of
+ * A; gemm_nn RM*NV accumulators, NV vectors of B and a broadcast of A; a vector wider than
+ * a register takes several. */
+static int own_regs_nt(const kiln__gemm_params *g, int width) {
+    return (g->nt_rm * g->nt_rn + g->nt_rn + 1) * ((g->nt_vw + width - 1) / width);
+}
+static int own_regs_nn(const kiln__gemm_params *g, int width) {
+    return (g->nn_rm * g->nn_nv + g->nn_nv + 1) * ((g->nn_vw + width - 1) / width);
+}
+
+static void own_line(const kiln__gemm_params *g, char *buf, size_t cap) {
+    kiln__tune_set one;
+    memset(&one, 0, sizeof one);
+    one.has_gemm = true;
+    one.gemm = *g;
+    kiln__tune_format(&one, buf, cap);
+    size_t n = strlen(buf);
+    if (n && buf[n - 1] == '\n') buf[n - 1] = '\0';
+}
+
+/* The candidates of one kernel (nt: gemm_nt's RM RN VW KU; else gemm_nn's RM NV VW) around
+ * the table's set `base`, which comes first; the other kernel's values stay base's. Sets
+ * that need more registers than the file has are dropped. --quick: the table's set and its
+ * nearest neighbours only. */
+static int own_candidates(const kiln__gemm_params *base, bool nt, bool quick, int regs, int width,
+                          kiln__gemm_params *out, int cap) {
+    int n = 0;
+    out[n++] = *base;
+    static const int vws[] = {4, 8, 16};
+    if (quick) {
+        kiln__gemm_params q[3];
+        for (int i = 0; i < 3; i++) q[i] = *base;
+        if (nt) {
+            q[0].nt_rm++, q[1].nt_rn++, q[2].nt_ku = base->nt_ku == 1 ? 2 : 1;
+        } else {
+            q[0].nn_rm += 2, q[1].nn_rm -= 2, q[2].nn_nv++;
+        }
+        for (int i = 0; i < 3 && n < cap; i++) {
+            bool fits = nt ? own_regs_nt(&q[i], width) <= regs : own_regs_nn(&q[i], width) <= regs;
+            if (fits && (nt ? q[i].nt_rm : q[i].nn_rm) >= 1) out[n++] = q[i];
+        }
+        return n;
+    }
+    if (nt) {
+        for (int rm = 1; rm <= 4; rm++)
+            for (int rn = 1; rn <= 4; rn++)
+                for (int v = 0; v < 3; v++)
+                    for (int ku = 1; ku <= 2 && n < cap; ku++) {
+                        kiln__gemm_params g = *base;
+                        g.nt_rm = rm, g.nt_rn = rn, g.nt_vw = vws[v], g.nt_ku = ku;
+                        if (memcmp(&g, base, sizeof g) != 0 && own_regs_nt(&g, width) <= regs) out[n++] = g;
+                    }
+    } else {
+        for (int rm = 2; rm <= 8; rm++)
+            for (int nv = 1; nv <= 4; nv++)
+                for (int v = 0; v < 3 && n < cap; v++) {
+                    kiln__gemm_params g = *base;
+                    g.nn_rm = rm, g.nn_nv = nv, g.nn_vw = vws[v];
+                    if (memcmp(&g, base, sizeof g) != 0 && own_regs_nn(&g, width) <= regs) out[n++] = g;
+                }
+    }
+    return n;
+}
+
+/* The weighted sum of the ranking metric (INFINITY when a GEMM failed). */
+static double own_total(const tuner *t, const double *ms, const double *cost) {
+    double s = t->wall ? sum_w(t, ms) : sum_w(t, cost);
+    return isnan(s) ? INFINITY : s;
+}
+
+/* Runs kiln's kernels with set g (the context's tuned slot, as kiln_open would fill it). */
+static void own_use(tuner *t, const kiln__gemm_params *g) {
+    t->ctx->gemm_tuned = *g;
+    t->ctx->has_gemm_tuned = true;
+}
+
+/* Times the candidates of one kernel on its shapes (use[]), each checked when it leads;
+ * returns the winner's index (0: the table's set) and its weighted cost in *best. */
+static int own_search(tuner *t, const tune_args *a, const char *label, const kiln__gemm_params *cand, int n,
+                      double *best) {
+    int win = -1;
+    *best = INFINITY;
+    for (int c = 0; c < n; c++) {
+        double ms[NSHAPES], cost[NSHAPES];
+        own_use(t, &cand[c]);
+        double tot = time_shapes_own(t, NULL, &cand[c], ms, cost);
+        bool lead = tot < *best, ok = lead && check_shapes(t) <= 1.0; /* checked when it leads */
+        char line[256];
+        own_line(&cand[c], line, sizeof line);
+        if (a->json)
+            printf("{\"tune\": \"%s\", \"candidate\": %d, \"of\": %d, \"parameters\": \"%s\", \"ms\": %.3f, "
+                   "\"cost_ms\": %.3f, \"check\": \"%s\"}\n",
+                   label, c + 1, n, line, sum_w(t, ms), sum_w(t, cost),
+                   !lead ? "not run (slower)"
+                   : ok  ? "passed"
+                         : "failed");
+        else
+            printf("  %s %2d/%d %s: wall %.2f ms, cost %.2f ms%s\n", label, c + 1, n, line, sum_w(t, ms),
+                   sum_w(t, cost), lead && !ok ? " (failed the check)" : "");
+        fflush(stdout);
+        if (ok) *best = tot, win = c;
+    }
+    return win;
+}
+
+/* Phase 4: kiln's own kernels. gemm_nt on the A B^T shapes, then gemm_nn on the A B and
+ * A^T B ones with gemm_nt's winner; the result against the table's set on all of them,
+ * checked; stored as the file's KilnGemm line only when it beats the table's set (a
+ * KilnGemm line stored before is dropped otherwise). The exit status. */
+static int tune_own(tuner *t, const tune_args *a, double t_start) {
+    kiln_ctx *ctx = t->ctx;
+    const char *env = getenv("KILN_GEMM_PARAMS");
+    if (env && *env) {
+        printf("kiln tune: KILN_GEMM_PARAMS=%s fixes kiln's GEMM kernel set: its search skipped\n", env);
+        return 0;
+    }
+    if (kiln_ctx_device(ctx)->type != KILN_DEVICE_CPU) {
+        if (!a->json) printf("kiln's own GEMM kernels serve CPU devices only: their search skipped\n");
+        return 0;
+    }
+    const char *isa = NULL;
+    const kiln__gemm_params *table = &kiln__gemm_sets[kiln__gemm_choose(kiln_ctx_device(ctx), NULL, 0, &isa)];
+    int regs, width;
+    own_regfile(table->name, &regs, &width);
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    bool use_all[NSHAPES], has_nt = false, has_nn = false;
+    memcpy(use_all, t->use, sizeof use_all);
+    static kiln__gemm_params cand[256];
+    /* gemm_nt: A B^T */
+    kiln__gemm_params win = *table;
+    double nt_best = INFINITY, nn_best = INFINITY;
+    for (int i = 0; i < NSHAPES; i++) has_nt |= (t->use[i] = use_all[i] && shapes[i].s.tb && !shapes[i].s.ta);
+    if (!a->json)
+        printf("kiln's GEMM kernels on '%s' (table set %s, %d registers of %d floats):\n", kiln_ctx_device(ctx)->name,
+               table->name, regs, width);
+    if (has_nt) {
+        int n = own_candidates(table, true, a->quick, regs, width, cand, 256);
+        int w = own_search(t, a, "kiln-nt", cand, n, &nt_best);
+        if (w >= 0) win = cand[w];
+    }
+    /* gemm_nn: A B and A^T B, with gemm_nt's winner */
+    for (int i = 0; i < NSHAPES; i++) has_nn |= (t->use[i] = use_all[i] && !shapes[i].s.tb);
+    if (has_nn) {
+        kiln__gemm_params base = *table;
+        base.nt_rm = win.nt_rm, base.nt_rn = win.nt_rn, base.nt_vw = win.nt_vw, base.nt_ku = win.nt_ku;
+        int n = own_candidates(&base, false, a->quick, regs, width, cand, 256);
+        int w = own_search(t, a, "kiln-nn", cand, n, &nn_best);
+        win = w >= 0 ? cand[w] : base;
+    }
+    /* the winner against the table's set on every shape, alternately in two rounds, each
+     * shape's fastest kept: other load moves one round's figures by tens of percent */
+    for (int i = 0; i < NSHAPES; i++) t->use[i] = use_all[i] && !(shapes[i].s.ta && shapes[i].s.tb);
+    win.name = "tuned";
+    double ms[NSHAPES], cost[NSHAPES], tms[NSHAPES], tcost[NSHAPES];
+    own_use(t, &win);
+    double worst = check_shapes(t);
+    for (int round = 0; round < 2; round++)
+        for (int w = 0; w < 2; w++) {
+            const kiln__gemm_params *g = w ? table : &win;
+            double *bm = w ? tms : ms, *bc = w ? tcost : cost, m1[NSHAPES], c1[NSHAPES];
+            own_use(t, g);
+            time_shapes_own(t, NULL, g, m1, c1);
+            for (int i = 0; i < NSHAPES; i++) {
+                bm[i] = round == 0 || !(bm[i] <= m1[i]) ? m1[i] : bm[i];
+                bc[i] = round == 0 || !(bc[i] <= c1[i]) ? c1[i] : bc[i];
+            }
+        }
+    double final = own_total(t, ms, cost), base = own_total(t, tms, tcost);
+    for (int w = 0; w < 2 && (a->json || a->verbose); w++)
+        for (int i = 0; i < NSHAPES; i++) {
+            if (!t->use[i]) continue;
+            const bench_gemm_shape *x = &shapes[i].s;
+            double fl = 2.0 * (double)x->m * (double)x->n * (double)x->k, m = w ? tms[i] : ms[i],
+                   c = w ? tcost[i] : cost[i];
+            if (a->json)
+                printf("{\"tune\": \"%s\", \"shape\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, "
+                       "\"trans_a\": %s, \"trans_b\": %s, \"ms\": %.4f, \"gflops\": %.2f, \"cost_ms\": %.4f}\n",
+                       w ? "kiln-table" : "kiln-winner", x->name, (long long)x->m, (long long)x->n, (long long)x->k,
+                       x->ta ? "true" : "false", x->tb ? "true" : "false", m, fl / m / 1e6, c);
+            else
+                printf("  %-11s %-14s %4lldx%5lldx%5lld %s%s %9.3f ms %6.1f GFLOP/s | cost %9.3f ms\n",
+                       w ? "kiln-table" : "kiln-winner", x->name, (long long)x->m, (long long)x->n, (long long)x->k,
+                       x->ta ? "T" : "N", x->tb ? "T" : "N", m, fl / m / 1e6, c);
+        }
+    memcpy(t->use, use_all, sizeof use_all);
+    kiln__hooks_of(ctx)->gemm_own = -1;
+    ctx->has_gemm_tuned = false;
+    kiln__gemm_params tw = win;
+    tw.name = table->name;
+    bool same = memcmp(&tw, table, sizeof tw) == 0;
+    /* a 2% margin: a set that only ties the table's is measurement noise */
+    bool better = !same && worst <= 1.0 && final < 0.98 * base;
+    /* into the stored file, keeping what the CLBlast search (or an earlier run) put there */
+    char path[1200] = "", line[256];
+    own_line(&win, line, sizeof line);
+    bool stored = false;
+    if (a->store) {
+        kiln__tune_set file;
+        char err[512];
+        memset(&file, 0, sizeof file);
+        bool exists = kiln__tune_path(kiln_ctx_device(ctx), path, sizeof path) == KILN_OK &&
+                      kiln__tune_load(kiln_ctx_device(ctx), path, &file, err, sizeof err) == KILN_OK;
+        if (!exists) memset(&file, 0, sizeof file);
+        bool had = file.has_gemm;
+        file.has_gemm = better;
+        file.gemm = win;
+        if (better || had) {
+            char comment[256];
+            snprintf(comment, sizeof comment,
+                     "kiln tune%s: kiln's GEMM kernels weighted cost %.1f ms (table set %s) -> %.1f ms, %.0f s",
+                     a->quick ? " --quick" : "", base, table->name, better ? final : base,
+                     (bench_now_ms() - t_start) / 1e3);
+            if (kiln__tune_save(kiln_ctx_device(ctx), &file, comment, path, sizeof path) != KILN_OK) {
+                fprintf(stderr, "kiln tune: %s\n", kiln_last_error());
+                return 1;
+            }
+            stored = better;
+        }
+    }
+    if (a->json)
+        printf("{\"tune\": \"kiln-summary\", \"table\": \"%s\", \"table_cost_ms\": %.3f, \"table_ms\": %.3f, "
+               "\"winner\": \"%s\", \"winner_cost_ms\": %.3f, \"winner_ms\": %.3f, \"check\": %.3g, \"stored\": %s}\n",
+               table->name, base, sum_w(t, tms), line, final, sum_w(t, ms), worst, stored ? "true" : "false");
+    else {
+        printf("kiln's GEMM kernels: table set %s %.2f ms -> %s %.2f ms weighted %s; error check %.3g (<= 1 "
+               "passes)\n",
+               table->name, base, line, final, a->wall ? "wall time" : "cost", worst);
+        if (stored)
+            printf("stored in %s\n", path);
+        else
+            printf("KilnGemm not stored: %s\n", !better ? "not 2% better than the table's set" : "--no-store");
+    }
+    return worst <= 1.0 ? 0 : 1;
+}
+
 static int cmd_tune(int argc, char **argv) {
     tune_args a;
     int parsed = tune_parse_args(argc, argv, &a);
     if (parsed >= 0) return parsed;
     double t_start = bench_now_ms();
+    setvbuf(stdout, NULL, _IOLBF, 0); /* each result line as it comes, also into a file or pipe */
     tuner t = {0};
     t.repeat = a.repeat;
     t.json = a.json;
@@ -603,8 +876,15 @@ static int cmd_tune(int argc, char **argv) {
     }
     tune_base b;
     b.source = kiln__tune_open(t.ctx, &b.cur);
-    b.total = time_shapes_p(&t, &b.cur, b.ms, b.cost);
-    rc = a.eval ? tune_eval(&t, &a, &b) : tune_search_all(&t, &a, &b, t_start);
+    memset(b.ms, 0, sizeof b.ms), memset(b.cost, 0, sizeof b.cost);
+    b.total = a.kiln_only && !a.eval ? 0 : time_shapes_p(&t, &b.cur, b.ms, b.cost); /* CLBlast's start */
+    if (a.eval)
+        rc = tune_eval(&t, &a, &b);
+    else {
+        rc = a.kiln_only ? 0 : tune_search_all(&t, &a, &b, t_start);
+        int own = tune_own(&t, &a, t_start);
+        if (rc == 0) rc = own;
+    }
 out:
     for (int i = 0; i < NSHAPES; i++) bench_gemm_data_free(&t.data[i]);
     kiln_close(t.ctx);

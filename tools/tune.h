@@ -1,4 +1,5 @@
-/* tools/tune.h - `kiln tune`: searches CLBlast's GEMM parameters for the device. */
+/* tools/tune.h - `kiln tune`: searches CLBlast's GEMM parameters and kiln's own GEMM kernels'
+ * parameter set for the device. */
 #ifndef KILN_TOOLS_TUNE_H
 #define KILN_TOOLS_TUNE_H
 

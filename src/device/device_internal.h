@@ -86,9 +86,28 @@ kiln_status kiln__tree_wg(kiln_ctx *ctx, const char *program, const char *option
  * Padtranspose) and their parameters; a set of values, each marked when present. */
 #define KILN__TUNE_KERNELS 7
 #define KILN__TUNE_MAXP 16
+
+/* One parameter set of kiln's own GEMM kernels (cl_kernels/gemm.cl, chosen by
+ * src/ops/gemm.c), passed to them as build options: gemm_nt computes nt_rm x nt_rn outputs
+ * per work-item with float<nt_vw> accumulators and nt_ku vectors of K per loop iteration;
+ * gemm_nn nn_rm x (nn_nv * nn_vw) outputs with float<nn_vw> accumulators, nn_ku values of k
+ * per iteration. Here, below the ops floor, because the tune file stores one (its KilnGemm
+ * line) and the context holds it. */
+typedef struct kiln__gemm_params {
+    const char *name; /* the instruction set it is for ("avx512", "avx2", "neon", "vec4"), or "tuned" */
+    int nt_rm, nt_rn, nt_vw, nt_ku;
+    int nn_rm, nn_nv, nn_vw, nn_ku;
+} kiln__gemm_params;
+
 typedef struct kiln__tune_set {
     size_t v[KILN__TUNE_KERNELS][KILN__TUNE_MAXP];
     bool has[KILN__TUNE_KERNELS][KILN__TUNE_MAXP];
+    /* the KilnGemm line: kiln's own kernels' set, when present and valid */
+    bool has_gemm;
+    kiln__gemm_params gemm;
+    /* why a KilnGemm line was dropped ("" when none was): the rest of the file still
+     * applies, kiln's kernels keep the table's set */
+    char gemm_err[192];
 } kiln__tune_set;
 
 const char *kiln__tune_kernel(int k);
@@ -103,7 +122,9 @@ bool kiln__tune_any(const kiln__tune_set *s, int k);
 void kiln__tune_merge(kiln__tune_set *dst, const kiln__tune_set *src);
 /* The built-in values for a device (false, empty set when the table has none). */
 bool kiln__tune_builtin(const kiln_device_info *info, kiln__tune_set *out);
-/* Parses "Kernel NAME=v ..." lines; with expect, "device:"/"driver:" lines must match it. */
+/* Parses "Kernel NAME=v ..." lines; with expect, "device:"/"driver:" lines must match it.
+ * A bad "KilnGemm ..." line is not an error: it is dropped, with the reason in
+ * out->gemm_err. */
 kiln_status kiln__tune_parse(const char *text, kiln__tune_set *out, const kiln_device_info *expect, char *err,
                              size_t cap);
 char *kiln__tune_format(const kiln__tune_set *s, char *buf, size_t cap);
@@ -117,8 +138,15 @@ kiln_status kiln__tune_save(const kiln_device_info *info, const kiln__tune_set *
 kiln_status kiln__tune_apply(kiln_ctx *ctx, const kiln__tune_set *s);
 /* "on", "builtin" or "off" from $KILN_TUNE. */
 const char *kiln__tune_mode(void);
+/* The KilnGemm line's limits: a vector width of 4, 8 or 16, blocks (nt_rm, nt_rn, nn_rm,
+ * nn_nv) of 1..KILN__GEMM_MAX_BLOCK, K unrolls of 1..KILN__GEMM_MAX_KU. False, with the
+ * reason in why, for a set outside them. */
+#define KILN__GEMM_MAX_BLOCK 16
+#define KILN__GEMM_MAX_KU 8
+bool kiln__gemm_params_check(const kiln__gemm_params *p, char *why, size_t cap);
 /* kiln_open's step: built-in table, then the stored file, applied; never fails. Returns
- * where the parameters came from; *applied (optional) gets them. */
+ * where the parameters came from; *applied (optional) gets them. A KilnGemm set it finds
+ * (not with KILN_TUNE=off or builtin) goes to ctx->gemm_tuned. */
 const char *kiln__tune_open(kiln_ctx *ctx, kiln__tune_set *applied);
 /* What the last kiln__tune_open applied ("built-in table", "stored by kiln tune", ...). */
 const char *kiln__tune_source(void);
@@ -197,6 +225,10 @@ struct kiln_ctx {
 
     kiln__pool pool;
     kiln__hooks hooks;
+    /* kiln's GEMM kernels' set from the tune file (kiln__tune_open), when there is one;
+     * src/ops/gemm.c prefers it to its table */
+    kiln__gemm_params gemm_tuned;
+    bool has_gemm_tuned;
     kiln__close_fn close_hooks[KILN__CLOSE_HOOKS];
     int nclose_hooks;
     size_t wg;

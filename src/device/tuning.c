@@ -17,9 +17,14 @@
  *
  * The overrides are process-wide per cl_device_id (CLBlast's database cache): every context
  * on that device shares them.
+ *
+ * The same file holds, on a "KilnGemm" line, the parameter set `kiln tune` found for kiln's
+ * own GEMM kernels (cl_kernels/gemm.cl); kiln__tune_open puts it on the context, where
+ * src/ops/gemm.c prefers it to its table. A bad KilnGemm line only drops that line.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +94,72 @@ void kiln__tune_merge(kiln__tune_set *dst, const kiln__tune_set *src) {
     for (int k = 0; k < KILN__TUNE_KERNELS; k++)
         for (int p = 0; p < sets[k].n; p++)
             if (src->has[k][p]) kiln__tune_set_value(dst, k, p, src->v[k][p]);
+    if (src->has_gemm) {
+        dst->has_gemm = true;
+        dst->gemm = src->gemm;
+    }
+}
+
+/* ---- kiln's own GEMM kernels: the KilnGemm line ---------------------------------------- */
+
+/* The line's parameter names are gemm.cl's build options. */
+static const char *const gemm_names[8] = {"NT_RM", "NT_RN", "NT_VW", "NT_KU", "NN_RM", "NN_NV", "NN_VW", "NN_KU"};
+
+static int *gemm_field(kiln__gemm_params *p, int i) {
+    int *f[8] = {&p->nt_rm, &p->nt_rn, &p->nt_vw, &p->nt_ku, &p->nn_rm, &p->nn_nv, &p->nn_vw, &p->nn_ku};
+    return f[i];
+}
+
+bool kiln__gemm_params_check(const kiln__gemm_params *p, char *why, size_t cap) {
+    kiln__gemm_params q = *p;
+    for (int i = 0; i < 8; i++) {
+        int v = *gemm_field(&q, i);
+        bool vw = i == 2 || i == 6, ku = i == 3 || i == 7;
+        bool ok = vw ? v == 4 || v == 8 || v == 16 : v >= 1 && v <= (ku ? KILN__GEMM_MAX_KU : KILN__GEMM_MAX_BLOCK);
+        if (!ok) {
+            if (vw)
+                snprintf(why, cap, "%s=%d: the vector width must be 4, 8 or 16", gemm_names[i], v);
+            else
+                snprintf(why, cap, "%s=%d: must be in 1..%d", gemm_names[i], v,
+                         ku ? KILN__GEMM_MAX_KU : KILN__GEMM_MAX_BLOCK);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The parameters after "KilnGemm" (tok_save's rest of the line): every one of the eight,
+ * once each, in range. False with the reason in why. */
+static bool parse_gemm(char **tok_save, kiln__gemm_params *out, char *why, size_t cap) {
+    bool seen[8] = {false};
+    *out = (kiln__gemm_params){.name = "tuned"};
+    for (char *kv = strtok_r(NULL, " \t", tok_save); kv; kv = strtok_r(NULL, " \t", tok_save)) {
+        char *eq = strchr(kv, '=');
+        int i = -1;
+        if (eq) {
+            *eq = '\0';
+            for (int j = 0; j < 8; j++)
+                if (strcmp(kv, gemm_names[j]) == 0) i = j;
+        }
+        char *end = NULL;
+        errno = 0;
+        long v = eq ? strtol(eq + 1, &end, 10) : 0;
+        if (i < 0 || end == eq + 1 || *end || errno || v < INT_MIN || v > INT_MAX || seen[i]) {
+            snprintf(why, cap, "bad parameter '%s%s%s'%s", kv, eq ? "=" : "", eq ? eq + 1 : "",
+                     i >= 0 && seen[i] ? " (given twice)" : "");
+            return false;
+        }
+        seen[i] = true;
+        *gemm_field(out, i) = (int)v;
+    }
+    for (int i = 0; i < 8; i++)
+        if (!seen[i]) {
+            snprintf(why, cap, "%s missing: every one of %s %s %s %s %s %s %s %s is needed", gemm_names[i],
+                     gemm_names[0], gemm_names[1], gemm_names[2], gemm_names[3], gemm_names[4], gemm_names[5],
+                     gemm_names[6], gemm_names[7]);
+            return false;
+        }
+    return kiln__gemm_params_check(out, why, cap);
 }
 
 /* ---- the built-in table ---------------------------------------------------------------
@@ -191,6 +262,14 @@ kiln_status kiln__tune_parse(const char *text, kiln__tune_set *out, const kiln_d
         }
         char *tok_save = NULL;
         char *kname = strtok_r(line, " \t", &tok_save);
+        if (strcmp(kname, "KilnGemm") == 0) {
+            /* dropped alone when bad: the CLBlast sets still apply, kiln's kernels keep the
+             * table's set */
+            char why[160];
+            out->has_gemm = parse_gemm(&tok_save, &out->gemm, why, sizeof why);
+            if (!out->has_gemm) snprintf(out->gemm_err, sizeof out->gemm_err, "line %d: KilnGemm: %s", lineno, why);
+            continue;
+        }
         int k = kiln__tune_kernel_index(kname);
         if (k < 0) {
             snprintf(err, cap, "line %d: unknown CLBlast kernel set '%s'", lineno, kname);
@@ -236,6 +315,19 @@ char *kiln__tune_format(const kiln__tune_set *s, char *buf, size_t cap) {
         w = snprintf(buf + used, cap - used, "\n");
         if (w < 0 || (size_t)w >= cap - used) break;
         used += (size_t)w;
+    }
+    if (s->has_gemm) {
+        kiln__gemm_params g = s->gemm;
+        size_t before = used;
+        bool fits = true;
+        for (int i = 0; i <= 9 && fits; i++) {
+            int w = i == 0   ? snprintf(buf + used, cap - used, "KilnGemm")
+                    : i == 9 ? snprintf(buf + used, cap - used, "\n")
+                             : snprintf(buf + used, cap - used, " %s=%d", gemm_names[i - 1], *gemm_field(&g, i - 1));
+            fits = w >= 0 && (size_t)w < cap - used;
+            if (fits) used += (size_t)w;
+        }
+        if (!fits) buf[before] = '\0'; /* no partial line */
     }
     return buf;
 }
@@ -324,7 +416,8 @@ kiln_status kiln__tune_save(const kiln_device_info *info, const kiln__tune_set *
     FILE *f = fopen(tmp, "w");
     if (!f) return kiln__fail_global(KILN_ERR_IO, "kiln tune: cannot write %s: %s", tmp, strerror(errno));
     char body[4096];
-    fprintf(f, "# kiln: CLBlast single-precision parameters for this device, applied by kiln_open\n");
+    fprintf(f, "# kiln: CLBlast single-precision parameters and kiln's GEMM kernel set (KilnGemm) for this "
+               "device, applied by kiln_open\n");
     if (comment && *comment) fprintf(f, "# %s\n", comment);
     fprintf(f, "device: %s\ndriver: %s\n%s", info->name, info->driver_version, kiln__tune_format(s, body, sizeof body));
     bool ok = fflush(f) == 0;
@@ -421,6 +514,8 @@ const char *kiln__tune_open(kiln_ctx *ctx, kiln__tune_set *applied) {
     kiln__tune_set got;
     const char *s = tune_open(ctx, &got);
     if (applied) *applied = got;
+    ctx->has_gemm_tuned = got.has_gemm;
+    if (got.has_gemm) ctx->gemm_tuned = got.gemm;
     int gk = kiln__tune_param_index(0, "GEMMK");
     bool col = got.has[0][gk] && got.v[0][gk] == 0;
     const char *e = getenv("KILN_GEMM_LAYOUT");
@@ -448,6 +543,9 @@ static const char *tune_open(kiln_ctx *ctx, kiln__tune_set *applied) {
         have_path = kiln__tune_path(&ctx->info, path, sizeof path) == KILN_OK && access(path, R_OK) == 0;
     if (have_path) {
         if (kiln__tune_load(&ctx->info, path, &stored, err, sizeof err) == KILN_OK) {
+            if (stored.gemm_err[0])
+                kiln__log(1, "kiln's GEMM kernel set in %s ignored (the table's set is used): %s", path,
+                          stored.gemm_err);
             kiln__tune_merge(&want, &stored);
             source = file && *file ? "KILN_TUNE_FILE" : "stored by kiln tune";
         } else {
@@ -464,14 +562,19 @@ static const char *tune_open(kiln_ctx *ctx, kiln__tune_set *applied) {
     }
     bool any = false;
     for (int k = 0; k < KILN__TUNE_KERNELS; k++) any |= kiln__tune_any(&want, k);
-    if (!any) return "CLBlast defaults";
+    if (want.has_gemm && applied) { /* kiln's own kernels' set: no CLBlast call */
+        applied->has_gemm = true;
+        applied->gemm = want.gemm;
+    }
+    if (!any) return want.has_gemm ? source : "CLBlast defaults";
     /* Never fatal: a failed override leaves CLBlast's own parameters. The error is not kept
      * on the context, which has to start clean. */
     kiln_status s = kiln__tune_apply(ctx, &want);
     if (s != KILN_OK) {
         kiln__log(1, "%s", kiln_error_message(ctx));
         kiln_error_clear(ctx);
-        return "CLBlast defaults (override failed)";
+        return want.has_gemm ? "CLBlast defaults (override failed), kiln's GEMM set stored by kiln tune"
+                             : "CLBlast defaults (override failed)";
     }
     if (applied) *applied = want;
     char body[2048];

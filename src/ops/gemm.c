@@ -124,6 +124,8 @@ const kiln__gemm_params *kiln__gemm_params_of(const kiln_ctx *ctx) {
             if (strcmp(e, kiln__gemm_sets[s].name) == 0) return &kiln__gemm_sets[s];
         return NULL;
     }
+    /* what kiln tune found best on this device (src/device/tuning.c checked its ranges) */
+    if (ctx->has_gemm_tuned) return &ctx->gemm_tuned;
     return &kiln__gemm_sets[kiln__gemm_choose(&ctx->info, NULL, 0, NULL)];
 }
 

@@ -85,15 +85,8 @@ void kiln__sgemm_tiles(kiln_ctx *ctx, size_t *tm, size_t *tn, size_t *tk);
 
 /* ---- kiln's own GEMM kernels (src/ops/gemm.c) ---------------------------------------- */
 
-/* One parameter set of kiln's GEMM kernels, passed to cl_kernels/gemm.cl as build options:
- * gemm_nt computes nt_rm x nt_rn outputs per work-item with float<nt_vw> accumulators and
- * nt_ku vectors of K per loop iteration; gemm_nn nn_rm x (nn_nv * nn_vw) outputs with
- * float<nn_vw> accumulators, nn_ku values of k per iteration. */
-typedef struct kiln__gemm_params {
-    const char *name; /* the instruction set it is for ("avx512", "avx2", "neon", "vec4") */
-    int nt_rm, nt_rn, nt_vw, nt_ku;
-    int nn_rm, nn_nv, nn_vw, nn_ku;
-} kiln__gemm_params;
+/* kiln__gemm_params, one parameter set of kiln's GEMM kernels, is declared in
+ * src/device/device_internal.h (the tune file and the context hold one). */
 /* The table: the sets devices get, then odd ones only tests force (src/ops/gemm.c). */
 #define KILN__GEMM_SETS 6
 extern const kiln__gemm_params kiln__gemm_sets[KILN__GEMM_SETS];
@@ -104,7 +97,8 @@ extern const kiln__gemm_params kiln__gemm_sets[KILN__GEMM_SETS];
 int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, const char **isa);
 /* The set ctx's GEMM kernels run with: set ctx->hooks.gemm_params - 1 when that hook is
  * set, else the set KILN_GEMM_PARAMS names when that is set (NULL when either names no
- * set), else kiln__gemm_choose's. */
+ * set), else the set `kiln tune` stored for the device (ctx->gemm_tuned), else
+ * kiln__gemm_choose's. */
 const kiln__gemm_params *kiln__gemm_params_of(const kiln_ctx *ctx);
 /* "avx512: nt 4x4 float16 k-unroll 1, nn 8x32 float16 k-unroll 1" into buf. */
 void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap);

@@ -1,0 +1,261 @@
+/* tests/test_tune.c - the KilnGemm line of the tune file (src/device/tuning.c): kiln's own
+ * GEMM kernels' parameter set as `kiln tune` stores it. Parsed and formatted back; a bad
+ * line dropped alone (the rest of the file still applies, kiln's kernels keep the table's
+ * set, a log line says why); a file of another device, KILN_TUNE=off and KILN_TUNE=builtin
+ * ignored; a stored set is what kiln__gemm_params_of returns after kiln_open, below the
+ * KILN_GEMM_PARAMS override; and products computed with a stored odd set match a
+ * double-precision reference (tolerance as tests/test_matmul.c: C k u sum |a||b|, C = 2). */
+#define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
+#include <dirent.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define U_F32 (1.0 / 16777216.0)
+
+/* kiln__log's lines while a test listens */
+static char g_log[4096];
+static void on_log(int level, const char *msg, void *user) {
+    (void)level, (void)user;
+    size_t n = strlen(g_log);
+    snprintf(g_log + n, sizeof g_log - n, "%s\n", msg);
+}
+
+static bool same_params(const kiln__gemm_params *a, const kiln__gemm_params *b) {
+    return a->nt_rm == b->nt_rm && a->nt_rn == b->nt_rn && a->nt_vw == b->nt_vw && a->nt_ku == b->nt_ku &&
+           a->nn_rm == b->nn_rm && a->nn_nv == b->nn_nv && a->nn_vw == b->nn_vw && a->nn_ku == b->nn_ku;
+}
+
+/* An odd set, none of the table's: blocks and unrolls away from the powers of two. */
+static const kiln__gemm_params odd = {"tuned", 3, 2, 4, 3, 5, 3, 4, 2};
+#define ODD_LINE "KilnGemm NT_RM=3 NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2"
+
+static void test_parse_format(void) {
+    kiln__tune_set s, back;
+    char err[256], buf[4096];
+    CHECK(kiln__tune_parse("# c\nGemmRoutine XGEMM_MIN_INDIRECT_SIZE=5\n" ODD_LINE "\n", &s, NULL, err, sizeof err) ==
+              KILN_OK,
+          "parse: %s", err);
+    CHECK(s.has_gemm && same_params(&s.gemm, &odd) && !s.gemm_err[0], "KilnGemm parsed: %s", s.gemm_err);
+    CHECK(s.has[2][0] && s.v[2][0] == 5, "the CLBlast line beside it parsed");
+    kiln__tune_format(&s, buf, sizeof buf);
+    CHECK(strstr(buf, ODD_LINE "\n") != NULL, "formatted: '%s'", buf);
+    CHECK(kiln__tune_parse(buf, &back, NULL, err, sizeof err) == KILN_OK && back.has_gemm &&
+              same_params(&back.gemm, &odd) && back.has[2][0] && back.v[2][0] == 5,
+          "round trip of '%s': %s", buf, err);
+    /* a buffer too small for the line: no partial line (it would parse as another set) */
+    kiln__tune_set only;
+    memset(&only, 0, sizeof only);
+    only.has_gemm = true;
+    only.gemm = odd;
+    char small[40];
+    kiln__tune_format(&only, small, sizeof small);
+    CHECK(small[0] == '\0', "partial KilnGemm line in a %zu-byte buffer: '%s'", sizeof small, small);
+    kiln__tune_format(&only, small, strlen(ODD_LINE) + 1); /* no room for the newline */
+    CHECK(small[0] == '\0', "KilnGemm line without its newline: '%s'", small);
+    /* merge: the KilnGemm set goes over */
+    kiln__tune_set dst;
+    memset(&dst, 0, sizeof dst);
+    kiln__tune_merge(&dst, &s);
+    CHECK(dst.has_gemm && same_params(&dst.gemm, &odd), "merge takes the KilnGemm set");
+
+    /* bad lines: dropped alone, the reason kept, the other lines still parsed */
+    static const struct {
+        const char *line, *why;
+    } bad[] = {
+        {"KilnGemm NT_RM=3 NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4", "NN_KU missing"},
+        {"KilnGemm NT_RM=0 NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2", "NT_RM=0: must be in 1..16"},
+        {"KilnGemm NT_RM=3 NT_RN=2 NT_VW=6 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2", "NT_VW=6: the vector width"},
+        {"KilnGemm NT_RM=3 NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=5 NN_NV=17 NN_VW=4 NN_KU=2", "NN_NV=17"},
+        {"KilnGemm NT_RM=3 NT_RN=2 NT_VW=4 NT_KU=9 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2", "NT_KU=9: must be in 1..8"},
+        {"KilnGemm NT_RM=3 NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=-5 NN_NV=3 NN_VW=4 NN_KU=2", "NN_RM=-5"},
+        {"KilnGemm NT_RM=x NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2", "bad parameter 'NT_RM=x'"},
+        {"KilnGemm NT_RM=3 NT_RM=3 NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2", "given twice"},
+        {"KilnGemm MWG=64 NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2", "bad parameter 'MWG=64'"},
+        {"KilnGemm NT_RM=99999999999 NT_RN=2 NT_VW=4 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2", "NT_RM=99999999999"},
+        {"KilnGemm", "NT_RM missing"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "GemmRoutine XGEMM_MIN_INDIRECT_SIZE=5\n%s\nCopy COPY_DIMX=32\n", bad[i].line);
+        kiln_status st = kiln__tune_parse(text, &s, NULL, err, sizeof err);
+        CHECK(st == KILN_OK, "'%s': the rest of the file must still parse: %s", bad[i].line, err);
+        CHECK(!s.has_gemm, "'%s' accepted", bad[i].line);
+        CHECK(strstr(s.gemm_err, "line 2: KilnGemm") && strstr(s.gemm_err, bad[i].why), "'%s': reason '%s'",
+              bad[i].line, s.gemm_err);
+        CHECK(s.has[2][0] && s.v[2][0] == 5 && s.has[3][0] && s.v[3][0] == 32, "'%s': the other lines dropped",
+              bad[i].line);
+    }
+}
+
+/* Writes text to the device's tune file. */
+static bool write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f) return false;
+    fputs(text, f);
+    return fclose(f) == 0;
+}
+
+/* Opens spec (NULL, with a failed check, when it does not open). */
+static kiln_ctx *open_spec(const char *spec) {
+    kiln_ctx *ctx = NULL;
+    if (kiln_open(&ctx, spec) != KILN_OK) {
+        CHECK(0, "kiln_open(%s): %s", spec, kiln_last_error());
+        return NULL;
+    }
+    return ctx;
+}
+
+/* Products with the stored set through kiln's kernels: A B, A^T B, A B^T against double. */
+static void check_products(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    enum { m = 11, n = 29, k = 19 }; /* past a block, a vector and a K step of the odd set */
+    float a[m * k], b[k * n];
+    h_fill(a, m * k, -1, 1);
+    h_fill(b, k * n, -1, 1);
+    static const int flags[] = {0, KILN_TRANS_A, KILN_TRANS_B};
+    for (int f = 0; f < 3; f++) {
+        bool ta = flags[f] & KILN_TRANS_A, tb = flags[f] & KILN_TRANS_B;
+        /* the same logical A (m x k) and B (k x n), stored transposed where the flag says */
+        float as[m * k], bs[k * n];
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t p = 0; p < k; p++) as[ta ? p * m + i : i * k + p] = a[i * k + p];
+        for (int64_t p = 0; p < k; p++)
+            for (int64_t j = 0; j < n; j++) bs[tb ? j * k + p : p * n + j] = b[p * n + j];
+        kiln_tensor *A = kiln_from_host(ctx, as, KILN_F32, 2, ta ? (int64_t[]){k, m} : (int64_t[]){m, k});
+        kiln_tensor *B = kiln_from_host(ctx, bs, KILN_F32, 2, tb ? (int64_t[]){n, k} : (int64_t[]){k, n});
+        kiln_tensor *C = kiln_matmul_ex(ctx, A, B, flags[f]);
+        float *got = C ? h_read(C) : NULL;
+        CHECK(got != NULL, "flags %d: %s", flags[f], kiln_error_message(ctx));
+        double worst = 0;
+        for (int64_t i = 0; got && i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                double s = 0, mag = 0;
+                for (int64_t p = 0; p < k; p++) {
+                    s += (double)a[i * k + p] * b[p * n + j];
+                    mag += fabs((double)a[i * k + p] * b[p * n + j]);
+                }
+                double r = fabs(got[i * n + j] - s) / (2.0 * (double)k * U_F32 * mag + 1e-30);
+                if (r > worst) worst = r;
+            }
+        CHECK(got && worst <= 1.0, "stored odd set, flags %d (%lldx%lldx%lld): error ratio %.3g", flags[f],
+              (long long)m, (long long)n, (long long)k, worst);
+        free(got);
+    }
+    kiln__hooks_of(ctx)->gemm_own = 0;
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+}
+
+static void test_stored(const char *spec) {
+    kiln_ctx *ctx = open_spec(spec);
+    if (!ctx) return;
+    kiln_device_info info = *kiln_ctx_device(ctx);
+    const kiln__gemm_params *table = &kiln__gemm_sets[kiln__gemm_choose(&info, NULL, 0, NULL)];
+    CHECK(kiln__gemm_params_of(ctx) == table, "no file: the table's set");
+    kiln_close(ctx);
+    char path[1200];
+    CHECK(kiln__tune_path(&info, path, sizeof path) == KILN_OK, "tune path: %s", kiln_last_error());
+
+    /* a stored set: what kiln's kernels run with after kiln_open, and the products agree */
+    kiln__tune_set s;
+    memset(&s, 0, sizeof s);
+    s.has_gemm = true;
+    s.gemm = odd;
+    char saved[1200];
+    CHECK(kiln__tune_save(&info, &s, "test_tune", saved, sizeof saved) == KILN_OK && strcmp(saved, path) == 0,
+          "save: %s", kiln_last_error());
+    if ((ctx = open_spec(spec))) {
+        const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+        CHECK(p && same_params(p, &odd) && strcmp(p->name, "tuned") == 0, "stored set not used: %s",
+              p ? p->name : "none");
+        CHECK(strcmp(kiln__tune_source(), "stored by kiln tune") == 0, "source '%s'", kiln__tune_source());
+        check_products(ctx);
+        /* KILN_GEMM_PARAMS and the test hook still come first */
+        setenv("KILN_GEMM_PARAMS", "vec4", 1);
+        CHECK(kiln__gemm_params_of(ctx) == &kiln__gemm_sets[3], "KILN_GEMM_PARAMS=vec4 over the stored set");
+        unsetenv("KILN_GEMM_PARAMS");
+        kiln__hooks_of(ctx)->gemm_params = 1;
+        CHECK(kiln__gemm_params_of(ctx) == &kiln__gemm_sets[0], "hooks.gemm_params over the stored set");
+        kiln__hooks_of(ctx)->gemm_params = 0;
+        kiln_close(ctx);
+    }
+    /* KILN_TUNE=off and builtin: the table's set */
+    static const char *const modes[] = {"off", "builtin"};
+    for (int i = 0; i < 2; i++) {
+        setenv("KILN_TUNE", modes[i], 1);
+        if ((ctx = open_spec(spec))) {
+            CHECK(kiln__gemm_params_of(ctx) == table, "KILN_TUNE=%s: the stored set used", modes[i]);
+            kiln_close(ctx);
+        }
+        unsetenv("KILN_TUNE");
+    }
+
+    /* a bad KilnGemm line: the table's set, a log line, the rest of the file applied */
+    char text[1024];
+    snprintf(text, sizeof text,
+             "device: %s\ndriver: %s\nGemmRoutine XGEMM_MIN_INDIRECT_SIZE=3\n"
+             "KilnGemm NT_RM=3 NT_RN=2 NT_VW=5 NT_KU=3 NN_RM=5 NN_NV=3 NN_VW=4 NN_KU=2\n",
+             info.name, info.driver_version);
+    CHECK(write_file(path, text), "cannot write %s", path);
+    g_log[0] = '\0';
+    kiln_set_log(on_log, NULL);
+    kiln__tune_set applied;
+    if ((ctx = open_spec(spec))) {
+        CHECK(kiln__gemm_params_of(ctx) == table, "bad KilnGemm line: not the table's set");
+        CHECK(strstr(g_log, "kiln's GEMM kernel set in") && strstr(g_log, "NT_VW=5") && strstr(g_log, path),
+              "no log line for the bad KilnGemm line: '%s'", g_log);
+        CHECK(strcmp(kiln__tune_source(), "stored by kiln tune") == 0, "the rest of the file not applied: '%s'",
+              kiln__tune_source());
+        /* what kiln_open applied from that file, again: the threshold is there */
+        kiln__tune_open(ctx, &applied);
+        CHECK(!applied.has_gemm && applied.has[2][0] && applied.v[2][0] == 3,
+              "the file's GemmRoutine line not applied beside the bad KilnGemm line");
+        kiln_close(ctx);
+    }
+    kiln_set_log(NULL, NULL);
+
+    /* a file written for another device: ignored, KilnGemm line and all */
+    snprintf(text, sizeof text, "device: some other device\ndriver: %s\n" ODD_LINE "\n", info.driver_version);
+    CHECK(write_file(path, text), "cannot write %s", path);
+    if ((ctx = open_spec(spec))) {
+        CHECK(kiln__gemm_params_of(ctx) == table, "another device's KilnGemm set used");
+        kiln_close(ctx);
+    }
+    unlink(path);
+}
+
+/* Empties and removes the temporary cache dir. */
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char p[1200];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+int main(void) {
+    unsetenv("KILN_TUNE");
+    unsetenv("KILN_TUNE_FILE");
+    unsetenv("KILN_GEMM_PARAMS");
+    unsetenv("KILN_GEMM_OWN");
+    test_parse_format();
+    char dir[] = "/tmp/kiln-test-tune-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    setenv("KILN_CACHE_DIR", dir, 1);
+    char specs[16][16];
+    int nd = h_devices(specs, 16);
+    for (int i = 0; i < nd; i++) {
+        h_device = specs[i];
+        test_stored(specs[i]);
+    }
+    remove_dir(dir);
+    return h_finish();
+}
