@@ -51,8 +51,9 @@ static void test_parse_format(void) {
     char small[40];
     kiln__tune_format(&only, small, sizeof small);
     CHECK(small[0] == '\0', "partial KilnGemm line in a %zu-byte buffer: '%s'", sizeof small, small);
-    kiln__tune_format(&only, small, strlen(ODD_LINE) + 1); /* no room for the newline */
-    CHECK(small[0] == '\0', "KilnGemm line without its newline: '%s'", small);
+    char tight[sizeof ODD_LINE]; /* the line and its NUL, no room for the newline */
+    kiln__tune_format(&only, tight, sizeof tight);
+    CHECK(tight[0] == '\0', "KilnGemm line without its newline: '%s'", tight);
     /* merge: the KilnGemm set goes over */
     kiln__tune_set dst;
     memset(&dst, 0, sizeof dst);
