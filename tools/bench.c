@@ -140,7 +140,7 @@ static double peak_rss_mib(void) {
 
 /* Where ctx's products of the reference models run: kiln's own GEMM kernels take every
  * A B, A^T B and A B^T there (src/ops/gemm.c), or CLBlast. */
-static const char *gemm_route(const kiln_ctx *ctx) {
+static const char *gemm_route(kiln_ctx *ctx) {
     return kiln__gemm_own_takes(ctx, false, true, 1, 1, 1, 1, 0.0f) ? "kiln's GEMM kernels" : "CLBlast";
 }
 
@@ -152,7 +152,7 @@ typedef struct {
     char params[160];
 } gemm_setup;
 
-static gemm_setup gemm_setup_of(const kiln_ctx *ctx) {
+static gemm_setup gemm_setup_of(kiln_ctx *ctx) {
     gemm_setup g;
     kiln__gemm_choose(kiln_ctx_device(ctx), g.target, sizeof g.target, &g.isa);
     const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
@@ -164,7 +164,7 @@ static gemm_setup gemm_setup_of(const kiln_ctx *ctx) {
 }
 
 /* ", \"target\": ..., \"isa\": ..., \"gemm_params\": ..." of a JSON line */
-static void json_gemm_setup(const kiln_ctx *ctx) {
+static void json_gemm_setup(kiln_ctx *ctx) {
     gemm_setup g = gemm_setup_of(ctx);
     printf(", \"target\": "), bench_json_str(g.target);
     printf(", \"isa\": "), bench_json_str(g.isa);

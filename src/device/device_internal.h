@@ -229,6 +229,9 @@ struct kiln_ctx {
      * src/ops/gemm.c prefers it to its table */
     kiln__gemm_params gemm_tuned;
     bool has_gemm_tuned;
+    /* 1 + the table's set for this device (src/ops/gemm.c derives it from info once, on the
+     * first product); 0 until then */
+    int gemm_table_set;
     kiln__close_fn close_hooks[KILN__CLOSE_HOOKS];
     int nclose_hooks;
     size_t wg;

@@ -114,7 +114,7 @@ int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, co
     return w >= 16 ? SET_AVX512 : w >= 8 ? SET_AVX2 : SET_VEC4;
 }
 
-const kiln__gemm_params *kiln__gemm_params_of(const kiln_ctx *ctx) {
+const kiln__gemm_params *kiln__gemm_params_of(kiln_ctx *ctx) {
     int i = ctx->hooks.gemm_params;
     if (i != 0) return i > 0 && i <= KILN__GEMM_SETS ? &kiln__gemm_sets[i - 1] : NULL;
     /* KILN_GEMM_PARAMS=<set name>: one set on any device, to compare sets in one sitting */
@@ -126,7 +126,9 @@ const kiln__gemm_params *kiln__gemm_params_of(const kiln_ctx *ctx) {
     }
     /* what kiln tune found best on this device (src/device/tuning.c checked its ranges) */
     if (ctx->has_gemm_tuned) return &ctx->gemm_tuned;
-    return &kiln__gemm_sets[kiln__gemm_choose(&ctx->info, NULL, 0, NULL)];
+    /* the device's name and vector widths never change: parse them once, not per product */
+    if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
+    return &kiln__gemm_sets[ctx->gemm_table_set - 1];
 }
 
 void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap) {
@@ -142,8 +144,7 @@ static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
 #define NT_LY 4
 #define NN_LY 8
 
-bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
-                          float beta) {
+bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch, float beta) {
     /* gemm_nn only overwrites C: no caller accumulates into an A B product */
     if ((ta && tb) || (!tb && beta != 0.0f) || m == 0 || n == 0 || k == 0 || batch == 0) return false;
     /* the kernels' dims are ints, and so are a block's first row and column (up to a

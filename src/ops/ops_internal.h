@@ -99,13 +99,12 @@ int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, co
  * set, else the set KILN_GEMM_PARAMS names when that is set (NULL when either names no
  * set), else the set `kiln tune` stored for the device (ctx->gemm_tuned), else
  * kiln__gemm_choose's. */
-const kiln__gemm_params *kiln__gemm_params_of(const kiln_ctx *ctx);
+const kiln__gemm_params *kiln__gemm_params_of(kiln_ctx *ctx);
 /* "avx512: nt 4x4 float16 k-unroll 1, nn 8x32 float16 k-unroll 1" into buf. */
 void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap);
 /* Whether kiln__sgemm gives this product to kiln's own kernels: every transpose
  * combination but op(A)^T B^T, on a CPU device (A B and A^T B only with beta 0). */
-bool kiln__gemm_own_takes(const kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch,
-                          float beta);
+bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch, float beta);
 /* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices through gemm_nt (tb) or
  * gemm_nn (!tb, beta 0), as kiln__sgemm's arguments; enqueued. Not for ta && tb. */
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
