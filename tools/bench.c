@@ -43,20 +43,6 @@ double bench_median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void bench_json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 /* splitmix64: reproducible host data */
 static uint64_t rng_next(uint64_t *s) {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -166,9 +152,9 @@ static gemm_setup gemm_setup_of(kiln_ctx *ctx) {
 /* ", \"target\": ..., \"isa\": ..., \"gemm_params\": ..." of a JSON line */
 static void json_gemm_setup(kiln_ctx *ctx) {
     gemm_setup g = gemm_setup_of(ctx);
-    printf(", \"target\": "), bench_json_str(g.target);
-    printf(", \"isa\": "), bench_json_str(g.isa);
-    printf(", \"gemm_params\": "), bench_json_str(g.params);
+    printf(", \"target\": "), tool_json_str(g.target);
+    printf(", \"isa\": "), tool_json_str(g.isa);
+    printf(", \"gemm_params\": "), tool_json_str(g.params);
 }
 
 int bench_gemm_data_new(kiln_ctx *ctx, const bench_gemm_shape *s, uint64_t seed, bench_gemm_data *d, char *why,
@@ -404,9 +390,9 @@ static int cmd_gemm(args *a, bool json) {
             printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f", bms, bg, kg / bg);
         if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
         if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g, \"error_over_bound\": %.3g", kdiff, bound);
-        printf(", \"kernel\": "), bench_json_str(kernel);
-        printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
-        printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
+        printf(", \"kernel\": "), tool_json_str(kernel);
+        printf(", \"tuning\": "), tool_json_str(kiln__tune_source());
+        printf(", \"device\": "), tool_json_str(kiln_ctx_device(ctx)->name);
         json_gemm_setup(ctx);
         printf("}\n");
     } else {
@@ -613,9 +599,9 @@ static int cmd_train(args *a, bool json) {
                "\"gemm\": ",
                name, batch, steps, med, mean, t[0], cpu_step, batch * 1e3 / med,
                (unsigned long long)ps.peak_in_use_bytes, peak_rss_mib(), first, last);
-        bench_json_str(gemm_route(ctx));
-        printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
-        printf(", \"device\": "), bench_json_str(kiln_ctx_device(ctx)->name);
+        tool_json_str(gemm_route(ctx));
+        printf(", \"tuning\": "), tool_json_str(kiln__tune_source());
+        printf(", \"device\": "), tool_json_str(kiln_ctx_device(ctx)->name);
         json_gemm_setup(ctx);
         printf("}\n");
     } else {
@@ -904,8 +890,8 @@ static int cmd_ops(args *a, bool json) {
             printf("{\"bench\": \"ops\", \"op\": \"total\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
                    "\"step_ms\": %.3f, \"layers_fwd_cpu_ms\": %.3f, \"layers_bwd_cpu_ms\": %.3f, \"gemm\": ",
                    batch, total_f + lf, total_b + lb, os, total_fc, total_bc);
-            bench_json_str(gemm_route(ctx));
-            printf(", \"tuning\": "), bench_json_str(kiln__tune_source());
+            tool_json_str(gemm_route(ctx));
+            printf(", \"tuning\": "), tool_json_str(kiln__tune_source());
             printf("}\n");
         } else {
             printf("%-22s fwd %8.3f ms   bwd %8.3f ms\n", kiln__op_name(KILN__OP_CROSS_ENTROPY), lf, lb);

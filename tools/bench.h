@@ -8,6 +8,8 @@
 
 #include <kiln/kiln.h>
 
+#include "json.h" /* tool_json_str */
+
 /* `kiln bench <what> [options]`; returns the process exit code. */
 int kiln_cmd_bench(int argc, char **argv);
 
@@ -15,8 +17,6 @@ int kiln_cmd_bench(int argc, char **argv);
 double bench_now_ms(void);
 /* Median of n values (sorts v). */
 double bench_median(double *v, int n);
-/* Writes s to stdout as a JSON string literal. */
-void bench_json_str(const char *s);
 
 /* One GEMM problem in kiln's terms: C [m, n] = op(A) op(B), row-major. */
 typedef struct bench_gemm_shape {

@@ -50,7 +50,7 @@ static int cmd_devices(int argc, char **argv) {
     kiln_status s = kiln_devices(NULL, 0, &n);
     if (s != KILN_OK) {
         if (json)
-            printf("{\"devices\": [], \"error\": "), bench_json_str(kiln_last_error()), printf("}\n");
+            printf("{\"devices\": [], \"error\": "), tool_json_str(kiln_last_error()), printf("}\n");
         else
             fprintf(stderr, "kiln devices: %s\n", kiln_last_error());
         return 1;
@@ -69,15 +69,15 @@ static int cmd_devices(int argc, char **argv) {
             const kiln_device_info *x = &d[i];
             printf("%s\n  {\"spec\": \"%d:%d\", \"default\": %s, \"name\": ", i ? "," : "", x->platform_index,
                    x->device_index, x->is_default ? "true" : "false");
-            bench_json_str(x->name);
-            printf(", \"vendor\": "), bench_json_str(x->vendor);
-            printf(", \"type\": "), bench_json_str(kiln_device_type_name(x->type));
-            printf(", \"platform\": "), bench_json_str(x->platform_name);
-            printf(", \"platform_vendor\": "), bench_json_str(x->platform_vendor);
-            printf(", \"platform_version\": "), bench_json_str(x->platform_version);
-            printf(", \"version\": "), bench_json_str(x->version);
-            printf(", \"driver_version\": "), bench_json_str(x->driver_version);
-            printf(", \"opencl_c_version\": "), bench_json_str(x->opencl_c_version);
+            tool_json_str(x->name);
+            printf(", \"vendor\": "), tool_json_str(x->vendor);
+            printf(", \"type\": "), tool_json_str(kiln_device_type_name(x->type));
+            printf(", \"platform\": "), tool_json_str(x->platform_name);
+            printf(", \"platform_vendor\": "), tool_json_str(x->platform_vendor);
+            printf(", \"platform_version\": "), tool_json_str(x->platform_version);
+            printf(", \"version\": "), tool_json_str(x->version);
+            printf(", \"driver_version\": "), tool_json_str(x->driver_version);
+            printf(", \"opencl_c_version\": "), tool_json_str(x->opencl_c_version);
             printf(", \"compute_units\": %u, \"max_clock_mhz\": %u, \"global_mem_bytes\": %llu, "
                    "\"local_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, \"max_work_group_size\": %llu, "
                    "\"fp16\": %s, \"fp64\": %s, \"preferred_vector_width_float\": %u, "

@@ -4,6 +4,8 @@
  * same smoke runs (ops_smoke). */
 #include "ops.h"
 
+#include "json.h"
+
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -1055,20 +1057,6 @@ static int golden_status(const golden_set *g, const kiln__op_info *op, kiln_ctx 
 
 /* ---- output ------------------------------------------------------------------------------------ */
 
-static void json_str(const char *s) {
-    putchar('"');
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static void usage(FILE *f) {
     fprintf(f, "usage: kiln ops [--json] [--device SPEC] [--op NAME]... [--no-run]\n"
                "\n"
@@ -1239,19 +1227,20 @@ static ops_summary summarize(const ops_run *r) {
 
 static void print_json_op(const ops_run *r, int k) {
     const kiln__op_info *op = op_info(k);
-    printf("{\"op\": "), json_str(op->name);
-    printf(", \"function\": "), json_str(op->fn);
-    printf(", \"family\": "), json_str(family_name(op));
+    printf("{\"op\": "), tool_json_str(op->name);
+    printf(", \"function\": "), tool_json_str(op->fn);
+    printf(", \"family\": "), tool_json_str(family_name(op));
     printf(", \"backward\": %s, \"reference\": [", op->grad ? "true" : "false");
     int first = 1;
     if (op->golden_prefix) printf("\"torch\""), first = 0;
     if (op->refs & KILN__REF_F64) printf("%s\"host-f64\"", first ? "" : ", "), first = 0;
     if (op->refs & KILN__REF_FD) printf("%s\"fd\"", first ? "" : ", ");
-    printf("], \"tests\": "), json_str(op->tests);
+    printf("], \"tests\": "), tool_json_str(op->tests);
     printf(", \"golden\": %s", r->gold[k] == GOLD_UNKNOWN ? "null" : r->gold[k] == GOLD_YES ? "true" : "false");
     printf(", \"golden_file\": ");
     if (op->golden_prefix)
-        printf("\"%s.safetensors\"", family_name(op)), printf(", \"golden_prefix\": "), json_str(op->golden_prefix);
+        printf("\"%s.safetensors\"", family_name(op)), printf(", \"golden_prefix\": "),
+            tool_json_str(op->golden_prefix);
     else
         printf("null, \"golden_prefix\": null");
     if (op->golden_pidx >= 0) /* the case's parameter vector "<prefix>N.p" must hold the value at index */
@@ -1265,7 +1254,7 @@ static void print_json_op(const ops_run *r, int k) {
     for (int d = 0; d < r->ndev; d++)
         if (r->pass[k][d] == 0) {
             printf("%s{\"device\": \"%s\", \"error\": ", first ? "" : ", ", r->spec[d]);
-            json_str(r->why[k][d]);
+            tool_json_str(r->why[k][d]);
             printf("}");
             first = 0;
         }
@@ -1284,13 +1273,13 @@ static void print_json(const ops_run *r, const ops_summary *s) {
            "\"golden_dir\": ",
            s->nops, s->nbw, s->ngold, s->nall_pass, s->nfail, r->run && r->ndev > 0 ? "true" : "false", r->golden_read);
     if (r->gs.dir)
-        json_str(r->gs.dir);
+        tool_json_str(r->gs.dir);
     else
         printf("null");
     printf(", \"devices\": [");
     for (int d = 0; d < r->ndev; d++) {
         printf("%s{\"spec\": \"%s\", \"name\": ", d ? ", " : "", r->spec[d]);
-        json_str(r->info[d].name);
+        tool_json_str(r->info[d].name);
         printf(", \"seconds\": %.3f}", r->secs[d]);
     }
     printf("]}}\n");
