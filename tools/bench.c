@@ -313,37 +313,46 @@ static double openblas_ms(const bench_gemm_shape *s, const bench_gemm_data *d, i
 }
 #endif
 
-static int cmd_gemm(args *a, bool json) {
-    if (!args_check(a, (const char *const[]){"--m", "--n", "--k", "--repeat", NULL},
-                    (const char *const[]){"--trans-a", "--trans-b", "--no-check", NULL}))
-        return 2;
-    bench_gemm_shape s = {"gemm", 0, 0, 0, false, false};
-    s.m = arg_long(a, "--m", 1024, 1, 1 << 20);
-    s.n = arg_long(a, "--n", s.m, 1, 1 << 20);
-    s.k = arg_long(a, "--k", s.m, 1, 1 << 20);
-    s.ta = arg_flag(a, "--trans-a");
-    s.tb = arg_flag(a, "--trans-b");
-    int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
-    bool check = !arg_flag(a, "--no-check");
-    if (a->bad) return 2;
-    kiln_ctx *ctx = open_ctx("kiln bench gemm");
-    if (!ctx) return 1;
+/* Milliseconds per product with `repeat` products queued back to back and one wait at the
+ * end, as a training step issues them: the launch costs overlap the kernels, which the
+ * one-call-one-wait median of bench_gemm_kiln_ms charges in full. Negative on failure. */
+static double gemm_queued_ms(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gemm_data *d, int repeat) {
+    double t0 = bench_now_ms();
+    for (int i = 0; i < repeat; i++) {
+        /* freeing the output at once hands its buffer to the next product: the in-order
+         * queue runs this one before that one writes it */
+        kiln_tensor *out = kiln_matmul_ex(ctx, d->a, d->b, gemm_flags(s));
+        if (!out) return -1;
+        kiln_tensor_free(out);
+    }
+    if (kiln_sync(ctx) != KILN_OK) return -1;
+    return (bench_now_ms() - t0) / repeat;
+}
+
+/* Times one shape on ctx (kiln against OpenBLAS on the same data) and prints its line;
+ * 0, or 1 with the reason on stderr (a result off its error bound among them). */
+static int gemm_one(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool check, bool json) {
+    bench_gemm_shape s = *sp;
     bench_gemm_data d;
     char why[512];
     if (bench_gemm_data_new(ctx, &s, 42, &d, why, sizeof why) != 0) {
         fprintf(stderr, "kiln bench gemm: %s\n", why);
-        kiln_close(ctx);
         return 1;
     }
     double kcpu = NAN, kms = bench_gemm_kiln_ms(ctx, &s, &d, repeat, NULL, &kcpu);
     if (kms < 0) {
         fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
         bench_gemm_data_free(&d);
-        kiln_close(ctx);
+        return 1;
+    }
+    double qms = gemm_queued_ms(ctx, &s, &d, repeat);
+    if (qms < 0) {
+        fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
+        bench_gemm_data_free(&d);
         return 1;
     }
     double flop = 2.0 * (double)s.m * (double)s.n * (double)s.k;
-    double kg = flop / kms / 1e6, bms = NAN, bg = NAN, kdiff = NAN, bdiff = NAN;
+    double kg = flop / kms / 1e6, qg = flop / qms / 1e6, bms = NAN, bg = NAN, kdiff = NAN, bdiff = NAN;
 #ifdef KILN_HAVE_OPENBLAS
     float *bc = malloc((size_t)(s.m * s.n) * sizeof *bc);
     if (bc) {
@@ -382,12 +391,16 @@ static int cmd_gemm(args *a, bool json) {
                          : s.tb ? "kiln gemm_nt"
                                 : "kiln gemm_nn";
     if (json) {
-        printf("{\"bench\": \"gemm\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"trans_a\": %s, \"trans_b\": %s, "
+        printf("{\"bench\": \"gemm\", \"name\": ");
+        tool_json_str(s.name);
+        printf(", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"trans_a\": %s, \"trans_b\": %s, "
                "\"repeat\": %d, \"kiln_ms\": %.4f, \"kiln_gflops\": %.2f, \"kiln_min_cpu_ms\": %.4f",
                (long long)s.m, (long long)s.n, (long long)s.k, s.ta ? "true" : "false", s.tb ? "true" : "false", repeat,
                kms, kg, kcpu);
+        printf(", \"kiln_queued_ms\": %.4f, \"kiln_queued_gflops\": %.2f", qms, qg);
         if (!isnan(bms))
-            printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f", bms, bg, kg / bg);
+            printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f, \"ratio_queued\": %.3f", bms,
+                   bg, kg / bg, qg / bg);
         if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
         if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g, \"error_over_bound\": %.3g", kdiff, bound);
         printf(", \"kernel\": "), tool_json_str(kernel);
@@ -396,10 +409,11 @@ static int cmd_gemm(args *a, bool json) {
         json_gemm_setup(ctx);
         printf("}\n");
     } else {
-        printf("gemm %lldx%lldx%lld %s: kiln %.1f GFLOP/s (%.3f ms)", (long long)s.m, (long long)s.n, (long long)s.k,
-               tn, kg, kms);
+        printf("%s %lldx%lldx%lld %s: kiln %.1f GFLOP/s (%.3f ms)", s.name, (long long)s.m, (long long)s.n,
+               (long long)s.k, tn, kg, kms);
+        printf(", queued %.1f GFLOP/s (%.3f ms)", qg, qms);
         if (!isnan(bms))
-            printf(", OpenBLAS %.1f GFLOP/s (%.3f ms), kiln/OpenBLAS %.3f", bg, bms, kg / bg);
+            printf(", OpenBLAS %.1f GFLOP/s (%.3f ms), kiln/OpenBLAS %.3f (queued %.3f)", bg, bms, kg / bg, qg / bg);
         else
             printf(" (built without OpenBLAS: no comparison)");
         if (!isnan(bdiff)) printf(", max |kiln - OpenBLAS| %.3g", bdiff);
@@ -409,12 +423,37 @@ static int cmd_gemm(args *a, bool json) {
                g.target[0] ? g.target : "unknown", g.isa, g.params, kiln__tune_source());
     }
     bench_gemm_data_free(&d);
-    kiln_close(ctx);
     if (!(isnan(bound) || bound <= 1.0)) {
-        fprintf(stderr, "kiln bench gemm: kiln's result is off: an error %.3g times its bound 2 k u sum|a b|\n", bound);
+        fprintf(stderr,
+                "kiln bench gemm: %s %lldx%lldx%lld: kiln's result is off: an error %.3g times its bound 2 k u "
+                "sum|a b|\n",
+                s.name, (long long)s.m, (long long)s.n, (long long)s.k, bound);
         return 1;
     }
     return 0;
+}
+
+static int cmd_gemm_model(args *a, bool json);
+
+static int cmd_gemm(args *a, bool json) {
+    if (arg_value(a, "--model")) return cmd_gemm_model(a, json);
+    if (!args_check(a, (const char *const[]){"--m", "--n", "--k", "--repeat", NULL},
+                    (const char *const[]){"--trans-a", "--trans-b", "--no-check", NULL}))
+        return 2;
+    bench_gemm_shape s = {"gemm", 0, 0, 0, false, false};
+    s.m = arg_long(a, "--m", 1024, 1, 1 << 20);
+    s.n = arg_long(a, "--n", s.m, 1, 1 << 20);
+    s.k = arg_long(a, "--k", s.m, 1, 1 << 20);
+    s.ta = arg_flag(a, "--trans-a");
+    s.tb = arg_flag(a, "--trans-b");
+    int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
+    bool check = !arg_flag(a, "--no-check");
+    if (a->bad) return 2;
+    kiln_ctx *ctx = open_ctx("kiln bench gemm");
+    if (!ctx) return 1;
+    int rc = gemm_one(ctx, &s, repeat, check, json);
+    kiln_close(ctx);
+    return rc;
 }
 
 /* ---- the reference models ------------------------------------------------------------- */
@@ -616,6 +655,103 @@ out:
     batches_free(&b);
     free(t);
     model_free(&m);
+    kiln_close(ctx);
+    return rc;
+}
+
+/* ---- the products of a training step ------------------------------------------------- */
+
+/* The distinct products kiln__sgemm is given in one training step, in first-seen order. */
+#define SEEN_MAX 64
+typedef struct seen_products {
+    struct {
+        char op[48];
+        bool ta, tb;
+        size_t m, n, k, batch;
+        int count;
+    } p[SEEN_MAX];
+    int n, dropped;
+} seen_products;
+
+static void seen_product(void *arg, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch) {
+    seen_products *s = arg;
+    for (int i = 0; i < s->n; i++)
+        if (s->p[i].ta == ta && s->p[i].tb == tb && s->p[i].m == m && s->p[i].n == n && s->p[i].k == k &&
+            s->p[i].batch == batch && strcmp(s->p[i].op, op) == 0) {
+            s->p[i].count++;
+            return;
+        }
+    if (s->n == SEEN_MAX) {
+        s->dropped++;
+        return;
+    }
+    snprintf(s->p[s->n].op, sizeof s->p[s->n].op, "%s", op);
+    s->p[s->n].ta = ta, s->p[s->n].tb = tb, s->p[s->n].m = m, s->p[s->n].n = n, s->p[s->n].k = k;
+    s->p[s->n].batch = batch, s->p[s->n].count = 1;
+    s->n++;
+}
+
+/* `kiln bench gemm --model NAME`: every distinct product one training step of the model
+ * issues (recorded as kiln__sgemm receives them), each timed as `kiln bench gemm` times one
+ * shape, so that "every GEMM shape of the reference models" is what the models issue, not a
+ * list kept by hand. A batched product is timed as one product of its shape (its line says
+ * how many the step runs). */
+static int cmd_gemm_model(args *a, bool json) {
+    if (!args_check(a, (const char *const[]){"--model", "--batch", "--repeat", NULL},
+                    (const char *const[]){"--no-check", NULL}))
+        return 2;
+    model_kind kind;
+    if (parse_model(a, &kind) != 0) return 2;
+    int batch = (int)arg_long(a, "--batch", 64, 1, 1 << 16);
+    int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
+    bool check = !arg_flag(a, "--no-check");
+    if (a->bad) return 2;
+    kiln_ctx *ctx = open_ctx("kiln bench gemm");
+    if (!ctx) return 1;
+    model m;
+    batches b = {0};
+    seen_products *seen = calloc(1, sizeof *seen);
+    int rc = 1;
+    if (!seen || model_new(ctx, kind, batch, &m) != 0) {
+        fprintf(stderr, "kiln bench gemm: %s\n", seen ? kiln_error_message(ctx) : "out of host memory");
+        free(seen);
+        kiln_close(ctx);
+        return 1;
+    }
+    int64_t xnumel = 1;
+    for (int d = 0; d < m.xnd; d++) xnumel *= m.xshape[d];
+    if (batches_new(&b, 1, batch, xnumel) != 0) {
+        fprintf(stderr, "kiln bench gemm: out of host memory\n");
+        goto out;
+    }
+    kiln__hooks *h = kiln__hooks_of(ctx);
+    h->gemm_seen = seen_product;
+    h->gemm_seen_arg = seen;
+    kiln_status st = train_step(ctx, &m, &b, 0, NULL);
+    h->gemm_seen = NULL;
+    if (st != KILN_OK) {
+        fprintf(stderr, "kiln bench gemm: a training step of %s: %s\n", arg_value(a, "--model"),
+                kiln_error_message(ctx));
+        goto out;
+    }
+    if (seen->n == 0) {
+        fprintf(stderr, "kiln bench gemm: a training step of %s issued no matrix product\n", arg_value(a, "--model"));
+        goto out;
+    }
+    if (seen->dropped) fprintf(stderr, "kiln bench gemm: %d more distinct products not timed\n", seen->dropped);
+    rc = 0;
+    for (int i = 0; i < seen->n; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "%s %s x%d", arg_value(a, "--model"), seen->p[i].op,
+                 seen->p[i].count * (int)seen->p[i].batch);
+        bench_gemm_shape s = {name,          (int64_t)seen->p[i].m, (int64_t)seen->p[i].n, (int64_t)seen->p[i].k,
+                              seen->p[i].ta, seen->p[i].tb};
+        if (gemm_one(ctx, &s, repeat, check, json) != 0) rc = 1;
+    }
+out:
+    batches_free(&b);
+    model_free(&m);
+    free(seen);
     kiln_close(ctx);
     return rc;
 }
@@ -920,6 +1056,8 @@ static void bench_usage(FILE *f) {
     fprintf(f, "usage: kiln bench <what> [--json] [options]\n"
                "  gemm --m M --n N --k K [--trans-a] [--trans-b] [--repeat R] [--no-check]\n"
                "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
+               "  gemm --model mlp|cnn [--batch 64] [--repeat R] [--no-check]\n"
+               "                    the same for every product one training step of the model issues\n"
                "  train --model mlp|cnn [--batch 64] [--steps N] [--warmup 5]\n"
                "                    training steps of torch_ref.py's models on random data\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"

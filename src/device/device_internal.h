@@ -187,6 +187,10 @@ typedef struct kiln__hooks {
     int64_t conv_pad;                    /* the padded conv path with this multiple (0 = off) */
     int64_t conv_budget, conv_split_min; /* conv's column budget and split-K minimum (0 = built-in) */
     size_t matmul_last_parts;            /* written by matmul: parts of the last split-K product */
+    /* told every product kiln__sgemm is given, before it runs (kiln bench gemm --model lists
+     * the products of a training step): NULL off */
+    void (*gemm_seen)(void *arg, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch);
+    void *gemm_seen_arg;
 } kiln__hooks;
 
 /* A floor above this one that keeps state on a context registers how to free it when the

@@ -91,6 +91,7 @@ static bool batched_unsafe(const kiln__gemm_route *r, bool ta, bool tb, size_t m
 int kiln__sgemm(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha, cl_mem a,
                 size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta,
                 cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
+    if (ctx->hooks.gemm_seen) ctx->hooks.gemm_seen(ctx->hooks.gemm_seen_arg, op, ta, tb, m, n, k, batch);
     if (kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, beta))
         return kiln__gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c,
                               coff, ldc, cstride, batch) == KILN_OK
