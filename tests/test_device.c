@@ -171,6 +171,46 @@ static void test_status_names(void) {
           "dtype sizes");
 }
 
+/* kiln_ctx_stats counts what the context asked of the device: each launch, each wait of
+ * the host (blocking copies both ways, kiln_sync) and the bytes, from the last reset. */
+static void test_stats(void) {
+    kiln_ctx *ctx;
+    CHECK(kiln_open(&ctx, NULL) == KILN_OK, "open: %s", kiln_last_error());
+    kiln_ctx_stats st;
+    CHECK(kiln_ctx_stats_reset(ctx) == KILN_OK && kiln_ctx_stats_get(ctx, &st) == KILN_OK, "stats");
+    CHECK(st.launches == 0 && st.host_waits == 0 && st.bytes_to_host == 0 && st.bytes_to_device == 0 &&
+              st.pool_device_allocs == 0 && st.pool_reuses == 0,
+          "zero after a reset");
+    float h[100];
+    for (int i = 0; i < 100; i++) h[i] = (float)i;
+    kiln_tensor *a = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){100});
+    kiln_ctx_stats_get(ctx, &st);
+    CHECK(st.blocking_writes == 1 && st.bytes_to_device == 400 && st.host_waits == 1 && st.launches == 0,
+          "kiln_from_host: one blocking write of 400 bytes (got %llu writes, %llu bytes, %llu launches)",
+          (unsigned long long)st.blocking_writes, (unsigned long long)st.bytes_to_device,
+          (unsigned long long)st.launches);
+    kiln_ctx_stats_reset(ctx);
+    kiln_tensor *b = kiln_add(ctx, a, a);
+    kiln_tensor *c = kiln_add(ctx, b, a);
+    kiln_ctx_stats_get(ctx, &st);
+    CHECK(st.launches == 2 && st.host_waits == 0 && st.pool_device_allocs + st.pool_reuses == 2,
+          "two adds: two launches, no waits, two pool requests (got %llu launches, %llu waits, %llu + %llu)",
+          (unsigned long long)st.launches, (unsigned long long)st.host_waits, (unsigned long long)st.pool_device_allocs,
+          (unsigned long long)st.pool_reuses);
+    CHECK(kiln_to_host(c, h, sizeof h) == KILN_OK && h[7] == 21.0f, "3 * 7");
+    CHECK(kiln_sync(ctx) == KILN_OK, "sync");
+    kiln_ctx_stats_get(ctx, &st);
+    CHECK(st.blocking_reads == 1 && st.bytes_to_host == 400 && st.finishes == 1 && st.host_waits == 2,
+          "a read and a sync: two waits (got %llu reads of %llu bytes, %llu finishes)",
+          (unsigned long long)st.blocking_reads, (unsigned long long)st.bytes_to_host, (unsigned long long)st.finishes);
+    CHECK(kiln_ctx_stats_get(NULL, &st) == KILN_ERR_NULL && strstr(kiln_last_error(), "kiln_ctx_stats_get"),
+          "NULL ctx");
+    CHECK(kiln_ctx_stats_get(ctx, NULL) == KILN_ERR_NULL && strstr(kiln_error_message(ctx), "out is NULL"), "NULL out");
+    kiln_error_clear(ctx);
+    CHECK(kiln_ctx_stats_reset(NULL) == KILN_ERR_NULL, "NULL ctx reset");
+    kiln_close(ctx);
+}
+
 int main(void) {
     char specs[16][16];
     h_devices(specs, 16); /* exits 77 when there is no device */
@@ -178,5 +218,6 @@ int main(void) {
     test_two_contexts();
     test_close_hooks();
     test_status_names();
+    test_stats();
     return h_finish();
 }

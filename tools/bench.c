@@ -610,7 +610,7 @@ static int cmd_train(args *a, bool json) {
     float first = NAN, last = NAN;
     double cpu0 = 0;
     for (int i = 0; i < warmup + steps; i++) {
-        if (i == warmup) cpu0 = bench_cpu_ms();
+        if (i == warmup) cpu0 = bench_cpu_ms(), kiln_ctx_stats_reset(ctx);
         double t0 = bench_now_ms();
         float l;
         if (train_step(ctx, &m, &b, i, &l) != KILN_OK) {
@@ -629,6 +629,8 @@ static int cmd_train(args *a, bool json) {
     double med = bench_median(t, steps);
     kiln_pool_stats ps;
     kiln_pool_stats_get(ctx, &ps);
+    kiln_ctx_stats cs;
+    kiln_ctx_stats_get(ctx, &cs);
     const char *name = kind == MODEL_MLP ? "mlp" : "cnn";
     if (json) {
         printf("{\"bench\": \"train\", \"impl\": \"kiln\", \"model\": \"%s\", \"batch\": %d, \"steps\": %d, "
@@ -639,6 +641,14 @@ static int cmd_train(args *a, bool json) {
                name, batch, steps, med, mean, t[0], cpu_step, batch * 1e3 / med,
                (unsigned long long)ps.peak_in_use_bytes, peak_rss_mib(), first, last);
         tool_json_str(gemm_route(ctx));
+        /* what one step asked of the device (kiln_ctx_stats), averaged over the timed steps */
+        printf(", \"per_step\": {\"launches\": %.1f, \"library_calls\": %.1f, \"host_waits\": %.1f, "
+               "\"blocking_reads\": %.1f, \"blocking_writes\": %.1f, \"finishes\": %.1f, \"bytes_to_host\": %.0f, "
+               "\"bytes_to_device\": %.0f, \"pool_device_allocs\": %.1f, \"pool_reuses\": %.1f}",
+               (double)cs.launches / steps, (double)cs.library_calls / steps, (double)cs.host_waits / steps,
+               (double)cs.blocking_reads / steps, (double)cs.blocking_writes / steps, (double)cs.finishes / steps,
+               (double)cs.bytes_to_host / steps, (double)cs.bytes_to_device / steps,
+               (double)cs.pool_device_allocs / steps, (double)cs.pool_reuses / steps);
         printf(", \"tuning\": "), tool_json_str(kiln__tune_source());
         printf(", \"device\": "), tool_json_str(kiln_ctx_device(ctx)->name);
         json_gemm_setup(ctx);

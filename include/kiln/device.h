@@ -97,6 +97,28 @@ KILN_API void kiln_pool_trim(kiln_ctx *ctx);
  * retries once, then fails with KILN_ERR_OUT_OF_MEMORY, as a full device would. */
 KILN_API void kiln_pool_set_limit(kiln_ctx *ctx, uint64_t bytes);
 
+/* ---- what a context asks of its device ------------------------------------------------ */
+
+/* Counted since kiln_open or the last kiln_ctx_stats_reset. A training step that never
+ * waits for the device has host_waits == 0; `kiln bench train --json` reports these per
+ * step. */
+typedef struct kiln_ctx_stats {
+    uint64_t launches;           /* kernels kiln enqueued */
+    uint64_t library_calls;      /* CLBlast calls (each enqueues one or more kernels of its own) */
+    uint64_t host_waits;         /* blocking_reads + blocking_writes + finishes + event_waits */
+    uint64_t blocking_reads;     /* device-to-host copies the host waited for (kiln_to_host, kiln_tensor_item, ...) */
+    uint64_t blocking_writes;    /* host-to-device copies the host waited for (kiln_from_host, ...) */
+    uint64_t finishes;           /* waits for the whole queue (kiln_sync) */
+    uint64_t event_waits;        /* waits for one transfer (the loader's batch writes) */
+    uint64_t bytes_to_host;      /* bytes read back */
+    uint64_t bytes_to_device;    /* bytes written, blocking or not */
+    uint64_t pool_device_allocs; /* pool requests that created an OpenCL buffer */
+    uint64_t pool_reuses;        /* pool requests served from its cache */
+} kiln_ctx_stats;
+
+KILN_API kiln_status kiln_ctx_stats_get(const kiln_ctx *ctx, kiln_ctx_stats *out);
+KILN_API kiln_status kiln_ctx_stats_reset(kiln_ctx *ctx);
+
 /* ---- kernel caches ------------------------------------------------------------------ */
 
 typedef struct kiln_cache_stats {

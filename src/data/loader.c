@@ -597,6 +597,7 @@ static void wait_events(kiln_loader *l, slot *s) {
     for (int k = 0; k < 2; k++) {
         if (!s->ev[k]) continue;
         clWaitForEvents(1, &s->ev[k]);
+        KILN__COUNT(l->ctx, event_waits, 1);
         clReleaseEvent(s->ev[k]);
         s->ev[k] = NULL;
     }
@@ -860,6 +861,7 @@ static bool upload(kiln_loader *l, slot *s, kiln_tensor **x, kiln_tensor **y) {
     if (err == CL_SUCCESS)
         err = clEnqueueWriteBuffer(ctx->queue, ty->st->mem, CL_FALSE, (size_t)ty->offset * sizeof(int32_t), yb, s->y, 0,
                                    NULL, &s->ev[1]);
+    if (err == CL_SUCCESS) KILN__COUNT(ctx, bytes_to_device, xb + yb);
     if (err != CL_SUCCESS) {
         kiln__fail(ctx, kiln__cl_status(err), "%s: writing a batch of %zu bytes to '%s' failed: %s (%d)", op, xb + yb,
                    ctx->info.name, kiln__cl_name(err), err);

@@ -339,9 +339,42 @@ void kiln_close(kiln_ctx *ctx) {
 
 const kiln_device_info *kiln_ctx_device(const kiln_ctx *ctx) { return ctx ? &ctx->info : NULL; }
 
+static uint64_t stat(const _Atomic uint64_t *v) { return atomic_load_explicit(v, memory_order_relaxed); }
+
+kiln_status kiln_ctx_stats_get(const kiln_ctx *ctx, kiln_ctx_stats *out) {
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_ctx_stats_get: ctx is NULL");
+    if (!out) return kiln__fail((kiln_ctx *)ctx, KILN_ERR_NULL, "kiln_ctx_stats_get: out is NULL");
+    const kiln__stats *s = &ctx->stats;
+    *out = (kiln_ctx_stats){0};
+    out->launches = stat(&s->launches);
+    out->library_calls = stat(&s->library_calls);
+    out->blocking_reads = stat(&s->blocking_reads);
+    out->blocking_writes = stat(&s->blocking_writes);
+    out->finishes = stat(&s->finishes);
+    out->event_waits = stat(&s->event_waits);
+    out->host_waits = out->blocking_reads + out->blocking_writes + out->finishes + out->event_waits;
+    out->bytes_to_host = stat(&s->bytes_to_host);
+    out->bytes_to_device = stat(&s->bytes_to_device);
+    out->pool_device_allocs = ctx->pool.device_allocs - s->pool_device_allocs0;
+    out->pool_reuses = ctx->pool.reuses - s->pool_reuses0;
+    return KILN_OK;
+}
+
+kiln_status kiln_ctx_stats_reset(kiln_ctx *ctx) {
+    if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_ctx_stats_reset: ctx is NULL");
+    kiln__stats *s = &ctx->stats;
+    _Atomic uint64_t *all[] = {&s->launches, &s->library_calls, &s->blocking_reads, &s->blocking_writes,
+                               &s->finishes, &s->event_waits,   &s->bytes_to_host,  &s->bytes_to_device};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) atomic_store_explicit(all[i], 0, memory_order_relaxed);
+    s->pool_device_allocs0 = ctx->pool.device_allocs;
+    s->pool_reuses0 = ctx->pool.reuses;
+    return KILN_OK;
+}
+
 kiln_status kiln_sync(kiln_ctx *ctx) {
     if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_sync: ctx is NULL");
     cl_int err = clFinish(ctx->queue);
+    KILN__COUNT(ctx, finishes, 1);
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "kiln_sync: the device reported %s (%d) on '%s'",
                           kiln__cl_name(err), err, ctx->info.name);

@@ -6,6 +6,8 @@
 
 #include "../core/core_internal.h"
 
+#include <stdatomic.h>
+
 /* ---- buffer pool (src/device/pool.c) ----------------------------------------------- */
 
 typedef struct kiln__free_buf {
@@ -202,6 +204,16 @@ typedef void (*kiln__close_fn)(kiln_ctx *ctx);
  * KILN__CLOSE_HOOKS hooks are registered already. */
 kiln_status kiln__on_close(kiln_ctx *ctx, kiln__close_fn fn);
 
+/* What the context asked of the device since kiln_open or kiln_ctx_stats_reset (the
+ * public view: kiln_ctx_stats in include/kiln/device.h). Atomic: the loader's worker thread
+ * writes batches on the same context. Count through KILN__COUNT. */
+typedef struct kiln__stats {
+    _Atomic uint64_t launches, library_calls, blocking_reads, blocking_writes, finishes, event_waits;
+    _Atomic uint64_t bytes_to_host, bytes_to_device;
+    uint64_t pool_device_allocs0, pool_reuses0; /* the pool's counters at the last reset */
+} kiln__stats;
+#define KILN__COUNT(ctx, field, n) atomic_fetch_add_explicit(&(ctx)->stats.field, (uint64_t)(n), memory_order_relaxed)
+
 struct kiln_tensor;
 struct kiln__node;
 
@@ -228,6 +240,7 @@ struct kiln_ctx {
     char kernel_dir[1024]; /* "" = embedded sources */
 
     kiln__pool pool;
+    kiln__stats stats;
     kiln__hooks hooks;
     /* kiln's GEMM kernels' set from the tune file (kiln__tune_open), when there is one;
      * src/ops/gemm.c prefers it to its table */

@@ -82,6 +82,7 @@ static cl_int try_create(kiln_ctx *ctx, size_t bytes, cl_mem *out) {
         void *zeros = calloc(1, bytes);
         err = zeros ? clEnqueueWriteBuffer(ctx->queue, *out, CL_TRUE, 0, bytes, zeros, 0, NULL, NULL)
                     : CL_OUT_OF_HOST_MEMORY;
+        if (zeros) KILN__COUNT(ctx, blocking_writes, 1), KILN__COUNT(ctx, bytes_to_device, bytes);
         free(zeros);
         if (err != CL_SUCCESS) {
             clReleaseMemObject(*out);

@@ -448,6 +448,7 @@ static kiln_status set_args(kiln_ctx *ctx, const char *op, const char *kname, cl
 static kiln_status enqueue(kiln_ctx *ctx, const char *op, const char *kname, cl_kernel k, cl_uint dims,
                            const size_t *global, const size_t *local) {
     cl_int err = clEnqueueNDRangeKernel(ctx->queue, k, dims, NULL, global, local, 0, NULL, NULL);
+    KILN__COUNT(ctx, launches, 1);
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "%s: launching kernel '%s' on '%s' failed: %s (%d)", op, kname,
                           ctx->info.name, kiln__cl_name(err), err);

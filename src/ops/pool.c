@@ -196,6 +196,7 @@ static kiln_status launch3(kiln_ctx *ctx, const char *op, const char *options, c
     }
     size_t global[3] = {(nx + lx - 1) / lx * lx, (ny + ly - 1) / ly * ly, nz}, local[3] = {lx, ly, 1};
     cl_int err = clEnqueueNDRangeKernel(ctx->queue, k, 3, NULL, global, local, 0, NULL, NULL);
+    KILN__COUNT(ctx, launches, 1);
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "%s: launching kernel '%s' on '%s' failed: %s (%d)", op, kernel,
                           ctx->info.name, kiln__cl_name(err), err);

@@ -33,6 +33,7 @@ void kiln__sgemm_tiles(kiln_ctx *ctx, size_t *tm, size_t *tn, size_t *tk) {
 static int sgemm(kiln_ctx *ctx, bool col, CLBlastTranspose fa, CLBlastTranspose fb, size_t m, size_t n, size_t k,
                  float alpha, cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                  size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch) {
+    KILN__COUNT(ctx, library_calls, 1);
     if (col) {
         if (batch == 1)
             return CLBlastSgemm(CLBlastLayoutColMajor, fb, fa, n, m, k, alpha, b, boff, ldb, a, aoff, lda, beta, c,

@@ -398,6 +398,8 @@ kiln_tensor *kiln_from_host(kiln_ctx *ctx, const void *data, kiln_dtype dtype, i
     /* Blocking: the caller may reuse `data` as soon as this returns. */
     cl_int err = clEnqueueWriteBuffer(ctx->queue, t->st->mem, CL_TRUE, (size_t)t->offset * kiln_dtype_size(dtype),
                                       bytes, data, 0, NULL, NULL);
+    KILN__COUNT(ctx, blocking_writes, 1);
+    KILN__COUNT(ctx, bytes_to_device, bytes);
     if (err != CL_SUCCESS) {
         kiln__fail(ctx, kiln__cl_status(err), "kiln_from_host: writing %zu bytes to '%s' failed: %s (%d)", bytes,
                    ctx->info.name, kiln__cl_name(err), err);
@@ -511,6 +513,8 @@ kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes) {
     }
     cl_int err =
         clEnqueueReadBuffer(ctx->queue, src->st->mem, CL_TRUE, (size_t)src->offset * es, bytes, dst, 0, NULL, NULL);
+    KILN__COUNT(ctx, blocking_reads, 1);
+    KILN__COUNT(ctx, bytes_to_host, bytes);
     if (src != t) kiln_tensor_free(src);
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "kiln_to_host: reading %zu bytes from '%s' failed: %s (%d)", bytes,
@@ -539,6 +543,8 @@ kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t src_byte
     }
     cl_int err =
         clEnqueueWriteBuffer(ctx->queue, t->st->mem, CL_TRUE, (size_t)t->offset * es, bytes, src, 0, NULL, NULL);
+    KILN__COUNT(ctx, blocking_writes, 1);
+    KILN__COUNT(ctx, bytes_to_device, bytes);
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "kiln_copy_from_host: writing %zu bytes to '%s' failed: %s (%d)",
                           bytes, ctx->info.name, kiln__cl_name(err), err);
@@ -610,6 +616,8 @@ int kiln__check_guards(kiln_ctx *ctx, char *msg, size_t cap) {
         size_t es = st->esize, total = (size_t)(st->numel + 2 * st->guard) * es;
         unsigned char *h = malloc(total);
         if (!h) return -1;
+        KILN__COUNT(ctx, blocking_reads, 1);
+        KILN__COUNT(ctx, bytes_to_host, total);
         if (clEnqueueReadBuffer(ctx->queue, st->mem, CL_TRUE, 0, total, h, 0, NULL, NULL) != CL_SUCCESS) {
             free(h);
             return -1;
