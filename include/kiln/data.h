@@ -343,8 +343,8 @@ KILN_API void kiln_vocab_free(kiln_vocab *v);
  * t[s + 1 .. s + seq_len], so it needs seq_len + 1 characters. An epoch has
  * W = floor((N - 1) / seq_len) windows (N characters), in batches of batch_size windows
  * (the last one shorter unless drop_last):
- *   random_windows false: window w starts at w * seq_len, in order (every character but the
- *       last N - 1 - W * seq_len is a target exactly once: validation);
+ *   random_windows false: window w starts at w * seq_len, in order: the characters at
+ *       positions 1 .. W * seq_len are each a target exactly once (validation);
  *   random_windows true: each start is uniform in [0, N - seq_len - 1], drawn from (seed,
  *       epoch, batch) only with xoshiro256** seeded through splitmix64 (as the loader's
  *       shuffle), so every machine and a loader moved to the same epoch draw the same
