@@ -281,6 +281,7 @@ NULL_CASE(batch_norm, kiln_batch_norm(NULL, NULL, NULL, NULL, NULL, NULL, true, 
 NULL_CASE(layer_norm, kiln_layer_norm(NULL, NULL, 1, NULL, NULL, 1e-5f) == NULL)
 NULL_CASE(dropout, kiln_dropout(NULL, NULL, 0.5f, true) == NULL)
 NULL_CASE(embedding, kiln_embedding(NULL, NULL, NULL) == NULL)
+NULL_CASE(sample_logits, kiln_sample_logits(NULL, NULL, 1.0f, 0) == NULL)
 NULL_CASE(mse_loss, kiln_mse_loss(NULL, NULL, NULL, KILN_MEAN) == NULL)
 NULL_CASE(l1_loss, kiln_l1_loss(NULL, NULL, NULL, KILN_MEAN) == NULL)
 NULL_CASE(smooth_l1_loss, kiln_smooth_l1_loss(NULL, NULL, NULL, KILN_MEAN, 1) == NULL)
@@ -372,6 +373,18 @@ NULL_CASE(loader_new, kiln_loader_new(NULL, NULL, NULL) == NULL)
 NULL_CASE(loader_next, !kiln_loader_next(NULL, NULL, NULL))
 NULL_CASE(loader_set_epoch, kiln_loader_set_epoch(NULL, 0) == KILN_ERR_NULL)
 NULL_CASE(loader_reset, kiln_loader_reset(NULL) == KILN_ERR_NULL)
+NULL_CASE(text_from_memory, kiln_text_from_memory(NULL, 1, NULL) == NULL)
+NULL_CASE(text_load, kiln_text_load(1, NULL) == NULL)
+NULL_CASE(text_split, kiln_text_split(NULL, 0.1, NULL, NULL) == KILN_ERR_NULL)
+NULL_CASE(vocab_new, kiln_vocab_new(NULL, 1) == NULL)
+NULL_CASE(vocab_parse, kiln_vocab_parse(NULL, NULL) == NULL)
+NULL_CASE(vocab_to_string, kiln_vocab_to_string(NULL, NULL, 0) == KILN_ERR_NULL)
+NULL_CASE(vocab_encode, kiln_vocab_encode(NULL, NULL, 0, NULL) == KILN_ERR_NULL)
+NULL_CASE(vocab_decode, kiln_vocab_decode(NULL, NULL, 0, NULL, 0) == KILN_ERR_NULL)
+NULL_CASE(text_loader_new, kiln_text_loader_new(NULL, NULL, NULL) == NULL)
+NULL_CASE(text_loader_next, !kiln_text_loader_next(NULL, NULL, NULL))
+NULL_CASE(text_loader_set_epoch, kiln_text_loader_set_epoch(NULL, 0) == KILN_ERR_NULL)
+NULL_CASE(text_loader_reset, kiln_text_loader_reset(NULL) == KILN_ERR_NULL)
 NULL_CASE(confusion_add, kiln_confusion_add(NULL, NULL, NULL, 1) == KILN_ERR_NULL)
 NULL_CASE(confusion_update, kiln_confusion_update(NULL, NULL, NULL) == KILN_ERR_NULL)
 NULL_CASE(confusion_prf, kiln_confusion_prf(NULL, -1, NULL, NULL, NULL) == KILN_ERR_NULL)
@@ -462,6 +475,7 @@ static const null_case null_cases[] = {
     {"kiln_layer_norm", null_layer_norm},
     {"kiln_dropout", null_dropout},
     {"kiln_embedding", null_embedding},
+    {"kiln_sample_logits", null_sample_logits},
     {"kiln_mse_loss", null_mse_loss},
     {"kiln_l1_loss", null_l1_loss},
     {"kiln_smooth_l1_loss", null_smooth_l1_loss},
@@ -553,6 +567,18 @@ static const null_case null_cases[] = {
     {"kiln_loader_next", null_loader_next},
     {"kiln_loader_set_epoch", null_loader_set_epoch},
     {"kiln_loader_reset", null_loader_reset},
+    {"kiln_text_from_memory", null_text_from_memory},
+    {"kiln_text_load", null_text_load},
+    {"kiln_text_split", null_text_split},
+    {"kiln_vocab_new", null_vocab_new},
+    {"kiln_vocab_parse", null_vocab_parse},
+    {"kiln_vocab_to_string", null_vocab_to_string},
+    {"kiln_vocab_encode", null_vocab_encode},
+    {"kiln_vocab_decode", null_vocab_decode},
+    {"kiln_text_loader_new", null_text_loader_new},
+    {"kiln_text_loader_next", null_text_loader_next},
+    {"kiln_text_loader_set_epoch", null_text_loader_set_epoch},
+    {"kiln_text_loader_reset", null_text_loader_reset},
     {"kiln_confusion_add", null_confusion_add},
     {"kiln_confusion_update", null_confusion_update},
     {"kiln_confusion_prf", null_confusion_prf},

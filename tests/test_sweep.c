@@ -434,6 +434,28 @@ static void sweep_random(void) {
     finite("rand_normal", kiln_rand_normal(C, 0, 1, 1, (int64_t[]){13}));
 }
 
+/* ---- sample.cl: draws over all entries and over the top k (radix select), strided ------ */
+
+/* ids of a [B, V] draw must lie in [0, V) */
+static void ids_in_range(const char *what, kiln_tensor *ids, int64_t V) {
+    finite(what, ids);
+    if (!ids) return;
+    int64_t n = kiln_tensor_numel(ids), bad = 0;
+    int32_t *h = malloc(sizeof(int32_t) * (size_t)n);
+    CHECK(kiln_to_host(ids, h, sizeof(int32_t) * (size_t)n) == KILN_OK, "%s: read back", what);
+    for (int64_t i = 0; i < n; i++) bad += h[i] < 0 || h[i] >= V;
+    CHECK(bad == 0, "%s: %lld ids outside [0, %lld)", what, (long long)bad, (long long)V);
+    free(h);
+}
+
+static void sweep_sample(void) {
+    kiln_manual_seed(C, 5);
+    ids_in_range("sample_logits", kiln_sample_logits(C, MK(-2, 2, false, 5, 13), 0.8f, 0), 13);
+    ids_in_range("sample_logits top_k strided",
+                 kiln_sample_logits(C, kiln_transpose(C, MK(-2, 2, false, 11, 3), 0, 1), 1.5f, 4), 11);
+    ids_in_range("sample_logits long rows", kiln_sample_logits(C, MK(-2, 2, false, 2, 517), 1.0f, 9), 517);
+}
+
 /* ---- activation.cl: softmax's work-group kernels (*_groups), both ways of sharing a row -- */
 
 /* softmax (or log_softmax) of x, contiguous [outer, len, inner], along the middle dim, and
@@ -1139,6 +1161,7 @@ static void run(kiln_ctx *ctx) {
                   {"pool", sweep_pool},
                   {"norm", sweep_norm},
                   {"loss", sweep_loss},
+                  {"sample", sweep_sample},
                   {"optim", sweep_optim}};
     const char *only = getenv("KILN_SWEEP"); /* one family, for a quick look */
     memset(reached, 0, sizeof reached);

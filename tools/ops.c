@@ -863,6 +863,21 @@ static void run_rand_normal(smoke *s) {
     s->verify = normal_verify;
 }
 
+/* top_k 1 of [4, 7] logits: the draw must be each row's argmax (distinct values) */
+static void run_sample_logits(smoke *s) {
+    const float *x;
+    kiln_tensor *t = input(s, &x, 2, (int64_t[]){4, 7}, NULL, -3, 3, false);
+    kiln_manual_seed(s->ctx, 7);
+    s->out = kiln_sample_logits(s->ctx, t, 0.7f, 1);
+    double *o = expect(s, 4);
+    for (int r = 0; r < 4; r++) {
+        int am = 0;
+        for (int c = 1; c < 7; c++)
+            if (x[r * 7 + c] > x[r * 7 + am]) am = c;
+        o[r] = am;
+    }
+}
+
 /* ---- the smoke run of every op of src/ops/registry.h ----------------------------------------- */
 
 /* run_<name> of each op: a line of KILN__OPS without its run function fails to compile. */

@@ -1,5 +1,5 @@
 /* kiln/data.h - data on the host: IDX and CSV readers, datasets, and a loader that turns
- * them into batches of tensors.
+ * them into batches of tensors; text corpora and their loader of character windows (below).
  *
  *     kiln_dataset *all = kiln_fashion_mnist(NULL, true);       // 60000 x [1, 28, 28]
  *     kiln_dataset *train, *val;
@@ -251,6 +251,137 @@ KILN_API kiln_status kiln_loader_reset(kiln_loader *l);
  * into the loader until the next call. Returns their number (0 before the first batch). */
 KILN_API int64_t kiln_loader_batch_indices(const kiln_loader *l, const int64_t **idx);
 KILN_API void kiln_loader_free(kiln_loader *l);
+
+/* ---- text: character (byte) corpora for language models ----------------------------- */
+/*
+ * A kiln_text is a corpus of bytes held in host memory with its vocabulary: the sorted byte
+ * values that occur in it, id i standing for the i-th smallest. Characters are bytes (UTF-8
+ * text is modelled byte by byte). A text is immutable; the halves of kiln_text_split and
+ * the loaders made from it share its bytes, so it may be freed first.
+ *
+ * These do not fit kiln_dataset and kiln_loader above: a sample there is a float array with
+ * one class label, while a language model reads windows of character ids with a target id
+ * per position, and a text's windows overlap (any start is a sample).
+ *
+ *     kiln_text *all = kiln_text_fortunes(NULL);                 // 2.5 MB, 114 characters
+ *     kiln_text *train, *val;
+ *     kiln_text_split(all, 0.05, &train, &val);                  // the last 5% validates
+ *     kiln_text_loader_opts o = kiln_text_loader_defaults(64);   // windows of 64 characters
+ *     o.batch_size = 32, o.random_windows = true, o.seed = 1;
+ *     kiln_text_loader *tl = kiln_text_loader_new(ctx, train, &o);
+ *     kiln_tensor *x, *y;                                        // I32 [32, 64] each
+ *     while (kiln_text_loader_next(tl, &x, &y)) { ... }          // y[b][i] follows x[b][i]
+ *
+ * Errors go as for the datasets above: kiln_text_* and kiln_vocab_* calls that can fail
+ * clear and set kiln_last_error() (naming the function, the file or text, and the sizes);
+ * a text loader reports through its context.
+ */
+typedef struct kiln_text kiln_text;
+/* The set of characters (byte values) a model knows, id i for the i-th smallest. */
+typedef struct kiln_vocab kiln_vocab;
+
+/* Where Debian's fortunes package installs its files. */
+#define KILN_FORTUNES_DIR "/usr/share/games/fortunes"
+/* The metadata key under which a model's vocabulary is saved (kiln_vocab_to_string) in a
+ * checkpoint, e.g. with kiln_checkpoint_save; read it back with kiln_safetensors_meta. */
+#define KILN_VOCAB_META_KEY "vocab"
+
+/* A copy of len bytes of memory; `what` names it in errors (NULL: "<memory>"). An empty
+ * text is an error (KILN_ERR_INVALID_ARGUMENT). */
+KILN_API kiln_text *kiln_text_from_memory(const void *buf, size_t len, const char *what);
+/* The files' bytes concatenated in the given order (gzip-compressed files are inflated).
+ * A missing file is KILN_ERR_IO naming it; a corpus of 0 bytes is KILN_ERR_INVALID_ARGUMENT
+ * naming the files. */
+KILN_API kiln_text *kiln_text_load(int n, const char *const *paths);
+/* The fortune files of dir (NULL: KILN_FORTUNES_DIR): its regular files in byte order of
+ * their names, skipping symbolic links (the .u8 names), the strfile indexes (*.dat) and
+ * hidden files. Each file's entries end with a line "%", which is kept: the model learns
+ * where a fortune ends and a generated text can be cut there. A file that does not end
+ * with a "%" line gets one ("\n" first when its last line lacks it), so entries of two
+ * files never run together. tools/char_rnn_torch.py reads the same bytes. */
+KILN_API kiln_text *kiln_text_fortunes(const char *dir);
+/* Splits by position: *val gets the last round(val_frac * N) characters, *train the
+ * characters before them. Both keep t's vocabulary (that of the whole text, so every
+ * validation character has an id). val_frac in [0, 1]; a part may be empty (a loader on it
+ * fails: no window). */
+KILN_API kiln_status kiln_text_split(const kiln_text *t, double val_frac, kiln_text **train, kiln_text **val);
+/* Number of characters (bytes); 0 for NULL. */
+KILN_API int64_t kiln_text_num_chars(const kiln_text *t);
+/* The bytes: returns their number, *bytes (may be NULL) points into t. */
+KILN_API int64_t kiln_text_bytes(const kiln_text *t, const uint8_t **bytes);
+/* The vocabulary, owned by t (NULL for NULL). */
+KILN_API const kiln_vocab *kiln_text_vocab(const kiln_text *t);
+/* What the text is, for messages: a file, "dir (43 files)", "... [train]". */
+KILN_API const char *kiln_text_name(const kiln_text *t);
+KILN_API void kiln_text_free(kiln_text *t);
+
+/* A vocabulary of the n distinct byte values given (any order; n in [1, 256]). */
+KILN_API kiln_vocab *kiln_vocab_new(const uint8_t *bytes, int n);
+/* The same from kiln_vocab_to_string's form; `what` names the source in errors (NULL:
+ * "<string>"). Anything else (odd length, not hex, not strictly increasing, empty) is
+ * KILN_ERR_CORRUPT. */
+KILN_API kiln_vocab *kiln_vocab_parse(const char *s, const char *what);
+/* Writes the byte values in increasing order as two lowercase hex digits each
+ * ("090a20..."), NUL-terminated: cap must be at least 2 * n + 1 (KILN_ERR_BUFFER_TOO_SMALL). */
+KILN_API kiln_status kiln_vocab_to_string(const kiln_vocab *v, char *buf, size_t cap);
+/* Number of characters (ids 0 .. n-1); 0 for NULL. */
+KILN_API int kiln_vocab_num_chars(const kiln_vocab *v);
+/* The byte of id (0..255), or -1 when id is out of range or v is NULL. */
+KILN_API int kiln_vocab_char(const kiln_vocab *v, int id);
+/* The id of byte c, or -1 when c is not in v. */
+KILN_API int kiln_vocab_id(const kiln_vocab *v, uint8_t c);
+/* ids[i] = the id of text[i] for i < len. A character that is not in the vocabulary is
+ * KILN_ERR_RANGE naming it and its position (ids then unspecified). */
+KILN_API kiln_status kiln_vocab_encode(const kiln_vocab *v, const char *text, size_t len, int32_t *ids);
+/* The characters of n ids into text, NUL-terminated (cap >= n + 1, else
+ * KILN_ERR_BUFFER_TOO_SMALL); an id out of range is KILN_ERR_RANGE naming it. */
+KILN_API kiln_status kiln_vocab_decode(const kiln_vocab *v, const int32_t *ids, size_t n, char *text, size_t cap);
+KILN_API void kiln_vocab_free(kiln_vocab *v);
+
+/* Windows of seq_len characters with their targets, the seq_len characters one further on:
+ * a window starting at s holds ids of t[s .. s + seq_len) and its targets those of
+ * t[s + 1 .. s + seq_len], so it needs seq_len + 1 characters. An epoch has
+ * W = floor((N - 1) / seq_len) windows (N characters), in batches of batch_size windows
+ * (the last one shorter unless drop_last):
+ *   random_windows false: window w starts at w * seq_len, in order: the characters at
+ *       positions 1 .. W * seq_len are each a target exactly once (validation);
+ *   random_windows true: each start is uniform in [0, N - seq_len - 1], drawn from (seed,
+ *       epoch, batch) only with xoshiro256** seeded through splitmix64 (as the loader's
+ *       shuffle), so every machine and a loader moved to the same epoch draw the same
+ *       windows (tools/char_rnn_torch.py draws them too). */
+typedef struct kiln_text_loader_opts {
+    int64_t batch_size;  /* windows per batch, >= 1 */
+    int64_t seq_len;     /* characters per window, >= 1 */
+    bool random_windows; /* random starts instead of consecutive windows */
+    uint64_t seed;       /* the random starts */
+    bool drop_last;      /* skip the last batch when it is short */
+} kiln_text_loader_opts;
+
+typedef struct kiln_text_loader kiln_text_loader;
+
+/* Windows of seq_len (no default: NULL options are an error), batch_size 1 (DataLoader's),
+ * consecutive windows, seed 0, drop_last false. */
+KILN_API kiln_text_loader_opts kiln_text_loader_defaults(int64_t seq_len);
+/* A loader over t (it keeps t's bytes alive) making tensors on ctx. A text too short for
+ * one window is KILN_ERR_INVALID_ARGUMENT naming it, its length and seq_len. */
+KILN_API kiln_text_loader *kiln_text_loader_new(kiln_ctx *ctx, const kiln_text *t, const kiln_text_loader_opts *opts);
+/* The next batch as new tensors in the caller's current scope: *x and *y I32 [B, seq_len]
+ * (B = batch_size but for a short last batch): ids for kiln_embedding, targets for
+ * kiln_cross_entropy. Returns false with *x and *y NULL at the end of an epoch (the next
+ * call starts the next one) and on error (the context's error set). */
+KILN_API bool kiln_text_loader_next(kiln_text_loader *l, kiln_tensor **x, kiln_tensor **y);
+/* Batches per epoch. */
+KILN_API int64_t kiln_text_loader_num_batches(const kiln_text_loader *l);
+/* The epoch the next batch comes from (0 first). */
+KILN_API int64_t kiln_text_loader_epoch(const kiln_text_loader *l);
+/* Restarts at the first batch of epoch `epoch` (>= 0). */
+KILN_API kiln_status kiln_text_loader_set_epoch(kiln_text_loader *l, int64_t epoch);
+/* Restarts the current epoch from its first batch (the same windows). */
+KILN_API kiln_status kiln_text_loader_reset(kiln_text_loader *l);
+/* The starts (positions in the text) of the last batch's windows; *starts (may be NULL)
+ * points into the loader until the next call. Returns their number (0 before the first). */
+KILN_API int64_t kiln_text_loader_batch_starts(const kiln_text_loader *l, const int64_t **starts);
+KILN_API void kiln_text_loader_free(kiln_text_loader *l);
 
 #ifdef __cplusplus
 }

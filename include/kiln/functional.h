@@ -135,6 +135,19 @@ KILN_API kiln_tensor *kiln_lsgan_loss(kiln_ctx *ctx, kiln_tensor *pred, float ta
 KILN_API kiln_tensor *kiln_l1_penalty(kiln_ctx *ctx, int n, kiln_tensor *const *params);
 KILN_API kiln_tensor *kiln_l2_penalty(kiln_ctx *ctx, int n, kiln_tensor *const *params);
 
+/* ---- sampling for generation (src/ops/sample.c; not differentiable) ----------------- */
+
+/* Draws one id per row of logits [B, V] (F32, any view) from softmax(logits / temperature),
+ * restricted with top_k > 0 to the top_k largest logits of the row (ties with the k-th
+ * largest are kept, as torch's top-k filtering `logits < topk(...)[-1]` -> -inf); top_k 0
+ * is off. Returns a new I32 tensor [B] of ids in [0, V), ready for kiln_embedding; a row
+ * holding a NaN or +inf, or only -inf, gets -1. temperature finite and > 0 (as it nears 0
+ * the draw becomes kiln_argmax's: weights exp((x - max) / T) of the others underflow to 0),
+ * top_k in [0, V]. Each row uses one uniform number of the context's random stream
+ * (kiln_manual_seed), so a seeded run draws the same ids on every device; nothing is read
+ * back (torch: multinomial(softmax(logits / T), 1) after top-k filtering). */
+KILN_API kiln_tensor *kiln_sample_logits(kiln_ctx *ctx, kiln_tensor *logits, float temperature, int top_k);
+
 #ifdef __cplusplus
 }
 #endif

@@ -28,7 +28,8 @@
  *           case's parameter vector "<prefix>N.p" holds v at index i (upsample's modes share
  *           a prefix); KILN__G_NONE: no PyTorch case (the reference is a host computation).
  *           G_NONE ops: random numbers (kiln's Philox stream is not torch's generator, so
- *           no value can match: test_random.c checks moments and ranges), and the
+ *           no value can match: test_random.c checks moments and ranges; test_sample.c
+ *           checks sample_logits' frequencies against softmax), and the
  *           creation ops that are defined by their arguments alone with no arithmetic
  *           (from_host, empty, full, zeros, ones, fill, copy: a byte copy or a constant,
  *           checked bit-exactly on the host; torch would only restate the argument).
@@ -55,6 +56,7 @@
     X(POOL, pool, "src/ops/pool.c", "cl_kernels/pool.cl")                                                              \
     X(NORM, norm, "src/ops/norm.c", "cl_kernels/norm.cl")                                                              \
     X(LOSS, loss, "src/ops/loss.c", "cl_kernels/loss.cl")                                                              \
+    X(SAMPLE, sample, "src/ops/sample.c", "cl_kernels/sample.cl")                                                      \
     X(OPTIM, optim, "src/optim/optim.c", "cl_kernels/optim.cl")
 
 #define KILN__GRAD true
@@ -169,6 +171,8 @@
     X(LSGAN_LOSS, lsgan_loss, kiln_lsgan_loss, LOSS, KILN__GRAD, KILN__G("lsgan."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD) \
     X(L1_PENALTY, l1_penalty, kiln_l1_penalty, LOSS, KILN__GRAD, KILN__G("l1_penalty."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD) \
     X(L2_PENALTY, l2_penalty, kiln_l2_penalty, LOSS, KILN__GRAD, KILN__G("l2_penalty."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD) \
+    /* sampling for generation (tests/test_sample.c: argmax limits and frequencies against softmax) */              \
+    X(SAMPLE_LOGITS, sample_logits, kiln_sample_logits, SAMPLE, KILN__NOGRAD, KILN__G_NONE, "test_sample.c", KILN__REF_F64) \
     /* optimizer updates and clipping (not differentiable): golden optim.safetensors */                               \
     /* (gen_optim.py: "<config>.traj.*", clipN.*, clipv.*) */                                                         \
     X(SGD, sgd, kiln_sgd, OPTIM, KILN__NOGRAD, KILN__G("sgd_"), "test_optim.c", KILN__REF_F64)                         \
