@@ -478,7 +478,11 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
     if (!m->net) return -1;
     kiln_tensor *params[128]; /* resnet20 has 65 */
     int np = kiln_module_parameters(m->net, params, 128);
-    if (np > 128) return -1;
+    if (np > 128) { /* a model of more parameter tensors needs a larger array here */
+        fprintf(stderr, "kiln bench: the model has %d parameter tensors, more than 128\n", np);
+        model_free(m);
+        return -1;
+    }
     if (kind == MODEL_MLP) {
         kiln_adam_opts o = kiln_adam_defaults();
         o.lr = 1e-3;
