@@ -1,6 +1,7 @@
 /* tools/bench.c - `kiln bench`: GEMM against OpenBLAS on the same data, training steps of
- * the reference MLP and CNN (the recipes of torch_ref.py on random data), start-up
- * time with a cold and a warm cache, and per-op times of the reference CNN's layers.
+ * the reference MLP, CNN and ResNet-20 (the recipes of torch_ref.py on random data),
+ * start-up time with a cold and a warm cache, and per-op times of the reference CNN's
+ * layers or ResNet-20's blocks.
  *
  * Every time is wall-clock with the device queue drained (kiln_sync) after the measured
  * work; medians after warm-up, so a first-call compile never counts except where it is the
@@ -458,7 +459,7 @@ static int cmd_gemm(args *a, bool json) {
 
 /* ---- the reference models ------------------------------------------------------------- */
 
-typedef enum { MODEL_MLP, MODEL_CNN } model_kind;
+typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20 } model_kind;
 
 typedef struct model {
     model_kind kind;
@@ -488,6 +489,16 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xnd = 2; /* x.view(-1, 784) */
         m->xshape[0] = batch;
         m->xshape[1] = 784;
+    } else if (kind == MODEL_RESNET20) {
+        /* He et al.'s CIFAR ResNet-20 on 1x28x28 images, torch_ref.py's ResNet20 */
+        kiln_resnet_opts o = kiln_resnet_cifar_defaults();
+        o.in_channels = 1;
+        m->net = kiln_resnet_cifar(ctx, 20, &o);
+        m->xnd = 4;
+        m->xshape[0] = batch;
+        m->xshape[1] = 1;
+        m->xshape[2] = 28;
+        m->xshape[3] = 28;
     } else {
         kiln_pool2d_params pool = kiln_pool2d_defaults(2, 2);
         m->net = kiln_nn_sequential(
@@ -504,12 +515,23 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xshape[3] = 28;
     }
     if (!m->net) return -1;
-    kiln_tensor *params[64];
-    int np = kiln_module_parameters(m->net, params, 64);
+    kiln_tensor *params[128]; /* resnet20 has 65 */
+    int np = kiln_module_parameters(m->net, params, 128);
+    if (np > 128) { /* a model of more parameter tensors needs a larger array here */
+        fprintf(stderr, "kiln bench: the model has %d parameter tensors, more than 128\n", np);
+        model_free(m);
+        return -1;
+    }
     if (kind == MODEL_MLP) {
         kiln_adam_opts o = kiln_adam_defaults();
         o.lr = 1e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
+    } else if (kind == MODEL_RESNET20) {
+        kiln_sgd_opts o = kiln_sgd_defaults();
+        o.lr = 0.1;
+        o.momentum = 0.9;
+        o.weight_decay = 5e-4;
+        m->opt = kiln_sgd(ctx, params, np, &o);
     } else {
         kiln_sgd_opts o = kiln_sgd_defaults();
         o.lr = 0.01;
@@ -574,8 +596,10 @@ static int parse_model(args *a, model_kind *kind) {
         *kind = MODEL_MLP;
     else if (strcmp(name, "cnn") == 0)
         *kind = MODEL_CNN;
+    else if (strcmp(name, "resnet20") == 0)
+        *kind = MODEL_RESNET20;
     else {
-        fprintf(stderr, "kiln bench: --model %s: expected mlp or cnn\n", name);
+        fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn or resnet20\n", name);
         return -1;
     }
     return 0;
@@ -585,8 +609,9 @@ static int cmd_train(args *a, bool json) {
     if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", NULL}, NULL)) return 2;
     model_kind kind;
     if (parse_model(a, &kind) != 0) return 2;
-    int batch = (int)arg_long(a, "--batch", 64, 1, 1 << 16);
-    int steps = (int)arg_long(a, "--steps", kind == MODEL_MLP ? 200 : 60, 1, 1 << 24);
+    /* torch_ref.py's batch sizes and default step counts */
+    int batch = (int)arg_long(a, "--batch", kind == MODEL_RESNET20 ? 128 : 64, 1, 1 << 16);
+    int steps = (int)arg_long(a, "--steps", kind == MODEL_MLP ? 200 : kind == MODEL_RESNET20 ? 30 : 60, 1, 1 << 24);
     int warmup = (int)arg_long(a, "--warmup", 5, 0, 1 << 20);
     if (a->bad) return 2;
     kiln_ctx *ctx = open_ctx("kiln bench train");
@@ -609,6 +634,9 @@ static int cmd_train(args *a, bool json) {
     }
     float first = NAN, last = NAN;
     double cpu0 = 0;
+    /* the pool after the first and the last timed step: a step's peak and what stays between
+     * steps (parameters, gradients, optimizer state) must not grow from step to step */
+    kiln_pool_stats p_first = {0}, p_last = {0};
     for (int i = 0; i < warmup + steps; i++) {
         if (i == warmup) cpu0 = bench_cpu_ms(), kiln_ctx_stats_reset(ctx);
         double t0 = bench_now_ms();
@@ -621,7 +649,11 @@ static int cmd_train(args *a, bool json) {
         if (i == 0) first = l;
         last = l;
         if (i >= warmup) t[i - warmup] = t1 - t0;
+        if (i == warmup) kiln_pool_stats_get(ctx, &p_first);
+        if (i == warmup + steps - 1) kiln_pool_stats_get(ctx, &p_last);
     }
+    int64_t growth = (int64_t)(p_last.peak_in_use_bytes - p_first.peak_in_use_bytes);
+    int64_t kept_growth = (int64_t)p_last.in_use_bytes - (int64_t)p_first.in_use_bytes;
     /* process CPU time per step (every thread): barely moved by other load on the cores */
     double cpu_step = (bench_cpu_ms() - cpu0) / steps;
     double mean = 0;
@@ -631,15 +663,20 @@ static int cmd_train(args *a, bool json) {
     kiln_pool_stats_get(ctx, &ps);
     kiln_ctx_stats cs;
     kiln_ctx_stats_get(ctx, &cs);
-    const char *name = kind == MODEL_MLP ? "mlp" : "cnn";
+    const char *name = kind == MODEL_MLP ? "mlp" : kind == MODEL_CNN ? "cnn" : "resnet20";
+    long long nparams = (long long)kiln_module_num_elements(m.net);
     if (json) {
         printf("{\"bench\": \"train\", \"impl\": \"kiln\", \"model\": \"%s\", \"batch\": %d, \"steps\": %d, "
+               "\"params\": %lld, "
                "\"ms_per_step\": %.3f, \"mean_ms\": %.3f, \"min_ms\": %.3f, \"cpu_ms_per_step\": %.3f, "
                "\"samples_per_s\": %.1f, "
-               "\"peak_pool_bytes\": %llu, \"peak_rss_mib\": %.1f, \"loss_first\": %.4f, \"loss_last\": %.4f, "
+               "\"peak_pool_bytes\": %llu, \"peak_pool_growth_bytes\": %lld, \"between_steps_bytes\": %llu, "
+               "\"between_steps_growth_bytes\": %lld, "
+               "\"peak_rss_mib\": %.1f, \"loss_first\": %.4f, \"loss_last\": %.4f, "
                "\"gemm\": ",
-               name, batch, steps, med, mean, t[0], cpu_step, batch * 1e3 / med,
-               (unsigned long long)ps.peak_in_use_bytes, peak_rss_mib(), first, last);
+               name, batch, steps, nparams, med, mean, t[0], cpu_step, batch * 1e3 / med,
+               (unsigned long long)ps.peak_in_use_bytes, (long long)growth, (unsigned long long)p_last.in_use_bytes,
+               (long long)kept_growth, peak_rss_mib(), first, last);
         tool_json_str(gemm_route(ctx));
         /* what one step asked of the device (kiln_ctx_stats), averaged over the timed steps */
         printf(", \"per_step\": {\"launches\": %.1f, \"library_calls\": %.1f, \"host_waits\": %.1f, "
@@ -654,11 +691,18 @@ static int cmd_train(args *a, bool json) {
         json_gemm_setup(ctx);
         printf("}\n");
     } else {
-        printf("train %s batch %d: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU %.2f ms/step), "
-               "%.0f samples/s, peak pool %.1f MiB, peak RSS %.1f MiB, loss %.3f -> %.3f  [GEMM: %s; CLBlast "
-               "parameters: %s]\n",
-               name, batch, med, mean, t[0], steps, cpu_step, batch * 1e3 / med, ps.peak_in_use_bytes / 1048576.0,
-               peak_rss_mib(), first, last, gemm_route(ctx), kiln__tune_source());
+        printf("train %s batch %d, %lld parameters: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU "
+               "%.2f ms/step), %.0f samples/s, peak pool %.1f MiB (grew %lld B from the first timed step to the "
+               "last; %.1f MiB kept between steps, grew %lld B), peak RSS %.1f MiB, loss %.3f -> %.3f  [GEMM: %s; "
+               "CLBlast parameters: %s]\n",
+               name, batch, nparams, med, mean, t[0], steps, cpu_step, batch * 1e3 / med,
+               ps.peak_in_use_bytes / 1048576.0, (long long)growth, p_last.in_use_bytes / 1048576.0,
+               (long long)kept_growth, peak_rss_mib(), first, last, gemm_route(ctx), kiln__tune_source());
+    }
+    if (growth != 0 || kept_growth != 0) {
+        fprintf(stderr, "kiln bench train: device memory grew from step to step (peak by %lld B, kept by %lld B)\n",
+                (long long)growth, (long long)kept_growth);
+        goto out;
     }
     rc = 0;
 out:
@@ -712,7 +756,7 @@ static int cmd_gemm_model(args *a, bool json) {
         return 2;
     model_kind kind;
     if (parse_model(a, &kind) != 0) return 2;
-    int batch = (int)arg_long(a, "--batch", 64, 1, 1 << 16);
+    int batch = (int)arg_long(a, "--batch", kind == MODEL_RESNET20 ? 128 : 64, 1, 1 << 16);
     int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
     bool check = !arg_flag(a, "--no-check");
     if (a->bad) return 2;
@@ -959,32 +1003,73 @@ static int time_module(kiln_ctx *ctx, kiln_module *mod, kiln_tensor *x, int repe
     return 0;
 }
 
+/* The layers `kiln bench ops` times in turn, each on the previous one's output: the CNN's
+ * children; ResNet-20's stem layers, each residual block (layerN.K), the pool, a flatten
+ * (inside its forward; *flatten gets the module, which the caller frees) and fc. */
+static int ops_layers(kiln_ctx *ctx, model *m, kiln_module **layers, char (*names)[40], int cap,
+                      kiln_module **flatten) {
+    static const char *const cnn[] = {"conv1 conv(1,32,3)", "relu1",   "conv2 conv(32,64,3)",  "relu2", "maxpool2",
+                                      "dropout(.25)",       "flatten", "fc1 linear(9216,128)", "relu3", "dropout(.5)",
+                                      "fc2 linear(128,10)"};
+    int n = 0;
+    for (int i = 0; i < kiln_module_num_children(m->net) && n < cap; i++) {
+        kiln_module *c = kiln_module_child(m->net, i);
+        const char *cname = kiln_module_child_name(m->net, i);
+        if (m->kind != MODEL_RESNET20) {
+            snprintf(names[n], sizeof names[n], "%s", i < 11 ? cnn[i] : cname);
+            layers[n++] = c;
+        } else if (strcmp(kiln_module_kind(c), "Sequential") == 0) {
+            for (int k = 0; k < kiln_module_num_children(c) && n < cap; k++) {
+                snprintf(names[n], sizeof names[n], "%s.%s %s", cname, kiln_module_child_name(c, k),
+                         kiln_module_find_child(kiln_module_child(c, k), "downsample") ? "block+proj" : "block");
+                layers[n++] = kiln_module_child(c, k);
+            }
+        } else {
+            snprintf(names[n], sizeof names[n], "%s", cname);
+            layers[n++] = c;
+            if (strcmp(cname, "avgpool") == 0 && n < cap) {
+                if (!(*flatten = kiln_nn_flatten(ctx, 1, -1))) return -1;
+                snprintf(names[n], sizeof names[n], "flatten");
+                layers[n++] = *flatten;
+            }
+        }
+    }
+    return n;
+}
+
 static int cmd_ops(args *a, bool json) {
-    if (!args_check(a, (const char *const[]){"--batch", "--repeat", NULL}, NULL)) return 2;
-    int batch = (int)arg_long(a, "--batch", 64, 1, 1 << 16);
+    if (!args_check(a, (const char *const[]){"--model", "--batch", "--repeat", NULL}, NULL)) return 2;
+    model_kind kind = MODEL_CNN;
+    if (arg_value(a, "--model")) {
+        if (parse_model(a, &kind) != 0) return 2;
+        if (kind == MODEL_MLP) {
+            fprintf(stderr, "kiln bench ops: --model mlp: expected cnn or resnet20\n");
+            return 2;
+        }
+    }
+    int batch = (int)arg_long(a, "--batch", kind == MODEL_RESNET20 ? 128 : 64, 1, 1 << 16);
     int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
     if (a->bad) return 2;
     kiln_ctx *ctx = open_ctx("kiln bench ops");
     if (!ctx) return 1;
     model m;
-    if (model_new(ctx, MODEL_CNN, batch, &m) != 0) {
+    if (model_new(ctx, kind, batch, &m) != 0) {
         fprintf(stderr, "kiln bench ops: %s\n", kiln_error_message(ctx));
         kiln_close(ctx);
         return 1;
     }
-    static const char *const names[] = {"conv1 conv(1,32,3)", "relu1",   "conv2 conv(32,64,3)",  "relu2", "maxpool2",
-                                        "dropout(.25)",       "flatten", "fc1 linear(9216,128)", "relu3", "dropout(.5)",
-                                        "fc2 linear(128,10)"};
+    kiln_module *layers[32], *flatten = NULL;
+    char names[32][40];
+    int nlayers = ops_layers(ctx, &m, layers, names, 32, &flatten);
     batches b = {0};
     int rc = 1;
-    if (batches_new(&b, 1, batch, (int64_t)batch * 784) != 0) goto out;
+    if (nlayers < 0 || batches_new(&b, 1, batch, (int64_t)batch * 784) != 0) goto out;
     kiln_tensor *x = kiln_from_host(ctx, b.x, KILN_F32, 4, m.xshape);
     double total_f = 0, total_b = 0, total_fc = 0, total_bc = 0;
-    int nchild = kiln_module_num_children(m.net);
-    for (int i = 0; i < nchild && x; i++) {
+    for (int i = 0; i < nlayers && x; i++) {
         op_times t;
         kiln_tensor *next = NULL;
-        if (time_module(ctx, kiln_module_child(m.net, i), x, repeat, &t, &next) != 0) {
+        if (time_module(ctx, layers[i], x, repeat, &t, &next) != 0) {
             fprintf(stderr, "kiln bench ops: %s: %s\n", names[i], kiln_error_message(ctx));
             kiln_tensor_free(x);
             goto out;
@@ -996,11 +1081,12 @@ static int cmd_ops(args *a, bool json) {
         total_fc += t.fwd_cpu;
         total_bc += isnan(t.bwd_cpu) ? 0 : t.bwd_cpu;
         if (json)
-            printf("{\"bench\": \"ops\", \"op\": \"%s\", \"batch\": %d, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
-                   "\"fwd_cpu_ms\": %.3f, \"bwd_cpu_ms\": %.3f}\n",
-                   names[i], batch, t.fwd, isnan(t.bwd) ? -1.0 : t.bwd, t.fwd_cpu, isnan(t.bwd_cpu) ? -1.0 : t.bwd_cpu);
+            printf("{\"bench\": \"ops\", \"model\": \"%s\", \"op\": \"%s\", \"batch\": %d, \"fwd_ms\": %.3f, "
+                   "\"bwd_ms\": %.3f, \"fwd_cpu_ms\": %.3f, \"bwd_cpu_ms\": %.3f}\n",
+                   kind == MODEL_RESNET20 ? "resnet20" : "cnn", names[i], batch, t.fwd, isnan(t.bwd) ? -1.0 : t.bwd,
+                   t.fwd_cpu, isnan(t.bwd_cpu) ? -1.0 : t.bwd_cpu);
         else
-            printf("%-22s fwd %8.3f ms   bwd %8.3f ms   (CPU fwd %8.3f ms, bwd %8.3f ms)\n", names[i], t.fwd, t.bwd,
+            printf("%-24s fwd %8.3f ms   bwd %8.3f ms   (CPU fwd %8.3f ms, bwd %8.3f ms)\n", names[i], t.fwd, t.bwd,
                    t.fwd_cpu, t.bwd_cpu);
     }
     /* the loss and the optimizer step */
@@ -1040,9 +1126,9 @@ static int cmd_ops(args *a, bool json) {
             printf(", \"tuning\": "), tool_json_str(kiln__tune_source());
             printf("}\n");
         } else {
-            printf("%-22s fwd %8.3f ms   bwd %8.3f ms\n", kiln__op_name(KILN__OP_CROSS_ENTROPY), lf, lb);
-            printf("%-22s     %8.3f ms\n", "sgd step (momentum)", os);
-            printf("%-22s fwd %8.3f ms   bwd %8.3f ms   step %.3f ms (layers' CPU fwd %.3f, bwd %.3f ms)  "
+            printf("%-24s fwd %8.3f ms   bwd %8.3f ms\n", kiln__op_name(KILN__OP_CROSS_ENTROPY), lf, lb);
+            printf("%-24s     %8.3f ms\n", "sgd step (momentum)", os);
+            printf("%-24s fwd %8.3f ms   bwd %8.3f ms   step %.3f ms (layers' CPU fwd %.3f, bwd %.3f ms)  "
                    "[GEMM: %s; CLBlast parameters: %s]\n",
                    "total", total_f + lf, total_b + lb, os, total_fc, total_bc, gemm_route(ctx), kiln__tune_source());
         }
@@ -1055,6 +1141,7 @@ static int cmd_ops(args *a, bool json) {
     kiln_tensor_free(x);
 out:
     batches_free(&b);
+    kiln_module_free(flatten);
     model_free(&m);
     kiln_close(ctx);
     return rc;
@@ -1066,13 +1153,13 @@ static void bench_usage(FILE *f) {
     fprintf(f, "usage: kiln bench <what> [--json] [options]\n"
                "  gemm --m M --n N --k K [--trans-a] [--trans-b] [--repeat R] [--no-check]\n"
                "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
-               "  gemm --model mlp|cnn [--batch 64] [--repeat R] [--no-check]\n"
+               "  gemm --model mlp|cnn|resnet20 [--batch 64 (resnet20: 128)] [--repeat R] [--no-check]\n"
                "                    the same for every product one training step of the model issues\n"
-               "  train --model mlp|cnn [--batch 64] [--steps N] [--warmup 5]\n"
+               "  train --model mlp|cnn|resnet20 [--batch 64 (resnet20: 128)] [--steps N] [--warmup 5]\n"
                "                    training steps of torch_ref.py's models on random data\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
-               "  ops [--batch 64] [--repeat R]\n"
-               "                    forward/backward time of each layer of the reference CNN\n");
+               "  ops [--model cnn|resnet20] [--batch 64 (resnet20: 128)] [--repeat R]\n"
+               "                    forward/backward time of each layer (ResNet-20: each block) of the model\n");
 }
 
 int kiln_cmd_bench(int argc, char **argv) {
