@@ -54,7 +54,7 @@
     X(CONV, conv, "src/ops/conv.c", "cl_kernels/conv.cl")                                                              \
     X(POOL, pool, "src/ops/pool.c", "cl_kernels/pool.cl")                                                              \
     X(NORM, norm, "src/ops/norm.c", "cl_kernels/norm.cl")                                                              \
-    X(RNN, rnn, "src/ops/rnn.c", "cl_kernels/rnn.cl")                                                                \
+    X(RNN, rnn, "src/ops/rnn.c", "cl_kernels/rnn.cl")                                                                  \
     X(LOSS, loss, "src/ops/loss.c", "cl_kernels/loss.cl")                                                              \
     X(OPTIM, optim, "src/optim/optim.c", "cl_kernels/optim.cl")
 
