@@ -536,14 +536,116 @@ static int parse_model(args *a, model_kind *kind) {
     else if (strcmp(name, "cnn") == 0)
         *kind = MODEL_CNN;
     else {
-        fprintf(stderr, "kiln bench: --model %s: expected mlp or cnn\n", name);
+        fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn or lstm\n", name);
         return -1;
     }
     return 0;
 }
 
+/* torch_ref.py's "lstm" model, trained as its charlm step: embedding(96, 128), a 2-layer
+ * LSTM(128 -> 256, batch_first), fc(256, 96); batch 32 of 64 steps of random characters,
+ * cross-entropy over every position, clip_grad_norm 1.0, Adam 2e-3. */
+static int cmd_train_lstm(args *a, bool json) {
+    enum { VOCAB = 96, T = 64, NDATA = 64 };
+    int batch = (int)arg_long(a, "--batch", 32, 1, 1 << 16);
+    int steps = (int)arg_long(a, "--steps", 40, 1, 1 << 24);
+    int warmup = (int)arg_long(a, "--warmup", 5, 0, 1 << 20);
+    if (a->bad) return 2;
+    kiln_ctx *ctx = open_ctx("kiln bench train");
+    if (!ctx) return 1;
+    kiln_manual_seed(ctx, 0);
+    kiln_rnn_params rp = kiln_rnn_defaults();
+    rp.num_layers = 2, rp.batch_first = true;
+    kiln_module *net =
+        kiln_nn_module_list(ctx, 3,
+                            (kiln_module *[]){kiln_nn_embedding(ctx, VOCAB, 128), kiln_nn_lstm(ctx, 128, 256, &rp),
+                                              kiln_nn_linear(ctx, 256, VOCAB, true)});
+    kiln_tensor *params[32];
+    int np = net ? kiln_module_parameters(net, params, 32) : 0;
+    kiln_adam_opts o = kiln_adam_defaults();
+    o.lr = 2e-3;
+    kiln_optim *opt = net ? kiln_adam(ctx, params, np, &o) : NULL;
+    double *t = calloc((size_t)steps, sizeof *t);
+    int32_t *data = malloc(sizeof(int32_t) * (size_t)NDATA * (size_t)batch * (T + 1));
+    int32_t *xb = malloc(sizeof(int32_t) * (size_t)batch * T), *yb = malloc(sizeof(int32_t) * (size_t)batch * T);
+    int rc = 1;
+    if (!opt || !t || !data || !xb || !yb) {
+        fprintf(stderr, "kiln bench train: %s\n", net && opt ? "out of host memory" : kiln_error_message(ctx));
+        goto out;
+    }
+    uint64_t seed = 1234;
+    for (int64_t i = 0; i < (int64_t)NDATA * batch * (T + 1); i++) data[i] = (int32_t)(rng_next(&seed) % VOCAB);
+    kiln_module *emb = kiln_module_child(net, 0), *lstm = kiln_module_child(net, 1), *fc = kiln_module_child(net, 2);
+    float first = NAN, last = NAN;
+    double cpu0 = 0;
+    for (int i = 0; i < warmup + steps; i++) {
+        if (i == warmup) cpu0 = bench_cpu_ms();
+        double t0 = bench_now_ms();
+        const int32_t *d = data + (int64_t)(i % NDATA) * batch * (T + 1);
+        for (int b = 0; b < batch; b++) {
+            memcpy(xb + (int64_t)b * T, d + (int64_t)b * (T + 1), sizeof(int32_t) * T);
+            memcpy(yb + (int64_t)b * T, d + (int64_t)b * (T + 1) + 1, sizeof(int32_t) * T);
+        }
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_from_host(ctx, xb, KILN_I32, 2, (int64_t[]){batch, T});
+        kiln_tensor *y = kiln_from_host(ctx, yb, KILN_I32, 1, (int64_t[]){(int64_t)batch * T});
+        kiln_tensor *e = kiln_forward(emb, x), *outs[3] = {0};
+        kiln_status s = e ? kiln_module_forward(lstm, 1, &e, 3, outs) : kiln_error_status(ctx);
+        kiln_tensor *logits = s == KILN_OK ? kiln_forward(fc, outs[0]) : NULL;
+        kiln_tensor *loss = kiln_cross_entropy(ctx, kiln_reshape(ctx, logits, 2, (int64_t[]){-1, VOCAB}), y, KILN_MEAN);
+        s = loss ? KILN_OK : kiln_error_status(ctx);
+        if (s == KILN_OK) s = kiln_optim_zero_grad(opt);
+        if (s == KILN_OK) s = kiln_backward(loss);
+        if (s == KILN_OK && !kiln_clip_grad_norm_tensor(ctx, np, params, 1.0, 2.0)) s = kiln_error_status(ctx);
+        if (s == KILN_OK) s = kiln_optim_step(opt);
+        float l = s == KILN_OK ? kiln_tensor_item(loss) : NAN;
+        if (s == KILN_OK && kiln_error_status(ctx) != KILN_OK) s = kiln_error_status(ctx);
+        kiln_scope_end(ctx);
+        if (s != KILN_OK) {
+            fprintf(stderr, "kiln bench train: step %d: %s\n", i, kiln_error_message(ctx));
+            goto out;
+        }
+        double t1 = bench_now_ms();
+        if (i == 0) first = l;
+        last = l;
+        if (i >= warmup) t[i - warmup] = t1 - t0;
+    }
+    double cpu_step = (bench_cpu_ms() - cpu0) / steps, mean = 0;
+    for (int i = 0; i < steps; i++) mean += t[i] / steps;
+    double med = bench_median(t, steps);
+    long long nparams = (long long)kiln_module_num_elements(net);
+    kiln_pool_stats ps;
+    kiln_pool_stats_get(ctx, &ps);
+    if (json) {
+        printf("{\"bench\": \"train\", \"impl\": \"kiln\", \"model\": \"lstm\", \"batch\": %d, \"steps\": %d, "
+               "\"params\": %lld, \"ms_per_step\": %.3f, \"mean_ms\": %.3f, \"cpu_ms_per_step\": %.3f, "
+               "\"peak_pool_bytes\": %llu, \"peak_rss_mib\": %.1f, \"loss_first\": %.4f, \"loss_last\": %.4f, "
+               "\"device\": ",
+               batch, steps, nparams, med, mean, cpu_step, (unsigned long long)ps.peak_in_use_bytes, peak_rss_mib(),
+               first, last);
+        tool_json_str(kiln_ctx_device(ctx)->name);
+        printf("}\n");
+    } else {
+        printf("train lstm batch %d x %d steps, %lld parameters: %.2f ms/step median (mean %.2f over %d steps; CPU "
+               "%.2f ms/step), peak pool %.1f MiB, peak RSS %.1f MiB, loss %.3f -> %.3f  [GEMM: %s]\n",
+               batch, T, nparams, med, mean, steps, cpu_step, ps.peak_in_use_bytes / 1048576.0, peak_rss_mib(), first,
+               last, gemm_route(ctx));
+    }
+    rc = 0;
+out:
+    free(t);
+    free(data);
+    free(xb);
+    free(yb);
+    kiln_optim_free(opt);
+    kiln_module_free(net);
+    kiln_close(ctx);
+    return rc;
+}
+
 static int cmd_train(args *a, bool json) {
     if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", NULL}, NULL)) return 2;
+    if (arg_value(a, "--model") && strcmp(arg_value(a, "--model"), "lstm") == 0) return cmd_train_lstm(a, json);
     model_kind kind;
     if (parse_model(a, &kind) != 0) return 2;
     int batch = (int)arg_long(a, "--batch", 64, 1, 1 << 16);
@@ -920,7 +1022,7 @@ static void bench_usage(FILE *f) {
     fprintf(f, "usage: kiln bench <what> [--json] [options]\n"
                "  gemm --m M --n N --k K [--trans-a] [--trans-b] [--repeat R] [--no-check]\n"
                "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
-               "  train --model mlp|cnn [--batch 64] [--steps N] [--warmup 5]\n"
+               "  train --model mlp|cnn|lstm [--batch 64] [--steps N] [--warmup 5]\n"
                "                    training steps of torch_ref.py's models on random data\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
                "  ops [--batch 64] [--repeat R]\n"
