@@ -1,8 +1,8 @@
 /* kiln/functional.h - neural-network operations with forward and backward (as
  * torch.nn.functional): activations, shape ops, convolution, pooling, normalisation,
- * dropout, embedding and losses. Every op here is differentiable (except where noted),
- * takes any views as inputs and follows PyTorch's definitions and defaults. Index tensors
- * (labels, gather indices) are KILN_I32. */
+ * dropout, embedding, losses and the recurrent layers (RNN, LSTM, GRU). Every op here is
+ * differentiable (except where noted), takes any views as inputs and follows PyTorch's
+ * definitions and defaults. Index tensors (labels, gather indices) are KILN_I32. */
 #ifndef KILN_FUNCTIONAL_H
 #define KILN_FUNCTIONAL_H
 

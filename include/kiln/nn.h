@@ -14,7 +14,8 @@
  *
  * Parameters are created with PyTorch's default initialisation (Kaiming-uniform weights
  * with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the same bound for biases;
- * ones and zeros for normalisation; N(0, 1) for embeddings), drawn from the context's RNG:
+ * ones and zeros for normalisation; N(0, 1) for embeddings; U(-1/sqrt(hidden),
+ * 1/sqrt(hidden)) for every tensor of the recurrent layers), drawn from the context's RNG:
  * kiln_manual_seed before building a model makes it reproducible. Parameters and buffers
  * live outside every scope and belong to their module.
  *
