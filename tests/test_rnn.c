@@ -305,7 +305,17 @@ static void test_modules(kiln_ctx *ctx, golden *g) {
     kiln_module_free(m);
     kiln_module *gm = kiln_nn_gru(ctx, 3, 2, NULL), *rm = kiln_nn_rnn(ctx, 3, 2, KILN_ACT_RELU, NULL);
     kiln_module_describe(rm, desc, sizeof desc);
-    CHECK(strcmp(desc, "RNN(3, 2, nonlinearity=relu)") == 0, "describe: %s", desc);
+    CHECK(strcmp(desc, "RNN(3, 2)") == 0, "describe: %s", desc); /* torch's repr, without nonlinearity */
+    p = kiln_rnn_defaults();
+    p.num_layers = 2, p.dropout = 0.5f;
+    kiln_module *gd = kiln_nn_gru(ctx, 3, 2, &p);
+    kiln_module_describe(gd, desc, sizeof desc);
+    CHECK(strcmp(desc, "GRU(3, 2, num_layers=2, dropout=0.5)") == 0, "describe: %s", desc);
+    kiln_module_free(gd);
+    kiln_module *cm = kiln_nn_rnn_cell(ctx, 3, 4, false, KILN_ACT_RELU);
+    kiln_module_describe(cm, desc, sizeof desc);
+    CHECK(strcmp(desc, "RNNCell(3, 4, bias=False, nonlinearity=relu)") == 0, "describe: %s", desc);
+    kiln_module_free(cm);
     CHECK(kiln_module_num_elements(gm) == 3 * 2 * (3 + 2 + 2), "GRU(3, 2) parameters %lld",
           (long long)kiln_module_num_elements(gm));
     kiln_module_free(gm);

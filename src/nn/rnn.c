@@ -52,10 +52,9 @@ static void rnn_args(const kiln_module *m, char *buf, size_t cap) {
     int n = snprintf(buf, cap, "%" PRId64 ", %" PRId64, c->input_size, c->hidden_size);
     if (n < 0 || (size_t)n >= cap) return;
     kiln_rnn_params d = kiln_rnn_defaults();
-    /* torch's repr lists the arguments that differ from their defaults */
-    if (c->mode == KILN_RNN_RNN_RELU) n += snprintf(buf + n, cap - (size_t)n, ", nonlinearity=relu");
-    if ((size_t)n < cap && c->p.num_layers != d.num_layers)
-        n += snprintf(buf + n, cap - (size_t)n, ", num_layers=%d", c->p.num_layers);
+    /* torch's repr lists the arguments that differ from their defaults (RNN's nonlinearity
+     * is not among them) */
+    if (c->p.num_layers != d.num_layers) n += snprintf(buf + n, cap - (size_t)n, ", num_layers=%d", c->p.num_layers);
     if ((size_t)n < cap && !c->p.bias) n += snprintf(buf + n, cap - (size_t)n, ", bias=False");
     if ((size_t)n < cap && c->p.batch_first) n += snprintf(buf + n, cap - (size_t)n, ", batch_first=True");
     if ((size_t)n < cap && c->p.dropout != 0.0f)
