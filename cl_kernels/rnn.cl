@@ -1,10 +1,11 @@
 /* cl_kernels/rnn.cl - the fused step kernels of the recurrent layers (src/ops/rnn.c).
  *
  * One layer and direction runs, per time step s, one recurrent GEMM (gh = h_prev W_hh^T,
- * on the host side) and then one of these kernels over B * H work-items: all gate
- * nonlinearities and the state update of step s. The input projection xg = x W_ih^T of all
- * steps is one GEMM before the loop. Offsets (in floats) name the step's rows inside whole
- * buffers, so no step needs a tensor of its own:
+ * on the host side) and then one of these kernels over [H, B] work-items (hidden unit j,
+ * batch row b; a 2-D launch needs no division to find them): all gate nonlinearities and
+ * the state update of step s. The input projection xg = x W_ih^T of all steps is one GEMM
+ * before the loop. Offsets (in floats) name the step's rows inside whole buffers, so no
+ * step needs a tensor of its own:
  *   xg   [B, G*H] rows of step s (G = 4 for LSTM, 3 for GRU, 1 for RNN)
  *   gh   [B, G*H] W_hh h_prev of this step
  *   hs   states: h_prev at hp, the new state at hn, [B, H] each; cs the same for LSTM cells
@@ -21,8 +22,14 @@
  */
 
 inline float rnn_sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
-/* tanh that reaches +-1 (POCL's stops one ulp short; see activation.cl) */
-inline float rnn_tanh(float x) { return fabs(x) > 9.0109f ? copysign(1.0f, x) : tanh(x); }
+/* tanh from one exp, the function sigmoid uses too, instead of POCL's tanh library call:
+ * sign(x) (1 - e) / (1 + e), e = exp(-2|x|). The absolute error stays within a few 2^-24
+ * (the cancellation in 1 - e for small |x| costs relative, not absolute, accuracy), it
+ * reaches +-1 exactly for large |x| (e underflows), and NaN passes through. */
+inline float rnn_tanh(float x) {
+    float e = exp(-2.0f * fabs(x));
+    return copysign((1.0f - e) / (1.0f + e), x);
+}
 
 inline bool rnn_active(global const int *len, int loff, int has_len, int b, int s) {
     return !has_len || s < len[loff + b];
@@ -34,18 +41,11 @@ kernel void lstm_fwd(int B, int H, int s, global const float *xg, int xoff, glob
                      int has_bias, global const float *bih, int bioff, global const float *bhh, int bhoff, int has_len,
                      global const int *len, int loff, global float *hs, int hp, int hn, global float *cs, int cp,
                      int cn, int save, global float *gate, int goff, global float *y, int yoff, int yld) {
-    int i = get_global_id(0);
-    if (i >= B * H) return;
-    int b = i / H, j = i - b * H, G = 4 * H;
-    if (!rnn_active(len, loff, has_len, b, s)) {
-        hs[hn + i] = hs[hp + i];
-        cs[cn + i] = cs[cp + i];
-        y[yoff + b * yld + j] = 0.0f;
-        if (save) {
-            for (int q = 0; q < 4; q++) gate[goff + b * G + q * H + j] = 0.0f;
-        }
-        return;
-    }
+    int j = get_global_id(0), b = get_global_id(1);
+    if (j >= H || b >= B) return;
+    int i = b * H + j, G = 4 * H;
+    /* an inactive step selects the old state: straight-line code for the work-item loop */
+    bool act = rnn_active(len, loff, has_len, b, s);
     float a[4];
     for (int q = 0; q < 4; q++) {
         int c = q * H + j;
@@ -53,16 +53,17 @@ kernel void lstm_fwd(int B, int H, int s, global const float *xg, int xoff, glob
         if (has_bias) a[q] += bih[bioff + c] + bhh[bhoff + c];
     }
     float ig = rnn_sigmoid(a[0]), fg = rnn_sigmoid(a[1]), gg = rnn_tanh(a[2]), og = rnn_sigmoid(a[3]);
-    float c = fg * cs[cp + i] + ig * gg;
-    float h = og * rnn_tanh(c);
-    cs[cn + i] = c;
-    hs[hn + i] = h;
-    y[yoff + b * yld + j] = h;
+    float c0 = cs[cp + i], h0 = hs[hp + i];
+    float c1 = fg * c0 + ig * gg;
+    float h1 = og * rnn_tanh(c1);
+    cs[cn + i] = act ? c1 : c0;
+    hs[hn + i] = act ? h1 : h0;
+    y[yoff + b * yld + j] = act ? h1 : 0.0f;
     if (save) {
-        gate[goff + b * G + j] = ig;
-        gate[goff + b * G + H + j] = fg;
-        gate[goff + b * G + 2 * H + j] = gg;
-        gate[goff + b * G + 3 * H + j] = og;
+        gate[goff + b * G + j] = act ? ig : 0.0f;
+        gate[goff + b * G + H + j] = act ? fg : 0.0f;
+        gate[goff + b * G + 2 * H + j] = act ? gg : 0.0f;
+        gate[goff + b * G + 3 * H + j] = act ? og : 0.0f;
     }
 }
 
@@ -70,9 +71,9 @@ kernel void gru_fwd(int B, int H, int s, global const float *xg, int xoff, globa
                     int has_bias, global const float *bih, int bioff, global const float *bhh, int bhoff, int has_len,
                     global const int *len, int loff, global float *hs, int hp, int hn, int save, global float *gate,
                     int goff, global float *y, int yoff, int yld) {
-    int i = get_global_id(0);
-    if (i >= B * H) return;
-    int b = i / H, j = i - b * H, G = 3 * H, GW = 4 * H;
+    int j = get_global_id(0), b = get_global_id(1);
+    if (j >= H || b >= B) return;
+    int i = b * H + j, G = 3 * H, GW = 4 * H;
     if (!rnn_active(len, loff, has_len, b, s)) {
         hs[hn + i] = hs[hp + i];
         y[yoff + b * yld + j] = 0.0f;
@@ -108,9 +109,9 @@ kernel void rnn_fwd(int B, int H, int s, global const float *xg, int xoff, globa
                     int has_bias, global const float *bih, int bioff, global const float *bhh, int bhoff, int has_len,
                     global const int *len, int loff, global float *hs, int hp, int hn, int relu, global float *y,
                     int yoff, int yld) {
-    int i = get_global_id(0);
-    if (i >= B * H) return;
-    int b = i / H, j = i - b * H;
+    int j = get_global_id(0), b = get_global_id(1);
+    if (j >= H || b >= B) return;
+    int i = b * H + j;
     if (!rnn_active(len, loff, has_len, b, s)) {
         hs[hn + i] = hs[hp + i];
         y[yoff + b * yld + j] = 0.0f;
@@ -128,9 +129,9 @@ kernel void rnn_fwd(int B, int H, int s, global const float *xg, int xoff, globa
 kernel void lstm_bwd(int B, int H, int s, int has_len, global const int *len, int loff, global const float *gate,
                      int goff, global const float *cs, int cp, int cn, global const float *dy, int dyoff, int dyld,
                      global float *dh, int dhoff, global float *dc, int dcoff, global float *da, int daoff) {
-    int i = get_global_id(0);
-    if (i >= B * H) return;
-    int b = i / H, j = i - b * H, G = 4 * H;
+    int j = get_global_id(0), b = get_global_id(1);
+    if (j >= H || b >= B) return;
+    int i = b * H + j, G = 4 * H;
     int g0 = goff + b * G, a0 = daoff + b * G;
     if (!rnn_active(len, loff, has_len, b, s)) {
         for (int q = 0; q < 4; q++) da[a0 + q * H + j] = 0.0f;
@@ -152,9 +153,9 @@ kernel void lstm_bwd(int B, int H, int s, int has_len, global const int *len, in
 kernel void gru_bwd(int B, int H, int s, int has_len, global const int *len, int loff, global const float *gate,
                     int goff, global const float *hs, int hp, global const float *dy, int dyoff, int dyld,
                     global float *dh, int dhoff, global float *da, global float *dah, int daoff) {
-    int i = get_global_id(0);
-    if (i >= B * H) return;
-    int b = i / H, j = i - b * H, G = 3 * H, GW = 4 * H;
+    int j = get_global_id(0), b = get_global_id(1);
+    if (j >= H || b >= B) return;
+    int i = b * H + j, G = 3 * H, GW = 4 * H;
     int g0 = goff + b * GW, a0 = daoff + b * G;
     if (!rnn_active(len, loff, has_len, b, s)) {
         for (int q = 0; q < 3; q++) {
@@ -180,9 +181,9 @@ kernel void gru_bwd(int B, int H, int s, int has_len, global const int *len, int
 kernel void rnn_bwd(int B, int H, int s, int has_len, global const int *len, int loff, global const float *hs, int hn,
                     int relu, global const float *dy, int dyoff, int dyld, global float *dh, int dhoff,
                     global float *da, int daoff) {
-    int i = get_global_id(0);
-    if (i >= B * H) return;
-    int b = i / H, j = i - b * H;
+    int j = get_global_id(0), b = get_global_id(1);
+    if (j >= H || b >= B) return;
+    int i = b * H + j;
     if (!rnn_active(len, loff, has_len, b, s)) {
         da[daoff + i] = 0.0f;
         return;

@@ -110,6 +110,13 @@ static kiln_status zero_run(kiln_ctx *ctx, kiln_tensor *dst, int64_t doff, int64
     return s;
 }
 
+/* A step kernel of rnn.cl over [H, B] work-items (j fastest). */
+static kiln_status step_launch(kiln_ctx *ctx, const char *op, const char *kernel, size_t nargs, const kiln__karg *args,
+                               int64_t B, int64_t H) {
+    size_t global[2] = {(size_t)H, (size_t)B};
+    return kiln__launch2(ctx, op, RNN_PROGRAM, RNN_OPTIONS, kernel, nargs, args, global, NULL);
+}
+
 /* ---- one layer: backward ------------------------------------------------------------------ */
 
 static kiln_status rnn_layer_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
@@ -127,6 +134,7 @@ static kiln_status rnn_layer_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor 
     cl_int loff = len ? (cl_int)len->offset : 0;
     kiln_status s = KILN_OK;
     kiln_tensor *dh = NULL, *dc = NULL, *da = NULL, *dah = NULL, *whT = NULL, *dx = NULL, *dw = NULL, *db = NULL;
+    kiln_tensor *ones = NULL;
 
     /* the state gradients start as the gradients of h_n and c_n */
     int64_t ny = T * B * DH;
@@ -179,8 +187,7 @@ static kiln_status rnn_layer_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor 
                                      KILN__ARG(dcoff),
                                      KILN__ARG(da->st->mem),
                                      KILN__ARG(daoff)};
-                s = kiln__launch(ctx, op, RNN_PROGRAM, RNN_OPTIONS, "lstm_bwd", sizeof args / sizeof args[0], args,
-                                 (size_t)BH, 0);
+                s = step_launch(ctx, op, "lstm_bwd", sizeof args / sizeof args[0], args, B, H);
             } else if (gru) {
                 cl_int hp = (cl_int)(hs->offset + hbase + prev * BH);
                 kiln__karg args[] = {KILN__ARG(cB),
@@ -201,8 +208,7 @@ static kiln_status rnn_layer_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor 
                                      KILN__ARG(da->st->mem),
                                      KILN__ARG(dah->st->mem),
                                      KILN__ARG(daoff)};
-                s = kiln__launch(ctx, op, RNN_PROGRAM, RNN_OPTIONS, "gru_bwd", sizeof args / sizeof args[0], args,
-                                 (size_t)BH, 0);
+                s = step_launch(ctx, op, "gru_bwd", sizeof args / sizeof args[0], args, B, H);
             } else {
                 cl_int hn = (cl_int)(hs->offset + hbase + next * BH);
                 kiln__karg args[] = {KILN__ARG(cB),          KILN__ARG(cH),
@@ -213,8 +219,7 @@ static kiln_status rnn_layer_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor 
                                      KILN__ARG(dyoff),       KILN__ARG(dyld),
                                      KILN__ARG(dh->st->mem), KILN__ARG(dhoff),
                                      KILN__ARG(da->st->mem), KILN__ARG(daoff)};
-                s = kiln__launch(ctx, op, RNN_PROGRAM, RNN_OPTIONS, "rnn_bwd", sizeof args / sizeof args[0], args,
-                                 (size_t)BH, 0);
+                s = step_launch(ctx, op, "rnn_bwd", sizeof args / sizeof args[0], args, B, H);
             }
             if (s != KILN_OK) goto done;
             /* dh (the gradient of h_prev) += da_s W_hh */
@@ -254,14 +259,21 @@ static kiln_status rnn_layer_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor 
             kiln_tensor_free(dw);
             dw = NULL;
         }
+        /* the bias gradients: column sums of the gate gradients, da^T ones as one GEMM
+         * (LSTM and RNN share one sum for both biases) */
         for (int q = 0; q < 2; q++) {
             if (!kiln__input_needs_grad(n, 5 + 4 * d + q)) continue;
-            bool red[KILN_MAX_DIMS] = {true, false};
-            db = kiln__reduce(ctx, op, KILN__RED_SUM, q == 0 ? da : dahs, red, false);
-            if (!db || (s = kiln__accum(ctx, n, 5 + 4 * d + q, db)) != KILN_OK) goto done;
-            kiln_tensor_free(db);
-            db = NULL;
+            if (!ones && !(ones = kiln_ones(ctx, 1, (int64_t[]){T * B}))) goto done;
+            if (!db || (q == 1 && gru)) {
+                kiln_tensor_free(db);
+                if (!(db = kiln__tensor_new(ctx, op, KILN_F32, 1, &GH))) goto done;
+                s = gemm(ctx, op, true, false, GH, 1, T * B, q == 0 ? da : dahs, 0, GH, ones, 0, 1, 0.0f, db, 0, 1);
+                if (s != KILN_OK) goto done;
+            }
+            if ((s = kiln__accum(ctx, n, 5 + 4 * d + q, db)) != KILN_OK) goto done;
         }
+        kiln_tensor_free(db);
+        db = NULL;
     }
     if ((s = kiln__accum(ctx, n, 1, dh)) != KILN_OK) goto done;
     if (dc && (s = kiln__accum(ctx, n, 2, dc)) != KILN_OK) goto done;
@@ -275,6 +287,7 @@ done:
     kiln_tensor_free(dx);
     kiln_tensor_free(dw);
     kiln_tensor_free(db);
+    kiln_tensor_free(ones);
     return s;
 }
 
@@ -355,8 +368,7 @@ static kiln_tensor *rnn_layer(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode,
                     KILN__ARG(hp),           KILN__ARG(hn),          KILN__ARG(cs->st->mem), KILN__ARG(cp),
                     KILN__ARG(cn),           KILN__ARG(save),        KILN__ARG(gm),          KILN__ARG(goff),
                     KILN__ARG(out->st->mem), KILN__ARG(yoff),        KILN__ARG(yld)};
-                s = kiln__launch(ctx, op, RNN_PROGRAM, RNN_OPTIONS, "lstm_fwd", sizeof args / sizeof args[0], args,
-                                 (size_t)BH, 0);
+                s = step_launch(ctx, op, "lstm_fwd", sizeof args / sizeof args[0], args, B, H);
             } else if (gru) {
                 kiln__karg args[] = {
                     KILN__ARG(cB),      KILN__ARG(cH),           KILN__ARG(cs_),   KILN__ARG(xg->st->mem),
@@ -365,8 +377,7 @@ static kiln_tensor *rnn_layer(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode,
                     KILN__ARG(has_len), KILN__ARG(lenm),         KILN__ARG(loff),  KILN__ARG(hs->st->mem),
                     KILN__ARG(hp),      KILN__ARG(hn),           KILN__ARG(save),  KILN__ARG(gm),
                     KILN__ARG(goff),    KILN__ARG(out->st->mem), KILN__ARG(yoff),  KILN__ARG(yld)};
-                s = kiln__launch(ctx, op, RNN_PROGRAM, RNN_OPTIONS, "gru_fwd", sizeof args / sizeof args[0], args,
-                                 (size_t)BH, 0);
+                s = step_launch(ctx, op, "gru_fwd", sizeof args / sizeof args[0], args, B, H);
             } else {
                 kiln__karg args[] = {
                     KILN__ARG(cB),      KILN__ARG(cH),          KILN__ARG(cs_),   KILN__ARG(xg->st->mem),
@@ -375,8 +386,7 @@ static kiln_tensor *rnn_layer(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode,
                     KILN__ARG(has_len), KILN__ARG(lenm),        KILN__ARG(loff),  KILN__ARG(hs->st->mem),
                     KILN__ARG(hp),      KILN__ARG(hn),          KILN__ARG(relu),  KILN__ARG(out->st->mem),
                     KILN__ARG(yoff),    KILN__ARG(yld)};
-                s = kiln__launch(ctx, op, RNN_PROGRAM, RNN_OPTIONS, "rnn_fwd", sizeof args / sizeof args[0], args,
-                                 (size_t)BH, 0);
+                s = step_launch(ctx, op, "rnn_fwd", sizeof args / sizeof args[0], args, B, H);
             }
             if (s != KILN_OK) goto fail;
         }
