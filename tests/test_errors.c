@@ -323,6 +323,14 @@ NULL_CASE(nn_batchnorm2d, kiln_nn_batchnorm2d(NULL, 4, 1e-5f, 0.1f) == NULL)
 NULL_CASE(nn_layernorm, kiln_nn_layernorm(NULL, 1, (int64_t[]){4}, 1e-5f, true) == NULL)
 NULL_CASE(nn_dropout, kiln_nn_dropout(NULL, 0.5f) == NULL)
 NULL_CASE(nn_embedding, kiln_nn_embedding(NULL, 10, 4) == NULL)
+NULL_CASE(rnn, kiln_rnn(NULL, KILN_RNN_LSTM, NULL, NULL, NULL, 0, NULL, NULL, NULL, true, NULL, NULL) == NULL)
+NULL_CASE(nn_lstm, kiln_nn_lstm(NULL, 4, 4, NULL) == NULL)
+NULL_CASE(nn_gru, kiln_nn_gru(NULL, 4, 4, NULL) == NULL)
+NULL_CASE(nn_rnn, kiln_nn_rnn(NULL, 4, 4, KILN_ACT_TANH, NULL) == NULL)
+NULL_CASE(nn_rnn_forward, kiln_nn_rnn_forward(NULL, NULL, NULL, NULL, NULL, ts, ts, ts) != KILN_OK)
+NULL_CASE(nn_lstm_cell, kiln_nn_lstm_cell(NULL, 4, 4, true) == NULL)
+NULL_CASE(nn_gru_cell, kiln_nn_gru_cell(NULL, 4, 4, true) == NULL)
+NULL_CASE(nn_rnn_cell, kiln_nn_rnn_cell(NULL, 4, 4, true, KILN_ACT_TANH) == NULL)
 NULL_CASE(nn_maxpool2d, kiln_nn_maxpool2d(NULL, NULL) == NULL)
 NULL_CASE(nn_avgpool2d, kiln_nn_avgpool2d(NULL, NULL) == NULL)
 NULL_CASE(nn_global_avgpool2d, kiln_nn_global_avgpool2d(NULL) == NULL)
@@ -517,6 +525,14 @@ static const null_case null_cases[] = {
     {"kiln_nn_layernorm", null_nn_layernorm},
     {"kiln_nn_dropout", null_nn_dropout},
     {"kiln_nn_embedding", null_nn_embedding},
+    {"kiln_rnn", null_rnn},
+    {"kiln_nn_lstm", null_nn_lstm},
+    {"kiln_nn_gru", null_nn_gru},
+    {"kiln_nn_rnn", null_nn_rnn},
+    {"kiln_nn_rnn_forward", null_nn_rnn_forward},
+    {"kiln_nn_lstm_cell", null_nn_lstm_cell},
+    {"kiln_nn_gru_cell", null_nn_gru_cell},
+    {"kiln_nn_rnn_cell", null_nn_rnn_cell},
     {"kiln_nn_maxpool2d", null_nn_maxpool2d},
     {"kiln_nn_avgpool2d", null_nn_avgpool2d},
     {"kiln_nn_global_avgpool2d", null_nn_global_avgpool2d},

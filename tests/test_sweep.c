@@ -965,6 +965,35 @@ static void sweep_norm(void) {
     forced_norm();
 }
 
+/* ---- rnn.cl: every mode, both directions, lengths, a strided batch_first input ----------- */
+static void sweep_rnn(void) {
+    static const char *names[4] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
+    static const int32_t len[3] = {4, 1, 3};
+    for (int mode = 0; mode < 4; mode++) {
+        int64_t G = mode == KILN_RNN_LSTM ? 4 : mode == KILN_RNN_GRU ? 3 : 1;
+        kiln_tensor *x = MK(-1, 1, true, 4, 3, 5), *h0 = MK(-1, 1, true, 2, 3, 3), *w[8];
+        for (int d = 0; d < 2; d++) {
+            w[4 * d] = MK(-0.5f, 0.5f, true, G * 3, 5);
+            w[4 * d + 1] = MK(-0.5f, 0.5f, true, G * 3, 3);
+            w[4 * d + 2] = MK(-0.5f, 0.5f, true, G * 3);
+            w[4 * d + 3] = MK(-0.5f, 0.5f, true, G * 3);
+        }
+        kiln_rnn_params p = kiln_rnn_defaults();
+        p.bidirectional = true;
+        char what[64];
+        snprintf(what, sizeof what, "%s bidirectional lengths", names[mode]);
+        BACK(what, kiln_rnn(C, (kiln_rnn_mode)mode, x, h0, NULL, 8, w, len, &p, true, NULL, NULL), x, h0, w[0], w[1],
+             w[2], w[3], w[4], w[5], w[6], w[7]);
+        /* [B, T, I] as a transposed view of a [T, B, I] leaf */
+        p = kiln_rnn_defaults();
+        p.batch_first = true;
+        snprintf(what, sizeof what, "%s strided batch_first", names[mode]);
+        BACK(what,
+             kiln_rnn(C, (kiln_rnn_mode)mode, kiln_transpose(C, x, 0, 1), NULL, NULL, 4, w, NULL, &p, true, NULL, NULL),
+             x, w[0], w[1], w[2], w[3]);
+    }
+}
+
 /* ---- loss.cl: partial sums before the final one (sum_part), penalties of many tensors */
 static void forced_loss(void) {
     /* nll over more rows than one work-group's 256 x 32 terms: the mean's two sums (losses
@@ -1160,6 +1189,7 @@ static void run(kiln_ctx *ctx) {
                   {"conv", sweep_conv},
                   {"pool", sweep_pool},
                   {"norm", sweep_norm},
+                  {"rnn", sweep_rnn},
                   {"loss", sweep_loss},
                   {"sample", sweep_sample},
                   {"optim", sweep_optim}};

@@ -459,7 +459,23 @@ static int cmd_gemm(args *a, bool json) {
 
 /* ---- the reference models ------------------------------------------------------------- */
 
-typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20 } model_kind;
+typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20, MODEL_LSTM, MODEL_COUNT } model_kind;
+
+/* Each model's name, torch_ref.py's batch size, and the default number of timed steps. */
+static const struct {
+    const char *name;
+    int batch, steps;
+} model_info[MODEL_COUNT] = {
+    [MODEL_MLP] = {"mlp", 64, 200},
+    [MODEL_CNN] = {"cnn", 64, 60},
+    [MODEL_RESNET20] = {"resnet20", 128, 30},
+    [MODEL_LSTM] = {"lstm", 32, 40},
+};
+
+/* The char model's vocabulary and sequence length (torch_ref.py's charlm). */
+#define LSTM_VOCAB 96
+#define LSTM_T 64
+#define MODEL_MAX_PARAMS 128
 
 typedef struct model {
     model_kind kind;
@@ -467,6 +483,8 @@ typedef struct model {
     kiln_optim *opt;
     int64_t xshape[4];
     int xnd;
+    kiln_tensor *params[MODEL_MAX_PARAMS];
+    int np;
 } model;
 
 static void model_free(model *m) {
@@ -489,6 +507,18 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xnd = 2; /* x.view(-1, 784) */
         m->xshape[0] = batch;
         m->xshape[1] = 784;
+    } else if (kind == MODEL_LSTM) {
+        /* torch_ref.py's CharLSTM: embedding(96, 128), a 2-layer LSTM(128 -> 256,
+         * batch_first), fc(256, 96), on [batch, 64] character ids */
+        kiln_rnn_params rp = kiln_rnn_defaults();
+        rp.num_layers = 2, rp.batch_first = true;
+        m->net = kiln_nn_module_list(ctx, 3,
+                                     (kiln_module *[]){kiln_nn_embedding(ctx, LSTM_VOCAB, 128),
+                                                       kiln_nn_lstm(ctx, 128, 256, &rp),
+                                                       kiln_nn_linear(ctx, 256, LSTM_VOCAB, true)});
+        m->xnd = 2;
+        m->xshape[0] = batch;
+        m->xshape[1] = LSTM_T;
     } else if (kind == MODEL_RESNET20) {
         /* He et al.'s CIFAR ResNet-20 on 1x28x28 images, torch_ref.py's ResNet20 */
         kiln_resnet_opts o = kiln_resnet_cifar_defaults();
@@ -515,14 +545,18 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xshape[3] = 28;
     }
     if (!m->net) return -1;
-    kiln_tensor *params[128]; /* resnet20 has 65 */
-    int np = kiln_module_parameters(m->net, params, 128);
-    if (np > 128) { /* a model of more parameter tensors needs a larger array here */
-        fprintf(stderr, "kiln bench: the model has %d parameter tensors, more than 128\n", np);
+    kiln_tensor **params = m->params; /* resnet20 has 65 */
+    int np = m->np = kiln_module_parameters(m->net, params, MODEL_MAX_PARAMS);
+    if (np > MODEL_MAX_PARAMS) { /* a model of more parameter tensors needs a larger array here */
+        fprintf(stderr, "kiln bench: the model has %d parameter tensors, more than %d\n", np, MODEL_MAX_PARAMS);
         model_free(m);
         return -1;
     }
-    if (kind == MODEL_MLP) {
+    if (kind == MODEL_LSTM) {
+        kiln_adam_opts o = kiln_adam_defaults();
+        o.lr = 2e-3;
+        m->opt = kiln_adam(ctx, params, np, &o);
+    } else if (kind == MODEL_MLP) {
         kiln_adam_opts o = kiln_adam_defaults();
         o.lr = 1e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
@@ -545,29 +579,49 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
     return 0;
 }
 
-/* Random inputs in [0, 1) (as normalised pixels) and labels 0..9: nbatches batches. */
+/* n batches of random data for m: inputs in [0, 1) (as normalised pixels) and labels
+ * 0..9, or for the char model sequences of T + 1 random ids, each the input's T ids and,
+ * shifted by one, its T targets (torch_ref.py's charlm). */
 typedef struct batches {
     float *x;
+    int32_t *xi; /* the char model's input ids */
     int32_t *y;
-    int n, batch;
-    int64_t xnumel; /* per batch */
+    int n;
+    int64_t xnumel, ynumel; /* per batch */
 } batches;
 
-static int batches_new(batches *b, int n, int batch, int64_t xnumel) {
+static int batches_new(batches *b, int n, const model *m) {
+    memset(b, 0, sizeof *b);
     b->n = n;
-    b->batch = batch;
-    b->xnumel = xnumel;
-    b->x = malloc((size_t)(n * xnumel) * sizeof *b->x);
-    b->y = malloc((size_t)(n * batch) * sizeof *b->y);
-    if (!b->x || !b->y) return -1;
+    b->xnumel = 1;
+    for (int d = 0; d < m->xnd; d++) b->xnumel *= m->xshape[d];
+    b->ynumel = m->kind == MODEL_LSTM ? b->xnumel : m->xshape[0];
+    if (m->kind == MODEL_LSTM)
+        b->xi = malloc((size_t)(n * b->xnumel) * sizeof *b->xi);
+    else
+        b->x = malloc((size_t)(n * b->xnumel) * sizeof *b->x);
+    b->y = malloc((size_t)(n * b->ynumel) * sizeof *b->y);
+    if ((!b->x && !b->xi) || !b->y) return -1;
     uint64_t s = 1234;
-    for (int64_t i = 0; i < n * xnumel; i++) b->x[i] = rng_uniform(&s);
-    for (int64_t i = 0; i < (int64_t)n * batch; i++) b->y[i] = (int32_t)(rng_next(&s) % 10);
+    if (m->kind == MODEL_LSTM) {
+        for (int64_t q = 0; q < n * m->xshape[0]; q++) { /* one sequence of T + 1 ids */
+            int32_t *x = b->xi + q * LSTM_T, *y = b->y + q * LSTM_T;
+            x[0] = (int32_t)(rng_next(&s) % LSTM_VOCAB);
+            for (int t = 0; t < LSTM_T; t++) {
+                y[t] = (int32_t)(rng_next(&s) % LSTM_VOCAB);
+                if (t + 1 < LSTM_T) x[t + 1] = y[t];
+            }
+        }
+        return 0;
+    }
+    for (int64_t i = 0; i < n * b->xnumel; i++) b->x[i] = rng_uniform(&s);
+    for (int64_t i = 0; i < n * b->ynumel; i++) b->y[i] = (int32_t)(rng_next(&s) % 10);
     return 0;
 }
 
 static void batches_free(batches *b) {
     free(b->x);
+    free(b->xi);
     free(b->y);
 }
 
@@ -576,12 +630,28 @@ static void batches_free(batches *b) {
 static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, float *loss_out) {
     int j = i % b->n;
     kiln_scope_begin(ctx);
-    kiln_tensor *x = kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
-    kiln_tensor *y = kiln_from_host(ctx, b->y + (int64_t)j * b->batch, KILN_I32, 1, (int64_t[]){b->batch});
-    kiln_tensor *loss = kiln_cross_entropy(ctx, kiln_forward(m->net, x), y, KILN_MEAN);
+    kiln_tensor *x = m->kind == MODEL_LSTM
+                         ? kiln_from_host(ctx, b->xi + (int64_t)j * b->xnumel, KILN_I32, m->xnd, m->xshape)
+                         : kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
+    kiln_tensor *y = kiln_from_host(ctx, b->y + (int64_t)j * b->ynumel, KILN_I32, 1, (int64_t[]){b->ynumel});
+    kiln_tensor *logits;
+    if (m->kind == MODEL_LSTM) {
+        /* embedding, LSTM (its output; h_n and c_n unused), fc over every position */
+        kiln_tensor *e = kiln_forward(kiln_module_child(m->net, 0), x), *outs[3] = {0};
+        kiln_status fs = e ? kiln_module_forward(kiln_module_child(m->net, 1), 1, &e, 3, outs) : kiln_error_status(ctx);
+        logits = fs == KILN_OK ? kiln_reshape(ctx, kiln_forward(kiln_module_child(m->net, 2), outs[0]), 2,
+                                              (int64_t[]){-1, LSTM_VOCAB})
+                               : NULL;
+    } else {
+        logits = kiln_forward(m->net, x);
+    }
+    kiln_tensor *loss = kiln_cross_entropy(ctx, logits, y, KILN_MEAN);
     kiln_status s = loss ? KILN_OK : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
     if (s == KILN_OK) s = kiln_backward(loss);
+    /* torch_ref.py clips the char model's gradient norm to 1 */
+    if (s == KILN_OK && m->kind == MODEL_LSTM && !kiln_clip_grad_norm_tensor(ctx, m->np, m->params, 1.0, 2.0))
+        s = kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_step(m->opt);
     float l = s == KILN_OK ? kiln_tensor_item(loss) : NAN;
     if (s == KILN_OK && kiln_error_status(ctx) != KILN_OK) s = kiln_error_status(ctx);
@@ -592,17 +662,13 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
 
 static int parse_model(args *a, model_kind *kind) {
     const char *name = arg_value(a, "--model");
-    if (!name || strcmp(name, "mlp") == 0)
-        *kind = MODEL_MLP;
-    else if (strcmp(name, "cnn") == 0)
-        *kind = MODEL_CNN;
-    else if (strcmp(name, "resnet20") == 0)
-        *kind = MODEL_RESNET20;
-    else {
-        fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn or resnet20\n", name);
-        return -1;
-    }
-    return 0;
+    for (int k = 0; k < MODEL_COUNT; k++)
+        if (!name ? k == MODEL_MLP : strcmp(name, model_info[k].name) == 0) {
+            *kind = (model_kind)k;
+            return 0;
+        }
+    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20 or lstm\n", name);
+    return -1;
 }
 
 static int cmd_train(args *a, bool json) {
@@ -610,8 +676,8 @@ static int cmd_train(args *a, bool json) {
     model_kind kind;
     if (parse_model(a, &kind) != 0) return 2;
     /* torch_ref.py's batch sizes and default step counts */
-    int batch = (int)arg_long(a, "--batch", kind == MODEL_RESNET20 ? 128 : 64, 1, 1 << 16);
-    int steps = (int)arg_long(a, "--steps", kind == MODEL_MLP ? 200 : kind == MODEL_RESNET20 ? 30 : 60, 1, 1 << 24);
+    int batch = (int)arg_long(a, "--batch", model_info[kind].batch, 1, 1 << 16);
+    int steps = (int)arg_long(a, "--steps", model_info[kind].steps, 1, 1 << 24);
     int warmup = (int)arg_long(a, "--warmup", 5, 0, 1 << 20);
     if (a->bad) return 2;
     kiln_ctx *ctx = open_ctx("kiln bench train");
@@ -626,9 +692,7 @@ static int cmd_train(args *a, bool json) {
         kiln_close(ctx);
         return 1;
     }
-    int64_t xnumel = 1;
-    for (int d = 0; d < m.xnd; d++) xnumel *= m.xshape[d];
-    if (batches_new(&b, 16, batch, xnumel) != 0) {
+    if (batches_new(&b, 16, &m) != 0) {
         fprintf(stderr, "kiln bench train: out of host memory\n");
         goto out;
     }
@@ -663,7 +727,7 @@ static int cmd_train(args *a, bool json) {
     kiln_pool_stats_get(ctx, &ps);
     kiln_ctx_stats cs;
     kiln_ctx_stats_get(ctx, &cs);
-    const char *name = kind == MODEL_MLP ? "mlp" : kind == MODEL_CNN ? "cnn" : "resnet20";
+    const char *name = model_info[kind].name;
     long long nparams = (long long)kiln_module_num_elements(m.net);
     if (json) {
         printf("{\"bench\": \"train\", \"impl\": \"kiln\", \"model\": \"%s\", \"batch\": %d, \"steps\": %d, "
@@ -756,7 +820,7 @@ static int cmd_gemm_model(args *a, bool json) {
         return 2;
     model_kind kind;
     if (parse_model(a, &kind) != 0) return 2;
-    int batch = (int)arg_long(a, "--batch", kind == MODEL_RESNET20 ? 128 : 64, 1, 1 << 16);
+    int batch = (int)arg_long(a, "--batch", model_info[kind].batch, 1, 1 << 16);
     int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
     bool check = !arg_flag(a, "--no-check");
     if (a->bad) return 2;
@@ -772,9 +836,7 @@ static int cmd_gemm_model(args *a, bool json) {
         kiln_close(ctx);
         return 1;
     }
-    int64_t xnumel = 1;
-    for (int d = 0; d < m.xnd; d++) xnumel *= m.xshape[d];
-    if (batches_new(&b, 1, batch, xnumel) != 0) {
+    if (batches_new(&b, 1, &m) != 0) {
         fprintf(stderr, "kiln bench gemm: out of host memory\n");
         goto out;
     }
@@ -820,7 +882,7 @@ static int startup_child(void) {
     double t_open = bench_now_ms();
     model m;
     batches b = {0};
-    if (model_new(ctx, MODEL_MLP, 64, &m) != 0 || batches_new(&b, 1, 64, 64 * 784) != 0) {
+    if (model_new(ctx, MODEL_MLP, 64, &m) != 0 || batches_new(&b, 1, &m) != 0) {
         fprintf(stderr, "kiln bench startup: %s\n", kiln_error_message(ctx));
         return 1;
     }
@@ -1042,12 +1104,12 @@ static int cmd_ops(args *a, bool json) {
     model_kind kind = MODEL_CNN;
     if (arg_value(a, "--model")) {
         if (parse_model(a, &kind) != 0) return 2;
-        if (kind == MODEL_MLP) {
-            fprintf(stderr, "kiln bench ops: --model mlp: expected cnn or resnet20\n");
+        if (kind != MODEL_CNN && kind != MODEL_RESNET20) {
+            fprintf(stderr, "kiln bench ops: --model %s: expected cnn or resnet20\n", model_info[kind].name);
             return 2;
         }
     }
-    int batch = (int)arg_long(a, "--batch", kind == MODEL_RESNET20 ? 128 : 64, 1, 1 << 16);
+    int batch = (int)arg_long(a, "--batch", model_info[kind].batch, 1, 1 << 16);
     int repeat = (int)arg_long(a, "--repeat", 10, 1, 100000);
     if (a->bad) return 2;
     kiln_ctx *ctx = open_ctx("kiln bench ops");
@@ -1063,7 +1125,7 @@ static int cmd_ops(args *a, bool json) {
     int nlayers = ops_layers(ctx, &m, layers, names, 32, &flatten);
     batches b = {0};
     int rc = 1;
-    if (nlayers < 0 || batches_new(&b, 1, batch, (int64_t)batch * 784) != 0) goto out;
+    if (nlayers < 0 || batches_new(&b, 1, &m) != 0) goto out;
     kiln_tensor *x = kiln_from_host(ctx, b.x, KILN_F32, 4, m.xshape);
     double total_f = 0, total_b = 0, total_fc = 0, total_bc = 0;
     for (int i = 0; i < nlayers && x; i++) {
@@ -1153,9 +1215,10 @@ static void bench_usage(FILE *f) {
     fprintf(f, "usage: kiln bench <what> [--json] [options]\n"
                "  gemm --m M --n N --k K [--trans-a] [--trans-b] [--repeat R] [--no-check]\n"
                "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
-               "  gemm --model mlp|cnn|resnet20 [--batch 64 (resnet20: 128)] [--repeat R] [--no-check]\n"
+               "  gemm --model mlp|cnn|resnet20|lstm [--batch B] [--repeat R] [--no-check]\n"
                "                    the same for every product one training step of the model issues\n"
-               "  train --model mlp|cnn|resnet20 [--batch 64 (resnet20: 128)] [--steps N] [--warmup 5]\n"
+               "  train --model mlp|cnn|resnet20|lstm [--batch B (torch_ref.py's: 64, 64, 128, 32)] [--steps N]\n"
+               "        [--warmup 5]\n"
                "                    training steps of torch_ref.py's models on random data\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
                "  ops [--model cnn|resnet20] [--batch 64 (resnet20: 128)] [--repeat R]\n"

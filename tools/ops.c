@@ -615,6 +615,56 @@ static void run_embedding(smoke *s) {
         for (int c = 0; c < 3; c++) o[r * 3 + c] = w[idx[r] * 3 + c];
 }
 
+/* ---- recurrent layers: one layer over 3 steps, batch 2, against a double-precision loop -- */
+
+static double sig(double v) { return 1.0 / (1.0 + exp(-v)); }
+
+static void rnn_smoke(smoke *s, kiln_rnn_mode mode) {
+    enum { T = 3, B = 2, I = 3, H = 2 };
+    int G = mode == KILN_RNN_LSTM ? 4 : mode == KILN_RNN_GRU ? 3 : 1;
+    const float *x, *wi, *wh, *bi, *bh;
+    kiln_tensor *w[4];
+    kiln_tensor *tx = input(s, &x, 3, (int64_t[]){T, B, I}, NULL, -1, 1, true);
+    w[0] = input(s, &wi, 2, (int64_t[]){G * H, I}, NULL, -0.7f, 0.7f, true);
+    w[1] = input(s, &wh, 2, (int64_t[]){G * H, H}, NULL, -0.7f, 0.7f, true);
+    w[2] = input(s, &bi, 1, (int64_t[]){G * H}, NULL, -0.5f, 0.5f, true);
+    w[3] = input(s, &bh, 1, (int64_t[]){G * H}, NULL, -0.5f, 0.5f, true);
+    if (!tx || !w[0] || !w[1] || !w[2] || !w[3]) return;
+    s->out = kiln_rnn(s->ctx, mode, tx, NULL, NULL, 4, w, NULL, NULL, true, NULL, NULL);
+    double *o = expect(s, T * B * H), h[B][H] = {{0}}, c[B][H] = {{0}};
+    for (int t = 0; t < T; t++) {
+        for (int b = 0; b < B; b++) {
+            double a[4 * H], ah[4 * H], hn[H];
+            for (int r = 0; r < G * H; r++) {
+                a[r] = bi[r];
+                ah[r] = bh[r];
+                for (int k = 0; k < I; k++) a[r] += wi[r * I + k] * x[(t * B + b) * I + k];
+                for (int k = 0; k < H; k++) ah[r] += wh[r * H + k] * h[b][k];
+            }
+            for (int j = 0; j < H; j++) {
+                if (mode == KILN_RNN_LSTM) {
+                    double ig = sig(a[j] + ah[j]), fg = sig(a[H + j] + ah[H + j]);
+                    double gg = tanh(a[2 * H + j] + ah[2 * H + j]), og = sig(a[3 * H + j] + ah[3 * H + j]);
+                    c[b][j] = fg * c[b][j] + ig * gg;
+                    hn[j] = og * tanh(c[b][j]);
+                } else if (mode == KILN_RNN_GRU) {
+                    double r = sig(a[j] + ah[j]), z = sig(a[H + j] + ah[H + j]);
+                    double n = tanh(a[2 * H + j] + r * ah[2 * H + j]);
+                    hn[j] = (1 - z) * n + z * h[b][j];
+                } else {
+                    double v = a[j] + ah[j];
+                    hn[j] = mode == KILN_RNN_RNN_RELU ? (v > 0 ? v : 0) : tanh(v);
+                }
+            }
+            for (int j = 0; j < H; j++) o[(t * B + b) * H + j] = h[b][j] = hn[j];
+        }
+    }
+}
+static void run_lstm(smoke *s) { rnn_smoke(s, KILN_RNN_LSTM); }
+static void run_gru(smoke *s) { rnn_smoke(s, KILN_RNN_GRU); }
+static void run_rnn_tanh(smoke *s) { rnn_smoke(s, KILN_RNN_RNN_TANH); }
+static void run_rnn_relu(smoke *s) { rnn_smoke(s, KILN_RNN_RNN_RELU); }
+
 /* ---- losses (mean reduction) ---------------------------------------------------------------- */
 
 enum { L_MSE, L_L1, L_SMOOTH_L1, L_BCE, L_BCEL };

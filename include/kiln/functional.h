@@ -1,8 +1,8 @@
 /* kiln/functional.h - neural-network operations with forward and backward (as
  * torch.nn.functional): activations, shape ops, convolution, pooling, normalisation,
- * dropout, embedding and losses. Every op here is differentiable (except where noted),
- * takes any views as inputs and follows PyTorch's definitions and defaults. Index tensors
- * (labels, gather indices) are KILN_I32. */
+ * dropout, embedding, losses and the recurrent layers (RNN, LSTM, GRU). Every op here is
+ * differentiable (except where noted), takes any views as inputs and follows PyTorch's
+ * definitions and defaults. Index tensors (labels, gather indices) are KILN_I32. */
 #ifndef KILN_FUNCTIONAL_H
 #define KILN_FUNCTIONAL_H
 
@@ -147,6 +147,49 @@ KILN_API kiln_tensor *kiln_l2_penalty(kiln_ctx *ctx, int n, kiln_tensor *const *
  * (kiln_manual_seed), so a seeded run draws the same ids on every device; nothing is read
  * back (torch: multinomial(softmax(logits / T), 1) after top-k filtering). */
 KILN_API kiln_tensor *kiln_sample_logits(kiln_ctx *ctx, kiln_tensor *logits, float temperature, int top_k);
+
+/* ---- recurrent layers (src/ops/rnn.c) ----------------------------------------------------- */
+
+typedef enum kiln_rnn_mode {
+    KILN_RNN_RNN_TANH = 0, /* h' = tanh(W_ih x + b_ih + W_hh h + b_hh) */
+    KILN_RNN_RNN_RELU = 1, /* the same with relu */
+    KILN_RNN_LSTM = 2,     /* gates i, f, g, o (torch's order and formulas) */
+    KILN_RNN_GRU = 3,      /* gates r, z, n; n = tanh(W_in x + b_in + r * (W_hn h + b_hn)) */
+} kiln_rnn_mode;
+/* "RNN_TANH", "RNN_RELU", "LSTM", "GRU" (torch's mode names), or "?". */
+KILN_API const char *kiln_rnn_mode_name(kiln_rnn_mode mode);
+
+/* torch.nn.RNN/LSTM/GRU's constructor arguments past input_size and hidden_size. */
+typedef struct kiln_rnn_params {
+    int num_layers;     /* >= 1 */
+    bool bias;          /* the layer modules register b_ih and b_hh (kiln_rnn reads the weights given) */
+    bool batch_first;   /* input and output [batch, seq, features] instead of [seq, batch, features] */
+    float dropout;      /* in [0, 1): dropout on each layer's output but the last, in training */
+    bool bidirectional; /* a reverse direction per layer; outputs concatenated on the feature dim */
+} kiln_rnn_params;
+/* torch's defaults: 1 layer, bias, time-major, no dropout, one direction. */
+KILN_API kiln_rnn_params kiln_rnn_defaults(void);
+
+/*
+ * The multi-layer recurrent network of torch.nn.RNN/LSTM/GRU, forward and backward
+ * through time. x [T, B, I] ([B, T, I] with batch_first). h0 (and c0, LSTM only)
+ * [num_layers * D, B, H] (D = 2 when bidirectional), NULL for zeros. weights: nweights =
+ * 4 * num_layers * D tensors in torch's _flat_weights order, layer by layer, the forward
+ * direction before the reverse one: weight_ih [G*H, I_l], weight_hh [G*H, H], bias_ih
+ * [G*H], bias_hh [G*H] (G = 1, 4, 3 for RNN, LSTM, GRU; I_l = I for layer 0, D*H above;
+ * the biases all NULL for a network without them). lengths: NULL, or B sequence lengths
+ * in [1, T] (as pack_padded_sequence with enforce_sorted=False): the steps of sequence b
+ * at t >= lengths[b] neither change its state nor produce output (zeros), and h_n/c_n hold
+ * the state after each sequence's own last step. training turns the dropout on.
+ * Returns the output [T, B, D*H] ([B, T, D*H] with batch_first), and writes h_n (and c_n
+ * for LSTM; c_n must be NULL otherwise) [num_layers * D, B, H] where not NULL. All results
+ * are the caller's (scope rules as any op's) and differentiable with respect to x, h0,
+ * c0 and every weight. NULL with the context's error set (naming the mode, the layer and
+ * the shapes) on a bad argument; *h_n and *c_n are then NULL.
+ */
+KILN_API kiln_tensor *kiln_rnn(kiln_ctx *ctx, kiln_rnn_mode mode, kiln_tensor *x, kiln_tensor *h0, kiln_tensor *c0,
+                               int nweights, kiln_tensor *const *weights, const int32_t *lengths,
+                               const kiln_rnn_params *params, bool training, kiln_tensor **h_n, kiln_tensor **c_n);
 
 #ifdef __cplusplus
 }

@@ -14,7 +14,8 @@
  *
  * Parameters are created with PyTorch's default initialisation (Kaiming-uniform weights
  * with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the same bound for biases;
- * ones and zeros for normalisation; N(0, 1) for embeddings), drawn from the context's RNG:
+ * ones and zeros for normalisation; N(0, 1) for embeddings; U(-1/sqrt(hidden),
+ * 1/sqrt(hidden)) for every tensor of the recurrent layers), drawn from the context's RNG:
  * kiln_manual_seed before building a model makes it reproducible. Parameters and buffers
  * live outside every scope and belong to their module.
  *
@@ -94,6 +95,32 @@ KILN_API kiln_module *kiln_nn_module_dict(kiln_ctx *ctx);
  * freed). m is owned from now on, also on failure; keys are names as in kiln/module.h.
  * kiln_module_find_child(d, key) looks one up. */
 KILN_API kiln_status kiln_nn_module_dict_set(kiln_module *dict, const char *key, kiln_module *m);
+
+/* ---- recurrent layers (src/nn/rnn.c) ------------------------------------------------------
+ * torch.nn.RNN/LSTM/GRU over kiln_rnn (functional.h): parameters weight_ih_l{k}[_reverse],
+ * weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k} in torch's order, initialised U(-1/sqrt(H),
+ * 1/sqrt(H)) as torch; p NULL means kiln_rnn_defaults(). kiln_module_forward takes x [, h0
+ * [, c0]] and gives output, h_n (, c_n for LSTM), with the shapes of kiln_rnn; dropout
+ * follows the module's train/eval mode. */
+KILN_API kiln_module *kiln_nn_lstm(kiln_ctx *ctx, int64_t input_size, int64_t hidden_size, const kiln_rnn_params *p);
+KILN_API kiln_module *kiln_nn_gru(kiln_ctx *ctx, int64_t input_size, int64_t hidden_size, const kiln_rnn_params *p);
+/* nonlinearity: KILN_ACT_TANH (torch's default) or KILN_ACT_RELU. */
+KILN_API kiln_module *kiln_nn_rnn(kiln_ctx *ctx, int64_t input_size, int64_t hidden_size, kiln_activation nonlinearity,
+                                  const kiln_rnn_params *p);
+/* The forward of an RNN/LSTM/GRU module with every argument: h0, c0 (LSTM only) and
+ * lengths (B sequence lengths, as kiln_rnn's) may be NULL; h_n and c_n (ignored for
+ * RNN/GRU) may be NULL when not wanted. Writes *out (required) and returns KILN_OK, or an
+ * error naming the layer with every result NULL. */
+KILN_API kiln_status kiln_nn_rnn_forward(kiln_module *m, kiln_tensor *x, kiln_tensor *h0, kiln_tensor *c0,
+                                         const int32_t *lengths, kiln_tensor **out, kiln_tensor **h_n,
+                                         kiln_tensor **c_n);
+/* torch.nn.LSTMCell/GRUCell/RNNCell: one step. Parameters weight_ih, weight_hh, bias_ih,
+ * bias_hh. kiln_module_forward takes x [B, I] [, h [B, H] [, c [B, H]]] (absent: zeros) and
+ * gives h' (and c' for LSTMCell); GRUCell and RNNCell also work with kiln_forward(m, x). */
+KILN_API kiln_module *kiln_nn_lstm_cell(kiln_ctx *ctx, int64_t input_size, int64_t hidden_size, bool bias);
+KILN_API kiln_module *kiln_nn_gru_cell(kiln_ctx *ctx, int64_t input_size, int64_t hidden_size, bool bias);
+KILN_API kiln_module *kiln_nn_rnn_cell(kiln_ctx *ctx, int64_t input_size, int64_t hidden_size, bool bias,
+                                       kiln_activation nonlinearity);
 
 #ifdef __cplusplus
 }

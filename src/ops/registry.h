@@ -55,6 +55,7 @@
     X(CONV, conv, "src/ops/conv.c", "cl_kernels/conv.cl")                                                              \
     X(POOL, pool, "src/ops/pool.c", "cl_kernels/pool.cl")                                                              \
     X(NORM, norm, "src/ops/norm.c", "cl_kernels/norm.cl")                                                              \
+    X(RNN, rnn, "src/ops/rnn.c", "cl_kernels/rnn.cl")                                                                  \
     X(LOSS, loss, "src/ops/loss.c", "cl_kernels/loss.cl")                                                              \
     X(SAMPLE, sample, "src/ops/sample.c", "cl_kernels/sample.cl")                                                      \
     X(OPTIM, optim, "src/optim/optim.c", "cl_kernels/optim.cl")
@@ -159,6 +160,11 @@
     X(LAYER_NORM, layer_norm, kiln_layer_norm, NORM, KILN__GRAD, KILN__G("ln"), "test_norm.c", KILN__REF_F64 | KILN__REF_FD) \
     X(DROPOUT, dropout, kiln_dropout, NORM, KILN__GRAD, KILN__G("do_"), "test_norm.c", KILN__REF_F64 | KILN__REF_FD)  \
     X(EMBEDDING, embedding, kiln_embedding, NORM, KILN__GRAD, KILN__G("emb"), "test_norm.c", KILN__REF_F64 | KILN__REF_FD) \
+    /* recurrent layers, one function with four modes: golden rnn.safetensors (gen_rnn.py: lstm*, gru*, rnn_tanh*, rnn_relu*) */ \
+    X(LSTM, lstm, kiln_rnn, RNN, KILN__GRAD, KILN__G("lstm"), "test_rnn.c", KILN__REF_FD)                               \
+    X(GRU, gru, kiln_rnn, RNN, KILN__GRAD, KILN__G("gru"), "test_rnn.c", KILN__REF_FD)                                  \
+    X(RNN_TANH, rnn_tanh, kiln_rnn, RNN, KILN__GRAD, KILN__G("rnn_tanh"), "test_rnn.c", KILN__REF_FD)                   \
+    X(RNN_RELU, rnn_relu, kiln_rnn, RNN, KILN__GRAD, KILN__G("rnn_relu"), "test_rnn.c", KILN__REF_FD)                   \
     /* losses: golden loss.safetensors (gen_loss.py: mse., l1., ..., ce*, nll*, *_penalty.) */                        \
     X(MSE_LOSS, mse_loss, kiln_mse_loss, LOSS, KILN__GRAD, KILN__G("mse."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD) \
     X(L1_LOSS, l1_loss, kiln_l1_loss, LOSS, KILN__GRAD, KILN__G("l1."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD)  \
