@@ -55,6 +55,7 @@
     X(POOL, pool, "src/ops/pool.c", "cl_kernels/pool.cl")                                                              \
     X(NORM, norm, "src/ops/norm.c", "cl_kernels/norm.cl")                                                              \
     X(LOSS, loss, "src/ops/loss.c", "cl_kernels/loss.cl")                                                              \
+    X(ATTENTION, attention, "src/ops/attention.c", "cl_kernels/attention.cl")                                          \
     X(OPTIM, optim, "src/optim/optim.c", "cl_kernels/optim.cl")
 
 #define KILN__GRAD true
@@ -169,6 +170,8 @@
     X(LSGAN_LOSS, lsgan_loss, kiln_lsgan_loss, LOSS, KILN__GRAD, KILN__G("lsgan."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD) \
     X(L1_PENALTY, l1_penalty, kiln_l1_penalty, LOSS, KILN__GRAD, KILN__G("l1_penalty."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD) \
     X(L2_PENALTY, l2_penalty, kiln_l2_penalty, LOSS, KILN__GRAD, KILN__G("l2_penalty."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD) \
+    /* attention: golden attention.safetensors (gen_attention.py: sdpa.<case>.*); composed path, finite differences */ \
+    X(SCALED_DOT_PRODUCT_ATTENTION, scaled_dot_product_attention, kiln_scaled_dot_product_attention, ATTENTION, KILN__GRAD, KILN__G("sdpa."), "test_attention.c", KILN__REF_F64 | KILN__REF_FD) \
     /* optimizer updates and clipping (not differentiable): golden optim.safetensors */                               \
     /* (gen_optim.py: "<config>.traj.*", clipN.*, clipv.*) */                                                         \
     X(SGD, sgd, kiln_sgd, OPTIM, KILN__NOGRAD, KILN__G("sgd_"), "test_optim.c", KILN__REF_F64)                         \

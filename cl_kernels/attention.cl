@@ -1,0 +1,260 @@
+/* cl_kernels/attention.cl - fused scaled-dot-product attention (src/ops/attention.c):
+ * a tiled forward with an online softmax (FlashAttention, Dao et al. 2022; the loop order of
+ * FlashAttention-2) and its backward, which recomputes the score tiles from q, k and the
+ * forward's per-row log-sum-exp instead of keeping the L x S matrix.
+ *
+ * Build options (the host sets all of them):
+ *   ATT_E, ATT_EV   head dims of query/key and of value (private arrays of that size)
+ *   ATT_BM          query rows per work-group of the forward and dQ kernels; query rows per
+ *                   tile of the dK/dV kernel
+ *   ATT_BN          key rows per tile of the forward and dQ kernels; key rows per work-group
+ *                   of the dK/dV kernel
+ *   ATT_MASK        0 none, 1 boolean (uchar, nonzero = takes part), 2 additive float
+ *   ATT_CAUSAL      1: query i sees keys j <= i (top-left aligned, as torch)
+ *   ATT_DROP        1: dropout on the attention weights
+ *
+ * Operands: batch b of the (broadcast) batch dims reads q, k, v and the mask at the element
+ * offsets offs[4b + 0..3] (host-built, so any broadcast or strided view works) with row and
+ * column strides per operand (a mask stride of 0 broadcasts it over L or S). The output,
+ * the gradients, lse and D are contiguous [B, L or S, dim]. Scores are s = scale q.k + mask
+ * (-inf where a boolean mask or the causal rule excludes a key). A row that excludes every
+ * key gets output 0, lse +inf and zero gradients.
+ *
+ * Dropout keeps weight (b, i, j) when the Philox4x32-10 value at stream position
+ * counter + (b L + i) S + j (random.cl's generator) is >= p as a uniform [0, 1) float, and
+ * scales it by 1 / (1 - p): the same mask kiln_dropout draws for the contiguous [B, L, S]
+ * weights at the same stream position, so the composed path reproduces it. The backward
+ * draws it again from the same positions; it is never stored. */
+
+#if ATT_MASK == 1
+#define ATT_MASK_T uchar
+#else
+#define ATT_MASK_T float
+#endif
+
+#define ATT_PHILOX_M0 0xD2511F53u
+#define ATT_PHILOX_M1 0xCD9E8D57u
+#define ATT_PHILOX_W0 0x9E3779B9u
+#define ATT_PHILOX_W1 0xBB67AE85u
+
+/* Dropout's factor of weight (b, i, j) at stream position pos: dscale or 0. */
+inline float att_keep(ulong pos, uint key0, uint key1, uint ctr_lo, uint ctr_hi, float p, float dscale) {
+    ulong c = (((ulong)ctr_hi << 32) | (ulong)ctr_lo) + pos;
+    uint4 x = (uint4)((uint)c, (uint)(c >> 32), 0u, 0u);
+    uint2 k = (uint2)(key0, key1);
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) {
+            k.x += ATT_PHILOX_W0;
+            k.y += ATT_PHILOX_W1;
+        }
+        uint hi0 = mul_hi(ATT_PHILOX_M0, x.x), lo0 = ATT_PHILOX_M0 * x.x;
+        uint hi1 = mul_hi(ATT_PHILOX_M1, x.z), lo1 = ATT_PHILOX_M1 * x.z;
+        x = (uint4)(hi1 ^ x.y ^ k.x, lo1, hi0 ^ x.w ^ k.y, lo0);
+    }
+    return (float)(x.x >> 8) * 0x1.0p-24f >= p ? dscale : 0.0f;
+}
+
+/* The score s (already scale q.k) of query i and key j with the mask and the causal rule. */
+inline float att_masked(float s, int i, int j, global const ATT_MASK_T *mask, int mo, int mrs, int mcs) {
+#if ATT_MASK == 1
+    if (!mask[mo + i * mrs + j * mcs]) s = -INFINITY;
+#elif ATT_MASK == 2
+    s += mask[mo + i * mrs + j * mcs];
+#endif
+#if ATT_CAUSAL
+    if (j > i) s = -INFINITY;
+#endif
+    return s;
+}
+
+/* The arguments every kernel takes, in this order. */
+#define ATT_OPERANDS                                                                                                   \
+    global const float *restrict q, global const float *restrict k, global const float *restrict v,                    \
+        global const ATT_MASK_T *restrict mask, global const int *restrict offs, int L, int S, int qrs, int qcs,        \
+        int krs, int kcs, int vrs, int vcs, int mrs, int mcs, float scale, float p, float dscale, uint key0,           \
+        uint key1, uint ctr_lo, uint ctr_hi
+
+/* Forward: a work-group of ATT_BM query rows of batch b = group (., 1), one row per
+ * work-item, walks the key tiles (ATT_BN keys of k and v in local memory) keeping the
+ * running maximum m, the running sum l of exp(s - m) and the unnormalised output. Writes
+ * out [B, L, EV] and lse [B, L] = m + log l. */
+kernel __attribute__((reqd_work_group_size(ATT_BM, 1, 1))) void
+sdpa_forward(ATT_OPERANDS, global float *restrict out, global float *restrict lse) {
+    local float kt[ATT_BN * ATT_E];
+    local float vt[ATT_BN * ATT_EV];
+    int lid = get_local_id(0), b = get_group_id(1);
+    int i0 = get_group_id(0) * ATT_BM, i = i0 + lid;
+    bool row = i < L;
+    int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
+    float qr[ATT_E], acc[ATT_EV];
+    for (int e = 0; e < ATT_E; e++) qr[e] = row ? q[qo + i * qrs + e * qcs] * scale : 0.0f;
+    for (int e = 0; e < ATT_EV; e++) acc[e] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    int jend = S;
+#if ATT_CAUSAL
+    jend = min(S, i0 + ATT_BM); /* later keys are excluded for every row of the group */
+#endif
+    for (int j0 = 0; j0 < jend; j0 += ATT_BN) {
+        int nb = min(ATT_BN, S - j0);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int t = lid; t < nb * ATT_E; t += ATT_BM) kt[t] = k[ko + (j0 + t / ATT_E) * krs + (t % ATT_E) * kcs];
+        for (int t = lid; t < nb * ATT_EV; t += ATT_BM) vt[t] = v[vo + (j0 + t / ATT_EV) * vrs + (t % ATT_EV) * vcs];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (!row) continue;
+        float s[ATT_BN], tmax = -INFINITY;
+        for (int jj = 0; jj < nb; jj++) {
+            float d = 0.0f;
+            for (int e = 0; e < ATT_E; e++) d = fma(qr[e], kt[jj * ATT_E + e], d);
+            s[jj] = att_masked(d, i, j0 + jj, mask, mo, mrs, mcs);
+            tmax = fmax(tmax, s[jj]);
+        }
+        float mnew = fmax(m, tmax);
+        if (mnew == -INFINITY) continue; /* every key so far excluded */
+        float alpha = exp(m - mnew);     /* 0 on the first visible tile */
+        l *= alpha;
+        for (int e = 0; e < ATT_EV; e++) acc[e] *= alpha;
+        for (int jj = 0; jj < nb; jj++) {
+            float pj = exp(s[jj] - mnew);
+            l += pj;
+#if ATT_DROP
+            pj *= att_keep(((ulong)b * (ulong)L + (ulong)i) * (ulong)S + (ulong)(j0 + jj), key0, key1, ctr_lo, ctr_hi,
+                           p, dscale);
+#endif
+            if (pj == 0.0f) continue;
+            for (int e = 0; e < ATT_EV; e++) acc[e] = fma(pj, vt[jj * ATT_EV + e], acc[e]);
+        }
+        m = mnew;
+    }
+    if (!row) return;
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    global float *o = out + ((size_t)b * L + i) * ATT_EV;
+    for (int e = 0; e < ATT_EV; e++) o[e] = acc[e] * inv;
+    lse[(size_t)b * L + i] = l > 0.0f ? m + log(l) : INFINITY;
+}
+
+/* Backward pre-pass: D[b, i] = sum_e dO[b, i, e] O[b, i, e] (= sum_j P_ij dP_ij), one
+ * work-item per row of the n = B L rows. */
+kernel void sdpa_backward_d(global const float *restrict dout, int dooff, global const float *restrict out, int ooff,
+                            global float *restrict dd, int n) {
+    int r = get_global_id(0);
+    if (r >= n) return;
+    const global float *a = dout + dooff + (size_t)r * ATT_EV, *o = out + ooff + (size_t)r * ATT_EV;
+    float d = 0.0f;
+    for (int e = 0; e < ATT_EV; e++) d = fma(a[e], o[e], d);
+    dd[r] = d;
+}
+
+/* dQ: as the forward, a work-group of ATT_BM query rows walks the key tiles; with
+ * P = exp(s - lse), dP = z (dO . v) (z the dropout factor) and dS = P (dP - D),
+ * dq_i = scale sum_j dS_ij k_j. */
+kernel __attribute__((reqd_work_group_size(ATT_BM, 1, 1))) void
+sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, int dooff, global const float *restrict lse,
+                 global const float *restrict dd, global float *restrict dq) {
+    local float kt[ATT_BN * ATT_E];
+    local float vt[ATT_BN * ATT_EV];
+    int lid = get_local_id(0), b = get_group_id(1);
+    int i0 = get_group_id(0) * ATT_BM, i = i0 + lid;
+    bool row = i < L;
+    int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
+    float qr[ATT_E], dor[ATT_EV], g[ATT_E];
+    for (int e = 0; e < ATT_E; e++) qr[e] = row ? q[qo + i * qrs + e * qcs] * scale : 0.0f;
+    for (int e = 0; e < ATT_EV; e++) dor[e] = row ? dout[dooff + ((size_t)b * L + i) * ATT_EV + e] : 0.0f;
+    for (int e = 0; e < ATT_E; e++) g[e] = 0.0f;
+    float li = row ? lse[(size_t)b * L + i] : INFINITY, di = row ? dd[(size_t)b * L + i] : 0.0f;
+    int jend = S;
+#if ATT_CAUSAL
+    jend = min(S, i0 + ATT_BM);
+#endif
+    for (int j0 = 0; j0 < jend; j0 += ATT_BN) {
+        int nb = min(ATT_BN, S - j0);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int t = lid; t < nb * ATT_E; t += ATT_BM) kt[t] = k[ko + (j0 + t / ATT_E) * krs + (t % ATT_E) * kcs];
+        for (int t = lid; t < nb * ATT_EV; t += ATT_BM) vt[t] = v[vo + (j0 + t / ATT_EV) * vrs + (t % ATT_EV) * vcs];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (!row) continue;
+        for (int jj = 0; jj < nb; jj++) {
+            float d = 0.0f;
+            for (int e = 0; e < ATT_E; e++) d = fma(qr[e], kt[jj * ATT_E + e], d);
+            float pij = exp(att_masked(d, i, j0 + jj, mask, mo, mrs, mcs) - li);
+            if (pij == 0.0f) continue;
+            float dp = 0.0f;
+            for (int e = 0; e < ATT_EV; e++) dp = fma(dor[e], vt[jj * ATT_EV + e], dp);
+#if ATT_DROP
+            dp *= att_keep(((ulong)b * (ulong)L + (ulong)i) * (ulong)S + (ulong)(j0 + jj), key0, key1, ctr_lo, ctr_hi,
+                           p, dscale);
+#endif
+            float ds = pij * (dp - di);
+            for (int e = 0; e < ATT_E; e++) g[e] = fma(ds, kt[jj * ATT_E + e], g[e]);
+        }
+    }
+    if (!row) return;
+    global float *o = dq + ((size_t)b * L + i) * ATT_E;
+    for (int e = 0; e < ATT_E; e++) o[e] = g[e] * scale;
+}
+
+/* dK and dV: a work-group of ATT_BN key rows (one per work-item) walks the query tiles
+ * (ATT_BM rows of scale q, dO, lse and D in local memory): dv_j = sum_i z P_ij dO_i,
+ * dk_j = sum_i dS_ij (scale q_i). Each key's sums belong to one work-item: no atomics. */
+kernel __attribute__((reqd_work_group_size(ATT_BN, 1, 1))) void
+sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, int dooff, global const float *restrict lse,
+                  global const float *restrict dd, global float *restrict dk, global float *restrict dv) {
+    local float qt[ATT_BM * ATT_E];
+    local float ot[ATT_BM * ATT_EV];
+    local float lt[ATT_BM], dt[ATT_BM];
+    int lid = get_local_id(0), b = get_group_id(1);
+    int j0 = get_group_id(0) * ATT_BN, j = j0 + lid;
+    bool col = j < S;
+    int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
+    float kr[ATT_E], vr[ATT_EV], gk[ATT_E], gv[ATT_EV];
+    for (int e = 0; e < ATT_E; e++) kr[e] = col ? k[ko + j * krs + e * kcs] : 0.0f;
+    for (int e = 0; e < ATT_EV; e++) vr[e] = col ? v[vo + j * vrs + e * vcs] : 0.0f;
+    for (int e = 0; e < ATT_E; e++) gk[e] = 0.0f;
+    for (int e = 0; e < ATT_EV; e++) gv[e] = 0.0f;
+    int istart = 0;
+#if ATT_CAUSAL
+    istart = j0 / ATT_BM * ATT_BM; /* earlier queries see none of this group's keys */
+#endif
+    for (int i0 = istart; i0 < L; i0 += ATT_BM) {
+        int nb = min(ATT_BM, L - i0);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int t = lid; t < nb * ATT_E; t += ATT_BN) qt[t] = q[qo + (i0 + t / ATT_E) * qrs + (t % ATT_E) * qcs] * scale;
+        for (int t = lid; t < nb * ATT_EV; t += ATT_BN) ot[t] = dout[dooff + ((size_t)b * L + i0) * ATT_EV + t];
+        for (int t = lid; t < nb; t += ATT_BN) {
+            lt[t] = lse[(size_t)b * L + i0 + t];
+            dt[t] = dd[(size_t)b * L + i0 + t];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (!col) continue;
+        for (int ii = 0; ii < nb; ii++) {
+            float d = 0.0f;
+            for (int e = 0; e < ATT_E; e++) d = fma(qt[ii * ATT_E + e], kr[e], d);
+            float pij = exp(att_masked(d, i0 + ii, j, mask, mo, mrs, mcs) - lt[ii]);
+            if (pij == 0.0f) continue;
+            float dp = 0.0f;
+            for (int e = 0; e < ATT_EV; e++) dp = fma(ot[ii * ATT_EV + e], vr[e], dp);
+            float z = 1.0f;
+#if ATT_DROP
+            z = att_keep(((ulong)b * (ulong)L + (ulong)(i0 + ii)) * (ulong)S + (ulong)j, key0, key1, ctr_lo, ctr_hi, p,
+                         dscale);
+#endif
+            float pz = pij * z, ds = pij * (dp * z - dt[ii]);
+            for (int e = 0; e < ATT_EV; e++) gv[e] = fma(pz, ot[ii * ATT_EV + e], gv[e]);
+            for (int e = 0; e < ATT_E; e++) gk[e] = fma(ds, qt[ii * ATT_E + e], gk[e]);
+        }
+    }
+    if (!col) return;
+    global float *ok = dk + ((size_t)b * S + j) * ATT_E, *ov = dv + ((size_t)b * S + j) * ATT_EV;
+    for (int e = 0; e < ATT_E; e++) ok[e] = gk[e];
+    for (int e = 0; e < ATT_EV; e++) ov[e] = gv[e];
+}
+
+/* The composed path's additive bias, dst [n] contiguous: from a contiguous boolean mask
+ * (causal 0: 0 where m is nonzero, -inf elsewhere), or the causal rule of an [L, S] matrix
+ * (causal 1: -inf where column > row). */
+kernel void sdpa_bias(global const uchar *restrict m, int moff, global float *restrict dst, int doff, int n, int S,
+                      int causal) {
+    int t = get_global_id(0);
+    if (t >= n) return;
+    bool keep = causal ? t % S <= t / S : m[moff + t] != 0;
+    dst[doff + t] = keep ? 0.0f : -INFINITY;
+}
