@@ -70,25 +70,46 @@ inline float att_masked(float s, int i, int j, global const ATT_MASK_T *mask, in
 /* The arguments every kernel takes, in this order. */
 #define ATT_OPERANDS                                                                                                   \
     global const float *restrict q, global const float *restrict k, global const float *restrict v,                    \
-        global const ATT_MASK_T *restrict mask, global const int *restrict offs, int L, int S, int qrs, int qcs,        \
+        global const ATT_MASK_T *restrict mask, global const int *restrict offs, int L, int S, int qrs, int qcs,       \
         int krs, int kcs, int vrs, int vcs, int mrs, int mcs, float scale, float p, float dscale, uint key0,           \
         uint key1, uint ctr_lo, uint ctr_hi
+
+/* Rows live in float4 vectors (ATT_E4 of them for E, zero-padded): the dot products and
+ * updates of a row then use the CPU's vector units inside each work-item, which POCL's
+ * work-group vectoriser does not reach through private arrays. */
+#define ATT_E4 ((ATT_E + 3) / 4)
+#define ATT_EV4 ((ATT_EV + 3) / 4)
+
+/* Elements e .. e + 3 of the row at base with column stride cs and n columns; 0 past n. */
+inline float4 att_ld4(global const float *x, int base, int cs, int e, int n) {
+    return (float4)(e < n ? x[base + e * cs] : 0.0f, e + 1 < n ? x[base + (e + 1) * cs] : 0.0f,
+                    e + 2 < n ? x[base + (e + 2) * cs] : 0.0f, e + 3 < n ? x[base + (e + 3) * cs] : 0.0f);
+}
+
+/* Stores the elements of v below column n of a contiguous row at x + e. */
+inline void att_st4(global float *x, int e, int n, float4 v) {
+    if (e < n) x[e] = v.x;
+    if (e + 1 < n) x[e + 1] = v.y;
+    if (e + 2 < n) x[e + 2] = v.z;
+    if (e + 3 < n) x[e + 3] = v.w;
+}
+
+inline float att_sum4(float4 v) { return (v.x + v.y) + (v.z + v.w); }
 
 /* Forward: a work-group of ATT_BM query rows of batch b = group (., 1), one row per
  * work-item, walks the key tiles (ATT_BN keys of k and v in local memory) keeping the
  * running maximum m, the running sum l of exp(s - m) and the unnormalised output. Writes
  * out [B, L, EV] and lse [B, L] = m + log l. */
-kernel __attribute__((reqd_work_group_size(ATT_BM, 1, 1))) void
-sdpa_forward(ATT_OPERANDS, global float *restrict out, global float *restrict lse) {
-    local float kt[ATT_BN * ATT_E];
-    local float vt[ATT_BN * ATT_EV];
+kernel void sdpa_forward(ATT_OPERANDS, global float *restrict out, global float *restrict lse) {
+    local float4 kt[ATT_BN * ATT_E4];
+    local float4 vt[ATT_BN * ATT_EV4];
     int lid = get_local_id(0), b = get_group_id(1);
     int i0 = get_group_id(0) * ATT_BM, i = i0 + lid;
     bool row = i < L;
     int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
-    float qr[ATT_E], acc[ATT_EV];
-    for (int e = 0; e < ATT_E; e++) qr[e] = row ? q[qo + i * qrs + e * qcs] * scale : 0.0f;
-    for (int e = 0; e < ATT_EV; e++) acc[e] = 0.0f;
+    float4 qr[ATT_E4], acc[ATT_EV4];
+    for (int e = 0; e < ATT_E4; e++) qr[e] = row ? att_ld4(q, qo + i * qrs, qcs, 4 * e, ATT_E) * scale : 0.0f;
+    for (int e = 0; e < ATT_EV4; e++) acc[e] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     int jend = S;
 #if ATT_CAUSAL
@@ -97,22 +118,24 @@ sdpa_forward(ATT_OPERANDS, global float *restrict out, global float *restrict ls
     for (int j0 = 0; j0 < jend; j0 += ATT_BN) {
         int nb = min(ATT_BN, S - j0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int t = lid; t < nb * ATT_E; t += ATT_BM) kt[t] = k[ko + (j0 + t / ATT_E) * krs + (t % ATT_E) * kcs];
-        for (int t = lid; t < nb * ATT_EV; t += ATT_BM) vt[t] = v[vo + (j0 + t / ATT_EV) * vrs + (t % ATT_EV) * vcs];
+        for (int t = lid; t < nb * ATT_E4; t += ATT_BM)
+            kt[t] = att_ld4(k, ko + (j0 + t / ATT_E4) * krs, kcs, 4 * (t % ATT_E4), ATT_E);
+        for (int t = lid; t < nb * ATT_EV4; t += ATT_BM)
+            vt[t] = att_ld4(v, vo + (j0 + t / ATT_EV4) * vrs, vcs, 4 * (t % ATT_EV4), ATT_EV);
         barrier(CLK_LOCAL_MEM_FENCE);
         if (!row) continue;
         float s[ATT_BN], tmax = -INFINITY;
         for (int jj = 0; jj < nb; jj++) {
-            float d = 0.0f;
-            for (int e = 0; e < ATT_E; e++) d = fma(qr[e], kt[jj * ATT_E + e], d);
-            s[jj] = att_masked(d, i, j0 + jj, mask, mo, mrs, mcs);
+            float4 d = 0.0f;
+            for (int e = 0; e < ATT_E4; e++) d = fma(qr[e], kt[jj * ATT_E4 + e], d);
+            s[jj] = att_masked(att_sum4(d), i, j0 + jj, mask, mo, mrs, mcs);
             tmax = fmax(tmax, s[jj]);
         }
         float mnew = fmax(m, tmax);
         if (mnew == -INFINITY) continue; /* every key so far excluded */
         float alpha = exp(m - mnew);     /* 0 on the first visible tile */
         l *= alpha;
-        for (int e = 0; e < ATT_EV; e++) acc[e] *= alpha;
+        for (int e = 0; e < ATT_EV4; e++) acc[e] *= alpha;
         for (int jj = 0; jj < nb; jj++) {
             float pj = exp(s[jj] - mnew);
             l += pj;
@@ -121,15 +144,15 @@ sdpa_forward(ATT_OPERANDS, global float *restrict out, global float *restrict ls
                            p, dscale);
 #endif
             if (pj == 0.0f) continue;
-            for (int e = 0; e < ATT_EV; e++) acc[e] = fma(pj, vt[jj * ATT_EV + e], acc[e]);
+            for (int e = 0; e < ATT_EV4; e++) acc[e] = fma((float4)pj, vt[jj * ATT_EV4 + e], acc[e]);
         }
         m = mnew;
     }
     if (!row) return;
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    global float *o = out + ((size_t)b * L + i) * ATT_EV;
-    for (int e = 0; e < ATT_EV; e++) o[e] = acc[e] * inv;
-    lse[(size_t)b * L + i] = l > 0.0f ? m + log(l) : INFINITY;
+    global float *o = out + (b * L + i) * ATT_EV;
+    for (int e = 0; e < ATT_EV4; e++) att_st4(o, 4 * e, ATT_EV, acc[e] * inv);
+    lse[b * L + i] = l > 0.0f ? m + log(l) : INFINITY;
 }
 
 /* Backward pre-pass: D[b, i] = sum_e dO[b, i, e] O[b, i, e] (= sum_j P_ij dP_ij), one
@@ -138,7 +161,7 @@ kernel void sdpa_backward_d(global const float *restrict dout, int dooff, global
                             global float *restrict dd, int n) {
     int r = get_global_id(0);
     if (r >= n) return;
-    const global float *a = dout + dooff + (size_t)r * ATT_EV, *o = out + ooff + (size_t)r * ATT_EV;
+    const global float *a = dout + dooff + r * ATT_EV, *o = out + ooff + r * ATT_EV;
     float d = 0.0f;
     for (int e = 0; e < ATT_EV; e++) d = fma(a[e], o[e], d);
     dd[r] = d;
@@ -147,20 +170,21 @@ kernel void sdpa_backward_d(global const float *restrict dout, int dooff, global
 /* dQ: as the forward, a work-group of ATT_BM query rows walks the key tiles; with
  * P = exp(s - lse), dP = z (dO . v) (z the dropout factor) and dS = P (dP - D),
  * dq_i = scale sum_j dS_ij k_j. */
-kernel __attribute__((reqd_work_group_size(ATT_BM, 1, 1))) void
-sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, int dooff, global const float *restrict lse,
-                 global const float *restrict dd, global float *restrict dq) {
-    local float kt[ATT_BN * ATT_E];
-    local float vt[ATT_BN * ATT_EV];
+kernel void sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, int dooff,
+                             global const float *restrict lse, global const float *restrict dd,
+                             global float *restrict dq) {
+    local float4 kt[ATT_BN * ATT_E4];
+    local float4 vt[ATT_BN * ATT_EV4];
     int lid = get_local_id(0), b = get_group_id(1);
     int i0 = get_group_id(0) * ATT_BM, i = i0 + lid;
     bool row = i < L;
     int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
-    float qr[ATT_E], dor[ATT_EV], g[ATT_E];
-    for (int e = 0; e < ATT_E; e++) qr[e] = row ? q[qo + i * qrs + e * qcs] * scale : 0.0f;
-    for (int e = 0; e < ATT_EV; e++) dor[e] = row ? dout[dooff + ((size_t)b * L + i) * ATT_EV + e] : 0.0f;
-    for (int e = 0; e < ATT_E; e++) g[e] = 0.0f;
-    float li = row ? lse[(size_t)b * L + i] : INFINITY, di = row ? dd[(size_t)b * L + i] : 0.0f;
+    float4 qr[ATT_E4], dor[ATT_EV4], g[ATT_E4];
+    for (int e = 0; e < ATT_E4; e++) qr[e] = row ? att_ld4(q, qo + i * qrs, qcs, 4 * e, ATT_E) * scale : 0.0f;
+    for (int e = 0; e < ATT_EV4; e++)
+        dor[e] = row ? att_ld4(dout, dooff + (b * L + i) * ATT_EV, 1, 4 * e, ATT_EV) : 0.0f;
+    for (int e = 0; e < ATT_E4; e++) g[e] = 0.0f;
+    float li = row ? lse[b * L + i] : INFINITY, di = row ? dd[b * L + i] : 0.0f;
     int jend = S;
 #if ATT_CAUSAL
     jend = min(S, i0 + ATT_BM);
@@ -168,48 +192,51 @@ sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, int dooff, glo
     for (int j0 = 0; j0 < jend; j0 += ATT_BN) {
         int nb = min(ATT_BN, S - j0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int t = lid; t < nb * ATT_E; t += ATT_BM) kt[t] = k[ko + (j0 + t / ATT_E) * krs + (t % ATT_E) * kcs];
-        for (int t = lid; t < nb * ATT_EV; t += ATT_BM) vt[t] = v[vo + (j0 + t / ATT_EV) * vrs + (t % ATT_EV) * vcs];
+        for (int t = lid; t < nb * ATT_E4; t += ATT_BM)
+            kt[t] = att_ld4(k, ko + (j0 + t / ATT_E4) * krs, kcs, 4 * (t % ATT_E4), ATT_E);
+        for (int t = lid; t < nb * ATT_EV4; t += ATT_BM)
+            vt[t] = att_ld4(v, vo + (j0 + t / ATT_EV4) * vrs, vcs, 4 * (t % ATT_EV4), ATT_EV);
         barrier(CLK_LOCAL_MEM_FENCE);
         if (!row) continue;
         for (int jj = 0; jj < nb; jj++) {
-            float d = 0.0f;
-            for (int e = 0; e < ATT_E; e++) d = fma(qr[e], kt[jj * ATT_E + e], d);
-            float pij = exp(att_masked(d, i, j0 + jj, mask, mo, mrs, mcs) - li);
+            float4 d = 0.0f;
+            for (int e = 0; e < ATT_E4; e++) d = fma(qr[e], kt[jj * ATT_E4 + e], d);
+            float pij = exp(att_masked(att_sum4(d), i, j0 + jj, mask, mo, mrs, mcs) - li);
             if (pij == 0.0f) continue;
-            float dp = 0.0f;
-            for (int e = 0; e < ATT_EV; e++) dp = fma(dor[e], vt[jj * ATT_EV + e], dp);
+            float4 dp4 = 0.0f;
+            for (int e = 0; e < ATT_EV4; e++) dp4 = fma(dor[e], vt[jj * ATT_EV4 + e], dp4);
+            float dp = att_sum4(dp4);
 #if ATT_DROP
             dp *= att_keep(((ulong)b * (ulong)L + (ulong)i) * (ulong)S + (ulong)(j0 + jj), key0, key1, ctr_lo, ctr_hi,
                            p, dscale);
 #endif
             float ds = pij * (dp - di);
-            for (int e = 0; e < ATT_E; e++) g[e] = fma(ds, kt[jj * ATT_E + e], g[e]);
+            for (int e = 0; e < ATT_E4; e++) g[e] = fma((float4)ds, kt[jj * ATT_E4 + e], g[e]);
         }
     }
     if (!row) return;
-    global float *o = dq + ((size_t)b * L + i) * ATT_E;
-    for (int e = 0; e < ATT_E; e++) o[e] = g[e] * scale;
+    global float *o = dq + (b * L + i) * ATT_E;
+    for (int e = 0; e < ATT_E4; e++) att_st4(o, 4 * e, ATT_E, g[e] * scale);
 }
 
 /* dK and dV: a work-group of ATT_BN key rows (one per work-item) walks the query tiles
  * (ATT_BM rows of scale q, dO, lse and D in local memory): dv_j = sum_i z P_ij dO_i,
  * dk_j = sum_i dS_ij (scale q_i). Each key's sums belong to one work-item: no atomics. */
-kernel __attribute__((reqd_work_group_size(ATT_BN, 1, 1))) void
-sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, int dooff, global const float *restrict lse,
-                  global const float *restrict dd, global float *restrict dk, global float *restrict dv) {
-    local float qt[ATT_BM * ATT_E];
-    local float ot[ATT_BM * ATT_EV];
+kernel void sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, int dooff,
+                              global const float *restrict lse, global const float *restrict dd,
+                              global float *restrict dk, global float *restrict dv) {
+    local float4 qt[ATT_BM * ATT_E4];
+    local float4 ot[ATT_BM * ATT_EV4];
     local float lt[ATT_BM], dt[ATT_BM];
     int lid = get_local_id(0), b = get_group_id(1);
     int j0 = get_group_id(0) * ATT_BN, j = j0 + lid;
     bool col = j < S;
     int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
-    float kr[ATT_E], vr[ATT_EV], gk[ATT_E], gv[ATT_EV];
-    for (int e = 0; e < ATT_E; e++) kr[e] = col ? k[ko + j * krs + e * kcs] : 0.0f;
-    for (int e = 0; e < ATT_EV; e++) vr[e] = col ? v[vo + j * vrs + e * vcs] : 0.0f;
-    for (int e = 0; e < ATT_E; e++) gk[e] = 0.0f;
-    for (int e = 0; e < ATT_EV; e++) gv[e] = 0.0f;
+    float4 kr[ATT_E4], vr[ATT_EV4], gk[ATT_E4], gv[ATT_EV4];
+    for (int e = 0; e < ATT_E4; e++) kr[e] = col ? att_ld4(k, ko + j * krs, kcs, 4 * e, ATT_E) : 0.0f;
+    for (int e = 0; e < ATT_EV4; e++) vr[e] = col ? att_ld4(v, vo + j * vrs, vcs, 4 * e, ATT_EV) : 0.0f;
+    for (int e = 0; e < ATT_E4; e++) gk[e] = 0.0f;
+    for (int e = 0; e < ATT_EV4; e++) gv[e] = 0.0f;
     int istart = 0;
 #if ATT_CAUSAL
     istart = j0 / ATT_BM * ATT_BM; /* earlier queries see none of this group's keys */
@@ -217,35 +244,37 @@ sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, int dooff, gl
     for (int i0 = istart; i0 < L; i0 += ATT_BM) {
         int nb = min(ATT_BM, L - i0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int t = lid; t < nb * ATT_E; t += ATT_BN) qt[t] = q[qo + (i0 + t / ATT_E) * qrs + (t % ATT_E) * qcs] * scale;
-        for (int t = lid; t < nb * ATT_EV; t += ATT_BN) ot[t] = dout[dooff + ((size_t)b * L + i0) * ATT_EV + t];
+        for (int t = lid; t < nb * ATT_E4; t += ATT_BN)
+            qt[t] = att_ld4(q, qo + (i0 + t / ATT_E4) * qrs, qcs, 4 * (t % ATT_E4), ATT_E) * scale;
+        for (int t = lid; t < nb * ATT_EV4; t += ATT_BN)
+            ot[t] = att_ld4(dout, dooff + (b * L + i0 + t / ATT_EV4) * ATT_EV, 1, 4 * (t % ATT_EV4), ATT_EV);
         for (int t = lid; t < nb; t += ATT_BN) {
-            lt[t] = lse[(size_t)b * L + i0 + t];
-            dt[t] = dd[(size_t)b * L + i0 + t];
+            lt[t] = lse[b * L + i0 + t];
+            dt[t] = dd[b * L + i0 + t];
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         if (!col) continue;
         for (int ii = 0; ii < nb; ii++) {
-            float d = 0.0f;
-            for (int e = 0; e < ATT_E; e++) d = fma(qt[ii * ATT_E + e], kr[e], d);
-            float pij = exp(att_masked(d, i0 + ii, j, mask, mo, mrs, mcs) - lt[ii]);
+            float4 d = 0.0f;
+            for (int e = 0; e < ATT_E4; e++) d = fma(qt[ii * ATT_E4 + e], kr[e], d);
+            float pij = exp(att_masked(att_sum4(d), i0 + ii, j, mask, mo, mrs, mcs) - lt[ii]);
             if (pij == 0.0f) continue;
-            float dp = 0.0f;
-            for (int e = 0; e < ATT_EV; e++) dp = fma(ot[ii * ATT_EV + e], vr[e], dp);
-            float z = 1.0f;
+            float4 dp4 = 0.0f;
+            for (int e = 0; e < ATT_EV4; e++) dp4 = fma(ot[ii * ATT_EV4 + e], vr[e], dp4);
+            float dp = att_sum4(dp4), z = 1.0f;
 #if ATT_DROP
             z = att_keep(((ulong)b * (ulong)L + (ulong)(i0 + ii)) * (ulong)S + (ulong)j, key0, key1, ctr_lo, ctr_hi, p,
                          dscale);
 #endif
             float pz = pij * z, ds = pij * (dp * z - dt[ii]);
-            for (int e = 0; e < ATT_EV; e++) gv[e] = fma(pz, ot[ii * ATT_EV + e], gv[e]);
-            for (int e = 0; e < ATT_E; e++) gk[e] = fma(ds, qt[ii * ATT_E + e], gk[e]);
+            for (int e = 0; e < ATT_EV4; e++) gv[e] = fma((float4)pz, ot[ii * ATT_EV4 + e], gv[e]);
+            for (int e = 0; e < ATT_E4; e++) gk[e] = fma((float4)ds, qt[ii * ATT_E4 + e], gk[e]);
         }
     }
     if (!col) return;
-    global float *ok = dk + ((size_t)b * S + j) * ATT_E, *ov = dv + ((size_t)b * S + j) * ATT_EV;
-    for (int e = 0; e < ATT_E; e++) ok[e] = gk[e];
-    for (int e = 0; e < ATT_EV; e++) ov[e] = gv[e];
+    global float *ok = dk + (b * S + j) * ATT_E, *ov = dv + (b * S + j) * ATT_EV;
+    for (int e = 0; e < ATT_E4; e++) att_st4(ok, 4 * e, ATT_E, gk[e]);
+    for (int e = 0; e < ATT_EV4; e++) att_st4(ov, 4 * e, ATT_EV, gv[e]);
 }
 
 /* The composed path's additive bias, dst [n] contiguous: from a contiguous boolean mask

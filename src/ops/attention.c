@@ -221,7 +221,9 @@ static bool choose_tiles(const kiln_ctx *ctx, int64_t E, int64_t EV, int *bm, in
     *bn = cpu ? ATT_BN_CPU : ATT_BN_GPU;
     uint64_t lmem = ctx->info.local_mem_bytes, maxwg = ctx->info.max_work_group_size;
     for (;;) {
-        uint64_t fwd = 4u * (uint64_t)*bn * (uint64_t)(E + EV), dkv = 4u * (uint64_t)*bm * (uint64_t)(E + EV + 2);
+        /* rows are padded to whole float4 vectors in local memory (attention.cl) */
+        uint64_t e4 = (uint64_t)(E + 3) / 4 * 4 + (uint64_t)(EV + 3) / 4 * 4;
+        uint64_t fwd = 4u * (uint64_t)*bn * e4, dkv = 4u * (uint64_t)*bm * (e4 + 2);
         bool fits = fwd <= lmem && dkv <= lmem && (uint64_t)*bm <= maxwg && (uint64_t)*bn <= maxwg;
         if (fits) return true;
         if (*bm == 1 && *bn == 1) return false;
