@@ -13,10 +13,10 @@
  *   ATT_CAUSAL      1: query i sees keys j <= i (top-left aligned, as torch)
  *   ATT_DROP        1: dropout on the attention weights
  *
- * Operands: batch b of the (broadcast) batch dims reads q, k, v and the mask at the element
- * offsets offs[4b + 0..3] (host-built, so any broadcast or strided view works) with row and
- * column strides per operand (a mask stride of 0 broadcasts it over L or S). The output,
- * the gradients, lse and D are contiguous [B, L or S, dim]. Scores are s = scale q.k + mask
+ * Operands: batch b of the (broadcast) batch dims reads q, k, v and the mask at element
+ * offsets from the batch shape and each operand's batch strides (so any broadcast or
+ * strided view works) with row and column strides per operand (a mask stride of 0 broadcasts it over L or S). The
+ * output, the gradients, lse and D are contiguous [B, L or S, dim]. Scores are s = scale q.k + mask
  * (-inf where a boolean mask or the causal rule excludes a key). A row that excludes every
  * key gets output 0, lse +inf and zero gradients.
  *
@@ -67,12 +67,31 @@ inline float att_masked(float s, int i, int j, global const ATT_MASK_T *mask, in
     return s;
 }
 
-/* The arguments every kernel takes, in this order. */
+/* The arguments every kernel takes, in this order. bsh: the batch shape, padded in front
+ * with 1s to 8 dims; qbs, kbs, vbs, mbs: each operand's strides over those dims (0 where it
+ * broadcasts); base: the operands' element offsets. */
 #define ATT_OPERANDS                                                                                                   \
     global const float *restrict q, global const float *restrict k, global const float *restrict v,                    \
-        global const ATT_MASK_T *restrict mask, global const int *restrict offs, int L, int S, int qrs, int qcs,       \
-        int krs, int kcs, int vrs, int vcs, int mrs, int mcs, float scale, float p, float dscale, uint key0,           \
-        uint key1, uint ctr_lo, uint ctr_hi
+        global const ATT_MASK_T *restrict mask, int8 bsh, int8 qbs, int8 kbs, int8 vbs, int8 mbs, int4 base, int L,    \
+        int S, int qrs, int qcs, int krs, int kcs, int vrs, int vcs, int mrs, int mcs, float scale, float p,           \
+        float dscale, uint key0, uint key1, uint ctr_lo, uint ctr_hi
+
+/* The element offsets of batch b's query, key, value and mask. */
+inline int4 att_offsets(int b, int8 bsh, int8 qbs, int8 kbs, int8 vbs, int8 mbs, int4 base) {
+    int sh[8], qs[8], ks[8], vs[8], ms[8];
+    vstore8(bsh, 0, sh);
+    vstore8(qbs, 0, qs);
+    vstore8(kbs, 0, ks);
+    vstore8(vbs, 0, vs);
+    vstore8(mbs, 0, ms);
+    int4 o = base;
+    for (int d = 7; d >= 0; d--) {
+        int idx = b % sh[d];
+        b /= sh[d];
+        o += idx * (int4)(qs[d], ks[d], vs[d], ms[d]);
+    }
+    return o;
+}
 
 /* Rows live in float4 vectors (ATT_E4 of them for E, zero-padded): the dot products and
  * updates of a row then use the CPU's vector units inside each work-item, which POCL's
@@ -106,7 +125,8 @@ kernel void sdpa_forward(ATT_OPERANDS, global float *restrict out, global float 
     int lid = get_local_id(0), b = get_group_id(1);
     int i0 = get_group_id(0) * ATT_BM, i = i0 + lid;
     bool row = i < L;
-    int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
+    int4 ob = att_offsets(b, bsh, qbs, kbs, vbs, mbs, base);
+    int qo = ob.x, ko = ob.y, vo = ob.z, mo = ob.w;
     float4 qr[ATT_E4], acc[ATT_EV4];
     for (int e = 0; e < ATT_E4; e++) qr[e] = row ? att_ld4(q, qo + i * qrs, qcs, 4 * e, ATT_E) * scale : 0.0f;
     for (int e = 0; e < ATT_EV4; e++) acc[e] = 0.0f;
@@ -178,7 +198,8 @@ kernel void sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, in
     int lid = get_local_id(0), b = get_group_id(1);
     int i0 = get_group_id(0) * ATT_BM, i = i0 + lid;
     bool row = i < L;
-    int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
+    int4 ob = att_offsets(b, bsh, qbs, kbs, vbs, mbs, base);
+    int qo = ob.x, ko = ob.y, vo = ob.z, mo = ob.w;
     float4 qr[ATT_E4], dor[ATT_EV4], g[ATT_E4];
     for (int e = 0; e < ATT_E4; e++) qr[e] = row ? att_ld4(q, qo + i * qrs, qcs, 4 * e, ATT_E) * scale : 0.0f;
     for (int e = 0; e < ATT_EV4; e++)
@@ -231,7 +252,8 @@ kernel void sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, i
     int lid = get_local_id(0), b = get_group_id(1);
     int j0 = get_group_id(0) * ATT_BN, j = j0 + lid;
     bool col = j < S;
-    int qo = offs[4 * b], ko = offs[4 * b + 1], vo = offs[4 * b + 2], mo = offs[4 * b + 3];
+    int4 ob = att_offsets(b, bsh, qbs, kbs, vbs, mbs, base);
+    int qo = ob.x, ko = ob.y, vo = ob.z, mo = ob.w;
     float4 kr[ATT_E4], vr[ATT_EV4], gk[ATT_E4], gv[ATT_EV4];
     for (int e = 0; e < ATT_E4; e++) kr[e] = col ? att_ld4(k, ko + j * krs, kcs, 4 * e, ATT_E) : 0.0f;
     for (int e = 0; e < ATT_EV4; e++) vr[e] = col ? att_ld4(v, vo + j * vrs, vcs, 4 * e, ATT_EV) : 0.0f;

@@ -12,8 +12,8 @@
  *
  * Batch dims of query, key and value broadcast together (as torch's matmul-based
  * definition); the mask broadcasts to [batch..., L, S]. The kernels address every
- * operand through a per-batch table of element offsets and two strides, so views,
- * transposed heads and broadcasts are read in place. Gradients are computed at the
+ * operand through its strides over the batch dims and two more, so views, transposed
+ * heads and broadcasts are read in place. Gradients are computed at the
  * broadcast batch shape and summed down by kiln__accum.
  *
  * The composed path (opts->impl = KILN_SDPA_COMPOSED) is matmul, softmax, dropout and
@@ -47,6 +47,10 @@ typedef struct sdpa_geom {
     int64_t bshape[KILN_MAX_DIMS]; /* broadcast batch shape */
     int64_t B, L, S, E, EV;        /* B = product of bshape */
     cl_int qrs, qcs, krs, kcs, vrs, vcs, mrs, mcs;
+    /* the kernels' batch addressing (ATT_OPERANDS of attention.cl): the batch shape padded
+     * in front with 1s to 8 dims, each operand's strides over it, their offsets */
+    cl_int8 bsh, qbs, kbs, vbs, mbs;
+    cl_int4 base;
 } sdpa_geom;
 
 typedef struct sdpa_state {
@@ -184,28 +188,16 @@ kiln_sdpa_opts kiln_sdpa_defaults(void) {
 
 /* ---- the fused path ---------------------------------------------------------------------- */
 
-/* The [B, 4] table of element offsets of query, key, value and the mask per batch index. */
-static kiln_tensor *offsets_table(kiln_ctx *ctx, const sdpa_geom *g, kiln_tensor *const *ops4) {
-    int32_t *tab = malloc(sizeof(int32_t) * 4 * (size_t)g->B);
-    if (!tab) {
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op_name);
-        return NULL;
+/* g's batch addressing of the four operands (the mask may be NULL). */
+static void batch_addressing(sdpa_geom *g, kiln_tensor *const *ops4) {
+    cl_int8 *st[4] = {&g->qbs, &g->kbs, &g->vbs, &g->mbs};
+    int nd = g->nb + 2, pad = 8 - g->nb;
+    for (int d = 0; d < 8; d++) {
+        int bd = d - pad; /* batch dim, or < 0 in the padding */
+        g->bsh.s[d] = bd >= 0 ? (cl_int)g->bshape[bd] : 1;
+        for (int t = 0; t < 4; t++) st[t]->s[d] = bd >= 0 && ops4[t] ? (cl_int)stride_from_end(ops4[t], nd - bd) : 0;
     }
-    int nd = g->nb + 2;
-    for (int64_t b = 0; b < g->B; b++) {
-        int64_t off[4] = {0, 0, 0, 0}, r = b;
-        for (int d = g->nb - 1; d >= 0; d--) {
-            int64_t idx = r % g->bshape[d];
-            r /= g->bshape[d];
-            for (int t = 0; t < 4; t++)
-                if (ops4[t]) off[t] += idx * stride_from_end(ops4[t], nd - d);
-        }
-        for (int t = 0; t < 4; t++) tab[4 * b + t] = (int32_t)(off[t] + (ops4[t] ? ops4[t]->offset : 0));
-    }
-    int64_t n = 4 * g->B;
-    kiln_tensor *t = kiln_from_host(ctx, tab, KILN_I32, 1, &n);
-    free(tab);
-    return t;
+    for (int t = 0; t < 4; t++) g->base.s[t] = ops4[t] ? (cl_int)ops4[t]->offset : 0;
 }
 
 static void build_options(const sdpa_state *st, char *buf, size_t cap) {
@@ -234,9 +226,9 @@ static bool choose_tiles(const kiln_ctx *ctx, int64_t E, int64_t EV, int *bm, in
     }
 }
 
-/* The common kernel arguments (ATT_OPERANDS of attention.cl) into args[0..22). */
+/* The common kernel arguments (ATT_OPERANDS of attention.cl). */
 typedef struct sdpa_args {
-    cl_mem q, k, v, m, offs;
+    cl_mem q, k, v, m;
     cl_int L, S;
     sdpa_geom g;
     sdpa_state st;
@@ -245,7 +237,9 @@ typedef struct sdpa_args {
 static int fill_args(sdpa_args *a, kiln__karg *args) {
     int n = 0;
     args[n++] = KILN__ARG(a->q), args[n++] = KILN__ARG(a->k), args[n++] = KILN__ARG(a->v);
-    args[n++] = KILN__ARG(a->m), args[n++] = KILN__ARG(a->offs);
+    args[n++] = KILN__ARG(a->m), args[n++] = KILN__ARG(a->g.bsh), args[n++] = KILN__ARG(a->g.qbs);
+    args[n++] = KILN__ARG(a->g.kbs), args[n++] = KILN__ARG(a->g.vbs), args[n++] = KILN__ARG(a->g.mbs);
+    args[n++] = KILN__ARG(a->g.base);
     args[n++] = KILN__ARG(a->L), args[n++] = KILN__ARG(a->S);
     args[n++] = KILN__ARG(a->g.qrs), args[n++] = KILN__ARG(a->g.qcs), args[n++] = KILN__ARG(a->g.krs);
     args[n++] = KILN__ARG(a->g.kcs), args[n++] = KILN__ARG(a->g.vrs), args[n++] = KILN__ARG(a->g.vcs);
@@ -257,10 +251,9 @@ static int fill_args(sdpa_args *a, kiln__karg *args) {
 }
 
 static void args_init(sdpa_args *a, const sdpa_state *st, kiln_tensor *q, kiln_tensor *k, kiln_tensor *v,
-                      kiln_tensor *m, kiln_tensor *offs) {
+                      kiln_tensor *m) {
     a->q = q->st->mem, a->k = k->st->mem, a->v = v->st->mem;
     a->m = m ? m->st->mem : q->st->mem; /* not read without a mask */
-    a->offs = offs->st->mem;
     a->L = (cl_int)st->g.L, a->S = (cl_int)st->g.S;
     a->g = st->g;
     a->st = *st;
@@ -270,7 +263,7 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     const sdpa_state *st = KILN__NODE_STATE(n, sdpa_state);
     if (!st) return ctx->err;
     kiln_tensor *q = n->in[0], *k = n->in[1], *v = n->in[2], *out = n->out;
-    kiln_tensor *lse = n->saved[0], *offs = n->saved[1], *m = n->nsaved > 2 ? n->saved[2] : NULL;
+    kiln_tensor *lse = n->saved[0], *m = n->nsaved > 1 ? n->saved[1] : NULL;
     const sdpa_geom *g = &st->g;
     bool need_q = kiln__input_needs_grad(n, 0), need_kv = kiln__input_needs_grad(n, 1) || kiln__input_needs_grad(n, 2);
     char opts[256];
@@ -288,8 +281,8 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         if (s != KILN_OK) goto done;
     }
     sdpa_args sa;
-    args_init(&sa, st, q, k, v, m, offs);
-    kiln__karg args[32];
+    args_init(&sa, st, q, k, v, m);
+    kiln__karg args[40];
     int na = fill_args(&sa, args);
     if (need_q) {
         shp[nd - 2] = g->L, shp[nd - 1] = g->E;
@@ -354,16 +347,16 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
     memcpy(shp, g->bshape, sizeof(int64_t) * (size_t)g->nb);
     shp[nd - 2] = g->L, shp[nd - 1] = g->EV;
     kiln_tensor *ops4[4] = {q, k, v, m};
+    batch_addressing(&st.g, ops4);
     kiln_tensor *out = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp);
     kiln_tensor *lse = out ? kiln__tensor_new(ctx, op_name, KILN_F32, 1, &rows) : NULL;
-    kiln_tensor *offs = lse ? offsets_table(ctx, g, ops4) : NULL;
-    if (!offs) goto fail;
+    if (!lse) goto fail;
     if (rows > 0) {
         char opts[256];
         build_options(&st, opts, sizeof opts);
         sdpa_args sa;
-        args_init(&sa, &st, q, k, v, m, offs);
-        kiln__karg args[32];
+        args_init(&sa, &st, q, k, v, m);
+        kiln__karg args[40];
         int c = fill_args(&sa, args);
         args[c++] = KILN__ARG(out->st->mem), args[c++] = KILN__ARG(lse->st->mem);
         size_t gl[2] = {(size_t)((g->L + bm - 1) / bm * bm), (size_t)g->B}, lo[2] = {(size_t)bm, 1};
@@ -374,17 +367,13 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
     if (kiln__grad_wanted(ctx, 3, in3)) {
         kiln__node *n = kiln__node_new(ctx, op_name, out, 3, in3, sdpa_backward_fn);
         sdpa_state *ns = n ? KILN__NODE_STATE_NEW(n, sdpa_state) : NULL;
-        if (!ns || kiln__node_save(n, lse) != KILN_OK || kiln__node_save(n, offs) != KILN_OK ||
-            (m && kiln__node_save(n, m) != KILN_OK))
-            goto fail;
+        if (!ns || kiln__node_save(n, lse) != KILN_OK || (m && kiln__node_save(n, m) != KILN_OK)) goto fail;
         *ns = st;
     }
     kiln_tensor_free(lse);
-    kiln_tensor_free(offs);
     if (st.drop && o->dropout_p < 1.0f) ctx->rng_counter += (uint64_t)(g->B * g->L * g->S);
     return kiln__finish(ctx, op_name, out);
 fail:
-    kiln_tensor_free(offs);
     kiln_tensor_free(lse);
     kiln_tensor_free(out);
     return NULL;
@@ -440,7 +429,11 @@ static kiln_tensor *sdpa_composed(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k,
         if (!step(&w, kiln_expand(ctx, w, nd, wshape))) return NULL;
     if (!step(&w, kiln_mul_scalar(ctx, w, scale))) return NULL;
     if (m && m->dtype == KILN_F32) {
-        if (!step(&w, kiln_add(ctx, w, m))) return NULL;
+        /* the mask gets no gradient, as on the fused path */
+        kiln_tensor *md = kiln_detach(ctx, m);
+        kiln_tensor *nw = md ? kiln_add(ctx, w, md) : NULL;
+        kiln_tensor_free(md);
+        if (!step(&w, nw)) return NULL;
     } else if (m || o->is_causal) {
         kiln_tensor *b = bias_of(ctx, m, g->L, g->S);
         kiln_tensor *nw = b ? kiln_add(ctx, w, b) : NULL;
