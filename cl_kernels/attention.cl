@@ -93,43 +93,53 @@ inline int4 att_offsets(int b, int8 bsh, int8 qbs, int8 kbs, int8 vbs, int8 mbs,
     return o;
 }
 
-/* Rows live in float4 vectors (ATT_E4 of them for E, zero-padded): the dot products and
- * updates of a row then use the CPU's vector units inside each work-item, which POCL's
- * work-group vectoriser does not reach through private arrays. */
-#define ATT_E4 ((ATT_E + 3) / 4)
-#define ATT_EV4 ((ATT_EV + 3) / 4)
+/* Rows live in vectors of ATT_VW floats (ATT_EN of them for E, ATT_EVN for EV, the last
+ * zero-padded): dot products and updates of a row use the CPU's vector units inside each
+ * work-item, which POCL's work-group vectoriser does not reach through private arrays. */
+#define ATT_CAT_(a, b) a##b
+#define ATT_CAT(a, b) ATT_CAT_(a, b)
+#define ATT_VEC ATT_CAT(float, ATT_VW)
+#define ATT_EN ((ATT_E + ATT_VW - 1) / ATT_VW)
+#define ATT_EVN ((ATT_EV + ATT_VW - 1) / ATT_VW)
 
-/* Elements e .. e + 3 of the row at base with column stride cs and n columns; 0 past n. */
-inline float4 att_ld4(global const float *x, int base, int cs, int e, int n) {
-    return (float4)(e < n ? x[base + e * cs] : 0.0f, e + 1 < n ? x[base + (e + 1) * cs] : 0.0f,
-                    e + 2 < n ? x[base + (e + 2) * cs] : 0.0f, e + 3 < n ? x[base + (e + 3) * cs] : 0.0f);
+/* Elements e .. e + ATT_VW - 1 of the row at base with column stride cs and n columns; 0
+ * past n. */
+inline ATT_VEC att_ld(global const float *x, int base, int cs, int e, int n) {
+    float t[ATT_VW];
+    for (int c = 0; c < ATT_VW; c++) t[c] = e + c < n ? x[base + (e + c) * cs] : 0.0f;
+    return ATT_CAT(vload, ATT_VW)(0, t);
 }
 
 /* Stores the elements of v below column n of a contiguous row at x + e. */
-inline void att_st4(global float *x, int e, int n, float4 v) {
-    if (e < n) x[e] = v.x;
-    if (e + 1 < n) x[e + 1] = v.y;
-    if (e + 2 < n) x[e + 2] = v.z;
-    if (e + 3 < n) x[e + 3] = v.w;
+inline void att_st(global float *x, int e, int n, ATT_VEC v) {
+    float t[ATT_VW];
+    ATT_CAT(vstore, ATT_VW)(v, 0, t);
+    for (int c = 0; c < ATT_VW && e + c < n; c++) x[e + c] = t[c];
 }
 
-inline float att_sum4(float4 v) { return (v.x + v.y) + (v.z + v.w); }
+inline float att_sum(ATT_VEC v) {
+    float t[ATT_VW];
+    ATT_CAT(vstore, ATT_VW)(v, 0, t);
+    float s = 0.0f;
+    for (int c = 0; c < ATT_VW; c++) s += t[c];
+    return s;
+}
 
 /* Forward: a work-group of ATT_BM query rows of batch b = group (., 1), one row per
  * work-item, walks the key tiles (ATT_BN keys of k and v in local memory) keeping the
  * running maximum m, the running sum l of exp(s - m) and the unnormalised output. Writes
  * out [B, L, EV] and lse [B, L] = m + log l. */
 kernel void sdpa_forward(ATT_OPERANDS, global float *restrict out, global float *restrict lse) {
-    local float4 kt[ATT_BN * ATT_E4];
-    local float4 vt[ATT_BN * ATT_EV4];
+    local ATT_VEC kt[ATT_BN * ATT_EN];
+    local ATT_VEC vt[ATT_BN * ATT_EVN];
     int lid = get_local_id(0), b = get_group_id(1);
     int i0 = get_group_id(0) * ATT_BM, i = i0 + lid;
     bool row = i < L;
     int4 ob = att_offsets(b, bsh, qbs, kbs, vbs, mbs, base);
     int qo = ob.x, ko = ob.y, vo = ob.z, mo = ob.w;
-    float4 qr[ATT_E4], acc[ATT_EV4];
-    for (int e = 0; e < ATT_E4; e++) qr[e] = row ? att_ld4(q, qo + i * qrs, qcs, 4 * e, ATT_E) * scale : 0.0f;
-    for (int e = 0; e < ATT_EV4; e++) acc[e] = 0.0f;
+    ATT_VEC qr[ATT_EN], acc[ATT_EVN];
+    for (int e = 0; e < ATT_EN; e++) qr[e] = row ? att_ld(q, qo + i * qrs, qcs, ATT_VW * e, ATT_E) * scale : 0.0f;
+    for (int e = 0; e < ATT_EVN; e++) acc[e] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     int jend = S;
 #if ATT_CAUSAL
@@ -138,24 +148,24 @@ kernel void sdpa_forward(ATT_OPERANDS, global float *restrict out, global float 
     for (int j0 = 0; j0 < jend; j0 += ATT_BN) {
         int nb = min(ATT_BN, S - j0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int t = lid; t < nb * ATT_E4; t += ATT_BM)
-            kt[t] = att_ld4(k, ko + (j0 + t / ATT_E4) * krs, kcs, 4 * (t % ATT_E4), ATT_E);
-        for (int t = lid; t < nb * ATT_EV4; t += ATT_BM)
-            vt[t] = att_ld4(v, vo + (j0 + t / ATT_EV4) * vrs, vcs, 4 * (t % ATT_EV4), ATT_EV);
+        for (int t = lid; t < nb * ATT_EN; t += ATT_BM)
+            kt[t] = att_ld(k, ko + (j0 + t / ATT_EN) * krs, kcs, ATT_VW * (t % ATT_EN), ATT_E);
+        for (int t = lid; t < nb * ATT_EVN; t += ATT_BM)
+            vt[t] = att_ld(v, vo + (j0 + t / ATT_EVN) * vrs, vcs, ATT_VW * (t % ATT_EVN), ATT_EV);
         barrier(CLK_LOCAL_MEM_FENCE);
         if (!row) continue;
         float s[ATT_BN], tmax = -INFINITY;
         for (int jj = 0; jj < nb; jj++) {
-            float4 d = 0.0f;
-            for (int e = 0; e < ATT_E4; e++) d = fma(qr[e], kt[jj * ATT_E4 + e], d);
-            s[jj] = att_masked(att_sum4(d), i, j0 + jj, mask, mo, mrs, mcs);
+            ATT_VEC d = 0.0f;
+            for (int e = 0; e < ATT_EN; e++) d = fma(qr[e], kt[jj * ATT_EN + e], d);
+            s[jj] = att_masked(att_sum(d), i, j0 + jj, mask, mo, mrs, mcs);
             tmax = fmax(tmax, s[jj]);
         }
         float mnew = fmax(m, tmax);
         if (mnew == -INFINITY) continue; /* every key so far excluded */
         float alpha = exp(m - mnew);     /* 0 on the first visible tile */
         l *= alpha;
-        for (int e = 0; e < ATT_EV4; e++) acc[e] *= alpha;
+        for (int e = 0; e < ATT_EVN; e++) acc[e] *= alpha;
         for (int jj = 0; jj < nb; jj++) {
             float pj = exp(s[jj] - mnew);
             l += pj;
@@ -164,14 +174,14 @@ kernel void sdpa_forward(ATT_OPERANDS, global float *restrict out, global float 
                            p, dscale);
 #endif
             if (pj == 0.0f) continue;
-            for (int e = 0; e < ATT_EV4; e++) acc[e] = fma((float4)pj, vt[jj * ATT_EV4 + e], acc[e]);
+            for (int e = 0; e < ATT_EVN; e++) acc[e] = fma((ATT_VEC)pj, vt[jj * ATT_EVN + e], acc[e]);
         }
         m = mnew;
     }
     if (!row) return;
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
     global float *o = out + (b * L + i) * ATT_EV;
-    for (int e = 0; e < ATT_EV4; e++) att_st4(o, 4 * e, ATT_EV, acc[e] * inv);
+    for (int e = 0; e < ATT_EVN; e++) att_st(o, ATT_VW * e, ATT_EV, acc[e] * inv);
     lse[b * L + i] = l > 0.0f ? m + log(l) : INFINITY;
 }
 
@@ -193,18 +203,18 @@ kernel void sdpa_backward_d(global const float *restrict dout, int dooff, global
 kernel void sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, int dooff,
                              global const float *restrict lse, global const float *restrict dd,
                              global float *restrict dq) {
-    local float4 kt[ATT_BN * ATT_E4];
-    local float4 vt[ATT_BN * ATT_EV4];
+    local ATT_VEC kt[ATT_BN * ATT_EN];
+    local ATT_VEC vt[ATT_BN * ATT_EVN];
     int lid = get_local_id(0), b = get_group_id(1);
     int i0 = get_group_id(0) * ATT_BM, i = i0 + lid;
     bool row = i < L;
     int4 ob = att_offsets(b, bsh, qbs, kbs, vbs, mbs, base);
     int qo = ob.x, ko = ob.y, vo = ob.z, mo = ob.w;
-    float4 qr[ATT_E4], dor[ATT_EV4], g[ATT_E4];
-    for (int e = 0; e < ATT_E4; e++) qr[e] = row ? att_ld4(q, qo + i * qrs, qcs, 4 * e, ATT_E) * scale : 0.0f;
-    for (int e = 0; e < ATT_EV4; e++)
-        dor[e] = row ? att_ld4(dout, dooff + (b * L + i) * ATT_EV, 1, 4 * e, ATT_EV) : 0.0f;
-    for (int e = 0; e < ATT_E4; e++) g[e] = 0.0f;
+    ATT_VEC qr[ATT_EN], dor[ATT_EVN], g[ATT_EN];
+    for (int e = 0; e < ATT_EN; e++) qr[e] = row ? att_ld(q, qo + i * qrs, qcs, ATT_VW * e, ATT_E) * scale : 0.0f;
+    for (int e = 0; e < ATT_EVN; e++)
+        dor[e] = row ? att_ld(dout, dooff + (b * L + i) * ATT_EV, 1, ATT_VW * e, ATT_EV) : 0.0f;
+    for (int e = 0; e < ATT_EN; e++) g[e] = 0.0f;
     float li = row ? lse[b * L + i] : INFINITY, di = row ? dd[b * L + i] : 0.0f;
     int jend = S;
 #if ATT_CAUSAL
@@ -213,31 +223,31 @@ kernel void sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, in
     for (int j0 = 0; j0 < jend; j0 += ATT_BN) {
         int nb = min(ATT_BN, S - j0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int t = lid; t < nb * ATT_E4; t += ATT_BM)
-            kt[t] = att_ld4(k, ko + (j0 + t / ATT_E4) * krs, kcs, 4 * (t % ATT_E4), ATT_E);
-        for (int t = lid; t < nb * ATT_EV4; t += ATT_BM)
-            vt[t] = att_ld4(v, vo + (j0 + t / ATT_EV4) * vrs, vcs, 4 * (t % ATT_EV4), ATT_EV);
+        for (int t = lid; t < nb * ATT_EN; t += ATT_BM)
+            kt[t] = att_ld(k, ko + (j0 + t / ATT_EN) * krs, kcs, ATT_VW * (t % ATT_EN), ATT_E);
+        for (int t = lid; t < nb * ATT_EVN; t += ATT_BM)
+            vt[t] = att_ld(v, vo + (j0 + t / ATT_EVN) * vrs, vcs, ATT_VW * (t % ATT_EVN), ATT_EV);
         barrier(CLK_LOCAL_MEM_FENCE);
         if (!row) continue;
         for (int jj = 0; jj < nb; jj++) {
-            float4 d = 0.0f;
-            for (int e = 0; e < ATT_E4; e++) d = fma(qr[e], kt[jj * ATT_E4 + e], d);
-            float pij = exp(att_masked(att_sum4(d), i, j0 + jj, mask, mo, mrs, mcs) - li);
+            ATT_VEC d = 0.0f;
+            for (int e = 0; e < ATT_EN; e++) d = fma(qr[e], kt[jj * ATT_EN + e], d);
+            float pij = exp(att_masked(att_sum(d), i, j0 + jj, mask, mo, mrs, mcs) - li);
             if (pij == 0.0f) continue;
-            float4 dp4 = 0.0f;
-            for (int e = 0; e < ATT_EV4; e++) dp4 = fma(dor[e], vt[jj * ATT_EV4 + e], dp4);
-            float dp = att_sum4(dp4);
+            ATT_VEC dp4 = 0.0f;
+            for (int e = 0; e < ATT_EVN; e++) dp4 = fma(dor[e], vt[jj * ATT_EVN + e], dp4);
+            float dp = att_sum(dp4);
 #if ATT_DROP
             dp *= att_keep(((ulong)b * (ulong)L + (ulong)i) * (ulong)S + (ulong)(j0 + jj), key0, key1, ctr_lo, ctr_hi,
                            p, dscale);
 #endif
             float ds = pij * (dp - di);
-            for (int e = 0; e < ATT_E4; e++) g[e] = fma((float4)ds, kt[jj * ATT_E4 + e], g[e]);
+            for (int e = 0; e < ATT_EN; e++) g[e] = fma((ATT_VEC)ds, kt[jj * ATT_EN + e], g[e]);
         }
     }
     if (!row) return;
     global float *o = dq + (b * L + i) * ATT_E;
-    for (int e = 0; e < ATT_E4; e++) att_st4(o, 4 * e, ATT_E, g[e] * scale);
+    for (int e = 0; e < ATT_EN; e++) att_st(o, ATT_VW * e, ATT_E, g[e] * scale);
 }
 
 /* dK and dV: a work-group of ATT_BN key rows (one per work-item) walks the query tiles
@@ -246,19 +256,19 @@ kernel void sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, in
 kernel void sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, int dooff,
                               global const float *restrict lse, global const float *restrict dd,
                               global float *restrict dk, global float *restrict dv) {
-    local float4 qt[ATT_BM * ATT_E4];
-    local float4 ot[ATT_BM * ATT_EV4];
+    local ATT_VEC qt[ATT_BM * ATT_EN];
+    local ATT_VEC ot[ATT_BM * ATT_EVN];
     local float lt[ATT_BM], dt[ATT_BM];
     int lid = get_local_id(0), b = get_group_id(1);
     int j0 = get_group_id(0) * ATT_BN, j = j0 + lid;
     bool col = j < S;
     int4 ob = att_offsets(b, bsh, qbs, kbs, vbs, mbs, base);
     int qo = ob.x, ko = ob.y, vo = ob.z, mo = ob.w;
-    float4 kr[ATT_E4], vr[ATT_EV4], gk[ATT_E4], gv[ATT_EV4];
-    for (int e = 0; e < ATT_E4; e++) kr[e] = col ? att_ld4(k, ko + j * krs, kcs, 4 * e, ATT_E) : 0.0f;
-    for (int e = 0; e < ATT_EV4; e++) vr[e] = col ? att_ld4(v, vo + j * vrs, vcs, 4 * e, ATT_EV) : 0.0f;
-    for (int e = 0; e < ATT_E4; e++) gk[e] = 0.0f;
-    for (int e = 0; e < ATT_EV4; e++) gv[e] = 0.0f;
+    ATT_VEC kr[ATT_EN], vr[ATT_EVN], gk[ATT_EN], gv[ATT_EVN];
+    for (int e = 0; e < ATT_EN; e++) kr[e] = col ? att_ld(k, ko + j * krs, kcs, ATT_VW * e, ATT_E) : 0.0f;
+    for (int e = 0; e < ATT_EVN; e++) vr[e] = col ? att_ld(v, vo + j * vrs, vcs, ATT_VW * e, ATT_EV) : 0.0f;
+    for (int e = 0; e < ATT_EN; e++) gk[e] = 0.0f;
+    for (int e = 0; e < ATT_EVN; e++) gv[e] = 0.0f;
     int istart = 0;
 #if ATT_CAUSAL
     istart = j0 / ATT_BM * ATT_BM; /* earlier queries see none of this group's keys */
@@ -266,10 +276,10 @@ kernel void sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, i
     for (int i0 = istart; i0 < L; i0 += ATT_BM) {
         int nb = min(ATT_BM, L - i0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int t = lid; t < nb * ATT_E4; t += ATT_BN)
-            qt[t] = att_ld4(q, qo + (i0 + t / ATT_E4) * qrs, qcs, 4 * (t % ATT_E4), ATT_E) * scale;
-        for (int t = lid; t < nb * ATT_EV4; t += ATT_BN)
-            ot[t] = att_ld4(dout, dooff + (b * L + i0 + t / ATT_EV4) * ATT_EV, 1, 4 * (t % ATT_EV4), ATT_EV);
+        for (int t = lid; t < nb * ATT_EN; t += ATT_BN)
+            qt[t] = att_ld(q, qo + (i0 + t / ATT_EN) * qrs, qcs, ATT_VW * (t % ATT_EN), ATT_E) * scale;
+        for (int t = lid; t < nb * ATT_EVN; t += ATT_BN)
+            ot[t] = att_ld(dout, dooff + (b * L + i0 + t / ATT_EVN) * ATT_EV, 1, ATT_VW * (t % ATT_EVN), ATT_EV);
         for (int t = lid; t < nb; t += ATT_BN) {
             lt[t] = lse[b * L + i0 + t];
             dt[t] = dd[b * L + i0 + t];
@@ -277,26 +287,26 @@ kernel void sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, i
         barrier(CLK_LOCAL_MEM_FENCE);
         if (!col) continue;
         for (int ii = 0; ii < nb; ii++) {
-            float4 d = 0.0f;
-            for (int e = 0; e < ATT_E4; e++) d = fma(qt[ii * ATT_E4 + e], kr[e], d);
-            float pij = exp(att_masked(att_sum4(d), i0 + ii, j, mask, mo, mrs, mcs) - lt[ii]);
+            ATT_VEC d = 0.0f;
+            for (int e = 0; e < ATT_EN; e++) d = fma(qt[ii * ATT_EN + e], kr[e], d);
+            float pij = exp(att_masked(att_sum(d), i0 + ii, j, mask, mo, mrs, mcs) - lt[ii]);
             if (pij == 0.0f) continue;
-            float4 dp4 = 0.0f;
-            for (int e = 0; e < ATT_EV4; e++) dp4 = fma(ot[ii * ATT_EV4 + e], vr[e], dp4);
-            float dp = att_sum4(dp4), z = 1.0f;
+            ATT_VEC dp4 = 0.0f;
+            for (int e = 0; e < ATT_EVN; e++) dp4 = fma(ot[ii * ATT_EVN + e], vr[e], dp4);
+            float dp = att_sum(dp4), z = 1.0f;
 #if ATT_DROP
             z = att_keep(((ulong)b * (ulong)L + (ulong)(i0 + ii)) * (ulong)S + (ulong)j, key0, key1, ctr_lo, ctr_hi, p,
                          dscale);
 #endif
             float pz = pij * z, ds = pij * (dp * z - dt[ii]);
-            for (int e = 0; e < ATT_EV4; e++) gv[e] = fma((float4)pz, ot[ii * ATT_EV4 + e], gv[e]);
-            for (int e = 0; e < ATT_E4; e++) gk[e] = fma((float4)ds, qt[ii * ATT_E4 + e], gk[e]);
+            for (int e = 0; e < ATT_EVN; e++) gv[e] = fma((ATT_VEC)pz, ot[ii * ATT_EVN + e], gv[e]);
+            for (int e = 0; e < ATT_EN; e++) gk[e] = fma((ATT_VEC)ds, qt[ii * ATT_EN + e], gk[e]);
         }
     }
     if (!col) return;
     global float *ok = dk + (b * S + j) * ATT_E, *ov = dv + (b * S + j) * ATT_EV;
-    for (int e = 0; e < ATT_E4; e++) att_st4(ok, 4 * e, ATT_E, gk[e]);
-    for (int e = 0; e < ATT_EV4; e++) att_st4(ov, 4 * e, ATT_EV, gv[e]);
+    for (int e = 0; e < ATT_EN; e++) att_st(ok, ATT_VW * e, ATT_E, gk[e]);
+    for (int e = 0; e < ATT_EVN; e++) att_st(ov, ATT_VW * e, ATT_EV, gv[e]);
 }
 
 /* The composed path's additive bias, dst [n] contiguous: from a contiguous boolean mask

@@ -36,6 +36,7 @@ static const char op_name[] = "kiln_scaled_dot_product_attention";
  * forward and backward). The GPU sizes are untimed: wider groups, as GPUs want. */
 #define ATT_BM_CPU 32
 #define ATT_BN_CPU 32
+#define ATT_VW_MAX_CPU 16
 #define ATT_BM_GPU 64
 #define ATT_BN_GPU 64
 
@@ -55,7 +56,7 @@ typedef struct sdpa_geom {
 
 typedef struct sdpa_state {
     sdpa_geom g;
-    int bm, bn, mask, causal, drop;
+    int bm, bn, vw, mask, causal, drop;
     float scale, p, dscale;
     cl_uint key0, key1, ctr_lo, ctr_hi;
 } sdpa_state;
@@ -201,20 +202,26 @@ static void batch_addressing(sdpa_geom *g, kiln_tensor *const *ops4) {
 }
 
 static void build_options(const sdpa_state *st, char *buf, size_t cap) {
-    snprintf(buf, cap, "-DATT_E=%lld -DATT_EV=%lld -DATT_BM=%d -DATT_BN=%d -DATT_MASK=%d -DATT_CAUSAL=%d -DATT_DROP=%d",
-             (long long)st->g.E, (long long)st->g.EV, st->bm, st->bn, st->mask, st->causal, st->drop);
+    snprintf(
+        buf, cap,
+        "-DATT_E=%lld -DATT_EV=%lld -DATT_BM=%d -DATT_BN=%d -DATT_VW=%d -DATT_MASK=%d -DATT_CAUSAL=%d -DATT_DROP=%d",
+        (long long)st->g.E, (long long)st->g.EV, st->bm, st->bn, st->vw, st->mask, st->causal, st->drop);
 }
 
-/* Tile sizes for the device, halved until both kernels' tiles fit its local memory and
- * work-group limit; false when even single rows do not fit. */
-static bool choose_tiles(const kiln_ctx *ctx, int64_t E, int64_t EV, int *bm, int *bn) {
+/* Tile sizes and vector width for the device: the vector as wide as the rows up to
+ * ATT_VW_MAX (4 on GPUs, whose work-items are scalar lanes), the tiles halved until both
+ * kernels' tiles fit its local memory and work-group limit; false when even single rows do
+ * not fit. */
+static bool choose_tiles(const kiln_ctx *ctx, int64_t E, int64_t EV, int *bm, int *bn, int *vw) {
     bool cpu = ctx->info.type == KILN_DEVICE_CPU;
     *bm = cpu ? ATT_BM_CPU : ATT_BM_GPU;
     *bn = cpu ? ATT_BN_CPU : ATT_BN_GPU;
+    int64_t wide = E > EV ? E : EV;
+    for (*vw = 4; *vw < (cpu ? ATT_VW_MAX_CPU : 4) && 2 * *vw <= wide;) *vw *= 2;
     uint64_t lmem = ctx->info.local_mem_bytes, maxwg = ctx->info.max_work_group_size;
+    /* rows are padded to whole vectors in local memory (attention.cl) */
+    uint64_t w = (uint64_t)*vw, e4 = ((uint64_t)E + w - 1) / w * w + ((uint64_t)EV + w - 1) / w * w;
     for (;;) {
-        /* rows are padded to whole float4 vectors in local memory (attention.cl) */
-        uint64_t e4 = (uint64_t)(E + 3) / 4 * 4 + (uint64_t)(EV + 3) / 4 * 4;
         uint64_t fwd = 4u * (uint64_t)*bn * e4, dkv = 4u * (uint64_t)*bm * (e4 + 2);
         bool fits = fwd <= lmem && dkv <= lmem && (uint64_t)*bm <= maxwg && (uint64_t)*bn <= maxwg;
         if (fits) return true;
@@ -334,8 +341,8 @@ done:
 }
 
 static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, kiln_tensor *v, kiln_tensor *m,
-                               const sdpa_geom *g, const kiln_sdpa_opts *o, float scale, int bm, int bn) {
-    sdpa_state st = {.g = *g, .bm = bm, .bn = bn, .causal = o->is_causal, .scale = scale};
+                               const sdpa_geom *g, const kiln_sdpa_opts *o, float scale, int bm, int bn, int vw) {
+    sdpa_state st = {.g = *g, .bm = bm, .bn = bn, .vw = vw, .causal = o->is_causal, .scale = scale};
     st.mask = !m ? MASK_NONE : m->dtype == KILN_U8 ? MASK_BOOL : MASK_FLOAT;
     /* p == 1 drops every weight (output 0, as torch) and draws nothing, as kiln_dropout */
     st.drop = o->dropout_p > 0.0f;
@@ -397,7 +404,7 @@ static kiln_tensor *bias_of(kiln_ctx *ctx, kiln_tensor *m, int64_t L, int64_t S)
                           KILN__ARG(ni), KILN__ARG(si),   KILN__ARG(causal)};
         /* attention.cl always needs its build options; these select the smallest build */
         if (kiln__launch(ctx, op_name, ATT_PROGRAM,
-                         "-DATT_E=1 -DATT_EV=1 -DATT_BM=1 -DATT_BN=1 -DATT_MASK=0 "
+                         "-DATT_E=1 -DATT_EV=1 -DATT_BM=1 -DATT_BN=1 -DATT_VW=4 -DATT_MASK=0 "
                          "-DATT_CAUSAL=0 -DATT_DROP=0",
                          "sdpa_bias", 7, a, (size_t)n, 0) != KILN_OK) {
             kiln_tensor_free(b);
@@ -458,8 +465,8 @@ kiln_tensor *kiln_scaled_dot_product_attention(kiln_ctx *ctx, kiln_tensor *query
     sdpa_geom g;
     float scale;
     if (!sdpa_check(ctx, query, key, value, attn_mask, &o, &g, &scale)) return NULL;
-    int bm, bn;
-    if (o.impl == KILN_SDPA_COMPOSED || !choose_tiles(ctx, g.E, g.EV, &bm, &bn))
+    int bm, bn, vw;
+    if (o.impl == KILN_SDPA_COMPOSED || !choose_tiles(ctx, g.E, g.EV, &bm, &bn, &vw))
         return sdpa_composed(ctx, query, key, value, attn_mask, &g, &o, scale);
-    return sdpa_fused(ctx, query, key, value, attn_mask, &g, &o, scale, bm, bn);
+    return sdpa_fused(ctx, query, key, value, attn_mask, &g, &o, scale, bm, bn, vw);
 }
