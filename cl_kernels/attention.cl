@@ -250,9 +250,11 @@ kernel void sdpa_backward_dq(ATT_OPERANDS, global const float *restrict dout, in
     for (int e = 0; e < ATT_EN; e++) att_st(o, ATT_VW * e, ATT_E, g[e] * scale);
 }
 
-/* dK and dV: a work-group of ATT_BN key rows (one per work-item) walks the query tiles
- * (ATT_BM rows of scale q, dO, lse and D in local memory): dv_j = sum_i z P_ij dO_i,
- * dk_j = sum_i dS_ij (scale q_i). Each key's sums belong to one work-item: no atomics. */
+/* dK and dV: a work-group of ATT_BN work-items, each holding ATT_KB keys (j and
+ * j + ATT_BN, ...: every query vector read from local memory serves all of them), walks
+ * the query tiles (ATT_BM rows of scale q, dO, lse and D in local memory):
+ * dv_j = sum_i z P_ij dO_i, dk_j = sum_i dS_ij (scale q_i). Each key's sums belong to one
+ * work-item: no atomics. */
 kernel void sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, int dooff,
                               global const float *restrict lse, global const float *restrict dd,
                               global float *restrict dk, global float *restrict dv) {
@@ -260,15 +262,22 @@ kernel void sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, i
     local ATT_VEC ot[ATT_BM * ATT_EVN];
     local float lt[ATT_BM], dt[ATT_BM];
     int lid = get_local_id(0), b = get_group_id(1);
-    int j0 = get_group_id(0) * ATT_BN, j = j0 + lid;
-    bool col = j < S;
+    int j0 = get_group_id(0) * ATT_BN * ATT_KB;
     int4 ob = att_offsets(b, bsh, qbs, kbs, vbs, mbs, base);
     int qo = ob.x, ko = ob.y, vo = ob.z, mo = ob.w;
-    ATT_VEC kr[ATT_EN], vr[ATT_EVN], gk[ATT_EN], gv[ATT_EVN];
-    for (int e = 0; e < ATT_EN; e++) kr[e] = col ? att_ld(k, ko + j * krs, kcs, ATT_VW * e, ATT_E) : 0.0f;
-    for (int e = 0; e < ATT_EVN; e++) vr[e] = col ? att_ld(v, vo + j * vrs, vcs, ATT_VW * e, ATT_EV) : 0.0f;
-    for (int e = 0; e < ATT_EN; e++) gk[e] = 0.0f;
-    for (int e = 0; e < ATT_EVN; e++) gv[e] = 0.0f;
+    ATT_VEC kr[ATT_KB][ATT_EN], vr[ATT_KB][ATT_EVN], gk[ATT_KB][ATT_EN], gv[ATT_KB][ATT_EVN];
+    int j[ATT_KB];
+    bool col[ATT_KB], any = false;
+    for (int u = 0; u < ATT_KB; u++) {
+        j[u] = j0 + u * ATT_BN + lid;
+        col[u] = j[u] < S;
+        any |= col[u];
+        for (int e = 0; e < ATT_EN; e++) kr[u][e] = col[u] ? att_ld(k, ko + j[u] * krs, kcs, ATT_VW * e, ATT_E) : 0.0f;
+        for (int e = 0; e < ATT_EVN; e++)
+            vr[u][e] = col[u] ? att_ld(v, vo + j[u] * vrs, vcs, ATT_VW * e, ATT_EV) : 0.0f;
+        for (int e = 0; e < ATT_EN; e++) gk[u][e] = 0.0f;
+        for (int e = 0; e < ATT_EVN; e++) gv[u][e] = 0.0f;
+    }
     int istart = 0;
 #if ATT_CAUSAL
     istart = j0 / ATT_BM * ATT_BM; /* earlier queries see none of this group's keys */
@@ -285,28 +294,52 @@ kernel void sdpa_backward_dkv(ATT_OPERANDS, global const float *restrict dout, i
             dt[t] = dd[b * L + i0 + t];
         }
         barrier(CLK_LOCAL_MEM_FENCE);
-        if (!col) continue;
+        if (!any) continue;
         for (int ii = 0; ii < nb; ii++) {
-            ATT_VEC d = 0.0f;
-            for (int e = 0; e < ATT_EN; e++) d = fma(qt[ii * ATT_EN + e], kr[e], d);
-            float pij = exp(att_masked(att_sum(d), i0 + ii, j, mask, mo, mrs, mcs) - lt[ii]);
-            if (pij == 0.0f) continue;
-            ATT_VEC dp4 = 0.0f;
-            for (int e = 0; e < ATT_EVN; e++) dp4 = fma(ot[ii * ATT_EVN + e], vr[e], dp4);
-            float dp = att_sum(dp4), z = 1.0f;
+            ATT_VEC d[ATT_KB], dp4[ATT_KB];
+            for (int u = 0; u < ATT_KB; u++) d[u] = 0.0f, dp4[u] = 0.0f;
+            for (int e = 0; e < ATT_EN; e++) {
+                ATT_VEC x = qt[ii * ATT_EN + e];
+                for (int u = 0; u < ATT_KB; u++) d[u] = fma(x, kr[u][e], d[u]);
+            }
+            float pij[ATT_KB];
+            bool none = true;
+            for (int u = 0; u < ATT_KB; u++) {
+                pij[u] = col[u] ? exp(att_masked(att_sum(d[u]), i0 + ii, j[u], mask, mo, mrs, mcs) - lt[ii]) : 0.0f;
+                none &= pij[u] == 0.0f;
+            }
+            if (none) continue;
+            for (int e = 0; e < ATT_EVN; e++) {
+                ATT_VEC x = ot[ii * ATT_EVN + e];
+                for (int u = 0; u < ATT_KB; u++) dp4[u] = fma(x, vr[u][e], dp4[u]);
+            }
+            float pz[ATT_KB], ds[ATT_KB];
+            for (int u = 0; u < ATT_KB; u++) {
+                float z = 1.0f;
 #if ATT_DROP
-            z = att_keep(((ulong)b * (ulong)L + (ulong)(i0 + ii)) * (ulong)S + (ulong)j, key0, key1, ctr_lo, ctr_hi, p,
-                         dscale);
+                if (pij[u] != 0.0f)
+                    z = att_keep(((ulong)b * (ulong)L + (ulong)(i0 + ii)) * (ulong)S + (ulong)j[u], key0, key1, ctr_lo,
+                                 ctr_hi, p, dscale);
 #endif
-            float pz = pij * z, ds = pij * (dp * z - dt[ii]);
-            for (int e = 0; e < ATT_EVN; e++) gv[e] = fma((ATT_VEC)pz, ot[ii * ATT_EVN + e], gv[e]);
-            for (int e = 0; e < ATT_EN; e++) gk[e] = fma((ATT_VEC)ds, qt[ii * ATT_EN + e], gk[e]);
+                pz[u] = pij[u] * z;
+                ds[u] = pij[u] * (att_sum(dp4[u]) * z - dt[ii]);
+            }
+            for (int e = 0; e < ATT_EVN; e++) {
+                ATT_VEC x = ot[ii * ATT_EVN + e];
+                for (int u = 0; u < ATT_KB; u++) gv[u][e] = fma((ATT_VEC)pz[u], x, gv[u][e]);
+            }
+            for (int e = 0; e < ATT_EN; e++) {
+                ATT_VEC x = qt[ii * ATT_EN + e];
+                for (int u = 0; u < ATT_KB; u++) gk[u][e] = fma((ATT_VEC)ds[u], x, gk[u][e]);
+            }
         }
     }
-    if (!col) return;
-    global float *ok = dk + (b * S + j) * ATT_E, *ov = dv + (b * S + j) * ATT_EV;
-    for (int e = 0; e < ATT_EN; e++) att_st(ok, ATT_VW * e, ATT_E, gk[e]);
-    for (int e = 0; e < ATT_EVN; e++) att_st(ov, ATT_VW * e, ATT_EV, gv[e]);
+    for (int u = 0; u < ATT_KB; u++) {
+        if (!col[u]) continue;
+        global float *ok = dk + (b * S + j[u]) * ATT_E, *ov = dv + (b * S + j[u]) * ATT_EV;
+        for (int e = 0; e < ATT_EN; e++) att_st(ok, ATT_VW * e, ATT_E, gk[u][e]);
+        for (int e = 0; e < ATT_EVN; e++) att_st(ov, ATT_VW * e, ATT_EV, gv[u][e]);
+    }
 }
 
 /* The composed path's additive bias, dst [n] contiguous: from a contiguous boolean mask

@@ -30,13 +30,16 @@
 #define ATT_PROGRAM "attention"
 static const char op_name[] = "kiln_scaled_dot_product_attention";
 
-/* Tile sizes (build options ATT_BM, ATT_BN of attention.cl). On CPUs POCL runs a
+/* Build options of attention.cl. ATT_BM, ATT_BN: tile sizes. On CPUs POCL runs a
  * work-group as a loop over its work-items on one core; 32 query rows per group and 32-key
  * tiles were the fastest of the sizes from 8 to 64 timed on POCL (L = S = 512, E = 64,
- * forward and backward). The GPU sizes are untimed: wider groups, as GPUs want. */
+ * forward and backward). ATT_VW: the float vector width rows are held in (up to 16 on
+ * CPUs: AVX-512 timed fastest of 4, 8, 16). ATT_KB: keys per work-item of the dK/dV kernel
+ * (2 timed faster than 1 and 4). The GPU sizes are untimed: wider groups, as GPUs want. */
 #define ATT_BM_CPU 32
 #define ATT_BN_CPU 32
 #define ATT_VW_MAX_CPU 16
+#define ATT_KB 2
 #define ATT_BM_GPU 64
 #define ATT_BN_GPU 64
 
@@ -56,7 +59,7 @@ typedef struct sdpa_geom {
 
 typedef struct sdpa_state {
     sdpa_geom g;
-    int bm, bn, vw, mask, causal, drop;
+    int bm, bn, vw, kb, mask, causal, drop;
     float scale, p, dscale;
     cl_uint key0, key1, ctr_lo, ctr_hi;
 } sdpa_state;
@@ -202,10 +205,10 @@ static void batch_addressing(sdpa_geom *g, kiln_tensor *const *ops4) {
 }
 
 static void build_options(const sdpa_state *st, char *buf, size_t cap) {
-    snprintf(
-        buf, cap,
-        "-DATT_E=%lld -DATT_EV=%lld -DATT_BM=%d -DATT_BN=%d -DATT_VW=%d -DATT_MASK=%d -DATT_CAUSAL=%d -DATT_DROP=%d",
-        (long long)st->g.E, (long long)st->g.EV, st->bm, st->bn, st->vw, st->mask, st->causal, st->drop);
+    snprintf(buf, cap,
+             "-DATT_E=%lld -DATT_EV=%lld -DATT_BM=%d -DATT_BN=%d -DATT_VW=%d -DATT_KB=%d -DATT_MASK=%d -DATT_CAUSAL=%d "
+             "-DATT_DROP=%d",
+             (long long)st->g.E, (long long)st->g.EV, st->bm, st->bn, st->vw, st->kb, st->mask, st->causal, st->drop);
 }
 
 /* Tile sizes and vector width for the device: the vector as wide as the rows up to
@@ -312,7 +315,8 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
             int c = na;
             args[c++] = KILN__ARG(gout->st->mem), args[c++] = KILN__ARG(dooff), args[c++] = KILN__ARG(lse->st->mem);
             args[c++] = KILN__ARG(dd->st->mem), args[c++] = KILN__ARG(dk->st->mem), args[c++] = KILN__ARG(dv->st->mem);
-            size_t gl[2] = {(size_t)((g->S + st->bn - 1) / st->bn * st->bn), (size_t)g->B}, lo[2] = {(size_t)st->bn, 1};
+            int64_t keys = (int64_t)st->bn * st->kb; /* per work-group */
+            size_t gl[2] = {(size_t)((g->S + keys - 1) / keys * st->bn), (size_t)g->B}, lo[2] = {(size_t)st->bn, 1};
             s = kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_dkv", (size_t)c, args, gl, lo);
             if (s != KILN_OK) goto done;
         }
@@ -342,7 +346,7 @@ done:
 
 static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, kiln_tensor *v, kiln_tensor *m,
                                const sdpa_geom *g, const kiln_sdpa_opts *o, float scale, int bm, int bn, int vw) {
-    sdpa_state st = {.g = *g, .bm = bm, .bn = bn, .vw = vw, .causal = o->is_causal, .scale = scale};
+    sdpa_state st = {.g = *g, .bm = bm, .bn = bn, .vw = vw, .kb = ATT_KB, .causal = o->is_causal, .scale = scale};
     st.mask = !m ? MASK_NONE : m->dtype == KILN_U8 ? MASK_BOOL : MASK_FLOAT;
     /* p == 1 drops every weight (output 0, as torch) and draws nothing, as kiln_dropout */
     st.drop = o->dropout_p > 0.0f;
@@ -404,7 +408,7 @@ static kiln_tensor *bias_of(kiln_ctx *ctx, kiln_tensor *m, int64_t L, int64_t S)
                           KILN__ARG(ni), KILN__ARG(si),   KILN__ARG(causal)};
         /* attention.cl always needs its build options; these select the smallest build */
         if (kiln__launch(ctx, op_name, ATT_PROGRAM,
-                         "-DATT_E=1 -DATT_EV=1 -DATT_BM=1 -DATT_BN=1 -DATT_VW=4 -DATT_MASK=0 "
+                         "-DATT_E=1 -DATT_EV=1 -DATT_BM=1 -DATT_BN=1 -DATT_VW=4 -DATT_KB=1 -DATT_MASK=0 "
                          "-DATT_CAUSAL=0 -DATT_DROP=0",
                          "sdpa_bias", 7, a, (size_t)n, 0) != KILN_OK) {
             kiln_tensor_free(b);
