@@ -33,9 +33,11 @@ static const char op_name[] = "kiln_scaled_dot_product_attention";
 /* Build options of attention.cl. ATT_BM, ATT_BN: tile sizes. On CPUs POCL runs a
  * work-group as a loop over its work-items on one core; 32 query rows per group and 32-key
  * tiles were the fastest of the sizes from 8 to 64 timed on POCL (L = S = 512, E = 64,
- * forward and backward). ATT_VW: the float vector width rows are held in (up to 16 on
- * CPUs: of 4, 8 and 16, 16 timed fastest on AVX-512). ATT_KB: keys per work-item of the dK/dV kernel
- * (2 timed faster than 1 and 4). The GPU sizes are untimed: wider groups, as GPUs want. */
+ * forward and backward). ATT_VW: the float vector width rows are held in, up to 16 on
+ * CPUs (of 4, 8 and 16, 16 timed fastest on AVX-512). ATT_KB: keys per work-item of the
+ * dK/dV kernel, so that each query vector read from local memory serves two keys (1, 2
+ * and 4 timed alike within the noise of a shared machine; two query rows per work-item in
+ * the dQ kernel timed slower). The GPU sizes are untimed: wider groups, as GPUs want. */
 #define ATT_BM_CPU 32
 #define ATT_BN_CPU 32
 #define ATT_VW_MAX_CPU 16
