@@ -282,6 +282,7 @@ NULL_CASE(layer_norm, kiln_layer_norm(NULL, NULL, 1, NULL, NULL, 1e-5f) == NULL)
 NULL_CASE(dropout, kiln_dropout(NULL, NULL, 0.5f, true) == NULL)
 NULL_CASE(embedding, kiln_embedding(NULL, NULL, NULL) == NULL)
 NULL_CASE(sample_logits, kiln_sample_logits(NULL, NULL, 1.0f, 0) == NULL)
+NULL_CASE(scaled_dot_product_attention, kiln_scaled_dot_product_attention(NULL, NULL, NULL, NULL, NULL, NULL) == NULL)
 NULL_CASE(mse_loss, kiln_mse_loss(NULL, NULL, NULL, KILN_MEAN) == NULL)
 NULL_CASE(l1_loss, kiln_l1_loss(NULL, NULL, NULL, KILN_MEAN) == NULL)
 NULL_CASE(smooth_l1_loss, kiln_smooth_l1_loss(NULL, NULL, NULL, KILN_MEAN, 1) == NULL)
@@ -484,6 +485,7 @@ static const null_case null_cases[] = {
     {"kiln_dropout", null_dropout},
     {"kiln_embedding", null_embedding},
     {"kiln_sample_logits", null_sample_logits},
+    {"kiln_scaled_dot_product_attention", null_scaled_dot_product_attention},
     {"kiln_mse_loss", null_mse_loss},
     {"kiln_l1_loss", null_l1_loss},
     {"kiln_smooth_l1_loss", null_smooth_l1_loss},

@@ -1116,6 +1116,38 @@ static void sweep_loss(void) {
 }
 
 /* ---- optim.cl -------------------------------------------------------------------------- */
+/* ---- attention.cl: every kernel variant (mask kinds, causal, dropout) at odd sizes over
+ * more than one tile, on views, and the composed path's bias kernel ---------------------- */
+static void sweep_attention(void) {
+    kiln_tensor *q = MK(-1, 1, true, 2, 19, 5), *k = MK(-1, 1, true, 2, 37, 5), *v = MK(-1, 1, true, 2, 37, 3);
+    kiln_sdpa_opts o = kiln_sdpa_defaults();
+    BACK("scaled_dot_product_attention", kiln_scaled_dot_product_attention(C, q, k, v, NULL, &o), q, k, v);
+    uint8_t mb[19 * 37];
+    for (int i = 0; i < 19 * 37; i++) mb[i] = i % 37 == 0 || (i * 7) % 5 != 0;
+    kiln_tensor *bm = kiln_from_host(C, mb, KILN_U8, 2, (int64_t[]){19, 37});
+    BACK("scaled_dot_product_attention bool mask", kiln_scaled_dot_product_attention(C, q, k, v, bm, &o), q, k, v);
+    kiln_tensor *fm = MK(-2, 2, false, 2, 1, 37);
+    BACK("scaled_dot_product_attention float mask", kiln_scaled_dot_product_attention(C, q, k, v, fm, &o), q, k, v);
+    o.is_causal = true;
+    BACK("scaled_dot_product_attention causal", kiln_scaled_dot_product_attention(C, q, k, v, NULL, &o), q, k, v);
+    o.dropout_p = 0.25f;
+    kiln_manual_seed(C, 3);
+    BACK("scaled_dot_product_attention causal dropout", kiln_scaled_dot_product_attention(C, q, k, v, NULL, &o), q, k,
+         v);
+    /* transposed query, strided key */
+    kiln_tensor *qt = MK(-1, 1, true, 2, 5, 19), *k2 = MK(-1, 1, true, 2, 74, 5);
+    o = kiln_sdpa_defaults();
+    BACK("scaled_dot_product_attention views",
+         kiln_scaled_dot_product_attention(C, kiln_transpose(C, qt, 1, 2), kiln_slice(C, k2, 1, 0, 74, 2), v, NULL, &o),
+         qt, k2, v);
+    o.impl = KILN_SDPA_COMPOSED;
+    BACK("scaled_dot_product_attention composed bool mask", kiln_scaled_dot_product_attention(C, q, k, v, bm, &o), q, k,
+         v);
+    o.is_causal = true;
+    BACK("scaled_dot_product_attention composed causal", kiln_scaled_dot_product_attention(C, q, k, v, NULL, &o), q, k,
+         v);
+}
+
 static void sweep_optim(void) {
     for (int kind = 0; kind < 6; kind++) {
         kiln_tensor *w = MK(-1, 1, true, 3, 5);
@@ -1192,6 +1224,7 @@ static void run(kiln_ctx *ctx) {
                   {"rnn", sweep_rnn},
                   {"loss", sweep_loss},
                   {"sample", sweep_sample},
+                  {"attention", sweep_attention},
                   {"optim", sweep_optim}};
     const char *only = getenv("KILN_SWEEP"); /* one family, for a quick look */
     memset(reached, 0, sizeof reached);

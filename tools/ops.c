@@ -664,6 +664,33 @@ static void run_lstm(smoke *s) { rnn_smoke(s, KILN_RNN_LSTM); }
 static void run_gru(smoke *s) { rnn_smoke(s, KILN_RNN_GRU); }
 static void run_rnn_tanh(smoke *s) { rnn_smoke(s, KILN_RNN_RNN_TANH); }
 static void run_rnn_relu(smoke *s) { rnn_smoke(s, KILN_RNN_RNN_RELU); }
+/* ---- attention: q [2, 3, 4], k [2, 5, 4], v [2, 5, 3], causal --------------------------------- */
+
+static void run_scaled_dot_product_attention(smoke *s) {
+    const float *q, *k, *v;
+    kiln_tensor *tq = input(s, &q, 3, (int64_t[]){2, 3, 4}, NULL, -1, 1, true);
+    kiln_tensor *tk = input(s, &k, 3, (int64_t[]){2, 5, 4}, NULL, -1, 1, true);
+    kiln_tensor *tv = input(s, &v, 3, (int64_t[]){2, 5, 3}, NULL, -1, 1, true);
+    kiln_sdpa_opts o = kiln_sdpa_defaults();
+    o.is_causal = true;
+    s->out = kiln_scaled_dot_product_attention(s->ctx, tq, tk, tv, NULL, &o);
+    double *out = expect(s, 18);
+    for (int b = 0; b < 2; b++)
+        for (int i = 0; i < 3; i++) {
+            double w[5], mx = -INFINITY, sum = 0;
+            for (int j = 0; j <= i; j++) {
+                w[j] = 0;
+                for (int e = 0; e < 4; e++) w[j] += q[(b * 3 + i) * 4 + e] * k[(b * 5 + j) * 4 + e] / 2.0;
+                mx = fmax(mx, w[j]);
+            }
+            for (int j = 0; j <= i; j++) sum += w[j] = exp(w[j] - mx);
+            for (int e = 0; e < 3; e++) {
+                double a = 0;
+                for (int j = 0; j <= i; j++) a += w[j] / sum * v[(b * 5 + j) * 3 + e];
+                out[(b * 3 + i) * 3 + e] = a;
+            }
+        }
+}
 
 /* ---- losses (mean reduction) ---------------------------------------------------------------- */
 

@@ -191,6 +191,38 @@ KILN_API kiln_tensor *kiln_rnn(kiln_ctx *ctx, kiln_rnn_mode mode, kiln_tensor *x
                                int nweights, kiln_tensor *const *weights, const int32_t *lengths,
                                const kiln_rnn_params *params, bool training, kiln_tensor **h_n, kiln_tensor **c_n);
 
+/* ---- attention (src/ops/attention.c) ----------------------------------------------------- */
+
+/* How kiln_scaled_dot_product_attention computes: FUSED, tiled kernels with an online
+ * softmax whose device memory grows linearly in L and S (the L x S weights never exist);
+ * COMPOSED, matmul + softmax + dropout + matmul through kiln's ops (memory grows as L·S;
+ * the reference the tests compare against). */
+typedef enum kiln_sdpa_impl { KILN_SDPA_FUSED = 0, KILN_SDPA_COMPOSED = 1 } kiln_sdpa_impl;
+/* Fields are literal. dropout_p in [0, 1]: applied whenever > 0, as torch's dropout_p
+ * (pass 0 when not training); the mask comes from the context's RNG (kiln_manual_seed).
+ * is_causal: query i attends to keys j <= i (top-left aligned, as torch), not together
+ * with a mask. scale: the factor of q·k, NAN for 1/sqrt(E) (torch's scale=None). */
+typedef struct kiln_sdpa_opts {
+    float dropout_p;
+    bool is_causal;
+    float scale;
+    kiln_sdpa_impl impl;
+} kiln_sdpa_opts;
+/* torch's defaults: dropout_p 0, is_causal false, scale NAN (1/sqrt(E)); impl FUSED.
+ * What NULL opts mean. */
+KILN_API kiln_sdpa_opts kiln_sdpa_defaults(void);
+/* torch.nn.functional.scaled_dot_product_attention: softmax(scale q k^T + mask) v with
+ * query [..., L, E], key [..., S, E], value [..., S, Ev] (F32; leading batch/head dims
+ * broadcast together) -> a new [..., L, Ev]. attn_mask (optional) broadcasts to
+ * [..., L, S]: U8 boolean (nonzero: the key takes part) or F32 added to the scores; it
+ * gets no gradient. A query row that no key may attend to gives 0 (and zero gradients)
+ * on the fused path, as torch's math backend since 2.5; the composed path gives NaN there
+ * (torch before 2.5). Gradients flow to query, key and value. Head dims too large for the
+ * device's local memory take the composed path. */
+KILN_API kiln_tensor *kiln_scaled_dot_product_attention(kiln_ctx *ctx, kiln_tensor *query, kiln_tensor *key,
+                                                        kiln_tensor *value, kiln_tensor *attn_mask,
+                                                        const kiln_sdpa_opts *opts);
+
 #ifdef __cplusplus
 }
 #endif

@@ -58,6 +58,7 @@
     X(RNN, rnn, "src/ops/rnn.c", "cl_kernels/rnn.cl")                                                                  \
     X(LOSS, loss, "src/ops/loss.c", "cl_kernels/loss.cl")                                                              \
     X(SAMPLE, sample, "src/ops/sample.c", "cl_kernels/sample.cl")                                                      \
+    X(ATTENTION, attention, "src/ops/attention.c", "cl_kernels/attention.cl")                                          \
     X(OPTIM, optim, "src/optim/optim.c", "cl_kernels/optim.cl")
 
 #define KILN__GRAD true
@@ -179,6 +180,8 @@
     X(L2_PENALTY, l2_penalty, kiln_l2_penalty, LOSS, KILN__GRAD, KILN__G("l2_penalty."), "test_loss.c", KILN__REF_F64 | KILN__REF_FD) \
     /* sampling for generation (tests/test_sample.c: argmax limits and frequencies against softmax) */              \
     X(SAMPLE_LOGITS, sample_logits, kiln_sample_logits, SAMPLE, KILN__NOGRAD, KILN__G_NONE, "test_sample.c", KILN__REF_F64) \
+    /* attention: golden attention.safetensors (gen_attention.py: sdpa.<case>.*); composed path, finite differences */ \
+    X(SCALED_DOT_PRODUCT_ATTENTION, scaled_dot_product_attention, kiln_scaled_dot_product_attention, ATTENTION, KILN__GRAD, KILN__G("sdpa."), "test_attention.c", KILN__REF_F64 | KILN__REF_FD) \
     /* optimizer updates and clipping (not differentiable): golden optim.safetensors */                               \
     /* (gen_optim.py: "<config>.traj.*", clipN.*, clipv.*) */                                                         \
     X(SGD, sgd, kiln_sgd, OPTIM, KILN__NOGRAD, KILN__G("sgd_"), "test_optim.c", KILN__REF_F64)                         \
