@@ -12,13 +12,19 @@
  * the scaling by alpha, the product beta c and the final add add a rounding each:
  * |got - ref| <= TOL_C (k + 3) u (|alpha| sum_p |a_ip||b_pj| + |beta c|), u = 2^-24,
  * TOL_C = 2 as in test_matmul.c (the 1/(1 - ku) factor and the reference's own rounding).
- * Inputs are exact floats, so the reference is exact to ~1e-16. */
+ * Inputs are exact floats, so the reference is exact to ~1e-16.
+ *
+ * KILN_TEST_SMALL=1 (scripts/check oclgrind runs this under Oclgrind) keeps one ragged
+ * product, one batch and one k = 0 per set and transpose, and the padded copies with one
+ * set: every variant of the kernels still runs once. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "harness.h"
 #include "kiln_test_hooks.h"
 
 #define U_F32 (1.0 / 16777216.0)
 #define TOL_C 2.0
+
+static bool g_small; /* KILN_TEST_SMALL */
 
 /* One product: geometry in elements, as kiln__sgemm takes it. The pads widen the leading
  * dims and batch strides past the dense ones. */
@@ -148,8 +154,8 @@ static void test_sets(kiln_ctx *ctx) {
             size_t kn[] = {1, rn, rn + 1, vw + 1, 2 * rn - 1, rn + vw + 3, 9 * rn + 1};
             size_t ks[] = {1, vw > 1 ? vw - 1 : 2, kstep, kstep + 1, kstep + vw + 3, 3 * kstep + vw - 1, 100};
             int c = 0;
-            for (size_t i = 0; i < sizeof km / sizeof km[0]; i++)
-                for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++, c++) {
+            for (size_t i = g_small ? 2 : 0; i < (g_small ? 3 : sizeof km / sizeof km[0]); i++)
+                for (size_t j = g_small ? 4 : 0; j < (g_small ? 5 : sizeof ks / sizeof ks[0]); j++, c++) {
                     size_t a = km[i], b = kn[(i + j) % (sizeof kn / sizeof kn[0])];
                     size_t m = ta && tb ? b : a, n = ta && tb ? a : b;
                     gcase g = geom(ta, tb, m, n, ks[j], 1, alphas[c % 3], betas[(c / 3) % 3], 0, 0, 0);
@@ -159,7 +165,7 @@ static void test_sets(kiln_ctx *ctx) {
                 }
             /* batched, at offsets, with padded leading dims and batch strides */
             size_t bm = rm + 1, bn = rn + vw + 1, bk = kstep + 3;
-            for (int v = 0; v < 3; v++) {
+            for (int v = g_small ? 1 : 0; v < (g_small ? 2 : 3); v++) {
                 size_t m = ta && tb ? bn : bm, n = ta && tb ? bm : bn;
                 gcase g = geom(ta, tb, m, n, bk, 3, alphas[v], betas[v], (size_t)(5 + v), (size_t)(3 * v + 1),
                                (size_t)(7 * v + 2));
@@ -191,12 +197,12 @@ static void test_padded(kiln_ctx *ctx) {
               !kiln__gemm_pad_wanted(1040, k, 9) && !kiln__gemm_pad_wanted(1024, 16, 9) &&
               !kiln__gemm_pad_wanted(1024, k, 1),
           "kiln__gemm_pad_wanted: not as the tests below assume");
-    for (int pass = 0; pass < 3; pass++) {
+    for (int pass = 0; pass < (g_small ? 1 : 3); pass++) {
         kiln__hooks_of(ctx)->gemm_params = pass == 1 ? KILN__GEMM_SETS : 0; /* odd-b */
         if (pass == 2) setenv("KILN_GEMM_PAD", "off", 1);
         for (int f = 0; f < 4; f++) {
             bool ta = f & 1, tb = f & 2;
-            for (size_t batch = 1; batch <= 2; batch++) {
+            for (size_t batch = g_small ? 2 : 1; batch <= 2; batch++) {
                 gcase g = geom(ta, tb, m, n, k, batch, alphas[f % 3], betas[(f + (int)batch) % 3], 7, 0, 9);
                 /* leading dims of 1024 floats for both operands (and C) */
                 g.lda = g.ldb = g.ldc = 1024;
@@ -274,8 +280,8 @@ static void compare(const char *what, kiln_tensor *t, const double *ref, const d
  * kiln's kernels forced and with CLBlast forced, each against the host reference (so the
  * two agree within the bound). */
 static void test_views(kiln_ctx *ctx) {
-    static const size_t shapes[][4] = {{1, 5, 7, 3}, {1, 37, 53, 101}, {2, 19, 40, 33}, {1, 64, 128, 300}};
-    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+    static const size_t shapes[][4] = {{1, 5, 7, 3}, {2, 19, 40, 33}, {1, 37, 53, 101}, {1, 64, 128, 300}};
+    for (size_t c = 0; c < (g_small ? 2 : sizeof shapes / sizeof shapes[0]); c++) {
         size_t bt = shapes[c][0], m = shapes[c][1], n = shapes[c][2], k = shapes[c][3];
         float *a0 = malloc(bt * k * m * sizeof(float)), *b0 = malloc(bt * n * k * sizeof(float));
         float *g = malloc(bt * m * n * sizeof(float));
@@ -345,6 +351,8 @@ static void run(kiln_ctx *ctx) {
 }
 
 int main(void) {
+    const char *small = getenv("KILN_TEST_SMALL");
+    g_small = small && *small && strcmp(small, "0") != 0;
     H_FOR_EACH_DEVICE(run);
     return h_finish();
 }

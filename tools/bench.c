@@ -379,8 +379,8 @@ static int cmd_gemm(args *a, bool json) {
     /* which GEMM computed it (src/ops/gemm.c: kiln's kernels on CPUs, CLBlast elsewhere) */
     const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1, 0.0f)
                              ? "CLBlast"
-                         : s.tb ? "kiln gemm_nt"
-                                : "kiln gemm_nn";
+                         : s.tb && !s.ta ? "kiln gemm_nt"
+                                         : "kiln gemm_nn";
     if (json) {
         printf("{\"bench\": \"gemm\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"trans_a\": %s, \"trans_b\": %s, "
                "\"repeat\": %d, \"kiln_ms\": %.4f, \"kiln_gflops\": %.2f, \"kiln_min_cpu_ms\": %.4f",
