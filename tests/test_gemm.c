@@ -188,21 +188,28 @@ static void test_sets(kiln_ctx *ctx) {
 
 /* K operands whose rows lie a multiple of 4096 bytes apart (leading dim 1024 floats) go
  * through gemm_copy into a padded buffer (src/ops/gemm.c, kiln__gemm_pad_wanted): B for
- * A B and A^T B, A for A^T B, kiln's A (the kernel's B) for A^T B^T; batched at offsets,
- * under the device's set and an odd one, and with KILN_GEMM_PAD=off. */
+ * A B and A^T B, A for A^T B, kiln's A (the kernel's B) for A^T B^T; batched at offsets.
+ * KILN_GEMM_PAD=on pads whenever the rows conflict (small shapes, the device's set and an
+ * odd one), =off never; then the automatic choice on shapes large enough to pad. */
 static void test_padded(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 1;
-    const size_t k = 130, m = 45, n = 150;
-    CHECK(kiln__gemm_pad_wanted(1024, k, 4) && kiln__gemm_pad_wanted(2048, k, 9) &&
-              !kiln__gemm_pad_wanted(1040, k, 9) && !kiln__gemm_pad_wanted(1024, 16, 9) &&
-              !kiln__gemm_pad_wanted(1024, k, 1),
+    CHECK(kiln__gemm_pad_wanted(1024, 130, 16) && kiln__gemm_pad_wanted(2048, 130, 40) &&
+              !kiln__gemm_pad_wanted(1040, 130, 40) && !kiln__gemm_pad_wanted(1024, 16, 40) &&
+              !kiln__gemm_pad_wanted(1024, 130, 8),
           "kiln__gemm_pad_wanted: not as the tests below assume");
-    for (int pass = 0; pass < (g_small ? 1 : 3); pass++) {
+    static const char *const passes[4] = {"KILN_GEMM_PAD=on", "KILN_GEMM_PAD=on, set odd-b", "KILN_GEMM_PAD=off",
+                                          "automatic"};
+    for (int pass = 0; pass < (g_small ? 1 : 4); pass++) {
         kiln__hooks_of(ctx)->gemm_params = pass == 1 ? KILN__GEMM_SETS : 0; /* odd-b */
-        if (pass == 2) setenv("KILN_GEMM_PAD", "off", 1);
+        if (pass < 3)
+            setenv("KILN_GEMM_PAD", pass < 2 ? "on" : "off", 1);
+        else
+            unsetenv("KILN_GEMM_PAD");
+        /* automatic: 16 and more blocks of the widest set (8 x 32) read each panel */
+        size_t m = pass == 3 ? 130 : 9, n = pass == 3 ? 520 : 37, k = pass == 3 ? 130 : 20;
         for (int f = 0; f < 4; f++) {
             bool ta = f & 1, tb = f & 2;
-            for (size_t batch = g_small ? 2 : 1; batch <= 2; batch++) {
+            for (size_t batch = g_small || pass == 3 ? 2 : 1; batch <= 2; batch++) {
                 gcase g = geom(ta, tb, m, n, k, batch, alphas[f % 3], betas[(f + (int)batch) % 3], 7, 0, 9);
                 /* leading dims of 1024 floats for both operands (and C) */
                 g.lda = g.ldb = g.ldc = 1024;
@@ -210,11 +217,7 @@ static void test_padded(kiln_ctx *ctx) {
                 g.bstride = batch > 1 ? (tb ? n : k) * 1024 + 9 : 0;
                 g.cstride = batch > 1 ? m * 1024 + 9 : 0;
                 char what[96];
-                snprintf(what, sizeof what, "%s: %s, leading dims 1024",
-                         pass == 1 ? "set odd-b"
-                         : pass    ? "KILN_GEMM_PAD=off"
-                                   : "device set",
-                         tnames[f]);
+                snprintf(what, sizeof what, "%s: %s, leading dims 1024", passes[pass], tnames[f]);
                 run_case(ctx, what, &g);
             }
         }

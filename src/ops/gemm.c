@@ -196,17 +196,19 @@ bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, s
  * is the period of a 32 KiB 8-way L1's set index), so the rows of a K panel evict each
  * other instead of staying in cache while every row block reuses them: with haswell code
  * the 1024^3 product ran at ~0.6x OpenBLAS, N = 1040 at 0.94-1.69x (README.md, "Speed").
- * A copy with a padded leading dim costs one pass over the operand; it pays when the
- * operand is read by several blocks and its panel is long enough to be evicted.
- * `reuse` is how many row blocks (B) or column blocks (A^T) read each panel.
- * KILN_GEMM_PAD=off|on overrides (for measurements).
+ * A copy with a padded leading dim costs a read and a write of the operand, against the
+ * kernel's `reuse` reads of it (row blocks reading B's panels, column blocks A^T's): it
+ * pays when the operand is read many times and its panels are long enough to be evicted.
+ * At 8 reads (the reference CNN's conv2 forward, 64 x 36864 x 288, with the avx512 set)
+ * the copy cost AVX-512 code more than it saved (README.md, "Speed"), hence 16.
+ * KILN_GEMM_PAD=off|on overrides (for measurements and tests).
  */
 bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse) {
     const char *e = getenv("KILN_GEMM_PAD");
     bool conflict = ld % 1024 == 0;
     if (e && strcmp(e, "off") == 0) return false;
     if (e && strcmp(e, "on") == 0) return conflict && k > 0;
-    return conflict && k >= 128 && reuse >= 4;
+    return conflict && k >= 128 && reuse >= 16;
 }
 
 /* The padded leading dim of a copy of rows of `cols` floats: whole 64-byte lines, and not a
