@@ -227,6 +227,42 @@ static void test_padded(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
+/* A padded copy the pool cannot hold fails the product with the pool's message naming
+ * the op; a copy made before it is given back (A^T B copies A, then B). */
+static void test_pad_oom(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    setenv("KILN_GEMM_PAD", "on", 1);
+    const size_t m = 9, n = 37, k = 20;
+    kiln_scope_begin(ctx);
+    float *h = calloc(k * 1024 + 1024, sizeof(float));
+    kiln_tensor *a = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(k * 1024)});
+    kiln_tensor *b = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(k * 1024)});
+    kiln_tensor *c = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(m * 1024)});
+    CHECK(a && b && c, "upload: %s", kiln_error_message(ctx));
+    for (int nth = 1; a && b && c && nth <= 2; nth++) {
+        int64_t tensors = kiln_ctx_num_tensors(ctx);
+        kiln_pool_stats before, after;
+        kiln_pool_stats_get(ctx, &before);
+        kiln__pool_fail_after(ctx, nth);
+        int rc = kiln__sgemm(ctx, "test_gemm_oom", true, false, m, n, k, 1.0f, a->st->mem, (size_t)a->offset, 1024, 0,
+                             b->st->mem, (size_t)b->offset, 1024, 0, 0.0f, c->st->mem, (size_t)c->offset, 1024, 0, 1);
+        kiln__pool_fail_after(ctx, 0);
+        kiln_pool_stats_get(ctx, &after);
+        CHECK(rc == KILN__SGEMM_FAILED && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY &&
+                  strstr(kiln_error_message(ctx), "test_gemm_oom") &&
+                  strstr(kiln_error_message(ctx), "injected failure"),
+              "allocation %d of the padded copies failing: rc %d, %s", nth, rc, kiln_error_message(ctx));
+        CHECK(kiln_ctx_num_tensors(ctx) == tensors && after.in_use_bytes == before.in_use_bytes,
+              "allocation %d failing: %lld tensors, %lld pool bytes left behind", nth,
+              (long long)(kiln_ctx_num_tensors(ctx) - tensors), (long long)(after.in_use_bytes - before.in_use_bytes));
+        kiln_error_clear(ctx);
+    }
+    kiln_scope_end(ctx);
+    free(h);
+    unsetenv("KILN_GEMM_PAD");
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
 /* On a CPU kiln's kernels take every product (any transposes, beta, batch), CLBlast none;
  * elsewhere CLBlast takes them; KILN_GEMM_OWN=off sends them to CLBlast. */
 static void test_route(kiln_ctx *ctx) {
@@ -349,6 +385,7 @@ static void run(kiln_ctx *ctx) {
     test_route(ctx);
     test_sets(ctx);
     test_padded(ctx);
+    test_pad_oom(ctx);
     test_views(ctx);
     kiln__set_guard(ctx, 0);
 }
