@@ -12,7 +12,8 @@
  *     on (B, A), whose product is C^T, stored transposed.
  * Both compute alpha op(A) op(B) + beta C, so on CPUs they take every product and CLBlast
  * none (README, "Speed", has the figures); GPUs keep CLBlast, whose kernels use local
- * memory as these do not.
+ * memory as these do not. A K operand whose rows fall into the same cache sets is read
+ * through a padded copy (kiln__gemm_pad_wanted says when).
  *
  * The block shape, vector width and K unroll are build options of the kernels; the table
  * below holds one set per instruction set, chosen from the LLVM target in POCL's device
