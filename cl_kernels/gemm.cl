@@ -35,6 +35,16 @@
 #ifndef NN_KU
 #define NN_KU 1
 #endif
+/* NN_TC 1: gemm_nn stores its result transposed (the A^T B^T path, see gemm_nn); NN_BETA 0:
+ * gemm_nn is only run with beta 0 (never reads C). Build options rather than arguments
+ * alone: the second store form and the read of C, compiled into every gemm_nn, cost A^T B
+ * with a short K (288 x 36864 x 64) 3-4% more CPU time. */
+#ifndef NN_TC
+#define NN_TC 0
+#endif
+#ifndef NN_BETA
+#define NN_BETA 1
+#endif
 
 #define KCAT_(a, b) a##b
 #define KCAT(a, b) KCAT_(a, b)
@@ -132,9 +142,9 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
 
 /* gemm_nn: row-major C = alpha op(A) B + beta C, B [K, N] row-major and op(A) [M, K]
  * either A [M, K] (ta == 0) or the transpose of A [K, M] (ta == 1): a convolution's forward
- * (w cols) and input gradient (w^T gy), a linear layer's input and weight gradients. With
- * tc == 1 the result is stored transposed (C[j, i] for output (i, j)): the host computes
- * A^T B^T, whose transpose is B A, as gemm_nn on (B, A) with tc set, so that both K
+ * (w cols) and input gradient (w^T gy), a linear layer's input and weight gradients. Built
+ * with NN_TC 1 it stores the result transposed (C[j, i] for output (i, j)): the host
+ * computes A^T B^T, whose transpose is B A, as gemm_nn on (B, A) so built, so that both K
  * operands are read as gemm_nn reads them (src/ops/gemm.c).
  *
  * Each work-item computes an NN_RM x NN_NV*NN_VW block of C as outer products: per k,
@@ -148,10 +158,13 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
  * rows. Rows past M are clamped for the loads and never written. The last block of a row,
  * when it reaches past N, computes its first NN_VW columns as one vector (if it has them)
  * and the rest one at a time. */
-__kernel void gemm_nn(int M, int N, int K, int ta, int tc, int nblocks, int batch, float alpha, float beta,
+__kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha, float beta,
                       __global const float *A, ulong aoff, ulong lda, ulong astride,
                       __global const float *B, ulong boff, ulong ldb, ulong bstride,
                       __global float *C, ulong coff, ulong ldc, ulong cstride) {
+#if !NN_BETA
+    beta = 0.0f; /* so every test of it below folds away */
+#endif
     int i0 = (int)get_global_id(0) * NN_RM;
     int bi = (int)get_global_id(1) / nblocks;
     int j0 = ((int)get_global_id(1) - bi * nblocks) * (NN_NV * NN_VW);
@@ -167,7 +180,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int tc, int nblocks, int batc
     const __global float *ap = ab + (ulong)i0 * rs;
     int rows = min(NN_RM, M - i0);
     /* output (i0 + r, j0 + c) at cp[r * crs + c * ccs] */
-    ulong crs = tc ? 1 : ldc, ccs = tc ? ldc : 1;
+    ulong crs = NN_TC ? 1 : ldc, ccs = NN_TC ? ldc : 1;
     __global float *cp = C + coff + (ulong)bi * cstride + (ulong)i0 * crs + (ulong)j0 * ccs;
     int cols = N - j0;
     /* k's terms: NV vectors of B's row k times each row's broadcast value of op(A) (NV is
@@ -209,7 +222,8 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int tc, int nblocks, int batc
         }
         ap = ak;
         /* beta == 0 never reads C: stale pool memory, even NaN, cannot leak in */
-        if (!tc) {
+#if !NN_TC
+        {
 #pragma unroll
             for (int r = 0; r < NN_RM; r++)
                 if (r < rows)
@@ -221,7 +235,9 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int tc, int nblocks, int batc
                             if (beta != 0.0f) y = fma((NN_T)beta, NN_LOAD(0, q), y);
                             NN_STOREV(y, 0, q);
                         }
-        } else {
+        }
+#else
+        {
             /* transposed: the block's column j0 + c is C's row, where its rows' values lie
              * side by side. Each of those C rows is written once, with all its values:
              * rows ldc apart can share a cache set, and revisiting them row by row of the
@@ -238,6 +254,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int tc, int nblocks, int batc
                     }
                 }
         }
+#endif
         if (wide) return;
     }
 #undef NN_STEP

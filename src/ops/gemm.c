@@ -148,7 +148,7 @@ static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
 #define NN_LY 8
 
 /* The kernel's view of a product: gemm_nt for A B^T, gemm_nn for op(A) B, and for A^T B^T
- * gemm_nn on (B, A) with a transposed store (tc): C^T = B A, where kiln's B [n, k] is the
+ * gemm_nn on (B, A) with a transposed store (NN_TC): C^T = B A, where kiln's B [n, k] is the
  * kernel's A (not transposed) and kiln's A [k, m] its B. */
 typedef struct {
     bool nt, tc;
@@ -258,11 +258,15 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
     }
     /* nothing to compute; k == 0 still scales C by beta (the kernels' sums are empty) */
     if (m == 0 || n == 0 || batch == 0) return KILN_OK;
-    char options[160];
-    snprintf(options, sizeof options,
-             "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d", p->nt_rm,
-             p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku);
     kernel_view v = view_of(p, ta, tb, m, n);
+    /* NN_TC (the A^T B^T path) and NN_BETA (beta != 0) select gemm_nn's stores: programs of
+     * their own, so that the common product's kernel carries neither (gemm.cl says why) */
+    char options[208];
+    snprintf(options, sizeof options,
+             "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d -DNN_TC=%d "
+             "-DNN_BETA=%d",
+             p->nt_rm, p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku, v.tc ? 1 : 0,
+             !v.nt && beta != 0.0f ? 1 : 0);
     if (v.tc) {
         /* C^T = B A: the kernel's A is kiln's B [n, k], its B kiln's A [k, m] */
         cl_mem tm = a;
@@ -299,14 +303,13 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
         if (st == KILN_OK) b = pb->st->mem, boff = (size_t)pb->offset, ldb = dld, bstride = k * dld;
     }
     if (st == KILN_OK) {
-        cl_int cta = ta, ctc = v.tc;
+        cl_int cta = ta;
         cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc,
                  cs = cstride;
-        kiln__karg nn[] = {KILN__ARG(cm), KILN__ARG(cn), KILN__ARG(ck),    KILN__ARG(cta),  KILN__ARG(ctc),
-                           KILN__ARG(nb), KILN__ARG(cb), KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),
-                           KILN__ARG(ao), KILN__ARG(al), KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo),
-                           KILN__ARG(bl), KILN__ARG(bs), KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl),
-                           KILN__ARG(cs)};
+        kiln__karg nn[] = {KILN__ARG(cm), KILN__ARG(cn),    KILN__ARG(ck),   KILN__ARG(cta), KILN__ARG(nb),
+                           KILN__ARG(cb), KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),   KILN__ARG(ao),
+                           KILN__ARG(al), KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo),  KILN__ARG(bl),
+                           KILN__ARG(bs), KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl),  KILN__ARG(cs)};
         st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nn", sizeof nn / sizeof nn[0], nn, global, local);
     }
     /* the in-order queue runs the launches above before a later reuse of the copies */
