@@ -1,8 +1,9 @@
 /* cl_kernels/gemm.cl - kiln's own GEMM for CPU devices (src/ops/gemm.c decides when, and
  * with which parameters), and gemm_copy, which pads a K operand's leading dim.
  *
- * Both GEMM kernels take their register-block shape, vector width and K unroll as build options
- * (src/ops/gemm.c's table of parameter sets, one per instruction set, passes them as -D):
+ * Both GEMM kernels take their register-block shape, vector width and K unroll as build
+ * options (src/ops/gemm.c's table of parameter sets, one per instruction set, passes them
+ * as -D):
  *   NT_RM x NT_RN  gemm_nt's outputs per work-item, NT_VW its vector width (2, 4, 8, 16),
  *                  NT_KU the vectors of K per loop iteration;
  *   NN_RM x NN_NV*NN_VW  gemm_nn's outputs per work-item (NN_NV vectors of NN_VW floats
