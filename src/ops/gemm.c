@@ -141,11 +141,32 @@ void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap) {
 
 static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
 
-/* Work-groups: nt NT_LX x NT_LY neighbouring blocks sharing rows of A and B in cache; nn
- * NN_LY column blocks of one row block, sharing A's rows. */
-#define NT_LX 4
-#define NT_LY 4
+/* Work-groups: gemm_nt's are nt_groups[set] (blocks along M x along N) of neighbouring
+ * blocks sharing rows of A and B; gemm_nn's NN_LY column blocks of one row block, sharing
+ * A's rows. POCL runs a group's items one after another on one thread. With haswell code
+ * the avx2 set's gemm_nt took 30-40% more CPU time in 4 x 4 groups than in groups of one
+ * item (fc1 forward, conv2's weight gradient, 1024^3 A B^T), while the avx512 set ran fc1
+ * forward fastest in 4 x 4 (README.md, "Speed"). The neon and vec4 sets keep 4 x 4
+ * (unmeasured); odd-b's odd group checks the launch's rounding. */
+#define NT_GROUP_MAX 4
+static const size_t nt_groups[KILN__GEMM_SETS][2] = {
+    [SET_AVX512] = {4, 4}, [SET_AVX2] = {1, 1}, [SET_NEON] = {4, 4}, [SET_VEC4] = {4, 4}, {4, 4}, {2, 3},
+};
 #define NN_LY 8
+
+/* gemm_nt's work-group for p: its table entry's, or for a set kiln tune stored (a copy),
+ * the group of the set the device's table gives it (the same instruction set). */
+static void nt_group(kiln_ctx *ctx, const kiln__gemm_params *p, size_t *lx, size_t *ly) {
+    int s = -1;
+    for (int i = 0; i < KILN__GEMM_SETS; i++)
+        if (p == &kiln__gemm_sets[i]) s = i;
+    if (s < 0) {
+        if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
+        s = ctx->gemm_table_set - 1;
+    }
+    *lx = nt_groups[s][0];
+    *ly = nt_groups[s][1];
+}
 
 /* The kernel's view of a product: gemm_nt for A B^T, gemm_nn for op(A) B, and for A^T B^T
  * gemm_nn on (B, A) with a transposed store (NN_TC): C^T = B A, where kiln's B [n, k] is the
@@ -176,8 +197,7 @@ bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, s
     const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
     if (p) {
         kernel_view v = view_of(p, ta, tb, m, n);
-        size_t span = v.nt ? (NT_LX * v.bm > NT_LY * v.bn ? NT_LX * v.bm : NT_LY * v.bn)
-                           : (v.bm > NN_LY * v.bn ? v.bm : NN_LY * v.bn);
+        size_t span = v.nt ? NT_GROUP_MAX * (v.bm > v.bn ? v.bm : v.bn) : (v.bm > NN_LY * v.bn ? v.bm : NN_LY * v.bn);
         size_t kstep = (size_t)(p->nt_vw * p->nt_ku), lim = (size_t)INT_MAX - span - kstep;
         size_t nb = v.n ? blocks(v.n, v.bn) : 1, kb = k ? k : 1;
         if (m > lim || n > lim || k > lim || batch > lim / nb || batch > lim / kb) return false;
@@ -276,7 +296,8 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
         ta = false;
     }
     cl_int cm = (cl_int)v.m, cn = (cl_int)v.n, ck = (cl_int)k, nb = (cl_int)blocks(v.n, v.bn), cb = (cl_int)batch;
-    size_t lx = v.nt ? NT_LX : 1, ly = v.nt ? NT_LY : NN_LY;
+    size_t lx = 1, ly = NN_LY;
+    if (v.nt) nt_group(ctx, p, &lx, &ly);
     size_t global[2] = {blocks(blocks(v.m, v.bm), lx) * lx, blocks((size_t)nb * batch, ly) * ly};
     size_t local[2] = {lx, ly};
     if (v.nt) {
