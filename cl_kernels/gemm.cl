@@ -1,8 +1,9 @@
 /* cl_kernels/gemm.cl - kiln's own GEMM for CPU devices (src/ops/gemm.c decides when, and
- * with which parameters).
+ * with which parameters), and gemm_copy, which pads a K operand's leading dim.
  *
- * Both kernels take their register-block shape, vector width and K unroll as build options
- * (src/ops/gemm.c's table of parameter sets, one per instruction set, passes them as -D):
+ * Both GEMM kernels take their register-block shape, vector width and K unroll as build
+ * options (src/ops/gemm.c's table of parameter sets, one per instruction set, passes them
+ * as -D):
  *   NT_RM x NT_RN  gemm_nt's outputs per work-item, NT_VW its vector width (2, 4, 8, 16),
  *                  NT_KU the vectors of K per loop iteration;
  *   NN_RM x NN_NV*NN_VW  gemm_nn's outputs per work-item (NN_NV vectors of NN_VW floats
@@ -34,6 +35,16 @@
 #endif
 #ifndef NN_KU
 #define NN_KU 1
+#endif
+/* NN_TC 1: gemm_nn stores its result transposed (the A^T B^T path, see gemm_nn); NN_BETA 0:
+ * gemm_nn is only run with beta 0 (never reads C). Build options rather than arguments
+ * alone: the second store form and the read of C, compiled into every gemm_nn, cost A^T B
+ * with a short K (288 x 36864 x 64) 3-4% more CPU time. */
+#ifndef NN_TC
+#define NN_TC 0
+#endif
+#ifndef NN_BETA
+#define NN_BETA 1
 #endif
 
 #define KCAT_(a, b) a##b
@@ -130,9 +141,12 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
         }
 }
 
-/* gemm_nn: row-major C = alpha op(A) B, B [K, N] row-major and op(A) [M, K] either
- * A [M, K] (ta == 0) or the transpose of A [K, M] (ta == 1): a convolution's forward
- * (w cols) and input gradient (w^T gy), a linear layer's input and weight gradients.
+/* gemm_nn: row-major C = alpha op(A) B + beta C, B [K, N] row-major and op(A) [M, K]
+ * either A [M, K] (ta == 0) or the transpose of A [K, M] (ta == 1): a convolution's forward
+ * (w cols) and input gradient (w^T gy), a linear layer's input and weight gradients. Built
+ * with NN_TC 1 it stores the result transposed (C[j, i] for output (i, j)): the host
+ * computes A^T B^T, whose transpose is B A, as gemm_nn on (B, A) so built, so that both K
+ * operands are read as gemm_nn reads them (src/ops/gemm.c).
  *
  * Each work-item computes an NN_RM x NN_NV*NN_VW block of C as outer products: per k,
  * NN_NV vector loads of B's row k, NN_RM scalars of A broadcast, NN_RM * NN_NV vector
@@ -145,10 +159,13 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
  * rows. Rows past M are clamped for the loads and never written. The last block of a row,
  * when it reaches past N, computes its first NN_VW columns as one vector (if it has them)
  * and the rest one at a time. */
-__kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha,
+__kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha, float beta,
                       __global const float *A, ulong aoff, ulong lda, ulong astride,
                       __global const float *B, ulong boff, ulong ldb, ulong bstride,
                       __global float *C, ulong coff, ulong ldc, ulong cstride) {
+#if !NN_BETA
+    beta = 0.0f; /* so every test of it below folds away */
+#endif
     int i0 = (int)get_global_id(0) * NN_RM;
     int bi = (int)get_global_id(1) / nblocks;
     int j0 = ((int)get_global_id(1) - bi * nblocks) * (NN_NV * NN_VW);
@@ -163,7 +180,9 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
     for (int r = 0; r < NN_RM; r++) ro[r] = (ulong)min(r, rmax) * rs;
     const __global float *ap = ab + (ulong)i0 * rs;
     int rows = min(NN_RM, M - i0);
-    __global float *cp = C + coff + (ulong)bi * cstride + (ulong)i0 * ldc + j0;
+    /* output (i0 + r, j0 + c) at cp[r * crs + c * ccs] */
+    ulong crs = NN_TC ? 1 : ldc, ccs = NN_TC ? ldc : 1;
+    __global float *cp = C + coff + (ulong)bi * cstride + (ulong)i0 * crs + (ulong)j0 * ccs;
     int cols = N - j0;
     /* k's terms: NV vectors of B's row k times each row's broadcast value of op(A) (NV is
      * a literal, so each loop below is compiled for its own number of vectors) */
@@ -203,13 +222,40 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
             NN_LOOP(1)
         }
         ap = ak;
-        /* C is only written: stale pool memory, even NaN, cannot leak in */
+        /* beta == 0 never reads C: stale pool memory, even NaN, cannot leak in */
+#if !NN_TC
+        {
 #pragma unroll
-        for (int r = 0; r < NN_RM; r++)
-            if (r < rows)
+            for (int r = 0; r < NN_RM; r++)
+                if (r < rows)
 #pragma unroll
-                for (int v = 0; v < NN_NV; v++)
-                    if (v < nv) NN_STOREV(alpha * acc[r][v], v, cp + (ulong)r * ldc);
+                    for (int v = 0; v < NN_NV; v++)
+                        if (v < nv) {
+                            NN_T y = alpha * acc[r][v];
+                            __global float *q = cp + (ulong)r * ldc + v * NN_VW;
+                            if (beta != 0.0f) y = fma((NN_T)beta, NN_LOAD(0, q), y);
+                            NN_STOREV(y, 0, q);
+                        }
+        }
+#else
+        {
+            /* transposed: the block's column j0 + c is C's row, where its rows' values lie
+             * side by side. Each of those C rows is written once, with all its values:
+             * rows ldc apart can share a cache set, and revisiting them row by row of the
+             * block missed the cache every time (1024^3 ran 50% longer). */
+#pragma unroll
+            for (int v = 0; v < NN_NV; v++)
+                if (v < nv) {
+                    float t[NN_RM][NN_VW];
+#pragma unroll
+                    for (int r = 0; r < NN_RM; r++) NN_STOREV(alpha * acc[r][v], 0, t[r]);
+                    for (int l = 0; l < NN_VW; l++) {
+                        __global float *e = cp + (ulong)(v * NN_VW + l) * ldc;
+                        for (int r = 0; r < rows; r++) e[r] = beta == 0.0f ? t[r][l] : fma(beta, e[r], t[r][l]);
+                    }
+                }
+        }
+#endif
         if (wide) return;
     }
 #undef NN_STEP
@@ -224,6 +270,26 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #pragma unroll
             for (int r = 0; r < NN_RM; r++) s[r] = fma(ap[ro[r] + (ulong)k * ks], b, s[r]);
         }
-        for (int r = 0; r < rows; r++) cp[(ulong)r * ldc + c] = alpha * s[r];
+        for (int r = 0; r < rows; r++) {
+            __global float *e = cp + (ulong)r * crs + (ulong)c * ccs;
+            *e = beta == 0.0f ? alpha * s[r] : fma(beta, *e, alpha * s[r]);
+        }
     }
+}
+
+/* gemm_copy: dst = src for `batch` matrices of rows x cols, src at soff + b * sstride with
+ * leading dim sld, dst from doff with leading dim dld (>= cols; batch b at
+ * doff + b * rows * dld). src/ops/gemm.c copies a K operand of gemm_nn whose rows lie a
+ * multiple of 4096 bytes apart into such a buffer with a padded leading dim: then the rows
+ * of a K panel no longer fall into the same cache sets. One work-item per row. */
+__kernel void gemm_copy(int rows, int cols, int batch, __global const float *src, ulong soff, ulong sld,
+                        ulong sstride, __global float *dst, ulong doff, ulong dld) {
+    int g = (int)get_global_id(0);
+    if (g >= rows * batch) return;
+    int bi = g / rows, r = g - bi * rows;
+    const __global float *s = src + soff + (ulong)bi * sstride + (ulong)r * sld;
+    __global float *d = dst + doff + ((ulong)bi * (ulong)rows + (ulong)r) * dld;
+    int c = 0;
+    for (; c + 16 <= cols; c += 16) vstore16(vload16(0, s + c), 0, d + c);
+    for (; c < cols; c++) d[c] = s[c];
 }

@@ -8,9 +8,12 @@
  * kernels read the operands in place, with register blocks sized to the vector register
  * file:
  *   - gemm_nt, A B^T with both K contiguous: dot products of rows;
- *   - gemm_nn, op(A) B with B's rows contiguous: outer products.
- * Together they take every product but op(A)^T B^T on CPUs (README, "Speed", has the
- * figures); GPUs keep CLBlast, whose kernels use local memory as these do not.
+ *   - gemm_nn, op(A) B with B's rows contiguous: outer products; and A^T B^T as gemm_nn
+ *     on (B, A), whose product is C^T, stored transposed.
+ * Both compute alpha op(A) op(B) + beta C, so on CPUs they take every product and CLBlast
+ * none (README, "Speed", has the figures); GPUs keep CLBlast, whose kernels use local
+ * memory as these do not. A K operand whose rows fall into the same cache sets is read
+ * through a padded copy (kiln__gemm_pad_wanted says when).
  *
  * The block shape, vector width and K unroll are build options of the kernels; the table
  * below holds one set per instruction set, chosen from the LLVM target in POCL's device
@@ -138,25 +141,66 @@ void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap) {
 
 static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
 
-/* Work-groups: nt NT_LX x NT_LY neighbouring blocks sharing rows of A and B in cache; nn
- * NN_LY column blocks of one row block, sharing A's rows. */
-#define NT_LX 4
-#define NT_LY 4
+/* Work-groups: gemm_nt's are nt_groups[set] (blocks along M x along N) of neighbouring
+ * blocks sharing rows of A and B; gemm_nn's NN_LY column blocks of one row block, sharing
+ * A's rows. POCL runs a group's items one after another on one thread. With haswell code
+ * the avx2 set's gemm_nt took 30-40% more CPU time in 4 x 4 groups than in groups of one
+ * item (fc1 forward, conv2's weight gradient, 1024^3 A B^T), while the avx512 set ran fc1
+ * forward fastest in 4 x 4 (README.md, "Speed"). The neon and vec4 sets keep 4 x 4
+ * (unmeasured); odd-b's odd group checks the launch's rounding. */
+#define NT_GROUP_MAX 4
+static const size_t nt_groups[KILN__GEMM_SETS][2] = {
+    [SET_AVX512] = {4, 4}, [SET_AVX2] = {1, 1}, [SET_NEON] = {4, 4}, [SET_VEC4] = {4, 4}, {4, 4}, {2, 3},
+};
 #define NN_LY 8
 
+/* gemm_nt's work-group for p: its table entry's, or for a set kiln tune stored (a copy),
+ * the group of the set the device's table gives it (the same instruction set). */
+static void nt_group(kiln_ctx *ctx, const kiln__gemm_params *p, size_t *lx, size_t *ly) {
+    int s = -1;
+    for (int i = 0; i < KILN__GEMM_SETS; i++)
+        if (p == &kiln__gemm_sets[i]) s = i;
+    if (s < 0) {
+        if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
+        s = ctx->gemm_table_set - 1;
+    }
+    *lx = nt_groups[s][0];
+    *ly = nt_groups[s][1];
+}
+
+/* The kernel's view of a product: gemm_nt for A B^T, gemm_nn for op(A) B, and for A^T B^T
+ * gemm_nn on (B, A) with a transposed store (NN_TC): C^T = B A, where kiln's B [n, k] is the
+ * kernel's A (not transposed) and kiln's A [k, m] its B. */
+typedef struct {
+    bool nt, tc;
+    size_t m, n; /* the kernel's M and N */
+    size_t bm, bn;
+} kernel_view;
+
+static kernel_view view_of(const kiln__gemm_params *p, bool ta, bool tb, size_t m, size_t n) {
+    kernel_view v;
+    v.nt = tb && !ta;
+    v.tc = ta && tb;
+    v.m = v.tc ? n : m;
+    v.n = v.tc ? m : n;
+    v.bm = v.nt ? (size_t)p->nt_rm : (size_t)p->nn_rm;
+    v.bn = v.nt ? (size_t)p->nt_rn : (size_t)(p->nn_nv * p->nn_vw);
+    return v;
+}
+
 bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch, float beta) {
-    /* gemm_nn only overwrites C: no caller accumulates into an A B product */
-    if ((ta && tb) || (!tb && beta != 0.0f) || m == 0 || n == 0 || k == 0 || batch == 0) return false;
+    (void)beta; /* both kernels compute alpha op(A) op(B) + beta C */
     /* the kernels' dims are ints, and so are a block's first row and column (up to a
-     * work-group past m or n), k plus a vector step, and the flat index over every batch's
-     * column blocks. A forced set that does not exist takes every product, to fail there. */
+     * work-group past m or n), k plus a vector step, the flat index over every batch's
+     * column blocks, and gemm_copy's rows * batch. A forced set that does not exist takes
+     * every product, to fail there. */
     const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
     if (p) {
-        size_t bm = tb ? (size_t)p->nt_rm : (size_t)p->nn_rm;
-        size_t bn = tb ? (size_t)p->nt_rn : (size_t)(p->nn_nv * p->nn_vw);
-        size_t span = tb ? (NT_LX * bm > NT_LY * bn ? NT_LX * bm : NT_LY * bn) : (bm > NN_LY * bn ? bm : NN_LY * bn);
+        kernel_view v = view_of(p, ta, tb, m, n);
+        size_t span = v.nt ? NT_GROUP_MAX * (v.bm > v.bn ? v.bm : v.bn) : (v.bm > NN_LY * v.bn ? v.bm : NN_LY * v.bn);
         size_t kstep = (size_t)(p->nt_vw * p->nt_ku), lim = (size_t)INT_MAX - span - kstep;
-        if (m > lim || n > lim || k > lim || batch > lim / blocks(n, bn)) return false;
+        size_t nb = v.n ? blocks(v.n, v.bn) : 1, kb = k ? k : 1;
+        if (m > lim || n > lim || k > lim || batch > lim / nb || batch > lim / kb) return false;
     }
     /* ctx->hooks.gemm_own (tests, kiln tune): 1 always, -1 never, 0 the device decides */
     int mode = ctx->hooks.gemm_own;
@@ -165,6 +209,51 @@ bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, s
     const char *e = getenv("KILN_GEMM_OWN");
     if (e && (strcmp(e, "off") == 0 || strcmp(e, "0") == 0)) return false;
     return ctx->info.type == KILN_DEVICE_CPU;
+}
+
+/*
+ * Whether gemm_nn reads its K operand (B, or A when transposed) through a padded copy.
+ * Rows a multiple of 4096 bytes apart fall into the same sets of an L1 or L2 cache (4 KiB
+ * is the period of a 32 KiB 8-way L1's set index), so the rows of a K panel evict each
+ * other instead of staying in cache while every row block reuses them: with haswell code
+ * the 1024^3 product ran at ~0.6x OpenBLAS, N = 1040 at 0.94-1.69x (README.md, "Speed").
+ * A copy with a padded leading dim costs a read and a write of the operand, against the
+ * kernel's `reuse` reads of it (row blocks reading B's panels, column blocks A^T's): it
+ * pays when the operand is read many times and its panels are long enough to be evicted.
+ * At 8 reads (the reference CNN's conv2 forward, 64 x 36864 x 288, with the avx512 set)
+ * the copy cost AVX-512 code more than it saved (README.md, "Speed"), hence 16.
+ * KILN_GEMM_PAD=off|on overrides (for measurements and tests).
+ */
+bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse) {
+    const char *e = getenv("KILN_GEMM_PAD");
+    bool conflict = ld % 1024 == 0;
+    if (e && strcmp(e, "off") == 0) return false;
+    if (e && strcmp(e, "on") == 0) return conflict && k > 0;
+    return conflict && k >= 128 && reuse >= 16;
+}
+
+/* The padded leading dim of a copy of rows of `cols` floats: whole 64-byte lines, and not a
+ * multiple of 1024 bytes. */
+static size_t padded_ld(size_t cols) {
+    size_t ld = (cols + 15) / 16 * 16;
+    return ld % 256 == 0 ? ld + 16 : ld;
+}
+
+/* Enqueues a copy of batch x rows x cols (src at off + b * stride, leading dim ld) into
+ * *copy, a new pool tensor with leading dim *dld; the caller frees it once it has enqueued
+ * its reads (the in-order queue runs them before the storage is reused). */
+static kiln_status pad_copy(kiln_ctx *ctx, const char *op, const char *options, size_t rows, size_t cols, size_t batch,
+                            cl_mem src, size_t off, size_t ld, size_t stride, kiln_tensor **copy, size_t *dld) {
+    *dld = padded_ld(cols);
+    *copy = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)(batch * rows * *dld)});
+    if (!*copy) return ctx->err;
+    cl_mem dm = (*copy)->st->mem;
+    cl_int cr = (cl_int)rows, cc = (cl_int)cols, cb = (cl_int)batch;
+    cl_ulong so = off, sl = ld, ss = stride, doff = (cl_ulong)(*copy)->offset, dl = *dld;
+    kiln__karg args[] = {KILN__ARG(cr), KILN__ARG(cc), KILN__ARG(cb), KILN__ARG(src),  KILN__ARG(so),
+                         KILN__ARG(sl), KILN__ARG(ss), KILN__ARG(dm), KILN__ARG(doff), KILN__ARG(dl)};
+    return kiln__launch(ctx, op, GEMM_PROGRAM, options, "gemm_copy", sizeof args / sizeof args[0], args, rows * batch,
+                        0);
 }
 
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
@@ -187,27 +276,65 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
                           "k=%zu)",
                           op, getenv("KILN_GEMM_PARAMS"), names, m, n, k);
     }
-    char options[160];
+    /* nothing to compute; k == 0 still scales C by beta (the kernels' sums are empty) */
+    if (m == 0 || n == 0 || batch == 0) return KILN_OK;
+    kernel_view v = view_of(p, ta, tb, m, n);
+    /* NN_TC (the A^T B^T path) and NN_BETA (beta != 0) select gemm_nn's stores: programs of
+     * their own, so that the common product's kernel carries neither (gemm.cl says why) */
+    char options[208];
     snprintf(options, sizeof options,
-             "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d", p->nt_rm,
-             p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku);
-    size_t bm = tb ? (size_t)p->nt_rm : (size_t)p->nn_rm, bn = tb ? (size_t)p->nt_rn : (size_t)(p->nn_nv * p->nn_vw);
-    cl_int cm = (cl_int)m, cn = (cl_int)n, ck = (cl_int)k, nb = (cl_int)blocks(n, bn), cb = (cl_int)batch;
-    cl_int cta = ta;
-    cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc, cs = cstride;
-    kiln__karg nt[] = {KILN__ARG(cm),    KILN__ARG(cn),   KILN__ARG(ck), KILN__ARG(nb), KILN__ARG(cb),
-                       KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),  KILN__ARG(ao), KILN__ARG(al),
-                       KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo), KILN__ARG(bl), KILN__ARG(bs),
-                       KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl), KILN__ARG(cs)};
-    kiln__karg nn[] = {KILN__ARG(cm), KILN__ARG(cn),    KILN__ARG(ck), KILN__ARG(cta), KILN__ARG(nb),
-                       KILN__ARG(cb), KILN__ARG(alpha), KILN__ARG(a),  KILN__ARG(ao),  KILN__ARG(al),
-                       KILN__ARG(as), KILN__ARG(b),     KILN__ARG(bo), KILN__ARG(bl),  KILN__ARG(bs),
-                       KILN__ARG(c),  KILN__ARG(co),    KILN__ARG(cl), KILN__ARG(cs)};
-    /* the kernels drop the items the rounding to whole work-groups adds */
-    size_t lx = tb ? NT_LX : 1, ly = tb ? NT_LY : NN_LY;
-    size_t global[2] = {blocks(blocks(m, bm), lx) * lx, blocks((size_t)nb * batch, ly) * ly};
+             "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d -DNN_TC=%d "
+             "-DNN_BETA=%d",
+             p->nt_rm, p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku, v.tc ? 1 : 0,
+             !v.nt && beta != 0.0f ? 1 : 0);
+    if (v.tc) {
+        /* C^T = B A: the kernel's A is kiln's B [n, k], its B kiln's A [k, m] */
+        cl_mem tm = a;
+        size_t to = aoff, tl = lda, ts = astride;
+        a = b, aoff = boff, lda = ldb, astride = bstride;
+        b = tm, boff = to, ldb = tl, bstride = ts;
+        ta = false;
+    }
+    cl_int cm = (cl_int)v.m, cn = (cl_int)v.n, ck = (cl_int)k, nb = (cl_int)blocks(v.n, v.bn), cb = (cl_int)batch;
+    size_t lx = 1, ly = NN_LY;
+    if (v.nt) nt_group(ctx, p, &lx, &ly);
+    size_t global[2] = {blocks(blocks(v.m, v.bm), lx) * lx, blocks((size_t)nb * batch, ly) * ly};
     size_t local[2] = {lx, ly};
-    if (tb)
+    if (v.nt) {
+        cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc,
+                 cs = cstride;
+        kiln__karg nt[] = {KILN__ARG(cm),    KILN__ARG(cn),   KILN__ARG(ck), KILN__ARG(nb), KILN__ARG(cb),
+                           KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),  KILN__ARG(ao), KILN__ARG(al),
+                           KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo), KILN__ARG(bl), KILN__ARG(bs),
+                           KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl), KILN__ARG(cs)};
         return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nt", sizeof nt / sizeof nt[0], nt, global, local);
-    return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nn", sizeof nn / sizeof nn[0], nn, global, local);
+    }
+    /* gemm_nn's K operands through padded copies where their rows conflict in cache: B's
+     * panel is read by every row block, A^T's by every column block */
+    kiln_tensor *pa = NULL, *pb = NULL;
+    kiln_status st = KILN_OK;
+    if (ta && kiln__gemm_pad_wanted(lda, k, blocks(v.n, v.bn))) {
+        size_t dld;
+        st = pad_copy(ctx, op, options, k, v.m, batch, a, aoff, lda, astride, &pa, &dld);
+        if (st == KILN_OK) a = pa->st->mem, aoff = (size_t)pa->offset, lda = dld, astride = k * dld;
+    }
+    if (st == KILN_OK && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm))) {
+        size_t dld;
+        st = pad_copy(ctx, op, options, k, v.n, batch, b, boff, ldb, bstride, &pb, &dld);
+        if (st == KILN_OK) b = pb->st->mem, boff = (size_t)pb->offset, ldb = dld, bstride = k * dld;
+    }
+    if (st == KILN_OK) {
+        cl_int cta = ta;
+        cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc,
+                 cs = cstride;
+        kiln__karg nn[] = {KILN__ARG(cm), KILN__ARG(cn),    KILN__ARG(ck),   KILN__ARG(cta), KILN__ARG(nb),
+                           KILN__ARG(cb), KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),   KILN__ARG(ao),
+                           KILN__ARG(al), KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo),  KILN__ARG(bl),
+                           KILN__ARG(bs), KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl),  KILN__ARG(cs)};
+        st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nn", sizeof nn / sizeof nn[0], nn, global, local);
+    }
+    /* the in-order queue runs the launches above before a later reuse of the copies */
+    kiln_tensor_free(pa);
+    kiln_tensor_free(pb);
+    return st;
 }

@@ -155,7 +155,7 @@ static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const ch
  * keeps at most two cores busy for all of K): enough parts for ~16 work-groups per compute
  * unit, each part at least SPLIT_MIN_K long; 1 (no split) where the device's tiles are not
  * known (kiln__sgemm_tiles) or the partial results would take more than SPLIT_MAX_ELEMS.
- * Only for products CLBlast computes (on CPUs kiln's own kernels take all but A^T B^T).
+ * Only for products CLBlast computes (on CPUs kiln's own kernels take every product).
  */
 #define SPLIT_MIN_K 1024
 #define SPLIT_MAX_PARTS 16

@@ -102,11 +102,18 @@ int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, co
 const kiln__gemm_params *kiln__gemm_params_of(kiln_ctx *ctx);
 /* "avx512: nt 4x4 float16 k-unroll 1, nn 8x32 float16 k-unroll 1" into buf. */
 void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap);
-/* Whether kiln__sgemm gives this product to kiln's own kernels: every transpose
- * combination but op(A)^T B^T, on a CPU device (A B and A^T B only with beta 0). */
+/* Whether kiln__sgemm gives this product to kiln's own kernels: every product (any
+ * transposes, beta, batch, offsets and strides) on a CPU device, unless a dim is too large
+ * for the kernels' int indices; none elsewhere. ctx->hooks.gemm_own and KILN_GEMM_OWN=off
+ * override. */
 bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch, float beta);
-/* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices through gemm_nt (tb) or
- * gemm_nn (!tb, beta 0), as kiln__sgemm's arguments; enqueued. Not for ta && tb. */
+/* Whether gemm_nn reads a K operand with leading dim ld (elements), K rows and `reuse`
+ * blocks reading each of its panels through a padded copy (its rows conflict in cache). */
+bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse);
+/* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices, as kiln__sgemm's
+ * arguments, enqueued: gemm_nt for A B^T, gemm_nn for A B and A^T B, gemm_nn on (B, A) with
+ * a transposed store for A^T B^T; K operands whose rows conflict in cache through padded
+ * pool copies (gemm_copy). m, n or batch 0 enqueue nothing; k 0 scales C by beta. */
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);

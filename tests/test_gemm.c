@@ -1,0 +1,398 @@
+/* tests/test_gemm.c - kiln's own GEMM kernels (cl_kernels/gemm.cl, src/ops/gemm.c) called
+ * through the router kiln__sgemm with every argument it takes: each parameter set of the
+ * table (the devices' and the odd ones only tests force), each transpose combination
+ * (A^T B^T is gemm_nn on (B, A) with a transposed store), alpha and beta, batches with
+ * offsets, padded leading dims and batch strides, K operands read through a padded copy;
+ * against a double-precision host reference, with every element of C's buffer outside the
+ * product checked unchanged. Then the router's choice on this device, and kiln_matmul of
+ * transposed views and its backward with kiln's kernels forced and with CLBlast forced.
+ *
+ * Tolerance: an output is alpha s + beta c with s a dot product of k terms; evaluated in f32
+ * in any order it is within gamma_k |alpha| sum |a||b| of the exact value (Higham 3.1), and
+ * the scaling by alpha, the product beta c and the final add add a rounding each:
+ * |got - ref| <= TOL_C (k + 3) u (|alpha| sum_p |a_ip||b_pj| + |beta c|), u = 2^-24,
+ * TOL_C = 2 as in test_matmul.c (the 1/(1 - ku) factor and the reference's own rounding).
+ * Inputs are exact floats, so the reference is exact to ~1e-16.
+ *
+ * KILN_TEST_SMALL=1 (scripts/check oclgrind runs this under Oclgrind) keeps one ragged
+ * product, one batch and one k = 0 per set and transpose, and the padded copies with one
+ * set: every variant of the kernels still runs once. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
+#include "harness.h"
+#include "kiln_test_hooks.h"
+
+#define U_F32 (1.0 / 16777216.0)
+#define TOL_C 2.0
+
+static bool g_small; /* KILN_TEST_SMALL */
+
+/* One product: geometry in elements, as kiln__sgemm takes it. The pads widen the leading
+ * dims and batch strides past the dense ones. */
+typedef struct {
+    bool ta, tb;
+    size_t m, n, k, batch;
+    float alpha, beta;
+    size_t aoff, lda, astride, boff, ldb, bstride, coff, ldc, cstride;
+} gcase;
+
+/* Dense geometry plus pads: ld = dense + lpad, stride = rows * ld + spad, offset off. */
+static gcase geom(bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch, float alpha, float beta, size_t off,
+                  size_t lpad, size_t spad) {
+    gcase g = {ta, tb, m, n, k, batch, alpha, beta, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    g.lda = (ta ? m : k) + lpad;
+    g.astride = batch > 1 ? (ta ? k : m) * g.lda + spad : 0;
+    g.ldb = (tb ? k : n) + lpad;
+    g.bstride = batch > 1 ? (tb ? n : k) * g.ldb + spad : 0;
+    g.ldc = n + lpad;
+    g.cstride = batch > 1 ? m * g.ldc + spad : 0;
+    g.aoff = off, g.boff = 2 * off, g.coff = 3 * off;
+    return g;
+}
+
+/* Elements a buffer needs for `batch` matrices of rows x cols at off + b * stride. */
+static size_t span(size_t off, size_t rows, size_t cols, size_t ld, size_t stride, size_t batch) {
+    if (rows == 0 || cols == 0 || batch == 0) return off + 1;
+    return off + (batch - 1) * stride + (rows - 1) * ld + cols + 1;
+}
+
+/* Runs g through kiln__sgemm on buffers filled with values in [-1, 1) and checks C. With
+ * beta == 0 the outputs start as NaN: the kernels must not read them. */
+static void run_case(kiln_ctx *ctx, const char *what, const gcase *g) {
+    size_t ar = g->ta ? g->k : g->m, ac = g->ta ? g->m : g->k;
+    size_t br = g->tb ? g->n : g->k, bc = g->tb ? g->k : g->n;
+    size_t na = span(g->aoff, ar, ac, g->lda, g->astride, g->batch);
+    size_t nb = span(g->boff, br, bc, g->ldb, g->bstride, g->batch);
+    size_t nc = span(g->coff, g->m, g->n, g->ldc, g->cstride, g->batch);
+    float *ha = malloc(na * sizeof(float)), *hb = malloc(nb * sizeof(float)), *hc = malloc(nc * sizeof(float));
+    float *got = malloc(nc * sizeof(float));
+    h_fill(ha, (int64_t)na, -1, 1);
+    h_fill(hb, (int64_t)nb, -1, 1);
+    h_fill(hc, (int64_t)nc, -1, 1);
+    if (g->beta == 0.0f)
+        for (size_t b = 0; b < g->batch; b++)
+            for (size_t i = 0; i < g->m; i++)
+                for (size_t j = 0; j < g->n; j++) hc[g->coff + b * g->cstride + i * g->ldc + j] = NAN;
+    kiln_scope_begin(ctx);
+    kiln_tensor *ta = kiln_from_host(ctx, ha, KILN_F32, 1, (int64_t[]){(int64_t)na});
+    kiln_tensor *tb = kiln_from_host(ctx, hb, KILN_F32, 1, (int64_t[]){(int64_t)nb});
+    kiln_tensor *tc = kiln_from_host(ctx, hc, KILN_F32, 1, (int64_t[]){(int64_t)nc});
+    CHECK(ta && tb && tc, "%s: upload: %s", what, kiln_error_message(ctx));
+    if (ta && tb && tc) {
+        int rc = kiln__sgemm(ctx, "test_gemm", g->ta, g->tb, g->m, g->n, g->k, g->alpha, ta->st->mem,
+                             (size_t)ta->offset + g->aoff, g->lda, g->astride, tb->st->mem,
+                             (size_t)tb->offset + g->boff, g->ldb, g->bstride, g->beta, tc->st->mem,
+                             (size_t)tc->offset + g->coff, g->ldc, g->cstride, g->batch);
+        CHECK(rc == 0, "%s: kiln__sgemm returned %d: %s", what, rc, kiln_error_message(ctx));
+        CHECK(kiln_to_host(tc, got, nc * sizeof(float)) == KILN_OK, "%s: read back: %s", what, kiln_error_message(ctx));
+        /* every element: the product's outputs within the bound, the rest unchanged */
+        char *in = calloc(nc, 1);
+        size_t bad = 0;
+        for (size_t b = 0; b < g->batch; b++)
+            for (size_t i = 0; i < g->m; i++)
+                for (size_t j = 0; j < g->n; j++) {
+                    double s = 0, mag = 0;
+                    for (size_t p = 0; p < g->k; p++) {
+                        double x = ha[g->aoff + b * g->astride + (g->ta ? p * g->lda + i : i * g->lda + p)];
+                        double y = hb[g->boff + b * g->bstride + (g->tb ? j * g->ldb + p : p * g->ldb + j)];
+                        s += x * y;
+                        mag += fabs(x * y);
+                    }
+                    size_t e = g->coff + b * g->cstride + i * g->ldc + j;
+                    in[e] = 1;
+                    double c0 = g->beta == 0.0f ? 0.0 : (double)hc[e];
+                    double ref = (double)g->alpha * s + (double)g->beta * c0;
+                    double tol = TOL_C * (double)(g->k + 3) * U_F32 *
+                                 (fabs((double)g->alpha) * mag + fabs((double)g->beta * c0));
+                    if (!(fabs((double)got[e] - ref) <= tol) && bad++ == 0)
+                        fprintf(stderr, "  %s: batch %zu C[%zu, %zu] = %.9g, reference %.9g (bound %.3g)\n", what, b, i,
+                                j, (double)got[e], ref, tol);
+                }
+        size_t stray = 0;
+        for (size_t e = 0; e < nc; e++)
+            if (!in[e] && memcmp(&got[e], &hc[e], sizeof(float)) != 0 && stray++ == 0)
+                fprintf(stderr, "  %s: element %zu outside the product changed: %.9g, was %.9g\n", what, e,
+                        (double)got[e], (double)hc[e]);
+        CHECK(bad == 0 && stray == 0,
+              "%s (%s%s m=%zu n=%zu k=%zu batch=%zu alpha=%g beta=%g): %zu outputs outside "
+              "the bound, %zu elements outside the product written",
+              what, g->ta ? "A^T" : "A", g->tb ? " B^T" : " B", g->m, g->n, g->k, g->batch, (double)g->alpha,
+              (double)g->beta, bad, stray);
+        free(in);
+    }
+    if (ctx->guard > 0) {
+        char msg[256];
+        int bad = kiln__check_guards(ctx, msg, sizeof msg);
+        CHECK(bad == 0, "%s: %d guard regions overwritten: %s", what, bad, msg);
+    }
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+    free(ha), free(hb), free(hc), free(got);
+}
+
+static const char *const tnames[4] = {"A B", "A^T B", "A B^T", "A^T B^T"};
+static const float alphas[3] = {1.0f, -0.75f, 2.0f}, betas[3] = {0.0f, 0.5f, 1.0f};
+
+/* Each set of the table forced on this device, each transpose combination: m, n and k on
+ * each side of the kernel's block, vector and K step (the kernel's M and N are kiln's n and
+ * m for A^T B^T), alpha/beta pairs in turn; then batches with offsets, padded leading dims
+ * and strides; k = 0 (C = beta C). */
+static void test_sets(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    for (int s = 0; s < KILN__GEMM_SETS; s++) {
+        const kiln__gemm_params *p = &kiln__gemm_sets[s];
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        CHECK(kiln__gemm_params_of(ctx) == p, "set %d: the hook did not select it", s);
+        for (int f = 0; f < 4; f++) {
+            bool ta = f & 1, tb = f & 2, nt = tb && !ta;
+            /* the kernel's block, vector and K step; its rows are kiln's columns for A^T B^T */
+            size_t rm = nt ? (size_t)p->nt_rm : (size_t)p->nn_rm;
+            size_t rn = nt ? (size_t)p->nt_rn : (size_t)(p->nn_nv * p->nn_vw);
+            size_t vw = nt ? (size_t)p->nt_vw : (size_t)p->nn_vw;
+            size_t kstep = nt ? (size_t)(p->nt_vw * p->nt_ku) : (size_t)p->nn_ku;
+            size_t km[] = {1, rm, rm + 1, 2 * rm - 1, 3 * rm + 2};
+            size_t kn[] = {1, rn, rn + 1, vw + 1, 2 * rn - 1, rn + vw + 3, 9 * rn + 1};
+            size_t ks[] = {1, vw > 1 ? vw - 1 : 2, kstep, kstep + 1, kstep + vw + 3, 3 * kstep + vw - 1, 100};
+            int c = 0;
+            for (size_t i = g_small ? 2 : 0; i < (g_small ? 3 : sizeof km / sizeof km[0]); i++)
+                for (size_t j = g_small ? 4 : 0; j < (g_small ? 5 : sizeof ks / sizeof ks[0]); j++, c++) {
+                    size_t a = km[i], b = kn[(i + j) % (sizeof kn / sizeof kn[0])];
+                    size_t m = ta && tb ? b : a, n = ta && tb ? a : b;
+                    gcase g = geom(ta, tb, m, n, ks[j], 1, alphas[c % 3], betas[(c / 3) % 3], 0, 0, 0);
+                    char what[96];
+                    snprintf(what, sizeof what, "set %s: %s", p->name, tnames[f]);
+                    run_case(ctx, what, &g);
+                }
+            /* batched, at offsets, with padded leading dims and batch strides */
+            size_t bm = rm + 1, bn = rn + vw + 1, bk = kstep + 3;
+            for (int v = g_small ? 1 : 0; v < (g_small ? 2 : 3); v++) {
+                size_t m = ta && tb ? bn : bm, n = ta && tb ? bm : bn;
+                gcase g = geom(ta, tb, m, n, bk, 3, alphas[v], betas[v], (size_t)(5 + v), (size_t)(3 * v + 1),
+                               (size_t)(7 * v + 2));
+                char what[96];
+                snprintf(what, sizeof what, "set %s: %s batched", p->name, tnames[f]);
+                run_case(ctx, what, &g);
+            }
+            /* an empty inner dim: C = beta C (and with beta 0, zeros over the NaNs) */
+            gcase g = geom(ta, tb, bm, bn, 0, 2, 1.5f, 0.5f, 3, 2, 5);
+            char what[96];
+            snprintf(what, sizeof what, "set %s: %s k = 0", p->name, tnames[f]);
+            run_case(ctx, what, &g);
+            g.beta = 0.0f;
+            run_case(ctx, what, &g);
+        }
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
+/* K operands whose rows lie a multiple of 4096 bytes apart (leading dim 1024 floats) go
+ * through gemm_copy into a padded buffer (src/ops/gemm.c, kiln__gemm_pad_wanted): B for
+ * A B and A^T B, A for A^T B, kiln's A (the kernel's B) for A^T B^T; batched at offsets.
+ * KILN_GEMM_PAD=on pads whenever the rows conflict (small shapes, the device's set and an
+ * odd one), =off never; then the automatic choice on shapes large enough to pad. */
+static void test_padded(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    CHECK(kiln__gemm_pad_wanted(1024, 130, 16) && kiln__gemm_pad_wanted(2048, 130, 40) &&
+              !kiln__gemm_pad_wanted(1040, 130, 40) && !kiln__gemm_pad_wanted(1024, 16, 40) &&
+              !kiln__gemm_pad_wanted(1024, 130, 8),
+          "kiln__gemm_pad_wanted: not as the tests below assume");
+    static const char *const passes[4] = {"KILN_GEMM_PAD=on", "KILN_GEMM_PAD=on, set odd-b", "KILN_GEMM_PAD=off",
+                                          "automatic"};
+    for (int pass = 0; pass < (g_small ? 1 : 4); pass++) {
+        kiln__hooks_of(ctx)->gemm_params = pass == 1 ? KILN__GEMM_SETS : 0; /* odd-b */
+        if (pass < 3)
+            setenv("KILN_GEMM_PAD", pass < 2 ? "on" : "off", 1);
+        else
+            unsetenv("KILN_GEMM_PAD");
+        /* automatic: 16 and more blocks of the widest set (8 x 32) read each panel */
+        size_t m = pass == 3 ? 130 : 9, n = pass == 3 ? 520 : 37, k = pass == 3 ? 130 : 20;
+        for (int f = 0; f < 4; f++) {
+            bool ta = f & 1, tb = f & 2;
+            for (size_t batch = g_small || pass == 3 ? 2 : 1; batch <= 2; batch++) {
+                gcase g = geom(ta, tb, m, n, k, batch, alphas[f % 3], betas[(f + (int)batch) % 3], 7, 0, 9);
+                /* leading dims of 1024 floats for both operands (and C) */
+                g.lda = g.ldb = g.ldc = 1024;
+                g.astride = batch > 1 ? (ta ? k : m) * 1024 + 9 : 0;
+                g.bstride = batch > 1 ? (tb ? n : k) * 1024 + 9 : 0;
+                g.cstride = batch > 1 ? m * 1024 + 9 : 0;
+                char what[96];
+                snprintf(what, sizeof what, "%s: %s, leading dims 1024", passes[pass], tnames[f]);
+                run_case(ctx, what, &g);
+            }
+        }
+    }
+    unsetenv("KILN_GEMM_PAD");
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
+/* A padded copy the pool cannot hold fails the product with the pool's message naming
+ * the op; a copy made before it is given back (A^T B copies A, then B). */
+static void test_pad_oom(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    setenv("KILN_GEMM_PAD", "on", 1);
+    const size_t m = 9, n = 37, k = 20;
+    kiln_scope_begin(ctx);
+    float *h = calloc(k * 1024 + 1024, sizeof(float));
+    kiln_tensor *a = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(k * 1024)});
+    kiln_tensor *b = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(k * 1024)});
+    kiln_tensor *c = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(m * 1024)});
+    CHECK(a && b && c, "upload: %s", kiln_error_message(ctx));
+    for (int nth = 1; a && b && c && nth <= 2; nth++) {
+        int64_t tensors = kiln_ctx_num_tensors(ctx);
+        kiln_pool_stats before, after;
+        kiln_pool_stats_get(ctx, &before);
+        kiln__pool_fail_after(ctx, nth);
+        int rc = kiln__sgemm(ctx, "test_gemm_oom", true, false, m, n, k, 1.0f, a->st->mem, (size_t)a->offset, 1024, 0,
+                             b->st->mem, (size_t)b->offset, 1024, 0, 0.0f, c->st->mem, (size_t)c->offset, 1024, 0, 1);
+        kiln__pool_fail_after(ctx, 0);
+        kiln_pool_stats_get(ctx, &after);
+        CHECK(rc == KILN__SGEMM_FAILED && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY &&
+                  strstr(kiln_error_message(ctx), "test_gemm_oom") &&
+                  strstr(kiln_error_message(ctx), "injected failure"),
+              "allocation %d of the padded copies failing: rc %d, %s", nth, rc, kiln_error_message(ctx));
+        CHECK(kiln_ctx_num_tensors(ctx) == tensors && after.in_use_bytes == before.in_use_bytes,
+              "allocation %d failing: %lld tensors, %lld pool bytes left behind", nth,
+              (long long)(kiln_ctx_num_tensors(ctx) - tensors), (long long)(after.in_use_bytes - before.in_use_bytes));
+        kiln_error_clear(ctx);
+    }
+    kiln_scope_end(ctx);
+    free(h);
+    unsetenv("KILN_GEMM_PAD");
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
+/* On a CPU kiln's kernels take every product (any transposes, beta, batch), CLBlast none;
+ * elsewhere CLBlast takes them; KILN_GEMM_OWN=off sends them to CLBlast. */
+static void test_route(kiln_ctx *ctx) {
+    bool cpu = kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+    for (int f = 0; f < 4; f++)
+        for (int bt = 0; bt < 2; bt++) {
+            bool own = kiln__gemm_own_takes(ctx, f & 1, f & 2, 37, 53, 101, bt ? 3 : 1, bt ? 1.0f : 0.0f);
+            CHECK(own == cpu, "%s batch %d beta %d: kiln's kernels %s it on a %s device", tnames[f], bt ? 3 : 1, bt,
+                  own ? "take" : "do not take", cpu ? "CPU" : "non-CPU");
+        }
+    setenv("KILN_GEMM_OWN", "off", 1);
+    CHECK(!kiln__gemm_own_takes(ctx, true, true, 37, 53, 101, 1, 0.0f), "KILN_GEMM_OWN=off: kiln's kernels took it");
+    unsetenv("KILN_GEMM_OWN");
+}
+
+/* ---- kiln_matmul of transposed views, and its backward -------------------------------- */
+
+/* Host reference of out[b] = op(X[b]) op(Y[b]) with X [bt, xr, xc] and Y [bt, yr, yc]
+ * dense; mag gets sum |x||y| per output. */
+static void ref_mm(const float *x, const float *y, size_t bt, size_t m, size_t n, size_t k, bool tx, bool ty,
+                   double *out, double *mag) {
+    for (size_t b = 0; b < bt; b++)
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < n; j++) {
+                double s = 0, a = 0;
+                for (size_t p = 0; p < k; p++) {
+                    double u = x[b * m * k + (tx ? p * m + i : i * k + p)];
+                    double v = y[b * k * n + (ty ? j * k + p : p * n + j)];
+                    s += u * v;
+                    a += fabs(u * v);
+                }
+                out[(b * m + i) * n + j] = s;
+                mag[(b * m + i) * n + j] = a;
+            }
+}
+
+static void compare(const char *what, kiln_tensor *t, const double *ref, const double *mag, size_t n, size_t terms) {
+    float *got = t ? h_read(t) : NULL;
+    size_t bad = 0;
+    for (size_t i = 0; got && i < n; i++) {
+        double tol = TOL_C * (double)terms * U_F32 * mag[i];
+        if (!(fabs((double)got[i] - ref[i]) <= tol) && bad++ == 0)
+            fprintf(stderr, "  %s: element %zu = %.9g, reference %.9g (bound %.3g)\n", what, i, (double)got[i], ref[i],
+                    tol);
+    }
+    CHECK(got && bad == 0, "%s: %zu of %zu elements outside the bound", what, bad, n);
+    free(got);
+}
+
+/* out = a b with a = transpose of A0 [bt, k, m] and b = transpose of B0 [bt, n, k] (the
+ * A^T B^T product), and the same through kiln_matmul_ex's flags on A0 and B0; then
+ * backward with a seed G: dA0 = (G B0)^T = B0^T G^T, dB0 = (A0 G)^T = G^T A0^T. Run with
+ * kiln's kernels forced and with CLBlast forced, each against the host reference (so the
+ * two agree within the bound). */
+static void test_views(kiln_ctx *ctx) {
+    static const size_t shapes[][4] = {{1, 5, 7, 3}, {2, 19, 40, 33}, {1, 37, 53, 101}, {1, 64, 128, 300}};
+    for (size_t c = 0; c < (g_small ? 2 : sizeof shapes / sizeof shapes[0]); c++) {
+        size_t bt = shapes[c][0], m = shapes[c][1], n = shapes[c][2], k = shapes[c][3];
+        float *a0 = malloc(bt * k * m * sizeof(float)), *b0 = malloc(bt * n * k * sizeof(float));
+        float *g = malloc(bt * m * n * sizeof(float));
+        h_fill(a0, (int64_t)(bt * k * m), -1, 1);
+        h_fill(b0, (int64_t)(bt * n * k), -1, 1);
+        h_fill(g, (int64_t)(bt * m * n), -1, 1);
+        double *out = malloc(bt * m * n * sizeof(double)), *mout = malloc(bt * m * n * sizeof(double));
+        double *da = malloc(bt * k * m * sizeof(double)), *mda = malloc(bt * k * m * sizeof(double));
+        double *db = malloc(bt * n * k * sizeof(double)), *mdb = malloc(bt * n * k * sizeof(double));
+        ref_mm(a0, b0, bt, m, n, k, true, true, out, mout);
+        ref_mm(b0, g, bt, k, m, n, true, true, da, mda); /* dA0 [k, m] = B0^T G^T */
+        ref_mm(g, a0, bt, n, k, m, true, true, db, mdb); /* dB0 [n, k] = G^T A0^T */
+        int nd = bt > 1 ? 3 : 2;
+        int64_t sa[3], sb[3], sg[3];
+        int64_t *pa = sa, *pb = sb, *pg = sg;
+        if (bt > 1) *pa++ = *pb++ = *pg++ = (int64_t)bt;
+        pa[0] = (int64_t)k, pa[1] = (int64_t)m, pb[0] = (int64_t)n, pb[1] = (int64_t)k, pg[0] = (int64_t)m,
+        pg[1] = (int64_t)n;
+        for (int own = 0; own < 2; own++)
+            for (int ex = 0; ex < 2; ex++) {
+                kiln__hooks_of(ctx)->gemm_own = own ? 1 : -1;
+                kiln_scope_begin(ctx);
+                kiln_tensor *A0 = kiln_from_host(ctx, a0, KILN_F32, nd, sa);
+                kiln_tensor *B0 = kiln_from_host(ctx, b0, KILN_F32, nd, sb);
+                kiln_tensor *G = kiln_from_host(ctx, g, KILN_F32, nd, sg);
+                kiln_tensor_set_requires_grad(A0, true);
+                kiln_tensor_set_requires_grad(B0, true);
+                kiln_tensor *o = ex ? kiln_matmul_ex(ctx, A0, B0, KILN_TRANS_A | KILN_TRANS_B)
+                                    : kiln_matmul(ctx, kiln_transpose(ctx, A0, nd - 2, nd - 1),
+                                                  kiln_transpose(ctx, B0, nd - 2, nd - 1));
+                char what[160];
+                snprintf(what, sizeof what, "%s, %s [%zu] %zux%zux%zu", own ? "kiln's kernels" : "CLBlast",
+                         ex ? "matmul_ex(A0, B0, TRANS_A|TRANS_B)" : "matmul(A0^T, B0^T)", bt, m, n, k);
+                CHECK(o != NULL, "%s: %s", what, kiln_error_message(ctx));
+                if (o) {
+                    char w[200];
+                    snprintf(w, sizeof w, "%s output", what);
+                    compare(w, o, out, mout, bt * m * n, k);
+                    CHECK(kiln_backward_ex(o, G, false) == KILN_OK, "%s backward: %s", what, kiln_error_message(ctx));
+                    snprintf(w, sizeof w, "%s dA0", what);
+                    compare(w, kiln_tensor_grad(A0), da, mda, bt * k * m, n);
+                    snprintf(w, sizeof w, "%s dB0", what);
+                    compare(w, kiln_tensor_grad(B0), db, mdb, bt * n * k, m);
+                }
+                if (ctx->guard > 0) {
+                    char msg[256];
+                    int bad = kiln__check_guards(ctx, msg, sizeof msg);
+                    CHECK(bad == 0, "%s: %d guard regions overwritten: %s", what, bad, msg);
+                }
+                kiln_scope_end(ctx);
+                CHECK_OK(ctx);
+                kiln_error_clear(ctx);
+            }
+        kiln__hooks_of(ctx)->gemm_own = 0;
+        free(a0), free(b0), free(g), free(out), free(mout), free(da), free(mda), free(db), free(mdb);
+    }
+}
+
+static void run(kiln_ctx *ctx) {
+    /* sentinels around every storage: a write outside an operand's storage is seen too */
+    kiln__set_guard(ctx, 67);
+    test_route(ctx);
+    test_sets(ctx);
+    test_padded(ctx);
+    test_pad_oom(ctx);
+    test_views(ctx);
+    kiln__set_guard(ctx, 0);
+}
+
+int main(void) {
+    const char *small = getenv("KILN_TEST_SMALL");
+    g_small = small && *small && strcmp(small, "0") != 0;
+    H_FOR_EACH_DEVICE(run);
+    return h_finish();
+}
