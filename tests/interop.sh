@@ -5,7 +5,10 @@
 #      the torch model and evaluates it;
 #   2. torch initialises and trains the model briefly and saves its state dict as
 #      safetensors; cnn_fashion --load FILE --epochs 0 evaluates it;
-#   3. the same as 1 for mlp_fashion.
+#   3. the same as 1 for mlp_fashion;
+#   4. a torchvision-named ResNet-18 state dict saved by PyTorch loads strictly into
+#      kiln_resnet18 (same eval output), and one kiln saved loads strictly into the torch
+#      model (same eval output): tests/golden/gen_resnet.py and tests/test_resnet.
 #
 #   tests/interop.sh BUILD_DIR SOURCE_DIR
 #
@@ -77,5 +80,15 @@ run "$py" "$tool" export "$tmp/torch_mlp.safetensors" --model mlp --steps 100 --
 torch_acc=$acc
 run "$build/examples/mlp_fashion" --load "$tmp/torch_mlp.safetensors" --epochs 0 --no-progress
 compare "torch-trained mlp" "$acc" "$torch_acc"
+
+echo "== 4. ResNet-18 state dicts: torch -> kiln_resnet18, and kiln -> torch (strict, same outputs)"
+resnet_py="$src/tests/golden/gen_resnet.py"
+for step in "$py $resnet_py export $tmp/torch_r18.safetensors" \
+            "$build/tests/test_resnet --interop-load $tmp/torch_r18.safetensors" \
+            "$build/tests/test_resnet --interop-save $tmp/kiln_r18.safetensors" \
+            "$py $resnet_py check $tmp/kiln_r18.safetensors"; do
+  echo "+ $step"
+  if ! $step; then echo "FAIL: $step"; fail=1; fi
+done
 
 exit $fail

@@ -36,6 +36,7 @@
 #include "data.h"
 #include "io.h"
 #include "nn.h"
+#include "models.h"
 #include "optim.h"
 #include "train.h"
 
