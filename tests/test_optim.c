@@ -1207,6 +1207,15 @@ static void test_groups_misc(kiln_ctx *ctx) {
     EXPECT_ERR(ctx, kiln_optim_group_set_lr(opt, 1, NAN) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
                "Invalid learning rate: nan");
     EXPECT_ERR(ctx, kiln_optim_param_group(opt, 6) != -1, KILN_ERR_RANGE, "parameter 6 of 6");
+    EXPECT_ERR(ctx, !isnan(kiln_optim_group_weight_decay(opt, 5)), KILN_ERR_RANGE, "group 5 of 2");
+    EXPECT_ERR(ctx, kiln_optim_add_rmsprop_group(opt, &extra, 1, NULL) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
+               "kiln_optim_add_rmsprop_group: the optimizer is SGD; this call adds RMSprop groups");
+    CHECK(kiln_params_split_decay(-1, ps, dec2, &nd2, nodec2, &nn2) == KILN_ERR_INVALID_ARGUMENT &&
+              strstr(kiln_last_error(), "kiln_params_split_decay: n = -1"),
+          "split n < 0: %s", kiln_last_error());
+    CHECK(kiln_optim_param_group(NULL, 0) == -1 && isnan(kiln_optim_group_lr(NULL, 0)) &&
+              kiln_optim_group_set_lr(NULL, 0, 0.1) == KILN_ERR_NULL,
+          "NULL optimizer getters");
     CHECK(kiln_optim_add_sgd_group(NULL, &extra, 1, NULL) == KILN_ERR_NULL && kiln_optim_num_groups(NULL) == 0 &&
               isnan(kiln_optim_group_weight_decay(NULL, 0)),
           "NULL optimizer");
@@ -1233,6 +1242,24 @@ static void test_groups_misc(kiln_ctx *ctx) {
                                   NULL) != NULL,
                KILN_ERR_NULL, "2 schedulers need 1 milestones");
     EXPECT_ERR(ctx, kiln_sequential_lr(opt, NULL, 0, NULL) != NULL, KILN_ERR_INVALID_ARGUMENT, "it needs at least one");
+    EXPECT_ERR(ctx,
+               kiln_sequential_lr(opt,
+                                  (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9), kiln_exponential_lr(opt, 0.5)}, 2,
+                                  (int[]){0}) != NULL,
+               KILN_ERR_INVALID_ARGUMENT, "milestone 0 is 0; it must be >= 1");
+    EXPECT_ERR(ctx,
+               kiln_sequential_lr(opt, (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9), NULL}, 2, (int[]){3}) != NULL,
+               KILN_ERR_NULL, "scheduler 1 is NULL");
+    {
+        kiln_lr_sched *inner = kiln_sequential_lr(opt, (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9)}, 1, NULL);
+        CHECK(inner != NULL, "one-scheduler sequence: %s", kiln_error_message(ctx));
+        EXPECT_ERR(ctx, kiln_sequential_lr(opt, (kiln_lr_sched *[]){inner}, 1, NULL) != NULL, KILN_ERR_UNSUPPORTED,
+                   "scheduler 0 is itself a kiln_sequential_lr");
+        kiln_lr_sched *twice = kiln_exponential_lr(opt, 0.9);
+        EXPECT_ERR(ctx, kiln_sequential_lr(opt, (kiln_lr_sched *[]){twice, twice}, 2, (int[]){2}) != NULL,
+                   KILN_ERR_INVALID_ARGUMENT, "schedulers 0 and 1 are the same");
+        /* the failed call freed it (once) */
+    }
     CHECK(kiln_sequential_lr(NULL, (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9)}, 1, NULL) == NULL &&
               strstr(kiln_last_error(), "kiln_sequential_lr: optimizer is NULL"),
           "NULL optimizer: %s", kiln_last_error());

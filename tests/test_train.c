@@ -797,6 +797,17 @@ static void test_fit_frozen(kiln_ctx *ctx) {
                   "stranger: %s", kiln_error_message(ctx));
             kiln_error_clear(ctx);
             kiln_module_free(stranger);
+            o.eval_modules = (kiln_module *[]){NULL};
+            CHECK(kiln_fit(net, &o, NULL) == KILN_ERR_NULL &&
+                      strstr(kiln_error_message(ctx), "eval_modules[0] is NULL"),
+                  "NULL eval module: %s", kiln_error_message(ctx));
+            kiln_error_clear(ctx);
+            o.num_eval_modules = -1;
+            CHECK(kiln_fit(net, &o, NULL) == KILN_ERR_INVALID_ARGUMENT &&
+                      strstr(kiln_error_message(ctx), "num_eval_modules is -1"),
+                  "negative count: %s", kiln_error_message(ctx));
+            kiln_error_clear(ctx);
+            o.num_eval_modules = 1;
             o.eval_modules = (kiln_module *[]){backbone};
             o.sched = NULL;
             CHECK(kiln_fit(net, &o, NULL) == KILN_ERR_INVALID_ARGUMENT &&

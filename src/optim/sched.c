@@ -222,6 +222,13 @@ kiln_lr_sched *kiln_linear_lr(kiln_optim *opt, double start_factor, double end_f
     return sched_start(s);
 }
 
+/* Whether scheds[k] appears in scheds[0..k). */
+static bool seen_before(kiln_lr_sched *const *scheds, int k) {
+    for (int j = 0; j < k; j++)
+        if (scheds[j] == scheds[k]) return true;
+    return false;
+}
+
 kiln_lr_sched *kiln_sequential_lr(kiln_optim *opt, kiln_lr_sched *const *scheds, int n, const int *milestones) {
     const char *op = "kiln_sequential_lr";
     kiln_ctx *ctx = kiln_optim_ctx(opt);
@@ -232,7 +239,8 @@ kiln_lr_sched *kiln_sequential_lr(kiln_optim *opt, kiln_lr_sched *const *scheds,
             kiln__fail(ctx, status, __VA_ARGS__);                                                                      \
         else                                                                                                           \
             kiln__fail_global(status, __VA_ARGS__);                                                                    \
-        for (int k = 0; scheds && k < n; k++) kiln_lr_sched_free(scheds[k]);                                           \
+        for (int k = 0; scheds && k < n; k++) /* each once, even when listed twice */                                  \
+            if (!seen_before(scheds, k)) kiln_lr_sched_free(scheds[k]);                                                \
         return NULL;                                                                                                   \
     } while (0)
     if (!opt) SEQ_FAIL(KILN_ERR_NULL, "%s: optimizer is NULL", op);
