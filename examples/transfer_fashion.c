@@ -13,7 +13,7 @@
  *      (kiln_fit's eval_modules: its running statistics are kept) and train the head on a
  *      small labelled subset of classes 5-9 (--subset, 500 images), cosine per step;
  *   4. optionally (--unfreeze-epochs) unfreeze everything and train on with a lower lr (a
- *      tenth), the whole model in train mode;
+ *      tenth, cosine per step), the whole model in train mode;
  *   5. train a fresh ResNet-20 on the same subset for the same number of epochs (head epochs +
  *      unfreeze epochs), everything trainable, with the recipe's schedule;
  *   6. print the test accuracy on classes 5-9 (5000 images) of both.
@@ -348,10 +348,15 @@ int main(int argc, char **argv) {
     /* 4. everything unfrozen, at a tenth of the lr */
     if (o.unfreeze_epochs > 0) {
         for (int i = 0; i < nb; i++) kiln_module_set_requires_grad(backbone[i], true);
-        kiln_optim_set_lr(opt, o.finetune_lr / 10);
-        printf("\n4. unfrozen, %d epochs at lr %g\n", o.unfreeze_epochs, o.finetune_lr / 10);
-        if (train(ft, new_l, opt, NULL, o.unfreeze_epochs, NULL, 0, o.progress) != KILN_OK)
+        /* a new optimizer (fresh momentum, and schedulers take its lr as their base) */
+        kiln_optim_free(opt);
+        opt = recipe_sgd(ctx, ft, o.finetune_lr / 10);
+        sched = opt ? recipe_schedule(opt, kiln_loader_num_batches(new_l), o.unfreeze_epochs, false) : NULL;
+        printf("\n4. unfrozen, %d epochs from lr %g, cosine\n", o.unfreeze_epochs, o.finetune_lr / 10);
+        if (!sched || train(ft, new_l, opt, sched, o.unfreeze_epochs, NULL, 0, o.progress) != KILN_OK)
             FAIL("fine-tuning: %s", kiln_error_message(ctx));
+        kiln_lr_sched_free(sched);
+        sched = NULL;
     }
     double ft_acc;
     if (kiln_evaluate(ft, new_te_l, NULL, NULL, NULL, NULL, &ft_acc) != KILN_OK)

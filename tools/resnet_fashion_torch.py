@@ -2,7 +2,7 @@
 """The recipe of examples/resnet_fashion in PyTorch, to compare kiln's per-epoch figures with.
 
 ResNet-20 (He et al.'s CIFAR network, ../shared/bench/torch_ref.py's ResNet20 with one input
-channel) on Fashion-MNIST from Debian's dataset-fashion-mnist: batch 128, SGD with Nesterov
+channel, initialised as torchvision's ResNet and kiln_resnet_cifar) on Fashion-MNIST from Debian's dataset-fashion-mnist: batch 128, SGD with Nesterov
 momentum 0.9 and lr 0.1, weight decay 5e-4 on convolution and linear weights only (not on
 batch-norm parameters or biases: the ndim <= 1 rule, kiln_params_split_decay), a linear
 warm-up per step over the first epoch (factor 1e-3 to 1) then cosine per step to 0
@@ -111,7 +111,7 @@ def main():
     ap.add_argument("--data", default=DATA)
     a = ap.parse_args()
     # SequentialLR starts the cosine with step(0), which torch 1.13 warns about
-    warnings.filterwarnings("ignore", message="The epoch parameter in `scheduler.step()`")
+    warnings.filterwarnings("ignore", message="The epoch parameter in")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -129,6 +129,11 @@ def main():
     xte = (xte - MEAN) / STD
 
     model = ResNet20(in_ch=1, classes=10)
+    # torchvision's ResNet initialisation, as kiln_resnet_cifar's (kiln/models.h): convolutions
+    # kaiming_normal_(fan_out, relu); batch norm 1 and 0 and the fc layer keep torch's defaults
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": a.weight_decay},
