@@ -27,6 +27,7 @@
  *     add 3 ulp (coefficient division, clamp, product). clip_grad_value: exact (a clamp).
  */
 #include <float.h>
+#include <unistd.h>
 
 #include "golden.h"
 
@@ -840,9 +841,12 @@ static void test_errors(kiln_ctx *ctx) {
     EXPECT_ERR(ctx, kiln_adam(ctx, ps, 0, NULL) != NULL, KILN_ERR_INVALID_ARGUMENT, "empty parameter list");
     kiln_tensor *withnull[2] = {a, NULL};
     EXPECT_ERR(ctx, kiln_adam(ctx, withnull, 2, NULL) != NULL, KILN_ERR_NULL, "parameter 1 is NULL");
+    /* a parameter without requires_grad is accepted (frozen: kiln_optim_step skips it), as torch accepts it */
     kiln_tensor *noreq[2] = {a, nograd};
-    EXPECT_ERR(ctx, kiln_adam(ctx, noreq, 2, NULL) != NULL, KILN_ERR_INVALID_ARGUMENT,
-               "parameter 1 [3, 4] does not require grad");
+    opt = kiln_adam(ctx, noreq, 2, NULL);
+    CHECK(opt && kiln_optim_num_params(opt) == 2, "a frozen parameter is accepted: %s", kiln_error_message(ctx));
+    kiln_optim_free(opt);
+    opt = NULL;
     kiln_tensor *withint[2] = {ints, a};
     EXPECT_ERR(ctx, kiln_rmsprop(ctx, withint, 2, NULL) != NULL, KILN_ERR_DTYPE, "parameter 0 [4] has dtype i32");
     bool prev = kiln_ctx_set_grad_enabled(ctx, false);
@@ -988,6 +992,359 @@ static void test_errors(kiln_ctx *ctx) {
 }
 
 /* A scope around a whole training loop frees nothing of the optimizer: state is kept. */
+
+/* ---- parameter groups ------------------------------------------------------------------------ */
+
+/* SGD nesterov over two groups with their own lr and weight decay, scheduled per step by
+ * kiln_sequential_lr(linear warm-up, cosine), a frozen parameter (with a stale gradient) in
+ * the decayed group: lrs bit for bit, parameters within the trajectory bound, against torch. */
+static void test_groups_golden(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "optim")) return;
+    enum { GSTEPS = 10, GP = 4 };
+    kiln_tensor *p[GP];
+    const golden_tensor *init[GP], *grad[GP], *traj[GP];
+    for (int j = 0; j < GP; j++) {
+        char k1[64], k2[64], k3[64];
+        snprintf(k1, sizeof k1, "groups.init.p%d", j);
+        snprintf(k2, sizeof k2, "groups.grad.p%d", j);
+        snprintf(k3, sizeof k3, "groups.traj.p%d", j);
+        init[j] = golden_get(&g, k1);
+        grad[j] = golden_get(&g, k2);
+        traj[j] = golden_get(&g, k3);
+        if (!init[j] || !grad[j] || !traj[j]) {
+            golden_close(&g);
+            return;
+        }
+        p[j] = param_from(ctx, init[j]->f, init[j]->ndim, init[j]->shape);
+    }
+    const golden_tensor *lrs = golden_get(&g, "groups.lr");
+    kiln_tensor_set_requires_grad(p[3], false); /* frozen, in the decayed group */
+    kiln_sgd_opts o = kiln_sgd_defaults();
+    o.lr = 0.1;
+    o.momentum = 0.9;
+    o.nesterov = true;
+    o.weight_decay = 0.05;
+    kiln_optim *opt = kiln_sgd(ctx, (kiln_tensor *[]){p[0], p[3]}, 2, &o);
+    kiln_sgd_opts o1 = o;
+    o1.lr = 0.03;
+    o1.weight_decay = 0;
+    CHECK(kiln_optim_add_sgd_group(opt, (kiln_tensor *[]){p[1], p[2]}, 2, &o1) == KILN_OK, "add group: %s",
+          kiln_error_message(ctx));
+    CHECK(kiln_optim_num_groups(opt) == 2 && kiln_optim_num_params(opt) == 4 && kiln_optim_param_group(opt, 1) == 0 &&
+              kiln_optim_param_group(opt, 2) == 1 && kiln_optim_param(opt, 2) == p[1] &&
+              kiln_optim_group_weight_decay(opt, 0) == 0.05 && kiln_optim_group_weight_decay(opt, 1) == 0,
+          "group bookkeeping");
+    kiln_lr_sched *ph[2] = {kiln_linear_lr(opt, 0.01, 1.0, 3), kiln_cosine_annealing_lr(opt, GSTEPS - 3, 0.0)};
+    kiln_lr_sched *seq = kiln_sequential_lr(opt, ph, 2, (int[]){3});
+    CHECK(seq != NULL, "kiln_sequential_lr: %s", kiln_error_message(ctx));
+    /* kiln's parameter order: group 0 (p0, p3), then group 1 (p1, p2), as torch numbers them */
+    static const int tj[GP] = {0, 3, 1, 2};
+    for (int k = 0; seq && lrs && k <= GSTEPS; k++) {
+        if (k > 0) {
+            kiln_scope_begin(ctx);
+            for (int j = 0; j < GP; j++) {
+                int64_t n = init[j]->numel;
+                /* the frozen one gets a (stale) gradient too: it must be skipped anyway */
+                set_grad(p[j], kiln_from_host(ctx, grad[j]->f + (k - 1) * n, KILN_F32, init[j]->ndim, init[j]->shape));
+            }
+            CHECK(kiln_optim_step(opt) == KILN_OK, "step %d: %s", k, kiln_error_message(ctx));
+            kiln_lr_sched_step(seq);
+            kiln_scope_end(ctx);
+            for (int j = 0; j < GP; j++) {
+                int64_t n = init[j]->numel;
+                double *ref = malloc(sizeof *ref * (size_t)n);
+                for (int64_t e = 0; e < n; e++) ref[e] = traj[j]->f[(k - 1) * n + e];
+                double tol = k * TRAJ_ULPS * FLT_EPSILON;
+                char what[64];
+                snprintf(what, sizeof what, "groups p%d after step %d", j, k);
+                compare_max(what, p[j], ref, n, j == 3 ? 0 : tol, j == 3 ? 0 : tol);
+                free(ref);
+            }
+        }
+        for (int q = 0; q < 2; q++)
+            CHECK(kiln_optim_group_lr(opt, q) == golden_double(lrs, 2 * k + q),
+                  "group %d lr after %d steps: %.17g, torch %.17g", q, k, kiln_optim_group_lr(opt, q),
+                  golden_double(lrs, 2 * k + q));
+    }
+    (void)tj;
+    /* momentum buffers where torch has them; none for the frozen parameter, its step count 0 */
+    const char *bufs[2] = {"0.momentum_buffer", "2.momentum_buffer"};
+    for (int q = 0; q < 2; q++) {
+        char key[64];
+        snprintf(key, sizeof key, "groups.state.%s", bufs[q]);
+        const golden_tensor *ref = golden_get(&g, key);
+        kiln_tensor *t = kiln_optim_state_find(opt, bufs[q], false);
+        CHECK(t && ref, "state %s", bufs[q]);
+        if (t && ref) {
+            double *r = malloc(sizeof *r * (size_t)ref->numel);
+            for (int64_t e = 0; e < ref->numel; e++) r[e] = ref->f[e];
+            compare_max(bufs[q], t, r, ref->numel, GSTEPS * TRAJ_ULPS * FLT_EPSILON, GSTEPS * TRAJ_ULPS * FLT_EPSILON);
+            free(r);
+        }
+    }
+    CHECK(kiln_optim_state_find(opt, "1.momentum_buffer", false) == NULL && kiln_optim_step_count(opt, 1) == 0 &&
+              kiln_optim_step_count(opt, 0) == GSTEPS,
+          "the frozen parameter has no state and no steps");
+    kiln_lr_sched_free(seq);
+    kiln_optim_free(opt);
+    for (int j = 0; j < GP; j++) kiln_tensor_free(p[j]);
+    golden_close(&g);
+    CHECK_OK(ctx);
+}
+
+/* SequentialLR on two groups (lr 0.1 and 0.02): 30 steps, both groups' lrs bit for bit; and a
+ * resume in the middle of the second and third phase. */
+static void test_sequential(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "optim")) return;
+    const char *names[3] = {"warm_multistep", "warm_cosine", "three"};
+    for (int si = 0; si < 3; si++) {
+        for (int resume = 0; resume < 2; resume++) {
+            float z[2] = {0, 0};
+            int64_t two = 2;
+            kiln_tensor *a = param_from(ctx, z, 1, &two), *b = param_from(ctx, z, 1, &two);
+            kiln_sgd_opts o = kiln_sgd_defaults();
+            o.lr = 0.1;
+            kiln_optim *opt = kiln_sgd(ctx, &a, 1, &o);
+            o.lr = 0.02;
+            kiln_optim_add_sgd_group(opt, &b, 1, &o);
+            kiln_lr_sched *s;
+            if (si == 0)
+                s = kiln_sequential_lr(opt,
+                                       (kiln_lr_sched *[]){kiln_linear_lr(opt, 0.1, 1.0, 5),
+                                                           kiln_multistep_lr(opt, (int[]){6, 12, 12}, 3, 0.5)},
+                                       2, (int[]){5});
+            else if (si == 1)
+                s = kiln_sequential_lr(
+                    opt, (kiln_lr_sched *[]){kiln_linear_lr(opt, 1e-3, 1.0, 4), kiln_cosine_annealing_lr(opt, 26, 0)},
+                    2, (int[]){4});
+            else
+                s = kiln_sequential_lr(opt,
+                                       (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.8), kiln_step_lr(opt, 3, 0.5),
+                                                           kiln_cosine_annealing_lr(opt, 6, 0.001)},
+                                       3, (int[]){4, 13});
+            CHECK(s != NULL, "%s: %s", names[si], kiln_error_message(ctx));
+            char key[64];
+            snprintf(key, sizeof key, "seq.%s", names[si]);
+            const golden_tensor *ref = golden_get(&g, key);
+            int from = 0;
+            if (resume && s && ref) { /* a checkpoint's counters and lrs, as a loader restores them */
+                from = si == 2 ? 15 : 9;
+                kiln_optim_group_set_lr(opt, 0, golden_double(ref, 2 * from));
+                kiln_optim_group_set_lr(opt, 1, golden_double(ref, 2 * from + 1));
+                CHECK(kiln_lr_sched_set_last_epoch(s, from) == KILN_OK, "set_last_epoch");
+            }
+            for (int k = from; s && ref && k <= 30; k++) {
+                if (k > from) kiln_lr_sched_step(s);
+                for (int q = 0; q < 2; q++)
+                    CHECK(kiln_optim_group_lr(opt, q) == golden_double(ref, 2 * k + q),
+                          "%s%s group %d after %d steps: %.17g, torch %.17g", names[si], resume ? " resumed" : "", q, k,
+                          kiln_optim_group_lr(opt, q), golden_double(ref, 2 * k + q));
+                CHECK(kiln_lr_sched_last_lr(s) == kiln_optim_group_lr(opt, 0) && kiln_lr_sched_last_epoch(s) == k,
+                      "%s: last lr / epoch at %d", names[si], k);
+            }
+            kiln_lr_sched_free(s);
+            kiln_optim_free(opt);
+            kiln_tensor_free(a);
+            kiln_tensor_free(b);
+        }
+    }
+    golden_close(&g);
+    CHECK_OK(ctx);
+}
+
+/* The weight-decay split, groups through a checkpoint (every group's lr and state back), and
+ * the groups' error paths. */
+static void test_groups_misc(kiln_ctx *ctx) {
+    kiln_manual_seed(ctx, 7);
+    kiln_module *net =
+        kiln_nn_sequential(ctx, 3,
+                           (kiln_module *[]){kiln_nn_linear(ctx, 4, 3, true), kiln_nn_batchnorm1d(ctx, 3, 1e-5f, 0.1f),
+                                             kiln_nn_linear(ctx, 3, 2, true)});
+    CHECK(net != NULL, "net: %s", kiln_error_message(ctx));
+    if (!net) return;
+    kiln_tensor *ps[8], *dec[8], *nodec[8];
+    int n = kiln_module_parameters(net, ps, 8), nd = -1, nn = -1;
+    CHECK(kiln_params_split_decay(n, ps, dec, &nd, nodec, &nn) == KILN_OK && n == 6 && nd == 2 && nn == 4 &&
+              dec[0] == ps[0] && dec[1] == ps[4] && nodec[0] == ps[1] && nodec[1] == ps[2] && nodec[3] == ps[5],
+          "split: %d params, %d decay, %d no decay", n, nd, nn);
+    int nd2, nn2;
+    CHECK(kiln_params_split_decay(n, ps, NULL, &nd2, nodec, &nn2) == KILN_ERR_NULL &&
+              strstr(kiln_last_error(), "kiln_params_split_decay: decay is NULL"),
+          "split NULL: %s", kiln_last_error());
+    kiln_tensor *withnull[2] = {ps[0], NULL};
+    kiln_tensor *dec2[2], *nodec2[2];
+    CHECK(kiln_params_split_decay(2, withnull, dec2, &nd2, nodec2, &nn2) == KILN_ERR_NULL &&
+              strstr(kiln_last_error(), "parameter 1 is NULL"),
+          "split NULL parameter: %s", kiln_last_error());
+
+    kiln_sgd_opts o = kiln_sgd_defaults();
+    o.lr = 0.1;
+    o.momentum = 0.9;
+    o.weight_decay = 1e-2;
+    kiln_optim *opt = kiln_sgd(ctx, dec, nd, &o);
+    o.weight_decay = 0;
+    o.lr = 0.05;
+    CHECK(opt && kiln_optim_add_sgd_group(opt, nodec, nn, &o) == KILN_OK, "groups: %s", kiln_error_message(ctx));
+    /* errors: nothing changes */
+    EXPECT_ERR(ctx, kiln_optim_add_sgd_group(opt, nodec, 1, NULL) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
+               "parameter 0 [3] shares memory with the optimizer's parameter 2");
+    EXPECT_ERR(ctx, kiln_optim_add_adam_group(opt, nodec, 0, NULL) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
+               "kiln_optim_add_adam_group: the optimizer is SGD");
+    kiln_sgd_opts bad = o;
+    bad.lr = -2;
+    float z = 0;
+    int64_t one = 1;
+    kiln_tensor *extra = param_from(ctx, &z, 1, &one);
+    EXPECT_ERR(ctx, kiln_optim_add_sgd_group(opt, &extra, 1, &bad) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
+               "kiln_optim_add_sgd_group: Invalid learning rate: -2");
+    EXPECT_ERR(ctx, kiln_optim_add_sgd_group(opt, &extra, -1, NULL) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
+               "empty parameter list (n = -1)");
+    CHECK(kiln_optim_num_groups(opt) == 2 && kiln_optim_num_params(opt) == 6, "failed adds changed nothing");
+    EXPECT_ERR(ctx, !isnan(kiln_optim_group_lr(opt, 2)), KILN_ERR_RANGE, "kiln_optim_group_lr: group 2 of 2");
+    EXPECT_ERR(ctx, kiln_optim_group_set_lr(opt, -1, 0.1) == KILN_OK, KILN_ERR_RANGE, "group -1 of 2");
+    EXPECT_ERR(ctx, kiln_optim_group_set_lr(opt, 1, NAN) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
+               "Invalid learning rate: nan");
+    EXPECT_ERR(ctx, kiln_optim_param_group(opt, 6) != -1, KILN_ERR_RANGE, "parameter 6 of 6");
+    EXPECT_ERR(ctx, !isnan(kiln_optim_group_weight_decay(opt, 5)), KILN_ERR_RANGE, "group 5 of 2");
+    EXPECT_ERR(ctx, kiln_optim_add_rmsprop_group(opt, &extra, 1, NULL) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
+               "kiln_optim_add_rmsprop_group: the optimizer is SGD; this call adds RMSprop groups");
+    CHECK(kiln_params_split_decay(-1, ps, dec2, &nd2, nodec2, &nn2) == KILN_ERR_INVALID_ARGUMENT &&
+              strstr(kiln_last_error(), "kiln_params_split_decay: n = -1"),
+          "split n < 0: %s", kiln_last_error());
+    CHECK(kiln_optim_param_group(NULL, 0) == -1 && isnan(kiln_optim_group_lr(NULL, 0)) &&
+              kiln_optim_group_set_lr(NULL, 0, 0.1) == KILN_ERR_NULL,
+          "NULL optimizer getters");
+    CHECK(kiln_optim_add_sgd_group(NULL, &extra, 1, NULL) == KILN_ERR_NULL && kiln_optim_num_groups(NULL) == 0 &&
+              isnan(kiln_optim_group_weight_decay(NULL, 0)),
+          "NULL optimizer");
+    /* an empty group and a group with the constructor's options */
+    CHECK(kiln_optim_add_sgd_group(opt, NULL, 0, NULL) == KILN_OK && kiln_optim_num_groups(opt) == 3 &&
+              kiln_optim_group_lr(opt, 2) == 0.1 && kiln_optim_group_weight_decay(opt, 2) == 1e-2,
+          "empty group with the defaults: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+
+    /* sequential errors: the schedulers are freed (leak-checked) */
+    kiln_sgd_opts so = kiln_sgd_defaults();
+    kiln_optim *other = kiln_sgd(ctx, &extra, 1, &so);
+    EXPECT_ERR(ctx, kiln_sequential_lr(opt, (kiln_lr_sched *[]){kiln_exponential_lr(other, 0.9)}, 1, NULL) != NULL,
+               KILN_ERR_INVALID_ARGUMENT, "schedulers at index 0 to be different than the optimizer passed in");
+    EXPECT_ERR(ctx,
+               kiln_sequential_lr(opt,
+                                  (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9), kiln_exponential_lr(opt, 0.5),
+                                                      kiln_exponential_lr(opt, 0.5)},
+                                  3, (int[]){4, 4}) != NULL,
+               KILN_ERR_INVALID_ARGUMENT, "milestones must increase (milestone 1 is 4 after 4)");
+    EXPECT_ERR(ctx,
+               kiln_sequential_lr(opt,
+                                  (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9), kiln_exponential_lr(opt, 0.5)}, 2,
+                                  NULL) != NULL,
+               KILN_ERR_NULL, "2 schedulers need 1 milestones");
+    EXPECT_ERR(ctx, kiln_sequential_lr(opt, NULL, 0, NULL) != NULL, KILN_ERR_INVALID_ARGUMENT, "it needs at least one");
+    EXPECT_ERR(ctx,
+               kiln_sequential_lr(opt,
+                                  (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9), kiln_exponential_lr(opt, 0.5)}, 2,
+                                  (int[]){0}) != NULL,
+               KILN_ERR_INVALID_ARGUMENT, "milestone 0 is 0; it must be >= 1");
+    EXPECT_ERR(ctx,
+               kiln_sequential_lr(opt, (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9), NULL}, 2, (int[]){3}) != NULL,
+               KILN_ERR_NULL, "scheduler 1 is NULL");
+    {
+        kiln_lr_sched *inner = kiln_sequential_lr(opt, (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9)}, 1, NULL);
+        CHECK(inner != NULL, "one-scheduler sequence: %s", kiln_error_message(ctx));
+        EXPECT_ERR(ctx, kiln_sequential_lr(opt, (kiln_lr_sched *[]){inner}, 1, NULL) != NULL, KILN_ERR_UNSUPPORTED,
+                   "scheduler 0 is itself a kiln_sequential_lr");
+        kiln_lr_sched *twice = kiln_exponential_lr(opt, 0.9);
+        EXPECT_ERR(ctx, kiln_sequential_lr(opt, (kiln_lr_sched *[]){twice, twice}, 2, (int[]){2}) != NULL,
+                   KILN_ERR_INVALID_ARGUMENT, "schedulers 0 and 1 are the same");
+        /* the failed call freed it (once) */
+    }
+    CHECK(kiln_sequential_lr(NULL, (kiln_lr_sched *[]){kiln_exponential_lr(opt, 0.9)}, 1, NULL) == NULL &&
+              strstr(kiln_last_error(), "kiln_sequential_lr: optimizer is NULL"),
+          "NULL optimizer: %s", kiln_last_error());
+    kiln_optim_free(other);
+    kiln_tensor_free(extra);
+
+    /* a checkpoint keeps every group's lr; a one-group optimizer refuses it */
+    kiln_optim_group_set_lr(opt, 1, 0.0125);
+    kiln_optim_group_set_lr(opt, 2, 0.3);
+    kiln_scope_begin(ctx);
+    float xs[8] = {1, 2, 3, 4, -1, 0.5f, 2, -3};
+    int32_t ys[2] = {0, 1};
+    kiln_tensor *x = kiln_from_host(ctx, xs, KILN_F32, 2, (int64_t[]){2, 4});
+    kiln_tensor *y = kiln_from_host(ctx, ys, KILN_I32, 1, (int64_t[]){2});
+    kiln_backward(kiln_cross_entropy(ctx, kiln_forward(net, x), y, KILN_MEAN));
+    kiln_optim_step(opt);
+    kiln_scope_end(ctx);
+    char path[256];
+    snprintf(path, sizeof path, "%s/kiln_test_optim_groups_%d.safetensors",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    CHECK(kiln_checkpoint_save(path, net, opt, 0, NULL) == KILN_OK, "save: %s", kiln_error_message(ctx));
+    so.momentum = 0.9; /* the configuration must match; the lrs come from the file */
+    kiln_optim *back = kiln_sgd(ctx, dec, nd, &so);
+    kiln_optim_add_sgd_group(back, nodec, nn, &so);
+    kiln_optim_add_sgd_group(back, NULL, 0, &so);
+    CHECK(kiln_checkpoint_load(path, net, back, NULL) == KILN_OK, "load: %s", kiln_error_message(ctx));
+    CHECK(kiln_optim_group_lr(back, 0) == 0.1 && kiln_optim_group_lr(back, 1) == 0.0125 &&
+              kiln_optim_group_lr(back, 2) == 0.3 && kiln_optim_num_states(back) == kiln_optim_num_states(opt) &&
+              kiln_optim_num_states(back) == 6,
+          "every group's lr and state back: %g %g %g, %d states", kiln_optim_group_lr(back, 0),
+          kiln_optim_group_lr(back, 1), kiln_optim_group_lr(back, 2), kiln_optim_num_states(back));
+    kiln_optim *one_group = kiln_sgd(ctx, ps, n, &so);
+    EXPECT_ERR(ctx, kiln_checkpoint_load(path, net, one_group, NULL) == KILN_OK, KILN_ERR_INVALID_ARGUMENT,
+               "holds the learning rates of 3 parameter groups, the optimizer has 1");
+    remove(path);
+    kiln_optim_free(one_group);
+    kiln_optim_free(back);
+    kiln_optim_free(opt);
+    kiln_module_free(net);
+    CHECK_OK(ctx);
+}
+
+/* Frozen parameters: kiln_optim_step skips them even with a stale gradient (no decay, no
+ * momentum), gradient clipping leaves them out of the norm; unfrozen, they train again. */
+static void test_frozen(kiln_ctx *ctx) {
+    float a0[3] = {1, -2, 3}, b0[2] = {0.5f, 4};
+    int64_t s3 = 3, s2 = 2;
+    kiln_tensor *a = param_from(ctx, a0, 1, &s3), *b = param_from(ctx, b0, 1, &s2);
+    kiln_sgd_opts o = kiln_sgd_defaults();
+    o.lr = 0.1;
+    o.momentum = 0.9;
+    o.weight_decay = 0.5;
+    kiln_optim *opt = kiln_sgd(ctx, (kiln_tensor *[]){a, b}, 2, &o);
+    float ga[3] = {1, 1, 1}, gb[2] = {3, 4};
+    set_grad(a, kiln_from_host(ctx, ga, KILN_F32, 1, &s3));
+    set_grad(b, kiln_from_host(ctx, gb, KILN_F32, 1, &s2));
+    kiln_tensor_set_requires_grad(b, false);
+    /* the norm counts a's gradient only: sqrt(3) */
+    float total = kiln_clip_grad_norm(ctx, 2, (kiln_tensor *[]){a, b}, 1e9, 2.0);
+    CHECK(fabsf(total - sqrtf(3.0f)) < 1e-6f, "clip norm without the frozen gradient: %g", total);
+    CHECK(kiln_optim_step(opt) == KILN_OK && kiln_optim_step(opt) == KILN_OK, "steps: %s", kiln_error_message(ctx));
+    float hb[2], ha[3];
+    kiln_to_host(b, hb, sizeof hb);
+    kiln_to_host(a, ha, sizeof ha);
+    CHECK(hb[0] == b0[0] && hb[1] == b0[1] && kiln_optim_step_count(opt, 1) == 0 &&
+              kiln_optim_state_find(opt, "1.momentum_buffer", false) == NULL,
+          "frozen: unchanged (%g %g), no step, no state", hb[0], hb[1]);
+    /* a: two steps of SGD momentum with decay, in double */
+    double buf = 0, v = a0[0];
+    for (int k = 0; k < 2; k++) {
+        double d = 1 + 0.5 * v;
+        buf = k == 0 ? d : 0.9 * buf + d;
+        v -= 0.1 * buf;
+    }
+    CHECK(fabs(ha[0] - v) < 1e-6, "trained: %g vs %g", ha[0], v);
+    kiln_tensor_set_requires_grad(b, true);
+    CHECK(kiln_optim_step(opt) == KILN_OK && kiln_optim_step_count(opt, 1) == 1, "unfrozen: trained again");
+    kiln_to_host(b, hb, sizeof hb);
+    CHECK(hb[0] != b0[0], "unfrozen: moved");
+    kiln_optim_free(opt);
+    kiln_tensor_free(a);
+    kiln_tensor_free(b);
+    CHECK_OK(ctx);
+}
+
 static void test_lifetime(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
     float x[6] = {1, 2, 3, 4, 5, 6};
@@ -1026,6 +1383,10 @@ static void run(kiln_ctx *ctx) {
     test_schedules(ctx);
     test_clip_golden(ctx);
     test_clip_reference(ctx);
+    test_groups_golden(ctx);
+    test_sequential(ctx);
+    test_groups_misc(ctx);
+    test_frozen(ctx);
     char msg[256] = "";
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard overwritten: %s", msg);
     fprintf(stderr,

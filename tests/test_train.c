@@ -750,9 +750,100 @@ static void test_fashion(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* The transfer-learning recipe in kiln_fit: a frozen "backbone" (linear + batch norm) kept in
+ * eval mode by eval_modules, so its running statistics and weights stay; the head trains, with
+ * a per-step schedule (sched_per_step). Without eval_modules the statistics move (the control). */
+static void test_fit_frozen(kiln_ctx *ctx) {
+    kiln_dataset *dtr = blobs(256, 21);
+    kiln_loader *tr =
+        kiln_loader_new(ctx, dtr, &(kiln_loader_opts){.scale = 1, .batch_size = 32, .shuffle = true, .seed = 5});
+    for (int control = 0; control < 2; control++) {
+        kiln_manual_seed(ctx, 3);
+        kiln_module *backbone = kiln_nn_sequential(
+            ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 2, 8, true), kiln_nn_batchnorm1d(ctx, 8, 1e-5f, 0.1f)});
+        kiln_module *net = kiln_nn_sequential(
+            ctx, 3,
+            (kiln_module *[]){backbone, kiln_nn_activation(ctx, KILN_ACT_RELU, 0), kiln_nn_linear(ctx, 8, 2, true)});
+        CHECK(net != NULL, "net: %s", kiln_error_message(ctx));
+        if (!net) break;
+        kiln_module_set_requires_grad(backbone, false);
+        kiln_tensor *ps[8];
+        int n = kiln_module_parameters(net, ps, 8);
+        kiln_sgd_opts so = kiln_sgd_defaults();
+        so.lr = 0.1;
+        so.momentum = 0.9;
+        so.weight_decay = 0.1; /* would move the frozen weights if they were not skipped */
+        kiln_optim *opt = kiln_sgd(ctx, ps, n, &so);
+        int64_t steps = 2 * kiln_loader_num_batches(tr);
+        kiln_lr_sched *ph[2] = {kiln_linear_lr(opt, 0.1, 1.0, 3), kiln_cosine_annealing_lr(opt, (int)steps - 3, 0)};
+        kiln_lr_sched *sched = kiln_sequential_lr(opt, ph, 2, (int[]){3});
+        float mean0[8], w0[16], head0[16], mean1[8], w1[16], head1[16];
+        kiln_to_host(kiln_module_find(net, "0.1.running_mean"), mean0, sizeof mean0);
+        kiln_to_host(kiln_module_find(net, "0.0.weight"), w0, sizeof w0);
+        kiln_to_host(kiln_module_find(net, "2.weight"), head0, sizeof head0);
+        kiln_fit_opts o = kiln_fit_defaults();
+        o.epochs = 2;
+        o.train = tr;
+        o.opt = opt;
+        o.sched = sched;
+        o.sched_per_step = true;
+        if (!control) {
+            /* errors first: a module outside the model, a per-step flag without a scheduler */
+            kiln_module *stranger = kiln_nn_linear(ctx, 2, 2, true);
+            o.eval_modules = (kiln_module *[]){stranger};
+            o.num_eval_modules = 1;
+            CHECK(kiln_fit(net, &o, NULL) == KILN_ERR_INVALID_ARGUMENT &&
+                      strstr(kiln_error_message(ctx), "kiln_fit: eval_modules[0] is not part of the model"),
+                  "stranger: %s", kiln_error_message(ctx));
+            kiln_error_clear(ctx);
+            kiln_module_free(stranger);
+            o.eval_modules = (kiln_module *[]){NULL};
+            CHECK(kiln_fit(net, &o, NULL) == KILN_ERR_NULL &&
+                      strstr(kiln_error_message(ctx), "eval_modules[0] is NULL"),
+                  "NULL eval module: %s", kiln_error_message(ctx));
+            kiln_error_clear(ctx);
+            o.num_eval_modules = -1;
+            CHECK(kiln_fit(net, &o, NULL) == KILN_ERR_INVALID_ARGUMENT &&
+                      strstr(kiln_error_message(ctx), "num_eval_modules is -1"),
+                  "negative count: %s", kiln_error_message(ctx));
+            kiln_error_clear(ctx);
+            o.num_eval_modules = 1;
+            o.eval_modules = (kiln_module *[]){backbone};
+            o.sched = NULL;
+            CHECK(kiln_fit(net, &o, NULL) == KILN_ERR_INVALID_ARGUMENT &&
+                      strstr(kiln_error_message(ctx), "sched_per_step is set without a scheduler"),
+                  "per step without a scheduler: %s", kiln_error_message(ctx));
+            kiln_error_clear(ctx);
+            o.sched = sched;
+        }
+        kiln_fit_result r;
+        CHECK(kiln_fit(net, &o, &r) == KILN_OK, "fit: %s", kiln_error_message(ctx));
+        kiln_to_host(kiln_module_find(net, "0.1.running_mean"), mean1, sizeof mean1);
+        kiln_to_host(kiln_module_find(net, "0.0.weight"), w1, sizeof w1);
+        kiln_to_host(kiln_module_find(net, "2.weight"), head1, sizeof head1);
+        bool mean_same = memcmp(mean0, mean1, sizeof mean0) == 0, w_same = memcmp(w0, w1, sizeof w0) == 0,
+             head_same = memcmp(head0, head1, sizeof head0) == 0;
+        CHECK(w_same && !head_same, "%s: frozen weights kept (%d), head trained (%d)",
+              control ? "control" : "eval_modules", w_same, !head_same);
+        CHECK(mean_same == !control, "%s: running mean %s", control ? "control" : "eval_modules",
+              mean_same ? "unchanged" : "moved");
+        CHECK(kiln_lr_sched_last_epoch(sched) == steps && kiln_module_is_training(net) &&
+                  kiln_module_is_training(backbone),
+              "stepped per step (%lld of %lld); the modes back as they were",
+              (long long)kiln_lr_sched_last_epoch(sched), (long long)steps);
+        kiln_lr_sched_free(sched);
+        kiln_optim_free(opt);
+        kiln_module_free(net);
+    }
+    kiln_loader_free(tr);
+    kiln_dataset_free(dtr);
+    CHECK_OK(ctx);
+}
+
 static void device_tests(kiln_ctx *ctx) {
     test_metrics_device(ctx);
     test_fit_blobs(ctx);
+    test_fit_frozen(ctx);
     test_fashion(ctx);
 }
 

@@ -32,9 +32,27 @@
  * of every scope and freed by kiln_optim_free, which must come before kiln_close. An
  * lr scheduler refers to its optimizer: free the scheduler first.
  *
- * One parameter group: every parameter shares the hyper-parameters (torch's param_groups
- * with one entry). A parameter whose gradient is NULL (backward never reached it) is
- * skipped by kiln_optim_step and keeps its state and step count, as in torch.
+ * Parameter groups (torch's param_groups). The constructor makes group 0 from its params and
+ * options; kiln_optim_add_*_group appends more, each with its own options (NULL: the
+ * constructor's, torch's optimizer.defaults). Parameters are numbered across groups in
+ * order (group 0's first), as torch numbers them in state_dict. The usual weight-decay rule
+ * ("no decay for biases and batch-norm parameters"):
+ *
+ *     kiln_tensor *ps[256], *dec[256], *nodec[256];
+ *     int n = kiln_module_parameters(net, ps, 256), nd, nn;
+ *     kiln_params_split_decay(n, ps, dec, &nd, nodec, &nn);   // ndim >= 2 / ndim <= 1
+ *     kiln_sgd_opts o = kiln_sgd_defaults();
+ *     o.lr = 0.1;  o.momentum = 0.9;  o.nesterov = true;  o.weight_decay = 5e-4;
+ *     kiln_optim *opt = kiln_sgd(ctx, dec, nd, &o);          // group 0: decayed
+ *     o.weight_decay = 0;
+ *     kiln_optim_add_sgd_group(opt, nodec, nn, &o);          // group 1: not decayed
+ *
+ * Skipped parameters. A parameter whose gradient is NULL (backward never reached it) or
+ * whose requires_grad is off (frozen, kiln_module_set_requires_grad; its gradient, if any,
+ * is stale) is skipped by kiln_optim_step: no update, no weight decay, no momentum, and it
+ * keeps its state and step count, as in torch (whose zero_grad leaves a frozen parameter's
+ * gradient None). Frozen parameters are accepted at creation, so one optimizer can cover a
+ * backbone that is unfrozen later.
  */
 #ifndef KILN_OPTIM_H
 #define KILN_OPTIM_H
@@ -93,15 +111,43 @@ KILN_API kiln_adam_opts kiln_adam_defaults(void);
 KILN_API kiln_adam_opts kiln_adamw_defaults(void);
 
 /* ---- creation ------------------------------------------------------------------------
- * params: n > 0 distinct, non-overlapping, contiguous F32 leaf tensors of ctx that
- * require grad (kiln_tensor_set_requires_grad). opts NULL means the defaults. Invalid hyper-parameters fail with
- * torch's messages ("Invalid learning rate: -1", "Nesterov momentum requires a momentum and zero dampening"); a bad
- * parameter fails naming its index and shape. NULL on error (the context holds why). The list itself is copied; the
+ * params: n > 0 distinct, non-overlapping, contiguous F32 leaf tensors of ctx (trained
+ * when they require grad: kiln_tensor_set_requires_grad). opts NULL means the defaults. Invalid hyper-parameters fail
+ * with torch's messages ("Invalid learning rate: -1", "Nesterov momentum requires a momentum and zero dampening"); a
+ * bad parameter fails naming its index and shape. NULL on error (the context holds why). The list itself is copied; the
  * tensors are not. */
 KILN_API kiln_optim *kiln_sgd(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_sgd_opts *opts);
 KILN_API kiln_optim *kiln_rmsprop(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_rmsprop_opts *opts);
 KILN_API kiln_optim *kiln_adam(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_adam_opts *opts);
 KILN_API kiln_optim *kiln_adamw(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_adam_opts *opts);
+
+/* Appends a parameter group (torch's add_param_group): params[0..n) (n >= 0), checked as at
+ * creation and disjoint from every parameter already there, with its own options (NULL: the
+ * constructor's). The call must match the optimizer's kind (add_adam_group serves Adam and
+ * AdamW). Nothing changes on failure. A scheduler made before the call does not schedule
+ * the new group (torch's base_lrs are fixed at construction). */
+KILN_API kiln_status kiln_optim_add_sgd_group(kiln_optim *opt, kiln_tensor *const *params, int n,
+                                              const kiln_sgd_opts *opts);
+KILN_API kiln_status kiln_optim_add_rmsprop_group(kiln_optim *opt, kiln_tensor *const *params, int n,
+                                                  const kiln_rmsprop_opts *opts);
+KILN_API kiln_status kiln_optim_add_adam_group(kiln_optim *opt, kiln_tensor *const *params, int n,
+                                               const kiln_adam_opts *opts);
+/* Number of groups (0 with kiln_last_error() set for NULL). */
+KILN_API int kiln_optim_num_groups(const kiln_optim *opt);
+/* The group of parameter i; -1 on error. */
+KILN_API int kiln_optim_param_group(const kiln_optim *opt, int i);
+/* Group g's lr (param_groups[g]['lr']); NaN on error. set_lr rejects lr < 0 / NaN. */
+KILN_API double kiln_optim_group_lr(const kiln_optim *opt, int g);
+KILN_API kiln_status kiln_optim_group_set_lr(kiln_optim *opt, int g, double lr);
+/* Group g's weight_decay; NaN on error. */
+KILN_API double kiln_optim_group_weight_decay(const kiln_optim *opt, int g);
+
+/* Splits params[0..n) by torch users' weight-decay rule: tensors of 2 or more dimensions
+ * (convolution and linear weights) to decay, those of 0 or 1 (biases, batch-norm weights
+ * and biases) to no_decay, in order. Each output array needs room for n. Context-less:
+ * errors (a NULL array or parameter) through kiln_last_error(). */
+KILN_API kiln_status kiln_params_split_decay(int n, kiln_tensor *const *params, kiln_tensor **decay, int *n_decay,
+                                             kiln_tensor **no_decay, int *n_no_decay);
 
 /* Frees the state tensors and the optimizer (not the parameters). NULL-safe. */
 KILN_API void kiln_optim_free(kiln_optim *opt);
@@ -122,7 +168,8 @@ KILN_API const char *kiln_optim_kind(const kiln_optim *opt);
 KILN_API int kiln_optim_num_params(const kiln_optim *opt);
 KILN_API kiln_tensor *kiln_optim_param(const kiln_optim *opt, int i);
 
-/* The learning rate (param_groups[0]['lr']); NaN for NULL. set_lr rejects lr < 0 / NaN. */
+/* The learning rate of group 0 (param_groups[0]['lr']); NaN for NULL. set_lr sets every
+ * group's lr to lr (kiln_optim_group_set_lr sets one); it rejects lr < 0 / NaN. */
 KILN_API double kiln_optim_lr(const kiln_optim *opt);
 KILN_API kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr);
 
@@ -154,7 +201,8 @@ KILN_API kiln_status kiln_optim_set_step_count(kiln_optim *opt, int i, int64_t s
 
 /* ---- gradient clipping ---------------------------------------------------------------
  * torch.nn.utils.clip_grad_norm_ / clip_grad_value_ over the gradients of params[0..n)
- * (NULL gradients are skipped; the tensors need not belong to an optimizer). Gradients are
+ * (NULL gradients, and those of frozen parameters (requires_grad off; stale), are skipped;
+ * the tensors need not belong to an optimizer). Gradients are
  * changed in place and must be contiguous. */
 
 /* Total norm of all gradients taken together (norm_type 2, 1, any p > 0, or INFINITY
@@ -169,11 +217,13 @@ KILN_API float kiln_clip_grad_norm(kiln_ctx *ctx, int n, kiln_tensor *const *par
 KILN_API kiln_status kiln_clip_grad_value(kiln_ctx *ctx, int n, kiln_tensor *const *params, double clip_value);
 
 /* ---- learning-rate schedules ---------------------------------------------------------
- * torch.optim.lr_scheduler with last_epoch=-1: creating a scheduler records the
- * optimizer's current lr as base lr and performs the initial step (LinearLR multiplies
- * the lr by start_factor at once); each kiln_lr_sched_step sets the optimizer's lr with
- * torch's chainable (recursive) get_lr formula in double, so after k steps the lr equals
- * torch's after k scheduler.step() calls bit for bit. */
+ * torch.optim.lr_scheduler with last_epoch=-1: creating a scheduler records each group's
+ * initial lr (torch's group['initial_lr'], set by the first scheduler of the optimizer) as
+ * that group's base lr and performs the initial step (LinearLR multiplies the lr by
+ * start_factor at once); each kiln_lr_sched_step sets every group's lr with torch's
+ * chainable (recursive) get_lr formula in double, so after k steps each group's lr equals
+ * torch's after k scheduler.step() calls bit for bit. "Epoch" is torch's word: step once
+ * per batch for a per-step schedule (then t_max, total_iters and milestones count steps). */
 
 typedef struct kiln_lr_sched kiln_lr_sched;
 
@@ -189,9 +239,21 @@ KILN_API kiln_lr_sched *kiln_cosine_annealing_lr(kiln_optim *opt, int t_max, dou
  * defaults 1/3 and 1) over total_iters epochs (torch's default 5). */
 KILN_API kiln_lr_sched *kiln_linear_lr(kiln_optim *opt, double start_factor, double end_factor, int total_iters);
 
+/* torch's SequentialLR(opt, scheds, milestones): scheds[0] runs until step milestones[0],
+ * where scheds[1] starts from its beginning (torch's step(0): its closed form, so the base
+ * lr), and so on; milestones has n - 1 increasing entries >= 1. Takes ownership of scheds[]
+ * (also on failure; they are freed with it) which must be made on opt, in order, just
+ * before. Linear warm-up over W steps, then cosine to 0 over the remaining T - W:
+ *
+ *     kiln_lr_sched *ph[2] = {kiln_linear_lr(opt, 1e-3, 1.0, W), kiln_cosine_annealing_lr(opt, T - W, 0)};
+ *     kiln_lr_sched *s = kiln_sequential_lr(opt, ph, 2, (int[]){W});   // step it every batch
+ *
+ * Its last_lr and last_epoch are its own; set_last_epoch resumes the active scheduler. */
+KILN_API kiln_lr_sched *kiln_sequential_lr(kiln_optim *opt, kiln_lr_sched *const *scheds, int n, const int *milestones);
+
 /* Advances one epoch and sets the optimizer's lr. */
 KILN_API kiln_status kiln_lr_sched_step(kiln_lr_sched *s);
-/* The lr the last step set (get_last_lr()[0]); NaN for NULL. */
+/* The lr the last step set in group 0 (get_last_lr()[0]); NaN for NULL. */
 KILN_API double kiln_lr_sched_last_lr(const kiln_lr_sched *s);
 /* The epoch counter (torch's last_epoch: 0 after creation); -1 for NULL. */
 KILN_API int64_t kiln_lr_sched_last_epoch(const kiln_lr_sched *s);

@@ -76,7 +76,7 @@ typedef struct kiln_epoch_stats {
     int epoch; /* 1-based */
     double train_loss, train_accuracy;
     double val_loss, val_accuracy;
-    double lr;                 /* the learning rate the epoch trained with */
+    double lr;                 /* the learning rate (group 0's) the epoch started with */
     double seconds;            /* wall time of the epoch, validation included */
     double samples_per_second; /* training samples */
 } kiln_epoch_stats;
@@ -96,8 +96,10 @@ typedef struct kiln_fit_opts {
     kiln_loader *val;     /* optional: validation each epoch, early stopping, best model
                              (patience, restore_best and best_path without it are an error) */
     kiln_optim *opt;      /* required */
-    kiln_lr_sched *sched; /* optional: stepped once per epoch */
-    kiln_loss_fn loss;    /* NULL: cross-entropy */
+    kiln_lr_sched *sched; /* optional: stepped once per epoch, or after every training step
+                             with sched_per_step (a per-step warm-up and cosine) */
+    bool sched_per_step;
+    kiln_loss_fn loss; /* NULL: cross-entropy */
     void *loss_user;
     float clip_grad_norm;      /* > 0: clip the global gradient norm to it each step; INFINITY: no clipping */
     kiln_monitor monitor;      /* what "best" means (needs val) */
@@ -113,6 +115,13 @@ typedef struct kiln_fit_opts {
                                   first batch, then at most 10 times a second) */
     kiln_epoch_stats *history; /* optional: filled with up to history_cap epochs */
     int history_cap;
+    /* Optional: descendants of the model kept in eval mode while it trains (torch's
+     * model.train(); backbone.eval()): a frozen backbone's batch norm normalises with, and
+     * keeps, its running statistics and its dropout is off. Freezing the parameters is
+     * separate (kiln_module_set_requires_grad). kiln_fit puts the model in train mode at the
+     * start of every epoch (validation switches it to eval) and then these back to eval. */
+    kiln_module *const *eval_modules;
+    int num_eval_modules;
 } kiln_fit_opts;
 
 typedef struct kiln_fit_result {
@@ -127,8 +136,9 @@ typedef struct kiln_fit_result {
  * stopping nor clipping), everything else off (NULL, false, 0). Start from it: fields are
  * literal, and a zero patience or clip_grad_norm is an error. */
 KILN_API kiln_fit_opts kiln_fit_defaults(void);
-/* Trains m (train mode) and validates it (eval mode); m's mode and the context's grad
- * mode are restored at the end. A step does not wait for the device: its loss and
+/* Trains m (train mode, but o->eval_modules in eval mode) and validates it (eval mode); m's
+ * mode (the same for all of m, the mode m itself had) and the context's grad mode are
+ * restored at the end. A step does not wait for the device: its loss and
  * predictions are kept on the device and read back at the end of the epoch (and when the
  * progress bar redraws). result may be NULL; it is filled on errors too (the epochs that
  * finished). On an error the model keeps the weights of the last finished step and the

@@ -73,10 +73,13 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
     int total = nm + no + np;
     kiln_named_tensor *all = calloc((size_t)(total ? total : 1), sizeof *all);
     kiln_tensor **steps = calloc((size_t)(np ? np : 1), sizeof *steps);
-    kiln_meta *md = calloc((size_t)nmeta + 8, sizeof *md);
+    kiln_meta *md = calloc((size_t)nmeta + 9, sizeof *md);
+    int ng = opt ? kiln_optim_num_groups(opt) : 0;
+    char *glr = ng > 1 ? malloc((size_t)ng * 26) : NULL; /* "lr0,lr1,...": every group's lr */
     char desc[4096], lr[64], seed[32], counter[32];
-    kiln_status st =
-        (all && steps && md) ? KILN_OK : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
+    kiln_status st = (all && steps && md && (ng <= 1 || glr))
+                         ? KILN_OK
+                         : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
     if (st == KILN_OK) {
         kiln_module_state(m, all, nm);
         int k = nm;
@@ -103,6 +106,12 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
             snprintf(counter, sizeof counter, "%" PRIu64, ctx->rng_counter);
             md[j++] = (kiln_meta){"kiln_optimizer", kiln_optim_kind(opt)};
             md[j++] = (kiln_meta){"kiln_lr", lr};
+            if (ng > 1) {
+                size_t at = 0;
+                for (int g = 0; g < ng; g++)
+                    at += (size_t)snprintf(glr + at, 26, "%s%.17g", g ? "," : "", kiln_optim_group_lr(opt, g));
+                md[j++] = (kiln_meta){"kiln_group_lrs", glr};
+            }
             md[j++] = (kiln_meta){"kiln_rng_seed", seed};
             md[j++] = (kiln_meta){"kiln_rng_counter", counter};
         }
@@ -121,6 +130,7 @@ static kiln_status save_all(kiln_module *m, const char *path, kiln_optim *opt, i
     free(steps);
     free(all);
     free(md);
+    free(glr);
     return st;
 }
 
@@ -270,11 +280,15 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
     plan *plans = calloc((size_t)nm + (size_t)f->n + 1, sizeof *plans);
     int np = 0;
     int nparams = opt ? kiln_optim_num_params(opt) : 0;
+    char lr_groups[16];
     int64_t *steps = calloc((size_t)(nparams ? nparams : 1), sizeof *steps);
     uint64_t seed = 0, counter = 0;
     double lr = 0;
-    kiln_status s = (plans && steps) ? plan_module(m, f, true, r, plans, &np)
-                                     : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
+    int ngroups = opt ? kiln_optim_num_groups(opt) : 0;
+    double *glrs = calloc((size_t)(ngroups ? ngroups : 1), sizeof *glrs);
+    kiln_status s = (plans && steps && glrs)
+                        ? plan_module(m, f, true, r, plans, &np)
+                        : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", path);
     if (s == KILN_OK && opt) {
         const char *kind = kiln_safetensors_meta(f, "kiln_optimizer");
         const char *lrs = kiln_safetensors_meta(f, "kiln_lr");
@@ -286,6 +300,27 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
             s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
                            "%s: holds no %s optimizer state (it has '%s'); nothing was loaded", path,
                            kiln_optim_kind(opt), kind ? kind : "none");
+        /* every group's lr ("kiln_group_lrs", written for 2 or more groups; else "kiln_lr") */
+        const char *gl = kiln_safetensors_meta(f, "kiln_group_lrs");
+        int have = gl ? 0 : 1;
+        glrs[0] = lr;
+        for (const char *c = gl; s == KILN_OK && c && *c && have >= 0; have++) {
+            char *e2;
+            double v = strtod(c, &e2);
+            if (e2 == c || (*e2 && *e2 != ',')) {
+                have = -1;
+                break;
+            }
+            if (have < ngroups) glrs[have] = v;
+            c = *e2 ? e2 + 1 : e2;
+        }
+        if (s == KILN_OK && have != ngroups) {
+            if (have >= 0) snprintf(lr_groups, sizeof lr_groups, "%d", have);
+            s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                           "%s: holds the learning rates of %s parameter groups, the optimizer has %d; nothing was "
+                           "loaded",
+                           path, have < 0 ? "unreadable" : lr_groups, ngroups);
+        }
         for (int i = 0; i < nparams; i++) steps[i] = -1;
         for (int k = 0; k < f->n && s == KILN_OK; k++) {
             kiln__st_entry *e = &f->e[k];
@@ -352,7 +387,7 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
         kiln__module_state_loaded(m);
         for (int i = 0; i < nparams && s == KILN_OK; i++) s = kiln_optim_set_step_count(opt, i, steps[i]);
         if (s == KILN_OK && opt) {
-            s = kiln_optim_set_lr(opt, lr);
+            for (int g = 0; g < ngroups && s == KILN_OK; g++) s = kiln_optim_group_set_lr(opt, g, glrs[g]);
             ctx->seed = seed;
             ctx->rng_counter = counter;
         }
@@ -363,6 +398,7 @@ kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *o
         free(plans);
     }
     free(steps);
+    free(glrs);
     kiln_safetensors_close(f);
     return s;
 }

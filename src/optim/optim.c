@@ -29,9 +29,20 @@ static const char *const slot_key[4][OPT_NSLOT] = {
     {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
 };
 
+/* One parameter group (torch's param_groups[g]): its hyper-parameters and the state slots
+ * they use. */
+typedef struct opt_group {
+    double lr, momentum, dampening, weight_decay, alpha, eps, beta1, beta2;
+    bool nesterov, centered, amsgrad, maximize;
+    bool used[OPT_NSLOT]; /* slots this group's configuration uses */
+    double initial_lr;    /* torch's group['initial_lr'], set by the first scheduler */
+    bool has_initial_lr;
+} opt_group;
+
 typedef struct opt_param {
     kiln_tensor *p;
     kiln_tensor *state[OPT_NSLOT];
+    int group;
     int64_t step;
     bool fresh; /* SGD: the momentum buffer was just made; the next update sets it to d_p */
 } opt_param;
@@ -39,11 +50,9 @@ typedef struct opt_param {
 struct kiln_optim {
     kiln_ctx *ctx;
     opt_kind kind;
-    double lr, momentum, dampening, weight_decay, alpha, eps, beta1, beta2;
-    bool nesterov, centered, amsgrad, maximize;
-    bool used[OPT_NSLOT]; /* slots this configuration uses */
-    double initial_lr;    /* torch's group['initial_lr'], set by the first scheduler */
-    bool has_initial_lr;
+    opt_group defaults; /* the constructor's options: a group added without options gets them */
+    int ngroups;
+    opt_group *groups;
     int n;
     opt_param *ps;
     char *names; /* n * OPT_NSLOT names of OPT_NAME_CAP bytes */
@@ -51,8 +60,9 @@ struct kiln_optim {
 
 /* Used by src/optim/sched.c (torch's schedulers write param_group['lr'] unchecked and
  * take group.setdefault('initial_lr', lr) as their base). */
-void kiln__optim_set_lr_raw(kiln_optim *opt, double lr);
-double kiln__optim_initial_lr(kiln_optim *opt);
+void kiln__optim_set_lr_raw(kiln_optim *opt, int g, double lr);
+double kiln__optim_initial_lr(kiln_optim *opt, int g);
+void kiln__optim_reset_lr(kiln_optim *opt);
 
 /* Python's repr of a float ("-1.0", "0.1", "nan"), for torch's error messages. */
 static const char *pyfloat(double v, char *buf, size_t cap) {
@@ -71,16 +81,20 @@ static const char *pyfloat(double v, char *buf, size_t cap) {
 
 /* ---- creation ------------------------------------------------------------------------ */
 
-static bool check_params(kiln_ctx *ctx, const char *op, kiln_tensor *const *params, int n) {
+/* params[0..n) checked for a new group of o: leaves of o's context, f32, contiguous, and
+ * sharing memory with neither each other nor a parameter o already has. Parameters with
+ * requires_grad off are accepted (frozen: kiln_optim_step skips them), as torch accepts them. */
+static bool check_params(const kiln_optim *o, kiln_ctx *ctx, const char *op, kiln_tensor *const *params, int n) {
     char sb[160], st[160];
-    if (!params) {
+    if (n > 0 && !params) {
         kiln__fail(ctx, KILN_ERR_NULL, "%s: params is NULL", op);
         return false;
     }
-    if (n <= 0) {
+    if (n < 0 || (n == 0 && !o)) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: optimizer got an empty parameter list (n = %d)", op, n);
         return false;
     }
+    int have = o ? o->n : 0;
     for (int i = 0; i < n; i++) {
         kiln_tensor *p = params[i];
         if (!p) {
@@ -110,21 +124,22 @@ static bool check_params(kiln_ctx *ctx, const char *op, kiln_tensor *const *para
                        op, i, sb, p->node->op);
             return false;
         }
-        if (!p->requires_grad) {
-            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                       "%s: parameter %d %s does not require grad (call kiln_tensor_set_requires_grad on it first)", op,
-                       i, sb);
-            return false;
-        }
         int64_t a0 = p->offset, a1 = a0 + kiln__numel(p->ndim, p->shape);
-        for (int j = 0; j < i; j++) {
-            kiln_tensor *q = params[j];
+        /* earlier parameters of this call, then those of the optimizer's other groups */
+        for (int j = 0; j < i + have; j++) {
+            kiln_tensor *q = j < i ? params[j] : o->ps[j - i].p;
             int64_t b0 = q->offset, b1 = b0 + kiln__numel(q->ndim, q->shape);
             if (q == p || (q->st == p->st && a0 < b1 && b0 < a1 && a0 < a1 && b0 < b1)) {
-                kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                           "%s: parameters %d and %d %s share memory (%s); each "
-                           "parameter must appear once",
-                           op, j, i, sb, q == p ? "the same tensor" : "overlapping views");
+                if (j < i)
+                    kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                               "%s: parameters %d and %d %s share memory (%s); each "
+                               "parameter must appear once",
+                               op, j, i, sb, q == p ? "the same tensor" : "overlapping views");
+                else
+                    kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                               "%s: parameter %d %s shares memory with the optimizer's parameter %d (%s); some "
+                               "parameters appear in more than one parameter group",
+                               op, i, sb, j - i, q == p ? "the same tensor" : "overlapping views");
                 return false;
             }
         }
@@ -132,34 +147,45 @@ static bool check_params(kiln_ctx *ctx, const char *op, kiln_tensor *const *para
     return true;
 }
 
-static kiln_optim *opt_new(kiln_ctx *ctx, opt_kind kind, kiln_tensor *const *params, int n) {
-    const char *op = ctor_name[kind];
+static kiln_optim *opt_new(kiln_ctx *ctx, opt_kind kind, const opt_group *defaults) {
     kiln_optim *o = calloc(1, sizeof *o);
-    opt_param *ps = o ? calloc((size_t)n, sizeof *ps) : NULL;
-    char *names = ps ? calloc((size_t)n * OPT_NSLOT, OPT_NAME_CAP) : NULL;
-    if (!names) {
-        free(o);
-        free(ps);
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %d parameters", op, n);
+    if (!o) {
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", ctor_name[kind]);
         return NULL;
     }
     o->ctx = ctx;
     o->kind = kind;
-    o->n = n;
-    o->ps = ps;
-    o->names = names;
-    for (int i = 0; i < n; i++) ps[i].p = params[i];
+    o->defaults = *defaults;
     return o;
 }
 
-/* Names "<i>.<key>" of the used slots; call once the configuration is known. */
-static kiln_optim *opt_finish(kiln_optim *o) {
-    for (int i = 0; i < o->n; i++)
-        for (int s = 0; s < OPT_NSLOT; s++)
-            if (o->used[s])
-                snprintf(o->names + ((size_t)i * OPT_NSLOT + s) * OPT_NAME_CAP, OPT_NAME_CAP, "%d.%s", i,
-                         slot_key[o->kind][s]);
-    return o;
+/* Appends a group of params[0..n) (checked) with hyper-parameters *g; names "<i>.<key>"
+ * of the slots the group uses. Nothing changes on failure. */
+static kiln_status opt_add(kiln_optim *o, const char *op, kiln_tensor *const *params, int n, const opt_group *g) {
+    int total = o->n + n;
+    opt_group *gs = realloc(o->groups, sizeof *gs * (size_t)(o->ngroups + 1));
+    if (gs) o->groups = gs;
+    opt_param *ps = gs ? realloc(o->ps, sizeof *ps * (size_t)(total > 0 ? total : 1)) : NULL;
+    if (ps) o->ps = ps;
+    char *names = ps ? realloc(o->names, (size_t)(total > 0 ? total : 1) * OPT_NSLOT * OPT_NAME_CAP) : NULL;
+    if (!names)
+        return kiln__fail(o->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %d parameters", op, n);
+    o->names = names;
+    o->groups[o->ngroups] = *g;
+    for (int i = 0; i < n; i++) {
+        int k = o->n + i;
+        memset(&ps[k], 0, sizeof ps[k]);
+        ps[k].p = params[i];
+        ps[k].group = o->ngroups;
+        for (int s = 0; s < OPT_NSLOT; s++) {
+            char *nm = names + ((size_t)k * OPT_NSLOT + s) * OPT_NAME_CAP;
+            nm[0] = '\0';
+            if (g->used[s]) snprintf(nm, OPT_NAME_CAP, "%d.%s", k, slot_key[o->kind][s]);
+        }
+    }
+    o->ngroups++;
+    o->n = total;
+    return KILN_OK;
 }
 
 /* Validation with torch's messages; op names the kiln function. */
@@ -171,9 +197,8 @@ static kiln_optim *opt_finish(kiln_optim *o) {
         }                                                                                                              \
     } while (0)
 
-static bool check_sgd(kiln_ctx *ctx, const kiln_sgd_opts *o) {
+static bool check_sgd(kiln_ctx *ctx, const char *op, const kiln_sgd_opts *o) {
     char b[40];
-    const char *op = "kiln_sgd";
     BAD(!(o->lr >= 0), "%s: Invalid learning rate: %s", op, pyfloat(o->lr, b, sizeof b));
     BAD(!(o->momentum >= 0), "%s: Invalid momentum value: %s", op, pyfloat(o->momentum, b, sizeof b));
     BAD(!(o->weight_decay >= 0), "%s: Invalid weight_decay value: %s", op, pyfloat(o->weight_decay, b, sizeof b));
@@ -184,9 +209,8 @@ static bool check_sgd(kiln_ctx *ctx, const kiln_sgd_opts *o) {
     return true;
 }
 
-static bool check_rmsprop(kiln_ctx *ctx, const kiln_rmsprop_opts *o) {
+static bool check_rmsprop(kiln_ctx *ctx, const char *op, const kiln_rmsprop_opts *o) {
     char b[40];
-    const char *op = "kiln_rmsprop";
     BAD(!(o->lr >= 0), "%s: Invalid learning rate: %s", op, pyfloat(o->lr, b, sizeof b));
     BAD(!(o->eps >= 0), "%s: Invalid epsilon value: %s", op, pyfloat(o->eps, b, sizeof b));
     BAD(!(o->momentum >= 0), "%s: Invalid momentum value: %s", op, pyfloat(o->momentum, b, sizeof b));
@@ -221,41 +245,72 @@ static bool check_ctx(kiln_ctx *ctx, const char *op) {
     return ctx != NULL;
 }
 
+static opt_group sgd_group(const kiln_sgd_opts *o) {
+    opt_group g = {.lr = o->lr,
+                   .momentum = o->momentum,
+                   .dampening = o->dampening,
+                   .weight_decay = o->weight_decay,
+                   .nesterov = o->nesterov,
+                   .maximize = o->maximize};
+    g.used[0] = o->momentum != 0;
+    return g;
+}
+
+static opt_group rmsprop_group(const kiln_rmsprop_opts *o) {
+    opt_group g = {.lr = o->lr,
+                   .alpha = o->alpha,
+                   .eps = o->eps,
+                   .weight_decay = o->weight_decay,
+                   .momentum = o->momentum,
+                   .centered = o->centered,
+                   .maximize = o->maximize};
+    g.used[0] = true;
+    g.used[1] = o->momentum > 0;
+    g.used[2] = o->centered;
+    return g;
+}
+
+static opt_group adam_group(const kiln_adam_opts *o) {
+    opt_group g = {.lr = o->lr,
+                   .beta1 = o->beta1,
+                   .beta2 = o->beta2,
+                   .eps = o->eps,
+                   .weight_decay = o->weight_decay,
+                   .amsgrad = o->amsgrad,
+                   .maximize = o->maximize};
+    g.used[0] = g.used[1] = true;
+    g.used[2] = o->amsgrad;
+    return g;
+}
+
+/* A new optimizer of one group: params checked, then made. */
+static kiln_optim *opt_create(kiln_ctx *ctx, opt_kind kind, kiln_tensor *const *params, int n, const opt_group *g) {
+    const char *op = ctor_name[kind];
+    if (!check_params(NULL, ctx, op, params, n)) return NULL;
+    kiln_optim *o = opt_new(ctx, kind, g);
+    if (o && opt_add(o, op, params, n, g) != KILN_OK) {
+        kiln_optim_free(o);
+        return NULL;
+    }
+    return o;
+}
+
 kiln_optim *kiln_sgd(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_sgd_opts *opts) {
     if (!check_ctx(ctx, "kiln_sgd")) return NULL;
     kiln_sgd_opts d = kiln_sgd_defaults();
     if (!opts) opts = &d;
-    if (!check_sgd(ctx, opts) || !check_params(ctx, "kiln_sgd", params, n)) return NULL;
-    kiln_optim *o = opt_new(ctx, OPT_SGD, params, n);
-    if (!o) return NULL;
-    o->lr = opts->lr;
-    o->momentum = opts->momentum;
-    o->dampening = opts->dampening;
-    o->weight_decay = opts->weight_decay;
-    o->nesterov = opts->nesterov;
-    o->maximize = opts->maximize;
-    o->used[0] = opts->momentum != 0;
-    return opt_finish(o);
+    if (!check_sgd(ctx, "kiln_sgd", opts)) return NULL;
+    opt_group g = sgd_group(opts);
+    return opt_create(ctx, OPT_SGD, params, n, &g);
 }
 
 kiln_optim *kiln_rmsprop(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_rmsprop_opts *opts) {
     if (!check_ctx(ctx, "kiln_rmsprop")) return NULL;
     kiln_rmsprop_opts d = kiln_rmsprop_defaults();
     if (!opts) opts = &d;
-    if (!check_rmsprop(ctx, opts) || !check_params(ctx, "kiln_rmsprop", params, n)) return NULL;
-    kiln_optim *o = opt_new(ctx, OPT_RMSPROP, params, n);
-    if (!o) return NULL;
-    o->lr = opts->lr;
-    o->alpha = opts->alpha;
-    o->eps = opts->eps;
-    o->weight_decay = opts->weight_decay;
-    o->momentum = opts->momentum;
-    o->centered = opts->centered;
-    o->maximize = opts->maximize;
-    o->used[0] = true;
-    o->used[1] = opts->momentum > 0;
-    o->used[2] = opts->centered;
-    return opt_finish(o);
+    if (!check_rmsprop(ctx, "kiln_rmsprop", opts)) return NULL;
+    opt_group g = rmsprop_group(opts);
+    return opt_create(ctx, OPT_RMSPROP, params, n, &g);
 }
 
 static kiln_optim *adam_new(kiln_ctx *ctx, opt_kind kind, kiln_tensor *const *params, int n,
@@ -264,19 +319,9 @@ static kiln_optim *adam_new(kiln_ctx *ctx, opt_kind kind, kiln_tensor *const *pa
     if (!check_ctx(ctx, op)) return NULL;
     kiln_adam_opts d = kind == OPT_ADAMW ? kiln_adamw_defaults() : kiln_adam_defaults();
     if (!opts) opts = &d;
-    if (!check_adam(ctx, op, opts) || !check_params(ctx, op, params, n)) return NULL;
-    kiln_optim *o = opt_new(ctx, kind, params, n);
-    if (!o) return NULL;
-    o->lr = opts->lr;
-    o->beta1 = opts->beta1;
-    o->beta2 = opts->beta2;
-    o->eps = opts->eps;
-    o->weight_decay = opts->weight_decay;
-    o->amsgrad = opts->amsgrad;
-    o->maximize = opts->maximize;
-    o->used[0] = o->used[1] = true;
-    o->used[2] = opts->amsgrad;
-    return opt_finish(o);
+    if (!check_adam(ctx, op, opts)) return NULL;
+    opt_group g = adam_group(opts);
+    return opt_create(ctx, kind, params, n, &g);
 }
 
 kiln_optim *kiln_adam(kiln_ctx *ctx, kiln_tensor *const *params, int n, const kiln_adam_opts *opts) {
@@ -287,12 +332,121 @@ kiln_optim *kiln_adamw(kiln_ctx *ctx, kiln_tensor *const *params, int n, const k
     return adam_new(ctx, OPT_ADAMW, params, n, opts);
 }
 
+/* ---- parameter groups ------------------------------------------------------------------ */
+
+/* The checks every add_*_group shares; want names the kinds the call is for. */
+static bool group_check(kiln_optim *opt, const char *op, bool kind_ok, const char *want) {
+    if (!opt) {
+        kiln__fail_global(KILN_ERR_NULL, "%s: optimizer is NULL", op);
+        return false;
+    }
+    if (!kind_ok) {
+        kiln__fail(opt->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the optimizer is %s; this call adds %s groups", op,
+                   kind_name[opt->kind], want);
+        return false;
+    }
+    return true;
+}
+
+kiln_status kiln_optim_add_sgd_group(kiln_optim *opt, kiln_tensor *const *params, int n, const kiln_sgd_opts *opts) {
+    const char *op = "kiln_optim_add_sgd_group";
+    if (!group_check(opt, op, opt && opt->kind == OPT_SGD, "SGD")) return opt ? opt->ctx->err : KILN_ERR_NULL;
+    opt_group g = opts ? sgd_group(opts) : opt->defaults;
+    if ((opts && !check_sgd(opt->ctx, op, opts)) || !check_params(opt, opt->ctx, op, params, n)) return opt->ctx->err;
+    return opt_add(opt, op, params, n, &g);
+}
+
+kiln_status kiln_optim_add_rmsprop_group(kiln_optim *opt, kiln_tensor *const *params, int n,
+                                         const kiln_rmsprop_opts *opts) {
+    const char *op = "kiln_optim_add_rmsprop_group";
+    if (!group_check(opt, op, opt && opt->kind == OPT_RMSPROP, "RMSprop")) return opt ? opt->ctx->err : KILN_ERR_NULL;
+    opt_group g = opts ? rmsprop_group(opts) : opt->defaults;
+    if ((opts && !check_rmsprop(opt->ctx, op, opts)) || !check_params(opt, opt->ctx, op, params, n))
+        return opt->ctx->err;
+    return opt_add(opt, op, params, n, &g);
+}
+
+kiln_status kiln_optim_add_adam_group(kiln_optim *opt, kiln_tensor *const *params, int n, const kiln_adam_opts *opts) {
+    const char *op = "kiln_optim_add_adam_group";
+    if (!group_check(opt, op, opt && (opt->kind == OPT_ADAM || opt->kind == OPT_ADAMW), "Adam and AdamW"))
+        return opt ? opt->ctx->err : KILN_ERR_NULL;
+    opt_group g = opts ? adam_group(opts) : opt->defaults;
+    if ((opts && !check_adam(opt->ctx, op, opts)) || !check_params(opt, opt->ctx, op, params, n)) return opt->ctx->err;
+    return opt_add(opt, op, params, n, &g);
+}
+
+int kiln_optim_num_groups(const kiln_optim *opt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_num_groups: optimizer is NULL"), 0;
+    return opt->ngroups;
+}
+
+int kiln_optim_param_group(const kiln_optim *opt, int i) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_param_group: optimizer is NULL"), -1;
+    if (i < 0 || i >= opt->n)
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_param_group: parameter %d of %d", i, opt->n), -1;
+    return opt->ps[i].group;
+}
+
+double kiln_optim_group_lr(const kiln_optim *opt, int g) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_group_lr: optimizer is NULL"), NAN;
+    if (g < 0 || g >= opt->ngroups)
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_group_lr: group %d of %d", g, opt->ngroups), NAN;
+    return opt->groups[g].lr;
+}
+
+kiln_status kiln_optim_group_set_lr(kiln_optim *opt, int g, double lr) {
+    char b[40];
+    const char *op = "kiln_optim_group_set_lr";
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "%s: optimizer is NULL", op);
+    if (g < 0 || g >= opt->ngroups)
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "%s: group %d of %d", op, g, opt->ngroups);
+    if (!(lr >= 0))
+        return kiln__fail(opt->ctx, KILN_ERR_INVALID_ARGUMENT, "%s: Invalid learning rate: %s", op,
+                          pyfloat(lr, b, sizeof b));
+    opt->groups[g].lr = lr;
+    return KILN_OK;
+}
+
+double kiln_optim_group_weight_decay(const kiln_optim *opt, int g) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_group_weight_decay: optimizer is NULL"), NAN;
+    if (g < 0 || g >= opt->ngroups)
+        return kiln__fail(opt->ctx, KILN_ERR_RANGE, "kiln_optim_group_weight_decay: group %d of %d", g, opt->ngroups),
+               NAN;
+    return opt->groups[g].weight_decay;
+}
+
+kiln_status kiln_params_split_decay(int n, kiln_tensor *const *params, kiln_tensor **decay, int *n_decay,
+                                    kiln_tensor **no_decay, int *n_no_decay) {
+    const char *op = "kiln_params_split_decay";
+    kiln__clear_global();
+    if (n_decay) *n_decay = 0;
+    if (n_no_decay) *n_no_decay = 0;
+    if (n < 0) return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: n = %d", op, n);
+    if ((n > 0 && !params) || !decay || !n_decay || !no_decay || !n_no_decay)
+        return kiln__fail_global(KILN_ERR_NULL, "%s: %s is NULL", op,
+                                 n > 0 && !params ? "params"
+                                 : !decay         ? "decay"
+                                 : !n_decay       ? "n_decay"
+                                 : !no_decay      ? "no_decay"
+                                                  : "n_no_decay");
+    for (int i = 0; i < n; i++)
+        if (!params[i]) return kiln__fail_global(KILN_ERR_NULL, "%s: parameter %d is NULL", op, i);
+    for (int i = 0; i < n; i++) {
+        if (params[i]->ndim >= 2)
+            decay[(*n_decay)++] = params[i];
+        else
+            no_decay[(*n_no_decay)++] = params[i];
+    }
+    return KILN_OK;
+}
+
 void kiln_optim_free(kiln_optim *opt) {
     if (!opt) return;
     for (int i = 0; i < opt->n; i++)
         for (int s = 0; s < OPT_NSLOT; s++) kiln_tensor_free(opt->ps[i].state[s]);
     free(opt->ps);
     free(opt->names);
+    free(opt->groups);
     free(opt);
 }
 
@@ -307,7 +461,7 @@ kiln_tensor *kiln_optim_param(const kiln_optim *opt, int i) {
 
 double kiln_optim_lr(const kiln_optim *opt) {
     if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_lr: optimizer is NULL"), NAN;
-    return opt->lr;
+    return opt->groups[0].lr;
 }
 
 kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr) {
@@ -316,18 +470,24 @@ kiln_status kiln_optim_set_lr(kiln_optim *opt, double lr) {
     if (!(lr >= 0))
         return kiln__fail(opt->ctx, KILN_ERR_INVALID_ARGUMENT, "kiln_optim_set_lr: Invalid learning rate: %s",
                           pyfloat(lr, b, sizeof b));
-    opt->lr = lr;
+    for (int g = 0; g < opt->ngroups; g++) opt->groups[g].lr = lr;
     return KILN_OK;
 }
 
-void kiln__optim_set_lr_raw(kiln_optim *opt, double lr) { opt->lr = lr; }
+void kiln__optim_set_lr_raw(kiln_optim *opt, int g, double lr) { opt->groups[g].lr = lr; }
 
-double kiln__optim_initial_lr(kiln_optim *opt) {
-    if (!opt->has_initial_lr) {
-        opt->initial_lr = opt->lr;
-        opt->has_initial_lr = true;
+double kiln__optim_initial_lr(kiln_optim *opt, int g) {
+    opt_group *q = &opt->groups[g];
+    if (!q->has_initial_lr) {
+        q->initial_lr = q->lr;
+        q->has_initial_lr = true;
     }
-    return opt->initial_lr;
+    return q->initial_lr;
+}
+
+/* SequentialLR's construction: every group's lr back to its initial_lr. */
+void kiln__optim_reset_lr(kiln_optim *opt) {
+    for (int g = 0; g < opt->ngroups; g++) opt->groups[g].lr = kiln__optim_initial_lr(opt, g);
 }
 
 /* ---- state ----------------------------------------------------------------------------- */
@@ -371,8 +531,9 @@ bool kiln__optim_state_known(const kiln_optim *opt, const char *name) {
     char *end;
     long i = strtol(name, &end, 10);
     if (end == name || *end != '.' || name[0] < '0' || name[0] > '9' || i < 0 || i >= opt->n) return false;
+    const bool *used = opt->groups[opt->ps[i].group].used;
     for (int s = 0; s < OPT_NSLOT; s++)
-        if (opt->used[s] && strcmp(end + 1, slot_key[opt->kind][s]) == 0) return true;
+        if (used[s] && strcmp(end + 1, slot_key[opt->kind][s]) == 0) return true;
     return false;
 }
 
@@ -387,9 +548,11 @@ kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool creat
     }
     char *end;
     long i = strtol(name, &end, 10);
+    const bool *used = opt->defaults.used;
     if (end != name && *end == '.' && name[0] >= '0' && name[0] <= '9' && i >= 0 && i < opt->n) {
+        used = opt->groups[opt->ps[i].group].used;
         for (int s = 0; s < OPT_NSLOT; s++) {
-            if (!opt->used[s] || strcmp(end + 1, slot_key[opt->kind][s]) != 0) continue;
+            if (!used[s] || strcmp(end + 1, slot_key[opt->kind][s]) != 0) continue;
             if (opt->ps[i].state[s] || !create) return opt->ps[i].state[s];
             return state_new(opt, (int)i, s, true);
         }
@@ -398,9 +561,8 @@ kiln_tensor *kiln_optim_state_find(kiln_optim *opt, const char *name, bool creat
         kiln__fail(opt->ctx, KILN_ERR_INVALID_ARGUMENT,
                    "kiln_optim_state_find: %s has no state '%s' (%d parameters; keys in this configuration: "
                    "%s%s%s%s%s)",
-                   kind_name[opt->kind], name, opt->n, opt->used[0] ? slot_key[opt->kind][0] : "",
-                   opt->used[1] ? " " : "", opt->used[1] ? slot_key[opt->kind][1] : "", opt->used[2] ? " " : "",
-                   opt->used[2] ? slot_key[opt->kind][2] : "");
+                   kind_name[opt->kind], name, opt->n, used[0] ? slot_key[opt->kind][0] : "", used[1] ? " " : "",
+                   used[1] ? slot_key[opt->kind][1] : "", used[2] ? " " : "", used[2] ? slot_key[opt->kind][2] : "");
     return NULL;
 }
 
@@ -425,8 +587,11 @@ kiln_status kiln_optim_set_step_count(kiln_optim *opt, int i, int64_t step) {
 
 /* ---- step ------------------------------------------------------------------------------ */
 
-static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool first) {
-    opt_param *q = &o->ps[i];
+static kiln_status launch_update(kiln_optim *opt, int i, kiln_tensor *g, bool first) {
+    opt_param *q = &opt->ps[i];
+    const opt_group *o = &opt->groups[q->group];
+    opt_kind kind = opt->kind;
+    kiln_ctx *ctx = opt->ctx;
     kiln_tensor *p = q->p;
     cl_int n = (cl_int)kiln__numel(p->ndim, p->shape);
     cl_int poff = (cl_int)p->offset, goff = (cl_int)g->offset;
@@ -437,9 +602,9 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
         off[s] = q->state[s] ? (cl_int)q->state[s]->offset : 0;
     }
     cl_int flags = o->maximize ? KILN_OPT_MAXIMIZE : 0;
-    if (o->kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
+    if (kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
     const char *op = "kiln_optim_step";
-    if (o->kind == OPT_SGD) {
+    if (kind == OPT_SGD) {
         if (o->momentum != 0) flags |= KILN_OPT_MOMENTUM;
         if (first) flags |= KILN_OPT_FIRST;
         if (o->nesterov) flags |= KILN_OPT_NESTEROV;
@@ -448,9 +613,9 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
         kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
                           KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(n),          KILN__ARG(neg_lr),
                           KILN__ARG(mom),        KILN__ARG(damp1),  KILN__ARG(wd),         KILN__ARG(flags)};
-        return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "sgd_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+        return kiln__launch(ctx, op, OPT_PROGRAM, "", "sgd_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
     }
-    if (o->kind == OPT_RMSPROP) {
+    if (kind == OPT_RMSPROP) {
         if (o->momentum > 0) flags |= KILN_OPT_MOMENTUM;
         if (o->centered) flags |= KILN_OPT_CENTERED;
         cl_float neg_lr = (cl_float)-o->lr, alpha = (cl_float)o->alpha, oma = (cl_float)(1 - o->alpha),
@@ -460,11 +625,11 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
                           KILN__ARG(mem[2]),     KILN__ARG(off[2]), KILN__ARG(n),          KILN__ARG(neg_lr),
                           KILN__ARG(alpha),      KILN__ARG(oma),    KILN__ARG(eps),        KILN__ARG(wd),
                           KILN__ARG(mom),        KILN__ARG(flags)};
-        return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "rmsprop_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+        return kiln__launch(ctx, op, OPT_PROGRAM, "", "rmsprop_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
     }
     /* Adam/AdamW: torch's Python arithmetic in double with the step already incremented. */
     if (o->amsgrad) flags |= KILN_OPT_AMSGRAD;
-    if (o->kind == OPT_ADAMW) flags |= KILN_OPT_DECOUPLED;
+    if (kind == OPT_ADAMW) flags |= KILN_OPT_DECOUPLED;
     double t = (double)(q->step + 1);
     double bc1 = 1 - pow(o->beta1, t), bc2 = 1 - pow(o->beta2, t);
     double step_size = o->lr / bc1;
@@ -478,7 +643,7 @@ static kiln_status launch_update(kiln_optim *o, int i, kiln_tensor *g, bool firs
                       KILN__ARG(omb1),       KILN__ARG(b2),       KILN__ARG(omb2),       KILN__ARG(wd),
                       KILN__ARG(decay),      KILN__ARG(neg_step), KILN__ARG(bc2s),       KILN__ARG(eps),
                       KILN__ARG(flags)};
-    return kiln__launch(o->ctx, op, OPT_PROGRAM, "", "adam_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+    return kiln__launch(ctx, op, OPT_PROGRAM, "", "adam_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
 }
 
 kiln_status kiln_optim_step(kiln_optim *opt) {
@@ -489,7 +654,7 @@ kiln_status kiln_optim_step(kiln_optim *opt) {
     /* Every gradient is checked before any parameter changes. */
     for (int i = 0; i < opt->n; i++) {
         kiln_tensor *p = opt->ps[i].p, *g = p->grad;
-        if (!g) continue;
+        if (!g || !p->requires_grad) continue;
         bool same = g->ndim == p->ndim && memcmp(g->shape, p->shape, sizeof(int64_t) * (size_t)p->ndim) == 0;
         if (g->dtype != KILN_F32 || !same)
             return kiln__fail(ctx, g->dtype != KILN_F32 ? KILN_ERR_DTYPE : KILN_ERR_SHAPE,
@@ -499,9 +664,10 @@ kiln_status kiln_optim_step(kiln_optim *opt) {
     }
     /* State first (allocation is what can fail), so a failure leaves parameters as they were. */
     for (int i = 0; i < opt->n; i++) {
-        if (!opt->ps[i].p->grad) continue;
+        if (!opt->ps[i].p->grad || !opt->ps[i].p->requires_grad) continue;
+        const bool *used = opt->groups[opt->ps[i].group].used;
         for (int s = 0; s < OPT_NSLOT; s++) {
-            if (!opt->used[s] || opt->ps[i].state[s]) continue;
+            if (!used[s] || opt->ps[i].state[s]) continue;
             /* SGD's buffer is written from the gradient by its first step. */
             if (!state_new(opt, i, s, opt->kind != OPT_SGD)) return ctx->err;
             if (opt->kind == OPT_SGD) opt->ps[i].fresh = true;
@@ -510,7 +676,7 @@ kiln_status kiln_optim_step(kiln_optim *opt) {
     for (int i = 0; i < opt->n; i++) {
         opt_param *q = &opt->ps[i];
         kiln_tensor *g = q->p->grad;
-        if (!g) continue;
+        if (!g || !q->p->requires_grad) continue; /* unreached, or frozen: a stale gradient */
         if (kiln__numel(q->p->ndim, q->p->shape) > 0) {
             kiln_tensor *gc = kiln__is_contiguous(g) ? g : kiln__copy_contiguous(ctx, op, g);
             if (!gc) return ctx->err;
@@ -558,7 +724,7 @@ static kiln_tensor **clip_grads(kiln_ctx *ctx, const char *op, int n, kiln_tenso
     }
     for (int i = 0; i < n; i++) {
         kiln_tensor *g = params[i]->grad;
-        if (!g) continue;
+        if (!g || !params[i]->requires_grad) continue; /* frozen: its gradient is stale */
         if (g->dtype != KILN_F32 || !kiln__is_contiguous(g)) {
             kiln__fail(ctx, g->dtype != KILN_F32 ? KILN_ERR_DTYPE : KILN_ERR_UNSUPPORTED,
                        "%s: the gradient %s of parameter %d %s is %s; clipping changes f32 contiguous gradients in "

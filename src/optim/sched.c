@@ -12,17 +12,22 @@
 #include "../ops/ops_internal.h"
 
 /* src/optim/optim.c */
-void kiln__optim_set_lr_raw(kiln_optim *opt, double lr);
-double kiln__optim_initial_lr(kiln_optim *opt);
+void kiln__optim_set_lr_raw(kiln_optim *opt, int g, double lr);
+double kiln__optim_initial_lr(kiln_optim *opt, int g);
+void kiln__optim_reset_lr(kiln_optim *opt);
 
-typedef enum sched_kind { SCH_STEP, SCH_MULTISTEP, SCH_EXPONENTIAL, SCH_COSINE, SCH_LINEAR } sched_kind;
+typedef enum sched_kind { SCH_STEP, SCH_MULTISTEP, SCH_EXPONENTIAL, SCH_COSINE, SCH_LINEAR, SCH_SEQUENTIAL } sched_kind;
 
 struct kiln_lr_sched {
     kiln_optim *opt;
     sched_kind kind;
-    double base_lr, gamma, eta_min, start_factor, end_factor, last_lr;
+    int ngroups;      /* the optimizer's groups when the scheduler was made (torch's base_lrs) */
+    double *base_lrs; /* [ngroups], followed by ngroups doubles of scratch for step */
+    double gamma, eta_min, start_factor, end_factor, last_lr;
     int step_size, t_max, total_iters;
-    int *milestones, nmilestones;
+    int *milestones, nmilestones; /* MultiStepLR's, or SequentialLR's (nchildren - 1) */
+    kiln_lr_sched **children;     /* SequentialLR: owned */
+    int nchildren;
     int64_t last_epoch, step_count;
 };
 
@@ -32,8 +37,11 @@ static int64_t pymod(int64_t a, int64_t b) {
     return r < 0 ? r + b : r;
 }
 
-static double get_lr(const kiln_lr_sched *s) {
-    double lr = kiln_optim_lr(s->opt);
+static const double PI = 3.14159265358979323846; /* M_PI is not C11 */
+
+/* torch's chainable get_lr for group g. */
+static double get_lr(const kiln_lr_sched *s, int g) {
+    double lr = kiln_optim_group_lr(s->opt, g), base_lr = s->base_lrs[g];
     int64_t e = s->last_epoch;
     switch (s->kind) {
     case SCH_STEP:
@@ -49,53 +57,100 @@ static double get_lr(const kiln_lr_sched *s) {
         if (e == 0) return lr;
         return lr * s->gamma;
     case SCH_COSINE: {
-        double T = (double)s->t_max, E = (double)e, pi = 3.14159265358979323846; /* M_PI is not C11 */
+        double T = (double)s->t_max, E = (double)e;
         if (e == 0) return lr;
-        if (s->step_count == 1 && e > 0) return s->eta_min + (s->base_lr - s->eta_min) * (1 + cos(E * pi / T)) / 2;
+        if (s->step_count == 1 && e > 0) return s->eta_min + (base_lr - s->eta_min) * (1 + cos(E * PI / T)) / 2;
         if (pymod(e - 1 - s->t_max, 2 * (int64_t)s->t_max) == 0)
-            return lr + (s->base_lr - s->eta_min) * (1 - cos(pi / T)) / 2;
-        return (1 + cos(pi * E / T)) / (1 + cos(pi * (E - 1) / T)) * (lr - s->eta_min) + s->eta_min;
+            return lr + (base_lr - s->eta_min) * (1 - cos(PI / T)) / 2;
+        return (1 + cos(PI * E / T)) / (1 + cos(PI * (E - 1) / T)) * (lr - s->eta_min) + s->eta_min;
     }
     case SCH_LINEAR:
         if (e == 0) return lr * s->start_factor;
         if (e > s->total_iters) return lr;
         return lr * (1. + (s->end_factor - s->start_factor) /
                               (s->total_iters * s->start_factor + (double)(e - 1) * (s->end_factor - s->start_factor)));
+    case SCH_SEQUENTIAL: break;
     }
     return lr;
 }
 
+/* torch's _get_closed_form_lr for group g (what step(epoch) uses; SequentialLR calls
+ * step(0) on a scheduler whose milestone is reached). */
+static double closed_form_lr(const kiln_lr_sched *s, int g) {
+    double base_lr = s->base_lrs[g], E = (double)s->last_epoch;
+    switch (s->kind) {
+    case SCH_STEP: return base_lr * pow(s->gamma, (double)(s->last_epoch / s->step_size));
+    case SCH_MULTISTEP: {
+        int count = 0; /* bisect_right(sorted(milestones), last_epoch) */
+        for (int i = 0; i < s->nmilestones; i++) count += s->milestones[i] <= s->last_epoch;
+        return base_lr * pow(s->gamma, (double)count);
+    }
+    case SCH_EXPONENTIAL: return base_lr * pow(s->gamma, E);
+    case SCH_COSINE: return s->eta_min + (base_lr - s->eta_min) * (1 + cos(PI * E / (double)s->t_max)) / 2;
+    case SCH_LINEAR: {
+        double m = (double)(s->total_iters < s->last_epoch ? s->total_iters : s->last_epoch);
+        return base_lr * (s->start_factor + (s->end_factor - s->start_factor) * m / (double)s->total_iters);
+    }
+    case SCH_SEQUENTIAL: break;
+    }
+    return base_lr;
+}
+
+/* torch's step(): epoch < 0 advances one epoch with the chainable formula; epoch >= 0 jumps
+ * there with the closed form. */
+static void sched_advance(kiln_lr_sched *s, int64_t epoch) {
+    s->step_count++;
+    if (s->kind == SCH_SEQUENTIAL) { /* SequentialLR.step() (it takes no epoch) */
+        int64_t e = ++s->last_epoch;
+        int idx = 0; /* bisect_right(milestones, last_epoch) */
+        while (idx < s->nmilestones && s->milestones[idx] <= e) idx++;
+        sched_advance(s->children[idx], idx > 0 && s->milestones[idx - 1] == e ? 0 : -1);
+        s->last_lr = s->children[idx]->last_lr;
+        return;
+    }
+    if (epoch < 0)
+        s->last_epoch++;
+    else
+        s->last_epoch = epoch;
+    /* every lr is computed before any is set, as torch's list comprehension */
+    double *v = s->base_lrs + s->ngroups;
+    for (int g = 0; g < s->ngroups; g++) v[g] = epoch < 0 ? get_lr(s, g) : closed_form_lr(s, g);
+    for (int g = 0; g < s->ngroups; g++) kiln__optim_set_lr_raw(s->opt, g, v[g]);
+    s->last_lr = v[0];
+}
+
 kiln_status kiln_lr_sched_step(kiln_lr_sched *s) {
     if (!s) return kiln__fail_global(KILN_ERR_NULL, "kiln_lr_sched_step: scheduler is NULL");
-    s->step_count++;
-    s->last_epoch++;
-    double lr = get_lr(s);
-    kiln__optim_set_lr_raw(s->opt, lr);
-    s->last_lr = lr;
+    sched_advance(s, -1);
     return KILN_OK;
 }
 
-/* A scheduler on opt with torch's construction: base lr = initial_lr, then the initial
- * step (last_epoch becomes 0). */
+/* A scheduler on opt with torch's construction: base lrs = the groups' initial_lr. The
+ * caller then performs the initial step (sched_start). */
 static kiln_lr_sched *sched_new(kiln_optim *opt, const char *op, sched_kind kind) {
     if (!opt) {
         kiln__fail_global(KILN_ERR_NULL, "%s: optimizer is NULL", op);
         return NULL;
     }
+    int ng = kiln_optim_num_groups(opt);
     kiln_lr_sched *s = calloc(1, sizeof *s);
-    if (!s) {
+    double *b = s ? malloc(sizeof *b * 2 * (size_t)(ng > 0 ? ng : 1)) : NULL;
+    if (!b) {
+        free(s);
         kiln__fail(kiln_optim_ctx(opt), KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
         return NULL;
     }
     s->opt = opt;
     s->kind = kind;
     s->last_epoch = -1;
+    s->ngroups = ng;
+    s->base_lrs = b;
+    for (int g = 0; g < ng; g++) b[g] = kiln__optim_initial_lr(opt, g);
     return s;
 }
 
 static kiln_lr_sched *sched_start(kiln_lr_sched *s) {
-    s->base_lr = kiln__optim_initial_lr(s->opt);
-    kiln_lr_sched_step(s);
+    sched_advance(s, -1);
     return s;
 }
 
@@ -123,7 +178,7 @@ kiln_lr_sched *kiln_multistep_lr(kiln_optim *opt, const int *milestones, int n, 
     if (!s) return NULL;
     s->milestones = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
     if (!s->milestones) {
-        free(s);
+        kiln_lr_sched_free(s);
         kiln__fail(kiln_optim_ctx(opt), KILN_ERR_HOST_OUT_OF_MEMORY, "kiln_multistep_lr: out of host memory");
         return NULL;
     }
@@ -167,6 +222,79 @@ kiln_lr_sched *kiln_linear_lr(kiln_optim *opt, double start_factor, double end_f
     return sched_start(s);
 }
 
+/* Whether scheds[k] appears in scheds[0..k). */
+static bool seen_before(kiln_lr_sched *const *scheds, int k) {
+    for (int j = 0; j < k; j++)
+        if (scheds[j] == scheds[k]) return true;
+    return false;
+}
+
+kiln_lr_sched *kiln_sequential_lr(kiln_optim *opt, kiln_lr_sched *const *scheds, int n, const int *milestones) {
+    const char *op = "kiln_sequential_lr";
+    kiln_ctx *ctx = kiln_optim_ctx(opt);
+    /* the schedulers are owned from here on, also when this fails */
+#define SEQ_FAIL(status, ...)                                                                                          \
+    do {                                                                                                               \
+        if (opt)                                                                                                       \
+            kiln__fail(ctx, status, __VA_ARGS__);                                                                      \
+        else                                                                                                           \
+            kiln__fail_global(status, __VA_ARGS__);                                                                    \
+        for (int k = 0; scheds && k < n; k++) /* each once, even when listed twice */                                  \
+            if (!seen_before(scheds, k)) kiln_lr_sched_free(scheds[k]);                                                \
+        return NULL;                                                                                                   \
+    } while (0)
+    if (!opt) SEQ_FAIL(KILN_ERR_NULL, "%s: optimizer is NULL", op);
+    if (n < 1 || !scheds)
+        SEQ_FAIL(KILN_ERR_INVALID_ARGUMENT, "%s: %d schedulers at %p; it needs at least one", op, n,
+                 (const void *)scheds);
+    if (n > 1 && !milestones)
+        SEQ_FAIL(KILN_ERR_NULL, "%s: %d schedulers need %d milestones; milestones is NULL", op, n, n - 1);
+    for (int i = 0; i < n; i++) {
+        if (!scheds[i]) SEQ_FAIL(KILN_ERR_NULL, "%s: scheduler %d is NULL", op, i);
+        if (scheds[i]->opt != opt)
+            SEQ_FAIL(KILN_ERR_INVALID_ARGUMENT,
+                     "%s: Sequential Schedulers expects all schedulers to belong to the same optimizer, but got "
+                     "schedulers at index %d to be different than the optimizer passed in.",
+                     op, i);
+        if (scheds[i]->kind == SCH_SEQUENTIAL)
+            SEQ_FAIL(KILN_ERR_UNSUPPORTED, "%s: scheduler %d is itself a kiln_sequential_lr", op, i);
+        for (int j = 0; j < i; j++)
+            if (scheds[j] == scheds[i])
+                SEQ_FAIL(KILN_ERR_INVALID_ARGUMENT, "%s: schedulers %d and %d are the same", op, j, i);
+    }
+    for (int i = 1; i + 1 < n; i++)
+        if (milestones[i] <= milestones[i - 1])
+            SEQ_FAIL(KILN_ERR_INVALID_ARGUMENT, "%s: milestones must increase (milestone %d is %d after %d)", op, i,
+                     milestones[i], milestones[i - 1]);
+    if (n > 1 && milestones[0] < 1)
+        SEQ_FAIL(KILN_ERR_INVALID_ARGUMENT, "%s: milestone 0 is %d; it must be >= 1", op, milestones[0]);
+    kiln_lr_sched *s = sched_new(opt, op, SCH_SEQUENTIAL);
+    kiln_lr_sched **ch = s ? malloc(sizeof *ch * (size_t)n) : NULL;
+    int *ms = ch ? malloc(sizeof *ms * (size_t)n) : NULL;
+    if (!ms) {
+        free(ch);
+        kiln_lr_sched_free(s);
+        SEQ_FAIL(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
+    }
+#undef SEQ_FAIL
+    for (int i = 0; i < n; i++) ch[i] = scheds[i];
+    for (int i = 0; i + 1 < n; i++) ms[i] = milestones[i];
+    s->children = ch;
+    s->nchildren = n;
+    s->milestones = ms;
+    s->nmilestones = n - 1;
+    /* torch's SequentialLR.__init__: the lrs back to initial_lr, every scheduler's last step
+     * undone, then the first one's initial step */
+    s->last_epoch = 0;
+    s->step_count = 1;
+    kiln__optim_reset_lr(opt);
+    for (int i = 0; i < n; i++) ch[i]->last_epoch--;
+    ch[0]->step_count = 0;
+    sched_advance(ch[0], -1);
+    s->last_lr = ch[0]->last_lr;
+    return s;
+}
+
 double kiln_lr_sched_last_lr(const kiln_lr_sched *s) {
     if (!s) return kiln__fail_global(KILN_ERR_NULL, "kiln_lr_sched_last_lr: scheduler is NULL"), NAN;
     return s->last_lr;
@@ -184,11 +312,25 @@ kiln_status kiln_lr_sched_set_last_epoch(kiln_lr_sched *s, int64_t last_epoch) {
     s->last_epoch = last_epoch;
     s->step_count = last_epoch + 1;
     s->last_lr = kiln_optim_lr(s->opt);
+    if (s->kind == SCH_SEQUENTIAL) {
+        /* the active scheduler resumes at last_epoch's distance from its milestone (earlier
+         * ones never step again) */
+        int idx = 0;
+        while (idx < s->nmilestones && s->milestones[idx] <= last_epoch) idx++;
+        kiln_lr_sched *c = s->children[idx];
+        int64_t e = idx > 0 ? last_epoch - s->milestones[idx - 1] : last_epoch;
+        c->last_epoch = e;
+        c->step_count = idx > 0 ? e + 2 : e + 1; /* its construction, then step(0) at the milestone */
+        c->last_lr = s->last_lr;
+    }
     return KILN_OK;
 }
 
 void kiln_lr_sched_free(kiln_lr_sched *s) {
     if (!s) return;
+    for (int i = 0; i < s->nchildren; i++) kiln_lr_sched_free(s->children[i]);
+    free(s->children);
+    free(s->base_lrs);
     free(s->milestones);
     free(s);
 }

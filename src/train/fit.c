@@ -410,8 +410,17 @@ static kiln_status check_output(kiln_ctx *ctx, const char *op, const char *what,
     return KILN_OK;
 }
 
+/* Whether d is m or one of its descendants. */
+static bool is_within(const kiln_module *m, const kiln_module *d) {
+    if (!d) return false;
+    if (m == d) return true;
+    for (int i = 0; i < kiln_module_num_children(m); i++)
+        if (is_within(kiln_module_child(m, i), d)) return true;
+    return false;
+}
+
 /* Everything about the options that can be checked before the first step. */
-static kiln_status fit_check(kiln_ctx *ctx, const char *op, const kiln_fit_opts *o) {
+static kiln_status fit_check(kiln_ctx *ctx, kiln_module *m, const char *op, const kiln_fit_opts *o) {
     if (!o) return kiln__fail(ctx, KILN_ERR_NULL, "%s: options are NULL", op);
     if (!o->train) return kiln__fail(ctx, KILN_ERR_NULL, "%s: no training loader (o->train is NULL)", op);
     if (!o->opt) return kiln__fail(ctx, KILN_ERR_NULL, "%s: no optimizer (o->opt is NULL)", op);
@@ -434,6 +443,17 @@ static kiln_status fit_check(kiln_ctx *ctx, const char *op, const kiln_fit_opts 
     if (o->history_cap < 0 || (o->history_cap > 0 && !o->history))
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: history_cap is %d with history %s", op, o->history_cap,
                           o->history ? "set" : "NULL");
+    if (o->num_eval_modules < 0 || (o->num_eval_modules > 0 && !o->eval_modules))
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: num_eval_modules is %d with eval_modules %s", op,
+                          o->num_eval_modules, o->eval_modules ? "set" : "NULL");
+    for (int i = 0; i < o->num_eval_modules; i++)
+        if (!is_within(m, o->eval_modules[i]))
+            return kiln__fail(ctx, o->eval_modules[i] ? KILN_ERR_INVALID_ARGUMENT : KILN_ERR_NULL,
+                              "%s: eval_modules[%d] %s", op, i,
+                              o->eval_modules[i] ? "is not part of the model" : "is NULL");
+    if (o->sched_per_step && !o->sched)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: sched_per_step is set without a scheduler (o->sched)",
+                          op);
     if (!o->val && (o->patience != -1 || o->restore_best || o->best_path))
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %s needs a validation loader (o->val is NULL)", op,
                           o->patience != -1 ? "early stopping (patience)"
@@ -496,6 +516,7 @@ static kiln_status fit_step(fit_run *f, kiln_tensor *x, kiln_tensor *y) {
         !kiln_clip_grad_norm_tensor(ctx, f->nparams, f->params, o->clip_grad_norm, 2.0))
         s = kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_step(o->opt);
+    if (s == KILN_OK && o->sched_per_step) s = kiln_lr_sched_step(o->sched);
     return s;
 }
 
@@ -506,6 +527,7 @@ static kiln_status fit_train_epoch(fit_run *f, int epoch, kiln_epoch_stats *e, d
     kiln_ctx *ctx = f->ctx;
     double last_draw = t0;
     kiln_module_train(f->m, true);
+    for (int i = 0; i < o->num_eval_modules; i++) kiln_module_train(o->eval_modules[i], false);
     tally_reset(&f->t);
     int64_t batch = 0, seen = 0;
     kiln_status s = KILN_OK;
@@ -598,7 +620,7 @@ static kiln_status fit_epoch(fit_run *f, int epoch, bool *stop) {
         s = kiln_evaluate(f->m, o->val, o->loss, o->loss_user, NULL, &e.val_loss, &e.val_accuracy);
         if (s != KILN_OK) return fit_fail_at(f, s, "%s: epoch %d/%d, validation", f->op, epoch, o->epochs);
     }
-    if (o->sched && (s = kiln_lr_sched_step(o->sched)) != KILN_OK)
+    if (o->sched && !o->sched_per_step && (s = kiln_lr_sched_step(o->sched)) != KILN_OK)
         return fit_fail_at(f, s, "%s: epoch %d/%d, lr scheduler", f->op, epoch, o->epochs);
     e.seconds = (kiln__now_ms() - t0) / 1000;
     f->hist[epoch - 1] = e;
@@ -631,7 +653,7 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
     if (!m) return kiln__fail_global(KILN_ERR_NULL, "%s: module is NULL", f.op);
     kiln_ctx *ctx = f.ctx = kiln_module_ctx(m);
     if (kiln_error_status(ctx) != KILN_OK) return kiln_error_status(ctx); /* an earlier error is pending */
-    kiln_status s = fit_check(ctx, f.op, o);
+    kiln_status s = fit_check(ctx, m, f.op, o);
     if (s != KILN_OK) return s;
 
     f.hist = calloc((size_t)o->epochs, sizeof *f.hist);

@@ -158,4 +158,63 @@ torch.nn.utils.clip_grad_value_(ps, 0.25)
 for j in range(3):
     T[f"clipv.g{j}"] = ps[j].grad
 
+# ---- parameter groups --------------------------------------------------------------------
+# SGD nesterov over two groups with their own lr and weight decay (decay on the matrix, none
+# on the vectors, as the ndim rule splits them), the lr of each group scheduled per step by
+# SequentialLR(LinearLR warm-up, CosineAnnealingLR): every group's lr after each step and
+# the parameters after each step. A fourth parameter is frozen (requires_grad False, grad
+# None in torch): it must not move.
+GSTEPS = 10
+gshapes = [(6, 4), (4,), (5,), (3,)]
+ginit = [torch.randn(s) for s in gshapes]
+ggrads = [[torch.randn(s) for s in gshapes] for _ in range(GSTEPS)]
+for j in range(4):
+    T[f"groups.init.p{j}"] = ginit[j]
+    T[f"groups.grad.p{j}"] = torch.stack([g[j] for g in ggrads])
+gp = [p.clone().requires_grad_(j != 3) for j, p in enumerate(ginit)]
+gopt = torch.optim.SGD([{"params": [gp[0], gp[3]], "weight_decay": 0.05},
+                        {"params": [gp[1], gp[2]], "lr": 0.03, "weight_decay": 0.0}],
+                       lr=0.1, momentum=0.9, nesterov=True)
+gs = LS.SequentialLR(gopt, [LS.LinearLR(gopt, start_factor=0.01, total_iters=3),
+                            LS.CosineAnnealingLR(gopt, T_max=GSTEPS - 3)], milestones=[3])
+glr = [[g["lr"] for g in gopt.param_groups]]
+gtraj = [[] for _ in range(4)]
+for k in range(GSTEPS):
+    for j, p in enumerate(gp):
+        p.grad = ggrads[k][j].clone() if j != 3 else None
+    gopt.step()
+    gs.step()
+    glr.append([g["lr"] for g in gopt.param_groups])
+    for j, p in enumerate(gp):
+        gtraj[j].append(p.detach().clone())
+for j in range(4):
+    T[f"groups.traj.p{j}"] = torch.stack(gtraj[j])
+T["groups.lr"] = dbits([v for row in glr for v in row])
+T["groups.state.0.momentum_buffer"] = gopt.state[gp[0]]["momentum_buffer"].clone()
+T["groups.state.2.momentum_buffer"] = gopt.state[gp[1]]["momentum_buffer"].clone()
+
+# SequentialLR on two groups (lr 0.1 and 0.02): warm-up then multistep, and a three-phase
+# one; 30 steps each, both groups' lrs.
+seqs = {
+    "warm_multistep": lambda o: LS.SequentialLR(o, [LS.LinearLR(o, start_factor=0.1, total_iters=5),
+                                                    LS.MultiStepLR(o, milestones=[6, 12, 12], gamma=0.5)],
+                                                milestones=[5]),
+    "warm_cosine": lambda o: LS.SequentialLR(o, [LS.LinearLR(o, start_factor=1e-3, total_iters=4),
+                                                 LS.CosineAnnealingLR(o, T_max=26, eta_min=0.0)],
+                                             milestones=[4]),
+    "three": lambda o: LS.SequentialLR(o, [LS.ExponentialLR(o, gamma=0.8), LS.StepLR(o, step_size=3, gamma=0.5),
+                                           LS.CosineAnnealingLR(o, T_max=6, eta_min=0.001)],
+                                       milestones=[4, 13]),
+}
+for name, make in seqs.items():
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.02}], lr=0.1)
+    s = make(opt)
+    lrs = [g["lr"] for g in opt.param_groups]
+    for _ in range(SCHED_STEPS):
+        opt.step()
+        s.step()
+        lrs += [g["lr"] for g in opt.param_groups]
+    T[f"seq.{name}"] = dbits(lrs)
+
 save(os.path.join(os.path.dirname(os.path.abspath(__file__)), "optim.safetensors"), T)
