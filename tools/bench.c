@@ -459,23 +459,125 @@ static int cmd_gemm(args *a, bool json) {
 
 /* ---- the reference models ------------------------------------------------------------- */
 
-typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20, MODEL_LSTM, MODEL_COUNT } model_kind;
+typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20, MODEL_LSTM, MODEL_GPT, MODEL_COUNT } model_kind;
 
 /* Each model's name, torch_ref.py's batch size, and the default number of timed steps. */
 static const struct {
     const char *name;
     int batch, steps;
 } model_info[MODEL_COUNT] = {
-    [MODEL_MLP] = {"mlp", 64, 200},
-    [MODEL_CNN] = {"cnn", 64, 60},
-    [MODEL_RESNET20] = {"resnet20", 128, 30},
-    [MODEL_LSTM] = {"lstm", 32, 40},
+    [MODEL_MLP] = {"mlp", 64, 200},  [MODEL_CNN] = {"cnn", 64, 60}, [MODEL_RESNET20] = {"resnet20", 128, 30},
+    [MODEL_LSTM] = {"lstm", 32, 40}, [MODEL_GPT] = {"gpt", 16, 40},
 };
 
 /* The char model's vocabulary and sequence length (torch_ref.py's charlm). */
 #define LSTM_VOCAB 96
 #define LSTM_T 64
 #define MODEL_MAX_PARAMS 128
+/* The char models' shared vocabulary; the GPT's context, width, heads and blocks. */
+#define GPT_T 128
+#define GPT_D 128
+#define GPT_HEADS 4
+#define GPT_LAYERS 4
+
+/* torch_ref.py's GPT through the public module API, its state_dict names (wte, wpe,
+ * h.<i>.{ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj}, ln_f) and its forward: token plus
+ * position embeddings, pre-norm causal blocks, the head tied to wte (ln_f(x) @ wte^T). */
+static kiln_sdpa_impl gpt_impl = KILN_SDPA_FUSED; /* --attention */
+
+typedef struct gpt_block {
+    kiln_module *ln_1, *c_attn, *attn_proj, *ln_2, *c_fc, *mlp_proj;
+} gpt_block;
+
+static kiln_status gpt_block_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
+    (void)nin, (void)nout;
+    gpt_block *b = kiln_module_data(m);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    kiln_tensor *x = in[0];
+    const int64_t *sh = kiln_tensor_shape(x);
+    int64_t B = sh[0], T = sh[1], C = sh[2];
+    kiln_tensor *qkv = kiln_forward(b->c_attn, kiln_forward(b->ln_1, x)), *h[3];
+    for (int i = 0; i < 3; i++) /* split(C, dim=2), view(B, T, heads, C/heads).transpose(1, 2) */
+        h[i] = kiln_permute(ctx,
+                            kiln_reshape(ctx, kiln_slice(ctx, qkv, 2, i * C, (i + 1) * C, 1), 4,
+                                         (int64_t[]){B, T, GPT_HEADS, C / GPT_HEADS}),
+                            (const int[]){0, 2, 1, 3});
+    kiln_sdpa_opts o = kiln_sdpa_defaults();
+    o.is_causal = true, o.impl = gpt_impl;
+    kiln_tensor *a = kiln_scaled_dot_product_attention(ctx, h[0], h[1], h[2], NULL, &o);
+    a = kiln_reshape(ctx, kiln_permute(ctx, a, (const int[]){0, 2, 1, 3}), 3, (int64_t[]){B, T, C});
+    x = kiln_add(ctx, x, kiln_forward(b->attn_proj, a));
+    out[0] = kiln_add(
+        ctx, x, kiln_forward(b->mlp_proj, kiln_gelu(ctx, kiln_forward(b->c_fc, kiln_forward(b->ln_2, x)), false)));
+    return out[0] ? KILN_OK : kiln_error_status(ctx);
+}
+
+static const kiln_module_def gpt_block_def = {
+    .kind = "Block", .state_size = sizeof(gpt_block), .forward = gpt_block_forward, .num_inputs = 1, .num_outputs = 1};
+
+static kiln_module *gpt_block_new(kiln_ctx *ctx) {
+    kiln_module *m = kiln_module_new(ctx, &gpt_block_def);
+    if (!m) return NULL;
+    gpt_block *b = kiln_module_data(m);
+    int64_t d = GPT_D;
+    if (kiln_module_add_child(m, "ln_1", b->ln_1 = kiln_nn_layernorm(ctx, 1, &d, 1e-5f, true)) != KILN_OK ||
+        kiln_module_add_child(m, "ln_2", b->ln_2 = kiln_nn_layernorm(ctx, 1, &d, 1e-5f, true)) != KILN_OK ||
+        kiln_module_add_child(m, "c_attn", b->c_attn = kiln_nn_linear(ctx, d, 3 * d, true)) != KILN_OK ||
+        kiln_module_add_child(m, "attn_proj", b->attn_proj = kiln_nn_linear(ctx, d, d, true)) != KILN_OK ||
+        kiln_module_add_child(m, "c_fc", b->c_fc = kiln_nn_linear(ctx, d, 4 * d, true)) != KILN_OK ||
+        kiln_module_add_child(m, "mlp_proj", b->mlp_proj = kiln_nn_linear(ctx, 4 * d, d, true)) != KILN_OK) {
+        kiln_module_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+typedef struct gpt_net {
+    kiln_module *wte, *wpe, *h, *ln_f, *head;
+} gpt_net;
+
+static kiln_status gpt_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
+    (void)nin, (void)nout;
+    gpt_net *g = kiln_module_data(m);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    int64_t T = kiln_tensor_shape(in[0])[1];
+    /* wte(x) + wpe(arange(T)): the first T rows of wpe's table */
+    kiln_tensor *x =
+        kiln_add(ctx, kiln_forward(g->wte, in[0]), kiln_slice(ctx, kiln_module_find(g->wpe, "weight"), 0, 0, T, 1));
+    for (int i = 0; i < GPT_LAYERS; i++) x = kiln_forward(kiln_module_child(g->h, i), x);
+    out[0] = kiln_forward(g->head, kiln_forward(g->ln_f, x));
+    return out[0] ? KILN_OK : kiln_error_status(ctx);
+}
+
+static void gpt_destroy(kiln_module *m) { kiln_module_free(((gpt_net *)kiln_module_data(m))->head); }
+
+static const kiln_module_def gpt_def = {.kind = "GPT",
+                                        .state_size = sizeof(gpt_net),
+                                        .forward = gpt_forward,
+                                        .num_inputs = 1,
+                                        .num_outputs = 1,
+                                        .destroy = gpt_destroy};
+
+static kiln_module *gpt_new(kiln_ctx *ctx) {
+    kiln_module *m = kiln_module_new(ctx, &gpt_def);
+    if (!m) return NULL;
+    gpt_net *g = kiln_module_data(m);
+    int64_t d = GPT_D;
+    if (kiln_module_add_child(m, "wte", g->wte = kiln_nn_embedding(ctx, LSTM_VOCAB, d)) != KILN_OK ||
+        kiln_module_add_child(m, "wpe", g->wpe = kiln_nn_embedding(ctx, GPT_T, d)) != KILN_OK ||
+        kiln_module_add_child(m, "h", g->h = kiln_nn_module_list(ctx, 0, NULL)) != KILN_OK)
+        goto fail;
+    for (int i = 0; i < GPT_LAYERS; i++)
+        if (kiln_nn_module_list_append(g->h, gpt_block_new(ctx)) != KILN_OK) goto fail;
+    /* the tied head holds no weight of its own, so it is not a child (torch's GPT has none) */
+    if (kiln_module_add_child(m, "ln_f", g->ln_f = kiln_nn_layernorm(ctx, 1, &d, 1e-5f, true)) != KILN_OK ||
+        !(g->head = kiln_nn_tied_linear(ctx, g->wte, false)))
+        goto fail;
+    return m;
+fail:
+    kiln_module_free(m);
+    return NULL;
+}
 
 typedef struct model {
     model_kind kind;
@@ -519,6 +621,11 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xnd = 2;
         m->xshape[0] = batch;
         m->xshape[1] = LSTM_T;
+    } else if (kind == MODEL_GPT) {
+        m->net = gpt_new(ctx);
+        m->xnd = 2;
+        m->xshape[0] = batch;
+        m->xshape[1] = GPT_T;
     } else if (kind == MODEL_RESNET20) {
         /* He et al.'s CIFAR ResNet-20 on 1x28x28 images, torch_ref.py's ResNet20 */
         kiln_resnet_opts o = kiln_resnet_cifar_defaults();
@@ -552,7 +659,13 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         model_free(m);
         return -1;
     }
-    if (kind == MODEL_LSTM) {
+    if (kind == MODEL_GPT) {
+        kiln_adam_opts o = kiln_adamw_defaults();
+        o.lr = 1e-3;
+        o.beta2 = 0.95;
+        o.weight_decay = 0.1;
+        m->opt = kiln_adamw(ctx, params, np, &o);
+    } else if (kind == MODEL_LSTM) {
         kiln_adam_opts o = kiln_adam_defaults();
         o.lr = 2e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
@@ -590,26 +703,30 @@ typedef struct batches {
     int64_t xnumel, ynumel; /* per batch */
 } batches;
 
+/* The character models: I32 ids in, a token's logits per position out. */
+#define CHARLM(kind) ((kind) == MODEL_LSTM || (kind) == MODEL_GPT)
+
 static int batches_new(batches *b, int n, const model *m) {
     memset(b, 0, sizeof *b);
     b->n = n;
+    const int64_t T = m->xshape[1]; /* the char models' sequence length */
     b->xnumel = 1;
     for (int d = 0; d < m->xnd; d++) b->xnumel *= m->xshape[d];
-    b->ynumel = m->kind == MODEL_LSTM ? b->xnumel : m->xshape[0];
-    if (m->kind == MODEL_LSTM)
+    b->ynumel = CHARLM(m->kind) ? b->xnumel : m->xshape[0];
+    if (CHARLM(m->kind))
         b->xi = malloc((size_t)(n * b->xnumel) * sizeof *b->xi);
     else
         b->x = malloc((size_t)(n * b->xnumel) * sizeof *b->x);
     b->y = malloc((size_t)(n * b->ynumel) * sizeof *b->y);
     if ((!b->x && !b->xi) || !b->y) return -1;
     uint64_t s = 1234;
-    if (m->kind == MODEL_LSTM) {
+    if (CHARLM(m->kind)) {
         for (int64_t q = 0; q < n * m->xshape[0]; q++) { /* one sequence of T + 1 ids */
-            int32_t *x = b->xi + q * LSTM_T, *y = b->y + q * LSTM_T;
+            int32_t *x = b->xi + q * T, *y = b->y + q * T;
             x[0] = (int32_t)(rng_next(&s) % LSTM_VOCAB);
-            for (int t = 0; t < LSTM_T; t++) {
+            for (int t = 0; t < T; t++) {
                 y[t] = (int32_t)(rng_next(&s) % LSTM_VOCAB);
-                if (t + 1 < LSTM_T) x[t + 1] = y[t];
+                if (t + 1 < T) x[t + 1] = y[t];
             }
         }
         return 0;
@@ -630,9 +747,8 @@ static void batches_free(batches *b) {
 static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, float *loss_out) {
     int j = i % b->n;
     kiln_scope_begin(ctx);
-    kiln_tensor *x = m->kind == MODEL_LSTM
-                         ? kiln_from_host(ctx, b->xi + (int64_t)j * b->xnumel, KILN_I32, m->xnd, m->xshape)
-                         : kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
+    kiln_tensor *x = CHARLM(m->kind) ? kiln_from_host(ctx, b->xi + (int64_t)j * b->xnumel, KILN_I32, m->xnd, m->xshape)
+                                     : kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
     kiln_tensor *y = kiln_from_host(ctx, b->y + (int64_t)j * b->ynumel, KILN_I32, 1, (int64_t[]){b->ynumel});
     kiln_tensor *logits;
     if (m->kind == MODEL_LSTM) {
@@ -642,6 +758,8 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
         logits = fs == KILN_OK ? kiln_reshape(ctx, kiln_forward(kiln_module_child(m->net, 2), outs[0]), 2,
                                               (int64_t[]){-1, LSTM_VOCAB})
                                : NULL;
+    } else if (m->kind == MODEL_GPT) {
+        logits = kiln_reshape(ctx, kiln_forward(m->net, x), 2, (int64_t[]){-1, LSTM_VOCAB});
     } else {
         logits = kiln_forward(m->net, x);
     }
@@ -649,8 +767,8 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
     kiln_status s = loss ? KILN_OK : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
     if (s == KILN_OK) s = kiln_backward(loss);
-    /* torch_ref.py clips the char model's gradient norm to 1 */
-    if (s == KILN_OK && m->kind == MODEL_LSTM && !kiln_clip_grad_norm_tensor(ctx, m->np, m->params, 1.0, 2.0))
+    /* torch_ref.py clips the char models' gradient norm to 1 */
+    if (s == KILN_OK && CHARLM(m->kind) && !kiln_clip_grad_norm_tensor(ctx, m->np, m->params, 1.0, 2.0))
         s = kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_step(m->opt);
     float l = s == KILN_OK ? kiln_tensor_item(loss) : NAN;
@@ -667,14 +785,21 @@ static int parse_model(args *a, model_kind *kind) {
             *kind = (model_kind)k;
             return 0;
         }
-    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20 or lstm\n", name);
+    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20, lstm or gpt\n", name);
     return -1;
 }
 
 static int cmd_train(args *a, bool json) {
-    if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", NULL}, NULL)) return 2;
+    if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", "--attention", NULL}, NULL))
+        return 2;
     model_kind kind;
     if (parse_model(a, &kind) != 0) return 2;
+    const char *att = arg_value(a, "--attention");
+    if (att && strcmp(att, "fused") != 0 && strcmp(att, "composed") != 0) {
+        fprintf(stderr, "kiln bench train: --attention %s: expected fused or composed\n", att);
+        return 2;
+    }
+    gpt_impl = att && strcmp(att, "composed") == 0 ? KILN_SDPA_COMPOSED : KILN_SDPA_FUSED;
     /* torch_ref.py's batch sizes and default step counts */
     int batch = (int)arg_long(a, "--batch", model_info[kind].batch, 1, 1 << 16);
     int steps = (int)arg_long(a, "--steps", model_info[kind].steps, 1, 1 << 24);
@@ -753,8 +878,10 @@ static int cmd_train(args *a, bool json) {
         printf(", \"tuning\": "), tool_json_str(kiln__tune_source());
         printf(", \"device\": "), tool_json_str(kiln_ctx_device(ctx)->name);
         json_gemm_setup(ctx);
+        if (kind == MODEL_GPT) printf(", \"attention\": \"%s\"", gpt_impl == KILN_SDPA_FUSED ? "fused" : "composed");
         printf("}\n");
     } else {
+        if (kind == MODEL_GPT) printf("[attention: %s] ", gpt_impl == KILN_SDPA_FUSED ? "fused" : "composed");
         printf("train %s batch %d, %lld parameters: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU "
                "%.2f ms/step), %.0f samples/s, peak pool %.1f MiB (grew %lld B from the first timed step to the "
                "last; %.1f MiB kept between steps, grew %lld B), peak RSS %.1f MiB, loss %.3f -> %.3f  [GEMM: %s; "
@@ -1217,8 +1344,8 @@ static void bench_usage(FILE *f) {
                "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
                "  gemm --model mlp|cnn|resnet20|lstm [--batch B] [--repeat R] [--no-check]\n"
                "                    the same for every product one training step of the model issues\n"
-               "  train --model mlp|cnn|resnet20|lstm [--batch B (torch_ref.py's: 64, 64, 128, 32)] [--steps N]\n"
-               "        [--warmup 5]\n"
+               "  train --model mlp|cnn|resnet20|lstm|gpt [--batch B (torch_ref.py's: 64, 64, 128, 32, 16)]\n"
+               "        [--steps N] [--warmup 5] [--attention fused|composed (gpt's sdpa path)]\n"
                "                    training steps of torch_ref.py's models on random data\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
                "  ops [--model cnn|resnet20] [--batch 64 (resnet20: 128)] [--repeat R]\n"
