@@ -1336,6 +1336,117 @@ out:
     return rc;
 }
 
+/* ---- scaled dot-product attention ------------------------------------------------------- */
+
+/* One size of `kiln bench attention`: q, k, v [batch, heads, L, E] (L = S), forward and
+ * backward of one impl, in a context of its own so that the pool's peak is this run's. */
+typedef struct att_result {
+    double fwd_ms, bwd_ms;
+    uint64_t inputs_bytes, fwd_peak_bytes, bwd_peak_bytes; /* peaks over what the inputs hold */
+} att_result;
+
+static int att_run(int64_t L, int64_t heads, int64_t E, int64_t batch, bool causal, kiln_sdpa_impl impl, int repeat,
+                   att_result *r) {
+    kiln_ctx *ctx = open_ctx("kiln bench attention");
+    if (!ctx) return -1;
+    memset(r, 0, sizeof *r);
+    int rc = -1;
+    int64_t shape[4] = {batch, heads, L, E};
+    kiln_manual_seed(ctx, 1);
+    kiln_tensor *qkv[3], *g = kiln_rand_normal(ctx, 0, 1, 4, shape);
+    for (int i = 0; i < 3; i++) {
+        qkv[i] = kiln_rand_normal(ctx, 0, 1, 4, shape);
+        if (qkv[i]) kiln_tensor_set_requires_grad(qkv[i], true);
+    }
+    double *tf = calloc((size_t)repeat, sizeof *tf), *tb = calloc((size_t)repeat, sizeof *tb);
+    kiln_sdpa_opts o = kiln_sdpa_defaults();
+    o.impl = impl, o.is_causal = causal;
+    kiln_pool_stats ps;
+    if (!tf || !tb || !g || kiln_sync(ctx) != KILN_OK || kiln_pool_stats_get(ctx, &ps) != KILN_OK) goto out;
+    r->inputs_bytes = ps.in_use_bytes;
+    /* one untimed round compiles the kernels; the peaks come from it */
+    for (int i = -1; i < repeat; i++) {
+        for (int j = 0; j < 3; j++) kiln_tensor_clear_grad(qkv[j]);
+        kiln_scope_begin(ctx);
+        double t0 = bench_now_ms();
+        kiln_tensor *y = kiln_scaled_dot_product_attention(ctx, qkv[0], qkv[1], qkv[2], NULL, &o);
+        kiln_status s = y ? kiln_sync(ctx) : kiln_error_status(ctx);
+        double t1 = bench_now_ms();
+        if (i < 0 && s == KILN_OK) s = kiln_pool_stats_get(ctx, &ps), r->fwd_peak_bytes = ps.peak_in_use_bytes;
+        if (s == KILN_OK) s = kiln_backward_ex(y, g, false);
+        if (s == KILN_OK) s = kiln_sync(ctx);
+        double t2 = bench_now_ms();
+        if (i < 0 && s == KILN_OK) s = kiln_pool_stats_get(ctx, &ps), r->bwd_peak_bytes = ps.peak_in_use_bytes;
+        kiln_scope_end(ctx);
+        if (s != KILN_OK) {
+            fprintf(stderr, "kiln bench attention: L=%lld: %s\n", (long long)L, kiln_error_message(ctx));
+            goto out;
+        }
+        if (i >= 0) tf[i] = t1 - t0, tb[i] = t2 - t1;
+    }
+    r->fwd_ms = bench_median(tf, repeat);
+    r->bwd_ms = bench_median(tb, repeat);
+    r->fwd_peak_bytes -= r->inputs_bytes;
+    r->bwd_peak_bytes -= r->inputs_bytes;
+    rc = 0;
+out:
+    free(tf);
+    free(tb);
+    kiln_close(ctx);
+    return rc;
+}
+
+static int cmd_attention(args *a, bool json) {
+    if (!args_check(a, (const char *const[]){"--sizes", "--heads", "--dim", "--batch", "--repeat", "--impl", NULL},
+                    (const char *const[]){"--causal", NULL}))
+        return 2;
+    int64_t heads = arg_long(a, "--heads", 4, 1, 1024), E = arg_long(a, "--dim", 64, 1, 4096);
+    int64_t batch = arg_long(a, "--batch", 1, 1, 1 << 16);
+    int repeat = (int)arg_long(a, "--repeat", 3, 1, 1 << 20);
+    bool causal = arg_flag(a, "--causal");
+    const char *sizes = arg_value(a, "--sizes"), *impl = arg_value(a, "--impl");
+    if (a->bad) return 2;
+    if (!sizes) sizes = "128,512,2048";
+    bool want[2] = {!impl || strcmp(impl, "fused") == 0, !impl || strcmp(impl, "composed") == 0};
+    if (!want[0] && !want[1]) {
+        fprintf(stderr, "kiln bench attention: --impl %s: expected fused or composed\n", impl);
+        return 2;
+    }
+    if (!json)
+        printf("sdpa q, k, v [%lld, %lld, L, %lld]%s: median of %d; peak pool bytes over the inputs'\n"
+               "%-9s %6s %10s %10s %12s %12s\n",
+               (long long)batch, (long long)heads, (long long)E, causal ? ", causal" : "", repeat, "impl", "L",
+               "fwd ms", "bwd ms", "fwd peak MiB", "bwd peak MiB");
+    for (const char *p = sizes; *p;) {
+        char *end;
+        long L = strtol(p, &end, 10);
+        if (end == p || L < 1) {
+            fprintf(stderr, "kiln bench attention: --sizes %s: expected lengths like 128,512,2048\n", sizes);
+            return 2;
+        }
+        for (int k = 0; k < 2; k++) {
+            if (!want[k]) continue;
+            att_result r;
+            kiln_sdpa_impl im = k ? KILN_SDPA_COMPOSED : KILN_SDPA_FUSED;
+            if (att_run(L, heads, E, batch, causal, im, repeat, &r) != 0) return 1;
+            const char *name = k ? "composed" : "fused";
+            if (json)
+                printf("{\"bench\": \"attention\", \"impl\": \"%s\", \"L\": %ld, \"S\": %ld, \"heads\": %lld, "
+                       "\"E\": %lld, \"batch\": %lld, \"causal\": %s, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
+                       "\"inputs_bytes\": %llu, \"fwd_peak_bytes\": %llu, \"bwd_peak_bytes\": %llu}\n",
+                       name, L, L, (long long)heads, (long long)E, (long long)batch, causal ? "true" : "false",
+                       r.fwd_ms, r.bwd_ms, (unsigned long long)r.inputs_bytes, (unsigned long long)r.fwd_peak_bytes,
+                       (unsigned long long)r.bwd_peak_bytes);
+            else
+                printf("%-9s %6ld %10.2f %10.2f %12.2f %12.2f\n", name, L, r.fwd_ms, r.bwd_ms,
+                       r.fwd_peak_bytes / 1048576.0, r.bwd_peak_bytes / 1048576.0);
+            fflush(stdout);
+        }
+        p = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
 /* ---- dispatch ------------------------------------------------------------------------- */
 
 static void bench_usage(FILE *f) {
@@ -1349,7 +1460,11 @@ static void bench_usage(FILE *f) {
                "                    training steps of torch_ref.py's models on random data\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
                "  ops [--model cnn|resnet20] [--batch 64 (resnet20: 128)] [--repeat R]\n"
-               "                    forward/backward time of each layer (ResNet-20: each block) of the model\n");
+               "                    forward/backward time of each layer (ResNet-20: each block) of the model\n"
+               "  attention [--sizes 128,512,2048] [--heads 4] [--dim 64] [--batch 1] [--causal] [--repeat 3]\n"
+               "        [--impl fused|composed]\n"
+               "                    kiln_scaled_dot_product_attention forward and backward, time and peak\n"
+               "                    device memory, fused against composed (tools/attention_torch.py: PyTorch's)\n");
 }
 
 int kiln_cmd_bench(int argc, char **argv) {
@@ -1363,6 +1478,7 @@ int kiln_cmd_bench(int argc, char **argv) {
     if (strcmp(argv[0], "train") == 0) return cmd_train(&a, json);
     if (strcmp(argv[0], "startup") == 0) return cmd_startup(&a, json);
     if (strcmp(argv[0], "ops") == 0) return cmd_ops(&a, json);
+    if (strcmp(argv[0], "attention") == 0) return cmd_attention(&a, json);
     fprintf(stderr, "kiln bench: unknown benchmark '%s'\n", argv[0]);
     bench_usage(stderr);
     return 2;
