@@ -1412,18 +1412,26 @@ static int cmd_attention(args *a, bool json) {
         fprintf(stderr, "kiln bench attention: --impl %s: expected fused or composed\n", impl);
         return 2;
     }
+    long Ls[32];
+    int nL = 0;
+    for (const char *p = sizes; *p;) { /* every size is checked before any runs */
+        char *end;
+        long L = strtol(p, &end, 10);
+        if (end == p || L < 1 || L > (1L << 24) || (*end && *end != ',') || nL == 32) {
+            fprintf(stderr, "kiln bench attention: --sizes %s: expected lengths like 128,512,2048 (at most 32)\n",
+                    sizes);
+            return 2;
+        }
+        Ls[nL++] = L;
+        p = *end == ',' ? end + 1 : end;
+    }
     if (!json)
         printf("sdpa q, k, v [%lld, %lld, L, %lld]%s: median of %d; peak pool bytes over the inputs'\n"
                "%-9s %6s %10s %10s %12s %12s\n",
                (long long)batch, (long long)heads, (long long)E, causal ? ", causal" : "", repeat, "impl", "L",
                "fwd ms", "bwd ms", "fwd peak MiB", "bwd peak MiB");
-    for (const char *p = sizes; *p;) {
-        char *end;
-        long L = strtol(p, &end, 10);
-        if (end == p || L < 1) {
-            fprintf(stderr, "kiln bench attention: --sizes %s: expected lengths like 128,512,2048\n", sizes);
-            return 2;
-        }
+    for (int li = 0; li < nL; li++) {
+        long L = Ls[li];
         for (int k = 0; k < 2; k++) {
             if (!want[k]) continue;
             att_result r;
@@ -1442,7 +1450,6 @@ static int cmd_attention(args *a, bool json) {
                        r.fwd_peak_bytes / 1048576.0, r.bwd_peak_bytes / 1048576.0);
             fflush(stdout);
         }
-        p = *end == ',' ? end + 1 : end;
     }
     return 0;
 }
