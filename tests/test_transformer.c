@@ -4,7 +4,8 @@
  * input gradients and every parameter gradient; key_padding_mask, boolean and float
  * attn_mask 2-D and 3-D, causal masks, kdim/vdim, need_weights), a state dict torch saved
  * loaded strictly, and the error paths (embed_dim not divisible by heads, masks of the
- * wrong shape, a sequence longer than the positional table).
+ * wrong shape, a sequence longer than the positional table), and attention dropout (training
+ * only, reproducible by seed).
  *
  * Tolerances. The references are float64; kiln computes in float32. Every value is a chain
  * of a few products of at most dim_feedforward = 16 terms, softmaxes and layer norms on
@@ -373,6 +374,36 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_module_free(m);
 }
 
+/* Dropout on the attention weights: only in training, reproducible by seed, on both paths. */
+static void test_dropout(kiln_ctx *ctx) {
+    for (int impl = 0; impl < 2; impl++) {
+        kiln_mha_params mp = kiln_mha_defaults();
+        mp.dropout = 0.5f, mp.impl = (kiln_sdpa_impl)impl;
+        kiln_module *m = kiln_nn_multihead_attention(ctx, 8, 2, &mp);
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_rand_normal(ctx, 0, 1, 3, (int64_t[]){6, 2, 8}), *y[4] = {0};
+        kiln_module_train(m, false);
+        kiln_nn_mha_forward(m, x, x, x, NULL, false, &y[0], NULL);
+        kiln_module_train(m, true);
+        for (int i = 1; i < 4; i++) {
+            if (i < 3) kiln_manual_seed(ctx, 7);
+            kiln_nn_mha_forward(m, x, x, x, NULL, false, &y[i], NULL);
+        }
+        CHECK(y[0] && y[1] && y[2] && y[3], "dropout forwards: %s", kiln_error_message(ctx));
+        if (y[0] && y[1] && y[2] && y[3]) {
+            float *a = h_read(y[0]), *b = h_read(y[1]), *c = h_read(y[2]), *d = h_read(y[3]);
+            int same = 0, diff_eval = 0, diff_next = 0;
+            for (int i = 0; i < 96; i++) same += b[i] == c[i], diff_eval += a[i] != b[i], diff_next += c[i] != d[i];
+            CHECK(same == 96 && diff_eval > 0 && diff_next > 0,
+                  "impl %d: same seed same output (%d of 96), training differs from eval (%d) and the next draw (%d)",
+                  impl, same, diff_eval, diff_next);
+            free(a), free(b), free(c), free(d);
+        }
+        kiln_scope_end(ctx);
+        kiln_module_free(m);
+    }
+}
+
 static void run_all(kiln_ctx *ctx) {
     golden g;
     if (!golden_open(&g, "transformer")) return;
@@ -385,6 +416,7 @@ static void run_all(kiln_ctx *ctx) {
     test_names_and_load(ctx, &g);
     test_positions_and_tying(ctx);
     test_errors(ctx);
+    test_dropout(ctx);
     golden_close(&g);
 }
 
