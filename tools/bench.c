@@ -459,23 +459,128 @@ static int cmd_gemm(args *a, bool json) {
 
 /* ---- the reference models ------------------------------------------------------------- */
 
-typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20, MODEL_LSTM, MODEL_COUNT } model_kind;
+typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20, MODEL_LSTM, MODEL_GPT, MODEL_COUNT } model_kind;
 
 /* Each model's name, torch_ref.py's batch size, and the default number of timed steps. */
 static const struct {
     const char *name;
     int batch, steps;
 } model_info[MODEL_COUNT] = {
-    [MODEL_MLP] = {"mlp", 64, 200},
-    [MODEL_CNN] = {"cnn", 64, 60},
-    [MODEL_RESNET20] = {"resnet20", 128, 30},
-    [MODEL_LSTM] = {"lstm", 32, 40},
+    [MODEL_MLP] = {"mlp", 64, 200},  [MODEL_CNN] = {"cnn", 64, 60}, [MODEL_RESNET20] = {"resnet20", 128, 30},
+    [MODEL_LSTM] = {"lstm", 32, 40}, [MODEL_GPT] = {"gpt", 16, 40},
 };
 
 /* The char model's vocabulary and sequence length (torch_ref.py's charlm). */
 #define LSTM_VOCAB 96
 #define LSTM_T 64
 #define MODEL_MAX_PARAMS 128
+/* The char models' shared vocabulary; the GPT's context, width, heads and blocks. */
+#define GPT_T 128
+#define GPT_D 128
+#define GPT_HEADS 4
+#define GPT_LAYERS 4
+
+/* torch_ref.py's GPT through the public module API, its state_dict names (wte, wpe,
+ * h.<i>.{ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj}, ln_f) and its forward: token plus
+ * position embeddings, pre-norm causal blocks, the head tied to wte (ln_f(x) @ wte^T). */
+/* --attention; composed by default: at context 128 on POCL it took about 25% less CPU time
+ * per step than the fused kernels (README, "Scaled dot-product attention"), which win on
+ * memory and at long causal contexts */
+static kiln_sdpa_impl gpt_impl = KILN_SDPA_COMPOSED;
+
+typedef struct gpt_block {
+    kiln_module *ln_1, *c_attn, *attn_proj, *ln_2, *c_fc, *mlp_proj;
+} gpt_block;
+
+static kiln_status gpt_block_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
+    (void)nin, (void)nout;
+    gpt_block *b = kiln_module_data(m);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    kiln_tensor *x = in[0];
+    const int64_t *sh = kiln_tensor_shape(x);
+    int64_t B = sh[0], T = sh[1], C = sh[2];
+    kiln_tensor *qkv = kiln_forward(b->c_attn, kiln_forward(b->ln_1, x)), *h[3];
+    for (int i = 0; i < 3; i++) /* split(C, dim=2), view(B, T, heads, C/heads).transpose(1, 2) */
+        h[i] = kiln_permute(ctx,
+                            kiln_reshape(ctx, kiln_slice(ctx, qkv, 2, i * C, (i + 1) * C, 1), 4,
+                                         (int64_t[]){B, T, GPT_HEADS, C / GPT_HEADS}),
+                            (const int[]){0, 2, 1, 3});
+    kiln_sdpa_opts o = kiln_sdpa_defaults();
+    o.is_causal = true, o.impl = gpt_impl;
+    kiln_tensor *a = kiln_scaled_dot_product_attention(ctx, h[0], h[1], h[2], NULL, &o);
+    a = kiln_reshape(ctx, kiln_permute(ctx, a, (const int[]){0, 2, 1, 3}), 3, (int64_t[]){B, T, C});
+    x = kiln_add(ctx, x, kiln_forward(b->attn_proj, a));
+    out[0] = kiln_add(
+        ctx, x, kiln_forward(b->mlp_proj, kiln_gelu(ctx, kiln_forward(b->c_fc, kiln_forward(b->ln_2, x)), false)));
+    return out[0] ? KILN_OK : kiln_error_status(ctx);
+}
+
+static const kiln_module_def gpt_block_def = {
+    .kind = "Block", .state_size = sizeof(gpt_block), .forward = gpt_block_forward, .num_inputs = 1, .num_outputs = 1};
+
+static kiln_module *gpt_block_new(kiln_ctx *ctx) {
+    kiln_module *m = kiln_module_new(ctx, &gpt_block_def);
+    if (!m) return NULL;
+    gpt_block *b = kiln_module_data(m);
+    int64_t d = GPT_D;
+    if (kiln_module_add_child(m, "ln_1", b->ln_1 = kiln_nn_layernorm(ctx, 1, &d, 1e-5f, true)) != KILN_OK ||
+        kiln_module_add_child(m, "ln_2", b->ln_2 = kiln_nn_layernorm(ctx, 1, &d, 1e-5f, true)) != KILN_OK ||
+        kiln_module_add_child(m, "c_attn", b->c_attn = kiln_nn_linear(ctx, d, 3 * d, true)) != KILN_OK ||
+        kiln_module_add_child(m, "attn_proj", b->attn_proj = kiln_nn_linear(ctx, d, d, true)) != KILN_OK ||
+        kiln_module_add_child(m, "c_fc", b->c_fc = kiln_nn_linear(ctx, d, 4 * d, true)) != KILN_OK ||
+        kiln_module_add_child(m, "mlp_proj", b->mlp_proj = kiln_nn_linear(ctx, 4 * d, d, true)) != KILN_OK) {
+        kiln_module_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+typedef struct gpt_net {
+    kiln_module *wte, *wpe, *h, *ln_f, *head;
+} gpt_net;
+
+static kiln_status gpt_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
+    (void)nin, (void)nout;
+    gpt_net *g = kiln_module_data(m);
+    kiln_ctx *ctx = kiln_module_ctx(m);
+    int64_t T = kiln_tensor_shape(in[0])[1];
+    /* wte(x) + wpe(arange(T)): the first T rows of wpe's table */
+    kiln_tensor *x =
+        kiln_add(ctx, kiln_forward(g->wte, in[0]), kiln_slice(ctx, kiln_module_find(g->wpe, "weight"), 0, 0, T, 1));
+    for (int i = 0; i < GPT_LAYERS; i++) x = kiln_forward(kiln_module_child(g->h, i), x);
+    out[0] = kiln_forward(g->head, kiln_forward(g->ln_f, x));
+    return out[0] ? KILN_OK : kiln_error_status(ctx);
+}
+
+static void gpt_destroy(kiln_module *m) { kiln_module_free(((gpt_net *)kiln_module_data(m))->head); }
+
+static const kiln_module_def gpt_def = {.kind = "GPT",
+                                        .state_size = sizeof(gpt_net),
+                                        .forward = gpt_forward,
+                                        .num_inputs = 1,
+                                        .num_outputs = 1,
+                                        .destroy = gpt_destroy};
+
+static kiln_module *gpt_new(kiln_ctx *ctx) {
+    kiln_module *m = kiln_module_new(ctx, &gpt_def);
+    if (!m) return NULL;
+    gpt_net *g = kiln_module_data(m);
+    int64_t d = GPT_D;
+    if (kiln_module_add_child(m, "wte", g->wte = kiln_nn_embedding(ctx, LSTM_VOCAB, d)) != KILN_OK ||
+        kiln_module_add_child(m, "wpe", g->wpe = kiln_nn_embedding(ctx, GPT_T, d)) != KILN_OK ||
+        kiln_module_add_child(m, "h", g->h = kiln_nn_module_list(ctx, 0, NULL)) != KILN_OK)
+        goto fail;
+    for (int i = 0; i < GPT_LAYERS; i++)
+        if (kiln_nn_module_list_append(g->h, gpt_block_new(ctx)) != KILN_OK) goto fail;
+    /* the tied head holds no weight of its own, so it is not a child (torch's GPT has none) */
+    if (kiln_module_add_child(m, "ln_f", g->ln_f = kiln_nn_layernorm(ctx, 1, &d, 1e-5f, true)) != KILN_OK ||
+        !(g->head = kiln_nn_tied_linear(ctx, g->wte, false)))
+        goto fail;
+    return m;
+fail:
+    kiln_module_free(m);
+    return NULL;
+}
 
 typedef struct model {
     model_kind kind;
@@ -519,6 +624,11 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xnd = 2;
         m->xshape[0] = batch;
         m->xshape[1] = LSTM_T;
+    } else if (kind == MODEL_GPT) {
+        m->net = gpt_new(ctx);
+        m->xnd = 2;
+        m->xshape[0] = batch;
+        m->xshape[1] = GPT_T;
     } else if (kind == MODEL_RESNET20) {
         /* He et al.'s CIFAR ResNet-20 on 1x28x28 images, torch_ref.py's ResNet20 */
         kiln_resnet_opts o = kiln_resnet_cifar_defaults();
@@ -552,7 +662,13 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         model_free(m);
         return -1;
     }
-    if (kind == MODEL_LSTM) {
+    if (kind == MODEL_GPT) {
+        kiln_adam_opts o = kiln_adamw_defaults();
+        o.lr = 1e-3;
+        o.beta2 = 0.95;
+        o.weight_decay = 0.1;
+        m->opt = kiln_adamw(ctx, params, np, &o);
+    } else if (kind == MODEL_LSTM) {
         kiln_adam_opts o = kiln_adam_defaults();
         o.lr = 2e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
@@ -590,26 +706,30 @@ typedef struct batches {
     int64_t xnumel, ynumel; /* per batch */
 } batches;
 
+/* The character models: I32 ids in, a token's logits per position out. */
+#define CHARLM(kind) ((kind) == MODEL_LSTM || (kind) == MODEL_GPT)
+
 static int batches_new(batches *b, int n, const model *m) {
     memset(b, 0, sizeof *b);
     b->n = n;
+    const int64_t T = m->xshape[1]; /* the char models' sequence length */
     b->xnumel = 1;
     for (int d = 0; d < m->xnd; d++) b->xnumel *= m->xshape[d];
-    b->ynumel = m->kind == MODEL_LSTM ? b->xnumel : m->xshape[0];
-    if (m->kind == MODEL_LSTM)
+    b->ynumel = CHARLM(m->kind) ? b->xnumel : m->xshape[0];
+    if (CHARLM(m->kind))
         b->xi = malloc((size_t)(n * b->xnumel) * sizeof *b->xi);
     else
         b->x = malloc((size_t)(n * b->xnumel) * sizeof *b->x);
     b->y = malloc((size_t)(n * b->ynumel) * sizeof *b->y);
     if ((!b->x && !b->xi) || !b->y) return -1;
     uint64_t s = 1234;
-    if (m->kind == MODEL_LSTM) {
+    if (CHARLM(m->kind)) {
         for (int64_t q = 0; q < n * m->xshape[0]; q++) { /* one sequence of T + 1 ids */
-            int32_t *x = b->xi + q * LSTM_T, *y = b->y + q * LSTM_T;
+            int32_t *x = b->xi + q * T, *y = b->y + q * T;
             x[0] = (int32_t)(rng_next(&s) % LSTM_VOCAB);
-            for (int t = 0; t < LSTM_T; t++) {
+            for (int t = 0; t < T; t++) {
                 y[t] = (int32_t)(rng_next(&s) % LSTM_VOCAB);
-                if (t + 1 < LSTM_T) x[t + 1] = y[t];
+                if (t + 1 < T) x[t + 1] = y[t];
             }
         }
         return 0;
@@ -630,9 +750,8 @@ static void batches_free(batches *b) {
 static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, float *loss_out) {
     int j = i % b->n;
     kiln_scope_begin(ctx);
-    kiln_tensor *x = m->kind == MODEL_LSTM
-                         ? kiln_from_host(ctx, b->xi + (int64_t)j * b->xnumel, KILN_I32, m->xnd, m->xshape)
-                         : kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
+    kiln_tensor *x = CHARLM(m->kind) ? kiln_from_host(ctx, b->xi + (int64_t)j * b->xnumel, KILN_I32, m->xnd, m->xshape)
+                                     : kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
     kiln_tensor *y = kiln_from_host(ctx, b->y + (int64_t)j * b->ynumel, KILN_I32, 1, (int64_t[]){b->ynumel});
     kiln_tensor *logits;
     if (m->kind == MODEL_LSTM) {
@@ -642,6 +761,8 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
         logits = fs == KILN_OK ? kiln_reshape(ctx, kiln_forward(kiln_module_child(m->net, 2), outs[0]), 2,
                                               (int64_t[]){-1, LSTM_VOCAB})
                                : NULL;
+    } else if (m->kind == MODEL_GPT) {
+        logits = kiln_reshape(ctx, kiln_forward(m->net, x), 2, (int64_t[]){-1, LSTM_VOCAB});
     } else {
         logits = kiln_forward(m->net, x);
     }
@@ -649,8 +770,8 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
     kiln_status s = loss ? KILN_OK : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
     if (s == KILN_OK) s = kiln_backward(loss);
-    /* torch_ref.py clips the char model's gradient norm to 1 */
-    if (s == KILN_OK && m->kind == MODEL_LSTM && !kiln_clip_grad_norm_tensor(ctx, m->np, m->params, 1.0, 2.0))
+    /* torch_ref.py clips the char models' gradient norm to 1 */
+    if (s == KILN_OK && CHARLM(m->kind) && !kiln_clip_grad_norm_tensor(ctx, m->np, m->params, 1.0, 2.0))
         s = kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_step(m->opt);
     float l = s == KILN_OK ? kiln_tensor_item(loss) : NAN;
@@ -667,14 +788,21 @@ static int parse_model(args *a, model_kind *kind) {
             *kind = (model_kind)k;
             return 0;
         }
-    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20 or lstm\n", name);
+    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20, lstm or gpt\n", name);
     return -1;
 }
 
 static int cmd_train(args *a, bool json) {
-    if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", NULL}, NULL)) return 2;
+    if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", "--attention", NULL}, NULL))
+        return 2;
     model_kind kind;
     if (parse_model(a, &kind) != 0) return 2;
+    const char *att = arg_value(a, "--attention");
+    if (att && strcmp(att, "fused") != 0 && strcmp(att, "composed") != 0) {
+        fprintf(stderr, "kiln bench train: --attention %s: expected fused or composed\n", att);
+        return 2;
+    }
+    gpt_impl = att && strcmp(att, "fused") == 0 ? KILN_SDPA_FUSED : KILN_SDPA_COMPOSED;
     /* torch_ref.py's batch sizes and default step counts */
     int batch = (int)arg_long(a, "--batch", model_info[kind].batch, 1, 1 << 16);
     int steps = (int)arg_long(a, "--steps", model_info[kind].steps, 1, 1 << 24);
@@ -753,8 +881,10 @@ static int cmd_train(args *a, bool json) {
         printf(", \"tuning\": "), tool_json_str(kiln__tune_source());
         printf(", \"device\": "), tool_json_str(kiln_ctx_device(ctx)->name);
         json_gemm_setup(ctx);
+        if (kind == MODEL_GPT) printf(", \"attention\": \"%s\"", gpt_impl == KILN_SDPA_FUSED ? "fused" : "composed");
         printf("}\n");
     } else {
+        if (kind == MODEL_GPT) printf("[attention: %s] ", gpt_impl == KILN_SDPA_FUSED ? "fused" : "composed");
         printf("train %s batch %d, %lld parameters: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU "
                "%.2f ms/step), %.0f samples/s, peak pool %.1f MiB (grew %lld B from the first timed step to the "
                "last; %.1f MiB kept between steps, grew %lld B), peak RSS %.1f MiB, loss %.3f -> %.3f  [GEMM: %s; "
@@ -1209,6 +1339,124 @@ out:
     return rc;
 }
 
+/* ---- scaled dot-product attention ------------------------------------------------------- */
+
+/* One size of `kiln bench attention`: q, k, v [batch, heads, L, E] (L = S), forward and
+ * backward of one impl, in a context of its own so that the pool's peak is this run's. */
+typedef struct att_result {
+    double fwd_ms, bwd_ms;
+    uint64_t inputs_bytes, fwd_peak_bytes, bwd_peak_bytes; /* peaks over what the inputs hold */
+} att_result;
+
+static int att_run(int64_t L, int64_t heads, int64_t E, int64_t batch, bool causal, kiln_sdpa_impl impl, int repeat,
+                   att_result *r) {
+    kiln_ctx *ctx = open_ctx("kiln bench attention");
+    if (!ctx) return -1;
+    memset(r, 0, sizeof *r);
+    int rc = -1;
+    int64_t shape[4] = {batch, heads, L, E};
+    kiln_manual_seed(ctx, 1);
+    kiln_tensor *qkv[3], *g = kiln_rand_normal(ctx, 0, 1, 4, shape);
+    for (int i = 0; i < 3; i++) {
+        qkv[i] = kiln_rand_normal(ctx, 0, 1, 4, shape);
+        if (qkv[i]) kiln_tensor_set_requires_grad(qkv[i], true);
+    }
+    double *tf = calloc((size_t)repeat, sizeof *tf), *tb = calloc((size_t)repeat, sizeof *tb);
+    kiln_sdpa_opts o = kiln_sdpa_defaults();
+    o.impl = impl, o.is_causal = causal;
+    kiln_pool_stats ps;
+    if (!tf || !tb || !g || kiln_sync(ctx) != KILN_OK || kiln_pool_stats_get(ctx, &ps) != KILN_OK) goto out;
+    r->inputs_bytes = ps.in_use_bytes;
+    /* one untimed round compiles the kernels; the peaks come from it */
+    for (int i = -1; i < repeat; i++) {
+        for (int j = 0; j < 3; j++) kiln_tensor_clear_grad(qkv[j]);
+        kiln_scope_begin(ctx);
+        double t0 = bench_now_ms();
+        kiln_tensor *y = kiln_scaled_dot_product_attention(ctx, qkv[0], qkv[1], qkv[2], NULL, &o);
+        kiln_status s = y ? kiln_sync(ctx) : kiln_error_status(ctx);
+        double t1 = bench_now_ms();
+        if (i < 0 && s == KILN_OK) s = kiln_pool_stats_get(ctx, &ps), r->fwd_peak_bytes = ps.peak_in_use_bytes;
+        if (s == KILN_OK) s = kiln_backward_ex(y, g, false);
+        if (s == KILN_OK) s = kiln_sync(ctx);
+        double t2 = bench_now_ms();
+        if (i < 0 && s == KILN_OK) s = kiln_pool_stats_get(ctx, &ps), r->bwd_peak_bytes = ps.peak_in_use_bytes;
+        kiln_scope_end(ctx);
+        if (s != KILN_OK) {
+            fprintf(stderr, "kiln bench attention: L=%lld: %s\n", (long long)L, kiln_error_message(ctx));
+            goto out;
+        }
+        if (i >= 0) tf[i] = t1 - t0, tb[i] = t2 - t1;
+    }
+    r->fwd_ms = bench_median(tf, repeat);
+    r->bwd_ms = bench_median(tb, repeat);
+    r->fwd_peak_bytes -= r->inputs_bytes;
+    r->bwd_peak_bytes -= r->inputs_bytes;
+    rc = 0;
+out:
+    free(tf);
+    free(tb);
+    kiln_close(ctx);
+    return rc;
+}
+
+static int cmd_attention(args *a, bool json) {
+    if (!args_check(a, (const char *const[]){"--sizes", "--heads", "--dim", "--batch", "--repeat", "--impl", NULL},
+                    (const char *const[]){"--causal", NULL}))
+        return 2;
+    int64_t heads = arg_long(a, "--heads", 4, 1, 1024), E = arg_long(a, "--dim", 64, 1, 4096);
+    int64_t batch = arg_long(a, "--batch", 1, 1, 1 << 16);
+    int repeat = (int)arg_long(a, "--repeat", 3, 1, 1 << 20);
+    bool causal = arg_flag(a, "--causal");
+    const char *sizes = arg_value(a, "--sizes"), *impl = arg_value(a, "--impl");
+    if (a->bad) return 2;
+    if (!sizes) sizes = "128,512,2048";
+    bool want[2] = {!impl || strcmp(impl, "fused") == 0, !impl || strcmp(impl, "composed") == 0};
+    if (!want[0] && !want[1]) {
+        fprintf(stderr, "kiln bench attention: --impl %s: expected fused or composed\n", impl);
+        return 2;
+    }
+    long Ls[32];
+    int nL = 0;
+    for (const char *p = sizes; *p;) { /* every size is checked before any runs */
+        char *end;
+        long L = strtol(p, &end, 10);
+        if (end == p || L < 1 || L > (1L << 24) || (*end && *end != ',') || nL == 32) {
+            fprintf(stderr, "kiln bench attention: --sizes %s: expected lengths like 128,512,2048 (at most 32)\n",
+                    sizes);
+            return 2;
+        }
+        Ls[nL++] = L;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (!json)
+        printf("sdpa q, k, v [%lld, %lld, L, %lld]%s: median of %d; peak pool bytes over the inputs'\n"
+               "%-9s %6s %10s %10s %12s %12s\n",
+               (long long)batch, (long long)heads, (long long)E, causal ? ", causal" : "", repeat, "impl", "L",
+               "fwd ms", "bwd ms", "fwd peak MiB", "bwd peak MiB");
+    for (int li = 0; li < nL; li++) {
+        long L = Ls[li];
+        for (int k = 0; k < 2; k++) {
+            if (!want[k]) continue;
+            att_result r;
+            kiln_sdpa_impl im = k ? KILN_SDPA_COMPOSED : KILN_SDPA_FUSED;
+            if (att_run(L, heads, E, batch, causal, im, repeat, &r) != 0) return 1;
+            const char *name = k ? "composed" : "fused";
+            if (json)
+                printf("{\"bench\": \"attention\", \"impl\": \"%s\", \"L\": %ld, \"S\": %ld, \"heads\": %lld, "
+                       "\"E\": %lld, \"batch\": %lld, \"causal\": %s, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
+                       "\"inputs_bytes\": %llu, \"fwd_peak_bytes\": %llu, \"bwd_peak_bytes\": %llu}\n",
+                       name, L, L, (long long)heads, (long long)E, (long long)batch, causal ? "true" : "false",
+                       r.fwd_ms, r.bwd_ms, (unsigned long long)r.inputs_bytes, (unsigned long long)r.fwd_peak_bytes,
+                       (unsigned long long)r.bwd_peak_bytes);
+            else
+                printf("%-9s %6ld %10.2f %10.2f %12.2f %12.2f\n", name, L, r.fwd_ms, r.bwd_ms,
+                       r.fwd_peak_bytes / 1048576.0, r.bwd_peak_bytes / 1048576.0);
+            fflush(stdout);
+        }
+    }
+    return 0;
+}
+
 /* ---- dispatch ------------------------------------------------------------------------- */
 
 static void bench_usage(FILE *f) {
@@ -1217,12 +1465,16 @@ static void bench_usage(FILE *f) {
                "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
                "  gemm --model mlp|cnn|resnet20|lstm [--batch B] [--repeat R] [--no-check]\n"
                "                    the same for every product one training step of the model issues\n"
-               "  train --model mlp|cnn|resnet20|lstm [--batch B (torch_ref.py's: 64, 64, 128, 32)] [--steps N]\n"
-               "        [--warmup 5]\n"
+               "  train --model mlp|cnn|resnet20|lstm|gpt [--batch B (torch_ref.py's: 64, 64, 128, 32, 16)]\n"
+               "        [--steps N] [--warmup 5] [--attention composed|fused (gpt's sdpa path)]\n"
                "                    training steps of torch_ref.py's models on random data\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
                "  ops [--model cnn|resnet20] [--batch 64 (resnet20: 128)] [--repeat R]\n"
-               "                    forward/backward time of each layer (ResNet-20: each block) of the model\n");
+               "                    forward/backward time of each layer (ResNet-20: each block) of the model\n"
+               "  attention [--sizes 128,512,2048] [--heads 4] [--dim 64] [--batch 1] [--causal] [--repeat 3]\n"
+               "        [--impl fused|composed]\n"
+               "                    kiln_scaled_dot_product_attention forward and backward, time and peak\n"
+               "                    device memory, fused against composed (tools/attention_torch.py: PyTorch's)\n");
 }
 
 int kiln_cmd_bench(int argc, char **argv) {
@@ -1236,6 +1488,7 @@ int kiln_cmd_bench(int argc, char **argv) {
     if (strcmp(argv[0], "train") == 0) return cmd_train(&a, json);
     if (strcmp(argv[0], "startup") == 0) return cmd_startup(&a, json);
     if (strcmp(argv[0], "ops") == 0) return cmd_ops(&a, json);
+    if (strcmp(argv[0], "attention") == 0) return cmd_attention(&a, json);
     fprintf(stderr, "kiln bench: unknown benchmark '%s'\n", argv[0]);
     bench_usage(stderr);
     return 2;

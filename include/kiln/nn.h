@@ -122,6 +122,88 @@ KILN_API kiln_module *kiln_nn_gru_cell(kiln_ctx *ctx, int64_t input_size, int64_
 KILN_API kiln_module *kiln_nn_rnn_cell(kiln_ctx *ctx, int64_t input_size, int64_t hidden_size, bool bias,
                                        kiln_activation nonlinearity);
 
+/* ---- attention and Transformers (src/nn/transformer.c) ------------------------------------
+ * torch.nn.MultiheadAttention and the Transformer layers over kiln_scaled_dot_product_attention,
+ * with torch's parameter names and initialisation (xavier-uniform in_proj_weight, zero
+ * in_proj_bias and out_proj.bias, Linear's default elsewhere). Inputs are 3-D, [seq, batch,
+ * features], or [batch, seq, features] with batch_first (unbatched 2-D input is not taken).
+ * Masks follow torch: attn_mask [L, S] or [batch * num_heads, L, S], key_padding_mask
+ * [batch, S], each U8 boolean (nonzero: that key is NOT attended to) or F32 added to the
+ * scores; a boolean mask is read back to the host once to become additive (pass F32 masks,
+ * or is_causal, to avoid that wait). A query row with every key masked gives 0 on the
+ * fused path (torch 1.13's module gives NaN). */
+
+/* The masks of one attention call (all optional). is_causal is kiln's addition (torch 2's
+ * is_causal): the causal mask without building it, which the fused kernel skips tiles of. */
+typedef struct kiln_attn_masks {
+    kiln_tensor *attn_mask;
+    kiln_tensor *key_padding_mask;
+    bool is_causal;
+} kiln_attn_masks;
+KILN_API kiln_attn_masks kiln_attn_masks_none(void);
+
+/* MultiheadAttention's constructor arguments past embed_dim and num_heads. kdim/vdim 0
+ * mean embed_dim; when either differs, separate q_proj_weight, k_proj_weight and
+ * v_proj_weight replace in_proj_weight (as torch). impl: the sdpa path. */
+typedef struct kiln_mha_params {
+    bool bias, batch_first;
+    int64_t kdim, vdim;
+    float dropout; /* on the attention weights, in training */
+    kiln_sdpa_impl impl;
+} kiln_mha_params;
+/* torch's defaults: bias, time-major, kdim = vdim = embed_dim, dropout 0; impl FUSED. */
+KILN_API kiln_mha_params kiln_mha_defaults(void);
+/* Parameters in_proj_weight [3E, E] (or q/k/v_proj_weight), in_proj_bias [3E],
+ * out_proj.weight, out_proj.bias. embed_dim must be divisible by num_heads. p NULL: the
+ * defaults. kiln_module_forward takes query, key, value and gives the output, unmasked. */
+KILN_API kiln_module *kiln_nn_multihead_attention(kiln_ctx *ctx, int64_t embed_dim, int64_t num_heads,
+                                                  const kiln_mha_params *p);
+/* The forward with masks (NULL: none). need_weights also writes *weights: the attention
+ * weights averaged over the heads, [batch, L, S] (computed only then, by the composed
+ * path, before dropout, as torch). */
+KILN_API kiln_status kiln_nn_mha_forward(kiln_module *m, kiln_tensor *query, kiln_tensor *key, kiln_tensor *value,
+                                         const kiln_attn_masks *masks, bool need_weights, kiln_tensor **out,
+                                         kiln_tensor **weights);
+
+typedef struct kiln_transformer_params {
+    int64_t d_model, nhead, dim_feedforward;
+    float dropout;
+    kiln_activation activation; /* KILN_ACT_RELU or KILN_ACT_GELU (erf) */
+    float layer_norm_eps;
+    bool batch_first, norm_first;
+    kiln_sdpa_impl impl;
+} kiln_transformer_params;
+/* torch's defaults: dim_feedforward 2048, dropout 0.1, relu, eps 1e-5, time-major, post-norm. */
+KILN_API kiln_transformer_params kiln_transformer_defaults(int64_t d_model, int64_t nhead);
+/* torch.nn.TransformerEncoderLayer: children self_attn, linear1, linear2, norm1, norm2.
+ * kiln_forward(m, src) runs it unmasked. */
+KILN_API kiln_module *kiln_nn_transformer_encoder_layer(kiln_ctx *ctx, const kiln_transformer_params *p);
+/* torch.nn.TransformerDecoderLayer: self_attn, multihead_attn, linear1, linear2, norm1..3.
+ * kiln_module_forward takes tgt, memory. */
+KILN_API kiln_module *kiln_nn_transformer_decoder_layer(kiln_ctx *ctx, const kiln_transformer_params *p);
+/* torch.nn.TransformerEncoder/Decoder of num_layers layers ("layers.0.self_attn...") and,
+ * with final_norm, a LayerNorm "norm". Unlike torch's deep copies, each layer is
+ * initialised on its own draw. */
+KILN_API kiln_module *kiln_nn_transformer_encoder(kiln_ctx *ctx, const kiln_transformer_params *p, int num_layers,
+                                                  bool final_norm);
+KILN_API kiln_module *kiln_nn_transformer_decoder(kiln_ctx *ctx, const kiln_transformer_params *p, int num_layers,
+                                                  bool final_norm);
+/* The forwards with masks (NULL: none), of a layer or a stack (the masks go to every layer). */
+KILN_API kiln_tensor *kiln_nn_encoder_forward(kiln_module *m, kiln_tensor *src, const kiln_attn_masks *src_masks);
+KILN_API kiln_tensor *kiln_nn_decoder_forward(kiln_module *m, kiln_tensor *tgt, kiln_tensor *memory,
+                                              const kiln_attn_masks *tgt_masks, const kiln_attn_masks *memory_masks);
+
+/* x + table[:T] for x [T, B, dim] ([B, T, dim] batch_first): a learned table (parameter
+ * "weight" [max_len, dim], N(0, 1) as nn.Embedding: the same as adding embedding(arange(T)))
+ * or the sinusoidal one of Vaswani et al. (buffer "pe"; dim even). A sequence longer than
+ * max_len is an error naming the module and the shapes. */
+KILN_API kiln_module *kiln_nn_positional_embedding(kiln_ctx *ctx, int64_t max_len, int64_t dim, bool batch_first);
+KILN_API kiln_module *kiln_nn_sinusoidal_encoding(kiln_ctx *ctx, int64_t max_len, int64_t dim, bool batch_first);
+/* Weight tying: y = x embedding.weight^T (+ bias) [..., V] with the embedding's own weight
+ * tensor, so its gradient gets both uses. It holds no weight of its own (its state has only
+ * "bias" when bias is set): the embedding must outlive it (make both children of one model). */
+KILN_API kiln_module *kiln_nn_tied_linear(kiln_ctx *ctx, kiln_module *embedding, bool bias);
+
 #ifdef __cplusplus
 }
 #endif
