@@ -787,6 +787,9 @@ static void test_fit_frozen(kiln_ctx *ctx) {
         o.opt = opt;
         o.sched = sched;
         o.sched_per_step = true;
+        /* lives as long as o: kiln_fit below reads it (a compound literal inside the block
+         * would end with the block) */
+        kiln_module *frozen[1] = {backbone};
         if (!control) {
             /* errors first: a module outside the model, a per-step flag without a scheduler */
             kiln_module *stranger = kiln_nn_linear(ctx, 2, 2, true);
@@ -808,7 +811,7 @@ static void test_fit_frozen(kiln_ctx *ctx) {
                   "negative count: %s", kiln_error_message(ctx));
             kiln_error_clear(ctx);
             o.num_eval_modules = 1;
-            o.eval_modules = (kiln_module *[]){backbone};
+            o.eval_modules = frozen;
             o.sched = NULL;
             CHECK(kiln_fit(net, &o, NULL) == KILN_ERR_INVALID_ARGUMENT &&
                       strstr(kiln_error_message(ctx), "sched_per_step is set without a scheduler"),
