@@ -1,8 +1,7 @@
-/* kiln/io.h - checkpoints in the safetensors format, and image grids as PNG (at the end) (https://huggingface.co/docs/safetensors):
- * an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape
- * and byte range, then the raw little-endian data. PyTorch reads them with
- * safetensors.torch.load_file or a few lines of Python (tools/kiln_torch.py), and kiln
- * reads PyTorch state dicts saved that way.
+/* kiln/io.h - checkpoints in the safetensors format, and image grids as PNG (at the end)
+ * (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length, a JSON header naming each tensor's
+ * dtype, shape and byte range, then the raw little-endian data. PyTorch reads them with safetensors.torch.load_file or
+ * a few lines of Python (tools/kiln_torch.py), and kiln reads PyTorch state dicts saved that way.
  *
  * Writing is atomic: the file is written under a temporary name in the same directory,
  * flushed to disk (fsync) and renamed over the target, so a crash or a failed write at any
