@@ -459,15 +459,22 @@ static int cmd_gemm(args *a, bool json) {
 
 /* ---- the reference models ------------------------------------------------------------- */
 
-typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20, MODEL_LSTM, MODEL_GPT, MODEL_COUNT } model_kind;
+typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20, MODEL_LSTM, MODEL_GPT, MODEL_AE, MODEL_COUNT } model_kind;
 
 /* Each model's name, torch_ref.py's batch size, and the default number of timed steps. */
 static const struct {
     const char *name;
     int batch, steps;
 } model_info[MODEL_COUNT] = {
-    [MODEL_MLP] = {"mlp", 64, 200},  [MODEL_CNN] = {"cnn", 64, 60}, [MODEL_RESNET20] = {"resnet20", 128, 30},
-    [MODEL_LSTM] = {"lstm", 32, 40}, [MODEL_GPT] = {"gpt", 16, 40},
+    /* one model a line (the formatter would pack five into two lines) */
+    // clang-format off
+    [MODEL_MLP] = {"mlp", 64, 200},
+    [MODEL_CNN] = {"cnn", 64, 60},
+    [MODEL_RESNET20] = {"resnet20", 128, 30},
+    [MODEL_LSTM] = {"lstm", 32, 40},
+    [MODEL_GPT] = {"gpt", 16, 40},
+    [MODEL_AE] = {"ae", 64, 60},
+    // clang-format on
 };
 
 /* The char model's vocabulary and sequence length (torch_ref.py's charlm). */
@@ -629,6 +636,27 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xnd = 2;
         m->xshape[0] = batch;
         m->xshape[1] = GPT_T;
+    } else if (kind == MODEL_AE) {
+        /* torch_ref.py's AE (examples/autoencoder_fashion's plain model): conv(1,16,3,s2,p1)-
+         * ReLU-conv(16,32,3,s2,p1)-ReLU-convT(32,16,3,s2,p1,op1)-ReLU-convT(16,1,3,s2,p1,op1)-
+         * sigmoid, trained with MSE against its input */
+        kiln_conv2d_params d = kiln_conv2d_defaults();
+        d.stride[0] = d.stride[1] = 2;
+        d.padding[0] = d.padding[1] = 1;
+        kiln_conv2d_params u = d;
+        u.output_padding[0] = u.output_padding[1] = 1;
+        m->net = kiln_nn_sequential(
+            ctx, 8,
+            (kiln_module *[]){
+                kiln_nn_conv2d(ctx, 1, 16, 3, 3, &d, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                kiln_nn_conv2d(ctx, 16, 32, 3, 3, &d, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                kiln_nn_conv_transpose2d(ctx, 32, 16, 3, 3, &u, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                kiln_nn_conv_transpose2d(ctx, 16, 1, 3, 3, &u, true), kiln_nn_activation(ctx, KILN_ACT_SIGMOID, 0)});
+        m->xnd = 4;
+        m->xshape[0] = batch;
+        m->xshape[1] = 1;
+        m->xshape[2] = 28;
+        m->xshape[3] = 28;
     } else if (kind == MODEL_RESNET20) {
         /* He et al.'s CIFAR ResNet-20 on 1x28x28 images, torch_ref.py's ResNet20 */
         kiln_resnet_opts o = kiln_resnet_cifar_defaults();
@@ -672,7 +700,7 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         kiln_adam_opts o = kiln_adam_defaults();
         o.lr = 2e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
-    } else if (kind == MODEL_MLP) {
+    } else if (kind == MODEL_MLP || kind == MODEL_AE) {
         kiln_adam_opts o = kiln_adam_defaults();
         o.lr = 1e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
@@ -766,7 +794,9 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
     } else {
         logits = kiln_forward(m->net, x);
     }
-    kiln_tensor *loss = kiln_cross_entropy(ctx, logits, y, KILN_MEAN);
+    /* the autoencoder's "logits" are its reconstruction, its target the input */
+    kiln_tensor *loss =
+        m->kind == MODEL_AE ? kiln_mse_loss(ctx, logits, x, KILN_MEAN) : kiln_cross_entropy(ctx, logits, y, KILN_MEAN);
     kiln_status s = loss ? KILN_OK : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
     if (s == KILN_OK) s = kiln_backward(loss);
@@ -788,7 +818,7 @@ static int parse_model(args *a, model_kind *kind) {
             *kind = (model_kind)k;
             return 0;
         }
-    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20, lstm or gpt\n", name);
+    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20, lstm, gpt or ae\n", name);
     return -1;
 }
 
@@ -1463,9 +1493,9 @@ static void bench_usage(FILE *f) {
     fprintf(f, "usage: kiln bench <what> [--json] [options]\n"
                "  gemm --m M --n N --k K [--trans-a] [--trans-b] [--repeat R] [--no-check]\n"
                "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
-               "  gemm --model mlp|cnn|resnet20|lstm [--batch B] [--repeat R] [--no-check]\n"
+               "  gemm --model mlp|cnn|resnet20|lstm|ae [--batch B] [--repeat R] [--no-check]\n"
                "                    the same for every product one training step of the model issues\n"
-               "  train --model mlp|cnn|resnet20|lstm|gpt [--batch B (torch_ref.py's: 64, 64, 128, 32, 16)]\n"
+               "  train --model mlp|cnn|resnet20|lstm|gpt|ae [--batch B (torch_ref.py's: 64, 64, 128, 32, 16, 64)]\n"
                "        [--steps N] [--warmup 5] [--attention composed|fused (gpt's sdpa path)]\n"
                "                    training steps of torch_ref.py's models on random data\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"

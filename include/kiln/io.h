@@ -1,8 +1,7 @@
-/* kiln/io.h - checkpoints in the safetensors format (https://huggingface.co/docs/safetensors):
- * an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape
- * and byte range, then the raw little-endian data. PyTorch reads them with
- * safetensors.torch.load_file or a few lines of Python (tools/kiln_torch.py), and kiln
- * reads PyTorch state dicts saved that way.
+/* kiln/io.h - checkpoints in the safetensors format, and image grids as PNG (at the end)
+ * (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length, a JSON header naming each tensor's
+ * dtype, shape and byte range, then the raw little-endian data. PyTorch reads them with safetensors.torch.load_file or
+ * a few lines of Python (tools/kiln_torch.py), and kiln reads PyTorch state dicts saved that way.
  *
  * Writing is atomic: the file is written under a temporary name in the same directory,
  * flushed to disk (fsync) and renamed over the target, so a crash or a failed write at any
@@ -86,6 +85,28 @@ KILN_API kiln_status kiln_checkpoint_save(const char *path, kiln_module *m, kiln
  * of the same kind with parameters of the same shapes). Metadata values can be read with
  * kiln_safetensors_open + kiln_safetensors_meta. */
 KILN_API kiln_status kiln_checkpoint_load(const char *path, kiln_module *m, kiln_optim *opt, kiln_load_report *report);
+
+/* ---- pictures ------------------------------------------------------------------------- */
+
+/* How kiln_save_image_grid lays images out and maps values to 0..255 (torchvision's
+ * make_grid / save_image arguments). */
+typedef struct kiln_image_grid_opts {
+    int nrow;        /* images per row of the grid [8] */
+    int padding;     /* pixels between images and around the grid [2] */
+    float pad_value; /* colour of the padding, in the output range 0..1 (0 black, 1 white) [0] */
+    float lo, hi;    /* the value range mapped to 0..255; values outside are clamped [0, 1] */
+} kiln_image_grid_opts;
+
+/* torchvision's defaults: nrow 8, padding 2, pad_value 0, range [0, 1]. */
+KILN_API kiln_image_grid_opts kiln_image_grid_defaults(void);
+
+/* Writes images [N, C, H, W] (f32, C 1 or 3, any view) as one PNG: N images in rows of
+ * nrow, padded as make_grid (a single image gets no padding); a pixel is
+ * (clamp(x, lo, hi) - lo) / (hi - lo) * 255 + 0.5 truncated, NaN black. C = 1 writes an
+ * 8-bit grey PNG, C = 3 an 8-bit RGB one (libpng). Written under a temporary name in the
+ * same directory and renamed, so a failure leaves no partial file. opts NULL: the
+ * defaults. Errors name the path and the shape. */
+KILN_API kiln_status kiln_save_image_grid(kiln_tensor *images, const char *path, const kiln_image_grid_opts *opts);
 
 #ifdef __cplusplus
 }
