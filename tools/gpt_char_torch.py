@@ -258,6 +258,9 @@ def main():
           f"weight decay {a.weight_decay}, clip {a.clip}, {torch.get_num_threads()} threads, seed {a.seed}")
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=a.weight_decay)
     cos = lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, a.steps - a.warmup, eta_min=a.min_lr)
+    # SequentialLR steps its next scheduler with an explicit epoch at the milestone (torch's
+    # closed form, as kiln_sequential_lr), which torch flags as deprecated
+    warnings.filterwarnings("ignore", message="The epoch parameter")
     with warnings.catch_warnings():  # SequentialLR's warning about step() order at construction
         warnings.simplefilter("ignore")
         if a.warmup == 0:
