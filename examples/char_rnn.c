@@ -277,12 +277,12 @@ static double generate(kiln_module *net, const kiln_vocab *v, const int32_t *pri
         int32_t id;
         /* the one read of a step: the id to print (the embedding of the next step checks it
          * on the host too, but the queue is empty by then) */
-        if (kiln_to_host(ids, &id, sizeof id) != KILN_OK) goto fail;
+        if (kiln_to_host(ids, &id, sizeof id) != KILN_OK) goto done;
         int c = kiln_vocab_char(v, id);
         if (c < 0) {
             fprintf(stderr, "%s: the model sampled id %d outside the vocabulary of %d (non-finite logits?)\n", PROG,
                     (int)id, kiln_vocab_num_chars(v));
-            goto fail;
+            goto done;
         }
         if (f) fputc(c, f);
         if (i + 1 == n) break;
@@ -301,10 +301,10 @@ static double generate(kiln_module *net, const kiln_vocab *v, const int32_t *pri
         kiln_scope_end(ctx);
     }
     secs = (ex_now_ms() - t0) / 1e3;
-    goto fail; /* the common cleanup */
+    goto done;
 scope_fail:
     kiln_scope_end(ctx);
-fail:
+done:
     if (f) fflush(f);
     kiln_tensor_free(ids);
     kiln_tensor_free(hc[0]);
