@@ -2,25 +2,28 @@
 # tests/run_example.sh - runs an example program and checks the key=value figures of its
 # output against bounds.
 #
-#   run_example.sh [--needs-data] CHECK... -- PROGRAM [ARGS...]
+#   run_example.sh [--needs-data] [--needs-fortunes] CHECK... -- PROGRAM [ARGS...]
 #
 # CHECK is KEY>=X, KEY<=X or KEY=LO..HI; KEY's value is taken from the last "KEY=value" in
 # the program's standard output (e.g. "test_accuracy>=0.6", "weight=2.95..3.05"). Exits 0
 # when the program succeeds and every check holds, 1 otherwise, and 77 (meson's skip) when
-# there is no OpenCL device or, with --needs-data, no Fashion-MNIST files.
+# there is no OpenCL device or, with --needs-data, no Fashion-MNIST files (with
+# --needs-fortunes, no files of Debian's fortunes package in /usr/share/games/fortunes).
 set -uo pipefail
 
 needs_data=0
+needs_fortunes=0
 checks=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
   case "$1" in
     --needs-data) needs_data=1 ;;
+    --needs-fortunes) needs_fortunes=1 ;;
     *) checks+=("$1") ;;
   esac
   shift
 done
 if [ $# -lt 2 ]; then
-  echo "usage: run_example.sh [--needs-data] CHECK... -- PROGRAM [ARGS...]" >&2
+  echo "usage: run_example.sh [--needs-data] [--needs-fortunes] CHECK... -- PROGRAM [ARGS...]" >&2
   exit 2
 fi
 shift
@@ -33,6 +36,11 @@ if [ $needs_data -eq 1 ]; then
     echo "SKIP: no Fashion-MNIST in $dir (Debian package dataset-fashion-mnist)"
     exit 77
   fi
+fi
+
+if [ $needs_fortunes -eq 1 ] && ! ls /usr/share/games/fortunes/* >/dev/null 2>&1; then
+  echo "SKIP: no fortunes in /usr/share/games/fortunes (Debian package fortunes)"
+  exit 77
 fi
 
 out=$(mktemp) err=$(mktemp)
