@@ -481,6 +481,41 @@ static void test_dropout(kiln_ctx *ctx) {
     kiln_module_free(m);
 }
 
+/* Nothing waits for the host inside the time loop: an LSTM's forward and backward through
+ * time (2 layers, both directions) make no host wait at all without lengths, and the same
+ * number (the one upload of the lengths) for 4 and for 24 steps with them
+ * (kiln_ctx_stats). */
+static uint64_t rnn_waits(kiln_ctx *ctx, int T, const int32_t *lengths) {
+    kiln_rnn_params p = kiln_rnn_defaults();
+    p.num_layers = 2, p.bidirectional = true;
+    kiln_module *m = kiln_nn_lstm(ctx, 3, 4, &p);
+    kiln_scope_begin(ctx);
+    float hx[24 * 2 * 3];
+    h_fill(hx, T * 2 * 3, -1, 1);
+    kiln_tensor *x = kiln_from_host(ctx, hx, KILN_F32, 3, (int64_t[]){T, 2, 3});
+    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor *o = NULL, *hn = NULL, *cn = NULL;
+    kiln_ctx_stats st = {0};
+    kiln_ctx_stats_reset(ctx);
+    kiln_status s = kiln_nn_rnn_forward(m, x, NULL, NULL, lengths, &o, &hn, &cn);
+    if (s == KILN_OK) s = kiln_backward(kiln_sum(ctx, o, 0, NULL, false));
+    kiln_ctx_stats_get(ctx, &st);
+    CHECK(s == KILN_OK && st.launches > 0, "LSTM T=%d forward + backward: %s", T, kiln_error_message(ctx));
+    kiln_scope_end(ctx);
+    kiln_module_free(m);
+    return st.host_waits;
+}
+
+static void test_no_host_waits(kiln_ctx *ctx) {
+    uint64_t w4 = rnn_waits(ctx, 4, NULL), w24 = rnn_waits(ctx, 24, NULL);
+    CHECK(w4 == 0 && w24 == 0, "no lengths: %llu and %llu host waits for 4 and 24 steps, want 0",
+          (unsigned long long)w4, (unsigned long long)w24);
+    static const int32_t len4[2] = {4, 2}, len24[2] = {24, 7};
+    uint64_t l4 = rnn_waits(ctx, 4, len4), l24 = rnn_waits(ctx, 24, len24);
+    CHECK(l4 == l24 && l4 <= 1, "with lengths: %llu and %llu host waits for 4 and 24 steps, want the same, <= 1",
+          (unsigned long long)l4, (unsigned long long)l24);
+}
+
 static void run_all(kiln_ctx *ctx) {
     golden g;
     if (!golden_open(&g, "rnn")) return;
@@ -495,6 +530,7 @@ static void run_all(kiln_ctx *ctx) {
     test_cells(ctx, &g);
     test_errors(ctx);
     test_dropout(ctx);
+    test_no_host_waits(ctx);
     golden_close(&g);
 }
 
