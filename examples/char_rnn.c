@@ -147,89 +147,35 @@ static void usage(FILE *f) {
 /* Returns -1 to go on, else the exit code (0 after --help, 2 after a usage error). */
 static int parse(int argc, char **argv, opts *o) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    for (int i = 1; i < argc; i++) {
-        char name[64];
-        const char *a = argv[i], *v = NULL, *eq = strchr(a, '=');
-        if (eq && eq - a < (long)sizeof name) {
-            memcpy(name, a, (size_t)(eq - a));
-            name[eq - a] = 0;
-            v = eq + 1;
-        } else {
-            snprintf(name, sizeof name, "%s", a);
-        }
-        if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!v && (!strcmp(name, "--progress") || !strcmp(name, "--no-progress"))) {
-            o->progress = !strcmp(name, "--progress");
-            continue;
-        }
-        static const struct {
-            const char *name;
-            size_t off;
-            int64_t lo, hi;
-        } ints[] = {{"--steps", offsetof(opts, steps), 0, 100000000},
-                    {"--interval", offsetof(opts, interval), 1, 100000000},
-                    {"--batch", offsetof(opts, batch), 1, 1 << 16},
-                    {"--seq-len", offsetof(opts, seq_len), 1, 1 << 16},
-                    {"--generate", offsetof(opts, generate), 0, 1 << 30},
-                    {"--sample", offsetof(opts, sample), 0, 1 << 20},
-                    {"--top-k", offsetof(opts, top_k), 0, 256},
-                    {"--embed", offsetof(opts, embed), 1, 1 << 16},
-                    {"--hidden", offsetof(opts, hidden), 1, 1 << 16},
-                    {"--layers", offsetof(opts, layers), 1, 16}};
-        static const struct {
-            const char *name;
-            size_t off;
-            double lo, hi;
-        } reals[] = {{"--lr", offsetof(opts, lr), 0, 1e6},
-                     {"--clip", offsetof(opts, clip), 0, 1e30},
-                     {"--val-frac", offsetof(opts, val_frac), 1e-9, 0.5},
-                     {"--temperature", offsetof(opts, temperature), 1e-6, 1e6}};
-        static const char *const strs[] = {"--dir", "--device", "--save", "--load", "--prime", "--seed"};
-        int ki = -1, kr = -1, ks = -1;
-        for (int k = 0; k < (int)(sizeof ints / sizeof *ints); k++)
-            if (!strcmp(name, ints[k].name)) ki = k;
-        for (int k = 0; k < (int)(sizeof reals / sizeof *reals); k++)
-            if (!strcmp(name, reals[k].name)) kr = k;
-        for (int k = 0; k < (int)(sizeof strs / sizeof *strs); k++)
-            if (!strcmp(name, strs[k])) ks = k;
-        if (ki < 0 && kr < 0 && ks < 0) {
-            fprintf(stderr, "%s: unknown option '%s'\n", PROG, a);
-            goto bad;
-        }
-        if (!v) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "%s: %s needs a value\n", PROG, name);
-                goto bad;
-            }
-            v = argv[++i];
-        }
-        bool ok = true;
-        if (ki >= 0) {
-            ok = ex_parse_i64(v, ints[ki].lo, ints[ki].hi, (int64_t *)((char *)o + ints[ki].off));
-        } else if (kr >= 0) {
-            ok = ex_parse_f64(v, reals[kr].lo, reals[kr].hi, (double *)((char *)o + reals[kr].off));
-        } else if (!strcmp(name, "--seed")) {
-            int64_t n;
-            ok = ex_parse_i64(v, 0, INT64_MAX, &n);
-            o->seed = (uint64_t)n;
-        } else if (!strcmp(name, "--prime")) {
-            ok = *v != '\0'; /* the model needs a character to start from */
-            o->prime = v;
-        } else {
-            ok = *v != '\0';
-            if (!strcmp(name, "--dir")) o->dir = v;
-            if (!strcmp(name, "--device")) o->device = v;
-            if (!strcmp(name, "--save")) o->save = v;
-            if (!strcmp(name, "--load")) o->load = v;
-        }
-        if (!ok) {
-            fprintf(stderr, "%s: invalid value '%s' for %s\n", PROG, v, name);
-            goto bad;
-        }
-    }
+#define F(name, kind, field, lo, hi)                                                                                   \
+    { name, kind, offsetof(opts, field), lo, hi }
+    static const ex_flag flags[] = {
+        F("--progress", EX_FLAG_SWITCH, progress, 1, 0),
+        F("--no-progress", EX_FLAG_SWITCH, progress, 0, 0),
+        F("--steps", EX_FLAG_I64, steps, 0, 100000000),
+        F("--interval", EX_FLAG_I64, interval, 1, 100000000),
+        F("--batch", EX_FLAG_I64, batch, 1, 1 << 16),
+        F("--generate", EX_FLAG_I64, generate, 0, 1 << 30),
+        F("--sample", EX_FLAG_I64, sample, 0, 1 << 20),
+        F("--top-k", EX_FLAG_I64, top_k, 0, 256),
+        F("--lr", EX_FLAG_F64, lr, 0, 1e6),
+        F("--clip", EX_FLAG_F64, clip, 0, 1e30),
+        F("--val-frac", EX_FLAG_F64, val_frac, 1e-9, 0.5),
+        F("--temperature", EX_FLAG_F64, temperature, 1e-6, 1e6),
+        F("--seed", EX_FLAG_SEED, seed, 0, 0),
+        F("--dir", EX_FLAG_STR, dir, 0, 0),
+        F("--device", EX_FLAG_STR, device, 0, 0),
+        F("--save", EX_FLAG_STR, save, 0, 0),
+        F("--load", EX_FLAG_STR, load, 0, 0),
+        F("--prime", EX_FLAG_STR, prime, 0, 0),
+        F("--seq-len", EX_FLAG_I64, seq_len, 1, 1 << 16),
+        F("--embed", EX_FLAG_I64, embed, 1, 1 << 16),
+        F("--hidden", EX_FLAG_I64, hidden, 1, 1 << 16),
+        F("--layers", EX_FLAG_I64, layers, 1, 16),
+    };
+#undef F
+    int rc = ex_parse_flags(argc, argv, PROG, flags, (int)(sizeof flags / sizeof flags[0]), o, usage);
+    if (rc != -1) return rc;
     if (o->generate > 0 && !o->load) {
         fprintf(stderr, "%s: --generate needs --load PATH (a model saved by %s)\n", PROG, PROG);
         goto bad;

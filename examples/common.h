@@ -112,6 +112,77 @@ static inline bool ex_parse_f64(const char *v, double lo, double hi, double *out
     return true;
 }
 
+/* One flag of an example's own options struct (the text generators'): a switch sets a bool
+ * to `lo != 0` and takes no value; an integer or real is range-checked in [lo, hi]; a string
+ * must not be empty; a seed is any integer >= 0. */
+typedef enum { EX_FLAG_SWITCH, EX_FLAG_I64, EX_FLAG_F64, EX_FLAG_STR, EX_FLAG_SEED } ex_flag_kind;
+typedef struct ex_flag {
+    const char *name;
+    ex_flag_kind kind;
+    size_t off; /* offsetof the field in the options struct */
+    double lo, hi;
+} ex_flag;
+
+/* Parses argv ("--name value" or "--name=value") into the struct at o by the table flags[n].
+ * Returns 0 after --help or -h (usage printed to stdout), -1 when every flag was taken, and
+ * 2 after saying on stderr what was wrong and how to get the usage. */
+static inline int ex_parse_flags(int argc, char **argv, const char *prog, const ex_flag *flags, int n, void *o,
+                                 void (*usage)(FILE *)) {
+    for (int i = 1; i < argc; i++) {
+        char name[64];
+        const char *a = argv[i], *v = NULL, *eq = strchr(a, '=');
+        if (eq && eq - a < (long)sizeof name) {
+            memcpy(name, a, (size_t)(eq - a));
+            name[eq - a] = 0;
+            v = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", a);
+        }
+        if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        const ex_flag *f = NULL;
+        for (int k = 0; k < n && !f; k++)
+            if (!strcmp(name, flags[k].name) && (flags[k].kind != EX_FLAG_SWITCH || !v)) f = &flags[k];
+        if (!f) {
+            fprintf(stderr, "%s: unknown option '%s'\n", prog, a);
+            goto bad;
+        }
+        char *field = (char *)o + f->off;
+        if (f->kind == EX_FLAG_SWITCH) {
+            *(bool *)field = f->lo != 0;
+            continue;
+        }
+        if (!v) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "%s: %s needs a value\n", prog, name);
+                goto bad;
+            }
+            v = argv[++i];
+        }
+        bool ok = *v != '\0';
+        int64_t seed;
+        switch (f->kind) {
+        case EX_FLAG_I64: ok = ex_parse_i64(v, (int64_t)f->lo, (int64_t)f->hi, (int64_t *)field); break;
+        case EX_FLAG_F64: ok = ex_parse_f64(v, f->lo, f->hi, (double *)field); break;
+        case EX_FLAG_SEED:
+            ok = ex_parse_i64(v, 0, INT64_MAX, &seed);
+            *(uint64_t *)field = (uint64_t)seed;
+            break;
+        default: *(const char **)field = v; break;
+        }
+        if (!ok) {
+            fprintf(stderr, "%s: invalid value '%s' for %s\n", prog, v, name);
+            goto bad;
+        }
+    }
+    return -1;
+bad:
+    fprintf(stderr, "usage: %s [options]  (%s --help lists them)\n", prog, prog);
+    return 2;
+}
+
 /* Parses argv into o (which holds the defaults). Returns -1 to go on, else the exit code
  * (0 after --help, 2 after a usage error, with the message printed). Flags take their
  * value as the next argument or after '='. */
