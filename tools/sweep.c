@@ -1091,6 +1091,20 @@ static void build_command(const sweep *sw, const trial *t, int rung, sbuf *cmd) 
     }
 }
 
+/* A single command (no ';', '&', '|', newline, subshell or compound statement) runs as
+ * `exec COMMAND`: the program itself is the shell's process, so its exit status and the
+ * signal that ended it are its own, and a SIGTERM it ignores is answered by SIGKILL. */
+static bool simple_command(const char *c) {
+    if (strpbrk(c, ";&|()\n`")) return false;
+    while (isspace((unsigned char)*c)) c++;
+    static const char *const words[] = {"if", "for", "while", "until", "case", "{", "!", "exec"};
+    for (size_t i = 0; i < sizeof words / sizeof *words; i++) {
+        size_t n = strlen(words[i]);
+        if (!strncmp(c, words[i], n) && (!c[n] || isspace((unsigned char)c[n]))) return false;
+    }
+    return true;
+}
+
 static void env_name(const char *param, char *out, size_t cap) {
     size_t n = (size_t)snprintf(out, cap, "KILN_SWEEP_%s", param);
     for (size_t i = 11; i < n && i < cap; i++) out[i] = (char)toupper((unsigned char)out[i]);
@@ -1103,6 +1117,7 @@ static int start_run(sweep *sw, run *r, int ti, int slot) {
     sb_printf(&s, "start id=%d rung=%d epochs=%d slot=%d", t->id, rung, sw->cfg.rungs[rung], slot);
     if (journal_write(sw, &s)) return 1;
     sbuf cmd = {0};
+    if (simple_command(sw->cfg.command)) sb_printf(&cmd, "exec ");
     build_command(sw, t, rung, &cmd);
     char logpath[4096];
     snprintf(logpath, sizeof logpath, "%s/logs/trial-%04d-e%d.log", sw->out, t->id, sw->cfg.rungs[rung]);
@@ -1292,6 +1307,10 @@ static int finish_run(sweep *sw, run *r) {
         res->status = RS_TIMEOUT;
         snprintf(why, sizeof why, "time limit %g s: SIGTERM%s", sw->cfg.time_limit,
                  r->kill_sent ? ", then SIGKILL" : "");
+    } else if (code > 128 && code < 128 + 65) {
+        res->status = RS_FAILED;
+        snprintf(why, sizeof why, "exit status %d (the shell's code for %s, %d)", code, signame(code - 128),
+                 code - 128);
     } else if (code > 0) {
         res->status = RS_FAILED;
         snprintf(why, sizeof why, "exit status %d", code);
