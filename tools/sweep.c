@@ -1092,17 +1092,30 @@ static void build_command(const sweep *sw, const trial *t, int rung, sbuf *cmd) 
 }
 
 /* A single command (no ';', '&', '|', newline, subshell or compound statement) runs as
- * `exec COMMAND`: the program itself is the shell's process, so its exit status and the
- * signal that ended it are its own, and a SIGTERM it ignores is answered by SIGKILL. */
-static bool simple_command(const char *c) {
-    if (strpbrk(c, ";&|()\n`")) return false;
-    while (isspace((unsigned char)*c)) c++;
+ * `[NAME=VALUE ...] exec PROGRAM ...`: the program itself is the shell's process, so its
+ * exit status and the signal that ended it are its own, and a SIGTERM it ignores is
+ * answered by SIGKILL. Returns where "exec " goes in the command (after its leading
+ * assignments), or -1 to run it as it is. */
+static long exec_point(const char *c) {
+    if (strpbrk(c, ";&|()\n`")) return -1;
+    const char *s = c;
+    for (;;) {
+        while (isspace((unsigned char)*s)) s++;
+        const char *w = s;
+        while (*w == '_' || isalnum((unsigned char)*w)) w++;
+        if (w == s || *w != '=' || isdigit((unsigned char)*s)) break;
+        while (*w && !isspace((unsigned char)*w)) {
+            if (*w == '\'' || *w == '"' || *w == '\\') return -1; /* a quoted assignment: leave it to sh */
+            w++;
+        }
+        s = w;
+    }
     static const char *const words[] = {"if", "for", "while", "until", "case", "{", "!", "exec"};
     for (size_t i = 0; i < sizeof words / sizeof *words; i++) {
         size_t n = strlen(words[i]);
-        if (!strncmp(c, words[i], n) && (!c[n] || isspace((unsigned char)c[n]))) return false;
+        if (!strncmp(s, words[i], n) && (!s[n] || isspace((unsigned char)s[n]))) return -1;
     }
-    return true;
+    return *s ? (long)(s - c) : -1;
 }
 
 static void env_name(const char *param, char *out, size_t cap) {
@@ -1116,9 +1129,14 @@ static int start_run(sweep *sw, run *r, int ti, int slot) {
     sbuf s = {0};
     sb_printf(&s, "start id=%d rung=%d epochs=%d slot=%d", t->id, rung, sw->cfg.rungs[rung], slot);
     if (journal_write(sw, &s)) return 1;
-    sbuf cmd = {0};
-    if (simple_command(sw->cfg.command)) sb_printf(&cmd, "exec ");
-    build_command(sw, t, rung, &cmd);
+    sbuf built = {0}, cmd = {0};
+    build_command(sw, t, rung, &built);
+    long at = exec_point(built.p);
+    if (at >= 0)
+        sb_printf(&cmd, "%.*sexec %s", (int)at, built.p, built.p + at);
+    else
+        sb_printf(&cmd, "%s", built.p);
+    free(built.p);
     char logpath[4096];
     snprintf(logpath, sizeof logpath, "%s/logs/trial-%04d-e%d.log", sw->out, t->id, sw->cfg.rungs[rung]);
     int lfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -1157,7 +1175,7 @@ static int start_run(sweep *sw, run *r, int ti, int slot) {
             setenv(name, t->vals[p], 1);
         }
         snprintf(val, sizeof val, "%d", sw->cfg.rungs[rung]);
-        setenv("KILN_SWEEP_EPOCHS", val, 1);
+        if (sw->cfg.epochs) setenv("KILN_SWEEP_EPOCHS", val, 1);
         snprintf(val, sizeof val, "%d", t->id);
         setenv("KILN_SWEEP_TRIAL", val, 1);
         if (sw->cfg.ndevices > 0) setenv("KILN_DEVICE", sw->cfg.devices[slot % sw->cfg.ndevices], 1);
@@ -1385,10 +1403,38 @@ static int count_state(const sweep *sw, tstate s) {
     return n;
 }
 
-/* The table; returns the number of lines printed. */
-static int print_table(const sweep *sw, FILE *f) {
+static int cmp_rank(const void *a, const void *b) {
+    const trial *x = &cmp_trials[*(const int *)a], *y = &cmp_trials[*(const int *)b];
+    int kx = top_ok_rung(x, MAX_RUNGS), ky = top_ok_rung(y, MAX_RUNGS);
+    if (kx != ky) return ky - kx;
+    if (kx >= 0 && x->res[kx].value != y->res[ky].value)
+        return (cmp_sweep_dir ? x->res[kx].value > y->res[ky].value : x->res[kx].value < y->res[ky].value) ? -1 : 1;
+    return x->id - y->id;
+}
+
+/* The table; returns the number of lines printed. With max_rows > 0 (the live table on a
+ * terminal, which must fit the screen to be redrawn) only the running trials and the best
+ * ones up to max_rows are shown. */
+static int print_table(const sweep *sw, FILE *f, int max_rows) {
     const config *c = &sw->cfg;
     int lines = 0, bk = 0, b = best_trial(sw, &bk);
+    bool *show = xcalloc((size_t)sw->nt, sizeof *show);
+    int shown = 0;
+    if (max_rows <= 0 || sw->nt <= max_rows) {
+        for (int i = 0; i < sw->nt; i++) show[i] = true;
+        shown = sw->nt;
+    } else {
+        for (int i = 0; i < sw->nt; i++)
+            if (sw->t[i].running >= 0) show[i] = true, shown++;
+        int *idx = xcalloc((size_t)sw->nt, sizeof *idx);
+        for (int i = 0; i < sw->nt; i++) idx[i] = i;
+        cmp_sweep_dir = c->maximize;
+        cmp_trials = sw->t;
+        qsort(idx, (size_t)sw->nt, sizeof *idx, cmp_rank);
+        for (int j = 0; j < sw->nt && shown < max_rows; j++)
+            if (!show[idx[j]]) show[idx[j]] = true, shown++;
+        free(idx);
+    }
     fprintf(f, "%-7s %-9s", "trial", "state");
     for (int k = 0; k < c->nrungs; k++) {
         char h[32];
@@ -1401,6 +1447,7 @@ static int print_table(const sweep *sw, FILE *f) {
     lines++;
     for (int i = 0; i < sw->nt; i++) {
         const trial *t = &sw->t[i];
+        if (!show[i]) continue;
         tstate st = trial_state(sw, t);
         char idbuf[16];
         snprintf(idbuf, sizeof idbuf, "%d%s", t->id, i == b ? " *" : "");
@@ -1427,15 +1474,24 @@ static int print_table(const sweep *sw, FILE *f) {
         fprintf(f, "\n");
         lines++;
     }
+    if (shown < sw->nt) {
+        fprintf(f, "(%d more trials in the final table)\n", sw->nt - shown);
+        lines++;
+    }
+    free(show);
     int epochs = 0;
+    double secs = 0;
     for (int i = 0; i < sw->nt; i++)
-        for (int k = 0; k < c->nrungs; k++) epochs += sw->t[i].res[k].status != RS_NONE ? c->rungs[k] : 0;
+        for (int k = 0; k < c->nrungs; k++) {
+            epochs += sw->t[i].res[k].status != RS_NONE ? c->rungs[k] : 0;
+            secs += sw->t[i].res[k].seconds;
+        }
     fprintf(f,
             "%s, %d of %d trials: %d running, %d finished, %d stopped early, %d failed, %d timed out; "
-            "%d epochs run (every trial to the end: %d)\n",
+            "%d epochs run (every trial to the end: %d), %.1f s in trials\n",
             strategy_names[c->strat], sw->nt, c->trials, count_state(sw, T_RUNNING), count_state(sw, T_FINISHED),
             count_state(sw, T_STOPPED), count_state(sw, T_FAILED), count_state(sw, T_TIMEOUT), epochs,
-            c->trials * c->epochs);
+            c->trials * c->epochs, secs);
     lines++;
     if (b >= 0) {
         fprintf(f, "best so far: trial %d, %s=%.6g after %d epochs\n", sw->t[b].id, c->metric, sw->t[b].res[bk].value,
@@ -1448,7 +1504,7 @@ static int print_table(const sweep *sw, FILE *f) {
 static void live_redraw(sweep *sw) {
     if (!sw->tty) return;
     if (sw->drawn_lines) printf("\033[%dA\033[J", sw->drawn_lines);
-    sw->drawn_lines = print_table(sw, stdout) + 1;
+    sw->drawn_lines = print_table(sw, stdout, 20) + 1;
     printf("[%.0f s]\n", now_s() - sw->t0);
     fflush(stdout);
 }
@@ -1629,7 +1685,7 @@ static int write_svg(const sweep *sw, const char *path) {
 static int write_outputs(sweep *sw, bool finished) {
     const config *c = &sw->cfg;
     char path[4096];
-    print_table(sw, stdout);
+    print_table(sw, stdout, 0);
     int bk = 0, b = best_trial(sw, &bk);
     if (b >= 0) {
         const trial *t = &sw->t[b];
@@ -1643,7 +1699,8 @@ static int write_outputs(sweep *sw, bool finished) {
             env_name(c->params[p].name, name, sizeof name);
             printf(" %s=%s", name, t->vals[p]);
         }
-        printf(" KILN_SWEEP_EPOCHS=%d\n", c->rungs[c->nrungs - 1]);
+        if (c->epochs) printf(" KILN_SWEEP_EPOCHS=%d", c->epochs);
+        printf("\n");
         free(cmd.p);
     } else {
         printf("\nno trial has a result yet\n");
