@@ -32,7 +32,8 @@
  * Strategies: grid runs the product of every parameter's values (ranges take grid_points
  * evenly spaced values, log-spaced for loguniform); random samples `trials` configurations
  * (trial i's values depend only on seed and i, so random and asha with one seed try the
- * same configurations). Both run every trial for `epochs`.
+ * same configurations). Both run every trial for `epochs` (grid ignores `trials`: its size is
+ * the product). time_limit 0 (the default) sets no limit.
  *
  * asha is asynchronous successive halving (Li et al., "A System for Massively Parallel
  * Hyperparameter Tuning", 2020): rungs at min_epochs * reduction^k epochs (below epochs)
@@ -568,7 +569,7 @@ static int config_load(config *c, const char *path, const char *strategy_overrid
                          strategy_names[c->strat]);
     if (c->strat != S_GRID && !c->trials)
         return cfg_error(c, strat_line, "strategy %s needs 'trials = N'", strategy_names[c->strat]);
-    if (!halving && (min_line || red_line))
+    if (!halving && (min_line || red_line) && !strategy_override) /* with --strategy: unused */
         return cfg_error(c, min_line ? min_line : red_line, "asha.* keys apply only to strategy asha or sha");
     c->nrungs = 0;
     if (halving) {
@@ -1064,6 +1065,7 @@ typedef struct run {
     size_t linelen;
     char tail[TAIL_BYTES];
     size_t tail_len;
+    bool tail_cut; /* the tail lost its start: show it from its first whole line */
     double final;
     bool have_final;
     sbuf curve;
@@ -1196,6 +1198,7 @@ static int start_run(sweep *sw, run *r, int ti, int slot) {
     r->kill_at = INFINITY;
     r->term_sent = r->kill_sent = r->timed_out = r->reaped = r->eof = false;
     r->linelen = r->tail_len = 0;
+    r->tail_cut = false;
     r->have_final = false;
     r->final = NAN;
     r->curve = (sbuf){0};
@@ -1262,6 +1265,7 @@ static void take_output(sweep *sw, run *r, const char *buf, size_t n) {
         if (r->tail_len == TAIL_BYTES) {
             memmove(r->tail, r->tail + TAIL_BYTES / 2, TAIL_BYTES / 2);
             r->tail_len = TAIL_BYTES / 2;
+            r->tail_cut = true;
         }
         r->tail[r->tail_len++] = buf[i];
         if (buf[i] == '\n' || r->linelen == LINE_BYTES - 1) {
@@ -1351,7 +1355,7 @@ static int finish_run(sweep *sw, run *r) {
         res->why = xstrdup(why);
         size_t off = 0;
         /* the tail from a line start */
-        if (r->tail_len == TAIL_BYTES / 2 || r->tail_len >= TAIL_BYTES - 1)
+        if (r->tail_cut)
             while (off < r->tail_len && r->tail[off] != '\n') off++;
         char tail[TAIL_BYTES + 1];
         memcpy(tail, r->tail + off, r->tail_len - off);
