@@ -29,7 +29,7 @@ static kiln_module *build_cnn(kiln_ctx *ctx) {
                           kiln_nn_conv2d(ctx, c1, c2, 3, 3, NULL, true), // (B, 64, 24, 24)
                           kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
                           kiln_nn_maxpool2d(ctx, (kiln_pool2d_params[]){kiln_pool2d_defaults(2, 2)}), // (B, 64, 12, 12)
-                          kiln_nn_dropout(ctx, (float)dropout / 2), kiln_nn_flatten(ctx, 1, -1),                   // (B, 9216)
+                          kiln_nn_dropout(ctx, (float)dropout / 2), kiln_nn_flatten(ctx, 1, -1),      // (B, 9216)
                           kiln_nn_linear(ctx, c2 * 12 * 12, h, true),                                 // (B, 128)
                           kiln_nn_activation(ctx, KILN_ACT_RELU, 0), kiln_nn_dropout(ctx, (float)dropout),
                           kiln_nn_linear(ctx, h, 10, true)}); // (B, 10) logits
