@@ -77,8 +77,9 @@ static int count_substr(const char *s, const char *sub) {
     return n;
 }
 
-/* Starts `kiln sweep CONF --out OUTDIR [extra]` in a child, output to OUT.out. */
-static pid_t spawn_sweep(const char *conf, const char *outdir, const char *outfile, const char *extra) {
+/* Starts `kiln sweep CONF --out OUTDIR [extra [extra2]]` in a child, output to OUT.out. */
+static pid_t spawn_sweep2(const char *conf, const char *outdir, const char *outfile, const char *extra,
+                          const char *extra2) {
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
@@ -86,11 +87,16 @@ static pid_t spawn_sweep(const char *conf, const char *outdir, const char *outfi
         char *argv[6] = {(char *)conf, "--out", (char *)outdir, NULL, NULL, NULL};
         int argc = 3;
         if (extra) argv[argc++] = (char *)extra;
+        if (extra2) argv[argc++] = (char *)extra2;
         int rc = kiln_cmd_sweep(argc, argv);
         fflush(NULL);
         _exit(rc);
     }
     return pid;
+}
+
+static pid_t spawn_sweep(const char *conf, const char *outdir, const char *outfile, const char *extra) {
+    return spawn_sweep2(conf, outdir, outfile, extra, NULL);
 }
 
 static int wait_rc(pid_t pid) {
@@ -337,6 +343,21 @@ static void test_halving(const char *strat) {
     }
     if (!strcmp(strat, "sha")) {
         CHECK(at3 == 9 && at9 == 3, "sha: %d trials got 3 epochs, %d got 9 (expected 9 and 3)", at3, at9);
+        /* the same config with --strategy random (its asha.* keys unused): the same 27
+         * configurations, each run to 9 epochs */
+        CHECK(wait_rc(spawn_sweep2(path_of("sha.conf"), path_of("sha_random.sweep"), path_of("sha_random.out"),
+                                   "--strategy", "random")) == 0,
+              "sha --strategy random failed");
+        table u;
+        read_csv(path_of("sha_random.sweep/trials.csv"), &u);
+        CHECK(u.rows == 27, "sha --strategy random: %d trials", u.rows);
+        for (int r = 0; r < 27 && r < u.rows; r++) {
+            CHECK(!strcmp(cell(&t, r, "x"), cell(&u, r, "x")) && !strcmp(cell(&t, r, "y"), cell(&u, r, "y")),
+                  "trial %d: sha and random drew other values with one seed", r + 1);
+            CHECK(!strcmp(cell(&u, r, "state"), "finished") && num(&u, r, "epochs") == 9,
+                  "random: trial %d %s after %g epochs", r + 1, cell(&u, r, "state"), num(&u, r, "epochs"));
+        }
+        free(u.text);
     } else {
         CHECK(bad_checked >= 3, "asha: only %d late bad trials to check", bad_checked);
         CHECK(at3 >= 9 && at9 >= at3 / 3, "asha: %d trials got 3 epochs, %d got 9", at3, at9);
