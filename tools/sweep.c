@@ -301,7 +301,7 @@ static int parse_param(config *c, const char *name, char *v, int line) {
     if (!strcmp(name, "epochs") || !strcmp(name, "trial"))
         return cfg_error(c, line, "parameter name '%s' is reserved ({%s} is set by the sweep)", name, name);
     if (c->nparams == MAX_PARAMS) return cfg_error(c, line, "more than %d parameters", MAX_PARAMS);
-    param *p = &c->params[c->nparams];
+    param *p = &c->params[c->nparams++]; /* counted at once: config_free frees a half-read one */
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
     p->line = line;
@@ -345,7 +345,6 @@ static int parse_param(config *c, const char *name, char *v, int line) {
                 return cfg_error(c, line, "param.%s: loguniform needs positive bounds", name);
         }
     }
-    c->nparams++;
     return 0;
 }
 
