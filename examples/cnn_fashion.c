@@ -7,11 +7,16 @@
  * saved here loads into it and back (tools/kiln_torch.py).
  *
  *   build/examples/cnn_fashion [--epochs N] [--batch N] [--lr X] [--optimizer sgd|adam] ...
+ *   build/examples/cnn_fashion --dropout 0.3 ...    # the second dropout's rate, the first's is half
  *   build/examples/cnn_fashion --load model.safetensors --epochs 0    # evaluate only
  *
  * The last line printed is "test_accuracy=0.XXXX".
  */
 #include "common.h"
+
+/* --dropout P: the rate of the dropout before fc2 (the reference's 0.5); the one after the
+ * convolutions gets P/2 (the reference's 0.25). */
+static double dropout = 0.5;
 
 static kiln_module *build_cnn(kiln_ctx *ctx) {
     /* tiny (ex_tiny): 4 and 8 channels and 16 hidden units */
@@ -24,9 +29,9 @@ static kiln_module *build_cnn(kiln_ctx *ctx) {
                           kiln_nn_conv2d(ctx, c1, c2, 3, 3, NULL, true), // (B, 64, 24, 24)
                           kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
                           kiln_nn_maxpool2d(ctx, (kiln_pool2d_params[]){kiln_pool2d_defaults(2, 2)}), // (B, 64, 12, 12)
-                          kiln_nn_dropout(ctx, 0.25f), kiln_nn_flatten(ctx, 1, -1),                   // (B, 9216)
+                          kiln_nn_dropout(ctx, (float)dropout / 2), kiln_nn_flatten(ctx, 1, -1),      // (B, 9216)
                           kiln_nn_linear(ctx, c2 * 12 * 12, h, true),                                 // (B, 128)
-                          kiln_nn_activation(ctx, KILN_ACT_RELU, 0), kiln_nn_dropout(ctx, 0.5f),
+                          kiln_nn_activation(ctx, KILN_ACT_RELU, 0), kiln_nn_dropout(ctx, (float)dropout),
                           kiln_nn_linear(ctx, h, 10, true)}); // (B, 10) logits
     static const char *const names[] = {"conv1",   "relu1", "conv2", "relu2", "pool", "drop1",
                                         "flatten", "fc1",   "relu3", "drop2", "fc2"};
@@ -35,6 +40,29 @@ static kiln_module *build_cnn(kiln_ctx *ctx) {
 }
 
 int main(int argc, char **argv) {
+    /* --dropout is this program's own flag: taken out of argv before the common parser */
+    int n = 1;
+    bool help = false;
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        if (!strcmp(argv[i], "--dropout") && i + 1 < argc)
+            v = argv[++i];
+        else if (!strncmp(argv[i], "--dropout=", 10))
+            v = argv[i] + 10;
+        else if (!strcmp(argv[i], "--dropout")) {
+            fprintf(stderr, "cnn_fashion: --dropout needs a value\n");
+            return 2;
+        } else {
+            help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+            argv[n++] = argv[i];
+            continue;
+        }
+        if (!ex_parse_f64(v, 0, 0.99, &dropout)) {
+            fprintf(stderr, "cnn_fashion: invalid value '%s' for --dropout\n", v);
+            return 2;
+        }
+    }
+    argc = n;
     ex_classifier spec = {
         .prog = "cnn_fashion",
         .what = "trains a two-convolution network on Fashion-MNIST and evaluates it on the test set",
@@ -48,5 +76,7 @@ int main(int argc, char **argv) {
                      .progress = true,
                      .eval_batch = 250},
     };
-    return ex_classifier_main(argc, argv, &spec);
+    int rc = ex_classifier_main(argc, argv, &spec);
+    if (help) printf("  --dropout P        dropout before fc2; the one after the convolutions is P/2 [0.5]\n");
+    return rc;
 }

@@ -7,6 +7,7 @@
 
 #include "bench.h"
 #include "ops.h"
+#include "sweep.h"
 #include "tune.h"
 
 static void usage(FILE *f) {
@@ -21,6 +22,8 @@ static void usage(FILE *f) {
                "  bench gemm|train|startup|ops [--json] [options]\n"
                "                       GEMM against OpenBLAS, training steps, start-up, per-op times (bench --help)\n"
                "  tune [--quick]       search CLBlast's GEMM parameters for the device and store the best\n"
+               "  sweep CONFIG [--out DIR] [--strategy S] [--parallel N] [--show]\n"
+               "                       hyperparameter search (grid, random, asha) over a training program\n"
                "  version              print kiln's version\n"
                "\n"
                "environment:\n"
@@ -156,6 +159,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "ops") == 0) return kiln_cmd_ops(argc - 2, argv + 2);
     if (strcmp(argv[1], "bench") == 0) return kiln_cmd_bench(argc - 2, argv + 2);
     if (strcmp(argv[1], "tune") == 0) return kiln_cmd_tune(argc - 2, argv + 2);
+    if (strcmp(argv[1], "sweep") == 0) return kiln_cmd_sweep(argc - 2, argv + 2);
     if (strcmp(argv[1], "version") == 0) {
         if (argc > 2) return unknown_arg("version", argv[2]);
         printf("kiln %s\n", KILN_VERSION_STRING);
