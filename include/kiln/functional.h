@@ -102,7 +102,10 @@ KILN_API kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, 
  * training false or p == 0 it returns x itself as a view (no copy). */
 KILN_API kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training);
 /* Rows of weight [num, dim] picked by I32 indices of any shape: [..., dim]. Indices out of
- * range are an error (checked on the host: this op reads the indices back). */
+ * range are a deferred error, as kiln_index_select's (checked on the device without a wait;
+ * a bad index's row reads as 0 meanwhile). With the weight's gradient wanted, the backward's
+ * positions per row are sorted on the device too, except for very large index counts
+ * ((num + 1) * n + n^2 / 2 > 2^26 comparisons), which read the indices back. */
 KILN_API kiln_tensor *kiln_embedding(kiln_ctx *ctx, kiln_tensor *weight, kiln_tensor *indices);
 
 /* ---- losses (src/ops/loss.c) ----------------------------------------------------------- */
