@@ -901,7 +901,7 @@ static void test_fit_no_waits(kiln_ctx *ctx) {
         CHECK(s == KILN_OK, "fit: %s", kiln_error_message(ctx));
         int64_t nb = kiln_loader_num_batches(tr);
         CHECK(w.calls == 2 * nb, "%d training steps, want %lld", w.calls, (long long)(2 * nb));
-        uint64_t main_waits = 0, event_waits = 0, launches = 0;
+        uint64_t main_waits = 0, event_waits = 0, launches = 0, read = 0;
         int pairs = 0;
         for (int k = 0; k + 1 < w.calls; k++) {
             if ((k + 1) % nb == 0) continue; /* the end of an epoch waits, as it should */
@@ -910,10 +910,13 @@ static void test_fit_no_waits(kiln_ctx *ctx) {
                           (b->finishes - a->finishes);
             event_waits += b->event_waits - a->event_waits;
             launches += b->launches - a->launches;
+            read += b->bytes_to_host - a->bytes_to_host;
             pairs++;
         }
         CHECK(pairs > 0 && main_waits == 0, "kiln_fit: %llu host waits in %d training steps, want 0",
               (unsigned long long)main_waits, pairs);
+        /* the bar (drawn after the first batch at least) read the running loss meanwhile */
+        CHECK(slave < 0 || read > 0, "kiln_fit: the progress bar read nothing back during the epochs");
         fprintf(stderr,
                 "kiln_fit, %d steps of a 2-16-2 MLP: %.1f launches, %.2f host waits, %.2f loader event "
                 "waits per step\n",

@@ -74,7 +74,7 @@ typedef struct tally {
      * wait; absorbed into the totals once its events complete */
     cl_event ev[3];
     int nev;
-    int64_t anb, ans;
+    int64_t anb, ans, ahp_cap;
     int64_t *absize;
     float *ahl;
     int32_t *ahp;
@@ -180,8 +180,10 @@ static kiln_status tally_poll(tally *t) {
         t->ahl = malloc(sizeof(float) * (size_t)t->cap_b);
         if (!t->absize || !t->ahl) return kiln__fail(t->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
     }
-    if (t->ns > 0 && !t->ahp) {
+    if (t->ns > 0 && t->ahp_cap < t->cap_s) { /* the prediction buffers grew since */
+        free(t->ahp);
         t->ahp = malloc(sizeof(int32_t) * 2 * (size_t)t->cap_s);
+        t->ahp_cap = t->ahp ? t->cap_s : 0;
         if (!t->ahp) return kiln__fail(t->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
     }
     t->anb = t->nb;
