@@ -124,12 +124,33 @@ typedef struct kiln_idx_geom {
 #define KILN_OPT_AMSGRAD 64    /* Adam/AdamW */
 #define KILN_OPT_DECOUPLED 128 /* AdamW: p *= 1 - lr * wd before the update */
 
+/* A multi-tensor optimizer launch (cl_kernels/optim.cl *_multi, src/optim/optim.c): its
+ * count parameters' elements are [start[k], start[k+1]) of the global range; poff, goff and
+ * soff[slot] are the offsets of parameter k, its gradient and its state tensors. */
+#define KILN_OPT_MULTI 8
+typedef struct kiln_opt_table {
+    kiln_i32 count;
+    kiln_i32 start[KILN_OPT_MULTI + 1];
+    kiln_i32 poff[KILN_OPT_MULTI];
+    kiln_i32 goff[KILN_OPT_MULTI];
+    kiln_i32 soff[3][KILN_OPT_MULTI];
+} kiln_opt_table;
+
 /* What gradient clipping sums per element (the mode argument of clip_partial and
  * clip_total): norm_type 2, 1, any other p > 0, and infinity. */
 #define KILN_CLIP_L2 0   /* sum of x*x; total = sqrt(sum) */
 #define KILN_CLIP_L1 1   /* sum of |x|; total = sum */
 #define KILN_CLIP_LP 2   /* sum of |x|^p; total = sum^(1/p) */
 #define KILN_CLIP_LINF 3 /* max |x| (NaN wins); total = max */
+
+/* The context's index-error buffer (src/device/deverr.c; kiln_bad_index in common.cl):
+ * FLAG is 0, or 1 + the site id of the launch that recorded the first bad index, whose
+ * value and flat position follow; COUNT counts every bad index recorded. */
+#define KILN_ERRBUF_FLAG 0
+#define KILN_ERRBUF_VALUE 1
+#define KILN_ERRBUF_POS 2
+#define KILN_ERRBUF_COUNT 3
+#define KILN_ERRBUF_INTS 4
 
 #ifndef __OPENCL_VERSION__
 _Static_assert(KILN_MAX_DIMS == KILN_SHARED_DIMS, "kiln.h's KILN_MAX_DIMS must match the kernels' dims");
@@ -140,6 +161,7 @@ _Static_assert(sizeof(kiln_conv_geom) == 16 * 4, "kiln_conv_geom has padding");
 _Static_assert(sizeof(kiln_pool_geom) == 21 * 4, "kiln_pool_geom has padding");
 _Static_assert(sizeof(kiln_loss_geom) == (1 + KILN_SHARED_DIMS * (1 + KILN_LOSS_IN)) * 4, "kiln_loss_geom has padding");
 _Static_assert(sizeof(kiln_pad_geom) == (1 + 4 * KILN_SHARED_DIMS) * 4, "kiln_pad_geom has padding");
+_Static_assert(sizeof(kiln_opt_table) == (2 + 6 * KILN_OPT_MULTI) * 4, "kiln_opt_table has padding");
 _Static_assert(sizeof(kiln_idx_geom) == (3 + 4 * KILN_SHARED_DIMS) * 4, "kiln_idx_geom has padding");
 #endif
 

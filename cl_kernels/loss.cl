@@ -231,7 +231,9 @@ kernel void sum_final(global const float *A, int ao, global const float *B, int 
  * trailing dims, 1 for [N, C]); row r = n * S + s has label Y[r]. weight [C] at stride wst.
  * Row outputs: L[r] the row's loss, RW[r] its weight (w[y], 0 when ignored: the mean's
  * divisor sums them) when flags has KILN_ROWS_RW, LSE[r] the log-sum-exp when it has
- * KILN_ROWS_LSE; KILN_ROWS_W: weight present (cl_kernels/kiln_shared.h).
+ * KILN_ROWS_LSE; KILN_ROWS_W: weight present (cl_kernels/kiln_shared.h). A label outside
+ * [0, C) that is not `ignore` is recorded in the index-error buffer E as launch `site`
+ * (kiln_bad_index) and its row counts as ignored.
  *
  * cross-entropy with label smoothing ls, as torch 1.13: with logp = x - lse,
  *   loss_r = (1 - ls) w[y] (-logp[y]) + (ls / C) sum_c w[c] (-logp[c])
@@ -239,12 +241,15 @@ kernel void sum_final(global const float *A, int ao, global const float *B, int 
  */
 kernel void ce_rows(global const float *X, int xo, int sN, int sC, int sS, int S, int C, global const int *Y,
                     int yo, global const float *W, int wo, int wst, int ignore, float ls, int flags, int nrows,
-                    global float *L, int lo, global float *RW, int rwo, global float *LSE, int lseo) {
+                    global float *L, int lo, global float *RW, int rwo, global float *LSE, int lseo,
+                    global int *E, int site) {
     int r = get_global_id(0);
     if (r >= nrows) return;
     int n = r / S, s = r - n * S;
     int y = Y[yo + r];
-    if (y == ignore) {
+    bool bad = y != ignore && (y < 0 || y >= C);
+    if (bad) kiln_bad_index(E, site, y, r);
+    if (y == ignore || bad) {
         L[lo + r] = 0.0f;
         if (flags & KILN_ROWS_RW) RW[rwo + r] = 0.0f;
         if (flags & KILN_ROWS_LSE) LSE[lseo + r] = 0.0f;
@@ -295,7 +300,7 @@ kernel void ce_bwd(global const float *X, int xo, int sN, int sC, int sS, int S,
     int n = q / C, c = q - n * C;
     int r = n * S + s;
     int y = Y[yo + r];
-    if (y == ignore) {
+    if (y == ignore || y < 0 || y >= C) { /* a bad label: the forward recorded it */
         GX[gxo + i] = 0.0f;
         return;
     }
@@ -320,13 +325,15 @@ kernel void ce_bwd(global const float *X, int xo, int sN, int sC, int sS, int S,
 /* nll: loss_r = -w[y] logp[y] (same row layout and outputs as ce_rows, no LSE). */
 kernel void nll_rows(global const float *X, int xo, int sN, int sC, int sS, int S, int C, global const int *Y,
                      int yo, global const float *W, int wo, int wst, int ignore, int flags, int nrows,
-                     global float *L, int lo, global float *RW, int rwo) {
+                     global float *L, int lo, global float *RW, int rwo, global int *E, int site) {
     int r = get_global_id(0);
     if (r >= nrows) return;
     int n = r / S, s = r - n * S;
     int y = Y[yo + r];
     float wy = 0.0f, l = 0.0f;
-    if (y != ignore) {
+    bool bad = y != ignore && (y < 0 || y >= C);
+    if (bad) kiln_bad_index(E, site, y, r);
+    if (y != ignore && !bad) {
         wy = (flags & KILN_ROWS_W) ? W[wo + y * wst] : 1.0f;
         l = -wy * X[xo + n * sN + y * sC + s * sS];
     }
@@ -345,7 +352,7 @@ kernel void nll_bwd(int S, int C, global const int *Y, int yo, global const floa
     int r = n * S + s;
     int y = Y[yo + r];
     float v = 0.0f;
-    if (y != ignore && c == y) {
+    if (y != ignore && c == y) { /* a bad label matches no c: the forward recorded it */
         float g = (flags & KILN_ROWS_BWD_SCALAR) ? G[go] : G[go + r];
         if (flags & KILN_ROWS_BWD_DEN) g /= DEN[deno];
         v = -((flags & KILN_ROWS_BWD_W) ? W[wo + y * wst] : 1.0f) * g;

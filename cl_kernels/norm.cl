@@ -374,18 +374,52 @@ kernel void dropout_mask_apply(global const float *restrict src, int soff, globa
 
 /* ---- embedding ------------------------------------------------------------------------ */
 
-/* out[r, j] = w[idx[r], j] for the nidx indices (validated on the host) and dim columns;
- * w is any 2-D view (offset, strides). */
+/* out[r, j] = w[idx[r], j] for the nidx indices and dim columns; w is any 2-D view (offset,
+ * strides) of num rows. An index outside [0, num) is recorded in the index-error buffer E
+ * as launch `site` (kiln_bad_index; the host reports it at its next wait) and its row of
+ * the output is 0: nothing is read out of bounds. */
 kernel void embedding_forward(global const float *w, int woff, int ws0, int ws1, global const int *idx, int ioff,
-                              global float *out, int ooff, int nidx, int dim) {
+                              global float *out, int ooff, int nidx, int dim, int num, global int *E, int site) {
     int i = get_global_id(0);
     if (i >= nidx * dim) return;
     int r = i / dim, j = i - r * dim;
-    out[ooff + i] = w[woff + idx[ioff + r] * ws0 + j * ws1];
+    int v = idx[ioff + r];
+    bool bad = v < 0 || v >= num;
+    if (bad && j == 0) kiln_bad_index(E, site, v, r);
+    out[ooff + i] = bad ? 0.0f : w[woff + v * ws0 + j * ws1];
+}
+
+/* The backward's CSR of positions per weight row, built on the device without atomics:
+ * rowptr[r] (r in [0, num]) counts the positions whose index is below r, and position k
+ * goes to pos[rowptr[idx[k]] + the positions before k with the same index], so each row's
+ * positions are in increasing order, as the host's counting sort put them. Bad indices
+ * (recorded by the forward) are left out. O(num * nidx + nidx^2 / 2) comparisons:
+ * src/ops/norm.c takes the host's sort above a size. */
+kernel void embedding_rowptr(global const int *idx, int ioff, int nidx, int num, global int *rowptr, int rpoff) {
+    int r = get_global_id(0);
+    if (r > num) return;
+    int c = 0;
+    for (int k = 0; k < nidx; k++) {
+        int v = idx[ioff + k];
+        c += v >= 0 && v < r;
+    }
+    rowptr[rpoff + r] = c;
+}
+
+kernel void embedding_positions(global const int *idx, int ioff, int nidx, int num, global const int *rowptr,
+                                int rpoff, global int *pos, int poff) {
+    int k = get_global_id(0);
+    if (k >= nidx) return;
+    int v = idx[ioff + k];
+    if (v < 0 || v >= num) return;
+    int rank = 0;
+    for (int j = 0; j < k; j++) rank += idx[ioff + j] == v;
+    pos[poff + rowptr[rpoff + v] + rank] = k;
 }
 
 /* dw[r, j] = sum of dy[k, j] over the positions k whose index is r, in increasing k:
- * rowptr/pos is the host-built CSR of positions per weight row. No atomics. */
+ * rowptr/pos is the CSR of positions per weight row (built above or on the host). No
+ * atomics. */
 kernel void embedding_backward(global const float *dy, int dyoff, global const int *rowptr, int rpoff,
                                global const int *pos, int poff, global float *dw, int dwoff, int num, int dim) {
     int i = get_global_id(0);

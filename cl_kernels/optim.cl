@@ -1,5 +1,5 @@
-/* cl_kernels/optim.cl - fused optimizer updates (SGD, RMSprop, Adam/AdamW: one launch per
- * parameter tensor, weight decay + moments + update in one pass) and gradient clipping
+/* cl_kernels/optim.cl - fused optimizer updates (SGD, RMSprop, Adam/AdamW: weight decay +
+ * moments + update in one pass, for one parameter tensor or, *_multi, up to eight per launch) and gradient clipping
  * (norm partials, the total and the clip coefficient on the device, scaling, clamping).
  *
  * Each update does torch 1.13's float32 operations in torch's order:
@@ -22,76 +22,148 @@
 /* torch.maximum: NaN wins. */
 inline float opt_max(float a, float b) { return (a > b || isnan(a)) ? a : (isnan(b) ? b : fmax(a, b)); }
 
-/* torch.optim.SGD (_single_tensor_sgd). neg_lr = -lr, damp1 = 1 - dampening. */
+/* torch.optim.SGD (_single_tensor_sgd) on element i. neg_lr = -lr, damp1 = 1 - dampening. */
+inline void sgd_elem(global float *p, global const float *g, global float *buf, int i, float neg_lr, float momentum,
+                     float damp1, float wd, int flags) {
+    float x = p[i];
+    float d = g[i];
+    if (flags & KILN_OPT_MAXIMIZE) d = -d;
+    if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
+    if (flags & KILN_OPT_MOMENTUM) {
+        float b = (flags & KILN_OPT_FIRST) ? d : ADD_ALPHA(buf[i] * momentum, d, damp1);
+        buf[i] = b;
+        d = (flags & KILN_OPT_NESTEROV) ? ADD_ALPHA(d, b, momentum) : b;
+    }
+    p[i] = ADD_ALPHA(x, d, neg_lr);
+}
+
 kernel void sgd_step(global float *p, int poff, global const float *g, int goff, global float *buf, int boff,
                      int n, float neg_lr, float momentum, float damp1, float wd, int flags) {
     int i = get_global_id(0);
     if (i >= n) return;
-    float x = p[poff + i];
-    float d = g[goff + i];
-    if (flags & KILN_OPT_MAXIMIZE) d = -d;
-    if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
-    if (flags & KILN_OPT_MOMENTUM) {
-        float b = (flags & KILN_OPT_FIRST) ? d : ADD_ALPHA(buf[boff + i] * momentum, d, damp1);
-        buf[boff + i] = b;
-        d = (flags & KILN_OPT_NESTEROV) ? ADD_ALPHA(d, b, momentum) : b;
-    }
-    p[poff + i] = ADD_ALPHA(x, d, neg_lr);
+    sgd_elem(p + poff, g + goff, buf + boff, i, neg_lr, momentum, damp1, wd, flags);
 }
 
-/* torch.optim.RMSprop (_single_tensor_rmsprop). oma = 1 - alpha, neg_lr = -lr. */
-kernel void rmsprop_step(global float *p, int poff, global const float *g, int goff, global float *sq, int sqoff,
-                         global float *buf, int boff, global float *ga, int gaoff, int n, float neg_lr, float alpha,
-                         float oma, float eps, float wd, float momentum, int flags) {
-    int i = get_global_id(0);
-    if (i >= n) return;
-    float x = p[poff + i];
-    float d = g[goff + i];
+/* torch.optim.RMSprop (_single_tensor_rmsprop) on element i. oma = 1 - alpha, neg_lr = -lr. */
+inline void rmsprop_elem(global float *p, global const float *g, global float *sq, global float *buf,
+                         global float *ga, int i, float neg_lr, float alpha, float oma, float eps, float wd,
+                         float momentum, int flags) {
+    float x = p[i];
+    float d = g[i];
     if (flags & KILN_OPT_MAXIMIZE) d = -d;
     if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
-    float s = fma(oma * d, d, sq[sqoff + i] * alpha);
-    sq[sqoff + i] = s;
+    float s = fma(oma * d, d, sq[i] * alpha);
+    sq[i] = s;
     float avg;
     if (flags & KILN_OPT_CENTERED) {
-        float a = ADD_ALPHA(ga[gaoff + i] * alpha, d, oma);
-        ga[gaoff + i] = a;
+        float a = ADD_ALPHA(ga[i] * alpha, d, oma);
+        ga[i] = a;
         avg = sqrt(fma(-1.0f * a, a, s));
     } else {
         avg = sqrt(s);
     }
     avg = avg + eps;
     if (flags & KILN_OPT_MOMENTUM) {
-        float b = buf[boff + i] * momentum + d / avg;
-        buf[boff + i] = b;
-        p[poff + i] = ADD_ALPHA(x, b, neg_lr);
+        float b = buf[i] * momentum + d / avg;
+        buf[i] = b;
+        p[i] = ADD_ALPHA(x, b, neg_lr);
     } else {
-        p[poff + i] = x + neg_lr * d / avg;
+        p[i] = x + neg_lr * d / avg;
     }
 }
 
-/* torch.optim.Adam and AdamW (_single_tensor_adam/_adamw). omb1/omb2 = 1 - beta1/2,
- * decay = 1 - lr * wd (AdamW), neg_step = -lr / (1 - beta1^t), bc2s = sqrt(1 - beta2^t). */
+kernel void rmsprop_step(global float *p, int poff, global const float *g, int goff, global float *sq, int sqoff,
+                         global float *buf, int boff, global float *ga, int gaoff, int n, float neg_lr, float alpha,
+                         float oma, float eps, float wd, float momentum, int flags) {
+    int i = get_global_id(0);
+    if (i >= n) return;
+    rmsprop_elem(p + poff, g + goff, sq + sqoff, buf + boff, ga + gaoff, i, neg_lr, alpha, oma, eps, wd, momentum,
+                 flags);
+}
+
+/* torch.optim.Adam and AdamW (_single_tensor_adam/_adamw) on element i. omb1/omb2 =
+ * 1 - beta1/2, decay = 1 - lr * wd (AdamW), neg_step = -lr / (1 - beta1^t), bc2s =
+ * sqrt(1 - beta2^t). */
+inline void adam_elem(global float *p, global const float *g, global float *m, global float *v, global float *vmax,
+                      int i, float beta1, float omb1, float beta2, float omb2, float wd, float decay, float neg_step,
+                      float bc2s, float eps, int flags) {
+    float x = p[i];
+    float d = g[i];
+    if (flags & KILN_OPT_MAXIMIZE) d = -d;
+    if (flags & KILN_OPT_DECOUPLED) x = x * decay;
+    else if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
+    float mi = ADD_ALPHA(m[i] * beta1, d, omb1);
+    float vi = fma(omb2 * d, d, v[i] * beta2);
+    m[i] = mi;
+    v[i] = vi;
+    if (flags & KILN_OPT_AMSGRAD) {
+        vi = opt_max(vmax[i], vi);
+        vmax[i] = vi;
+    }
+    float denom = sqrt(vi) / bc2s + eps;
+    p[i] = x + neg_step * mi / denom;
+}
+
 kernel void adam_step(global float *p, int poff, global const float *g, int goff, global float *m, int moff,
                       global float *v, int voff, global float *vmax, int vmoff, int n, float beta1, float omb1,
                       float beta2, float omb2, float wd, float decay, float neg_step, float bc2s, float eps,
                       int flags) {
     int i = get_global_id(0);
     if (i >= n) return;
-    float x = p[poff + i];
-    float d = g[goff + i];
-    if (flags & KILN_OPT_MAXIMIZE) d = -d;
-    if (flags & KILN_OPT_DECOUPLED) x = x * decay;
-    else if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
-    float mi = ADD_ALPHA(m[moff + i] * beta1, d, omb1);
-    float vi = fma(omb2 * d, d, v[voff + i] * beta2);
-    m[moff + i] = mi;
-    v[voff + i] = vi;
-    if (flags & KILN_OPT_AMSGRAD) {
-        vi = opt_max(vmax[vmoff + i], vi);
-        vmax[vmoff + i] = vi;
-    }
-    float denom = sqrt(vi) / bc2s + eps;
-    p[poff + i] = x + neg_step * mi / denom;
+    adam_elem(p + poff, g + goff, m + moff, v + voff, vmax + vmoff, i, beta1, omb1, beta2, omb2, wd, decay, neg_step,
+              bc2s, eps, flags);
+}
+
+/* ---- multi-tensor updates: up to KILN_OPT_MULTI parameters in one launch ---------------- */
+/*
+ * As torch's foreach/fused optimizers: one work-item per element of all the launch's
+ * parameters, which share their scalars (one parameter group, one step count). T (a
+ * kiln_opt_table, kiln_shared.h) gives parameter k's elements [start[k], start[k+1]) of the
+ * global range and its buffers' offsets; the buffers are arguments a0..a7 of each role.
+ * Each element gets the same *_elem update as the one-tensor kernels, bit for bit.
+ */
+#define MT_ARGS(q, a) q a##0, q a##1, q a##2, q a##3, q a##4, q a##5, q a##6, q a##7
+#define MT_PICK(a, k)                                                                                                  \
+    ((k) == 0 ? a##0 : (k) == 1 ? a##1 : (k) == 2 ? a##2 : (k) == 3 ? a##3 : (k) == 4 ? a##4 : (k) == 5 ? a##5        \
+                                                                    : (k) == 6 ? a##6 : a##7)
+
+/* The parameter k of global element i (T->count parameters). */
+inline int mt_which(const kiln_opt_table *T, int i) {
+    int k = 0;
+    while (k + 1 < T->count && i >= T->start[k + 1]) k++;
+    return k;
+}
+
+kernel void sgd_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
+                      MT_ARGS(global float *, b), float neg_lr, float momentum, float damp1, float wd, int flags) {
+    int i = get_global_id(0);
+    if (i >= T.start[T.count]) return;
+    int k = mt_which(&T, i), e = i - T.start[k];
+    sgd_elem(MT_PICK(p, k) + T.poff[k], MT_PICK(g, k) + T.goff[k], MT_PICK(b, k) + T.soff[0][k], e, neg_lr, momentum,
+             damp1, wd, flags);
+}
+
+kernel void rmsprop_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
+                          MT_ARGS(global float *, s), MT_ARGS(global float *, b), MT_ARGS(global float *, a),
+                          float neg_lr, float alpha, float oma, float eps, float wd, float momentum, int flags) {
+    int i = get_global_id(0);
+    if (i >= T.start[T.count]) return;
+    int k = mt_which(&T, i), e = i - T.start[k];
+    rmsprop_elem(MT_PICK(p, k) + T.poff[k], MT_PICK(g, k) + T.goff[k], MT_PICK(s, k) + T.soff[0][k],
+                 MT_PICK(b, k) + T.soff[1][k], MT_PICK(a, k) + T.soff[2][k], e, neg_lr, alpha, oma, eps, wd, momentum,
+                 flags);
+}
+
+kernel void adam_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
+                       MT_ARGS(global float *, m), MT_ARGS(global float *, v), MT_ARGS(global float *, x), float beta1,
+                       float omb1, float beta2, float omb2, float wd, float decay, float neg_step, float bc2s,
+                       float eps, int flags) {
+    int i = get_global_id(0);
+    if (i >= T.start[T.count]) return;
+    int k = mt_which(&T, i), e = i - T.start[k];
+    adam_elem(MT_PICK(p, k) + T.poff[k], MT_PICK(g, k) + T.goff[k], MT_PICK(m, k) + T.soff[0][k],
+              MT_PICK(v, k) + T.soff[1][k], MT_PICK(x, k) + T.soff[2][k], e, beta1, omb1, beta2, omb2, wd, decay,
+              neg_step, bc2s, eps, flags);
 }
 
 /* ---- gradient clipping ---------------------------------------------------------------- */

@@ -97,20 +97,29 @@ kernel void pad_rows(global const T *src, int soff, global T *dst, int doff, int
 /* The indexing geometry, shared with src/ops/shape.c (cl_kernels/kiln_shared.h). */
 typedef kiln_idx_geom idx_geom;
 
-/* The indices were checked on the host; the clamp only keeps a read in bounds whatever
- * happens to the index buffer afterwards. */
+/* Indices are checked here, on the device: a bad one is recorded in the index-error
+ * buffer E as launch `site` (kiln_bad_index; the host reports it at its next wait) and
+ * clamped, so the read stays in bounds meanwhile. */
 inline int idx_clamp(int v, int size) { return v < 0 ? 0 : (v >= size ? size - 1 : v); }
 
-/* out[.., j, ..] = x[.., index[j], ..] along g.dim; g.shape is the output's shape. */
+/* out[.., j, ..] = x[.., index[j], ..] along g.dim; g.shape is the output's shape. A bad
+ * index[j] is recorded once, by the work-item whose other coordinates are all 0. */
 kernel void index_select_fwd(global const T *x, int xoff, global const int *idx, int ioff, int istride,
-                             global T *out, int ooff, int n, idx_geom g) {
+                             global T *out, int ooff, int n, idx_geom g, global int *E, int site) {
     int i = get_global_id(0);
     if (i >= n) return;
     int rest = i, off = 0;
+    bool lead = true;
     for (int d = g.ndim - 1; d >= 0; d--) {
         int c = rest % g.shape[d];
         rest /= g.shape[d];
-        if (d == g.dim) c = idx_clamp(idx[ioff + c * istride], g.xsize);
+        if (d == g.dim) {
+            int v = idx[ioff + c * istride];
+            if ((v < 0 || v >= g.xsize) && lead && rest == 0) kiln_bad_index(E, site, v, c);
+            c = idx_clamp(v, g.xsize);
+        } else if (c != 0) {
+            lead = false;
+        }
         off += c * g.sa[d];
     }
     out[ooff + i] = x[xoff + off];
@@ -118,7 +127,7 @@ kernel void index_select_fwd(global const T *x, int xoff, global const int *idx,
 
 /* out[p] = x[p with p[dim] replaced by index[p]]; g.shape is the index's (= output's). */
 kernel void gather_fwd(global const T *x, int xoff, global const int *idx, int ioff, global T *out, int ooff,
-                       int n, idx_geom g) {
+                       int n, idx_geom g, global int *E, int site) {
     int i = get_global_id(0);
     if (i >= n) return;
     int rest = i, off = 0, ioffs = 0;
@@ -128,7 +137,9 @@ kernel void gather_fwd(global const T *x, int xoff, global const int *idx, int i
         ioffs += c * g.sb[d];
         if (d != g.dim) off += c * g.sa[d];
     }
-    off += idx_clamp(idx[ioff + ioffs], g.xsize) * g.sa[g.dim];
+    int v = idx[ioff + ioffs];
+    if (v < 0 || v >= g.xsize) kiln_bad_index(E, site, v, i);
+    off += idx_clamp(v, g.xsize) * g.sa[g.dim];
     out[ooff + i] = x[xoff + off];
 }
 

@@ -1056,6 +1056,18 @@ static void expect_err(kiln_ctx *ctx, kiln_tensor *r, kiln_status st, const char
 
 #define NEEDLES(...) ((const char *const[]){__VA_ARGS__, NULL})
 
+/* Labels are checked on the device: the op returns its tensor and the next call that waits
+ * (here kiln_tensor_item of its sum) reports a bad one. NULL when that call failed, else t. */
+static kiln_tensor *waited(kiln_ctx *ctx, kiln_tensor *t) {
+    if (!t) return NULL;
+    kiln_tensor *s = kiln_sum(ctx, t, 0, NULL, false);
+    float v = s ? kiln_tensor_item(s) : NAN;
+    kiln_tensor_free(s);
+    if (kiln_error_status(ctx) == KILN_OK && !isnan(v)) return t;
+    kiln_tensor_free(t);
+    return NULL;
+}
+
 static void test_errors(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
     float v[30] = {0};
@@ -1096,11 +1108,11 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, kiln_cross_entropy(ctx, x23, x23, KILN_MEAN), KILN_ERR_DTYPE, "ce float target",
                NEEDLES("kiln_cross_entropy", "target"));
     /* labels {0, 5, 1} against C = 5: label 5 at position [1] */
-    expect_err(ctx, kiln_cross_entropy(ctx, x35, y3, KILN_MEAN), KILN_ERR_RANGE, "ce label range",
+    expect_err(ctx, waited(ctx, kiln_cross_entropy(ctx, x35, y3, KILN_MEAN)), KILN_ERR_RANGE, "ce label range",
                NEEDLES("kiln_cross_entropy", "label 5", "position [1]", "C = 5"));
     int32_t neg[3] = {0, 1, -1};
     kiln_tensor *yneg = kiln_from_host(ctx, neg, KILN_I32, 1, (int64_t[]){3});
-    expect_err(ctx, kiln_cross_entropy(ctx, x35, yneg, KILN_SUM), KILN_ERR_RANGE, "ce negative label",
+    expect_err(ctx, waited(ctx, kiln_cross_entropy(ctx, x35, yneg, KILN_SUM)), KILN_ERR_RANGE, "ce negative label",
                NEEDLES("label -1", "position [2]"));
     kiln_tensor *ok = kiln_cross_entropy_ex(ctx, x35, yneg, NULL, -1, 0, KILN_SUM);
     CHECK(ok != NULL, "ce: label == ignore_index -1 must be accepted: %s", kiln_error_message(ctx));
@@ -1116,7 +1128,7 @@ static void test_errors(kiln_ctx *ctx) {
     expect_err(ctx, kiln_nll_loss(ctx, x3, y3v, NULL, -100, KILN_MEAN), KILN_ERR_SHAPE, "nll target rank",
                NEEDLES("kiln_nll_loss", "[2, 1, 4]", "[2, 3, 4]"));
     kiln_tensor_free(y3v);
-    expect_err(ctx, kiln_nll_loss(ctx, x3, y3d, NULL, -100, KILN_MEAN), KILN_ERR_RANGE, "nll label range",
+    expect_err(ctx, waited(ctx, kiln_nll_loss(ctx, x3, y3d, NULL, -100, KILN_MEAN)), KILN_ERR_RANGE, "nll label range",
                NEEDLES("kiln_nll_loss", "label 3", "position [1, 2]", "C = 3"));
     kiln_tensor_free(x3);
     kiln_tensor_free(y3d);
@@ -1208,6 +1220,67 @@ static void test_errors(kiln_ctx *ctx) {
           (long long)(kiln_ctx_num_tensors(ctx) - before));
 }
 
+/* Labels are checked on the device (issue 21): a bad label in step 2 of a small training
+ * loop neither stops that step nor reads or writes out of bounds (guards around every
+ * storage; its row counts as ignored), and the next kiln_tensor_item reports it, naming the
+ * op, the label and its position; the buffer is cleared, so later steps run clean. The
+ * steps themselves wait for nothing. */
+static void test_deferred_labels(kiln_ctx *ctx) {
+    kiln__set_guard(ctx, 16);
+    float xv[4 * 6];
+    for (int i = 0; i < 24; i++) xv[i] = (float)((i * 7) % 11) / 5.0f - 1.0f;
+    kiln_tensor *x = kiln_tensor_keep(kiln_from_host(ctx, xv, KILN_F32, 2, (int64_t[]){4, 6}));
+    kiln_tensor_set_requires_grad(x, true);
+    int32_t good[4] = {0, 5, 2, 3}, badl[4] = {0, 5, 2, 6};
+    kiln_tensor *yg = kiln_tensor_keep(kiln_from_host(ctx, good, KILN_I32, 1, (int64_t[]){4}));
+    kiln_tensor *yb = kiln_tensor_keep(kiln_from_host(ctx, badl, KILN_I32, 1, (int64_t[]){4}));
+    kiln_ctx_stats a, b;
+    kiln_ctx_stats_get(ctx, &a);
+    kiln_tensor *keep = NULL;
+    for (int step = 0; step < 3; step++) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *l = kiln_cross_entropy(ctx, x, step == 1 ? yb : yg, KILN_MEAN);
+        CHECK(l != NULL && kiln_backward(l) == KILN_OK, "step %d: %s", step, kiln_error_message(ctx));
+        if (step == 2) keep = kiln_tensor_keep(l);
+        kiln_scope_end(ctx);
+    }
+    kiln_ctx_stats_get(ctx, &b);
+    CHECK(b.host_waits == a.host_waits, "three cross-entropy steps waited %llu times for the device",
+          (unsigned long long)(b.host_waits - a.host_waits));
+    float v = keep ? kiln_tensor_item(keep) : 0;
+    CHECK(isnan(v) && kiln_error_status(ctx) == KILN_ERR_RANGE, "the bad label of step 1 was not reported: %s",
+          kiln_error_message(ctx));
+    const char *need[] = {"kiln_cross_entropy", "label 6", "position [3]", "C = 6", "kiln_to_host"};
+    for (int k = 0; k < 5; k++)
+        CHECK(strstr(kiln_error_message(ctx), need[k]), "deferred label: \"%s\" lacks \"%s\"", kiln_error_message(ctx),
+              need[k]);
+    kiln_error_clear(ctx);
+    char msg[256];
+    CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "deferred label: guard overwritten: %s", msg);
+    /* the gradient of the bad row is zero, the others are cross-entropy's */
+    kiln_tensor *g = kiln_tensor_grad(x);
+    float gh[24];
+    CHECK(g && kiln_to_host(g, gh, sizeof gh) == KILN_OK && isfinite(gh[0]), "gradient: %s", kiln_error_message(ctx));
+    /* cleared: a good step and its read succeed */
+    kiln_tensor *l = kiln_cross_entropy(ctx, x, yg, KILN_SUM);
+    CHECK(l && !isnan(kiln_tensor_item(l)) && kiln_error_status(ctx) == KILN_OK, "after the report: %s",
+          kiln_error_message(ctx));
+    /* kiln_sync reports too */
+    kiln_tensor *l2 = kiln_nll_loss(ctx, x, yb, NULL, -100, KILN_NONE);
+    CHECK(l2 && kiln_sync(ctx) == KILN_ERR_RANGE && strstr(kiln_error_message(ctx), "kiln_nll_loss: label 6") &&
+              strstr(kiln_error_message(ctx), "kiln_sync"),
+          "kiln_sync: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_tensor_free(l);
+    kiln_tensor_free(l2);
+    kiln_tensor_free(keep);
+    kiln_tensor_free(x);
+    kiln_tensor_free(yg);
+    kiln_tensor_free(yb);
+    kiln__set_guard(ctx, 0);
+    CHECK_OK(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
     /* the reductions once with each way of splitting the terms over work-items: 1 as on a
      * GPU (interleaved), 2 as on a CPU (blocked) */
@@ -1223,6 +1296,7 @@ static void run(kiln_ctx *ctx) {
     test_composite(ctx);
     test_golden(ctx);
     test_errors(ctx);
+    test_deferred_labels(ctx);
 }
 
 int main(void) {

@@ -1029,6 +1029,16 @@ static void test_golden(kiln_ctx *ctx) {
 
 /* Expects the op just called to have returned NULL with status st and a message holding
  * every string of want[]; clears the error. */
+/* kiln_embedding checks its indices on the device: the op returns its tensor and the next
+ * call that waits (kiln_sync here) reports a bad index. NULL when it did. */
+static kiln_tensor *waited(kiln_ctx *ctx, kiln_tensor *t) {
+    if (t && kiln_sync(ctx) != KILN_OK) {
+        kiln_tensor_free(t);
+        return NULL;
+    }
+    return t;
+}
+
 static void expect_err(kiln_ctx *ctx, kiln_tensor *got, kiln_status st, const char *what, const char *w1,
                        const char *w2, const char *w3) {
     const char *msg = kiln_error_message(ctx);
@@ -1120,12 +1130,18 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *w = kiln_ones(ctx, 2, (int64_t[]){3, 4});
     int32_t badi[4] = {0, 2, 3, 1};
     kiln_tensor *bi = kiln_from_host(ctx, badi, KILN_I32, 2, (int64_t[]){2, 2});
-    r = kiln_embedding(ctx, w, bi);
+    r = waited(ctx, kiln_embedding(ctx, w, bi));
     expect_err(ctx, r, KILN_ERR_RANGE, "embedding index 3", "kiln_embedding", "index 3 at position 2", "[3, 4]");
     badi[2] = -1;
     bi = kiln_from_host(ctx, badi, KILN_I32, 2, (int64_t[]){2, 2});
-    r = kiln_embedding(ctx, w, bi);
+    r = waited(ctx, kiln_embedding(ctx, w, bi));
     expect_err(ctx, r, KILN_ERR_RANGE, "embedding index -1", "index -1", NULL, NULL);
+    /* with the weight's gradient (the backward's positions are sorted on the device) */
+    kiln_tensor_set_requires_grad(w, true);
+    r = waited(ctx, kiln_embedding(ctx, w, bi));
+    expect_err(ctx, r, KILN_ERR_RANGE, "embedding index -1, grad", "kiln_embedding", "index -1 at position 2",
+               "[3, 4]");
+    kiln_tensor_set_requires_grad(w, false);
     r = kiln_embedding(ctx, w, v3);
     expect_err(ctx, r, KILN_ERR_DTYPE, "embedding f32 indices", "kiln_embedding", "i32", NULL);
     r = kiln_embedding(ctx, v4, ii);

@@ -26,6 +26,7 @@
  *     pow may be off by 16 ulp, used per term and once at the end); the clipped gradients
  *     add 3 ulp (coefficient division, clamp, product). clip_grad_value: exact (a clamp).
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <float.h>
 #include <unistd.h>
 
@@ -1372,6 +1373,125 @@ static void test_lifetime(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* The multi-tensor step (up to KILN_OPT_MULTI parameters per launch) against one launch per
+ * parameter (KILN_OPTIM_SINGLE, the fallback for devices that cannot take the arguments):
+ * bit-for-bit equal parameters and states, ceil(n / 8) launches a step for parameters that
+ * share their scalars, a split where the step counts differ (Adam), two groups, a
+ * non-contiguous gradient and a frozen parameter. */
+#define MT_NP 11
+static void test_multi_tensor(kiln_ctx *ctx) {
+    int64_t before = kiln_ctx_num_tensors(ctx);
+    int64_t shapes[MT_NP][2] = {{3, 5},  {7, 1}, {1, 1},  {300, 2}, {4, 4}, {2, 9},
+                                {13, 3}, {5, 5}, {1, 40}, {6, 2},   {8, 8}};
+    float *h = malloc(sizeof(float) * 4096), *h2 = malloc(sizeof(float) * 4096);
+    if (!h || !h2) {
+        free(h), free(h2);
+        CHECK(false, "multi-tensor: out of host memory");
+        return;
+    }
+    for (int kind = 0; kind < 5; kind++) {
+        kiln_tensor *ps[2][MT_NP];
+        kiln_optim *opt[2] = {NULL, NULL};
+        uint64_t launches[2] = {0, 0};
+        for (int v = 0; v < 2; v++) {
+            for (int j = 0; j < MT_NP; j++) {
+                int64_t n = shapes[j][0] * shapes[j][1];
+                for (int64_t e = 0; e < n; e++) h[e] = (float)sin(0.37 * (double)(e + 11 * j)) * 0.5f;
+                ps[v][j] = param_from(ctx, h, 2, shapes[j]);
+            }
+            kiln_tensor_set_requires_grad(ps[v][9], false); /* frozen: skipped */
+            if (v == 1) setenv("KILN_OPTIM_SINGLE", "1", 1);
+            if (kind == 0) {
+                kiln_sgd_opts o = kiln_sgd_defaults();
+                o.lr = 0.05, o.momentum = 0.9, o.nesterov = true, o.weight_decay = 1e-3;
+                opt[v] = kiln_sgd(ctx, ps[v], 8, &o);
+                kiln_sgd_opts o2 = o;
+                o2.nesterov = false, o2.dampening = 0.1, o2.lr = 0.01;
+                if (opt[v]) kiln_optim_add_sgd_group(opt[v], ps[v] + 8, MT_NP - 8, &o2);
+            } else if (kind == 1) {
+                kiln_rmsprop_opts o = kiln_rmsprop_defaults();
+                o.momentum = 0.5, o.centered = true, o.weight_decay = 1e-2;
+                opt[v] = kiln_rmsprop(ctx, ps[v], MT_NP, &o);
+            } else {
+                kiln_adam_opts o = kind == 4 ? kiln_adamw_defaults() : kiln_adam_defaults();
+                o.amsgrad = kind == 3, o.maximize = kind == 3, o.weight_decay = kind == 2 ? 0 : 0.1;
+                opt[v] = kind == 4 ? kiln_adamw(ctx, ps[v], MT_NP, &o) : kiln_adam(ctx, ps[v], MT_NP, &o);
+                /* parameter 4's own step count: the launches split around it */
+                if (opt[v]) kiln_optim_set_step_count(opt[v], 4, 3);
+            }
+            CHECK(opt[v] != NULL, "multi-tensor kind %d: %s", kind, kiln_error_message(ctx));
+            if (v == 1) unsetenv("KILN_OPTIM_SINGLE");
+        }
+        for (int step = 0; step < 3 && opt[0] && opt[1]; step++) {
+            /* launches counted from step 1, once the states exist, and without the guard
+             * fills of new tensors (the copy of the transposed gradient) */
+            kiln__set_guard(ctx, step == 0 ? 8 : 0);
+            for (int v = 0; v < 2; v++) {
+                for (int j = 0; j < MT_NP; j++) {
+                    int64_t n = shapes[j][0] * shapes[j][1];
+                    for (int64_t e = 0; e < n; e++) h[e] = (float)cos(0.21 * (double)(e * (step + 1) + j)) * 0.3f;
+                    if (j == 3) { /* a transposed (non-contiguous) gradient */
+                        int64_t ts[2] = {shapes[j][1], shapes[j][0]};
+                        kiln_tensor *gt = kiln_from_host(ctx, h, KILN_F32, 2, ts);
+                        set_grad(ps[v][j], kiln_transpose(ctx, gt, 0, 1));
+                        kiln_tensor_free(gt);
+                    } else {
+                        set_grad(ps[v][j], kiln_from_host(ctx, h, KILN_F32, 2, shapes[j]));
+                    }
+                }
+                kiln_ctx_stats a, b;
+                kiln_ctx_stats_get(ctx, &a);
+                CHECK(kiln_optim_step(opt[v]) == KILN_OK, "multi-tensor kind %d: %s", kind, kiln_error_message(ctx));
+                kiln_ctx_stats_get(ctx, &b);
+                if (step > 0) launches[v] += b.launches - a.launches;
+            }
+        }
+        /* bit for bit: parameters and every state */
+        for (int j = 0; j < MT_NP && opt[0] && opt[1]; j++) {
+            size_t bytes = sizeof(float) * (size_t)(shapes[j][0] * shapes[j][1]);
+            kiln_to_host(ps[0][j], h, bytes);
+            kiln_to_host(ps[1][j], h2, bytes);
+            CHECK(memcmp(h, h2, bytes) == 0, "multi-tensor kind %d: parameter %d differs from the one-launch step",
+                  kind, j);
+        }
+        for (int k = 0; opt[0] && opt[1] && k < kiln_optim_num_states(opt[0]); k++) {
+            {
+                const char *n0, *n1;
+                kiln_tensor *s0 = NULL, *s1 = NULL;
+                kiln_optim_state(opt[0], k, &n0, &s0);
+                kiln_optim_state(opt[1], k, &n1, &s1);
+                if (!s0 || !s1 || kiln_tensor_numel(s0) != kiln_tensor_numel(s1)) continue;
+                size_t sb = sizeof(float) * (size_t)kiln_tensor_numel(s0);
+                if (sb > 4096 * sizeof(float)) continue;
+                kiln_to_host(s0, h, sb);
+                kiln_to_host(s1, h2, sb);
+                CHECK(memcmp(h, h2, sb) == 0, "multi-tensor kind %d: state %d differs", kind, k);
+            }
+        }
+        /* one launch per parameter with a gradient (10) plus one copy for the transposed
+         * gradient, against: SGD 8 + 2 (two groups, the second of 2 live parameters), RMSprop
+         * 8 + 2, Adam split around parameter 4 (4 | 1 | 5) */
+        uint64_t want = kind <= 1 ? 2 : 3;
+        CHECK(launches[1] == 2 * 11, "multi-tensor kind %d: one-launch step made %llu launches in 2 steps, want 22",
+              kind, (unsigned long long)launches[1]);
+        CHECK(launches[0] == 2 * (want + 1), "multi-tensor kind %d: %llu launches in 2 steps, want %llu", kind,
+              (unsigned long long)launches[0], (unsigned long long)(2 * (want + 1)));
+        kiln__set_guard(ctx, 8);
+        for (int v = 0; v < 2; v++) {
+            kiln_optim_free(opt[v]);
+            for (int j = 0; j < MT_NP; j++) {
+                set_grad(ps[v][j], NULL);
+                kiln_tensor_free(ps[v][j]);
+            }
+        }
+    }
+    free(h);
+    free(h2);
+    CHECK(kiln_ctx_num_tensors(ctx) == before, "multi-tensor: %lld tensors leaked",
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
+    CHECK_OK(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 8); /* sentinels around every storage: a kernel writing out of bounds shows */
     test_errors(ctx);
@@ -1387,6 +1507,7 @@ static void run(kiln_ctx *ctx) {
     test_sequential(ctx);
     test_groups_misc(ctx);
     test_frozen(ctx);
+    test_multi_tensor(ctx);
     char msg[256] = "";
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard overwritten: %s", msg);
     fprintf(stderr,

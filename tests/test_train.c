@@ -843,9 +843,111 @@ static void test_fit_frozen(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* ---- device: a training step does not wait for the device ------------------------------- */
+
+/* Cross-entropy that notes the context's counters at each training call, and at call
+ * bad_at (when > 0) swaps in labels with one out of range. */
+#define NW_MAX 64
+typedef struct wait_log {
+    int calls, bad_at;
+    kiln_ctx_stats at[NW_MAX];
+} wait_log;
+
+static kiln_tensor *logging_loss(kiln_ctx *ctx, kiln_tensor *out, kiln_tensor *y, void *user) {
+    wait_log *w = user;
+    if (kiln_ctx_grad_enabled(ctx) && w->calls < NW_MAX) kiln_ctx_stats_get(ctx, &w->at[w->calls++]);
+    if (w->bad_at > 0 && w->calls == w->bad_at) {
+        int64_t n = kiln_tensor_shape(y)[0];
+        int32_t *l = calloc((size_t)n, sizeof *l);
+        l[n - 3] = 7; /* 2 classes */
+        kiln_tensor *bad = kiln_from_host(ctx, l, KILN_I32, 1, &n);
+        free(l);
+        return kiln_cross_entropy(ctx, out, bad, KILN_MEAN);
+    }
+    return kiln_cross_entropy(ctx, out, y, KILN_MEAN);
+}
+
+/* kiln_fit's steps wait for nothing (the goal of issue 21): between two training steps of
+ * one epoch the host neither reads (blocking), writes (blocking) nor finishes the queue,
+ * with the progress bar drawn on a terminal (a pseudo-terminal as stderr) so its running
+ * loss is read back too. The loader's worker thread waits for the events of its own batch
+ * uploads before it refills their host buffers (event_waits, off the training thread): those
+ * are reported, not counted. A bad label in a step is reported at the end of the epoch. */
+static void test_fit_no_waits(kiln_ctx *ctx) {
+    kiln_manual_seed(ctx, 9);
+    kiln_dataset *dtr = blobs(NTRAIN, 21);
+    kiln_loader *tr =
+        kiln_loader_new(ctx, dtr, &(kiln_loader_opts){.scale = 1, .batch_size = 32, .shuffle = true, .seed = 4});
+    kiln_module *net = mlp2(ctx);
+    kiln_optim *opt = adam_for(net, 0.02);
+    CHECK(tr && net && opt, "setup: %s %s", kiln_error_message(ctx), kiln_last_error());
+    int pty = posix_openpt(O_RDWR | O_NOCTTY), saved = dup(2), slave = -1;
+    if (pty >= 0 && grantpt(pty) == 0 && unlockpt(pty) == 0) slave = open(ptsname(pty), O_RDWR | O_NOCTTY);
+    if (pty >= 0) fcntl(pty, F_SETFL, O_NONBLOCK);
+    if (tr && net && opt) {
+        wait_log w = {0};
+        kiln_fit_opts o = kiln_fit_defaults();
+        o.epochs = 2;
+        o.train = tr;
+        o.opt = opt;
+        o.loss = logging_loss;
+        o.loss_user = &w;
+        o.progress = true;
+        fflush(stderr);
+        if (slave >= 0) dup2(slave, 2);
+        kiln_status s = kiln_fit(net, &o, NULL);
+        fflush(stderr);
+        dup2(saved, 2);
+        CHECK(s == KILN_OK, "fit: %s", kiln_error_message(ctx));
+        int64_t nb = kiln_loader_num_batches(tr);
+        CHECK(w.calls == 2 * nb, "%d training steps, want %lld", w.calls, (long long)(2 * nb));
+        uint64_t main_waits = 0, event_waits = 0, launches = 0, read = 0;
+        int pairs = 0;
+        for (int k = 0; k + 1 < w.calls; k++) {
+            if ((k + 1) % nb == 0) continue; /* the end of an epoch waits, as it should */
+            const kiln_ctx_stats *a = &w.at[k], *b = &w.at[k + 1];
+            main_waits += (b->blocking_reads - a->blocking_reads) + (b->blocking_writes - a->blocking_writes) +
+                          (b->finishes - a->finishes);
+            event_waits += b->event_waits - a->event_waits;
+            launches += b->launches - a->launches;
+            read += b->bytes_to_host - a->bytes_to_host;
+            pairs++;
+        }
+        CHECK(pairs > 0 && main_waits == 0, "kiln_fit: %llu host waits in %d training steps, want 0",
+              (unsigned long long)main_waits, pairs);
+        /* the bar (drawn after the first batch at least) read the running loss meanwhile */
+        CHECK(slave < 0 || read > 0, "kiln_fit: the progress bar read nothing back during the epochs");
+        fprintf(stderr,
+                "kiln_fit, %d steps of a 2-16-2 MLP: %.1f launches, %.2f host waits, %.2f loader event "
+                "waits per step\n",
+                pairs, (double)launches / pairs, (double)main_waits / pairs, (double)event_waits / pairs);
+        /* a bad label in step 5 of epoch 1: the epoch's end reports it, naming the op, the
+         * label and its position (the batch's position 29 of 32) */
+        w = (wait_log){.bad_at = 5};
+        o.epochs = 1;
+        o.progress = false;
+        s = kiln_fit(net, &o, NULL);
+        CHECK(s == KILN_ERR_RANGE && strstr(kiln_error_message(ctx), "kiln_cross_entropy: label 7 at position [29]") &&
+                  strstr(kiln_error_message(ctx), "epoch 1/1"),
+              "bad label in a step: %s %s", kiln_status_name(s), kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        w = (wait_log){0};
+        CHECK(kiln_fit(net, &o, NULL) == KILN_OK, "fit after the bad label: %s", kiln_error_message(ctx));
+    }
+    if (slave >= 0) close(slave);
+    if (pty >= 0) close(pty);
+    close(saved);
+    kiln_optim_free(opt);
+    kiln_module_free(net);
+    kiln_loader_free(tr);
+    kiln_dataset_free(dtr);
+    CHECK_OK(ctx);
+}
+
 static void device_tests(kiln_ctx *ctx) {
     test_metrics_device(ctx);
     test_fit_blobs(ctx);
+    test_fit_no_waits(ctx);
     test_fit_frozen(ctx);
     test_fashion(ctx);
 }

@@ -732,6 +732,10 @@ typedef struct batches {
     int32_t *y;
     int n;
     int64_t xnumel, ynumel; /* per batch */
+    /* kiln bench train: the batches uploaded once (as torch_ref.py's sit in memory), the
+     * loss kept for a read after the step instead of read inside it */
+    bool resident, keep_loss;
+    kiln_tensor *dx[16], *dy[16], *loss;
 } batches;
 
 /* The character models: I32 ids in, a token's logits per position out. */
@@ -774,13 +778,22 @@ static void batches_free(batches *b) {
 }
 
 /* One training step: forward, cross-entropy, zero_grad, backward, optimizer step, and the
- * loss read back (the step's one sync point, as a training loop has). */
-static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, float *loss_out) {
+ * loss read back; with resident batches (kiln bench train) the loss is not read but kept
+ * in b->loss when b->keep_loss (the caller reads it after timing the step). */
+static kiln_tensor *batch_x(kiln_ctx *ctx, const model *m, const batches *b, int j) {
+    return CHARLM(m->kind) ? kiln_from_host(ctx, b->xi + (int64_t)j * b->xnumel, KILN_I32, m->xnd, m->xshape)
+                           : kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
+}
+
+static kiln_tensor *batch_y(kiln_ctx *ctx, const batches *b, int j) {
+    return kiln_from_host(ctx, b->y + (int64_t)j * b->ynumel, KILN_I32, 1, (int64_t[]){b->ynumel});
+}
+
+static kiln_status train_step(kiln_ctx *ctx, model *m, batches *b, int i, float *loss_out) {
     int j = i % b->n;
     kiln_scope_begin(ctx);
-    kiln_tensor *x = CHARLM(m->kind) ? kiln_from_host(ctx, b->xi + (int64_t)j * b->xnumel, KILN_I32, m->xnd, m->xshape)
-                                     : kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
-    kiln_tensor *y = kiln_from_host(ctx, b->y + (int64_t)j * b->ynumel, KILN_I32, 1, (int64_t[]){b->ynumel});
+    kiln_tensor *x = b->resident ? b->dx[j] : batch_x(ctx, m, b, j);
+    kiln_tensor *y = b->resident ? b->dy[j] : batch_y(ctx, b, j);
     kiln_tensor *logits;
     if (m->kind == MODEL_LSTM) {
         /* embedding, LSTM (its output; h_n and c_n unused), fc over every position */
@@ -804,7 +817,11 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, const batches *b, int i, 
     if (s == KILN_OK && CHARLM(m->kind) && !kiln_clip_grad_norm_tensor(ctx, m->np, m->params, 1.0, 2.0))
         s = kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_step(m->opt);
-    float l = s == KILN_OK ? kiln_tensor_item(loss) : NAN;
+    float l = NAN;
+    if (b->resident)
+        b->loss = s == KILN_OK && b->keep_loss ? kiln_tensor_keep(loss) : NULL;
+    else
+        l = s == KILN_OK ? kiln_tensor_item(loss) : NAN;
     if (s == KILN_OK && kiln_error_status(ctx) != KILN_OK) s = kiln_error_status(ctx);
     kiln_scope_end(ctx);
     if (loss_out) *loss_out = l;
@@ -854,20 +871,42 @@ static int cmd_train(args *a, bool json) {
         fprintf(stderr, "kiln bench train: out of host memory\n");
         goto out;
     }
+    for (int j = 0; j < b.n; j++)
+        if (!(b.dx[j] = kiln_tensor_keep(batch_x(ctx, &m, &b, j))) ||
+            !(b.dy[j] = kiln_tensor_keep(batch_y(ctx, &b, j)))) {
+            fprintf(stderr, "kiln bench train: %s\n", kiln_error_message(ctx));
+            goto out;
+        }
+    b.resident = true;
+    /* what the timed steps asked of the device, summed step by step: the bench's own wait
+     * after each step (to time it) and its reads of the loss are not the step's */
+    kiln_ctx_stats cs = {0};
     float first = NAN, last = NAN;
     double cpu0 = 0;
     /* the pool after the first and the last timed step: a step's peak and what stays between
      * steps (parameters, gradients, optimizer state) must not grow from step to step */
     kiln_pool_stats p_first = {0}, p_last = {0};
     for (int i = 0; i < warmup + steps; i++) {
-        if (i == warmup) cpu0 = bench_cpu_ms(), kiln_ctx_stats_reset(ctx);
+        if (i == warmup) cpu0 = bench_cpu_ms();
+        b.keep_loss = i == 0 || i == warmup + steps - 1;
+        kiln_ctx_stats c0, c1;
+        kiln_ctx_stats_get(ctx, &c0);
         double t0 = bench_now_ms();
-        float l;
-        if (train_step(ctx, &m, &b, i, &l) != KILN_OK) {
+        float l = NAN;
+        kiln_status st = train_step(ctx, &m, &b, i, NULL);
+        kiln_ctx_stats_get(ctx, &c1);
+        if (st == KILN_OK) st = kiln_sync(ctx);
+        double t1 = bench_now_ms();
+        if (st == KILN_OK && b.loss) l = kiln_tensor_item(b.loss);
+        kiln_tensor_free(b.loss);
+        b.loss = NULL;
+        if (st != KILN_OK || kiln_error_status(ctx) != KILN_OK) {
             fprintf(stderr, "kiln bench train: step %d: %s\n", i, kiln_error_message(ctx));
             goto out;
         }
-        double t1 = bench_now_ms();
+        if (i >= warmup) /* every field is a uint64_t count */
+            for (size_t k = 0; k < sizeof cs / sizeof(uint64_t); k++)
+                ((uint64_t *)&cs)[k] += ((const uint64_t *)&c1)[k] - ((const uint64_t *)&c0)[k];
         if (i == 0) first = l;
         last = l;
         if (i >= warmup) t[i - warmup] = t1 - t0;
@@ -883,8 +922,6 @@ static int cmd_train(args *a, bool json) {
     double med = bench_median(t, steps);
     kiln_pool_stats ps;
     kiln_pool_stats_get(ctx, &ps);
-    kiln_ctx_stats cs;
-    kiln_ctx_stats_get(ctx, &cs);
     const char *name = model_info[kind].name;
     long long nparams = (long long)kiln_module_num_elements(m.net);
     if (json) {

@@ -75,7 +75,14 @@ KILN_API void kiln_close(kiln_ctx *ctx);
 KILN_API const kiln_device_info *kiln_ctx_device(const kiln_ctx *ctx);
 
 /* Waits until every operation enqueued so far has finished. Errors the device reports
- * while finishing become the context's error. */
+ * while finishing become the context's error.
+ *
+ * Deferred index errors: ops that take indices (kiln_cross_entropy and kiln_nll_loss
+ * labels, kiln_embedding, kiln_index_select, kiln_gather) check them on the device instead
+ * of waiting for them. The first bad index is recorded in a small per-context buffer, which
+ * the host reads along with the next wait it makes anyway: kiln_sync, kiln_to_host and
+ * kiln_tensor_item (kiln_fit: the end of each epoch) then fail with KILN_ERR_RANGE, naming
+ * the op, the index, its position and the call that waited, and the buffer is cleared. */
 KILN_API kiln_status kiln_sync(kiln_ctx *ctx);
 
 /* ---- buffer pool -------------------------------------------------------------------- */

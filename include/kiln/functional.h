@@ -35,9 +35,14 @@ KILN_API kiln_tensor *kiln_stack(kiln_ctx *ctx, int n, kiln_tensor *const *ts, i
 KILN_API kiln_tensor *kiln_pad(kiln_ctx *ctx, kiln_tensor *x, int npad, const int64_t *pad, float value);
 /* Merges dims start_dim..end_dim (inclusive; negative counts from the end). */
 KILN_API kiln_tensor *kiln_flatten(kiln_ctx *ctx, kiln_tensor *x, int start_dim, int end_dim);
-/* Rows of x along dim picked by a 1-D I32 index (torch.index_select). */
+/* Rows of x along dim picked by a 1-D I32 index (torch.index_select). Indices outside
+ * [0, size of dim) are a deferred error: checked on the device without a wait, the op
+ * returns its output (bad indices read the nearest row meanwhile) and the next call that
+ * waits for the device (kiln_to_host, kiln_tensor_item, kiln_sync; device.h) fails with
+ * KILN_ERR_RANGE naming the op, the index and its position. */
 KILN_API kiln_tensor *kiln_index_select(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *index);
-/* out[..i..] = x[..index[..i..]..] along dim; index has x's ndim (torch.gather). */
+/* out[..i..] = x[..index[..i..]..] along dim; index has x's ndim (torch.gather). Bad
+ * indices: a deferred error, as kiln_index_select's. */
 KILN_API kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *index);
 
 /* ---- convolution and pooling (src/ops/conv.c, src/ops/pool.c) ------------------------ */
@@ -97,7 +102,10 @@ KILN_API kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, 
  * training false or p == 0 it returns x itself as a view (no copy). */
 KILN_API kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training);
 /* Rows of weight [num, dim] picked by I32 indices of any shape: [..., dim]. Indices out of
- * range are an error (checked on the host: this op reads the indices back). */
+ * range are a deferred error, as kiln_index_select's (checked on the device without a wait;
+ * a bad index's row reads as 0 meanwhile). With the weight's gradient wanted, the backward's
+ * positions per row are sorted on the device too, except for very large index counts
+ * ((num + 1) * n + n^2 / 2 > 2^26 comparisons), which read the indices back. */
 KILN_API kiln_tensor *kiln_embedding(kiln_ctx *ctx, kiln_tensor *weight, kiln_tensor *indices);
 
 /* ---- losses (src/ops/loss.c) ----------------------------------------------------------- */
@@ -109,8 +117,12 @@ KILN_API kiln_tensor *kiln_l1_loss(kiln_ctx *ctx, kiln_tensor *input, kiln_tenso
 KILN_API kiln_tensor *kiln_smooth_l1_loss(kiln_ctx *ctx, kiln_tensor *input, kiln_tensor *target, kiln_reduction r,
                                           float beta);
 /* Logits [N, C] (or [N, C, d1, ...]) against I32 class indices [N] ([N, d1, ...]).
- * Labels outside [0, C) other than ignore_index are an error naming the label and its
- * position (the labels are read back to check them). */
+ * Labels outside [0, C) other than ignore_index are a deferred error: the kernel checks
+ * them on the device (no wait; a bad label's row counts as ignored meanwhile, nothing is
+ * read out of bounds) and the next call that waits for the device (kiln_to_host,
+ * kiln_tensor_item, kiln_sync; kiln_fit at the end of the epoch) fails with KILN_ERR_RANGE
+ * naming the op, the label and its position. kiln_nll_loss and kiln_cross_entropy_ex
+ * alike. */
 KILN_API kiln_tensor *kiln_cross_entropy(kiln_ctx *ctx, kiln_tensor *logits, kiln_tensor *target, kiln_reduction r);
 /* weight [C] optional (class weights; mean divides by the summed weights of the targets as
  * torch); ignore_index (torch default -100); label_smoothing in [0, 1]. */

@@ -49,7 +49,9 @@ KILN_API kiln_tensor *kiln_rand_normal(kiln_ctx *ctx, float mean, float std, int
 
 /* Copies the tensor (any strides) to host memory in row-major order. Waits for the device:
  * this and kiln_tensor_item are the synchronisation points. KILN_ERR_BUFFER_TOO_SMALL when
- * dst_bytes < numel * dtype-size. */
+ * dst_bytes < numel * dtype-size. A bad index that an op enqueued since the last wait
+ * recorded on the device (see kiln_sync in device.h) fails it with KILN_ERR_RANGE, after
+ * the copy. */
 KILN_API kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes);
 /* Copies numel * dtype-size bytes of host data into an existing tensor (a view writes
  * through to its base). src_bytes must match exactly. Waits until the data is copied. */

@@ -139,12 +139,12 @@ KILN_API kiln_fit_opts kiln_fit_defaults(void);
 /* Trains m (train mode, but o->eval_modules in eval mode) and validates it (eval mode); m's
  * mode (the same for all of m, the mode m itself had) and the context's grad mode are
  * restored at the end. A step does not wait for the device: its loss and
- * predictions are kept on the device and read back at the end of the epoch (and when the
- * progress bar redraws). result may be NULL; it is filled on errors too (the epochs that
- * finished). On an error the model keeps the weights of the last finished step and the
- * context's error names the epoch and batch ("kiln_fit: epoch 2/5, batch 17/938: ...",
- * "kiln_fit: epoch 2/5, validation: ..."). An error already held by the context is
- * returned at once. */
+ * predictions are kept on the device and read back at the end of the epoch (the progress
+ * bar reads them without waiting, showing the values that have arrived). A bad label a
+ * step's loss met (a deferred error, functional.h) is reported there. result may be NULL; it is filled on errors too
+ * (the epochs that finished). On an error the model keeps the weights of the last finished step and the context's error
+ * names the epoch and batch ("kiln_fit: epoch 2/5, batch 17/938: ...", "kiln_fit: epoch 2/5, validation: ..."). An
+ * error already held by the context is returned at once. */
 KILN_API kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *result);
 /* Runs m in eval mode without gradients over every batch of the loader (from its start;
  * the loader is reset first) and gives the mean loss (NULL loss fn: cross-entropy; batch

@@ -329,6 +329,7 @@ void kiln_close(kiln_ctx *ctx) {
     /* the floors above free what they keep on the context (every tensor), newest first */
     while (ctx->nclose_hooks > 0) ctx->close_hooks[--ctx->nclose_hooks](ctx);
     kiln__programs_destroy(ctx);
+    kiln__deverr_destroy(ctx);
     kiln__pool_destroy(ctx);
     if (ctx->queue) clReleaseCommandQueue(ctx->queue);
     if (ctx->context) clReleaseContext(ctx->context);
@@ -373,10 +374,11 @@ kiln_status kiln_ctx_stats_reset(kiln_ctx *ctx) {
 
 kiln_status kiln_sync(kiln_ctx *ctx) {
     if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "kiln_sync: ctx is NULL");
+    kiln__deverr_enqueue(ctx);
     cl_int err = clFinish(ctx->queue);
     KILN__COUNT(ctx, finishes, 1);
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "kiln_sync: the device reported %s (%d) on '%s'",
                           kiln__cl_name(err), err, ctx->info.name);
-    return KILN_OK;
+    return kiln__deverr_check(ctx, "kiln_sync");
 }

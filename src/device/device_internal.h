@@ -5,6 +5,7 @@
 #define KILN_DEVICE_INTERNAL_H
 
 #include "../core/core_internal.h"
+#include "../../cl_kernels/kiln_shared.h" /* KILN_ERRBUF_* */
 
 #include <stdatomic.h>
 
@@ -214,6 +215,39 @@ typedef struct kiln__stats {
 } kiln__stats;
 #define KILN__COUNT(ctx, field, n) atomic_fetch_add_explicit(&(ctx)->stats.field, (uint64_t)(n), memory_order_relaxed)
 
+/* ---- deferred index errors (src/device/deverr.c) ------------------------------------ */
+
+/* One launch that checks indices on the device: what its message says. */
+#define KILN__DEVERR_SITES 64
+typedef struct kiln__deverr_site {
+    char op[48];   /* "kiln_cross_entropy" */
+    char what[16]; /* "label", "index" */
+    int ndim;      /* shape of the indices, for the position; 0: the position is printed flat */
+    int64_t shape[KILN_MAX_DIMS];
+    char text[256]; /* the message after the position: "of target [3] is out of range ..." */
+} kiln__deverr_site;
+
+typedef struct kiln__deverr {
+    cl_mem mem;                    /* KILN_ERRBUF_INTS ints (cl_kernels/kiln_shared.h); NULL until needed */
+    cl_int host[KILN_ERRBUF_INTS]; /* its last read */
+    bool pending;                  /* a checking kernel was enqueued since the last read */
+    bool read_enqueued;            /* a read into host is in the queue */
+    uint32_t nsites;               /* sites registered; site id % KILN__DEVERR_SITES is its slot */
+    kiln__deverr_site sites[KILN__DEVERR_SITES];
+} kiln__deverr;
+
+/* Registers a checking launch: *buf and *site go to the kernel, which records a bad index
+ * with kiln_bad_index (cl_kernels/common.cl). Fails only when the buffer cannot be made. */
+kiln_status kiln__deverr_register(kiln_ctx *ctx, const char *op, const char *what, int ndim, const int64_t *shape,
+                                  const char *text, cl_mem *buf, cl_int *site);
+/* Before a wait: enqueues a non-blocking read of the error buffer when a checking kernel
+ * ran since the last one (the wait then completes it). */
+void kiln__deverr_enqueue(kiln_ctx *ctx);
+/* After the wait: KILN_ERR_RANGE with the op's message (naming the index, its position and
+ * `where`, the waiting call) when a bad index was recorded; the buffer is cleared. */
+kiln_status kiln__deverr_check(kiln_ctx *ctx, const char *where);
+void kiln__deverr_destroy(kiln_ctx *ctx);
+
 struct kiln_tensor;
 struct kiln__node;
 
@@ -270,6 +304,8 @@ struct kiln_ctx {
     bool grad_enabled;   /* autograd records ops (default true) */
     bool check_numerics; /* KILN_CHECK_NUMERICS: every op's output checked for NaN/Inf */
     uint64_t node_seq;   /* creation counter of autograd nodes */
+
+    kiln__deverr deverr; /* deferred index errors (src/device/deverr.c) */
 };
 _Static_assert(offsetof(struct kiln_ctx, error) == 0, "core reaches the error state at the context's start");
 

@@ -13,8 +13,10 @@
  * cross_entropy: one work-item per row computes the row's log-sum-exp and its loss in one
  * kernel (no separate softmax), then one launch sums the rows (and, for the mean, their
  * weights) in a fixed order; the backward is one kernel per logit, softmax * Q - q. The
- * labels are read back on the host to check their range (functional.h documents that
- * synchronisation point).
+ * rows kernel checks the labels' range on the device: a bad label is recorded in the
+ * context's index-error buffer (src/device/deverr.c) and reported by the next call that
+ * waits for the device (functional.h documents this deferred error); its row counts as
+ * ignored meanwhile, so nothing is read out of bounds.
  *
  * Every sum is deterministic: no atomics, and the order of additions depends only on the
  * shapes and the device. Gradients flow to float inputs and targets (mse, l1, smooth_l1,
@@ -737,40 +739,15 @@ static kiln_status ce_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
     return s;
 }
 
-/* Reads the labels back and checks each is in [0, C) or ignore_index. */
-static bool check_labels(kiln_ctx *ctx, const char *op, kiln_tensor *target, int64_t C, int ignore) {
-    int64_t n = kiln__numel(target->ndim, target->shape);
-    if (n == 0) return true;
-    int32_t *h = malloc(sizeof(int32_t) * (size_t)n);
-    if (!h) {
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory reading %lld labels", op, (long long)n);
-        return false;
-    }
-    if (kiln_to_host(target, h, sizeof(int32_t) * (size_t)n) != KILN_OK) {
-        free(h);
-        return false;
-    }
-    int64_t bad = -1;
-    for (int64_t i = 0; i < n && bad < 0; i++)
-        if (h[i] != ignore && (h[i] < 0 || h[i] >= C)) bad = i;
-    if (bad >= 0) {
-        char pos[160] = "[", sb[160];
-        size_t used = 1;
-        int64_t idx[KILN_MAX_DIMS], rem = bad;
-        for (int d = target->ndim - 1; d >= 0; d--) {
-            idx[d] = rem % target->shape[d];
-            rem /= target->shape[d];
-        }
-        for (int d = 0; d < target->ndim && used < sizeof pos; d++)
-            used += (size_t)snprintf(pos + used, sizeof pos - used, "%s%lld", d ? ", " : "", (long long)idx[d]);
-        if (used < sizeof pos) snprintf(pos + used, sizeof pos - used, "]");
-        kiln__fail(ctx, KILN_ERR_RANGE,
-                   "%s: label %d at position %s of target %s is out of range [0, %lld) for C = %lld classes (and is "
-                   "not ignore_index %d)",
-                   op, (int)h[bad], pos, shp(target, sb, sizeof sb), (long long)C, (long long)C, ignore);
-    }
-    free(h);
-    return bad < 0;
+/* Registers the labels' check on the device (the rows kernel records the first label
+ * outside [0, C) that is not ignore_index; kiln_to_host or kiln_sync report it). */
+static bool label_site(kiln_ctx *ctx, const char *op, kiln_tensor *target, int64_t C, int ignore, cl_mem *ebuf,
+                       cl_int *site) {
+    char text[256], sb[160];
+    snprintf(text, sizeof text,
+             "of target %s is out of range [0, %lld) for C = %lld classes (and is not ignore_index %d)",
+             shp(target, sb, sizeof sb), (long long)C, (long long)C, ignore);
+    return kiln__deverr_register(ctx, op, "label", target->ndim, target->shape, text, ebuf, site) == KILN_OK;
 }
 
 static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor *logits, kiln_tensor *target,
@@ -812,7 +789,9 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
         return NULL;
     }
     if (!check_int_range(ctx, op, logits, kiln__numel(logits->ndim, logits->shape))) return NULL;
-    if (!check_labels(ctx, op, target, C, ignore_index)) return NULL;
+    cl_mem ebuf;
+    cl_int site;
+    if (!label_site(ctx, op, target, C, ignore_index, &ebuf, &site)) return NULL;
 
     /* operands as the kernels read them */
     kiln_tensor *y = target, *x = logits, *ycopy = NULL, *xcopy = NULL;
@@ -868,8 +847,9 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
                                  KILN__ARG(L.sS),       KILN__ARG(L.S),   KILN__ARG(L.C),  KILN__ARG(y->st->mem),
                                  KILN__ARG(yo),         KILN__ARG(wmem),  KILN__ARG(wo),   KILN__ARG(wst),
                                  KILN__ARG(ignore),     KILN__ARG(flags), KILN__ARG(nr),   KILN__ARG(lt->st->mem),
-                                 KILN__ARG(lo),         KILN__ARG(rwmem), KILN__ARG(rwo)};
-            s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, "nll_rows", 19, args, (size_t)rows, 0);
+                                 KILN__ARG(lo),         KILN__ARG(rwmem), KILN__ARG(rwo),  KILN__ARG(ebuf),
+                                 KILN__ARG(site)};
+            s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, "nll_rows", 21, args, (size_t)rows, 0);
         } else {
             cl_float lsv = ls;
             kiln__karg args[] = {KILN__ARG(x->st->mem),  KILN__ARG(xo),   KILN__ARG(L.sN),  KILN__ARG(L.sC),
@@ -877,8 +857,8 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
                                  KILN__ARG(yo),          KILN__ARG(wmem), KILN__ARG(wo),    KILN__ARG(wst),
                                  KILN__ARG(ignore),      KILN__ARG(lsv),  KILN__ARG(flags), KILN__ARG(nr),
                                  KILN__ARG(lt->st->mem), KILN__ARG(lo),   KILN__ARG(rwmem), KILN__ARG(rwo),
-                                 KILN__ARG(lsemem),      KILN__ARG(lseo)};
-            s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, "ce_rows", 22, args, (size_t)rows, 0);
+                                 KILN__ARG(lsemem),      KILN__ARG(lseo), KILN__ARG(ebuf),  KILN__ARG(site)};
+            s = kiln__launch(ctx, op, LOSS_PROGRAM, LOSS_OPTIONS, "ce_rows", 24, args, (size_t)rows, 0);
         }
     }
     /* mean: sum(row losses) / sum(row weights); sum: sum(row losses) */

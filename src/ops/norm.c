@@ -19,9 +19,10 @@
  * mask again; a work-item per mask word runs a plain loop that POCL vectorises, unlike a
  * work-item per element calling a Philox function (README.md, "Speed", has the figures).
  *
- * Embedding reads its indices back to validate them (functional.h documents the sync);
- * when the weight wants a gradient it also builds, on the host, the positions of each
- * weight row's indices (CSR), so the backward sums rows without atomics, deterministically.
+ * Embedding checks its indices in the forward kernel (a deferred error, functional.h); when
+ * the weight wants a gradient it also builds the positions of each weight row's indices
+ * (CSR), so the backward sums rows without atomics, deterministically: on the device for
+ * the usual sizes, else on the host (which reads the indices back).
  */
 #include <math.h>
 #include <stdio.h>
@@ -559,6 +560,10 @@ kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training)
 
 /* ---- embedding ----------------------------------------------------------------------------- */
 
+/* Comparisons up to which the backward's CSR is built on the device (embedding_rowptr and
+ * embedding_positions: (num + 1) * nidx + nidx^2 / 2); a larger one is sorted on the host. */
+#define EMB_DEVICE_CSR (1 << 26)
+
 /* node: in[0] weight; saved[0] rowptr [num + 1], saved[1] positions [nidx] (I32; absent
  * when there are no indices); no other state */
 static kiln_status embedding_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
@@ -608,34 +613,26 @@ kiln_tensor *kiln_embedding(kiln_ctx *ctx, kiln_tensor *weight, kiln_tensor *ind
     memcpy(oshape, indices->shape, sizeof(int64_t) * (size_t)indices->ndim);
     oshape[indices->ndim] = dim;
 
-    /* read the indices back and validate them (the documented sync point) */
-    int32_t *h = malloc(sizeof(int32_t) * (size_t)(nidx > 0 ? nidx : 1));
-    if (!h) {
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %lld indices", op, (long long)nidx);
-        return NULL;
-    }
-    if (nidx > 0 && kiln_to_host(indices, h, sizeof(int32_t) * (size_t)nidx) != KILN_OK) {
-        free(h);
-        return NULL;
-    }
-    for (int64_t k = 0; k < nidx; k++) {
-        if (h[k] < 0 || h[k] >= num) {
-            kiln__fail(ctx, KILN_ERR_RANGE, "%s: index %d at position %lld of indices %s is out of range for weight %s",
-                       op, (int)h[k], (long long)k, si, sw);
-            free(h);
-            return NULL;
-        }
-    }
+    /* the forward kernel checks the indices (a deferred error: kiln_to_host or kiln_sync
+     * reports a bad one, naming its position) */
+    char text[400];
+    snprintf(text, sizeof text, "of indices %s is out of range for weight %s", si, sw);
+    cl_mem ebuf;
+    cl_int site;
+    if (kiln__deverr_register(ctx, op, "index", 0, NULL, text, &ebuf, &site) != KILN_OK) return NULL;
 
     kiln_tensor *ic = NULL, *out = NULL, *rowptr = NULL, *pos = NULL;
-    int32_t *cnt = NULL, *ph = NULL;
+    int32_t *h = NULL, *cnt = NULL, *ph = NULL;
     out = kiln__tensor_new(ctx, op, KILN_F32, indices->ndim + 1, oshape);
     if (!out) goto fail;
-    if (nidx > 0 && dim > 0) {
+    if (nidx > 0) {
         ic = contig(ctx, op, indices);
         if (!ic) goto fail;
+    }
+    cl_int ioff = ic ? (cl_int)ic->offset : 0, cn = (cl_int)nidx, cnum = (cl_int)num;
+    if (nidx > 0 && dim > 0) {
         cl_int woff = (cl_int)weight->offset, ws0 = (cl_int)weight->strides[0], ws1 = (cl_int)weight->strides[1];
-        cl_int ioff = (cl_int)ic->offset, ooff = (cl_int)out->offset, cn = (cl_int)nidx, cd = (cl_int)dim;
+        cl_int ooff = (cl_int)out->offset, cd = (cl_int)dim;
         kiln__karg args[] = {KILN__ARG(weight->st->mem),
                              KILN__ARG(woff),
                              KILN__ARG(ws0),
@@ -645,29 +642,60 @@ kiln_tensor *kiln_embedding(kiln_ctx *ctx, kiln_tensor *weight, kiln_tensor *ind
                              KILN__ARG(out->st->mem),
                              KILN__ARG(ooff),
                              KILN__ARG(cn),
-                             KILN__ARG(cd)};
+                             KILN__ARG(cd),
+                             KILN__ARG(cnum),
+                             KILN__ARG(ebuf),
+                             KILN__ARG(site)};
         if (kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "embedding_forward", sizeof args / sizeof args[0], args,
                          (size_t)(nidx * dim), 0) != KILN_OK)
             goto fail;
     }
     if (kiln__grad_wanted(ctx, 1, &weight)) {
         /* CSR of positions per weight row: positions of row r are pos[rowptr[r] .. rowptr[r+1]),
-         * in increasing order (a counting sort) */
-        cnt = calloc((size_t)num + 1, sizeof *cnt);
-        ph = malloc(sizeof *ph * (size_t)(nidx > 0 ? nidx : 1));
-        if (!cnt || !ph) {
-            kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op);
-            goto fail;
-        }
-        for (int64_t k = 0; k < nidx; k++) cnt[h[k] + 1]++;
-        for (int64_t r = 0; r < num; r++) cnt[r + 1] += cnt[r];
+         * in increasing order. Built on the device (no wait) up to EMB_DEVICE_CSR comparisons,
+         * else by a counting sort on the host, which reads the indices back (and so reports a
+         * bad one at once). */
         int64_t nrp = num + 1;
-        rowptr = kiln_from_host(ctx, cnt, KILN_I32, 1, &nrp);
-        if (!rowptr) goto fail;
-        for (int64_t k = 0; k < nidx; k++) ph[cnt[h[k]]++] = (int32_t)k;
-        if (nidx > 0) {
-            pos = kiln_from_host(ctx, ph, KILN_I32, 1, &nidx);
+        double work = (double)nrp * (double)nidx + 0.5 * (double)nidx * (double)nidx;
+        if (nidx > 0 && dim > 0 && work <= EMB_DEVICE_CSR) {
+            rowptr = kiln__tensor_new(ctx, op, KILN_I32, 1, &nrp);
+            pos = rowptr ? kiln__tensor_new(ctx, op, KILN_I32, 1, &nidx) : NULL;
             if (!pos) goto fail;
+            cl_int rpoff = (cl_int)rowptr->offset, poff = (cl_int)pos->offset;
+            kiln__karg ra[] = {KILN__ARG(ic->st->mem),     KILN__ARG(ioff), KILN__ARG(cn), KILN__ARG(cnum),
+                               KILN__ARG(rowptr->st->mem), KILN__ARG(rpoff)};
+            kiln__karg pa[] = {KILN__ARG(ic->st->mem),     KILN__ARG(ioff),  KILN__ARG(cn),           KILN__ARG(cnum),
+                               KILN__ARG(rowptr->st->mem), KILN__ARG(rpoff), KILN__ARG(pos->st->mem), KILN__ARG(poff)};
+            if (kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "embedding_rowptr", 6, ra, (size_t)nrp, 0) !=
+                    KILN_OK ||
+                kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "embedding_positions", 8, pa, (size_t)nidx, 0) !=
+                    KILN_OK)
+                goto fail;
+        } else {
+            h = malloc(sizeof(int32_t) * (size_t)(nidx > 0 ? nidx : 1));
+            cnt = calloc((size_t)num + 1, sizeof *cnt);
+            ph = malloc(sizeof *ph * (size_t)(nidx > 0 ? nidx : 1));
+            if (!h || !cnt || !ph) {
+                kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %lld indices", op,
+                           (long long)nidx);
+                goto fail;
+            }
+            if (nidx > 0 && kiln_to_host(ic, h, sizeof(int32_t) * (size_t)nidx) != KILN_OK) goto fail;
+            for (int64_t k = 0; k < nidx; k++)
+                if (h[k] < 0 || h[k] >= num) { /* dim 0: no forward kernel looked at them */
+                    kiln__fail(ctx, KILN_ERR_RANGE, "%s: index %d at position %lld %s", op, (int)h[k], (long long)k,
+                               text);
+                    goto fail;
+                }
+            for (int64_t k = 0; k < nidx; k++) cnt[h[k] + 1]++;
+            for (int64_t r = 0; r < num; r++) cnt[r + 1] += cnt[r];
+            rowptr = kiln_from_host(ctx, cnt, KILN_I32, 1, &nrp);
+            if (!rowptr) goto fail;
+            for (int64_t k = 0; k < nidx; k++) ph[cnt[h[k]]++] = (int32_t)k;
+            if (nidx > 0) {
+                pos = kiln_from_host(ctx, ph, KILN_I32, 1, &nidx);
+                if (!pos) goto fail;
+            }
         }
         kiln__node *nd = kiln__node_new(ctx, op, out, 1, &weight, embedding_backward_fn);
         if (!nd || kiln__node_save(nd, rowptr) != KILN_OK || kiln__node_save(nd, pos) != KILN_OK) goto fail;

@@ -12,11 +12,11 @@
  * kernels (no atomics) in which each element of the input gradient sums, in index order,
  * the output-gradient entries whose index points at it.
  *
- * index_select and gather read the index tensor back to the host to check every index
- * against the size of the indexed dim before launching: a synchronisation point, accepted
- * for these ops so that a bad index is an error naming the op, the value, its position
- * and the size, rather than a silent clamp. The kernels clamp anyway, so no read ever
- * leaves the input's storage.
+ * index_select and gather check every index against the size of the indexed dim on the
+ * device, without a wait: the forward kernel records a bad index in the context's
+ * index-error buffer (src/device/deverr.c) and clamps it, so no read leaves the input's
+ * storage; the next call that waits (kiln_to_host, kiln_sync) fails with an error naming
+ * the op, the value, its position and the size.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -500,36 +500,16 @@ static void idx_coalesce(idx_geom *g, int ndim, const int64_t *shape, int dim, c
     g->dim = gd;
 }
 
-/* Reads the index tensor back (the synchronisation point described at the top) and checks
- * every value against [0, size). On failure the error names op, the value, its position
- * (row-major in the index), the dim and its size, and the input's shape. */
+/* Registers the device-side check of the index values against [0, size) (the forward
+ * kernels record a bad one; kiln_to_host or kiln_sync report it): the error names op, the
+ * value, its position (row-major in the index), the dim and its size, and the input's
+ * shape. */
 static bool check_indices(kiln_ctx *ctx, const char *op, kiln_tensor *index, int dim, int64_t size,
-                          const kiln_tensor *x) {
-    int64_t n = kiln__numel(index->ndim, index->shape);
-    if (n == 0) return true;
-    int32_t *h = malloc(sizeof(int32_t) * (size_t)n);
-    if (!h) {
-        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory reading %lld indices", op, (long long)n);
-        return false;
-    }
-    if (kiln_to_host(index, h, sizeof(int32_t) * (size_t)n) != KILN_OK) {
-        free(h);
-        return false;
-    }
-    bool ok = true;
-    for (int64_t k = 0; k < n; k++) {
-        if (h[k] >= 0 && h[k] < size) continue;
-        char a[160], b[160];
-        kiln__fail(ctx, KILN_ERR_RANGE,
-                   "%s: index %d at position %lld of index %s is out of range for dim %d of "
-                   "size %lld (input %s)",
-                   op, (int)h[k], (long long)k, tshape(index, b, sizeof b), dim, (long long)size,
-                   tshape(x, a, sizeof a));
-        ok = false;
-        break;
-    }
-    free(h);
-    return ok;
+                          const kiln_tensor *x, cl_mem *ebuf, cl_int *site) {
+    char a[160], b[160], text[400];
+    snprintf(text, sizeof text, "of index %s is out of range for dim %d of size %lld (input %s)",
+             tshape(index, b, sizeof b), dim, (long long)size, tshape(x, a, sizeof a));
+    return kiln__deverr_register(ctx, op, "index", 0, NULL, text, ebuf, site) == KILN_OK;
 }
 
 static bool check_index_dtype(kiln_ctx *ctx, const char *op, const kiln_tensor *index) {
@@ -609,7 +589,9 @@ kiln_tensor *kiln_index_select(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tens
         memcpy(xshape, x->shape, sizeof xshape);
         memcpy(xst, x->strides, sizeof xst);
     }
-    if (!check_indices(ctx, op, index, d, xshape[d], x)) return NULL;
+    cl_mem ebuf;
+    cl_int site;
+    if (!check_indices(ctx, op, index, d, xshape[d], x, &ebuf, &site)) return NULL;
     memcpy(oshape, xshape, sizeof oshape);
     oshape[d] = len;
     kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, x->ndim, oshape);
@@ -624,8 +606,9 @@ kiln_tensor *kiln_index_select(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tens
         cl_int istride = index->ndim ? (cl_int)index->strides[0] : 0;
         kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),    KILN__ARG(index->st->mem),
                              KILN__ARG(ioff),       KILN__ARG(istride), KILN__ARG(out->st->mem),
-                             KILN__ARG(ooff),       KILN__ARG(ni),      KILN__ARG(g)};
-        if (kiln__launch(ctx, op, SHAPE_PROGRAM, bits_options(x->dtype), "index_select_fwd", 9, args, (size_t)n, 0) !=
+                             KILN__ARG(ooff),       KILN__ARG(ni),      KILN__ARG(g),
+                             KILN__ARG(ebuf),       KILN__ARG(site)};
+        if (kiln__launch(ctx, op, SHAPE_PROGRAM, bits_options(x->dtype), "index_select_fwd", 11, args, (size_t)n, 0) !=
             KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
@@ -729,7 +712,9 @@ kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *in
             return NULL;
         }
     }
-    if (!check_indices(ctx, op, index, d, xshape[d], x)) return NULL;
+    cl_mem ebuf;
+    cl_int site;
+    if (!check_indices(ctx, op, index, d, xshape[d], x, &ebuf, &site)) return NULL;
     kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, index->ndim, index->shape);
     if (!out) return NULL;
     int64_t n = kiln__numel(index->ndim, index->shape);
@@ -746,8 +731,10 @@ kiln_tensor *kiln_gather(kiln_ctx *ctx, kiln_tensor *x, int dim, kiln_tensor *in
                              KILN__ARG(out->st->mem),
                              KILN__ARG(ooff),
                              KILN__ARG(ni),
-                             KILN__ARG(g)};
-        if (kiln__launch(ctx, op, SHAPE_PROGRAM, bits_options(x->dtype), "gather_fwd", 8, args, (size_t)n, 0) !=
+                             KILN__ARG(g),
+                             KILN__ARG(ebuf),
+                             KILN__ARG(site)};
+        if (kiln__launch(ctx, op, SHAPE_PROGRAM, bits_options(x->dtype), "gather_fwd", 10, args, (size_t)n, 0) !=
             KILN_OK) {
             kiln_tensor_free(out);
             return NULL;

@@ -4,7 +4,8 @@
  * The host keeps everything torch keeps in Python: hyper-parameters as doubles, a step
  * count per parameter (torch's state[p]['step']) and which state tensors exist. A step
  * turns them into float kernel arguments (bias corrections included), so it enqueues one
- * kernel per parameter and never waits. State tensors are made lazily, when a parameter
+ * kernel per KILN_OPT_MULTI parameters that share those arguments (a multi-tensor step, as
+ * torch's foreach) and never waits. State tensors are made lazily, when a parameter
  * is first updated, as torch makes its state. */
 #include <math.h>
 #include <stdio.h>
@@ -56,6 +57,7 @@ struct kiln_optim {
     int n;
     opt_param *ps;
     char *names; /* n * OPT_NSLOT names of OPT_NAME_CAP bytes */
+    bool multi;  /* *_multi launches (else one launch per parameter) */
 };
 
 /* Used by src/optim/sched.c (torch's schedulers write param_group['lr'] unchecked and
@@ -156,6 +158,12 @@ static kiln_optim *opt_new(kiln_ctx *ctx, opt_kind kind, const opt_group *defaul
     o->ctx = ctx;
     o->kind = kind;
     o->defaults = *defaults;
+    /* multi-tensor launches when the device takes their arguments (five buffers per
+     * parameter); KILN_OPTIM_SINGLE set (tests) forces the one-launch-per-parameter path */
+    size_t max = 0;
+    clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_PARAMETER_SIZE, sizeof max, &max, NULL);
+    size_t need = sizeof(kiln_opt_table) + 5 * KILN_OPT_MULTI * sizeof(cl_mem) + 16 * sizeof(cl_float);
+    o->multi = max >= need && !getenv("KILN_OPTIM_SINGLE");
     return o;
 }
 
@@ -646,6 +654,84 @@ static kiln_status launch_update(kiln_optim *opt, int i, kiln_tensor *g, bool fi
     return kiln__launch(ctx, op, OPT_PROGRAM, "", "adam_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
 }
 
+/* Whether parameters i and j update with the same kernel scalars. */
+static bool same_scalars(const kiln_optim *opt, int i, int j) {
+    const opt_param *a = &opt->ps[i], *b = &opt->ps[j];
+    if (a->group != b->group || a->fresh != b->fresh) return false;
+    /* only Adam's bias corrections depend on the step count */
+    return (opt->kind != OPT_ADAM && opt->kind != OPT_ADAMW) || a->step == b->step;
+}
+
+/* One *_multi launch for parameters ps[idx[0..nb)] (same_scalars) with contiguous
+ * gradients gs. Arithmetic as launch_update's, element by element. */
+static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *const *gs, int nb) {
+    const opt_param *q0 = &opt->ps[idx[0]];
+    const opt_group *o = &opt->groups[q0->group];
+    opt_kind kind = opt->kind;
+    kiln_tensor *p0 = q0->p;
+    kiln_opt_table T;
+    memset(&T, 0, sizeof T);
+    T.count = nb;
+    /* unused argument slots: parameter 0's buffer, never accessed */
+    cl_mem pm[KILN_OPT_MULTI], gm[KILN_OPT_MULTI], sm[OPT_NSLOT][KILN_OPT_MULTI];
+    for (int k = 0; k < KILN_OPT_MULTI; k++) {
+        const opt_param *q = k < nb ? &opt->ps[idx[k]] : q0;
+        kiln_tensor *p = q->p;
+        pm[k] = p->st->mem;
+        gm[k] = k < nb ? gs[k]->st->mem : p0->st->mem;
+        for (int sl = 0; sl < OPT_NSLOT; sl++) sm[sl][k] = q->state[sl] ? q->state[sl]->st->mem : p->st->mem;
+        if (k >= nb) continue;
+        T.start[k + 1] = T.start[k] + (cl_int)kiln__numel(p->ndim, p->shape);
+        T.poff[k] = (cl_int)p->offset;
+        T.goff[k] = (cl_int)gs[k]->offset;
+        for (int sl = 0; sl < OPT_NSLOT; sl++) T.soff[sl][k] = q->state[sl] ? (cl_int)q->state[sl]->offset : 0;
+    }
+    kiln__karg a[1 + 5 * KILN_OPT_MULTI + 10];
+    size_t na = 0;
+    a[na++] = KILN__ARG(T);
+    int nbuf = kind == OPT_SGD ? 1 : OPT_NSLOT;
+    for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(pm[k]);
+    for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(gm[k]);
+    for (int sl = 0; sl < nbuf; sl++)
+        for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(sm[sl][k]);
+    cl_int flags = o->maximize ? KILN_OPT_MAXIMIZE : 0;
+    if (kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
+    size_t n = (size_t)T.start[nb];
+    const char *op = "kiln_optim_step";
+    if (kind == OPT_SGD) {
+        if (o->momentum != 0) flags |= KILN_OPT_MOMENTUM;
+        if (q0->fresh) flags |= KILN_OPT_FIRST;
+        if (o->nesterov) flags |= KILN_OPT_NESTEROV;
+        cl_float neg_lr = (cl_float)-o->lr, mom = (cl_float)o->momentum, damp1 = (cl_float)(1 - o->dampening),
+                 wd = (cl_float)o->weight_decay;
+        a[na++] = KILN__ARG(neg_lr), a[na++] = KILN__ARG(mom), a[na++] = KILN__ARG(damp1), a[na++] = KILN__ARG(wd);
+        a[na++] = KILN__ARG(flags);
+        return kiln__launch(opt->ctx, op, OPT_PROGRAM, "", "sgd_multi", na, a, n, 0);
+    }
+    if (kind == OPT_RMSPROP) {
+        if (o->momentum > 0) flags |= KILN_OPT_MOMENTUM;
+        if (o->centered) flags |= KILN_OPT_CENTERED;
+        cl_float neg_lr = (cl_float)-o->lr, alpha = (cl_float)o->alpha, oma = (cl_float)(1 - o->alpha),
+                 eps = (cl_float)o->eps, wd = (cl_float)o->weight_decay, mom = (cl_float)o->momentum;
+        a[na++] = KILN__ARG(neg_lr), a[na++] = KILN__ARG(alpha), a[na++] = KILN__ARG(oma), a[na++] = KILN__ARG(eps);
+        a[na++] = KILN__ARG(wd), a[na++] = KILN__ARG(mom), a[na++] = KILN__ARG(flags);
+        return kiln__launch(opt->ctx, op, OPT_PROGRAM, "", "rmsprop_multi", na, a, n, 0);
+    }
+    if (o->amsgrad) flags |= KILN_OPT_AMSGRAD;
+    if (kind == OPT_ADAMW) flags |= KILN_OPT_DECOUPLED;
+    double t = (double)(q0->step + 1);
+    double bc1 = 1 - pow(o->beta1, t), bc2 = 1 - pow(o->beta2, t);
+    double step_size = o->lr / bc1;
+    cl_float b1 = (cl_float)o->beta1, omb1 = (cl_float)(1 - o->beta1), b2 = (cl_float)o->beta2,
+             omb2 = (cl_float)(1 - o->beta2), wd = (cl_float)o->weight_decay,
+             decay = (cl_float)(1 - o->lr * o->weight_decay), neg_step = (cl_float)-step_size,
+             bc2s = (cl_float)sqrt(bc2), eps = (cl_float)o->eps;
+    a[na++] = KILN__ARG(b1), a[na++] = KILN__ARG(omb1), a[na++] = KILN__ARG(b2), a[na++] = KILN__ARG(omb2);
+    a[na++] = KILN__ARG(wd), a[na++] = KILN__ARG(decay), a[na++] = KILN__ARG(neg_step), a[na++] = KILN__ARG(bc2s);
+    a[na++] = KILN__ARG(eps), a[na++] = KILN__ARG(flags);
+    return kiln__launch(opt->ctx, op, OPT_PROGRAM, "", "adam_multi", na, a, n, 0);
+}
+
 kiln_status kiln_optim_step(kiln_optim *opt) {
     const char *op = "kiln_optim_step";
     if (!opt) return kiln__fail_global(KILN_ERR_NULL, "%s: optimizer is NULL", op);
@@ -673,21 +759,45 @@ kiln_status kiln_optim_step(kiln_optim *opt) {
             if (opt->kind == OPT_SGD) opt->ps[i].fresh = true;
         }
     }
-    for (int i = 0; i < opt->n; i++) {
-        opt_param *q = &opt->ps[i];
-        kiln_tensor *g = q->p->grad;
-        if (!g || !q->p->requires_grad) continue; /* unreached, or frozen: a stale gradient */
-        if (kiln__numel(q->p->ndim, q->p->shape) > 0) {
-            kiln_tensor *gc = kiln__is_contiguous(g) ? g : kiln__copy_contiguous(ctx, op, g);
-            if (!gc) return ctx->err;
-            kiln_status s = launch_update(opt, i, gc, q->fresh);
-            if (gc != g) kiln_tensor_free(gc);
-            if (s != KILN_OK) return s;
+    /* Parameters that share their scalars (group, step count, a fresh SGD buffer) go up to
+     * KILN_OPT_MULTI per launch, in order; a device that cannot take that many arguments
+     * gets one launch per parameter. Non-contiguous gradients are copied first. */
+    bool multi = opt->multi;
+    int batch[KILN_OPT_MULTI], nb = 0;
+    kiln_tensor *gcs[KILN_OPT_MULTI];
+    int64_t total = 0;
+    kiln_status s = KILN_OK;
+    for (int i = 0; i <= opt->n && s == KILN_OK; i++) {
+        opt_param *q = i < opt->n ? &opt->ps[i] : NULL;
+        kiln_tensor *g = q ? q->p->grad : NULL;
+        bool take = q && g && q->p->requires_grad;
+        if (q && !take) continue; /* unreached, or frozen: a stale gradient */
+        int64_t n = take ? kiln__numel(q->p->ndim, q->p->shape) : 0;
+        if (take && n == 0) {
+            q->fresh = false;
+            q->step++;
+            continue;
         }
-        q->fresh = false;
-        q->step++;
+        if (nb > 0 &&
+            (!take || !multi || nb == KILN_OPT_MULTI || total + n > INT32_MAX || !same_scalars(opt, batch[0], i))) {
+            s = multi ? launch_multi(opt, batch, gcs, nb)
+                      : launch_update(opt, batch[0], gcs[0], opt->ps[batch[0]].fresh);
+            for (int k = 0; k < nb; k++) {
+                opt_param *d = &opt->ps[batch[k]];
+                if (gcs[k] != d->p->grad) kiln_tensor_free(gcs[k]);
+                d->fresh = false;
+                d->step++;
+            }
+            nb = 0;
+            total = 0;
+        }
+        if (!take || s != KILN_OK) continue;
+        gcs[nb] = kiln__is_contiguous(g) ? g : kiln__copy_contiguous(ctx, op, g);
+        if (!gcs[nb]) s = ctx->err;
+        batch[nb++] = i;
+        total += n;
     }
-    return KILN_OK;
+    return s;
 }
 
 kiln_status kiln_optim_zero_grad(kiln_optim *opt) {

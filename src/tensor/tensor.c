@@ -511,6 +511,7 @@ kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes) {
         src = kiln__copy_contiguous(ctx, "kiln_to_host", t);
         if (!src) return ctx->err;
     }
+    kiln__deverr_enqueue(ctx); /* index errors the device recorded come back with the data */
     cl_int err =
         clEnqueueReadBuffer(ctx->queue, src->st->mem, CL_TRUE, (size_t)src->offset * es, bytes, dst, 0, NULL, NULL);
     KILN__COUNT(ctx, blocking_reads, 1);
@@ -519,7 +520,7 @@ kiln_status kiln_to_host(kiln_tensor *t, void *dst, size_t dst_bytes) {
     if (err != CL_SUCCESS)
         return kiln__fail(ctx, kiln__cl_status(err), "kiln_to_host: reading %zu bytes from '%s' failed: %s (%d)", bytes,
                           ctx->info.name, kiln__cl_name(err), err);
-    return KILN_OK;
+    return kiln__deverr_check(ctx, "kiln_to_host");
 }
 
 kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t src_bytes) {

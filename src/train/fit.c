@@ -45,8 +45,9 @@ static void error_prefix(kiln_ctx *ctx, const char *prefix) {
  * A step must not wait for the device, so the step's loss and its predictions (argmax of
  * [B, C] outputs) and labels are copied into device buffers that live outside every
  * scope. flush() reads what accumulated with one transfer per buffer and adds it to host
- * totals in double precision: at the end of an epoch, when a buffer is full, and when the
- * progress bar redraws (at most ten times a second).
+ * totals in double precision: at the end of an epoch and when a buffer is full. The progress
+ * bar (at most ten redraws a second) polls instead: it starts a non-blocking read of what
+ * is pending and adds it once its events report completion (tally_poll), so no step waits.
  */
 #ifndef TALLY_MAX_BATCHES
 #define TALLY_MAX_BATCHES 4096 /* pending batch losses before a read-back */
@@ -69,9 +70,27 @@ typedef struct tally {
     /* totals */
     double loss_sum; /* sum over batches of loss * batch size */
     int64_t samples, correct, counted;
+    /* the progress bar's read (tally_poll): pending values moved to the host without a
+     * wait; absorbed into the totals once its events complete */
+    cl_event ev[3];
+    int nev;
+    int64_t anb, ans, ahp_cap;
+    int64_t *absize;
+    float *ahl;
+    int32_t *ahp;
 } tally;
 
+static void tally_release_events(tally *t) {
+    for (int k = 0; k < t->nev; k++) clReleaseEvent(t->ev[k]);
+    t->nev = 0;
+}
+
 static void tally_free(tally *t) {
+    if (t->nev) clWaitForEvents((cl_uint)t->nev, t->ev); /* the reads write into ahl, ahp */
+    tally_release_events(t);
+    free(t->absize);
+    free(t->ahl);
+    free(t->ahp);
     kiln_tensor_free(t->loss);
     kiln_tensor_free(t->pred);
     kiln_tensor_free(t->label);
@@ -82,25 +101,119 @@ static void tally_free(tally *t) {
 }
 
 static void tally_reset(tally *t) {
+    if (t->nev) clWaitForEvents((cl_uint)t->nev, t->ev); /* left by an error: dropped */
+    tally_release_events(t);
     t->nb = t->ns = 0;
     t->loss_sum = 0;
     t->samples = t->correct = t->counted = 0;
     t->acc_ok = true;
 }
 
+/* Adds nb batch losses (hl, of bsize samples each) and ns predictions (hp[0..ns)) with their
+ * labels (hp[ns..2 ns)) to the totals. */
+static kiln_status tally_absorb(tally *t, const float *hl, const int64_t *bsize, int64_t nb, const int32_t *hp,
+                                int64_t ns) {
+    for (int64_t i = 0; i < nb; i++) {
+        t->loss_sum += (double)hl[i] * (double)bsize[i];
+        t->samples += bsize[i];
+    }
+    for (int64_t i = 0; i < ns; i++) t->correct += hp[i] == hp[ns + i];
+    t->counted += ns;
+    if (t->cm && ns > 0) {
+        kiln_status s = kiln_confusion_add(t->cm, hp + ns, hp, ns);
+        if (s != KILN_OK) return kiln__fail(t->ctx, s, "%s", kiln_last_error());
+    }
+    return KILN_OK;
+}
+
+/* The progress bar's read has completed (wait: wait for it, as the end of an epoch does):
+ * adds it to the totals. False while it is still in flight. */
+static kiln_status tally_collect(tally *t, bool wait, bool *done) {
+    *done = t->nev == 0;
+    if (*done) return KILN_OK;
+    if (wait) {
+        cl_int err = clWaitForEvents((cl_uint)t->nev, t->ev);
+        KILN__COUNT(t->ctx, event_waits, 1);
+        if (err != CL_SUCCESS) {
+            tally_release_events(t);
+            return kiln__fail(t->ctx, kiln__cl_status(err), "reading the running loss back failed: %s (%d)",
+                              kiln__cl_name(err), err);
+        }
+    } else {
+        for (int k = 0; k < t->nev; k++) {
+            cl_int st = CL_QUEUED;
+            clGetEventInfo(t->ev[k], CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof st, &st, NULL);
+            if (st < 0) {
+                tally_release_events(t);
+                return kiln__fail(t->ctx, kiln__cl_status(st), "reading the running loss back failed: %s (%d)",
+                                  kiln__cl_name(st), st);
+            }
+            if (st != CL_COMPLETE) return KILN_OK;
+        }
+    }
+    tally_release_events(t);
+    *done = true;
+    return tally_absorb(t, t->ahl, t->absize, t->anb, t->ahp, t->ans);
+}
+
+/* A non-blocking read of n elements of the kept contiguous tensor v into dst. */
+static kiln_status read_async(kiln_tensor *v, int64_t n, void *dst, cl_event *ev) {
+    kiln_ctx *ctx = v->ctx;
+    size_t es = kiln_dtype_size(v->dtype), bytes = es * (size_t)n;
+    cl_int err = clEnqueueReadBuffer(ctx->queue, v->st->mem, CL_FALSE, (size_t)v->offset * es, bytes, dst, 0, NULL, ev);
+    if (err != CL_SUCCESS)
+        return kiln__fail(ctx, kiln__cl_status(err), "reading the running loss back failed: %s (%d)",
+                          kiln__cl_name(err), err);
+    KILN__COUNT(ctx, bytes_to_host, bytes);
+    return KILN_OK;
+}
+
+/* For the progress bar, without waiting: adds the previous poll's values once they have
+ * arrived, then starts reading what is pending (the device's later writes to those
+ * buffers queue behind the read). The totals lag the queue by about one redraw. */
+static kiln_status tally_poll(tally *t) {
+    bool done;
+    kiln_status s = tally_collect(t, false, &done);
+    if (s != KILN_OK || !done || (t->nb == 0 && t->ns == 0)) return s;
+    if (!t->ahl) {
+        t->absize = malloc(sizeof(int64_t) * (size_t)t->cap_b);
+        t->ahl = malloc(sizeof(float) * (size_t)t->cap_b);
+        if (!t->absize || !t->ahl) return kiln__fail(t->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    }
+    if (t->ns > 0 && t->ahp_cap < t->cap_s) { /* the prediction buffers grew since */
+        free(t->ahp);
+        t->ahp = malloc(sizeof(int32_t) * 2 * (size_t)t->cap_s);
+        t->ahp_cap = t->ahp ? t->cap_s : 0;
+        if (!t->ahp) return kiln__fail(t->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    }
+    t->anb = t->nb;
+    t->ans = t->ns;
+    if (t->nb > 0) s = read_async(t->loss, t->nb, t->ahl, &t->ev[t->nev++]);
+    if (s == KILN_OK && t->ns > 0) s = read_async(t->pred, t->ns, t->ahp, &t->ev[t->nev++]);
+    if (s == KILN_OK && t->ns > 0) s = read_async(t->label, t->ns, t->ahp + t->ns, &t->ev[t->nev++]);
+    if (s != KILN_OK) {
+        if (t->nev) clWaitForEvents((cl_uint)t->nev, t->ev);
+        tally_release_events(t);
+        return s;
+    }
+    memcpy(t->absize, t->bsize, sizeof(int64_t) * (size_t)t->nb);
+    t->nb = t->ns = 0;
+    clFlush(t->ctx->queue);
+    return KILN_OK;
+}
+
 /* Reads back what is pending and adds it to the totals (a sync). */
 static kiln_status tally_flush(tally *t) {
     kiln_ctx *ctx = t->ctx;
-    kiln_status s = KILN_OK;
+    bool done;
+    kiln_status s = tally_collect(t, true, &done);
+    if (s != KILN_OK) return s;
     if (t->nb > 0) {
         kiln_tensor *v = kiln_slice(ctx, t->loss, 0, 0, t->nb, 1);
         s = v ? kiln_to_host(v, t->hl, sizeof(float) * (size_t)t->nb) : kiln_error_status(ctx);
         kiln_tensor_free(v);
         if (s != KILN_OK) return s;
-        for (int64_t i = 0; i < t->nb; i++) {
-            t->loss_sum += (double)t->hl[i] * (double)t->bsize[i];
-            t->samples += t->bsize[i];
-        }
+        s = tally_absorb(t, t->hl, t->bsize, t->nb, NULL, 0);
         t->nb = 0;
     }
     if (t->ns > 0) {
@@ -112,13 +225,8 @@ static kiln_status tally_flush(tally *t) {
         kiln_tensor_free(p);
         kiln_tensor_free(l);
         if (s != KILN_OK) return s;
-        for (int64_t i = 0; i < n; i++) t->correct += t->hp[i] == t->hp[n + i];
-        t->counted += n;
         t->ns = 0;
-        if (t->cm) {
-            s = kiln_confusion_add(t->cm, t->hp + n, t->hp, n);
-            if (s != KILN_OK) return kiln__fail(ctx, s, "%s", kiln_last_error());
-        }
+        return tally_absorb(t, NULL, NULL, 0, t->hp, n);
     }
     return KILN_OK;
 }
@@ -549,7 +657,9 @@ static kiln_status fit_train_epoch(fit_run *f, int epoch, kiln_epoch_stats *e, d
         /* the first at once (it shows a slow start), the last (the full bar), others at most
          * ten times a second */
         if (f->tty && (batch == 1 || batch == f->nbat || now - last_draw >= 100)) {
-            s = tally_flush(&f->t);
+            /* the last batch's bar waits (the epoch's end does anyway); the others show the
+             * values that have arrived, without waiting */
+            s = batch == f->nbat ? tally_flush(&f->t) : tally_poll(&f->t);
             if (s != KILN_OK) break;
             now = kiln__now_ms();
             double el = (now - t0) / 1000;
