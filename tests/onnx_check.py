@@ -5,10 +5,10 @@
 
 For each model NAME listed in DIR/manifest.txt (or given): DIR/NAME.onnx must pass
 onnx.checker.check_model(full_check=True) and onnx.shape_inference.infer_shapes(strict_mode=
-True); use opset 17; have a symbolic "batch" first input dimension; have exactly the
+True); use opset 17; have a symbolic "batch" input dimension; have exactly the
 initializers of DIR/NAME_keys.txt (the module's state_dict keys); and, evaluated here in
-NumPy (float64) on DIR/NAME_input.npy, give DIR/NAME_output.npy (kiln's output) within a
-normalised error of 1 at atol = rtol = 1e-4. ONNX 1.12 has no reference evaluator, so the
+NumPy (float64) on DIR/NAME_input.npy, give DIR/NAME_output.npy (kiln's output; output k > 0
+in DIR/NAME_output_<k>.npy) within a normalised error of 1 at atol = rtol = 1e-4. ONNX 1.12 has no reference evaluator, so the
 operators kiln exports are written out below from the ONNX operator specification.
 
 Prints one line per model and exits 0 when every check passed, 1 otherwise, 77 (meson's skip)
@@ -132,6 +132,48 @@ def softmax(x, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def recurrent(op, i, a, nout):
+    """ONNX's RNN, GRU and LSTM (layout 0, no sequence_lens, no peepholes)."""
+    x, W, R = i[0], i[1], i[2]
+    B = i[3] if len(i) > 3 and i[3] is not None else None
+    H, T, N = a["hidden_size"], x.shape[0], x.shape[1]
+    D = W.shape[0]
+    gates = W.shape[1] // H
+    acts = [s.decode() if isinstance(s, bytes) else s for s in a.get("activations", [])] or ["Tanh"] * D
+    Y, Yh, Yc = np.zeros((T, D, N, H)), np.zeros((D, N, H)), np.zeros((D, N, H))
+    for d in range(D):
+        wb = B[d, :gates * H] if B is not None else np.zeros(gates * H)
+        rb = B[d, gates * H:] if B is not None else np.zeros(gates * H)
+        h0, c0 = (i[k] if len(i) > k and i[k] is not None else None for k in (5, 6))
+        h = h0[d].copy() if h0 is not None else np.zeros((N, H))
+        c = c0[d].copy() if c0 is not None else np.zeros((N, H))
+        for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
+            xw, hr = x[t] @ W[d].T + wb, h @ R[d].T + rb
+            if op == "RNN":
+                pre = xw + hr
+                h = np.maximum(pre, 0) if acts[d] == "Relu" else np.tanh(pre)
+            elif op == "GRU":  # z, r, h; linear_before_reset
+                z = sigmoid(xw[:, :H] + hr[:, :H])
+                r = sigmoid(xw[:, H:2 * H] + hr[:, H:2 * H])
+                if a.get("linear_before_reset", 0):
+                    hh = np.tanh(xw[:, 2 * H:] + r * hr[:, 2 * H:])
+                else:
+                    hh = np.tanh(xw[:, 2 * H:] + (r * h) @ R[d][2 * H:].T + rb[2 * H:])
+                h = (1 - z) * hh + z * h
+            else:  # LSTM: i, o, f, c
+                g = xw + hr
+                ig, og, fg, cg = sigmoid(g[:, :H]), sigmoid(g[:, H:2 * H]), sigmoid(g[:, 2 * H:3 * H]), np.tanh(g[:, 3 * H:])
+                c = fg * c + ig * cg
+                h = og * np.tanh(c)
+            Y[t, d] = h
+        Yh[d], Yc[d] = h, c
+    return (Y, Yh, Yc)[:nout]
+
+
 def run_node(n, v):
     a, i = attrs(n), [v[name] if name else None for name in n.input]
     op = n.op_type
@@ -194,6 +236,24 @@ def run_node(n, v):
     if op == "Reshape":
         shape = [i[0].shape[k] if s == 0 and not a.get("allowzero", 0) else int(s) for k, s in enumerate(i[1])]
         return i[0].reshape(shape)
+    if op in ("RNN", "GRU", "LSTM"):
+        return recurrent(op, i, a, len(n.output))
+    if op == "Split":
+        return tuple(np.split(i[0], len(n.output), axis=a.get("axis", 0)))
+    if op == "Concat":
+        return np.concatenate(i, axis=a["axis"])
+    if op == "Slice":  # (only for checking the evaluator on torch's exports)
+        x = i[0]
+        axes = list(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(i[1])))
+        steps = list(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(axes)
+        sl = [slice(None)] * x.ndim
+        for st, en, ax, sp in zip(i[1], i[2], axes, steps):
+            sl[int(ax)] = slice(int(st), int(min(en, np.iinfo(np.int64).max)), int(sp))
+        return x[tuple(sl)]
+    if op == "Squeeze":
+        return np.squeeze(i[0], axis=tuple(int(k) for k in i[1])) if len(i) > 1 else np.squeeze(i[0])
+    if op == "Unsqueeze":
+        return np.expand_dims(i[0], tuple(int(k) for k in i[1]))
     if op == "Gather":
         return np.take(i[0], i[1].astype(np.int64), axis=a.get("axis", 0))
     raise NotImplementedError(f"onnx_check: no NumPy evaluation of {op} (node {n.name})")
@@ -205,8 +265,10 @@ def evaluate(model, x):
     v = {k: (a.astype(np.float64) if a.dtype.kind == "f" else a) for k, a in v.items()}
     v[g.input[0].name] = x.astype(np.float64) if x.dtype.kind == "f" else x
     for n in g.node:
-        v[n.output[0]] = run_node(n, v)
-    return v[g.output[0].name]
+        r = run_node(n, v)
+        for name, value in zip(n.output, r if isinstance(r, tuple) else (r,)):
+            v[name] = value
+    return [v[o.name] for o in g.output]
 
 
 def check(d, name):
@@ -224,9 +286,9 @@ def check(d, name):
     opsets = {o.domain: o.version for o in model.opset_import}
     if opsets.get("", opsets.get("ai.onnx")) != 17:
         fails.append(f"opset_import {opsets}, expected 17")
-    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
-    if dim0.dim_param != "batch":
-        fails.append(f"input dim 0 is {dim0}, expected the symbolic 'batch'")
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if "batch" not in dims:
+        fails.append(f"input dims {dims}: none is the symbolic 'batch'")
     with open(os.path.join(d, name + "_keys.txt")) as f:
         keys = set(f.read().split())
     inits = {t.name for t in model.graph.initializer}
@@ -234,14 +296,20 @@ def check(d, name):
         fails.append(f"initializers differ from the state_dict keys: missing {sorted(keys - inits)}, "
                      f"extra {sorted(inits - keys)}")
     x = np.load(os.path.join(d, name + "_input.npy"))
-    want = np.load(os.path.join(d, name + "_output.npy")).astype(np.float64)
-    got = evaluate(model, x)
-    err = float(np.max(np.abs(got - want) / (ATOL + RTOL * np.abs(want)))) if got.shape == want.shape else math.inf
-    if got.shape != want.shape:
-        fails.append(f"output shape {got.shape}, kiln's {want.shape}")
-    elif not err <= 1:
-        fails.append(f"output differs from kiln's: max normalised error {err:.3g} "
-                     f"(max abs diff {np.max(np.abs(got - want)):.3g})")
+    outs = evaluate(model, x)
+    err = 0.0
+    for k, got in enumerate(outs):
+        want = np.load(os.path.join(d, name + ("_output.npy" if k == 0 else f"_output_{k}.npy"))).astype(np.float64)
+        what = model.graph.output[k].name
+        if got.shape != want.shape:
+            fails.append(f"{what}: shape {got.shape}, kiln's {want.shape}")
+            err = math.inf
+            continue
+        e = float(np.max(np.abs(got - want) / (ATOL + RTOL * np.abs(want))))
+        err = max(err, e)
+        if not e <= 1:
+            fails.append(f"{what} differs from kiln's: max normalised error {e:.3g} "
+                         f"(max abs diff {np.max(np.abs(got - want)):.3g})")
     ops = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1

@@ -74,9 +74,13 @@ KILN_API kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *co
  * activation of kiln_nn_activation (GELU written out with Erf or Tanh: opset 17 has no Gelu).
  * Parameters and buffers become initializers named by their state_dict keys
  * ("layer1.0.conv1.weight", "bn1.running_mean"); BatchNorm's num_batches_tracked, which
- * inference does not read, is left out. Any other module (a user's own, RNN/LSTM/GRU,
- * attention) is an error naming its kind and path (KILN_ERR_UNSUPPORTED), as is a root
- * module that does not take one input and give one output.
+ * inference does not read, is left out. An RNN, LSTM or GRU module is exported as the model
+ * itself: input x [T, B, I] ([B, T, I] batch_first; T the symbolic "sequence"), outputs
+ * "output", "h_n" (, "c_n") from zero initial states, one ONNX RNN/LSTM/GRU node per layer
+ * (both directions in it), its weights put in ONNX's gate order in the graph (Split, Concat)
+ * so that the initializers keep torch's names and layout. Any other module (a user's own,
+ * a recurrent cell, attention, a recurrent layer inside a container) is an error naming its
+ * kind and path (KILN_ERR_UNSUPPORTED), as is a root module with several inputs or outputs.
  *
  * Every tensor is stored inside the file (a model over protobuf's 2 GiB is refused). The file
  * is written atomically, as kiln's other writers: a temporary file beside it, fsync, rename;

@@ -42,6 +42,7 @@ typedef struct val {
     const char *name;
     kiln_tensor *t;
     int batch_axis; /* the symbolic "batch" dimension, -1 once flattened away */
+    int seq_axis;   /* the symbolic "sequence" dimension of a recurrent layer's values, or -1 */
 } val;
 
 static bool oom(ex *e) {
@@ -97,11 +98,12 @@ static bool name_used(const ex *e, const char *name) {
 }
 
 /* A node `op` of the module at path (torch's naming: "/layer1/0/conv1/Conv", a suffix "_1",
- * "_2" when a module emits the op again) with inputs in[0..nin) and one output. */
-static Onnx__NodeProto *node(ex *e, const char *op, const char *path, int nin, const char *const *in) {
+ * "_2" when a module emits the op again) with inputs in[0..nin) ("" for an omitted optional
+ * one) and nout outputs "<name>_output_<k>". */
+static Onnx__NodeProto *node_n(ex *e, const char *op, const char *path, int nin, const char *const *in, int nout) {
     Onnx__NodeProto *n = ex_alloc(e, sizeof *n);
     char **ins = ex_alloc(e, sizeof *ins * (size_t)(nin ? nin : 1));
-    char **outs = ex_alloc(e, sizeof *outs);
+    char **outs = ex_alloc(e, sizeof *outs * (size_t)nout);
     if (!n || !ins || !outs || !grow((void ***)&e->nodes, &e->capnodes, e->nnodes)) return oom(e), NULL;
     *n = (Onnx__NodeProto)ONNX__NODE_PROTO__INIT;
     char base[512];
@@ -110,14 +112,22 @@ static Onnx__NodeProto *node(ex *e, const char *op, const char *path, int nin, c
         if (*c == '.') *c = '/';
     char *name = ex_printf(e, "%s", base);
     for (int k = 1; name && name_used(e, name); k++) name = ex_printf(e, "%s_%d", base, k);
-    if (!name || !(outs[0] = ex_printf(e, "%s_output_0", name))) return NULL;
+    if (!name) return NULL;
+    for (int k = 0; k < nout; k++)
+        if (!(outs[k] = ex_printf(e, "%s_output_%d", name, k))) return NULL;
     for (int i = 0; i < nin; i++) ins[i] = (char *)in[i];
     n->name = name;
     n->op_type = (char *)op;
     n->n_input = (size_t)nin, n->input = ins;
-    n->n_output = 1, n->output = outs;
+    n->n_output = (size_t)nout, n->output = outs;
     e->nodes[e->nnodes++] = n;
     return n;
+}
+
+static Onnx__NodeProto *node(ex *e, const char *op, const char *path, int nin, const char *const *in) {
+    for (int i = 0; i < nin; i++)
+        if (!in[i]) return NULL; /* an input that failed to be made: its error is set */
+    return node_n(e, op, path, nin, in, 1);
 }
 
 static Onnx__AttributeProto *attr(ex *e, Onnx__NodeProto *n, const char *name, Onnx__AttributeProto__AttributeType t) {
@@ -153,6 +163,21 @@ static bool attr_ints(ex *e, Onnx__NodeProto *n, const char *name, int count, co
     memcpy(copy, v, sizeof *copy * (size_t)count);
     a->n_ints = (size_t)count, a->ints = copy;
     return true;
+}
+
+static bool attr_strings(ex *e, Onnx__NodeProto *n, const char *name, int count, const char *const *v) {
+    Onnx__AttributeProto *a = attr(e, n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRINGS);
+    ProtobufCBinaryData *copy = a ? ex_alloc(e, sizeof *copy * (size_t)count) : NULL;
+    if (!copy) return false;
+    for (int i = 0; i < count; i++) copy[i].data = (uint8_t *)v[i], copy[i].len = strlen(v[i]);
+    a->n_strings = (size_t)count, a->strings = copy;
+    return true;
+}
+
+static bool attr_string(ex *e, Onnx__NodeProto *n, const char *name, const char *v) {
+    Onnx__AttributeProto *a = attr(e, n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING);
+    if (a) a->has_s = 1, a->s.data = (uint8_t *)v, a->s.len = strlen(v);
+    return a != NULL;
 }
 
 static Onnx__TensorProto *tensor_proto(ex *e, const char *name, int32_t dtype, int ndim, const int64_t *shape) {
@@ -493,17 +518,135 @@ static bool emit(ex *e, kiln_module *m, const char *path, val *x) {
     }
     if (kiln__is_resnet_part(m))
         return !strcmp(m->kind, "ResNet") ? emit_resnet(e, m, path, x) : emit_block(e, m, path, x);
+    kiln_rnn_mode mode;
+    int64_t isz, hsz;
+    kiln_rnn_params rp;
+    if (kiln__rnn_config_of(m, &mode, &isz, &hsz, &rp)) {
+        kiln__fail(e->ctx, KILN_ERR_UNSUPPORTED,
+                   FN ": the %s at %s is exported only as the model itself (its forward gives %d outputs)", m->kind,
+                   where(path), mode == KILN_RNN_LSTM ? 3 : 2);
+        return false;
+    }
     kiln__fail(e->ctx, KILN_ERR_UNSUPPORTED,
                FN ": the %s at %s has no ONNX export (exported: Sequential, ResNet, BasicBlock, Bottleneck and the "
                   "layers Linear, Conv2d, ConvTranspose2d, BatchNorm1d/2d, LayerNorm, MaxPool2d, AvgPool2d, "
-                  "AdaptiveAvgPool2d, Flatten, Dropout, Embedding and the activations)",
+                  "AdaptiveAvgPool2d, Flatten, Dropout, Embedding and the activations; RNN, LSTM and GRU as the "
+                  "model itself)",
                m->kind, where(path));
     return false;
 }
 
+/* ---- recurrent layers ---------------------------------------------------------------------- */
+
+/* One node `op` on inputs in[0..nin) with its output's name, or NULL. */
+static const char *op1(ex *e, const char *op, const char *path, int nin, const char *const *in) {
+    Onnx__NodeProto *n = node(e, op, path, nin, in);
+    return n ? n->output[0] : NULL;
+}
+
+static const char *unsqueeze0(ex *e, const char *path, const char *x) {
+    const char *axes = constant_i64(e, path, 1, (const int64_t[]){0});
+    return op1(e, "Unsqueeze", path, 2, (const char *[]){x, axes});
+}
+
+static const char *concat0(ex *e, const char *path, int n, const char *const *in) {
+    if (n == 1) return in[0];
+    Onnx__NodeProto *c = node(e, "Concat", path, n, in);
+    return c && attr_int(e, c, "axis", 0) ? c->output[0] : NULL;
+}
+
+/* A torch weight or bias of `gates` row blocks in torch's gate order, its blocks in ONNX's:
+ * order[k] is the torch block that becomes ONNX's block k (Split, Concat: the initializer
+ * keeps its state_dict name and layout). */
+static const char *regate(ex *e, const char *path, const char *w, int gates, const int *order) {
+    if (!w || gates == 1) return w;
+    Onnx__NodeProto *s = node_n(e, "Split", path, 1, &w, gates);
+    if (!s || !attr_int(e, s, "axis", 0)) return NULL;
+    const char *parts[4];
+    for (int k = 0; k < gates; k++) parts[k] = s->output[order[k]];
+    return concat0(e, path, gates, parts);
+}
+
+/* torch.nn.RNN/LSTM/GRU as one ONNX RNN/LSTM/GRU node per layer (both directions in it),
+ * time-major inside (layout 0; batch_first transposed in and out), each layer's Y [T, D, B, H]
+ * made [T, B, D * H] for the next; outs: output, h_n [L * D, B, H] (, c_n). */
+static bool emit_rnn(ex *e, kiln_module *m, val *x, val *outs, int *nout) {
+    kiln_rnn_mode mode;
+    int64_t isz, hsz;
+    kiln_rnn_params p;
+    kiln__rnn_config_of(m, &mode, &isz, &hsz, &p);
+    bool lstm = mode == KILN_RNN_LSTM, gru = mode == KILN_RNN_GRU;
+    kiln_tensor *y = NULL, *hn = NULL, *cn = NULL;
+    if (kiln_nn_rnn_forward(m, x->t, NULL, NULL, NULL, &y, &hn, lstm ? &cn : NULL) != KILN_OK) return false;
+    static const int lstm_order[4] = {0, 3, 1, 2}; /* ONNX i, o, f, c from torch's i, f, g, o */
+    static const int gru_order[3] = {1, 0, 2};     /* ONNX z, r, h from torch's r, z, n */
+    const int *order = lstm ? lstm_order : gru ? gru_order : NULL;
+    int gates = lstm ? 4 : gru ? 3 : 1, D = p.bidirectional ? 2 : 1, L = p.num_layers;
+    const char *op = lstm ? "LSTM" : gru ? "GRU" : "RNN", *path = "";
+    const char *cur = x->name, *hs[2 * 64], *cs[2 * 64];
+    if (L > 64) {
+        kiln__fail(e->ctx, KILN_ERR_UNSUPPORTED, FN ": the %s has %d layers; the exporter writes up to 64", m->kind, L);
+        return false;
+    }
+    if (p.batch_first) {
+        Onnx__NodeProto *t = node(e, "Transpose", path, 1, &cur);
+        if (!t || !attr_ints(e, t, "perm", 3, (const int64_t[]){1, 0, 2})) return false;
+        cur = t->output[0];
+    }
+    for (int l = 0; l < L; l++) {
+        const char *W[2], *R[2], *B[2];
+        for (int d = 0; d < D; d++) {
+            char nm[4][64];
+            const char *sfx = d ? "_reverse" : "";
+            snprintf(nm[0], sizeof nm[0], "weight_ih_l%d%s", l, sfx);
+            snprintf(nm[1], sizeof nm[1], "weight_hh_l%d%s", l, sfx);
+            snprintf(nm[2], sizeof nm[2], "bias_ih_l%d%s", l, sfx);
+            snprintf(nm[3], sizeof nm[3], "bias_hh_l%d%s", l, sfx);
+            W[d] = unsqueeze0(e, path, regate(e, path, init(e, m, "", nm[0]), gates, order));
+            R[d] = unsqueeze0(e, path, regate(e, path, init(e, m, "", nm[1]), gates, order));
+            if (p.bias) {
+                const char *b2[2] = {regate(e, path, init(e, m, "", nm[2]), gates, order),
+                                     regate(e, path, init(e, m, "", nm[3]), gates, order)};
+                B[d] = b2[0] && b2[1] ? unsqueeze0(e, path, concat0(e, path, 2, b2)) : NULL;
+            }
+        }
+        const char *in[4] = {cur, concat0(e, path, D, W), concat0(e, path, D, R), p.bias ? concat0(e, path, D, B) : ""};
+        for (int i = 0; i < 4; i++)
+            if (!in[i]) return false;
+        Onnx__NodeProto *n = node_n(e, op, path, p.bias ? 4 : 3, in, lstm ? 3 : 2);
+        if (!n || !attr_int(e, n, "hidden_size", hsz) ||
+            !attr_string(e, n, "direction", p.bidirectional ? "bidirectional" : "forward"))
+            return false;
+        if (gru && !attr_int(e, n, "linear_before_reset", 1)) return false;
+        if (mode == KILN_RNN_RNN_RELU && !attr_strings(e, n, "activations", D, (const char *[]){"Relu", "Relu"}))
+            return false;
+        hs[l] = n->output[1];
+        if (lstm) cs[l] = n->output[2];
+        Onnx__NodeProto *t = node(e, "Transpose", path, 1, (const char *const *)&n->output[0]);
+        if (!t || !attr_ints(e, t, "perm", 4, (const int64_t[]){0, 2, 1, 3})) return false;
+        const char *shape = constant_i64(e, path, 3, (const int64_t[]){0, 0, -1});
+        cur = op1(e, "Reshape", path, 2, (const char *[]){t->output[0], shape});
+        if (!cur) return false;
+    }
+    if (p.batch_first) {
+        Onnx__NodeProto *t = node(e, "Transpose", path, 1, &cur);
+        if (!t || !attr_ints(e, t, "perm", 3, (const int64_t[]){1, 0, 2})) return false;
+        cur = t->output[0];
+    }
+    outs[0] = (val){cur, y, p.batch_first ? 0 : 1, p.batch_first ? 1 : 0};
+    outs[1] = (val){concat0(e, path, L, hs), hn, 1, -1};
+    if (lstm) outs[2] = (val){concat0(e, path, L, cs), cn, 1, -1};
+    *nout = lstm ? 3 : 2;
+    for (int k = 0; k < *nout; k++)
+        if (!outs[k].name) return false;
+    return true;
+}
+
 /* ---- the model and the file ------------------------------------------------------------------- */
 
-static Onnx__ValueInfoProto *value_info(ex *e, const char *name, const kiln_tensor *t, int batch_axis) {
+static Onnx__ValueInfoProto *value_info(ex *e, const char *name, const val *x) {
+    const kiln_tensor *t = x->t;
+    int batch_axis = x->batch_axis;
     Onnx__ValueInfoProto *v = ex_alloc(e, sizeof *v);
     Onnx__TypeProto *tp = ex_alloc(e, sizeof *tp);
     Onnx__TypeProto__Tensor *tt = ex_alloc(e, sizeof *tt);
@@ -514,9 +657,9 @@ static Onnx__ValueInfoProto *value_info(ex *e, const char *name, const kiln_tens
         Onnx__TensorShapeProto__Dimension *dim = ex_alloc(e, sizeof *dim);
         if (!dim) return NULL;
         *dim = (Onnx__TensorShapeProto__Dimension)ONNX__TENSOR_SHAPE_PROTO__DIMENSION__INIT;
-        if (d == batch_axis) {
+        if (d == batch_axis || d == x->seq_axis) {
             dim->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM;
-            dim->dim_param = "batch";
+            dim->dim_param = d == batch_axis ? "batch" : "sequence";
         } else if (batch_axis >= 0 || t->ndim == 0) {
             dim->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE;
             dim->dim_value = t->shape[d];
@@ -618,30 +761,48 @@ static int restore_modes(kiln_module *m, const bool *modes, int n) {
 
 static kiln_status build_and_write(ex *e, kiln_module *module, const char *path, kiln_tensor *x) {
     kiln_ctx *ctx = e->ctx;
-    val v = {.name = "input", .t = x, .batch_axis = 0};
-    if (!emit(e, module, "", &v)) return kiln_error_status(ctx) != KILN_OK ? kiln_error_status(ctx) : KILN_ERR_IO;
-    /* the graph's output is "output": the last node's output renamed, or an Identity when
-     * the model computes nothing (a lone Dropout) */
-    Onnx__NodeProto *last = e->nnodes ? e->nodes[e->nnodes - 1] : NULL;
-    if (!last || strcmp(last->output[0], v.name) != 0) {
-        last = node(e, "Identity", "", 1, &v.name);
-        if (!last) return kiln_error_status(ctx);
+    kiln_rnn_mode mode;
+    int64_t isz, hsz;
+    kiln_rnn_params rp;
+    bool rnn = kiln__rnn_config_of(module, &mode, &isz, &hsz, &rp);
+    val v = {.name = "input", .t = x, .batch_axis = rnn && !rp.batch_first ? 1 : 0, .seq_axis = -1};
+    if (rnn) v.seq_axis = rp.batch_first ? 1 : 0;
+    val in_v = v, outv[3];
+    int nout = 1;
+    static const char *const rnn_names[3] = {"output", "h_n", "c_n"};
+    bool ok = rnn ? emit_rnn(e, module, &v, outv, &nout) : emit(e, module, "", &v);
+    if (!ok) return kiln_error_status(ctx) != KILN_OK ? kiln_error_status(ctx) : KILN_ERR_IO;
+    if (!rnn) outv[0] = v;
+    /* the graph's outputs are "output" (, "h_n", "c_n"): the last node's output renamed, or
+     * an Identity of the value (a lone Dropout computes nothing; a recurrent layer's outputs
+     * come from several nodes) */
+    for (int k = 0; k < nout; k++) {
+        Onnx__NodeProto *last = e->nnodes ? e->nodes[e->nnodes - 1] : NULL;
+        if (rnn || !last || strcmp(last->output[0], outv[k].name) != 0) {
+            last = node(e, "Identity", "", 1, &outv[k].name);
+            if (!last) return kiln_error_status(ctx);
+        }
+        last->output[0] = (char *)rnn_names[k];
+        outv[k].name = rnn_names[k];
     }
-    last->output[0] = "output";
-    Onnx__ValueInfoProto *in = value_info(e, "input", x, 0), *out = value_info(e, "output", v.t, v.batch_axis);
+    Onnx__ValueInfoProto *in = value_info(e, "input", &in_v);
+    Onnx__ValueInfoProto **outs = ex_alloc(e, sizeof *outs * (size_t)nout);
+    if (!in || !outs) return kiln_error_status(ctx);
+    for (int k = 0; k < nout; k++)
+        if (!(outs[k] = value_info(e, outv[k].name, &outv[k]))) return kiln_error_status(ctx);
     Onnx__GraphProto *g = ex_alloc(e, sizeof *g);
     Onnx__ModelProto *model = ex_alloc(e, sizeof *model);
     Onnx__OperatorSetIdProto *opset = ex_alloc(e, sizeof *opset);
-    Onnx__ValueInfoProto **ins = ex_alloc(e, sizeof *ins), **outs = ex_alloc(e, sizeof *outs);
+    Onnx__ValueInfoProto **ins = ex_alloc(e, sizeof *ins);
     Onnx__OperatorSetIdProto **opsets = ex_alloc(e, sizeof *opsets);
-    if (!in || !out || !g || !model || !opset || !ins || !outs || !opsets) return kiln_error_status(ctx);
-    ins[0] = in, outs[0] = out;
+    if (!g || !model || !opset || !ins || !opsets) return kiln_error_status(ctx);
+    ins[0] = in;
     *g = (Onnx__GraphProto)ONNX__GRAPH_PROTO__INIT;
     g->name = (char *)module->kind;
     g->n_node = e->nnodes, g->node = e->nodes;
     g->n_initializer = e->ninits, g->initializer = e->inits;
     g->n_input = 1, g->input = ins;
-    g->n_output = 1, g->output = outs;
+    g->n_output = (size_t)nout, g->output = outs;
     *opset = (Onnx__OperatorSetIdProto)ONNX__OPERATOR_SET_ID_PROTO__INIT;
     opset->domain = "", opset->has_version = 1, opset->version = OPSET;
     opsets[0] = opset;
@@ -674,7 +835,11 @@ kiln_status kiln_onnx_save(kiln_module *module, const char *path, kiln_tensor *e
                           FN ": example_input is %s %s: F32 (or I32 token ids) with the batch as dim 0 is needed",
                           kiln_dtype_name(example_input->dtype), kiln_tensor_shape_str(example_input, s, sizeof s));
     }
-    if (module->def.num_inputs - module->def.optional_inputs > 1 || module->def.num_outputs != 1)
+    kiln_rnn_mode mode;
+    int64_t isz, hsz;
+    kiln_rnn_params rp;
+    bool rnn = kiln__rnn_config_of(module, &mode, &isz, &hsz, &rp);
+    if (!rnn && (module->def.num_inputs - module->def.optional_inputs > 1 || module->def.num_outputs != 1))
         return kiln__fail(ctx, KILN_ERR_UNSUPPORTED,
                           FN ": the %s takes %d inputs and gives %d outputs; the exporter writes one-input, "
                              "one-output models",

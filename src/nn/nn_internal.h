@@ -66,5 +66,8 @@ bool kiln__layer_config_of(const kiln_module *m, kiln__layer_config *out);
 bool kiln__is_sequential(const kiln_module *m);
 /* m is a ResNet, BasicBlock or Bottleneck of src/nn/models.c. */
 bool kiln__is_resnet_part(const kiln_module *m);
+/* true and the configuration filled when m is an RNN, LSTM or GRU of src/nn/rnn.c (not a cell). */
+bool kiln__rnn_config_of(const kiln_module *m, kiln_rnn_mode *mode, int64_t *input_size, int64_t *hidden_size,
+                         kiln_rnn_params *p);
 
 #endif
