@@ -21,6 +21,8 @@
  *             Softmax, LogSoftmax
  *   bottleneck  a Bottleneck block with a projection shortcut
  *   embed     Embedding (I32 token ids) + Flatten(0, 1: a Reshape) + Linear + Softmax
+ *   encoder, encoder_layer  a 2-layer batch-first post-norm GELU TransformerEncoder with its
+ *             final norm; a time-major pre-norm ReLU TransformerEncoderLayer
  *   lstm, gru, rnn_relu  recurrent layers as the model (outputs output, h_n (, c_n)): a
  *             2-layer bidirectional batch-first LSTM, a 2-layer time-major GRU, a bias-free
  *             bidirectional ReLU RNN
@@ -394,6 +396,16 @@ static void run(kiln_ctx *ctx) {
     export_case(ctx, "gru", kiln_nn_gru(ctx, 4, 3, &rp), KILN_F32, 3, (int64_t[]){6, 1, 4}, 0, 1, 2);
     rp = kiln_rnn_defaults();
     rp.bias = false, rp.bidirectional = true;
+    /* Transformer encoders: a batch-first post-norm GELU stack with a final norm, a
+     * time-major pre-norm ReLU layer */
+    kiln_transformer_params tp = kiln_transformer_defaults(8, 2);
+    tp.dim_feedforward = 16, tp.activation = KILN_ACT_GELU, tp.batch_first = true;
+    export_case(ctx, "encoder", kiln_nn_transformer_encoder(ctx, &tp, 2, true), KILN_F32, 3, (int64_t[]){1, 5, 8}, 0, 0,
+                1);
+    tp = kiln_transformer_defaults(6, 3);
+    tp.dim_feedforward = 10, tp.norm_first = true;
+    export_case(ctx, "encoder_layer", kiln_nn_transformer_encoder_layer(ctx, &tp), KILN_F32, 3, (int64_t[]){4, 1, 6}, 0,
+                1, 1);
     export_case(ctx, "rnn_relu", kiln_nn_rnn(ctx, 3, 4, KILN_ACT_RELU, &rp), KILN_F32, 3, (int64_t[]){5, 1, 3}, 0, 1,
                 2);
     char p[1024];

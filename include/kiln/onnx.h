@@ -78,9 +78,14 @@ KILN_API kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *co
  * itself: input x [T, B, I] ([B, T, I] batch_first; T the symbolic "sequence"), outputs
  * "output", "h_n" (, "c_n") from zero initial states, one ONNX RNN/LSTM/GRU node per layer
  * (both directions in it), its weights put in ONNX's gate order in the graph (Split, Concat)
- * so that the initializers keep torch's names and layout. Any other module (a user's own,
- * a recurrent cell, attention, a recurrent layer inside a container) is an error naming its
- * kind and path (KILN_ERR_UNSUPPORTED), as is a root module with several inputs or outputs.
+ * so that the initializers keep torch's names and layout. A TransformerEncoder or
+ * TransformerEncoderLayer (post- or pre-norm, ReLU or GELU, unmasked; [T, B, E] or
+ * [B, T, E] with T the symbolic "sequence" when it is the model) has its self-attention
+ * written out: MatMul with in_proj_weight, Split, Reshape/Transpose to heads, scaled
+ * MatMul, Softmax, MatMul, merge, out_proj. Any other module (a user's own, a recurrent
+ * cell, a bare MultiheadAttention, a decoder, positional encodings, a recurrent layer inside
+ * a container) is an error naming its kind and path (KILN_ERR_UNSUPPORTED), as is a root
+ * module with several inputs or outputs.
  *
  * Every tensor is stored inside the file (a model over protobuf's 2 GiB is refused). The file
  * is written atomically, as kiln's other writers: a temporary file beside it, fsync, rename;

@@ -130,6 +130,12 @@ static Onnx__NodeProto *node(ex *e, const char *op, const char *path, int nin, c
     return node_n(e, op, path, nin, in, 1);
 }
 
+/* One node `op` on inputs in[0..nin) with its output's name, or NULL. */
+static const char *op1(ex *e, const char *op, const char *path, int nin, const char *const *in) {
+    Onnx__NodeProto *n = node(e, op, path, nin, in);
+    return n ? n->output[0] : NULL;
+}
+
 static Onnx__AttributeProto *attr(ex *e, Onnx__NodeProto *n, const char *name, Onnx__AttributeProto__AttributeType t) {
     if (!n) return NULL;
     Onnx__AttributeProto *a = ex_alloc(e, sizeof *a);
@@ -384,8 +390,8 @@ static bool emit_flatten(ex *e, const char *path, int start, int end, kiln_tenso
     return true;
 }
 
-static bool emit_activation(ex *e, kiln_module *m, const char *path, const kiln__layer_config *c, val *x) {
-    kiln_tensor *y = kiln_forward(m, x->t);
+/* The nodes of activation c->act on x, whose traced value is y. */
+static bool act_nodes(ex *e, const char *path, const kiln__layer_config *c, val *x, kiln_tensor *y) {
     if (!y) return false;
     float p = c->act_param;
     Onnx__NodeProto *n;
@@ -432,6 +438,10 @@ static bool emit_activation(ex *e, kiln_module *m, const char *path, const kiln_
     }
     }
     return false;
+}
+
+static bool emit_activation(ex *e, kiln_module *m, const char *path, const kiln__layer_config *c, val *x) {
+    return act_nodes(e, path, c, x, kiln_forward(m, x->t));
 }
 
 static bool emit_layer(ex *e, kiln_module *m, const char *path, const kiln__layer_config *c, val *x) {
@@ -491,6 +501,115 @@ static bool emit_block(ex *e, kiln_module *m, const char *path, val *x) {
     return true;
 }
 
+/* ---- Transformer encoders ------------------------------------------------------------------ */
+
+/* Self-attention of the MultiheadAttention mha (at path) on x, unmasked, written out:
+ * qkv = x W^T + b, split, heads [B, H, T, d], softmax(q k^T / sqrt d) v, merged, out_proj.
+ * x becomes its output (traced by the module itself). */
+static bool emit_self_attention(ex *e, kiln_module *mha, const char *path, val *x) {
+    int64_t E, H;
+    kiln_mha_params p;
+    bool packed;
+    if (!kiln__mha_config_of(mha, &E, &H, &p, &packed) || !packed) {
+        kiln__fail(e->ctx, KILN_ERR_UNSUPPORTED,
+                   FN ": the MultiheadAttention at %s has separate q/k/v projections (kdim or vdim differ from "
+                      "embed_dim); the exporter writes packed in_proj_weight only",
+                   where(path));
+        return false;
+    }
+    kiln_tensor *y = NULL;
+    if (kiln_module_forward(mha, 3, (kiln_tensor *[]){x->t, x->t, x->t}, 1, &y) != KILN_OK) return false;
+    bool bf = p.batch_first;
+    const char *w = init(e, mha, path, "in_proj_weight");
+    Onnx__NodeProto *wt = node(e, "Transpose", path, 1, &w);
+    if (!wt || !attr_ints(e, wt, "perm", 2, (const int64_t[]){1, 0})) return false;
+    const char *qkv = op1(e, "MatMul", path, 2, (const char *[]){x->name, wt->output[0]});
+    if (p.bias) qkv = op1(e, "Add", path, 2, (const char *[]){qkv, init(e, mha, path, "in_proj_bias")});
+    if (!qkv) return false;
+    Onnx__NodeProto *sp = node_n(e, "Split", path, 1, &qkv, 3);
+    if (!sp || !attr_int(e, sp, "axis", 2)) return false;
+    /* [T, B, E] -> [T, B, H, d] -> [B, H, T, d] (batch_first: [B, T, H, d] -> [B, H, T, d]) */
+    const char *heads[3];
+    const char *hshape = constant_i64(e, path, 4, (const int64_t[]){0, 0, H, E / H});
+    for (int k = 0; k < 3; k++) {
+        const char *r = op1(e, "Reshape", path, 2, (const char *[]){sp->output[k], hshape});
+        Onnx__NodeProto *t = node(e, "Transpose", path, 1, &r);
+        int64_t kperm[4] = {1, 2, 3, 0}, perm[4] = {1, 2, 0, 3};
+        if (bf) kperm[0] = 0, kperm[1] = 2, kperm[2] = 3, kperm[3] = 1, perm[0] = 0, perm[1] = 2, perm[2] = 1;
+        /* k goes straight to [B, H, d, T] */
+        if (!t || !attr_ints(e, t, "perm", 4, k == 1 ? kperm : perm)) return false;
+        heads[k] = t->output[0];
+    }
+    const char *scale = scalar(e, path, (float)(1.0 / sqrt((double)(E / H))));
+    const char *sc = op1(e, "Mul", path, 2, (const char *[]){op1(e, "MatMul", path, 2, heads), scale});
+    Onnx__NodeProto *sm = node(e, "Softmax", path, 1, &sc);
+    if (!sm || !attr_int(e, sm, "axis", -1)) return false;
+    const char *att = op1(e, "MatMul", path, 2, (const char *[]){sm->output[0], heads[2]});
+    Onnx__NodeProto *mt = node(e, "Transpose", path, 1, &att); /* [B, H, T, d] -> [T, B, H, d] */
+    if (!mt || !attr_ints(e, mt, "perm", 4, bf ? (const int64_t[]){0, 2, 1, 3} : (const int64_t[]){2, 0, 1, 3}))
+        return false;
+    const char *mshape = constant_i64(e, path, 3, (const int64_t[]){0, 0, E});
+    val v = {op1(e, "Reshape", path, 2, (const char *[]){mt->output[0], mshape}), x->t, x->batch_axis, x->seq_axis};
+    if (!v.name) return false;
+    /* out_proj's nodes, traced on a tensor of the merged shape (x's), then the real value */
+    kiln__layer_config lc;
+    kiln_module *op = kiln_module_find_child(mha, "out_proj");
+    const char *opath = child_path(e, path, "out_proj");
+    if (!op || !opath || !kiln__layer_config_of(op, &lc) || !emit_layer(e, op, opath, &lc, &v)) return false;
+    x->name = v.name, x->t = y;
+    return true;
+}
+
+/* A child layer (Linear, LayerNorm) of the encoder layer m at path. */
+static bool emit_child(ex *e, kiln_module *m, const char *path, const char *name, val *x) {
+    const char *cp = child_path(e, path, name);
+    return cp && emit(e, kiln_module_find_child(m, name), cp, x);
+}
+
+/* TransformerEncoderLayer (layer_forward, unmasked, eval): post-norm
+ * x = norm1(x + sa(x)); x = norm2(x + ff(x)), or pre-norm x = x + sa(norm1(x));
+ * x = x + ff(norm2(x)); ff = linear2(act(linear1(.))). */
+static bool emit_encoder_layer(ex *e, kiln_module *m, const char *path, val *x) {
+    kiln_transformer_params p;
+    int nl;
+    bool fn;
+    kiln__encoder_config_of(m, &p, &nl, &fn);
+    kiln_ctx *ctx = e->ctx;
+    const char *sa_path = child_path(e, path, "self_attn");
+    kiln_module *sa = kiln_module_find_child(m, "self_attn");
+    kiln__layer_config act = {.act = p.activation == KILN_ACT_GELU ? KILN_ACT_GELU : KILN_ACT_RELU};
+    for (int part = 0; part < 2; part++) {
+        val h = *x;
+        if (p.norm_first && !emit_child(e, m, path, part ? "norm2" : "norm1", &h)) return false;
+        if (part == 0) {
+            if (!sa_path || !emit_self_attention(e, sa, sa_path, &h)) return false;
+        } else {
+            if (!emit_child(e, m, path, "linear1", &h)) return false;
+            kiln_tensor *a = act.act == KILN_ACT_GELU ? kiln_gelu(ctx, h.t, false) : kiln_relu(ctx, h.t);
+            if (!act_nodes(e, path, &act, &h, a) || !emit_child(e, m, path, "linear2", &h)) return false;
+        }
+        if (!step(e, x, "Add", path, 1, &h.name, kiln_add(ctx, x->t, h.t))) return false;
+        if (!p.norm_first && !emit_child(e, m, path, part ? "norm2" : "norm1", x)) return false;
+    }
+    return true;
+}
+
+/* TransformerEncoder: layers.0 .. layers.(n-1), then norm when it has one. */
+static bool emit_encoder(ex *e, kiln_module *m, const char *path, val *x) {
+    kiln_transformer_params p;
+    int nl;
+    bool fn;
+    kiln__encoder_config_of(m, &p, &nl, &fn);
+    if (nl == 0) return emit_encoder_layer(e, m, path, x);
+    for (int i = 0; i < nl; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "layers.%d", i);
+        const char *cp = child_path(e, path, name);
+        if (!cp || !emit_encoder_layer(e, kiln_module_find_child(m, name), cp, x)) return false;
+    }
+    return !fn || emit_child(e, m, path, "norm", x);
+}
+
 /* A ResNet of models.c: its children in order, flattened before fc (resnet_forward). */
 static bool emit_resnet(ex *e, kiln_module *m, const char *path, val *x) {
     for (int k = 0; k < m->nchildren; k++) {
@@ -518,6 +637,10 @@ static bool emit(ex *e, kiln_module *m, const char *path, val *x) {
     }
     if (kiln__is_resnet_part(m))
         return !strcmp(m->kind, "ResNet") ? emit_resnet(e, m, path, x) : emit_block(e, m, path, x);
+    kiln_transformer_params tp;
+    int nl;
+    bool fn;
+    if (kiln__encoder_config_of(m, &tp, &nl, &fn)) return emit_encoder(e, m, path, x);
     kiln_rnn_mode mode;
     int64_t isz, hsz;
     kiln_rnn_params rp;
@@ -530,19 +653,13 @@ static bool emit(ex *e, kiln_module *m, const char *path, val *x) {
     kiln__fail(e->ctx, KILN_ERR_UNSUPPORTED,
                FN ": the %s at %s has no ONNX export (exported: Sequential, ResNet, BasicBlock, Bottleneck and the "
                   "layers Linear, Conv2d, ConvTranspose2d, BatchNorm1d/2d, LayerNorm, MaxPool2d, AvgPool2d, "
-                  "AdaptiveAvgPool2d, Flatten, Dropout, Embedding and the activations; RNN, LSTM and GRU as the "
-                  "model itself)",
+                  "AdaptiveAvgPool2d, Flatten, Dropout, Embedding and the activations; TransformerEncoder(Layer); "
+                  "RNN, LSTM and GRU as the model itself)",
                m->kind, where(path));
     return false;
 }
 
 /* ---- recurrent layers ---------------------------------------------------------------------- */
-
-/* One node `op` on inputs in[0..nin) with its output's name, or NULL. */
-static const char *op1(ex *e, const char *op, const char *path, int nin, const char *const *in) {
-    Onnx__NodeProto *n = node(e, op, path, nin, in);
-    return n ? n->output[0] : NULL;
-}
 
 static const char *unsqueeze0(ex *e, const char *path, const char *x) {
     const char *axes = constant_i64(e, path, 1, (const int64_t[]){0});
@@ -767,6 +884,11 @@ static kiln_status build_and_write(ex *e, kiln_module *module, const char *path,
     bool rnn = kiln__rnn_config_of(module, &mode, &isz, &hsz, &rp);
     val v = {.name = "input", .t = x, .batch_axis = rnn && !rp.batch_first ? 1 : 0, .seq_axis = -1};
     if (rnn) v.seq_axis = rp.batch_first ? 1 : 0;
+    kiln_transformer_params tp;
+    int nl;
+    bool fn;
+    if (kiln__encoder_config_of(module, &tp, &nl, &fn)) /* [T, B, E] or [B, T, E] */
+        v.batch_axis = tp.batch_first ? 0 : 1, v.seq_axis = tp.batch_first ? 1 : 0;
     val in_v = v, outv[3];
     int nout = 1;
     static const char *const rnn_names[3] = {"output", "h_n", "c_n"};

@@ -69,5 +69,12 @@ bool kiln__is_resnet_part(const kiln_module *m);
 /* true and the configuration filled when m is an RNN, LSTM or GRU of src/nn/rnn.c (not a cell). */
 bool kiln__rnn_config_of(const kiln_module *m, kiln_rnn_mode *mode, int64_t *input_size, int64_t *hidden_size,
                          kiln_rnn_params *p);
+/* true and the configuration filled when m is a MultiheadAttention of src/nn/transformer.c;
+ * packed: one in_proj_weight (kdim == vdim == embed_dim), else q/k/v_proj_weight. */
+bool kiln__mha_config_of(const kiln_module *m, int64_t *embed_dim, int64_t *num_heads, kiln_mha_params *p,
+                         bool *packed);
+/* true when m is a TransformerEncoderLayer (*num_layers 0) or a TransformerEncoder (its layer
+ * count, whether it ends with a LayerNorm "norm", *p its first layer's parameters). */
+bool kiln__encoder_config_of(const kiln_module *m, kiln_transformer_params *p, int *num_layers, bool *final_norm);
 
 #endif
