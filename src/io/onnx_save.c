@@ -954,7 +954,7 @@ kiln_status kiln_onnx_save(kiln_module *module, const char *path, kiln_tensor *e
     if (example_input->ndim < 1 || (example_input->dtype != KILN_F32 && example_input->dtype != KILN_I32)) {
         char s[96];
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                          FN ": example_input is %s %s: F32 (or I32 token ids) with the batch as dim 0 is needed",
+                          FN ": example_input is %s %s: an F32 (or I32 token id) tensor with a batch dim is needed",
                           kiln_dtype_name(example_input->dtype), kiln_tensor_shape_str(example_input, s, sizeof s));
     }
     kiln_rnn_mode mode;
