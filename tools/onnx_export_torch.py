@@ -20,8 +20,8 @@ scaled to [0, 1]) for both models: the ResNet's normalisation of examples/resnet
 (x - 0.2860) / 0.3530, is exported in front of it (Sub, Div) unless --no-normalize, so
 examples/onnx_classify feeds both models the same way. --accuracy also prints the torch
 model's Fashion-MNIST test accuracy ("torch_test_accuracy="), the figure onnx_classify's
-must equal. The model classes come from torch_ref.py (--torch-ref, default
-../shared/bench/torch_ref.py beside the repository).
+must equal. The model classes come from torch_ref.py (--torch-ref, default $KILN_TORCH_REF
+or ../shared/bench/torch_ref.py beside the repository).
 """
 import argparse
 import importlib.util
@@ -40,6 +40,8 @@ MEAN, STD = 0.2860, 0.3530  # examples/resnet_fashion's input normalisation
 
 
 def find_torch_ref():
+    if os.environ.get("KILN_TORCH_REF"):
+        return os.environ["KILN_TORCH_REF"]
     for p in (os.path.join(HERE, "..", "..", "shared", "bench", "torch_ref.py"),
               os.path.join(HERE, "..", "..", "..", "shared", "bench", "torch_ref.py")):
         if os.path.exists(p):
