@@ -1,7 +1,7 @@
 /* tools/bench.c - `kiln bench`: GEMM against OpenBLAS on the same data, training steps of
  * the reference MLP, CNN and ResNet-20 (the recipes of torch_ref.py on random data),
- * start-up time with a cold and a warm cache, and per-op times of the reference CNN's
- * layers or ResNet-20's blocks.
+ * start-up time with a cold and a warm cache, per-op times of the reference CNN's layers
+ * or ResNet-20's blocks, and an ONNX model's inference beside PyTorch's.
  *
  * Every time is wall-clock with the device queue drained (kiln_sync) after the measured
  * work; medians after warm-up, so a first-call compile never counts except where it is the
@@ -1524,6 +1524,152 @@ static int cmd_attention(args *a, bool json) {
     return 0;
 }
 
+/* ---- onnx: an ONNX model run by kiln beside PyTorch ----------------------------------- */
+
+/* `kiln bench onnx MODEL [--batch 64] [--repeat 20] [--warmup 3] [--model cnn|resnet20
+ * [--weights W] [--threads N]]`: kiln_onnx_run's median time at batch 1 (latency) and at
+ * --batch (throughput) on random [N, C, H, W] inputs of the model's input shape, each run
+ * drained (kiln_sync); with --model, tools/onnx_bench_torch.py's eval-mode PyTorch times of
+ * the same model in the same sitting, and kiln's time over torch's. It needs the ONNX
+ * runtime (kiln_onnx_load, kiln_onnx_run): built without it (KILN_HAVE_ONNX_RUNTIME
+ * undefined) it says so and fails. */
+#ifdef KILN_HAVE_ONNX_RUNTIME
+#include <kiln/onnx.h>
+
+/* Median ms of `repeat` runs of m on a random input of `batch` rows, after `warmup`. */
+static double onnx_time(kiln_ctx *ctx, kiln_onnx_model *m, const kiln_onnx_value_info *in, int64_t batch, int warmup,
+                        int repeat) {
+    int64_t shape[KILN_MAX_DIMS];
+    for (int d = 0; d < in->ndim; d++) shape[d] = d == 0 ? batch : in->shape[d];
+    double *v = calloc((size_t)repeat, sizeof *v);
+    if (!v) return -1;
+    kiln_tensor *x = kiln_rand_uniform(ctx, 0.0f, 1.0f, in->ndim, shape); /* outside any scope */
+    double r = x ? 0 : -1;
+    for (int i = -warmup; x && i < repeat; i++) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *y = NULL;
+        double t0 = bench_now_ms();
+        kiln_status s = kiln_onnx_run(m, 1, &x, 1, &y);
+        if (s == KILN_OK) s = kiln_sync(ctx);
+        double t1 = bench_now_ms();
+        kiln_scope_end(ctx);
+        if (s != KILN_OK) {
+            r = -1;
+            break;
+        }
+        if (i >= 0) v[i] = t1 - t0;
+    }
+    if (r == 0) r = bench_median(v, repeat);
+    kiln_tensor_free(x);
+    free(v);
+    return r;
+}
+
+/* tools/onnx_bench_torch.py's JSON line: latency_ms and batch_ms, or false. */
+static bool torch_times(const char *model, const char *weights, int64_t batch, int repeat, int warmup, long threads,
+                        double *lat, double *bat) {
+    char cmd[2048];
+    int n = snprintf(cmd, sizeof cmd,
+                     "/usr/bin/python3 '" KILN_GOLDEN_SOURCE_DIR "/../../tools/onnx_bench_torch.py' --model %s "
+                     "--batch %lld --repeat %d --warmup %d --threads %ld --json",
+                     model, (long long)batch, repeat, warmup, threads);
+    if (weights) snprintf(cmd + n, sizeof cmd - (size_t)n, " --weights '%s'", weights);
+    FILE *p = popen(cmd, "r");
+    if (!p) return false;
+    char line[1024], last[1024] = "";
+    while (fgets(line, sizeof line, p)) snprintf(last, sizeof last, "%s", line);
+    int st = pclose(p);
+    const char *l = strstr(last, "\"latency_ms\": "), *b = strstr(last, "\"batch_ms\": ");
+    if (st != 0 || !l || !b) {
+        fprintf(stderr, "kiln bench onnx: %s failed (status %d): %s", cmd, st, last);
+        return false;
+    }
+    *lat = strtod(l + 14, NULL), *bat = strtod(b + 12, NULL);
+    return true;
+}
+#endif
+
+static int cmd_onnx(args *a, bool json) {
+    static const char *const valued[] = {"--batch", "--repeat", "--warmup", "--model", "--weights", "--threads", NULL};
+    const char *path = a->argc > 0 && a->argv[0][0] != '-' ? a->argv[0] : NULL;
+    if (!path) {
+        fprintf(stderr, "kiln bench onnx: expected a model file: kiln bench onnx MODEL.onnx [options]\n");
+        return 2;
+    }
+    args rest = {a->argc - 1, a->argv + 1, false};
+    if (!args_check(&rest, valued, NULL)) return 2;
+    long batch = arg_long(&rest, "--batch", 64, 1, 1 << 16), repeat = arg_long(&rest, "--repeat", 20, 1, 100000),
+         warmup = arg_long(&rest, "--warmup", 3, 0, 100000), threads = arg_long(&rest, "--threads", 0, 0, 4096);
+    const char *model = arg_value(&rest, "--model"), *weights = arg_value(&rest, "--weights");
+    if (model && strcmp(model, "cnn") && strcmp(model, "resnet20")) {
+        fprintf(stderr, "kiln bench onnx: --model %s: expected cnn or resnet20 (torch_ref.py's, for PyTorch's time)\n",
+                model);
+        return 2;
+    }
+    if (rest.bad) return 2;
+#ifndef KILN_HAVE_ONNX_RUNTIME
+    (void)json, (void)batch, (void)repeat, (void)warmup, (void)threads, (void)weights;
+    fprintf(stderr, "kiln bench onnx: %s: this kiln was built without the ONNX runtime (kiln_onnx_load)\n", path);
+    return 1;
+#else
+    kiln_ctx *ctx = open_ctx("kiln bench onnx");
+    if (!ctx) return 1;
+    kiln_onnx_model *m = NULL;
+    kiln_onnx_value_info in;
+    int rc = 1;
+    if (kiln_onnx_load(ctx, path, &m) != KILN_OK || kiln_onnx_input_info(m, 0, &in) != KILN_OK) {
+        fprintf(stderr, "kiln bench onnx: %s\n", kiln_error_message(ctx));
+        goto done;
+    }
+    if (kiln_onnx_num_inputs(m) != 1 || in.ndim < 1 || in.dtype != KILN_F32) {
+        fprintf(stderr, "kiln bench onnx: %s: one F32 input needed (it has %d inputs)\n", path,
+                kiln_onnx_num_inputs(m));
+        goto done;
+    }
+    for (int d = 1; d < in.ndim; d++)
+        if (in.shape[d] < 0) {
+            fprintf(stderr, "kiln bench onnx: %s: input %s has a symbolic dim %d besides the batch\n", path, in.name,
+                    d);
+            goto done;
+        }
+    bool fixed = in.shape[0] > 0; /* a fixed batch: that one only */
+    int64_t b1 = fixed ? in.shape[0] : 1, bn = fixed ? in.shape[0] : batch;
+    double lat = onnx_time(ctx, m, &in, b1, (int)warmup, (int)repeat);
+    double bat = lat >= 0 ? onnx_time(ctx, m, &in, bn, (int)warmup, (int)repeat) : -1;
+    if (lat < 0 || bat < 0) {
+        fprintf(stderr, "kiln bench onnx: %s\n", kiln_error_message(ctx));
+        goto done;
+    }
+    double tlat = NAN, tbat = NAN;
+    if (model && !torch_times(model, weights, bn, (int)repeat, (int)warmup, threads, &tlat, &tbat)) goto done;
+    double load[3] = {0};
+    getloadavg(load, 3);
+    if (json) {
+        printf("{\"bench\":\"onnx\",\"model\":");
+        tool_json_str(path);
+        printf(",\"latency_ms\":%.4f,\"batch\":%lld,\"batch_ms\":%.4f,\"images_per_s\":%.1f", lat, (long long)bn, bat,
+               (double)bn / (bat / 1e3));
+        if (model)
+            printf(",\"torch_latency_ms\":%.4f,\"torch_batch_ms\":%.4f,\"latency_ratio\":%.3f,\"batch_ratio\":%.3f",
+                   tlat, tbat, lat / tlat, bat / tbat);
+        printf(",\"loadavg\":%.2f}\n", load[0]);
+    } else {
+        printf("%s on %s (load average %.2f):\n", path, kiln_ctx_device(ctx)->name, load[0]);
+        printf("  kiln   latency %9.3f ms (batch %lld)   %9.3f ms at batch %lld = %8.1f images/s\n", lat, (long long)b1,
+               bat, (long long)bn, (double)bn / (bat / 1e3));
+        if (model)
+            printf("  torch  latency %9.3f ms             %9.3f ms at batch %lld = %8.1f images/s\n"
+                   "  kiln / torch: latency %.2fx, batch %.2fx\n",
+                   tlat, tbat, (long long)bn, (double)bn / (tbat / 1e3), lat / tlat, bat / tbat);
+    }
+    rc = 0;
+done:
+    kiln_onnx_free(m);
+    kiln_close(ctx);
+    return rc;
+#endif
+}
+
 /* ---- dispatch ------------------------------------------------------------------------- */
 
 static void bench_usage(FILE *f) {
@@ -1541,7 +1687,11 @@ static void bench_usage(FILE *f) {
                "  attention [--sizes 128,512,2048] [--heads 4] [--dim 64] [--batch 1] [--causal] [--repeat 3]\n"
                "        [--impl fused|composed]\n"
                "                    kiln_scaled_dot_product_attention forward and backward, time and peak\n"
-               "                    device memory, fused against composed (tools/attention_torch.py: PyTorch's)\n");
+               "                    device memory, fused against composed (tools/attention_torch.py: PyTorch's)\n"
+               "  onnx MODEL.onnx [--batch 64] [--repeat 20] [--warmup 3] [--model cnn|resnet20 [--weights W]]\n"
+               "        [--threads N]\n"
+               "                    kiln_onnx_run at batch 1 and at --batch; with --model, beside PyTorch's\n"
+               "                    eval-mode inference of it (tools/onnx_bench_torch.py)\n");
 }
 
 int kiln_cmd_bench(int argc, char **argv) {
@@ -1556,6 +1706,7 @@ int kiln_cmd_bench(int argc, char **argv) {
     if (strcmp(argv[0], "startup") == 0) return cmd_startup(&a, json);
     if (strcmp(argv[0], "ops") == 0) return cmd_ops(&a, json);
     if (strcmp(argv[0], "attention") == 0) return cmd_attention(&a, json);
+    if (strcmp(argv[0], "onnx") == 0) return cmd_onnx(&a, json);
     fprintf(stderr, "kiln bench: unknown benchmark '%s'\n", argv[0]);
     bench_usage(stderr);
     return 2;

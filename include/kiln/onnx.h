@@ -55,8 +55,41 @@ KILN_API kiln_status kiln_onnx_output_info(const kiln_onnx_model *m, int i, kiln
 KILN_API kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[], int n_out,
                                    kiln_tensor *out[]);
 
-/* Writes `module` as an ONNX model (opset 17) traced on `example_input`; parameter and
- * buffer names become initializer names. Atomic, as kiln's other writers. */
+/* Writes `module` as an ONNX model (opset 17, IR 8) traced on `example_input`:
+ *
+ *     kiln_tensor *x = kiln_zeros(ctx, 4, (int64_t[]){1, 1, 28, 28});
+ *     if (kiln_onnx_save(net, "cnn.onnx", x) != KILN_OK) { ... kiln_error_message(ctx) ... }
+ *
+ * The graph has one input "input" (F32, or I32 token ids for an Embedding first) whose dim 0
+ * is the symbolic "batch", the other dims example_input's, and one output "output". It is
+ * the module in eval mode (Dropout left out, BatchNorm on its running statistics), as
+ * torch.onnx.export writes it; the modes of the module and its descendants are set back
+ * after. Each layer runs once on the traced example (no autograd recorded), so a model that
+ * cannot run on it fails here with the layer's own error.
+ *
+ * Exported: Sequential, the ResNet, BasicBlock and Bottleneck of kiln/models.h, and the
+ * layers Linear (Gemm; MatMul + Add on inputs of 3+ dims), Conv2d, ConvTranspose2d,
+ * BatchNorm1d/2d, LayerNorm, MaxPool2d, AvgPool2d (without dilation), AdaptiveAvgPool2d
+ * (GlobalAveragePool), Flatten (Flatten or Reshape), Dropout, Embedding (Gather) and every
+ * activation of kiln_nn_activation (GELU written out with Erf or Tanh: opset 17 has no Gelu).
+ * Parameters and buffers become initializers named by their state_dict keys
+ * ("layer1.0.conv1.weight", "bn1.running_mean"); BatchNorm's num_batches_tracked, which
+ * inference does not read, is left out. An RNN, LSTM or GRU module is exported as the model
+ * itself: input x [T, B, I] ([B, T, I] batch_first; T the symbolic "sequence"), outputs
+ * "output", "h_n" (, "c_n") from zero initial states, one ONNX RNN/LSTM/GRU node per layer
+ * (both directions in it), its weights put in ONNX's gate order in the graph (Split, Concat)
+ * so that the initializers keep torch's names and layout. A TransformerEncoder or
+ * TransformerEncoderLayer (post- or pre-norm, ReLU or GELU, unmasked; [T, B, E] or
+ * [B, T, E] with T the symbolic "sequence" when it is the model) has its self-attention
+ * written out: MatMul with in_proj_weight, Split, Reshape/Transpose to heads, scaled
+ * MatMul, Softmax, MatMul, merge, out_proj. Any other module (a user's own, a recurrent
+ * cell, a bare MultiheadAttention, a decoder, positional encodings, a recurrent layer inside
+ * a container) is an error naming its kind and path (KILN_ERR_UNSUPPORTED), as is a root
+ * module with several inputs or outputs.
+ *
+ * Every tensor is stored inside the file (a model over protobuf's 2 GiB is refused). The file
+ * is written atomically, as kiln's other writers: a temporary file beside it, fsync, rename;
+ * on any error the previous file, if any, is unchanged. */
 KILN_API kiln_status kiln_onnx_save(kiln_module *module, const char *path, kiln_tensor *example_input);
 
 #ifdef __cplusplus

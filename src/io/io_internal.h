@@ -52,6 +52,9 @@ kiln_status kiln__st_write(kiln_ctx *ctx, const char *path, int n, const kiln__s
                            const kiln_meta *meta);
 /* Test hook: the nth step of the next saves fails as a full disk would (0 = off). */
 void kiln__io_fail_after(int64_t nth);
+/* The hook's check before a write step of another writer (src/io/onnx_save.c): true (errno
+ * ENOSPC) when this step is to fail. */
+bool kiln__io_injected_failure(void);
 /* src/optim/optim.c: whether "<i>.<key>" names state this optimizer's configuration uses
  * (kiln_optim_state_find(opt, name, true) would succeed), without creating it. */
 bool kiln__optim_state_known(const kiln_optim *opt, const char *name);

@@ -610,6 +610,8 @@ static bool injected_failure(void) {
     return false;
 }
 
+bool kiln__io_injected_failure(void) { return injected_failure(); }
+
 /* JSON string literal of s into buf at *n (cap checked by the caller's sizing). */
 static void put_json_str(char *buf, size_t *n, const char *s) {
     buf[(*n)++] = '"';

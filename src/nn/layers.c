@@ -554,3 +554,38 @@ kiln_module *kiln_nn_activation(kiln_ctx *ctx, kiln_activation kind, float param
     *(act_cfg *)m->data = (act_cfg){kind, param};
     return m;
 }
+
+/* ---- configuration, for the ONNX exporter ------------------------------------------------- */
+
+bool kiln__layer_config_of(const kiln_module *m, kiln__layer_config *out) {
+    memset(out, 0, sizeof *out);
+    if (!m) return false;
+    kiln_forward_fn f = m->def.forward;
+    if (f == linear_forward) {
+        const linear_cfg *c = m->data;
+        out->in = c->in_features, out->out = c->out_features, out->bias = c->bias != NULL;
+    } else if (f == conv_forward) {
+        const conv_cfg *c = m->data;
+        out->in = c->in_channels, out->out = c->out_channels, out->kh = c->kh, out->kw = c->kw;
+        out->bias = c->bias != NULL, out->transposed = c->transposed, out->conv = c->p;
+    } else if (f == bn_forward) {
+        const bn_cfg *c = m->data;
+        out->in = c->num_features, out->eps = c->eps, out->ndim = c->dims;
+    } else if (f == ln_forward) {
+        const ln_cfg *c = m->data;
+        out->ndim = c->ndim, out->eps = c->eps, out->bias = c->weight != NULL;
+    } else if (f == dropout_forward) {
+        out->p = ((const dropout_cfg *)m->data)->p;
+    } else if (f == maxpool_forward || f == avgpool_forward) {
+        out->pool = ((const pool_cfg *)m->data)->p;
+    } else if (f == flatten_forward) {
+        const flatten_cfg *c = m->data;
+        out->start_dim = c->start_dim, out->end_dim = c->end_dim;
+    } else if (f == act_forward) {
+        const act_cfg *a = m->data;
+        out->act = a->kind, out->act_param = a->param;
+    } else if (f != gap_forward && f != embedding_forward) {
+        return false;
+    }
+    return true;
+}

@@ -153,6 +153,10 @@ static const kiln_module_def resnet_def = {.kind = "ResNet",
                                            .num_outputs = 1,
                                            .describe = resnet_args};
 
+bool kiln__is_resnet_part(const kiln_module *m) {
+    return m && (m->def.forward == block_forward || m->def.forward == resnet_forward);
+}
+
 kiln_resnet_opts kiln_resnet_defaults(void) {
     return (kiln_resnet_opts){.in_channels = 3, .num_classes = 1000, .small_stem = false, .zero_init_residual = false};
 }

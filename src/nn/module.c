@@ -514,6 +514,8 @@ static kiln_status no_forward(kiln_module *m, int nin, kiln_tensor *const *in, i
 
 static const kiln_module_def seq_def = {
     .kind = "Sequential", .forward = seq_forward, .num_inputs = 1, .num_outputs = 1};
+bool kiln__is_sequential(const kiln_module *m) { return m && m->def.forward == seq_forward; }
+
 static const kiln_module_def list_def = {
     .kind = "ModuleList", .forward = no_forward, .num_inputs = 1, .num_outputs = 1};
 static const kiln_module_def dict_def = {

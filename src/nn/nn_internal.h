@@ -41,4 +41,40 @@ void kiln__module_state_loaded(kiln_module *m);
 /* The module's path from the root ("features.3"), "" for the root. */
 void kiln__module_path(const kiln_module *m, char *buf, size_t cap);
 
+/* ---- what the ONNX exporter (src/io/onnx_save.c) reads of the built-in modules ---------- */
+
+/* The configuration of a layer of src/nn/layers.c; which fields mean something depends on
+ * the kind (the others are zero). */
+typedef struct kiln__layer_config {
+    int64_t in, out;         /* Linear features; Conv channels; BatchNorm features (in) */
+    int kh, kw;              /* Conv kernel */
+    bool bias, transposed;   /* Linear and Conv with a bias; ConvTranspose2d */
+    kiln_conv2d_params conv; /* Conv2d, ConvTranspose2d */
+    kiln_pool2d_params pool; /* MaxPool2d, AvgPool2d */
+    float eps;               /* BatchNorm, LayerNorm */
+    int ndim;                /* BatchNorm: 1 or 2 (1d, 2d); LayerNorm: trailing dims normalised */
+    float p;                 /* Dropout */
+    kiln_activation act;     /* the activations (kind "ReLU", "GELU", ...) */
+    float act_param;         /* slope, alpha, beta or dim, by act */
+    int start_dim, end_dim;  /* Flatten */
+} kiln__layer_config;
+
+/* true and *out filled when m is a layer of src/nn/layers.c (its forward is the layer's own,
+ * not a user module of the same kind name); false otherwise. */
+bool kiln__layer_config_of(const kiln_module *m, kiln__layer_config *out);
+/* m is a Sequential of kiln_nn_sequential (src/nn/module.c). */
+bool kiln__is_sequential(const kiln_module *m);
+/* m is a ResNet, BasicBlock or Bottleneck of src/nn/models.c. */
+bool kiln__is_resnet_part(const kiln_module *m);
+/* true and the configuration filled when m is an RNN, LSTM or GRU of src/nn/rnn.c (not a cell). */
+bool kiln__rnn_config_of(const kiln_module *m, kiln_rnn_mode *mode, int64_t *input_size, int64_t *hidden_size,
+                         kiln_rnn_params *p);
+/* true and the configuration filled when m is a MultiheadAttention of src/nn/transformer.c;
+ * packed: one in_proj_weight (kdim == vdim == embed_dim), else q/k/v_proj_weight. */
+bool kiln__mha_config_of(const kiln_module *m, int64_t *embed_dim, int64_t *num_heads, kiln_mha_params *p,
+                         bool *packed);
+/* true when m is a TransformerEncoderLayer (*num_layers 0) or a TransformerEncoder (its layer
+ * count, whether it ends with a LayerNorm "norm", *p its first layer's parameters). */
+bool kiln__encoder_config_of(const kiln_module *m, kiln_transformer_params *p, int *num_layers, bool *final_norm);
+
 #endif

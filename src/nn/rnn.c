@@ -130,6 +130,14 @@ static const kiln_module_def rnn_def = {.kind = "RNN",
 
 static bool is_rnn_module(const kiln_module *m) { return m->def.forward == rnn_forward; }
 
+bool kiln__rnn_config_of(const kiln_module *m, kiln_rnn_mode *mode, int64_t *input_size, int64_t *hidden_size,
+                         kiln_rnn_params *p) {
+    if (!m || !is_rnn_module(m)) return false;
+    const rnn_cfg *c = m->data;
+    *mode = c->mode, *input_size = c->input_size, *hidden_size = c->hidden_size, *p = c->p;
+    return true;
+}
+
 static kiln_module *rnn_new(kiln_ctx *ctx, const char *fn, kiln_rnn_mode mode, int64_t input_size, int64_t hidden_size,
                             const kiln_rnn_params *params) {
     if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "%s: ctx is NULL", fn), NULL;

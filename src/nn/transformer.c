@@ -578,6 +578,32 @@ kiln_tensor *kiln_nn_decoder_forward(kiln_module *m, kiln_tensor *tgt, kiln_tens
 
 /* ---- positional embeddings -------------------------------------------------------------- */
 
+/* ---- configuration, for the ONNX exporter ------------------------------------------------- */
+
+bool kiln__mha_config_of(const kiln_module *m, int64_t *embed_dim, int64_t *num_heads, kiln_mha_params *p,
+                         bool *packed) {
+    if (!m || m->def.forward != mha_forward) return false;
+    const mha_cfg *c = m->data;
+    *embed_dim = c->E, *num_heads = c->H, *p = c->p, *packed = c->in_w != NULL;
+    return true;
+}
+
+bool kiln__encoder_config_of(const kiln_module *m, kiln_transformer_params *p, int *num_layers, bool *final_norm) {
+    if (!m) return false;
+    if (m->def.forward == layer_forward && !((const layer_cfg *)m->data)->decoder) {
+        *p = ((const layer_cfg *)m->data)->p, *num_layers = 0, *final_norm = false;
+        return true;
+    }
+    if (m->def.forward == stack_forward && !((const stack_cfg *)m->data)->decoder) {
+        const stack_cfg *c = m->data;
+        kiln_module *first = kiln_module_child(c->layers, 0);
+        if (!first) return false;
+        *p = ((const layer_cfg *)first->data)->p, *num_layers = c->num_layers, *final_norm = c->norm != NULL;
+        return true;
+    }
+    return false;
+}
+
 typedef struct pos_cfg {
     int64_t max_len, dim;
     bool batch_first, learned;
