@@ -320,6 +320,19 @@ static kiln_status io_info(kiln_onnx_model *m, const Onnx__ValueInfoProto *vi, o
     return KILN_OK;
 }
 
+/* Whether folding n at load makes a result of at most 2^20 elements: ConstantOfShape and
+ * Expand can ask for 2^31 from a few bytes, which a run may want (the caller's inputs
+ * decide then) but loading must not allocate. */
+static bool small_result(const kiln_onnx_model *m, const onnx_node *n) {
+    bool cos = strcmp(n->op->name, "ConstantOfShape") == 0, exp = strcmp(n->op->name, "Expand") == 0;
+    if (!cos && !exp) return true;
+    const onnx_val *shape = &m->consts[n->in[cos ? 0 : 1]];
+    if (shape->t || kiln__onnx_numel(shape) > KILN_MAX_DIMS) return false;
+    double total = exp ? (double)kiln__onnx_numel(&m->consts[n->in[0]]) : 1.0;
+    for (int64_t i = 0; i < kiln__onnx_numel(shape); i++) total *= shape->h[i] > 1 ? (double)shape->h[i] : 1.0;
+    return total <= (double)(1 << 20);
+}
+
 /* ---- load ------------------------------------------------------------------------------- */
 
 static kiln_status fail_node(kiln_onnx_model *m, const onnx_node *n, kiln_status s, const char *fmt, const char *arg) {
@@ -601,7 +614,7 @@ static kiln_status build(kiln_onnx_model *m) {
         }
         bool all = true;
         for (int k = 0; k < n->nin && all; k++) all = n->in[k] < 0 || m->consts[n->in[k]].set;
-        if (!all) continue;
+        if (!all || !small_result(m, n)) continue;
         onnx_val *in[256], *out[256];
         for (int k = 0; k < n->nin; k++) in[k] = n->in[k] >= 0 ? &m->consts[n->in[k]] : NULL;
         onnx_val dummy = {0};
