@@ -389,7 +389,7 @@ static void test_rejections(kiln_ctx *ctx) {
 
 /* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
  * at another batch size (the batch dim is symbolic) against its own first rows. */
-static void test_torch_export(kiln_ctx *ctx, const char *name) {
+static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
     const char *dir = getenv("KILN_GOLDEN_DIR");
     char path[1024], in_path[1024], out_path[1024];
     snprintf(path, sizeof path, "%s/onnx_%s.onnx", dir ? dir : "tests/golden", name);
@@ -411,13 +411,17 @@ static void test_torch_export(kiln_ctx *ctx, const char *name) {
         double *ref = malloc(sizeof *ref * (size_t)n);
         for (int64_t i = 0; i < n; i++) ref[i] = w[i];
         h_compare(name, g, ref, n, 1e-5, 1e-4);
-        /* batch 1: the first row */
-        kiln_tensor *x1 = kiln_slice(ctx, x, 0, 0, 1, 1), *y1 = NULL;
+        /* batch 1: the first sample */
+        kiln_tensor *x1 = kiln_slice(ctx, x, batch_dim, 0, 1, 1), *y1 = NULL;
         CHECK(kiln_onnx_run(m, 1, &x1, 1, &y1) == KILN_OK && y1, "%s batch 1: %s", name, kiln_error_message(ctx));
         if (y1) {
-            float *g1 = h_read(y1);
-            h_compare(name, g1, ref, kiln_tensor_numel(y1), 1e-5, 1e-4);
-            free(g1);
+            kiln_tensor *w1 = kiln_slice(ctx, want, batch_dim, 0, 1, 1);
+            float *g1 = h_read(y1), *r1 = h_read(w1);
+            int64_t n1 = kiln_tensor_numel(w1);
+            CHECK(kiln_tensor_numel(y1) == n1, "%s batch 1: output size", name);
+            for (int64_t i = 0; i < n1; i++) ref[i] = r1[i];
+            h_compare(name, g1, ref, n1, 1e-5, 1e-4);
+            free(g1), free(r1);
         }
         free(g), free(w), free(ref);
     }
@@ -428,8 +432,10 @@ static void test_torch_export(kiln_ctx *ctx, const char *name) {
 static void run_all(kiln_ctx *ctx) {
     test_mlp(ctx);
     test_rejections(ctx);
-    test_torch_export(ctx, "cnn");
-    test_torch_export(ctx, "mlp");
+    test_torch_export(ctx, "cnn", 0);
+    test_torch_export(ctx, "mlp", 0);
+    test_torch_export(ctx, "resnet", 0);
+    test_torch_export(ctx, "rnn", 1);
     CHECK_OK(ctx);
 }
 

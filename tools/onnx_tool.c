@@ -469,7 +469,7 @@ static void test_op(const char *model_path, const char *test_name, char *op, siz
             const char *t = g->node[i]->op_type;
             size_t tl = strlen(t), j = 0;
             while (j < tl && j < k && (char)(t[j] >= 'A' && t[j] <= 'Z' ? t[j] + 32 : t[j]) == norm[j]) j++;
-            if (j == tl && tl > best) best = tl, snprintf(op, cap, "%s", t);
+            if (j == tl && tl > best) best = tl, snprintf(op, cap, "%.63s", t);
         }
     }
     onnx__model_proto__free_unpacked(m, NULL);
@@ -521,7 +521,7 @@ static verdict compare(kiln_tensor *got, kiln_tensor *want, char *why, size_t ca
 /* Runs one test directory; why says what failed or is unsupported. */
 static verdict run_test(kiln_ctx *ctx, const char *dir, char *why, size_t cap) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/model.onnx", dir);
+    snprintf(path, sizeof path, "%.4000s/model.onnx", dir);
     kiln_onnx_model *m;
     kiln_error_clear(ctx);
     if (kiln_onnx_load(ctx, path, &m) != KILN_OK) {
@@ -532,7 +532,7 @@ static verdict run_test(kiln_ctx *ctx, const char *dir, char *why, size_t cap) {
     int nin = kiln_onnx_num_inputs(m), nout = kiln_onnx_num_outputs(m);
     for (int set = 0; v == V_PASS; set++) {
         char sd[4096];
-        snprintf(sd, sizeof sd, "%s/test_data_set_%d", dir, set);
+        snprintf(sd, sizeof sd, "%.4000s/test_data_set_%d", dir, set);
         if (!is_dir(sd)) {
             if (set == 0) snprintf(why, cap, "no test_data_set_0"), v = V_FAIL;
             break;
@@ -541,7 +541,7 @@ static verdict run_test(kiln_ctx *ctx, const char *dir, char *why, size_t cap) {
         kiln_tensor *in[64] = {0}, *out[64] = {0}, *want[64] = {0};
         int nfiles = 0;
         while (nfiles < 64) {
-            snprintf(path, sizeof path, "%s/input_%d.pb", sd, nfiles);
+            snprintf(path, sizeof path, "%.4050s/input_%d.pb", sd, nfiles);
             if (!exists(path)) break;
             nfiles++;
         }
@@ -550,14 +550,14 @@ static verdict run_test(kiln_ctx *ctx, const char *dir, char *why, size_t cap) {
             v = V_FAIL;
         }
         for (int i = 0; v == V_PASS && i < nin; i++) {
-            snprintf(path, sizeof path, "%s/input_%d.pb", sd, i);
+            snprintf(path, sizeof path, "%.4050s/input_%d.pb", sd, i);
             if (kiln_onnx_load_tensor(ctx, path, &in[i]) != KILN_OK) {
                 snprintf(why, cap, "%s", kiln_error_message(ctx));
                 v = kiln_error_status(ctx) == KILN_ERR_UNSUPPORTED ? V_UNSUP : V_FAIL;
             }
         }
         for (int i = 0; v == V_PASS && i < nout; i++) {
-            snprintf(path, sizeof path, "%s/output_%d.pb", sd, i);
+            snprintf(path, sizeof path, "%.4050s/output_%d.pb", sd, i);
             if (kiln_onnx_load_tensor(ctx, path, &want[i]) != KILN_OK) {
                 snprintf(why, cap, "%s", kiln_error_message(ctx));
                 v = kiln_error_status(ctx) == KILN_ERR_UNSUPPORTED ? V_UNSUP : V_FAIL;

@@ -1467,7 +1467,15 @@ RUN(run_dropout) {
         if (!t) return kiln_error_status(CTX);
         bool train = kiln__onnx_numel(in[2]) > 0 && t[0];
         free(t);
-        if (train) return nfail(r, n, KILN_ERR_UNSUPPORTED, "training_mode true (kiln runs ONNX models for inference)");
+        /* training with ratio 0 keeps everything: the inference result */
+        float ratio = 0.5f;
+        if (train && n->nin > 1 && in[1] && is_float(in[1]) && kiln__onnx_numel(in[1]) == 1)
+            ratio = kiln_tensor_item(in[1]->t);
+        if (train && ratio != 0.0f)
+            return nfail(r, n, KILN_ERR_UNSUPPORTED,
+                         "training_mode true with ratio %g (kiln runs ONNX models for "
+                         "inference)",
+                         ratio);
     }
     kiln_status s = reshape_to(r, n, in[0], in[0]->ndim, in[0]->shape, out[0]);
     if (!s && n->nout > 1 && n->out[1] >= 0) {
@@ -1678,6 +1686,67 @@ static kiln_tensor *regate(kiln_ctx *ctx, kiln_tensor *w, int g, int64_t h, cons
     return kiln_concat(ctx, g, parts, 0);
 }
 
+/* ONNX's default GRU (linear_before_reset 0: the reset gate scales h before R_h, unlike
+ * torch), step by step with kiln's ops: z = sigmoid(x W_z + h R_z + b_z), r likewise,
+ * n = tanh(x W_h + (r * h) R_h + Wb_h + Rb_h), h' = (1 - z) * n + z * h. */
+static kiln_status gru_reset_first(onnx_rt *r, const onnx_node *n, onnx_val *const *in, onnx_val *const *out) {
+    kiln_ctx *ctx = CTX;
+    int layout = (int)attr_i(n, "layout", 0);
+    int64_t hs = in[2]->shape[2];
+    int dirs = (int)in[1]->shape[0];
+    kiln_tensor *x = in[0]->t;
+    if (layout == 1) x = kiln_transpose(ctx, x, 0, 1);
+    if (!x) return kfail(r, n);
+    int64_t T = kiln_tensor_shape(x)[0], B = kiln_tensor_shape(x)[1];
+    if (T < 1 || T > 100000) return nfail(r, n, KILN_ERR_UNSUPPORTED, "%lld steps", (long long)T);
+    kiln_tensor *h0 = n->nin > 5 && in[5] ? in[5]->t : NULL;
+    if (h0 && layout == 1) h0 = kiln_transpose(ctx, h0, 0, 1);
+    kiln_tensor *ys[2] = {NULL, NULL}, *hn[2] = {NULL, NULL};
+    for (int d = 0; d < dirs; d++) {
+        kiln_tensor *w = kiln_squeeze(ctx, kiln_slice(ctx, in[1]->t, 0, d, d + 1, 1), 0);
+        kiln_tensor *rr = kiln_squeeze(ctx, kiln_slice(ctx, in[2]->t, 0, d, d + 1, 1), 0);
+        kiln_tensor *xw = kiln_matmul_ex(ctx, x, w, KILN_TRANS_B); /* [T, B, 3H] */
+        kiln_tensor *rb = NULL;
+        if (n->nin > 3 && in[3]) {
+            kiln_tensor *b = kiln_squeeze(ctx, kiln_slice(ctx, in[3]->t, 0, d, d + 1, 1), 0);
+            xw = kiln_add(ctx, xw, kiln_slice(ctx, b, 0, 0, 3 * hs, 1));
+            rb = kiln_slice(ctx, b, 0, 3 * hs, 6 * hs, 1);
+        }
+        kiln_tensor *r_zr = kiln_slice(ctx, rr, 0, 0, 2 * hs, 1), *r_h = kiln_slice(ctx, rr, 0, 2 * hs, 3 * hs, 1);
+        kiln_tensor *h =
+            h0 ? kiln_squeeze(ctx, kiln_slice(ctx, h0, 0, d, d + 1, 1), 0) : kiln_zeros(ctx, 2, (int64_t[]){B, hs});
+        kiln_tensor **steps = calloc((size_t)T, sizeof *steps);
+        if (!steps) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        for (int64_t k = 0; k < T && h; k++) {
+            int64_t t = d == 0 ? k : T - 1 - k;
+            kiln_tensor *xt = kiln_squeeze(ctx, kiln_slice(ctx, xw, 0, t, t + 1, 1), 0);
+            kiln_tensor *hr = kiln_matmul_ex(ctx, h, r_zr, KILN_TRANS_B);
+            if (rb) hr = kiln_add(ctx, hr, kiln_slice(ctx, rb, 0, 0, 2 * hs, 1));
+            kiln_tensor *zr = kiln_sigmoid(ctx, kiln_add(ctx, kiln_slice(ctx, xt, 1, 0, 2 * hs, 1), hr));
+            kiln_tensor *z = kiln_slice(ctx, zr, 1, 0, hs, 1), *rg = kiln_slice(ctx, zr, 1, hs, 2 * hs, 1);
+            kiln_tensor *hh = kiln_matmul_ex(ctx, kiln_mul(ctx, rg, h), r_h, KILN_TRANS_B);
+            if (rb) hh = kiln_add(ctx, hh, kiln_slice(ctx, rb, 0, 2 * hs, 3 * hs, 1));
+            hh = kiln_tanh(ctx, kiln_add(ctx, hh, kiln_slice(ctx, xt, 1, 2 * hs, 3 * hs, 1)));
+            h = kiln_add(ctx, hh, kiln_mul(ctx, z, kiln_sub(ctx, h, hh)));
+            steps[t] = h;
+        }
+        ys[d] = h ? kiln_stack(ctx, (int)T, steps, 0) : NULL; /* [T, B, H] */
+        hn[d] = h;
+        free(steps);
+        if (!ys[d]) return kfail(r, n);
+    }
+    kiln_tensor *y = kiln_stack(ctx, dirs, ys, 1);  /* [T, D, B, H] */
+    kiln_tensor *yh = kiln_stack(ctx, dirs, hn, 0); /* [D, B, H] */
+    if (layout == 1) {
+        y = kiln_contiguous(ctx, kiln_permute(ctx, y, (int[]){2, 0, 1, 3}));
+        yh = kiln_contiguous(ctx, kiln_transpose(ctx, yh, 0, 1));
+    }
+    kiln_status s = KILN_OK;
+    if (n->nout > 0 && n->out[0] >= 0) s = set_dev(r, n, out[0], y);
+    if (!s && n->nout > 1 && n->out[1] >= 0) s = set_dev(r, n, out[1], yh);
+    return s;
+}
+
 static kiln_status rnn_common(onnx_rt *r, const onnx_node *n, onnx_val *const *in, onnx_val *const *out,
                               kiln_rnn_mode mode) {
     int g = mode == KILN_RNN_LSTM ? 4 : mode == KILN_RNN_GRU ? 3 : 1;
@@ -1697,6 +1766,7 @@ static kiln_status rnn_common(onnx_rt *r, const onnx_node *n, onnx_val *const *i
     if (hs != in[2]->shape[2] || in[1]->shape[1] != g * hs || dirs < 1 || dirs > 2)
         return nfail(r, n, KILN_ERR_SHAPE, "W/R shapes do not match hidden_size %lld", (long long)hs);
     if (n->nin > 4 && in[4]) return nfail(r, n, KILN_ERR_UNSUPPORTED, "input sequence_lens is not supported");
+    if (mode == KILN_RNN_GRU && attr_i(n, "linear_before_reset", 0) == 0) return gru_reset_first(r, n, in, out);
     kiln_tensor *wts[8];
     for (int d = 0; d < dirs; d++) {
         kiln_tensor *w = kiln_squeeze(CTX, kiln_slice(CTX, in[1]->t, 0, d, d + 1, 1), 0);
@@ -1758,8 +1828,6 @@ static kiln_status check_rnn(onnx_rt *r, const onnx_node *n) {
     }
     if (lstm && attr_i(n, "input_forget", 0)) return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute input_forget 1");
     if (lstm && n->nin > 7 && n->in[7] >= 0) return nfail(r, n, KILN_ERR_UNSUPPORTED, "input P (peepholes)");
-    if (gru && attr_i(n, "linear_before_reset", 0) != 1)
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute linear_before_reset 0 (kiln's GRU is torch's: 1)");
     return KILN_OK;
 }
 
