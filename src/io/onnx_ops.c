@@ -1676,6 +1676,165 @@ static kiln_status check_clip(onnx_rt *r, const onnx_node *n) {
     return KILN_OK;
 }
 
+static kiln_status reduce_more(onnx_rt *r, const onnx_node *n, onnx_val *const *in, onnx_val *out, int kind) {
+    kiln_status s = need_float(r, n, in[0], "data");
+    if (s) return s;
+    int64_t axes[KILN_MAX_DIMS];
+    int c;
+    s = axes_of(r, n, in, false, axes, &c);
+    if (s) return s;
+    bool keep = attr_i(n, "keepdims", 1) != 0;
+    int nd = in[0]->ndim, ax[KILN_MAX_DIMS];
+    for (int i = 0; i < (c > 0 ? c : 0); i++) {
+        bool ok;
+        ax[i] = norm_axis(axes[i], nd, &ok);
+        if (!ok)
+            return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis %lld out of range for %d dims", (long long)axes[i], nd);
+    }
+    int na = c > 0 ? c : 0;
+    if (nd == 0 || kiln__onnx_numel(in[0]) == 0)
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "reduction of a scalar or an empty tensor");
+    kiln_tensor *x = in[0]->t, *y = NULL;
+    switch (kind) {
+    case 0: y = kiln_sum(CTX, kiln_abs(CTX, x), na, ax, keep); break;                    /* L1 */
+    case 1: y = kiln_sqrt(CTX, kiln_sum(CTX, kiln_mul(CTX, x, x), na, ax, keep)); break; /* L2 */
+    case 2: y = kiln_log(CTX, kiln_sum(CTX, x, na, ax, keep)); break;                    /* LogSum */
+    case 3: {                                                                            /* LogSumExp */
+        kiln_tensor *m = kiln_max(CTX, x, na, ax, true);
+        /* an all -inf row keeps -inf (exp(x - max) would be NaN there) */
+        m = kiln_where(CTX, kiln_eq(CTX, kiln_abs(CTX, m), kiln_full(CTX, INFINITY, 0, NULL)),
+                       kiln_full(CTX, 0.0f, 0, NULL), m);
+        kiln_tensor *e = kiln_sum(CTX, kiln_exp(CTX, kiln_sub(CTX, x, m)), na, ax, true);
+        y = kiln_add(CTX, kiln_log(CTX, e), m);
+        if (y && !keep) {
+            int64_t sh[KILN_MAX_DIMS];
+            int k = 0;
+            bool red[KILN_MAX_DIMS] = {false};
+            for (int i = 0; i < na; i++) red[ax[i]] = true;
+            for (int d = 0; d < nd; d++)
+                if (!(na == 0 || red[d])) sh[k++] = in[0]->shape[d];
+            y = kiln_reshape(CTX, y, k, sh);
+        }
+        break;
+    }
+    }
+    return set_dev(r, n, out, y);
+}
+
+RUN(run_reduce_l1) { return reduce_more(r, n, in, out[0], 0); }
+RUN(run_reduce_l2) { return reduce_more(r, n, in, out[0], 1); }
+RUN(run_reduce_log_sum) { return reduce_more(r, n, in, out[0], 2); }
+RUN(run_reduce_log_sum_exp) { return reduce_more(r, n, in, out[0], 3); }
+
+static kiln_status arg_extreme(onnx_rt *r, const onnx_node *n, onnx_val *const *in, onnx_val *out, bool min) {
+    kiln_status s = need_float(r, n, in[0], "data");
+    if (s) return s;
+    int nd = in[0]->ndim;
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", 0), nd, &ok);
+    if (!ok || nd == 0)
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis %lld out of range for %d dims",
+                     (long long)attr_i(n, "axis", 0), nd);
+    kiln_tensor *x = min ? kiln_neg(CTX, in[0]->t) : in[0]->t;
+    /* select_last_index: the first extreme of the reversed axis, counted from its end */
+    bool last = attr_i(n, "select_last_index", 0) != 0;
+    int64_t dim = in[0]->shape[axis];
+    if (last && dim > 0) {
+        int32_t *rev = malloc((size_t)dim * sizeof *rev);
+        if (!rev) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        for (int64_t i = 0; i < dim; i++) rev[i] = (int32_t)(dim - 1 - i);
+        kiln_tensor *it = kiln_from_host(CTX, rev, KILN_I32, 1, &dim);
+        free(rev);
+        x = kiln_index_select(CTX, x, axis, it);
+    }
+    onnx_val tmp = {0};
+    s = set_dev(r, n, &tmp, kiln_argmax(CTX, x, axis, attr_i(n, "keepdims", 1) != 0));
+    if (s) return s;
+    /* an I32 index tensor: read back to the host as ONNX's int64 */
+    int64_t cnt = kiln__onnx_numel(&tmp);
+    int32_t *i32 = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *i32);
+    int64_t *h = alloc_i(cnt);
+    if (!i32 || !h || kiln_to_host(tmp.t, i32, (size_t)cnt * sizeof *i32) != KILN_OK) {
+        free(i32), free(h);
+        return kfail(r, n);
+    }
+    for (int64_t i = 0; i < cnt; i++) h[i] = last ? dim - 1 - i32[i] : i32[i];
+    free(i32);
+    return set_host(r, n, out, OT_INT64, tmp.ndim, tmp.shape, h);
+}
+
+RUN(run_argmax) { return arg_extreme(r, n, in, out[0], false); }
+RUN(run_argmin) { return arg_extreme(r, n, in, out[0], true); }
+
+RUN(run_gather_elements) {
+    int nd = in[0]->ndim;
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", 0), nd, &ok);
+    if (!ok || nd == 0 || in[1]->ndim != nd)
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis out of range or ranks differ");
+    if (is_float(in[1])) return nfail(r, n, KILN_ERR_DTYPE, "indices must be integers");
+    int64_t cnt = kiln__onnx_numel(in[1]), dim = in[0]->shape[axis];
+    int64_t *idx = host_ints(r, n, in[1]);
+    if (!idx) return kiln_error_status(CTX);
+    for (int64_t i = 0; i < cnt; i++) {
+        if (idx[i] < 0) idx[i] += dim;
+        if (idx[i] < 0 || idx[i] >= dim) {
+            long long bad = (long long)idx[i];
+            free(idx);
+            return nfail(r, n, KILN_ERR_RANGE, "index %lld out of range for dim %lld", bad, (long long)dim);
+        }
+    }
+    if (!is_float(in[0])) {
+        free(idx);
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "integer data");
+    }
+    int32_t *i32 = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *i32);
+    if (!i32) {
+        free(idx);
+        return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    }
+    for (int64_t i = 0; i < cnt; i++) i32[i] = (int32_t)idx[i];
+    free(idx);
+    kiln_tensor *it = kiln_from_host(CTX, i32, KILN_I32, in[1]->ndim, in[1]->shape);
+    free(i32);
+    return set_dev(r, n, out[0], kiln_gather(CTX, in[0]->t, axis, it));
+}
+
+RUN(run_range) {
+    for (int i = 0; i < 3; i++)
+        if (kiln__onnx_numel(in[i]) != 1) return nfail(r, n, KILN_ERR_SHAPE, "start, limit and delta must be scalars");
+    if (is_float(in[0])) {
+        float v[3];
+        for (int i = 0; i < 3; i++) {
+            if (!is_float(in[i])) return nfail(r, n, KILN_ERR_DTYPE, "start, limit and delta differ in dtype");
+            v[i] = kiln_tensor_item(in[i]->t);
+        }
+        if (v[2] == 0.0f || !isfinite(v[0]) || !isfinite(v[1]) || !isfinite(v[2]))
+            return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "delta 0 or a non-finite bound");
+        double cntd = ceil(((double)v[1] - v[0]) / v[2]);
+        int64_t cnt = cntd > 0 ? (int64_t)cntd : 0;
+        if (cnt > ONNX_MAX_DIM) return nfail(r, n, KILN_ERR_SHAPE, "%g elements", cntd);
+        float *f = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *f);
+        if (!f) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        for (int64_t i = 0; i < cnt; i++) f[i] = v[0] + (float)i * v[2];
+        kiln_tensor *t = kiln_from_host(CTX, f, KILN_F32, 1, &cnt);
+        free(f);
+        return set_dev(r, n, out[0], t);
+    }
+    int64_t v[3];
+    for (int i = 0; i < 3; i++) {
+        if (is_float(in[i])) return nfail(r, n, KILN_ERR_DTYPE, "start, limit and delta differ in dtype");
+        v[i] = in[i]->h[0];
+    }
+    if (v[2] == 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "delta 0");
+    double cntd = ceil(((double)v[1] - (double)v[0]) / (double)v[2]);
+    int64_t cnt = cntd > 0 ? (int64_t)cntd : 0;
+    if (cnt > ONNX_MAX_DIM) return nfail(r, n, KILN_ERR_SHAPE, "%g elements", cntd);
+    int64_t *h = alloc_i(cnt);
+    for (int64_t i = 0; h && i < cnt; i++) h[i] = v[0] + i * v[2];
+    return set_host(r, n, out[0], in[0]->type, 1, &cnt, h);
+}
+
 /* ---- recurrent layers -------------------------------------------------------------- */
 
 /* Reorders the G gate blocks of rows of w ([G*H, ...]) by src[] (torch's block j is
@@ -1848,6 +2007,8 @@ static kiln_status check_constant(onnx_rt *r, const onnx_node *n) {
 
 static const onnx_op ops[] = {
     {"Abs", 1, 1, 1, 1, NOATTR, NULL, run_abs},
+    {"ArgMax", 1, 1, 1, 1, A("axis", "keepdims", "select_last_index"), NULL, run_argmax},
+    {"ArgMin", 1, 1, 1, 1, A("axis", "keepdims", "select_last_index"), NULL, run_argmin},
     {"Add", 2, 2, 1, 1, NOATTR, NULL, run_add},
     {"And", 2, 2, 1, 1, NOATTR, bool_inputs, run_and},
     {"AveragePool", 1, 1, 1, 1, A("auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides"),
@@ -1874,6 +2035,7 @@ static const onnx_op ops[] = {
        "linear_before_reset"),
      check_rnn, run_gru},
     {"Gather", 2, 2, 1, 1, A("axis"), NULL, run_gather},
+    {"GatherElements", 2, 2, 1, 1, A("axis"), NULL, run_gather_elements},
     {"Gemm", 2, 3, 1, 1, A("alpha", "beta", "transA", "transB"), NULL, run_gemm},
     {"GlobalAveragePool", 1, 1, 1, 1, NOATTR, NULL, run_global_average_pool},
     {"GlobalMaxPool", 1, 1, 1, 1, NOATTR, NULL, run_global_max_pool},
@@ -1906,6 +2068,11 @@ static const onnx_op ops[] = {
      A("activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "layout"), check_rnn,
      run_rnn},
     {"Reciprocal", 1, 1, 1, 1, NOATTR, NULL, run_reciprocal},
+    {"Range", 3, 3, 1, 1, NOATTR, NULL, run_range},
+    {"ReduceL1", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_l1},
+    {"ReduceL2", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_l2},
+    {"ReduceLogSum", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_log_sum},
+    {"ReduceLogSumExp", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_log_sum_exp},
     {"ReduceMax", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_max},
     {"ReduceMean", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_mean},
     {"ReduceMin", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_min},
@@ -2002,6 +2169,10 @@ static const struct {
     {"Where", 9},
     {"Xor", 7},
     {"Constant", 9},
+    {"ReduceL1", 1},
+    {"ReduceL2", 1},
+    {"ReduceLogSum", 1},
+    {"ReduceLogSumExp", 1},
 };
 
 int kiln__onnx_op_since(const char *name) {
