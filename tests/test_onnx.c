@@ -387,6 +387,38 @@ static void test_rejections(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
 }
 
+/* Cast from float to int64 (truncation toward zero, as C and NumPy) and to bool: integer
+ * values come back as I32. */
+static void test_cast(kiln_ctx *ctx) {
+    static char *cin[] = {"x"}, *cout_[] = {"y"}, *bin[] = {"x"}, *bout[] = {"b"};
+    for (int to = 7; to <= 9; to += 2) {
+        mb b;
+        mb_init(&b, 13);
+        mb_value(&b, true, "x", 1, (int64_t[]){4});
+        mb_value(&b, false, to == 7 ? "y" : "b", 1, (int64_t[]){4});
+        b.tts[1].elem_type = to;
+        Onnx__NodeProto *n = mb_node(&b, "Cast", "cast", 1, to == 7 ? cin : bin, 1, to == 7 ? cout_ : bout);
+        mb_attr_i(&b, n, "to", to);
+        kiln_onnx_model *m = NULL;
+        CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "load: %s", kiln_error_message(ctx));
+        if (!m) continue;
+        kiln_onnx_value_info info;
+        CHECK(kiln_onnx_output_info(m, 0, &info) == KILN_OK && info.dtype == KILN_I32, "output dtype");
+        kiln_scope_begin(ctx);
+        float x[4] = {-1.7f, 0.2f, 2.9f, 0.0f};
+        kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 1, (int64_t[]){4}), *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &xt, 1, &y) == KILN_OK && y, "cast run: %s", kiln_error_message(ctx));
+        if (y) {
+            int32_t got[4] = {0}, want_int[4] = {-1, 0, 2, 0}, want_bool[4] = {1, 1, 1, 0};
+            CHECK(kiln_tensor_dtype(y) == KILN_I32 && kiln_to_host(y, got, sizeof got) == KILN_OK, "cast output");
+            CHECK(!memcmp(got, to == 7 ? want_int : want_bool, sizeof got), "cast to %d: %d %d %d %d", to, got[0],
+                  got[1], got[2], got[3]);
+        }
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m);
+    }
+}
+
 /* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
  * at another batch size (the batch dim is symbolic) against its own first rows. */
 static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
@@ -432,6 +464,7 @@ static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
 static void run_all(kiln_ctx *ctx) {
     test_mlp(ctx);
     test_rejections(ctx);
+    test_cast(ctx);
     test_torch_export(ctx, "cnn", 0);
     test_torch_export(ctx, "mlp", 0);
     test_torch_export(ctx, "resnet", 0);
