@@ -41,12 +41,13 @@ const char *fuzz_skip_reason(void) { return skip[0] ? skip : NULL; }
 
 /* Operators whose results are bounded by their inputs' sizes (times the input count). */
 static bool bounded(const char *op) {
-    static const char *ok[] = {"Abs", "Add", "Sub", "Mul", "Div", "Pow", "Neg", "Sqrt", "Exp", "Log", "Relu",
-                               "Sigmoid", "Tanh", "LeakyRelu", "Erf", "Softmax", "LogSoftmax", "Identity",
-                               "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape",
-                               "Size", "Slice", "Gather", "Concat", "Split", "Cast", "ReduceSum", "ReduceMean",
-                               "ReduceMax", "ReduceMin", "Where", "Equal", "Less", "Greater", "Not", "And", "Or",
-                               "MatMul", "Gemm", "Clip", "Max", "Min", "Sum", "Mean", "Constant", NULL};
+    static const char *ok[] = {
+        "Abs",     "Add",     "Sub",     "Mul",     "Div",       "Pow",        "Neg",       "Sqrt",       "Exp",
+        "Log",     "Relu",    "Sigmoid", "Tanh",    "LeakyRelu", "Erf",        "Softmax",   "LogSoftmax", "Identity",
+        "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",  "Shape",     "Size",       "Slice",
+        "Gather",  "Concat",  "Split",   "Cast",    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin",  "Where",
+        "Equal",   "Less",    "Greater", "Not",     "And",       "Or",         "MatMul",    "Gemm",       "Clip",
+        "Max",     "Min",     "Sum",     "Mean",    "Constant",  NULL};
     for (int i = 0; ok[i]; i++)
         if (!strcmp(ok[i], op)) return true;
     return false;
