@@ -100,6 +100,10 @@ typedef struct opcount {
 
 static int cmd_info(int argc, char **argv) {
     if (argc != 1) {
+        if (argc > 1)
+            fprintf(stderr, "kiln onnx info: unknown argument '%s'\n\n", argv[1]);
+        else
+            fprintf(stderr, "kiln onnx info: expected MODEL\n\n");
         onnx_usage(stderr);
         return 2;
     }
@@ -322,6 +326,7 @@ static int npy_write(kiln_tensor *t, const char *path) {
 
 static int cmd_run(int argc, char **argv) {
     if (argc < 1) {
+        fprintf(stderr, "kiln onnx run: expected MODEL\n\n");
         onnx_usage(stderr);
         return 2;
     }
@@ -585,6 +590,7 @@ static verdict run_test(kiln_ctx *ctx, const char *dir, char *why, size_t cap) {
 
 static int cmd_test(int argc, char **argv) {
     if (argc < 1) {
+        fprintf(stderr, "kiln onnx test: expected DIR\n\n");
         onnx_usage(stderr);
         return 2;
     }

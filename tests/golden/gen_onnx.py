@@ -8,6 +8,7 @@ input batch and torch's outputs as ONNX TensorProto files (onnx_<name>_in.pb / _
 """
 import os
 
+import numpy
 import torch
 from onnx import numpy_helper
 
@@ -98,6 +99,8 @@ def export(name, model, x, batch_dim=0):
     for suffix, t in (("in", x), ("out", y)):
         with open(os.path.join(here, f"onnx_{name}_{suffix}.pb"), "wb") as f:
             f.write(numpy_helper.from_array(t.numpy()).SerializeToString())
+        if name == "mlp":  # for `kiln onnx run` (tests/onnx_run.sh)
+            numpy.save(os.path.join(here, f"onnx_{name}_{suffix}.npy"), t.numpy())
 
 
 export("cnn", CNN(), torch.randn(3, 1, 8, 8))
