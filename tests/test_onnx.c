@@ -419,6 +419,46 @@ static void test_cast(kiln_ctx *ctx) {
     }
 }
 
+/* Pad with mode reflect and edge on float data (ONNX's node tests pad integers). */
+static void test_pad_modes(kiln_ctx *ctx) {
+    static char *pin[] = {"x", "p"}, *pout[] = {"y"};
+    static int64_t pads[4] = {0, 1, 0, 2}, pdims[1] = {4};
+    const char *modes[2] = {"reflect", "edge"};
+    const float want[2][12] = {{2, 1, 2, 3, 2, 1, 5, 4, 5, 6, 5, 4}, {1, 1, 2, 3, 3, 3, 4, 4, 5, 6, 6, 6}};
+    for (int k = 0; k < 2; k++) {
+        mb b;
+        mb_init(&b, 13);
+        mb_value(&b, true, "x", 2, (int64_t[]){2, 3});
+        mb_value(&b, false, "y", 2, (int64_t[]){2, 6});
+        Onnx__TensorProto *t = mb_init_f32(&b, "p", 1, pdims, 0, NULL);
+        t->data_type = 7;
+        t->n_int64_data = 4;
+        t->int64_data = pads;
+        Onnx__NodeProto *n = mb_node(&b, "Pad", "pad", 2, pin, 1, pout);
+        mb_attr_i(&b, n, "mode", 0);
+        b.attrs[b.nattrs - 1].type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING;
+        b.attrs[b.nattrs - 1].has_i = 0;
+        b.attrs[b.nattrs - 1].has_s = 1;
+        b.attrs[b.nattrs - 1].s.data = (uint8_t *)modes[k];
+        b.attrs[b.nattrs - 1].s.len = strlen(modes[k]);
+        kiln_onnx_model *m = NULL;
+        CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "load: %s", kiln_error_message(ctx));
+        if (!m) continue;
+        kiln_scope_begin(ctx);
+        float x[6] = {1, 2, 3, 4, 5, 6};
+        kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 2, (int64_t[]){2, 3}), *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &xt, 1, &y) == KILN_OK && y, "pad %s: %s", modes[k], kiln_error_message(ctx));
+        if (y) {
+            float got[12] = {0};
+            CHECK(kiln_tensor_numel(y) == 12 && kiln_to_host(y, got, sizeof got) == KILN_OK, "pad output");
+            CHECK(!memcmp(got, want[k], sizeof got), "pad %s: %g %g %g %g %g %g", modes[k], got[0], got[1], got[2],
+                  got[3], got[4], got[5]);
+        }
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m);
+    }
+}
+
 /* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
  * at another batch size (the batch dim is symbolic) against its own first rows. */
 static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
@@ -465,6 +505,7 @@ static void run_all(kiln_ctx *ctx) {
     test_mlp(ctx);
     test_rejections(ctx);
     test_cast(ctx);
+    test_pad_modes(ctx);
     test_torch_export(ctx, "cnn", 0);
     test_torch_export(ctx, "mlp", 0);
     test_torch_export(ctx, "resnet", 0);

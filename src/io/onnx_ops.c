@@ -1835,6 +1835,121 @@ RUN(run_range) {
     return set_host(r, n, out[0], in[0]->type, 1, &cnt, h);
 }
 
+static kiln_status check_pad(onnx_rt *r, const onnx_node *n) {
+    char buf[32];
+    const char *mode = attr_s(n, "mode", "constant", buf, sizeof buf);
+    if (strcmp(mode, "constant") && strcmp(mode, "reflect") && strcmp(mode, "edge"))
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute mode '%s' (constant, reflect and edge run)", mode);
+    return KILN_OK;
+}
+
+/* Pad: constant through kiln_pad; edge and reflect as a gather of source positions along each
+ * padded axis (which also crops for negative pads). */
+/* Integer Pad on the host: per padded axis, out[o, i, k] = src[o, idx[i], k], -1 = value. */
+static kiln_status pad_host(onnx_rt *r, const onnx_node *n, const onnx_val *x, const int64_t *pads, const char *mode,
+                            int64_t value, onnx_val *out) {
+    int nd = x->ndim;
+    int64_t sh[KILN_MAX_DIMS];
+    memcpy(sh, x->shape, sizeof sh);
+    int64_t *cur = host_ints(r, n, x);
+    if (!cur) return kiln_error_status(CTX);
+    for (int d = 0; d < nd; d++) {
+        if (!pads[d] && !pads[d + nd]) continue;
+        int64_t dim = sh[d], cnt = dim + pads[d] + pads[d + nd];
+        if (strcmp(mode, "constant") && (dim == 0 || (mode[0] == 'r' && (pads[d] >= dim || pads[d + nd] >= dim)))) {
+            free(cur);
+            return nfail(r, n, KILN_ERR_SHAPE, "%s pads %lld, %lld for a dim of size %lld", mode, (long long)pads[d],
+                         (long long)pads[d + nd], (long long)dim);
+        }
+        int64_t outer = shape_numel(d, sh), inner = shape_numel(nd - d - 1, sh + d + 1);
+        int64_t *o = alloc_i(outer * cnt * inner);
+        if (!o) {
+            free(cur);
+            return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        }
+        for (int64_t i = 0; i < cnt; i++) {
+            int64_t p = i - pads[d];
+            if (mode[0] == 'e')
+                p = p < 0 ? 0 : p >= dim ? dim - 1 : p;
+            else if (mode[0] == 'r')
+                p = p < 0 ? -p : p >= dim ? 2 * (dim - 1) - p : p;
+            else if (p < 0 || p >= dim)
+                p = -1;
+            for (int64_t a = 0; a < outer; a++)
+                for (int64_t k = 0; k < inner; k++)
+                    o[(a * cnt + i) * inner + k] = p < 0 ? value : cur[(a * dim + p) * inner + k];
+        }
+        free(cur);
+        cur = o;
+        sh[d] = cnt;
+    }
+    return set_host(r, n, out, x->type, nd, sh, cur);
+}
+
+RUN(run_pad) {
+    kiln_status s = KILN_OK;
+    int nd = in[0]->ndim, np;
+    int64_t pads[2 * KILN_MAX_DIMS];
+    s = small_ints(r, n, in[1], "pads", pads, 2 * KILN_MAX_DIMS, &np);
+    if (s) return s;
+    if (np != 2 * nd) return nfail(r, n, KILN_ERR_SHAPE, "pads has %d values for %d dims", np, nd);
+    for (int d = 0; d < nd; d++)
+        if (pads[d] > ONNX_MAX_DIM || pads[d + nd] > ONNX_MAX_DIM || pads[d] < -ONNX_MAX_DIM ||
+            pads[d + nd] < -ONNX_MAX_DIM || in[0]->shape[d] + pads[d] + pads[d + nd] < 0)
+            return nfail(r, n, KILN_ERR_SHAPE, "pads of dim %d: %lld and %lld", d, (long long)pads[d],
+                         (long long)pads[d + nd]);
+    char buf[32];
+    const char *mode = attr_s(n, "mode", "constant", buf, sizeof buf);
+    if (!is_float(in[0])) {
+        int64_t v = 0;
+        if (n->nin > 2 && in[2]) {
+            if (is_float(in[2]) || kiln__onnx_numel(in[2]) != 1)
+                return nfail(r, n, KILN_ERR_SHAPE, "constant_value must be one value of the data's dtype");
+            v = in[2]->h[0];
+        }
+        return pad_host(r, n, in[0], pads, mode, v, out[0]);
+    }
+    if (!strcmp(mode, "constant")) {
+        float v = 0.0f;
+        if (n->nin > 2 && in[2]) {
+            if (!is_float(in[2]) || kiln__onnx_numel(in[2]) != 1)
+                return nfail(r, n, KILN_ERR_SHAPE, "constant_value must be one float");
+            v = kiln_tensor_item(in[2]->t);
+        }
+        int64_t kp[2 * KILN_MAX_DIMS];
+        for (int d = 0; d < nd; d++) kp[2 * (nd - 1 - d)] = pads[d], kp[2 * (nd - 1 - d) + 1] = pads[d + nd];
+        bool any = false;
+        for (int i = 0; i < 2 * nd; i++) any = any || kp[i];
+        return set_dev(r, n, out[0], any ? kiln_pad(CTX, in[0]->t, 2 * nd, kp, v) : kiln_clone(CTX, in[0]->t));
+    }
+    bool edge = !strcmp(mode, "edge");
+    kiln_tensor *y = in[0]->t;
+    for (int d = 0; d < nd && y; d++) {
+        if (!pads[d] && !pads[d + nd]) continue;
+        int64_t dim = in[0]->shape[d], cnt = dim + pads[d] + pads[d + nd];
+        if (dim == 0 || (!edge && dim == 1 && (pads[d] > 0 || pads[d + nd] > 0)))
+            return nfail(r, n, KILN_ERR_SHAPE, "%s padding of a dim of size %lld", mode, (long long)dim);
+        if (!edge && (pads[d] >= dim || pads[d + nd] >= dim))
+            return nfail(r, n, KILN_ERR_SHAPE, "reflect pads %lld, %lld must be less than the dim %lld",
+                         (long long)pads[d], (long long)pads[d + nd], (long long)dim);
+        int32_t *idx = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *idx);
+        if (!idx) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        for (int64_t i = 0; i < cnt; i++) {
+            int64_t p = i - pads[d];
+            if (edge)
+                p = p < 0 ? 0 : p >= dim ? dim - 1 : p;
+            else
+                p = p < 0 ? -p : p >= dim ? 2 * (dim - 1) - p : p;
+            idx[i] = (int32_t)p;
+        }
+        kiln_tensor *it = kiln_from_host(CTX, idx, KILN_I32, 1, &cnt);
+        free(idx);
+        y = cnt ? kiln_index_select(CTX, y, d, it) : NULL;
+        if (!cnt) return nfail(r, n, KILN_ERR_UNSUPPORTED, "an empty result");
+    }
+    return set_dev(r, n, out[0], y == in[0]->t ? kiln_clone(CTX, y) : y);
+}
+
 /* ---- recurrent layers -------------------------------------------------------------- */
 
 /* Reorders the G gate blocks of rows of w ([G*H, ...]) by src[] (torch's block j is
@@ -2063,6 +2178,7 @@ static const onnx_op ops[] = {
     {"Neg", 1, 1, 1, 1, NOATTR, NULL, run_neg},
     {"Not", 1, 1, 1, 1, NOATTR, bool_inputs, run_not},
     {"Or", 2, 2, 1, 1, NOATTR, bool_inputs, run_or},
+    {"Pad", 2, 3, 1, 1, A("mode"), check_pad, run_pad},
     {"Pow", 2, 2, 1, 1, NOATTR, NULL, run_pow},
     {"RNN", 3, 6, 0, 2,
      A("activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "layout"), check_rnn,
