@@ -333,6 +333,83 @@ static bool small_result(const kiln_onnx_model *m, const onnx_node *n) {
     return total <= (double)(1 << 20);
 }
 
+/* The ONNX elem type and rank of value id where the file fixes them (a graph input with a
+ * declared type, an initializer); false when only running tells. */
+static bool known(const kiln_onnx_model *m, int id, int *type, int *rank) {
+    if (id < 0) return false;
+    if (m->consts[id].set) {
+        *type = m->consts[id].type, *rank = m->consts[id].ndim;
+        return true;
+    }
+    for (int i = 0; i < m->nin; i++)
+        if (m->inputs[i].id == id) {
+            *type = m->inputs[i].type, *rank = m->inputs[i].info.ndim;
+            return true;
+        }
+    return false;
+}
+
+/* Refuses at load what a node would refuse at run given the declared dtype and rank of its
+ * first input: an integer input to an operator kiln runs on floats only, a 3-D (volumetric)
+ * convolution or pooling. */
+static kiln_status static_check(const kiln_onnx_model *m, const onnx_node *n) {
+    static const char *float_only[] = {"Conv",
+                                       "ConvTranspose",
+                                       "MaxPool",
+                                       "AveragePool",
+                                       "GlobalAveragePool",
+                                       "GlobalMaxPool",
+                                       "BatchNormalization",
+                                       "LayerNormalization",
+                                       "Gemm",
+                                       "MatMul",
+                                       "Softmax",
+                                       "LogSoftmax",
+                                       "Sigmoid",
+                                       "Tanh",
+                                       "Sqrt",
+                                       "Exp",
+                                       "Log",
+                                       "Erf",
+                                       "LeakyRelu",
+                                       "Elu",
+                                       "HardSigmoid",
+                                       "Softplus",
+                                       "Reciprocal",
+                                       "ReduceMean",
+                                       "ReduceSum",
+                                       "ReduceMax",
+                                       "ReduceMin",
+                                       "ReduceSumSquare",
+                                       "ReduceL1",
+                                       "ReduceL2",
+                                       "ReduceLogSum",
+                                       "ReduceLogSumExp",
+                                       "ArgMax",
+                                       "ArgMin",
+                                       "LSTM",
+                                       "GRU",
+                                       "RNN",
+                                       NULL};
+    static const char *spatial[] = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", NULL};
+    int type, rank;
+    if (n->nin < 1 || !known(m, n->in[0], &type, &rank)) return KILN_OK;
+    for (int k = 0; float_only[k]; k++)
+        if (!strcmp(float_only[k], n->op->name) && type != OT_FLOAT)
+            return kiln__fail(m->ctx, KILN_ERR_UNSUPPORTED,
+                              "onnx %s: %s node '%s' (opset %d): input '%s' has dtype %s; "
+                              "kiln runs this operator on float tensors",
+                              m->what, n->p->op_type, n->name, m->rt.opset, m->names[n->in[0]],
+                              kiln__onnx_type_name(type));
+    for (int k = 0; spatial[k]; k++)
+        if (!strcmp(spatial[k], n->op->name) && rank >= 0 && rank != 3 && rank != 4)
+            return kiln__fail(m->ctx, KILN_ERR_UNSUPPORTED,
+                              "onnx %s: %s node '%s' (opset %d): input '%s' has %d dims; "
+                              "kiln runs 1-D and 2-D %s (3-D or 4-D input)",
+                              m->what, n->p->op_type, n->name, m->rt.opset, m->names[n->in[0]], rank, n->p->op_type);
+    return KILN_OK;
+}
+
 /* ---- load ------------------------------------------------------------------------------- */
 
 static kiln_status fail_node(kiln_onnx_model *m, const onnx_node *n, kiln_status s, const char *fmt, const char *arg) {
@@ -510,7 +587,6 @@ static kiln_status build(kiln_onnx_model *m) {
                 goto done;
             }
         }
-        if (n->op->check && (s = n->op->check(&m->rt, n)) != KILN_OK) goto done;
     }
     /* topological order (Kahn): a node is ready when every node producing its inputs ran */
     {
@@ -603,6 +679,13 @@ static kiln_status build(kiln_onnx_model *m) {
         io->id = id;
         m->is_output[id] = true;
         if ((s = io_info(m, g->output[i], io, "output")) != KILN_OK) goto done;
+    }
+    /* each operator's own checks, and what the declared dtypes and ranks of graph inputs
+     * and initializers already tell */
+    for (int i = 0; i < m->nnodes; i++) {
+        onnx_node *n = &m->nodes[i];
+        if (n->op->check && (s = n->op->check(&m->rt, n)) != KILN_OK) goto done;
+        if ((s = static_check(m, n)) != KILN_OK) goto done;
     }
     /* constants and constant folding, in order */
     for (int i = 0; i < m->nnodes; i++) {

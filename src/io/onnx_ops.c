@@ -518,7 +518,38 @@ static kiln_status binary(onnx_rt *r, const onnx_node *n, onnx_val *const *in, o
         int t = (op >= H_EQ && op <= H_XOR) ? OT_BOOL : a->type;
         return h_binary(r, n, op, a, b, t, out);
     }
-    if (op == H_POW && !is_float(a)) return nfail(r, n, KILN_ERR_UNSUPPORTED, "integer base with a float exponent");
+    if (op == H_POW && !is_float(a)) {
+        /* an integer base keeps its type: pow in double, truncated (NumPy's astype) */
+        int nd;
+        int64_t shape[KILN_MAX_DIMS];
+        if (!bcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape))
+            return nfail(r, n, KILN_ERR_SHAPE, "shapes do not broadcast");
+        int64_t bn = kiln__onnx_numel(b);
+        float *e = malloc((size_t)(bn > 0 ? bn : 1) * sizeof *e);
+        if (!e || kiln_to_host(b->t, e, (size_t)bn * sizeof *e) != KILN_OK) {
+            free(e);
+            return kfail(r, n);
+        }
+        int64_t st[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0}, cnt = shape_numel(nd, shape);
+        bcast_strides(b->ndim, b->shape, nd, shape, st);
+        int64_t *x = h_broadcast(a, nd, shape);
+        if (!x) {
+            free(e);
+            return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        }
+        for (int64_t i = 0; i < cnt; i++) {
+            int64_t p = 0;
+            for (int d = 0; d < nd; d++) p += idx[d] * st[d];
+            double v = pow((double)x[i], (double)e[p]);
+            x[i] = wrap_int(a->type, isfinite(v) && fabs(v) < 9.2e18 ? (int64_t)v : 0);
+            for (int d = nd - 1; d >= 0; d--) {
+                if (++idx[d] < shape[d]) break;
+                idx[d] = 0;
+            }
+        }
+        free(e);
+        return set_host(r, n, out, a->type, nd, shape, x);
+    }
     kiln_tensor *x = dev_f32(r, n, a), *y = dev_f32(r, n, b), *z = NULL;
     if (!x || !y) return kfail(r, n);
     switch (op) {
