@@ -271,6 +271,11 @@ static void test_rejections(kiln_ctx *ctx) {
     gemm_in[0] = "y";
     EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "cycle");
     gemm_in[0] = "x";
+    /* a required input left empty */
+    mlp_model(&b, 13);
+    gemm_in[0] = "";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "input 0 is required", "'fc'");
+    gemm_in[0] = "x";
     /* a value produced twice */
     mlp_model(&b, 13);
     relu_out[0] = "h";

@@ -575,6 +575,13 @@ static kiln_status build(kiln_onnx_model *m) {
         for (int k = 0; k < n->nin; k++) {
             const char *nm = n->p->input[k];
             if (!nm[0]) {
+                /* only optional inputs may be absent (every input of the variadic operators is required) */
+                if (k < n->op->min_in || n->op->max_in == 64) {
+                    char msg[32];
+                    snprintf(msg, sizeof msg, "%d", k);
+                    s = fail_node(m, n, KILN_ERR_CORRUPT, "input %s is required but has an empty name", msg);
+                    goto done;
+                }
                 n->in[k] = -1;
                 continue;
             }
