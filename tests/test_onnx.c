@@ -480,6 +480,8 @@ static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
     CHECK(kiln_onnx_load_tensor(ctx, in_path, &x) == KILN_OK && kiln_onnx_load_tensor(ctx, out_path, &want) == KILN_OK,
           "%s: %s", name, kiln_error_message(ctx));
     for (int rep = 0; rep < 2 && x; rep++) {
+        /* the second round takes every device buffer from the pool */
+        if (rep == 1) kiln_ctx_stats_reset(ctx);
         CHECK(kiln_onnx_run(m, 1, &x, 1, &y) == KILN_OK && y, "%s run: %s", name, kiln_error_message(ctx));
         if (!y) break;
         CHECK(kiln_tensor_numel(y) == kiln_tensor_numel(want), "%s: output size", name);
@@ -500,6 +502,12 @@ static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
             h_compare(name, g1, ref, n1, 1e-5, 1e-4);
             free(g1), free(r1);
         }
+        /* the outputs go back to the pool too (a caller that keeps them holds their buffers) */
+        kiln_tensor_free(y), kiln_tensor_free(y1);
+        kiln_ctx_stats st;
+        if (rep == 1 && kiln_ctx_stats_get(ctx, &st) == KILN_OK)
+            CHECK(st.pool_device_allocs == 0, "%s: a repeated run created %llu device buffers (%llu reused)", name,
+                  (unsigned long long)st.pool_device_allocs, (unsigned long long)st.pool_reuses);
         free(g), free(w), free(ref);
     }
     kiln_scope_end(ctx);
