@@ -464,6 +464,49 @@ static void test_pad_modes(kiln_ctx *ctx) {
     }
 }
 
+/* Trilu on floats (ONNX's node tests use integers) and Tile on integers (they use floats). */
+static void test_trilu_tile(kiln_ctx *ctx) {
+    static char *tin[] = {"x"}, *tout[] = {"y"}, *pin[] = {"x", "r"};
+    static int64_t reps[2] = {2, 1}, rdims[1] = {2};
+    for (int k = 0; k < 2; k++) {
+        mb b;
+        mb_init(&b, 14);
+        mb_value(&b, true, "x", 2, (int64_t[]){2, 3});
+        mb_value(&b, false, "y", 2, (int64_t[]){k ? 4 : 2, 3});
+        if (k) {
+            b.tts[0].elem_type = b.tts[1].elem_type = 7;
+            Onnx__TensorProto *t = mb_init_f32(&b, "r", 1, rdims, 0, NULL);
+            t->data_type = 7, t->n_int64_data = 2, t->int64_data = reps;
+            mb_node(&b, "Tile", "tile", 2, pin, 1, tout);
+        } else {
+            mb_node(&b, "Trilu", "triu", 1, tin, 1, tout);
+        }
+        kiln_onnx_model *m = NULL;
+        CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "load: %s", kiln_error_message(ctx));
+        if (!m) continue;
+        kiln_scope_begin(ctx);
+        float xf[6] = {1, 2, 3, 4, 5, 6};
+        int32_t xi[6] = {1, 2, 3, 4, 5, 6};
+        kiln_tensor *xt = k ? kiln_from_host(ctx, xi, KILN_I32, 2, (int64_t[]){2, 3})
+                            : kiln_from_host(ctx, xf, KILN_F32, 2, (int64_t[]){2, 3}),
+                    *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &xt, 1, &y) == KILN_OK && y, "%s: %s", k ? "Tile" : "Trilu", kiln_error_message(ctx));
+        if (y && !k) {
+            float got[6], want[6] = {1, 2, 3, 0, 5, 6};
+            CHECK(kiln_to_host(y, got, sizeof got) == KILN_OK && !memcmp(got, want, sizeof got),
+                  "Trilu: %g %g %g %g %g %g", got[0], got[1], got[2], got[3], got[4], got[5]);
+        }
+        if (y && k) {
+            int32_t got[12], want[12] = {1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6};
+            CHECK(kiln_tensor_dtype(y) == KILN_I32 && kiln_to_host(y, got, sizeof got) == KILN_OK &&
+                      !memcmp(got, want, sizeof got),
+                  "Tile on integers");
+        }
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m);
+    }
+}
+
 /* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
  * at another batch size (the batch dim is symbolic) against its own first rows. */
 static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
@@ -519,6 +562,7 @@ static void run_all(kiln_ctx *ctx) {
     test_rejections(ctx);
     test_cast(ctx);
     test_pad_modes(ctx);
+    test_trilu_tile(ctx);
     test_torch_export(ctx, "cnn", 0);
     test_torch_export(ctx, "mlp", 0);
     test_torch_export(ctx, "resnet", 0);

@@ -1981,6 +1981,87 @@ RUN(run_pad) {
     return set_dev(r, n, out[0], y == in[0]->t ? kiln_clone(CTX, y) : y);
 }
 
+/* Tile: each axis d repeated r times, as x unsqueezed before d, expanded to r and merged. */
+RUN(run_tile) {
+    int nd = in[0]->ndim, nr;
+    int64_t reps[KILN_MAX_DIMS];
+    kiln_status s = small_ints(r, n, in[1], "repeats", reps, KILN_MAX_DIMS, &nr);
+    if (s) return s;
+    if (nr != nd) return nfail(r, n, KILN_ERR_SHAPE, "repeats has %d values for %d dims", nr, nd);
+    int64_t sh[KILN_MAX_DIMS];
+    double total = 1;
+    for (int d = 0; d < nd; d++) {
+        if (reps[d] < 0 || reps[d] > ONNX_MAX_DIM)
+            return nfail(r, n, KILN_ERR_SHAPE, "repeats[%d] = %lld", d, (long long)reps[d]);
+        sh[d] = in[0]->shape[d] * reps[d];
+        total *= (double)sh[d];
+    }
+    if (total > (double)ONNX_MAX_DIM) return nfail(r, n, KILN_ERR_SHAPE, "the result would hold %.0f elements", total);
+    if (!is_float(in[0])) {
+        int64_t st[KILN_MAX_DIMS], cnt = shape_numel(nd, sh), idx[KILN_MAX_DIMS] = {0};
+        contig_strides(nd, in[0]->shape, st);
+        int64_t *h = alloc_i(cnt);
+        if (!h) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        for (int64_t i = 0; i < cnt; i++) {
+            int64_t p = 0;
+            for (int d = 0; d < nd; d++) p += (idx[d] % in[0]->shape[d]) * st[d];
+            h[i] = in[0]->h[p];
+            for (int d = nd - 1; d >= 0; d--) {
+                if (++idx[d] < sh[d]) break;
+                idx[d] = 0;
+            }
+        }
+        return set_host(r, n, out[0], in[0]->type, nd, sh, h);
+    }
+    if (total == 0) return set_dev(r, n, out[0], kiln_empty(CTX, KILN_F32, nd, sh));
+    kiln_tensor *y = in[0]->t;
+    for (int d = 0; d < nd && y; d++) {
+        if (reps[d] == 1) continue;
+        const int64_t *ys = kiln_tensor_shape(y);
+        int64_t ex[KILN_MAX_DIMS + 1], merged[KILN_MAX_DIMS];
+        if (nd + 1 > KILN_MAX_DIMS) return nfail(r, n, KILN_ERR_UNSUPPORTED, "%d dims", nd);
+        for (int k = 0, j = 0; k <= nd; k++) ex[k] = k == d ? reps[d] : ys[j++];
+        for (int k = 0; k < nd; k++) merged[k] = k == d ? ys[d] * reps[d] : ys[k];
+        y = kiln_reshape(CTX, kiln_expand(CTX, kiln_unsqueeze(CTX, y, d), nd + 1, ex), nd, merged);
+    }
+    return set_dev(r, n, out[0], y == in[0]->t ? kiln_clone(CTX, y) : y);
+}
+
+/* Trilu: the upper (upper 1) or lower triangle of the last two dims, from diagonal k. */
+RUN(run_trilu) {
+    int nd = in[0]->ndim;
+    if (nd < 2) return nfail(r, n, KILN_ERR_SHAPE, "input must have at least 2 dims");
+    int64_t k = 0;
+    if (n->nin > 1 && in[1]) {
+        if (is_float(in[1]) || kiln__onnx_numel(in[1]) != 1)
+            return nfail(r, n, KILN_ERR_SHAPE, "k must be one integer");
+        k = in[1]->h[0];
+    }
+    bool upper = attr_i(n, "upper", 1) != 0;
+    int64_t rows = in[0]->shape[nd - 2], cols = in[0]->shape[nd - 1];
+    int64_t *mask = alloc_i(rows * cols);
+    if (!mask) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) mask[i * cols + j] = upper ? j - i >= k : j - i <= k;
+    if (!is_float(in[0])) {
+        int64_t *h = host_ints(r, n, in[0]);
+        if (!h) {
+            free(mask);
+            return kiln_error_status(CTX);
+        }
+        for (int64_t i = 0; i < kiln__onnx_numel(in[0]); i++)
+            if (!mask[i % (rows * cols)]) h[i] = 0;
+        free(mask);
+        return set_host(r, n, out[0], in[0]->type, nd, in[0]->shape, h);
+    }
+    onnx_val mv = {0};
+    mv.type = OT_BOOL, mv.ndim = 2, mv.shape[0] = rows, mv.shape[1] = cols, mv.h = mask;
+    kiln_tensor *m = kiln__onnx_numel(in[0]) ? dev_f32(r, n, &mv) : NULL;
+    free(mask);
+    if (!kiln__onnx_numel(in[0])) return set_dev(r, n, out[0], kiln_empty(CTX, KILN_F32, nd, in[0]->shape));
+    return set_dev(r, n, out[0], kiln_where(CTX, m, in[0]->t, kiln_full(CTX, 0.0f, 0, NULL)));
+}
+
 /* ---- recurrent layers -------------------------------------------------------------- */
 
 /* Reorders the G gate blocks of rows of w ([G*H, ...]) by src[] (torch's block j is
@@ -2239,7 +2320,9 @@ static const onnx_op ops[] = {
     {"Sub", 2, 2, 1, 1, NOATTR, NULL, run_sub},
     {"Sum", 1, 64, 1, 1, NOATTR, NULL, run_sum},
     {"Tanh", 1, 1, 1, 1, NOATTR, NULL, run_tanh},
+    {"Tile", 2, 2, 1, 1, NOATTR, NULL, run_tile},
     {"Transpose", 1, 1, 1, 1, A("perm"), NULL, run_transpose},
+    {"Trilu", 1, 2, 1, 1, A("upper"), NULL, run_trilu},
     {"Unsqueeze", 1, 2, 1, 1, A("axes"), NULL, run_unsqueeze},
     {"Where", 3, 3, 1, 1, NOATTR, NULL, run_where},
     {"Xor", 2, 2, 1, 1, NOATTR, bool_inputs, run_xor},
@@ -2320,6 +2403,7 @@ static const struct {
     {"ReduceL2", 1},
     {"ReduceLogSum", 1},
     {"ReduceLogSumExp", 1},
+    {"Tile", 6},
 };
 
 int kiln__onnx_op_since(const char *name) {
