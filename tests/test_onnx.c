@@ -567,6 +567,7 @@ static void run_all(kiln_ctx *ctx) {
     test_torch_export(ctx, "mlp", 0);
     test_torch_export(ctx, "resnet", 0);
     test_torch_export(ctx, "rnn", 1);
+    test_torch_export(ctx, "upsample", 0);
     CHECK_OK(ctx);
 }
 

@@ -2062,6 +2062,88 @@ RUN(run_trilu) {
     return set_dev(r, n, out[0], kiln_where(CTX, m, in[0]->t, kiln_full(CTX, 0.0f, 0, NULL)));
 }
 
+/* Resize on 4-D input, the cases that are torch's interpolate (kiln_upsample): nearest with an
+ * integer factor (half_pixel or pytorch_half_pixel with any rounding, or asymmetric with floor,
+ * all equal to floor(x / factor)); linear as bilinear with align_corners, half_pixel or
+ * pytorch_half_pixel, at output sizes that are exactly in * scale. */
+static kiln_status check_resize(onnx_rt *r, const onnx_node *n) {
+    char b1[32], b2[32];
+    const char *mode = attr_s(n, "mode", "nearest", b1, sizeof b1);
+    const char *ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel", b2, sizeof b2);
+    if (strcmp(mode, "nearest") && strcmp(mode, "linear"))
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute mode '%s' (nearest and linear run)", mode);
+    if (strcmp(ctm, "half_pixel") && strcmp(ctm, "pytorch_half_pixel") && strcmp(ctm, "align_corners") &&
+        strcmp(ctm, "asymmetric"))
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute coordinate_transformation_mode '%s'", ctm);
+    if (!strcmp(mode, "linear") && !strcmp(ctm, "asymmetric"))
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "linear mode with coordinate_transformation_mode 'asymmetric'");
+    if (!strcmp(mode, "nearest") && !strcmp(ctm, "align_corners"))
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "nearest mode with coordinate_transformation_mode 'align_corners'");
+    return KILN_OK;
+}
+
+RUN(run_resize) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    if (in[0]->ndim != 4)
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "input of %d dims (kiln resizes 4-D NCHW)", in[0]->ndim);
+    char b1[32], b2[32], b3[32];
+    const char *mode = attr_s(n, "mode", "nearest", b1, sizeof b1);
+    const char *ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel", b2, sizeof b2);
+    const char *nm = attr_s(n, "nearest_mode", "round_prefer_floor", b3, sizeof b3);
+    const int64_t *sh = in[0]->shape;
+    int64_t outsz[4];
+    bool from_scales = false;
+    float scales[4] = {1, 1, 1, 1};
+    if (n->nin > 3 && in[3] && kiln__onnx_numel(in[3]) > 0) {
+        int c;
+        s = small_ints(r, n, in[3], "sizes", outsz, 4, &c);
+        if (s) return s;
+        if (c != 4) return nfail(r, n, KILN_ERR_SHAPE, "sizes has %d values for 4 dims", c);
+    } else if (n->nin > 2 && in[2] && kiln__onnx_numel(in[2]) == 4 && is_float(in[2])) {
+        if (kiln_to_host(in[2]->t, scales, sizeof scales) != KILN_OK) return kfail(r, n);
+        for (int d = 0; d < 4; d++) {
+            double o = floor((double)sh[d] * scales[d]);
+            if (!(scales[d] > 0) || o > (double)ONNX_MAX_DIM)
+                return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "scale %g", scales[d]);
+            outsz[d] = (int64_t)o;
+        }
+        from_scales = true;
+    } else {
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "neither 4 scales nor 4 sizes given");
+    }
+    if (outsz[0] != sh[0] || outsz[1] != sh[1])
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "resizing the batch or channel dim");
+    for (int d = 2; d < 4; d++) {
+        if (outsz[d] < 1 || outsz[d] > INT32_MAX)
+            return nfail(r, n, KILN_ERR_SHAPE, "output size %lld", (long long)outsz[d]);
+        if (from_scales && (double)sh[d] * scales[d] != (double)outsz[d])
+            return nfail(r, n, KILN_ERR_UNSUPPORTED, "scale %g of a dim of %lld is not a whole output size", scales[d],
+                         (long long)sh[d]);
+    }
+    bool nearest = !strcmp(mode, "nearest");
+    if (nearest) {
+        /* with an integer factor f, half_pixel maps x to x/f + a fraction under 1/2 either way
+         * (rounding gives floor(x/f)); asymmetric maps it to x/f (floor gives it) */
+        bool half = !strcmp(ctm, "half_pixel") || !strcmp(ctm, "pytorch_half_pixel");
+        bool rounds = !strcmp(nm, "round_prefer_floor") || !strcmp(nm, "round_prefer_ceil");
+        for (int d = 2; d < 4; d++)
+            if (outsz[d] % sh[d] || !(half ? rounds : !strcmp(nm, "floor")))
+                return nfail(r, n, KILN_ERR_UNSUPPORTED,
+                             "nearest from %lld to %lld with %s/%s (kiln: integer factors, "
+                             "half_pixel with rounding or asymmetric with floor)",
+                             (long long)sh[d], (long long)outsz[d], ctm, nm);
+    } else if (!strcmp(ctm, "pytorch_half_pixel")) {
+        for (int d = 2; d < 4; d++)
+            if (outsz[d] == 1 && sh[d] > 1)
+                return nfail(r, n, KILN_ERR_UNSUPPORTED, "pytorch_half_pixel to an output size of 1");
+    }
+    kiln_tensor *y =
+        kiln_upsample(CTX, in[0]->t, (int)outsz[2], (int)outsz[3],
+                      nearest ? KILN_UPSAMPLE_NEAREST : KILN_UPSAMPLE_BILINEAR, !strcmp(ctm, "align_corners"));
+    return set_dev(r, n, out[0], y);
+}
+
 /* ---- recurrent layers -------------------------------------------------------------- */
 
 /* Reorders the G gate blocks of rows of w ([G*H, ...]) by src[] (torch's block j is
@@ -2308,6 +2390,10 @@ static const onnx_op ops[] = {
     {"ReduceSumSquare", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_sum_square},
     {"Relu", 1, 1, 1, 1, NOATTR, NULL, run_relu},
     {"Reshape", 2, 2, 1, 1, A("allowzero"), NULL, run_reshape},
+    {"Resize", 1, 4, 1, 1,
+     A("coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside", "extrapolation_value", "mode",
+       "nearest_mode"),
+     check_resize, run_resize},
     {"Shape", 1, 1, 1, 1, A("end", "start"), NULL, run_shape},
     {"Sigmoid", 1, 1, 1, 1, NOATTR, NULL, run_sigmoid},
     {"Size", 1, 1, 1, 1, NOATTR, NULL, run_size},

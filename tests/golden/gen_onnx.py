@@ -1,7 +1,7 @@
 """tests/golden/gen_onnx.py - writes the torch-exported ONNX models test_onnx reads: a small
 CNN (Conv, BatchNorm, ReLU, MaxPool, Flatten, Gemm, dropout in eval), an MLP with GELU
 (exported as Erf/Div/Mul/Add) and LayerNorm, a small ResNet (residual Add, strided 1x1
-shortcut, global average pool) and an LSTM/GRU stack, each with a dynamic batch dimension, plus an
+shortcut, global average pool), an LSTM/GRU stack and nn.Upsample (Resize), each with a dynamic batch dimension, plus an
 input batch and torch's outputs as ONNX TensorProto files (onnx_<name>_in.pb / _out.pb).
 
     /usr/bin/python3 tests/golden/gen_onnx.py
@@ -85,6 +85,21 @@ class RNN(torch.nn.Module):
         return z + h
 
 
+class Upsample(torch.nn.Module):
+    """nn.Upsample nearest and bilinear (exported as Resize), between two convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(2, 3, 3, padding=1)
+        self.up1 = torch.nn.Upsample(scale_factor=2, mode="nearest")
+        self.up2 = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.up3 = torch.nn.Upsample(size=(13, 11), mode="bilinear", align_corners=True)
+        self.c2 = torch.nn.Conv2d(3, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(self.up3(self.up2(self.up1(torch.relu(self.c1(x))))))
+
+
 def export(name, model, x, batch_dim=0):
     model.eval()
     with torch.no_grad():
@@ -107,3 +122,4 @@ export("cnn", CNN(), torch.randn(3, 1, 8, 8))
 export("mlp", MLP(), torch.randn(5, 6))
 export("resnet", ResNet(), torch.randn(2, 1, 8, 8))
 export("rnn", RNN(), torch.randn(6, 2, 3), batch_dim=1)
+export("upsample", Upsample(), torch.randn(2, 2, 3, 4))
