@@ -32,8 +32,7 @@
  * the save failing in turn (kiln__io_fail_after) with the previous file unchanged and no
  * temporary file left. Train/eval modes of every module are the same after an export.
  *
- * Round trip: built with KILN_HAVE_ONNX_RUNTIME (once kiln_onnx_load/kiln_onnx_run exist),
- * each export is also loaded back into kiln and run on the batch-3 input, its outputs
+ * Round trip: each export is also loaded back into kiln and run on the batch-3 input, its outputs
  * compared with the module's (round_trip). */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
@@ -126,10 +125,9 @@ static kiln_tensor *input_of(kiln_ctx *ctx, kiln_dtype dt, int ndim, const int64
 }
 
 /* The export loaded back into kiln (kiln_onnx_load, kiln_onnx_run on the batch-3 input) gives
- * the module's outputs y[0..nout). Compiled in with the ONNX runtime (KILN_HAVE_ONNX_RUNTIME). */
+ * the module's outputs y[0..nout). */
 static void round_trip(kiln_ctx *ctx, const char *name, const char *path, kiln_tensor *x, int nout,
                        kiln_tensor *const *y) {
-#ifdef KILN_HAVE_ONNX_RUNTIME
     kiln_onnx_model *m = NULL;
     kiln_tensor *z[3] = {NULL};
     CHECK(kiln_onnx_load(ctx, path, &m) == KILN_OK, "%s: kiln_onnx_load: %s", name, kiln_error_message(ctx));
@@ -149,9 +147,6 @@ static void round_trip(kiln_ctx *ctx, const char *name, const char *path, kiln_t
     }
     kiln_onnx_free(m);
     kiln_error_clear(ctx);
-#else
-    (void)ctx, (void)name, (void)path, (void)x, (void)nout, (void)y;
-#endif
 }
 
 /* Exports net traced on a batch of 2 and writes the files the checker reads (see the top). */

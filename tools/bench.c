@@ -1530,10 +1530,7 @@ static int cmd_attention(args *a, bool json) {
  * [--weights W] [--threads N]]`: kiln_onnx_run's median time at batch 1 (latency) and at
  * --batch (throughput) on random [N, C, H, W] inputs of the model's input shape, each run
  * drained (kiln_sync); with --model, tools/onnx_bench_torch.py's eval-mode PyTorch times of
- * the same model in the same sitting, and kiln's time over torch's. It needs the ONNX
- * runtime (kiln_onnx_load, kiln_onnx_run): built without it (KILN_HAVE_ONNX_RUNTIME
- * undefined) it says so and fails. */
-#ifdef KILN_HAVE_ONNX_RUNTIME
+ * the same model in the same sitting, and kiln's time over torch's. */
 #include <kiln/onnx.h>
 
 /* Median ms of `repeat` runs of m on a random input of `batch` rows, after `warmup`. */
@@ -1587,7 +1584,6 @@ static bool torch_times(const char *model, const char *weights, int64_t batch, i
     *lat = strtod(l + 14, NULL), *bat = strtod(b + 12, NULL);
     return true;
 }
-#endif
 
 static int cmd_onnx(args *a, bool json) {
     static const char *const valued[] = {"--batch", "--repeat", "--warmup", "--model", "--weights", "--threads", NULL};
@@ -1607,11 +1603,6 @@ static int cmd_onnx(args *a, bool json) {
         return 2;
     }
     if (rest.bad) return 2;
-#ifndef KILN_HAVE_ONNX_RUNTIME
-    (void)json, (void)batch, (void)repeat, (void)warmup, (void)threads, (void)weights;
-    fprintf(stderr, "kiln bench onnx: %s: this kiln was built without the ONNX runtime (kiln_onnx_load)\n", path);
-    return 1;
-#else
     kiln_ctx *ctx = open_ctx("kiln bench onnx");
     if (!ctx) return 1;
     kiln_onnx_model *m = NULL;
@@ -1667,7 +1658,6 @@ done:
     kiln_onnx_free(m);
     kiln_close(ctx);
     return rc;
-#endif
 }
 
 /* ---- dispatch ------------------------------------------------------------------------- */

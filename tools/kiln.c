@@ -6,6 +6,7 @@
 #include <kiln/kiln.h>
 
 #include "bench.h"
+#include "onnx_tool.h"
 #include "ops.h"
 #include "sweep.h"
 #include "tune.h"
@@ -21,6 +22,7 @@ static void usage(FILE *f) {
                "                       every op: backward, test references, PyTorch golden test, smoke run per device\n"
                "  bench gemm|train|startup|ops [--json] [options]\n"
                "                       GEMM against OpenBLAS, training steps, start-up, per-op times (bench --help)\n"
+               "  onnx info|run|test   inspect, run (.npy in and out) or conformance-test ONNX models (onnx --help)\n"
                "  tune [--quick]       search CLBlast's GEMM parameters for the device and store the best\n"
                "  sweep CONFIG [--out DIR] [--strategy S] [--parallel N] [--show]\n"
                "                       hyperparameter search (grid, random, asha) over a training program\n"
@@ -158,6 +160,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "cache") == 0) return cmd_cache(argc - 2, argv + 2);
     if (strcmp(argv[1], "ops") == 0) return kiln_cmd_ops(argc - 2, argv + 2);
     if (strcmp(argv[1], "bench") == 0) return kiln_cmd_bench(argc - 2, argv + 2);
+    if (strcmp(argv[1], "onnx") == 0) return kiln_cmd_onnx(argc - 2, argv + 2);
     if (strcmp(argv[1], "tune") == 0) return kiln_cmd_tune(argc - 2, argv + 2);
     if (strcmp(argv[1], "sweep") == 0) return kiln_cmd_sweep(argc - 2, argv + 2);
     if (strcmp(argv[1], "version") == 0) {

@@ -55,6 +55,17 @@ KILN_API kiln_status kiln_onnx_output_info(const kiln_onnx_model *m, int i, kiln
 KILN_API kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[], int n_out,
                                    kiln_tensor *out[]);
 
+/* Reads one serialized ONNX TensorProto (the input_0.pb / output_0.pb files of ONNX's
+ * backend tests) into a new tensor of the current scope: KILN_F32 for float, KILN_I32 for
+ * integer and bool tensors (a value outside the I32 range is KILN_ERR_UNSUPPORTED). */
+KILN_API kiln_status kiln_onnx_load_tensor(kiln_ctx *ctx, const char *path, kiln_tensor **out);
+/* Whether kiln's ONNX runtime knows the operator (of the default domain); which attributes
+ * and dtypes it runs is checked when a model loads. */
+KILN_API bool kiln_onnx_op_supported(const char *op_type);
+/* Opsets of the default domain that load: ONNX_OPSET_MIN..ONNX_OPSET_MAX. */
+#define KILN_ONNX_OPSET_MIN 11
+#define KILN_ONNX_OPSET_MAX 17
+
 /* Writes `module` as an ONNX model (opset 17, IR 8) traced on `example_input`:
  *
  *     kiln_tensor *x = kiln_zeros(ctx, 4, (int64_t[]){1, 1, 28, 28});

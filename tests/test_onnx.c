@@ -1,0 +1,577 @@
+/* tests/test_onnx.c - the ONNX runtime (kiln/onnx.h): models exported by torch.onnx
+ * (tests/golden/gen_onnx.py) against torch's outputs at two batch sizes, a small graph built
+ * here with protobuf-c against a host computation, and every rejection the reader promises:
+ * a truncated file, tensor data shorter than its shape, an external-data path leaving the
+ * model's directory, a cycle, an input nobody produces, a 2^40 dimension, an unsupported
+ * operator / attribute / opset, wrong input dtype or shape at run. */
+#define _XOPEN_SOURCE 700
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <kiln/onnx.h>
+#include <onnx.pb-c.h>
+
+#include "harness.h"
+
+/* ---- building models with protobuf-c ------------------------------------------------ */
+
+typedef struct mb {
+    Onnx__ModelProto m;
+    Onnx__GraphProto g;
+    Onnx__OperatorSetIdProto opset, *opsets[1];
+    Onnx__NodeProto nodes[8], *pnodes[8];
+    Onnx__TensorProto inits[4], *pinits[4];
+    Onnx__ValueInfoProto ins[2], outs[2], *pins[2], *pouts[2];
+    Onnx__TypeProto types[4];
+    Onnx__TypeProto__Tensor tts[4];
+    Onnx__TensorShapeProto shapes[4];
+    Onnx__TensorShapeProto__Dimension dims[4][4], *pdims[4][4];
+    Onnx__AttributeProto attrs[8], *pattrs[8][2];
+    int ntypes, nattrs;
+} mb;
+
+static void mb_init(mb *b, int opset) {
+    memset(b, 0, sizeof *b);
+    onnx__model_proto__init(&b->m);
+    onnx__graph_proto__init(&b->g);
+    onnx__operator_set_id_proto__init(&b->opset);
+    b->opset.domain = "";
+    b->opset.has_version = 1;
+    b->opset.version = opset;
+    b->opsets[0] = &b->opset;
+    b->m.n_opset_import = 1;
+    b->m.opset_import = b->opsets;
+    b->m.has_ir_version = 1;
+    b->m.ir_version = 8;
+    b->m.graph = &b->g;
+    b->g.name = "test";
+    b->g.node = b->pnodes;
+    b->g.initializer = b->pinits;
+    b->g.input = b->pins;
+    b->g.output = b->pouts;
+}
+
+/* A float tensor value info; dims: >= 0 sizes, -1 the symbolic "N". */
+static void mb_value(mb *b, bool input, const char *name, int ndim, const int64_t *dims) {
+    int k = b->ntypes++;
+    Onnx__ValueInfoProto *v = input ? &b->ins[b->g.n_input] : &b->outs[b->g.n_output];
+    onnx__value_info_proto__init(v);
+    onnx__type_proto__init(&b->types[k]);
+    onnx__type_proto__tensor__init(&b->tts[k]);
+    onnx__tensor_shape_proto__init(&b->shapes[k]);
+    v->name = (char *)name;
+    v->type = &b->types[k];
+    b->types[k].value_case = ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE;
+    b->types[k].tensor_type = &b->tts[k];
+    b->tts[k].has_elem_type = 1;
+    b->tts[k].elem_type = 1;
+    b->tts[k].shape = &b->shapes[k];
+    b->shapes[k].n_dim = (size_t)ndim;
+    b->shapes[k].dim = b->pdims[k];
+    for (int d = 0; d < ndim; d++) {
+        Onnx__TensorShapeProto__Dimension *x = &b->dims[k][d];
+        onnx__tensor_shape_proto__dimension__init(x);
+        if (dims[d] >= 0)
+            x->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE, x->dim_value = dims[d];
+        else
+            x->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM, x->dim_param = "N";
+        b->pdims[k][d] = x;
+    }
+    if (input)
+        b->pins[b->g.n_input++] = v;
+    else
+        b->pouts[b->g.n_output++] = v;
+}
+
+static Onnx__TensorProto *mb_init_f32(mb *b, const char *name, int ndim, int64_t *dims, int nvals, float *vals) {
+    Onnx__TensorProto *t = &b->inits[b->g.n_initializer];
+    onnx__tensor_proto__init(t);
+    t->name = (char *)name;
+    t->has_data_type = 1;
+    t->data_type = 1;
+    t->n_dims = (size_t)ndim;
+    t->dims = dims;
+    t->n_float_data = (size_t)nvals;
+    t->float_data = vals;
+    b->pinits[b->g.n_initializer++] = t;
+    return t;
+}
+
+static Onnx__NodeProto *mb_node(mb *b, const char *op, const char *name, int nin, char **in, int nout, char **out) {
+    Onnx__NodeProto *n = &b->nodes[b->g.n_node];
+    onnx__node_proto__init(n);
+    n->op_type = (char *)op;
+    n->name = (char *)name;
+    n->n_input = (size_t)nin;
+    n->input = in;
+    n->n_output = (size_t)nout;
+    n->output = out;
+    b->pnodes[b->g.n_node++] = n;
+    return n;
+}
+
+static void mb_attr_i(mb *b, Onnx__NodeProto *n, const char *name, int64_t v) {
+    Onnx__AttributeProto *a = &b->attrs[b->nattrs];
+    onnx__attribute_proto__init(a);
+    a->name = (char *)name;
+    a->has_type = 1;
+    a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
+    a->has_i = 1;
+    a->i = v;
+    b->pattrs[b->nattrs][0] = a;
+    n->n_attribute = 1;
+    n->attribute = b->pattrs[b->nattrs++];
+}
+
+static uint8_t *mb_pack(mb *b, size_t *len) {
+    *len = onnx__model_proto__get_packed_size(&b->m);
+    uint8_t *buf = malloc(*len + 1);
+    onnx__model_proto__pack(&b->m, buf);
+    return buf;
+}
+
+/* The MLP y = relu(x W^T + c) with x [N, 4], W [3, 4], c [3]. */
+static float W[12], C[3];
+static int64_t wdims[2] = {3, 4}, cdims[1] = {3};
+static char *gemm_in[] = {"x", "W", "c"}, *gemm_out[] = {"h"}, *relu_in[] = {"h"}, *relu_out[] = {"y"};
+
+static void mlp_model(mb *b, int opset) {
+    mb_init(b, opset);
+    for (int i = 0; i < 12; i++) W[i] = 0.1f * (float)(i % 7) - 0.3f;
+    for (int i = 0; i < 3; i++) C[i] = 0.05f * (float)i;
+    mb_value(b, true, "x", 2, (int64_t[]){-1, 4});
+    mb_value(b, false, "y", 2, (int64_t[]){-1, 3});
+    mb_init_f32(b, "W", 2, wdims, 12, W);
+    mb_init_f32(b, "c", 1, cdims, 3, C);
+    Onnx__NodeProto *g = mb_node(b, "Gemm", "fc", 3, gemm_in, 1, gemm_out);
+    mb_attr_i(b, g, "transB", 1);
+    mb_node(b, "Relu", "act", 1, relu_in, 1, relu_out);
+}
+
+/* Loads the packed model; returns the status and leaves the message in ctx. */
+static kiln_status load_packed(kiln_ctx *ctx, mb *b, size_t cut, kiln_onnx_model **m) {
+    size_t len;
+    uint8_t *buf = mb_pack(b, &len);
+    kiln_error_clear(ctx);
+    kiln_status s = kiln_onnx_load_memory(ctx, buf, cut ? cut : len, "test-model", m);
+    free(buf);
+    return s;
+}
+
+#define EXPECT_LOAD_FAIL(ctx, b, cut, status, ...)                                                                     \
+    do {                                                                                                               \
+        kiln_onnx_model *m_ = (kiln_onnx_model *)1;                                                                    \
+        kiln_status s_ = load_packed(ctx, b, cut, &m_);                                                                \
+        CHECK(s_ == (status) && m_ == NULL, "load gave %s (want %s): %s", kiln_status_name(s_),                        \
+              kiln_status_name(status), kiln_error_message(ctx));                                                      \
+        const char *subs_[] = {__VA_ARGS__, NULL};                                                                     \
+        for (int i_ = 0; subs_[i_]; i_++)                                                                              \
+            CHECK(strstr(kiln_error_message(ctx), subs_[i_]), "message lacks '%s': %s", subs_[i_],                     \
+                  kiln_error_message(ctx));                                                                            \
+        kiln_onnx_free(m_);                                                                                            \
+        kiln_error_clear(ctx);                                                                                         \
+    } while (0)
+
+static void test_mlp(kiln_ctx *ctx) {
+    mb b;
+    mlp_model(&b, 13);
+    kiln_onnx_model *m = NULL;
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "load: %s", kiln_error_message(ctx));
+    if (!m) return;
+    CHECK(kiln_onnx_num_inputs(m) == 1 && kiln_onnx_num_outputs(m) == 1, "1 input, 1 output");
+    kiln_onnx_value_info info;
+    CHECK(kiln_onnx_input_info(m, 0, &info) == KILN_OK && !strcmp(info.name, "x") && info.ndim == 2 &&
+              info.shape[0] == -1 && info.dim_names[0] && !strcmp(info.dim_names[0], "N") && info.shape[1] == 4 &&
+              info.dtype == KILN_F32,
+          "input info");
+    CHECK(kiln_onnx_input_info(m, 1, &info) == KILN_ERR_RANGE, "input 1 of 1 is out of range");
+    kiln_error_clear(ctx);
+    for (int batch = 1; batch <= 5; batch += 4) {
+        int64_t before = kiln_ctx_num_tensors(ctx);
+        float x[20];
+        h_fill(x, batch * 4, -1, 1);
+        kiln_scope_begin(ctx);
+        kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 2, (int64_t[]){batch, 4}), *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &xt, 1, &y) == KILN_OK, "run batch %d: %s", batch, kiln_error_message(ctx));
+        if (y) {
+            CHECK(kiln_tensor_shape(y)[0] == batch && kiln_tensor_shape(y)[1] == 3, "output shape");
+            double ref[15];
+            for (int n = 0; n < batch; n++)
+                for (int o = 0; o < 3; o++) {
+                    double acc = C[o];
+                    for (int i = 0; i < 4; i++) acc += (double)x[n * 4 + i] * W[o * 4 + i];
+                    ref[n * 3 + o] = acc > 0 ? acc : 0;
+                }
+            float *got = h_read(y);
+            h_compare("mlp", got, ref, batch * 3, 1e-6, 1e-5);
+            free(got);
+        }
+        /* the run leaves only its input and output behind */
+        CHECK(kiln_ctx_num_tensors(ctx) == before + 2, "tensors: %lld before, %lld after", (long long)before,
+              (long long)kiln_ctx_num_tensors(ctx));
+        kiln_scope_end(ctx);
+    }
+    /* wrong shape and dtype name the input and both shapes */
+    kiln_scope_begin(ctx);
+    kiln_tensor *bad = kiln_zeros(ctx, 2, (int64_t[]){2, 5}), *y = NULL;
+    CHECK(kiln_onnx_run(m, 1, &bad, 1, &y) == KILN_ERR_SHAPE && y == NULL, "wrong shape: %s", kiln_error_message(ctx));
+    CHECK(strstr(kiln_error_message(ctx), "'x'") && strstr(kiln_error_message(ctx), "[2, 5]") &&
+              strstr(kiln_error_message(ctx), "[N, 4]"),
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_tensor *bad3 = kiln_zeros(ctx, 3, (int64_t[]){2, 4, 1});
+    CHECK(kiln_onnx_run(m, 1, &bad3, 1, &y) == KILN_ERR_SHAPE, "wrong rank: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    int32_t ints[8] = {0};
+    kiln_tensor *bi = kiln_from_host(ctx, ints, KILN_I32, 2, (int64_t[]){2, 4});
+    CHECK(kiln_onnx_run(m, 1, &bi, 1, &y) == KILN_ERR_DTYPE, "wrong dtype: %s", kiln_error_message(ctx));
+    CHECK(strstr(kiln_error_message(ctx), "'x'") && strstr(kiln_error_message(ctx), "i32") &&
+              strstr(kiln_error_message(ctx), "f32"),
+          "message: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(kiln_onnx_run(m, 0, NULL, 1, &y) == KILN_ERR_INVALID_ARGUMENT, "missing input: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+    kiln_onnx_free(m);
+}
+
+static void test_rejections(kiln_ctx *ctx) {
+    mb b;
+    /* truncated file */
+    mlp_model(&b, 13);
+    size_t len;
+    free(mb_pack(&b, &len));
+    for (size_t cut = 1; cut < len; cut += len / 7 + 1) EXPECT_LOAD_FAIL(ctx, &b, cut, KILN_ERR_CORRUPT, "test-model");
+    /* data shorter than the shape */
+    mlp_model(&b, 13);
+    b.inits[0].n_float_data = 5;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "'W'", "[3, 4]", "12 elements", "holds 5");
+    /* raw data shorter than the shape */
+    mlp_model(&b, 13);
+    b.inits[0].n_float_data = 0;
+    b.inits[0].has_raw_data = 1;
+    b.inits[0].raw_data.len = 40;
+    b.inits[0].raw_data.data = (uint8_t *)W;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "'W'", "raw_data holds 10");
+    /* a 2^40 dimension, in an initializer and in an input */
+    mlp_model(&b, 13);
+    wdims[0] = (int64_t)1 << 40;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "'W'", "1099511627776");
+    wdims[0] = 3;
+    mlp_model(&b, 13);
+    b.dims[0][1].dim_value = (int64_t)1 << 40;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "'x'", "1099511627776");
+    /* an undefined node input */
+    mlp_model(&b, 13);
+    relu_in[0] = "nobody";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "'nobody'", "never produced", "'act'");
+    relu_in[0] = "h";
+    /* a cycle: fc reads y, which act makes from fc's h */
+    mlp_model(&b, 13);
+    gemm_in[0] = "y";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "cycle");
+    gemm_in[0] = "x";
+    /* a required input left empty */
+    mlp_model(&b, 13);
+    gemm_in[0] = "";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "input 0 is required", "'fc'");
+    gemm_in[0] = "x";
+    /* a value produced twice */
+    mlp_model(&b, 13);
+    relu_out[0] = "h";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "'h'");
+    relu_out[0] = "y";
+    /* an unsupported operator names itself, its node and the opset */
+    mlp_model(&b, 13);
+    b.nodes[1].op_type = "FancyActivation";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_UNSUPPORTED, "FancyActivation", "'act'", "opset 13");
+    /* an unknown attribute */
+    mlp_model(&b, 13);
+    b.attrs[0].name = "transC";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_UNSUPPORTED, "transC", "Gemm", "'fc'");
+    /* an opset past 17, an operator older than kiln's version of it */
+    mlp_model(&b, 18);
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_UNSUPPORTED, "opset 18");
+    mlp_model(&b, 6);
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_UNSUPPORTED, "Gemm", "from opset 7");
+    /* an operator of another domain */
+    mlp_model(&b, 13);
+    b.nodes[1].domain = "com.example";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_UNSUPPORTED, "com.example", "'act'");
+    /* a graph output nobody produces */
+    mlp_model(&b, 13);
+    b.outs[0].name = "z";
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_CORRUPT, "'z'");
+    /* external data: from memory refused; '..' and absolute paths refused */
+    mlp_model(&b, 13);
+    Onnx__StringStringEntryProto loc = ONNX__STRING_STRING_ENTRY_PROTO__INIT, *plocs[1] = {&loc};
+    loc.key = "location";
+    loc.value = "weights.bin";
+    b.inits[0].n_float_data = 0;
+    b.inits[0].has_data_location = 1;
+    b.inits[0].data_location = ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
+    b.inits[0].n_external_data = 1;
+    b.inits[0].external_data = plocs;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_UNSUPPORTED, "external data", "'W'");
+    char dir[] = "/tmp/kiln_onnx_XXXXXX";
+    if (!mkdtemp(dir)) {
+        CHECK(0, "mkdtemp failed");
+        return;
+    }
+    char model[128], data[128], sub[128];
+    snprintf(model, sizeof model, "%s/m.onnx", dir);
+    snprintf(data, sizeof data, "%s/weights.bin", dir);
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    FILE *f = fopen(data, "wb");
+    fwrite(W, 4, 12, f);
+    fclose(f);
+    const char *bad_locs[] = {"../weights.bin", "/etc/passwd", "a/../../weights.bin", NULL};
+    for (int i = 0; i <= 3; i++) {
+        loc.value = (char *)(bad_locs[i] ? bad_locs[i] : "weights.bin");
+        uint8_t *buf = mb_pack(&b, &len);
+        f = fopen(model, "wb");
+        fwrite(buf, 1, len, f);
+        fclose(f);
+        free(buf);
+        kiln_onnx_model *m = NULL;
+        kiln_error_clear(ctx);
+        kiln_status s = kiln_onnx_load(ctx, model, &m);
+        if (bad_locs[i]) {
+            CHECK(s == KILN_ERR_CORRUPT && !m && strstr(kiln_error_message(ctx), "leaves the model's directory"),
+                  "location %s: %s", bad_locs[i], kiln_error_message(ctx));
+        } else {
+            CHECK(s == KILN_OK && m, "external data inside the directory: %s", kiln_error_message(ctx));
+            if (m) {
+                kiln_scope_begin(ctx);
+                float x[4] = {1, 2, 3, 4};
+                kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 2, (int64_t[]){1, 4}), *y = NULL;
+                CHECK(kiln_onnx_run(m, 1, &xt, 1, &y) == KILN_OK && y, "run: %s", kiln_error_message(ctx));
+                kiln_scope_end(ctx);
+            }
+        }
+        kiln_onnx_free(m);
+    }
+    /* a symbolic link inside the directory that points out of it */
+    CHECK(mkdir(sub, 0700) == 0, "mkdir");
+    char link[160];
+    snprintf(link, sizeof link, "%s/sub/w.bin", dir);
+    snprintf(model, sizeof model, "%s/sub/m.onnx", dir);
+    CHECK(symlink(data, link) == 0, "symlink");
+    loc.value = "w.bin";
+    uint8_t *buf = mb_pack(&b, &len);
+    f = fopen(model, "wb");
+    fwrite(buf, 1, len, f);
+    fclose(f);
+    free(buf);
+    kiln_onnx_model *m = NULL;
+    kiln_error_clear(ctx);
+    CHECK(kiln_onnx_load(ctx, model, &m) == KILN_ERR_CORRUPT && !m && strstr(kiln_error_message(ctx), "outside"),
+          "symlink out of the directory: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    /* data shorter than the shape, in the external file */
+    snprintf(model, sizeof model, "%s/m.onnx", dir);
+    f = fopen(data, "wb");
+    fwrite(W, 4, 11, f);
+    fclose(f);
+    loc.value = "weights.bin";
+    buf = mb_pack(&b, &len);
+    f = fopen(model, "wb");
+    fwrite(buf, 1, len, f);
+    fclose(f);
+    free(buf);
+    CHECK(kiln_onnx_load(ctx, model, &m) == KILN_ERR_CORRUPT && !m && strstr(kiln_error_message(ctx), "48 bytes"),
+          "short external file: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    unlink(link), unlink(model), unlink(data);
+    snprintf(model, sizeof model, "%s/sub/m.onnx", dir);
+    unlink(model), rmdir(sub), rmdir(dir);
+    /* a missing file */
+    CHECK(kiln_onnx_load(ctx, "/nonexistent/model.onnx", &m) == KILN_ERR_IO &&
+              strstr(kiln_error_message(ctx), "/nonexistent/model.onnx"),
+          "missing file: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+}
+
+/* Cast from float to int64 (truncation toward zero, as C and NumPy) and to bool: integer
+ * values come back as I32. */
+static void test_cast(kiln_ctx *ctx) {
+    static char *cin[] = {"x"}, *cout_[] = {"y"}, *bin[] = {"x"}, *bout[] = {"b"};
+    for (int to = 7; to <= 9; to += 2) {
+        mb b;
+        mb_init(&b, 13);
+        mb_value(&b, true, "x", 1, (int64_t[]){4});
+        mb_value(&b, false, to == 7 ? "y" : "b", 1, (int64_t[]){4});
+        b.tts[1].elem_type = to;
+        Onnx__NodeProto *n = mb_node(&b, "Cast", "cast", 1, to == 7 ? cin : bin, 1, to == 7 ? cout_ : bout);
+        mb_attr_i(&b, n, "to", to);
+        kiln_onnx_model *m = NULL;
+        CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "load: %s", kiln_error_message(ctx));
+        if (!m) continue;
+        kiln_onnx_value_info info;
+        CHECK(kiln_onnx_output_info(m, 0, &info) == KILN_OK && info.dtype == KILN_I32, "output dtype");
+        kiln_scope_begin(ctx);
+        float x[4] = {-1.7f, 0.2f, 2.9f, 0.0f};
+        kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 1, (int64_t[]){4}), *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &xt, 1, &y) == KILN_OK && y, "cast run: %s", kiln_error_message(ctx));
+        if (y) {
+            int32_t got[4] = {0}, want_int[4] = {-1, 0, 2, 0}, want_bool[4] = {1, 1, 1, 0};
+            CHECK(kiln_tensor_dtype(y) == KILN_I32 && kiln_to_host(y, got, sizeof got) == KILN_OK, "cast output");
+            CHECK(!memcmp(got, to == 7 ? want_int : want_bool, sizeof got), "cast to %d: %d %d %d %d", to, got[0],
+                  got[1], got[2], got[3]);
+        }
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m);
+    }
+}
+
+/* Pad with mode reflect and edge on float data (ONNX's node tests pad integers). */
+static void test_pad_modes(kiln_ctx *ctx) {
+    static char *pin[] = {"x", "p"}, *pout[] = {"y"};
+    static int64_t pads[4] = {0, 1, 0, 2}, pdims[1] = {4};
+    const char *modes[2] = {"reflect", "edge"};
+    const float want[2][12] = {{2, 1, 2, 3, 2, 1, 5, 4, 5, 6, 5, 4}, {1, 1, 2, 3, 3, 3, 4, 4, 5, 6, 6, 6}};
+    for (int k = 0; k < 2; k++) {
+        mb b;
+        mb_init(&b, 13);
+        mb_value(&b, true, "x", 2, (int64_t[]){2, 3});
+        mb_value(&b, false, "y", 2, (int64_t[]){2, 6});
+        Onnx__TensorProto *t = mb_init_f32(&b, "p", 1, pdims, 0, NULL);
+        t->data_type = 7;
+        t->n_int64_data = 4;
+        t->int64_data = pads;
+        Onnx__NodeProto *n = mb_node(&b, "Pad", "pad", 2, pin, 1, pout);
+        mb_attr_i(&b, n, "mode", 0);
+        b.attrs[b.nattrs - 1].type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING;
+        b.attrs[b.nattrs - 1].has_i = 0;
+        b.attrs[b.nattrs - 1].has_s = 1;
+        b.attrs[b.nattrs - 1].s.data = (uint8_t *)modes[k];
+        b.attrs[b.nattrs - 1].s.len = strlen(modes[k]);
+        kiln_onnx_model *m = NULL;
+        CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "load: %s", kiln_error_message(ctx));
+        if (!m) continue;
+        kiln_scope_begin(ctx);
+        float x[6] = {1, 2, 3, 4, 5, 6};
+        kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 2, (int64_t[]){2, 3}), *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &xt, 1, &y) == KILN_OK && y, "pad %s: %s", modes[k], kiln_error_message(ctx));
+        if (y) {
+            float got[12] = {0};
+            CHECK(kiln_tensor_numel(y) == 12 && kiln_to_host(y, got, sizeof got) == KILN_OK, "pad output");
+            CHECK(!memcmp(got, want[k], sizeof got), "pad %s: %g %g %g %g %g %g", modes[k], got[0], got[1], got[2],
+                  got[3], got[4], got[5]);
+        }
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m);
+    }
+}
+
+/* Trilu on floats (ONNX's node tests use integers) and Tile on integers (they use floats). */
+static void test_trilu_tile(kiln_ctx *ctx) {
+    static char *tin[] = {"x"}, *tout[] = {"y"}, *pin[] = {"x", "r"};
+    static int64_t reps[2] = {2, 1}, rdims[1] = {2};
+    for (int k = 0; k < 2; k++) {
+        mb b;
+        mb_init(&b, 14);
+        mb_value(&b, true, "x", 2, (int64_t[]){2, 3});
+        mb_value(&b, false, "y", 2, (int64_t[]){k ? 4 : 2, 3});
+        if (k) {
+            b.tts[0].elem_type = b.tts[1].elem_type = 7;
+            Onnx__TensorProto *t = mb_init_f32(&b, "r", 1, rdims, 0, NULL);
+            t->data_type = 7, t->n_int64_data = 2, t->int64_data = reps;
+            mb_node(&b, "Tile", "tile", 2, pin, 1, tout);
+        } else {
+            mb_node(&b, "Trilu", "triu", 1, tin, 1, tout);
+        }
+        kiln_onnx_model *m = NULL;
+        CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "load: %s", kiln_error_message(ctx));
+        if (!m) continue;
+        kiln_scope_begin(ctx);
+        float xf[6] = {1, 2, 3, 4, 5, 6};
+        int32_t xi[6] = {1, 2, 3, 4, 5, 6};
+        kiln_tensor *xt = k ? kiln_from_host(ctx, xi, KILN_I32, 2, (int64_t[]){2, 3})
+                            : kiln_from_host(ctx, xf, KILN_F32, 2, (int64_t[]){2, 3}),
+                    *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &xt, 1, &y) == KILN_OK && y, "%s: %s", k ? "Tile" : "Trilu", kiln_error_message(ctx));
+        if (y && !k) {
+            float got[6], want[6] = {1, 2, 3, 0, 5, 6};
+            CHECK(kiln_to_host(y, got, sizeof got) == KILN_OK && !memcmp(got, want, sizeof got),
+                  "Trilu: %g %g %g %g %g %g", got[0], got[1], got[2], got[3], got[4], got[5]);
+        }
+        if (y && k) {
+            int32_t got[12], want[12] = {1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6};
+            CHECK(kiln_tensor_dtype(y) == KILN_I32 && kiln_to_host(y, got, sizeof got) == KILN_OK &&
+                      !memcmp(got, want, sizeof got),
+                  "Tile on integers");
+        }
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m);
+    }
+}
+
+/* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
+ * at another batch size (the batch dim is symbolic) against its own first rows. */
+static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
+    const char *dir = getenv("KILN_GOLDEN_DIR");
+    char path[1024], in_path[1024], out_path[1024];
+    snprintf(path, sizeof path, "%s/onnx_%s.onnx", dir ? dir : "tests/golden", name);
+    snprintf(in_path, sizeof in_path, "%s/onnx_%s_in.pb", dir ? dir : "tests/golden", name);
+    snprintf(out_path, sizeof out_path, "%s/onnx_%s_out.pb", dir ? dir : "tests/golden", name);
+    kiln_onnx_model *m = NULL;
+    CHECK(kiln_onnx_load(ctx, path, &m) == KILN_OK, "%s: %s", name, kiln_error_message(ctx));
+    if (!m) return;
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = NULL, *want = NULL, *y = NULL;
+    CHECK(kiln_onnx_load_tensor(ctx, in_path, &x) == KILN_OK && kiln_onnx_load_tensor(ctx, out_path, &want) == KILN_OK,
+          "%s: %s", name, kiln_error_message(ctx));
+    for (int rep = 0; rep < 2 && x; rep++) {
+        /* the second round takes every device buffer from the pool */
+        if (rep == 1) kiln_ctx_stats_reset(ctx);
+        CHECK(kiln_onnx_run(m, 1, &x, 1, &y) == KILN_OK && y, "%s run: %s", name, kiln_error_message(ctx));
+        if (!y) break;
+        CHECK(kiln_tensor_numel(y) == kiln_tensor_numel(want), "%s: output size", name);
+        float *g = h_read(y), *w = h_read(want);
+        int64_t n = kiln_tensor_numel(want);
+        double *ref = malloc(sizeof *ref * (size_t)n);
+        for (int64_t i = 0; i < n; i++) ref[i] = w[i];
+        h_compare(name, g, ref, n, 1e-5, 1e-4);
+        /* batch 1: the first sample */
+        kiln_tensor *x1 = kiln_slice(ctx, x, batch_dim, 0, 1, 1), *y1 = NULL;
+        CHECK(kiln_onnx_run(m, 1, &x1, 1, &y1) == KILN_OK && y1, "%s batch 1: %s", name, kiln_error_message(ctx));
+        if (y1) {
+            kiln_tensor *w1 = kiln_slice(ctx, want, batch_dim, 0, 1, 1);
+            float *g1 = h_read(y1), *r1 = h_read(w1);
+            int64_t n1 = kiln_tensor_numel(w1);
+            CHECK(kiln_tensor_numel(y1) == n1, "%s batch 1: output size", name);
+            for (int64_t i = 0; i < n1; i++) ref[i] = r1[i];
+            h_compare(name, g1, ref, n1, 1e-5, 1e-4);
+            free(g1), free(r1);
+        }
+        /* the outputs go back to the pool too (a caller that keeps them holds their buffers) */
+        kiln_tensor_free(y), kiln_tensor_free(y1);
+        kiln_ctx_stats st;
+        if (rep == 1 && kiln_ctx_stats_get(ctx, &st) == KILN_OK)
+            CHECK(st.pool_device_allocs == 0, "%s: a repeated run created %llu device buffers (%llu reused)", name,
+                  (unsigned long long)st.pool_device_allocs, (unsigned long long)st.pool_reuses);
+        free(g), free(w), free(ref);
+    }
+    kiln_scope_end(ctx);
+    kiln_onnx_free(m);
+}
+
+static void run_all(kiln_ctx *ctx) {
+    test_mlp(ctx);
+    test_rejections(ctx);
+    test_cast(ctx);
+    test_pad_modes(ctx);
+    test_trilu_tile(ctx);
+    test_torch_export(ctx, "cnn", 0);
+    test_torch_export(ctx, "mlp", 0);
+    test_torch_export(ctx, "resnet", 0);
+    test_torch_export(ctx, "rnn", 1);
+    test_torch_export(ctx, "upsample", 0);
+    CHECK_OK(ctx);
+}
+
+int main(void) {
+    H_FOR_EACH_DEVICE(run_all);
+    return h_finish();
+}
