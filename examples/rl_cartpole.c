@@ -6,11 +6,14 @@
  * --algo reinforce: policy 4-128-2 and value 4-128-1 (ReLU), one Adam over both; after every
  *   episode the discounted returns G_t, advantages G_t - V(s_t) normalised over the episode
  *   (mean 0, standard deviation 1), loss -mean(log pi(a_t|s_t) A_t) + 0.5 mean((V(s_t) - G_t)^2).
- * --algo dqn (Mnih et al. 2015): Q network 4-128-128-2 (ReLU), a replay buffer, epsilon
- *   linear from --eps-start to --eps-end over --eps-steps env steps, one Adam step on a batch
- *   every --train-every env steps after --learning-starts: the Huber loss (kiln_smooth_l1_loss,
- *   beta 1) of Q(s, a) (kiln_gather) against r + gamma max_a' Q_target(s', a') (1 - terminated);
- *   the target network is copied from the Q network every --target-every gradient steps.
+ * --algo dqn (Mnih et al. 2015): Q network 4-128-128-2 (ReLU), a replay buffer of 50,000,
+ *   epsilon linear from 1 to 0.01 over the first 10,000 env steps; after 1,000 env steps, one
+ *   Adam step every 4 env steps on a batch of 64 from the buffer: the Huber loss
+ *   (kiln_smooth_l1_loss, beta 1) of Q(s, a) (kiln_gather) against
+ *   r + gamma max_a' Q_target(s', a') (1 - terminated), the gradient norm clipped to 10; the
+ *   target network copied from the Q network every 250 gradient steps; the learning rate
+ *   (1e-3) falling linearly to 0 over 60,000 gradient steps (240,000 env steps). Options:
+ *   Double DQN's target, Polyak averaging, the sizes and schedules (--help).
  *
  * Acting runs the network on the device for one state ([1, 4]): one blocking upload and one
  * read-back of two numbers per env step; the action is drawn on the host. The environment,
@@ -119,8 +122,8 @@ typedef struct opts {
     const char *algo, *out_dir, *device;
     uint64_t seed;
     int64_t runs, episodes, max_steps, hidden, batch, buffer, learning_starts, train_every, grad_steps, target_every,
-        eps_steps;
-    double lr, gamma, eps_start, eps_end, clip;
+        eps_steps, lr_decay;
+    double lr, gamma, eps_start, eps_end, clip, tau;
     bool stop_when_solved, double_q;
 } opts;
 
@@ -128,21 +131,22 @@ static const opts defaults = {.algo = "dqn",
                               .out_dir = ".",
                               .seed = 1,
                               .runs = 1,
-                              .episodes = 0,  /* 0: 3000 (reinforce), 1000 (dqn) */
-                              .max_steps = 0, /* 0: 500,000 (reinforce), 100,000 (dqn) */
+                              .episodes = 0,  /* 0: 3000 (reinforce), 5000 (dqn) */
+                              .max_steps = 0, /* 0: 500,000 (reinforce), 300,000 (dqn) */
                               .hidden = 128,
                               .batch = 64,
                               .buffer = 50000,
                               .learning_starts = 1000,
-                              .train_every = 1,
+                              .train_every = 4,
                               .grad_steps = 1,
-                              .target_every = 500,
+                              .target_every = 250,
                               .eps_steps = 10000,
-                              .lr = NAN, /* 1e-3 (reinforce), 5e-4 (dqn) */
+                              .lr = 1e-3,
                               .gamma = 0.99,
                               .eps_start = 1.0,
                               .eps_end = 0.01,
                               .clip = 10,
+                              .lr_decay = 60000,
                               .stop_when_solved = true};
 
 static void usage(FILE *f) {
@@ -154,9 +158,9 @@ static void usage(FILE *f) {
             "  --algo NAME        reinforce or dqn [%s]\n"
             "  --seed N           environment, actions, replay batches and initial weights [%llu]\n"
             "  --runs K           K runs with seeds N .. N+K-1, one after the other [%lld]\n"
-            "  --episodes N       at most N episodes a run [3000 reinforce, 1000 dqn]\n"
-            "  --max-steps N      at most N env steps a run [500000 reinforce, 100000 dqn]\n"
-            "  --lr X             Adam learning rate [1e-3 reinforce, 5e-4 dqn]\n"
+            "  --episodes N       at most N episodes a run [3000 reinforce, 5000 dqn]\n"
+            "  --max-steps N      at most N env steps a run [500000 reinforce, 300000 dqn]\n"
+            "  --lr X             Adam learning rate [%g]\n"
             "  --gamma X          discount [%g]\n"
             "  --hidden N         hidden width [%lld]\n"
             "  --no-stop          go on after solving until the budget is spent\n"
@@ -173,11 +177,14 @@ static void usage(FILE *f) {
             "  --eps-start X, --eps-end X, --eps-steps N   the epsilon schedule [%g, %g, %lld]\n"
             "  --clip X           clip the gradient norm to X, 0: no clipping [%g]\n"
             "  --double           Double DQN's target (the online network picks a')\n"
+            "  --lr-decay N       > 0: the learning rate falls linearly to 0 over N gradient steps [%lld]\n"
+            "  --tau X            > 0: after every gradient step the target moves to (1 - X) target +\n"
+            "                     X Q (Polyak averaging) in place of --target-every's copies [0]\n"
             "  --help             this message\n",
-            PROG, d->algo, (unsigned long long)d->seed, (long long)d->runs, d->gamma, (long long)d->hidden, d->out_dir,
-            (long long)d->batch, (long long)d->buffer, (long long)d->learning_starts, (long long)d->train_every,
-            (long long)d->grad_steps, (long long)d->target_every, d->eps_start, d->eps_end, (long long)d->eps_steps,
-            d->clip);
+            PROG, d->algo, (unsigned long long)d->seed, (long long)d->runs, d->lr, d->gamma, (long long)d->hidden,
+            d->out_dir, (long long)d->batch, (long long)d->buffer, (long long)d->learning_starts,
+            (long long)d->train_every, (long long)d->grad_steps, (long long)d->target_every, d->eps_start, d->eps_end,
+            (long long)d->eps_steps, d->clip, (long long)d->lr_decay);
 }
 
 static int parse(int argc, char **argv, opts *o) {
@@ -206,6 +213,8 @@ static int parse(int argc, char **argv, opts *o) {
         F("--eps-end", EX_FLAG_F64, eps_end, 0, 1),
         F("--clip", EX_FLAG_F64, clip, 0, 1e30),
         F("--double", EX_FLAG_SWITCH, double_q, 1, 0),
+        F("--tau", EX_FLAG_F64, tau, 0, 1),
+        F("--lr-decay", EX_FLAG_I64, lr_decay, 0, 1000000000),
         F("--eps-steps", EX_FLAG_I64, eps_steps, 1, 1000000000),
     };
 #undef F
@@ -217,9 +226,8 @@ static int parse(int argc, char **argv, opts *o) {
         fprintf(stderr, "usage: %s [options]  (%s --help lists them)\n", PROG, PROG);
         return 2;
     }
-    if (isnan(o->lr)) o->lr = reinforce ? 1e-3 : 5e-4;
-    if (!o->episodes) o->episodes = reinforce ? 3000 : 1000;
-    if (!o->max_steps) o->max_steps = reinforce ? 500000 : 100000;
+    if (!o->episodes) o->episodes = reinforce ? 3000 : 5000;
+    if (!o->max_steps) o->max_steps = reinforce ? 500000 : 300000;
     return -1;
 }
 
@@ -318,10 +326,27 @@ static kiln_status dqn_update(agent *g) {
         g->batch[i * 10 + 9] = (float)(g->o->gamma * (1.0 - src[9]));
         g->batch_a[i] = g->rb_a[j];
     }
+    if (g->o->lr_decay > 0) {
+        double f = 1.0 - (double)g->grad_steps / (double)g->o->lr_decay;
+        kiln_status st = kiln_optim_group_set_lr(g->opt, 0, g->o->lr * (f > 0 ? f : 0));
+        if (st != KILN_OK) return st;
+    }
     dqn_cfg c = {g->qp, g->nq, g->o->clip, g->o->double_q};
     kiln_status st = dqn_step(g->a, g->b, g->opt, &c, g->batch, g->batch_a, B, NULL);
-    if (st == KILN_OK && ++g->grad_steps % g->o->target_every == 0) st = copy_params(g->tp, g->qp, g->nq);
-    return st;
+    if (st != KILN_OK) return st;
+    g->grad_steps++;
+    if (g->o->tau > 0) { /* target = target + tau (Q - target) */
+        kiln_ctx *ctx = g->ctx;
+        kiln_scope_begin(ctx);
+        for (int i = 0; i < g->nq && st == KILN_OK; i++) {
+            kiln_tensor *t =
+                kiln_add(ctx, g->tp[i], kiln_mul_scalar(ctx, kiln_sub(ctx, g->qp[i], g->tp[i]), (float)g->o->tau));
+            st = t ? kiln_copy(g->tp[i], t) : kiln_error_status(ctx);
+        }
+        kiln_scope_end(ctx);
+        return st;
+    }
+    return g->grad_steps % g->o->target_every == 0 ? copy_params(g->tp, g->qp, g->nq) : KILN_OK;
 }
 
 static void agent_free(agent *g) {
@@ -393,11 +418,14 @@ static int run(kiln_ctx *ctx, const opts *o, uint64_t seed, run_result *res) {
     g.x1 = kiln_tensor_keep(kiln_zeros(ctx, 2, (int64_t[]){1, 4}));
     if (!g.opt || !g.x1) goto fail;
     if (dqn)
-        printf("seed %llu: DQN, Q network 4-%lld-%lld-2 (%lld parameters), Adam lr %g, batch %lld, buffer %lld, "
-               "target copied every %lld gradient steps, epsilon %g -> %g over %lld steps, clip %g%s\n",
-               (unsigned long long)seed, (long long)H, (long long)H, (long long)kiln_module_num_elements(g.a), o->lr,
-               (long long)o->batch, (long long)o->buffer, (long long)o->target_every, o->eps_start, o->eps_end,
-               (long long)o->eps_steps, o->clip, o->double_q ? ", Double DQN" : "");
+        printf(
+            "seed %llu: DQN, Q network 4-%lld-%lld-2 (%lld parameters), Adam lr %g%s, batch %lld, buffer %lld, "
+            "%lld gradient step(s) every %lld env steps, target %s %g, epsilon %g -> %g over %lld steps, clip %g%s\n",
+            (unsigned long long)seed, (long long)H, (long long)H, (long long)kiln_module_num_elements(g.a), o->lr,
+            o->lr_decay > 0 ? " decaying" : "", (long long)o->batch, (long long)o->buffer, (long long)o->grad_steps,
+            (long long)o->train_every, o->tau > 0 ? "Polyak-averaged, tau" : "copied every N gradient steps, N =",
+            o->tau > 0 ? o->tau : (double)o->target_every, o->eps_start, o->eps_end, (long long)o->eps_steps, o->clip,
+            o->double_q ? ", Double DQN" : "");
     else
         printf("seed %llu: REINFORCE, policy 4-%lld-2 and value 4-%lld-1 (%lld parameters), Adam lr %g, gamma %g\n",
                (unsigned long long)seed, (long long)H, (long long)H,

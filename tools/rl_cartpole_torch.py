@@ -7,11 +7,12 @@ episodes-to-solve over the same seeds.
 --algo reinforce: policy 4-128-2 (ReLU) and value 4-128-1, one Adam over both; after every
   episode: discounted returns G_t, advantages G_t - V(s_t) normalised over the episode,
   loss = -mean(log pi(a_t|s_t) A_t) + 0.5 mean((V(s_t) - G_t)^2).
---algo dqn: Q network 4-128-128-2 (ReLU), replay buffer, epsilon linear from --eps-start to
-  --eps-end over --eps-steps env steps, one Adam step on a batch every --train-every env
-  steps after --learning-starts, the Huber loss (smooth L1, beta 1) of Q(s,a) against
-  r + gamma max_a' Q_target(s',a') (1 - terminated), the target network copied every
-  --target-every gradient steps.
+--algo dqn: Q network 4-128-128-2 (ReLU), replay buffer of 50,000, epsilon linear from 1
+  to 0.01 over 10,000 env steps; after 1,000 env steps one Adam step every 4 env steps on a
+  batch of 64: the Huber loss (smooth L1, beta 1) of Q(s,a) against
+  r + gamma max_a' Q_target(s',a') (1 - terminated), the gradient norm clipped to 10, the
+  target network copied every 250 gradient steps, the learning rate (1e-3) falling linearly
+  to 0 over 60,000 gradient steps. --double, --tau, the sizes and schedules as the C program's.
 
 The environment's initial states, the replay batches, epsilon draws and sampled actions
 come from the same splitmix64 generator as the C program's (seeded with --seed); the
@@ -170,11 +171,17 @@ def run(o, seed):
                 nbuf = min(nbuf + 1, cap)
                 if total_steps >= o.learning_starts and total_steps % o.train_every == 0:
                     for _ in range(o.grad_steps):
+                        if o.lr_decay > 0:
+                            opt.param_groups[0]["lr"] = o.lr * max(0.0, 1.0 - grad_steps / o.lr_decay)
                         idx = [rng.below(nbuf) for _ in range(o.batch)]
                         dqn_update(q, qt, opt, *(torch.from_numpy(b[idx]) for b in (buf_s, buf_a, buf_r, buf_s2, buf_d)),
                                    o.gamma, o.clip, o.double)
                         grad_steps += 1
-                        if grad_steps % o.target_every == 0:
+                        if o.tau > 0:  # Polyak averaging
+                            with torch.no_grad():
+                                for pt, pq in zip(qt.parameters(), q.parameters()):
+                                    pt.add_(o.tau * (pq - pt))
+                        elif grad_steps % o.target_every == 0:
                             qt.load_state_dict(q.state_dict())
             s = s2
             if term or trunc or total_steps >= o.max_steps:
@@ -219,31 +226,31 @@ def main():
     p.add_argument("--runs", type=int, default=1, help="seeds seed .. seed+runs-1, one after the other")
     p.add_argument("--episodes", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="env step budget of a run")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--buffer", type=int, default=50000)
     p.add_argument("--learning-starts", type=int, default=1000)
-    p.add_argument("--train-every", type=int, default=1)
+    p.add_argument("--train-every", type=int, default=4)
     p.add_argument("--grad-steps", type=int, default=1, help="gradient steps an update")
-    p.add_argument("--target-every", type=int, default=500)
+    p.add_argument("--target-every", type=int, default=250)
     p.add_argument("--eps-start", type=float, default=1.0)
     p.add_argument("--eps-end", type=float, default=0.01)
     p.add_argument("--eps-steps", type=int, default=10000)
     p.add_argument("--clip", type=float, default=10.0, help="gradient norm clip, 0: none")
     p.add_argument("--double", action="store_true", help="Double DQN's target")
+    p.add_argument("--tau", type=float, default=0.0, help="> 0: Polyak-average the target every gradient step")
+    p.add_argument("--lr-decay", type=int, default=60000, help="> 0: lr falls linearly to 0 over N gradient steps")
     p.add_argument("--no-stop", dest="stop_when_solved", action="store_false",
                    help="go on after solving until the budget is spent")
     p.add_argument("--threads", type=int, default=1)
     o = p.parse_args()
     torch.set_num_threads(o.threads)
-    if o.lr is None:
-        o.lr = 1e-3 if o.algo == "reinforce" else 5e-4
     if o.episodes is None:
-        o.episodes = 3000 if o.algo == "reinforce" else 1000
+        o.episodes = 3000 if o.algo == "reinforce" else 5000
     if o.max_steps is None:
-        o.max_steps = 500000 if o.algo == "reinforce" else 100000
+        o.max_steps = 500000 if o.algo == "reinforce" else 300000
     solved_runs, steps, secs = 0, 0, 0.0
     for k in range(o.runs):
         s, n, t = run(o, o.seed + k)
