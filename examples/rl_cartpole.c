@@ -70,8 +70,8 @@ typedef struct dqn_cfg {
  * floats, s (4), s' (4), r, gamma (1 - terminated), with actions a [B]: the Huber loss of
  * Q(s, a) against r + gamma (1 - terminated) max_a' Q_target(s', a') (c->double_q:
  * Q_target(s', argmax_a' Q(s', a'))), the gradient norm clipped to c->clip, then one optimizer
- * step. *loss_out (optional) gets the loss, read back (a wait); without it the step does
- * not wait for the device. */
+ * step. *loss_out (optional) gets the loss, read back (a wait); without it the step waits
+ * only for its two uploads (blocking writes), not for its computation. */
 static kiln_status dqn_step(kiln_module *q, kiln_module *target, kiln_optim *opt, const dqn_cfg *c, const float *packed,
                             const int32_t *a, int64_t B, float *loss_out) {
     kiln_ctx *ctx = kiln_module_ctx(q);
