@@ -233,8 +233,8 @@ static int parse(int argc, char **argv, opts *o) {
 
 /* ---- acting ------------------------------------------------------------------------------- */
 
-/* The network's output for one state: uploads it into x [1, 4] and reads the n outputs
- * back (the step's one wait). Grad mode must be off. */
+/* The network's output for one state: uploads it into x [1, 4] (a blocking write) and reads
+ * the n outputs back: the step's two waits. Grad mode must be off. */
 static kiln_status forward_one(kiln_module *net, kiln_tensor *x, const double s[4], float *out, int n) {
     kiln_ctx *ctx = kiln_module_ctx(net);
     float sf[4] = {(float)s[0], (float)s[1], (float)s[2], (float)s[3]};
@@ -279,7 +279,10 @@ typedef struct agent {
 static kiln_status reinforce_update(agent *g, int64_t T) {
     kiln_ctx *ctx = g->ctx;
     float *G = malloc(sizeof *G * (size_t)T * 3), *V = G + T, *A = V + T;
-    if (!G) return KILN_ERR_HOST_OUT_OF_MEMORY;
+    if (!G) {
+        fprintf(stderr, "%s: out of host memory\n", PROG);
+        return KILN_ERR_HOST_OUT_OF_MEMORY;
+    }
     double run = 0;
     for (int64_t t = T - 1; t >= 0; t--) G[t] = (float)(run = g->ep_r[t] + g->o->gamma * run);
     kiln_status st = KILN_OK;
