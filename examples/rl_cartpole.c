@@ -25,8 +25,8 @@
  * run, solved_episode= (the first episode at which the mean return of the last 100 episodes
  * reaches 475; -1 when the budget ran out first), then solved_runs= and env_steps_per_s=
  * (env steps over the wall time of the runs, learning included). Writes the return curve of
- * each run to OUT_DIR/rl_cartpole_ALGO_seedN.svg (kiln_plot_history: the "train" series is
- * each episode's return, the "validation" series the 100-episode average, x the episode).
+ * each run to OUT_DIR/rl_cartpole_ALGO_seedN.svg (kiln_plot_curves: each episode's return and
+ * the mean of the last 100, against the episode).
  */
 #define PROG "rl_cartpole"
 #include "common.h"
@@ -374,8 +374,8 @@ static int run(kiln_ctx *ctx, const opts *o, uint64_t seed, run_result *res) {
     int rc = 1;
     agent g = {.ctx = ctx, .o = o, .rng = {seed}};
     double *returns = malloc(sizeof *returns * (size_t)o->episodes);
-    kiln_epoch_stats *hist = calloc((size_t)o->episodes, sizeof *hist);
-    if (!returns || !hist) goto oom;
+    double *avgs = calloc((size_t)o->episodes, sizeof *avgs);
+    if (!returns || !avgs) goto oom;
     kiln_manual_seed(ctx, seed);
     int np = 0;
     kiln_tensor **params = NULL;
@@ -436,10 +436,10 @@ static int run(kiln_ctx *ctx, const opts *o, uint64_t seed, run_result *res) {
 
     char path[4096], title[160];
     snprintf(path, sizeof path, "%s/%s_%s_seed%llu.svg", o->out_dir, PROG, o->algo, (unsigned long long)seed);
-    snprintf(title, sizeof title,
-             "CartPole-v1 %s, seed %llu: return per episode (train), 100-episode mean (validation); x: episode",
-             dqn ? "DQN" : "REINFORCE", (unsigned long long)seed);
-    if (kiln_plot_history(path, NULL, 0, title) != KILN_OK) { /* writable? (before the run, not after it) */
+    snprintf(title, sizeof title, "CartPole-v1 %s, seed %llu", dqn ? "DQN" : "REINFORCE", (unsigned long long)seed);
+    kiln_plot_series curve[2] = {{"return", returns}, {"mean of the last 100", avgs}};
+    /* the folder writable? (found out before the run, not after it) */
+    if (kiln_plot_curves(path, title, "episode", "return", 0, NULL, 2, curve) != KILN_OK) {
         fprintf(stderr, "%s: %s\n", PROG, kiln_last_error());
         goto done;
     }
@@ -504,14 +504,7 @@ static int run(kiln_ctx *ctx, const opts *o, uint64_t seed, run_result *res) {
         sum100 += ep_ret - (ep >= 100 ? returns[ep - 100] : 0);
         ep++;
         double avg100 = sum100 / (double)(ep < 100 ? ep : 100);
-        hist[ep - 1] = (kiln_epoch_stats){.epoch = (int)ep,
-                                          .train_loss = ep_ret,
-                                          .val_loss = avg100,
-                                          .train_accuracy = NAN,
-                                          .val_accuracy = NAN,
-                                          .lr = o->lr,
-                                          .seconds = NAN,
-                                          .samples_per_second = NAN};
+        avgs[ep - 1] = avg100;
         if (solved < 0 && ep >= 100 && avg100 >= SOLVED_RETURN) solved = ep;
         if (ep % 10 == 0) {
             double r10 = 0;
@@ -526,7 +519,7 @@ static int run(kiln_ctx *ctx, const opts *o, uint64_t seed, run_result *res) {
     printf("seed=%llu solved_episode=%lld episodes=%lld env_steps=%lld seconds=%.1f env_steps_per_s=%.1f\n",
            (unsigned long long)seed, (long long)solved, (long long)ep, (long long)steps, secs,
            secs > 0 ? (double)steps / secs : 0.0);
-    if (kiln_plot_history(path, hist, (int)ep, title) != KILN_OK) {
+    if (kiln_plot_curves(path, title, "episode", "return", (int)ep, NULL, 2, curve) != KILN_OK) {
         fprintf(stderr, "%s: %s\n", PROG, kiln_last_error());
         goto done;
     }
@@ -541,7 +534,7 @@ fail:
 done:
     agent_free(&g);
     free(returns);
-    free(hist);
+    free(avgs);
     return rc;
 }
 

@@ -401,6 +401,7 @@ NULL_CASE(topk_correct, kiln_topk_correct(NULL, NULL, 1, NULL) == KILN_ERR_NULL)
 NULL_CASE(fit, kiln_fit(NULL, NULL, NULL) == KILN_ERR_NULL)
 NULL_CASE(evaluate, kiln_evaluate(NULL, NULL, NULL, NULL, NULL, NULL, NULL) == KILN_ERR_NULL)
 NULL_CASE(plot_history, kiln_plot_history(NULL, NULL, 0, NULL) == KILN_ERR_NULL)
+NULL_CASE(plot_curves, kiln_plot_curves(NULL, NULL, NULL, NULL, 0, NULL, 1, NULL) == KILN_ERR_NULL)
 NULL_CASE(metrics_csv_append, kiln_metrics_csv_append(NULL, NULL) == KILN_ERR_NULL)
 #undef NULL_CASE
 
@@ -604,6 +605,7 @@ static const null_case null_cases[] = {
     {"kiln_fit", null_fit},
     {"kiln_evaluate", null_evaluate},
     {"kiln_plot_history", null_plot_history},
+    {"kiln_plot_curves", null_plot_curves},
     {"kiln_metrics_csv_append", null_metrics_csv_append},
 };
 

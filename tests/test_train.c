@@ -187,6 +187,39 @@ static void test_plot_host(void) {
     CHECK(kiln_plot_history(NULL, h, 4, NULL) == KILN_ERR_NULL, "NULL path");
     CHECK(kiln_plot_history(path, NULL, 2, NULL) == KILN_ERR_NULL, "NULL history");
 
+    /* one panel of arbitrary curves: labels, x values, NaN gaps, the legend's names */
+    double ex[6] = {10, 20, 30, 40, 50, 60}, ret[6] = {9, 20, NAN, 60, 200, 500},
+           avg[6] = {9, 14.5, 14.5, 29.7, 63, NAN};
+    kiln_plot_series ser[2] = {{"return <per episode>", ret}, {"mean of 100", avg}};
+    CHECK(kiln_plot_curves(path, "CartPole", "episode", "return", 6, ex, 2, ser) == KILN_OK, "curves: %s",
+          kiln_last_error());
+    s = slurp(path);
+    CHECK(s && strstr(s, ">episode<") && strstr(s, ">return<") && strstr(s, ">return &lt;per episode&gt;<") &&
+              strstr(s, ">mean of 100<") && !strstr(s, ">epoch<") && !strstr(s, ">accuracy<"),
+          "curves: labels and legend");
+    CHECK(count_sub(s, "<polyline") == 3, "curves: NaN splits series 0 in two runs, series 1 is one: %d",
+          count_sub(s, "<polyline"));
+    CHECK(s && strstr(s, ">60<") && strstr(s, ">10<"), "curves: x ticks from the x values");
+    CHECK(s && strstr(s, "width=\"480\""), "curves: one panel wide");
+    free(s);
+    double fx[3] = {0.5, 0.75, 1.25}, fy[3] = {1, 2, 3};
+    CHECK(kiln_plot_curves(path, NULL, NULL, NULL, 3, fx, 1, &(kiln_plot_series){NULL, fy}) == KILN_OK,
+          "fractional x, no labels: %s", kiln_last_error());
+    s = slurp(path);
+    CHECK(s && strstr(s, ">0.5<") && strstr(s, ">0.6<") && strstr(s, ">1.2<") && !strstr(s, "dasharray"),
+          "fractional x ticks, one series");
+    free(s);
+    CHECK(kiln_plot_curves(path, NULL, NULL, NULL, 3, NULL, 1, &(kiln_plot_series){NULL, fy}) == KILN_OK, "x NULL");
+    CHECK(kiln_plot_curves(path, NULL, NULL, NULL, 3, fx, 3, ser) == KILN_ERR_INVALID_ARGUMENT, "3 series");
+    CHECK(strstr(kiln_last_error(), "kiln_plot_curves") != NULL, "message: %s", kiln_last_error());
+    CHECK(kiln_plot_curves(path, NULL, NULL, NULL, 3, fx, 0, ser) == KILN_ERR_INVALID_ARGUMENT, "0 series");
+    CHECK(kiln_plot_curves(path, NULL, NULL, NULL, -1, fx, 1, ser) == KILN_ERR_INVALID_ARGUMENT, "n -1");
+    CHECK(kiln_plot_curves(path, NULL, NULL, NULL, 3, fx, 1, NULL) == KILN_ERR_NULL, "NULL series");
+    CHECK(kiln_plot_curves(path, NULL, NULL, NULL, 3, fx, 1, &(kiln_plot_series){"a", NULL}) == KILN_ERR_NULL,
+          "NULL values");
+    CHECK(kiln_plot_curves("/nonexistent-dir/x.svg", NULL, NULL, NULL, 3, fx, 1, ser) == KILN_ERR_IO,
+          "curves: bad directory");
+
     path_in(csv, sizeof csv, "log.csv");
     unlink(csv);
     for (int i = 0; i < 4; i++) CHECK(kiln_metrics_csv_append(csv, &h[i]) == KILN_OK, "csv: %s", kiln_last_error());

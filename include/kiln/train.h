@@ -160,6 +160,17 @@ KILN_API kiln_status kiln_evaluate(kiln_module *m, kiln_loader *l, kiln_loss_fn 
 /* Writes the curves of n epochs as an SVG image (two panels: loss and accuracy, train and
  * validation, with axes and a legend), atomically. Opens in any web browser. */
 KILN_API kiln_status kiln_plot_history(const char *path, const kiln_epoch_stats *h, int n, const char *title);
+/* One named series of kiln_plot_curves: n values, NaN where there is none. */
+typedef struct kiln_plot_series {
+    const char *name; /* the legend's text (NULL: none) */
+    const double *y;
+} kiln_plot_series;
+/* Writes one panel of 1 or 2 curves over n points at x[0..n) (NULL x: 1..n) as an SVG image,
+ * drawn as kiln_plot_history draws its panels (series 0 solid, series 1 dashed, NaN values
+ * leave gaps, axes with nice ticks, a legend where it hides the fewest points), atomically:
+ * a return per episode and its moving average, a metric per step. Labels may be NULL. */
+KILN_API kiln_status kiln_plot_curves(const char *path, const char *title, const char *xlabel, const char *ylabel,
+                                      int n, const double *x, int nseries, const kiln_plot_series *series);
 /* Appends (or creates, with a header line) the CSV log
  * "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds,samples_per_second". */
 KILN_API kiln_status kiln_metrics_csv_append(const char *path, const kiln_epoch_stats *e);

@@ -140,72 +140,82 @@ static axis make_axis(double lo, double hi) {
 
 /* ---- panels ------------------------------------------------------------------------------ */
 
-enum { W = 960, H = 440, PANEL_W = 480, ML = 72, MR = 24, MT = 64, MB = 58 };
+enum { H = 440, PANEL_W = 480, ML = 72, MR = 24, MT = 64, MB = 58 };
+
+/* What one panel draws: n points at x[i] (NULL: 1..n), up to two series of y values (NaN
+ * leaves a gap), series 0 solid and series 1 dashed. */
+typedef struct curves {
+    int n;
+    const double *x;
+    const double *y[2];
+    const char *label[2];
+    const char *name, *xlabel; /* the panel's title and y label; its x label */
+    bool unit;                 /* keep the y axis inside [0, 1] where the data is (accuracy) */
+} curves;
 
 typedef struct panel {
     double x0, y0, w, h; /* plot area in pixels */
-    double xlo, xhi;     /* epochs */
+    double xlo, xhi;
     axis y;
 } panel;
 
 static double px(const panel *p, double x) { return p->x0 + (x - p->xlo) / (p->xhi - p->xlo) * p->w; }
 static double py(const panel *p, double y) { return p->y0 + p->h - (y - p->y.lo) / (p->y.hi - p->y.lo) * p->h; }
 
-static double series(const kiln_epoch_stats *e, int which) {
-    switch (which) {
-    case 0: return e->train_loss;
-    case 1: return e->val_loss;
-    case 2: return e->train_accuracy;
-    default: return e->val_accuracy;
-    }
-}
+static double cx_at(const curves *c, int i) { return c->x ? c->x[i] : i + 1; }
+static double cy_at(const curves *c, int k, int i) { return c->y[k] ? c->y[k][i] : NAN; }
 
-static double epoch_x(const kiln_epoch_stats *h, int i) { return h[i].epoch > 0 ? h[i].epoch : i + 1; }
-
-static const char *const COLOR[2] = {"#1f77b4", "#ff7f0e"}; /* train, validation */
+static const char *const COLOR[2] = {"#1f77b4", "#ff7f0e"};
 
 /* One curve: runs of finite points become polylines, isolated points circles (markers on
- * every point as well when there are few epochs). */
-static void draw_series(str *s, const panel *p, const kiln_epoch_stats *h, int n, int which) {
-    const char *color = COLOR[which & 1];
-    const char *dash = (which & 1) ? " stroke-dasharray=\"7,4\"" : "";
-    int i = 0;
+ * every point as well when there are few points). */
+static void draw_series(str *s, const panel *p, const curves *c, int k) {
+    const char *color = COLOR[k];
+    const char *dash = k ? " stroke-dasharray=\"7,4\"" : "";
+    int i = 0, n = c->n;
     while (i < n) {
-        while (i < n && !isfinite(series(&h[i], which))) i++;
+        while (i < n && !(isfinite(cy_at(c, k, i)) && isfinite(cx_at(c, i)))) i++;
         int start = i;
-        while (i < n && isfinite(series(&h[i], which))) i++;
+        while (i < n && isfinite(cy_at(c, k, i)) && isfinite(cx_at(c, i))) i++;
         int len = i - start;
         if (len == 1) {
-            sp(s, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"4\" fill=\"%s\"/>\n", px(p, epoch_x(h, start)),
-               py(p, series(&h[start], which)), color);
+            sp(s, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"4\" fill=\"%s\"/>\n", px(p, cx_at(c, start)),
+               py(p, cy_at(c, k, start)), color);
         } else if (len > 1) {
             sp(s, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s stroke-linejoin=\"round\" points=\"",
                color, dash);
-            for (int k = start; k < i; k++)
-                sp(s, "%s%.2f,%.2f", k > start ? " " : "", px(p, epoch_x(h, k)), py(p, series(&h[k], which)));
+            for (int j = start; j < i; j++)
+                sp(s, "%s%.2f,%.2f", j > start ? " " : "", px(p, cx_at(c, j)), py(p, cy_at(c, k, j)));
             sp(s, "\"/>\n");
             if (n <= 30)
-                for (int k = start; k < i; k++)
-                    sp(s, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"2.5\" fill=\"%s\"/>\n", px(p, epoch_x(h, k)),
-                       py(p, series(&h[k], which)), color);
+                for (int j = start; j < i; j++)
+                    sp(s, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"2.5\" fill=\"%s\"/>\n", px(p, cx_at(c, j)),
+                       py(p, cy_at(c, k, j)), color);
         }
     }
 }
 
-static void draw_panel(str *s, int index, const char *name, const kiln_epoch_stats *h, int n, int first) {
+static void draw_panel(str *s, int index, const curves *c) {
+    int n = c->n;
     panel p;
     p.x0 = index * PANEL_W + ML;
     p.y0 = MT;
     p.w = PANEL_W - ML - MR;
     p.h = H - MT - MB;
-    /* x: the epochs' range (a single epoch sits in the middle) */
+    /* x: the points' range (a single point sits in the middle); whole-number ticks when
+     * every x is a whole number (epochs, episodes) */
     double emin = INFINITY, emax = -INFINITY;
+    bool whole = true;
     for (int i = 0; i < n; i++) {
-        double x = epoch_x(h, i);
+        double x = cx_at(c, i);
+        if (!isfinite(x)) continue;
         if (x < emin) emin = x;
         if (x > emax) emax = x;
+        whole = whole && x == floor(x);
     }
-    double tick_lo = n ? emin : 1, tick_hi = n ? emax : 1; /* ticks only where epochs are */
+    bool any_x = isfinite(emin);
+    double tick_lo = any_x ? emin : 1, tick_hi = any_x ? emax : 1; /* ticks only where points are */
+    if (!any_x) emin = emax = 1;
     if (!(emax > emin)) {
         emin -= 1;
         emax += 1;
@@ -218,15 +228,15 @@ static void draw_panel(str *s, int index, const char *name, const kiln_epoch_sta
     bool has[2] = {false, false};
     for (int i = 0; i < n; i++)
         for (int k = 0; k < 2; k++) {
-            double v = series(&h[i], first + k);
-            if (!isfinite(v)) continue;
+            double v = cy_at(c, k, i);
+            if (!isfinite(v) || !isfinite(cx_at(c, i))) continue;
             has[k] = true;
             if (v < lo) lo = v;
             if (v > hi) hi = v;
         }
     double pad = isfinite(lo) && hi > lo ? 0.05 * (hi - lo) : 0; /* a margin above and below */
     p.y = make_axis(lo - pad, hi + pad);
-    if (first == 2 && isfinite(lo)) { /* accuracy: keep the axis inside [0, 1] where the data is */
+    if (c->unit && isfinite(lo)) { /* accuracy: keep the axis inside [0, 1] where the data is */
         if (p.y.lo < 0 && lo >= 0) p.y.lo = 0;
         if (p.y.hi > 1 && hi <= 1) p.y.hi = 1;
     }
@@ -245,38 +255,50 @@ static void draw_panel(str *s, int index, const char *name, const kiln_epoch_sta
            p.y.decimals, fabs(v) < p.y.step * 1e-9 ? 0.0 : v);
         if (k > 1000) break;
     }
-    /* x ticks: whole epochs, a nice step apart */
+    /* x ticks, a nice step apart */
     double xs = nice_step(tick_hi - tick_lo, 8);
-    if (xs < 1) xs = 1;
-    for (double v = ceil(tick_lo / xs) * xs; v <= tick_hi + 1e-9; v += xs) {
+    if (whole && xs < 1) xs = 1;
+    if (!(tick_hi > tick_lo)) xs = 1;
+    int d = (int)-floor(log10(xs) + 1e-9), xdec = whole || d < 0 ? 0 : d > 8 ? 8 : d;
+    int ticks = 0;
+    for (double v = ceil(tick_lo / xs - 1e-9) * xs; v <= tick_hi + xs * 1e-9 && ticks < 1000; v += xs, ticks++) {
         double x = px(&p, v);
         sp(s, "<line x1=\"%.2f\" y1=\"%.1f\" x2=\"%.2f\" y2=\"%.1f\" stroke=\"#444444\"/>\n", x, p.y0 + p.h, x,
            p.y0 + p.h + 5);
-        sp(s, "<text x=\"%.2f\" y=\"%.1f\" text-anchor=\"middle\">%.0f</text>\n", x, p.y0 + p.h + 20, v);
+        sp(s, "<text x=\"%.2f\" y=\"%.1f\" text-anchor=\"middle\">%.*f</text>\n", x, p.y0 + p.h + 20, xdec,
+           fabs(v) < xs * 1e-9 ? 0.0 : v);
     }
-    sp(s, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">epoch</text>\n", p.x0 + p.w / 2, (double)H - 14);
-    sp(s, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" transform=\"rotate(-90 %.1f %.1f)\">%s</text>\n",
-       p.x0 - 54, p.y0 + p.h / 2, p.x0 - 54, p.y0 + p.h / 2, name);
-    sp(s, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">%s</text>\n", p.x0 + p.w / 2,
-       p.y0 - 10, name);
+    sp(s, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", p.x0 + p.w / 2, (double)H - 14);
+    sp_xml(s, c->xlabel);
+    sp(s, "</text>\n<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" transform=\"rotate(-90 %.1f %.1f)\">", p.x0 - 54,
+       p.y0 + p.h / 2, p.x0 - 54, p.y0 + p.h / 2);
+    sp_xml(s, c->name);
+    sp(s, "</text>\n<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">", p.x0 + p.w / 2,
+       p.y0 - 10);
+    sp_xml(s, c->name);
+    sp(s, "</text>\n");
     /* the curves, clipped to the plot area */
     sp(s, "<g clip-path=\"url(#clip%d)\">\n", index);
-    for (int k = 0; k < 2; k++) draw_series(s, &p, h, n, first + k);
+    for (int k = 0; k < 2; k++) draw_series(s, &p, c, k);
     sp(s, "</g>\n");
-    /* legend, top right */
+    /* legend in the corner that hides the fewest points: top right, bottom right, top left,
+     * bottom left */
     int entries = has[0] + has[1];
     if (entries) {
-        /* the corner that hides the fewest points: top right, bottom right, top left, bottom left */
-        double lw = 118, lh = 10 + 20 * entries, lx = 0, ly = 0;
+        size_t longest = 0;
+        for (int k = 0; k < 2; k++)
+            if (has[k] && strlen(c->label[k]) > longest) longest = strlen(c->label[k]);
+        double lw = 52 + 7.0 * (double)(longest < 10 ? 10 : longest > 40 ? 40 : longest), lh = 10 + 20 * entries;
+        double lx = 0, ly = 0;
         int least = -1;
-        for (int c = 0; c < 4; c++) {
-            double cx = c < 2 ? p.x0 + p.w - lw - 8 : p.x0 + 8, cy = c % 2 ? p.y0 + p.h - lh - 8 : p.y0 + 8;
+        for (int corner = 0; corner < 4; corner++) {
+            double cx = corner < 2 ? p.x0 + p.w - lw - 8 : p.x0 + 8, cy = corner % 2 ? p.y0 + p.h - lh - 8 : p.y0 + 8;
             int hidden = 0;
             for (int i = 0; i < n; i++)
                 for (int k = 0; k < 2; k++) {
-                    double v = series(&h[i], first + k);
-                    if (!isfinite(v)) continue;
-                    double x = px(&p, epoch_x(h, i)), y = py(&p, v);
+                    double v = cy_at(c, k, i);
+                    if (!isfinite(v) || !isfinite(cx_at(c, i))) continue;
+                    double x = px(&p, cx_at(c, i)), y = py(&p, v);
                     hidden += x >= cx - 6 && x <= cx + lw + 6 && y >= cy - 6 && y <= cy + lh + 6;
                 }
             if (least < 0 || hidden < least) {
@@ -295,8 +317,9 @@ static void draw_panel(str *s, int index, const char *name, const kiln_epoch_sta
             double y = ly + 15 + 20 * row++;
             sp(s, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n",
                lx + 8, y, lx + 36, y, COLOR[k], k ? " stroke-dasharray=\"7,4\"" : "");
-            sp(s, "<text x=\"%.1f\" y=\"%.1f\" dominant-baseline=\"middle\">%s</text>\n", lx + 44, y,
-               k ? "validation" : "train");
+            sp(s, "<text x=\"%.1f\" y=\"%.1f\" dominant-baseline=\"middle\">", lx + 44, y);
+            sp_xml(s, c->label[k]);
+            sp(s, "</text>\n");
         }
     }
     if (!has[0] && !has[1])
@@ -305,29 +328,25 @@ static void draw_panel(str *s, int index, const char *name, const kiln_epoch_sta
     sp(s, "</g>\n");
 }
 
-kiln_status kiln_plot_history(const char *path, const kiln_epoch_stats *h, int n, const char *title) {
-    static const char *op = "kiln_plot_history";
-    kiln__clear_global();
-    if (!path) return kiln__fail_global(KILN_ERR_NULL, "%s: path is NULL", op);
-    if (n < 0) return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: n is %d", op, n);
-    if (n > 0 && !h) return kiln__fail_global(KILN_ERR_NULL, "%s: history is NULL", op);
+/* The whole image: a title over npanels panels side by side, written atomically. */
+static kiln_status write_panels(const char *op, const char *path, const char *title, int npanels, const curves *c) {
+    int w = npanels * PANEL_W;
     str s = {0};
     sp(&s,
        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
        "font-family=\"Helvetica, Arial, sans-serif\" font-size=\"12\">\n",
-       W, H, W, H);
+       w, H, w, H);
     sp(&s, "<title>");
-    sp_xml(&s, title ? title : "training history");
+    sp_xml(&s, title);
     sp(&s, "</title>\n<defs>\n");
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < npanels; k++)
         sp(&s, "<clipPath id=\"clip%d\"><rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\"/></clipPath>\n", k,
            k * PANEL_W + ML, MT, PANEL_W - ML - MR, H - MT - MB);
-    sp(&s, "</defs>\n<rect width=\"%d\" height=\"%d\" fill=\"#fafafa\"/>\n", W, H);
-    sp(&s, "<text x=\"%d\" y=\"26\" text-anchor=\"middle\" font-size=\"16\" font-weight=\"bold\">", W / 2);
-    sp_xml(&s, title ? title : "training history");
+    sp(&s, "</defs>\n<rect width=\"%d\" height=\"%d\" fill=\"#fafafa\"/>\n", w, H);
+    sp(&s, "<text x=\"%d\" y=\"26\" text-anchor=\"middle\" font-size=\"16\" font-weight=\"bold\">", w / 2);
+    sp_xml(&s, title);
     sp(&s, "</text>\n");
-    draw_panel(&s, 0, "loss", h, n, 0);
-    draw_panel(&s, 1, "accuracy", h, n, 2);
+    for (int k = 0; k < npanels; k++) draw_panel(&s, k, &c[k]);
     sp(&s, "</svg>\n");
     if (s.oom) {
         free(s.p);
@@ -336,6 +355,46 @@ kiln_status kiln_plot_history(const char *path, const kiln_epoch_stats *h, int n
     kiln_status st = write_atomic(op, path, s.p, s.len);
     free(s.p);
     return st;
+}
+
+kiln_status kiln_plot_history(const char *path, const kiln_epoch_stats *h, int n, const char *title) {
+    static const char *op = "kiln_plot_history";
+    kiln__clear_global();
+    if (!path) return kiln__fail_global(KILN_ERR_NULL, "%s: path is NULL", op);
+    if (n < 0) return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: n is %d", op, n);
+    if (n > 0 && !h) return kiln__fail_global(KILN_ERR_NULL, "%s: history is NULL", op);
+    double *v = malloc(sizeof *v * 5 * (size_t)(n > 0 ? n : 1));
+    if (!v) return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: %s: out of host memory for the image", op, path);
+    double *x = v, *tl = v + n, *vl = v + 2 * n, *ta = v + 3 * n, *va = v + 4 * n;
+    for (int i = 0; i < n; i++) {
+        x[i] = h[i].epoch > 0 ? h[i].epoch : i + 1;
+        tl[i] = h[i].train_loss, vl[i] = h[i].val_loss, ta[i] = h[i].train_accuracy, va[i] = h[i].val_accuracy;
+    }
+    curves c[2] = {
+        {n, x, {tl, vl}, {"train", "validation"}, "loss", "epoch", false},
+        {n, x, {ta, va}, {"train", "validation"}, "accuracy", "epoch", true},
+    };
+    kiln_status st = write_panels(op, path, title ? title : "training history", 2, c);
+    free(v);
+    return st;
+}
+
+kiln_status kiln_plot_curves(const char *path, const char *title, const char *xlabel, const char *ylabel, int n,
+                             const double *x, int nseries, const kiln_plot_series *series) {
+    static const char *op = "kiln_plot_curves";
+    kiln__clear_global();
+    if (!path) return kiln__fail_global(KILN_ERR_NULL, "%s: path is NULL", op);
+    if (n < 0) return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: n is %d", op, n);
+    if (nseries < 1 || nseries > 2)
+        return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %d series (1 or 2 are drawn)", op, nseries);
+    if (!series) return kiln__fail_global(KILN_ERR_NULL, "%s: series is NULL", op);
+    curves c = {n, x, {NULL, NULL}, {"", ""}, ylabel ? ylabel : "", xlabel ? xlabel : "", false};
+    for (int k = 0; k < nseries; k++) {
+        if (n > 0 && !series[k].y) return kiln__fail_global(KILN_ERR_NULL, "%s: series %d has NULL values", op, k);
+        c.y[k] = series[k].y;
+        c.label[k] = series[k].name ? series[k].name : "";
+    }
+    return write_panels(op, path, title ? title : "", 1, &c);
 }
 
 /* ---- CSV log ---------------------------------------------------------------------------- */
