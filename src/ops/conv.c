@@ -426,6 +426,18 @@ static kiln_status bwd_prepare(bwd_plan *p) {
     if (nsplit > SPLIT_PER_UNIT * (int64_t)ctx->info.compute_units) nsplit = SPLIT_PER_UNIT * ctx->info.compute_units;
     if (nsplit > SPLIT_MAX) nsplit = SPLIT_MAX;
     if (nsplit < 1) nsplit = 1;
+    /* kiln's own kernel takes any part length: prefer a count down to half this one that
+     * divides the chunk's pixels, so that no short remainder (ResNet-20's 14 x 14 stage at
+     * batch 128: 25088 = 6 * 4181 + 2) needs a GEMM launch of its own */
+    if (p->own_dw && nsplit > 1) {
+        int64_t ld = p->nb * p->hw;
+        for (int64_t t = nsplit; 2 * t >= nsplit && t > 1; t--) {
+            if (ld % t == 0) {
+                nsplit = t;
+                break;
+            }
+        }
+    }
     p->nsplit = nsplit;
     /* dw's columns as the GEMM computes them: kg through kiln's own kernel, kgp through
      * CLBlast (padded rows of the transposed columns) */
