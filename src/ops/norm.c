@@ -103,7 +103,7 @@ typedef struct norm_geom {
  * which still write the statistics the backward reads.
  */
 #define BN_PLANES_MIN_S 16
-#define BN_PLANES_MAX_WG 8
+#define BN_PLANES_MAX_WG 4
 #define BN_SEG 1024 /* elements per unit of work, as norm.cl's BN_SEG */
 
 static bool bn_planes(const kiln_ctx *ctx, const norm_geom *g) {
