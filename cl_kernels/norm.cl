@@ -264,6 +264,200 @@ kernel void norm_backward_rows(int G, NORM_BACKWARD_ARGS) {
     NORM_BACKWARD_BODY(NORM_SUM2_ROW);
 }
 
+/*
+ * ---- batch norm over planes (CPU) ----
+ * Batch norm of a contiguous [N, C, S] tensor with long planes: channel c owns the N planes
+ * x[n, c, 0 .. S) of S contiguous floats. Each plane is cut into segments of at most
+ * BN_SEG elements, the units of work: unit u = n * nseg + j is segment j of plane n.
+ * Work-item l of channel c's work-group visits units l, l + L, ... and reads each one with
+ * float8 loads (plain contiguous loops POCL turns into vector code), instead of the group
+ * kernels' element-by-element walk. The training forward computes each segment's mean and
+ * squared deviations from it in two passes over the segment (the second from the core's
+ * cache), combines segments by Chan et al.'s pairwise rule into a work-item's count, mean
+ * and M2, and the work-items' triples in a fixed tree; like the group kernels it works on
+ * x - k, k the channel's first element, so data far from zero sum small differences.
+ * Everything depends only on the shapes and the launch shape: bit-reproducible.
+ */
+#define BN_SEG 1024
+
+/* The lanes of v summed pairwise, in a fixed order. */
+inline float bn_hsum8(float8 v) {
+    float4 a = v.lo + v.hi;
+    float2 b = a.lo + a.hi;
+    return b.x + b.y;
+}
+
+/* Segment j of plane n of channel c: its first element's offset from channel c's first
+ * element of image 0, and its length. */
+#define BN_UNIT(u, nseg, S, C, off, len)                                                  \
+    int n_ = (u) / (nseg), j_ = (u) - n_ * (nseg);                                        \
+    int off = n_ * (C) * (S) + j_ * BN_SEG, len = min(BN_SEG, (S) - j_ * BN_SEG)
+
+/* y = fma(x - mean, sg, bg) over the len floats at p into q. */
+inline void bn_affine_seg(global const float *p, global float *q, int len, float mean, float sg, float bg) {
+    int s = 0;
+    for (; s + 8 <= len; s += 8) vstore8(fma(vload8(0, p + s) - mean, (float8)(sg), (float8)(bg)), 0, q + s);
+    for (; s < len; s++) q[s] = fma(p[s] - mean, sg, bg);
+}
+
+/*
+ * Training forward (norm_forward's arguments for batch norm, with N, C, S): the batch
+ * mean and biased variance of channel get_group_id(0), rstd = 1 / sqrt(var + eps) into
+ * mean_out/rstd_out, the running statistics' momentum update (unbiased variance, torch's
+ * order), then y = (x - mean) * rstd * w + b. scr holds 3L floats. N * S >= 2.
+ */
+kernel void bn_forward_planes(global const float *x, int xoff, global float *y, int yoff, int N, int C, int S,
+                              int has_w, global const float *w, int woff, int has_b, global const float *b, int boff,
+                              float eps, global float *mean_out, int moff, global float *rstd_out, int roff,
+                              int update, float momentum, global float *rm, int rmoff, int rmstr, global float *rv,
+                              int rvoff, int rvstr, local float *scr) {
+    int c = get_group_id(0), L = get_local_size(0), lid = get_local_id(0);
+    int nseg = (S + BN_SEG - 1) / BN_SEG, units = N * nseg;
+    global const float *xc = x + xoff + c * S;
+    float k = xc[0];
+    float cnt = 0.0f, mu = 0.0f, m2 = 0.0f; /* of x - k over this work-item's units */
+    for (int u = lid; u < units; u += L) {
+        BN_UNIT(u, nseg, S, C, off, len);
+        global const float *p = xc + off;
+        float8 a8 = (float8)(0.0f);
+        int s = 0;
+        for (; s + 8 <= len; s += 8) a8 += vload8(0, p + s) - k;
+        float sum = bn_hsum8(a8);
+        for (; s < len; s++) sum += p[s] - k;
+        float fl = (float)len, pm = sum / fl;
+        float8 q8 = (float8)(0.0f);
+        for (s = 0; s + 8 <= len; s += 8) {
+            float8 d = (vload8(0, p + s) - k) - pm;
+            q8 = fma(d, d, q8);
+        }
+        float q = bn_hsum8(q8);
+        for (; s < len; s++) {
+            float d = (p[s] - k) - pm;
+            q = fma(d, d, q);
+        }
+        float nc = cnt + fl, delta = pm - mu;
+        mu += delta * (fl / nc);
+        m2 += q + delta * delta * (cnt * fl / nc);
+        cnt = nc;
+    }
+    local float *sc = scr, *sm = scr + L, *sq = scr + 2 * L;
+    sc[lid] = cnt;
+    sm[lid] = mu;
+    sq[lid] = m2;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = L >> 1; h > 0; h >>= 1) {
+        if (lid < h && sc[lid + h] > 0.0f) {
+            float ca = sc[lid], cb = sc[lid + h], nc = ca + cb, delta = sm[lid + h] - sm[lid];
+            sm[lid] += delta * (cb / nc);
+            sq[lid] += sq[lid + h] + delta * delta * (ca * cb / nc);
+            sc[lid] = nc;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float M = (float)N * (float)S;
+    float mean = k + sm[0], var = sq[0] / M;
+    float rstd = 1.0f / sqrt(var + eps);
+    if (lid == 0) {
+        mean_out[moff + c] = mean;
+        rstd_out[roff + c] = rstd;
+        if (update) {
+            float unbiased = var * (M / (M - 1.0f));
+            int im = rmoff + c * rmstr, iv = rvoff + c * rvstr;
+            rm[im] = momentum * mean + (1.0f - momentum) * rm[im];
+            rv[iv] = momentum * unbiased + (1.0f - momentum) * rv[iv];
+        }
+    }
+    float sg = has_w ? rstd * w[woff + c] : rstd, bg = has_b ? b[boff + c] : 0.0f;
+    global float *yc = y + yoff + c * S;
+    for (int u = lid; u < units; u += L) {
+        BN_UNIT(u, nseg, S, C, off, len);
+        bn_affine_seg(xc + off, yc + off, len, mean, sg, bg);
+    }
+}
+
+/* Eval forward with the running statistics (norm_forward_eval's arguments for batch norm,
+ * with N, C, S): one work-item per unit of every channel, no reduction. */
+kernel void bn_forward_eval_planes(global const float *x, int xoff, global float *y, int yoff, int N, int C, int S,
+                                   int has_w, global const float *w, int woff, int has_b, global const float *b,
+                                   int boff, float eps, global float *mean_out, int moff, global float *rstd_out,
+                                   int roff, global const float *rm, int rmoff, int rmstr, global const float *rv,
+                                   int rvoff, int rvstr) {
+    int q = get_global_id(0), nseg = (S + BN_SEG - 1) / BN_SEG;
+    if (q >= N * C * nseg) return;
+    int j = q % nseg, nc = q / nseg, c = nc % C;
+    float mean = rm[rmoff + c * rmstr], rstd = 1.0f / sqrt(rv[rvoff + c * rvstr] + eps);
+    if (q < C * nseg && j == 0) { /* image 0's units: one per channel */
+        mean_out[moff + c] = mean;
+        rstd_out[roff + c] = rstd;
+    }
+    float sg = has_w ? rstd * w[woff + c] : rstd, bg = has_b ? b[boff + c] : 0.0f;
+    int off = nc * S + j * BN_SEG, len = min(BN_SEG, S - j * BN_SEG);
+    bn_affine_seg(x + xoff + off, y + yoff + off, len, mean, sg, bg);
+}
+
+/*
+ * Backward (norm_backward's arguments for batch norm, with N, C, S), channel
+ * get_group_id(0): A = sum dy and B = sum dy * xhat over the channel (to suma/sumb[c] when
+ * sums: the bias and weight gradients), then with need_dx
+ *   train: dx = scale * (dy - A / M - xhat * B / M),   eval: dx = scale * dy,
+ * scale = rstd * w[c] (or rstd). B is rstd * sum dy * (x - mean). scr holds 2L floats.
+ */
+kernel void bn_backward_planes(global const float *x, int xoff, global const float *dy, int dyoff, global float *dx,
+                               int dxoff, int N, int C, int S, int has_w, global const float *w, int woff,
+                               global const float *mean_in, int moff, global const float *rstd_in, int roff, int train,
+                               int need_dx, int sums, global float *suma, int aoff, global float *sumb, int boff,
+                               local float *scr) {
+    int c = get_group_id(0), L = get_local_size(0), lid = get_local_id(0);
+    int nseg = (S + BN_SEG - 1) / BN_SEG, units = N * nseg;
+    float mean = mean_in[moff + c], rstd = rstd_in[roff + c];
+    global const float *xc = x + xoff + c * S, *gc = dy + dyoff + c * S;
+    float ta = 0.0f, tb = 0.0f;
+    for (int u = lid; u < units; u += L) {
+        BN_UNIT(u, nseg, S, C, off, len);
+        global const float *p = xc + off, *g = gc + off;
+        float8 a8 = (float8)(0.0f), b8 = (float8)(0.0f);
+        int s = 0;
+        for (; s + 8 <= len; s += 8) {
+            float8 d = vload8(0, g + s);
+            a8 += d;
+            b8 = fma(d, vload8(0, p + s) - mean, b8);
+        }
+        float a = bn_hsum8(a8), bb = bn_hsum8(b8);
+        for (; s < len; s++) {
+            a += g[s];
+            bb = fma(g[s], p[s] - mean, bb);
+        }
+        ta += a;
+        tb += bb;
+    }
+    float2 AB = norm_group_sum2(scr, ta, tb);
+    AB.y *= rstd;
+    if (lid == 0 && sums) {
+        suma[aoff + c] = AB.x;
+        sumb[boff + c] = AB.y;
+    }
+    if (!need_dx) return;
+    float M = (float)N * (float)S;
+    float scale = has_w ? rstd * w[woff + c] : rstd, ma = AB.x / M, mb = AB.y / M * rstd;
+    global float *dc = dx + dxoff + c * S;
+    for (int u = lid; u < units; u += L) {
+        BN_UNIT(u, nseg, S, C, off, len);
+        global const float *p = xc + off, *g = gc + off;
+        global float *q = dc + off;
+        int s = 0;
+        if (train) {
+            for (; s + 8 <= len; s += 8) {
+                float8 v = vload8(0, g + s) - ma - (vload8(0, p + s) - mean) * mb;
+                vstore8(scale * v, 0, q + s);
+            }
+            for (; s < len; s++) q[s] = scale * (g[s] - ma - (p[s] - mean) * mb);
+        } else {
+            for (; s + 8 <= len; s += 8) vstore8(scale * vload8(0, g + s), 0, q + s);
+            for (; s < len; s++) q[s] = scale * g[s];
+        }
+    }
+}
+
 /* Layer norm's weight and bias gradients: one work-item per normalised element j of the
  * [R, D] layout, summing over the rows in order (partials of 32 rows, then their total,
  * so the rounding error grows with R / 32 + 32 rather than R). */

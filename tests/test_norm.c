@@ -1264,6 +1264,88 @@ static void test_running(kiln_ctx *ctx) {
     kiln_scope_end(ctx);
 }
 
+/*
+ * Batch norm of planes longer than one unit of the plane kernels (norm.cl's BN_SEG 1024:
+ * planes of 1100 floats are two segments, the second 76 long, not a multiple of the float8
+ * loads), data around 5, in training and eval: output, dx, dw and db against the closed
+ * forms in double (train: dx = w*rstd*(dy - mean(dy) - xhat*mean(dy*xhat)), eval: w*rstd*dy;
+ * dw = sum dy*xhat, db = sum dy). Forward bound as FWD_ATOL plus half an ulp of 5 in the
+ * float mean over the standard deviation 0.58; gradients as gc_check's (1e-5 of the largest
+ * magnitude, rtol 1e-5).
+ */
+static void test_bn_long_planes(kiln_ctx *ctx) {
+    const int64_t N = 3, C = 2, S = 1100, M = N * S, n = N * C * S;
+    for (int train = 1; train >= 0; train--) {
+        kiln_scope_begin(ctx);
+        float *xf = malloc(sizeof(float) * (size_t)n), *dyf = malloc(sizeof(float) * (size_t)n);
+        double *xd = malloc(sizeof(double) * (size_t)n), *dyd = malloc(sizeof(double) * (size_t)n);
+        double *yref = malloc(sizeof(double) * (size_t)n), *dxref = malloc(sizeof(double) * (size_t)n);
+        h_fill(xf, n, 4.0f, 6.0f);
+        h_fill(dyf, n, -1.0f, 1.0f);
+        for (int64_t i = 0; i < n; i++) xd[i] = xf[i], dyd[i] = dyf[i];
+        double wv[2] = {0.75, 1.25}, bv[2] = {0.5, -0.25}, rm[2] = {4.9, 5.1}, rv[2] = {0.3, 0.36};
+        double mean[2], var[2], dwref[2], dbref[2];
+        kiln_tensor *x = kiln_from_host(ctx, xf, KILN_F32, 3, (int64_t[]){N, C, S});
+        kiln_tensor *dy = kiln_from_host(ctx, dyf, KILN_F32, 3, (int64_t[]){N, C, S});
+        kiln_tensor *w = make_vec(ctx, wv, C, false, NULL), *b = make_vec(ctx, bv, C, false, NULL);
+        kiln_tensor *trm = make_vec(ctx, rm, C, false, NULL), *trv = make_vec(ctx, rv, C, false, NULL);
+        kiln_tensor_set_requires_grad(x, true);
+        kiln_tensor_set_requires_grad(w, true);
+        kiln_tensor_set_requires_grad(b, true);
+        kiln_tensor *y = kiln_batch_norm(ctx, x, trm, trv, w, b, train, 0.1f, 1e-5f);
+        bn_ref r = {N, C, S, train, true, true, 1e-5, rm, rv};
+        double *in[3] = {xd, wv, bv};
+        bn_forward_ref(&r, in, yref, mean, var);
+        for (int64_t c = 0; c < C; c++) {
+            double rs = 1.0 / sqrt(var[c] + 1e-5), A = 0, B = 0;
+            for (int64_t q = 0; q < N; q++)
+                for (int64_t j = 0; j < S; j++) {
+                    int64_t i = (q * C + c) * S + j;
+                    A += dyd[i];
+                    B += dyd[i] * (xd[i] - mean[c]) * rs;
+                }
+            dbref[c] = A;
+            dwref[c] = B;
+            for (int64_t q = 0; q < N; q++)
+                for (int64_t j = 0; j < S; j++) {
+                    int64_t i = (q * C + c) * S + j;
+                    double xh = (xd[i] - mean[c]) * rs;
+                    dxref[i] = wv[c] * rs * (train ? dyd[i] - A / (double)M - xh * B / (double)M : dyd[i]);
+                }
+        }
+        kiln_tensor *l = y ? kiln_sum(ctx, kiln_mul(ctx, y, dy), 0, NULL, false) : NULL;
+        CHECK(l && kiln_backward(l) == KILN_OK, "batch norm of long planes (%s): %s", train ? "train" : "eval",
+              kiln_error_message(ctx));
+        const char *what = train ? "kiln_batch_norm [3, 2, 1100], training" : "kiln_batch_norm [3, 2, 1100], eval";
+        float *got = y ? h_read(y) : NULL;
+        if (got) h_compare(what, got, yref, n, FWD_ATOL + 2.4e-7 / 0.58, FWD_RTOL);
+        free(got);
+        kiln_tensor *grads[3] = {kiln_tensor_grad(x), kiln_tensor_grad(w), kiln_tensor_grad(b)};
+        const double *refs[3] = {dxref, dwref, dbref};
+        const int64_t cnt[3] = {n, C, C};
+        static const char *const names[3] = {"dx", "dw", "db"};
+        for (int k = 0; k < 3; k++) {
+            CHECK(grads[k] != NULL, "%s: no %s", what, names[k]);
+            float *g = grads[k] ? h_read(grads[k]) : NULL;
+            double big = 0;
+            for (int64_t i = 0; i < cnt[k]; i++) big = fabs(refs[k][i]) > big ? fabs(refs[k][i]) : big;
+            char w2[128];
+            snprintf(w2, sizeof w2, "%s: %s", what, names[k]);
+            if (g) h_compare(w2, g, refs[k], cnt[k], 1e-5 * big, 1e-5);
+            free(g);
+        }
+        free(xf);
+        free(dyf);
+        free(xd);
+        free(dyd);
+        free(yref);
+        free(dxref);
+        CHECK_OK(ctx);
+        kiln_error_clear(ctx);
+        kiln_scope_end(ctx);
+    }
+}
+
 static void guarded(kiln_ctx *ctx, const char *name, void (*fn)(kiln_ctx *)) {
     kiln__set_guard(ctx, 67);
     kiln_scope_begin(ctx);
@@ -1277,8 +1359,8 @@ static void guarded(kiln_ctx *ctx, const char *name, void (*fn)(kiln_ctx *)) {
 
 static void run_all(kiln_ctx *ctx) {
     /* the batch/layer norm kernels in the layout the device picks, then forced to a
-     * work-item per group (1) and a work-group per group (2) */
-    for (int layout = 0; layout <= 2; layout++) {
+     * work-item per group (1), a work-group per group (2) and batch norm's plane kernels (3) */
+    for (int layout = 0; layout <= 3; layout++) {
         kiln__hooks_of(ctx)->norm_layout = layout;
         fprintf(stderr, "norm layout %d\n", layout);
         guarded(ctx, "batch norm forward", test_batch_norm_forward);
@@ -1286,6 +1368,7 @@ static void run_all(kiln_ctx *ctx) {
         guarded(ctx, "specials", test_norm_specials);
         guarded(ctx, "running statistics", test_running);
         guarded(ctx, "gradients", test_gradients);
+        guarded(ctx, "batch norm of long planes", test_bn_long_planes);
     }
     kiln__hooks_of(ctx)->norm_layout = 0;
     guarded(ctx, "dropout", test_dropout);

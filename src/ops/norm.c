@@ -53,7 +53,7 @@
 #define NORM_ROWS_MAX_M_GPU 256
 
 static bool rows_layout(const kiln_ctx *ctx, int64_t G, int64_t M) {
-    /* ctx->hooks.norm_layout 1 forces rows, 2 a work-group per group (tests cover both) */
+    /* ctx->hooks.norm_layout 1 forces rows, 2 (and 3) a work-group per group (tests cover all) */
     if (ctx->hooks.norm_layout) return ctx->hooks.norm_layout == 1;
     int64_t cu = ctx->info.compute_units ? (int64_t)ctx->info.compute_units : 1;
     if (ctx->info.type == KILN_DEVICE_CPU) return G >= NORM_ROWS_PER_CU * cu && M <= NORM_ROWS_MAX_M_CPU;
@@ -91,6 +91,52 @@ static kiln_status norm_launch(kiln_ctx *ctx, const char *op, const char *stem, 
     return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, kernel, nargs, a, (size_t)G * L, L);
 }
 
+/* Geometry of a group launch (norm.cl): G groups of N x S elements. */
+typedef struct norm_geom {
+    cl_int G, N, S, gstride, nstride;
+} norm_geom;
+
+/*
+ * Batch norm's plane kernels (norm.cl, bn_*_planes): a work-group per channel whose
+ * work-items read whole plane segments with vector loads. On CPUs they replace the group
+ * kernels for batch norm once planes hold BN_PLANES_MIN_S floats; ctx->hooks.norm_layout
+ * 3 forces them (1 and 2 force the group kernels). An empty batch keeps the group kernels,
+ * which still write the statistics the backward reads.
+ */
+#define BN_PLANES_MIN_S 16
+#define BN_PLANES_MAX_WG 4
+#define BN_SEG 1024 /* elements per unit of work, as norm.cl's BN_SEG */
+
+static bool bn_planes(const kiln_ctx *ctx, const norm_geom *g) {
+    if (g->N <= 0 || g->S <= 0) return false;
+    if (ctx->hooks.norm_layout) return ctx->hooks.norm_layout == 3;
+    return ctx->info.type == KILN_DEVICE_CPU && g->S >= BN_PLANES_MIN_S;
+}
+
+/* Launches the plane kernel `kernel` with the group kernel's nargs arguments, whose
+ * (N, S, gstride, nstride, wmode) at index `at` become (N, C, S): a work-group per channel
+ * with nlocal floats of local memory per work-item, or (nlocal 0: the eval forward) a
+ * work-item per plane segment. */
+static kiln_status bn_planes_launch(kiln_ctx *ctx, const char *op, const char *kernel, size_t nargs,
+                                    const kiln__karg *args, size_t at, const norm_geom *g, size_t nlocal) {
+    kiln__karg a[NORM_MAX_ARGS + 1];
+    size_t na = 0;
+    for (size_t i = 0; i < at; i++) a[na++] = args[i];
+    a[na++] = KILN__ARG(g->N);
+    a[na++] = KILN__ARG(g->G);
+    a[na++] = KILN__ARG(g->S);
+    for (size_t i = at + 5; i < nargs; i++) a[na++] = args[i];
+    if (nlocal == 0) {
+        size_t units = (size_t)g->N * (size_t)g->G * (size_t)((g->S + BN_SEG - 1) / BN_SEG);
+        return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, kernel, na, a, units, 0);
+    }
+    size_t L = 1;
+    kiln_status s = kiln__tree_wg(ctx, NORM_PROGRAM, NORM_OPTIONS, kernel, BN_PLANES_MAX_WG, &L);
+    if (s != KILN_OK) return s;
+    a[na++] = KILN__LOCAL(nlocal * L * sizeof(cl_float));
+    return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, kernel, na, a, (size_t)g->G * L, L);
+}
+
 static bool check_f32(kiln_ctx *ctx, const char *op, const char *what, const kiln_tensor *t) {
     if (t->dtype == KILN_F32) return true;
     char sb[160];
@@ -108,11 +154,6 @@ static kiln_tensor *contig(kiln_ctx *ctx, const char *op, kiln_tensor *t) {
 static void free_copy(kiln_tensor *t, kiln_tensor *orig) {
     if (t && t != orig) kiln_tensor_free(t);
 }
-
-/* Geometry of a group launch (norm.cl): G groups of N x S elements. */
-typedef struct norm_geom {
-    cl_int G, N, S, gstride, nstride;
-} norm_geom;
 
 /* ---- autograd node states --------------------------------------------------------------- */
 
@@ -175,7 +216,10 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
                              KILN__ARG(train),      KILN__ARG(need_dx),       KILN__ARG(sums),
                              KILN__ARG(am),         KILN__ARG(aoff),          KILN__ARG(bm),
                              KILN__ARG(boff)};
-        s = norm_launch(ctx, op, "norm_backward", sizeof args / sizeof args[0], args, g.G, (int64_t)g.N * g.S, 2);
+        if (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, &g))
+            s = bn_planes_launch(ctx, op, "bn_backward_planes", sizeof args / sizeof args[0], args, 6, &g, 2);
+        else
+            s = norm_launch(ctx, op, "norm_backward", sizeof args / sizeof args[0], args, g.G, (int64_t)g.N * g.S, 2);
         if (s != KILN_OK) goto done;
     }
     if (need_x) {
@@ -287,9 +331,14 @@ static kiln_tensor *norm_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
         args[na++] = KILN__ARG(rvm);
         args[na++] = KILN__ARG(rvoff);
         args[na++] = KILN__ARG(rvstr);
-        if (norm_launch(ctx, op, train ? "norm_forward" : "norm_forward_eval", na, args, g->G, (int64_t)g->N * g->S,
-                        train ? 1 : 0) != KILN_OK)
-            goto fail;
+        kiln_status ls;
+        if (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, g))
+            ls = bn_planes_launch(ctx, op, train ? "bn_forward_planes" : "bn_forward_eval_planes", na, args, 4, g,
+                                  train ? 3 : 0);
+        else
+            ls = norm_launch(ctx, op, train ? "norm_forward" : "norm_forward_eval", na, args, g->G,
+                             (int64_t)g->N * g->S, train ? 1 : 0);
+        if (ls != KILN_OK) goto fail;
     }
     kiln_tensor *in[3] = {x, w, b};
     if (kiln__grad_wanted(ctx, 3, in)) {
