@@ -7,6 +7,7 @@
  * saved here loads into it and back (tools/kiln_torch.py).
  *
  *   build/examples/cnn_fashion [--epochs N] [--batch N] [--lr X] [--optimizer sgd|adam] ...
+ *   mpirun -np 2 build/examples/cnn_fashion --distributed   # data-parallel, a shard per rank
  *   build/examples/cnn_fashion --load model.safetensors --epochs 0    # evaluate only
  *
  * The last line printed is "test_accuracy=0.XXXX".

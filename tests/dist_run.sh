@@ -8,8 +8,9 @@
 #             KILN_DIST_TIMEOUT (3 s) + a margin with the watchdog's message naming its
 #             rank, and rank 0's last checkpoint must load
 #   ckpt      a checkpoint saved under NP ranks resumes under 1 rank and under NP + 1
+#   exec PROGRAM ARGS...   runs PROGRAM ARGS under mpirun (the examples' --distributed)
 set -uo pipefail
-mpirun=$1 np=$2 exe=$3 mode=$4
+mpirun=$1 np=$2 exe=$3 mode=${4:-}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export POCL_CPU_MAX_CU_COUNT=1
 tmp=$(mktemp -d)
@@ -19,6 +20,11 @@ run() { # NP ARGS...: the job's exit status
   shift
   "$mpirun" --oversubscribe -np "$n" "$@"
 }
+if [ "$exe" = exec ]; then
+  shift 3
+  run "$np" "$@"
+  exit
+fi
 case "$mode" in
   fail)
     start=$(date +%s)

@@ -21,6 +21,9 @@
  *             others must fail in kiln_dist_sync_grads within the watchdog with a message
  *             naming their rank, print it as fail_message=..., check that the checkpoint
  *             rank 0 wrote after step 2 loads, and exit 1 (dist_run.sh checks the lines).
+ *   fit       kiln_fit with dist on a separable two-class shard per rank, validation and
+ *             patience 1: the epoch figures, the early-stopping verdict and the weights agree
+ *             on every rank; metrics_csv and plot_path are written by rank 0 only.
  *   ckpt-save / ckpt-load  two steps under one world size, rank 0 saves a checkpoint
  *             (kiln_checkpoint_save, atomic); a run under another world size loads it on
  *             rank 0 only, kiln_dist_broadcast_model, and every rank's parameters must be
@@ -354,9 +357,72 @@ static void mode_ckpt(kiln_ctx *ctx, bool save, const char *path) {
     kiln_module_free(net);
 }
 
+/* kiln_fit with dist: two Gaussian-ish blobs, each rank's shard of 40 samples; the figures,
+ * the early-stopping verdict and the weights must agree on every rank, and only rank 0
+ * writes files. */
+static void mode_fit(kiln_ctx *ctx, const char *dir) {
+    enum { NS = 40, EPOCHS = 4 };
+    float x[NS * 2];
+    int32_t y[NS];
+    for (int i = 0; i < NS; i++) {
+        y[i] = i % 2;
+        x[2 * i] = (y[i] ? 1.0f : -1.0f) + 0.3f * (float)((i * 37) % 11 - 5) / 5;
+        x[2 * i + 1] = 0.5f * (float)((i * 13) % 7 - 3) / 3;
+    }
+    kiln_dataset *ds = kiln_dataset_from_host(x, y, NS, 1, (int64_t[]){2}, 2);
+    kiln_loader_opts lo = kiln_loader_defaults();
+    lo.batch_size = 4, lo.shuffle = true, lo.seed = 3, lo.sync = true, lo.shard_rank = R, lo.shard_count = N;
+    kiln_loader *tl = kiln_loader_new(ctx, ds, &lo);
+    lo.shard_rank = 0, lo.shard_count = 1, lo.shuffle = false;
+    kiln_loader *vl = kiln_loader_new(ctx, ds, &lo);
+    kiln_manual_seed(ctx, 21 + (uint64_t)R);
+    kiln_module *net = kiln_nn_linear(ctx, 2, 2, true);
+    kiln_dist_model *dm = kiln_dist_wrap(net, NULL);
+    kiln_optim *opt = make_sgd(ctx, net);
+    CHECK(tl && vl && net && dm && opt, "setup: %s", kiln_error_message(ctx));
+    if (!tl || !vl || !dm || !opt) return;
+    char csv[512], plot[512];
+    snprintf(csv, sizeof csv, "%s/fit_rank%d.csv", dir, R);
+    snprintf(plot, sizeof plot, "%s/fit_rank%d.svg", dir, R);
+    remove(csv), remove(plot);
+    kiln_epoch_stats hist[EPOCHS];
+    kiln_fit_opts fo = kiln_fit_defaults();
+    fo.epochs = EPOCHS, fo.train = tl, fo.val = vl, fo.opt = opt, fo.dist = dm;
+    fo.patience = 1, fo.monitor = KILN_MONITOR_VAL_LOSS, fo.metrics_csv = csv, fo.plot_path = plot;
+    fo.history = hist, fo.history_cap = EPOCHS;
+    kiln_fit_result r;
+    CHECK(kiln_fit(net, &fo, &r) == KILN_OK, "fit: %s", kiln_error_message(ctx));
+    double v[4] = {hist[0].train_loss, hist[0].val_loss, r.epochs_run, r.stopped_early};
+    double mx[4], mn[4];
+    memcpy(mx, v, sizeof v), memcpy(mn, v, sizeof v);
+    kiln_dist_allreduce_f64(mx, 4, KILN_DIST_MAX);
+    kiln_dist_allreduce_f64(mn, 4, KILN_DIST_MIN);
+    CHECK(memcmp(mx, mn, sizeof mx) == 0,
+          "rank %d: train loss %g, val loss %g, %g epochs, stopped %g differ between ranks", R, v[0], v[1], v[2], v[3]);
+    CHECK(hist[0].val_accuracy > 0.9, "val accuracy %g", hist[0].val_accuracy);
+    float w[6];
+    flat_params(net, w, 6);
+    CHECK(same_as_rank0(w, 6), "rank %d: weights differ after kiln_fit", R);
+    FILE *f = fopen(csv, "r");
+    CHECK((f != NULL) == (R == 0), "rank %d: metrics_csv %s", R, f ? "written" : "missing");
+    if (f) fclose(f);
+    f = fopen(plot, "r");
+    CHECK((f != NULL) == (R == 0), "rank %d: plot %s", R, f ? "written" : "missing");
+    if (f) fclose(f);
+    if (R == 0)
+        printf("fit ranks=%d epochs_run=%d stopped_early=%d train_loss=%.4f val_loss=%.4f val_accuracy=%.3f\n", N,
+               r.epochs_run, r.stopped_early, hist[0].train_loss, hist[0].val_loss, hist[0].val_accuracy);
+    remove(csv), remove(plot);
+    kiln_optim_free(opt);
+    kiln_dist_model_free(dm);
+    kiln_module_free(net);
+    kiln_loader_free(tl), kiln_loader_free(vl);
+    kiln_dataset_free(ds);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: test_dist equiv|sampler|collect|fail CKPT|ckpt-save PATH|ckpt-load PATH\n");
+        fprintf(stderr, "usage: test_dist equiv|sampler|collect|fit|fail CKPT|ckpt-save PATH|ckpt-load PATH\n");
         return 2;
     }
     if (!kiln_dist_available()) {
@@ -382,6 +448,8 @@ int main(int argc, char **argv) {
         mode_sampler(ctx);
     else if (!strcmp(m, "collect"))
         mode_collect(ctx);
+    else if (!strcmp(m, "fit"))
+        mode_fit(ctx, getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     else if (!strcmp(m, "fail") && argc > 2)
         mode_fail(ctx, argv[2]);
     else if (!strncmp(m, "ckpt-", 5) && argc > 2)
