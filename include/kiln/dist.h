@@ -122,10 +122,13 @@ typedef struct kiln_dist_stats {
     int buckets;             /* buckets per step */
     int64_t params;          /* trainable parameters (elements) reduced each step */
     uint64_t bytes_per_step; /* gradient bytes each rank all-reduces per step */
-    double wait_ms;          /* total time kiln_dist_sync_grads waited: the communication the
-                                backward did not hide (and the last reads back) */
+    double wait_ms;          /* total time kiln_dist_sync_grads waited: for the device to finish
+                                the backward and the reads back, then for the all-reduces */
     double last_wait_ms;     /* the last step's */
-    int64_t buckets_early;   /* buckets whose all-reduce started during a backward */
+    double comm_wait_ms;     /* the part of wait_ms after the last bucket was posted: the
+                                communication that the backward did not hide */
+    double last_comm_wait_ms;
+    int64_t buckets_early; /* buckets whose all-reduce started during a backward */
 } kiln_dist_stats;
 KILN_API kiln_status kiln_dist_model_stats(const kiln_dist_model *dm, kiln_dist_stats *out);
 

@@ -528,11 +528,12 @@ kiln_status kiln_dist_sync_grads(kiln_dist_model *dm) {
         b->nready++;
     }
     const double limit = timeout_s();
-    double last = kiln__now_ms();
+    double last = kiln__now_ms(), all_posted = -1;
     int finished = 0;
     for (long spin = 0; s == KILN_OK && finished < dm->nb; spin++) {
         s = progress(dm);
         if (s != KILN_OK) break;
+        if (all_posted < 0 && dm->next_post == dm->nb) all_posted = kiln__now_ms();
         bool moved = false;
         for (int k = 0; k < dm->next_post && s == KILN_OK; k++) {
             dbucket *b = &dm->b[k];
@@ -611,11 +612,13 @@ kiln_status kiln_dist_sync_grads(kiln_dist_model *dm) {
         }
     }
     dm->in_sync = false;
-    double waited = kiln__now_ms() - t0;
+    const double t1 = kiln__now_ms(), waited = t1 - t0, comm = all_posted < 0 ? 0 : t1 - all_posted;
     if (s == KILN_OK) {
         dm->st.steps++;
         dm->st.last_wait_ms = waited;
         dm->st.wait_ms += waited;
+        dm->st.last_comm_wait_ms = comm;
+        dm->st.comm_wait_ms += comm;
         dm->step++;
         reset_step(dm);
     }
