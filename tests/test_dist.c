@@ -21,6 +21,8 @@
  *             others must fail in kiln_dist_sync_grads within the watchdog with a message
  *             naming their rank, print it as fail_message=..., check that the checkpoint
  *             rank 0 wrote after step 2 loads, and exit 1 (dist_run.sh checks the lines).
+ *   syncbn    kiln_dist_opts.sync_batchnorm against one BatchNorm2d over the whole batch
+ *             (outputs, input and parameter gradients, running statistics; two steps).
  *   fit       kiln_fit with dist on a separable two-class shard per rank, validation and
  *             patience 1: the epoch figures, the early-stopping verdict and the weights agree
  *             on every rank; metrics_csv and plot_path are written by rank 0 only.
@@ -357,6 +359,98 @@ static void mode_ckpt(kiln_ctx *ctx, bool save, const char *path) {
     kiln_module_free(net);
 }
 
+/* SyncBatchNorm: each rank's slice of one batch through a wrapped BatchNorm2d with
+ * sync_batchnorm against one BatchNorm2d over the whole batch (two training steps' worth
+ * of forward and backward): outputs, input gradients, the parameters' gradients (the
+ * wrapper averages them over the ranks, so N times them is the whole batch's) and the
+ * running statistics. Tolerance 2e-5 + 2e-4 * |ref|: SyncBatchNorm's variance is
+ * E[x^2] - mean^2 from sums, kiln_batch_norm's a two-pass one. */
+static double worst_rel(const float *got, const float *ref, int64_t n, float scale) {
+    double w = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] * scale - ref[i]) / (2e-5 + 2e-4 * fabs((double)ref[i]));
+        if (d > w) w = d;
+    }
+    return w;
+}
+
+static void clear_grads(kiln_module *m) {
+    kiln_tensor *p[8];
+    int n = kiln_module_parameters(m, p, 8);
+    for (int i = 0; i < n; i++) kiln_tensor_clear_grad(p[i]);
+}
+
+static void mode_syncbn(kiln_ctx *ctx) {
+    enum { B = 2, C = 3, H = 4, W = 5, STEPS = 2 };
+    const int64_t per = (int64_t)B * C * H * W, all = per * N;
+    float *X = malloc(sizeof(float) * (size_t)all), *G = malloc(sizeof(float) * (size_t)all);
+    float *h = malloc(sizeof(float) * (size_t)all), *r = malloc(sizeof(float) * (size_t)all);
+    const float wv[C] = {0.5f, 1.5f, -1.0f}, bv[C] = {0.1f, -0.2f, 0.3f};
+    kiln_module *ref = kiln_nn_batchnorm2d(ctx, C, 1e-5f, 0.1f), *bn = kiln_nn_batchnorm2d(ctx, C, 1e-5f, 0.1f);
+    kiln_copy_from_host(kiln_module_find(ref, "weight"), wv, sizeof wv);
+    kiln_copy_from_host(kiln_module_find(ref, "bias"), bv, sizeof bv);
+    kiln_copy_from_host(kiln_module_find(bn, "weight"), wv, sizeof wv);
+    kiln_copy_from_host(kiln_module_find(bn, "bias"), bv, sizeof bv);
+    kiln_dist_model *dm = kiln_dist_wrap(bn, &(kiln_dist_opts){.sync_batchnorm = true});
+    CHECK(dm, "wrap: %s", kiln_error_message(ctx));
+    if (!dm) return;
+    kiln_dist_stats st;
+    kiln_dist_model_stats(dm, &st);
+    CHECK(st.sync_batchnorms == 1, "%d batch norms synchronised", st.sync_batchnorms);
+    double worst = 0;
+    for (int s = 0; s < STEPS; s++) {
+        uint64_t q = 99 + (uint64_t)s;
+        for (int64_t i = 0; i < all; i++) {
+            q = q * 6364136223846793005ULL + 1442695040888963407ULL;
+            X[i] = 2.0f * (float)((q >> 40) & 0xffff) / 65536.0f + (float)(i % 3) - 1.0f;
+            G[i] = (float)((i * 7) % 11) / 11.0f - 0.4f;
+        }
+        kiln_scope_begin(ctx);
+        kiln_tensor *xr = kiln_from_host(ctx, X, KILN_F32, 4, (int64_t[]){N * B, C, H, W});
+        kiln_tensor *gr = kiln_from_host(ctx, G, KILN_F32, 4, (int64_t[]){N * B, C, H, W});
+        kiln_tensor *x = kiln_from_host(ctx, X + R * per, KILN_F32, 4, (int64_t[]){B, C, H, W});
+        kiln_tensor *g = kiln_from_host(ctx, G + R * per, KILN_F32, 4, (int64_t[]){B, C, H, W});
+        kiln_tensor_set_requires_grad(xr, true);
+        kiln_tensor_set_requires_grad(x, true);
+        clear_grads(ref), clear_grads(bn);
+        kiln_tensor *yr = kiln_forward(ref, xr), *y = kiln_forward(bn, x);
+        CHECK(y && yr, "forward: %s", kiln_error_message(ctx));
+        if (!y || !yr) {
+            kiln_scope_end(ctx);
+            break;
+        }
+        CHECK(kiln_backward(kiln_sum(ctx, kiln_mul(ctx, yr, gr), 0, NULL, false)) == KILN_OK, "ref backward: %s",
+              kiln_error_message(ctx));
+        CHECK(kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, g), 0, NULL, false)) == KILN_OK, "backward: %s",
+              kiln_error_message(ctx));
+        CHECK(kiln_dist_sync_grads(dm) == KILN_OK, "sync: %s", kiln_error_message(ctx));
+        kiln_to_host(yr, r, sizeof(float) * (size_t)all), kiln_to_host(y, h, sizeof(float) * (size_t)per);
+        double wy = worst_rel(h, r + R * per, per, 1);
+        kiln_to_host(kiln_tensor_grad(xr), r, sizeof(float) * (size_t)all);
+        kiln_to_host(kiln_tensor_grad(x), h, sizeof(float) * (size_t)per);
+        double wx = worst_rel(h, r + R * per, per, 1);
+        double wp = 0, wr = 0;
+        const char *pn[2] = {"weight", "bias"}, *bn_[2] = {"running_mean", "running_var"};
+        for (int k = 0; k < 2; k++) {
+            kiln_to_host(kiln_tensor_grad(kiln_module_find(ref, pn[k])), r, sizeof(float) * C);
+            kiln_to_host(kiln_tensor_grad(kiln_module_find(bn, pn[k])), h, sizeof(float) * C);
+            wp = fmax(wp, worst_rel(h, r, C, (float)N));
+            kiln_to_host(kiln_module_find(ref, bn_[k]), r, sizeof(float) * C);
+            kiln_to_host(kiln_module_find(bn, bn_[k]), h, sizeof(float) * C);
+            wr = fmax(wr, worst_rel(h, r, C, 1));
+        }
+        CHECK(wy <= 1 && wx <= 1 && wp <= 1 && wr <= 1,
+              "rank %d step %d: worst / tolerance: output %.3g, input grad %.3g, param grads %.3g, running stats %.3g",
+              R, s, wy, wx, wp, wr);
+        worst = fmax(worst, fmax(fmax(wy, wx), fmax(wp, wr)));
+        kiln_scope_end(ctx);
+    }
+    if (R == 0) printf("syncbn ranks=%d batch=%dx%d worst_vs_tol=%.3f\n", N, N, B, worst);
+    kiln_dist_model_free(dm);
+    kiln_module_free(ref), kiln_module_free(bn);
+    free(X), free(G), free(h), free(r);
+}
+
 /* kiln_fit with dist: two Gaussian-ish blobs, each rank's shard of 40 samples; the figures,
  * the early-stopping verdict and the weights must agree on every rank, and only rank 0
  * writes files. */
@@ -422,7 +516,7 @@ static void mode_fit(kiln_ctx *ctx, const char *dir) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: test_dist equiv|sampler|collect|fit|fail CKPT|ckpt-save PATH|ckpt-load PATH\n");
+        fprintf(stderr, "usage: test_dist equiv|sampler|collect|syncbn|fit|fail CKPT|ckpt-save PATH|ckpt-load PATH\n");
         return 2;
     }
     if (!kiln_dist_available()) {
@@ -448,6 +542,8 @@ int main(int argc, char **argv) {
         mode_sampler(ctx);
     else if (!strcmp(m, "collect"))
         mode_collect(ctx);
+    else if (!strcmp(m, "syncbn"))
+        mode_syncbn(ctx);
     else if (!strcmp(m, "fit"))
         mode_fit(ctx, getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     else if (!strcmp(m, "fail") && argc > 2)

@@ -100,7 +100,12 @@ typedef struct kiln_dist_model kiln_dist_model;
 typedef struct kiln_dist_opts {
     size_t bucket_bytes; /* gradient bytes per bucket (torch's bucket_cap_mb); 0: 25 MiB */
     bool no_broadcast;   /* skip the broadcast of rank 0's parameters and buffers at wrap */
-    bool sync_batchnorm; /* batch norm layers reduce their batch statistics across ranks */
+    bool sync_batchnorm; /* SyncBatchNorm: in training, every batch norm layer of the model
+                            normalises with the mean and variance of all ranks' batches
+                            together (summed across ranks in the forward and, for the
+                            gradients, in the backward) and keeps those as its running
+                            statistics, as torch.nn.SyncBatchNorm; eval is unchanged.
+                            Off: per-rank statistics (DDP's default) */
 } kiln_dist_opts;
 
 /* Wraps m (which stays the caller's; free the wrapper first): broadcasts rank 0's
@@ -129,6 +134,7 @@ typedef struct kiln_dist_stats {
                                 communication that the backward did not hide */
     double last_comm_wait_ms;
     int64_t buckets_early; /* buckets whose all-reduce started during a backward */
+    int sync_batchnorms;   /* batch norm layers whose statistics are reduced (sync_batchnorm) */
 } kiln_dist_stats;
 KILN_API kiln_status kiln_dist_model_stats(const kiln_dist_model *dm, kiln_dist_stats *out);
 

@@ -129,6 +129,9 @@ static struct {
     bool we_init; /* kiln called MPI_Init (and so calls MPI_Finalize) */
     bool broken;  /* a collective failed or timed out: the communicator is unusable */
     MPI_Comm comm;
+    /* SyncBatchNorm's blocking sums, apart: the bucket all-reduces on comm start whenever
+     * reads finish, so no other collective may share their order */
+    MPI_Comm bn_comm;
     int rank, size, local_rank, local_size;
 } W = {.size = 1, .local_size = 1};
 
@@ -160,6 +163,7 @@ kiln_status kiln_dist_init(int *argc, char ***argv) {
     MPI_Comm local;
     e = MPI_Comm_dup(MPI_COMM_WORLD, &W.comm);
     if (e == MPI_SUCCESS) e = MPI_Comm_set_errhandler(W.comm, MPI_ERRORS_RETURN);
+    if (e == MPI_SUCCESS) e = MPI_Comm_dup(W.comm, &W.bn_comm); /* inherits MPI_ERRORS_RETURN */
     if (e == MPI_SUCCESS) e = MPI_Comm_rank(W.comm, &W.rank);
     if (e == MPI_SUCCESS) e = MPI_Comm_size(W.comm, &W.size);
     if (e == MPI_SUCCESS) e = MPI_Comm_split_type(W.comm, MPI_COMM_TYPE_SHARED, W.rank, MPI_INFO_NULL, &local);
@@ -183,6 +187,7 @@ kiln_status kiln_dist_finalize(void) {
     /* After a failed collective the lost rank never answers: freeing the communicator or
      * MPI_Finalize would wait for it. The program exits and mpirun ends the job. */
     if (W.broken) return KILN_OK;
+    MPI_Comm_free(&W.bn_comm);
     MPI_Comm_free(&W.comm);
     if (W.we_init) {
         int e = MPI_Finalize();
@@ -328,6 +333,56 @@ kiln_status kiln_dist_barrier(void) {
     if (s != KILN_OK) return s;
     POST_AND_WAIT(NULL, fn, "the barrier", MPI_Ibarrier(W.comm, &rq_));
     return KILN_OK;
+}
+
+/* ---- SyncBatchNorm ------------------------------------------------------------------------- */
+
+/* t summed over the ranks (blocking, on bn_comm), as a new tensor of t's shape. */
+static kiln_tensor *host_sum(kiln_ctx *ctx, const char *op, kiln_tensor *t) {
+    int64_t n = kiln_tensor_numel(t);
+    float *h = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    if (!h) return dfail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", op), NULL;
+    kiln_tensor *out = NULL;
+    MPI_Request rq;
+    char eb[MPI_MAX_ERROR_STRING];
+    if (kiln_to_host(t, h, sizeof(float) * (size_t)n) == KILN_OK) {
+        int e = MPI_Iallreduce(MPI_IN_PLACE, h, (int)n, MPI_FLOAT, MPI_SUM, W.bn_comm, &rq);
+        if (e != MPI_SUCCESS) {
+            W.broken = true;
+            dfail(ctx, KILN_ERR_UNSUPPORTED, "%s: rank %d of %d: posting the all-reduce failed: %s", op, W.rank, W.size,
+                  mpi_err(e, eb));
+        } else if (wait_req(ctx, op, "the all-reduce of the batch statistics", &rq) == KILN_OK) {
+            out = kiln_from_host(ctx, h, KILN_F32, t->ndim, t->shape);
+        }
+    }
+    free(h);
+    return out;
+}
+
+/* The sum over the ranks is linear: its backward sums the gradients over the ranks. */
+static kiln_status sync_sum_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
+    kiln_tensor *g = host_sum(ctx, "SyncBatchNorm (backward)", gout);
+    return g ? kiln__grad_add(ctx, n, 0, g, true) : ctx->err;
+}
+
+/* batch norm's sync_sum hook (kiln__bn_set_sync); user is the context. */
+static kiln_tensor *sync_sum(void *user, kiln_tensor *t) {
+    kiln_ctx *ctx = user;
+    if (!t || need_world(ctx, "SyncBatchNorm") != KILN_OK) return NULL;
+    bool want = kiln__grad_wanted(ctx, 1, &t);
+    kiln_tensor *out = host_sum(ctx, "SyncBatchNorm (forward)", t);
+    if (out && want && !kiln__node_new(ctx, "SyncBatchNorm", out, 1, &t, sync_sum_backward)) {
+        kiln_tensor_free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* Every batch norm module of m gets fn (NULL: none); returns how many. */
+static int set_sync_bn(kiln_module *m, kiln_tensor *(*fn)(void *, kiln_tensor *), void *user) {
+    int n = kiln__bn_set_sync(m, fn, user);
+    for (int i = 0; i < kiln_module_num_children(m); i++) n += set_sync_bn(kiln_module_child(m, i), fn, user);
+    return n;
 }
 
 /* ---- wrapped models ------------------------------------------------------------------------ */
@@ -665,6 +720,7 @@ kiln_status kiln_dist_broadcast_model(kiln_dist_model *dm) {
 void kiln_dist_model_free(kiln_dist_model *dm) {
     if (!dm) return;
     if (dm->ctx && dm->ctx->grad_ready_user == dm) kiln__set_grad_ready(dm->ctx, NULL, NULL);
+    if (dm->m && dm->o.sync_batchnorm) set_sync_bn(dm->m, NULL, NULL);
     /* reads or writes still queued target the host buffers: let them finish first */
     bool queued = false;
     for (int i = 0; i < dm->np; i++) queued = queued || dm->p[i].ev;
@@ -734,10 +790,6 @@ kiln_dist_model *kiln_dist_wrap(kiln_module *m, const kiln_dist_opts *opts) {
     }
     kiln_dist_opts o = opts ? *opts : (kiln_dist_opts){0};
     if (o.bucket_bytes == 0) o.bucket_bytes = DEFAULT_BUCKET_BYTES;
-    if (o.sync_batchnorm) {
-        dfail(ctx, KILN_ERR_UNSUPPORTED, "%s: sync_batchnorm is not implemented yet", fn);
-        return NULL;
-    }
     kiln_dist_model *dm = calloc(1, sizeof *dm);
     int n = kiln_module_parameters(m, NULL, 0);
     kiln_tensor **all = calloc((size_t)(n > 0 ? n : 1), sizeof *all);
@@ -788,6 +840,7 @@ kiln_dist_model *kiln_dist_wrap(kiln_module *m, const kiln_dist_opts *opts) {
         return NULL;
     }
     kiln__set_grad_ready(ctx, on_grad_ready, dm);
+    if (o.sync_batchnorm) dm->st.sync_batchnorms = set_sync_bn(m, sync_sum, ctx);
     return dm;
 oom:
     free(all);
