@@ -21,6 +21,8 @@
  *             others must fail in kiln_dist_sync_grads within the watchdog with a message
  *             naming their rank, print it as fail_message=..., check that the checkpoint
  *             rank 0 wrote after step 2 loads, and exit 1 (dist_run.sh checks the lines).
+ *   order     two wrapped models synchronised in another order on rank 0: every rank fails
+ *             with the header mismatch naming each rank's model and step.
  *   syncbn    kiln_dist_opts.sync_batchnorm against one BatchNorm2d over the whole batch
  *             (outputs, input and parameter gradients, running statistics; two steps).
  *   fit       kiln_fit with dist on a separable two-class shard per rank, validation and
@@ -451,6 +453,51 @@ static void mode_syncbn(kiln_ctx *ctx) {
     free(X), free(G), free(h), free(r);
 }
 
+/* Two wrapped models (two contexts) whose backwards and syncs run in another order on rank 0
+ * than on the others: the bucket header catches it on every rank, naming each rank's model
+ * and step. */
+static void mode_order(kiln_ctx *ctx, const char *spec) {
+    enum { B = 2 };
+    kiln_ctx *ctx2;
+    CHECK(kiln_open(&ctx2, spec) == KILN_OK, "second context: %s", kiln_last_error());
+    kiln_module *a = make_net(ctx, 1, 8), *b = make_net(ctx2, 1, 8);
+    kiln_dist_model *da = kiln_dist_wrap(a, NULL), *db = kiln_dist_wrap(b, NULL);
+    kiln_optim *oa = make_sgd(ctx, a), *ob = make_sgd(ctx2, b);
+    CHECK(da && db && oa && ob, "wrap: %s / %s", kiln_error_message(ctx), kiln_error_message(ctx2));
+    float x[B * D_IN * D_IN];
+    int32_t y[B];
+    step_data(0, B, x, y);
+    kiln_ctx *cs[2] = {ctx, ctx2};
+    kiln_module *ms[2] = {a, b};
+    kiln_optim *os[2] = {oa, ob};
+    /* rank 0 runs (and so posts) a then b; the others b then a */
+    for (int k = 0; k < 2; k++) {
+        int i = R == 0 ? k : 1 - k;
+        kiln_scope_begin(cs[i]);
+        kiln_tensor *tx = kiln_from_host(cs[i], x, KILN_F32, 4, (int64_t[]){B, 1, D_IN, D_IN});
+        kiln_tensor *ty = kiln_from_host(cs[i], y, KILN_I32, 1, (int64_t[]){B});
+        kiln_optim_zero_grad(os[i]);
+        CHECK(kiln_backward(kiln_cross_entropy(cs[i], kiln_forward(ms[i], tx), ty, KILN_MEAN)) == KILN_OK,
+              "backward: %s", kiln_error_message(cs[i]));
+        kiln_scope_end(cs[i]);
+    }
+    kiln_dist_model *first = R == 0 ? da : db;
+    kiln_ctx *fctx = R == 0 ? ctx : ctx2;
+    kiln_status st = kiln_dist_sync_grads(first);
+    char want[128];
+    snprintf(want, sizeof want, "rank 0: model 1, step 0, bucket 0 of %d values; rank 1: model 2, step 0",
+             27 + 3 + 48 * 8 + 8 + 8 * NCLS + NCLS);
+    CHECK(st == KILN_ERR_INVALID_ARGUMENT && strstr(kiln_error_message(fctx), "collective order mismatch") &&
+              strstr(kiln_error_message(fctx), want),
+          "rank %d: %s", R, kiln_error_message(fctx));
+    if (R == 0) printf("order ranks=%d message=%s\n", N, kiln_error_message(fctx));
+    kiln_error_clear(fctx);
+    kiln_optim_free(oa), kiln_optim_free(ob);
+    kiln_dist_model_free(da), kiln_dist_model_free(db);
+    kiln_module_free(a), kiln_module_free(b);
+    kiln_close(ctx2);
+}
+
 /* kiln_fit with dist: two Gaussian-ish blobs, each rank's shard of 40 samples; the figures,
  * the early-stopping verdict and the weights must agree on every rank, and only rank 0
  * writes files. */
@@ -516,7 +563,8 @@ static void mode_fit(kiln_ctx *ctx, const char *dir) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: test_dist equiv|sampler|collect|syncbn|fit|fail CKPT|ckpt-save PATH|ckpt-load PATH\n");
+        fprintf(stderr,
+                "usage: test_dist equiv|sampler|collect|order|syncbn|fit|fail CKPT|ckpt-save PATH|ckpt-load PATH\n");
         return 2;
     }
     if (!kiln_dist_available()) {
@@ -542,6 +590,8 @@ int main(int argc, char **argv) {
         mode_sampler(ctx);
     else if (!strcmp(m, "collect"))
         mode_collect(ctx);
+    else if (!strcmp(m, "order"))
+        mode_order(ctx, kiln_dist_device(spec, sizeof spec));
     else if (!strcmp(m, "syncbn"))
         mode_syncbn(ctx);
     else if (!strcmp(m, "fit"))

@@ -28,8 +28,9 @@
  *
  * Agreement. Every rank must wrap the same model (kiln_dist_wrap compares the bucket plans
  * and names the ranks that differ) and run the same number of steps (the distributed
- * sampler pads shards to equal lengths). A small header travels with each bucket (step,
- * bucket, size); ranks that disagree fail with both values named instead of mixing steps.
+ * sampler pads shards to equal lengths). A small header travels with each bucket (model:
+ * the wraps' order, step, bucket, size); ranks that disagree fail with every rank's header
+ * named instead of mixing models or steps.
  *
  * Failure. kiln's communicator returns MPI errors instead of aborting, and every wait polls
  * with a deadline (timeout_s, default KILN_DIST_TIMEOUT or 300 s): a rank that died, hung

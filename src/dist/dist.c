@@ -403,7 +403,7 @@ typedef struct dbucket {
     float *host;
     int nready, state;
     MPI_Request hreq, req;
-    int64_t hdr[6]; /* step, bucket, numel and their negatives, reduced with MAX */
+    int64_t hdr[8]; /* model, step, bucket, numel and their negatives, reduced with MAX */
 } dbucket;
 
 typedef struct pindex {
@@ -420,6 +420,7 @@ struct kiln_dist_model {
     pindex *by_ptr;
     dbucket *b;
     int next_post; /* the next bucket to post */
+    int64_t id;    /* 1 + the wraps before it in this process: the same on every rank */
     bool in_sync;  /* false while the backward's hook drives progress */
     int64_t step;  /* kiln_dist_sync_grads calls so far */
     kiln_dist_stats st;
@@ -447,9 +448,9 @@ static kiln_status post_bucket(kiln_dist_model *dm, int k) {
     static const char *fn = "kiln_dist_sync_grads";
     dbucket *b = &dm->b[k];
     char eb[MPI_MAX_ERROR_STRING];
-    int64_t v[3] = {dm->step, k, b->numel};
-    for (int j = 0; j < 3; j++) b->hdr[j] = v[j], b->hdr[3 + j] = -v[j];
-    int e = MPI_Iallreduce(MPI_IN_PLACE, b->hdr, 6, MPI_INT64_T, MPI_MAX, W.comm, &b->hreq);
+    int64_t v[4] = {dm->id, dm->step, k, b->numel};
+    for (int j = 0; j < 4; j++) b->hdr[j] = v[j], b->hdr[4 + j] = -v[j];
+    int e = MPI_Iallreduce(MPI_IN_PLACE, b->hdr, 8, MPI_INT64_T, MPI_MAX, W.comm, &b->hreq);
     if (e == MPI_SUCCESS) e = MPI_Iallreduce(MPI_IN_PLACE, b->host, (int)b->numel, MPI_FLOAT, MPI_SUM, W.comm, &b->req);
     if (e != MPI_SUCCESS) {
         W.broken = true;
@@ -527,25 +528,27 @@ static kiln_status check_header(kiln_dist_model *dm, int k) {
     static const char *fn = "kiln_dist_sync_grads";
     dbucket *b = &dm->b[k];
     bool same = true;
-    for (int j = 0; j < 3; j++) same = same && b->hdr[j] == -b->hdr[3 + j];
+    for (int j = 0; j < 4; j++) same = same && b->hdr[j] == -b->hdr[4 + j];
     if (same) return KILN_OK;
     /* every rank sees the same reduced header, so every rank gathers: name who differs */
-    int64_t mine[3] = {dm->step, k, b->numel}, *all = malloc(sizeof(int64_t) * 3 * (size_t)W.size);
+    int64_t mine[4] = {dm->id, dm->step, k, b->numel}, *all = malloc(sizeof(int64_t) * 4 * (size_t)W.size);
     if (!all) return dfail(dm->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", fn);
     MPI_Request rq;
-    int e = MPI_Iallgather(mine, 3, MPI_INT64_T, all, 3, MPI_INT64_T, W.comm, &rq);
-    kiln_status s =
-        e == MPI_SUCCESS ? wait_req(dm->ctx, fn, "gathering the collective headers", &rq) : KILN_ERR_UNSUPPORTED;
+    int e = MPI_Iallgather(mine, 4, MPI_INT64_T, all, 4, MPI_INT64_T, W.comm, &rq);
+    kiln_status s = e == MPI_SUCCESS ? wait_req(dm->ctx, fn, "gathering the collective headers", &rq)
+                                     : dfail(dm->ctx, KILN_ERR_UNSUPPORTED, "%s: posting the gather failed", fn);
     char list[512] = "";
     if (s == KILN_OK) {
         size_t at = 0;
-        for (int r = 0; r < W.size && at < sizeof list - 64; r++)
-            at += (size_t)snprintf(list + at, sizeof list - at, "%s rank %d: step %lld bucket %lld of %lld values",
-                                   r ? ";" : "", r, (long long)all[3 * r], (long long)all[3 * r + 1],
-                                   (long long)all[3 * r + 2]);
+        for (int r = 0; r < W.size && at < sizeof list - 80; r++)
+            at += (size_t)snprintf(list + at, sizeof list - at,
+                                   "%srank %d: model %lld, step %lld, bucket %lld of %lld values", r ? "; " : "", r,
+                                   (long long)all[4 * r], (long long)all[4 * r + 1], (long long)all[4 * r + 2],
+                                   (long long)all[4 * r + 3]);
     }
     free(all);
-    W.broken = true;
+    /* every rank stopped at this bucket: only buckets posted after it are left unmatched */
+    if (s != KILN_OK || k + 1 < dm->next_post) W.broken = true;
     return dfail(dm->ctx, KILN_ERR_INVALID_ARGUMENT,
                  "%s: rank %d of %d: collective order mismatch: the ranks are not reducing the same bucket (%s); every "
                  "rank must run the same steps on the same model",
@@ -782,6 +785,8 @@ kiln_dist_model *kiln_dist_wrap(kiln_module *m, const kiln_dist_opts *opts) {
         dfail(NULL, KILN_ERR_NULL, "%s: module is NULL", fn);
         return NULL;
     }
+    static int64_t wraps = 0;
+    const int64_t id = ++wraps; /* counted on every rank, also when the wrap fails */
     kiln_ctx *ctx = kiln_module_ctx(m);
     if (need_world(ctx, fn) != KILN_OK) return NULL;
     if (ctx->grad_ready) {
@@ -797,6 +802,7 @@ kiln_dist_model *kiln_dist_wrap(kiln_module *m, const kiln_dist_opts *opts) {
     dm->ctx = ctx;
     dm->m = m;
     dm->o = o;
+    dm->id = id;
     kiln_module_parameters(m, all, n);
     dm->p = calloc((size_t)(n > 0 ? n : 1), sizeof *dm->p);
     dm->by_ptr = calloc((size_t)(n > 0 ? n : 1), sizeof *dm->by_ptr);
