@@ -10,7 +10,7 @@
  *             broadcast and memcmp); at the end they must match the single-process copy
  *             within 2e-6 + 2e-5 * |w| (fp32: the sum over ranks and the batch mean round in
  *             other orders). A frozen parameter (a second linear's weight) stays untouched
- *             and the bucket plan skips it.
+ *             and the bucket plan skips it. Two backwards before one sync are refused.
  *   sampler   kiln_loader_opts.shard_rank/shard_count over 11 samples with batch 2, 3 epochs:
  *             every rank gets ceil(11 / N) samples, the shards of an epoch cover all 11,
  *             overlap only by the padding, and epochs are shuffled differently.
@@ -184,6 +184,20 @@ static void mode_equiv(kiln_ctx *ctx) {
                "buckets_started_in_backward=%lld bytes_per_step=%llu\n",
                N, K, N, B, maxdiff, worst, identical, st.buckets, (long long)st.buckets_early,
                (unsigned long long)st.bytes_per_step);
+    /* two backwards before one sync: refused, naming the step; the next step is fine */
+    step_data(0, N * B, x, y);
+    kiln_scope_begin(ctx);
+    for (int k = 0; k < 2; k++) {
+        kiln_tensor *tx = kiln_from_host(ctx, x + R * B * D_IN * D_IN, KILN_F32, 4, (int64_t[]){B, 1, D_IN, D_IN});
+        kiln_tensor *ty = kiln_from_host(ctx, y + R * B, KILN_I32, 1, (int64_t[]){B});
+        kiln_backward(kiln_cross_entropy(ctx, kiln_forward(net, tx), ty, KILN_MEAN));
+    }
+    kiln_scope_end(ctx);
+    CHECK(kiln_dist_sync_grads(dm) == KILN_ERR_INVALID_ARGUMENT && strstr(kiln_error_message(ctx), "second backward"),
+          "two backwards: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(train_step(ctx, net, opt, dm, x + R * B * D_IN * D_IN, y + R * B, B) == KILN_OK, "after: %s",
+          kiln_error_message(ctx));
     free(x), free(y), free(w), free(wr);
     kiln_optim_free(opt), kiln_optim_free(opt_ref);
     kiln_dist_model_free(dm);
@@ -571,6 +585,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kiln was built without MPI\n");
         return 77;
     }
+    /* before kiln_dist_init: a world of one, and the calls that need MPI say so */
+    CHECK(kiln_dist_rank() == 0 && kiln_dist_world_size() == 1 && kiln_dist_local_size() == 1, "world before init");
+    CHECK(kiln_dist_barrier() == KILN_ERR_INVALID_ARGUMENT && strstr(kiln_last_error(), "call kiln_dist_init first"),
+          "barrier before init: %s", kiln_last_error());
+    CHECK(kiln_dist_sync_grads(NULL) == KILN_ERR_NULL && !kiln_dist_wrap(NULL, NULL), "NULL model");
     if (kiln_dist_init(&argc, &argv) != KILN_OK) {
         fprintf(stderr, "kiln_dist_init: %s\n", kiln_last_error());
         return 1;

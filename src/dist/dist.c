@@ -422,6 +422,7 @@ struct kiln_dist_model {
     int next_post; /* the next bucket to post */
     int64_t id;    /* 1 + the wraps before it in this process: the same on every rank */
     bool in_sync;  /* false while the backward's hook drives progress */
+    bool twice;    /* a second backward reported a gradient before the sync */
     int64_t step;  /* kiln_dist_sync_grads calls so far */
     kiln_dist_stats st;
 };
@@ -512,7 +513,10 @@ static void on_grad_ready(void *user, kiln_tensor *leaf) {
     pindex *hit = bsearch(&key, dm->by_ptr, (size_t)dm->np, sizeof *hit, cmp_pindex);
     if (!hit) return; /* a leaf that is no parameter of the model (an input) */
     dparam *p = &dm->p[hit->i];
-    if (p->ready) return;
+    if (p->ready) {
+        dm->twice = true; /* its first value is on its way already: the sync says so */
+        return;
+    }
     kiln_tensor *g = leaf->grad;
     if (!kiln__is_contiguous(g)) return; /* the sync reads it with a copy */
     dbucket *b = &dm->b[p->bucket];
@@ -679,7 +683,13 @@ kiln_status kiln_dist_sync_grads(kiln_dist_model *dm) {
         dm->st.comm_wait_ms += comm;
         dm->step++;
         reset_step(dm);
+        if (dm->twice) /* the step itself completed: every bucket is back to idle */
+            s = dfail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                      "%s: rank %d of %d: step %lld: a second backward ran before this sync; only the first one's "
+                      "gradients were averaged (call kiln_dist_sync_grads after every backward)",
+                      fn, W.rank, W.size, (long long)dm->step - 1);
     }
+    dm->twice = false;
     return s;
 }
 
