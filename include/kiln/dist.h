@@ -28,9 +28,12 @@
  *
  * Agreement. Every rank must wrap the same model (kiln_dist_wrap compares the bucket plans
  * and names the ranks that differ) and run the same number of steps (the distributed
- * sampler pads shards to equal lengths). A small header travels with each bucket (model:
- * the wraps' order, step, bucket, size); ranks that disagree fail with every rank's header
- * named instead of mixing models or steps.
+ * sampler pads shards to equal lengths). Each wrapped model has a communicator of its own (its buckets
+ * start whenever their reads finish, so no other collective may share their order), and a
+ * sync also moves the other wrapped models' buckets on: several models (on several
+ * contexts) may be synchronised in any order. A small header travels with each bucket
+ * (model: the wraps' order, step, bucket, size); ranks that disagree fail with every rank's
+ * header named instead of mixing steps.
  *
  * Failure. kiln's communicator returns MPI errors instead of aborting, and every wait polls
  * with a deadline (timeout_s, default KILN_DIST_TIMEOUT or 300 s): a rank that died, hung

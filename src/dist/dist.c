@@ -421,11 +421,18 @@ struct kiln_dist_model {
     dbucket *b;
     int next_post; /* the next bucket to post */
     int64_t id;    /* 1 + the wraps before it in this process: the same on every rank */
-    bool in_sync;  /* false while the backward's hook drives progress */
-    bool twice;    /* a second backward reported a gradient before the sync */
-    int64_t step;  /* kiln_dist_sync_grads calls so far */
+    /* the model's own communicator: its buckets start whenever their reads finish, which
+     * differs between ranks, so no other collective (another model's) may share it */
+    MPI_Comm comm;
+    bool has_comm;
+    kiln_dist_model *next; /* the live wrapped models: a sync moves them all on */
+    bool in_sync;          /* false while the backward's hook drives progress */
+    bool twice;            /* a second backward reported a gradient before the sync */
+    int64_t step;          /* kiln_dist_sync_grads calls so far */
     kiln_dist_stats st;
 };
+
+static kiln_dist_model *g_models; /* every live wrapped model of the process */
 
 static int cmp_pindex(const void *a, const void *b) {
     uintptr_t x = (uintptr_t)((const pindex *)a)->t, y = (uintptr_t)((const pindex *)b)->t;
@@ -451,8 +458,9 @@ static kiln_status post_bucket(kiln_dist_model *dm, int k) {
     char eb[MPI_MAX_ERROR_STRING];
     int64_t v[4] = {dm->id, dm->step, k, b->numel};
     for (int j = 0; j < 4; j++) b->hdr[j] = v[j], b->hdr[4 + j] = -v[j];
-    int e = MPI_Iallreduce(MPI_IN_PLACE, b->hdr, 8, MPI_INT64_T, MPI_MAX, W.comm, &b->hreq);
-    if (e == MPI_SUCCESS) e = MPI_Iallreduce(MPI_IN_PLACE, b->host, (int)b->numel, MPI_FLOAT, MPI_SUM, W.comm, &b->req);
+    int e = MPI_Iallreduce(MPI_IN_PLACE, b->hdr, 8, MPI_INT64_T, MPI_MAX, dm->comm, &b->hreq);
+    if (e == MPI_SUCCESS)
+        e = MPI_Iallreduce(MPI_IN_PLACE, b->host, (int)b->numel, MPI_FLOAT, MPI_SUM, dm->comm, &b->req);
     if (e != MPI_SUCCESS) {
         W.broken = true;
         return dfail(dm->ctx, KILN_ERR_UNSUPPORTED,
@@ -538,7 +546,7 @@ static kiln_status check_header(kiln_dist_model *dm, int k) {
     int64_t mine[4] = {dm->id, dm->step, k, b->numel}, *all = malloc(sizeof(int64_t) * 4 * (size_t)W.size);
     if (!all) return dfail(dm->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", fn);
     MPI_Request rq;
-    int e = MPI_Iallgather(mine, 4, MPI_INT64_T, all, 4, MPI_INT64_T, W.comm, &rq);
+    int e = MPI_Iallgather(mine, 4, MPI_INT64_T, all, 4, MPI_INT64_T, dm->comm, &rq);
     kiln_status s = e == MPI_SUCCESS ? wait_req(dm->ctx, fn, "gathering the collective headers", &rq)
                                      : dfail(dm->ctx, KILN_ERR_UNSUPPORTED, "%s: posting the gather failed", fn);
     char list[512] = "";
@@ -595,6 +603,10 @@ kiln_status kiln_dist_sync_grads(kiln_dist_model *dm) {
     for (long spin = 0; s == KILN_OK && finished < dm->nb; spin++) {
         s = progress(dm);
         if (s != KILN_OK) break;
+        /* another wrapped model's buckets may be what a peer waits for (the ranks sync them
+         * in any order): they move on too; their errors surface in their own sync */
+        for (kiln_dist_model *o = g_models; o; o = o->next)
+            if (o != dm && o->ctx->err == KILN_OK) progress(o);
         if (all_posted < 0 && dm->next_post == dm->nb) all_posted = kiln__now_ms();
         bool moved = false;
         for (int k = 0; k < dm->next_post && s == KILN_OK; k++) {
@@ -740,6 +752,12 @@ void kiln_dist_model_free(kiln_dist_model *dm) {
     if (queued && dm->ctx) kiln_sync(dm->ctx);
     for (int i = 0; i < dm->np; i++) kiln__event_release(dm->p[i].ev);
     for (int k = 0; k < dm->nb; k++) free(dm->b[k].host);
+    for (kiln_dist_model **pp = &g_models; *pp; pp = &(*pp)->next)
+        if (*pp == dm) {
+            *pp = dm->next;
+            break;
+        }
+    if (dm->has_comm && !W.broken) MPI_Comm_free(&dm->comm);
     free(dm->b);
     free(dm->p);
     free(dm->by_ptr);
@@ -763,7 +781,7 @@ static kiln_status check_plan(kiln_dist_model *dm) {
     if (!all) return dfail(dm->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", fn);
     MPI_Request rq;
     char eb[MPI_MAX_ERROR_STRING];
-    int e = MPI_Iallgather(mine, 3, MPI_INT64_T, all, 3, MPI_INT64_T, W.comm, &rq);
+    int e = MPI_Iallgather(mine, 3, MPI_INT64_T, all, 3, MPI_INT64_T, dm->comm, &rq);
     if (e != MPI_SUCCESS) {
         free(all);
         W.broken = true;
@@ -806,6 +824,18 @@ kiln_dist_model *kiln_dist_wrap(kiln_module *m, const kiln_dist_opts *opts) {
     kiln_dist_opts o = opts ? *opts : (kiln_dist_opts){0};
     if (o.bucket_bytes == 0) o.bucket_bytes = DEFAULT_BUCKET_BYTES;
     kiln_dist_model *dm = calloc(1, sizeof *dm);
+    if (dm) {
+        char eb[MPI_MAX_ERROR_STRING];
+        int e = MPI_Comm_dup(W.comm, &dm->comm); /* collective: before anything that fails on one rank only */
+        if (e != MPI_SUCCESS) {
+            free(dm);
+            W.broken = true;
+            dfail(ctx, KILN_ERR_UNSUPPORTED, "%s: rank %d of %d: duplicating the communicator failed: %s", fn, W.rank,
+                  W.size, mpi_err(e, eb));
+            return NULL;
+        }
+        dm->has_comm = true;
+    }
     int n = kiln_module_parameters(m, NULL, 0);
     kiln_tensor **all = calloc((size_t)(n > 0 ? n : 1), sizeof *all);
     if (!dm || !all) goto oom;
@@ -856,6 +886,8 @@ kiln_dist_model *kiln_dist_wrap(kiln_module *m, const kiln_dist_opts *opts) {
         return NULL;
     }
     kiln__set_grad_ready(ctx, on_grad_ready, dm);
+    dm->next = g_models;
+    g_models = dm;
     if (o.sync_batchnorm) dm->st.sync_batchnorms = set_sync_bn(m, sync_sum, ctx);
     return dm;
 oom:
@@ -871,4 +903,12 @@ kiln_status kiln_dist_model_stats(const kiln_dist_model *dm, kiln_dist_stats *ou
     return KILN_OK;
 }
 
+#endif
+
+#ifdef KILN_HAVE_MPI
+void kiln__dist_test_skip_step(kiln_dist_model *dm) {
+    if (dm) dm->step++;
+}
+#else
+void kiln__dist_test_skip_step(kiln_dist_model *dm) { (void)dm; }
 #endif
