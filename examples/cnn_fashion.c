@@ -8,6 +8,7 @@
  *
  *   build/examples/cnn_fashion [--epochs N] [--batch N] [--lr X] [--optimizer sgd|adam] ...
  *   build/examples/cnn_fashion --dropout 0.3 ...    # the second dropout's rate, the first's is half
+ *   mpirun -np 2 build/examples/cnn_fashion --distributed   # data-parallel, a shard per rank
  *   build/examples/cnn_fashion --load model.safetensors --epochs 0    # evaluate only
  *
  * The last line printed is "test_accuracy=0.XXXX".

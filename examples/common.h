@@ -59,6 +59,7 @@ typedef struct ex_opts {
     int bench;            /* timed training steps after the run (0: none) */
     bool test_each_epoch; /* the test set as kiln_fit's validation set, to follow it per epoch */
     int64_t eval_batch;
+    bool distributed; /* data-parallel under mpirun (kiln/dist.h) */
 } ex_opts;
 
 static inline void ex_usage(FILE *f, const char *prog, const char *what, unsigned flags, const ex_opts *d) {
@@ -86,6 +87,8 @@ static inline void ex_usage(FILE *f, const char *prog, const char *what, unsigne
         fprintf(f, "  --eval-batch N     batch size of evaluation [%lld]\n", (long long)d->eval_batch);
         fprintf(f, "  --test-each-epoch  measure the test set after every epoch (in place of --val; to\n"
                    "                     follow test accuracy per epoch, not to select a model)\n");
+        fprintf(f, "  --distributed      data-parallel under mpirun: each rank trains on its shard with\n"
+                   "                     --batch samples a step (kiln/dist.h); rank 0 prints and saves\n");
     }
     if (flags & EX_F_PROGRESS) fprintf(f, "  --progress, --no-progress   progress on stderr [on]\n");
     if (flags & EX_F_BENCH)
@@ -210,6 +213,10 @@ static inline int ex_parse(int argc, char **argv, const char *prog, const char *
         }
         if ((flags & EX_F_DATA) && !v && !strcmp(name, "--test-each-epoch")) {
             o->test_each_epoch = true;
+            continue;
+        }
+        if ((flags & EX_F_DATA) && !v && !strcmp(name, "--distributed")) {
+            o->distributed = true;
             continue;
         }
         if ((flags & EX_F_PROGRESS) && !v && !strcmp(name, "--no-progress")) {
@@ -391,9 +398,20 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
     if (rc >= 0) return rc;
     rc = 1;
     double t_start = ex_now_ms();
+    char dev[64];
+    if (o.distributed) { /* one process per device; rank 0 prints */
+        if (kiln_dist_init(&argc, &argv) != KILN_OK) {
+            fprintf(stderr, "%s: %s\n", spec->prog, kiln_last_error());
+            return 1;
+        }
+        if (kiln_dist_rank() != 0 && !freopen("/dev/null", "w", stdout)) return 1;
+        if (!o.device) o.device = kiln_dist_device(dev, sizeof dev);
+        printf("distributed: %d ranks\n", kiln_dist_world_size());
+    }
 
     kiln_ctx *ctx = ex_open(spec->prog, &o);
     if (!ctx) return 1;
+    kiln_dist_model *dm = NULL;
     kiln_module *net = NULL;
     kiln_optim *opt = NULL;
     kiln_dataset *all = NULL, *train = NULL, *val = NULL, *test = NULL;
@@ -421,6 +439,7 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
         printf("loaded %d tensors from %s%s%s\n", rep.loaded, o.load, rep.unexpected ? "; ignored: " : "",
                rep.unexpected ? rep.detail : "");
     }
+    if (o.distributed && !(dm = kiln_dist_wrap(net, NULL))) EX_FAIL("%s", kiln_error_message(ctx));
 
     all = kiln_fashion_mnist(o.data, true);
     test = all ? kiln_fashion_mnist(o.data, false) : NULL;
@@ -452,7 +471,9 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
     lo.scale = 1.0f / 255;
     static const float mean[] = {KILN_FASHION_MNIST_MEAN}, std[] = {KILN_FASHION_MNIST_STD};
     if (spec->normalize) lo.norm_count = 1, lo.mean = mean, lo.std = std;
+    if (o.distributed) lo.shard_rank = kiln_dist_rank(), lo.shard_count = kiln_dist_world_size();
     train_l = kiln_loader_new(ctx, train, &lo);
+    lo.shard_rank = 0, lo.shard_count = 1; /* every rank evaluates the whole sets */
     lo.batch_size = o.eval_batch;
     lo.shuffle = false;
     test_l = kiln_loader_new(ctx, test, &lo);
@@ -478,6 +499,7 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
         fo.plot_path = o.plot;
         fo.history = hist;
         fo.history_cap = o.epochs;
+        fo.dist = dm;
         kiln_fit_result r;
         double t0 = ex_now_ms();
         if (kiln_fit(net, &fo, &r) != KILN_OK) EX_FAIL("training: %s", kiln_error_message(ctx));
@@ -508,14 +530,14 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
     printf("\ntest set (%lld images, %.1f s): loss %.4f\n%s\n", (long long)kiln_confusion_total(cm),
            (ex_now_ms() - t0) / 1e3, test_loss, kiln_confusion_format(cm, names, text, 1 << 16));
 
-    if (o.save) {
+    if (o.save && kiln_dist_rank() == 0) {
         char desc[256];
         snprintf(desc, sizeof desc, "%s, %d epochs, %s lr=%g, test_accuracy=%.4f", spec->prog, o.epochs, o.optimizer,
                  o.lr, test_acc);
         if (kiln_module_save(net, o.save, desc) != KILN_OK) EX_FAIL("saving: %s", kiln_error_message(ctx));
         printf("saved the model to %s\n", o.save);
     }
-    if (o.bench > 0) {
+    if (o.bench > 0 && !o.distributed) {
         double ms = ex_bench_steps(net, opt, train_l, o.bench);
         if (isnan(ms)) EX_FAIL("timing steps: %s", kiln_error_message(ctx));
         printf("step_ms=%.2f (median of %d training steps, batch %lld, %s)\n", ms, o.bench, (long long)o.batch,
@@ -532,12 +554,14 @@ done:
     kiln_loader_free(val_l);
     kiln_loader_free(test_l);
     kiln_optim_free(opt);
+    kiln_dist_model_free(dm);
     kiln_module_free(net);
     kiln_dataset_free(all);
     kiln_dataset_free(train);
     kiln_dataset_free(val);
     kiln_dataset_free(test);
     kiln_close(ctx);
+    if (o.distributed) kiln_dist_finalize();
     return rc;
 }
 

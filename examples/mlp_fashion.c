@@ -5,6 +5,7 @@
  * so checkpoints load into that PyTorch class.
  *
  *   build/examples/mlp_fashion [--epochs N] [--batch N] [--lr X] [--optimizer sgd|adam] ...
+ *   mpirun -np 2 build/examples/mlp_fashion --distributed   # data-parallel, a shard per rank
  *   build/examples/mlp_fashion --help
  *
  * The last line printed is "test_accuracy=0.XXXX".

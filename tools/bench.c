@@ -974,6 +974,107 @@ out:
     return rc;
 }
 
+/* ---- data-parallel training steps (kiln bench dist, under mpirun) --------------------- */
+
+/* Each rank trains the model on its own random batches with kiln_dist (gradients averaged
+ * in buckets during the backward); rank 0 prints the median step, the samples per second of
+ * all ranks together, the bytes each rank all-reduces per step and the median time
+ * kiln_dist_sync_grads waited after the backward (the communication overlap did not hide). */
+static int cmd_dist(args *a, bool json) {
+    if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", "--bucket-mb", NULL}, NULL))
+        return 2;
+    model_kind kind;
+    if (parse_model(a, &kind) != 0) return 2;
+    if (CHARLM(kind) || kind == MODEL_AE) {
+        fprintf(stderr, "kiln bench dist: --model %s: expected mlp, cnn or resnet20\n", model_info[kind].name);
+        return 2;
+    }
+    int batch = (int)arg_long(a, "--batch", model_info[kind].batch, 1, 1 << 16);
+    int steps = (int)arg_long(a, "--steps", 20, 1, 1 << 24);
+    int warmup = (int)arg_long(a, "--warmup", 3, 0, 1 << 20);
+    long bucket_mb = arg_long(a, "--bucket-mb", 25, 1, 1 << 14);
+    if (a->bad) return 2;
+    if (kiln_dist_init(NULL, NULL) != KILN_OK) {
+        fprintf(stderr, "kiln bench dist: %s\n", kiln_last_error());
+        return 1;
+    }
+    const int rank = kiln_dist_rank(), world = kiln_dist_world_size();
+    kiln_ctx *ctx = open_ctx("kiln bench dist");
+    if (!ctx) return 1;
+    model m;
+    batches b = {0};
+    kiln_dist_model *dm = NULL;
+    int rc = 1;
+    double *t = calloc((size_t)steps, sizeof *t), *w = calloc((size_t)steps, sizeof *w);
+    double *c = calloc((size_t)steps, sizeof *c);
+    if (!t || !w || !c || model_new(ctx, kind, batch, &m) != 0) {
+        fprintf(stderr, "kiln bench dist: %s\n", kiln_error_message(ctx));
+        free(t), free(w), free(c);
+        kiln_close(ctx);
+        return 1;
+    }
+    dm = kiln_dist_wrap(m.net, &(kiln_dist_opts){.bucket_bytes = (size_t)bucket_mb << 20});
+    if (!dm || batches_new(&b, 4, &m) != 0) {
+        fprintf(stderr, "kiln bench dist: rank %d: %s\n", rank, kiln_error_message(ctx));
+        goto out;
+    }
+    for (int i = 0; i < warmup + steps; i++) {
+        double t0 = bench_now_ms();
+        int j = (i + rank) % b.n; /* each rank its own batch */
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_from_host(ctx, b.x + (int64_t)j * b.xnumel, KILN_F32, m.xnd, m.xshape);
+        kiln_tensor *y = kiln_from_host(ctx, b.y + (int64_t)j * b.ynumel, KILN_I32, 1, (int64_t[]){b.ynumel});
+        kiln_tensor *loss = kiln_cross_entropy(ctx, kiln_forward(m.net, x), y, KILN_MEAN);
+        kiln_status s = loss ? kiln_optim_zero_grad(m.opt) : kiln_error_status(ctx);
+        if (s == KILN_OK) s = kiln_backward(loss);
+        if (s == KILN_OK) s = kiln_dist_sync_grads(dm);
+        if (s == KILN_OK) s = kiln_optim_step(m.opt);
+        float l = s == KILN_OK ? kiln_tensor_item(loss) : NAN;
+        if (s == KILN_OK && kiln_error_status(ctx) != KILN_OK) s = kiln_error_status(ctx);
+        kiln_scope_end(ctx);
+        if (s != KILN_OK || !isfinite(l)) {
+            fprintf(stderr, "kiln bench dist: rank %d, step %d: %s\n", rank, i, kiln_error_message(ctx));
+            goto out;
+        }
+        kiln_dist_stats st;
+        kiln_dist_model_stats(dm, &st);
+        if (i >= warmup)
+            t[i - warmup] = bench_now_ms() - t0, w[i - warmup] = st.last_wait_ms, c[i - warmup] = st.last_comm_wait_ms;
+    }
+    /* the slowest rank sets the pace: the largest median */
+    double v[3] = {bench_median(t, steps), bench_median(w, steps), bench_median(c, steps)};
+    if (kiln_dist_allreduce_f64(v, 3, KILN_DIST_MAX) != KILN_OK) {
+        fprintf(stderr, "kiln bench dist: %s\n", kiln_last_error());
+        goto out;
+    }
+    kiln_dist_stats st;
+    kiln_dist_model_stats(dm, &st);
+    if (rank == 0) {
+        double sps = world * batch * 1e3 / v[0];
+        if (json)
+            printf("{\"bench\": \"dist\", \"model\": \"%s\", \"ranks\": %d, \"batch_per_rank\": %d, \"steps\": %d, "
+                   "\"ms_per_step\": %.3f, \"samples_per_s\": %.1f, \"allreduce_bytes_per_step\": %llu, "
+                   "\"buckets\": %d, \"sync_wait_ms\": %.3f, \"comm_wait_ms\": %.3f, \"comm_wait_fraction\": %.4f}\n",
+                   model_info[kind].name, world, batch, steps, v[0], sps, (unsigned long long)st.bytes_per_step,
+                   st.buckets, v[1], v[2], v[2] / v[0]);
+        else
+            printf("dist %s: %d ranks x batch %d: %.2f ms/step median, %.1f samples/s, %.2f MB all-reduced per step "
+                   "by each rank in %d buckets; after the backward was enqueued %.2f ms in kiln_dist_sync_grads, "
+                   "of which %.2f ms (%.1f %% of the step) waiting for communication\n",
+                   model_info[kind].name, world, batch, v[0], sps, st.bytes_per_step / 1e6, st.buckets, v[1], v[2],
+                   100 * v[2] / v[0]);
+    }
+    rc = 0;
+out:
+    batches_free(&b);
+    free(t), free(w), free(c);
+    kiln_dist_model_free(dm);
+    model_free(&m);
+    kiln_close(ctx);
+    kiln_dist_finalize();
+    return rc;
+}
+
 /* ---- the products of a training step ------------------------------------------------- */
 
 /* The distinct products kiln__sgemm is given in one training step, in first-seen order. */
@@ -1671,6 +1772,9 @@ static void bench_usage(FILE *f) {
                "  train --model mlp|cnn|resnet20|lstm|gpt|ae [--batch B (torch_ref.py's: 64, 64, 128, 32, 16, 64)]\n"
                "        [--steps N] [--warmup 5] [--attention composed|fused (gpt's sdpa path)]\n"
                "                    training steps of torch_ref.py's models on random data\n"
+               "  dist --model mlp|cnn|resnet20 [--batch B per rank] [--steps 20] [--warmup 3] [--bucket-mb 25]\n"
+               "                    under mpirun: data-parallel steps (kiln/dist.h), samples/s of all ranks,\n"
+               "                    bytes all-reduced and the wait after the backward\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
                "  ops [--model cnn|resnet20] [--batch 64 (resnet20: 128)] [--repeat R]\n"
                "                    forward/backward time of each layer (ResNet-20: each block) of the model\n"
@@ -1693,6 +1797,7 @@ int kiln_cmd_bench(int argc, char **argv) {
     bool json = arg_flag(&a, "--json");
     if (strcmp(argv[0], "gemm") == 0) return cmd_gemm(&a, json);
     if (strcmp(argv[0], "train") == 0) return cmd_train(&a, json);
+    if (strcmp(argv[0], "dist") == 0) return cmd_dist(&a, json);
     if (strcmp(argv[0], "startup") == 0) return cmd_startup(&a, json);
     if (strcmp(argv[0], "ops") == 0) return cmd_ops(&a, json);
     if (strcmp(argv[0], "attention") == 0) return cmd_attention(&a, json);

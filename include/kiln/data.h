@@ -222,6 +222,15 @@ typedef struct kiln_loader_opts {
     bool hflip;         /* random horizontal flip (samples of >= 2 dims) */
     bool sync;          /* prepare batches on the calling thread (no background thread);
                            always so on Oclgrind, which is not safe to drive from two threads */
+    /* Distributed sampler (torch's DistributedSampler; kiln/dist.h gives rank and world):
+     * with shard_count > 1 the loader reads only shard shard_rank of shard_count. Each epoch
+     * the order of the whole dataset (shuffled with `seed`, which every rank must share, or
+     * as stored) is padded by repeating its first samples to a multiple of shard_count and
+     * dealt out round-robin (rank r takes positions r, r + count, ...), so the shards are
+     * disjoint but for the padding, cover the dataset, and every rank gets ceil(n / count)
+     * samples: the same number of batches. Augmentation draws differ between ranks.
+     * 0 or 1: no sharding (shard_rank must be 0). */
+    int shard_rank, shard_count;
 } kiln_loader_opts;
 
 typedef struct kiln_loader kiln_loader;

@@ -39,5 +39,6 @@
 #include "models.h"
 #include "optim.h"
 #include "train.h"
+#include "dist.h"
 
 #endif

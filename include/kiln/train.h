@@ -21,6 +21,7 @@
 #include <stdio.h>
 
 #include "data.h"
+#include "dist.h"
 #include "nn.h"
 #include "optim.h"
 
@@ -122,6 +123,14 @@ typedef struct kiln_fit_opts {
      * start of every epoch (validation switches it to eval) and then these back to eval. */
     kiln_module *const *eval_modules;
     int num_eval_modules;
+    /* Optional (kiln/dist.h): data-parallel training under mpirun. The model is this
+     * wrapper's; each rank's train (and val) loader should read its own shard
+     * (kiln_loader_opts.shard_rank/shard_count). The gradients are averaged after every
+     * backward (before clipping); the epoch's train figures are summed over the ranks'
+     * batches and the validation figures averaged over the ranks, so every rank sees the
+     * same numbers; the progress, metrics_csv, plot_path and best_path are written by
+     * rank 0 only, and early stopping is decided on rank 0 and broadcast. */
+    kiln_dist_model *dist;
 } kiln_fit_opts;
 
 typedef struct kiln_fit_result {

@@ -274,6 +274,62 @@ out:
 
 /* ---- backward ----------------------------------------------------------------------- */
 
+void kiln__set_grad_ready(kiln_ctx *ctx, void (*fn)(void *user, kiln_tensor *leaf), void *user) {
+    if (!ctx) return;
+    ctx->grad_ready = fn;
+    ctx->grad_ready_user = fn ? user : NULL;
+}
+
+/* For the grad-ready hook: each leaf fed by the graph with the number of edges (node,
+ * input) still to run into it, sorted by address. */
+typedef struct leaf_count {
+    kiln_tensor *t;
+    int64_t left;
+} leaf_count;
+
+static bool is_hook_leaf(const kiln_tensor *x) { return x && x->requires_grad && !x->node && !x->graph_freed; }
+
+static int by_ptr(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t)((const leaf_count *)a)->t, y = (uintptr_t)((const leaf_count *)b)->t;
+    return x < y ? -1 : x > y;
+}
+
+/* The leaves of the graph and their edge counts (*n of them), or NULL with *n 0 when there
+ * are none or host memory runs out (the hook is then told nothing). */
+static leaf_count *count_leaves(kiln__node **nodes, size_t count, size_t *n) {
+    size_t edges = 0, k = 0;
+    *n = 0;
+    for (size_t i = 0; i < count; i++)
+        for (int j = 0; j < nodes[i]->nin; j++) edges += is_hook_leaf(nodes[i]->in[j]);
+    if (!edges) return NULL;
+    leaf_count *all = malloc(edges * sizeof *all);
+    if (!all) return NULL;
+    for (size_t i = 0; i < count; i++)
+        for (int j = 0; j < nodes[i]->nin; j++)
+            if (is_hook_leaf(nodes[i]->in[j])) all[k++] = (leaf_count){nodes[i]->in[j], 1};
+    qsort(all, edges, sizeof *all, by_ptr);
+    size_t u = 0;
+    for (size_t i = 0; i < edges; i++) {
+        if (u && all[u - 1].t == all[i].t)
+            all[u - 1].left++;
+        else
+            all[u++] = all[i];
+    }
+    *n = u;
+    return all;
+}
+
+/* After node n's backward (or its skip): the leaves it fed whose last edge this was are
+ * reported. */
+static void leaves_done(kiln_ctx *ctx, const kiln__node *n, leaf_count *leaves, size_t nleaves) {
+    for (int j = 0; j < n->nin; j++) {
+        if (!is_hook_leaf(n->in[j])) continue;
+        leaf_count key = {n->in[j], 0};
+        leaf_count *c = bsearch(&key, leaves, nleaves, sizeof *leaves, by_ptr);
+        if (c && --c->left == 0 && c->t->grad) ctx->grad_ready(ctx->grad_ready_user, c->t);
+    }
+}
+
 static int by_seq_desc(const void *a, const void *b) {
     uint64_t x = (*(kiln__node *const *)a)->seq, y = (*(kiln__node *const *)b)->seq;
     return x < y ? 1 : x > y ? -1 : 0;
@@ -390,11 +446,16 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
     }
     out->gacc = seed ? kiln__copy_contiguous(ctx, "kiln_backward", seed) : kiln_ones(ctx, out->ndim, out->shape);
     if (!out->gacc) s = ctx->err;
+    size_t nleaves = 0;
+    leaf_count *leaves = ctx->grad_ready ? count_leaves(nodes, count, &nleaves) : NULL;
 
     for (size_t k = 0; k < count && s == KILN_OK; k++) {
         kiln__node *n = nodes[k];
         kiln_tensor *t = n->out, *g = t->gacc;
-        if (!g) continue; /* nothing flowed into this node */
+        if (!g) { /* nothing flowed into this node */
+            if (leaves) leaves_done(ctx, n, leaves, nleaves);
+            continue;
+        }
         t->gacc = NULL;
         if (!kiln__is_contiguous(g)) {
             kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_backward", g);
@@ -408,7 +469,9 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
         s = n->backward(ctx, n, g);
         if (s == KILN_OK && ctx->err != KILN_OK) s = ctx->err;
         kiln_tensor_free(g);
+        if (s == KILN_OK && leaves) leaves_done(ctx, n, leaves, nleaves);
     }
+    free(leaves);
     /* gradients that did not flow on because of an error */
     for (size_t k = 0; k < count; k++) {
         kiln_tensor *t = nodes[k]->out;

@@ -59,6 +59,15 @@ bool kiln__input_needs_grad(const kiln__node *n, int i);
  * views its storage, and is freed otherwise. Without own, g stays the caller's and the slot
  * gets a copy. The ops floor's kiln__accum sums a broadcast gradient down first. */
 kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bool own);
+/* The grad-ready hook (one per context; fn NULL removes it): during kiln_backward_ex, fn is
+ * called once for every leaf that requires grad as soon as the last backward rule feeding
+ * it has run, so that its .grad holds its final value for this backward (the value's
+ * kernels are enqueued, not necessarily finished). Leaves the backward gives no gradient
+ * are not reported; nor is anything after a backward rule failed. Data-parallel training
+ * (src/dist) starts each bucket's all-reduce from it while the rest of the backward runs.
+ * fn must not run ops that record on the tape. */
+void kiln__set_grad_ready(kiln_ctx *ctx, void (*fn)(void *user, kiln_tensor *leaf), void *user);
+
 /* The last step of every op: with KILN_CHECK_NUMERICS=1 (or kiln_ctx_set_check_numerics) it
  * reads out back and fails naming `op` when it holds NaN or Inf. Returns out, or NULL
  * (out freed) on failure. NULL-safe. */

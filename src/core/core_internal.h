@@ -2,7 +2,7 @@
  * context's error message, logging (src/core/error.c).
  *
  * The library's floors, bottom to top: core, device, tensor, autograd, ops, nn / optim,
- * io / data, train, then the tools. Each floor has one internal header that includes the one
+ * io / data, dist, train, then the tools. Each floor has one internal header that includes the one
  * below it (src/device/device_internal.h, src/tensor/tensor_internal.h,
  * src/autograd/autograd_internal.h, src/ops/ops_internal.h); a source includes its own
  * floor's header and calls nothing above it. scripts/check_layers checks both. */

@@ -564,6 +564,7 @@ struct kiln_loader {
     kiln_loader_opts o;
     float *mean, *std; /* norm_count values */
     int64_t B, n, nb, numel;
+    int64_t ntotal; /* samples of the dataset; n is this shard's (all of them with one shard) */
     int ndim;
     int64_t shape[KILN_MAX_DIMS];
     int64_t norm_inner; /* values per index along the sample's first dim */
@@ -610,20 +611,25 @@ static void fill(kiln_loader *l, producer *pr, slot *s, int64_t epoch, int64_t b
     if (l->o.shuffle && pr->perm_epoch != epoch) {
         kiln__rng r;
         kiln__rng_init(&r, l->o.seed, (uint64_t)epoch, 0, STREAM_SHUFFLE);
-        permute(pr->perm, l->n, &r);
+        permute(pr->perm, l->ntotal, &r);
         pr->perm_epoch = epoch;
     }
     int64_t start = b * l->B, count = l->n - start < l->B ? l->n - start : l->B;
     s->count = count;
+    /* the shard's batch b draws its own augmentation (one shard: the stream of batch b) */
+    const int64_t shards = l->o.shard_count > 1 ? l->o.shard_count : 1;
     kiln__rng ar;
-    kiln__rng_init(&ar, l->o.seed, (uint64_t)epoch, (uint64_t)b, STREAM_AUGMENT);
+    kiln__rng_init(&ar, l->o.seed, (uint64_t)epoch, (uint64_t)(b * shards + l->o.shard_rank), STREAM_AUGMENT);
     const float scale = l->o.scale;
     const int64_t numel = l->numel, inner = l->norm_inner;
     const int pad = l->o.crop_padding;
     const bool aug = pad > 0 || l->o.hflip;
     const int64_t H = l->ndim >= 2 ? l->shape[l->ndim - 2] : 1, W = l->shape[l->ndim - 1];
     for (int64_t k = 0; k < count; k++) {
-        int64_t i = l->o.shuffle ? pr->perm[start + k] : start + k;
+        /* the shard's sample start + k is the epoch order's position rank + k * count,
+         * wrapped round into the first samples past the end (the padding) */
+        int64_t q = (l->o.shard_rank + (start + k) * shards) % l->ntotal;
+        int64_t i = l->o.shuffle ? pr->perm[q] : q;
         int64_t si = store_index(ds, i);
         s->idx[k] = i;
         s->y[k] = st->y[si];
@@ -764,10 +770,19 @@ kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_l
                    op, sb);
         return NULL;
     }
-    int64_t nb = o.drop_last ? ds->n / o.batch_size : (ds->n + o.batch_size - 1) / o.batch_size;
+    if (o.shard_count < 0 || o.shard_rank < 0 || o.shard_rank >= (o.shard_count > 1 ? o.shard_count : 1)) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                   "%s: shard_rank %d of shard_count %d: need 0 <= shard_rank < shard_count (0 or 1: no sharding, "
+                   "rank 0)",
+                   op, o.shard_rank, o.shard_count);
+        return NULL;
+    }
+    const int64_t shards = o.shard_count > 1 ? o.shard_count : 1;
+    const int64_t n_shard = (ds->n + shards - 1) / shards;
+    int64_t nb = o.drop_last ? n_shard / o.batch_size : (n_shard + o.batch_size - 1) / o.batch_size;
     if (nb == 0) {
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: %lld samples make no full batch of %lld (drop_last)", op,
-                   (long long)ds->n, (long long)o.batch_size);
+                   (long long)n_shard, (long long)o.batch_size);
         return NULL;
     }
     /* Oclgrind 21.10 runs the queue's commands on whichever thread calls into it, so the
@@ -779,7 +794,8 @@ kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_l
     l->ctx = ctx;
     l->o = o;
     l->B = o.batch_size;
-    l->n = ds->n;
+    l->n = n_shard;
+    l->ntotal = ds->n;
     l->nb = nb;
     l->numel = st->numel;
     l->ndim = st->ndim;
@@ -808,7 +824,7 @@ kiln_loader *kiln_loader_new(kiln_ctx *ctx, const kiln_dataset *ds, const kiln_l
     l->o.std = l->std;
     l->last_idx = malloc(sizeof(int64_t) * (size_t)l->B);
     l->prod.scratch = malloc(sizeof(float) * (size_t)l->numel);
-    if (o.shuffle) l->prod.perm = malloc(sizeof(int64_t) * (size_t)l->n);
+    if (o.shuffle) l->prod.perm = malloc(sizeof(int64_t) * (size_t)l->ntotal);
     if (!l->last_idx || !l->prod.scratch || (o.shuffle && !l->prod.perm)) goto oom_free;
     for (int k = 0; k < l->nslots; k++) {
         slot *s = &l->slots[k];

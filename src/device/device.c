@@ -382,3 +382,50 @@ kiln_status kiln_sync(kiln_ctx *ctx) {
                           kiln__cl_name(err), err, ctx->info.name);
     return kiln__deverr_check(ctx, "kiln_sync");
 }
+
+/* ---- non-blocking host copies --------------------------------------------------------- */
+
+kiln_status kiln__read_async(kiln_ctx *ctx, const char *op, cl_mem mem, size_t offset, size_t bytes, void *host,
+                             cl_event *ev) {
+    *ev = NULL;
+    cl_int err = clEnqueueReadBuffer(ctx->queue, mem, CL_FALSE, offset, bytes, host, 0, NULL, ev);
+    if (err == CL_SUCCESS) err = clFlush(ctx->queue);
+    if (err != CL_SUCCESS) {
+        kiln__event_release(*ev);
+        *ev = NULL;
+        return kiln__fail(ctx, kiln__cl_status(err), "%s: reading %zu bytes back from '%s' failed: %s (%d)", op, bytes,
+                          ctx->info.name, kiln__cl_name(err), err);
+    }
+    KILN__COUNT(ctx, bytes_to_host, bytes);
+    return KILN_OK;
+}
+
+kiln_status kiln__write_async(kiln_ctx *ctx, const char *op, cl_mem mem, size_t offset, size_t bytes, const void *host,
+                              cl_event *ev) {
+    *ev = NULL;
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, mem, CL_FALSE, offset, bytes, host, 0, NULL, ev);
+    if (err == CL_SUCCESS) err = clFlush(ctx->queue);
+    if (err != CL_SUCCESS) {
+        kiln__event_release(*ev);
+        *ev = NULL;
+        return kiln__fail(ctx, kiln__cl_status(err), "%s: writing %zu bytes to '%s' failed: %s (%d)", op, bytes,
+                          ctx->info.name, kiln__cl_name(err), err);
+    }
+    KILN__COUNT(ctx, bytes_to_device, bytes);
+    return KILN_OK;
+}
+
+int kiln__event_poll(kiln_ctx *ctx, const char *op, cl_event ev) {
+    cl_int st = CL_COMPLETE;
+    cl_int err = clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof st, &st, NULL);
+    if (err != CL_SUCCESS || st < 0) {
+        cl_int code = err != CL_SUCCESS ? err : st;
+        return kiln__fail(ctx, kiln__cl_status(code), "%s: a copy between host and '%s' failed: %s (%d)", op,
+                          ctx->info.name, kiln__cl_name(code), code);
+    }
+    return st == CL_COMPLETE;
+}
+
+void kiln__event_release(cl_event ev) {
+    if (ev) clReleaseEvent(ev);
+}

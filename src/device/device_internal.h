@@ -247,6 +247,22 @@ void kiln__deverr_enqueue(kiln_ctx *ctx);
  * `where`, the waiting call) when a bad index was recorded; the buffer is cleared. */
 kiln_status kiln__deverr_check(kiln_ctx *ctx, const char *where);
 void kiln__deverr_destroy(kiln_ctx *ctx);
+/* ---- non-blocking host copies (src/device/device.c) -------------------------------- */
+
+/* For floors that overlap host work with the queue (src/dist reads gradients while the
+ * backward goes on): the copy of `bytes` bytes at byte `offset` of mem is enqueued on the
+ * context's in-order queue (so it follows every command before it), the queue is flushed
+ * and *ev gets the copy's event. host must stay valid, and untouched, until the event is
+ * done. Fails with the error set (naming op) when the enqueue fails. */
+kiln_status kiln__read_async(kiln_ctx *ctx, const char *op, cl_mem mem, size_t offset, size_t bytes, void *host,
+                             cl_event *ev);
+kiln_status kiln__write_async(kiln_ctx *ctx, const char *op, cl_mem mem, size_t offset, size_t bytes, const void *host,
+                              cl_event *ev);
+/* 1 when ev has completed, 0 while it is queued or running, an error (set, naming op)
+ * when the command failed. Never waits. */
+int kiln__event_poll(kiln_ctx *ctx, const char *op, cl_event ev);
+/* Frees an event of the calls above (NULL is fine). */
+void kiln__event_release(cl_event ev);
 
 struct kiln_tensor;
 struct kiln__node;
@@ -306,6 +322,10 @@ struct kiln_ctx {
     uint64_t node_seq;   /* creation counter of autograd nodes */
 
     kiln__deverr deverr; /* deferred index errors (src/device/deverr.c) */
+    /* told of each leaf whose gradient a backward has made final (kiln__set_grad_ready,
+     * src/autograd/autograd_internal.h; src/dist starts its all-reduces from it): NULL off */
+    void (*grad_ready)(void *user, struct kiln_tensor *leaf);
+    void *grad_ready_user;
 };
 _Static_assert(offsetof(struct kiln_ctx, error) == 0, "core reaches the error state at the context's start");
 

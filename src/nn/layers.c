@@ -203,7 +203,60 @@ typedef struct bn_cfg {
     float eps, momentum;
     int64_t batches_tracked; /* host copy of num_batches_tracked; -1: read it from the device */
     kiln_tensor *weight, *bias, *running_mean, *running_var, *num_batches_tracked;
+    /* SyncBatchNorm (set by src/dist through kiln__bn_set_sync): the training forward sums
+     * its batch statistics over every process with it (differentiable); NULL: this batch's */
+    kiln_tensor *(*sync_sum)(void *user, kiln_tensor *t);
+    void *sync_user;
 } bn_cfg;
+
+/* SyncBatchNorm's training forward, as torch.nn.SyncBatchNorm: the per-channel sums of x
+ * and x² and the sample count, summed over the processes by sync_sum (whose backward sums
+ * the gradients likewise), give the global batch mean and biased variance; the running
+ * statistics take the unbiased variance. Composed of ops, so autograd derives the backward.
+ * x [N, C, *]. */
+static kiln_tensor *bn_sync_fwd(kiln_module *m, bn_cfg *c, kiln_tensor *x) {
+    kiln_ctx *ctx = m->ctx;
+    const int nd = kiln_tensor_ndim(x);
+    const int64_t C = c->num_features;
+    int axes[KILN_MAX_DIMS], na = 0;
+    int64_t bshape[KILN_MAX_DIMS];
+    for (int d = 0; d < nd; d++) {
+        if (d != 1) axes[na++] = d;
+        bshape[d] = d == 1 ? C : 1;
+    }
+    kiln_tensor *s1 = kiln_sum(ctx, x, na, axes, false);                   // [C]
+    kiln_tensor *s2 = kiln_sum(ctx, kiln_mul(ctx, x, x), na, axes, false); // [C]
+    kiln_tensor *cnt = kiln_full(ctx, (float)(kiln_tensor_numel(x) / C), 1, (int64_t[]){1});
+    kiln_tensor *parts[3] = {s1, s2, cnt};
+    kiln_tensor *cat = kiln_concat(ctx, 3, parts, 0); // [2C + 1]
+    kiln_tensor *S = cat ? c->sync_sum(c->sync_user, cat) : NULL;
+    kiln_tensor *M = kiln_slice(ctx, S, 0, 2 * C, 2 * C + 1, 1);
+    kiln_tensor *mean = kiln_div(ctx, kiln_slice(ctx, S, 0, 0, C, 1), M);
+    kiln_tensor *var = kiln_sub(ctx, kiln_div(ctx, kiln_slice(ctx, S, 0, C, 2 * C, 1), M), kiln_mul(ctx, mean, mean));
+    kiln_tensor *scale = kiln_div(ctx, c->weight, kiln_sqrt(ctx, kiln_add_scalar(ctx, var, c->eps)));
+    kiln_tensor *y = kiln_add(
+        ctx, kiln_mul(ctx, kiln_sub(ctx, x, kiln_reshape(ctx, mean, nd, bshape)), kiln_reshape(ctx, scale, nd, bshape)),
+        kiln_reshape(ctx, c->bias, nd, bshape));
+    if (!y) return NULL;
+    bool grad = kiln_ctx_set_grad_enabled(ctx, false);
+    const float mom = c->momentum;
+    kiln_tensor *unbiased = kiln_mul(ctx, var, kiln_div(ctx, M, kiln_add_scalar(ctx, M, -1.0f)));
+    kiln_tensor *rm = kiln_add(ctx, kiln_mul_scalar(ctx, c->running_mean, 1 - mom), kiln_mul_scalar(ctx, mean, mom));
+    kiln_tensor *rv = kiln_add(ctx, kiln_mul_scalar(ctx, c->running_var, 1 - mom), kiln_mul_scalar(ctx, unbiased, mom));
+    kiln_status s = rm && rv ? kiln__copy_into(ctx, "SyncBatchNorm", rm, c->running_mean) : kiln_error_status(ctx);
+    if (s == KILN_OK) s = kiln__copy_into(ctx, "SyncBatchNorm", rv, c->running_var);
+    kiln_ctx_set_grad_enabled(ctx, grad);
+    return s == KILN_OK ? y : NULL;
+}
+
+bool kiln__bn_set_sync(kiln_module *m, kiln_tensor *(*fn)(void *user, kiln_tensor *t), void *user) {
+    const char *k = kiln_module_kind(m);
+    if (!m || (strcmp(k, "BatchNorm1d") != 0 && strcmp(k, "BatchNorm2d") != 0)) return false;
+    bn_cfg *c = m->data;
+    c->sync_sum = fn;
+    c->sync_user = fn ? user : NULL;
+    return true;
+}
 
 static kiln_tensor *bn_fwd(kiln_module *m, kiln_tensor *x) {
     bn_cfg *c = m->data;
@@ -211,8 +264,9 @@ static kiln_tensor *bn_fwd(kiln_module *m, kiln_tensor *x) {
     if (!check_ndim(m, x, two_d ? 4 : 2, two_d ? 4 : 3, two_d ? "4 ([N, C, H, W])" : "2 or 3 ([N, C] or [N, C, L])") ||
         !check_dim(m, x, 1, c->num_features, "channels"))
         return NULL;
-    kiln_tensor *y = kiln_batch_norm(m->ctx, x, c->running_mean, c->running_var, c->weight, c->bias, m->training,
-                                     c->momentum, c->eps);
+    kiln_tensor *y = m->training && c->sync_sum ? bn_sync_fwd(m, c, x)
+                                                : kiln_batch_norm(m->ctx, x, c->running_mean, c->running_var, c->weight,
+                                                                  c->bias, m->training, c->momentum, c->eps);
     if (y && m->training) {
         /* num_batches_tracked += 1 (a fill, no read back, except once after a load) */
         if (c->batches_tracked < 0) {

@@ -38,6 +38,10 @@ struct kiln_module {
 /* Tensors of m and its children were overwritten (a checkpoint load): host copies of
  * buffer values (num_batches_tracked) are re-read from the device when next needed. */
 void kiln__module_state_loaded(kiln_module *m);
+/* SyncBatchNorm (src/dist): batch norm module m's training forward sums its batch
+ * statistics over the processes with fn (differentiable: fn's backward sums gradients the
+ * same way); fn NULL: per-process statistics again. False when m is no batch norm. */
+bool kiln__bn_set_sync(kiln_module *m, kiln_tensor *(*fn)(void *user, kiln_tensor *t), void *user);
 /* The module's path from the root ("features.3"), "" for the root. */
 void kiln__module_path(const kiln_module *m, char *buf, size_t cap);
 

@@ -528,7 +528,7 @@ static bool is_within(const kiln_module *m, const kiln_module *d) {
 }
 
 /* Everything about the options that can be checked before the first step. */
-static kiln_status fit_check(kiln_ctx *ctx, kiln_module *m, const char *op, const kiln_fit_opts *o) {
+static kiln_status fit_check(kiln_ctx *ctx, kiln_module *m, const char *op, const kiln_fit_opts *o, bool files) {
     if (!o) return kiln__fail(ctx, KILN_ERR_NULL, "%s: options are NULL", op);
     if (!o->train) return kiln__fail(ctx, KILN_ERR_NULL, "%s: no training loader (o->train is NULL)", op);
     if (!o->opt) return kiln__fail(ctx, KILN_ERR_NULL, "%s: no optimizer (o->opt is NULL)", op);
@@ -567,6 +567,7 @@ static kiln_status fit_check(kiln_ctx *ctx, kiln_module *m, const char *op, cons
                           o->patience != -1 ? "early stopping (patience)"
                           : o->restore_best ? "restore_best"
                                             : "best_path");
+    if (!files) return KILN_OK; /* a distributed run's rank > 0 writes no file */
     /* the plot and the best model are written after an epoch: a path that cannot be
      * written fails now, before any training */
     kiln_status s = check_output(ctx, op, "plot_path", o->plot_path);
@@ -597,6 +598,8 @@ typedef struct fit_run {
     int64_t nbat;
     int wait; /* epochs since the monitored value last improved */
     kiln_fit_result r;
+    bool rank0; /* not distributed, or rank 0: writes the files */
+    bool show;  /* progress on and rank0 */
 } fit_run;
 
 /* Names where in the run the context's error happened and returns its status. */
@@ -620,6 +623,7 @@ static kiln_status fit_step(fit_run *f, kiln_tensor *x, kiln_tensor *y) {
     kiln_status s = loss ? tally_record(&f->t, out, y, loss, kiln_tensor_shape(x)[0]) : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(o->opt);
     if (s == KILN_OK) s = kiln_backward(loss);
+    if (s == KILN_OK && o->dist) s = kiln_dist_sync_grads(o->dist);
     if (s == KILN_OK && !isinf(o->clip_grad_norm) &&
         !kiln_clip_grad_norm_tensor(ctx, f->nparams, f->params, o->clip_grad_norm, 2.0))
         s = kiln_error_status(ctx);
@@ -668,6 +672,13 @@ static kiln_status fit_train_epoch(fit_run *f, int epoch, kiln_epoch_stats *e, d
         }
     }
     if (s == KILN_OK) s = tally_flush(&f->t);
+    if (s == KILN_OK && o->dist) { /* the epoch's figures over every rank's batches */
+        double v[5] = {f->t.loss_sum, (double)f->t.samples, (double)f->t.correct, (double)f->t.counted, (double)seen};
+        if (kiln_dist_allreduce_f64(v, 5, KILN_DIST_SUM) != KILN_OK)
+            s = kiln__fail(ctx, kiln_last_status(), "%s", kiln_last_error());
+        f->t.loss_sum = v[0], f->t.samples = (int64_t)v[1], f->t.correct = (int64_t)v[2];
+        f->t.counted = (int64_t)v[3], seen = (int64_t)v[4];
+    }
     if (s == KILN_OK && batch == 0)
         s = kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "the training loader gave no batches");
     if (s != KILN_OK)
@@ -698,7 +709,7 @@ static kiln_status fit_track_best(fit_run *f, const kiln_epoch_stats *e, bool *s
     f->wait = 0;
     if (o->restore_best && (s = snapshot_take(&f->best, f->m)) != KILN_OK)
         return fit_fail_at(f, s, "%s: epoch %d/%d, best-model snapshot", f->op, e->epoch, o->epochs);
-    if (o->best_path) {
+    if (o->best_path && f->rank0) {
         char desc[160];
         snprintf(desc, sizeof desc, "kiln_fit best model: epoch %d, %s %.6g", e->epoch, monitor_name(o->monitor), v);
         if ((s = kiln_module_save(f->m, o->best_path, desc)) != KILN_OK)
@@ -728,6 +739,12 @@ static kiln_status fit_epoch(fit_run *f, int epoch, bool *stop) {
     if (s != KILN_OK) return s;
     if (o->val) {
         s = kiln_evaluate(f->m, o->val, o->loss, o->loss_user, NULL, &e.val_loss, &e.val_accuracy);
+        if (s == KILN_OK && o->dist) { /* each rank validated its shard: their mean */
+            double v[2] = {e.val_loss, e.val_accuracy};
+            if (kiln_dist_allreduce_f64(v, 2, KILN_DIST_SUM) != KILN_OK)
+                s = kiln__fail(f->ctx, kiln_last_status(), "%s", kiln_last_error());
+            e.val_loss = v[0] / kiln_dist_world_size(), e.val_accuracy = v[1] / kiln_dist_world_size();
+        }
         if (s != KILN_OK) return fit_fail_at(f, s, "%s: epoch %d/%d, validation", f->op, epoch, o->epochs);
     }
     if (o->sched && !o->sched_per_step && (s = kiln_lr_sched_step(o->sched)) != KILN_OK)
@@ -737,9 +754,16 @@ static kiln_status fit_epoch(fit_run *f, int epoch, bool *stop) {
     if (epoch <= o->history_cap) o->history[epoch - 1] = e;
     f->r.epochs_run = epoch;
     f->r.last = e;
-    if (o->progress) progress_epoch(f->tty, &e, o->epochs, f->nbat);
+    if (f->show) progress_epoch(f->tty, &e, o->epochs, f->nbat);
     if (o->val && (s = fit_track_best(f, &e, stop)) != KILN_OK) return s;
-    return fit_write_files(f, &e);
+    if (o->dist) { /* rank 0's verdict holds for every rank */
+        int32_t v = *stop;
+        if (kiln_dist_broadcast(&v, sizeof v, 0) != KILN_OK)
+            return kiln__fail(f->ctx, kiln_last_status(), "%s: epoch %d/%d: %s", f->op, epoch, o->epochs,
+                              kiln_last_error());
+        *stop = v != 0;
+    }
+    return f->rank0 ? fit_write_files(f, &e) : KILN_OK;
 }
 
 /* At the end of a run with restore_best: the best epoch's weights back in the model. */
@@ -748,7 +772,7 @@ static kiln_status fit_restore_best(fit_run *f) {
     if (!f->o->restore_best || !f->best.taken || r->best_epoch == r->epochs_run) return KILN_OK;
     kiln_status s = snapshot_restore(&f->best, f->m);
     if (s != KILN_OK) return fit_fail_at(f, s, "kiln_fit: restoring the best model");
-    if (f->o->progress)
+    if (f->show)
         fprintf(stderr, "restored the weights of epoch %d (%s %.4f)\n", r->best_epoch, monitor_name(f->o->monitor),
                 r->best_metric);
     return KILN_OK;
@@ -763,8 +787,10 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
     if (!m) return kiln__fail_global(KILN_ERR_NULL, "%s: module is NULL", f.op);
     kiln_ctx *ctx = f.ctx = kiln_module_ctx(m);
     if (kiln_error_status(ctx) != KILN_OK) return kiln_error_status(ctx); /* an earlier error is pending */
-    kiln_status s = fit_check(ctx, m, f.op, o);
+    f.rank0 = !o || !o->dist || kiln_dist_rank() == 0;
+    kiln_status s = fit_check(ctx, m, f.op, o, f.rank0);
     if (s != KILN_OK) return s;
+    f.show = o->progress && f.rank0;
 
     f.hist = calloc((size_t)o->epochs, sizeof *f.hist);
     f.nparams = kiln_optim_num_params(o->opt);
@@ -778,7 +804,7 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
 
     bool was_training = kiln_module_is_training(m);
     bool grad = kiln_ctx_set_grad_enabled(ctx, true);
-    f.tty = o->progress && isatty(2);
+    f.tty = f.show && isatty(2);
     f.nbat = kiln_loader_num_batches(o->train);
     f.t = (tally){.ctx = ctx, .want_b = f.nbat};
     s = kiln_loader_reset(o->train);
@@ -787,7 +813,7 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
         s = fit_epoch(&f, epoch, &stop);
         if (s == KILN_OK && stop) {
             f.r.stopped_early = true;
-            if (o->progress)
+            if (f.show)
                 fprintf(stderr, "early stopping: %s did not improve for %d epochs; best epoch %d (%.4f)\n",
                         monitor_name(o->monitor), o->patience, f.r.best_epoch, f.r.best_metric);
             break;
