@@ -334,7 +334,7 @@ static kiln_status stats_add(feat_stats *s, kiln_module *cls, kiln_tensor *x01) 
     int32_t *p = malloc(sizeof(int32_t) * (size_t)b);
     kiln_status st = f && p ? KILN_OK : KILN_ERR_HOST_OUT_OF_MEMORY;
     if (st == KILN_OK) st = kiln_to_host(h, f, sizeof(float) * (size_t)(b * d));
-    if (st == KILN_OK && kiln_tensor_dtype(pred) == KILN_I32) st = kiln_to_host(pred, p, sizeof(int32_t) * (size_t)b);
+    if (st == KILN_OK) st = kiln_to_host(pred, p, sizeof(int32_t) * (size_t)b); /* argmax gives I32 */
     for (int64_t r = 0; st == KILN_OK && r < b; r++) {
         const float *x = f + r * d;
         for (int64_t i = 0; i < d; i++) {
