@@ -459,7 +459,16 @@ static int cmd_gemm(args *a, bool json) {
 
 /* ---- the reference models ------------------------------------------------------------- */
 
-typedef enum { MODEL_MLP, MODEL_CNN, MODEL_RESNET20, MODEL_LSTM, MODEL_GPT, MODEL_AE, MODEL_COUNT } model_kind;
+typedef enum {
+    MODEL_MLP,
+    MODEL_CNN,
+    MODEL_RESNET20,
+    MODEL_LSTM,
+    MODEL_GPT,
+    MODEL_AE,
+    MODEL_DCGAN,
+    MODEL_COUNT
+} model_kind;
 
 /* Each model's name, torch_ref.py's batch size, and the default number of timed steps. */
 static const struct {
@@ -474,6 +483,7 @@ static const struct {
     [MODEL_LSTM] = {"lstm", 32, 40},
     [MODEL_GPT] = {"gpt", 16, 40},
     [MODEL_AE] = {"ae", 64, 60},
+    [MODEL_DCGAN] = {"dcgan", 64, 40},
     // clang-format on
 };
 
@@ -591,8 +601,10 @@ fail:
 
 typedef struct model {
     model_kind kind;
-    kiln_module *net;
+    kiln_module *net; /* dcgan: the discriminator */
     kiln_optim *opt;
+    kiln_module *gen; /* dcgan: the generator (a list: fc part, convolution part) */
+    kiln_optim *gen_opt;
     int64_t xshape[4];
     int xnd;
     kiln_tensor *params[MODEL_MAX_PARAMS];
@@ -602,6 +614,8 @@ typedef struct model {
 static void model_free(model *m) {
     kiln_optim_free(m->opt);
     kiln_module_free(m->net);
+    kiln_optim_free(m->gen_opt);
+    kiln_module_free(m->gen);
     memset(m, 0, sizeof *m);
 }
 
@@ -657,6 +671,42 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         m->xshape[1] = 1;
         m->xshape[2] = 28;
         m->xshape[3] = 28;
+    } else if (kind == MODEL_DCGAN) {
+        /* torch_ref.py's gan_models() (examples/gan_fashion's): G z(64)-fc(64,6272)-BN1d-ReLU-
+         * [128,7,7]-convT(128,64,4,s2,p1)-BN2d-ReLU-convT(64,1,4,s2,p1)-tanh; D conv(1,64,4,s2,
+         * p1)-LReLU(.2)-conv(64,128,4,s2,p1)-BN2d-LReLU(.2)-flatten-fc(6272,1) */
+        kiln_conv2d_params d = kiln_conv2d_defaults();
+        d.stride[0] = d.stride[1] = 2;
+        d.padding[0] = d.padding[1] = 1;
+        m->gen = kiln_nn_module_list(
+            ctx, 2,
+            (kiln_module *[]){
+                kiln_nn_sequential(ctx, 3,
+                                   (kiln_module *[]){kiln_nn_linear(ctx, 64, 6272, true),
+                                                     kiln_nn_batchnorm1d(ctx, 6272, 1e-5f, 0.1f),
+                                                     kiln_nn_activation(ctx, KILN_ACT_RELU, 0)}),
+                kiln_nn_sequential(ctx, 5,
+                                   (kiln_module *[]){kiln_nn_conv_transpose2d(ctx, 128, 64, 4, 4, &d, true),
+                                                     kiln_nn_batchnorm2d(ctx, 64, 1e-5f, 0.1f),
+                                                     kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                                     kiln_nn_conv_transpose2d(ctx, 64, 1, 4, 4, &d, true),
+                                                     kiln_nn_activation(ctx, KILN_ACT_TANH, 0)})});
+        m->net = kiln_nn_sequential(ctx, 7,
+                                    (kiln_module *[]){kiln_nn_conv2d(ctx, 1, 64, 4, 4, &d, true),
+                                                      kiln_nn_activation(ctx, KILN_ACT_LEAKY_RELU, 0.2f),
+                                                      kiln_nn_conv2d(ctx, 64, 128, 4, 4, &d, true),
+                                                      kiln_nn_batchnorm2d(ctx, 128, 1e-5f, 0.1f),
+                                                      kiln_nn_activation(ctx, KILN_ACT_LEAKY_RELU, 0.2f),
+                                                      kiln_nn_flatten(ctx, 1, -1), kiln_nn_linear(ctx, 6272, 1, true)});
+        if (!m->gen) {
+            model_free(m);
+            return -1;
+        }
+        m->xnd = 4;
+        m->xshape[0] = batch;
+        m->xshape[1] = 1;
+        m->xshape[2] = 28;
+        m->xshape[3] = 28;
     } else if (kind == MODEL_RESNET20) {
         /* He et al.'s CIFAR ResNet-20 on 1x28x28 images, torch_ref.py's ResNet20 */
         kiln_resnet_opts o = kiln_resnet_cifar_defaults();
@@ -704,6 +754,19 @@ static int model_new(kiln_ctx *ctx, model_kind kind, int batch, model *m) {
         kiln_adam_opts o = kiln_adam_defaults();
         o.lr = 1e-3;
         m->opt = kiln_adam(ctx, params, np, &o);
+    } else if (kind == MODEL_DCGAN) {
+        /* Adam(2e-4, betas .5/.999) for each network; m->params holds D's */
+        kiln_adam_opts o = kiln_adam_defaults();
+        o.lr = 2e-4;
+        o.beta1 = 0.5;
+        m->opt = kiln_adam(ctx, params, np, &o);
+        kiln_tensor *gp[16];
+        int ng = kiln_module_parameters(m->gen, gp, 16);
+        m->gen_opt = ng <= 16 ? kiln_adam(ctx, gp, ng, &o) : NULL;
+        if (!m->gen_opt) {
+            model_free(m);
+            return -1;
+        }
     } else if (kind == MODEL_RESNET20) {
         kiln_sgd_opts o = kiln_sgd_defaults();
         o.lr = 0.1;
@@ -777,9 +840,36 @@ static void batches_free(batches *b) {
     free(b->y);
 }
 
-/* One training step: forward, cross-entropy, zero_grad, backward, optimizer step, and the
- * loss read back; with resident batches (kiln bench train) the loss is not read but kept
- * in b->loss when b->keep_loss (the caller reads it after timing the step). */
+/* torch_ref.py's dcgan step: real = x * 2 - 1, fake = G(z ~ N(0, I)); D's update on the
+ * least-squares loss 0.5 mean((D(real) - 1)^2) + 0.5 mean(D(fake.detach())^2), then G's on
+ * 0.5 mean((D(fake) - 1)^2). *loss_out is D's loss plus 0 * G's (a NaN in either shows),
+ * a tensor of the caller's scope, not read back. */
+static kiln_status dcgan_step(kiln_ctx *ctx, model *m, kiln_tensor *x, kiln_tensor **loss_out) {
+    int64_t bs = m->xshape[0];
+    kiln_tensor *real = kiln_add_scalar(ctx, kiln_mul_scalar(ctx, x, 2.0f), -1.0f);
+    kiln_tensor *h = kiln_forward(kiln_module_child(m->gen, 0), kiln_rand_normal(ctx, 0, 1, 2, (int64_t[]){bs, 64}));
+    kiln_tensor *fake = kiln_forward(kiln_module_child(m->gen, 1), kiln_reshape(ctx, h, 4, (int64_t[]){bs, 128, 7, 7}));
+    kiln_tensor *dr = kiln_forward(m->net, real), *df = kiln_forward(m->net, fake ? kiln_detach(ctx, fake) : NULL);
+    kiln_tensor *ones = kiln_ones(ctx, 2, (int64_t[]){bs, 1});
+    kiln_tensor *d_loss = kiln_mul_scalar(
+        ctx,
+        kiln_add(ctx, kiln_mse_loss(ctx, dr, ones, KILN_MEAN), kiln_mean(ctx, kiln_mul(ctx, df, df), 0, NULL, false)),
+        0.5f);
+    kiln_status s = d_loss ? KILN_OK : kiln_error_status(ctx);
+    if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
+    if (s == KILN_OK) s = kiln_backward(d_loss);
+    if (s == KILN_OK) s = kiln_optim_step(m->opt);
+    kiln_tensor *g_loss =
+        s == KILN_OK ? kiln_mul_scalar(ctx, kiln_mse_loss(ctx, kiln_forward(m->net, fake), ones, KILN_MEAN), 0.5f)
+                     : NULL;
+    if (s == KILN_OK && !g_loss) s = kiln_error_status(ctx);
+    if (s == KILN_OK) s = kiln_optim_zero_grad(m->gen_opt);
+    if (s == KILN_OK) s = kiln_backward(g_loss);
+    if (s == KILN_OK) s = kiln_optim_step(m->gen_opt);
+    *loss_out = s == KILN_OK ? kiln_add(ctx, d_loss, kiln_mul_scalar(ctx, kiln_detach(ctx, g_loss), 0.0f)) : NULL;
+    return s == KILN_OK ? kiln_error_status(ctx) : s;
+}
+
 static kiln_tensor *batch_x(kiln_ctx *ctx, const model *m, const batches *b, int j) {
     return CHARLM(m->kind) ? kiln_from_host(ctx, b->xi + (int64_t)j * b->xnumel, KILN_I32, m->xnd, m->xshape)
                            : kiln_from_host(ctx, b->x + (int64_t)j * b->xnumel, KILN_F32, m->xnd, m->xshape);
@@ -789,12 +879,20 @@ static kiln_tensor *batch_y(kiln_ctx *ctx, const batches *b, int j) {
     return kiln_from_host(ctx, b->y + (int64_t)j * b->ynumel, KILN_I32, 1, (int64_t[]){b->ynumel});
 }
 
+/* One training step: forward, cross-entropy, zero_grad, backward, optimizer step (dcgan_step's
+ * two updates for the GAN), and the loss read back; with resident batches (kiln bench train) the loss is not read but
+ * kept in b->loss when b->keep_loss (the caller reads it after timing the step). */
 static kiln_status train_step(kiln_ctx *ctx, model *m, batches *b, int i, float *loss_out) {
     int j = i % b->n;
     kiln_scope_begin(ctx);
     kiln_tensor *x = b->resident ? b->dx[j] : batch_x(ctx, m, b, j);
     kiln_tensor *y = b->resident ? b->dy[j] : batch_y(ctx, b, j);
-    kiln_tensor *logits;
+    kiln_tensor *logits = NULL, *loss = NULL;
+    kiln_status s = KILN_OK;
+    if (m->kind == MODEL_DCGAN) {
+        s = dcgan_step(ctx, m, x, &loss);
+        goto stepped;
+    }
     if (m->kind == MODEL_LSTM) {
         /* embedding, LSTM (its output; h_n and c_n unused), fc over every position */
         kiln_tensor *e = kiln_forward(kiln_module_child(m->net, 0), x), *outs[3] = {0};
@@ -808,15 +906,16 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, batches *b, int i, float 
         logits = kiln_forward(m->net, x);
     }
     /* the autoencoder's "logits" are its reconstruction, its target the input */
-    kiln_tensor *loss =
+    loss =
         m->kind == MODEL_AE ? kiln_mse_loss(ctx, logits, x, KILN_MEAN) : kiln_cross_entropy(ctx, logits, y, KILN_MEAN);
-    kiln_status s = loss ? KILN_OK : kiln_error_status(ctx);
+    s = loss ? KILN_OK : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
     if (s == KILN_OK) s = kiln_backward(loss);
     /* torch_ref.py clips the char models' gradient norm to 1 */
     if (s == KILN_OK && CHARLM(m->kind) && !kiln_clip_grad_norm_tensor(ctx, m->np, m->params, 1.0, 2.0))
         s = kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_step(m->opt);
+stepped:;
     float l = NAN;
     if (b->resident)
         b->loss = s == KILN_OK && b->keep_loss ? kiln_tensor_keep(loss) : NULL;
@@ -835,7 +934,7 @@ static int parse_model(args *a, model_kind *kind) {
             *kind = (model_kind)k;
             return 0;
         }
-    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20, lstm, gpt or ae\n", name);
+    fprintf(stderr, "kiln bench: --model %s: expected mlp, cnn, resnet20, lstm, gpt, ae or dcgan\n", name);
     return -1;
 }
 
@@ -923,7 +1022,8 @@ static int cmd_train(args *a, bool json) {
     kiln_pool_stats ps;
     kiln_pool_stats_get(ctx, &ps);
     const char *name = model_info[kind].name;
-    long long nparams = (long long)kiln_module_num_elements(m.net);
+    long long nparams =
+        (long long)kiln_module_num_elements(m.net) + (m.gen ? (long long)kiln_module_num_elements(m.gen) : 0);
     if (json) {
         printf("{\"bench\": \"train\", \"impl\": \"kiln\", \"model\": \"%s\", \"batch\": %d, \"steps\": %d, "
                "\"params\": %lld, "
@@ -1769,8 +1869,9 @@ static void bench_usage(FILE *f) {
                "                    kiln's GEMM against OpenBLAS cblas_sgemm on the same data\n"
                "  gemm --model mlp|cnn|resnet20|lstm|ae [--batch B] [--repeat R] [--no-check]\n"
                "                    the same for every product one training step of the model issues\n"
-               "  train --model mlp|cnn|resnet20|lstm|gpt|ae [--batch B (torch_ref.py's: 64, 64, 128, 32, 16, 64)]\n"
-               "        [--steps N] [--warmup 5] [--attention composed|fused (gpt's sdpa path)]\n"
+               "  train --model mlp|cnn|resnet20|lstm|gpt|ae|dcgan\n"
+               "        [--batch B (torch_ref.py's: 64, 64, 128, 32, 16, 64, 64)] [--steps N]\n"
+               "        [--warmup 5] [--attention composed|fused (gpt's sdpa path)]\n"
                "                    training steps of torch_ref.py's models on random data\n"
                "  dist --model mlp|cnn|resnet20 [--batch B per rank] [--steps 20] [--warmup 3] [--bucket-mb 25]\n"
                "                    under mpirun: data-parallel steps (kiln/dist.h), samples/s of all ranks,\n"

@@ -67,6 +67,17 @@ KILN_API char *kiln_confusion_format(const kiln_confusion *cm, const char *const
  * NaN before later ones). 1 <= k <= C; a label outside [0, C) is KILN_ERR_RANGE. */
 KILN_API kiln_status kiln_topk_correct(kiln_tensor *logits, kiln_tensor *labels, int k, int64_t *correct);
 
+/* The Fréchet distance between the Gaussians N(mu1, cov1) and N(mu2, cov2) of dimension d
+ * (Dowson & Landau 1982; the FID of Heusel et al. 2017 on a network's features):
+ * |mu1 - mu2|^2 + tr(cov1) + tr(cov2) - 2 tr(sqrt(cov1 cov2)), in double precision on the
+ * host. Covariances are d x d row-major, symmetric (to 1e-9 relative) positive semi-definite;
+ * tr(sqrt(cov1 cov2)) is the trace of sqrt(sqrt(cov1) cov2 sqrt(cov1)), both square roots by
+ * Jacobi eigendecomposition with rounding's negative eigenvalues taken as 0. O(d^3): d up to
+ * 4096. KILN_ERR_NULL, or KILN_ERR_INVALID_ARGUMENT for d outside [1, 4096], a value not
+ * finite or a covariance not symmetric (kiln_last_error() says which). */
+KILN_API kiln_status kiln_frechet_distance(int d, const double *mu1, const double *cov1, const double *mu2,
+                                           const double *cov2, double *out);
+
 /* ---- fit / evaluate (src/train/fit.c) ------------------------------------------------- */
 
 /* One epoch's figures; NaN where not measured (no validation loader; accuracy when the

@@ -1,5 +1,6 @@
 /* src/train/metrics.c - classification metrics on the host: the confusion matrix with
- * precision/recall/F1 (sklearn's definitions), its text table, and top-k counts. */
+ * precision/recall/F1 (sklearn's definitions), its text table, and top-k counts; and the
+ * Fréchet distance between two Gaussians (the FID of generated images). */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -318,4 +319,123 @@ kiln_status kiln_topk_correct(kiln_tensor *logits, kiln_tensor *labels, int k, i
     free(y);
     if (s == KILN_OK) *correct = ok;
     return s;
+}
+
+/* ---- Fréchet distance ----------------------------------------------------------------- */
+
+/* The eigenvalues (w[d]) and eigenvectors (columns of v[d * d]) of the symmetric a[d * d],
+ * which is destroyed: cyclic Jacobi rotations (Golub & Van Loan, Matrix Computations,
+ * 8.5) until the off-diagonal mass is below 1e-30 of the whole or after 100 sweeps. */
+static void jacobi_eigen(int d, double *a, double *w, double *v) {
+    size_t n = (size_t)d;
+    for (size_t i = 0; i < n * n; i++) v[i] = 0;
+    for (size_t i = 0; i < n; i++) v[i * n + i] = 1;
+    double total = 0;
+    for (size_t i = 0; i < n * n; i++) total += a[i] * a[i];
+    for (int sweep = 0; sweep < 100; sweep++) {
+        double off = 0;
+        for (size_t p = 0; p < n; p++)
+            for (size_t q = p + 1; q < n; q++) off += 2 * a[p * n + q] * a[p * n + q];
+        if (off <= 1e-30 * total || off == 0) break;
+        for (size_t p = 0; p < n; p++)
+            for (size_t q = p + 1; q < n; q++) {
+                double apq = a[p * n + q];
+                if (apq == 0) continue;
+                /* the rotation that zeroes a[p][q]: t = tan(theta) of the smaller angle */
+                double theta = (a[q * n + q] - a[p * n + p]) / (2 * apq);
+                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1));
+                double c = 1 / sqrt(t * t + 1), s = t * c;
+                for (size_t k = 0; k < n; k++) { /* columns p and q: A J */
+                    double akp = a[k * n + p], akq = a[k * n + q];
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for (size_t k = 0; k < n; k++) { /* rows p and q: J^T A J */
+                    double apk = a[p * n + k], aqk = a[q * n + k];
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for (size_t k = 0; k < n; k++) { /* V J */
+                    double vkp = v[k * n + p], vkq = v[k * n + q];
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+    }
+    for (size_t i = 0; i < n; i++) w[i] = a[i * n + i];
+}
+
+kiln_status kiln_frechet_distance(int d, const double *mu1, const double *cov1, const double *mu2, const double *cov2,
+                                  double *out) {
+    static const char *op = "kiln_frechet_distance";
+    if (!mu1 || !cov1 || !mu2 || !cov2 || !out)
+        return kiln__fail_global(KILN_ERR_NULL, "%s: %s is NULL", op,
+                                 !mu1    ? "mu1"
+                                 : !cov1 ? "cov1"
+                                 : !mu2  ? "mu2"
+                                 : !cov2 ? "cov2"
+                                         : "out");
+    if (d < 1 || d > 4096)
+        return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: dimension %d is outside [1, 4096]", op, d);
+    size_t n = (size_t)d;
+    const double *const in[4] = {mu1, cov1, mu2, cov2};
+    static const char *const in_name[4] = {"mu1", "cov1", "mu2", "cov2"};
+    for (int k = 0; k < 4; k++) {
+        size_t len = k % 2 ? n * n : n;
+        for (size_t i = 0; i < len; i++)
+            if (!isfinite(in[k][i]))
+                return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "%s: %s[%zu] is %g, not finite (d = %d)", op,
+                                         in_name[k], i, in[k][i], d);
+    }
+    for (int k = 1; k < 4; k += 2)
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = i + 1; j < n; j++) {
+                double x = in[k][i * n + j], y = in[k][j * n + i];
+                if (fabs(x - y) > 1e-9 * (fabs(x) + fabs(y)) + 1e-300)
+                    return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT,
+                                             "%s: %s is not symmetric: [%zu][%zu] is %g, [%zu][%zu] is %g (d = %d)", op,
+                                             in_name[k], i, j, x, j, i, y, d);
+            }
+    double *a = malloc(sizeof(double) * n * n), *v = malloc(sizeof(double) * n * n);
+    double *s = malloc(sizeof(double) * n * n), *w = malloc(sizeof(double) * n);
+    if (!a || !v || !s || !w) {
+        free(a), free(v), free(s), free(w);
+        return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for %d x %d matrices", op, d, d);
+    }
+    /* s = sqrt(cov1) = V diag(sqrt(max(w, 0))) V^T; rounding can make a zero eigenvalue of a
+     * positive semi-definite matrix slightly negative */
+    memcpy(a, cov1, sizeof(double) * n * n);
+    jacobi_eigen(d, a, w, v);
+    for (size_t i = 0; i < n; i++) w[i] = sqrt(w[i] > 0 ? w[i] : 0);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++) {
+            double x = 0;
+            for (size_t k = 0; k < n; k++) x += v[i * n + k] * w[k] * v[j * n + k];
+            s[i * n + j] = x;
+        }
+    /* m = s cov2 s, symmetric positive semi-definite with the eigenvalues of cov1 cov2; its
+     * square root's trace is tr(sqrt(cov1 cov2)) */
+    for (size_t i = 0; i < n; i++) /* v = s cov2 */
+        for (size_t j = 0; j < n; j++) {
+            double x = 0;
+            for (size_t k = 0; k < n; k++) x += s[i * n + k] * cov2[k * n + j];
+            v[i * n + j] = x;
+        }
+    for (size_t i = 0; i < n; i++) /* a = v s, symmetrised against rounding */
+        for (size_t j = 0; j <= i; j++) {
+            double x = 0, y = 0;
+            for (size_t k = 0; k < n; k++) x += v[i * n + k] * s[k * n + j], y += v[j * n + k] * s[k * n + i];
+            a[i * n + j] = a[j * n + i] = 0.5 * (x + y);
+        }
+    jacobi_eigen(d, a, w, v);
+    double tr_sqrt = 0, tr1 = 0, tr2 = 0, dmu = 0;
+    for (size_t i = 0; i < n; i++) {
+        tr_sqrt += sqrt(w[i] > 0 ? w[i] : 0);
+        tr1 += cov1[i * n + i];
+        tr2 += cov2[i * n + i];
+        dmu += (mu1[i] - mu2[i]) * (mu1[i] - mu2[i]);
+    }
+    free(a), free(v), free(s), free(w);
+    *out = dmu + tr1 + tr2 - 2 * tr_sqrt;
+    return KILN_OK;
 }
