@@ -129,7 +129,7 @@ kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[],
     for (int i = 0; i < m->nin && !s; i++) s = bind_input(m, &m->inputs[i], in[i], &vals[m->inputs[i].id]);
     for (int i = 0; i < m->nnodes && !s; i++) {
         onnx_node *n = &m->nodes[i];
-        if (n->folded) continue;
+        if (n->folded || n->fused) continue;
         onnx_val *iv[256], *ov[256], dummy = {0};
         for (int k = 0; k < n->nin; k++) {
             int id = n->in[k];
