@@ -553,11 +553,25 @@ static void conv_bn_model(mb *b, bool second_reader) {
     if (second_reader) mb_node(b, "Relu", "act", 1, brelu_in, 1, brelu_out);
 }
 
-/* Runs the model on x [batch, 2, 5, 5] into y (and r); returns the kernels it launched. */
+/* The operators KILN_ONNX_PROFILE's log names (its rows: "<model>:   <op> ..."). */
+static char prof_seen[256];
+static void prof_log_fn(int level, const char *msg, void *user) {
+    (void)level, (void)user;
+    const char *p = strstr(msg, ":   ");
+    if (p && strlen(prof_seen) + 40 < sizeof prof_seen) {
+        char op[32] = "";
+        sscanf(p + 4, "%31s", op);
+        strcat(prof_seen, op), strcat(prof_seen, " ");
+    }
+}
+
+/* Runs the model on x [batch, 2, 5, 5] into y (and r), with KILN_ONNX_PROFILE set (its
+ * operator rows land in prof_seen); returns the kernels it launched. */
 static uint64_t conv_bn_run(kiln_ctx *ctx, bool fold, bool second_reader, const float *x, int batch, float *y,
                             float *r) {
     mb b;
     conv_bn_model(&b, second_reader);
+    prof_seen[0] = 0;
     if (!fold) setenv("KILN_ONNX_NO_FOLD", "1", 1);
     kiln_onnx_model *m = NULL;
     kiln_status s = load_packed(ctx, &b, 0, &m);
@@ -568,7 +582,11 @@ static uint64_t conv_bn_run(kiln_ctx *ctx, bool fold, bool second_reader, const 
     kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 4, (int64_t[]){batch, 2, 5, 5}), *out[2] = {NULL, NULL};
     kiln_ctx_stats st = {0};
     kiln_ctx_stats_reset(ctx);
+    setenv("KILN_ONNX_PROFILE", "1", 1);
+    kiln_set_log(prof_log_fn, NULL);
     CHECK(kiln_onnx_run(m, 1, &xt, second_reader ? 2 : 1, out) == KILN_OK, "conv+bn run: %s", kiln_error_message(ctx));
+    kiln_set_log(NULL, NULL);
+    unsetenv("KILN_ONNX_PROFILE");
     kiln_ctx_stats_get(ctx, &st);
     size_t bytes = (size_t)batch * 27 * sizeof(float);
     if (out[0]) CHECK(kiln_to_host(out[0], y, bytes) == KILN_OK, "read y");
@@ -617,6 +635,10 @@ static void test_bn_fold(kiln_ctx *ctx) {
     h_compare("conv+bn unfolded", yu, yref, B * 27, bound, 0);
     CHECK(lf > 0 && lf < lu, "the folded model launches fewer kernels (%llu) than the unfolded one (%llu)",
           (unsigned long long)lf, (unsigned long long)lu);
+    /* the profile of the last (unfolded) run names both operators */
+    CHECK(strstr(prof_seen, "Conv ") && strstr(prof_seen, "BatchNormalization "), "profile rows: %s", prof_seen);
+    conv_bn_run(ctx, true, false, x, B, yf, NULL);
+    CHECK(strstr(prof_seen, "Conv ") && !strstr(prof_seen, "BatchNormalization"), "folded profile rows: %s", prof_seen);
     /* h read by the Relu too: the BN stays a node and both outputs are right */
     lf = conv_bn_run(ctx, true, true, x, B, yf, rf);
     lu = conv_bn_run(ctx, false, true, x, B, yu, ru);
