@@ -3,7 +3,9 @@
  * here with protobuf-c against a host computation, and every rejection the reader promises:
  * a truncated file, tensor data shorter than its shape, an external-data path leaving the
  * model's directory, a cycle, an input nobody produces, a 2^40 dimension, an unsupported
- * operator / attribute / opset, wrong input dtype or shape at run. */
+ * operator / attribute / opset, wrong input dtype or shape at run. A Conv followed by a
+ * BatchNormalization is folded at load into one Conv (checked against the unfolded graph and
+ * a host computation), and not folded when the Conv's output has a second reader. */
 #define _XOPEN_SOURCE 700
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,7 +22,7 @@ typedef struct mb {
     Onnx__GraphProto g;
     Onnx__OperatorSetIdProto opset, *opsets[1];
     Onnx__NodeProto nodes[8], *pnodes[8];
-    Onnx__TensorProto inits[4], *pinits[4];
+    Onnx__TensorProto inits[8], *pinits[8];
     Onnx__ValueInfoProto ins[2], outs[2], *pins[2], *pouts[2];
     Onnx__TypeProto types[4];
     Onnx__TypeProto__Tensor tts[4];
@@ -507,6 +509,146 @@ static void test_trilu_tile(kiln_ctx *ctx) {
     }
 }
 
+/* ---- BatchNormalization folded into the Conv before it ------------------------------ */
+
+static float bw[54], bb[3], bscale[3], bbias[3], bmean[3], bvar[3];
+static int64_t bwdims[4] = {3, 2, 3, 3}, bcdims[1] = {3};
+static char *bconv_in[] = {"x", "w", "b"}, *bconv_out[] = {"h"}, *bbn_in[] = {"h", "scale", "bias", "mean", "var"},
+            *bbn_out[] = {"y"}, *brelu_in[] = {"h"}, *brelu_out[] = {"r"};
+#define BN_EPS 1e-3f
+
+/* x [N, 2, 5, 5] -> Conv (3x3, no padding) -> h -> BatchNormalization -> y; with
+ * second_reader, h is also read by a Relu whose output r is a second graph output. */
+static void conv_bn_model(mb *b, bool second_reader) {
+    mb_init(b, 15);
+    for (int i = 0; i < 54; i++) bw[i] = 0.5f * sinf(0.7f * (float)i + 0.3f);
+    for (int c = 0; c < 3; c++) {
+        bb[c] = 0.1f * (float)c - 0.05f;
+        bscale[c] = 0.5f + 0.6f * (float)c;
+        bbias[c] = 0.2f - 0.15f * (float)c;
+        bmean[c] = 0.3f * (float)c - 0.2f;
+        bvar[c] = 0.1f + 0.8f * (float)c;
+    }
+    mb_value(b, true, "x", 4, (int64_t[]){-1, 2, 5, 5});
+    mb_value(b, false, "y", 4, (int64_t[]){-1, 3, 3, 3});
+    if (second_reader) mb_value(b, false, "r", 4, (int64_t[]){-1, 3, 3, 3});
+    mb_init_f32(b, "w", 4, bwdims, 54, bw);
+    mb_init_f32(b, "b", 1, bcdims, 3, bb);
+    mb_init_f32(b, "scale", 1, bcdims, 3, bscale);
+    mb_init_f32(b, "bias", 1, bcdims, 3, bbias);
+    mb_init_f32(b, "mean", 1, bcdims, 3, bmean);
+    mb_init_f32(b, "var", 1, bcdims, 3, bvar);
+    mb_node(b, "Conv", "conv", 3, bconv_in, 1, bconv_out);
+    Onnx__NodeProto *bn = mb_node(b, "BatchNormalization", "bn", 5, bbn_in, 1, bbn_out);
+    Onnx__AttributeProto *a = &b->attrs[b->nattrs];
+    onnx__attribute_proto__init(a);
+    a->name = "epsilon";
+    a->has_type = 1;
+    a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT;
+    a->has_f = 1;
+    a->f = BN_EPS;
+    b->pattrs[b->nattrs][0] = a;
+    bn->n_attribute = 1;
+    bn->attribute = b->pattrs[b->nattrs++];
+    if (second_reader) mb_node(b, "Relu", "act", 1, brelu_in, 1, brelu_out);
+}
+
+/* The operators KILN_ONNX_PROFILE's log names (its rows: "<model>:   <op> ..."). */
+static char prof_seen[256];
+static void prof_log_fn(int level, const char *msg, void *user) {
+    (void)level, (void)user;
+    const char *p = strstr(msg, ":   ");
+    if (p && strlen(prof_seen) + 40 < sizeof prof_seen) {
+        char op[32] = "";
+        sscanf(p + 4, "%31s", op);
+        strcat(prof_seen, op), strcat(prof_seen, " ");
+    }
+}
+
+/* Runs the model on x [batch, 2, 5, 5] into y (and r), with KILN_ONNX_PROFILE set (its
+ * operator rows land in prof_seen); returns the kernels it launched. */
+static uint64_t conv_bn_run(kiln_ctx *ctx, bool fold, bool second_reader, const float *x, int batch, float *y,
+                            float *r) {
+    mb b;
+    conv_bn_model(&b, second_reader);
+    prof_seen[0] = 0;
+    if (!fold) setenv("KILN_ONNX_NO_FOLD", "1", 1);
+    kiln_onnx_model *m = NULL;
+    kiln_status s = load_packed(ctx, &b, 0, &m);
+    unsetenv("KILN_ONNX_NO_FOLD");
+    CHECK(s == KILN_OK, "conv+bn load: %s", kiln_error_message(ctx));
+    if (!m) return 0;
+    kiln_scope_begin(ctx);
+    kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 4, (int64_t[]){batch, 2, 5, 5}), *out[2] = {NULL, NULL};
+    kiln_ctx_stats st = {0};
+    kiln_ctx_stats_reset(ctx);
+    setenv("KILN_ONNX_PROFILE", "1", 1);
+    kiln_set_log(prof_log_fn, NULL);
+    CHECK(kiln_onnx_run(m, 1, &xt, second_reader ? 2 : 1, out) == KILN_OK, "conv+bn run: %s", kiln_error_message(ctx));
+    kiln_set_log(NULL, NULL);
+    unsetenv("KILN_ONNX_PROFILE");
+    kiln_ctx_stats_get(ctx, &st);
+    size_t bytes = (size_t)batch * 27 * sizeof(float);
+    if (out[0]) CHECK(kiln_to_host(out[0], y, bytes) == KILN_OK, "read y");
+    if (out[1]) CHECK(kiln_to_host(out[1], r, bytes) == KILN_OK, "read r");
+    kiln_scope_end(ctx);
+    kiln_onnx_free(m);
+    return st.launches;
+}
+
+static void test_bn_fold(kiln_ctx *ctx) {
+    enum { B = 2 };
+    float x[B * 50];
+    h_fill(x, B * 50, -1, 1);
+    mb b0;
+    conv_bn_model(&b0, false); /* fills the weights */
+    /* host reference in double; a float32 sum of k terms is within k*u*sum|terms| of the
+     * exact one (u = 2^-24), so each output gets the bound (k + 4)*u*(sum|x w a| + |B a| +
+     * |mean a| + |bias|) with k = 18 products and 4 more roundings (a, the bias, the BN);
+     * atol is the largest of them */
+    double yref[B * 27], rref[B * 27], bound = 0;
+    for (int n = 0; n < B; n++)
+        for (int o = 0; o < 3; o++) {
+            double a = bscale[o] / sqrt((double)bvar[o] + (double)BN_EPS);
+            for (int i = 0; i < 3; i++)
+                for (int j = 0; j < 3; j++) {
+                    double h = bb[o], mag = 0;
+                    for (int c = 0; c < 2; c++)
+                        for (int ki = 0; ki < 3; ki++)
+                            for (int kj = 0; kj < 3; kj++) {
+                                double t = (double)x[((n * 2 + c) * 5 + i + ki) * 5 + j + kj] *
+                                           bw[((o * 2 + c) * 3 + ki) * 3 + kj];
+                                h += t, mag += fabs(t);
+                            }
+                    int k = (n * 3 + o) * 9 + i * 3 + j;
+                    yref[k] = (h - bmean[o]) * a + bbias[o];
+                    rref[k] = h > 0 ? h : 0;
+                    double e =
+                        22 * 0x1p-24 * ((mag + fabs((double)bb[o])) * fabs(a) + fabs(bmean[o] * a) + fabs(bbias[o]));
+                    if (e > bound) bound = e;
+                }
+        }
+    float yf[B * 27], yu[B * 27], rf[B * 27], ru[B * 27];
+    uint64_t lf = conv_bn_run(ctx, true, false, x, B, yf, NULL);
+    uint64_t lu = conv_bn_run(ctx, false, false, x, B, yu, NULL);
+    h_compare("conv+bn folded", yf, yref, B * 27, bound, 0);
+    h_compare("conv+bn unfolded", yu, yref, B * 27, bound, 0);
+    CHECK(lf > 0 && lf < lu, "the folded model launches fewer kernels (%llu) than the unfolded one (%llu)",
+          (unsigned long long)lf, (unsigned long long)lu);
+    /* the profile of the last (unfolded) run names both operators */
+    CHECK(strstr(prof_seen, "Conv ") && strstr(prof_seen, "BatchNormalization "), "profile rows: %s", prof_seen);
+    conv_bn_run(ctx, true, false, x, B, yf, NULL);
+    CHECK(strstr(prof_seen, "Conv ") && !strstr(prof_seen, "BatchNormalization"), "folded profile rows: %s", prof_seen);
+    /* h read by the Relu too: the BN stays a node and both outputs are right */
+    lf = conv_bn_run(ctx, true, true, x, B, yf, rf);
+    lu = conv_bn_run(ctx, false, true, x, B, yu, ru);
+    h_compare("conv+bn, second reader: y", yf, yref, B * 27, bound, 0);
+    h_compare("conv+bn, second reader: r", rf, rref, B * 27, bound, 0);
+    CHECK(lf == lu, "a Conv output with a second reader is not folded (%llu launches, %llu unfolded)",
+          (unsigned long long)lf, (unsigned long long)lu);
+    kiln_error_clear(ctx);
+}
+
 /* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
  * at another batch size (the batch dim is symbolic) against its own first rows. */
 static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
@@ -563,6 +705,7 @@ static void run_all(kiln_ctx *ctx) {
     test_cast(ctx);
     test_pad_modes(ctx);
     test_trilu_tile(ctx);
+    test_bn_fold(ctx);
     test_torch_export(ctx, "cnn", 0);
     test_torch_export(ctx, "mlp", 0);
     test_torch_export(ctx, "resnet", 0);

@@ -64,6 +64,7 @@ struct onnx_node {
     int nin, nout;
     int *in, *out; /* value ids, -1 for an absent optional one */
     bool folded;   /* evaluated at load: its outputs are constants */
+    bool fused;    /* merged at load into the node producing its input (BatchNormalization into Conv) */
 };
 
 /* What an op sees: the context and the model's opset. */

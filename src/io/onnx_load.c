@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -412,6 +413,150 @@ static kiln_status static_check(const kiln_onnx_model *m, const onnx_node *n) {
 
 /* ---- load ------------------------------------------------------------------------------- */
 
+/* ---- folding BatchNormalization into the Conv before it ------------------------------- */
+
+/* Adds a value of the model (after the graph's own) named `name`, a string that outlives
+ * the model (one of the proto's); returns its id, -1 when out of host memory. */
+static int add_value(kiln_onnx_model *m, char *name) {
+    size_t n = (size_t)m->nvals + 2;
+    onnx_val *c = realloc(m->consts, n * sizeof *c);
+    if (c) m->consts = c;
+    onnx_val *v = realloc(m->vals, n * sizeof *v);
+    if (v) m->vals = v;
+    int *lu = realloc(m->last_use, n * sizeof *lu);
+    if (lu) m->last_use = lu;
+    bool *o = realloc(m->is_output, n * sizeof *o);
+    if (o) m->is_output = o;
+    char **nm = realloc(m->names, n * sizeof *nm);
+    if (nm) m->names = nm;
+    if (!c || !v || !lu || !o || !nm) return -1;
+    int id = m->nvals++;
+    memset(&m->consts[id], 0, sizeof *m->consts);
+    memset(&m->vals[id], 0, sizeof *m->vals);
+    m->last_use[id] = -1;
+    m->is_output[id] = false;
+    m->names[id] = name;
+    return id;
+}
+
+/* How many input slots of the nodes that run (neither folded nor fused) read value v. */
+static int readers(const kiln_onnx_model *m, int v) {
+    int c = 0;
+    for (int i = 0; i < m->nnodes; i++)
+        if (!m->nodes[i].folded && !m->nodes[i].fused)
+            for (int k = 0; k < m->nodes[i].nin; k++) c += m->nodes[i].in[k] == v;
+    return c;
+}
+
+static bool const_f32(const kiln_onnx_model *m, int id) {
+    return id >= 0 && m->consts[id].set && m->consts[id].type == OT_FLOAT && m->consts[id].t;
+}
+
+/* A float constant onto the host (numel floats, malloc'ed), NULL on failure. */
+static float *const_host(kiln_onnx_model *m, int id) {
+    int64_t cnt = kiln__onnx_numel(&m->consts[id]);
+    float *h = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *h);
+    if (h && cnt && kiln_to_host(m->consts[id].t, h, (size_t)cnt * sizeof *h) != KILN_OK) free(h), h = NULL;
+    return h;
+}
+
+/* Folds bn (an inference BatchNormalization whose X is conv's only output, read by nobody
+ * else) into conv: with a = scale / sqrt(var + epsilon) per output channel,
+ * W' = W * a and B' = (B - mean) * a + bias, computed in double. The conv then writes the
+ * BN's output and the BN no longer runs. Returns KILN_OK also when the pair does not fit. */
+static kiln_status fold_bn(kiln_onnx_model *m, onnx_node *conv, onnx_node *bn) {
+    kiln_ctx *ctx = m->ctx;
+    int x = bn->in[0], wid = conv->in[1], bid = conv->nin > 2 ? conv->in[2] : -1;
+    if (conv->nout != 1 || conv->out[0] != x || m->is_output[x] || readers(m, x) != 1 || bn->nout != 1 ||
+        bn->nin != 5 || !const_f32(m, wid) || (bid >= 0 && !const_f32(m, bid)))
+        return KILN_OK;
+    const onnx_val *w = &m->consts[wid];
+    if (w->ndim < 3 || w->shape[0] < 1) return KILN_OK;
+    int64_t ch = w->shape[0], per = kiln__onnx_numel(w) / ch;
+    if (bid >= 0 && (m->consts[bid].ndim != 1 || m->consts[bid].shape[0] != ch)) return KILN_OK;
+    for (int k = 1; k < 5; k++)
+        if (!const_f32(m, bn->in[k]) || m->consts[bn->in[k]].ndim != 1 || m->consts[bn->in[k]].shape[0] != ch)
+            return KILN_OK;
+    const Onnx__AttributeProto *ea = kiln__onnx_attr(bn, "epsilon");
+    double eps = ea ? (double)ea->f : 1e-5;
+    float *hw = const_host(m, wid), *hb = bid >= 0 ? const_host(m, bid) : NULL, *p[4] = {0};
+    bool ok = hw && (bid < 0 || hb);
+    for (int k = 0; k < 4; k++) ok = (p[k] = ok ? const_host(m, bn->in[k + 1]) : NULL) != NULL;
+    float *nb = ok ? malloc((size_t)ch * sizeof *nb) : NULL;
+    kiln_status s = KILN_OK;
+    if (!nb) {
+        s = kiln_error_status(ctx)
+                ? kiln_error_status(ctx)
+                : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+        goto out;
+    }
+    for (int64_t c = 0; c < ch; c++) {
+        /* p: scale, bias, mean, var */
+        double a = (double)p[0][c] / sqrt((double)p[3][c] + eps);
+        for (int64_t j = 0; j < per; j++) hw[c * per + j] = (float)((double)hw[c * per + j] * a);
+        nb[c] = (float)(((hb ? (double)hb[c] : 0.0) - (double)p[2][c]) * a + (double)p[1][c]);
+    }
+    int nw = add_value(m, m->names[wid]), nbid = nw < 0 ? -1 : add_value(m, m->names[bn->in[2]]);
+    if (nbid < 0) {
+        s = kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+        goto out;
+    }
+    onnx_val *vw = &m->consts[nw], *vb = &m->consts[nbid];
+    *vw = m->consts[wid];
+    vw->set = false;
+    vw->t = kiln_from_host(ctx, hw, KILN_F32, vw->ndim, vw->shape);
+    vb->type = OT_FLOAT, vb->ndim = 1, vb->shape[0] = ch;
+    vb->t = kiln_from_host(ctx, nb, KILN_F32, 1, &ch);
+    if (!vw->t || !vb->t) {
+        kiln_tensor_free(vw->t), kiln_tensor_free(vb->t);
+        vw->t = vb->t = NULL;
+        s = kiln_error_status(ctx);
+        goto out;
+    }
+    kiln_tensor_keep(vw->t), kiln_tensor_keep(vb->t);
+    vw->set = vb->set = true;
+    conv->in[1] = nw, conv->in[2] = nbid, conv->nin = 3; /* in[] has room for 3 (nin + 1) */
+    conv->out[0] = bn->out[0];
+    bn->fused = true;
+    /* the unfolded W and B stay only when something else reads them */
+    int old[2] = {wid, bid};
+    for (int k = 0; k < 2; k++) {
+        bool used = old[k] < 0 || m->is_output[old[k]];
+        for (int i = 0; i < m->nnodes && !used; i++)
+            for (int j = 0; j < m->nodes[i].nin; j++) used = used || m->nodes[i].in[j] == old[k];
+        if (!used) kiln__onnx_val_clear(&m->consts[old[k]]);
+    }
+out:
+    free(hw), free(hb), free(nb);
+    for (int k = 0; k < 4; k++) free(p[k]);
+    return s;
+}
+
+/* KILN_ONNX_NO_FOLD=1 keeps every BatchNormalization a node of its own (to compare). */
+static kiln_status fold_batch_norms(kiln_onnx_model *m) {
+    const char *e = getenv("KILN_ONNX_NO_FOLD");
+    if (e && e[0] && strcmp(e, "0") != 0) return KILN_OK;
+    int *producer = malloc(sizeof(int) * (size_t)(m->nvals + 1));
+    if (!producer) return kiln__fail(m->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+    for (int v = 0; v < m->nvals; v++) producer[v] = -1;
+    for (int i = 0; i < m->nnodes; i++)
+        for (int o = 0; o < m->nodes[i].nout; o++)
+            if (m->nodes[i].out[o] >= 0) producer[m->nodes[i].out[o]] = i;
+    kiln_status s = KILN_OK;
+    int nv = m->nvals; /* fold_bn adds values after these; none of them is a node's output */
+    for (int i = 0; i < m->nnodes && !s; i++) {
+        onnx_node *bn = &m->nodes[i];
+        if (bn->folded || strcmp(bn->op->name, "BatchNormalization") != 0 || bn->in[0] < 0 || bn->in[0] >= nv) continue;
+        int c = producer[bn->in[0]];
+        if (c < 0 || m->nodes[c].folded || m->nodes[c].fused || strcmp(m->nodes[c].op->name, "Conv") != 0) continue;
+        kiln_scope_begin(m->ctx);
+        s = fold_bn(m, &m->nodes[c], bn);
+        kiln_scope_end(m->ctx);
+    }
+    free(producer);
+    return s;
+}
+
 static kiln_status fail_node(kiln_onnx_model *m, const onnx_node *n, kiln_status s, const char *fmt, const char *arg) {
     char msg[300];
     snprintf(msg, sizeof msg, fmt, arg);
@@ -724,10 +869,11 @@ static kiln_status build(kiln_onnx_model *m) {
         if (s) goto done;
         n->folded = true;
     }
+    if ((s = fold_batch_norms(m)) != KILN_OK) goto done;
     /* last consumers */
     for (int v = 0; v < m->nvals; v++) m->last_use[v] = -1;
     for (int i = 0; i < m->nnodes; i++)
-        if (!m->nodes[i].folded)
+        if (!m->nodes[i].folded && !m->nodes[i].fused)
             for (int k = 0; k < m->nodes[i].nin; k++)
                 if (m->nodes[i].in[k] >= 0) m->last_use[m->nodes[i].in[k]] = i;
 done:

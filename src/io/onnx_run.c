@@ -1,7 +1,9 @@
 /* src/io/onnx_run.c - running a loaded ONNX model (kiln_onnx_run) and the queries of its
  * inputs and outputs. Nodes run in topological order without autograd; each node's
  * temporaries live in a scope of its own, its results are kept until their last consumer
- * ran and are then freed (their buffers go back to the pool for the next node or run). */
+ * ran and are then freed (their buffers go back to the pool for the next node or run).
+ * KILN_ONNX_PROFILE=1 times each node (draining the queue before and after it) and logs the
+ * time per operator after each run at info level (KILN_LOG=1 prints it). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +113,40 @@ static kiln_tensor *export_val(kiln_onnx_model *m, const onnx_io *io, const onnx
     return t;
 }
 
+typedef struct prof_row {
+    const char *op;
+    double ms;
+    int n;
+} prof_row;
+
+enum { PROF_ROWS = 64 };
+
+static void prof_add(prof_row *rows, int *nrows, const char *op, double ms) {
+    int i = 0;
+    while (i < *nrows && strcmp(rows[i].op, op) != 0) i++;
+    if (i == *nrows) {
+        if (*nrows == PROF_ROWS) return;
+        rows[(*nrows)++] = (prof_row){op, 0, 0};
+    }
+    rows[i].ms += ms, rows[i].n++;
+}
+
+/* The rows, slowest operator first, with the total. */
+static void prof_log(const kiln_onnx_model *m, prof_row *rows, int nrows) {
+    double total = 0;
+    for (int i = 0; i < nrows; i++) total += rows[i].ms;
+    kiln__log(2, "onnx %s: %.3f ms in %d operators", m->what, total, nrows);
+    for (int i = 0; i < nrows; i++) {
+        int best = i;
+        for (int j = i + 1; j < nrows; j++)
+            if (rows[j].ms > rows[best].ms) best = j;
+        prof_row t = rows[i];
+        rows[i] = rows[best], rows[best] = t;
+        kiln__log(2, "onnx %s:   %-20s %4d nodes %9.3f ms %5.1f%%", m->what, rows[i].op, rows[i].n, rows[i].ms,
+                  total > 0 ? 100 * rows[i].ms / total : 0.0);
+    }
+}
+
 kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[], int n_out, kiln_tensor *out[]) {
     if (!m) return kiln__fail_global(KILN_ERR_NULL, "kiln_onnx_run: model is NULL");
     kiln_ctx *ctx = m->ctx;
@@ -126,10 +162,14 @@ kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[],
     bool grad = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_status s = KILN_OK;
     onnx_val *vals = m->vals;
+    const char *pe = getenv("KILN_ONNX_PROFILE");
+    bool prof = pe && pe[0] && strcmp(pe, "0") != 0;
+    prof_row rows[PROF_ROWS];
+    int nrows = 0;
     for (int i = 0; i < m->nin && !s; i++) s = bind_input(m, &m->inputs[i], in[i], &vals[m->inputs[i].id]);
     for (int i = 0; i < m->nnodes && !s; i++) {
         onnx_node *n = &m->nodes[i];
-        if (n->folded) continue;
+        if (n->folded || n->fused) continue;
         onnx_val *iv[256], *ov[256], dummy = {0};
         for (int k = 0; k < n->nin; k++) {
             int id = n->in[k];
@@ -143,6 +183,8 @@ kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[],
         }
         if (s) break;
         for (int k = 0; k < n->nout; k++) ov[k] = n->out[k] >= 0 ? &vals[n->out[k]] : &dummy;
+        double t0 = 0;
+        if (prof && kiln_sync(ctx) == KILN_OK) t0 = kiln__now_ms();
         kiln_scope_begin(ctx);
         s = n->op->run(&m->rt, n, iv, ov);
         for (int k = 0; k < n->nout; k++) {
@@ -153,6 +195,7 @@ kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[],
         }
         kiln__onnx_val_clear(&dummy);
         kiln_scope_end(ctx);
+        if (prof && !s && kiln_sync(ctx) == KILN_OK) prof_add(rows, &nrows, n->op->name, kiln__now_ms() - t0);
         if (!s && kiln_error_status(ctx) != KILN_OK) s = kiln_error_status(ctx);
         if (s) break;
         /* free what no later node reads */
@@ -179,6 +222,7 @@ kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[],
         if (!out[i]) s = kiln_error_status(ctx);
     }
     for (int v = 0; v < m->nvals; v++) kiln__onnx_val_clear(&vals[v]);
+    if (prof && !s) prof_log(m, rows, nrows);
     if (s)
         for (int i = 0; i < n_out; i++) kiln_tensor_free(out[i]), out[i] = NULL;
     kiln_ctx_set_grad_enabled(ctx, grad);
