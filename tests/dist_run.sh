@@ -13,6 +13,9 @@ set -uo pipefail
 mpirun=$1 np=$2 exe=$3 mode=${4:-}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export POCL_CPU_MAX_CU_COUNT=1
+# under scripts/test --sanitize: Open MPI's libraries have no frame pointers, so only the slow
+# unwinder gives the stacks that tests/lsan.supp's MPI lines match
+[ -n "${ASAN_OPTIONS:-}" ] && export ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 run() { # NP ARGS...: the job's exit status

@@ -193,7 +193,7 @@ static Onnx__TensorProto *tensor_proto(ex *e, const char *name, int32_t dtype, i
     *t = (Onnx__TensorProto)ONNX__TENSOR_PROTO__INIT;
     t->name = (char *)name;
     t->has_data_type = 1, t->data_type = dtype;
-    memcpy(dims, shape, sizeof *dims * (size_t)ndim);
+    if (ndim > 0) memcpy(dims, shape, sizeof *dims * (size_t)ndim);
     t->n_dims = (size_t)ndim, t->dims = dims;
     return t;
 }
