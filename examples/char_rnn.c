@@ -8,6 +8,7 @@
  *
  *   build/examples/char_rnn [--steps N] [--interval N] [--save PATH] ...    # train
  *   build/examples/char_rnn --generate 500 --load char_rnn.safetensors --prime "The "
+ *   mpirun -np 2 build/examples/char_rnn --distributed   # data-parallel, own windows per rank
  *
  * Training prints, every interval, the mean training loss of the interval and the loss over
  * every target of the consecutive validation windows, in nats and bits per character, then
@@ -20,7 +21,7 @@
  * character at a time (a sequence of length 1 with the carried h and c): the sampled id
  * stays on the device for the next step; the host reads it only to print it.
  */
-#include "common.h"
+#include "text_dist.h"
 
 #include <stddef.h>
 #include <unistd.h>
@@ -86,7 +87,7 @@ typedef struct opts {
     double lr, clip, val_frac, temperature;
     uint64_t seed;
     const char *dir, *device, *save, *load, *prime;
-    bool progress;
+    bool progress, distributed;
 } opts;
 
 static const opts defaults = {.steps = 3000,
@@ -128,6 +129,8 @@ static void usage(FILE *f) {
             "  --sample N         characters generated after each report, 0: none [%lld]\n"
             "  --save PATH        where the model goes (with its vocabulary) [%s]\n"
             "  --progress, --no-progress   progress bar on stderr (a terminal) [on]\n"
+            "  --distributed      data-parallel under mpirun: every rank trains --batch windows of its\n"
+            "                     own a step (kiln/dist.h); rank 0 prints, samples and saves\n"
             "generation:\n"
             "  --generate N       write N characters from the model of --load, no training\n"
             "  --load PATH        a model saved by this program\n"
@@ -152,6 +155,7 @@ static int parse(int argc, char **argv, opts *o) {
     static const ex_flag flags[] = {
         F("--progress", EX_FLAG_SWITCH, progress, 1, 0),
         F("--no-progress", EX_FLAG_SWITCH, progress, 0, 0),
+        F("--distributed", EX_FLAG_SWITCH, distributed, 1, 0),
         F("--steps", EX_FLAG_I64, steps, 0, 100000000),
         F("--interval", EX_FLAG_I64, interval, 1, 100000000),
         F("--batch", EX_FLAG_I64, batch, 1, 1 << 16),
@@ -278,22 +282,29 @@ static int32_t *encode_prime(const kiln_vocab *v, const char *prime) {
 
 /* ---- validation --------------------------------------------------------------------------- */
 
-/* Mean loss over every target of the loader's consecutive windows (nats), NaN on error. */
-static double evaluate(kiln_module *net, kiln_text_loader *l, int64_t vocab) {
+/* Mean loss over every target of the loader's consecutive windows (nats), NaN on error.
+ * With dm (--distributed) rank r computes batches r, r + N, ... and the sums are added over
+ * the ranks: every rank returns the loss of the whole text. */
+static double evaluate(kiln_module *net, kiln_text_loader *l, int64_t vocab, const kiln_dist_model *dm) {
     kiln_ctx *ctx = kiln_module_ctx(net);
     bool grad = kiln_ctx_set_grad_enabled(ctx, false);
     kiln_module_train(net, false);
     kiln_text_loader_reset(l);
     kiln_tensor *total = NULL; /* summed on the device, read once */
-    int64_t count = 0;
+    int64_t count = 0, batch = 0;
+    const int rank = dm ? kiln_dist_rank() : 0, world = dm ? kiln_dist_world_size() : 1;
     bool ok = true;
-    for (;;) {
+    for (;; batch++) {
         kiln_scope_begin(ctx);
         kiln_tensor *x, *y, *out[3] = {0};
         if (!kiln_text_loader_next(l, &x, &y)) {
             kiln_scope_end(ctx);
             ok = kiln_error_status(ctx) == KILN_OK;
             break;
+        }
+        if (batch % world != rank) { /* another rank's share */
+            kiln_scope_end(ctx);
+            continue;
         }
         kiln_tensor *sum = NULL;
         if (kiln_module_forward(net, 1, &x, 3, out) == KILN_OK)
@@ -311,7 +322,11 @@ static double evaluate(kiln_module *net, kiln_text_loader *l, int64_t vocab) {
         total = t;
         kiln_scope_end(ctx);
     }
-    double r = ok && total && count > 0 ? kiln_tensor_item(total) / (double)count : NAN;
+    /* the sum, the count and the failures over the ranks: every rank takes part, also one
+     * that failed, so that none waits for it */
+    double v[3] = {ok && total ? kiln_tensor_item(total) : 0, (double)count, !ok};
+    if (!ex_text_dist_sum(PROG, dm, v, 3)) v[2] = 1;
+    double r = v[2] == 0 && v[1] > 0 ? v[0] / v[1] : NAN;
     kiln_tensor_free(total);
     kiln_module_train(net, true);
     kiln_ctx_set_grad_enabled(ctx, grad);
@@ -416,8 +431,9 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
     kiln_module *net = NULL;
     kiln_optim *opt = NULL;
     kiln_tensor **params = NULL;
+    kiln_dist_model *dm = NULL;
     int32_t *prime = NULL;
-    bool tty = o->progress && isatty(2);
+    bool tty = o->progress && isatty(2) && kiln_dist_rank() == 0;
 
     all = kiln_text_fortunes(o->dir);
     if (!all || kiln_text_split(all, o->val_frac, &train, &val) != KILN_OK) {
@@ -427,7 +443,8 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
     const kiln_vocab *v = kiln_text_vocab(all);
     int64_t V = kiln_vocab_num_chars(v);
     kiln_text_loader_opts lo = kiln_text_loader_defaults(o->seq_len);
-    lo.batch_size = o->batch, lo.random_windows = true, lo.seed = o->seed, lo.drop_last = true;
+    lo.batch_size = o->batch, lo.random_windows = true, lo.drop_last = true;
+    lo.seed = ex_text_dist_seed(o->seed, o->distributed); /* --distributed: each rank its windows */
     tl = kiln_text_loader_new(ctx, train, &lo);
     lo.random_windows = false, lo.drop_last = false;
     vl = tl ? kiln_text_loader_new(ctx, val, &lo) : NULL;
@@ -460,6 +477,10 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
         goto done;
     }
     kiln_module_parameters(net, params, np);
+    if (o->distributed && !(dm = kiln_dist_wrap(net, NULL))) { /* rank 0's weights everywhere */
+        fprintf(stderr, "%s: %s\n", PROG, kiln_error_message(ctx));
+        goto done;
+    }
     kiln_adam_opts ao = kiln_adam_defaults();
     ao.lr = o->lr;
     opt = kiln_adam(ctx, params, np, &ao);
@@ -492,6 +513,7 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
                                       kiln_reshape(ctx, y, 1, (int64_t[]){-1}), KILN_MEAN);
         kiln_status st = loss ? kiln_optim_zero_grad(opt) : KILN_ERR_INVALID_ARGUMENT;
         if (st == KILN_OK) st = kiln_backward(loss);
+        if (st == KILN_OK && dm) st = kiln_dist_sync_grads(dm); /* the mean over the ranks, then the clip */
         if (st == KILN_OK && o->clip > 0 && !kiln_clip_grad_norm_tensor(ctx, np, params, o->clip, 2.0))
             st = kiln_error_status(ctx);
         if (st == KILN_OK) st = kiln_optim_step(opt);
@@ -525,20 +547,24 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
         }
         if (in_iv == iv_len) {
             if (tty) fprintf(stderr, "\r\033[K");
-            vloss = evaluate(net, vl, V);
+            vloss = evaluate(net, vl, V, dm);
             if (isnan(vloss)) {
                 fprintf(stderr, "%s: validation after step %lld: %s\n", PROG, (long long)step + 1,
                         kiln_error_message(ctx));
                 goto done;
             }
             tr = run_loss / (double)run_n;
+            if (dm) { /* the mean of the ranks' interval means (their batches are as large) */
+                if (!ex_text_dist_sum(PROG, dm, &tr, 1)) goto done;
+                tr /= kiln_dist_world_size();
+            }
             double el = (ex_now_ms() - t0) / 1e3;
             printf("step %6lld epoch %6.3f  train %.4f nats (%.4f bits)  val %.4f nats (%.4f bits)/char  %7.1f s "
                    "(%.1f ms/step)\n",
                    (long long)step + 1, (double)(step + 1) / (double)nbat, tr, tr / LN2, vloss, vloss / LN2, el,
                    1e3 * el / (double)(step + 1));
             run_loss = 0, run_n = 0;
-            if (o->sample > 0) {
+            if (o->sample > 0 && kiln_dist_rank() == 0) {
                 printf("--- sample (temperature %g, top-k %lld) ---\n%s", o->temperature, (long long)o->top_k,
                        o->prime);
                 double s = generate(net, v, prime, (int64_t)strlen(o->prime), o->sample, (float)o->temperature,
@@ -554,7 +580,8 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
     }
     double secs = (ex_now_ms() - t0) / 1e3;
 
-    if (o->save && o->steps > 0) {
+    if (dm && !ex_text_dist_check_params(PROG, net)) goto done;
+    if (o->save && o->steps > 0 && kiln_dist_rank() == 0) {
         char vs[2 * 256 + 1], desc[160];
         snprintf(desc, sizeof desc, "%s: %lld steps, val_loss=%.4f", PROG, (long long)o->steps, vloss);
         if (kiln_vocab_to_string(v, vs, sizeof vs) != KILN_OK ||
@@ -573,6 +600,7 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
     printf("seconds=%.1f\n", secs);
     rc = 0;
 done:
+    kiln_dist_model_free(dm);
     free(prime);
     free(params);
     kiln_optim_free(opt);
@@ -589,10 +617,16 @@ int main(int argc, char **argv) {
     opts o = defaults;
     int rc = parse(argc, argv, &o);
     if (rc >= 0) return rc;
+    char dev[64];
+    if (!ex_text_dist_init(PROG, o.distributed, &argc, &argv, &o.device, dev, sizeof dev)) return 1;
     ex_opts eo = {.device = o.device};
     kiln_ctx *ctx = ex_open(PROG, &eo);
-    if (!ctx) return 1;
-    rc = o.generate > 0 ? run_generate(ctx, &o) : run_train(ctx, &o);
-    kiln_close(ctx);
+    if (ctx) {
+        rc = o.generate > 0 ? run_generate(ctx, &o) : run_train(ctx, &o);
+        kiln_close(ctx);
+    } else {
+        rc = 1;
+    }
+    if (o.distributed) kiln_dist_finalize();
     return rc;
 }

@@ -5,8 +5,10 @@
 #   equiv | sampler | collect   the ranks' own checks (exit status of the job)
 #   fail      the last rank kills itself before step 3 (mpirun --enable-recovery keeps the
 #             others running, as a lost node would); every other rank must exit 1 within
-#             KILN_DIST_TIMEOUT (3 s) + a margin with the watchdog's message naming its
-#             rank, and rank 0's last checkpoint must load
+#             KILN_DIST_TIMEOUT (3 s) + a margin with a message naming its rank and, from
+#             the watchdog's roll call, the killed rank; rank 0's last checkpoint must load
+#   stray     the last rank issues a stray barrier: every rank fails, the roll call finding
+#             every rank alive
 #   ckpt      a checkpoint saved under NP ranks resumes under 1 rank and under NP + 1
 #   exec PROGRAM ARGS...   runs PROGRAM ARGS under mpirun (the examples' --distributed)
 set -uo pipefail
@@ -39,13 +41,27 @@ case "$mode" in
     survivors=$((np - 1))
     fails=$(grep -c "^exit_status=1$" "$tmp/out")
     killed=$(grep -c "^exit_status=137$" "$tmp/out")
+    # each survivor names itself and, from the roll call, the killed rank (the last); the
+    # first to time out says so, the others may give up on hearing its roll call
     msgs=0
     for r in $(seq 0 $((survivors - 1))); do
-      grep -q "^fail_message=kiln_dist_sync_grads: rank $r of $np: .*within 3 s (watchdog" "$tmp/out" && msgs=$((msgs + 1))
+      grep -q "^fail_message=kiln_dist_sync_grads: rank $r of $np: .*roll call: rank $survivors of $np did not answer within [0-9.]* s: it died or hangs" "$tmp/out" && msgs=$((msgs + 1))
     done
+    named=$(grep -c "^names_killed=1$" "$tmp/out")
+    watchdogs=$(grep -c "^fail_message=.*within 3 s (watchdog, KILN_DIST_TIMEOUT)" "$tmp/out")
     loads=$(grep -c "^checkpoint_loads=1$" "$tmp/out")
-    echo "dist_run fail: $fails of $survivors survivors exited 1 with the watchdog message ($msgs named), $killed killed, checkpoint loads: $loads, ${secs} s"
-    [ "$fails" -eq "$survivors" ] && [ "$msgs" -eq "$survivors" ] && [ "$killed" -eq 1 ] && [ "$loads" -eq 1 ] && [ "$secs" -le 60 ]
+    echo "dist_run fail: $fails of $survivors survivors exited 1 naming themselves and rank $survivors ($msgs messages, $named names_killed, $watchdogs watchdogs fired), $killed killed, checkpoint loads: $loads, ${secs} s"
+    [ "$fails" -eq "$survivors" ] && [ "$msgs" -eq "$survivors" ] && [ "$named" -eq "$survivors" ] && [ "$watchdogs" -ge 1 ] &&
+      [ "$killed" -eq 1 ] && [ "$loads" -eq 1 ] && [ "$secs" -le 60 ]
+    ;;
+  stray)
+    start=$(date +%s)
+    run "$np" --enable-recovery "$exe" stray >"$tmp/out" 2>&1
+    secs=$(($(date +%s) - start))
+    grep -v "PMIX ERROR" "$tmp/out"
+    ok=$(grep -c "^stray_ok=1$" "$tmp/out")
+    echo "dist_run stray: $ok of $np ranks failed with the roll call finding every rank alive, ${secs} s"
+    [ "$ok" -eq "$np" ] && [ "$secs" -le 60 ]
     ;;
   ckpt)
     ck="$tmp/ckpt.safetensors"

@@ -19,8 +19,13 @@
  *             rank naming the rank that differs.
  *   fail      KILN_DIST_TIMEOUT=3: the last rank kills itself (SIGKILL) before step 3; the
  *             others must fail in kiln_dist_sync_grads within the watchdog with a message
- *             naming their rank, print it as fail_message=..., check that the checkpoint
- *             rank 0 wrote after step 2 loads, and exit 1 (dist_run.sh checks the lines).
+ *             naming their rank and, from the roll call, the killed rank as the one that did
+ *             not answer (names_killed=1), print it as fail_message=..., check that the
+ *             checkpoint rank 0 wrote after step 2 loads, and exit 1 (dist_run.sh checks the
+ *             lines).
+ *   stray     KILN_DIST_TIMEOUT=3: the last rank runs a barrier where the others sync their
+ *             gradients; every rank's watchdog fires and the roll call says every rank
+ *             answered (none died): stray_ok=1 per rank.
  *   order     the last rank's step count bumped (a test hook): every rank fails with the
  *             bucket header mismatch naming each rank's model and step. Then two wrapped
  *             models whose backwards and syncs run in opposite orders on rank 0 and the
@@ -316,6 +321,10 @@ static void mode_fail(kiln_ctx *ctx, const char *ckpt) {
         if (st != KILN_OK) {
             double secs = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
             printf("rank %d: step %d failed after %.1f s\nfail_message=%s\n", R, s, secs, kiln_error_message(ctx));
+            /* the roll call names the killed rank, and only it */
+            char want[64];
+            snprintf(want, sizeof want, "roll call: rank %d of %d did not answer", N - 1, N);
+            printf("names_killed=%d\n", strstr(kiln_error_message(ctx), want) != NULL);
             if (R == 0) {
                 kiln_error_clear(ctx);
                 kiln_module *back = make_net(ctx, 6, 8);
@@ -333,6 +342,41 @@ static void mode_fail(kiln_ctx *ctx, const char *ckpt) {
         }
     }
     CHECK(0, "rank %d: no step failed although rank %d was killed", R, N - 1);
+    free(x), free(y);
+}
+
+/* The last rank issues a barrier where the others all-reduce their gradients (step 3): every
+ * rank's watchdog fires, and the roll call finds every rank alive (each answers from its wait
+ * loop), so the message says none died. Prints stray_ok=1 per rank when so; the caller
+ * (dist_run.sh) counts them, as mpirun's status only says the ranks stopped. */
+static void mode_stray(kiln_ctx *ctx) {
+    enum { B = 2 };
+    kiln_dist_set_timeout(3);
+    kiln_module *net = make_net(ctx, 5, 8);
+    kiln_dist_model *dm = kiln_dist_wrap(net, NULL);
+    kiln_optim *opt = make_sgd(ctx, net);
+    CHECK(dm && opt, "wrap: %s", kiln_error_message(ctx));
+    float *x = malloc(sizeof(float) * (size_t)(N * B * D_IN * D_IN));
+    int32_t *y = malloc(sizeof(int32_t) * (size_t)(N * B));
+    for (int s = 0; s < 5; s++) {
+        step_data(s, N * B, x, y);
+        kiln_status st;
+        const char *msg;
+        if (s == 3 && R == N - 1) {
+            st = kiln_dist_barrier();
+            msg = kiln_last_error();
+        } else {
+            st = train_step(ctx, net, opt, dm, x + R * B * D_IN * D_IN, y + R * B, B);
+            msg = kiln_error_message(ctx);
+        }
+        if (st != KILN_OK) {
+            printf("rank %d: step %d: stray_message=%s\n", R, s, msg);
+            printf("stray_ok=%d\n", s == 3 && strstr(msg, "roll call: every other rank answered") != NULL);
+            fflush(stdout);
+            exit(1);
+        }
+    }
+    CHECK(0, "rank %d: no step failed although rank %d issued a stray barrier", R, N - 1);
     free(x), free(y);
 }
 
@@ -605,8 +649,9 @@ static void mode_fit(kiln_ctx *ctx, const char *dir) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr,
-                "usage: test_dist equiv|sampler|collect|order|syncbn|fit|fail CKPT|ckpt-save PATH|ckpt-load PATH\n");
+        fprintf(
+            stderr,
+            "usage: test_dist equiv|sampler|collect|order|syncbn|fit|stray|fail CKPT|ckpt-save PATH|ckpt-load PATH\n");
         return 2;
     }
     if (!kiln_dist_available()) {
@@ -643,6 +688,8 @@ int main(int argc, char **argv) {
         mode_syncbn(ctx);
     else if (!strcmp(m, "fit"))
         mode_fit(ctx, getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    else if (!strcmp(m, "stray"))
+        mode_stray(ctx);
     else if (!strcmp(m, "fail") && argc > 2)
         mode_fail(ctx, argv[2]);
     else if (!strncmp(m, "ckpt-", 5) && argc > 2)

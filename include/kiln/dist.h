@@ -37,8 +37,14 @@
  *
  * Failure. kiln's communicator returns MPI errors instead of aborting, and every wait polls
  * with a deadline (timeout_s, default KILN_DIST_TIMEOUT or 300 s): a rank that died, hung
- * or stopped issuing collectives makes the others fail with a message naming them and the
- * collective, never an indefinite hang. After such an error the communicator is broken:
+ * or stopped issuing collectives makes the others fail with a message naming the
+ * collective, never an indefinite hang. To name the lost rank, a rank whose wait fails holds
+ * a roll call on a communicator of its own: it tells every other rank, without blocking,
+ * that it gives up, and listens for theirs for a quarter of the timeout (0.2 to 10 s); every
+ * kiln wait probes for such messages, and a rank that hears one gives up too and answers.
+ * The message names the ranks never heard from ("roll call: rank 2 of 3 did not answer
+ * within 0.75 s: it died or hangs"), or says that every rank answered (none died: they wait
+ * on different collectives). After such an error the communicator is broken:
  * kiln_dist_finalize then skips MPI_Finalize (which would wait for the lost rank), the
  * program exits non-zero, and mpirun ends the job. A program may call kiln_dist_abort to
  * end every rank at once.

@@ -132,6 +132,8 @@ static struct {
     /* SyncBatchNorm's blocking sums, apart: the bucket all-reduces on comm start whenever
      * reads finish, so no other collective may share their order */
     MPI_Comm bn_comm;
+    /* the roll call's point-to-point messages (roll_call), apart from every collective */
+    MPI_Comm roll_comm;
     int rank, size, local_rank, local_size;
 } W = {.size = 1, .local_size = 1};
 
@@ -164,6 +166,7 @@ kiln_status kiln_dist_init(int *argc, char ***argv) {
     e = MPI_Comm_dup(MPI_COMM_WORLD, &W.comm);
     if (e == MPI_SUCCESS) e = MPI_Comm_set_errhandler(W.comm, MPI_ERRORS_RETURN);
     if (e == MPI_SUCCESS) e = MPI_Comm_dup(W.comm, &W.bn_comm); /* inherits MPI_ERRORS_RETURN */
+    if (e == MPI_SUCCESS) e = MPI_Comm_dup(W.comm, &W.roll_comm);
     if (e == MPI_SUCCESS) e = MPI_Comm_rank(W.comm, &W.rank);
     if (e == MPI_SUCCESS) e = MPI_Comm_size(W.comm, &W.size);
     if (e == MPI_SUCCESS) e = MPI_Comm_split_type(W.comm, MPI_COMM_TYPE_SHARED, W.rank, MPI_INFO_NULL, &local);
@@ -187,6 +190,7 @@ kiln_status kiln_dist_finalize(void) {
     /* After a failed collective the lost rank never answers: freeing the communicator or
      * MPI_Finalize would wait for it. The program exits and mpirun ends the job. */
     if (W.broken) return KILN_OK;
+    MPI_Comm_free(&W.roll_comm);
     MPI_Comm_free(&W.bn_comm);
     MPI_Comm_free(&W.comm);
     if (W.we_init) {
@@ -246,25 +250,164 @@ static kiln_status need_world(kiln_ctx *ctx, const char *op) {
     return KILN_OK;
 }
 
+/* ---- the roll call ------------------------------------------------------------------------
+ *
+ * A collective that times out (or fails) only tells a rank that someone did not take part.
+ * To name who, the rank that gives up sends a small message, "rank r gives up at step s", to
+ * every other rank on roll_comm (non-blocking) and listens for theirs during a grace period
+ * (a quarter of the timeout, within [0.2, 10] s). Every kiln wait loop probes roll_comm
+ * (every PROBE_MS): a rank that hears another give up knows its own collectives can no longer
+ * complete (the one who gave up posts nothing more), so it gives up too and runs its own roll
+ * call, answering the first one. The ranks never heard from by the end of the grace are the
+ * ones that died or hang outside kiln's waits (in a computation, or stopped). Everything is
+ * bounded: Isend, Irecv, Test and Cancel only, never a blocking call. */
+
+#define ROLL_TAG 0x6b6c /* "kl" */
+#define PROBE_MS 5.0
+
+enum { ROLL_TIMEOUT = 1, ROLL_ERROR = 2, ROLL_JOINED = 3 };
+
+static double roll_grace_s(void) {
+    double g = 0.25 * timeout_s();
+    return g < 0.2 ? 0.2 : g > 10 ? 10 : g;
+}
+
+/* Whether another rank's roll call has reached us (its rank in *from); never waits. */
+static bool roll_heard(int *from) {
+    int flag = 0;
+    MPI_Status st;
+    if (MPI_Iprobe(MPI_ANY_SOURCE, ROLL_TAG, W.roll_comm, &flag, &st) != MPI_SUCCESS || !flag) return false;
+    *from = st.MPI_SOURCE;
+    return true;
+}
+
+/* "r1, r2" of the ranks with mark[r] == want (other than this one) into buf; their count. */
+static int rank_list(const bool *mark, bool want, char *buf, size_t cap) {
+    int n = 0;
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int r = 0; r < W.size; r++) {
+        if (r == W.rank || mark[r] != want) continue;
+        if (at + 16 < cap) at += (size_t)snprintf(buf + at, cap - at, "%s%d", n ? ", " : "", r);
+        n++;
+    }
+    return n;
+}
+
+/* Tells every other rank that this one gives up (why: ROLL_*, at step, -1 for none) and
+ * listens for theirs; the verdict, naming the ranks never heard from, into out. */
+static void roll_call(int why, int64_t step, char *out, size_t cap) {
+    /* the message and the receive buffers stay valid after we return: a send to a dead rank
+     * or a receive that could not be cancelled may still touch them (once per process: the
+     * communicator is broken afterwards) */
+    static int64_t msg[2];
+    out[0] = '\0';
+    if (W.size <= 1) return;
+    msg[0] = why, msg[1] = step;
+    const int n = W.size;
+    MPI_Request *sreq = malloc(sizeof(MPI_Request) * (size_t)n), *rreq = malloc(sizeof(MPI_Request) * (size_t)n);
+    int64_t *rbuf = malloc(sizeof(int64_t) * 2 * (size_t)n);
+    bool *heard = calloc((size_t)n, sizeof *heard);
+    if (!sreq || !rreq || !rbuf || !heard) {
+        free(sreq), free(rreq), free(rbuf), free(heard);
+        snprintf(out, cap, "; no roll call (out of host memory)");
+        return;
+    }
+    for (int r = 0; r < n; r++) {
+        sreq[r] = rreq[r] = MPI_REQUEST_NULL;
+        if (r == W.rank) continue;
+        if (MPI_Irecv(rbuf + 2 * r, 2, MPI_INT64_T, r, ROLL_TAG, W.roll_comm, &rreq[r]) != MPI_SUCCESS)
+            rreq[r] = MPI_REQUEST_NULL;
+        if (MPI_Isend(msg, 2, MPI_INT64_T, r, ROLL_TAG, W.roll_comm, &sreq[r]) != MPI_SUCCESS)
+            sreq[r] = MPI_REQUEST_NULL;
+    }
+    const double grace = roll_grace_s(), t0 = kiln__now_ms();
+    int missing = n - 1;
+    while (missing > 0 && kiln__now_ms() - t0 < grace * 1e3) {
+        for (int r = 0; r < n; r++) {
+            int done = 0;
+            if (rreq[r] != MPI_REQUEST_NULL && MPI_Test(&rreq[r], &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && done) {
+                heard[r] = true;
+                missing--;
+            }
+            if (sreq[r] != MPI_REQUEST_NULL) MPI_Test(&sreq[r], &done, MPI_STATUS_IGNORE);
+        }
+        if (missing > 0) nap_us(200);
+    }
+    bool leftover = false;
+    for (int r = 0; r < n; r++) {
+        if (rreq[r] != MPI_REQUEST_NULL) {
+            MPI_Cancel(&rreq[r]);
+            MPI_Request_free(&rreq[r]);
+            leftover = true;
+        }
+        if (sreq[r] != MPI_REQUEST_NULL) MPI_Request_free(&sreq[r]);
+    }
+    char gone[120], alive[120];
+    int nl = rank_list(heard, false, gone, sizeof gone);
+    rank_list(heard, true, alive, sizeof alive);
+    if (nl == 0)
+        snprintf(out, cap,
+                 "; roll call: every other rank answered within %g s, so none died: the ranks are waiting on "
+                 "different collectives",
+                 grace);
+    else
+        snprintf(out, cap, "; roll call: rank%s %s of %d did not answer within %g s: %s died or hang%s (%s%s)",
+                 nl > 1 ? "s" : "", gone, n, grace, nl > 1 ? "they" : "it", nl > 1 ? "" : "s",
+                 alive[0] ? "ranks that answered: " : "no other rank answered", alive);
+    if (!leftover) free(rbuf);
+    free(sreq), free(rreq), free(heard);
+}
+
+/* A collective of this rank failed: the communicator is broken. The message (fmt) gets the
+ * roll call's verdict appended; why and step travel to the other ranks. */
+static kiln_status lost(kiln_ctx *ctx, int why, int64_t step, const char *fmt, ...) KILN__PRINTF(4, 5);
+static kiln_status lost(kiln_ctx *ctx, int why, int64_t step, const char *fmt, ...) {
+    char msg[640], verdict[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    W.broken = true;
+    roll_call(why, step, verdict, sizeof verdict);
+    return dfail(ctx, KILN_ERR_UNSUPPORTED, "%s%s", msg, verdict);
+}
+
+/* For the wait loops: when another rank's roll call has arrived (probed every PROBE_MS),
+ * this rank gives up on `what` too, naming who gave up first. *last_probe: the loop's. */
+static bool roll_joined(kiln_ctx *ctx, const char *op, const char *what, int64_t step, double *last_probe,
+                        kiln_status *s) {
+    double now = kiln__now_ms();
+    if (now - *last_probe < PROBE_MS) return false;
+    *last_probe = now;
+    int from = -1;
+    if (!roll_heard(&from)) return false;
+    char at[40] = "";
+    if (step >= 0) snprintf(at, sizeof at, " (step %lld)", (long long)step);
+    *s = lost(ctx, ROLL_JOINED, step,
+              "%s: rank %d of %d: %s%s was abandoned: rank %d gave up on the collectives (its watchdog or an MPI "
+              "error)",
+              op, W.rank, W.size, what, at, from);
+    return true;
+}
+
 /* The watchdog: polls *req until it completes, an MPI error (named) or the deadline. */
 static kiln_status wait_req(kiln_ctx *ctx, const char *op, const char *what, MPI_Request *req) {
     const double limit = timeout_s(), t0 = kiln__now_ms();
+    double last_probe = -1e300;
     char eb[MPI_MAX_ERROR_STRING];
+    kiln_status s;
     for (long spin = 0;; spin++) {
         int done = 0, e = MPI_Test(req, &done, MPI_STATUS_IGNORE);
-        if (e != MPI_SUCCESS) {
-            W.broken = true;
-            return dfail(ctx, KILN_ERR_UNSUPPORTED, "%s: rank %d of %d: %s failed: %s", op, W.rank, W.size, what,
-                         mpi_err(e, eb));
-        }
+        if (e != MPI_SUCCESS)
+            return lost(ctx, ROLL_ERROR, -1, "%s: rank %d of %d: %s failed: %s", op, W.rank, W.size, what,
+                        mpi_err(e, eb));
         if (done) return KILN_OK;
-        if (kiln__now_ms() - t0 > limit * 1e3) {
-            W.broken = true;
-            return dfail(ctx, KILN_ERR_UNSUPPORTED,
-                         "%s: rank %d of %d: %s did not complete within %g s (watchdog, KILN_DIST_TIMEOUT): another "
-                         "rank died, hung or issued different collectives",
-                         op, W.rank, W.size, what, limit);
-        }
+        if (roll_joined(ctx, op, what, -1, &last_probe, &s)) return s;
+        if (kiln__now_ms() - t0 > limit * 1e3)
+            return lost(ctx, ROLL_TIMEOUT, -1,
+                        "%s: rank %d of %d: %s did not complete within %g s (watchdog, KILN_DIST_TIMEOUT)", op, W.rank,
+                        W.size, what, limit);
         if (spin > 64) nap_us(50);
     }
 }
@@ -279,11 +422,9 @@ static MPI_Op mpi_op(kiln_dist_op op) {
         MPI_Request rq_;                                                                                               \
         char eb_[MPI_MAX_ERROR_STRING];                                                                                \
         int e_ = (call);                                                                                               \
-        if (e_ != MPI_SUCCESS) {                                                                                       \
-            W.broken = true;                                                                                           \
-            return dfail(ctx, KILN_ERR_UNSUPPORTED, "%s: rank %d of %d: posting %s failed: %s", op, W.rank, W.size,    \
-                         what, mpi_err(e_, eb_));                                                                      \
-        }                                                                                                              \
+        if (e_ != MPI_SUCCESS)                                                                                         \
+            return lost(ctx, ROLL_ERROR, -1, "%s: rank %d of %d: posting %s failed: %s", op, W.rank, W.size, what,     \
+                        mpi_err(e_, eb_));                                                                             \
         kiln_status s_ = wait_req(ctx, op, what, &rq_);                                                                \
         if (s_ != KILN_OK) return s_;                                                                                  \
     } while (0)
@@ -461,12 +602,10 @@ static kiln_status post_bucket(kiln_dist_model *dm, int k) {
     int e = MPI_Iallreduce(MPI_IN_PLACE, b->hdr, 8, MPI_INT64_T, MPI_MAX, dm->comm, &b->hreq);
     if (e == MPI_SUCCESS)
         e = MPI_Iallreduce(MPI_IN_PLACE, b->host, (int)b->numel, MPI_FLOAT, MPI_SUM, dm->comm, &b->req);
-    if (e != MPI_SUCCESS) {
-        W.broken = true;
-        return dfail(dm->ctx, KILN_ERR_UNSUPPORTED,
-                     "%s: rank %d of %d: posting the all-reduce of bucket %d/%d failed: %s", fn, W.rank, W.size, k,
-                     dm->nb, mpi_err(e, eb));
-    }
+    if (e != MPI_SUCCESS)
+        return lost(dm->ctx, ROLL_ERROR, dm->step,
+                    "%s: rank %d of %d: posting the all-reduce of bucket %d/%d failed: %s", fn, W.rank, W.size, k,
+                    dm->nb, mpi_err(e, eb));
     b->state = B_POSTED;
     if (!dm->in_sync) dm->st.buckets_early++;
     return KILN_OK;
@@ -598,7 +737,7 @@ kiln_status kiln_dist_sync_grads(kiln_dist_model *dm) {
         b->nready++;
     }
     const double limit = timeout_s();
-    double last = kiln__now_ms(), all_posted = -1;
+    double last = kiln__now_ms(), all_posted = -1, last_probe = -1e300;
     int finished = 0;
     for (long spin = 0; s == KILN_OK && finished < dm->nb; spin++) {
         s = progress(dm);
@@ -617,10 +756,9 @@ kiln_status kiln_dist_sync_grads(kiln_dist_model *dm) {
             int e = MPI_Test(&b->hreq, &hd, MPI_STATUS_IGNORE);
             if (e == MPI_SUCCESS && hd) e = MPI_Test(&b->req, &dd, MPI_STATUS_IGNORE);
             if (e != MPI_SUCCESS) {
-                W.broken = true;
-                s = dfail(ctx, KILN_ERR_UNSUPPORTED,
-                          "%s: rank %d of %d: the all-reduce of bucket %d/%d (step %lld) failed: %s", fn, W.rank,
-                          W.size, k, dm->nb, (long long)dm->step, mpi_err(e, eb));
+                s = lost(ctx, ROLL_ERROR, dm->step,
+                         "%s: rank %d of %d: the all-reduce of bucket %d/%d (step %lld) failed: %s", fn, W.rank, W.size,
+                         k, dm->nb, (long long)dm->step, mpi_err(e, eb));
                 break;
             }
             if (!dd) continue;
@@ -654,18 +792,21 @@ kiln_status kiln_dist_sync_grads(kiln_dist_model *dm) {
         if (s != KILN_OK) break;
         double now = kiln__now_ms();
         if (moved) last = now;
-        if (finished < dm->nb && now - last > limit * 1e3) {
-            W.broken = true;
+        if (finished < dm->nb && (now - last_probe >= PROBE_MS || now - last > limit * 1e3)) {
             int k = 0;
             while (k < dm->nb && dm->b[k].state == B_DONE) k++;
-            s = dfail(ctx, KILN_ERR_UNSUPPORTED,
-                      "%s: rank %d of %d: the all-reduce of bucket %d/%d (step %lld) %s within %g s (watchdog, "
-                      "KILN_DIST_TIMEOUT): another rank died, hung or issued different collectives",
-                      fn, W.rank, W.size, k, dm->nb, (long long)dm->step,
-                      dm->b[k].state == B_IDLE ? "could not start (its gradients were not read back)"
-                                               : "did not complete",
-                      limit);
-            break;
+            char what[96];
+            snprintf(what, sizeof what, "the all-reduce of bucket %d/%d", k, dm->nb);
+            if (roll_joined(ctx, fn, what, dm->step, &last_probe, &s)) break;
+            if (now - last > limit * 1e3) {
+                s = lost(ctx, ROLL_TIMEOUT, dm->step,
+                         "%s: rank %d of %d: %s (step %lld) %s within %g s (watchdog, KILN_DIST_TIMEOUT)", fn, W.rank,
+                         W.size, what, (long long)dm->step,
+                         dm->b[k].state == B_IDLE ? "could not start (its gradients were not read back)"
+                                                  : "did not complete",
+                         limit);
+                break;
+            }
         }
         if (!moved && spin > 64) nap_us(50);
     }
