@@ -333,6 +333,10 @@ static void mode_fail(kiln_ctx *ctx, const char *ckpt) {
                 kiln_module_free(back);
             }
             fflush(stdout);
+            free(x), free(y);
+            kiln_optim_free(opt);
+            kiln_dist_model_free(dm);
+            kiln_module_free(net);
             kiln_dist_finalize();
             exit(1);
         }
