@@ -53,16 +53,6 @@ double kiln_dist_set_timeout(double seconds) {
     return prev;
 }
 
-static double timeout_s(void) {
-    if (g_timeout <= 0) g_timeout = timeout_from_env();
-    return g_timeout;
-}
-
-static void nap_us(long us) {
-    struct timespec ts = {0, us * 1000L};
-    nanosleep(&ts, NULL);
-}
-
 #ifndef KILN_HAVE_MPI
 
 /* ---- built without MPI ------------------------------------------------------------------ */
@@ -119,6 +109,16 @@ kiln_status kiln_dist_model_stats(const kiln_dist_model *dm, kiln_dist_stats *ou
 }
 
 #else
+
+static double timeout_s(void) {
+    if (g_timeout <= 0) g_timeout = timeout_from_env();
+    return g_timeout;
+}
+
+static void nap_us(long us) {
+    struct timespec ts = {0, us * 1000L};
+    nanosleep(&ts, NULL);
+}
 
 #include <mpi.h>
 
