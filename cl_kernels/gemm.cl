@@ -47,6 +47,13 @@
 #define NN_BETA 1
 #endif
 
+/* NT_BIAS 1: gemm_nt adds bias[bias_off + j * bias_st] to output column j as it stores
+ * (a linear layer's x W^T + b in one launch; only with beta 0, src/ops/gemm.c). The extra
+ * arguments exist only in that program. */
+#ifndef NT_BIAS
+#define NT_BIAS 0
+#endif
+
 #define KCAT_(a, b) a##b
 #define KCAT(a, b) KCAT_(a, b)
 #define NT_T KCAT(float, NT_VW)
@@ -85,7 +92,11 @@ static float nt_hsum(NT_T v) {
 __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, float beta,
                       __global const float *A, ulong aoff, ulong lda, ulong astride,
                       __global const float *B, ulong boff, ulong ldb, ulong bstride,
-                      __global float *C, ulong coff, ulong ldc, ulong cstride) {
+                      __global float *C, ulong coff, ulong ldc, ulong cstride
+#if NT_BIAS
+                      , __global const float *bias, ulong bias_off, ulong bias_st
+#endif
+) {
     int i0 = (int)get_global_id(0) * NT_RM;
     int bi = (int)get_global_id(1) / nblocks;
     int j0 = ((int)get_global_id(1) - bi * nblocks) * NT_RN;
@@ -133,12 +144,24 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
             for (int c = 0; c < NT_RN; c++) s[r][c] = fma(a[r][k], b[c][k], s[r][c]);
     __global float *crow = C + coff + (ulong)bi * cstride + (ulong)i0 * ldc + j0;
     int rows = min(NT_RM, M - i0), cols = min(NT_RN, N - j0);
+#if NT_BIAS
+    /* the unfused sum, rounded as kiln_add rounds it: the product in a statement of its
+     * own, so that it is not contracted into an fma with the bias */
+    for (int c = 0; c < cols; c++) {
+        float bc = bias[bias_off + (ulong)(j0 + c) * bias_st];
+        for (int r = 0; r < rows; r++) {
+            float y = alpha * s[r][c];
+            crow[(ulong)r * ldc + c] = y + bc;
+        }
+    }
+#else
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
             __global float *p = crow + (ulong)r * ldc + c;
             /* beta == 0 never reads C: stale pool memory, even NaN, cannot leak in */
             *p = beta == 0.0f ? alpha * s[r][c] : fma(beta, *p, alpha * s[r][c]);
         }
+#endif
 }
 
 /* gemm_nn: row-major C = alpha op(A) B + beta C, B [K, N] row-major and op(A) [M, K]

@@ -379,6 +379,103 @@ static void test_views(kiln_ctx *ctx) {
     }
 }
 
+/* A tensor's values as floats (n of them) into out; false (and a failed CHECK) if not. */
+static bool host_of(kiln_tensor *t, float *out, size_t n) {
+    kiln_status st = t ? kiln_to_host(t, out, n * sizeof(float)) : KILN_ERR_INVALID_ARGUMENT;
+    CHECK(st == KILN_OK, "kiln_to_host: %s", t ? kiln_error_message(kiln_tensor_ctx(t)) : "no tensor");
+    return st == KILN_OK;
+}
+
+/* One linear forward x W^T + b (and its backward): fused (ctx->hooks.gemm_epilogue 1,
+ * gemm_nt adds the bias as it stores) or not (-1: kiln_matmul_ex, then kiln_add). The bias
+ * is a strided view at an offset (every second element of a longer vector from the
+ * second). Returns y, d x, d W, d b in out[0..3] (host copies, caller frees) and the
+ * forward's launches in *launches. */
+static bool linear_pass(kiln_ctx *ctx, int mode, int xnd, const int64_t *xshape, int64_t out, const float *xh,
+                        const float *wh, const float *bh, const float *rh, float **res, uint64_t *launches) {
+    kiln__hooks_of(ctx)->gemm_epilogue = mode;
+    int64_t in = xshape[xnd - 1], rows = 1;
+    for (int d = 0; d < xnd - 1; d++) rows *= xshape[d];
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_from_host(ctx, xh, KILN_F32, xnd, xshape);
+    kiln_tensor *w = kiln_from_host(ctx, wh, KILN_F32, 2, (int64_t[]){out, in});
+    kiln_tensor *bfull = kiln_from_host(ctx, bh, KILN_F32, 1, (int64_t[]){2 * out + 1});
+    int64_t yshape[KILN_MAX_DIMS];
+    for (int d = 0; d < xnd; d++) yshape[d] = xshape[d];
+    yshape[xnd - 1] = out;
+    kiln_tensor *r = kiln_from_host(ctx, rh, KILN_F32, xnd, yshape);
+    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(w, true);
+    kiln_tensor_set_requires_grad(bfull, true);
+    kiln_tensor *b = kiln_slice(ctx, bfull, 0, 1, 2 * out + 1, 2);
+    kiln_ctx_stats s0, s1;
+    kiln_ctx_stats_get(ctx, &s0);
+    kiln_tensor *y = kiln__linear(ctx, "test linear", x, w, b);
+    kiln_ctx_stats_get(ctx, &s1);
+    *launches = s1.launches - s0.launches;
+    kiln_status st = y ? kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, r), 0, NULL, false)) : ctx->err;
+    CHECK(st == KILN_OK, "linear %s: %s", mode > 0 ? "fused" : "unfused", kiln_error_message(ctx));
+    size_t n[4] = {(size_t)(rows * out), (size_t)(rows * in), (size_t)(out * in), (size_t)(2 * out + 1)};
+    kiln_tensor *t[4] = {y, kiln_tensor_grad(x), kiln_tensor_grad(w), kiln_tensor_grad(bfull)};
+    bool ok = st == KILN_OK;
+    for (int i = 0; i < 4; i++) {
+        res[i] = malloc(n[i] * sizeof(float));
+        ok = ok && res[i] && host_of(t[i], res[i], n[i]);
+    }
+    kiln_scope_end(ctx);
+    kiln__hooks_of(ctx)->gemm_epilogue = 0;
+    return ok;
+}
+
+/* The bias epilogue (kiln__linear with kiln__gemm_bias_takes): one launch instead of two,
+ * and y and every gradient bit for bit the unfused ones (the kernel rounds the product and
+ * then adds the bias, as kiln_add does), for every parameter set, with M and N not
+ * multiples of the register block, K not a multiple of the vector step, and the input
+ * with leading batch dims folded into M. */
+static void test_linear_bias(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    for (int s = 0; s < KILN__GEMM_SETS; s++) {
+        const kiln__gemm_params *p = &kiln__gemm_sets[s];
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        int64_t rm = p->nt_rm, rn = p->nt_rn, vw = p->nt_vw;
+        int64_t shapes[2][4] = {{2 * rm + 1, 3 * rn + 1, 2 * vw + 3, 2}, {2, rm + 2, vw + 1, 3}};
+        for (int c = 0; c < 2; c++) {
+            int xnd = (int)shapes[c][3];
+            int64_t out = shapes[c][1], in = shapes[c][2];
+            int64_t xshape[3] = {shapes[c][0], xnd == 2 ? in : 5, in};
+            int64_t rows = xshape[0] * (xnd == 3 ? xshape[1] : 1);
+            float *xh = malloc((size_t)(rows * in) * sizeof(float)), *wh = malloc((size_t)(out * in) * sizeof(float));
+            float *bh = malloc((size_t)(2 * out + 1) * sizeof(float)),
+                  *rh = malloc((size_t)(rows * out) * sizeof(float));
+            float *fu[4] = {0}, *un[4] = {0};
+            uint64_t lf = 0, lu = 0;
+            if (xh && wh && bh && rh) {
+                h_fill(xh, rows * in, -1.0f, 1.0f);
+                h_fill(wh, out * in, -1.0f, 1.0f);
+                h_fill(bh, 2 * out + 1, -2.0f, 2.0f);
+                h_fill(rh, rows * out, -1.0f, 1.0f);
+                bool ok = linear_pass(ctx, 1, xnd, xshape, out, xh, wh, bh, rh, fu, &lf) &&
+                          linear_pass(ctx, -1, xnd, xshape, out, xh, wh, bh, rh, un, &lu);
+                /* (the guard's checks add launches of their own to both) */
+                CHECK(lf < lu, "set %s, case %d: the forward took %llu launches fused, %llu unfused (want fewer)",
+                      p->name, c, (unsigned long long)lf, (unsigned long long)lu);
+                size_t n[4] = {(size_t)(rows * out), (size_t)(rows * in), (size_t)(out * in), (size_t)(2 * out + 1)};
+                static const char *const what[4] = {"y", "d x", "d W", "d b"};
+                for (int i = 0; ok && i < 4; i++) {
+                    size_t bad = 0;
+                    for (size_t e = 0; e < n[i]; e++) bad += memcmp(&fu[i][e], &un[i][e], sizeof(float)) != 0;
+                    CHECK(bad == 0, "set %s, case %d: %s fused differs from unfused in %zu of %zu elements", p->name, c,
+                          what[i], bad, n[i]);
+                }
+            }
+            for (int i = 0; i < 4; i++) free(fu[i]), free(un[i]);
+            free(xh), free(wh), free(bh), free(rh);
+        }
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
 static void run(kiln_ctx *ctx) {
     /* sentinels around every storage: a write outside an operand's storage is seen too */
     kiln__set_guard(ctx, 67);
@@ -387,6 +484,7 @@ static void run(kiln_ctx *ctx) {
     test_padded(ctx);
     test_pad_oom(ctx);
     test_views(ctx);
+    test_linear_bias(ctx);
     kiln__set_guard(ctx, 0);
 }
 

@@ -186,6 +186,7 @@ typedef struct kiln__hooks {
     int shape_layout;                    /* as reduce_layout (src/ops/shape.c) */
     int gemm_own;                        /* 0 device, 1 every product kiln's kernels can take, -1 none */
     int gemm_params;                     /* 0 device, i: set i - 1 (ops/gemm.c), own kernels unless gemm_own -1 */
+    int gemm_epilogue;                   /* 0 KILN_GEMM_EPILOGUE, 1 bias fused into gemm_nt, -1 never */
     bool sgemm_fixed;                    /* kiln tune: no per-call choice between CLBlast's kernels */
     int64_t conv_pad;                    /* the padded conv path with this multiple (0 = off) */
     int64_t conv_budget, conv_split_min; /* conv's column budget and split-K minimum (0 = built-in) */

@@ -75,8 +75,7 @@ static kiln_tensor *linear_fwd(kiln_module *m, kiln_tensor *x) {
     const linear_cfg *c = m->data;
     if (!check_ndim(m, x, 1, KILN_MAX_DIMS, ">= 1") || !check_dim(m, x, x->ndim - 1, c->in_features, "input features"))
         return NULL;
-    kiln_tensor *y = kiln_matmul_ex(m->ctx, x, c->weight, KILN_TRANS_B);
-    return c->bias ? kiln_add(m->ctx, y, c->bias) : y;
+    return kiln__linear(m->ctx, m->kind, x, c->weight, c->bias); /* the bias in the GEMM's store where it can */
 }
 FORWARD1(linear_forward, linear_fwd)
 

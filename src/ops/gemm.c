@@ -256,10 +256,20 @@ static kiln_status pad_copy(kiln_ctx *ctx, const char *op, const char *options, 
                         0);
 }
 
-kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
-                           cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
-                           size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
-                           size_t batch) {
+bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch) {
+    if (ta || !tb || !kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, 0.0f)) return false;
+    int mode = ctx->hooks.gemm_epilogue; /* tests: 1 always, -1 never, 0 the environment */
+    if (mode != 0) return mode > 0;
+    const char *e = getenv("KILN_GEMM_EPILOGUE");
+    return !(e && (strcmp(e, "off") == 0 || strcmp(e, "0") == 0));
+}
+
+/* bias: NULL, or (only kiln__gemm_run_bias passes one: A B^T, beta 0) the row added to every
+ * row of C, element j at bias_off + j * bias_st */
+static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
+                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch,
+                            cl_mem bias, size_t bias_off, size_t bias_st) {
     const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
     if (!p && ctx->hooks.gemm_params != 0)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
@@ -281,12 +291,12 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
     kernel_view v = view_of(p, ta, tb, m, n);
     /* NN_TC (the A^T B^T path) and NN_BETA (beta != 0) select gemm_nn's stores: programs of
      * their own, so that the common product's kernel carries neither (gemm.cl says why) */
-    char options[208];
+    char options[224];
     snprintf(options, sizeof options,
              "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d -DNN_TC=%d "
-             "-DNN_BETA=%d",
+             "-DNN_BETA=%d -DNT_BIAS=%d",
              p->nt_rm, p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku, v.tc ? 1 : 0,
-             !v.nt && beta != 0.0f ? 1 : 0);
+             !v.nt && beta != 0.0f ? 1 : 0, bias ? 1 : 0);
     if (v.tc) {
         /* C^T = B A: the kernel's A is kiln's B [n, k], its B kiln's A [k, m] */
         cl_mem tm = a;
@@ -302,12 +312,14 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
     size_t local[2] = {lx, ly};
     if (v.nt) {
         cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc,
-                 cs = cstride;
+                 cs = cstride, bo_ = bias_off, bs_ = bias_st;
         kiln__karg nt[] = {KILN__ARG(cm),    KILN__ARG(cn),   KILN__ARG(ck), KILN__ARG(nb), KILN__ARG(cb),
                            KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),  KILN__ARG(ao), KILN__ARG(al),
                            KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo), KILN__ARG(bl), KILN__ARG(bs),
-                           KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl), KILN__ARG(cs)};
-        return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nt", sizeof nt / sizeof nt[0], nt, global, local);
+                           KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl), KILN__ARG(cs), KILN__ARG(bias),
+                           KILN__ARG(bo_),   KILN__ARG(bs_)};
+        size_t nargs = sizeof nt / sizeof nt[0] - (bias ? 0 : 3);
+        return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nt", nargs, nt, global, local);
     }
     /* gemm_nn's K operands through padded copies where their rows conflict in cache: B's
      * panel is read by every row block, A^T's by every column block */
@@ -337,4 +349,19 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
     kiln_tensor_free(pa);
     kiln_tensor_free(pb);
     return st;
+}
+
+kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
+                           cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
+                           size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
+                           size_t batch) {
+    return gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
+                    cstride, batch, NULL, 0, 0);
+}
+
+kiln_status kiln__gemm_run_bias(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, cl_mem a, size_t aoff,
+                                size_t lda, cl_mem b, size_t boff, size_t ldb, cl_mem c, size_t coff, size_t ldc,
+                                cl_mem bias, size_t bias_off, size_t bias_st) {
+    return gemm_run(ctx, op, false, true, m, n, k, 1.0f, a, aoff, lda, 0, b, boff, ldb, 0, 0.0f, c, coff, ldc, 0, 1,
+                    bias, bias_off, bias_st);
 }

@@ -471,3 +471,55 @@ kiln_tensor *kiln_matmul(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b) {
 kiln_tensor *kiln_matmul_ex(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, int flags) {
     return matmul_recorded(ctx, "kiln_matmul_ex", a, b, flags);
 }
+
+/* ---- linear: x W^T + b with the bias added in the GEMM's store --------------------------
+ * The unfused forward is kiln_matmul_ex and kiln_add: two launches, the second reading and
+ * writing the whole output once more. Where kiln's own A B^T kernel takes the product
+ * (kiln__gemm_bias_takes) and x [..., in] and W [out, in] are contiguous, gemm_nt adds
+ * b[j] to column j as it stores, rounded as kiln_add rounds it. The backward is the two
+ * ops' backward, with the same products (bw_matmul's): d x = g W, d W = g^T x (per batch
+ * and summed by kiln__accum where x has leading dims), d b = g summed down to b's shape
+ * by kiln__accum (as kiln_add's backward does). */
+static kiln_status bw_linear(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_tensor *x = n->in[0], *w = n->in[1];
+    kiln_status s = KILN_OK;
+    kiln_scope_begin(ctx);
+    if (kiln__input_needs_grad(n, 0)) s = kiln__accum_owned(ctx, n, 0, kiln_matmul_ex(ctx, g, w, 0));
+    if (s == KILN_OK && kiln__input_needs_grad(n, 1))
+        s = kiln__accum_owned(ctx, n, 1, kiln_matmul_ex(ctx, g, x, KILN_TRANS_A));
+    if (s == KILN_OK && kiln__input_needs_grad(n, 2)) s = kiln__accum(ctx, n, 2, g);
+    kiln_scope_end(ctx);
+    return s;
+}
+
+kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b) {
+    if (!b) return kiln_matmul_ex(ctx, x, w, KILN_TRANS_B);
+    bool fuse = x && w && x->dtype == KILN_F32 && w->dtype == KILN_F32 && b->dtype == KILN_F32 && x->ndim >= 2 &&
+                w->ndim == 2 && b->ndim == 1 && x->shape[x->ndim - 1] == w->shape[1] && b->shape[0] == w->shape[0] &&
+                kiln__is_contiguous(x) && kiln__is_contiguous(w);
+    int64_t in = fuse ? w->shape[1] : 0, out = fuse ? w->shape[0] : 0;
+    int64_t rows = fuse ? kiln__numel(x->ndim, x->shape) / (in ? in : 1) : 0;
+    fuse = fuse && rows > 0 && in > 0 && out > 0 &&
+           kiln__gemm_bias_takes(ctx, false, true, (size_t)rows, (size_t)out, (size_t)in, 1);
+    if (!fuse) return kiln_add(ctx, kiln_matmul_ex(ctx, x, w, KILN_TRANS_B), b);
+    kiln_tensor *inputs[3] = {x, w, b};
+    if (!kiln__check_inputs(ctx, op, 3, inputs)) return NULL;
+    if (ctx->hooks.gemm_seen)
+        ctx->hooks.gemm_seen(ctx->hooks.gemm_seen_arg, op, false, true, (size_t)rows, (size_t)out, (size_t)in, 1);
+    int64_t oshape[KILN_MAX_DIMS];
+    memcpy(oshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    oshape[x->ndim - 1] = out;
+    kiln_tensor *y = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, oshape);
+    if (!y) return NULL;
+    if (kiln__gemm_run_bias(ctx, op, (size_t)rows, (size_t)out, (size_t)in, x->st->mem, (size_t)x->offset, (size_t)in,
+                            w->st->mem, (size_t)w->offset, (size_t)in, y->st->mem, (size_t)y->offset, (size_t)out,
+                            b->st->mem, (size_t)b->offset, (size_t)b->strides[0]) != KILN_OK) {
+        kiln_tensor_free(y);
+        return NULL;
+    }
+    if (kiln__grad_wanted(ctx, 3, inputs) && !kiln__node_new(ctx, op, y, 3, inputs, bw_linear)) {
+        kiln_tensor_free(y);
+        return NULL;
+    }
+    return kiln__finish(ctx, op, y);
+}

@@ -117,4 +117,17 @@ bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse);
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
+/* Whether kiln's own A B^T kernel takes this product with a bias added as it stores (C = A
+ * B^T + bias, one launch): A B^T that kiln__gemm_own_takes, unless ctx->hooks.gemm_epilogue
+ * is -1 or KILN_GEMM_EPILOGUE=off (then the caller adds the bias itself). */
+bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch);
+/* Row-major C [m, n] = A [m, k] B^T (B [n, k]) + bias, bias[j] at bias_off + j * bias_st:
+ * a linear layer's forward in one launch of gemm_nt (its NT_BIAS program). */
+kiln_status kiln__gemm_run_bias(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, cl_mem a, size_t aoff,
+                                size_t lda, cl_mem b, size_t boff, size_t ldb, cl_mem c, size_t coff, size_t ldc,
+                                cl_mem bias, size_t bias_off, size_t bias_st);
+/* A linear layer's forward x W^T + b (b NULL: none), differentiable in all three: with
+ * kiln__gemm_bias_takes one fused launch where x and W are contiguous, else kiln_matmul_ex
+ * and kiln_add. */
+kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b);
 #endif
