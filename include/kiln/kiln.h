@@ -40,5 +40,6 @@
 #include "optim.h"
 #include "train.h"
 #include "dist.h"
+#include "onnx.h"
 
 #endif

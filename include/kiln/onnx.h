@@ -8,9 +8,9 @@
  *     kiln_onnx_run(m, 1, &x, 1, &y);                  // y: [64, 10], a tensor of the scope
  *     kiln_onnx_free(m);
  *
- * Files are parsed with protobuf-c from the onnx.proto Debian's libonnx-dev installs.
- * (Work in progress: the functions below are declared in the order they are implemented;
- * see README.md, "ONNX", for the operators and attributes that run.)
+ * Files are parsed with protobuf-c from the onnx.proto Debian's libonnx-dev installs. Which
+ * operators, attributes and dtypes run (opsets 11..17), and what ONNX's own node tests give,
+ * is in README.md, "Running ONNX models"; what the exporter writes, under "ONNX export".
  */
 #ifndef KILN_ONNX_H
 #define KILN_ONNX_H
