@@ -438,6 +438,10 @@ static kiln_status h_binary(onnx_rt *r, const onnx_node *n, hop op, const onnx_v
     int nd;
     int64_t shape[KILN_MAX_DIMS];
     char sa[160], sb[160];
+    /* host arithmetic: integer and bool values only (a float value lives on the device; the
+     * dtype checks at load see declared types, not what a graph computes) */
+    if (is_float(a) || is_float(b))
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "float inputs: kiln runs this operator on integer and bool tensors");
     if (!bcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape))
         return nfail(r, n, KILN_ERR_SHAPE, "shapes %s and %s do not broadcast", shp(a->ndim, a->shape, sa, sizeof sa),
                      shp(b->ndim, b->shape, sb, sizeof sb));
