@@ -264,73 +264,10 @@ done:
     return secs;
 }
 
-/* The prime's ids, or NULL with a message printed (a character the model does not know). */
-static int32_t *encode_prime(const kiln_vocab *v, const char *prime) {
-    size_t len = strlen(prime);
-    int32_t *ids = malloc(sizeof *ids * (len ? len : 1));
-    if (!ids) {
-        fprintf(stderr, "%s: out of host memory\n", PROG);
-        return NULL;
-    }
-    if (kiln_vocab_encode(v, prime, len, ids) != KILN_OK) {
-        fprintf(stderr, "%s: --prime: %s\n", PROG, kiln_last_error());
-        free(ids);
-        return NULL;
-    }
-    return ids;
-}
-
-/* ---- validation --------------------------------------------------------------------------- */
-
-/* Mean loss over every target of the loader's consecutive windows (nats), NaN on error.
- * With dm (--distributed) rank r computes batches r, r + N, ... and the sums are added over
- * the ranks: every rank returns the loss of the whole text. */
-static double evaluate(kiln_module *net, kiln_text_loader *l, int64_t vocab, const kiln_dist_model *dm) {
-    kiln_ctx *ctx = kiln_module_ctx(net);
-    bool grad = kiln_ctx_set_grad_enabled(ctx, false);
-    kiln_module_train(net, false);
-    kiln_text_loader_reset(l);
-    kiln_tensor *total = NULL; /* summed on the device, read once */
-    int64_t count = 0, batch = 0;
-    const int rank = dm ? kiln_dist_rank() : 0, world = dm ? kiln_dist_world_size() : 1;
-    bool ok = true;
-    for (;; batch++) {
-        kiln_scope_begin(ctx);
-        kiln_tensor *x, *y, *out[3] = {0};
-        if (!kiln_text_loader_next(l, &x, &y)) {
-            kiln_scope_end(ctx);
-            ok = kiln_error_status(ctx) == KILN_OK;
-            break;
-        }
-        if (batch % world != rank) { /* another rank's share */
-            kiln_scope_end(ctx);
-            continue;
-        }
-        kiln_tensor *sum = NULL;
-        if (kiln_module_forward(net, 1, &x, 3, out) == KILN_OK)
-            sum = kiln_cross_entropy(ctx, kiln_reshape(ctx, out[0], 2, (int64_t[]){-1, vocab}),
-                                     kiln_reshape(ctx, y, 1, (int64_t[]){-1}), KILN_SUM);
-        kiln_tensor *t = sum && total ? kiln_add(ctx, total, sum) : sum;
-        if (!t) {
-            kiln_scope_end(ctx);
-            ok = false;
-            break;
-        }
-        count += kiln_tensor_numel(y);
-        kiln_tensor_keep(t);
-        kiln_tensor_free(total);
-        total = t;
-        kiln_scope_end(ctx);
-    }
-    /* the sum, the count and the failures over the ranks: every rank takes part, also one
-     * that failed, so that none waits for it */
-    double v[3] = {ok && total ? kiln_tensor_item(total) : 0, (double)count, !ok};
-    if (!ex_text_dist_sum(PROG, dm, v, 3)) v[2] = 1;
-    double r = v[2] == 0 && v[1] > 0 ? v[0] / v[1] : NAN;
-    kiln_tensor_free(total);
-    kiln_module_train(net, true);
-    kiln_ctx_set_grad_enabled(ctx, grad);
-    return r;
+/* The LSTM model's logits: the first of its outputs (h_n, c_n unused). */
+static kiln_tensor *lstm_logits(kiln_module *net, kiln_tensor *x) {
+    kiln_tensor *out[3] = {0};
+    return kiln_module_forward(net, 1, &x, 3, out) == KILN_OK ? out[0] : NULL;
 }
 
 /* ---- the two modes ------------------------------------------------------------------------ */
@@ -393,7 +330,7 @@ static int run_generate(kiln_ctx *ctx, const opts *o) {
         fprintf(stderr, "%s: --load: %s\n", PROG, kiln_error_message(ctx));
         goto done;
     }
-    ids = encode_prime(v, o->prime);
+    ids = ex_text_encode_prime(PROG, v, o->prime);
     if (!ids) goto done;
     if (o->top_k > kiln_vocab_num_chars(v)) {
         fprintf(stderr, "%s: --top-k %lld is larger than the vocabulary (%d characters)\n", PROG, (long long)o->top_k,
@@ -494,7 +431,7 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
            (long long)o->hidden, (long long)V, (long long)kiln_module_num_elements(net), o->lr, o->clip,
            (unsigned long long)o->seed);
     if (o->sample > 0) {
-        prime = encode_prime(v, o->prime);
+        prime = ex_text_encode_prime(PROG, v, o->prime);
         if (!prime) goto done;
     }
 
@@ -547,7 +484,7 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
         }
         if (in_iv == iv_len) {
             if (tty) fprintf(stderr, "\r\033[K");
-            vloss = evaluate(net, vl, V, dm);
+            vloss = ex_text_evaluate(PROG, net, vl, V, dm, lstm_logits);
             if (isnan(vloss)) {
                 fprintf(stderr, "%s: validation after step %lld: %s\n", PROG, (long long)step + 1,
                         kiln_error_message(ctx));

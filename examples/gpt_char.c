@@ -377,72 +377,6 @@ done:
     kiln_ctx_set_grad_enabled(ctx, grad);
     return secs;
 }
-/* The prime's ids, or NULL with a message printed (a character the model does not know). */
-static int32_t *encode_prime(const kiln_vocab *v, const char *prime) {
-    size_t len = strlen(prime);
-    int32_t *ids = malloc(sizeof *ids * (len ? len : 1));
-    if (!ids) {
-        fprintf(stderr, "%s: out of host memory\n", PROG);
-        return NULL;
-    }
-    if (kiln_vocab_encode(v, prime, len, ids) != KILN_OK) {
-        fprintf(stderr, "%s: --prime: %s\n", PROG, kiln_last_error());
-        free(ids);
-        return NULL;
-    }
-    return ids;
-}
-
-/* ---- validation --------------------------------------------------------------------------- */
-
-/* Mean loss over every target of the loader's consecutive windows (nats), NaN on error. */
-static double evaluate(kiln_module *net, kiln_text_loader *l, int64_t vocab, const kiln_dist_model *dm) {
-    kiln_ctx *ctx = kiln_module_ctx(net);
-    bool grad = kiln_ctx_set_grad_enabled(ctx, false);
-    kiln_module_train(net, false);
-    kiln_text_loader_reset(l);
-    kiln_tensor *total = NULL; /* summed on the device, read once */
-    int64_t count = 0, batch = 0;
-    const int rank = dm ? kiln_dist_rank() : 0, world = dm ? kiln_dist_world_size() : 1;
-    bool ok = true;
-    for (;; batch++) {
-        kiln_scope_begin(ctx);
-        kiln_tensor *x, *y;
-        if (!kiln_text_loader_next(l, &x, &y)) {
-            kiln_scope_end(ctx);
-            ok = kiln_error_status(ctx) == KILN_OK;
-            break;
-        }
-        if (batch % world != rank) { /* another rank's share */
-            kiln_scope_end(ctx);
-            continue;
-        }
-        kiln_tensor *logits = kiln_forward(net, x), *sum = NULL;
-        if (logits)
-            sum = kiln_cross_entropy(ctx, kiln_reshape(ctx, logits, 2, (int64_t[]){-1, vocab}),
-                                     kiln_reshape(ctx, y, 1, (int64_t[]){-1}), KILN_SUM);
-        kiln_tensor *t = sum && total ? kiln_add(ctx, total, sum) : sum;
-        if (!t) {
-            kiln_scope_end(ctx);
-            ok = false;
-            break;
-        }
-        count += kiln_tensor_numel(y);
-        kiln_tensor_keep(t);
-        kiln_tensor_free(total);
-        total = t;
-        kiln_scope_end(ctx);
-    }
-    /* the sum, the count and the failures over the ranks: every rank takes part, also one
-     * that failed, so that none waits for it */
-    double v[3] = {ok && total ? kiln_tensor_item(total) : 0, (double)count, !ok};
-    if (!ex_text_dist_sum(PROG, dm, v, 3)) v[2] = 1;
-    double r = v[2] == 0 && v[1] > 0 ? v[0] / v[1] : NAN;
-    kiln_tensor_free(total);
-    kiln_module_train(net, true);
-    kiln_ctx_set_grad_enabled(ctx, grad);
-    return r;
-}
 
 /* ---- the two modes ------------------------------------------------------------------------ */
 
@@ -457,7 +391,7 @@ static int generate_report(kiln_module *net, const kiln_vocab *v, const opts *o)
     kiln_ctx *ctx = kiln_module_ctx(net);
     const gpt *g = kiln_module_data(net);
     int rc = 1;
-    int32_t *prime = encode_prime(v, o->prime), *text[2] = {NULL, NULL};
+    int32_t *prime = ex_text_encode_prime(PROG, v, o->prime), *text[2] = {NULL, NULL};
     int64_t plen = (int64_t)strlen(o->prime), n = o->generate;
     if (!prime) return 1;
     if (o->top_k > kiln_vocab_num_chars(v)) {
@@ -688,7 +622,7 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
            (long long)kiln_module_num_elements(net), o->lr, (long long)o->warmup, o->min_lr, o->weight_decay, o->clip,
            (unsigned long long)o->seed);
     if (o->sample > 0) {
-        int32_t *p = encode_prime(v, o->prime);
+        int32_t *p = ex_text_encode_prime(PROG, v, o->prime);
         sample = p ? malloc(sizeof *sample * (size_t)(plen + o->sample)) : NULL;
         if (sample) memcpy(sample, p, sizeof *p * (size_t)plen);
         free(p);
@@ -745,7 +679,7 @@ static int run_train(kiln_ctx *ctx, const opts *o) {
         }
         if (in_iv == iv_len) {
             if (tty) fprintf(stderr, "\r\033[K");
-            vloss = evaluate(net, vl, V, dm);
+            vloss = ex_text_evaluate(PROG, net, vl, V, dm, kiln_forward);
             if (isnan(vloss)) {
                 fprintf(stderr, "%s: validation after step %lld: %s\n", PROG, (long long)step + 1,
                         kiln_error_message(ctx));

@@ -1,5 +1,6 @@
-/* examples/text_dist.h - --distributed for the character models (char_rnn, gpt_char), whose
- * training loops are their own (the classifiers get it from common.h through kiln_fit):
+/* examples/text_dist.h - what the character models (char_rnn, gpt_char) share: the prime
+ * encoder, the validation loss, and --distributed, for training loops that are their own
+ * (the classifiers get --distributed from common.h through kiln_fit):
  *
  *     mpirun -np 2 build/examples/char_rnn --distributed
  *
@@ -82,6 +83,79 @@ static inline bool ex_text_dist_check_params(const char *prog, kiln_module *net)
     printf("param_hash=%016llx\n", (unsigned long long)h);
     printf("params_identical=%d\n", mx[0] == mn[0] && mx[1] == mn[1]);
     return true;
+}
+
+/* ---- shared by the character models, distributed or not ------------------------------- */
+
+/* The prime's ids, or NULL with a message printed (a character the model does not know). */
+static inline int32_t *ex_text_encode_prime(const char *prog, const kiln_vocab *v, const char *prime) {
+    size_t len = strlen(prime);
+    int32_t *ids = malloc(sizeof *ids * (len ? len : 1));
+    if (!ids) {
+        fprintf(stderr, "%s: out of host memory\n", prog);
+        return NULL;
+    }
+    if (kiln_vocab_encode(v, prime, len, ids) != KILN_OK) {
+        fprintf(stderr, "%s: --prime: %s\n", prog, kiln_last_error());
+        free(ids);
+        return NULL;
+    }
+    return ids;
+}
+
+/* The model's logits [B, T, vocab] for the ids x [B, T] (NULL with the context's error set). */
+typedef kiln_tensor *(*ex_text_logits_fn)(kiln_module *net, kiln_tensor *x);
+
+/* Mean loss over every target of the loader's consecutive windows (nats), NaN on error.
+ * With dm (--distributed) rank r computes batches r, r + N, ... and the sums are added over
+ * the ranks: every rank returns the loss of the whole text. */
+static inline double ex_text_evaluate(const char *prog, kiln_module *net, kiln_text_loader *l, int64_t vocab,
+                                      const kiln_dist_model *dm, ex_text_logits_fn logits_of) {
+    kiln_ctx *ctx = kiln_module_ctx(net);
+    bool grad = kiln_ctx_set_grad_enabled(ctx, false);
+    kiln_module_train(net, false);
+    kiln_text_loader_reset(l);
+    kiln_tensor *total = NULL; /* summed on the device, read once */
+    int64_t count = 0, batch = 0;
+    const int rank = dm ? kiln_dist_rank() : 0, world = dm ? kiln_dist_world_size() : 1;
+    bool ok = true;
+    for (;; batch++) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *x, *y;
+        if (!kiln_text_loader_next(l, &x, &y)) {
+            kiln_scope_end(ctx);
+            ok = kiln_error_status(ctx) == KILN_OK;
+            break;
+        }
+        if (batch % world != rank) { /* another rank's share */
+            kiln_scope_end(ctx);
+            continue;
+        }
+        kiln_tensor *logits = logits_of(net, x), *sum = NULL;
+        if (logits)
+            sum = kiln_cross_entropy(ctx, kiln_reshape(ctx, logits, 2, (int64_t[]){-1, vocab}),
+                                     kiln_reshape(ctx, y, 1, (int64_t[]){-1}), KILN_SUM);
+        kiln_tensor *t = sum && total ? kiln_add(ctx, total, sum) : sum;
+        if (!t) {
+            kiln_scope_end(ctx);
+            ok = false;
+            break;
+        }
+        count += kiln_tensor_numel(y);
+        kiln_tensor_keep(t);
+        kiln_tensor_free(total);
+        total = t;
+        kiln_scope_end(ctx);
+    }
+    /* the sum, the count and the failures over the ranks: every rank takes part, also one
+     * that failed, so that none waits for it */
+    double v[3] = {ok && total ? kiln_tensor_item(total) : 0, (double)count, !ok};
+    if (!ex_text_dist_sum(prog, dm, v, 3)) v[2] = 1;
+    double r = v[2] == 0 && v[1] > 0 ? v[0] / v[1] : NAN;
+    kiln_tensor_free(total);
+    kiln_module_train(net, true);
+    kiln_ctx_set_grad_enabled(ctx, grad);
+    return r;
 }
 
 #endif
