@@ -886,19 +886,27 @@ static kiln_tensor *pad_hw(kiln_ctx *ctx, kiln_tensor *x, const int64_t b[2], co
     return kiln_pad(ctx, x, 4, pad, value);
 }
 
-RUN(run_conv) {
+/* What Conv and ConvTranspose check first: float X and W, X of 3 or 4 dims, W of as many;
+ * *nd the spatial dims, *sp the spatial attributes. */
+static kiln_status conv_prelude(onnx_rt *r, const onnx_node *n, onnx_val *const *in, bool transposed, int *nd,
+                                spatial *sp) {
     kiln_status s = need_float(r, n, in[0], "X");
     if (!s) s = need_float(r, n, in[1], "W");
     if (!s) s = conv_rank(r, n, in[0]);
     if (s) return s;
-    int nd = in[0]->ndim - 2;
-    if (in[1]->ndim != nd + 2) {
+    *nd = in[0]->ndim - 2;
+    if (in[1]->ndim != *nd + 2) {
         char sb[160];
         return nfail(r, n, KILN_ERR_SHAPE, "W %s must have %d dims", shp(in[1]->ndim, in[1]->shape, sb, sizeof sb),
-                     nd + 2);
+                     *nd + 2);
     }
+    return spatial_attrs(r, n, *nd, in[0]->shape + 2, in[1]->shape + 2, transposed, sp);
+}
+
+RUN(run_conv) {
+    int nd;
     spatial sp;
-    s = spatial_attrs(r, n, nd, in[0]->shape + 2, in[1]->shape + 2, false, &sp);
+    kiln_status s = conv_prelude(r, n, in, false, &nd, &sp);
     if (s) return s;
     int64_t k[2], st[2], dl[2], pb[2], pe[2];
     to_hw(&sp, sp.k, 1, k), to_hw(&sp, sp.s, 1, st), to_hw(&sp, sp.d, 1, dl), to_hw(&sp, sp.pb, 0, pb),
@@ -921,18 +929,9 @@ RUN(run_conv) {
 }
 
 RUN(run_conv_transpose) {
-    kiln_status s = need_float(r, n, in[0], "X");
-    if (!s) s = need_float(r, n, in[1], "W");
-    if (!s) s = conv_rank(r, n, in[0]);
-    if (s) return s;
-    int nd = in[0]->ndim - 2;
-    if (in[1]->ndim != nd + 2) {
-        char sb[160];
-        return nfail(r, n, KILN_ERR_SHAPE, "W %s must have %d dims", shp(in[1]->ndim, in[1]->shape, sb, sizeof sb),
-                     nd + 2);
-    }
+    int nd;
     spatial sp;
-    s = spatial_attrs(r, n, nd, in[0]->shape + 2, in[1]->shape + 2, true, &sp);
+    kiln_status s = conv_prelude(r, n, in, true, &nd, &sp);
     if (s) return s;
     const int64_t *v;
     int64_t op[2] = {0, 0};
