@@ -35,90 +35,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FORTUNES_DIR = "/usr/share/games/fortunes"
-M64 = (1 << 64) - 1
-STREAM_TEXT_WINDOWS = 4
-
-
-# ---- the corpus, read as kiln_text_fortunes reads it ------------------------------------
-
-def read_fortunes(d):
-    names = []
-    for nm in os.listdir(d):
-        if nm.startswith(".") or nm.endswith(".dat"):
-            continue
-        p = os.path.join(d, nm)
-        if os.path.islink(p) or not os.path.isfile(p):
-            continue
-        names.append(nm)
-    names.sort(key=lambda s: s.encode())  # strcmp order
-    if not names:
-        sys.exit(f"{d}: no fortune files (Debian's fortunes package installs them)")
-    out = bytearray()
-    for nm in names:
-        with open(os.path.join(d, nm), "rb") as f:
-            b = f.read()
-        if b[:2] == b"\x1f\x8b":  # kiln inflates gzip by content
-            import gzip
-            b = gzip.decompress(b)
-        out += b
-        if b:
-            sep = len(b) >= 2 and b.endswith(b"%\n") and (len(b) == 2 or b[-3:-2] == b"\n")
-            if not sep:
-                out += b"%\n" if b.endswith(b"\n") else b"\n%\n"
-    if not out:
-        sys.exit(f"{d}: the corpus is empty")
-    return bytes(out), names
-
-
-# ---- kiln's random numbers (src/data/loader.c): splitmix64 seeding xoshiro256** --------
-
-def splitmix64(x):
-    x = (x + 0x9E3779B97F4A7C15) & M64
-    z = x
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return x, z ^ (z >> 31)
-
-
-def rotl(x, k):
-    return ((x << k) | (x >> (64 - k))) & M64
-
-
-class Xoshiro:
-    def __init__(self, seed, a, b, stream):
-        x, h = splitmix64(seed & M64)
-        x, h = splitmix64(h ^ a)
-        x, h = splitmix64(h ^ b)
-        x = h ^ stream
-        self.s = []
-        for _ in range(4):
-            x, v = splitmix64(x)
-            self.s.append(v)
-
-    def next(self):
-        s = self.s
-        out = (rotl((s[1] * 5) & M64, 7) * 9) & M64
-        t = (s[1] << 17) & M64
-        s[2] ^= s[0]
-        s[3] ^= s[1]
-        s[1] ^= s[2]
-        s[0] ^= s[3]
-        s[2] ^= t
-        s[3] = rotl(s[3], 45)
-        return out
-
-    def below(self, n):
-        while True:
-            x = self.next()
-            v = x % n
-            if x - v <= M64 - (n - 1):
-                return v
-
-
-def random_starts(seed, epoch, batch, count, n_chars, seq_len):
-    r = Xoshiro(seed, epoch, batch, STREAM_TEXT_WINDOWS)
-    return [r.below(n_chars - seq_len) for _ in range(count)]
+# The corpus reader, kiln's loader RNG (the window starts) and the sampler are the character
+# LSTM script's: one copy, so both scripts draw exactly the windows kiln_text_loader draws.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from char_rnn_torch import FORTUNES_DIR, random_starts, read_fortunes, sample_ids  # noqa: E402
 
 
 # ---- the model: torch_ref.py's GPT, sizes as parameters ------------------------------------
@@ -154,16 +74,6 @@ class GPT(nn.Module):
         for b in s.h:
             x = b(x)
         return s.ln_f(x) @ s.wte.weight.t()
-
-
-def sample_ids(logits, temperature, top_k, gen):
-    """logits [B, V] -> ids [B]: softmax(logits / T) over the top_k largest (ties with the
-    k-th kept; 0: all), as kiln_sample_logits."""
-    z = logits / temperature
-    if 0 < top_k < z.shape[-1]:
-        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
-        z = z.masked_fill(z < kth, float("-inf"))
-    return torch.multinomial(F.softmax(z, dim=-1), 1, generator=gen).squeeze(-1)
 
 
 def generate(model, vocab, prime, n, temperature, top_k, gen):
