@@ -174,6 +174,11 @@ inline float clip_term(float x, int mode, float p) {
     return mode == KILN_CLIP_L2 ? x * x : mode == KILN_CLIP_LP ? pow(a, p) : a;
 }
 
+/* Kahan's carry after u = s + y. Once the sum is infinite the carry would be inf - inf =
+ * NaN and turn the next term's sum into NaN: torch's norm of a gradient holding an Inf is
+ * inf (and the clip coefficient 0), so the carry stops there. */
+inline float kahan_carry(float s, float u, float y) { return isfinite(u) ? (u - s) - y : 0.0f; }
+
 /* One partial per work-group: part[pbase + group] = the group's sum (compensated) or
  * NaN-propagating max over g[i], i = global id, + global size, ... < n. */
 kernel void clip_partial(global const float *g, int goff, int n, global float *part, int pbase, int mode, float p,
@@ -188,7 +193,7 @@ kernel void clip_partial(global const float *g, int goff, int n, global float *p
         } else { /* Kahan: float partials of ~n/stride terms stay within a few ulps */
             float y = t - c;
             float u = s + y;
-            c = (u - s) - y;
+            c = kahan_carry(s, u, y);
             s = u;
         }
     }
@@ -216,7 +221,7 @@ kernel void clip_total(global const float *part, int poff, int npart, int mode, 
         } else {
             float y = t - c;
             float u = s + y;
-            c = (u - s) - y;
+            c = kahan_carry(s, u, y);
             s = u;
         }
     }

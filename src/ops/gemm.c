@@ -306,8 +306,16 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
         ta = false;
     }
     cl_int cm = (cl_int)v.m, cn = (cl_int)v.n, ck = (cl_int)k, nb = (cl_int)blocks(v.n, v.bn), cb = (cl_int)batch;
-    size_t lx = 1, ly = NN_LY;
+    size_t lx = 1, ly = NN_LY, cap = 0;
     if (v.nt) nt_group(ctx, p, &lx, &ly);
+    /* a device (or a kernel of many registers) that allows smaller groups gets them */
+    if (kiln__tree_wg(ctx, GEMM_PROGRAM, options, v.nt ? "gemm_nt" : "gemm_nn", 0, &cap) != KILN_OK) return ctx->err;
+    while (lx * ly > cap) {
+        if (ly > 1)
+            ly /= 2;
+        else
+            lx /= 2;
+    }
     size_t global[2] = {blocks(blocks(v.m, v.bm), lx) * lx, blocks((size_t)nb * batch, ly) * ly};
     size_t local[2] = {lx, ly};
     if (v.nt) {
