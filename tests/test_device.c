@@ -211,6 +211,86 @@ static void test_stats(void) {
     kiln_close(ctx);
 }
 
+/* KILN_DEVICE_LIMITS: refused specs, what the context is told, and launches the narrower
+ * device would refuse. */
+static kiln_status open_limited(kiln_ctx **ctx, const char *limits) {
+    setenv("KILN_DEVICE_LIMITS", limits, 1);
+    kiln_status s = kiln_open(ctx, NULL);
+    unsetenv("KILN_DEVICE_LIMITS");
+    return s;
+}
+
+static void test_limits(void) {
+    kiln_device_info real;
+    CHECK(kiln_device_find(NULL, &real) == KILN_OK, "find: %s", kiln_last_error());
+    char toobig[64];
+    snprintf(toobig, sizeof toobig, "wg=%llu", (unsigned long long)real.max_work_group_size + 1);
+    const struct {
+        const char *spec, *says;
+    } bad[] = {
+        {"wg", "'wg' is not key=value"},
+        {"=4", "'=4' is not key=value"},
+        {"wg=", "'wg=' is not key=value"},
+        {"wg=abc", "wg=abc is not a number"},
+        {"wg=-4", "wg=-4 is not a number"},
+        {"wg=0", "wg=0 must be at least 1"},
+        {toobig, "at most what"},
+        {"color=red", "unknown key 'color'"},
+        {"type=fpga", "type=fpga is not gpu, cpu"},
+        {"fp16=1", "only fp16=0"},
+        {"vec=3", "vec=3 is not 1, 2, 4, 8 or 16"},
+        {"cu=0", "cu=0 must be at least 1"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        kiln_ctx *ctx = (kiln_ctx *)1;
+        kiln_status s = open_limited(&ctx, bad[i].spec);
+        CHECK(s == KILN_ERR_INVALID_ARGUMENT && ctx == NULL && strstr(kiln_last_error(), bad[i].says) &&
+                  strstr(kiln_last_error(), "KILN_DEVICE_LIMITS"),
+              "KILN_DEVICE_LIMITS='%s' must be refused saying '%s': %s", bad[i].spec, bad[i].says, kiln_last_error());
+    }
+
+    kiln_ctx *ctx;
+    kiln_status s = open_limited(&ctx, "type=gpu,wg=8,lmem=64,cu=40,fp16=0,vec=2");
+    CHECK(s == KILN_OK, "open: %s", kiln_last_error());
+    if (s != KILN_OK) return;
+    const kiln_device_info *d = kiln_ctx_device(ctx);
+    CHECK(d->limited && d->type == KILN_DEVICE_GPU && d->max_work_group_size == 8 && d->local_mem_bytes == 64 &&
+              d->compute_units == 40 && !d->fp16 && d->preferred_vector_width_float == 2 &&
+              d->native_vector_width_float == 2,
+          "the context is told the narrower device");
+    CHECK(kiln__wg_size(ctx) == 8, "1-D launches use groups of %zu, want 8", kiln__wg_size(ctx));
+
+    /* a launch over the limits is refused as the narrower device would refuse it */
+    kiln_tensor *g = kiln_zeros(ctx, 1, (int64_t[]){16});
+    cl_int off = 0, n = 0;
+    kiln__karg a[] = {KILN__ARG(g->st->mem), KILN__ARG(off), KILN__ARG(n), KILN__ARG(g->st->mem), KILN__ARG(off)};
+    CHECK(kiln__launch(ctx, "test_limits", "optim", "", "clip_scale", 5, a, 16, 16) == KILN_ERR_OPENCL &&
+              strstr(kiln_error_message(ctx), "test_limits: kernel 'clip_scale' asks for work-groups of 16 items, "
+                                              "more than the 8 the device allows"),
+          "a group of 16 on a device of 8: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(kiln__launch(ctx, "test_limits", "optim", "", "clip_scale", 5, a, 16, 8) == KILN_OK, "a group of 8: %s",
+          kiln_error_message(ctx));
+    cl_int mode = 0;
+    cl_float p = 2;
+    kiln__karg b[] = {KILN__ARG(g->st->mem), KILN__ARG(off),  KILN__ARG(n), KILN__ARG(g->st->mem),
+                      KILN__ARG(off),        KILN__ARG(mode), KILN__ARG(p), KILN__LOCAL(8 * sizeof(cl_float) * 4)};
+    CHECK(kiln__launch(ctx, "test_limits", "optim", "", "clip_partial", 8, b, 8, 8) == KILN_ERR_OPENCL &&
+              strstr(kiln_error_message(ctx), "needs 128 bytes of local memory, more than the 64 the device has"),
+          "128 bytes of local memory on a device of 64: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+
+    /* the ops fit themselves to it: gemm_nt's 4 x 4 groups and the loss trees shrink */
+    float xa[6] = {1, 2, 3, 4, 5, 6}, wb[6] = {1, 0, -1, 2, 1, 0}, want[4] = {-2, 4, -2, 13}, got[4] = {0};
+    kiln_tensor *x = kiln_from_host(ctx, xa, KILN_F32, 2, (int64_t[]){2, 3});
+    kiln_tensor *w = kiln_from_host(ctx, wb, KILN_F32, 2, (int64_t[]){2, 3});
+    kiln_tensor *y = kiln_matmul_ex(ctx, x, w, KILN_TRANS_B);
+    CHECK(y && kiln_to_host(y, got, sizeof got) == KILN_OK, "x w^T with groups of at most 8: %s",
+          kiln_error_message(ctx));
+    for (int i = 0; i < 4; i++) CHECK(got[i] == want[i], "x w^T [%d] = %g, want %g", i, got[i], want[i]);
+    kiln_close(ctx);
+}
+
 int main(void) {
     char specs[16][16];
     h_devices(specs, 16); /* exits 77 when there is no device */
@@ -219,5 +299,6 @@ int main(void) {
     test_close_hooks();
     test_status_names();
     test_stats();
+    test_limits();
     return h_finish();
 }

@@ -40,6 +40,7 @@ typedef struct kiln_device_info {
     uint32_t preferred_vector_width_half;
     uint32_t native_vector_width_float;
     bool is_default; /* the device kiln_open(NULL) picks without KILN_DEVICE */
+    bool limited;    /* narrowed by $KILN_DEVICE_LIMITS (kiln_open; README, "Portability") */
 } kiln_device_info;
 
 KILN_API const char *kiln_device_type_name(kiln_device_type t);

@@ -256,6 +256,91 @@ kiln_status kiln_device_find(const char *spec, kiln_device_info *out) {
     return s;
 }
 
+/*
+ * KILN_DEVICE_LIMITS="type=gpu,wg=64,lmem=16384,cu=1,fp16=0,vec=4": what the context is told
+ * about its device, narrowed, so that one machine's tests run the code paths and fallbacks
+ * of another (a GPU's layouts, a small work-group or local-memory limit, no cl_khr_fp16,
+ * narrow vectors; cu and vec, being hints rather than capabilities, may also be raised). wg
+ * and lmem are also enforced at every launch (kiln__launch fails as the
+ * narrower device would), so a kernel that assumes more than a device offers is caught on
+ * POCL. A limit can only narrow what the device reports; anything else is refused.
+ */
+static kiln_status apply_limits(kiln_device_info *info, const char *spec) {
+    char buf[256];
+    if (strlen(spec) >= sizeof buf)
+        return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "KILN_DEVICE_LIMITS: '%.40s...' is too long", spec);
+    snprintf(buf, sizeof buf, "%s", spec);
+    char *save = NULL;
+    for (char *it = strtok_r(buf, ",", &save); it; it = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(it, '=');
+        if (!eq || eq == it || !eq[1])
+            return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT,
+                                     "KILN_DEVICE_LIMITS: '%s' is not key=value (keys: type, wg, lmem, cu, fp16, vec)",
+                                     it);
+        *eq = '\0';
+        const char *key = it, *val = eq + 1;
+        if (strcmp(key, "type") == 0) {
+            if (strcasecmp(val, "gpu") == 0)
+                info->type = KILN_DEVICE_GPU;
+            else if (strcasecmp(val, "cpu") == 0)
+                info->type = KILN_DEVICE_CPU;
+            else if (strcasecmp(val, "accelerator") == 0)
+                info->type = KILN_DEVICE_ACCELERATOR;
+            else
+                return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT,
+                                         "KILN_DEVICE_LIMITS: type=%s is not gpu, cpu or accelerator", val);
+            continue;
+        }
+        uint64_t *u64 = NULL;
+        uint32_t *u32 = NULL;
+        if (strcmp(key, "wg") == 0)
+            u64 = &info->max_work_group_size;
+        else if (strcmp(key, "lmem") == 0)
+            u64 = &info->local_mem_bytes;
+        else if (strcmp(key, "cu") == 0)
+            u32 = &info->compute_units;
+        else if (strcmp(key, "vec") == 0)
+            u32 = &info->preferred_vector_width_float;
+        else if (strcmp(key, "fp16") == 0) {
+            if (strcmp(val, "0") != 0)
+                return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT,
+                                         "KILN_DEVICE_LIMITS: fp16=%s: only fp16=0 (hide cl_khr_fp16) can be asked",
+                                         val);
+            info->fp16 = false;
+            info->preferred_vector_width_half = 0;
+            continue;
+        } else
+            return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT,
+                                     "KILN_DEVICE_LIMITS: unknown key '%s' (keys: type, wg, lmem, cu, fp16, vec)", key);
+        char *end = NULL;
+        unsigned long long v = strtoull(val, &end, 10);
+        if (!end || *end || val[0] == '-')
+            return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "KILN_DEVICE_LIMITS: %s=%s is not a number", key, val);
+        uint64_t have = u64 ? *u64 : *u32;
+        /* compute units and vector widths are hints that size partitions and pick kernel
+         * variants, not capabilities: any count, and any vector width OpenCL has */
+        bool hint = u32 != NULL;
+        if (u32 == &info->preferred_vector_width_float && (v > 16 || (v & (v - 1)) != 0))
+            return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "KILN_DEVICE_LIMITS: vec=%s is not 1, 2, 4, 8 or 16",
+                                     val);
+        if (hint && (v == 0 || v > UINT32_MAX))
+            return kiln__fail_global(KILN_ERR_INVALID_ARGUMENT, "KILN_DEVICE_LIMITS: %s=%s must be at least 1", key,
+                                     val);
+        if (v == 0 || (!hint && have && v > have))
+            return kiln__fail_global(
+                KILN_ERR_INVALID_ARGUMENT,
+                "KILN_DEVICE_LIMITS: %s=%llu must be at least 1 and at most what '%s' reports (%llu)", key, v,
+                info->name, (unsigned long long)have);
+        if (u64)
+            *u64 = v;
+        else
+            *u32 = (uint32_t)v;
+        if (u32 == &info->preferred_vector_width_float) info->native_vector_width_float = (uint32_t)v;
+    }
+    info->limited = true;
+    return KILN_OK;
+}
+
 kiln_status kiln_open(kiln_ctx **out, const char *spec) {
     kiln__clear_global();
     if (!out) return kiln__fail_global(KILN_ERR_NULL, "kiln_open: out is NULL");
@@ -264,6 +349,8 @@ kiln_status kiln_open(kiln_ctx **out, const char *spec) {
     found f;
     kiln_status s = resolve(spec, &f);
     if (s != KILN_OK) return s;
+    const char *limits = getenv("KILN_DEVICE_LIMITS");
+    if (limits && *limits && (s = apply_limits(&f.info, limits)) != KILN_OK) return s;
 
     kiln_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return kiln__fail_global(KILN_ERR_HOST_OUT_OF_MEMORY, "kiln_open: out of host memory");

@@ -445,8 +445,33 @@ static kiln_status set_args(kiln_ctx *ctx, const char *op, const char *kname, cl
     return KILN_OK;
 }
 
+/* Under KILN_DEVICE_LIMITS (src/device/device.c), refuses what the narrower device would:
+ * a work-group larger than its maximum, or more local memory than it has. */
+static kiln_status check_limits(kiln_ctx *ctx, const char *op, const char *kname, cl_kernel k, cl_uint dims,
+                                const size_t *local) {
+    size_t items = 1;
+    for (cl_uint d = 0; local && d < dims; d++) items *= local[d];
+    if (ctx->info.max_work_group_size && items > ctx->info.max_work_group_size)
+        return kiln__fail(ctx, KILN_ERR_OPENCL,
+                          "%s: kernel '%s' asks for work-groups of %zu items, more than the %llu the device allows "
+                          "(KILN_DEVICE_LIMITS)",
+                          op, kname, items, (unsigned long long)ctx->info.max_work_group_size);
+    cl_ulong lmem = 0;
+    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof lmem, &lmem, NULL) == CL_SUCCESS &&
+        lmem > ctx->info.local_mem_bytes)
+        return kiln__fail(ctx, KILN_ERR_OPENCL,
+                          "%s: kernel '%s' needs %llu bytes of local memory, more than the %llu the device has "
+                          "(KILN_DEVICE_LIMITS)",
+                          op, kname, (unsigned long long)lmem, (unsigned long long)ctx->info.local_mem_bytes);
+    return KILN_OK;
+}
+
 static kiln_status enqueue(kiln_ctx *ctx, const char *op, const char *kname, cl_kernel k, cl_uint dims,
                            const size_t *global, const size_t *local) {
+    if (ctx->info.limited) {
+        kiln_status s = check_limits(ctx, op, kname, k, dims, local);
+        if (s != KILN_OK) return s;
+    }
     cl_int err = clEnqueueNDRangeKernel(ctx->queue, k, dims, NULL, global, local, 0, NULL, NULL);
     KILN__COUNT(ctx, launches, 1);
     if (err != CL_SUCCESS)
