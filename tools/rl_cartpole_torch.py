@@ -13,6 +13,11 @@ episodes-to-solve over the same seeds.
   r + gamma max_a' Q_target(s',a') (1 - terminated), the gradient norm clipped to 10, the
   target network copied every 250 gradient steps, the learning rate (1e-3) falling linearly
   to 0 over 60,000 gradient steps. --double, --tau, the sizes and schedules as the C program's.
+--algo a2c: policy 4-128-2 and value 4-128-1 as REINFORCE's, --envs (8) environments stepped
+  together; every --n-steps (5) steps one Adam step on the n-step returns bootstrapped from
+  V of each environment's last state (0 after a failure, V of the final state after a
+  truncation): loss -mean(log pi A) + 0.5 mean((V - R)^2) - 0.01 mean(entropy), the gradient
+  norm clipped to 0.5; an environment that ends is reset at once.
 
 The environment's initial states, the replay batches, epsilon draws and sampled actions
 come from the same splitmix64 generator as the C program's (seeded with --seed); the
@@ -219,9 +224,97 @@ def run(o, seed):
     return solved, total_steps, secs
 
 
+class Episodes:
+    """The episodes of a run as they end, printed as the C program's episodes (episode_end)."""
+
+    def __init__(s):
+        s.returns, s.solved = [], -1
+
+    def end(s, ret, steps, eps=0.0):
+        s.returns.append(ret)
+        n = len(s.returns)
+        avg100 = sum(s.returns[-100:]) / len(s.returns[-100:])
+        if s.solved < 0 and n >= 100 and avg100 >= 475:
+            s.solved = n
+        if n % 10 == 0:
+            print(f"episode={n} env_steps={steps} return10={sum(s.returns[-10:]) / 10:.1f} "
+                  f"avg100={avg100:.1f} epsilon={eps:.3f}", flush=True)
+
+
+def run_a2c(o, seed):
+    """examples/rl_cartpole.c's a2c_run: the same rollouts, returns and loss."""
+    torch.manual_seed(seed)
+    rng = Rng(seed)
+    pi, v = mlp([4, o.hidden, 2]), mlp([4, o.hidden, 1])
+    params = list(pi.parameters()) + list(v.parameters())
+    opt = torch.optim.Adam(params, lr=o.lr)
+    N, T = o.envs, o.n_steps
+    envs = [CartPole() for _ in range(N)]
+    cur = [e.reset(rng) for e in envs]
+    env_ret = [0.0] * N
+    log, steps = Episodes(), 0
+    t0 = time.perf_counter()
+    while len(log.returns) < o.episodes and steps < o.max_steps and not (log.solved > 0 and o.stop_when_solved):
+        S, A, R, term, boot, trunc_s = [], [], [], [], [], []
+        for t in range(T):
+            with torch.no_grad():
+                out = pi(torch.tensor(cur, dtype=torch.float32)).double()
+            p1 = 1.0 / (1.0 + torch.exp(out[:, 0] - out[:, 1]))
+            for e in range(N):
+                a = 1 if rng.uniform() < p1[e].item() else 0
+                S.append(cur[e])
+                A.append(a)
+                s2, r, te, tr = envs[e].step(a)
+                steps += 1
+                env_ret[e] += r
+                R.append(r)
+                term.append(te)
+                if not te and tr:
+                    trunc_s.append(s2)
+                    boot.append(N + len(trunc_s) - 1)
+                else:
+                    boot.append(-1)
+                if te or tr:
+                    log.end(env_ret[e], steps)
+                    env_ret[e] = 0.0
+                    s2 = envs[e].reset(rng)
+                cur[e] = s2
+        with torch.no_grad():
+            vb = v(torch.tensor([list(c) for c in cur] + trunc_s, dtype=torch.float32)).view(-1).tolist()
+        St = torch.tensor(S, dtype=torch.float32)
+        val = v(St).view(-1)
+        ret = [0.0] * (T * N)
+        for e in range(N):
+            g = vb[e]
+            for t in reversed(range(T)):
+                i = t * N + e
+                if term[i]:
+                    g = R[i]
+                elif boot[i] >= 0:
+                    g = R[i] + o.gamma * vb[boot[i]]
+                else:
+                    g = R[i] + o.gamma * g
+                ret[i] = g
+        Rt = torch.tensor(ret, dtype=torch.float32)
+        adv = Rt - val.detach()
+        logp_all = torch.log_softmax(pi(St), 1)
+        logp = logp_all.gather(1, torch.tensor(A).view(-1, 1)).view(-1)
+        entropy = -(logp_all.exp() * logp_all).sum() / (T * N)
+        loss = -(logp * adv).mean() + 0.5 * F.mse_loss(val, Rt) - o.ent_coef * entropy
+        opt.zero_grad()
+        loss.backward()
+        if o.clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, o.clip)
+        opt.step()
+    secs = time.perf_counter() - t0
+    print(f"seed={seed} solved_episode={log.solved} episodes={len(log.returns)} env_steps={steps} "
+          f"seconds={secs:.1f} env_steps_per_s={steps / secs:.1f}", flush=True)
+    return log.solved, steps, secs
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algo", choices=["reinforce", "dqn"], default="dqn")
+    p.add_argument("--algo", choices=["reinforce", "dqn", "a2c"], default="dqn")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=1, help="seeds seed .. seed+runs-1, one after the other")
     p.add_argument("--episodes", type=int, default=None)
@@ -238,7 +331,10 @@ def main():
     p.add_argument("--eps-start", type=float, default=1.0)
     p.add_argument("--eps-end", type=float, default=0.01)
     p.add_argument("--eps-steps", type=int, default=10000)
-    p.add_argument("--clip", type=float, default=10.0, help="gradient norm clip, 0: none")
+    p.add_argument("--clip", type=float, default=None, help="gradient norm clip, 0: none [10 dqn, 0.5 a2c]")
+    p.add_argument("--envs", type=int, default=8, help="a2c: environments stepped together")
+    p.add_argument("--n-steps", type=int, default=5, help="a2c: env steps between updates")
+    p.add_argument("--ent-coef", type=float, default=0.01, help="a2c: weight of the entropy bonus")
     p.add_argument("--double", action="store_true", help="Double DQN's target")
     p.add_argument("--tau", type=float, default=0.0, help="> 0: Polyak-average the target every gradient step")
     p.add_argument("--lr-decay", type=int, default=60000, help="> 0: lr falls linearly to 0 over N gradient steps")
@@ -248,12 +344,14 @@ def main():
     o = p.parse_args()
     torch.set_num_threads(o.threads)
     if o.episodes is None:
-        o.episodes = 3000 if o.algo == "reinforce" else 5000
+        o.episodes = {"reinforce": 3000, "dqn": 5000, "a2c": 20000}[o.algo]
     if o.max_steps is None:
-        o.max_steps = 500000 if o.algo == "reinforce" else 300000
+        o.max_steps = 300000 if o.algo == "dqn" else 500000
+    if o.clip is None:
+        o.clip = 0.5 if o.algo == "a2c" else 10.0
     solved_runs, steps, secs = 0, 0, 0.0
     for k in range(o.runs):
-        s, n, t = run(o, o.seed + k)
+        s, n, t = (run_a2c if o.algo == "a2c" else run)(o, o.seed + k)
         solved_runs += s > 0
         steps += n
         secs += t
