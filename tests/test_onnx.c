@@ -649,6 +649,155 @@ static void test_bn_fold(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
 }
 
+static Onnx__TensorProto *mb_init_i64(mb *b, const char *name, int64_t *dim, int64_t *vals) {
+    Onnx__TensorProto *t = &b->inits[b->g.n_initializer];
+    onnx__tensor_proto__init(t);
+    t->name = (char *)name;
+    t->has_data_type = 1;
+    t->data_type = 7;
+    t->n_dims = 1;
+    t->dims = dim;
+    t->n_int64_data = (size_t)*dim;
+    t->int64_data = vals;
+    b->pinits[b->g.n_initializer++] = t;
+    return t;
+}
+
+/* "[batch, 3]" of an input or output query. */
+static void info_str(const kiln_onnx_value_info *v, char *buf, size_t cap) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < v->ndim && k < cap; d++)
+        k += v->shape[d] >= 0
+                 ? (size_t)snprintf(buf + k, cap - k, "%s%lld", d ? ", " : "", (long long)v->shape[d])
+                 : (size_t)snprintf(buf + k, cap - k, "%s%s", d ? ", " : "", v->dim_names[d] ? v->dim_names[d] : "?");
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+static int64_t s_one = 1, s_zero_v[1] = {0}, s_one_v[1] = {1}, s_m1_v[1] = {-1};
+static char *sh_shape_in[] = {"z"}, *sh_shape_out[] = {"s"}, *sh_slice_in[] = {"s", "zero", "one"},
+            *sh_slice_out[] = {"s0"}, *sh_cat_in[] = {"s0", "m1"}, *sh_cat_out[] = {"shp"}, *sh_rs_in[] = {"x", "shp"},
+            *sh_rs_out[] = {"y"};
+
+/* Shape inference at load: outputs the file leaves undeclared get their type and shape,
+ * a declared shape that contradicts the graph is refused naming the node, the value and
+ * both shapes, and a run whose inputs break what a symbol promised is an error. */
+static void test_shape_inference(kiln_ctx *ctx) {
+    mb b;
+    kiln_onnx_model *m = NULL;
+    kiln_onnx_value_info info;
+    char got[160];
+    /* the MLP with its output's type left out: f32 [N, 3] */
+    mlp_model(&b, 13);
+    b.outs[0].type = NULL;
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "undeclared output: %s", kiln_error_message(ctx));
+    if (m) {
+        CHECK(kiln_onnx_output_info(m, 0, &info) == KILN_OK, "output info");
+        info_str(&info, got, sizeof got);
+        CHECK(info.dtype == KILN_F32 && !strcmp(got, "[N, 3]"), "inferred output: %s %s", kiln_dtype_name(info.dtype),
+              got);
+        kiln_onnx_free(m), m = NULL;
+    }
+    /* a declared output shape the graph cannot make */
+    mlp_model(&b, 13);
+    b.dims[1][1].dim_value = 4;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_SHAPE, "Relu node 'act'", "'y'", "float [N, 3]", "declares it float [N, 4]");
+    /* the same through value_info, for a value inside the graph */
+    mlp_model(&b, 13);
+    mb_value(&b, false, "h", 3, (int64_t[]){-1, 3, 1});
+    b.g.n_output = 1;
+    b.g.n_value_info = 1;
+    b.g.value_info = &b.pouts[1];
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_SHAPE, "Gemm node 'fc'", "'h'", "[N, 3]", "[N, 3, 1]");
+    /* an input whose declared size the operator cannot take */
+    mlp_model(&b, 13);
+    b.dims[0][1].dim_value = 5;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_SHAPE, "Gemm node 'fc'", "inner dims 5 and 4");
+    /* y = Reshape(x [N, 4], [Shape(z)[0:1], -1]): the symbol N cancels, y is [N, 4] */
+    mb_init(&b, 13);
+    mb_value(&b, true, "x", 2, (int64_t[]){-1, 4});
+    mb_value(&b, true, "z", 2, (int64_t[]){-1, 2});
+    mb_value(&b, false, "y", 2, (int64_t[]){-1, -1});
+    b.outs[0].type = NULL;
+    mb_init_i64(&b, "zero", &s_one, s_zero_v);
+    mb_init_i64(&b, "one", &s_one, s_one_v);
+    mb_init_i64(&b, "m1", &s_one, s_m1_v);
+    mb_node(&b, "Shape", "shape", 1, sh_shape_in, 1, sh_shape_out);
+    mb_node(&b, "Slice", "slice", 3, sh_slice_in, 1, sh_slice_out);
+    mb_attr_i(&b, mb_node(&b, "Concat", "cat", 2, sh_cat_in, 1, sh_cat_out), "axis", 0);
+    mb_node(&b, "Reshape", "rs", 2, sh_rs_in, 1, sh_rs_out);
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "shape chain: %s", kiln_error_message(ctx));
+    if (m) {
+        CHECK(kiln_onnx_output_info(m, 0, &info) == KILN_OK, "output info");
+        info_str(&info, got, sizeof got);
+        CHECK(!strcmp(got, "[N, 4]"), "Reshape through Shape/Slice/Concat: %s", got);
+        kiln_scope_begin(ctx);
+        kiln_tensor *in[2] = {kiln_zeros(ctx, 2, (int64_t[]){2, 4}), kiln_zeros(ctx, 2, (int64_t[]){2, 2})}, *y = NULL;
+        CHECK(kiln_onnx_run(m, 2, in, 1, &y) == KILN_OK && y && kiln_tensor_shape(y)[0] == 2, "run: %s",
+              kiln_error_message(ctx));
+        /* x and z disagree about N: the Reshape makes [4, 2], not the [N, 4] inferred */
+        in[1] = kiln_zeros(ctx, 2, (int64_t[]){4, 2});
+        CHECK(kiln_onnx_run(m, 2, in, 1, &y) == KILN_ERR_SHAPE, "symbols broken: %s", kiln_error_message(ctx));
+        CHECK(strstr(kiln_error_message(ctx), "Reshape node 'rs'") && strstr(kiln_error_message(ctx), "[4, 2]") &&
+                  strstr(kiln_error_message(ctx), "[N, 4]"),
+              "message: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m), m = NULL;
+    }
+    /* torch's exports with every output's type removed: the query gives torch's output
+     * shape, the batch dim the symbolic "batch" */
+    static const struct {
+        const char *name;
+        int batch_dim;
+    } golden[] = {{"cnn", 0}, {"mlp", 0}, {"resnet", 0}, {"rnn", 1}, {"upsample", 0}};
+    const char *dir = getenv("KILN_GOLDEN_DIR");
+    for (size_t gi = 0; gi < sizeof golden / sizeof *golden; gi++) {
+        char path[1024], out_path[1024];
+        snprintf(path, sizeof path, "%s/onnx_%s.onnx", dir ? dir : "tests/golden", golden[gi].name);
+        snprintf(out_path, sizeof out_path, "%s/onnx_%s_out.pb", dir ? dir : "tests/golden", golden[gi].name);
+        FILE *f = fopen(path, "rb");
+        CHECK(f != NULL, "open %s", path);
+        if (!f) continue;
+        fseek(f, 0, SEEK_END);
+        long len = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        uint8_t *buf = malloc((size_t)len);
+        CHECK(fread(buf, 1, (size_t)len, f) == (size_t)len, "read %s", path);
+        fclose(f);
+        Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, (size_t)len, buf);
+        free(buf);
+        CHECK(mp && mp->graph, "unpack %s", path);
+        if (!mp) continue;
+        for (size_t o = 0; o < mp->graph->n_output; o++) mp->graph->output[o]->type = NULL;
+        mp->graph->n_value_info = 0;
+        size_t plen = onnx__model_proto__get_packed_size(mp);
+        uint8_t *packed = malloc(plen);
+        onnx__model_proto__pack(mp, packed);
+        onnx__model_proto__free_unpacked(mp, NULL);
+        CHECK(kiln_onnx_load_memory(ctx, packed, plen, golden[gi].name, &m) == KILN_OK, "%s undeclared: %s",
+              golden[gi].name, kiln_error_message(ctx));
+        free(packed);
+        kiln_scope_begin(ctx);
+        kiln_tensor *want = NULL;
+        CHECK(kiln_onnx_load_tensor(ctx, out_path, &want) == KILN_OK, "%s", kiln_error_message(ctx));
+        if (m && want && kiln_onnx_output_info(m, 0, &info) == KILN_OK) {
+            bool ok = info.dtype == KILN_F32 && info.ndim == kiln_tensor_ndim(want);
+            for (int d = 0; ok && d < info.ndim; d++)
+                ok = d == golden[gi].batch_dim
+                         ? info.shape[d] == -1 && info.dim_names[d] && !strcmp(info.dim_names[d], "batch")
+                         : info.shape[d] == kiln_tensor_shape(want)[d];
+            char ws[160];
+            info_str(&info, got, sizeof got);
+            kiln_tensor_shape_str(want, ws, sizeof ws);
+            CHECK(ok, "%s: inferred output %s, torch's output %s (batch dim %d)", golden[gi].name, got, ws,
+                  golden[gi].batch_dim);
+        }
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m), m = NULL;
+    }
+    kiln_error_clear(ctx);
+}
+
 /* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
  * at another batch size (the batch dim is symbolic) against its own first rows. */
 static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
@@ -706,6 +855,7 @@ static void run_all(kiln_ctx *ctx) {
     test_pad_modes(ctx);
     test_trilu_tile(ctx);
     test_bn_fold(ctx);
+    test_shape_inference(ctx);
     test_torch_export(ctx, "cnn", 0);
     test_torch_export(ctx, "mlp", 0);
     test_torch_export(ctx, "resnet", 0);

@@ -105,7 +105,7 @@ void kiln_onnx_free(kiln_onnx_model *m) {
     for (int i = 0; i < m->nnodes; i++) free(m->nodes[i].in), free(m->nodes[i].out), free((char *)m->nodes[i].name);
     free(m->nodes);
     free(m->consts), free(m->vals), free(m->last_use), free(m->is_output), free(m->names);
-    free(m->inputs), free(m->outputs);
+    free(m->inputs), free(m->outputs), free(m->info), free(m->decl);
     if (m->proto) onnx__model_proto__free_unpacked(m->proto, m->alloc);
     free(m->alloc);
     free(m->what), free(m->dir);
@@ -282,6 +282,11 @@ static kiln_status io_info(kiln_onnx_model *m, const Onnx__ValueInfoProto *vi, o
     kiln_ctx *ctx = m->ctx;
     const Onnx__TypeProto *tp = vi->type;
     io->info.name = vi->name;
+    io->info.ndim = -1; /* unknown rank */
+    io->info.shape = io->shape;
+    io->info.dim_names = io->dim_names;
+    /* an output or value_info may leave its type to shape inference */
+    if (strcmp(kind, "input") != 0 && (!tp || tp->value_case == ONNX__TYPE_PROTO__VALUE__NOT_SET)) return KILN_OK;
     if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type)
         return kiln__fail(ctx, KILN_ERR_UNSUPPORTED,
                           "onnx %s: %s '%s' is not a tensor (sequences, maps, optionals and "
@@ -289,13 +294,12 @@ static kiln_status io_info(kiln_onnx_model *m, const Onnx__ValueInfoProto *vi, o
                           m->what, kind, vi->name);
     const Onnx__TypeProto__Tensor *tt = tp->tensor_type;
     io->type = tt->elem_type;
-    if (!kiln__onnx_type_ok(io->type))
+    if (!kiln__onnx_type_ok(io->type) && (io->type || !strcmp(kind, "input")))
         return kiln__fail(ctx, KILN_ERR_UNSUPPORTED,
                           "onnx %s: %s '%s' has dtype %s; kiln runs float, bool and integer "
                           "tensors",
                           m->what, kind, vi->name, kiln__onnx_type_name(io->type));
     io->info.dtype = io->type == OT_FLOAT ? KILN_F32 : KILN_I32;
-    io->info.ndim = -1; /* unknown rank */
     if (tt->shape) {
         if (tt->shape->n_dim > KILN_MAX_DIMS)
             return kiln__fail(ctx, KILN_ERR_UNSUPPORTED, "onnx %s: %s '%s' has %zu dims (kiln holds %d)", m->what, kind,
@@ -342,6 +346,10 @@ static bool known(const kiln_onnx_model *m, int id, int *type, int *rank) {
         *type = m->consts[id].type, *rank = m->consts[id].ndim;
         return true;
     }
+    if (m->info && m->info[id].type) {
+        *type = m->info[id].type, *rank = m->info[id].ndim;
+        return true;
+    }
     for (int i = 0; i < m->nin; i++)
         if (m->inputs[i].id == id) {
             *type = m->inputs[i].type, *rank = m->inputs[i].info.ndim;
@@ -350,8 +358,8 @@ static bool known(const kiln_onnx_model *m, int id, int *type, int *rank) {
     return false;
 }
 
-/* Refuses at load what a node would refuse at run given the declared dtype and rank of its
- * first input: an integer input to an operator kiln runs on floats only, a 3-D (volumetric)
+/* Refuses at load what a node would refuse at run given the declared or inferred dtype and
+ * rank of its first input: an integer input to an operator kiln runs on floats only, a 3-D (volumetric)
  * convolution or pooling. */
 static kiln_status static_check(const kiln_onnx_model *m, const onnx_node *n) {
     static const char *float_only[] = {"Conv",
@@ -562,6 +570,32 @@ static kiln_status fail_node(kiln_onnx_model *m, const onnx_node *n, kiln_status
     snprintf(msg, sizeof msg, fmt, arg);
     return kiln__fail(m->ctx, s, "onnx %s: %s node '%s' (opset %d): %s", m->what, n->p->op_type, n->name, m->rt.opset,
                       msg);
+}
+
+/* The types and shapes the file declares for graph outputs and value_info entries (m->decl),
+ * for shape inference to check against. */
+static kiln_status declared(kiln_onnx_model *m, const Onnx__GraphProto *g, const names *tab) {
+    m->decl = calloc((size_t)m->nout + g->n_value_info + 1, sizeof *m->decl);
+    if (!m->decl) return kiln__fail(m->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+    for (size_t i = 0; i < (size_t)m->nout + g->n_value_info; i++) {
+        onnx_io tmp = {0}, *io = i < (size_t)m->nout ? &m->outputs[i] : &tmp;
+        if (i >= (size_t)m->nout) {
+            const Onnx__ValueInfoProto *vi = g->value_info[i - (size_t)m->nout];
+            io->id = vi->name ? names_find(tab, vi->name) : -1;
+            if (io->id < 0) continue; /* a name no node makes: nothing to check */
+            kiln_status s = io_info(m, vi, io, "value_info");
+            if (s) return s;
+        }
+        onnx_decl *d = &m->decl[m->ndecl++];
+        d->id = io->id;
+        d->f.type = io->type;
+        d->f.ndim = io->info.ndim;
+        d->f.ndata = -1;
+        for (int k = 0; k < io->info.ndim; k++)
+            d->f.d[k] =
+                io->shape[k] >= 0 ? (onnx_dim){io->shape[k], NULL, true} : (onnx_dim){0, io->dim_names[k], false};
+    }
+    return KILN_OK;
 }
 
 static kiln_status build(kiln_onnx_model *m) {
@@ -869,6 +903,10 @@ static kiln_status build(kiln_onnx_model *m) {
         if (s) goto done;
         n->folded = true;
     }
+    /* types and shapes of every value, checked against what the file declares */
+    if ((s = declared(m, g, &tab)) != KILN_OK || (s = kiln__onnx_infer(m)) != KILN_OK) goto done;
+    for (int i = 0; i < m->nnodes; i++)
+        if (!m->nodes[i].folded && (s = static_check(m, &m->nodes[i])) != KILN_OK) goto done;
     if ((s = fold_batch_norms(m)) != KILN_OK) goto done;
     /* last consumers */
     for (int v = 0; v < m->nvals; v++) m->last_use[v] = -1;
