@@ -649,6 +649,125 @@ static void test_bn_fold(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
 }
 
+/* x [N, 4] -> a dense layer of 3 outputs -> h -> BatchNormalization -> y, the dense layer
+ * being (kind 0) Gemm with transB = 1 and beta = 2, (1) MatMul, (2) MatMul then Add of a
+ * bias; bscale, bbias, bmean and bvar (3 channels) of the conv test serve as the BN's. */
+static float dwo[12], dwi[12], dc[3];
+static int64_t dwt_dims[2] = {3, 4}, dw_dims[2] = {4, 3};
+static char *dgemm_in[] = {"x", "w", "c"}, *dmm_in[] = {"x", "w"}, *dmm_out[] = {"m"}, *dadd_in[] = {"c", "m"};
+
+static void dense_bn_model(mb *b, int kind) {
+    conv_bn_model(b, false); /* fills the BN's statistics */
+    mb_init(b, 15);
+    for (int o = 0; o < 3; o++) {
+        dc[o] = 0.3f - 0.2f * (float)o;
+        for (int i = 0; i < 4; i++)
+            dwo[o * 4 + i] = 0.6f * cosf(1.3f * (float)(o * 4 + i)), dwi[i * 3 + o] = dwo[o * 4 + i];
+    }
+    mb_value(b, true, "x", 2, (int64_t[]){-1, 4});
+    mb_value(b, false, "y", 2, (int64_t[]){-1, 3});
+    mb_init_f32(b, "w", 2, kind == 0 ? dwt_dims : dw_dims, 12, kind == 0 ? dwo : dwi);
+    if (kind != 1) mb_init_f32(b, "c", 1, bcdims, 3, dc);
+    mb_init_f32(b, "scale", 1, bcdims, 3, bscale);
+    mb_init_f32(b, "bias", 1, bcdims, 3, bbias);
+    mb_init_f32(b, "mean", 1, bcdims, 3, bmean);
+    mb_init_f32(b, "var", 1, bcdims, 3, bvar);
+    if (kind == 0) {
+        Onnx__NodeProto *g = mb_node(b, "Gemm", "fc", 3, dgemm_in, 1, bconv_out);
+        mb_attr_i(b, g, "transB", 1);
+        Onnx__AttributeProto *a = &b->attrs[b->nattrs++];
+        onnx__attribute_proto__init(a);
+        a->name = "beta";
+        a->has_type = 1;
+        a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT;
+        a->has_f = 1;
+        a->f = 2.0f;
+        g->attribute[1] = a; /* pattrs[..][1], beside transB */
+        g->n_attribute = 2;
+    } else if (kind == 1) {
+        mb_node(b, "MatMul", "fc", 2, dmm_in, 1, bconv_out);
+    } else {
+        mb_node(b, "MatMul", "fc", 2, dmm_in, 1, dmm_out);
+        mb_node(b, "Add", "fc_bias", 2, dadd_in, 1, bconv_out);
+    }
+    Onnx__NodeProto *bn = mb_node(b, "BatchNormalization", "bn", 5, bbn_in, 1, bbn_out);
+    Onnx__AttributeProto *a = &b->attrs[b->nattrs];
+    onnx__attribute_proto__init(a);
+    a->name = "epsilon";
+    a->has_type = 1;
+    a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT;
+    a->has_f = 1;
+    a->f = BN_EPS;
+    b->pattrs[b->nattrs][0] = a;
+    bn->n_attribute = 1;
+    bn->attribute = b->pattrs[b->nattrs++];
+}
+
+/* Runs dense_bn_model(kind) on x [B, 4], folded or not, profiled (rows in prof_seen). */
+static void dense_bn_run(kiln_ctx *ctx, int kind, bool fold, const float *x, int batch, float *y) {
+    mb b;
+    dense_bn_model(&b, kind);
+    prof_seen[0] = 0;
+    if (!fold) setenv("KILN_ONNX_NO_FOLD", "1", 1);
+    kiln_onnx_model *m = NULL;
+    kiln_status s = load_packed(ctx, &b, 0, &m);
+    unsetenv("KILN_ONNX_NO_FOLD");
+    CHECK(s == KILN_OK, "dense+bn %d load: %s", kind, kiln_error_message(ctx));
+    if (!m) return;
+    kiln_scope_begin(ctx);
+    kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 2, (int64_t[]){batch, 4}), *out = NULL;
+    setenv("KILN_ONNX_PROFILE", "1", 1);
+    kiln_set_log(prof_log_fn, NULL);
+    CHECK(kiln_onnx_run(m, 1, &xt, 1, &out) == KILN_OK, "dense+bn %d run: %s", kind, kiln_error_message(ctx));
+    kiln_set_log(NULL, NULL);
+    unsetenv("KILN_ONNX_PROFILE");
+    if (out) CHECK(kiln_to_host(out, y, (size_t)batch * 3 * sizeof(float)) == KILN_OK, "read y");
+    kiln_scope_end(ctx);
+    kiln_onnx_free(m);
+}
+
+/* BatchNormalization after Gemm, MatMul and MatMul + Add is folded into the weights at
+ * load: folded and unfolded agree with a host computation in double, and the folded
+ * profile has no BatchNormalization (nor Add) left. */
+static void test_dense_bn_fold(kiln_ctx *ctx) {
+    enum { B = 5 };
+    float x[B * 4];
+    h_fill(x, B * 4, -1, 1);
+    static const char *kinds[] = {"Gemm", "MatMul", "MatMul+Add"};
+    for (int kind = 0; kind < 3; kind++) {
+        mb b0;
+        dense_bn_model(&b0, kind); /* fills the weights */
+        double ref[B * 3], bound = 0;
+        for (int n = 0; n < B; n++)
+            for (int o = 0; o < 3; o++) {
+                double a = bscale[o] / sqrt((double)bvar[o] + (double)BN_EPS), h = 0, mag = 0;
+                for (int i = 0; i < 4; i++) {
+                    double t = (double)x[n * 4 + i] * dwo[o * 4 + i];
+                    h += t, mag += fabs(t);
+                }
+                double c = kind == 0 ? 2.0 * dc[o] : kind == 2 ? dc[o] : 0.0;
+                h += c, mag += fabs(c);
+                ref[n * 3 + o] = (h - bmean[o]) * a + bbias[o];
+                /* float32 sums of 4 products and 4 more roundings, as in test_bn_fold */
+                double e = 12 * 0x1p-24 * (mag * fabs(a) + fabs(bmean[o] * a) + fabs(bbias[o]));
+                if (e > bound) bound = e;
+            }
+        float yf[B * 3], yu[B * 3];
+        dense_bn_run(ctx, kind, false, x, B, yu);
+        CHECK(strstr(prof_seen, "BatchNormalization "), "%s unfolded profile rows: %s", kinds[kind], prof_seen);
+        dense_bn_run(ctx, kind, true, x, B, yf);
+        CHECK(strstr(prof_seen, "Gemm ") && !strstr(prof_seen, "BatchNormalization") && !strstr(prof_seen, "Add") &&
+                  !strstr(prof_seen, "MatMul"),
+              "%s folded profile rows: %s", kinds[kind], prof_seen);
+        char what[64];
+        snprintf(what, sizeof what, "%s+bn folded", kinds[kind]);
+        h_compare(what, yf, ref, B * 3, bound, 0);
+        snprintf(what, sizeof what, "%s+bn unfolded", kinds[kind]);
+        h_compare(what, yu, ref, B * 3, bound, 0);
+    }
+    kiln_error_clear(ctx);
+}
+
 static Onnx__TensorProto *mb_init_i64(mb *b, const char *name, int64_t *dim, int64_t *vals) {
     Onnx__TensorProto *t = &b->inits[b->g.n_initializer];
     onnx__tensor_proto__init(t);
@@ -855,6 +974,7 @@ static void run_all(kiln_ctx *ctx) {
     test_pad_modes(ctx);
     test_trilu_tile(ctx);
     test_bn_fold(ctx);
+    test_dense_bn_fold(ctx);
     test_shape_inference(ctx);
     test_torch_export(ctx, "cnn", 0);
     test_torch_export(ctx, "mlp", 0);

@@ -421,7 +421,7 @@ static kiln_status static_check(const kiln_onnx_model *m, const onnx_node *n) {
 
 /* ---- load ------------------------------------------------------------------------------- */
 
-/* ---- folding BatchNormalization into the Conv before it ------------------------------- */
+/* ---- folding BatchNormalization into the Conv, Gemm or MatMul(+Add) before it ------------ */
 
 /* Adds a value of the model (after the graph's own) named `name`, a string that outlives
  * the model (one of the proto's); returns its id, -1 when out of host memory. */
@@ -540,6 +540,119 @@ out:
     return s;
 }
 
+/* Whether bn reads a value of 2 dims ([batch, features]: its channels are the features)
+ * that only it reads, and its scale, B, mean and var are float constants of ch values. */
+static bool bn_foldable(const kiln_onnx_model *m, const onnx_node *bn, int64_t ch) {
+    int x = bn->in[0];
+    if (bn->nout != 1 || bn->nin != 5 || m->is_output[x] || readers(m, x) != 1 || !m->info || m->info[x].ndim != 2)
+        return false;
+    for (int k = 1; k < 5; k++)
+        if (!const_f32(m, bn->in[k]) || m->consts[bn->in[k]].ndim != 1 || m->consts[bn->in[k]].shape[0] != ch)
+            return false;
+    return true;
+}
+
+/* A bias of ch values: [ch] or [1, ch]. */
+static bool row_bias(const kiln_onnx_model *m, int id, int64_t ch) {
+    if (!const_f32(m, id)) return false;
+    const onnx_val *v = &m->consts[id];
+    return (v->ndim == 1 && v->shape[0] == ch) || (v->ndim == 2 && v->shape[0] == 1 && v->shape[1] == ch);
+}
+
+/* Folds bn into a dense layer: a Gemm (Y = alpha A B + beta C), a MatMul, or a MatMul whose
+ * output only an Add of a [N] bias reads (add). With a = scale / sqrt(var + epsilon) per
+ * output feature: B' = B a (per column of op(B)), C' = ((beta C - mean) a + B_bn) / beta.
+ * A MatMul becomes a Gemm (alpha = beta = 1) with C'; the Add and the BN no longer run.
+ * Returns KILN_OK also when the pattern does not fit. */
+static kiln_status fold_dense_bn(kiln_onnx_model *m, onnx_node *lin, onnx_node *add, onnx_node *bn) {
+    kiln_ctx *ctx = m->ctx;
+    bool gemm = strcmp(lin->op->name, "Gemm") == 0;
+    int wid = lin->in[1];
+    if (lin->nout != 1 || !const_f32(m, wid) || m->consts[wid].ndim != 2) return KILN_OK;
+    const onnx_val *w = &m->consts[wid];
+    bool tb = gemm && kiln__onnx_attr(lin, "transB") && kiln__onnx_attr(lin, "transB")->i;
+    int64_t ch = tb ? w->shape[0] : w->shape[1], k = tb ? w->shape[1] : w->shape[0];
+    double beta = 1.0;
+    int cid = -1;
+    if (gemm) {
+        const Onnx__AttributeProto *ba = kiln__onnx_attr(lin, "beta");
+        beta = ba ? (double)ba->f : 1.0;
+        cid = lin->nin > 2 ? lin->in[2] : -1;
+        if (beta == 0.0 || (cid >= 0 && !row_bias(m, cid, ch)) || lin->out[0] != bn->in[0]) return KILN_OK;
+    } else if (add) {
+        /* MatMul -> Add(bias) -> BN: the MatMul's output read by the Add alone */
+        int mm = lin->out[0], other = add->in[0] == mm ? add->in[1] : add->in[0];
+        if (add->nin != 2 || add->nout != 1 || add->out[0] != bn->in[0] || (add->in[0] != mm && add->in[1] != mm) ||
+            add->in[0] == add->in[1] || m->is_output[mm] || readers(m, mm) != 1 || !row_bias(m, other, ch) ||
+            !m->info || m->info[mm].ndim != 2)
+            return KILN_OK;
+        cid = other;
+    } else if (lin->out[0] != bn->in[0]) {
+        return KILN_OK;
+    }
+    if (!bn_foldable(m, bn, ch)) return KILN_OK;
+    const Onnx__AttributeProto *ea = kiln__onnx_attr(bn, "epsilon");
+    double eps = ea ? (double)ea->f : 1e-5;
+    float *hw = const_host(m, wid), *hc = cid >= 0 ? const_host(m, cid) : NULL, *p[4] = {0};
+    bool ok = hw && (cid < 0 || hc);
+    for (int j = 0; j < 4; j++) ok = (p[j] = ok ? const_host(m, bn->in[j + 1]) : NULL) != NULL;
+    float *nc = ok ? malloc((size_t)ch * sizeof *nc) : NULL;
+    kiln_status s = KILN_OK;
+    if (!nc) {
+        s = kiln_error_status(ctx)
+                ? kiln_error_status(ctx)
+                : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+        goto out;
+    }
+    for (int64_t c = 0; c < ch; c++) {
+        /* p: scale, bias, mean, var */
+        double a = (double)p[0][c] / sqrt((double)p[3][c] + eps);
+        for (int64_t j = 0; j < k; j++) {
+            float *e = tb ? &hw[c * k + j] : &hw[j * ch + c];
+            *e = (float)((double)*e * a);
+        }
+        double cc = hc ? beta * (double)hc[c] : 0.0;
+        nc[c] = (float)(((cc - (double)p[2][c]) * a + (double)p[1][c]) / beta);
+    }
+    int nw = add_value(m, m->names[wid]), ncid = nw < 0 ? -1 : add_value(m, m->names[bn->in[2]]);
+    if (ncid < 0) {
+        s = kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+        goto out;
+    }
+    onnx_val *vw = &m->consts[nw], *vc = &m->consts[ncid];
+    *vw = m->consts[wid];
+    vw->set = false;
+    vw->t = kiln_from_host(ctx, hw, KILN_F32, vw->ndim, vw->shape);
+    vc->type = OT_FLOAT, vc->ndim = 1, vc->shape[0] = ch;
+    vc->t = kiln_from_host(ctx, nc, KILN_F32, 1, &ch);
+    if (!vw->t || !vc->t) {
+        kiln_tensor_free(vw->t), kiln_tensor_free(vc->t);
+        vw->t = vc->t = NULL;
+        s = kiln_error_status(ctx);
+        goto out;
+    }
+    kiln_tensor_keep(vw->t), kiln_tensor_keep(vc->t);
+    vw->set = vc->set = true;
+    if (!gemm) lin->op = kiln__onnx_find_op("Gemm");  /* the MatMul node has no attributes: Gemm's defaults */
+    lin->in[1] = nw, lin->in[2] = ncid, lin->nin = 3; /* in[] has room for 3 (nin + 1) */
+    lin->out[0] = bn->out[0];
+    bn->fused = true;
+    if (add) add->fused = true;
+    /* the unfolded weights and bias stay only when something else reads them */
+    int old[2] = {wid, cid};
+    for (int j = 0; j < 2; j++) {
+        bool used = old[j] < 0 || m->is_output[old[j]];
+        for (int i = 0; i < m->nnodes && !used; i++)
+            if (!m->nodes[i].fused)
+                for (int q = 0; q < m->nodes[i].nin; q++) used = used || m->nodes[i].in[q] == old[j];
+        if (!used) kiln__onnx_val_clear(&m->consts[old[j]]);
+    }
+out:
+    free(hw), free(hc), free(nc);
+    for (int j = 0; j < 4; j++) free(p[j]);
+    return s;
+}
+
 /* KILN_ONNX_NO_FOLD=1 keeps every BatchNormalization a node of its own (to compare). */
 static kiln_status fold_batch_norms(kiln_onnx_model *m) {
     const char *e = getenv("KILN_ONNX_NO_FOLD");
@@ -556,9 +669,22 @@ static kiln_status fold_batch_norms(kiln_onnx_model *m) {
         onnx_node *bn = &m->nodes[i];
         if (bn->folded || strcmp(bn->op->name, "BatchNormalization") != 0 || bn->in[0] < 0 || bn->in[0] >= nv) continue;
         int c = producer[bn->in[0]];
-        if (c < 0 || m->nodes[c].folded || m->nodes[c].fused || strcmp(m->nodes[c].op->name, "Conv") != 0) continue;
+        if (c < 0 || m->nodes[c].folded || m->nodes[c].fused) continue;
+        onnx_node *pn = &m->nodes[c], *add = NULL;
+        const char *op = pn->op->name;
+        if (!strcmp(op, "Add")) {
+            /* MatMul -> Add -> BN: the MatMul producing either input */
+            for (int k = 0; k < 2 && !add && pn->nin == 2; k++) {
+                int q = pn->in[k] >= 0 && pn->in[k] < nv ? producer[pn->in[k]] : -1;
+                if (q >= 0 && !m->nodes[q].folded && !m->nodes[q].fused && !strcmp(m->nodes[q].op->name, "MatMul"))
+                    add = pn, pn = &m->nodes[q];
+            }
+            if (!add) continue;
+        } else if (strcmp(op, "Conv") != 0 && strcmp(op, "Gemm") != 0 && strcmp(op, "MatMul") != 0) {
+            continue;
+        }
         kiln_scope_begin(m->ctx);
-        s = fold_bn(m, &m->nodes[c], bn);
+        s = !strcmp(pn->op->name, "Conv") ? fold_bn(m, pn, bn) : fold_dense_bn(m, pn, add, bn);
         kiln_scope_end(m->ctx);
     }
     free(producer);
