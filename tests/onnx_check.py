@@ -7,7 +7,7 @@ For each model NAME listed in DIR/manifest.txt (or given): DIR/NAME.onnx must pa
 onnx.checker.check_model(full_check=True) and onnx.shape_inference.infer_shapes(strict_mode=
 True); use opset 17; have a symbolic "batch" input dimension; have exactly the
 initializers of DIR/NAME_keys.txt (the module's state_dict keys); and, evaluated here in
-NumPy (float64) on DIR/NAME_input.npy, give DIR/NAME_output.npy (kiln's output; output k > 0
+NumPy (float64) on DIR/NAME_input.npy (input k > 0 of several in DIR/NAME_input_<k>.npy), give DIR/NAME_output.npy (kiln's output; output k > 0
 in DIR/NAME_output_<k>.npy) within a normalised error of 1 at atol = rtol = 1e-4. ONNX 1.12 has no reference evaluator, so the
 operators kiln exports are written out below from the ONNX operator specification.
 
@@ -250,6 +250,9 @@ def run_node(n, v):
         for st, en, ax, sp in zip(i[1], i[2], axes, steps):
             sl[int(ax)] = slice(int(st), int(min(en, np.iinfo(np.int64).max)), int(sp))
         return x[tuple(sl)]
+    if op == "Shape":
+        sh = np.array(i[0].shape, dtype=np.int64)
+        return sh[a.get("start", 0):a.get("end", len(sh))]
     if op == "Squeeze":
         return np.squeeze(i[0], axis=tuple(int(k) for k in i[1])) if len(i) > 1 else np.squeeze(i[0])
     if op == "Unsqueeze":
@@ -259,11 +262,12 @@ def run_node(n, v):
     raise NotImplementedError(f"onnx_check: no NumPy evaluation of {op} (node {n.name})")
 
 
-def evaluate(model, x):
+def evaluate(model, xs):
     g = model.graph
     v = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     v = {k: (a.astype(np.float64) if a.dtype.kind == "f" else a) for k, a in v.items()}
-    v[g.input[0].name] = x.astype(np.float64) if x.dtype.kind == "f" else x
+    for inp, x in zip(g.input, xs):
+        v[inp.name] = x.astype(np.float64) if x.dtype.kind == "f" else x
     for n in g.node:
         r = run_node(n, v)
         for name, value in zip(n.output, r if isinstance(r, tuple) else (r,)):
@@ -295,8 +299,10 @@ def check(d, name):
     if inits != keys:
         fails.append(f"initializers differ from the state_dict keys: missing {sorted(keys - inits)}, "
                      f"extra {sorted(inits - keys)}")
-    x = np.load(os.path.join(d, name + "_input.npy"))
-    outs = evaluate(model, x)
+    xs = [np.load(os.path.join(d, name + ("_input.npy" if k == 0 else f"_input_{k}.npy")))
+          for k in range(len(model.graph.input))]
+    x = xs[0]
+    outs = evaluate(model, xs)
     err = 0.0
     for k, got in enumerate(outs):
         want = np.load(os.path.join(d, name + ("_output.npy" if k == 0 else f"_output_{k}.npy"))).astype(np.float64)
