@@ -917,6 +917,74 @@ static void test_shape_inference(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
 }
 
+static int64_t nl_tdim[1] = {2}, nl_t[2] = {0, 5};
+static char *nl_in[] = {"x", "t"}, *nl_out[] = {"y"}, *fl_in[] = {"t"}, *fl_out[] = {"y"};
+
+/* The errors of the operators added on the host and by composition (their values are
+ * checked by ONNX's node tests): a target out of range, an unknown reduction, a blocksize
+ * that does not divide, an integer input to float math. */
+static void test_added_op_errors(kiln_ctx *ctx) {
+    mb b;
+    kiln_onnx_model *m = NULL;
+    for (int bad_reduction = 0; bad_reduction < 2; bad_reduction++) {
+        mb_init(&b, 13);
+        mb_value(&b, true, "x", 2, (int64_t[]){2, 3});
+        mb_value(&b, false, "y", 0, NULL);
+        Onnx__TensorProto *t = mb_init_i64(&b, "t", nl_tdim, nl_t);
+        (void)t;
+        Onnx__NodeProto *nd = mb_node(&b, "NegativeLogLikelihoodLoss", "nll", 2, nl_in, 1, nl_out);
+        if (bad_reduction) {
+            Onnx__AttributeProto *a = &b.attrs[b.nattrs];
+            onnx__attribute_proto__init(a);
+            a->name = "reduction";
+            a->has_type = 1;
+            a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING;
+            a->has_s = 1;
+            a->s.data = (uint8_t *)"average";
+            a->s.len = 7;
+            b.pattrs[b.nattrs][0] = a;
+            nd->n_attribute = 1;
+            nd->attribute = b.pattrs[b.nattrs++];
+        }
+        CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "nll load: %s", kiln_error_message(ctx));
+        if (!m) continue;
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_zeros(ctx, 2, (int64_t[]){2, 3}), *y = NULL;
+        kiln_status s = kiln_onnx_run(m, 1, &x, 1, &y);
+        if (bad_reduction)
+            CHECK(s == KILN_ERR_INVALID_ARGUMENT && strstr(kiln_error_message(ctx), "reduction 'average'"),
+                  "bad reduction: %s", kiln_error_message(ctx));
+        else
+            CHECK(s == KILN_ERR_RANGE && strstr(kiln_error_message(ctx), "target 5 at 1 is outside [0, 3)") &&
+                      strstr(kiln_error_message(ctx), "'nll'"),
+                  "target out of range: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m), m = NULL;
+    }
+    /* DepthToSpace: 3 channels do not make 2x2 blocks */
+    mb_init(&b, 13);
+    mb_value(&b, true, "x", 4, (int64_t[]){1, 3, 2, 2});
+    mb_value(&b, false, "y", 4, (int64_t[]){1, -1, 4, 4});
+    mb_attr_i(&b, mb_node(&b, "DepthToSpace", "d2s", 1, (char *[]){"x"}, 1, fl_out), "blocksize", 2);
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "d2s load: %s", kiln_error_message(ctx));
+    if (m) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_zeros(ctx, 4, (int64_t[]){1, 3, 2, 2}), *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &x, 1, &y) == KILN_ERR_SHAPE && strstr(kiln_error_message(ctx), "blocksize 2"),
+              "blocksize: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m), m = NULL;
+    }
+    /* Floor of an integer constant: refused when it is folded at load */
+    mb_init(&b, 13);
+    mb_value(&b, false, "y", 1, (int64_t[]){2});
+    mb_init_i64(&b, "t", nl_tdim, nl_t);
+    mb_node(&b, "Floor", "fl", 1, fl_in, 1, fl_out);
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_UNSUPPORTED, "Floor node 'fl'", "float tensors");
+}
+
 /* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
  * at another batch size (the batch dim is symbolic) against its own first rows. */
 static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
@@ -976,6 +1044,7 @@ static void run_all(kiln_ctx *ctx) {
     test_bn_fold(ctx);
     test_dense_bn_fold(ctx);
     test_shape_inference(ctx);
+    test_added_op_errors(ctx);
     test_torch_export(ctx, "cnn", 0);
     test_torch_export(ctx, "mlp", 0);
     test_torch_export(ctx, "resnet", 0);

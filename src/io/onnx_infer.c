@@ -268,10 +268,26 @@ static bool op_is(const onnx_node *n, const char *const *list) {
     return false;
 }
 
-static const char *const same_shape[] = {"Abs",        "Relu",     "Sigmoid",   "Tanh",        "Sqrt",
-                                         "Neg",        "Exp",      "Log",       "Erf",         "Reciprocal",
-                                         "Softplus",   "Elu",      "LeakyRelu", "HardSigmoid", "Softmax",
-                                         "LogSoftmax", "Identity", "Clip",      "Trilu",       "BatchNormalization",
+static const char *const same_shape[] = {"Abs",       "Relu",
+                                         "Sigmoid",   "Tanh",
+                                         "Sqrt",      "Neg",
+                                         "Exp",       "Log",
+                                         "Erf",       "Reciprocal",
+                                         "Softplus",  "Elu",
+                                         "LeakyRelu", "HardSigmoid",
+                                         "Softmax",   "LogSoftmax",
+                                         "Identity",  "Clip",
+                                         "Trilu",     "BatchNormalization",
+                                         "Floor",     "Ceil",
+                                         "Round",     "Sign",
+                                         "Sin",       "Cos",
+                                         "Tan",       "Asin",
+                                         "Acos",      "Atan",
+                                         "Sinh",      "Cosh",
+                                         "Asinh",     "Acosh",
+                                         "Atanh",     "Selu",
+                                         "Softsign",  "ThresholdedRelu",
+                                         "Shrink",    "InstanceNormalization",
                                          NULL};
 static const char *const compare[] = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or",
                                       "Xor",   NULL};
@@ -304,6 +320,37 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
             o->ndata = x->ndata;
             memcpy(o->data, x->data, sizeof o->data);
         }
+        return KILN_OK;
+    }
+    if (!strcmp(op, "IsInf")) {
+        o->type = OT_BOOL;
+        copy_shape(o, x);
+        return KILN_OK;
+    }
+    if (!strcmp(op, "PRelu")) {
+        o->type = x->type;
+        return bcast(m, n, 2, in, o);
+    }
+    if (!strcmp(op, "DepthToSpace") || !strcmp(op, "SpaceToDepth")) {
+        o->type = x->type;
+        int64_t b = ai(n, "blocksize", 0);
+        if (x->ndim != 4 || b < 1) return KILN_OK;
+        bool ds = op[0] == 'D';
+        o->ndim = 4;
+        o->d[0] = x->d[0];
+        /* sizes that do not divide are the operator's error at run */
+        o->d[1] = !x->d[1].k || (ds && x->d[1].v % (b * b)) ? du() : dk(ds ? x->d[1].v / (b * b) : x->d[1].v * b * b);
+        for (int d = 2; d < 4; d++)
+            o->d[d] = !x->d[d].k || (!ds && x->d[d].v % b) ? du() : dk(ds ? x->d[d].v * b : x->d[d].v / b);
+        return KILN_OK;
+    }
+    if (!strcmp(op, "NegativeLogLikelihoodLoss") || !strcmp(op, "SoftmaxCrossEntropyLoss")) {
+        o->type = x->type;
+        if (n->nout > 1) out[1]->type = x->type, copy_shape(out[1], x);
+        if (astr_is(n, "reduction", "none"))
+            copy_shape(o, in[1]);
+        else
+            o->ndim = 0;
         return KILN_OK;
     }
     if (!strcmp(op, "Not")) {

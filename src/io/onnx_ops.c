@@ -2316,6 +2316,300 @@ RUN(run_rnn) { return rnn_common(r, n, in, out, rnn_relu(n) ? KILN_RNN_RNN_RELU 
 
 /* ---- the table -------------------------------------------------------------------------- */
 
+/* ---- host fallbacks and compositions: math kiln has no kernel for -------------------------- */
+
+/* A float value's elements on the host (malloc'ed); NULL with the error set. */
+static float *host_floats(onnx_rt *r, const onnx_node *n, const onnx_val *v) {
+    int64_t cnt = kiln__onnx_numel(v);
+    float *f = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *f);
+    if (!f) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory"), NULL;
+    if (cnt && kiln_to_host(v->t, f, (size_t)cnt * sizeof *f) != KILN_OK) {
+        free(f);
+        kfail(r, n);
+        return NULL;
+    }
+    return f;
+}
+
+/* Host floats (taken) onto the device as out. */
+static kiln_status set_floats(onnx_rt *r, const onnx_node *n, onnx_val *out, int ndim, const int64_t *shape, float *f) {
+    kiln_tensor *t = kiln_from_host(CTX, f, KILN_F32, ndim, shape);
+    free(f);
+    return set_dev(r, n, out, t);
+}
+
+typedef enum hmath {
+    M_FLOOR,
+    M_CEIL,
+    M_ROUND,
+    M_SIGN,
+    M_SIN,
+    M_COS,
+    M_TAN,
+    M_ASIN,
+    M_ACOS,
+    M_ATAN,
+    M_SINH,
+    M_COSH,
+    M_ASINH,
+    M_ACOSH,
+    M_ATANH
+} hmath;
+
+/* Elementwise math that kiln has no kernel for, on the host: the values go to the host and
+ * back (a round trip per node). Sign also takes integers. */
+static kiln_status host_math(onnx_rt *r, const onnx_node *n, const onnx_val *a, onnx_val *out, hmath op) {
+    int64_t cnt = kiln__onnx_numel(a);
+    if (!is_float(a)) {
+        if (op != M_SIGN)
+            return nfail(r, n, KILN_ERR_UNSUPPORTED, "input has dtype %s; kiln runs %s on float tensors",
+                         kiln__onnx_type_name(a->type), n->p->op_type);
+        int64_t *h = host_ints(r, n, a);
+        if (!h) return kiln_error_status(CTX);
+        for (int64_t i = 0; i < cnt; i++) h[i] = (h[i] > 0) - (h[i] < 0);
+        return set_host(r, n, out, a->type, a->ndim, a->shape, h);
+    }
+    float *f = host_floats(r, n, a);
+    if (!f) return kiln_error_status(CTX);
+    for (int64_t i = 0; i < cnt; i++) {
+        float x = f[i];
+        switch (op) {
+        case M_FLOOR: x = floorf(x); break;
+        case M_CEIL: x = ceilf(x); break;
+        case M_ROUND: x = nearbyintf(x); break; /* halves to even, as ONNX */
+        case M_SIGN: x = isnan(x) ? x : (float)((x > 0) - (x < 0)); break;
+        case M_SIN: x = sinf(x); break;
+        case M_COS: x = cosf(x); break;
+        case M_TAN: x = tanf(x); break;
+        case M_ASIN: x = asinf(x); break;
+        case M_ACOS: x = acosf(x); break;
+        case M_ATAN: x = atanf(x); break;
+        case M_SINH: x = sinhf(x); break;
+        case M_COSH: x = coshf(x); break;
+        case M_ASINH: x = asinhf(x); break;
+        case M_ACOSH: x = acoshf(x); break;
+        case M_ATANH: x = atanhf(x); break;
+        }
+        f[i] = x;
+    }
+    return set_floats(r, n, out, a->ndim, a->shape, f);
+}
+
+RUN(run_floor) { return host_math(r, n, in[0], out[0], M_FLOOR); }
+RUN(run_ceil) { return host_math(r, n, in[0], out[0], M_CEIL); }
+RUN(run_round) { return host_math(r, n, in[0], out[0], M_ROUND); }
+RUN(run_sign) { return host_math(r, n, in[0], out[0], M_SIGN); }
+RUN(run_sin) { return host_math(r, n, in[0], out[0], M_SIN); }
+RUN(run_cos) { return host_math(r, n, in[0], out[0], M_COS); }
+RUN(run_tan) { return host_math(r, n, in[0], out[0], M_TAN); }
+RUN(run_asin) { return host_math(r, n, in[0], out[0], M_ASIN); }
+RUN(run_acos) { return host_math(r, n, in[0], out[0], M_ACOS); }
+RUN(run_atan) { return host_math(r, n, in[0], out[0], M_ATAN); }
+RUN(run_sinh) { return host_math(r, n, in[0], out[0], M_SINH); }
+RUN(run_cosh) { return host_math(r, n, in[0], out[0], M_COSH); }
+RUN(run_asinh) { return host_math(r, n, in[0], out[0], M_ASINH); }
+RUN(run_acosh) { return host_math(r, n, in[0], out[0], M_ACOSH); }
+RUN(run_atanh) { return host_math(r, n, in[0], out[0], M_ATANH); }
+
+RUN(run_is_inf) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    bool neg = attr_i(n, "detect_negative", 1) != 0, pos = attr_i(n, "detect_positive", 1) != 0;
+    int64_t cnt = kiln__onnx_numel(in[0]);
+    float *f = host_floats(r, n, in[0]);
+    int64_t *h = f ? alloc_i(cnt) : NULL;
+    if (!h)
+        return free(f), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < cnt; i++) h[i] = isinf(f[i]) && ((f[i] > 0 && pos) || (f[i] < 0 && neg));
+    free(f);
+    return set_host(r, n, out[0], OT_BOOL, in[0]->ndim, in[0]->shape, h);
+}
+
+/* The activations that are compositions of kiln's ops. */
+RUN(run_selu) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    float alpha = attr_f(n, "alpha", 1.67326319217681884765625f),
+          gamma = attr_f(n, "gamma", 1.05070102214813232421875f);
+    return set_dev(r, n, out[0], kiln_mul_scalar(CTX, kiln_elu(CTX, in[0]->t, alpha), gamma));
+}
+
+RUN(run_softsign) {
+    kiln_status s = need_float(r, n, in[0], "input");
+    if (s) return s;
+    kiln_tensor *x = in[0]->t;
+    return set_dev(r, n, out[0], kiln_div(CTX, x, kiln_add_scalar(CTX, kiln_abs(CTX, x), 1.0f)));
+}
+
+RUN(run_thresholded_relu) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    kiln_tensor *x = in[0]->t, *zero = kiln_full(CTX, 0.0f, 0, NULL);
+    return set_dev(r, n, out[0],
+                   kiln_where(CTX, kiln_gt(CTX, x, kiln_full(CTX, attr_f(n, "alpha", 1.0f), 0, NULL)), x, zero));
+}
+
+RUN(run_shrink) {
+    kiln_status s = need_float(r, n, in[0], "input");
+    if (s) return s;
+    float lambd = attr_f(n, "lambd", 0.5f), bias = attr_f(n, "bias", 0.0f);
+    kiln_tensor *x = in[0]->t, *zero = kiln_full(CTX, 0.0f, 0, NULL);
+    kiln_tensor *lo =
+        kiln_where(CTX, kiln_lt(CTX, x, kiln_full(CTX, -lambd, 0, NULL)), kiln_add_scalar(CTX, x, bias), zero);
+    return set_dev(
+        r, n, out[0],
+        kiln_where(CTX, kiln_gt(CTX, x, kiln_full(CTX, lambd, 0, NULL)), kiln_add_scalar(CTX, x, -bias), lo));
+}
+
+/* PRelu: x where x >= 0, slope x elsewhere (slope broadcast to x). */
+RUN(run_prelu) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (!s) s = need_float(r, n, in[1], "slope");
+    if (s) return s;
+    kiln_tensor *x = in[0]->t;
+    kiln_tensor *y = kiln_add(CTX, kiln_relu(CTX, x), kiln_mul(CTX, in[1]->t, kiln_minimum_scalar(CTX, x, 0.0f)));
+    if (y && kiln_tensor_ndim(y) != in[0]->ndim) {
+        char sa[160], sb[160];
+        return nfail(r, n, KILN_ERR_SHAPE, "slope %s does not broadcast to X %s",
+                     shp(in[1]->ndim, in[1]->shape, sa, sizeof sa), shp(in[0]->ndim, in[0]->shape, sb, sizeof sb));
+    }
+    return set_dev(r, n, out[0], y);
+}
+
+/* InstanceNormalization: per sample and channel over the spatial dims, then scale and B
+ * per channel. */
+RUN(run_instance_norm) {
+    for (int i = 0; i < 3; i++) {
+        kiln_status s = need_float(r, n, in[i], i == 0 ? "input" : i == 1 ? "scale" : "B");
+        if (s) return s;
+    }
+    int nd = in[0]->ndim;
+    if (nd < 3) return nfail(r, n, KILN_ERR_SHAPE, "input must have at least 3 dims, not %d", nd);
+    int axes[KILN_MAX_DIMS];
+    for (int i = 2; i < nd; i++) axes[i - 2] = i;
+    kiln_tensor *x = in[0]->t;
+    kiln_tensor *mu = kiln_mean(CTX, x, nd - 2, axes, true);
+    kiln_tensor *d = kiln_sub(CTX, x, mu);
+    kiln_tensor *var = kiln_mean(CTX, kiln_mul(CTX, d, d), nd - 2, axes, true);
+    kiln_tensor *y = kiln_div(CTX, d, kiln_sqrt(CTX, kiln_add_scalar(CTX, var, attr_f(n, "epsilon", 1e-5f))));
+    int64_t cs[KILN_MAX_DIMS];
+    cs[0] = -1;
+    for (int i = 1; i < nd - 1; i++) cs[i] = 1;
+    y = kiln_mul(CTX, y, kiln_reshape(CTX, in[1]->t, nd - 1, cs));
+    return set_dev(r, n, out[0], kiln_add(CTX, y, kiln_reshape(CTX, in[2]->t, nd - 1, cs)));
+}
+
+/* DepthToSpace (DCR or CRD) and SpaceToDepth on [N, C, H, W]: a reshape, a permutation and
+ * a reshape. */
+static kiln_status depth_space(onnx_rt *r, const onnx_node *n, const onnx_val *x, onnx_val *out, bool to_space) {
+    kiln_status s = need_float(r, n, x, "input");
+    if (s) return s;
+    int64_t b = attr_i(n, "blocksize", 0);
+    char sb[160];
+    if (x->ndim != 4 || b < 1 || (to_space && x->shape[1] % (b * b)) ||
+        (!to_space && (x->shape[2] % b || x->shape[3] % b)))
+        return nfail(r, n, KILN_ERR_SHAPE, "input %s and blocksize %lld do not fit",
+                     shp(x->ndim, x->shape, sb, sizeof sb), (long long)b);
+    int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    char mb[8];
+    bool crd = to_space && strcmp(attr_s(n, "mode", "DCR", mb, sizeof mb), "CRD") == 0;
+    kiln_tensor *t;
+    if (to_space) {
+        int64_t c = C / (b * b);
+        int64_t s6[6] = {N, b, b, c, H, W};
+        int p[6] = {0, 3, 4, 1, 5, 2};
+        if (crd) s6[1] = c, s6[2] = b, s6[3] = b, p[1] = 1, p[2] = 4, p[3] = 2, p[4] = 5, p[5] = 3;
+        t = kiln_permute(CTX, kiln_reshape(CTX, x->t, 6, s6), p);
+        t = kiln_reshape(CTX, kiln_contiguous(CTX, t), 4, (int64_t[]){N, c, H * b, W * b});
+    } else {
+        int64_t s6[6] = {N, C, H / b, b, W / b, b};
+        int p[6] = {0, 3, 5, 1, 2, 4};
+        t = kiln_permute(CTX, kiln_reshape(CTX, x->t, 6, s6), p);
+        t = kiln_reshape(CTX, kiln_contiguous(CTX, t), 4, (int64_t[]){N, C * b * b, H / b, W / b});
+    }
+    return set_dev(r, n, out, t);
+}
+
+RUN(run_depth_to_space) { return depth_space(r, n, in[0], out[0], true); }
+RUN(run_space_to_depth) { return depth_space(r, n, in[0], out[0], false); }
+
+/* NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss, on the host in double: input
+ * [N, C, d...] (SoftmaxCrossEntropyLoss: scores, log-softmax along C first), target
+ * [N, d...] of class indices, optional weight [C]; ignore_index; reduction none, sum or mean
+ * (by the summed weights of the targets counted). */
+static kiln_status nll(onnx_rt *r, const onnx_node *n, onnx_val *const *in, onnx_val *const *out, bool softmax) {
+    const onnx_val *x = in[0], *tg = in[1], *w = n->nin > 2 ? in[2] : NULL;
+    kiln_status s = need_float(r, n, x, "input");
+    if (!s) s = need_float(r, n, w, "weight");
+    if (s) return s;
+    if (is_float(tg)) return nfail(r, n, KILN_ERR_UNSUPPORTED, "target must be an integer tensor");
+    char sa[160], sb[160];
+    bool ok = x->ndim >= 2 && tg->ndim == x->ndim - 1 && tg->shape[0] == x->shape[0];
+    for (int d = 2; ok && d < x->ndim; d++) ok = tg->shape[d - 1] == x->shape[d];
+    if (!ok || (w && (w->ndim != 1 || w->shape[0] != x->shape[1])))
+        return nfail(r, n, KILN_ERR_SHAPE, "input %s, target %s%s: target must be input's shape without dim 1",
+                     shp(x->ndim, x->shape, sa, sizeof sa), shp(tg->ndim, tg->shape, sb, sizeof sb),
+                     w ? " and weight [C]" : "");
+    char rb[16];
+    const char *red = attr_s(n, "reduction", "mean", rb, sizeof rb);
+    int mode = !strcmp(red, "none") ? 0 : !strcmp(red, "sum") ? 1 : !strcmp(red, "mean") ? 2 : -1;
+    if (mode < 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "reduction '%s' is none of none, sum, mean", red);
+    const Onnx__AttributeProto *ia = kiln__onnx_attr(n, "ignore_index");
+    int64_t N = x->shape[0], C = x->shape[1], D = shape_numel(x->ndim - 2, x->shape + 2), cnt = N * C * D;
+    float *xf = host_floats(r, n, x), *wf = w && xf ? host_floats(r, n, w) : NULL;
+    int64_t *t = xf && (!w || wf) ? host_ints(r, n, tg) : NULL;
+    float *loss = t ? malloc((size_t)(N * D > 0 ? N * D : 1) * sizeof *loss) : NULL;
+    if (!loss) {
+        free(xf), free(wf), free(t);
+        return kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                      : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    }
+    if (softmax)
+        for (int64_t b = 0; b < N; b++)
+            for (int64_t j = 0; j < D; j++) {
+                double mx = -INFINITY, sum = 0;
+                for (int64_t c = 0; c < C; c++) mx = fmax(mx, (double)xf[(b * C + c) * D + j]);
+                for (int64_t c = 0; c < C; c++) sum += exp((double)xf[(b * C + c) * D + j] - mx);
+                double lse = mx + log(sum);
+                for (int64_t c = 0; c < C; c++)
+                    xf[(b * C + c) * D + j] = (float)((double)xf[(b * C + c) * D + j] - lse);
+            }
+    double total = 0, wsum = 0;
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t j = 0; j < D; j++) {
+            int64_t c = t[b * D + j];
+            if (ia && c == ia->i) {
+                loss[b * D + j] = 0;
+                continue;
+            }
+            if (c < 0 || c >= C) {
+                free(xf), free(wf), free(t), free(loss);
+                return nfail(r, n, KILN_ERR_RANGE, "target %lld at %lld is outside [0, %lld)", (long long)c,
+                             (long long)(b * D + j), (long long)C);
+            }
+            double wc = wf ? (double)wf[c] : 1.0, l = -(double)xf[(b * C + c) * D + j] * wc;
+            loss[b * D + j] = (float)l;
+            total += l, wsum += wc;
+        }
+    free(wf), free(t);
+    (void)cnt;
+    if (softmax && n->nout > 1 && n->out[1] >= 0) {
+        float *lp = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *lp);
+        if (!lp) return free(xf), free(loss), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        memcpy(lp, xf, (size_t)cnt * sizeof *lp);
+        s = set_floats(r, n, out[1], x->ndim, x->shape, lp);
+    }
+    free(xf);
+    if (s) return free(loss), s;
+    if (mode == 0) return set_floats(r, n, out[0], tg->ndim, tg->shape, loss);
+    loss[0] = (float)(mode == 1 ? total : total / wsum);
+    return set_floats(r, n, out[0], 0, NULL, loss);
+}
+
+RUN(run_nll_loss) { return nll(r, n, in, out, false); }
+RUN(run_softmax_cross_entropy) { return nll(r, n, in, out, true); }
+
 #define A(...) ((const char *const[]){__VA_ARGS__, NULL})
 #define NOATTR ((const char *const[]){NULL})
 #define CONV_ATTRS "auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"
@@ -2423,6 +2717,34 @@ static const onnx_op ops[] = {
     {"Unsqueeze", 1, 2, 1, 1, A("axes"), NULL, run_unsqueeze},
     {"Where", 3, 3, 1, 1, NOATTR, NULL, run_where},
     {"Xor", 2, 2, 1, 1, NOATTR, bool_inputs, run_xor},
+    /* on the host (a round trip per node): math kiln has no kernel for */
+    {"Floor", 1, 1, 1, 1, NOATTR, NULL, run_floor},
+    {"Ceil", 1, 1, 1, 1, NOATTR, NULL, run_ceil},
+    {"Round", 1, 1, 1, 1, NOATTR, NULL, run_round},
+    {"Sign", 1, 1, 1, 1, NOATTR, NULL, run_sign},
+    {"Sin", 1, 1, 1, 1, NOATTR, NULL, run_sin},
+    {"Cos", 1, 1, 1, 1, NOATTR, NULL, run_cos},
+    {"Tan", 1, 1, 1, 1, NOATTR, NULL, run_tan},
+    {"Asin", 1, 1, 1, 1, NOATTR, NULL, run_asin},
+    {"Acos", 1, 1, 1, 1, NOATTR, NULL, run_acos},
+    {"Atan", 1, 1, 1, 1, NOATTR, NULL, run_atan},
+    {"Sinh", 1, 1, 1, 1, NOATTR, NULL, run_sinh},
+    {"Cosh", 1, 1, 1, 1, NOATTR, NULL, run_cosh},
+    {"Asinh", 1, 1, 1, 1, NOATTR, NULL, run_asinh},
+    {"Acosh", 1, 1, 1, 1, NOATTR, NULL, run_acosh},
+    {"Atanh", 1, 1, 1, 1, NOATTR, NULL, run_atanh},
+    {"IsInf", 1, 1, 1, 1, A("detect_negative", "detect_positive"), NULL, run_is_inf},
+    {"NegativeLogLikelihoodLoss", 2, 3, 1, 1, A("ignore_index", "reduction"), NULL, run_nll_loss},
+    {"SoftmaxCrossEntropyLoss", 2, 3, 1, 2, A("ignore_index", "reduction"), NULL, run_softmax_cross_entropy},
+    /* compositions of kiln's ops */
+    {"Selu", 1, 1, 1, 1, A("alpha", "gamma"), NULL, run_selu},
+    {"Softsign", 1, 1, 1, 1, NOATTR, NULL, run_softsign},
+    {"ThresholdedRelu", 1, 1, 1, 1, A("alpha"), NULL, run_thresholded_relu},
+    {"Shrink", 1, 1, 1, 1, A("bias", "lambd"), NULL, run_shrink},
+    {"PRelu", 2, 2, 1, 1, NOATTR, NULL, run_prelu},
+    {"InstanceNormalization", 3, 3, 1, 1, A("epsilon"), NULL, run_instance_norm},
+    {"DepthToSpace", 1, 1, 1, 1, A("blocksize", "mode"), NULL, run_depth_to_space},
+    {"SpaceToDepth", 1, 1, 1, 1, A("blocksize"), NULL, run_space_to_depth},
 };
 
 /* The first opset whose definition of the operator kiln implements (where later versions
@@ -2501,6 +2823,31 @@ static const struct {
     {"ReduceLogSum", 1},
     {"ReduceLogSumExp", 1},
     {"Tile", 6},
+    {"Floor", 6},
+    {"Ceil", 6},
+    {"Sign", 9},
+    {"Sin", 7},
+    {"Cos", 7},
+    {"Tan", 7},
+    {"Asin", 7},
+    {"Acos", 7},
+    {"Atan", 7},
+    {"Sinh", 9},
+    {"Cosh", 9},
+    {"Asinh", 9},
+    {"Acosh", 9},
+    {"Atanh", 9},
+    {"IsInf", 10},
+    {"NegativeLogLikelihoodLoss", 12},
+    {"SoftmaxCrossEntropyLoss", 12},
+    {"Selu", 6},
+    {"Softsign", 1},
+    {"ThresholdedRelu", 10},
+    {"Shrink", 9},
+    {"PRelu", 9},
+    {"InstanceNormalization", 6},
+    {"DepthToSpace", 11},
+    {"SpaceToDepth", 1},
 };
 
 int kiln__onnx_op_since(const char *name) {
