@@ -920,6 +920,55 @@ static void test_shape_inference(kiln_ctx *ctx) {
 static int64_t nl_tdim[1] = {2}, nl_t[2] = {0, 5};
 static char *nl_in[] = {"x", "t"}, *nl_out[] = {"y"}, *fl_in[] = {"t"}, *fl_out[] = {"y"};
 
+/* One node `op` on float x [2, 3] (with ni > 0: x, the int64 constant "i" of ni values and,
+ * for a third input, x again; else x for every input) with one int or string attribute; run on zeros, it must fail with
+ * `want` and a message holding `sub`. */
+static int64_t oe_idim[1];
+static int64_t oe_ivals[4];
+static char *oe_in2[] = {"x", "i"}, *oe_in3[] = {"x", "i", "x"}, *oe_xs[] = {"x", "x", "x"}, *oe_out2[] = {"y", "yi"};
+static void op_error(kiln_ctx *ctx, const char *op, int nin, int nout, const char *aname, int64_t aint,
+                     const char *astr, int ni, const int64_t *ivals, kiln_status want, const char *sub) {
+    mb b;
+    mb_init(&b, 13);
+    mb_value(&b, true, "x", 2, (int64_t[]){2, 3});
+    mb_value(&b, false, "y", 0, NULL);
+    b.outs[0].type = NULL;
+    if (ni) {
+        oe_idim[0] = ni;
+        memcpy(oe_ivals, ivals, sizeof(int64_t) * (size_t)ni);
+        mb_init_i64(&b, "i", oe_idim, oe_ivals);
+    }
+    Onnx__NodeProto *nd = mb_node(&b, op, "op", nin, !ni ? oe_xs : nin == 3 ? oe_in3 : oe_in2, nout, oe_out2);
+    if (aname) {
+        Onnx__AttributeProto *a = &b.attrs[b.nattrs];
+        onnx__attribute_proto__init(a);
+        a->name = (char *)aname;
+        a->has_type = 1;
+        if (astr) {
+            a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING;
+            a->has_s = 1, a->s.data = (uint8_t *)astr, a->s.len = strlen(astr);
+        } else {
+            a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
+            a->has_i = 1, a->i = aint;
+        }
+        b.pattrs[b.nattrs][0] = a;
+        nd->n_attribute = 1;
+        nd->attribute = b.pattrs[b.nattrs++];
+    }
+    kiln_onnx_model *m = NULL;
+    kiln_status s = load_packed(ctx, &b, 0, &m);
+    if (s == KILN_OK) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_zeros(ctx, 2, (int64_t[]){2, 3}), *y[2] = {NULL, NULL};
+        s = kiln_onnx_run(m, 1, &x, 1, y);
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m);
+    }
+    CHECK(s == want && strstr(kiln_error_message(ctx), sub) && strstr(kiln_error_message(ctx), "node 'op'"),
+          "%s: %s (want %s, '%s'): %s", op, kiln_status_name(s), kiln_status_name(want), sub, kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+}
+
 /* The errors of the operators added on the host and by composition (their values are
  * checked by ONNX's node tests): a target out of range, an unknown reduction, a blocksize
  * that does not divide, an integer input to float math. */
@@ -977,6 +1026,22 @@ static void test_added_op_errors(kiln_ctx *ctx) {
         kiln_scope_end(ctx);
         kiln_onnx_free(m), m = NULL;
     }
+    /* the host indexing and arithmetic operators */
+    op_error(ctx, "TopK", 2, 2, NULL, 0, NULL, 1, (int64_t[]){4}, KILN_ERR_INVALID_ARGUMENT, "K must be one value");
+    op_error(ctx, "GatherND", 2, 1, NULL, 0, NULL, 2, (int64_t[]){0, 7}, KILN_ERR_RANGE, "index 7 out of range");
+    op_error(ctx, "ScatterElements", 3, 1, "reduction", 0, "max", 0, NULL, KILN_ERR_INVALID_ARGUMENT,
+             "reduction is none of");
+    op_error(ctx, "ScatterND", 3, 1, NULL, 0, NULL, 1, (int64_t[]){0}, KILN_ERR_SHAPE, "do not fit");
+    op_error(ctx, "Mod", 2, 1, NULL, 0, NULL, 0, NULL, KILN_ERR_INVALID_ARGUMENT, "fmod must be 1");
+    op_error(ctx, "BitShift", 2, 1, "direction", 0, "UP", 0, NULL, KILN_ERR_INVALID_ARGUMENT, "direction 'UP'");
+    op_error(ctx, "Det", 1, 1, NULL, 0, NULL, 0, NULL, KILN_ERR_SHAPE, "square matrix");
+    op_error(ctx, "OneHot", 3, 1, NULL, 0, NULL, 1, (int64_t[]){0}, KILN_ERR_INVALID_ARGUMENT, "depth must be");
+    op_error(ctx, "EyeLike", 1, 1, "dtype", 11, NULL, 0, NULL, KILN_ERR_UNSUPPORTED, "dtype double");
+    op_error(ctx, "ReverseSequence", 2, 1, NULL, 0, NULL, 1, (int64_t[]){1}, KILN_ERR_INVALID_ARGUMENT,
+             "sequence_lens");
+    op_error(ctx, "Compress", 2, 1, "axis", 5, NULL, 1, (int64_t[]){1}, KILN_ERR_INVALID_ARGUMENT, "axis");
+    op_error(ctx, "LRN", 1, 1, "size", 0, NULL, 0, NULL, KILN_ERR_INVALID_ARGUMENT, "size must be >= 1");
+    op_error(ctx, "PRelu", 2, 1, NULL, 0, NULL, 1, (int64_t[]){1}, KILN_ERR_UNSUPPORTED, "'slope' has dtype int64");
     /* Floor of an integer constant: refused when it is folded at load */
     mb_init(&b, 13);
     mb_value(&b, false, "y", 1, (int64_t[]){2});

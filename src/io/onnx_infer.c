@@ -268,26 +268,53 @@ static bool op_is(const onnx_node *n, const char *const *list) {
     return false;
 }
 
-static const char *const same_shape[] = {"Abs",       "Relu",
-                                         "Sigmoid",   "Tanh",
-                                         "Sqrt",      "Neg",
-                                         "Exp",       "Log",
-                                         "Erf",       "Reciprocal",
-                                         "Softplus",  "Elu",
-                                         "LeakyRelu", "HardSigmoid",
-                                         "Softmax",   "LogSoftmax",
-                                         "Identity",  "Clip",
-                                         "Trilu",     "BatchNormalization",
-                                         "Floor",     "Ceil",
-                                         "Round",     "Sign",
-                                         "Sin",       "Cos",
-                                         "Tan",       "Asin",
-                                         "Acos",      "Atan",
-                                         "Sinh",      "Cosh",
-                                         "Asinh",     "Acosh",
-                                         "Atanh",     "Selu",
-                                         "Softsign",  "ThresholdedRelu",
-                                         "Shrink",    "InstanceNormalization",
+static const char *const same_shape[] = {"Abs",
+                                         "Relu",
+                                         "Sigmoid",
+                                         "Tanh",
+                                         "Sqrt",
+                                         "Neg",
+                                         "Exp",
+                                         "Log",
+                                         "Erf",
+                                         "Reciprocal",
+                                         "Softplus",
+                                         "Elu",
+                                         "LeakyRelu",
+                                         "HardSigmoid",
+                                         "Softmax",
+                                         "LogSoftmax",
+                                         "Identity",
+                                         "Clip",
+                                         "Trilu",
+                                         "BatchNormalization",
+                                         "Floor",
+                                         "Ceil",
+                                         "Round",
+                                         "Sign",
+                                         "Sin",
+                                         "Cos",
+                                         "Tan",
+                                         "Asin",
+                                         "Acos",
+                                         "Atan",
+                                         "Sinh",
+                                         "Cosh",
+                                         "Asinh",
+                                         "Acosh",
+                                         "Atanh",
+                                         "Selu",
+                                         "Softsign",
+                                         "ThresholdedRelu",
+                                         "Shrink",
+                                         "InstanceNormalization",
+                                         "Hardmax",
+                                         "MeanVarianceNormalization",
+                                         "LRN",
+                                         "ScatterElements",
+                                         "Scatter",
+                                         "ScatterND",
+                                         "ReverseSequence",
                                          NULL};
 static const char *const compare[] = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or",
                                       "Xor",   NULL};
@@ -325,6 +352,73 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
     if (!strcmp(op, "IsInf")) {
         o->type = OT_BOOL;
         copy_shape(o, x);
+        return KILN_OK;
+    }
+    if (!strcmp(op, "Mod") || !strcmp(op, "BitShift")) {
+        o->type = x->type;
+        return bcast(m, n, 2, in, o);
+    }
+    if (!strcmp(op, "EyeLike")) {
+        o->type = (int)ai(n, "dtype", x->type);
+        copy_shape(o, x);
+        return KILN_OK;
+    }
+    if (!strcmp(op, "Det")) {
+        o->type = x->type;
+        if (x->ndim >= 2) o->ndim = x->ndim - 2, memcpy(o->d, x->d, sizeof(D) * (size_t)o->ndim);
+        return KILN_OK;
+    }
+    if (!strcmp(op, "TopK")) {
+        int64_t k[1];
+        bool ok = false;
+        int axis = x->ndim >= 0 ? norm(ai(n, "axis", -1), x->ndim, &ok) : 0;
+        for (int j = 0; j < 2 && j < n->nout; j++) {
+            out[j]->type = j ? OT_INT64 : x->type;
+            if (!ok) continue;
+            copy_shape(out[j], x);
+            out[j]->d[axis] = known_data(in[1], k) == 1 ? dk(k[0]) : du();
+        }
+        return KILN_OK;
+    }
+    if (!strcmp(op, "Compress") || !strcmp(op, "NonZero")) {
+        /* sizes that depend on the values */
+        o->type = op[0] == 'N' ? OT_INT64 : x->type;
+        const Onnx__AttributeProto *aa = kiln__onnx_attr(n, "axis");
+        if (op[0] == 'N') {
+            o->ndim = 2, o->d[0] = x->ndim >= 0 ? dk(x->ndim > 0 ? x->ndim : 1) : du(), o->d[1] = du();
+        } else if (!aa) {
+            o->ndim = 1, o->d[0] = du();
+        } else if (x->ndim >= 0) {
+            bool ok;
+            int axis = norm(aa->i, x->ndim, &ok);
+            copy_shape(o, x);
+            if (ok) o->d[axis] = du();
+        }
+        return KILN_OK;
+    }
+    if (!strcmp(op, "GatherND")) {
+        const onnx_info *ix = in[1];
+        o->type = x->type;
+        int64_t b = ai(n, "batch_dims", 0);
+        if (x->ndim < 0 || ix->ndim < 1 || !ix->d[ix->ndim - 1].k) return KILN_OK;
+        int64_t mm = ix->d[ix->ndim - 1].v;
+        int nd = ix->ndim - 1 + x->ndim - (int)(b + mm);
+        if (b < 0 || mm < 1 || b + mm > x->ndim || nd < 0 || nd > KILN_MAX_DIMS) return KILN_OK;
+        o->ndim = nd;
+        memcpy(o->d, ix->d, sizeof(D) * (size_t)(ix->ndim - 1));
+        memcpy(o->d + ix->ndim - 1, x->d + b + mm, sizeof(D) * (size_t)(x->ndim - b - mm));
+        return KILN_OK;
+    }
+    if (!strcmp(op, "OneHot")) {
+        o->type = in[2]->type;
+        if (x->ndim < 0 || x->ndim + 1 > KILN_MAX_DIMS) return KILN_OK;
+        bool ok;
+        int axis = norm(ai(n, "axis", -1), x->ndim + 1, &ok);
+        if (!ok) return KILN_OK;
+        int64_t dp[1];
+        o->ndim = x->ndim + 1;
+        for (int d = 0, j = 0; d < o->ndim; d++)
+            o->d[d] = d == axis ? (known_data(in[1], dp) == 1 ? dk(dp[0]) : du()) : x->d[j++];
         return KILN_OK;
     }
     if (!strcmp(op, "PRelu")) {

@@ -430,7 +430,10 @@ typedef enum hop {
     H_XOR,
     H_MAX,
     H_MIN,
-    H_MOD
+    H_MOD,
+    H_FMOD,
+    H_SHL,
+    H_SHR
 } hop;
 
 static kiln_status h_binary(onnx_rt *r, const onnx_node *n, hop op, const onnx_val *a, const onnx_val *b, int out_type,
@@ -458,7 +461,10 @@ static kiln_status h_binary(onnx_rt *r, const onnx_node *n, hop op, const onnx_v
         case H_ADD: v = (int64_t)((uint64_t)p + (uint64_t)q); break;
         case H_SUB: v = (int64_t)((uint64_t)p - (uint64_t)q); break;
         case H_MUL: v = (int64_t)((uint64_t)p * (uint64_t)q); break;
+        case H_SHL: v = q < 0 || q >= 64 ? 0 : (int64_t)((uint64_t)p << q); break;
+        case H_SHR: v = q < 0 || q >= 64 ? 0 : (int64_t)((uint64_t)wrap_int(out_type, p) >> q); break;
         case H_DIV:
+        case H_FMOD:
         case H_MOD:
             if (q == 0) {
                 free(x), free(y), free(o);
@@ -468,6 +474,8 @@ static kiln_status h_binary(onnx_rt *r, const onnx_node *n, hop op, const onnx_v
                 v = op == H_DIV ? INT64_MIN : 0;
             else if (op == H_DIV)
                 v = p / q;
+            else if (op == H_FMOD)
+                v = p % q; /* fmod=1: the sign of the dividend, as C */
             else {
                 v = p % q; /* Mod with fmod=0: the sign of the divisor, as Python */
                 if (v != 0 && ((v < 0) != (q < 0))) v += q;
@@ -2610,6 +2618,550 @@ static kiln_status nll(onnx_rt *r, const onnx_node *n, onnx_val *const *in, onnx
 RUN(run_nll_loss) { return nll(r, n, in, out, false); }
 RUN(run_softmax_cross_entropy) { return nll(r, n, in, out, true); }
 
+/* ---- more host operators: indexing, sorting and integer arithmetic ------------------------- */
+
+/* Any value's elements as doubles on the host (malloc'ed); NULL with the error set. */
+static double *host_vals(onnx_rt *r, const onnx_node *n, const onnx_val *v) {
+    int64_t cnt = kiln__onnx_numel(v);
+    double *d = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *d);
+    if (!d) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory"), NULL;
+    if (is_float(v)) {
+        float *f = host_floats(r, n, v);
+        if (!f) return free(d), NULL;
+        for (int64_t i = 0; i < cnt; i++) d[i] = f[i];
+        free(f);
+    } else {
+        for (int64_t i = 0; i < cnt; i++) d[i] = (double)v->h[i];
+    }
+    return d;
+}
+
+/* Doubles (taken) as a value of ONNX type `type`: floats to the device, integers to the host. */
+static kiln_status set_vals(onnx_rt *r, const onnx_node *n, onnx_val *out, int type, int ndim, const int64_t *shape,
+                            double *d) {
+    int64_t cnt = shape_numel(ndim, shape);
+    if (type == OT_FLOAT) {
+        float *f = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *f);
+        if (!f) return free(d), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        for (int64_t i = 0; i < cnt; i++) f[i] = (float)d[i];
+        free(d);
+        return set_floats(r, n, out, ndim, shape, f);
+    }
+    int64_t *h = alloc_i(cnt);
+    if (!h) return free(d), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < cnt; i++) h[i] = wrap_int(type, isfinite(d[i]) ? (int64_t)d[i] : 0);
+    free(d);
+    return set_host(r, n, out, type, ndim, shape, h);
+}
+
+/* Mod: integers on the host (fmod 0: the sign of the divisor; 1: of the dividend); floats
+ * need fmod = 1 (C's fmod), computed on the host. */
+RUN(run_mod) {
+    bool fm = attr_i(n, "fmod", 0) != 0;
+    const onnx_val *a = in[0], *b = in[1];
+    if (!is_float(a) && !is_float(b)) return h_binary(r, n, fm ? H_FMOD : H_MOD, a, b, a->type, out[0]);
+    if (!fm) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "fmod must be 1 for float inputs");
+    int nd;
+    int64_t shape[KILN_MAX_DIMS], sa[KILN_MAX_DIMS], sb[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0};
+    if (!bcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape))
+        return nfail(r, n, KILN_ERR_SHAPE, "shapes do not broadcast");
+    double *x = host_vals(r, n, a), *y = x ? host_vals(r, n, b) : NULL;
+    int64_t cnt = shape_numel(nd, shape);
+    double *o = y ? malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(x), free(y),
+               kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                      : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    bcast_strides(a->ndim, a->shape, nd, shape, sa), bcast_strides(b->ndim, b->shape, nd, shape, sb);
+    for (int64_t i = 0; i < cnt; i++) {
+        int64_t p = 0, q = 0;
+        for (int d = 0; d < nd; d++) p += idx[d] * sa[d], q += idx[d] * sb[d];
+        o[i] = fmod(x[p], y[q]);
+        for (int d = nd - 1; d >= 0; d--) {
+            if (++idx[d] < shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(x), free(y);
+    return set_vals(r, n, out[0], OT_FLOAT, nd, shape, o);
+}
+
+RUN(run_bitshift) {
+    char db[8];
+    const char *dir = attr_s(n, "direction", "", db, sizeof db);
+    if (strcmp(dir, "LEFT") != 0 && strcmp(dir, "RIGHT") != 0)
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "direction '%s' is neither LEFT nor RIGHT", dir);
+    return h_binary(r, n, dir[0] == 'L' ? H_SHL : H_SHR, in[0], in[1], in[0]->type, out[0]);
+}
+
+/* outer x axis x inner: the dims before axis, at it and after it. */
+static void split3(const onnx_val *v, int axis, int64_t *outer, int64_t *len, int64_t *inner) {
+    *outer = shape_numel(axis, v->shape), *len = v->shape[axis];
+    *inner = shape_numel(v->ndim - axis - 1, v->shape + axis + 1);
+}
+
+/* ReduceProd over the axes attribute (all when absent), on the host in double. */
+RUN(run_reduce_prod) {
+    const onnx_val *x = in[0];
+    int nd = x->ndim;
+    int64_t axes[KILN_MAX_DIMS];
+    int c;
+    kiln_status s = axes_of(r, n, in, false, axes, &c);
+    if (s) return s;
+    bool mark[KILN_MAX_DIMS] = {0};
+    for (int i = 0; i < c; i++) {
+        bool ok;
+        int a = norm_axis(axes[i], nd, &ok);
+        if (!ok) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis %lld out of range", (long long)axes[i]);
+        mark[a] = true;
+    }
+    if (c <= 0)
+        for (int d = 0; d < nd; d++) mark[d] = true;
+    bool keep = attr_i(n, "keepdims", 1) != 0;
+    int64_t oshape[KILN_MAX_DIMS], kshape[KILN_MAX_DIMS];
+    int ond = 0;
+    for (int d = 0; d < nd; d++) {
+        kshape[d] = mark[d] ? 1 : x->shape[d];
+        if (!mark[d] || keep) oshape[ond++] = kshape[d];
+    }
+    int64_t cnt = kiln__onnx_numel(x), ocnt = shape_numel(nd, kshape), kst[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0};
+    contig_strides(nd, kshape, kst);
+    double *v = host_vals(r, n, x), *o = v ? malloc((size_t)(ocnt > 0 ? ocnt : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < ocnt; i++) o[i] = 1;
+    for (int64_t i = 0; i < cnt; i++) {
+        int64_t p = 0;
+        for (int d = 0; d < nd; d++) p += mark[d] ? 0 : idx[d] * kst[d];
+        o[p] *= v[i];
+        for (int d = nd - 1; d >= 0; d--) {
+            if (++idx[d] < x->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(v);
+    return set_vals(r, n, out[0], x->type, ond, oshape, o);
+}
+
+/* Hardmax: 1 at the first maximum along axis (before opset 13: of the input seen as 2-D
+ * [prod(dims < axis), prod(dims >= axis)]), 0 elsewhere. */
+RUN(run_hardmax) {
+    kiln_status s = need_float(r, n, in[0], "input");
+    if (s) return s;
+    const onnx_val *x = in[0];
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", r->opset >= 13 ? -1 : 1), x->ndim, &ok);
+    if (!ok || x->ndim == 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis out of range for %d dims", x->ndim);
+    int64_t outer, len, inner;
+    if (r->opset >= 13)
+        split3(x, axis, &outer, &len, &inner);
+    else
+        outer = shape_numel(axis, x->shape), len = shape_numel(x->ndim - axis, x->shape + axis), inner = 1;
+    double *v = host_vals(r, n, x);
+    if (!v) return kiln_error_status(CTX);
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t best = 0;
+            for (int64_t k = 1; k < len; k++)
+                if (v[(o * len + k) * inner + i] > v[(o * len + best) * inner + i]) best = k;
+            for (int64_t k = 0; k < len; k++) v[(o * len + k) * inner + i] = k == best;
+        }
+    return set_vals(r, n, out[0], OT_FLOAT, x->ndim, x->shape, v);
+}
+
+/* TopK: the K largest (or smallest) along axis, sorted, ties to the lower index; Values and
+ * Indices (int64). */
+RUN(run_topk) {
+    const onnx_val *x = in[0];
+    int64_t kk[1];
+    int c;
+    kiln_status s = small_ints(r, n, in[1], "K", kk, 1, &c);
+    if (s) return s;
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", -1), x->ndim, &ok);
+    if (!ok || c != 1 || kk[0] < 0 || kk[0] > x->shape[axis])
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "K must be one value in [0, the axis' size] on a valid axis");
+    bool largest = attr_i(n, "largest", 1) != 0;
+    int64_t outer, len, inner, K = kk[0];
+    split3(x, axis, &outer, &len, &inner);
+    int64_t oshape[KILN_MAX_DIMS];
+    memcpy(oshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    oshape[axis] = K;
+    int64_t ocnt = outer * K * inner;
+    double *v = host_vals(r, n, x), *vals = v ? malloc((size_t)(ocnt > 0 ? ocnt : 1) * sizeof *vals) : NULL;
+    int64_t *ids = vals ? alloc_i(ocnt) : NULL, *taken = ids ? alloc_i(len) : NULL;
+    if (!taken)
+        return free(v), free(vals), free(ids),
+               kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                      : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            for (int64_t k = 0; k < len; k++) taken[k] = 0;
+            for (int64_t j = 0; j < K; j++) {
+                int64_t best = -1;
+                for (int64_t k = 0; k < len; k++) {
+                    if (taken[k]) continue;
+                    double a = v[(o * len + k) * inner + i];
+                    if (best < 0 ||
+                        (largest ? a > v[(o * len + best) * inner + i] : a < v[(o * len + best) * inner + i]))
+                        best = k;
+                }
+                taken[best] = 1;
+                vals[(o * K + j) * inner + i] = v[(o * len + best) * inner + i];
+                ids[(o * K + j) * inner + i] = best;
+            }
+        }
+    free(v), free(taken);
+    s = set_vals(r, n, out[0], x->type, x->ndim, oshape, vals);
+    if (s) return free(ids), s;
+    if (n->nout > 1 && n->out[1] >= 0) return set_host(r, n, out[1], OT_INT64, x->ndim, oshape, ids);
+    free(ids);
+    return KILN_OK;
+}
+
+/* OneHot: values[1] where the index (negative ones from the end) is the position along the
+ * new axis, values[0] elsewhere; indices out of range give a row of values[0]. */
+RUN(run_onehot) {
+    const onnx_val *ix = in[0], *vv = in[2];
+    double *idx = host_vals(r, n, ix), *dp = idx ? host_vals(r, n, in[1]) : NULL,
+           *val = dp ? host_vals(r, n, vv) : NULL;
+    if (!val) return free(idx), free(dp), kiln_error_status(CTX);
+    int64_t depth = (int64_t)dp[0];
+    double off = val[0], on = kiln__onnx_numel(vv) > 1 ? val[1] : val[0];
+    bool bad = kiln__onnx_numel(in[1]) != 1 || kiln__onnx_numel(vv) != 2 || depth < 1 || ix->ndim + 1 > KILN_MAX_DIMS;
+    free(dp), free(val);
+    if (bad) return free(idx), nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "depth must be one value >= 1 and values two");
+    int nd = ix->ndim + 1;
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", -1), nd, &ok);
+    if (!ok) return free(idx), nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis out of range");
+    int64_t shape[KILN_MAX_DIMS];
+    for (int d = 0, j = 0; d < nd; d++) shape[d] = d == axis ? depth : ix->shape[j++];
+    int64_t outer = shape_numel(axis, shape), inner = shape_numel(nd - axis - 1, shape + axis + 1),
+            cnt = outer * depth * inner;
+    double *o = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *o);
+    if (!o) return free(idx), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t p = 0; p < outer; p++)
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t k = (int64_t)idx[p * inner + i];
+            if (k < 0) k += depth;
+            for (int64_t d = 0; d < depth; d++) o[(p * depth + d) * inner + i] = d == k ? on : off;
+        }
+    free(idx);
+    return set_vals(r, n, out[0], vv->type, nd, shape, o);
+}
+
+/* EyeLike: ones on diagonal k of a 2-D input's shape, of dtype `dtype` (the input's when absent). */
+RUN(run_eyelike) {
+    const onnx_val *x = in[0];
+    int type = (int)attr_i(n, "dtype", x->type);
+    if (x->ndim != 2) return nfail(r, n, KILN_ERR_SHAPE, "input must be 2-D, not %d-D", x->ndim);
+    if (!kiln__onnx_type_ok(type))
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "dtype %s is not one kiln holds", kiln__onnx_type_name(type));
+    int64_t k = attr_i(n, "k", 0), cnt = kiln__onnx_numel(x);
+    double *o = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *o);
+    if (!o) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < x->shape[0]; i++)
+        for (int64_t j = 0; j < x->shape[1]; j++) o[i * x->shape[1] + j] = j - i == k;
+    return set_vals(r, n, out[0], type, 2, x->shape, o);
+}
+
+/* GatherND (batch_dims b): for each index tuple of indices[..., :], the slice of data it picks. */
+RUN(run_gather_nd) {
+    const onnx_val *x = in[0], *ix = in[1];
+    int64_t b = attr_i(n, "batch_dims", 0);
+    char sa[160], sb[160];
+    int64_t m = ix->ndim ? ix->shape[ix->ndim - 1] : 0;
+    bool ok = ix->ndim >= 1 && b >= 0 && b < ix->ndim && b < x->ndim && m >= 1 && b + m <= x->ndim &&
+              x->ndim + ix->ndim - 1 - m - b <= KILN_MAX_DIMS;
+    for (int d = 0; ok && d < b; d++) ok = x->shape[d] == ix->shape[d];
+    if (!ok || is_float(ix))
+        return nfail(r, n, KILN_ERR_SHAPE, "data %s and indices %s (batch_dims %lld) do not fit",
+                     shp(x->ndim, x->shape, sa, sizeof sa), shp(ix->ndim, ix->shape, sb, sizeof sb), (long long)b);
+    int64_t shape[KILN_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < ix->ndim - 1; d++) shape[nd++] = ix->shape[d];
+    for (int d = (int)(b + m); d < x->ndim; d++) shape[nd++] = x->shape[d];
+    int64_t B = shape_numel((int)b, x->shape), tuples = shape_numel(ix->ndim - 1 - (int)b, ix->shape + b);
+    int64_t slice = shape_numel(x->ndim - (int)(b + m), x->shape + b + m),
+            per_b = shape_numel(x->ndim - (int)b, x->shape + b);
+    int64_t xst[KILN_MAX_DIMS];
+    contig_strides(x->ndim, x->shape, xst);
+    double *v = host_vals(r, n, x),
+           *o = v ? malloc((size_t)(B * tuples * slice > 0 ? B * tuples * slice : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t t = 0; t < tuples; t++) {
+            int64_t off = bi * per_b;
+            for (int64_t j = 0; j < m; j++) {
+                int64_t k = ix->h[(bi * tuples + t) * m + j], dim = x->shape[b + j];
+                if (k < 0) k += dim;
+                if (k < 0 || k >= dim) {
+                    free(v), free(o);
+                    return nfail(r, n, KILN_ERR_RANGE, "index %lld out of range for dim %lld of size %lld",
+                                 (long long)ix->h[(bi * tuples + t) * m + j], (long long)(b + j), (long long)dim);
+                }
+                off += k * xst[b + j];
+            }
+            memcpy(o + (bi * tuples + t) * slice, v + off, (size_t)slice * sizeof *o);
+        }
+    free(v);
+    return set_vals(r, n, out[0], x->type, nd, shape, o);
+}
+
+/* reduction none/add/mul of ScatterElements and ScatterND: -1 when unknown. */
+static int scatter_reduction(const onnx_node *n) {
+    char rb[8];
+    const char *red = attr_s(n, "reduction", "none", rb, sizeof rb);
+    return !strcmp(red, "none") ? 0 : !strcmp(red, "add") ? 1 : !strcmp(red, "mul") ? 2 : -1;
+}
+
+static void scatter_one(double *dst, double v, int red) { *dst = red == 1 ? *dst + v : red == 2 ? *dst * v : v; }
+
+/* ScatterElements (and the Scatter of opsets 9..10): data with updates written at the
+ * positions indices give along axis. */
+RUN(run_scatter_elements) {
+    const onnx_val *x = in[0], *ix = in[1], *u = in[2];
+    int red = scatter_reduction(n);
+    if (red < 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "reduction is none of none, add, mul");
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", 0), x->ndim, &ok);
+    char sa[160], sb[160];
+    bool fit = ok && ix->ndim == x->ndim && u->ndim == x->ndim && !is_float(ix);
+    for (int d = 0; fit && d < x->ndim; d++)
+        fit = ix->shape[d] == u->shape[d] && (d == axis || ix->shape[d] <= x->shape[d]);
+    if (!fit)
+        return nfail(r, n, KILN_ERR_SHAPE, "data %s, indices %s and updates of the indices' shape do not fit",
+                     shp(x->ndim, x->shape, sa, sizeof sa), shp(ix->ndim, ix->shape, sb, sizeof sb));
+    int64_t xst[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0}, cnt = kiln__onnx_numel(ix);
+    contig_strides(x->ndim, x->shape, xst);
+    double *v = host_vals(r, n, x), *uv = v ? host_vals(r, n, u) : NULL;
+    if (!uv) return free(v), kiln_error_status(CTX);
+    for (int64_t i = 0; i < cnt; i++) {
+        int64_t k = ix->h[i], p = 0;
+        if (k < 0) k += x->shape[axis];
+        if (k < 0 || k >= x->shape[axis]) {
+            free(v), free(uv);
+            return nfail(r, n, KILN_ERR_RANGE, "index %lld out of range for axis %d of size %lld", (long long)ix->h[i],
+                         axis, (long long)x->shape[axis]);
+        }
+        for (int d = 0; d < x->ndim; d++) p += (d == axis ? k : idx[d]) * xst[d];
+        scatter_one(&v[p], uv[i], red);
+        for (int d = x->ndim - 1; d >= 0; d--) {
+            if (++idx[d] < ix->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(uv);
+    return set_vals(r, n, out[0], x->type, x->ndim, x->shape, v);
+}
+
+/* ScatterND: updates[i...] written at data[indices[i..., :]] (a slice when the tuple is short). */
+RUN(run_scatter_nd) {
+    const onnx_val *x = in[0], *ix = in[1], *u = in[2];
+    int red = scatter_reduction(n);
+    if (red < 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "reduction is none of none, add, mul");
+    int64_t m = ix->ndim ? ix->shape[ix->ndim - 1] : 0;
+    char sa[160], sb[160];
+    bool fit = ix->ndim >= 1 && m >= 1 && m <= x->ndim && !is_float(ix) && u->ndim == ix->ndim - 1 + x->ndim - m;
+    for (int d = 0; fit && d < ix->ndim - 1; d++) fit = u->shape[d] == ix->shape[d];
+    for (int d = 0; fit && d < x->ndim - m; d++) fit = u->shape[ix->ndim - 1 + d] == x->shape[m + d];
+    if (!fit)
+        return nfail(r, n, KILN_ERR_SHAPE, "data %s, indices %s and updates do not fit",
+                     shp(x->ndim, x->shape, sa, sizeof sa), shp(ix->ndim, ix->shape, sb, sizeof sb));
+    int64_t xst[KILN_MAX_DIMS], tuples = shape_numel(ix->ndim - 1, ix->shape),
+                                slice = shape_numel(x->ndim - (int)m, x->shape + m);
+    contig_strides(x->ndim, x->shape, xst);
+    double *v = host_vals(r, n, x), *uv = v ? host_vals(r, n, u) : NULL;
+    if (!uv) return free(v), kiln_error_status(CTX);
+    for (int64_t t = 0; t < tuples; t++) {
+        int64_t off = 0;
+        for (int64_t j = 0; j < m; j++) {
+            int64_t k = ix->h[t * m + j];
+            if (k < 0) k += x->shape[j];
+            if (k < 0 || k >= x->shape[j]) {
+                free(v), free(uv);
+                return nfail(r, n, KILN_ERR_RANGE, "index %lld out of range for dim %lld of size %lld",
+                             (long long)ix->h[t * m + j], (long long)j, (long long)x->shape[j]);
+            }
+            off += k * xst[j];
+        }
+        for (int64_t e = 0; e < slice; e++) scatter_one(&v[off + e], uv[t * slice + e], red);
+    }
+    free(uv);
+    return set_vals(r, n, out[0], x->type, x->ndim, x->shape, v);
+}
+
+/* Compress: the slices along axis (the flattened input without one) whose condition is true. */
+RUN(run_compress) {
+    const onnx_val *x = in[0], *c = in[1];
+    const Onnx__AttributeProto *aa = kiln__onnx_attr(n, "axis");
+    bool ok = true;
+    int axis = aa ? norm_axis(aa->i, x->ndim, &ok) : 0;
+    if (!ok || is_float(c) || c->ndim != 1) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis or condition invalid");
+    int64_t outer = 1, len = kiln__onnx_numel(x), inner = 1;
+    if (aa) split3(x, axis, &outer, &len, &inner);
+    int64_t keep = 0, cn = kiln__onnx_numel(c) < len ? kiln__onnx_numel(c) : len;
+    for (int64_t k = 0; k < cn; k++) keep += c->h[k] != 0;
+    double *v = host_vals(r, n, x),
+           *o = v ? malloc((size_t)(outer * keep * inner > 0 ? outer * keep * inner : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    int64_t q = 0;
+    for (int64_t p = 0; p < outer; p++)
+        for (int64_t k = 0; k < cn; k++)
+            if (c->h[k])
+                for (int64_t i = 0; i < inner; i++) o[q++] = v[(p * len + k) * inner + i];
+    free(v);
+    int64_t shape[KILN_MAX_DIMS];
+    int nd = aa ? x->ndim : 1;
+    if (aa)
+        memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim), shape[axis] = keep;
+    else
+        shape[0] = keep;
+    return set_vals(r, n, out[0], x->type, nd, shape, o);
+}
+
+/* NonZero: the indices of the non-zero elements, [rank, count] in row-major order. */
+RUN(run_nonzero) {
+    const onnx_val *x = in[0];
+    double *v = host_vals(r, n, x);
+    if (!v) return kiln_error_status(CTX);
+    int64_t cnt = kiln__onnx_numel(x), nz = 0, nd = x->ndim > 0 ? x->ndim : 1, idx[KILN_MAX_DIMS] = {0};
+    for (int64_t i = 0; i < cnt; i++) nz += v[i] != 0;
+    int64_t *o = alloc_i(nd * nz), q = 0;
+    if (!o) return free(v), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < cnt; i++) {
+        if (v[i] != 0) {
+            for (int d = 0; d < x->ndim; d++) o[d * nz + q] = idx[d];
+            if (x->ndim == 0) o[q] = 0;
+            q++;
+        }
+        for (int d = x->ndim - 1; d >= 0; d--) {
+            if (++idx[d] < x->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(v);
+    return set_host(r, n, out[0], OT_INT64, 2, (int64_t[]){nd, nz}, o);
+}
+
+/* MeanVarianceNormalization: (x - mean) / (sqrt(mean(x^2) - mean^2) + 1e-9) over axes
+ * (default [0, 2, 3]), as its ONNX function body. */
+RUN(run_mvn) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    const int64_t *v;
+    int c = attr_ints(n, "axes", &v), axes[KILN_MAX_DIMS];
+    int64_t def[3] = {0, 2, 3};
+    if (c < 0) c = 3, v = def;
+    if (c > KILN_MAX_DIMS) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "%d axes", c);
+    for (int i = 0; i < c; i++) {
+        bool ok;
+        axes[i] = norm_axis(v[i], in[0]->ndim, &ok);
+        if (!ok) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis %lld out of range", (long long)v[i]);
+    }
+    kiln_tensor *x = in[0]->t, *mu = kiln_mean(CTX, x, c, axes, true);
+    kiln_tensor *var = kiln_sub(CTX, kiln_mean(CTX, kiln_mul(CTX, x, x), c, axes, true), kiln_mul(CTX, mu, mu));
+    kiln_tensor *sd = kiln_add_scalar(CTX, kiln_sqrt(CTX, kiln_maximum_scalar(CTX, var, 0.0f)), 1e-9f);
+    return set_dev(r, n, out[0], kiln_div(CTX, kiln_sub(CTX, x, mu), sd));
+}
+
+/* Det of the last two dims (square), by LU with partial pivoting in double on the host. */
+RUN(run_det) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    const onnx_val *x = in[0];
+    if (x->ndim < 2 || x->shape[x->ndim - 1] != x->shape[x->ndim - 2]) {
+        char sb[160];
+        return nfail(r, n, KILN_ERR_SHAPE, "input %s must end in a square matrix",
+                     shp(x->ndim, x->shape, sb, sizeof sb));
+    }
+    int64_t k = x->shape[x->ndim - 1], B = shape_numel(x->ndim - 2, x->shape);
+    double *v = host_vals(r, n, x), *o = v ? malloc((size_t)(B > 0 ? B : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t b = 0; b < B; b++) {
+        double *a = v + b * k * k, det = 1;
+        for (int64_t c = 0; c < k; c++) {
+            int64_t piv = c;
+            for (int64_t i = c + 1; i < k; i++)
+                if (fabs(a[i * k + c]) > fabs(a[piv * k + c])) piv = i;
+            if (a[piv * k + c] == 0) {
+                det = 0;
+                break;
+            }
+            if (piv != c) {
+                for (int64_t j = 0; j < k; j++) {
+                    double t = a[c * k + j];
+                    a[c * k + j] = a[piv * k + j], a[piv * k + j] = t;
+                }
+                det = -det;
+            }
+            det *= a[c * k + c];
+            for (int64_t i = c + 1; i < k; i++) {
+                double f = a[i * k + c] / a[c * k + c];
+                for (int64_t j = c; j < k; j++) a[i * k + j] -= f * a[c * k + j];
+            }
+        }
+        o[b] = det;
+    }
+    free(v);
+    return set_vals(r, n, out[0], OT_FLOAT, x->ndim - 2, x->shape, o);
+}
+
+/* ReverseSequence: along time_axis, the first sequence_lens[b] steps of each batch entry reversed. */
+RUN(run_reverse_sequence) {
+    const onnx_val *x = in[0], *sl = in[1];
+    int64_t ta = attr_i(n, "time_axis", 0), ba = attr_i(n, "batch_axis", 1);
+    if (x->ndim < 2 || ta < 0 || ba < 0 || ta > 1 || ba > 1 || ta == ba || is_float(sl) || sl->ndim != 1 ||
+        sl->shape[0] != x->shape[ba])
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT,
+                     "time_axis and batch_axis must be 0 and 1 (either way) and "
+                     "sequence_lens one length per batch entry");
+    int64_t T = x->shape[ta], Bn = x->shape[ba], inner = shape_numel(x->ndim - 2, x->shape + 2);
+    double *v = host_vals(r, n, x),
+           *o = v ? malloc((size_t)(kiln__onnx_numel(x) > 0 ? kiln__onnx_numel(x) : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t b = 0; b < Bn; b++) {
+        int64_t L = sl->h[b] < 0 ? 0 : sl->h[b] > T ? T : sl->h[b];
+        for (int64_t t = 0; t < T; t++) {
+            int64_t src = t < L ? L - 1 - t : t;
+            int64_t po = ta == 0 ? (t * Bn + b) : (b * T + t), ps = ta == 0 ? (src * Bn + b) : (b * T + src);
+            memcpy(o + po * inner, v + ps * inner, (size_t)inner * sizeof *o);
+        }
+    }
+    free(v);
+    return set_vals(r, n, out[0], x->type, x->ndim, x->shape, o);
+}
+
+/* LRN: x / (bias + alpha / size * sum of x^2 over the size channels around c)^beta. */
+RUN(run_lrn) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    const onnx_val *x = in[0];
+    int64_t size = attr_i(n, "size", 0);
+    if (x->ndim < 3 || size < 1) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "size must be >= 1 and X at least 3-D");
+    float alpha = attr_f(n, "alpha", 1e-4f), beta = attr_f(n, "beta", 0.75f), bias = attr_f(n, "bias", 1.0f);
+    int64_t N = x->shape[0], C = x->shape[1], S = shape_numel(x->ndim - 2, x->shape + 2);
+    /* [N, 1, C, S]: an average pool of (size, 1) over the channels, padded (size-1)/2 before
+     * and the rest after, counting the padding, is the windowed sum / size */
+    kiln_tensor *sq = kiln_reshape(CTX, kiln_mul(CTX, x->t, x->t), 4, (int64_t[]){N, 1, C, S});
+    int64_t pb[2] = {(size - 1) / 2, 0}, pe[2] = {size - 1 - (size - 1) / 2, 0};
+    kiln_pool2d_params p = kiln_pool2d_defaults((int)size, 1);
+    p.stride[0] = p.stride[1] = 1;
+    kiln_tensor *avg = kiln_avg_pool2d(CTX, pad_hw(CTX, sq, pb, pe, 0.0f), &p);
+    kiln_tensor *den = kiln_pow_scalar(CTX, kiln_add_scalar(CTX, kiln_mul_scalar(CTX, avg, alpha), bias), beta);
+    return set_dev(r, n, out[0], kiln_div(CTX, x->t, kiln_reshape(CTX, den, x->ndim, x->shape)));
+}
+
 #define A(...) ((const char *const[]){__VA_ARGS__, NULL})
 #define NOATTR ((const char *const[]){NULL})
 #define CONV_ATTRS "auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"
@@ -2745,6 +3297,24 @@ static const onnx_op ops[] = {
     {"InstanceNormalization", 3, 3, 1, 1, A("epsilon"), NULL, run_instance_norm},
     {"DepthToSpace", 1, 1, 1, 1, A("blocksize", "mode"), NULL, run_depth_to_space},
     {"SpaceToDepth", 1, 1, 1, 1, A("blocksize"), NULL, run_space_to_depth},
+    {"MeanVarianceNormalization", 1, 1, 1, 1, A("axes"), NULL, run_mvn},
+    {"LRN", 1, 1, 1, 1, A("alpha", "beta", "bias", "size"), NULL, run_lrn},
+    /* indexing, sorting and integer arithmetic on the host */
+    {"Mod", 2, 2, 1, 1, A("fmod"), NULL, run_mod},
+    {"BitShift", 2, 2, 1, 1, A("direction"), NULL, run_bitshift},
+    {"ReduceProd", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_prod},
+    {"Hardmax", 1, 1, 1, 1, A("axis"), NULL, run_hardmax},
+    {"TopK", 2, 2, 2, 2, A("axis", "largest", "sorted"), NULL, run_topk},
+    {"OneHot", 3, 3, 1, 1, A("axis"), NULL, run_onehot},
+    {"EyeLike", 1, 1, 1, 1, A("dtype", "k"), NULL, run_eyelike},
+    {"GatherND", 2, 2, 1, 1, A("batch_dims"), NULL, run_gather_nd},
+    {"ScatterElements", 3, 3, 1, 1, A("axis", "reduction"), NULL, run_scatter_elements},
+    {"Scatter", 3, 3, 1, 1, A("axis"), NULL, run_scatter_elements},
+    {"ScatterND", 3, 3, 1, 1, A("reduction"), NULL, run_scatter_nd},
+    {"Compress", 2, 2, 1, 1, A("axis"), NULL, run_compress},
+    {"NonZero", 1, 1, 1, 1, NOATTR, NULL, run_nonzero},
+    {"Det", 1, 1, 1, 1, NOATTR, NULL, run_det},
+    {"ReverseSequence", 2, 2, 1, 1, A("batch_axis", "time_axis"), NULL, run_reverse_sequence},
 };
 
 /* The first opset whose definition of the operator kiln implements (where later versions
@@ -2848,6 +3418,20 @@ static const struct {
     {"InstanceNormalization", 6},
     {"DepthToSpace", 11},
     {"SpaceToDepth", 1},
+    {"MeanVarianceNormalization", 9},
+    {"LRN", 1},
+    {"Mod", 10},
+    {"BitShift", 11},
+    {"ReduceProd", 1},
+    {"Hardmax", 1},
+    {"OneHot", 11},
+    {"EyeLike", 9},
+    {"Scatter", 9},
+    {"Compress", 11},
+    {"NonZero", 9},
+    {"ScatterND", 11},
+    {"Det", 11},
+    {"ReverseSequence", 10},
 };
 
 int kiln__onnx_op_since(const char *name) {
