@@ -1042,6 +1042,18 @@ static void test_added_op_errors(kiln_ctx *ctx) {
     op_error(ctx, "Compress", 2, 1, "axis", 5, NULL, 1, (int64_t[]){1}, KILN_ERR_INVALID_ARGUMENT, "axis");
     op_error(ctx, "LRN", 1, 1, "size", 0, NULL, 0, NULL, KILN_ERR_INVALID_ARGUMENT, "size must be >= 1");
     op_error(ctx, "PRelu", 2, 1, NULL, 0, NULL, 1, (int64_t[]){1}, KILN_ERR_UNSUPPORTED, "'slope' has dtype int64");
+    /* a constant Range of 2^31 - 2 elements is not folded at load (which would allocate and
+     * fill 16 GiB on the host, and fail or be killed): the size is left to run time */
+    mb_init(&b, 13);
+    mb_value(&b, false, "y", 1, (int64_t[]){-1});
+    b.outs[0].type = NULL;
+    static int64_t r_one = 1, r_v[3] = {0, 2147483646, 1};
+    mb_init_i64(&b, "start", &r_one, &r_v[0]);
+    mb_init_i64(&b, "limit", &r_one, &r_v[1]);
+    mb_init_i64(&b, "delta", &r_one, &r_v[2]);
+    mb_node(&b, "Range", "range", 3, (char *[]){"start", "limit", "delta"}, 1, fl_out);
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "huge constant Range: %s", kiln_error_message(ctx));
+    kiln_onnx_free(m), m = NULL;
     /* Floor of an integer constant: refused when it is folded at load */
     mb_init(&b, 13);
     mb_value(&b, false, "y", 1, (int64_t[]){2});

@@ -325,17 +325,45 @@ static kiln_status io_info(kiln_onnx_model *m, const Onnx__ValueInfoProto *vi, o
     return KILN_OK;
 }
 
-/* Whether folding n at load makes a result of at most 2^20 elements: ConstantOfShape and
- * Expand can ask for 2^31 from a few bytes, which a run may want (the caller's inputs
- * decide then) but loading must not allocate. */
+/* A scalar constant's value (host integer or device float), NaN when there is none. */
+static double const_scalar(const kiln_onnx_model *m, int id) {
+    const onnx_val *v = id >= 0 ? &m->consts[id] : NULL;
+    if (!v || !v->set || kiln__onnx_numel(v) != 1) return NAN;
+    return v->t ? (double)kiln_tensor_item(v->t) : (double)v->h[0];
+}
+
+/* Whether folding n at load makes a result of at most 2^20 elements: ConstantOfShape,
+ * Expand, Tile, Pad, Range and OneHot can ask for 2^31 from a few bytes, which a run may
+ * want (the caller's inputs decide then) but loading must not allocate; Resize is left to
+ * run time too. */
 static bool small_result(const kiln_onnx_model *m, const onnx_node *n) {
-    bool cos = strcmp(n->op->name, "ConstantOfShape") == 0, exp = strcmp(n->op->name, "Expand") == 0;
-    if (!cos && !exp) return true;
-    const onnx_val *shape = &m->consts[n->in[cos ? 0 : 1]];
-    if (shape->t || kiln__onnx_numel(shape) > KILN_MAX_DIMS) return false;
-    double total = exp ? (double)kiln__onnx_numel(&m->consts[n->in[0]]) : 1.0;
-    for (int64_t i = 0; i < kiln__onnx_numel(shape); i++) total *= shape->h[i] > 1 ? (double)shape->h[i] : 1.0;
-    return total <= (double)(1 << 20);
+    const char *op = n->op->name;
+    const double limit = (double)(1 << 20);
+    if (!strcmp(op, "Resize")) return false;
+    if (!strcmp(op, "Range")) {
+        double a = const_scalar(m, n->in[0]), b = const_scalar(m, n->in[1]), d = const_scalar(m, n->in[2]);
+        return isfinite(a) && isfinite(b) && isfinite(d) && d != 0 && ceil((b - a) / d) <= limit;
+    }
+    if (!strcmp(op, "OneHot")) {
+        double depth = const_scalar(m, n->in[1]);
+        return isfinite(depth) && fabs(depth) * (double)kiln__onnx_numel(&m->consts[n->in[0]]) <= limit;
+    }
+    bool cos = !strcmp(op, "ConstantOfShape"), exp = !strcmp(op, "Expand"), tile = !strcmp(op, "Tile"),
+         pad = !strcmp(op, "Pad");
+    if (!cos && !exp && !tile && !pad) return true;
+    const onnx_val *x = &m->consts[n->in[0]], *shape = &m->consts[n->in[cos ? 0 : 1]];
+    int64_t k = kiln__onnx_numel(shape);
+    if (shape->t || k > 2 * KILN_MAX_DIMS) return false;
+    if (pad) {
+        if (k != 2 * x->ndim) return true; /* the operator's own error */
+        double total = 1;
+        for (int d = 0; d < x->ndim; d++)
+            total *= fmax(1.0, (double)x->shape[d] + (double)shape->h[d] + (double)shape->h[x->ndim + d]);
+        return total <= limit;
+    }
+    double total = cos ? 1.0 : (double)kiln__onnx_numel(x);
+    for (int64_t i = 0; i < k; i++) total *= shape->h[i] > 1 ? (double)shape->h[i] : 1.0;
+    return total <= limit;
 }
 
 /* The ONNX elem type and rank of value id where the file fixes them (a graph input with a
