@@ -308,6 +308,8 @@ static const char *const same_shape[] = {"Abs",
                                          "ThresholdedRelu",
                                          "Shrink",
                                          "InstanceNormalization",
+                                         "Celu",
+                                         "HardSwish",
                                          "Hardmax",
                                          "MeanVarianceNormalization",
                                          "LRN",
@@ -349,7 +351,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         }
         return KILN_OK;
     }
-    if (!strcmp(op, "IsInf")) {
+    if (!strcmp(op, "IsInf") || !strcmp(op, "IsNaN")) {
         o->type = OT_BOOL;
         copy_shape(o, x);
         return KILN_OK;

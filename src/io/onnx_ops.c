@@ -2470,6 +2470,41 @@ RUN(run_shrink) {
         kiln_where(CTX, kiln_gt(CTX, x, kiln_full(CTX, lambd, 0, NULL)), kiln_add_scalar(CTX, x, -bias), lo));
 }
 
+/* Celu: max(0, x) + min(0, alpha (exp(x / alpha) - 1)). */
+RUN(run_celu) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    float alpha = attr_f(n, "alpha", 1.0f);
+    kiln_tensor *x = in[0]->t;
+    kiln_tensor *e =
+        kiln_mul_scalar(CTX, kiln_add_scalar(CTX, kiln_exp(CTX, kiln_mul_scalar(CTX, x, 1.0f / alpha)), -1.0f), alpha);
+    return set_dev(r, n, out[0], kiln_add(CTX, kiln_relu(CTX, x), kiln_minimum_scalar(CTX, e, 0.0f)));
+}
+
+/* HardSwish: x max(0, min(1, x / 6 + 1 / 2)). */
+RUN(run_hard_swish) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    kiln_tensor *x = in[0]->t;
+    kiln_tensor *h = kiln_minimum_scalar(
+        CTX, kiln_maximum_scalar(CTX, kiln_add_scalar(CTX, kiln_mul_scalar(CTX, x, 1.0f / 6.0f), 0.5f), 0.0f), 1.0f);
+    return set_dev(r, n, out[0], kiln_mul(CTX, x, h));
+}
+
+RUN(run_is_nan) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    int64_t cnt = kiln__onnx_numel(in[0]);
+    float *f = host_floats(r, n, in[0]);
+    int64_t *h = f ? alloc_i(cnt) : NULL;
+    if (!h)
+        return free(f), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < cnt; i++) h[i] = isnan(f[i]) != 0;
+    free(f);
+    return set_host(r, n, out[0], OT_BOOL, in[0]->ndim, in[0]->shape, h);
+}
+
 /* PRelu: x where x >= 0, slope x elsewhere (slope broadcast to x). */
 RUN(run_prelu) {
     kiln_status s = need_float(r, n, in[0], "X");
@@ -3298,6 +3333,9 @@ static const onnx_op ops[] = {
     {"DepthToSpace", 1, 1, 1, 1, A("blocksize", "mode"), NULL, run_depth_to_space},
     {"SpaceToDepth", 1, 1, 1, 1, A("blocksize"), NULL, run_space_to_depth},
     {"MeanVarianceNormalization", 1, 1, 1, 1, A("axes"), NULL, run_mvn},
+    {"Celu", 1, 1, 1, 1, A("alpha"), NULL, run_celu},
+    {"HardSwish", 1, 1, 1, 1, NOATTR, NULL, run_hard_swish},
+    {"IsNaN", 1, 1, 1, 1, NOATTR, NULL, run_is_nan},
     {"LRN", 1, 1, 1, 1, A("alpha", "beta", "bias", "size"), NULL, run_lrn},
     /* indexing, sorting and integer arithmetic on the host */
     {"Mod", 2, 2, 1, 1, A("fmod"), NULL, run_mod},
@@ -3419,6 +3457,9 @@ static const struct {
     {"DepthToSpace", 11},
     {"SpaceToDepth", 1},
     {"MeanVarianceNormalization", 9},
+    {"Celu", 12},
+    {"HardSwish", 14},
+    {"IsNaN", 13},
     {"LRN", 1},
     {"Mod", 10},
     {"BitShift", 11},
