@@ -1041,6 +1041,7 @@ static void test_added_op_errors(kiln_ctx *ctx) {
              "sequence_lens");
     op_error(ctx, "Compress", 2, 1, "axis", 5, NULL, 1, (int64_t[]){1}, KILN_ERR_INVALID_ARGUMENT, "axis");
     op_error(ctx, "LRN", 1, 1, "size", 0, NULL, 0, NULL, KILN_ERR_INVALID_ARGUMENT, "size must be >= 1");
+    op_error(ctx, "Resize", 3, 1, "mode", 0, "bicubic", 1, (int64_t[]){0}, KILN_ERR_INVALID_ARGUMENT, "mode 'bicubic'");
     op_error(ctx, "PRelu", 2, 1, NULL, 0, NULL, 1, (int64_t[]){1}, KILN_ERR_UNSUPPORTED, "'slope' has dtype int64");
     /* a constant Range of 2^31 - 2 elements is not folded at load (which would allocate and
      * fill 16 GiB on the host, and fail or be killed): the size is left to run time */

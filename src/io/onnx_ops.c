@@ -2073,85 +2073,197 @@ RUN(run_trilu) {
     return set_dev(r, n, out[0], kiln_where(CTX, m, in[0]->t, kiln_full(CTX, 0.0f, 0, NULL)));
 }
 
-/* Resize on 4-D input, the cases that are torch's interpolate (kiln_upsample): nearest with an
- * integer factor (half_pixel or pytorch_half_pixel with any rounding, or asymmetric with floor,
- * all equal to floor(x / factor)); linear as bilinear with align_corners, half_pixel or
- * pytorch_half_pixel, at output sizes that are exactly in * scale. */
+/* Resize: on the device (kiln_upsample) where torch's interpolate does what ONNX asks: 4-D
+ * NCHW, nearest with integer factors (half_pixel with rounding or asymmetric with floor: all
+ * equal to floor(x / factor)), linear as bilinear with align_corners, half_pixel or
+ * pytorch_half_pixel, at output sizes that are exactly in * scale. Everything else (cubic,
+ * other ranks and coordinate modes, fractional scales, tf_crop_and_resize) runs on the host
+ * in double, as ONNX's reference implementation. */
+static double *host_vals(onnx_rt *r, const onnx_node *n, const onnx_val *v);
+static kiln_status set_vals(onnx_rt *r, const onnx_node *n, onnx_val *out, int type, int ndim, const int64_t *shape,
+                            double *d);
+
+static bool resize_attrs_known(const char *mode, const char *ctm, const char *nm) {
+    static const char *const ctms[] = {"half_pixel", "pytorch_half_pixel",   "align_corners",
+                                       "asymmetric", "tf_half_pixel_for_nn", "tf_crop_and_resize",
+                                       NULL};
+    bool c = false;
+    for (int i = 0; ctms[i]; i++) c = c || !strcmp(ctm, ctms[i]);
+    return c && (!strcmp(mode, "nearest") || !strcmp(mode, "linear") || !strcmp(mode, "cubic")) &&
+           (!strcmp(nm, "round_prefer_floor") || !strcmp(nm, "round_prefer_ceil") || !strcmp(nm, "floor") ||
+            !strcmp(nm, "ceil"));
+}
+
 static kiln_status check_resize(onnx_rt *r, const onnx_node *n) {
-    char b1[32], b2[32];
+    char b1[32], b2[32], b3[32];
     const char *mode = attr_s(n, "mode", "nearest", b1, sizeof b1);
     const char *ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel", b2, sizeof b2);
-    if (strcmp(mode, "nearest") && strcmp(mode, "linear"))
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute mode '%s' (nearest and linear run)", mode);
-    if (strcmp(ctm, "half_pixel") && strcmp(ctm, "pytorch_half_pixel") && strcmp(ctm, "align_corners") &&
-        strcmp(ctm, "asymmetric"))
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute coordinate_transformation_mode '%s'", ctm);
-    if (!strcmp(mode, "linear") && !strcmp(ctm, "asymmetric"))
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "linear mode with coordinate_transformation_mode 'asymmetric'");
-    if (!strcmp(mode, "nearest") && !strcmp(ctm, "align_corners"))
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "nearest mode with coordinate_transformation_mode 'align_corners'");
+    const char *nm = attr_s(n, "nearest_mode", "round_prefer_floor", b3, sizeof b3);
+    if (!resize_attrs_known(mode, ctm, nm))
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT,
+                     "mode '%s', coordinate_transformation_mode '%s', nearest_mode '%s': one is not ONNX's", mode, ctm,
+                     nm);
     return KILN_OK;
+}
+
+/* The host Resize: axis by axis (the last first), each output coordinate mapped back as
+ * coordinate_transformation_mode says and interpolated from its 2 (nearest, linear) or 4
+ * (cubic) neighbours, the input extended by its edge values (exclude_outside: outside
+ * neighbours weigh 0, the others renormalised); tf_crop_and_resize gives
+ * extrapolation_value outside the input. */
+static kiln_status resize_host(onnx_rt *r, const onnx_node *n, const onnx_val *x, const int64_t *outsz,
+                               const double *scale, const float *roi, onnx_val *out) {
+    char b1[32], b2[32], b3[32];
+    const char *mode = attr_s(n, "mode", "nearest", b1, sizeof b1);
+    const char *ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel", b2, sizeof b2);
+    const char *nm = attr_s(n, "nearest_mode", "round_prefer_floor", b3, sizeof b3);
+    double A = attr_f(n, "cubic_coeff_a", -0.75f), extrap = attr_f(n, "extrapolation_value", 0.0f);
+    bool excl = attr_i(n, "exclude_outside", 0) != 0, cubic = !strcmp(mode, "cubic"), lin = !strcmp(mode, "linear");
+    bool crop = !strcmp(ctm, "tf_crop_and_resize");
+    int nd = x->ndim, taps = cubic ? 4 : 2;
+    int64_t cur[KILN_MAX_DIMS];
+    memcpy(cur, x->shape, sizeof(int64_t) * (size_t)nd);
+    double total = 1;
+    for (int d = 0; d < nd; d++) total *= (double)(outsz[d] > x->shape[d] ? outsz[d] : x->shape[d]);
+    if (total > (double)ONNX_MAX_DIM) return nfail(r, n, KILN_ERR_SHAPE, "a result of %.0f elements", total);
+    double *v = host_vals(r, n, x);
+    if (!v) return kiln_error_status(CTX);
+    for (int d = nd - 1; d >= 0; d--) {
+        int64_t in = cur[d], on = outsz[d];
+        bool same_ctm = strcmp(ctm, "tf_half_pixel_for_nn") != 0 && !crop;
+        if (on == in && scale[d] == 1.0 && same_ctm) continue;
+        int64_t outer = shape_numel(d, cur), inner = shape_numel(nd - d - 1, cur + d + 1);
+        double *o = malloc((size_t)(outer * on * inner > 0 ? outer * on * inner : 1) * sizeof *o);
+        if (!o) return free(v), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        double ow = scale[d] * (double)in; /* the reference's (fractional) output width */
+        for (int64_t j = 0; j < on; j++) {
+            double xo, xj = (double)j;
+            bool outside = false;
+            if (!strcmp(ctm, "align_corners"))
+                xo = ow == 1 ? 0 : xj * (double)(in - 1) / (ow - 1);
+            else if (!strcmp(ctm, "asymmetric"))
+                xo = xj / scale[d];
+            else if (crop) {
+                double s0 = roi[d], s1 = roi[nd + d];
+                xo = (ow == 1 ? (s1 - s0) * (double)(in - 1) / 2 : xj * (s1 - s0) * (double)(in - 1) / (ow - 1)) +
+                     s0 * (double)(in - 1);
+                outside = xo < 0 || xo > (double)(in - 1);
+            } else if (!strcmp(ctm, "pytorch_half_pixel"))
+                xo = ow == 1 ? -0.5 : (xj + 0.5) / scale[d] - 0.5;
+            else if (!strcmp(ctm, "tf_half_pixel_for_nn"))
+                xo = (xj + 0.5) / scale[d];
+            else
+                xo = (xj + 0.5) / scale[d] - 0.5;
+            /* neighbours: the taps nearest xo (ties to the lower), ratio in (0, 1] */
+            double fl = floor(xo), ratio = xo == fl ? 1.0 : xo - fl;
+            int64_t first = (int64_t)(xo == fl ? xo - 1 : fl) - (taps / 2 - 1);
+            double c[4];
+            if (cubic) {
+                double t = ratio, u = 1 - ratio;
+                c[0] = ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A;
+                c[1] = ((A + 2) * t - (A + 3)) * t * t + 1;
+                c[2] = ((A + 2) * u - (A + 3)) * u * u + 1;
+                c[3] = ((A * (u + 1) - 5 * A) * (u + 1) + 8 * A) * (u + 1) - 4 * A;
+            } else if (lin) {
+                c[0] = 1 - ratio, c[1] = ratio;
+            } else {
+                bool up = ratio == 1.0                        ? true
+                          : !strcmp(nm, "round_prefer_floor") ? ratio > 0.5
+                          : !strcmp(nm, "round_prefer_ceil")  ? ratio >= 0.5
+                          : !strcmp(nm, "floor")              ? false
+                                                              : true;
+                c[0] = !up, c[1] = up;
+            }
+            if (excl) {
+                double sum = 0;
+                for (int k = 0; k < taps; k++) {
+                    if (first + k < 0 || first + k >= in) c[k] = 0;
+                    sum += c[k];
+                }
+                for (int k = 0; k < taps && sum != 0; k++) c[k] /= sum;
+            }
+            for (int64_t p = 0; p < outer; p++)
+                for (int64_t i = 0; i < inner; i++) {
+                    double acc = 0;
+                    if (outside) {
+                        acc = extrap;
+                    } else {
+                        for (int k = 0; k < taps; k++) {
+                            int64_t q = first + k < 0 ? 0 : first + k >= in ? in - 1 : first + k;
+                            acc += c[k] * v[(p * in + q) * inner + i];
+                        }
+                    }
+                    o[(p * on + j) * inner + i] = acc;
+                }
+        }
+        free(v);
+        v = o;
+        cur[d] = on;
+    }
+    return set_vals(r, n, out, OT_FLOAT, nd, outsz, v);
 }
 
 RUN(run_resize) {
     kiln_status s = need_float(r, n, in[0], "X");
     if (s) return s;
-    if (in[0]->ndim != 4)
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "input of %d dims (kiln resizes 4-D NCHW)", in[0]->ndim);
     char b1[32], b2[32], b3[32];
     const char *mode = attr_s(n, "mode", "nearest", b1, sizeof b1);
     const char *ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel", b2, sizeof b2);
     const char *nm = attr_s(n, "nearest_mode", "round_prefer_floor", b3, sizeof b3);
-    const int64_t *sh = in[0]->shape;
-    int64_t outsz[4];
+    const onnx_val *x = in[0];
+    int nd = x->ndim;
+    const int64_t *sh = x->shape;
+    int64_t outsz[KILN_MAX_DIMS];
+    double scale[KILN_MAX_DIMS];
+    float sf[KILN_MAX_DIMS], roi[2 * KILN_MAX_DIMS] = {0};
     bool from_scales = false;
-    float scales[4] = {1, 1, 1, 1};
     if (n->nin > 3 && in[3] && kiln__onnx_numel(in[3]) > 0) {
         int c;
-        s = small_ints(r, n, in[3], "sizes", outsz, 4, &c);
+        s = small_ints(r, n, in[3], "sizes", outsz, KILN_MAX_DIMS, &c);
         if (s) return s;
-        if (c != 4) return nfail(r, n, KILN_ERR_SHAPE, "sizes has %d values for 4 dims", c);
-    } else if (n->nin > 2 && in[2] && kiln__onnx_numel(in[2]) == 4 && is_float(in[2])) {
-        if (kiln_to_host(in[2]->t, scales, sizeof scales) != KILN_OK) return kfail(r, n);
-        for (int d = 0; d < 4; d++) {
-            double o = floor((double)sh[d] * scales[d]);
-            if (!(scales[d] > 0) || o > (double)ONNX_MAX_DIM)
-                return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "scale %g", scales[d]);
-            outsz[d] = (int64_t)o;
+        if (c != nd) return nfail(r, n, KILN_ERR_SHAPE, "sizes has %d values for %d dims", c, nd);
+        for (int d = 0; d < nd; d++) {
+            if (outsz[d] < 1 || outsz[d] > ONNX_MAX_DIM)
+                return nfail(r, n, KILN_ERR_SHAPE, "output size %lld", (long long)outsz[d]);
+            scale[d] = (double)outsz[d] / (double)sh[d];
+        }
+    } else if (n->nin > 2 && in[2] && kiln__onnx_numel(in[2]) == nd && is_float(in[2])) {
+        if (kiln_to_host(in[2]->t, sf, sizeof(float) * (size_t)nd) != KILN_OK) return kfail(r, n);
+        for (int d = 0; d < nd; d++) {
+            double o = floor((double)sh[d] * sf[d]);
+            if (!(sf[d] > 0) || o < 1 || o > (double)ONNX_MAX_DIM)
+                return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "scale %g of a dim of %lld", sf[d], (long long)sh[d]);
+            outsz[d] = (int64_t)o, scale[d] = sf[d];
         }
         from_scales = true;
     } else {
-        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "neither 4 scales nor 4 sizes given");
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "neither %d scales nor %d sizes given", nd, nd);
     }
-    if (outsz[0] != sh[0] || outsz[1] != sh[1])
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "resizing the batch or channel dim");
-    for (int d = 2; d < 4; d++) {
-        if (outsz[d] < 1 || outsz[d] > INT32_MAX)
-            return nfail(r, n, KILN_ERR_SHAPE, "output size %lld", (long long)outsz[d]);
-        if (from_scales && (double)sh[d] * scales[d] != (double)outsz[d])
-            return nfail(r, n, KILN_ERR_UNSUPPORTED, "scale %g of a dim of %lld is not a whole output size", scales[d],
-                         (long long)sh[d]);
+    if (!strcmp(ctm, "tf_crop_and_resize")) {
+        if (n->nin < 2 || !in[1] || !is_float(in[1]) || kiln__onnx_numel(in[1]) != 2 * nd)
+            return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "tf_crop_and_resize needs roi of %d values", 2 * nd);
+        if (kiln_to_host(in[1]->t, roi, sizeof(float) * (size_t)(2 * nd)) != KILN_OK) return kfail(r, n);
     }
+    /* the device when kiln_upsample computes exactly this, else the host */
+    bool dev = nd == 4 && outsz[0] == sh[0] && outsz[1] == sh[1] && strcmp(mode, "cubic") != 0 &&
+               (!strcmp(ctm, "half_pixel") || !strcmp(ctm, "pytorch_half_pixel") || !strcmp(ctm, "align_corners") ||
+                !strcmp(ctm, "asymmetric"));
     bool nearest = !strcmp(mode, "nearest");
-    if (nearest) {
-        /* with an integer factor f, half_pixel maps x to x/f + a fraction under 1/2 either way
-         * (rounding gives floor(x/f)); asymmetric maps it to x/f (floor gives it) */
+    for (int d = 2; dev && d < 4; d++) {
+        if (outsz[d] > INT32_MAX || (from_scales && (double)sh[d] * sf[d] != (double)outsz[d])) dev = false;
         bool half = !strcmp(ctm, "half_pixel") || !strcmp(ctm, "pytorch_half_pixel");
         bool rounds = !strcmp(nm, "round_prefer_floor") || !strcmp(nm, "round_prefer_ceil");
-        for (int d = 2; d < 4; d++)
-            if (outsz[d] % sh[d] || !(half ? rounds : !strcmp(nm, "floor")))
-                return nfail(r, n, KILN_ERR_UNSUPPORTED,
-                             "nearest from %lld to %lld with %s/%s (kiln: integer factors, "
-                             "half_pixel with rounding or asymmetric with floor)",
-                             (long long)sh[d], (long long)outsz[d], ctm, nm);
-    } else if (!strcmp(ctm, "pytorch_half_pixel")) {
-        for (int d = 2; d < 4; d++)
-            if (outsz[d] == 1 && sh[d] > 1)
-                return nfail(r, n, KILN_ERR_UNSUPPORTED, "pytorch_half_pixel to an output size of 1");
+        /* with an integer factor f, half_pixel maps x to x/f + a fraction under 1/2 either way
+         * (rounding gives floor(x/f)); asymmetric maps it to x/f (floor gives it) */
+        if (nearest && (outsz[d] % sh[d] || !(half ? rounds : !strcmp(nm, "floor")) || !strcmp(ctm, "align_corners")))
+            dev = false;
+        if (!nearest && (!strcmp(ctm, "asymmetric") || (!strcmp(ctm, "pytorch_half_pixel") && outsz[d] == 1)))
+            dev = false;
     }
+    if (!dev) return resize_host(r, n, x, outsz, scale, roi, out[0]);
     kiln_tensor *y =
-        kiln_upsample(CTX, in[0]->t, (int)outsz[2], (int)outsz[3],
-                      nearest ? KILN_UPSAMPLE_NEAREST : KILN_UPSAMPLE_BILINEAR, !strcmp(ctm, "align_corners"));
+        kiln_upsample(CTX, x->t, (int)outsz[2], (int)outsz[3], nearest ? KILN_UPSAMPLE_NEAREST : KILN_UPSAMPLE_BILINEAR,
+                      !strcmp(ctm, "align_corners"));
     return set_dev(r, n, out[0], y);
 }
 
