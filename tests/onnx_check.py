@@ -322,7 +322,8 @@ def check(d, name):
     hist = " ".join(f"{k}:{ops[k]}" for k in sorted(ops))
     status = "ok" if not fails else "FAILED"
     print(f"{name}: {status}: check_model(full_check) and strict shape inference passed, {len(model.graph.node)} "
-          f"nodes, {len(inits)} initializers, input {list(x.shape)}, max normalised error vs kiln {err:.3g} "
+          f"nodes, {len(inits)} initializers, input{'s' if len(xs) > 1 else ''} "
+          f"{', '.join(str(list(v.shape)) for v in xs)}, max normalised error vs kiln {err:.3g} "
           f"[{hist}]" if not fails else f"{name}: {status}")
     for f in fails:
         print(f"  {f}")
