@@ -1,6 +1,7 @@
 /* src/io/onnx_internal.h - the ONNX runtime shared by src/io/onnx_load.c (parsing,
- * validation, constant folding), src/io/onnx_ops.c (the operator table) and
- * src/io/onnx_run.c (kiln_onnx_run and the queries).
+ * validation, constant folding, BatchNormalization folding), src/io/onnx_infer.c (dtype and
+ * shape inference), src/io/onnx_ops.c (the operator table) and src/io/onnx_run.c
+ * (kiln_onnx_run and the queries).
  *
  * Values: FLOAT tensors live on the device as KILN_F32; integer and BOOL tensors (shape
  * arithmetic, indices, masks) live on the host as int64 and go to the device as KILN_I32

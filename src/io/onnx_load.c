@@ -6,7 +6,9 @@
  * nodes are sorted topologically), initializers whose data matches their shape, external
  * data files only inside the model's directory. Constant nodes, initializers and every
  * node whose inputs are all constants (the Shape/Gather/Concat/Unsqueeze chains of an
- * exported model) are evaluated here, once. */
+ * exported model) are evaluated here, once; then every value's dtype and shape is inferred
+ * (src/io/onnx_infer.c) and an inference BatchNormalization after a Conv, Gemm or MatMul is
+ * folded into its weights. */
 #define _XOPEN_SOURCE 700
 #include <errno.h>
 #include <fcntl.h>
