@@ -887,11 +887,17 @@ static void test_shape_inference(kiln_ctx *ctx) {
         free(buf);
         CHECK(mp && mp->graph, "unpack %s", path);
         if (!mp) continue;
-        for (size_t o = 0; o < mp->graph->n_output; o++) mp->graph->output[o]->type = NULL;
+        /* types and value_info taken out for packing, put back for freeing */
+        Onnx__TypeProto *types[8] = {NULL};
+        size_t nvi = mp->graph->n_value_info;
+        for (size_t o = 0; o < mp->graph->n_output && o < 8; o++)
+            types[o] = mp->graph->output[o]->type, mp->graph->output[o]->type = NULL;
         mp->graph->n_value_info = 0;
         size_t plen = onnx__model_proto__get_packed_size(mp);
         uint8_t *packed = malloc(plen);
         onnx__model_proto__pack(mp, packed);
+        for (size_t o = 0; o < mp->graph->n_output && o < 8; o++) mp->graph->output[o]->type = types[o];
+        mp->graph->n_value_info = nvi;
         onnx__model_proto__free_unpacked(mp, NULL);
         CHECK(kiln_onnx_load_memory(ctx, packed, plen, golden[gi].name, &m) == KILN_OK, "%s undeclared: %s",
               golden[gi].name, kiln_error_message(ctx));
