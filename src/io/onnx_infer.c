@@ -8,6 +8,7 @@
  * the node, the value and both shapes; so are inputs whose known dims the operator cannot
  * take (a MatMul of [N, 3] and [4, 5]). Where the semantics leave a dim open (a
  * data-dependent size, two different symbols broadcast together) it stays unknown. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,25 @@ typedef onnx_dim D;
 static D dk(int64_t v) { return (D){v, NULL, true}; }
 static D du(void) { return (D){0, NULL, false}; }
 static bool is1(D a) { return a.k && a.v == 1; }
+/* A size computed from the file's numbers: unknown when negative or when the arithmetic
+ * overflowed (the operator's own checks at run say why). */
+static D dsz(int64_t v, bool ok) { return ok && v >= 0 ? dk(v) : du(); }
+/* Checked int64 arithmetic: *ok turns false on overflow (the file's numbers are arbitrary). */
+static int64_t sadd(int64_t a, int64_t b, bool *ok) {
+    int64_t r = 0;
+    if (__builtin_add_overflow(a, b, &r)) *ok = false;
+    return r;
+}
+static int64_t ssub(int64_t a, int64_t b, bool *ok) {
+    int64_t r = 0;
+    if (__builtin_sub_overflow(a, b, &r)) *ok = false;
+    return r;
+}
+static int64_t smul(int64_t a, int64_t b, bool *ok) {
+    int64_t r = 0;
+    if (__builtin_mul_overflow(a, b, &r)) *ok = false;
+    return r;
+}
 /* Whether two dims are certainly equal. */
 static bool same(D a, D b) {
     if (a.k || b.k) return a.k && b.k && a.v == b.v;
@@ -151,10 +171,13 @@ static void arith_data(const onnx_info *a, const onnx_info *b, char op, onnx_inf
     for (int i = 0; i < len; i++) {
         D x = a->data[a->ndata == 1 ? 0 : i], y = b->data[b->ndata == 1 ? 0 : i], r = du();
         if (x.k && y.k) {
-            if (op == '+') r = dk(x.v + y.v);
-            if (op == '-') r = dk(x.v - y.v);
-            if (op == '*') r = dk(x.v * y.v);
-            if (op == '/' && y.v) r = dk(x.v / y.v);
+            bool ok = true;
+            int64_t v = op == '+'                                 ? sadd(x.v, y.v, &ok)
+                        : op == '-'                               ? ssub(x.v, y.v, &ok)
+                        : op == '*'                               ? smul(x.v, y.v, &ok)
+                        : y.v && !(x.v == INT64_MIN && y.v == -1) ? x.v / y.v
+                                                                  : (ok = false, 0);
+            if (ok) r = dk(v); /* an element may be negative (-1 in a shape) */
         } else if ((op == '*' || op == '/') && is1(y)) {
             r = x;
         } else if (op == '*' && is1(x)) {
@@ -173,11 +196,12 @@ static void arith_data(const onnx_info *a, const onnx_info *b, char op, onnx_inf
 static D prod(const onnx_info *x, int lo, int hi) {
     if (hi - lo == 1) return x->d[lo];
     int64_t p = 1;
+    bool ok = true;
     for (int i = lo; i < hi; i++) {
         if (!x->d[i].k) return du();
-        p *= x->d[i].v;
+        p = smul(p, x->d[i].v, &ok);
     }
-    return dk(p);
+    return dsz(p, ok);
 }
 
 static int norm(int64_t axis, int nd, bool *ok) {
@@ -200,7 +224,9 @@ static kiln_status spatial(const kiln_onnx_model *m, const onnx_node *n, const o
         o->d[1] = w && w->ndim == x->ndim ? w->d[0] : du();
     } else {
         int64_t g = ai(n, "group", 1);
-        o->d[1] = w && w->ndim == x->ndim && w->d[1].k ? dk(w->d[1].v * g) : du();
+        bool ok = true;
+        int64_t c = w && w->ndim == x->ndim && w->d[1].k ? smul(w->d[1].v, g, &ok) : -1;
+        o->d[1] = dsz(c, ok);
     }
     int64_t k[KILN_MAX_DIMS], s[KILN_MAX_DIMS], dl[KILN_MAX_DIMS], pb[KILN_MAX_DIMS] = {0}, pe[KILN_MAX_DIMS] = {0},
                                                                    op[KILN_MAX_DIMS] = {0};
@@ -226,36 +252,41 @@ static kiln_status spatial(const kiln_onnx_model *m, const onnx_node *n, const o
     int nos = transposed ? aints(n, "output_shape", &v) : -1;
     for (int i = 0; i < nd; i++) {
         D in = x->d[2 + i];
-        if (s[i] < 1 || dl[i] < 1 || k[i] < 1) return KILN_OK; /* the operator's own check says why */
+        if (s[i] < 1 || dl[i] < 1 || k[i] < 1 || s[i] > ONNX_MAX_DIM)
+            return KILN_OK; /* the operator's own check says why */
         if (nos == nd || nos == nd + 2) {
-            o->d[2 + i] = dk(v[nos - nd + i]);
+            o->d[2 + i] = dsz(v[nos - nd + i], true);
             continue;
         }
         if (!in.k || !kk[i]) {
             o->d[2 + i] = du();
             continue;
         }
-        int64_t ek = (k[i] - 1) * dl[i] + 1, r;
+        bool ok = true;
+        int64_t ek = sadd(smul(k[i] - 1, dl[i], &ok), 1, &ok), r, pads = valid ? 0 : sadd(pb[i], pe[i], &ok);
         if (transposed) {
-            r = same_pad ? in.v * s[i] : s[i] * (in.v - 1) + op[i] + ek - (valid ? 0 : pb[i] + pe[i]);
+            r = same_pad ? smul(in.v, s[i], &ok)
+                         : ssub(sadd(sadd(smul(s[i], in.v - 1, &ok), op[i], &ok), ek, &ok), pads, &ok);
         } else if (same_pad) {
             r = (in.v + s[i] - 1) / s[i];
         } else {
-            int64_t num = in.v + (valid ? 0 : pb[i] + pe[i]) - ek;
-            if (num < 0) {
+            int64_t num = ssub(sadd(in.v, pads, &ok), ek, &ok);
+            if (ok && num < 0) {
                 char sx[160];
                 kiln__onnx_info_str(x, sx, sizeof sx);
                 return ifail(m, n, "input %s: a window of %lld does not fit dim %d padded by %lld + %lld", sx,
                              (long long)ek, 2 + i, (long long)pb[i], (long long)pe[i]);
             }
-            if (ceil_mode) {
-                r = (num + s[i] - 1) / s[i] + 1;
-                if ((r - 1) * s[i] >= in.v + pb[i]) r--; /* the last window must start inside */
+            if (!ok) {
+                r = -1;
+            } else if (ceil_mode) {
+                r = num / s[i] + (num % s[i] != 0) + 1;
+                if ((r - 1) * s[i] >= sadd(in.v, valid ? 0 : pb[i], &ok)) r--; /* the last window must start inside */
             } else {
                 r = num / s[i] + 1;
             }
         }
-        o->d[2 + i] = r >= 0 ? dk(r) : du();
+        o->d[2 + i] = dsz(r, ok);
     }
     return KILN_OK;
 }
@@ -378,7 +409,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
             out[j]->type = j ? OT_INT64 : x->type;
             if (!ok) continue;
             copy_shape(out[j], x);
-            out[j]->d[axis] = known_data(in[1], k) == 1 ? dk(k[0]) : du();
+            out[j]->d[axis] = known_data(in[1], k) == 1 ? dsz(k[0], true) : du();
         }
         return KILN_OK;
     }
@@ -404,8 +435,9 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         int64_t b = ai(n, "batch_dims", 0);
         if (x->ndim < 0 || ix->ndim < 1 || !ix->d[ix->ndim - 1].k) return KILN_OK;
         int64_t mm = ix->d[ix->ndim - 1].v;
+        if (b < 0 || mm < 1 || b > x->ndim || mm > x->ndim || b + mm > x->ndim) return KILN_OK;
         int nd = ix->ndim - 1 + x->ndim - (int)(b + mm);
-        if (b < 0 || mm < 1 || b + mm > x->ndim || nd < 0 || nd > KILN_MAX_DIMS) return KILN_OK;
+        if (nd < 0 || nd > KILN_MAX_DIMS) return KILN_OK;
         o->ndim = nd;
         memcpy(o->d, ix->d, sizeof(D) * (size_t)(ix->ndim - 1));
         memcpy(o->d + ix->ndim - 1, x->d + b + mm, sizeof(D) * (size_t)(x->ndim - b - mm));
@@ -420,7 +452,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         int64_t dp[1];
         o->ndim = x->ndim + 1;
         for (int d = 0, j = 0; d < o->ndim; d++)
-            o->d[d] = d == axis ? (known_data(in[1], dp) == 1 ? dk(dp[0]) : du()) : x->d[j++];
+            o->d[d] = d == axis ? (known_data(in[1], dp) == 1 ? dsz(dp[0], true) : du()) : x->d[j++];
         return KILN_OK;
     }
     if (!strcmp(op, "PRelu")) {
@@ -435,9 +467,13 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         o->ndim = 4;
         o->d[0] = x->d[0];
         /* sizes that do not divide are the operator's error at run */
-        o->d[1] = !x->d[1].k || (ds && x->d[1].v % (b * b)) ? du() : dk(ds ? x->d[1].v / (b * b) : x->d[1].v * b * b);
+        bool ok = true;
+        int64_t bb = smul(b, b, &ok);
+        o->d[1] = !ok || !x->d[1].k || (ds && x->d[1].v % bb) ? du()
+                                                              : dsz(ds ? x->d[1].v / bb : smul(x->d[1].v, bb, &ok), ok);
         for (int d = 2; d < 4; d++)
-            o->d[d] = !x->d[d].k || (!ds && x->d[d].v % b) ? du() : dk(ds ? x->d[d].v * b : x->d[d].v / b);
+            o->d[d] =
+                !x->d[d].k || (!ds && x->d[d].v % b) ? du() : dsz(ds ? smul(x->d[d].v, b, &ok) : x->d[d].v / b, ok);
         return KILN_OK;
     }
     if (!strcmp(op, "NegativeLogLikelihoodLoss") || !strcmp(op, "SoftmaxCrossEntropyLoss")) {
@@ -580,6 +616,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         o->ndim = sh->ndata;
         int infer = -1;
         int64_t kout = 1;
+        bool prod_ok = true;
         const char *osyms[KILN_MAX_DIMS];
         int nos = 0;
         bool open = false; /* an output dim whose size is unknown and has no symbol */
@@ -595,7 +632,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
             }
             o->d[d] = e;
             if (e.k)
-                kout *= e.v;
+                kout = smul(kout, e.v, &prod_ok);
             else if (e.sym)
                 osyms[nos++] = e.sym;
             else
@@ -607,10 +644,10 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
             int64_t kin = 1;
             const char *isyms[KILN_MAX_DIMS];
             int nis = 0;
-            bool ok = x->ndim >= 0 && !open;
+            bool ok = x->ndim >= 0 && !open && prod_ok;
             for (int d = 0; ok && d < x->ndim; d++) {
                 if (x->d[d].k)
-                    kin *= x->d[d].v;
+                    kin = smul(kin, x->d[d].v, &prod_ok);
                 else if (x->d[d].sym)
                     isyms[nis++] = x->d[d].sym;
                 else
@@ -665,7 +702,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         int c = axes(n, in, opset >= 13, ax);
         bool uns = op[0] == 'U';
         if (x->ndim < 0 || c == -2) {
-            if (uns && x->ndim >= 0 && c == -2 && in[1]->ndim == 1 && in[1]->d[0].k) {
+            if (uns && x->ndim >= 0 && c == -2 && in[1]->ndim == 1 && in[1]->d[0].k && in[1]->d[0].v <= KILN_MAX_DIMS) {
                 o->ndim = x->ndim + (int)in[1]->d[0].v;
                 for (int d = 0; d < o->ndim && o->ndim <= KILN_MAX_DIMS; d++) o->d[d] = du();
                 if (o->ndim > KILN_MAX_DIMS) o->ndim = -1;
@@ -727,7 +764,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
             for (int d = 0; d < nd; d++) {
                 if (d == axis) {
                     if (y->d[d].k)
-                        tot += y->d[d].v;
+                        tot = sadd(tot, y->d[d].v, &tk);
                     else
                         tk = false;
                 } else if (y->d[d].k) {
@@ -778,7 +815,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         }
         for (int k = 0; k < n->nout; k++) {
             copy_shape(out[k], x);
-            out[k]->d[axis] = c >= 0 ? dk(sz[k]) : du();
+            out[k]->d[axis] = c >= 0 ? dsz(sz[k], true) : du();
         }
         return KILN_OK;
     }
@@ -821,16 +858,16 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
                 continue;
             }
             int64_t dim = x->d[a].v, s = st[i], e = en[i], len;
-            if (s < 0) s += dim;
+            if (s < 0) s += dim; /* dim >= 0: no overflow */
             if (e < 0) e += dim;
             if (sp[i] > 0) {
                 s = s < 0 ? 0 : s > dim ? dim : s;
                 e = e < 0 ? 0 : e > dim ? dim : e;
-                len = e > s ? (e - s + sp[i] - 1) / sp[i] : 0;
+                len = e > s ? (e - s - 1) / sp[i] + 1 : 0;
             } else {
                 s = s < 0 ? 0 : s > dim - 1 ? dim - 1 : s;
                 e = e < -1 ? -1 : e > dim - 1 ? dim - 1 : e;
-                len = s > e ? (s - e - sp[i] - 1) / -sp[i] : 0;
+                len = s > e ? (sp[i] == INT64_MIN ? 1 : (s - e - 1) / -sp[i] + 1) : 0;
             }
             o->d[a] = dk(len);
             first[a] = s, step[a] = sp[i];
@@ -938,8 +975,10 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         }
         if (x->ndim < 0 || x->ndim != t.ndim) return KILN_OK; /* Tile: repeats per dim */
         o->ndim = x->ndim;
-        for (int d = 0; d < x->ndim; d++)
-            o->d[d] = is1(t.d[d]) ? x->d[d] : t.d[d].k && x->d[d].k ? dk(t.d[d].v * x->d[d].v) : du();
+        for (int d = 0; d < x->ndim; d++) {
+            bool ok = true;
+            o->d[d] = is1(t.d[d]) ? x->d[d] : t.d[d].k && x->d[d].k ? dsz(smul(t.d[d].v, x->d[d].v, &ok), ok) : du();
+        }
         return KILN_OK;
     }
     if (!strcmp(op, "Range")) {
@@ -962,8 +1001,11 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
             for (int d = 0; d < x->ndim; d++) o->d[d] = du();
             return KILN_OK;
         }
-        for (int d = 0; d < x->ndim; d++)
-            o->d[d] = x->d[d].k ? dk(x->d[d].v + p[d] + p[x->ndim + d]) : p[d] + p[x->ndim + d] == 0 ? x->d[d] : du();
+        for (int d = 0; d < x->ndim; d++) {
+            bool ok = true;
+            int64_t add = sadd(p[d], p[x->ndim + d], &ok);
+            o->d[d] = !ok ? du() : x->d[d].k ? dsz(sadd(x->d[d].v, add, &ok), ok) : add == 0 ? x->d[d] : du();
+        }
         return KILN_OK;
     }
     if (!strcmp(op, "Resize")) {
@@ -971,7 +1013,8 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         if (x->ndim < 0) return KILN_OK;
         copy_shape(o, x);
         if (n->nin > 3 && in[3] && in[3]->ndata == x->ndim) {
-            for (int d = 0; d < x->ndim; d++) o->d[d] = in[3]->data[d];
+            for (int d = 0; d < x->ndim; d++)
+                o->d[d] = in[3]->data[d].k && in[3]->data[d].v < 0 ? du() : in[3]->data[d];
             return KILN_OK;
         }
         int sid = n->nin > 2 ? n->in[2] : -1;
@@ -979,8 +1022,10 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         float sc[KILN_MAX_DIMS];
         if (c && c->set && c->t && kiln__onnx_numel(c) == x->ndim &&
             kiln_to_host(c->t, sc, sizeof(float) * (size_t)x->ndim) == KILN_OK) {
-            for (int d = 0; d < x->ndim; d++)
-                o->d[d] = x->d[d].k ? dk((int64_t)((double)x->d[d].v * (double)sc[d])) : sc[d] == 1.0f ? x->d[d] : du();
+            for (int d = 0; d < x->ndim; d++) {
+                double r = x->d[d].k ? floor((double)x->d[d].v * (double)sc[d]) : -1;
+                o->d[d] = r >= 0 && r <= (double)ONNX_MAX_DIM ? dk((int64_t)r) : sc[d] == 1.0f ? x->d[d] : du();
+            }
             return KILN_OK;
         }
         for (int d = 0; d < x->ndim; d++) o->d[d] = du();
@@ -1036,7 +1081,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         D T = x->d[bf ? 1 : 0], B = x->d[bf ? 0 : 1];
         D dirs = dk(astr_is(n, "direction", "bidirectional") ? 2 : 1);
         const Onnx__AttributeProto *ha = kiln__onnx_attr(n, "hidden_size");
-        D H = ha ? dk(ha->i) : in[2]->ndim == 3 ? in[2]->d[2] : du();
+        D H = ha ? dsz(ha->i, true) : in[2]->ndim == 3 ? in[2]->d[2] : du();
         onnx_info *y = out[0];
         y->ndim = 4;
         if (bf)
