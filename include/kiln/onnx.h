@@ -35,7 +35,10 @@ KILN_API kiln_status kiln_onnx_load_memory(kiln_ctx *ctx, const void *data, size
 KILN_API void kiln_onnx_free(kiln_onnx_model *m);
 
 /* A graph input or output. shape[i] is -1 for a symbolic or unknown dimension, whose name
- * (the ONNX dim_param, "batch") is dim_names[i] or NULL. Pointers are owned by the model. */
+ * (the ONNX dim_param, "batch") is dim_names[i] or NULL; ndim is -1 when the rank is unknown.
+ * An output's dtype and shape are what shape inference at load gives (where the file declares
+ * less, or nothing); a declared shape that contradicts the graph fails the load. Pointers are
+ * owned by the model. */
 typedef struct kiln_onnx_value_info {
     const char *name;
     kiln_dtype dtype;
