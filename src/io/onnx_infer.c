@@ -805,7 +805,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         } else if ((c = aints(n, "split", &v)) >= 0) {
             if (c > KILN_MAX_DIMS)
                 c = -2;
-            else
+            else if (c > 0)
                 memcpy(sz, v, sizeof(int64_t) * (size_t)c);
         }
         if (c >= 0 && c != n->nout) c = -2;
@@ -995,7 +995,7 @@ static kiln_status infer_node(const kiln_onnx_model *m, const onnx_node *n, cons
         /* more than 8 pads do not travel as elements: read them from the constant */
         const onnx_val *c = &m->consts[n->in[1]];
         if (known_data(in[1], p) == 2 * x->ndim) {
-        } else if (c->set && !c->t && kiln__onnx_numel(c) == 2 * x->ndim) {
+        } else if (c->set && !c->t && x->ndim > 0 && kiln__onnx_numel(c) == 2 * x->ndim) {
             memcpy(p, c->h, sizeof(int64_t) * (size_t)(2 * x->ndim));
         } else {
             for (int d = 0; d < x->ndim; d++) o->d[d] = du();

@@ -1197,7 +1197,7 @@ static kiln_status axes_of(onnx_rt *r, const onnx_node *n, onnx_val *const *in, 
     const int64_t *v;
     int c = attr_ints(n, "axes", &v);
     if (c > KILN_MAX_DIMS) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "%d axes", c);
-    if (c >= 0) memcpy(axes, v, sizeof(int64_t) * (size_t)c);
+    if (c > 0) memcpy(axes, v, sizeof(int64_t) * (size_t)c); /* an empty list has no array */
     *count = c;
     return KILN_OK;
 }
@@ -1396,7 +1396,7 @@ RUN(run_split) {
         }
     } else if ((c = attr_ints(n, "split", &v)) >= 0) {
         if (c > 256) return nfail(r, n, KILN_ERR_UNSUPPORTED, "%d parts", c);
-        memcpy(sizes, v, sizeof(int64_t) * (size_t)c);
+        if (c > 0) memcpy(sizes, v, sizeof(int64_t) * (size_t)c);
     }
     int64_t dim = in[0]->shape[axis];
     if (c < 0) {
