@@ -7,8 +7,10 @@ For each model NAME listed in DIR/manifest.txt (or given): DIR/NAME.onnx must pa
 onnx.checker.check_model(full_check=True) and onnx.shape_inference.infer_shapes(strict_mode=
 True); use opset 17; have a symbolic "batch" input dimension; have exactly the
 initializers of DIR/NAME_keys.txt (the module's state_dict keys); and, evaluated here in
-NumPy (float64) on DIR/NAME_input.npy, give DIR/NAME_output.npy (kiln's output; output k > 0
-in DIR/NAME_output_<k>.npy) within a normalised error of 1 at atol = rtol = 1e-4. ONNX 1.12 has no reference evaluator, so the
+NumPy (float64) on DIR/NAME_input.npy (input k > 0 of several in DIR/NAME_input_<k>.npy), give DIR/NAME_output.npy (kiln's output; output k > 0
+in DIR/NAME_output_<k>.npy) within a normalised error of 1 at atol = rtol = 1e-4; for the
+attention, decoder and positional-encoding cases, PyTorch's own module of the same
+configuration with the file's initializers as its state_dict must give kiln's output too. ONNX 1.12 has no reference evaluator, so the
 operators kiln exports are written out below from the ONNX operator specification.
 
 Prints one line per model and exits 0 when every check passed, 1 otherwise, 77 (meson's skip)
@@ -250,6 +252,9 @@ def run_node(n, v):
         for st, en, ax, sp in zip(i[1], i[2], axes, steps):
             sl[int(ax)] = slice(int(st), int(min(en, np.iinfo(np.int64).max)), int(sp))
         return x[tuple(sl)]
+    if op == "Shape":
+        sh = np.array(i[0].shape, dtype=np.int64)
+        return sh[a.get("start", 0):a.get("end", len(sh))]
     if op == "Squeeze":
         return np.squeeze(i[0], axis=tuple(int(k) for k in i[1])) if len(i) > 1 else np.squeeze(i[0])
     if op == "Unsqueeze":
@@ -259,16 +264,58 @@ def run_node(n, v):
     raise NotImplementedError(f"onnx_check: no NumPy evaluation of {op} (node {n.name})")
 
 
-def evaluate(model, x):
+def evaluate(model, xs):
     g = model.graph
     v = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     v = {k: (a.astype(np.float64) if a.dtype.kind == "f" else a) for k, a in v.items()}
-    v[g.input[0].name] = x.astype(np.float64) if x.dtype.kind == "f" else x
+    for inp, x in zip(g.input, xs):
+        v[inp.name] = x.astype(np.float64) if x.dtype.kind == "f" else x
     for n in g.node:
         r = run_node(n, v)
         for name, value in zip(n.output, r if isinstance(r, tuple) else (r,)):
             v[name] = value
     return [v[o.name] for o in g.output]
+
+
+def torch_reference(d, name, model):
+    """PyTorch's own module of the same configuration (tests/test_onnx_export.c builds these)
+    with the export's initializers as its state_dict, on the same inputs; None where there is
+    no such case or no torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    nn, F = torch.nn, torch.nn.functional
+    w = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+    xs = [torch.from_numpy(np.load(os.path.join(d, name + ("_input.npy" if k == 0 else f"_input_{k}.npy"))))
+          for k in range(len(model.graph.input))]
+    builders = {
+        "mha": lambda: nn.MultiheadAttention(8, 2),
+        "mha_kv": lambda: nn.MultiheadAttention(6, 3, batch_first=True, kdim=5, vdim=3),
+        "decoder": lambda: nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(8, 2, dim_feedforward=12, dropout=0.0, activation="gelu", batch_first=True),
+            2, norm=nn.LayerNorm(8)),
+        "decoder_layer": lambda: nn.TransformerDecoderLayer(6, 2, dim_feedforward=10, dropout=0.0, norm_first=True),
+    }
+    with torch.no_grad():
+        if name in builders:
+            m = builders[name]()
+            m.load_state_dict(w, strict=True)
+            m.eval()
+            y = m(*xs, need_weights=False)[0] if name.startswith("mha") else m(*xs)
+        elif name == "pos_learned":  # Embedding -> + weight[:T] (batch-first) -> Linear
+            h = F.embedding(xs[0].long(), w["0.weight"]) + w["1.weight"][: xs[0].shape[1]]
+            y = F.linear(h, w["2.weight"], w["2.bias"])
+        elif name == "pos_sinusoidal":  # the table of the PyTorch tutorial, time-major
+            T, D = w["pe"].shape
+            pos = torch.arange(T, dtype=torch.float64).unsqueeze(1)
+            div = torch.exp(torch.arange(0, D, 2, dtype=torch.float64) * (-math.log(10000.0) / D))
+            pe = torch.zeros(T, D, dtype=torch.float64)
+            pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+            y = xs[0].double() + pe[: xs[0].shape[0]].unsqueeze(1)
+        else:
+            return None
+    return y.double().numpy()
 
 
 def check(d, name):
@@ -295,8 +342,10 @@ def check(d, name):
     if inits != keys:
         fails.append(f"initializers differ from the state_dict keys: missing {sorted(keys - inits)}, "
                      f"extra {sorted(inits - keys)}")
-    x = np.load(os.path.join(d, name + "_input.npy"))
-    outs = evaluate(model, x)
+    xs = [np.load(os.path.join(d, name + ("_input.npy" if k == 0 else f"_input_{k}.npy")))
+          for k in range(len(model.graph.input))]
+    x = xs[0]
+    outs = evaluate(model, xs)
     err = 0.0
     for k, got in enumerate(outs):
         want = np.load(os.path.join(d, name + ("_output.npy" if k == 0 else f"_output_{k}.npy"))).astype(np.float64)
@@ -310,13 +359,22 @@ def check(d, name):
         if not e <= 1:
             fails.append(f"{what} differs from kiln's: max normalised error {e:.3g} "
                          f"(max abs diff {np.max(np.abs(got - want)):.3g})")
+    ref = torch_reference(d, name, model)
+    terr = None
+    if ref is not None:
+        want = np.load(os.path.join(d, name + "_output.npy")).astype(np.float64)
+        terr = float(np.max(np.abs(ref - want) / (ATOL + RTOL * np.abs(want)))) if ref.shape == want.shape else math.inf
+        if not terr <= 1:
+            fails.append(f"PyTorch's module with the same weights differs from kiln's: max normalised error {terr:.3g}")
     ops = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     hist = " ".join(f"{k}:{ops[k]}" for k in sorted(ops))
     status = "ok" if not fails else "FAILED"
     print(f"{name}: {status}: check_model(full_check) and strict shape inference passed, {len(model.graph.node)} "
-          f"nodes, {len(inits)} initializers, input {list(x.shape)}, max normalised error vs kiln {err:.3g} "
+          f"nodes, {len(inits)} initializers, input{'s' if len(xs) > 1 else ''} "
+          f"{', '.join(str(list(v.shape)) for v in xs)}, max normalised error vs kiln {err:.3g}"
+          f"{'' if terr is None else f', torch vs kiln {terr:.3g}'} "
           f"[{hist}]" if not fails else f"{name}: {status}")
     for f in fails:
         print(f"  {f}")

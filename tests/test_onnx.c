@@ -649,6 +649,426 @@ static void test_bn_fold(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
 }
 
+/* x [N, 4] -> a dense layer of 3 outputs -> h -> BatchNormalization -> y, the dense layer
+ * being (kind 0) Gemm with transB = 1 and beta = 2, (1) MatMul, (2) MatMul then Add of a
+ * bias; bscale, bbias, bmean and bvar (3 channels) of the conv test serve as the BN's. */
+static float dwo[12], dwi[12], dc[3];
+static int64_t dwt_dims[2] = {3, 4}, dw_dims[2] = {4, 3};
+static char *dgemm_in[] = {"x", "w", "c"}, *dmm_in[] = {"x", "w"}, *dmm_out[] = {"m"}, *dadd_in[] = {"c", "m"};
+
+static void dense_bn_model(mb *b, int kind) {
+    conv_bn_model(b, false); /* fills the BN's statistics */
+    mb_init(b, 15);
+    for (int o = 0; o < 3; o++) {
+        dc[o] = 0.3f - 0.2f * (float)o;
+        for (int i = 0; i < 4; i++)
+            dwo[o * 4 + i] = 0.6f * cosf(1.3f * (float)(o * 4 + i)), dwi[i * 3 + o] = dwo[o * 4 + i];
+    }
+    mb_value(b, true, "x", 2, (int64_t[]){-1, 4});
+    mb_value(b, false, "y", 2, (int64_t[]){-1, 3});
+    mb_init_f32(b, "w", 2, kind == 0 ? dwt_dims : dw_dims, 12, kind == 0 ? dwo : dwi);
+    if (kind != 1) mb_init_f32(b, "c", 1, bcdims, 3, dc);
+    mb_init_f32(b, "scale", 1, bcdims, 3, bscale);
+    mb_init_f32(b, "bias", 1, bcdims, 3, bbias);
+    mb_init_f32(b, "mean", 1, bcdims, 3, bmean);
+    mb_init_f32(b, "var", 1, bcdims, 3, bvar);
+    if (kind == 0) {
+        Onnx__NodeProto *g = mb_node(b, "Gemm", "fc", 3, dgemm_in, 1, bconv_out);
+        mb_attr_i(b, g, "transB", 1);
+        Onnx__AttributeProto *a = &b->attrs[b->nattrs++];
+        onnx__attribute_proto__init(a);
+        a->name = "beta";
+        a->has_type = 1;
+        a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT;
+        a->has_f = 1;
+        a->f = 2.0f;
+        g->attribute[1] = a; /* pattrs[..][1], beside transB */
+        g->n_attribute = 2;
+    } else if (kind == 1) {
+        mb_node(b, "MatMul", "fc", 2, dmm_in, 1, bconv_out);
+    } else {
+        mb_node(b, "MatMul", "fc", 2, dmm_in, 1, dmm_out);
+        mb_node(b, "Add", "fc_bias", 2, dadd_in, 1, bconv_out);
+    }
+    Onnx__NodeProto *bn = mb_node(b, "BatchNormalization", "bn", 5, bbn_in, 1, bbn_out);
+    Onnx__AttributeProto *a = &b->attrs[b->nattrs];
+    onnx__attribute_proto__init(a);
+    a->name = "epsilon";
+    a->has_type = 1;
+    a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT;
+    a->has_f = 1;
+    a->f = BN_EPS;
+    b->pattrs[b->nattrs][0] = a;
+    bn->n_attribute = 1;
+    bn->attribute = b->pattrs[b->nattrs++];
+}
+
+/* Runs dense_bn_model(kind) on x [B, 4], folded or not, profiled (rows in prof_seen). */
+static void dense_bn_run(kiln_ctx *ctx, int kind, bool fold, const float *x, int batch, float *y) {
+    mb b;
+    dense_bn_model(&b, kind);
+    prof_seen[0] = 0;
+    if (!fold) setenv("KILN_ONNX_NO_FOLD", "1", 1);
+    kiln_onnx_model *m = NULL;
+    kiln_status s = load_packed(ctx, &b, 0, &m);
+    unsetenv("KILN_ONNX_NO_FOLD");
+    CHECK(s == KILN_OK, "dense+bn %d load: %s", kind, kiln_error_message(ctx));
+    if (!m) return;
+    kiln_scope_begin(ctx);
+    kiln_tensor *xt = kiln_from_host(ctx, x, KILN_F32, 2, (int64_t[]){batch, 4}), *out = NULL;
+    setenv("KILN_ONNX_PROFILE", "1", 1);
+    kiln_set_log(prof_log_fn, NULL);
+    CHECK(kiln_onnx_run(m, 1, &xt, 1, &out) == KILN_OK, "dense+bn %d run: %s", kind, kiln_error_message(ctx));
+    kiln_set_log(NULL, NULL);
+    unsetenv("KILN_ONNX_PROFILE");
+    if (out) CHECK(kiln_to_host(out, y, (size_t)batch * 3 * sizeof(float)) == KILN_OK, "read y");
+    kiln_scope_end(ctx);
+    kiln_onnx_free(m);
+}
+
+/* BatchNormalization after Gemm, MatMul and MatMul + Add is folded into the weights at
+ * load: folded and unfolded agree with a host computation in double, and the folded
+ * profile has no BatchNormalization (nor Add) left. */
+static void test_dense_bn_fold(kiln_ctx *ctx) {
+    enum { B = 5 };
+    float x[B * 4];
+    h_fill(x, B * 4, -1, 1);
+    static const char *kinds[] = {"Gemm", "MatMul", "MatMul+Add"};
+    for (int kind = 0; kind < 3; kind++) {
+        mb b0;
+        dense_bn_model(&b0, kind); /* fills the weights */
+        double ref[B * 3], bound = 0;
+        for (int n = 0; n < B; n++)
+            for (int o = 0; o < 3; o++) {
+                double a = bscale[o] / sqrt((double)bvar[o] + (double)BN_EPS), h = 0, mag = 0;
+                for (int i = 0; i < 4; i++) {
+                    double t = (double)x[n * 4 + i] * dwo[o * 4 + i];
+                    h += t, mag += fabs(t);
+                }
+                double c = kind == 0 ? 2.0 * dc[o] : kind == 2 ? dc[o] : 0.0;
+                h += c, mag += fabs(c);
+                ref[n * 3 + o] = (h - bmean[o]) * a + bbias[o];
+                /* float32 sums of 4 products and 4 more roundings, as in test_bn_fold */
+                double e = 12 * 0x1p-24 * (mag * fabs(a) + fabs(bmean[o] * a) + fabs(bbias[o]));
+                if (e > bound) bound = e;
+            }
+        float yf[B * 3], yu[B * 3];
+        dense_bn_run(ctx, kind, false, x, B, yu);
+        CHECK(strstr(prof_seen, "BatchNormalization "), "%s unfolded profile rows: %s", kinds[kind], prof_seen);
+        dense_bn_run(ctx, kind, true, x, B, yf);
+        CHECK(strstr(prof_seen, "Gemm ") && !strstr(prof_seen, "BatchNormalization") && !strstr(prof_seen, "Add") &&
+                  !strstr(prof_seen, "MatMul"),
+              "%s folded profile rows: %s", kinds[kind], prof_seen);
+        char what[64];
+        snprintf(what, sizeof what, "%s+bn folded", kinds[kind]);
+        h_compare(what, yf, ref, B * 3, bound, 0);
+        snprintf(what, sizeof what, "%s+bn unfolded", kinds[kind]);
+        h_compare(what, yu, ref, B * 3, bound, 0);
+    }
+    kiln_error_clear(ctx);
+}
+
+static Onnx__TensorProto *mb_init_i64(mb *b, const char *name, int64_t *dim, int64_t *vals) {
+    Onnx__TensorProto *t = &b->inits[b->g.n_initializer];
+    onnx__tensor_proto__init(t);
+    t->name = (char *)name;
+    t->has_data_type = 1;
+    t->data_type = 7;
+    t->n_dims = 1;
+    t->dims = dim;
+    t->n_int64_data = (size_t)*dim;
+    t->int64_data = vals;
+    b->pinits[b->g.n_initializer++] = t;
+    return t;
+}
+
+/* "[batch, 3]" of an input or output query. */
+static void info_str(const kiln_onnx_value_info *v, char *buf, size_t cap) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < v->ndim && k < cap; d++)
+        k += v->shape[d] >= 0
+                 ? (size_t)snprintf(buf + k, cap - k, "%s%lld", d ? ", " : "", (long long)v->shape[d])
+                 : (size_t)snprintf(buf + k, cap - k, "%s%s", d ? ", " : "", v->dim_names[d] ? v->dim_names[d] : "?");
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+static int64_t s_one = 1, s_zero_v[1] = {0}, s_one_v[1] = {1}, s_m1_v[1] = {-1};
+static char *sh_shape_in[] = {"z"}, *sh_shape_out[] = {"s"}, *sh_slice_in[] = {"s", "zero", "one"},
+            *sh_slice_out[] = {"s0"}, *sh_cat_in[] = {"s0", "m1"}, *sh_cat_out[] = {"shp"}, *sh_rs_in[] = {"x", "shp"},
+            *sh_rs_out[] = {"y"};
+
+/* Shape inference at load: outputs the file leaves undeclared get their type and shape,
+ * a declared shape that contradicts the graph is refused naming the node, the value and
+ * both shapes, and a run whose inputs break what a symbol promised is an error. */
+static void test_shape_inference(kiln_ctx *ctx) {
+    mb b;
+    kiln_onnx_model *m = NULL;
+    kiln_onnx_value_info info;
+    char got[160];
+    /* the MLP with its output's type left out: f32 [N, 3] */
+    mlp_model(&b, 13);
+    b.outs[0].type = NULL;
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "undeclared output: %s", kiln_error_message(ctx));
+    if (m) {
+        CHECK(kiln_onnx_output_info(m, 0, &info) == KILN_OK, "output info");
+        info_str(&info, got, sizeof got);
+        CHECK(info.dtype == KILN_F32 && !strcmp(got, "[N, 3]"), "inferred output: %s %s", kiln_dtype_name(info.dtype),
+              got);
+        kiln_onnx_free(m), m = NULL;
+    }
+    /* a declared output shape the graph cannot make */
+    mlp_model(&b, 13);
+    b.dims[1][1].dim_value = 4;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_SHAPE, "Relu node 'act'", "'y'", "float [N, 3]", "declares it float [N, 4]");
+    /* the same through value_info, for a value inside the graph */
+    mlp_model(&b, 13);
+    mb_value(&b, false, "h", 3, (int64_t[]){-1, 3, 1});
+    b.g.n_output = 1;
+    b.g.n_value_info = 1;
+    b.g.value_info = &b.pouts[1];
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_SHAPE, "Gemm node 'fc'", "'h'", "[N, 3]", "[N, 3, 1]");
+    /* an input whose declared size the operator cannot take */
+    mlp_model(&b, 13);
+    b.dims[0][1].dim_value = 5;
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_SHAPE, "Gemm node 'fc'", "inner dims 5 and 4");
+    /* y = Reshape(x [N, 4], [Shape(z)[0:1], -1]): the symbol N cancels, y is [N, 4] */
+    mb_init(&b, 13);
+    mb_value(&b, true, "x", 2, (int64_t[]){-1, 4});
+    mb_value(&b, true, "z", 2, (int64_t[]){-1, 2});
+    mb_value(&b, false, "y", 2, (int64_t[]){-1, -1});
+    b.outs[0].type = NULL;
+    mb_init_i64(&b, "zero", &s_one, s_zero_v);
+    mb_init_i64(&b, "one", &s_one, s_one_v);
+    mb_init_i64(&b, "m1", &s_one, s_m1_v);
+    mb_node(&b, "Shape", "shape", 1, sh_shape_in, 1, sh_shape_out);
+    mb_node(&b, "Slice", "slice", 3, sh_slice_in, 1, sh_slice_out);
+    mb_attr_i(&b, mb_node(&b, "Concat", "cat", 2, sh_cat_in, 1, sh_cat_out), "axis", 0);
+    mb_node(&b, "Reshape", "rs", 2, sh_rs_in, 1, sh_rs_out);
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "shape chain: %s", kiln_error_message(ctx));
+    if (m) {
+        CHECK(kiln_onnx_output_info(m, 0, &info) == KILN_OK, "output info");
+        info_str(&info, got, sizeof got);
+        CHECK(!strcmp(got, "[N, 4]"), "Reshape through Shape/Slice/Concat: %s", got);
+        kiln_scope_begin(ctx);
+        kiln_tensor *in[2] = {kiln_zeros(ctx, 2, (int64_t[]){2, 4}), kiln_zeros(ctx, 2, (int64_t[]){2, 2})}, *y = NULL;
+        CHECK(kiln_onnx_run(m, 2, in, 1, &y) == KILN_OK && y && kiln_tensor_shape(y)[0] == 2, "run: %s",
+              kiln_error_message(ctx));
+        /* x and z disagree about N: the Reshape makes [4, 2], not the [N, 4] inferred */
+        in[1] = kiln_zeros(ctx, 2, (int64_t[]){4, 2});
+        CHECK(kiln_onnx_run(m, 2, in, 1, &y) == KILN_ERR_SHAPE, "symbols broken: %s", kiln_error_message(ctx));
+        CHECK(strstr(kiln_error_message(ctx), "Reshape node 'rs'") && strstr(kiln_error_message(ctx), "[4, 2]") &&
+                  strstr(kiln_error_message(ctx), "[N, 4]"),
+              "message: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m), m = NULL;
+    }
+    /* torch's exports with every output's type removed: the query gives torch's output
+     * shape, the batch dim the symbolic "batch" */
+    static const struct {
+        const char *name;
+        int batch_dim;
+    } golden[] = {{"cnn", 0}, {"mlp", 0}, {"resnet", 0}, {"rnn", 1}, {"upsample", 0}};
+    const char *dir = getenv("KILN_GOLDEN_DIR");
+    for (size_t gi = 0; gi < sizeof golden / sizeof *golden; gi++) {
+        char path[1024], out_path[1024];
+        snprintf(path, sizeof path, "%s/onnx_%s.onnx", dir ? dir : "tests/golden", golden[gi].name);
+        snprintf(out_path, sizeof out_path, "%s/onnx_%s_out.pb", dir ? dir : "tests/golden", golden[gi].name);
+        FILE *f = fopen(path, "rb");
+        CHECK(f != NULL, "open %s", path);
+        if (!f) continue;
+        fseek(f, 0, SEEK_END);
+        long len = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        uint8_t *buf = malloc((size_t)len);
+        CHECK(fread(buf, 1, (size_t)len, f) == (size_t)len, "read %s", path);
+        fclose(f);
+        Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, (size_t)len, buf);
+        free(buf);
+        CHECK(mp && mp->graph, "unpack %s", path);
+        if (!mp) continue;
+        /* types and value_info taken out for packing, put back for freeing */
+        Onnx__TypeProto *types[8] = {NULL};
+        size_t nvi = mp->graph->n_value_info;
+        for (size_t o = 0; o < mp->graph->n_output && o < 8; o++)
+            types[o] = mp->graph->output[o]->type, mp->graph->output[o]->type = NULL;
+        mp->graph->n_value_info = 0;
+        size_t plen = onnx__model_proto__get_packed_size(mp);
+        uint8_t *packed = malloc(plen);
+        onnx__model_proto__pack(mp, packed);
+        for (size_t o = 0; o < mp->graph->n_output && o < 8; o++) mp->graph->output[o]->type = types[o];
+        mp->graph->n_value_info = nvi;
+        onnx__model_proto__free_unpacked(mp, NULL);
+        CHECK(kiln_onnx_load_memory(ctx, packed, plen, golden[gi].name, &m) == KILN_OK, "%s undeclared: %s",
+              golden[gi].name, kiln_error_message(ctx));
+        free(packed);
+        kiln_scope_begin(ctx);
+        kiln_tensor *want = NULL;
+        CHECK(kiln_onnx_load_tensor(ctx, out_path, &want) == KILN_OK, "%s", kiln_error_message(ctx));
+        if (m && want && kiln_onnx_output_info(m, 0, &info) == KILN_OK) {
+            bool ok = info.dtype == KILN_F32 && info.ndim == kiln_tensor_ndim(want);
+            for (int d = 0; ok && d < info.ndim; d++)
+                ok = d == golden[gi].batch_dim
+                         ? info.shape[d] == -1 && info.dim_names[d] && !strcmp(info.dim_names[d], "batch")
+                         : info.shape[d] == kiln_tensor_shape(want)[d];
+            char ws[160];
+            info_str(&info, got, sizeof got);
+            kiln_tensor_shape_str(want, ws, sizeof ws);
+            CHECK(ok, "%s: inferred output %s, torch's output %s (batch dim %d)", golden[gi].name, got, ws,
+                  golden[gi].batch_dim);
+        }
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m), m = NULL;
+    }
+    kiln_error_clear(ctx);
+}
+
+static int64_t nl_tdim[1] = {2}, nl_t[2] = {0, 5};
+static char *nl_in[] = {"x", "t"}, *nl_out[] = {"y"}, *fl_in[] = {"t"}, *fl_out[] = {"y"};
+
+/* One node `op` on float x [2, 3] (with ni > 0: x, the int64 constant "i" of ni values and,
+ * for a third input, x again; else x for every input) with one int or string attribute; run on zeros, it must fail with
+ * `want` and a message holding `sub`. */
+static int64_t oe_idim[1];
+static int64_t oe_ivals[4];
+static char *oe_in2[] = {"x", "i"}, *oe_in3[] = {"x", "i", "x"}, *oe_xs[] = {"x", "x", "x"}, *oe_out2[] = {"y", "yi"};
+static void op_error(kiln_ctx *ctx, const char *op, int nin, int nout, const char *aname, int64_t aint,
+                     const char *astr, int ni, const int64_t *ivals, kiln_status want, const char *sub) {
+    mb b;
+    mb_init(&b, 13);
+    mb_value(&b, true, "x", 2, (int64_t[]){2, 3});
+    mb_value(&b, false, "y", 0, NULL);
+    b.outs[0].type = NULL;
+    if (ni) {
+        oe_idim[0] = ni;
+        memcpy(oe_ivals, ivals, sizeof(int64_t) * (size_t)ni);
+        mb_init_i64(&b, "i", oe_idim, oe_ivals);
+    }
+    Onnx__NodeProto *nd = mb_node(&b, op, "op", nin, !ni ? oe_xs : nin == 3 ? oe_in3 : oe_in2, nout, oe_out2);
+    if (aname) {
+        Onnx__AttributeProto *a = &b.attrs[b.nattrs];
+        onnx__attribute_proto__init(a);
+        a->name = (char *)aname;
+        a->has_type = 1;
+        if (astr) {
+            a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING;
+            a->has_s = 1, a->s.data = (uint8_t *)astr, a->s.len = strlen(astr);
+        } else {
+            a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
+            a->has_i = 1, a->i = aint;
+        }
+        b.pattrs[b.nattrs][0] = a;
+        nd->n_attribute = 1;
+        nd->attribute = b.pattrs[b.nattrs++];
+    }
+    kiln_onnx_model *m = NULL;
+    kiln_status s = load_packed(ctx, &b, 0, &m);
+    if (s == KILN_OK) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_zeros(ctx, 2, (int64_t[]){2, 3}), *y[2] = {NULL, NULL};
+        s = kiln_onnx_run(m, 1, &x, 1, y);
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m);
+    }
+    CHECK(s == want && strstr(kiln_error_message(ctx), sub) && strstr(kiln_error_message(ctx), "node 'op'"),
+          "%s: %s (want %s, '%s'): %s", op, kiln_status_name(s), kiln_status_name(want), sub, kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+}
+
+/* The errors of the operators added on the host and by composition (their values are
+ * checked by ONNX's node tests): a target out of range, an unknown reduction, a blocksize
+ * that does not divide, an integer input to float math. */
+static void test_added_op_errors(kiln_ctx *ctx) {
+    mb b;
+    kiln_onnx_model *m = NULL;
+    for (int bad_reduction = 0; bad_reduction < 2; bad_reduction++) {
+        mb_init(&b, 13);
+        mb_value(&b, true, "x", 2, (int64_t[]){2, 3});
+        mb_value(&b, false, "y", 0, NULL);
+        Onnx__TensorProto *t = mb_init_i64(&b, "t", nl_tdim, nl_t);
+        (void)t;
+        Onnx__NodeProto *nd = mb_node(&b, "NegativeLogLikelihoodLoss", "nll", 2, nl_in, 1, nl_out);
+        if (bad_reduction) {
+            Onnx__AttributeProto *a = &b.attrs[b.nattrs];
+            onnx__attribute_proto__init(a);
+            a->name = "reduction";
+            a->has_type = 1;
+            a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING;
+            a->has_s = 1;
+            a->s.data = (uint8_t *)"average";
+            a->s.len = 7;
+            b.pattrs[b.nattrs][0] = a;
+            nd->n_attribute = 1;
+            nd->attribute = b.pattrs[b.nattrs++];
+        }
+        CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "nll load: %s", kiln_error_message(ctx));
+        if (!m) continue;
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_zeros(ctx, 2, (int64_t[]){2, 3}), *y = NULL;
+        kiln_status s = kiln_onnx_run(m, 1, &x, 1, &y);
+        if (bad_reduction)
+            CHECK(s == KILN_ERR_INVALID_ARGUMENT && strstr(kiln_error_message(ctx), "reduction 'average'"),
+                  "bad reduction: %s", kiln_error_message(ctx));
+        else
+            CHECK(s == KILN_ERR_RANGE && strstr(kiln_error_message(ctx), "target 5 at 1 is outside [0, 3)") &&
+                      strstr(kiln_error_message(ctx), "'nll'"),
+                  "target out of range: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m), m = NULL;
+    }
+    /* DepthToSpace: 3 channels do not make 2x2 blocks */
+    mb_init(&b, 13);
+    mb_value(&b, true, "x", 4, (int64_t[]){1, 3, 2, 2});
+    mb_value(&b, false, "y", 4, (int64_t[]){1, -1, 4, 4});
+    mb_attr_i(&b, mb_node(&b, "DepthToSpace", "d2s", 1, (char *[]){"x"}, 1, fl_out), "blocksize", 2);
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "d2s load: %s", kiln_error_message(ctx));
+    if (m) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_zeros(ctx, 4, (int64_t[]){1, 3, 2, 2}), *y = NULL;
+        CHECK(kiln_onnx_run(m, 1, &x, 1, &y) == KILN_ERR_SHAPE && strstr(kiln_error_message(ctx), "blocksize 2"),
+              "blocksize: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        kiln_scope_end(ctx);
+        kiln_onnx_free(m), m = NULL;
+    }
+    /* the host indexing and arithmetic operators */
+    op_error(ctx, "TopK", 2, 2, NULL, 0, NULL, 1, (int64_t[]){4}, KILN_ERR_INVALID_ARGUMENT, "K must be one value");
+    op_error(ctx, "GatherND", 2, 1, NULL, 0, NULL, 2, (int64_t[]){0, 7}, KILN_ERR_RANGE, "index 7 out of range");
+    op_error(ctx, "ScatterElements", 3, 1, "reduction", 0, "max", 0, NULL, KILN_ERR_INVALID_ARGUMENT,
+             "reduction is none of");
+    op_error(ctx, "ScatterND", 3, 1, NULL, 0, NULL, 1, (int64_t[]){0}, KILN_ERR_SHAPE, "do not fit");
+    op_error(ctx, "Mod", 2, 1, NULL, 0, NULL, 0, NULL, KILN_ERR_INVALID_ARGUMENT, "fmod must be 1");
+    op_error(ctx, "BitShift", 2, 1, "direction", 0, "UP", 0, NULL, KILN_ERR_INVALID_ARGUMENT, "direction 'UP'");
+    op_error(ctx, "Det", 1, 1, NULL, 0, NULL, 0, NULL, KILN_ERR_SHAPE, "square matrix");
+    op_error(ctx, "OneHot", 3, 1, NULL, 0, NULL, 1, (int64_t[]){0}, KILN_ERR_INVALID_ARGUMENT, "depth must be");
+    op_error(ctx, "EyeLike", 1, 1, "dtype", 11, NULL, 0, NULL, KILN_ERR_UNSUPPORTED, "dtype double");
+    op_error(ctx, "ReverseSequence", 2, 1, NULL, 0, NULL, 1, (int64_t[]){1}, KILN_ERR_INVALID_ARGUMENT,
+             "sequence_lens");
+    op_error(ctx, "Compress", 2, 1, "axis", 5, NULL, 1, (int64_t[]){1}, KILN_ERR_INVALID_ARGUMENT, "axis");
+    op_error(ctx, "LRN", 1, 1, "size", 0, NULL, 0, NULL, KILN_ERR_INVALID_ARGUMENT, "size must be >= 1");
+    op_error(ctx, "Resize", 3, 1, "mode", 0, "bicubic", 1, (int64_t[]){0}, KILN_ERR_INVALID_ARGUMENT, "mode 'bicubic'");
+    op_error(ctx, "PRelu", 2, 1, NULL, 0, NULL, 1, (int64_t[]){1}, KILN_ERR_UNSUPPORTED, "'slope' has dtype int64");
+    /* a constant Range of 2^31 - 2 elements is not folded at load (which would allocate and
+     * fill 16 GiB on the host, and fail or be killed): the size is left to run time */
+    mb_init(&b, 13);
+    mb_value(&b, false, "y", 1, (int64_t[]){-1});
+    b.outs[0].type = NULL;
+    static int64_t r_one = 1, r_v[3] = {0, 2147483646, 1};
+    mb_init_i64(&b, "start", &r_one, &r_v[0]);
+    mb_init_i64(&b, "limit", &r_one, &r_v[1]);
+    mb_init_i64(&b, "delta", &r_one, &r_v[2]);
+    mb_node(&b, "Range", "range", 3, (char *[]){"start", "limit", "delta"}, 1, fl_out);
+    CHECK(load_packed(ctx, &b, 0, &m) == KILN_OK, "huge constant Range: %s", kiln_error_message(ctx));
+    kiln_onnx_free(m), m = NULL;
+    /* Floor of an integer constant: refused when it is folded at load */
+    mb_init(&b, 13);
+    mb_value(&b, false, "y", 1, (int64_t[]){2});
+    mb_init_i64(&b, "t", nl_tdim, nl_t);
+    mb_node(&b, "Floor", "fl", 1, fl_in, 1, fl_out);
+    EXPECT_LOAD_FAIL(ctx, &b, 0, KILN_ERR_UNSUPPORTED, "Floor node 'fl'", "float tensors");
+}
+
 /* A model exported by torch.onnx (tests/golden/gen_onnx.py) against torch's output, then
  * at another batch size (the batch dim is symbolic) against its own first rows. */
 static void test_torch_export(kiln_ctx *ctx, const char *name, int batch_dim) {
@@ -706,6 +1126,9 @@ static void run_all(kiln_ctx *ctx) {
     test_pad_modes(ctx);
     test_trilu_tile(ctx);
     test_bn_fold(ctx);
+    test_dense_bn_fold(ctx);
+    test_shape_inference(ctx);
+    test_added_op_errors(ctx);
     test_torch_export(ctx, "cnn", 0);
     test_torch_export(ctx, "mlp", 0);
     test_torch_export(ctx, "resnet", 0);

@@ -126,12 +126,20 @@ static kiln_tensor *input_of(kiln_ctx *ctx, kiln_dtype dt, int ndim, const int64
 
 /* The export loaded back into kiln (kiln_onnx_load, kiln_onnx_run on the batch-3 input) gives
  * the module's outputs y[0..nout). */
-static void round_trip(kiln_ctx *ctx, const char *name, const char *path, kiln_tensor *x, int nout,
+static void round_trip(kiln_ctx *ctx, const char *name, const char *path, int nin, kiln_tensor *const *x, int nout,
                        kiln_tensor *const *y) {
     kiln_onnx_model *m = NULL;
     kiln_tensor *z[3] = {NULL};
     CHECK(kiln_onnx_load(ctx, path, &m) == KILN_OK, "%s: kiln_onnx_load: %s", name, kiln_error_message(ctx));
-    CHECK(!m || kiln_onnx_run(m, 1, &x, nout, z) == KILN_OK, "%s: kiln_onnx_run: %s", name, kiln_error_message(ctx));
+    CHECK(!m || kiln_onnx_run(m, nin, x, nout, z) == KILN_OK, "%s: kiln_onnx_run: %s", name, kiln_error_message(ctx));
+    /* shape inference at load gives the output's rank and every size it knows as the
+     * module's (batch and sequence symbolic; a dim the batch was flattened into unknown) */
+    kiln_onnx_value_info vi;
+    for (int k = 0; m && k < nout && y[k]; k++) {
+        bool ok = kiln_onnx_output_info(m, k, &vi) == KILN_OK && vi.ndim == kiln_tensor_ndim(y[k]);
+        for (int d = 0; ok && d < vi.ndim; d++) ok = vi.shape[d] == kiln_tensor_shape(y[k])[d] || vi.shape[d] < 0;
+        CHECK(ok, "%s: output %d: the inferred shape (%d dims) is not the module's", name, k, vi.ndim);
+    }
     for (int k = 0; m && k < nout && z[k] && y[k]; k++) {
         CHECK(kiln_tensor_numel(z[k]) == kiln_tensor_numel(y[k]), "%s: output %d has %lld elements, kiln's %lld", name,
               k, (long long)kiln_tensor_numel(z[k]), (long long)kiln_tensor_numel(y[k]));
@@ -150,15 +158,19 @@ static void round_trip(kiln_ctx *ctx, const char *name, const char *path, kiln_t
 }
 
 /* Exports net traced on a batch of 2 and writes the files the checker reads (see the top). */
-static void export_case(kiln_ctx *ctx, const char *name, kiln_module *net, kiln_dtype dt, int ndim,
-                        const int64_t *shape, int64_t vocab, int batch_dim, int nout) {
+static void export_case_n(kiln_ctx *ctx, const char *name, kiln_module *net, kiln_dtype dt, int nin, int ndim,
+                          const int64_t *shapes, int64_t vocab, int batch_dim, int nout) {
     CHECK(net != NULL, "%s: build failed: %s", name, kiln_error_message(ctx));
     if (!net) return;
     kiln_scope_begin(ctx);
-    int64_t s2[KILN_MAX_DIMS], s3[KILN_MAX_DIMS];
-    memcpy(s2, shape, sizeof *s2 * (size_t)ndim), memcpy(s3, shape, sizeof *s3 * (size_t)ndim);
-    s2[batch_dim] = 2, s3[batch_dim] = 3;
-    kiln_tensor *x2 = input_of(ctx, dt, ndim, s2, vocab), *x3 = input_of(ctx, dt, ndim, s3, vocab);
+    kiln_tensor *x2s[3], *x3s[3];
+    for (int i = 0; i < nin; i++) {
+        int64_t s2[KILN_MAX_DIMS], s3[KILN_MAX_DIMS];
+        memcpy(s2, shapes + i * ndim, sizeof *s2 * (size_t)ndim),
+            memcpy(s3, shapes + i * ndim, sizeof *s3 * (size_t)ndim);
+        s2[batch_dim] = 2, s3[batch_dim] = 3;
+        x2s[i] = input_of(ctx, dt, ndim, s2, vocab), x3s[i] = input_of(ctx, dt, ndim, s3, vocab);
+    }
     char path[1024];
     snprintf(path, sizeof path, "%s/%s.onnx", out_dir, name);
     /* exported from training mode: the export is eval mode's, and the modes come back */
@@ -167,20 +179,25 @@ static void export_case(kiln_ctx *ctx, const char *name, kiln_module *net, kiln_
     char before[512], after[512];
     size_t nb = 0, na = 0;
     modes_of(net, before, sizeof before, &nb);
-    kiln_status s = kiln_onnx_save(net, path, x2);
+    kiln_status s = nin == 1 ? kiln_onnx_save(net, path, x2s[0]) : kiln_onnx_save_inputs(net, path, nin, x2s);
     CHECK(s == KILN_OK, "%s: kiln_onnx_save: %s", name, kiln_error_message(ctx));
     modes_of(net, after, sizeof after, &na);
     CHECK(!strcmp(before, after), "%s: train/eval modes %s before the export, %s after", name, before, after);
     kiln_module_train(net, false);
     kiln_ctx_set_grad_enabled(ctx, false);
     kiln_tensor *y[3] = {NULL};
-    kiln_status fs = kiln_module_forward(net, 1, &x3, nout, y);
+    kiln_status fs = kiln_module_forward(net, nin, x3s, nout, y);
     kiln_ctx_set_grad_enabled(ctx, true);
     CHECK(fs == KILN_OK, "%s: forward: %s", name, kiln_error_message(ctx));
-    round_trip(ctx, name, path, x3, nout, y);
+    round_trip(ctx, name, path, nin, x3s, nout, y);
     char p[1024];
-    snprintf(p, sizeof p, "%s/%s_input.npy", out_dir, name);
-    CHECK(fs == KILN_OK && write_npy(p, x3), "%s: cannot write %s", name, p);
+    for (int i = 0; i < nin; i++) {
+        if (i)
+            snprintf(p, sizeof p, "%s/%s_input_%d.npy", out_dir, name, i);
+        else
+            snprintf(p, sizeof p, "%s/%s_input.npy", out_dir, name);
+        CHECK(fs == KILN_OK && write_npy(p, x3s[i]), "%s: cannot write %s", name, p);
+    }
     for (int k = 0; fs == KILN_OK && k < nout; k++) {
         if (k)
             snprintf(p, sizeof p, "%s/%s_output_%d.npy", out_dir, name, k);
@@ -204,6 +221,11 @@ static void export_case(kiln_ctx *ctx, const char *name, kiln_module *net, kiln_
     kiln_scope_end(ctx);
     kiln_module_free(net);
     CHECK_OK(ctx);
+}
+
+static void export_case(kiln_ctx *ctx, const char *name, kiln_module *net, kiln_dtype dt, int ndim,
+                        const int64_t *shape, int64_t vocab, int batch_dim, int nout) {
+    export_case_n(ctx, name, net, dt, 1, ndim, shape, vocab, batch_dim, nout);
 }
 
 /* Random running statistics for every batch norm of m, so that eval-mode export is tested
@@ -347,13 +369,41 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
     kiln_module_free(rnn);
 
-    /* a multi-input root module */
+    /* MultiheadAttention wants its three inputs; inside a container it is refused */
     kiln_module *mha = kiln_nn_multihead_attention(ctx, 4, 2, NULL);
-    s = kiln_onnx_save(mha, path, x);
-    CHECK(s == KILN_ERR_UNSUPPORTED && strstr(kiln_error_message(ctx), "one-input, one-output"),
-          "MultiheadAttention at the root: %s", kiln_error_message(ctx));
+    kiln_tensor *x3 = kiln_zeros(ctx, 3, (int64_t[]){3, 2, 4});
+    s = kiln_onnx_save(mha, path, x3);
+    CHECK(s == KILN_ERR_INVALID_ARGUMENT &&
+              strstr(kiln_error_message(ctx), "takes 3 inputs (query, key, value); 1 example input was given"),
+          "MultiheadAttention with one input: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);
-    kiln_module_free(mha);
+    s = kiln_onnx_save_inputs(mha, path, 3, (kiln_tensor *[]){x3, NULL, x3});
+    CHECK(s == KILN_ERR_NULL && strstr(kiln_error_message(ctx), "example input 1 is NULL"), "NULL key: %s",
+          kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_module *seq = kiln_nn_sequential(ctx, 1, (kiln_module *[]){mha});
+    s = kiln_onnx_save(seq, path, x3);
+    CHECK(s == KILN_ERR_UNSUPPORTED && strstr(kiln_error_message(ctx), "the MultiheadAttention at 0 takes 3 inputs"),
+          "MultiheadAttention in a Sequential: %s", kiln_error_message(ctx));
+    CHECK(file_equals(path, "previous"), "a failed export changed %s", path);
+    kiln_error_clear(ctx);
+    kiln_module_free(seq);
+    /* a decoder given three inputs; a root of two inputs of a kind the exporter does not know */
+    kiln_transformer_params tp = kiln_transformer_defaults(4, 2);
+    tp.dim_feedforward = 8;
+    kiln_module *dec = kiln_nn_transformer_decoder_layer(ctx, &tp);
+    s = kiln_onnx_save_inputs(dec, path, 3, (kiln_tensor *[]){x3, x3, x3});
+    CHECK(s == KILN_ERR_INVALID_ARGUMENT && strstr(kiln_error_message(ctx), "takes 2 inputs (tgt, memory)"),
+          "decoder with three inputs: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_module_free(dec);
+    kiln_module_def def2 = {.kind = "Pair", .forward = mine_forward, .num_inputs = 2, .num_outputs = 1};
+    kiln_module *pair = kiln_module_new(ctx, &def2);
+    s = kiln_onnx_save(pair, path, x);
+    CHECK(s == KILN_ERR_UNSUPPORTED && strstr(kiln_error_message(ctx), "one-input, one-output"), "a two-input root: %s",
+          kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_module_free(pair);
 
     /* the example input does not fit: the layer's own error */
     s = kiln_onnx_save(lin, path, kiln_zeros(ctx, 2, (int64_t[]){2, 5}));
@@ -433,6 +483,34 @@ static void run(kiln_ctx *ctx) {
                 1, 1);
     export_case(ctx, "rnn_relu", kiln_nn_rnn(ctx, 3, 4, KILN_ACT_RELU, &rp), KILN_F32, 3, (int64_t[]){5, 1, 3}, 0, 1,
                 2);
+    /* attention as the model: time-major packed self/cross attention (key and value
+     * of another length than the query), batch-first with separate q/k/v projections */
+    export_case_n(ctx, "mha", kiln_nn_multihead_attention(ctx, 8, 2, NULL), KILN_F32, 3, 3,
+                  (int64_t[]){4, 1, 8, 6, 1, 8, 6, 1, 8}, 0, 1, 1);
+    kiln_mha_params mp = kiln_mha_defaults();
+    mp.batch_first = true, mp.kdim = 5, mp.vdim = 3;
+    export_case_n(ctx, "mha_kv", kiln_nn_multihead_attention(ctx, 6, 3, &mp), KILN_F32, 3, 3,
+                  (int64_t[]){1, 4, 6, 1, 7, 5, 1, 7, 3}, 0, 0, 1);
+    /* Transformer decoders: a batch-first post-norm GELU stack with a final norm, a
+     * time-major pre-norm ReLU layer; memory longer than tgt */
+    tp = kiln_transformer_defaults(8, 2);
+    tp.dim_feedforward = 12, tp.activation = KILN_ACT_GELU, tp.batch_first = true;
+    export_case_n(ctx, "decoder", kiln_nn_transformer_decoder(ctx, &tp, 2, true), KILN_F32, 2, 3,
+                  (int64_t[]){1, 5, 8, 1, 7, 8}, 0, 0, 1);
+    tp = kiln_transformer_defaults(6, 2);
+    tp.dim_feedforward = 10, tp.norm_first = true;
+    export_case_n(ctx, "decoder_layer", kiln_nn_transformer_decoder_layer(ctx, &tp), KILN_F32, 2, 3,
+                  (int64_t[]){4, 1, 6, 3, 1, 6}, 0, 1, 1);
+    /* positional encodings: learned, batch-first after an Embedding; sinusoidal,
+     * time-major as the model */
+    export_case(ctx, "pos_learned",
+                kiln_nn_sequential(ctx, 3,
+                                   (kiln_module *[]){kiln_nn_embedding(ctx, 11, 8),
+                                                     kiln_nn_positional_embedding(ctx, 16, 8, true),
+                                                     kiln_nn_linear(ctx, 8, 4, true)}),
+                KILN_I32, 2, (int64_t[]){1, 5}, 11, 0, 1);
+    export_case(ctx, "pos_sinusoidal", kiln_nn_sinusoidal_encoding(ctx, 12, 6, false), KILN_F32, 3,
+                (int64_t[]){5, 1, 6}, 0, 1, 1);
     char p[1024];
     snprintf(p, sizeof p, "%s/manifest.txt", out_dir);
     write_text(p, manifest);

@@ -176,6 +176,20 @@ static int cmd_info(int argc, char **argv) {
     int rc = 0;
     if (kiln_onnx_load(ctx, argv[0], &model) == KILN_OK) {
         printf("load: ok (%d inputs, %d outputs)\n", kiln_onnx_num_inputs(model), kiln_onnx_num_outputs(model));
+        /* what shape inference made of the outputs */
+        for (int i = 0; i < kiln_onnx_num_outputs(model); i++) {
+            kiln_onnx_value_info vi;
+            if (kiln_onnx_output_info(model, i, &vi) != KILN_OK) continue;
+            printf("  output %-21s %-8s ", vi.name, kiln_dtype_name(vi.dtype));
+            if (vi.ndim < 0) printf("(rank unknown)");
+            for (int d = 0; d < vi.ndim; d++) {
+                if (vi.shape[d] >= 0)
+                    printf("%s%lld", d ? ", " : "[", (long long)vi.shape[d]);
+                else
+                    printf("%s%s", d ? ", " : "[", vi.dim_names[d] ? vi.dim_names[d] : "?");
+            }
+            printf("%s\n", vi.ndim > 0 ? "]" : vi.ndim == 0 ? "[]" : "");
+        }
         kiln_onnx_free(model);
     } else {
         printf("load: FAILED: %s\n", kiln_error_message(ctx));

@@ -35,7 +35,10 @@ KILN_API kiln_status kiln_onnx_load_memory(kiln_ctx *ctx, const void *data, size
 KILN_API void kiln_onnx_free(kiln_onnx_model *m);
 
 /* A graph input or output. shape[i] is -1 for a symbolic or unknown dimension, whose name
- * (the ONNX dim_param, "batch") is dim_names[i] or NULL. Pointers are owned by the model. */
+ * (the ONNX dim_param, "batch") is dim_names[i] or NULL; ndim is -1 when the rank is unknown.
+ * An output's dtype and shape are what shape inference at load gives (where the file declares
+ * less, or nothing); a declared shape that contradicts the graph fails the load. Pointers are
+ * owned by the model. */
 typedef struct kiln_onnx_value_info {
     const char *name;
     kiln_dtype dtype;
@@ -93,15 +96,26 @@ KILN_API bool kiln_onnx_op_supported(const char *op_type);
  * TransformerEncoderLayer (post- or pre-norm, ReLU or GELU, unmasked; [T, B, E] or
  * [B, T, E] with T the symbolic "sequence" when it is the model) has its self-attention
  * written out: MatMul with in_proj_weight, Split, Reshape/Transpose to heads, scaled
- * MatMul, Softmax, MatMul, merge, out_proj. Any other module (a user's own, a recurrent
- * cell, a bare MultiheadAttention, a decoder, positional encodings, a recurrent layer inside
- * a container) is an error naming its kind and path (KILN_ERR_UNSUPPORTED), as is a root
- * module with several inputs or outputs.
+ * MatMul, Softmax, MatMul, merge, out_proj. PositionalEmbedding and
+ * SinusoidalPositionalEncoding (anywhere, or as the model: [T, B, D] with T the symbolic
+ * "sequence") add table[:T], T read from the input's shape. A MultiheadAttention (packed or
+ * separate q/k/v projections) and a TransformerDecoder or TransformerDecoderLayer take
+ * several inputs and are exported only as the model, with kiln_onnx_save_inputs. Any other
+ * module (a user's own, a recurrent cell, a recurrent layer, attention or decoder inside a
+ * container) is an error naming its kind and path (KILN_ERR_UNSUPPORTED), as is a root
+ * module of several inputs or outputs other than these.
  *
  * Every tensor is stored inside the file (a model over protobuf's 2 GiB is refused). The file
  * is written atomically, as kiln's other writers: a temporary file beside it, fsync, rename;
  * on any error the previous file, if any, is unchanged. */
 KILN_API kiln_status kiln_onnx_save(kiln_module *module, const char *path, kiln_tensor *example_input);
+/* The same for a model of several inputs, traced on inputs[0..n_inputs): a MultiheadAttention
+ * (3: graph inputs "query", "key", "value"; unmasked) or a TransformerDecoder(Layer) (2:
+ * "tgt", "memory"; unmasked, as kiln_module_forward runs it), each [T, B, E] ([B, T, E]
+ * batch_first) with "batch" and the sequence dims symbolic ("sequence"; "source_sequence"
+ * for key and value, "memory_sequence" for memory). Any other module takes one input here. */
+KILN_API kiln_status kiln_onnx_save_inputs(kiln_module *module, const char *path, int n_inputs,
+                                           kiln_tensor *const inputs[]);
 
 #ifdef __cplusplus
 }

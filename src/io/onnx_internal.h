@@ -1,6 +1,7 @@
 /* src/io/onnx_internal.h - the ONNX runtime shared by src/io/onnx_load.c (parsing,
- * validation, constant folding), src/io/onnx_ops.c (the operator table) and
- * src/io/onnx_run.c (kiln_onnx_run and the queries).
+ * validation, constant folding, BatchNormalization folding), src/io/onnx_infer.c (dtype and
+ * shape inference), src/io/onnx_ops.c (the operator table) and src/io/onnx_run.c
+ * (kiln_onnx_run and the queries).
  *
  * Values: FLOAT tensors live on the device as KILN_F32; integer and BOOL tensors (shape
  * arithmetic, indices, masks) live on the host as int64 and go to the device as KILN_I32
@@ -43,6 +44,31 @@ typedef struct onnx_val {
     int64_t *h;     /* integer / bool types: numel values, malloc'ed (NULL when numel is 0) */
     bool set;
 } onnx_val;
+
+/* A dim as shape inference knows it (src/io/onnx_infer.c): a size (k), or unknown with the
+ * symbol it is equal to (the dim_param "batch" of an input) or none. */
+typedef struct onnx_dim {
+    int64_t v; /* when k */
+    const char *sym;
+    bool k;
+} onnx_dim;
+
+/* What load-time inference knows of a value: its ONNX elem type (0 unknown), rank (-1
+ * unknown) and dims; for an integer vector of at most KILN_MAX_DIMS elements (a shape being
+ * computed) its elements (ndata of them; -1 not tracked). */
+typedef struct onnx_info {
+    int type;
+    int ndim;
+    onnx_dim d[KILN_MAX_DIMS];
+    int ndata;
+    onnx_dim data[KILN_MAX_DIMS];
+} onnx_info;
+
+/* A type and shape the file declares for a value (graph output or value_info). */
+typedef struct onnx_decl {
+    int id;
+    onnx_info f;
+} onnx_decl;
 
 typedef struct onnx_node onnx_node;
 typedef struct onnx_rt onnx_rt;
@@ -97,8 +123,11 @@ struct kiln_onnx_model {
     onnx_node *nodes; /* in topological order */
     int nin, nout;
     onnx_io *inputs, *outputs;
-    onnx_val *vals; /* run-time values (nvals) */
-    char *dir;      /* directory of the model file (external data), NULL from memory */
+    onnx_val *vals;  /* run-time values (nvals) */
+    char *dir;       /* directory of the model file (external data), NULL from memory */
+    onnx_info *info; /* per value: inferred type and shape (src/io/onnx_infer.c) */
+    int ndecl;
+    onnx_decl *decl; /* declared types and shapes of graph outputs and value_info entries */
 };
 
 /* ---- src/io/onnx_ops.c ---- */
@@ -119,5 +148,15 @@ int64_t kiln__onnx_numel(const onnx_val *v);
 /* Whether the elem type is one kiln holds. */
 bool kiln__onnx_type_ok(int type);
 const char *kiln__onnx_type_name(int type);
+
+/* ---- src/io/onnx_infer.c ---- */
+/* Infers every value's type and shape (m->info) in topological order, checks them against
+ * m->decl (a contradiction is KILN_ERR_SHAPE naming the node, the value and both shapes) and
+ * fills the outputs' query from them. */
+kiln_status kiln__onnx_infer(kiln_onnx_model *m);
+void kiln__onnx_info_from_val(onnx_info *f, const onnx_val *v);
+void kiln__onnx_info_str(const onnx_info *f, char *buf, size_t cap);
+/* At run: whether the value node n made for value id has the inferred type and known dims. */
+kiln_status kiln__onnx_check_result(const kiln_onnx_model *m, const onnx_node *n, int id, const onnx_val *v);
 
 #endif

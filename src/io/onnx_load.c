@@ -6,7 +6,9 @@
  * nodes are sorted topologically), initializers whose data matches their shape, external
  * data files only inside the model's directory. Constant nodes, initializers and every
  * node whose inputs are all constants (the Shape/Gather/Concat/Unsqueeze chains of an
- * exported model) are evaluated here, once. */
+ * exported model) are evaluated here, once; then every value's dtype and shape is inferred
+ * (src/io/onnx_infer.c) and an inference BatchNormalization after a Conv, Gemm or MatMul is
+ * folded into its weights. */
 #define _XOPEN_SOURCE 700
 #include <errno.h>
 #include <fcntl.h>
@@ -105,7 +107,7 @@ void kiln_onnx_free(kiln_onnx_model *m) {
     for (int i = 0; i < m->nnodes; i++) free(m->nodes[i].in), free(m->nodes[i].out), free((char *)m->nodes[i].name);
     free(m->nodes);
     free(m->consts), free(m->vals), free(m->last_use), free(m->is_output), free(m->names);
-    free(m->inputs), free(m->outputs);
+    free(m->inputs), free(m->outputs), free(m->info), free(m->decl);
     if (m->proto) onnx__model_proto__free_unpacked(m->proto, m->alloc);
     free(m->alloc);
     free(m->what), free(m->dir);
@@ -282,6 +284,11 @@ static kiln_status io_info(kiln_onnx_model *m, const Onnx__ValueInfoProto *vi, o
     kiln_ctx *ctx = m->ctx;
     const Onnx__TypeProto *tp = vi->type;
     io->info.name = vi->name;
+    io->info.ndim = -1; /* unknown rank */
+    io->info.shape = io->shape;
+    io->info.dim_names = io->dim_names;
+    /* an output or value_info may leave its type to shape inference */
+    if (strcmp(kind, "input") != 0 && (!tp || tp->value_case == ONNX__TYPE_PROTO__VALUE__NOT_SET)) return KILN_OK;
     if (!tp || tp->value_case != ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE || !tp->tensor_type)
         return kiln__fail(ctx, KILN_ERR_UNSUPPORTED,
                           "onnx %s: %s '%s' is not a tensor (sequences, maps, optionals and "
@@ -289,13 +296,12 @@ static kiln_status io_info(kiln_onnx_model *m, const Onnx__ValueInfoProto *vi, o
                           m->what, kind, vi->name);
     const Onnx__TypeProto__Tensor *tt = tp->tensor_type;
     io->type = tt->elem_type;
-    if (!kiln__onnx_type_ok(io->type))
+    if (!kiln__onnx_type_ok(io->type) && (io->type || !strcmp(kind, "input")))
         return kiln__fail(ctx, KILN_ERR_UNSUPPORTED,
                           "onnx %s: %s '%s' has dtype %s; kiln runs float, bool and integer "
                           "tensors",
                           m->what, kind, vi->name, kiln__onnx_type_name(io->type));
     io->info.dtype = io->type == OT_FLOAT ? KILN_F32 : KILN_I32;
-    io->info.ndim = -1; /* unknown rank */
     if (tt->shape) {
         if (tt->shape->n_dim > KILN_MAX_DIMS)
             return kiln__fail(ctx, KILN_ERR_UNSUPPORTED, "onnx %s: %s '%s' has %zu dims (kiln holds %d)", m->what, kind,
@@ -321,17 +327,45 @@ static kiln_status io_info(kiln_onnx_model *m, const Onnx__ValueInfoProto *vi, o
     return KILN_OK;
 }
 
-/* Whether folding n at load makes a result of at most 2^20 elements: ConstantOfShape and
- * Expand can ask for 2^31 from a few bytes, which a run may want (the caller's inputs
- * decide then) but loading must not allocate. */
+/* A scalar constant's value (host integer or device float), NaN when there is none. */
+static double const_scalar(const kiln_onnx_model *m, int id) {
+    const onnx_val *v = id >= 0 ? &m->consts[id] : NULL;
+    if (!v || !v->set || kiln__onnx_numel(v) != 1) return NAN;
+    return v->t ? (double)kiln_tensor_item(v->t) : (double)v->h[0];
+}
+
+/* Whether folding n at load makes a result of at most 2^20 elements: ConstantOfShape,
+ * Expand, Tile, Pad, Range and OneHot can ask for 2^31 from a few bytes, which a run may
+ * want (the caller's inputs decide then) but loading must not allocate; Resize is left to
+ * run time too. */
 static bool small_result(const kiln_onnx_model *m, const onnx_node *n) {
-    bool cos = strcmp(n->op->name, "ConstantOfShape") == 0, exp = strcmp(n->op->name, "Expand") == 0;
-    if (!cos && !exp) return true;
-    const onnx_val *shape = &m->consts[n->in[cos ? 0 : 1]];
-    if (shape->t || kiln__onnx_numel(shape) > KILN_MAX_DIMS) return false;
-    double total = exp ? (double)kiln__onnx_numel(&m->consts[n->in[0]]) : 1.0;
-    for (int64_t i = 0; i < kiln__onnx_numel(shape); i++) total *= shape->h[i] > 1 ? (double)shape->h[i] : 1.0;
-    return total <= (double)(1 << 20);
+    const char *op = n->op->name;
+    const double limit = (double)(1 << 20);
+    if (!strcmp(op, "Resize")) return false;
+    if (!strcmp(op, "Range")) {
+        double a = const_scalar(m, n->in[0]), b = const_scalar(m, n->in[1]), d = const_scalar(m, n->in[2]);
+        return isfinite(a) && isfinite(b) && isfinite(d) && d != 0 && ceil((b - a) / d) <= limit;
+    }
+    if (!strcmp(op, "OneHot")) {
+        double depth = const_scalar(m, n->in[1]);
+        return isfinite(depth) && fabs(depth) * (double)kiln__onnx_numel(&m->consts[n->in[0]]) <= limit;
+    }
+    bool cos = !strcmp(op, "ConstantOfShape"), exp = !strcmp(op, "Expand"), tile = !strcmp(op, "Tile"),
+         pad = !strcmp(op, "Pad");
+    if (!cos && !exp && !tile && !pad) return true;
+    const onnx_val *x = &m->consts[n->in[0]], *shape = &m->consts[n->in[cos ? 0 : 1]];
+    int64_t k = kiln__onnx_numel(shape);
+    if (shape->t || k > 2 * KILN_MAX_DIMS) return false;
+    if (pad) {
+        if (k != 2 * x->ndim) return true; /* the operator's own error */
+        double total = 1;
+        for (int d = 0; d < x->ndim; d++)
+            total *= fmax(1.0, (double)x->shape[d] + (double)shape->h[d] + (double)shape->h[x->ndim + d]);
+        return total <= limit;
+    }
+    double total = cos ? 1.0 : (double)kiln__onnx_numel(x);
+    for (int64_t i = 0; i < k; i++) total *= shape->h[i] > 1 ? (double)shape->h[i] : 1.0;
+    return total <= limit;
 }
 
 /* The ONNX elem type and rank of value id where the file fixes them (a graph input with a
@@ -342,6 +376,10 @@ static bool known(const kiln_onnx_model *m, int id, int *type, int *rank) {
         *type = m->consts[id].type, *rank = m->consts[id].ndim;
         return true;
     }
+    if (m->info && m->info[id].type) {
+        *type = m->info[id].type, *rank = m->info[id].ndim;
+        return true;
+    }
     for (int i = 0; i < m->nin; i++)
         if (m->inputs[i].id == id) {
             *type = m->inputs[i].type, *rank = m->inputs[i].info.ndim;
@@ -350,8 +388,8 @@ static bool known(const kiln_onnx_model *m, int id, int *type, int *rank) {
     return false;
 }
 
-/* Refuses at load what a node would refuse at run given the declared dtype and rank of its
- * first input: an integer input to an operator kiln runs on floats only, a 3-D (volumetric)
+/* Refuses at load what a node would refuse at run given the declared or inferred dtype and
+ * rank of its first input: an integer input to an operator kiln runs on floats only, a 3-D (volumetric)
  * convolution or pooling. */
 static kiln_status static_check(const kiln_onnx_model *m, const onnx_node *n) {
     static const char *float_only[] = {"Conv",
@@ -413,7 +451,7 @@ static kiln_status static_check(const kiln_onnx_model *m, const onnx_node *n) {
 
 /* ---- load ------------------------------------------------------------------------------- */
 
-/* ---- folding BatchNormalization into the Conv before it ------------------------------- */
+/* ---- folding BatchNormalization into the Conv, Gemm or MatMul(+Add) before it ------------ */
 
 /* Adds a value of the model (after the graph's own) named `name`, a string that outlives
  * the model (one of the proto's); returns its id, -1 when out of host memory. */
@@ -532,6 +570,119 @@ out:
     return s;
 }
 
+/* Whether bn reads a value of 2 dims ([batch, features]: its channels are the features)
+ * that only it reads, and its scale, B, mean and var are float constants of ch values. */
+static bool bn_foldable(const kiln_onnx_model *m, const onnx_node *bn, int64_t ch) {
+    int x = bn->in[0];
+    if (bn->nout != 1 || bn->nin != 5 || m->is_output[x] || readers(m, x) != 1 || !m->info || m->info[x].ndim != 2)
+        return false;
+    for (int k = 1; k < 5; k++)
+        if (!const_f32(m, bn->in[k]) || m->consts[bn->in[k]].ndim != 1 || m->consts[bn->in[k]].shape[0] != ch)
+            return false;
+    return true;
+}
+
+/* A bias of ch values: [ch] or [1, ch]. */
+static bool row_bias(const kiln_onnx_model *m, int id, int64_t ch) {
+    if (!const_f32(m, id)) return false;
+    const onnx_val *v = &m->consts[id];
+    return (v->ndim == 1 && v->shape[0] == ch) || (v->ndim == 2 && v->shape[0] == 1 && v->shape[1] == ch);
+}
+
+/* Folds bn into a dense layer: a Gemm (Y = alpha A B + beta C), a MatMul, or a MatMul whose
+ * output only an Add of a [N] bias reads (add). With a = scale / sqrt(var + epsilon) per
+ * output feature: B' = B a (per column of op(B)), C' = ((beta C - mean) a + B_bn) / beta.
+ * A MatMul becomes a Gemm (alpha = beta = 1) with C'; the Add and the BN no longer run.
+ * Returns KILN_OK also when the pattern does not fit. */
+static kiln_status fold_dense_bn(kiln_onnx_model *m, onnx_node *lin, onnx_node *add, onnx_node *bn) {
+    kiln_ctx *ctx = m->ctx;
+    bool gemm = strcmp(lin->op->name, "Gemm") == 0;
+    int wid = lin->in[1];
+    if (lin->nout != 1 || !const_f32(m, wid) || m->consts[wid].ndim != 2) return KILN_OK;
+    const onnx_val *w = &m->consts[wid];
+    bool tb = gemm && kiln__onnx_attr(lin, "transB") && kiln__onnx_attr(lin, "transB")->i;
+    int64_t ch = tb ? w->shape[0] : w->shape[1], k = tb ? w->shape[1] : w->shape[0];
+    double beta = 1.0;
+    int cid = -1;
+    if (gemm) {
+        const Onnx__AttributeProto *ba = kiln__onnx_attr(lin, "beta");
+        beta = ba ? (double)ba->f : 1.0;
+        cid = lin->nin > 2 ? lin->in[2] : -1;
+        if (beta == 0.0 || (cid >= 0 && !row_bias(m, cid, ch)) || lin->out[0] != bn->in[0]) return KILN_OK;
+    } else if (add) {
+        /* MatMul -> Add(bias) -> BN: the MatMul's output read by the Add alone */
+        int mm = lin->out[0], other = add->in[0] == mm ? add->in[1] : add->in[0];
+        if (add->nin != 2 || add->nout != 1 || add->out[0] != bn->in[0] || (add->in[0] != mm && add->in[1] != mm) ||
+            add->in[0] == add->in[1] || m->is_output[mm] || readers(m, mm) != 1 || !row_bias(m, other, ch) ||
+            !m->info || m->info[mm].ndim != 2)
+            return KILN_OK;
+        cid = other;
+    } else if (lin->out[0] != bn->in[0]) {
+        return KILN_OK;
+    }
+    if (!bn_foldable(m, bn, ch)) return KILN_OK;
+    const Onnx__AttributeProto *ea = kiln__onnx_attr(bn, "epsilon");
+    double eps = ea ? (double)ea->f : 1e-5;
+    float *hw = const_host(m, wid), *hc = cid >= 0 ? const_host(m, cid) : NULL, *p[4] = {0};
+    bool ok = hw && (cid < 0 || hc);
+    for (int j = 0; j < 4; j++) ok = (p[j] = ok ? const_host(m, bn->in[j + 1]) : NULL) != NULL;
+    float *nc = ok ? malloc((size_t)ch * sizeof *nc) : NULL;
+    kiln_status s = KILN_OK;
+    if (!nc) {
+        s = kiln_error_status(ctx)
+                ? kiln_error_status(ctx)
+                : kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+        goto out;
+    }
+    for (int64_t c = 0; c < ch; c++) {
+        /* p: scale, bias, mean, var */
+        double a = (double)p[0][c] / sqrt((double)p[3][c] + eps);
+        for (int64_t j = 0; j < k; j++) {
+            float *e = tb ? &hw[c * k + j] : &hw[j * ch + c];
+            *e = (float)((double)*e * a);
+        }
+        double cc = hc ? beta * (double)hc[c] : 0.0;
+        nc[c] = (float)(((cc - (double)p[2][c]) * a + (double)p[1][c]) / beta);
+    }
+    int nw = add_value(m, m->names[wid]), ncid = nw < 0 ? -1 : add_value(m, m->names[bn->in[2]]);
+    if (ncid < 0) {
+        s = kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+        goto out;
+    }
+    onnx_val *vw = &m->consts[nw], *vc = &m->consts[ncid];
+    *vw = m->consts[wid];
+    vw->set = false;
+    vw->t = kiln_from_host(ctx, hw, KILN_F32, vw->ndim, vw->shape);
+    vc->type = OT_FLOAT, vc->ndim = 1, vc->shape[0] = ch;
+    vc->t = kiln_from_host(ctx, nc, KILN_F32, 1, &ch);
+    if (!vw->t || !vc->t) {
+        kiln_tensor_free(vw->t), kiln_tensor_free(vc->t);
+        vw->t = vc->t = NULL;
+        s = kiln_error_status(ctx);
+        goto out;
+    }
+    kiln_tensor_keep(vw->t), kiln_tensor_keep(vc->t);
+    vw->set = vc->set = true;
+    if (!gemm) lin->op = kiln__onnx_find_op("Gemm");  /* the MatMul node has no attributes: Gemm's defaults */
+    lin->in[1] = nw, lin->in[2] = ncid, lin->nin = 3; /* in[] has room for 3 (nin + 1) */
+    lin->out[0] = bn->out[0];
+    bn->fused = true;
+    if (add) add->fused = true;
+    /* the unfolded weights and bias stay only when something else reads them */
+    int old[2] = {wid, cid};
+    for (int j = 0; j < 2; j++) {
+        bool used = old[j] < 0 || m->is_output[old[j]];
+        for (int i = 0; i < m->nnodes && !used; i++)
+            if (!m->nodes[i].fused)
+                for (int q = 0; q < m->nodes[i].nin; q++) used = used || m->nodes[i].in[q] == old[j];
+        if (!used) kiln__onnx_val_clear(&m->consts[old[j]]);
+    }
+out:
+    free(hw), free(hc), free(nc);
+    for (int j = 0; j < 4; j++) free(p[j]);
+    return s;
+}
+
 /* KILN_ONNX_NO_FOLD=1 keeps every BatchNormalization a node of its own (to compare). */
 static kiln_status fold_batch_norms(kiln_onnx_model *m) {
     const char *e = getenv("KILN_ONNX_NO_FOLD");
@@ -548,9 +699,22 @@ static kiln_status fold_batch_norms(kiln_onnx_model *m) {
         onnx_node *bn = &m->nodes[i];
         if (bn->folded || strcmp(bn->op->name, "BatchNormalization") != 0 || bn->in[0] < 0 || bn->in[0] >= nv) continue;
         int c = producer[bn->in[0]];
-        if (c < 0 || m->nodes[c].folded || m->nodes[c].fused || strcmp(m->nodes[c].op->name, "Conv") != 0) continue;
+        if (c < 0 || m->nodes[c].folded || m->nodes[c].fused) continue;
+        onnx_node *pn = &m->nodes[c], *add = NULL;
+        const char *op = pn->op->name;
+        if (!strcmp(op, "Add")) {
+            /* MatMul -> Add -> BN: the MatMul producing either input */
+            for (int k = 0; k < 2 && !add && pn->nin == 2; k++) {
+                int q = pn->in[k] >= 0 && pn->in[k] < nv ? producer[pn->in[k]] : -1;
+                if (q >= 0 && !m->nodes[q].folded && !m->nodes[q].fused && !strcmp(m->nodes[q].op->name, "MatMul"))
+                    add = pn, pn = &m->nodes[q];
+            }
+            if (!add) continue;
+        } else if (strcmp(op, "Conv") != 0 && strcmp(op, "Gemm") != 0 && strcmp(op, "MatMul") != 0) {
+            continue;
+        }
         kiln_scope_begin(m->ctx);
-        s = fold_bn(m, &m->nodes[c], bn);
+        s = !strcmp(pn->op->name, "Conv") ? fold_bn(m, pn, bn) : fold_dense_bn(m, pn, add, bn);
         kiln_scope_end(m->ctx);
     }
     free(producer);
@@ -562,6 +726,32 @@ static kiln_status fail_node(kiln_onnx_model *m, const onnx_node *n, kiln_status
     snprintf(msg, sizeof msg, fmt, arg);
     return kiln__fail(m->ctx, s, "onnx %s: %s node '%s' (opset %d): %s", m->what, n->p->op_type, n->name, m->rt.opset,
                       msg);
+}
+
+/* The types and shapes the file declares for graph outputs and value_info entries (m->decl),
+ * for shape inference to check against. */
+static kiln_status declared(kiln_onnx_model *m, const Onnx__GraphProto *g, const names *tab) {
+    m->decl = calloc((size_t)m->nout + g->n_value_info + 1, sizeof *m->decl);
+    if (!m->decl) return kiln__fail(m->ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+    for (size_t i = 0; i < (size_t)m->nout + g->n_value_info; i++) {
+        onnx_io tmp = {0}, *io = i < (size_t)m->nout ? &m->outputs[i] : &tmp;
+        if (i >= (size_t)m->nout) {
+            const Onnx__ValueInfoProto *vi = g->value_info[i - (size_t)m->nout];
+            io->id = vi->name ? names_find(tab, vi->name) : -1;
+            if (io->id < 0) continue; /* a name no node makes: nothing to check */
+            kiln_status s = io_info(m, vi, io, "value_info");
+            if (s) return s;
+        }
+        onnx_decl *d = &m->decl[m->ndecl++];
+        d->id = io->id;
+        d->f.type = io->type;
+        d->f.ndim = io->info.ndim;
+        d->f.ndata = -1;
+        for (int k = 0; k < io->info.ndim; k++)
+            d->f.d[k] =
+                io->shape[k] >= 0 ? (onnx_dim){io->shape[k], NULL, true} : (onnx_dim){0, io->dim_names[k], false};
+    }
+    return KILN_OK;
 }
 
 static kiln_status build(kiln_onnx_model *m) {
@@ -869,6 +1059,10 @@ static kiln_status build(kiln_onnx_model *m) {
         if (s) goto done;
         n->folded = true;
     }
+    /* types and shapes of every value, checked against what the file declares */
+    if ((s = declared(m, g, &tab)) != KILN_OK || (s = kiln__onnx_infer(m)) != KILN_OK) goto done;
+    for (int i = 0; i < m->nnodes; i++)
+        if (!m->nodes[i].folded && (s = static_check(m, &m->nodes[i])) != KILN_OK) goto done;
     if ((s = fold_batch_norms(m)) != KILN_OK) goto done;
     /* last consumers */
     for (int v = 0; v < m->nvals; v++) m->last_use[v] = -1;

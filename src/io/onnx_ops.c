@@ -430,7 +430,10 @@ typedef enum hop {
     H_XOR,
     H_MAX,
     H_MIN,
-    H_MOD
+    H_MOD,
+    H_FMOD,
+    H_SHL,
+    H_SHR
 } hop;
 
 static kiln_status h_binary(onnx_rt *r, const onnx_node *n, hop op, const onnx_val *a, const onnx_val *b, int out_type,
@@ -458,7 +461,10 @@ static kiln_status h_binary(onnx_rt *r, const onnx_node *n, hop op, const onnx_v
         case H_ADD: v = (int64_t)((uint64_t)p + (uint64_t)q); break;
         case H_SUB: v = (int64_t)((uint64_t)p - (uint64_t)q); break;
         case H_MUL: v = (int64_t)((uint64_t)p * (uint64_t)q); break;
+        case H_SHL: v = q < 0 || q >= 64 ? 0 : (int64_t)((uint64_t)p << q); break;
+        case H_SHR: v = q < 0 || q >= 64 ? 0 : (int64_t)((uint64_t)wrap_int(out_type, p) >> q); break;
         case H_DIV:
+        case H_FMOD:
         case H_MOD:
             if (q == 0) {
                 free(x), free(y), free(o);
@@ -468,6 +474,8 @@ static kiln_status h_binary(onnx_rt *r, const onnx_node *n, hop op, const onnx_v
                 v = op == H_DIV ? INT64_MIN : 0;
             else if (op == H_DIV)
                 v = p / q;
+            else if (op == H_FMOD)
+                v = p % q; /* fmod=1: the sign of the dividend, as C */
             else {
                 v = p % q; /* Mod with fmod=0: the sign of the divisor, as Python */
                 if (v != 0 && ((v < 0) != (q < 0))) v += q;
@@ -1189,7 +1197,7 @@ static kiln_status axes_of(onnx_rt *r, const onnx_node *n, onnx_val *const *in, 
     const int64_t *v;
     int c = attr_ints(n, "axes", &v);
     if (c > KILN_MAX_DIMS) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "%d axes", c);
-    if (c >= 0) memcpy(axes, v, sizeof(int64_t) * (size_t)c);
+    if (c > 0) memcpy(axes, v, sizeof(int64_t) * (size_t)c); /* an empty list has no array */
     *count = c;
     return KILN_OK;
 }
@@ -1388,7 +1396,7 @@ RUN(run_split) {
         }
     } else if ((c = attr_ints(n, "split", &v)) >= 0) {
         if (c > 256) return nfail(r, n, KILN_ERR_UNSUPPORTED, "%d parts", c);
-        memcpy(sizes, v, sizeof(int64_t) * (size_t)c);
+        if (c > 0) memcpy(sizes, v, sizeof(int64_t) * (size_t)c);
     }
     int64_t dim = in[0]->shape[axis];
     if (c < 0) {
@@ -2065,85 +2073,197 @@ RUN(run_trilu) {
     return set_dev(r, n, out[0], kiln_where(CTX, m, in[0]->t, kiln_full(CTX, 0.0f, 0, NULL)));
 }
 
-/* Resize on 4-D input, the cases that are torch's interpolate (kiln_upsample): nearest with an
- * integer factor (half_pixel or pytorch_half_pixel with any rounding, or asymmetric with floor,
- * all equal to floor(x / factor)); linear as bilinear with align_corners, half_pixel or
- * pytorch_half_pixel, at output sizes that are exactly in * scale. */
+/* Resize: on the device (kiln_upsample) where torch's interpolate does what ONNX asks: 4-D
+ * NCHW, nearest with integer factors (half_pixel with rounding or asymmetric with floor: all
+ * equal to floor(x / factor)), linear as bilinear with align_corners, half_pixel or
+ * pytorch_half_pixel, at output sizes that are exactly in * scale. Everything else (cubic,
+ * other ranks and coordinate modes, fractional scales, tf_crop_and_resize) runs on the host
+ * in double, as ONNX's reference implementation. */
+static double *host_vals(onnx_rt *r, const onnx_node *n, const onnx_val *v);
+static kiln_status set_vals(onnx_rt *r, const onnx_node *n, onnx_val *out, int type, int ndim, const int64_t *shape,
+                            double *d);
+
+static bool resize_attrs_known(const char *mode, const char *ctm, const char *nm) {
+    static const char *const ctms[] = {"half_pixel", "pytorch_half_pixel",   "align_corners",
+                                       "asymmetric", "tf_half_pixel_for_nn", "tf_crop_and_resize",
+                                       NULL};
+    bool c = false;
+    for (int i = 0; ctms[i]; i++) c = c || !strcmp(ctm, ctms[i]);
+    return c && (!strcmp(mode, "nearest") || !strcmp(mode, "linear") || !strcmp(mode, "cubic")) &&
+           (!strcmp(nm, "round_prefer_floor") || !strcmp(nm, "round_prefer_ceil") || !strcmp(nm, "floor") ||
+            !strcmp(nm, "ceil"));
+}
+
 static kiln_status check_resize(onnx_rt *r, const onnx_node *n) {
-    char b1[32], b2[32];
+    char b1[32], b2[32], b3[32];
     const char *mode = attr_s(n, "mode", "nearest", b1, sizeof b1);
     const char *ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel", b2, sizeof b2);
-    if (strcmp(mode, "nearest") && strcmp(mode, "linear"))
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute mode '%s' (nearest and linear run)", mode);
-    if (strcmp(ctm, "half_pixel") && strcmp(ctm, "pytorch_half_pixel") && strcmp(ctm, "align_corners") &&
-        strcmp(ctm, "asymmetric"))
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "attribute coordinate_transformation_mode '%s'", ctm);
-    if (!strcmp(mode, "linear") && !strcmp(ctm, "asymmetric"))
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "linear mode with coordinate_transformation_mode 'asymmetric'");
-    if (!strcmp(mode, "nearest") && !strcmp(ctm, "align_corners"))
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "nearest mode with coordinate_transformation_mode 'align_corners'");
+    const char *nm = attr_s(n, "nearest_mode", "round_prefer_floor", b3, sizeof b3);
+    if (!resize_attrs_known(mode, ctm, nm))
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT,
+                     "mode '%s', coordinate_transformation_mode '%s', nearest_mode '%s': one is not ONNX's", mode, ctm,
+                     nm);
     return KILN_OK;
+}
+
+/* The host Resize: axis by axis (the last first), each output coordinate mapped back as
+ * coordinate_transformation_mode says and interpolated from its 2 (nearest, linear) or 4
+ * (cubic) neighbours, the input extended by its edge values (exclude_outside: outside
+ * neighbours weigh 0, the others renormalised); tf_crop_and_resize gives
+ * extrapolation_value outside the input. */
+static kiln_status resize_host(onnx_rt *r, const onnx_node *n, const onnx_val *x, const int64_t *outsz,
+                               const double *scale, const float *roi, onnx_val *out) {
+    char b1[32], b2[32], b3[32];
+    const char *mode = attr_s(n, "mode", "nearest", b1, sizeof b1);
+    const char *ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel", b2, sizeof b2);
+    const char *nm = attr_s(n, "nearest_mode", "round_prefer_floor", b3, sizeof b3);
+    double A = attr_f(n, "cubic_coeff_a", -0.75f), extrap = attr_f(n, "extrapolation_value", 0.0f);
+    bool excl = attr_i(n, "exclude_outside", 0) != 0, cubic = !strcmp(mode, "cubic"), lin = !strcmp(mode, "linear");
+    bool crop = !strcmp(ctm, "tf_crop_and_resize");
+    int nd = x->ndim, taps = cubic ? 4 : 2;
+    int64_t cur[KILN_MAX_DIMS];
+    memcpy(cur, x->shape, sizeof(int64_t) * (size_t)nd);
+    double total = 1;
+    for (int d = 0; d < nd; d++) total *= (double)(outsz[d] > x->shape[d] ? outsz[d] : x->shape[d]);
+    if (total > (double)ONNX_MAX_DIM) return nfail(r, n, KILN_ERR_SHAPE, "a result of %.0f elements", total);
+    double *v = host_vals(r, n, x);
+    if (!v) return kiln_error_status(CTX);
+    for (int d = nd - 1; d >= 0; d--) {
+        int64_t in = cur[d], on = outsz[d];
+        bool same_ctm = strcmp(ctm, "tf_half_pixel_for_nn") != 0 && !crop;
+        if (on == in && scale[d] == 1.0 && same_ctm) continue;
+        int64_t outer = shape_numel(d, cur), inner = shape_numel(nd - d - 1, cur + d + 1);
+        double *o = malloc((size_t)(outer * on * inner > 0 ? outer * on * inner : 1) * sizeof *o);
+        if (!o) return free(v), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        double ow = scale[d] * (double)in; /* the reference's (fractional) output width */
+        for (int64_t j = 0; j < on; j++) {
+            double xo, xj = (double)j;
+            bool outside = false;
+            if (!strcmp(ctm, "align_corners"))
+                xo = ow == 1 ? 0 : xj * (double)(in - 1) / (ow - 1);
+            else if (!strcmp(ctm, "asymmetric"))
+                xo = xj / scale[d];
+            else if (crop) {
+                double s0 = roi[d], s1 = roi[nd + d];
+                xo = (ow == 1 ? (s1 - s0) * (double)(in - 1) / 2 : xj * (s1 - s0) * (double)(in - 1) / (ow - 1)) +
+                     s0 * (double)(in - 1);
+                outside = xo < 0 || xo > (double)(in - 1);
+            } else if (!strcmp(ctm, "pytorch_half_pixel"))
+                xo = ow == 1 ? -0.5 : (xj + 0.5) / scale[d] - 0.5;
+            else if (!strcmp(ctm, "tf_half_pixel_for_nn"))
+                xo = (xj + 0.5) / scale[d];
+            else
+                xo = (xj + 0.5) / scale[d] - 0.5;
+            /* neighbours: the taps nearest xo (ties to the lower), ratio in (0, 1] */
+            double fl = floor(xo), ratio = xo == fl ? 1.0 : xo - fl;
+            int64_t first = (int64_t)(xo == fl ? xo - 1 : fl) - (taps / 2 - 1);
+            double c[4];
+            if (cubic) {
+                double t = ratio, u = 1 - ratio;
+                c[0] = ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A;
+                c[1] = ((A + 2) * t - (A + 3)) * t * t + 1;
+                c[2] = ((A + 2) * u - (A + 3)) * u * u + 1;
+                c[3] = ((A * (u + 1) - 5 * A) * (u + 1) + 8 * A) * (u + 1) - 4 * A;
+            } else if (lin) {
+                c[0] = 1 - ratio, c[1] = ratio;
+            } else {
+                bool up = ratio == 1.0                        ? true
+                          : !strcmp(nm, "round_prefer_floor") ? ratio > 0.5
+                          : !strcmp(nm, "round_prefer_ceil")  ? ratio >= 0.5
+                          : !strcmp(nm, "floor")              ? false
+                                                              : true;
+                c[0] = !up, c[1] = up;
+            }
+            if (excl) {
+                double sum = 0;
+                for (int k = 0; k < taps; k++) {
+                    if (first + k < 0 || first + k >= in) c[k] = 0;
+                    sum += c[k];
+                }
+                for (int k = 0; k < taps && sum != 0; k++) c[k] /= sum;
+            }
+            for (int64_t p = 0; p < outer; p++)
+                for (int64_t i = 0; i < inner; i++) {
+                    double acc = 0;
+                    if (outside) {
+                        acc = extrap;
+                    } else {
+                        for (int k = 0; k < taps; k++) {
+                            int64_t q = first + k < 0 ? 0 : first + k >= in ? in - 1 : first + k;
+                            acc += c[k] * v[(p * in + q) * inner + i];
+                        }
+                    }
+                    o[(p * on + j) * inner + i] = acc;
+                }
+        }
+        free(v);
+        v = o;
+        cur[d] = on;
+    }
+    return set_vals(r, n, out, OT_FLOAT, nd, outsz, v);
 }
 
 RUN(run_resize) {
     kiln_status s = need_float(r, n, in[0], "X");
     if (s) return s;
-    if (in[0]->ndim != 4)
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "input of %d dims (kiln resizes 4-D NCHW)", in[0]->ndim);
     char b1[32], b2[32], b3[32];
     const char *mode = attr_s(n, "mode", "nearest", b1, sizeof b1);
     const char *ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel", b2, sizeof b2);
     const char *nm = attr_s(n, "nearest_mode", "round_prefer_floor", b3, sizeof b3);
-    const int64_t *sh = in[0]->shape;
-    int64_t outsz[4];
+    const onnx_val *x = in[0];
+    int nd = x->ndim;
+    const int64_t *sh = x->shape;
+    int64_t outsz[KILN_MAX_DIMS];
+    double scale[KILN_MAX_DIMS];
+    float sf[KILN_MAX_DIMS], roi[2 * KILN_MAX_DIMS] = {0};
     bool from_scales = false;
-    float scales[4] = {1, 1, 1, 1};
     if (n->nin > 3 && in[3] && kiln__onnx_numel(in[3]) > 0) {
         int c;
-        s = small_ints(r, n, in[3], "sizes", outsz, 4, &c);
+        s = small_ints(r, n, in[3], "sizes", outsz, KILN_MAX_DIMS, &c);
         if (s) return s;
-        if (c != 4) return nfail(r, n, KILN_ERR_SHAPE, "sizes has %d values for 4 dims", c);
-    } else if (n->nin > 2 && in[2] && kiln__onnx_numel(in[2]) == 4 && is_float(in[2])) {
-        if (kiln_to_host(in[2]->t, scales, sizeof scales) != KILN_OK) return kfail(r, n);
-        for (int d = 0; d < 4; d++) {
-            double o = floor((double)sh[d] * scales[d]);
-            if (!(scales[d] > 0) || o > (double)ONNX_MAX_DIM)
-                return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "scale %g", scales[d]);
-            outsz[d] = (int64_t)o;
+        if (c != nd) return nfail(r, n, KILN_ERR_SHAPE, "sizes has %d values for %d dims", c, nd);
+        for (int d = 0; d < nd; d++) {
+            if (outsz[d] < 1 || outsz[d] > ONNX_MAX_DIM)
+                return nfail(r, n, KILN_ERR_SHAPE, "output size %lld", (long long)outsz[d]);
+            scale[d] = (double)outsz[d] / (double)sh[d];
+        }
+    } else if (n->nin > 2 && in[2] && kiln__onnx_numel(in[2]) == nd && is_float(in[2])) {
+        if (kiln_to_host(in[2]->t, sf, sizeof(float) * (size_t)nd) != KILN_OK) return kfail(r, n);
+        for (int d = 0; d < nd; d++) {
+            double o = floor((double)sh[d] * sf[d]);
+            if (!(sf[d] > 0) || o < 1 || o > (double)ONNX_MAX_DIM)
+                return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "scale %g of a dim of %lld", sf[d], (long long)sh[d]);
+            outsz[d] = (int64_t)o, scale[d] = sf[d];
         }
         from_scales = true;
     } else {
-        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "neither 4 scales nor 4 sizes given");
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "neither %d scales nor %d sizes given", nd, nd);
     }
-    if (outsz[0] != sh[0] || outsz[1] != sh[1])
-        return nfail(r, n, KILN_ERR_UNSUPPORTED, "resizing the batch or channel dim");
-    for (int d = 2; d < 4; d++) {
-        if (outsz[d] < 1 || outsz[d] > INT32_MAX)
-            return nfail(r, n, KILN_ERR_SHAPE, "output size %lld", (long long)outsz[d]);
-        if (from_scales && (double)sh[d] * scales[d] != (double)outsz[d])
-            return nfail(r, n, KILN_ERR_UNSUPPORTED, "scale %g of a dim of %lld is not a whole output size", scales[d],
-                         (long long)sh[d]);
+    if (!strcmp(ctm, "tf_crop_and_resize")) {
+        if (n->nin < 2 || !in[1] || !is_float(in[1]) || kiln__onnx_numel(in[1]) != 2 * nd)
+            return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "tf_crop_and_resize needs roi of %d values", 2 * nd);
+        if (kiln_to_host(in[1]->t, roi, sizeof(float) * (size_t)(2 * nd)) != KILN_OK) return kfail(r, n);
     }
+    /* the device when kiln_upsample computes exactly this, else the host */
+    bool dev = nd == 4 && outsz[0] == sh[0] && outsz[1] == sh[1] && strcmp(mode, "cubic") != 0 &&
+               (!strcmp(ctm, "half_pixel") || !strcmp(ctm, "pytorch_half_pixel") || !strcmp(ctm, "align_corners") ||
+                !strcmp(ctm, "asymmetric"));
     bool nearest = !strcmp(mode, "nearest");
-    if (nearest) {
-        /* with an integer factor f, half_pixel maps x to x/f + a fraction under 1/2 either way
-         * (rounding gives floor(x/f)); asymmetric maps it to x/f (floor gives it) */
+    for (int d = 2; dev && d < 4; d++) {
+        if (outsz[d] > INT32_MAX || (from_scales && (double)sh[d] * sf[d] != (double)outsz[d])) dev = false;
         bool half = !strcmp(ctm, "half_pixel") || !strcmp(ctm, "pytorch_half_pixel");
         bool rounds = !strcmp(nm, "round_prefer_floor") || !strcmp(nm, "round_prefer_ceil");
-        for (int d = 2; d < 4; d++)
-            if (outsz[d] % sh[d] || !(half ? rounds : !strcmp(nm, "floor")))
-                return nfail(r, n, KILN_ERR_UNSUPPORTED,
-                             "nearest from %lld to %lld with %s/%s (kiln: integer factors, "
-                             "half_pixel with rounding or asymmetric with floor)",
-                             (long long)sh[d], (long long)outsz[d], ctm, nm);
-    } else if (!strcmp(ctm, "pytorch_half_pixel")) {
-        for (int d = 2; d < 4; d++)
-            if (outsz[d] == 1 && sh[d] > 1)
-                return nfail(r, n, KILN_ERR_UNSUPPORTED, "pytorch_half_pixel to an output size of 1");
+        /* with an integer factor f, half_pixel maps x to x/f + a fraction under 1/2 either way
+         * (rounding gives floor(x/f)); asymmetric maps it to x/f (floor gives it) */
+        if (nearest && (outsz[d] % sh[d] || !(half ? rounds : !strcmp(nm, "floor")) || !strcmp(ctm, "align_corners")))
+            dev = false;
+        if (!nearest && (!strcmp(ctm, "asymmetric") || (!strcmp(ctm, "pytorch_half_pixel") && outsz[d] == 1)))
+            dev = false;
     }
+    if (!dev) return resize_host(r, n, x, outsz, scale, roi, out[0]);
     kiln_tensor *y =
-        kiln_upsample(CTX, in[0]->t, (int)outsz[2], (int)outsz[3],
-                      nearest ? KILN_UPSAMPLE_NEAREST : KILN_UPSAMPLE_BILINEAR, !strcmp(ctm, "align_corners"));
+        kiln_upsample(CTX, x->t, (int)outsz[2], (int)outsz[3], nearest ? KILN_UPSAMPLE_NEAREST : KILN_UPSAMPLE_BILINEAR,
+                      !strcmp(ctm, "align_corners"));
     return set_dev(r, n, out[0], y);
 }
 
@@ -2316,6 +2436,879 @@ RUN(run_rnn) { return rnn_common(r, n, in, out, rnn_relu(n) ? KILN_RNN_RNN_RELU 
 
 /* ---- the table -------------------------------------------------------------------------- */
 
+/* ---- host fallbacks and compositions: math kiln has no kernel for -------------------------- */
+
+/* A float value's elements on the host (malloc'ed); NULL with the error set. */
+static float *host_floats(onnx_rt *r, const onnx_node *n, const onnx_val *v) {
+    int64_t cnt = kiln__onnx_numel(v);
+    float *f = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *f);
+    if (!f) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory"), NULL;
+    if (cnt && kiln_to_host(v->t, f, (size_t)cnt * sizeof *f) != KILN_OK) {
+        free(f);
+        kfail(r, n);
+        return NULL;
+    }
+    return f;
+}
+
+/* Host floats (taken) onto the device as out. */
+static kiln_status set_floats(onnx_rt *r, const onnx_node *n, onnx_val *out, int ndim, const int64_t *shape, float *f) {
+    kiln_tensor *t = kiln_from_host(CTX, f, KILN_F32, ndim, shape);
+    free(f);
+    return set_dev(r, n, out, t);
+}
+
+typedef enum hmath {
+    M_FLOOR,
+    M_CEIL,
+    M_ROUND,
+    M_SIGN,
+    M_SIN,
+    M_COS,
+    M_TAN,
+    M_ASIN,
+    M_ACOS,
+    M_ATAN,
+    M_SINH,
+    M_COSH,
+    M_ASINH,
+    M_ACOSH,
+    M_ATANH
+} hmath;
+
+/* Elementwise math that kiln has no kernel for, on the host: the values go to the host and
+ * back (a round trip per node). Sign also takes integers. */
+static kiln_status host_math(onnx_rt *r, const onnx_node *n, const onnx_val *a, onnx_val *out, hmath op) {
+    int64_t cnt = kiln__onnx_numel(a);
+    if (!is_float(a)) {
+        if (op != M_SIGN)
+            return nfail(r, n, KILN_ERR_UNSUPPORTED, "input has dtype %s; kiln runs %s on float tensors",
+                         kiln__onnx_type_name(a->type), n->p->op_type);
+        int64_t *h = host_ints(r, n, a);
+        if (!h) return kiln_error_status(CTX);
+        for (int64_t i = 0; i < cnt; i++) h[i] = (h[i] > 0) - (h[i] < 0);
+        return set_host(r, n, out, a->type, a->ndim, a->shape, h);
+    }
+    float *f = host_floats(r, n, a);
+    if (!f) return kiln_error_status(CTX);
+    for (int64_t i = 0; i < cnt; i++) {
+        float x = f[i];
+        switch (op) {
+        case M_FLOOR: x = floorf(x); break;
+        case M_CEIL: x = ceilf(x); break;
+        case M_ROUND: x = nearbyintf(x); break; /* halves to even, as ONNX */
+        case M_SIGN: x = isnan(x) ? x : (float)((x > 0) - (x < 0)); break;
+        case M_SIN: x = sinf(x); break;
+        case M_COS: x = cosf(x); break;
+        case M_TAN: x = tanf(x); break;
+        case M_ASIN: x = asinf(x); break;
+        case M_ACOS: x = acosf(x); break;
+        case M_ATAN: x = atanf(x); break;
+        case M_SINH: x = sinhf(x); break;
+        case M_COSH: x = coshf(x); break;
+        case M_ASINH: x = asinhf(x); break;
+        case M_ACOSH: x = acoshf(x); break;
+        case M_ATANH: x = atanhf(x); break;
+        }
+        f[i] = x;
+    }
+    return set_floats(r, n, out, a->ndim, a->shape, f);
+}
+
+RUN(run_floor) { return host_math(r, n, in[0], out[0], M_FLOOR); }
+RUN(run_ceil) { return host_math(r, n, in[0], out[0], M_CEIL); }
+RUN(run_round) { return host_math(r, n, in[0], out[0], M_ROUND); }
+RUN(run_sign) { return host_math(r, n, in[0], out[0], M_SIGN); }
+RUN(run_sin) { return host_math(r, n, in[0], out[0], M_SIN); }
+RUN(run_cos) { return host_math(r, n, in[0], out[0], M_COS); }
+RUN(run_tan) { return host_math(r, n, in[0], out[0], M_TAN); }
+RUN(run_asin) { return host_math(r, n, in[0], out[0], M_ASIN); }
+RUN(run_acos) { return host_math(r, n, in[0], out[0], M_ACOS); }
+RUN(run_atan) { return host_math(r, n, in[0], out[0], M_ATAN); }
+RUN(run_sinh) { return host_math(r, n, in[0], out[0], M_SINH); }
+RUN(run_cosh) { return host_math(r, n, in[0], out[0], M_COSH); }
+RUN(run_asinh) { return host_math(r, n, in[0], out[0], M_ASINH); }
+RUN(run_acosh) { return host_math(r, n, in[0], out[0], M_ACOSH); }
+RUN(run_atanh) { return host_math(r, n, in[0], out[0], M_ATANH); }
+
+RUN(run_is_inf) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    bool neg = attr_i(n, "detect_negative", 1) != 0, pos = attr_i(n, "detect_positive", 1) != 0;
+    int64_t cnt = kiln__onnx_numel(in[0]);
+    float *f = host_floats(r, n, in[0]);
+    int64_t *h = f ? alloc_i(cnt) : NULL;
+    if (!h)
+        return free(f), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < cnt; i++) h[i] = isinf(f[i]) && ((f[i] > 0 && pos) || (f[i] < 0 && neg));
+    free(f);
+    return set_host(r, n, out[0], OT_BOOL, in[0]->ndim, in[0]->shape, h);
+}
+
+/* The activations that are compositions of kiln's ops. */
+RUN(run_selu) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    float alpha = attr_f(n, "alpha", 1.67326319217681884765625f),
+          gamma = attr_f(n, "gamma", 1.05070102214813232421875f);
+    return set_dev(r, n, out[0], kiln_mul_scalar(CTX, kiln_elu(CTX, in[0]->t, alpha), gamma));
+}
+
+RUN(run_softsign) {
+    kiln_status s = need_float(r, n, in[0], "input");
+    if (s) return s;
+    kiln_tensor *x = in[0]->t;
+    return set_dev(r, n, out[0], kiln_div(CTX, x, kiln_add_scalar(CTX, kiln_abs(CTX, x), 1.0f)));
+}
+
+RUN(run_thresholded_relu) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    kiln_tensor *x = in[0]->t, *zero = kiln_full(CTX, 0.0f, 0, NULL);
+    return set_dev(r, n, out[0],
+                   kiln_where(CTX, kiln_gt(CTX, x, kiln_full(CTX, attr_f(n, "alpha", 1.0f), 0, NULL)), x, zero));
+}
+
+RUN(run_shrink) {
+    kiln_status s = need_float(r, n, in[0], "input");
+    if (s) return s;
+    float lambd = attr_f(n, "lambd", 0.5f), bias = attr_f(n, "bias", 0.0f);
+    kiln_tensor *x = in[0]->t, *zero = kiln_full(CTX, 0.0f, 0, NULL);
+    kiln_tensor *lo =
+        kiln_where(CTX, kiln_lt(CTX, x, kiln_full(CTX, -lambd, 0, NULL)), kiln_add_scalar(CTX, x, bias), zero);
+    return set_dev(
+        r, n, out[0],
+        kiln_where(CTX, kiln_gt(CTX, x, kiln_full(CTX, lambd, 0, NULL)), kiln_add_scalar(CTX, x, -bias), lo));
+}
+
+/* Celu: max(0, x) + min(0, alpha (exp(x / alpha) - 1)). */
+RUN(run_celu) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    float alpha = attr_f(n, "alpha", 1.0f);
+    kiln_tensor *x = in[0]->t;
+    kiln_tensor *e =
+        kiln_mul_scalar(CTX, kiln_add_scalar(CTX, kiln_exp(CTX, kiln_mul_scalar(CTX, x, 1.0f / alpha)), -1.0f), alpha);
+    return set_dev(r, n, out[0], kiln_add(CTX, kiln_relu(CTX, x), kiln_minimum_scalar(CTX, e, 0.0f)));
+}
+
+/* HardSwish: x max(0, min(1, x / 6 + 1 / 2)). */
+RUN(run_hard_swish) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    kiln_tensor *x = in[0]->t;
+    kiln_tensor *h = kiln_minimum_scalar(
+        CTX, kiln_maximum_scalar(CTX, kiln_add_scalar(CTX, kiln_mul_scalar(CTX, x, 1.0f / 6.0f), 0.5f), 0.0f), 1.0f);
+    return set_dev(r, n, out[0], kiln_mul(CTX, x, h));
+}
+
+RUN(run_is_nan) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    int64_t cnt = kiln__onnx_numel(in[0]);
+    float *f = host_floats(r, n, in[0]);
+    int64_t *h = f ? alloc_i(cnt) : NULL;
+    if (!h)
+        return free(f), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < cnt; i++) h[i] = isnan(f[i]) != 0;
+    free(f);
+    return set_host(r, n, out[0], OT_BOOL, in[0]->ndim, in[0]->shape, h);
+}
+
+/* PRelu: x where x >= 0, slope x elsewhere (slope broadcast to x). */
+RUN(run_prelu) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (!s) s = need_float(r, n, in[1], "slope");
+    if (s) return s;
+    kiln_tensor *x = in[0]->t;
+    kiln_tensor *y = kiln_add(CTX, kiln_relu(CTX, x), kiln_mul(CTX, in[1]->t, kiln_minimum_scalar(CTX, x, 0.0f)));
+    if (y && kiln_tensor_ndim(y) != in[0]->ndim) {
+        char sa[160], sb[160];
+        return nfail(r, n, KILN_ERR_SHAPE, "slope %s does not broadcast to X %s",
+                     shp(in[1]->ndim, in[1]->shape, sa, sizeof sa), shp(in[0]->ndim, in[0]->shape, sb, sizeof sb));
+    }
+    return set_dev(r, n, out[0], y);
+}
+
+/* InstanceNormalization: per sample and channel over the spatial dims, then scale and B
+ * per channel. */
+RUN(run_instance_norm) {
+    for (int i = 0; i < 3; i++) {
+        kiln_status s = need_float(r, n, in[i], i == 0 ? "input" : i == 1 ? "scale" : "B");
+        if (s) return s;
+    }
+    int nd = in[0]->ndim;
+    if (nd < 3) return nfail(r, n, KILN_ERR_SHAPE, "input must have at least 3 dims, not %d", nd);
+    int axes[KILN_MAX_DIMS];
+    for (int i = 2; i < nd; i++) axes[i - 2] = i;
+    kiln_tensor *x = in[0]->t;
+    kiln_tensor *mu = kiln_mean(CTX, x, nd - 2, axes, true);
+    kiln_tensor *d = kiln_sub(CTX, x, mu);
+    kiln_tensor *var = kiln_mean(CTX, kiln_mul(CTX, d, d), nd - 2, axes, true);
+    kiln_tensor *y = kiln_div(CTX, d, kiln_sqrt(CTX, kiln_add_scalar(CTX, var, attr_f(n, "epsilon", 1e-5f))));
+    int64_t cs[KILN_MAX_DIMS];
+    cs[0] = -1;
+    for (int i = 1; i < nd - 1; i++) cs[i] = 1;
+    y = kiln_mul(CTX, y, kiln_reshape(CTX, in[1]->t, nd - 1, cs));
+    return set_dev(r, n, out[0], kiln_add(CTX, y, kiln_reshape(CTX, in[2]->t, nd - 1, cs)));
+}
+
+/* DepthToSpace (DCR or CRD) and SpaceToDepth on [N, C, H, W]: a reshape, a permutation and
+ * a reshape. */
+static kiln_status depth_space(onnx_rt *r, const onnx_node *n, const onnx_val *x, onnx_val *out, bool to_space) {
+    kiln_status s = need_float(r, n, x, "input");
+    if (s) return s;
+    int64_t b = attr_i(n, "blocksize", 0);
+    char sb[160];
+    if (x->ndim != 4 || b < 1 || (to_space && x->shape[1] % (b * b)) ||
+        (!to_space && (x->shape[2] % b || x->shape[3] % b)))
+        return nfail(r, n, KILN_ERR_SHAPE, "input %s and blocksize %lld do not fit",
+                     shp(x->ndim, x->shape, sb, sizeof sb), (long long)b);
+    int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    char mb[8];
+    bool crd = to_space && strcmp(attr_s(n, "mode", "DCR", mb, sizeof mb), "CRD") == 0;
+    kiln_tensor *t;
+    if (to_space) {
+        int64_t c = C / (b * b);
+        int64_t s6[6] = {N, b, b, c, H, W};
+        int p[6] = {0, 3, 4, 1, 5, 2};
+        if (crd) s6[1] = c, s6[2] = b, s6[3] = b, p[1] = 1, p[2] = 4, p[3] = 2, p[4] = 5, p[5] = 3;
+        t = kiln_permute(CTX, kiln_reshape(CTX, x->t, 6, s6), p);
+        t = kiln_reshape(CTX, kiln_contiguous(CTX, t), 4, (int64_t[]){N, c, H * b, W * b});
+    } else {
+        int64_t s6[6] = {N, C, H / b, b, W / b, b};
+        int p[6] = {0, 3, 5, 1, 2, 4};
+        t = kiln_permute(CTX, kiln_reshape(CTX, x->t, 6, s6), p);
+        t = kiln_reshape(CTX, kiln_contiguous(CTX, t), 4, (int64_t[]){N, C * b * b, H / b, W / b});
+    }
+    return set_dev(r, n, out, t);
+}
+
+RUN(run_depth_to_space) { return depth_space(r, n, in[0], out[0], true); }
+RUN(run_space_to_depth) { return depth_space(r, n, in[0], out[0], false); }
+
+/* NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss, on the host in double: input
+ * [N, C, d...] (SoftmaxCrossEntropyLoss: scores, log-softmax along C first), target
+ * [N, d...] of class indices, optional weight [C]; ignore_index; reduction none, sum or mean
+ * (by the summed weights of the targets counted). */
+static kiln_status nll(onnx_rt *r, const onnx_node *n, onnx_val *const *in, onnx_val *const *out, bool softmax) {
+    const onnx_val *x = in[0], *tg = in[1], *w = n->nin > 2 ? in[2] : NULL;
+    kiln_status s = need_float(r, n, x, "input");
+    if (!s) s = need_float(r, n, w, "weight");
+    if (s) return s;
+    if (is_float(tg)) return nfail(r, n, KILN_ERR_UNSUPPORTED, "target must be an integer tensor");
+    char sa[160], sb[160];
+    bool ok = x->ndim >= 2 && tg->ndim == x->ndim - 1 && tg->shape[0] == x->shape[0];
+    for (int d = 2; ok && d < x->ndim; d++) ok = tg->shape[d - 1] == x->shape[d];
+    if (!ok || (w && (w->ndim != 1 || w->shape[0] != x->shape[1])))
+        return nfail(r, n, KILN_ERR_SHAPE, "input %s, target %s%s: target must be input's shape without dim 1",
+                     shp(x->ndim, x->shape, sa, sizeof sa), shp(tg->ndim, tg->shape, sb, sizeof sb),
+                     w ? " and weight [C]" : "");
+    char rb[16];
+    const char *red = attr_s(n, "reduction", "mean", rb, sizeof rb);
+    int mode = !strcmp(red, "none") ? 0 : !strcmp(red, "sum") ? 1 : !strcmp(red, "mean") ? 2 : -1;
+    if (mode < 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "reduction '%s' is none of none, sum, mean", red);
+    const Onnx__AttributeProto *ia = kiln__onnx_attr(n, "ignore_index");
+    int64_t N = x->shape[0], C = x->shape[1], D = shape_numel(x->ndim - 2, x->shape + 2), cnt = N * C * D;
+    float *xf = host_floats(r, n, x), *wf = w && xf ? host_floats(r, n, w) : NULL;
+    int64_t *t = xf && (!w || wf) ? host_ints(r, n, tg) : NULL;
+    float *loss = t ? malloc((size_t)(N * D > 0 ? N * D : 1) * sizeof *loss) : NULL;
+    if (!loss) {
+        free(xf), free(wf), free(t);
+        return kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                      : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    }
+    if (softmax)
+        for (int64_t b = 0; b < N; b++)
+            for (int64_t j = 0; j < D; j++) {
+                double mx = -INFINITY, sum = 0;
+                for (int64_t c = 0; c < C; c++) mx = fmax(mx, (double)xf[(b * C + c) * D + j]);
+                for (int64_t c = 0; c < C; c++) sum += exp((double)xf[(b * C + c) * D + j] - mx);
+                double lse = mx + log(sum);
+                for (int64_t c = 0; c < C; c++)
+                    xf[(b * C + c) * D + j] = (float)((double)xf[(b * C + c) * D + j] - lse);
+            }
+    double total = 0, wsum = 0;
+    for (int64_t b = 0; b < N; b++)
+        for (int64_t j = 0; j < D; j++) {
+            int64_t c = t[b * D + j];
+            if (ia && c == ia->i) {
+                loss[b * D + j] = 0;
+                continue;
+            }
+            if (c < 0 || c >= C) {
+                free(xf), free(wf), free(t), free(loss);
+                return nfail(r, n, KILN_ERR_RANGE, "target %lld at %lld is outside [0, %lld)", (long long)c,
+                             (long long)(b * D + j), (long long)C);
+            }
+            double wc = wf ? (double)wf[c] : 1.0, l = -(double)xf[(b * C + c) * D + j] * wc;
+            loss[b * D + j] = (float)l;
+            total += l, wsum += wc;
+        }
+    free(wf), free(t);
+    (void)cnt;
+    if (softmax && n->nout > 1 && n->out[1] >= 0) {
+        float *lp = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *lp);
+        if (!lp) return free(xf), free(loss), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        memcpy(lp, xf, (size_t)cnt * sizeof *lp);
+        s = set_floats(r, n, out[1], x->ndim, x->shape, lp);
+    }
+    free(xf);
+    if (s) return free(loss), s;
+    if (mode == 0) return set_floats(r, n, out[0], tg->ndim, tg->shape, loss);
+    loss[0] = (float)(mode == 1 ? total : total / wsum);
+    return set_floats(r, n, out[0], 0, NULL, loss);
+}
+
+RUN(run_nll_loss) { return nll(r, n, in, out, false); }
+RUN(run_softmax_cross_entropy) { return nll(r, n, in, out, true); }
+
+/* ---- more host operators: indexing, sorting and integer arithmetic ------------------------- */
+
+/* Any value's elements as doubles on the host (malloc'ed); NULL with the error set. */
+static double *host_vals(onnx_rt *r, const onnx_node *n, const onnx_val *v) {
+    int64_t cnt = kiln__onnx_numel(v);
+    double *d = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *d);
+    if (!d) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory"), NULL;
+    if (is_float(v)) {
+        float *f = host_floats(r, n, v);
+        if (!f) return free(d), NULL;
+        for (int64_t i = 0; i < cnt; i++) d[i] = f[i];
+        free(f);
+    } else {
+        for (int64_t i = 0; i < cnt; i++) d[i] = (double)v->h[i];
+    }
+    return d;
+}
+
+/* Doubles (taken) as a value of ONNX type `type`: floats to the device, integers to the host. */
+static kiln_status set_vals(onnx_rt *r, const onnx_node *n, onnx_val *out, int type, int ndim, const int64_t *shape,
+                            double *d) {
+    int64_t cnt = shape_numel(ndim, shape);
+    if (type == OT_FLOAT) {
+        float *f = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *f);
+        if (!f) return free(d), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+        for (int64_t i = 0; i < cnt; i++) f[i] = (float)d[i];
+        free(d);
+        return set_floats(r, n, out, ndim, shape, f);
+    }
+    int64_t *h = alloc_i(cnt);
+    if (!h) return free(d), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < cnt; i++) h[i] = wrap_int(type, isfinite(d[i]) ? (int64_t)d[i] : 0);
+    free(d);
+    return set_host(r, n, out, type, ndim, shape, h);
+}
+
+/* Mod: integers on the host (fmod 0: the sign of the divisor; 1: of the dividend); floats
+ * need fmod = 1 (C's fmod), computed on the host. */
+RUN(run_mod) {
+    bool fm = attr_i(n, "fmod", 0) != 0;
+    const onnx_val *a = in[0], *b = in[1];
+    if (!is_float(a) && !is_float(b)) return h_binary(r, n, fm ? H_FMOD : H_MOD, a, b, a->type, out[0]);
+    if (!fm) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "fmod must be 1 for float inputs");
+    int nd;
+    int64_t shape[KILN_MAX_DIMS], sa[KILN_MAX_DIMS], sb[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0};
+    if (!bcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape))
+        return nfail(r, n, KILN_ERR_SHAPE, "shapes do not broadcast");
+    double *x = host_vals(r, n, a), *y = x ? host_vals(r, n, b) : NULL;
+    int64_t cnt = shape_numel(nd, shape);
+    double *o = y ? malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(x), free(y),
+               kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                      : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    bcast_strides(a->ndim, a->shape, nd, shape, sa), bcast_strides(b->ndim, b->shape, nd, shape, sb);
+    for (int64_t i = 0; i < cnt; i++) {
+        int64_t p = 0, q = 0;
+        for (int d = 0; d < nd; d++) p += idx[d] * sa[d], q += idx[d] * sb[d];
+        o[i] = fmod(x[p], y[q]);
+        for (int d = nd - 1; d >= 0; d--) {
+            if (++idx[d] < shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(x), free(y);
+    return set_vals(r, n, out[0], OT_FLOAT, nd, shape, o);
+}
+
+RUN(run_bitshift) {
+    char db[8];
+    const char *dir = attr_s(n, "direction", "", db, sizeof db);
+    if (strcmp(dir, "LEFT") != 0 && strcmp(dir, "RIGHT") != 0)
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "direction '%s' is neither LEFT nor RIGHT", dir);
+    return h_binary(r, n, dir[0] == 'L' ? H_SHL : H_SHR, in[0], in[1], in[0]->type, out[0]);
+}
+
+/* outer x axis x inner: the dims before axis, at it and after it. */
+static void split3(const onnx_val *v, int axis, int64_t *outer, int64_t *len, int64_t *inner) {
+    *outer = shape_numel(axis, v->shape), *len = v->shape[axis];
+    *inner = shape_numel(v->ndim - axis - 1, v->shape + axis + 1);
+}
+
+/* ReduceProd over the axes attribute (all when absent), on the host in double. */
+RUN(run_reduce_prod) {
+    const onnx_val *x = in[0];
+    int nd = x->ndim;
+    int64_t axes[KILN_MAX_DIMS];
+    int c;
+    kiln_status s = axes_of(r, n, in, false, axes, &c);
+    if (s) return s;
+    bool mark[KILN_MAX_DIMS] = {0};
+    for (int i = 0; i < c; i++) {
+        bool ok;
+        int a = norm_axis(axes[i], nd, &ok);
+        if (!ok) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis %lld out of range", (long long)axes[i]);
+        mark[a] = true;
+    }
+    if (c <= 0)
+        for (int d = 0; d < nd; d++) mark[d] = true;
+    bool keep = attr_i(n, "keepdims", 1) != 0;
+    int64_t oshape[KILN_MAX_DIMS], kshape[KILN_MAX_DIMS];
+    int ond = 0;
+    for (int d = 0; d < nd; d++) {
+        kshape[d] = mark[d] ? 1 : x->shape[d];
+        if (!mark[d] || keep) oshape[ond++] = kshape[d];
+    }
+    int64_t cnt = kiln__onnx_numel(x), ocnt = shape_numel(nd, kshape), kst[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0};
+    contig_strides(nd, kshape, kst);
+    double *v = host_vals(r, n, x), *o = v ? malloc((size_t)(ocnt > 0 ? ocnt : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < ocnt; i++) o[i] = 1;
+    for (int64_t i = 0; i < cnt; i++) {
+        int64_t p = 0;
+        for (int d = 0; d < nd; d++) p += mark[d] ? 0 : idx[d] * kst[d];
+        o[p] *= v[i];
+        for (int d = nd - 1; d >= 0; d--) {
+            if (++idx[d] < x->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(v);
+    return set_vals(r, n, out[0], x->type, ond, oshape, o);
+}
+
+/* Hardmax: 1 at the first maximum along axis (before opset 13: of the input seen as 2-D
+ * [prod(dims < axis), prod(dims >= axis)]), 0 elsewhere. */
+RUN(run_hardmax) {
+    kiln_status s = need_float(r, n, in[0], "input");
+    if (s) return s;
+    const onnx_val *x = in[0];
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", r->opset >= 13 ? -1 : 1), x->ndim, &ok);
+    if (!ok || x->ndim == 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis out of range for %d dims", x->ndim);
+    int64_t outer, len, inner;
+    if (r->opset >= 13)
+        split3(x, axis, &outer, &len, &inner);
+    else
+        outer = shape_numel(axis, x->shape), len = shape_numel(x->ndim - axis, x->shape + axis), inner = 1;
+    double *v = host_vals(r, n, x);
+    if (!v) return kiln_error_status(CTX);
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t best = 0;
+            for (int64_t k = 1; k < len; k++)
+                if (v[(o * len + k) * inner + i] > v[(o * len + best) * inner + i]) best = k;
+            for (int64_t k = 0; k < len; k++) v[(o * len + k) * inner + i] = k == best;
+        }
+    return set_vals(r, n, out[0], OT_FLOAT, x->ndim, x->shape, v);
+}
+
+/* TopK: the K largest (or smallest) along axis, sorted, ties to the lower index; Values and
+ * Indices (int64). */
+RUN(run_topk) {
+    const onnx_val *x = in[0];
+    int64_t kk[1];
+    int c;
+    kiln_status s = small_ints(r, n, in[1], "K", kk, 1, &c);
+    if (s) return s;
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", -1), x->ndim, &ok);
+    if (!ok || c != 1 || kk[0] < 0 || kk[0] > x->shape[axis])
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "K must be one value in [0, the axis' size] on a valid axis");
+    bool largest = attr_i(n, "largest", 1) != 0;
+    int64_t outer, len, inner, K = kk[0];
+    split3(x, axis, &outer, &len, &inner);
+    int64_t oshape[KILN_MAX_DIMS];
+    memcpy(oshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+    oshape[axis] = K;
+    int64_t ocnt = outer * K * inner;
+    double *v = host_vals(r, n, x), *vals = v ? malloc((size_t)(ocnt > 0 ? ocnt : 1) * sizeof *vals) : NULL;
+    int64_t *ids = vals ? alloc_i(ocnt) : NULL, *taken = ids ? alloc_i(len) : NULL;
+    if (!taken)
+        return free(v), free(vals), free(ids),
+               kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                      : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            for (int64_t k = 0; k < len; k++) taken[k] = 0;
+            for (int64_t j = 0; j < K; j++) {
+                int64_t best = -1;
+                for (int64_t k = 0; k < len; k++) {
+                    if (taken[k]) continue;
+                    double a = v[(o * len + k) * inner + i];
+                    if (best < 0 ||
+                        (largest ? a > v[(o * len + best) * inner + i] : a < v[(o * len + best) * inner + i]))
+                        best = k;
+                }
+                taken[best] = 1;
+                vals[(o * K + j) * inner + i] = v[(o * len + best) * inner + i];
+                ids[(o * K + j) * inner + i] = best;
+            }
+        }
+    free(v), free(taken);
+    s = set_vals(r, n, out[0], x->type, x->ndim, oshape, vals);
+    if (s) return free(ids), s;
+    if (n->nout > 1 && n->out[1] >= 0) return set_host(r, n, out[1], OT_INT64, x->ndim, oshape, ids);
+    free(ids);
+    return KILN_OK;
+}
+
+/* OneHot: values[1] where the index (negative ones from the end) is the position along the
+ * new axis, values[0] elsewhere; indices out of range give a row of values[0]. */
+RUN(run_onehot) {
+    const onnx_val *ix = in[0], *vv = in[2];
+    double *idx = host_vals(r, n, ix), *dp = idx ? host_vals(r, n, in[1]) : NULL,
+           *val = dp ? host_vals(r, n, vv) : NULL;
+    if (!val) return free(idx), free(dp), kiln_error_status(CTX);
+    int64_t depth = (int64_t)dp[0];
+    double off = val[0], on = kiln__onnx_numel(vv) > 1 ? val[1] : val[0];
+    bool bad = kiln__onnx_numel(in[1]) != 1 || kiln__onnx_numel(vv) != 2 || depth < 1 || ix->ndim + 1 > KILN_MAX_DIMS;
+    free(dp), free(val);
+    if (bad) return free(idx), nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "depth must be one value >= 1 and values two");
+    int nd = ix->ndim + 1;
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", -1), nd, &ok);
+    if (!ok) return free(idx), nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis out of range");
+    int64_t shape[KILN_MAX_DIMS];
+    for (int d = 0, j = 0; d < nd; d++) shape[d] = d == axis ? depth : ix->shape[j++];
+    int64_t outer = shape_numel(axis, shape), inner = shape_numel(nd - axis - 1, shape + axis + 1),
+            cnt = outer * depth * inner;
+    double *o = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *o);
+    if (!o) return free(idx), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t p = 0; p < outer; p++)
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t k = (int64_t)idx[p * inner + i];
+            if (k < 0) k += depth;
+            for (int64_t d = 0; d < depth; d++) o[(p * depth + d) * inner + i] = d == k ? on : off;
+        }
+    free(idx);
+    return set_vals(r, n, out[0], vv->type, nd, shape, o);
+}
+
+/* EyeLike: ones on diagonal k of a 2-D input's shape, of dtype `dtype` (the input's when absent). */
+RUN(run_eyelike) {
+    const onnx_val *x = in[0];
+    int type = (int)attr_i(n, "dtype", x->type);
+    if (x->ndim != 2) return nfail(r, n, KILN_ERR_SHAPE, "input must be 2-D, not %d-D", x->ndim);
+    if (!kiln__onnx_type_ok(type))
+        return nfail(r, n, KILN_ERR_UNSUPPORTED, "dtype %s is not one kiln holds", kiln__onnx_type_name(type));
+    int64_t k = attr_i(n, "k", 0), cnt = kiln__onnx_numel(x);
+    double *o = malloc((size_t)(cnt > 0 ? cnt : 1) * sizeof *o);
+    if (!o) return nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < x->shape[0]; i++)
+        for (int64_t j = 0; j < x->shape[1]; j++) o[i * x->shape[1] + j] = j - i == k;
+    return set_vals(r, n, out[0], type, 2, x->shape, o);
+}
+
+/* GatherND (batch_dims b): for each index tuple of indices[..., :], the slice of data it picks. */
+RUN(run_gather_nd) {
+    const onnx_val *x = in[0], *ix = in[1];
+    int64_t b = attr_i(n, "batch_dims", 0);
+    char sa[160], sb[160];
+    int64_t m = ix->ndim ? ix->shape[ix->ndim - 1] : 0;
+    bool ok = ix->ndim >= 1 && b >= 0 && b < ix->ndim && b < x->ndim && m >= 1 && b + m <= x->ndim &&
+              x->ndim + ix->ndim - 1 - m - b <= KILN_MAX_DIMS;
+    for (int d = 0; ok && d < b; d++) ok = x->shape[d] == ix->shape[d];
+    if (!ok || is_float(ix))
+        return nfail(r, n, KILN_ERR_SHAPE, "data %s and indices %s (batch_dims %lld) do not fit",
+                     shp(x->ndim, x->shape, sa, sizeof sa), shp(ix->ndim, ix->shape, sb, sizeof sb), (long long)b);
+    int64_t shape[KILN_MAX_DIMS];
+    int nd = 0;
+    for (int d = 0; d < ix->ndim - 1; d++) shape[nd++] = ix->shape[d];
+    for (int d = (int)(b + m); d < x->ndim; d++) shape[nd++] = x->shape[d];
+    int64_t B = shape_numel((int)b, x->shape), tuples = shape_numel(ix->ndim - 1 - (int)b, ix->shape + b);
+    int64_t slice = shape_numel(x->ndim - (int)(b + m), x->shape + b + m),
+            per_b = shape_numel(x->ndim - (int)b, x->shape + b);
+    int64_t xst[KILN_MAX_DIMS];
+    contig_strides(x->ndim, x->shape, xst);
+    double *v = host_vals(r, n, x),
+           *o = v ? malloc((size_t)(B * tuples * slice > 0 ? B * tuples * slice : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t t = 0; t < tuples; t++) {
+            int64_t off = bi * per_b;
+            for (int64_t j = 0; j < m; j++) {
+                int64_t k = ix->h[(bi * tuples + t) * m + j], dim = x->shape[b + j];
+                if (k < 0) k += dim;
+                if (k < 0 || k >= dim) {
+                    free(v), free(o);
+                    return nfail(r, n, KILN_ERR_RANGE, "index %lld out of range for dim %lld of size %lld",
+                                 (long long)ix->h[(bi * tuples + t) * m + j], (long long)(b + j), (long long)dim);
+                }
+                off += k * xst[b + j];
+            }
+            memcpy(o + (bi * tuples + t) * slice, v + off, (size_t)slice * sizeof *o);
+        }
+    free(v);
+    return set_vals(r, n, out[0], x->type, nd, shape, o);
+}
+
+/* reduction none/add/mul of ScatterElements and ScatterND: -1 when unknown. */
+static int scatter_reduction(const onnx_node *n) {
+    char rb[8];
+    const char *red = attr_s(n, "reduction", "none", rb, sizeof rb);
+    return !strcmp(red, "none") ? 0 : !strcmp(red, "add") ? 1 : !strcmp(red, "mul") ? 2 : -1;
+}
+
+static void scatter_one(double *dst, double v, int red) { *dst = red == 1 ? *dst + v : red == 2 ? *dst * v : v; }
+
+/* ScatterElements (and the Scatter of opsets 9..10): data with updates written at the
+ * positions indices give along axis. */
+RUN(run_scatter_elements) {
+    const onnx_val *x = in[0], *ix = in[1], *u = in[2];
+    int red = scatter_reduction(n);
+    if (red < 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "reduction is none of none, add, mul");
+    bool ok;
+    int axis = norm_axis(attr_i(n, "axis", 0), x->ndim, &ok);
+    char sa[160], sb[160];
+    bool fit = ok && ix->ndim == x->ndim && u->ndim == x->ndim && !is_float(ix);
+    for (int d = 0; fit && d < x->ndim; d++)
+        fit = ix->shape[d] == u->shape[d] && (d == axis || ix->shape[d] <= x->shape[d]);
+    if (!fit)
+        return nfail(r, n, KILN_ERR_SHAPE, "data %s, indices %s and updates of the indices' shape do not fit",
+                     shp(x->ndim, x->shape, sa, sizeof sa), shp(ix->ndim, ix->shape, sb, sizeof sb));
+    int64_t xst[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0}, cnt = kiln__onnx_numel(ix);
+    contig_strides(x->ndim, x->shape, xst);
+    double *v = host_vals(r, n, x), *uv = v ? host_vals(r, n, u) : NULL;
+    if (!uv) return free(v), kiln_error_status(CTX);
+    for (int64_t i = 0; i < cnt; i++) {
+        int64_t k = ix->h[i], p = 0;
+        if (k < 0) k += x->shape[axis];
+        if (k < 0 || k >= x->shape[axis]) {
+            free(v), free(uv);
+            return nfail(r, n, KILN_ERR_RANGE, "index %lld out of range for axis %d of size %lld", (long long)ix->h[i],
+                         axis, (long long)x->shape[axis]);
+        }
+        for (int d = 0; d < x->ndim; d++) p += (d == axis ? k : idx[d]) * xst[d];
+        scatter_one(&v[p], uv[i], red);
+        for (int d = x->ndim - 1; d >= 0; d--) {
+            if (++idx[d] < ix->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(uv);
+    return set_vals(r, n, out[0], x->type, x->ndim, x->shape, v);
+}
+
+/* ScatterND: updates[i...] written at data[indices[i..., :]] (a slice when the tuple is short). */
+RUN(run_scatter_nd) {
+    const onnx_val *x = in[0], *ix = in[1], *u = in[2];
+    int red = scatter_reduction(n);
+    if (red < 0) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "reduction is none of none, add, mul");
+    int64_t m = ix->ndim ? ix->shape[ix->ndim - 1] : 0;
+    char sa[160], sb[160];
+    bool fit = ix->ndim >= 1 && m >= 1 && m <= x->ndim && !is_float(ix) && u->ndim == ix->ndim - 1 + x->ndim - m;
+    for (int d = 0; fit && d < ix->ndim - 1; d++) fit = u->shape[d] == ix->shape[d];
+    for (int d = 0; fit && d < x->ndim - m; d++) fit = u->shape[ix->ndim - 1 + d] == x->shape[m + d];
+    if (!fit)
+        return nfail(r, n, KILN_ERR_SHAPE, "data %s, indices %s and updates do not fit",
+                     shp(x->ndim, x->shape, sa, sizeof sa), shp(ix->ndim, ix->shape, sb, sizeof sb));
+    int64_t xst[KILN_MAX_DIMS], tuples = shape_numel(ix->ndim - 1, ix->shape),
+                                slice = shape_numel(x->ndim - (int)m, x->shape + m);
+    contig_strides(x->ndim, x->shape, xst);
+    double *v = host_vals(r, n, x), *uv = v ? host_vals(r, n, u) : NULL;
+    if (!uv) return free(v), kiln_error_status(CTX);
+    for (int64_t t = 0; t < tuples; t++) {
+        int64_t off = 0;
+        for (int64_t j = 0; j < m; j++) {
+            int64_t k = ix->h[t * m + j];
+            if (k < 0) k += x->shape[j];
+            if (k < 0 || k >= x->shape[j]) {
+                free(v), free(uv);
+                return nfail(r, n, KILN_ERR_RANGE, "index %lld out of range for dim %lld of size %lld",
+                             (long long)ix->h[t * m + j], (long long)j, (long long)x->shape[j]);
+            }
+            off += k * xst[j];
+        }
+        for (int64_t e = 0; e < slice; e++) scatter_one(&v[off + e], uv[t * slice + e], red);
+    }
+    free(uv);
+    return set_vals(r, n, out[0], x->type, x->ndim, x->shape, v);
+}
+
+/* Compress: the slices along axis (the flattened input without one) whose condition is true. */
+RUN(run_compress) {
+    const onnx_val *x = in[0], *c = in[1];
+    const Onnx__AttributeProto *aa = kiln__onnx_attr(n, "axis");
+    bool ok = true;
+    int axis = aa ? norm_axis(aa->i, x->ndim, &ok) : 0;
+    if (!ok || is_float(c) || c->ndim != 1) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis or condition invalid");
+    int64_t outer = 1, len = kiln__onnx_numel(x), inner = 1;
+    if (aa) split3(x, axis, &outer, &len, &inner);
+    int64_t keep = 0, cn = kiln__onnx_numel(c) < len ? kiln__onnx_numel(c) : len;
+    for (int64_t k = 0; k < cn; k++) keep += c->h[k] != 0;
+    double *v = host_vals(r, n, x),
+           *o = v ? malloc((size_t)(outer * keep * inner > 0 ? outer * keep * inner : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    int64_t q = 0;
+    for (int64_t p = 0; p < outer; p++)
+        for (int64_t k = 0; k < cn; k++)
+            if (c->h[k])
+                for (int64_t i = 0; i < inner; i++) o[q++] = v[(p * len + k) * inner + i];
+    free(v);
+    int64_t shape[KILN_MAX_DIMS];
+    int nd = aa ? x->ndim : 1;
+    if (aa)
+        memcpy(shape, x->shape, sizeof(int64_t) * (size_t)x->ndim), shape[axis] = keep;
+    else
+        shape[0] = keep;
+    return set_vals(r, n, out[0], x->type, nd, shape, o);
+}
+
+/* NonZero: the indices of the non-zero elements, [rank, count] in row-major order. */
+RUN(run_nonzero) {
+    const onnx_val *x = in[0];
+    double *v = host_vals(r, n, x);
+    if (!v) return kiln_error_status(CTX);
+    int64_t cnt = kiln__onnx_numel(x), nz = 0, nd = x->ndim > 0 ? x->ndim : 1, idx[KILN_MAX_DIMS] = {0};
+    for (int64_t i = 0; i < cnt; i++) nz += v[i] != 0;
+    int64_t *o = alloc_i(nd * nz), q = 0;
+    if (!o) return free(v), nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t i = 0; i < cnt; i++) {
+        if (v[i] != 0) {
+            for (int d = 0; d < x->ndim; d++) o[d * nz + q] = idx[d];
+            if (x->ndim == 0) o[q] = 0;
+            q++;
+        }
+        for (int d = x->ndim - 1; d >= 0; d--) {
+            if (++idx[d] < x->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(v);
+    return set_host(r, n, out[0], OT_INT64, 2, (int64_t[]){nd, nz}, o);
+}
+
+/* MeanVarianceNormalization: (x - mean) / (sqrt(mean(x^2) - mean^2) + 1e-9) over axes
+ * (default [0, 2, 3]), as its ONNX function body. */
+RUN(run_mvn) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    const int64_t *v;
+    int c = attr_ints(n, "axes", &v), axes[KILN_MAX_DIMS];
+    int64_t def[3] = {0, 2, 3};
+    if (c < 0) c = 3, v = def;
+    if (c > KILN_MAX_DIMS) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "%d axes", c);
+    for (int i = 0; i < c; i++) {
+        bool ok;
+        axes[i] = norm_axis(v[i], in[0]->ndim, &ok);
+        if (!ok) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "axis %lld out of range", (long long)v[i]);
+    }
+    kiln_tensor *x = in[0]->t, *mu = kiln_mean(CTX, x, c, axes, true);
+    kiln_tensor *var = kiln_sub(CTX, kiln_mean(CTX, kiln_mul(CTX, x, x), c, axes, true), kiln_mul(CTX, mu, mu));
+    kiln_tensor *sd = kiln_add_scalar(CTX, kiln_sqrt(CTX, kiln_maximum_scalar(CTX, var, 0.0f)), 1e-9f);
+    return set_dev(r, n, out[0], kiln_div(CTX, kiln_sub(CTX, x, mu), sd));
+}
+
+/* Det of the last two dims (square), by LU with partial pivoting in double on the host. */
+RUN(run_det) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    const onnx_val *x = in[0];
+    if (x->ndim < 2 || x->shape[x->ndim - 1] != x->shape[x->ndim - 2]) {
+        char sb[160];
+        return nfail(r, n, KILN_ERR_SHAPE, "input %s must end in a square matrix",
+                     shp(x->ndim, x->shape, sb, sizeof sb));
+    }
+    int64_t k = x->shape[x->ndim - 1], B = shape_numel(x->ndim - 2, x->shape);
+    double *v = host_vals(r, n, x), *o = v ? malloc((size_t)(B > 0 ? B : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t b = 0; b < B; b++) {
+        double *a = v + b * k * k, det = 1;
+        for (int64_t c = 0; c < k; c++) {
+            int64_t piv = c;
+            for (int64_t i = c + 1; i < k; i++)
+                if (fabs(a[i * k + c]) > fabs(a[piv * k + c])) piv = i;
+            if (a[piv * k + c] == 0) {
+                det = 0;
+                break;
+            }
+            if (piv != c) {
+                for (int64_t j = 0; j < k; j++) {
+                    double t = a[c * k + j];
+                    a[c * k + j] = a[piv * k + j], a[piv * k + j] = t;
+                }
+                det = -det;
+            }
+            det *= a[c * k + c];
+            for (int64_t i = c + 1; i < k; i++) {
+                double f = a[i * k + c] / a[c * k + c];
+                for (int64_t j = c; j < k; j++) a[i * k + j] -= f * a[c * k + j];
+            }
+        }
+        o[b] = det;
+    }
+    free(v);
+    return set_vals(r, n, out[0], OT_FLOAT, x->ndim - 2, x->shape, o);
+}
+
+/* ReverseSequence: along time_axis, the first sequence_lens[b] steps of each batch entry reversed. */
+RUN(run_reverse_sequence) {
+    const onnx_val *x = in[0], *sl = in[1];
+    int64_t ta = attr_i(n, "time_axis", 0), ba = attr_i(n, "batch_axis", 1);
+    if (x->ndim < 2 || ta < 0 || ba < 0 || ta > 1 || ba > 1 || ta == ba || is_float(sl) || sl->ndim != 1 ||
+        sl->shape[0] != x->shape[ba])
+        return nfail(r, n, KILN_ERR_INVALID_ARGUMENT,
+                     "time_axis and batch_axis must be 0 and 1 (either way) and "
+                     "sequence_lens one length per batch entry");
+    int64_t T = x->shape[ta], Bn = x->shape[ba], inner = shape_numel(x->ndim - 2, x->shape + 2);
+    double *v = host_vals(r, n, x),
+           *o = v ? malloc((size_t)(kiln__onnx_numel(x) > 0 ? kiln__onnx_numel(x) : 1) * sizeof *o) : NULL;
+    if (!o)
+        return free(v), kiln_error_status(CTX) ? kiln_error_status(CTX)
+                                               : nfail(r, n, KILN_ERR_HOST_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t b = 0; b < Bn; b++) {
+        int64_t L = sl->h[b] < 0 ? 0 : sl->h[b] > T ? T : sl->h[b];
+        for (int64_t t = 0; t < T; t++) {
+            int64_t src = t < L ? L - 1 - t : t;
+            int64_t po = ta == 0 ? (t * Bn + b) : (b * T + t), ps = ta == 0 ? (src * Bn + b) : (b * T + src);
+            memcpy(o + po * inner, v + ps * inner, (size_t)inner * sizeof *o);
+        }
+    }
+    free(v);
+    return set_vals(r, n, out[0], x->type, x->ndim, x->shape, o);
+}
+
+/* LRN: x / (bias + alpha / size * sum of x^2 over the size channels around c)^beta. */
+RUN(run_lrn) {
+    kiln_status s = need_float(r, n, in[0], "X");
+    if (s) return s;
+    const onnx_val *x = in[0];
+    int64_t size = attr_i(n, "size", 0);
+    if (x->ndim < 3 || size < 1) return nfail(r, n, KILN_ERR_INVALID_ARGUMENT, "size must be >= 1 and X at least 3-D");
+    float alpha = attr_f(n, "alpha", 1e-4f), beta = attr_f(n, "beta", 0.75f), bias = attr_f(n, "bias", 1.0f);
+    int64_t N = x->shape[0], C = x->shape[1], S = shape_numel(x->ndim - 2, x->shape + 2);
+    /* [N, 1, C, S]: an average pool of (size, 1) over the channels, padded (size-1)/2 before
+     * and the rest after, counting the padding, is the windowed sum / size */
+    kiln_tensor *sq = kiln_reshape(CTX, kiln_mul(CTX, x->t, x->t), 4, (int64_t[]){N, 1, C, S});
+    int64_t pb[2] = {(size - 1) / 2, 0}, pe[2] = {size - 1 - (size - 1) / 2, 0};
+    kiln_pool2d_params p = kiln_pool2d_defaults((int)size, 1);
+    p.stride[0] = p.stride[1] = 1;
+    kiln_tensor *avg = kiln_avg_pool2d(CTX, pad_hw(CTX, sq, pb, pe, 0.0f), &p);
+    kiln_tensor *den = kiln_pow_scalar(CTX, kiln_add_scalar(CTX, kiln_mul_scalar(CTX, avg, alpha), bias), beta);
+    return set_dev(r, n, out[0], kiln_div(CTX, x->t, kiln_reshape(CTX, den, x->ndim, x->shape)));
+}
+
 #define A(...) ((const char *const[]){__VA_ARGS__, NULL})
 #define NOATTR ((const char *const[]){NULL})
 #define CONV_ATTRS "auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"
@@ -2423,6 +3416,55 @@ static const onnx_op ops[] = {
     {"Unsqueeze", 1, 2, 1, 1, A("axes"), NULL, run_unsqueeze},
     {"Where", 3, 3, 1, 1, NOATTR, NULL, run_where},
     {"Xor", 2, 2, 1, 1, NOATTR, bool_inputs, run_xor},
+    /* on the host (a round trip per node): math kiln has no kernel for */
+    {"Floor", 1, 1, 1, 1, NOATTR, NULL, run_floor},
+    {"Ceil", 1, 1, 1, 1, NOATTR, NULL, run_ceil},
+    {"Round", 1, 1, 1, 1, NOATTR, NULL, run_round},
+    {"Sign", 1, 1, 1, 1, NOATTR, NULL, run_sign},
+    {"Sin", 1, 1, 1, 1, NOATTR, NULL, run_sin},
+    {"Cos", 1, 1, 1, 1, NOATTR, NULL, run_cos},
+    {"Tan", 1, 1, 1, 1, NOATTR, NULL, run_tan},
+    {"Asin", 1, 1, 1, 1, NOATTR, NULL, run_asin},
+    {"Acos", 1, 1, 1, 1, NOATTR, NULL, run_acos},
+    {"Atan", 1, 1, 1, 1, NOATTR, NULL, run_atan},
+    {"Sinh", 1, 1, 1, 1, NOATTR, NULL, run_sinh},
+    {"Cosh", 1, 1, 1, 1, NOATTR, NULL, run_cosh},
+    {"Asinh", 1, 1, 1, 1, NOATTR, NULL, run_asinh},
+    {"Acosh", 1, 1, 1, 1, NOATTR, NULL, run_acosh},
+    {"Atanh", 1, 1, 1, 1, NOATTR, NULL, run_atanh},
+    {"IsInf", 1, 1, 1, 1, A("detect_negative", "detect_positive"), NULL, run_is_inf},
+    {"NegativeLogLikelihoodLoss", 2, 3, 1, 1, A("ignore_index", "reduction"), NULL, run_nll_loss},
+    {"SoftmaxCrossEntropyLoss", 2, 3, 1, 2, A("ignore_index", "reduction"), NULL, run_softmax_cross_entropy},
+    /* compositions of kiln's ops */
+    {"Selu", 1, 1, 1, 1, A("alpha", "gamma"), NULL, run_selu},
+    {"Softsign", 1, 1, 1, 1, NOATTR, NULL, run_softsign},
+    {"ThresholdedRelu", 1, 1, 1, 1, A("alpha"), NULL, run_thresholded_relu},
+    {"Shrink", 1, 1, 1, 1, A("bias", "lambd"), NULL, run_shrink},
+    {"PRelu", 2, 2, 1, 1, NOATTR, NULL, run_prelu},
+    {"InstanceNormalization", 3, 3, 1, 1, A("epsilon"), NULL, run_instance_norm},
+    {"DepthToSpace", 1, 1, 1, 1, A("blocksize", "mode"), NULL, run_depth_to_space},
+    {"SpaceToDepth", 1, 1, 1, 1, A("blocksize"), NULL, run_space_to_depth},
+    {"MeanVarianceNormalization", 1, 1, 1, 1, A("axes"), NULL, run_mvn},
+    {"Celu", 1, 1, 1, 1, A("alpha"), NULL, run_celu},
+    {"HardSwish", 1, 1, 1, 1, NOATTR, NULL, run_hard_swish},
+    {"IsNaN", 1, 1, 1, 1, NOATTR, NULL, run_is_nan},
+    {"LRN", 1, 1, 1, 1, A("alpha", "beta", "bias", "size"), NULL, run_lrn},
+    /* indexing, sorting and integer arithmetic on the host */
+    {"Mod", 2, 2, 1, 1, A("fmod"), NULL, run_mod},
+    {"BitShift", 2, 2, 1, 1, A("direction"), NULL, run_bitshift},
+    {"ReduceProd", 1, 1, 1, 1, A("axes", "keepdims"), NULL, run_reduce_prod},
+    {"Hardmax", 1, 1, 1, 1, A("axis"), NULL, run_hardmax},
+    {"TopK", 2, 2, 2, 2, A("axis", "largest", "sorted"), NULL, run_topk},
+    {"OneHot", 3, 3, 1, 1, A("axis"), NULL, run_onehot},
+    {"EyeLike", 1, 1, 1, 1, A("dtype", "k"), NULL, run_eyelike},
+    {"GatherND", 2, 2, 1, 1, A("batch_dims"), NULL, run_gather_nd},
+    {"ScatterElements", 3, 3, 1, 1, A("axis", "reduction"), NULL, run_scatter_elements},
+    {"Scatter", 3, 3, 1, 1, A("axis"), NULL, run_scatter_elements},
+    {"ScatterND", 3, 3, 1, 1, A("reduction"), NULL, run_scatter_nd},
+    {"Compress", 2, 2, 1, 1, A("axis"), NULL, run_compress},
+    {"NonZero", 1, 1, 1, 1, NOATTR, NULL, run_nonzero},
+    {"Det", 1, 1, 1, 1, NOATTR, NULL, run_det},
+    {"ReverseSequence", 2, 2, 1, 1, A("batch_axis", "time_axis"), NULL, run_reverse_sequence},
 };
 
 /* The first opset whose definition of the operator kiln implements (where later versions
@@ -2501,6 +3543,48 @@ static const struct {
     {"ReduceLogSum", 1},
     {"ReduceLogSumExp", 1},
     {"Tile", 6},
+    {"Floor", 6},
+    {"Ceil", 6},
+    {"Sign", 9},
+    {"Sin", 7},
+    {"Cos", 7},
+    {"Tan", 7},
+    {"Asin", 7},
+    {"Acos", 7},
+    {"Atan", 7},
+    {"Sinh", 9},
+    {"Cosh", 9},
+    {"Asinh", 9},
+    {"Acosh", 9},
+    {"Atanh", 9},
+    {"IsInf", 10},
+    {"NegativeLogLikelihoodLoss", 12},
+    {"SoftmaxCrossEntropyLoss", 12},
+    {"Selu", 6},
+    {"Softsign", 1},
+    {"ThresholdedRelu", 10},
+    {"Shrink", 9},
+    {"PRelu", 9},
+    {"InstanceNormalization", 6},
+    {"DepthToSpace", 11},
+    {"SpaceToDepth", 1},
+    {"MeanVarianceNormalization", 9},
+    {"Celu", 12},
+    {"HardSwish", 14},
+    {"IsNaN", 13},
+    {"LRN", 1},
+    {"Mod", 10},
+    {"BitShift", 11},
+    {"ReduceProd", 1},
+    {"Hardmax", 1},
+    {"OneHot", 11},
+    {"EyeLike", 9},
+    {"Scatter", 9},
+    {"Compress", 11},
+    {"NonZero", 9},
+    {"ScatterND", 11},
+    {"Det", 11},
+    {"ReverseSequence", 10},
 };
 
 int kiln__onnx_op_since(const char *name) {

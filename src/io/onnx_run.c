@@ -197,6 +197,9 @@ kiln_status kiln_onnx_run(kiln_onnx_model *m, int n_in, kiln_tensor *const in[],
         kiln_scope_end(ctx);
         if (prof && !s && kiln_sync(ctx) == KILN_OK) prof_add(rows, &nrows, n->op->name, kiln__now_ms() - t0);
         if (!s && kiln_error_status(ctx) != KILN_OK) s = kiln_error_status(ctx);
+        /* each result as shape inference said at load */
+        for (int k = 0; k < n->nout && !s; k++)
+            if (n->out[k] >= 0 && ov[k]->set) s = kiln__onnx_check_result(m, n, n->out[k], ov[k]);
         if (s) break;
         /* free what no later node reads */
         for (int k = 0; k < n->nin; k++) {

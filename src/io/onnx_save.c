@@ -41,8 +41,9 @@ typedef struct ex {
 typedef struct val {
     const char *name;
     kiln_tensor *t;
-    int batch_axis; /* the symbolic "batch" dimension, -1 once flattened away */
-    int seq_axis;   /* the symbolic "sequence" dimension of a recurrent layer's values, or -1 */
+    int batch_axis;       /* the symbolic "batch" dimension, -1 once flattened away */
+    int seq_axis;         /* the symbolic "sequence" dimension of a recurrent layer's values, or -1 */
+    const char *seq_name; /* that dimension's name; NULL: "sequence" */
 } val;
 
 static bool oom(ex *e) {
@@ -503,60 +504,93 @@ static bool emit_block(ex *e, kiln_module *m, const char *path, val *x) {
 
 /* ---- Transformer encoders ------------------------------------------------------------------ */
 
-/* Self-attention of the MultiheadAttention mha (at path) on x, unmasked, written out:
- * qkv = x W^T + b, split, heads [B, H, T, d], softmax(q k^T / sqrt d) v, merged, out_proj.
- * x becomes its output (traced by the module itself). */
-static bool emit_self_attention(ex *e, kiln_module *mha, const char *path, val *x) {
+/* q, k or v of the attention in heads: [L, B, E] -> [L, B, H, d] -> [B, H, L, d] (batch_first:
+ * [B, L, H, d] -> [B, H, L, d]); the keys straight to [B, H, d, S]. */
+static const char *to_heads(ex *e, const char *path, const char *x, const char *hshape, bool bf, bool key) {
+    const char *r = op1(e, "Reshape", path, 2, (const char *[]){x, hshape});
+    Onnx__NodeProto *t = node(e, "Transpose", path, 1, &r);
+    int64_t kperm[4] = {1, 2, 3, 0}, perm[4] = {1, 2, 0, 3};
+    if (bf) kperm[0] = 0, kperm[1] = 2, kperm[2] = 3, kperm[3] = 1, perm[0] = 0, perm[1] = 2, perm[2] = 1;
+    if (!t || !attr_ints(e, t, "perm", 4, key ? kperm : perm)) return NULL;
+    return t->output[0];
+}
+
+/* The MultiheadAttention mha (at path) on query q, key k and value v, unmasked, written out:
+ * the projections (self-attention with packed weights: one MatMul with in_proj_weight and
+ * a Split; otherwise in_proj_weight split into its q, k and v rows, or q/k/v_proj_weight),
+ * heads [B, H, T, d], softmax(q k^T / sqrt d) v, merged, out_proj. q becomes its output
+ * (traced by the module itself on the three values). */
+static bool emit_attention(ex *e, kiln_module *mha, const char *path, val *q, const val *k, const val *v) {
     int64_t E, H;
     kiln_mha_params p;
     bool packed;
-    if (!kiln__mha_config_of(mha, &E, &H, &p, &packed) || !packed) {
-        kiln__fail(e->ctx, KILN_ERR_UNSUPPORTED,
-                   FN ": the MultiheadAttention at %s has separate q/k/v projections (kdim or vdim differ from "
-                      "embed_dim); the exporter writes packed in_proj_weight only",
-                   where(path));
+    if (!kiln__mha_config_of(mha, &E, &H, &p, &packed)) {
+        kiln__fail(e->ctx, KILN_ERR_INVALID_ARGUMENT, FN ": no MultiheadAttention at %s", where(path));
         return false;
     }
     kiln_tensor *y = NULL;
-    if (kiln_module_forward(mha, 3, (kiln_tensor *[]){x->t, x->t, x->t}, 1, &y) != KILN_OK) return false;
+    if (kiln_module_forward(mha, 3, (kiln_tensor *[]){q->t, k->t, v->t}, 1, &y) != KILN_OK) return false;
     bool bf = p.batch_first;
-    const char *w = init(e, mha, path, "in_proj_weight");
-    Onnx__NodeProto *wt = node(e, "Transpose", path, 1, &w);
-    if (!wt || !attr_ints(e, wt, "perm", 2, (const int64_t[]){1, 0})) return false;
-    const char *qkv = op1(e, "MatMul", path, 2, (const char *[]){x->name, wt->output[0]});
-    if (p.bias) qkv = op1(e, "Add", path, 2, (const char *[]){qkv, init(e, mha, path, "in_proj_bias")});
-    if (!qkv) return false;
-    Onnx__NodeProto *sp = node_n(e, "Split", path, 1, &qkv, 3);
-    if (!sp || !attr_int(e, sp, "axis", 2)) return false;
-    /* [T, B, E] -> [T, B, H, d] -> [B, H, T, d] (batch_first: [B, T, H, d] -> [B, H, T, d]) */
-    const char *heads[3];
-    const char *hshape = constant_i64(e, path, 4, (const int64_t[]){0, 0, H, E / H});
-    for (int k = 0; k < 3; k++) {
-        const char *r = op1(e, "Reshape", path, 2, (const char *[]){sp->output[k], hshape});
-        Onnx__NodeProto *t = node(e, "Transpose", path, 1, &r);
-        int64_t kperm[4] = {1, 2, 3, 0}, perm[4] = {1, 2, 0, 3};
-        if (bf) kperm[0] = 0, kperm[1] = 2, kperm[2] = 3, kperm[3] = 1, perm[0] = 0, perm[1] = 2, perm[2] = 1;
-        /* k goes straight to [B, H, d, T] */
-        if (!t || !attr_ints(e, t, "perm", 4, k == 1 ? kperm : perm)) return false;
-        heads[k] = t->output[0];
+    const char *heads[3], *hshape = constant_i64(e, path, 4, (const int64_t[]){0, 0, H, E / H});
+    if (packed && !strcmp(q->name, k->name) && !strcmp(q->name, v->name)) {
+        /* self-attention: qkv = x in_proj_weight^T (+ in_proj_bias), split in three */
+        const char *w = init(e, mha, path, "in_proj_weight");
+        Onnx__NodeProto *wt = node(e, "Transpose", path, 1, &w);
+        if (!wt || !attr_ints(e, wt, "perm", 2, (const int64_t[]){1, 0})) return false;
+        const char *qkv = op1(e, "MatMul", path, 2, (const char *[]){q->name, wt->output[0]});
+        if (p.bias) qkv = op1(e, "Add", path, 2, (const char *[]){qkv, init(e, mha, path, "in_proj_bias")});
+        if (!qkv) return false;
+        Onnx__NodeProto *sp = node_n(e, "Split", path, 1, &qkv, 3);
+        if (!sp || !attr_int(e, sp, "axis", 2)) return false;
+        for (int j = 0; j < 3; j++) heads[j] = to_heads(e, path, sp->output[j], hshape, bf, j == 1);
+    } else {
+        const char *ws[3], *bs[3] = {NULL, NULL, NULL};
+        if (packed) {
+            const char *w = init(e, mha, path, "in_proj_weight");
+            Onnx__NodeProto *sw = w ? node_n(e, "Split", path, 1, &w, 3) : NULL;
+            if (!sw || !attr_int(e, sw, "axis", 0)) return false;
+            for (int j = 0; j < 3; j++) ws[j] = sw->output[j];
+        } else {
+            static const char *const names[3] = {"q_proj_weight", "k_proj_weight", "v_proj_weight"};
+            for (int j = 0; j < 3; j++)
+                if (!(ws[j] = init(e, mha, path, names[j]))) return false;
+        }
+        if (p.bias) {
+            const char *b = init(e, mha, path, "in_proj_bias");
+            Onnx__NodeProto *sb = b ? node_n(e, "Split", path, 1, &b, 3) : NULL;
+            if (!sb || !attr_int(e, sb, "axis", 0)) return false;
+            for (int j = 0; j < 3; j++) bs[j] = sb->output[j];
+        }
+        const val *xs[3] = {q, k, v};
+        for (int j = 0; j < 3; j++) {
+            Onnx__NodeProto *wt = node(e, "Transpose", path, 1, &ws[j]);
+            if (!wt || !attr_ints(e, wt, "perm", 2, (const int64_t[]){1, 0})) return false;
+            const char *pj = op1(e, "MatMul", path, 2, (const char *[]){xs[j]->name, wt->output[0]});
+            if (p.bias) pj = op1(e, "Add", path, 2, (const char *[]){pj, bs[j]});
+            if (!pj) return false;
+            heads[j] = to_heads(e, path, pj, hshape, bf, j == 1);
+        }
     }
+    for (int j = 0; j < 3; j++)
+        if (!heads[j]) return false;
     const char *scale = scalar(e, path, (float)(1.0 / sqrt((double)(E / H))));
     const char *sc = op1(e, "Mul", path, 2, (const char *[]){op1(e, "MatMul", path, 2, heads), scale});
     Onnx__NodeProto *sm = node(e, "Softmax", path, 1, &sc);
     if (!sm || !attr_int(e, sm, "axis", -1)) return false;
     const char *att = op1(e, "MatMul", path, 2, (const char *[]){sm->output[0], heads[2]});
-    Onnx__NodeProto *mt = node(e, "Transpose", path, 1, &att); /* [B, H, T, d] -> [T, B, H, d] */
+    Onnx__NodeProto *mt = node(e, "Transpose", path, 1, &att); /* [B, H, L, d] -> [L, B, H, d] */
     if (!mt || !attr_ints(e, mt, "perm", 4, bf ? (const int64_t[]){0, 2, 1, 3} : (const int64_t[]){2, 0, 1, 3}))
         return false;
     const char *mshape = constant_i64(e, path, 3, (const int64_t[]){0, 0, E});
-    val v = {op1(e, "Reshape", path, 2, (const char *[]){mt->output[0], mshape}), x->t, x->batch_axis, x->seq_axis};
-    if (!v.name) return false;
-    /* out_proj's nodes, traced on a tensor of the merged shape (x's), then the real value */
+    val o = {op1(e, "Reshape", path, 2, (const char *[]){mt->output[0], mshape}), y, q->batch_axis, q->seq_axis,
+             q->seq_name};
+    if (!o.name) return false;
+    /* out_proj's nodes, traced on a tensor of the merged shape (the output's), then the real value */
     kiln__layer_config lc;
     kiln_module *op = kiln_module_find_child(mha, "out_proj");
     const char *opath = child_path(e, path, "out_proj");
-    if (!op || !opath || !kiln__layer_config_of(op, &lc) || !emit_layer(e, op, opath, &lc, &v)) return false;
-    x->name = v.name, x->t = y;
+    if (!op || !opath || !kiln__layer_config_of(op, &lc) || !emit_layer(e, op, opath, &lc, &o)) return false;
+    q->name = o.name, q->t = y;
     return true;
 }
 
@@ -582,7 +616,7 @@ static bool emit_encoder_layer(ex *e, kiln_module *m, const char *path, val *x) 
         val h = *x;
         if (p.norm_first && !emit_child(e, m, path, part ? "norm2" : "norm1", &h)) return false;
         if (part == 0) {
-            if (!sa_path || !emit_self_attention(e, sa, sa_path, &h)) return false;
+            if (!sa_path || !emit_attention(e, sa, sa_path, &h, &h, &h)) return false;
         } else {
             if (!emit_child(e, m, path, "linear1", &h)) return false;
             kiln_tensor *a = act.act == KILN_ACT_GELU ? kiln_gelu(ctx, h.t, false) : kiln_relu(ctx, h.t);
@@ -608,6 +642,65 @@ static bool emit_encoder(ex *e, kiln_module *m, const char *path, val *x) {
         if (!cp || !emit_encoder_layer(e, kiln_module_find_child(m, name), cp, x)) return false;
     }
     return !fn || emit_child(e, m, path, "norm", x);
+}
+
+/* TransformerDecoderLayer (layer_forward, unmasked, eval) on tgt x and memory mem: post-norm
+ * x = norm1(x + sa(x)); x = norm2(x + mha(x, mem)); x = norm3(x + ff(x)), or pre-norm
+ * x = x + sa(norm1(x)); x = x + mha(norm2(x), mem); x = x + ff(norm3(x)). */
+static bool emit_decoder_layer(ex *e, kiln_module *m, const char *path, val *x, const val *mem) {
+    kiln_transformer_params p;
+    int nl;
+    bool fn;
+    kiln__decoder_config_of(m, &p, &nl, &fn);
+    kiln_ctx *ctx = e->ctx;
+    kiln__layer_config act = {.act = p.activation == KILN_ACT_GELU ? KILN_ACT_GELU : KILN_ACT_RELU};
+    static const char *const norms[3] = {"norm1", "norm2", "norm3"}, *const attns[2] = {"self_attn", "multihead_attn"};
+    for (int part = 0; part < 3; part++) {
+        val h = *x;
+        if (p.norm_first && !emit_child(e, m, path, norms[part], &h)) return false;
+        if (part < 2) {
+            const char *ap = child_path(e, path, attns[part]);
+            kiln_module *a = kiln_module_find_child(m, attns[part]);
+            if (!ap || !emit_attention(e, a, ap, &h, part ? mem : &h, part ? mem : &h)) return false;
+        } else {
+            if (!emit_child(e, m, path, "linear1", &h)) return false;
+            kiln_tensor *a = act.act == KILN_ACT_GELU ? kiln_gelu(ctx, h.t, false) : kiln_relu(ctx, h.t);
+            if (!act_nodes(e, path, &act, &h, a) || !emit_child(e, m, path, "linear2", &h)) return false;
+        }
+        if (!step(e, x, "Add", path, 1, &h.name, kiln_add(ctx, x->t, h.t))) return false;
+        if (!p.norm_first && !emit_child(e, m, path, norms[part], x)) return false;
+    }
+    return true;
+}
+
+/* TransformerDecoder: layers.0 .. layers.(n-1) each on memory, then norm when it has one. */
+static bool emit_decoder(ex *e, kiln_module *m, const char *path, val *x, const val *mem) {
+    kiln_transformer_params p;
+    int nl;
+    bool fn;
+    kiln__decoder_config_of(m, &p, &nl, &fn);
+    if (nl == 0) return emit_decoder_layer(e, m, path, x, mem);
+    for (int i = 0; i < nl; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "layers.%d", i);
+        const char *cp = child_path(e, path, name);
+        if (!cp || !emit_decoder_layer(e, kiln_module_find_child(m, name), cp, x, mem)) return false;
+    }
+    return !fn || emit_child(e, m, path, "norm", x);
+}
+
+/* PositionalEmbedding / SinusoidalPositionalEncoding (pos_forward): x + table[:T] with T
+ * read from x's shape (Shape, Slice), [T, 1, D] for time-major x. */
+static bool emit_positional(ex *e, kiln_module *m, const char *path, bool learned, bool bf, val *x) {
+    kiln_tensor *y = kiln_forward(m, x->t);
+    if (!y) return false;
+    const char *table = init(e, m, path, learned ? "weight" : "pe");
+    Onnx__NodeProto *sh = node(e, "Shape", path, 1, &x->name);
+    if (!table || !sh || !attr_int(e, sh, "start", bf ? 1 : 0) || !attr_int(e, sh, "end", bf ? 2 : 1)) return false;
+    const char *zero = constant_i64(e, path, 1, (const int64_t[]){0});
+    const char *pe = op1(e, "Slice", path, 4, (const char *[]){table, zero, sh->output[0], zero});
+    if (!bf) pe = op1(e, "Unsqueeze", path, 2, (const char *[]){pe, constant_i64(e, path, 1, (const int64_t[]){1})});
+    return step(e, x, "Add", path, 1, &pe, y) != NULL;
 }
 
 /* A ResNet of models.c: its children in order, flattened before fc (resnet_forward). */
@@ -641,6 +734,16 @@ static bool emit(ex *e, kiln_module *m, const char *path, val *x) {
     int nl;
     bool fn;
     if (kiln__encoder_config_of(m, &tp, &nl, &fn)) return emit_encoder(e, m, path, x);
+    bool learned, bf;
+    if (kiln__pos_config_of(m, &learned, &bf)) return emit_positional(e, m, path, learned, bf, x);
+    if (kiln__decoder_config_of(m, &tp, &nl, &fn) ||
+        kiln__mha_config_of(m, &(int64_t){0}, &(int64_t){0}, &(kiln_mha_params){0}, &(bool){0})) {
+        kiln__fail(e->ctx, KILN_ERR_UNSUPPORTED,
+                   FN ": the %s at %s takes %d inputs: it is exported only as the model itself "
+                      "(kiln_onnx_save_inputs)",
+                   m->kind, where(path), m->def.num_inputs);
+        return false;
+    }
     kiln_rnn_mode mode;
     int64_t isz, hsz;
     kiln_rnn_params rp;
@@ -653,8 +756,9 @@ static bool emit(ex *e, kiln_module *m, const char *path, val *x) {
     kiln__fail(e->ctx, KILN_ERR_UNSUPPORTED,
                FN ": the %s at %s has no ONNX export (exported: Sequential, ResNet, BasicBlock, Bottleneck and the "
                   "layers Linear, Conv2d, ConvTranspose2d, BatchNorm1d/2d, LayerNorm, MaxPool2d, AvgPool2d, "
-                  "AdaptiveAvgPool2d, Flatten, Dropout, Embedding and the activations; TransformerEncoder(Layer); "
-                  "RNN, LSTM and GRU as the model itself)",
+                  "AdaptiveAvgPool2d, Flatten, Dropout, Embedding, the activations and the positional encodings; "
+                  "TransformerEncoder(Layer); MultiheadAttention, TransformerDecoder(Layer), RNN, LSTM and GRU as "
+                  "the model itself)",
                m->kind, where(path));
     return false;
 }
@@ -750,9 +854,9 @@ static bool emit_rnn(ex *e, kiln_module *m, val *x, val *outs, int *nout) {
         if (!t || !attr_ints(e, t, "perm", 3, (const int64_t[]){1, 0, 2})) return false;
         cur = t->output[0];
     }
-    outs[0] = (val){cur, y, p.batch_first ? 0 : 1, p.batch_first ? 1 : 0};
-    outs[1] = (val){concat0(e, path, L, hs), hn, 1, -1};
-    if (lstm) outs[2] = (val){concat0(e, path, L, cs), cn, 1, -1};
+    outs[0] = (val){cur, y, p.batch_first ? 0 : 1, p.batch_first ? 1 : 0, NULL};
+    outs[1] = (val){concat0(e, path, L, hs), hn, 1, -1, NULL};
+    if (lstm) outs[2] = (val){concat0(e, path, L, cs), cn, 1, -1, NULL};
     *nout = lstm ? 3 : 2;
     for (int k = 0; k < *nout; k++)
         if (!outs[k].name) return false;
@@ -776,7 +880,7 @@ static Onnx__ValueInfoProto *value_info(ex *e, const char *name, const val *x) {
         *dim = (Onnx__TensorShapeProto__Dimension)ONNX__TENSOR_SHAPE_PROTO__DIMENSION__INIT;
         if (d == batch_axis || d == x->seq_axis) {
             dim->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM;
-            dim->dim_param = d == batch_axis ? "batch" : "sequence";
+            dim->dim_param = d == batch_axis ? "batch" : x->seq_name ? (char *)x->seq_name : "sequence";
         } else if (batch_axis >= 0 || t->ndim == 0) {
             dim->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE;
             dim->dim_value = t->shape[d];
@@ -876,25 +980,50 @@ static int restore_modes(kiln_module *m, const bool *modes, int n) {
     return n;
 }
 
-static kiln_status build_and_write(ex *e, kiln_module *module, const char *path, kiln_tensor *x) {
+static kiln_status build_and_write(ex *e, kiln_module *module, const char *path, int nin, kiln_tensor *const *xs) {
     kiln_ctx *ctx = e->ctx;
     kiln_rnn_mode mode;
-    int64_t isz, hsz;
+    int64_t isz, hsz, E, H;
     kiln_rnn_params rp;
-    bool rnn = kiln__rnn_config_of(module, &mode, &isz, &hsz, &rp);
-    val v = {.name = "input", .t = x, .batch_axis = rnn && !rp.batch_first ? 1 : 0, .seq_axis = -1};
-    if (rnn) v.seq_axis = rp.batch_first ? 1 : 0;
+    kiln_mha_params mp;
+    bool packed, learned, pbf;
     kiln_transformer_params tp;
     int nl;
     bool fn;
-    if (kiln__encoder_config_of(module, &tp, &nl, &fn)) /* [T, B, E] or [B, T, E] */
-        v.batch_axis = tp.batch_first ? 0 : 1, v.seq_axis = tp.batch_first ? 1 : 0;
-    val in_v = v, outv[3];
+    bool rnn = kiln__rnn_config_of(module, &mode, &isz, &hsz, &rp);
+    bool mha = kiln__mha_config_of(module, &E, &H, &mp, &packed);
+    bool dec = kiln__decoder_config_of(module, &tp, &nl, &fn);
+    /* the graph's inputs: "input", or the module's argument names */
+    static const char *const mha_names[3] = {"query", "key", "value"}, *const dec_names[2] = {"tgt", "memory"};
+    static const char *const mha_seq[3] = {"sequence", "source_sequence", "source_sequence"}, *const dec_seq[2] = {
+                                                                                                  "sequence",
+                                                                                                  "memory_sequence"};
+    val v[3];
+    for (int i = 0; i < nin; i++) {
+        v[i] = (val){.name = mha   ? mha_names[i]
+                             : dec ? dec_names[i]
+                                   : "input",
+                     .t = xs[i],
+                     .batch_axis = rnn && !rp.batch_first ? 1 : 0,
+                     .seq_axis = -1};
+        if (rnn) v[i].seq_axis = rp.batch_first ? 1 : 0;
+        if (mha || dec || kiln__encoder_config_of(module, &tp, &nl, &fn)) { /* [T, B, E] or [B, T, E] */
+            bool bf = mha ? mp.batch_first : tp.batch_first;
+            v[i].batch_axis = bf ? 0 : 1, v[i].seq_axis = bf ? 1 : 0;
+            v[i].seq_name = mha ? mha_seq[i] : dec ? dec_seq[i] : NULL;
+        } else if (kiln__pos_config_of(module, &learned, &pbf)) {
+            v[i].batch_axis = pbf ? 0 : 1, v[i].seq_axis = pbf ? 1 : 0;
+        }
+    }
+    val in_v[3] = {v[0], v[1], v[2]}, outv[3];
     int nout = 1;
     static const char *const rnn_names[3] = {"output", "h_n", "c_n"};
-    bool ok = rnn ? emit_rnn(e, module, &v, outv, &nout) : emit(e, module, "", &v);
+    bool ok = rnn   ? emit_rnn(e, module, &v[0], outv, &nout)
+              : mha ? emit_attention(e, module, "", &v[0], &v[1], &v[2])
+              : dec ? emit_decoder(e, module, "", &v[0], &v[1])
+                    : emit(e, module, "", &v[0]);
     if (!ok) return kiln_error_status(ctx) != KILN_OK ? kiln_error_status(ctx) : KILN_ERR_IO;
-    if (!rnn) outv[0] = v;
+    if (!rnn) outv[0] = v[0];
     /* the graph's outputs are "output" (, "h_n", "c_n"): the last node's output renamed, or
      * an Identity of the value (a lone Dropout computes nothing; a recurrent layer's outputs
      * come from several nodes) */
@@ -907,23 +1036,23 @@ static kiln_status build_and_write(ex *e, kiln_module *module, const char *path,
         last->output[0] = (char *)rnn_names[k];
         outv[k].name = rnn_names[k];
     }
-    Onnx__ValueInfoProto *in = value_info(e, "input", &in_v);
+    Onnx__ValueInfoProto **ins = ex_alloc(e, sizeof *ins * (size_t)nin);
     Onnx__ValueInfoProto **outs = ex_alloc(e, sizeof *outs * (size_t)nout);
-    if (!in || !outs) return kiln_error_status(ctx);
+    if (!ins || !outs) return kiln_error_status(ctx);
+    for (int i = 0; i < nin; i++)
+        if (!(ins[i] = value_info(e, in_v[i].name, &in_v[i]))) return kiln_error_status(ctx);
     for (int k = 0; k < nout; k++)
         if (!(outs[k] = value_info(e, outv[k].name, &outv[k]))) return kiln_error_status(ctx);
     Onnx__GraphProto *g = ex_alloc(e, sizeof *g);
     Onnx__ModelProto *model = ex_alloc(e, sizeof *model);
     Onnx__OperatorSetIdProto *opset = ex_alloc(e, sizeof *opset);
-    Onnx__ValueInfoProto **ins = ex_alloc(e, sizeof *ins);
     Onnx__OperatorSetIdProto **opsets = ex_alloc(e, sizeof *opsets);
-    if (!g || !model || !opset || !ins || !opsets) return kiln_error_status(ctx);
-    ins[0] = in;
+    if (!g || !model || !opset || !opsets) return kiln_error_status(ctx);
     *g = (Onnx__GraphProto)ONNX__GRAPH_PROTO__INIT;
     g->name = (char *)module->kind;
     g->n_node = e->nnodes, g->node = e->nodes;
     g->n_initializer = e->ninits, g->initializer = e->inits;
-    g->n_input = 1, g->input = ins;
+    g->n_input = (size_t)nin, g->input = ins;
     g->n_output = (size_t)nout, g->output = outs;
     *opset = (Onnx__OperatorSetIdProto)ONNX__OPERATOR_SET_ID_PROTO__INIT;
     opset->domain = "", opset->has_version = 1, opset->version = OPSET;
@@ -945,27 +1074,53 @@ static kiln_status build_and_write(ex *e, kiln_module *module, const char *path,
 
 kiln_status kiln_onnx_save(kiln_module *module, const char *path, kiln_tensor *example_input) {
     if (!module) return kiln__fail_global(KILN_ERR_NULL, FN ": module is NULL");
+    if (!example_input && module->ctx->err == KILN_OK)
+        return kiln__fail(module->ctx, KILN_ERR_NULL, FN ": example_input is NULL");
+    return kiln_onnx_save_inputs(module, path, 1, &example_input);
+}
+
+kiln_status kiln_onnx_save_inputs(kiln_module *module, const char *path, int n_inputs, kiln_tensor *const inputs[]) {
+    if (!module) return kiln__fail_global(KILN_ERR_NULL, FN ": module is NULL");
     kiln_ctx *ctx = module->ctx;
     if (ctx->err != KILN_OK) return ctx->err;
     if (!path || !*path) return kiln__fail(ctx, KILN_ERR_NULL, FN ": path is NULL or empty");
-    if (!example_input) return kiln__fail(ctx, KILN_ERR_NULL, FN ": example_input is NULL");
-    if (example_input->ctx != ctx)
-        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, FN ": example_input belongs to another context");
-    if (example_input->ndim < 1 || (example_input->dtype != KILN_F32 && example_input->dtype != KILN_I32)) {
-        char s[96];
-        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                          FN ": example_input is %s %s: an F32 (or I32 token id) tensor with a batch dim is needed",
-                          kiln_dtype_name(example_input->dtype), kiln_tensor_shape_str(example_input, s, sizeof s));
-    }
     kiln_rnn_mode mode;
-    int64_t isz, hsz;
+    int64_t isz, hsz, E, H;
     kiln_rnn_params rp;
+    kiln_mha_params mp;
+    kiln_transformer_params tp;
+    bool packed, fn;
+    int nl;
     bool rnn = kiln__rnn_config_of(module, &mode, &isz, &hsz, &rp);
-    if (!rnn && (module->def.num_inputs - module->def.optional_inputs > 1 || module->def.num_outputs != 1))
+    int want = kiln__mha_config_of(module, &E, &H, &mp, &packed) ? 3
+               : kiln__decoder_config_of(module, &tp, &nl, &fn)  ? 2
+                                                                 : 1;
+    if (want == 1 && !rnn && (module->def.num_inputs - module->def.optional_inputs > 1 || module->def.num_outputs != 1))
         return kiln__fail(ctx, KILN_ERR_UNSUPPORTED,
                           FN ": the %s takes %d inputs and gives %d outputs; the exporter writes one-input, "
-                             "one-output models",
+                             "one-output models (and MultiheadAttention, TransformerDecoder(Layer) and the recurrent "
+                             "layers)",
                           module->kind, module->def.num_inputs, module->def.num_outputs);
+    if (n_inputs != want || !inputs)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, FN ": the %s takes %d input%s (%s); %d example input%s given",
+                          module->kind, want, want > 1 ? "s" : "",
+                          want == 3   ? "query, key, value"
+                          : want == 2 ? "tgt, memory"
+                                      : "one",
+                          n_inputs, n_inputs == 1 ? " was" : "s were");
+    for (int i = 0; i < n_inputs; i++) {
+        kiln_tensor *x = inputs[i];
+        if (!x) return kiln__fail(ctx, KILN_ERR_NULL, FN ": example input %d is NULL", i);
+        if (x->ctx != ctx)
+            return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, FN ": example input %d belongs to another context", i);
+        if (x->ndim < 1 || (x->dtype != KILN_F32 && x->dtype != KILN_I32)) {
+            char s[96];
+            return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                              FN
+                              ": example input %d is %s %s: an F32 (or I32 token id) tensor with a batch dim is needed",
+                              i, kiln_dtype_name(x->dtype), kiln_tensor_shape_str(x, s, sizeof s));
+        }
+    }
 
     /* traced in eval mode without autograd, as torch.onnx.export; modes restored after */
     bool fixed[256], *modes = fixed;
@@ -979,7 +1134,7 @@ kiln_status kiln_onnx_save(kiln_module *module, const char *path, kiln_tensor *e
     bool grad = kiln_ctx_set_grad_enabled(ctx, false);
     ex e = {.ctx = ctx};
     kiln_scope_begin(ctx);
-    kiln_status s = build_and_write(&e, module, path, example_input);
+    kiln_status s = build_and_write(&e, module, path, n_inputs, inputs);
     kiln_scope_end(ctx);
     kiln_ctx_set_grad_enabled(ctx, grad);
     restore_modes(module, modes, 0);

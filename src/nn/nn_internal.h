@@ -80,5 +80,10 @@ bool kiln__mha_config_of(const kiln_module *m, int64_t *embed_dim, int64_t *num_
 /* true when m is a TransformerEncoderLayer (*num_layers 0) or a TransformerEncoder (its layer
  * count, whether it ends with a LayerNorm "norm", *p its first layer's parameters). */
 bool kiln__encoder_config_of(const kiln_module *m, kiln_transformer_params *p, int *num_layers, bool *final_norm);
+/* The same for a TransformerDecoderLayer (*num_layers 0) or a TransformerDecoder. */
+bool kiln__decoder_config_of(const kiln_module *m, kiln_transformer_params *p, int *num_layers, bool *final_norm);
+/* true when m is a PositionalEmbedding (learned, parameter "weight") or a
+ * SinusoidalPositionalEncoding (buffer "pe") of src/nn/transformer.c. */
+bool kiln__pos_config_of(const kiln_module *m, bool *learned, bool *batch_first);
 
 #endif

@@ -604,6 +604,22 @@ bool kiln__encoder_config_of(const kiln_module *m, kiln_transformer_params *p, i
     return false;
 }
 
+bool kiln__decoder_config_of(const kiln_module *m, kiln_transformer_params *p, int *num_layers, bool *final_norm) {
+    if (!m) return false;
+    if (m->def.forward == layer_forward && ((const layer_cfg *)m->data)->decoder) {
+        *p = ((const layer_cfg *)m->data)->p, *num_layers = 0, *final_norm = false;
+        return true;
+    }
+    if (m->def.forward == stack_forward && ((const stack_cfg *)m->data)->decoder) {
+        const stack_cfg *c = m->data;
+        kiln_module *first = kiln_module_child(c->layers, 0);
+        if (!first) return false;
+        *p = ((const layer_cfg *)first->data)->p, *num_layers = c->num_layers, *final_norm = c->norm != NULL;
+        return true;
+    }
+    return false;
+}
+
 typedef struct pos_cfg {
     int64_t max_len, dim;
     bool batch_first, learned;
@@ -693,6 +709,13 @@ kiln_module *kiln_nn_positional_embedding(kiln_ctx *ctx, int64_t max_len, int64_
 
 kiln_module *kiln_nn_sinusoidal_encoding(kiln_ctx *ctx, int64_t max_len, int64_t dim, bool batch_first) {
     return pos_new(ctx, max_len, dim, batch_first, false);
+}
+
+bool kiln__pos_config_of(const kiln_module *m, bool *learned, bool *batch_first) {
+    if (!m || m->def.forward != pos_forward) return false;
+    const pos_cfg *c = m->data;
+    *learned = c->learned, *batch_first = c->batch_first;
+    return true;
 }
 
 /* ---- the output projection tied to an embedding ---------------------------------------- */
