@@ -5,8 +5,8 @@
  *
  * The kernels are shaped for CPUs, where POCL runs a work-group's items as a loop on one
  * thread: every work-item owns a few rows and a whole loop over the other sequence, with
- * its accumulators in vector registers, and no local memory or barriers (on a CPU local
- * memory is ordinary memory, and values live across a barrier are spilled per work-item).
+ * its accumulators in vector registers, and no local memory (on a CPU it is ordinary
+ * memory); the one barrier, in the dK/dV kernel, only orders the items' work for the cache.
  * A score tile is computed as outer products, as gemm.cl's gemm_nn computes a block: per
  * feature e, a vector of ATT_KW keys' (or queries') e-th features, read from a transposed
  * copy, times the e-th feature of each of the work-item's rows broadcast. So the tile's
@@ -16,8 +16,8 @@
  *
  * The host packs the operands first (sdpa_pack): q (times scale), k, v and dO as rows
  * padded with zeros to whole vectors of ATT_VW features ("rows", [B, n_pad, ATT_EP]) and
- * transposed ("cols", [B, E, n_pad]), with n_pad (Lp, Sp) a multiple of every tile, so no
- * tile loop has a tail and any strided or broadcast view is read once. Padding keys get
+ * transposed ("cols", [B, E, n_pad]), with n_pad (Lp, Sp) covering whole tiles and row
+ * blocks, so no tile loop has a tail and any strided or broadcast view is read once. Padding keys get
  * score -inf; padding query rows get lse +inf (their weights are 0).
  *
  * Build options (the host sets all of them):
@@ -28,6 +28,7 @@
  *   ATT_FN, ATT_QN  key vectors (of ATT_KW keys) per tile of the forward and of the dQ kernel
  *   ATT_RN          key rows per work-item of the dK/dV kernel
  *   ATT_DN          query vectors per tile of the dK/dV kernel
+ *   ATT_DC          tiles per chunk of the dK/dV kernel's walk over the queries
  *   ATT_MASK        0 none, 1 boolean (uchar, nonzero = takes part), 2 additive float
  *   ATT_CAUSAL      1: query i sees keys j <= i (top-left aligned, as torch)
  *   ATT_DROP        1: dropout on the attention weights

@@ -60,11 +60,11 @@ typedef struct sdpa_geom {
     int nb;                        /* batch dims */
     int64_t bshape[KILN_MAX_DIMS]; /* broadcast batch shape */
     int64_t B, L, S, E, EV;        /* B = product of bshape */
-    cl_int qrs, qcs, krs, kcs, vrs, vcs, mrs, mcs;
-    /* the kernels' batch addressing (attention.cl's ATT_COMMON, sdpa_pack): the batch shape
-     * padded in front with 1s to 8 dims, each operand's strides over it, their offsets */
-    cl_int8 bsh, qbs, kbs, vbs, mbs;
-    cl_int4 base;
+    cl_int mrs, mcs;               /* the mask's row and column strides (0 where it broadcasts) */
+    /* the kernels' batch addressing (attention.cl's ATT_COMMON): the batch shape padded in
+     * front with 1s to 8 dims, the mask's strides over it and its offset */
+    cl_int8 bsh, mbs;
+    cl_int mbase;
 } sdpa_geom;
 
 typedef struct sdpa_state {
@@ -191,9 +191,6 @@ static bool sdpa_check(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, kiln_tenso
         return false;
     }
     *scale = isnan(o->scale) ? (float)(1.0 / sqrt((double)g->E)) : o->scale;
-    g->qrs = (cl_int)stride_from_end(q, 2), g->qcs = (cl_int)stride_from_end(q, 1);
-    g->krs = (cl_int)stride_from_end(k, 2), g->kcs = (cl_int)stride_from_end(k, 1);
-    g->vrs = (cl_int)stride_from_end(v, 2), g->vcs = (cl_int)stride_from_end(v, 1);
     g->mrs = m ? (cl_int)stride_from_end(m, 2) : 0, g->mcs = m ? (cl_int)stride_from_end(m, 1) : 0;
     return true;
 }
@@ -204,16 +201,15 @@ kiln_sdpa_opts kiln_sdpa_defaults(void) {
 
 /* ---- the fused path ---------------------------------------------------------------------- */
 
-/* g's batch addressing of the four operands (the mask may be NULL). */
-static void batch_addressing(sdpa_geom *g, kiln_tensor *const *ops4) {
-    cl_int8 *st[4] = {&g->qbs, &g->kbs, &g->vbs, &g->mbs};
+/* g's batch shape and the mask's (NULL: none) addressing over it. */
+static void batch_addressing(sdpa_geom *g, kiln_tensor *m) {
     int nd = g->nb + 2, pad = 8 - g->nb;
     for (int d = 0; d < 8; d++) {
         int bd = d - pad; /* batch dim, or < 0 in the padding */
         g->bsh.s[d] = bd >= 0 ? (cl_int)g->bshape[bd] : 1;
-        for (int t = 0; t < 4; t++) st[t]->s[d] = bd >= 0 && ops4[t] ? (cl_int)stride_from_end(ops4[t], nd - bd) : 0;
+        g->mbs.s[d] = bd >= 0 && m ? (cl_int)stride_from_end(m, nd - bd) : 0;
     }
-    for (int t = 0; t < 4; t++) g->base.s[t] = ops4[t] ? (cl_int)ops4[t]->offset : 0;
+    g->mbase = m ? (cl_int)m->offset : 0;
 }
 
 static void build_options(const sdpa_state *st, char *buf, size_t cap) {
@@ -281,7 +277,7 @@ typedef struct sdpa_common {
 static void common_init(kiln_ctx *ctx, sdpa_common *c, const sdpa_state *st, kiln_tensor *q, kiln_tensor *m) {
     c->m = m ? m->st->mem : q->st->mem; /* not read without a mask */
     c->bsh = st->g.bsh, c->mbs = st->g.mbs;
-    c->mbase = st->g.base.s[3], c->mrs = st->g.mrs, c->mcs = st->g.mcs;
+    c->mbase = st->g.mbase, c->mrs = st->g.mrs, c->mcs = st->g.mcs;
     c->L = (cl_int)st->g.L, c->S = (cl_int)st->g.S, c->Lp = (cl_int)st->Lp, c->Sp = (cl_int)st->Sp;
     c->p = st->p, c->dscale = st->dscale;
     c->key0 = st->key0, c->key1 = st->key1, c->ctr_lo = st->ctr_lo, c->ctr_hi = st->ctr_hi;
@@ -444,8 +440,7 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
     int64_t nd = g->nb + 2, shp[KILN_MAX_DIMS], rows = g->B * st.Lp;
     memcpy(shp, g->bshape, sizeof(int64_t) * (size_t)g->nb);
     shp[nd - 2] = g->L, shp[nd - 1] = g->EV;
-    kiln_tensor *ops4[4] = {q, k, v, m};
-    batch_addressing(&st.g, ops4);
+    batch_addressing(&st.g, m);
     kiln_tensor *qp = NULL, *kt = NULL, *vp = NULL;
     kiln_tensor *out = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp);
     kiln_tensor *lse = out ? kiln__tensor_new(ctx, op_name, KILN_F32, 1, &rows) : NULL;
