@@ -1,24 +1,25 @@
 /* src/ops/attention.c - scaled dot-product attention as torch.nn.functional's, with its
  * backward (kernels in cl_kernels/attention.cl).
  *
- * The fused path runs one kernel forward: a work-group per block of ATT_BM query rows
- * walks the keys in tiles of ATT_BN with an online softmax, so the L x S weights never
- * exist in device memory; it keeps the output and one log-sum-exp per query row. The
- * backward computes D = rowsum(dO * O) in a pre-pass, then dQ with a kernel parallel over
- * query blocks and dK, dV with one parallel over key blocks, each recomputing the score
- * tiles from q, k and the log-sum-exp; every gradient element is summed by one work-item
- * (no atomics), so results are deterministic. Device memory is O(B (L + S) E): the pool
+ * The fused path runs one kernel forward: each work-item holds a few query rows and walks
+ * the keys in tiles with an online softmax, so the L x S weights never exist in device
+ * memory; it keeps the output and one log-sum-exp per query row. The backward computes
+ * D = rowsum(dO * O) in a pre-pass, then dQ with a kernel parallel over query rows and dK,
+ * dV with one parallel over key rows, each recomputing the score tiles from q, k and the
+ * log-sum-exp; every gradient element is summed by one work-item (no atomics), so results
+ * are deterministic. The kernels read packed copies of their operands (sdpa_pack: rows
+ * padded to whole vectors, and transposed), so device memory is O(B (L + S) E): the pool
  * statistics of tests/test_attention.c show it.
  *
  * Batch dims of query, key and value broadcast together (as torch's matmul-based
- * definition); the mask broadcasts to [batch..., L, S]. The kernels address every
- * operand through its strides over the batch dims and two more, so views, transposed
- * heads and broadcasts are read in place. Gradients are computed at the
- * broadcast batch shape and summed down by kiln__accum.
+ * definition); the mask broadcasts to [batch..., L, S]. The packing kernel and the mask
+ * reads address every operand through its strides over the batch dims and two more, so
+ * views, transposed heads and broadcasts need no contiguous copy first. Gradients are
+ * computed at the broadcast batch shape and summed down by kiln__accum.
  *
  * The composed path (opts->impl = KILN_SDPA_COMPOSED) is matmul, softmax, dropout and
  * matmul through kiln's ops: the reference the tests compare the fused path against, and
- * the path for head dims whose tiles do not fit the device's local memory.
+ * the path for head dims past ATT_MAX_DIM.
  */
 #include <math.h>
 #include <stdio.h>
@@ -30,20 +31,27 @@
 #define ATT_PROGRAM "attention"
 static const char op_name[] = "kiln_scaled_dot_product_attention";
 
-/* Build options of attention.cl. ATT_BM, ATT_BN: tile sizes. On CPUs POCL runs a
- * work-group as a loop over its work-items on one core; 32 query rows per group and 32-key
- * tiles were the fastest of the sizes from 8 to 64 timed on POCL (L = S = 512, E = 64,
- * forward and backward). ATT_VW: the float vector width rows are held in, up to 16 on
- * CPUs (of 4, 8 and 16, 16 timed fastest on AVX-512). ATT_KB: keys per work-item of the
- * dK/dV kernel, so that each query vector read from local memory serves two keys (1, 2
- * and 4 timed alike within the noise of a shared machine; two query rows per work-item in
- * the dQ kernel timed slower). The GPU sizes are untimed: wider groups, as GPUs want. */
-#define ATT_BM_CPU 32
-#define ATT_BN_CPU 32
-#define ATT_VW_MAX_CPU 16
-#define ATT_KB 2
-#define ATT_BM_GPU 64
-#define ATT_BN_GPU 64
+/* Tiles of attention.cl per device kind (attention.cl's build options in lower case; CPU
+ * figures: README, "Scaled dot-product attention"). On CPUs the vector over a tile's keys
+ * or queries is as wide as the CPU's float vectors (kw: kiln's GEMM parameter set for it,
+ * 16 on AVX-512). A work-item holds rm = 4 query rows in the forward (tiles of 2 vectors of
+ * keys) and qm = 4 in the dQ kernel (tiles of one vector), and rn = 3 key rows in the
+ * dK/dV kernel (tiles of one vector of queries), so that at E = Ev = 64 the accumulators
+ * and score tiles fill most of AVX-512's 32 vector registers without spilling: of the
+ * shapes timed on POCL (rm 2-8, tiles of 1-4 vectors, qm 2-5, rn 1-4), these were the
+ * fastest or within the noise of a shared machine (rn = 3 took the dK/dV kernel from 1.7x
+ * the dQ kernel's time to 1.3x against rn = 2). The dK/dV kernel's work-groups of dg = 8
+ * items walk the queries in chunks of dc = 8 tiles with a barrier after each (attention.cl
+ * says why): its CPU time at L = S = 2048 went from about 155 to 105 ms; groups of 4-32 and
+ * chunks of 2-16 tiles timed alike. The GPU sizes are untimed: narrow vectors and few rows,
+ * as GPU work-items are scalar lanes. */
+typedef struct att_tiles {
+    int kw, vw, rm, fn, qm, qn, rn, dn, dg, dc;
+} att_tiles;
+static const att_tiles tiles_cpu = {
+    .kw = 16, .vw = 16, .rm = 4, .fn = 2, .qm = 4, .qn = 1, .rn = 3, .dn = 1, .dg = 8, .dc = 8};
+static const att_tiles tiles_gpu = {
+    .kw = 4, .vw = 4, .rm = 2, .fn = 1, .qm = 2, .qn = 1, .rn = 2, .dn = 1, .dg = 64, .dc = 1};
 
 typedef enum { MASK_NONE = 0, MASK_BOOL = 1, MASK_FLOAT = 2 } mask_kind;
 
@@ -52,16 +60,18 @@ typedef struct sdpa_geom {
     int nb;                        /* batch dims */
     int64_t bshape[KILN_MAX_DIMS]; /* broadcast batch shape */
     int64_t B, L, S, E, EV;        /* B = product of bshape */
-    cl_int qrs, qcs, krs, kcs, vrs, vcs, mrs, mcs;
-    /* the kernels' batch addressing (ATT_OPERANDS of attention.cl): the batch shape padded
-     * in front with 1s to 8 dims, each operand's strides over it, their offsets */
-    cl_int8 bsh, qbs, kbs, vbs, mbs;
-    cl_int4 base;
+    cl_int mrs, mcs;               /* the mask's row and column strides (0 where it broadcasts) */
+    /* the kernels' batch addressing (attention.cl's ATT_COMMON): the batch shape padded in
+     * front with 1s to 8 dims, the mask's strides over it and its offset */
+    cl_int8 bsh, mbs;
+    cl_int mbase;
 } sdpa_geom;
 
 typedef struct sdpa_state {
     sdpa_geom g;
-    int bm, bn, vw, kb, mask, causal, drop;
+    att_tiles t;
+    int64_t Lp, Sp; /* L and S padded to a multiple of every tile */
+    int mask, causal, drop;
     float scale, p, dscale;
     cl_uint key0, key1, ctr_lo, ctr_hi;
 } sdpa_state;
@@ -181,9 +191,6 @@ static bool sdpa_check(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, kiln_tenso
         return false;
     }
     *scale = isnan(o->scale) ? (float)(1.0 / sqrt((double)g->E)) : o->scale;
-    g->qrs = (cl_int)stride_from_end(q, 2), g->qcs = (cl_int)stride_from_end(q, 1);
-    g->krs = (cl_int)stride_from_end(k, 2), g->kcs = (cl_int)stride_from_end(k, 1);
-    g->vrs = (cl_int)stride_from_end(v, 2), g->vcs = (cl_int)stride_from_end(v, 1);
     g->mrs = m ? (cl_int)stride_from_end(m, 2) : 0, g->mcs = m ? (cl_int)stride_from_end(m, 1) : 0;
     return true;
 }
@@ -194,82 +201,138 @@ kiln_sdpa_opts kiln_sdpa_defaults(void) {
 
 /* ---- the fused path ---------------------------------------------------------------------- */
 
-/* g's batch addressing of the four operands (the mask may be NULL). */
-static void batch_addressing(sdpa_geom *g, kiln_tensor *const *ops4) {
-    cl_int8 *st[4] = {&g->qbs, &g->kbs, &g->vbs, &g->mbs};
+/* g's batch shape and the mask's (NULL: none) addressing over it. */
+static void batch_addressing(sdpa_geom *g, kiln_tensor *m) {
     int nd = g->nb + 2, pad = 8 - g->nb;
     for (int d = 0; d < 8; d++) {
         int bd = d - pad; /* batch dim, or < 0 in the padding */
         g->bsh.s[d] = bd >= 0 ? (cl_int)g->bshape[bd] : 1;
-        for (int t = 0; t < 4; t++) st[t]->s[d] = bd >= 0 && ops4[t] ? (cl_int)stride_from_end(ops4[t], nd - bd) : 0;
+        g->mbs.s[d] = bd >= 0 && m ? (cl_int)stride_from_end(m, nd - bd) : 0;
     }
-    for (int t = 0; t < 4; t++) g->base.s[t] = ops4[t] ? (cl_int)ops4[t]->offset : 0;
+    g->mbase = m ? (cl_int)m->offset : 0;
 }
 
 static void build_options(const sdpa_state *st, char *buf, size_t cap) {
+    const att_tiles *t = &st->t;
     snprintf(buf, cap,
-             "-DATT_E=%lld -DATT_EV=%lld -DATT_BM=%d -DATT_BN=%d -DATT_VW=%d -DATT_KB=%d -DATT_MASK=%d -DATT_CAUSAL=%d "
-             "-DATT_DROP=%d",
-             (long long)st->g.E, (long long)st->g.EV, st->bm, st->bn, st->vw, st->kb, st->mask, st->causal, st->drop);
+             "-DATT_E=%lld -DATT_EV=%lld -DATT_VW=%d -DATT_KW=%d -DATT_RM=%d -DATT_FN=%d -DATT_QM=%d -DATT_QN=%d "
+             "-DATT_RN=%d -DATT_DN=%d -DATT_DC=%d -DATT_MASK=%d -DATT_CAUSAL=%d -DATT_DROP=%d",
+             (long long)st->g.E, (long long)st->g.EV, t->vw, t->kw, t->rm, t->fn, t->qm, t->qn, t->rn, t->dn, t->dc,
+             st->mask, st->causal, st->drop);
 }
 
-/* Tile sizes and vector width for the device: the vector as wide as the rows up to
- * ATT_VW_MAX (4 on GPUs, whose work-items are scalar lanes), the tiles halved until both
- * kernels' tiles fit its local memory and work-group limit; false when even single rows do
- * not fit. */
-static bool choose_tiles(const kiln_ctx *ctx, int64_t E, int64_t EV, int *bm, int *bn, int *vw) {
-    bool cpu = ctx->info.type == KILN_DEVICE_CPU;
-    *bm = cpu ? ATT_BM_CPU : ATT_BM_GPU;
-    *bn = cpu ? ATT_BN_CPU : ATT_BN_GPU;
-    int64_t wide = E > EV ? E : EV;
-    for (*vw = 4; *vw < (cpu ? ATT_VW_MAX_CPU : 4) && 2 * *vw <= wide;) *vw *= 2;
-    uint64_t lmem = ctx->info.local_mem_bytes, maxwg = ctx->info.max_work_group_size;
-    /* rows are padded to whole vectors in local memory (attention.cl) */
-    uint64_t w = (uint64_t)*vw, e4 = ((uint64_t)E + w - 1) / w * w + ((uint64_t)EV + w - 1) / w * w;
-    for (;;) {
-        uint64_t fwd = 4u * (uint64_t)*bn * e4, dkv = 4u * (uint64_t)*bm * (e4 + 2);
-        bool fits = fwd <= lmem && dkv <= lmem && (uint64_t)*bm <= maxwg && (uint64_t)*bn <= maxwg;
-        if (fits) return true;
-        if (*bm == 1 && *bn == 1) return false;
-        if (*bn >= *bm && *bn > 1)
-            *bn /= 2;
-        else
-            *bm /= 2;
+/* The largest head dim the fused kernels take: a work-item keeps ATT_RM rows of
+ * accumulators of E or Ev floats in registers (private memory past that); wider heads
+ * take the composed path. */
+#define ATT_MAX_DIM 512
+
+static int64_t lcm64(int64_t a, int64_t b) {
+    int64_t x = a, y = b;
+    while (y) {
+        int64_t r = x % y;
+        x = y, y = r;
     }
+    return a / x * b;
 }
 
-/* The common kernel arguments (ATT_OPERANDS of attention.cl). */
-typedef struct sdpa_args {
-    cl_mem q, k, v, m;
-    cl_int L, S;
-    sdpa_geom g;
-    sdpa_state st;
-} sdpa_args;
+/* Tiles and vector widths for the device: the key vector as wide as the CPU's (kiln's
+ * GEMM set for it), the feature vector as wide as the rows up to that; false (composed
+ * path) for head dims past ATT_MAX_DIM. */
+static bool choose_tiles(kiln_ctx *ctx, int64_t E, int64_t EV, att_tiles *t) {
+    if (E > ATT_MAX_DIM || EV > ATT_MAX_DIM) return false;
+    bool cpu = ctx->info.type == KILN_DEVICE_CPU;
+    *t = cpu ? tiles_cpu : tiles_gpu;
+    if (cpu) {
+        const kiln__gemm_params *gp = kiln__gemm_params_of(ctx);
+        int w = gp ? gp->nt_vw : 4;
+        t->kw = w >= 16 ? 16 : w >= 8 ? 8 : 4;
+    }
+    int64_t wide = E > EV ? E : EV;
+    for (t->vw = 4; t->vw < t->kw && 2 * t->vw <= wide;) t->vw *= 2;
+    return true;
+}
 
-static int fill_args(sdpa_args *a, kiln__karg *args) {
+static int64_t round_up(int64_t x, int64_t u) { return (x + u - 1) / u * u; }
+
+/* The padded lengths Lp and Sp of the packed operands: whole tiles of the loops over
+ * queries (dK/dV) and keys (forward, dQ), whole row blocks of the work-items, and whole
+ * vectors of sdpa_pack. */
+static void padded_lengths(const att_tiles *t, int64_t L, int64_t S, int64_t *Lp, int64_t *Sp) {
+    int64_t lq = round_up(L, (int64_t)t->dn * t->kw), lr = round_up(L, lcm64(t->rm, t->qm));
+    int64_t sk = round_up(S, lcm64((int64_t)t->fn * t->kw, (int64_t)t->qn * t->kw)), sr = round_up(S, t->rn);
+    *Lp = round_up(lq > lr ? lq : lr, t->kw);
+    *Sp = round_up(sk > sr ? sk : sr, t->kw);
+}
+
+/* The arguments every attention kernel takes first (ATT_COMMON of attention.cl). */
+typedef struct sdpa_common {
+    cl_mem m;
+    cl_int mbase, mrs, mcs, L, S, Lp, Sp;
+    cl_uint key0, key1, ctr_lo, ctr_hi;
+    float p, dscale;
+    cl_int8 bsh, mbs;
+    cl_int go; /* the element offset of every tensor the op allocates (kiln's guard regions) */
+} sdpa_common;
+
+static void common_init(kiln_ctx *ctx, sdpa_common *c, const sdpa_state *st, kiln_tensor *q, kiln_tensor *m) {
+    c->m = m ? m->st->mem : q->st->mem; /* not read without a mask */
+    c->bsh = st->g.bsh, c->mbs = st->g.mbs;
+    c->mbase = st->g.mbase, c->mrs = st->g.mrs, c->mcs = st->g.mcs;
+    c->L = (cl_int)st->g.L, c->S = (cl_int)st->g.S, c->Lp = (cl_int)st->Lp, c->Sp = (cl_int)st->Sp;
+    c->p = st->p, c->dscale = st->dscale;
+    c->key0 = st->key0, c->key1 = st->key1, c->ctr_lo = st->ctr_lo, c->ctr_hi = st->ctr_hi;
+    c->go = (cl_int)ctx->guard;
+}
+
+static int common_args(sdpa_common *c, kiln__karg *a) {
     int n = 0;
-    args[n++] = KILN__ARG(a->q), args[n++] = KILN__ARG(a->k), args[n++] = KILN__ARG(a->v);
-    args[n++] = KILN__ARG(a->m), args[n++] = KILN__ARG(a->g.bsh), args[n++] = KILN__ARG(a->g.qbs);
-    args[n++] = KILN__ARG(a->g.kbs), args[n++] = KILN__ARG(a->g.vbs), args[n++] = KILN__ARG(a->g.mbs);
-    args[n++] = KILN__ARG(a->g.base);
-    args[n++] = KILN__ARG(a->L), args[n++] = KILN__ARG(a->S);
-    args[n++] = KILN__ARG(a->g.qrs), args[n++] = KILN__ARG(a->g.qcs), args[n++] = KILN__ARG(a->g.krs);
-    args[n++] = KILN__ARG(a->g.kcs), args[n++] = KILN__ARG(a->g.vrs), args[n++] = KILN__ARG(a->g.vcs);
-    args[n++] = KILN__ARG(a->g.mrs), args[n++] = KILN__ARG(a->g.mcs);
-    args[n++] = KILN__ARG(a->st.scale), args[n++] = KILN__ARG(a->st.p), args[n++] = KILN__ARG(a->st.dscale);
-    args[n++] = KILN__ARG(a->st.key0), args[n++] = KILN__ARG(a->st.key1);
-    args[n++] = KILN__ARG(a->st.ctr_lo), args[n++] = KILN__ARG(a->st.ctr_hi);
+    a[n++] = KILN__ARG(c->m), a[n++] = KILN__ARG(c->bsh), a[n++] = KILN__ARG(c->mbs), a[n++] = KILN__ARG(c->mbase);
+    a[n++] = KILN__ARG(c->mrs), a[n++] = KILN__ARG(c->mcs), a[n++] = KILN__ARG(c->L), a[n++] = KILN__ARG(c->S);
+    a[n++] = KILN__ARG(c->Lp), a[n++] = KILN__ARG(c->Sp), a[n++] = KILN__ARG(c->p), a[n++] = KILN__ARG(c->dscale);
+    a[n++] = KILN__ARG(c->key0), a[n++] = KILN__ARG(c->key1), a[n++] = KILN__ARG(c->ctr_lo);
+    a[n++] = KILN__ARG(c->ctr_hi), a[n++] = KILN__ARG(c->go);
     return n;
 }
 
-static void args_init(sdpa_args *a, const sdpa_state *st, kiln_tensor *q, kiln_tensor *k, kiln_tensor *v,
-                      kiln_tensor *m) {
-    a->q = q->st->mem, a->k = k->st->mem, a->v = v->st->mem;
-    a->m = m ? m->st->mem : q->st->mem; /* not read without a mask */
-    a->L = (cl_int)st->g.L, a->S = (cl_int)st->g.S;
-    a->g = st->g;
-    a->st = *st;
+/* One operand for sdpa_pack: its buffer, batch strides over g's batch shape, offset,
+ * rows n, and row and column strides over the last two dims of D columns. */
+typedef struct pack_src {
+    cl_mem x;
+    cl_int8 bs;
+    cl_int base, n, rs, cs, D;
+} pack_src;
+
+static pack_src pack_src_of(const sdpa_geom *g, kiln_tensor *t, int64_t n, int64_t D) {
+    pack_src s = {.x = t->st->mem, .base = (cl_int)t->offset, .n = (cl_int)n, .D = (cl_int)D};
+    int nd = g->nb + 2, pad = 8 - g->nb;
+    for (int d = 0; d < 8; d++) {
+        int bd = d - pad;
+        s.bs.s[d] = bd >= 0 ? (cl_int)stride_from_end(t, nd - bd) : 0;
+    }
+    s.rs = (cl_int)stride_from_end(t, 2), s.cs = (cl_int)stride_from_end(t, 1);
+    return s;
 }
+
+/* Packs src (times mult) for the kernels: *rows [B, np, Dp] when rows is not NULL, *cols
+ * [B, D, np] when cols is not NULL (attention.cl's sdpa_pack). */
+static kiln_status pack(kiln_ctx *ctx, const sdpa_state *st, const char *opts, pack_src *src, int64_t np, int64_t Dp,
+                        float mult, kiln_tensor **rows, kiln_tensor **cols) {
+    int64_t B = st->g.B, nr = B * np * Dp, nc = B * src->D * np;
+    if (!rows && !cols) return KILN_OK;
+    if (rows && !(*rows = kiln__tensor_new(ctx, op_name, KILN_F32, 1, &nr))) return ctx->err;
+    if (cols && !(*cols = kiln__tensor_new(ctx, op_name, KILN_F32, 1, &nc))) return ctx->err;
+    cl_mem rm = rows ? (*rows)->st->mem : (*cols)->st->mem, cm = cols ? (*cols)->st->mem : rm;
+    cl_int npi = (cl_int)np, Dpi = (cl_int)Dp, mode = (rows ? 1 : 0) | (cols ? 2 : 0), go = (cl_int)ctx->guard;
+    sdpa_geom g = st->g;
+    kiln__karg a[] = {KILN__ARG(src->x), KILN__ARG(g.bsh),   KILN__ARG(src->bs), KILN__ARG(src->base),
+                      KILN__ARG(src->n), KILN__ARG(src->rs), KILN__ARG(src->cs), KILN__ARG(src->D),
+                      KILN__ARG(npi),    KILN__ARG(Dpi),     KILN__ARG(mult),    KILN__ARG(mode),
+                      KILN__ARG(rm),     KILN__ARG(cm),      KILN__ARG(go)};
+    size_t gl[2] = {(size_t)(np / st->t.kw), (size_t)B};
+    return kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_pack", sizeof a / sizeof a[0], a, gl, NULL);
+}
+
+static int64_t padded_dim(int64_t d, int vw) { return round_up(d, vw); }
 
 static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     const sdpa_state *st = KILN__NODE_STATE(n, sdpa_state);
@@ -277,53 +340,72 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     kiln_tensor *q = n->in[0], *k = n->in[1], *v = n->in[2], *out = n->out;
     kiln_tensor *lse = n->saved[0], *m = n->nsaved > 1 ? n->saved[1] : NULL;
     const sdpa_geom *g = &st->g;
+    const att_tiles *t = &st->t;
     bool need_q = kiln__input_needs_grad(n, 0), need_kv = kiln__input_needs_grad(n, 1) || kiln__input_needs_grad(n, 2);
-    char opts[256];
+    char opts[320];
     build_options(st, opts, sizeof opts);
     kiln_status s = KILN_OK;
+    /* packed operands: rows (p) and transposed (t) */
+    kiln_tensor *qp = NULL, *qt = NULL, *kp = NULL, *kt = NULL, *vp = NULL, *vt = NULL, *dop = NULL, *dot = NULL;
     kiln_tensor *dd = NULL, *dq = NULL, *dk = NULL, *dv = NULL;
-    int64_t rows = g->B * g->L, nd = g->nb + 2, shp[KILN_MAX_DIMS];
+    int64_t nd = g->nb + 2, shp[KILN_MAX_DIMS], EP = padded_dim(g->E, t->vw), EVP = padded_dim(g->EV, t->vw);
     memcpy(shp, g->bshape, sizeof(int64_t) * (size_t)g->nb);
-    if (!(dd = kiln__tensor_new(ctx, op_name, KILN_F32, 1, &rows))) return ctx->err;
-    cl_int dooff = (cl_int)gout->offset, ooff = (cl_int)out->offset, nrows = (cl_int)rows;
-    if (rows > 0) {
-        kiln__karg a[] = {KILN__ARG(gout->st->mem), KILN__ARG(dooff),       KILN__ARG(out->st->mem),
-                          KILN__ARG(ooff),          KILN__ARG(dd->st->mem), KILN__ARG(nrows)};
-        s = kiln__launch(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_d", 6, a, (size_t)rows, 0);
-        if (s != KILN_OK) goto done;
-    }
-    sdpa_args sa;
-    args_init(&sa, st, q, k, v, m);
+    pack_src sq = pack_src_of(g, q, g->L, g->E), sk = pack_src_of(g, k, g->S, g->E);
+    pack_src sv = pack_src_of(g, v, g->S, g->EV), so = pack_src_of(g, gout, g->L, g->EV);
+    /* dQ reads qp, kt, vt, kp, dop; dK/dV kp, vp, qt, dot, qp, dop */
+    if ((s = pack(ctx, st, opts, &sq, st->Lp, EP, st->scale, &qp, need_kv ? &qt : NULL)) != KILN_OK ||
+        (s = pack(ctx, st, opts, &sk, st->Sp, EP, 1.0f, &kp, need_q ? &kt : NULL)) != KILN_OK ||
+        (s = pack(ctx, st, opts, &sv, st->Sp, EVP, 1.0f, need_kv ? &vp : NULL, need_q ? &vt : NULL)) != KILN_OK ||
+        (s = pack(ctx, st, opts, &so, st->Lp, EVP, 1.0f, &dop, need_kv ? &dot : NULL)) != KILN_OK)
+        goto done;
+    int64_t rows = g->B * st->Lp;
+    if (!(dd = kiln__tensor_new(ctx, op_name, KILN_F32, 1, &rows))) goto fail;
+    cl_int L = (cl_int)g->L, Lp = (cl_int)st->Lp, nrows = (cl_int)rows, go = (cl_int)ctx->guard;
+    cl_int ooff = (cl_int)out->offset, lo = (cl_int)lse->offset;
+    kiln__karg da[] = {
+        KILN__ARG(dop->st->mem), KILN__ARG(out->st->mem), KILN__ARG(ooff), KILN__ARG(dd->st->mem), KILN__ARG(L),
+        KILN__ARG(Lp),           KILN__ARG(nrows),        KILN__ARG(go)};
+    if ((s = kiln__launch(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_d", 8, da, (size_t)rows, 0)) != KILN_OK)
+        goto done;
+    sdpa_common c;
+    common_init(ctx, &c, st, q, m);
     kiln__karg args[40];
-    int na = fill_args(&sa, args);
+    int na = common_args(&c, args);
     if (need_q) {
         shp[nd - 2] = g->L, shp[nd - 1] = g->E;
         if (!(dq = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp))) goto fail;
-        if (rows > 0) {
-            int c = na;
-            args[c++] = KILN__ARG(gout->st->mem), args[c++] = KILN__ARG(dooff), args[c++] = KILN__ARG(lse->st->mem);
-            args[c++] = KILN__ARG(dd->st->mem), args[c++] = KILN__ARG(dq->st->mem);
-            size_t gl[2] = {(size_t)((g->L + st->bm - 1) / st->bm * st->bm), (size_t)g->B}, lo[2] = {(size_t)st->bm, 1};
-            s = kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_dq", (size_t)c, args, gl, lo);
-            if (s != KILN_OK) goto done;
-        }
+        int ac = na;
+        float scale = st->scale;
+        cl_mem in[8] = {qp->st->mem,  kt->st->mem,  vt->st->mem, kp->st->mem,
+                        dop->st->mem, lse->st->mem, dd->st->mem, dq->st->mem};
+        for (int i = 0; i < 5; i++) args[ac++] = KILN__ARG(in[i]);
+        args[ac++] = KILN__ARG(in[5]), args[ac++] = KILN__ARG(lo), args[ac++] = KILN__ARG(in[6]);
+        args[ac++] = KILN__ARG(scale), args[ac++] = KILN__ARG(in[7]);
+        size_t gl[2] = {(size_t)((g->L + t->qm - 1) / t->qm), (size_t)g->B};
+        if ((s = kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_dq", (size_t)ac, args, gl, NULL)) !=
+            KILN_OK)
+            goto done;
     }
     if (need_kv) {
         shp[nd - 2] = g->S, shp[nd - 1] = g->E;
         if (!(dk = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp))) goto fail;
         shp[nd - 1] = g->EV;
         if (!(dv = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp))) goto fail;
-        if (g->B * g->S > 0) {
-            int c = na;
-            args[c++] = KILN__ARG(gout->st->mem), args[c++] = KILN__ARG(dooff), args[c++] = KILN__ARG(lse->st->mem);
-            args[c++] = KILN__ARG(dd->st->mem), args[c++] = KILN__ARG(dk->st->mem), args[c++] = KILN__ARG(dv->st->mem);
-            int64_t keys = (int64_t)st->bn * st->kb; /* per work-group */
-            size_t gl[2] = {(size_t)((g->S + keys - 1) / keys * st->bn), (size_t)g->B}, lo[2] = {(size_t)st->bn, 1};
-            s = kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_dkv", (size_t)c, args, gl, lo);
-            if (s != KILN_OK) goto done;
-        }
+        int ac = na;
+        cl_mem in[10] = {kp->st->mem,  vp->st->mem,  qt->st->mem, dot->st->mem, qp->st->mem,
+                         dop->st->mem, lse->st->mem, dd->st->mem, dk->st->mem,  dv->st->mem};
+        for (int i = 0; i < 7; i++) args[ac++] = KILN__ARG(in[i]);
+        args[ac++] = KILN__ARG(lo);
+        for (int i = 7; i < 10; i++) args[ac++] = KILN__ARG(in[i]);
+        /* work-groups of dg items, which walk the queries chunk by chunk together */
+        size_t items = (size_t)((g->S + t->rn - 1) / t->rn), dg = (size_t)t->dg;
+        size_t gl[2] = {(items + dg - 1) / dg * dg, (size_t)g->B}, lw[2] = {dg, 1};
+        if ((s = kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_dkv", (size_t)ac, args, gl, lw)) !=
+            KILN_OK)
+            goto done;
     }
-    kiln_tensor_free(dd);
+    kiln_tensor *tmp[9] = {qp, qt, kp, kt, vp, vt, dop, dot, dd};
+    for (int i = 0; i < 9; i++) kiln_tensor_free(tmp[i]);
     /* each gradient is new: it becomes the input's gradient (or is summed down to a
      * broadcast input's shape) without a copy; kiln__accum_owned takes it either way */
     if (need_q) s = kiln__accum_owned(ctx, n, 0, dq);
@@ -338,17 +420,16 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     return s;
 fail:
     s = ctx->err;
-done:
-    kiln_tensor_free(dd);
-    kiln_tensor_free(dq);
-    kiln_tensor_free(dk);
-    kiln_tensor_free(dv);
+done:;
+    kiln_tensor *all[12] = {qp, qt, kp, kt, vp, vt, dop, dot, dd, dq, dk, dv};
+    for (int i = 0; i < 12; i++) kiln_tensor_free(all[i]);
     return s;
 }
 
 static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, kiln_tensor *v, kiln_tensor *m,
-                               const sdpa_geom *g, const kiln_sdpa_opts *o, float scale, int bm, int bn, int vw) {
-    sdpa_state st = {.g = *g, .bm = bm, .bn = bn, .vw = vw, .kb = ATT_KB, .causal = o->is_causal, .scale = scale};
+                               const sdpa_geom *g, const kiln_sdpa_opts *o, float scale, const att_tiles *t) {
+    sdpa_state st = {.g = *g, .t = *t, .causal = o->is_causal, .scale = scale};
+    padded_lengths(t, g->L, g->S, &st.Lp, &st.Sp);
     st.mask = !m ? MASK_NONE : m->dtype == KILN_U8 ? MASK_BOOL : MASK_FLOAT;
     /* p == 1 drops every weight (output 0, as torch) and draws nothing, as kiln_dropout */
     st.drop = o->dropout_p > 0.0f;
@@ -356,26 +437,37 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
     st.dscale = o->dropout_p >= 1.0f ? 0.0f : (float)(1.0 / (1.0 - (double)o->dropout_p));
     st.key0 = (cl_uint)ctx->seed, st.key1 = (cl_uint)(ctx->seed >> 32);
     st.ctr_lo = (cl_uint)ctx->rng_counter, st.ctr_hi = (cl_uint)(ctx->rng_counter >> 32);
-    int64_t nd = g->nb + 2, shp[KILN_MAX_DIMS], rows = g->B * g->L;
+    int64_t nd = g->nb + 2, shp[KILN_MAX_DIMS], rows = g->B * st.Lp;
     memcpy(shp, g->bshape, sizeof(int64_t) * (size_t)g->nb);
     shp[nd - 2] = g->L, shp[nd - 1] = g->EV;
-    kiln_tensor *ops4[4] = {q, k, v, m};
-    batch_addressing(&st.g, ops4);
+    batch_addressing(&st.g, m);
+    kiln_tensor *qp = NULL, *kt = NULL, *vp = NULL;
     kiln_tensor *out = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp);
     kiln_tensor *lse = out ? kiln__tensor_new(ctx, op_name, KILN_F32, 1, &rows) : NULL;
     if (!lse) goto fail;
-    if (rows > 0) {
-        char opts[256];
-        build_options(&st, opts, sizeof opts);
-        sdpa_args sa;
-        args_init(&sa, &st, q, k, v, m);
+    char opts[320];
+    build_options(&st, opts, sizeof opts);
+    {
+        int64_t EP = padded_dim(g->E, t->vw), EVP = padded_dim(g->EV, t->vw);
+        pack_src sq = pack_src_of(g, q, g->L, g->E), sk = pack_src_of(g, k, g->S, g->E);
+        pack_src sv = pack_src_of(g, v, g->S, g->EV);
+        if (pack(ctx, &st, opts, &sq, st.Lp, EP, scale, &qp, NULL) != KILN_OK ||
+            pack(ctx, &st, opts, &sk, st.Sp, EP, 1.0f, NULL, &kt) != KILN_OK ||
+            pack(ctx, &st, opts, &sv, st.Sp, EVP, 1.0f, &vp, NULL) != KILN_OK)
+            goto fail;
+        sdpa_common c;
+        common_init(ctx, &c, &st, q, m);
         kiln__karg args[40];
-        int c = fill_args(&sa, args);
-        args[c++] = KILN__ARG(out->st->mem), args[c++] = KILN__ARG(lse->st->mem);
-        size_t gl[2] = {(size_t)((g->L + bm - 1) / bm * bm), (size_t)g->B}, lo[2] = {(size_t)bm, 1};
-        if (kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_forward", (size_t)c, args, gl, lo) != KILN_OK)
+        int ac = common_args(&c, args);
+        args[ac++] = KILN__ARG(qp->st->mem), args[ac++] = KILN__ARG(kt->st->mem), args[ac++] = KILN__ARG(vp->st->mem);
+        args[ac++] = KILN__ARG(out->st->mem), args[ac++] = KILN__ARG(lse->st->mem);
+        size_t gl[2] = {(size_t)((st.Lp + t->rm - 1) / t->rm), (size_t)g->B};
+        if (kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_forward", (size_t)ac, args, gl, NULL) != KILN_OK)
             goto fail;
     }
+    kiln_tensor_free(qp), qp = NULL;
+    kiln_tensor_free(kt), kt = NULL;
+    kiln_tensor_free(vp), vp = NULL;
     kiln_tensor *in3[3] = {q, k, v};
     if (kiln__grad_wanted(ctx, 3, in3)) {
         kiln__node *n = kiln__node_new(ctx, op_name, out, 3, in3, sdpa_backward_fn);
@@ -387,6 +479,9 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
     if (st.drop && o->dropout_p < 1.0f) ctx->rng_counter += (uint64_t)(g->B * g->L * g->S);
     return kiln__finish(ctx, op_name, out);
 fail:
+    kiln_tensor_free(qp);
+    kiln_tensor_free(kt);
+    kiln_tensor_free(vp);
     kiln_tensor_free(lse);
     kiln_tensor_free(out);
     return NULL;
@@ -410,8 +505,8 @@ static kiln_tensor *bias_of(kiln_ctx *ctx, kiln_tensor *m, int64_t L, int64_t S)
                           KILN__ARG(ni), KILN__ARG(si),   KILN__ARG(causal)};
         /* attention.cl always needs its build options; these select the smallest build */
         if (kiln__launch(ctx, op_name, ATT_PROGRAM,
-                         "-DATT_E=1 -DATT_EV=1 -DATT_BM=1 -DATT_BN=1 -DATT_VW=4 -DATT_KB=1 -DATT_MASK=0 "
-                         "-DATT_CAUSAL=0 -DATT_DROP=0",
+                         "-DATT_E=1 -DATT_EV=1 -DATT_VW=4 -DATT_KW=4 -DATT_RM=1 -DATT_FN=1 -DATT_QM=1 -DATT_QN=1 "
+                         "-DATT_RN=1 -DATT_DN=1 -DATT_DC=1 -DATT_MASK=0 -DATT_CAUSAL=0 -DATT_DROP=0",
                          "sdpa_bias", 7, a, (size_t)n, 0) != KILN_OK) {
             kiln_tensor_free(b);
             b = NULL;
@@ -471,8 +566,8 @@ kiln_tensor *kiln_scaled_dot_product_attention(kiln_ctx *ctx, kiln_tensor *query
     sdpa_geom g;
     float scale;
     if (!sdpa_check(ctx, query, key, value, attn_mask, &o, &g, &scale)) return NULL;
-    int bm, bn, vw;
-    if (o.impl == KILN_SDPA_COMPOSED || !choose_tiles(ctx, g.E, g.EV, &bm, &bn, &vw))
+    att_tiles t;
+    if (o.impl == KILN_SDPA_COMPOSED || !choose_tiles(ctx, g.E, g.EV, &t))
         return sdpa_composed(ctx, query, key, value, attn_mask, &g, &o, scale);
-    return sdpa_fused(ctx, query, key, value, attn_mask, &g, &o, scale, bm, bn, vw);
+    return sdpa_fused(ctx, query, key, value, attn_mask, &g, &o, scale, &t);
 }
