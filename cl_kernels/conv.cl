@@ -310,3 +310,147 @@ kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float
     }
 }
 
+
+/* ---- direct 3x3 convolution, stride 1, padding 1 (src/ops/conv.c's "direct" route) ---- */
+
+/* Build options of conv3_direct (src/ops/conv.c picks them per shape): C3_VW floats per
+ * vector, C3_NV vectors along an output row segment (C3_NV * C3_VW pixels), C3_R output
+ * rows and C3_CB output channels per work-item. */
+#ifndef C3_VW
+#define C3_VW 8
+#endif
+#ifndef C3_NV
+#define C3_NV 1
+#endif
+#ifndef C3_R
+#define C3_R 1
+#endif
+#ifndef C3_CB
+#define C3_CB 4
+#endif
+#define C3CAT_(a, b) a##b
+#define C3CAT(a, b) C3CAT_(a, b)
+#define C3_T C3CAT(float, C3_VW)
+#define C3_LOAD C3CAT(vload, C3_VW)
+#define C3_STORE C3CAT(vstore, C3_VW)
+
+/*
+ * xp [N, C, h + 2, pw] = the planes of x (any view: strides xs, n c h w, from xoff) with a
+ * zero border: xp[n, c, r, j] = x[n, c, r - 1, j - 1] inside, 0 elsewhere (columns w + 1 ..
+ * pw - 1 too, so that conv3_direct's vectors past a row's end read zeros). After the last
+ * plane, `slack` more zeros (rows that the last work-items of conv3_direct read but never
+ * store). One work-item per plane; the last one also writes the slack.
+ */
+kernel void conv3_pad(global const float *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
+                      int xpoff, int slack, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int n = q / c, ci = q - n * c;
+    global const float *s = x + xoff + n * xs.x + ci * xs.y;
+    global float *d = xp + xpoff + q * (h + 2) * pw;
+    for (int j = 0; j < pw; j++) d[j] = 0.0f;
+    d += pw;
+    for (int r = 0; r < h; r++, d += pw) {
+        global const float *sr = s + r * xs.z;
+        d[0] = 0.0f;
+        if (xs.w == 1)
+            for (int j = 0; j < w; j++) d[j + 1] = sr[j];
+        else
+            for (int j = 0; j < w; j++) d[j + 1] = sr[j * xs.w];
+        for (int j = w + 1; j < pw; j++) d[j] = 0.0f;
+    }
+    for (int j = 0; j < pw; j++) d[j] = 0.0f;
+    if (q == nitems - 1)
+        for (int j = 0; j < slack; j++) d[pw + j] = 0.0f;
+}
+
+/*
+ * out [N, cout, h, w] (contiguous, from ooff) = the 3x3 convolution, stride 1, padding 1,
+ * of the padded planes xp [N, c, h + 2, pw] (conv3_pad) with weights read through strides:
+ * tap (ki, kj) of output channel o and input channel i is wt[woff + o*ws.x + i*ws.y +
+ * ki*ws.z + kj*ws.w], so the same kernel computes a convolution's forward (ws = the
+ * weight's own strides) and its input gradient (xp = the padded output gradient, the
+ * channels' roles exchanged and the taps flipped: negative ws.z, ws.w), plus bias[o] when
+ * has_bias.
+ *
+ * One work-item per (image, block of C3_CB output channels, block of C3_R output rows,
+ * segment of C3_NV * C3_VW pixels of a row): C3_CB * C3_R * C3_NV vector accumulators,
+ * held in registers. Per input channel, each of the C3_R + 2 input rows it needs is read
+ * once as three shifted vector runs (kj = 0, 1, 2) from the padded plane (no bounds tests:
+ * the border is zeros, lanes past the row's end are dropped at the store) and multiplied by
+ * each channel's weight broadcast. Output channels past cout use the last one's weights and
+ * are not stored; rows past h read the next plane or the slack and are not stored. Each
+ * output sums its c * 9 products in a fixed order (input channel, then ki, kj): results do
+ * not depend on the blocking's split of the work.
+ */
+kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
+                         global const float *wt, int woff, int4 ws, global const float *bias, int boff, int has_bias,
+                         int cout, global float *out, int ooff, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int sg = q % nseg, t = q / nseg;
+    int rb = t % nrb;
+    t /= nrb;
+    int cb = t % ncb, n = t / ncb;
+    int oh0 = rb * C3_R, co0 = cb * C3_CB, ow0 = sg * (C3_NV * C3_VW);
+    int plane = (h + 2) * pw;
+    global const float *xb = xp + xpoff + n * c * plane + oh0 * pw + ow0;
+    int wo[C3_CB];
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++) wo[j] = woff + min(co0 + j, cout - 1) * ws.x;
+    C3_T acc[C3_CB][C3_R][C3_NV];
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++)
+#pragma unroll
+        for (int r = 0; r < C3_R; r++)
+#pragma unroll
+            for (int v = 0; v < C3_NV; v++) acc[j][r][v] = (C3_T)(0.0f);
+    for (int ci = 0; ci < c; ci++) {
+        global const float *xc = xb + ci * plane;
+        global const float *wc = wt + ci * ws.y;
+#pragma unroll
+        for (int rr = 0; rr < C3_R + 2; rr++) {
+            C3_T xv[3][C3_NV];
+#pragma unroll
+            for (int kj = 0; kj < 3; kj++)
+#pragma unroll
+                for (int v = 0; v < C3_NV; v++) xv[kj][v] = C3_LOAD(0, xc + rr * pw + kj + v * C3_VW);
+#pragma unroll
+            for (int ki = 0; ki < 3; ki++) {
+                int r = rr - ki;
+                if (r < 0 || r >= C3_R) continue;
+#pragma unroll
+                for (int kj = 0; kj < 3; kj++)
+#pragma unroll
+                    for (int j = 0; j < C3_CB; j++) {
+                        C3_T wv = (C3_T)(wc[wo[j] + ki * ws.z + kj * ws.w]);
+#pragma unroll
+                        for (int v = 0; v < C3_NV; v++) acc[j][r][v] = fma(wv, xv[kj][v], acc[j][r][v]);
+                    }
+            }
+        }
+    }
+    int cols = min(C3_NV * C3_VW, w - ow0);
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++) {
+        int co = co0 + j;
+        if (co >= cout) break;
+        float b = has_bias ? bias[boff + co] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < C3_R; r++) {
+            if (oh0 + r >= h) break;
+            global float *d = out + ooff + ((n * cout + co) * h + oh0 + r) * w + ow0;
+#pragma unroll
+            for (int v = 0; v < C3_NV; v++) {
+                C3_T y = acc[j][r][v] + b;
+                if (cols >= (v + 1) * C3_VW) {
+                    C3_STORE(y, 0, d + v * C3_VW);
+                } else if (cols > v * C3_VW) {
+                    float tl[C3_VW];
+                    C3_STORE(y, 0, tl);
+                    for (int l = 0; l < cols - v * C3_VW; l++) d[v * C3_VW + l] = tl[l];
+                }
+            }
+        }
+    }
+}
