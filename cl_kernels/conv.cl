@@ -454,3 +454,68 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
         }
     }
 }
+
+/*
+ * conv3_direct for small planes (rows shorter than a vector): the same sums over the
+ * bordered planes, whose pitch pw is then w + 2, with the vectors running along a plane's
+ * flat index f = oh * pw + ow instead of along one row. Tap (ki, kj) of output f reads
+ * xp's plane at f + ki * pw + kj, so every vector is one load per tap; the lanes at the two
+ * border columns (ow >= w) and past the last row are computed and dropped. One work-item
+ * per (image, block of C3_CB output channels, segment of C3_NV * C3_VW flat positions);
+ * reads run up to C3_NV * C3_VW + 2 floats past a plane (the next plane or the slack).
+ * Same arguments as conv3_direct (nrb unused: 1), the same order of each output's sum.
+ */
+kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
+                       global const float *wt, int woff, int4 ws, global const float *bias, int boff, int has_bias,
+                       int cout, global float *out, int ooff, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int sg = q % nseg, t = q / nseg;
+    int cb = t % ncb, n = t / ncb;
+    int co0 = cb * C3_CB, f0 = sg * (C3_NV * C3_VW);
+    int plane = (h + 2) * pw;
+    global const float *xb = xp + xpoff + n * c * plane + f0;
+    int wo[C3_CB];
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++) wo[j] = woff + min(co0 + j, cout - 1) * ws.x;
+    C3_T acc[C3_CB][C3_NV];
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++)
+#pragma unroll
+        for (int v = 0; v < C3_NV; v++) acc[j][v] = (C3_T)(0.0f);
+    for (int ci = 0; ci < c; ci++) {
+        global const float *xc = xb + ci * plane;
+        global const float *wc = wt + ci * ws.y;
+#pragma unroll
+        for (int ki = 0; ki < 3; ki++)
+#pragma unroll
+            for (int kj = 0; kj < 3; kj++) {
+                C3_T xv[C3_NV];
+#pragma unroll
+                for (int v = 0; v < C3_NV; v++) xv[v] = C3_LOAD(0, xc + ki * pw + kj + v * C3_VW);
+#pragma unroll
+                for (int j = 0; j < C3_CB; j++) {
+                    C3_T wv = (C3_T)(wc[wo[j] + ki * ws.z + kj * ws.w]);
+#pragma unroll
+                    for (int v = 0; v < C3_NV; v++) acc[j][v] = fma(wv, xv[v], acc[j][v]);
+                }
+            }
+    }
+    /* flat position f0 is pixel (oh0, ow0); lanes walk it along */
+    int oh0 = f0 / pw, ow0 = f0 - oh0 * pw;
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++) {
+        int co = co0 + j;
+        if (co >= cout) break;
+        float b = has_bias ? bias[boff + co] : 0.0f;
+        global float *d = out + ooff + (n * cout + co) * h * w;
+        float tl[C3_NV * C3_VW];
+#pragma unroll
+        for (int v = 0; v < C3_NV; v++) C3_STORE(acc[j][v] + b, v, tl);
+        int oh = oh0, ow = ow0;
+        for (int l = 0; l < C3_NV * C3_VW && oh < h; l++) {
+            if (ow < w) d[oh * w + ow] = tl[l];
+            if (++ow == pw) ow = 0, oh++;
+        }
+    }
+}

@@ -750,8 +750,10 @@ static const cspec direct_cases[] = {
 
 /* conv3_direct's blockings: the device's own (c3_choose), each vector width with one and
  * several vectors per segment, row blocks that do not divide the heights, channel blocks
- * that do not divide the channels, and the largest row block (its slack rows). */
-static const char *const blockings[] = {NULL, "16,1,2,8", "8,2,2,3", "4,3,8,1", "4,1,1,16"};
+ * that do not divide the channels, the largest row block (its slack rows); and conv3_flat
+ * (the fifth value 1: vectors along a plane's flat index) on every width. */
+static const char *const blockings[] = {NULL,       "16,1,2,8",   "8,2,2,3",   "4,3,8,1",
+                                        "4,1,1,16", "16,2,1,8,1", "8,1,1,3,1", "4,4,1,5,1"};
 
 static void set_env(const char *name, const char *value) {
     if (value)
@@ -824,8 +826,8 @@ static void test_direct(kiln_ctx *ctx) {
           "and fewer than through columns)",
           direct_cases[0].name, (unsigned long long)f[0], (unsigned long long)d[0], (unsigned long long)f[1],
           (unsigned long long)d[1]);
-    /* the built-in rule: CPUs with 16-float vectors take the direct route for rows of 9+
-     * pixels (a 28 x 28 plane) and columns for 7 x 7 planes; other devices columns */
+    /* the built-in rule: CPUs with 16-float vectors take the direct route (conv3_direct for
+     * a 28 x 28 plane, conv3_flat for a 7 x 7 one); other devices columns */
     const kiln_device_info *info = kiln_ctx_device(ctx);
     bool wide = info->type == KILN_DEVICE_CPU && info->native_vector_width_float >= 16;
     const cspec planes[2] = {{"28 x 28", false, 2, 4, 28, 28, 4, 3, 3, P3, false, V_NONE, false, false},
@@ -837,7 +839,7 @@ static void test_direct(kiln_ctx *ctx) {
             set_env("KILN_CONV_ALGO", modes[m]);
             count_launches(ctx, &planes[k], &fa[m], &da[m]);
         }
-        int want = wide && k == 0 ? 0 : 1;
+        int want = wide ? 0 : 1;
         CHECK(fa[2] == fa[want] && da[2] == da[want] && fa[0] != fa[1],
               "auto route, %s: %llu / %llu launches, %s takes %llu / %llu", planes[k].name, (unsigned long long)fa[2],
               (unsigned long long)da[2], modes[want], (unsigned long long)fa[want], (unsigned long long)da[want]);
@@ -847,11 +849,10 @@ static void test_direct(kiln_ctx *ctx) {
     kiln_tensor *x = kiln_full(ctx, 1.0f, 4, (int64_t[]){1, 2, 5, 5});
     kiln_tensor *w = kiln_full(ctx, 1.0f, 4, (int64_t[]){3, 2, 3, 3});
     kiln_conv2d_params p = direct_cases[0].p;
-    static const char *const bad[][2] = {{"KILN_CONV_ALGO", "winograd"},
-                                         {"KILN_CONV3_PARAMS", "16,2"},
-                                         {"KILN_CONV3_PARAMS", "12,1,1,8"},
-                                         {"KILN_CONV3_PARAMS", "16,1,9,8"},
-                                         {"KILN_CONV3_PARAMS", "16,1,1,8x"}};
+    static const char *const bad[][2] = {{"KILN_CONV_ALGO", "winograd"},      {"KILN_CONV3_PARAMS", "16,2"},
+                                         {"KILN_CONV3_PARAMS", "12,1,1,8"},   {"KILN_CONV3_PARAMS", "16,1,9,8"},
+                                         {"KILN_CONV3_PARAMS", "16,1,1,8x"},  {"KILN_CONV3_PARAMS", "16,1,1,8,2"},
+                                         {"KILN_CONV3_PARAMS", "16,1,1,8,1,"}};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         set_env(bad[k][0], bad[k][1]);
         kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &p);

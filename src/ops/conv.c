@@ -302,6 +302,7 @@ enum { ALGO_AUTO, ALGO_IM2COL, ALGO_DIRECT };
  * and cb output channels per work-item (c3_choose). */
 typedef struct c3_params {
     int vw, nv, r, cb;
+    int flat; /* conv3_flat (vectors along a plane's flat index) rather than conv3_direct */
 } c3_params;
 static bool c3_override(c3_params *o);
 
@@ -336,14 +337,17 @@ static kiln_status algo_override(kiln_ctx *ctx, const char *op, int *algo) {
  * 14 x 14 stages the 8-channel blocks with 16 accumulators were as fast as or faster than
  * blocks of 4 or 12 channels and 1-7 rows (12 channels: 1.5-2x slower). */
 
-/* KILN_CONV3_PARAMS="vw,nv,r,cb" (vw 4, 8 or 16; nv 1-4; r 1-8; cb 1-16): true with *o set
- * when it is set and valid. */
+/* KILN_CONV3_PARAMS="vw,nv,r,cb[,flat]" (vw 4, 8 or 16; nv 1-4; r 1-8; cb 1-16; flat 0 or
+ * 1, default 0): true with *o set when it is set and valid. */
 static bool c3_override(c3_params *o) {
     const char *e = getenv("KILN_CONV3_PARAMS");
-    char end;
-    return e && sscanf(e, "%d,%d,%d,%d%c", &o->vw, &o->nv, &o->r, &o->cb, &end) == 4 &&
-           (o->vw == 4 || o->vw == 8 || o->vw == 16) && o->nv >= 1 && o->nv <= 4 && o->r >= 1 && o->r <= 8 &&
-           o->cb >= 1 && o->cb <= 16;
+    int at = -1, more = -1;
+    o->flat = 0;
+    if (!e || sscanf(e, "%d,%d,%d,%d%n", &o->vw, &o->nv, &o->r, &o->cb, &at) != 4 || at < 0) return false;
+    if (e[at] == ',' && (sscanf(e + at + 1, "%d%n", &o->flat, &more) != 1 || more < 0)) return false;
+    if (e[at] == ',') at += 1 + more;
+    return e[at] == '\0' && (o->vw == 4 || o->vw == 8 || o->vw == 16) && o->nv >= 1 && o->nv <= 4 && o->r >= 1 &&
+           o->r <= 8 && o->cb >= 1 && o->cb <= 16 && (o->flat == 0 || o->flat == 1);
 }
 
 static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
@@ -351,48 +355,61 @@ static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
     int vw = (int)ctx->info.native_vector_width_float;
     vw = vw >= 16 ? 16 : vw >= 8 ? 8 : 4;
     int accs = vw >= 16 ? 16 : 8;
-    while (vw > 4 && 2 * w <= vw) vw /= 2;
+    /* rows shorter than half a vector: vectors along the flat index (conv3_flat) */
+    p.flat = 2 * w <= vw;
     p.vw = vw;
-    p.nv = (w + vw - 1) / vw >= 2 ? 2 : 1;
+    p.nv = p.flat || (w + vw - 1) / vw >= 2 ? 2 : 1;
     p.cb = cout >= 8 ? 8 : cout;
-    p.r = accs / (p.cb * p.nv);
+    p.r = p.flat ? 1 : accs / (p.cb * p.nv);
     p.r = p.r < 1 ? 1 : p.r > 8 ? 8 : p.r;
     c3_params o;
     if (c3_override(&o)) p = o;
     return p;
 }
 
-/* The rows of slack after the bordered planes: conv3_direct's last row block may read up
- * to C3_R - 1 (at most 7) rows past the last plane. */
+/* The slack after the bordered planes: conv3_direct's last row block may read up to C3_R -
+ * 1 (at most 7) rows past the last plane, conv3_flat's last segment up to a segment (at
+ * most 64 floats) and 2. */
 #define C3_SLACK_ROWS 8
+#define C3_SLACK_FLOATS 66
 
-/* Row length of the bordered planes for planes of width w: whole segments plus the two
- * border columns (conv3_direct's vectors end within a row). */
+/* Row length of the bordered planes for planes of width w: for conv3_direct whole segments
+ * plus the two border columns (its vectors end within a row), for conv3_flat w + 2. */
 static int c3_pitch(const c3_params *p, int w) {
     int seg = p->nv * p->vw;
-    return (w + seg - 1) / seg * seg + 2;
+    return p->flat ? w + 2 : (w + seg - 1) / seg * seg + 2;
 }
 
-/* Whether conv3_direct computes this convolution's forward (dgrad false) or its input
- * gradient: only 3x3, stride 1, padding 1, dilation 1, one group, with every index of the
- * bordered planes within 32 bits. Where both routes apply, KILN_CONV_ALGO decides if set;
- * else CPU devices with 16-float vectors (AVX-512, where it was measured) take it where a
- * row fills 16-float vectors (c3_choose keeps 16 lanes: rows of 9 pixels or more). On
- * ResNet-20's 28 x 28 and 14 x 14 stages it took 35-55% less CPU time than columns and a
- * GEMM, forward and backward; on its 7 x 7 stage (8-float vectors, 7 lanes used) it was
- * no faster (README.md, "Speed"). */
+/* Work-items of conv3_direct along a plane: row blocks x row segments (conv3_flat: 1 x the
+ * segments of the flat index). */
+static void c3_grid(const c3_params *p, int h, int w, int *nrb, int *nseg) {
+    int seg = p->nv * p->vw;
+    *nrb = p->flat ? 1 : (h + p->r - 1) / p->r;
+    *nseg = p->flat ? (h * (w + 2) + seg - 1) / seg : (w + seg - 1) / seg;
+}
+
+/* Whether conv3_direct (or conv3_flat) computes this convolution's forward (dgrad false)
+ * or its input gradient: only 3x3, stride 1, padding 1, dilation 1, one group, with every
+ * index of the bordered planes within 32 bits. Where both routes apply, KILN_CONV_ALGO
+ * decides if set; else CPU devices with 16-float vectors (AVX-512, where it was measured)
+ * take it. On ResNet-20's convolutions at batch 128 it took 35-55% less CPU time than
+ * columns and a GEMM on the 28 x 28 and 14 x 14 stages (conv3_direct), 25-35% less on the
+ * 7 x 7 one (conv3_flat), forward and input gradient (README.md, "Speed"). Narrower
+ * vectors are unmeasured: columns. */
 static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool dgrad) {
     if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 ||
         g->groups != 1 || g->h != g->ho || g->w != g->wo)
         return false;
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout;
     c3_params p = c3_choose(ctx, g->w, cout);
-    int64_t pw = c3_pitch(&p, g->w), nrb = (g->h + p.r - 1) / p.r, nseg = (pw - 2) / (p.nv * p.vw);
-    int64_t elems = (int64_t)g->n * cin * (g->h + 2) * pw + C3_SLACK_ROWS * pw;
+    int64_t pw = c3_pitch(&p, g->w), seg = p.nv * p.vw;
+    int64_t nrb = p.flat ? 1 : (g->h + p.r - 1) / p.r;
+    int64_t nseg = p.flat ? ((int64_t)g->h * pw + seg - 1) / seg : (g->w + seg - 1) / seg;
+    int64_t elems = (int64_t)g->n * cin * (g->h + 2) * pw + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
     int64_t items = (int64_t)g->n * ((cout + p.cb - 1) / p.cb) * nrb * nseg;
     if (elems > CONV_MAX_ELEMS || items > CONV_MAX_ELEMS) return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
-    return ctx->info.type == KILN_DEVICE_CPU && ctx->info.native_vector_width_float >= 16 && p.vw == 16;
+    return ctx->info.type == KILN_DEVICE_CPU && ctx->info.native_vector_width_float >= 16;
 }
 
 /* A new [n, c, h + 2, pw] tensor (plus slack) of the zero-bordered planes of src [n, c, h, w]
@@ -400,7 +417,7 @@ static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool
 static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int pw) {
     int n = (int)src->shape[0], c = (int)src->shape[1], h = (int)src->shape[2], w = (int)src->shape[3];
     int64_t planes = (int64_t)n * c;
-    cl_int slack = C3_SLACK_ROWS * pw;
+    cl_int slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
     kiln_tensor *xp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){planes * (h + 2) * pw + slack});
     if (!xp || planes == 0) return xp;
     cl_int soff = (cl_int)src->offset, cc = c, ch = h, cw = w, cpw = pw, np = (cl_int)planes;
@@ -435,8 +452,8 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, cout, h, wd});
     if (!out || g->n == 0) return out;
     c3_params p = c3_choose(ctx, wd, cout);
-    int seg = p.nv * p.vw, nseg = (wd + seg - 1) / seg, pw = c3_pitch(&p, wd);
-    int nrb = (h + p.r - 1) / p.r, ncb = (cout + p.cb - 1) / p.cb;
+    int pw = c3_pitch(&p, wd), nrb, nseg, ncb = (cout + p.cb - 1) / p.cb;
+    c3_grid(&p, h, wd, &nrb, &nseg);
     char options[96];
     c3_options(&p, options, sizeof options);
     /* tap (ki, kj) of (o, i): forward w[o, i, ki, kj]; input gradient w[i, o, 2-ki, 2-kj] */
@@ -455,8 +472,8 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
                          KILN__ARG(cnc),          KILN__ARG(w->st->mem), KILN__ARG(woff),  KILN__ARG(ws),
                          KILN__ARG(bmem),         KILN__ARG(boff),       KILN__ARG(hb),    KILN__ARG(co),
                          KILN__ARG(out->st->mem), KILN__ARG(ooff),       KILN__ARG(nitems)};
-    if (kiln__launch(ctx, op, CONV_PROGRAM, options, "conv3_direct", sizeof args / sizeof args[0], args, (size_t)nitems,
-                     0) != KILN_OK) {
+    if (kiln__launch(ctx, op, CONV_PROGRAM, options, p.flat ? "conv3_flat" : "conv3_direct",
+                     sizeof args / sizeof args[0], args, (size_t)nitems, 0) != KILN_OK) {
         kiln_tensor_free(out);
         return NULL;
     }
