@@ -3,8 +3,9 @@
  * transposed, for the weight gradient), col2im (the columns back to an image, gathering:
  * each image element sums the column entries that touch it, in a fixed order, so results
  * are deterministic without atomics), the permutes between NCHW and [C, N, HW] that let
- * one GEMM span every image of a chunk, and a direct weight gradient for kernels with few
- * taps per output channel.
+ * one GEMM span every image of a chunk, a direct weight gradient for kernels with few
+ * taps per output channel, and the direct 3x3 stride-1 convolution (conv3_pad,
+ * conv3_direct, conv3_flat) that skips the columns.
  *
  * "Input" and "output" are always those of the convolution (conv_transpose2d runs the same
  * kernels the other way round). A column matrix of a chunk of nb images holds, for group
@@ -365,26 +366,44 @@ kernel void conv3_pad(global const float *x, int xoff, int4 xs, int c, int h, in
 }
 
 /*
+ * wp [ncb, c, 9, C3_CB] = the weights of each block of C3_CB output channels, tap by tap,
+ * as conv3_direct and conv3_flat read them: wp[((cb*c + i)*9 + ki*3 + kj)*C3_CB + j] = tap
+ * (ki, kj) of output channel o = cb*C3_CB + j (past cout: the last one) and input channel i,
+ * which is wt[woff + o*ws.x + i*ws.y + ki*ws.z + kj*ws.w]: a convolution's own weight for its
+ * forward (ws its strides), or for its input gradient the channels' roles exchanged and the
+ * taps flipped (negative ws.z, ws.w). One work-item per (block, input channel).
+ */
+kernel void conv3_pack(global const float *wt, int woff, int4 ws, int c, int cout, global float *wp, int wpoff,
+                       int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int i = q % c, cb = q / c;
+    global float *d = wp + wpoff + q * 9 * C3_CB;
+    for (int j = 0; j < C3_CB; j++) {
+        global const float *s = wt + woff + min(cb * C3_CB + j, cout - 1) * ws.x + i * ws.y;
+        for (int t = 0; t < 9; t++) d[t * C3_CB + j] = s[(t / 3) * ws.z + (t % 3) * ws.w];
+    }
+}
+
+/*
  * out [N, cout, h, w] (contiguous, from ooff) = the 3x3 convolution, stride 1, padding 1,
- * of the padded planes xp [N, c, h + 2, pw] (conv3_pad) with weights read through strides:
- * tap (ki, kj) of output channel o and input channel i is wt[woff + o*ws.x + i*ws.y +
- * ki*ws.z + kj*ws.w], so the same kernel computes a convolution's forward (ws = the
- * weight's own strides) and its input gradient (xp = the padded output gradient, the
- * channels' roles exchanged and the taps flipped: negative ws.z, ws.w), plus bias[o] when
- * has_bias.
+ * of the padded planes xp [N, c, h + 2, pw] (conv3_pad) with the weights packed by
+ * conv3_pack (so the same kernel computes a convolution's forward and its input gradient:
+ * xp = the padded output gradient, the packed weights flipped and transposed), plus
+ * bias[o] when has_bias.
  *
  * One work-item per (image, block of C3_CB output channels, block of C3_R output rows,
  * segment of C3_NV * C3_VW pixels of a row): C3_CB * C3_R * C3_NV vector accumulators,
  * held in registers. Per input channel, each of the C3_R + 2 input rows it needs is read
  * once as three shifted vector runs (kj = 0, 1, 2) from the padded plane (no bounds tests:
  * the border is zeros, lanes past the row's end are dropped at the store) and multiplied by
- * each channel's weight broadcast. Output channels past cout use the last one's weights and
- * are not stored; rows past h read the next plane or the slack and are not stored. Each
+ * each channel's weight broadcast. Output channels past cout compute the last one's sums
+ * and are not stored; rows past h read the next plane or the slack and are not stored. Each
  * output sums its c * 9 products in a fixed order (input channel, then ki, kj): results do
  * not depend on the blocking's split of the work.
  */
 kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
-                         global const float *wt, int woff, int4 ws, global const float *bias, int boff, int has_bias,
+                         global const float *wp, int wpoff, global const float *bias, int boff, int has_bias,
                          int cout, global float *out, int ooff, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
@@ -395,9 +414,6 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
     int oh0 = rb * C3_R, co0 = cb * C3_CB, ow0 = sg * (C3_NV * C3_VW);
     int plane = (h + 2) * pw;
     global const float *xb = xp + xpoff + n * c * plane + oh0 * pw + ow0;
-    int wo[C3_CB];
-#pragma unroll
-    for (int j = 0; j < C3_CB; j++) wo[j] = woff + min(co0 + j, cout - 1) * ws.x;
     C3_T acc[C3_CB][C3_R][C3_NV];
 #pragma unroll
     for (int j = 0; j < C3_CB; j++)
@@ -407,7 +423,7 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
             for (int v = 0; v < C3_NV; v++) acc[j][r][v] = (C3_T)(0.0f);
     for (int ci = 0; ci < c; ci++) {
         global const float *xc = xb + ci * plane;
-        global const float *wc = wt + ci * ws.y;
+        global const float *wc = wp + wpoff + (cb * c + ci) * 9 * C3_CB;
 #pragma unroll
         for (int rr = 0; rr < C3_R + 2; rr++) {
             C3_T xv[3][C3_NV];
@@ -423,7 +439,7 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
                 for (int kj = 0; kj < 3; kj++)
 #pragma unroll
                     for (int j = 0; j < C3_CB; j++) {
-                        C3_T wv = (C3_T)(wc[wo[j] + ki * ws.z + kj * ws.w]);
+                        C3_T wv = (C3_T)(wc[(ki * 3 + kj) * C3_CB + j]);
 #pragma unroll
                         for (int v = 0; v < C3_NV; v++) acc[j][r][v] = fma(wv, xv[kj][v], acc[j][r][v]);
                     }
@@ -466,7 +482,7 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
  * Same arguments as conv3_direct (nrb unused: 1), the same order of each output's sum.
  */
 kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
-                       global const float *wt, int woff, int4 ws, global const float *bias, int boff, int has_bias,
+                       global const float *wp, int wpoff, global const float *bias, int boff, int has_bias,
                        int cout, global float *out, int ooff, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
@@ -475,9 +491,6 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
     int co0 = cb * C3_CB, f0 = sg * (C3_NV * C3_VW);
     int plane = (h + 2) * pw;
     global const float *xb = xp + xpoff + n * c * plane + f0;
-    int wo[C3_CB];
-#pragma unroll
-    for (int j = 0; j < C3_CB; j++) wo[j] = woff + min(co0 + j, cout - 1) * ws.x;
     C3_T acc[C3_CB][C3_NV];
 #pragma unroll
     for (int j = 0; j < C3_CB; j++)
@@ -485,7 +498,7 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
         for (int v = 0; v < C3_NV; v++) acc[j][v] = (C3_T)(0.0f);
     for (int ci = 0; ci < c; ci++) {
         global const float *xc = xb + ci * plane;
-        global const float *wc = wt + ci * ws.y;
+        global const float *wc = wp + wpoff + (cb * c + ci) * 9 * C3_CB;
 #pragma unroll
         for (int ki = 0; ki < 3; ki++)
 #pragma unroll
@@ -495,7 +508,7 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
                 for (int v = 0; v < C3_NV; v++) xv[v] = C3_LOAD(0, xc + ki * pw + kj + v * C3_VW);
 #pragma unroll
                 for (int j = 0; j < C3_CB; j++) {
-                    C3_T wv = (C3_T)(wc[wo[j] + ki * ws.z + kj * ws.w]);
+                    C3_T wv = (C3_T)(wc[(ki * 3 + kj) * C3_CB + j]);
 #pragma unroll
                     for (int v = 0; v < C3_NV; v++) acc[j][v] = fma(wv, xv[v], acc[j][v]);
                 }

@@ -44,6 +44,15 @@
  * Column buffers come from the pool and hold at most `chunk_budget` elements: the batch is
  * processed in chunks of images that fit (one image at least). One image's columns must
  * stay below 2^31 elements (kernels index with 32-bit ints); beyond that the op fails.
+ *
+ * The direct route: a 3x3 convolution with stride 1, padding 1 and one group (every 3x3
+ * convolution of ResNet-20 but the two strided ones) skips the columns for its forward and its
+ * input gradient on CPUs with 16-float vectors: conv3_pad copies the input (or gy) into
+ * zero-bordered planes, and conv3_direct (or conv3_flat, for rows shorter than half a
+ * vector) computes the outputs from them with register-blocked accumulators (see
+ * conv_direct_wanted for the rule and the measurements, KILN_CONV_ALGO to force a route).
+ * The weight gradient stays im2col + GEMM: a direct version (one vector accumulator per
+ * output channel and tap, masked loads) measured no faster.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -456,24 +465,40 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
     c3_grid(&p, h, wd, &nrb, &nseg);
     char options[96];
     c3_options(&p, options, sizeof options);
-    /* tap (ki, kj) of (o, i): forward w[o, i, ki, kj]; input gradient w[i, o, 2-ki, 2-kj] */
+    /* the weights packed per block of output channels; tap (ki, kj) of (o, i): forward
+     * w[o, i, ki, kj], input gradient w[i, o, 2-ki, 2-kj] */
     cl_int4 ws = strides4(w);
     cl_int woff = (cl_int)w->offset;
     if (dgrad) {
         woff += 2 * ws.s[2] + 2 * ws.s[3];
         ws = (cl_int4){{ws.s[1], ws.s[0], -ws.s[2], -ws.s[3]}};
     }
-    cl_int cc = cin, ch = h, cw = wd, cpw = pw, cns = nseg, cnr = nrb, cnc = ncb, co = cout, hb = bias != NULL;
-    cl_int boff = bias ? (cl_int)bias->offset : 0, ooff = (cl_int)out->offset;
-    cl_mem bmem = bias ? bias->st->mem : w->st->mem;
-    cl_int nitems = g->n * ncb * nrb * nseg, xpoff = (cl_int)xp->offset;
-    kiln__karg args[] = {KILN__ARG(xp->st->mem),  KILN__ARG(xpoff),      KILN__ARG(cc),    KILN__ARG(ch),
-                         KILN__ARG(cw),           KILN__ARG(cpw),        KILN__ARG(cns),   KILN__ARG(cnr),
-                         KILN__ARG(cnc),          KILN__ARG(w->st->mem), KILN__ARG(woff),  KILN__ARG(ws),
-                         KILN__ARG(bmem),         KILN__ARG(boff),       KILN__ARG(hb),    KILN__ARG(co),
-                         KILN__ARG(out->st->mem), KILN__ARG(ooff),       KILN__ARG(nitems)};
-    if (kiln__launch(ctx, op, CONV_PROGRAM, options, p.flat ? "conv3_flat" : "conv3_direct",
-                     sizeof args / sizeof args[0], args, (size_t)nitems, 0) != KILN_OK) {
+    cl_int cc = cin, co = cout, npack = ncb * cin;
+    kiln_tensor *wp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)npack * 9 * p.cb});
+    kiln_status s = wp ? KILN_OK : ctx->err;
+    if (s == KILN_OK) {
+        cl_int wpoff = (cl_int)wp->offset;
+        kiln__karg args[] = {KILN__ARG(w->st->mem), KILN__ARG(woff),        KILN__ARG(ws),    KILN__ARG(cc),
+                             KILN__ARG(co),         KILN__ARG(wp->st->mem), KILN__ARG(wpoff), KILN__ARG(npack)};
+        s = kiln__launch(ctx, op, CONV_PROGRAM, options, "conv3_pack", sizeof args / sizeof args[0], args,
+                         (size_t)npack, 0);
+    }
+    if (s == KILN_OK) {
+        cl_int ch = h, cw = wd, cpw = pw, cns = nseg, cnr = nrb, cnc = ncb, hb = bias != NULL;
+        cl_int boff = bias ? (cl_int)bias->offset : 0, ooff = (cl_int)out->offset, wpoff = (cl_int)wp->offset;
+        cl_mem bmem = bias ? bias->st->mem : w->st->mem;
+        cl_int nitems = g->n * ncb * nrb * nseg, xpoff = (cl_int)xp->offset;
+        kiln__karg args[] = {KILN__ARG(xp->st->mem), KILN__ARG(xpoff),       KILN__ARG(cc),    KILN__ARG(ch),
+                             KILN__ARG(cw),          KILN__ARG(cpw),         KILN__ARG(cns),   KILN__ARG(cnr),
+                             KILN__ARG(cnc),         KILN__ARG(wp->st->mem), KILN__ARG(wpoff), KILN__ARG(bmem),
+                             KILN__ARG(boff),        KILN__ARG(hb),          KILN__ARG(co),    KILN__ARG(out->st->mem),
+                             KILN__ARG(ooff),        KILN__ARG(nitems)};
+        s = kiln__launch(ctx, op, CONV_PROGRAM, options, p.flat ? "conv3_flat" : "conv3_direct",
+                         sizeof args / sizeof args[0], args, (size_t)nitems, 0);
+    }
+    /* the in-order queue runs both launches before a later reuse of wp */
+    kiln_tensor_free(wp);
+    if (s != KILN_OK) {
         kiln_tensor_free(out);
         return NULL;
     }
