@@ -401,10 +401,10 @@ static void c3_grid(const c3_params *p, int h, int w, int *nrb, int *nseg) {
  * or its input gradient: only 3x3, stride 1, padding 1, dilation 1, one group, with every
  * index of the bordered planes within 32 bits. Where both routes apply, KILN_CONV_ALGO
  * decides if set; else CPU devices with 16-float vectors (AVX-512, where it was measured)
- * take it. On ResNet-20's convolutions at batch 128 it took 35-55% less CPU time than
- * columns and a GEMM on the 28 x 28 and 14 x 14 stages (conv3_direct), 25-35% less on the
- * 7 x 7 one (conv3_flat), forward and input gradient (README.md, "Speed"). Narrower
- * vectors are unmeasured: columns. */
+ * take it. On ResNet-20's convolutions at batch 128 it took 36-52% less CPU time than
+ * columns and a GEMM, forward and input gradient, on each stage (conv3_direct on 28 x 28 and
+ * 14 x 14 planes, conv3_flat on 7 x 7 ones, where rows of 8-float vectors were no faster;
+ * README.md, "Speed"). Narrower vectors are unmeasured: columns. */
 static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool dgrad) {
     if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 ||
         g->groups != 1 || g->h != g->ho || g->w != g->wo)
