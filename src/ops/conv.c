@@ -52,7 +52,7 @@
  * vector) computes the outputs from them with register-blocked accumulators (see
  * conv_direct_wanted for the rule and the measurements, KILN_CONV_ALGO to force a route).
  * The weight gradient stays im2col + GEMM: a direct version (one vector accumulator per
- * output channel and tap, masked loads) measured no faster.
+ * output channel and tap, loads masked to the row) measured slower.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -324,8 +324,8 @@ static kiln_status algo_override(kiln_ctx *ctx, const char *op, int *algo) {
     *algo = ALGO_AUTO;
     if (pe && *pe && !c3_override(&o))
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                          "%s: KILN_CONV3_PARAMS='%s' is not \"vw,nv,r,cb\" with vw 4, 8 or 16, nv 1-4, r 1-8 and "
-                          "cb 1-16",
+                          "%s: KILN_CONV3_PARAMS='%s' is not \"vw,nv,r,cb[,flat]\" with vw 4, 8 or 16, nv 1-4, r "
+                          "1-8, cb 1-16 and flat 0 or 1",
                           op, pe);
     if (!e || !*e || strcmp(e, "auto") == 0) return KILN_OK;
     if (strcmp(e, "im2col") == 0)
@@ -337,14 +337,6 @@ static kiln_status algo_override(kiln_ctx *ctx, const char *op, int *algo) {
                           "%s: KILN_CONV_ALGO='%s' names no convolution route (auto, im2col or direct)", op, e);
     return KILN_OK;
 }
-
-/* conv3_direct's blocking (its build options) for planes of width w and cout output
- * channels: vectors of the device's native width (halved while a row fills less than half
- * of one), up to two per row segment, and about half the vector registers as
- * accumulators (16 of AVX-512's 32; 8 of 16 elsewhere): 8 output channels x the rows that
- * fill the rest. KILN_CONV3_PARAMS sets them (measurements). On ResNet-20's 28 x 28 and
- * 14 x 14 stages the 8-channel blocks with 16 accumulators were as fast as or faster than
- * blocks of 4 or 12 channels and 1-7 rows (12 channels: 1.5-2x slower). */
 
 /* KILN_CONV3_PARAMS="vw,nv,r,cb[,flat]" (vw 4, 8 or 16; nv 1-4; r 1-8; cb 1-16; flat 0 or
  * 1, default 0): true with *o set when it is set and valid. */
@@ -359,6 +351,14 @@ static bool c3_override(c3_params *o) {
            o->r <= 8 && o->cb >= 1 && o->cb <= 16 && (o->flat == 0 || o->flat == 1);
 }
 
+/* conv3_direct's blocking (its build options) for planes of width w and cout output
+ * channels: vectors of the device's native width, up to two per row segment, and about half
+ * the vector registers as accumulators (16 of AVX-512's 32; 8 of 16 elsewhere): 8 output
+ * channels x the rows that fill the rest; rows shorter than half a vector go to conv3_flat
+ * (two vectors along the plane's flat index, one row block). KILN_CONV3_PARAMS sets them
+ * (measurements). On ResNet-20's 28 x 28 and 14 x 14 stages the 8-channel blocks with 16
+ * accumulators were as fast as or faster than blocks of 4 or 12 channels and 1-7 rows (12
+ * channels: 1.5-2x slower). */
 static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
     c3_params p;
     int vw = (int)ctx->info.native_vector_width_float;
