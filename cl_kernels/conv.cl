@@ -3,8 +3,9 @@
  * transposed, for the weight gradient), col2im (the columns back to an image, gathering:
  * each image element sums the column entries that touch it, in a fixed order, so results
  * are deterministic without atomics), the permutes between NCHW and [C, N, HW] that let
- * one GEMM span every image of a chunk, and a direct weight gradient for kernels with few
- * taps per output channel.
+ * one GEMM span every image of a chunk, a direct weight gradient for kernels with few
+ * taps per output channel, and the direct 3x3 stride-1 convolution (conv3_pad,
+ * conv3_direct, conv3_flat) that skips the columns.
  *
  * "Input" and "output" are always those of the convolution (conv_transpose2d runs the same
  * kernels the other way round). A column matrix of a chunk of nb images holds, for group
@@ -310,3 +311,224 @@ kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float
     }
 }
 
+
+/* ---- direct 3x3 convolution, stride 1, padding 1 (src/ops/conv.c's "direct" route) ---- */
+
+/* Build options of conv3_direct (src/ops/conv.c picks them per shape): C3_VW floats per
+ * vector, C3_NV vectors along an output row segment (C3_NV * C3_VW pixels), C3_R output
+ * rows and C3_CB output channels per work-item. */
+#ifndef C3_VW
+#define C3_VW 8
+#endif
+#ifndef C3_NV
+#define C3_NV 1
+#endif
+#ifndef C3_R
+#define C3_R 1
+#endif
+#ifndef C3_CB
+#define C3_CB 4
+#endif
+#define C3CAT_(a, b) a##b
+#define C3CAT(a, b) C3CAT_(a, b)
+#define C3_T C3CAT(float, C3_VW)
+#define C3_LOAD C3CAT(vload, C3_VW)
+#define C3_STORE C3CAT(vstore, C3_VW)
+
+/*
+ * xp [N, C, h + 2, pw] = the planes of x (any view: strides xs, n c h w, from xoff) with a
+ * zero border: xp[n, c, r, j] = x[n, c, r - 1, j - 1] inside, 0 elsewhere (columns w + 1 ..
+ * pw - 1 too, so that conv3_direct's vectors past a row's end read zeros). After the last
+ * plane, `slack` more zeros (rows that the last work-items of conv3_direct read but never
+ * store). One work-item per plane; the last one also writes the slack.
+ */
+kernel void conv3_pad(global const float *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
+                      int xpoff, int slack, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int n = q / c, ci = q - n * c;
+    global const float *s = x + xoff + n * xs.x + ci * xs.y;
+    global float *d = xp + xpoff + q * (h + 2) * pw;
+    for (int j = 0; j < pw; j++) d[j] = 0.0f;
+    d += pw;
+    for (int r = 0; r < h; r++, d += pw) {
+        global const float *sr = s + r * xs.z;
+        d[0] = 0.0f;
+        if (xs.w == 1)
+            for (int j = 0; j < w; j++) d[j + 1] = sr[j];
+        else
+            for (int j = 0; j < w; j++) d[j + 1] = sr[j * xs.w];
+        for (int j = w + 1; j < pw; j++) d[j] = 0.0f;
+    }
+    for (int j = 0; j < pw; j++) d[j] = 0.0f;
+    if (q == nitems - 1)
+        for (int j = 0; j < slack; j++) d[pw + j] = 0.0f;
+}
+
+/*
+ * wp [ncb, c, 9, C3_CB] = the weights of each block of C3_CB output channels, tap by tap,
+ * as conv3_direct and conv3_flat read them: wp[((cb*c + i)*9 + ki*3 + kj)*C3_CB + j] = tap
+ * (ki, kj) of output channel o = cb*C3_CB + j (past cout: the last one) and input channel i,
+ * which is wt[woff + o*ws.x + i*ws.y + ki*ws.z + kj*ws.w]: a convolution's own weight for its
+ * forward (ws its strides), or for its input gradient the channels' roles exchanged and the
+ * taps flipped (negative ws.z, ws.w). One work-item per (block, input channel).
+ */
+kernel void conv3_pack(global const float *wt, int woff, int4 ws, int c, int cout, global float *wp, int wpoff,
+                       int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int i = q % c, cb = q / c;
+    global float *d = wp + wpoff + q * 9 * C3_CB;
+    for (int j = 0; j < C3_CB; j++) {
+        global const float *s = wt + woff + min(cb * C3_CB + j, cout - 1) * ws.x + i * ws.y;
+        for (int t = 0; t < 9; t++) d[t * C3_CB + j] = s[(t / 3) * ws.z + (t % 3) * ws.w];
+    }
+}
+
+/*
+ * out [N, cout, h, w] (contiguous, from ooff) = the 3x3 convolution, stride 1, padding 1,
+ * of the padded planes xp [N, c, h + 2, pw] (conv3_pad) with the weights packed by
+ * conv3_pack (so the same kernel computes a convolution's forward and its input gradient:
+ * xp = the padded output gradient, the packed weights flipped and transposed), plus
+ * bias[o] when has_bias.
+ *
+ * One work-item per (image, block of C3_CB output channels, block of C3_R output rows,
+ * segment of C3_NV * C3_VW pixels of a row): C3_CB * C3_R * C3_NV vector accumulators,
+ * held in registers. Per input channel, each of the C3_R + 2 input rows it needs is read
+ * once as three shifted vector runs (kj = 0, 1, 2) from the padded plane (no bounds tests:
+ * the border is zeros, lanes past the row's end are dropped at the store) and multiplied by
+ * each channel's weight broadcast. Output channels past cout compute the last one's sums
+ * and are not stored; rows past h read the next plane or the slack and are not stored. Each
+ * output sums its c * 9 products in a fixed order (input channel, then ki, kj): results do
+ * not depend on the blocking's split of the work.
+ */
+kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
+                         global const float *wp, int wpoff, global const float *bias, int boff, int has_bias,
+                         int cout, global float *out, int ooff, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int sg = q % nseg, t = q / nseg;
+    int rb = t % nrb;
+    t /= nrb;
+    int cb = t % ncb, n = t / ncb;
+    int oh0 = rb * C3_R, co0 = cb * C3_CB, ow0 = sg * (C3_NV * C3_VW);
+    int plane = (h + 2) * pw;
+    global const float *xb = xp + xpoff + n * c * plane + oh0 * pw + ow0;
+    C3_T acc[C3_CB][C3_R][C3_NV];
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++)
+#pragma unroll
+        for (int r = 0; r < C3_R; r++)
+#pragma unroll
+            for (int v = 0; v < C3_NV; v++) acc[j][r][v] = (C3_T)(0.0f);
+    for (int ci = 0; ci < c; ci++) {
+        global const float *xc = xb + ci * plane;
+        global const float *wc = wp + wpoff + (cb * c + ci) * 9 * C3_CB;
+#pragma unroll
+        for (int rr = 0; rr < C3_R + 2; rr++) {
+            C3_T xv[3][C3_NV];
+#pragma unroll
+            for (int kj = 0; kj < 3; kj++)
+#pragma unroll
+                for (int v = 0; v < C3_NV; v++) xv[kj][v] = C3_LOAD(0, xc + rr * pw + kj + v * C3_VW);
+#pragma unroll
+            for (int ki = 0; ki < 3; ki++) {
+                int r = rr - ki;
+                if (r < 0 || r >= C3_R) continue;
+#pragma unroll
+                for (int kj = 0; kj < 3; kj++)
+#pragma unroll
+                    for (int j = 0; j < C3_CB; j++) {
+                        C3_T wv = (C3_T)(wc[(ki * 3 + kj) * C3_CB + j]);
+#pragma unroll
+                        for (int v = 0; v < C3_NV; v++) acc[j][r][v] = fma(wv, xv[kj][v], acc[j][r][v]);
+                    }
+            }
+        }
+    }
+    int cols = min(C3_NV * C3_VW, w - ow0);
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++) {
+        int co = co0 + j;
+        if (co >= cout) break;
+        float b = has_bias ? bias[boff + co] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < C3_R; r++) {
+            if (oh0 + r >= h) break;
+            global float *d = out + ooff + ((n * cout + co) * h + oh0 + r) * w + ow0;
+#pragma unroll
+            for (int v = 0; v < C3_NV; v++) {
+                C3_T y = acc[j][r][v] + b;
+                if (cols >= (v + 1) * C3_VW) {
+                    C3_STORE(y, 0, d + v * C3_VW);
+                } else if (cols > v * C3_VW) {
+                    float tl[C3_VW];
+                    C3_STORE(y, 0, tl);
+                    for (int l = 0; l < cols - v * C3_VW; l++) d[v * C3_VW + l] = tl[l];
+                }
+            }
+        }
+    }
+}
+
+/*
+ * conv3_direct for small planes (rows shorter than a vector): the same sums over the
+ * bordered planes, whose pitch pw is then w + 2, with the vectors running along a plane's
+ * flat index f = oh * pw + ow instead of along one row. Tap (ki, kj) of output f reads
+ * xp's plane at f + ki * pw + kj, so every vector is one load per tap; the lanes at the two
+ * border columns (ow >= w) and past the last row are computed and dropped. One work-item
+ * per (image, block of C3_CB output channels, segment of C3_NV * C3_VW flat positions);
+ * reads run up to C3_NV * C3_VW + 2 floats past a plane (the next plane or the slack).
+ * Same arguments as conv3_direct (nrb unused: 1), the same order of each output's sum.
+ */
+kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
+                       global const float *wp, int wpoff, global const float *bias, int boff, int has_bias,
+                       int cout, global float *out, int ooff, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int sg = q % nseg, t = q / nseg;
+    int cb = t % ncb, n = t / ncb;
+    int co0 = cb * C3_CB, f0 = sg * (C3_NV * C3_VW);
+    int plane = (h + 2) * pw;
+    global const float *xb = xp + xpoff + n * c * plane + f0;
+    C3_T acc[C3_CB][C3_NV];
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++)
+#pragma unroll
+        for (int v = 0; v < C3_NV; v++) acc[j][v] = (C3_T)(0.0f);
+    for (int ci = 0; ci < c; ci++) {
+        global const float *xc = xb + ci * plane;
+        global const float *wc = wp + wpoff + (cb * c + ci) * 9 * C3_CB;
+#pragma unroll
+        for (int ki = 0; ki < 3; ki++)
+#pragma unroll
+            for (int kj = 0; kj < 3; kj++) {
+                C3_T xv[C3_NV];
+#pragma unroll
+                for (int v = 0; v < C3_NV; v++) xv[v] = C3_LOAD(0, xc + ki * pw + kj + v * C3_VW);
+#pragma unroll
+                for (int j = 0; j < C3_CB; j++) {
+                    C3_T wv = (C3_T)(wc[(ki * 3 + kj) * C3_CB + j]);
+#pragma unroll
+                    for (int v = 0; v < C3_NV; v++) acc[j][v] = fma(wv, xv[v], acc[j][v]);
+                }
+            }
+    }
+    /* flat position f0 is pixel (oh0, ow0); lanes walk it along */
+    int oh0 = f0 / pw, ow0 = f0 - oh0 * pw;
+#pragma unroll
+    for (int j = 0; j < C3_CB; j++) {
+        int co = co0 + j;
+        if (co >= cout) break;
+        float b = has_bias ? bias[boff + co] : 0.0f;
+        global float *d = out + ooff + (n * cout + co) * h * w;
+        float tl[C3_NV * C3_VW];
+#pragma unroll
+        for (int v = 0; v < C3_NV; v++) C3_STORE(acc[j][v] + b, v, tl);
+        int oh = oh0, ow = ow0;
+        for (int l = 0; l < C3_NV * C3_VW && oh < h; l++) {
+            if (ow < w) d[oh * w + ow] = tl[l];
+            if (++ow == pw) ow = 0, oh++;
+        }
+    }
+}

@@ -28,6 +28,7 @@
  *   d weight 2 N*HW + 2 (the GEMM's sum over images and pixels, plus one addition per chunk
  *   when the batch is split); d bias N*HW + 2.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <float.h>
 
 #include "golden.h"
@@ -725,6 +726,150 @@ static void test_empty_batch(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
 }
 
+/* ---- the direct 3x3 route (conv3_direct) -------------------------------------------- */
+
+/* 3x3, stride 1, padding 1, one group: the shapes conv3_direct computes (forward, and the
+ * input gradient; conv_transpose2d the other way round), at ragged sizes: widths that are
+ * not a multiple of the vector width (a tail lane run, two segments), heights that are not
+ * a multiple of the row block, output channels that are not a multiple of the channel
+ * block, one input channel, batch 1, views and NaN/Inf. */
+#define P3 P(1, 1, 1, 1, 1, 1, 1, 0, 0)
+static const cspec direct_cases[] = {
+    {"direct width 29, 9 channels", false, 2, 2, 5, 29, 9, 3, 3, P3, true, V_NONE, false, false},
+    {"direct width 37 (two segments), height 7", false, 1, 2, 7, 37, 3, 3, 3, P3, false, V_NONE, false, false},
+    {"direct width 9, batch 1, one input channel", false, 1, 1, 6, 9, 5, 3, 3, P3, true, V_NONE, false, false},
+    {"direct width 17, 9 channels, weight view", false, 2, 4, 3, 17, 9, 3, 3, P3, true, V_NONE, true, false},
+    {"direct transposed-view input", false, 2, 3, 11, 13, 4, 3, 3, P3, true, V_TRANSPOSE_HW, false, false},
+    {"direct channels-last input, 2 x 3 plane", false, 3, 5, 2, 3, 2, 3, 3, P3, false, V_CHANNELS_LAST, false, false},
+    {"direct batch slice", false, 2, 2, 4, 20, 3, 3, 3, P3, true, V_BATCH_SLICE, false, false},
+    {"direct NaN and Inf", false, 2, 2, 6, 19, 3, 3, 3, P3, true, V_NONE, false, true},
+    {"T direct width 21, 10 channels", true, 2, 10, 4, 21, 3, 3, 3, P3, true, V_NONE, false, false},
+    {"T direct batch 1, weight view", true, 1, 3, 5, 10, 9, 3, 3, P3, false, V_NONE, true, false},
+};
+#define NDIRECT (sizeof direct_cases / sizeof direct_cases[0])
+
+/* conv3_direct's blockings: the device's own (c3_choose), each vector width with one and
+ * several vectors per segment, row blocks that do not divide the heights, channel blocks
+ * that do not divide the channels, the largest row block (its slack rows); and conv3_flat
+ * (the fifth value 1: vectors along a plane's flat index) on every width. */
+static const char *const blockings[] = {NULL,       "16,1,2,8",   "8,2,2,3",   "4,3,8,1",
+                                        "4,1,1,16", "16,2,1,8,1", "8,1,1,3,1", "4,4,1,5,1"};
+
+static void set_env(const char *name, const char *value) {
+    if (value)
+        setenv(name, value, 1);
+    else
+        unsetenv(name);
+}
+
+/* Launches of one conv2d forward and of its input gradient alone, under the current
+ * KILN_CONV_ALGO. */
+static void count_launches(kiln_ctx *ctx, const cspec *s, uint64_t *fwd, uint64_t *dgrad) {
+    kiln__set_guard(ctx, 0);              /* guard regions cost launches of their own */
+    kiln__hooks_of(ctx)->conv_budget = 1; /* columns: one chunk per image */
+    kiln_scope_begin(ctx);
+    int64_t xs[4] = {s->n, s->c, s->h, s->w}, ws[4];
+    wshape(s, ws);
+    kiln_tensor *x = kiln_full(ctx, 0.5f, 4, xs), *w = kiln_full(ctx, 0.25f, 4, ws);
+    kiln_ctx_stats st0, st1, st2;
+    kiln_ctx_stats_get(ctx, &st0);
+    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &s->p);
+    kiln_ctx_stats_get(ctx, &st1);
+    kiln_tensor *seed = y ? kiln_full(ctx, 1.0f, 4, kiln_tensor_shape(y)) : NULL;
+    kiln_ctx_stats st_seed;
+    kiln_ctx_stats_get(ctx, &st_seed);
+    CHECK(y && kiln_backward_ex(y, seed, false) == KILN_OK, "launch count %s: %s", s->name, kiln_error_message(ctx));
+    kiln_ctx_stats_get(ctx, &st2);
+    *fwd = st1.launches - st0.launches;
+    *dgrad = st2.launches - st_seed.launches;
+    kiln_scope_end(ctx);
+    kiln__hooks_of(ctx)->conv_budget = 0;
+    kiln__set_guard(ctx, 3);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+}
+
+static void test_direct(kiln_ctx *ctx) {
+    /* the main table with the direct route forced where it applies, and the direct
+     * cases through columns (the route other devices and narrow rows take) */
+    set_env("KILN_CONV_ALGO", "direct");
+    g_gemm = " [KILN_CONV_ALGO=direct]";
+    test_table(ctx);
+    set_env("KILN_CONV_ALGO", "im2col");
+    g_gemm = " [KILN_CONV_ALGO=im2col]";
+    for (size_t k = 0; k < NDIRECT; k++) run_case(ctx, &direct_cases[k], "", cheap_for_gc(&direct_cases[k]), 7);
+    /* the direct route under each blocking, with partial gradients and chunked columns for
+     * the weight gradient beside it */
+    set_env("KILN_CONV_ALGO", "direct");
+    for (size_t b = 0; b < sizeof blockings / sizeof blockings[0]; b++) {
+        set_env("KILN_CONV3_PARAMS", blockings[b]);
+        char tag[64];
+        snprintf(tag, sizeof tag, " [direct, blocking %s]", blockings[b] ? blockings[b] : "default");
+        g_gemm = tag;
+        for (size_t k = 0; k < NDIRECT; k++) {
+            run_case(ctx, &direct_cases[k], "", cheap_for_gc(&direct_cases[k]), 7);
+            if (!blockings[b]) run_case(ctx, &direct_cases[k], " [dx only]", true, 1);
+        }
+    }
+    set_env("KILN_CONV3_PARAMS", NULL);
+    g_gemm = "";
+    /* the override takes effect: the direct forward is three launches (border, weights
+     * packed, convolution) whatever the batch, through columns (cut into one chunk per image
+     * here) at least two per image (im2col and a GEMM); the input gradient likewise (direct:
+     * three, columns: a GEMM and col2im per image), plus one of the backward's own */
+    const cspec four = {"4 images", false, 4, 2, 5, 29, 9, 3, 3, P3, false, V_NONE, false, false};
+    uint64_t f[2], d[2];
+    static const char *const algos[] = {"direct", "im2col"};
+    for (int a = 0; a < 2; a++) {
+        set_env("KILN_CONV_ALGO", algos[a]);
+        count_launches(ctx, &four, &f[a], &d[a]);
+    }
+    CHECK(f[0] == 3 && f[1] >= 8 && d[0] == 4 && d[1] >= 9,
+          "%s: launches forward / input gradient: KILN_CONV_ALGO=direct %llu / %llu, im2col %llu / %llu (expected 3 / "
+          "4, and 8+ / 9+ through columns)",
+          four.name, (unsigned long long)f[0], (unsigned long long)d[0], (unsigned long long)f[1],
+          (unsigned long long)d[1]);
+    /* the built-in rule: CPUs with 16-float vectors take the direct route (conv3_direct for
+     * a 28 x 28 plane, conv3_flat for a 7 x 7 one); other devices columns */
+    const kiln_device_info *info = kiln_ctx_device(ctx);
+    bool wide = info->type == KILN_DEVICE_CPU && info->native_vector_width_float >= 16;
+    const cspec planes[2] = {{"28 x 28", false, 2, 4, 28, 28, 4, 3, 3, P3, false, V_NONE, false, false},
+                             {"7 x 7", false, 2, 4, 7, 7, 4, 3, 3, P3, false, V_NONE, false, false}};
+    for (int k = 0; k < 2; k++) {
+        uint64_t fa[3], da[3];
+        static const char *const modes[3] = {"direct", "im2col", NULL};
+        for (int m = 0; m < 3; m++) {
+            set_env("KILN_CONV_ALGO", modes[m]);
+            count_launches(ctx, &planes[k], &fa[m], &da[m]);
+        }
+        int want = wide ? 0 : 1;
+        CHECK(fa[2] == fa[want] && da[2] == da[want] && fa[0] != fa[1],
+              "auto route, %s: %llu / %llu launches, %s takes %llu / %llu", planes[k].name, (unsigned long long)fa[2],
+              (unsigned long long)da[2], modes[want], (unsigned long long)fa[want], (unsigned long long)da[want]);
+    }
+    /* bad overrides fail the op, naming the variable */
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_full(ctx, 1.0f, 4, (int64_t[]){1, 2, 5, 5});
+    kiln_tensor *w = kiln_full(ctx, 1.0f, 4, (int64_t[]){3, 2, 3, 3});
+    kiln_conv2d_params p = direct_cases[0].p;
+    static const char *const bad[][2] = {{"KILN_CONV_ALGO", "winograd"},      {"KILN_CONV3_PARAMS", "16,2"},
+                                         {"KILN_CONV3_PARAMS", "12,1,1,8"},   {"KILN_CONV3_PARAMS", "16,1,9,8"},
+                                         {"KILN_CONV3_PARAMS", "16,1,1,8x"},  {"KILN_CONV3_PARAMS", "16,1,1,8,2"},
+                                         {"KILN_CONV3_PARAMS", "16,1,1,8,1,"}};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        set_env(bad[k][0], bad[k][1]);
+        kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &p);
+        const char *msg = kiln_error_message(ctx);
+        CHECK(y == NULL && strstr(msg, bad[k][0]) && strstr(msg, bad[k][1]) && strstr(msg, "kiln_conv2d"),
+              "%s=%s: expected an error naming it, got %s", bad[k][0], bad[k][1], y ? "an output" : msg);
+        kiln_error_clear(ctx);
+        set_env(bad[k][0], NULL);
+    }
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+}
+
 static void test_device(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
     kiln__set_guard(ctx, 3);
@@ -735,6 +880,7 @@ static void test_device(kiln_ctx *ctx) {
     test_golden(ctx);
     test_empty_batch(ctx);
     test_errors(ctx);
+    test_direct(ctx);
     /* The other GEMM route: kiln's own kernels (src/ops/gemm.c) on CPUs by default, CLBlast
      * elsewhere. Each chooses its own layout (padded rows, split parts, conv_wgrad_small for
      * few taps only with CLBlast), so both are checked on every device. */

@@ -246,8 +246,17 @@ static void build_failure(kiln_ctx *ctx, const char *program) {
 
 static void test_build_failure(kiln_ctx *ctx) {
     build_failure(ctx, "norm");
+    /* the direct 3x3 route's kernels (conv3_pad, the step's first launch) */
+    setenv("KILN_CONV_ALGO", "direct", 1);
+    build_failure(ctx, "conv");
+    unsetenv("KILN_CONV_ALGO");
     kiln__hooks_of(ctx)->gemm_own = 1;
+    /* through columns, so that the step fails in the first convolution's GEMM, before batch
+     * norm moves its statistics (the direct 3x3 route has no GEMM: it would fail at the
+     * linear layer) */
+    setenv("KILN_CONV_ALGO", "im2col", 1);
     build_failure(ctx, "gemm");
+    unsetenv("KILN_CONV_ALGO");
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 

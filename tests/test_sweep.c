@@ -9,6 +9,7 @@
  * Every kernel of cl_kernels/ is reached (conv_pad_cols through the conv_pad hook on devices
  * whose GEMM tiles kiln does not know), and every op of src/ops/registry.h: a result checked
  * here names its op first, and an op of the list that no check names fails the test. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <ctype.h>
 
 #include "harness.h"
@@ -692,6 +693,10 @@ static void forced_conv(void) {
         {{2, 6, 6, 6, 3, 3, 3, 1}, 1},
         {{2, 6, 6, 6, 3, 3, 3, 1}, 2},
         {{2, 6, 6, 6, 3, 3, 3, 1}, 3},
+        /* 3x3, stride 1, padding 1: forward and input gradient by conv3_direct (mode 4) and
+         * conv3_flat (mode 5), forced (KILN_CONV_ALGO, KILN_CONV3_PARAMS) */
+        {{2, 6, 6, 6, 3, 3, 3, 1}, 4},
+        {{2, 6, 6, 6, 3, 3, 3, 1}, 5},
     };
     for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
         const cshape *s = &cs[k].s;
@@ -702,6 +707,8 @@ static void forced_conv(void) {
         kiln__hooks_of(C)->conv_budget = mode == 2 ? per : 0;
         kiln__hooks_of(C)->conv_split_min = mode ? 8 : 0;
         kiln__hooks_of(C)->conv_pad = mode == 3 ? 64 : 0;
+        if (mode >= 4) setenv("KILN_CONV_ALGO", "direct", 1);
+        if (mode == 5) setenv("KILN_CONV3_PARAMS", "8,1,1,2,1", 1);
         leaf x = ML(-1, 1, true, s->N, s->CI, s->H, s->W), w = ML(-0.5f, 0.5f, true, s->CO, s->CI, s->KH, s->KW);
         leaf b = ML(-0.5f, 0.5f, true, s->CO);
         int64_t ny = s->N * s->CO * HO * WO;
@@ -713,7 +720,9 @@ static void forced_conv(void) {
                  mode == 0   ? ""
                  : mode == 1 ? " [split]"
                  : mode == 2 ? " [chunks of 1, split]"
-                             : " [padded to 64, split]");
+                 : mode == 3 ? " [padded to 64, split]"
+                 : mode == 4 ? " [direct]"
+                             : " [direct, flat]");
         kiln_conv2d_params p = {
             .stride = {1, 1}, .padding = {(int)s->pad, (int)s->pad}, .dilation = {1, 1}, .groups = 1};
         kiln_tensor *out = kiln_conv2d(C, x.t, w.t, b.t, &p);
@@ -723,6 +732,8 @@ static void forced_conv(void) {
             near_grad(what, &w, gw);
             near_grad(what, &b, gb);
         }
+        unsetenv("KILN_CONV_ALGO");
+        unsetenv("KILN_CONV3_PARAMS");
         free(gy);
         free(y);
         free(gx);

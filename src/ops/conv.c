@@ -44,8 +44,18 @@
  * Column buffers come from the pool and hold at most `chunk_budget` elements: the batch is
  * processed in chunks of images that fit (one image at least). One image's columns must
  * stay below 2^31 elements (kernels index with 32-bit ints); beyond that the op fails.
+ *
+ * The direct route: a 3x3 convolution with stride 1, padding 1 and one group (every 3x3
+ * convolution of ResNet-20 but the two strided ones) skips the columns for its forward and its
+ * input gradient on CPUs with 16-float vectors: conv3_pad copies the input (or gy) into
+ * zero-bordered planes, and conv3_direct (or conv3_flat, for rows shorter than half a
+ * vector) computes the outputs from them with register-blocked accumulators (see
+ * conv_direct_wanted for the rule and the measurements, KILN_CONV_ALGO to force a route).
+ * The weight gradient stays im2col + GEMM: a direct version (one vector accumulator per
+ * output channel and tap, loads masked to the row) measured slower.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ops_internal.h" /* before clblast_c.h: it picks the OpenCL target version */
@@ -290,11 +300,230 @@ static int64_t padded_rows(kiln_ctx *ctx, int64_t kg, bool own_dx) {
     return kgp * 4 <= kg * 5 ? kgp : kg;
 }
 
+/* ---- the direct 3x3 route ----------------------------------------------------------- */
+
+/* How a convolution (or its input gradient) is computed: through columns and a GEMM
+ * (im2col / col2im), or by conv3_direct straight from zero-bordered planes (3x3, stride 1,
+ * padding 1, dilation 1, one group only). */
+enum { ALGO_AUTO, ALGO_IM2COL, ALGO_DIRECT };
+
+/* conv3_direct's blocking: vw floats per vector, nv vectors per row segment, r output rows
+ * and cb output channels per work-item (c3_choose). */
+typedef struct c3_params {
+    int vw, nv, r, cb;
+    int flat; /* conv3_flat (vectors along a plane's flat index) rather than conv3_direct */
+} c3_params;
+static bool c3_override(c3_params *o);
+
+/* KILN_CONV_ALGO=im2col|direct forces a route wherever it applies (tests, measurements);
+ * unset or "auto" lets conv_direct_wanted decide. Anything else is an error, as is a
+ * KILN_CONV3_PARAMS that is set but not valid. */
+static kiln_status algo_override(kiln_ctx *ctx, const char *op, int *algo) {
+    const char *e = getenv("KILN_CONV_ALGO"), *pe = getenv("KILN_CONV3_PARAMS");
+    c3_params o;
+    *algo = ALGO_AUTO;
+    if (pe && *pe && !c3_override(&o))
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "%s: KILN_CONV3_PARAMS='%s' is not \"vw,nv,r,cb[,flat]\" with vw 4, 8 or 16, nv 1-4, r "
+                          "1-8, cb 1-16 and flat 0 or 1",
+                          op, pe);
+    if (!e || !*e || strcmp(e, "auto") == 0) return KILN_OK;
+    if (strcmp(e, "im2col") == 0)
+        *algo = ALGO_IM2COL;
+    else if (strcmp(e, "direct") == 0)
+        *algo = ALGO_DIRECT;
+    else
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "%s: KILN_CONV_ALGO='%s' names no convolution route (auto, im2col or direct)", op, e);
+    return KILN_OK;
+}
+
+/* KILN_CONV3_PARAMS="vw,nv,r,cb[,flat]" (vw 4, 8 or 16; nv 1-4; r 1-8; cb 1-16; flat 0 or
+ * 1, default 0): true with *o set when it is set and valid. */
+static bool c3_override(c3_params *o) {
+    const char *e = getenv("KILN_CONV3_PARAMS");
+    int at = -1, more = -1;
+    o->flat = 0;
+    if (!e || sscanf(e, "%d,%d,%d,%d%n", &o->vw, &o->nv, &o->r, &o->cb, &at) != 4 || at < 0) return false;
+    if (e[at] == ',' && (sscanf(e + at + 1, "%d%n", &o->flat, &more) != 1 || more < 0)) return false;
+    if (e[at] == ',') at += 1 + more;
+    return e[at] == '\0' && (o->vw == 4 || o->vw == 8 || o->vw == 16) && o->nv >= 1 && o->nv <= 4 && o->r >= 1 &&
+           o->r <= 8 && o->cb >= 1 && o->cb <= 16 && (o->flat == 0 || o->flat == 1);
+}
+
+/* conv3_direct's blocking (its build options) for planes of width w and cout output
+ * channels: vectors of the device's native width, up to two per row segment, and about half
+ * the vector registers as accumulators (16 of AVX-512's 32; 8 of 16 elsewhere): 8 output
+ * channels x the rows that fill the rest; rows shorter than half a vector go to conv3_flat
+ * (two vectors along the plane's flat index, one row block). KILN_CONV3_PARAMS sets them
+ * (measurements). On ResNet-20's 28 x 28 and 14 x 14 stages the 8-channel blocks with 16
+ * accumulators were as fast as or faster than blocks of 4 or 12 channels and 1-7 rows (12
+ * channels: 1.5-2x slower). */
+static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
+    c3_params p;
+    int vw = (int)ctx->info.native_vector_width_float;
+    vw = vw >= 16 ? 16 : vw >= 8 ? 8 : 4;
+    int accs = vw >= 16 ? 16 : 8;
+    /* rows shorter than half a vector: vectors along the flat index (conv3_flat) */
+    p.flat = 2 * w <= vw;
+    p.vw = vw;
+    p.nv = p.flat || (w + vw - 1) / vw >= 2 ? 2 : 1;
+    p.cb = cout >= 8 ? 8 : cout;
+    p.r = p.flat ? 1 : accs / (p.cb * p.nv);
+    p.r = p.r < 1 ? 1 : p.r > 8 ? 8 : p.r;
+    c3_params o;
+    if (c3_override(&o)) p = o;
+    return p;
+}
+
+/* The slack after the bordered planes: conv3_direct's last row block may read up to C3_R -
+ * 1 (at most 7) rows past the last plane, conv3_flat's last segment up to a segment (at
+ * most 64 floats) and 2. */
+#define C3_SLACK_ROWS 8
+#define C3_SLACK_FLOATS 66
+
+/* Row length of the bordered planes for planes of width w: for conv3_direct whole segments
+ * plus the two border columns (its vectors end within a row), for conv3_flat w + 2. */
+static int c3_pitch(const c3_params *p, int w) {
+    int seg = p->nv * p->vw;
+    return p->flat ? w + 2 : (w + seg - 1) / seg * seg + 2;
+}
+
+/* Work-items of conv3_direct along a plane: row blocks x row segments (conv3_flat: 1 x the
+ * segments of the flat index). */
+static void c3_grid(const c3_params *p, int h, int w, int *nrb, int *nseg) {
+    int seg = p->nv * p->vw;
+    *nrb = p->flat ? 1 : (h + p->r - 1) / p->r;
+    *nseg = p->flat ? (h * (w + 2) + seg - 1) / seg : (w + seg - 1) / seg;
+}
+
+/* Whether conv3_direct (or conv3_flat) computes this convolution's forward (dgrad false)
+ * or its input gradient: only 3x3, stride 1, padding 1, dilation 1, one group, with every
+ * index of the bordered planes within 32 bits. Where both routes apply, KILN_CONV_ALGO
+ * decides if set; else CPU devices with 16-float vectors (AVX-512, where it was measured)
+ * take it. On ResNet-20's convolutions at batch 128 it took 36-52% less CPU time than
+ * columns and a GEMM, forward and input gradient, on each stage (conv3_direct on 28 x 28 and
+ * 14 x 14 planes, conv3_flat on 7 x 7 ones, where rows of 8-float vectors were no faster;
+ * README.md, "Speed"). Narrower vectors are unmeasured: columns. */
+static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool dgrad) {
+    if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 ||
+        g->groups != 1 || g->h != g->ho || g->w != g->wo)
+        return false;
+    int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout;
+    c3_params p = c3_choose(ctx, g->w, cout);
+    int64_t pw = c3_pitch(&p, g->w), seg = p.nv * p.vw;
+    int64_t nrb = p.flat ? 1 : (g->h + p.r - 1) / p.r;
+    int64_t nseg = p.flat ? ((int64_t)g->h * pw + seg - 1) / seg : (g->w + seg - 1) / seg;
+    int64_t elems = (int64_t)g->n * cin * (g->h + 2) * pw + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
+    int64_t items = (int64_t)g->n * ((cout + p.cb - 1) / p.cb) * nrb * nseg;
+    if (elems > CONV_MAX_ELEMS || items > CONV_MAX_ELEMS) return false;
+    if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
+    return ctx->info.type == KILN_DEVICE_CPU && ctx->info.native_vector_width_float >= 16;
+}
+
+/* A new [n, c, h + 2, pw] tensor (plus slack) of the zero-bordered planes of src [n, c, h, w]
+ * (any view), by conv3_pad. */
+static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int pw) {
+    int n = (int)src->shape[0], c = (int)src->shape[1], h = (int)src->shape[2], w = (int)src->shape[3];
+    int64_t planes = (int64_t)n * c;
+    cl_int slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
+    kiln_tensor *xp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){planes * (h + 2) * pw + slack});
+    if (!xp || planes == 0) return xp;
+    cl_int soff = (cl_int)src->offset, cc = c, ch = h, cw = w, cpw = pw, np = (cl_int)planes;
+    cl_int xpoff = (cl_int)xp->offset;
+    cl_int4 ss = strides4(src);
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff),  KILN__ARG(ss),  KILN__ARG(cc),
+                         KILN__ARG(ch),           KILN__ARG(cw),    KILN__ARG(cpw), KILN__ARG(xp->st->mem),
+                         KILN__ARG(xpoff),        KILN__ARG(slack), KILN__ARG(np)};
+    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv3_pad", sizeof args / sizeof args[0], args,
+                     (size_t)planes, 0) != KILN_OK) {
+        kiln_tensor_free(xp);
+        return NULL;
+    }
+    return xp;
+}
+
+/* conv3_direct's build options. */
+static void c3_options(const c3_params *p, char *buf, size_t cap) {
+    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d", p->vw, p->nv, p->r, p->cb);
+}
+
+/*
+ * out [n, cout, h, w] (contiguous, new) = the 3x3 stride-1 padding-1 convolution by
+ * conv3_direct of the bordered planes xp of [n, cin, h, w] (c3_pad): the forward (dgrad
+ * false: xp from x, the weight as it is) or the input gradient (xp from gy, cin = the
+ * convolution's cout, taps flipped and channels exchanged by the strides), plus bias[o]
+ * when given.
+ */
+static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_tensor *w, kiln_tensor *bias,
+                           const conv_geom *g, bool dgrad) {
+    int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->h, wd = g->w;
+    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, cout, h, wd});
+    if (!out || g->n == 0) return out;
+    c3_params p = c3_choose(ctx, wd, cout);
+    int pw = c3_pitch(&p, wd), nrb, nseg, ncb = (cout + p.cb - 1) / p.cb;
+    c3_grid(&p, h, wd, &nrb, &nseg);
+    char options[96];
+    c3_options(&p, options, sizeof options);
+    /* the weights packed per block of output channels; tap (ki, kj) of (o, i): forward
+     * w[o, i, ki, kj], input gradient w[i, o, 2-ki, 2-kj] */
+    cl_int4 ws = strides4(w);
+    cl_int woff = (cl_int)w->offset;
+    if (dgrad) {
+        woff += 2 * ws.s[2] + 2 * ws.s[3];
+        ws = (cl_int4){{ws.s[1], ws.s[0], -ws.s[2], -ws.s[3]}};
+    }
+    cl_int cc = cin, co = cout, npack = ncb * cin;
+    kiln_tensor *wp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)npack * 9 * p.cb});
+    kiln_status s = wp ? KILN_OK : ctx->err;
+    if (s == KILN_OK) {
+        cl_int wpoff = (cl_int)wp->offset;
+        kiln__karg args[] = {KILN__ARG(w->st->mem), KILN__ARG(woff),        KILN__ARG(ws),    KILN__ARG(cc),
+                             KILN__ARG(co),         KILN__ARG(wp->st->mem), KILN__ARG(wpoff), KILN__ARG(npack)};
+        s = kiln__launch(ctx, op, CONV_PROGRAM, options, "conv3_pack", sizeof args / sizeof args[0], args,
+                         (size_t)npack, 0);
+    }
+    if (s == KILN_OK) {
+        cl_int ch = h, cw = wd, cpw = pw, cns = nseg, cnr = nrb, cnc = ncb, hb = bias != NULL;
+        cl_int boff = bias ? (cl_int)bias->offset : 0, ooff = (cl_int)out->offset, wpoff = (cl_int)wp->offset;
+        cl_mem bmem = bias ? bias->st->mem : w->st->mem;
+        cl_int nitems = g->n * ncb * nrb * nseg, xpoff = (cl_int)xp->offset;
+        kiln__karg args[] = {KILN__ARG(xp->st->mem), KILN__ARG(xpoff),       KILN__ARG(cc),    KILN__ARG(ch),
+                             KILN__ARG(cw),          KILN__ARG(cpw),         KILN__ARG(cns),   KILN__ARG(cnr),
+                             KILN__ARG(cnc),         KILN__ARG(wp->st->mem), KILN__ARG(wpoff), KILN__ARG(bmem),
+                             KILN__ARG(boff),        KILN__ARG(hb),          KILN__ARG(co),    KILN__ARG(out->st->mem),
+                             KILN__ARG(ooff),        KILN__ARG(nitems)};
+        s = kiln__launch(ctx, op, CONV_PROGRAM, options, p.flat ? "conv3_flat" : "conv3_direct",
+                         sizeof args / sizeof args[0], args, (size_t)nitems, 0);
+    }
+    /* the in-order queue runs both launches before a later reuse of wp */
+    kiln_tensor_free(wp);
+    if (s != KILN_OK) {
+        kiln_tensor_free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The forward by conv3_direct: x bordered, then convolved. */
+static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
+                                    const conv_geom *g) {
+    c3_params p = c3_choose(ctx, g->w, g->cout);
+    kiln_tensor *xp = c3_pad(ctx, op, x, c3_pitch(&p, g->w));
+    kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, g, false) : NULL;
+    /* the in-order queue runs the launches before a later reuse of xp */
+    kiln_tensor_free(xp);
+    return out;
+}
+
 /* ---- the three cores ---------------------------------------------------------------- */
 
 /* out [n, cout, ho, wo] = conv(x, w) + bias. x any view, w any view [cout, c/groups, kh, kw]. */
 static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
                              const conv_geom *g) {
+    int algo;
+    if (algo_override(ctx, op, &algo) != KILN_OK) return NULL;
+    if (conv_direct_wanted(ctx, g, algo, false)) return conv_direct_fwd(ctx, op, x, w, bias, g);
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, g->cout, g->ho, g->wo});
     if (!out || g->n == 0) return out;
     int64_t hw = (int64_t)g->ho * g->wo, mg = g->cout / g->groups;
@@ -355,6 +584,7 @@ typedef struct bwd_plan {
     int64_t nsplit;                          /* split-K parts of dw (1: none) */
     int nb;                                  /* images per chunk */
     bool own_dw;                             /* kiln's own A B^T kernel computes dw */
+    bool dx_done;                            /* dx came from conv3_direct: no chunk computes it */
     bool direct;                             /* one image of a contiguous gy is read in place */
     size_t tk;                               /* the GEMM's K tile (kiln__sgemm_tiles) */
     kiln_tensor *wt;                         /* w for the input gradient: contiguous, rows padded to kgp */
@@ -402,7 +632,7 @@ static kiln_status bwd_small_wgrad(bwd_plan *p) {
 static kiln_status bwd_prepare(bwd_plan *p) {
     kiln_ctx *ctx = p->ctx;
     const conv_geom *g = p->g;
-    bool dx = p->dx != NULL;
+    bool dx = p->dx != NULL && !p->dx_done;
     /* (a chunk's columns are at most all n images' pixels wide) */
     p->kgp = padded_rows(ctx, p->kg,
                          dx && kiln__gemm_own_takes(ctx, true, false, (size_t)p->kg, (size_t)(g->n * p->hw),
@@ -533,6 +763,20 @@ static kiln_status bwd_finish(bwd_plan *p, kiln_status s) {
     return s;
 }
 
+/* dx by conv3_direct from a bordered copy of gy (before the chunks, which then compute
+ * only dw and d bias). */
+static kiln_status bwd_direct_dx(bwd_plan *p) {
+    c3_params cp = c3_choose(p->ctx, p->g->w, p->g->c);
+    kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, c3_pitch(&cp, p->g->w));
+    if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, p->g, true))) {
+        kiln_tensor_free(gp);
+        return p->ctx->err;
+    }
+    /* the in-order queue runs the launches before a later reuse of the copy */
+    kiln_tensor_free(gp);
+    return gp ? KILN_OK : p->ctx->err;
+}
+
 /*
  * Gradients of a convolution from gy [n, cout, ho, wo] (any view), each when its pointer
  * is not NULL: *dx (the input's shape, plus dx_bias[c] when given), *dw (w's shape), *db
@@ -548,7 +792,12 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
     p.hw = (int64_t)g->ho * g->wo;
     p.mg = g->cout / g->groups;
     p.kg = (int64_t)(g->c / g->groups) * g->kh * g->kw;
-    kiln_status s = bwd_outputs(&p, dx != NULL, dw != NULL, db != NULL);
+    /* the input gradient by conv3_direct where it applies (computed first, on its own) */
+    int algo;
+    kiln_status s = algo_override(ctx, op, &algo);
+    p.dx_done = s == KILN_OK && dx && conv_direct_wanted(ctx, g, algo, true);
+    if (s == KILN_OK) s = bwd_outputs(&p, dx != NULL && !p.dx_done, dw != NULL, db != NULL);
+    if (s == KILN_OK && p.dx_done) s = bwd_direct_dx(&p);
     if (s == KILN_OK && g->n > 0) {
         /* On CPUs the weight gradient is gy_g cols_g^T through kiln's own A B^T kernel,
          * which reads both operands along the pixels: the plain columns of conv_im2col,
@@ -558,13 +807,13 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
         p.own_dw = p.do_dw && kiln__gemm_own_takes(ctx, false, true, (size_t)p.mg, (size_t)p.kg, (size_t)(g->n * p.hw),
                                                    (size_t)g->groups, 1.0f);
         if (p.do_dw && p.kg <= SMALL_KG && !p.own_dw) s = bwd_small_wgrad(&p);
-        if (s == KILN_OK && (p.dx || p.do_dw || p.do_db)) s = bwd_prepare(&p);
+        if (s == KILN_OK && ((p.dx && !p.dx_done) || p.do_dw || p.do_db)) s = bwd_prepare(&p);
         for (int n0 = 0; s == KILN_OK && p.col && n0 < g->n; n0 += p.nb) {
             int cnt = g->n - n0 < p.nb ? g->n - n0 : p.nb;
             gmat gb;
             s = bwd_chunk_gy(&p, n0, cnt, &gb);
             if (s == KILN_OK && p.do_dw) s = bwd_chunk_wgrad(&p, n0, cnt, gb);
-            if (s == KILN_OK && p.dx) s = bwd_chunk_dgrad(&p, n0, cnt, gb);
+            if (s == KILN_OK && p.dx && !p.dx_done) s = bwd_chunk_dgrad(&p, n0, cnt, gb);
         }
     }
     s = bwd_finish(&p, s);
