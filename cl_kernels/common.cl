@@ -26,3 +26,30 @@ inline void kiln_bad_index(global int *E, int site, int value, int pos) {
         atomic_xchg(&E[KILN_ERRBUF_FLAG], site + 1);
     }
 }
+
+/* Half-precision storage, in programs built with -DKILN_HALF=<dtype> (1 f16, 4 bf16: the
+ * kiln_dtype values): KILN_S is the storage type, KILN_LD(p, i) loads element i of p as a
+ * float and KILN_ST(p, i, v) stores float v there rounded to nearest, ties to even. f16
+ * goes through vload_half/vstore_half_rte (core OpenCL 1.2: no cl_khr_fp16 needed), bf16
+ * through bit operations (NaN stays NaN). Without KILN_HALF they are plain float accesses,
+ * so a program's f32 build compiles as it would without them. */
+inline float kiln_bf16_ld(ushort h) { return as_float((uint)h << 16); }
+inline ushort kiln_bf16_rte(float v) {
+    uint u = as_uint(v);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (ushort)((u >> 16) | 0x0040u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (ushort)(u >> 16);
+}
+#if defined(KILN_HALF) && KILN_HALF == 1
+#define KILN_S half
+#define KILN_LD(p, i) vload_half((i), (p))
+#define KILN_ST(p, i, v) vstore_half_rte((v), (i), (p))
+#elif defined(KILN_HALF) && KILN_HALF == 4
+#define KILN_S ushort
+#define KILN_LD(p, i) kiln_bf16_ld((p)[i])
+#define KILN_ST(p, i, v) ((p)[i] = kiln_bf16_rte(v))
+#else
+#define KILN_S float
+#define KILN_LD(p, i) ((p)[i])
+#define KILN_ST(p, i, v) ((p)[i] = (v))
+#endif

@@ -65,6 +65,12 @@ kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
  * is accumulated as by kiln__accum and freed. Either way the caller no longer holds g. */
 kiln_status kiln__accum_owned(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
 
+/* ---- half precision (src/ops/cast.c) --------------------------------------------- */
+
+/* t (f32, f16 or bf16, any view) converted into a new contiguous tensor of dtype, as
+ * kiln_to_dtype but without autograd; KILN_ERR_DTYPE naming op for other dtypes. */
+kiln_tensor *kiln__convert(kiln_ctx *ctx, const char *op, kiln_tensor *t, kiln_dtype dtype);
+
 /* ---- the GEMM router (src/ops/sgemm.c) --------------------------------------------- */
 
 /* Row-major C = alpha op(A) op(B) + beta C, enqueued on ctx's queue with no event; batch

@@ -1,0 +1,36 @@
+/* cl_kernels/cast.cl - dtype conversions between f32, f16 and bf16 (src/ops/cast.c). Built
+ * with -DSRC=<dtype> -DDST=<dtype> (kiln_dtype values: 0 f32, 1 f16, 4 bf16). Rounding is
+ * to nearest, ties to even, as the host's kiln_f32_to_f16/kiln_f32_to_bf16: f16 through
+ * vstore_half_rte (core OpenCL 1.2, no cl_khr_fp16 needed; overflow gives inf), bf16 by bit
+ * operations (NaN kept). Widening is exact. */
+
+#if SRC == 0
+#define SRC_T float
+#define SRC_LD(p, i) ((p)[i])
+#elif SRC == 1
+#define SRC_T half
+#define SRC_LD(p, i) vload_half((i), (p))
+#else
+#define SRC_T ushort
+#define SRC_LD(p, i) kiln_bf16_ld((p)[i])
+#endif
+
+#if DST == 0
+#define DST_T float
+#define DST_ST(p, i, v) ((p)[i] = (v))
+#elif DST == 1
+#define DST_T half
+#define DST_ST(p, i, v) vstore_half_rte((v), (i), (p))
+#else
+#define DST_T ushort
+#define DST_ST(p, i, v) ((p)[i] = kiln_bf16_rte(v))
+#endif
+
+/* dst[doff + i] = convert(src[soff + offset(i)]): any view in, contiguous out. */
+kernel void cast_strided(global const SRC_T *src, int soff, global DST_T *dst, int doff, int n, kiln_geom g) {
+    int i = get_global_id(0);
+    if (i >= n) return;
+    int o = g.ndim == 1 ? i * g.strides[0][0] : kiln_offset(&g, 0, i);
+    float v = SRC_LD(src, soff + o);
+    DST_ST(dst, doff + i, v);
+}

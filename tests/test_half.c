@@ -1,0 +1,252 @@
+/* tests/test_half.c - half-precision storage: the f16/bf16 dtypes' host data, fills and
+ * items, kiln_to_dtype against a plain-C reference (double arithmetic, independent of the
+ * library's bit manipulation) and against PyTorch (tests/golden/cast.safetensors), every
+ * f16 value widened, and its gradient. */
+#include "golden.h"
+
+/* x rounded to a float format with `mant` fraction bits, smallest normal exponent emin and
+ * largest finite value max, to nearest with ties to even (rint in the default rounding
+ * mode), in double arithmetic: overflow past max is inf, as IEEE's round-to-nearest. */
+static double ref_round(double x, int mant, int emin, double max) {
+    if (isnan(x) || isinf(x) || x == 0) return x;
+    int e;
+    frexp(x, &e); /* |x| in [2^(e-1), 2^e) */
+    e -= 1;
+    if (e < emin) e = emin; /* denormals share the smallest normal's quantum */
+    double q = ldexp(1.0, e - mant);
+    double r = rint(x / q) * q;
+    if (fabs(r) > max) return x > 0 ? INFINITY : -INFINITY;
+    return r;
+}
+static double ref_f16(float x) { return ref_round(x, 10, -14, 65504.0); }
+static double ref_bf16(float x) { return ref_round(x, 7, -126, 0x1.FEp127); }
+
+static float bits_f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* f32 values the conversions must get right: edge cases, then random bit patterns. */
+static int edge_values(float *v, int cap) {
+    static const uint32_t bits[] = {0x00000000u, 0x80000000u, 0x3F800000u, 0x7F800000u, 0xFF800000u, 0x7FC00000u,
+                                    0xFFC12345u, 0x477FE000u, 0x477FEFFFu, 0x477FF000u, 0x477FF001u, 0x47800000u,
+                                    0x33000000u, 0x33000001u, 0x337FFFFFu, 0x33800000u, 0x33C00000u, 0x34200000u,
+                                    0x387FE000u, 0x387FF000u, 0x38800000u, 0x3F801000u, 0x3F803000u, 0x3F808000u,
+                                    0x3F818000u, 0x7F7F7FFFu, 0x7F7F8000u, 0x7F7FFFFFu, 0x00000001u, 0x80400000u};
+    int n = 0;
+    for (size_t i = 0; i < sizeof bits / sizeof bits[0] && n < cap; i++) v[n++] = bits_f(bits[i]);
+    uint32_t s = 12345u;
+    while (n < cap) {
+        s = s * 1664525u + 1013904223u;
+        v[n++] = bits_f(s);
+    }
+    return n;
+}
+
+static bool same_value(double got, double want) {
+    if (isnan(want)) return isnan(got);
+    return got == want && signbit(got) == signbit(want);
+}
+
+static void test_host_conversions(void) {
+    float v[4096];
+    int n = edge_values(v, 4096), bad16 = 0, badbf = 0;
+    for (int i = 0; i < n; i++) {
+        /* f32 denormals: the reference rounds them like any value (to 0 in f16) */
+        if (!same_value(kiln_f16_to_f32(kiln_f32_to_f16(v[i])), ref_f16(v[i])) && bad16++ == 0)
+            fprintf(stderr, "  f16 of %a: got %a, want %a\n", (double)v[i],
+                    (double)kiln_f16_to_f32(kiln_f32_to_f16(v[i])), ref_f16(v[i]));
+        if (!same_value(kiln_bf16_to_f32(kiln_f32_to_bf16(v[i])), ref_bf16(v[i])) && badbf++ == 0)
+            fprintf(stderr, "  bf16 of %a: got %a, want %a\n", (double)v[i],
+                    (double)kiln_bf16_to_f32(kiln_f32_to_bf16(v[i])), ref_bf16(v[i]));
+    }
+    CHECK(bad16 == 0, "host f32 -> f16: %d of %d values differ from the reference", bad16, n);
+    CHECK(badbf == 0, "host f32 -> bf16: %d of %d values differ from the reference", badbf, n);
+    /* widening is exact and narrowing it back gives the same bits, for every f16 */
+    int badw = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = kiln_f16_to_f32((uint16_t)h);
+        bool nan = ((h >> 10) & 0x1F) == 0x1F && (h & 0x3FF);
+        if (nan ? !isnan(f) : kiln_f32_to_f16(f) != h) badw++;
+    }
+    CHECK(badw == 0, "f16 -> f32 -> f16 changed %d values", badw);
+    CHECK(isnan(kiln_bf16_to_f32(kiln_f32_to_bf16(NAN))) && kiln_f32_to_bf16(-NAN) >> 15 == 1,
+          "bf16 keeps NaN and its sign");
+}
+
+/* a device conversion of n host floats through dtype and back, compared with ref */
+static void device_roundtrip(kiln_ctx *ctx, const char *what, const float *v, int n, kiln_dtype dt,
+                             double (*ref)(float)) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_from_host(ctx, v, KILN_F32, 1, (int64_t[]){n});
+    kiln_tensor *h = kiln_to_dtype(ctx, x, dt);
+    kiln_tensor *y = kiln_to_dtype(ctx, h, KILN_F32);
+    CHECK(h && y && kiln_tensor_dtype(h) == dt, "%s: %s", what, kiln_error_message(ctx));
+    if (y) {
+        float *got = h_read(y);
+        uint16_t *raw = malloc(sizeof(uint16_t) * (size_t)n);
+        CHECK(kiln_to_host(h, raw, sizeof(uint16_t) * (size_t)n) == KILN_OK, "%s: to_host of halves", what);
+        int bad = 0, badraw = 0;
+        for (int i = 0; i < n; i++) {
+            if (!same_value(got[i], ref(v[i])) && bad++ == 0)
+                fprintf(stderr, "  %s: %a gave %a, reference %a\n", what, (double)v[i], (double)got[i], ref(v[i]));
+            uint16_t want = dt == KILN_F16 ? kiln_f32_to_f16(v[i]) : kiln_f32_to_bf16(v[i]);
+            bool nan = isnan(v[i]);
+            badraw +=
+                nan ? !isnan(dt == KILN_F16 ? kiln_f16_to_f32(raw[i]) : kiln_bf16_to_f32(raw[i])) : raw[i] != want;
+        }
+        CHECK(bad == 0, "%s: %d of %d values differ from the reference", what, bad, n);
+        CHECK(badraw == 0, "%s: %d raw halves differ from the host conversion", what, badraw);
+        free(got);
+        free(raw);
+    }
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+}
+
+static void test_device_conversions(kiln_ctx *ctx) {
+    static float v[4096];
+    int n = edge_values(v, 4096);
+    device_roundtrip(ctx, "f32 -> f16 -> f32", v, n, KILN_F16, ref_f16);
+    device_roundtrip(ctx, "f32 -> bf16 -> f32", v, n, KILN_BF16, ref_bf16);
+
+    /* every f16 widened on the device, and f16 <-> bf16 */
+    static uint16_t all[65536];
+    for (uint32_t i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+    kiln_scope_begin(ctx);
+    kiln_tensor *h = kiln_from_host(ctx, all, KILN_F16, 1, (int64_t[]){65536});
+    kiln_tensor *f = kiln_to_dtype(ctx, h, KILN_F32);
+    kiln_tensor *b = kiln_to_dtype(ctx, h, KILN_BF16);
+    CHECK(f && b, "widening every f16: %s", kiln_error_message(ctx));
+    if (f && b) {
+        float *got = h_read(f);
+        uint16_t *gb = malloc(sizeof all);
+        kiln_to_host(b, gb, sizeof all);
+        int bad = 0, badb = 0;
+        for (uint32_t i = 0; i < 65536; i++) {
+            float want = kiln_f16_to_f32((uint16_t)i);
+            bad += !same_value(got[i], want);
+            badb += !same_value(kiln_bf16_to_f32(gb[i]), ref_bf16(want));
+        }
+        CHECK(bad == 0, "f16 -> f32 on the device: %d of 65536 values differ", bad);
+        CHECK(badb == 0, "f16 -> bf16 on the device: %d of 65536 values differ from the reference", badb);
+        free(got);
+        free(gb);
+    }
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+}
+
+static void test_golden(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "cast")) return;
+    const golden_tensor *x = golden_get(&g, "to_dtype.x"), *r16 = golden_get(&g, "to_dtype.f16"),
+                        *rbf = golden_get(&g, "to_dtype.bf16");
+    if (x && r16 && rbf) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *t = golden_upload(ctx, x);
+        golden_compare_scaled("golden to_dtype f16", kiln_to_dtype(ctx, kiln_to_dtype(ctx, t, KILN_F16), KILN_F32), r16,
+                              NULL, 0, 0, 0);
+        golden_compare_scaled("golden to_dtype bf16", kiln_to_dtype(ctx, kiln_to_dtype(ctx, t, KILN_BF16), KILN_F32),
+                              rbf, NULL, 0, 0, 0);
+        kiln_scope_end(ctx);
+    }
+    golden_close(&g);
+    CHECK_OK(ctx);
+}
+
+/* host data, fills and items of half tensors; a view converted */
+static void test_host_io(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    uint16_t raw[6] = {0x3C00, 0xC000, 0x7BFF, 0x0001, 0x7C00, 0x8000}; /* 1, -2, 65504, 2^-24, inf, -0 */
+    kiln_tensor *h = kiln_from_host(ctx, raw, KILN_F16, 2, (int64_t[]){2, 3});
+    uint16_t back[6] = {0};
+    CHECK(h && kiln_to_host(h, back, sizeof back) == KILN_OK && !memcmp(raw, back, sizeof raw),
+          "f16 host data round trip: %s", kiln_error_message(ctx));
+    CHECK(kiln_tensor_item(kiln_slice(ctx, kiln_reshape(ctx, h, 1, (int64_t[]){6}), 0, 2, 3, 1)) == 65504.0f,
+          "item of an f16 view");
+    /* a transposed f16 view to f32: the strided kernel */
+    kiln_tensor *tf = kiln_to_dtype(ctx, kiln_transpose(ctx, h, 0, 1), KILN_F32);
+    float *got = tf ? h_read(tf) : NULL;
+    const float want[6] = {1, 0x1p-24f, -2, INFINITY, 65504, -0.0f};
+    CHECK(got && !memcmp(got, want, sizeof want), "f16 transposed view to f32");
+    free(got);
+
+    kiln_tensor *b = kiln_empty(ctx, KILN_BF16, 1, (int64_t[]){5});
+    CHECK(b && kiln_fill(b, 1.00390625f) == KILN_OK, "fill bf16: %s", kiln_error_message(ctx));
+    CHECK(kiln_tensor_item(kiln_slice(ctx, b, 0, 4, 5, 1)) == 1.0f, "fill bf16 rounds a tie to even (1 + 2^-8 -> 1)");
+    kiln_tensor *f = kiln_empty(ctx, KILN_F16, 2, (int64_t[]){3, 4});
+    CHECK(f && kiln_fill(kiln_slice(ctx, f, 1, 1, 4, 2), 70000.0f) == KILN_OK &&
+              kiln_fill(kiln_slice(ctx, f, 1, 0, 4, 2), 0.1f) == KILN_OK,
+          "fill f16 views: %s", kiln_error_message(ctx));
+    uint16_t fh[12];
+    CHECK(f && kiln_to_host(f, fh, sizeof fh) == KILN_OK, "to_host f16");
+    int bad = 0;
+    for (int i = 0; i < 12; i++) bad += fh[i] != (i % 2 ? 0x7C00 : kiln_f32_to_f16(0.1f));
+    CHECK(bad == 0, "fill f16: %d wrong values (0.1 rounded, 70000 overflows to inf)", bad);
+    uint16_t small[2];
+    CHECK(kiln_to_host(f, small, sizeof small) == KILN_ERR_BUFFER_TOO_SMALL &&
+              strstr(kiln_error_message(ctx), "f16") != NULL,
+          "to_host of f16 into too small a buffer names the dtype: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+    CHECK(strcmp(kiln_dtype_name(KILN_BF16), "bf16") == 0 && kiln_dtype_size(KILN_BF16) == 2 &&
+              kiln_dtype_is_half(KILN_F16) && kiln_dtype_is_half(KILN_BF16) && !kiln_dtype_is_half(KILN_F32),
+          "bf16's name and size");
+}
+
+/* the conversion's gradient, and its errors */
+static void test_grad_errors(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    float xv[4] = {1.5f, -2.0f, 3.25f, 0.1f};
+    kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 1, (int64_t[]){4});
+    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor *w = kiln_from_host(ctx, (float[]){1, 2, 3, 4}, KILN_F32, 1, (int64_t[]){4});
+    kiln_tensor *y = kiln_to_dtype(ctx, kiln_to_dtype(ctx, kiln_to_dtype(ctx, x, KILN_F16), KILN_BF16), KILN_F32);
+    kiln_tensor *same = kiln_to_dtype(ctx, y, KILN_F32);
+    CHECK(same && kiln_tensor_has_grad_fn(same), "to_dtype to its own dtype records a node");
+    kiln_tensor *l = kiln_sum(ctx, kiln_mul(ctx, same, w), 0, NULL, false);
+    CHECK(l && kiln_backward(l) == KILN_OK, "backward through conversions: %s", kiln_error_message(ctx));
+    kiln_tensor *g = kiln_tensor_grad(x);
+    float *gh = g ? h_read(g) : NULL;
+    CHECK(gh && gh[0] == 1 && gh[1] == 2 && gh[2] == 3 && gh[3] == 4 && kiln_tensor_dtype(g) == KILN_F32,
+          "the gradient passes through the conversions unchanged, as f32");
+    free(gh);
+    kiln_tensor *h = kiln_to_dtype(ctx, x, KILN_F16);
+    CHECK(kiln_tensor_set_requires_grad(kiln_detach(ctx, h), true) == KILN_ERR_DTYPE,
+          "an f16 leaf cannot require grad");
+    kiln_error_clear(ctx);
+
+    kiln_tensor *i = kiln_from_host(ctx, (int32_t[]){1, 2}, KILN_I32, 1, (int64_t[]){2});
+    CHECK(kiln_to_dtype(ctx, i, KILN_F16) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE &&
+              strstr(kiln_error_message(ctx), "kiln_to_dtype") && strstr(kiln_error_message(ctx), "i32"),
+          "to_dtype of i32 fails naming the op and dtype: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(kiln_to_dtype(ctx, x, KILN_U8) == NULL && strstr(kiln_error_message(ctx), "u8"),
+          "to_dtype to u8 fails naming the dtype: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(kiln_to_dtype(ctx, x, (kiln_dtype)99) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE,
+          "to_dtype to an invalid dtype");
+    kiln_error_clear(ctx);
+    CHECK(kiln_to_dtype(ctx, NULL, KILN_F16) == NULL && kiln_error_status(ctx) == KILN_ERR_NULL, "to_dtype of NULL: %s",
+          kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+}
+
+static void run(kiln_ctx *ctx) {
+    kiln__set_guard(ctx, 3);
+    test_device_conversions(ctx);
+    test_golden(ctx);
+    test_host_io(ctx);
+    test_grad_errors(ctx);
+    char msg[200];
+    CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guards: %s", msg);
+}
+
+int main(void) {
+    test_host_conversions();
+    H_FOR_EACH_DEVICE(run);
+    return h_finish();
+}
