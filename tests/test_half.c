@@ -2,6 +2,9 @@
  * items, kiln_to_dtype against a plain-C reference (double arithmetic, independent of the
  * library's bit manipulation) and against PyTorch (tests/golden/cast.safetensors), every
  * f16 value widened, and its gradient. */
+#define _POSIX_C_SOURCE 200809L
+#include <unistd.h>
+
 #include "golden.h"
 
 /* x rounded to a float format with `mant` fraction bits, smallest normal exponent emin and
@@ -235,12 +238,101 @@ static void test_grad_errors(kiln_ctx *ctx) {
     kiln_scope_end(ctx);
 }
 
+/* safetensors: half tensors written as F16/BF16 and read back bit for bit, widened into
+ * f32 tensors and f32 parameters, narrowed from f32 entries */
+static void test_safetensors(kiln_ctx *ctx) {
+    char dir[] = "/tmp/kiln_half_XXXXXX", path[64];
+    if (!mkdtemp(dir)) {
+        CHECK(0, "mkdtemp failed");
+        return;
+    }
+    snprintf(path, sizeof path, "%s/half.safetensors", dir);
+    kiln_scope_begin(ctx);
+    static float v[600];
+    edge_values(v, 600);
+    for (int i = 0; i < 600; i++)
+        if (isnan(v[i])) v[i] = 1.0f; /* NaN payloads are the device's business: compared apart */
+    kiln_tensor *x = kiln_from_host(ctx, v, KILN_F32, 2, (int64_t[]){20, 30});
+    kiln_tensor *xh = kiln_to_dtype(ctx, kiln_transpose(ctx, x, 0, 1), KILN_F16); /* [30, 20] */
+    kiln_tensor *xb = kiln_to_dtype(ctx, x, KILN_BF16);
+    uint16_t hh[600], hb[600], got[600];
+    kiln_to_host(xh, hh, sizeof hh);
+    kiln_to_host(xb, hb, sizeof hb);
+    kiln_named_tensor nt[3] = {{.tensor = xh}, {.tensor = xb}, {.tensor = x}};
+    snprintf(nt[0].name, sizeof nt[0].name, "weight");
+    snprintf(nt[1].name, sizeof nt[1].name, "b16");
+    snprintf(nt[2].name, sizeof nt[2].name, "f32");
+    CHECK(kiln_safetensors_save(ctx, path, 3, nt, 0, NULL) == KILN_OK, "save f16/bf16: %s", kiln_error_message(ctx));
+    kiln_safetensors *f = kiln_safetensors_open(ctx, path);
+    CHECK(f != NULL, "open: %s", kiln_error_message(ctx));
+    if (f) {
+        int kh = kiln_safetensors_find(f, "weight"), kb = kiln_safetensors_find(f, "b16"),
+            kf = kiln_safetensors_find(f, "f32");
+        CHECK(!strcmp(kiln_safetensors_dtype(f, kh), "F16") && !strcmp(kiln_safetensors_dtype(f, kb), "BF16") &&
+                  !strcmp(kiln_safetensors_dtype(f, kf), "F32"),
+              "dtypes on disk: %s %s %s", kiln_safetensors_dtype(f, kh), kiln_safetensors_dtype(f, kb),
+              kiln_safetensors_dtype(f, kf));
+        kiln_tensor *rh = kiln_safetensors_tensor_as(f, kh, KILN_F16);
+        kiln_tensor *rb = kiln_safetensors_tensor_as(f, kb, KILN_BF16);
+        CHECK(rh && kiln_tensor_dtype(rh) == KILN_F16 && kiln_tensor_shape(rh)[0] == 30 &&
+                  kiln_to_host(rh, got, sizeof got) == KILN_OK && !memcmp(got, hh, sizeof hh),
+              "F16 entry read as f16 keeps every bit: %s", kiln_error_message(ctx));
+        CHECK(rb && kiln_to_host(rb, got, sizeof got) == KILN_OK && !memcmp(got, hb, sizeof hb),
+              "BF16 entry read as bf16 keeps every bit");
+        /* widened into f32: exact */
+        kiln_tensor *wf = kiln_safetensors_tensor(f, kh);
+        float *w = wf ? h_read(wf) : NULL;
+        int bad = 0;
+        for (int i = 0; w && i < 600; i++) bad += !same_value(w[i], kiln_f16_to_f32(hh[i]));
+        CHECK(w && bad == 0, "F16 entry read as f32: %d values differ", bad);
+        free(w);
+        /* the f32 entry narrowed on reading, f16 entry to bf16 */
+        kiln_tensor *nf = kiln_safetensors_tensor_as(f, kf, KILN_BF16);
+        CHECK(nf && kiln_to_host(nf, got, sizeof got) == KILN_OK && !memcmp(got, hb, sizeof hb),
+              "F32 entry read as bf16 rounds as kiln_to_dtype");
+        kiln_tensor *hb2 = kiln_safetensors_tensor_as(f, kh, KILN_BF16);
+        bad = 0;
+        if (hb2 && kiln_to_host(hb2, got, sizeof got) == KILN_OK)
+            for (int i = 0; i < 600; i++) bad += got[i] != kiln_f32_to_bf16(kiln_f16_to_f32(hh[i]));
+        CHECK(hb2 && bad == 0, "F16 entry read as bf16: %d values differ", bad);
+        CHECK(kiln_safetensors_tensor_as(f, kh, KILN_I32) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE &&
+                  strstr(kiln_error_message(ctx), "'weight' (F16)") && strstr(kiln_error_message(ctx), "i32"),
+              "F16 entry as i32 fails naming the tensor and dtypes: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        CHECK(kiln_safetensors_tensor_as(f, 7, KILN_F16) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT,
+              "entry out of range: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        kiln_safetensors_close(f);
+    }
+    CHECK(kiln_safetensors_tensor_as(NULL, 0, KILN_F16) == NULL && kiln_last_status() == KILN_ERR_NULL,
+          "tensor_as of a NULL file");
+    /* an F16 file into an f32 model: linear(20 -> 30) has weight [30, 20] */
+    kiln_module *lin = kiln_nn_linear(ctx, 20, 30, false);
+    kiln_load_report rep;
+    CHECK(lin && kiln_module_load(lin, path, false, &rep) == KILN_OK && rep.loaded == 1,
+          "F16 weights into an f32 linear layer: %s", kiln_error_message(ctx));
+    kiln_tensor *p[2];
+    if (lin && kiln_module_parameters(lin, p, 2) == 1) {
+        float *w = h_read(p[0]);
+        int bad = 0;
+        for (int i = 0; i < 600; i++) bad += !same_value(w[i], kiln_f16_to_f32(hh[i]));
+        CHECK(kiln_tensor_dtype(p[0]) == KILN_F32 && bad == 0, "loaded f32 weights: %d differ from the f16 file", bad);
+        free(w);
+    }
+    kiln_module_free(lin);
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void run(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 3);
     test_device_conversions(ctx);
     test_golden(ctx);
     test_host_io(ctx);
     test_grad_errors(ctx);
+    test_safetensors(ctx);
     char msg[200];
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guards: %s", msg);
 }
