@@ -326,6 +326,290 @@ static void test_safetensors(kiln_ctx *ctx) {
     rmdir(dir);
 }
 
+/* ---- half variants of ops against their f32 results ------------------------------------- */
+
+static const kiln_dtype half_dts[2] = {KILN_F16, KILN_BF16};
+
+/* One rounding to dt: |got - ref| <= u |ref| + (the smallest subnormal) + extra, with u the
+ * unit roundoff (2^-11 f16, 2^-8 bf16); a ref past f16's range must give inf. */
+static void cmp_half(const char *what, kiln_ctx *ctx, kiln_tensor *h, kiln_tensor *r32, kiln_dtype dt, double extra) {
+    CHECK(h && r32, "%s: %s", what, kiln_error_message(ctx));
+    if (!h || !r32) {
+        kiln_error_clear(ctx);
+        return;
+    }
+    CHECK(kiln_tensor_dtype(h) == dt, "%s: output dtype %s, want %s", what, kiln_dtype_name(kiln_tensor_dtype(h)),
+          kiln_dtype_name(dt));
+    float *g = h_read(kiln_to_dtype(ctx, h, KILN_F32)), *r = h_read(r32);
+    int64_t n = kiln_tensor_numel(h), bad = 0;
+    double u = dt == KILN_F16 ? 0x1p-11 : 0x1p-8, tiny = dt == KILN_F16 ? 0x1p-24 : 0x1p-133;
+    for (int64_t i = 0; g && r && i < n; i++) {
+        double want =
+            dt == KILN_F16 ? kiln_f16_to_f32(kiln_f32_to_f16(r[i])) : kiln_bf16_to_f32(kiln_f32_to_bf16(r[i]));
+        bool ok = isnan(r[i])   ? isnan(g[i])
+                  : isinf(want) ? g[i] == want
+                                : fabs((double)g[i] - r[i]) <= u * fabs((double)r[i]) + tiny + extra;
+        if (!ok && bad++ == 0)
+            fprintf(stderr, "  %s: element %lld: %s %.9g, f32 %.9g\n", what, (long long)i, kiln_dtype_name(dt),
+                    (double)g[i], (double)r[i]);
+    }
+    CHECK(g && r && bad == 0, "%s: %lld of %lld elements outside half-precision bounds", what, (long long)bad,
+          (long long)n);
+    free(g);
+    free(r);
+}
+
+/* x: a [5, 7, 11] input of values in [lo, hi) as dt (*h) and as the same values in f32
+ * (*f); transposed: both as their transposed (1, 2) views */
+static void inputs(kiln_ctx *ctx, kiln_dtype dt, float lo, float hi, bool transposed, kiln_tensor **h, kiln_tensor **f,
+                   int ndim, const int64_t *shape) {
+    int64_t n = h_numel(ndim, shape);
+    float *v = malloc(sizeof(float) * (size_t)n);
+    h_fill(v, n, lo, hi);
+    kiln_tensor *x = kiln_from_host(ctx, v, KILN_F32, ndim, shape);
+    free(v);
+    *h = kiln_to_dtype(ctx, x, dt);
+    *f = kiln_to_dtype(ctx, *h, KILN_F32);
+    if (transposed) {
+        *h = kiln_transpose(ctx, *h, ndim - 2, ndim - 1);
+        *f = kiln_transpose(ctx, *f, ndim - 2, ndim - 1);
+    }
+}
+
+typedef kiln_tensor *(*bin_fn)(kiln_ctx *, kiln_tensor *, kiln_tensor *);
+typedef kiln_tensor *(*un_fn)(kiln_ctx *, kiln_tensor *);
+typedef kiln_tensor *(*sc_fn)(kiln_ctx *, kiln_tensor *, float);
+
+static kiln_tensor *leaky(kiln_ctx *c, kiln_tensor *x) { return kiln_leaky_relu(c, x, 0.1f); }
+static kiln_tensor *elu1(kiln_ctx *c, kiln_tensor *x) { return kiln_elu(c, x, 1.0f); }
+static kiln_tensor *gelu_erf(kiln_ctx *c, kiln_tensor *x) { return kiln_gelu(c, x, false); }
+static kiln_tensor *gelu_tanh(kiln_ctx *c, kiln_tensor *x) { return kiln_gelu(c, x, true); }
+static kiln_tensor *softplus2(kiln_ctx *c, kiln_tensor *x) { return kiln_softplus(c, x, 2.0f, 20.0f); }
+
+static void test_elementwise_half(kiln_ctx *ctx) {
+    static const struct {
+        const char *name;
+        bin_fn f;
+        float lo, hi;
+    } bins[] = {{"add", kiln_add, -3, 3},
+                {"sub", kiln_sub, -3, 3},
+                {"mul", kiln_mul, -300, 300},
+                {"div", kiln_div, 0.5f, 4},
+                {"pow", kiln_pow, 0.5f, 2},
+                {"minimum", kiln_minimum, -2, 2},
+                {"maximum", kiln_maximum, -2, 2},
+                {"eq", kiln_eq, -2, 2},
+                {"ne", kiln_ne, -2, 2},
+                {"lt", kiln_lt, -2, 2},
+                {"le", kiln_le, -2, 2},
+                {"gt", kiln_gt, -2, 2},
+                {"ge", kiln_ge, -2, 2}};
+    static const struct {
+        const char *name;
+        un_fn f;
+        float lo, hi;
+    } uns[] = {{"neg", kiln_neg, -3, 3},         {"exp", kiln_exp, -4, 4},
+               {"log", kiln_log, 0.01f, 50},     {"sqrt", kiln_sqrt, 0, 50},
+               {"abs", kiln_abs, -3, 3},         {"relu", kiln_relu, -3, 3},
+               {"leaky_relu", leaky, -3, 3},     {"elu", elu1, -3, 3},
+               {"gelu", gelu_erf, -4, 4},        {"gelu_tanh", gelu_tanh, -4, 4},
+               {"sigmoid", kiln_sigmoid, -6, 6}, {"tanh", kiln_tanh, -3, 3},
+               {"softplus", softplus2, -12, 12}};
+    static const struct {
+        const char *name;
+        sc_fn f;
+        float s;
+    } scs[] = {{"add_scalar", kiln_add_scalar, 0.75f},
+               {"mul_scalar", kiln_mul_scalar, 3e4f}, /* past f16's range: inf */
+               {"pow_scalar", kiln_pow_scalar, 2.0f},
+               {"minimum_scalar", kiln_minimum_scalar, 0.25f},
+               {"maximum_scalar", kiln_maximum_scalar, -0.25f}};
+    const int64_t shape[3] = {5, 7, 11}, bshape[3] = {5, 1, 1};
+    char what[128];
+    for (int d = 0; d < 2; d++) {
+        kiln_dtype dt = half_dts[d];
+        for (int tr = 0; tr < 2; tr++) {
+            kiln_scope_begin(ctx);
+            for (size_t k = 0; k < sizeof bins / sizeof bins[0]; k++) {
+                kiln_tensor *ah, *af, *bh, *bf;
+                inputs(ctx, dt, bins[k].lo, bins[k].hi, tr, &ah, &af, 3, shape);
+                inputs(ctx, dt, bins[k].lo, bins[k].hi, false, &bh, &bf, 3, bshape); /* broadcast */
+                snprintf(what, sizeof what, "%s %s%s", bins[k].name, kiln_dtype_name(dt), tr ? " strided" : "");
+                cmp_half(what, ctx, bins[k].f(ctx, ah, bh), bins[k].f(ctx, af, bf), dt, 0);
+                /* f32 and half mixed: promoted to f32, exactly the f32 result */
+                kiln_tensor *mixed = bins[k].f(ctx, af, bh), *ref = bins[k].f(ctx, af, bf);
+                float *m = mixed ? h_read(mixed) : NULL, *r = ref ? h_read(ref) : NULL;
+                CHECK(m && r && kiln_tensor_dtype(mixed) == KILN_F32 &&
+                          !memcmp(m, r, sizeof(float) * (size_t)kiln_tensor_numel(ref)),
+                      "%s: f32 with %s promotes to f32", what, kiln_dtype_name(dt));
+                free(m);
+                free(r);
+            }
+            for (size_t k = 0; k < sizeof uns / sizeof uns[0]; k++) {
+                kiln_tensor *xh, *xf;
+                inputs(ctx, dt, uns[k].lo, uns[k].hi, tr, &xh, &xf, 3, shape);
+                snprintf(what, sizeof what, "%s %s%s", uns[k].name, kiln_dtype_name(dt), tr ? " strided" : "");
+                cmp_half(what, ctx, uns[k].f(ctx, xh), uns[k].f(ctx, xf), dt, 0);
+            }
+            for (size_t k = 0; k < sizeof scs / sizeof scs[0]; k++) {
+                kiln_tensor *xh, *xf;
+                inputs(ctx, dt, -3, 3, tr, &xh, &xf, 3, shape);
+                snprintf(what, sizeof what, "%s %s%s", scs[k].name, kiln_dtype_name(dt), tr ? " strided" : "");
+                cmp_half(what, ctx, scs[k].f(ctx, xh, scs[k].s), scs[k].f(ctx, xf, scs[k].s), dt, 0);
+            }
+            kiln_tensor *ch, *cf, *ah, *af, *bh, *bf;
+            inputs(ctx, dt, -1, 1, tr, &ch, &cf, 3, shape);
+            inputs(ctx, dt, -3, 3, false, &ah, &af, 3, bshape);
+            inputs(ctx, dt, -3, 3, tr, &bh, &bf, 3, shape);
+            kiln_tensor *zh = kiln_to_dtype(ctx, kiln_zeros(ctx, 0, NULL), dt);
+            snprintf(what, sizeof what, "where %s%s", kiln_dtype_name(dt), tr ? " strided" : "");
+            cmp_half(what, ctx, kiln_where(ctx, kiln_gt(ctx, ch, zh), ah, bh),
+                     kiln_where(ctx, kiln_gt(ctx, cf, kiln_zeros(ctx, 0, NULL)), af, bf), dt, 0);
+            kiln_scope_end(ctx);
+            CHECK_OK(ctx);
+            kiln_error_clear(ctx);
+        }
+    }
+}
+
+/* Gradients through half ops: f32 leaves converted to dt, the op in dt, back to f32; the
+ * f32 gradients against those of the same computation in f32 on the rounded values */
+static void test_half_grads(kiln_ctx *ctx) {
+    static const struct {
+        const char *name;
+        un_fn f;
+        float lo, hi;
+    } uns[] = {{"relu", kiln_relu, -3, 3}, {"gelu", gelu_erf, -3, 3}, {"sigmoid", kiln_sigmoid, -3, 3},
+               {"tanh", kiln_tanh, -3, 3}, {"exp", kiln_exp, -2, 2},  {"log", kiln_log, 0.5f, 3}};
+    char what[128];
+    for (int d = 0; d < 2; d++) {
+        kiln_dtype dt = half_dts[d];
+        for (size_t k = 0; k < sizeof uns / sizeof uns[0]; k++) {
+            kiln_scope_begin(ctx);
+            kiln_tensor *xh, *xf;
+            inputs(ctx, dt, uns[k].lo, uns[k].hi, false, &xh, &xf, 2, (int64_t[]){6, 9});
+            kiln_tensor *a = kiln_detach(ctx, xf), *b = kiln_contiguous(ctx, kiln_detach(ctx, xf));
+            kiln_tensor_set_requires_grad(a, true);
+            kiln_tensor_set_requires_grad(b, true);
+            kiln_tensor *w = kiln_rand_uniform(ctx, 0.5f, 1.5f, 2, (int64_t[]){6, 9});
+            kiln_tensor *yh = kiln_to_dtype(ctx, uns[k].f(ctx, kiln_to_dtype(ctx, a, dt)), KILN_F32);
+            kiln_tensor *yf = uns[k].f(ctx, b);
+            kiln_backward(kiln_sum(ctx, kiln_mul(ctx, yh, w), 0, NULL, false));
+            kiln_backward(kiln_sum(ctx, kiln_mul(ctx, yf, w), 0, NULL, false));
+            snprintf(what, sizeof what, "%s %s gradient", uns[k].name, kiln_dtype_name(dt));
+            /* the gradient is f32; rules that read the input (relu, gelu, log) do the same f32
+             * arithmetic on the same values, those that read the output (sigmoid, tanh, exp)
+             * read it rounded once to dt: |error| <= u |w| |f'| |y| with |w| < 1.5 */
+            kiln_tensor *ga = kiln_tensor_grad(a), *gb = kiln_tensor_grad(b);
+            float *pa = ga ? h_read(ga) : NULL, *pb = gb ? h_read(gb) : NULL, *py = yf ? h_read(yf) : NULL;
+            double u = dt == KILN_F16 ? 0x1p-11 : 0x1p-8;
+            int bad = 0;
+            for (int i = 0; pa && pb && py && i < 54; i++) {
+                double y = fabs((double)py[i]) > 1 ? fabs((double)py[i]) : 1.0;
+                bad += fabs((double)pa[i] - pb[i]) > 3 * u * 1.5 * y * y;
+            }
+            CHECK(pa && pb && py && kiln_tensor_dtype(ga) == KILN_F32 && bad == 0,
+                  "%s: %d elements outside half bounds of f32's: %s", what, bad, kiln_error_message(ctx));
+            if (k < 2 || k == 5) /* relu, gelu, log */
+                CHECK(pa && pb && !memcmp(pa, pb, sizeof(float) * 54), "%s: rules reading the input match f32 exactly",
+                      what);
+            free(pa);
+            free(pb);
+            free(py);
+            kiln_scope_end(ctx);
+            kiln_error_clear(ctx);
+        }
+    }
+}
+
+/* matmul: 2-D, batched with broadcast, transposed flags; linear layers' products through the
+ * nn module (f32 weights, half input: promoted) */
+static void test_matmul_half(kiln_ctx *ctx) {
+    static const struct {
+        int64_t a[3], b[3];
+        int nda, ndb, flags;
+    } cases[] = {{{17, 33}, {33, 9}, 2, 2, 0},
+                 {{3, 17, 33}, {33, 40}, 3, 2, 0},
+                 {{3, 33, 17}, {3, 9, 33}, 3, 3, KILN_TRANS_A | KILN_TRANS_B},
+                 {{17, 33}, {9, 33}, 2, 2, KILN_TRANS_B},
+                 {{33, 17}, {33, 9}, 2, 2, KILN_TRANS_A},
+                 {{64, 300}, {70, 300}, 2, 2, KILN_TRANS_B}};
+    char what[128];
+    for (int d = 0; d < 2; d++) {
+        kiln_dtype dt = half_dts[d];
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            kiln_scope_begin(ctx);
+            kiln_tensor *ah, *af, *bh, *bf;
+            inputs(ctx, dt, -1, 1, false, &ah, &af, cases[k].nda, cases[k].a);
+            inputs(ctx, dt, -1, 1, false, &bh, &bf, cases[k].ndb, cases[k].b);
+            int64_t kdim = cases[k].flags & KILN_TRANS_A ? cases[k].a[cases[k].nda - 2] : cases[k].a[cases[k].nda - 1];
+            snprintf(what, sizeof what, "matmul_ex case %zu %s", k, kiln_dtype_name(dt));
+            /* the sums are f32 in both: their order may differ, a few f32 roundings per term */
+            double extra = (double)kdim * 4 * 0x1p-24;
+            cmp_half(what, ctx, kiln_matmul_ex(ctx, ah, bh, cases[k].flags),
+                     kiln_matmul_ex(ctx, af, bf, cases[k].flags), dt, extra);
+            /* f32 times half: f32 out, each operand read in its own dtype */
+            kiln_tensor *m = kiln_matmul_ex(ctx, af, bh, cases[k].flags),
+                        *r = kiln_matmul_ex(ctx, af, bf, cases[k].flags);
+            CHECK(m && kiln_tensor_dtype(m) == KILN_F32, "%s mixed: f32 output", what);
+            if (m && r) {
+                float *pm = h_read(m), *pr = h_read(r);
+                int64_t bad = 0;
+                for (int64_t i = 0; i < kiln_tensor_numel(r); i++) bad += fabs((double)pm[i] - pr[i]) > extra;
+                CHECK(bad == 0, "%s mixed: %lld elements differ from f32's by more than %g", what, (long long)bad,
+                      extra);
+                free(pm);
+                free(pr);
+            }
+            kiln_scope_end(ctx);
+            CHECK_OK(ctx);
+            kiln_error_clear(ctx);
+        }
+    }
+}
+
+/* ops without a half variant refuse half inputs, naming the op and the dtype */
+static void test_refusals(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_to_dtype(ctx, kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 3, 6, 6}), KILN_F16);
+    kiln_tensor *labels = kiln_from_host(ctx, (int32_t[]){0, 1}, KILN_I32, 1, (int64_t[]){2});
+    kiln_tensor *x2 = kiln_reshape(ctx, x, 2, (int64_t[]){2, 108});
+    kiln_pool2d_params pp = kiln_pool2d_defaults(2, 2);
+    struct {
+        const char *op;
+        kiln_tensor *r;
+    } cases[] = {
+        {"kiln_sum", NULL},     {"kiln_softmax", NULL},    {"kiln_log_softmax", NULL},   {"kiln_max_pool2d", NULL},
+        {"kiln_dropout", NULL}, {"kiln_layer_norm", NULL}, {"kiln_cross_entropy", NULL}, {"kiln_mse_loss", NULL},
+    };
+    int k = 0;
+#define REFUSE(call)                                                                                                   \
+    do {                                                                                                               \
+        kiln_tensor *r_ = (call);                                                                                      \
+        CHECK(r_ == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE &&                                                \
+                  strstr(kiln_error_message(ctx), cases[k].op) && strstr(kiln_error_message(ctx), "f16"),              \
+              "%s of f16 must fail naming the op and dtype: %s", cases[k].op, kiln_error_message(ctx));                \
+        kiln_error_clear(ctx);                                                                                         \
+        k++;                                                                                                           \
+    } while (0)
+    REFUSE(kiln_sum(ctx, x, 0, NULL, false));
+    REFUSE(kiln_softmax(ctx, x2, 1));
+    REFUSE(kiln_log_softmax(ctx, x2, 1));
+    REFUSE(kiln_max_pool2d(ctx, x, &pp, NULL));
+    REFUSE(kiln_dropout(ctx, x, 0.5f, true));
+    REFUSE(kiln_layer_norm(ctx, x, 1, NULL, NULL, 1e-5f));
+    REFUSE(kiln_cross_entropy(ctx, x2, labels, KILN_MEAN));
+    REFUSE(kiln_mse_loss(ctx, x2, x2, KILN_MEAN));
+#undef REFUSE
+    (void)cases[0].r;
+    /* bit-moving shape ops take halves (exactly), their gradient is f32 */
+    kiln_tensor *c = kiln_concat(ctx, 2, (kiln_tensor *[]){x, x}, 1);
+    CHECK(c && kiln_tensor_dtype(c) == KILN_F16 && kiln_tensor_shape(c)[1] == 6, "concat of f16: %s",
+          kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 3);
     test_device_conversions(ctx);
@@ -333,6 +617,10 @@ static void run(kiln_ctx *ctx) {
     test_host_io(ctx);
     test_grad_errors(ctx);
     test_safetensors(ctx);
+    test_elementwise_half(ctx);
+    test_half_grads(ctx);
+    test_matmul_half(ctx);
+    test_refusals(ctx);
     char msg[200];
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guards: %s", msg);
 }
