@@ -174,7 +174,10 @@ kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f
             return NULL;
         }
     }
+    kiln_dtype ac = ctx->autocast; /* the f32 op on the copies: not cast back by autocast */
+    ctx->autocast = KILN_F32;
     kiln_tensor *r = fn(ctx, f, arg);
+    ctx->autocast = ac;
     kiln__half_release(n, ts, f);
     if (!r || mixed) return r;
     kiln_tensor *y = kiln_to_dtype(ctx, r, dt);
