@@ -18,11 +18,13 @@
  * from half precision - kiln_matmul, kiln_matmul_ex, linear layers (x W^T + b) and
  * kiln_conv2d - convert their f32 inputs to that dtype (differentiably: the f32 master
  * weights get the gradients), compute, and return half outputs; the elementwise ops and
- * activations that have half variants follow their inputs' dtype; every op without a half
- * variant - softmax, log_softmax, the losses, normalisations, dropout, pooling, reductions
- * and the rest - converts half inputs to f32 and computes in f32. kiln's kernels sum in f32
- * whatever the storage, as PyTorch's do. A backward turns autocast off while it runs, and
- * gradients on the tape are f32 (include/kiln/tensor.h, kiln_to_dtype).
+ * activations with half variants follow their inputs' dtype (README.md, "Half precision and
+ * mixed precision", lists them); softmax, log_softmax, cross-entropy, nll_loss, the
+ * reductions (sum, mean, max, min, argmax), max and average pooling, dropout, batch and
+ * layer norm convert half inputs to f32 and compute in f32. Every other op refuses half
+ * inputs (KILN_ERR_DTYPE) under autocast too: convert with kiln_to_dtype. kiln's kernels
+ * sum in f32 whatever the storage, as PyTorch's do. A backward turns autocast off while it
+ * runs, and gradients on the tape are f32 (include/kiln/tensor.h, kiln_to_dtype).
  *
  * Loss scaling. Gradients of half activations can underflow; the scaler multiplies the
  * loss by a scale (65536 to start), divides the gradients by it before the optimizer reads
