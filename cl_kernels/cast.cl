@@ -1,15 +1,16 @@
 /* cl_kernels/cast.cl - dtype conversions between f32, f16 and bf16 (src/ops/cast.c). Built
  * with -DSRC=<dtype> -DDST=<dtype> (kiln_dtype values: 0 f32, 1 f16, 4 bf16). Rounding is
- * to nearest, ties to even, as the host's kiln_f32_to_f16/kiln_f32_to_bf16: f16 through
- * vstore_half_rte (core OpenCL 1.2, no cl_khr_fp16 needed; overflow gives inf), bf16 by bit
- * operations (NaN kept). Widening is exact. */
+ * to nearest, ties to even, as the host's kiln_f32_to_f16/kiln_f32_to_bf16, by integer
+ * operations (common.cl's kiln_f16_rte, the bits vstore_half_rte gives; overflow gives inf)
+ * and bf16's (NaN kept); f16 is read with vload_half (core OpenCL 1.2, no cl_khr_fp16
+ * needed). Widening is exact. */
 
 #if SRC == 0
 #define SRC_T float
 #define SRC_LD(p, i) ((p)[i])
 #elif SRC == 1
-#define SRC_T half
-#define SRC_LD(p, i) vload_half((i), (p))
+#define SRC_T ushort
+#define SRC_LD(p, i) vload_half((i), (const global half *)(p))
 #else
 #define SRC_T ushort
 #define SRC_LD(p, i) kiln_bf16_ld((p)[i])
@@ -19,8 +20,8 @@
 #define DST_T float
 #define DST_ST(p, i, v) ((p)[i] = (v))
 #elif DST == 1
-#define DST_T half
-#define DST_ST(p, i, v) vstore_half_rte((v), (i), (p))
+#define DST_T ushort
+#define DST_ST(p, i, v) ((p)[i] = kiln_f16_rte(v))
 #else
 #define DST_T ushort
 #define DST_ST(p, i, v) ((p)[i] = kiln_bf16_rte(v))

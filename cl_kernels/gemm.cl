@@ -60,7 +60,8 @@
 /* Operand dtypes (src/ops/gemm.c's half path): A_DT, B_DT, C_DT and BI_DT (the bias) are
  * 0 f32, 1 f16 or 4 bf16 (kiln_dtype values). Halves are stored as ushort and read through
  * vload_half (f16) or a shift (bf16) into floats, so every product and sum stays f32; C's
- * halves are stored rounded to nearest, ties to even. All f32 (the default) gives the plain
+ * halves are stored rounded to nearest, ties to even (common.cl's kiln_f16_rte and
+ * kiln_bf16_rte). All f32 (the default) gives the plain
  * float loads and stores below, so the f32 programs compile as before. */
 #ifndef A_DT
 #define A_DT 0
@@ -85,16 +86,18 @@
 #define GLDV_1(W, o, p) KCAT(vload_half, W)(o, (const __global half *)(p))
 #define GLDV_4(W, o, p) KCAT(as_float, W)(KCAT(convert_uint, W)(KCAT(vload, W)(o, p)) << 16)
 #define GST_0(p, i, v) ((p)[i] = (v))
-#define GST_1(p, i, v) vstore_half_rte((v), (i), (__global half *)(p))
+#define GST_1(p, i, v) ((p)[i] = kiln_f16_rte(v))
 #define GST_4(p, i, v) ((p)[i] = kiln_bf16_rte(v))
 #define GSTV_0(W, v, o, p) KCAT(vstore, W)(v, o, p)
-#define GSTV_1(W, v, o, p) KCAT(KCAT(vstore_half, W), _rte)(v, o, (__global half *)(p))
-#define GSTV_4(W, v, o, p)                                                                 \
+/* half vectors: each lane rounded (common.cl's kiln_f16_rte, kiln_bf16_rte) */
+#define GSTV_H(W, v, o, p, RTE)                                                            \
     do {                                                                                   \
         float t_[W];                                                                       \
         KCAT(vstore, W)(v, 0, t_);                                                         \
-        for (int l_ = 0; l_ < (W); l_++) (p)[(o) * (W) + l_] = kiln_bf16_rte(t_[l_]);      \
+        for (int l_ = 0; l_ < (W); l_++) (p)[(o) * (W) + l_] = RTE(t_[l_]);                \
     } while (0)
+#define GSTV_1(W, v, o, p) GSTV_H(W, v, o, p, kiln_f16_rte)
+#define GSTV_4(W, v, o, p) GSTV_H(W, v, o, p, kiln_bf16_rte)
 #define A_S KCAT(GT_, A_DT)
 #define B_S KCAT(GT_, B_DT)
 #define C_S KCAT(GT_, C_DT)
