@@ -284,6 +284,55 @@ static void test_scaler_errors(kiln_ctx *ctx) {
     kiln_grad_scaler_free(sc);
 }
 
+/* kiln_fit with amp: runs (with clipping, which unscales first) and learns; a bad amp dtype */
+static void test_fit_amp(kiln_ctx *ctx) {
+    enum { N = 96, F = 8 };
+    float x[N * F];
+    int32_t y[N];
+    for (int i = 0; i < N; i++) {
+        y[i] = i % 3;
+        for (int j = 0; j < F; j++) x[i * F + j] = (j % 3 == y[i] ? 1.0f : 0.0f) + h_uniform(-0.3f, 0.3f);
+    }
+    kiln_dataset *ds = kiln_dataset_from_host(x, y, N, 1, (int64_t[]){F}, 3);
+    kiln_loader_opts lo = kiln_loader_defaults();
+    lo.batch_size = 16;
+    kiln_loader *l = kiln_loader_new(ctx, ds, &lo);
+    kiln_module *net = kiln_nn_sequential(ctx, 3,
+                                          (kiln_module *[]){kiln_nn_linear(ctx, F, 16, true),
+                                                            kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                                            kiln_nn_linear(ctx, 16, 3, true)});
+    kiln_tensor *p[4];
+    int np = kiln_module_parameters(net, p, 4);
+    kiln_sgd_opts so = kiln_sgd_defaults();
+    so.lr = 0.2;
+    so.momentum = 0.9;
+    kiln_optim *opt = kiln_sgd(ctx, p, np, &so);
+    kiln_fit_opts o = kiln_fit_defaults();
+    o.epochs = 8;
+    o.train = l;
+    o.opt = opt;
+    o.amp = KILN_I32;
+    kiln_fit_result r;
+    CHECK(kiln_fit(net, &o, &r) == KILN_ERR_DTYPE && strstr(kiln_error_message(ctx), "amp is i32"),
+          "fit with amp i32: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    o.amp = KILN_F16;
+    o.clip_grad_norm = 5.0f;
+    kiln_epoch_stats hist[8];
+    o.history = hist;
+    o.history_cap = 8;
+    CHECK(kiln_fit(net, &o, &r) == KILN_OK, "fit with amp: %s", kiln_error_message(ctx));
+    CHECK(r.epochs_run == 8 && hist[7].train_loss < 0.5 * hist[0].train_loss && hist[7].train_accuracy > 0.9,
+          "AMP fit learns: loss %.4f -> %.4f, accuracy %.3f", hist[0].train_loss, hist[7].train_loss,
+          hist[7].train_accuracy);
+    CHECK(kiln_ctx_autocast(ctx) == KILN_F32, "kiln_fit leaves autocast off");
+    kiln_optim_free(opt);
+    kiln_module_free(net);
+    kiln_loader_free(l);
+    kiln_dataset_free(ds);
+    kiln_error_clear(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 2);
     test_autocast_rules(ctx);
@@ -291,6 +340,7 @@ static void run(kiln_ctx *ctx) {
     test_amp_step(ctx);
     test_scaler(ctx);
     test_scaler_errors(ctx);
+    test_fit_amp(ctx);
     char msg[200];
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guards: %s", msg);
     CHECK_OK(ctx);

@@ -79,16 +79,7 @@ kiln_status kiln_grad_scaler_unscale(kiln_grad_scaler *s, kiln_optim *opt) {
                           "%s: already called since the last kiln_grad_scaler_update (once per step, as torch's "
                           "unscale_)",
                           op);
-    for (int i = 0; i < kiln_optim_num_params(opt); i++) {
-        kiln_tensor *p = kiln_optim_param(opt, i), *g = p ? p->grad : NULL;
-        if (!g || !p->requires_grad) continue;
-        char sb[160];
-        if (g->dtype != KILN_F32 || !kiln__is_contiguous(g))
-            return kiln__fail(ctx, KILN_ERR_DTYPE,
-                              "%s: parameter %d has a gradient %s %s; a contiguous f32 one is "
-                              "needed",
-                              op, i, kiln__shape_str(g->ndim, g->shape, sb, sizeof sb), kiln_dtype_name(g->dtype));
-    }
+    /* gradients are contiguous f32 tensors (autograd's slots: src/autograd/autograd.c) */
     for (int i = 0; i < kiln_optim_num_params(opt); i++) {
         kiln_tensor *p = kiln_optim_param(opt, i), *g = p ? p->grad : NULL;
         if (!g || !p->requires_grad) continue;
