@@ -43,6 +43,22 @@ static void test_autocast_rules(kiln_ctx *ctx) {
             CHECK(kiln_tensor_dtype(y) == dt && kiln_tensor_dtype(c) == dt && kiln_tensor_dtype(mm) == dt,
                   "linear, conv2d and matmul give %s under autocast", kiln_dtype_name(dt));
             CHECK(kiln_tensor_dtype(r) == dt, "relu follows its input's dtype");
+            /* the fused half linear against f32 on the same rounded values: one rounding */
+            kiln_tensor *lp[2];
+            kiln_module_parameters(lin, lp, 2);
+            kiln_tensor *r32[3] = {kiln_to_dtype(ctx, kiln_to_dtype(ctx, x, dt), KILN_F32),
+                                   kiln_to_dtype(ctx, kiln_to_dtype(ctx, lp[0], dt), KILN_F32),
+                                   kiln_to_dtype(ctx, kiln_to_dtype(ctx, lp[1], dt), KILN_F32)};
+            kiln_tensor *ref = kiln_add(ctx, kiln_matmul_ex(ctx, r32[0], r32[1], KILN_TRANS_B), r32[2]);
+            float *g = h_read(kiln_to_dtype(ctx, y, KILN_F32)), *rf = ref ? h_read(ref) : NULL;
+            double u = dt == KILN_F16 ? 0x1p-11 : 0x1p-8;
+            int bad = 0;
+            for (int i = 0; g && rf && i < 20; i++)
+                bad += fabs((double)g[i] - rf[i]) > u * fabs((double)rf[i]) + 12 * 0x1p-24;
+            CHECK(g && rf && bad == 0, "linear under %s autocast: %d outputs off f32's by more than a rounding",
+                  kiln_dtype_name(dt), bad);
+            free(g);
+            free(rf);
             CHECK(kiln_tensor_dtype(sm) == KILN_F32 && kiln_tensor_dtype(s) == KILN_F32 &&
                       kiln_tensor_dtype(loss) == KILN_F32 && kiln_tensor_dtype(pool) == KILN_F32,
                   "softmax, sum, cross-entropy and max_pool run in f32 under autocast");
