@@ -10,6 +10,9 @@
  *   <op>_bwd_strided  the same with v any view (not for sigmoid and tanh, whose v is their
  *                     own output: always contiguous).
  * Every kernel takes the op's two float parameters a and b (unused ones are ignored).
+ * Built with -DKILN_HALF (src/ops/cast.c), x, y and the saved v are f16 or bf16 (KILN_S,
+ * through KILN_LD/KILN_ST of common.cl) while the arithmetic, the output's gradient g and
+ * grad_in stay f32. Softmax and log_softmax have no half build.
  * The formulas, NaN behaviour included, are those of PyTorch's CPU kernels (ATen
  * Activation.cpp / UnaryOps, their vectorised paths where the scalar ones differ):
  * comparisons are written so that a NaN takes the same branch.
@@ -35,39 +38,39 @@
 /* ---- elementwise activations -------------------------------------------------------- */
 
 #define ACT_FWD(name, EXPR)                                                                    \
-    kernel void name##_fwd_contig(global const float *xp, int xoff, global float *out, int ooff, int n, \
+    kernel void name##_fwd_contig(global const KILN_S *xp, int xoff, global KILN_S *out, int ooff, int n, \
                                   float a, float b) {                                          \
         int i = get_global_id(0);                                                              \
         if (i >= n) return;                                                                    \
-        float x = xp[xoff + i];                                                                \
-        out[ooff + i] = (EXPR);                                                                \
+        float x = KILN_LD(xp, xoff + i);                                                       \
+        KILN_ST(out, ooff + i, (EXPR));                                                        \
     }                                                                                          \
-    kernel void name##_fwd_strided(global const float *xp, int xoff, global float *out, int ooff, int n, \
+    kernel void name##_fwd_strided(global const KILN_S *xp, int xoff, global KILN_S *out, int ooff, int n, \
                                    kiln_geom geo, float a, float b) {                          \
         int i = get_global_id(0);                                                              \
         if (i >= n) return;                                                                    \
-        float x = xp[xoff + kiln_offset(&geo, 0, i)];                                          \
-        out[ooff + i] = (EXPR);                                                                \
+        float x = KILN_LD(xp, xoff + kiln_offset(&geo, 0, i));                                 \
+        KILN_ST(out, ooff + i, (EXPR));                                                        \
     }
 
 /* grad_in = EXPR(g, v): g the output's gradient, v the saved input or output. The strided
  * form is for rules that read the input, which may be any view; sigmoid's and tanh's read
  * their own output, always contiguous, and have only the contiguous form. */
 #define ACT_BWD_CONTIG(name, EXPR)                                                             \
-    kernel void name##_bwd_contig(global const float *gp, int goff, global const float *vp, int voff, \
+    kernel void name##_bwd_contig(global const float *gp, int goff, global const KILN_S *vp, int voff, \
                                   global float *out, int ooff, int n, float a, float b) {     \
         int i = get_global_id(0);                                                              \
         if (i >= n) return;                                                                    \
-        float g = gp[goff + i], v = vp[voff + i];                                              \
+        float g = gp[goff + i], v = KILN_LD(vp, voff + i);                                     \
         out[ooff + i] = (EXPR);                                                                \
     }
 #define ACT_BWD(name, EXPR)                                                                    \
     ACT_BWD_CONTIG(name, EXPR)                                                                 \
-    kernel void name##_bwd_strided(global const float *gp, int goff, global const float *vp, int voff, \
+    kernel void name##_bwd_strided(global const float *gp, int goff, global const KILN_S *vp, int voff, \
                                    global float *out, int ooff, int n, kiln_geom geo, float a, float b) { \
         int i = get_global_id(0);                                                              \
         if (i >= n) return;                                                                    \
-        float g = gp[goff + i], v = vp[voff + kiln_offset(&geo, 0, i)];                        \
+        float g = gp[goff + i], v = KILN_LD(vp, voff + kiln_offset(&geo, 0, i));               \
         out[ooff + i] = (EXPR);                                                                \
     }
 

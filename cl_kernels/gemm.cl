@@ -56,10 +56,63 @@
 
 #define KCAT_(a, b) a##b
 #define KCAT(a, b) KCAT_(a, b)
+
+/* Operand dtypes (src/ops/gemm.c's half path): A_DT, B_DT, C_DT and BI_DT (the bias) are
+ * 0 f32, 1 f16 or 4 bf16 (kiln_dtype values). Halves are stored as ushort and read through
+ * vload_half (f16) or a shift (bf16) into floats, so every product and sum stays f32; C's
+ * halves are stored rounded to nearest, ties to even (common.cl's kiln_f16_rte and
+ * kiln_bf16_rte). All f32 (the default) gives the plain
+ * float loads and stores below, so the f32 programs compile as before. */
+#ifndef A_DT
+#define A_DT 0
+#endif
+#ifndef B_DT
+#define B_DT 0
+#endif
+#ifndef C_DT
+#define C_DT 0
+#endif
+#ifndef BI_DT
+#define BI_DT 0
+#endif
+#define GT_0 float
+#define GT_1 ushort
+#define GT_4 ushort
+/* scalar load of element i of p, vector load of the o-th W-vector at p */
+#define GLD_0(p, i) ((p)[i])
+#define GLD_1(p, i) vload_half((i), (const __global half *)(p))
+#define GLD_4(p, i) kiln_bf16_ld((p)[i])
+#define GLDV_0(W, o, p) KCAT(vload, W)(o, p)
+#define GLDV_1(W, o, p) KCAT(vload_half, W)(o, (const __global half *)(p))
+#define GLDV_4(W, o, p) KCAT(as_float, W)(KCAT(convert_uint, W)(KCAT(vload, W)(o, p)) << 16)
+#define GST_0(p, i, v) ((p)[i] = (v))
+#define GST_1(p, i, v) ((p)[i] = kiln_f16_rte(v))
+#define GST_4(p, i, v) ((p)[i] = kiln_bf16_rte(v))
+#define GSTV_0(W, v, o, p) KCAT(vstore, W)(v, o, p)
+/* half vectors: each lane rounded (common.cl's kiln_f16_rte, kiln_bf16_rte) */
+#define GSTV_H(W, v, o, p, RTE)                                                            \
+    do {                                                                                   \
+        float t_[W];                                                                       \
+        KCAT(vstore, W)(v, 0, t_);                                                         \
+        for (int l_ = 0; l_ < (W); l_++) (p)[(o) * (W) + l_] = RTE(t_[l_]);                \
+    } while (0)
+#define GSTV_1(W, v, o, p) GSTV_H(W, v, o, p, kiln_f16_rte)
+#define GSTV_4(W, v, o, p) GSTV_H(W, v, o, p, kiln_bf16_rte)
+#define A_S KCAT(GT_, A_DT)
+#define B_S KCAT(GT_, B_DT)
+#define C_S KCAT(GT_, C_DT)
+#define BI_S KCAT(GT_, BI_DT)
+#define A_LD KCAT(GLD_, A_DT)
+#define B_LD KCAT(GLD_, B_DT)
+#define C_LD KCAT(GLD_, C_DT)
+#define BI_LD KCAT(GLD_, BI_DT)
+#define A_LDV KCAT(GLDV_, A_DT)
+#define B_LDV KCAT(GLDV_, B_DT)
+#define C_LDV KCAT(GLDV_, C_DT)
+#define C_ST KCAT(GST_, C_DT)
+#define C_STV KCAT(GSTV_, C_DT)
 #define NT_T KCAT(float, NT_VW)
-#define NT_LOAD KCAT(vload, NT_VW)
 #define NN_T KCAT(float, NN_VW)
-#define NN_LOAD KCAT(vload, NN_VW)
 #define NN_STOREV KCAT(vstore, NN_VW)
 
 /* The lanes of v summed in order, through a private array: Oclgrind 21.10 loses track of
@@ -90,11 +143,11 @@ static float nt_hsum(NT_T v) {
  * batch's column blocks (nblocks per batch); batch b's operands start at
  * aoff + b*astride, ... (elements). */
 __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, float beta,
-                      __global const float *A, ulong aoff, ulong lda, ulong astride,
-                      __global const float *B, ulong boff, ulong ldb, ulong bstride,
-                      __global float *C, ulong coff, ulong ldc, ulong cstride
+                      __global const A_S *A, ulong aoff, ulong lda, ulong astride,
+                      __global const B_S *B, ulong boff, ulong ldb, ulong bstride,
+                      __global C_S *C, ulong coff, ulong ldc, ulong cstride
 #if NT_BIAS
-                      , __global const float *bias, ulong bias_off, ulong bias_st
+                      , __global const BI_S *bias, ulong bias_off, ulong bias_st
 #endif
 ) {
     int i0 = (int)get_global_id(0) * NT_RM;
@@ -102,8 +155,10 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
     int j0 = ((int)get_global_id(1) - bi * nblocks) * NT_RN;
     if (i0 >= M || bi >= batch) return;
     /* this batch's operands; rows past M or N clamped to the last */
-    const __global float *ab = A + aoff + (ulong)bi * astride, *bb = B + boff + (ulong)bi * bstride;
-    const __global float *a[NT_RM], *b[NT_RN];
+    const __global A_S *ab = A + aoff + (ulong)bi * astride;
+    const __global B_S *bb = B + boff + (ulong)bi * bstride;
+    const __global A_S *a[NT_RM];
+    const __global B_S *b[NT_RN];
 #pragma unroll
     for (int r = 0; r < NT_RM; r++) a[r] = ab + (ulong)min(i0 + r, M - 1) * lda;
 #pragma unroll
@@ -117,9 +172,9 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
 #define NT_STEP(k)                                                                         \
     {                                                                                      \
         NT_T y[NT_RN];                                                                     \
-        _Pragma("unroll") for (int c = 0; c < NT_RN; c++) y[c] = NT_LOAD(0, b[c] + (k));   \
+        _Pragma("unroll") for (int c = 0; c < NT_RN; c++) y[c] = B_LDV(NT_VW, 0, b[c] + (k)); \
         _Pragma("unroll") for (int r = 0; r < NT_RM; r++) {                                \
-            NT_T x = NT_LOAD(0, a[r] + (k));                                               \
+            NT_T x = A_LDV(NT_VW, 0, a[r] + (k));                                          \
             _Pragma("unroll") for (int c = 0; c < NT_RN; c++) acc[r][c] = fma(x, y[c], acc[r][c]); \
         }                                                                                  \
     }
@@ -141,25 +196,25 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
 #pragma unroll
         for (int r = 0; r < NT_RM; r++)
 #pragma unroll
-            for (int c = 0; c < NT_RN; c++) s[r][c] = fma(a[r][k], b[c][k], s[r][c]);
-    __global float *crow = C + coff + (ulong)bi * cstride + (ulong)i0 * ldc + j0;
+            for (int c = 0; c < NT_RN; c++) s[r][c] = fma(A_LD(a[r], k), B_LD(b[c], k), s[r][c]);
+    __global C_S *crow = C + coff + (ulong)bi * cstride + (ulong)i0 * ldc + j0;
     int rows = min(NT_RM, M - i0), cols = min(NT_RN, N - j0);
 #if NT_BIAS
     /* the unfused sum, rounded as kiln_add rounds it: the product in a statement of its
      * own, so that it is not contracted into an fma with the bias */
     for (int c = 0; c < cols; c++) {
-        float bc = bias[bias_off + (ulong)(j0 + c) * bias_st];
+        float bc = BI_LD(bias, bias_off + (ulong)(j0 + c) * bias_st);
         for (int r = 0; r < rows; r++) {
             float y = alpha * s[r][c];
-            crow[(ulong)r * ldc + c] = y + bc;
+            C_ST(crow, (ulong)r * ldc + c, y + bc);
         }
     }
 #else
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
-            __global float *p = crow + (ulong)r * ldc + c;
+            __global C_S *p = crow + (ulong)r * ldc + c;
             /* beta == 0 never reads C: stale pool memory, even NaN, cannot leak in */
-            *p = beta == 0.0f ? alpha * s[r][c] : fma(beta, *p, alpha * s[r][c]);
+            C_ST(p, 0, beta == 0.0f ? alpha * s[r][c] : fma(beta, C_LD(p, 0), alpha * s[r][c]));
         }
 #endif
 }
@@ -183,9 +238,9 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
  * when it reaches past N, computes its first NN_VW columns as one vector (if it has them)
  * and the rest one at a time. */
 __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha, float beta,
-                      __global const float *A, ulong aoff, ulong lda, ulong astride,
-                      __global const float *B, ulong boff, ulong ldb, ulong bstride,
-                      __global float *C, ulong coff, ulong ldc, ulong cstride) {
+                      __global const A_S *A, ulong aoff, ulong lda, ulong astride,
+                      __global const B_S *B, ulong boff, ulong ldb, ulong bstride,
+                      __global C_S *C, ulong coff, ulong ldc, ulong cstride) {
 #if !NN_BETA
     beta = 0.0f; /* so every test of it below folds away */
 #endif
@@ -193,28 +248,28 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
     int bi = (int)get_global_id(1) / nblocks;
     int j0 = ((int)get_global_id(1) - bi * nblocks) * (NN_NV * NN_VW);
     if (i0 >= M || bi >= batch) return;
-    const __global float *ab = A + aoff + (ulong)bi * astride;
-    const __global float *bp = B + boff + (ulong)bi * bstride + j0;
+    const __global A_S *ab = A + aoff + (ulong)bi * astride;
+    const __global B_S *bp = B + boff + (ulong)bi * bstride + j0;
     /* op(A)[i0 + r, k] = ap[ro[r] + k * ks], rows past M clamped to the last */
     ulong rs = ta ? 1 : lda, ks = ta ? lda : 1;
     int rmax = M - 1 - i0;
     ulong ro[NN_RM];
 #pragma unroll
     for (int r = 0; r < NN_RM; r++) ro[r] = (ulong)min(r, rmax) * rs;
-    const __global float *ap = ab + (ulong)i0 * rs;
+    const __global A_S *ap = ab + (ulong)i0 * rs;
     int rows = min(NN_RM, M - i0);
     /* output (i0 + r, j0 + c) at cp[r * crs + c * ccs] */
     ulong crs = NN_TC ? 1 : ldc, ccs = NN_TC ? ldc : 1;
-    __global float *cp = C + coff + (ulong)bi * cstride + (ulong)i0 * crs + (ulong)j0 * ccs;
+    __global C_S *cp = C + coff + (ulong)bi * cstride + (ulong)i0 * crs + (ulong)j0 * ccs;
     int cols = N - j0;
     /* k's terms: NV vectors of B's row k times each row's broadcast value of op(A) (NV is
      * a literal, so each loop below is compiled for its own number of vectors) */
 #define NN_STEP(NV)                                                                        \
     {                                                                                      \
         NN_T x[NV];                                                                        \
-        _Pragma("unroll") for (int v = 0; v < NV; v++) x[v] = NN_LOAD(v, bk);              \
+        _Pragma("unroll") for (int v = 0; v < NV; v++) x[v] = B_LDV(NN_VW, v, bk);         \
         _Pragma("unroll") for (int r = 0; r < NN_RM; r++) {                                \
-            NN_T av = (NN_T)ap[ro[r]];                                                     \
+            NN_T av = (NN_T)A_LD(ap, ro[r]);                                               \
             _Pragma("unroll") for (int v = 0; v < NV; v++) acc[r][v] = fma(av, x[v], acc[r][v]); \
         }                                                                                  \
         bk += ldb;                                                                         \
@@ -238,7 +293,8 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         for (int r = 0; r < NN_RM; r++)
 #pragma unroll
             for (int v = 0; v < NN_NV; v++) acc[r][v] = 0.0f;
-        const __global float *bk = bp, *ak = ap;
+        const __global B_S *bk = bp;
+        const __global A_S *ak = ap;
         if (wide) {
             NN_LOOP(NN_NV)
         } else {
@@ -255,9 +311,9 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
                     for (int v = 0; v < NN_NV; v++)
                         if (v < nv) {
                             NN_T y = alpha * acc[r][v];
-                            __global float *q = cp + (ulong)r * ldc + v * NN_VW;
-                            if (beta != 0.0f) y = fma((NN_T)beta, NN_LOAD(0, q), y);
-                            NN_STOREV(y, 0, q);
+                            __global C_S *q = cp + (ulong)r * ldc + v * NN_VW;
+                            if (beta != 0.0f) y = fma((NN_T)beta, C_LDV(NN_VW, 0, q), y);
+                            C_STV(NN_VW, y, 0, q);
                         }
         }
 #else
@@ -273,8 +329,9 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #pragma unroll
                     for (int r = 0; r < NN_RM; r++) NN_STOREV(alpha * acc[r][v], 0, t[r]);
                     for (int l = 0; l < NN_VW; l++) {
-                        __global float *e = cp + (ulong)(v * NN_VW + l) * ldc;
-                        for (int r = 0; r < rows; r++) e[r] = beta == 0.0f ? t[r][l] : fma(beta, e[r], t[r][l]);
+                        __global C_S *e = cp + (ulong)(v * NN_VW + l) * ldc;
+                        for (int r = 0; r < rows; r++)
+                            C_ST(e, r, beta == 0.0f ? t[r][l] : fma(beta, C_LD(e, r), t[r][l]));
                     }
                 }
         }
@@ -289,13 +346,13 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #pragma unroll
         for (int r = 0; r < NN_RM; r++) s[r] = 0.0f;
         for (int k = 0; k < K; k++) {
-            float b = bp[(ulong)k * ldb + c];
+            float b = B_LD(bp, (ulong)k * ldb + c);
 #pragma unroll
-            for (int r = 0; r < NN_RM; r++) s[r] = fma(ap[ro[r] + (ulong)k * ks], b, s[r]);
+            for (int r = 0; r < NN_RM; r++) s[r] = fma(A_LD(ap, ro[r] + (ulong)k * ks), b, s[r]);
         }
         for (int r = 0; r < rows; r++) {
-            __global float *e = cp + (ulong)r * crs + (ulong)c * ccs;
-            *e = beta == 0.0f ? alpha * s[r] : fma(beta, *e, alpha * s[r]);
+            __global C_S *e = cp + (ulong)r * crs + (ulong)c * ccs;
+            C_ST(e, 0, beta == 0.0f ? alpha * s[r] : fma(beta, C_LD(e, 0), alpha * s[r]));
         }
     }
 }

@@ -19,6 +19,18 @@
 
 /* The update kernels' flags are KILN_OPT_* and clipping's modes KILN_CLIP_* (kiln_shared.h). */
 
+/* Built with -DKILN_SKIP (a GradScaler's step, include/kiln/amp.h), every update kernel
+ * takes one more argument, the scaler's found-inf flag, and changes nothing when it is
+ * set: the step is skipped on the device, without the host reading the flag. */
+#ifdef KILN_SKIP
+#define SKIP_ARG , global const int *found_inf, int fioff
+#define SKIP_CHECK                                                                                                     \
+    if (found_inf[fioff]) return;
+#else
+#define SKIP_ARG
+#define SKIP_CHECK
+#endif
+
 /* torch.maximum: NaN wins. */
 inline float opt_max(float a, float b) { return (a > b || isnan(a)) ? a : (isnan(b) ? b : fmax(a, b)); }
 
@@ -38,9 +50,10 @@ inline void sgd_elem(global float *p, global const float *g, global float *buf, 
 }
 
 kernel void sgd_step(global float *p, int poff, global const float *g, int goff, global float *buf, int boff,
-                     int n, float neg_lr, float momentum, float damp1, float wd, int flags) {
+                     int n, float neg_lr, float momentum, float damp1, float wd, int flags SKIP_ARG) {
     int i = get_global_id(0);
     if (i >= n) return;
+    SKIP_CHECK
     sgd_elem(p + poff, g + goff, buf + boff, i, neg_lr, momentum, damp1, wd, flags);
 }
 
@@ -74,9 +87,10 @@ inline void rmsprop_elem(global float *p, global const float *g, global float *s
 
 kernel void rmsprop_step(global float *p, int poff, global const float *g, int goff, global float *sq, int sqoff,
                          global float *buf, int boff, global float *ga, int gaoff, int n, float neg_lr, float alpha,
-                         float oma, float eps, float wd, float momentum, int flags) {
+                         float oma, float eps, float wd, float momentum, int flags SKIP_ARG) {
     int i = get_global_id(0);
     if (i >= n) return;
+    SKIP_CHECK
     rmsprop_elem(p + poff, g + goff, sq + sqoff, buf + boff, ga + gaoff, i, neg_lr, alpha, oma, eps, wd, momentum,
                  flags);
 }
@@ -107,9 +121,10 @@ inline void adam_elem(global float *p, global const float *g, global float *m, g
 kernel void adam_step(global float *p, int poff, global const float *g, int goff, global float *m, int moff,
                       global float *v, int voff, global float *vmax, int vmoff, int n, float beta1, float omb1,
                       float beta2, float omb2, float wd, float decay, float neg_step, float bc2s, float eps,
-                      int flags) {
+                      int flags SKIP_ARG) {
     int i = get_global_id(0);
     if (i >= n) return;
+    SKIP_CHECK
     adam_elem(p + poff, g + goff, m + moff, v + voff, vmax + vmoff, i, beta1, omb1, beta2, omb2, wd, decay, neg_step,
               bc2s, eps, flags);
 }
@@ -135,9 +150,11 @@ inline int mt_which(const kiln_opt_table *T, int i) {
 }
 
 kernel void sgd_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
-                      MT_ARGS(global float *, b), float neg_lr, float momentum, float damp1, float wd, int flags) {
+                      MT_ARGS(global float *, b), float neg_lr, float momentum, float damp1, float wd,
+                      int flags SKIP_ARG) {
     int i = get_global_id(0);
     if (i >= T.start[T.count]) return;
+    SKIP_CHECK
     int k = mt_which(&T, i), e = i - T.start[k];
     sgd_elem(MT_PICK(p, k) + T.poff[k], MT_PICK(g, k) + T.goff[k], MT_PICK(b, k) + T.soff[0][k], e, neg_lr, momentum,
              damp1, wd, flags);
@@ -145,9 +162,11 @@ kernel void sgd_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(glob
 
 kernel void rmsprop_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
                           MT_ARGS(global float *, s), MT_ARGS(global float *, b), MT_ARGS(global float *, a),
-                          float neg_lr, float alpha, float oma, float eps, float wd, float momentum, int flags) {
+                          float neg_lr, float alpha, float oma, float eps, float wd, float momentum,
+                          int flags SKIP_ARG) {
     int i = get_global_id(0);
     if (i >= T.start[T.count]) return;
+    SKIP_CHECK
     int k = mt_which(&T, i), e = i - T.start[k];
     rmsprop_elem(MT_PICK(p, k) + T.poff[k], MT_PICK(g, k) + T.goff[k], MT_PICK(s, k) + T.soff[0][k],
                  MT_PICK(b, k) + T.soff[1][k], MT_PICK(a, k) + T.soff[2][k], e, neg_lr, alpha, oma, eps, wd, momentum,
@@ -157,9 +176,10 @@ kernel void rmsprop_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(
 kernel void adam_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
                        MT_ARGS(global float *, m), MT_ARGS(global float *, v), MT_ARGS(global float *, x), float beta1,
                        float omb1, float beta2, float omb2, float wd, float decay, float neg_step, float bc2s,
-                       float eps, int flags) {
+                       float eps, int flags SKIP_ARG) {
     int i = get_global_id(0);
     if (i >= T.start[T.count]) return;
+    SKIP_CHECK
     int k = mt_which(&T, i), e = i - T.start[k];
     adam_elem(MT_PICK(p, k) + T.poff[k], MT_PICK(g, k) + T.goff[k], MT_PICK(m, k) + T.soff[0][k],
               MT_PICK(v, k) + T.soff[1][k], MT_PICK(x, k) + T.soff[2][k], e, beta1, omb1, beta2, omb2, wd, decay,
@@ -256,4 +276,40 @@ kernel void clip_value(global float *g, int goff, int n, float lo, float hi) {
     if (i >= n) return;
     float x = g[goff + i];
     g[goff + i] = isnan(x) ? x : fmin(fmax(x, lo), hi);
+}
+
+/* ---- the GradScaler's device side (src/optim/scaler.c) --------------------------------- */
+
+/* g *= 1 / scale (torch's _amp_foreach_non_finite_check_and_unscale_: inv_scale is the
+ * float reciprocal of the scale), and found_inf[0] = 1 when any g was inf or NaN. */
+kernel void scaler_unscale(global float *g, int goff, int n, global const float *scale, int soff, global int *state,
+                           int stoff) {
+    int i = get_global_id(0);
+    if (i >= n) return;
+    float x = g[goff + i];
+    if (!isfinite(x)) atomic_or(&state[stoff], 1);
+    g[goff + i] = x * (1.0f / scale[soff]);
+}
+
+/* torch's _amp_update_scale_ (one work-item): a step with inf/NaN multiplies the scale by
+ * backoff and restarts the good-step count; the interval-th good step in a row multiplies
+ * it by growth when the product is finite. state[0] found_inf (cleared here), state[1] the
+ * good-step count. */
+kernel void scaler_update(global float *scale, int soff, global int *state, int stoff, float growth, float backoff,
+                          int interval) {
+    if (get_global_id(0) != 0) return;
+    global int *st = state + stoff;
+    if (st[0]) {
+        scale[soff] = scale[soff] * backoff;
+        st[1] = 0;
+    } else {
+        int good = st[1] + 1;
+        if (good == interval) {
+            float grown = scale[soff] * growth;
+            if (isfinite(grown)) scale[soff] = grown;
+            good = 0;
+        }
+        st[1] = good;
+    }
+    st[0] = 0;
 }

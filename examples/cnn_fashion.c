@@ -10,6 +10,7 @@
  *   build/examples/cnn_fashion --dropout 0.3 ...    # the second dropout's rate, the first's is half
  *   mpirun -np 2 build/examples/cnn_fashion --distributed   # data-parallel, a shard per rank
  *   build/examples/cnn_fashion --load model.safetensors --epochs 0    # evaluate only
+ *   build/examples/cnn_fashion --amp    # mixed precision (f16 autocast and loss scaling, kiln/amp.h)
  *
  * The last line printed is "test_accuracy=0.XXXX".
  */
@@ -41,11 +42,16 @@ static kiln_module *build_cnn(kiln_ctx *ctx) {
 }
 
 int main(int argc, char **argv) {
-    /* --dropout is this program's own flag: taken out of argv before the common parser */
+    /* --dropout and --amp are this program's own flags: taken out of argv before the common
+     * parser */
     int n = 1;
-    bool help = false;
+    bool help = false, amp = false;
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
+        if (!strcmp(argv[i], "--amp")) {
+            amp = true;
+            continue;
+        }
         if (!strcmp(argv[i], "--dropout") && i + 1 < argc)
             v = argv[++i];
         else if (!strncmp(argv[i], "--dropout=", 10))
@@ -76,8 +82,12 @@ int main(int argc, char **argv) {
                      .seed = 1,
                      .progress = true,
                      .eval_batch = 250},
+        .amp = amp ? KILN_F16 : KILN_F32,
     };
     int rc = ex_classifier_main(argc, argv, &spec);
-    if (help) printf("  --dropout P        dropout before fc2; the one after the convolutions is P/2 [0.5]\n");
+    if (help) {
+        printf("  --dropout P        dropout before fc2; the one after the convolutions is P/2 [0.5]\n");
+        printf("  --amp              mixed precision: f16 autocast, dynamic loss scaling (kiln/amp.h) [off]\n");
+    }
     return rc;
 }

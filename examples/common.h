@@ -379,6 +379,7 @@ typedef struct ex_classifier {
     kiln_module *(*build)(kiln_ctx *ctx); /* the model, from the context's RNG */
     ex_opts defaults;
     bool normalize; /* x/255 then (x - KILN_FASHION_MNIST_MEAN) / KILN_FASHION_MNIST_STD */
+    kiln_dtype amp; /* kiln_fit_opts.amp: mixed-precision training (KILN_F32: off) */
 } ex_classifier;
 
 #define EX_FAIL(...)                                                                                                   \
@@ -500,6 +501,7 @@ static inline int ex_classifier_main(int argc, char **argv, const ex_classifier 
         fo.history = hist;
         fo.history_cap = o.epochs;
         fo.dist = dm;
+        fo.amp = spec->amp;
         kiln_fit_result r;
         double t0 = ex_now_ms();
         if (kiln_fit(net, &fo, &r) != KILN_OK) EX_FAIL("training: %s", kiln_error_message(ctx));

@@ -234,6 +234,14 @@ static void sweep_copy(void) {
     finite("clone of a slice", kiln_clone(C, sl));
 }
 
+/* ---- dtype conversions (cast.cl): every source and destination dtype, views ---- */
+static void sweep_cast(void) {
+    kiln_tensor *x = MK(-2, 2, true, 3, 5);
+    kiln_tensor *h = kiln_to_dtype(C, kiln_transpose(C, x, 0, 1), KILN_F16);
+    BACK("to_dtype f16 of a transposed view", kiln_to_dtype(C, kiln_to_dtype(C, h, KILN_BF16), KILN_F32), x);
+    BACK("to_dtype bf16", kiln_to_dtype(C, kiln_to_dtype(C, kiln_to_dtype(C, x, KILN_BF16), KILN_F16), KILN_F32), x);
+}
+
 /* ---- views (no kernels of their own): forward through them, backward into the base ---- */
 static void sweep_view(void) {
     kiln_tensor *x = MK(-1, 1, true, 2, 3, 4);
@@ -1236,7 +1244,8 @@ static void run(kiln_ctx *ctx) {
                   {"loss", sweep_loss},
                   {"sample", sweep_sample},
                   {"attention", sweep_attention},
-                  {"optim", sweep_optim}};
+                  {"optim", sweep_optim},
+                  {"cast", sweep_cast}};
     const char *only = getenv("KILN_SWEEP"); /* one family, for a quick look */
     memset(reached, 0, sizeof reached);
     for (size_t k = 0; k < sizeof sweeps / sizeof sweeps[0]; k++) {

@@ -335,6 +335,15 @@ static void run_clone(smoke *s) {
     same_as(s, x, 24);
 }
 
+/* f32 -> f16 -> f32: each value rounded to f16 (the host's conversion) */
+static void run_to_dtype(smoke *s) {
+    const float *x;
+    kiln_tensor *h = kiln_to_dtype(s->ctx, input(s, &x, 2, (int64_t[]){3, 5}, NULL, -3, 3, true), KILN_F16);
+    s->out = kiln_to_dtype(s->ctx, h, KILN_F32);
+    double *o = expect(s, 15);
+    for (int i = 0; i < 15; i++) o[i] = kiln_f16_to_f32(kiln_f32_to_f16(x[i]));
+}
+
 /* ---- activations on [3, 5] ------------------------------------------------------------------ */
 
 static void run_leaky_relu(smoke *s) {

@@ -63,13 +63,35 @@ KILN_API const char *kiln_status_str(kiln_status s);
 /* The enumerator's name ("KILN_ERR_OUT_OF_MEMORY"). Never NULL. */
 KILN_API const char *kiln_status_name(kiln_status s);
 
-/* Element types. Only KILN_F32 is computed on by every op today; KILN_I32 holds indices
- * (argmax). The others are reserved so the ABI does not change when they arrive. */
-typedef enum kiln_dtype { KILN_F32 = 0, KILN_F16 = 1, KILN_I32 = 2, KILN_U8 = 3, KILN_DTYPE_COUNT } kiln_dtype;
+/* Element types. KILN_F32 is computed on by every op; KILN_I32 holds indices (argmax) and
+ * KILN_U8 masks. KILN_F16 (IEEE binary16) and KILN_BF16 (bfloat16: the top 16 bits of an
+ * f32) are storage types on every device, cl_khr_fp16 or not: the ops that have a half
+ * variant load them, compute in f32 and store halves (README.md, "Half precision and mixed
+ * precision", lists them); the others refuse them with KILN_ERR_DTYPE. Host data of a half
+ * tensor (kiln_from_host, kiln_to_host) is the raw 16-bit values; kiln_to_dtype converts. */
+typedef enum kiln_dtype {
+    KILN_F32 = 0,
+    KILN_F16 = 1,
+    KILN_I32 = 2,
+    KILN_U8 = 3,
+    KILN_BF16 = 4,
+    KILN_DTYPE_COUNT
+} kiln_dtype;
 
 KILN_API const char *kiln_dtype_name(kiln_dtype t);
 /* Size of one element in bytes, 0 for an invalid dtype. */
 KILN_API size_t kiln_dtype_size(kiln_dtype t);
+/* Whether t is a half-precision float type (KILN_F16 or KILN_BF16). */
+KILN_API bool kiln_dtype_is_half(kiln_dtype t);
+
+/* Host conversions, the same rounding as the device's (kiln_to_dtype): f32 to f16 and to
+ * bf16 round to nearest, ties to even; f16 overflow gives +-inf, values below f16's
+ * smallest denormal round to +-0; NaN stays NaN (bf16 keeps the sign and sets a quiet
+ * bit). Converting back is exact. */
+KILN_API uint16_t kiln_f32_to_f16(float f);
+KILN_API float kiln_f16_to_f32(uint16_t h);
+KILN_API uint16_t kiln_f32_to_bf16(float f);
+KILN_API float kiln_bf16_to_f32(uint16_t h);
 
 /* A context: one open device with its queue, kernel cache, buffer pool, tensors and error
  * state. A context is used by one thread at a time; different contexts are independent. */

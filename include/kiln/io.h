@@ -27,14 +27,15 @@ typedef struct kiln_meta {
 
 /* ---- raw files ------------------------------------------------------------------------ */
 
-/* Writes the tensors (F32 or I32, any views) under their names, with metadata. */
+/* Writes the tensors (F32, F16, BF16 or I32, any views) under their names, with metadata;
+ * half tensors are stored as F16/BF16, bit for bit. */
 KILN_API kiln_status kiln_safetensors_save(kiln_ctx *ctx, const char *path, int n, const kiln_named_tensor *tensors,
                                            int nmeta, const kiln_meta *meta);
 
 /* A parsed, validated file held in host memory. */
 typedef struct kiln_safetensors kiln_safetensors;
 /* Reads and validates a file; NULL with the context's error naming the file and the
- * fault. F32, F16, F64, I64, I32, I16, I8, U8 and BOOL entries are accepted. */
+ * fault. F32, F16, BF16, F64, I64, I32, I16, I8, U8 and BOOL entries are accepted. */
 KILN_API kiln_safetensors *kiln_safetensors_open(kiln_ctx *ctx, const char *path);
 /* The same from memory (copied); `what` names the source in errors. For fuzzing and
  * embedded files. */
@@ -49,9 +50,13 @@ KILN_API int kiln_safetensors_shape(const kiln_safetensors *f, int i, const int6
 KILN_API int kiln_safetensors_find(const kiln_safetensors *f, const char *name);
 /* Metadata value for key, or NULL. */
 KILN_API const char *kiln_safetensors_meta(const kiln_safetensors *f, const char *key);
-/* Entry i as a new tensor: float types become F32, integer types I32 (an integer that
- * does not fit is an error). */
+/* Entry i as a new tensor: float types become F32 (F16 and BF16 widened exactly), integer
+ * types I32 (an integer that does not fit is an error). */
 KILN_API kiln_tensor *kiln_safetensors_tensor(kiln_safetensors *f, int i);
+/* Entry i as a new tensor of dtype: a float entry as KILN_F32, KILN_F16 or KILN_BF16 (an
+ * entry of that dtype keeps its bits; others are rounded to nearest, ties to even: F64
+ * through f32), an integer entry as KILN_I32. KILN_ERR_DTYPE for any other pairing. */
+KILN_API kiln_tensor *kiln_safetensors_tensor_as(kiln_safetensors *f, int i, kiln_dtype dtype);
 
 /* ---- models and training state -------------------------------------------------------- */
 

@@ -38,6 +38,7 @@
 #include "nn.h"
 #include "models.h"
 #include "optim.h"
+#include "amp.h"
 #include "train.h"
 #include "dist.h"
 #include "onnx.h"

@@ -22,7 +22,9 @@ typedef struct kiln_tensor kiln_tensor;
 
 /* ---- creation ----------------------------------------------------------------------- */
 
-/* Copies numel * dtype-size bytes from host `data` into a new contiguous tensor. */
+/* Copies numel * dtype-size bytes from host `data` into a new contiguous tensor (for
+ * KILN_F16/KILN_BF16 the raw 16-bit values: kiln_f32_to_f16 and kiln_f32_to_bf16 of
+ * common.h make them). */
 KILN_API kiln_tensor *kiln_from_host(kiln_ctx *ctx, const void *data, kiln_dtype dtype, int ndim, const int64_t *shape);
 /* Uninitialised contents. */
 KILN_API kiln_tensor *kiln_empty(kiln_ctx *ctx, kiln_dtype dtype, int ndim, const int64_t *shape);
@@ -59,10 +61,20 @@ KILN_API kiln_status kiln_copy_from_host(kiln_tensor *t, const void *src, size_t
 /* Copies src into dst: same shape and dtype, any views (torch's dst.copy_(src) without
  * broadcasting). Not recorded by autograd. */
 KILN_API kiln_status kiln_copy(kiln_tensor *dst, kiln_tensor *src);
-/* The value of a one-element tensor as float (NaN on error; the context holds why). */
+/* The value of a one-element tensor as float (NaN on error; the context holds why); a
+ * half is widened exactly. */
 KILN_API float kiln_tensor_item(kiln_tensor *t);
-/* Sets every element of t (a view writes through to its base) to value. */
+/* Sets every element of t (a view writes through to its base) to value: rounded to nearest
+ * (ties to even) for f16 and bf16, truncated toward zero for i32 and u8. */
 KILN_API kiln_status kiln_fill(kiln_tensor *t, float value);
+
+/* A new tensor holding t converted to dtype (f32, f16 and bf16 convert to one another;
+ * torch's t.to(dtype)): narrowing rounds to nearest, ties to even (f16: overflow gives
+ * inf, values below half the smallest denormal give 0; NaN stays NaN), widening is exact.
+ * t's own dtype gives a view of t (torch returns t). Differentiable: gradients on the tape
+ * are f32 whatever the forward's dtype, so the input receives the output's gradient as it
+ * is. KILN_ERR_DTYPE for other dtypes. The result belongs to the current scope. */
+KILN_API kiln_tensor *kiln_to_dtype(kiln_ctx *ctx, kiln_tensor *t, kiln_dtype dtype);
 
 /* ---- properties --------------------------------------------------------------------- */
 

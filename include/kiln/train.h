@@ -22,6 +22,7 @@
 
 #include "data.h"
 #include "dist.h"
+#include "amp.h"
 #include "nn.h"
 #include "optim.h"
 
@@ -142,6 +143,13 @@ typedef struct kiln_fit_opts {
      * same numbers; the progress, metrics_csv, plot_path and best_path are written by
      * rank 0 only, and early stopping is decided on rank 0 and broadcast. */
     kiln_dist_model *dist;
+    /* Mixed precision (kiln/amp.h): KILN_F16 or KILN_BF16 runs every training step's forward
+     * and loss under autocast with that dtype, the backward from the loss scaled by a
+     * GradScaler (amp_scaler's options; its defaults while amp_scaler.init_scale is 0), its
+     * unscale before clipping and its skip of steps with inf/NaN gradients; the parameters
+     * stay f32. KILN_F32 (0, the default): off. Validation runs in f32. */
+    kiln_dtype amp;
+    kiln_grad_scaler_opts amp_scaler;
 } kiln_fit_opts;
 
 typedef struct kiln_fit_result {

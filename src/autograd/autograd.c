@@ -421,6 +421,8 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
 
     bool prev_mode = ctx->grad_enabled;
     ctx->grad_enabled = false;
+    kiln_dtype prev_autocast = ctx->autocast;
+    ctx->autocast = KILN_F32;
     kiln_status s = KILN_OK;
 
     /* a leaf: its gradient is the seed */
@@ -435,6 +437,7 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
             s = g ? kiln__grad_add(ctx, &fake, 0, g, true) : ctx->err;
         }
         ctx->grad_enabled = prev_mode;
+        ctx->autocast = prev_autocast;
         return s;
     }
 
@@ -442,6 +445,7 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
     kiln__node **nodes = collect(ctx, out->node, &count);
     if (!nodes) {
         ctx->grad_enabled = prev_mode;
+        ctx->autocast = prev_autocast;
         return ctx->err;
     }
     out->gacc = seed ? kiln__copy_contiguous(ctx, "kiln_backward", seed) : kiln_ones(ctx, out->ndim, out->shape);
@@ -492,6 +496,7 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
     }
     free(nodes);
     ctx->grad_enabled = prev_mode;
+    ctx->autocast = prev_autocast;
     return s;
 }
 

@@ -32,16 +32,71 @@ static const struct {
     const char *name;
     size_t size;
 } dtype_table[] = {
-    [KILN_F32] = {"f32", 4},
-    [KILN_F16] = {"f16", 2},
-    [KILN_I32] = {"i32", 4},
-    [KILN_U8] = {"u8", 1},
+    [KILN_F32] = {"f32", 4}, [KILN_F16] = {"f16", 2},   [KILN_I32] = {"i32", 4},
+    [KILN_U8] = {"u8", 1},   [KILN_BF16] = {"bf16", 2},
 };
 _Static_assert(sizeof dtype_table / sizeof dtype_table[0] == KILN_DTYPE_COUNT, "every dtype needs a name and a size");
 
 const char *kiln_dtype_name(kiln_dtype t) { return (unsigned)t < KILN_DTYPE_COUNT ? dtype_table[t].name : "invalid"; }
 
 size_t kiln_dtype_size(kiln_dtype t) { return (unsigned)t < KILN_DTYPE_COUNT ? dtype_table[t].size : 0; }
+
+bool kiln_dtype_is_half(kiln_dtype t) { return t == KILN_F16 || t == KILN_BF16; }
+
+/* ---- half-precision conversions on the host (the device's are cl_kernels/cast.cl) ---- */
+
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t kiln_f32_to_f16(float f) {
+    uint32_t u = f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u) /* inf, or NaN with a quiet bit and the top payload bits kept */
+        return (uint16_t)(sign | 0x7C00u | (a > 0x7F800000u ? 0x0200u | ((a >> 13) & 0x03FFu) : 0u));
+    if (a >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* rounds past 65504: inf */
+    if (a < 0x38800000u) {                                   /* below 2^-14: an f16 denormal or 0 */
+        if (a < 0x33000000u) return sign;                    /* at most half the smallest denormal: 0 */
+        int e = (int)(a >> 23);                              /* 102 .. 112 */
+        uint32_t m = (a & 0x007FFFFFu) | 0x00800000u;
+        int shift = 126 - e; /* the denormal's unit is 2^-24: m * 2^(e-150) / 2^-24 */
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (q & 1u))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t r = a - 0x38000000u; /* rebias the exponent: 127 - 15 = 112 */
+    uint32_t q = r >> 13, rem = r & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) q++; /* a carry into the exponent is right */
+    return (uint16_t)(sign | q);
+}
+
+float kiln_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x03FFu;
+    if (e == 0x1F) return bits_f32(sign | 0x7F800000u | (m << 13));
+    if (e == 0) { /* 0 or a denormal: m * 2^-24, exact in f32 */
+        float v = (float)m * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+uint16_t kiln_f32_to_bf16(float f) {
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u); /* NaN stays NaN */
+    u += 0x7FFFu + ((u >> 16) & 1u); /* to nearest, ties to even; overflow carries into inf */
+    return (uint16_t)(u >> 16);
+}
+
+float kiln_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
 static char *vformat(const char *fmt, va_list ap) {
     va_list ap2;

@@ -321,6 +321,9 @@ struct kiln_ctx {
     bool grad_enabled;   /* autograd records ops (default true) */
     bool check_numerics; /* KILN_CHECK_NUMERICS: every op's output checked for NaN/Inf */
     uint64_t node_seq;   /* creation counter of autograd nodes */
+    /* autocast's half dtype (include/kiln/amp.h; src/ops/cast.c reads it): KILN_F32 is off.
+     * A backward clears it while it runs, so backward rules compute as their forward did. */
+    kiln_dtype autocast;
 
     kiln__deverr deverr; /* deferred index errors (src/device/deverr.c) */
     /* told of each leaf whose gradient a backward has made final (kiln__set_grad_ready,

@@ -26,17 +26,19 @@ static void staged_free(staged *s) {
 
 static kiln_status stage(kiln_ctx *ctx, const char *path, staged *s, const char *name, kiln_tensor *t) {
     if (!t) return kiln__fail(ctx, KILN_ERR_NULL, "%s: tensor '%s' is NULL", path, name);
-    if (t->dtype != KILN_F32 && t->dtype != KILN_I32)
-        return kiln__fail(ctx, KILN_ERR_DTYPE, "%s: tensor '%s' has dtype %s (f32 and i32 can be saved)", path, name,
-                          kiln_dtype_name(t->dtype));
+    if (t->dtype != KILN_F32 && t->dtype != KILN_I32 && !kiln_dtype_is_half(t->dtype))
+        return kiln__fail(ctx, KILN_ERR_DTYPE, "%s: tensor '%s' has dtype %s (f32, f16, bf16 and i32 can be saved)",
+                          path, name, kiln_dtype_name(t->dtype));
     kiln__st_out *o = &s->out[s->n];
     int64_t numel = kiln__numel(t->ndim, t->shape);
-    void *h = malloc((size_t)(numel ? numel : 1) * 4);
+    size_t es = kiln_dtype_size(t->dtype);
+    void *h = malloc((size_t)(numel ? numel : 1) * es);
     if (!h) return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for '%s'", path, name);
     s->data[s->n] = h;
     s->n++;
-    *o = (kiln__st_out){name, t->ndim, t->shape, numel, t->dtype == KILN_I32, h};
-    return kiln_to_host(t, h, (size_t)numel * 4);
+    *o = (kiln__st_out){
+        name, t->ndim, t->shape, numel, t->dtype == KILN_I32, h, kiln_dtype_is_half(t->dtype) ? t->dtype : KILN_F32};
+    return kiln_to_host(t, h, (size_t)numel * es);
 }
 
 kiln_status kiln_safetensors_save(kiln_ctx *ctx, const char *path, int n, const kiln_named_tensor *tensors, int nmeta,

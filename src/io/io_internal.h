@@ -33,7 +33,8 @@ struct kiln_safetensors {
     bool have_meta;
 };
 
-/* One tensor to write: host data, F32 or I32, little-endian. */
+/* One tensor to write: host data, little-endian: F32 or I32 (is_int), or F16/BF16 when
+ * half is KILN_F16/KILN_BF16 (16-bit values; 0, KILN_F32, otherwise). */
 typedef struct kiln__st_out {
     const char *name;
     int ndim;
@@ -41,6 +42,7 @@ typedef struct kiln__st_out {
     int64_t numel;
     bool is_int;
     const void *data;
+    kiln_dtype half;
 } kiln__st_out;
 
 void kiln__st_free(kiln_safetensors *f);

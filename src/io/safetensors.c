@@ -505,29 +505,6 @@ const char *kiln_safetensors_meta(const kiln_safetensors *f, const char *key) {
     return NULL;
 }
 
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0) {
-        if (man == 0)
-            bits = sign;
-        else { /* subnormal */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400)) {
-                man <<= 1;
-                exp--;
-            }
-            bits = sign | exp << 23 | (man & 0x3FF) << 13;
-        }
-    } else if (exp == 31) {
-        bits = sign | 0xFF << 23 | man << 13;
-    } else {
-        bits = sign | (exp + 127 - 15) << 23 | man << 13;
-    }
-    float v;
-    memcpy(&v, &bits, 4);
-    return v;
-}
-
 bool kiln__st_is_float(const kiln__st_entry *e) { return e->dtype[0] == 'F' || strcmp(e->dtype, "BF16") == 0; }
 
 /* Converts entry e to F32 (floats) or I32 (integers) into out (numel elements). */
@@ -544,7 +521,7 @@ kiln_status kiln__st_convert(kiln_ctx *ctx, const kiln_safetensors *f, const kil
             uint32_t w = (uint32_t)u;
             memcpy(&of[k], &w, 4);
         } else if (!strcmp(e->dtype, "F16")) {
-            of[k] = half_to_float((uint16_t)u);
+            of[k] = kiln_f16_to_f32((uint16_t)u);
         } else if (!strcmp(e->dtype, "BF16")) {
             uint32_t w = (uint32_t)u << 16;
             memcpy(&of[k], &w, 4);
@@ -590,6 +567,44 @@ kiln_tensor *kiln_safetensors_tensor(kiln_safetensors *f, int i) {
     if (kiln__st_convert(ctx, f, e, host) == KILN_OK)
         t = kiln_from_host(ctx, host, kiln__st_is_float(e) ? KILN_F32 : KILN_I32, e->ndim, e->shape);
     free(host);
+    return t;
+}
+
+kiln_tensor *kiln_safetensors_tensor_as(kiln_safetensors *f, int i, kiln_dtype dtype) {
+    if (!f) return kiln__fail_global(KILN_ERR_NULL, "kiln_safetensors_tensor_as: file is NULL"), NULL;
+    kiln_ctx *ctx = f->ctx;
+    if (i < 0 || i >= f->n) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: entry %d of %d", f->what, i, f->n);
+        return NULL;
+    }
+    const kiln__st_entry *e = &f->e[i];
+    bool fl = kiln__st_is_float(e);
+    bool want_fl = dtype == KILN_F32 || dtype == KILN_F16 || dtype == KILN_BF16;
+    if (fl != want_fl || (!fl && dtype != KILN_I32)) {
+        kiln__fail(ctx, KILN_ERR_DTYPE,
+                   "%s: tensor '%s' (%s) cannot be read as %s (float entries as f32, f16 or bf16, "
+                   "integer entries as i32)",
+                   f->what, e->name, e->dtype, kiln_dtype_name(dtype));
+        return NULL;
+    }
+    if (dtype == KILN_F32 || dtype == KILN_I32) return kiln_safetensors_tensor(f, i);
+    const char *same = dtype == KILN_F16 ? "F16" : "BF16";
+    size_t n = (size_t)(e->numel ? e->numel : 1);
+    uint16_t *h = malloc(n * 2);
+    float *wide = strcmp(e->dtype, same) != 0 ? malloc(n * 4) : NULL;
+    kiln_tensor *t = NULL;
+    if (!h || (strcmp(e->dtype, same) != 0 && !wide)) {
+        kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory for '%s'", f->what, e->name);
+    } else if (!wide) { /* the file's own bits: no rounding */
+        memcpy(h, f->data + e->begin, (size_t)e->numel * 2);
+        t = kiln_from_host(ctx, h, dtype, e->ndim, e->shape);
+    } else if (kiln__st_convert(ctx, f, e, wide) == KILN_OK) { /* exact for F32, F16 and BF16; F64 rounds twice */
+        for (int64_t k = 0; k < e->numel; k++)
+            h[k] = dtype == KILN_F16 ? kiln_f32_to_f16(wide[k]) : kiln_f32_to_bf16(wide[k]);
+        t = kiln_from_host(ctx, h, dtype, e->ndim, e->shape);
+    }
+    free(h);
+    free(wide);
     return t;
 }
 
@@ -653,10 +668,11 @@ kiln_status kiln__st_write(kiln_ctx *ctx, const char *path, int n, const kiln__s
     for (int i = 0; i < n; i++) {
         if (hn > 1) h[hn++] = ',';
         put_json_str(h, &hn, t[i].name);
-        hn += (size_t)sprintf(h + hn, ":{\"dtype\":\"%s\",\"shape\":[", t[i].is_int ? "I32" : "F32");
+        const char *dt = t[i].half == KILN_F16 ? "F16" : t[i].half == KILN_BF16 ? "BF16" : t[i].is_int ? "I32" : "F32";
+        hn += (size_t)sprintf(h + hn, ":{\"dtype\":\"%s\",\"shape\":[", dt);
         for (int d = 0; d < t[i].ndim; d++)
             hn += (size_t)sprintf(h + hn, "%s%lld", d ? "," : "", (long long)t[i].shape[d]);
-        int64_t bytes = t[i].numel * 4;
+        int64_t bytes = t[i].numel * (t[i].half ? 2 : 4);
         hn += (size_t)sprintf(h + hn, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + bytes));
         off += bytes;
     }
@@ -687,7 +703,7 @@ kiln_status kiln__st_write(kiln_ctx *ctx, const char *path, int n, const kiln__s
     ok = ok && !injected_failure() && fwrite(len8, 1, 8, fp) == 8;
     ok = ok && !injected_failure() && fwrite(h, 1, hn, fp) == hn;
     for (int i = 0; ok && i < n; i++) {
-        size_t bytes = (size_t)t[i].numel * 4;
+        size_t bytes = (size_t)t[i].numel * (t[i].half ? 2 : 4);
         /* little-endian on disk: kiln's hosts are little-endian (checked at build time) */
         ok = !injected_failure() && (bytes == 0 || fwrite(t[i].data, 1, bytes, fp) == bytes);
     }

@@ -2,7 +2,9 @@
  * (erf and tanh approximation), sigmoid, tanh, softplus, softmax and log_softmax, each
  * with its backward rule (kernels in cl_kernels/activation.cl).
  *
- * Elementwise activations enqueue one kernel: <op>_fwd_contig when the input is
+ * Elementwise activations have half variants (f16/bf16 input and output, computed in f32;
+ * their gradient is f32 as every gradient on the tape); softmax and log_softmax refuse
+ * halves. Elementwise activations enqueue one kernel: <op>_fwd_contig when the input is
  * contiguous, else <op>_fwd_strided with a kiln__geom of the input's strides (no copy).
  * Their backward is one fused kernel per op computing grad_in from the output's gradient
  * and the saved input (or, for sigmoid and tanh, the output, as torch does); the input is
@@ -26,8 +28,9 @@
 
 /* ---- shared checks ------------------------------------------------------------------ */
 
-static bool check_f32(kiln_ctx *ctx, const char *op, const kiln_tensor *x) {
+static bool check_f32(kiln_ctx *ctx, const char *op, kiln_tensor *x) {
     if (x->dtype == KILN_F32) return true;
+    if (kiln__refuse_half(ctx, op, 1, &x)) return false;
     char sb[160];
     kiln__fail(ctx, KILN_ERR_DTYPE, "%s: input %s has dtype %s; only f32 is supported", op,
                kiln__shape_str(x->ndim, x->shape, sb, sizeof sb), kiln_dtype_name(x->dtype));
@@ -84,7 +87,7 @@ static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
     if (!st) return ctx->err;
     act_kind kind = st->kind;
     const char *op = act_info[kind].op;
-    kiln_tensor *v = act_info[kind].from_out ? n->out : n->in[0];
+    kiln_tensor *v = act_info[kind].from_out ? n->out : n->in[0]; /* f32, f16 or bf16 */
     kiln_tensor *gi = kiln__tensor_new(ctx, op, KILN_F32, v->ndim, v->shape);
     if (!gi) return ctx->err;
     int64_t numel = kiln__numel(v->ndim, v->shape);
@@ -110,7 +113,8 @@ static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
         args[na++] = KILN__ARG(b);
         char kernel[64];
         snprintf(kernel, sizeof kernel, "%s_bwd_%s", act_info[kind].stem, contig ? "contig" : "strided");
-        if (kiln__launch(ctx, op, ACT_PROGRAM, ACT_OPTIONS, kernel, na, args, (size_t)numel, 0) != KILN_OK) {
+        if (kiln__launch(ctx, op, ACT_PROGRAM, kiln__half_options(v->dtype), kernel, na, args, (size_t)numel, 0) !=
+            KILN_OK) {
             kiln_tensor_free(gi);
             return ctx->err;
         }
@@ -122,8 +126,9 @@ static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
 static kiln_tensor *act_forward(kiln_ctx *ctx, act_kind kind, kiln_tensor *x, float a, float b) {
     const char *op = act_info[kind].op;
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
-    if (!check_f32(ctx, op, x)) return NULL;
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
+    /* f32, or a half dtype: its half build (output of that dtype, arithmetic in f32) */
+    if (!kiln_dtype_is_half(x->dtype) && !check_f32(ctx, op, x)) return NULL;
+    kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, x->ndim, x->shape);
     if (!out) return NULL;
     int64_t numel = kiln__numel(x->ndim, x->shape);
     if (numel > 0) {
@@ -146,7 +151,8 @@ static kiln_tensor *act_forward(kiln_ctx *ctx, act_kind kind, kiln_tensor *x, fl
         args[na++] = KILN__ARG(bv);
         char kernel[64];
         snprintf(kernel, sizeof kernel, "%s_fwd_%s", act_info[kind].stem, contig ? "contig" : "strided");
-        if (kiln__launch(ctx, op, ACT_PROGRAM, ACT_OPTIONS, kernel, na, args, (size_t)numel, 0) != KILN_OK) {
+        if (kiln__launch(ctx, op, ACT_PROGRAM, kiln__half_options(x->dtype), kernel, na, args, (size_t)numel, 0) !=
+            KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
@@ -297,6 +303,12 @@ static kiln_status softmax_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
 
 static kiln_tensor *softmax_forward(kiln_ctx *ctx, const char *op, kiln_tensor *x, int dim, bool lg) {
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
+    if (xf != x) {
+        kiln_tensor *res = softmax_forward(ctx, op, xf, dim, lg);
+        kiln_tensor_free(xf);
+        return res;
+    }
     if (!check_f32(ctx, op, x)) return NULL;
     int d = kiln__axis(dim, x->ndim ? x->ndim : 1); /* a 0-d tensor takes dim 0 or -1, as torch */
     if (d < 0) {

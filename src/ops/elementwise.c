@@ -2,7 +2,8 @@
  * arithmetic, pow, min/max, comparisons, where, unary math and tensor-scalar ops (kernels
  * in cl_kernels/elementwise.cl).
  *
- * Every op goes through ew_run: validate the inputs (context, NULL propagation, F32),
+ * Every op goes through ew_run: validate the inputs (context, NULL propagation, float
+ * dtypes: f32, or f16/bf16 storage computed in f32, see kiln__half_inputs),
  * broadcast the shapes (right-aligned, sizes equal or 1, rank = the largest rank), make a
  * fresh contiguous output and enqueue one kernel. The kernel is <name>_contig when every
  * input is contiguous with the output's element count (broadcasting then only adds or
@@ -53,20 +54,27 @@ static bool broadcast_shape(kiln_ctx *ctx, const char *op, int n, kiln_tensor *c
  * together. Unary kernels (n == 1) take the scalar s as their last argument; tensor-scalar
  * ops use it, the others ignore it. Returns the new output or NULL with the error set.
  */
+static kiln_tensor *ew_launch(kiln_ctx *ctx, const char *op, const char *name, int n, kiln_tensor *const *ts, float s,
+                              kiln_dtype dt);
+
 static kiln_tensor *ew_run(kiln_ctx *ctx, const char *op, const char *name, int n, kiln_tensor *const *ts, float s) {
     if (!kiln__check_inputs(ctx, op, n, ts)) return NULL;
-    for (int j = 0; j < n; j++) {
-        if (ts[j]->dtype != KILN_F32) {
-            char sb[160];
-            kiln__fail(ctx, KILN_ERR_DTYPE, "%s: input %d (%s) has dtype %s; only f32 is supported", op, j,
-                       kiln__shape_str(ts[j]->ndim, ts[j]->shape, sb, sizeof sb), kiln_dtype_name(ts[j]->dtype));
-            return NULL;
-        }
-    }
+    /* one half dtype: its half build; f32 and halves mixed: the halves promoted to f32 */
+    kiln_tensor *use[EW_MAX_IN];
+    kiln_dtype dt = kiln__half_inputs(ctx, op, n, ts, use);
+    if (dt == KILN_DTYPE_COUNT) return NULL;
+    kiln_tensor *out = ew_launch(ctx, op, name, n, use, s, dt);
+    kiln__half_release(n, ts, use);
+    return out;
+}
+
+/* ew_run's output and launch, on inputs of dtype dt. */
+static kiln_tensor *ew_launch(kiln_ctx *ctx, const char *op, const char *name, int n, kiln_tensor *const *ts, float s,
+                              kiln_dtype dt) {
     int ndim;
     int64_t shape[KILN_MAX_DIMS];
     if (!broadcast_shape(ctx, op, n, ts, &ndim, shape)) return NULL;
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, ndim, shape);
+    kiln_tensor *out = kiln__tensor_new(ctx, op, dt, ndim, shape);
     if (!out) return NULL;
     int64_t numel = kiln__numel(ndim, shape);
     if (numel == 0) return out;
@@ -106,9 +114,10 @@ static kiln_tensor *ew_run(kiln_ctx *ctx, const char *op, const char *name, int 
     }
     if (n == 1) args[na++] = KILN__ARG(sv);
 
-    char kernel[64];
+    char kernel[64], opts[64];
     snprintf(kernel, sizeof kernel, "%s_%s", name, contig ? "contig" : "strided");
-    if (kiln__launch(ctx, op, EW_PROGRAM, EW_OPTIONS, kernel, na, args, (size_t)numel, 0) != KILN_OK) {
+    snprintf(opts, sizeof opts, "%s%s", EW_OPTIONS, kiln__half_options(dt));
+    if (kiln__launch(ctx, op, EW_PROGRAM, opts, kernel, na, args, (size_t)numel, 0) != KILN_OK) {
         kiln_tensor_free(out);
         return NULL;
     }

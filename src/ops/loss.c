@@ -754,6 +754,12 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
                             kiln_tensor *weight, int ignore_index, float ls, kiln_reduction r) {
     kiln_tensor *ts[2] = {logits, target};
     if (!kiln__check_inputs(ctx, op, 2, ts)) return NULL;
+    kiln_tensor *logitsf = kiln__autocast_f32(ctx, logits); /* autocast: an f32 op (kiln/amp.h) */
+    if (logitsf != logits) {
+        kiln_tensor *res = ce_impl(ctx, op, nll, logitsf, target, weight, ignore_index, ls, r);
+        kiln_tensor_free(logitsf);
+        return res;
+    }
     const char *xname = nll ? "logp" : "logits";
     if (!check_dtype(ctx, op, xname, logits, KILN_F32) || !check_dtype(ctx, op, "target", target, KILN_I32) ||
         !check_reduction(ctx, op, r) || !check_optional(ctx, op, "weight", weight))

@@ -1,7 +1,9 @@
 /* src/ops/matmul.c - matrix products with torch.matmul semantics on CLBlast's SGEMM and
  * strided-batched SGEMM, or on CPUs kiln's own kernels (kiln__sgemm decides, see
  * src/ops/gemm.c), reading views in place through offsets, leading dims and transpose
- * flags. */
+ * flags. Operands of f16 or bf16 go to kiln's own kernels on every device, which read
+ * each operand in its dtype and sum in f32 (kiln__gemm_run_dt); two operands of one half
+ * dtype give that dtype, f32 with a half gives f32 (the backward's products). */
 #include <stdio.h>
 #include <string.h>
 
@@ -126,11 +128,13 @@ typedef struct matmul_state {
     int flags; /* KILN_TRANS_A, KILN_TRANS_B */
 } matmul_state;
 
-/* What an error message names: the op and both input shapes. */
+/* What an error message names: the op and both input shapes; and the operands' dtypes. */
 typedef struct mm_call {
     kiln_ctx *ctx;
     const char *op;
     const kiln_tensor *a, *b;
+    kiln_dtype dt[3]; /* A, B and C */
+    bool half;        /* some operand is f16 or bf16: kiln's own kernels (kiln__gemm_run_dt) */
 } mm_call;
 
 static kiln_status clblast_fail(const mm_call *mc, CLBlastStatusCode s, const char *routine, size_t m, size_t n,
@@ -229,6 +233,11 @@ static kiln_status gemm_split(const mm_call *mc, const operand *a, const operand
 static kiln_status gemm(const mm_call *mc, const operand *a, const operand *b, cl_mem c, size_t m, size_t n, size_t k,
                         size_t lda, size_t aoff, size_t astride, size_t boff, size_t bstride, size_t coff,
                         size_t batch) {
+    if (mc->half) {
+        mc->ctx->hooks.matmul_last_parts = 1;
+        return kiln__gemm_run_dt(mc->ctx, mc->op, mc->dt, a->trans, b->trans, m, n, k, 1.0f, a->t->st->mem, aoff, lda,
+                                 astride, b->t->st->mem, boff, (size_t)b->ld, bstride, 0.0f, c, coff, n, m * n, batch);
+    }
     /* kiln's own kernels (on CPUs) give every 4 x 4 or 8 x 32 block of C a work-item: enough
      * of them without a split */
     size_t parts = batch == 1 && !kiln__gemm_own_takes(mc->ctx, a->trans, b->trans, m, n, k, 1, 0.0f)
@@ -308,10 +317,12 @@ static kiln_tensor *matmul(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_t
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: unknown flags 0x%x", op, (unsigned)flags);
         return NULL;
     }
-    if (a->dtype != KILN_F32 || b->dtype != KILN_F32) {
-        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: only f32 is supported, got %s %s and %s %s", op, kiln_dtype_name(a->dtype),
-                   kiln__shape_str(a->ndim, a->shape, s1, sizeof s1), kiln_dtype_name(b->dtype),
-                   kiln__shape_str(b->ndim, b->shape, s2, sizeof s2));
+    bool fa = a->dtype == KILN_F32 || kiln_dtype_is_half(a->dtype),
+         fb = b->dtype == KILN_F32 || kiln_dtype_is_half(b->dtype);
+    if (!fa || !fb) {
+        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: f32, f16 and bf16 are supported, got %s %s and %s %s", op,
+                   kiln_dtype_name(a->dtype), kiln__shape_str(a->ndim, a->shape, s1, sizeof s1),
+                   kiln_dtype_name(b->dtype), kiln__shape_str(b->ndim, b->shape, s2, sizeof s2));
         return NULL;
     }
     if (a->ndim == 0 || b->ndim == 0) {
@@ -320,7 +331,10 @@ static kiln_tensor *matmul(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_t
                    kiln__shape_str(b->ndim, b->shape, s2, sizeof s2));
         return NULL;
     }
-    mm_call mc = {ctx, op, a, b};
+    /* one half dtype: its output is half; f32 and a half: f32 (torch's promotion), each
+     * operand read in its own dtype */
+    kiln_dtype odt = a->dtype == b->dtype ? a->dtype : KILN_F32;
+    mm_call mc = {ctx, op, a, b, {a->dtype, b->dtype, odt}, a->dtype != KILN_F32 || b->dtype != KILN_F32};
     operand oa, ob;
     describe(&oa, a, true);
     describe(&ob, b, false);
@@ -360,7 +374,7 @@ static kiln_tensor *matmul(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_t
     if (!oa.vec) oshape[ond++] = m;
     if (!ob.vec) oshape[ond++] = n;
 
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, ond, oshape);
+    kiln_tensor *out = kiln__tensor_new(ctx, op, odt, ond, oshape);
     if (!out) return NULL;
     if (kiln__numel(ond, oshape) == 0) return out;
     if (k == 0) {
@@ -446,8 +460,14 @@ static kiln_status bw_matmul(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 }
 
 static kiln_tensor *matmul_recorded(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_tensor *b, int flags) {
+    kiln_tensor *in[2] = {a, b}, *cast[2];
+    int nc = kiln__autocast_inputs(ctx, 2, in, cast); /* autocast: f32 operands to half */
+    if (nc != 0) {
+        kiln_tensor *r = nc > 0 ? matmul_recorded(ctx, op, cast[0], cast[1], flags) : NULL;
+        kiln__half_release(2, in, cast);
+        return r;
+    }
     kiln_tensor *out = matmul(ctx, op, a, b, flags);
-    kiln_tensor *in[2] = {a, b};
     if (out && kiln__grad_wanted(ctx, 2, in)) {
         kiln__node *n = kiln__node_new(ctx, op, out, 2, in, bw_matmul);
         if (!n) {
@@ -494,9 +514,18 @@ static kiln_status bw_linear(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 
 kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b) {
     if (!b) return kiln_matmul_ex(ctx, x, w, KILN_TRANS_B);
-    bool fuse = x && w && x->dtype == KILN_F32 && w->dtype == KILN_F32 && b->dtype == KILN_F32 && x->ndim >= 2 &&
-                w->ndim == 2 && b->ndim == 1 && x->shape[x->ndim - 1] == w->shape[1] && b->shape[0] == w->shape[0] &&
-                kiln__is_contiguous(x) && kiln__is_contiguous(w);
+    kiln_tensor *in3[3] = {x, w, b}, *cast[3];
+    int nc = kiln__autocast_inputs(ctx, 3, in3, cast); /* autocast: x, W and b to half */
+    if (nc != 0) {
+        kiln_tensor *r = nc > 0 ? kiln__linear(ctx, op, cast[0], cast[1], cast[2]) : NULL;
+        kiln__half_release(3, in3, cast);
+        return r;
+    }
+    /* fused: f32, or x, W and b of one half dtype (kiln's own kernel reads them) */
+    bool same = x && w && (x->dtype == KILN_F32 || kiln_dtype_is_half(x->dtype)) && w->dtype == x->dtype &&
+                b->dtype == x->dtype;
+    bool fuse = same && x->ndim >= 2 && w->ndim == 2 && b->ndim == 1 && x->shape[x->ndim - 1] == w->shape[1] &&
+                b->shape[0] == w->shape[0] && kiln__is_contiguous(x) && kiln__is_contiguous(w);
     int64_t in = fuse ? w->shape[1] : 0, out = fuse ? w->shape[0] : 0;
     int64_t rows = fuse ? kiln__numel(x->ndim, x->shape) / (in ? in : 1) : 0;
     fuse = fuse && rows > 0 && in > 0 && out > 0 &&
@@ -509,11 +538,13 @@ kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_te
     int64_t oshape[KILN_MAX_DIMS];
     memcpy(oshape, x->shape, sizeof(int64_t) * (size_t)x->ndim);
     oshape[x->ndim - 1] = out;
-    kiln_tensor *y = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, oshape);
+    kiln_tensor *y = kiln__tensor_new(ctx, op, x->dtype, x->ndim, oshape);
     if (!y) return NULL;
+    kiln_dtype dt[4] = {x->dtype, x->dtype, x->dtype, x->dtype};
     if (kiln__gemm_run_bias(ctx, op, (size_t)rows, (size_t)out, (size_t)in, x->st->mem, (size_t)x->offset, (size_t)in,
                             w->st->mem, (size_t)w->offset, (size_t)in, y->st->mem, (size_t)y->offset, (size_t)out,
-                            b->st->mem, (size_t)b->offset, (size_t)b->strides[0]) != KILN_OK) {
+                            b->st->mem, (size_t)b->offset, (size_t)b->strides[0],
+                            x->dtype == KILN_F32 ? NULL : dt) != KILN_OK) {
         kiln_tensor_free(y);
         return NULL;
     }

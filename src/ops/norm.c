@@ -381,6 +381,12 @@ kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running
                              kiln_tensor *weight, kiln_tensor *bias, bool training, float momentum, float eps) {
     static const char op[] = "kiln_batch_norm";
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
+    if (xf != x) {
+        kiln_tensor *res = kiln_batch_norm(ctx, xf, running_mean, running_var, weight, bias, training, momentum, eps);
+        kiln_tensor_free(xf);
+        return res;
+    }
     /* optional tensors: only another context is an error (NULL means absent) */
     kiln_tensor *opt[4] = {running_mean, running_var, weight, bias};
     for (int j = 0; j < 4; j++) {
@@ -444,6 +450,12 @@ kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tens
                              float eps) {
     static const char op[] = "kiln_layer_norm";
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
+    if (xf != x) {
+        kiln_tensor *res = kiln_layer_norm(ctx, xf, nnorm, weight, bias, eps);
+        kiln_tensor_free(xf);
+        return res;
+    }
     kiln_tensor *opt[2] = {weight, bias};
     for (int j = 0; j < 2; j++) {
         if (opt[j] && opt[j]->ctx != ctx) {
@@ -545,6 +557,12 @@ static kiln_status identity_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tenso
 kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training) {
     static const char op[] = "kiln_dropout";
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
+    if (xf != x) {
+        kiln_tensor *res = kiln_dropout(ctx, xf, p, training);
+        kiln_tensor_free(xf);
+        return res;
+    }
     if (!check_f32(ctx, op, "input", x)) return NULL;
     if (!(p >= 0.0f && p <= 1.0f)) {
         char sx[160];

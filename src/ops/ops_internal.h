@@ -65,6 +65,53 @@ kiln_status kiln__accum(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
  * is accumulated as by kiln__accum and freed. Either way the caller no longer holds g. */
 kiln_status kiln__accum_owned(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g);
 
+/* ---- half precision (src/ops/cast.c) --------------------------------------------- */
+
+/* t (f32, f16 or bf16, any view) converted into a new contiguous tensor of dtype, as
+ * kiln_to_dtype but without autograd; KILN_ERR_DTYPE naming op for other dtypes. */
+kiln_tensor *kiln__convert(kiln_ctx *ctx, const char *op, kiln_tensor *t, kiln_dtype dtype);
+
+/* How an op gets a half variant: its kernels read and write through KILN_S/KILN_LD/KILN_ST
+ * (cl_kernels/common.cl) and compute in float; the host builds them with the options
+ * kiln__half_options(dtype) adds (none for f32: the f32 build is unchanged). The op calls
+ * kiln__half_inputs on its float inputs: when all have one dtype it returns it (the op
+ * runs that build and its output has that dtype); when f32 and halves mix it converts the
+ * halves into f32 copies in use[] and returns KILN_F32 (torch's promotion); a non-float
+ * input fails naming op (KILN_DTYPE_COUNT returned). use[j] is ts[j] where nothing was
+ * converted; kiln__half_release frees the copies after the launch. The op records its
+ * node with ts (the gradient goes to the caller's tensors) and its backward reads f32
+ * gradients (gradients on the tape are f32 whatever the forward's dtype).
+ *
+ * An op without a half variant calls kiln__refuse_half first (or checks for f32 itself):
+ * a half input fails with KILN_ERR_DTYPE naming the op and the dtype, never a silent
+ * misread of 16-bit data. */
+const char *kiln__half_options(kiln_dtype dt);
+kiln_dtype kiln__half_inputs(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *ts, kiln_tensor **use);
+void kiln__half_release(int n, kiln_tensor *const *ts, kiln_tensor **use);
+bool kiln__refuse_half(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const *ts);
+
+/* Autocast (include/kiln/amp.h). The ops that run in half under autocast (matmul, linear,
+ * conv2d) call kiln__autocast_inputs: with autocast on, their f32 inputs among ts[0..n)
+ * (NULL allowed) are converted to the autocast dtype in cast[] by kiln_to_dtype (so the
+ * f32 tensors get the gradients); returns how many (0: run as is; the op then calls
+ * itself on cast[] and frees them with kiln__half_release), -1 with the error set. The ops
+ * without a half variant begin with t = kiln__autocast_f32(ctx, t) for each float input:
+ * with autocast on, a half t comes back as a differentiable f32 conversion (the op calls
+ * itself on it and frees it), otherwise t itself. */
+int kiln__autocast_inputs(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln_tensor **cast);
+kiln_tensor *kiln__autocast_f32(kiln_ctx *ctx, kiln_tensor *t);
+
+/* A half variant through f32 copies, for ops whose kernels read only f32 (conv2d): when
+ * kiln__any_half(n, ts), the op returns kiln__via_f32(ctx, n, ts, fn, arg), which runs fn
+ * on the inputs with every half converted to f32 (differentiably; NULL inputs stay NULL)
+ * and converts the result to the inputs' half dtype (f32 when f32 and halves mix, as
+ * torch promotes). Costs a conversion of each half input and of the output. n <=
+ * KILN__VIA_F32_MAX. */
+#define KILN__VIA_F32_MAX 4
+typedef kiln_tensor *(*kiln__f32_fn)(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg);
+bool kiln__any_half(int n, kiln_tensor *const *ts);
+kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg);
+
 /* ---- the GEMM router (src/ops/sgemm.c) --------------------------------------------- */
 
 /* Row-major C = alpha op(A) op(B) + beta C, enqueued on ctx's queue with no event; batch
@@ -121,11 +168,20 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
  * B^T + bias, one launch): A B^T that kiln__gemm_own_takes, unless ctx->hooks.gemm_epilogue
  * is -1 or KILN_GEMM_EPILOGUE=off (then the caller adds the bias itself). */
 bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch);
+/* kiln__gemm_run with A, B and C of dtypes dt[0..3) (f32, f16 or bf16 each): kiln's own
+ * kernels built to read and write halves (gemm.cl's A_DT, B_DT, C_DT), every product and
+ * sum in f32; half operands are never padded. For every device: CLBlast's HGEMM would
+ * need cl_khr_fp16 and accumulates in half precision, less accurately than PyTorch. */
+kiln_status kiln__gemm_run_dt(kiln_ctx *ctx, const char *op, const kiln_dtype dt[3], bool ta, bool tb, size_t m,
+                              size_t n, size_t k, float alpha, cl_mem a, size_t aoff, size_t lda, size_t astride,
+                              cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta, cl_mem c, size_t coff,
+                              size_t ldc, size_t cstride, size_t batch);
 /* Row-major C [m, n] = A [m, k] B^T (B [n, k]) + bias, bias[j] at bias_off + j * bias_st:
- * a linear layer's forward in one launch of gemm_nt (its NT_BIAS program). */
+ * a linear layer's forward in one launch of gemm_nt (its NT_BIAS program). dt: NULL (all
+ * f32) or the dtypes of A, B, C and the bias. */
 kiln_status kiln__gemm_run_bias(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, cl_mem a, size_t aoff,
                                 size_t lda, cl_mem b, size_t boff, size_t ldb, cl_mem c, size_t coff, size_t ldc,
-                                cl_mem bias, size_t bias_off, size_t bias_st);
+                                cl_mem bias, size_t bias_off, size_t bias_st, const kiln_dtype *dt);
 /* A linear layer's forward x W^T + b (b NULL: none), differentiable in all three: with
  * kiln__gemm_bias_takes one fused launch where x and W are contiguous, else kiln_matmul_ex
  * and kiln_add. */

@@ -63,6 +63,12 @@ static kiln_status bw_extreme(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
 static kiln_tensor *reduce_axes(kiln_ctx *ctx, const char *op, kiln__red_kind kind, kiln_tensor *t, int naxes,
                                 const int *axes, bool keepdim) {
     if (!kiln__check_inputs(ctx, op, 1, &t)) return NULL;
+    kiln_tensor *tf = kiln__autocast_f32(ctx, t); /* autocast: an f32 op (kiln/amp.h) */
+    if (tf != t) {
+        kiln_tensor *res = reduce_axes(ctx, op, kind, tf, naxes, axes, keepdim);
+        kiln_tensor_free(tf);
+        return res;
+    }
     if (!check_f32(ctx, op, t)) return NULL;
     bool red[KILN_MAX_DIMS];
     if (!kiln__reduce_axes(ctx, op, t, naxes, axes, red)) return NULL;

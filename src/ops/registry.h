@@ -59,7 +59,8 @@
     X(LOSS, loss, "src/ops/loss.c", "cl_kernels/loss.cl")                                                              \
     X(SAMPLE, sample, "src/ops/sample.c", "cl_kernels/sample.cl")                                                      \
     X(ATTENTION, attention, "src/ops/attention.c", "cl_kernels/attention.cl")                                          \
-    X(OPTIM, optim, "src/optim/optim.c", "cl_kernels/optim.cl")
+    X(OPTIM, optim, "src/optim/optim.c", "cl_kernels/optim.cl")                                                        \
+    X(CAST, cast, "src/ops/cast.c", "cl_kernels/cast.cl")
 
 #define KILN__GRAD true
 #define KILN__NOGRAD false
@@ -189,7 +190,9 @@
     X(ADAM, adam, kiln_adam, OPTIM, KILN__NOGRAD, KILN__G("adam_"), "test_optim.c", KILN__REF_F64)                     \
     X(ADAMW, adamw, kiln_adamw, OPTIM, KILN__NOGRAD, KILN__G("adamw_"), "test_optim.c", KILN__REF_F64)                 \
     X(CLIP_GRAD_NORM, clip_grad_norm, kiln_clip_grad_norm_tensor, OPTIM, KILN__NOGRAD, KILN__G("clip0."), "test_optim.c", KILN__REF_F64) \
-    X(CLIP_GRAD_VALUE, clip_grad_value, kiln_clip_grad_value, OPTIM, KILN__NOGRAD, KILN__G("clipv."), "test_optim.c", 0u)
+    X(CLIP_GRAD_VALUE, clip_grad_value, kiln_clip_grad_value, OPTIM, KILN__NOGRAD, KILN__G("clipv."), "test_optim.c", 0u) \
+    /* dtype conversions: host reference and golden cast.safetensors (gen_cast.py: torch's .to()) */                 \
+    X(TO_DTYPE, to_dtype, kiln_to_dtype, CAST, KILN__GRAD, KILN__G("to_dtype."), "test_half.c", KILN__REF_F64)
 /* clang-format on */
 
 typedef enum kiln__family {

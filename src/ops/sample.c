@@ -16,7 +16,10 @@ kiln_tensor *kiln_sample_logits(kiln_ctx *ctx, kiln_tensor *logits, float temper
     if (!kiln__check_inputs(ctx, op, 1, &logits)) return NULL;
     char sb[160];
     kiln__shape_str(logits->ndim, logits->shape, sb, sizeof sb);
-    if (logits->dtype != KILN_F32) return kiln__fail(ctx, KILN_ERR_DTYPE, "%s: logits %s must be F32", op, sb), NULL;
+    if (logits->dtype != KILN_F32)
+        return kiln__fail(ctx, KILN_ERR_DTYPE, "%s: logits %s are %s; they must be F32", op, sb,
+                          kiln_dtype_name(logits->dtype)),
+               NULL;
     if (logits->ndim != 2)
         return kiln__fail(ctx, KILN_ERR_SHAPE, "%s: logits %s must be [B, V] (2 dims)", op, sb), NULL;
     int64_t B = logits->shape[0], V = logits->shape[1];

@@ -65,6 +65,9 @@ struct kiln_optim {
 void kiln__optim_set_lr_raw(kiln_optim *opt, int g, double lr);
 double kiln__optim_initial_lr(kiln_optim *opt, int g);
 void kiln__optim_reset_lr(kiln_optim *opt);
+/* Used by src/optim/scaler.c: kiln_optim_step with every update skipped on the device
+ * when found_inf (an i32 tensor) holds a non-zero first element. */
+kiln_status kiln__optim_step_skip(kiln_optim *opt, kiln_tensor *found_inf);
 
 /* Python's repr of a float ("-1.0", "0.1", "nan"), for torch's error messages. */
 static const char *pyfloat(double v, char *buf, size_t cap) {
@@ -595,11 +598,22 @@ kiln_status kiln_optim_set_step_count(kiln_optim *opt, int i, int64_t step) {
 
 /* ---- step ------------------------------------------------------------------------------ */
 
-static kiln_status launch_update(kiln_optim *opt, int i, kiln_tensor *g, bool first) {
+/* The launch of an update kernel, with the GradScaler's found-inf flag (skip, NULL: none)
+ * as its last argument and the KILN_SKIP build when there is one. */
+static kiln_status launch_opt(kiln_optim *opt, const char *kernel, size_t na, kiln__karg *a, size_t n,
+                              kiln_tensor *skip) {
+    cl_int fioff = skip ? (cl_int)skip->offset : 0;
+    if (skip) {
+        a[na++] = KILN__ARG(skip->st->mem);
+        a[na++] = KILN__ARG(fioff);
+    }
+    return kiln__launch(opt->ctx, "kiln_optim_step", OPT_PROGRAM, skip ? "-DKILN_SKIP" : "", kernel, na, a, n, 0);
+}
+
+static kiln_status launch_update(kiln_optim *opt, int i, kiln_tensor *g, bool first, kiln_tensor *skip) {
     opt_param *q = &opt->ps[i];
     const opt_group *o = &opt->groups[q->group];
     opt_kind kind = opt->kind;
-    kiln_ctx *ctx = opt->ctx;
     kiln_tensor *p = q->p;
     cl_int n = (cl_int)kiln__numel(p->ndim, p->shape);
     cl_int poff = (cl_int)p->offset, goff = (cl_int)g->offset;
@@ -611,29 +625,54 @@ static kiln_status launch_update(kiln_optim *opt, int i, kiln_tensor *g, bool fi
     }
     cl_int flags = o->maximize ? KILN_OPT_MAXIMIZE : 0;
     if (kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
-    const char *op = "kiln_optim_step";
     if (kind == OPT_SGD) {
         if (o->momentum != 0) flags |= KILN_OPT_MOMENTUM;
         if (first) flags |= KILN_OPT_FIRST;
         if (o->nesterov) flags |= KILN_OPT_NESTEROV;
         cl_float neg_lr = (cl_float)-o->lr, mom = (cl_float)o->momentum, damp1 = (cl_float)(1 - o->dampening),
                  wd = (cl_float)o->weight_decay;
-        kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
-                          KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(n),          KILN__ARG(neg_lr),
-                          KILN__ARG(mom),        KILN__ARG(damp1),  KILN__ARG(wd),         KILN__ARG(flags)};
-        return kiln__launch(ctx, op, OPT_PROGRAM, "", "sgd_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+        kiln__karg a[] = {KILN__ARG(p->st->mem),
+                          KILN__ARG(poff),
+                          KILN__ARG(g->st->mem),
+                          KILN__ARG(goff),
+                          KILN__ARG(mem[0]),
+                          KILN__ARG(off[0]),
+                          KILN__ARG(n),
+                          KILN__ARG(neg_lr),
+                          KILN__ARG(mom),
+                          KILN__ARG(damp1),
+                          KILN__ARG(wd),
+                          KILN__ARG(flags),
+                          {0},
+                          {0}};
+        return launch_opt(opt, "sgd_step", sizeof a / sizeof a[0] - 2, a, (size_t)n, skip);
     }
     if (kind == OPT_RMSPROP) {
         if (o->momentum > 0) flags |= KILN_OPT_MOMENTUM;
         if (o->centered) flags |= KILN_OPT_CENTERED;
         cl_float neg_lr = (cl_float)-o->lr, alpha = (cl_float)o->alpha, oma = (cl_float)(1 - o->alpha),
                  eps = (cl_float)o->eps, wd = (cl_float)o->weight_decay, mom = (cl_float)o->momentum;
-        kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),   KILN__ARG(g->st->mem), KILN__ARG(goff),
-                          KILN__ARG(mem[0]),     KILN__ARG(off[0]), KILN__ARG(mem[1]),     KILN__ARG(off[1]),
-                          KILN__ARG(mem[2]),     KILN__ARG(off[2]), KILN__ARG(n),          KILN__ARG(neg_lr),
-                          KILN__ARG(alpha),      KILN__ARG(oma),    KILN__ARG(eps),        KILN__ARG(wd),
-                          KILN__ARG(mom),        KILN__ARG(flags)};
-        return kiln__launch(ctx, op, OPT_PROGRAM, "", "rmsprop_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+        kiln__karg a[] = {KILN__ARG(p->st->mem),
+                          KILN__ARG(poff),
+                          KILN__ARG(g->st->mem),
+                          KILN__ARG(goff),
+                          KILN__ARG(mem[0]),
+                          KILN__ARG(off[0]),
+                          KILN__ARG(mem[1]),
+                          KILN__ARG(off[1]),
+                          KILN__ARG(mem[2]),
+                          KILN__ARG(off[2]),
+                          KILN__ARG(n),
+                          KILN__ARG(neg_lr),
+                          KILN__ARG(alpha),
+                          KILN__ARG(oma),
+                          KILN__ARG(eps),
+                          KILN__ARG(wd),
+                          KILN__ARG(mom),
+                          KILN__ARG(flags),
+                          {0},
+                          {0}};
+        return launch_opt(opt, "rmsprop_step", sizeof a / sizeof a[0] - 2, a, (size_t)n, skip);
     }
     /* Adam/AdamW: torch's Python arithmetic in double with the step already incremented. */
     if (o->amsgrad) flags |= KILN_OPT_AMSGRAD;
@@ -645,13 +684,30 @@ static kiln_status launch_update(kiln_optim *opt, int i, kiln_tensor *g, bool fi
              omb2 = (cl_float)(1 - o->beta2), wd = (cl_float)o->weight_decay,
              decay = (cl_float)(1 - o->lr * o->weight_decay), neg_step = (cl_float)-step_size,
              bc2s = (cl_float)sqrt(bc2), eps = (cl_float)o->eps;
-    kiln__karg a[] = {KILN__ARG(p->st->mem), KILN__ARG(poff),     KILN__ARG(g->st->mem), KILN__ARG(goff),
-                      KILN__ARG(mem[0]),     KILN__ARG(off[0]),   KILN__ARG(mem[1]),     KILN__ARG(off[1]),
-                      KILN__ARG(mem[2]),     KILN__ARG(off[2]),   KILN__ARG(n),          KILN__ARG(b1),
-                      KILN__ARG(omb1),       KILN__ARG(b2),       KILN__ARG(omb2),       KILN__ARG(wd),
-                      KILN__ARG(decay),      KILN__ARG(neg_step), KILN__ARG(bc2s),       KILN__ARG(eps),
-                      KILN__ARG(flags)};
-    return kiln__launch(ctx, op, OPT_PROGRAM, "", "adam_step", sizeof a / sizeof a[0], a, (size_t)n, 0);
+    kiln__karg a[] = {KILN__ARG(p->st->mem),
+                      KILN__ARG(poff),
+                      KILN__ARG(g->st->mem),
+                      KILN__ARG(goff),
+                      KILN__ARG(mem[0]),
+                      KILN__ARG(off[0]),
+                      KILN__ARG(mem[1]),
+                      KILN__ARG(off[1]),
+                      KILN__ARG(mem[2]),
+                      KILN__ARG(off[2]),
+                      KILN__ARG(n),
+                      KILN__ARG(b1),
+                      KILN__ARG(omb1),
+                      KILN__ARG(b2),
+                      KILN__ARG(omb2),
+                      KILN__ARG(wd),
+                      KILN__ARG(decay),
+                      KILN__ARG(neg_step),
+                      KILN__ARG(bc2s),
+                      KILN__ARG(eps),
+                      KILN__ARG(flags),
+                      {0},
+                      {0}};
+    return launch_opt(opt, "adam_step", sizeof a / sizeof a[0] - 2, a, (size_t)n, skip);
 }
 
 /* Whether parameters i and j update with the same kernel scalars. */
@@ -664,7 +720,7 @@ static bool same_scalars(const kiln_optim *opt, int i, int j) {
 
 /* One *_multi launch for parameters ps[idx[0..nb)] (same_scalars) with contiguous
  * gradients gs. Arithmetic as launch_update's, element by element. */
-static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *const *gs, int nb) {
+static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *const *gs, int nb, kiln_tensor *skip) {
     const opt_param *q0 = &opt->ps[idx[0]];
     const opt_group *o = &opt->groups[q0->group];
     opt_kind kind = opt->kind;
@@ -686,7 +742,7 @@ static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *co
         T.goff[k] = (cl_int)gs[k]->offset;
         for (int sl = 0; sl < OPT_NSLOT; sl++) T.soff[sl][k] = q->state[sl] ? (cl_int)q->state[sl]->offset : 0;
     }
-    kiln__karg a[1 + 5 * KILN_OPT_MULTI + 10];
+    kiln__karg a[1 + 5 * KILN_OPT_MULTI + 12];
     size_t na = 0;
     a[na++] = KILN__ARG(T);
     int nbuf = kind == OPT_SGD ? 1 : OPT_NSLOT;
@@ -697,7 +753,6 @@ static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *co
     cl_int flags = o->maximize ? KILN_OPT_MAXIMIZE : 0;
     if (kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
     size_t n = (size_t)T.start[nb];
-    const char *op = "kiln_optim_step";
     if (kind == OPT_SGD) {
         if (o->momentum != 0) flags |= KILN_OPT_MOMENTUM;
         if (q0->fresh) flags |= KILN_OPT_FIRST;
@@ -706,7 +761,7 @@ static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *co
                  wd = (cl_float)o->weight_decay;
         a[na++] = KILN__ARG(neg_lr), a[na++] = KILN__ARG(mom), a[na++] = KILN__ARG(damp1), a[na++] = KILN__ARG(wd);
         a[na++] = KILN__ARG(flags);
-        return kiln__launch(opt->ctx, op, OPT_PROGRAM, "", "sgd_multi", na, a, n, 0);
+        return launch_opt(opt, "sgd_multi", na, a, n, skip);
     }
     if (kind == OPT_RMSPROP) {
         if (o->momentum > 0) flags |= KILN_OPT_MOMENTUM;
@@ -715,7 +770,7 @@ static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *co
                  eps = (cl_float)o->eps, wd = (cl_float)o->weight_decay, mom = (cl_float)o->momentum;
         a[na++] = KILN__ARG(neg_lr), a[na++] = KILN__ARG(alpha), a[na++] = KILN__ARG(oma), a[na++] = KILN__ARG(eps);
         a[na++] = KILN__ARG(wd), a[na++] = KILN__ARG(mom), a[na++] = KILN__ARG(flags);
-        return kiln__launch(opt->ctx, op, OPT_PROGRAM, "", "rmsprop_multi", na, a, n, 0);
+        return launch_opt(opt, "rmsprop_multi", na, a, n, skip);
     }
     if (o->amsgrad) flags |= KILN_OPT_AMSGRAD;
     if (kind == OPT_ADAMW) flags |= KILN_OPT_DECOUPLED;
@@ -729,10 +784,16 @@ static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *co
     a[na++] = KILN__ARG(b1), a[na++] = KILN__ARG(omb1), a[na++] = KILN__ARG(b2), a[na++] = KILN__ARG(omb2);
     a[na++] = KILN__ARG(wd), a[na++] = KILN__ARG(decay), a[na++] = KILN__ARG(neg_step), a[na++] = KILN__ARG(bc2s);
     a[na++] = KILN__ARG(eps), a[na++] = KILN__ARG(flags);
-    return kiln__launch(opt->ctx, op, OPT_PROGRAM, "", "adam_multi", na, a, n, 0);
+    return launch_opt(opt, "adam_multi", na, a, n, skip);
 }
 
-kiln_status kiln_optim_step(kiln_optim *opt) {
+static kiln_status optim_step(kiln_optim *opt, kiln_tensor *skip);
+
+kiln_status kiln_optim_step(kiln_optim *opt) { return optim_step(opt, NULL); }
+
+kiln_status kiln__optim_step_skip(kiln_optim *opt, kiln_tensor *found_inf) { return optim_step(opt, found_inf); }
+
+static kiln_status optim_step(kiln_optim *opt, kiln_tensor *skip) {
     const char *op = "kiln_optim_step";
     if (!opt) return kiln__fail_global(KILN_ERR_NULL, "%s: optimizer is NULL", op);
     kiln_ctx *ctx = opt->ctx;
@@ -748,15 +809,28 @@ kiln_status kiln_optim_step(kiln_optim *opt) {
                               i, kiln__shape_str(p->ndim, p->shape, sp, sizeof sp),
                               kiln__shape_str(g->ndim, g->shape, sg, sizeof sg), kiln_dtype_name(g->dtype));
     }
+    /* A step the device may skip cannot rely on its first update writing SGD's momentum
+     * buffer from the gradient: the buffer starts at 0 instead, the same first update
+     * (0 * momentum + d * 1) only without dampening. */
+    for (int i = 0; skip && opt->kind == OPT_SGD && i < opt->n; i++) {
+        const opt_group *o = &opt->groups[opt->ps[i].group];
+        if (opt->ps[i].p->grad && !opt->ps[i].state[0] && o->momentum != 0 && o->dampening != 0)
+            return kiln__fail(ctx, KILN_ERR_UNSUPPORTED,
+                              "%s: parameter %d: SGD with momentum and dampening %g under a GradScaler (its first "
+                              "update may be skipped on the device, so the momentum buffer starts at 0: the same "
+                              "update as torch's only with dampening 0)",
+                              op, i, o->dampening);
+    }
     /* State first (allocation is what can fail), so a failure leaves parameters as they were. */
     for (int i = 0; i < opt->n; i++) {
         if (!opt->ps[i].p->grad || !opt->ps[i].p->requires_grad) continue;
         const bool *used = opt->groups[opt->ps[i].group].used;
         for (int s = 0; s < OPT_NSLOT; s++) {
             if (!used[s] || opt->ps[i].state[s]) continue;
-            /* SGD's buffer is written from the gradient by its first step. */
-            if (!state_new(opt, i, s, opt->kind != OPT_SGD)) return ctx->err;
-            if (opt->kind == OPT_SGD) opt->ps[i].fresh = true;
+            /* SGD's buffer is written from the gradient by its first step (zeroed when the
+             * step may be skipped, above). */
+            if (!state_new(opt, i, s, opt->kind != OPT_SGD || skip)) return ctx->err;
+            if (opt->kind == OPT_SGD && !skip) opt->ps[i].fresh = true;
         }
     }
     /* Parameters that share their scalars (group, step count, a fresh SGD buffer) go up to
@@ -780,8 +854,8 @@ kiln_status kiln_optim_step(kiln_optim *opt) {
         }
         if (nb > 0 &&
             (!take || !multi || nb == KILN_OPT_MULTI || total + n > INT32_MAX || !same_scalars(opt, batch[0], i))) {
-            s = multi ? launch_multi(opt, batch, gcs, nb)
-                      : launch_update(opt, batch[0], gcs[0], opt->ps[batch[0]].fresh);
+            s = multi ? launch_multi(opt, batch, gcs, nb, skip)
+                      : launch_update(opt, batch[0], gcs[0], opt->ps[batch[0]].fresh, skip);
             for (int k = 0; k < nb; k++) {
                 opt_param *d = &opt->ps[batch[k]];
                 if (gcs[k] != d->p->grad) kiln_tensor_free(gcs[k]);

@@ -436,6 +436,10 @@ static uint32_t value_bits(kiln_dtype dt, float value) {
         memcpy(&bits, &i, 4);
     } else if (dt == KILN_U8) {
         bits = (uint8_t)value;
+    } else if (dt == KILN_F16) {
+        bits = kiln_f32_to_f16(value);
+    } else if (dt == KILN_BF16) {
+        bits = kiln_f32_to_bf16(value);
     } else {
         memcpy(&bits, &value, 4);
     }
@@ -444,7 +448,6 @@ static uint32_t value_bits(kiln_dtype dt, float value) {
 
 kiln_status kiln_fill(kiln_tensor *t, float value) {
     if (!t) return kiln__fail_global(KILN_ERR_NULL, "kiln_fill: tensor is NULL");
-    if (t->dtype == KILN_F16) return kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_fill: f16 tensors are not supported yet");
     return fill_bits(t->ctx, "kiln_fill", t, value_bits(t->dtype, value));
 }
 
@@ -572,13 +575,16 @@ float kiln_tensor_item(kiln_tensor *t) {
         float f;
         int32_t i;
         uint8_t u;
+        uint16_t h;
     } v;
-    if (t->dtype != KILN_F32 && t->dtype != KILN_I32 && t->dtype != KILN_U8) {
-        kiln__fail(t->ctx, KILN_ERR_DTYPE, "kiln_tensor_item: %s is not supported", kiln_dtype_name(t->dtype));
-        return NAN;
-    }
     if (kiln_to_host(t, &v, sizeof v) != KILN_OK) return NAN;
-    return t->dtype == KILN_F32 ? v.f : t->dtype == KILN_I32 ? (float)v.i : (float)v.u;
+    switch (t->dtype) {
+    case KILN_I32: return (float)v.i;
+    case KILN_U8: return (float)v.u;
+    case KILN_F16: return kiln_f16_to_f32(v.h);
+    case KILN_BF16: return kiln_bf16_to_f32(v.h);
+    default: return v.f;
+    }
 }
 
 /* ---- guard regions (test mode) ------------------------------------------------------ */

@@ -536,6 +536,9 @@ static kiln_status fit_check(kiln_ctx *ctx, kiln_module *m, const char *op, cons
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: the optimizer belongs to another context", op);
     if (o->epochs < 1)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: epochs is %d; it must be >= 1", op, o->epochs);
+    if (o->amp != KILN_F32 && !kiln_dtype_is_half(o->amp))
+        return kiln__fail(ctx, KILN_ERR_DTYPE, "%s: amp is %s; it must be f16 or bf16 (or f32: off)", op,
+                          kiln_dtype_name(o->amp));
     /* fields are literal: a zero here would mean "stop at once" and "zero every gradient",
      * which no one asks for, so it is refused with where the defaults are */
     if (o->patience < 1 && o->patience != -1)
@@ -598,8 +601,9 @@ typedef struct fit_run {
     int64_t nbat;
     int wait; /* epochs since the monitored value last improved */
     kiln_fit_result r;
-    bool rank0; /* not distributed, or rank 0: writes the files */
-    bool show;  /* progress on and rank0 */
+    bool rank0;               /* not distributed, or rank 0: writes the files */
+    bool show;                /* progress on and rank0 */
+    kiln_grad_scaler *scaler; /* o->amp: the loss scaler, else NULL */
 } fit_run;
 
 /* Names where in the run the context's error happened and returns its status. */
@@ -618,16 +622,29 @@ static kiln_status fit_fail_at(fit_run *f, kiln_status s, const char *fmt, ...) 
 static kiln_status fit_step(fit_run *f, kiln_tensor *x, kiln_tensor *y) {
     const kiln_fit_opts *o = f->o;
     kiln_ctx *ctx = f->ctx;
+    kiln_dtype prev = f->scaler ? kiln_ctx_set_autocast(ctx, o->amp) : KILN_F32;
     kiln_tensor *out = kiln_forward(f->m, x);
     kiln_tensor *loss = batch_loss(ctx, o->loss, o->loss_user, out, y);
-    kiln_status s = loss ? tally_record(&f->t, out, y, loss, kiln_tensor_shape(x)[0]) : kiln_error_status(ctx);
+    if (f->scaler) kiln_ctx_set_autocast(ctx, prev);
+    /* the tally reads f32 outputs (autocast's are half) */
+    kiln_tensor *out32 =
+        out && kiln_tensor_dtype(out) != KILN_F32 ? kiln_to_dtype(ctx, kiln_detach(ctx, out), KILN_F32) : out;
+    kiln_status s =
+        loss && out32 ? tally_record(&f->t, out32, y, loss, kiln_tensor_shape(x)[0]) : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(o->opt);
-    if (s == KILN_OK) s = kiln_backward(loss);
+    if (s == KILN_OK) s = kiln_backward(f->scaler ? kiln_grad_scaler_scale(f->scaler, loss) : loss);
     if (s == KILN_OK && o->dist) s = kiln_dist_sync_grads(o->dist);
+    /* clipping reads the true gradients: unscaled first */
+    if (s == KILN_OK && f->scaler && !isinf(o->clip_grad_norm)) s = kiln_grad_scaler_unscale(f->scaler, o->opt);
     if (s == KILN_OK && !isinf(o->clip_grad_norm) &&
         !kiln_clip_grad_norm_tensor(ctx, f->nparams, f->params, o->clip_grad_norm, 2.0))
         s = kiln_error_status(ctx);
-    if (s == KILN_OK) s = kiln_optim_step(o->opt);
+    if (s == KILN_OK && f->scaler) {
+        s = kiln_grad_scaler_step(f->scaler, o->opt);
+        if (s == KILN_OK) s = kiln_grad_scaler_update(f->scaler);
+    } else if (s == KILN_OK) {
+        s = kiln_optim_step(o->opt);
+    }
     if (s == KILN_OK && o->sched_per_step) s = kiln_lr_sched_step(o->sched);
     return s;
 }
@@ -801,6 +818,14 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
         return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "%s: out of host memory", f.op);
     }
     for (int i = 0; i < f.nparams; i++) f.params[i] = kiln_optim_param(o->opt, i);
+    if (o->amp != KILN_F32) {
+        f.scaler = kiln_grad_scaler_new(ctx, o->amp_scaler.init_scale != 0 ? &o->amp_scaler : NULL);
+        if (!f.scaler) {
+            free(f.hist);
+            free(f.params);
+            return kiln_error_status(ctx);
+        }
+    }
 
     bool was_training = kiln_module_is_training(m);
     bool grad = kiln_ctx_set_grad_enabled(ctx, true);
@@ -823,6 +848,7 @@ kiln_status kiln_fit(kiln_module *m, const kiln_fit_opts *o, kiln_fit_result *re
     if (f.tty && s != KILN_OK) fputc('\n', stderr); /* leave the bar's line */
     snapshot_free(&f.best);
     tally_free(&f.t);
+    kiln_grad_scaler_free(f.scaler);
     free(f.params);
     free(f.hist);
     kiln_module_train(m, was_training);

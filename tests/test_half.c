@@ -1,0 +1,662 @@
+/* tests/test_half.c - half-precision storage: the f16/bf16 dtypes' host data, fills and
+ * items, kiln_to_dtype against a plain-C reference (double arithmetic, independent of the
+ * library's bit manipulation) and against PyTorch (tests/golden/cast.safetensors), every
+ * f16 value widened, and its gradient. */
+#define _POSIX_C_SOURCE 200809L
+#include <unistd.h>
+
+#include "golden.h"
+
+/* x rounded to a float format with `mant` fraction bits, smallest normal exponent emin and
+ * largest finite value max, to nearest with ties to even (rint in the default rounding
+ * mode), in double arithmetic: overflow past max is inf, as IEEE's round-to-nearest. */
+static double ref_round(double x, int mant, int emin, double max) {
+    if (isnan(x) || isinf(x) || x == 0) return x;
+    int e;
+    frexp(x, &e); /* |x| in [2^(e-1), 2^e) */
+    e -= 1;
+    if (e < emin) e = emin; /* denormals share the smallest normal's quantum */
+    double q = ldexp(1.0, e - mant);
+    double r = rint(x / q) * q;
+    if (fabs(r) > max) return x > 0 ? INFINITY : -INFINITY;
+    return r;
+}
+static double ref_f16(float x) { return ref_round(x, 10, -14, 65504.0); }
+static double ref_bf16(float x) { return ref_round(x, 7, -126, 0x1.FEp127); }
+
+static float bits_f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* f32 values the conversions must get right: edge cases, then random bit patterns. */
+static int edge_values(float *v, int cap) {
+    static const uint32_t bits[] = {0x00000000u, 0x80000000u, 0x3F800000u, 0x7F800000u, 0xFF800000u, 0x7FC00000u,
+                                    0xFFC12345u, 0x477FE000u, 0x477FEFFFu, 0x477FF000u, 0x477FF001u, 0x47800000u,
+                                    0x33000000u, 0x33000001u, 0x337FFFFFu, 0x33800000u, 0x33C00000u, 0x34200000u,
+                                    0x387FE000u, 0x387FF000u, 0x38800000u, 0x3F801000u, 0x3F803000u, 0x3F808000u,
+                                    0x3F818000u, 0x7F7F7FFFu, 0x7F7F8000u, 0x7F7FFFFFu, 0x00000001u, 0x80400000u};
+    int n = 0;
+    for (size_t i = 0; i < sizeof bits / sizeof bits[0] && n < cap; i++) v[n++] = bits_f(bits[i]);
+    uint32_t s = 12345u;
+    while (n < cap) {
+        s = s * 1664525u + 1013904223u;
+        v[n++] = bits_f(s);
+    }
+    return n;
+}
+
+static bool same_value(double got, double want) {
+    if (isnan(want)) return isnan(got);
+    return got == want && signbit(got) == signbit(want);
+}
+
+static void test_host_conversions(void) {
+    float v[4096];
+    int n = edge_values(v, 4096), bad16 = 0, badbf = 0;
+    for (int i = 0; i < n; i++) {
+        /* f32 denormals: the reference rounds them like any value (to 0 in f16) */
+        if (!same_value(kiln_f16_to_f32(kiln_f32_to_f16(v[i])), ref_f16(v[i])) && bad16++ == 0)
+            fprintf(stderr, "  f16 of %a: got %a, want %a\n", (double)v[i],
+                    (double)kiln_f16_to_f32(kiln_f32_to_f16(v[i])), ref_f16(v[i]));
+        if (!same_value(kiln_bf16_to_f32(kiln_f32_to_bf16(v[i])), ref_bf16(v[i])) && badbf++ == 0)
+            fprintf(stderr, "  bf16 of %a: got %a, want %a\n", (double)v[i],
+                    (double)kiln_bf16_to_f32(kiln_f32_to_bf16(v[i])), ref_bf16(v[i]));
+    }
+    CHECK(bad16 == 0, "host f32 -> f16: %d of %d values differ from the reference", bad16, n);
+    CHECK(badbf == 0, "host f32 -> bf16: %d of %d values differ from the reference", badbf, n);
+    /* widening is exact and narrowing it back gives the same bits, for every f16 */
+    int badw = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = kiln_f16_to_f32((uint16_t)h);
+        bool nan = ((h >> 10) & 0x1F) == 0x1F && (h & 0x3FF);
+        if (nan ? !isnan(f) : kiln_f32_to_f16(f) != h) badw++;
+    }
+    CHECK(badw == 0, "f16 -> f32 -> f16 changed %d values", badw);
+    CHECK(isnan(kiln_bf16_to_f32(kiln_f32_to_bf16(NAN))) && kiln_f32_to_bf16(-NAN) >> 15 == 1,
+          "bf16 keeps NaN and its sign");
+}
+
+/* a device conversion of n host floats through dtype and back, compared with ref */
+static void device_roundtrip(kiln_ctx *ctx, const char *what, const float *v, int n, kiln_dtype dt,
+                             double (*ref)(float)) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_from_host(ctx, v, KILN_F32, 1, (int64_t[]){n});
+    kiln_tensor *h = kiln_to_dtype(ctx, x, dt);
+    kiln_tensor *y = kiln_to_dtype(ctx, h, KILN_F32);
+    CHECK(h && y && kiln_tensor_dtype(h) == dt, "%s: %s", what, kiln_error_message(ctx));
+    if (y) {
+        float *got = h_read(y);
+        uint16_t *raw = malloc(sizeof(uint16_t) * (size_t)n);
+        CHECK(kiln_to_host(h, raw, sizeof(uint16_t) * (size_t)n) == KILN_OK, "%s: to_host of halves", what);
+        int bad = 0, badraw = 0;
+        for (int i = 0; i < n; i++) {
+            if (!same_value(got[i], ref(v[i])) && bad++ == 0)
+                fprintf(stderr, "  %s: %a gave %a, reference %a\n", what, (double)v[i], (double)got[i], ref(v[i]));
+            uint16_t want = dt == KILN_F16 ? kiln_f32_to_f16(v[i]) : kiln_f32_to_bf16(v[i]);
+            bool nan = isnan(v[i]);
+            badraw +=
+                nan ? !isnan(dt == KILN_F16 ? kiln_f16_to_f32(raw[i]) : kiln_bf16_to_f32(raw[i])) : raw[i] != want;
+        }
+        CHECK(bad == 0, "%s: %d of %d values differ from the reference", what, bad, n);
+        CHECK(badraw == 0, "%s: %d raw halves differ from the host conversion", what, badraw);
+        free(got);
+        free(raw);
+    }
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+}
+
+static void test_device_conversions(kiln_ctx *ctx) {
+    static float v[4096];
+    int n = edge_values(v, 4096);
+    device_roundtrip(ctx, "f32 -> f16 -> f32", v, n, KILN_F16, ref_f16);
+    device_roundtrip(ctx, "f32 -> bf16 -> f32", v, n, KILN_BF16, ref_bf16);
+
+    /* every f16 widened on the device, and f16 <-> bf16 */
+    static uint16_t all[65536];
+    for (uint32_t i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+    kiln_scope_begin(ctx);
+    kiln_tensor *h = kiln_from_host(ctx, all, KILN_F16, 1, (int64_t[]){65536});
+    kiln_tensor *f = kiln_to_dtype(ctx, h, KILN_F32);
+    kiln_tensor *b = kiln_to_dtype(ctx, h, KILN_BF16);
+    CHECK(f && b, "widening every f16: %s", kiln_error_message(ctx));
+    if (f && b) {
+        float *got = h_read(f);
+        uint16_t *gb = malloc(sizeof all);
+        kiln_to_host(b, gb, sizeof all);
+        int bad = 0, badb = 0;
+        for (uint32_t i = 0; i < 65536; i++) {
+            float want = kiln_f16_to_f32((uint16_t)i);
+            bad += !same_value(got[i], want);
+            badb += !same_value(kiln_bf16_to_f32(gb[i]), ref_bf16(want));
+        }
+        CHECK(bad == 0, "f16 -> f32 on the device: %d of 65536 values differ", bad);
+        CHECK(badb == 0, "f16 -> bf16 on the device: %d of 65536 values differ from the reference", badb);
+        free(got);
+        free(gb);
+    }
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+}
+
+static void test_golden(kiln_ctx *ctx) {
+    golden g;
+    if (!golden_open(&g, "cast")) return;
+    const golden_tensor *x = golden_get(&g, "to_dtype.x"), *r16 = golden_get(&g, "to_dtype.f16"),
+                        *rbf = golden_get(&g, "to_dtype.bf16");
+    if (x && r16 && rbf) {
+        kiln_scope_begin(ctx);
+        kiln_tensor *t = golden_upload(ctx, x);
+        golden_compare_scaled("golden to_dtype f16", kiln_to_dtype(ctx, kiln_to_dtype(ctx, t, KILN_F16), KILN_F32), r16,
+                              NULL, 0, 0, 0);
+        golden_compare_scaled("golden to_dtype bf16", kiln_to_dtype(ctx, kiln_to_dtype(ctx, t, KILN_BF16), KILN_F32),
+                              rbf, NULL, 0, 0, 0);
+        kiln_scope_end(ctx);
+    }
+    golden_close(&g);
+    CHECK_OK(ctx);
+}
+
+/* host data, fills and items of half tensors; a view converted */
+static void test_host_io(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    uint16_t raw[6] = {0x3C00, 0xC000, 0x7BFF, 0x0001, 0x7C00, 0x8000}; /* 1, -2, 65504, 2^-24, inf, -0 */
+    kiln_tensor *h = kiln_from_host(ctx, raw, KILN_F16, 2, (int64_t[]){2, 3});
+    uint16_t back[6] = {0};
+    CHECK(h && kiln_to_host(h, back, sizeof back) == KILN_OK && !memcmp(raw, back, sizeof raw),
+          "f16 host data round trip: %s", kiln_error_message(ctx));
+    CHECK(kiln_tensor_item(kiln_slice(ctx, kiln_reshape(ctx, h, 1, (int64_t[]){6}), 0, 2, 3, 1)) == 65504.0f,
+          "item of an f16 view");
+    /* a transposed f16 view to f32: the strided kernel */
+    kiln_tensor *tf = kiln_to_dtype(ctx, kiln_transpose(ctx, h, 0, 1), KILN_F32);
+    float *got = tf ? h_read(tf) : NULL;
+    const float want[6] = {1, 0x1p-24f, -2, INFINITY, 65504, -0.0f};
+    CHECK(got && !memcmp(got, want, sizeof want), "f16 transposed view to f32");
+    free(got);
+
+    kiln_tensor *b = kiln_empty(ctx, KILN_BF16, 1, (int64_t[]){5});
+    CHECK(b && kiln_fill(b, 1.00390625f) == KILN_OK, "fill bf16: %s", kiln_error_message(ctx));
+    CHECK(kiln_tensor_item(kiln_slice(ctx, b, 0, 4, 5, 1)) == 1.0f, "fill bf16 rounds a tie to even (1 + 2^-8 -> 1)");
+    kiln_tensor *f = kiln_empty(ctx, KILN_F16, 2, (int64_t[]){3, 4});
+    CHECK(f && kiln_fill(kiln_slice(ctx, f, 1, 1, 4, 2), 70000.0f) == KILN_OK &&
+              kiln_fill(kiln_slice(ctx, f, 1, 0, 4, 2), 0.1f) == KILN_OK,
+          "fill f16 views: %s", kiln_error_message(ctx));
+    uint16_t fh[12];
+    CHECK(f && kiln_to_host(f, fh, sizeof fh) == KILN_OK, "to_host f16");
+    int bad = 0;
+    for (int i = 0; i < 12; i++) bad += fh[i] != (i % 2 ? 0x7C00 : kiln_f32_to_f16(0.1f));
+    CHECK(bad == 0, "fill f16: %d wrong values (0.1 rounded, 70000 overflows to inf)", bad);
+    uint16_t small[2];
+    CHECK(kiln_to_host(f, small, sizeof small) == KILN_ERR_BUFFER_TOO_SMALL &&
+              strstr(kiln_error_message(ctx), "f16") != NULL,
+          "to_host of f16 into too small a buffer names the dtype: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+    CHECK(strcmp(kiln_dtype_name(KILN_BF16), "bf16") == 0 && kiln_dtype_size(KILN_BF16) == 2 &&
+              kiln_dtype_is_half(KILN_F16) && kiln_dtype_is_half(KILN_BF16) && !kiln_dtype_is_half(KILN_F32),
+          "bf16's name and size");
+}
+
+/* the conversion's gradient, and its errors */
+static void test_grad_errors(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    float xv[4] = {1.5f, -2.0f, 3.25f, 0.1f};
+    kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 1, (int64_t[]){4});
+    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor *w = kiln_from_host(ctx, (float[]){1, 2, 3, 4}, KILN_F32, 1, (int64_t[]){4});
+    kiln_tensor *y = kiln_to_dtype(ctx, kiln_to_dtype(ctx, kiln_to_dtype(ctx, x, KILN_F16), KILN_BF16), KILN_F32);
+    kiln_tensor *same = kiln_to_dtype(ctx, y, KILN_F32);
+    CHECK(same && kiln_tensor_has_grad_fn(same), "to_dtype to its own dtype records a node");
+    kiln_tensor *l = kiln_sum(ctx, kiln_mul(ctx, same, w), 0, NULL, false);
+    CHECK(l && kiln_backward(l) == KILN_OK, "backward through conversions: %s", kiln_error_message(ctx));
+    kiln_tensor *g = kiln_tensor_grad(x);
+    float *gh = g ? h_read(g) : NULL;
+    CHECK(gh && gh[0] == 1 && gh[1] == 2 && gh[2] == 3 && gh[3] == 4 && kiln_tensor_dtype(g) == KILN_F32,
+          "the gradient passes through the conversions unchanged, as f32");
+    free(gh);
+    kiln_tensor *h = kiln_to_dtype(ctx, x, KILN_F16);
+    CHECK(kiln_tensor_set_requires_grad(kiln_detach(ctx, h), true) == KILN_ERR_DTYPE,
+          "an f16 leaf cannot require grad");
+    kiln_error_clear(ctx);
+
+    kiln_tensor *i = kiln_from_host(ctx, (int32_t[]){1, 2}, KILN_I32, 1, (int64_t[]){2});
+    CHECK(kiln_to_dtype(ctx, i, KILN_F16) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE &&
+              strstr(kiln_error_message(ctx), "kiln_to_dtype") && strstr(kiln_error_message(ctx), "i32"),
+          "to_dtype of i32 fails naming the op and dtype: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(kiln_to_dtype(ctx, x, KILN_U8) == NULL && strstr(kiln_error_message(ctx), "u8"),
+          "to_dtype to u8 fails naming the dtype: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    CHECK(kiln_to_dtype(ctx, x, (kiln_dtype)99) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE,
+          "to_dtype to an invalid dtype");
+    kiln_error_clear(ctx);
+    CHECK(kiln_to_dtype(ctx, NULL, KILN_F16) == NULL && kiln_error_status(ctx) == KILN_ERR_NULL, "to_dtype of NULL: %s",
+          kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+}
+
+/* safetensors: half tensors written as F16/BF16 and read back bit for bit, widened into
+ * f32 tensors and f32 parameters, narrowed from f32 entries */
+static void test_safetensors(kiln_ctx *ctx) {
+    char dir[] = "/tmp/kiln_half_XXXXXX", path[64];
+    if (!mkdtemp(dir)) {
+        CHECK(0, "mkdtemp failed");
+        return;
+    }
+    snprintf(path, sizeof path, "%s/half.safetensors", dir);
+    kiln_scope_begin(ctx);
+    static float v[600];
+    edge_values(v, 600);
+    for (int i = 0; i < 600; i++)
+        if (isnan(v[i])) v[i] = 1.0f; /* NaN payloads are the device's business: compared apart */
+    kiln_tensor *x = kiln_from_host(ctx, v, KILN_F32, 2, (int64_t[]){20, 30});
+    kiln_tensor *xh = kiln_to_dtype(ctx, kiln_transpose(ctx, x, 0, 1), KILN_F16); /* [30, 20] */
+    kiln_tensor *xb = kiln_to_dtype(ctx, x, KILN_BF16);
+    uint16_t hh[600], hb[600], got[600];
+    kiln_to_host(xh, hh, sizeof hh);
+    kiln_to_host(xb, hb, sizeof hb);
+    kiln_named_tensor nt[3] = {{.tensor = xh}, {.tensor = xb}, {.tensor = x}};
+    snprintf(nt[0].name, sizeof nt[0].name, "weight");
+    snprintf(nt[1].name, sizeof nt[1].name, "b16");
+    snprintf(nt[2].name, sizeof nt[2].name, "f32");
+    CHECK(kiln_safetensors_save(ctx, path, 3, nt, 0, NULL) == KILN_OK, "save f16/bf16: %s", kiln_error_message(ctx));
+    kiln_safetensors *f = kiln_safetensors_open(ctx, path);
+    CHECK(f != NULL, "open: %s", kiln_error_message(ctx));
+    if (f) {
+        int kh = kiln_safetensors_find(f, "weight"), kb = kiln_safetensors_find(f, "b16"),
+            kf = kiln_safetensors_find(f, "f32");
+        CHECK(!strcmp(kiln_safetensors_dtype(f, kh), "F16") && !strcmp(kiln_safetensors_dtype(f, kb), "BF16") &&
+                  !strcmp(kiln_safetensors_dtype(f, kf), "F32"),
+              "dtypes on disk: %s %s %s", kiln_safetensors_dtype(f, kh), kiln_safetensors_dtype(f, kb),
+              kiln_safetensors_dtype(f, kf));
+        kiln_tensor *rh = kiln_safetensors_tensor_as(f, kh, KILN_F16);
+        kiln_tensor *rb = kiln_safetensors_tensor_as(f, kb, KILN_BF16);
+        CHECK(rh && kiln_tensor_dtype(rh) == KILN_F16 && kiln_tensor_shape(rh)[0] == 30 &&
+                  kiln_to_host(rh, got, sizeof got) == KILN_OK && !memcmp(got, hh, sizeof hh),
+              "F16 entry read as f16 keeps every bit: %s", kiln_error_message(ctx));
+        CHECK(rb && kiln_to_host(rb, got, sizeof got) == KILN_OK && !memcmp(got, hb, sizeof hb),
+              "BF16 entry read as bf16 keeps every bit");
+        /* widened into f32: exact */
+        kiln_tensor *wf = kiln_safetensors_tensor(f, kh);
+        float *w = wf ? h_read(wf) : NULL;
+        int bad = 0;
+        for (int i = 0; w && i < 600; i++) bad += !same_value(w[i], kiln_f16_to_f32(hh[i]));
+        CHECK(w && bad == 0, "F16 entry read as f32: %d values differ", bad);
+        free(w);
+        /* the f32 entry narrowed on reading, f16 entry to bf16 */
+        kiln_tensor *nf = kiln_safetensors_tensor_as(f, kf, KILN_BF16);
+        CHECK(nf && kiln_to_host(nf, got, sizeof got) == KILN_OK && !memcmp(got, hb, sizeof hb),
+              "F32 entry read as bf16 rounds as kiln_to_dtype");
+        kiln_tensor *hb2 = kiln_safetensors_tensor_as(f, kh, KILN_BF16);
+        bad = 0;
+        if (hb2 && kiln_to_host(hb2, got, sizeof got) == KILN_OK)
+            for (int i = 0; i < 600; i++) bad += got[i] != kiln_f32_to_bf16(kiln_f16_to_f32(hh[i]));
+        CHECK(hb2 && bad == 0, "F16 entry read as bf16: %d values differ", bad);
+        CHECK(kiln_safetensors_tensor_as(f, kh, KILN_I32) == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE &&
+                  strstr(kiln_error_message(ctx), "'weight' (F16)") && strstr(kiln_error_message(ctx), "i32"),
+              "F16 entry as i32 fails naming the tensor and dtypes: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        CHECK(kiln_safetensors_tensor_as(f, 7, KILN_F16) == NULL && kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT,
+              "entry out of range: %s", kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+        kiln_safetensors_close(f);
+    }
+    CHECK(kiln_safetensors_tensor_as(NULL, 0, KILN_F16) == NULL && kiln_last_status() == KILN_ERR_NULL,
+          "tensor_as of a NULL file");
+    /* an F16 file into an f32 model: linear(20 -> 30) has weight [30, 20] */
+    kiln_module *lin = kiln_nn_linear(ctx, 20, 30, false);
+    kiln_load_report rep;
+    CHECK(lin && kiln_module_load(lin, path, false, &rep) == KILN_OK && rep.loaded == 1,
+          "F16 weights into an f32 linear layer: %s", kiln_error_message(ctx));
+    kiln_tensor *p[2];
+    if (lin && kiln_module_parameters(lin, p, 2) == 1) {
+        float *w = h_read(p[0]);
+        int bad = 0;
+        for (int i = 0; i < 600; i++) bad += !same_value(w[i], kiln_f16_to_f32(hh[i]));
+        CHECK(kiln_tensor_dtype(p[0]) == KILN_F32 && bad == 0, "loaded f32 weights: %d differ from the f16 file", bad);
+        free(w);
+    }
+    kiln_module_free(lin);
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* ---- half variants of ops against their f32 results ------------------------------------- */
+
+static const kiln_dtype half_dts[2] = {KILN_F16, KILN_BF16};
+
+/* One rounding to dt: |got - ref| <= u |ref| + (the smallest subnormal) + extra, with u the
+ * unit roundoff (2^-11 f16, 2^-8 bf16); a ref past f16's range must give inf. */
+static void cmp_half(const char *what, kiln_ctx *ctx, kiln_tensor *h, kiln_tensor *r32, kiln_dtype dt, double extra) {
+    CHECK(h && r32, "%s: %s", what, kiln_error_message(ctx));
+    if (!h || !r32) {
+        kiln_error_clear(ctx);
+        return;
+    }
+    CHECK(kiln_tensor_dtype(h) == dt, "%s: output dtype %s, want %s", what, kiln_dtype_name(kiln_tensor_dtype(h)),
+          kiln_dtype_name(dt));
+    float *g = h_read(kiln_to_dtype(ctx, h, KILN_F32)), *r = h_read(r32);
+    int64_t n = kiln_tensor_numel(h), bad = 0;
+    double u = dt == KILN_F16 ? 0x1p-11 : 0x1p-8, tiny = dt == KILN_F16 ? 0x1p-24 : 0x1p-133;
+    for (int64_t i = 0; g && r && i < n; i++) {
+        double want =
+            dt == KILN_F16 ? kiln_f16_to_f32(kiln_f32_to_f16(r[i])) : kiln_bf16_to_f32(kiln_f32_to_bf16(r[i]));
+        bool ok = isnan(r[i])   ? isnan(g[i])
+                  : isinf(want) ? g[i] == want
+                                : fabs((double)g[i] - r[i]) <= u * fabs((double)r[i]) + tiny + extra;
+        if (!ok && bad++ == 0)
+            fprintf(stderr, "  %s: element %lld: %s %.9g, f32 %.9g\n", what, (long long)i, kiln_dtype_name(dt),
+                    (double)g[i], (double)r[i]);
+    }
+    CHECK(g && r && bad == 0, "%s: %lld of %lld elements outside half-precision bounds", what, (long long)bad,
+          (long long)n);
+    free(g);
+    free(r);
+}
+
+/* x: a [5, 7, 11] input of values in [lo, hi) as dt (*h) and as the same values in f32
+ * (*f); transposed: both as their transposed (1, 2) views */
+static void inputs(kiln_ctx *ctx, kiln_dtype dt, float lo, float hi, bool transposed, kiln_tensor **h, kiln_tensor **f,
+                   int ndim, const int64_t *shape) {
+    int64_t n = h_numel(ndim, shape);
+    float *v = malloc(sizeof(float) * (size_t)n);
+    h_fill(v, n, lo, hi);
+    kiln_tensor *x = kiln_from_host(ctx, v, KILN_F32, ndim, shape);
+    free(v);
+    *h = kiln_to_dtype(ctx, x, dt);
+    *f = kiln_to_dtype(ctx, *h, KILN_F32);
+    if (transposed) {
+        *h = kiln_transpose(ctx, *h, ndim - 2, ndim - 1);
+        *f = kiln_transpose(ctx, *f, ndim - 2, ndim - 1);
+    }
+}
+
+typedef kiln_tensor *(*bin_fn)(kiln_ctx *, kiln_tensor *, kiln_tensor *);
+typedef kiln_tensor *(*un_fn)(kiln_ctx *, kiln_tensor *);
+typedef kiln_tensor *(*sc_fn)(kiln_ctx *, kiln_tensor *, float);
+
+static kiln_tensor *leaky(kiln_ctx *c, kiln_tensor *x) { return kiln_leaky_relu(c, x, 0.1f); }
+static kiln_tensor *elu1(kiln_ctx *c, kiln_tensor *x) { return kiln_elu(c, x, 1.0f); }
+static kiln_tensor *gelu_erf(kiln_ctx *c, kiln_tensor *x) { return kiln_gelu(c, x, false); }
+static kiln_tensor *gelu_tanh(kiln_ctx *c, kiln_tensor *x) { return kiln_gelu(c, x, true); }
+static kiln_tensor *softplus2(kiln_ctx *c, kiln_tensor *x) { return kiln_softplus(c, x, 2.0f, 20.0f); }
+
+static void test_elementwise_half(kiln_ctx *ctx) {
+    static const struct {
+        const char *name;
+        bin_fn f;
+        float lo, hi;
+    } bins[] = {{"add", kiln_add, -3, 3},
+                {"sub", kiln_sub, -3, 3},
+                {"mul", kiln_mul, -300, 300},
+                {"div", kiln_div, 0.5f, 4},
+                {"pow", kiln_pow, 0.5f, 2},
+                {"minimum", kiln_minimum, -2, 2},
+                {"maximum", kiln_maximum, -2, 2},
+                {"eq", kiln_eq, -2, 2},
+                {"ne", kiln_ne, -2, 2},
+                {"lt", kiln_lt, -2, 2},
+                {"le", kiln_le, -2, 2},
+                {"gt", kiln_gt, -2, 2},
+                {"ge", kiln_ge, -2, 2}};
+    static const struct {
+        const char *name;
+        un_fn f;
+        float lo, hi;
+    } uns[] = {{"neg", kiln_neg, -3, 3},         {"exp", kiln_exp, -4, 4},
+               {"log", kiln_log, 0.01f, 50},     {"sqrt", kiln_sqrt, 0, 50},
+               {"abs", kiln_abs, -3, 3},         {"relu", kiln_relu, -3, 3},
+               {"leaky_relu", leaky, -3, 3},     {"elu", elu1, -3, 3},
+               {"gelu", gelu_erf, -4, 4},        {"gelu_tanh", gelu_tanh, -4, 4},
+               {"sigmoid", kiln_sigmoid, -6, 6}, {"tanh", kiln_tanh, -3, 3},
+               {"softplus", softplus2, -12, 12}};
+    static const struct {
+        const char *name;
+        sc_fn f;
+        float s;
+    } scs[] = {{"add_scalar", kiln_add_scalar, 0.75f},
+               {"mul_scalar", kiln_mul_scalar, 3e4f}, /* past f16's range: inf */
+               {"pow_scalar", kiln_pow_scalar, 2.0f},
+               {"minimum_scalar", kiln_minimum_scalar, 0.25f},
+               {"maximum_scalar", kiln_maximum_scalar, -0.25f}};
+    const int64_t shape[3] = {5, 7, 11}, bshape[3] = {5, 1, 1};
+    char what[128];
+    for (int d = 0; d < 2; d++) {
+        kiln_dtype dt = half_dts[d];
+        for (int tr = 0; tr < 2; tr++) {
+            kiln_scope_begin(ctx);
+            for (size_t k = 0; k < sizeof bins / sizeof bins[0]; k++) {
+                kiln_tensor *ah, *af, *bh, *bf;
+                inputs(ctx, dt, bins[k].lo, bins[k].hi, tr, &ah, &af, 3, shape);
+                inputs(ctx, dt, bins[k].lo, bins[k].hi, false, &bh, &bf, 3, bshape); /* broadcast */
+                snprintf(what, sizeof what, "%s %s%s", bins[k].name, kiln_dtype_name(dt), tr ? " strided" : "");
+                cmp_half(what, ctx, bins[k].f(ctx, ah, bh), bins[k].f(ctx, af, bf), dt, 0);
+                /* f32 and half mixed: promoted to f32, exactly the f32 result */
+                kiln_tensor *mixed = bins[k].f(ctx, af, bh), *ref = bins[k].f(ctx, af, bf);
+                float *m = mixed ? h_read(mixed) : NULL, *r = ref ? h_read(ref) : NULL;
+                CHECK(m && r && kiln_tensor_dtype(mixed) == KILN_F32 &&
+                          !memcmp(m, r, sizeof(float) * (size_t)kiln_tensor_numel(ref)),
+                      "%s: f32 with %s promotes to f32", what, kiln_dtype_name(dt));
+                free(m);
+                free(r);
+            }
+            for (size_t k = 0; k < sizeof uns / sizeof uns[0]; k++) {
+                kiln_tensor *xh, *xf;
+                inputs(ctx, dt, uns[k].lo, uns[k].hi, tr, &xh, &xf, 3, shape);
+                snprintf(what, sizeof what, "%s %s%s", uns[k].name, kiln_dtype_name(dt), tr ? " strided" : "");
+                cmp_half(what, ctx, uns[k].f(ctx, xh), uns[k].f(ctx, xf), dt, 0);
+            }
+            for (size_t k = 0; k < sizeof scs / sizeof scs[0]; k++) {
+                kiln_tensor *xh, *xf;
+                inputs(ctx, dt, -3, 3, tr, &xh, &xf, 3, shape);
+                snprintf(what, sizeof what, "%s %s%s", scs[k].name, kiln_dtype_name(dt), tr ? " strided" : "");
+                cmp_half(what, ctx, scs[k].f(ctx, xh, scs[k].s), scs[k].f(ctx, xf, scs[k].s), dt, 0);
+            }
+            kiln_tensor *ch, *cf, *ah, *af, *bh, *bf;
+            inputs(ctx, dt, -1, 1, tr, &ch, &cf, 3, shape);
+            inputs(ctx, dt, -3, 3, false, &ah, &af, 3, bshape);
+            inputs(ctx, dt, -3, 3, tr, &bh, &bf, 3, shape);
+            kiln_tensor *zh = kiln_to_dtype(ctx, kiln_zeros(ctx, 0, NULL), dt);
+            snprintf(what, sizeof what, "where %s%s", kiln_dtype_name(dt), tr ? " strided" : "");
+            cmp_half(what, ctx, kiln_where(ctx, kiln_gt(ctx, ch, zh), ah, bh),
+                     kiln_where(ctx, kiln_gt(ctx, cf, kiln_zeros(ctx, 0, NULL)), af, bf), dt, 0);
+            kiln_scope_end(ctx);
+            CHECK_OK(ctx);
+            kiln_error_clear(ctx);
+        }
+    }
+}
+
+/* Gradients through half ops: f32 leaves converted to dt, the op in dt, back to f32; the
+ * f32 gradients against those of the same computation in f32 on the rounded values */
+static void test_half_grads(kiln_ctx *ctx) {
+    static const struct {
+        const char *name;
+        un_fn f;
+        float lo, hi;
+    } uns[] = {{"relu", kiln_relu, -3, 3}, {"gelu", gelu_erf, -3, 3}, {"sigmoid", kiln_sigmoid, -3, 3},
+               {"tanh", kiln_tanh, -3, 3}, {"exp", kiln_exp, -2, 2},  {"log", kiln_log, 0.5f, 3}};
+    char what[128];
+    for (int d = 0; d < 2; d++) {
+        kiln_dtype dt = half_dts[d];
+        for (size_t k = 0; k < sizeof uns / sizeof uns[0]; k++) {
+            kiln_scope_begin(ctx);
+            kiln_tensor *xh, *xf;
+            inputs(ctx, dt, uns[k].lo, uns[k].hi, false, &xh, &xf, 2, (int64_t[]){6, 9});
+            kiln_tensor *a = kiln_detach(ctx, xf), *b = kiln_contiguous(ctx, kiln_detach(ctx, xf));
+            kiln_tensor_set_requires_grad(a, true);
+            kiln_tensor_set_requires_grad(b, true);
+            kiln_tensor *w = kiln_rand_uniform(ctx, 0.5f, 1.5f, 2, (int64_t[]){6, 9});
+            kiln_tensor *yh = kiln_to_dtype(ctx, uns[k].f(ctx, kiln_to_dtype(ctx, a, dt)), KILN_F32);
+            kiln_tensor *yf = uns[k].f(ctx, b);
+            kiln_backward(kiln_sum(ctx, kiln_mul(ctx, yh, w), 0, NULL, false));
+            kiln_backward(kiln_sum(ctx, kiln_mul(ctx, yf, w), 0, NULL, false));
+            snprintf(what, sizeof what, "%s %s gradient", uns[k].name, kiln_dtype_name(dt));
+            /* the gradient is f32; rules that read the input (relu, gelu, log) do the same f32
+             * arithmetic on the same values, those that read the output (sigmoid, tanh, exp)
+             * read it rounded once to dt: |error| <= u |w| |f'| |y| with |w| < 1.5 */
+            kiln_tensor *ga = kiln_tensor_grad(a), *gb = kiln_tensor_grad(b);
+            float *pa = ga ? h_read(ga) : NULL, *pb = gb ? h_read(gb) : NULL, *py = yf ? h_read(yf) : NULL;
+            double u = dt == KILN_F16 ? 0x1p-11 : 0x1p-8;
+            int bad = 0;
+            for (int i = 0; pa && pb && py && i < 54; i++) {
+                double y = fabs((double)py[i]) > 1 ? fabs((double)py[i]) : 1.0;
+                bad += fabs((double)pa[i] - pb[i]) > 3 * u * 1.5 * y * y;
+            }
+            CHECK(pa && pb && py && kiln_tensor_dtype(ga) == KILN_F32 && bad == 0,
+                  "%s: %d elements outside half bounds of f32's: %s", what, bad, kiln_error_message(ctx));
+            if (k < 2 || k == 5) /* relu, gelu, log */
+                CHECK(pa && pb && !memcmp(pa, pb, sizeof(float) * 54), "%s: rules reading the input match f32 exactly",
+                      what);
+            free(pa);
+            free(pb);
+            free(py);
+            kiln_scope_end(ctx);
+            kiln_error_clear(ctx);
+        }
+    }
+}
+
+/* matmul: 2-D, batched with broadcast, transposed flags; linear layers' products through the
+ * nn module (f32 weights, half input: promoted) */
+static void test_matmul_half(kiln_ctx *ctx) {
+    static const struct {
+        int64_t a[3], b[3];
+        int nda, ndb, flags;
+    } cases[] = {{{17, 33}, {33, 9}, 2, 2, 0},
+                 {{3, 17, 33}, {33, 40}, 3, 2, 0},
+                 {{3, 33, 17}, {3, 9, 33}, 3, 3, KILN_TRANS_A | KILN_TRANS_B},
+                 {{17, 33}, {9, 33}, 2, 2, KILN_TRANS_B},
+                 {{33, 17}, {33, 9}, 2, 2, KILN_TRANS_A},
+                 {{64, 300}, {70, 300}, 2, 2, KILN_TRANS_B}};
+    char what[128];
+    for (int d = 0; d < 2; d++) {
+        kiln_dtype dt = half_dts[d];
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            kiln_scope_begin(ctx);
+            kiln_tensor *ah, *af, *bh, *bf;
+            inputs(ctx, dt, -1, 1, false, &ah, &af, cases[k].nda, cases[k].a);
+            inputs(ctx, dt, -1, 1, false, &bh, &bf, cases[k].ndb, cases[k].b);
+            int64_t kdim = cases[k].flags & KILN_TRANS_A ? cases[k].a[cases[k].nda - 2] : cases[k].a[cases[k].nda - 1];
+            snprintf(what, sizeof what, "matmul_ex case %zu %s", k, kiln_dtype_name(dt));
+            /* the sums are f32 in both: their order may differ, a few f32 roundings per term */
+            double extra = (double)kdim * 4 * 0x1p-24;
+            cmp_half(what, ctx, kiln_matmul_ex(ctx, ah, bh, cases[k].flags),
+                     kiln_matmul_ex(ctx, af, bf, cases[k].flags), dt, extra);
+            /* f32 times half: f32 out, each operand read in its own dtype */
+            kiln_tensor *m = kiln_matmul_ex(ctx, af, bh, cases[k].flags),
+                        *r = kiln_matmul_ex(ctx, af, bf, cases[k].flags);
+            CHECK(m && kiln_tensor_dtype(m) == KILN_F32, "%s mixed: f32 output", what);
+            if (m && r) {
+                float *pm = h_read(m), *pr = h_read(r);
+                int64_t bad = 0;
+                for (int64_t i = 0; i < kiln_tensor_numel(r); i++) bad += fabs((double)pm[i] - pr[i]) > extra;
+                CHECK(bad == 0, "%s mixed: %lld elements differ from f32's by more than %g", what, (long long)bad,
+                      extra);
+                free(pm);
+                free(pr);
+            }
+            kiln_scope_end(ctx);
+            CHECK_OK(ctx);
+            kiln_error_clear(ctx);
+        }
+    }
+}
+
+/* ops without a half variant refuse half inputs, naming the op and the dtype */
+static void test_refusals(kiln_ctx *ctx) {
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_to_dtype(ctx, kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 3, 6, 6}), KILN_F16);
+    kiln_tensor *labels = kiln_from_host(ctx, (int32_t[]){0, 1}, KILN_I32, 1, (int64_t[]){2});
+    kiln_tensor *x2 = kiln_reshape(ctx, x, 2, (int64_t[]){2, 108});
+    kiln_pool2d_params pp = kiln_pool2d_defaults(2, 2);
+    static const char *const cases[] = {
+        "kiln_sum",           "kiln_softmax",
+        "kiln_log_softmax",   "kiln_max_pool2d",
+        "kiln_dropout",       "kiln_layer_norm",
+        "kiln_cross_entropy", "kiln_mse_loss",
+        "kiln_mean",          "kiln_max",
+        "kiln_argmax",        "kiln_conv_transpose2d",
+        "kiln_avg_pool2d",    "kiln_global_avg_pool2d",
+        "kiln_upsample",      "kiln_batch_norm",
+        "kiln_pad",           "kiln_embedding",
+        "kiln_l1_loss",       "kiln_smooth_l1_loss",
+        "kiln_bce_loss",      "kiln_bce_with_logits",
+        "kiln_lsgan_loss",    "kiln_nll_loss",
+        "kiln_sample_logits", "kiln_scaled_dot_product_attention",
+        "kiln_l2_penalty",
+    };
+    kiln_tensor *w = kiln_to_dtype(ctx, kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){3, 2, 3, 3}), KILN_F16);
+    kiln_tensor *p01 = kiln_to_dtype(ctx, kiln_rand_uniform(ctx, 0.1f, 0.9f, 2, (int64_t[]){2, 108}), KILN_F16);
+    kiln_tensor *q = kiln_reshape(ctx, x, 3, (int64_t[]){2, 18, 6});
+    int k = 0;
+#define REFUSE(call)                                                                                                   \
+    do {                                                                                                               \
+        kiln_tensor *r_ = (call);                                                                                      \
+        CHECK(r_ == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE && strstr(kiln_error_message(ctx), cases[k]) &&   \
+                  strstr(kiln_error_message(ctx), "f16"),                                                              \
+              "%s of f16 must fail naming the op and dtype: %s", cases[k], kiln_error_message(ctx));                   \
+        kiln_error_clear(ctx);                                                                                         \
+        k++;                                                                                                           \
+    } while (0)
+    REFUSE(kiln_sum(ctx, x, 0, NULL, false));
+    REFUSE(kiln_softmax(ctx, x2, 1));
+    REFUSE(kiln_log_softmax(ctx, x2, 1));
+    REFUSE(kiln_max_pool2d(ctx, x, &pp, NULL));
+    REFUSE(kiln_dropout(ctx, x, 0.5f, true));
+    REFUSE(kiln_layer_norm(ctx, x, 1, NULL, NULL, 1e-5f));
+    REFUSE(kiln_cross_entropy(ctx, x2, labels, KILN_MEAN));
+    REFUSE(kiln_mse_loss(ctx, x2, x2, KILN_MEAN));
+    REFUSE(kiln_mean(ctx, x, 0, NULL, false));
+    REFUSE(kiln_max(ctx, x, 1, (int[]){1}, false));
+    REFUSE(kiln_argmax(ctx, x2, 1, false));
+    REFUSE(kiln_conv_transpose2d(ctx, x, w, NULL, NULL));
+    REFUSE(kiln_avg_pool2d(ctx, x, &pp));
+    REFUSE(kiln_global_avg_pool2d(ctx, x));
+    REFUSE(kiln_upsample(ctx, x, 12, 12, KILN_UPSAMPLE_NEAREST, false));
+    REFUSE(kiln_batch_norm(ctx, x, NULL, NULL, NULL, NULL, true, 0.1f, 1e-5f));
+    REFUSE(kiln_pad(ctx, x, 2, (int64_t[]){1, 1}, 0.0f));
+    REFUSE(kiln_embedding(ctx, x2, labels));
+    REFUSE(kiln_l1_loss(ctx, x2, x2, KILN_MEAN));
+    REFUSE(kiln_smooth_l1_loss(ctx, x2, x2, KILN_MEAN, 1.0f));
+    REFUSE(kiln_bce_loss(ctx, p01, p01, NULL, KILN_MEAN));
+    REFUSE(kiln_bce_with_logits(ctx, x2, p01, NULL, NULL, KILN_MEAN));
+    REFUSE(kiln_lsgan_loss(ctx, x2, 1.0f, KILN_MEAN));
+    REFUSE(kiln_nll_loss(ctx, x2, labels, NULL, -100, KILN_MEAN));
+    REFUSE(kiln_sample_logits(ctx, x2, 1.0f, 0));
+    REFUSE(kiln_scaled_dot_product_attention(ctx, q, q, q, NULL, NULL));
+    REFUSE(kiln_l2_penalty(ctx, 1, &x));
+#undef REFUSE
+    /* bit-moving shape ops take halves (exactly), their gradient is f32 */
+    kiln_tensor *c = kiln_concat(ctx, 2, (kiln_tensor *[]){x, x}, 1);
+    CHECK(c && kiln_tensor_dtype(c) == KILN_F16 && kiln_tensor_shape(c)[1] == 6, "concat of f16: %s",
+          kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_scope_end(ctx);
+}
+
+static void run(kiln_ctx *ctx) {
+    kiln__set_guard(ctx, 3);
+    test_device_conversions(ctx);
+    test_golden(ctx);
+    test_host_io(ctx);
+    test_grad_errors(ctx);
+    test_safetensors(ctx);
+    test_elementwise_half(ctx);
+    test_half_grads(ctx);
+    test_matmul_half(ctx);
+    test_refusals(ctx);
+    char msg[200];
+    CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guards: %s", msg);
+}
+
+int main(void) {
+    test_host_conversions();
+    H_FOR_EACH_DEVICE(run);
+    return h_finish();
+}
