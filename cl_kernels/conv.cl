@@ -447,14 +447,15 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
         }
     }
     int cols = min(C3_NV * C3_VW, w - ow0);
+    /* (conditions, not breaks: a loop that breaks cannot be unrolled, and acc must stay in
+     * registers) */
 #pragma unroll
     for (int j = 0; j < C3_CB; j++) {
         int co = co0 + j;
-        if (co >= cout) break;
-        float b = has_bias ? bias[boff + co] : 0.0f;
+        float b = has_bias && co < cout ? bias[boff + co] : 0.0f;
 #pragma unroll
         for (int r = 0; r < C3_R; r++) {
-            if (oh0 + r >= h) break;
+            if (co >= cout || oh0 + r >= h) continue;
             global float *d = out + ooff + ((n * cout + co) * h + oh0 + r) * w + ow0;
 #pragma unroll
             for (int v = 0; v < C3_NV; v++) {
@@ -519,7 +520,7 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
 #pragma unroll
     for (int j = 0; j < C3_CB; j++) {
         int co = co0 + j;
-        if (co >= cout) break;
+        if (co >= cout) continue; /* not break: the loop is unrolled */
         float b = has_bias ? bias[boff + co] : 0.0f;
         global float *d = out + ooff + (n * cout + co) * h * w;
         float tl[C3_NV * C3_VW];
