@@ -47,7 +47,7 @@
  *
  * The direct route: a 3x3 convolution with stride 1, padding 1 and one group (every 3x3
  * convolution of ResNet-20 but the two strided ones) skips the columns for its forward and its
- * input gradient on CPUs with 16-float vectors: conv3_pad copies the input (or gy) into
+ * input gradient on CPUs with 8- or 16-float vectors: conv3_pad copies the input (or gy) into
  * zero-bordered planes, and conv3_direct (or conv3_flat, for rows shorter than half a
  * vector) computes the outputs from them with register-blocked accumulators (see
  * conv_direct_wanted for the rule and the measurements, KILN_CONV_ALGO to force a route).
@@ -400,11 +400,10 @@ static void c3_grid(const c3_params *p, int h, int w, int *nrb, int *nseg) {
 /* Whether conv3_direct (or conv3_flat) computes this convolution's forward (dgrad false)
  * or its input gradient: only 3x3, stride 1, padding 1, dilation 1, one group, with every
  * index of the bordered planes within 32 bits. Where both routes apply, KILN_CONV_ALGO
- * decides if set; else CPU devices with 16-float vectors (AVX-512, where it was measured)
- * take it. On ResNet-20's convolutions at batch 128 it took 36-52% less CPU time than
- * columns and a GEMM, forward and input gradient, on each stage (conv3_direct on 28 x 28 and
- * 14 x 14 planes, conv3_flat on 7 x 7 ones, where rows of 8-float vectors were no faster;
- * README.md, "Speed"). Narrower vectors are unmeasured: columns. */
+ * decides if set; else CPU devices with 8- or 16-float vectors (AVX2, AVX-512) take it:
+ * it beat columns and a GEMM on both (on AVX2 measured with POCL generating haswell code;
+ * README.md, "Why convolution is laid out as it is"). Narrower vectors are unmeasured:
+ * columns. */
 static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool dgrad) {
     if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 ||
         g->groups != 1 || g->h != g->ho || g->w != g->wo)
@@ -418,7 +417,7 @@ static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool
     int64_t items = (int64_t)g->n * ((cout + p.cb - 1) / p.cb) * nrb * nseg;
     if (elems > CONV_MAX_ELEMS || items > CONV_MAX_ELEMS) return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
-    return ctx->info.type == KILN_DEVICE_CPU && ctx->info.native_vector_width_float >= 16;
+    return ctx->info.type == KILN_DEVICE_CPU && ctx->info.native_vector_width_float >= 8;
 }
 
 /* A new [n, c, h + 2, pw] tensor (plus slack) of the zero-bordered planes of src [n, c, h, w]
