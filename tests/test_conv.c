@@ -755,7 +755,10 @@ static const cspec direct_cases[] = {
 static const char *const blockings[] = {NULL,       "16,1,2,8",   "8,2,2,3",   "4,3,8,1",
                                         "4,1,1,16", "16,2,1,8,1", "8,1,1,3,1", "4,4,1,5,1"};
 
-static void set_env(const char *name, const char *value) {
+/* Sets or unsets a variable with ctx's queue drained: POCL's worker threads call getenv
+ * while they run kernels, and glibc's setenv may move the environment under them. */
+static void set_env(kiln_ctx *ctx, const char *name, const char *value) {
+    kiln_sync(ctx);
     if (value)
         setenv(name, value, 1);
     else
@@ -793,17 +796,17 @@ static void count_launches(kiln_ctx *ctx, const cspec *s, uint64_t *fwd, uint64_
 static void test_direct(kiln_ctx *ctx) {
     /* the main table with the direct route forced where it applies, and the direct
      * cases through columns (the route other devices and narrow rows take) */
-    set_env("KILN_CONV_ALGO", "direct");
+    set_env(ctx, "KILN_CONV_ALGO", "direct");
     g_gemm = " [KILN_CONV_ALGO=direct]";
     test_table(ctx);
-    set_env("KILN_CONV_ALGO", "im2col");
+    set_env(ctx, "KILN_CONV_ALGO", "im2col");
     g_gemm = " [KILN_CONV_ALGO=im2col]";
     for (size_t k = 0; k < NDIRECT; k++) run_case(ctx, &direct_cases[k], "", cheap_for_gc(&direct_cases[k]), 7);
     /* the direct route under each blocking, with partial gradients and chunked columns for
      * the weight gradient beside it */
-    set_env("KILN_CONV_ALGO", "direct");
+    set_env(ctx, "KILN_CONV_ALGO", "direct");
     for (size_t b = 0; b < sizeof blockings / sizeof blockings[0]; b++) {
-        set_env("KILN_CONV3_PARAMS", blockings[b]);
+        set_env(ctx, "KILN_CONV3_PARAMS", blockings[b]);
         char tag[64];
         snprintf(tag, sizeof tag, " [direct, blocking %s]", blockings[b] ? blockings[b] : "default");
         g_gemm = tag;
@@ -812,7 +815,7 @@ static void test_direct(kiln_ctx *ctx) {
             if (!blockings[b]) run_case(ctx, &direct_cases[k], " [dx only]", true, 1);
         }
     }
-    set_env("KILN_CONV3_PARAMS", NULL);
+    set_env(ctx, "KILN_CONV3_PARAMS", NULL);
     g_gemm = "";
     /* the override takes effect: the direct forward is three launches (border, weights
      * packed, convolution) whatever the batch, through columns (cut into one chunk per image
@@ -824,7 +827,7 @@ static void test_direct(kiln_ctx *ctx) {
     int64_t budget = kiln__hooks_of(ctx)->conv_budget;
     kiln__hooks_of(ctx)->conv_budget = 1; /* one image a chunk on any device (a GPU's budget holds all four) */
     for (int a = 0; a < 2; a++) {
-        set_env("KILN_CONV_ALGO", algos[a]);
+        set_env(ctx, "KILN_CONV_ALGO", algos[a]);
         count_launches(ctx, &four, &f[a], &d[a]);
     }
     kiln__hooks_of(ctx)->conv_budget = budget;
@@ -845,7 +848,7 @@ static void test_direct(kiln_ctx *ctx) {
         uint64_t fa[3], da[3];
         static const char *const modes[3] = {"direct", "im2col", NULL};
         for (int m = 0; m < 3; m++) {
-            set_env("KILN_CONV_ALGO", modes[m]);
+            set_env(ctx, "KILN_CONV_ALGO", modes[m]);
             count_launches(ctx, &planes[k], &fa[m], &da[m]);
         }
         int want = wide ? 0 : 1;
@@ -863,13 +866,13 @@ static void test_direct(kiln_ctx *ctx) {
                                          {"KILN_CONV3_PARAMS", "16,1,1,8x"},  {"KILN_CONV3_PARAMS", "16,1,1,8,2"},
                                          {"KILN_CONV3_PARAMS", "16,1,1,8,1,"}};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
-        set_env(bad[k][0], bad[k][1]);
+        set_env(ctx, bad[k][0], bad[k][1]);
         kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &p);
         const char *msg = kiln_error_message(ctx);
         CHECK(y == NULL && strstr(msg, bad[k][0]) && strstr(msg, bad[k][1]) && strstr(msg, "kiln_conv2d"),
               "%s=%s: expected an error naming it, got %s", bad[k][0], bad[k][1], y ? "an output" : msg);
         kiln_error_clear(ctx);
-        set_env(bad[k][0], NULL);
+        set_env(ctx, bad[k][0], NULL);
     }
     kiln_scope_end(ctx);
     kiln_error_clear(ctx);

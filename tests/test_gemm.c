@@ -201,6 +201,7 @@ static void test_padded(kiln_ctx *ctx) {
                                           "automatic"};
     for (int pass = 0; pass < (g_small ? 1 : 4); pass++) {
         kiln__hooks_of(ctx)->gemm_params = pass == 1 ? KILN__GEMM_SETS : 0; /* odd-b */
+        kiln_sync(ctx); /* setenv with nothing running: POCL's threads call getenv */
         if (pass < 3)
             setenv("KILN_GEMM_PAD", pass < 2 ? "on" : "off", 1);
         else
@@ -222,6 +223,7 @@ static void test_padded(kiln_ctx *ctx) {
             }
         }
     }
+    kiln_sync(ctx);
     unsetenv("KILN_GEMM_PAD");
     kiln__hooks_of(ctx)->gemm_params = 0;
     kiln__hooks_of(ctx)->gemm_own = 0;
@@ -231,6 +233,7 @@ static void test_padded(kiln_ctx *ctx) {
  * the op; a copy made before it is given back (A^T B copies A, then B). */
 static void test_pad_oom(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 1;
+    kiln_sync(ctx);
     setenv("KILN_GEMM_PAD", "on", 1);
     const size_t m = 9, n = 37, k = 20;
     kiln_scope_begin(ctx);
@@ -259,6 +262,7 @@ static void test_pad_oom(kiln_ctx *ctx) {
     }
     kiln_scope_end(ctx);
     free(h);
+    kiln_sync(ctx);
     unsetenv("KILN_GEMM_PAD");
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
@@ -274,6 +278,7 @@ static void test_route(kiln_ctx *ctx) {
             CHECK(own == cpu, "%s batch %d beta %d: kiln's kernels %s it on a %s device", tnames[f], bt ? 3 : 1, bt,
                   own ? "take" : "do not take", cpu ? "CPU" : "non-CPU");
         }
+    kiln_sync(ctx);
     setenv("KILN_GEMM_OWN", "off", 1);
     CHECK(!kiln__gemm_own_takes(ctx, true, true, 37, 53, 101, 1, 0.0f), "KILN_GEMM_OWN=off: kiln's kernels took it");
     unsetenv("KILN_GEMM_OWN");

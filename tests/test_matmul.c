@@ -496,13 +496,18 @@ static void test_param_sets(kiln_ctx *ctx) {
     EXPECT_FAIL(ctx, kiln_matmul(ctx, a, b), KILN_ERR_INVALID_ARGUMENT, "kiln_matmul", "parameter set 7",
                 "hooks.gemm_params", "1..6", "m=3 n=5 k=4");
     kiln__hooks_of(ctx)->gemm_params = 0;
-    /* KILN_GEMM_PARAMS picks a set by name; a name of none fails the product, naming them */
+    /* KILN_GEMM_PARAMS picks a set by name; a name of none fails the product, naming them.
+     * (setenv only with the queue drained: POCL's worker threads call getenv while they run
+     * kernels, and glibc's setenv may move the environment under them) */
+    kiln_sync(ctx);
     setenv("KILN_GEMM_PARAMS", "odd-b", 1);
     CHECK(kiln__gemm_params_of(ctx) == &kiln__gemm_sets[KILN__GEMM_SETS - 1], "KILN_GEMM_PARAMS=odd-b");
     check_plain(ctx, "KILN_GEMM_PARAMS=odd-b: A B 9x50x20", 2, (int64_t[]){9, 20}, 2, (int64_t[]){20, 50}, 0);
+    kiln_sync(ctx);
     setenv("KILN_GEMM_PARAMS", "avx3", 1);
     EXPECT_FAIL(ctx, kiln_matmul(ctx, a, b), KILN_ERR_INVALID_ARGUMENT, "kiln_matmul", "KILN_GEMM_PARAMS='avx3'",
                 "avx512, avx2, neon", "m=3 n=5 k=4");
+    kiln_sync(ctx);
     unsetenv("KILN_GEMM_PARAMS");
     CHECK(kiln__gemm_params_of(ctx) != NULL, "KILN_GEMM_PARAMS unset: the device's set");
     kiln__hooks_of(ctx)->gemm_own = own0;

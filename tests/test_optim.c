@@ -1400,6 +1400,7 @@ static void test_multi_tensor(kiln_ctx *ctx) {
                 ps[v][j] = param_from(ctx, h, 2, shapes[j]);
             }
             kiln_tensor_set_requires_grad(ps[v][9], false); /* frozen: skipped */
+            kiln_sync(ctx); /* setenv with nothing running: POCL's threads call getenv */
             if (v == 1) setenv("KILN_OPTIM_SINGLE", "1", 1);
             if (kind == 0) {
                 kiln_sgd_opts o = kiln_sgd_defaults();
@@ -1420,6 +1421,7 @@ static void test_multi_tensor(kiln_ctx *ctx) {
                 if (opt[v]) kiln_optim_set_step_count(opt[v], 4, 3);
             }
             CHECK(opt[v] != NULL, "multi-tensor kind %d: %s", kind, kiln_error_message(ctx));
+            kiln_sync(ctx);
             if (v == 1) unsetenv("KILN_OPTIM_SINGLE");
         }
         for (int step = 0; step < 3 && opt[0] && opt[1]; step++) {

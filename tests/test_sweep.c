@@ -715,6 +715,7 @@ static void forced_conv(void) {
         kiln__hooks_of(C)->conv_budget = mode == 2 ? per : 0;
         kiln__hooks_of(C)->conv_split_min = mode ? 8 : 0;
         kiln__hooks_of(C)->conv_pad = mode == 3 ? 64 : 0;
+        kiln_sync(C); /* setenv with nothing running: POCL's threads call getenv */
         if (mode >= 4) setenv("KILN_CONV_ALGO", "direct", 1);
         if (mode == 5) setenv("KILN_CONV3_PARAMS", "8,1,1,2,1", 1);
         leaf x = ML(-1, 1, true, s->N, s->CI, s->H, s->W), w = ML(-0.5f, 0.5f, true, s->CO, s->CI, s->KH, s->KW);
@@ -740,6 +741,7 @@ static void forced_conv(void) {
             near_grad(what, &w, gw);
             near_grad(what, &b, gb);
         }
+        kiln_sync(C);
         unsetenv("KILN_CONV_ALGO");
         unsetenv("KILN_CONV3_PARAMS");
         free(gy);
