@@ -498,6 +498,30 @@ static float *const_host(kiln_onnx_model *m, int id) {
     return h;
 }
 
+/* The folded weight (hw, the shape of constant wid) and bias (nb, [ch]) as two new
+ * constants, named after the weight and the BN's bias (bias_name): *nw and *nb_id. */
+static kiln_status fold_store(kiln_onnx_model *m, int wid, int bias_name, const float *hw, const float *nb, int64_t ch,
+                              int *nw, int *nb_id) {
+    kiln_ctx *ctx = m->ctx;
+    *nw = add_value(m, m->names[wid]);
+    *nb_id = *nw < 0 ? -1 : add_value(m, m->names[bias_name]);
+    if (*nb_id < 0) return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
+    onnx_val *vw = &m->consts[*nw], *vb = &m->consts[*nb_id];
+    *vw = m->consts[wid];
+    vw->set = false;
+    vw->t = kiln_from_host(ctx, hw, KILN_F32, vw->ndim, vw->shape);
+    vb->type = OT_FLOAT, vb->ndim = 1, vb->shape[0] = ch;
+    vb->t = kiln_from_host(ctx, nb, KILN_F32, 1, &ch);
+    if (!vw->t || !vb->t) {
+        kiln_tensor_free(vw->t), kiln_tensor_free(vb->t);
+        vw->t = vb->t = NULL;
+        return kiln_error_status(ctx);
+    }
+    kiln_tensor_keep(vw->t), kiln_tensor_keep(vb->t);
+    vw->set = vb->set = true;
+    return KILN_OK;
+}
+
 /* Folds bn (an inference BatchNormalization whose X is conv's only output, read by nobody
  * else) into conv: with a = scale / sqrt(var + epsilon) per output channel,
  * W' = W * a and B' = (B - mean) * a + bias, computed in double. The conv then writes the
@@ -534,25 +558,8 @@ static kiln_status fold_bn(kiln_onnx_model *m, onnx_node *conv, onnx_node *bn) {
         for (int64_t j = 0; j < per; j++) hw[c * per + j] = (float)((double)hw[c * per + j] * a);
         nb[c] = (float)(((hb ? (double)hb[c] : 0.0) - (double)p[2][c]) * a + (double)p[1][c]);
     }
-    int nw = add_value(m, m->names[wid]), nbid = nw < 0 ? -1 : add_value(m, m->names[bn->in[2]]);
-    if (nbid < 0) {
-        s = kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
-        goto out;
-    }
-    onnx_val *vw = &m->consts[nw], *vb = &m->consts[nbid];
-    *vw = m->consts[wid];
-    vw->set = false;
-    vw->t = kiln_from_host(ctx, hw, KILN_F32, vw->ndim, vw->shape);
-    vb->type = OT_FLOAT, vb->ndim = 1, vb->shape[0] = ch;
-    vb->t = kiln_from_host(ctx, nb, KILN_F32, 1, &ch);
-    if (!vw->t || !vb->t) {
-        kiln_tensor_free(vw->t), kiln_tensor_free(vb->t);
-        vw->t = vb->t = NULL;
-        s = kiln_error_status(ctx);
-        goto out;
-    }
-    kiln_tensor_keep(vw->t), kiln_tensor_keep(vb->t);
-    vw->set = vb->set = true;
+    int nw, nbid;
+    if ((s = fold_store(m, wid, bn->in[2], hw, nb, ch, &nw, &nbid)) != KILN_OK) goto out;
     conv->in[1] = nw, conv->in[2] = nbid, conv->nin = 3; /* in[] has room for 3 (nin + 1) */
     conv->out[0] = bn->out[0];
     bn->fused = true;
@@ -644,25 +651,8 @@ static kiln_status fold_dense_bn(kiln_onnx_model *m, onnx_node *lin, onnx_node *
         double cc = hc ? beta * (double)hc[c] : 0.0;
         nc[c] = (float)(((cc - (double)p[2][c]) * a + (double)p[1][c]) / beta);
     }
-    int nw = add_value(m, m->names[wid]), ncid = nw < 0 ? -1 : add_value(m, m->names[bn->in[2]]);
-    if (ncid < 0) {
-        s = kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "onnx %s: out of host memory", m->what);
-        goto out;
-    }
-    onnx_val *vw = &m->consts[nw], *vc = &m->consts[ncid];
-    *vw = m->consts[wid];
-    vw->set = false;
-    vw->t = kiln_from_host(ctx, hw, KILN_F32, vw->ndim, vw->shape);
-    vc->type = OT_FLOAT, vc->ndim = 1, vc->shape[0] = ch;
-    vc->t = kiln_from_host(ctx, nc, KILN_F32, 1, &ch);
-    if (!vw->t || !vc->t) {
-        kiln_tensor_free(vw->t), kiln_tensor_free(vc->t);
-        vw->t = vc->t = NULL;
-        s = kiln_error_status(ctx);
-        goto out;
-    }
-    kiln_tensor_keep(vw->t), kiln_tensor_keep(vc->t);
-    vw->set = vc->set = true;
+    int nw, ncid;
+    if ((s = fold_store(m, wid, bn->in[2], hw, nc, ch, &nw, &ncid)) != KILN_OK) goto out;
     if (!gemm) lin->op = kiln__onnx_find_op("Gemm");  /* the MatMul node has no attributes: Gemm's defaults */
     lin->in[1] = nw, lin->in[2] = ncid, lin->nin = 3; /* in[] has room for 3 (nin + 1) */
     lin->out[0] = bn->out[0];
