@@ -40,8 +40,8 @@ from kiln_torch import fashion, load_safetensors  # noqa: E402
 NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
-def gan_models(c1=64, c2=128):  # torch_ref.py's (c1, c2 = 64, 128)
-    G = nn.Sequential(nn.Linear(64, c2 * 49), nn.BatchNorm1d(c2 * 49), nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
+def gan_models(c1=64, c2=128, z=64):  # torch_ref.py's (c1, c2, z = 64, 128, 64); tests/golden/gen_gan.py's smaller
+    G = nn.Sequential(nn.Linear(z, c2 * 49), nn.BatchNorm1d(c2 * 49), nn.ReLU(), nn.Unflatten(1, (c2, 7, 7)),
                       nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.BatchNorm2d(c1), nn.ReLU(),
                       nn.ConvTranspose2d(c1, 1, 4, 2, 1), nn.Tanh())
     D = nn.Sequential(nn.Conv2d(1, c1, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(c1, c2, 4, 2, 1),

@@ -19,12 +19,16 @@ noise); for L in lsgan, bce and s in 1, 2: L.<s>.d_loss, L.<s>.g_loss, L.<s>.dgr
 after step s L.<s>.G.<state>, L.<s>.D.<state> (parameters and running statistics).
 """
 import os
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from golden_io import save
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from gan_torch import gan_models  # noqa: E402  (the example's networks, at any size)
 
 torch.manual_seed(18)
 B, Z, C1, C2 = 5, 8, 4, 8
@@ -36,12 +40,7 @@ BEFORE_BN = {"G": ("0.bias", "4.bias"), "D": ("2.bias",)}
 
 
 def models():
-    G = nn.Sequential(nn.Linear(Z, C2 * 49), nn.BatchNorm1d(C2 * 49), nn.ReLU(), nn.Unflatten(1, (C2, 7, 7)),
-                      nn.ConvTranspose2d(C2, C1, 4, 2, 1), nn.BatchNorm2d(C1), nn.ReLU(),
-                      nn.ConvTranspose2d(C1, 1, 4, 2, 1), nn.Tanh())
-    D = nn.Sequential(nn.Conv2d(1, C1, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(C1, C2, 4, 2, 1),
-                      nn.BatchNorm2d(C2), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(C2 * 49, 1))
-    return G, D
+    return gan_models(C1, C2, Z)
 
 
 def state(m):
