@@ -11,6 +11,9 @@
  * scatter); when pooling windows do not overlap, one work-item per output (max: per output
  * row) writes its own box of the input (the *_tile kernels).
  *
+ * Built with -DKILN_HALF (src/ops/cast.c), the forward kernels read and write f16 or bf16
+ * (KILN_S, common.cl) and compute in f32; gradients are f32 in every build.
+ *
  * Contraction of a*b+c into fma is off so that every device rounds alike. */
 #pragma OPENCL FP_CONTRACT OFF
 
@@ -61,27 +64,27 @@ inline int plane_off(const pool_geom *g, int p) {
         mi = take_ ? (idx) : mi;                                                               \
     } while (0)
 #define MAX_POOL_FWD(name, WRITE_IDX)                                                          \
-    kernel void name(global const float *x, global float *y, int yoff, global int *ind, int ioff, \
+    kernel void name(global const KILN_S *x, global KILN_S *y, int yoff, global int *ind, int ioff, \
                      pool_geom g) {                                                            \
         POOL_ROW_IDS                                                                           \
         int hs = oh * g.sh - g.ph, he = min(hs + (g.kh - 1) * g.dh + 1, g.H);                  \
         if (hs < 0) hs += (-hs + g.dh - 1) / g.dh * g.dh;                                      \
-        global const float *xp = x + plane_off(&g, p);                                         \
-        global float *yr = y + yoff + q * g.OW;                                                \
+        int xb = plane_off(&g, p);                                                             \
+        global KILN_S *yr = y + yoff + q * g.OW;                                               \
         global int *ir = ind + ioff + q * g.OW;                                                \
         (void)ir;                                                                              \
         if (g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&     \
             g.dh == 1 && g.dw == 1 && g.xsw == 1 && he - hs == 2 && 2 * g.OW <= g.W) {        \
-            global const float *r0 = xp + hs * g.xsh, *r1 = r0 + g.xsh;                         \
+            global const KILN_S *r0 = x + xb + hs * g.xsh, *r1 = r0 + g.xsh;                   \
             int i0 = hs * g.W, i1 = i0 + g.W;                                                  \
             for (int ow = 0; ow < g.OW; ow++) {                                                \
                 int c = 2 * ow;                                                                \
-                float m = r0[c];                                                               \
+                float m = KILN_LD(r0, c);                                                      \
                 int mi = i0 + c;                                                               \
-                MAX_POOL_TAKE(r0[c + 1], i0 + c + 1);                                          \
-                MAX_POOL_TAKE(r1[c], i1 + c);                                                  \
-                MAX_POOL_TAKE(r1[c + 1], i1 + c + 1);                                          \
-                yr[ow] = m;                                                                    \
+                MAX_POOL_TAKE(KILN_LD(r0, c + 1), i0 + c + 1);                                 \
+                MAX_POOL_TAKE(KILN_LD(r1, c), i1 + c);                                         \
+                MAX_POOL_TAKE(KILN_LD(r1, c + 1), i1 + c + 1);                                 \
+                KILN_ST(yr, ow, m);                                                            \
                 WRITE_IDX;                                                                     \
             }                                                                                  \
             return;                                                                            \
@@ -92,8 +95,9 @@ inline int plane_off(const pool_geom *g, int p) {
             float m = -INFINITY;                                                               \
             int mi = hs * g.W + ws;                                                            \
             for (int h = hs; h < he; h += g.dh)                                                \
-                for (int w = ws; w < we; w += g.dw) MAX_POOL_TAKE(xp[h * g.xsh + w * g.xsw], h * g.W + w); \
-            yr[ow] = m;                                                                        \
+                for (int w = ws; w < we; w += g.dw)                                            \
+                    MAX_POOL_TAKE(KILN_LD(x, xb + h * g.xsh + w * g.xsw), h * g.W + w);        \
+            KILN_ST(yr, ow, m);                                                                \
             WRITE_IDX;                                                                         \
         }                                                                                      \
     }
@@ -175,17 +179,17 @@ inline int avg_window(const pool_geom *g, int oh, int ow, int *hs, int *he, int 
     return g->flag ? pool : (h1 - h0) * (w1 - w0);
 }
 
-kernel void avg_pool2d_fwd(global const float *x, global float *y, int yoff, pool_geom g) {
+kernel void avg_pool2d_fwd(global const KILN_S *x, global KILN_S *y, int yoff, pool_geom g) {
     POOL_IDS(g.OW, g.OH)
     int ow = cx, oh = cy;
     int hs, he, ws, we;
     int div = avg_window(&g, oh, ow, &hs, &he, &ws, &we);
-    global const float *xp = x + plane_off(&g, p);
+    int xb = plane_off(&g, p);
     float sum = 0.0f;
     for (int h = hs; h < he; h++)
-        for (int w = ws; w < we; w++) sum += xp[h * g.xsh + w * g.xsw];
+        for (int w = ws; w < we; w++) sum += KILN_LD(x, xb + h * g.xsh + w * g.xsw);
     /* an empty window (only possible in ceil mode at the edge) gives 0 as PyTorch */
-    y[yoff + (p * g.OH + oh) * g.OW + ow] = (hs < he && ws < we) ? sum / (float)div : 0.0f;
+    KILN_ST(y, yoff + (p * g.OH + oh) * g.OW + ow, (hs < he && ws < we) ? sum / (float)div : 0.0f);
 }
 
 kernel void avg_pool2d_bwd(global const float *go, int gooff, global float *gi, int gioff, pool_geom g) {
@@ -222,17 +226,17 @@ kernel void avg_pool2d_bwd_tile(global const float *go, int gooff, global float 
 
 /* One work-item per plane (1-D launch); each row is summed on its own and the row sums
  * added, so the rounding error grows with H + W rather than H * W. */
-kernel void global_avg_pool2d_fwd(global const float *x, global float *y, int yoff, pool_geom g) {
+kernel void global_avg_pool2d_fwd(global const KILN_S *x, global KILN_S *y, int yoff, pool_geom g) {
     int p = get_global_id(0);
     if (p >= g.n) return;
-    global const float *xp = x + plane_off(&g, p);
+    int xb = plane_off(&g, p);
     float sum = 0.0f;
     for (int h = 0; h < g.H; h++) {
         float rs = 0.0f;
-        for (int w = 0; w < g.W; w++) rs += xp[h * g.xsh + w * g.xsw];
+        for (int w = 0; w < g.W; w++) rs += KILN_LD(x, xb + h * g.xsh + w * g.xsw);
         sum += rs;
     }
-    y[yoff + p] = sum / (float)(g.H * g.W);
+    KILN_ST(y, yoff + p, sum / (float)(g.H * g.W));
 }
 
 kernel void global_avg_pool2d_bwd(global const float *go, int gooff, global float *gi, int gioff, pool_geom g) {
@@ -250,10 +254,11 @@ inline int nearest_src(int o, int in, int out, float scale) {
     return min((int)floor((float)o * scale), in - 1);
 }
 
-kernel void upsample_nearest_fwd(global const float *x, global float *y, int yoff, pool_geom g, float scale_h,
+kernel void upsample_nearest_fwd(global const KILN_S *x, global KILN_S *y, int yoff, pool_geom g, float scale_h,
                                  float scale_w) {
     POOL_IDS(g.OW, g.OH)
     int h = nearest_src(cy, g.H, g.OH, scale_h), w = nearest_src(cx, g.W, g.OW, scale_w);
+    /* a copy: a half moves bit for bit */
     y[yoff + (p * g.OH + cy) * g.OW + cx] = x[plane_off(&g, p) + h * g.xsh + w * g.xsw];
 }
 
@@ -306,17 +311,17 @@ inline void linear_src(int o, int in, int out, int align, int *i0, int *i1, floa
     *l0 = 1.0f - *l1;
 }
 
-kernel void upsample_bilinear_fwd(global const float *x, global float *y, int yoff, pool_geom g) {
+kernel void upsample_bilinear_fwd(global const KILN_S *x, global KILN_S *y, int yoff, pool_geom g) {
     POOL_IDS(g.OW, g.OH)
     int ow = cx, oh = cy;
     int h0, h1, w0, w1;
     float a0, a1, b0, b1;
     linear_src(oh, g.H, g.OH, g.flag, &h0, &h1, &a0, &a1);
     linear_src(ow, g.W, g.OW, g.flag, &w0, &w1, &b0, &b1);
-    global const float *xp = x + plane_off(&g, p);
-    float r0 = b0 * xp[h0 * g.xsh + w0 * g.xsw] + b1 * xp[h0 * g.xsh + w1 * g.xsw];
-    float r1 = b0 * xp[h1 * g.xsh + w0 * g.xsw] + b1 * xp[h1 * g.xsh + w1 * g.xsw];
-    y[yoff + (p * g.OH + oh) * g.OW + ow] = a0 * r0 + a1 * r1;
+    int xb = plane_off(&g, p);
+    float r0 = b0 * KILN_LD(x, xb + h0 * g.xsh + w0 * g.xsw) + b1 * KILN_LD(x, xb + h0 * g.xsh + w1 * g.xsw);
+    float r1 = b0 * KILN_LD(x, xb + h1 * g.xsh + w0 * g.xsw) + b1 * KILN_LD(x, xb + h1 * g.xsh + w1 * g.xsw);
+    KILN_ST(y, yoff + (p * g.OH + oh) * g.OW + ow, a0 * r0 + a1 * r1);
 }
 
 /* The first output o (0..out) whose left tap i0(o) is >= t: i0 is non-decreasing in o,

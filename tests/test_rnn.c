@@ -428,7 +428,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
     kiln_tensor *x2 = kiln_zeros(ctx, 2, (int64_t[]){4, 3});
     CHECK(!kiln_rnn(ctx, KILN_RNN_GRU, x2, NULL, NULL, 4, w, NULL, NULL, false, NULL, NULL) &&
-              strstr(kiln_error_message(ctx), "input [4, 3] (f32) must be f32 of 3 dims"),
+              strstr(kiln_error_message(ctx), "input [4, 3] (f32) must be f32, f16 or bf16 of 3 dims"),
           "2-d input: %s", kiln_error_message(ctx));
     kiln_error_clear(ctx);
     kiln_tensor *wb[4] = {w[0], w[1], w[2], NULL};

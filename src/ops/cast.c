@@ -155,7 +155,8 @@ bool kiln__any_half(int n, kiln_tensor *const *ts) {
     return false;
 }
 
-kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg) {
+/* back: convert an f32 result to the inputs' half dtype (unless f32 and halves mix) */
+static kiln_tensor *via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg, bool back) {
     kiln_tensor *f[KILN__VIA_F32_MAX] = {NULL};
     kiln_dtype dt = KILN_F32;
     bool mixed = false;
@@ -179,8 +180,16 @@ kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f
     kiln_tensor *r = fn(ctx, f, arg);
     ctx->autocast = ac;
     kiln__half_release(n, ts, f);
-    if (!r || mixed) return r;
+    if (!r || mixed || !back || r->dtype != KILN_F32) return r; /* indices (argmax, samples) stay integers */
     kiln_tensor *y = kiln_to_dtype(ctx, r, dt);
     kiln_tensor_free(r);
     return y;
+}
+
+kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg) {
+    return via_f32(ctx, n, ts, fn, arg, true);
+}
+
+kiln_tensor *kiln__half_fallback(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg) {
+    return via_f32(ctx, n, ts, fn, arg, !kiln_dtype_is_half(ctx->autocast));
 }

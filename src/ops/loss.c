@@ -89,11 +89,12 @@ static bool check_reduction(kiln_ctx *ctx, const char *op, kiln_reduction r) {
     return false;
 }
 
+/* want KILN_F32 takes any float dtype: halves are computed through f32 copies (half_loss) */
 static bool check_dtype(kiln_ctx *ctx, const char *op, const char *what, const kiln_tensor *t, kiln_dtype want) {
-    if (t->dtype == want) return true;
+    if (t->dtype == want || (want == KILN_F32 && kiln_dtype_is_half(t->dtype))) return true;
     char sb[160];
     kiln__fail(ctx, KILN_ERR_DTYPE, "%s: %s %s has dtype %s; %s expected", op, what, shp(t, sb, sizeof sb),
-               kiln_dtype_name(t->dtype), kiln_dtype_name(want));
+               kiln_dtype_name(t->dtype), want == KILN_F32 ? "f32, f16 or bf16" : kiln_dtype_name(want));
     return false;
 }
 
@@ -391,8 +392,26 @@ static kiln_status el_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) 
  * pw (optional, broadcast to x's shape), with parameter p. The caller has validated the
  * operands; this checks nothing but sizes.
  */
+typedef struct el_half_args {
+    el_kind kind;
+    float p;
+    kiln_reduction r;
+} el_half_args;
+
+static kiln_tensor *el_loss(kiln_ctx *ctx, el_kind kind, kiln_tensor *x, kiln_tensor *t, kiln_tensor *w,
+                            kiln_tensor *pw, float p, kiln_reduction r);
+
+static kiln_tensor *el_loss_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    const el_half_args *a = arg;
+    return el_loss(ctx, a->kind, in[0], in[1], in[2], in[3], a->p, a->r);
+}
+
+/* Half inputs (checked already): the loss of their f32 copies, as torch's half losses
+ * (f32 under autocast, the inputs' dtype otherwise; kiln__half_fallback). */
 static kiln_tensor *el_loss(kiln_ctx *ctx, el_kind kind, kiln_tensor *x, kiln_tensor *t, kiln_tensor *w,
                             kiln_tensor *pw, float p, kiln_reduction r) {
+    kiln_tensor *hin[4] = {x, t, w, pw};
+    if (kiln__any_half(4, hin)) return kiln__half_fallback(ctx, 4, hin, el_loss_f32, &(el_half_args){kind, p, r});
     const char *op = el_info[kind].op;
     int64_t n = kiln__numel(x->ndim, x->shape);
     if (!check_int_range(ctx, op, x, n)) return NULL;
@@ -618,6 +637,8 @@ static kiln_tensor *pen_run(kiln_ctx *ctx, el_kind kind, int k, kiln_tensor *con
     return out;
 }
 
+#define PEN_CHUNK 32
+
 /* sum over params of sum|p| (L1) or sum p^2 (L2). */
 static kiln_tensor *penalty(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *const *params) {
     const char *op = el_info[kind].op;
@@ -645,7 +666,24 @@ static kiln_tensor *penalty(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *con
         }
         return kiln__finish(ctx, op, z);
     }
-    return kiln__finish(ctx, op, pen_run(ctx, kind, n, params));
+    if (!kiln__any_half(n, params)) return kiln__finish(ctx, op, pen_run(ctx, kind, n, params));
+    /* half parameters: through f32 copies (differentiable conversions), PEN_CHUNK at a time
+     * (the chunks' penalties added); the penalty is f32 */
+    if (n > PEN_CHUNK) {
+        kiln_tensor *a = penalty(ctx, kind, PEN_CHUNK, params);
+        kiln_tensor *b = a ? penalty(ctx, kind, n - PEN_CHUNK, params + PEN_CHUNK) : NULL;
+        kiln_tensor *sum = b ? kiln_add(ctx, a, b) : NULL;
+        kiln_tensor_free(a);
+        kiln_tensor_free(b);
+        return kiln__finish(ctx, op, sum);
+    }
+    kiln_tensor *f[PEN_CHUNK], *out = NULL;
+    int j = 0;
+    for (; j < n; j++)
+        if (!(f[j] = kiln_dtype_is_half(params[j]->dtype) ? kiln_to_dtype(ctx, params[j], KILN_F32) : params[j])) break;
+    if (j == n) out = pen_run(ctx, kind, n, f);
+    kiln__half_release(j, params, f);
+    return kiln__finish(ctx, op, out);
 }
 
 kiln_tensor *kiln_l1_penalty(kiln_ctx *ctx, int n, kiln_tensor *const *params) {
@@ -750,6 +788,22 @@ static bool label_site(kiln_ctx *ctx, const char *op, kiln_tensor *target, int64
     return kiln__deverr_register(ctx, op, "label", target->ndim, target->shape, text, ebuf, site) == KILN_OK;
 }
 
+typedef struct ce_args {
+    const char *op;
+    bool nll;
+    int ignore_index;
+    float ls;
+    kiln_reduction r;
+} ce_args;
+
+static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor *logits, kiln_tensor *target,
+                            kiln_tensor *weight, int ignore_index, float ls, kiln_reduction r);
+
+static kiln_tensor *ce_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    const ce_args *a = arg;
+    return ce_impl(ctx, a->op, a->nll, in[0], in[1], in[2], a->ignore_index, a->ls, a->r);
+}
+
 static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor *logits, kiln_tensor *target,
                             kiln_tensor *weight, int ignore_index, float ls, kiln_reduction r) {
     kiln_tensor *ts[2] = {logits, target};
@@ -795,6 +849,9 @@ static kiln_tensor *ce_impl(kiln_ctx *ctx, const char *op, bool nll, kiln_tensor
         return NULL;
     }
     if (!check_int_range(ctx, op, logits, kiln__numel(logits->ndim, logits->shape))) return NULL;
+    kiln_tensor *in[3] = {logits, target, weight};
+    if (kiln__any_half(3, in)) /* a half logits or weight: through f32 copies, as el_loss */
+        return kiln__half_fallback(ctx, 3, in, ce_f32, &(ce_args){op, nll, ignore_index, ls, r});
     cl_mem ebuf;
     cl_int site;
     if (!label_site(ctx, op, target, C, ignore_index, &ebuf, &site)) return NULL;

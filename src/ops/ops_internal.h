@@ -111,6 +111,10 @@ kiln_tensor *kiln__autocast_f32(kiln_ctx *ctx, kiln_tensor *t);
 typedef kiln_tensor *(*kiln__f32_fn)(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg);
 bool kiln__any_half(int n, kiln_tensor *const *ts);
 kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg);
+/* The same for the ops that autocast computes in f32 (kiln/amp.h: softmax, the losses, the
+ * norms, the reductions, ...): with autocast on the result stays f32, otherwise it is
+ * converted back as kiln__via_f32 does. */
+kiln_tensor *kiln__half_fallback(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg);
 
 /* ---- the GEMM router (src/ops/sgemm.c) --------------------------------------------- */
 

@@ -3,7 +3,8 @@
  * and interpolate (nearest, bilinear), forward and backward (kernels in cl_kernels/pool.cl).
  *
  * Inputs are [N, C, H, W] or unbatched [C, H, W] (pooling; upsampling takes 4-D only, as
- * torch's interpolate reads a 3-D input as 1-D data). Forward kernels read any view
+ * torch's interpolate reads a 3-D input as 1-D data). f32, f16 or bf16: halves are read and
+ * written as halves and computed in f32; gradients are f32 whatever the dtype. Forward kernels read any view
  * through its strides, so a non-contiguous input costs no copy. Kernels run on 3-D ranges
  * (column, row, plane), which spares them index divisions, except max_pool2d's forward and
  * tile backward: one work-item per output row with plain loops over the row, which POCL
@@ -46,14 +47,14 @@ typedef struct pool_state {
 
 /* ---- validation ---------------------------------------------------------------------- */
 
-/* x must be F32 [N, C, H, W] (or [C, H, W] when allow3) with C, H, W non-zero (only the
- * batch may be empty, as torch). Fills the input part of g and *nbatch. */
+/* x must be [N, C, H, W] (or [C, H, W] when allow3) of f32, f16 or bf16 with C, H, W
+ * non-zero (only the batch may be empty, as torch). Fills the input part of g and *nbatch. */
 static bool pool_input(kiln_ctx *ctx, const char *op, const kiln_tensor *x, bool allow3, pool_geom *g,
                        int64_t *nbatch) {
     char sb[160];
     kiln__shape_str(x->ndim, x->shape, sb, sizeof sb);
-    if (x->dtype != KILN_F32) {
-        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: input %s has dtype %s; only f32 is supported", op, sb,
+    if (x->dtype != KILN_F32 && !kiln_dtype_is_half(x->dtype)) {
+        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: input %s has dtype %s; f32, f16 and bf16 are supported", op, sb,
                    kiln_dtype_name(x->dtype));
         return false;
     }
@@ -80,6 +81,14 @@ static bool pool_input(kiln_ctx *ctx, const char *op, const kiln_tensor *x, bool
     g->xsw = (cl_int)x->strides[b + 2];
     g->merged = *nbatch <= 1 || x->strides[0] == x->shape[b] * x->strides[b];
     return true;
+}
+
+/* The forward's build options: its input's dtype (halves: computed in f32, stored in the
+ * input's dtype, as torch's pooling of a half tensor returns one) and the 64-bit bilinear
+ * coordinates when wide. The backward kernels are f32 in every build. */
+static const char *fwd_options(char *buf, size_t cap, kiln_dtype dt, bool wide) {
+    snprintf(buf, cap, "%s%s", wide ? POOL_OPTIONS_WIDE : POOL_OPTIONS, kiln__half_options(dt));
+    return buf;
 }
 
 /* floor(a / b) for b > 0 (torch's div_rtn). */
@@ -317,7 +326,7 @@ kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
     g.n = (cl_int)(nb * g.C); /* the kernels run over the planes' output rows */
     int64_t shape[KILN_MAX_DIMS];
     out_shape(x, g.OH, g.OW, shape);
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, shape);
+    kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, x->ndim, shape);
     if (!out) return NULL;
     bool grad = kiln__grad_wanted(ctx, 1, &x);
     kiln_tensor *ind = NULL;
@@ -333,8 +342,10 @@ kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
         cl_mem im = ind ? ind->st->mem : out->st->mem; /* unused without indices */
         kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff),
                              KILN__ARG(im),         KILN__ARG(ioff),         KILN__ARG(g)};
-        if (kiln__launch(ctx, op, POOL_PROGRAM, POOL_OPTIONS, ind ? "max_pool2d_fwd_idx" : "max_pool2d_fwd", 6, args,
-                         (size_t)(nb * g.C * g.OH), 0) != KILN_OK) {
+        char o[64];
+        if (kiln__launch(ctx, op, POOL_PROGRAM, fwd_options(o, sizeof o, x->dtype, false),
+                         ind ? "max_pool2d_fwd_idx" : "max_pool2d_fwd", 6, args, (size_t)(nb * g.C * g.OH),
+                         0) != KILN_OK) {
             kiln_tensor_free(ind);
             kiln_tensor_free(out);
             return NULL;
@@ -372,13 +383,14 @@ kiln_tensor *kiln_avg_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
     g.flag = p->count_include_pad ? 1 : 0;
     int64_t shape[KILN_MAX_DIMS];
     out_shape(x, g.OH, g.OW, shape);
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, shape);
+    kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, x->ndim, shape);
     if (!out) return NULL;
     {
         cl_int yoff = (cl_int)out->offset;
         kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff), KILN__ARG(g)};
-        if (launch3(ctx, op, POOL_OPTIONS, "avg_pool2d_fwd", 4, args, (size_t)g.OW, (size_t)g.OH, (size_t)(nb * g.C)) !=
-            KILN_OK) {
+        char o[64];
+        if (launch3(ctx, op, fwd_options(o, sizeof o, x->dtype, false), "avg_pool2d_fwd", 4, args, (size_t)g.OW,
+                    (size_t)g.OH, (size_t)(nb * g.C)) != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
@@ -399,14 +411,15 @@ kiln_tensor *kiln_global_avg_pool2d(kiln_ctx *ctx, kiln_tensor *x) {
     g.OH = g.OW = 1;
     int64_t shape[KILN_MAX_DIMS];
     out_shape(x, 1, 1, shape);
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, shape);
+    kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, x->ndim, shape);
     if (!out) return NULL;
     g.n = (cl_int)(nb * g.C);
     if (g.n > 0) {
         cl_int yoff = (cl_int)out->offset;
         kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff), KILN__ARG(g)};
-        if (kiln__launch(ctx, op, POOL_PROGRAM, POOL_OPTIONS, "global_avg_pool2d_fwd", 4, args, (size_t)g.n, 0) !=
-            KILN_OK) {
+        char o[64];
+        if (kiln__launch(ctx, op, POOL_PROGRAM, fwd_options(o, sizeof o, x->dtype, false), "global_avg_pool2d_fwd", 4,
+                         args, (size_t)g.n, 0) != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
@@ -447,7 +460,7 @@ kiln_tensor *kiln_upsample(kiln_ctx *ctx, kiln_tensor *x, int out_h, int out_w, 
     g.flag = align_corners ? 1 : 0;
     int64_t shape[KILN_MAX_DIMS];
     out_shape(x, out_h, out_w, shape);
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, shape);
+    kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, x->ndim, shape);
     if (!out) return NULL;
     /* torch: scale = (float)in / out, the source index floor(o * scale) in float */
     cl_float sh = (float)g.H / (float)out_h, sw = (float)g.W / (float)out_w;
@@ -459,7 +472,8 @@ kiln_tensor *kiln_upsample(kiln_ctx *ctx, kiln_tensor *x, int out_h, int out_w, 
         kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(out->st->mem), KILN__ARG(yoff),
                              KILN__ARG(g),          KILN__ARG(sh),           KILN__ARG(sw)};
         bool nearest = mode == KILN_UPSAMPLE_NEAREST;
-        if (launch3(ctx, op, wide ? POOL_OPTIONS_WIDE : POOL_OPTIONS,
+        char o[64];
+        if (launch3(ctx, op, fwd_options(o, sizeof o, x->dtype, wide),
                     nearest ? "upsample_nearest_fwd" : "upsample_bilinear_fwd", nearest ? 6 : 4, args, (size_t)out_w,
                     (size_t)out_h, (size_t)(nb * g.C)) != KILN_OK) {
             kiln_tensor_free(out);

@@ -446,6 +446,8 @@ static kiln_tensor *part(kiln_ctx *ctx, kiln_tensor *p, int64_t start, int64_t n
     return v;
 }
 
+static bool is_float(const kiln_tensor *t) { return t->dtype == KILN_F32 || kiln_dtype_is_half(t->dtype); }
+
 /* The checks of kiln_rnn: false with the error set, naming the op, the layer and shapes. */
 static bool rnn_check(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode, kiln_tensor *x, kiln_tensor *h0,
                       kiln_tensor *c0, int nweights, kiln_tensor *const *w, const int32_t *lengths,
@@ -464,9 +466,10 @@ static bool rnn_check(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode, kiln_te
         return false;
     }
     int L = p->num_layers, D = p->bidirectional ? 2 : 1, G = rnn_gates(mode);
-    if (x->dtype != KILN_F32 || x->ndim != 3) {
-        kiln__fail(ctx, x->dtype != KILN_F32 ? KILN_ERR_DTYPE : KILN_ERR_SHAPE,
-                   "%s(%s): input %s (%s) must be f32 of 3 dims, %s", op, kind, sx, kiln_dtype_name(x->dtype),
+    if (!is_float(x) || x->ndim != 3) {
+        kiln__fail(ctx, !is_float(x) ? KILN_ERR_DTYPE : KILN_ERR_SHAPE,
+                   "%s(%s): input %s (%s) must be f32, f16 or bf16 of 3 dims, %s", op, kind, sx,
+                   kiln_dtype_name(x->dtype),
                    p->batch_first ? "[batch, seq, features] (batch_first)" : "[seq, batch, features]");
         return false;
     }
@@ -507,8 +510,7 @@ static bool rnn_check(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode, kiln_te
                                t ? "of another context" : "NULL");
                     return false;
                 }
-                if (t->dtype != KILN_F32 || t->ndim != nd || t->shape[0] != want[0] ||
-                    (nd == 2 && t->shape[1] != want[1])) {
+                if (!is_float(t) || t->ndim != nd || t->shape[0] != want[0] || (nd == 2 && t->shape[1] != want[1])) {
                     kiln__shape_str(t->ndim, t->shape, sw, sizeof sw);
                     kiln__shape_str(nd, want, sh, sizeof sh);
                     if (q == 0 && t->ndim == 2 && t->shape[0] == want[0] && l == 0)
@@ -516,8 +518,9 @@ static bool rnn_check(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode, kiln_te
                                    "%s(%s): input %s has %lld features but weight_ih_l0%s %s expects input_size %lld",
                                    op, kind, sx, (long long)x->shape[2], sfx, sw, (long long)t->shape[1]);
                     else
-                        kiln__fail(ctx, KILN_ERR_SHAPE, "%s(%s): %s_l%d%s is %s (%s), expected f32 %s (hidden %lld)",
-                                   op, kind, names[q], l, sfx, sw, kiln_dtype_name(t->dtype), sh, (long long)H);
+                        kiln__fail(ctx, KILN_ERR_SHAPE,
+                                   "%s(%s): %s_l%d%s is %s (%s), expected a float %s (hidden %lld)", op, kind, names[q],
+                                   l, sfx, sw, kiln_dtype_name(t->dtype), sh, (long long)H);
                     return false;
                 }
             }
@@ -538,10 +541,11 @@ static bool rnn_check(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode, kiln_te
             kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s(%s): %s belongs to another context", op, kind, nm);
             return false;
         }
-        if (t->dtype != KILN_F32 || t->ndim != 3 || memcmp(t->shape, want, sizeof want) != 0) {
+        if (!is_float(t) || t->ndim != 3 || memcmp(t->shape, want, sizeof want) != 0) {
             kiln__fail(ctx, KILN_ERR_SHAPE,
-                       "%s(%s): %s %s (%s) must be f32 %s [num_layers * directions, batch, hidden] for input %s", op,
-                       kind, nm, kiln__shape_str(t->ndim, t->shape, sh, sizeof sh), kiln_dtype_name(t->dtype), sw, sx);
+                       "%s(%s): %s %s (%s) must be a float %s [num_layers * directions, batch, hidden] for input %s",
+                       op, kind, nm, kiln__shape_str(t->ndim, t->shape, sh, sizeof sh), kiln_dtype_name(t->dtype), sw,
+                       sx);
             return false;
         }
     }
@@ -559,6 +563,18 @@ static bool rnn_check(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode, kiln_te
     return true;
 }
 
+static bool half_any(kiln_tensor *x, kiln_tensor *h0, kiln_tensor *c0, int nweights, kiln_tensor *const *w) {
+    kiln_tensor *s[3] = {x, h0, c0};
+    return kiln__any_half(3, s) || kiln__any_half(nweights, w);
+}
+
+/* Half inputs or weights (checked already): kiln_rnn on f32 copies (differentiable
+ * conversions); the results in x's dtype when x is half and autocast is off (kiln/amp.h:
+ * autocast runs the recurrent layers in f32), else f32. */
+static kiln_tensor *rnn_half(kiln_ctx *ctx, kiln_rnn_mode mode, kiln_tensor *x, kiln_tensor *h0, kiln_tensor *c0,
+                             int nweights, kiln_tensor *const *weights, const int32_t *lengths,
+                             const kiln_rnn_params *p, bool training, kiln_tensor **h_n, kiln_tensor **c_n);
+
 kiln_tensor *kiln_rnn(kiln_ctx *ctx, kiln_rnn_mode mode, kiln_tensor *x, kiln_tensor *h0, kiln_tensor *c0, int nweights,
                       kiln_tensor *const *weights, const int32_t *lengths, const kiln_rnn_params *params, bool training,
                       kiln_tensor **h_n, kiln_tensor **c_n) {
@@ -574,6 +590,8 @@ kiln_tensor *kiln_rnn(kiln_ctx *ctx, kiln_rnn_mode mode, kiln_tensor *x, kiln_te
                    kiln_rnn_mode_name(mode));
         return NULL;
     }
+    if (half_any(x, h0, c0, nweights, weights))
+        return rnn_half(ctx, mode, x, h0, c0, nweights, weights, lengths, &p, training, h_n, c_n);
     int L = p.num_layers, D = p.bidirectional ? 2 : 1;
     bool lstm = mode == KILN_RNN_LSTM;
     int64_t T = x->shape[p.batch_first ? 1 : 0], B = x->shape[p.batch_first ? 0 : 1];
@@ -652,4 +670,47 @@ kiln_tensor *kiln_rnn(kiln_ctx *ctx, kiln_rnn_mode mode, kiln_tensor *x, kiln_te
         }
     }
     return out;
+}
+
+#define RNN_HALF_MAX 512 /* weights: 4 per layer and direction, 64 layers, 2 directions */
+
+static kiln_tensor *rnn_half(kiln_ctx *ctx, kiln_rnn_mode mode, kiln_tensor *x, kiln_tensor *h0, kiln_tensor *c0,
+                             int nweights, kiln_tensor *const *weights, const int32_t *lengths,
+                             const kiln_rnn_params *p, bool training, kiln_tensor **h_n, kiln_tensor **c_n) {
+    if (nweights > RNN_HALF_MAX) {
+        kiln__fail(ctx, KILN_ERR_UNSUPPORTED, "kiln_rnn: half tensors with %d weights (at most %d)", nweights,
+                   RNN_HALF_MAX);
+        return NULL;
+    }
+    kiln_tensor *in[3] = {x, h0, c0}, *fin[3] = {NULL}, *fw[RNN_HALF_MAX] = {NULL};
+    bool ok = true;
+    for (int j = 0; j < 3 && ok; j++)
+        ok = !in[j] || (fin[j] = kiln_dtype_is_half(in[j]->dtype) ? kiln_to_dtype(ctx, in[j], KILN_F32) : in[j]);
+    for (int j = 0; j < nweights && ok; j++)
+        ok = !weights[j] ||
+             (fw[j] = kiln_dtype_is_half(weights[j]->dtype) ? kiln_to_dtype(ctx, weights[j], KILN_F32) : weights[j]);
+    kiln_dtype ac = ctx->autocast;
+    ctx->autocast = KILN_F32;
+    kiln_tensor *out =
+        ok ? kiln_rnn(ctx, mode, fin[0], fin[1], fin[2], nweights, fw, lengths, p, training, h_n, c_n) : NULL;
+    ctx->autocast = ac;
+    kiln__half_release(3, in, fin);
+    kiln__half_release(nweights, weights, fw);
+    if (!out || !kiln_dtype_is_half(x->dtype) || kiln_dtype_is_half(ac)) return out;
+    /* back to x's dtype: the output and the states */
+    kiln_tensor **res[3] = {&out, h_n, c_n};
+    for (int q = 0; q < 3; q++) {
+        if (!res[q] || !*res[q]) continue;
+        kiln_tensor *h = kiln_to_dtype(ctx, *res[q], x->dtype);
+        kiln_tensor_free(*res[q]);
+        *res[q] = h;
+        ok &= h != NULL;
+    }
+    if (ok) return out;
+    for (int q = 0; q < 3; q++)
+        if (res[q]) {
+            kiln_tensor_free(*res[q]);
+            *res[q] = NULL;
+        }
+    return NULL;
 }

@@ -11,13 +11,26 @@
 
 #define SAMPLE_PROGRAM "sample"
 
+typedef struct sample_args {
+    float temperature;
+    int top_k;
+} sample_args;
+
+static kiln_tensor *sample_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    const sample_args *a = arg;
+    return kiln_sample_logits(ctx, in[0], a->temperature, a->top_k);
+}
+
 kiln_tensor *kiln_sample_logits(kiln_ctx *ctx, kiln_tensor *logits, float temperature, int top_k) {
     static const char *op = "kiln_sample_logits";
     if (!kiln__check_inputs(ctx, op, 1, &logits)) return NULL;
+    /* half logits: drawn from an f32 copy (the ids are i32 either way) */
+    if (kiln_dtype_is_half(logits->dtype))
+        return kiln__half_fallback(ctx, 1, &logits, sample_f32, &(sample_args){temperature, top_k});
     char sb[160];
     kiln__shape_str(logits->ndim, logits->shape, sb, sizeof sb);
     if (logits->dtype != KILN_F32)
-        return kiln__fail(ctx, KILN_ERR_DTYPE, "%s: logits %s are %s; they must be F32", op, sb,
+        return kiln__fail(ctx, KILN_ERR_DTYPE, "%s: logits %s are %s; they must be f32, f16 or bf16", op, sb,
                           kiln_dtype_name(logits->dtype)),
                NULL;
     if (logits->ndim != 2)

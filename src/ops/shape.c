@@ -406,8 +406,10 @@ kiln_tensor *kiln_pad(kiln_ctx *ctx, kiln_tensor *x, int npad, const int64_t *pa
         break;
     }
     case KILN_U8: bits = (uint8_t)value; break;
+    case KILN_F16: bits = kiln_f32_to_f16(value); break; /* the value rounded as kiln_to_dtype does */
+    case KILN_BF16: bits = kiln_f32_to_bf16(value); break;
     default:
-        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: input %s has dtype %s; pad supports f32, i32 and u8", op,
+        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: input %s has dtype %s; pad supports f32, f16, bf16, i32 and u8", op,
                    tshape(x, a, sizeof a), kiln_dtype_name(x->dtype));
         return NULL;
     }
