@@ -593,7 +593,7 @@ static kiln_tensor *grad_of(kiln_ctx *ctx, kiln_tensor *leaf, kiln_tensor *y) {
     return kiln_tensor_grad(leaf);
 }
 
-/* Pooling, upsampling, pad, the losses, penalties, sampling and the recurrent layers on half
+/* Pooling, upsampling, conv_transpose2d, pad, the losses, penalties, sampling and the recurrent layers on half
  * inputs: computed in f32 on the same values and rounded once, so each result is f32's
  * rounded to the dtype (cmp_half with no slack), in the inputs' dtype (the losses' too, as
  * torch's); their f32 gradients are f32's bit for bit. */
@@ -633,6 +633,13 @@ static void test_more_half(kiln_ctx *ctx) {
                 cmp_half(what, ctx, kiln_upsample(ctx, xh, 11, 20, mode, m == 2),
                          kiln_upsample(ctx, xf, 11, 20, mode, m == 2), dt, 0);
             }
+            kiln_tensor *wh, *wf;
+            inputs(ctx, dt, -1, 1, false, &wh, &wf, 4, (int64_t[]){3, 2, 3, 3});
+            kiln_conv2d_params cp = kiln_conv2d_defaults();
+            cp.stride[0] = cp.stride[1] = 2;
+            snprintf(what, sizeof what, "conv_transpose2d %s%s", dn, tr ? " strided" : "");
+            cmp_half(what, ctx, kiln_conv_transpose2d(ctx, xh, wh, NULL, &cp),
+                     kiln_conv_transpose2d(ctx, xf, wf, NULL, &cp), dt, 0);
             snprintf(what, sizeof what, "pad %s%s", dn, tr ? " strided" : "");
             cmp_half(what, ctx, kiln_pad(ctx, xh, 4, (int64_t[]){1, 2, 0, 3}, 0.3f),
                      kiln_pad(ctx, xf, 4, (int64_t[]){1, 2, 0, 3}, 0.3f), dt, 0);
@@ -766,12 +773,18 @@ static void test_refusals(kiln_ctx *ctx) {
     kiln_tensor *labels = kiln_from_host(ctx, (int32_t[]){0, 1}, KILN_I32, 1, (int64_t[]){2});
     kiln_tensor *x2 = kiln_reshape(ctx, x, 2, (int64_t[]){2, 108});
     static const char *const cases[] = {
-        "kiln_sum",        "kiln_softmax",    "kiln_log_softmax",
-        "kiln_dropout",    "kiln_layer_norm", "kiln_mean",
-        "kiln_max",        "kiln_argmax",     "kiln_conv_transpose2d",
-        "kiln_batch_norm", "kiln_embedding",  "kiln_scaled_dot_product_attention",
+        "kiln_sum",
+        "kiln_softmax",
+        "kiln_log_softmax",
+        "kiln_dropout",
+        "kiln_layer_norm",
+        "kiln_mean",
+        "kiln_max",
+        "kiln_argmax",
+        "kiln_batch_norm",
+        "kiln_embedding",
+        "kiln_scaled_dot_product_attention",
     };
-    kiln_tensor *w = kiln_to_dtype(ctx, kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){3, 2, 3, 3}), KILN_F16);
     kiln_tensor *q = kiln_reshape(ctx, x, 3, (int64_t[]){2, 18, 6});
     int k = 0;
 #define REFUSE(call)                                                                                                   \
@@ -791,7 +804,6 @@ static void test_refusals(kiln_ctx *ctx) {
     REFUSE(kiln_mean(ctx, x, 0, NULL, false));
     REFUSE(kiln_max(ctx, x, 1, (int[]){1}, false));
     REFUSE(kiln_argmax(ctx, x2, 1, false));
-    REFUSE(kiln_conv_transpose2d(ctx, x, w, NULL, NULL));
     REFUSE(kiln_batch_norm(ctx, x, NULL, NULL, NULL, NULL, true, 0.1f, 1e-5f));
     REFUSE(kiln_embedding(ctx, x2, labels));
     REFUSE(kiln_scaled_dot_product_attention(ctx, q, q, q, NULL, NULL));

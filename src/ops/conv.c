@@ -1065,9 +1065,22 @@ kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kil
     return record(ctx, op, out, x, weight, bias, &g, conv2d_backward);
 }
 
+static kiln_tensor *conv_transpose2d_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *p) {
+    return kiln_conv_transpose2d(ctx, in[0], in[1], in[2], p);
+}
+
 kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                    const kiln_conv2d_params *p) {
     const char *op = "kiln_conv_transpose2d";
+    /* as kiln_conv2d: autocast casts f32 inputs to half, halves run on f32 copies */
+    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
+    int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
+    if (nc != 0) {
+        kiln_tensor *r = nc > 0 ? kiln_conv_transpose2d(ctx, cast[0], cast[1], cast[2], p) : NULL;
+        kiln__half_release(3, in3, cast);
+        return r;
+    }
+    if (kiln__any_half(3, in3)) return kiln__via_f32(ctx, 3, in3, conv_transpose2d_f32, p);
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, true, &g)) return NULL;
     kiln_tensor *out = NULL;
