@@ -721,19 +721,20 @@ static void test_more_half(kiln_ctx *ctx) {
         kiln_backward(kiln_cross_entropy(ctx, b, lab, KILN_MEAN));
         snprintf(what, sizeof what, "cross_entropy %s gradient", dn);
         same_f32(what, ctx, kiln_tensor_grad(a), kiln_tensor_grad(b));
-        /* penalties: f32 results, f32's bit for bit */
-        kiln_tensor *ps_h[2] = {ih, wh}, *ps_f[2] = {iff, wf};
+        /* penalties: f32's rounded (f32 when f32 and halves mix) */
+        kiln_tensor *ps_h[2] = {ih, wh}, *ps_f[2] = {iff, wf}, *ps_m[2] = {ih, wf};
         snprintf(what, sizeof what, "l2_penalty %s", dn);
-        same_f32(what, ctx, kiln_l2_penalty(ctx, 2, ps_h), kiln_l2_penalty(ctx, 2, ps_f));
+        cmp_half(what, ctx, kiln_l2_penalty(ctx, 2, ps_h), kiln_l2_penalty(ctx, 2, ps_f), dt, 0);
         snprintf(what, sizeof what, "l1_penalty %s", dn);
-        same_f32(what, ctx, kiln_l1_penalty(ctx, 2, ps_h), kiln_l1_penalty(ctx, 2, ps_f));
+        cmp_half(what, ctx, kiln_l1_penalty(ctx, 2, ps_h), kiln_l1_penalty(ctx, 2, ps_f), dt, 0);
+        snprintf(what, sizeof what, "l1_penalty %s and f32", dn);
+        same_f32(what, ctx, kiln_l1_penalty(ctx, 2, ps_m), kiln_l1_penalty(ctx, 2, ps_f));
         /* more parameters than one chunk of the half path */
         kiln_tensor *many_h[40], *many_f[40];
         for (int j = 0; j < 40; j++) many_h[j] = j % 2 ? ih : wh, many_f[j] = j % 2 ? iff : wf;
         snprintf(what, sizeof what, "l2_penalty of 40 %s tensors", dn);
         kiln_tensor *pa = kiln_l2_penalty(ctx, 40, many_h), *pb = kiln_l2_penalty(ctx, 40, many_f);
-        float va = pa ? kiln_tensor_item(pa) : NAN, vb = pb ? kiln_tensor_item(pb) : NAN;
-        CHECK(fabs((double)va - vb) <= 1e-6 * fabs((double)vb), "%s: %.9g, f32 %.9g", what, (double)va, (double)vb);
+        cmp_half(what, ctx, pa, pb, dt, 0);
         /* sampling: the same ids from the same stream */
         kiln_manual_seed(ctx, 9);
         kiln_tensor *sh = kiln_sample_logits(ctx, ih, 0.7f, 3);
@@ -766,49 +767,96 @@ static void test_more_half(kiln_ctx *ctx) {
     }
 }
 
-/* ops without a half variant refuse half inputs, naming the op and the dtype */
-static void test_refusals(kiln_ctx *ctx) {
-    kiln_scope_begin(ctx);
-    kiln_tensor *x = kiln_to_dtype(ctx, kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 3, 6, 6}), KILN_F16);
-    kiln_tensor *labels = kiln_from_host(ctx, (int32_t[]){0, 1}, KILN_I32, 1, (int64_t[]){2});
-    kiln_tensor *x2 = kiln_reshape(ctx, x, 2, (int64_t[]){2, 108});
-    static const char *const cases[] = {
-        "kiln_sum",
-        "kiln_softmax",
-        "kiln_log_softmax",
-        "kiln_dropout",
-        "kiln_layer_norm",
-        "kiln_mean",
-        "kiln_max",
-        "kiln_argmax",
-        "kiln_batch_norm",
-        "kiln_embedding",
-        "kiln_scaled_dot_product_attention",
-    };
-    kiln_tensor *q = kiln_reshape(ctx, x, 3, (int64_t[]){2, 18, 6});
-    int k = 0;
-#define REFUSE(call)                                                                                                   \
+/* The reductions, softmax, the norms, dropout, embedding and attention on half inputs:
+ * through f32 copies, so each result is f32's on the same values rounded once, in the
+ * inputs' dtype (argmax: the same indices). Contiguous inputs, so that the f32 copies and
+ * the f32 reference have one layout (a reduction's order follows the layout). */
+static void test_half_via_f32(kiln_ctx *ctx) {
+    char what[128];
+    for (int d = 0; d < 2; d++) {
+        kiln_dtype dt = half_dts[d];
+        const char *dn = kiln_dtype_name(dt);
+        kiln_scope_begin(ctx);
+        kiln_tensor *xh, *xf, *gh, *gf, *bh, *bf;
+        inputs(ctx, dt, -3, 3, false, &xh, &xf, 3, (int64_t[]){4, 6, 10});
+        inputs(ctx, dt, 0.5f, 1.5f, false, &gh, &gf, 1, (int64_t[]){10});
+        inputs(ctx, dt, -0.5f, 0.5f, false, &bh, &bf, 1, (int64_t[]){10});
+#define SAME(NAME, H, F)                                                                                               \
     do {                                                                                                               \
-        kiln_tensor *r_ = (call);                                                                                      \
-        CHECK(r_ == NULL && kiln_error_status(ctx) == KILN_ERR_DTYPE && strstr(kiln_error_message(ctx), cases[k]) &&   \
-                  strstr(kiln_error_message(ctx), "f16"),                                                              \
-              "%s of f16 must fail naming the op and dtype: %s", cases[k], kiln_error_message(ctx));                   \
-        kiln_error_clear(ctx);                                                                                         \
-        k++;                                                                                                           \
+        snprintf(what, sizeof what, "%s %s", NAME, dn);                                                                \
+        cmp_half(what, ctx, H, F, dt, 0);                                                                              \
     } while (0)
-    REFUSE(kiln_sum(ctx, x, 0, NULL, false));
-    REFUSE(kiln_softmax(ctx, x2, 1));
-    REFUSE(kiln_log_softmax(ctx, x2, 1));
-    REFUSE(kiln_dropout(ctx, x, 0.5f, true));
-    REFUSE(kiln_layer_norm(ctx, x, 1, NULL, NULL, 1e-5f));
-    REFUSE(kiln_mean(ctx, x, 0, NULL, false));
-    REFUSE(kiln_max(ctx, x, 1, (int[]){1}, false));
-    REFUSE(kiln_argmax(ctx, x2, 1, false));
-    REFUSE(kiln_batch_norm(ctx, x, NULL, NULL, NULL, NULL, true, 0.1f, 1e-5f));
-    REFUSE(kiln_embedding(ctx, x2, labels));
-    REFUSE(kiln_scaled_dot_product_attention(ctx, q, q, q, NULL, NULL));
-#undef REFUSE
+        SAME("sum", kiln_sum(ctx, xh, 1, (int[]){2}, false), kiln_sum(ctx, xf, 1, (int[]){2}, false));
+        SAME("sum of all", kiln_sum(ctx, xh, 0, NULL, false), kiln_sum(ctx, xf, 0, NULL, false));
+        SAME("mean", kiln_mean(ctx, xh, 2, (int[]){0, 2}, true), kiln_mean(ctx, xf, 2, (int[]){0, 2}, true));
+        SAME("max", kiln_max(ctx, xh, 1, (int[]){1}, false), kiln_max(ctx, xf, 1, (int[]){1}, false));
+        SAME("min", kiln_min(ctx, xh, 1, (int[]){0}, false), kiln_min(ctx, xf, 1, (int[]){0}, false));
+        SAME("softmax", kiln_softmax(ctx, xh, -1), kiln_softmax(ctx, xf, -1));
+        SAME("log_softmax", kiln_log_softmax(ctx, xh, 1), kiln_log_softmax(ctx, xf, 1));
+        SAME("layer_norm", kiln_layer_norm(ctx, xh, 1, gh, bh, 1e-5f), kiln_layer_norm(ctx, xf, 1, gf, bf, 1e-5f));
+        kiln_tensor *ah = kiln_argmax(ctx, xh, 2, false), *af = kiln_argmax(ctx, xf, 2, false);
+        int32_t *ia = ah ? h_read_i32(ah) : NULL, *ib = af ? h_read_i32(af) : NULL;
+        CHECK(ia && ib && kiln_tensor_dtype(ah) == KILN_I32 && !memcmp(ia, ib, 24 * sizeof(int32_t)),
+              "argmax %s: the indices of f32's: %s", dn, kiln_error_message(ctx));
+        free(ia);
+        free(ib);
+        /* batch norm: the running statistics (f32) end where the f32 run's do */
+        kiln_tensor *ch, *cf, *wh, *wf, *vh, *vf;
+        inputs(ctx, dt, -3, 3, false, &ch, &cf, 4, (int64_t[]){3, 4, 5, 6});
+        inputs(ctx, dt, 0.5f, 1.5f, false, &wh, &wf, 1, (int64_t[]){4});
+        inputs(ctx, dt, -0.5f, 0.5f, false, &vh, &vf, 1, (int64_t[]){4});
+        kiln_tensor *rm[2], *rv[2];
+        for (int j = 0; j < 2; j++) {
+            rm[j] = kiln_zeros(ctx, 1, (int64_t[]){4});
+            rv[j] = kiln_ones(ctx, 1, (int64_t[]){4});
+        }
+        SAME("batch_norm (train)", kiln_batch_norm(ctx, ch, rm[0], rv[0], wh, vh, true, 0.1f, 1e-5f),
+             kiln_batch_norm(ctx, cf, rm[1], rv[1], wf, vf, true, 0.1f, 1e-5f));
+        snprintf(what, sizeof what, "batch_norm %s running_mean", dn);
+        same_f32(what, ctx, rm[0], rm[1]);
+        snprintf(what, sizeof what, "batch_norm %s running_var", dn);
+        same_f32(what, ctx, rv[0], rv[1]);
+        SAME("batch_norm (eval)", kiln_batch_norm(ctx, ch, rm[0], rv[0], wh, vh, false, 0.1f, 1e-5f),
+             kiln_batch_norm(ctx, cf, rm[1], rv[1], wf, vf, false, 0.1f, 1e-5f));
+        /* dropout: the same mask from the same stream */
+        kiln_manual_seed(ctx, 4);
+        kiln_tensor *dh = kiln_dropout(ctx, xh, 0.3f, true);
+        kiln_manual_seed(ctx, 4);
+        SAME("dropout", dh, kiln_dropout(ctx, xf, 0.3f, true));
+        kiln_tensor *eh, *ef, *idx = kiln_from_host(ctx, (int32_t[]){3, 0, 5, 3}, KILN_I32, 2, (int64_t[]){2, 2});
+        inputs(ctx, dt, -1, 1, false, &eh, &ef, 2, (int64_t[]){6, 8});
+        SAME("embedding", kiln_embedding(ctx, eh, idx), kiln_embedding(ctx, ef, idx));
+        kiln_tensor *qh, *qf, *kh, *kf, *wvh, *wvf;
+        inputs(ctx, dt, -1, 1, false, &qh, &qf, 4, (int64_t[]){2, 3, 5, 8});
+        inputs(ctx, dt, -1, 1, false, &kh, &kf, 4, (int64_t[]){2, 3, 7, 8});
+        inputs(ctx, dt, -1, 1, false, &wvh, &wvf, 4, (int64_t[]){2, 3, 7, 4});
+        for (int c = 0; c < 2; c++) {
+            kiln_sdpa_opts o = kiln_sdpa_defaults();
+            o.is_causal = c;
+            SAME(c ? "sdpa (causal)" : "sdpa", kiln_scaled_dot_product_attention(ctx, qh, kh, wvh, NULL, &o),
+                 kiln_scaled_dot_product_attention(ctx, qf, kf, wvf, NULL, &o));
+        }
+#undef SAME
+        kiln_scope_end(ctx);
+        CHECK_OK(ctx);
+        kiln_error_clear(ctx);
+    }
+    /* integer inputs are refused, naming the op and the dtype */
+    kiln_scope_begin(ctx);
+    kiln_tensor *xi = kiln_from_host(ctx, (int32_t[]){1, 2, 3, 4}, KILN_I32, 2, (int64_t[]){2, 2});
+    kiln_tensor *r[4] = {kiln_softmax(ctx, xi, 1), NULL, NULL, NULL};
+    const char *ops[4] = {"kiln_softmax", "kiln_sum", "kiln_layer_norm", "kiln_mse_loss"};
+    for (int j = 0; j < 4; j++) {
+        if (j == 1) r[j] = kiln_sum(ctx, xi, 0, NULL, false);
+        if (j == 2) r[j] = kiln_layer_norm(ctx, xi, 1, NULL, NULL, 1e-5f);
+        if (j == 3) r[j] = kiln_mse_loss(ctx, xi, xi, KILN_MEAN);
+        CHECK(!r[j] && kiln_error_status(ctx) == KILN_ERR_DTYPE && strstr(kiln_error_message(ctx), ops[j]) &&
+                  strstr(kiln_error_message(ctx), "i32"),
+              "%s of i32 must fail naming the op and dtype: %s", ops[j], kiln_error_message(ctx));
+        kiln_error_clear(ctx);
+    }
     /* bit-moving shape ops take halves (exactly), their gradient is f32 */
+    kiln_tensor *x = kiln_to_dtype(ctx, kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 3, 6, 6}), KILN_F16);
     kiln_tensor *c = kiln_concat(ctx, 2, (kiln_tensor *[]){x, x}, 1);
     CHECK(c && kiln_tensor_dtype(c) == KILN_F16 && kiln_tensor_shape(c)[1] == 6, "concat of f16: %s",
           kiln_error_message(ctx));
@@ -827,7 +875,7 @@ static void run(kiln_ctx *ctx) {
     test_half_grads(ctx);
     test_matmul_half(ctx);
     test_more_half(ctx);
-    test_refusals(ctx);
+    test_half_via_f32(ctx);
     char msg[200];
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guards: %s", msg);
 }

@@ -203,12 +203,15 @@ static void test_golden_cases(void) {
 /* ---- on each device: backward where the list says so, none where it does not ---------------- */
 
 static void run(kiln_ctx *ctx) {
-    for (int k = 0; k < KILN__OP_COUNT; k++) {
-        char why[512] = "";
-        bool ok = ops_smoke(ctx, k, why, sizeof why);
-        CHECK(ok, "op %s (%s, %s): %s", kiln__op_name((kiln__op)k), kiln__op_get((kiln__op)k)->fn,
-              kiln__op_get((kiln__op)k)->grad ? "differentiable" : "not differentiable", why);
-    }
+    static const kiln_dtype dts[3] = {KILN_F32, KILN_F16, KILN_BF16};
+    for (int d = 0; d < 3; d++)
+        for (int k = 0; k < KILN__OP_COUNT; k++) {
+            char why[512] = "";
+            bool ok = ops_smoke(ctx, k, dts[d], why, sizeof why);
+            CHECK(ok, "op %s (%s, %s) on %s inputs: %s", kiln__op_name((kiln__op)k), kiln__op_get((kiln__op)k)->fn,
+                  kiln__op_get((kiln__op)k)->grad ? "differentiable" : "not differentiable", kiln_dtype_name(dts[d]),
+                  why);
+        }
     CHECK(kiln_ctx_num_tensors(ctx) == 0, "%lld tensors left after the smoke runs",
           (long long)kiln_ctx_num_tensors(ctx));
     CHECK_OK(ctx);

@@ -1008,6 +1008,7 @@ static void test_errors(kiln_ctx *ctx) {
     kiln_tensor *ti = kiln_from_host(ctx, iv, KILN_I32, 1, (int64_t[]){3});
     kiln_tensor *tn = kiln_from_host(ctx, nv, KILN_I32, 1, (int64_t[]){2});
     kiln_tensor *ti2 = kiln_from_host(ctx, iv, KILN_I32, 2, (int64_t[]){1, 3});
+    kiln_tensor *h16 = kiln_empty(ctx, KILN_F16, 2, (int64_t[]){2, 3});
     kiln_tensor_set_requires_grad(a, true);
 
     /* concat / stack */
@@ -1040,6 +1041,9 @@ static void test_errors(kiln_ctx *ctx) {
     EXPECT_FAIL(kiln_pad(ctx, a, 2, (int64_t[]){-2, -2}, 0), KILN_ERR_SHAPE, "kiln_pad", "(-2, -2)", "dim 1", "[2, 3]");
     EXPECT_FAIL(kiln_pad(ctx, a, 2, NULL, 0), KILN_ERR_NULL, "kiln_pad");
     EXPECT_FAIL(kiln_pad(ctx, a, 2, (int64_t[]){INT64_MAX, 1}, 0), KILN_ERR_SHAPE, "kiln_pad");
+    kiln_tensor *p16 = kiln_pad(ctx, h16, 2, (int64_t[]){1, 1}, 0); /* halves pad (tests/test_half.c) */
+    CHECK(p16 && kiln_tensor_dtype(p16) == KILN_F16 && kiln_tensor_shape(p16)[1] == 5, "pad of f16: %s",
+          kiln_error_message(ctx));
 
     /* flatten */
     EXPECT_FAIL(kiln_flatten(ctx, a, 1, 0), KILN_ERR_INVALID_ARGUMENT, "kiln_flatten", "wrong order", "[2, 3]");

@@ -38,6 +38,7 @@ typedef struct smoke {
     int64_t size_only; /* > 0: only the output's element count is checked (kiln_empty) */
     char err[400];     /* a failure the run function found itself */
     uint32_t rng;
+    kiln_dtype dt; /* the float inputs' dtype: f32, or a half (the harness's dtype axis) */
 } smoke;
 
 static float rnd(smoke *s, float lo, float hi) {
@@ -66,6 +67,9 @@ static kiln_tensor *input(smoke *s, const float **h, int ndim, const int64_t *sh
         return NULL;
     }
     for (int64_t i = 0; i < n; i++) v[i] = vals ? vals[i] : rnd(s, lo, hi);
+    /* a half run: the values rounded to the dtype, so that the host reference sees the op's */
+    for (int64_t i = 0; s->dt == KILN_F16 && i < n; i++) v[i] = kiln_f16_to_f32(kiln_f32_to_f16(v[i]));
+    for (int64_t i = 0; s->dt == KILN_BF16 && i < n; i++) v[i] = kiln_bf16_to_f32(kiln_f32_to_bf16(v[i]));
     s->host[s->nhost++] = v;
     if (h) *h = v;
     kiln_tensor *t = kiln_from_host(s->ctx, v, KILN_F32, ndim, shape);
@@ -73,7 +77,8 @@ static kiln_tensor *input(smoke *s, const float **h, int ndim, const int64_t *sh
         if (kiln_tensor_set_requires_grad(t, true) != KILN_OK) return NULL;
         s->leaf[s->nleaf++] = t;
     }
-    return t;
+    /* the op reads a half conversion of the f32 leaf, which carries the gradient back */
+    return t && s->dt != KILN_F32 ? kiln_to_dtype(s->ctx, t, s->dt) : t;
 }
 
 static kiln_tensor *indices(smoke *s, int ndim, const int64_t *shape, const int32_t *vals) {
@@ -571,8 +576,9 @@ static void run_batch_norm(smoke *s) {
     const float *x, *w, *b;
     static const float zeros[3] = {0, 0, 0}, ones[3] = {1, 1, 1};
     kiln_tensor *tx = input(s, &x, 2, (int64_t[]){4, 3}, NULL, -2, 2, true);
-    kiln_tensor *rm = input(s, NULL, 1, (int64_t[]){3}, zeros, 0, 0, false);
-    kiln_tensor *rv = input(s, NULL, 1, (int64_t[]){3}, ones, 0, 0, false);
+    /* the running statistics are f32 buffers whatever the input's dtype */
+    kiln_tensor *rm = kiln_from_host(s->ctx, zeros, KILN_F32, 1, (int64_t[]){3});
+    kiln_tensor *rv = kiln_from_host(s->ctx, ones, KILN_F32, 1, (int64_t[]){3});
     kiln_tensor *tw = input(s, &w, 1, (int64_t[]){3}, NULL, 0.5f, 1.5f, true);
     kiln_tensor *tb = input(s, &b, 1, (int64_t[]){3}, NULL, -0.5f, 0.5f, true);
     s->out = kiln_batch_norm(s->ctx, tx, rm, rv, tw, tb, true, 0.1f, 1e-5f);
@@ -913,6 +919,7 @@ static void run_copy(smoke *s) {
     const float *x;
     kiln_tensor *src = input(s, &x, 2, (int64_t[]){4, 3}, NULL, -2, 2, false);
     kiln_tensor *dst = kiln_zeros(s->ctx, 2, (int64_t[]){3, 4});
+    if (dst && s->dt != KILN_F32) dst = kiln_to_dtype(s->ctx, dst, s->dt);
     if (src && dst && kiln_copy(kiln_transpose(s->ctx, dst, 0, 1), src) == KILN_OK) s->out = dst;
     permute_ref(x, 2, (int64_t[]){4, 3}, (int[]){1, 0}, expect(s, 12));
 }
@@ -1000,9 +1007,12 @@ static bool all_finite(const float *v, int64_t n, int64_t *bad) {
     return true;
 }
 
-/* Reads a F32 or I32 tensor as floats; NULL on error (message in why). */
+/* Reads a F32, F16, BF16 or I32 tensor as floats; NULL on error (message in why). */
 static float *read_floats(kiln_tensor *t, char *why, size_t cap, const char *what) {
     int64_t n = kiln_tensor_numel(t);
+    kiln_ctx *ctx = kiln_tensor_ctx(t);
+    if (kiln_dtype_is_half(kiln_tensor_dtype(t)) && !(t = kiln_to_dtype(ctx, t, KILN_F32)))
+        return snprintf(why, cap, "%s: %s", what, kiln_error_message(ctx)), NULL;
     float *v = malloc(sizeof(float) * (size_t)(n ? n : 1));
     if (!v) return snprintf(why, cap, "%s: out of host memory", what), NULL;
     kiln_status st;
@@ -1033,8 +1043,13 @@ static bool check(smoke *s, const kiln__op_info *op, char *why, size_t cap) {
         if (n == s->size_only) return true;
         return snprintf(why, cap, "%lld elements, expected %lld", (long long)n, (long long)s->size_only), false;
     }
+    kiln_dtype odt = kiln_tensor_dtype(s->out);
+    if (s->dt != KILN_F32 && odt != s->dt && odt != KILN_I32 && odt != KILN_U8)
+        return snprintf(why, cap, "%s inputs gave a %s result", kiln_dtype_name(s->dt), kiln_dtype_name(odt)), false;
     float *got = read_floats(s->out, why, cap, "reading the result");
     if (!got) return false;
+    /* a half result: one more rounding, to the dtype's unit roundoff */
+    double u = odt == KILN_F16 ? 0x1p-11 : odt == KILN_BF16 ? 0x1p-8 : 0.0;
     bool ok = false;
     if (!all_finite(got, n, &bad)) {
         snprintf(why, cap, "forward: element %lld is %g", (long long)bad, got[bad]);
@@ -1043,7 +1058,7 @@ static bool check(smoke *s, const kiln__op_info *op, char *why, size_t cap) {
     } else {
         ok = true;
         for (int64_t i = 0; ok && i < s->nref; i++)
-            if (!(fabs(got[i] - s->ref[i]) <= s->atol + s->rtol * fabs(s->ref[i]))) {
+            if (!(fabs(got[i] - s->ref[i]) <= s->atol + (s->rtol + u) * fabs(s->ref[i]))) {
                 snprintf(why, cap, "forward: element %lld is %.9g, the host reference %.9g", (long long)i, got[i],
                          s->ref[i]);
                 ok = false;
@@ -1077,10 +1092,23 @@ static bool check(smoke *s, const kiln__op_info *op, char *why, size_t cap) {
     return true;
 }
 
-bool ops_smoke(kiln_ctx *ctx, int op, char *why, size_t cap) {
+/* Whether op's smoke run also runs with half inputs: every op that reads float data; not
+ * the optimizers (they update f32 parameters in place), the ops that make tensors from
+ * nothing, nor the conversion itself (its smoke run converts to f16 and back). */
+static bool ops_smoke_half(const kiln__op_info *op) {
+    static const char *const none[] = {"empty", "full",         "zeros",       "ones",    "arange",
+                                       "fill",  "rand_uniform", "rand_normal", "to_dtype"};
+    if (is_optim(op)) return false;
+    for (size_t j = 0; j < sizeof none / sizeof none[0]; j++)
+        if (strcmp(op->name, none[j]) == 0) return false;
+    return true;
+}
+
+bool ops_smoke(kiln_ctx *ctx, int op, kiln_dtype dt, char *why, size_t cap) {
     const kiln__op_info *info = kiln__op_get((kiln__op)op);
     if (!info) return snprintf(why, cap, "no op %d in src/ops/registry.h", op), false;
-    smoke s = {.ctx = ctx, .grad = !is_optim(info), .atol = 1e-5, .rtol = 1e-4, .rng = 2166136261u};
+    if (dt != KILN_F32 && !ops_smoke_half(info)) return true;
+    smoke s = {.ctx = ctx, .grad = !is_optim(info), .atol = 1e-5, .rtol = 1e-4, .rng = 2166136261u, .dt = dt};
     for (const char *c = info->name; *c; c++) s.rng = (s.rng ^ (unsigned char)*c) * 16777619u;
     kiln_error_clear(ctx);
     kiln_scope_begin(ctx);
@@ -1301,7 +1329,7 @@ static void run_device(ops_run *r, int d) {
         char msg[512] = "";
         struct timespec o0;
         timespec_get(&o0, TIME_UTC);
-        r->pass[k][d] = ops_smoke(ctx, k, msg, sizeof msg);
+        r->pass[k][d] = ops_smoke(ctx, k, KILN_F32, msg, sizeof msg);
         r->op_secs[k][d] = seconds_since(&o0);
         if (!r->pass[k][d]) r->why[k][d] = dupstr(msg);
     }

@@ -17,7 +17,10 @@ int kiln_cmd_ops(int argc, char **argv);
  * inputs against a host computation, finite outputs, and - as the registry says - that a
  * differentiable op's output records a backward rule (inputs requiring grad) and that one
  * backward gives every input a finite gradient, or that a non-differentiable one records
- * none. true when it passed; else why holds what failed. */
-bool ops_smoke(kiln_ctx *ctx, int op, char *why, size_t cap);
+ * none. dt: the dtype of the float inputs; with KILN_F16 or KILN_BF16 the host values are
+ * rounded to it, the op must return that dtype (or integers) and match the reference
+ * within one more rounding (ops that take no half data pass at once). true when it passed;
+ * else why holds what failed. */
+bool ops_smoke(kiln_ctx *ctx, int op, kiln_dtype dt, char *why, size_t cap);
 
 #endif

@@ -301,6 +301,11 @@ static kiln_status softmax_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     return kiln__accum_owned(ctx, n, 0, gi);
 }
 
+static kiln_tensor *softmax_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    const int *a = arg; /* dim, log */
+    return a[1] ? kiln_log_softmax(ctx, in[0], a[0]) : kiln_softmax(ctx, in[0], a[0]);
+}
+
 static kiln_tensor *softmax_forward(kiln_ctx *ctx, const char *op, kiln_tensor *x, int dim, bool lg) {
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
     kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
@@ -309,6 +314,8 @@ static kiln_tensor *softmax_forward(kiln_ctx *ctx, const char *op, kiln_tensor *
         kiln_tensor_free(xf);
         return res;
     }
+    /* a half input: through an f32 copy, the result in its dtype */
+    if (kiln_dtype_is_half(x->dtype)) return kiln__half_fallback(ctx, 1, &x, softmax_f32, (const int[]){dim, lg});
     if (!check_f32(ctx, op, x)) return NULL;
     int d = kiln__axis(dim, x->ndim ? x->ndim : 1); /* a 0-d tensor takes dim 0 or -1, as torch */
     if (d < 0) {

@@ -100,8 +100,8 @@ static bool sdpa_check(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, kiln_tenso
     static const char *const names[3] = {"query", "key", "value"};
     for (int t = 0; t < 3; t++) {
         if (qkv[t]->dtype != KILN_F32) {
-            kiln__fail(ctx, KILN_ERR_DTYPE, "%s: %s has dtype %s; only f32 is supported (%s)", op_name, names[t],
-                       kiln_dtype_name(qkv[t]->dtype), sh);
+            kiln__fail(ctx, KILN_ERR_DTYPE, "%s: %s has dtype %s; f32, f16 and bf16 are supported (%s)", op_name,
+                       names[t], kiln_dtype_name(qkv[t]->dtype), sh);
             return false;
         }
         if (qkv[t]->ndim < 2) {
@@ -557,11 +557,18 @@ static kiln_tensor *sdpa_composed(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k,
 
 /* ---- the op -------------------------------------------------------------------------------- */
 
+static kiln_tensor *sdpa_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *opts) {
+    return kiln_scaled_dot_product_attention(ctx, in[0], in[1], in[2], in[3], opts);
+}
+
 kiln_tensor *kiln_scaled_dot_product_attention(kiln_ctx *ctx, kiln_tensor *query, kiln_tensor *key, kiln_tensor *value,
                                                kiln_tensor *attn_mask, const kiln_sdpa_opts *opts) {
     kiln_tensor *in[3] = {query, key, value};
     if (!kiln__check_inputs(ctx, op_name, 3, in)) return NULL;
     if (attn_mask && !kiln__check_inputs(ctx, op_name, 1, &attn_mask)) return NULL;
+    /* half query, key, value or additive mask: through f32 copies, the result in their dtype */
+    kiln_tensor *hin[4] = {query, key, value, attn_mask};
+    if (kiln__any_half(4, hin)) return kiln__half_fallback(ctx, 4, hin, sdpa_f32, opts);
     kiln_sdpa_opts o = opts ? *opts : kiln_sdpa_defaults();
     sdpa_geom g;
     float scale;

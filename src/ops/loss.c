@@ -639,8 +639,22 @@ static kiln_tensor *pen_run(kiln_ctx *ctx, el_kind kind, int k, kiln_tensor *con
 
 #define PEN_CHUNK 32
 
-/* sum over params of sum|p| (L1) or sum p^2 (L2). */
+static kiln_tensor *penalty_of(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *const *params);
+
+/* sum over params of sum|p| (L1) or sum p^2 (L2), in f32; in the params' dtype when all
+ * are halves of one dtype and autocast is off (as kiln__half_fallback's ops). */
 static kiln_tensor *penalty(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *const *params) {
+    kiln_tensor *out = penalty_of(ctx, kind, n, params);
+    if (!out || n == 0 || kiln_dtype_is_half(ctx->autocast)) return out;
+    kiln_dtype dt = params[0]->dtype;
+    for (int j = 0; j < n; j++)
+        if (!kiln_dtype_is_half(params[j]->dtype) || params[j]->dtype != dt) return out;
+    kiln_tensor *h = kiln_to_dtype(ctx, out, dt);
+    kiln_tensor_free(out);
+    return h;
+}
+
+static kiln_tensor *penalty_of(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *const *params) {
     const char *op = el_info[kind].op;
     if (!ctx) return kiln__fail_global(KILN_ERR_NULL, "%s: ctx is NULL", op), NULL;
     if (n < 0) {
@@ -668,10 +682,10 @@ static kiln_tensor *penalty(kiln_ctx *ctx, el_kind kind, int n, kiln_tensor *con
     }
     if (!kiln__any_half(n, params)) return kiln__finish(ctx, op, pen_run(ctx, kind, n, params));
     /* half parameters: through f32 copies (differentiable conversions), PEN_CHUNK at a time
-     * (the chunks' penalties added); the penalty is f32 */
+     * (the chunks' penalties added in f32) */
     if (n > PEN_CHUNK) {
-        kiln_tensor *a = penalty(ctx, kind, PEN_CHUNK, params);
-        kiln_tensor *b = a ? penalty(ctx, kind, n - PEN_CHUNK, params + PEN_CHUNK) : NULL;
+        kiln_tensor *a = penalty_of(ctx, kind, PEN_CHUNK, params);
+        kiln_tensor *b = a ? penalty_of(ctx, kind, n - PEN_CHUNK, params + PEN_CHUNK) : NULL;
         kiln_tensor *sum = b ? kiln_add(ctx, a, b) : NULL;
         kiln_tensor_free(a);
         kiln_tensor_free(b);

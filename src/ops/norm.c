@@ -377,6 +377,18 @@ static bool check_channel_vec(kiln_ctx *ctx, const char *op, const char *what, c
     return true;
 }
 
+/* The half variants of the ops below run them on f32 copies (kiln__half_fallback). */
+typedef struct bn_args {
+    kiln_tensor *running_mean, *running_var;
+    bool training;
+    float momentum, eps;
+} bn_args;
+
+static kiln_tensor *batch_norm_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    const bn_args *a = arg;
+    return kiln_batch_norm(ctx, in[0], a->running_mean, a->running_var, in[1], in[2], a->training, a->momentum, a->eps);
+}
+
 kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running_mean, kiln_tensor *running_var,
                              kiln_tensor *weight, kiln_tensor *bias, bool training, float momentum, float eps) {
     static const char op[] = "kiln_batch_norm";
@@ -387,6 +399,10 @@ kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running
         kiln_tensor_free(xf);
         return res;
     }
+    kiln_tensor *hin[3] = {x, weight, bias};
+    if (kiln__any_half(3, hin)) /* through f32 copies; the running statistics stay f32, updated in place */
+        return kiln__half_fallback(ctx, 3, hin, batch_norm_f32,
+                                   &(bn_args){running_mean, running_var, training, momentum, eps});
     /* optional tensors: only another context is an error (NULL means absent) */
     kiln_tensor *opt[4] = {running_mean, running_var, weight, bias};
     for (int j = 0; j < 4; j++) {
@@ -446,6 +462,16 @@ kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running
 
 /* ---- layer norm ---------------------------------------------------------------------------- */
 
+typedef struct ln_args {
+    int nnorm;
+    float eps;
+} ln_args;
+
+static kiln_tensor *layer_norm_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    const ln_args *a = arg;
+    return kiln_layer_norm(ctx, in[0], a->nnorm, in[1], in[2], a->eps);
+}
+
 kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tensor *weight, kiln_tensor *bias,
                              float eps) {
     static const char op[] = "kiln_layer_norm";
@@ -456,6 +482,8 @@ kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tens
         kiln_tensor_free(xf);
         return res;
     }
+    kiln_tensor *hin[3] = {x, weight, bias};
+    if (kiln__any_half(3, hin)) return kiln__half_fallback(ctx, 3, hin, layer_norm_f32, &(ln_args){nnorm, eps});
     kiln_tensor *opt[2] = {weight, bias};
     for (int j = 0; j < 2; j++) {
         if (opt[j] && opt[j]->ctx != ctx) {
@@ -554,6 +582,16 @@ static kiln_status identity_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tenso
     return kiln__accum(ctx, n, 0, gout);
 }
 
+typedef struct drop_args {
+    float p;
+    bool training;
+} drop_args;
+
+static kiln_tensor *dropout_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    const drop_args *a = arg;
+    return kiln_dropout(ctx, in[0], a->p, a->training);
+}
+
 kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training) {
     static const char op[] = "kiln_dropout";
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
@@ -563,6 +601,7 @@ kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training)
         kiln_tensor_free(xf);
         return res;
     }
+    if (kiln_dtype_is_half(x->dtype)) return kiln__half_fallback(ctx, 1, &x, dropout_f32, &(drop_args){p, training});
     if (!check_f32(ctx, op, "input", x)) return NULL;
     if (!(p >= 0.0f && p <= 1.0f)) {
         char sx[160];
@@ -652,10 +691,17 @@ static kiln_status embedding_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tens
     return s;
 }
 
+static kiln_tensor *embedding_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    (void)arg;
+    return kiln_embedding(ctx, in[0], in[1]);
+}
+
 kiln_tensor *kiln_embedding(kiln_ctx *ctx, kiln_tensor *weight, kiln_tensor *indices) {
     static const char op[] = "kiln_embedding";
     kiln_tensor *ins[2] = {weight, indices};
     if (!kiln__check_inputs(ctx, op, 2, ins)) return NULL;
+    /* a half table: rows of an f32 copy, in the table's dtype */
+    if (kiln_dtype_is_half(weight->dtype)) return kiln__half_fallback(ctx, 2, ins, embedding_f32, NULL);
     char sw[160], si[160];
     kiln__shape_str(weight->ndim, weight->shape, sw, sizeof sw);
     kiln__shape_str(indices->ndim, indices->shape, si, sizeof si);

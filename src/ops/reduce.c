@@ -15,7 +15,7 @@ typedef struct reduce_state {
 static bool check_f32(kiln_ctx *ctx, const char *op, const kiln_tensor *t) {
     if (t->dtype == KILN_F32) return true;
     char sb[160];
-    kiln__fail(ctx, KILN_ERR_DTYPE, "%s: dtype %s of tensor %s is not supported (f32 only)", op,
+    kiln__fail(ctx, KILN_ERR_DTYPE, "%s: dtype %s of tensor %s is not supported (f32, f16 and bf16 are)", op,
                kiln_dtype_name(t->dtype), kiln__shape_str(t->ndim, t->shape, sb, sizeof sb));
     return false;
 }
@@ -60,6 +60,23 @@ static kiln_status bw_extreme(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     return s;
 }
 
+typedef struct red_args {
+    const char *op;
+    kiln__red_kind kind;
+    int naxes, axis;
+    const int *axes;
+    bool keepdim;
+} red_args;
+
+static kiln_tensor *reduce_axes(kiln_ctx *ctx, const char *op, kiln__red_kind kind, kiln_tensor *t, int naxes,
+                                const int *axes, bool keepdim);
+
+static kiln_tensor *reduce_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
+    const red_args *a = arg;
+    if (a->kind == KILN__RED_ARGMAX) return kiln_argmax(ctx, in[0], a->axis, a->keepdim);
+    return reduce_axes(ctx, a->op, a->kind, in[0], a->naxes, a->axes, a->keepdim);
+}
+
 static kiln_tensor *reduce_axes(kiln_ctx *ctx, const char *op, kiln__red_kind kind, kiln_tensor *t, int naxes,
                                 const int *axes, bool keepdim) {
     if (!kiln__check_inputs(ctx, op, 1, &t)) return NULL;
@@ -69,6 +86,9 @@ static kiln_tensor *reduce_axes(kiln_ctx *ctx, const char *op, kiln__red_kind ki
         kiln_tensor_free(tf);
         return res;
     }
+    /* a half input: reduced in f32 from an f32 copy, the result in its dtype (as torch's) */
+    if (kiln_dtype_is_half(t->dtype))
+        return kiln__half_fallback(ctx, 1, &t, reduce_f32, &(red_args){op, kind, naxes, 0, axes, keepdim});
     if (!check_f32(ctx, op, t)) return NULL;
     bool red[KILN_MAX_DIMS];
     if (!kiln__reduce_axes(ctx, op, t, naxes, axes, red)) return NULL;
@@ -115,6 +135,9 @@ kiln_tensor *kiln_min(kiln_ctx *ctx, kiln_tensor *t, int naxes, const int *axes,
  * axis reduced it is the flat index over the whole tensor, as torch.argmax(t). */
 kiln_tensor *kiln_argmax(kiln_ctx *ctx, kiln_tensor *t, int axis, bool keepdim) {
     if (!kiln__check_inputs(ctx, "kiln_argmax", 1, &t)) return NULL;
+    if (kiln_dtype_is_half(t->dtype)) /* the indices of an f32 copy's maxima: those of the halves */
+        return kiln__half_fallback(ctx, 1, &t, reduce_f32,
+                                   &(red_args){"kiln_argmax", KILN__RED_ARGMAX, 1, axis, NULL, keepdim});
     if (!check_f32(ctx, "kiln_argmax", t)) return NULL;
     bool red[KILN_MAX_DIMS];
     bool all = axis == KILN_ALL_AXES;
