@@ -15,14 +15,14 @@
  *     }
  *
  * Autocast. While a context's autocast dtype is KILN_F16 or KILN_BF16, the ops that gain
- * from half precision - kiln_matmul, kiln_matmul_ex, linear layers (x W^T + b) and
- * kiln_conv2d - convert their f32 inputs to that dtype (differentiably: the f32 master
- * weights get the gradients), compute, and return half outputs; the elementwise ops and
- * activations with half variants follow their inputs' dtype (README.md, "Half precision and
- * mixed precision", lists them); softmax, log_softmax, cross-entropy, nll_loss, the
- * reductions (sum, mean, max, min, argmax), max and average pooling, dropout, batch and
- * layer norm convert half inputs to f32 and compute in f32. Every other op refuses half
- * inputs (KILN_ERR_DTYPE) under autocast too: convert with kiln_to_dtype. kiln's kernels
+ * from half precision - kiln_matmul, kiln_matmul_ex, linear layers (x W^T + b),
+ * kiln_conv2d and kiln_conv_transpose2d - convert their f32 inputs to that dtype
+ * (differentiably: the f32 master weights get the gradients), compute, and return half
+ * outputs; the elementwise ops, activations, pad and upsampling follow their inputs' dtype;
+ * every other op (softmax, log_softmax, the losses and penalties, the reductions, pooling,
+ * dropout, batch and layer norm, embedding, attention, the recurrent layers) converts half
+ * inputs to f32, computes in f32 and returns f32 (README.md, "Half precision and mixed
+ * precision", has the lists). kiln's kernels
  * sum in f32 whatever the storage, as PyTorch's do. A backward turns autocast off while it
  * runs, and gradients on the tape are f32 (include/kiln/tensor.h, kiln_to_dtype).
  *

@@ -65,9 +65,10 @@ KILN_API const char *kiln_status_name(kiln_status s);
 
 /* Element types. KILN_F32 is computed on by every op; KILN_I32 holds indices (argmax) and
  * KILN_U8 masks. KILN_F16 (IEEE binary16) and KILN_BF16 (bfloat16: the top 16 bits of an
- * f32) are storage types on every device, cl_khr_fp16 or not: the ops that have a half
- * variant load them, compute in f32 and store halves (README.md, "Half precision and mixed
- * precision", lists them); the others refuse them with KILN_ERR_DTYPE. Host data of a half
+ * f32) are storage types on every device, cl_khr_fp16 or not, taken by every op: each
+ * computes in f32, either in kernels that load and store halves or on f32 copies of its
+ * half inputs (README.md, "Half precision and mixed precision", says which), and returns
+ * the inputs' dtype (f32 where f32 and halves mix, as torch promotes). Host data of a half
  * tensor (kiln_from_host, kiln_to_host) is the raw 16-bit values; kiln_to_dtype converts. */
 typedef enum kiln_dtype {
     KILN_F32 = 0,
