@@ -1187,7 +1187,7 @@ static int golden_status(const golden_set *g, const kiln__op_info *op, kiln_ctx 
 /* ---- output ------------------------------------------------------------------------------------ */
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: kiln ops [--json] [--device SPEC] [--op NAME]... [--no-run]\n"
+    fprintf(f, "usage: kiln ops [--json] [--device SPEC] [--op NAME]... [--dtype f32|f16|bf16|all] [--no-run]\n"
                "\n"
                "Lists every op of kiln's public API (ops.h, tensor.h's creation functions and views,\n"
                "functional.h, the optimizers' updates and gradient clipping) with:\n"
@@ -1198,12 +1198,14 @@ static void usage(FILE *f) {
                "  golden     whether tests/golden/*.safetensors holds a case of it (unknown when the files\n"
                "             cannot be read; $KILN_GOLDEN_DIR overrides the directory)\n"
                "  passed     the devices (P:D) on which its smoke run passed: forward on small inputs against\n"
-               "             a host computation, finite outputs, and the backward check\n"
+               "             a host computation, finite outputs, and the backward check, with f32 inputs and\n"
+               "             again with f16 and bf16 inputs (the result in that dtype, within one more rounding)\n"
                "\n"
                "options:\n"
                "  --json          one JSON object per op, then a summary object\n"
                "  --device SPEC   run on this device only (gpu, cpu, P:D or part of a name); default: all\n"
                "  --op NAME       only this op (repeatable)\n"
+               "  --dtype D       the smoke run's input dtypes: f32, f16, bf16 or all [all]\n"
                "  --no-run        list without the smoke run\n"
                "\n"
                "exit status: 0 all passed, 1 an op failed, 2 bad usage, 77 no OpenCL device\n");
@@ -1222,6 +1224,8 @@ static char *dupstr(const char *s) {
 /* Everything one `kiln ops` run gathers. pass[op][dev]: 1 passed, 0 failed, -1 not run. */
 typedef struct ops_run {
     bool json, run, filter;
+    int ndt;
+    kiln_dtype dts[3]; /* the smoke runs' input dtypes */
     const char *device;
     bool selected[NOPS];
     kiln_device_info info[MAX_DEV];
@@ -1244,7 +1248,10 @@ typedef struct ops_summary {
 
 /* The options into r; returns -1 to go on, else the exit status. */
 static int parse_args(ops_run *r, int argc, char **argv) {
+    static const kiln_dtype all[3] = {KILN_F32, KILN_F16, KILN_BF16};
     r->run = true;
+    r->ndt = 3;
+    memcpy(r->dts, all, sizeof all);
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             r->json = true;
@@ -1254,7 +1261,22 @@ static int parse_args(ops_run *r, int argc, char **argv) {
             return usage(stdout), 0;
         else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
             r->device = argv[++i];
-        else if (strcmp(argv[i], "--op") == 0 && i + 1 < argc) {
+        else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
+            const char *d = argv[++i];
+            r->ndt = 1;
+            if (strcmp(d, "all") == 0)
+                r->ndt = 3;
+            else if (strcmp(d, "f32") == 0)
+                r->dts[0] = KILN_F32;
+            else if (strcmp(d, "f16") == 0)
+                r->dts[0] = KILN_F16;
+            else if (strcmp(d, "bf16") == 0)
+                r->dts[0] = KILN_BF16;
+            else {
+                fprintf(stderr, "kiln ops: --dtype %s: expected f32, f16, bf16 or all\n", d);
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--op") == 0 && i + 1 < argc) {
             const char *name = argv[++i];
             int k = kiln__op_find(name);
             if (k < 0) {
@@ -1329,7 +1351,13 @@ static void run_device(ops_run *r, int d) {
         char msg[512] = "";
         struct timespec o0;
         timespec_get(&o0, TIME_UTC);
-        r->pass[k][d] = ops_smoke(ctx, k, KILN_F32, msg, sizeof msg);
+        bool ok = true;
+        for (int t = 0; ok && t < r->ndt; t++) {
+            char why[480] = "";
+            ok = ops_smoke(ctx, k, r->dts[t], why, sizeof why);
+            if (!ok) snprintf(msg, sizeof msg, "%s inputs: %s", kiln_dtype_name(r->dts[t]), why);
+        }
+        r->pass[k][d] = ok;
         r->op_secs[k][d] = seconds_since(&o0);
         if (!r->pass[k][d]) r->why[k][d] = dupstr(msg);
     }
