@@ -48,8 +48,9 @@
 #endif
 
 /* NT_BIAS 1: gemm_nt adds bias[bias_off + j * bias_st] to output column j as it stores
- * (a linear layer's x W^T + b in one launch; only with beta 0, src/ops/gemm.c). The extra
- * arguments exist only in that program. */
+ * (a linear layer's x W^T + b in one launch; only with beta 0, src/ops/gemm.c); NT_BIAS 2
+ * also applies ReLU to the sum (x < 0 ? 0 : x, as kiln_relu). The extra arguments exist
+ * only in those programs. */
 #ifndef NT_BIAS
 #define NT_BIAS 0
 #endif
@@ -206,7 +207,11 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
         float bc = BI_LD(bias, bias_off + (ulong)(j0 + c) * bias_st);
         for (int r = 0; r < rows; r++) {
             float y = alpha * s[r][c];
-            C_ST(crow, (ulong)r * ldc + c, y + bc);
+            float o = y + bc;
+#if NT_BIAS == 2
+            o = o < 0.0f ? 0.0f : o;
+#endif
+            C_ST(crow, (ulong)r * ldc + c, o);
         }
     }
 #else

@@ -396,8 +396,9 @@ static bool host_of(kiln_tensor *t, float *out, size_t n) {
  * is a strided view at an offset (every second element of a longer vector from the
  * second). Returns y, d x, d W, d b in out[0..3] (host copies, caller frees) and the
  * forward's launches in *launches. */
-static bool linear_pass(kiln_ctx *ctx, int mode, int xnd, const int64_t *xshape, int64_t out, const float *xh,
-                        const float *wh, const float *bh, const float *rh, float **res, uint64_t *launches) {
+static bool linear_pass(kiln_ctx *ctx, int mode, bool relu, int xnd, const int64_t *xshape, int64_t out,
+                        const float *xh, const float *wh, const float *bh, const float *rh, float **res,
+                        uint64_t *launches) {
     kiln__hooks_of(ctx)->gemm_epilogue = mode;
     int64_t in = xshape[xnd - 1], rows = 1;
     for (int d = 0; d < xnd - 1; d++) rows *= xshape[d];
@@ -415,7 +416,7 @@ static bool linear_pass(kiln_ctx *ctx, int mode, int xnd, const int64_t *xshape,
     kiln_tensor *b = kiln_slice(ctx, bfull, 0, 1, 2 * out + 1, 2);
     kiln_ctx_stats s0, s1;
     kiln_ctx_stats_get(ctx, &s0);
-    kiln_tensor *y = kiln__linear(ctx, "test linear", x, w, b);
+    kiln_tensor *y = relu ? kiln__linear_relu(ctx, "test linear", x, w, b) : kiln__linear(ctx, "test linear", x, w, b);
     kiln_ctx_stats_get(ctx, &s1);
     *launches = s1.launches - s0.launches;
     kiln_status st = y ? kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, r), 0, NULL, false)) : ctx->err;
@@ -436,7 +437,8 @@ static bool linear_pass(kiln_ctx *ctx, int mode, int xnd, const int64_t *xshape,
  * and y and every gradient bit for bit the unfused ones (the kernel rounds the product and
  * then adds the bias, as kiln_add does), for every parameter set, with M and N not
  * multiples of the register block, K not a multiple of the vector step, and the input
- * with leading batch dims folded into M. */
+ * with leading batch dims folded into M; the same for kiln__linear_relu (one launch
+ * instead of three: product, add, relu). */
 static void test_linear_bias(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 1;
     for (int s = 0; s < KILN__GEMM_SETS; s++) {
@@ -459,18 +461,31 @@ static void test_linear_bias(kiln_ctx *ctx) {
                 h_fill(wh, out * in, -1.0f, 1.0f);
                 h_fill(bh, 2 * out + 1, -2.0f, 2.0f);
                 h_fill(rh, rows * out, -1.0f, 1.0f);
-                bool ok = linear_pass(ctx, 1, xnd, xshape, out, xh, wh, bh, rh, fu, &lf) &&
-                          linear_pass(ctx, -1, xnd, xshape, out, xh, wh, bh, rh, un, &lu);
-                /* (the guard's checks add launches of their own to both) */
-                CHECK(lf < lu, "set %s, case %d: the forward took %llu launches fused, %llu unfused (want fewer)",
-                      p->name, c, (unsigned long long)lf, (unsigned long long)lu);
-                size_t n[4] = {(size_t)(rows * out), (size_t)(rows * in), (size_t)(out * in), (size_t)(2 * out + 1)};
-                static const char *const what[4] = {"y", "d x", "d W", "d b"};
-                for (int i = 0; ok && i < 4; i++) {
-                    size_t bad = 0;
-                    for (size_t e = 0; e < n[i]; e++) bad += memcmp(&fu[i][e], &un[i][e], sizeof(float)) != 0;
-                    CHECK(bad == 0, "set %s, case %d: %s fused differs from unfused in %zu of %zu elements", p->name, c,
-                          what[i], bad, n[i]);
+                for (int relu = 0; relu < 2; relu++) {
+                    bool ok = linear_pass(ctx, 1, relu, xnd, xshape, out, xh, wh, bh, rh, fu, &lf) &&
+                              linear_pass(ctx, -1, relu, xnd, xshape, out, xh, wh, bh, rh, un, &lu);
+                    /* (the guard's checks add launches of their own to both) */
+                    CHECK(lf + (relu ? 1 : 0) < lu,
+                          "set %s, case %d%s: the forward took %llu launches fused, %llu unfused (want %s fewer)",
+                          p->name, c, relu ? ", relu" : "", (unsigned long long)lf, (unsigned long long)lu,
+                          relu ? "2" : "1");
+                    size_t n[4] = {(size_t)(rows * out), (size_t)(rows * in), (size_t)(out * in),
+                                   (size_t)(2 * out + 1)};
+                    static const char *const what[4] = {"y", "d x", "d W", "d b"};
+                    for (int i = 0; ok && i < 4; i++) {
+                        size_t bad = 0, zeros = 0;
+                        for (size_t e = 0; e < n[i]; e++) {
+                            bad += memcmp(&fu[i][e], &un[i][e], sizeof(float)) != 0;
+                            zeros += fu[i][e] == 0.0f;
+                        }
+                        CHECK(bad == 0, "set %s, case %d%s: %s fused differs from unfused in %zu of %zu elements",
+                              p->name, c, relu ? ", relu" : "", what[i], bad, n[i]);
+                        /* relu's outputs: about half clipped, so the mask was exercised */
+                        if (relu && i == 0)
+                            CHECK(zeros > n[0] / 8 && zeros < n[0], "set %s, case %d: %zu of %zu outputs are 0",
+                                  p->name, c, zeros, n[0]);
+                    }
+                    for (int i = 0; i < 4; i++) free(fu[i]), free(un[i]), fu[i] = un[i] = NULL;
                 }
             }
             for (int i = 0; i < 4; i++) free(fu[i]), free(un[i]);

@@ -1387,6 +1387,74 @@ static void test_user_module(kiln_ctx *ctx) {
 
 /* ---- containers: ModuleList, ModuleDict, a ResNet-style stage of user blocks ------------- */
 
+/* A Sequential runs Linear then ReLU as one op (kiln__linear_relu): fewer launches, and the
+ * output and every gradient bit for bit those of running its children one by one; a
+ * Linear without bias, or followed by another activation, runs unfused; an input the
+ * Linear refuses still fails naming it. */
+static void test_seq_fusion(kiln_ctx *ctx) {
+    kiln_manual_seed(ctx, 21);
+    kiln_module *net = kiln_nn_sequential(
+        ctx, 5,
+        (kiln_module *[]){kiln_nn_linear(ctx, 9, 12, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                          kiln_nn_linear(ctx, 12, 6, false), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                          kiln_nn_linear(ctx, 6, 4, true)});
+    CHECK(net != NULL, "sequential: %s", kiln_error_message(ctx));
+    if (!net) return;
+    float xv[5 * 9];
+    h_fill(xv, 5 * 9, -1.0f, 1.0f);
+    float *res[2][5] = {{0}};
+    uint64_t launches[2] = {0};
+    kiln__hooks_of(ctx)->gemm_own = 1; /* kiln's own GEMM and its epilogue on every device */
+    kiln__hooks_of(ctx)->gemm_epilogue = 1;
+    for (int pass = 0; pass < 2; pass++) {
+        kiln_scope_begin(ctx);
+        static const char *const params[5] = {"0.weight", "0.bias", "2.weight", "4.weight", "4.bias"};
+        for (int p = 0; p < 5; p++) /* (none before the first backward) */
+            if (kiln_tensor_grad(kiln_module_find(net, params[p])))
+                kiln_tensor_zero_grad(kiln_module_find(net, params[p]));
+        kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 2, (int64_t[]){5, 9});
+        kiln_tensor_set_requires_grad(x, true);
+        kiln_ctx_stats s0, s1;
+        kiln_ctx_stats_get(ctx, &s0);
+        kiln_tensor *y = x;
+        if (pass == 0)
+            y = kiln_forward(net, x);
+        else /* the children one by one: the unfused ops */
+            for (int k = 0; k < 5 && y; k++) y = kiln_forward(kiln_module_child(net, k), y);
+        kiln_ctx_stats_get(ctx, &s1);
+        launches[pass] = s1.launches - s0.launches;
+        CHECK(y && kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, y), 0, NULL, false)) == KILN_OK, "pass %d: %s", pass,
+              kiln_error_message(ctx));
+        kiln_tensor *t[5] = {y, kiln_tensor_grad(x), NULL, NULL, NULL};
+        t[2] = kiln_tensor_grad(kiln_module_find(net, "0.weight"));
+        t[3] = kiln_tensor_grad(kiln_module_find(net, "0.bias"));
+        t[4] = kiln_tensor_grad(kiln_module_find(net, "2.weight"));
+        for (int i = 0; i < 5; i++) res[pass][i] = t[i] ? h_read(t[i]) : NULL;
+        kiln_scope_end(ctx);
+    }
+    static const char *const what[5] = {"output", "d x", "d 0.weight", "d 0.bias", "d 2.weight"};
+    static const size_t n[5] = {5 * 4, 5 * 9, 12 * 9, 12, 6 * 12};
+    for (int i = 0; i < 5; i++) {
+        CHECK(res[0][i] && res[1][i] && !memcmp(res[0][i], res[1][i], n[i] * sizeof(float)),
+              "sequential Linear-ReLU: %s differs from the children run one by one", what[i]);
+        free(res[0][i]);
+        free(res[1][i]);
+    }
+    kiln__hooks_of(ctx)->gemm_own = 0;
+    kiln__hooks_of(ctx)->gemm_epilogue = 0;
+    /* the first pair is one launch, not two (the product with the bias, then relu) */
+    CHECK(launches[0] < launches[1], "sequential: %llu launches, children one by one %llu",
+          (unsigned long long)launches[0], (unsigned long long)launches[1]);
+    /* an input with the wrong features: the Linear's own error, naming it */
+    kiln_tensor *bad = kiln_zeros(ctx, 2, (int64_t[]){5, 8});
+    CHECK(kiln_forward(net, bad) == NULL && strstr(kiln_error_message(ctx), "Linear") &&
+              strstr(kiln_error_message(ctx), "input features"),
+          "wrong input features: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_tensor_free(bad);
+    kiln_module_free(net);
+}
+
 static void test_containers(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_module *list = kiln_nn_module_list(
@@ -1753,6 +1821,7 @@ static void run(kiln_ctx *ctx) {
     test_errors(ctx);
     test_user_module(ctx);
     test_containers(ctx);
+    test_seq_fusion(ctx);
     test_user_errors(ctx);
     test_lifetime(ctx);
     CHECK(kiln_ctx_num_tensors(ctx) == before, "test_nn: %lld tensors leaked overall",

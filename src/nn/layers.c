@@ -87,6 +87,8 @@ static void linear_args(const kiln_module *m, char *buf, size_t cap) {
 
 static const kiln_module_def linear_def = LAYER_DEF("Linear", linear_cfg, linear_forward, linear_args);
 
+static bool linear_fuse_next(kiln_module *m, kiln_module *next, kiln_tensor *x, kiln_tensor **y);
+
 kiln_module *kiln_nn_linear(kiln_ctx *ctx, int64_t in_features, int64_t out_features, bool bias) {
     if (!ctx) return kiln__fail(NULL, KILN_ERR_NULL, "kiln_nn_linear: ctx is NULL"), NULL;
     if (in_features <= 0 || out_features <= 0) {
@@ -103,6 +105,7 @@ kiln_module *kiln_nn_linear(kiln_ctx *ctx, int64_t in_features, int64_t out_feat
     double bound = 1.0 / sqrt((double)in_features);
     if (!(c->weight = add_uniform(m, "weight", bound, 2, (int64_t[]){out_features, in_features}))) return fail_free(m);
     if (bias && !(c->bias = add_uniform(m, "bias", bound, 1, (int64_t[]){out_features}))) return fail_free(m);
+    m->fuse_next = linear_fuse_next;
     return m;
 }
 
@@ -575,6 +578,23 @@ static kiln_tensor *act_fwd(kiln_module *m, kiln_tensor *x) {
     return NULL;
 }
 FORWARD1(act_forward, act_fwd)
+
+/* Linear then ReLU in a Sequential: one op (kiln__linear_relu: the ReLU in the GEMM's store
+ * where kiln's own kernel runs the product), the same output and gradients as the two
+ * modules'. An input the Linear would refuse is left to it (its error names the module). */
+static bool linear_fuse_next(kiln_module *m, kiln_module *next, kiln_tensor *x, kiln_tensor **y) {
+    const linear_cfg *c = m->data;
+    if (next->def.forward != act_forward || ((const act_cfg *)next->data)->kind != KILN_ACT_RELU || !c->bias || !x ||
+        x->ctx != m->ctx || x->ndim < 1 || x->shape[x->ndim - 1] != c->in_features)
+        return false;
+    *y = kiln__linear_relu(m->ctx, m->kind, x, c->weight, c->bias);
+    if (!*y) {
+        char path[256];
+        kiln__module_path(m, path, sizeof path);
+        kiln__error_note(m->ctx, "in Linear then ReLU%s%s", *path ? " at " : "", path);
+    }
+    return true;
+}
 
 static void act_args(const kiln_module *m, char *buf, size_t cap) {
     const act_cfg *a = m->data;

@@ -497,7 +497,17 @@ kiln_tensor *kiln_forward(kiln_module *m, kiln_tensor *x) {
 static kiln_status seq_forward(kiln_module *m, int nin, kiln_tensor *const *in, int nout, kiln_tensor **out) {
     (void)nin, (void)nout;
     kiln_tensor *h = in[0];
-    for (int k = 0; k < m->nchildren && h; k++) h = kiln_forward(m->children[k].m, h);
+    for (int k = 0; k < m->nchildren && h; k++) {
+        kiln_module *c = m->children[k].m, *y_next = k + 1 < m->nchildren ? m->children[k + 1].m : NULL;
+        kiln_tensor *y = NULL;
+        /* a child and the next as one op where the child knows how (Linear then ReLU) */
+        if (y_next && c->fuse_next && c->fuse_next(c, y_next, h, &y)) {
+            h = y;
+            k++;
+            continue;
+        }
+        h = kiln_forward(c, h);
+    }
     out[0] = h;
     return h ? KILN_OK : m->ctx->err;
 }

@@ -33,6 +33,10 @@ struct kiln_module {
     /* internal hook: the module's tensors were overwritten (a load); BatchNorm drops its
      * host copy of num_batches_tracked */
     void (*state_loaded)(kiln_module *m);
+    /* internal hook (the built-in Linear): when m and then next, applied to x, can run as one
+     * op, runs it, sets *y (NULL with the error set on failure) and returns true; false (no
+     * error) when they cannot: Sequential then runs them one after the other */
+    bool (*fuse_next)(kiln_module *m, kiln_module *next, kiln_tensor *x, kiln_tensor **y);
 };
 
 /* Tensors of m and its children were overwritten (a checkpoint load): host copies of

@@ -374,3 +374,26 @@ kiln_tensor *kiln_softmax(kiln_ctx *ctx, kiln_tensor *x, int dim) {
 kiln_tensor *kiln_log_softmax(kiln_ctx *ctx, kiln_tensor *x, int dim) {
     return softmax_forward(ctx, "kiln_log_softmax", x, dim, true);
 }
+
+kiln_tensor *kiln__relu_grad(kiln_ctx *ctx, const char *op, kiln_tensor *g, kiln_tensor *v) {
+    kiln_tensor *gi = kiln__tensor_new(ctx, op, KILN_F32, v->ndim, v->shape);
+    if (!gi) return NULL;
+    int64_t numel = kiln__numel(v->ndim, v->shape);
+    if (numel == 0) return gi;
+    if (!kiln__is_contiguous(g) || !kiln__is_contiguous(v)) {
+        kiln_tensor_free(gi);
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: relu's gradient of non-contiguous tensors", op);
+        return NULL;
+    }
+    cl_int goff = (cl_int)g->offset, voff = (cl_int)v->offset, ooff = (cl_int)gi->offset, ni = (cl_int)numel;
+    cl_float a = 0.0f, b = 0.0f;
+    kiln__karg args[] = {KILN__ARG(g->st->mem), KILN__ARG(goff),        KILN__ARG(v->st->mem),
+                         KILN__ARG(voff),       KILN__ARG(gi->st->mem), KILN__ARG(ooff),
+                         KILN__ARG(ni),         KILN__ARG(a),           KILN__ARG(b)};
+    if (kiln__launch(ctx, op, ACT_PROGRAM, kiln__half_options(v->dtype), "relu_bwd_contig", 9, args, (size_t)numel,
+                     0) != KILN_OK) {
+        kiln_tensor_free(gi);
+        return NULL;
+    }
+    return gi;
+}

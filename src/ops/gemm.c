@@ -265,12 +265,13 @@ bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, 
 }
 
 /* bias: NULL, or (only kiln__gemm_run_bias passes one: A B^T, beta 0) the row added to every
- * row of C, element j at bias_off + j * bias_st. dt: NULL (every operand f32), or the
- * dtypes of A, B, C and the bias (f32, f16 or bf16: gemm.cl's A_DT ... options). */
+ * row of C, element j at bias_off + j * bias_st, and with relu ReLU after it. dt: NULL
+ * (every operand f32), or the dtypes of A, B, C and the bias (f32, f16 or bf16: gemm.cl's
+ * A_DT ... options). */
 static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                             cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                             size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch,
-                            cl_mem bias, size_t bias_off, size_t bias_st, const kiln_dtype *dt) {
+                            cl_mem bias, size_t bias_off, size_t bias_st, const kiln_dtype *dt, bool relu) {
     const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
     if (!p && ctx->hooks.gemm_params != 0)
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
@@ -297,7 +298,7 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
                       "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d "
                       "-DNN_TC=%d -DNN_BETA=%d -DNT_BIAS=%d",
                       p->nt_rm, p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku, v.tc ? 1 : 0,
-                      !v.nt && beta != 0.0f ? 1 : 0, bias ? 1 : 0);
+                      !v.nt && beta != 0.0f ? 1 : 0, bias ? (relu ? 2 : 1) : 0);
     bool half = dt && (dt[0] || dt[1] || dt[2] || dt[3]);
     if (half) /* the kernel's A and B: swapped below for A^T B^T */
         snprintf(options + on, sizeof options - (size_t)on, " -DA_DT=%d -DB_DT=%d -DC_DT=%d -DBI_DT=%d",
@@ -370,7 +371,7 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
                            size_t batch) {
     return gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
-                    cstride, batch, NULL, 0, 0, NULL);
+                    cstride, batch, NULL, 0, 0, NULL, false);
 }
 
 kiln_status kiln__gemm_run_dt(kiln_ctx *ctx, const char *op, const kiln_dtype dt[3], bool ta, bool tb, size_t m,
@@ -379,12 +380,12 @@ kiln_status kiln__gemm_run_dt(kiln_ctx *ctx, const char *op, const kiln_dtype dt
                               size_t ldc, size_t cstride, size_t batch) {
     kiln_dtype d4[4] = {dt[0], dt[1], dt[2], KILN_F32};
     return gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
-                    cstride, batch, NULL, 0, 0, d4);
+                    cstride, batch, NULL, 0, 0, d4, false);
 }
 
 kiln_status kiln__gemm_run_bias(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, cl_mem a, size_t aoff,
                                 size_t lda, cl_mem b, size_t boff, size_t ldb, cl_mem c, size_t coff, size_t ldc,
-                                cl_mem bias, size_t bias_off, size_t bias_st, const kiln_dtype *dt) {
+                                cl_mem bias, size_t bias_off, size_t bias_st, const kiln_dtype *dt, bool relu) {
     return gemm_run(ctx, op, false, true, m, n, k, 1.0f, a, aoff, lda, 0, b, boff, ldb, 0, 0.0f, c, coff, ldc, 0, 1,
-                    bias, bias_off, bias_st, dt);
+                    bias, bias_off, bias_st, dt, relu);
 }

@@ -512,12 +512,40 @@ static kiln_status bw_linear(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     return s;
 }
 
+/* relu(x W^T + b) fused: relu's backward (its mask from the output, the same test as from
+ * the input) and then bw_linear's products on that gradient */
+static kiln_status bw_linear_relu(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
+    kiln_tensor *gr = kiln__relu_grad(ctx, n->op, g, n->out);
+    if (!gr) return ctx->err;
+    kiln_status s = bw_linear(ctx, n, gr);
+    kiln_tensor_free(gr);
+    return s;
+}
+
+static kiln_tensor *linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b, bool relu);
+
 kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b) {
-    if (!b) return kiln_matmul_ex(ctx, x, w, KILN_TRANS_B);
+    return linear(ctx, op, x, w, b, false);
+}
+
+kiln_tensor *kiln__linear_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b) {
+    return linear(ctx, op, x, w, b, true);
+}
+
+/* The unfused ops: relu of kiln__linear's. */
+static kiln_tensor *linear_unfused(kiln_ctx *ctx, kiln_tensor *y, bool relu) {
+    if (!relu || !y) return y;
+    kiln_tensor *r = kiln_relu(ctx, y);
+    kiln_tensor_free(y);
+    return r;
+}
+
+static kiln_tensor *linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b, bool relu) {
+    if (!b) return linear_unfused(ctx, kiln_matmul_ex(ctx, x, w, KILN_TRANS_B), relu);
     kiln_tensor *in3[3] = {x, w, b}, *cast[3];
     int nc = kiln__autocast_inputs(ctx, 3, in3, cast); /* autocast: x, W and b to half */
     if (nc != 0) {
-        kiln_tensor *r = nc > 0 ? kiln__linear(ctx, op, cast[0], cast[1], cast[2]) : NULL;
+        kiln_tensor *r = nc > 0 ? linear(ctx, op, cast[0], cast[1], cast[2], relu) : NULL;
         kiln__half_release(3, in3, cast);
         return r;
     }
@@ -530,7 +558,7 @@ kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_te
     int64_t rows = fuse ? kiln__numel(x->ndim, x->shape) / (in ? in : 1) : 0;
     fuse = fuse && rows > 0 && in > 0 && out > 0 &&
            kiln__gemm_bias_takes(ctx, false, true, (size_t)rows, (size_t)out, (size_t)in, 1);
-    if (!fuse) return kiln_add(ctx, kiln_matmul_ex(ctx, x, w, KILN_TRANS_B), b);
+    if (!fuse) return linear_unfused(ctx, kiln_add(ctx, kiln_matmul_ex(ctx, x, w, KILN_TRANS_B), b), relu);
     kiln_tensor *inputs[3] = {x, w, b};
     if (!kiln__check_inputs(ctx, op, 3, inputs)) return NULL;
     if (ctx->hooks.gemm_seen)
@@ -543,12 +571,13 @@ kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_te
     kiln_dtype dt[4] = {x->dtype, x->dtype, x->dtype, x->dtype};
     if (kiln__gemm_run_bias(ctx, op, (size_t)rows, (size_t)out, (size_t)in, x->st->mem, (size_t)x->offset, (size_t)in,
                             w->st->mem, (size_t)w->offset, (size_t)in, y->st->mem, (size_t)y->offset, (size_t)out,
-                            b->st->mem, (size_t)b->offset, (size_t)b->strides[0],
-                            x->dtype == KILN_F32 ? NULL : dt) != KILN_OK) {
+                            b->st->mem, (size_t)b->offset, (size_t)b->strides[0], x->dtype == KILN_F32 ? NULL : dt,
+                            relu) != KILN_OK) {
         kiln_tensor_free(y);
         return NULL;
     }
-    if (kiln__grad_wanted(ctx, 3, inputs) && !kiln__node_new(ctx, op, y, 3, inputs, bw_linear)) {
+    if (kiln__grad_wanted(ctx, 3, inputs) &&
+        !kiln__node_new(ctx, op, y, 3, inputs, relu ? bw_linear_relu : bw_linear)) {
         kiln_tensor_free(y);
         return NULL;
     }

@@ -180,14 +180,20 @@ kiln_status kiln__gemm_run_dt(kiln_ctx *ctx, const char *op, const kiln_dtype dt
                               size_t n, size_t k, float alpha, cl_mem a, size_t aoff, size_t lda, size_t astride,
                               cl_mem b, size_t boff, size_t ldb, size_t bstride, float beta, cl_mem c, size_t coff,
                               size_t ldc, size_t cstride, size_t batch);
-/* Row-major C [m, n] = A [m, k] B^T (B [n, k]) + bias, bias[j] at bias_off + j * bias_st:
- * a linear layer's forward in one launch of gemm_nt (its NT_BIAS program). dt: NULL (all
- * f32) or the dtypes of A, B, C and the bias. */
+/* Row-major C [m, n] = A [m, k] B^T (B [n, k]) + bias, bias[j] at bias_off + j * bias_st,
+ * and with relu ReLU of that: a linear layer's forward in one launch of gemm_nt (its
+ * NT_BIAS program). dt: NULL (all f32) or the dtypes of A, B, C and the bias. */
 kiln_status kiln__gemm_run_bias(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, cl_mem a, size_t aoff,
                                 size_t lda, cl_mem b, size_t boff, size_t ldb, cl_mem c, size_t coff, size_t ldc,
-                                cl_mem bias, size_t bias_off, size_t bias_st, const kiln_dtype *dt);
+                                cl_mem bias, size_t bias_off, size_t bias_st, const kiln_dtype *dt, bool relu);
 /* A linear layer's forward x W^T + b (b NULL: none), differentiable in all three: with
  * kiln__gemm_bias_takes one fused launch where x and W are contiguous, else kiln_matmul_ex
- * and kiln_add. */
+ * and kiln_add. kiln__linear_relu is relu(x W^T + b), the ReLU in that launch's store too
+ * (else kiln_relu of kiln__linear), the output and every gradient bit for bit the three
+ * ops'. */
 kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b);
+kiln_tensor *kiln__linear_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b);
+/* relu's gradient g where v <= 0 is 0 (activation.c's relu_bwd): v the input or the output
+ * of the ReLU (the same test); a new f32 tensor of g's shape. */
+kiln_tensor *kiln__relu_grad(kiln_ctx *ctx, const char *op, kiln_tensor *g, kiln_tensor *v);
 #endif
