@@ -221,6 +221,33 @@ static bool sole_owner(const kiln_tensor *t) {
            t->st->numel == kiln__numel(t->ndim, t->shape);
 }
 
+/* Whether g, which its caller keeps, can be a non-leaf's gradient slot as a second handle
+ * on its storage instead of a copy: a contiguous handle over the whole payload with no
+ * autograd state. The slot then shares the storage with tensors the backward still reads
+ * (a view op's rule hands up a view of its own gradient, an add's rule one gradient to both
+ * inputs), so it is never written in place while shared (add_into_slot). A leaf's .grad
+ * always gets a storage of its own: the user and the optimizers write it. */
+static bool can_share(const kiln_tensor *x, const kiln_tensor *g) {
+    return x->node && g->st && !g->node && !g->requires_grad && kiln__is_contiguous(g) && g->offset == g->st->guard &&
+           g->st->numel == kiln__numel(g->ndim, g->shape);
+}
+
+/* *slot += g: in place when the slot's storage is its own, else into a new storage that
+ * replaces the slot (the old one stays as the other handles saw it). */
+static kiln_status add_into_slot(kiln_ctx *ctx, kiln_tensor **slot, kiln_tensor *g) {
+    if ((*slot)->st->refs == 1) return add_into(ctx, "kiln_backward", *slot, g);
+    kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_backward", *slot);
+    kiln_status s = c ? add_into(ctx, "kiln_backward", c, g) : ctx->err;
+    if (s != KILN_OK) {
+        kiln_tensor_free(c);
+        return s;
+    }
+    c->scope = 0;
+    kiln_tensor_free(*slot);
+    *slot = c;
+    return KILN_OK;
+}
+
 kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bool own) {
     kiln_tensor *mine = own ? g : NULL; /* freed on the way out unless stored */
     kiln_status s = KILN_OK;
@@ -253,6 +280,8 @@ kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, 
         if (mine && sole_owner(mine)) {
             c = mine;
             mine = NULL;
+        } else if (can_share(x, g)) {
+            c = kiln__tensor_view(ctx, g, g->ndim, g->shape, g->strides, g->offset);
         } else {
             c = kiln__copy_contiguous(ctx, "kiln_backward", g);
         }
@@ -265,7 +294,7 @@ kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, 
             *slot = c;
         }
     } else {
-        s = add_into(ctx, "kiln_backward", *slot, g);
+        s = add_into_slot(ctx, slot, g);
     }
 out:
     kiln_tensor_free(mine);
