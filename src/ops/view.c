@@ -133,6 +133,8 @@ static kiln__node *record(kiln_ctx *ctx, const char *op, kiln_tensor **out, kiln
     if (!n) {
         kiln_tensor_free(*out);
         *out = NULL;
+    } else {
+        n->strided_grad = true; /* every rule here reads its gradient through its strides */
     }
     return n;
 }
