@@ -250,7 +250,8 @@ inline KVEC att_keep_vec(KVEC x, ulong pos, ulong step, uint key0, uint key1, ui
  * batch's offset from bsh and bs): mode bit 0 writes rows [B, np, Dp] (times mult, zero
  * past n and D), bit 1 the transpose [B, D, np]; both at element offset go. A work-item
  * packs ATT_KW rows of one batch (np is a multiple of it), so that it writes the transpose
- * as vectors. */
+ * as vectors; rows that are whole vectors (columns contiguous, D a multiple of ATT_VW) it
+ * copies a vector at a time (the element loop below does not vectorise on POCL). */
 kernel void sdpa_pack(global const float *restrict x, int8 bsh, int8 bs, int base, int n, int rs, int cs, int D,
                       int np, int Dp, float mult, int mode, global float *restrict rows, global float *restrict cols,
                       int go) {
@@ -259,7 +260,18 @@ kernel void sdpa_pack(global const float *restrict x, int8 bsh, int8 bs, int bas
     const global float *xb = x + base + att_boff(b, bsh, bs);
     global float *yr = rows + go + ((long)b * np + r0) * Dp;
     global float *yc = cols + go + (long)b * D * np + r0;
-    for (int c = 0; c < Dp; c++) {
+    if ((mode & 1) && cs == 1 && D == Dp) {
+        for (int u = 0; u < ATT_KW; u++) {
+            global float *y = yr + u * Dp;
+            const global float *xr = xb + (r0 + u) * rs;
+            if (r0 + u < n)
+                for (int c = 0; c < Dp; c += ATT_VW) EVSTORE(EVLOAD(0, xr + c) * mult, 0, y + c);
+            else
+                for (int c = 0; c < Dp; c += ATT_VW) EVSTORE((EVEC)0.0f, 0, y + c);
+        }
+        mode &= 2;
+    }
+    for (int c = 0; mode && c < Dp; c++) {
         float t[ATT_KW];
         for (int u = 0; u < ATT_KW; u++) {
             t[u] = r0 + u < n && c < D ? xb[(r0 + u) * rs + c * cs] * mult : 0.0f;
