@@ -107,6 +107,25 @@ inline int att_boff(int b, int8 bsh, int8 bs) {
     return o;
 }
 
+/* The element offsets of batch b for three operands at once (strides s1, s2, s3 over bsh),
+ * sharing the divisions; size-1 dims (the padding) cost nothing. Once per work-item: the
+ * divisions are not free next to the work of one at short lengths. */
+inline int3 att_boff3(int b, int8 bsh, int8 s1, int8 s2, int8 s3) {
+    int sh[8], a[8], c[8], e[8];
+    vstore8(bsh, 0, sh);
+    vstore8(s1, 0, a);
+    vstore8(s2, 0, c);
+    vstore8(s3, 0, e);
+    int3 o = (int3)(0);
+    for (int d = 7; d >= 0 && b > 0; d--) {
+        if (sh[d] == 1) continue;
+        int q = b / sh[d], r = b - q * sh[d];
+        o += (int3)(r * a[d], r * c[d], r * e[d]);
+        b = q;
+    }
+    return o;
+}
+
 /* Lanes reduced through a private array (Oclgrind 21.10 loses track of which lanes are
  * initialised through .lo/.hi halves; gemm.cl's nt_hsum says more). */
 inline float att_kmax(KVEC v) {
@@ -231,7 +250,8 @@ inline KVEC att_keep_vec(KVEC x, ulong pos, ulong step, uint key0, uint key1, ui
  * batch's offset from bsh and bs): mode bit 0 writes rows [B, np, Dp] (times mult, zero
  * past n and D), bit 1 the transpose [B, D, np]; both at element offset go. A work-item
  * packs ATT_KW rows of one batch (np is a multiple of it), so that it writes the transpose
- * as vectors. */
+ * as vectors; rows that are whole vectors (columns contiguous, D a multiple of ATT_VW) it
+ * copies a vector at a time (the element loop below does not vectorise on POCL). */
 kernel void sdpa_pack(global const float *restrict x, int8 bsh, int8 bs, int base, int n, int rs, int cs, int D,
                       int np, int Dp, float mult, int mode, global float *restrict rows, global float *restrict cols,
                       int go) {
@@ -240,7 +260,18 @@ kernel void sdpa_pack(global const float *restrict x, int8 bsh, int8 bs, int bas
     const global float *xb = x + base + att_boff(b, bsh, bs);
     global float *yr = rows + go + ((long)b * np + r0) * Dp;
     global float *yc = cols + go + (long)b * D * np + r0;
-    for (int c = 0; c < Dp; c++) {
+    if ((mode & 1) && cs == 1 && D == Dp) {
+        for (int u = 0; u < ATT_KW; u++) {
+            global float *y = yr + u * Dp;
+            const global float *xr = xb + (r0 + u) * rs;
+            if (r0 + u < n)
+                for (int c = 0; c < Dp; c += ATT_VW) EVSTORE(EVLOAD(0, xr + c) * mult, 0, y + c);
+            else
+                for (int c = 0; c < Dp; c += ATT_VW) EVSTORE((EVEC)0.0f, 0, y + c);
+        }
+        mode &= 2;
+    }
+    for (int c = 0; mode && c < Dp; c++) {
         float t[ATT_KW];
         for (int u = 0; u < ATT_KW; u++) {
             t[u] = r0 + u < n && c < D ? xb[(r0 + u) * rs + c * cs] * mult : 0.0f;
@@ -253,9 +284,11 @@ kernel void sdpa_pack(global const float *restrict x, int8 bsh, int8 bs, int bas
 /* Forward: a work-item owns ATT_RM query rows i0.. of batch b = id (., 1) and walks the
  * key tiles (ATT_FB keys) keeping, per row, the running maximum m, the running sum of
  * exp(s - m) (as a vector of partial sums) and the unnormalised output. Writes out
- * [B, L, EV] and lse [B, Lp] = m + log l (+inf for padding rows). */
+ * [B, L, EV] (row i of batch b at its batch offset over obs + i * ors: the host lays it out
+ * like the query) and lse [B, Lp] = m + log l (+inf for padding rows). */
 kernel void sdpa_forward(ATT_COMMON, global const float *restrict qp, global const float *restrict kt,
-                         global const float *restrict vp, global float *restrict out, global float *restrict lse) {
+                         global const float *restrict vp, global float *restrict out, int8 obs, int ors,
+                         global float *restrict lse) {
     int b = get_global_id(1), i0 = get_global_id(0) * ATT_RM;
     if (i0 >= Lp) return;
     out += go, lse += go;
@@ -263,7 +296,9 @@ kernel void sdpa_forward(ATT_COMMON, global const float *restrict qp, global con
         for (int r = 0; r < ATT_RM && i0 + r < Lp; r++) lse[(long)b * Lp + i0 + r] = INFINITY;
         return;
     }
-    int mo = mbase + att_boff(b, bsh, mbs);
+    int3 bo = att_boff3(b, bsh, mbs, obs, obs);
+    int mo = mbase + bo.x;
+    global float *ob = out + bo.y;
     const global float *qb = qp + go + ((long)b * Lp + i0) * ATT_EP, *kb = kt + go + (long)b * ATT_E * Sp;
     const global float *vb = vp + go + (long)b * Sp * ATT_EVP;
     EVEC acc[ATT_RM][ATT_EVN];
@@ -343,7 +378,7 @@ kernel void sdpa_forward(ATT_COMMON, global const float *restrict qp, global con
             continue;
         }
         float l = att_ksum(ls[r]), inv = l > 0.0f ? 1.0f / l : 0.0f;
-        ATT_STORE_ROW(out + ((long)b * L + i) * ATT_EV, acc[r], ATT_EVN, ATT_EV, inv)
+        ATT_STORE_ROW(ob + (long)i * ors, acc[r], ATT_EVN, ATT_EV, inv)
         lse[(long)b * Lp + i] = l > 0.0f ? m[r] + log(l) : INFINITY;
     }
 }
@@ -351,13 +386,13 @@ kernel void sdpa_forward(ATT_COMMON, global const float *restrict qp, global con
 /* Backward pre-pass: D[b, i] = sum_e dO[b, i, e] O[b, i, e] (= sum_j P_ij dP_ij) for the
  * B Lp rows, 0 for padding rows; dO from its packed rows. */
 kernel void sdpa_backward_d(global const float *restrict dop, global const float *restrict out, int ooff,
-                            global float *restrict dd, int L, int Lp, int n, int go) {
+                            int8 bsh, int8 obs, int ors, global float *restrict dd, int L, int Lp, int n, int go) {
     int r = get_global_id(0);
     if (r >= n) return;
     int b = r / Lp, i = r - b * Lp;
     float d = 0.0f;
     if (i < L) {
-        const global float *a = dop + go + (long)r * ATT_EVP, *o = out + ooff + ((long)b * L + i) * ATT_EV;
+        const global float *a = dop + go + (long)r * ATT_EVP, *o = out + ooff + att_boff3(b, bsh, obs, obs, obs).x + (long)i * ors;
         for (int e = 0; e < ATT_EV; e++) d = fma(a[e], o[e], d);
     }
     dd[r] = d;
@@ -370,11 +405,14 @@ kernel void sdpa_backward_d(global const float *restrict dop, global const float
 kernel void sdpa_backward_dq(ATT_COMMON, global const float *restrict qp, global const float *restrict kt,
                              global const float *restrict vt, global const float *restrict kp,
                              global const float *restrict dop, global const float *restrict lse,
-                             int lo, global const float *restrict dd, float scale, global float *restrict dq) {
+                             int lo, global const float *restrict dd, float scale, global float *restrict dq,
+                             int8 qbs, int qrs) {
     int b = get_global_id(1), i0 = get_global_id(0) * ATT_QM;
     if (i0 >= L) return;
     lse += lo, dd += go, dq += go;
-    int mo = mbase + att_boff(b, bsh, mbs);
+    int3 bo = att_boff3(b, bsh, mbs, qbs, qbs);
+    int mo = mbase + bo.x;
+    global float *dqb = dq + bo.y;
     const global float *qb = qp + go + ((long)b * Lp + i0) * ATT_EP, *kb = kt + go + (long)b * ATT_E * Sp;
     const global float *vb = vt + go + (long)b * ATT_EV * Sp, *ob = dop + go + ((long)b * Lp + i0) * ATT_EVP;
     const global float *kr0 = kp + go + (long)b * Sp * ATT_EP;
@@ -442,7 +480,7 @@ kernel void sdpa_backward_dq(ATT_COMMON, global const float *restrict qp, global
     }
 #pragma unroll
     for (int r = 0; r < ATT_QM; r++)
-        if (i0 + r < L) ATT_STORE_ROW(dq + ((long)b * L + i0 + r) * ATT_E, g[r], ATT_EN, ATT_E, scale)
+        if (i0 + r < L) ATT_STORE_ROW(dqb + (long)(i0 + r) * qrs, g[r], ATT_EN, ATT_E, scale)
 }
 
 /* dK and dV: a work-item owns ATT_RN keys j0.. of batch b and walks the query tiles
@@ -453,11 +491,14 @@ kernel void sdpa_backward_dkv(ATT_COMMON, global const float *restrict kp, globa
                               global const float *restrict qt, global const float *restrict dot,
                               global const float *restrict qp, global const float *restrict dop,
                               global const float *restrict lse, int lo, global const float *restrict dd,
-                              global float *restrict dk, global float *restrict dv) {
+                              global float *restrict dk, int8 kbs, int krs, global float *restrict dv, int8 vbs,
+                              int vrs) {
     int b = get_global_id(1), j0 = get_global_id(0) * ATT_RN;
     bool live = j0 < S; /* the group's last items may have no keys; they still meet its barriers */
     dk += go, dv += go;
-    int mo = mbase + att_boff(b, bsh, mbs);
+    int3 bo = att_boff3(b, bsh, mbs, kbs, vbs);
+    int mo = mbase + bo.x;
+    global float *dkb = dk + bo.y, *dvb = dv + bo.z;
     const global float *kb = kp + go + ((long)b * Sp + j0) * ATT_EP, *vb = vp + go + ((long)b * Sp + j0) * ATT_EVP;
     const global float *qtb = qt + go + (long)b * ATT_E * Lp, *otb = dot + go + (long)b * ATT_EV * Lp;
     const global float *qr0 = qp + go + (long)b * Lp * ATT_EP, *or0 = dop + go + (long)b * Lp * ATT_EVP;
@@ -559,8 +600,8 @@ kernel void sdpa_backward_dkv(ATT_COMMON, global const float *restrict kp, globa
 #pragma unroll
     for (int r = 0; r < ATT_RN; r++) {
         if (j0 + r >= S) continue;
-        ATT_STORE_ROW(dk + ((long)b * S + j0 + r) * ATT_E, gk[r], ATT_EN, ATT_E, 1.0f)
-        ATT_STORE_ROW(dv + ((long)b * S + j0 + r) * ATT_EV, gv[r], ATT_EVN, ATT_EV, 1.0f)
+        ATT_STORE_ROW(dkb + (long)(j0 + r) * krs, gk[r], ATT_EN, ATT_E, 1.0f)
+        ATT_STORE_ROW(dvb + (long)(j0 + r) * vrs, gv[r], ATT_EVN, ATT_EV, 1.0f)
     }
 }
 

@@ -168,6 +168,69 @@ kernel void sum_rows(global const float *x, int xoff, global float *y, int yoff,
     y[yoff + o] = rs_total(&s) / div;
 }
 
+/*
+ * sum_rows for RED_VW neighbouring outputs per work-item, when the kept dims coalesce into
+ * one dim of stride 1 (a linear's bias gradient: a [rows, n] gradient summed over its
+ * rows). Each vector lane makes exactly the additions sum_rows makes for its output, in
+ * the same order, so the results are bit-identical to sum_rows'; the vectors only let the
+ * lanes share instructions (red_sum's private array keeps POCL from vectorising sum_rows
+ * across work-items). A work-item left with fewer than RED_VW outputs sums them one by
+ * one, as sum_rows.
+ */
+#define RED_VW 8
+typedef struct {
+    float8 run;
+    int nrun;
+    uint nruns;
+    float8 level[RED_LEVELS];
+} red_sum8;
+
+inline void rs8_add(red_sum8 *s, float8 v) {
+    s->run += v;
+    if (++s->nrun < RED_RUN) return;
+    float8 c = s->run;
+    uint n = s->nruns;
+    int k = 0;
+    for (; n & 1u; n >>= 1, k++) c = s->level[k] + c;
+    s->level[k] = c;
+    s->nruns++;
+    s->run = (float8)(0.0f);
+    s->nrun = 0;
+}
+
+inline float8 rs8_total(const red_sum8 *s) {
+    float8 t = s->run;
+    uint n = s->nruns;
+    for (int k = 0; n; n >>= 1, k++)
+        if (n & 1u) t += s->level[k];
+    return t;
+}
+
+kernel void sum_rows_vec(global const float *x, int xoff, global float *y, int yoff, kiln_red_geom g, float div) {
+    int o = get_global_id(0) * RED_VW;
+    if (o >= g.nout) return;
+    if (o + RED_VW > g.nout) {
+        for (; o < g.nout; o++) {
+            red_sum s;
+            rs_init(&s);
+            RED_ROW_LOOP(g, xoff + o, r, v, rs_add(&s, v));
+            y[yoff + o] = rs_total(&s) / div;
+        }
+        return;
+    }
+    int last = g.rndim - 1, inner = g.rshape[last], istr = g.rstride[last];
+    int nouter = inner ? g.nred / inner : 0;
+    red_sum8 s;
+    s.run = (float8)(0.0f);
+    s.nrun = 0;
+    s.nruns = 0;
+    for (int q = 0; q < nouter; q++) {
+        int p = xoff + o + red_off(g.rshape, g.rstride, last, q);
+        for (int j = 0; j < inner; j++) rs8_add(&s, vload8(0, x + p + j * istr));
+    }
+    vstore8(rs8_total(&s) / div, 0, y + yoff + o);
+}
+
 /* y[yoff + group] for group = o * nseg + segment. */
 kernel void sum_groups(global const float *x, int xoff, global float *y, int yoff, kiln_red_geom g, int nseg,
                        int blocked, float div, local float *part) {

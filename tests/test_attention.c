@@ -208,6 +208,52 @@ static void test_views(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* The heads of a Transformer: q, k and v sliced from one [B, L, 3 C] projection, each viewed
+ * as [B, L, H, E] and permuted to [B, H, L, E] (torch_ref.py's GPT, tools/bench.c), causal,
+ * the output merged back by the inverse permute. The fused output is laid out like the
+ * query ([B, L, H, E] memory), so the merge is a contiguous view; it and the projection's
+ * gradient (through the three slices, reshapes and permutes) match the composed path. L is
+ * not a multiple of the tiles. */
+static void test_heads(kiln_ctx *ctx) {
+    enum { B = 2, L = 21, H = 3, E = 8, C = H * E };
+    kiln_scope_begin(ctx);
+    double *xh = rnd_d(B * L * 3 * C, -1, 1), *gh = rnd_d(B * L * C, -1, 1);
+    float *y[2] = {NULL, NULL}, *dx[2] = {NULL, NULL};
+    for (int impl = 0; impl < 2; impl++) {
+        kiln_tensor *x = upload_d(ctx, xh, B * L * 3 * C, 3, (int64_t[]){B, L, 3 * C}, true), *h[3];
+        for (int i = 0; i < 3; i++)
+            h[i] = kiln_permute(
+                ctx, kiln_reshape(ctx, kiln_slice(ctx, x, 2, i * C, (i + 1) * C, 1), 4, (int64_t[]){B, L, H, E}),
+                (const int[]){0, 2, 1, 3});
+        kiln_sdpa_opts o = opts_of((kiln_sdpa_impl)impl, true, NAN, 0);
+        kiln_tensor *a = kiln_scaled_dot_product_attention(ctx, h[0], h[1], h[2], NULL, &o);
+        kiln_tensor *merged = kiln_permute(ctx, a, (const int[]){0, 2, 1, 3});
+        CHECK(merged != NULL, "sdpa %s heads: %s", impl_name((kiln_sdpa_impl)impl), kiln_error_message(ctx));
+        if (!merged) continue;
+        if (impl == KILN_SDPA_FUSED)
+            CHECK(kiln_tensor_is_contiguous(merged), "sdpa fused heads: the output is not laid out like the query");
+        kiln_tensor *seed = upload_d(ctx, gh, B * L * C, 4, (int64_t[]){B, L, H, E}, false);
+        CHECK(kiln_backward_ex(merged, seed, false) == KILN_OK, "sdpa %s heads backward: %s",
+              impl_name((kiln_sdpa_impl)impl), kiln_error_message(ctx));
+        y[impl] = h_read(merged);
+        dx[impl] = h_read(kiln_tensor_grad(x));
+    }
+    if (y[0] && y[1] && dx[0] && dx[1]) {
+        double *ry = malloc(sizeof(double) * B * L * C), *rdx = malloc(sizeof(double) * B * L * 3 * C);
+        for (int i = 0; i < B * L * C; i++) ry[i] = y[KILN_SDPA_COMPOSED][i];
+        for (int i = 0; i < B * L * 3 * C; i++) rdx[i] = dx[KILN_SDPA_COMPOSED][i];
+        h_compare("sdpa heads: fused output against composed", y[KILN_SDPA_FUSED], ry, B * L * C,
+                  G_ATOL * maxabs(ry, B * L * C), G_RTOL);
+        h_compare("sdpa heads: fused d/dprojection against composed", dx[KILN_SDPA_FUSED], rdx, B * L * 3 * C,
+                  G_ATOL * maxabs(rdx, B * L * 3 * C), G_RTOL);
+        free(ry), free(rdx);
+    }
+    for (int i = 0; i < 2; i++) free(y[i]), free(dx[i]);
+    free(xh), free(gh);
+    kiln_scope_end(ctx);
+    CHECK_OK(ctx);
+}
+
 /* ---- finite differences --------------------------------------------------------------------- */
 
 /* Tiny cases (2 x 3 x 5, E 4, Ev 3; one with 40 keys over two tiles), every mask kind and
@@ -523,6 +569,7 @@ static void run(kiln_ctx *ctx) {
     test_errors(ctx);
     test_golden(ctx);
     test_views(ctx);
+    test_heads(ctx);
     test_gradcheck(ctx);
     test_dropout(ctx);
     test_dropout_gradcheck(ctx);

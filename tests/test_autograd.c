@@ -754,6 +754,43 @@ static void test_grad_slots(kiln_ctx *ctx) {
 }
 
 /*
+ * A non-leaf's gradient slot may share its storage with the gradient that flowed into it
+ * (an add hands its one gradient to both inputs; a reshape a view of its own): such a slot
+ * must not be added into in place while another handle reads the storage. x (leaf), u = 2x,
+ * v = 5x, s = u + v, t = s + u, loss = sum(t * 1): t's gradient goes to s and to u; s's to
+ * u again and to v. u's gradient is then 2, v's 1 (an in-place add into u's slot would
+ * make v's 2 as well), so x's gradient is 2 * 2 + 5 * 1 = 9. The same through reshapes.
+ */
+static void test_shared_slots(kiln_ctx *ctx) {
+    int64_t t0 = kiln_ctx_num_tensors(ctx);
+    enum { N = 12 };
+    float xv[N], want[N];
+    for (int i = 0; i < N; i++) xv[i] = (float)i - 4.0f, want[i] = 9.0f;
+    for (int shaped = 0; shaped < 2; shaped++) {
+        kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 1, (int64_t[]){N});
+        kiln_tensor_set_requires_grad(x, true);
+        kiln_scope_begin(ctx);
+        kiln_tensor *u = kiln_mul_scalar(ctx, x, 2.0f), *v = kiln_mul_scalar(ctx, x, 5.0f);
+        if (shaped) { /* reshape views between the adds */
+            u = kiln_reshape(ctx, u, 2, (int64_t[]){3, 4});
+            v = kiln_reshape(ctx, v, 2, (int64_t[]){3, 4});
+        }
+        kiln_tensor *sum_uv = kiln_add(ctx, u, v);
+        if (shaped) sum_uv = kiln_reshape(ctx, kiln_reshape(ctx, sum_uv, 1, (int64_t[]){N}), 2, (int64_t[]){3, 4});
+        kiln_tensor *t = kiln_add(ctx, sum_uv, u);
+        CHECK(kiln_backward(kiln_sum(ctx, t, 0, NULL, false)) == KILN_OK, "shared slots backward: %s",
+              kiln_error_message(ctx));
+        int64_t bad = first_diff(kiln_tensor_grad(x), want, N);
+        CHECK(bad < 0, "shared slots%s: grad element %lld wrong", shaped ? " (reshaped)" : "", (long long)bad);
+        kiln_scope_end(ctx);
+        kiln_tensor_free(x);
+    }
+    CHECK(kiln_ctx_num_tensors(ctx) == t0, "shared slots: %lld tensors left",
+          (long long)(kiln_ctx_num_tensors(ctx) - t0));
+    CHECK_OK(ctx);
+}
+
+/*
  * The floors' contract for gradients (src/ops/ops_internal.h): autograd's kiln__grad_add
  * takes only a gradient of exactly its input's shape, and kiln__accum, on the ops floor,
  * sums a broadcast gradient down first. Checked through nodes made by hand, whose backward
@@ -883,6 +920,7 @@ static void run(kiln_ctx *ctx) {
     test_semantics(ctx);
     test_lifetime(ctx);
     test_grad_slots(ctx);
+    test_shared_slots(ctx);
     test_grad_contract(ctx);
 }
 

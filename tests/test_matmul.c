@@ -597,6 +597,7 @@ static const struct {
     {"matmul_ex.f1", true, KILN_TRANS_A, 5, false},
     {"matmul_ex.f2", true, KILN_TRANS_B, 5, false},
     {"matmul_ex.f3", true, KILN_TRANS_A | KILN_TRANS_B, 5, false},
+    {"matmul_ex.f2w", true, KILN_TRANS_B, 5, false},
 };
 
 static void test_golden(kiln_ctx *ctx) {

@@ -484,6 +484,81 @@ static bool msg_has(kiln_ctx *ctx, const char *a, const char *b, const char *c) 
     return strstr(m, a) && (!b || strstr(m, b)) && (!c || strstr(m, c));
 }
 
+/* cl_kernels/reduce.cl's red_sum in host floats: terms in runs of 16, the runs' sums
+ * combined by a binary counter. The row kernels (sum_rows, and sum_rows_vec lane by lane)
+ * make exactly these additions in this order, so their sums must equal it bit for bit. */
+static float host_red_sum(const float *x, const int64_t *offs, int64_t n) {
+    float run = 0.0f, level[64];
+    int nrun = 0;
+    uint64_t nruns = 0;
+    for (int64_t i = 0; i < n; i++) {
+        run += x[offs[i]];
+        if (++nrun < 16) continue;
+        float c = run;
+        uint64_t m = nruns;
+        int k = 0;
+        for (; m & 1u; m >>= 1, k++) c = level[k] + c;
+        level[k] = c;
+        nruns++;
+        run = 0.0f;
+        nrun = 0;
+    }
+    float t = run;
+    for (int k = 0; nruns; nruns >>= 1, k++)
+        if (nruns & 1u) t += level[k];
+    return t;
+}
+
+/*
+ * Sums over leading dims of [A, B, W] (or of its every-other-B slice, whose reduced dims do
+ * not coalesce) into W neighbouring outputs: under the CPU layout the vector row kernel
+ * (8 outputs a work-item, the rest one by one), ragged W; the transposed copy [W, A, B]
+ * sums the same elements through the scalar row kernel. A * B stays under the size at
+ * which the host picks work-groups, so both are row kernels on every device; both must
+ * equal host_red_sum bit for bit.
+ */
+static void test_row_vectors(kiln_ctx *ctx) {
+    static const int64_t shapes[][3] = {{1, 1, 8}, {1, 16, 9}, {1, 17, 13}, {3, 5, 37}, {5, 51, 130}, {1, 255, 24}};
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        kiln_scope_begin(ctx);
+        int64_t A = shapes[c][0], B = shapes[c][1], W = shapes[c][2], n = A * B * W;
+        float *x = malloc(sizeof(float) * (size_t)n), *got = malloc(sizeof(float) * (size_t)W);
+        int64_t *offs = malloc(sizeof(int64_t) * (size_t)(A * B));
+        h_fill(x, n, -3, 3);
+        kiln_tensor *t = kiln_from_host(ctx, x, KILN_F32, 3, shapes[c]);
+        /* [W, A, B] contiguous holding the same values, viewed back as [A, B, W] */
+        kiln_tensor *tt =
+            kiln_permute(ctx, kiln_contiguous(ctx, kiln_permute(ctx, t, (int[]){2, 0, 1})), (int[]){1, 2, 0});
+        for (int sliced = 0; sliced < 2; sliced++) {
+            int64_t Bs = sliced ? (B + 1) / 2 : B;
+            kiln_tensor *in[2] = {sliced ? kiln_slice(ctx, t, 1, 0, B, 2) : t,
+                                  sliced ? kiln_slice(ctx, tt, 1, 0, B, 2) : tt};
+            for (int64_t a = 0; a < A; a++)
+                for (int64_t b = 0; b < Bs; b++) offs[a * Bs + b] = (a * B + b * (sliced + 1)) * W;
+            for (int k = 0; k < 2; k++) {
+                kiln_tensor *r = kiln_sum(ctx, in[k], 2, (int[]){0, 1}, false);
+                CHECK(r && kiln_to_host(r, got, sizeof(float) * (size_t)W) == KILN_OK,
+                      "%srow sums [%lld,%lld,%lld]: %s", layout_name, (long long)A, (long long)B, (long long)W,
+                      kiln_error_message(ctx));
+                int bad = 0;
+                for (int64_t o = 0; r && o < W; o++) {
+                    float want = host_red_sum(x + o, offs, A * Bs);
+                    if (memcmp(&want, &got[o], sizeof want) != 0 && bad++ < 3)
+                        CHECK(0, "%srow sums [%lld,%lld,%lld]%s%s: output %lld is %.9g, red_sum gives %.9g",
+                              layout_name, (long long)A, (long long)B, (long long)W, sliced ? " sliced" : "",
+                              k ? " (transposed copy)" : "", (long long)o, got[o], want);
+                }
+            }
+        }
+        free(x);
+        free(got);
+        free(offs);
+        check_guards(ctx, "test_row_vectors");
+        kiln_scope_end(ctx);
+        CHECK_OK(ctx);
+    }
+}
+
 static void test_errors(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
     float base[385];
@@ -718,6 +793,7 @@ static void run(kiln_ctx *ctx) {
         test_special(ctx);
         test_long(ctx);
         test_golden(ctx);
+        test_row_vectors(ctx);
     }
     kiln__hooks_of(ctx)->reduce_layout = 0;
     layout_name = names[0];

@@ -225,8 +225,10 @@ typedef struct kiln_sdpa_opts {
 KILN_API kiln_sdpa_opts kiln_sdpa_defaults(void);
 /* torch.nn.functional.scaled_dot_product_attention: softmax(scale q k^T + mask) v with
  * query [..., L, E], key [..., S, E], value [..., S, Ev] (F32; leading batch/head dims
- * broadcast together) -> a new [..., L, Ev]. attn_mask (optional) broadcasts to
- * [..., L, S]: U8 boolean (nonzero: the key takes part) or F32 added to the scores; it
+ * broadcast together) -> a new [..., L, Ev] (the fused path lays it out in the query's
+ * memory order, as torch's fused kernels: for heads permuted from [B, L, H, E] memory its
+ * inverse permute is contiguous, so merging the heads is a view). attn_mask (optional)
+ * broadcasts to [..., L, S]: U8 boolean (nonzero: the key takes part) or F32 added to the scores; it
  * gets no gradient. A query row that no key may attend to gives 0 (and zero gradients)
  * on the fused path, as torch's math backend since 2.5; the composed path gives NaN there
  * (torch before 2.5). Gradients flow to query, key and value. Head dims too large for the

@@ -212,13 +212,58 @@ static kiln_status add_into(kiln_ctx *ctx, const char *op, kiln_tensor *dst, kil
     return kiln__launch(ctx, op, "elementwise", "-DT=float", "add_into_strided", 6, args, (size_t)n, 0);
 }
 
-/* Whether t is a tensor nothing but its handle reaches: a contiguous handle over the whole
+/* Whether t covers the whole payload of its storage, each element once: its dims, ordered
+ * by stride, are a contiguous layout (a contiguous tensor or a permutation of one). */
+static bool whole_dense(const kiln_tensor *t) {
+    if (!t->st || t->offset != t->st->guard || t->st->numel != kiln__numel(t->ndim, t->shape)) return false;
+    int64_t expect = 1;
+    bool used[KILN_MAX_DIMS] = {false};
+    for (int k = 0; k < t->ndim; k++) { /* the dims from the innermost: each stride is the product of the inner sizes */
+        int best = -1;
+        for (int d = 0; d < t->ndim; d++)
+            if (!used[d] && t->shape[d] != 1 && (best < 0 || t->strides[d] < t->strides[best])) best = d;
+        if (best < 0) break;
+        if (t->strides[best] != expect) return false;
+        used[best] = true;
+        expect *= t->shape[best];
+    }
+    return true;
+}
+
+/* Whether t is a tensor nothing but its handle reaches: a dense handle over the whole
  * payload of a storage no other handle views, with no autograd state. Such a tensor can
- * become a gradient slot as it is, once its owner gives it up. */
-static bool sole_owner(const kiln_tensor *t) {
+ * become a gradient slot as it is, once its owner gives it up (a leaf's .grad only when
+ * contiguous). */
+static bool sole_owner(const kiln_tensor *x, const kiln_tensor *t) {
     return t->st && t->st->refs == 1 && t->refs == 0 && !t->node && !t->grad && !t->gacc && !t->dropped &&
-           !t->requires_grad && kiln__is_contiguous(t) && t->offset == t->st->guard &&
-           t->st->numel == kiln__numel(t->ndim, t->shape);
+           !t->requires_grad && (x->node ? whole_dense(t) : kiln__is_contiguous(t) && whole_dense(t));
+}
+
+/* Whether g, which its caller keeps, can be a non-leaf's gradient slot as a second handle
+ * on its storage instead of a copy: a dense handle over the whole payload with no
+ * autograd state. The slot then shares the storage with tensors the backward still reads
+ * (a view op's rule hands up a view of its own gradient, an add's rule one gradient to both
+ * inputs), so it is never written in place while shared (add_into_slot). A leaf's .grad
+ * always gets a storage of its own: the user and the optimizers write it. */
+static bool can_share(const kiln_tensor *x, const kiln_tensor *g) {
+    return x->node && !g->node && !g->requires_grad && whole_dense(g);
+}
+
+/* *slot += g: in place when the slot's storage is its own and contiguous, else into a new
+ * contiguous storage that replaces the slot (the old one stays as the other handles saw
+ * it). */
+static kiln_status add_into_slot(kiln_ctx *ctx, kiln_tensor **slot, kiln_tensor *g) {
+    if ((*slot)->st->refs == 1 && kiln__is_contiguous(*slot)) return add_into(ctx, "kiln_backward", *slot, g);
+    kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_backward", *slot);
+    kiln_status s = c ? add_into(ctx, "kiln_backward", c, g) : ctx->err;
+    if (s != KILN_OK) {
+        kiln_tensor_free(c);
+        return s;
+    }
+    c->scope = 0;
+    kiln_tensor_free(*slot);
+    *slot = c;
+    return KILN_OK;
 }
 
 kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, bool own) {
@@ -250,9 +295,11 @@ kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, 
          * the caller's own tensor when nothing else views its storage; else a fresh
          * contiguous copy. */
         kiln_tensor *c = NULL;
-        if (mine && sole_owner(mine)) {
+        if (mine && sole_owner(x, mine)) {
             c = mine;
             mine = NULL;
+        } else if (can_share(x, g)) {
+            c = kiln__tensor_view(ctx, g, g->ndim, g->shape, g->strides, g->offset);
         } else {
             c = kiln__copy_contiguous(ctx, "kiln_backward", g);
         }
@@ -265,7 +312,7 @@ kiln_status kiln__grad_add(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor *g, 
             *slot = c;
         }
     } else {
-        s = add_into(ctx, "kiln_backward", *slot, g);
+        s = add_into_slot(ctx, slot, g);
     }
 out:
     kiln_tensor_free(mine);
@@ -461,7 +508,7 @@ kiln_status kiln_backward_ex(kiln_tensor *out, kiln_tensor *seed, bool retain_gr
             continue;
         }
         t->gacc = NULL;
-        if (!kiln__is_contiguous(g)) {
+        if (!n->strided_grad && !kiln__is_contiguous(g)) {
             kiln_tensor *c = kiln__copy_contiguous(ctx, "kiln_backward", g);
             kiln_tensor_free(g);
             g = c;

@@ -25,6 +25,10 @@ struct kiln__node {
     const char *state_type;
     void (*state_destroy)(void *state);
     uint64_t seq; /* creation order: backward visits nodes from newest to oldest */
+    /* The rule reads a gradient of any dense layout (a permutation of a contiguous one),
+     * not only a contiguous one: the backward hands it the gradient as it accumulated (the
+     * view ops; attention, which reads it through its strides) instead of a copy. */
+    bool strided_grad;
 };
 
 /* Typed per-op state. An op family declares its own struct and the forward attaches it:

@@ -334,6 +334,58 @@ static kiln_status pack(kiln_ctx *ctx, const sdpa_state *st, const char *opts, p
 
 static int64_t padded_dim(int64_t d, int vw) { return round_up(d, vw); }
 
+/*
+ * A new output [batch..., rows, cols] of the broadcast batch shape that stands for input
+ * `like` (the output for the query, each gradient for its input), laid out in the memory
+ * order of like's dims: the batch dims and the rows sorted by like's strides, largest
+ * first, the cols innermost; contiguous when like broadcasts, has a size-1 dim or is not
+ * row-major in its last dim. A query that a Transformer took from [B, L, H, E] memory by a
+ * permute (the heads' split) so gives an output in [B, L, H, E] memory, which the heads'
+ * merge (the inverse permute and a reshape) views without a copy, as PyTorch's fused
+ * attention does; and gradients the split's backward views the same way. The kernels
+ * address rows through the result's strides (out_addr).
+ */
+static kiln_tensor *new_like(kiln_ctx *ctx, const sdpa_geom *g, const kiln_tensor *like, int64_t rows, int64_t cols) {
+    int nd = g->nb + 2;
+    int64_t shp[KILN_MAX_DIMS];
+    memcpy(shp, g->bshape, sizeof(int64_t) * (size_t)g->nb);
+    shp[nd - 2] = rows, shp[nd - 1] = cols;
+    int order[KILN_MAX_DIMS];
+    bool perm = like->ndim == nd && like->strides[nd - 1] == 1, moved = false;
+    for (int d = 0; d < nd; d++) {
+        order[d] = d;
+        perm = perm && like->shape[d] == shp[d] && shp[d] > 1;
+    }
+    /* a stable insertion sort of dims 0 .. nd - 2 by stride, largest first */
+    for (int i = 1; perm && i < nd - 1; i++)
+        for (int j = i; j > 0 && like->strides[order[j]] > like->strides[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1], order[j - 1] = t;
+            moved = true;
+        }
+    if (!moved) return kiln__tensor_new(ctx, op_name, KILN_F32, nd, shp);
+    int64_t psh[KILN_MAX_DIMS], pst[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    for (int d = 0; d < nd; d++) psh[d] = shp[order[d]];
+    kiln__contiguous_strides(nd, psh, pst);
+    for (int d = 0; d < nd; d++) st[order[d]] = pst[d];
+    kiln_tensor *base = kiln__tensor_new(ctx, op_name, KILN_F32, nd, psh);
+    kiln_tensor *t = base ? kiln__tensor_view(ctx, base, nd, shp, st, base->offset) : NULL;
+    kiln_tensor_free(base);
+    return t;
+}
+
+/* The row addressing of an output of new_like (or of the op's output in the backward):
+ * batch strides over the kernels' 8 padded batch dims and the row stride. */
+typedef struct out_addr {
+    cl_int8 bs;
+    cl_int rs;
+} out_addr;
+
+static out_addr out_addr_of(const sdpa_geom *g, kiln_tensor *t) {
+    pack_src p = pack_src_of(g, t, 0, 0);
+    return (out_addr){.bs = p.bs, .rs = p.rs};
+}
+
 static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     const sdpa_state *st = KILN__NODE_STATE(n, sdpa_state);
     if (!st) return ctx->err;
@@ -348,8 +400,7 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     /* packed operands: rows (p) and transposed (t) */
     kiln_tensor *qp = NULL, *qt = NULL, *kp = NULL, *kt = NULL, *vp = NULL, *vt = NULL, *dop = NULL, *dot = NULL;
     kiln_tensor *dd = NULL, *dq = NULL, *dk = NULL, *dv = NULL;
-    int64_t nd = g->nb + 2, shp[KILN_MAX_DIMS], EP = padded_dim(g->E, t->vw), EVP = padded_dim(g->EV, t->vw);
-    memcpy(shp, g->bshape, sizeof(int64_t) * (size_t)g->nb);
+    int64_t EP = padded_dim(g->E, t->vw), EVP = padded_dim(g->EV, t->vw);
     pack_src sq = pack_src_of(g, q, g->L, g->E), sk = pack_src_of(g, k, g->S, g->E);
     pack_src sv = pack_src_of(g, v, g->S, g->EV), so = pack_src_of(g, gout, g->L, g->EV);
     /* dQ reads qp, kt, vt, kp, dop; dK/dV kp, vp, qt, dot, qp, dop */
@@ -362,18 +413,20 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     if (!(dd = kiln__tensor_new(ctx, op_name, KILN_F32, 1, &rows))) goto fail;
     cl_int L = (cl_int)g->L, Lp = (cl_int)st->Lp, nrows = (cl_int)rows, go = (cl_int)ctx->guard;
     cl_int ooff = (cl_int)out->offset, lo = (cl_int)lse->offset;
-    kiln__karg da[] = {
-        KILN__ARG(dop->st->mem), KILN__ARG(out->st->mem), KILN__ARG(ooff), KILN__ARG(dd->st->mem), KILN__ARG(L),
-        KILN__ARG(Lp),           KILN__ARG(nrows),        KILN__ARG(go)};
-    if ((s = kiln__launch(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_d", 8, da, (size_t)rows, 0)) != KILN_OK)
+    out_addr oa = out_addr_of(g, out), qa, ka, va;
+    cl_int8 bsh = g->bsh;
+    kiln__karg da[] = {KILN__ARG(dop->st->mem), KILN__ARG(out->st->mem), KILN__ARG(ooff),        KILN__ARG(bsh),
+                       KILN__ARG(oa.bs),        KILN__ARG(oa.rs),        KILN__ARG(dd->st->mem), KILN__ARG(L),
+                       KILN__ARG(Lp),           KILN__ARG(nrows),        KILN__ARG(go)};
+    if ((s = kiln__launch(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_d", 11, da, (size_t)rows, 0)) != KILN_OK)
         goto done;
     sdpa_common c;
     common_init(ctx, &c, st, q, m);
     kiln__karg args[40];
     int na = common_args(&c, args);
     if (need_q) {
-        shp[nd - 2] = g->L, shp[nd - 1] = g->E;
-        if (!(dq = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp))) goto fail;
+        if (!(dq = new_like(ctx, g, q, g->L, g->E))) goto fail;
+        qa = out_addr_of(g, dq);
         int ac = na;
         float scale = st->scale;
         cl_mem in[8] = {qp->st->mem,  kt->st->mem,  vt->st->mem, kp->st->mem,
@@ -381,22 +434,23 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         for (int i = 0; i < 5; i++) args[ac++] = KILN__ARG(in[i]);
         args[ac++] = KILN__ARG(in[5]), args[ac++] = KILN__ARG(lo), args[ac++] = KILN__ARG(in[6]);
         args[ac++] = KILN__ARG(scale), args[ac++] = KILN__ARG(in[7]);
+        args[ac++] = KILN__ARG(qa.bs), args[ac++] = KILN__ARG(qa.rs);
         size_t gl[2] = {(size_t)((g->L + t->qm - 1) / t->qm), (size_t)g->B};
         if ((s = kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_dq", (size_t)ac, args, gl, NULL)) !=
             KILN_OK)
             goto done;
     }
     if (need_kv) {
-        shp[nd - 2] = g->S, shp[nd - 1] = g->E;
-        if (!(dk = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp))) goto fail;
-        shp[nd - 1] = g->EV;
-        if (!(dv = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp))) goto fail;
+        if (!(dk = new_like(ctx, g, k, g->S, g->E)) || !(dv = new_like(ctx, g, v, g->S, g->EV))) goto fail;
+        ka = out_addr_of(g, dk), va = out_addr_of(g, dv);
         int ac = na;
         cl_mem in[10] = {kp->st->mem,  vp->st->mem,  qt->st->mem, dot->st->mem, qp->st->mem,
                          dop->st->mem, lse->st->mem, dd->st->mem, dk->st->mem,  dv->st->mem};
         for (int i = 0; i < 7; i++) args[ac++] = KILN__ARG(in[i]);
         args[ac++] = KILN__ARG(lo);
-        for (int i = 7; i < 10; i++) args[ac++] = KILN__ARG(in[i]);
+        args[ac++] = KILN__ARG(in[7]);
+        args[ac++] = KILN__ARG(in[8]), args[ac++] = KILN__ARG(ka.bs), args[ac++] = KILN__ARG(ka.rs);
+        args[ac++] = KILN__ARG(in[9]), args[ac++] = KILN__ARG(va.bs), args[ac++] = KILN__ARG(va.rs);
         /* work-groups of dg items, which walk the queries chunk by chunk together */
         size_t items = (size_t)((g->S + t->rn - 1) / t->rn), dg = (size_t)t->dg;
         size_t gl[2] = {(items + dg - 1) / dg * dg, (size_t)g->B}, lw[2] = {dg, 1};
@@ -437,12 +491,10 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
     st.dscale = o->dropout_p >= 1.0f ? 0.0f : (float)(1.0 / (1.0 - (double)o->dropout_p));
     st.key0 = (cl_uint)ctx->seed, st.key1 = (cl_uint)(ctx->seed >> 32);
     st.ctr_lo = (cl_uint)ctx->rng_counter, st.ctr_hi = (cl_uint)(ctx->rng_counter >> 32);
-    int64_t nd = g->nb + 2, shp[KILN_MAX_DIMS], rows = g->B * st.Lp;
-    memcpy(shp, g->bshape, sizeof(int64_t) * (size_t)g->nb);
-    shp[nd - 2] = g->L, shp[nd - 1] = g->EV;
+    int64_t rows = g->B * st.Lp;
     batch_addressing(&st.g, m);
     kiln_tensor *qp = NULL, *kt = NULL, *vp = NULL;
-    kiln_tensor *out = kiln__tensor_new(ctx, op_name, KILN_F32, (int)nd, shp);
+    kiln_tensor *out = new_like(ctx, g, q, g->L, g->EV);
     kiln_tensor *lse = out ? kiln__tensor_new(ctx, op_name, KILN_F32, 1, &rows) : NULL;
     if (!lse) goto fail;
     char opts[320];
@@ -460,7 +512,9 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
         kiln__karg args[40];
         int ac = common_args(&c, args);
         args[ac++] = KILN__ARG(qp->st->mem), args[ac++] = KILN__ARG(kt->st->mem), args[ac++] = KILN__ARG(vp->st->mem);
-        args[ac++] = KILN__ARG(out->st->mem), args[ac++] = KILN__ARG(lse->st->mem);
+        out_addr oa = out_addr_of(g, out);
+        args[ac++] = KILN__ARG(out->st->mem), args[ac++] = KILN__ARG(oa.bs), args[ac++] = KILN__ARG(oa.rs);
+        args[ac++] = KILN__ARG(lse->st->mem);
         size_t gl[2] = {(size_t)((st.Lp + t->rm - 1) / t->rm), (size_t)g->B};
         if (kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_forward", (size_t)ac, args, gl, NULL) != KILN_OK)
             goto fail;
@@ -471,6 +525,7 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
     kiln_tensor *in3[3] = {q, k, v};
     if (kiln__grad_wanted(ctx, 3, in3)) {
         kiln__node *n = kiln__node_new(ctx, op_name, out, 3, in3, sdpa_backward_fn);
+        if (n) n->strided_grad = true; /* sdpa_pack reads the gradient through its strides */
         sdpa_state *ns = n ? KILN__NODE_STATE_NEW(n, sdpa_state) : NULL;
         if (!ns || kiln__node_save(n, lse) != KILN_OK || (m && kiln__node_save(n, m) != KILN_OK)) goto fail;
         *ns = st;

@@ -422,6 +422,16 @@ static kiln_tensor *matmul(kiln_ctx *ctx, const char *op, kiln_tensor *a, kiln_t
     return out;
 }
 
+/* t [..., r, c] as a [rows, c] view when t is contiguous with batch dims, else NULL. With a
+ * 2-D weight W and a batched operand X, the weight's gradient X^T G summed over the batch
+ * is then one product over every row, as PyTorch computes it, instead of a product per
+ * batch and a sum of the batch's products. */
+static kiln_tensor *fold_rows(kiln_ctx *ctx, kiln_tensor *t) {
+    if (t->ndim < 3 || !kiln__is_contiguous(t)) return NULL;
+    int64_t c = t->shape[t->ndim - 1];
+    return kiln_reshape(ctx, t, 2, (int64_t[]){c ? kiln__numel(t->ndim, t->shape) / c : 0, c});
+}
+
 /* ---- backward ------------------------------------------------------------------------
  * With C = op(A) op(B): d op(A) = dC op(B)^T and d op(B) = op(A)^T dC; the transposes map
  * onto matmul_ex flags, so no operand is copied. 1-D operands are promoted as in the
@@ -450,6 +460,9 @@ static kiln_status bw_matmul(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
         s = kiln__accum_owned(ctx, n, 0, ga);
     }
     if (s == KILN_OK && kiln__input_needs_grad(n, 1)) {
+        /* a batched A with a 2-D B: the batches fold into the product's inner dim */
+        kiln_tensor *A2 = !ta && b->ndim == 2 ? fold_rows(ctx, A) : NULL, *G2 = A2 ? fold_rows(ctx, G) : NULL;
+        if (G2) A = A2, G = G2;
         kiln_tensor *gb = !tb ? kiln_matmul_ex(ctx, A, G, ta ? 0 : KILN_TRANS_A)
                               : kiln_matmul_ex(ctx, G, A, KILN_TRANS_A | (ta ? KILN_TRANS_B : 0));
         if (gb && b->ndim == 1) gb = kiln_squeeze(ctx, gb, gb->ndim - 1);
@@ -497,16 +510,19 @@ kiln_tensor *kiln_matmul_ex(kiln_ctx *ctx, kiln_tensor *a, kiln_tensor *b, int f
  * writing the whole output once more. Where kiln's own A B^T kernel takes the product
  * (kiln__gemm_bias_takes) and x [..., in] and W [out, in] are contiguous, gemm_nt adds
  * b[j] to column j as it stores, rounded as kiln_add rounds it. The backward is the two
- * ops' backward, with the same products (bw_matmul's): d x = g W, d W = g^T x (per batch
- * and summed by kiln__accum where x has leading dims), d b = g summed down to b's shape
- * by kiln__accum (as kiln_add's backward does). */
+ * ops' backward, with the same products (bw_matmul's): d x = g W, d W = g^T x (one
+ * product over the rows of every batch where x has leading dims), d b = g summed down to
+ * b's shape by kiln__accum (as kiln_add's backward does). */
 static kiln_status bw_linear(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     kiln_tensor *x = n->in[0], *w = n->in[1];
     kiln_status s = KILN_OK;
     kiln_scope_begin(ctx);
     if (kiln__input_needs_grad(n, 0)) s = kiln__accum_owned(ctx, n, 0, kiln_matmul_ex(ctx, g, w, 0));
-    if (s == KILN_OK && kiln__input_needs_grad(n, 1))
-        s = kiln__accum_owned(ctx, n, 1, kiln_matmul_ex(ctx, g, x, KILN_TRANS_A));
+    if (s == KILN_OK && kiln__input_needs_grad(n, 1)) {
+        kiln_tensor *x2 = fold_rows(ctx, x), *g2 = x2 ? fold_rows(ctx, g) : NULL;
+        s = kiln__accum_owned(ctx, n, 1,
+                              g2 ? kiln_matmul_ex(ctx, g2, x2, KILN_TRANS_A) : kiln_matmul_ex(ctx, g, x, KILN_TRANS_A));
+    }
     if (s == KILN_OK && kiln__input_needs_grad(n, 2)) s = kiln__accum(ctx, n, 2, g);
     kiln_scope_end(ctx);
     return s;

@@ -135,15 +135,32 @@ static kiln_status kernel_wg(kiln_ctx *ctx, const char *kernel, size_t *wg) {
     return kiln__tree_wg(ctx, "reduce", "", kernel, 0, wg);
 }
 
+/* Outputs per work-item of sum_rows_vec (RED_VW in cl_kernels/reduce.cl). */
+#define ROWS_VW 8
+
 static kiln_status launch_rows(kiln_ctx *ctx, const char *op, kiln__red_kind kind, cl_mem x, cl_int xoff, cl_mem y,
                                cl_int yoff, const red_geom *g, cl_float div) {
     char name[32];
+    bool sum = kind == KILN__RED_SUM || kind == KILN__RED_MEAN;
+    /* On CPUs, sums whose outputs are neighbours in memory: ROWS_VW outputs a work-item
+     * (the same additions in the same order as sum_rows), in groups small enough that
+     * every compute unit gets some */
+    if (sum && cpu_layout(ctx) && g->kndim == 1 && g->kstride[0] == 1 && g->nout >= ROWS_VW) {
+        size_t items = ((size_t)g->nout + ROWS_VW - 1) / ROWS_VW, wg;
+        kiln_status s = kernel_wg(ctx, "sum_rows_vec", &wg);
+        if (s != KILN_OK) return s;
+        size_t cu = ctx->info.compute_units ? ctx->info.compute_units : 1;
+        while (wg > 1 && (items + wg - 1) / wg < cu) wg /= 2;
+        kiln__karg args[] = {KILN__ARG(x),    KILN__ARG(xoff), KILN__ARG(y),
+                             KILN__ARG(yoff), KILN__ARG(*g),   KILN__ARG(div)};
+        return kiln__launch(ctx, op, "reduce", "", "sum_rows_vec", 6, args, items, wg);
+    }
     snprintf(name, sizeof name, "%s_rows", red_stem[kind]);
     size_t wg;
     kiln_status s = kernel_wg(ctx, name, &wg);
     if (s != KILN_OK) return s;
     kiln__karg args[] = {KILN__ARG(x), KILN__ARG(xoff), KILN__ARG(y), KILN__ARG(yoff), KILN__ARG(*g), KILN__ARG(div)};
-    size_t nargs = kind == KILN__RED_SUM || kind == KILN__RED_MEAN ? 6 : 5;
+    size_t nargs = sum ? 6 : 5;
     return kiln__launch(ctx, op, "reduce", "", name, nargs, args, (size_t)g->nout, wg);
 }
 

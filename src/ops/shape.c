@@ -1,6 +1,7 @@
-/* src/ops/shape.c - shape ops that copy: concat, stack, constant padding, flatten (a
- * reshape), index_select and gather, with their backward rules (kernels in
- * cl_kernels/shape.cl).
+/* src/ops/shape.c - shape ops that copy: concat, stack, constant padding, index_select and
+ * gather, with their backward rules (kernels in cl_kernels/shape.cl). kiln_flatten, of this
+ * family (its golden cases are shape.safetensors'), is a reshape and lives with the views
+ * in src/ops/view.c, whose slice backward pads.
  *
  * The forward kernels move bits, so concat, stack, index_select and gather take any dtype
  * (the program is built with T of the element's size); pad takes f32, i32 and u8 (its
@@ -443,31 +444,6 @@ kiln_tensor *kiln_pad(kiln_ctx *ctx, kiln_tensor *x, int npad, const int64_t *pa
         for (int k = 0; k < npad; k++) st->pad[k] = pad[k];
     }
     return kiln__finish(ctx, op, out);
-}
-
-/* ---- flatten ------------------------------------------------------------------------ */
-
-kiln_tensor *kiln_flatten(kiln_ctx *ctx, kiln_tensor *x, int start_dim, int end_dim) {
-    const char *op = "kiln_flatten";
-    if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
-    int nd = x->ndim ? x->ndim : 1; /* a 0-d tensor flattens to [1], as torch */
-    int s = kiln__axis(start_dim, nd), e = kiln__axis(end_dim, nd);
-    char a[160];
-    if (s < 0 || e < 0 || s > e) {
-        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: start_dim %d and end_dim %d are %s for input %s", op, start_dim,
-                   end_dim, s < 0 || e < 0 ? "out of range" : "in the wrong order", tshape(x, a, sizeof a));
-        return NULL;
-    }
-    /* a 0-d tensor becomes a [1] view (kiln_reshape would copy it) */
-    if (x->ndim == 0) return kiln__finish(ctx, op, kiln_unsqueeze(ctx, x, 0));
-    int64_t sh[KILN_MAX_DIMS], merged = 1;
-    int m = 0;
-    for (int d = 0; d < s; d++) sh[m++] = x->shape[d];
-    for (int d = s; d <= e; d++) merged *= x->shape[d];
-    sh[m++] = merged;
-    for (int d = e + 1; d < x->ndim; d++) sh[m++] = x->shape[d];
-    /* a view when the strides allow it; kiln_reshape records its own backward */
-    return kiln__finish(ctx, op, kiln_reshape(ctx, x, m, sh));
 }
 
 /* ---- index_select and gather -------------------------------------------------------- */

@@ -1,6 +1,6 @@
 /* src/ops/view.c - the differentiable views and copies: kiln_view, kiln_reshape,
- * kiln_permute, kiln_transpose, kiln_slice, kiln_expand, kiln_squeeze, kiln_unsqueeze,
- * kiln_contiguous and kiln_clone, with their backward rules. The views share their input's
+ * kiln_flatten, kiln_permute, kiln_transpose, kiln_slice, kiln_expand, kiln_squeeze,
+ * kiln_unsqueeze, kiln_contiguous and kiln_clone, with their backward rules. The views share their input's
  * storage (kiln__tensor_view); kiln_reshape copies only when the strides do not allow a
  * view. */
 #include <string.h>
@@ -109,11 +109,20 @@ static kiln_status bw_permute(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     return s;
 }
 
-/* zeros of the input's shape with the gradient written into the sliced positions */
+/* zeros of the input's shape with the gradient written into the sliced positions: for a
+ * step of 1 the gradient padded with zeros (one pass, a row per work-item on CPUs), else
+ * zeros and a strided copy */
 static kiln_status bw_slice(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     const slice_state *st = KILN__NODE_STATE(n, slice_state);
     if (!st) return ctx->err;
     kiln_tensor *x = n->in[0];
+    if (st->step == 1 && g->dtype == KILN_F32) {
+        int64_t pad[2 * KILN_MAX_DIMS] = {0};
+        int np = 2 * (x->ndim - st->dim); /* kiln_pad's pairs run from the last dim */
+        pad[np - 2] = st->start, pad[np - 1] = x->shape[st->dim] - st->start - g->shape[st->dim];
+        kiln_tensor *p = kiln_pad(ctx, g, np, pad, 0.0f);
+        return p ? kiln__accum_owned(ctx, n, 0, p) : ctx->err;
+    }
     kiln_tensor *z = kiln_zeros(ctx, x->ndim, x->shape);
     if (!z) return ctx->err;
     int d = st->dim;
@@ -133,6 +142,8 @@ static kiln__node *record(kiln_ctx *ctx, const char *op, kiln_tensor **out, kiln
     if (!n) {
         kiln_tensor_free(*out);
         *out = NULL;
+    } else {
+        n->strided_grad = true; /* every rule here reads its gradient through its strides */
     }
     return n;
 }
@@ -186,6 +197,30 @@ kiln_tensor *kiln_reshape(kiln_ctx *ctx, kiln_tensor *t, int ndim, const int64_t
     memcpy(c->shape, sh, sizeof(int64_t) * (size_t)ndim);
     kiln__contiguous_strides(ndim, c->shape, c->strides);
     return record_view(ctx, "kiln_reshape", c, t, bw_reshape);
+}
+
+kiln_tensor *kiln_flatten(kiln_ctx *ctx, kiln_tensor *x, int start_dim, int end_dim) {
+    const char *op = "kiln_flatten";
+    if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
+    int nd = x->ndim ? x->ndim : 1; /* a 0-d tensor flattens to [1], as torch */
+    int s = kiln__axis(start_dim, nd), e = kiln__axis(end_dim, nd);
+    char a[160];
+    if (s < 0 || e < 0 || s > e) {
+        kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: start_dim %d and end_dim %d are %s for input %s", op, start_dim,
+                   end_dim, s < 0 || e < 0 ? "out of range" : "in the wrong order",
+                   kiln__shape_str(x->ndim, x->shape, a, sizeof a));
+        return NULL;
+    }
+    /* a 0-d tensor becomes a [1] view (kiln_reshape would copy it) */
+    if (x->ndim == 0) return kiln__finish(ctx, op, kiln_unsqueeze(ctx, x, 0));
+    int64_t sh[KILN_MAX_DIMS], merged = 1;
+    int m = 0;
+    for (int d = 0; d < s; d++) sh[m++] = x->shape[d];
+    for (int d = s; d <= e; d++) merged *= x->shape[d];
+    sh[m++] = merged;
+    for (int d = e + 1; d < x->ndim; d++) sh[m++] = x->shape[d];
+    /* a view when the strides allow it; kiln_reshape records its own backward */
+    return kiln__finish(ctx, op, kiln_reshape(ctx, x, m, sh));
 }
 
 kiln_tensor *kiln_permute(kiln_ctx *ctx, kiln_tensor *t, const int *dims) {

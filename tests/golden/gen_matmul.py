@@ -31,6 +31,7 @@ CASES = [
     ("matmul_ex.f1", [2, 5, 3], [5, 4], 1),
     ("matmul_ex.f2", [3, 5], [2, 4, 5], 2),
     ("matmul_ex.f3", [2, 1, 5, 3], [3, 4, 5], 3),
+    ("matmul_ex.f2w", [2, 3, 5], [4, 5], 2),    # batched a, 2-D b: the batches fold in db
 ]
 
 
