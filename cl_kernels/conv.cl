@@ -533,3 +533,88 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
         }
     }
 }
+
+/* Build option of conv3_wgrad: C3_WB output channels per work-item. */
+#ifndef C3_WB
+#define C3_WB 2
+#endif
+
+/* The sum of v's lanes, halves added pairwise (a fixed order). */
+inline float c3_hsum(C3_T v) {
+#if C3_VW == 16
+    float8 v8 = v.lo + v.hi;
+#elif C3_VW == 8
+    float8 v8 = v;
+#endif
+#if C3_VW >= 8
+    float4 v4 = v8.lo + v8.hi;
+#else
+    float4 v4 = v;
+#endif
+    float2 v2 = v4.lo + v4.hi;
+    return v2.x + v2.y;
+}
+
+/*
+ * The weight gradient of the 3x3 stride-1 padding-1 convolution from the bordered planes
+ * (conv3_pad, both with pitch pw = w + 2 and h + 2 rows) of its input, xp [N, c, h+2, pw],
+ * and of its output gradient, gp [N, cout, h+2, pw], without columns:
+ *   part[s][o][(i*3 + ki)*3 + kj] = sum over images n of part s, pixels (y, x) of
+ *       gy[n, o, y, x] * x[n, i, y + ki - 1, x + kj - 1]   (0 outside the plane)
+ * Along a plane's flat index f = (y+1)*pw + x+1 of gp, that input is xp at f + (ki-1)*pw +
+ * kj-1: every tap is one shifted vector load, and gp's zero border columns cancel the lanes
+ * that wrap into the next row. A work-item runs over the flat positions of rows 1 .. h from
+ * (1, 1) in vectors of C3_VW floats; the last vector may run up to C3_VW - 1 floats on, over
+ * gp's zeros (row h+1 and the next plane's row 0: the host requires 2*pw + 3 >= C3_VW; after
+ * the last plane, conv3_pad's slack), so products with finite inputs past a plane add 0.
+ *
+ * One work-item per (part s of the images, block of C3_WB output channels, input channel
+ * i): 9 * C3_WB vector accumulators; per vector of positions, C3_WB loads of gp and 9 of xp
+ * for 9 * C3_WB multiply-adds. Channels past cout repeat the last one and are not stored.
+ * Each sum runs in a fixed order (images, positions per lane, then the lanes pairwise):
+ * deterministic. Images of part s: [n*s/nparts, n*(s+1)/nparts).
+ */
+kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *gp, int gpoff, int c, int cout,
+                        int plane, int pw, int nvec, int n, int nparts, int ncb, global float *part, int poff,
+                        int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int ci = q % c, t = q / c;
+    int cb = t % ncb, s = t / ncb;
+    int co0 = cb * C3_WB;
+    int na = n * s / nparts, ne = n * (s + 1) / nparts;
+    int goff[C3_WB];
+#pragma unroll
+    for (int j = 0; j < C3_WB; j++) goff[j] = min(co0 + j, cout - 1) * plane;
+    C3_T acc[C3_WB][9];
+#pragma unroll
+    for (int j = 0; j < C3_WB; j++)
+#pragma unroll
+        for (int k = 0; k < 9; k++) acc[j][k] = (C3_T)(0.0f);
+    for (int img = na; img < ne; img++) {
+        global const float *xc = xp + xpoff + (img * c + ci) * plane;
+        global const float *gc = gp + gpoff + img * cout * plane + pw + 1;
+        for (int v = 0; v < nvec; v++) {
+            int f = v * C3_VW;
+            C3_T gv[C3_WB];
+#pragma unroll
+            for (int j = 0; j < C3_WB; j++) gv[j] = C3_LOAD(0, gc + goff[j] + f);
+#pragma unroll
+            for (int ki = 0; ki < 3; ki++)
+#pragma unroll
+                for (int kj = 0; kj < 3; kj++) {
+                    /* tap (ki, kj) of gp's position pw + 1 + f */
+                    C3_T xv = C3_LOAD(0, xc + f + ki * pw + kj);
+#pragma unroll
+                    for (int j = 0; j < C3_WB; j++) acc[j][ki * 3 + kj] = fma(gv[j], xv, acc[j][ki * 3 + kj]);
+                }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < C3_WB; j++) {
+        if (co0 + j >= cout) continue; /* not break: the loop is unrolled */
+        global float *d = part + poff + ((s * cout + co0 + j) * c + ci) * 9;
+#pragma unroll
+        for (int k = 0; k < 9; k++) d[k] = c3_hsum(acc[j][k]);
+    }
+}

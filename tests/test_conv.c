@@ -743,6 +743,8 @@ static const cspec direct_cases[] = {
     {"direct channels-last input, 2 x 3 plane", false, 3, 5, 2, 3, 2, 3, 3, P3, false, V_CHANNELS_LAST, false, false},
     {"direct batch slice", false, 2, 2, 4, 20, 3, 3, 3, P3, true, V_BATCH_SLICE, false, false},
     {"direct NaN and Inf", false, 2, 2, 6, 19, 3, 3, 3, P3, true, V_NONE, false, true},
+    {"direct batch 10 (two parts of the weight gradient)", false, 10, 2, 4, 10, 3, 3, 3, P3, false, V_NONE, false,
+     false},
     {"T direct width 21, 10 channels", true, 2, 10, 4, 21, 3, 3, 3, P3, true, V_NONE, false, false},
     {"T direct batch 1, weight view", true, 1, 3, 5, 10, 9, 3, 3, P3, false, V_NONE, true, false},
 };
@@ -767,7 +769,14 @@ static void set_env(kiln_ctx *ctx, const char *name, const char *value) {
 
 /* Launches of one conv2d forward and of its input gradient alone, under the current
  * KILN_CONV_ALGO. */
+static void count_launches_w(kiln_ctx *ctx, const cspec *s, bool wgrad, uint64_t *fwd, uint64_t *bwd);
 static void count_launches(kiln_ctx *ctx, const cspec *s, uint64_t *fwd, uint64_t *dgrad) {
+    count_launches_w(ctx, s, false, fwd, dgrad);
+}
+
+/* Launches of one conv2d forward and of its backward with the input (wgrad false) or the
+ * weight alone requiring grad, under the current KILN_CONV_ALGO. */
+static void count_launches_w(kiln_ctx *ctx, const cspec *s, bool wgrad, uint64_t *fwd, uint64_t *dgrad) {
     kiln__set_guard(ctx, 0);              /* guard regions cost launches of their own */
     kiln__hooks_of(ctx)->conv_budget = 1; /* columns: one chunk per image */
     kiln_scope_begin(ctx);
@@ -776,7 +785,7 @@ static void count_launches(kiln_ctx *ctx, const cspec *s, uint64_t *fwd, uint64_
     kiln_tensor *x = kiln_full(ctx, 0.5f, 4, xs), *w = kiln_full(ctx, 0.25f, 4, ws);
     kiln_ctx_stats st0, st1, st2;
     kiln_ctx_stats_get(ctx, &st0);
-    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(wgrad ? w : x, true);
     kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &s->p);
     kiln_ctx_stats_get(ctx, &st1);
     kiln_tensor *seed = y ? kiln_full(ctx, 1.0f, 4, kiln_tensor_shape(y)) : NULL;
@@ -830,9 +839,25 @@ static void test_direct(kiln_ctx *ctx) {
         set_env(ctx, "KILN_CONV_ALGO", algos[a]);
         count_launches(ctx, &four, &f[a], &d[a]);
     }
+    /* the weight gradient alone: direct, bordered x and gy and conv3_wgrad (and the sum of
+     * its parts for more than 8 images), plus one of the backward's own; through columns
+     * at least im2col and a GEMM per image */
+    const cspec ten = {"10 images", false, 10, 2, 5, 29, 9, 3, 3, P3, false, V_NONE, false, false};
+    uint64_t wf, wd[2][2];
+    for (int a = 0; a < 2; a++) {
+        set_env(ctx, "KILN_CONV_ALGO", algos[a]);
+        count_launches_w(ctx, &four, true, &wf, &wd[a][0]);
+        count_launches_w(ctx, &ten, true, &wf, &wd[a][1]);
+    }
     kiln__hooks_of(ctx)->conv_budget = budget;
-    /* (on a GPU, CLBlast's GEMMs are library calls, not launches: columns then count 4 / 5) */
     bool own_gemm = kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU;
+    CHECK(wd[0][0] == 4 && wd[0][1] == 5 &&
+              (own_gemm ? wd[1][0] >= 9 && wd[1][1] >= 21 : wd[1][0] != wd[0][0] || wd[1][1] != wd[0][1]),
+          "launches of the weight gradient, 4 / 10 images: KILN_CONV_ALGO=direct %llu / %llu, im2col %llu / %llu "
+          "(expected 4 / 5, and 9+ / 21+ through columns)",
+          (unsigned long long)wd[0][0], (unsigned long long)wd[0][1], (unsigned long long)wd[1][0],
+          (unsigned long long)wd[1][1]);
+    /* (on a GPU, CLBlast's GEMMs are library calls, not launches: columns then count 4 / 5) */
     CHECK(f[0] == 3 && d[0] == 4 && (own_gemm ? f[1] >= 8 && d[1] >= 9 : f[1] > f[0] && d[1] > d[0]),
           "%s: launches forward / input gradient: KILN_CONV_ALGO=direct %llu / %llu, im2col %llu / %llu (expected 3 / "
           "4, and 8+ / 9+ through columns)",
@@ -845,13 +870,18 @@ static void test_direct(kiln_ctx *ctx) {
     const cspec planes[2] = {{"28 x 28", false, 2, 4, 28, 28, 4, 3, 3, P3, false, V_NONE, false, false},
                              {"7 x 7", false, 2, 4, 7, 7, 4, 3, 3, P3, false, V_NONE, false, false}};
     for (int k = 0; k < 2; k++) {
-        uint64_t fa[3], da[3];
+        uint64_t fa[3], da[3], wa[3];
         static const char *const modes[3] = {"direct", "im2col", NULL};
         for (int m = 0; m < 3; m++) {
             set_env(ctx, "KILN_CONV_ALGO", modes[m]);
             count_launches(ctx, &planes[k], &fa[m], &da[m]);
+            uint64_t unused;
+            count_launches_w(ctx, &planes[k], true, &unused, &wa[m]);
         }
         int want = wide ? 0 : 1;
+        CHECK(wa[2] == wa[want] && wa[0] != wa[1],
+              "auto route of the weight gradient, %s: %llu launches, %s takes %llu", planes[k].name,
+              (unsigned long long)wa[2], modes[want], (unsigned long long)wa[want]);
         CHECK(fa[2] == fa[want] && da[2] == da[want] && fa[0] != fa[1],
               "auto route, %s: %llu / %llu launches, %s takes %llu / %llu", planes[k].name, (unsigned long long)fa[2],
               (unsigned long long)da[2], modes[want], (unsigned long long)fa[want], (unsigned long long)da[want]);
