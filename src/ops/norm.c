@@ -223,11 +223,21 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         if (s != KILN_OK) goto done;
     }
     if (need_x) {
-        if ((s = kiln__accum(ctx, n, 0, dx)) != KILN_OK) goto done;
+        s = kiln__accum_owned(ctx, n, 0, dx);
+        dx = NULL; /* given up either way */
+        if (s != KILN_OK) goto done;
     }
     if (sums) {
-        if (need_w && (s = kiln__accum(ctx, n, 1, sumb)) != KILN_OK) goto done;
-        if (need_b && (s = kiln__accum(ctx, n, 2, suma)) != KILN_OK) goto done;
+        if (need_w) {
+            s = kiln__accum_owned(ctx, n, 1, sumb);
+            sumb = NULL;
+            if (s != KILN_OK) goto done;
+        }
+        if (need_b) {
+            s = kiln__accum_owned(ctx, n, 2, suma);
+            suma = NULL;
+            if (s != KILN_OK) goto done;
+        }
     }
     if (wmode == KILN_NORM_W_ELEM && (need_w || need_b)) {
         /* layer norm: column sums over the rows, [R, D] with R = G, D = S */
@@ -260,8 +270,16 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         s = kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "ln_param_grad", sizeof args / sizeof args[0], args,
                          (size_t)g.S, 0);
         if (s != KILN_OK) goto done;
-        if (need_w && (s = kiln__accum(ctx, n, 1, dw)) != KILN_OK) goto done;
-        if (need_b && (s = kiln__accum(ctx, n, 2, db)) != KILN_OK) goto done;
+        if (need_w) {
+            s = kiln__accum_owned(ctx, n, 1, dw);
+            dw = NULL;
+            if (s != KILN_OK) goto done;
+        }
+        if (need_b) {
+            s = kiln__accum_owned(ctx, n, 2, db);
+            db = NULL;
+            if (s != KILN_OK) goto done;
+        }
     }
 done:
     if (s == KILN_OK && ctx->err != KILN_OK) s = ctx->err;
