@@ -186,4 +186,11 @@ kiln_status kiln__gemm_run_bias(kiln_ctx *ctx, const char *op, size_t m, size_t 
  * kiln__gemm_bias_takes one fused launch where x and W are contiguous, else kiln_matmul_ex
  * and kiln_add. */
 kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b);
+
+/* relu(kiln_batch_norm(x, ...) + residual) (residual NULL: relu(batch norm)), the same
+ * numbers as those three ops: one op over one pass where batch norm's plane kernels run
+ * (src/ops/norm.c), the three ops elsewhere. For the residual blocks of src/nn/models.c. */
+kiln_tensor *kiln__batch_norm_relu(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *residual, kiln_tensor *running_mean,
+                                   kiln_tensor *running_var, kiln_tensor *weight, kiln_tensor *bias, bool training,
+                                   float momentum, float eps);
 #endif
