@@ -338,9 +338,9 @@ kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float
 /*
  * xp [N, C, h + 2, pw] = the planes of x (any view: strides xs, n c h w, from xoff) with a
  * zero border: xp[n, c, r, j] = x[n, c, r - 1, j - 1] inside, 0 elsewhere (columns w + 1 ..
- * pw - 1 too, so that conv3_direct's vectors past a row's end read zeros). After the last
- * plane, `slack` more zeros (rows that the last work-items of conv3_direct read but never
- * store). One work-item per plane; the last one also writes the slack.
+ * pw - 1 too where pw > w + 2). After the last plane, `slack` more zeros (what the last
+ * work-items of conv3_direct and conv3_wgrad read past it). One work-item per plane; the
+ * last one also writes the slack.
  */
 kernel void conv3_pad(global const float *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
                       int xpoff, int slack, int nitems) {
@@ -396,7 +396,8 @@ kernel void conv3_pack(global const float *wt, int woff, int4 ws, int c, int cou
  * segment of C3_NV * C3_VW pixels of a row): C3_CB * C3_R * C3_NV vector accumulators,
  * held in registers. Per input channel, each of the C3_R + 2 input rows it needs is read
  * once as three shifted vector runs (kj = 0, 1, 2) from the padded plane (no bounds tests:
- * the border is zeros, lanes past the row's end are dropped at the store) and multiplied by
+ * the border is zeros; lanes past the row's end read on into the next row and are dropped
+ * at the store) and multiplied by
  * each channel's weight broadcast. Output channels past cout compute the last one's sums
  * and are not stored; rows past h read the next plane or the slack and are not stored. Each
  * output sums its c * 9 products in a fixed order (input channel, then ki, kj): results do
