@@ -329,6 +329,11 @@ kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float
 #ifndef C3_CB
 #define C3_CB 4
 #endif
+/* C3_S2 1: conv3_flat and conv3_wgrad read the phase planes of a stride-2 convolution's
+ * input (conv3_phase) instead of bordered planes. */
+#ifndef C3_S2
+#define C3_S2 0
+#endif
 #define C3CAT_(a, b) a##b
 #define C3CAT(a, b) C3CAT_(a, b)
 #define C3_T C3CAT(float, C3_VW)
@@ -482,6 +487,9 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
  * per (image, block of C3_CB output channels, segment of C3_NV * C3_VW flat positions);
  * reads run up to C3_NV * C3_VW + 2 floats past a plane (the next plane or the slack).
  * Same arguments as conv3_direct (nrb unused: 1), the same order of each output's sum.
+ * Built with C3_S2, the stride-2 convolution (padding 1) of the phase planes xp of
+ * conv3_phase (hq = h + 1 rows of pitch pw each, h and w the output's): each tap is again
+ * one load at a fixed offset from f.
  */
 kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
                        global const float *wp, int wpoff, global const float *bias, int boff, int has_bias,
@@ -491,7 +499,14 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
     int sg = q % nseg, t = q / nseg;
     int cb = t % ncb, n = t / ncb;
     int co0 = cb * C3_CB, f0 = sg * (C3_NV * C3_VW);
+#if C3_S2
+    /* tap (ki, kj) of output f: phase plane (ki & 1, kj & 1) at f + (ki >> 1)*pw + (kj >> 1) */
+    int qplane = (h + 1) * pw, plane = 4 * qplane;
+#define C3_TAP(ki, kj) ((((ki)&1) * 2 + ((kj)&1)) * qplane + ((ki) >> 1) * pw + ((kj) >> 1))
+#else
     int plane = (h + 2) * pw;
+#define C3_TAP(ki, kj) ((ki)*pw + (kj))
+#endif
     global const float *xb = xp + xpoff + n * c * plane + f0;
     C3_T acc[C3_CB][C3_NV];
 #pragma unroll
@@ -507,7 +522,7 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
             for (int kj = 0; kj < 3; kj++) {
                 C3_T xv[C3_NV];
 #pragma unroll
-                for (int v = 0; v < C3_NV; v++) xv[v] = C3_LOAD(0, xc + ki * pw + kj + v * C3_VW);
+                for (int v = 0; v < C3_NV; v++) xv[v] = C3_LOAD(0, xc + C3_TAP(ki, kj) + v * C3_VW);
 #pragma unroll
                 for (int j = 0; j < C3_CB; j++) {
                     C3_T wv = (C3_T)(wc[(ki * 3 + kj) * C3_CB + j]);
@@ -533,6 +548,37 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
             if (++ow == pw) ow = 0, oh++;
         }
     }
+}
+
+#undef C3_TAP
+
+/*
+ * The phase planes of a stride-2 convolution's input with a zero border of 1 (conv3_flat
+ * and conv3_wgrad built with C3_S2): xq [N, C, 4, hq, pq] with plane (a, b) of channel
+ * (n, c) holding xq[.., a*2 + b, i, j] = x[n, c, 2i + a - 1, 2j + b - 1] (0 outside x), so
+ * that tap (ki, kj) of output (y, x) is plane (ki & 1, kj & 1) at (y + (ki >> 1), x +
+ * (kj >> 1)). x any view (strides xs). After the last plane, `slack` zeros. One work-item
+ * per (n, c).
+ */
+kernel void conv3_phase(global const float *x, int xoff, int4 xs, int c, int h, int w, int hq, int pq,
+                        global float *xq, int xqoff, int slack, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int n = q / c, ci = q - n * c;
+    global const float *s = x + xoff + n * xs.x + ci * xs.y;
+    global float *d = xq + xqoff + q * 4 * hq * pq;
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int i = 0; i < hq; i++, d += pq) {
+                int r = 2 * i + a - 1;
+                bool rin = r >= 0 && r < h;
+                for (int j = 0; j < pq; j++) {
+                    int cc = 2 * j + b - 1;
+                    d[j] = rin && cc >= 0 && cc < w ? s[r * xs.z + cc * xs.w] : 0.0f;
+                }
+            }
+    if (q == nitems - 1)
+        for (int j = 0; j < slack; j++) d[j] = 0.0f;
 }
 
 /* Build option of conv3_wgrad: C3_WB output channels per work-item. */
@@ -574,6 +620,9 @@ inline float c3_hsum(C3_T v) {
  * for 9 * C3_WB multiply-adds. Channels past cout repeat the last one and are not stored.
  * Each sum runs in a fixed order (images, positions per lane, then the lanes pairwise):
  * deterministic. Images of part s: [n*s/nparts, n*(s+1)/nparts).
+ * Built with C3_S2, the stride-2 convolution's weight gradient: xp holds the phase planes
+ * of conv3_phase (hq = h + 1 rows of pitch pw, h the output's height, plane = (h + 2)*pw
+ * still gp's), each tap again one load at a fixed offset from f.
  */
 kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *gp, int gpoff, int c, int cout,
                         int plane, int pw, int nvec, int n, int nparts, int ncb, global float *part, int poff,
@@ -587,13 +636,22 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
     int goff[C3_WB];
 #pragma unroll
     for (int j = 0; j < C3_WB; j++) goff[j] = min(co0 + j, cout - 1) * plane;
+#if C3_S2
+    /* x as phase planes of h + 1 rows (h: the output's): tap (ki, kj) of gp's position
+     * (y + 1, x + 1) is phase plane (ki & 1, kj & 1) at (y + (ki >> 1), x + (kj >> 1)) */
+    int qplane = plane - pw, xplane = 4 * qplane;
+#define C3_TAP(ki, kj) ((((ki)&1) * 2 + ((kj)&1)) * qplane + ((ki) >> 1) * pw + ((kj) >> 1))
+#else
+    int xplane = plane;
+#define C3_TAP(ki, kj) ((ki)*pw + (kj))
+#endif
     C3_T acc[C3_WB][9];
 #pragma unroll
     for (int j = 0; j < C3_WB; j++)
 #pragma unroll
         for (int k = 0; k < 9; k++) acc[j][k] = (C3_T)(0.0f);
     for (int img = na; img < ne; img++) {
-        global const float *xc = xp + xpoff + (img * c + ci) * plane;
+        global const float *xc = xp + xpoff + (img * c + ci) * xplane;
         global const float *gc = gp + gpoff + img * cout * plane + pw + 1;
         for (int v = 0; v < nvec; v++) {
             int f = v * C3_VW;
@@ -605,7 +663,7 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
 #pragma unroll
                 for (int kj = 0; kj < 3; kj++) {
                     /* tap (ki, kj) of gp's position pw + 1 + f */
-                    C3_T xv = C3_LOAD(0, xc + f + ki * pw + kj);
+                    C3_T xv = C3_LOAD(0, xc + f + C3_TAP(ki, kj));
 #pragma unroll
                     for (int j = 0; j < C3_WB; j++) acc[j][ki * 3 + kj] = fma(gv[j], xv, acc[j][ki * 3 + kj]);
                 }
@@ -619,3 +677,4 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
         for (int k = 0; k < 9; k++) d[k] = c3_hsum(acc[j][k]);
     }
 }
+#undef C3_TAP

@@ -745,6 +745,10 @@ static const cspec direct_cases[] = {
     {"direct NaN and Inf", false, 2, 2, 6, 19, 3, 3, 3, P3, true, V_NONE, false, true},
     {"direct batch 10 (two parts of the weight gradient)", false, 10, 2, 4, 10, 3, 3, 3, P3, false, V_NONE, false,
      false},
+    {"direct stride 2, width 30, batch 10", false, 10, 2, 6, 30, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), true, V_NONE,
+     false, false},
+    {"direct stride 2, odd 7 x 9 plane, view", false, 2, 3, 7, 9, 9, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), false,
+     V_TRANSPOSE_HW, true, false},
     {"T direct width 21, 10 channels", true, 2, 10, 4, 21, 3, 3, 3, P3, true, V_NONE, false, false},
     {"T direct batch 1, weight view", true, 1, 3, 5, 10, 9, 3, 3, P3, false, V_NONE, true, false},
 };
@@ -886,6 +890,24 @@ static void test_direct(kiln_ctx *ctx) {
               "auto route, %s: %llu / %llu launches, %s takes %llu / %llu", planes[k].name, (unsigned long long)fa[2],
               (unsigned long long)da[2], modes[want], (unsigned long long)fa[want], (unsigned long long)da[want]);
     }
+    /* stride 2: the forward (phase planes, packed weights, conv3_flat) and the weight
+     * gradient (phase planes, bordered gy, conv3_wgrad) direct, plus one launch of the
+     * backward's own; the input gradient through columns; auto as for stride 1 */
+    const cspec s2 = {"stride 2", false,  4,     2,    6, 30, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0),
+                      false,      V_NONE, false, false};
+    uint64_t f2[3], w2[3], unused2;
+    static const char *const modes2[3] = {"direct", "im2col", NULL};
+    for (int m = 0; m < 3; m++) {
+        set_env(ctx, "KILN_CONV_ALGO", modes2[m]);
+        count_launches(ctx, &s2, &f2[m], &unused2);
+        count_launches_w(ctx, &s2, true, &unused2, &w2[m]);
+    }
+    int want2 = wide ? 0 : 1;
+    CHECK(f2[0] == 3 && w2[0] == 4 && f2[1] != 3 && w2[1] != 4 && f2[2] == f2[want2] && w2[2] == w2[want2],
+          "stride 2: launches forward / weight gradient: direct %llu / %llu (expected 3 / 4), im2col %llu / %llu, "
+          "auto %llu / %llu",
+          (unsigned long long)f2[0], (unsigned long long)w2[0], (unsigned long long)f2[1], (unsigned long long)w2[1],
+          (unsigned long long)f2[2], (unsigned long long)w2[2]);
     /* bad overrides fail the op, naming the variable */
     kiln_scope_begin(ctx);
     kiln_tensor *x = kiln_full(ctx, 1.0f, 4, (int64_t[]){1, 2, 5, 5});

@@ -362,7 +362,7 @@ static bool c3_override(c3_params *o) {
  * (measurements). On ResNet-20's 28 x 28 and 14 x 14 stages the 8-channel blocks with 16
  * accumulators were as fast as or faster than blocks of 4 or 12 channels and 1-7 rows (12
  * channels: 1.5-2x slower). */
-static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
+static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout, int stride) {
     c3_params p;
     int vw = (int)ctx->info.native_vector_width_float;
     vw = vw >= 16 ? 16 : vw >= 8 ? 8 : 4;
@@ -376,7 +376,26 @@ static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
     p.r = p.r < 1 ? 1 : p.r > 8 ? 8 : p.r;
     c3_params o;
     if (c3_override(&o)) p = o;
+    if (stride == 2) { /* only conv3_flat reads phase planes */
+        p.flat = 1;
+        p.r = 1;
+    }
     return p;
+}
+
+/* The stride (1 or 2) of a convolution that the direct kernels compute: 3x3, padding 1,
+ * dilation 1, one group, stride 1 or 2 in both dims; 0 for any other. */
+static int c3_stride(const conv_geom *g) {
+    if (g->kh != 3 || g->kw != 3 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 || g->groups != 1 ||
+        g->sh != g->sw || (g->sh != 1 && g->sh != 2))
+        return 0;
+    return g->sh;
+}
+
+/* Floats of the input as the direct kernels read it, per image and channel: the bordered
+ * plane ((h + 2) rows) or, for stride 2, four phase planes of ho + 1 rows, each of pitch pw. */
+static int64_t c3_in_plane(const conv_geom *g, int stride, int64_t pw) {
+    return stride == 2 ? 4 * ((int64_t)g->ho + 1) * pw : ((int64_t)g->h + 2) * pw;
 }
 
 /* The slack after the bordered planes: conv3_direct's last row block may read up to C3_R -
@@ -411,15 +430,14 @@ static void c3_grid(const c3_params *p, int h, int w, int *nrb, int *nseg) {
  * README.md, "Why convolution is laid out as it is"). Narrower vectors are unmeasured:
  * columns. */
 static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool dgrad) {
-    if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 ||
-        g->groups != 1 || g->h != g->ho || g->w != g->wo)
-        return false;
+    int stride = c3_stride(g);
+    if (stride == 0 || (stride == 2 && dgrad) || (stride == 1 && (g->h != g->ho || g->w != g->wo))) return false;
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout;
-    c3_params p = c3_choose(ctx, g->w, cout);
-    int64_t pw = c3_pitch(&p, g->w), seg = p.nv * p.vw;
-    int64_t nrb = p.flat ? 1 : (g->h + p.r - 1) / p.r;
-    int64_t nseg = p.flat ? ((int64_t)g->h * pw + seg - 1) / seg : (g->w + seg - 1) / seg;
-    int64_t elems = (int64_t)g->n * cin * (g->h + 2) * pw + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
+    c3_params p = c3_choose(ctx, g->wo, cout, stride);
+    int64_t pw = c3_pitch(&p, g->wo), seg = p.nv * p.vw;
+    int64_t nrb = p.flat ? 1 : (g->ho + p.r - 1) / p.r;
+    int64_t nseg = p.flat ? ((int64_t)g->ho * pw + seg - 1) / seg : (g->wo + seg - 1) / seg;
+    int64_t elems = (int64_t)g->n * cin * c3_in_plane(g, stride, pw) + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
     int64_t items = (int64_t)g->n * ((cout + p.cb - 1) / p.cb) * nrb * nseg;
     if (elems > CONV_MAX_ELEMS || items > CONV_MAX_ELEMS) return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
@@ -448,9 +466,31 @@ static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int 
     return xp;
 }
 
+/* A new [n, c, 4, ho + 1, pw] tensor (plus slack) of the phase planes of src [n, c, h, w]
+ * (any view) for a stride-2 convolution with output ho x wo, pw = wo + 2, by conv3_phase. */
+static kiln_tensor *c3_phase(kiln_ctx *ctx, const char *op, kiln_tensor *src, const conv_geom *g) {
+    int n = (int)src->shape[0], c = (int)src->shape[1], pw = g->wo + 2, hq = g->ho + 1;
+    int64_t planes = (int64_t)n * c;
+    cl_int slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
+    kiln_tensor *xq = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){planes * 4 * hq * pw + slack});
+    if (!xq || planes == 0) return xq;
+    cl_int soff = (cl_int)src->offset, cc = c, ch = (cl_int)src->shape[2], cw = (cl_int)src->shape[3];
+    cl_int chq = hq, cpw = pw, np = (cl_int)planes, xqoff = (cl_int)xq->offset;
+    cl_int4 ss = strides4(src);
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff),  KILN__ARG(ss),    KILN__ARG(cc),
+                         KILN__ARG(ch),           KILN__ARG(cw),    KILN__ARG(chq),   KILN__ARG(cpw),
+                         KILN__ARG(xq->st->mem),  KILN__ARG(xqoff), KILN__ARG(slack), KILN__ARG(np)};
+    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv3_phase", sizeof args / sizeof args[0], args,
+                     (size_t)planes, 0) != KILN_OK) {
+        kiln_tensor_free(xq);
+        return NULL;
+    }
+    return xq;
+}
+
 /* conv3_direct's build options. */
-static void c3_options(const c3_params *p, char *buf, size_t cap) {
-    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d", p->vw, p->nv, p->r, p->cb);
+static void c3_options(const c3_params *p, int stride, char *buf, size_t cap) {
+    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d", p->vw, p->nv, p->r, p->cb, stride == 2);
 }
 
 /*
@@ -462,14 +502,15 @@ static void c3_options(const c3_params *p, char *buf, size_t cap) {
  */
 static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_tensor *w, kiln_tensor *bias,
                            const conv_geom *g, bool dgrad) {
-    int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->h, wd = g->w;
+    /* (the output's size: stride 1 keeps it, the input gradient's too) */
+    int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->ho, wd = g->wo, stride = c3_stride(g);
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, cout, h, wd});
     if (!out || g->n == 0) return out;
-    c3_params p = c3_choose(ctx, wd, cout);
+    c3_params p = c3_choose(ctx, wd, cout, stride);
     int pw = c3_pitch(&p, wd), nrb, nseg, ncb = (cout + p.cb - 1) / p.cb;
     c3_grid(&p, h, wd, &nrb, &nseg);
-    char options[96];
-    c3_options(&p, options, sizeof options);
+    char options[128];
+    c3_options(&p, stride, options, sizeof options);
     /* the weights packed per block of output channels; tap (ki, kj) of (o, i): forward
      * w[o, i, ki, kj], input gradient w[i, o, 2-ki, 2-kj] */
     cl_int4 ws = strides4(w);
@@ -513,8 +554,9 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
 /* The forward by conv3_direct: x bordered, then convolved. */
 static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
                                     const conv_geom *g) {
-    c3_params p = c3_choose(ctx, g->w, g->cout);
-    kiln_tensor *xp = c3_pad(ctx, op, x, c3_pitch(&p, g->w));
+    int stride = c3_stride(g);
+    c3_params p = c3_choose(ctx, g->wo, g->cout, stride);
+    kiln_tensor *xp = stride == 2 ? c3_phase(ctx, op, x, g) : c3_pad(ctx, op, x, c3_pitch(&p, g->w));
     kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, g, false) : NULL;
     /* the in-order queue runs the launches before a later reuse of xp */
     kiln_tensor_free(xp);
@@ -775,7 +817,7 @@ static kiln_status bwd_finish(bwd_plan *p, kiln_status s) {
 /* dx by conv3_direct from a bordered copy of gy (before the chunks, which then compute
  * only dw and d bias). */
 static kiln_status bwd_direct_dx(bwd_plan *p) {
-    c3_params cp = c3_choose(p->ctx, p->g->w, p->g->c);
+    c3_params cp = c3_choose(p->ctx, p->g->w, p->g->c, 1);
     int pw = c3_pitch(&cp, p->g->w);
     kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, pw);
     if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, p->g, true))) {
@@ -814,14 +856,13 @@ static c3w_params c3w_choose(const kiln_ctx *ctx, const conv_geom *g) {
 }
 
 static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo) {
-    if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 ||
-        g->groups != 1 || g->h != g->ho || g->w != g->wo)
-        return false;
+    int stride = c3_stride(g);
+    if (stride == 0 || (stride == 1 && (g->h != g->ho || g->w != g->wo))) return false;
     c3w_params p = c3w_choose(ctx, g);
-    int64_t pw = (int64_t)g->w + 2, plane = ((int64_t)g->h + 2) * pw;
+    int64_t pw = (int64_t)g->wo + 2, plane = ((int64_t)g->ho + 2) * pw;
     int64_t slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
-    int64_t cmax = g->c > g->cout ? g->c : g->cout;
-    if (2 * pw + 3 < p.vw || (int64_t)g->n * cmax * plane + slack > CONV_MAX_ELEMS ||
+    if (2 * pw + 3 < p.vw || (int64_t)g->n * g->cout * plane + slack > CONV_MAX_ELEMS ||
+        (int64_t)g->n * g->c * c3_in_plane(g, stride, pw) + slack > CONV_MAX_ELEMS ||
         (int64_t)p.nparts * g->cout * g->c * 9 > CONV_MAX_ELEMS)
         return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
@@ -834,9 +875,11 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     kiln_ctx *ctx = p->ctx;
     const conv_geom *g = p->g;
     c3w_params cp = c3w_choose(ctx, g);
-    cl_int pw = g->w + 2, plane = (g->h + 2) * pw, nvec = (g->h * pw - 2 + cp.vw - 1) / cp.vw;
+    int stride = c3_stride(g);
+    /* (over gy's bordered planes: the output's size) */
+    cl_int pw = g->wo + 2, plane = (g->ho + 2) * pw, nvec = (g->ho * pw - 2 + cp.vw - 1) / cp.vw;
     cl_int c = g->c, cout = g->cout, n = g->n, np = cp.nparts, ncb = (g->cout + cp.wb - 1) / cp.wb;
-    kiln_tensor *xp = c3_pad(ctx, p->op, p->x, pw);
+    kiln_tensor *xp = stride == 2 ? c3_phase(ctx, p->op, p->x, g) : c3_pad(ctx, p->op, p->x, pw);
     kiln_tensor *gp = !xp ? NULL : p->gyb && p->gyb_pitch == pw ? p->gyb : c3_pad(ctx, p->op, p->gy, pw);
     kiln_tensor *part = NULL;
     kiln_status s = gp ? KILN_OK : ctx->err;
@@ -846,7 +889,7 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     if (s == KILN_OK) {
         kiln_tensor *dst = part ? part : p->dw;
         char options[64];
-        snprintf(options, sizeof options, "-DC3_VW=%d -DC3_WB=%d", cp.vw, cp.wb);
+        snprintf(options, sizeof options, "-DC3_VW=%d -DC3_WB=%d -DC3_S2=%d", cp.vw, cp.wb, stride == 2);
         cl_int xpoff = (cl_int)xp->offset, gpoff = (cl_int)gp->offset, doff = (cl_int)dst->offset;
         cl_int nitems = np * ncb * c;
         kiln__karg args[] = {
