@@ -553,11 +553,15 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
 
 /* The forward by conv3_direct: x bordered, then convolved. */
 static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
-                                    const conv_geom *g) {
+                                    const conv_geom *g, kiln_tensor **keep) {
     int stride = c3_stride(g);
     c3_params p = c3_choose(ctx, g->wo, g->cout, stride);
     kiln_tensor *xp = stride == 2 ? c3_phase(ctx, op, x, g) : c3_pad(ctx, op, x, c3_pitch(&p, g->w));
     kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, g, false) : NULL;
+    if (out && keep) {
+        *keep = xp;
+        return out;
+    }
     /* the in-order queue runs the launches before a later reuse of xp */
     kiln_tensor_free(xp);
     return out;
@@ -565,12 +569,19 @@ static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *
 
 /* ---- the three cores ---------------------------------------------------------------- */
 
-/* out [n, cout, ho, wo] = conv(x, w) + bias. x any view, w any view [cout, c/groups, kh, kw]. */
+static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo);
+
+/* out [n, cout, ho, wo] = conv(x, w) + bias. x any view, w any view [cout, c/groups, kh, kw].
+ * With keep, where the direct route computes the forward and would compute the weight
+ * gradient, *keep = the bordered (or phase) planes of x it made, which conv3_wgrad reads
+ * as they are (else *keep is left alone). */
 static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
-                             const conv_geom *g) {
+                             const conv_geom *g, kiln_tensor **keep) {
     int algo;
     if (algo_override(ctx, op, &algo) != KILN_OK) return NULL;
-    if (conv_direct_wanted(ctx, g, algo, false)) return conv_direct_fwd(ctx, op, x, w, bias, g);
+    if (conv_direct_wanted(ctx, g, algo, false))
+        return conv_direct_fwd(ctx, op, x, w, bias, g,
+                               keep && conv_direct_wgrad_wanted(ctx, g, algo) && g->n > 0 ? keep : NULL);
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, g->cout, g->ho, g->wo});
     if (!out || g->n == 0) return out;
     int64_t hw = (int64_t)g->ho * g->wo, mg = g->cout / g->groups;
@@ -633,6 +644,7 @@ typedef struct bwd_plan {
     bool own_dw;                             /* kiln's own A B^T kernel computes dw */
     bool dx_done;                            /* dx came from conv3_direct: no chunk computes it */
     bool dw_direct;                          /* dw comes from conv3_wgrad (before the chunks) */
+    kiln_tensor *xpad;                       /* x's planes as conv3_wgrad reads them, from the forward */
     kiln_tensor *gyb;                        /* gy bordered for conv3_direct, kept when its pitch */
     int gyb_pitch;                           /* is conv3_wgrad's too */
     bool direct;                             /* one image of a contiguous gy is read in place */
@@ -879,7 +891,7 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     /* (over gy's bordered planes: the output's size) */
     cl_int pw = g->wo + 2, plane = (g->ho + 2) * pw, nvec = (g->ho * pw - 2 + cp.vw - 1) / cp.vw;
     cl_int c = g->c, cout = g->cout, n = g->n, np = cp.nparts, ncb = (g->cout + cp.wb - 1) / cp.wb;
-    kiln_tensor *xp = stride == 2 ? c3_phase(ctx, p->op, p->x, g) : c3_pad(ctx, p->op, p->x, pw);
+    kiln_tensor *xp = p->xpad ? p->xpad : stride == 2 ? c3_phase(ctx, p->op, p->x, g) : c3_pad(ctx, p->op, p->x, pw);
     kiln_tensor *gp = !xp ? NULL : p->gyb && p->gyb_pitch == pw ? p->gyb : c3_pad(ctx, p->op, p->gy, pw);
     kiln_tensor *part = NULL;
     kiln_status s = gp ? KILN_OK : ctx->err;
@@ -903,7 +915,7 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     /* the in-order queue runs the launches before a later reuse of the copies */
     kiln_tensor_free(part);
     if (gp != p->gyb) kiln_tensor_free(gp);
-    kiln_tensor_free(xp);
+    if (xp != p->xpad) kiln_tensor_free(xp);
     p->do_dw = false;
     return s;
 }
@@ -914,10 +926,10 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
  * (the sum of gy over images and pixels, [cout]). x (any view) is needed only for dw, w
  * only for dx. Outputs are new tensors (all NULL on failure).
  */
-static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, kiln_tensor *x, kiln_tensor *w,
-                            kiln_tensor *gy, kiln_tensor *dx_bias, kiln_tensor **dx, kiln_tensor **dw,
+static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, kiln_tensor *x, kiln_tensor *xpad,
+                            kiln_tensor *w, kiln_tensor *gy, kiln_tensor *dx_bias, kiln_tensor **dx, kiln_tensor **dw,
                             kiln_tensor **db) {
-    bwd_plan p = {.ctx = ctx, .op = op, .g = g, .x = x, .w = w, .gy = gy, .dx_bias = dx_bias};
+    bwd_plan p = {.ctx = ctx, .op = op, .g = g, .x = x, .xpad = xpad, .w = w, .gy = gy, .dx_bias = dx_bias};
     p.do_dw = dw != NULL;
     p.do_db = db != NULL;
     p.hw = (int64_t)g->ho * g->wo;
@@ -1117,8 +1129,8 @@ static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *g
     kiln_status s = KILN_OK;
     /* the bias gradient comes from the permuted gradient when that is made anyway */
     if (want_dx || want_dw)
-        s = conv_bwd(ctx, nd->op, &g, x, w, gout, NULL, want_dx ? &dx : NULL, want_dw ? &dw : NULL,
-                     want_db ? &db : NULL);
+        s = conv_bwd(ctx, nd->op, &g, x, nd->nsaved > 0 ? nd->saved[0] : NULL, w, gout, NULL, want_dx ? &dx : NULL,
+                     want_dw ? &dw : NULL, want_db ? &db : NULL);
     else if (want_db && !(db = bias_grad(ctx, gout)))
         s = ctx->err;
     /* fresh tensors: each becomes the gradient as it is where the slot is empty */
@@ -1141,8 +1153,9 @@ static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln
     kiln_status s = KILN_OK;
     /* gout is the convolution's input: d x = conv(gout, w); d w from (gout, x) with x as
      * the convolution's output gradient; d bias sums gout. */
-    if (kiln__input_needs_grad(nd, 0) && !(dx = conv_fwd(ctx, nd->op, gout, w, NULL, &g))) s = ctx->err;
-    if (s == KILN_OK && kiln__input_needs_grad(nd, 1)) s = conv_bwd(ctx, nd->op, &g, gout, w, x, NULL, NULL, &dw, NULL);
+    if (kiln__input_needs_grad(nd, 0) && !(dx = conv_fwd(ctx, nd->op, gout, w, NULL, &g, NULL))) s = ctx->err;
+    if (s == KILN_OK && kiln__input_needs_grad(nd, 1))
+        s = conv_bwd(ctx, nd->op, &g, gout, NULL, w, x, NULL, NULL, &dw, NULL);
     if (s == KILN_OK && nd->nin > 2 && kiln__input_needs_grad(nd, 2) && !(db = bias_grad(ctx, gout))) s = ctx->err;
     /* fresh tensors: each becomes the gradient as it is where the slot is empty */
     kiln_tensor *got[3] = {dx, dw, db};
@@ -1157,22 +1170,21 @@ static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln
 
 /* Records the op when some input requires grad; frees out and returns NULL on failure. */
 static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln_tensor *x, kiln_tensor *w,
-                           kiln_tensor *bias, const conv_geom *g, kiln__backward_fn fn) {
+                           kiln_tensor *bias, const conv_geom *g, kiln__backward_fn fn, kiln_tensor *xpad) {
     kiln_tensor *in[3] = {x, w, bias};
     int nin = bias ? 3 : 2;
     if (kiln__grad_wanted(ctx, nin, in)) {
         kiln__node *nd = kiln__node_new(ctx, op, out, nin, in, fn);
-        if (!nd) {
-            kiln_tensor_free(out);
-            return NULL;
-        }
-        conv_state *st = KILN__NODE_STATE_NEW(nd, conv_state);
-        if (!st) {
+        conv_state *st = nd ? KILN__NODE_STATE_NEW(nd, conv_state) : NULL;
+        /* the forward's planes of x for the weight gradient (saved[0]; NULL saves nothing) */
+        if (!st || kiln__node_save(nd, xpad) != KILN_OK) {
+            kiln_tensor_free(xpad);
             kiln_tensor_free(out);
             return NULL;
         }
         st->g = *g;
     }
+    kiln_tensor_free(xpad);
     return kiln__finish(ctx, op, out);
 }
 
@@ -1196,9 +1208,11 @@ kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kil
     if (kiln__any_half(3, in3)) return kiln__via_f32(ctx, 3, in3, conv2d_f32, p);
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
-    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, &g);
+    /* the direct route's planes of x are kept for the weight gradient where it is wanted */
+    kiln_tensor *xpad = NULL;
+    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
     if (!out) return NULL;
-    return record(ctx, op, out, x, weight, bias, &g, conv2d_backward);
+    return record(ctx, op, out, x, weight, bias, &g, conv2d_backward, xpad);
 }
 
 kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
@@ -1207,6 +1221,6 @@ kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *w
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, true, &g)) return NULL;
     kiln_tensor *out = NULL;
-    if (conv_bwd(ctx, op, &g, NULL, weight, x, bias, &out, NULL, NULL) != KILN_OK) return NULL;
-    return record(ctx, op, out, x, weight, bias, &g, conv_transpose2d_backward);
+    if (conv_bwd(ctx, op, &g, NULL, NULL, weight, x, bias, &out, NULL, NULL) != KILN_OK) return NULL;
+    return record(ctx, op, out, x, weight, bias, &g, conv_transpose2d_backward, NULL);
 }
