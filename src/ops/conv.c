@@ -55,7 +55,11 @@
  * gy (pitch w + 2) along their flat index, each tap one shifted vector load (see there);
  * on ResNet-20's step it took 17% less CPU time than columns and kiln's A B^T GEMM. (An
  * earlier direct version, one vector accumulator per output channel and tap with loads
- * masked to the row, had measured slower than the GEMM.)
+ * masked to the row, had measured slower than the GEMM.) The forward keeps x's bordered
+ * planes in the node for it. With stride 2 (padding 1), conv3_phase splits the bordered
+ * input into its four (row, column) parity planes, on which every tap is again a fixed
+ * offset: conv3_flat and conv3_wgrad built with C3_S2 compute the forward and the weight
+ * gradient; the input gradient keeps columns (GEMM and col2im).
  */
 #include <stdio.h>
 #include <stdlib.h>
