@@ -568,15 +568,22 @@ kernel void conv3_phase(global const float *x, int xoff, int4 xs, int c, int h, 
     global const float *s = x + xoff + n * xs.x + ci * xs.y;
     global float *d = xq + xqoff + q * 4 * hq * pq;
     for (int a = 0; a < 2; a++)
-        for (int b = 0; b < 2; b++)
+        for (int b = 0; b < 2; b++) {
+            /* columns j in [jlo, jhi) read x's column 2j + b - 1, the others are 0 */
+            int jlo = 1 - b, jhi = min(pq, (w - b) / 2 + 1);
             for (int i = 0; i < hq; i++, d += pq) {
                 int r = 2 * i + a - 1;
-                bool rin = r >= 0 && r < h;
-                for (int j = 0; j < pq; j++) {
-                    int cc = 2 * j + b - 1;
-                    d[j] = rin && cc >= 0 && cc < w ? s[r * xs.z + cc * xs.w] : 0.0f;
+                if (r < 0 || r >= h) {
+                    for (int j = 0; j < pq; j++) d[j] = 0.0f;
+                    continue;
                 }
+                global const float *sr = s + r * xs.z;
+                int step = 2 * xs.w, o = (b - 1) * xs.w;
+                for (int j = 0; j < jlo; j++) d[j] = 0.0f;
+                for (int j = jlo; j < jhi; j++) d[j] = sr[j * step + o];
+                for (int j = max(jlo, jhi); j < pq; j++) d[j] = 0.0f;
             }
+        }
     if (q == nitems - 1)
         for (int j = 0; j < slack; j++) d[j] = 0.0f;
 }
