@@ -743,7 +743,7 @@ static const cspec direct_cases[] = {
     {"direct channels-last input, 2 x 3 plane", false, 3, 5, 2, 3, 2, 3, 3, P3, false, V_CHANNELS_LAST, false, false},
     {"direct batch slice", false, 2, 2, 4, 20, 3, 3, 3, P3, true, V_BATCH_SLICE, false, false},
     {"direct NaN and Inf", false, 2, 2, 6, 19, 3, 3, 3, P3, true, V_NONE, false, true},
-    {"direct batch 10 (two parts of the weight gradient)", false, 10, 2, 4, 10, 3, 3, 3, P3, false, V_NONE, false,
+    {"direct batch 10 (two parts of the weight gradient)", false, 10, 1, 4, 32, 3, 3, 3, P3, false, V_NONE, false,
      false},
     {"direct stride 2, width 30, batch 10", false, 10, 2, 6, 30, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), true, V_NONE,
      false, false},

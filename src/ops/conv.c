@@ -854,10 +854,15 @@ static kiln_status bwd_direct_dx(bwd_plan *p) {
 
 /* conv3_wgrad's choices: vw floats per vector, wb output channels per work-item (18 of
  * AVX-512's 32 vector registers, 9 of AVX2's 16 as accumulators), parts of the batch of
- * C3W_IMAGES images each (summed in order after; one part is written into dw directly).
- * On ResNet-20's step (batch 128, AVX-512) blocks of 2 channels took as much CPU time as
- * blocks of 3 and 10% less than blocks of 1; parts of 4, 8 or 16 images were alike. */
+ * C3W_IMAGES images each, C3W_IMAGES_SMALL for output planes below C3W_SMALL pixels
+ * (summed in order after; one part is written into dw directly). On ResNet-20's weight
+ * gradients (batch 128, AVX-512; CPU samples of the kernel) blocks of 2 channels were as
+ * fast as blocks of 3 or 4 and 1.6x as fast as blocks of 1; parts of 8 images were 10%
+ * faster than 32 or 128 on 28 x 28 planes, parts of 16-32 10% faster than 8 or 128 on 7 x 7
+ * ones (a work-item's closing sums weigh more there), all alike on 14 x 14. */
 #define C3W_IMAGES 8
+#define C3W_IMAGES_SMALL 32
+#define C3W_SMALL 128
 typedef struct c3w_params {
     int vw, wb, nparts;
 } c3w_params;
@@ -867,7 +872,8 @@ static c3w_params c3w_choose(const kiln_ctx *ctx, const conv_geom *g) {
     int vw = (int)ctx->info.native_vector_width_float;
     p.vw = vw >= 16 ? 16 : vw >= 8 ? 8 : 4;
     p.wb = p.vw >= 16 ? 2 : 1;
-    p.nparts = g->n > C3W_IMAGES ? (g->n + C3W_IMAGES - 1) / C3W_IMAGES : 1;
+    int imgs = (int64_t)g->ho * g->wo < C3W_SMALL ? C3W_IMAGES_SMALL : C3W_IMAGES;
+    p.nparts = g->n > imgs ? (g->n + imgs - 1) / imgs : 1;
     return p;
 }
 
