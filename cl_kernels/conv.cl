@@ -593,6 +593,24 @@ kernel void conv3_phase(global const float *x, int xoff, int4 xs, int c, int h, 
 #define C3_WB 2
 #endif
 
+/* C3W_SHIFT: conv3_wgrad (stride 1) makes shifted vectors with clang's
+ * __builtin_shufflevector (one lane-align instruction on x86) instead of loading them. */
+#if defined(__clang__) && !C3_S2
+#define C3W_SHIFT 1
+#if C3_VW == 16
+#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
+#elif C3_VW == 8
+#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4, 5, 6, 7, 8)
+#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5, 6, 7, 8, 9)
+#else
+#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4)
+#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5)
+#endif
+#else
+#define C3W_SHIFT 0
+#endif
+
 /* The sum of v's lanes, halves added pairwise (a fixed order). */
 inline float c3_hsum(C3_T v) {
 #if C3_VW == 16
@@ -660,20 +678,38 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
     for (int img = na; img < ne; img++) {
         global const float *xc = xp + xpoff + (img * c + ci) * xplane;
         global const float *gc = gp + gpoff + img * cout * plane + pw + 1;
+#if C3W_SHIFT
+        /* stride 1: the taps kj = 1, 2 of a row are its kj = 0 vector shifted by one and two
+         * lanes, made from that vector and the next one (carried to the next step): three
+         * loads of x per step instead of nine */
+        C3_T cur[3];
+#pragma unroll
+        for (int ki = 0; ki < 3; ki++) cur[ki] = C3_LOAD(0, xc + ki * pw);
+#endif
         for (int v = 0; v < nvec; v++) {
             int f = v * C3_VW;
             C3_T gv[C3_WB];
 #pragma unroll
             for (int j = 0; j < C3_WB; j++) gv[j] = C3_LOAD(0, gc + goff[j] + f);
 #pragma unroll
-            for (int ki = 0; ki < 3; ki++)
+            for (int ki = 0; ki < 3; ki++) {
+#if C3W_SHIFT
+                C3_T nxt = C3_LOAD(0, xc + f + C3_VW + ki * pw);
+                C3_T xs[3] = {cur[ki], C3_SHIFT1(cur[ki], nxt), C3_SHIFT2(cur[ki], nxt)};
+                cur[ki] = nxt;
+#endif
 #pragma unroll
                 for (int kj = 0; kj < 3; kj++) {
                     /* tap (ki, kj) of gp's position pw + 1 + f */
+#if C3W_SHIFT
+                    C3_T xv = xs[kj];
+#else
                     C3_T xv = C3_LOAD(0, xc + f + C3_TAP(ki, kj));
+#endif
 #pragma unroll
                     for (int j = 0; j < C3_WB; j++) acc[j][ki * 3 + kj] = fma(gv[j], xv, acc[j][ki * 3 + kj]);
                 }
+            }
         }
     }
 #pragma unroll
