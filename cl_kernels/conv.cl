@@ -329,6 +329,11 @@ kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float
 #ifndef C3_CB
 #define C3_CB 4
 #endif
+/* C3_S2 1: conv3_flat and conv3_wgrad read the phase planes of a stride-2 convolution's
+ * input (conv3_phase) instead of bordered planes. */
+#ifndef C3_S2
+#define C3_S2 0
+#endif
 #define C3CAT_(a, b) a##b
 #define C3CAT(a, b) C3CAT_(a, b)
 #define C3_T C3CAT(float, C3_VW)
@@ -338,9 +343,9 @@ kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float
 /*
  * xp [N, C, h + 2, pw] = the planes of x (any view: strides xs, n c h w, from xoff) with a
  * zero border: xp[n, c, r, j] = x[n, c, r - 1, j - 1] inside, 0 elsewhere (columns w + 1 ..
- * pw - 1 too, so that conv3_direct's vectors past a row's end read zeros). After the last
- * plane, `slack` more zeros (rows that the last work-items of conv3_direct read but never
- * store). One work-item per plane; the last one also writes the slack.
+ * pw - 1 too where pw > w + 2). After the last plane, `slack` more zeros (what the last
+ * work-items of conv3_direct and conv3_wgrad read past it). One work-item per plane; the
+ * last one also writes the slack.
  */
 kernel void conv3_pad(global const float *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
                       int xpoff, int slack, int nitems) {
@@ -396,7 +401,8 @@ kernel void conv3_pack(global const float *wt, int woff, int4 ws, int c, int cou
  * segment of C3_NV * C3_VW pixels of a row): C3_CB * C3_R * C3_NV vector accumulators,
  * held in registers. Per input channel, each of the C3_R + 2 input rows it needs is read
  * once as three shifted vector runs (kj = 0, 1, 2) from the padded plane (no bounds tests:
- * the border is zeros, lanes past the row's end are dropped at the store) and multiplied by
+ * the border is zeros; lanes past the row's end read on into the next row and are dropped
+ * at the store) and multiplied by
  * each channel's weight broadcast. Output channels past cout compute the last one's sums
  * and are not stored; rows past h read the next plane or the slack and are not stored. Each
  * output sums its c * 9 products in a fixed order (input channel, then ki, kj): results do
@@ -481,6 +487,9 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
  * per (image, block of C3_CB output channels, segment of C3_NV * C3_VW flat positions);
  * reads run up to C3_NV * C3_VW + 2 floats past a plane (the next plane or the slack).
  * Same arguments as conv3_direct (nrb unused: 1), the same order of each output's sum.
+ * Built with C3_S2, the stride-2 convolution (padding 1) of the phase planes xp of
+ * conv3_phase (hq = h + 1 rows of pitch pw each, h and w the output's): each tap is again
+ * one load at a fixed offset from f.
  */
 kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
                        global const float *wp, int wpoff, global const float *bias, int boff, int has_bias,
@@ -490,7 +499,14 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
     int sg = q % nseg, t = q / nseg;
     int cb = t % ncb, n = t / ncb;
     int co0 = cb * C3_CB, f0 = sg * (C3_NV * C3_VW);
+#if C3_S2
+    /* tap (ki, kj) of output f: phase plane (ki & 1, kj & 1) at f + (ki >> 1)*pw + (kj >> 1) */
+    int qplane = (h + 1) * pw, plane = 4 * qplane;
+#define C3_TAP(ki, kj) ((((ki)&1) * 2 + ((kj)&1)) * qplane + ((ki) >> 1) * pw + ((kj) >> 1))
+#else
     int plane = (h + 2) * pw;
+#define C3_TAP(ki, kj) ((ki)*pw + (kj))
+#endif
     global const float *xb = xp + xpoff + n * c * plane + f0;
     C3_T acc[C3_CB][C3_NV];
 #pragma unroll
@@ -506,7 +522,7 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
             for (int kj = 0; kj < 3; kj++) {
                 C3_T xv[C3_NV];
 #pragma unroll
-                for (int v = 0; v < C3_NV; v++) xv[v] = C3_LOAD(0, xc + ki * pw + kj + v * C3_VW);
+                for (int v = 0; v < C3_NV; v++) xv[v] = C3_LOAD(0, xc + C3_TAP(ki, kj) + v * C3_VW);
 #pragma unroll
                 for (int j = 0; j < C3_CB; j++) {
                     C3_T wv = (C3_T)(wc[(ki * 3 + kj) * C3_CB + j]);
@@ -533,3 +549,175 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
         }
     }
 }
+
+#undef C3_TAP
+
+/*
+ * The phase planes of a stride-2 convolution's input with a zero border of 1 (conv3_flat
+ * and conv3_wgrad built with C3_S2): xq [N, C, 4, hq, pq] with plane (a, b) of channel
+ * (n, c) holding xq[.., a*2 + b, i, j] = x[n, c, 2i + a - 1, 2j + b - 1] (0 outside x), so
+ * that tap (ki, kj) of output (y, x) is plane (ki & 1, kj & 1) at (y + (ki >> 1), x +
+ * (kj >> 1)). x any view (strides xs). After the last plane, `slack` zeros. One work-item
+ * per (n, c).
+ */
+kernel void conv3_phase(global const float *x, int xoff, int4 xs, int c, int h, int w, int hq, int pq,
+                        global float *xq, int xqoff, int slack, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int n = q / c, ci = q - n * c;
+    global const float *s = x + xoff + n * xs.x + ci * xs.y;
+    global float *d = xq + xqoff + q * 4 * hq * pq;
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++) {
+            /* columns j in [jlo, jhi) read x's column 2j + b - 1, the others are 0 */
+            int jlo = 1 - b, jhi = min(pq, (w - b) / 2 + 1);
+            for (int i = 0; i < hq; i++, d += pq) {
+                int r = 2 * i + a - 1;
+                if (r < 0 || r >= h) {
+                    for (int j = 0; j < pq; j++) d[j] = 0.0f;
+                    continue;
+                }
+                global const float *sr = s + r * xs.z;
+                int step = 2 * xs.w, o = (b - 1) * xs.w;
+                for (int j = 0; j < jlo; j++) d[j] = 0.0f;
+                for (int j = jlo; j < jhi; j++) d[j] = sr[j * step + o];
+                for (int j = max(jlo, jhi); j < pq; j++) d[j] = 0.0f;
+            }
+        }
+    if (q == nitems - 1)
+        for (int j = 0; j < slack; j++) d[j] = 0.0f;
+}
+
+/* Build option of conv3_wgrad: C3_WB output channels per work-item. */
+#ifndef C3_WB
+#define C3_WB 2
+#endif
+
+/* C3W_SHIFT: conv3_wgrad (stride 1) makes shifted vectors with clang's
+ * __builtin_shufflevector (one lane-align instruction on x86) instead of loading them. */
+#if defined(__clang__) && !C3_S2
+#define C3W_SHIFT 1
+#if C3_VW == 16
+#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
+#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
+#elif C3_VW == 8
+#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4, 5, 6, 7, 8)
+#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5, 6, 7, 8, 9)
+#else
+#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4)
+#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5)
+#endif
+#else
+#define C3W_SHIFT 0
+#endif
+
+/* The sum of v's lanes, halves added pairwise (a fixed order). */
+inline float c3_hsum(C3_T v) {
+#if C3_VW == 16
+    float8 v8 = v.lo + v.hi;
+#elif C3_VW == 8
+    float8 v8 = v;
+#endif
+#if C3_VW >= 8
+    float4 v4 = v8.lo + v8.hi;
+#else
+    float4 v4 = v;
+#endif
+    float2 v2 = v4.lo + v4.hi;
+    return v2.x + v2.y;
+}
+
+/*
+ * The weight gradient of the 3x3 stride-1 padding-1 convolution from the bordered planes
+ * (conv3_pad, both with pitch pw = w + 2 and h + 2 rows) of its input, xp [N, c, h+2, pw],
+ * and of its output gradient, gp [N, cout, h+2, pw], without columns:
+ *   part[s][o][(i*3 + ki)*3 + kj] = sum over images n of part s, pixels (y, x) of
+ *       gy[n, o, y, x] * x[n, i, y + ki - 1, x + kj - 1]   (0 outside the plane)
+ * Along a plane's flat index f = (y+1)*pw + x+1 of gp, that input is xp at f + (ki-1)*pw +
+ * kj-1: every tap is one shifted vector load, and gp's zero border columns cancel the lanes
+ * that wrap into the next row. A work-item runs over the flat positions of rows 1 .. h from
+ * (1, 1) in vectors of C3_VW floats; the last vector may run up to C3_VW - 1 floats on, over
+ * gp's zeros (row h+1 and the next plane's row 0: the host requires 2*pw + 3 >= C3_VW; after
+ * the last plane, conv3_pad's slack), so products with finite inputs past a plane add 0.
+ *
+ * One work-item per (part s of the images, block of C3_WB output channels, input channel
+ * i): 9 * C3_WB vector accumulators; per vector of positions, C3_WB loads of gp and 9 of xp
+ * for 9 * C3_WB multiply-adds. Channels past cout repeat the last one and are not stored.
+ * Each sum runs in a fixed order (images, positions per lane, then the lanes pairwise):
+ * deterministic. Images of part s: [n*s/nparts, n*(s+1)/nparts).
+ * Built with C3_S2, the stride-2 convolution's weight gradient: xp holds the phase planes
+ * of conv3_phase (hq = h + 1 rows of pitch pw, h the output's height, plane = (h + 2)*pw
+ * still gp's), each tap again one load at a fixed offset from f.
+ */
+kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *gp, int gpoff, int c, int cout,
+                        int plane, int pw, int nvec, int n, int nparts, int ncb, global float *part, int poff,
+                        int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int ci = q % c, t = q / c;
+    int cb = t % ncb, s = t / ncb;
+    int co0 = cb * C3_WB;
+    int na = n * s / nparts, ne = n * (s + 1) / nparts;
+    int goff[C3_WB];
+#pragma unroll
+    for (int j = 0; j < C3_WB; j++) goff[j] = min(co0 + j, cout - 1) * plane;
+#if C3_S2
+    /* x as phase planes of h + 1 rows (h: the output's): tap (ki, kj) of gp's position
+     * (y + 1, x + 1) is phase plane (ki & 1, kj & 1) at (y + (ki >> 1), x + (kj >> 1)) */
+    int qplane = plane - pw, xplane = 4 * qplane;
+#define C3_TAP(ki, kj) ((((ki)&1) * 2 + ((kj)&1)) * qplane + ((ki) >> 1) * pw + ((kj) >> 1))
+#else
+    int xplane = plane;
+#define C3_TAP(ki, kj) ((ki)*pw + (kj))
+#endif
+    C3_T acc[C3_WB][9];
+#pragma unroll
+    for (int j = 0; j < C3_WB; j++)
+#pragma unroll
+        for (int k = 0; k < 9; k++) acc[j][k] = (C3_T)(0.0f);
+    for (int img = na; img < ne; img++) {
+        global const float *xc = xp + xpoff + (img * c + ci) * xplane;
+        global const float *gc = gp + gpoff + img * cout * plane + pw + 1;
+#if C3W_SHIFT
+        /* stride 1: the taps kj = 1, 2 of a row are its kj = 0 vector shifted by one and two
+         * lanes, made from that vector and the next one (carried to the next step): three
+         * loads of x per step instead of nine */
+        C3_T cur[3];
+#pragma unroll
+        for (int ki = 0; ki < 3; ki++) cur[ki] = C3_LOAD(0, xc + ki * pw);
+#endif
+        for (int v = 0; v < nvec; v++) {
+            int f = v * C3_VW;
+            C3_T gv[C3_WB];
+#pragma unroll
+            for (int j = 0; j < C3_WB; j++) gv[j] = C3_LOAD(0, gc + goff[j] + f);
+#pragma unroll
+            for (int ki = 0; ki < 3; ki++) {
+#if C3W_SHIFT
+                C3_T nxt = C3_LOAD(0, xc + f + C3_VW + ki * pw);
+                C3_T xs[3] = {cur[ki], C3_SHIFT1(cur[ki], nxt), C3_SHIFT2(cur[ki], nxt)};
+                cur[ki] = nxt;
+#endif
+#pragma unroll
+                for (int kj = 0; kj < 3; kj++) {
+                    /* tap (ki, kj) of gp's position pw + 1 + f */
+#if C3W_SHIFT
+                    C3_T xv = xs[kj];
+#else
+                    C3_T xv = C3_LOAD(0, xc + f + C3_TAP(ki, kj));
+#endif
+#pragma unroll
+                    for (int j = 0; j < C3_WB; j++) acc[j][ki * 3 + kj] = fma(gv[j], xv, acc[j][ki * 3 + kj]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < C3_WB; j++) {
+        if (co0 + j >= cout) continue; /* not break: the loop is unrolled */
+        global float *d = part + poff + ((s * cout + co0 + j) * c + ci) * 9;
+#pragma unroll
+        for (int k = 0; k < 9; k++) d[k] = c3_hsum(acc[j][k]);
+    }
+}
+#undef C3_TAP

@@ -293,11 +293,28 @@ inline float bn_hsum8(float8 v) {
     int n_ = (u) / (nseg), j_ = (u) - n_ * (nseg);                                        \
     int off = n_ * (C) * (S) + j_ * BN_SEG, len = min(BN_SEG, (S) - j_ * BN_SEG)
 
-/* y = fma(x - mean, sg, bg) over the len floats at p into q. */
-inline void bn_affine_seg(global const float *p, global float *q, int len, float mean, float sg, float bg) {
+/* y = fma(x - mean, sg, bg) over the len floats at p into q; with act (the fused
+ * kiln__batch_norm_relu, src/ops/norm.c) then y + r (when r is not NULL: the residual, at
+ * the same offsets as x) and relu, each step computed as the unfused ops compute it (add:
+ * y + r, relu: y < 0 ? 0 : y), so the results are the same bits. */
+inline void bn_affine_seg(global const float *p, global float *q, int len, float mean, float sg, float bg, int act,
+                          global const float *r) {
     int s = 0;
-    for (; s + 8 <= len; s += 8) vstore8(fma(vload8(0, p + s) - mean, (float8)(sg), (float8)(bg)), 0, q + s);
-    for (; s < len; s++) q[s] = fma(p[s] - mean, sg, bg);
+    if (!act) {
+        for (; s + 8 <= len; s += 8) vstore8(fma(vload8(0, p + s) - mean, (float8)(sg), (float8)(bg)), 0, q + s);
+        for (; s < len; s++) q[s] = fma(p[s] - mean, sg, bg);
+        return;
+    }
+    for (; s + 8 <= len; s += 8) {
+        float8 y = fma(vload8(0, p + s) - mean, (float8)(sg), (float8)(bg));
+        if (r) y = y + vload8(0, r + s);
+        vstore8(select(y, (float8)(0.0f), y < (float8)(0.0f)), 0, q + s);
+    }
+    for (; s < len; s++) {
+        float y = fma(p[s] - mean, sg, bg);
+        if (r) y = y + r[s];
+        q[s] = y < 0.0f ? 0.0f : y;
+    }
 }
 
 /*
@@ -310,7 +327,8 @@ kernel void bn_forward_planes(global const float *x, int xoff, global float *y, 
                               int has_w, global const float *w, int woff, int has_b, global const float *b, int boff,
                               float eps, global float *mean_out, int moff, global float *rstd_out, int roff,
                               int update, float momentum, global float *rm, int rmoff, int rmstr, global float *rv,
-                              int rvoff, int rvstr, local float *scr) {
+                              int rvoff, int rvstr, int act, int has_r, global const float *res, int resoff,
+                              local float *scr) {
     int c = get_group_id(0), L = get_local_size(0), lid = get_local_id(0);
     int nseg = (S + BN_SEG - 1) / BN_SEG, units = N * nseg;
     global const float *xc = x + xoff + c * S;
@@ -369,9 +387,10 @@ kernel void bn_forward_planes(global const float *x, int xoff, global float *y, 
     }
     float sg = has_w ? rstd * w[woff + c] : rstd, bg = has_b ? b[boff + c] : 0.0f;
     global float *yc = y + yoff + c * S;
+    global const float *rc = has_r ? res + resoff + c * S : 0;
     for (int u = lid; u < units; u += L) {
         BN_UNIT(u, nseg, S, C, off, len);
-        bn_affine_seg(xc + off, yc + off, len, mean, sg, bg);
+        bn_affine_seg(xc + off, yc + off, len, mean, sg, bg, act, rc ? rc + off : 0);
     }
 }
 
@@ -381,7 +400,7 @@ kernel void bn_forward_eval_planes(global const float *x, int xoff, global float
                                    int has_w, global const float *w, int woff, int has_b, global const float *b,
                                    int boff, float eps, global float *mean_out, int moff, global float *rstd_out,
                                    int roff, global const float *rm, int rmoff, int rmstr, global const float *rv,
-                                   int rvoff, int rvstr) {
+                                   int rvoff, int rvstr, int act, int has_r, global const float *res, int resoff) {
     int q = get_global_id(0), nseg = (S + BN_SEG - 1) / BN_SEG;
     if (q >= N * C * nseg) return;
     int j = q % nseg, nc = q / nseg, c = nc % C;
@@ -392,7 +411,7 @@ kernel void bn_forward_eval_planes(global const float *x, int xoff, global float
     }
     float sg = has_w ? rstd * w[woff + c] : rstd, bg = has_b ? b[boff + c] : 0.0f;
     int off = nc * S + j * BN_SEG, len = min(BN_SEG, S - j * BN_SEG);
-    bn_affine_seg(x + xoff + off, y + yoff + off, len, mean, sg, bg);
+    bn_affine_seg(x + xoff + off, y + yoff + off, len, mean, sg, bg, act, has_r ? res + resoff + off : 0);
 }
 
 /*
@@ -401,31 +420,37 @@ kernel void bn_forward_eval_planes(global const float *x, int xoff, global float
  * sums: the bias and weight gradients), then with need_dx
  *   train: dx = scale * (dy - A / M - xhat * B / M),   eval: dx = scale * dy,
  * scale = rstd * w[c] (or rstd). B is rstd * sum dy * (x - mean). scr holds 2L floats.
+ * With act (the fused kiln__batch_norm_relu), dy is relu's input gradient, computed from
+ * the op's output gradient g and its output yv as relu's backward does (yv <= 0 ? 0 : g),
+ * and with need_dr also written to dr (the residual's gradient).
  */
 kernel void bn_backward_planes(global const float *x, int xoff, global const float *dy, int dyoff, global float *dx,
                                int dxoff, int N, int C, int S, int has_w, global const float *w, int woff,
                                global const float *mean_in, int moff, global const float *rstd_in, int roff, int train,
                                int need_dx, int sums, global float *suma, int aoff, global float *sumb, int boff,
+                               int act, global const float *yv, int yvoff, int need_dr, global float *dr, int droff,
                                local float *scr) {
     int c = get_group_id(0), L = get_local_size(0), lid = get_local_id(0);
     int nseg = (S + BN_SEG - 1) / BN_SEG, units = N * nseg;
     float mean = mean_in[moff + c], rstd = rstd_in[roff + c];
-    global const float *xc = x + xoff + c * S, *gc = dy + dyoff + c * S;
+    global const float *xc = x + xoff + c * S, *gc = dy + dyoff + c * S, *vc = yv + yvoff + c * S;
     float ta = 0.0f, tb = 0.0f;
     for (int u = lid; u < units; u += L) {
         BN_UNIT(u, nseg, S, C, off, len);
-        global const float *p = xc + off, *g = gc + off;
+        global const float *p = xc + off, *g = gc + off, *v = vc + off;
         float8 a8 = (float8)(0.0f), b8 = (float8)(0.0f);
         int s = 0;
         for (; s + 8 <= len; s += 8) {
             float8 d = vload8(0, g + s);
+            if (act) d = select(d, (float8)(0.0f), vload8(0, v + s) <= (float8)(0.0f));
             a8 += d;
             b8 = fma(d, vload8(0, p + s) - mean, b8);
         }
         float a = bn_hsum8(a8), bb = bn_hsum8(b8);
         for (; s < len; s++) {
-            a += g[s];
-            bb = fma(g[s], p[s] - mean, bb);
+            float d = act && v[s] <= 0.0f ? 0.0f : g[s];
+            a += d;
+            bb = fma(d, p[s] - mean, bb);
         }
         ta += a;
         tb += bb;
@@ -436,19 +461,34 @@ kernel void bn_backward_planes(global const float *x, int xoff, global const flo
         suma[aoff + c] = AB.x;
         sumb[boff + c] = AB.y;
     }
-    if (!need_dx) return;
+    if (!need_dx && !need_dr) return;
     float M = (float)N * (float)S;
     float scale = has_w ? rstd * w[woff + c] : rstd, ma = AB.x / M, mb = AB.y / M * rstd;
-    global float *dc = dx + dxoff + c * S;
+    global float *dc = dx + dxoff + c * S, *rc = dr + droff + c * S;
     for (int u = lid; u < units; u += L) {
         BN_UNIT(u, nseg, S, C, off, len);
-        global const float *p = xc + off, *g = gc + off;
-        global float *q = dc + off;
+        global const float *p = xc + off, *g = gc + off, *v = vc + off;
+        global float *q = dc + off, *qr = rc + off;
         int s = 0;
-        if (train) {
+        if (act) {
             for (; s + 8 <= len; s += 8) {
-                float8 v = vload8(0, g + s) - ma - (vload8(0, p + s) - mean) * mb;
-                vstore8(scale * v, 0, q + s);
+                float8 d = select(vload8(0, g + s), (float8)(0.0f), vload8(0, v + s) <= (float8)(0.0f));
+                if (need_dr) vstore8(d, 0, qr + s);
+                if (!need_dx) continue;
+                if (train)
+                    vstore8(scale * (d - ma - (vload8(0, p + s) - mean) * mb), 0, q + s);
+                else
+                    vstore8(scale * d, 0, q + s);
+            }
+            for (; s < len; s++) {
+                float d = v[s] <= 0.0f ? 0.0f : g[s];
+                if (need_dr) qr[s] = d;
+                if (need_dx) q[s] = train ? scale * (d - ma - (p[s] - mean) * mb) : scale * d;
+            }
+        } else if (train) {
+            for (; s + 8 <= len; s += 8) {
+                float8 v8 = vload8(0, g + s) - ma - (vload8(0, p + s) - mean) * mb;
+                vstore8(scale * v8, 0, q + s);
             }
             for (; s < len; s++) q[s] = scale * (g[s] - ma - (p[s] - mean) * mb);
         } else {

@@ -743,6 +743,12 @@ static const cspec direct_cases[] = {
     {"direct channels-last input, 2 x 3 plane", false, 3, 5, 2, 3, 2, 3, 3, P3, false, V_CHANNELS_LAST, false, false},
     {"direct batch slice", false, 2, 2, 4, 20, 3, 3, 3, P3, true, V_BATCH_SLICE, false, false},
     {"direct NaN and Inf", false, 2, 2, 6, 19, 3, 3, 3, P3, true, V_NONE, false, true},
+    {"direct batch 10 (two parts of the weight gradient)", false, 10, 1, 4, 32, 3, 3, 3, P3, false, V_NONE, false,
+     false},
+    {"direct stride 2, width 30, batch 10", false, 10, 2, 6, 30, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), true, V_NONE,
+     false, false},
+    {"direct stride 2, odd 7 x 9 plane, view", false, 2, 3, 7, 9, 9, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), false,
+     V_TRANSPOSE_HW, true, false},
     {"T direct width 21, 10 channels", true, 2, 10, 4, 21, 3, 3, 3, P3, true, V_NONE, false, false},
     {"T direct batch 1, weight view", true, 1, 3, 5, 10, 9, 3, 3, P3, false, V_NONE, true, false},
 };
@@ -767,7 +773,14 @@ static void set_env(kiln_ctx *ctx, const char *name, const char *value) {
 
 /* Launches of one conv2d forward and of its input gradient alone, under the current
  * KILN_CONV_ALGO. */
+static void count_launches_w(kiln_ctx *ctx, const cspec *s, bool wgrad, uint64_t *fwd, uint64_t *bwd);
 static void count_launches(kiln_ctx *ctx, const cspec *s, uint64_t *fwd, uint64_t *dgrad) {
+    count_launches_w(ctx, s, false, fwd, dgrad);
+}
+
+/* Launches (and library calls) of one conv2d forward and of its backward with the input
+ * (wgrad false) or the weight alone requiring grad, under the current KILN_CONV_ALGO. */
+static void count_launches_w(kiln_ctx *ctx, const cspec *s, bool wgrad, uint64_t *fwd, uint64_t *dgrad) {
     kiln__set_guard(ctx, 0);              /* guard regions cost launches of their own */
     kiln__hooks_of(ctx)->conv_budget = 1; /* columns: one chunk per image */
     kiln_scope_begin(ctx);
@@ -776,7 +789,7 @@ static void count_launches(kiln_ctx *ctx, const cspec *s, uint64_t *fwd, uint64_
     kiln_tensor *x = kiln_full(ctx, 0.5f, 4, xs), *w = kiln_full(ctx, 0.25f, 4, ws);
     kiln_ctx_stats st0, st1, st2;
     kiln_ctx_stats_get(ctx, &st0);
-    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(wgrad ? w : x, true);
     kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &s->p);
     kiln_ctx_stats_get(ctx, &st1);
     kiln_tensor *seed = y ? kiln_full(ctx, 1.0f, 4, kiln_tensor_shape(y)) : NULL;
@@ -784,13 +797,81 @@ static void count_launches(kiln_ctx *ctx, const cspec *s, uint64_t *fwd, uint64_
     kiln_ctx_stats_get(ctx, &st_seed);
     CHECK(y && kiln_backward_ex(y, seed, false) == KILN_OK, "launch count %s: %s", s->name, kiln_error_message(ctx));
     kiln_ctx_stats_get(ctx, &st2);
-    *fwd = st1.launches - st0.launches;
-    *dgrad = st2.launches - st_seed.launches;
+    /* (CLBlast's GEMMs are library calls, not launches: counted too, so that a route through
+     * columns never counts as few as the direct one) */
+    *fwd = st1.launches + st1.library_calls - st0.launches - st0.library_calls;
+    *dgrad = st2.launches + st2.library_calls - st_seed.launches - st_seed.library_calls;
     kiln_scope_end(ctx);
     kiln__hooks_of(ctx)->conv_budget = 0;
     kiln__set_guard(ctx, 3);
     CHECK_OK(ctx);
     kiln_error_clear(ctx);
+}
+
+/* The weight gradient of s for the host data xf, wf and seed gf, with the forward run under
+ * KILN_CONV_ALGO=fwd and the backward under bwd: a host copy (malloc'ed), and the
+ * backward's launches in *launches. */
+static float *wgrad_mixed(kiln_ctx *ctx, const cspec *s, const float *xf, const float *wf, const float *gf,
+                          const char *fwd, const char *bwd, uint64_t *launches) {
+    kiln__set_guard(ctx, 0);
+    kiln_scope_begin(ctx);
+    int ho, wo;
+    out_size(s, &ho, &wo);
+    int64_t xs[4] = {s->n, s->c, s->h, s->w}, ws[4], ys[4] = {s->n, s->cout, ho, wo};
+    wshape(s, ws);
+    kiln_tensor *x = kiln_from_host(ctx, xf, KILN_F32, 4, xs), *w = kiln_from_host(ctx, wf, KILN_F32, 4, ws);
+    kiln_tensor *seed = kiln_from_host(ctx, gf, KILN_F32, 4, ys);
+    kiln_tensor_set_requires_grad(w, true);
+    set_env(ctx, "KILN_CONV_ALGO", fwd);
+    kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &s->p);
+    set_env(ctx, "KILN_CONV_ALGO", bwd);
+    kiln_ctx_stats st0, st1;
+    kiln_ctx_stats_get(ctx, &st0);
+    CHECK(y && kiln_backward_ex(y, seed, false) == KILN_OK, "%s, forward %s, backward %s: %s", s->name, fwd, bwd,
+          kiln_error_message(ctx));
+    kiln_ctx_stats_get(ctx, &st1);
+    *launches = st1.launches - st0.launches;
+    float *g = y && kiln_tensor_grad(w) ? h_read(kiln_tensor_grad(w)) : NULL;
+    kiln_scope_end(ctx);
+    kiln__set_guard(ctx, 3);
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+    return g;
+}
+
+/* The direct weight gradient without the forward's planes (a forward through columns):
+ * it borders x itself (one launch more), with the same result. */
+static void test_direct_unkept(kiln_ctx *ctx) {
+    const cspec cases[2] = {
+        {"stride 1", false, 3, 3, 6, 20, 5, 3, 3, P3, false, V_NONE, false, false},
+        {"stride 2", false, 3, 3, 6, 20, 5, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), false, V_NONE, false, false}};
+    for (int k = 0; k < 2; k++) {
+        const cspec *s = &cases[k];
+        int ho, wo;
+        out_size(s, &ho, &wo);
+        int64_t nx = (int64_t)s->n * s->c * s->h * s->w, nw = (int64_t)s->cout * s->c * 9,
+                ny = (int64_t)s->n * s->cout * ho * wo;
+        float *xf = malloc(sizeof(float) * (size_t)nx), *wf = malloc(sizeof(float) * (size_t)nw);
+        float *gf = malloc(sizeof(float) * (size_t)ny);
+        h_fill(xf, nx, -1, 1);
+        h_fill(wf, nw, -1, 1);
+        h_fill(gf, ny, -1, 1);
+        uint64_t kept, unkept;
+        float *a = wgrad_mixed(ctx, s, xf, wf, gf, "direct", "direct", &kept);
+        float *b = wgrad_mixed(ctx, s, xf, wf, gf, "im2col", "direct", &unkept);
+        CHECK(unkept == kept + 1,
+              "%s: the weight gradient after a forward through columns took %llu launches, %llu "
+              "after a direct one (expected one more: x bordered)",
+              s->name, (unsigned long long)unkept, (unsigned long long)kept);
+        CHECK(a && b && memcmp(a, b, sizeof(float) * (size_t)nw) == 0,
+              "%s: the direct weight gradient differs with x's planes from the forward and made by itself", s->name);
+        free(a);
+        free(b);
+        free(xf);
+        free(wf);
+        free(gf);
+    }
+    set_env(ctx, "KILN_CONV_ALGO", NULL);
 }
 
 static void test_direct(kiln_ctx *ctx) {
@@ -817,6 +898,7 @@ static void test_direct(kiln_ctx *ctx) {
     }
     set_env(ctx, "KILN_CONV3_PARAMS", NULL);
     g_gemm = "";
+    test_direct_unkept(ctx);
     /* the override takes effect: the direct forward is three launches (border, weights
      * packed, convolution) whatever the batch, through columns (cut into one chunk per image
      * here) at least two per image (im2col and a GEMM); the input gradient likewise (direct:
@@ -830,9 +912,25 @@ static void test_direct(kiln_ctx *ctx) {
         set_env(ctx, "KILN_CONV_ALGO", algos[a]);
         count_launches(ctx, &four, &f[a], &d[a]);
     }
+    /* the weight gradient alone: direct, bordered gy and conv3_wgrad (and the sum of its
+     * parts for more than 8 images; x's bordered planes come from the forward), plus one
+     * of the backward's own; through columns at least im2col and a GEMM per image */
+    const cspec ten = {"10 images", false, 10, 2, 5, 29, 9, 3, 3, P3, false, V_NONE, false, false};
+    uint64_t wf, wd[2][2];
+    for (int a = 0; a < 2; a++) {
+        set_env(ctx, "KILN_CONV_ALGO", algos[a]);
+        count_launches_w(ctx, &four, true, &wf, &wd[a][0]);
+        count_launches_w(ctx, &ten, true, &wf, &wd[a][1]);
+    }
     kiln__hooks_of(ctx)->conv_budget = budget;
-    /* (on a GPU, CLBlast's GEMMs are library calls, not launches: columns then count 4 / 5) */
     bool own_gemm = kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU;
+    CHECK(wd[0][0] == 3 && wd[0][1] == 4 &&
+              (own_gemm ? wd[1][0] >= 9 && wd[1][1] >= 21 : wd[1][0] != wd[0][0] || wd[1][1] != wd[0][1]),
+          "launches of the weight gradient, 4 / 10 images: KILN_CONV_ALGO=direct %llu / %llu, im2col %llu / %llu "
+          "(expected 3 / 4, and 9+ / 21+ through columns)",
+          (unsigned long long)wd[0][0], (unsigned long long)wd[0][1], (unsigned long long)wd[1][0],
+          (unsigned long long)wd[1][1]);
+    /* (on a GPU, CLBlast's GEMMs are library calls, counted with the launches) */
     CHECK(f[0] == 3 && d[0] == 4 && (own_gemm ? f[1] >= 8 && d[1] >= 9 : f[1] > f[0] && d[1] > d[0]),
           "%s: launches forward / input gradient: KILN_CONV_ALGO=direct %llu / %llu, im2col %llu / %llu (expected 3 / "
           "4, and 8+ / 9+ through columns)",
@@ -845,17 +943,42 @@ static void test_direct(kiln_ctx *ctx) {
     const cspec planes[2] = {{"28 x 28", false, 2, 4, 28, 28, 4, 3, 3, P3, false, V_NONE, false, false},
                              {"7 x 7", false, 2, 4, 7, 7, 4, 3, 3, P3, false, V_NONE, false, false}};
     for (int k = 0; k < 2; k++) {
-        uint64_t fa[3], da[3];
+        uint64_t fa[3], da[3], wa[3];
         static const char *const modes[3] = {"direct", "im2col", NULL};
         for (int m = 0; m < 3; m++) {
             set_env(ctx, "KILN_CONV_ALGO", modes[m]);
             count_launches(ctx, &planes[k], &fa[m], &da[m]);
+            uint64_t unused;
+            count_launches_w(ctx, &planes[k], true, &unused, &wa[m]);
         }
         int want = wide ? 0 : 1;
+        CHECK(wa[2] == wa[want] && wa[0] != wa[1],
+              "auto route of the weight gradient, %s: %llu launches, %s takes %llu", planes[k].name,
+              (unsigned long long)wa[2], modes[want], (unsigned long long)wa[want]);
         CHECK(fa[2] == fa[want] && da[2] == da[want] && fa[0] != fa[1],
               "auto route, %s: %llu / %llu launches, %s takes %llu / %llu", planes[k].name, (unsigned long long)fa[2],
               (unsigned long long)da[2], modes[want], (unsigned long long)fa[want], (unsigned long long)da[want]);
     }
+    /* stride 2: the forward (phase planes, packed weights, conv3_flat) and the weight
+     * gradient (bordered gy, conv3_wgrad: the forward's phase planes) direct, plus one
+     * launch of the backward's own; the input gradient through columns; auto as for
+     * stride 1 */
+    /* (4 input channels: 36 taps, past conv_wgrad_small's, so that columns take a GEMM) */
+    const cspec s2 = {"stride 2", false,  4,     4,    6, 30, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0),
+                      false,      V_NONE, false, false};
+    uint64_t f2[3], w2[3], unused2;
+    static const char *const modes2[3] = {"direct", "im2col", NULL};
+    for (int m = 0; m < 3; m++) {
+        set_env(ctx, "KILN_CONV_ALGO", modes2[m]);
+        count_launches(ctx, &s2, &f2[m], &unused2);
+        count_launches_w(ctx, &s2, true, &unused2, &w2[m]);
+    }
+    int want2 = wide ? 0 : 1;
+    CHECK(f2[0] == 3 && w2[0] == 3 && f2[1] != 3 && w2[1] != 3 && f2[2] == f2[want2] && w2[2] == w2[want2],
+          "stride 2: launches forward / weight gradient: direct %llu / %llu (expected 3 / 3), im2col %llu / %llu, "
+          "auto %llu / %llu",
+          (unsigned long long)f2[0], (unsigned long long)w2[0], (unsigned long long)f2[1], (unsigned long long)w2[1],
+          (unsigned long long)f2[2], (unsigned long long)w2[2]);
     /* bad overrides fail the op, naming the variable */
     kiln_scope_begin(ctx);
     kiln_tensor *x = kiln_full(ctx, 1.0f, 4, (int64_t[]){1, 2, 5, 5});

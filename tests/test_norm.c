@@ -1346,6 +1346,96 @@ static void test_bn_long_planes(kiln_ctx *ctx) {
     }
 }
 
+/* One run of relu(batch norm(x) + residual) for test_bn_relu: fused (kiln__batch_norm_relu)
+ * or as the three ops, from the same host data, with fresh running statistics; the output,
+ * the running statistics and the gradients of x, w, b and the residual (a seed dy) read
+ * back into out[0..6] (NULL where absent). */
+static void bn_relu_run(kiln_ctx *ctx, bool fused, const int64_t *shape, int rmode, bool train, const float *xf,
+                        const float *rf, const float *dyf, float **out) {
+    const int64_t C = shape[1];
+    kiln_scope_begin(ctx);
+    float wv[8], bv[8], rmv[8], rvv[8];
+    for (int c = 0; c < C; c++)
+        wv[c] = c % 2 ? -0.75f + 0.125f * c : 1.25f, bv[c] = 0.25f * (c - 2), rmv[c] = 0.1f * c, rvv[c] = 0.5f + c;
+    kiln_tensor *x = kiln_from_host(ctx, xf, KILN_F32, 4, shape);
+    kiln_tensor *w = kiln_from_host(ctx, wv, KILN_F32, 1, &C), *b = kiln_from_host(ctx, bv, KILN_F32, 1, &C);
+    kiln_tensor *rm = kiln_from_host(ctx, rmv, KILN_F32, 1, &C), *rv = kiln_from_host(ctx, rvv, KILN_F32, 1, &C);
+    kiln_tensor *r = NULL;
+    if (rmode == 1) r = kiln_from_host(ctx, rf, KILN_F32, 4, shape);
+    if (rmode == 2) /* a view: the residual stored with H and W swapped */
+        r = kiln_transpose(
+            ctx, kiln_from_host(ctx, rf, KILN_F32, 4, (int64_t[]){shape[0], shape[1], shape[3], shape[2]}), 2, 3);
+    kiln_tensor *leaves[4] = {x, w, b, r};
+    for (int k = 0; k < 4; k++)
+        if (leaves[k]) kiln_tensor_set_requires_grad(leaves[k], true);
+    kiln_tensor *y;
+    if (fused) {
+        y = kiln__batch_norm_relu(ctx, x, r, rm, rv, w, b, train, 0.1f, 1e-5f);
+    } else {
+        y = kiln_batch_norm(ctx, x, rm, rv, w, b, train, 0.1f, 1e-5f);
+        y = kiln_relu(ctx, r ? kiln_add(ctx, y, r) : y);
+    }
+    kiln_tensor *seed = kiln_from_host(ctx, dyf, KILN_F32, 4, shape);
+    CHECK(y && kiln_backward_ex(y, seed, false) == KILN_OK, "batch norm + relu (%s): %s", fused ? "fused" : "ops",
+          kiln_error_message(ctx));
+    kiln_tensor *got[7] = {
+        y, rm, rv, kiln_tensor_grad(x), kiln_tensor_grad(w), kiln_tensor_grad(b), r ? kiln_tensor_grad(r) : NULL};
+    for (int k = 0; k < 7; k++) out[k] = y && got[k] ? h_read(got[k]) : NULL;
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+}
+
+/* kiln__batch_norm_relu (the fused op of the residual blocks) against the three ops it
+ * replaces: bit for bit, forward, running statistics and every gradient, training and
+ * eval, without a residual, with one and with a strided view; planes long enough for the
+ * plane kernels and too short for them (the three ops run then), half of the outputs
+ * clipped by the ReLU and exact zeros before it. */
+static void test_bn_relu(kiln_ctx *ctx) {
+    static const int64_t shapes[2][4] = {{3, 4, 5, 7}, {2, 3, 2, 3}};
+    for (int sh = 0; sh < 2; sh++)
+        for (int train = 1; train >= 0; train--)
+            for (int rmode = 0; rmode < 3; rmode++) {
+                const int64_t *shape = shapes[sh];
+                int64_t n = shape[0] * shape[1] * shape[2] * shape[3], C = shape[1];
+                float *xf = malloc(sizeof(float) * (size_t)n), *rf = malloc(sizeof(float) * (size_t)n);
+                float *dyf = malloc(sizeof(float) * (size_t)n);
+                h_fill(xf, n, -1.0f, 1.0f);
+                h_fill(rf, n, -1.0f, 1.0f);
+                h_fill(dyf, n, -1.0f, 1.0f);
+                if (rmode) /* an output exactly 0 before the ReLU: its gradient is 0 */
+                    rf[0] = 0.0f, xf[0] = 0.0f;
+                float *a[7], *f[7];
+                bn_relu_run(ctx, false, shape, rmode, train, xf, rf, dyf, a);
+                bn_relu_run(ctx, true, shape, rmode, train, xf, rf, dyf, f);
+                static const char *const names[7] = {"output", "running_mean", "running_var", "dx",
+                                                     "dw",     "db",           "d residual"};
+                const int64_t cnt[7] = {n, C, C, n, C, C, n};
+                int zeros = 0;
+                for (int64_t i = 0; a[0] && i < n; i++) zeros += a[0][i] == 0.0f;
+                CHECK(zeros > n / 8 && zeros < n - n / 8, "batch norm + relu: %d of %lld outputs clipped", zeros,
+                      (long long)n);
+                for (int k = 0; k < 7; k++) {
+                    bool want = k < 6 || rmode;
+                    CHECK((a[k] != NULL) == want && (f[k] != NULL) == want, "batch norm + relu: %s missing", names[k]);
+                    if (a[k] && f[k])
+                        CHECK(memcmp(a[k], f[k], sizeof(float) * (size_t)cnt[k]) == 0,
+                              "kiln__batch_norm_relu [%lld, %lld, %lld, %lld] %s, residual %s: %s differs from "
+                              "kiln_batch_norm + kiln_add + kiln_relu",
+                              (long long)shape[0], (long long)C, (long long)shape[2], (long long)shape[3],
+                              train ? "training" : "eval",
+                              rmode == 0   ? "none"
+                              : rmode == 1 ? "contiguous"
+                                           : "a view",
+                              names[k]);
+                    free(a[k]);
+                    free(f[k]);
+                }
+                free(xf);
+                free(rf);
+                free(dyf);
+            }
+}
+
 static void guarded(kiln_ctx *ctx, const char *name, void (*fn)(kiln_ctx *)) {
     kiln__set_guard(ctx, 67);
     kiln_scope_begin(ctx);
@@ -1369,6 +1459,7 @@ static void run_all(kiln_ctx *ctx) {
         guarded(ctx, "running statistics", test_running);
         guarded(ctx, "gradients", test_gradients);
         guarded(ctx, "batch norm of long planes", test_bn_long_planes);
+        guarded(ctx, "batch norm + relu", test_bn_relu);
     }
     kiln__hooks_of(ctx)->norm_layout = 0;
     guarded(ctx, "dropout", test_dropout);

@@ -260,15 +260,19 @@ bool kiln__bn_set_sync(kiln_module *m, kiln_tensor *(*fn)(void *user, kiln_tenso
     return true;
 }
 
-static kiln_tensor *bn_fwd(kiln_module *m, kiln_tensor *x) {
+/* bn's forward; with act relu(bn(x) + residual) in one op (not for SyncBatchNorm). */
+static kiln_tensor *bn_fwd_act(kiln_module *m, kiln_tensor *x, bool act, kiln_tensor *residual) {
     bn_cfg *c = m->data;
     bool two_d = c->dims == 2;
     if (!check_ndim(m, x, two_d ? 4 : 2, two_d ? 4 : 3, two_d ? "4 ([N, C, H, W])" : "2 or 3 ([N, C] or [N, C, L])") ||
         !check_dim(m, x, 1, c->num_features, "channels"))
         return NULL;
-    kiln_tensor *y = m->training && c->sync_sum ? bn_sync_fwd(m, c, x)
-                                                : kiln_batch_norm(m->ctx, x, c->running_mean, c->running_var, c->weight,
-                                                                  c->bias, m->training, c->momentum, c->eps);
+    kiln_tensor *y = act ? kiln__batch_norm_relu(m->ctx, x, residual, c->running_mean, c->running_var, c->weight,
+                                                 c->bias, m->training, c->momentum, c->eps)
+                     : m->training && c->sync_sum
+                         ? bn_sync_fwd(m, c, x)
+                         : kiln_batch_norm(m->ctx, x, c->running_mean, c->running_var, c->weight, c->bias, m->training,
+                                           c->momentum, c->eps);
     if (y && m->training) {
         /* num_batches_tracked += 1 (a fill, no read back, except once after a load) */
         if (c->batches_tracked < 0) {
@@ -281,7 +285,27 @@ static kiln_tensor *bn_fwd(kiln_module *m, kiln_tensor *x) {
     }
     return y;
 }
+static kiln_tensor *bn_fwd(kiln_module *m, kiln_tensor *x) { return bn_fwd_act(m, x, false, NULL); }
 FORWARD1(bn_forward, bn_fwd)
+
+kiln_tensor *kiln__bn_relu_forward(kiln_module *bn, kiln_tensor *x, kiln_tensor *residual, bool *fused) {
+    *fused = bn && bn->def.forward == bn_forward && !(bn->training && ((bn_cfg *)bn->data)->sync_sum);
+    if (!*fused) return NULL;
+    kiln_ctx *ctx = bn->ctx;
+    if (!x) {
+        /* as kiln_forward given NULL: an error unless an earlier one explains it */
+        if (ctx->err == KILN_OK) kiln__fail(ctx, KILN_ERR_NULL, "kiln_forward: the input of %s is NULL", bn->kind);
+        return NULL;
+    }
+    kiln_tensor *y = bn_fwd_act(bn, x, true, residual);
+    if (!y) {
+        /* the note kiln_forward adds to a module's failure */
+        char path[256];
+        kiln__module_path(bn, path, sizeof path);
+        kiln__error_note(ctx, "in %s%s%s", bn->kind, *path ? " at " : "", path);
+    }
+    return y;
+}
 
 static void bn_args(const kiln_module *m, char *buf, size_t cap) {
     const bn_cfg *c = m->data;

@@ -46,6 +46,11 @@ void kiln__module_state_loaded(kiln_module *m);
  * statistics over the processes with fn (differentiable: fn's backward sums gradients the
  * same way); fn NULL: per-process statistics again. False when m is no batch norm. */
 bool kiln__bn_set_sync(kiln_module *m, kiln_tensor *(*fn)(void *user, kiln_tensor *t), void *user);
+/* relu(bn(x) + residual) (residual NULL: relu(bn(x))) for the built-in batch norm module bn
+ * in one op (kiln__batch_norm_relu) with bn's parameters, buffers and mode, the batch
+ * counted as bn's forward counts it. *fused false (nothing done, NULL) where bn is no such
+ * module or a SyncBatchNorm: the caller then runs the modules one by one. */
+kiln_tensor *kiln__bn_relu_forward(kiln_module *bn, kiln_tensor *x, kiln_tensor *residual, bool *fused);
 /* The module's path from the root ("features.3"), "" for the root. */
 void kiln__module_path(const kiln_module *m, char *buf, size_t cap);
 

@@ -51,8 +51,15 @@
  * zero-bordered planes, and conv3_direct (or conv3_flat, for rows shorter than half a
  * vector) computes the outputs from them with register-blocked accumulators (see
  * conv_direct_wanted for the rule and the measurements, KILN_CONV_ALGO to force a route).
- * The weight gradient stays im2col + GEMM: a direct version (one vector accumulator per
- * output channel and tap, loads masked to the row) measured slower.
+ * Their weight gradient skips the columns too: conv3_wgrad reads bordered planes of x and
+ * gy (pitch w + 2) along their flat index, each tap one shifted vector load (see there);
+ * on ResNet-20's step it took 17% less CPU time than columns and kiln's A B^T GEMM. (An
+ * earlier direct version, one vector accumulator per output channel and tap with loads
+ * masked to the row, had measured slower than the GEMM.) The forward keeps x's bordered
+ * planes in the node for it. With stride 2 (padding 1), conv3_phase splits the bordered
+ * input into its four (row, column) parity planes, on which every tap is again a fixed
+ * offset: conv3_flat and conv3_wgrad built with C3_S2 compute the forward and the weight
+ * gradient; the input gradient keeps columns (GEMM and col2im).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -359,7 +366,7 @@ static bool c3_override(c3_params *o) {
  * (measurements). On ResNet-20's 28 x 28 and 14 x 14 stages the 8-channel blocks with 16
  * accumulators were as fast as or faster than blocks of 4 or 12 channels and 1-7 rows (12
  * channels: 1.5-2x slower). */
-static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
+static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout, int stride) {
     c3_params p;
     int vw = (int)ctx->info.native_vector_width_float;
     vw = vw >= 16 ? 16 : vw >= 8 ? 8 : 4;
@@ -373,7 +380,26 @@ static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
     p.r = p.r < 1 ? 1 : p.r > 8 ? 8 : p.r;
     c3_params o;
     if (c3_override(&o)) p = o;
+    if (stride == 2) { /* only conv3_flat reads phase planes */
+        p.flat = 1;
+        p.r = 1;
+    }
     return p;
+}
+
+/* The stride (1 or 2) of a convolution that the direct kernels compute: 3x3, padding 1,
+ * dilation 1, one group, stride 1 or 2 in both dims; 0 for any other. */
+static int c3_stride(const conv_geom *g) {
+    if (g->kh != 3 || g->kw != 3 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 || g->groups != 1 ||
+        g->sh != g->sw || (g->sh != 1 && g->sh != 2))
+        return 0;
+    return g->sh;
+}
+
+/* Floats of the input as the direct kernels read it, per image and channel: the bordered
+ * plane ((h + 2) rows) or, for stride 2, four phase planes of ho + 1 rows, each of pitch pw. */
+static int64_t c3_in_plane(const conv_geom *g, int stride, int64_t pw) {
+    return stride == 2 ? 4 * ((int64_t)g->ho + 1) * pw : ((int64_t)g->h + 2) * pw;
 }
 
 /* The slack after the bordered planes: conv3_direct's last row block may read up to C3_R -
@@ -382,11 +408,14 @@ static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout) {
 #define C3_SLACK_ROWS 8
 #define C3_SLACK_FLOATS 66
 
-/* Row length of the bordered planes for planes of width w: for conv3_direct whole segments
- * plus the two border columns (its vectors end within a row), for conv3_flat w + 2. */
+/* Row length of the bordered planes for planes of width w: w + 2, the two border columns.
+ * conv3_direct's vectors may run past a row's end into the next row (those lanes are
+ * dropped at the store; past the last plane they read the slack); conv3_wgrad reads the
+ * same pitch, so the input gradient's bordered gy serves the weight gradient too. (Rows
+ * rounded up to whole segments had measured no faster on ResNet-20.) */
 static int c3_pitch(const c3_params *p, int w) {
-    int seg = p->nv * p->vw;
-    return p->flat ? w + 2 : (w + seg - 1) / seg * seg + 2;
+    (void)p;
+    return w + 2;
 }
 
 /* Work-items of conv3_direct along a plane: row blocks x row segments (conv3_flat: 1 x the
@@ -405,15 +434,14 @@ static void c3_grid(const c3_params *p, int h, int w, int *nrb, int *nseg) {
  * README.md, "Why convolution is laid out as it is"). Narrower vectors are unmeasured:
  * columns. */
 static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool dgrad) {
-    if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph != 1 || g->pw != 1 || g->dh != 1 || g->dw != 1 ||
-        g->groups != 1 || g->h != g->ho || g->w != g->wo)
-        return false;
+    int stride = c3_stride(g);
+    if (stride == 0 || (stride == 2 && dgrad) || (stride == 1 && (g->h != g->ho || g->w != g->wo))) return false;
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout;
-    c3_params p = c3_choose(ctx, g->w, cout);
-    int64_t pw = c3_pitch(&p, g->w), seg = p.nv * p.vw;
-    int64_t nrb = p.flat ? 1 : (g->h + p.r - 1) / p.r;
-    int64_t nseg = p.flat ? ((int64_t)g->h * pw + seg - 1) / seg : (g->w + seg - 1) / seg;
-    int64_t elems = (int64_t)g->n * cin * (g->h + 2) * pw + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
+    c3_params p = c3_choose(ctx, g->wo, cout, stride);
+    int64_t pw = c3_pitch(&p, g->wo), seg = p.nv * p.vw;
+    int64_t nrb = p.flat ? 1 : (g->ho + p.r - 1) / p.r;
+    int64_t nseg = p.flat ? ((int64_t)g->ho * pw + seg - 1) / seg : (g->wo + seg - 1) / seg;
+    int64_t elems = (int64_t)g->n * cin * c3_in_plane(g, stride, pw) + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
     int64_t items = (int64_t)g->n * ((cout + p.cb - 1) / p.cb) * nrb * nseg;
     if (elems > CONV_MAX_ELEMS || items > CONV_MAX_ELEMS) return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
@@ -442,9 +470,31 @@ static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int 
     return xp;
 }
 
+/* A new [n, c, 4, ho + 1, pw] tensor (plus slack) of the phase planes of src [n, c, h, w]
+ * (any view) for a stride-2 convolution with output ho x wo, pw = wo + 2, by conv3_phase. */
+static kiln_tensor *c3_phase(kiln_ctx *ctx, const char *op, kiln_tensor *src, const conv_geom *g) {
+    int n = (int)src->shape[0], c = (int)src->shape[1], pw = g->wo + 2, hq = g->ho + 1;
+    int64_t planes = (int64_t)n * c;
+    cl_int slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
+    kiln_tensor *xq = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){planes * 4 * hq * pw + slack});
+    if (!xq || planes == 0) return xq;
+    cl_int soff = (cl_int)src->offset, cc = c, ch = (cl_int)src->shape[2], cw = (cl_int)src->shape[3];
+    cl_int chq = hq, cpw = pw, np = (cl_int)planes, xqoff = (cl_int)xq->offset;
+    cl_int4 ss = strides4(src);
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff),  KILN__ARG(ss),    KILN__ARG(cc),
+                         KILN__ARG(ch),           KILN__ARG(cw),    KILN__ARG(chq),   KILN__ARG(cpw),
+                         KILN__ARG(xq->st->mem),  KILN__ARG(xqoff), KILN__ARG(slack), KILN__ARG(np)};
+    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv3_phase", sizeof args / sizeof args[0], args,
+                     (size_t)planes, 0) != KILN_OK) {
+        kiln_tensor_free(xq);
+        return NULL;
+    }
+    return xq;
+}
+
 /* conv3_direct's build options. */
-static void c3_options(const c3_params *p, char *buf, size_t cap) {
-    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d", p->vw, p->nv, p->r, p->cb);
+static void c3_options(const c3_params *p, int stride, char *buf, size_t cap) {
+    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d", p->vw, p->nv, p->r, p->cb, stride == 2);
 }
 
 /*
@@ -456,14 +506,15 @@ static void c3_options(const c3_params *p, char *buf, size_t cap) {
  */
 static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_tensor *w, kiln_tensor *bias,
                            const conv_geom *g, bool dgrad) {
-    int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->h, wd = g->w;
+    /* (the output's size: stride 1 keeps it, the input gradient's too) */
+    int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->ho, wd = g->wo, stride = c3_stride(g);
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, cout, h, wd});
     if (!out || g->n == 0) return out;
-    c3_params p = c3_choose(ctx, wd, cout);
+    c3_params p = c3_choose(ctx, wd, cout, stride);
     int pw = c3_pitch(&p, wd), nrb, nseg, ncb = (cout + p.cb - 1) / p.cb;
     c3_grid(&p, h, wd, &nrb, &nseg);
-    char options[96];
-    c3_options(&p, options, sizeof options);
+    char options[128];
+    c3_options(&p, stride, options, sizeof options);
     /* the weights packed per block of output channels; tap (ki, kj) of (o, i): forward
      * w[o, i, ki, kj], input gradient w[i, o, 2-ki, 2-kj] */
     cl_int4 ws = strides4(w);
@@ -506,10 +557,15 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
 
 /* The forward by conv3_direct: x bordered, then convolved. */
 static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
-                                    const conv_geom *g) {
-    c3_params p = c3_choose(ctx, g->w, g->cout);
-    kiln_tensor *xp = c3_pad(ctx, op, x, c3_pitch(&p, g->w));
+                                    const conv_geom *g, kiln_tensor **keep) {
+    int stride = c3_stride(g);
+    c3_params p = c3_choose(ctx, g->wo, g->cout, stride);
+    kiln_tensor *xp = stride == 2 ? c3_phase(ctx, op, x, g) : c3_pad(ctx, op, x, c3_pitch(&p, g->w));
     kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, g, false) : NULL;
+    if (out && keep) {
+        *keep = xp;
+        return out;
+    }
     /* the in-order queue runs the launches before a later reuse of xp */
     kiln_tensor_free(xp);
     return out;
@@ -517,12 +573,19 @@ static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *
 
 /* ---- the three cores ---------------------------------------------------------------- */
 
-/* out [n, cout, ho, wo] = conv(x, w) + bias. x any view, w any view [cout, c/groups, kh, kw]. */
+static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo);
+
+/* out [n, cout, ho, wo] = conv(x, w) + bias. x any view, w any view [cout, c/groups, kh, kw].
+ * With keep, where the direct route computes the forward and would compute the weight
+ * gradient, *keep = the bordered (or phase) planes of x it made, which conv3_wgrad reads
+ * as they are (else *keep is left alone). */
 static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
-                             const conv_geom *g) {
+                             const conv_geom *g, kiln_tensor **keep) {
     int algo;
     if (algo_override(ctx, op, &algo) != KILN_OK) return NULL;
-    if (conv_direct_wanted(ctx, g, algo, false)) return conv_direct_fwd(ctx, op, x, w, bias, g);
+    if (conv_direct_wanted(ctx, g, algo, false))
+        return conv_direct_fwd(ctx, op, x, w, bias, g,
+                               keep && conv_direct_wgrad_wanted(ctx, g, algo) && g->n > 0 ? keep : NULL);
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, g->cout, g->ho, g->wo});
     if (!out || g->n == 0) return out;
     int64_t hw = (int64_t)g->ho * g->wo, mg = g->cout / g->groups;
@@ -584,6 +647,10 @@ typedef struct bwd_plan {
     int nb;                                  /* images per chunk */
     bool own_dw;                             /* kiln's own A B^T kernel computes dw */
     bool dx_done;                            /* dx came from conv3_direct: no chunk computes it */
+    bool dw_direct;                          /* dw comes from conv3_wgrad (before the chunks) */
+    kiln_tensor *xpad;                       /* x's planes as conv3_wgrad reads them, from the forward */
+    kiln_tensor *gyb;                        /* gy bordered for conv3_direct, kept when its pitch */
+    int gyb_pitch;                           /* is conv3_wgrad's too */
     bool direct;                             /* one image of a contiguous gy is read in place */
     size_t tk;                               /* the GEMM's K tile (kiln__sgemm_tiles) */
     kiln_tensor *wt;                         /* w for the input gradient: contiguous, rows padded to kgp */
@@ -755,6 +822,7 @@ static kiln_status bwd_finish(bwd_plan *p, kiln_status s) {
     if (s == KILN_OK && p->part)
         s = sum_parts(p->ctx, p->op, p->part, (int)p->nsplit, p->g->cout, p->kg, p->kw, p->dw, NULL);
     kiln_tensor_free(p->part);
+    kiln_tensor_free(p->gyb);
     kiln_tensor_free(p->col);
     kiln_tensor_free(p->gyp);
     kiln_tensor_free(p->wp);
@@ -765,15 +833,101 @@ static kiln_status bwd_finish(bwd_plan *p, kiln_status s) {
 /* dx by conv3_direct from a bordered copy of gy (before the chunks, which then compute
  * only dw and d bias). */
 static kiln_status bwd_direct_dx(bwd_plan *p) {
-    c3_params cp = c3_choose(p->ctx, p->g->w, p->g->c);
-    kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, c3_pitch(&cp, p->g->w));
+    c3_params cp = c3_choose(p->ctx, p->g->w, p->g->c, 1);
+    int pw = c3_pitch(&cp, p->g->w);
+    kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, pw);
     if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, p->g, true))) {
         kiln_tensor_free(gp);
         return p->ctx->err;
     }
-    /* the in-order queue runs the launches before a later reuse of the copy */
-    kiln_tensor_free(gp);
-    return gp ? KILN_OK : p->ctx->err;
+    if (!gp) return p->ctx->err;
+    /* conv3_wgrad reads the copy too (the same pitch); otherwise the in-order queue runs
+     * the launches before a later reuse of it */
+    if (p->dw_direct && pw == p->g->w + 2) {
+        p->gyb = gp;
+        p->gyb_pitch = pw;
+    } else {
+        kiln_tensor_free(gp);
+    }
+    return KILN_OK;
+}
+
+/* conv3_wgrad's choices: vw floats per vector, wb output channels per work-item (18 of
+ * AVX-512's 32 vector registers, 9 of AVX2's 16 as accumulators), parts of the batch of
+ * C3W_IMAGES images each, C3W_IMAGES_SMALL for output planes below C3W_SMALL pixels
+ * (summed in order after; one part is written into dw directly). On ResNet-20's weight
+ * gradients (batch 128, AVX-512; CPU samples of the kernel) blocks of 2 channels were as
+ * fast as blocks of 3 or 4 and 1.6x as fast as blocks of 1; parts of 8 images were 10%
+ * faster than 32 or 128 on 28 x 28 planes, parts of 16-32 10% faster than 8 or 128 on 7 x 7
+ * ones (a work-item's closing sums weigh more there), all alike on 14 x 14. */
+#define C3W_IMAGES 8
+#define C3W_IMAGES_SMALL 32
+#define C3W_SMALL 128
+typedef struct c3w_params {
+    int vw, wb, nparts;
+} c3w_params;
+
+static c3w_params c3w_choose(const kiln_ctx *ctx, const conv_geom *g) {
+    c3w_params p;
+    int vw = (int)ctx->info.native_vector_width_float;
+    p.vw = vw >= 16 ? 16 : vw >= 8 ? 8 : 4;
+    p.wb = p.vw >= 16 ? 2 : 1;
+    int imgs = (int64_t)g->ho * g->wo < C3W_SMALL ? C3W_IMAGES_SMALL : C3W_IMAGES;
+    p.nparts = g->n > imgs ? (g->n + imgs - 1) / imgs : 1;
+    return p;
+}
+
+static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo) {
+    int stride = c3_stride(g);
+    if (stride == 0 || (stride == 1 && (g->h != g->ho || g->w != g->wo))) return false;
+    c3w_params p = c3w_choose(ctx, g);
+    int64_t pw = (int64_t)g->wo + 2, plane = ((int64_t)g->ho + 2) * pw;
+    int64_t slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
+    if (2 * pw + 3 < p.vw || (int64_t)g->n * g->cout * plane + slack > CONV_MAX_ELEMS ||
+        (int64_t)g->n * g->c * c3_in_plane(g, stride, pw) + slack > CONV_MAX_ELEMS ||
+        (int64_t)p.nparts * g->cout * g->c * 9 > CONV_MAX_ELEMS)
+        return false;
+    if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
+    return ctx->info.type == KILN_DEVICE_CPU && ctx->info.native_vector_width_float >= 8;
+}
+
+/* dw by conv3_wgrad from bordered copies of x and gy (before the chunks, which then compute
+ * at most dx and d bias). */
+static kiln_status bwd_direct_dw(bwd_plan *p) {
+    kiln_ctx *ctx = p->ctx;
+    const conv_geom *g = p->g;
+    c3w_params cp = c3w_choose(ctx, g);
+    int stride = c3_stride(g);
+    /* (over gy's bordered planes: the output's size) */
+    cl_int pw = g->wo + 2, plane = (g->ho + 2) * pw, nvec = (g->ho * pw - 2 + cp.vw - 1) / cp.vw;
+    cl_int c = g->c, cout = g->cout, n = g->n, np = cp.nparts, ncb = (g->cout + cp.wb - 1) / cp.wb;
+    kiln_tensor *xp = p->xpad ? p->xpad : stride == 2 ? c3_phase(ctx, p->op, p->x, g) : c3_pad(ctx, p->op, p->x, pw);
+    kiln_tensor *gp = !xp ? NULL : p->gyb && p->gyb_pitch == pw ? p->gyb : c3_pad(ctx, p->op, p->gy, pw);
+    kiln_tensor *part = NULL;
+    kiln_status s = gp ? KILN_OK : ctx->err;
+    if (s == KILN_OK && np > 1 &&
+        !(part = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){(int64_t)np * cout * c * 9})))
+        s = ctx->err;
+    if (s == KILN_OK) {
+        kiln_tensor *dst = part ? part : p->dw;
+        char options[64];
+        snprintf(options, sizeof options, "-DC3_VW=%d -DC3_WB=%d -DC3_S2=%d", cp.vw, cp.wb, stride == 2);
+        cl_int xpoff = (cl_int)xp->offset, gpoff = (cl_int)gp->offset, doff = (cl_int)dst->offset;
+        cl_int nitems = np * ncb * c;
+        kiln__karg args[] = {
+            KILN__ARG(xp->st->mem), KILN__ARG(xpoff), KILN__ARG(gp->st->mem),  KILN__ARG(gpoff), KILN__ARG(c),
+            KILN__ARG(cout),        KILN__ARG(plane), KILN__ARG(pw),           KILN__ARG(nvec),  KILN__ARG(n),
+            KILN__ARG(np),          KILN__ARG(ncb),   KILN__ARG(dst->st->mem), KILN__ARG(doff),  KILN__ARG(nitems)};
+        s = kiln__launch(ctx, p->op, CONV_PROGRAM, options, "conv3_wgrad", sizeof args / sizeof args[0], args,
+                         (size_t)nitems, 0);
+    }
+    if (s == KILN_OK && part) s = sum_parts(ctx, p->op, part, np, cout, (int64_t)c * 9, (int64_t)c * 9, p->dw, NULL);
+    /* the in-order queue runs the launches before a later reuse of the copies */
+    kiln_tensor_free(part);
+    if (gp != p->gyb) kiln_tensor_free(gp);
+    if (xp != p->xpad) kiln_tensor_free(xp);
+    p->do_dw = false;
+    return s;
 }
 
 /*
@@ -782,10 +936,10 @@ static kiln_status bwd_direct_dx(bwd_plan *p) {
  * (the sum of gy over images and pixels, [cout]). x (any view) is needed only for dw, w
  * only for dx. Outputs are new tensors (all NULL on failure).
  */
-static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, kiln_tensor *x, kiln_tensor *w,
-                            kiln_tensor *gy, kiln_tensor *dx_bias, kiln_tensor **dx, kiln_tensor **dw,
+static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, kiln_tensor *x, kiln_tensor *xpad,
+                            kiln_tensor *w, kiln_tensor *gy, kiln_tensor *dx_bias, kiln_tensor **dx, kiln_tensor **dw,
                             kiln_tensor **db) {
-    bwd_plan p = {.ctx = ctx, .op = op, .g = g, .x = x, .w = w, .gy = gy, .dx_bias = dx_bias};
+    bwd_plan p = {.ctx = ctx, .op = op, .g = g, .x = x, .xpad = xpad, .w = w, .gy = gy, .dx_bias = dx_bias};
     p.do_dw = dw != NULL;
     p.do_db = db != NULL;
     p.hw = (int64_t)g->ho * g->wo;
@@ -795,8 +949,12 @@ static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, k
     int algo;
     kiln_status s = algo_override(ctx, op, &algo);
     p.dx_done = s == KILN_OK && dx && conv_direct_wanted(ctx, g, algo, true);
+    /* the weight gradient by conv3_wgrad where it applies (after dx: the bordered gy may
+     * serve both) */
+    p.dw_direct = s == KILN_OK && dw && g->n > 0 && conv_direct_wgrad_wanted(ctx, g, algo);
     if (s == KILN_OK) s = bwd_outputs(&p, dx != NULL && !p.dx_done, dw != NULL, db != NULL);
     if (s == KILN_OK && p.dx_done) s = bwd_direct_dx(&p);
+    if (s == KILN_OK && p.dw_direct) s = bwd_direct_dw(&p);
     if (s == KILN_OK && g->n > 0) {
         /* On CPUs the weight gradient is gy_g cols_g^T through kiln's own A B^T kernel,
          * which reads both operands along the pixels: the plain columns of conv_im2col,
@@ -981,8 +1139,8 @@ static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *g
     kiln_status s = KILN_OK;
     /* the bias gradient comes from the permuted gradient when that is made anyway */
     if (want_dx || want_dw)
-        s = conv_bwd(ctx, nd->op, &g, x, w, gout, NULL, want_dx ? &dx : NULL, want_dw ? &dw : NULL,
-                     want_db ? &db : NULL);
+        s = conv_bwd(ctx, nd->op, &g, x, nd->nsaved > 0 ? nd->saved[0] : NULL, w, gout, NULL, want_dx ? &dx : NULL,
+                     want_dw ? &dw : NULL, want_db ? &db : NULL);
     else if (want_db && !(db = bias_grad(ctx, gout)))
         s = ctx->err;
     /* fresh tensors: each becomes the gradient as it is where the slot is empty */
@@ -1005,8 +1163,9 @@ static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln
     kiln_status s = KILN_OK;
     /* gout is the convolution's input: d x = conv(gout, w); d w from (gout, x) with x as
      * the convolution's output gradient; d bias sums gout. */
-    if (kiln__input_needs_grad(nd, 0) && !(dx = conv_fwd(ctx, nd->op, gout, w, NULL, &g))) s = ctx->err;
-    if (s == KILN_OK && kiln__input_needs_grad(nd, 1)) s = conv_bwd(ctx, nd->op, &g, gout, w, x, NULL, NULL, &dw, NULL);
+    if (kiln__input_needs_grad(nd, 0) && !(dx = conv_fwd(ctx, nd->op, gout, w, NULL, &g, NULL))) s = ctx->err;
+    if (s == KILN_OK && kiln__input_needs_grad(nd, 1))
+        s = conv_bwd(ctx, nd->op, &g, gout, NULL, w, x, NULL, NULL, &dw, NULL);
     if (s == KILN_OK && nd->nin > 2 && kiln__input_needs_grad(nd, 2) && !(db = bias_grad(ctx, gout))) s = ctx->err;
     /* fresh tensors: each becomes the gradient as it is where the slot is empty */
     kiln_tensor *got[3] = {dx, dw, db};
@@ -1021,22 +1180,21 @@ static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln
 
 /* Records the op when some input requires grad; frees out and returns NULL on failure. */
 static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln_tensor *x, kiln_tensor *w,
-                           kiln_tensor *bias, const conv_geom *g, kiln__backward_fn fn) {
+                           kiln_tensor *bias, const conv_geom *g, kiln__backward_fn fn, kiln_tensor *xpad) {
     kiln_tensor *in[3] = {x, w, bias};
     int nin = bias ? 3 : 2;
     if (kiln__grad_wanted(ctx, nin, in)) {
         kiln__node *nd = kiln__node_new(ctx, op, out, nin, in, fn);
-        if (!nd) {
-            kiln_tensor_free(out);
-            return NULL;
-        }
-        conv_state *st = KILN__NODE_STATE_NEW(nd, conv_state);
-        if (!st) {
+        conv_state *st = nd ? KILN__NODE_STATE_NEW(nd, conv_state) : NULL;
+        /* the forward's planes of x for the weight gradient (saved[0]; NULL saves nothing) */
+        if (!st || kiln__node_save(nd, xpad) != KILN_OK) {
+            kiln_tensor_free(xpad);
             kiln_tensor_free(out);
             return NULL;
         }
         st->g = *g;
     }
+    kiln_tensor_free(xpad);
     return kiln__finish(ctx, op, out);
 }
 
@@ -1060,9 +1218,11 @@ kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kil
     if (kiln__any_half(3, in3)) return kiln__via_f32(ctx, 3, in3, conv2d_f32, p);
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
-    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, &g);
+    /* the direct route's planes of x are kept for the weight gradient where it is wanted */
+    kiln_tensor *xpad = NULL;
+    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
     if (!out) return NULL;
-    return record(ctx, op, out, x, weight, bias, &g, conv2d_backward);
+    return record(ctx, op, out, x, weight, bias, &g, conv2d_backward, xpad);
 }
 
 static kiln_tensor *conv_transpose2d_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *p) {
@@ -1084,6 +1244,6 @@ kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *w
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, true, &g)) return NULL;
     kiln_tensor *out = NULL;
-    if (conv_bwd(ctx, op, &g, NULL, weight, x, bias, &out, NULL, NULL) != KILN_OK) return NULL;
-    return record(ctx, op, out, x, weight, bias, &g, conv_transpose2d_backward);
+    if (conv_bwd(ctx, op, &g, NULL, NULL, weight, x, bias, &out, NULL, NULL) != KILN_OK) return NULL;
+    return record(ctx, op, out, x, weight, bias, &g, conv_transpose2d_backward, NULL);
 }

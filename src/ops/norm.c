@@ -114,18 +114,21 @@ static bool bn_planes(const kiln_ctx *ctx, const norm_geom *g) {
 }
 
 /* Launches the plane kernel `kernel` with the group kernel's nargs arguments, whose
- * (N, S, gstride, nstride, wmode) at index `at` become (N, C, S): a work-group per channel
+ * (N, S, gstride, nstride, wmode) at index `at` become (N, C, S), then the nextra (at most
+ * 8) arguments of the plane kernels alone (the fused ReLU's): a work-group per channel
  * with nlocal floats of local memory per work-item, or (nlocal 0: the eval forward) a
  * work-item per plane segment. */
 static kiln_status bn_planes_launch(kiln_ctx *ctx, const char *op, const char *kernel, size_t nargs,
-                                    const kiln__karg *args, size_t at, const norm_geom *g, size_t nlocal) {
-    kiln__karg a[NORM_MAX_ARGS + 1];
+                                    const kiln__karg *args, size_t at, const norm_geom *g, size_t nlocal, size_t nextra,
+                                    const kiln__karg *extra) {
+    kiln__karg a[NORM_MAX_ARGS + 8];
     size_t na = 0;
     for (size_t i = 0; i < at; i++) a[na++] = args[i];
     a[na++] = KILN__ARG(g->N);
     a[na++] = KILN__ARG(g->G);
     a[na++] = KILN__ARG(g->S);
     for (size_t i = at + 5; i < nargs; i++) a[na++] = args[i];
+    for (size_t i = 0; i < nextra; i++) a[na++] = extra[i];
     if (nlocal == 0) {
         size_t units = (size_t)g->N * (size_t)g->G * (size_t)((g->S + BN_SEG - 1) / BN_SEG);
         return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, kernel, na, a, units, 0);
@@ -163,6 +166,7 @@ typedef struct norm_state {
     norm_geom g;
     int wmode;  /* KILN_NORM_W_* (cl_kernels/kiln_shared.h) */
     bool train; /* the statistics were computed from x (they depend on it) */
+    bool act;   /* kiln__batch_norm_relu: relu(batch norm + in[3]) (in[3] may be NULL) */
 } norm_state;
 
 /* Dropout: in[0] x; saved[0] the forward's bit mask. */
@@ -181,8 +185,10 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
     cl_int wmode = st->wmode, train = st->train;
     bool need_x = kiln__input_needs_grad(n, 0), need_w = kiln__input_needs_grad(n, 1),
          need_b = kiln__input_needs_grad(n, 2);
+    /* the fused op's residual gets relu's input gradient */
+    bool need_r = st->act && n->nin > 3 && kiln__input_needs_grad(n, 3);
     kiln_status s = KILN_OK;
-    kiln_tensor *dx = NULL, *suma = NULL, *sumb = NULL, *wc = NULL, *dw = NULL, *db = NULL;
+    kiln_tensor *dx = NULL, *suma = NULL, *sumb = NULL, *wc = NULL, *dw = NULL, *db = NULL, *dr = NULL;
 
     wc = w ? contig(ctx, op, w) : NULL;
     if (w && !wc) return ctx->err;
@@ -199,7 +205,8 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         sumb = suma ? kiln__tensor_new(ctx, op, KILN_F32, 1, &G) : NULL;
         if (!sumb) goto done;
     }
-    if (need_x || sums) {
+    if (need_r && !(dr = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape))) goto done;
+    if (need_x || sums || need_r) {
         cl_mem any = x->st->mem;
         cl_int xoff = (cl_int)x->offset, dyoff = (cl_int)gout->offset, dxoff = dx ? (cl_int)dx->offset : 0;
         cl_int has_w = w != NULL, woff = wc ? (cl_int)wc->offset : 0, need_dx = need_x;
@@ -216,18 +223,41 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
                              KILN__ARG(train),      KILN__ARG(need_dx),       KILN__ARG(sums),
                              KILN__ARG(am),         KILN__ARG(aoff),          KILN__ARG(bm),
                              KILN__ARG(boff)};
-        if (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, &g))
-            s = bn_planes_launch(ctx, op, "bn_backward_planes", sizeof args / sizeof args[0], args, 6, &g, 2);
+        /* the fused op: relu's mask from the output (n->out) and the residual's gradient */
+        cl_int act = st->act, ndr = need_r, yvoff = act ? (cl_int)n->out->offset : 0;
+        cl_int droff = dr ? (cl_int)dr->offset : 0;
+        cl_mem yvm = act ? n->out->st->mem : any, drm = dr ? dr->st->mem : any;
+        kiln__karg extra[] = {KILN__ARG(act), KILN__ARG(yvm), KILN__ARG(yvoff),
+                              KILN__ARG(ndr), KILN__ARG(drm), KILN__ARG(droff)};
+        /* (the fused op runs the plane kernels whatever the layout: the forward did) */
+        if (st->act || (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, &g)))
+            s = bn_planes_launch(ctx, op, "bn_backward_planes", sizeof args / sizeof args[0], args, 6, &g, 2,
+                                 sizeof extra / sizeof extra[0], extra);
         else
             s = norm_launch(ctx, op, "norm_backward", sizeof args / sizeof args[0], args, g.G, (int64_t)g.N * g.S, 2);
         if (s != KILN_OK) goto done;
     }
     if (need_x) {
-        if ((s = kiln__accum(ctx, n, 0, dx)) != KILN_OK) goto done;
+        s = kiln__accum_owned(ctx, n, 0, dx);
+        dx = NULL; /* given up either way */
+        if (s != KILN_OK) goto done;
+    }
+    if (need_r) {
+        s = kiln__accum_owned(ctx, n, 3, dr);
+        dr = NULL;
+        if (s != KILN_OK) goto done;
     }
     if (sums) {
-        if (need_w && (s = kiln__accum(ctx, n, 1, sumb)) != KILN_OK) goto done;
-        if (need_b && (s = kiln__accum(ctx, n, 2, suma)) != KILN_OK) goto done;
+        if (need_w) {
+            s = kiln__accum_owned(ctx, n, 1, sumb);
+            sumb = NULL;
+            if (s != KILN_OK) goto done;
+        }
+        if (need_b) {
+            s = kiln__accum_owned(ctx, n, 2, suma);
+            suma = NULL;
+            if (s != KILN_OK) goto done;
+        }
     }
     if (wmode == KILN_NORM_W_ELEM && (need_w || need_b)) {
         /* layer norm: column sums over the rows, [R, D] with R = G, D = S */
@@ -260,12 +290,21 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         s = kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "ln_param_grad", sizeof args / sizeof args[0], args,
                          (size_t)g.S, 0);
         if (s != KILN_OK) goto done;
-        if (need_w && (s = kiln__accum(ctx, n, 1, dw)) != KILN_OK) goto done;
-        if (need_b && (s = kiln__accum(ctx, n, 2, db)) != KILN_OK) goto done;
+        if (need_w) {
+            s = kiln__accum_owned(ctx, n, 1, dw);
+            dw = NULL;
+            if (s != KILN_OK) goto done;
+        }
+        if (need_b) {
+            s = kiln__accum_owned(ctx, n, 2, db);
+            db = NULL;
+            if (s != KILN_OK) goto done;
+        }
     }
 done:
     if (s == KILN_OK && ctx->err != KILN_OK) s = ctx->err;
     kiln_tensor_free(dx);
+    kiln_tensor_free(dr);
     kiln_tensor_free(suma);
     kiln_tensor_free(sumb);
     kiln_tensor_free(dw);
@@ -282,7 +321,8 @@ done:
  */
 static kiln_tensor *norm_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *xc, kiln_tensor *w,
                              kiln_tensor *wc, kiln_tensor *b, kiln_tensor *bc, const norm_geom *g, int wmode,
-                             bool train, kiln_tensor *rm, kiln_tensor *rv, bool update, float momentum, float eps) {
+                             bool train, kiln_tensor *rm, kiln_tensor *rv, bool update, float momentum, float eps,
+                             bool act, kiln_tensor *r, kiln_tensor *rc) {
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
     if (!out) return NULL;
     int64_t G = g->G;
@@ -331,21 +371,26 @@ static kiln_tensor *norm_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
         args[na++] = KILN__ARG(rvm);
         args[na++] = KILN__ARG(rvoff);
         args[na++] = KILN__ARG(rvstr);
+        cl_int cact = act, has_r = rc != NULL, resoff = rc ? (cl_int)rc->offset : 0;
+        cl_mem resm = rc ? rc->st->mem : any;
+        kiln__karg extra[] = {KILN__ARG(cact), KILN__ARG(has_r), KILN__ARG(resm), KILN__ARG(resoff)};
         kiln_status ls;
+        /* (the fused op only comes here where the plane kernels apply) */
         if (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, g))
             ls = bn_planes_launch(ctx, op, train ? "bn_forward_planes" : "bn_forward_eval_planes", na, args, 4, g,
-                                  train ? 3 : 0);
+                                  train ? 3 : 0, sizeof extra / sizeof extra[0], extra);
         else
             ls = norm_launch(ctx, op, train ? "norm_forward" : "norm_forward_eval", na, args, g->G,
                              (int64_t)g->N * g->S, train ? 1 : 0);
         if (ls != KILN_OK) goto fail;
     }
-    kiln_tensor *in[3] = {x, w, b};
-    if (kiln__grad_wanted(ctx, 3, in)) {
-        kiln__node *n = kiln__node_new(ctx, op, out, 3, in, norm_backward_fn);
+    kiln_tensor *in[4] = {x, w, b, r};
+    int nin = r ? 4 : 3;
+    if (kiln__grad_wanted(ctx, nin, in)) {
+        kiln__node *n = kiln__node_new(ctx, op, out, nin, in, norm_backward_fn);
         norm_state *st = n ? KILN__NODE_STATE_NEW(n, norm_state) : NULL;
         if (!st) goto fail;
-        *st = (norm_state){*g, wmode, train};
+        *st = (norm_state){*g, wmode, train, act};
         if (kiln__node_save(n, xc) != KILN_OK || kiln__node_save(n, mean) != KILN_OK ||
             kiln__node_save(n, rstd) != KILN_OK)
             goto fail;
@@ -389,9 +434,12 @@ static kiln_tensor *batch_norm_f32(kiln_ctx *ctx, kiln_tensor *const *in, const 
     return kiln_batch_norm(ctx, in[0], a->running_mean, a->running_var, in[1], in[2], a->training, a->momentum, a->eps);
 }
 
-kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running_mean, kiln_tensor *running_var,
-                             kiln_tensor *weight, kiln_tensor *bias, bool training, float momentum, float eps) {
-    static const char op[] = "kiln_batch_norm";
+/* kiln_batch_norm, or with act (kiln__batch_norm_relu, which has checked that the plane
+ * kernels apply and that r, when given, is an f32 tensor of x's shape) relu(batch norm + r)
+ * as one op. */
+static kiln_tensor *bn_impl(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *running_mean,
+                            kiln_tensor *running_var, kiln_tensor *weight, kiln_tensor *bias, bool training,
+                            float momentum, float eps, bool act, kiln_tensor *r) {
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
     kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
     if (xf != x) {
@@ -399,10 +447,6 @@ kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running
         kiln_tensor_free(xf);
         return res;
     }
-    kiln_tensor *hin[3] = {x, weight, bias};
-    if (kiln__any_half(3, hin)) /* through f32 copies; the running statistics stay f32, updated in place */
-        return kiln__half_fallback(ctx, 3, hin, batch_norm_f32,
-                                   &(bn_args){running_mean, running_var, training, momentum, eps});
     /* optional tensors: only another context is an error (NULL means absent) */
     kiln_tensor *opt[4] = {running_mean, running_var, weight, bias};
     for (int j = 0; j < 4; j++) {
@@ -448,16 +492,56 @@ kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running
     kiln_tensor *xc = contig(ctx, op, x);
     kiln_tensor *wc = xc && weight ? contig(ctx, op, weight) : NULL;
     kiln_tensor *bc = xc && bias ? contig(ctx, op, bias) : NULL;
+    kiln_tensor *rc = xc && r ? contig(ctx, op, r) : NULL;
     kiln_tensor *out = NULL;
-    if (xc && (!weight || wc) && (!bias || bc)) {
+    if (xc && (!weight || wc) && (!bias || bc) && (!r || rc)) {
         norm_geom g = {(cl_int)C, (cl_int)N, (cl_int)S, (cl_int)S, (cl_int)(C * S)};
         out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, KILN_NORM_W_GROUP, training, running_mean, running_var,
-                       training && running_mean, momentum, eps);
+                       training && running_mean, momentum, eps, act, r, rc);
     }
     free_copy(xc, x);
     free_copy(wc, weight);
     free_copy(bc, bias);
+    free_copy(rc, r);
     return kiln__finish(ctx, op, out);
+}
+
+kiln_tensor *kiln_batch_norm(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *running_mean, kiln_tensor *running_var,
+                             kiln_tensor *weight, kiln_tensor *bias, bool training, float momentum, float eps) {
+    kiln_tensor *hin[3] = {x, weight, bias};
+    if (ctx && kiln__any_half(3, hin)) /* through f32 copies; the running statistics stay f32, updated in place */
+        return kiln__half_fallback(ctx, 3, hin, batch_norm_f32,
+                                   &(bn_args){running_mean, running_var, training, momentum, eps});
+    return bn_impl(ctx, "kiln_batch_norm", x, running_mean, running_var, weight, bias, training, momentum, eps, false,
+                   NULL);
+}
+
+kiln_tensor *kiln__batch_norm_relu(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *residual, kiln_tensor *running_mean,
+                                   kiln_tensor *running_var, kiln_tensor *weight, kiln_tensor *bias, bool training,
+                                   float momentum, float eps) {
+    if (!kiln__check_inputs(ctx, "kiln_batch_norm", 1, &x)) return NULL;
+    if (residual && !kiln__check_inputs(ctx, "kiln_add", 1, &residual)) return NULL;
+    /* one op where the plane kernels run: f32, [N, C, ...] with N >= 1 and planes long
+     * enough, the residual an f32 tensor of x's shape */
+    bool fuse = x->dtype == KILN_F32 && x->ndim >= 2 &&
+                (!residual || (residual->dtype == KILN_F32 && residual->ndim == x->ndim &&
+                               memcmp(residual->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim) == 0));
+    if (fuse) {
+        int64_t S = 1;
+        for (int d = 2; d < x->ndim; d++) S *= x->shape[d];
+        norm_geom g = {(cl_int)x->shape[1], (cl_int)x->shape[0], (cl_int)S, (cl_int)S, (cl_int)(x->shape[1] * S)};
+        fuse = x->shape[0] * x->shape[1] * S <= INT32_MAX && bn_planes(ctx, &g);
+    }
+    if (fuse)
+        return bn_impl(ctx, "kiln_batch_norm_relu", x, running_mean, running_var, weight, bias, training, momentum, eps,
+                       true, residual);
+    kiln_tensor *y = kiln_batch_norm(ctx, x, running_mean, running_var, weight, bias, training, momentum, eps);
+    kiln_tensor *sum = residual && y ? kiln_add(ctx, y, residual) : NULL;
+    kiln_tensor *out = kiln_relu(ctx, residual ? sum : y);
+    /* (the nodes keep what their backward needs) */
+    kiln_tensor_free(sum);
+    kiln_tensor_free(y);
+    return out;
 }
 
 /* ---- layer norm ---------------------------------------------------------------------------- */
@@ -525,7 +609,8 @@ kiln_tensor *kiln_layer_norm(kiln_ctx *ctx, kiln_tensor *x, int nnorm, kiln_tens
     if (xc && (!weight || wc) && (!bias || bc)) {
         /* an empty row has nothing to normalise: no groups */
         norm_geom g = {(cl_int)(D > 0 ? R : 0), 1, (cl_int)D, (cl_int)D, 0};
-        out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, KILN_NORM_W_ELEM, true, NULL, NULL, false, 0.0f, eps);
+        out = norm_run(ctx, op, x, xc, weight, wc, bias, bc, &g, KILN_NORM_W_ELEM, true, NULL, NULL, false, 0.0f, eps,
+                       false, NULL, NULL);
     }
     free_copy(xc, x);
     free_copy(wc, weight);

@@ -196,4 +196,11 @@ kiln_tensor *kiln__linear_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
 /* relu's gradient g where v <= 0 is 0 (activation.c's relu_bwd): v the input or the output
  * of the ReLU (the same test); a new f32 tensor of g's shape. */
 kiln_tensor *kiln__relu_grad(kiln_ctx *ctx, const char *op, kiln_tensor *g, kiln_tensor *v);
+
+/* relu(kiln_batch_norm(x, ...) + residual) (residual NULL: relu(batch norm)), the same
+ * numbers as those three ops: one op over one pass where batch norm's plane kernels run
+ * (src/ops/norm.c), the three ops elsewhere. For the residual blocks of src/nn/models.c. */
+kiln_tensor *kiln__batch_norm_relu(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *residual, kiln_tensor *running_mean,
+                                   kiln_tensor *running_var, kiln_tensor *weight, kiln_tensor *bias, bool training,
+                                   float momentum, float eps);
 #endif
