@@ -115,16 +115,29 @@
 #define NN_T KCAT(float, NN_VW)
 #define NN_STOREV KCAT(vstore, NN_VW)
 
-/* The lanes of v summed in order, through a private array: Oclgrind 21.10 loses track of
- * which lanes are initialised through .lo/.hi halves of a vector (it reported the sums as
- * uninitialised); the sum runs once per output, so its shape costs nothing. */
+/* The lanes of v summed as a tree of half-vector adds (a few shuffles and vector adds per
+ * output instead of a store and NT_VW - 1 dependent scalar adds): with a short K the sums
+ * are a large part of a work-item's time (README.md, "Speed"). A float16's halves are
+ * read back from a private copy: Oclgrind 21.10 loses track of which lanes are
+ * initialised through .lo/.hi of a 16-lane vector (it reported the sums as uninitialised;
+ * LLVM turns the copy back into shuffles). */
 static float nt_hsum(NT_T v) {
-    float t[NT_VW];
-    KCAT(vstore, NT_VW)(v, 0, t);
-    float s = t[0];
-#pragma unroll
-    for (int i = 1; i < NT_VW; i++) s += t[i];
-    return s;
+#if NT_VW == 2
+    return v.x + v.y;
+#else
+#if NT_VW == 16
+    float t[16];
+    vstore16(v, 0, t);
+    float8 h8 = vload8(0, t) + vload8(1, t);
+    float4 h4 = h8.lo + h8.hi;
+#elif NT_VW == 8
+    float4 h4 = v.lo + v.hi;
+#else
+    float4 h4 = v;
+#endif
+    float2 h2 = h4.lo + h4.hi;
+    return h2.x + h2.y;
+#endif
 }
 
 /* gemm_nt: row-major C = alpha A B^T + beta C, A [M, K] and B [N, K] both with K

@@ -143,29 +143,27 @@ static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
 
 /* Work-groups: gemm_nt's are nt_groups[set] (blocks along M x along N) of neighbouring
  * blocks sharing rows of A and B; gemm_nn's NN_LY column blocks of one row block, sharing
- * A's rows. POCL runs a group's items one after another on one thread. With haswell code
- * the avx2 set's gemm_nt took 30-40% more CPU time in 4 x 4 groups than in groups of one
- * item (fc1 forward, conv2's weight gradient, 1024^3 A B^T), while the avx512 set ran fc1
- * forward fastest in 4 x 4 (README.md, "Speed"). The neon and vec4 sets keep 4 x 4
- * (unmeasured); odd-b's odd group checks the launch's rounding. */
+ * A's rows. POCL runs a group's items one after another on one thread, and each group
+ * costs a dispatch: with a short K (the LSTM's 2048 x 1024 x 128 A B^T) groups of one item
+ * spent a third of their time there. The avx2 set once ran its gemm_nt 30-40% slower in
+ * 4 x 4 groups than in groups of one; that was with the lane sums through a private array
+ * (nt_hsum in gemm.cl); with the tree of vector adds 4 x 4 was as fast or faster on every
+ * shape timed (README.md, "Speed"). (1 x 4 and 4 x 1 ran some shapes at half speed: POCL
+ * compiles each group shape on its own.) The neon and vec4 sets keep 4 x 4 (unmeasured);
+ * odd-b's odd group checks the launch's rounding. */
 #define NT_GROUP_MAX 4
 static const size_t nt_groups[KILN__GEMM_SETS][2] = {
-    [SET_AVX512] = {4, 4}, [SET_AVX2] = {1, 1}, [SET_NEON] = {4, 4}, [SET_VEC4] = {4, 4}, {4, 4}, {2, 3},
+    [SET_AVX512] = {4, 4}, [SET_AVX2] = {4, 4}, [SET_NEON] = {4, 4}, [SET_VEC4] = {4, 4}, {4, 4}, {2, 3},
 };
 #define NN_LY 8
 
-/* gemm_nt's work-group for p: its table entry's, or for a set kiln tune stored (a copy),
- * the group of the set the device's table gives it (the same instruction set). */
-static void nt_group(kiln_ctx *ctx, const kiln__gemm_params *p, size_t *lx, size_t *ly) {
-    int s = -1;
+/* The table entry p is, or for a set kiln tune stored (a copy), the entry the device's
+ * table gives it (the same instruction set): the index of nt_groups and pad_reuse. */
+static int set_of(kiln_ctx *ctx, const kiln__gemm_params *p) {
     for (int i = 0; i < KILN__GEMM_SETS; i++)
-        if (p == &kiln__gemm_sets[i]) s = i;
-    if (s < 0) {
-        if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
-        s = ctx->gemm_table_set - 1;
-    }
-    *lx = nt_groups[s][0];
-    *ly = nt_groups[s][1];
+        if (p == &kiln__gemm_sets[i]) return i;
+    if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
+    return ctx->gemm_table_set - 1;
 }
 
 /* The kernel's view of a product: gemm_nt for A B^T, gemm_nn for op(A) B, and for A^T B^T
@@ -219,18 +217,26 @@ bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, s
  * the 1024^3 product ran at ~0.6x OpenBLAS, N = 1040 at 0.94-1.69x (README.md, "Speed").
  * A copy with a padded leading dim costs a read and a write of the operand, against the
  * kernel's `reuse` reads of it (row blocks reading B's panels, column blocks A^T's): it
- * pays when the operand is read many times and its panels are long enough to be evicted.
- * At 8 reads (the reference CNN's conv2 forward, 64 x 36864 x 288, with the avx512 set)
- * the copy cost AVX-512 code more than it saved (README.md, "Speed"), hence 16.
+ * pays when the operand is read at least `min_reuse` times and K is not short. A^T pays at
+ * any reuse (gemm_nn reads NN_RM floats of each of its rows per k: without the copy,
+ * 1024 x 1 x 2048 A^T B took 3x, 1024 x 128 x 2048 2x the time); B at 8 reads with the
+ * avx2 set (the reference CNN's fc1 gradients: 25% less time), while at 8 reads the
+ * avx512 set's copy of B cost more than it saved (conv2 forward, 64 x 36864 x 288, before
+ * convolutions were chunked), hence 16 there (pad_reuse below).
  * KILN_GEMM_PAD=off|on overrides (for measurements and tests).
  */
-bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse) {
+bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse) {
     const char *e = getenv("KILN_GEMM_PAD");
     bool conflict = ld % 1024 == 0;
     if (e && strcmp(e, "off") == 0) return false;
     if (e && strcmp(e, "on") == 0) return conflict && k > 0;
-    return conflict && k >= 128 && reuse >= 16;
+    return conflict && k >= 64 && reuse >= min_reuse;
 }
+
+/* The reads of B below which gemm_nn reads it in place, per set (kiln__gemm_pad_wanted) */
+static const size_t pad_reuse[KILN__GEMM_SETS] = {
+    [SET_AVX512] = 16, [SET_AVX2] = 8, [SET_NEON] = 8, [SET_VEC4] = 8, 8, 8,
+};
 
 /* The padded leading dim of a copy of rows of `cols` floats: whole 64-byte lines, and not a
  * multiple of 1024 bytes. */
@@ -312,7 +318,7 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     }
     cl_int cm = (cl_int)v.m, cn = (cl_int)v.n, ck = (cl_int)k, nb = (cl_int)blocks(v.n, v.bn), cb = (cl_int)batch;
     size_t lx = 1, ly = NN_LY, cap = 0;
-    if (v.nt) nt_group(ctx, p, &lx, &ly);
+    if (v.nt) lx = nt_groups[set_of(ctx, p)][0], ly = nt_groups[set_of(ctx, p)][1];
     /* a device (or a kernel of many registers) that allows smaller groups gets them */
     if (kiln__tree_wg(ctx, GEMM_PROGRAM, options, v.nt ? "gemm_nt" : "gemm_nn", 0, &cap) != KILN_OK) return ctx->err;
     while (lx * ly > cap) {
@@ -339,12 +345,12 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     kiln_tensor *pa = NULL, *pb = NULL;
     kiln_status st = KILN_OK;
     /* (gemm_copy moves floats: half operands are read in place) */
-    if (!half && ta && kiln__gemm_pad_wanted(lda, k, blocks(v.n, v.bn))) {
+    if (!half && ta && kiln__gemm_pad_wanted(lda, k, blocks(v.n, v.bn), 1)) {
         size_t dld;
         st = pad_copy(ctx, op, options, k, v.m, batch, a, aoff, lda, astride, &pa, &dld);
         if (st == KILN_OK) a = pa->st->mem, aoff = (size_t)pa->offset, lda = dld, astride = k * dld;
     }
-    if (st == KILN_OK && !half && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm))) {
+    if (st == KILN_OK && !half && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm), pad_reuse[set_of(ctx, p)])) {
         size_t dld;
         st = pad_copy(ctx, op, options, k, v.n, batch, b, boff, ldb, bstride, &pb, &dld);
         if (st == KILN_OK) b = pb->st->mem, boff = (size_t)pb->offset, ldb = dld, bstride = k * dld;
