@@ -386,3 +386,19 @@ __kernel void gemm_copy(int rows, int cols, int batch, __global const float *src
     for (; c + 16 <= cols; c += 16) vstore16(vload16(0, s + c), 0, d + c);
     for (; c < cols; c++) d[c] = s[c];
 }
+
+/* gemm_transpose: dst = src^T for `batch` matrices: src rows x cols at soff + b * sstride with
+ * leading dim sld, dst cols x rows from doff with leading dim dld (>= rows; batch b at
+ * doff + b * cols * dld). src/ops/gemm.c turns a large A B^T with a short K into A (B^T)
+ * through it: gemm_nn ran such products in two thirds of gemm_nt's time, and the copy of B
+ * is small beside them. One work-item per row of dst (a column of src); neighbouring
+ * work-items read the same cache lines of src one after another. */
+__kernel void gemm_transpose(int rows, int cols, int batch, __global const float *src, ulong soff, ulong sld,
+                             ulong sstride, __global float *dst, ulong doff, ulong dld) {
+    int g = (int)get_global_id(0);
+    if (g >= cols * batch) return;
+    int bi = g / cols, c = g - bi * cols;
+    const __global float *s = src + soff + (ulong)bi * sstride + c;
+    __global float *d = dst + doff + ((ulong)bi * (ulong)cols + (ulong)c) * dld;
+    for (int r = 0; r < rows; r++) d[r] = s[(ulong)r * sld];
+}

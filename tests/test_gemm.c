@@ -230,6 +230,30 @@ static void test_padded(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
+/* A B^T with M >= 512 and K <= 512 runs as gemm_nn on a transposed copy of B
+ * (gemm_transpose, src/ops/gemm.c's nt_as_nn): every set, M, N and K ragged against the
+ * blocks, alone and batched at offsets with padded leading dims and strides; such a linear
+ * layer adds its bias in a kernel of its own (kiln__gemm_bias_takes says no). */
+static void test_nt_as_nn(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    CHECK(!kiln__gemm_bias_takes(ctx, false, true, 515, 37, 45, 1) &&
+              kiln__gemm_bias_takes(ctx, false, true, 511, 37, 45, 1) &&
+              kiln__gemm_bias_takes(ctx, false, true, 515, 37, 513, 1),
+          "kiln__gemm_bias_takes: not as nt_as_nn's rule (M >= 512, K <= 512) says");
+    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        char what[96];
+        snprintf(what, sizeof what, "set %s: A B^T as A (B^T)", kiln__gemm_sets[s].name);
+        gcase g = geom(false, true, 515, 37, 45, 1, alphas[s % 3], betas[s % 3], 0, 0, 0);
+        run_case(ctx, what, &g);
+        snprintf(what, sizeof what, "set %s: A B^T as A (B^T) batched", kiln__gemm_sets[s].name);
+        g = geom(false, true, 513, 19, g_small ? 70 : 512, 2, alphas[(s + 1) % 3], betas[(s + 1) % 3], 5, 3, 9);
+        run_case(ctx, what, &g);
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
 /* A padded copy the pool cannot hold fails the product with the pool's message naming
  * the op; a copy made before it is given back (A^T B copies A, then B). */
 static void test_pad_oom(kiln_ctx *ctx) {
@@ -488,6 +512,7 @@ static void run(kiln_ctx *ctx) {
     test_route(ctx);
     test_sets(ctx);
     test_padded(ctx);
+    test_nt_as_nn(ctx);
     test_pad_oom(ctx);
     test_views(ctx);
     test_linear_bias(ctx);
