@@ -271,6 +271,8 @@ static kiln_status pad_copy(kiln_ctx *ctx, const char *op, const char *options, 
  * 7.1 -> 4.4 ms. */
 static bool nt_as_nn(size_t m, size_t k) { return m >= 512 && k <= 512; }
 
+bool kiln__gemm_nt_runs(bool ta, bool tb, size_t m, size_t k) { return tb && !ta && !nt_as_nn(m, k); }
+
 bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch) {
     if (ta || !tb || !kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, 0.0f)) return false;
     /* products that run as gemm_nn (which has no bias store) take the bias in a kernel of its
