@@ -254,6 +254,31 @@ static void test_nt_as_nn(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
+/* K > 1024 through gemm_nn in slices of 512 k adding into C (src/ops/gemm.c,
+ * ksplit_wanted): every set and each transpose that gemm_nn runs, m, n and the last slice
+ * ragged, beta 0 (C's NaNs never read) and not, alone and batched at offsets. */
+static void test_ksplit(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    static const int forms[3] = {0, 1, 3}; /* A B, A^T B, A^T B^T */
+    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        for (int i = g_small ? 1 : 0; i < (g_small ? 2 : 3); i++) {
+            int f = forms[i];
+            bool ta = f & 1, tb = f & 2;
+            char what[96];
+            snprintf(what, sizeof what, "set %s: %s, K in slices", kiln__gemm_sets[s].name, tnames[f]);
+            gcase g = geom(ta, tb, 67, 70, 1100, 1, alphas[(s + i) % 3], betas[(s + i) % 3], 0, 0, 0);
+            run_case(ctx, what, &g);
+            if (g_small) continue;
+            snprintf(what, sizeof what, "set %s: %s, K in slices, batched", kiln__gemm_sets[s].name, tnames[f]);
+            g = geom(ta, tb, 65, 64, 1537, 2, alphas[(s + i + 1) % 3], betas[(s + i + 1) % 3], 5, 3, 9);
+            run_case(ctx, what, &g);
+        }
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
 /* A padded copy the pool cannot hold fails the product with the pool's message naming
  * the op; a copy made before it is given back (A^T B copies A, then B). */
 static void test_pad_oom(kiln_ctx *ctx) {
@@ -513,6 +538,7 @@ static void run(kiln_ctx *ctx) {
     test_sets(ctx);
     test_padded(ctx);
     test_nt_as_nn(ctx);
+    test_ksplit(ctx);
     test_pad_oom(ctx);
     test_views(ctx);
     test_linear_bias(ctx);

@@ -403,10 +403,35 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     return st;
 }
 
+/* Whether an f32 product through gemm_nn runs as slices of KSPLIT values of k, the first
+ * with the caller's beta and the others adding into C (beta 1). gemm_nn reads a K x NN_LY
+ * column blocks panel of B per work-group, reused by every row block: with K = 2048 that
+ * panel (1 MiB for the avx2 set, 2 MiB for avx512) no longer stays in a core's L2 from one
+ * row block to the next. In slices of 512 (one thread, haswell code): the LSTM's
+ * 1024 x 256 x 2048 A^T B 11-13 -> 8.8-9.2 ms, 1024 x 128 x 2048 5.1-6.3 -> 4.5; avx512
+ * 7.5-8.2 -> 4.3-4.8 and 2.8-4.2 -> 2.3-2.6, 2048^3 A^T B^T 92-100 -> 78-84 (README.md,
+ * "Speed"). Products narrower than 64 (a matrix-vector product) read no panel twice and
+ * only gain launches. A B^T runs in gemm_nt, whose work-items read their rows once. */
+#define KSPLIT 512
+static bool ksplit_wanted(bool ta, bool tb, size_t m, size_t n, size_t k) {
+    return k > 2 * KSPLIT && m >= 64 && n >= 64 && !(tb && !ta);
+}
+
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
                            size_t batch) {
+    /* a long K through gemm_nn in slices of KSPLIT k, each adding into C (ksplit_wanted) */
+    if (ksplit_wanted(ta, tb, m, n, k)) {
+        for (size_t k0 = 0; k0 < k; k0 += KSPLIT) {
+            size_t kn = k - k0 < KSPLIT ? k - k0 : KSPLIT;
+            kiln_status st = gemm_run(ctx, op, ta, tb, m, n, kn, alpha, a, aoff + (ta ? k0 * lda : k0), lda, astride, b,
+                                      boff + (tb ? k0 : k0 * ldb), ldb, bstride, k0 ? 1.0f : beta, c, coff, ldc,
+                                      cstride, batch, NULL, 0, 0, NULL);
+            if (st != KILN_OK) return st;
+        }
+        return KILN_OK;
+    }
     return gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
                     cstride, batch, NULL, 0, 0, NULL);
 }
