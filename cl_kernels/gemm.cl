@@ -116,16 +116,29 @@
 #define NN_T KCAT(float, NN_VW)
 #define NN_STOREV KCAT(vstore, NN_VW)
 
-/* The lanes of v summed in order, through a private array: Oclgrind 21.10 loses track of
- * which lanes are initialised through .lo/.hi halves of a vector (it reported the sums as
- * uninitialised); the sum runs once per output, so its shape costs nothing. */
+/* The lanes of v summed as a tree of half-vector adds (a few shuffles and vector adds per
+ * output instead of a store and NT_VW - 1 dependent scalar adds): with a short K the sums
+ * are a large part of a work-item's time (README.md, "Speed"). A float16's halves are
+ * read back from a private copy: Oclgrind 21.10 loses track of which lanes are
+ * initialised through .lo/.hi of a 16-lane vector (it reported the sums as uninitialised;
+ * LLVM turns the copy back into shuffles). */
 static float nt_hsum(NT_T v) {
-    float t[NT_VW];
-    KCAT(vstore, NT_VW)(v, 0, t);
-    float s = t[0];
-#pragma unroll
-    for (int i = 1; i < NT_VW; i++) s += t[i];
-    return s;
+#if NT_VW == 2
+    return v.x + v.y;
+#else
+#if NT_VW == 16
+    float t[16];
+    vstore16(v, 0, t);
+    float8 h8 = vload8(0, t) + vload8(1, t);
+    float4 h4 = h8.lo + h8.hi;
+#elif NT_VW == 8
+    float4 h4 = v.lo + v.hi;
+#else
+    float4 h4 = v;
+#endif
+    float2 h2 = h4.lo + h4.hi;
+    return h2.x + h2.y;
+#endif
 }
 
 /* gemm_nt: row-major C = alpha A B^T + beta C, A [M, K] and B [N, K] both with K
@@ -377,4 +390,20 @@ __kernel void gemm_copy(int rows, int cols, int batch, __global const float *src
     int c = 0;
     for (; c + 16 <= cols; c += 16) vstore16(vload16(0, s + c), 0, d + c);
     for (; c < cols; c++) d[c] = s[c];
+}
+
+/* gemm_transpose: dst = src^T for `batch` matrices: src rows x cols at soff + b * sstride with
+ * leading dim sld, dst cols x rows from doff with leading dim dld (>= rows; batch b at
+ * doff + b * cols * dld). src/ops/gemm.c turns a large A B^T with a short K into A (B^T)
+ * through it: gemm_nn ran such products in two thirds of gemm_nt's time, and the copy of B
+ * is small beside them. One work-item per row of dst (a column of src); neighbouring
+ * work-items read the same cache lines of src one after another. */
+__kernel void gemm_transpose(int rows, int cols, int batch, __global const float *src, ulong soff, ulong sld,
+                             ulong sstride, __global float *dst, ulong doff, ulong dld) {
+    int g = (int)get_global_id(0);
+    if (g >= cols * batch) return;
+    int bi = g / cols, c = g - bi * cols;
+    const __global float *s = src + soff + (ulong)bi * sstride + c;
+    __global float *d = dst + doff + ((ulong)bi * (ulong)cols + (ulong)c) * dld;
+    for (int r = 0; r < rows; r++) d[r] = s[(ulong)r * sld];
 }

@@ -128,6 +128,10 @@ typedef struct kiln_idx_geom {
  * count parameters' elements are [start[k], start[k+1]) of the global range; poff, goff and
  * soff[slot] are the offsets of parameter k, its gradient and its state tensors. */
 #define KILN_OPT_MULTI 8
+/* Elements per work-item of a multi-tensor launch (its global size is the elements over
+ * this, rounded up): a loop over one parameter's elements, which the compiler vectorises,
+ * instead of one element per work-item, each finding its parameter and buffers. */
+#define KILN_OPT_CHUNK 64
 typedef struct kiln_opt_table {
     kiln_i32 count;
     kiln_i32 start[KILN_OPT_MULTI + 1];

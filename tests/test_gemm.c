@@ -193,9 +193,10 @@ static void test_sets(kiln_ctx *ctx) {
  * odd one), =off never; then the automatic choice on shapes large enough to pad. */
 static void test_padded(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 1;
-    CHECK(kiln__gemm_pad_wanted(1024, 130, 16) && kiln__gemm_pad_wanted(2048, 130, 40) &&
-              !kiln__gemm_pad_wanted(1040, 130, 40) && !kiln__gemm_pad_wanted(1024, 16, 40) &&
-              !kiln__gemm_pad_wanted(1024, 130, 8),
+    CHECK(kiln__gemm_pad_wanted(1024, 130, 16, 16) && kiln__gemm_pad_wanted(2048, 130, 40, 16) &&
+              !kiln__gemm_pad_wanted(1040, 130, 40, 16) && !kiln__gemm_pad_wanted(1024, 16, 40, 16) &&
+              !kiln__gemm_pad_wanted(1024, 130, 8, 16) && kiln__gemm_pad_wanted(1024, 130, 8, 8) &&
+              kiln__gemm_pad_wanted(1024, 64, 1, 1) && !kiln__gemm_pad_wanted(1024, 63, 1, 1),
           "kiln__gemm_pad_wanted: not as the tests below assume");
     static const char *const passes[4] = {"KILN_GEMM_PAD=on", "KILN_GEMM_PAD=on, set odd-b", "KILN_GEMM_PAD=off",
                                           "automatic"};
@@ -225,6 +226,55 @@ static void test_padded(kiln_ctx *ctx) {
     }
     kiln_sync(ctx);
     unsetenv("KILN_GEMM_PAD");
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
+/* A B^T with M >= 512 and K <= 512 runs as gemm_nn on a transposed copy of B
+ * (gemm_transpose, src/ops/gemm.c's nt_as_nn): every set, M, N and K ragged against the
+ * blocks, alone and batched at offsets with padded leading dims and strides; such a linear
+ * layer adds its bias in a kernel of its own (kiln__gemm_bias_takes says no). */
+static void test_nt_as_nn(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    CHECK(!kiln__gemm_bias_takes(ctx, false, true, 515, 37, 45, 1) &&
+              kiln__gemm_bias_takes(ctx, false, true, 511, 37, 45, 1) &&
+              kiln__gemm_bias_takes(ctx, false, true, 515, 37, 513, 1),
+          "kiln__gemm_bias_takes: not as nt_as_nn's rule (M >= 512, K <= 512) says");
+    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        char what[96];
+        snprintf(what, sizeof what, "set %s: A B^T as A (B^T)", kiln__gemm_sets[s].name);
+        gcase g = geom(false, true, 515, 37, 45, 1, alphas[s % 3], betas[s % 3], 0, 0, 0);
+        run_case(ctx, what, &g);
+        snprintf(what, sizeof what, "set %s: A B^T as A (B^T) batched", kiln__gemm_sets[s].name);
+        g = geom(false, true, 513, 19, g_small ? 70 : 512, 2, alphas[(s + 1) % 3], betas[(s + 1) % 3], 5, 3, 9);
+        run_case(ctx, what, &g);
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
+/* K > 1024 through gemm_nn in slices of 512 k adding into C (src/ops/gemm.c,
+ * ksplit_wanted): every set and each transpose that gemm_nn runs, m, n and the last slice
+ * ragged, beta 0 (C's NaNs never read) and not, alone and batched at offsets. */
+static void test_ksplit(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    static const int forms[3] = {0, 1, 3}; /* A B, A^T B, A^T B^T */
+    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        for (int i = g_small ? 1 : 0; i < (g_small ? 2 : 3); i++) {
+            int f = forms[i];
+            bool ta = f & 1, tb = f & 2;
+            char what[96];
+            snprintf(what, sizeof what, "set %s: %s, K in slices", kiln__gemm_sets[s].name, tnames[f]);
+            gcase g = geom(ta, tb, 67, 70, 1100, 1, alphas[(s + i) % 3], betas[(s + i) % 3], 0, 0, 0);
+            run_case(ctx, what, &g);
+            if (g_small) continue;
+            snprintf(what, sizeof what, "set %s: %s, K in slices, batched", kiln__gemm_sets[s].name, tnames[f]);
+            g = geom(ta, tb, 65, 64, 1537, 2, alphas[(s + i + 1) % 3], betas[(s + i + 1) % 3], 5, 3, 9);
+            run_case(ctx, what, &g);
+        }
+    }
     kiln__hooks_of(ctx)->gemm_params = 0;
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
@@ -502,6 +552,8 @@ static void run(kiln_ctx *ctx) {
     test_route(ctx);
     test_sets(ctx);
     test_padded(ctx);
+    test_nt_as_nn(ctx);
+    test_ksplit(ctx);
     test_pad_oom(ctx);
     test_views(ctx);
     test_linear_bias(ctx);

@@ -389,8 +389,8 @@ static int gemm_one(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool 
     /* which GEMM computed it (src/ops/gemm.c: kiln's kernels on CPUs, CLBlast elsewhere) */
     const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1, 0.0f)
                              ? "CLBlast"
-                         : s.tb && !s.ta ? "kiln gemm_nt"
-                                         : "kiln gemm_nn";
+                         : kiln__gemm_nt_runs(s.ta, s.tb, (size_t)s.m, (size_t)s.k) ? "kiln gemm_nt"
+                                                                                    : "kiln gemm_nn";
     if (json) {
         printf("{\"bench\": \"gemm\", \"name\": ");
         tool_json_str(s.name);

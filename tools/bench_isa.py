@@ -13,6 +13,9 @@ AVX2 code on an AVX-512 machine: POCL_KERNELLIB_NAME=avx2 makes Debian's POCL 3.
 for `haswell` (README.md, "Speed"); OpenBLAS runs its Haswell kernels with
 OPENBLAS_CORETYPE=Haswell, and PyTorch its AVX2 kernels with ATEN_CPU_CAPABILITY=avx2 and
 oneDNN's with ONEDNN_MAX_CPU_ISA=AVX2. Each side is then held to the same instruction set.
+The emulated device still reports 16-float vectors, which an AVX2 device would not:
+KILN_DEVICE_LIMITS=vec=8 tells kiln 8, so that what kiln picks by vector width (the
+convolutions' direct 3x3 route) is what it picks on an AVX2 CPU.
 
   /usr/bin/python3 tools/bench_isa.py [--kiln build/tools/kiln] [--rounds 3]
       [--models mlp,cnn] [--isa native,avx2] [--raw bench_isa.jsonl]
@@ -29,8 +32,8 @@ TORCH_REF = os.path.join(HERE, "..", "..", "shared", "bench", "torch_ref.py")
 
 ISA_ENV = {
     "native": {},
-    "avx2": {"POCL_KERNELLIB_NAME": "avx2", "OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
-             "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"},
+    "avx2": {"POCL_KERNELLIB_NAME": "avx2", "KILN_DEVICE_LIMITS": "vec=8", "OPENBLAS_CORETYPE": "Haswell",
+             "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"},
 }
 
 
@@ -51,6 +54,15 @@ def run_json(cmd, env, raw):
             raw.write(json.dumps({"env": env, "cmd": cmd, "result": j}) + "\n")
     raw.flush()
     return out
+
+
+def load_average():
+    """The 1-minute load average (None where /proc/loadavg is missing)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def rng(v, fmt="%.2f"):
@@ -79,9 +91,11 @@ def main():
     gemm = {}   # (isa, name, shape) -> [(ratio, ratio_queued)]
     train = {}  # (isa, model) -> {"kiln": [], "torch": []}
     device = {}
+    loads = []  # the 1-minute load average at each round's start and at the end
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with open(a.raw, "a") as raw:
         for r in range(a.rounds):
+            loads.append(load_average())
             for isa in isas:
                 env = ISA_ENV[isa]
                 lines = run_json([a.kiln, "bench", "gemm", "--m", "1024", "--json"], env, raw)
@@ -100,11 +114,12 @@ def main():
                     d["kiln"] += [x["ms_per_step"] for x in k]
                     d["torch"] += [x["ms_per_step"] for x in t]
             print("bench_isa: round %d of %d done" % (r + 1, a.rounds), file=sys.stderr)
+    loads.append(load_average())
     ended = time.strftime("%H:%M UTC", time.gmtime())
     for isa in isas:
         dev = device.get(isa, ("?", "?", "?"))
-        print("\n### %s code: device `%s`, ISA %s (%s), %s–%s, %d rounds\n" % (isa, dev[0], dev[1], dev[2], started,
-                                                                             ended, a.rounds))
+        print("\n### %s code: device `%s`, ISA %s (%s), %s–%s, %d rounds, load average %s\n" %
+              (isa, dev[0], dev[1], dev[2], started, ended, a.rounds, rng(loads)))
         print("| product (issued by) | kiln / OpenBLAS, one call | kiln / OpenBLAS, queued | kiln queued ms | "
               "OpenBLAS ms |")
         print("|---|---|---|---|---|")

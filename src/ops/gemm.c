@@ -143,29 +143,27 @@ static size_t blocks(size_t x, size_t b) { return (x + b - 1) / b; }
 
 /* Work-groups: gemm_nt's are nt_groups[set] (blocks along M x along N) of neighbouring
  * blocks sharing rows of A and B; gemm_nn's NN_LY column blocks of one row block, sharing
- * A's rows. POCL runs a group's items one after another on one thread. With haswell code
- * the avx2 set's gemm_nt took 30-40% more CPU time in 4 x 4 groups than in groups of one
- * item (fc1 forward, conv2's weight gradient, 1024^3 A B^T), while the avx512 set ran fc1
- * forward fastest in 4 x 4 (README.md, "Speed"). The neon and vec4 sets keep 4 x 4
- * (unmeasured); odd-b's odd group checks the launch's rounding. */
+ * A's rows. POCL runs a group's items one after another on one thread, and each group
+ * costs a dispatch: with a short K (the LSTM's 2048 x 1024 x 128 A B^T) groups of one item
+ * spent a third of their time there. The avx2 set once ran its gemm_nt 30-40% slower in
+ * 4 x 4 groups than in groups of one; that was with the lane sums through a private array
+ * (nt_hsum in gemm.cl); with the tree of vector adds 4 x 4 was as fast or faster on every
+ * shape timed (README.md, "Speed"). (1 x 4 and 4 x 1 ran some shapes at half speed: POCL
+ * compiles each group shape on its own.) The neon and vec4 sets keep 4 x 4 (unmeasured);
+ * odd-b's odd group checks the launch's rounding. */
 #define NT_GROUP_MAX 4
 static const size_t nt_groups[KILN__GEMM_SETS][2] = {
-    [SET_AVX512] = {4, 4}, [SET_AVX2] = {1, 1}, [SET_NEON] = {4, 4}, [SET_VEC4] = {4, 4}, {4, 4}, {2, 3},
+    [SET_AVX512] = {4, 4}, [SET_AVX2] = {4, 4}, [SET_NEON] = {4, 4}, [SET_VEC4] = {4, 4}, {4, 4}, {2, 3},
 };
 #define NN_LY 8
 
-/* gemm_nt's work-group for p: its table entry's, or for a set kiln tune stored (a copy),
- * the group of the set the device's table gives it (the same instruction set). */
-static void nt_group(kiln_ctx *ctx, const kiln__gemm_params *p, size_t *lx, size_t *ly) {
-    int s = -1;
+/* The table entry p is, or for a set kiln tune stored (a copy), the entry the device's
+ * table gives it (the same instruction set): the index of nt_groups and pad_reuse. */
+static int set_of(kiln_ctx *ctx, const kiln__gemm_params *p) {
     for (int i = 0; i < KILN__GEMM_SETS; i++)
-        if (p == &kiln__gemm_sets[i]) s = i;
-    if (s < 0) {
-        if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
-        s = ctx->gemm_table_set - 1;
-    }
-    *lx = nt_groups[s][0];
-    *ly = nt_groups[s][1];
+        if (p == &kiln__gemm_sets[i]) return i;
+    if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
+    return ctx->gemm_table_set - 1;
 }
 
 /* The kernel's view of a product: gemm_nt for A B^T, gemm_nn for op(A) B, and for A^T B^T
@@ -219,18 +217,26 @@ bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, s
  * the 1024^3 product ran at ~0.6x OpenBLAS, N = 1040 at 0.94-1.69x (README.md, "Speed").
  * A copy with a padded leading dim costs a read and a write of the operand, against the
  * kernel's `reuse` reads of it (row blocks reading B's panels, column blocks A^T's): it
- * pays when the operand is read many times and its panels are long enough to be evicted.
- * At 8 reads (the reference CNN's conv2 forward, 64 x 36864 x 288, with the avx512 set)
- * the copy cost AVX-512 code more than it saved (README.md, "Speed"), hence 16.
+ * pays when the operand is read at least `min_reuse` times and K is not short. A^T pays at
+ * any reuse (gemm_nn reads NN_RM floats of each of its rows per k: without the copy,
+ * 1024 x 1 x 2048 A^T B took 3x, 1024 x 128 x 2048 2x the time); B at 8 reads with the
+ * avx2 set (the reference CNN's fc1 gradients: 25% less time), while at 8 reads the
+ * avx512 set's copy of B cost more than it saved (conv2 forward, 64 x 36864 x 288, before
+ * convolutions were chunked), hence 16 there (pad_reuse below).
  * KILN_GEMM_PAD=off|on overrides (for measurements and tests).
  */
-bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse) {
+bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse) {
     const char *e = getenv("KILN_GEMM_PAD");
     bool conflict = ld % 1024 == 0;
     if (e && strcmp(e, "off") == 0) return false;
     if (e && strcmp(e, "on") == 0) return conflict && k > 0;
-    return conflict && k >= 128 && reuse >= 16;
+    return conflict && k >= 64 && reuse >= min_reuse;
 }
+
+/* The reads of B below which gemm_nn reads it in place, per set (kiln__gemm_pad_wanted) */
+static const size_t pad_reuse[KILN__GEMM_SETS] = {
+    [SET_AVX512] = 16, [SET_AVX2] = 8, [SET_NEON] = 8, [SET_VEC4] = 8, 8, 8,
+};
 
 /* The padded leading dim of a copy of rows of `cols` floats: whole 64-byte lines, and not a
  * multiple of 1024 bytes. */
@@ -256,8 +262,22 @@ static kiln_status pad_copy(kiln_ctx *ctx, const char *op, const char *options, 
                         0);
 }
 
+/* Whether A B^T (M x N x K, f32) runs as gemm_nn on a transposed copy of B. For a
+ * short K, gemm_nt's per-output work (the lane sums and stores) is a large part of its time:
+ * with haswell code the LSTM's 2048 x 1024 x 128 took 6.1 ms in gemm_nt and 4.1 in gemm_nn
+ * (one thread), 2048 x 1024 x 256 10.4 against 8.5. The copy reads and writes B once, small
+ * beside the product when M is large; with K = 1024 (1024^3) gemm_nn's long panels made it
+ * slower than gemm_nt, hence K <= 512. The same with the avx512 set: 4.9 -> 2.2 ms and
+ * 7.1 -> 4.4 ms. */
+static bool nt_as_nn(size_t m, size_t k) { return m >= 512 && k <= 512; }
+
+bool kiln__gemm_nt_runs(bool ta, bool tb, size_t m, size_t k) { return tb && !ta && !nt_as_nn(m, k); }
+
 bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch) {
     if (ta || !tb || !kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, 0.0f)) return false;
+    /* products that run as gemm_nn (which has no bias store) take the bias in a kernel of its
+     * own: there is no fused result that could differ from the unfused one */
+    if (nt_as_nn(m, k)) return false;
     int mode = ctx->hooks.gemm_epilogue; /* tests: 1 always, -1 never, 0 the environment */
     if (mode != 0) return mode > 0;
     const char *e = getenv("KILN_GEMM_EPILOGUE");
@@ -290,6 +310,9 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     }
     /* nothing to compute; k == 0 still scales C by beta (the kernels' sums are empty) */
     if (m == 0 || n == 0 || batch == 0) return KILN_OK;
+    /* a large A B^T with a short K as A (B^T) through a transposed copy of B (nt_as_nn) */
+    bool tr = tb && !ta && !bias && !(dt && (dt[0] || dt[1] || dt[2] || dt[3])) && nt_as_nn(m, k);
+    if (tr) tb = false;
     kernel_view v = view_of(p, ta, tb, m, n);
     /* NN_TC (the A^T B^T path) and NN_BETA (beta != 0) select gemm_nn's stores: programs of
      * their own, so that the common product's kernel carries neither (gemm.cl says why) */
@@ -313,7 +336,7 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     }
     cl_int cm = (cl_int)v.m, cn = (cl_int)v.n, ck = (cl_int)k, nb = (cl_int)blocks(v.n, v.bn), cb = (cl_int)batch;
     size_t lx = 1, ly = NN_LY, cap = 0;
-    if (v.nt) nt_group(ctx, p, &lx, &ly);
+    if (v.nt) lx = nt_groups[set_of(ctx, p)][0], ly = nt_groups[set_of(ctx, p)][1];
     /* a device (or a kernel of many registers) that allows smaller groups gets them */
     if (kiln__tree_wg(ctx, GEMM_PROGRAM, options, v.nt ? "gemm_nt" : "gemm_nn", 0, &cap) != KILN_OK) return ctx->err;
     while (lx * ly > cap) {
@@ -337,15 +360,29 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     }
     /* gemm_nn's K operands through padded copies where their rows conflict in cache: B's
      * panel is read by every row block, A^T's by every column block */
-    kiln_tensor *pa = NULL, *pb = NULL;
+    kiln_tensor *pa = NULL, *pb = NULL, *pt = NULL;
     kiln_status st = KILN_OK;
+    if (tr) {
+        /* B [n, k] -> B^T [k, n], rows padded as pad_copy's */
+        size_t dld = padded_ld(n);
+        pt = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)(batch * k * dld)});
+        if (!pt) return ctx->err;
+        cl_mem dm = pt->st->mem;
+        cl_int tr_rows = (cl_int)n, tr_cols = (cl_int)k, tr_b = (cl_int)batch;
+        cl_ulong so = boff, sl = ldb, ss = bstride, doff = (cl_ulong)pt->offset, dl = dld;
+        kiln__karg targs[] = {KILN__ARG(tr_rows), KILN__ARG(tr_cols), KILN__ARG(tr_b), KILN__ARG(b),    KILN__ARG(so),
+                              KILN__ARG(sl),      KILN__ARG(ss),      KILN__ARG(dm),   KILN__ARG(doff), KILN__ARG(dl)};
+        st = kiln__launch(ctx, op, GEMM_PROGRAM, options, "gemm_transpose", sizeof targs / sizeof targs[0], targs,
+                          k * batch, 0);
+        b = dm, boff = (size_t)pt->offset, ldb = dld, bstride = k * dld;
+    }
     /* (gemm_copy moves floats: half operands are read in place) */
-    if (!half && ta && kiln__gemm_pad_wanted(lda, k, blocks(v.n, v.bn))) {
+    if (!half && ta && kiln__gemm_pad_wanted(lda, k, blocks(v.n, v.bn), 1)) {
         size_t dld;
         st = pad_copy(ctx, op, options, k, v.m, batch, a, aoff, lda, astride, &pa, &dld);
         if (st == KILN_OK) a = pa->st->mem, aoff = (size_t)pa->offset, lda = dld, astride = k * dld;
     }
-    if (st == KILN_OK && !half && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm))) {
+    if (st == KILN_OK && !half && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm), pad_reuse[set_of(ctx, p)])) {
         size_t dld;
         st = pad_copy(ctx, op, options, k, v.n, batch, b, boff, ldb, bstride, &pb, &dld);
         if (st == KILN_OK) b = pb->st->mem, boff = (size_t)pb->offset, ldb = dld, bstride = k * dld;
@@ -363,13 +400,39 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     /* the in-order queue runs the launches above before a later reuse of the copies */
     kiln_tensor_free(pa);
     kiln_tensor_free(pb);
+    kiln_tensor_free(pt);
     return st;
+}
+
+/* Whether an f32 product through gemm_nn runs as slices of KSPLIT values of k, the first
+ * with the caller's beta and the others adding into C (beta 1). gemm_nn reads a K x NN_LY
+ * column blocks panel of B per work-group, reused by every row block: with K = 2048 that
+ * panel (1 MiB for the avx2 set, 2 MiB for avx512) no longer stays in a core's L2 from one
+ * row block to the next. In slices of 512 (one thread, haswell code): the LSTM's
+ * 1024 x 256 x 2048 A^T B 11-13 -> 8.8-9.2 ms, 1024 x 128 x 2048 5.1-6.3 -> 4.5; avx512
+ * 7.5-8.2 -> 4.3-4.8 and 2.8-4.2 -> 2.3-2.6, 2048^3 A^T B^T 92-100 -> 78-84 (README.md,
+ * "Speed"). Products narrower than 64 (a matrix-vector product) read no panel twice and
+ * only gain launches. A B^T runs in gemm_nt, whose work-items read their rows once. */
+#define KSPLIT 512
+static bool ksplit_wanted(bool ta, bool tb, size_t m, size_t n, size_t k) {
+    return k > 2 * KSPLIT && m >= 64 && n >= 64 && !(tb && !ta);
 }
 
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride,
                            size_t batch) {
+    /* a long K through gemm_nn in slices of KSPLIT k, each adding into C (ksplit_wanted) */
+    if (ksplit_wanted(ta, tb, m, n, k)) {
+        for (size_t k0 = 0; k0 < k; k0 += KSPLIT) {
+            size_t kn = k - k0 < KSPLIT ? k - k0 : KSPLIT;
+            kiln_status st = gemm_run(ctx, op, ta, tb, m, n, kn, alpha, a, aoff + (ta ? k0 * lda : k0), lda, astride, b,
+                                      boff + (tb ? k0 : k0 * ldb), ldb, bstride, k0 ? 1.0f : beta, c, coff, ldc,
+                                      cstride, batch, NULL, 0, 0, NULL);
+            if (st != KILN_OK) return st;
+        }
+        return KILN_OK;
+    }
     return gemm_run(ctx, op, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c, coff, ldc,
                     cstride, batch, NULL, 0, 0, NULL, false);
 }

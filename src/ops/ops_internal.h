@@ -159,8 +159,9 @@ void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap);
  * override. */
 bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch, float beta);
 /* Whether gemm_nn reads a K operand with leading dim ld (elements), K rows and `reuse`
- * blocks reading each of its panels through a padded copy (its rows conflict in cache). */
-bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse);
+ * blocks reading each of its panels through a padded copy (its rows conflict in cache, and
+ * at least min_reuse blocks read them). */
+bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse);
 /* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices, as kiln__sgemm's
  * arguments, enqueued: gemm_nt for A B^T, gemm_nn for A B and A^T B, gemm_nn on (B, A) with
  * a transposed store for A^T B^T; K operands whose rows conflict in cache through padded
@@ -168,6 +169,9 @@ bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse);
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
+/* Whether kiln's kernels run an f32 product without bias (op(A) op(B), M x K inner) in
+ * gemm_nt (A B^T, except a large M with a short K: gemm_nn on a transposed copy of B). */
+bool kiln__gemm_nt_runs(bool ta, bool tb, size_t m, size_t k);
 /* Whether kiln's own A B^T kernel takes this product with a bias added as it stores (C = A
  * B^T + bias, one launch): A B^T that kiln__gemm_own_takes, unless ctx->hooks.gemm_epilogue
  * is -1 or KILN_GEMM_EPILOGUE=off (then the caller adds the bias itself). */

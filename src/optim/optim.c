@@ -752,7 +752,8 @@ static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *co
         for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(sm[sl][k]);
     cl_int flags = o->maximize ? KILN_OPT_MAXIMIZE : 0;
     if (kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
-    size_t n = (size_t)T.start[nb];
+    /* KILN_OPT_CHUNK elements per work-item (optim.cl) */
+    size_t n = ((size_t)T.start[nb] + KILN_OPT_CHUNK - 1) / KILN_OPT_CHUNK;
     if (kind == OPT_SGD) {
         if (o->momentum != 0) flags |= KILN_OPT_MOMENTUM;
         if (q0->fresh) flags |= KILN_OPT_FIRST;
