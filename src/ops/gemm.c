@@ -428,7 +428,7 @@ kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size
             size_t kn = k - k0 < KSPLIT ? k - k0 : KSPLIT;
             kiln_status st = gemm_run(ctx, op, ta, tb, m, n, kn, alpha, a, aoff + (ta ? k0 * lda : k0), lda, astride, b,
                                       boff + (tb ? k0 : k0 * ldb), ldb, bstride, k0 ? 1.0f : beta, c, coff, ldc,
-                                      cstride, batch, NULL, 0, 0, NULL);
+                                      cstride, batch, NULL, 0, 0, NULL, false);
             if (st != KILN_OK) return st;
         }
         return KILN_OK;
