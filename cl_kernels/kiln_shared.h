@@ -53,13 +53,13 @@ typedef struct kiln_conv_geom {
 
 /* Pooling and upsampling (src/ops/pool.c). */
 typedef struct kiln_pool_geom {
-    kiln_i32 C, H, W, OH, OW;               /* channels, input and output plane sizes */
-    kiln_i32 kh, kw, sh, sw;                /* kernel, stride */
-    kiln_i32 ph, pw, dh, dw;                /* padding, dilation */
-    kiln_i32 xoff, xsn, xsc, xsh, xsw;      /* input offset and strides (forward only) */
-    kiln_i32 merged;                        /* xsn == C * xsc: plane p starts at p * xsc */
-    kiln_i32 n;                             /* planes (global_avg_pool2d_fwd, max_pool2d) */
-    kiln_i32 flag;                          /* avg: count_include_pad; bilinear: align_corners */
+    kiln_i32 C, H, W, OH, OW;          /* channels, input and output plane sizes */
+    kiln_i32 kh, kw, sh, sw;           /* kernel, stride */
+    kiln_i32 ph, pw, dh, dw;           /* padding, dilation */
+    kiln_i32 xoff, xsn, xsc, xsh, xsw; /* input offset and strides (forward only) */
+    kiln_i32 merged;                   /* xsn == C * xsc: plane p starts at p * xsc */
+    kiln_i32 n;                        /* planes (global_avg_pool2d_fwd, max_pool2d) */
+    kiln_i32 flag;                     /* avg: count_include_pad; bilinear: align_corners */
 } kiln_pool_geom;
 
 /* An elementwise loss over operands broadcast to the loss's shape (src/ops/loss.c,
@@ -83,8 +83,8 @@ typedef struct kiln_pad_geom {
 /* index_select and gather, forward and backward (src/ops/shape.c, cl_kernels/shape.cl). */
 typedef struct kiln_idx_geom {
     kiln_i32 ndim;
-    kiln_i32 dim;                     /* the indexed dim */
-    kiln_i32 xsize;                   /* the input's size along dim: indices are clamped below it */
+    kiln_i32 dim;                      /* the indexed dim */
+    kiln_i32 xsize;                    /* the input's size along dim: indices are clamped below it */
     kiln_i32 shape[KILN_SHARED_DIMS];  /* iteration shape (the output's; gather_bwd: the input's) */
     kiln_i32 shape2[KILN_SHARED_DIMS]; /* gather_bwd: the index's shape */
     kiln_i32 sa[KILN_SHARED_DIMS];     /* the input's strides (gather_bwd: the output gradient's) */
@@ -140,6 +140,15 @@ typedef struct kiln_opt_table {
     kiln_i32 soff[3][KILN_OPT_MULTI];
 } kiln_opt_table;
 
+/* clip_partial_multi's gradients (up to KILN_OPT_MULTI per launch): gradient k's work-groups
+ * are [gstart[k], gstart[k+1]) of the launch, its n[k] elements start at goff[k]. */
+typedef struct kiln_clip_table {
+    kiln_i32 count;
+    kiln_i32 gstart[KILN_OPT_MULTI + 1];
+    kiln_i32 n[KILN_OPT_MULTI];
+    kiln_i32 goff[KILN_OPT_MULTI];
+} kiln_clip_table;
+
 /* What gradient clipping sums per element (the mode argument of clip_partial and
  * clip_total): norm_type 2, 1, any other p > 0, and infinity. */
 #define KILN_CLIP_L2 0   /* sum of x*x; total = sqrt(sum) */
@@ -166,6 +175,7 @@ _Static_assert(sizeof(kiln_pool_geom) == 21 * 4, "kiln_pool_geom has padding");
 _Static_assert(sizeof(kiln_loss_geom) == (1 + KILN_SHARED_DIMS * (1 + KILN_LOSS_IN)) * 4, "kiln_loss_geom has padding");
 _Static_assert(sizeof(kiln_pad_geom) == (1 + 4 * KILN_SHARED_DIMS) * 4, "kiln_pad_geom has padding");
 _Static_assert(sizeof(kiln_opt_table) == (2 + 6 * KILN_OPT_MULTI) * 4, "kiln_opt_table has padding");
+_Static_assert(sizeof(kiln_clip_table) == (2 + 3 * KILN_OPT_MULTI) * 4, "kiln_clip_table has padding");
 _Static_assert(sizeof(kiln_idx_geom) == (3 + 4 * KILN_SHARED_DIMS) * 4, "kiln_idx_geom has padding");
 #endif
 

@@ -49,8 +49,8 @@ inline void sgd_elem(global float *p, global const float *g, global float *buf, 
     p[i] = ADD_ALPHA(x, d, neg_lr);
 }
 
-kernel void sgd_step(global float *p, int poff, global const float *g, int goff, global float *buf, int boff,
-                     int n, float neg_lr, float momentum, float damp1, float wd, int flags SKIP_ARG) {
+kernel void sgd_step(global float *p, int poff, global const float *g, int goff, global float *buf, int boff, int n,
+                     float neg_lr, float momentum, float damp1, float wd, int flags SKIP_ARG) {
     int i = get_global_id(0);
     if (i >= n) return;
     SKIP_CHECK
@@ -58,9 +58,8 @@ kernel void sgd_step(global float *p, int poff, global const float *g, int goff,
 }
 
 /* torch.optim.RMSprop (_single_tensor_rmsprop) on element i. oma = 1 - alpha, neg_lr = -lr. */
-inline void rmsprop_elem(global float *p, global const float *g, global float *sq, global float *buf,
-                         global float *ga, int i, float neg_lr, float alpha, float oma, float eps, float wd,
-                         float momentum, int flags) {
+inline void rmsprop_elem(global float *p, global const float *g, global float *sq, global float *buf, global float *ga,
+                         int i, float neg_lr, float alpha, float oma, float eps, float wd, float momentum, int flags) {
     float x = p[i];
     float d = g[i];
     if (flags & KILN_OPT_MAXIMIZE) d = -d;
@@ -104,8 +103,10 @@ inline void adam_elem(global float *p, global const float *g, global float *m, g
     float x = p[i];
     float d = g[i];
     if (flags & KILN_OPT_MAXIMIZE) d = -d;
-    if (flags & KILN_OPT_DECOUPLED) x = x * decay;
-    else if (flags & KILN_OPT_DECAY) d = ADD_ALPHA(d, x, wd);
+    if (flags & KILN_OPT_DECOUPLED)
+        x = x * decay;
+    else if (flags & KILN_OPT_DECAY)
+        d = ADD_ALPHA(d, x, wd);
     float mi = ADD_ALPHA(m[i] * beta1, d, omb1);
     float vi = fma(omb2 * d, d, v[i] * beta2);
     m[i] = mi;
@@ -143,8 +144,14 @@ kernel void adam_step(global float *p, int poff, global const float *g, int goff
  */
 #define MT_ARGS(q, a) q a##0, q a##1, q a##2, q a##3, q a##4, q a##5, q a##6, q a##7
 #define MT_PICK(a, k)                                                                                                  \
-    ((k) == 0 ? a##0 : (k) == 1 ? a##1 : (k) == 2 ? a##2 : (k) == 3 ? a##3 : (k) == 4 ? a##4 : (k) == 5 ? a##5        \
-                                                                    : (k) == 6 ? a##6 : a##7)
+    ((k) == 0   ? a##0                                                                                                 \
+     : (k) == 1 ? a##1                                                                                                 \
+     : (k) == 2 ? a##2                                                                                                 \
+     : (k) == 3 ? a##3                                                                                                 \
+     : (k) == 4 ? a##4                                                                                                 \
+     : (k) == 5 ? a##5                                                                                                 \
+     : (k) == 6 ? a##6                                                                                                 \
+                : a##7)
 
 /* The parameter k of global element i (T->count parameters). */
 inline int mt_which(const kiln_opt_table *T, int i) {
@@ -155,39 +162,34 @@ inline int mt_which(const kiln_opt_table *T, int i) {
 
 /* This work-item's chunk [i, i1) of the global range, split at parameters' ends: the body runs
  * with k (the parameter) and its local elements [e0, e1). */
-#define MT_CHUNKS(...)                                                                                                  \
+#define MT_CHUNKS(...)                                                                                                 \
     int i = (int)get_global_id(0) * KILN_OPT_CHUNK, total = T.start[T.count];                                          \
     if (i >= total) return;                                                                                            \
     SKIP_CHECK                                                                                                         \
     int i1 = min(i + KILN_OPT_CHUNK, total);                                                                           \
     for (int k = mt_which(&T, i); i < i1; k++) {                                                                       \
-        int e0 = i - T.start[k], e1 = min(i1, T.start[k + 1]) - T.start[k];                                           \
-        __VA_ARGS__;                                                                                                        \
+        int e0 = i - T.start[k], e1 = min(i1, T.start[k + 1]) - T.start[k];                                            \
+        __VA_ARGS__;                                                                                                   \
         i += e1 - e0;                                                                                                  \
     }
 
 kernel void sgd_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
                       MT_ARGS(global float *, b), float neg_lr, float momentum, float damp1, float wd,
-                      int flags SKIP_ARG) {
-    MT_CHUNKS({
-        global float *pk = MT_PICK(p, k) + T.poff[k], *bk = MT_PICK(b, k) + T.soff[0][k];
-        global const float *gk = MT_PICK(g, k) + T.goff[k];
-        for (int e = e0; e < e1; e++) sgd_elem(pk, gk, bk, e, neg_lr, momentum, damp1, wd, flags);
-    })
-}
+                      int flags SKIP_ARG){MT_CHUNKS({
+    global float *pk = MT_PICK(p, k) + T.poff[k], *bk = MT_PICK(b, k) + T.soff[0][k];
+    global const float *gk = MT_PICK(g, k) + T.goff[k];
+    for (int e = e0; e < e1; e++) sgd_elem(pk, gk, bk, e, neg_lr, momentum, damp1, wd, flags);
+})}
 
-kernel void rmsprop_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
-                          MT_ARGS(global float *, s), MT_ARGS(global float *, b), MT_ARGS(global float *, a),
-                          float neg_lr, float alpha, float oma, float eps, float wd, float momentum,
-                          int flags SKIP_ARG) {
-    MT_CHUNKS({
+kernel
+    void rmsprop_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
+                       MT_ARGS(global float *, s), MT_ARGS(global float *, b), MT_ARGS(global float *, a), float neg_lr,
+                       float alpha, float oma, float eps, float wd, float momentum, int flags SKIP_ARG){MT_CHUNKS({
         global float *pk = MT_PICK(p, k) + T.poff[k], *sk = MT_PICK(s, k) + T.soff[0][k],
                      *bk = MT_PICK(b, k) + T.soff[1][k], *ak = MT_PICK(a, k) + T.soff[2][k];
         global const float *gk = MT_PICK(g, k) + T.goff[k];
-        for (int e = e0; e < e1; e++)
-            rmsprop_elem(pk, gk, sk, bk, ak, e, neg_lr, alpha, oma, eps, wd, momentum, flags);
-    })
-}
+        for (int e = e0; e < e1; e++) rmsprop_elem(pk, gk, sk, bk, ak, e, neg_lr, alpha, oma, eps, wd, momentum, flags);
+    })}
 
 kernel void adam_multi(kiln_opt_table T, MT_ARGS(global float *, p), MT_ARGS(global const float *, g),
                        MT_ARGS(global float *, m), MT_ARGS(global float *, v), MT_ARGS(global float *, x), float beta1,
@@ -215,15 +217,14 @@ inline float clip_term(float x, int mode, float p) {
  * inf (and the clip coefficient 0), so the carry stops there. */
 inline float kahan_carry(float s, float u, float y) { return isfinite(u) ? (u - s) - y : 0.0f; }
 
-/* One partial per work-group: part[pbase + group] = the group's sum (compensated) or
- * NaN-propagating max over g[i], i = global id, + global size, ... < n. */
-kernel void clip_partial(global const float *g, int goff, int n, global float *part, int pbase, int mode, float p,
-                         local float *scratch) {
+/* The partial of one work-group (all its work-items call it): the group's sum (compensated)
+ * or NaN-propagating max over g[i], i = first, + stride, ... < n, first the work-item's
+ * index in its gradient's launch and stride that launch's size. */
+inline float clip_group(global const float *g, int first, int n, int stride, int mode, float p, local float *scratch) {
     int lid = get_local_id(0), L = get_local_size(0);
-    int stride = get_global_size(0);
     float s = 0.0f, c = 0.0f;
-    for (int i = get_global_id(0); i < n; i += stride) {
-        float t = clip_term(g[goff + i], mode, p);
+    for (int i = first; i < n; i += stride) {
+        float t = clip_term(g[i], mode, p);
         if (mode == KILN_CLIP_LINF) {
             s = opt_max(s, t);
         } else { /* Kahan: float partials of ~n/stride terms stay within a few ulps */
@@ -237,11 +238,30 @@ kernel void clip_partial(global const float *g, int goff, int n, global float *p
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int h = L >> 1; h > 0; h >>= 1) {
         if (lid < h)
-            scratch[lid] = mode == KILN_CLIP_LINF ? opt_max(scratch[lid], scratch[lid + h])
-                                                  : scratch[lid] + scratch[lid + h];
+            scratch[lid] =
+                mode == KILN_CLIP_LINF ? opt_max(scratch[lid], scratch[lid + h]) : scratch[lid] + scratch[lid + h];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    if (lid == 0) part[pbase + get_group_id(0)] = scratch[0];
+    return scratch[0];
+}
+
+/* One partial per work-group: part[pbase + group] = clip_group over the gradient. */
+kernel void clip_partial(global const float *g, int goff, int n, global float *part, int pbase, int mode, float p,
+                         local float *scratch) {
+    float r = clip_group(g + goff, (int)get_global_id(0), n, (int)get_global_size(0), mode, p, scratch);
+    if (get_local_id(0) == 0) part[pbase + get_group_id(0)] = r;
+}
+
+/* clip_partial of up to KILN_OPT_MULTI gradients in one launch: work-group gid is group
+ * gid - gstart[k] of gradient k's own clip_partial launch, so each partial is that launch's,
+ * at the same index of part. */
+kernel void clip_partial_multi(kiln_clip_table T, MT_ARGS(global const float *, g), global float *part, int pbase,
+                               int mode, float p, local float *scratch) {
+    int gid = get_group_id(0), L = get_local_size(0), k = 0;
+    while (k + 1 < T.count && gid >= T.gstart[k + 1]) k++;
+    int groups = T.gstart[k + 1] - T.gstart[k], first = (gid - T.gstart[k]) * L + (int)get_local_id(0);
+    float r = clip_group(MT_PICK(g, k) + T.goff[k], first, T.n[k], groups * L, mode, p, scratch);
+    if (get_local_id(0) == 0) part[pbase + gid] = r;
 }
 
 /* One work-group: out[ooff] = total norm of the npart partials, out[ooff + 1] = torch's
@@ -265,8 +285,8 @@ kernel void clip_total(global const float *part, int poff, int npart, int mode, 
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int h = L >> 1; h > 0; h >>= 1) {
         if (lid < h)
-            scratch[lid] = mode == KILN_CLIP_LINF ? opt_max(scratch[lid], scratch[lid + h])
-                                                  : scratch[lid] + scratch[lid + h];
+            scratch[lid] =
+                mode == KILN_CLIP_LINF ? opt_max(scratch[lid], scratch[lid + h]) : scratch[lid] + scratch[lid + h];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
     if (lid == 0) {
@@ -285,6 +305,21 @@ kernel void clip_scale(global float *g, int goff, int n, global const float *coe
     if (i >= n) return;
     g[goff + i] = g[goff + i] * coef[coff];
 }
+
+/* clip_scale of up to KILN_OPT_MULTI gradients (T's start and goff, as the *_multi updates). */
+kernel void clip_scale_multi(kiln_opt_table T, MT_ARGS(global float *, g), global const float *coef, int coff) {
+    float cf = coef[coff];
+    MT_CHUNKS({
+        global float *gk = MT_PICK(g, k) + T.goff[k];
+        for (int e = e0; e < e1; e++) gk[e] = gk[e] * cf;
+    })
+}
+
+/* zero_grad of up to KILN_OPT_MULTI gradients (T's start and goff): every element 0. */
+kernel void zero_multi(kiln_opt_table T, MT_ARGS(global float *, g)){MT_CHUNKS({
+    global float *gk = MT_PICK(g, k) + T.goff[k];
+    for (int e = e0; e < e1; e++) gk[e] = 0.0f;
+})}
 
 /* torch.clamp_(min=lo, max=hi): min(max(x, lo), hi), NaN kept. */
 kernel void clip_value(global float *g, int goff, int n, float lo, float hi) {

@@ -1373,6 +1373,86 @@ static void test_lifetime(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* Clipping by norm and zero_grad over up to KILN_OPT_MULTI gradients per launch, against one
+ * launch per gradient (KILN_OPTIM_SINGLE): the same total norm and the same clipped
+ * gradients bit for bit, for every norm type, with 19 gradients of ragged sizes (one
+ * longer than 64 work-groups), an empty one and a frozen one; and fewer launches. */
+#define MC_NP 19
+static void test_multi_clip(kiln_ctx *ctx) {
+    static const double norms[4] = {2.0, 1.0, 3.5, INFINITY};
+    float *h = malloc(sizeof(float) * 70000), *h2 = malloc(sizeof(float) * 70000);
+    if (!h || !h2) {
+        free(h), free(h2);
+        CHECK(false, "multi clip: out of host memory");
+        return;
+    }
+    for (int t = 0; t < 4; t++) {
+        float total[2];
+        uint64_t launches[2], zl[2];
+        kiln_tensor *ps[2][MC_NP];
+        kiln_ctx_stats a, b;
+        for (int v = 0; v < 2; v++) {
+            for (int j = 0; j < MC_NP; j++) {
+                int64_t n = j == 5 ? 66000 : j == 7 ? 0 : 3 + 37 * j;
+                int64_t shape[1] = {n};
+                for (int64_t e = 0; e < n; e++) h[e] = (float)sin(0.13 * (double)(e + 7 * j)) * (1.0f + (float)j);
+                ps[v][j] = param_from(ctx, h, 1, shape);
+                for (int64_t e = 0; e < n; e++) h[e] = (float)cos(0.29 * (double)(e * (j + 1))) * 0.7f;
+                set_grad(ps[v][j], kiln_from_host(ctx, h, KILN_F32, 1, shape));
+            }
+            kiln_tensor_set_requires_grad(ps[v][11], false); /* frozen: clipping leaves its gradient alone */
+            kiln_sync(ctx); /* setenv with nothing running: POCL's threads call getenv */
+            if (v == 1) setenv("KILN_OPTIM_SINGLE", "1", 1);
+            kiln_ctx_stats_get(ctx, &a);
+            kiln_tensor *tn = kiln_clip_grad_norm_tensor(ctx, MC_NP, ps[v], 5.0, norms[t]);
+            kiln_ctx_stats_get(ctx, &b);
+            launches[v] = b.launches - a.launches;
+            total[v] = tn ? kiln_tensor_item(tn) : NAN;
+            kiln_tensor_free(tn);
+            kiln_sync(ctx);
+            if (v == 1) unsetenv("KILN_OPTIM_SINGLE");
+        }
+        CHECK(memcmp(&total[0], &total[1], sizeof(float)) == 0 && !isnan(total[0]),
+              "multi clip norm_type %g: total %.9g, one launch per gradient %.9g", norms[t], (double)total[0],
+              (double)total[1]);
+        for (int z = 0; z < 2; z++) { /* the clipped gradients, then after zero_grad */
+            for (int j = 0; j < MC_NP; j++) {
+                size_t bytes = sizeof(float) * (size_t)kiln_tensor_numel(ps[0][j]);
+                if (bytes == 0) continue;
+                kiln_to_host(kiln_tensor_grad(ps[0][j]), h, bytes);
+                kiln_to_host(kiln_tensor_grad(ps[1][j]), h2, bytes);
+                bool zero = true;
+                for (size_t e = 0; e < bytes / sizeof(float); e++) zero &= h[e] == 0.0f;
+                CHECK(memcmp(h, h2, bytes) == 0 && zero == (z == 1),
+                      "multi %s, norm_type %g: gradient %d differs from one launch per gradient%s",
+                      z ? "zero_grad" : "clip", norms[t], j, zero ? " or is zero" : "");
+            }
+            for (int v = 0; z == 0 && v < 2; v++) {
+                kiln_sync(ctx);
+                if (v == 1) setenv("KILN_OPTIM_SINGLE", "1", 1);
+                kiln_sgd_opts o = kiln_sgd_defaults();
+                kiln_optim *opt = kiln_sgd(ctx, ps[v], MC_NP, &o);
+                kiln_ctx_stats_get(ctx, &a);
+                CHECK(opt && kiln_optim_zero_grad(opt) == KILN_OK, "zero_grad: %s", kiln_error_message(ctx));
+                kiln_ctx_stats_get(ctx, &b);
+                zl[v] = b.launches - a.launches;
+                kiln_optim_free(opt);
+                kiln_sync(ctx);
+                if (v == 1) unsetenv("KILN_OPTIM_SINGLE");
+            }
+        }
+        CHECK(launches[0] < launches[1] && zl[0] < zl[1],
+              "multi clip: %llu launches (zero_grad %llu) against %llu (%llu) one per gradient",
+              (unsigned long long)launches[0], (unsigned long long)zl[0], (unsigned long long)launches[1],
+              (unsigned long long)zl[1]);
+        for (int v = 0; v < 2; v++)
+            for (int j = 0; j < MC_NP; j++) kiln_tensor_free(ps[v][j]);
+    }
+    free(h);
+    free(h2);
+    CHECK_OK(ctx);
+}
+
 /* The multi-tensor step (up to KILN_OPT_MULTI parameters per launch) against one launch per
  * parameter (KILN_OPTIM_SINGLE, the fallback for devices that cannot take the arguments):
  * bit-for-bit equal parameters and states, ceil(n / 8) launches a step for parameters that
@@ -1510,6 +1590,7 @@ static void run(kiln_ctx *ctx) {
     test_groups_misc(ctx);
     test_frozen(ctx);
     test_multi_tensor(ctx);
+    test_multi_clip(ctx);
     char msg[256] = "";
     CHECK(kiln__check_guards(ctx, msg, sizeof msg) == 0, "guard overwritten: %s", msg);
     fprintf(stderr,

@@ -875,15 +875,66 @@ static kiln_status optim_step(kiln_optim *opt, kiln_tensor *skip) {
     return s;
 }
 
+/* One launch of a *_multi kernel over gradients gs[0..nb) (contiguous f32, at most
+ * KILN_OPT_MULTI, at most INT32_MAX elements together): its kiln_opt_table (start, goff),
+ * the eight buffer arguments (unused slots: gs[0]'s, never accessed), then nextra more. */
+static kiln_status grads_multi(kiln_ctx *ctx, const char *op, const char *kernel, kiln_tensor *const *gs, int nb,
+                               int nextra, const kiln__karg *extra) {
+    kiln_opt_table T;
+    memset(&T, 0, sizeof T);
+    T.count = nb;
+    cl_mem gm[KILN_OPT_MULTI];
+    for (int k = 0; k < KILN_OPT_MULTI; k++) {
+        gm[k] = (k < nb ? gs[k] : gs[0])->st->mem;
+        if (k >= nb) continue;
+        T.start[k + 1] = T.start[k] + (cl_int)kiln__numel(gs[k]->ndim, gs[k]->shape);
+        T.goff[k] = (cl_int)gs[k]->offset;
+    }
+    kiln__karg a[1 + KILN_OPT_MULTI + 4];
+    size_t na = 0;
+    a[na++] = KILN__ARG(T);
+    for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(gm[k]);
+    for (int j = 0; j < nextra; j++) a[na++] = extra[j];
+    size_t n = ((size_t)T.start[nb] + KILN_OPT_CHUNK - 1) / KILN_OPT_CHUNK; /* KILN_OPT_CHUNK per work-item */
+    return kiln__launch(ctx, op, OPT_PROGRAM, "", kernel, na, a, n, 0);
+}
+
+/* Whether the device takes the multi-tensor clipping and zeroing kernels' arguments (as the
+ * updates', opt_new); KILN_OPTIM_SINGLE (tests) forces one launch per tensor. */
+static bool grads_multi_ok(kiln_ctx *ctx) {
+    size_t max = 0;
+    clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_PARAMETER_SIZE, sizeof max, &max, NULL);
+    size_t need = sizeof(kiln_clip_table) + (KILN_OPT_MULTI + 2) * sizeof(cl_mem) + 16 * sizeof(cl_float);
+    return max >= need && !getenv("KILN_OPTIM_SINGLE");
+}
+
+/* Zeroes the gradients: contiguous f32 ones up to KILN_OPT_MULTI per launch (zero_multi),
+ * any other by kiln_fill. */
 kiln_status kiln_optim_zero_grad(kiln_optim *opt) {
     if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_zero_grad: optimizer is NULL");
-    for (int i = 0; i < opt->n; i++) {
-        kiln_tensor *g = opt->ps[i].p->grad;
-        if (!g) continue;
-        kiln_status s = kiln_fill(g, 0.0f);
-        if (s != KILN_OK) return s;
+    kiln_ctx *ctx = opt->ctx;
+    bool multi = opt->multi && grads_multi_ok(ctx);
+    kiln_tensor *batch[KILN_OPT_MULTI];
+    int nb = 0;
+    int64_t total = 0;
+    kiln_status s = KILN_OK;
+    for (int i = 0; i <= opt->n && s == KILN_OK; i++) {
+        kiln_tensor *g = i < opt->n ? opt->ps[i].p->grad : NULL;
+        if (i < opt->n && !g) continue;
+        int64_t n = g ? kiln__numel(g->ndim, g->shape) : 0;
+        bool mt = g && multi && g->dtype == KILN_F32 && kiln__is_contiguous(g) && n > 0;
+        if (g && !mt) {
+            s = kiln_fill(g, 0.0f);
+            continue;
+        }
+        if (nb > 0 && (!g || nb == KILN_OPT_MULTI || total + n > INT32_MAX)) {
+            s = grads_multi(ctx, "kiln_optim_zero_grad", "zero_multi", batch, nb, 0, NULL);
+            nb = 0;
+            total = 0;
+        }
+        if (g) batch[nb++] = g, total += n;
     }
-    return KILN_OK;
+    return s;
 }
 
 /* ---- gradient clipping --------------------------------------------------------------- */
@@ -963,7 +1014,42 @@ static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor 
     out = kiln__tensor_new(ctx, op, KILN_F32, 1, &two);
     if (!part || !out) goto fail;
     cl_int pbase = (cl_int)part->offset, ooff = (cl_int)out->offset, np = (cl_int)npart, coff = ooff + 1;
-    for (int k = 0; k < ng; k++) {
+    /* up to KILN_OPT_MULTI gradients per launch, each work-group summing what it would in
+     * the gradient's own launch below: the same partials, the same total */
+    bool multi = grads_multi_ok(ctx);
+    for (int k0 = 0; multi && k0 < ng;) {
+        kiln_clip_table T;
+        memset(&T, 0, sizeof T);
+        cl_mem gm[KILN_OPT_MULTI];
+        int nb = 0;
+        int64_t elems = 0;
+        for (; k0 < ng && nb < KILN_OPT_MULTI; k0++) {
+            int64_t m = kiln__numel(gs[k0]->ndim, gs[k0]->shape), groups = (m + (int64_t)lp - 1) / (int64_t)lp;
+            if (groups > CLIP_MAX_GROUPS) groups = CLIP_MAX_GROUPS;
+            if (groups == 0) continue;
+            if (elems + m > INT32_MAX) break;
+            elems += m;
+            gm[nb] = gs[k0]->st->mem;
+            T.n[nb] = (cl_int)m;
+            T.goff[nb] = (cl_int)gs[k0]->offset;
+            T.gstart[nb + 1] = T.gstart[nb] + (cl_int)groups;
+            nb++;
+        }
+        if (nb == 0) continue;
+        T.count = nb;
+        for (int k = nb; k < KILN_OPT_MULTI; k++) gm[k] = gm[0];
+        kiln__karg a[1 + KILN_OPT_MULTI + 5];
+        size_t na = 0;
+        a[na++] = KILN__ARG(T);
+        for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(gm[k]);
+        a[na++] = KILN__ARG(part->st->mem), a[na++] = KILN__ARG(pbase), a[na++] = KILN__ARG(mode);
+        a[na++] = KILN__ARG(p), a[na++] = KILN__LOCAL(lp * sizeof(cl_float));
+        if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_partial_multi", na, a, (size_t)T.gstart[nb] * lp, lp) !=
+            KILN_OK)
+            goto fail;
+        pbase += T.gstart[nb];
+    }
+    for (int k = 0; !multi && k < ng; k++) {
         int64_t m = kiln__numel(gs[k]->ndim, gs[k]->shape), groups = (m + (int64_t)lp - 1) / (int64_t)lp;
         if (groups > CLIP_MAX_GROUPS) groups = CLIP_MAX_GROUPS;
         if (groups == 0) continue;
@@ -979,11 +1065,25 @@ static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor 
                       KILN__ARG(mode),          KILN__ARG(p),    KILN__ARG(mx),
                       KILN__ARG(out->st->mem),  KILN__ARG(ooff), KILN__LOCAL(lt * sizeof(cl_float))};
     if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_total", 9, a, lt, lt) != KILN_OK) goto fail;
-    for (int k = 0; k < ng; k++) {
+    for (int k = 0; !multi && k < ng; k++) {
         cl_int goff = (cl_int)gs[k]->offset, mi = (cl_int)kiln__numel(gs[k]->ndim, gs[k]->shape);
         kiln__karg s[] = {KILN__ARG(gs[k]->st->mem), KILN__ARG(goff), KILN__ARG(mi), KILN__ARG(out->st->mem),
                           KILN__ARG(coff)};
         if (kiln__launch(ctx, op, OPT_PROGRAM, "", "clip_scale", 5, s, (size_t)mi, 0) != KILN_OK) goto fail;
+    }
+    for (int k0 = 0; multi && k0 < ng;) { /* g *= coef, up to KILN_OPT_MULTI gradients a launch */
+        kiln_tensor *batch[KILN_OPT_MULTI];
+        int nb = 0;
+        int64_t elems = 0;
+        for (; k0 < ng && nb < KILN_OPT_MULTI; k0++) {
+            int64_t m = kiln__numel(gs[k0]->ndim, gs[k0]->shape);
+            if (m == 0) continue;
+            if (elems + m > INT32_MAX) break;
+            elems += m;
+            batch[nb++] = gs[k0];
+        }
+        kiln__karg extra[] = {KILN__ARG(out->st->mem), KILN__ARG(coff)};
+        if (nb > 0 && grads_multi(ctx, op, "clip_scale_multi", batch, nb, 2, extra) != KILN_OK) goto fail;
     }
     total = kiln__tensor_view(ctx, out, 0, NULL, NULL, out->offset);
 fail:
