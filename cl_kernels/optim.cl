@@ -162,10 +162,13 @@ inline int mt_which(const kiln_opt_table *T, int i) {
 
 /* This work-item's chunk [i, i1) of the global range, split at parameters' ends: the body runs
  * with k (the parameter) and its local elements [e0, e1). */
-#define MT_CHUNKS(...)                                                                                                 \
+#define MT_CHUNKS(...) MT_CHUNKS_(SKIP_CHECK, __VA_ARGS__)
+/* the same for the kernels that take no found_inf (clipping and zeroing gradients) */
+#define MT_CHUNKS_NOSKIP(...) MT_CHUNKS_(, __VA_ARGS__)
+#define MT_CHUNKS_(CHECK, ...)                                                                                         \
     int i = (int)get_global_id(0) * KILN_OPT_CHUNK, total = T.start[T.count];                                          \
     if (i >= total) return;                                                                                            \
-    SKIP_CHECK                                                                                                         \
+    CHECK                                                                                                              \
     int i1 = min(i + KILN_OPT_CHUNK, total);                                                                           \
     for (int k = mt_which(&T, i); i < i1; k++) {                                                                       \
         int e0 = i - T.start[k], e1 = min(i1, T.start[k + 1]) - T.start[k];                                            \
@@ -309,14 +312,14 @@ kernel void clip_scale(global float *g, int goff, int n, global const float *coe
 /* clip_scale of up to KILN_OPT_MULTI gradients (T's start and goff, as the *_multi updates). */
 kernel void clip_scale_multi(kiln_opt_table T, MT_ARGS(global float *, g), global const float *coef, int coff) {
     float cf = coef[coff];
-    MT_CHUNKS({
+    MT_CHUNKS_NOSKIP({
         global float *gk = MT_PICK(g, k) + T.goff[k];
         for (int e = e0; e < e1; e++) gk[e] = gk[e] * cf;
     })
 }
 
 /* zero_grad of up to KILN_OPT_MULTI gradients (T's start and goff): every element 0. */
-kernel void zero_multi(kiln_opt_table T, MT_ARGS(global float *, g)){MT_CHUNKS({
+kernel void zero_multi(kiln_opt_table T, MT_ARGS(global float *, g)){MT_CHUNKS_NOSKIP({
     global float *gk = MT_PICK(g, k) + T.goff[k];
     for (int e = e0; e < e1; e++) gk[e] = 0.0f;
 })}
