@@ -1208,14 +1208,8 @@ kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kil
                          const kiln_conv2d_params *p) {
     const char *op = "kiln_conv2d";
     /* autocast casts f32 inputs to half; halves run on f32 copies (src/ops/cast.c) */
-    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
-    int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
-    if (nc != 0) {
-        kiln_tensor *r = nc > 0 ? kiln_conv2d(ctx, cast[0], cast[1], cast[2], p) : NULL;
-        kiln__half_release(3, in3, cast);
-        return r;
-    }
-    if (kiln__any_half(3, in3)) return kiln__via_f32(ctx, 3, in3, conv2d_f32, p);
+    kiln_tensor *in3[3] = {x, weight, bias}, *r;
+    if (kiln__half_cast_or_copy(ctx, 3, in3, conv2d_f32, p, &r)) return r;
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
     /* the direct route's planes of x are kept for the weight gradient where it is wanted */
@@ -1233,14 +1227,8 @@ kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *w
                                    const kiln_conv2d_params *p) {
     const char *op = "kiln_conv_transpose2d";
     /* as kiln_conv2d: autocast casts f32 inputs to half, halves run on f32 copies */
-    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
-    int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
-    if (nc != 0) {
-        kiln_tensor *r = nc > 0 ? kiln_conv_transpose2d(ctx, cast[0], cast[1], cast[2], p) : NULL;
-        kiln__half_release(3, in3, cast);
-        return r;
-    }
-    if (kiln__any_half(3, in3)) return kiln__via_f32(ctx, 3, in3, conv_transpose2d_f32, p);
+    kiln_tensor *in3[3] = {x, weight, bias}, *r;
+    if (kiln__half_cast_or_copy(ctx, 3, in3, conv_transpose2d_f32, p, &r)) return r;
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, true, &g)) return NULL;
     kiln_tensor *out = NULL;

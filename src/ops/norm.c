@@ -176,6 +176,13 @@ typedef struct dropout_state {
 
 /* ---- batch norm and layer norm: shared forward and backward -------------------------- */
 
+/* Hands the new gradient *t to input i's slot (kiln__accum_owned) and gives it up either way. */
+static kiln_status give(kiln_ctx *ctx, kiln__node *n, int i, kiln_tensor **t) {
+    kiln_status s = kiln__accum_owned(ctx, n, i, *t);
+    *t = NULL;
+    return s;
+}
+
 static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     const char *op = n->op;
     const norm_state *st = KILN__NODE_STATE(n, norm_state);
@@ -237,27 +244,11 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
             s = norm_launch(ctx, op, "norm_backward", sizeof args / sizeof args[0], args, g.G, (int64_t)g.N * g.S, 2);
         if (s != KILN_OK) goto done;
     }
-    if (need_x) {
-        s = kiln__accum_owned(ctx, n, 0, dx);
-        dx = NULL; /* given up either way */
-        if (s != KILN_OK) goto done;
-    }
-    if (need_r) {
-        s = kiln__accum_owned(ctx, n, 3, dr);
-        dr = NULL;
-        if (s != KILN_OK) goto done;
-    }
+    if (need_x && (s = give(ctx, n, 0, &dx)) != KILN_OK) goto done;
+    if (need_r && (s = give(ctx, n, 3, &dr)) != KILN_OK) goto done;
     if (sums) {
-        if (need_w) {
-            s = kiln__accum_owned(ctx, n, 1, sumb);
-            sumb = NULL;
-            if (s != KILN_OK) goto done;
-        }
-        if (need_b) {
-            s = kiln__accum_owned(ctx, n, 2, suma);
-            suma = NULL;
-            if (s != KILN_OK) goto done;
-        }
+        if (need_w && (s = give(ctx, n, 1, &sumb)) != KILN_OK) goto done;
+        if (need_b && (s = give(ctx, n, 2, &suma)) != KILN_OK) goto done;
     }
     if (wmode == KILN_NORM_W_ELEM && (need_w || need_b)) {
         /* layer norm: column sums over the rows, [R, D] with R = G, D = S */
@@ -290,16 +281,8 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         s = kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "ln_param_grad", sizeof args / sizeof args[0], args,
                          (size_t)g.S, 0);
         if (s != KILN_OK) goto done;
-        if (need_w) {
-            s = kiln__accum_owned(ctx, n, 1, dw);
-            dw = NULL;
-            if (s != KILN_OK) goto done;
-        }
-        if (need_b) {
-            s = kiln__accum_owned(ctx, n, 2, db);
-            db = NULL;
-            if (s != KILN_OK) goto done;
-        }
+        if (need_w && (s = give(ctx, n, 1, &dw)) != KILN_OK) goto done;
+        if (need_b && (s = give(ctx, n, 2, &db)) != KILN_OK) goto done;
     }
 done:
     if (s == KILN_OK && ctx->err != KILN_OK) s = ctx->err;

@@ -115,6 +115,12 @@ kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f
  * norms, the reductions, ...): with autocast on the result stays f32, otherwise it is
  * converted back as kiln__via_f32 does. */
 kiln_tensor *kiln__half_fallback(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg);
+/* The start of an op that autocast casts to half and whose halves run on f32 copies (conv2d,
+ * conv_transpose2d): with autocast on, fn (the op) on the f32 inputs cast to half; halves,
+ * kiln__via_f32. true when it answered the call (*res, NULL with the error set), false to
+ * go on in f32. */
+bool kiln__half_cast_or_copy(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg,
+                             kiln_tensor **res);
 
 /* ---- the GEMM router (src/ops/sgemm.c) --------------------------------------------- */
 
