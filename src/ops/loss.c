@@ -89,7 +89,8 @@ static bool check_reduction(kiln_ctx *ctx, const char *op, kiln_reduction r) {
     return false;
 }
 
-/* want KILN_F32 takes any float dtype: halves are computed through f32 copies (half_loss) */
+/* want KILN_F32 takes any float dtype: halves are computed through f32 copies (el_loss and
+ * ce_impl call kiln__half_fallback) */
 static bool check_dtype(kiln_ctx *ctx, const char *op, const char *what, const kiln_tensor *t, kiln_dtype want) {
     if (t->dtype == want || (want == KILN_F32 && kiln_dtype_is_half(t->dtype))) return true;
     char sb[160];
