@@ -149,9 +149,9 @@ KILN_API kiln_tensor *kiln_l2_penalty(kiln_ctx *ctx, int n, kiln_tensor *const *
 
 /* ---- sampling for generation (src/ops/sample.c; not differentiable) ----------------- */
 
-/* Draws one id per row of logits [B, V] (F32, any view) from softmax(logits / temperature),
- * restricted with top_k > 0 to the top_k largest logits of the row (ties with the k-th
- * largest are kept, as torch's top-k filtering `logits < topk(...)[-1]` -> -inf); top_k 0
+/* Draws one id per row of logits [B, V] (F32, any view; F16/BF16 from an f32 copy) from
+ * softmax(logits / temperature), restricted with top_k > 0 to the top_k largest logits of
+ * the row (ties with the k-th largest are kept, as torch's top-k filtering `logits < topk(...)[-1]` -> -inf); top_k 0
  * is off. Returns a new I32 tensor [B] of ids in [0, V), ready for kiln_embedding; a row
  * holding a NaN or +inf, or only -inf, gets -1. temperature finite and > 0 (as it nears 0
  * the draw becomes kiln_argmax's: weights exp((x - max) / T) of the others underflow to 0),
@@ -224,8 +224,8 @@ typedef struct kiln_sdpa_opts {
  * What NULL opts mean. */
 KILN_API kiln_sdpa_opts kiln_sdpa_defaults(void);
 /* torch.nn.functional.scaled_dot_product_attention: softmax(scale q k^T + mask) v with
- * query [..., L, E], key [..., S, E], value [..., S, Ev] (F32; leading batch/head dims
- * broadcast together) -> a new [..., L, Ev] (the fused path lays it out in the query's
+ * query [..., L, E], key [..., S, E], value [..., S, Ev] (F32, or F16/BF16 through f32
+ * copies; leading batch/head dims broadcast together) -> a new [..., L, Ev] (the fused path lays it out in the query's
  * memory order, as torch's fused kernels: for heads permuted from [B, L, H, E] memory its
  * inverse permute is contiguous, so merging the heads is a view). attn_mask (optional)
  * broadcasts to [..., L, S]: U8 boolean (nonzero: the key takes part) or F32 added to the scores; it
