@@ -485,6 +485,61 @@ static void test_memory(kiln_ctx *ctx) {
           (unsigned long long)f2, (unsigned long long)c2);
 }
 
+/* A long sequence of four heads (L = S = 8192, E = 64): the fused forward and backward run
+ * (left to the driver, POCL made the row kernels' work-groups 4096 items big and crashed),
+ * and a few output rows match a double-precision softmax(q k^T / 8) v computed here. */
+static void test_long(kiln_ctx *ctx) {
+    enum { H = 4, L = 8192, E = 64 };
+    int64_t shape[4] = {1, H, L, E}, n = (int64_t)H * L * E;
+    float *hq = malloc(sizeof(float) * (size_t)n), *hk = malloc(sizeof(float) * (size_t)n),
+          *hv = malloc(sizeof(float) * (size_t)n), *ho = malloc(sizeof(float) * (size_t)n);
+    if (!hq || !hk || !hv || !ho) {
+        free(hq), free(hk), free(hv), free(ho);
+        CHECK(false, "long sdpa: out of host memory");
+        return;
+    }
+    h_fill(hq, n, -1, 1);
+    h_fill(hk, n, -1, 1);
+    h_fill(hv, n, -1, 1);
+    kiln_scope_begin(ctx);
+    kiln_tensor *q = kiln_from_host(ctx, hq, KILN_F32, 4, shape), *k = kiln_from_host(ctx, hk, KILN_F32, 4, shape),
+                *v = kiln_from_host(ctx, hv, KILN_F32, 4, shape);
+    kiln_tensor_set_requires_grad(q, true);
+    kiln_tensor_set_requires_grad(k, true);
+    kiln_tensor_set_requires_grad(v, true);
+    kiln_sdpa_opts o = kiln_sdpa_defaults();
+    o.impl = KILN_SDPA_FUSED;
+    kiln_tensor *y = kiln_scaled_dot_product_attention(ctx, q, k, v, NULL, &o);
+    CHECK(y && kiln_backward(kiln_sum(ctx, y, 0, NULL, false)) == KILN_OK && kiln_tensor_grad(q) &&
+              kiln_to_host(kiln_contiguous(ctx, y), ho, sizeof(float) * (size_t)n) == KILN_OK,
+          "long sdpa: %s", kiln_error_message(ctx));
+    static const int rows[4][2] = {{0, 0}, {1, 4095}, {2, 8000}, {3, 8191}};
+    double worst = 0;
+    for (int r = 0; r < 4; r++) {
+        int64_t hb = (int64_t)rows[r][0] * L * E, i = rows[r][1];
+        double *w = malloc(sizeof(double) * L), mx = -INFINITY, sum = 0;
+        if (!w) break;
+        for (int j = 0; j < L; j++) {
+            double d = 0;
+            for (int e = 0; e < E; e++) d += (double)hq[hb + i * E + e] * hk[hb + (int64_t)j * E + e];
+            w[j] = d / 8.0;
+            if (w[j] > mx) mx = w[j];
+        }
+        for (int j = 0; j < L; j++) sum += (w[j] = exp(w[j] - mx));
+        for (int e = 0; e < E; e++) {
+            double ref = 0;
+            for (int j = 0; j < L; j++) ref += w[j] * hv[hb + (int64_t)j * E + e];
+            ref /= sum;
+            double err = fabs(ho[hb + i * E + e] - ref);
+            if (err > worst) worst = err;
+        }
+        free(w);
+    }
+    CHECK(worst < 1e-5, "long sdpa: output off the double reference by %.3g", worst);
+    kiln_scope_end(ctx);
+    free(hq), free(hk), free(hv), free(ho);
+}
+
 /* ---- errors ---------------------------------------------------------------------------------- */
 
 static void expect_err(kiln_ctx *ctx, kiln_tensor *got, kiln_status st, const char *what, const char *w1,
@@ -574,6 +629,7 @@ static void run(kiln_ctx *ctx) {
     test_dropout(ctx);
     test_dropout_gradcheck(ctx);
     test_memory(ctx);
+    test_long(ctx);
     CHECK_OK(ctx);
 }
 

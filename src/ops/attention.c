@@ -386,6 +386,16 @@ static out_addr out_addr_of(const sdpa_geom *g, kiln_tensor *t) {
     return (out_addr){.bs = p.bs, .rs = p.rs};
 }
 
+/* The local size of the row kernels (sdpa_forward, sdpa_backward_dq), which use no local
+ * memory: at most ATT_ROW_WG work-items along the rows, a power of two dividing the global
+ * size, one batch. Left to the driver, POCL made groups of every row of four batches (4096
+ * work-items at L = 8192) and overflowed its thread's stack with their private arrays. */
+#define ATT_ROW_WG 64
+static void row_local(const size_t gl[2], size_t lw[2]) {
+    lw[0] = 1, lw[1] = 1;
+    while (lw[0] < ATT_ROW_WG && gl[0] % (lw[0] * 2) == 0) lw[0] *= 2;
+}
+
 static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
     const sdpa_state *st = KILN__NODE_STATE(n, sdpa_state);
     if (!st) return ctx->err;
@@ -435,8 +445,9 @@ static kiln_status sdpa_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         args[ac++] = KILN__ARG(in[5]), args[ac++] = KILN__ARG(lo), args[ac++] = KILN__ARG(in[6]);
         args[ac++] = KILN__ARG(scale), args[ac++] = KILN__ARG(in[7]);
         args[ac++] = KILN__ARG(qa.bs), args[ac++] = KILN__ARG(qa.rs);
-        size_t gl[2] = {(size_t)((g->L + t->qm - 1) / t->qm), (size_t)g->B};
-        if ((s = kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_dq", (size_t)ac, args, gl, NULL)) !=
+        size_t gl[2] = {(size_t)((g->L + t->qm - 1) / t->qm), (size_t)g->B}, lw[2];
+        row_local(gl, lw);
+        if ((s = kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_backward_dq", (size_t)ac, args, gl, lw)) !=
             KILN_OK)
             goto done;
     }
@@ -515,8 +526,9 @@ static kiln_tensor *sdpa_fused(kiln_ctx *ctx, kiln_tensor *q, kiln_tensor *k, ki
         out_addr oa = out_addr_of(g, out);
         args[ac++] = KILN__ARG(out->st->mem), args[ac++] = KILN__ARG(oa.bs), args[ac++] = KILN__ARG(oa.rs);
         args[ac++] = KILN__ARG(lse->st->mem);
-        size_t gl[2] = {(size_t)((st.Lp + t->rm - 1) / t->rm), (size_t)g->B};
-        if (kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_forward", (size_t)ac, args, gl, NULL) != KILN_OK)
+        size_t gl[2] = {(size_t)((st.Lp + t->rm - 1) / t->rm), (size_t)g->B}, lw[2];
+        row_local(gl, lw);
+        if (kiln__launch2(ctx, op_name, ATT_PROGRAM, opts, "sdpa_forward", (size_t)ac, args, gl, lw) != KILN_OK)
             goto fail;
     }
     kiln_tensor_free(qp), qp = NULL;
