@@ -1265,7 +1265,7 @@ static int parse_args(ops_run *r, int argc, char **argv) {
             const char *d = argv[++i];
             r->ndt = 1;
             if (strcmp(d, "all") == 0)
-                r->ndt = 3;
+                r->ndt = 3, memcpy(r->dts, all, sizeof all);
             else if (strcmp(d, "f32") == 0)
                 r->dts[0] = KILN_F32;
             else if (strcmp(d, "f16") == 0)
