@@ -610,104 +610,89 @@ static kiln_status launch_opt(kiln_optim *opt, const char *kernel, size_t na, ki
     return kiln__launch(opt->ctx, "kiln_optim_step", OPT_PROGRAM, skip ? "-DKILN_SKIP" : "", kernel, na, a, n, 0);
 }
 
-static kiln_status launch_update(kiln_optim *opt, int i, kiln_tensor *g, bool first, kiln_tensor *skip) {
-    opt_param *q = &opt->ps[i];
+/* The scalar arguments of parameter q's update kernel (one-tensor or *_multi: the same ones
+ * in the same order), flags last: SGD lr, momentum, 1 - dampening, weight decay; RMSprop lr,
+ * alpha, 1 - alpha, eps, weight decay, momentum; Adam/AdamW torch's Python arithmetic in
+ * double with the step already incremented. first: SGD's momentum buffer starts from the
+ * gradient. */
+typedef struct opt_scalars {
+    cl_float v[9];
+    int nv;
+    cl_int flags;
+} opt_scalars;
+
+static void scalars_of(const kiln_optim *opt, const opt_param *q, bool first, opt_scalars *sc) {
     const opt_group *o = &opt->groups[q->group];
     opt_kind kind = opt->kind;
-    kiln_tensor *p = q->p;
-    cl_int n = (cl_int)kiln__numel(p->ndim, p->shape);
-    cl_int poff = (cl_int)p->offset, goff = (cl_int)g->offset;
-    cl_mem mem[OPT_NSLOT];
-    cl_int off[OPT_NSLOT];
-    for (int s = 0; s < OPT_NSLOT; s++) { /* unused slots: the parameter, never accessed */
-        mem[s] = q->state[s] ? q->state[s]->st->mem : p->st->mem;
-        off[s] = q->state[s] ? (cl_int)q->state[s]->offset : 0;
-    }
     cl_int flags = o->maximize ? KILN_OPT_MAXIMIZE : 0;
     if (kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
     if (kind == OPT_SGD) {
         if (o->momentum != 0) flags |= KILN_OPT_MOMENTUM;
         if (first) flags |= KILN_OPT_FIRST;
         if (o->nesterov) flags |= KILN_OPT_NESTEROV;
-        cl_float neg_lr = (cl_float)-o->lr, mom = (cl_float)o->momentum, damp1 = (cl_float)(1 - o->dampening),
-                 wd = (cl_float)o->weight_decay;
-        kiln__karg a[] = {KILN__ARG(p->st->mem),
-                          KILN__ARG(poff),
-                          KILN__ARG(g->st->mem),
-                          KILN__ARG(goff),
-                          KILN__ARG(mem[0]),
-                          KILN__ARG(off[0]),
-                          KILN__ARG(n),
-                          KILN__ARG(neg_lr),
-                          KILN__ARG(mom),
-                          KILN__ARG(damp1),
-                          KILN__ARG(wd),
-                          KILN__ARG(flags),
-                          {0},
-                          {0}};
-        return launch_opt(opt, "sgd_step", sizeof a / sizeof a[0] - 2, a, (size_t)n, skip);
+        *sc = (opt_scalars){
+            {(cl_float)-o->lr, (cl_float)o->momentum, (cl_float)(1 - o->dampening), (cl_float)o->weight_decay},
+            4,
+            flags};
+        return;
     }
     if (kind == OPT_RMSPROP) {
         if (o->momentum > 0) flags |= KILN_OPT_MOMENTUM;
         if (o->centered) flags |= KILN_OPT_CENTERED;
-        cl_float neg_lr = (cl_float)-o->lr, alpha = (cl_float)o->alpha, oma = (cl_float)(1 - o->alpha),
-                 eps = (cl_float)o->eps, wd = (cl_float)o->weight_decay, mom = (cl_float)o->momentum;
-        kiln__karg a[] = {KILN__ARG(p->st->mem),
-                          KILN__ARG(poff),
-                          KILN__ARG(g->st->mem),
-                          KILN__ARG(goff),
-                          KILN__ARG(mem[0]),
-                          KILN__ARG(off[0]),
-                          KILN__ARG(mem[1]),
-                          KILN__ARG(off[1]),
-                          KILN__ARG(mem[2]),
-                          KILN__ARG(off[2]),
-                          KILN__ARG(n),
-                          KILN__ARG(neg_lr),
-                          KILN__ARG(alpha),
-                          KILN__ARG(oma),
-                          KILN__ARG(eps),
-                          KILN__ARG(wd),
-                          KILN__ARG(mom),
-                          KILN__ARG(flags),
-                          {0},
-                          {0}};
-        return launch_opt(opt, "rmsprop_step", sizeof a / sizeof a[0] - 2, a, (size_t)n, skip);
+        *sc = (opt_scalars){{(cl_float)-o->lr, (cl_float)o->alpha, (cl_float)(1 - o->alpha), (cl_float)o->eps,
+                             (cl_float)o->weight_decay, (cl_float)o->momentum},
+                            6,
+                            flags};
+        return;
     }
-    /* Adam/AdamW: torch's Python arithmetic in double with the step already incremented. */
     if (o->amsgrad) flags |= KILN_OPT_AMSGRAD;
     if (kind == OPT_ADAMW) flags |= KILN_OPT_DECOUPLED;
     double t = (double)(q->step + 1);
     double bc1 = 1 - pow(o->beta1, t), bc2 = 1 - pow(o->beta2, t);
     double step_size = o->lr / bc1;
-    cl_float b1 = (cl_float)o->beta1, omb1 = (cl_float)(1 - o->beta1), b2 = (cl_float)o->beta2,
-             omb2 = (cl_float)(1 - o->beta2), wd = (cl_float)o->weight_decay,
-             decay = (cl_float)(1 - o->lr * o->weight_decay), neg_step = (cl_float)-step_size,
-             bc2s = (cl_float)sqrt(bc2), eps = (cl_float)o->eps;
-    kiln__karg a[] = {KILN__ARG(p->st->mem),
-                      KILN__ARG(poff),
-                      KILN__ARG(g->st->mem),
-                      KILN__ARG(goff),
-                      KILN__ARG(mem[0]),
-                      KILN__ARG(off[0]),
-                      KILN__ARG(mem[1]),
-                      KILN__ARG(off[1]),
-                      KILN__ARG(mem[2]),
-                      KILN__ARG(off[2]),
-                      KILN__ARG(n),
-                      KILN__ARG(b1),
-                      KILN__ARG(omb1),
-                      KILN__ARG(b2),
-                      KILN__ARG(omb2),
-                      KILN__ARG(wd),
-                      KILN__ARG(decay),
-                      KILN__ARG(neg_step),
-                      KILN__ARG(bc2s),
-                      KILN__ARG(eps),
-                      KILN__ARG(flags),
-                      {0},
-                      {0}};
-    return launch_opt(opt, "adam_step", sizeof a / sizeof a[0] - 2, a, (size_t)n, skip);
+    *sc = (opt_scalars){{(cl_float)o->beta1, (cl_float)(1 - o->beta1), (cl_float)o->beta2, (cl_float)(1 - o->beta2),
+                         (cl_float)o->weight_decay, (cl_float)(1 - o->lr * o->weight_decay), (cl_float)-step_size,
+                         (cl_float)sqrt(bc2), (cl_float)o->eps},
+                        9,
+                        flags};
+}
+
+/* Appends sc's arguments (the scalars, then flags) to a from index na; returns the count. */
+static size_t scalar_args(opt_scalars *sc, kiln__karg *a, size_t na) {
+    for (int j = 0; j < sc->nv; j++) a[na++] = KILN__ARG(sc->v[j]);
+    a[na++] = KILN__ARG(sc->flags);
+    return na;
+}
+
+static const char *const step_kernel[] = {
+    [OPT_SGD] = "sgd", [OPT_RMSPROP] = "rmsprop", [OPT_ADAM] = "adam", [OPT_ADAMW] = "adam"};
+
+/* One parameter's update: its buffers (SGD: the momentum buffer only; unused slots: the
+ * parameter, never accessed), then the scalars. */
+static kiln_status launch_update(kiln_optim *opt, int i, kiln_tensor *g, bool first, kiln_tensor *skip) {
+    opt_param *q = &opt->ps[i];
+    kiln_tensor *p = q->p;
+    cl_int n = (cl_int)kiln__numel(p->ndim, p->shape);
+    cl_int poff = (cl_int)p->offset, goff = (cl_int)g->offset;
+    cl_mem mem[OPT_NSLOT];
+    cl_int off[OPT_NSLOT];
+    for (int s = 0; s < OPT_NSLOT; s++) {
+        mem[s] = q->state[s] ? q->state[s]->st->mem : p->st->mem;
+        off[s] = q->state[s] ? (cl_int)q->state[s]->offset : 0;
+    }
+    kiln__karg a[5 + 2 * OPT_NSLOT + 10 + 2];
+    size_t na = 0;
+    a[na++] = KILN__ARG(p->st->mem), a[na++] = KILN__ARG(poff);
+    a[na++] = KILN__ARG(g->st->mem), a[na++] = KILN__ARG(goff);
+    int nbuf = opt->kind == OPT_SGD ? 1 : OPT_NSLOT;
+    for (int s = 0; s < nbuf; s++) a[na++] = KILN__ARG(mem[s]), a[na++] = KILN__ARG(off[s]);
+    a[na++] = KILN__ARG(n);
+    opt_scalars sc;
+    scalars_of(opt, q, first, &sc);
+    na = scalar_args(&sc, a, na);
+    char kernel[24];
+    snprintf(kernel, sizeof kernel, "%s_step", step_kernel[opt->kind]);
+    return launch_opt(opt, kernel, na, a, (size_t)n, skip);
 }
 
 /* Whether parameters i and j update with the same kernel scalars. */
@@ -722,7 +707,6 @@ static bool same_scalars(const kiln_optim *opt, int i, int j) {
  * gradients gs. Arithmetic as launch_update's, element by element. */
 static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *const *gs, int nb, kiln_tensor *skip) {
     const opt_param *q0 = &opt->ps[idx[0]];
-    const opt_group *o = &opt->groups[q0->group];
     opt_kind kind = opt->kind;
     kiln_tensor *p0 = q0->p;
     kiln_opt_table T;
@@ -750,42 +734,14 @@ static kiln_status launch_multi(kiln_optim *opt, const int *idx, kiln_tensor *co
     for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(gm[k]);
     for (int sl = 0; sl < nbuf; sl++)
         for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(sm[sl][k]);
-    cl_int flags = o->maximize ? KILN_OPT_MAXIMIZE : 0;
-    if (kind != OPT_ADAMW && o->weight_decay != 0) flags |= KILN_OPT_DECAY;
     /* KILN_OPT_CHUNK elements per work-item (optim.cl) */
     size_t n = ((size_t)T.start[nb] + KILN_OPT_CHUNK - 1) / KILN_OPT_CHUNK;
-    if (kind == OPT_SGD) {
-        if (o->momentum != 0) flags |= KILN_OPT_MOMENTUM;
-        if (q0->fresh) flags |= KILN_OPT_FIRST;
-        if (o->nesterov) flags |= KILN_OPT_NESTEROV;
-        cl_float neg_lr = (cl_float)-o->lr, mom = (cl_float)o->momentum, damp1 = (cl_float)(1 - o->dampening),
-                 wd = (cl_float)o->weight_decay;
-        a[na++] = KILN__ARG(neg_lr), a[na++] = KILN__ARG(mom), a[na++] = KILN__ARG(damp1), a[na++] = KILN__ARG(wd);
-        a[na++] = KILN__ARG(flags);
-        return launch_opt(opt, "sgd_multi", na, a, n, skip);
-    }
-    if (kind == OPT_RMSPROP) {
-        if (o->momentum > 0) flags |= KILN_OPT_MOMENTUM;
-        if (o->centered) flags |= KILN_OPT_CENTERED;
-        cl_float neg_lr = (cl_float)-o->lr, alpha = (cl_float)o->alpha, oma = (cl_float)(1 - o->alpha),
-                 eps = (cl_float)o->eps, wd = (cl_float)o->weight_decay, mom = (cl_float)o->momentum;
-        a[na++] = KILN__ARG(neg_lr), a[na++] = KILN__ARG(alpha), a[na++] = KILN__ARG(oma), a[na++] = KILN__ARG(eps);
-        a[na++] = KILN__ARG(wd), a[na++] = KILN__ARG(mom), a[na++] = KILN__ARG(flags);
-        return launch_opt(opt, "rmsprop_multi", na, a, n, skip);
-    }
-    if (o->amsgrad) flags |= KILN_OPT_AMSGRAD;
-    if (kind == OPT_ADAMW) flags |= KILN_OPT_DECOUPLED;
-    double t = (double)(q0->step + 1);
-    double bc1 = 1 - pow(o->beta1, t), bc2 = 1 - pow(o->beta2, t);
-    double step_size = o->lr / bc1;
-    cl_float b1 = (cl_float)o->beta1, omb1 = (cl_float)(1 - o->beta1), b2 = (cl_float)o->beta2,
-             omb2 = (cl_float)(1 - o->beta2), wd = (cl_float)o->weight_decay,
-             decay = (cl_float)(1 - o->lr * o->weight_decay), neg_step = (cl_float)-step_size,
-             bc2s = (cl_float)sqrt(bc2), eps = (cl_float)o->eps;
-    a[na++] = KILN__ARG(b1), a[na++] = KILN__ARG(omb1), a[na++] = KILN__ARG(b2), a[na++] = KILN__ARG(omb2);
-    a[na++] = KILN__ARG(wd), a[na++] = KILN__ARG(decay), a[na++] = KILN__ARG(neg_step), a[na++] = KILN__ARG(bc2s);
-    a[na++] = KILN__ARG(eps), a[na++] = KILN__ARG(flags);
-    return launch_opt(opt, "adam_multi", na, a, n, skip);
+    opt_scalars sc;
+    scalars_of(opt, q0, q0->fresh, &sc);
+    na = scalar_args(&sc, a, na);
+    char kernel[24];
+    snprintf(kernel, sizeof kernel, "%s_multi", step_kernel[kind]);
+    return launch_opt(opt, kernel, na, a, n, skip);
 }
 
 static kiln_status optim_step(kiln_optim *opt, kiln_tensor *skip);
