@@ -407,3 +407,156 @@ __kernel void gemm_transpose(int rows, int cols, int batch, __global const float
     __global float *d = dst + doff + ((ulong)bi * (ulong)cols + (ulong)c) * dld;
     for (int r = 0; r < rows; r++) d[r] = s[(ulong)r * sld];
 }
+
+/* gemv_rows and gemv_cols: the products with one output row or column (M = 1 or N = 1:
+ * the bias gradient of a recurrent layer, 1024 x 1 x 2048 A^T B; a linear layer to one
+ * output; a batch of one), which gemm_nn and gemm_nt would compute in blocks of 32 or 4
+ * columns of which one is used. src/ops/gemm.c writes each as
+ *   y[i * ys] = alpha sum_k P(i, k) x[k * xs] + beta y[i * ys],  i < L,
+ * batch b's operands at poff + b * pstride, ... (elements). With NT_BIAS (only from
+ * kiln__gemm_run_bias, beta 0) y[i] gets bias[bias_off + i * bias_is] added, and with
+ * NT_BIAS 2 ReLU, as gemm_nt stores them.
+ *
+ * gemv_rows: P(i, k) = P[i * pld + k], each row contiguous (A with N = 1, B^T with M = 1).
+ * A work-item computes GV_R outputs as gemm_nt computes its block: NT_VW-wide vector
+ * accumulators along k, the lanes summed as a tree, the K tail one term at a time; rows
+ * past L clamped for the loads and never written. */
+#define GV_R 4
+#if NT_BIAS
+#define GV_BIAS_ARGS , __global const BI_S *bias, ulong bias_off, ulong bias_is
+#else
+#define GV_BIAS_ARGS
+#endif
+
+/* stores alpha s (+ beta y, or + the bias and ReLU) at y[i] */
+static void gv_store(__global float *y, int i, float alpha, float beta, float s
+#if NT_BIAS
+                     , __global const BI_S *bias, ulong bias_off, ulong bias_is
+#endif
+) {
+#if NT_BIAS
+    /* the unfused sum: the product in a statement of its own (see gemm_nt) */
+    float p = alpha * s;
+    float o = p + BI_LD(bias, bias_off + (ulong)i * bias_is);
+#if NT_BIAS == 2
+    o = o < 0.0f ? 0.0f : o;
+#endif
+    y[0] = o;
+#else
+    /* beta == 0 never reads y: stale pool memory, even NaN, cannot leak in */
+    y[0] = beta == 0.0f ? alpha * s : fma(beta, y[0], alpha * s);
+#endif
+}
+#if NT_BIAS
+#define GV_BIAS_PASS , bias, bias_off, bias_is
+#else
+#define GV_BIAS_PASS
+#endif
+
+__kernel void gemv_rows(int L, int K, int batch, float alpha, float beta, __global const float *P, ulong poff,
+                        ulong pld, ulong pstride, __global const float *X, ulong xoff, ulong xs, ulong xstride,
+                        __global float *Y, ulong yoff, ulong ys, ulong ystride GV_BIAS_ARGS) {
+    int i0 = (int)get_global_id(0) * GV_R, bi = (int)get_global_id(1);
+    if (i0 >= L || bi >= batch) return;
+    const __global float *pb = P + poff + (ulong)bi * pstride, *x = X + xoff + (ulong)bi * xstride;
+    const __global float *p[GV_R];
+#pragma unroll
+    for (int r = 0; r < GV_R; r++) p[r] = pb + (ulong)min(i0 + r, L - 1) * pld;
+    NT_T acc[GV_R];
+#pragma unroll
+    for (int r = 0; r < GV_R; r++) acc[r] = 0.0f;
+    int k = 0;
+    if (xs == 1) {
+        for (; k + NT_VW <= K; k += NT_VW) {
+            NT_T xv = KCAT(vload, NT_VW)(0, x + k);
+#pragma unroll
+            for (int r = 0; r < GV_R; r++) acc[r] = fma(KCAT(vload, NT_VW)(0, p[r] + k), xv, acc[r]);
+        }
+    } else {
+        for (; k + NT_VW <= K; k += NT_VW) {
+            float t[NT_VW];
+#pragma unroll
+            for (int l = 0; l < NT_VW; l++) t[l] = x[(ulong)(k + l) * xs];
+            NT_T xv = KCAT(vload, NT_VW)(0, t);
+#pragma unroll
+            for (int r = 0; r < GV_R; r++) acc[r] = fma(KCAT(vload, NT_VW)(0, p[r] + k), xv, acc[r]);
+        }
+    }
+    float s[GV_R];
+#pragma unroll
+    for (int r = 0; r < GV_R; r++) s[r] = nt_hsum(acc[r]);
+    for (; k < K; k++) {
+        float xv = x[(ulong)k * xs];
+#pragma unroll
+        for (int r = 0; r < GV_R; r++) s[r] = fma(p[r][k], xv, s[r]);
+    }
+    __global float *yb = Y + yoff + (ulong)bi * ystride;
+    int rows = min(GV_R, L - i0);
+    for (int r = 0; r < rows; r++) gv_store(yb + (ulong)(i0 + r) * ys, i0 + r, alpha, beta, s[r] GV_BIAS_PASS);
+}
+
+/* gemv_cols: P(i, k) = P[k * pld + i], each k's values contiguous along i (A^T with
+ * N = 1, B with M = 1). A work-item computes a strip of neighbouring outputs, reading for
+ * every k the strip's stretch of P's row k: with `wide` GV_CV vectors of NN_VW floats (rows
+ * a page apart, as the LSTM's 1024 x 1 x 2048 bias gradient has, then give the cache and
+ * the prefetcher a whole run of lines per page visited instead of one), else one vector in
+ * GV_KU accumulators for GV_KU neighbouring k, added in a fixed order at the end, so that
+ * the multiply-adds do not wait on each other (a short L leaves a work-item per vector).
+ * Outputs past the last whole vector are summed one at a time, in the narrow form's
+ * order. */
+#define GV_CV 8
+#define GV_KU 4
+__kernel void gemv_cols(int L, int K, int batch, int wide, float alpha, float beta, __global const float *P,
+                        ulong poff, ulong pld, ulong pstride, __global const float *X, ulong xoff, ulong xs,
+                        ulong xstride, __global float *Y, ulong yoff, ulong ys, ulong ystride GV_BIAS_ARGS) {
+    int w = wide ? GV_CV * NN_VW : NN_VW;
+    int i0 = (int)get_global_id(0) * w, bi = (int)get_global_id(1);
+    if (i0 >= L || bi >= batch) return;
+    const __global float *p = P + poff + (ulong)bi * pstride + i0, *x = X + xoff + (ulong)bi * xstride;
+    __global float *yb = Y + yoff + (ulong)bi * ystride;
+    if (wide && i0 + w <= L) {
+        NN_T acc[GV_CV];
+#pragma unroll
+        for (int v = 0; v < GV_CV; v++) acc[v] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            NN_T xv = (NN_T)x[(ulong)k * xs];
+            const __global float *pk = p + (ulong)k * pld;
+#pragma unroll
+            for (int v = 0; v < GV_CV; v++) acc[v] = fma(KCAT(vload, NN_VW)(v, pk), xv, acc[v]);
+        }
+        for (int v = 0; v < GV_CV; v++) {
+            float t[NN_VW];
+            NN_STOREV(acc[v], 0, t);
+            for (int l = 0; l < NN_VW; l++)
+                gv_store(yb + (ulong)(i0 + v * NN_VW + l) * ys, i0 + v * NN_VW + l, alpha, beta, t[l] GV_BIAS_PASS);
+        }
+        return;
+    }
+    /* narrow, or a wide strip past L: a vector at a time, then single outputs */
+    int end = min(i0 + w, L), i = i0;
+    for (; i + NN_VW <= end; i += NN_VW) {
+        const __global float *pv = p + (i - i0);
+        NN_T acc[GV_KU];
+#pragma unroll
+        for (int u = 0; u < GV_KU; u++) acc[u] = 0.0f;
+        int k = 0;
+        for (; k + GV_KU <= K; k += GV_KU)
+#pragma unroll
+            for (int u = 0; u < GV_KU; u++)
+                acc[u] = fma(KCAT(vload, NN_VW)(0, pv + (ulong)(k + u) * pld), (NN_T)x[(ulong)(k + u) * xs], acc[u]);
+        for (; k < K; k++) acc[0] = fma(KCAT(vload, NN_VW)(0, pv + (ulong)k * pld), (NN_T)x[(ulong)k * xs], acc[0]);
+        float t[NN_VW];
+        NN_STOREV((acc[0] + acc[1]) + (acc[2] + acc[3]), 0, t);
+        for (int l = 0; l < NN_VW; l++) gv_store(yb + (ulong)(i + l) * ys, i + l, alpha, beta, t[l] GV_BIAS_PASS);
+    }
+    for (; i < end; i++) {
+        const __global float *pv = p + (i - i0);
+        float a[GV_KU] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int k = 0;
+        for (; k + GV_KU <= K; k += GV_KU)
+#pragma unroll
+            for (int u = 0; u < GV_KU; u++) a[u] = fma(pv[(ulong)(k + u) * pld], x[(ulong)(k + u) * xs], a[u]);
+        for (; k < K; k++) a[0] = fma(pv[(ulong)k * pld], x[(ulong)k * xs], a[0]);
+        gv_store(yb + (ulong)i * ys, i, alpha, beta, (a[0] + a[1]) + (a[2] + a[3]) GV_BIAS_PASS);
+    }
+}

@@ -201,12 +201,31 @@ double bench_cpu_ms(void) {
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
+/* Warm-up before a product is timed: calls until WARM_MS have passed (at least one, at most
+ * WARM_MAX). POCL's worker threads, idle before the first call, were sometimes both left on
+ * one core for the first ten-odd milliseconds of calls: with one warm-up call a product of
+ * half a millisecond (128 x 490 x 1024) timed at 0.50 or 0.95 ms from run to run, and at
+ * 0.50-0.55 ms in every run after 100 ms of calls (README.md, "Speed"). OpenBLAS gets the
+ * same warm-up. */
+#define WARM_MS 30.0
+#define WARM_MAX 2000
+
 double bench_gemm_kiln_ms(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gemm_data *d, int repeat, double *min_ms,
                           double *min_cpu_ms) {
     double *t = calloc((size_t)repeat * 2, sizeof *t), *c = t + repeat;
     if (!t) return -1;
+    double w0 = bench_now_ms();
+    for (int i = 0; i < WARM_MAX && (i == 0 || bench_now_ms() - w0 < WARM_MS); i++) {
+        kiln_tensor *out = kiln_matmul_ex(ctx, d->a, d->b, gemm_flags(s));
+        kiln_status st = out ? kiln_sync(ctx) : kiln_error_status(ctx);
+        kiln_tensor_free(out);
+        if (st != KILN_OK) {
+            free(t);
+            return -1;
+        }
+    }
     int got = 0;
-    for (int i = -1; i < repeat; i++) {
+    for (int i = 0; i < repeat; i++) {
         double c0 = bench_cpu_ms(), t0 = bench_now_ms();
         kiln_tensor *out = kiln_matmul_ex(ctx, d->a, d->b, gemm_flags(s));
         kiln_status st = out ? kiln_sync(ctx) : kiln_error_status(ctx);
@@ -216,7 +235,7 @@ double bench_gemm_kiln_ms(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gemm_d
             free(t);
             return -1;
         }
-        if (i >= 0) t[got] = t1 - t0, c[got] = c1 - c0, got++;
+        t[got] = t1 - t0, c[got] = c1 - c0, got++;
     }
     double med = bench_median(t, got);
     bench_median(c, got);
@@ -301,7 +320,9 @@ static double openblas_ms(const bench_gemm_shape *s, const bench_gemm_data *d, i
     double *t = calloc((size_t)repeat, sizeof *t);
     if (!t) return -1;
     int lda = (int)(s->ta ? s->m : s->k), ldb = (int)(s->tb ? s->k : s->n);
-    for (int i = -1; i < repeat; i++) {
+    double w0 = bench_now_ms();
+    for (int i = -WARM_MAX; i < repeat; i++) {
+        if (i < 0 && bench_now_ms() - w0 >= WARM_MS) i = 0; /* warmed up (the first pass always is a warm-up) */
         double t0 = bench_now_ms();
         cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, (int)s->m,
                     (int)s->n, (int)s->k, 1.0f, d->ha, lda, d->hb, ldb, 0.0f, c, (int)s->n);
@@ -314,10 +335,18 @@ static double openblas_ms(const bench_gemm_shape *s, const bench_gemm_data *d, i
 }
 #endif
 
-/* Milliseconds per product with `repeat` products queued back to back and one wait at the
- * end, as a training step issues them: the launch costs overlap the kernels, which the
- * one-call-one-wait median of bench_gemm_kiln_ms charges in full. Negative on failure. */
-static double gemm_queued_ms(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gemm_data *d, int repeat) {
+/* Milliseconds per product with products queued back to back and one wait at the end, as a
+ * training step issues them: the launch costs overlap the kernels, which the
+ * one-call-one-wait median of bench_gemm_kiln_ms charges in full. At least `repeat`
+ * products, and as many as fill QUEUED_MS at the one-call time one_ms (at most QUEUED_MAX):
+ * the final wait's wake-up (tens of microseconds on POCL) is then a small part of the mean,
+ * where over ten products of 3 us it had been most of it. Negative on failure. */
+#define QUEUED_MS 20.0
+#define QUEUED_MAX 5000
+static double gemm_queued_ms(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gemm_data *d, int repeat, double one_ms) {
+    double want = one_ms > 0 ? QUEUED_MS / one_ms : QUEUED_MAX;
+    if (want > QUEUED_MAX) want = QUEUED_MAX;
+    if (want > repeat) repeat = (int)want;
     double t0 = bench_now_ms();
     for (int i = 0; i < repeat; i++) {
         /* freeing the output at once hands its buffer to the next product: the in-order
@@ -346,7 +375,7 @@ static int gemm_one(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool 
         bench_gemm_data_free(&d);
         return 1;
     }
-    double qms = gemm_queued_ms(ctx, &s, &d, repeat);
+    double qms = gemm_queued_ms(ctx, &s, &d, repeat, kms);
     if (qms < 0) {
         fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
         bench_gemm_data_free(&d);
@@ -387,10 +416,10 @@ static int gemm_one(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool 
     }
     const char *tn = s.ta ? (s.tb ? "TT" : "TN") : (s.tb ? "NT" : "NN");
     /* which GEMM computed it (src/ops/gemm.c: kiln's kernels on CPUs, CLBlast elsewhere) */
-    const char *kernel = !kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1, 0.0f)
-                             ? "CLBlast"
-                         : kiln__gemm_nt_runs(s.ta, s.tb, (size_t)s.m, (size_t)s.k) ? "kiln gemm_nt"
-                                                                                    : "kiln gemm_nn";
+    char kernel[32] = "CLBlast";
+    if (kiln__gemm_own_takes(ctx, s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k, 1, 0.0f))
+        snprintf(kernel, sizeof kernel, "kiln %s",
+                 kiln__gemm_kernel(s.ta, s.tb, (size_t)s.m, (size_t)s.n, (size_t)s.k));
     if (json) {
         printf("{\"bench\": \"gemm\", \"name\": ");
         tool_json_str(s.name);

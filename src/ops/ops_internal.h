@@ -175,9 +175,10 @@ bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse);
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
-/* Whether kiln's kernels run an f32 product without bias (op(A) op(B), M x K inner) in
- * gemm_nt (A B^T, except a large M with a short K: gemm_nn on a transposed copy of B). */
-bool kiln__gemm_nt_runs(bool ta, bool tb, size_t m, size_t k);
+/* The kernel of gemm.cl that runs an f32 product without bias when kiln's kernels take it:
+ * gemv_rows or gemv_cols (m or n is 1), gemm_nt (A B^T, except a large M with a short K),
+ * or gemm_nn (the rest, A B^T of large M and short K on a transposed copy of B). */
+const char *kiln__gemm_kernel(bool ta, bool tb, size_t m, size_t n, size_t k);
 /* Whether kiln's own A B^T kernel takes this product with a bias added as it stores (C = A
  * B^T + bias, one launch): A B^T that kiln__gemm_own_takes, unless ctx->hooks.gemm_epilogue
  * is -1 or KILN_GEMM_EPILOGUE=off (then the caller adds the bias itself). */
