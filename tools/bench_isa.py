@@ -105,7 +105,8 @@ def main():
                     device[isa] = (j.get("device"), j.get("isa"), j.get("gemm_params"))
                     shape = "%s×%s×%s%s" % (j["m"], j["n"], j["k"],
                                            " " + ("T" if j["trans_a"] else "N") + ("T" if j["trans_b"] else "N"))
-                    gemm.setdefault((isa, j["name"], shape), []).append(
+                    kernel = (j.get("kernel") or "").replace("kiln ", "")
+                    gemm.setdefault((isa, "%s; %s" % (j["name"], kernel), shape), []).append(
                         (j.get("ratio"), j.get("ratio_queued"), j.get("kiln_queued_ms"), j.get("openblas_ms")))
                 for m in models:
                     k = run_json([a.kiln, "bench", "train", "--model", m, "--json"], env, raw)
@@ -120,14 +121,14 @@ def main():
         dev = device.get(isa, ("?", "?", "?"))
         print("\n### %s code: device `%s`, ISA %s (%s), %s–%s, %d rounds, load average %s\n" %
               (isa, dev[0], dev[1], dev[2], started, ended, a.rounds, rng(loads)))
-        print("| product (issued by) | kiln / OpenBLAS, one call | kiln / OpenBLAS, queued | kiln queued ms | "
-              "OpenBLAS ms |")
+        print("| product (issued by; kernel) | kiln / OpenBLAS, one call | kiln / OpenBLAS, queued | "
+              "kiln queued ms | OpenBLAS ms |")
         print("|---|---|---|---|---|")
         for (i, name, shape), v in gemm.items():
             if i != isa:
                 continue
             print("| %s (%s) | %s | %s | %s | %s |" % (shape, name, rng([x[0] for x in v]), rng([x[1] for x in v]),
-                                                    rng([x[2] for x in v], "%.3f"), rng([x[3] for x in v], "%.3f")))
+                                                    rng([x[2] for x in v], "%.4f"), rng([x[3] for x in v], "%.4f")))
         print("\n| training step | kiln ms | PyTorch ms (%d threads) | kiln / PyTorch |" % a.threads)
         print("|---|---|---|---|")
         for (i, m), d in train.items():
