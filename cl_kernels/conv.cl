@@ -124,7 +124,9 @@ kernel void conv_to_cnhw(global const float *src, int soff, int4 ss, global floa
 
 /*
  * dst[n0 + nl, c, :] = src[c, nl, :] + bias[c]: a chunk of the [C, nb, HW] GEMM result back
- * to the contiguous NCHW output (nc channels, planes of hw). One work-item per plane.
+ * to the contiguous NCHW output (nc channels, planes of hw). has_bias 2 also applies ReLU
+ * to the sum (x < 0 ? 0 : x, as kiln_relu: the forward of a convolution then ReLU in one
+ * op). One work-item per plane.
  */
 kernel void conv_from_cnhw(global const float *src, int soff, global float *dst, int doff, global const float *bias,
                            int boff, int has_bias, int nc, int hw, int n0, int nb, int nitems) {
@@ -133,7 +135,13 @@ kernel void conv_from_cnhw(global const float *src, int soff, global float *dst,
     int c = q % nc, nl = q / nc;
     global const float *s = src + soff + (c * nb + nl) * hw;
     global float *d = dst + doff + ((n0 + nl) * nc + c) * hw;
-    if (has_bias) {
+    if (has_bias == 2) {
+        float b = bias[boff + c];
+        for (int p = 0; p < hw; p++) {
+            float v = s[p] + b;
+            d[p] = v < 0.0f ? 0.0f : v;
+        }
+    } else if (has_bias) {
         float b = bias[boff + c];
         for (int p = 0; p < hw; p++) d[p] = s[p] + b;
     } else {
@@ -395,7 +403,7 @@ kernel void conv3_pack(global const float *wt, int woff, int4 ws, int c, int cou
  * of the padded planes xp [N, c, h + 2, pw] (conv3_pad) with the weights packed by
  * conv3_pack (so the same kernel computes a convolution's forward and its input gradient:
  * xp = the padded output gradient, the packed weights flipped and transposed), plus
- * bias[o] when has_bias.
+ * bias[o] when has_bias, and with has_bias 2 ReLU of that (as conv_from_cnhw).
  *
  * One work-item per (image, block of C3_CB output channels, block of C3_R output rows,
  * segment of C3_NV * C3_VW pixels of a row): C3_CB * C3_R * C3_NV vector accumulators,
@@ -466,6 +474,7 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
 #pragma unroll
             for (int v = 0; v < C3_NV; v++) {
                 C3_T y = acc[j][r][v] + b;
+                if (has_bias == 2) y = select(y, (C3_T)(0.0f), y < (C3_T)(0.0f));
                 if (cols >= (v + 1) * C3_VW) {
                     C3_STORE(y, 0, d + v * C3_VW);
                 } else if (cols > v * C3_VW) {
@@ -541,7 +550,11 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
         global float *d = out + ooff + (n * cout + co) * h * w;
         float tl[C3_NV * C3_VW];
 #pragma unroll
-        for (int v = 0; v < C3_NV; v++) C3_STORE(acc[j][v] + b, v, tl);
+        for (int v = 0; v < C3_NV; v++) {
+            C3_T y = acc[j][v] + b;
+            if (has_bias == 2) y = select(y, (C3_T)(0.0f), y < (C3_T)(0.0f));
+            C3_STORE(y, v, tl);
+        }
         int oh = oh0, ow = ow0;
         for (int l = 0; l < C3_NV * C3_VW && oh < h; l++) {
             if (ow < w) d[oh * w + ow] = tl[l];

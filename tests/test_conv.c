@@ -1001,6 +1001,107 @@ static void test_direct(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
 }
 
+/* y, d x, d w, d b of relu(conv2d(x, w, b)) with the seed gf: fused (kiln__conv2d_relu) or
+ * as kiln_conv2d then kiln_relu; host copies in res[0..4) (malloc'ed), the forward's
+ * launches in *launches. */
+static bool conv_relu_pass(kiln_ctx *ctx, const cspec *s, bool fused, const float *const *hin, const float *gf,
+                           float **res, uint64_t *launches) {
+    int ho, wo;
+    out_size(s, &ho, &wo);
+    int64_t xs[4] = {s->n, s->c, s->h, s->w}, ws[4], ys[4] = {s->n, s->cout, ho, wo};
+    wshape(s, ws);
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_from_host(ctx, hin[0], KILN_F32, 4, xs), *w = kiln_from_host(ctx, hin[1], KILN_F32, 4, ws);
+    kiln_tensor *b = kiln_from_host(ctx, hin[2], KILN_F32, 1, (int64_t[]){s->cout});
+    kiln_tensor *seed = kiln_from_host(ctx, gf, KILN_F32, 4, ys);
+    kiln_tensor_set_requires_grad(x, true);
+    kiln_tensor_set_requires_grad(w, true);
+    kiln_tensor_set_requires_grad(b, true);
+    kiln_ctx_stats st0, st1;
+    kiln_ctx_stats_get(ctx, &st0);
+    kiln_tensor *y = fused ? kiln__conv2d_relu(ctx, "test conv relu", x, w, b, &s->p)
+                           : kiln_relu(ctx, kiln_conv2d(ctx, x, w, b, &s->p));
+    kiln_ctx_stats_get(ctx, &st1);
+    *launches = st1.launches - st0.launches;
+    bool ok = y && kiln_backward_ex(y, seed, false) == KILN_OK;
+    CHECK(ok, "%s, %s: %s", s->name, fused ? "fused" : "unfused", kiln_error_message(ctx));
+    kiln_tensor *t[4] = {y, kiln_tensor_grad(x), kiln_tensor_grad(w), kiln_tensor_grad(b)};
+    for (int i = 0; i < 4; i++) res[i] = ok && t[i] ? h_read(t[i]) : NULL;
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+    return ok && res[0] && res[1] && res[2] && res[3];
+}
+
+/* relu(conv2d(x, w, b)) as one op (kiln__conv2d_relu, which Sequential runs for Conv2d then
+ * ReLU): the forward one launch fewer than conv2d then relu, and y and every gradient bit
+ * for bit theirs, through each route (the direct 3x3 kernels, stride 1 and 2; columns, in
+ * one chunk per image too); about half the outputs clipped, so the mask was exercised.
+ * Without a bias it is the two ops. */
+static void test_conv_relu(kiln_ctx *ctx) {
+    kiln__set_guard(ctx, 0); /* guard regions cost launches of their own */
+    const cspec cases[3] = {
+        {"3x3", false, 3, 4, 9, 20, 5, 3, 3, P3, true, V_NONE, false, false},
+        {"3x3 stride 2", false, 2, 3, 9, 11, 4, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, false},
+        {"5x3 groups 2", false, 2, 4, 8, 7, 6, 5, 3, P(1, 1, 1, 0, 1, 1, 2, 0, 0), true, V_NONE, false, false}};
+    static const char *const algos[3] = {"direct", "im2col", "im2col"};
+    for (int a = 0; a < 3; a++) {
+        set_env(ctx, "KILN_CONV_ALGO", algos[a]);
+        kiln__hooks_of(ctx)->conv_budget = a == 2 ? 1 : 0; /* one image a chunk */
+        for (int k = 0; k < 3; k++) {
+            const cspec *s = &cases[k];
+            int ho, wo;
+            out_size(s, &ho, &wo);
+            int64_t n[4] = {(int64_t)s->n * s->cout * ho * wo, (int64_t)s->n * s->c * s->h * s->w,
+                            (int64_t)s->cout * (s->c / s->p.groups) * s->kh * s->kw, s->cout};
+            float *hin[3], *gf = malloc(sizeof(float) * (size_t)n[0]);
+            for (int i = 0; i < 3; i++) {
+                hin[i] = malloc(sizeof(float) * (size_t)n[i + 1]);
+                h_fill(hin[i], n[i + 1], -1, 1);
+            }
+            h_fill(gf, n[0], -1, 1);
+            float *fu[4] = {0}, *un[4] = {0};
+            uint64_t lf = 0, lu = 0;
+            bool ok = conv_relu_pass(ctx, s, true, (const float *const *)hin, gf, fu, &lf) &&
+                      conv_relu_pass(ctx, s, false, (const float *const *)hin, gf, un, &lu);
+            CHECK(ok && lf + 1 == lu, "%s [%s]: the forward took %llu launches fused, %llu unfused (want one fewer)",
+                  s->name, algos[a], (unsigned long long)lf, (unsigned long long)lu);
+            static const char *const what[4] = {"y", "d x", "d w", "d b"};
+            for (int i = 0; ok && i < 4; i++) {
+                int64_t bad = 0, zeros = 0;
+                for (int64_t e = 0; e < n[i]; e++) {
+                    bad += memcmp(&fu[i][e], &un[i][e], sizeof(float)) != 0;
+                    zeros += fu[i][e] == 0.0f;
+                }
+                CHECK(bad == 0, "%s [%s]: %s fused differs from unfused in %lld of %lld elements", s->name, algos[a],
+                      what[i], (long long)bad, (long long)n[i]);
+                if (i == 0)
+                    CHECK(zeros > n[0] / 8 && zeros < n[0], "%s [%s]: %lld of %lld outputs are 0", s->name, algos[a],
+                          (long long)zeros, (long long)n[0]);
+            }
+            for (int i = 0; i < 4; i++) free(fu[i]), free(un[i]);
+            for (int i = 0; i < 3; i++) free(hin[i]);
+            free(gf);
+        }
+    }
+    kiln__hooks_of(ctx)->conv_budget = 0;
+    set_env(ctx, "KILN_CONV_ALGO", NULL);
+    /* no bias: conv2d then relu */
+    kiln_scope_begin(ctx);
+    kiln_tensor *x = kiln_full(ctx, 0.5f, 4, (int64_t[]){1, 2, 5, 5});
+    kiln_tensor *w = kiln_full(ctx, -0.25f, 4, (int64_t[]){3, 2, 3, 3});
+    kiln_conv2d_params p = kiln_conv2d_defaults();
+    kiln_tensor *y = kiln__conv2d_relu(ctx, "test conv relu", x, w, NULL, &p);
+    float *got = y ? h_read(y) : NULL;
+    bool zero = got != NULL;
+    for (int e = 0; got && e < 27; e++) zero = zero && got[e] == 0.0f;
+    CHECK(y && kiln_tensor_ndim(y) == 4 && zero, "no bias: expected relu of a negative convolution (zeros): %s",
+          y ? "other values" : kiln_error_message(ctx));
+    free(got);
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+    kiln__set_guard(ctx, 3);
+}
+
 static void test_device(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
     kiln__set_guard(ctx, 3);
@@ -1012,6 +1113,7 @@ static void test_device(kiln_ctx *ctx) {
     test_empty_batch(ctx);
     test_errors(ctx);
     test_direct(ctx);
+    test_conv_relu(ctx);
     /* The other GEMM route: kiln's own kernels (src/ops/gemm.c) on CPUs by default, CLBlast
      * elsewhere. Each chooses its own layout (padded rows, split parts, conv_wgrad_small for
      * few taps only with CLBlast), so both are checked on every device. */

@@ -1455,6 +1455,69 @@ static void test_seq_fusion(kiln_ctx *ctx) {
     kiln_module_free(net);
 }
 
+/* The same for Conv2d (with a bias) then ReLU (kiln__conv2d_relu): a Conv2d without bias runs
+ * unfused; an input with the wrong channels fails naming the Conv2d. */
+static void test_seq_conv_fusion(kiln_ctx *ctx) {
+    kiln_manual_seed(ctx, 22);
+    kiln_conv2d_params pad1 = kiln_conv2d_defaults();
+    pad1.padding[0] = pad1.padding[1] = 1;
+    kiln_module *net = kiln_nn_sequential(
+        ctx, 5,
+        (kiln_module *[]){kiln_nn_conv2d(ctx, 2, 3, 3, 3, &pad1, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                          kiln_nn_conv2d(ctx, 3, 4, 3, 3, NULL, false), kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                          kiln_nn_conv2d(ctx, 4, 2, 2, 2, NULL, true)});
+    CHECK(net != NULL, "sequential: %s", kiln_error_message(ctx));
+    if (!net) return;
+    float xv[2 * 2 * 7 * 6];
+    h_fill(xv, 2 * 2 * 7 * 6, -1.0f, 1.0f);
+    float *res[2][5] = {{0}};
+    uint64_t launches[2] = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        kiln_scope_begin(ctx);
+        static const char *const params[5] = {"0.weight", "0.bias", "2.weight", "4.weight", "4.bias"};
+        for (int p = 0; p < 5; p++) /* (none before the first backward) */
+            if (kiln_tensor_grad(kiln_module_find(net, params[p])))
+                kiln_tensor_zero_grad(kiln_module_find(net, params[p]));
+        kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 4, (int64_t[]){2, 2, 7, 6});
+        kiln_tensor_set_requires_grad(x, true);
+        kiln_ctx_stats s0, s1;
+        kiln_ctx_stats_get(ctx, &s0);
+        kiln_tensor *y = x;
+        if (pass == 0)
+            y = kiln_forward(net, x);
+        else /* the children one by one: the unfused ops */
+            for (int k = 0; k < 5 && y; k++) y = kiln_forward(kiln_module_child(net, k), y);
+        kiln_ctx_stats_get(ctx, &s1);
+        launches[pass] = s1.launches - s0.launches;
+        CHECK(y && kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, y), 0, NULL, false)) == KILN_OK, "pass %d: %s", pass,
+              kiln_error_message(ctx));
+        kiln_tensor *t[5] = {y, kiln_tensor_grad(x), NULL, NULL, NULL};
+        t[2] = kiln_tensor_grad(kiln_module_find(net, "0.weight"));
+        t[3] = kiln_tensor_grad(kiln_module_find(net, "0.bias"));
+        t[4] = kiln_tensor_grad(kiln_module_find(net, "2.weight"));
+        for (int i = 0; i < 5; i++) res[pass][i] = t[i] ? h_read(t[i]) : NULL;
+        kiln_scope_end(ctx);
+    }
+    static const char *const what[5] = {"output", "d x", "d 0.weight", "d 0.bias", "d 2.weight"};
+    static const size_t n[5] = {2 * 2 * 4 * 3, 2 * 2 * 7 * 6, 3 * 2 * 9, 3, 4 * 3 * 9};
+    for (int i = 0; i < 5; i++) {
+        CHECK(res[0][i] && res[1][i] && !memcmp(res[0][i], res[1][i], n[i] * sizeof(float)),
+              "sequential Conv2d-ReLU: %s differs from the children run one by one", what[i]);
+        free(res[0][i]);
+        free(res[1][i]);
+    }
+    /* the first pair is one op: its relu launch is gone */
+    CHECK(launches[0] < launches[1], "sequential: %llu launches, children one by one %llu",
+          (unsigned long long)launches[0], (unsigned long long)launches[1]);
+    kiln_tensor *bad = kiln_zeros(ctx, 4, (int64_t[]){2, 3, 7, 6});
+    CHECK(kiln_forward(net, bad) == NULL && strstr(kiln_error_message(ctx), "Conv2d") &&
+              strstr(kiln_error_message(ctx), "channels"),
+          "wrong input channels: %s", kiln_error_message(ctx));
+    kiln_error_clear(ctx);
+    kiln_tensor_free(bad);
+    kiln_module_free(net);
+}
+
 static void test_containers(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
     kiln_module *list = kiln_nn_module_list(
@@ -1822,6 +1885,7 @@ static void run(kiln_ctx *ctx) {
     test_user_module(ctx);
     test_containers(ctx);
     test_seq_fusion(ctx);
+    test_seq_conv_fusion(ctx);
     test_user_errors(ctx);
     test_lifetime(ctx);
     CHECK(kiln_ctx_num_tensors(ctx) == before, "test_nn: %lld tensors leaked overall",

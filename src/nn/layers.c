@@ -166,6 +166,8 @@ static void conv_args(const kiln_module *m, char *buf, size_t cap) {
 #undef MORE
 }
 
+static bool conv_fuse_next(kiln_module *m, kiln_module *next, kiln_tensor *x, kiln_tensor **y);
+
 static const kiln_module_def conv_def = LAYER_DEF("Conv2d", conv_cfg, conv_forward, conv_args);
 static const kiln_module_def convt_def = LAYER_DEF("ConvTranspose2d", conv_cfg, conv_forward, conv_args);
 
@@ -184,6 +186,7 @@ static kiln_module *conv_new(kiln_ctx *ctx, const char *op, const kiln_module_de
     double bound = 1.0 / sqrt((double)(wshape[1] * kh * kw));
     if (!(c->weight = add_uniform(m, "weight", bound, 4, wshape))) return fail_free(m);
     if (bias && !(c->bias = add_uniform(m, "bias", bound, 1, (int64_t[]){cout}))) return fail_free(m);
+    if (!transposed) m->fuse_next = conv_fuse_next;
     return m;
 }
 
@@ -616,6 +619,23 @@ static bool linear_fuse_next(kiln_module *m, kiln_module *next, kiln_tensor *x, 
         char path[256];
         kiln__module_path(m, path, sizeof path);
         kiln__error_note(m->ctx, "in Linear then ReLU%s%s", *path ? " at " : "", path);
+    }
+    return true;
+}
+
+/* Conv2d (with a bias) then ReLU in a Sequential: one op (kiln__conv2d_relu: the ReLU in
+ * the store that adds the bias), the same output and gradients as the two modules'. An
+ * input the Conv2d would refuse is left to it (its error names the module). */
+static bool conv_fuse_next(kiln_module *m, kiln_module *next, kiln_tensor *x, kiln_tensor **y) {
+    const conv_cfg *c = m->data;
+    if (c->transposed || next->def.forward != act_forward || ((const act_cfg *)next->data)->kind != KILN_ACT_RELU ||
+        !c->bias || !x || x->ctx != m->ctx || x->ndim != 4 || x->shape[1] != c->in_channels)
+        return false;
+    *y = kiln__conv2d_relu(m->ctx, m->kind, x, c->weight, c->bias, &c->p);
+    if (!*y) {
+        char path[256];
+        kiln__module_path(m, path, sizeof path);
+        kiln__error_note(m->ctx, "in Conv2d then ReLU%s%s", *path ? " at " : "", path);
     }
     return true;
 }

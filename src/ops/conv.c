@@ -221,10 +221,11 @@ static kiln_status to_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln
                         (size_t)nitems, 0);
 }
 
-/* Images n0 .. n0+nb-1 of out (contiguous NCHW) from the [cout, nb, HW] tmp, plus bias. */
+/* Images n0 .. n0+nb-1 of out (contiguous NCHW) from the [cout, nb, HW] tmp, plus bias, and
+ * with relu (only with a bias) ReLU of that. */
 static kiln_status from_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *tmp, kiln_tensor *out, kiln_tensor *bias,
-                             int n0, int nb) {
-    cl_int soff = (cl_int)tmp->offset, doff = (cl_int)out->offset, hb = bias != NULL, cn0 = n0, cnb = nb;
+                             bool relu, int n0, int nb) {
+    cl_int soff = (cl_int)tmp->offset, doff = (cl_int)out->offset, hb = bias ? (relu ? 2 : 1) : 0, cn0 = n0, cnb = nb;
     cl_int boff = bias ? (cl_int)bias->offset : 0;
     cl_mem bmem = bias ? bias->st->mem : tmp->st->mem;
     cl_int nc = (cl_int)out->shape[1], hw = (cl_int)(out->shape[2] * out->shape[3]), nitems = nb * nc;
@@ -502,9 +503,9 @@ static void c3_options(const c3_params *p, int stride, char *buf, size_t cap) {
  * conv3_direct of the bordered planes xp of [n, cin, h, w] (c3_pad): the forward (dgrad
  * false: xp from x, the weight as it is) or the input gradient (xp from gy, cin = the
  * convolution's cout, taps flipped and channels exchanged by the strides), plus bias[o]
- * when given.
+ * when given, and with relu (only with a bias) ReLU of that.
  */
-static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_tensor *w, kiln_tensor *bias,
+static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_tensor *w, kiln_tensor *bias, bool relu,
                            const conv_geom *g, bool dgrad) {
     /* (the output's size: stride 1 keeps it, the input gradient's too) */
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->ho, wd = g->wo, stride = c3_stride(g);
@@ -534,7 +535,7 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
                          (size_t)npack, 0);
     }
     if (s == KILN_OK) {
-        cl_int ch = h, cw = wd, cpw = pw, cns = nseg, cnr = nrb, cnc = ncb, hb = bias != NULL;
+        cl_int ch = h, cw = wd, cpw = pw, cns = nseg, cnr = nrb, cnc = ncb, hb = bias ? (relu ? 2 : 1) : 0;
         cl_int boff = bias ? (cl_int)bias->offset : 0, ooff = (cl_int)out->offset, wpoff = (cl_int)wp->offset;
         cl_mem bmem = bias ? bias->st->mem : w->st->mem;
         cl_int nitems = g->n * ncb * nrb * nseg, xpoff = (cl_int)xp->offset;
@@ -557,11 +558,11 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
 
 /* The forward by conv3_direct: x bordered, then convolved. */
 static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
-                                    const conv_geom *g, kiln_tensor **keep) {
+                                    bool relu, const conv_geom *g, kiln_tensor **keep) {
     int stride = c3_stride(g);
     c3_params p = c3_choose(ctx, g->wo, g->cout, stride);
     kiln_tensor *xp = stride == 2 ? c3_phase(ctx, op, x, g) : c3_pad(ctx, op, x, c3_pitch(&p, g->w));
-    kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, g, false) : NULL;
+    kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, relu, g, false) : NULL;
     if (out && keep) {
         *keep = xp;
         return out;
@@ -575,16 +576,17 @@ static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *
 
 static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo);
 
-/* out [n, cout, ho, wo] = conv(x, w) + bias. x any view, w any view [cout, c/groups, kh, kw].
- * With keep, where the direct route computes the forward and would compute the weight
- * gradient, *keep = the bordered (or phase) planes of x it made, which conv3_wgrad reads
- * as they are (else *keep is left alone). */
+/* out [n, cout, ho, wo] = conv(x, w) + bias, and with relu (only with a bias) ReLU of that,
+ * in the same store. x any view, w any view [cout, c/groups, kh, kw]. With keep, where the
+ * direct route computes the forward and would compute the weight gradient, *keep = the
+ * bordered (or phase) planes of x it made, which conv3_wgrad reads as they are (else *keep
+ * is left alone). */
 static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
-                             const conv_geom *g, kiln_tensor **keep) {
+                             bool relu, const conv_geom *g, kiln_tensor **keep) {
     int algo;
     if (algo_override(ctx, op, &algo) != KILN_OK) return NULL;
     if (conv_direct_wanted(ctx, g, algo, false))
-        return conv_direct_fwd(ctx, op, x, w, bias, g,
+        return conv_direct_fwd(ctx, op, x, w, bias, relu, g,
                                keep && conv_direct_wgrad_wanted(ctx, g, algo) && g->n > 0 ? keep : NULL);
     kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, g->cout, g->ho, g->wo});
     if (!out || g->n == 0) return out;
@@ -608,7 +610,7 @@ static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
                         : gm(tmp, 0, ld, (size_t)mg * ld, false);
         s = gemm(ctx, op, (size_t)mg, ld, (size_t)kg, gm(wt, 0, (size_t)kg, (size_t)(mg * kg), false),
                  gm(col, 0, ld, (size_t)kg * ld, false), 0.0f, c, (size_t)g->groups);
-        if (s == KILN_OK && !direct) s = from_cnhw(ctx, op, tmp, out, bias, n0, cnt);
+        if (s == KILN_OK && !direct) s = from_cnhw(ctx, op, tmp, out, bias, relu, n0, cnt);
     }
     /* The in-order queue runs every launch above before a later reuse of these buffers. */
     kiln_tensor_free(tmp);
@@ -836,7 +838,7 @@ static kiln_status bwd_direct_dx(bwd_plan *p) {
     c3_params cp = c3_choose(p->ctx, p->g->w, p->g->c, 1);
     int pw = c3_pitch(&cp, p->g->w);
     kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, pw);
-    if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, p->g, true))) {
+    if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, false, p->g, true))) {
         kiln_tensor_free(gp);
         return p->ctx->err;
     }
@@ -1154,6 +1156,16 @@ static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *g
     return s;
 }
 
+/* relu(conv2d(x, w) + b) fused: relu's backward (its mask from the output, the same test as
+ * from the input) and then conv2d_backward on that gradient */
+static kiln_status conv2d_relu_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
+    kiln_tensor *gr = kiln__relu_grad(ctx, nd->op, gout, nd->out);
+    if (!gr) return ctx->err;
+    kiln_status s = conv2d_backward(ctx, nd, gr);
+    kiln_tensor_free(gr);
+    return s;
+}
+
 static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
     const conv_state *st = KILN__NODE_STATE(nd, conv_state);
     if (!st) return ctx->err;
@@ -1163,7 +1175,7 @@ static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln
     kiln_status s = KILN_OK;
     /* gout is the convolution's input: d x = conv(gout, w); d w from (gout, x) with x as
      * the convolution's output gradient; d bias sums gout. */
-    if (kiln__input_needs_grad(nd, 0) && !(dx = conv_fwd(ctx, nd->op, gout, w, NULL, &g, NULL))) s = ctx->err;
+    if (kiln__input_needs_grad(nd, 0) && !(dx = conv_fwd(ctx, nd->op, gout, w, NULL, false, &g, NULL))) s = ctx->err;
     if (s == KILN_OK && kiln__input_needs_grad(nd, 1))
         s = conv_bwd(ctx, nd->op, &g, gout, NULL, w, x, NULL, NULL, &dw, NULL);
     if (s == KILN_OK && nd->nin > 2 && kiln__input_needs_grad(nd, 2) && !(db = bias_grad(ctx, gout))) s = ctx->err;
@@ -1214,9 +1226,28 @@ kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kil
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
     /* the direct route's planes of x are kept for the weight gradient where it is wanted */
     kiln_tensor *xpad = NULL;
-    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
+    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, false, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
     if (!out) return NULL;
     return record(ctx, op, out, x, weight, bias, &g, conv2d_backward, xpad);
+}
+
+kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                               const kiln_conv2d_params *p) {
+    /* without a bias, with halves or under autocast: the two ops (the fused store is f32's) */
+    bool f32 = x && weight && bias && x->dtype == KILN_F32 && weight->dtype == KILN_F32 && bias->dtype == KILN_F32 &&
+               !kiln_dtype_is_half(kiln_ctx_autocast(ctx));
+    if (!f32) {
+        kiln_tensor *y = kiln_conv2d(ctx, x, weight, bias, p);
+        kiln_tensor *r = y ? kiln_relu(ctx, y) : NULL;
+        kiln_tensor_free(y);
+        return r;
+    }
+    conv_geom g;
+    if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
+    kiln_tensor *xpad = NULL;
+    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, true, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
+    if (!out) return NULL;
+    return record(ctx, op, out, x, weight, bias, &g, conv2d_relu_backward, xpad);
 }
 
 static kiln_tensor *conv_transpose2d_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *p) {

@@ -204,6 +204,12 @@ kiln_status kiln__gemm_run_bias(kiln_ctx *ctx, const char *op, size_t m, size_t 
  * ops'. */
 kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b);
 kiln_tensor *kiln__linear_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b);
+/* relu(kiln_conv2d(x, w, b, p)) as one op, the ReLU in the store that adds the bias (the
+ * direct 3x3 kernels' or the copy of the GEMM's result into NCHW): one launch fewer and one
+ * pass less over the output. Backward: relu's mask from the output, then conv2d's. Without
+ * a bias, with halves or under autocast it runs the two ops. */
+kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                               const kiln_conv2d_params *p);
 /* relu's gradient g where v <= 0 is 0 (activation.c's relu_bwd): v the input or the output
  * of the ReLU (the same test); a new f32 tensor of g's shape. */
 kiln_tensor *kiln__relu_grad(kiln_ctx *ctx, const char *op, kiln_tensor *g, kiln_tensor *v);
