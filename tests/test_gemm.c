@@ -254,6 +254,55 @@ static void test_nt_as_nn(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
+/* A B^T with M < 512, K <= 128, N >= 1024 and M K <= 64 Ki runs as A^T B^T (gemm_nn with
+ * the transposed store) on a transposed copy of A (src/ops/gemm.c's nt_as_tc): every set,
+ * M, N and K ragged against the blocks, alone and batched at offsets with padded leading
+ * dims and strides; such a linear layer adds its bias in a kernel of its own. */
+static void test_nt_as_tc(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    CHECK(!kiln__gemm_bias_takes(ctx, false, true, 37, 1030, 45, 1) &&
+              kiln__gemm_bias_takes(ctx, false, true, 37, 1030, 129, 1) &&
+              kiln__gemm_bias_takes(ctx, false, true, 37, 1023, 45, 1) &&
+              strcmp(kiln__gemm_kernel(false, true, 37, 1030, 45), "gemm_nn") == 0 &&
+              strcmp(kiln__gemm_kernel(false, true, 37, 1030, 129), "gemm_nt") == 0,
+          "kiln__gemm_bias_takes / kiln__gemm_kernel: not as nt_as_tc's rule (M < 512, K <= 128, N >= 1024) says");
+    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        char what[96];
+        snprintf(what, sizeof what, "set %s: A B^T as (A^T)^T B^T", kiln__gemm_sets[s].name);
+        gcase g = geom(false, true, 37, 1030, 45, 1, alphas[s % 3], betas[s % 3], 0, 0, 0);
+        run_case(ctx, what, &g);
+        snprintf(what, sizeof what, "set %s: A B^T as (A^T)^T B^T batched", kiln__gemm_sets[s].name);
+        g = geom(false, true, 19, 1024, g_small ? 7 : 128, 2, alphas[(s + 1) % 3], betas[(s + 1) % 3], 5, 3, 9);
+        run_case(ctx, what, &g);
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    /* the copy of A the pool cannot hold: the product fails naming the op, nothing left behind */
+    const size_t m = 9, n = 1024, k = 20;
+    kiln_scope_begin(ctx);
+    float *h = calloc(n * k, sizeof(float));
+    kiln_tensor *a = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(m * k)});
+    kiln_tensor *b = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(n * k)});
+    kiln_tensor *c = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(m * n)});
+    CHECK(a && b && c, "upload: %s", kiln_error_message(ctx));
+    if (a && b && c) {
+        int64_t tensors = kiln_ctx_num_tensors(ctx);
+        kiln__pool_fail_after(ctx, 1);
+        int rc = kiln__sgemm(ctx, "test_gemm_oom", false, true, m, n, k, 1.0f, a->st->mem, (size_t)a->offset, k, 0,
+                             b->st->mem, (size_t)b->offset, k, 0, 0.0f, c->st->mem, (size_t)c->offset, n, 0, 1);
+        kiln__pool_fail_after(ctx, 0);
+        CHECK(rc == KILN__SGEMM_FAILED && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY &&
+                  strstr(kiln_error_message(ctx), "test_gemm_oom"),
+              "the copy of A failing: rc %d, %s", rc, kiln_error_message(ctx));
+        CHECK(kiln_ctx_num_tensors(ctx) == tensors, "the copy of A failing: %lld tensors left behind",
+              (long long)(kiln_ctx_num_tensors(ctx) - tensors));
+        kiln_error_clear(ctx);
+    }
+    kiln_scope_end(ctx);
+    free(h);
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
 /* K > 1024 through gemm_nn in slices of 512 k adding into C (src/ops/gemm.c,
  * ksplit_wanted): every set and each transpose that gemm_nn runs, m, n and the last slice
  * ragged, beta 0 (C's NaNs never read) and not, alone and batched at offsets. */
@@ -595,6 +644,7 @@ static void run(kiln_ctx *ctx) {
     test_sets(ctx);
     test_padded(ctx);
     test_nt_as_nn(ctx);
+    test_nt_as_tc(ctx);
     test_ksplit(ctx);
     test_gemv(ctx);
     test_pad_oom(ctx);
