@@ -4,7 +4,6 @@
 #include <ctype.h>
 
 #include "harness.h"
-#include "kiln_test_hooks.h"
 
 static bool same(const kiln_device_info *a, const kiln_device_info *b) {
     return a->platform_index == b->platform_index && a->device_index == b->device_index;
@@ -292,49 +291,9 @@ static void test_limits(void) {
     kiln_close(ctx);
 }
 
-/* POCL's workers pinned (src/device/affinity.c): kiln's first enumeration set
- * POCL_AFFINITY=1 where that was safe (safe_before: the rule's answer before it) and left the
- * environment alone elsewhere; the rule says no where a user set POCL's variables or
- * KILN_POCL_AFFINITY=off, or for one of several MPI ranks on the node. (No context is open:
- * no POCL worker is reading the environment.) */
-static void test_pocl_affinity(bool safe_before, bool set_before) {
-    const char *v = getenv("POCL_AFFINITY");
-    if (safe_before)
-        CHECK(v && strcmp(v, "1") == 0, "the rule allowed pinning, yet POCL_AFFINITY is %s", v ? v : "unset");
-    else if (!set_before)
-        CHECK(!v, "the rule forbade pinning, yet POCL_AFFINITY=%s", v);
-    char *saved = v ? strdup(v) : NULL;
-    unsetenv("POCL_AFFINITY");
-    bool base = kiln__pocl_affinity_safe();
-    CHECK(base == safe_before || set_before, "the rule changed its answer: %d, then %d", safe_before, base);
-    static const char *const no[][2] = {{"KILN_POCL_AFFINITY", "off"},  {"KILN_POCL_AFFINITY", "0"},
-                                        {"POCL_AFFINITY", "0"},         {"POCL_MAX_PTHREAD_COUNT", "1"},
-                                        {"POCL_CPU_MAX_CU_COUNT", "2"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
-                                        {"MPI_LOCALNRANKS", "4"},       {"PMI_LOCAL_SIZE", "2"}};
-    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
-        const char *old = getenv(no[i][0]);
-        char *keep = old ? strdup(old) : NULL;
-        setenv(no[i][0], no[i][1], 1);
-        CHECK(!kiln__pocl_affinity_safe(), "%s=%s: the rule still allows pinning", no[i][0], no[i][1]);
-        if (keep)
-            setenv(no[i][0], keep, 1);
-        else
-            unsetenv(no[i][0]);
-        free(keep);
-    }
-    /* one rank alone on its node changes nothing */
-    setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "1", 1);
-    CHECK(kiln__pocl_affinity_safe() == base, "OMPI_COMM_WORLD_LOCAL_SIZE=1 changed the rule's answer");
-    unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-    if (saved) setenv("POCL_AFFINITY", saved, 1);
-    free(saved);
-}
-
 int main(void) {
     char specs[16][16];
-    bool set_before = getenv("POCL_AFFINITY") != NULL, safe_before = kiln__pocl_affinity_safe();
     h_devices(specs, 16); /* exits 77 when there is no device */
-    test_pocl_affinity(safe_before, set_before);
     test_listing();
     test_two_contexts();
     test_close_hooks();

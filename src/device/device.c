@@ -94,7 +94,6 @@ static kiln_status enumerate(found **out, int *count) {
     *out = NULL;
     *count = 0;
     cl_uint np = 0;
-    kiln__pocl_affinity_once(); /* before POCL starts its workers */
     cl_int err = clGetPlatformIDs(0, NULL, &np);
     if (err == -1001 || (err == CL_SUCCESS && np == 0))
         return kiln__fail_global(KILN_ERR_NO_DEVICE,

@@ -29,11 +29,6 @@ size_t kiln__pool_bucket(size_t bytes);
 /* A buffer of at least `bytes` (its bucket size goes to *got). `op` names the requester in
  * the OOM message. NULL on failure with the context's error set. */
 cl_mem kiln__pool_alloc(kiln_ctx *ctx, size_t bytes, size_t *got, const char *op);
-/* POCL's workers pinned one to a core (src/device/affinity.c): whether asking POCL for it is
- * safe here, and the once-per-process setting of POCL_AFFINITY=1 where it is, called before
- * kiln's first OpenCL call. */
-bool kiln__pocl_affinity_safe(void);
-void kiln__pocl_affinity_once(void);
 void kiln__pool_release(kiln_ctx *ctx, cl_mem mem, size_t bucket_bytes);
 void kiln__pool_destroy(kiln_ctx *ctx);
 /* Test hook: the nth allocation from now fails as if the device were full (0 disables). */
