@@ -415,7 +415,8 @@ __kernel void gemm_transpose(int rows, int cols, int batch, __global const float
  *   y[i * ys] = alpha sum_k P(i, k) x[k * xs] + beta y[i * ys],  i < L,
  * batch b's operands at poff + b * pstride, ... (elements). With NT_BIAS (only from
  * kiln__gemm_run_bias, beta 0) y[i] gets bias[bias_off + i * bias_is] added, and with
- * NT_BIAS 2 ReLU, as gemm_nt stores them.
+ * NT_BIAS 2 ReLU, as gemm_nt stores them. f32 operands only: a product with half operands
+ * stays with gemm_nn and gemm_nt, whose loads read halves.
  *
  * gemv_rows: P(i, k) = P[i * pld + k], each row contiguous (A with N = 1, B^T with M = 1).
  * A work-item computes GV_R outputs as gemm_nt computes its block: NT_VW-wide vector
