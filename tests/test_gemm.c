@@ -303,6 +303,43 @@ static void test_nt_as_tc(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
+/* op(A) B with 2 to 15 columns and more rows (src/ops/gemm.c's narrow_n): A^T B as
+ * C^T = B^T A (gemm_nn with the transposed store, reading B transposed), A B in gemm_nt on a
+ * transposed copy of B; and A B^T so narrow with M >= 512 stays in gemm_nt (no copy of B for
+ * gemm_nn). Every set, M, N and K ragged, alone and batched at offsets with padded leading
+ * dims and strides. */
+static void test_narrow(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    CHECK(strcmp(kiln__gemm_kernel(false, false, 37, 9, 20), "gemm_nt") == 0 &&
+              strcmp(kiln__gemm_kernel(true, false, 37, 9, 20), "gemm_nn") == 0 &&
+              strcmp(kiln__gemm_kernel(false, true, 600, 9, 20), "gemm_nt") == 0 &&
+              strcmp(kiln__gemm_kernel(false, false, 37, 16, 20), "gemm_nn") == 0 &&
+              strcmp(kiln__gemm_kernel(false, false, 9, 15, 20), "gemm_nn") == 0,
+          "kiln__gemm_kernel: not as narrow_n's rule (2..15 columns, more rows) says");
+    static const size_t ns[] = {2, 3, 7, 9, 15};
+    int c = 0;
+    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        for (int f = 0; f < 3; f++) { /* A B, A^T B, A B^T (M >= 512) */
+            bool ta = f == 1, tb = f == 2;
+            for (size_t i = g_small ? 3 : 0; i < (g_small ? 4 : sizeof ns / sizeof ns[0]); i++, c++) {
+                size_t n = ns[i], m = tb ? 515 : n + 1 + 17 * i, k = 5 + 19 * i;
+                char what[96];
+                snprintf(what, sizeof what, "set %s: %s, %zu columns (%s)", kiln__gemm_sets[s].name, tnames[f], n,
+                         kiln__gemm_kernel(ta, tb, m, n, k));
+                gcase g = geom(ta, tb, m, n, k, 1, alphas[c % 3], betas[(c / 3) % 3], 0, 0, 0);
+                run_case(ctx, what, &g);
+                if (g_small || i % 2) continue;
+                snprintf(what, sizeof what, "set %s: %s, %zu columns, batched", kiln__gemm_sets[s].name, tnames[f], n);
+                g = geom(ta, tb, m, n, k, 2, alphas[(c + 1) % 3], betas[(c + 1) % 3], 5, 3, 9);
+                run_case(ctx, what, &g);
+            }
+        }
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
 /* K > 1024 through gemm_nn in slices of 512 k adding into C (src/ops/gemm.c,
  * ksplit_wanted): every set and each transpose that gemm_nn runs, m, n and the last slice
  * ragged, beta 0 (C's NaNs never read) and not, alone and batched at offsets. */
@@ -645,6 +682,7 @@ static void run(kiln_ctx *ctx) {
     test_padded(ctx);
     test_nt_as_nn(ctx);
     test_nt_as_tc(ctx);
+    test_narrow(ctx);
     test_ksplit(ctx);
     test_gemv(ctx);
     test_pad_oom(ctx);

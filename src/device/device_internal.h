@@ -191,6 +191,7 @@ typedef struct kiln__hooks {
     int64_t conv_pad;                    /* the padded conv path with this multiple (0 = off) */
     int64_t conv_budget, conv_split_min; /* conv's column budget and split-K minimum (0 = built-in) */
     size_t matmul_last_parts;            /* written by matmul: parts of the last split-K product */
+    size_t gemm_scratch;                 /* counted by ops/gemm.c: padded or transposed operand copies made */
     /* told every product kiln__sgemm is given, before it runs (kiln bench gemm --model lists
      * the products of a training step): NULL off */
     void (*gemm_seen)(void *arg, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch);

@@ -168,17 +168,28 @@ static int set_of(kiln_ctx *ctx, const kiln__gemm_params *p) {
 
 /* The kernel's view of a product: gemm_nt for A B^T, gemm_nn for op(A) B, and for A^T B^T
  * gemm_nn on (B, A) with a transposed store (NN_TC): C^T = B A, where kiln's B [n, k] is the
- * kernel's A (not transposed) and kiln's A [k, m] its B. */
+ * kernel's A (not transposed) and kiln's A [k, m] its B. With narrow (narrow_n) op(A) B as
+ * the same transposed store: C^T = B^T op(A)^T, kiln's B [k, n] the kernel's A read
+ * transposed and kiln's A [k, m] (A^T, or a transposed copy of A) its B. */
 typedef struct {
     bool nt, tc;
     size_t m, n; /* the kernel's M and N */
     size_t bm, bn;
 } kernel_view;
 
-static kernel_view view_of(const kiln__gemm_params *p, bool ta, bool tb, size_t m, size_t n) {
+#define NARROW 16
+/* Whether op(A) B (B not transposed) has fewer columns than the widest set's vector (NARROW),
+ * more than one, and more rows: gemm_nn computes a row's columns past its last whole vector one at a time,
+ * with scalar loads of A, and such a product was all those columns: 2048 x 8 x 512 took 1.05
+ * ms against OpenBLAS's 0.19, 512 x 10 x 2048 A^T B 2.2 against 0.31, a policy network's
+ * weight gradient 128 x 4 x 256 A^T B 0.031 against 0.007. gemm_run runs A^T B as C^T =
+ * B^T A (view_of's narrow) and A B in gemm_nt on a transposed copy of B. */
+static bool narrow_n(bool tb, size_t m, size_t n) { return !tb && n > 1 && n < NARROW && m > n; }
+
+static kernel_view view_of(const kiln__gemm_params *p, bool ta, bool tb, size_t m, size_t n, bool narrow) {
     kernel_view v;
     v.nt = tb && !ta;
-    v.tc = ta && tb;
+    v.tc = (ta && tb) || narrow;
     v.m = v.tc ? n : m;
     v.n = v.tc ? m : n;
     v.bm = v.nt ? (size_t)p->nt_rm : (size_t)p->nn_rm;
@@ -194,7 +205,7 @@ bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, s
      * every product, to fail there. */
     const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
     if (p) {
-        kernel_view v = view_of(p, ta, tb, m, n);
+        kernel_view v = view_of(p, ta, tb, m, n, narrow_n(tb, m, n));
         size_t span = v.nt ? NT_GROUP_MAX * (v.bm > v.bn ? v.bm : v.bn) : (v.bm > NN_LY * v.bn ? v.bm : NN_LY * v.bn);
         size_t kstep = (size_t)(p->nt_vw * p->nt_ku), lim = (size_t)INT_MAX - span - kstep;
         size_t nb = v.n ? blocks(v.n, v.bn) : 1, kb = k ? k : 1;
@@ -253,6 +264,7 @@ static kiln_status pad_copy(kiln_ctx *ctx, const char *op, const char *options, 
     *dld = padded_ld(cols);
     *copy = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)(batch * rows * *dld)});
     if (!*copy) return ctx->err;
+    ctx->hooks.gemm_scratch++;
     cl_mem dm = (*copy)->st->mem;
     cl_int cr = (cl_int)rows, cc = (cl_int)cols, cb = (cl_int)batch;
     cl_ulong so = off, sl = ld, ss = stride, doff = (cl_ulong)(*copy)->offset, dl = *dld;
@@ -268,8 +280,9 @@ static kiln_status pad_copy(kiln_ctx *ctx, const char *op, const char *options, 
  * (one thread), 2048 x 1024 x 256 10.4 against 8.5. The copy reads and writes B once, small
  * beside the product when M is large; with K = 1024 (1024^3) gemm_nn's long panels made it
  * slower than gemm_nt, hence K <= 512. The same with the avx512 set: 4.9 -> 2.2 ms and
- * 7.1 -> 4.4 ms. */
-static bool nt_as_nn(size_t m, size_t k) { return m >= 512 && k <= 512; }
+ * 7.1 -> 4.4 ms. Not with fewer than NARROW columns, which gemm_nn would compute one at a
+ * time (narrow_n): 2048 x 10 x 128 took 0.64 ms so, against OpenBLAS's 0.26. */
+static bool nt_as_nn(size_t m, size_t n, size_t k) { return m >= 512 && n >= NARROW && k <= 512; }
 
 /* Whether A B^T (f32, no bias) runs as A^T B^T (gemm_nn on (B, A^T) with the transposed
  * store) on a transposed copy of A: with a short K and few rows of A against many of B, each
@@ -286,14 +299,15 @@ static bool gemv_takes(size_t m, size_t n) { return m == 1 || n == 1; }
 
 const char *kiln__gemm_kernel(bool ta, bool tb, size_t m, size_t n, size_t k) {
     if (gemv_takes(m, n)) return (n == 1 ? !ta : tb) ? "gemv_rows" : "gemv_cols";
-    return tb && !ta && !nt_as_nn(m, k) && !nt_as_tc(m, n, k) ? "gemm_nt" : "gemm_nn";
+    if (narrow_n(tb, m, n)) return ta ? "gemm_nn" : "gemm_nt";
+    return tb && !ta && !nt_as_nn(m, n, k) && !nt_as_tc(m, n, k) ? "gemm_nt" : "gemm_nn";
 }
 
 bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch) {
     if (ta || !tb || !kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, 0.0f)) return false;
     /* products that run as gemm_nn (which has no bias store) take the bias in a kernel of its
      * own: there is no fused result that could differ from the unfused one */
-    if (nt_as_nn(m, k) || nt_as_tc(m, n, k)) return false;
+    if (nt_as_nn(m, n, k) || nt_as_tc(m, n, k)) return false;
     int mode = ctx->hooks.gemm_epilogue; /* tests: 1 always, -1 never, 0 the environment */
     if (mode != 0) return mode > 0;
     const char *e = getenv("KILN_GEMM_EPILOGUE");
@@ -310,6 +324,7 @@ static kiln_status transpose_copy(kiln_ctx *ctx, const char *op, const char *opt
     *dld = padded_ld(rows);
     *copy = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)(batch * cols * *dld)});
     if (!*copy) return ctx->err;
+    ctx->hooks.gemm_scratch++;
     cl_mem dm = (*copy)->st->mem;
     cl_int cr = (cl_int)rows, cc = (cl_int)cols, cb = (cl_int)batch;
     cl_ulong so = off, sl = ld, ss = stride, doff = (cl_ulong)(*copy)->offset, dl = *dld;
@@ -389,12 +404,18 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     if (m == 0 || n == 0 || batch == 0) return KILN_OK;
     bool half = dt && (dt[0] || dt[1] || dt[2] || dt[3]);
     /* a large A B^T with a short K as A (B^T) through a transposed copy of B (nt_as_nn) */
-    bool tr = tb && !ta && !bias && !half && !gemv_takes(m, n) && nt_as_nn(m, k);
+    bool tr = tb && !ta && !bias && !half && !gemv_takes(m, n) && nt_as_nn(m, n, k);
     if (tr) tb = false;
     /* a short-K A B^T with a small A as A^T B^T through a transposed copy of A (nt_as_tc) */
     bool ta_tr = tb && !ta && !bias && !half && !gemv_takes(m, n) && nt_as_tc(m, n, k);
     if (ta_tr) ta = true;
-    kernel_view v = view_of(p, ta, tb, m, n);
+    /* fewer columns than a vector (narrow_n): A^T B as C^T = B^T A, gemm_nn with the
+     * transposed store reading B transposed; A B as A (B^T)^T, gemm_nt on a transposed copy
+     * of B (n x k, small; the copy moves floats) */
+    bool narrow_in = !tr && !gemv_takes(m, n) && narrow_n(tb, m, n);
+    bool narrow = narrow_in && ta, narrow_nt = narrow_in && !ta && !half;
+    if (narrow_nt) tb = true;
+    kernel_view v = view_of(p, ta, tb, m, n, narrow);
     /* NN_TC (the A^T B^T path) and NN_BETA (beta != 0) select gemm_nn's stores: programs of
      * their own, so that the common product's kernel carries neither (gemm.cl says why) */
     char options[288];
@@ -417,13 +438,21 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
             return ctx->err;
         a = pat->st->mem, aoff = (size_t)pat->offset, lda = dld, astride = k * dld;
     }
+    if (narrow_nt) {
+        /* B [k, n] -> B^T [n, k]: the B of the A B^T product below */
+        size_t dld;
+        if (transpose_copy(ctx, op, options, k, n, batch, b, boff, ldb, bstride, &pat, &dld) != KILN_OK)
+            return ctx->err;
+        b = pat->st->mem, boff = (size_t)pat->offset, ldb = dld, bstride = n * dld;
+    }
     if (v.tc) {
-        /* C^T = B A: the kernel's A is kiln's B [n, k], its B kiln's A [k, m] */
+        /* C^T = B A: the kernel's A is kiln's B [n, k] (narrow: [k, n], read transposed),
+         * its B kiln's A [k, m] */
         cl_mem tm = a;
         size_t to = aoff, tl = lda, ts = astride;
         a = b, aoff = boff, lda = ldb, astride = bstride;
         b = tm, boff = to, ldb = tl, bstride = ts;
-        ta = false;
+        ta = narrow;
     }
     cl_int cm = (cl_int)v.m, cn = (cl_int)v.n, ck = (cl_int)k, nb = (cl_int)blocks(v.n, v.bn), cb = (cl_int)batch;
     size_t lx = 1, ly = NN_LY, cap = 0;
@@ -447,7 +476,9 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
                            KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl), KILN__ARG(cs), KILN__ARG(bias),
                            KILN__ARG(bo_),   KILN__ARG(bs_)};
         size_t nargs = sizeof nt / sizeof nt[0] - (bias ? 0 : 3);
-        return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nt", nargs, nt, global, local);
+        kiln_status st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nt", nargs, nt, global, local);
+        kiln_tensor_free(pat); /* (after the launch that reads it: the in-order queue) */
+        return st;
     }
     /* gemm_nn's K operands through padded copies where their rows conflict in cache: B's
      * panel is read by every row block, A^T's by every column block */
