@@ -253,8 +253,8 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
  * figures). Dim 0 walks A's row blocks, dim 1 every batch's column blocks (nblocks per
  * batch); a work-group is neighbouring column blocks of one row block, which share A's
  * rows. Rows past M are clamped for the loads and never written. The last block of a row,
- * when it reaches past N, computes its first NN_VW columns as one vector (if it has them)
- * and the rest one at a time. */
+ * when it reaches past N, computes its vectors shifted back to end at N (overlapping), and
+ * a row narrower than one vector one column at a time. */
 __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha, float beta,
                       __global const A_S *A, ulong aoff, ulong lda, ulong astride,
                       __global const B_S *B, ulong boff, ulong ldb, ulong bstride,
@@ -301,65 +301,95 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         }                                                                                  \
         for (; k < K; k++) NN_STEP(NV)                                                     \
     }
+/* the same with vector v read at column so[v] of the block (a row's last block, whose
+ * vectors are shifted back to end at its last column) */
+#define NN_STEP_S(NV)                                                                      \
+    {                                                                                      \
+        NN_T x[NV];                                                                        \
+        _Pragma("unroll") for (int v = 0; v < NV; v++) x[v] = B_LDV(NN_VW, 0, bk + so[v]); \
+        _Pragma("unroll") for (int r = 0; r < NN_RM; r++) {                                \
+            NN_T av = (NN_T)A_LD(ap, ro[r]);                                               \
+            _Pragma("unroll") for (int v = 0; v < NV; v++) acc[r][v] = fma(av, x[v], acc[r][v]); \
+        }                                                                                  \
+        bk += ldb;                                                                         \
+        ap += ks;                                                                          \
+    }
+#define NN_LOOP_S(NV)                                                                      \
+    {                                                                                      \
+        int k = 0;                                                                         \
+        for (; k + NN_KU <= K; k += NN_KU) {                                               \
+            _Pragma("unroll") for (int u = 0; u < NN_KU; u++) NN_STEP_S(NV)                \
+        }                                                                                  \
+        for (; k < K; k++) NN_STEP_S(NV)                                                   \
+    }
     if (cols >= NN_VW) {
-        /* a whole block; the last block of a row may have fewer columns, of which the
-         * first NN_VW go here (one vector) and the rest to the scalar loop below */
+        /* a whole block, or a row's last block of NN_VW columns or more but fewer than the
+         * block's: its NN_NV vectors end at its last column (so[v] = min(v NN_VW, cols -
+         * NN_VW)), overlapping where it has fewer. A column in two vectors gets the same
+         * products summed in the same order in both, so the same bits; the stores below
+         * read C before they write it and the transposed store writes each column once. (A
+         * block's columns past its first vector had been summed one at a time, with scalar
+         * loads: with N = 490, 10 columns in 490 took a fifth of the time.) */
         bool wide = cols >= NN_NV * NN_VW;
-        int nv = wide ? NN_NV : 1;
+        int so[NN_NV];
+#pragma unroll
+        for (int v = 0; v < NN_NV; v++) so[v] = wide ? v * NN_VW : min(v * NN_VW, cols - NN_VW);
         NN_T acc[NN_RM][NN_NV];
 #pragma unroll
         for (int r = 0; r < NN_RM; r++)
 #pragma unroll
             for (int v = 0; v < NN_NV; v++) acc[r][v] = 0.0f;
         const __global B_S *bk = bp;
-        const __global A_S *ak = ap;
         if (wide) {
             NN_LOOP(NN_NV)
         } else {
-            NN_LOOP(1)
+            NN_LOOP_S(NN_NV)
         }
-        ap = ak;
         /* beta == 0 never reads C: stale pool memory, even NaN, cannot leak in */
 #if !NN_TC
         {
 #pragma unroll
             for (int r = 0; r < NN_RM; r++)
-                if (r < rows)
+                if (r < rows) {
+                    NN_T y[NN_NV];
 #pragma unroll
-                    for (int v = 0; v < NN_NV; v++)
-                        if (v < nv) {
-                            NN_T y = alpha * acc[r][v];
-                            __global C_S *q = cp + (ulong)r * ldc + v * NN_VW;
-                            if (beta != 0.0f) y = fma((NN_T)beta, C_LDV(NN_VW, 0, q), y);
-                            C_STV(NN_VW, y, 0, q);
-                        }
+                    for (int v = 0; v < NN_NV; v++) {
+                        y[v] = alpha * acc[r][v];
+                        if (beta != 0.0f) y[v] = fma((NN_T)beta, C_LDV(NN_VW, 0, cp + (ulong)r * ldc + so[v]), y[v]);
+                    }
+#pragma unroll
+                    for (int v = 0; v < NN_NV; v++) C_STV(NN_VW, y[v], 0, cp + (ulong)r * ldc + so[v]);
+                }
         }
 #else
         {
             /* transposed: the block's column j0 + c is C's row, where its rows' values lie
              * side by side. Each of those C rows is written once, with all its values:
              * rows ldc apart can share a cache set, and revisiting them row by row of the
-             * block missed the cache every time (1024^3 ran 50% longer). */
+             * block missed the cache every time (1024^3 ran 50% longer). A shifted vector
+             * writes only the columns the one before it did not. */
 #pragma unroll
-            for (int v = 0; v < NN_NV; v++)
-                if (v < nv) {
-                    float t[NN_RM][NN_VW];
+            for (int v = 0; v < NN_NV; v++) {
+                float t[NN_RM][NN_VW];
 #pragma unroll
-                    for (int r = 0; r < NN_RM; r++) NN_STOREV(alpha * acc[r][v], 0, t[r]);
-                    for (int l = 0; l < NN_VW; l++) {
-                        __global C_S *e = cp + (ulong)(v * NN_VW + l) * ldc;
-                        for (int r = 0; r < rows; r++)
-                            C_ST(e, r, beta == 0.0f ? t[r][l] : fma(beta, C_LD(e, r), t[r][l]));
-                    }
+                for (int r = 0; r < NN_RM; r++) NN_STOREV(alpha * acc[r][v], 0, t[r]);
+                int l0 = v == 0 ? 0 : max(0, so[v - 1] + NN_VW - so[v]);
+                for (int l = l0; l < NN_VW; l++) {
+                    __global C_S *e = cp + (ulong)(so[v] + l) * ldc;
+                    for (int r = 0; r < rows; r++)
+                        C_ST(e, r, beta == 0.0f ? t[r][l] : fma(beta, C_LD(e, r), t[r][l]));
                 }
+            }
         }
 #endif
-        if (wide) return;
+        return;
     }
 #undef NN_STEP
 #undef NN_LOOP
-    /* the columns of a row's last block past its first vector: one at a time */
-    for (int c = cols >= NN_VW ? NN_VW : 0; c < cols; c++) {
+#undef NN_STEP_S
+#undef NN_LOOP_S
+    /* a row narrower than a vector (N < NN_VW): one column at a time */
+    for (int c = 0; c < cols; c++) {
         float s[NN_RM];
 #pragma unroll
         for (int r = 0; r < NN_RM; r++) s[r] = 0.0f;

@@ -335,6 +335,23 @@ static void test_narrow(kiln_ctx *ctx) {
                 run_case(ctx, what, &g);
             }
         }
+        /* gemm_nn's last block of a row with a vector or more but fewer columns than the
+         * block: its vectors shifted back to end at N, overlapping (beta 0.5 and 1: C read
+         * before it is written; A^T B^T: the transposed store writes each column once) */
+        const kiln__gemm_params *p = &kiln__gemm_sets[s];
+        size_t bn = (size_t)(p->nn_nv * p->nn_vw), vw = (size_t)p->nn_vw;
+        for (int f = 0; f < 4; f++) {
+            if (f == 2) continue; /* A B^T: gemm_nt */
+            bool ta = f & 1, tb = f & 2;
+            for (int b = 0; b < 3; b++, c++) {
+                size_t n = bn + vw + (size_t)b + 1, m = 2 * (size_t)p->nn_rm + 3;
+                gcase g = geom(ta, tb, ta && tb ? n : m, ta && tb ? m : n, 7 + (size_t)b, b == 2 ? 2 : 1, alphas[c % 3],
+                               betas[b], 3, (size_t)b, 5);
+                char what[96];
+                snprintf(what, sizeof what, "set %s: %s, shifted last block", p->name, tnames[f]);
+                run_case(ctx, what, &g);
+            }
+        }
     }
     kiln__hooks_of(ctx)->gemm_params = 0;
     kiln__hooks_of(ctx)->gemm_own = 0;
