@@ -168,9 +168,9 @@ static int set_of(kiln_ctx *ctx, const kiln__gemm_params *p) {
 
 /* The kernel's view of a product: gemm_nt for A B^T, gemm_nn for op(A) B, and for A^T B^T
  * gemm_nn on (B, A) with a transposed store (NN_TC): C^T = B A, where kiln's B [n, k] is the
- * kernel's A (not transposed) and kiln's A [k, m] its B. With narrow (narrow_n) op(A) B as
- * the same transposed store: C^T = B^T op(A)^T, kiln's B [k, n] the kernel's A read
- * transposed and kiln's A [k, m] (A^T, or a transposed copy of A) its B. */
+ * kernel's A (not transposed) and kiln's A [k, m] its B. With narrow (narrow_n, A^T B) the
+ * same transposed store: C^T = B^T A, kiln's B [k, n] the kernel's A read transposed and
+ * kiln's A [k, m] its B. */
 typedef struct {
     bool nt, tc;
     size_t m, n; /* the kernel's M and N */
@@ -179,11 +179,11 @@ typedef struct {
 
 #define NARROW 16
 /* Whether op(A) B (B not transposed) has fewer columns than the widest set's vector (NARROW),
- * more than one, and more rows: gemm_nn computes a row's columns past its last whole vector one at a time,
- * with scalar loads of A, and such a product was all those columns: 2048 x 8 x 512 took 1.05
- * ms against OpenBLAS's 0.19, 512 x 10 x 2048 A^T B 2.2 against 0.31, a policy network's
- * weight gradient 128 x 4 x 256 A^T B 0.031 against 0.007. gemm_run runs A^T B as C^T =
- * B^T A (view_of's narrow) and A B in gemm_nt on a transposed copy of B. */
+ * more than one, and more rows: gemm_nn computes a row narrower than its vector one column
+ * at a time, with scalar loads of A: 2048 x 8 x 512 took 1.05 ms so against OpenBLAS's 0.19,
+ * 512 x 10 x 2048 A^T B 2.2 against 0.31, a policy network's weight gradient 128 x 4 x 256
+ * A^T B 0.031 against 0.007. gemm_run runs A^T B as C^T = B^T A (view_of's narrow) and A B
+ * in gemm_nt on a transposed copy of B. */
 static bool narrow_n(bool tb, size_t m, size_t n) { return !tb && n > 1 && n < NARROW && m > n; }
 
 static kernel_view view_of(const kiln__gemm_params *p, bool ta, bool tb, size_t m, size_t n, bool narrow) {
