@@ -282,10 +282,10 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
     int cols = N - j0;
     /* k's terms: NV vectors of B's row k times each row's broadcast value of op(A) (NV is
      * a literal, so each loop below is compiled for its own number of vectors) */
-#define NN_STEP(NV)                                                                        \
+#define NN_STEP(NV, OFF)                                                                   \
     {                                                                                      \
         NN_T x[NV];                                                                        \
-        _Pragma("unroll") for (int v = 0; v < NV; v++) x[v] = B_LDV(NN_VW, v, bk);         \
+        _Pragma("unroll") for (int v = 0; v < NV; v++) x[v] = B_LDV(NN_VW, 0, bk + (OFF)); \
         _Pragma("unroll") for (int r = 0; r < NN_RM; r++) {                                \
             NN_T av = (NN_T)A_LD(ap, ro[r]);                                               \
             _Pragma("unroll") for (int v = 0; v < NV; v++) acc[r][v] = fma(av, x[v], acc[r][v]); \
@@ -293,34 +293,13 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         bk += ldb;                                                                         \
         ap += ks;                                                                          \
     }
-#define NN_LOOP(NV)                                                                        \
+#define NN_LOOP(NV, OFF)                                                                   \
     {                                                                                      \
         int k = 0;                                                                         \
         for (; k + NN_KU <= K; k += NN_KU) {                                               \
-            _Pragma("unroll") for (int u = 0; u < NN_KU; u++) NN_STEP(NV)                  \
+            _Pragma("unroll") for (int u = 0; u < NN_KU; u++) NN_STEP(NV, OFF)             \
         }                                                                                  \
-        for (; k < K; k++) NN_STEP(NV)                                                     \
-    }
-/* the same with vector v read at column so[v] of the block (a row's last block, whose
- * vectors are shifted back to end at its last column) */
-#define NN_STEP_S(NV)                                                                      \
-    {                                                                                      \
-        NN_T x[NV];                                                                        \
-        _Pragma("unroll") for (int v = 0; v < NV; v++) x[v] = B_LDV(NN_VW, 0, bk + so[v]); \
-        _Pragma("unroll") for (int r = 0; r < NN_RM; r++) {                                \
-            NN_T av = (NN_T)A_LD(ap, ro[r]);                                               \
-            _Pragma("unroll") for (int v = 0; v < NV; v++) acc[r][v] = fma(av, x[v], acc[r][v]); \
-        }                                                                                  \
-        bk += ldb;                                                                         \
-        ap += ks;                                                                          \
-    }
-#define NN_LOOP_S(NV)                                                                      \
-    {                                                                                      \
-        int k = 0;                                                                         \
-        for (; k + NN_KU <= K; k += NN_KU) {                                               \
-            _Pragma("unroll") for (int u = 0; u < NN_KU; u++) NN_STEP_S(NV)                \
-        }                                                                                  \
-        for (; k < K; k++) NN_STEP_S(NV)                                                   \
+        for (; k < K; k++) NN_STEP(NV, OFF)                                                \
     }
     if (cols >= NN_VW) {
         /* a whole block, or a row's last block of NN_VW columns or more but fewer than the
@@ -340,10 +319,11 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #pragma unroll
             for (int v = 0; v < NN_NV; v++) acc[r][v] = 0.0f;
         const __global B_S *bk = bp;
+        /* (vector v at column v NN_VW of a whole block: a constant offset) */
         if (wide) {
-            NN_LOOP(NN_NV)
+            NN_LOOP(NN_NV, v * NN_VW)
         } else {
-            NN_LOOP_S(NN_NV)
+            NN_LOOP(NN_NV, so[v])
         }
         /* beta == 0 never reads C: stale pool memory, even NaN, cannot leak in */
 #if !NN_TC
@@ -386,8 +366,6 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
     }
 #undef NN_STEP
 #undef NN_LOOP
-#undef NN_STEP_S
-#undef NN_LOOP_S
     /* a row narrower than a vector (N < NN_VW): one column at a time */
     for (int c = 0; c < cols; c++) {
         float s[NN_RM];

@@ -1387,6 +1387,51 @@ static void test_user_module(kiln_ctx *ctx) {
 
 /* ---- containers: ModuleList, ModuleDict, a ResNet-style stage of user blocks ------------- */
 
+/* net (five children, parameters 0.weight, 0.bias, 2.weight, 4.weight, 4.bias) run on the
+ * input xv of shape xs twice: through the Sequential, which runs each fusable pair as one op,
+ * and child by child (the unfused ops). The output and the gradients of x, 0.weight, 0.bias
+ * and 2.weight (n[0..5) elements) must agree bit for bit, and the Sequential's forward must
+ * take fewer launches. */
+static void seq_fused_vs_children(kiln_ctx *ctx, const char *what, kiln_module *net, const float *xv, int xnd,
+                                  const int64_t *xs, const size_t n[5]) {
+    float *res[2][5] = {{0}};
+    uint64_t launches[2] = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        kiln_scope_begin(ctx);
+        static const char *const params[5] = {"0.weight", "0.bias", "2.weight", "4.weight", "4.bias"};
+        for (int p = 0; p < 5; p++) /* (none before the first backward) */
+            if (kiln_tensor_grad(kiln_module_find(net, params[p])))
+                kiln_tensor_zero_grad(kiln_module_find(net, params[p]));
+        kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, xnd, xs);
+        kiln_tensor_set_requires_grad(x, true);
+        kiln_ctx_stats s0, s1;
+        kiln_ctx_stats_get(ctx, &s0);
+        kiln_tensor *y = x;
+        if (pass == 0)
+            y = kiln_forward(net, x);
+        else /* the children one by one: the unfused ops */
+            for (int k = 0; k < 5 && y; k++) y = kiln_forward(kiln_module_child(net, k), y);
+        kiln_ctx_stats_get(ctx, &s1);
+        launches[pass] = s1.launches - s0.launches;
+        CHECK(y && kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, y), 0, NULL, false)) == KILN_OK, "%s, pass %d: %s",
+              what, pass, kiln_error_message(ctx));
+        kiln_tensor *t[5] = {y, kiln_tensor_grad(x), NULL, NULL, NULL};
+        for (int p = 0; p < 3; p++) t[2 + p] = kiln_tensor_grad(kiln_module_find(net, params[p]));
+        for (int i = 0; i < 5; i++) res[pass][i] = t[i] ? h_read(t[i]) : NULL;
+        kiln_scope_end(ctx);
+    }
+    static const char *const names[5] = {"output", "d x", "d 0.weight", "d 0.bias", "d 2.weight"};
+    for (int i = 0; i < 5; i++) {
+        CHECK(res[0][i] && res[1][i] && !memcmp(res[0][i], res[1][i], n[i] * sizeof(float)),
+              "%s: %s differs from the children run one by one", what, names[i]);
+        free(res[0][i]);
+        free(res[1][i]);
+    }
+    /* the first pair is one op: its activation's launch is gone */
+    CHECK(launches[0] < launches[1], "%s: %llu launches, children one by one %llu", what,
+          (unsigned long long)launches[0], (unsigned long long)launches[1]);
+}
+
 /* A Sequential runs Linear then ReLU as one op (kiln__linear_relu): fewer launches, and the
  * output and every gradient bit for bit those of running its children one by one; a
  * Linear without bias, or followed by another activation, runs unfused; an input the
@@ -1402,49 +1447,12 @@ static void test_seq_fusion(kiln_ctx *ctx) {
     if (!net) return;
     float xv[5 * 9];
     h_fill(xv, 5 * 9, -1.0f, 1.0f);
-    float *res[2][5] = {{0}};
-    uint64_t launches[2] = {0};
     kiln__hooks_of(ctx)->gemm_own = 1; /* kiln's own GEMM and its epilogue on every device */
     kiln__hooks_of(ctx)->gemm_epilogue = 1;
-    for (int pass = 0; pass < 2; pass++) {
-        kiln_scope_begin(ctx);
-        static const char *const params[5] = {"0.weight", "0.bias", "2.weight", "4.weight", "4.bias"};
-        for (int p = 0; p < 5; p++) /* (none before the first backward) */
-            if (kiln_tensor_grad(kiln_module_find(net, params[p])))
-                kiln_tensor_zero_grad(kiln_module_find(net, params[p]));
-        kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 2, (int64_t[]){5, 9});
-        kiln_tensor_set_requires_grad(x, true);
-        kiln_ctx_stats s0, s1;
-        kiln_ctx_stats_get(ctx, &s0);
-        kiln_tensor *y = x;
-        if (pass == 0)
-            y = kiln_forward(net, x);
-        else /* the children one by one: the unfused ops */
-            for (int k = 0; k < 5 && y; k++) y = kiln_forward(kiln_module_child(net, k), y);
-        kiln_ctx_stats_get(ctx, &s1);
-        launches[pass] = s1.launches - s0.launches;
-        CHECK(y && kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, y), 0, NULL, false)) == KILN_OK, "pass %d: %s", pass,
-              kiln_error_message(ctx));
-        kiln_tensor *t[5] = {y, kiln_tensor_grad(x), NULL, NULL, NULL};
-        t[2] = kiln_tensor_grad(kiln_module_find(net, "0.weight"));
-        t[3] = kiln_tensor_grad(kiln_module_find(net, "0.bias"));
-        t[4] = kiln_tensor_grad(kiln_module_find(net, "2.weight"));
-        for (int i = 0; i < 5; i++) res[pass][i] = t[i] ? h_read(t[i]) : NULL;
-        kiln_scope_end(ctx);
-    }
-    static const char *const what[5] = {"output", "d x", "d 0.weight", "d 0.bias", "d 2.weight"};
     static const size_t n[5] = {5 * 4, 5 * 9, 12 * 9, 12, 6 * 12};
-    for (int i = 0; i < 5; i++) {
-        CHECK(res[0][i] && res[1][i] && !memcmp(res[0][i], res[1][i], n[i] * sizeof(float)),
-              "sequential Linear-ReLU: %s differs from the children run one by one", what[i]);
-        free(res[0][i]);
-        free(res[1][i]);
-    }
+    seq_fused_vs_children(ctx, "sequential Linear-ReLU", net, xv, 2, (int64_t[]){5, 9}, n);
     kiln__hooks_of(ctx)->gemm_own = 0;
     kiln__hooks_of(ctx)->gemm_epilogue = 0;
-    /* the first pair is one launch, not two (the product with the bias, then relu) */
-    CHECK(launches[0] < launches[1], "sequential: %llu launches, children one by one %llu",
-          (unsigned long long)launches[0], (unsigned long long)launches[1]);
     /* an input with the wrong features: the Linear's own error, naming it */
     kiln_tensor *bad = kiln_zeros(ctx, 2, (int64_t[]){5, 8});
     CHECK(kiln_forward(net, bad) == NULL && strstr(kiln_error_message(ctx), "Linear") &&
@@ -1470,45 +1478,8 @@ static void test_seq_conv_fusion(kiln_ctx *ctx) {
     if (!net) return;
     float xv[2 * 2 * 7 * 6];
     h_fill(xv, 2 * 2 * 7 * 6, -1.0f, 1.0f);
-    float *res[2][5] = {{0}};
-    uint64_t launches[2] = {0};
-    for (int pass = 0; pass < 2; pass++) {
-        kiln_scope_begin(ctx);
-        static const char *const params[5] = {"0.weight", "0.bias", "2.weight", "4.weight", "4.bias"};
-        for (int p = 0; p < 5; p++) /* (none before the first backward) */
-            if (kiln_tensor_grad(kiln_module_find(net, params[p])))
-                kiln_tensor_zero_grad(kiln_module_find(net, params[p]));
-        kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, 4, (int64_t[]){2, 2, 7, 6});
-        kiln_tensor_set_requires_grad(x, true);
-        kiln_ctx_stats s0, s1;
-        kiln_ctx_stats_get(ctx, &s0);
-        kiln_tensor *y = x;
-        if (pass == 0)
-            y = kiln_forward(net, x);
-        else /* the children one by one: the unfused ops */
-            for (int k = 0; k < 5 && y; k++) y = kiln_forward(kiln_module_child(net, k), y);
-        kiln_ctx_stats_get(ctx, &s1);
-        launches[pass] = s1.launches - s0.launches;
-        CHECK(y && kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, y), 0, NULL, false)) == KILN_OK, "pass %d: %s", pass,
-              kiln_error_message(ctx));
-        kiln_tensor *t[5] = {y, kiln_tensor_grad(x), NULL, NULL, NULL};
-        t[2] = kiln_tensor_grad(kiln_module_find(net, "0.weight"));
-        t[3] = kiln_tensor_grad(kiln_module_find(net, "0.bias"));
-        t[4] = kiln_tensor_grad(kiln_module_find(net, "2.weight"));
-        for (int i = 0; i < 5; i++) res[pass][i] = t[i] ? h_read(t[i]) : NULL;
-        kiln_scope_end(ctx);
-    }
-    static const char *const what[5] = {"output", "d x", "d 0.weight", "d 0.bias", "d 2.weight"};
     static const size_t n[5] = {2 * 2 * 4 * 3, 2 * 2 * 7 * 6, 3 * 2 * 9, 3, 4 * 3 * 9};
-    for (int i = 0; i < 5; i++) {
-        CHECK(res[0][i] && res[1][i] && !memcmp(res[0][i], res[1][i], n[i] * sizeof(float)),
-              "sequential Conv2d-ReLU: %s differs from the children run one by one", what[i]);
-        free(res[0][i]);
-        free(res[1][i]);
-    }
-    /* the first pair is one op: its relu launch is gone */
-    CHECK(launches[0] < launches[1], "sequential: %llu launches, children one by one %llu",
-          (unsigned long long)launches[0], (unsigned long long)launches[1]);
+    seq_fused_vs_children(ctx, "sequential Conv2d-ReLU", net, xv, 4, (int64_t[]){2, 2, 7, 6}, n);
     kiln_tensor *bad = kiln_zeros(ctx, 4, (int64_t[]){2, 3, 7, 6});
     CHECK(kiln_forward(net, bad) == NULL && strstr(kiln_error_message(ctx), "Conv2d") &&
               strstr(kiln_error_message(ctx), "channels"),

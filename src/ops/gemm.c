@@ -257,12 +257,16 @@ static size_t padded_ld(size_t cols) {
 }
 
 /* Enqueues a copy of batch x rows x cols (src at off + b * stride, leading dim ld) into
- * *copy, a new pool tensor with leading dim *dld; the caller frees it once it has enqueued
- * its reads (the in-order queue runs them before the storage is reused). */
-static kiln_status pad_copy(kiln_ctx *ctx, const char *op, const char *options, size_t rows, size_t cols, size_t batch,
-                            cl_mem src, size_t off, size_t ld, size_t stride, kiln_tensor **copy, size_t *dld) {
-    *dld = padded_ld(cols);
-    *copy = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)(batch * rows * *dld)});
+ * *copy, a new pool tensor: with transpose, batch [cols, rows] matrices (gemm_transpose),
+ * else batch [rows, cols] ones (gemm_copy), rows padded to the leading dim *dld (padded_ld).
+ * The caller frees it once it has enqueued its reads (the in-order queue runs them before
+ * the storage is reused). On failure *copy is NULL. */
+static kiln_status operand_copy(kiln_ctx *ctx, const char *op, const char *options, bool transpose, size_t rows,
+                                size_t cols, size_t batch, cl_mem src, size_t off, size_t ld, size_t stride,
+                                kiln_tensor **copy, size_t *dld) {
+    size_t drows = transpose ? cols : rows;
+    *dld = padded_ld(transpose ? rows : cols);
+    *copy = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)(batch * drows * *dld)});
     if (!*copy) return ctx->err;
     ctx->hooks.gemm_scratch++;
     cl_mem dm = (*copy)->st->mem;
@@ -270,8 +274,13 @@ static kiln_status pad_copy(kiln_ctx *ctx, const char *op, const char *options, 
     cl_ulong so = off, sl = ld, ss = stride, doff = (cl_ulong)(*copy)->offset, dl = *dld;
     kiln__karg args[] = {KILN__ARG(cr), KILN__ARG(cc), KILN__ARG(cb), KILN__ARG(src),  KILN__ARG(so),
                          KILN__ARG(sl), KILN__ARG(ss), KILN__ARG(dm), KILN__ARG(doff), KILN__ARG(dl)};
-    return kiln__launch(ctx, op, GEMM_PROGRAM, options, "gemm_copy", sizeof args / sizeof args[0], args, rows * batch,
-                        0);
+    kiln_status st = kiln__launch(ctx, op, GEMM_PROGRAM, options, transpose ? "gemm_transpose" : "gemm_copy",
+                                  sizeof args / sizeof args[0], args, drows * batch, 0);
+    if (st != KILN_OK) {
+        kiln_tensor_free(*copy);
+        *copy = NULL;
+    }
+    return st;
 }
 
 /* Whether A B^T (M x N x K, f32) runs as gemm_nn on a transposed copy of B. For a
@@ -312,31 +321,6 @@ bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, 
     if (mode != 0) return mode > 0;
     const char *e = getenv("KILN_GEMM_EPILOGUE");
     return !(e && (strcmp(e, "off") == 0 || strcmp(e, "0") == 0));
-}
-
-/* Enqueues dst = src^T for `batch` matrices of rows x cols (src at off + b * stride, leading
- * dim ld) into *copy, a new pool tensor of batch [cols, rows] matrices with leading dim *dld
- * (padded as pad_copy's); the caller frees it once it has enqueued its reads. On failure
- * *copy is NULL. */
-static kiln_status transpose_copy(kiln_ctx *ctx, const char *op, const char *options, size_t rows, size_t cols,
-                                  size_t batch, cl_mem src, size_t off, size_t ld, size_t stride, kiln_tensor **copy,
-                                  size_t *dld) {
-    *dld = padded_ld(rows);
-    *copy = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){(int64_t)(batch * cols * *dld)});
-    if (!*copy) return ctx->err;
-    ctx->hooks.gemm_scratch++;
-    cl_mem dm = (*copy)->st->mem;
-    cl_int cr = (cl_int)rows, cc = (cl_int)cols, cb = (cl_int)batch;
-    cl_ulong so = off, sl = ld, ss = stride, doff = (cl_ulong)(*copy)->offset, dl = *dld;
-    kiln__karg args[] = {KILN__ARG(cr), KILN__ARG(cc), KILN__ARG(cb), KILN__ARG(src),  KILN__ARG(so),
-                         KILN__ARG(sl), KILN__ARG(ss), KILN__ARG(dm), KILN__ARG(doff), KILN__ARG(dl)};
-    kiln_status st = kiln__launch(ctx, op, GEMM_PROGRAM, options, "gemm_transpose", sizeof args / sizeof args[0], args,
-                                  cols * batch, 0);
-    if (st != KILN_OK) {
-        kiln_tensor_free(*copy);
-        *copy = NULL;
-    }
-    return st;
 }
 
 /* The product as gemv_rows or gemv_cols compute it (gemv_takes: m or n is 1): y = alpha
@@ -434,14 +418,14 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     if (ta_tr) {
         /* A [m, k] -> A^T [k, m]: kiln's A of the A^T B^T product below */
         size_t dld;
-        if (transpose_copy(ctx, op, options, m, k, batch, a, aoff, lda, astride, &pat, &dld) != KILN_OK)
+        if (operand_copy(ctx, op, options, true, m, k, batch, a, aoff, lda, astride, &pat, &dld) != KILN_OK)
             return ctx->err;
         a = pat->st->mem, aoff = (size_t)pat->offset, lda = dld, astride = k * dld;
     }
     if (narrow_nt) {
         /* B [k, n] -> B^T [n, k]: the B of the A B^T product below */
         size_t dld;
-        if (transpose_copy(ctx, op, options, k, n, batch, b, boff, ldb, bstride, &pat, &dld) != KILN_OK)
+        if (operand_copy(ctx, op, options, true, k, n, batch, b, boff, ldb, bstride, &pat, &dld) != KILN_OK)
             return ctx->err;
         b = pat->st->mem, boff = (size_t)pat->offset, ldb = dld, bstride = n * dld;
     }
@@ -487,7 +471,7 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     if (tr) {
         /* B [n, k] -> B^T [k, n] */
         size_t dld;
-        st = transpose_copy(ctx, op, options, n, k, batch, b, boff, ldb, bstride, &pt, &dld);
+        st = operand_copy(ctx, op, options, true, n, k, batch, b, boff, ldb, bstride, &pt, &dld);
         if (st != KILN_OK) {
             kiln_tensor_free(pat);
             return st;
@@ -497,12 +481,12 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     /* (gemm_copy moves floats: half operands are read in place) */
     if (!half && ta && kiln__gemm_pad_wanted(lda, k, blocks(v.n, v.bn), 1)) {
         size_t dld;
-        st = pad_copy(ctx, op, options, k, v.m, batch, a, aoff, lda, astride, &pa, &dld);
+        st = operand_copy(ctx, op, options, false, k, v.m, batch, a, aoff, lda, astride, &pa, &dld);
         if (st == KILN_OK) a = pa->st->mem, aoff = (size_t)pa->offset, lda = dld, astride = k * dld;
     }
     if (st == KILN_OK && !half && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm), pad_reuse[set_of(ctx, p)])) {
         size_t dld;
-        st = pad_copy(ctx, op, options, k, v.n, batch, b, boff, ldb, bstride, &pb, &dld);
+        st = operand_copy(ctx, op, options, false, k, v.n, batch, b, boff, ldb, bstride, &pb, &dld);
         if (st == KILN_OK) b = pb->st->mem, boff = (size_t)pb->offset, ldb = dld, bstride = k * dld;
     }
     if (st == KILN_OK) {
