@@ -606,21 +606,31 @@ static kiln_tensor *act_fwd(kiln_module *m, kiln_tensor *x) {
 }
 FORWARD1(act_forward, act_fwd)
 
+/* Whether next is a ReLU module: the one a fuse_next below folds into its op. */
+static bool is_relu(const kiln_module *next) {
+    return next->def.forward == act_forward && ((const act_cfg *)next->data)->kind == KILN_ACT_RELU;
+}
+
+/* A fused op's result y for m then ReLU: true (fuse_next's answer), with m's path added to
+ * the error where y is NULL. */
+static bool fused(kiln_module *m, kiln_tensor *y, kiln_tensor **out) {
+    *out = y;
+    if (!y) {
+        char path[256];
+        kiln__module_path(m, path, sizeof path);
+        kiln__error_note(m->ctx, "in %s then ReLU%s%s", m->kind, *path ? " at " : "", path);
+    }
+    return true;
+}
+
 /* Linear then ReLU in a Sequential: one op (kiln__linear_relu: the ReLU in the GEMM's store
  * where kiln's own kernel runs the product), the same output and gradients as the two
  * modules'. An input the Linear would refuse is left to it (its error names the module). */
 static bool linear_fuse_next(kiln_module *m, kiln_module *next, kiln_tensor *x, kiln_tensor **y) {
     const linear_cfg *c = m->data;
-    if (next->def.forward != act_forward || ((const act_cfg *)next->data)->kind != KILN_ACT_RELU || !c->bias || !x ||
-        x->ctx != m->ctx || x->ndim < 1 || x->shape[x->ndim - 1] != c->in_features)
+    if (!is_relu(next) || !c->bias || !x || x->ctx != m->ctx || x->ndim < 1 || x->shape[x->ndim - 1] != c->in_features)
         return false;
-    *y = kiln__linear_relu(m->ctx, m->kind, x, c->weight, c->bias);
-    if (!*y) {
-        char path[256];
-        kiln__module_path(m, path, sizeof path);
-        kiln__error_note(m->ctx, "in Linear then ReLU%s%s", *path ? " at " : "", path);
-    }
-    return true;
+    return fused(m, kiln__linear_relu(m->ctx, m->kind, x, c->weight, c->bias), y);
 }
 
 /* Conv2d (with a bias) then ReLU in a Sequential: one op (kiln__conv2d_relu: the ReLU in
@@ -628,16 +638,10 @@ static bool linear_fuse_next(kiln_module *m, kiln_module *next, kiln_tensor *x, 
  * input the Conv2d would refuse is left to it (its error names the module). */
 static bool conv_fuse_next(kiln_module *m, kiln_module *next, kiln_tensor *x, kiln_tensor **y) {
     const conv_cfg *c = m->data;
-    if (c->transposed || next->def.forward != act_forward || ((const act_cfg *)next->data)->kind != KILN_ACT_RELU ||
-        !c->bias || !x || x->ctx != m->ctx || x->ndim != 4 || x->shape[1] != c->in_channels)
+    if (c->transposed || !is_relu(next) || !c->bias || !x || x->ctx != m->ctx || x->ndim != 4 ||
+        x->shape[1] != c->in_channels)
         return false;
-    *y = kiln__conv2d_relu(m->ctx, m->kind, x, c->weight, c->bias, &c->p);
-    if (!*y) {
-        char path[256];
-        kiln__module_path(m, path, sizeof path);
-        kiln__error_note(m->ctx, "in Conv2d then ReLU%s%s", *path ? " at " : "", path);
-    }
-    return true;
+    return fused(m, kiln__conv2d_relu(m->ctx, m->kind, x, c->weight, c->bias, &c->p), y);
 }
 
 static void act_args(const kiln_module *m, char *buf, size_t cap) {

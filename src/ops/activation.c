@@ -375,7 +375,9 @@ kiln_tensor *kiln_log_softmax(kiln_ctx *ctx, kiln_tensor *x, int dim) {
     return softmax_forward(ctx, "kiln_log_softmax", x, dim, true);
 }
 
-kiln_tensor *kiln__relu_grad(kiln_ctx *ctx, const char *op, kiln_tensor *g, kiln_tensor *v) {
+/* relu's gradient g where v <= 0 is 0 (relu_bwd): v the input or the output of the ReLU (the
+ * same test); a new f32 tensor of g's shape. */
+static kiln_tensor *relu_grad(kiln_ctx *ctx, const char *op, kiln_tensor *g, kiln_tensor *v) {
     kiln_tensor *gi = kiln__tensor_new(ctx, op, KILN_F32, v->ndim, v->shape);
     if (!gi) return NULL;
     int64_t numel = kiln__numel(v->ndim, v->shape);
@@ -396,4 +398,12 @@ kiln_tensor *kiln__relu_grad(kiln_ctx *ctx, const char *op, kiln_tensor *g, kiln
         return NULL;
     }
     return gi;
+}
+
+kiln_status kiln__relu_backward_then(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, kiln__backward_fn fn) {
+    kiln_tensor *gr = relu_grad(ctx, n->op, g, n->out);
+    if (!gr) return ctx->err;
+    kiln_status s = fn(ctx, n, gr);
+    kiln_tensor_free(gr);
+    return s;
 }

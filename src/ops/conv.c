@@ -1156,14 +1156,9 @@ static kiln_status conv2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *g
     return s;
 }
 
-/* relu(conv2d(x, w) + b) fused: relu's backward (its mask from the output, the same test as
- * from the input) and then conv2d_backward on that gradient */
+/* relu(conv2d(x, w) + b) fused: relu's backward, then conv2d's */
 static kiln_status conv2d_relu_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
-    kiln_tensor *gr = kiln__relu_grad(ctx, nd->op, gout, nd->out);
-    if (!gr) return ctx->err;
-    kiln_status s = conv2d_backward(ctx, nd, gr);
-    kiln_tensor_free(gr);
-    return s;
+    return kiln__relu_backward_then(ctx, nd, gout, conv2d_backward);
 }
 
 static kiln_status conv_transpose2d_backward(kiln_ctx *ctx, kiln__node *nd, kiln_tensor *gout) {
@@ -1216,19 +1211,24 @@ static kiln_tensor *conv2d_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void
     return kiln_conv2d(ctx, in[0], in[1], in[2], p);
 }
 
-kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
-                         const kiln_conv2d_params *p) {
-    const char *op = "kiln_conv2d";
-    /* autocast casts f32 inputs to half; halves run on f32 copies (src/ops/cast.c) */
-    kiln_tensor *in3[3] = {x, weight, bias}, *r;
-    if (kiln__half_cast_or_copy(ctx, 3, in3, conv2d_f32, p, &r)) return r;
+/* conv2d of f32 inputs, and with relu (only with a bias) relu of it in the same store */
+static kiln_tensor *conv2d_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                               const kiln_conv2d_params *p, bool relu) {
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
     /* the direct route's planes of x are kept for the weight gradient where it is wanted */
     kiln_tensor *xpad = NULL;
-    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, false, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
+    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, relu, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
     if (!out) return NULL;
-    return record(ctx, op, out, x, weight, bias, &g, conv2d_backward, xpad);
+    return record(ctx, op, out, x, weight, bias, &g, relu ? conv2d_relu_backward : conv2d_backward, xpad);
+}
+
+kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                         const kiln_conv2d_params *p) {
+    /* autocast casts f32 inputs to half; halves run on f32 copies (src/ops/cast.c) */
+    kiln_tensor *in3[3] = {x, weight, bias}, *r;
+    if (kiln__half_cast_or_copy(ctx, 3, in3, conv2d_f32, p, &r)) return r;
+    return conv2d_run(ctx, "kiln_conv2d", x, weight, bias, p, false);
 }
 
 kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
@@ -1242,12 +1242,7 @@ kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
         kiln_tensor_free(y);
         return r;
     }
-    conv_geom g;
-    if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
-    kiln_tensor *xpad = NULL;
-    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, true, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
-    if (!out) return NULL;
-    return record(ctx, op, out, x, weight, bias, &g, conv2d_relu_backward, xpad);
+    return conv2d_run(ctx, op, x, weight, bias, p, true);
 }
 
 static kiln_tensor *conv_transpose2d_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *p) {

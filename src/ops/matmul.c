@@ -528,14 +528,9 @@ static kiln_status bw_linear(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
     return s;
 }
 
-/* relu(x W^T + b) fused: relu's backward (its mask from the output, the same test as from
- * the input) and then bw_linear's products on that gradient */
+/* relu(x W^T + b) fused: relu's backward, then bw_linear's products */
 static kiln_status bw_linear_relu(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) {
-    kiln_tensor *gr = kiln__relu_grad(ctx, n->op, g, n->out);
-    if (!gr) return ctx->err;
-    kiln_status s = bw_linear(ctx, n, gr);
-    kiln_tensor_free(gr);
-    return s;
+    return kiln__relu_backward_then(ctx, n, g, bw_linear);
 }
 
 static kiln_tensor *linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b, bool relu);

@@ -212,9 +212,10 @@ kiln_tensor *kiln__linear_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
  * a bias, with halves or under autocast it runs the two ops. */
 kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                const kiln_conv2d_params *p);
-/* relu's gradient g where v <= 0 is 0 (activation.c's relu_bwd): v the input or the output
- * of the ReLU (the same test); a new f32 tensor of g's shape. */
-kiln_tensor *kiln__relu_grad(kiln_ctx *ctx, const char *op, kiln_tensor *g, kiln_tensor *v);
+/* The backward of an op fused with a ReLU after it (kiln__linear_relu, kiln__conv2d_relu):
+ * relu's backward on g, its mask from n's output (the same test as from the input), then fn,
+ * the unfused op's backward, on that gradient. */
+kiln_status kiln__relu_backward_then(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g, kiln__backward_fn fn);
 
 /* relu(kiln_batch_norm(x, ...) + residual) (residual NULL: relu(batch norm)), the same
  * numbers as those three ops: one op over one pass where batch norm's plane kernels run
