@@ -277,29 +277,38 @@ static void test_nt_as_tc(kiln_ctx *ctx) {
         run_case(ctx, what, &g);
     }
     kiln__hooks_of(ctx)->gemm_params = 0;
-    /* the copy of A the pool cannot hold: the product fails naming the op, nothing left behind */
-    const size_t m = 9, n = 1024, k = 20;
-    kiln_scope_begin(ctx);
-    float *h = calloc(n * k, sizeof(float));
-    kiln_tensor *a = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(m * k)});
-    kiln_tensor *b = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(n * k)});
-    kiln_tensor *c = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(m * n)});
-    CHECK(a && b && c, "upload: %s", kiln_error_message(ctx));
-    if (a && b && c) {
-        int64_t tensors = kiln_ctx_num_tensors(ctx);
-        kiln__pool_fail_after(ctx, 1);
-        int rc = kiln__sgemm(ctx, "test_gemm_oom", false, true, m, n, k, 1.0f, a->st->mem, (size_t)a->offset, k, 0,
-                             b->st->mem, (size_t)b->offset, k, 0, 0.0f, c->st->mem, (size_t)c->offset, n, 0, 1);
-        kiln__pool_fail_after(ctx, 0);
-        CHECK(rc == KILN__SGEMM_FAILED && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY &&
-                  strstr(kiln_error_message(ctx), "test_gemm_oom"),
-              "the copy of A failing: rc %d, %s", rc, kiln_error_message(ctx));
-        CHECK(kiln_ctx_num_tensors(ctx) == tensors, "the copy of A failing: %lld tensors left behind",
-              (long long)(kiln_ctx_num_tensors(ctx) - tensors));
-        kiln_error_clear(ctx);
+    /* the transposed copy the pool cannot hold (A's here; B's of a narrow A B, test_narrow's
+     * route): the product fails naming the op, nothing left behind */
+    static const struct {
+        bool tb;
+        size_t m, n, k;
+        const char *what;
+    } oom[2] = {{true, 9, 1024, 20, "the copy of A"}, {false, 37, 9, 20, "the copy of a narrow B"}};
+    for (int i = 0; i < 2; i++) {
+        size_t m = oom[i].m, n = oom[i].n, k = oom[i].k;
+        kiln_scope_begin(ctx);
+        float *h = calloc((m + n) * k + m * n, sizeof(float));
+        kiln_tensor *a = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(m * k)});
+        kiln_tensor *b = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(n * k)});
+        kiln_tensor *c = kiln_from_host(ctx, h, KILN_F32, 1, (int64_t[]){(int64_t)(m * n)});
+        CHECK(a && b && c, "upload: %s", kiln_error_message(ctx));
+        if (a && b && c) {
+            int64_t tensors = kiln_ctx_num_tensors(ctx);
+            kiln__pool_fail_after(ctx, 1);
+            int rc = kiln__sgemm(ctx, "test_gemm_oom", false, oom[i].tb, m, n, k, 1.0f, a->st->mem, (size_t)a->offset,
+                                 k, 0, b->st->mem, (size_t)b->offset, oom[i].tb ? k : n, 0, 0.0f, c->st->mem,
+                                 (size_t)c->offset, n, 0, 1);
+            kiln__pool_fail_after(ctx, 0);
+            CHECK(rc == KILN__SGEMM_FAILED && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY &&
+                      strstr(kiln_error_message(ctx), "test_gemm_oom"),
+                  "%s failing: rc %d, %s", oom[i].what, rc, kiln_error_message(ctx));
+            CHECK(kiln_ctx_num_tensors(ctx) == tensors, "%s failing: %lld tensors left behind", oom[i].what,
+                  (long long)(kiln_ctx_num_tensors(ctx) - tensors));
+            kiln_error_clear(ctx);
+        }
+        kiln_scope_end(ctx);
+        free(h);
     }
-    kiln_scope_end(ctx);
-    free(h);
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 

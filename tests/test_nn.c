@@ -1391,9 +1391,10 @@ static void test_user_module(kiln_ctx *ctx) {
  * input xv of shape xs twice: through the Sequential, which runs each fusable pair as one op,
  * and child by child (the unfused ops). The output and the gradients of x, 0.weight, 0.bias
  * and 2.weight (n[0..5) elements) must agree bit for bit, and the Sequential's forward must
- * take fewer launches. */
-static void seq_fused_vs_children(kiln_ctx *ctx, const char *what, kiln_module *net, const float *xv, int xnd,
-                                  const int64_t *xs, const size_t n[5]) {
+ * take fewer launches. Then the fused op's first allocation fails: the forward fails naming
+ * the first child's kind (`kind`) and the pair, and leaves no tensor behind. */
+static void seq_fused_vs_children(kiln_ctx *ctx, const char *what, const char *kind, kiln_module *net, const float *xv,
+                                  int xnd, const int64_t *xs, const size_t n[5]) {
     float *res[2][5] = {{0}};
     uint64_t launches[2] = {0};
     for (int pass = 0; pass < 2; pass++) {
@@ -1430,6 +1431,21 @@ static void seq_fused_vs_children(kiln_ctx *ctx, const char *what, kiln_module *
     /* the first pair is one op: its activation's launch is gone */
     CHECK(launches[0] < launches[1], "%s: %llu launches, children one by one %llu", what,
           (unsigned long long)launches[0], (unsigned long long)launches[1]);
+    kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, xnd, xs);
+    int64_t before = kiln_ctx_num_tensors(ctx);
+    kiln__pool_fail_after(ctx, 1);
+    kiln_tensor *y = kiln_forward(net, x);
+    kiln__pool_fail_after(ctx, 0);
+    const char *msg = kiln_error_message(ctx);
+    char pair[64];
+    snprintf(pair, sizeof pair, "in %s then ReLU", kind);
+    CHECK(!y && kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY && strstr(msg, pair) &&
+              kiln_ctx_num_tensors(ctx) == before,
+          "%s, the fused op's allocation failing: %s (%lld tensors left behind)", what, y ? "an output" : msg,
+          (long long)(kiln_ctx_num_tensors(ctx) - before));
+    kiln_error_clear(ctx);
+    kiln_tensor_free(y);
+    kiln_tensor_free(x);
 }
 
 /* A Sequential runs Linear then ReLU as one op (kiln__linear_relu): fewer launches, and the
@@ -1450,7 +1466,7 @@ static void test_seq_fusion(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 1; /* kiln's own GEMM and its epilogue on every device */
     kiln__hooks_of(ctx)->gemm_epilogue = 1;
     static const size_t n[5] = {5 * 4, 5 * 9, 12 * 9, 12, 6 * 12};
-    seq_fused_vs_children(ctx, "sequential Linear-ReLU", net, xv, 2, (int64_t[]){5, 9}, n);
+    seq_fused_vs_children(ctx, "sequential Linear-ReLU", "Linear", net, xv, 2, (int64_t[]){5, 9}, n);
     kiln__hooks_of(ctx)->gemm_own = 0;
     kiln__hooks_of(ctx)->gemm_epilogue = 0;
     /* an input with the wrong features: the Linear's own error, naming it */
@@ -1479,7 +1495,7 @@ static void test_seq_conv_fusion(kiln_ctx *ctx) {
     float xv[2 * 2 * 7 * 6];
     h_fill(xv, 2 * 2 * 7 * 6, -1.0f, 1.0f);
     static const size_t n[5] = {2 * 2 * 4 * 3, 2 * 2 * 7 * 6, 3 * 2 * 9, 3, 4 * 3 * 9};
-    seq_fused_vs_children(ctx, "sequential Conv2d-ReLU", net, xv, 4, (int64_t[]){2, 2, 7, 6}, n);
+    seq_fused_vs_children(ctx, "sequential Conv2d-ReLU", "Conv2d", net, xv, 4, (int64_t[]){2, 2, 7, 6}, n);
     kiln_tensor *bad = kiln_zeros(ctx, 4, (int64_t[]){2, 3, 7, 6});
     CHECK(kiln_forward(net, bad) == NULL && strstr(kiln_error_message(ctx), "Conv2d") &&
               strstr(kiln_error_message(ctx), "channels"),
