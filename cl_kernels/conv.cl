@@ -14,6 +14,12 @@
  * (row*nb + nl)*HW + p, HW = ho*wo. Indices are 32-bit: the host keeps every buffer below
  * 2^31 elements.
  *
+ * Half precision: built with KILN_HALF (src/ops/conv.c's CONV_DT_OPTIONS), the kernels that
+ * read a tensor of the op (input, weight, bias, an output gradient as conv_transpose2d's
+ * input) or write its output take it as halves (KILN_S, cl_kernels/common.cl) and convert
+ * as they move its elements; scratch (columns, bordered planes, packed weights, the GEMM's
+ * result) stays f32, and so does the arithmetic: a half output is f32's rounded once.
+ *
  * The kernels give each work-item a whole row or plane and copy with plain inner loops:
  * POCL runs a work-group's items one after another on a core, and these loops are what it
  * vectorises; a work-item per element pays several integer divisions per element (README.md,
@@ -35,8 +41,8 @@ inline int2 conv_range(int o0, int st, int lo, int hi, int n) {
  * run, a copy and a zero run. x is read through its strides xs (n, c, h, w) from xoff:
  * any view.
  */
-kernel void conv_im2col(global const float *x, int xoff, int4 xs, global float *col, int coloff, conv_geom g,
-                        int n0, int nb, int nitems) {
+kernel void conv_im2col(global const KILN_S *x, int xoff, int4 xs, global float *col, int coloff, conv_geom g, int n0,
+                        int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int kk = g.kh * g.kw;
@@ -46,19 +52,19 @@ kernel void conv_im2col(global const float *x, int xoff, int4 xs, global float *
     int2 hr = conv_range(ki * g.dh - g.ph, g.sh, 0, g.h, g.ho);
     int iw0 = kj * g.dw - g.pw;
     int2 wr = conv_range(iw0, g.sw, 0, g.w, g.wo);
-    global const float *src = x + xoff + (n0 + nl) * xs.x + c * xs.y + (iw0 + wr.x * g.sw) * xs.w;
+    global const KILN_S *src = x + xoff + (n0 + nl) * xs.x + c * xs.y + (iw0 + wr.x * g.sw) * xs.w;
     int step = g.sw * xs.w;
     for (int oh = 0; oh < g.ho; oh++, dst += g.wo) {
         if (oh < hr.x || oh >= hr.y) {
             for (int ow = 0; ow < g.wo; ow++) dst[ow] = 0.0f;
             continue;
         }
-        global const float *s = src + (oh * g.sh - g.ph + ki * g.dh) * xs.z;
+        global const KILN_S *s = src + (oh * g.sh - g.ph + ki * g.dh) * xs.z;
         for (int ow = 0; ow < wr.x; ow++) dst[ow] = 0.0f;
         if (step == 1)
-            for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = s[ow - wr.x];
+            for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = KILN_LD(s, ow - wr.x);
         else
-            for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = s[(ow - wr.x) * step];
+            for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = KILN_LD(s, (ow - wr.x) * step);
         for (int ow = max(wr.y, wr.x); ow < g.wo; ow++) dst[ow] = 0.0f;
     }
 }
@@ -72,34 +78,49 @@ kernel void conv_im2col(global const float *x, int xoff, int4 xs, global float *
  * order (bias, taps in row-major order): deterministic. has_bias 0 starts from 0. Group gi's
  * rows start at row gi*kgp (kgp >= kg: rows padded for the GEMM; the extra rows are unread).
  */
-kernel void conv_col2im(global const float *col, int coloff, global float *out, int outoff, global const float *bias,
+kernel void conv_col2im(global const float *col, int coloff, global KILN_S *out, int outoff, global const KILN_S *bias,
                         int boff, int has_bias, conv_geom g, int kgp, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int h = q % g.h, nc = q / g.h;
     int c = nc % g.c, nl = nc / g.c;
     int hw = g.ho * g.wo, kk = g.kh * g.kw;
-    global float *dst = out + outoff + ((n0 * g.c + nc) * g.h + h) * g.w;
-    float b0 = has_bias ? bias[boff + c] : 0.0f;
-    for (int w = 0; w < g.w; w++) dst[w] = b0;
+    global KILN_S *dst = out + outoff + ((n0 * g.c + nc) * g.h + h) * g.w;
+    float b0 = has_bias ? KILN_LD(bias, boff + c) : 0.0f;
     int cg = g.c / g.groups, gi = c / cg;
     global const float *base = col + coloff + (gi * kgp + (c - gi * cg) * kk) * nb * hw + nl * hw;
-    for (int ki = 0; ki < g.kh; ki++) {
-        int th = h + g.ph - ki * g.dh;
-        if (th < 0) break; /* th only decreases with ki */
-        int oh = th / g.sh;
-        if (oh * g.sh != th || oh >= g.ho) continue;
-        for (int kj = 0; kj < g.kw; kj++) {
-            /* w = ow*sw + w0 for the output columns ow of this tap */
-            int w0 = kj * g.dw - g.pw;
-            int2 r = conv_range(w0, g.sw, 0, g.w, g.wo);
-            global const float *s = base + (ki * g.kw + kj) * nb * hw + oh * g.wo;
-            if (g.sw == 1)
-                for (int ow = r.x; ow < r.y; ow++) dst[ow + w0] += s[ow];
-            else
-                for (int ow = r.x; ow < r.y; ow++) dst[ow * g.sw + w0] += s[ow];
-        }
+/* acc[w - lo] += every tap's entry for the row's columns w in [lo, hi), taps in order */
+#define C2I_TAPS(acc, lo, hi)                                                                                          \
+    for (int ki = 0; ki < g.kh; ki++) {                                                                                \
+        int th = h + g.ph - ki * g.dh;                                                                                 \
+        if (th < 0) break; /* th only decreases with ki */                                                             \
+        int oh = th / g.sh;                                                                                            \
+        if (oh * g.sh != th || oh >= g.ho) continue;                                                                   \
+        for (int kj = 0; kj < g.kw; kj++) {                                                                            \
+            /* w = ow*sw + w0 for the output columns ow of this tap */                                                 \
+            int w0 = kj * g.dw - g.pw;                                                                                 \
+            int2 r = conv_range(w0, g.sw, (lo), (hi), g.wo);                                                           \
+            global const float *s = base + (ki * g.kw + kj) * nb * hw + oh * g.wo;                                     \
+            if (g.sw == 1)                                                                                             \
+                for (int ow = r.x; ow < r.y; ow++) acc[ow + w0 - (lo)] += s[ow];                                       \
+            else                                                                                                       \
+                for (int ow = r.x; ow < r.y; ow++) acc[ow * g.sw + w0 - (lo)] += s[ow];                                \
+        }                                                                                                              \
     }
+#ifdef KILN_HALF
+    /* halves: pieces of the row summed in float, each element rounded once */
+    for (int lo = 0; lo < g.w; lo += 64) {
+        int len = min(64, g.w - lo);
+        float acc[64];
+        for (int i = 0; i < len; i++) acc[i] = b0;
+        C2I_TAPS(acc, lo, lo + len)
+        for (int i = 0; i < len; i++) KILN_ST(dst, lo + i, acc[i]);
+    }
+#else
+    for (int w = 0; w < g.w; w++) dst[w] = b0;
+    C2I_TAPS(dst, 0, g.w)
+#endif
+#undef C2I_TAPS
 }
 
 /*
@@ -107,19 +128,19 @@ kernel void conv_col2im(global const float *col, int coloff, global float *out, 
  * tensor with channels nc and planes of ph_ x pw_ (any strides ss: n, c, h, w).
  * One work-item per (c, nl) plane.
  */
-kernel void conv_to_cnhw(global const float *src, int soff, int4 ss, global float *dst, int doff, int nc, int ph_,
+kernel void conv_to_cnhw(global const KILN_S *src, int soff, int4 ss, global float *dst, int doff, int nc, int ph_,
                          int pw_, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int nl = q % nb, c = q / nb;
-    global const float *s = src + soff + (n0 + nl) * ss.x + c * ss.y;
+    global const KILN_S *s = src + soff + (n0 + nl) * ss.x + c * ss.y;
     global float *d = dst + doff + q * ph_ * pw_;
     if (ss.w == 1 && ss.z == pw_) {
-        for (int p = 0; p < ph_ * pw_; p++) d[p] = s[p];
+        for (int p = 0; p < ph_ * pw_; p++) d[p] = KILN_LD(s, p);
         return;
     }
     for (int hh = 0; hh < ph_; hh++, d += pw_)
-        for (int ww = 0; ww < pw_; ww++) d[ww] = s[hh * ss.z + ww * ss.w];
+        for (int ww = 0; ww < pw_; ww++) d[ww] = KILN_LD(s, hh * ss.z + ww * ss.w);
 }
 
 /*
@@ -128,24 +149,24 @@ kernel void conv_to_cnhw(global const float *src, int soff, int4 ss, global floa
  * to the sum (x < 0 ? 0 : x, as kiln_relu: the forward of a convolution then ReLU in one
  * op). One work-item per plane.
  */
-kernel void conv_from_cnhw(global const float *src, int soff, global float *dst, int doff, global const float *bias,
+kernel void conv_from_cnhw(global const float *src, int soff, global KILN_S *dst, int doff, global const KILN_S *bias,
                            int boff, int has_bias, int nc, int hw, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int c = q % nc, nl = q / nc;
     global const float *s = src + soff + (c * nb + nl) * hw;
-    global float *d = dst + doff + ((n0 + nl) * nc + c) * hw;
+    global KILN_S *d = dst + doff + ((n0 + nl) * nc + c) * hw;
     if (has_bias == 2) {
-        float b = bias[boff + c];
+        float b = KILN_LD(bias, boff + c);
         for (int p = 0; p < hw; p++) {
             float v = s[p] + b;
-            d[p] = v < 0.0f ? 0.0f : v;
+            KILN_ST(d, p, v < 0.0f ? 0.0f : v);
         }
     } else if (has_bias) {
-        float b = bias[boff + c];
-        for (int p = 0; p < hw; p++) d[p] = s[p] + b;
+        float b = KILN_LD(bias, boff + c);
+        for (int p = 0; p < hw; p++) KILN_ST(d, p, s[p] + b);
     } else {
-        for (int p = 0; p < hw; p++) d[p] = s[p];
+        for (int p = 0; p < hw; p++) KILN_ST(d, p, s[p]);
     }
 }
 
@@ -177,8 +198,8 @@ kernel void conv_bias_grad(global const float *src, int soff, int ld, global flo
  * weight gradient's split-K partials, or one padded result (nparts 1). With has_db,
  * db[r] = the same sum of column kg (conv_wgrad_small's bias sums). One work-item per row.
  */
-kernel void conv_sum_parts(global const float *part, int poff, int nparts, int kg, int kgp, global float *dst,
-                           int doff, int has_db, global float *db, int dboff, int nitems) {
+kernel void conv_sum_parts(global const float *part, int poff, int nparts, int kg, int kgp, global float *dst, int doff,
+                           int has_db, global float *db, int dboff, int nitems) {
     int r = get_global_id(0);
     if (r >= nitems) return;
     global const float *p = part + poff + r * kgp;
@@ -269,8 +290,7 @@ kernel void conv_wgrad_small(global const float *x, int xoff, int4 xs, global co
 
 /* dst [rows, kgp] = src [rows, kg] (contiguous) with zero columns kg .. kgp-1: a weight
  * matrix padded to the GEMM's tile. One work-item per row. */
-kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, global float *dst, int doff,
-                          int nitems) {
+kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, global float *dst, int doff, int nitems) {
     int r = get_global_id(0);
     if (r >= nitems) return;
     global const float *s = src + soff + r * kg;
@@ -286,30 +306,30 @@ kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, gl
  * of each group. Rows are groups*kgp long and written whole (contiguous); one work-item per
  * output row (nl, oh). x is read through its strides xs: any view.
  */
-kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float *col, int coloff, conv_geom g,
+kernel void conv_im2col_t(global const KILN_S *x, int xoff, int4 xs, global float *col, int coloff, conv_geom g,
                           int kgp, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int oh = q % g.ho, nl = q / g.ho;
     int cg = g.c / g.groups, kg = cg * g.kh * g.kw, ldc = g.groups * kgp;
     global float *dst = col + coloff + q * g.wo * ldc;
-    global const float *xn = x + xoff + (n0 + nl) * xs.x;
+    global const KILN_S *xn = x + xoff + (n0 + nl) * xs.x;
     int ih0 = oh * g.sh - g.ph;
     /* tap by tap (column j of every row): a run of zeros, a strided copy, zeros; the
      * block being written (wo rows) stays in the core's cache */
     for (int gi = 0; gi < g.groups; gi++) {
         global float *d = dst + gi * kgp;
         for (int ci = 0; ci < cg; ci++) {
-            global const float *xc = xn + (gi * cg + ci) * xs.y;
+            global const KILN_S *xc = xn + (gi * cg + ci) * xs.y;
             for (int ki = 0; ki < g.kh; ki++) {
                 int ih = ih0 + ki * g.dh;
                 bool hin = ih >= 0 && ih < g.h;
-                global const float *xr = xc + ih * xs.z;
+                global const KILN_S *xr = xc + ih * xs.z;
                 for (int kj = 0; kj < g.kw; kj++, d++) {
                     int w0 = kj * g.dw - g.pw;
                     int2 r = hin ? conv_range(w0, g.sw, 0, g.w, g.wo) : (int2)(0, 0);
                     for (int ow = 0; ow < r.x; ow++) d[ow * ldc] = 0.0f;
-                    for (int ow = r.x; ow < r.y; ow++) d[ow * ldc] = xr[(ow * g.sw + w0) * xs.w];
+                    for (int ow = r.x; ow < r.y; ow++) d[ow * ldc] = KILN_LD(xr, (ow * g.sw + w0) * xs.w);
                     for (int ow = max(r.x, r.y); ow < g.wo; ow++) d[ow * ldc] = 0.0f;
                 }
             }
@@ -318,7 +338,6 @@ kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float
             for (int ow = 0; ow < g.wo; ow++) d[(j - kg) + ow * ldc] = 0.0f;
     }
 }
-
 
 /* ---- direct 3x3 convolution, stride 1, padding 1 (src/ops/conv.c's "direct" route) ---- */
 
@@ -355,22 +374,22 @@ kernel void conv_im2col_t(global const float *x, int xoff, int4 xs, global float
  * work-items of conv3_direct and conv3_wgrad read past it). One work-item per plane; the
  * last one also writes the slack.
  */
-kernel void conv3_pad(global const float *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
+kernel void conv3_pad(global const KILN_S *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
                       int xpoff, int slack, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int n = q / c, ci = q - n * c;
-    global const float *s = x + xoff + n * xs.x + ci * xs.y;
+    global const KILN_S *s = x + xoff + n * xs.x + ci * xs.y;
     global float *d = xp + xpoff + q * (h + 2) * pw;
     for (int j = 0; j < pw; j++) d[j] = 0.0f;
     d += pw;
     for (int r = 0; r < h; r++, d += pw) {
-        global const float *sr = s + r * xs.z;
+        global const KILN_S *sr = s + r * xs.z;
         d[0] = 0.0f;
         if (xs.w == 1)
-            for (int j = 0; j < w; j++) d[j + 1] = sr[j];
+            for (int j = 0; j < w; j++) d[j + 1] = KILN_LD(sr, j);
         else
-            for (int j = 0; j < w; j++) d[j + 1] = sr[j * xs.w];
+            for (int j = 0; j < w; j++) d[j + 1] = KILN_LD(sr, j * xs.w);
         for (int j = w + 1; j < pw; j++) d[j] = 0.0f;
     }
     for (int j = 0; j < pw; j++) d[j] = 0.0f;
@@ -386,15 +405,16 @@ kernel void conv3_pad(global const float *x, int xoff, int4 xs, int c, int h, in
  * forward (ws its strides), or for its input gradient the channels' roles exchanged and the
  * taps flipped (negative ws.z, ws.w). One work-item per (block, input channel).
  */
-kernel void conv3_pack(global const float *wt, int woff, int4 ws, int c, int cout, global float *wp, int wpoff,
+kernel void conv3_pack(global const KILN_S *wt, int woff, int4 ws, int c, int cout, global float *wp, int wpoff,
                        int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int i = q % c, cb = q / c;
     global float *d = wp + wpoff + q * 9 * C3_CB;
     for (int j = 0; j < C3_CB; j++) {
-        global const float *s = wt + woff + min(cb * C3_CB + j, cout - 1) * ws.x + i * ws.y;
-        for (int t = 0; t < 9; t++) d[t * C3_CB + j] = s[(t / 3) * ws.z + (t % 3) * ws.w];
+        global const KILN_S *s = wt + woff + min(cb * C3_CB + j, cout - 1) * ws.x + i * ws.y;
+        /* (the offset added to the pointer: the flipped taps' is negative) */
+        for (int t = 0; t < 9; t++) d[t * C3_CB + j] = KILN_LD(s + (t / 3) * ws.z + (t % 3) * ws.w, 0);
     }
 }
 
@@ -417,8 +437,8 @@ kernel void conv3_pack(global const float *wt, int woff, int4 ws, int c, int cou
  * not depend on the blocking's split of the work.
  */
 kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
-                         global const float *wp, int wpoff, global const float *bias, int boff, int has_bias,
-                         int cout, global float *out, int ooff, int nitems) {
+                         global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
+                         global KILN_S *out, int ooff, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int sg = q % nseg, t = q / nseg;
@@ -466,15 +486,22 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
 #pragma unroll
     for (int j = 0; j < C3_CB; j++) {
         int co = co0 + j;
-        float b = has_bias && co < cout ? bias[boff + co] : 0.0f;
+        float b = has_bias && co < cout ? KILN_LD(bias, boff + co) : 0.0f;
 #pragma unroll
         for (int r = 0; r < C3_R; r++) {
             if (co >= cout || oh0 + r >= h) continue;
-            global float *d = out + ooff + ((n * cout + co) * h + oh0 + r) * w + ow0;
+            global KILN_S *d = out + ooff + ((n * cout + co) * h + oh0 + r) * w + ow0;
 #pragma unroll
             for (int v = 0; v < C3_NV; v++) {
                 C3_T y = acc[j][r][v] + b;
                 if (has_bias == 2) y = select(y, (C3_T)(0.0f), y < (C3_T)(0.0f));
+#ifdef KILN_HALF
+                if (cols > v * C3_VW) {
+                    float tl[C3_VW];
+                    C3_STORE(y, 0, tl);
+                    for (int l = 0; l < min(C3_VW, cols - v * C3_VW); l++) KILN_ST(d, v * C3_VW + l, tl[l]);
+                }
+#else
                 if (cols >= (v + 1) * C3_VW) {
                     C3_STORE(y, 0, d + v * C3_VW);
                 } else if (cols > v * C3_VW) {
@@ -482,6 +509,7 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
                     C3_STORE(y, 0, tl);
                     for (int l = 0; l < cols - v * C3_VW; l++) d[v * C3_VW + l] = tl[l];
                 }
+#endif
             }
         }
     }
@@ -501,8 +529,8 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
  * one load at a fixed offset from f.
  */
 kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
-                       global const float *wp, int wpoff, global const float *bias, int boff, int has_bias,
-                       int cout, global float *out, int ooff, int nitems) {
+                       global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
+                       global KILN_S *out, int ooff, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int sg = q % nseg, t = q / nseg;
@@ -546,8 +574,8 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
     for (int j = 0; j < C3_CB; j++) {
         int co = co0 + j;
         if (co >= cout) continue; /* not break: the loop is unrolled */
-        float b = has_bias ? bias[boff + co] : 0.0f;
-        global float *d = out + ooff + (n * cout + co) * h * w;
+        float b = has_bias ? KILN_LD(bias, boff + co) : 0.0f;
+        global KILN_S *d = out + ooff + (n * cout + co) * h * w;
         float tl[C3_NV * C3_VW];
 #pragma unroll
         for (int v = 0; v < C3_NV; v++) {
@@ -557,7 +585,7 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
         }
         int oh = oh0, ow = ow0;
         for (int l = 0; l < C3_NV * C3_VW && oh < h; l++) {
-            if (ow < w) d[oh * w + ow] = tl[l];
+            if (ow < w) KILN_ST(d, oh * w + ow, tl[l]);
             if (++ow == pw) ow = 0, oh++;
         }
     }
@@ -573,12 +601,12 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
  * (kj >> 1)). x any view (strides xs). After the last plane, `slack` zeros. One work-item
  * per (n, c).
  */
-kernel void conv3_phase(global const float *x, int xoff, int4 xs, int c, int h, int w, int hq, int pq,
+kernel void conv3_phase(global const KILN_S *x, int xoff, int4 xs, int c, int h, int w, int hq, int pq,
                         global float *xq, int xqoff, int slack, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int n = q / c, ci = q - n * c;
-    global const float *s = x + xoff + n * xs.x + ci * xs.y;
+    global const KILN_S *s = x + xoff + n * xs.x + ci * xs.y;
     global float *d = xq + xqoff + q * 4 * hq * pq;
     for (int a = 0; a < 2; a++)
         for (int b = 0; b < 2; b++) {
@@ -590,10 +618,10 @@ kernel void conv3_phase(global const float *x, int xoff, int4 xs, int c, int h, 
                     for (int j = 0; j < pq; j++) d[j] = 0.0f;
                     continue;
                 }
-                global const float *sr = s + r * xs.z;
+                global const KILN_S *sr = s + r * xs.z;
                 int step = 2 * xs.w, o = (b - 1) * xs.w;
                 for (int j = 0; j < jlo; j++) d[j] = 0.0f;
-                for (int j = jlo; j < jhi; j++) d[j] = sr[j * step + o];
+                for (int j = jlo; j < jhi; j++) d[j] = KILN_LD(sr, j * step + o);
                 for (int j = max(jlo, jhi); j < pq; j++) d[j] = 0.0f;
             }
         }

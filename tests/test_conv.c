@@ -224,15 +224,33 @@ static void compare_bound(const char *what, const float *got, const double *ref,
 
 /* A kiln view with logical NCHW shape `sh` stored as `view` says; the logical row-major
  * values (read through the harness's own view model) go to logical and dlog. */
-static kiln_tensor *make_input(kiln_ctx *ctx, int view, const int64_t *sh, bool specials, float *logical,
-                               double *dlog) {
-    int64_t bs[4] = {sh[0], sh[1], sh[2], sh[3]};
+/* The shape bs of the tensor that input view `view` of shape sh is taken from. */
+static void view_base(int view, const int64_t *sh, int64_t *bs) {
+    for (int d = 0; d < 4; d++) bs[d] = sh[d];
     switch (view) {
     case V_TRANSPOSE_HW: bs[2] = sh[3], bs[3] = sh[2]; break;
     case V_SLICE_W: bs[3] = 2 * sh[3] + 1; break;
     case V_CHANNELS_LAST: bs[1] = sh[2], bs[2] = sh[3], bs[3] = sh[1]; break;
     case V_BATCH_SLICE: bs[0] = sh[0] + 2; break;
     }
+}
+
+/* Input view `view` of shape sh of t (shape view_base's; a new tensor, or t itself for
+ * V_NONE; t stays the caller's). */
+static kiln_tensor *view_of(kiln_ctx *ctx, kiln_tensor *t, int view, const int64_t *sh) {
+    switch (view) {
+    case V_TRANSPOSE_HW: return kiln_transpose(ctx, t, 2, 3);
+    case V_SLICE_W: return kiln_slice(ctx, t, 3, 1, 2 * sh[3] + 1, 2);
+    case V_CHANNELS_LAST: return kiln_permute(ctx, t, (const int[]){0, 3, 1, 2});
+    case V_BATCH_SLICE: return kiln_slice(ctx, t, 0, 1, sh[0] + 1, 1);
+    }
+    return t;
+}
+
+static kiln_tensor *make_input(kiln_ctx *ctx, int view, const int64_t *sh, bool specials, float *logical,
+                               double *dlog) {
+    int64_t bs[4];
+    view_base(view, sh, bs);
     h_view v = h_contig(4, bs);
     switch (view) {
     case V_TRANSPOSE_HW:
@@ -261,13 +279,7 @@ static kiln_tensor *make_input(kiln_ctx *ctx, int view, const int64_t *sh, bool 
             base[off] = val[k];
         }
     }
-    kiln_tensor *t = kiln_from_host(ctx, base, KILN_F32, 4, bs), *r = t;
-    switch (view) {
-    case V_TRANSPOSE_HW: r = kiln_transpose(ctx, t, 2, 3); break;
-    case V_SLICE_W: r = kiln_slice(ctx, t, 3, 1, 2 * sh[3] + 1, 2); break;
-    case V_CHANNELS_LAST: r = kiln_permute(ctx, t, (const int[]){0, 3, 1, 2}); break;
-    case V_BATCH_SLICE: r = kiln_slice(ctx, t, 0, 1, sh[0] + 1, 1); break;
-    }
+    kiln_tensor *t = kiln_from_host(ctx, base, KILN_F32, 4, bs), *r = t ? view_of(ctx, t, view, sh) : NULL;
     if (r != t) kiln_tensor_free(t);
     for (int64_t i = 0; i < n; i++) {
         logical[i] = (float)h_at(base, &v, i);
@@ -1102,6 +1114,134 @@ static void test_conv_relu(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 3);
 }
 
+/* A new f32 leaf requiring grad of shape sh with values in [-1, 1) that dt holds exactly. */
+static kiln_tensor *half_exact_leaf(kiln_ctx *ctx, kiln_dtype dt, int nd, const int64_t *sh) {
+    int64_t n = h_numel(nd, sh);
+    float *h = malloc(sizeof(float) * (size_t)n);
+    h_fill(h, n, -1, 1);
+    kiln_tensor *t = kiln_from_host(ctx, h, KILN_F32, nd, sh);
+    free(h);
+    kiln_tensor *r = kiln_to_dtype(ctx, kiln_to_dtype(ctx, t, dt), KILN_F32);
+    kiln_tensor_set_requires_grad(r, true);
+    return r;
+}
+
+/* One pass of s in dtype dt (the op on halves converted from f32 leaves, the leaves' views
+ * as the case says) or f32 (dt KILN_F32, on the same values): the output (host copy of its
+ * raw bits, rounded to half for f32), the f32 gradients of the leaves x, w, b (host
+ * copies), the forward's launches and library calls in *launches. */
+static bool half_pass(kiln_ctx *ctx, const cspec *s, kiln_dtype dt, kiln_dtype half, kiln_tensor *const *leaf,
+                      kiln_tensor *seed, uint16_t *y16, float **res, uint64_t *launches) {
+    int64_t xs[4] = {s->n, s->c, s->h, s->w};
+    kiln_scope_begin(ctx);
+    for (int i = 0; i < 3; i++) kiln_tensor_clear_grad(leaf[i]);
+    kiln_tensor *xin = view_of(ctx, dt == KILN_F32 ? leaf[0] : kiln_to_dtype(ctx, leaf[0], dt), s->xview, xs);
+    kiln_tensor *w = dt == KILN_F32 ? leaf[1] : kiln_to_dtype(ctx, leaf[1], dt);
+    kiln_tensor *win = s->wview ? kiln_transpose(ctx, w, 2, 3) : w; /* (the leaf is stored [.., kw, kh]) */
+    kiln_tensor *b = !s->bias ? NULL : dt == KILN_F32 ? leaf[2] : kiln_to_dtype(ctx, leaf[2], dt);
+    kiln_ctx_stats st0, st1;
+    kiln_ctx_stats_get(ctx, &st0);
+    kiln_tensor *y = run_op(ctx, s, xin, win, b);
+    kiln_ctx_stats_get(ctx, &st1);
+    *launches = st1.launches + st1.library_calls - st0.launches - st0.library_calls;
+    bool ok = y && kiln_tensor_dtype(y) == dt;
+    kiln_tensor *loss = ok ? kiln_sum(ctx, kiln_mul(ctx, kiln_to_dtype(ctx, y, KILN_F32), seed), 0, NULL, false) : NULL;
+    ok = ok && kiln_backward(loss) == KILN_OK;
+    kiln_tensor *yr = ok ? (dt == KILN_F32 ? kiln_to_dtype(ctx, y, half) : y) : NULL;
+    ok = ok && yr && kiln_to_host(yr, y16, sizeof(uint16_t) * (size_t)kiln_tensor_numel(yr)) == KILN_OK;
+    for (int i = 0; i < 3; i++) res[i] = ok && kiln_tensor_grad(leaf[i]) ? h_read(kiln_tensor_grad(leaf[i])) : NULL;
+    CHECK(ok, "%s in %s: %s", s->name, kiln_dtype_name(dt), kiln_error_message(ctx));
+    kiln_scope_end(ctx);
+    kiln_error_clear(ctx);
+    return ok;
+}
+
+/* conv2d and conv_transpose2d of f16 and bf16 inputs run in half (the KILN_HALF build of
+ * cl_kernels/conv.cl: the kernels that read the input, weight and bias and write the
+ * output convert as they move elements; the arithmetic is f32's): each output is the f32
+ * op's on the same values rounded once, bit for bit, and the f32 gradients are f32's bit
+ * for bit, through every route (the direct 3x3 kernels at stride 1 and 2, columns in one
+ * chunk and per image, CLBlast with conv_wgrad_small), over input and weight views and rows
+ * longer than col2im's 64-float pieces; and the forward launches no conversion of the input
+ * or the output: at most one launch more than f32's (the weight's f32 copy for a GEMM), and
+ * a permute per image where f32's GEMM reads or writes the tensor itself. */
+static void test_half(kiln_ctx *ctx) {
+    kiln__set_guard(ctx, 0); /* guard regions cost launches of their own */
+    static const cspec hcases[] = {
+        {"3x3, transposed-view input", false, 3, 4, 9, 20, 5, 3, 3, P3, true, V_TRANSPOSE_HW, false, false},
+        {"3x3 stride 2", false, 2, 3, 9, 11, 4, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 0, 0), true, V_NONE, false, false},
+        {"5x3 groups 2, sliced input", false, 2, 4, 8, 7, 6, 5, 3, P(1, 1, 1, 0, 1, 1, 2, 0, 0), true, V_SLICE_W, false,
+         false},
+        {"1x1", false, 3, 5, 4, 6, 7, 1, 1, P1, true, V_NONE, false, false},
+        {"3x2, weight view", false, 2, 5, 6, 7, 4, 3, 2, P1, true, V_NONE, true, false},
+        {"batch 1, no bias", false, 1, 4, 7, 6, 4, 3, 3, P(1, 1, 1, 1, 1, 1, 2, 0, 0), false, V_NONE, false, false},
+        {"T stride 2 pad 1 output_padding 1", true, 3, 4, 4, 5, 3, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 1), true, V_NONE,
+         false, false},
+        {"T 3x3, 70 wide, channels-last input", true, 2, 5, 6, 70, 4, 3, 3, P3, true, V_CHANNELS_LAST, false, false},
+        {"T batch 1, no bias", true, 1, 3, 4, 5, 2, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 0), false, V_NONE, false, false}};
+    static const char *const algos[4] = {"direct", "im2col", "im2col", "im2col"};
+    bool cpu = kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU;
+    for (int a = 0; a < 4; a++) {
+        set_env(ctx, "KILN_CONV_ALGO", algos[a]);
+        kiln__hooks_of(ctx)->conv_budget = a == 2 ? 1 : 0;        /* one image a chunk */
+        kiln__hooks_of(ctx)->gemm_own = a < 3 ? 0 : cpu ? -1 : 1; /* the other GEMM route */
+        const char *route = a == 2 ? "im2col, one image a chunk" : a == 3 ? "im2col, the other GEMM" : algos[a];
+        for (int d = 0; d < 2; d++) {
+            kiln_dtype dt = d ? KILN_BF16 : KILN_F16;
+            for (size_t k = 0; k < sizeof hcases / sizeof hcases[0]; k++) {
+                const cspec *s = &hcases[k];
+                int ho, wo;
+                out_size(s, &ho, &wo);
+                int64_t xs[4], ws[4], ys[4] = {s->n, s->cout, ho, wo}, ny = h_numel(4, ys);
+                view_base(s->xview, (int64_t[]){s->n, s->c, s->h, s->w}, xs);
+                wshape(s, ws);
+                if (s->wview) ws[2] = s->kw, ws[3] = s->kh;
+                kiln_scope_begin(ctx);
+                kiln_tensor *leaf[3] = {half_exact_leaf(ctx, dt, 4, xs), half_exact_leaf(ctx, dt, 4, ws),
+                                        half_exact_leaf(ctx, dt, 1, (int64_t[]){s->cout})};
+                float *hs = malloc(sizeof(float) * (size_t)ny);
+                h_fill(hs, ny, -1, 1);
+                kiln_tensor *seed = kiln_from_host(ctx, hs, KILN_F32, 4, ys);
+                free(hs);
+                uint16_t *yh = malloc(sizeof(uint16_t) * (size_t)ny), *yf = malloc(sizeof(uint16_t) * (size_t)ny);
+                float *gh[3] = {0}, *gf[3] = {0};
+                uint64_t lh = 0, lf = 0;
+                bool ok = half_pass(ctx, s, dt, dt, leaf, seed, yh, gh, &lh) &&
+                          half_pass(ctx, s, KILN_F32, dt, leaf, seed, yf, gf, &lf);
+                char what[200];
+                snprintf(what, sizeof what, "%s %s [%s]", s->name, kiln_dtype_name(dt), route);
+                if (ok) {
+                    int64_t bad = 0;
+                    for (int64_t e = 0; e < ny; e++) bad += yh[e] != yf[e];
+                    CHECK(bad == 0, "%s: %lld of %lld outputs are not f32's rounded once", what, (long long)bad,
+                          (long long)ny);
+                    int64_t n[3] = {h_numel(4, xs), h_numel(4, ws), s->cout};
+                    static const char *const gname[3] = {"d x", "d w", "d b"};
+                    for (int i = 0; i < 3; i++)
+                        CHECK((!gh[i] && !gf[i] && !s->bias && i == 2) ||
+                                  (gh[i] && gf[i] && !memcmp(gh[i], gf[i], sizeof(float) * (size_t)n[i])),
+                              "%s: %s differs from f32's", what, gname[i]);
+                    /* f32's GEMM writes one image without bias, and reads conv_transpose2d's
+                     * contiguous input, in place: halves take a permute per image there */
+                    bool inplace = (a == 2 || s->n == 1) && (s->transpose ? s->xview == V_NONE : !s->bias);
+                    uint64_t most = lf + 1 + (inplace ? (uint64_t)s->n : 0);
+                    CHECK(lh <= most, "%s: the forward took %llu launches, f32's %llu (want at most %llu)", what,
+                          (unsigned long long)lh, (unsigned long long)lf, (unsigned long long)most);
+                }
+                for (int i = 0; i < 3; i++) free(gh[i]), free(gf[i]);
+                free(yh);
+                free(yf);
+                kiln_scope_end(ctx);
+                kiln_error_clear(ctx);
+            }
+        }
+    }
+    kiln__hooks_of(ctx)->conv_budget = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+    set_env(ctx, "KILN_CONV_ALGO", NULL);
+    kiln__set_guard(ctx, 3);
+}
+
 static void test_device(kiln_ctx *ctx) {
     int64_t before = kiln_ctx_num_tensors(ctx);
     kiln__set_guard(ctx, 3);
@@ -1114,6 +1254,7 @@ static void test_device(kiln_ctx *ctx) {
     test_errors(ctx);
     test_direct(ctx);
     test_conv_relu(ctx);
+    test_half(ctx);
     /* The other GEMM route: kiln's own kernels (src/ops/gemm.c) on CPUs by default, CLBlast
      * elsewhere. Each chooses its own layout (padded rows, split parts, conv_wgrad_small for
      * few taps only with CLBlast), so both are checked on every device. */

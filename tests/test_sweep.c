@@ -776,6 +776,27 @@ static void sweep_conv(void) {
     kiln_tensor *bb = MK(-0.5f, 0.5f, true, 3);
     BACK("conv2d 1x1 over many positions", kiln_conv2d(C, xb, wb, bb, NULL), xb, wb, bb);
     forced_conv();
+    /* the half builds (f16 input, weight, bias and output) of the kernels that read and write
+     * them: through columns (im2col, from_cnhw; conv_transpose2d's to_cnhw, col2im), then
+     * the direct 3x3 route (conv3_pad, conv3_phase, conv3_pack, conv3_direct and conv3_flat
+     * storing halves) */
+#define F16(t) kiln_to_dtype(C, t, KILN_F16)
+#define F32(t) kiln_to_dtype(C, t, KILN_F32)
+    BACK("conv2d f16", F32(kiln_conv2d(C, F16(x), F16(w), F16(bias), &p)), x, w, bias);
+    BACK("conv_transpose2d f16", F32(kiln_conv_transpose2d(C, F16(x), F16(wt), F16(bt), &t)), x, wt, bt);
+    kiln_tensor *w3 = MK(-0.5f, 0.5f, true, 5, 4, 3, 3), *b3 = MK(-0.5f, 0.5f, true, 5);
+    kiln_tensor *w3t = MK(-0.5f, 0.5f, true, 4, 5, 3, 3);
+    kiln_conv2d_params d1 = {.stride = {1, 1}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
+    kiln_conv2d_params d2 = {.stride = {2, 2}, .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
+    kiln_sync(C); /* setenv with nothing running: POCL's threads call getenv */
+    setenv("KILN_CONV_ALGO", "direct", 1);
+    BACK("conv2d f16 [direct]", F32(kiln_conv2d(C, F16(x), F16(w3), F16(b3), &d1)), x, w3, b3);
+    BACK("conv2d f16 stride 2 [direct]", F32(kiln_conv2d(C, F16(x), F16(w3), F16(b3), &d2)), x, w3, b3);
+    BACK("conv_transpose2d f16 [direct]", F32(kiln_conv_transpose2d(C, F16(x), F16(w3t), F16(b3), &d1)), x, w3t, b3);
+    kiln_sync(C);
+    unsetenv("KILN_CONV_ALGO");
+#undef F16
+#undef F32
 }
 
 /* ---- pool.cl: max pooling whose windows do not overlap (the backward's tile kernel) ---- */

@@ -186,24 +186,6 @@ static kiln_tensor *via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__
     return y;
 }
 
-kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg) {
-    return via_f32(ctx, n, ts, fn, arg, true);
-}
-
 kiln_tensor *kiln__half_fallback(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg) {
     return via_f32(ctx, n, ts, fn, arg, !kiln_dtype_is_half(ctx->autocast));
-}
-
-bool kiln__half_cast_or_copy(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg,
-                             kiln_tensor **res) {
-    kiln_tensor *cast[KILN__VIA_F32_MAX];
-    int nc = kiln__autocast_inputs(ctx, n, ts, cast);
-    if (nc != 0) {
-        *res = nc > 0 ? fn(ctx, cast, arg) : NULL; /* the op again, on halves */
-        kiln__half_release(n, ts, cast);
-        return true;
-    }
-    if (!ctx || !kiln__any_half(n, ts)) return false; /* (a NULL ctx: the op's checks say so) */
-    *res = kiln__via_f32(ctx, n, ts, fn, arg);
-    return true;
 }

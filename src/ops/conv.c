@@ -60,6 +60,13 @@
  * input into its four (row, column) parity planes, on which every tap is again a fixed
  * offset: conv3_flat and conv3_wgrad built with C3_S2 compute the forward and the weight
  * gradient; the input gradient keeps columns (GEMM and col2im).
+ *
+ * Half precision: inputs of one dtype (f16 or bf16) run in it, kernel by kernel: each
+ * launch that reads the input, weight or bias or writes the output uses the KILN_HALF build
+ * of cl_kernels/conv.cl for that tensor's dtype, so no pass converts the input or the
+ * output; the GEMMs read an f32 copy of a half weight (small), and the backward reads the
+ * half input and weight the node saved, its gradients f32. f32 and halves mixed run on
+ * f32 copies of the halves (torch's promotion).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +78,10 @@
 
 #define CONV_PROGRAM "conv"
 #define CONV_OPTIONS ""
+/* The conv program's build for kernels that read or write tensors of dtype dt through
+ * KILN_S (the input, weight, bias or output; scratch buffers are f32): f32's own build, or
+ * the half variant (cl_kernels/common.cl), which converts as it moves the elements. */
+#define CONV_DT_OPTIONS(dt) kiln__half_options(dt)
 /* Largest buffer a kernel may index with 32-bit ints (as tensor.c's cap). */
 #define CONV_MAX_ELEMS ((int64_t)INT32_MAX - 65536)
 
@@ -164,8 +175,8 @@ static kiln_status im2col_t(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_
     kiln__karg args[] = {KILN__ARG(x->st->mem), KILN__ARG(xoff),  KILN__ARG(xs),   KILN__ARG(col->st->mem),
                          KILN__ARG(coff),       KILN__ARG(*g),    KILN__ARG(ckgp), KILN__ARG(cn0),
                          KILN__ARG(cnb),        KILN__ARG(nitems)};
-    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_im2col_t", sizeof args / sizeof args[0], args,
-                        (size_t)nitems, 0);
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(x->dtype), "conv_im2col_t", sizeof args / sizeof args[0],
+                        args, (size_t)nitems, 0);
 }
 
 /* dst [rows, kgp] = the contiguous [rows, kg] src with zero columns appended. */
@@ -188,12 +199,12 @@ static kiln_status im2col(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_te
     kiln__karg args[] = {KILN__ARG(x->st->mem),   KILN__ARG(xoff), KILN__ARG(xs),
                          KILN__ARG(col->st->mem), KILN__ARG(coff), KILN__ARG(*g),
                          KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
-    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_im2col", sizeof args / sizeof args[0], args,
-                        (size_t)nitems, 0);
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(x->dtype), "conv_im2col", sizeof args / sizeof args[0],
+                        args, (size_t)nitems, 0);
 }
 
 /* Images n0 .. n0+nb-1 of out (contiguous NCHW, the convolution input's shape) from the
- * columns in col, plus bias[c] when bias is given. */
+ * columns in col, plus bias[c] when bias (of out's dtype) is given. */
 static kiln_status col2im(kiln_ctx *ctx, const char *op, kiln_tensor *col, kiln_tensor *out, kiln_tensor *bias,
                           const conv_geom *g, int64_t kgp, int n0, int nb) {
     cl_int coff = (cl_int)col->offset, ooff = (cl_int)out->offset, cn0 = n0, cnb = nb, hb = bias != NULL;
@@ -204,8 +215,8 @@ static kiln_status col2im(kiln_ctx *ctx, const char *op, kiln_tensor *col, kiln_
     kiln__karg args[] = {KILN__ARG(col->st->mem), KILN__ARG(coff), KILN__ARG(out->st->mem), KILN__ARG(ooff),
                          KILN__ARG(bmem),         KILN__ARG(boff), KILN__ARG(hb),           KILN__ARG(*g),
                          KILN__ARG(ckgp),         KILN__ARG(cn0),  KILN__ARG(cnb),          KILN__ARG(nitems)};
-    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_col2im", sizeof args / sizeof args[0], args,
-                        (size_t)nitems, 0);
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(out->dtype), "conv_col2im", sizeof args / sizeof args[0],
+                        args, (size_t)nitems, 0);
 }
 
 /* dst [nc, nb, ph*pw] from images n0 .. n0+nb-1 of the NCHW view src. */
@@ -217,12 +228,12 @@ static kiln_status to_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln
     kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(ss),    KILN__ARG(dst->st->mem),
                          KILN__ARG(doff),         KILN__ARG(nc),   KILN__ARG(ph),    KILN__ARG(pw),
                          KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
-    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_to_cnhw", sizeof args / sizeof args[0], args,
-                        (size_t)nitems, 0);
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(src->dtype), "conv_to_cnhw",
+                        sizeof args / sizeof args[0], args, (size_t)nitems, 0);
 }
 
-/* Images n0 .. n0+nb-1 of out (contiguous NCHW) from the [cout, nb, HW] tmp, plus bias, and
- * with relu (only with a bias) ReLU of that. */
+/* Images n0 .. n0+nb-1 of out (contiguous NCHW) from the [cout, nb, HW] tmp, plus bias (of
+ * out's dtype), and with relu (only with a bias) ReLU of that. */
 static kiln_status from_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *tmp, kiln_tensor *out, kiln_tensor *bias,
                              bool relu, int n0, int nb) {
     cl_int soff = (cl_int)tmp->offset, doff = (cl_int)out->offset, hb = bias ? (relu ? 2 : 1) : 0, cn0 = n0, cnb = nb;
@@ -232,8 +243,8 @@ static kiln_status from_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *tmp, ki
     kiln__karg args[] = {KILN__ARG(tmp->st->mem), KILN__ARG(soff), KILN__ARG(out->st->mem), KILN__ARG(doff),
                          KILN__ARG(bmem),         KILN__ARG(boff), KILN__ARG(hb),           KILN__ARG(nc),
                          KILN__ARG(hw),           KILN__ARG(cn0),  KILN__ARG(cnb),          KILN__ARG(nitems)};
-    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv_from_cnhw", sizeof args / sizeof args[0], args,
-                        (size_t)nitems, 0);
+    return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(out->dtype), "conv_from_cnhw",
+                        sizeof args / sizeof args[0], args, (size_t)nitems, 0);
 }
 
 /* db (+)= the row sums of the [cout, ld] matrix gb. */
@@ -463,8 +474,8 @@ static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int 
     kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff),  KILN__ARG(ss),  KILN__ARG(cc),
                          KILN__ARG(ch),           KILN__ARG(cw),    KILN__ARG(cpw), KILN__ARG(xp->st->mem),
                          KILN__ARG(xpoff),        KILN__ARG(slack), KILN__ARG(np)};
-    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv3_pad", sizeof args / sizeof args[0], args,
-                     (size_t)planes, 0) != KILN_OK) {
+    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(src->dtype), "conv3_pad", sizeof args / sizeof args[0],
+                     args, (size_t)planes, 0) != KILN_OK) {
         kiln_tensor_free(xp);
         return NULL;
     }
@@ -485,37 +496,39 @@ static kiln_tensor *c3_phase(kiln_ctx *ctx, const char *op, kiln_tensor *src, co
     kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff),  KILN__ARG(ss),    KILN__ARG(cc),
                          KILN__ARG(ch),           KILN__ARG(cw),    KILN__ARG(chq),   KILN__ARG(cpw),
                          KILN__ARG(xq->st->mem),  KILN__ARG(xqoff), KILN__ARG(slack), KILN__ARG(np)};
-    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_OPTIONS, "conv3_phase", sizeof args / sizeof args[0], args,
-                     (size_t)planes, 0) != KILN_OK) {
+    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(src->dtype), "conv3_phase", sizeof args / sizeof args[0],
+                     args, (size_t)planes, 0) != KILN_OK) {
         kiln_tensor_free(xq);
         return NULL;
     }
     return xq;
 }
 
-/* conv3_direct's build options. */
-static void c3_options(const c3_params *p, int stride, char *buf, size_t cap) {
-    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d", p->vw, p->nv, p->r, p->cb, stride == 2);
+/* conv3_direct's build options, for tensor operands of dtype dt. */
+static void c3_options(const c3_params *p, int stride, kiln_dtype dt, char *buf, size_t cap) {
+    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d%s", p->vw, p->nv, p->r, p->cb,
+             stride == 2, CONV_DT_OPTIONS(dt));
 }
 
 /*
- * out [n, cout, h, w] (contiguous, new) = the 3x3 stride-1 padding-1 convolution by
- * conv3_direct of the bordered planes xp of [n, cin, h, w] (c3_pad): the forward (dgrad
- * false: xp from x, the weight as it is) or the input gradient (xp from gy, cin = the
- * convolution's cout, taps flipped and channels exchanged by the strides), plus bias[o]
- * when given, and with relu (only with a bias) ReLU of that.
+ * out [n, cout, h, w] (contiguous, new, of dtype odt) = the 3x3 stride-1 padding-1
+ * convolution by conv3_direct of the bordered planes xp of [n, cin, h, w] (c3_pad): the
+ * forward (dgrad false: xp from x, the weight as it is) or the input gradient (xp from gy,
+ * cin = the convolution's cout, taps flipped and channels exchanged by the strides), plus
+ * bias[o] (of dtype odt) when given, and with relu (only with a bias) ReLU of that.
  */
 static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_tensor *w, kiln_tensor *bias, bool relu,
-                           const conv_geom *g, bool dgrad) {
+                           const conv_geom *g, bool dgrad, kiln_dtype odt) {
     /* (the output's size: stride 1 keeps it, the input gradient's too) */
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->ho, wd = g->wo, stride = c3_stride(g);
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, cout, h, wd});
+    kiln_tensor *out = kiln__tensor_new(ctx, op, odt, 4, (int64_t[]){g->n, cout, h, wd});
     if (!out || g->n == 0) return out;
     c3_params p = c3_choose(ctx, wd, cout, stride);
     int pw = c3_pitch(&p, wd), nrb, nseg, ncb = (cout + p.cb - 1) / p.cb;
     c3_grid(&p, h, wd, &nrb, &nseg);
-    char options[128];
-    c3_options(&p, stride, options, sizeof options);
+    char options[128], pack_options[128];
+    c3_options(&p, stride, odt, options, sizeof options);
+    c3_options(&p, stride, w->dtype, pack_options, sizeof pack_options);
     /* the weights packed per block of output channels; tap (ki, kj) of (o, i): forward
      * w[o, i, ki, kj], input gradient w[i, o, 2-ki, 2-kj] */
     cl_int4 ws = strides4(w);
@@ -531,7 +544,7 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
         cl_int wpoff = (cl_int)wp->offset;
         kiln__karg args[] = {KILN__ARG(w->st->mem), KILN__ARG(woff),        KILN__ARG(ws),    KILN__ARG(cc),
                              KILN__ARG(co),         KILN__ARG(wp->st->mem), KILN__ARG(wpoff), KILN__ARG(npack)};
-        s = kiln__launch(ctx, op, CONV_PROGRAM, options, "conv3_pack", sizeof args / sizeof args[0], args,
+        s = kiln__launch(ctx, op, CONV_PROGRAM, pack_options, "conv3_pack", sizeof args / sizeof args[0], args,
                          (size_t)npack, 0);
     }
     if (s == KILN_OK) {
@@ -562,7 +575,7 @@ static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *
     int stride = c3_stride(g);
     c3_params p = c3_choose(ctx, g->wo, g->cout, stride);
     kiln_tensor *xp = stride == 2 ? c3_phase(ctx, op, x, g) : c3_pad(ctx, op, x, c3_pitch(&p, g->w));
-    kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, relu, g, false) : NULL;
+    kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, relu, g, false, x->dtype) : NULL;
     if (out && keep) {
         *keep = xp;
         return out;
@@ -577,7 +590,9 @@ static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *
 static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo);
 
 /* out [n, cout, ho, wo] = conv(x, w) + bias, and with relu (only with a bias) ReLU of that,
- * in the same store. x any view, w any view [cout, c/groups, kh, kw]. With keep, where the
+ * in the same store. x any view, w any view [cout, c/groups, kh, kw]; each of them f32, f16
+ * or bf16 (the kernels read each in its own dtype; the GEMM reads an f32 copy of a half
+ * weight), bias and out of x's dtype. With keep, where the
  * direct route computes the forward and would compute the weight gradient, *keep = the
  * bordered (or phase) planes of x it made, which conv3_wgrad reads as they are (else *keep
  * is left alone). */
@@ -588,17 +603,19 @@ static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
     if (conv_direct_wanted(ctx, g, algo, false))
         return conv_direct_fwd(ctx, op, x, w, bias, relu, g,
                                keep && conv_direct_wgrad_wanted(ctx, g, algo) && g->n > 0 ? keep : NULL);
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, 4, (int64_t[]){g->n, g->cout, g->ho, g->wo});
+    kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, 4, (int64_t[]){g->n, g->cout, g->ho, g->wo});
     if (!out || g->n == 0) return out;
     int64_t hw = (int64_t)g->ho * g->wo, mg = g->cout / g->groups;
     int64_t kg = (int64_t)(g->c / g->groups) * g->kh * g->kw, krows = g->groups * kg;
     kiln_tensor *wc = NULL, *col = NULL, *tmp = NULL;
     kiln_status s = KILN_OK;
-    if (!kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) s = ctx->err;
+    if (w->dtype != KILN_F32 ? !(wc = kiln__convert(ctx, op, w, KILN_F32))
+                             : !kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w)))
+        s = ctx->err;
     kiln_tensor *wt = wc ? wc : w;
     int nb = chunk_images(ctx, (krows + g->cout) * hw, g->n);
-    /* One image without bias: the GEMM's [cout, HW] result is the NCHW image itself. */
-    bool direct = nb == 1 && !bias;
+    /* One image without bias: the GEMM's [cout, HW] result is the NCHW image itself (f32). */
+    bool direct = nb == 1 && !bias && out->dtype == KILN_F32;
     if (s == KILN_OK && !(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krows * hw}))) s = ctx->err;
     if (s == KILN_OK && !direct && !(tmp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * g->cout * hw})))
         s = ctx->err;
@@ -659,12 +676,13 @@ typedef struct bwd_plan {
     kiln_tensor *wc, *wp, *gyp, *col, *part; /* scratch */
 } bwd_plan;
 
-/* The requested gradients' tensors; for an empty batch dw and db are zeros (dx is empty). */
+/* The requested gradients' tensors (dx of gy's dtype, dw and db f32); for an empty batch dw
+ * and db are zeros (dx is empty). */
 static kiln_status bwd_outputs(bwd_plan *p, bool want_dx, bool want_dw, bool want_db) {
     kiln_ctx *ctx = p->ctx;
     const conv_geom *g = p->g;
     int64_t cg = g->c / g->groups;
-    if (want_dx && !(p->dx = kiln__tensor_new(ctx, p->op, KILN_F32, 4, (int64_t[]){g->n, g->c, g->h, g->w})))
+    if (want_dx && !(p->dx = kiln__tensor_new(ctx, p->op, p->gy->dtype, 4, (int64_t[]){g->n, g->c, g->h, g->w})))
         return ctx->err;
     if (want_dw && !(p->dw = kiln__tensor_new(ctx, p->op, KILN_F32, 4, (int64_t[]){g->cout, cg, g->kh, g->kw})))
         return ctx->err;
@@ -685,13 +703,20 @@ static kiln_status bwd_small_wgrad(bwd_plan *p) {
     int64_t np = (128 * (int64_t)ctx->info.compute_units + g->cout - 1) / g->cout;
     if (np > g->n) np = g->n;
     if (np > 64) np = 64;
-    kiln_tensor *part = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){np * g->cout * (p->kg + 1)});
-    if (!part) return ctx->err;
-    kiln_status s = wgrad_small(ctx, p->op, p->x, p->gy, part, g, (int)np);
+    /* (conv_wgrad_small reads f32: copies of half operands) */
+    kiln_tensor *in[2] = {p->x, p->gy}, *use[2] = {p->x, p->gy};
+    kiln_status s = KILN_OK;
+    for (int j = 0; j < 2 && s == KILN_OK; j++)
+        if (in[j]->dtype != KILN_F32 && !(use[j] = kiln__convert(ctx, p->op, in[j], KILN_F32))) s = ctx->err;
+    kiln_tensor *part =
+        s == KILN_OK ? kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){np * g->cout * (p->kg + 1)}) : NULL;
+    if (s == KILN_OK && !part) s = ctx->err;
+    if (s == KILN_OK) s = wgrad_small(ctx, p->op, use[0], use[1], part, g, (int)np);
     if (s == KILN_OK)
         s = sum_parts(ctx, p->op, part, (int)np, g->cout, p->kg, p->kg + 1, p->dw, p->do_db ? p->db : NULL);
-    /* the in-order queue runs both kernels before any later use of the freed buffer */
+    /* the in-order queue runs the kernels before any later use of the freed buffers */
     kiln_tensor_free(part);
+    kiln__half_release(2, in, use);
     p->do_dw = p->do_db = false;
     return s;
 }
@@ -709,7 +734,11 @@ static kiln_status bwd_prepare(bwd_plan *p) {
      * the unpadded ones) */
     if (g->groups * p->kgp * p->hw > CONV_MAX_ELEMS) p->kgp = p->kg;
     p->krp = g->groups * p->kgp;
-    if (dx && !kiln__is_contiguous(p->w) && !(p->wc = kiln__copy_contiguous(ctx, p->op, p->w))) return ctx->err;
+    /* (the GEMM reads an f32 copy of a half weight) */
+    if (dx &&
+        (p->w->dtype != KILN_F32 ? !(p->wc = kiln__convert(ctx, p->op, p->w, KILN_F32))
+                                 : !kiln__is_contiguous(p->w) && !(p->wc = kiln__copy_contiguous(ctx, p->op, p->w))))
+        return ctx->err;
     p->wt = p->wc ? p->wc : p->w;
     if (dx && p->kgp != p->kg) {
         if (!(p->wp = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){g->cout * p->kgp})) ||
@@ -718,8 +747,8 @@ static kiln_status bwd_prepare(bwd_plan *p) {
         p->wt = p->wp;
     }
     p->nb = chunk_images(ctx, (p->krp + g->cout) * p->hw, g->n);
-    /* One image of a contiguous gy already is its [cout, HW] matrix. */
-    p->direct = p->nb == 1 && kiln__is_contiguous(p->gy);
+    /* One image of a contiguous f32 gy already is its [cout, HW] matrix. */
+    p->direct = p->nb == 1 && kiln__is_contiguous(p->gy) && p->gy->dtype == KILN_F32;
     if (!p->direct && !(p->gyp = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){p->nb * g->cout * p->hw})))
         return ctx->err;
     if (!(p->col = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){p->nb * p->krp * p->hw}))) return ctx->err;
@@ -838,7 +867,7 @@ static kiln_status bwd_direct_dx(bwd_plan *p) {
     c3_params cp = c3_choose(p->ctx, p->g->w, p->g->c, 1);
     int pw = c3_pitch(&cp, p->g->w);
     kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, pw);
-    if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, false, p->g, true))) {
+    if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, false, p->g, true, p->gy->dtype))) {
         kiln_tensor_free(gp);
         return p->ctx->err;
     }
@@ -934,9 +963,10 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
 
 /*
  * Gradients of a convolution from gy [n, cout, ho, wo] (any view), each when its pointer
- * is not NULL: *dx (the input's shape, plus dx_bias[c] when given), *dw (w's shape), *db
- * (the sum of gy over images and pixels, [cout]). x (any view) is needed only for dw, w
- * only for dx. Outputs are new tensors (all NULL on failure).
+ * is not NULL: *dx (the input's shape, gy's dtype, plus dx_bias[c] of that dtype when
+ * given), *dw (w's shape), *db (the sum of gy over images and pixels, [cout]), both f32. x
+ * (any view) is needed only for dw, w only for dx; x, w and gy are each f32, f16 or bf16,
+ * read in their own dtype. Outputs are new tensors (all NULL on failure).
  */
 static kiln_status conv_bwd(kiln_ctx *ctx, const char *op, const conv_geom *g, kiln_tensor *x, kiln_tensor *xpad,
                             kiln_tensor *w, kiln_tensor *gy, kiln_tensor *dx_bias, kiln_tensor **dx, kiln_tensor **dw,
@@ -1014,10 +1044,15 @@ static bool conv_setup(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tenso
     kiln__shape_str(w->ndim, w->shape, sw, sizeof sw);
     if (bias) kiln__shape_str(bias->ndim, bias->shape, sb, sizeof sb);
     params_str(p, transpose, sp, sizeof sp);
-    if (x->dtype != KILN_F32 || w->dtype != KILN_F32 || (bias && bias->dtype != KILN_F32)) {
-        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: only f32 is supported, got input %s %s, weight %s %s%s%s%s", op,
+    bool is_float[3] = {false, false, !bias};
+    for (int j = 0; j < 3; j++) {
+        kiln_tensor *t = j == 0 ? x : j == 1 ? w : bias;
+        if (t) is_float[j] = t->dtype == KILN_F32 || kiln_dtype_is_half(t->dtype);
+    }
+    if (!is_float[0] || !is_float[1] || !is_float[2]) {
+        kiln__fail(ctx, KILN_ERR_DTYPE, "%s: f32, f16 and bf16 are supported, got input %s %s, weight %s %s%s%s%s", op,
                    kiln_dtype_name(x->dtype), sx, kiln_dtype_name(w->dtype), sw, bias ? ", bias " : "",
-                   bias ? kiln_dtype_name(bias->dtype) : "", bias ? " " : "");
+                   bias ? kiln_dtype_name(bias->dtype) : "", bias ? sb : "");
         return false;
     }
     if (x->ndim != 4) {
@@ -1207,33 +1242,43 @@ static kiln_tensor *record(kiln_ctx *ctx, const char *op, kiln_tensor *out, kiln
 
 /* ---- public ------------------------------------------------------------------------- */
 
-static kiln_tensor *conv2d_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *p) {
-    return kiln_conv2d(ctx, in[0], in[1], in[2], p);
-}
-
-/* conv2d of f32 inputs, and with relu (only with a bias) relu of it in the same store */
+/* conv2d, and with relu (only with a bias) relu of it in the same store. Inputs of one
+ * dtype (f32, f16 or bf16) run in it, the output in that dtype; f32 and halves mixed run
+ * on f32 copies of the halves (torch's promotion). The node records the caller's tensors:
+ * the backward reads halves as they are. */
 static kiln_tensor *conv2d_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                const kiln_conv2d_params *p, bool relu) {
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, false, &g)) return NULL;
+    kiln_tensor *in[3] = {x, weight, bias}, *use[3];
+    int nin = bias ? 3 : 2;
+    if (kiln__half_inputs(ctx, op, nin, in, use) == KILN_DTYPE_COUNT) return NULL;
     /* the direct route's planes of x are kept for the weight gradient where it is wanted */
     kiln_tensor *xpad = NULL;
-    kiln_tensor *out = conv_fwd(ctx, op, x, weight, bias, relu, &g, kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
+    kiln_tensor *out = conv_fwd(ctx, op, use[0], use[1], bias ? use[2] : NULL, relu, &g,
+                                kiln__grad_wanted(ctx, 1, &weight) ? &xpad : NULL);
+    kiln__half_release(nin, in, use);
     if (!out) return NULL;
     return record(ctx, op, out, x, weight, bias, &g, relu ? conv2d_relu_backward : conv2d_backward, xpad);
 }
 
 kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                          const kiln_conv2d_params *p) {
-    /* autocast casts f32 inputs to half; halves run on f32 copies (src/ops/cast.c) */
-    kiln_tensor *in3[3] = {x, weight, bias}, *r;
-    if (kiln__half_cast_or_copy(ctx, 3, in3, conv2d_f32, p, &r)) return r;
+    /* autocast: the op on its f32 inputs cast to half */
+    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
+    int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
+    if (nc != 0) {
+        kiln_tensor *r = nc > 0 ? kiln_conv2d(ctx, cast[0], cast[1], cast[2], p) : NULL;
+        kiln__half_release(3, in3, cast);
+        return r;
+    }
     return conv2d_run(ctx, "kiln_conv2d", x, weight, bias, p, false);
 }
 
 kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                const kiln_conv2d_params *p) {
-    /* without a bias, with halves or under autocast: the two ops (the fused store is f32's) */
+    /* without a bias, with halves or under autocast: the two ops (the fused store is f32's:
+     * a half output rounds before relu, which keeps a rounded -0) */
     bool f32 = x && weight && bias && x->dtype == KILN_F32 && weight->dtype == KILN_F32 && bias->dtype == KILN_F32 &&
                !kiln_dtype_is_half(kiln_ctx_autocast(ctx));
     if (!f32) {
@@ -1245,19 +1290,26 @@ kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
     return conv2d_run(ctx, op, x, weight, bias, p, true);
 }
 
-static kiln_tensor *conv_transpose2d_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *p) {
-    return kiln_conv_transpose2d(ctx, in[0], in[1], in[2], p);
-}
-
 kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                    const kiln_conv2d_params *p) {
     const char *op = "kiln_conv_transpose2d";
-    /* as kiln_conv2d: autocast casts f32 inputs to half, halves run on f32 copies */
-    kiln_tensor *in3[3] = {x, weight, bias}, *r;
-    if (kiln__half_cast_or_copy(ctx, 3, in3, conv_transpose2d_f32, p, &r)) return r;
+    /* as kiln_conv2d: autocast casts f32 inputs to half; inputs of one dtype run in it,
+     * f32 and halves mixed on f32 copies */
+    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
+    int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
+    if (nc != 0) {
+        kiln_tensor *r = nc > 0 ? kiln_conv_transpose2d(ctx, cast[0], cast[1], cast[2], p) : NULL;
+        kiln__half_release(3, in3, cast);
+        return r;
+    }
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, true, &g)) return NULL;
+    kiln_tensor *use[3];
+    int nin = bias ? 3 : 2;
+    if (kiln__half_inputs(ctx, op, nin, in3, use) == KILN_DTYPE_COUNT) return NULL;
     kiln_tensor *out = NULL;
-    if (conv_bwd(ctx, op, &g, NULL, NULL, weight, x, bias, &out, NULL, NULL) != KILN_OK) return NULL;
+    kiln_status s = conv_bwd(ctx, op, &g, NULL, NULL, use[1], use[0], bias ? use[2] : NULL, &out, NULL, NULL);
+    kiln__half_release(nin, in3, use);
+    if (s != KILN_OK) return NULL;
     return record(ctx, op, out, x, weight, bias, &g, conv_transpose2d_backward, NULL);
 }

@@ -101,26 +101,17 @@ bool kiln__refuse_half(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const 
 int kiln__autocast_inputs(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln_tensor **cast);
 kiln_tensor *kiln__autocast_f32(kiln_ctx *ctx, kiln_tensor *t);
 
-/* A half variant through f32 copies, for ops whose kernels read only f32 (conv2d): when
- * kiln__any_half(n, ts), the op returns kiln__via_f32(ctx, n, ts, fn, arg), which runs fn
- * on the inputs with every half converted to f32 (differentiably; NULL inputs stay NULL)
- * and converts the result to the inputs' half dtype (f32 when f32 and halves mix, as
- * torch promotes). Costs a conversion of each half input and of the output. n <=
- * KILN__VIA_F32_MAX. */
+/* A half variant through f32 copies, for ops whose kernels read only f32: the ops that
+ * autocast computes in f32 (kiln/amp.h: softmax, the losses, the norms, the reductions,
+ * ...). When kiln__any_half(n, ts), the op returns kiln__half_fallback(ctx, n, ts, fn,
+ * arg), which runs fn on the inputs with every half converted to f32 (differentiably; NULL
+ * inputs stay NULL); with autocast on the result stays f32, otherwise it is converted to
+ * the inputs' half dtype (f32 when f32 and halves mix, as torch promotes). Costs a
+ * conversion of each half input and of the output. n <= KILN__VIA_F32_MAX. */
 #define KILN__VIA_F32_MAX 4
 typedef kiln_tensor *(*kiln__f32_fn)(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg);
 bool kiln__any_half(int n, kiln_tensor *const *ts);
-kiln_tensor *kiln__via_f32(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg);
-/* The same for the ops that autocast computes in f32 (kiln/amp.h: softmax, the losses, the
- * norms, the reductions, ...): with autocast on the result stays f32, otherwise it is
- * converted back as kiln__via_f32 does. */
 kiln_tensor *kiln__half_fallback(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg);
-/* The start of an op that autocast casts to half and whose halves run on f32 copies (conv2d,
- * conv_transpose2d): with autocast on, fn (the op) on the f32 inputs cast to half; halves,
- * kiln__via_f32. true when it answered the call (*res, NULL with the error set), false to
- * go on in f32. */
-bool kiln__half_cast_or_copy(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln__f32_fn fn, const void *arg,
-                             kiln_tensor **res);
 
 /* ---- the GEMM router (src/ops/sgemm.c) --------------------------------------------- */
 
