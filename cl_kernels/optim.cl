@@ -345,6 +345,23 @@ kernel void scaler_unscale(global float *g, int goff, int n, global const float 
     g[goff + i] = x * (1.0f / scale[soff]);
 }
 
+/* scaler_unscale of up to KILN_OPT_MULTI gradients (T's start and goff, as the *_multi
+ * updates): the same product, and one atomic per work-item that saw an inf or NaN. */
+kernel void scaler_unscale_multi(kiln_opt_table T, MT_ARGS(global float *, g), global const float *scale, int soff,
+                                 global int *state, int stoff) {
+    float inv = 1.0f / scale[soff];
+    int bad = 0;
+    MT_CHUNKS_NOSKIP({
+        global float *gk = MT_PICK(g, k) + T.goff[k];
+        for (int e = e0; e < e1; e++) {
+            float x = gk[e];
+            bad |= !isfinite(x);
+            gk[e] = x * inv;
+        }
+    })
+    if (bad) atomic_or(&state[stoff], 1);
+}
+
 /* torch's _amp_update_scale_ (one work-item): a step with inf/NaN multiplies the scale by
  * backoff and restarts the good-step count; the interval-th good step in a row multiplies
  * it by growth when the product is finite. state[0] found_inf (cleared here), state[1] the

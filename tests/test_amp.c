@@ -2,6 +2,7 @@
  * training step against the f32 step within half-precision bounds, and the GradScaler:
  * an overflowing step skipped on the device (parameters unchanged, scale halved), growth
  * after N good steps, unscaled updates equal to plain ones, the error paths. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "harness.h"
 
 /* a [n] f32 leaf requiring grad */
@@ -83,7 +84,7 @@ static void test_autocast_rules(kiln_ctx *ctx) {
             CHECK(kiln_tensor_grad(p[0]) && kiln_tensor_dtype(kiln_tensor_grad(p[0])) == KILN_F32, "conv weight grad");
             CHECK(kiln_ctx_autocast(ctx) == KILN_F32, "backward restores the autocast setting");
         }
-        /* without autocast a half input still has a variant (conv2d's through f32 copies) */
+        /* without autocast a half input with f32 weights promotes: f32 copies of the halves */
         kiln_tensor *ch = kiln_forward(conv, kiln_to_dtype(ctx, img, dt));
         CHECK(ch && kiln_tensor_dtype(ch) == KILN_F32, "conv2d of %s input, f32 weights: f32 (promoted): %s",
               kiln_dtype_name(dt), kiln_error_message(ctx));
@@ -260,6 +261,70 @@ static void test_scaler(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* The unscale of many gradients: eight a launch (scaler_unscale_multi), the same values as
+ * one launch per gradient (KILN_OPTIM_SINGLE), an inf found in whichever gradient holds it
+ * (the first batch, the second, none), and a frozen parameter's gradient left alone. */
+static void test_scaler_multi(kiln_ctx *ctx) {
+    enum { NP = 11 };
+    for (int bad = -1; bad < NP; bad += 5) { /* none, the 5th, the 10th */
+        float *got[2][NP] = {{0}};
+        uint64_t launches[2] = {0, 0};
+        float scale[2] = {0, 0};
+        for (int v = 0; v < 2; v++) {
+            kiln_sync(ctx); /* setenv with nothing running: POCL's threads call getenv */
+            if (v) setenv("KILN_OPTIM_SINGLE", "1", 1);
+            kiln_scope_begin(ctx);
+            kiln_tensor *p[NP];
+            kiln_tensor *loss = kiln_zeros(ctx, 0, NULL);
+            for (int i = 0; i < NP; i++) {
+                int64_t n = 3 + 7 * i;
+                float *h = malloc(sizeof(float) * (size_t)n), *c = malloc(sizeof(float) * (size_t)n);
+                for (int64_t e = 0; e < n; e++)
+                    h[e] = 0.5f + (float)e, c[e] = 0.25f * (float)(e % 5) - 0.5f + 0.01f * i;
+                if (i == bad) c[n / 2] = INFINITY;
+                p[i] = leaf(ctx, h, n);
+                kiln_tensor *ct = kiln_from_host(ctx, c, KILN_F32, 1, &n);
+                loss = kiln_add(ctx, loss, kiln_sum(ctx, kiln_mul(ctx, p[i], ct), 0, NULL, false));
+                free(h), free(c);
+            }
+            kiln_sgd_opts so = kiln_sgd_defaults();
+            kiln_optim *opt = kiln_sgd(ctx, p, NP, &so);
+            kiln_grad_scaler *sc = kiln_grad_scaler_new(ctx, NULL);
+            CHECK(kiln_backward(kiln_grad_scaler_scale(sc, loss)) == KILN_OK, "backward: %s", kiln_error_message(ctx));
+            kiln_tensor_set_requires_grad(p[1], false); /* frozen after its gradient was made */
+            kiln_ctx_stats s0, s1;
+            kiln_ctx_stats_get(ctx, &s0);
+            CHECK(kiln_grad_scaler_unscale(sc, opt) == KILN_OK, "unscale: %s", kiln_error_message(ctx));
+            kiln_ctx_stats_get(ctx, &s1);
+            launches[v] = s1.launches - s0.launches;
+            for (int i = 0; i < NP; i++) got[v][i] = h_read(kiln_tensor_grad(p[i]));
+            CHECK(kiln_grad_scaler_update(sc) == KILN_OK, "update: %s", kiln_error_message(ctx));
+            scale[v] = kiln_grad_scaler_get_scale(sc);
+            kiln_grad_scaler_free(sc);
+            kiln_optim_free(opt);
+            for (int i = 0; i < NP; i++) kiln_tensor_free(p[i]);
+            kiln_scope_end(ctx);
+            kiln_sync(ctx);
+            if (v) unsetenv("KILN_OPTIM_SINGLE");
+        }
+        CHECK(launches[0] == 2 && launches[1] == NP - 1,
+              "inf in %d: the unscale of %d trainable gradients took %llu launches, %llu one by one (want 2, %d)", bad,
+              NP - 1, (unsigned long long)launches[0], (unsigned long long)launches[1], NP - 1);
+        CHECK(scale[0] == scale[1] && scale[0] == (bad < 0 ? 65536.0f : 32768.0f),
+              "inf in %d: the scale after the update is %g (one by one: %g)", bad, scale[0], scale[1]);
+        for (int i = 0; i < NP; i++) {
+            int64_t n = 3 + 7 * i;
+            CHECK(got[0][i] && got[1][i] && !memcmp(got[0][i], got[1][i], sizeof(float) * (size_t)n),
+                  "inf in %d: gradient %d unscaled eight a launch differs from one by one", bad, i);
+            /* the frozen gradient stays scaled: 65536 c */
+            if (i == 1 && got[0][i]) CHECK(got[0][i][0] == -0.49f * 65536.0f, "the frozen gradient was left alone");
+            free(got[0][i]), free(got[1][i]);
+        }
+    }
+    CHECK_OK(ctx);
+    kiln_error_clear(ctx);
+}
+
 static void test_scaler_errors(kiln_ctx *ctx) {
     kiln_grad_scaler_opts o = kiln_grad_scaler_defaults();
     o.backoff_factor = 1.5f;
@@ -364,6 +429,7 @@ static void run(kiln_ctx *ctx) {
     test_conv_half(ctx);
     test_amp_step(ctx);
     test_scaler(ctx);
+    test_scaler_multi(ctx);
     test_scaler_errors(ctx);
     test_fit_amp(ctx);
     char msg[200];

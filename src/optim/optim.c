@@ -68,6 +68,15 @@ void kiln__optim_reset_lr(kiln_optim *opt);
 /* Used by src/optim/scaler.c: kiln_optim_step with every update skipped on the device
  * when found_inf (an i32 tensor) holds a non-zero first element. */
 kiln_status kiln__optim_step_skip(kiln_optim *opt, kiln_tensor *found_inf);
+/* Used by src/optim/scaler.c: runs the multi-tensor kernel `kernel` of cl_kernels/optim.cl
+ * (its kiln_opt_table, the eight gradient buffers, then the nextra arguments of extra) over
+ * the gradients of opt's parameters that exist (and, with trainable, whose parameter
+ * requires grad), up to KILN_OPT_MULTI per launch; a gradient it cannot take (not
+ * contiguous f32, or every gradient where the device lacks room for its arguments or
+ * KILN_OPTIM_SINGLE is set) goes to single(ctx, g, user) instead. */
+typedef kiln_status (*kiln__grad_fn)(kiln_ctx *ctx, kiln_tensor *g, void *user);
+kiln_status kiln__optim_grads_foreach(kiln_optim *opt, const char *op, const char *kernel, int nextra,
+                                      const kiln__karg *extra, bool trainable, kiln__grad_fn single, void *user);
 
 /* Python's repr of a float ("-1.0", "0.1", "nan"), for torch's error messages. */
 static const char *pyfloat(double v, char *buf, size_t cap) {
@@ -864,10 +873,8 @@ static bool grads_multi_ok(kiln_ctx *ctx) {
     return max >= need && !getenv("KILN_OPTIM_SINGLE");
 }
 
-/* Zeroes the gradients: contiguous f32 ones up to KILN_OPT_MULTI per launch (zero_multi),
- * any other by kiln_fill. */
-kiln_status kiln_optim_zero_grad(kiln_optim *opt) {
-    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_zero_grad: optimizer is NULL");
+kiln_status kiln__optim_grads_foreach(kiln_optim *opt, const char *op, const char *kernel, int nextra,
+                                      const kiln__karg *extra, bool trainable, kiln__grad_fn single, void *user) {
     kiln_ctx *ctx = opt->ctx;
     bool multi = opt->multi && grads_multi_ok(ctx);
     kiln_tensor *batch[KILN_OPT_MULTI];
@@ -875,22 +882,34 @@ kiln_status kiln_optim_zero_grad(kiln_optim *opt) {
     int64_t total = 0;
     kiln_status s = KILN_OK;
     for (int i = 0; i <= opt->n && s == KILN_OK; i++) {
-        kiln_tensor *g = i < opt->n ? opt->ps[i].p->grad : NULL;
-        if (i < opt->n && !g) continue;
+        kiln_tensor *p = i < opt->n ? opt->ps[i].p : NULL, *g = p ? p->grad : NULL;
+        if (p && (!g || (trainable && !p->requires_grad))) continue;
         int64_t n = g ? kiln__numel(g->ndim, g->shape) : 0;
         bool mt = g && multi && g->dtype == KILN_F32 && kiln__is_contiguous(g) && n > 0;
         if (g && !mt) {
-            s = kiln_fill(g, 0.0f);
+            s = single(ctx, g, user);
             continue;
         }
         if (nb > 0 && (!g || nb == KILN_OPT_MULTI || total + n > INT32_MAX)) {
-            s = grads_multi(ctx, "kiln_optim_zero_grad", "zero_multi", batch, nb, 0, NULL);
+            s = grads_multi(ctx, op, kernel, batch, nb, nextra, extra);
             nb = 0;
             total = 0;
         }
         if (g) batch[nb++] = g, total += n;
     }
     return s;
+}
+
+static kiln_status zero_one(kiln_ctx *ctx, kiln_tensor *g, void *user) {
+    (void)ctx, (void)user;
+    return kiln_fill(g, 0.0f);
+}
+
+/* Zeroes the gradients: contiguous f32 ones up to KILN_OPT_MULTI per launch (zero_multi),
+ * any other by kiln_fill. */
+kiln_status kiln_optim_zero_grad(kiln_optim *opt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln_optim_zero_grad: optimizer is NULL");
+    return kiln__optim_grads_foreach(opt, "kiln_optim_zero_grad", "zero_multi", 0, NULL, false, zero_one, NULL);
 }
 
 /* ---- gradient clipping --------------------------------------------------------------- */

@@ -9,6 +9,9 @@
 
 /* src/optim/optim.c */
 kiln_status kiln__optim_step_skip(kiln_optim *opt, kiln_tensor *found_inf);
+typedef kiln_status (*kiln__grad_fn)(kiln_ctx *ctx, kiln_tensor *g, void *user);
+kiln_status kiln__optim_grads_foreach(kiln_optim *opt, const char *op, const char *kernel, int nextra,
+                                      const kiln__karg *extra, bool trainable, kiln__grad_fn single, void *user);
 
 struct kiln_grad_scaler {
     kiln_ctx *ctx;
@@ -69,6 +72,19 @@ static kiln_status check_opt(kiln_grad_scaler *s, const char *op, kiln_optim *op
     return s->ctx->err;
 }
 
+/* One gradient by its own launch (where the multi-tensor kernel cannot take it). */
+static kiln_status unscale_one(kiln_ctx *ctx, kiln_tensor *g, void *user) {
+    kiln_grad_scaler *s = user;
+    cl_int n = (cl_int)kiln__numel(g->ndim, g->shape), goff = (cl_int)g->offset, soff = (cl_int)s->scale->offset,
+           stoff = (cl_int)s->state->offset;
+    if (n == 0) return KILN_OK;
+    kiln__karg a[] = {
+        KILN__ARG(g->st->mem),        KILN__ARG(goff), KILN__ARG(n), KILN__ARG(s->scale->st->mem), KILN__ARG(soff),
+        KILN__ARG(s->state->st->mem), KILN__ARG(stoff)};
+    return kiln__launch(ctx, "kiln_grad_scaler_unscale", "optim", "", "scaler_unscale", sizeof a / sizeof a[0], a,
+                        (size_t)n, 0);
+}
+
 kiln_status kiln_grad_scaler_unscale(kiln_grad_scaler *s, kiln_optim *opt) {
     static const char op[] = "kiln_grad_scaler_unscale";
     kiln_status st = check_opt(s, op, opt);
@@ -79,19 +95,13 @@ kiln_status kiln_grad_scaler_unscale(kiln_grad_scaler *s, kiln_optim *opt) {
                           "%s: already called since the last kiln_grad_scaler_update (once per step, as torch's "
                           "unscale_)",
                           op);
-    /* gradients are contiguous f32 tensors (autograd's slots: src/autograd/autograd.c) */
-    for (int i = 0; i < kiln_optim_num_params(opt); i++) {
-        kiln_tensor *p = kiln_optim_param(opt, i), *g = p ? p->grad : NULL;
-        if (!g || !p->requires_grad) continue;
-        cl_int n = (cl_int)kiln__numel(g->ndim, g->shape), goff = (cl_int)g->offset, soff = (cl_int)s->scale->offset,
-               stoff = (cl_int)s->state->offset;
-        if (n == 0) continue;
-        kiln__karg a[] = {
-            KILN__ARG(g->st->mem),        KILN__ARG(goff), KILN__ARG(n), KILN__ARG(s->scale->st->mem), KILN__ARG(soff),
-            KILN__ARG(s->state->st->mem), KILN__ARG(stoff)};
-        st = kiln__launch(ctx, op, "optim", "", "scaler_unscale", sizeof a / sizeof a[0], a, (size_t)n, 0);
-        if (st != KILN_OK) return st;
-    }
+    /* the trainable parameters' gradients (contiguous f32 tensors: autograd's slots,
+     * src/autograd/autograd.c), eight a launch */
+    cl_int soff = (cl_int)s->scale->offset, stoff = (cl_int)s->state->offset;
+    kiln__karg extra[] = {KILN__ARG(s->scale->st->mem), KILN__ARG(soff), KILN__ARG(s->state->st->mem),
+                          KILN__ARG(stoff)};
+    st = kiln__optim_grads_foreach(opt, op, "scaler_unscale_multi", 4, extra, true, unscale_one, s);
+    if (st != KILN_OK) return st;
     s->unscaled = opt;
     return KILN_OK;
 }
