@@ -634,6 +634,7 @@ typedef struct model {
     kiln_optim *opt;
     kiln_module *gen; /* dcgan: the generator (a list: fc part, convolution part) */
     kiln_optim *gen_opt;
+    kiln_grad_scaler *scaler; /* --amp: f16 autocast and loss scaling */
     int64_t xshape[4];
     int xnd;
     kiln_tensor *params[MODEL_MAX_PARAMS];
@@ -641,6 +642,7 @@ typedef struct model {
 } model;
 
 static void model_free(model *m) {
+    kiln_grad_scaler_free(m->scaler);
     kiln_optim_free(m->opt);
     kiln_module_free(m->net);
     kiln_optim_free(m->gen_opt);
@@ -918,6 +920,7 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, batches *b, int i, float 
     kiln_tensor *y = b->resident ? b->dy[j] : batch_y(ctx, b, j);
     kiln_tensor *logits = NULL, *loss = NULL;
     kiln_status s = KILN_OK;
+    if (m->scaler) kiln_ctx_set_autocast(ctx, KILN_F16); /* the forward and the loss */
     if (m->kind == MODEL_DCGAN) {
         s = dcgan_step(ctx, m, x, &loss);
         goto stepped;
@@ -937,13 +940,17 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, batches *b, int i, float 
     /* the autoencoder's "logits" are its reconstruction, its target the input */
     loss =
         m->kind == MODEL_AE ? kiln_mse_loss(ctx, logits, x, KILN_MEAN) : kiln_cross_entropy(ctx, logits, y, KILN_MEAN);
+    if (m->scaler) kiln_ctx_set_autocast(ctx, KILN_F32); /* (train_step turned it on) */
     s = loss ? KILN_OK : kiln_error_status(ctx);
     if (s == KILN_OK) s = kiln_optim_zero_grad(m->opt);
-    if (s == KILN_OK) s = kiln_backward(loss);
+    if (s == KILN_OK) s = kiln_backward(m->scaler ? kiln_grad_scaler_scale(m->scaler, loss) : loss);
+    /* the scaler's gradients unscaled before clipping, as torch's scaler.unscale_ */
+    if (s == KILN_OK && m->scaler && CHARLM(m->kind)) s = kiln_grad_scaler_unscale(m->scaler, m->opt);
     /* torch_ref.py clips the char models' gradient norm to 1 */
     if (s == KILN_OK && CHARLM(m->kind) && !kiln_clip_grad_norm_tensor(ctx, m->np, m->params, 1.0, 2.0))
         s = kiln_error_status(ctx);
-    if (s == KILN_OK) s = kiln_optim_step(m->opt);
+    if (s == KILN_OK) s = m->scaler ? kiln_grad_scaler_step(m->scaler, m->opt) : kiln_optim_step(m->opt);
+    if (s == KILN_OK && m->scaler) s = kiln_grad_scaler_update(m->scaler);
 stepped:;
     float l = NAN;
     if (b->resident)
@@ -968,10 +975,16 @@ static int parse_model(args *a, model_kind *kind) {
 }
 
 static int cmd_train(args *a, bool json) {
-    if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", "--attention", NULL}, NULL))
+    if (!args_check(a, (const char *const[]){"--model", "--batch", "--steps", "--warmup", "--attention", NULL},
+                    (const char *const[]){"--amp", NULL}))
         return 2;
     model_kind kind;
     if (parse_model(a, &kind) != 0) return 2;
+    bool amp = arg_flag(a, "--amp");
+    if (amp && kind == MODEL_DCGAN) {
+        fprintf(stderr, "kiln bench train: --amp: not for dcgan (its two optimizers' step has no scaler here)\n");
+        return 2;
+    }
     const char *att = arg_value(a, "--attention");
     if (att && strcmp(att, "fused") != 0 && strcmp(att, "composed") != 0) {
         fprintf(stderr, "kiln bench train: --attention %s: expected fused or composed\n", att);
@@ -989,7 +1002,7 @@ static int cmd_train(args *a, bool json) {
     batches b = {0};
     int rc = 1;
     double *t = calloc((size_t)steps, sizeof *t);
-    if (!t || model_new(ctx, kind, batch, &m) != 0) {
+    if (!t || model_new(ctx, kind, batch, &m) != 0 || (amp && !(m.scaler = kiln_grad_scaler_new(ctx, NULL)))) {
         fprintf(stderr, "kiln bench train: %s\n", kiln_error_message(ctx));
         free(t);
         kiln_close(ctx);
@@ -1054,17 +1067,18 @@ static int cmd_train(args *a, bool json) {
     long long nparams =
         (long long)kiln_module_num_elements(m.net) + (m.gen ? (long long)kiln_module_num_elements(m.gen) : 0);
     if (json) {
-        printf("{\"bench\": \"train\", \"impl\": \"kiln\", \"model\": \"%s\", \"batch\": %d, \"steps\": %d, "
-               "\"params\": %lld, "
-               "\"ms_per_step\": %.3f, \"mean_ms\": %.3f, \"min_ms\": %.3f, \"cpu_ms_per_step\": %.3f, "
-               "\"samples_per_s\": %.1f, "
-               "\"peak_pool_bytes\": %llu, \"peak_pool_growth_bytes\": %lld, \"between_steps_bytes\": %llu, "
-               "\"between_steps_growth_bytes\": %lld, "
-               "\"peak_rss_mib\": %.1f, \"loss_first\": %.4f, \"loss_last\": %.4f, "
-               "\"gemm\": ",
-               name, batch, steps, nparams, med, mean, t[0], cpu_step, batch * 1e3 / med,
-               (unsigned long long)ps.peak_in_use_bytes, (long long)growth, (unsigned long long)p_last.in_use_bytes,
-               (long long)kept_growth, peak_rss_mib(), first, last);
+        printf(
+            "{\"bench\": \"train\", \"impl\": \"kiln\", \"model\": \"%s\", \"amp\": %s, \"batch\": %d, \"steps\": %d, "
+            "\"params\": %lld, "
+            "\"ms_per_step\": %.3f, \"mean_ms\": %.3f, \"min_ms\": %.3f, \"cpu_ms_per_step\": %.3f, "
+            "\"samples_per_s\": %.1f, "
+            "\"peak_pool_bytes\": %llu, \"peak_pool_growth_bytes\": %lld, \"between_steps_bytes\": %llu, "
+            "\"between_steps_growth_bytes\": %lld, "
+            "\"peak_rss_mib\": %.1f, \"loss_first\": %.4f, \"loss_last\": %.4f, "
+            "\"gemm\": ",
+            name, amp ? "\"f16\"" : "null", batch, steps, nparams, med, mean, t[0], cpu_step, batch * 1e3 / med,
+            (unsigned long long)ps.peak_in_use_bytes, (long long)growth, (unsigned long long)p_last.in_use_bytes,
+            (long long)kept_growth, peak_rss_mib(), first, last);
         tool_json_str(gemm_route(ctx));
         /* what one step asked of the device (kiln_ctx_stats), averaged over the timed steps */
         printf(", \"per_step\": {\"launches\": %.1f, \"library_calls\": %.1f, \"host_waits\": %.1f, "
@@ -1081,6 +1095,7 @@ static int cmd_train(args *a, bool json) {
         printf("}\n");
     } else {
         if (kind == MODEL_GPT) printf("[attention: %s] ", gpt_impl == KILN_SDPA_FUSED ? "fused" : "composed");
+        if (amp) printf("[amp: f16 autocast, loss scaling] ");
         printf("train %s batch %d, %lld parameters: %.2f ms/step median (mean %.2f, min %.2f over %d steps; CPU "
                "%.2f ms/step), %.0f samples/s, peak pool %.1f MiB (grew %lld B from the first timed step to the "
                "last; %.1f MiB kept between steps, grew %lld B), peak RSS %.1f MiB, loss %.3f -> %.3f  [GEMM: %s; "
