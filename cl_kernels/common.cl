@@ -30,7 +30,8 @@ inline void kiln_bad_index(global int *E, int site, int value, int pos) {
 /* Half-precision storage, in programs built with -DKILN_HALF=<dtype> (1 f16, 4 bf16: the
  * kiln_dtype values): KILN_S is the storage type (ushort: 16-bit patterns), KILN_LD(p, i)
  * loads element i of p as a float and KILN_ST(p, i, v) stores float v there rounded to
- * nearest, ties to even. f16 is read with vload_half (core OpenCL 1.2: no cl_khr_fp16
+ * nearest, ties to even (KILN_ST_RELU(p, i, v): relu of the stored value, as kiln_relu on
+ * it would store it). f16 is read with vload_half (core OpenCL 1.2: no cl_khr_fp16
  * needed) and written by kiln_f16_rte below; bf16 both ways by bit operations (NaN stays
  * NaN). Without KILN_HALF they are plain float accesses, so a program's f32 build compiles
  * as it would without them. */
@@ -54,16 +55,28 @@ inline ushort kiln_f16_rte(float f) {
     uint o = u >= 0x47800000u ? big : u < 0x38800000u ? den : nrm;
     return (ushort)(o | sign);
 }
+/* relu as kiln_relu computes it: x < 0 ? 0 : x, -0 and NaN kept */
+inline float kiln_relu_f(float v) { return v < 0.0f ? 0.0f : v; }
+/* The bits of kiln_relu_f(x) for the half x of bits h whose exponent field is expf: what
+ * kiln_relu stores for a half that a store of v rounded to h (KILN_ST_RELU). */
+inline ushort kiln_relu_bits(ushort h, uint expf) {
+    uint u = h;
+    bool neg = (u & 0x8000u) && (u & 0x7FFFu), nan = (u & expf) == expf && (u & 0x7FFFu & ~expf);
+    return neg && !nan ? (ushort)0 : h;
+}
 #if defined(KILN_HALF) && KILN_HALF == 1
 #define KILN_S ushort
 #define KILN_LD(p, i) vload_half((i), (const global half *)(p))
 #define KILN_ST(p, i, v) ((p)[i] = kiln_f16_rte(v))
+#define KILN_ST_RELU(p, i, v) ((p)[i] = kiln_relu_bits(kiln_f16_rte(v), 0x7C00u))
 #elif defined(KILN_HALF) && KILN_HALF == 4
 #define KILN_S ushort
 #define KILN_LD(p, i) kiln_bf16_ld((p)[i])
 #define KILN_ST(p, i, v) ((p)[i] = kiln_bf16_rte(v))
+#define KILN_ST_RELU(p, i, v) ((p)[i] = kiln_relu_bits(kiln_bf16_rte(v), 0x7F80u))
 #else
 #define KILN_S float
 #define KILN_LD(p, i) ((p)[i])
 #define KILN_ST(p, i, v) ((p)[i] = (v))
+#define KILN_ST_RELU(p, i, v) ((p)[i] = kiln_relu_f(v))
 #endif

@@ -158,10 +158,7 @@ kernel void conv_from_cnhw(global const float *src, int soff, global KILN_S *dst
     global KILN_S *d = dst + doff + ((n0 + nl) * nc + c) * hw;
     if (has_bias == 2) {
         float b = KILN_LD(bias, boff + c);
-        for (int p = 0; p < hw; p++) {
-            float v = s[p] + b;
-            KILN_ST(d, p, v < 0.0f ? 0.0f : v);
-        }
+        for (int p = 0; p < hw; p++) KILN_ST_RELU(d, p, s[p] + b);
     } else if (has_bias) {
         float b = KILN_LD(bias, boff + c);
         for (int p = 0; p < hw; p++) KILN_ST(d, p, s[p] + b);
@@ -366,6 +363,23 @@ kernel void conv_im2col_t(global const KILN_S *x, int xoff, int4 xs, global floa
 #define C3_T C3CAT(float, C3_VW)
 #define C3_LOAD C3CAT(vload, C3_VW)
 #define C3_STORE C3CAT(vstore, C3_VW)
+/* The direct kernels' store of one output: ReLU (has_bias 2) applied before it in f32's
+ * build (on the vectors), in a half build to the stored half (KILN_ST_RELU: as conv then
+ * kiln_relu store it, a rounded -0 kept) */
+#ifdef KILN_HALF
+#define C3_ST(d, i, v)                                                                                                 \
+    do {                                                                                                               \
+        if (has_bias == 2)                                                                                             \
+            KILN_ST_RELU(d, i, v);                                                                                     \
+        else                                                                                                           \
+            KILN_ST(d, i, v);                                                                                          \
+    } while (0)
+#define C3_RELU(y)
+#else
+#define C3_ST(d, i, v) KILN_ST(d, i, v)
+#define C3_RELU(y)                                                                                                     \
+    if (has_bias == 2) y = select(y, (C3_T)(0.0f), y < (C3_T)(0.0f))
+#endif
 
 /*
  * xp [N, C, h + 2, pw] = the planes of x (any view: strides xs, n c h w, from xoff) with a
@@ -494,12 +508,12 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
 #pragma unroll
             for (int v = 0; v < C3_NV; v++) {
                 C3_T y = acc[j][r][v] + b;
-                if (has_bias == 2) y = select(y, (C3_T)(0.0f), y < (C3_T)(0.0f));
+                C3_RELU(y);
 #ifdef KILN_HALF
                 if (cols > v * C3_VW) {
                     float tl[C3_VW];
                     C3_STORE(y, 0, tl);
-                    for (int l = 0; l < min(C3_VW, cols - v * C3_VW); l++) KILN_ST(d, v * C3_VW + l, tl[l]);
+                    for (int l = 0; l < min(C3_VW, cols - v * C3_VW); l++) C3_ST(d, v * C3_VW + l, tl[l]);
                 }
 #else
                 if (cols >= (v + 1) * C3_VW) {
@@ -580,12 +594,12 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
 #pragma unroll
         for (int v = 0; v < C3_NV; v++) {
             C3_T y = acc[j][v] + b;
-            if (has_bias == 2) y = select(y, (C3_T)(0.0f), y < (C3_T)(0.0f));
+            C3_RELU(y);
             C3_STORE(y, v, tl);
         }
         int oh = oh0, ow = ow0;
         for (int l = 0; l < C3_NV * C3_VW && oh < h; l++) {
-            if (ow < w) KILN_ST(d, oh * w + ow, tl[l]);
+            if (ow < w) C3_ST(d, oh * w + ow, tl[l]);
             if (++ow == pw) ow = 0, oh++;
         }
     }

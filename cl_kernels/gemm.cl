@@ -89,6 +89,10 @@
 #define GST_0(p, i, v) ((p)[i] = (v))
 #define GST_1(p, i, v) ((p)[i] = kiln_f16_rte(v))
 #define GST_4(p, i, v) ((p)[i] = kiln_bf16_rte(v))
+/* relu of the stored value, as kiln_relu on it would store it (a rounded -0 kept) */
+#define GSTR_0(p, i, v) ((p)[i] = kiln_relu_f(v))
+#define GSTR_1(p, i, v) ((p)[i] = kiln_relu_bits(kiln_f16_rte(v), 0x7C00u))
+#define GSTR_4(p, i, v) ((p)[i] = kiln_relu_bits(kiln_bf16_rte(v), 0x7F80u))
 #define GSTV_0(W, v, o, p) KCAT(vstore, W)(v, o, p)
 /* half vectors: each lane rounded (common.cl's kiln_f16_rte, kiln_bf16_rte) */
 #define GSTV_H(W, v, o, p, RTE)                                                            \
@@ -111,6 +115,7 @@
 #define B_LDV KCAT(GLDV_, B_DT)
 #define C_LDV KCAT(GLDV_, C_DT)
 #define C_ST KCAT(GST_, C_DT)
+#define C_ST_RELU KCAT(GSTR_, C_DT)
 #define C_STV KCAT(GSTV_, C_DT)
 #define NT_T KCAT(float, NT_VW)
 #define NN_T KCAT(float, NN_VW)
@@ -222,9 +227,10 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
             float y = alpha * s[r][c];
             float o = y + bc;
 #if NT_BIAS == 2
-            o = o < 0.0f ? 0.0f : o;
-#endif
+            C_ST_RELU(crow, (ulong)r * ldc + c, o);
+#else
             C_ST(crow, (ulong)r * ldc + c, o);
+#endif
         }
     }
 #else

@@ -1387,14 +1387,9 @@ static void test_user_module(kiln_ctx *ctx) {
 
 /* ---- containers: ModuleList, ModuleDict, a ResNet-style stage of user blocks ------------- */
 
-/* net (five children, parameters 0.weight, 0.bias, 2.weight, 4.weight, 4.bias) run on the
- * input xv of shape xs twice: through the Sequential, which runs each fusable pair as one op,
- * and child by child (the unfused ops). The output and the gradients of x, 0.weight, 0.bias
- * and 2.weight (n[0..5) elements) must agree bit for bit, and the Sequential's forward must
- * take fewer launches. Then the fused op's first allocation fails: the forward fails naming
- * the first child's kind (`kind`) and the pair, and leaves no tensor behind. */
-static void seq_fused_vs_children(kiln_ctx *ctx, const char *what, const char *kind, kiln_module *net, const float *xv,
-                                  int xnd, const int64_t *xs, const size_t n[5]) {
+/* One comparison for seq_fused_vs_children, with autocast amp (KILN_F32: off). */
+static void seq_fused_pass(kiln_ctx *ctx, const char *what, kiln_module *net, const float *xv, int xnd,
+                           const int64_t *xs, const size_t n[5], kiln_dtype amp) {
     float *res[2][5] = {{0}};
     uint64_t launches[2] = {0};
     for (int pass = 0; pass < 2; pass++) {
@@ -1408,11 +1403,14 @@ static void seq_fused_vs_children(kiln_ctx *ctx, const char *what, const char *k
         kiln_ctx_stats s0, s1;
         kiln_ctx_stats_get(ctx, &s0);
         kiln_tensor *y = x;
+        kiln_ctx_set_autocast(ctx, amp);
         if (pass == 0)
             y = kiln_forward(net, x);
         else /* the children one by one: the unfused ops */
             for (int k = 0; k < 5 && y; k++) y = kiln_forward(kiln_module_child(net, k), y);
+        kiln_ctx_set_autocast(ctx, KILN_F32);
         kiln_ctx_stats_get(ctx, &s1);
+        if (y) y = kiln_to_dtype(ctx, y, KILN_F32); /* (a view of an f32 y) */
         launches[pass] = s1.launches - s0.launches;
         CHECK(y && kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, y), 0, NULL, false)) == KILN_OK, "%s, pass %d: %s",
               what, pass, kiln_error_message(ctx));
@@ -1431,6 +1429,23 @@ static void seq_fused_vs_children(kiln_ctx *ctx, const char *what, const char *k
     /* the first pair is one op: its activation's launch is gone */
     CHECK(launches[0] < launches[1], "%s: %llu launches, children one by one %llu", what,
           (unsigned long long)launches[0], (unsigned long long)launches[1]);
+}
+
+/* net (five children, parameters 0.weight, 0.bias, 2.weight, 4.weight, 4.bias) run on the
+ * input xv of shape xs twice: through the Sequential, which runs each fusable pair as one op,
+ * and child by child (the unfused ops), in f32 and under f16 autocast. The output and the
+ * gradients of x, 0.weight, 0.bias and 2.weight (n[0..5) elements) must agree bit for bit,
+ * and the Sequential's forward must take fewer launches. Then the fused op's first
+ * allocation fails: the forward fails naming the first child's kind (`kind`) and the pair,
+ * and leaves no tensor behind. */
+static void seq_fused_vs_children(kiln_ctx *ctx, const char *what, const char *kind, kiln_module *net, const float *xv,
+                                  int xnd, const int64_t *xs, const size_t n[5]) {
+    /* f32, then under f16 autocast (the fused pair's half store) */
+    for (int amp = 0; amp < 2; amp++) {
+        char tag[160];
+        snprintf(tag, sizeof tag, "%s%s", what, amp ? " (f16 autocast)" : "");
+        seq_fused_pass(ctx, tag, net, xv, xnd, xs, n, amp ? KILN_F16 : KILN_F32);
+    }
     kiln_tensor *x = kiln_from_host(ctx, xv, KILN_F32, xnd, xs);
     int64_t before = kiln_ctx_num_tensors(ctx);
     kiln__pool_fail_after(ctx, 1);
@@ -1503,6 +1518,65 @@ static void test_seq_conv_fusion(kiln_ctx *ctx) {
     kiln_error_clear(ctx);
     kiln_tensor_free(bad);
     kiln_module_free(net);
+}
+
+/* Under f16 autocast a fused pair stores relu of the rounded sum, as the two modules do: a
+ * sum that rounds to -0 (products of 2^-14 and -2^-14 below half of f16's smallest
+ * denormal) stays -0, as kiln_relu keeps a -0, and the other negative sums become +0. The
+ * convolution's corner and edge outputs sum 4 and 6 such products (-0), its inner ones 9
+ * (-2^-24, then +0); the linear layer's rows of 2^-14 and 2^-12 sum -2^-26 and -2^-24. */
+static void test_seq_fusion_half_zero(kiln_ctx *ctx) {
+    kiln_conv2d_params pad1 = kiln_conv2d_defaults();
+    pad1.padding[0] = pad1.padding[1] = 1;
+    kiln_module *nets[2] = {
+        kiln_nn_sequential(
+            ctx, 2,
+            (kiln_module *[]){kiln_nn_conv2d(ctx, 1, 2, 3, 3, &pad1, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0)}),
+        kiln_nn_sequential(
+            ctx, 2, (kiln_module *[]){kiln_nn_linear(ctx, 4, 3, true), kiln_nn_activation(ctx, KILN_ACT_RELU, 0)})};
+    static const char *const names[2] = {"Conv2d-ReLU", "Linear-ReLU"};
+    const float tiny = 0x1p-14f;
+    float xc[2 * 5 * 6], xl[2 * 4];
+    for (int i = 0; i < 2 * 5 * 6; i++) xc[i] = tiny;
+    for (int i = 0; i < 8; i++) xl[i] = i < 4 ? tiny : 4 * tiny;
+    kiln__hooks_of(ctx)->gemm_own = 1; /* kiln's own GEMM and its epilogue on every device */
+    kiln__hooks_of(ctx)->gemm_epilogue = 1;
+    for (int k = 0; k < 2; k++) {
+        CHECK(nets[k] != NULL, "%s: %s", names[k], kiln_error_message(ctx));
+        if (!nets[k]) continue;
+        kiln_fill(kiln_module_find(nets[k], "0.weight"), -tiny);
+        kiln_fill(kiln_module_find(nets[k], "0.bias"), 0.0f);
+        int64_t n = k ? 2 * 3 : 2 * 2 * 5 * 6;
+        float *got[2] = {0};
+        for (int pass = 0; pass < 2; pass++) {
+            kiln_scope_begin(ctx);
+            kiln_tensor *x = k ? kiln_from_host(ctx, xl, KILN_F32, 2, (int64_t[]){2, 4})
+                               : kiln_from_host(ctx, xc, KILN_F32, 4, (int64_t[]){1, 2, 5, 6});
+            if (!k) x = kiln_reshape(ctx, x, 4, (int64_t[]){2, 1, 5, 6});
+            kiln_ctx_set_autocast(ctx, KILN_F16);
+            kiln_tensor *y =
+                pass ? kiln_forward(kiln_module_child(nets[k], 1), kiln_forward(kiln_module_child(nets[k], 0), x))
+                     : kiln_forward(nets[k], x);
+            kiln_ctx_set_autocast(ctx, KILN_F32);
+            got[pass] = y && kiln_tensor_dtype(y) == KILN_F16 ? h_read(kiln_to_dtype(ctx, y, KILN_F32)) : NULL;
+            kiln_scope_end(ctx);
+        }
+        int64_t negz = 0, posz = 0;
+        for (int64_t i = 0; got[0] && i < n; i++) {
+            negz += got[0][i] == 0.0f && signbit(got[0][i]);
+            posz += got[0][i] == 0.0f && !signbit(got[0][i]);
+        }
+        CHECK(got[0] && got[1] && !memcmp(got[0], got[1], sizeof(float) * (size_t)n),
+              "%s under f16 autocast: fused differs from the two modules: %s", names[k], kiln_error_message(ctx));
+        CHECK(negz > 0 && posz > 0, "%s: %lld outputs -0 and %lld +0 (want both)", names[k], (long long)negz,
+              (long long)posz);
+        free(got[0]);
+        free(got[1]);
+        kiln_module_free(nets[k]);
+    }
+    kiln__hooks_of(ctx)->gemm_own = 0;
+    kiln__hooks_of(ctx)->gemm_epilogue = 0;
+    kiln_error_clear(ctx);
 }
 
 static void test_containers(kiln_ctx *ctx) {
@@ -1873,6 +1947,7 @@ static void run(kiln_ctx *ctx) {
     test_containers(ctx);
     test_seq_fusion(ctx);
     test_seq_conv_fusion(ctx);
+    test_seq_fusion_half_zero(ctx);
     test_user_errors(ctx);
     test_lifetime(ctx);
     CHECK(kiln_ctx_num_tensors(ctx) == before, "test_nn: %lld tensors leaked overall",

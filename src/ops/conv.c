@@ -1277,11 +1277,16 @@ kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kil
 
 kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                const kiln_conv2d_params *p) {
-    /* without a bias, with halves or under autocast: the two ops (the fused store is f32's:
-     * a half output rounds before relu, which keeps a rounded -0) */
-    bool f32 = x && weight && bias && x->dtype == KILN_F32 && weight->dtype == KILN_F32 && bias->dtype == KILN_F32 &&
-               !kiln_dtype_is_half(kiln_ctx_autocast(ctx));
-    if (!f32) {
+    /* autocast: the fused op on its f32 inputs cast to half */
+    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
+    int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
+    if (nc != 0) {
+        kiln_tensor *r = nc > 0 ? kiln__conv2d_relu(ctx, op, cast[0], cast[1], cast[2], p) : NULL;
+        kiln__half_release(3, in3, cast);
+        return r;
+    }
+    /* without a bias, or with dtypes that mix: the two ops (the fused store is one dtype's) */
+    if (!x || !weight || !bias || x->dtype != weight->dtype || x->dtype != bias->dtype) {
         kiln_tensor *y = kiln_conv2d(ctx, x, weight, bias, p);
         kiln_tensor *r = y ? kiln_relu(ctx, y) : NULL;
         kiln_tensor_free(y);

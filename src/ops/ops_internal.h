@@ -199,8 +199,10 @@ kiln_tensor *kiln__linear(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_te
 kiln_tensor *kiln__linear_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b);
 /* relu(kiln_conv2d(x, w, b, p)) as one op, the ReLU in the store that adds the bias (the
  * direct 3x3 kernels' or the copy of the GEMM's result into NCHW): one launch fewer and one
- * pass less over the output. Backward: relu's mask from the output, then conv2d's. Without
- * a bias, with halves or under autocast it runs the two ops. */
+ * pass less over the output. Backward: relu's mask from the output, then conv2d's. Halves
+ * (and autocast) too: the store keeps what the two ops give, relu of the rounded sum (a
+ * rounded -0 stays -0, KILN_ST_RELU). Without a bias, or with dtypes that mix, it runs the
+ * two ops. */
 kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                const kiln_conv2d_params *p);
 /* The backward of an op fused with a ReLU after it (kiln__linear_relu, kiln__conv2d_relu):
