@@ -1262,54 +1262,56 @@ static kiln_tensor *conv2d_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
     return record(ctx, op, out, x, weight, bias, &g, relu ? conv2d_relu_backward : conv2d_backward, xpad);
 }
 
-kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
-                         const kiln_conv2d_params *p) {
-    /* autocast: the op on its f32 inputs cast to half */
-    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
+/* The public convolutions' entries: run(ctx, op, x, w, b, p, relu). */
+typedef kiln_tensor *(*conv_entry)(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b,
+                                   const kiln_conv2d_params *p, bool relu);
+
+/* Autocast (include/kiln/amp.h): with autocast on and an f32 input among x, w and b, *res =
+ * run on the inputs cast to half, and true; false to go on with the inputs as they are. */
+static bool conv_autocast(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b,
+                          const kiln_conv2d_params *p, bool relu, conv_entry run, kiln_tensor **res) {
+    kiln_tensor *in3[3] = {x, w, b}, *cast[3];
     int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
-    if (nc != 0) {
-        kiln_tensor *r = nc > 0 ? kiln_conv2d(ctx, cast[0], cast[1], cast[2], p) : NULL;
-        kiln__half_release(3, in3, cast);
+    if (nc == 0) return false;
+    *res = nc > 0 ? run(ctx, op, cast[0], cast[1], cast[2], p, relu) : NULL;
+    kiln__half_release(3, in3, cast);
+    return true;
+}
+
+/* conv2d, and with relu ReLU of it: one op (conv2d_run's fused store) with a bias and
+ * inputs of one dtype, else the two ops (the fused store is one dtype's). */
+static kiln_tensor *conv2d_entry(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *b,
+                                 const kiln_conv2d_params *p, bool relu) {
+    kiln_tensor *r;
+    if (conv_autocast(ctx, op, x, w, b, p, relu, conv2d_entry, &r)) return r;
+    if (relu && (!x || !w || !b || x->dtype != w->dtype || x->dtype != b->dtype)) {
+        kiln_tensor *y = conv2d_entry(ctx, "kiln_conv2d", x, w, b, p, false);
+        r = y ? kiln_relu(ctx, y) : NULL;
+        kiln_tensor_free(y);
         return r;
     }
-    return conv2d_run(ctx, "kiln_conv2d", x, weight, bias, p, false);
+    return conv2d_run(ctx, op, x, w, b, p, relu);
+}
+
+kiln_tensor *kiln_conv2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                         const kiln_conv2d_params *p) {
+    return conv2d_entry(ctx, "kiln_conv2d", x, weight, bias, p, false);
 }
 
 kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                const kiln_conv2d_params *p) {
-    /* autocast: the fused op on its f32 inputs cast to half */
-    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
-    int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
-    if (nc != 0) {
-        kiln_tensor *r = nc > 0 ? kiln__conv2d_relu(ctx, op, cast[0], cast[1], cast[2], p) : NULL;
-        kiln__half_release(3, in3, cast);
-        return r;
-    }
-    /* without a bias, or with dtypes that mix: the two ops (the fused store is one dtype's) */
-    if (!x || !weight || !bias || x->dtype != weight->dtype || x->dtype != bias->dtype) {
-        kiln_tensor *y = kiln_conv2d(ctx, x, weight, bias, p);
-        kiln_tensor *r = y ? kiln_relu(ctx, y) : NULL;
-        kiln_tensor_free(y);
-        return r;
-    }
-    return conv2d_run(ctx, op, x, weight, bias, p, true);
+    return conv2d_entry(ctx, op, x, weight, bias, p, true);
 }
 
-kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
-                                   const kiln_conv2d_params *p) {
-    const char *op = "kiln_conv_transpose2d";
-    /* as kiln_conv2d: autocast casts f32 inputs to half; inputs of one dtype run in it,
-     * f32 and halves mixed on f32 copies */
-    kiln_tensor *in3[3] = {x, weight, bias}, *cast[3];
-    int nc = kiln__autocast_inputs(ctx, 3, in3, cast);
-    if (nc != 0) {
-        kiln_tensor *r = nc > 0 ? kiln_conv_transpose2d(ctx, cast[0], cast[1], cast[2], p) : NULL;
-        kiln__half_release(3, in3, cast);
-        return r;
-    }
+/* conv_transpose2d (relu unused): inputs of one dtype run in it, f32 and halves mixed on
+ * f32 copies of the halves. */
+static kiln_tensor *conv_transpose2d_entry(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight,
+                                           kiln_tensor *bias, const kiln_conv2d_params *p, bool relu) {
+    kiln_tensor *r;
+    if (conv_autocast(ctx, op, x, weight, bias, p, relu, conv_transpose2d_entry, &r)) return r;
     conv_geom g;
     if (!conv_setup(ctx, op, x, weight, bias, p ? p : &default_params, true, &g)) return NULL;
-    kiln_tensor *use[3];
+    kiln_tensor *in3[3] = {x, weight, bias}, *use[3];
     int nin = bias ? 3 : 2;
     if (kiln__half_inputs(ctx, op, nin, in3, use) == KILN_DTYPE_COUNT) return NULL;
     kiln_tensor *out = NULL;
@@ -1317,4 +1319,9 @@ kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *w
     kiln__half_release(nin, in3, use);
     if (s != KILN_OK) return NULL;
     return record(ctx, op, out, x, weight, bias, &g, conv_transpose2d_backward, NULL);
+}
+
+kiln_tensor *kiln_conv_transpose2d(kiln_ctx *ctx, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
+                                   const kiln_conv2d_params *p) {
+    return conv_transpose2d_entry(ctx, "kiln_conv_transpose2d", x, weight, bias, p, false);
 }
