@@ -574,21 +574,22 @@ kernel void ln_param_grad(global const float *x, int xoff, global const float *d
 /* dst[i] = src[i] * (u_i >= p ? scale : 0) for the n elements, u_i the value
  * kiln_rand_uniform(0, 1) draws at the same stream position. A multiplication, as torch's
  * input * mask: a dropped NaN or Inf stays NaN. With want_mask, bit j of mask[w] is the
- * keep bit of element w * 32 + j (zero past n), for dropout_mask_apply in the backward. */
-kernel void dropout_apply(global const float *restrict src, int soff, global float *restrict dst, int doff, int n,
+ * keep bit of element w * 32 + j (zero past n), for dropout_mask_apply in the backward.
+ * src and dst in KILN_HALF's build are halves (the product in f32, rounded once). */
+kernel void dropout_apply(global const KILN_S *restrict src, int soff, global KILN_S *restrict dst, int doff, int n,
                           uint key0, uint key1, uint ctr_lo, uint ctr_hi, float p, float scale, int want_mask,
                           global uint *restrict mask, int moff) {
     int w = get_global_id(0);
     if (w > (n - 1) / NORM_DROP_WORD) return; /* n >= 1: the host launches nothing for n = 0 */
     int i0 = w * NORM_DROP_WORD, cnt = min(NORM_DROP_WORD, n - i0);
-    global const float *s = src + soff + i0;
-    global float *d = dst + doff + i0;
+    global const KILN_S *s = src + soff + i0;
+    global KILN_S *d = dst + doff + i0;
     uint bits = 0u;
     for (int j = 0; j < cnt; j++) {
         uint x0;
         NORM_PHILOX_X0(x0, (uint)(i0 + j), key0, key1, ctr_lo, ctr_hi);
         bool keep = (float)(x0 >> 8) * 0x1.0p-24f >= p;
-        d[j] = s[j] * (keep ? scale : 0.0f);
+        KILN_ST(d, j, KILN_LD(s, j) * (keep ? scale : 0.0f));
         bits |= (keep ? 1u : 0u) << j;
     }
     if (want_mask) mask[moff + w] = bits;

@@ -38,12 +38,16 @@ static void test_autocast_rules(kiln_ctx *ctx) {
         kiln_tensor *loss = kiln_cross_entropy(ctx, y, labels, KILN_MEAN);
         kiln_pool2d_params pp = kiln_pool2d_defaults(2, 2);
         kiln_tensor *pool = kiln_max_pool2d(ctx, c, &pp, NULL);
+        kiln_tensor *apool = kiln_avg_pool2d(ctx, c, &pp), *drop = kiln_dropout(ctx, y, 0.5f, true);
         kiln_ctx_set_autocast(ctx, KILN_F32);
-        CHECK(y && c && mm && r && sm && s && loss && pool, "ops under autocast: %s", kiln_error_message(ctx));
-        if (y && c && mm && r && sm && s && loss && pool) {
+        CHECK(y && c && mm && r && sm && s && loss && pool && apool && drop, "ops under autocast: %s",
+              kiln_error_message(ctx));
+        if (y && c && mm && r && sm && s && loss && pool && apool && drop) {
             CHECK(kiln_tensor_dtype(y) == dt && kiln_tensor_dtype(c) == dt && kiln_tensor_dtype(mm) == dt,
                   "linear, conv2d and matmul give %s under autocast", kiln_dtype_name(dt));
-            CHECK(kiln_tensor_dtype(r) == dt, "relu follows its input's dtype");
+            CHECK(kiln_tensor_dtype(r) == dt && kiln_tensor_dtype(pool) == dt && kiln_tensor_dtype(apool) == dt &&
+                      kiln_tensor_dtype(drop) == dt,
+                  "relu, max and average pooling and dropout follow their input's dtype (as torch's autocast)");
             /* the fused half linear against f32 on the same rounded values: one rounding */
             kiln_tensor *lp[2];
             kiln_module_parameters(lin, lp, 2);
@@ -70,8 +74,8 @@ static void test_autocast_rules(kiln_ctx *ctx) {
             free(rf);
             free(rm);
             CHECK(kiln_tensor_dtype(sm) == KILN_F32 && kiln_tensor_dtype(s) == KILN_F32 &&
-                      kiln_tensor_dtype(loss) == KILN_F32 && kiln_tensor_dtype(pool) == KILN_F32,
-                  "softmax, sum, cross-entropy and max_pool run in f32 under autocast");
+                      kiln_tensor_dtype(loss) == KILN_F32,
+                  "softmax, sum and cross-entropy run in f32 under autocast");
             /* the f32 master weights get f32 gradients, and the backward runs without autocast */
             CHECK(kiln_backward(kiln_add(ctx, loss, kiln_mul_scalar(ctx, s, 1e-3f))) == KILN_OK, "backward: %s",
                   kiln_error_message(ctx));

@@ -768,9 +768,9 @@ static void test_more_half(kiln_ctx *ctx) {
 }
 
 /* The reductions, softmax, the norms, dropout, embedding and attention on half inputs:
- * through f32 copies, so each result is f32's on the same values rounded once, in the
- * inputs' dtype (argmax: the same indices). Contiguous inputs, so that the f32 copies and
- * the f32 reference have one layout (a reduction's order follows the layout). */
+ * through f32 copies (dropout: its kernel reads and writes halves), so each result is f32's
+ * on the same values rounded once, in the inputs' dtype (argmax: the same indices). Contiguous inputs, so that the f32
+ * copies and the f32 reference have one layout (a reduction's order follows the layout). */
 static void test_half_via_f32(kiln_ctx *ctx) {
     char what[128];
     for (int d = 0; d < 2; d++) {
@@ -818,11 +818,34 @@ static void test_half_via_f32(kiln_ctx *ctx) {
         same_f32(what, ctx, rv[0], rv[1]);
         SAME("batch_norm (eval)", kiln_batch_norm(ctx, ch, rm[0], rv[0], wh, vh, false, 0.1f, 1e-5f),
              kiln_batch_norm(ctx, cf, rm[1], rv[1], wf, vf, false, 0.1f, 1e-5f));
-        /* dropout: the same mask from the same stream */
+        /* dropout: the same mask from the same stream, in one launch (its kernel reads and
+         * writes halves) as f32's */
         kiln_manual_seed(ctx, 4);
+        kiln_ctx_stats d0, d1, d2;
+        kiln_ctx_stats_get(ctx, &d0);
         kiln_tensor *dh = kiln_dropout(ctx, xh, 0.3f, true);
+        kiln_ctx_stats_get(ctx, &d1);
         kiln_manual_seed(ctx, 4);
-        SAME("dropout", dh, kiln_dropout(ctx, xf, 0.3f, true));
+        kiln_tensor *df = kiln_dropout(ctx, xf, 0.3f, true);
+        kiln_ctx_stats_get(ctx, &d2);
+        SAME("dropout", dh, df);
+        CHECK(dh && kiln_tensor_dtype(dh) == dt && d1.launches - d0.launches == d2.launches - d1.launches,
+              "dropout %s: %llu launches, f32's %llu", dn, (unsigned long long)(d1.launches - d0.launches),
+              (unsigned long long)(d2.launches - d1.launches));
+        /* and its gradient is f32's, bit for bit (the same mask and scale) */
+        kiln_tensor *la = kiln_contiguous(ctx, kiln_detach(ctx, xf)), *lb = kiln_contiguous(ctx, kiln_detach(ctx, xf));
+        kiln_tensor_set_requires_grad(la, true);
+        kiln_tensor_set_requires_grad(lb, true);
+        kiln_manual_seed(ctx, 5);
+        kiln_tensor *ya = kiln_to_dtype(ctx, kiln_dropout(ctx, kiln_to_dtype(ctx, la, dt), 0.3f, true), KILN_F32);
+        kiln_manual_seed(ctx, 6);
+        kiln_tensor *ga = ya ? grad_of(ctx, la, ya) : NULL;
+        kiln_manual_seed(ctx, 5);
+        kiln_tensor *yb = kiln_dropout(ctx, lb, 0.3f, true);
+        kiln_manual_seed(ctx, 6);
+        kiln_tensor *gb = yb ? grad_of(ctx, lb, yb) : NULL;
+        snprintf(what, sizeof what, "dropout %s gradient", dn);
+        same_f32(what, ctx, ga, gb);
         kiln_tensor *eh, *ef, *idx = kiln_from_host(ctx, (int32_t[]){3, 0, 5, 3}, KILN_I32, 2, (int64_t[]){2, 2});
         inputs(ctx, dt, -1, 1, false, &eh, &ef, 2, (int64_t[]){6, 8});
         SAME("embedding", kiln_embedding(ctx, eh, idx), kiln_embedding(ctx, ef, idx));

@@ -18,10 +18,11 @@
  * from half precision - kiln_matmul, kiln_matmul_ex, linear layers (x W^T + b),
  * kiln_conv2d and kiln_conv_transpose2d - convert their f32 inputs to that dtype
  * (differentiably: the f32 master weights get the gradients), compute, and return half
- * outputs; the elementwise ops, activations, pad and upsampling follow their inputs' dtype;
- * every other op (softmax, log_softmax, the losses and penalties, the reductions, pooling,
- * dropout, batch and layer norm, embedding, attention, the recurrent layers) converts half
- * inputs to f32, computes in f32 and returns f32 (README.md, "Half precision and mixed
+ * outputs; the elementwise ops, activations, pad, upsampling, pooling and dropout follow
+ * their inputs' dtype (as torch's autocast runs the ops on neither of its lists); every
+ * other op (softmax, log_softmax, the losses and penalties, the reductions, batch and layer
+ * norm, embedding, attention, the recurrent layers) converts half inputs to f32, computes
+ * in f32 and returns f32 (README.md, "Half precision and mixed
  * precision", has the lists). kiln's kernels
  * sum in f32 whatever the storage, as PyTorch's do. A backward turns autocast off while it
  * runs, and gradients on the tape are f32 (include/kiln/tensor.h, kiln_to_dtype).

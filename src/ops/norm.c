@@ -621,7 +621,9 @@ static kiln_status dropout_launch(kiln_ctx *ctx, const char *op, kiln_tensor *sr
                          KILN__ARG(ni),           KILN__ARG(k0),   KILN__ARG(k1),           KILN__ARG(c0),
                          KILN__ARG(c1),           KILN__ARG(cp),   KILN__ARG(cs),           KILN__ARG(want),
                          KILN__ARG(mm),           KILN__ARG(moff)};
-    return kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "dropout_apply", sizeof args / sizeof args[0], args,
+    char options[64]; /* src and dst of one dtype: the half build for halves */
+    snprintf(options, sizeof options, "%s%s", NORM_OPTIONS, kiln__half_options(dst->dtype));
+    return kiln__launch(ctx, op, NORM_PROGRAM, options, "dropout_apply", sizeof args / sizeof args[0], args,
                         (size_t)((n + DROP_WORD - 1) / DROP_WORD), 0);
 }
 
@@ -650,27 +652,11 @@ static kiln_status identity_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tenso
     return kiln__accum(ctx, n, 0, gout);
 }
 
-typedef struct drop_args {
-    float p;
-    bool training;
-} drop_args;
-
-static kiln_tensor *dropout_f32(kiln_ctx *ctx, kiln_tensor *const *in, const void *arg) {
-    const drop_args *a = arg;
-    return kiln_dropout(ctx, in[0], a->p, a->training);
-}
-
 kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training) {
     static const char op[] = "kiln_dropout";
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
-    kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
-    if (xf != x) {
-        kiln_tensor *res = kiln_dropout(ctx, xf, p, training);
-        kiln_tensor_free(xf);
-        return res;
-    }
-    if (kiln_dtype_is_half(x->dtype)) return kiln__half_fallback(ctx, 1, &x, dropout_f32, &(drop_args){p, training});
-    if (!check_f32(ctx, op, "input", x)) return NULL;
+    /* halves run in their dtype, autocast or not (as torch's dropout) */
+    if (!kiln_dtype_is_half(x->dtype) && !check_f32(ctx, op, "input", x)) return NULL;
     if (!(p >= 0.0f && p <= 1.0f)) {
         char sx[160];
         kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "%s: probability p = %g is outside [0, 1] (input %s)", op, (double)p,
@@ -689,7 +675,7 @@ kiln_tensor *kiln_dropout(kiln_ctx *ctx, kiln_tensor *x, float p, bool training)
     }
     kiln_tensor *xc = contig(ctx, op, x);
     if (!xc) return NULL;
-    kiln_tensor *out = kiln__tensor_new(ctx, op, KILN_F32, x->ndim, x->shape);
+    kiln_tensor *out = kiln__tensor_new(ctx, op, x->dtype, x->ndim, x->shape);
     if (!out) {
         free_copy(xc, x);
         return NULL;

@@ -314,12 +314,7 @@ kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
     const char *op = "kiln_max_pool2d";
     if (indices) *indices = NULL;
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
-    kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
-    if (xf != x) {
-        kiln_tensor *res = kiln_max_pool2d(ctx, xf, p, indices);
-        kiln_tensor_free(xf);
-        return res;
-    }
+    /* (a half input runs in its dtype, autocast or not, as torch's pooling) */
     pool_geom g;
     int64_t nb;
     if (!pool_input(ctx, op, x, true, &g, &nb) || !pool_params(ctx, op, x, p, false, &g)) return NULL;
@@ -371,12 +366,7 @@ kiln_tensor *kiln_max_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_pa
 kiln_tensor *kiln_avg_pool2d(kiln_ctx *ctx, kiln_tensor *x, const kiln_pool2d_params *p) {
     const char *op = "kiln_avg_pool2d";
     if (!kiln__check_inputs(ctx, op, 1, &x)) return NULL;
-    kiln_tensor *xf = kiln__autocast_f32(ctx, x); /* autocast: an f32 op (kiln/amp.h) */
-    if (xf != x) {
-        kiln_tensor *res = kiln_avg_pool2d(ctx, xf, p);
-        kiln_tensor_free(xf);
-        return res;
-    }
+    /* (a half input runs in its dtype, autocast or not, as torch's pooling) */
     pool_geom g;
     int64_t nb;
     if (!pool_input(ctx, op, x, true, &g, &nb) || !pool_params(ctx, op, x, p, true, &g)) return NULL;
