@@ -1001,6 +1001,7 @@ static void sweep_norm(void) {
     BACK("layer_norm long rows", kiln_layer_norm(C, x4, 1, NULL, NULL, 1e-5f), x4);
     kiln_manual_seed(C, 9);
     BACK("dropout", kiln_dropout(C, x, 0.3f, true), x);
+    BACK("dropout f16", kiln_to_dtype(C, kiln_dropout(C, kiln_to_dtype(C, x, KILN_F16), 0.3f, true), KILN_F32), x);
     kiln_tensor *emb = MK(-1, 1, true, 7, 3);
     int32_t ids[6] = {6, 0, 3, 3, 1, 6};
     BACK("embedding", kiln_embedding(C, emb, mk_i32(ids, 2, (int64_t[]){2, 3})), emb);
