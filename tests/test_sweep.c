@@ -1246,6 +1246,31 @@ static void sweep_optim(void) {
         kiln_optim_free(o);
         kiln_error_clear(C);
     }
+    /* the GradScaler: nine gradients unscaled eight a launch (scaler_unscale_multi), then one
+     * a launch (KILN_OPTIM_SINGLE: scaler_unscale), the update of the scale (scaler_update) */
+    for (int single = 0; single < 2; single++) {
+        kiln_sync(C); /* setenv with nothing running: POCL's threads call getenv */
+        if (single) setenv("KILN_OPTIM_SINGLE", "1", 1);
+        kiln_tensor *ps[9];
+        for (int i = 0; i < 9; i++) ps[i] = MK(-1, 1, true, 3 + i);
+        kiln_sgd_opts so = kiln_sgd_defaults();
+        kiln_optim *o = kiln_sgd(C, ps, 9, &so);
+        kiln_grad_scaler *sc = kiln_grad_scaler_new(C, NULL);
+        kiln_scope_begin(C);
+        kiln_tensor *l = kiln_zeros(C, 0, NULL);
+        for (int i = 0; i < 9; i++) l = kiln_add(C, l, kiln_sum(C, kiln_mul(C, ps[i], ps[i]), 0, NULL, false));
+        kiln_status st = o && sc ? kiln_backward(kiln_grad_scaler_scale(sc, l)) : KILN_ERR_NULL;
+        if (st == KILN_OK) st = kiln_grad_scaler_step(sc, o);
+        if (st == KILN_OK) st = kiln_grad_scaler_update(sc);
+        CHECK(st == KILN_OK, "grad scaler step%s: %s", single ? " (one a launch)" : "", kiln_error_message(C));
+        kiln_scope_end(C);
+        finite(single ? "grad scaler, one a launch: parameters" : "grad scaler: parameters", ps[8]);
+        kiln_grad_scaler_free(sc);
+        kiln_optim_free(o);
+        kiln_sync(C);
+        if (single) unsetenv("KILN_OPTIM_SINGLE");
+        kiln_error_clear(C);
+    }
 }
 
 static void run(kiln_ctx *ctx) {
