@@ -64,9 +64,8 @@
  * Half precision: inputs of one dtype (f16 or bf16) run in it, kernel by kernel: each
  * launch that reads the input, weight or bias or writes the output uses the KILN_HALF build
  * of cl_kernels/conv.cl for that tensor's dtype, so no pass converts the input or the
- * output; kiln's own GEMM kernels read a half weight as it is (CLBlast, and rows padded
- * for its tiles, an f32 copy), and the backward reads the half input and weight the node
- * saved, its gradients f32. f32 and halves mixed run on
+ * output; the GEMMs read an f32 copy of a half weight (small), and the backward reads the
+ * half input and weight the node saved, its gradients f32. f32 and halves mixed run on
  * f32 copies of the halves (torch's promotion).
  */
 #include <stdio.h>
@@ -126,30 +125,20 @@ typedef struct conv_state {
 
 /* ---- CLBlast ------------------------------------------------------------------------ */
 
-/* A matrix operand: buffer, element offset, leading dim, batch stride, transpose flag,
- * dtype. */
+/* A matrix operand: buffer, element offset, leading dim, batch stride, transpose flag. */
 typedef struct gmat {
     cl_mem mem;
     size_t off, ld, stride;
     bool trans;
-    kiln_dtype dt;
 } gmat;
 
 static gmat gm(kiln_tensor *t, size_t off, size_t ld, size_t stride, bool trans) {
-    return (gmat){t->st->mem, (size_t)t->offset + off, ld, stride, trans, t->dtype};
+    return (gmat){t->st->mem, (size_t)t->offset + off, ld, stride, trans};
 }
 
-/* C = op(A) op(B) (+ beta C) for `batch` matrices; row-major; enqueued only. A half operand
- * (a half weight) is read in its dtype by kiln's own kernels, which the caller checked take
- * the product (kiln__gemm_own_takes); every other product goes through kiln__sgemm. */
+/* C = op(A) op(B) (+ beta C) for `batch` matrices; row-major; enqueued only. */
 static kiln_status gemm(kiln_ctx *ctx, const char *op, size_t m, size_t n, size_t k, gmat a, gmat b, float beta, gmat c,
                         size_t batch) {
-    if (a.dt != KILN_F32 || b.dt != KILN_F32 || c.dt != KILN_F32) {
-        if (ctx->hooks.gemm_seen) ctx->hooks.gemm_seen(ctx->hooks.gemm_seen_arg, op, a.trans, b.trans, m, n, k, batch);
-        return kiln__gemm_run_dt(ctx, op, (const kiln_dtype[3]){a.dt, b.dt, c.dt}, a.trans, b.trans, m, n, k, 1.0f,
-                                 a.mem, a.off, a.ld, a.stride, b.mem, b.off, b.ld, b.stride, beta, c.mem, c.off, c.ld,
-                                 c.stride, batch);
-    }
     const char *routine = batch == 1 ? "CLBlastSgemm" : "CLBlastSgemmStridedBatched";
     CLBlastStatusCode s =
         (CLBlastStatusCode)kiln__sgemm(ctx, op, a.trans, b.trans, m, n, k, 1.0f, a.mem, a.off, a.ld, a.stride, b.mem,
@@ -620,16 +609,11 @@ static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
     int64_t kg = (int64_t)(g->c / g->groups) * g->kh * g->kw, krows = g->groups * kg;
     kiln_tensor *wc = NULL, *col = NULL, *tmp = NULL;
     kiln_status s = KILN_OK;
-    int nb = chunk_images(ctx, (krows + g->cout) * hw, g->n), last = g->n % nb ? g->n % nb : nb;
-    /* a half weight: read as it is where kiln's own kernels take every chunk's product,
-     * else an f32 copy (CLBlast reads f32) */
-    bool own_half =
-        w->dtype != KILN_F32 && kiln__is_contiguous(w) &&
-        kiln__gemm_own_takes(ctx, false, false, (size_t)mg, (size_t)(nb * hw), (size_t)kg, (size_t)g->groups, 0.0f) &&
-        kiln__gemm_own_takes(ctx, false, false, (size_t)mg, (size_t)(last * hw), (size_t)kg, (size_t)g->groups, 0.0f);
-    if (w->dtype != KILN_F32 && !own_half && !(wc = kiln__convert(ctx, op, w, KILN_F32))) s = ctx->err;
-    if (w->dtype == KILN_F32 && !kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w))) s = ctx->err;
+    if (w->dtype != KILN_F32 ? !(wc = kiln__convert(ctx, op, w, KILN_F32))
+                             : !kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w)))
+        s = ctx->err;
     kiln_tensor *wt = wc ? wc : w;
+    int nb = chunk_images(ctx, (krows + g->cout) * hw, g->n);
     /* One image without bias: the GEMM's [cout, HW] result is the NCHW image itself (f32). */
     bool direct = nb == 1 && !bias && out->dtype == KILN_F32;
     if (s == KILN_OK && !(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krows * hw}))) s = ctx->err;
@@ -750,15 +734,10 @@ static kiln_status bwd_prepare(bwd_plan *p) {
      * the unpadded ones) */
     if (g->groups * p->kgp * p->hw > CONV_MAX_ELEMS) p->kgp = p->kg;
     p->krp = g->groups * p->kgp;
-    /* a half weight: read as it is where kiln's own kernels take the product unpadded, else
-     * an f32 copy (CLBlast reads f32; the padding copies f32) */
-    bool own_half = p->w->dtype != KILN_F32 && p->kgp == p->kg && kiln__is_contiguous(p->w) &&
-                    kiln__gemm_own_takes(ctx, true, false, (size_t)p->kg, (size_t)(g->n * p->hw), (size_t)p->mg,
-                                         (size_t)g->groups, 0.0f);
-    if (dx && p->w->dtype != KILN_F32 && !own_half && !(p->wc = kiln__convert(ctx, p->op, p->w, KILN_F32)))
-        return ctx->err;
-    if (dx && p->w->dtype == KILN_F32 && !kiln__is_contiguous(p->w) &&
-        !(p->wc = kiln__copy_contiguous(ctx, p->op, p->w)))
+    /* (the GEMM reads an f32 copy of a half weight) */
+    if (dx &&
+        (p->w->dtype != KILN_F32 ? !(p->wc = kiln__convert(ctx, p->op, p->w, KILN_F32))
+                                 : !kiln__is_contiguous(p->w) && !(p->wc = kiln__copy_contiguous(ctx, p->op, p->w))))
         return ctx->err;
     p->wt = p->wc ? p->wc : p->w;
     if (dx && p->kgp != p->kg) {
