@@ -324,6 +324,16 @@ kernel void zero_multi(kiln_opt_table T, MT_ARGS(global float *, g)){MT_CHUNKS_N
     for (int e = e0; e < e1; e++) gk[e] = 0.0f;
 })}
 
+/* d_k = s_k converted to the KILN_HALF build's dtype, for up to KILN_OPT_MULTI tensors (T's
+ * start; goff the sources', poff the copies' offsets): autocast's casts of an optimizer's
+ * parameters, made ahead (src/optim/optim.c, kiln__optim_autocast). */
+kernel void cast_multi(kiln_opt_table T, MT_ARGS(global const float *, s), MT_ARGS(global KILN_S *, d)){
+    MT_CHUNKS_NOSKIP({
+        global const float *sk = MT_PICK(s, k) + T.goff[k];
+        global KILN_S *dk = MT_PICK(d, k) + T.poff[k];
+        for (int e = e0; e < e1; e++) KILN_ST(dk, e, sk[e]);
+    })}
+
 /* torch.clamp_(min=lo, max=hi): min(max(x, lo), hi), NaN kept. */
 kernel void clip_value(global float *g, int goff, int n, float lo, float hi) {
     int i = get_global_id(0);

@@ -1,8 +1,8 @@
 /* src/kiln_test_hooks.h - the one header through which tests (and kiln's tools) reach
  * kiln's internals: the per-context hooks (kiln__hooks, src/device/device_internal.h), the
  * fault injectors (kiln__pool_fail_after, kiln__io_fail_after), the storage sentinels
- * (kiln__set_guard, kiln__check_guards), CLBlast's parameter tables (kiln__tune_*) and
- * kiln__dist_test_skip_step.
+ * (kiln__set_guard, kiln__check_guards), CLBlast's parameter tables (kiln__tune_*),
+ * kiln__dist_test_skip_step and the optimizers' autocast casts (kiln__optim_autocast).
  * Tests include this instead of re-declaring internal functions, so the compiler checks
  * every signature. It sits above every floor of the library (it includes the top internal
  * headers); nothing in src/ includes it. Nothing here is exported from the shared library:
@@ -12,6 +12,7 @@
 
 #include "io/io_internal.h"
 #include "ops/ops_internal.h"
+#include "optim/optim_internal.h" /* kiln__optim_autocast: kiln bench train --amp, test_amp */
 
 /* The context's switches: kiln__hooks_of(ctx)->reduce_layout = 2, ... */
 static inline kiln__hooks *kiln__hooks_of(kiln_ctx *ctx) { return &ctx->hooks; }

@@ -4,6 +4,7 @@
  * after N good steps, unscaled updates equal to plain ones, the error paths. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "harness.h"
+#include "kiln_test_hooks.h"
 
 /* a [n] f32 leaf requiring grad */
 static kiln_tensor *leaf(kiln_ctx *ctx, const float *v, int64_t n) {
@@ -187,6 +188,78 @@ static void test_amp_step(kiln_ctx *ctx) {
     kiln_module_free(a);
     kiln_module_free(b);
     kiln_error_clear(ctx);
+}
+
+/* The parameters' casts made ahead (kiln__optim_autocast, as kiln_fit does each step): the
+ * forward takes fewer launches and gives the same bits, the gradients and updated weights
+ * are the same, and the next region casts the updated weights (kiln_ctx_set_autocast
+ * emptied the cache); an allocation failing while casting fails cleanly. */
+static void test_autocast_ahead(kiln_ctx *ctx) {
+    float *out[2][2] = {{0}}, *w[2][2] = {{0}};
+    uint64_t launches[2][2] = {{0}};
+    for (int ahead = 0; ahead < 2; ahead++) {
+        kiln_manual_seed(ctx, 7);
+        kiln_module *net = kiln_nn_sequential(ctx, 3,
+                                              (kiln_module *[]){kiln_nn_linear(ctx, 20, 32, true),
+                                                                kiln_nn_activation(ctx, KILN_ACT_RELU, 0),
+                                                                kiln_nn_linear(ctx, 32, 6, true)});
+        kiln_tensor *p[4];
+        CHECK(net && kiln_module_parameters(net, p, 4) == 4, "parameters: %s", kiln_error_message(ctx));
+        kiln_sgd_opts so = kiln_sgd_defaults();
+        so.lr = 0.5;
+        kiln_optim *opt = kiln_sgd(ctx, p, 4, &so);
+        for (int step = 0; step < 2 && opt; step++) {
+            kiln_scope_begin(ctx);
+            kiln_manual_seed(ctx, 11);
+            kiln_tensor *x = kiln_rand_uniform(ctx, -1, 1, 2, (int64_t[]){16, 20});
+            int32_t lv[16];
+            for (int i = 0; i < 16; i++) lv[i] = i % 6;
+            kiln_tensor *y = kiln_from_host(ctx, lv, KILN_I32, 1, (int64_t[]){16});
+            kiln_ctx_stats s0, s1;
+            kiln_ctx_stats_get(ctx, &s0);
+            kiln_ctx_set_autocast(ctx, KILN_F16);
+            kiln_status st = ahead ? kiln__optim_autocast(opt, KILN_F16) : KILN_OK;
+            kiln_tensor *o = st == KILN_OK ? kiln_forward(net, x) : NULL;
+            kiln_ctx_stats_get(ctx, &s1);
+            kiln_tensor *loss = o ? kiln_cross_entropy(ctx, o, y, KILN_MEAN) : NULL;
+            kiln_ctx_set_autocast(ctx, KILN_F32);
+            CHECK(kiln__hooks_of(ctx) && ctx->amp_ncache == 0, "leaving autocast empties its casts");
+            launches[ahead][step] = s1.launches - s0.launches;
+            CHECK(loss && kiln_optim_zero_grad(opt) == KILN_OK && kiln_backward(loss) == KILN_OK &&
+                      kiln_optim_step(opt) == KILN_OK,
+                  "step %d%s: %s", step, ahead ? " (casts ahead)" : "", kiln_error_message(ctx));
+            out[ahead][step] = o ? h_read(kiln_to_dtype(ctx, o, KILN_F32)) : NULL;
+            w[ahead][step] = h_read(p[0]);
+            kiln_scope_end(ctx);
+        }
+        if (ahead) { /* the first allocation of the casts failing */
+            int64_t before = kiln_ctx_num_tensors(ctx);
+            kiln_ctx_set_autocast(ctx, KILN_F16);
+            kiln__pool_fail_after(ctx, 1);
+            kiln_status st = kiln__optim_autocast(opt, KILN_F16);
+            kiln__pool_fail_after(ctx, 0);
+            kiln_ctx_set_autocast(ctx, KILN_F32);
+            CHECK(st == KILN_ERR_OUT_OF_MEMORY && strstr(kiln_error_message(ctx), "kiln_to_dtype") &&
+                      kiln_ctx_num_tensors(ctx) == before,
+                  "casts ahead, out of memory: %s (%lld tensors left behind)", kiln_error_message(ctx),
+                  (long long)(kiln_ctx_num_tensors(ctx) - before));
+            kiln_error_clear(ctx);
+        }
+        kiln_optim_free(opt);
+        kiln_module_free(net);
+    }
+    for (int step = 0; step < 2; step++) {
+        CHECK(out[0][step] && out[1][step] && !memcmp(out[0][step], out[1][step], 16 * 6 * sizeof(float)),
+              "step %d: the output with the casts made ahead differs", step);
+        CHECK(w[0][step] && w[1][step] && !memcmp(w[0][step], w[1][step], 32 * 20 * sizeof(float)),
+              "step %d: the updated weights differ", step);
+        /* four casts, one launch */
+        CHECK(launches[1][step] + 3 == launches[0][step],
+              "step %d: forward %llu launches with the casts ahead, %llu without", step,
+              (unsigned long long)launches[1][step], (unsigned long long)launches[0][step]);
+        free(out[0][step]), free(out[1][step]), free(w[0][step]), free(w[1][step]);
+    }
+    CHECK_OK(ctx);
 }
 
 /* loss = sum(p * k): gradient k (scaled: k * scale) */
@@ -432,6 +505,7 @@ static void run(kiln_ctx *ctx) {
     test_autocast_rules(ctx);
     test_conv_half(ctx);
     test_amp_step(ctx);
+    test_autocast_ahead(ctx);
     test_scaler(ctx);
     test_scaler_multi(ctx);
     test_scaler_errors(ctx);

@@ -1256,6 +1256,15 @@ static void sweep_optim(void) {
         kiln_sgd_opts so = kiln_sgd_defaults();
         kiln_optim *o = kiln_sgd(C, ps, 9, &so);
         kiln_grad_scaler *sc = kiln_grad_scaler_new(C, NULL);
+        /* the parameters' casts made ahead for an autocast region (cast_multi, f16 and bf16) */
+        for (int d = 0; d < 2 && o; d++) {
+            kiln_dtype dt = d ? KILN_BF16 : KILN_F16;
+            kiln_ctx_set_autocast(C, dt);
+            kiln_status cs = kiln__optim_autocast(o, dt);
+            CHECK(cs == KILN_OK, "autocast casts ahead: %s", kiln_error_message(C));
+            reach_if(cs == KILN_OK && !single, "autocast casts ahead");
+            kiln_ctx_set_autocast(C, KILN_F32);
+        }
         kiln_scope_begin(C);
         kiln_tensor *l = kiln_zeros(C, 0, NULL);
         for (int i = 0; i < 9; i++) l = kiln_add(C, l, kiln_sum(C, kiln_mul(C, ps[i], ps[i]), 0, NULL, false));

@@ -920,7 +920,13 @@ static kiln_status train_step(kiln_ctx *ctx, model *m, batches *b, int i, float 
     kiln_tensor *y = b->resident ? b->dy[j] : batch_y(ctx, b, j);
     kiln_tensor *logits = NULL, *loss = NULL;
     kiln_status s = KILN_OK;
-    if (m->scaler) kiln_ctx_set_autocast(ctx, KILN_F16); /* the forward and the loss */
+    if (m->scaler) { /* the forward and the loss; the parameters' casts eight a launch, as kiln_fit's */
+        kiln_ctx_set_autocast(ctx, KILN_F16);
+        if ((s = kiln__optim_autocast(m->opt, KILN_F16)) != KILN_OK) {
+            kiln_ctx_set_autocast(ctx, KILN_F32);
+            goto stepped;
+        }
+    }
     if (m->kind == MODEL_DCGAN) {
         s = dcgan_step(ctx, m, x, &loss);
         goto stepped;

@@ -147,7 +147,8 @@ typedef struct kiln_fit_opts {
      * and loss under autocast with that dtype, the backward from the loss scaled by a
      * GradScaler (amp_scaler's options; its defaults while amp_scaler.init_scale is 0), its
      * unscale before clipping and its skip of steps with inf/NaN gradients; the parameters
-     * stay f32. KILN_F32 (0, the default): off. Validation runs in f32. */
+     * stay f32, and their half copies for each forward are made as it begins, eight a
+     * launch. KILN_F32 (0, the default): off. Validation runs in f32. */
     kiln_dtype amp;
     kiln_grad_scaler_opts amp_scaler;
 } kiln_fit_opts;

@@ -420,6 +420,7 @@ void kiln_close(kiln_ctx *ctx) {
     kiln__pool_destroy(ctx);
     if (ctx->queue) clReleaseCommandQueue(ctx->queue);
     if (ctx->context) clReleaseContext(ctx->context);
+    free(ctx->amp_cache); /* (its tensors went with every other) */
     free(ctx->errmsg);
     free(ctx);
     if (atomic_fetch_sub(&open_contexts, 1) == 1) CLBlastClearCache();

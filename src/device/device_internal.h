@@ -325,6 +325,13 @@ struct kiln_ctx {
     /* autocast's half dtype (include/kiln/amp.h; src/ops/cast.c reads it): KILN_F32 is off.
      * A backward clears it while it runs, so backward rules compute as their forward did. */
     kiln_dtype autocast;
+    /* autocast's casts made ahead (src/ops/cast.c, kiln__autocast_cache_put): amp_cache
+     * holds amp_ncache pairs (f32 parameter, its half copy), which kiln__autocast_inputs
+     * hands out instead of converting again; every kiln_ctx_set_autocast empties it (the
+     * copies are the cache's, outside every scope), as torch's autocast drops its cast cache
+     * on leaving the autocast region. */
+    struct kiln_tensor **amp_cache;
+    int amp_ncache, amp_cap;
 
     kiln__deverr deverr; /* deferred index errors (src/device/deverr.c) */
     /* told of each leaf whose gradient a backward has made final (kiln__set_grad_ready,

@@ -8,6 +8,7 @@
  * converted back to the input's dtype; a half input cannot be a leaf that requires grad
  * (kiln_tensor_set_requires_grad refuses it) and its gradient stays f32 on the tape. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ops_internal.h"
@@ -47,6 +48,16 @@ kiln_tensor *kiln__convert(kiln_ctx *ctx, const char *op, kiln_tensor *t, kiln_d
 /* The gradient of the output (f32 on the tape) is the input's. */
 static kiln_status cast_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g) { return kiln__accum(ctx, n, 0, g); }
 
+kiln_tensor *kiln__cast_record(kiln_ctx *ctx, kiln_tensor *t, kiln_tensor *out) {
+    static const char op[] = "kiln_to_dtype";
+    if (!out) return NULL;
+    if (kiln__grad_wanted(ctx, 1, &t) && !kiln__node_new(ctx, op, out, 1, &t, cast_backward)) {
+        kiln_tensor_free(out);
+        return NULL;
+    }
+    return kiln__finish(ctx, op, out);
+}
+
 kiln_tensor *kiln_to_dtype(kiln_ctx *ctx, kiln_tensor *t, kiln_dtype dtype) {
     static const char op[] = "kiln_to_dtype";
     if (!kiln__check_inputs(ctx, op, 1, &t)) return NULL;
@@ -55,12 +66,7 @@ kiln_tensor *kiln_to_dtype(kiln_ctx *ctx, kiln_tensor *t, kiln_dtype dtype) {
         out = kiln__tensor_view(ctx, t, t->ndim, t->shape, t->strides, t->offset);
     else
         out = kiln__convert(ctx, op, t, dtype);
-    if (!out) return NULL;
-    if (kiln__grad_wanted(ctx, 1, &t) && !kiln__node_new(ctx, op, out, 1, &t, cast_backward)) {
-        kiln_tensor_free(out);
-        return NULL;
-    }
-    return kiln__finish(ctx, op, out);
+    return kiln__cast_record(ctx, t, out);
 }
 
 /* ---- half variants of ops ------------------------------------------------------------- */
@@ -123,7 +129,34 @@ kiln_dtype kiln_ctx_set_autocast(kiln_ctx *ctx, kiln_dtype dtype) {
     }
     kiln_dtype prev = ctx->autocast;
     ctx->autocast = dtype;
+    /* the casts made ahead were this region's */
+    for (int i = 0; i < ctx->amp_ncache; i++) kiln_tensor_free(ctx->amp_cache[2 * i + 1]);
+    ctx->amp_ncache = 0;
     return prev;
+}
+
+kiln_status kiln__autocast_cache_put(kiln_ctx *ctx, kiln_tensor *src, kiln_tensor *half) {
+    if (ctx->amp_ncache == ctx->amp_cap) {
+        int cap = ctx->amp_cap ? 2 * ctx->amp_cap : 16;
+        kiln_tensor **c = realloc(ctx->amp_cache, sizeof *c * 2 * (size_t)cap);
+        if (!c) {
+            kiln_tensor_free(half);
+            return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "autocast: out of host memory for its casts");
+        }
+        ctx->amp_cache = c;
+        ctx->amp_cap = cap;
+    }
+    ctx->amp_cache[2 * ctx->amp_ncache] = src;
+    ctx->amp_cache[2 * ctx->amp_ncache + 1] = kiln_tensor_keep(half);
+    ctx->amp_ncache++;
+    return KILN_OK;
+}
+
+/* src's cast to dt made ahead, or NULL */
+static kiln_tensor *cached_cast(kiln_ctx *ctx, kiln_tensor *src, kiln_dtype dt) {
+    for (int i = 0; i < ctx->amp_ncache; i++)
+        if (ctx->amp_cache[2 * i] == src && ctx->amp_cache[2 * i + 1]->dtype == dt) return ctx->amp_cache[2 * i + 1];
+    return NULL;
 }
 
 kiln_dtype kiln_ctx_autocast(const kiln_ctx *ctx) { return ctx ? ctx->autocast : KILN_F32; }
@@ -134,7 +167,9 @@ int kiln__autocast_inputs(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln_ten
     if (!ctx || !kiln_dtype_is_half(ctx->autocast)) return 0;
     for (int j = 0; j < n; j++) {
         if (!ts[j] || ts[j]->ctx != ctx || ts[j]->dtype != KILN_F32) continue;
-        cast[j] = kiln_to_dtype(ctx, ts[j], ctx->autocast);
+        /* a cast made ahead: a view of it (its node passes the gradient on), no launch */
+        kiln_tensor *c = cached_cast(ctx, ts[j], ctx->autocast);
+        cast[j] = kiln_to_dtype(ctx, c ? c : ts[j], ctx->autocast);
         if (!cast[j]) {
             kiln__half_release(j, ts, cast);
             return -1;

@@ -99,6 +99,14 @@ bool kiln__refuse_half(kiln_ctx *ctx, const char *op, int n, kiln_tensor *const 
  * with autocast on, a half t comes back as a differentiable f32 conversion (the op calls
  * itself on it and frees it), otherwise t itself. */
 int kiln__autocast_inputs(kiln_ctx *ctx, int n, kiln_tensor *const *ts, kiln_tensor **cast);
+/* Casts made ahead for the current autocast region (src/optim/optim.c makes an
+ * optimizer's parameters' in a few launches): half, a new conversion of src to the
+ * autocast dtype, is handed out by kiln__autocast_inputs for src (as a view of it: no
+ * launch) until the next kiln_ctx_set_autocast, which frees it; the cache owns half (also
+ * on failure). kiln__cast_record records out (a new conversion of t, or NULL: passed on)
+ * as kiln_to_dtype of t: the node that hands out's gradient to t. */
+kiln_status kiln__autocast_cache_put(kiln_ctx *ctx, kiln_tensor *src, kiln_tensor *half);
+kiln_tensor *kiln__cast_record(kiln_ctx *ctx, kiln_tensor *t, kiln_tensor *out);
 kiln_tensor *kiln__autocast_f32(kiln_ctx *ctx, kiln_tensor *t);
 
 /* A half variant through f32 copies, for ops whose kernels read only f32: the ops that

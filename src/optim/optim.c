@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../ops/ops_internal.h"
+#include "optim_internal.h"
 
 #define OPT_PROGRAM "optim"
 #define OPT_NSLOT 3
@@ -65,18 +65,6 @@ struct kiln_optim {
 void kiln__optim_set_lr_raw(kiln_optim *opt, int g, double lr);
 double kiln__optim_initial_lr(kiln_optim *opt, int g);
 void kiln__optim_reset_lr(kiln_optim *opt);
-/* Used by src/optim/scaler.c: kiln_optim_step with every update skipped on the device
- * when found_inf (an i32 tensor) holds a non-zero first element. */
-kiln_status kiln__optim_step_skip(kiln_optim *opt, kiln_tensor *found_inf);
-/* Used by src/optim/scaler.c: runs the multi-tensor kernel `kernel` of cl_kernels/optim.cl
- * (its kiln_opt_table, the eight gradient buffers, then the nextra arguments of extra) over
- * the gradients of opt's parameters that exist (and, with trainable, whose parameter
- * requires grad), up to KILN_OPT_MULTI per launch; a gradient it cannot take (not
- * contiguous f32, or every gradient where the device lacks room for its arguments or
- * KILN_OPTIM_SINGLE is set) goes to single(ctx, g, user) instead. */
-typedef kiln_status (*kiln__grad_fn)(kiln_ctx *ctx, kiln_tensor *g, void *user);
-kiln_status kiln__optim_grads_foreach(kiln_optim *opt, const char *op, const char *kernel, int nextra,
-                                      const kiln__karg *extra, bool trainable, kiln__grad_fn single, void *user);
 
 /* Python's repr of a float ("-1.0", "0.1", "nan"), for torch's error messages. */
 static const char *pyfloat(double v, char *buf, size_t cap) {
@@ -896,6 +884,71 @@ kiln_status kiln__optim_grads_foreach(kiln_optim *opt, const char *op, const cha
             total = 0;
         }
         if (g) batch[nb++] = g, total += n;
+    }
+    return s;
+}
+
+/* One cast_multi launch: dst[k] = src[k] converted (contiguous, nb <= KILN_OPT_MULTI). */
+static kiln_status cast_multi(kiln_ctx *ctx, const char *op, kiln_tensor *const *src, kiln_tensor *const *dst, int nb,
+                              kiln_dtype dt) {
+    kiln_opt_table T;
+    memset(&T, 0, sizeof T);
+    T.count = nb;
+    cl_mem sm[KILN_OPT_MULTI], dm[KILN_OPT_MULTI];
+    for (int k = 0; k < KILN_OPT_MULTI; k++) {
+        sm[k] = (k < nb ? src[k] : src[0])->st->mem;
+        dm[k] = (k < nb ? dst[k] : dst[0])->st->mem;
+        if (k >= nb) continue;
+        T.start[k + 1] = T.start[k] + (cl_int)kiln__numel(src[k]->ndim, src[k]->shape);
+        T.goff[k] = (cl_int)src[k]->offset;
+        T.poff[k] = (cl_int)dst[k]->offset;
+    }
+    kiln__karg a[1 + 2 * KILN_OPT_MULTI];
+    size_t na = 0;
+    a[na++] = KILN__ARG(T);
+    for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(sm[k]);
+    for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(dm[k]);
+    size_t n = ((size_t)T.start[nb] + KILN_OPT_CHUNK - 1) / KILN_OPT_CHUNK;
+    return kiln__launch(ctx, op, OPT_PROGRAM, kiln__half_options(dt), "cast_multi", na, a, n, 0);
+}
+
+/* Converts the batch and hands each copy to the autocast cache, recorded as a cast. */
+static kiln_status autocast_batch(kiln_ctx *ctx, kiln_tensor *const *src, int nb, kiln_dtype dt) {
+    static const char op[] = "kiln_to_dtype";
+    kiln_tensor *dst[KILN_OPT_MULTI] = {NULL};
+    kiln_status s = KILN_OK;
+    for (int k = 0; k < nb && s == KILN_OK; k++)
+        if (!(dst[k] = kiln__tensor_new(ctx, op, dt, src[k]->ndim, src[k]->shape))) s = ctx->err;
+    if (s == KILN_OK) s = cast_multi(ctx, op, src, dst, nb, dt);
+    for (int k = 0; k < nb; k++) {
+        if (s != KILN_OK) {
+            kiln_tensor_free(dst[k]);
+            continue;
+        }
+        kiln_tensor *r = kiln__cast_record(ctx, src[k], dst[k]);
+        s = r ? kiln__autocast_cache_put(ctx, src[k], r) : ctx->err;
+    }
+    return s;
+}
+
+kiln_status kiln__optim_autocast(kiln_optim *opt, kiln_dtype dt) {
+    if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln__optim_autocast: optimizer is NULL");
+    kiln_ctx *ctx = opt->ctx;
+    if (!kiln_dtype_is_half(dt) || ctx->autocast != dt || !opt->multi || !grads_multi_ok(ctx)) return KILN_OK;
+    kiln_tensor *batch[KILN_OPT_MULTI];
+    int nb = 0;
+    int64_t total = 0;
+    kiln_status s = KILN_OK;
+    for (int i = 0; i <= opt->n && s == KILN_OK; i++) {
+        kiln_tensor *p = i < opt->n ? opt->ps[i].p : NULL;
+        int64_t n = p ? kiln__numel(p->ndim, p->shape) : 0;
+        if (p && (!p->requires_grad || p->dtype != KILN_F32 || !kiln__is_contiguous(p) || n == 0)) continue;
+        if (nb > 0 && (!p || nb == KILN_OPT_MULTI || total + n > INT32_MAX)) {
+            s = autocast_batch(ctx, batch, nb, dt);
+            nb = 0;
+            total = 0;
+        }
+        if (p) batch[nb++] = p, total += n;
     }
     return s;
 }

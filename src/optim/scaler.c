@@ -5,13 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "../ops/ops_internal.h"
-
-/* src/optim/optim.c */
-kiln_status kiln__optim_step_skip(kiln_optim *opt, kiln_tensor *found_inf);
-typedef kiln_status (*kiln__grad_fn)(kiln_ctx *ctx, kiln_tensor *g, void *user);
-kiln_status kiln__optim_grads_foreach(kiln_optim *opt, const char *op, const char *kernel, int nextra,
-                                      const kiln__karg *extra, bool trainable, kiln__grad_fn single, void *user);
+#include "optim_internal.h"
 
 struct kiln_grad_scaler {
     kiln_ctx *ctx;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../ops/ops_internal.h"
+#include "../optim/optim_internal.h"
 #include "../nn/nn_internal.h"
 #include "kiln/io.h"
 #include "kiln/ops.h"
@@ -623,6 +624,11 @@ static kiln_status fit_step(fit_run *f, kiln_tensor *x, kiln_tensor *y) {
     const kiln_fit_opts *o = f->o;
     kiln_ctx *ctx = f->ctx;
     kiln_dtype prev = f->scaler ? kiln_ctx_set_autocast(ctx, o->amp) : KILN_F32;
+    /* the parameters' casts for this forward, eight a launch */
+    if (f->scaler && kiln__optim_autocast(o->opt, o->amp) != KILN_OK) {
+        kiln_ctx_set_autocast(ctx, prev);
+        return kiln_error_status(ctx);
+    }
     kiln_tensor *out = kiln_forward(f->m, x);
     kiln_tensor *loss = batch_loss(ctx, o->loss, o->loss_user, out, y);
     if (f->scaler) kiln_ctx_set_autocast(ctx, prev);
