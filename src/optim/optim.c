@@ -934,7 +934,10 @@ static kiln_status autocast_batch(kiln_ctx *ctx, kiln_tensor *const *src, int nb
 kiln_status kiln__optim_autocast(kiln_optim *opt, kiln_dtype dt) {
     if (!opt) return kiln__fail_global(KILN_ERR_NULL, "kiln__optim_autocast: optimizer is NULL");
     kiln_ctx *ctx = opt->ctx;
-    if (!kiln_dtype_is_half(dt) || ctx->autocast != dt || !opt->multi || !grads_multi_ok(ctx)) return KILN_OK;
+    /* (with autograd recording: each copy's node then holds its parameter, so a cache
+     * entry's parameter outlives the entry) */
+    if (!kiln_dtype_is_half(dt) || ctx->autocast != dt || !ctx->grad_enabled || !opt->multi || !grads_multi_ok(ctx))
+        return KILN_OK;
     kiln_tensor *batch[KILN_OPT_MULTI];
     int nb = 0;
     int64_t total = 0;

@@ -23,7 +23,8 @@ kiln_status kiln__optim_grads_foreach(kiln_optim *opt, const char *op, const cha
  * contiguous parameters converted to dt eight a launch (cast_multi), each recorded as
  * kiln_to_dtype of its parameter and put in the context's autocast cache, so that the
  * layers' casts of them launch nothing (kiln__autocast_cache_put). Nothing where the device
- * takes no multi-tensor launches or autocast is not dt: the layers cast one by one. */
+ * takes no multi-tensor launches, autocast is not dt or autograd is not recording: the
+ * layers cast one by one. */
 kiln_status kiln__optim_autocast(kiln_optim *opt, kiln_dtype dt);
 
 #endif
