@@ -230,6 +230,23 @@ static void test_padded(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
+/* A B^T through `route` with every parameter set (the first with KILN_TEST_SMALL): the
+ * product of shape one (m, n, k) alone, and of shape two batched twice at offsets with
+ * padded leading dims and strides. */
+static void nt_every_set(kiln_ctx *ctx, const char *route, const size_t one[3], const size_t two[3]) {
+    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        char what[96];
+        snprintf(what, sizeof what, "set %s: %s", kiln__gemm_sets[s].name, route);
+        gcase g = geom(false, true, one[0], one[1], one[2], 1, alphas[s % 3], betas[s % 3], 0, 0, 0);
+        run_case(ctx, what, &g);
+        snprintf(what, sizeof what, "set %s: %s batched", kiln__gemm_sets[s].name, route);
+        g = geom(false, true, two[0], two[1], two[2], 2, alphas[(s + 1) % 3], betas[(s + 1) % 3], 5, 3, 9);
+        run_case(ctx, what, &g);
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+}
+
 /* A B^T with M >= 512 and K <= 512 runs as gemm_nn on a transposed copy of B
  * (gemm_transpose, src/ops/gemm.c's nt_as_nn): every set, M, N and K ragged against the
  * blocks, alone and batched at offsets with padded leading dims and strides; such a linear
@@ -240,17 +257,8 @@ static void test_nt_as_nn(kiln_ctx *ctx) {
               kiln__gemm_bias_takes(ctx, false, true, 511, 37, 45, 1) &&
               kiln__gemm_bias_takes(ctx, false, true, 515, 37, 513, 1),
           "kiln__gemm_bias_takes: not as nt_as_nn's rule (M >= 512, K <= 512) says");
-    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
-        kiln__hooks_of(ctx)->gemm_params = s + 1;
-        char what[96];
-        snprintf(what, sizeof what, "set %s: A B^T as A (B^T)", kiln__gemm_sets[s].name);
-        gcase g = geom(false, true, 515, 37, 45, 1, alphas[s % 3], betas[s % 3], 0, 0, 0);
-        run_case(ctx, what, &g);
-        snprintf(what, sizeof what, "set %s: A B^T as A (B^T) batched", kiln__gemm_sets[s].name);
-        g = geom(false, true, 513, 19, g_small ? 70 : 512, 2, alphas[(s + 1) % 3], betas[(s + 1) % 3], 5, 3, 9);
-        run_case(ctx, what, &g);
-    }
-    kiln__hooks_of(ctx)->gemm_params = 0;
+    nt_every_set(ctx, "A B^T as A (B^T)", (const size_t[3]){515, 37, 45},
+                 (const size_t[3]){513, 19, g_small ? 70 : 512});
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
@@ -266,17 +274,8 @@ static void test_nt_as_tc(kiln_ctx *ctx) {
               strcmp(kiln__gemm_kernel(false, true, 37, 1030, 45), "gemm_nn") == 0 &&
               strcmp(kiln__gemm_kernel(false, true, 37, 1030, 129), "gemm_nt") == 0,
           "kiln__gemm_bias_takes / kiln__gemm_kernel: not as nt_as_tc's rule (M < 512, K <= 128, N >= 1024) says");
-    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
-        kiln__hooks_of(ctx)->gemm_params = s + 1;
-        char what[96];
-        snprintf(what, sizeof what, "set %s: A B^T as (A^T)^T B^T", kiln__gemm_sets[s].name);
-        gcase g = geom(false, true, 37, 1030, 45, 1, alphas[s % 3], betas[s % 3], 0, 0, 0);
-        run_case(ctx, what, &g);
-        snprintf(what, sizeof what, "set %s: A B^T as (A^T)^T B^T batched", kiln__gemm_sets[s].name);
-        g = geom(false, true, 19, 1024, g_small ? 7 : 128, 2, alphas[(s + 1) % 3], betas[(s + 1) % 3], 5, 3, 9);
-        run_case(ctx, what, &g);
-    }
-    kiln__hooks_of(ctx)->gemm_params = 0;
+    nt_every_set(ctx, "A B^T as (A^T)^T B^T", (const size_t[3]){37, 1030, 45},
+                 (const size_t[3]){19, 1024, g_small ? 7 : 128});
     /* the transposed copy the pool cannot hold (A's here; B's of a narrow A B, test_narrow's
      * route): the product fails naming the op, nothing left behind */
     static const struct {
