@@ -828,28 +828,40 @@ static kiln_status optim_step(kiln_optim *opt, kiln_tensor *skip) {
     return s;
 }
 
-/* One launch of a *_multi kernel over gradients gs[0..nb) (contiguous f32, at most
- * KILN_OPT_MULTI, at most INT32_MAX elements together): its kiln_opt_table (start, goff),
- * the eight buffer arguments (unused slots: gs[0]'s, never accessed), then nextra more. */
-static kiln_status grads_multi(kiln_ctx *ctx, const char *op, const char *kernel, kiln_tensor *const *gs, int nb,
-                               int nextra, const kiln__karg *extra) {
+/* One launch of a multi-tensor kernel over tensors gs[0..nb) (contiguous, at most
+ * KILN_OPT_MULTI, at most INT32_MAX elements together), built with options: its
+ * kiln_opt_table (start and goff of gs; poff of ds), the eight buffer arguments of gs
+ * (unused slots: gs[0]'s, never accessed), with ds (NULL: none) the eight of ds [nb], then
+ * nextra more. */
+static kiln_status tensors_multi(kiln_ctx *ctx, const char *op, const char *options, const char *kernel,
+                                 kiln_tensor *const *gs, kiln_tensor *const *ds, int nb, int nextra,
+                                 const kiln__karg *extra) {
     kiln_opt_table T;
     memset(&T, 0, sizeof T);
     T.count = nb;
-    cl_mem gm[KILN_OPT_MULTI];
+    cl_mem gm[KILN_OPT_MULTI], dm[KILN_OPT_MULTI];
     for (int k = 0; k < KILN_OPT_MULTI; k++) {
         gm[k] = (k < nb ? gs[k] : gs[0])->st->mem;
+        if (ds) dm[k] = (k < nb ? ds[k] : ds[0])->st->mem;
         if (k >= nb) continue;
         T.start[k + 1] = T.start[k] + (cl_int)kiln__numel(gs[k]->ndim, gs[k]->shape);
         T.goff[k] = (cl_int)gs[k]->offset;
+        if (ds) T.poff[k] = (cl_int)ds[k]->offset;
     }
-    kiln__karg a[1 + KILN_OPT_MULTI + 4];
+    kiln__karg a[1 + 2 * KILN_OPT_MULTI + 4];
     size_t na = 0;
     a[na++] = KILN__ARG(T);
     for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(gm[k]);
+    for (int k = 0; ds && k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(dm[k]);
     for (int j = 0; j < nextra; j++) a[na++] = extra[j];
     size_t n = ((size_t)T.start[nb] + KILN_OPT_CHUNK - 1) / KILN_OPT_CHUNK; /* KILN_OPT_CHUNK per work-item */
-    return kiln__launch(ctx, op, OPT_PROGRAM, "", kernel, na, a, n, 0);
+    return kiln__launch(ctx, op, OPT_PROGRAM, options, kernel, na, a, n, 0);
+}
+
+/* The same over gradients gs (f32), with the f32 build. */
+static kiln_status grads_multi(kiln_ctx *ctx, const char *op, const char *kernel, kiln_tensor *const *gs, int nb,
+                               int nextra, const kiln__karg *extra) {
+    return tensors_multi(ctx, op, "", kernel, gs, NULL, nb, nextra, extra);
 }
 
 /* Whether the device takes the multi-tensor clipping and zeroing kernels' arguments (as the
@@ -888,30 +900,6 @@ kiln_status kiln__optim_grads_foreach(kiln_optim *opt, const char *op, const cha
     return s;
 }
 
-/* One cast_multi launch: dst[k] = src[k] converted (contiguous, nb <= KILN_OPT_MULTI). */
-static kiln_status cast_multi(kiln_ctx *ctx, const char *op, kiln_tensor *const *src, kiln_tensor *const *dst, int nb,
-                              kiln_dtype dt) {
-    kiln_opt_table T;
-    memset(&T, 0, sizeof T);
-    T.count = nb;
-    cl_mem sm[KILN_OPT_MULTI], dm[KILN_OPT_MULTI];
-    for (int k = 0; k < KILN_OPT_MULTI; k++) {
-        sm[k] = (k < nb ? src[k] : src[0])->st->mem;
-        dm[k] = (k < nb ? dst[k] : dst[0])->st->mem;
-        if (k >= nb) continue;
-        T.start[k + 1] = T.start[k] + (cl_int)kiln__numel(src[k]->ndim, src[k]->shape);
-        T.goff[k] = (cl_int)src[k]->offset;
-        T.poff[k] = (cl_int)dst[k]->offset;
-    }
-    kiln__karg a[1 + 2 * KILN_OPT_MULTI];
-    size_t na = 0;
-    a[na++] = KILN__ARG(T);
-    for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(sm[k]);
-    for (int k = 0; k < KILN_OPT_MULTI; k++) a[na++] = KILN__ARG(dm[k]);
-    size_t n = ((size_t)T.start[nb] + KILN_OPT_CHUNK - 1) / KILN_OPT_CHUNK;
-    return kiln__launch(ctx, op, OPT_PROGRAM, kiln__half_options(dt), "cast_multi", na, a, n, 0);
-}
-
 /* Converts the batch and hands each copy to the autocast cache, recorded as a cast. */
 static kiln_status autocast_batch(kiln_ctx *ctx, kiln_tensor *const *src, int nb, kiln_dtype dt) {
     static const char op[] = "kiln_to_dtype";
@@ -919,7 +907,7 @@ static kiln_status autocast_batch(kiln_ctx *ctx, kiln_tensor *const *src, int nb
     kiln_status s = KILN_OK;
     for (int k = 0; k < nb && s == KILN_OK; k++)
         if (!(dst[k] = kiln__tensor_new(ctx, op, dt, src[k]->ndim, src[k]->shape))) s = ctx->err;
-    if (s == KILN_OK) s = cast_multi(ctx, op, src, dst, nb, dt);
+    if (s == KILN_OK) s = tensors_multi(ctx, op, kiln__half_options(dt), "cast_multi", src, dst, nb, 0, NULL);
     for (int k = 0; k < nb; k++) {
         if (s != KILN_OK) {
             kiln_tensor_free(dst[k]);
