@@ -605,6 +605,8 @@ static void test_golden(kiln_ctx *ctx) {
         kiln_error_clear(ctx);                                                                                         \
     } while (0)
 
+static void set_env(kiln_ctx *ctx, const char *name, const char *value);
+
 static void test_errors(kiln_ctx *ctx) {
     kiln_scope_begin(ctx);
     kiln_tensor *x = kiln_zeros(ctx, 4, (int64_t[]){2, 3, 5, 5});
@@ -706,6 +708,41 @@ static void test_errors(kiln_ctx *ctx) {
             kiln_error_clear(ctx);
         }
     }
+    /* the same with halves, forward and backward, through columns on both GEMM routes (the
+     * weight's f32 copy; with CLBlast, conv_wgrad_small's f32 copies of x and gy): every
+     * allocation in turn fails until the whole step runs */
+    kiln_tensor *xl = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){2, 3, 5, 5});
+    kiln_tensor *wl = kiln_rand_uniform(ctx, -1, 1, 4, (int64_t[]){4, 3, 3, 3});
+    kiln_tensor_set_requires_grad(xl, true);
+    kiln_tensor_set_requires_grad(wl, true);
+    set_env(ctx, "KILN_CONV_ALGO", "im2col");
+    bool cpu = kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU;
+    for (int route = 0; route < 2; route++) {
+        kiln__hooks_of(ctx)->gemm_own = route ? (cpu ? -1 : 1) : 0;
+        bool done = false;
+        for (int nth = 1; nth <= 60 && !done; nth++) {
+            int64_t before = kiln_ctx_num_tensors(ctx);
+            kiln_scope_begin(ctx);
+            kiln_tensor *xh = kiln_to_dtype(ctx, xl, KILN_F16), *wh = kiln_to_dtype(ctx, wl, KILN_F16);
+            kiln__pool_fail_after(ctx, nth);
+            kiln_tensor *y = kiln_conv2d(ctx, xh, wh, NULL, NULL);
+            kiln_status st = y ? kiln_backward(kiln_sum(ctx, kiln_to_dtype(ctx, y, KILN_F32), 0, NULL, false))
+                               : kiln_error_status(ctx);
+            kiln__pool_fail_after(ctx, 0);
+            done = st == KILN_OK;
+            CHECK(done || kiln_error_status(ctx) == KILN_ERR_OUT_OF_MEMORY, "f16, route %d, allocation %d failing: %s",
+                  route, nth, kiln_error_message(ctx));
+            kiln_scope_end(ctx);
+            kiln_tensor_clear_grad(xl);
+            kiln_tensor_clear_grad(wl);
+            CHECK(kiln_ctx_num_tensors(ctx) == before, "f16, route %d, allocation %d failing leaked %lld tensors",
+                  route, nth, (long long)(kiln_ctx_num_tensors(ctx) - before));
+            kiln_error_clear(ctx);
+        }
+        CHECK(done, "f16, route %d: the step never ran", route);
+    }
+    kiln__hooks_of(ctx)->gemm_own = 0;
+    set_env(ctx, "KILN_CONV_ALGO", NULL);
     kiln_scope_end(ctx);
     kiln_error_clear(ctx);
 }
