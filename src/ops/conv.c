@@ -373,11 +373,14 @@ static bool c3_override(c3_params *o) {
 /* conv3_direct's blocking (its build options) for planes of width w and cout output
  * channels: vectors of the device's native width, up to two per row segment, and about half
  * the vector registers as accumulators (16 of AVX-512's 32; 8 of 16 elsewhere): 8 output
- * channels x the rows that fill the rest; rows shorter than half a vector go to conv3_flat
- * (two vectors along the plane's flat index, one row block). KILN_CONV3_PARAMS sets them
- * (measurements). On ResNet-20's 28 x 28 and 14 x 14 stages the 8-channel blocks with 16
+ * channels (4 where two vectors a segment would make that 16 of 8-float vectors) x the rows
+ * that fill the rest; rows shorter than half a vector go to conv3_flat (two vectors along
+ * the plane's flat index, one row block). KILN_CONV3_PARAMS sets them (measurements). On
+ * ResNet-20's 28 x 28 and 14 x 14 stages (AVX-512) the 8-channel blocks with 16
  * accumulators were as fast as or faster than blocks of 4 or 12 channels and 1-7 rows (12
- * channels: 1.5-2x slower). */
+ * channels: 1.5-2x slower); with haswell code the 8-channel blocks of two vectors took 16 of
+ * the 16 ymm registers for accumulators, and 4-channel ones ran those stages' forward in
+ * 25-40% less time (README.md, "Speed"). */
 static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout, int stride) {
     c3_params p;
     int vw = (int)ctx->info.native_vector_width_float;
@@ -388,6 +391,9 @@ static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout, int stride) {
     p.vw = vw;
     p.nv = p.flat || (w + vw - 1) / vw >= 2 ? 2 : 1;
     p.cb = cout >= 8 ? 8 : cout;
+    /* no more accumulators than that: with AVX2's 8-float vectors, two a segment take 4
+     * channels (16 accumulators, 6 input vectors and a broadcast would not fit 16 registers) */
+    if (p.cb * p.nv > accs) p.cb = accs / p.nv;
     p.r = p.flat ? 1 : accs / (p.cb * p.nv);
     p.r = p.r < 1 ? 1 : p.r > 8 ? 8 : p.r;
     c3_params o;
