@@ -314,7 +314,18 @@ double bench_gemm_check_bound(kiln_ctx *ctx, const bench_gemm_shape *s, bench_ge
     return worst;
 }
 
+/* The name of the kernels OpenBLAS chose for this CPU ("Haswell", "SkylakeX", ...). */
+static const char *openblas_core(void) {
 #ifdef KILN_HAVE_OPENBLAS
+    const char *c = openblas_get_corename();
+    return c ? c : "";
+#else
+    return ""; /* (never printed: no OpenBLAS times either) */
+#endif
+}
+
+#ifdef KILN_HAVE_OPENBLAS
+
 /* Median ms of cblas_sgemm on the same host data; *diff the largest |blas - reference|. */
 static double openblas_ms(const bench_gemm_shape *s, const bench_gemm_data *d, int repeat, float *c) {
     double *t = calloc((size_t)repeat, sizeof *t);
@@ -428,9 +439,13 @@ static int gemm_one(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool 
                (long long)s.m, (long long)s.n, (long long)s.k, s.ta ? "true" : "false", s.tb ? "true" : "false", repeat,
                kms, kg, kcpu);
         printf(", \"kiln_queued_ms\": %.4f, \"kiln_queued_gflops\": %.2f", qms, qg);
-        if (!isnan(bms))
+        if (!isnan(bms)) {
             printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f, \"ratio_queued\": %.3f", bms,
                    bg, kg / bg, qg / bg);
+            /* which of its kernels OpenBLAS ran: 0.3.21 runs its Haswell (AVX2) ones on CPUs it
+             * does not know, AVX-512 ones included (README.md, "Per-ISA tables") */
+            printf(", \"openblas_core\": "), tool_json_str(openblas_core());
+        }
         if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
         if (!isnan(kdiff)) printf(", \"max_abs_diff_fp64\": %.3g, \"error_over_bound\": %.3g", kdiff, bound);
         printf(", \"kernel\": "), tool_json_str(kernel);
@@ -443,7 +458,8 @@ static int gemm_one(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool 
                (long long)s.k, tn, kg, kms);
         printf(", queued %.1f GFLOP/s (%.3f ms)", qg, qms);
         if (!isnan(bms))
-            printf(", OpenBLAS %.1f GFLOP/s (%.3f ms), kiln/OpenBLAS %.3f (queued %.3f)", bg, bms, kg / bg, qg / bg);
+            printf(", OpenBLAS (%s kernels) %.1f GFLOP/s (%.3f ms), kiln/OpenBLAS %.3f (queued %.3f)", openblas_core(),
+                   bg, bms, kg / bg, qg / bg);
         else
             printf(" (built without OpenBLAS: no comparison)");
         if (!isnan(bdiff)) printf(", max |kiln - OpenBLAS| %.3g", bdiff);

@@ -17,8 +17,13 @@ The emulated device still reports 16-float vectors, which an AVX2 device would n
 KILN_DEVICE_LIMITS=vec=8 tells kiln 8, so that what kiln picks by vector width (the
 convolutions' direct 3x3 route) is what it picks on an AVX2 CPU.
 
+With --cores N every side runs on the first N CPUs only (taskset) with N threads: POCL's
+worker threads (POCL_MAX_PTHREAD_COUNT), OpenBLAS's (OPENBLAS_NUM_THREADS) and PyTorch's.
+--cores 1 compares the kernels core against core, without the hand-over of each launch to
+POCL's threads that the products of a fraction of a millisecond pay on several.
+
   /usr/bin/python3 tools/bench_isa.py [--kiln build/tools/kiln] [--rounds 3]
-      [--models mlp,cnn] [--isa native,avx2] [--raw bench_isa.jsonl]
+      [--models mlp,cnn] [--isa native,avx2] [--cores N] [--raw bench_isa.jsonl]
 """
 import argparse
 import json
@@ -56,6 +61,22 @@ def run_json(cmd, env, raw):
     return out
 
 
+def cpu_name():
+    """The CPU's model name with its family and model numbers (x86), from /proc/cpuinfo."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return "?"
+    name = info.get("model name", "?")
+    if "cpu family" in info:
+        name += " (family %s, model %s)" % (info["cpu family"], info.get("model", "?"))
+    return name
+
+
 def load_average():
     """The 1-minute load average (None where /proc/loadavg is missing)."""
     try:
@@ -80,7 +101,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--isa", default="native,avx2")
-    ap.add_argument("--threads", type=int, default=2, help="PyTorch's threads")
+    ap.add_argument("--threads", type=int, default=2, help="PyTorch's threads (--cores sets it too)")
+    ap.add_argument("--cores", type=int, default=0, help="run every side on the first N CPUs, N threads each")
     ap.add_argument("--raw", default="bench_isa.jsonl")
     a = ap.parse_args()
     models = [m for m in a.models.split(",") if m]
@@ -88,6 +110,11 @@ def main():
     for i in isas:
         if i not in ISA_ENV:
             ap.error("--isa %s: expected one of %s" % (i, ", ".join(ISA_ENV)))
+    pin, cores_env = [], {}
+    if a.cores > 0:
+        pin = ["taskset", "-c", "0-%d" % (a.cores - 1)]
+        cores_env = {"POCL_MAX_PTHREAD_COUNT": str(a.cores), "OPENBLAS_NUM_THREADS": str(a.cores)}
+        a.threads = a.cores
     gemm = {}   # (isa, name, shape) -> [(ratio, ratio_queued)]
     train = {}  # (isa, model) -> {"kiln": [], "torch": []}
     device = {}
@@ -97,20 +124,21 @@ def main():
         for r in range(a.rounds):
             loads.append(load_average())
             for isa in isas:
-                env = ISA_ENV[isa]
-                lines = run_json([a.kiln, "bench", "gemm", "--m", "1024", "--json"], env, raw)
+                env = dict(ISA_ENV[isa], **cores_env)
+                lines = run_json(pin + [a.kiln, "bench", "gemm", "--m", "1024", "--json"], env, raw)
                 for m in models:
-                    lines += run_json([a.kiln, "bench", "gemm", "--model", m, "--json"], env, raw)
+                    lines += run_json(pin + [a.kiln, "bench", "gemm", "--model", m, "--json"], env, raw)
                 for j in lines:
-                    device[isa] = (j.get("device"), j.get("isa"), j.get("gemm_params"))
+                    device[isa] = (j.get("device"), j.get("isa"), j.get("gemm_params"), j.get("openblas_core"))
                     shape = "%s×%s×%s%s" % (j["m"], j["n"], j["k"],
                                            " " + ("T" if j["trans_a"] else "N") + ("T" if j["trans_b"] else "N"))
                     kernel = (j.get("kernel") or "").replace("kiln ", "")
                     gemm.setdefault((isa, "%s; %s" % (j["name"], kernel), shape), []).append(
                         (j.get("ratio"), j.get("ratio_queued"), j.get("kiln_queued_ms"), j.get("openblas_ms")))
                 for m in models:
-                    k = run_json([a.kiln, "bench", "train", "--model", m, "--json"], env, raw)
-                    t = run_json(["/usr/bin/python3", a.torch_ref, "--model", m, "--threads", str(a.threads)], env, raw)
+                    k = run_json(pin + [a.kiln, "bench", "train", "--model", m, "--json"], env, raw)
+                    t = run_json(pin + ["/usr/bin/python3", a.torch_ref, "--model", m, "--threads", str(a.threads)],
+                                 env, raw)
                     d = train.setdefault((isa, m), {"kiln": [], "torch": []})
                     d["kiln"] += [x["ms_per_step"] for x in k]
                     d["torch"] += [x["ms_per_step"] for x in t]
@@ -118,9 +146,11 @@ def main():
     loads.append(load_average())
     ended = time.strftime("%H:%M UTC", time.gmtime())
     for isa in isas:
-        dev = device.get(isa, ("?", "?", "?"))
-        print("\n### %s code: device `%s`, ISA %s (%s), %s–%s, %d rounds, load average %s\n" %
-              (isa, dev[0], dev[1], dev[2], started, ended, a.rounds, rng(loads)))
+        dev = device.get(isa, ("?", "?", "?", "?"))
+        where = "%d of its cores" % a.cores if a.cores > 0 else "all its cores"
+        print("\n### %s code: device `%s`, ISA %s (%s), OpenBLAS's %s kernels, on %s of %s, %s–%s, %d rounds, "
+              "load average %s\n" % (isa, dev[0], dev[1], dev[2], dev[3] or "?", where, cpu_name(), started, ended,
+                                      a.rounds, rng(loads)))
         print("| product (issued by; kernel) | kiln / OpenBLAS, one call | kiln / OpenBLAS, queued | "
               "kiln queued ms | OpenBLAS ms |")
         print("|---|---|---|---|---|")
@@ -129,7 +159,7 @@ def main():
                 continue
             print("| %s (%s) | %s | %s | %s | %s |" % (shape, name, rng([x[0] for x in v]), rng([x[1] for x in v]),
                                                     rng([x[2] for x in v], "%.4f"), rng([x[3] for x in v], "%.4f")))
-        print("\n| training step | kiln ms | PyTorch ms (%d threads) | kiln / PyTorch |" % a.threads)
+        print("\n| training step | kiln ms | PyTorch ms (%d thread%s) | kiln / PyTorch |" % (a.threads, "" if a.threads == 1 else "s"))
         print("|---|---|---|---|")
         for (i, m), d in train.items():
             if i != isa:
