@@ -47,10 +47,11 @@
 #define NN_BETA 1
 #endif
 
-/* NT_BIAS 1: gemm_nt adds bias[bias_off + j * bias_st] to output column j as it stores
- * (a linear layer's x W^T + b in one launch; only with beta 0, src/ops/gemm.c); NT_BIAS 2
- * also applies ReLU to the sum (x < 0 ? 0 : x, as kiln_relu). The extra arguments exist
- * only in those programs. */
+/* NT_BIAS 1: gemm_nt (and gemm_nn, for a linear layer's product that runs as A (B^T) on a
+ * transposed copy of W) adds bias[bias_off + j * bias_st] to output column j as it stores
+ * (a linear layer's x W^T + b in one launch; only with beta 0 and gemm_nn's plain store,
+ * src/ops/gemm.c); NT_BIAS 2 also applies ReLU to the sum (x < 0 ? 0 : x, as kiln_relu).
+ * The extra arguments exist only in those programs. */
 #ifndef NT_BIAS
 #define NT_BIAS 0
 #endif
@@ -264,7 +265,11 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
 __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha, float beta,
                       __global const A_S *A, ulong aoff, ulong lda, ulong astride,
                       __global const B_S *B, ulong boff, ulong ldb, ulong bstride,
-                      __global C_S *C, ulong coff, ulong ldc, ulong cstride) {
+                      __global C_S *C, ulong coff, ulong ldc, ulong cstride
+#if NT_BIAS
+                      , __global const BI_S *bias, ulong bias_off, ulong bias_st
+#endif
+) {
 #if !NN_BETA
     beta = 0.0f; /* so every test of it below folds away */
 #endif
@@ -332,7 +337,45 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
             NN_LOOP(NN_NV, so[v])
         }
         /* beta == 0 never reads C: stale pool memory, even NaN, cannot leak in */
-#if !NN_TC
+#if NT_BIAS && !NN_TC
+        {
+            /* bias[j] added to column j (only with beta 0 and the plain store): the unfused
+             * sum, the product in a statement of its own as in gemm_nt */
+            NN_T bv[NN_NV];
+#pragma unroll
+            for (int v = 0; v < NN_NV; v++) {
+                float bt[NN_VW];
+                for (int l = 0; l < NN_VW; l++) bt[l] = BI_LD(bias, bias_off + (ulong)(j0 + so[v] + l) * bias_st);
+                bv[v] = KCAT(vload, NN_VW)(0, bt);
+            }
+#pragma unroll
+            for (int r = 0; r < NN_RM; r++)
+                if (r < rows) {
+#pragma unroll
+                    for (int v = 0; v < NN_NV; v++) {
+                        NN_T y = alpha * acc[r][v];
+                        NN_T o = y + bv[v];
+                        __global C_S *p = cp + (ulong)r * ldc + so[v];
+#if C_DT == 0
+#if NT_BIAS == 2
+                        o = select(o, (NN_T)(0.0f), o < (NN_T)(0.0f)); /* kiln_relu_f's lanes */
+#endif
+                        C_STV(NN_VW, o, 0, p);
+#else
+                        float t[NN_VW];
+                        NN_STOREV(o, 0, t);
+                        for (int l = 0; l < NN_VW; l++) {
+#if NT_BIAS == 2
+                            C_ST_RELU(p, l, t[l]);
+#else
+                            C_ST(p, l, t[l]);
+#endif
+                        }
+#endif
+                    }
+                }
+        }
+#elif !NN_TC
         {
 #pragma unroll
             for (int r = 0; r < NN_RM; r++)
@@ -384,7 +427,17 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         }
         for (int r = 0; r < rows; r++) {
             __global C_S *e = cp + (ulong)r * crs + (ulong)c * ccs;
+#if NT_BIAS
+            float y = alpha * s[r];
+            float o = y + BI_LD(bias, bias_off + (ulong)(j0 + c) * bias_st);
+#if NT_BIAS == 2
+            C_ST_RELU(e, 0, o);
+#else
+            C_ST(e, 0, o);
+#endif
+#else
             C_ST(e, 0, beta == 0.0f ? alpha * s[r] : fma(beta, C_LD(e, 0), alpha * s[r]));
+#endif
         }
     }
 }

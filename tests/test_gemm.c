@@ -250,13 +250,14 @@ static void nt_every_set(kiln_ctx *ctx, const char *route, const size_t one[3], 
 /* A B^T with M >= 512 and K <= 512 runs as gemm_nn on a transposed copy of B
  * (gemm_transpose, src/ops/gemm.c's nt_as_nn): every set, M, N and K ragged against the
  * blocks, alone and batched at offsets with padded leading dims and strides; such a linear
- * layer adds its bias in a kernel of its own (kiln__gemm_bias_takes says no). */
+ * layer's bias is added by gemm_nn's store (kiln__gemm_bias_takes says yes; test_linear_bias
+ * checks the results). */
 static void test_nt_as_nn(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 1;
-    CHECK(!kiln__gemm_bias_takes(ctx, false, true, 515, 37, 45, 1) &&
-              kiln__gemm_bias_takes(ctx, false, true, 511, 37, 45, 1) &&
-              kiln__gemm_bias_takes(ctx, false, true, 515, 37, 513, 1),
-          "kiln__gemm_bias_takes: not as nt_as_nn's rule (M >= 512, K <= 512) says");
+    CHECK(kiln__gemm_bias_takes(ctx, false, true, 515, 37, 45, 1) &&
+              strcmp(kiln__gemm_kernel(false, true, 515, 37, 45), "gemm_nn") == 0 &&
+              strcmp(kiln__gemm_kernel(false, true, 511, 37, 45), "gemm_nt") == 0,
+          "kiln__gemm_kernel: not as nt_as_nn's rule (M >= 512, K <= 512) says, or no bias epilogue there");
     nt_every_set(ctx, "A B^T as A (B^T)", (const size_t[3]){515, 37, 45},
                  (const size_t[3]){513, 19, g_small ? 70 : 512});
     kiln__hooks_of(ctx)->gemm_own = 0;
@@ -631,8 +632,9 @@ static bool linear_pass(kiln_ctx *ctx, int mode, bool relu, int xnd, const int64
     return ok;
 }
 
-/* The bias epilogue (kiln__linear with kiln__gemm_bias_takes): one launch instead of two,
- * and y and every gradient bit for bit the unfused ones (the kernel rounds the product and
+/* The bias epilogue (kiln__linear with kiln__gemm_bias_takes; gemm_nt's store, or
+ * gemm_nn's where the product runs on a transposed copy of W): one launch fewer, and y and
+ * every gradient bit for bit the unfused ones (the kernel rounds the product and
  * then adds the bias, as kiln_add does), for every parameter set, with M and N not
  * multiples of the register block, K not a multiple of the vector step, and the input
  * with leading batch dims folded into M; the same for kiln__linear_relu (one launch
@@ -643,12 +645,20 @@ static void test_linear_bias(kiln_ctx *ctx) {
         const kiln__gemm_params *p = &kiln__gemm_sets[s];
         kiln__hooks_of(ctx)->gemm_params = s + 1;
         int64_t rm = p->nt_rm, rn = p->nt_rn, vw = p->nt_vw;
-        /* rows, out, in, dims of x; the last two are gemv_rows's (one output, one row) */
-        int64_t shapes[4][4] = {{2 * rm + 1, 3 * rn + 1, 2 * vw + 3, 2},
+        /* gemm_nn's column block and vector, and a whole number of blocks of 16 columns or
+         * more (nt_as_nn's products have N >= 16) */
+        int64_t blk = p->nn_nv * p->nn_vw, nvw = p->nn_vw, wide = blk * ((16 + blk) / blk);
+        /* rows, out, in, dims of x; the third and fourth are gemv_rows's (one output, one
+         * row); the last two nt_as_nn's (M >= 512, K <= 512: gemm_nn on a transposed copy of
+         * W) with a last block of fewer columns than a vector (one column at a time) and of
+         * one more than a vector (vectors shifted back to end at the last column) */
+        int64_t shapes[6][4] = {{2 * rm + 1, 3 * rn + 1, 2 * vw + 3, 2},
                                 {2, rm + 2, vw + 1, 3},
                                 {64 + rm, 1, 4 * vw + 5, 2},
-                                {1, 37, vw + 2, 2}};
-        for (int c = 0; c < 4; c++) {
+                                {1, 37, vw + 2, 2},
+                                {515, wide + nvw / 2 + 1, 45, 2},
+                                {103, wide + nvw + 1, 2 * vw + 3, 3}};
+        for (int c = 0; c < 6; c++) {
             int xnd = (int)shapes[c][3];
             int64_t out = shapes[c][1], in = shapes[c][2];
             int64_t xshape[3] = {shapes[c][0], xnd == 2 ? in : 5, in};

@@ -314,9 +314,9 @@ const char *kiln__gemm_kernel(bool ta, bool tb, size_t m, size_t n, size_t k) {
 
 bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch) {
     if (ta || !tb || !kiln__gemm_own_takes(ctx, ta, tb, m, n, k, batch, 0.0f)) return false;
-    /* products that run as gemm_nn (which has no bias store) take the bias in a kernel of its
+    /* a product that runs as A^T B^T (transposed store) takes the bias in a kernel of its
      * own: there is no fused result that could differ from the unfused one */
-    if (nt_as_nn(m, n, k) || nt_as_tc(m, n, k)) return false;
+    if (nt_as_tc(m, n, k)) return false;
     int mode = ctx->hooks.gemm_epilogue; /* tests: 1 always, -1 never, 0 the environment */
     if (mode != 0) return mode > 0;
     const char *e = getenv("KILN_GEMM_EPILOGUE");
@@ -387,8 +387,9 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     /* nothing to compute; k == 0 still scales C by beta (the kernels' sums are empty) */
     if (m == 0 || n == 0 || batch == 0) return KILN_OK;
     bool half = dt && (dt[0] || dt[1] || dt[2] || dt[3]);
-    /* a large A B^T with a short K as A (B^T) through a transposed copy of B (nt_as_nn) */
-    bool tr = tb && !ta && !bias && !half && !gemv_takes(m, n) && nt_as_nn(m, n, k);
+    /* a large A B^T with a short K as A (B^T) through a transposed copy of B (nt_as_nn;
+     * gemm_nn then adds a bias as gemm_nt would) */
+    bool tr = tb && !ta && !half && !gemv_takes(m, n) && nt_as_nn(m, n, k);
     if (tr) tb = false;
     /* a short-K A B^T with a small A as A^T B^T through a transposed copy of A (nt_as_tc) */
     bool ta_tr = tb && !ta && !bias && !half && !gemv_takes(m, n) && nt_as_tc(m, n, k);
@@ -493,11 +494,14 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
         cl_int cta = ta;
         cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc,
                  cs = cstride;
-        kiln__karg nn[] = {KILN__ARG(cm), KILN__ARG(cn),    KILN__ARG(ck),   KILN__ARG(cta), KILN__ARG(nb),
-                           KILN__ARG(cb), KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),   KILN__ARG(ao),
-                           KILN__ARG(al), KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo),  KILN__ARG(bl),
-                           KILN__ARG(bs), KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl),  KILN__ARG(cs)};
-        st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nn", sizeof nn / sizeof nn[0], nn, global, local);
+        cl_ulong bo_ = bias_off, bs_ = bias_st;
+        kiln__karg nn[] = {KILN__ARG(cm),   KILN__ARG(cn),    KILN__ARG(ck),   KILN__ARG(cta), KILN__ARG(nb),
+                           KILN__ARG(cb),   KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),   KILN__ARG(ao),
+                           KILN__ARG(al),   KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo),  KILN__ARG(bl),
+                           KILN__ARG(bs),   KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl),  KILN__ARG(cs),
+                           KILN__ARG(bias), KILN__ARG(bo_),   KILN__ARG(bs_)};
+        size_t nargs = sizeof nn / sizeof nn[0] - (bias ? 0 : 3);
+        st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nn", nargs, nn, global, local);
     }
     /* the in-order queue runs the launches above before a later reuse of the copies */
     kiln_tensor_free(pa);
