@@ -90,35 +90,10 @@ ACT_FWD(elu, x <= 0.0f ? expm1(x) * a : x)
 ACT_BWD(elu, v > 0.0f ? g : g * a * exp(v))
 
 /*
- * exp(y) for y <= 0, for gelu: straight-line code that vectorises, cheaper on POCL than
- * its library exp. Cephes' expf: y = n ln2
- * + r with |r| <= ln2/2 (ln2 in two parts, n by the 1.5 * 2^23 shifter), exp(r) by a
- * degree-7 polynomial, 2^n put into the exponent bits; relative error at most 8.3e-8
- * (1.4 u, u = 2^-24) over [-87.3, 0], measured against double exp (OpenCL's exp may be off
- * by 3 ulp). Below -87.33 (where exp leaves the normal floats) 0, exactly 0 at -inf; NaN
- * stays NaN.
- */
-inline __attribute__((always_inline)) float act_exp_neg(float y) {
-    float n = (fmax(y * 1.44269504088896341f, -127.0f) + 12582912.0f) - 12582912.0f;
-    int k = (int)n; /* NaN: any k, the select below keeps y */
-    float r = fma(n, -0.693359375f, y);
-    r = fma(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fma(p, r, 1.3981999507e-3f);
-    p = fma(p, r, 8.3334519073e-3f);
-    p = fma(p, r, 4.1665795894e-2f);
-    p = fma(p, r, 1.6666665459e-1f);
-    p = fma(p, r, 5.0000001201e-1f);
-    p = fma(p, r * r, r) + 1.0f;
-    float e = p * as_float((k + 127) << 23);
-    return isnan(y) ? y : y < -87.33654f ? 0.0f : e;
-}
-
-/*
  * erf for gelu. POCL's erf is a scalar library call, which made gelu many times slower than
  * sigmoid (README.md, "Speed", has the figures); this one is straight-line code that
  * vectorises, within 1 ulp over every float in [0, 6] (measured on the host with fmaf/expf
- * against double erf; an exp of 3 ulp adds at most 0.5 ulp, act_exp_neg's 1.4 u less).
+ * against double erf; an exp of 3 ulp adds at most 0.5 ulp, kiln_exp_neg's 1.4 u less).
  * Both are forced inline: POCL otherwise calls act_erf out of line, and the kernel then
  * runs one element at a time:
  *   |x| < 1:      erf(x) = x + x * P(x^2), P of degree 6;
@@ -150,13 +125,13 @@ inline __attribute__((always_inline)) float act_erf(float x) {
     q = fma(q, u, 0.056106357187582154f);
     q = fma(q, u, -0.3526807311577464f);
     q = fma(q, u, -1.5568152768734702f);
-    float large = copysign(1.0f - act_exp_neg(fma(-tc, tc, q)), x);
+    float large = copysign(1.0f - kiln_exp_neg(fma(-tc, tc, q)), x);
     return t < 1.0f ? small : large;
 }
 
 /* gelu, exact: x * Phi(x) = x/2 * (1 + erf(x/sqrt2)); gradient Phi(x) + x * phi(x). */
 ACT_FWD(gelu, 0.5f * x * (1.0f + act_erf(x * SQRT1_2)))
-ACT_BWD(gelu, g * (0.5f * (1.0f + act_erf(v * SQRT1_2)) + v * (INV_SQRT_2PI * act_exp_neg(-0.5f * v * v))))
+ACT_BWD(gelu, g * (0.5f * (1.0f + act_erf(v * SQRT1_2)) + v * (INV_SQRT_2PI * kiln_exp_neg(-0.5f * v * v))))
 
 /* tanh that reaches +-1: POCL's tanh stops one ulp short of 1 (0.99999994 even at
  * +-Inf, within the 5 ulp the spec allows), which would turn gelu_tanh(-Inf) into -Inf

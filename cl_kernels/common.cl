@@ -80,3 +80,36 @@ inline ushort kiln_relu_bits(ushort h, uint expf) {
 #define KILN_ST(p, i, v) ((p)[i] = (v))
 #define KILN_ST_RELU(p, i, v) ((p)[i] = kiln_relu_f(v))
 #endif
+
+/*
+ * exp(y) for y <= 0 (gelu's erf, the recurrent layers' gates): straight-line code that
+ * vectorises, where POCL's library exp is a scalar call that keeps a work-group's loop
+ * from vectorising. Cephes' expf: y = n ln2
+ * + r with |r| <= ln2/2 (ln2 in two parts, n by the 1.5 * 2^23 shifter), exp(r) by a
+ * degree-7 polynomial, 2^n put into the exponent bits; relative error at most 8.3e-8
+ * (1.4 u, u = 2^-24) over [-87.3, 0], measured against double exp (OpenCL's exp may be off
+ * by 3 ulp). Below -87.33 (where exp leaves the normal floats) 0, exactly 0 at -inf; NaN
+ * stays NaN.
+ */
+#define KILN_EXP_NEG(T, IT)                                                                    \
+    inline __attribute__((always_inline, overloadable)) T kiln_exp_neg(T y) {                  \
+        T n = (fmax(y * 1.44269504088896341f, (T)(-127.0f)) + 12582912.0f) - 12582912.0f;      \
+        IT k = convert_##IT(n); /* NaN: any k, the select below keeps y */                     \
+        T r = fma(n, (T)(-0.693359375f), y);                                                   \
+        r = fma(n, (T)(2.12194440e-4f), r);                                                    \
+        T p = (T)(1.9875691500e-4f);                                                           \
+        p = fma(p, r, (T)(1.3981999507e-3f));                                                  \
+        p = fma(p, r, (T)(8.3334519073e-3f));                                                  \
+        p = fma(p, r, (T)(4.1665795894e-2f));                                                  \
+        p = fma(p, r, (T)(1.6666665459e-1f));                                                  \
+        p = fma(p, r, (T)(5.0000001201e-1f));                                                  \
+        p = fma(p, r * r, r) + 1.0f;                                                           \
+        T e = p * as_##T((k + 127) << 23);                                                     \
+        return select(select(e, (T)(0.0f), y < -87.33654f), y, isnan(y));                      \
+    }
+/* (for float and the vector types: each lane the float's value, bit for bit) */
+KILN_EXP_NEG(float, int)
+KILN_EXP_NEG(float2, int2)
+KILN_EXP_NEG(float4, int4)
+KILN_EXP_NEG(float8, int8)
+KILN_EXP_NEG(float16, int16)

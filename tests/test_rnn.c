@@ -10,6 +10,7 @@
  * each step adds about 12 roundings of 2^-24 * 2 ~ 1.4e-6 at most and the chain (which
  * contracts) stays below 2e-6 absolute in practice; the observed worst is 4e-7. A gradient
  * sums up to T * B = 16 such products per element, hence 5e-6 (absolute and relative). */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <math.h>
 
 #include "golden.h"
@@ -516,6 +517,96 @@ static void test_no_host_waits(kiln_ctx *ctx) {
           (unsigned long long)l4, (unsigned long long)l24);
 }
 
+/* One bidirectional layer of mode over T = 5 steps, B = 3 with lengths {5, 2, 4}, I = 4,
+ * H = 16 on ctx from the host data in (x, h0, c0, then w_ih, w_hh, b_ih, b_hh per
+ * direction): the output, h_n and c_n, then every input's gradient of sum(y * r), in
+ * *res (one host array, caller frees), *n floats. */
+static bool vw_pass(kiln_ctx *ctx, kiln_rnn_mode mode, float *const *in, const int64_t (*shapes)[3], const int *nd,
+                    int nin, const float *r, float **res, size_t *n) {
+    bool lstm = mode == KILN_RNN_LSTM;
+    kiln_scope_begin(ctx);
+    kiln_tensor *xs[11];
+    for (int q = 0; q < nin; q++) {
+        xs[q] = kiln_from_host(ctx, in[q], KILN_F32, nd[q], shapes[q]);
+        kiln_tensor_set_requires_grad(xs[q], true);
+    }
+    static const int32_t len[3] = {5, 2, 4};
+    kiln_rnn_params p = kiln_rnn_defaults();
+    p.bidirectional = true;
+    kiln_tensor *hn = NULL, *cn = NULL;
+    kiln_tensor *y = kiln_rnn(ctx, mode, xs[0], xs[1], lstm ? xs[2] : NULL, 8, xs + (lstm ? 3 : 2), len, &p, true, &hn,
+                              lstm ? &cn : NULL);
+    kiln_tensor *rt = kiln_from_host(ctx, r, KILN_F32, 3, (int64_t[]){5, 3, 32});
+    kiln_status st = y ? kiln_backward(kiln_sum(ctx, kiln_mul(ctx, y, rt), 0, NULL, false)) : kiln_error_status(ctx);
+    CHECK(st == KILN_OK, "%s: %s", MODES[mode], kiln_error_message(ctx));
+    kiln_tensor *outs[14] = {y, hn, cn};
+    int no = 3;
+    for (int q = 0; q < nin; q++) outs[no++] = kiln_tensor_grad(xs[q]);
+    size_t tot = 0;
+    for (int q = 0; q < no; q++) tot += outs[q] ? (size_t)kiln_tensor_numel(outs[q]) : 0;
+    *res = calloc(tot, sizeof(float));
+    *n = tot;
+    bool ok = st == KILN_OK && *res;
+    size_t at = 0;
+    for (int q = 0; ok && q < no; q++) {
+        if (!outs[q]) continue;
+        size_t k = (size_t)kiln_tensor_numel(outs[q]);
+        ok = kiln_to_host(outs[q], *res + at, k * sizeof(float)) == KILN_OK;
+        at += k;
+    }
+    kiln_scope_end(ctx);
+    return ok;
+}
+
+/* The step kernels compute RNN_VW hidden units per work-item (src/ops/rnn.c's step_vw: on a
+ * CPU the widest vector that divides H): every mode's outputs and gradients, with lengths
+ * and both directions, bit for bit those of one unit per work-item (the same device told
+ * 1-float vectors through KILN_DEVICE_LIMITS). */
+static void test_vector_units(kiln_ctx *ctx) {
+    if (getenv("KILN_DEVICE_LIMITS")) return; /* (already a narrowed device) */
+    kiln_ctx *one = NULL;
+    kiln_sync(ctx); /* (POCL's workers read the environment) */
+    setenv("KILN_DEVICE_LIMITS", "vec=1", 1);
+    kiln_status os = kiln_open(&one, kiln_ctx_device(ctx)->name);
+    unsetenv("KILN_DEVICE_LIMITS");
+    CHECK(os == KILN_OK, "open with vec=1: %s", kiln_last_error());
+    if (os != KILN_OK) return;
+    for (int mode = 0; mode < 4; mode++) {
+        bool lstm = mode == KILN_RNN_LSTM;
+        int G = lstm ? 4 : mode == KILN_RNN_GRU ? 3 : 1, nin = (lstm ? 3 : 2) + 8;
+        int64_t shapes[11][3] = {{5, 3, 4}, {2, 3, 16}, {2, 3, 16}};
+        int nd[11] = {3, 3, 3};
+        for (int d = 0; d < 2; d++) {
+            int b = (lstm ? 3 : 2) + 4 * d;
+            nd[b] = 2, shapes[b][0] = G * 16, shapes[b][1] = 4;
+            nd[b + 1] = 2, shapes[b + 1][0] = G * 16, shapes[b + 1][1] = 16;
+            nd[b + 2] = 1, shapes[b + 2][0] = G * 16;
+            nd[b + 3] = 1, shapes[b + 3][0] = G * 16;
+        }
+        float *in[11] = {0}, r[5 * 3 * 32];
+        for (int q = 0; q < nin; q++) {
+            int64_t k = h_numel(nd[q], shapes[q]);
+            in[q] = malloc(sizeof(float) * (size_t)k);
+            if (in[q]) h_fill(in[q], k, -2.0f, 2.0f);
+        }
+        h_fill(r, 5 * 3 * 32, -1.0f, 1.0f);
+        float *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        if (vw_pass(ctx, (kiln_rnn_mode)mode, in, (const int64_t(*)[3])shapes, nd, nin, r, &a, &na) &&
+            vw_pass(one, (kiln_rnn_mode)mode, in, (const int64_t(*)[3])shapes, nd, nin, r, &b, &nb)) {
+            size_t bad = 0;
+            for (size_t e = 0; e < na && na == nb; e++) bad += memcmp(&a[e], &b[e], sizeof(float)) != 0;
+            CHECK(na == nb && na > 0 && bad == 0,
+                  "%s: outputs and gradients with vectors of hidden units differ from one unit per work-item in "
+                  "%zu of %zu values",
+                  MODES[mode], bad, na);
+        }
+        free(a), free(b);
+        for (int q = 0; q < nin; q++) free(in[q]);
+    }
+    kiln_close(one);
+}
+
 static void run_all(kiln_ctx *ctx) {
     golden g;
     if (!golden_open(&g, "rnn")) return;
@@ -531,6 +622,7 @@ static void run_all(kiln_ctx *ctx) {
     test_errors(ctx);
     test_dropout(ctx);
     test_no_host_waits(ctx);
+    test_vector_units(ctx);
     golden_close(&g);
 }
 

@@ -33,7 +33,6 @@
 #include "ops_internal.h"
 
 #define RNN_PROGRAM "rnn"
-#define RNN_OPTIONS ""
 
 /* gates per step of mode m: columns of W_ih are G*H */
 static int rnn_gates(kiln_rnn_mode m) { return m == KILN_RNN_LSTM ? 4 : m == KILN_RNN_GRU ? 3 : 1; }
@@ -111,10 +110,25 @@ static kiln_status zero_run(kiln_ctx *ctx, kiln_tensor *dst, int64_t doff, int64
 }
 
 /* A step kernel of rnn.cl over [H, B] work-items (j fastest). */
+/* Hidden units per work-item of the step kernels (rnn.cl's RNN_VW): on CPUs the widest
+ * float vector of the device (up to 16) that divides H, else 1 (GPUs: one unit each). With
+ * one unit per work-item POCL ran them as scalar code: lstm_fwd took a fifth of the
+ * reference LSTM's step on one core (README.md, "Speed"). */
+static int step_vw(const kiln_ctx *ctx, int64_t H) {
+    if (ctx->info.type != KILN_DEVICE_CPU) return 1;
+    int w = (int)ctx->info.native_vector_width_float;
+    for (int v = 16; v > 1; v /= 2)
+        if (v <= w && H % v == 0) return v;
+    return 1;
+}
+
 static kiln_status step_launch(kiln_ctx *ctx, const char *op, const char *kernel, size_t nargs, const kiln__karg *args,
                                int64_t B, int64_t H) {
-    size_t global[2] = {(size_t)H, (size_t)B};
-    return kiln__launch2(ctx, op, RNN_PROGRAM, RNN_OPTIONS, kernel, nargs, args, global, NULL);
+    int vw = step_vw(ctx, H);
+    char options[32];
+    snprintf(options, sizeof options, "-DRNN_VW=%d", vw);
+    size_t global[2] = {(size_t)(H / vw), (size_t)B};
+    return kiln__launch2(ctx, op, RNN_PROGRAM, options, kernel, nargs, args, global, NULL);
 }
 
 /* ---- one layer: backward ------------------------------------------------------------------ */
@@ -361,31 +375,33 @@ static kiln_tensor *rnn_layer(kiln_ctx *ctx, const char *op, kiln_rnn_mode mode,
             if (lstm) {
                 cl_int cp = (cl_int)(cs->offset + hbase + prev * BH), cn = (cl_int)(cs->offset + hbase + next * BH);
                 kiln__karg args[] = {
-                    KILN__ARG(cB),           KILN__ARG(cH),          KILN__ARG(cs_),         KILN__ARG(xg->st->mem),
-                    KILN__ARG(xoff),         KILN__ARG(gh->st->mem), KILN__ARG(ghoff),       KILN__ARG(cbias),
-                    KILN__ARG(bim),          KILN__ARG(bioff),       KILN__ARG(bhm),         KILN__ARG(bhoff),
-                    KILN__ARG(has_len),      KILN__ARG(lenm),        KILN__ARG(loff),        KILN__ARG(hs->st->mem),
-                    KILN__ARG(hp),           KILN__ARG(hn),          KILN__ARG(cs->st->mem), KILN__ARG(cp),
-                    KILN__ARG(cn),           KILN__ARG(save),        KILN__ARG(gm),          KILN__ARG(goff),
-                    KILN__ARG(out->st->mem), KILN__ARG(yoff),        KILN__ARG(yld)};
+                    KILN__ARG(cB),      KILN__ARG(cH),          KILN__ARG(cs_),          KILN__ARG(xg->st->mem),
+                    KILN__ARG(xoff),    KILN__ARG(gh->st->mem), KILN__ARG(ghoff),        KILN__ARG(cbias),
+                    KILN__ARG(bim),     KILN__ARG(bioff),       KILN__ARG(bhm),          KILN__ARG(bhoff),
+                    KILN__ARG(has_len), KILN__ARG(lenm),        KILN__ARG(loff),         KILN__ARG(hs->st->mem),
+                    KILN__ARG(hp),      KILN__ARG(hs->st->mem), KILN__ARG(hn),           KILN__ARG(cs->st->mem),
+                    KILN__ARG(cp),      KILN__ARG(cs->st->mem), KILN__ARG(cn),           KILN__ARG(save),
+                    KILN__ARG(gm),      KILN__ARG(goff),        KILN__ARG(out->st->mem), KILN__ARG(yoff),
+                    KILN__ARG(yld)};
                 s = step_launch(ctx, op, "lstm_fwd", sizeof args / sizeof args[0], args, B, H);
             } else if (gru) {
                 kiln__karg args[] = {
-                    KILN__ARG(cB),      KILN__ARG(cH),           KILN__ARG(cs_),   KILN__ARG(xg->st->mem),
-                    KILN__ARG(xoff),    KILN__ARG(gh->st->mem),  KILN__ARG(ghoff), KILN__ARG(cbias),
-                    KILN__ARG(bim),     KILN__ARG(bioff),        KILN__ARG(bhm),   KILN__ARG(bhoff),
-                    KILN__ARG(has_len), KILN__ARG(lenm),         KILN__ARG(loff),  KILN__ARG(hs->st->mem),
-                    KILN__ARG(hp),      KILN__ARG(hn),           KILN__ARG(save),  KILN__ARG(gm),
-                    KILN__ARG(goff),    KILN__ARG(out->st->mem), KILN__ARG(yoff),  KILN__ARG(yld)};
+                    KILN__ARG(cB),      KILN__ARG(cH),          KILN__ARG(cs_),          KILN__ARG(xg->st->mem),
+                    KILN__ARG(xoff),    KILN__ARG(gh->st->mem), KILN__ARG(ghoff),        KILN__ARG(cbias),
+                    KILN__ARG(bim),     KILN__ARG(bioff),       KILN__ARG(bhm),          KILN__ARG(bhoff),
+                    KILN__ARG(has_len), KILN__ARG(lenm),        KILN__ARG(loff),         KILN__ARG(hs->st->mem),
+                    KILN__ARG(hp),      KILN__ARG(hs->st->mem), KILN__ARG(hn),           KILN__ARG(save),
+                    KILN__ARG(gm),      KILN__ARG(goff),        KILN__ARG(out->st->mem), KILN__ARG(yoff),
+                    KILN__ARG(yld)};
                 s = step_launch(ctx, op, "gru_fwd", sizeof args / sizeof args[0], args, B, H);
             } else {
                 kiln__karg args[] = {
-                    KILN__ARG(cB),      KILN__ARG(cH),          KILN__ARG(cs_),   KILN__ARG(xg->st->mem),
-                    KILN__ARG(xoff),    KILN__ARG(gh->st->mem), KILN__ARG(ghoff), KILN__ARG(cbias),
-                    KILN__ARG(bim),     KILN__ARG(bioff),       KILN__ARG(bhm),   KILN__ARG(bhoff),
-                    KILN__ARG(has_len), KILN__ARG(lenm),        KILN__ARG(loff),  KILN__ARG(hs->st->mem),
-                    KILN__ARG(hp),      KILN__ARG(hn),          KILN__ARG(relu),  KILN__ARG(out->st->mem),
-                    KILN__ARG(yoff),    KILN__ARG(yld)};
+                    KILN__ARG(cB),           KILN__ARG(cH),          KILN__ARG(cs_),   KILN__ARG(xg->st->mem),
+                    KILN__ARG(xoff),         KILN__ARG(gh->st->mem), KILN__ARG(ghoff), KILN__ARG(cbias),
+                    KILN__ARG(bim),          KILN__ARG(bioff),       KILN__ARG(bhm),   KILN__ARG(bhoff),
+                    KILN__ARG(has_len),      KILN__ARG(lenm),        KILN__ARG(loff),  KILN__ARG(hs->st->mem),
+                    KILN__ARG(hp),           KILN__ARG(hs->st->mem), KILN__ARG(hn),    KILN__ARG(relu),
+                    KILN__ARG(out->st->mem), KILN__ARG(yoff),        KILN__ARG(yld)};
                 s = step_launch(ctx, op, "rnn_fwd", sizeof args / sizeof args[0], args, B, H);
             }
             if (s != KILN_OK) goto fail;
