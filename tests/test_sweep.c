@@ -413,9 +413,29 @@ static void forced_matmul_set(int set) {
         near(what, kiln_matmul_ex(C, trans ? pt.t : p.t, q.t, trans ? KILN_TRANS_A : 0), y, 9 * 50);
         free(y);
     }
+    /* a linear layer's relu(x W^T + b) with the bias and ReLU in the GEMM's store: 9 rows
+     * (gemm_nt), 515 (M >= 512: gemm_nn on a transposed copy of W), 20 outputs (ragged
+     * against every set's column block), K = 9 */
+    leaf w = ML(-1, 1, false, 20, 9), bias = ML(-1, 1, false, 20);
+    for (int big = 0; big < 2; big++) {
+        int64_t rows = big ? 515 : 9;
+        leaf x = ML(-1, 1, false, rows, 9);
+        double *y = dzeros(rows * 20);
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < 20; j++) {
+                double v = bias.h[j];
+                for (int64_t k = 0; k < 9; k++) v += (double)x.h[i * 9 + k] * w.h[j * 9 + k];
+                y[i * 20 + j] = v < 0 ? 0 : v;
+            }
+        snprintf(what, sizeof what, "linear relu: bias in the %s store (%s)", big ? "gemm_nn" : "gemm_nt", sn);
+        kiln__hooks_of(C)->gemm_epilogue = 1;
+        near(what, kiln__linear_relu(C, "sweep linear", x.t, w.t, bias.t), y, rows * 20);
+        kiln__hooks_of(C)->gemm_epilogue = 0;
+        free(y), free(x.h);
+    }
     kiln__hooks_of(C)->gemm_own = 0;
     kiln__hooks_of(C)->gemm_params = 0;
-    free(a.h), free(b.h), free(bb.h), free(p.h), free(pt.h), free(q.h);
+    free(a.h), free(b.h), free(bb.h), free(p.h), free(pt.h), free(q.h), free(w.h), free(bias.h);
 }
 
 /* every parameter set once, so that each variant of the kernels runs (under Oclgrind too) */
@@ -1035,6 +1055,40 @@ static void sweep_rnn(void) {
              kiln_rnn(C, (kiln_rnn_mode)mode, kiln_transpose(C, x, 0, 1), NULL, NULL, 4, w, NULL, &p, true, NULL, NULL),
              x, w[0], w[1], w[2], w[3]);
     }
+    /* the step kernels' vector builds (RNN_VW 4: a CPU device of 4-float vectors, H = 8),
+     * on this device told so through KILN_DEVICE_LIMITS */
+    kiln_ctx *keep = C, *vec = NULL;
+    kiln_sync(C); /* (POCL's workers read the environment) */
+    const char *had = getenv("KILN_DEVICE_LIMITS");
+    char *saved = had ? strdup(had) : NULL;
+    setenv("KILN_DEVICE_LIMITS", "type=cpu,vec=4", 1);
+    kiln_status os = kiln_open(&vec, kiln_ctx_device(C)->name);
+    if (saved)
+        setenv("KILN_DEVICE_LIMITS", saved, 1);
+    else
+        unsetenv("KILN_DEVICE_LIMITS");
+    free(saved);
+    CHECK(os == KILN_OK, "rnn: open with type=cpu,vec=4: %s", kiln_last_error());
+    if (os != KILN_OK) return;
+    C = vec;
+    for (int mode = 0; mode < 4; mode++) {
+        int64_t G = mode == KILN_RNN_LSTM ? 4 : mode == KILN_RNN_GRU ? 3 : 1;
+        kiln_tensor *x = MK(-1, 1, true, 4, 3, 5), *h0 = MK(-1, 1, true, 2, 3, 8), *w[8];
+        for (int d = 0; d < 2; d++) {
+            w[4 * d] = MK(-0.5f, 0.5f, true, G * 8, 5);
+            w[4 * d + 1] = MK(-0.5f, 0.5f, true, G * 8, 8);
+            w[4 * d + 2] = MK(-0.5f, 0.5f, true, G * 8);
+            w[4 * d + 3] = MK(-0.5f, 0.5f, true, G * 8);
+        }
+        kiln_rnn_params p = kiln_rnn_defaults();
+        p.bidirectional = true;
+        char what[64];
+        snprintf(what, sizeof what, "%s vectors of hidden units", names[mode]);
+        BACK(what, kiln_rnn(C, (kiln_rnn_mode)mode, x, h0, NULL, 8, w, len, &p, true, NULL, NULL), x, h0, w[0], w[1],
+             w[2], w[3], w[4], w[5], w[6], w[7]);
+    }
+    C = keep;
+    kiln_close(vec);
 }
 
 /* ---- loss.cl: partial sums before the final one (sum_part), penalties of many tensors */
