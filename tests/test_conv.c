@@ -804,9 +804,9 @@ static const cspec direct_cases[] = {
 #define NDIRECT (sizeof direct_cases / sizeof direct_cases[0])
 
 /* conv3_direct's blockings: the device's own (c3_choose), an AVX2 device's (8,2,1,4 and
- * flat 8,2,1,4,1), each vector width with one and several vectors per segment, row blocks that do not divide the heights, channel blocks
- * that do not divide the channels, the largest row block (its slack rows); and conv3_flat
- * (the fifth value 1: vectors along a plane's flat index) on every width. */
+ * flat 8,2,1,4,1), each vector width with one and several vectors per segment, row blocks that do not divide the
+ * heights, channel blocks that do not divide the channels, the largest row block (its slack rows); and conv3_flat (the
+ * fifth value 1: vectors along a plane's flat index) on every width. */
 static const char *const blockings[] = {NULL,       "16,1,2,8",   "8,2,2,3",   "8,2,1,4",   "4,3,8,1",
                                         "4,1,1,16", "16,2,1,8,1", "8,1,1,3,1", "8,2,1,4,1", "4,4,1,5,1"};
 
