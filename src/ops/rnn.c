@@ -109,7 +109,6 @@ static kiln_status zero_run(kiln_ctx *ctx, kiln_tensor *dst, int64_t doff, int64
     return s;
 }
 
-/* A step kernel of rnn.cl over [H, B] work-items (j fastest). */
 /* Hidden units per work-item of the step kernels (rnn.cl's RNN_VW): on CPUs the widest
  * float vector of the device (up to 16) that divides H, else 1 (GPUs: one unit each). With
  * one unit per work-item POCL ran them as scalar code: lstm_fwd took a fifth of the
@@ -122,6 +121,7 @@ static int step_vw(const kiln_ctx *ctx, int64_t H) {
     return 1;
 }
 
+/* A step kernel of rnn.cl over [H / RNN_VW, B] work-items (j fastest). */
 static kiln_status step_launch(kiln_ctx *ctx, const char *op, const char *kernel, size_t nargs, const kiln__karg *args,
                                int64_t B, int64_t H) {
     int vw = step_vw(ctx, H);
