@@ -1029,28 +1029,39 @@ static void sweep_norm(void) {
 }
 
 /* ---- rnn.cl: every mode, both directions, lengths, a strided batch_first input ----------- */
-static void sweep_rnn(void) {
-    static const char *names[4] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
+static const char *const rnn_names[4] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
+
+/* A bidirectional layer of mode with hidden size H and lengths {4, 1, 3} over x [4, 3, 5]
+ * from h0 [2, 3, H], forward and backward (BACK), named "<mode> <tag>"; *x and w (w_ih,
+ * w_hh, b_ih, b_hh of each direction) are the leaves it made. */
+static void rnn_bidir(int mode, int64_t H, const char *tag, kiln_tensor **x, kiln_tensor *w[8]) {
     static const int32_t len[3] = {4, 1, 3};
+    int64_t G = mode == KILN_RNN_LSTM ? 4 : mode == KILN_RNN_GRU ? 3 : 1;
+    *x = MK(-1, 1, true, 4, 3, 5);
+    kiln_tensor *h0 = MK(-1, 1, true, 2, 3, H);
+    for (int d = 0; d < 2; d++) {
+        w[4 * d] = MK(-0.5f, 0.5f, true, G * H, 5);
+        w[4 * d + 1] = MK(-0.5f, 0.5f, true, G * H, H);
+        w[4 * d + 2] = MK(-0.5f, 0.5f, true, G * H);
+        w[4 * d + 3] = MK(-0.5f, 0.5f, true, G * H);
+    }
+    kiln_rnn_params p = kiln_rnn_defaults();
+    p.bidirectional = true;
+    char what[64];
+    snprintf(what, sizeof what, "%s %s", rnn_names[mode], tag);
+    BACK(what, kiln_rnn(C, (kiln_rnn_mode)mode, *x, h0, NULL, 8, w, len, &p, true, NULL, NULL), *x, h0, w[0], w[1],
+         w[2], w[3], w[4], w[5], w[6], w[7]);
+}
+
+static void sweep_rnn(void) {
     for (int mode = 0; mode < 4; mode++) {
-        int64_t G = mode == KILN_RNN_LSTM ? 4 : mode == KILN_RNN_GRU ? 3 : 1;
-        kiln_tensor *x = MK(-1, 1, true, 4, 3, 5), *h0 = MK(-1, 1, true, 2, 3, 3), *w[8];
-        for (int d = 0; d < 2; d++) {
-            w[4 * d] = MK(-0.5f, 0.5f, true, G * 3, 5);
-            w[4 * d + 1] = MK(-0.5f, 0.5f, true, G * 3, 3);
-            w[4 * d + 2] = MK(-0.5f, 0.5f, true, G * 3);
-            w[4 * d + 3] = MK(-0.5f, 0.5f, true, G * 3);
-        }
-        kiln_rnn_params p = kiln_rnn_defaults();
-        p.bidirectional = true;
-        char what[64];
-        snprintf(what, sizeof what, "%s bidirectional lengths", names[mode]);
-        BACK(what, kiln_rnn(C, (kiln_rnn_mode)mode, x, h0, NULL, 8, w, len, &p, true, NULL, NULL), x, h0, w[0], w[1],
-             w[2], w[3], w[4], w[5], w[6], w[7]);
+        kiln_tensor *x, *w[8];
+        rnn_bidir(mode, 3, "bidirectional lengths", &x, w);
         /* [B, T, I] as a transposed view of a [T, B, I] leaf */
-        p = kiln_rnn_defaults();
+        kiln_rnn_params p = kiln_rnn_defaults();
         p.batch_first = true;
-        snprintf(what, sizeof what, "%s strided batch_first", names[mode]);
+        char what[64];
+        snprintf(what, sizeof what, "%s strided batch_first", rnn_names[mode]);
         BACK(what,
              kiln_rnn(C, (kiln_rnn_mode)mode, kiln_transpose(C, x, 0, 1), NULL, NULL, 4, w, NULL, &p, true, NULL, NULL),
              x, w[0], w[1], w[2], w[3]);
@@ -1072,20 +1083,8 @@ static void sweep_rnn(void) {
     if (os != KILN_OK) return;
     C = vec;
     for (int mode = 0; mode < 4; mode++) {
-        int64_t G = mode == KILN_RNN_LSTM ? 4 : mode == KILN_RNN_GRU ? 3 : 1;
-        kiln_tensor *x = MK(-1, 1, true, 4, 3, 5), *h0 = MK(-1, 1, true, 2, 3, 8), *w[8];
-        for (int d = 0; d < 2; d++) {
-            w[4 * d] = MK(-0.5f, 0.5f, true, G * 8, 5);
-            w[4 * d + 1] = MK(-0.5f, 0.5f, true, G * 8, 8);
-            w[4 * d + 2] = MK(-0.5f, 0.5f, true, G * 8);
-            w[4 * d + 3] = MK(-0.5f, 0.5f, true, G * 8);
-        }
-        kiln_rnn_params p = kiln_rnn_defaults();
-        p.bidirectional = true;
-        char what[64];
-        snprintf(what, sizeof what, "%s vectors of hidden units", names[mode]);
-        BACK(what, kiln_rnn(C, (kiln_rnn_mode)mode, x, h0, NULL, 8, w, len, &p, true, NULL, NULL), x, h0, w[0], w[1],
-             w[2], w[3], w[4], w[5], w[6], w[7]);
+        kiln_tensor *x, *w[8];
+        rnn_bidir(mode, 8, "vectors of hidden units", &x, w);
     }
     C = keep;
     kiln_close(vec);

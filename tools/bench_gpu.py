@@ -26,37 +26,12 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_isa import rng, run_json  # noqa: E402 (the same runner and ranges as the ISA tables)
 
 # FP32 lanes per compute unit (an SM on NVIDIA) by a part of the device's name, from the
 # vendors' architecture documents: Hopper 128 per SM, Ampere A100 64.
 LANES = [("H100", 128), ("H200", 128), ("H800", 128), ("A100", 64), ("A800", 64)]
-
-
-def run_json(cmd, env, raw):
-    """Runs cmd, returns its JSON lines (a failure is reported and gives none)."""
-    e = dict(os.environ)
-    e.update(env)
-    p = subprocess.run(cmd, env=e, capture_output=True, text=True)
-    if p.returncode != 0:
-        print("bench_gpu: %s failed (%d): %s" % (" ".join(cmd), p.returncode, p.stderr.strip()[-400:]),
-              file=sys.stderr)
-    out = []
-    for line in p.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            j = json.loads(line)
-            out.append(j)
-            raw.write(json.dumps({"env": env, "cmd": cmd, "result": j}) + "\n")
-    raw.flush()
-    return out
-
-
-def rng(v, fmt="%.2f"):
-    v = [x for x in v if x is not None]
-    if not v:
-        return "-"
-    lo, hi = min(v), max(v)
-    return fmt % lo if fmt % lo == fmt % hi else (fmt % lo) + "–" + (fmt % hi)
 
 
 def gemm_flops(lines):
