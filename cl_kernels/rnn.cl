@@ -3,10 +3,9 @@
  * One layer and direction runs, per time step s, one recurrent GEMM (gh = h_prev W_hh^T,
  * on the host side) and then one of these kernels over [H / RNN_VW, B] work-items (hidden
  * units j .. j + RNN_VW - 1, batch row b; a 2-D launch needs no division to find them):
- * all gate nonlinearities and
- * the state update of step s. The input projection xg = x W_ih^T of all steps is one GEMM
- * before the loop. Offsets (in floats) name the step's rows inside whole buffers, so no
- * step needs a tensor of its own:
+ * all gate nonlinearities and the state update of step s. The input projection
+ * xg = x W_ih^T of all steps is one GEMM before the loop. Offsets (in floats) name the
+ * step's rows inside whole buffers, so no step needs a tensor of its own:
  *   xg   [B, G*H] rows of step s (G = 4 for LSTM, 3 for GRU, 1 for RNN)
  *   gh   [B, G*H] W_hh h_prev of this step
  *   hs   states: h_prev at hp, the new state at hn, [B, H] each; cs the same for LSTM cells
@@ -14,6 +13,8 @@
  *   y    the layer's output row of step s: element (b, j) at y + b * yld + j
  * With lengths, a sequence b is active at step s while s < len[b]; an inactive step keeps
  * its state, writes a zero output and (backward) passes the state gradients through.
+ * Every pointer is restrict: what a kernel writes, it reads through no other pointer (the
+ * previous and the next state slot of hs and cs come as two pointers into one buffer).
  *
  * The backward kernels take the step's output gradient (dy) and the running state
  * gradients dh (and dc), [B, H], in place: they write the gate gradients of step s (da,
