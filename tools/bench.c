@@ -372,7 +372,13 @@ static double gemm_queued_ms(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gem
 
 /* Times one shape on ctx (kiln against OpenBLAS on the same data) and prints its line;
  * 0, or 1 with the reason on stderr (a result off its error bound among them). */
-static int gemm_one(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool check, bool json) {
+/* kiln's times of one product: one call (ms, and its CPU ms) and queued */
+typedef struct {
+    double kms, kcpu, qms;
+} kiln_times;
+
+/* Times kiln on one shape (data of seed 42); 0, or 1 with the reason on stderr. */
+static int gemm_kiln_times(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, kiln_times *t) {
     bench_gemm_shape s = *sp;
     bench_gemm_data d;
     char why[512];
@@ -380,18 +386,30 @@ static int gemm_one(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool 
         fprintf(stderr, "kiln bench gemm: %s\n", why);
         return 1;
     }
-    double kcpu = NAN, kms = bench_gemm_kiln_ms(ctx, &s, &d, repeat, NULL, &kcpu);
-    if (kms < 0) {
+    t->kcpu = NAN;
+    t->kms = bench_gemm_kiln_ms(ctx, &s, &d, repeat, NULL, &t->kcpu);
+    t->qms = t->kms < 0 ? -1 : gemm_queued_ms(ctx, &s, &d, repeat, t->kms);
+    bench_gemm_data_free(&d);
+    if (t->kms < 0 || t->qms < 0) {
         fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
-        bench_gemm_data_free(&d);
         return 1;
     }
-    double qms = gemm_queued_ms(ctx, &s, &d, repeat, kms);
-    if (qms < 0) {
-        fprintf(stderr, "kiln bench gemm: %s\n", kiln_error_message(ctx));
-        bench_gemm_data_free(&d);
+    return 0;
+}
+
+/* Times OpenBLAS on the same shape and data as kiln's times t, checks kiln's result and
+ * prints the product's line; 0, or 1 with the reason on stderr (a result off its error
+ * bound among them). */
+static int gemm_report(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bool check, bool json,
+                       const kiln_times *t) {
+    bench_gemm_shape s = *sp;
+    bench_gemm_data d;
+    char why[512];
+    if (bench_gemm_data_new(ctx, &s, 42, &d, why, sizeof why) != 0) {
+        fprintf(stderr, "kiln bench gemm: %s\n", why);
         return 1;
     }
+    double kms = t->kms, kcpu = t->kcpu, qms = t->qms;
     double flop = 2.0 * (double)s.m * (double)s.n * (double)s.k;
     double kg = flop / kms / 1e6, qg = flop / qms / 1e6, bms = NAN, bg = NAN, kdiff = NAN, bdiff = NAN;
 #ifdef KILN_HAVE_OPENBLAS
@@ -497,7 +515,8 @@ static int cmd_gemm(args *a, bool json) {
     if (a->bad) return 2;
     kiln_ctx *ctx = open_ctx("kiln bench gemm");
     if (!ctx) return 1;
-    int rc = gemm_one(ctx, &s, repeat, check, json);
+    kiln_times t;
+    int rc = gemm_kiln_times(ctx, &s, repeat, &t) || gemm_report(ctx, &s, repeat, check, json, &t);
     kiln_close(ctx);
     return rc;
 }
@@ -1293,6 +1312,7 @@ static int cmd_gemm_model(args *a, bool json) {
     model m;
     batches b = {0};
     seen_products *seen = calloc(1, sizeof *seen);
+    kiln_times *times = NULL;
     int rc = 1;
     if (!seen || model_new(ctx, kind, batch, &m) != 0) {
         fprintf(stderr, "kiln bench gemm: %s\n", seen ? kiln_error_message(ctx) : "out of host memory");
@@ -1319,16 +1339,28 @@ static int cmd_gemm_model(args *a, bool json) {
         goto out;
     }
     if (seen->dropped) fprintf(stderr, "kiln bench gemm: %d more distinct products not timed\n", seen->dropped);
+    /* every product's kiln times first, then OpenBLAS's: OpenBLAS's worker threads spin for a
+     * while after each of its calls, and a kiln product timed next shared the cores with
+     * them (README.md, "Per-ISA tables", has the counts) */
     rc = 0;
-    for (int i = 0; i < seen->n; i++) {
-        char name[96];
-        snprintf(name, sizeof name, "%s %s x%d", arg_value(a, "--model"), seen->p[i].op,
-                 seen->p[i].count * (int)seen->p[i].batch);
-        bench_gemm_shape s = {name,          (int64_t)seen->p[i].m, (int64_t)seen->p[i].n, (int64_t)seen->p[i].k,
-                              seen->p[i].ta, seen->p[i].tb};
-        if (gemm_one(ctx, &s, repeat, check, json) != 0) rc = 1;
+    times = calloc((size_t)seen->n, sizeof *times);
+    if (!times) {
+        fprintf(stderr, "kiln bench gemm: out of host memory\n");
+        rc = 1;
+        goto out;
     }
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < seen->n; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "%s %s x%d", arg_value(a, "--model"), seen->p[i].op,
+                     seen->p[i].count * (int)seen->p[i].batch);
+            bench_gemm_shape s = {name,          (int64_t)seen->p[i].m, (int64_t)seen->p[i].n, (int64_t)seen->p[i].k,
+                                  seen->p[i].ta, seen->p[i].tb};
+            if (pass == 0 && gemm_kiln_times(ctx, &s, repeat, &times[i]) != 0) times[i].kms = -1, rc = 1;
+            if (pass == 1 && times[i].kms >= 0 && gemm_report(ctx, &s, repeat, check, json, &times[i]) != 0) rc = 1;
+        }
 out:
+    free(times);
     batches_free(&b);
     model_free(&m);
     free(seen);
