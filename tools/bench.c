@@ -460,8 +460,8 @@ static int gemm_report(kiln_ctx *ctx, const bench_gemm_shape *sp, int repeat, bo
         if (!isnan(bms)) {
             printf(", \"openblas_ms\": %.4f, \"openblas_gflops\": %.2f, \"ratio\": %.3f, \"ratio_queued\": %.3f", bms,
                    bg, kg / bg, qg / bg);
-            /* which of its kernels OpenBLAS ran: 0.3.21 runs its Haswell (AVX2) ones on CPUs it
-             * does not know, AVX-512 ones included (README.md, "Per-ISA tables") */
+            /* which of its kernels OpenBLAS ran: 0.3.21 runs its Haswell (AVX2) ones on a CPU
+             * it does not know, even one with AVX-512 (README.md, "Per-ISA tables") */
             printf(", \"openblas_core\": "), tool_json_str(openblas_core());
         }
         if (!isnan(bdiff)) printf(", \"max_abs_diff_openblas\": %.3g", bdiff);
