@@ -91,28 +91,10 @@ inline ushort kiln_relu_bits(ushort h, uint expf) {
  * by 3 ulp). Below -87.33 (where exp leaves the normal floats) 0, exactly 0 at -inf; NaN
  * stays NaN.
  */
-inline __attribute__((always_inline, overloadable)) float kiln_exp_neg(float y) {
-    float n = (fmax(y * 1.44269504088896341f, -127.0f) + 12582912.0f) - 12582912.0f;
-    int k = (int)n; /* NaN: any k, the select below keeps y */
-    float r = fma(n, -0.693359375f, y);
-    r = fma(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fma(p, r, 1.3981999507e-3f);
-    p = fma(p, r, 8.3334519073e-3f);
-    p = fma(p, r, 4.1665795894e-2f);
-    p = fma(p, r, 1.6666665459e-1f);
-    p = fma(p, r, 5.0000001201e-1f);
-    p = fma(p, r * r, r) + 1.0f;
-    float e = p * as_float((k + 127) << 23);
-    return isnan(y) ? y : y < -87.33654f ? 0.0f : e;
-}
-/* The same for vectors, lane by lane the float's value bit for bit (the recurrent layers'
- * vectors of hidden units). (The float one stays scalar code of its own: written with
- * convert_int and select, gelu's backward no longer vectorised on POCL.) */
-#define KILN_EXP_NEG(T, IT)                                                                    \
+#define KILN_EXP_NEG(T, IT, TO_INT, PICK)                                                      \
     inline __attribute__((always_inline, overloadable)) T kiln_exp_neg(T y) {                  \
         T n = (fmax(y * 1.44269504088896341f, (T)(-127.0f)) + 12582912.0f) - 12582912.0f;      \
-        IT k = convert_##IT(n);                                                                \
+        IT k = TO_INT(IT, n); /* NaN: any k, PICK keeps y */                                   \
         T r = fma(n, (T)(-0.693359375f), y);                                                   \
         r = fma(n, (T)(2.12194440e-4f), r);                                                    \
         T p = (T)(1.9875691500e-4f);                                                           \
@@ -123,9 +105,17 @@ inline __attribute__((always_inline, overloadable)) float kiln_exp_neg(float y) 
         p = fma(p, r, (T)(5.0000001201e-1f));                                                  \
         p = fma(p, r * r, r) + 1.0f;                                                           \
         T e = p * as_##T((k + 127) << 23);                                                     \
-        return select(select(e, (T)(0.0f), y < -87.33654f), y, isnan(y));                      \
+        return PICK(T, y, e);                                                                  \
     }
-KILN_EXP_NEG(float2, int2)
-KILN_EXP_NEG(float4, int4)
-KILN_EXP_NEG(float8, int8)
-KILN_EXP_NEG(float16, int16)
+/* float: a cast and conditionals, vectors: convert_intN and select, lane by lane the same
+ * bits (the recurrent layers' vectors of hidden units). (With convert_int and select for
+ * float too, gelu's backward no longer vectorised on POCL.) */
+#define KILN_EXP_NEG_CAST(IT, n) ((IT)(n))
+#define KILN_EXP_NEG_CONVERT(IT, n) convert_##IT(n)
+#define KILN_EXP_NEG_COND(T, y, e) (isnan(y) ? (y) : (y) < -87.33654f ? 0.0f : (e))
+#define KILN_EXP_NEG_SELECT(T, y, e) select(select((e), (T)(0.0f), (y) < -87.33654f), (y), isnan(y))
+KILN_EXP_NEG(float, int, KILN_EXP_NEG_CAST, KILN_EXP_NEG_COND)
+KILN_EXP_NEG(float2, int2, KILN_EXP_NEG_CONVERT, KILN_EXP_NEG_SELECT)
+KILN_EXP_NEG(float4, int4, KILN_EXP_NEG_CONVERT, KILN_EXP_NEG_SELECT)
+KILN_EXP_NEG(float8, int8, KILN_EXP_NEG_CONVERT, KILN_EXP_NEG_SELECT)
+KILN_EXP_NEG(float16, int16, KILN_EXP_NEG_CONVERT, KILN_EXP_NEG_SELECT)
