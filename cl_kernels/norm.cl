@@ -498,6 +498,117 @@ kernel void bn_backward_planes(global const float *x, int xoff, global const flo
     }
 }
 
+/*
+ * ---- layer norm over rows (CPU) ----
+ * Layer norm of G contiguous rows of D floats, a work-item per row that reads it with
+ * float8 loads. The rows kernels above run a work-item per row too, but POCL vectorises
+ * them across work-items: eight rows at once, each lane a gather D floats from the next.
+ * Here the row itself is the vector: lane l sums elements l, l + 8, ... (in chunks of
+ * NORM_CHUNK, as NORM_ACC_ADD), the lanes are added pairwise and the D % 8 tail last. The
+ * statistics are the rows kernels' (the mean of x - x[0] added to x[0], then the mean of
+ * squared deviations from the mean), each output and gradient element the same
+ * expression; only the order of the sums differs.
+ */
+#define LN_SUM8(acc, part, cnt, v)                                                        \
+    do {                                                                                  \
+        part += (v);                                                                      \
+        if (++cnt == NORM_CHUNK) {                                                        \
+            acc += part;                                                                  \
+            part = (float8)0.0f;                                                          \
+            cnt = 0;                                                                      \
+        }                                                                                 \
+    } while (0)
+
+kernel void ln_forward_vec(int G, global const float *restrict x, int xoff, global float *restrict y, int yoff,
+                           int D, int has_w, global const float *restrict w, int woff, int has_b,
+                           global const float *restrict b, int boff, float eps, global float *restrict mean_out,
+                           int moff, global float *restrict rstd_out, int roff) {
+    int g = get_global_id(0);
+    if (g >= G || D <= 0) return;
+    global const float *p = x + xoff + g * D;
+    global float *q = y + yoff + g * D;
+    int D8 = D & ~7;
+    float M = (float)D, k = p[0];
+    float8 acc = (float8)0.0f, part = (float8)0.0f;
+    int cnt = 0;
+    for (int s = 0; s < D8; s += 8) LN_SUM8(acc, part, cnt, vload8(0, p + s) - k);
+    float tail = 0.0f;
+    for (int s = D8; s < D; s++) tail += p[s] - k;
+    float mean = k + (bn_hsum8(acc + part) + tail) / M;
+    acc = part = (float8)0.0f;
+    cnt = 0;
+    for (int s = 0; s < D8; s += 8) {
+        float8 d = vload8(0, p + s) - mean;
+        LN_SUM8(acc, part, cnt, d * d);
+    }
+    tail = 0.0f;
+    for (int s = D8; s < D; s++) tail += (p[s] - mean) * (p[s] - mean);
+    float var = (bn_hsum8(acc + part) + tail) / M;
+    float rstd = 1.0f / sqrt(var + eps);
+    mean_out[moff + g] = mean;
+    rstd_out[roff + g] = rstd;
+    int s = 0;
+    for (; s < D8; s += 8) {
+        float8 v = (vload8(0, p + s) - mean) * rstd;
+        if (has_w) v *= vload8(0, w + woff + s);
+        if (has_b) v += vload8(0, b + boff + s);
+        vstore8(v, 0, q + s);
+    }
+    for (; s < D; s++) {
+        float v = (p[s] - mean) * rstd;
+        if (has_w) v *= w[woff + s];
+        if (has_b) v += b[boff + s];
+        q[s] = v;
+    }
+}
+
+/* dx of ln_forward_vec's rows: norm_backward_rows' training rule (ge = dy * w, A and B the
+ * row's sums of ge and ge * xhat, dx = rstd * (ge - A / D - xhat * B / D)). */
+kernel void ln_backward_vec(int G, global const float *restrict x, int xoff, global const float *restrict dy,
+                            int dyoff, global float *restrict dx, int dxoff, int D, int has_w,
+                            global const float *restrict w, int woff, global const float *restrict mean_in, int moff,
+                            global const float *restrict rstd_in, int roff) {
+    int g = get_global_id(0);
+    if (g >= G || D <= 0) return;
+    global const float *p = x + xoff + g * D, *e = dy + dyoff + g * D;
+    global float *q = dx + dxoff + g * D;
+    global const float *wv = w + woff;
+    int D8 = D & ~7;
+    float M = (float)D, mean = mean_in[moff + g], rstd = rstd_in[roff + g];
+    float8 a8 = (float8)0.0f, pa = (float8)0.0f, b8 = (float8)0.0f, pb = (float8)0.0f;
+    int cnt = 0;
+    for (int s = 0; s < D8; s += 8) {
+        float8 ge = vload8(0, e + s);
+        if (has_w) ge *= vload8(0, wv + s);
+        float8 xh = (vload8(0, p + s) - mean) * rstd;
+        pa += ge;
+        pb = fma(ge, xh, pb);
+        if (++cnt == NORM_CHUNK) {
+            a8 += pa;
+            b8 += pb;
+            pa = pb = (float8)0.0f;
+            cnt = 0;
+        }
+    }
+    float ta = 0.0f, tb = 0.0f;
+    for (int s = D8; s < D; s++) {
+        float ge = has_w ? e[s] * wv[s] : e[s];
+        ta += ge;
+        tb = fma(ge, (p[s] - mean) * rstd, tb);
+    }
+    float ma = (bn_hsum8(a8 + pa) + ta) / M, mb = (bn_hsum8(b8 + pb) + tb) / M;
+    int s = 0;
+    for (; s < D8; s += 8) {
+        float8 ge = vload8(0, e + s);
+        if (has_w) ge *= vload8(0, wv + s);
+        vstore8(rstd * (ge - ma - (vload8(0, p + s) - mean) * rstd * mb), 0, q + s);
+    }
+    for (; s < D; s++) {
+        float ge = has_w ? e[s] * wv[s] : e[s];
+        q[s] = rstd * (ge - ma - (p[s] - mean) * rstd * mb);
+    }
+}
+
 /* Layer norm's weight and bias gradients: one work-item per normalised element j of the
  * [R, D] layout, summing over the rows in order (partials of 32 rows, then their total,
  * so the rounding error grows with R / 32 + 32 rather than R). */

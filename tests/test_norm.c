@@ -321,6 +321,7 @@ static const ln_case ln_cases[] = {
     {"[5, 7, 11] nnorm 3", VSH(3, 5, 7, 11), 3, true, true, VNONE},
     {"[300, 3] many short rows", VSH(2, 300, 3), 1, true, true, VNONE},
     {"[2, 1031] long rows", VSH(2, 2, 1031), 1, true, true, VNONE},
+    {"[6, 64] rows of whole float8s", VSH(2, 6, 64), 1, true, true, VNONE},
     {"[5, 7, 11] no affine", VSH(3, 5, 7, 11), 1, false, false, VNONE},
     {"[5, 7, 11] weight only", VSH(3, 5, 7, 11), 1, true, false, VNONE},
     {"[5, 7, 11] bias only", VSH(3, 5, 7, 11), 1, false, true, VNONE},
@@ -1449,8 +1450,9 @@ static void guarded(kiln_ctx *ctx, const char *name, void (*fn)(kiln_ctx *)) {
 
 static void run_all(kiln_ctx *ctx) {
     /* the batch/layer norm kernels in the layout the device picks, then forced to a
-     * work-item per group (1), a work-group per group (2) and batch norm's plane kernels (3) */
-    for (int layout = 0; layout <= 3; layout++) {
+     * work-item per group (1), a work-group per group (2), batch norm's plane kernels (3)
+     * and layer norm's float8 rows (4) */
+    for (int layout = 0; layout <= 4; layout++) {
         kiln__hooks_of(ctx)->norm_layout = layout;
         fprintf(stderr, "norm layout %d\n", layout);
         guarded(ctx, "batch norm forward", test_batch_norm_forward);

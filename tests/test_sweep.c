@@ -939,7 +939,7 @@ static void forced_norm(void) {
         {"layer_norm of 2 dims", 3, {2, 3, 4}, {1, 2, 12, true, true}, false, false, false},
     };
     const float mom = 0.1f, eps = 1e-5f;
-    for (int layout = 1; layout <= 2; layout++) {
+    for (int layout = 1; layout <= 4; layout += layout == 2 ? 2 : 1) { /* 3 is batch norm's planes */
         kiln__hooks_of(C)->norm_layout = layout;
         for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
             const nshape *s = &cs[k].s;
@@ -949,7 +949,10 @@ static void forced_norm(void) {
             leaf rm = ML(-0.2f, 0.2f, false, s->G), rv = ML(0.5f, 1.5f, false, s->G);
             kiln_tensor *wt = cs[k].w ? w.t : NULL, *bt = cs[k].b ? b.t : NULL;
             char what[96];
-            snprintf(what, sizeof what, "%s (%s)", cs[k].what, layout == 1 ? "a work-item per group" : "work-groups");
+            snprintf(what, sizeof what, "%s (%s)", cs[k].what,
+                     layout == 1   ? "a work-item per group"
+                     : layout == 2 ? "work-groups"
+                                   : "float8 rows");
             kiln_tensor *out = s->elem ? kiln_layer_norm(C, x.t, cs[k].nd == 3 ? 2 : 1, wt, bt, eps)
                                        : kiln_batch_norm(C, x.t, cs[k].stats ? rm.t : NULL, cs[k].stats ? rv.t : NULL,
                                                          wt, bt, s->train, mom, eps);

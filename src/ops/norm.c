@@ -96,6 +96,14 @@ typedef struct norm_geom {
     cl_int G, N, S, gstride, nstride;
 } norm_geom;
 
+/* Layer norm's float8 row kernels (norm.cl, ln_*_vec) on CPUs, where the rows layout
+ * applies; ctx->hooks.norm_layout 4 forces them, 1 to 3 the group kernels. */
+static bool ln_vec(const kiln_ctx *ctx, const norm_geom *g, int wmode) {
+    if (wmode != KILN_NORM_W_ELEM || g->N != 1 || g->gstride != g->S) return false;
+    if (ctx->hooks.norm_layout) return ctx->hooks.norm_layout == 4;
+    return ctx->info.type == KILN_DEVICE_CPU && rows_layout(ctx, g->G, g->S);
+}
+
 /*
  * Batch norm's plane kernels (norm.cl, bn_*_planes): a work-group per channel whose
  * work-items read whole plane segments with vector loads. On CPUs they replace the group
@@ -237,7 +245,15 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
         kiln__karg extra[] = {KILN__ARG(act), KILN__ARG(yvm), KILN__ARG(yvoff),
                               KILN__ARG(ndr), KILN__ARG(drm), KILN__ARG(droff)};
         /* (the fused op runs the plane kernels whatever the layout: the forward did) */
-        if (st->act || (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, &g)))
+        if (ln_vec(ctx, &g, wmode) && train && need_x && !sums && !need_r) {
+            kiln__karg la[] = {
+                KILN__ARG(g.G),  KILN__ARG(x->st->mem),    KILN__ARG(xoff), KILN__ARG(gout->st->mem), KILN__ARG(dyoff),
+                KILN__ARG(dxm),  KILN__ARG(dxoff),         KILN__ARG(g.S),  KILN__ARG(has_w),         KILN__ARG(wm),
+                KILN__ARG(woff), KILN__ARG(mean->st->mem), KILN__ARG(moff), KILN__ARG(rstd->st->mem), KILN__ARG(roff)};
+            s = g.G <= 0 ? KILN_OK
+                         : kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "ln_backward_vec",
+                                        sizeof la / sizeof la[0], la, (size_t)g.G, 0);
+        } else if (st->act || (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, &g)))
             s = bn_planes_launch(ctx, op, "bn_backward_planes", sizeof args / sizeof args[0], args, 6, &g, 2,
                                  sizeof extra / sizeof extra[0], extra);
         else
@@ -359,7 +375,16 @@ static kiln_tensor *norm_run(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
         kiln__karg extra[] = {KILN__ARG(cact), KILN__ARG(has_r), KILN__ARG(resm), KILN__ARG(resoff)};
         kiln_status ls;
         /* (the fused op only comes here where the plane kernels apply) */
-        if (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, g))
+        if (ln_vec(ctx, g, wmode)) {
+            kiln__karg la[] = {KILN__ARG(g->G), KILN__ARG(xc->st->mem),   KILN__ARG(xoff),  KILN__ARG(out->st->mem),
+                               KILN__ARG(yoff), KILN__ARG(g->S),          KILN__ARG(has_w), KILN__ARG(wm),
+                               KILN__ARG(woff), KILN__ARG(has_b),         KILN__ARG(bm),    KILN__ARG(boff),
+                               KILN__ARG(ceps), KILN__ARG(mean->st->mem), KILN__ARG(moff),  KILN__ARG(rstd->st->mem),
+                               KILN__ARG(roff)};
+            ls = g->G <= 0 ? KILN_OK
+                           : kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "ln_forward_vec",
+                                          sizeof la / sizeof la[0], la, (size_t)g->G, 0);
+        } else if (wmode == KILN_NORM_W_GROUP && bn_planes(ctx, g))
             ls = bn_planes_launch(ctx, op, train ? "bn_forward_planes" : "bn_forward_eval_planes", na, args, 4, g,
                                   train ? 3 : 0, sizeof extra / sizeof extra[0], extra);
         else
