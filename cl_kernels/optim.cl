@@ -220,21 +220,56 @@ inline float clip_term(float x, int mode, float p) {
  * inf (and the clip coefficient 0), so the carry stops there. */
 inline float kahan_carry(float s, float u, float y) { return isfinite(u) ? (u - s) - y : 0.0f; }
 
+/* clip_term and kahan_carry on eight lanes, and opt_max's NaN-propagating max. */
+inline float8 clip_term8(float8 x, int mode, float p) {
+    float8 a = fabs(x);
+    return mode == KILN_CLIP_L2 ? x * x : mode == KILN_CLIP_LP ? pow(a, (float8)p) : a;
+}
+inline float8 kahan_carry8(float8 s, float8 u, float8 y) { return select((float8)0.0f, (u - s) - y, isfinite(u)); }
+inline float8 opt_max8(float8 a, float8 b) { return select(select(fmax(a, b), b, isnan(b)), a, (a > b) | isnan(a)); }
+
+/* The eight lanes of v combined pairwise: summed, or (inf) maxed as opt_max. */
+inline float clip_lanes(float8 v, bool inf) {
+    if (!inf) {
+        float4 a = v.lo + v.hi;
+        float2 b = a.lo + a.hi;
+        return b.x + b.y;
+    }
+    float a0 = opt_max(v.s0, v.s4), a1 = opt_max(v.s1, v.s5), a2 = opt_max(v.s2, v.s6), a3 = opt_max(v.s3, v.s7);
+    return opt_max(opt_max(a0, a2), opt_max(a1, a3));
+}
+
 /* The partial of one work-group (all its work-items call it): the group's sum (compensated)
- * or NaN-propagating max over g[i], i = first, + stride, ... < n, first the work-item's
- * index in its gradient's launch and stride that launch's size. */
+ * or NaN-propagating max over g[0 .. n). The gradient is read as float8 units (unit u is
+ * g[8u .. 8u + 8)): the work-item visits units first, + stride, ... of the n / 8 whole
+ * ones, first its index in its gradient's launch and stride that launch's size, with a sum
+ * (or max) per lane; the lanes are then combined pairwise, and the work-item with first 0
+ * adds the n % 8 elements after the last unit. */
 inline float clip_group(global const float *g, int first, int n, int stride, int mode, float p, local float *scratch) {
-    int lid = get_local_id(0), L = get_local_size(0);
-    float s = 0.0f, c = 0.0f;
-    for (int i = first; i < n; i += stride) {
-        float t = clip_term(g[i], mode, p);
-        if (mode == KILN_CLIP_LINF) {
-            s = opt_max(s, t);
+    int lid = get_local_id(0), L = get_local_size(0), nu = n / 8;
+    bool inf = mode == KILN_CLIP_LINF;
+    float8 s8 = (float8)0.0f, c8 = (float8)0.0f;
+    for (int u = first; u < nu; u += stride) {
+        float8 t = clip_term8(vload8(u, g), mode, p);
+        if (inf) {
+            s8 = opt_max8(s8, t);
         } else { /* Kahan: float partials of ~n/stride terms stay within a few ulps */
+            float8 y = t - c8;
+            float8 v = s8 + y;
+            c8 = kahan_carry8(s8, v, y);
+            s8 = v;
+        }
+    }
+    float s = clip_lanes(s8, inf), c = 0.0f;
+    for (int i = first == 0 ? nu * 8 : n; i < n; i++) {
+        float t = clip_term(g[i], mode, p);
+        if (inf) {
+            s = opt_max(s, t);
+        } else {
             float y = t - c;
-            float u = s + y;
-            c = kahan_carry(s, u, y);
-            s = u;
+            float v = s + y;
+            c = kahan_carry(s, v, y);
+            s = v;
         }
     }
     scratch[lid] = s;

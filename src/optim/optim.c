@@ -958,7 +958,20 @@ kiln_status kiln_optim_zero_grad(kiln_optim *opt) {
 
 /* ---- gradient clipping --------------------------------------------------------------- */
 
-#define CLIP_MAX_GROUPS 64
+/* Work-groups per gradient in clip_partial, whose work-items read float8 units (optim.cl's
+ * clip_group): one per lp units, at most CLIP_MAX_GROUPS_GPU, or on CPUs at most
+ * CLIP_MAX_GROUPS_CPU of at most CLIP_WG_CPU work-items. POCL runs a group's barrier tree
+ * as one loop over its work-items per level, and the gradients of one multi launch already
+ * fill the cores, so CPUs take fewer, smaller groups that each read more. */
+#define CLIP_MAX_GROUPS_GPU 64
+#define CLIP_MAX_GROUPS_CPU 8
+#define CLIP_WG_CPU 16
+
+static int64_t clip_groups(const kiln_ctx *ctx, int64_t m, size_t lp) {
+    int64_t units = (m + 7) / 8, groups = (units + (int64_t)lp - 1) / (int64_t)lp;
+    int64_t cap = ctx->info.type == KILN_DEVICE_CPU ? CLIP_MAX_GROUPS_CPU : CLIP_MAX_GROUPS_GPU;
+    return groups < cap ? groups : cap;
+}
 
 /* The gradients of params[0..n) that exist, checked; NULL list (with the error set) on
  * failure, *ng = 0 and a non-NULL list when there are none. */
@@ -1020,13 +1033,13 @@ static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor 
     size_t lp, lt;
     kiln_tensor *part = NULL, *out = NULL, *total = NULL;
     /* the trees in clip_* need a power-of-two work-group */
-    if (kiln__tree_wg(ctx, OPT_PROGRAM, "", "clip_partial", 0, &lp) != KILN_OK ||
+    if (kiln__tree_wg(ctx, OPT_PROGRAM, "", "clip_partial", ctx->info.type == KILN_DEVICE_CPU ? CLIP_WG_CPU : 0, &lp) !=
+            KILN_OK ||
         kiln__tree_wg(ctx, OPT_PROGRAM, "", "clip_total", 0, &lt) != KILN_OK)
         goto fail;
     int64_t npart = 0;
     for (int k = 0; k < ng; k++) {
-        int64_t m = kiln__numel(gs[k]->ndim, gs[k]->shape), groups = (m + (int64_t)lp - 1) / (int64_t)lp;
-        npart += groups < CLIP_MAX_GROUPS ? groups : CLIP_MAX_GROUPS;
+        npart += clip_groups(ctx, kiln__numel(gs[k]->ndim, gs[k]->shape), lp);
     }
     int64_t pn = npart > 0 ? npart : 1, two = 2;
     part = kiln__tensor_new(ctx, op, KILN_F32, 1, &pn);
@@ -1043,8 +1056,7 @@ static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor 
         int nb = 0;
         int64_t elems = 0;
         for (; k0 < ng && nb < KILN_OPT_MULTI; k0++) {
-            int64_t m = kiln__numel(gs[k0]->ndim, gs[k0]->shape), groups = (m + (int64_t)lp - 1) / (int64_t)lp;
-            if (groups > CLIP_MAX_GROUPS) groups = CLIP_MAX_GROUPS;
+            int64_t m = kiln__numel(gs[k0]->ndim, gs[k0]->shape), groups = clip_groups(ctx, m, lp);
             if (groups == 0) continue;
             if (elems + m > INT32_MAX) break;
             elems += m;
@@ -1069,8 +1081,7 @@ static kiln_tensor *clip_norm(kiln_ctx *ctx, const char *op, int n, kiln_tensor 
         pbase += T.gstart[nb];
     }
     for (int k = 0; !multi && k < ng; k++) {
-        int64_t m = kiln__numel(gs[k]->ndim, gs[k]->shape), groups = (m + (int64_t)lp - 1) / (int64_t)lp;
-        if (groups > CLIP_MAX_GROUPS) groups = CLIP_MAX_GROUPS;
+        int64_t m = kiln__numel(gs[k]->ndim, gs[k]->shape), groups = clip_groups(ctx, m, lp);
         if (groups == 0) continue;
         cl_int goff = (cl_int)gs[k]->offset, mi = (cl_int)m;
         kiln__karg a[] = {
