@@ -633,6 +633,51 @@ kernel void ln_param_grad(global const float *x, int xoff, global const float *d
     if (need_b) db[dboff + j] = tb;
 }
 
+/* ln_param_grad on CPUs: work-item c takes columns 8c .. 8c + 7 as the lanes of float8s
+ * (POCL vectorises neither of ln_param_grad's loops: the row loop is a float reduction, the
+ * work-item loop has a loop inside), each lane summing its column in ln_param_grad's order,
+ * so the results are its bits; the last work-item takes the D % 8 columns one at a time. */
+kernel void ln_param_grad_vec(global const float *restrict x, int xoff, global const float *restrict dy, int dyoff,
+                              global const float *restrict mean, int moff, global const float *restrict rstd,
+                              int roff, int R, int D, int need_w, global float *restrict dw, int dwoff, int need_b,
+                              global float *restrict db, int dboff) {
+    int j0 = get_global_id(0) * 8;
+    if (j0 >= D) return;
+    if (j0 + 8 <= D) {
+        float8 tw = (float8)0.0f, tb = (float8)0.0f;
+        for (int r0 = 0; r0 < R; r0 += 32) {
+            int r1 = min(R, r0 + 32);
+            float8 pw = (float8)0.0f, pb = (float8)0.0f;
+            for (int r = r0; r < r1; r++) {
+                float8 d = vload8(0, dy + dyoff + r * D + j0);
+                pw = fma(d, (vload8(0, x + xoff + r * D + j0) - mean[moff + r]) * rstd[roff + r], pw);
+                pb += d;
+            }
+            tw += pw;
+            tb += pb;
+        }
+        if (need_w) vstore8(tw, 0, dw + dwoff + j0);
+        if (need_b) vstore8(tb, 0, db + dboff + j0);
+        return;
+    }
+    for (int j = j0; j < D; j++) {
+        float tw = 0.0f, tb = 0.0f;
+        for (int r0 = 0; r0 < R; r0 += 32) {
+            int r1 = min(R, r0 + 32);
+            float pw = 0.0f, pb = 0.0f;
+            for (int r = r0; r < r1; r++) {
+                float d = dy[dyoff + r * D + j];
+                pw = fma(d, (x[xoff + r * D + j] - mean[moff + r]) * rstd[roff + r], pw);
+                pb += d;
+            }
+            tw += pw;
+            tb += pb;
+        }
+        if (need_w) dw[dwoff + j] = tw;
+        if (need_b) db[dboff + j] = tb;
+    }
+}
+
 /* ---- dropout: Philox4x32-10, the same generator and stream as cl_kernels/random.cl ---- */
 
 #define NORM_PHILOX_M0 0xD2511F53u

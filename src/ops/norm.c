@@ -294,8 +294,9 @@ static kiln_status norm_backward_fn(kiln_ctx *ctx, kiln__node *n, kiln_tensor *g
                              KILN__ARG(nb),
                              KILN__ARG(dbm),
                              KILN__ARG(dboff)};
-        s = kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, "ln_param_grad", sizeof args / sizeof args[0], args,
-                         (size_t)g.S, 0);
+        bool v8 = ln_vec(ctx, &g, wmode);
+        s = kiln__launch(ctx, op, NORM_PROGRAM, NORM_OPTIONS, v8 ? "ln_param_grad_vec" : "ln_param_grad",
+                         sizeof args / sizeof args[0], args, v8 ? (size_t)(g.S + 7) / 8 : (size_t)g.S, 0);
         if (s != KILN_OK) goto done;
         if (need_w && (s = give(ctx, n, 1, &dw)) != KILN_OK) goto done;
         if (need_b && (s = give(ctx, n, 2, &db)) != KILN_OK) goto done;
