@@ -103,35 +103,80 @@ ACT_BWD(elu, v > 0.0f ? g : g * a * exp(v))
  * Coefficients fitted by iteratively reweighted least squares (Lawson) on 4000 Chebyshev
  * nodes: max relative error 1.2e-9 (P) and absolute 5.1e-9 (R), below float's 6e-8.
  */
-inline __attribute__((always_inline)) float act_erf(float x) {
-    float t = fabs(x), s = x * x;
-    float p = 7.85385769557223e-05f;
-    p = fma(p, s, -0.0008010192517728665f);
-    p = fma(p, s, 0.005188327559705094f);
-    p = fma(p, s, -0.026853811868979977f);
-    p = fma(p, s, 0.11283585147029193f);
-    p = fma(p, s, -0.37612625824093526f);
-    p = fma(p, s, 0.1283791657266897f); /* 2/sqrt(pi) - 1: x is added exactly below */
-    float small = fma(x, p, x);
-    float tc = t > 4.0f ? 4.0f : t; /* NaN stays NaN and flows through to the result */
-    float u = tc - 2.5f;
-    float q = -5.55558720694016e-08f;
-    q = fma(q, u, 1.6149543700938462e-06f);
-    q = fma(q, u, -1.3028116181743044e-05f);
-    q = fma(q, u, 7.739040894885751e-05f);
-    q = fma(q, u, -0.00042061926860004206f);
-    q = fma(q, u, 0.002165165956410947f);
-    q = fma(q, u, -0.010858220279991953f);
-    q = fma(q, u, 0.056106357187582154f);
-    q = fma(q, u, -0.3526807311577464f);
-    q = fma(q, u, -1.5568152768734702f);
-    float large = copysign(1.0f - kiln_exp_neg(fma(-tc, tc, q)), x);
-    return t < 1.0f ? small : large;
-}
+#define ACT_ERF(T, CLAMP4, PICK)                                                               \
+    inline __attribute__((always_inline, overloadable)) T act_erf(T x) {                       \
+        T t = fabs(x), s = x * x;                                                              \
+        T p = (T)(7.85385769557223e-05f);                                                      \
+        p = fma(p, s, (T)(-0.0008010192517728665f));                                           \
+        p = fma(p, s, (T)(0.005188327559705094f));                                             \
+        p = fma(p, s, (T)(-0.026853811868979977f));                                            \
+        p = fma(p, s, (T)(0.11283585147029193f));                                              \
+        p = fma(p, s, (T)(-0.37612625824093526f));                                             \
+        p = fma(p, s, (T)(0.1283791657266897f)); /* 2/sqrt(pi) - 1: x is added exactly below */ \
+        T small = fma(x, p, x);                                                                \
+        T tc = CLAMP4(T, t); /* NaN stays NaN and flows through to the result */                  \
+        T u = tc - 2.5f;                                                                       \
+        T q = (T)(-5.55558720694016e-08f);                                                     \
+        q = fma(q, u, (T)(1.6149543700938462e-06f));                                           \
+        q = fma(q, u, (T)(-1.3028116181743044e-05f));                                          \
+        q = fma(q, u, (T)(7.739040894885751e-05f));                                            \
+        q = fma(q, u, (T)(-0.00042061926860004206f));                                          \
+        q = fma(q, u, (T)(0.002165165956410947f));                                             \
+        q = fma(q, u, (T)(-0.010858220279991953f));                                            \
+        q = fma(q, u, (T)(0.056106357187582154f));                                             \
+        q = fma(q, u, (T)(-0.3526807311577464f));                                              \
+        q = fma(q, u, (T)(-1.5568152768734702f));                                              \
+        T large = copysign(1.0f - kiln_exp_neg(fma(-tc, tc, q)), x);                           \
+        return PICK(T, t, small, large);                                                          \
+    }
+/* float: conditionals, vectors (act_gelu_vec below): select, lane by lane the same bits */
+#define ACT_ERF_CLAMP4(T, t) ((t) > 4.0f ? 4.0f : (t))
+#define ACT_ERF_PICK(T, t, small, large) ((t) < 1.0f ? (small) : (large))
+#define ACT_ERF_CLAMP4_V(T, t) select((t), (T)(4.0f), (t) > 4.0f)
+#define ACT_ERF_PICK_V(T, t, small, large) select((large), (small), (t) < 1.0f)
+ACT_ERF(float, ACT_ERF_CLAMP4, ACT_ERF_PICK)
 
 /* gelu, exact: x * Phi(x) = x/2 * (1 + erf(x/sqrt2)); gradient Phi(x) + x * phi(x). */
-ACT_FWD(gelu, 0.5f * x * (1.0f + act_erf(x * SQRT1_2)))
-ACT_BWD(gelu, g * (0.5f * (1.0f + act_erf(v * SQRT1_2)) + v * (INV_SQRT_2PI * kiln_exp_neg(-0.5f * v * v))))
+#define GELU_FWD(x) (0.5f * (x) * (1.0f + act_erf((x) * SQRT1_2)))
+#define GELU_BWD(g, v) ((g) * (0.5f * (1.0f + act_erf((v) * SQRT1_2)) + (v) * (INV_SQRT_2PI * kiln_exp_neg(-0.5f * (v) * (v)))))
+ACT_FWD(gelu, GELU_FWD(x))
+ACT_BWD(gelu, GELU_BWD(g, v))
+
+#if defined(ACT_VW) && !defined(KILN_HALF)
+#define ACT_CAT_(a, b) a##b
+#define ACT_CAT(a, b) ACT_CAT_(a, b)
+#define AVEC ACT_CAT(float, ACT_VW)
+#define AVLOAD ACT_CAT(vload, ACT_VW)
+#define AVSTORE ACT_CAT(vstore, ACT_VW)
+ACT_ERF(AVEC, ACT_ERF_CLAMP4_V, ACT_ERF_PICK_V)
+
+kernel void gelu_fwd_vec(global const float *restrict xp, int xoff, global float *restrict out, int ooff, int n) {
+    int i = get_global_id(0) * ACT_VW;
+    if (i + ACT_VW <= n) {
+        AVEC x = AVLOAD(0, xp + xoff + i);
+        AVSTORE(GELU_FWD(x), 0, out + ooff + i);
+        return;
+    }
+    for (; i < n; i++) {
+        float x = xp[xoff + i];
+        out[ooff + i] = GELU_FWD(x);
+    }
+}
+
+kernel void gelu_bwd_vec(global const float *restrict gp, int goff, global const float *restrict vp, int voff,
+                         global float *restrict out, int ooff, int n) {
+    int i = get_global_id(0) * ACT_VW;
+    if (i + ACT_VW <= n) {
+        AVEC g = AVLOAD(0, gp + goff + i), v = AVLOAD(0, vp + voff + i);
+        AVSTORE(GELU_BWD(g, v), 0, out + ooff + i);
+        return;
+    }
+    for (; i < n; i++) {
+        float g = gp[goff + i], v = vp[voff + i];
+        out[ooff + i] = GELU_BWD(g, v);
+    }
+}
+#endif
 
 /* tanh that reaches +-1: POCL's tanh stops one ulp short of 1 (0.99999994 even at
  * +-Inf, within the 5 ulp the spec allows), which would turn gelu_tanh(-Inf) into -Inf

@@ -1028,11 +1028,63 @@ static void test_errors(kiln_ctx *ctx) {
     CHECK_OK(ctx);
 }
 
+/* gelu's vector kernels (a work-item per 2, 4, 8 or 16 floats, kiln__hooks_of(ctx)->act_vw)
+ * against the element kernels (act_vw 1): forward and backward, bit for bit, on lengths
+ * around the widths (the last work-item's tail) and values across the branch points of
+ * kiln's erf (|x| / sqrt2 = 1 and 4) with NaN, +-Inf and -0. */
+static void test_gelu_vector_kernels(kiln_ctx *ctx) {
+    static const float specials[] = {NAN,          INFINITY,    -INFINITY,    -0.0f,  0.0f,    1.41421354f,
+                                     -1.41421366f, 5.65685415f, -5.65685463f, 100.0f, -100.0f, 1e-30f};
+    static const int64_t lens[] = {1, 7, 16, 17, 33, 1003};
+    int nspec = (int)(sizeof specials / sizeof specials[0]);
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int64_t n = lens[li];
+        float *xh = malloc(sizeof(float) * (size_t)n), *gh = malloc(sizeof(float) * (size_t)n);
+        h_fill(xh, n, -8.0f, 8.0f);
+        h_fill(gh, n, -1.0f, 1.0f);
+        for (int64_t i = 0; i < n && i < nspec; i++) xh[(i * 7) % n] = specials[i];
+        float *ref[2] = {NULL, NULL};
+        for (int w = 1; w <= 16; w *= 2) {
+            kiln__hooks_of(ctx)->act_vw = w;
+            kiln_scope_begin(ctx);
+            kiln_tensor *x = kiln_from_host(ctx, xh, KILN_F32, 1, &n);
+            kiln_tensor_set_requires_grad(x, true);
+            kiln_tensor *y = kiln_gelu(ctx, x, false), *seed = kiln_from_host(ctx, gh, KILN_F32, 1, &n);
+            kiln_status s = y ? kiln_backward_ex(y, seed, false) : KILN_ERR_NULL;
+            CHECK(s == KILN_OK, "gelu with %d floats per work-item: %s", w, kiln_error_message(ctx));
+            float *got[2] = {s == KILN_OK ? h_read(y) : NULL, s == KILN_OK ? h_read(kiln_tensor_grad(x)) : NULL};
+            for (int k = 0; k < 2; k++) {
+                if (w == 1) {
+                    ref[k] = got[k];
+                    continue;
+                }
+                int64_t bad = 0, first = -1;
+                for (int64_t i = 0; got[k] && ref[k] && i < n; i++)
+                    if (memcmp(&got[k][i], &ref[k][i], sizeof(float)) != 0 && bad++ == 0) first = i;
+                CHECK(got[k] && ref[k] && bad == 0,
+                      "gelu %s of %lld elements, %d floats per work-item: %lld values differ from the element "
+                      "kernel's (first at %lld: x %g)",
+                      k ? "backward" : "forward", (long long)n, w, (long long)bad, (long long)first,
+                      first >= 0 ? (double)xh[first] : 0.0);
+                free(got[k]);
+            }
+            kiln_scope_end(ctx);
+        }
+        kiln__hooks_of(ctx)->act_vw = 0;
+        free(ref[0]);
+        free(ref[1]);
+        free(xh);
+        free(gh);
+    }
+    CHECK_OK(ctx);
+}
+
 static void run(kiln_ctx *ctx) {
     test_elementwise_shapes(ctx);
     test_elementwise_specials(ctx);
     test_elementwise_sweep(ctx);
     test_elementwise_grads(ctx);
+    test_gelu_vector_kernels(ctx);
     test_softmax_shapes(ctx);
     test_softmax_specials(ctx);
     test_softmax_grads(ctx);

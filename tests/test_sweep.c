@@ -575,6 +575,9 @@ static void sweep_activation(void) {
     BACK("sigmoid strided", kiln_sigmoid(C, kiln_transpose(C, z, 0, 2)), z);
     BACK("tanh strided", kiln_tanh(C, kiln_transpose(C, z, 0, 2)), z);
     BACK("log_softmax middle dim", kiln_log_softmax(C, y, 1), y);
+    kiln__hooks_of(C)->act_vw = 4; /* gelu's vector kernels (18 floats: a tail of 2) */
+    BACK("gelu, four floats per work-item", kiln_gelu(C, x, false), x);
+    kiln__hooks_of(C)->act_vw = 0;
     forced_softmax();
 }
 

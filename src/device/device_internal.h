@@ -184,6 +184,7 @@ typedef struct kiln__hooks {
     int loss_layout;                     /* as reduce_layout (src/ops/loss.c) */
     int norm_layout;                     /* 0 device, 1 rows, 2 groups, 3 BN planes, 4 LN vec rows (ops/norm.c) */
     int shape_layout;                    /* as reduce_layout (src/ops/shape.c) */
+    int act_vw;                          /* 0 device, w: gelu's floats per work-item (ops/activation.c) */
     int gemm_own;                        /* 0 device, 1 every product kiln's kernels can take, -1 none */
     int gemm_params;                     /* 0 device, i: set i - 1 (ops/gemm.c), own kernels unless gemm_own -1 */
     int gemm_epilogue;                   /* 0 KILN_GEMM_EPILOGUE, 1 bias fused into gemm_nt, -1 never */

@@ -79,6 +79,20 @@ static const struct {
     [ACT_SOFTPLUS] = {"kiln_softplus", "softplus", false},
 };
 
+/* The floats per work-item of gelu's vector kernels (activation.cl, gelu_*_vec) for a
+ * contiguous f32 operand on a CPU: the device's native vector width (16 on AVX-512, 8 on
+ * AVX2), so the arithmetic runs on whole registers; 1 (the element kernels) otherwise.
+ * POCL vectorises the element kernels across work-items at the width LLVM prefers for the
+ * target (256 bits on AVX-512 cores). ctx->hooks.act_vw forces a width (1, 2, 4, 8, 16). */
+static int act_vw(const kiln_ctx *ctx, act_kind kind, bool contig_f32) {
+    if (kind != ACT_GELU || !contig_f32) return 1;
+    if (ctx->hooks.act_vw) return ctx->hooks.act_vw;
+    if (ctx->info.type != KILN_DEVICE_CPU) return 1;
+    int w = (int)ctx->info.native_vector_width_float, v = 1;
+    while (v < 16 && 2 * v <= w) v *= 2;
+    return v;
+}
+
 /* grad_in of an elementwise activation: one kernel from the output's gradient (contiguous,
  * the output's shape) and the saved input or output. */
 static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
@@ -111,10 +125,16 @@ static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
         }
         args[na++] = KILN__ARG(a);
         args[na++] = KILN__ARG(b);
-        char kernel[64];
+        char kernel[64], vopts[32];
         snprintf(kernel, sizeof kernel, "%s_bwd_%s", act_info[kind].stem, contig ? "contig" : "strided");
-        if (kiln__launch(ctx, op, ACT_PROGRAM, kiln__half_options(v->dtype), kernel, na, args, (size_t)numel, 0) !=
-            KILN_OK) {
+        int vw = act_vw(ctx, kind, contig && v->dtype == KILN_F32);
+        if (vw > 1) {
+            snprintf(kernel, sizeof kernel, "%s_bwd_vec", act_info[kind].stem);
+            snprintf(vopts, sizeof vopts, "-DACT_VW=%d", vw);
+            na -= 2; /* no a, b */
+        }
+        if (kiln__launch(ctx, op, ACT_PROGRAM, vw > 1 ? vopts : kiln__half_options(v->dtype), kernel, na, args,
+                         vw > 1 ? (size_t)((numel + vw - 1) / vw) : (size_t)numel, 0) != KILN_OK) {
             kiln_tensor_free(gi);
             return ctx->err;
         }
@@ -149,10 +169,16 @@ static kiln_tensor *act_forward(kiln_ctx *ctx, act_kind kind, kiln_tensor *x, fl
         }
         args[na++] = KILN__ARG(av);
         args[na++] = KILN__ARG(bv);
-        char kernel[64];
+        char kernel[64], vopts[32];
         snprintf(kernel, sizeof kernel, "%s_fwd_%s", act_info[kind].stem, contig ? "contig" : "strided");
-        if (kiln__launch(ctx, op, ACT_PROGRAM, kiln__half_options(x->dtype), kernel, na, args, (size_t)numel, 0) !=
-            KILN_OK) {
+        int vw = act_vw(ctx, kind, contig && x->dtype == KILN_F32);
+        if (vw > 1) {
+            snprintf(kernel, sizeof kernel, "%s_fwd_vec", act_info[kind].stem);
+            snprintf(vopts, sizeof vopts, "-DACT_VW=%d", vw);
+            na -= 2; /* no a, b */
+        }
+        if (kiln__launch(ctx, op, ACT_PROGRAM, vw > 1 ? vopts : kiln__half_options(x->dtype), kernel, na, args,
+                         vw > 1 ? (size_t)((numel + vw - 1) / vw) : (size_t)numel, 0) != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
