@@ -246,12 +246,44 @@ inline KVEC att_keep_vec(KVEC x, ulong pos, ulong step, uint key0, uint key1, ui
         }                                                                                                              \
     }
 
+#if ATT_KW == ATT_VW && (ATT_KW == 4 || ATT_KW == 8 || ATT_KW == 16)
+/* r[0 .. ATT_KW) (the rows of a square block) becomes its transpose: log2(ATT_KW) rounds
+ * of out[2i], out[2i + 1] = the low and high halves of r[i] and r[i + ATT_KW / 2]
+ * interleaved, each a two-vector shuffle. */
+#define ATT_IL2(x, y) (float4)((x).s0, (y).s0, (x).s1, (y).s1)
+#define ATT_IL4(x, y) (float8)(ATT_IL2((x).lo, (y).lo), ATT_IL2((x).hi, (y).hi))
+#define ATT_IL8(x, y) (float16)(ATT_IL4((x).lo, (y).lo), ATT_IL4((x).hi, (y).hi))
+#if ATT_KW == 4
+#define ATT_IL ATT_IL2
+#elif ATT_KW == 8
+#define ATT_IL ATT_IL4
+#else
+#define ATT_IL ATT_IL8
+#endif
+#define ATT_PACK_TRANSPOSE 1
+inline __attribute__((always_inline)) void att_transpose(KVEC *r) {
+#pragma unroll
+    for (int w = 1; w < ATT_KW; w *= 2) {
+        KVEC o[ATT_KW];
+#pragma unroll
+        for (int i = 0; i < ATT_KW / 2; i++) {
+            o[2 * i] = ATT_IL(r[i].lo, r[i + ATT_KW / 2].lo);
+            o[2 * i + 1] = ATT_IL(r[i].hi, r[i + ATT_KW / 2].hi);
+        }
+#pragma unroll
+        for (int i = 0; i < ATT_KW; i++) r[i] = o[i];
+    }
+}
+#endif
+
 /* Packs rows 0 .. np - 1 of batch b's [n, D] matrix x (row and column strides rs, cs, the
  * batch's offset from bsh and bs): mode bit 0 writes rows [B, np, Dp] (times mult, zero
  * past n and D), bit 1 the transpose [B, D, np]; both at element offset go. A work-item
  * packs ATT_KW rows of one batch (np is a multiple of it), so that it writes the transpose
  * as vectors; rows that are whole vectors (columns contiguous, D a multiple of ATT_VW) it
- * copies a vector at a time (the element loop below does not vectorise on POCL). */
+ * copies a vector at a time (the element loop below does not vectorise on POCL), and
+ * where tiles and features are vectors of one width it transposes them a square block at
+ * a time in registers (the element loop gathers each element of the transpose). */
 kernel void sdpa_pack(global const float *restrict x, int8 bsh, int8 bs, int base, int n, int rs, int cs, int D,
                       int np, int Dp, float mult, int mode, global float *restrict rows, global float *restrict cols,
                       int go) {
@@ -260,6 +292,22 @@ kernel void sdpa_pack(global const float *restrict x, int8 bsh, int8 bs, int bas
     const global float *xb = x + base + att_boff(b, bsh, bs);
     global float *yr = rows + go + ((long)b * np + r0) * Dp;
     global float *yc = cols + go + (long)b * D * np + r0;
+#ifdef ATT_PACK_TRANSPOSE
+    if ((mode & 2) && cs == 1 && D == Dp) {
+        for (int c = 0; c < Dp; c += ATT_VW) {
+            KVEC r[ATT_KW];
+#pragma unroll
+            for (int u = 0; u < ATT_KW; u++) {
+                r[u] = r0 + u < n ? EVLOAD(0, xb + (r0 + u) * rs + c) * mult : (EVEC)0.0f;
+                if (mode & 1) EVSTORE(r[u], 0, yr + u * Dp + c);
+            }
+            att_transpose(r);
+#pragma unroll
+            for (int f = 0; f < ATT_KW; f++) KSTORE(r[f], 0, yc + (long)(c + f) * np);
+        }
+        return;
+    }
+#endif
     if ((mode & 1) && cs == 1 && D == Dp) {
         for (int u = 0; u < ATT_KW; u++) {
             global float *y = yr + u * Dp;

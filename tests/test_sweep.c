@@ -1236,9 +1236,13 @@ static void sweep_attention(void) {
     kiln_manual_seed(C, 3);
     BACK("scaled_dot_product_attention causal dropout", kiln_scaled_dot_product_attention(C, q, k, v, NULL, &o), q, k,
          v);
+    /* head dims of whole vectors: sdpa_pack transposes square blocks in registers */
+    o = kiln_sdpa_defaults();
+    kiln_tensor *q8 = MK(-1, 1, true, 2, 19, 8), *k8 = MK(-1, 1, true, 2, 37, 8), *v8 = MK(-1, 1, true, 2, 37, 8);
+    BACK("scaled_dot_product_attention head dim 8", kiln_scaled_dot_product_attention(C, q8, k8, v8, NULL, &o), q8, k8,
+         v8);
     /* transposed query, strided key */
     kiln_tensor *qt = MK(-1, 1, true, 2, 5, 19), *k2 = MK(-1, 1, true, 2, 74, 5);
-    o = kiln_sdpa_defaults();
     BACK("scaled_dot_product_attention views",
          kiln_scaled_dot_product_attention(C, kiln_transpose(C, qt, 1, 2), kiln_slice(C, k2, 1, 0, 74, 2), v, NULL, &o),
          qt, k2, v);
