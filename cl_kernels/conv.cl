@@ -41,8 +41,8 @@ inline int2 conv_range(int o0, int st, int lo, int hi, int n) {
  * run, a copy and a zero run. x is read through its strides xs (n, c, h, w) from xoff:
  * any view.
  */
-kernel void conv_im2col(global const KILN_S *x, int xoff, int4 xs, global float *col, int coloff, conv_geom g, int n0,
-                        int nb, int nitems) {
+kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff,
+                        conv_geom g, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int kk = g.kh * g.kw;
@@ -78,8 +78,8 @@ kernel void conv_im2col(global const KILN_S *x, int xoff, int4 xs, global float 
  * order (bias, taps in row-major order): deterministic. has_bias 0 starts from 0. Group gi's
  * rows start at row gi*kgp (kgp >= kg: rows padded for the GEMM; the extra rows are unread).
  */
-kernel void conv_col2im(global const float *col, int coloff, global KILN_S *out, int outoff, global const KILN_S *bias,
-                        int boff, int has_bias, conv_geom g, int kgp, int n0, int nb, int nitems) {
+kernel void conv_col2im(global const float *restrict col, int coloff, global KILN_S *restrict out, int outoff,
+                        global const KILN_S *restrict bias, int boff, int has_bias, conv_geom g, int kgp, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int h = q % g.h, nc = q / g.h;
@@ -128,7 +128,7 @@ kernel void conv_col2im(global const float *col, int coloff, global KILN_S *out,
  * tensor with channels nc and planes of ph_ x pw_ (any strides ss: n, c, h, w).
  * One work-item per (c, nl) plane.
  */
-kernel void conv_to_cnhw(global const KILN_S *src, int soff, int4 ss, global float *dst, int doff, int nc, int ph_,
+kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, global float *restrict dst, int doff, int nc, int ph_,
                          int pw_, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
@@ -149,7 +149,8 @@ kernel void conv_to_cnhw(global const KILN_S *src, int soff, int4 ss, global flo
  * to the sum (x < 0 ? 0 : x, as kiln_relu: the forward of a convolution then ReLU in one
  * op). One work-item per plane.
  */
-kernel void conv_from_cnhw(global const float *src, int soff, global KILN_S *dst, int doff, global const KILN_S *bias,
+kernel void conv_from_cnhw(global const float *restrict src, int soff, global KILN_S *restrict dst, int doff,
+                           global const KILN_S *restrict bias,
                            int boff, int has_bias, int nc, int hw, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
@@ -303,7 +304,7 @@ kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, gl
  * of each group. Rows are groups*kgp long and written whole (contiguous); one work-item per
  * output row (nl, oh). x is read through its strides xs: any view.
  */
-kernel void conv_im2col_t(global const KILN_S *x, int xoff, int4 xs, global float *col, int coloff, conv_geom g,
+kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff, conv_geom g,
                           int kgp, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
