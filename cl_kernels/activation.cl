@@ -114,7 +114,7 @@ ACT_BWD(elu, v > 0.0f ? g : g * a * exp(v))
         p = fma(p, s, (T)(-0.37612625824093526f));                                             \
         p = fma(p, s, (T)(0.1283791657266897f)); /* 2/sqrt(pi) - 1: x is added exactly below */ \
         T small = fma(x, p, x);                                                                \
-        T tc = CLAMP4(T, t); /* NaN stays NaN and flows through to the result */                  \
+        T tc = CLAMP4(T, t); /* NaN stays NaN and flows through to the result */               \
         T u = tc - 2.5f;                                                                       \
         T q = (T)(-5.55558720694016e-08f);                                                     \
         q = fma(q, u, (T)(1.6149543700938462e-06f));                                           \
@@ -127,9 +127,9 @@ ACT_BWD(elu, v > 0.0f ? g : g * a * exp(v))
         q = fma(q, u, (T)(-0.3526807311577464f));                                              \
         q = fma(q, u, (T)(-1.5568152768734702f));                                              \
         T large = copysign(1.0f - kiln_exp_neg(fma(-tc, tc, q)), x);                           \
-        return PICK(T, t, small, large);                                                          \
+        return PICK(T, t, small, large);                                                       \
     }
-/* float: conditionals, vectors (act_gelu_vec below): select, lane by lane the same bits */
+/* float: conditionals; vectors (gelu_*_vec below): select, lane by lane the same bits */
 #define ACT_ERF_CLAMP4(T, t) ((t) > 4.0f ? 4.0f : (t))
 #define ACT_ERF_PICK(T, t, small, large) ((t) < 1.0f ? (small) : (large))
 #define ACT_ERF_CLAMP4_V(T, t) select((t), (T)(4.0f), (t) > 4.0f)
@@ -138,7 +138,8 @@ ACT_ERF(float, ACT_ERF_CLAMP4, ACT_ERF_PICK)
 
 /* gelu, exact: x * Phi(x) = x/2 * (1 + erf(x/sqrt2)); gradient Phi(x) + x * phi(x). */
 #define GELU_FWD(x) (0.5f * (x) * (1.0f + act_erf((x) * SQRT1_2)))
-#define GELU_BWD(g, v) ((g) * (0.5f * (1.0f + act_erf((v) * SQRT1_2)) + (v) * (INV_SQRT_2PI * kiln_exp_neg(-0.5f * (v) * (v)))))
+#define GELU_BWD(g, v)                                                                         \
+    ((g) * (0.5f * (1.0f + act_erf((v) * SQRT1_2)) + (v) * (INV_SQRT_2PI * kiln_exp_neg(-0.5f * (v) * (v)))))
 ACT_FWD(gelu, GELU_FWD(x))
 ACT_BWD(gelu, GELU_BWD(g, v))
 

@@ -79,7 +79,8 @@ kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, glob
  * rows start at row gi*kgp (kgp >= kg: rows padded for the GEMM; the extra rows are unread).
  */
 kernel void conv_col2im(global const float *restrict col, int coloff, global KILN_S *restrict out, int outoff,
-                        global const KILN_S *restrict bias, int boff, int has_bias, conv_geom g, int kgp, int n0, int nb, int nitems) {
+                        global const KILN_S *restrict bias, int boff, int has_bias, conv_geom g, int kgp, int n0,
+                        int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int h = q % g.h, nc = q / g.h;
@@ -128,8 +129,8 @@ kernel void conv_col2im(global const float *restrict col, int coloff, global KIL
  * tensor with channels nc and planes of ph_ x pw_ (any strides ss: n, c, h, w).
  * One work-item per (c, nl) plane.
  */
-kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, global float *restrict dst, int doff, int nc, int ph_,
-                         int pw_, int n0, int nb, int nitems) {
+kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, global float *restrict dst, int doff,
+                         int nc, int ph_, int pw_, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int nl = q % nb, c = q / nb;
@@ -150,8 +151,8 @@ kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, g
  * op). One work-item per plane.
  */
 kernel void conv_from_cnhw(global const float *restrict src, int soff, global KILN_S *restrict dst, int doff,
-                           global const KILN_S *restrict bias,
-                           int boff, int has_bias, int nc, int hw, int n0, int nb, int nitems) {
+                           global const KILN_S *restrict bias, int boff, int has_bias, int nc, int hw, int n0, int nb,
+                           int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int c = q % nc, nl = q / nc;
@@ -304,8 +305,8 @@ kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, gl
  * of each group. Rows are groups*kgp long and written whole (contiguous); one work-item per
  * output row (nl, oh). x is read through its strides xs: any view.
  */
-kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff, conv_geom g,
-                          int kgp, int n0, int nb, int nitems) {
+kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff,
+                          conv_geom g, int kgp, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
     int oh = q % g.ho, nl = q / g.ho;

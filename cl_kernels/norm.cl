@@ -609,14 +609,12 @@ kernel void ln_backward_vec(int G, global const float *restrict x, int xoff, glo
     }
 }
 
-/* Layer norm's weight and bias gradients: one work-item per normalised element j of the
- * [R, D] layout, summing over the rows in order (partials of 32 rows, then their total,
- * so the rounding error grows with R / 32 + 32 rather than R). */
-kernel void ln_param_grad(global const float *x, int xoff, global const float *dy, int dyoff,
-                          global const float *mean, int moff, global const float *rstd, int roff, int R, int D,
-                          int need_w, global float *dw, int dwoff, int need_b, global float *db, int dboff) {
-    int j = get_global_id(0);
-    if (j >= D) return;
+/* Layer norm's weight and bias gradients of column j of the [R, D] layout, summing over the
+ * rows in order (partials of 32 rows, then their total, so the rounding error grows with
+ * R / 32 + 32 rather than R). */
+inline void ln_param_col(global const float *x, int xoff, global const float *dy, int dyoff, global const float *mean,
+                         int moff, global const float *rstd, int roff, int R, int D, int j, int need_w,
+                         global float *dw, int dwoff, int need_b, global float *db, int dboff) {
     float tw = 0.0f, tb = 0.0f;
     for (int r0 = 0; r0 < R; r0 += 32) {
         int r1 = min(R, r0 + 32);
@@ -633,49 +631,44 @@ kernel void ln_param_grad(global const float *x, int xoff, global const float *d
     if (need_b) db[dboff + j] = tb;
 }
 
+/* One work-item per normalised element j. */
+kernel void ln_param_grad(global const float *x, int xoff, global const float *dy, int dyoff,
+                          global const float *mean, int moff, global const float *rstd, int roff, int R, int D,
+                          int need_w, global float *dw, int dwoff, int need_b, global float *db, int dboff) {
+    int j = get_global_id(0);
+    if (j < D) ln_param_col(x, xoff, dy, dyoff, mean, moff, rstd, roff, R, D, j, need_w, dw, dwoff, need_b, db, dboff);
+}
+
 /* ln_param_grad on CPUs: work-item c takes columns 8c .. 8c + 7 as the lanes of float8s
  * (POCL vectorises neither of ln_param_grad's loops: the row loop is a float reduction, the
- * work-item loop has a loop inside), each lane summing its column in ln_param_grad's order,
- * so the results are its bits; the last work-item takes the D % 8 columns one at a time. */
+ * work-item loop has a loop inside), each lane summing its column in ln_param_col's order,
+ * so the results are ln_param_grad's bits; the last work-item takes the D % 8 columns one
+ * at a time. */
 kernel void ln_param_grad_vec(global const float *restrict x, int xoff, global const float *restrict dy, int dyoff,
                               global const float *restrict mean, int moff, global const float *restrict rstd,
                               int roff, int R, int D, int need_w, global float *restrict dw, int dwoff, int need_b,
                               global float *restrict db, int dboff) {
     int j0 = get_global_id(0) * 8;
     if (j0 >= D) return;
-    if (j0 + 8 <= D) {
-        float8 tw = (float8)0.0f, tb = (float8)0.0f;
-        for (int r0 = 0; r0 < R; r0 += 32) {
-            int r1 = min(R, r0 + 32);
-            float8 pw = (float8)0.0f, pb = (float8)0.0f;
-            for (int r = r0; r < r1; r++) {
-                float8 d = vload8(0, dy + dyoff + r * D + j0);
-                pw = fma(d, (vload8(0, x + xoff + r * D + j0) - mean[moff + r]) * rstd[roff + r], pw);
-                pb += d;
-            }
-            tw += pw;
-            tb += pb;
-        }
-        if (need_w) vstore8(tw, 0, dw + dwoff + j0);
-        if (need_b) vstore8(tb, 0, db + dboff + j0);
+    if (j0 + 8 > D) {
+        for (int j = j0; j < D; j++)
+            ln_param_col(x, xoff, dy, dyoff, mean, moff, rstd, roff, R, D, j, need_w, dw, dwoff, need_b, db, dboff);
         return;
     }
-    for (int j = j0; j < D; j++) {
-        float tw = 0.0f, tb = 0.0f;
-        for (int r0 = 0; r0 < R; r0 += 32) {
-            int r1 = min(R, r0 + 32);
-            float pw = 0.0f, pb = 0.0f;
-            for (int r = r0; r < r1; r++) {
-                float d = dy[dyoff + r * D + j];
-                pw = fma(d, (x[xoff + r * D + j] - mean[moff + r]) * rstd[roff + r], pw);
-                pb += d;
-            }
-            tw += pw;
-            tb += pb;
+    float8 tw = (float8)0.0f, tb = (float8)0.0f;
+    for (int r0 = 0; r0 < R; r0 += 32) {
+        int r1 = min(R, r0 + 32);
+        float8 pw = (float8)0.0f, pb = (float8)0.0f;
+        for (int r = r0; r < r1; r++) {
+            float8 d = vload8(0, dy + dyoff + r * D + j0);
+            pw = fma(d, (vload8(0, x + xoff + r * D + j0) - mean[moff + r]) * rstd[roff + r], pw);
+            pb += d;
         }
-        if (need_w) dw[dwoff + j] = tw;
-        if (need_b) db[dboff + j] = tb;
+        tw += pw;
+        tb += pb;
     }
+    if (need_w) vstore8(tw, 0, dw + dwoff + j0);
+    if (need_b) vstore8(tb, 0, db + dboff + j0);
 }
 
 /* ---- dropout: Philox4x32-10, the same generator and stream as cl_kernels/random.cl ---- */

@@ -93,6 +93,30 @@ static int act_vw(const kiln_ctx *ctx, act_kind kind, bool contig_f32) {
     return v;
 }
 
+/* The kernel of an elementwise activation's launch in direction dir ("fwd" or "bwd") over
+ * numel elements of dtype dt: <stem>_<dir>_contig or _strided with the dtype's half options,
+ * or gelu's vector kernel <stem>_<dir>_vec (act_vw), which takes no a and b (the last two of
+ * the *na arguments, dropped). Returns the work-items to launch. */
+typedef struct act_kernel {
+    char name[64], vopts[32];
+    const char *options;
+} act_kernel;
+
+static size_t act_kernel_of(const kiln_ctx *ctx, act_kind kind, const char *dir, bool contig, kiln_dtype dt,
+                            int64_t numel, act_kernel *k, size_t *na) {
+    int vw = act_vw(ctx, kind, contig && dt == KILN_F32);
+    if (vw == 1) {
+        snprintf(k->name, sizeof k->name, "%s_%s_%s", act_info[kind].stem, dir, contig ? "contig" : "strided");
+        k->options = kiln__half_options(dt);
+        return (size_t)numel;
+    }
+    snprintf(k->name, sizeof k->name, "%s_%s_vec", act_info[kind].stem, dir);
+    snprintf(k->vopts, sizeof k->vopts, "-DACT_VW=%d", vw);
+    k->options = k->vopts;
+    *na -= 2;
+    return (size_t)((numel + vw - 1) / vw);
+}
+
 /* grad_in of an elementwise activation: one kernel from the output's gradient (contiguous,
  * the output's shape) and the saved input or output. */
 static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout) {
@@ -125,16 +149,9 @@ static kiln_status act_backward(kiln_ctx *ctx, kiln__node *n, kiln_tensor *gout)
         }
         args[na++] = KILN__ARG(a);
         args[na++] = KILN__ARG(b);
-        char kernel[64], vopts[32];
-        snprintf(kernel, sizeof kernel, "%s_bwd_%s", act_info[kind].stem, contig ? "contig" : "strided");
-        int vw = act_vw(ctx, kind, contig && v->dtype == KILN_F32);
-        if (vw > 1) {
-            snprintf(kernel, sizeof kernel, "%s_bwd_vec", act_info[kind].stem);
-            snprintf(vopts, sizeof vopts, "-DACT_VW=%d", vw);
-            na -= 2; /* no a, b */
-        }
-        if (kiln__launch(ctx, op, ACT_PROGRAM, vw > 1 ? vopts : kiln__half_options(v->dtype), kernel, na, args,
-                         vw > 1 ? (size_t)((numel + vw - 1) / vw) : (size_t)numel, 0) != KILN_OK) {
+        act_kernel k;
+        size_t items = act_kernel_of(ctx, kind, "bwd", contig, v->dtype, numel, &k, &na);
+        if (kiln__launch(ctx, op, ACT_PROGRAM, k.options, k.name, na, args, items, 0) != KILN_OK) {
             kiln_tensor_free(gi);
             return ctx->err;
         }
@@ -169,16 +186,9 @@ static kiln_tensor *act_forward(kiln_ctx *ctx, act_kind kind, kiln_tensor *x, fl
         }
         args[na++] = KILN__ARG(av);
         args[na++] = KILN__ARG(bv);
-        char kernel[64], vopts[32];
-        snprintf(kernel, sizeof kernel, "%s_fwd_%s", act_info[kind].stem, contig ? "contig" : "strided");
-        int vw = act_vw(ctx, kind, contig && x->dtype == KILN_F32);
-        if (vw > 1) {
-            snprintf(kernel, sizeof kernel, "%s_fwd_vec", act_info[kind].stem);
-            snprintf(vopts, sizeof vopts, "-DACT_VW=%d", vw);
-            na -= 2; /* no a, b */
-        }
-        if (kiln__launch(ctx, op, ACT_PROGRAM, vw > 1 ? vopts : kiln__half_options(x->dtype), kernel, na, args,
-                         vw > 1 ? (size_t)((numel + vw - 1) / vw) : (size_t)numel, 0) != KILN_OK) {
+        act_kernel k;
+        size_t items = act_kernel_of(ctx, kind, "fwd", contig, x->dtype, numel, &k, &na);
+        if (kiln__launch(ctx, op, ACT_PROGRAM, k.options, k.name, na, args, items, 0) != KILN_OK) {
             kiln_tensor_free(out);
             return NULL;
         }
