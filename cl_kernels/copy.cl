@@ -13,6 +13,19 @@ kernel void copy_strided(global const T *src, int soff, global T *dst, int doff,
     else dst[doff + i] = src[soff + kiln_offset(&g, 0, i)];
 }
 
+/* dst[doff + r * len + k] = src[soff + offset(r) + k]: a view whose innermost dim is
+ * contiguous (len elements a row) into contiguous memory, a work-item per row (CPUs: the
+ * row's offset from kiln_offset once instead of per element, and a plain copy loop POCL
+ * vectorises; a transposed [T, B, H] view of [B, T, H] is this). g holds the outer dims. */
+kernel void copy_rows(global const T *restrict src, int soff, global T *restrict dst, int doff, int nrows, int len,
+                      kiln_geom g) {
+    int r = get_global_id(0);
+    if (r >= nrows) return;
+    global const T *s = src + soff + kiln_offset(&g, 0, r);
+    global T *d = dst + doff + r * len;
+    for (int k = 0; k < len; k++) d[k] = s[k];
+}
+
 kernel void fill_contig(global T *dst, int off, int n, T v) {
     int i = get_global_id(0);
     if (i < n) dst[off + i] = v;

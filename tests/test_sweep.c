@@ -232,6 +232,18 @@ static void sweep_copy(void) {
     free(src.h);
     kiln_tensor *sl = kiln_slice(C, z, 1, 1, 7, 2);
     finite("clone of a slice", kiln_clone(C, sl));
+    /* rows of 17 contiguous floats a work-item (copy_rows), checked against the host */
+    leaf r = ML(-1, 1, false, 3, 4, 17);
+    kiln__hooks_of(C)->shape_layout = 2;
+    kiln_tensor *rc = kiln_contiguous(C, kiln_transpose(C, r.t, 0, 1));
+    kiln__hooks_of(C)->shape_layout = 0;
+    double *ry = dzeros(3 * 4 * 17);
+    for (int64_t i = 0; i < 4; i++)
+        for (int64_t j = 0; j < 3; j++)
+            for (int64_t k = 0; k < 17; k++) ry[(i * 3 + j) * 17 + k] = r.h[(j * 4 + i) * 17 + k];
+    near("contiguous of a transpose, rows of 17", rc, ry, 3 * 4 * 17);
+    free(ry);
+    free(r.h);
 }
 
 /* ---- dtype conversions (cast.cl): every source and destination dtype, views ---- */

@@ -162,6 +162,19 @@ static void test_views(kiln_ctx *ctx) {
     h_view hq = {1, {7}, {1}, 0};
     check_view(ctx, "squeeze", kiln_squeeze(ctx, rw, 0), row, &hq);
 
+    /* views with a contiguous innermost dim of 16 or more (on CPUs a row per work-item):
+     * a transpose of the outer dims, and a slice of the last dim that starts past 0 */
+    int64_t lshape[3] = {6, 5, 40};
+    float lbase[6 * 5 * 40];
+    h_fill(lbase, 1200, -1, 1);
+    kiln_tensor *lt = kiln_from_host(ctx, lbase, KILN_F32, 3, lshape);
+    h_view hlt = {3, {5, 6, 40}, {40, 200, 1}, 0};
+    check_view(ctx, "contiguous(transpose(0,1)), rows of 40", kiln_contiguous(ctx, kiln_transpose(ctx, lt, 0, 1)),
+               lbase, &hlt);
+    h_view hls = {3, {5, 6, 17}, {40, 200, 1}, 3};
+    check_view(ctx, "contiguous(slice of a transpose), rows of 17",
+               kiln_contiguous(ctx, kiln_slice(ctx, kiln_transpose(ctx, lt, 0, 1), 2, 3, 20, 1)), lbase, &hls);
+
     /* contiguous() of a transpose copies; of a contiguous tensor it does not */
     kiln_tensor *c = kiln_contiguous(ctx, tt);
     CHECK(c && kiln_tensor_is_contiguous(c), "contiguous");

@@ -183,7 +183,7 @@ typedef struct kiln__hooks {
     int softmax_layout;                  /* 0 device, 1 rows, 2 groups CPU-style, 3 groups GPU-style (activation.c) */
     int loss_layout;                     /* as reduce_layout (src/ops/loss.c) */
     int norm_layout;                     /* 0 device, 1 rows, 2 groups, 3 BN planes, 4 LN vec rows (ops/norm.c) */
-    int shape_layout;                    /* as reduce_layout (src/ops/shape.c) */
+    int shape_layout;                    /* 1 per element, 2 per row (ops/shape.c, tensor/tensor.c copies) */
     int act_vw;                          /* 0 device, w: gelu's floats per work-item (ops/activation.c) */
     int gemm_own;                        /* 0 device, 1 every product kiln's kernels can take, -1 none */
     int gemm_params;                     /* 0 device, i: set i - 1 (ops/gemm.c), own kernels unless gemm_own -1 */

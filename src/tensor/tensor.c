@@ -336,12 +336,33 @@ static const char *copy_options(kiln_dtype dt) {
     }
 }
 
+/* Innermost rows at least this long, contiguous in the source, are copied a row per
+ * work-item on CPUs (copy.cl's copy_rows): an LSTM's batch-first transposes took 8% of its
+ * step through copy_strided's div/mod per element. ctx->hooks.shape_layout 1 forces the
+ * per-element kernel, 2 the rows (as for shape.c's per-row kernels). */
+#define COPY_ROWS_MIN 16
+
+static bool copy_by_rows(const kiln_ctx *ctx, const kiln__geom *g) {
+    int last = g->ndim - 1;
+    if (g->ndim < 2 || g->strides[0][last] != 1 || g->shape[last] < COPY_ROWS_MIN) return false;
+    if (ctx->hooks.shape_layout) return ctx->hooks.shape_layout == 2;
+    return ctx->info.type == KILN_DEVICE_CPU;
+}
+
 static kiln_status copy_into(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln_tensor *dst) {
     kiln__geom g;
     int64_t st[1][KILN_MAX_DIMS];
     memcpy(st[0], src->strides, sizeof st[0]);
     kiln__geom_build(&g, src->ndim, src->shape, 1, (const int64_t(*)[KILN_MAX_DIMS])st);
     cl_int soff = (cl_int)src->offset, doff = (cl_int)dst->offset, n = (cl_int)kiln__numel(src->ndim, src->shape);
+    if (copy_by_rows(ctx, &g)) {
+        cl_int len = g.shape[g.ndim - 1], nrows = n / len;
+        g.ndim--; /* the outer dims */
+        kiln__karg args[] = {
+            KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem), KILN__ARG(doff), KILN__ARG(nrows),
+            KILN__ARG(len),          KILN__ARG(g)};
+        return kiln__launch(ctx, op, "copy", copy_options(src->dtype), "copy_rows", 7, args, (size_t)nrows, 0);
+    }
     kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(dst->st->mem),
                          KILN__ARG(doff),         KILN__ARG(n),    KILN__ARG(g)};
     return kiln__launch(ctx, op, "copy", copy_options(src->dtype), "copy_strided", 6, args, (size_t)n, 0);
