@@ -119,3 +119,50 @@ KILN_EXP_NEG(float2, int2, KILN_EXP_NEG_CONVERT, KILN_EXP_NEG_SELECT)
 KILN_EXP_NEG(float4, int4, KILN_EXP_NEG_CONVERT, KILN_EXP_NEG_SELECT)
 KILN_EXP_NEG(float8, int8, KILN_EXP_NEG_CONVERT, KILN_EXP_NEG_SELECT)
 KILN_EXP_NEG(float16, int16, KILN_EXP_NEG_CONVERT, KILN_EXP_NEG_SELECT)
+
+/*
+ * Philox4x32-10 (Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3",
+ * SC'11; Random123's philox4x32_R(10, ctr, key)), the context's stream (random.cl): stream
+ * position p is the encryption of the 128-bit counter (p as 64 bits, 0, 0) under the key
+ * (seed low 32, seed high 32). KILN_PHILOX_X01 sets x0 and x1 to words 0 and 1 of the block
+ * at position (ctr_hi:ctr_lo) + i. Macros on plain uints, not functions on a uint4: POCL left
+ * such a function as a call, and a call (or uint4 arithmetic) in an element loop keeps the
+ * loop from vectorising; the rounds are written out for the same reason (left as a loop,
+ * POCL's compiler kept it rolled). One 32 x 32 -> 64-bit product per half (mul_hi vectorises
+ * poorly on CPUs). The key is bumped by the Weyl constants after every round (before every
+ * round after the first, in Random123's order); the words a caller leaves unused are dead
+ * code.
+ */
+#define KILN_PHILOX_M0 0xD2511F53u
+#define KILN_PHILOX_M1 0xCD9E8D57u
+#define KILN_PHILOX_W0 0x9E3779B9u
+#define KILN_PHILOX_W1 0xBB67AE85u
+#define KILN_PHILOX_ROUND()                                                                    \
+    do {                                                                                       \
+        ulong p0_ = (ulong)KILN_PHILOX_M0 * c0_, p1_ = (ulong)KILN_PHILOX_M1 * c2_;            \
+        uint n0_ = (uint)(p1_ >> 32) ^ c1_ ^ k0_, n2_ = (uint)(p0_ >> 32) ^ c3_ ^ k1_;          \
+        c1_ = (uint)p1_;                                                                       \
+        c3_ = (uint)p0_;                                                                       \
+        c0_ = n0_;                                                                             \
+        c2_ = n2_;                                                                             \
+        k0_ += KILN_PHILOX_W0;                                                                 \
+        k1_ += KILN_PHILOX_W1;                                                                 \
+    } while (0)
+#define KILN_PHILOX_X01(x0, x1, i, key0, key1, ctr_lo, ctr_hi)                                 \
+    do {                                                                                       \
+        uint c0_ = (ctr_lo) + (i);                                                             \
+        uint c1_ = (ctr_hi) + (c0_ < (ctr_lo) ? 1u : 0u), c2_ = 0u, c3_ = 0u;                  \
+        uint k0_ = (key0), k1_ = (key1);                                                       \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        KILN_PHILOX_ROUND();                                                                   \
+        x0 = c0_;                                                                              \
+        x1 = c1_;                                                                              \
+    } while (0)

@@ -673,51 +673,11 @@ kernel void ln_param_grad_vec(global const float *restrict x, int xoff, global c
 
 /* ---- dropout: Philox4x32-10, the same generator and stream as cl_kernels/random.cl ---- */
 
-#define NORM_PHILOX_M0 0xD2511F53u
-#define NORM_PHILOX_M1 0xCD9E8D57u
-#define NORM_PHILOX_W0 0x9E3779B9u
-#define NORM_PHILOX_W1 0xBB67AE85u
-
-/* x0 = word 0 of random.cl's philox_at(i, key0, key1, ctr_lo, ctr_hi) (programs are
- * compiled separately): the block of element i is the encryption of the 64-bit counter
- * ctr + i under the key, and its uniform is (x0 >> 8) * 2^-24. Element i owns the whole
- * block (kiln_rand_uniform's layout), so the other three words go unused. A macro on plain
- * uints, not an inline function on a uint4: POCL left the function as a call, and a call
- * (or uint4 arithmetic) in the caller's element loop keeps the loop from vectorising. One
- * 32 x 32 -> 64-bit product per half (mul_hi vectorises poorly on CPUs); the last round
- * forms only the product x0 needs. */
-#define NORM_PHILOX_ROUND()                                                               \
-    do {                                                                                  \
-        ulong p0_ = (ulong)NORM_PHILOX_M0 * c0_, p1_ = (ulong)NORM_PHILOX_M1 * c2_;       \
-        uint n0_ = (uint)(p1_ >> 32) ^ c1_ ^ k0_, n2_ = (uint)(p0_ >> 32) ^ c3_ ^ k1_;     \
-        c1_ = (uint)p1_;                                                                  \
-        c3_ = (uint)p0_;                                                                  \
-        c0_ = n0_;                                                                        \
-        c2_ = n2_;                                                                        \
-        k0_ += NORM_PHILOX_W0;                                                            \
-        k1_ += NORM_PHILOX_W1;                                                            \
-    } while (0)
-/* The rounds are written out: left as a loop, POCL's compiler kept it rolled, and an inner
- * loop keeps the element loop around it from vectorising. */
-#define NORM_PHILOX_X0(x0, i, key0, key1, ctr_lo, ctr_hi)                                 \
-    do {                                                                                  \
-        uint c0_ = (ctr_lo) + (i);                                                        \
-        uint c1_ = (ctr_hi) + (c0_ < (ctr_lo) ? 1u : 0u), c2_ = 0u, c3_ = 0u;             \
-        uint k0_ = (key0), k1_ = (key1);                                                  \
-        NORM_PHILOX_ROUND();                                                              \
-        NORM_PHILOX_ROUND();                                                              \
-        NORM_PHILOX_ROUND();                                                              \
-        NORM_PHILOX_ROUND();                                                              \
-        NORM_PHILOX_ROUND();                                                              \
-        NORM_PHILOX_ROUND();                                                              \
-        NORM_PHILOX_ROUND();                                                              \
-        NORM_PHILOX_ROUND();                                                              \
-        NORM_PHILOX_ROUND();                                                              \
-        x0 = (uint)(((ulong)NORM_PHILOX_M1 * c2_) >> 32) ^ c1_ ^ k0_;                     \
-    } while (0)
-
 /* Dropout works on words of NORM_DROP_WORD consecutive elements, one work-item per word
- * (a plain loop the compiler vectorises), and keeps the mask as one bit per element. */
+ * (a plain loop the compiler vectorises), and keeps the mask as one bit per element.
+ * Element i keeps its value when the uniform (x0 >> 8) * 2^-24 of stream position ctr + i
+ * (common.cl's KILN_PHILOX_X01, kiln_rand_uniform's layout: element i owns the block) is
+ * >= p. */
 #define NORM_DROP_WORD 32
 
 /* dst[i] = src[i] * (u_i >= p ? scale : 0) for the n elements, u_i the value
@@ -735,8 +695,8 @@ kernel void dropout_apply(global const KILN_S *restrict src, int soff, global KI
     global KILN_S *d = dst + doff + i0;
     uint bits = 0u;
     for (int j = 0; j < cnt; j++) {
-        uint x0;
-        NORM_PHILOX_X0(x0, (uint)(i0 + j), key0, key1, ctr_lo, ctr_hi);
+        uint x0, x1; /* (x1 unused: dead code) */
+        KILN_PHILOX_X01(x0, x1, (uint)(i0 + j), key0, key1, ctr_lo, ctr_hi);
         bool keep = (float)(x0 >> 8) * 0x1.0p-24f >= p;
         KILN_ST(d, j, KILN_LD(s, j) * (keep ? scale : 0.0f));
         bits |= (keep ? 1u : 0u) << j;
