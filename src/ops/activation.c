@@ -87,10 +87,7 @@ static const struct {
 static int act_vw(const kiln_ctx *ctx, act_kind kind, bool contig_f32) {
     if (kind != ACT_GELU || !contig_f32) return 1;
     if (ctx->hooks.act_vw) return ctx->hooks.act_vw;
-    if (ctx->info.type != KILN_DEVICE_CPU) return 1;
-    int w = (int)ctx->info.native_vector_width_float, v = 1;
-    while (v < 16 && 2 * v <= w) v *= 2;
-    return v;
+    return ctx->info.type == KILN_DEVICE_CPU ? kiln__float_vw(ctx) : 1;
 }
 
 /* The kernel of an elementwise activation's launch in direction dir ("fwd" or "bwd") over

@@ -383,8 +383,7 @@ static bool c3_override(c3_params *o) {
  * 25-40% less time (README.md, "Speed"). */
 static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout, int stride) {
     c3_params p;
-    int vw = (int)ctx->info.native_vector_width_float;
-    vw = vw >= 16 ? 16 : vw >= 8 ? 8 : 4;
+    int vw = kiln__float_vw(ctx) < 4 ? 4 : kiln__float_vw(ctx);
     int accs = vw >= 16 ? 16 : 8;
     /* rows shorter than half a vector: vectors along the flat index (conv3_flat) */
     p.flat = 2 * w <= vw;
@@ -463,7 +462,7 @@ static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool
     int64_t items = (int64_t)g->n * ((cout + p.cb - 1) / p.cb) * nrb * nseg;
     if (elems > CONV_MAX_ELEMS || items > CONV_MAX_ELEMS) return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
-    return ctx->info.type == KILN_DEVICE_CPU && ctx->info.native_vector_width_float >= 8;
+    return ctx->info.type == KILN_DEVICE_CPU && kiln__float_vw(ctx) >= 8;
 }
 
 /* A new [n, c, h + 2, pw] tensor (plus slack) of the zero-bordered planes of src [n, c, h, w]
@@ -906,8 +905,7 @@ typedef struct c3w_params {
 
 static c3w_params c3w_choose(const kiln_ctx *ctx, const conv_geom *g) {
     c3w_params p;
-    int vw = (int)ctx->info.native_vector_width_float;
-    p.vw = vw >= 16 ? 16 : vw >= 8 ? 8 : 4;
+    p.vw = kiln__float_vw(ctx) < 4 ? 4 : kiln__float_vw(ctx);
     p.wb = p.vw >= 16 ? 2 : 1;
     int imgs = (int64_t)g->ho * g->wo < C3W_SMALL ? C3W_IMAGES_SMALL : C3W_IMAGES;
     p.nparts = g->n > imgs ? (g->n + imgs - 1) / imgs : 1;
@@ -925,7 +923,7 @@ static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo
         (int64_t)p.nparts * g->cout * g->c * 9 > CONV_MAX_ELEMS)
         return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
-    return ctx->info.type == KILN_DEVICE_CPU && ctx->info.native_vector_width_float >= 8;
+    return ctx->info.type == KILN_DEVICE_CPU && kiln__float_vw(ctx) >= 8;
 }
 
 /* dw by conv3_wgrad from bordered copies of x and gy (before the chunks, which then compute

@@ -31,6 +31,16 @@
 
 #include "../autograd/autograd_internal.h"
 
+/* The device's native float vector width rounded down to a power of two, at most 16 (16 on
+ * AVX-512, 8 on AVX2, 4 on NEON; 1 for a device that reports none): the vector the CPU
+ * kernels that take their width as a build option (the step kernels of rnn.cl, gelu's
+ * vector kernels, the direct 3x3 convolutions) compute on. */
+static inline int kiln__float_vw(const kiln_ctx *ctx) {
+    int w = (int)ctx->info.native_vector_width_float, v = 1;
+    while (v < 16 && 2 * v <= w) v *= 2;
+    return v;
+}
+
 /* ---- reductions without autograd (src/ops/reduce_kernels.c) ---------------------- */
 
 typedef enum kiln__red_kind {

@@ -115,10 +115,9 @@ static kiln_status zero_run(kiln_ctx *ctx, kiln_tensor *dst, int64_t doff, int64
  * reference LSTM's step on one core (README.md, "Speed"). */
 static int step_vw(const kiln_ctx *ctx, int64_t H) {
     if (ctx->info.type != KILN_DEVICE_CPU) return 1;
-    int w = (int)ctx->info.native_vector_width_float;
-    for (int v = 16; v > 1; v /= 2)
-        if (v <= w && H % v == 0) return v;
-    return 1;
+    int v = kiln__float_vw(ctx);
+    while (v > 1 && H % v != 0) v /= 2;
+    return v;
 }
 
 /* A step kernel of rnn.cl over [H / RNN_VW, B] work-items (j fastest). */
