@@ -370,8 +370,6 @@ static double gemm_queued_ms(kiln_ctx *ctx, const bench_gemm_shape *s, bench_gem
     return (bench_now_ms() - t0) / repeat;
 }
 
-/* Times one shape on ctx (kiln against OpenBLAS on the same data) and prints its line;
- * 0, or 1 with the reason on stderr (a result off its error bound among them). */
 /* kiln's times of one product: one call (ms, and its CPU ms) and queued */
 typedef struct {
     double kms, kcpu, qms;
