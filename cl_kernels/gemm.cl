@@ -413,6 +413,38 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #endif
         return;
     }
+    if (N >= NN_VW) {
+        /* a row's last block of fewer than NN_VW columns: one vector ending at the row's
+         * last column (its first lanes read the block before, which computes and stores
+         * them itself), and the stores take its last `cols` lanes. Each column's sum runs
+         * over k in the order of the loop below, so the same bits as that loop's scalars;
+         * with N = 490 those 10 columns one at a time had taken a quarter of the product's
+         * time (README.md, "Speed"). */
+        NN_T acc[NN_RM][1];
+#pragma unroll
+        for (int r = 0; r < NN_RM; r++) acc[r][0] = 0.0f;
+        const __global B_S *bk = bp;
+        NN_LOOP(1, cols - NN_VW)
+        int l0 = NN_VW - cols;
+        for (int r = 0; r < rows; r++) {
+            float t[NN_VW];
+            NN_STOREV(alpha * acc[r][0], 0, t);
+            for (int c = 0; c < cols; c++) {
+                __global C_S *e = cp + (ulong)r * crs + (ulong)c * ccs;
+#if NT_BIAS
+                float o = t[l0 + c] + BI_LD(bias, bias_off + (ulong)(j0 + c) * bias_st);
+#if NT_BIAS == 2
+                C_ST_RELU(e, 0, o);
+#else
+                C_ST(e, 0, o);
+#endif
+#else
+                C_ST(e, 0, beta == 0.0f ? t[l0 + c] : fma(beta, C_LD(e, 0), t[l0 + c]));
+#endif
+            }
+        }
+        return;
+    }
 #undef NN_STEP
 #undef NN_LOOP
     /* a row narrower than a vector (N < NN_VW): one column at a time */
