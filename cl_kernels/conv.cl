@@ -650,19 +650,20 @@ kernel void conv3_phase(global const KILN_S *x, int xoff, int4 xs, int c, int h,
 #define C3_WB 2
 #endif
 
-/* C3W_SHIFT: conv3_wgrad (stride 1) makes shifted vectors with clang's
- * __builtin_shufflevector (one lane-align instruction on x86) instead of loading them. */
+/* C3W_SHIFT: conv3_wgrad (stride 1) makes the output gradient's vector shifted right by one
+ * and two lanes with clang's __builtin_shufflevector (one lane-align instruction on x86)
+ * from it and the vector before, instead of loading them. */
 #if defined(__clang__) && !C3_S2
 #define C3W_SHIFT 1
 #if C3_VW == 16
-#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
-#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
+#define C3_SHR1(a, b) __builtin_shufflevector(a, b, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30)
+#define C3_SHR2(a, b) __builtin_shufflevector(a, b, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29)
 #elif C3_VW == 8
-#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4, 5, 6, 7, 8)
-#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5, 6, 7, 8, 9)
+#define C3_SHR1(a, b) __builtin_shufflevector(a, b, 7, 8, 9, 10, 11, 12, 13, 14)
+#define C3_SHR2(a, b) __builtin_shufflevector(a, b, 6, 7, 8, 9, 10, 11, 12, 13)
 #else
-#define C3_SHIFT1(a, b) __builtin_shufflevector(a, b, 1, 2, 3, 4)
-#define C3_SHIFT2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5)
+#define C3_SHR1(a, b) __builtin_shufflevector(a, b, 3, 4, 5, 6)
+#define C3_SHR2(a, b) __builtin_shufflevector(a, b, 2, 3, 4, 5)
 #endif
 #else
 #define C3W_SHIFT 0
@@ -691,20 +692,27 @@ inline float c3_hsum(C3_T v) {
  *   part[s][o][(i*3 + ki)*3 + kj] = sum over images n of part s, pixels (y, x) of
  *       gy[n, o, y, x] * x[n, i, y + ki - 1, x + kj - 1]   (0 outside the plane)
  * Along a plane's flat index f = (y+1)*pw + x+1 of gp, that input is xp at f + (ki-1)*pw +
- * kj-1: every tap is one shifted vector load, and gp's zero border columns cancel the lanes
- * that wrap into the next row. A work-item runs over the flat positions of rows 1 .. h from
- * (1, 1) in vectors of C3_VW floats; the last vector may run up to C3_VW - 1 floats on, over
- * gp's zeros (row h+1 and the next plane's row 0: the host requires 2*pw + 3 >= C3_VW; after
- * the last plane, conv3_pad's slack), so products with finite inputs past a plane add 0.
+ * kj-1, and gp's zero border columns cancel the terms whose x wraps into the next row. With
+ * e = f - pw - 1 + kj, tap (ki, kj) sums gp[pw + 1 + e - kj] * xp[e + ki*pw] over e: per
+ * vector of positions e, three loads of xp (ki = 0, 1, 2) serve every tap, and gp's vector
+ * shifted right by kj = 0, 1, 2 lanes (made from it and the vector before: C3W_SHIFT, or
+ * loaded) serves every ki. A work-item runs e from 0 in nvec vectors of C3_VW floats, up to
+ * C3_VW - 1 positions past the plane's last (e = h*pw - 1): there gp's shifted reads are its
+ * zeros (the last row's border, row h+1 and the next plane's row 0: the host requires
+ * 2*pw + 1 >= C3_VW; after the last plane, conv3_pad's slack), and its first lanes' kj
+ * positions before e = 0 are gp's border zeros too, so products with finite inputs there
+ * add 0.
  *
  * One work-item per (part s of the images, block of C3_WB output channels, input channel
- * i): 9 * C3_WB vector accumulators; per vector of positions, C3_WB loads of gp and 9 of xp
- * for 9 * C3_WB multiply-adds. Channels past cout repeat the last one and are not stored.
+ * i): 9 * C3_WB vector accumulators; per vector of positions, C3_WB loads of gp and 3 of xp
+ * (2 * C3_WB shuffles) for 9 * C3_WB multiply-adds. Channels past cout repeat the last one and are not stored.
  * Each sum runs in a fixed order (images, positions per lane, then the lanes pairwise):
  * deterministic. Images of part s: [n*s/nparts, n*(s+1)/nparts).
  * Built with C3_S2, the stride-2 convolution's weight gradient: xp holds the phase planes
  * of conv3_phase (hq = h + 1 rows of pitch pw, h the output's height, plane = (h + 2)*pw
- * still gp's), each tap again one load at a fixed offset from f.
+ * still gp's), and each tap is one load of xp at a fixed offset from gp's position f = e
+ * (f from 0: nvec vectors cover gp's positions up to h*pw - 3, the host requires
+ * 2*pw + 3 >= C3_VW).
  */
 kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *gp, int gpoff, int c, int cout,
                         int plane, int pw, int nvec, int n, int nparts, int ncb, global float *part, int poff,
@@ -725,7 +733,6 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
 #define C3_TAP(ki, kj) ((((ki)&1) * 2 + ((kj)&1)) * qplane + ((ki) >> 1) * pw + ((kj) >> 1))
 #else
     int xplane = plane;
-#define C3_TAP(ki, kj) ((ki)*pw + (kj))
 #endif
     C3_T acc[C3_WB][9];
 #pragma unroll
@@ -735,39 +742,54 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
     for (int img = na; img < ne; img++) {
         global const float *xc = xp + xpoff + (img * c + ci) * xplane;
         global const float *gc = gp + gpoff + img * cout * plane + pw + 1;
-#if C3W_SHIFT
-        /* stride 1: the taps kj = 1, 2 of a row are its kj = 0 vector shifted by one and two
-         * lanes, made from that vector and the next one (carried to the next step): three
-         * loads of x per step instead of nine */
-        C3_T cur[3];
-#pragma unroll
-        for (int ki = 0; ki < 3; ki++) cur[ki] = C3_LOAD(0, xc + ki * pw);
-#endif
+#if C3_S2
         for (int v = 0; v < nvec; v++) {
             int f = v * C3_VW;
             C3_T gv[C3_WB];
 #pragma unroll
             for (int j = 0; j < C3_WB; j++) gv[j] = C3_LOAD(0, gc + goff[j] + f);
 #pragma unroll
-            for (int ki = 0; ki < 3; ki++) {
-#if C3W_SHIFT
-                C3_T nxt = C3_LOAD(0, xc + f + C3_VW + ki * pw);
-                C3_T xs[3] = {cur[ki], C3_SHIFT1(cur[ki], nxt), C3_SHIFT2(cur[ki], nxt)};
-                cur[ki] = nxt;
-#endif
+            for (int ki = 0; ki < 3; ki++)
 #pragma unroll
                 for (int kj = 0; kj < 3; kj++) {
-                    /* tap (ki, kj) of gp's position pw + 1 + f */
-#if C3W_SHIFT
-                    C3_T xv = xs[kj];
-#else
                     C3_T xv = C3_LOAD(0, xc + f + C3_TAP(ki, kj));
-#endif
 #pragma unroll
                     for (int j = 0; j < C3_WB; j++) acc[j][ki * 3 + kj] = fma(gv[j], xv, acc[j][ki * 3 + kj]);
                 }
+        }
+#else
+#if C3W_SHIFT
+        C3_T gprev[C3_WB]; /* gp's vector before e = 0: only its last two lanes are read (zeros) */
+#pragma unroll
+        for (int j = 0; j < C3_WB; j++) gprev[j] = (C3_T)(0.0f);
+#endif
+        for (int v = 0; v < nvec; v++) {
+            int e = v * C3_VW;
+            /* gs[j][kj]: lanes of gp at e - kj + (0 .. C3_VW - 1) */
+            C3_T gs[C3_WB][3];
+#pragma unroll
+            for (int j = 0; j < C3_WB; j++) {
+#if C3W_SHIFT
+                C3_T g = C3_LOAD(0, gc + goff[j] + e);
+                gs[j][0] = g;
+                gs[j][1] = C3_SHR1(gprev[j], g);
+                gs[j][2] = C3_SHR2(gprev[j], g);
+                gprev[j] = g;
+#else
+#pragma unroll
+                for (int kj = 0; kj < 3; kj++) gs[j][kj] = C3_LOAD(0, gc + goff[j] + e - kj);
+#endif
+            }
+#pragma unroll
+            for (int ki = 0; ki < 3; ki++) {
+                C3_T xv = C3_LOAD(0, xc + e + ki * pw);
+#pragma unroll
+                for (int kj = 0; kj < 3; kj++)
+#pragma unroll
+                    for (int j = 0; j < C3_WB; j++) acc[j][ki * 3 + kj] = fma(gs[j][kj], xv, acc[j][ki * 3 + kj]);
             }
         }
+#endif
     }
 #pragma unroll
     for (int j = 0; j < C3_WB; j++) {
@@ -777,4 +799,6 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
         for (int k = 0; k < 9; k++) d[k] = c3_hsum(acc[j][k]);
     }
 }
+#if C3_S2
 #undef C3_TAP
+#endif

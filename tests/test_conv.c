@@ -787,6 +787,10 @@ static const cspec direct_cases[] = {
     {"direct width 29, 9 channels", false, 2, 2, 5, 29, 9, 3, 3, P3, true, V_NONE, false, false},
     {"direct width 37 (two segments), height 7", false, 1, 2, 7, 37, 3, 3, 3, P3, false, V_NONE, false, false},
     {"direct width 9, batch 1, one input channel", false, 1, 1, 6, 9, 5, 3, 3, P3, true, V_NONE, false, false},
+    /* the narrowest plane conv3_wgrad takes with 16-float vectors (2 * pitch + 1 >= 16): its
+     * last vector reads on to the next plane's second row; one narrower takes columns */
+    {"direct width 6, height 5", false, 3, 2, 5, 6, 4, 3, 3, P3, true, V_NONE, false, false},
+    {"direct width 5, height 7", false, 3, 2, 7, 5, 4, 3, 3, P3, true, V_NONE, false, false},
     {"direct width 17, 9 channels, weight view", false, 2, 4, 3, 17, 9, 3, 3, P3, true, V_NONE, true, false},
     {"direct transposed-view input", false, 2, 3, 11, 13, 4, 3, 3, P3, true, V_TRANSPOSE_HW, false, false},
     {"direct channels-last input, 2 x 3 plane", false, 3, 5, 2, 3, 2, 3, 3, P3, false, V_CHANNELS_LAST, false, false},

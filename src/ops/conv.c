@@ -918,7 +918,7 @@ static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo
     c3w_params p = c3w_choose(ctx, g);
     int64_t pw = (int64_t)g->wo + 2, plane = ((int64_t)g->ho + 2) * pw;
     int64_t slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
-    if (2 * pw + 3 < p.vw || (int64_t)g->n * g->cout * plane + slack > CONV_MAX_ELEMS ||
+    if (2 * pw + (stride == 2 ? 3 : 1) < p.vw || (int64_t)g->n * g->cout * plane + slack > CONV_MAX_ELEMS ||
         (int64_t)g->n * g->c * c3_in_plane(g, stride, pw) + slack > CONV_MAX_ELEMS ||
         (int64_t)p.nparts * g->cout * g->c * 9 > CONV_MAX_ELEMS)
         return false;
@@ -933,8 +933,10 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     const conv_geom *g = p->g;
     c3w_params cp = c3w_choose(ctx, g);
     int stride = c3_stride(g);
-    /* (over gy's bordered planes: the output's size) */
-    cl_int pw = g->wo + 2, plane = (g->ho + 2) * pw, nvec = (g->ho * pw - 2 + cp.vw - 1) / cp.vw;
+    /* (over gy's bordered planes: the output's size; stride 1 runs two positions further,
+     * conv3_wgrad says why) */
+    cl_int pw = g->wo + 2, plane = (g->ho + 2) * pw;
+    cl_int nvec = (g->ho * pw - (stride == 2 ? 2 : 0) + cp.vw - 1) / cp.vw;
     cl_int c = g->c, cout = g->cout, n = g->n, np = cp.nparts, ncb = (g->cout + cp.wb - 1) / cp.wb;
     kiln_tensor *xp = p->xpad ? p->xpad : stride == 2 ? c3_phase(ctx, p->op, p->x, g) : c3_pad(ctx, p->op, p->x, pw);
     kiln_tensor *gp = !xp ? NULL : p->gyb && p->gyb_pitch == pw ? p->gyb : c3_pad(ctx, p->op, p->gy, pw);
