@@ -360,6 +360,11 @@ kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, gl
 #ifndef C3_S2
 #define C3_S2 0
 #endif
+/* C3_KJ3 1: conv3_flat (stride 1) reads the three column-shifted planes of conv3_pad3
+ * instead of bordered planes. */
+#ifndef C3_KJ3
+#define C3_KJ3 0
+#endif
 #define C3CAT_(a, b) a##b
 #define C3CAT(a, b) C3CAT_(a, b)
 #define C3_T C3CAT(float, C3_VW)
@@ -411,6 +416,44 @@ kernel void conv3_pad(global const KILN_S *x, int xoff, int4 xs, int c, int h, i
     for (int j = 0; j < pw; j++) d[j] = 0.0f;
     if (q == nitems - 1)
         for (int j = 0; j < slack; j++) d[pw + j] = 0.0f;
+}
+
+/*
+ * xp [N, C, 3, h + 2, w] = three copies of the planes of x (any view: strides xs, n c h w,
+ * from xoff) shifted by a column, with a zero row above and below: xp[n, c, kj, r, j] =
+ * x[n, c, r - 1, j + kj - 1] (0 outside x), so that tap (ki, kj) of output (y, j) of a 3x3
+ * padding-1 convolution is plane kj at (y + ki, j): along the flat index y*w + j every tap
+ * is one load at a fixed offset, with no border columns between the rows (conv3_flat built
+ * with C3_KJ3). pw is w. After the last plane, `slack` more zeros. One work-item per
+ * (n, c) plane; the last one also writes the slack.
+ */
+kernel void conv3_pad3(global const KILN_S *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
+                       int xpoff, int slack, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    (void)pw;
+    int n = q / c, ci = q - n * c;
+    global const KILN_S *s = x + xoff + n * xs.x + ci * xs.y;
+    global float *d = xp + xpoff + q * 3 * (h + 2) * w;
+    for (int kj = 0; kj < 3; kj++) {
+        for (int j = 0; j < w; j++) d[j] = 0.0f;
+        d += w;
+        /* columns j in [lo, hi) read x's column j + kj - 1 */
+        int lo = kj == 0 ? 1 : 0, hi = kj == 2 ? w - 1 : w;
+        for (int r = 0; r < h; r++, d += w) {
+            global const KILN_S *sr = s + r * xs.z + (kj - 1) * xs.w;
+            for (int j = 0; j < lo; j++) d[j] = 0.0f;
+            if (xs.w == 1)
+                for (int j = lo; j < hi; j++) d[j] = KILN_LD(sr, j);
+            else
+                for (int j = lo; j < hi; j++) d[j] = KILN_LD(sr, j * xs.w);
+            for (int j = max(lo, hi); j < w; j++) d[j] = 0.0f;
+        }
+        for (int j = 0; j < w; j++) d[j] = 0.0f;
+        d += w;
+    }
+    if (q == nitems - 1)
+        for (int j = 0; j < slack; j++) d[j] = 0.0f;
 }
 
 /*
@@ -532,17 +575,19 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
 }
 
 /*
- * conv3_direct for small planes (rows shorter than a vector): the same sums over the
- * bordered planes, whose pitch pw is then w + 2, with the vectors running along a plane's
- * flat index f = oh * pw + ow instead of along one row. Tap (ki, kj) of output f reads
- * xp's plane at f + ki * pw + kj, so every vector is one load per tap; the lanes at the two
- * border columns (ow >= w) and past the last row are computed and dropped. One work-item
- * per (image, block of C3_CB output channels, segment of C3_NV * C3_VW flat positions);
- * reads run up to C3_NV * C3_VW + 2 floats past a plane (the next plane or the slack).
- * Same arguments as conv3_direct (nrb unused: 1), the same order of each output's sum.
- * Built with C3_S2, the stride-2 convolution (padding 1) of the phase planes xp of
- * conv3_phase (hq = h + 1 rows of pitch pw each, h and w the output's): each tap is again
- * one load at a fixed offset from f.
+ * conv3_direct for small planes (rows shorter than a vector) and for stride 2: the same
+ * sums with the vectors running along a plane's flat index f = oh * pw + ow instead of
+ * along one row, every tap one load at a fixed offset from f. Over the bordered planes
+ * (pw = w + 2), tap (ki, kj) of output f is xp's plane at f + ki * pw + kj, and the lanes
+ * at the two border columns (ow >= w) are computed and dropped. Built with C3_KJ3, over the
+ * column-shifted planes of conv3_pad3 (pw = w), it is plane kj at f + ki * pw: every lane a
+ * pixel (src/ops/conv.c takes it where that saves lanes: 8 x 8 planes in 64 lanes rather
+ * than 96). Built with C3_S2, the stride-2 convolution (padding 1) of the phase planes xp
+ * of conv3_phase (hq = h + 1 rows of pitch pw = w + 2 each, h and w the output's). Lanes
+ * past the last row are dropped too. One work-item per (image, block of C3_CB output
+ * channels, segment of C3_NV * C3_VW flat positions); reads run up to a segment and 2
+ * floats past an image-channel's planes (the next ones or the slack). Same arguments as
+ * conv3_direct (nrb unused: 1), the same order of each output's sum.
  */
 kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
                        global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
@@ -556,6 +601,10 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
     /* tap (ki, kj) of output f: phase plane (ki & 1, kj & 1) at f + (ki >> 1)*pw + (kj >> 1) */
     int qplane = (h + 1) * pw, plane = 4 * qplane;
 #define C3_TAP(ki, kj) ((((ki)&1) * 2 + ((kj)&1)) * qplane + ((ki) >> 1) * pw + ((kj) >> 1))
+#elif C3_KJ3
+    /* tap (ki, kj) of output f: column-shifted plane kj at f + ki*pw */
+    int kplane = (h + 2) * pw, plane = 3 * kplane;
+#define C3_TAP(ki, kj) ((kj)*kplane + (ki)*pw)
 #else
     int plane = (h + 2) * pw;
 #define C3_TAP(ki, kj) ((ki)*pw + (kj))

@@ -331,6 +331,7 @@ enum { ALGO_AUTO, ALGO_IM2COL, ALGO_DIRECT };
 typedef struct c3_params {
     int vw, nv, r, cb;
     int flat; /* conv3_flat (vectors along a plane's flat index) rather than conv3_direct */
+    int kj3;  /* conv3_flat, stride 1: over three column-shifted planes (conv3_pad3) */
 } c3_params;
 static bool c3_override(c3_params *o);
 
@@ -370,7 +371,7 @@ static bool c3_override(c3_params *o) {
            o->r <= 8 && o->cb >= 1 && o->cb <= 16 && (o->flat == 0 || o->flat == 1);
 }
 
-/* conv3_direct's blocking (its build options) for planes of width w and cout output
+/* conv3_direct's blocking (its build options) for h x w planes and cout output
  * channels: vectors of the device's native width, up to two per row segment, and about half
  * the vector registers as accumulators (16 of AVX-512's 32; 8 of 16 elsewhere): 8 output
  * channels (4 where two vectors a segment would make that 16 of 8-float vectors) x the rows
@@ -381,7 +382,7 @@ static bool c3_override(c3_params *o) {
  * channels: 1.5-2x slower); with haswell code the 8-channel blocks of two vectors took 16 of
  * the 16 ymm registers for accumulators, and 4-channel ones ran those stages' forward in
  * 25-40% less time (README.md, "Speed"). */
-static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout, int stride) {
+static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cout, int stride) {
     c3_params p;
     int vw = kiln__float_vw(ctx) < 4 ? 4 : kiln__float_vw(ctx);
     int accs = vw >= 16 ? 16 : 8;
@@ -401,6 +402,12 @@ static c3_params c3_choose(const kiln_ctx *ctx, int w, int cout, int stride) {
         p.flat = 1;
         p.r = 1;
     }
+    /* conv3_flat over column-shifted planes where the border columns would take more
+     * vectors: 8 x 8 planes fill 4 vectors of 16 rather than 6 (the forward and input
+     * gradient of 64 -> 64 channels, batch 128, one Zen 4 core: 9.2 -> 7.0 and 9.6 -> 7.2
+     * ms), 7 x 7 ones 4 either way (and bordered planes serve the weight gradient too) */
+    int seg = p.nv * p.vw;
+    p.kj3 = p.flat && stride == 1 && (h * w + seg - 1) / seg < (h * (w + 2) + seg - 1) / seg;
     return p;
 }
 
@@ -414,9 +421,10 @@ static int c3_stride(const conv_geom *g) {
 }
 
 /* Floats of the input as the direct kernels read it, per image and channel: the bordered
- * plane ((h + 2) rows) or, for stride 2, four phase planes of ho + 1 rows, each of pitch pw. */
-static int64_t c3_in_plane(const conv_geom *g, int stride, int64_t pw) {
-    return stride == 2 ? 4 * ((int64_t)g->ho + 1) * pw : ((int64_t)g->h + 2) * pw;
+ * plane ((h + 2) rows), for stride 2 four phase planes of ho + 1 rows, with kj3 three
+ * column-shifted planes of h + 2 rows, each of pitch pw. */
+static int64_t c3_in_plane(const conv_geom *g, int stride, bool kj3, int64_t pw) {
+    return stride == 2 ? 4 * ((int64_t)g->ho + 1) * pw : (kj3 ? 3 : 1) * ((int64_t)g->h + 2) * pw;
 }
 
 /* The slack after the bordered planes: conv3_direct's last row block may read up to C3_R -
@@ -429,18 +437,16 @@ static int64_t c3_in_plane(const conv_geom *g, int stride, int64_t pw) {
  * conv3_direct's vectors may run past a row's end into the next row (those lanes are
  * dropped at the store; past the last plane they read the slack); conv3_wgrad reads the
  * same pitch, so the input gradient's bordered gy serves the weight gradient too. (Rows
- * rounded up to whole segments had measured no faster on ResNet-20.) */
-static int c3_pitch(const c3_params *p, int w) {
-    (void)p;
-    return w + 2;
-}
+ * rounded up to whole segments had measured no faster on ResNet-20.) The column-shifted
+ * planes of kj3 have no border columns: w. */
+static int c3_pitch(const c3_params *p, int w) { return p->kj3 ? w : w + 2; }
 
 /* Work-items of conv3_direct along a plane: row blocks x row segments (conv3_flat: 1 x the
  * segments of the flat index). */
 static void c3_grid(const c3_params *p, int h, int w, int *nrb, int *nseg) {
     int seg = p->nv * p->vw;
     *nrb = p->flat ? 1 : (h + p->r - 1) / p->r;
-    *nseg = p->flat ? (h * (w + 2) + seg - 1) / seg : (w + seg - 1) / seg;
+    *nseg = p->flat ? (h * c3_pitch(p, w) + seg - 1) / seg : (w + seg - 1) / seg;
 }
 
 /* Whether conv3_direct (or conv3_flat) computes this convolution's forward (dgrad false)
@@ -454,11 +460,11 @@ static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool
     int stride = c3_stride(g);
     if (stride == 0 || (stride == 2 && dgrad) || (stride == 1 && (g->h != g->ho || g->w != g->wo))) return false;
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout;
-    c3_params p = c3_choose(ctx, g->wo, cout, stride);
+    c3_params p = c3_choose(ctx, g->ho, g->wo, cout, stride);
     int64_t pw = c3_pitch(&p, g->wo), seg = p.nv * p.vw;
     int64_t nrb = p.flat ? 1 : (g->ho + p.r - 1) / p.r;
     int64_t nseg = p.flat ? ((int64_t)g->ho * pw + seg - 1) / seg : (g->wo + seg - 1) / seg;
-    int64_t elems = (int64_t)g->n * cin * c3_in_plane(g, stride, pw) + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
+    int64_t elems = (int64_t)g->n * cin * c3_in_plane(g, stride, p.kj3, pw) + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
     int64_t items = (int64_t)g->n * ((cout + p.cb - 1) / p.cb) * nrb * nseg;
     if (elems > CONV_MAX_ELEMS || items > CONV_MAX_ELEMS) return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
@@ -466,12 +472,14 @@ static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool
 }
 
 /* A new [n, c, h + 2, pw] tensor (plus slack) of the zero-bordered planes of src [n, c, h, w]
- * (any view), by conv3_pad. */
-static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int pw) {
+ * (any view), by conv3_pad; with kj3 (pw = w), [n, c, 3, h + 2, w] of its column-shifted
+ * planes, by conv3_pad3. */
+static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int pw, bool kj3) {
     int n = (int)src->shape[0], c = (int)src->shape[1], h = (int)src->shape[2], w = (int)src->shape[3];
     int64_t planes = (int64_t)n * c;
     cl_int slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
-    kiln_tensor *xp = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){planes * (h + 2) * pw + slack});
+    kiln_tensor *xp =
+        kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){planes * (kj3 ? 3 : 1) * (h + 2) * pw + slack});
     if (!xp || planes == 0) return xp;
     cl_int soff = (cl_int)src->offset, cc = c, ch = h, cw = w, cpw = pw, np = (cl_int)planes;
     cl_int xpoff = (cl_int)xp->offset;
@@ -479,8 +487,8 @@ static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int 
     kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff),  KILN__ARG(ss),  KILN__ARG(cc),
                          KILN__ARG(ch),           KILN__ARG(cw),    KILN__ARG(cpw), KILN__ARG(xp->st->mem),
                          KILN__ARG(xpoff),        KILN__ARG(slack), KILN__ARG(np)};
-    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(src->dtype), "conv3_pad", sizeof args / sizeof args[0],
-                     args, (size_t)planes, 0) != KILN_OK) {
+    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(src->dtype), kj3 ? "conv3_pad3" : "conv3_pad",
+                     sizeof args / sizeof args[0], args, (size_t)planes, 0) != KILN_OK) {
         kiln_tensor_free(xp);
         return NULL;
     }
@@ -511,8 +519,8 @@ static kiln_tensor *c3_phase(kiln_ctx *ctx, const char *op, kiln_tensor *src, co
 
 /* conv3_direct's build options, for tensor operands of dtype dt. */
 static void c3_options(const c3_params *p, int stride, kiln_dtype dt, char *buf, size_t cap) {
-    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d%s", p->vw, p->nv, p->r, p->cb,
-             stride == 2, CONV_DT_OPTIONS(dt));
+    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d -DC3_KJ3=%d%s", p->vw, p->nv, p->r, p->cb,
+             stride == 2, p->kj3, CONV_DT_OPTIONS(dt));
 }
 
 /*
@@ -528,7 +536,7 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->ho, wd = g->wo, stride = c3_stride(g);
     kiln_tensor *out = kiln__tensor_new(ctx, op, odt, 4, (int64_t[]){g->n, cout, h, wd});
     if (!out || g->n == 0) return out;
-    c3_params p = c3_choose(ctx, wd, cout, stride);
+    c3_params p = c3_choose(ctx, h, wd, cout, stride);
     int pw = c3_pitch(&p, wd), nrb, nseg, ncb = (cout + p.cb - 1) / p.cb;
     c3_grid(&p, h, wd, &nrb, &nseg);
     char options[128], pack_options[128];
@@ -578,10 +586,11 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
 static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
                                     bool relu, const conv_geom *g, kiln_tensor **keep) {
     int stride = c3_stride(g);
-    c3_params p = c3_choose(ctx, g->wo, g->cout, stride);
-    kiln_tensor *xp = stride == 2 ? c3_phase(ctx, op, x, g) : c3_pad(ctx, op, x, c3_pitch(&p, g->w));
+    c3_params p = c3_choose(ctx, g->ho, g->wo, g->cout, stride);
+    kiln_tensor *xp = stride == 2 ? c3_phase(ctx, op, x, g) : c3_pad(ctx, op, x, c3_pitch(&p, g->w), p.kj3);
     kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, relu, g, false, x->dtype) : NULL;
-    if (out && keep) {
+    /* (conv3_wgrad reads bordered or phase planes, not column-shifted ones) */
+    if (out && keep && !p.kj3) {
         *keep = xp;
         return out;
     }
@@ -869,9 +878,9 @@ static kiln_status bwd_finish(bwd_plan *p, kiln_status s) {
 /* dx by conv3_direct from a bordered copy of gy (before the chunks, which then compute
  * only dw and d bias). */
 static kiln_status bwd_direct_dx(bwd_plan *p) {
-    c3_params cp = c3_choose(p->ctx, p->g->w, p->g->c, 1);
+    c3_params cp = c3_choose(p->ctx, p->g->h, p->g->w, p->g->c, 1);
     int pw = c3_pitch(&cp, p->g->w);
-    kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, pw);
+    kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, pw, cp.kj3);
     if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, false, p->g, true, p->gy->dtype))) {
         kiln_tensor_free(gp);
         return p->ctx->err;
@@ -879,7 +888,7 @@ static kiln_status bwd_direct_dx(bwd_plan *p) {
     if (!gp) return p->ctx->err;
     /* conv3_wgrad reads the copy too (the same pitch); otherwise the in-order queue runs
      * the launches before a later reuse of it */
-    if (p->dw_direct && pw == p->g->w + 2) {
+    if (p->dw_direct && !cp.kj3) {
         p->gyb = gp;
         p->gyb_pitch = pw;
     } else {
@@ -919,7 +928,7 @@ static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo
     int64_t pw = (int64_t)g->wo + 2, plane = ((int64_t)g->ho + 2) * pw;
     int64_t slack = C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
     if (2 * pw + (stride == 2 ? 3 : 1) < p.vw || (int64_t)g->n * g->cout * plane + slack > CONV_MAX_ELEMS ||
-        (int64_t)g->n * g->c * c3_in_plane(g, stride, pw) + slack > CONV_MAX_ELEMS ||
+        (int64_t)g->n * g->c * c3_in_plane(g, stride, false, pw) + slack > CONV_MAX_ELEMS ||
         (int64_t)p.nparts * g->cout * g->c * 9 > CONV_MAX_ELEMS)
         return false;
     if (algo != ALGO_AUTO) return algo == ALGO_DIRECT;
@@ -938,8 +947,10 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     cl_int pw = g->wo + 2, plane = (g->ho + 2) * pw;
     cl_int nvec = (g->ho * pw - (stride == 2 ? 2 : 0) + cp.vw - 1) / cp.vw;
     cl_int c = g->c, cout = g->cout, n = g->n, np = cp.nparts, ncb = (g->cout + cp.wb - 1) / cp.wb;
-    kiln_tensor *xp = p->xpad ? p->xpad : stride == 2 ? c3_phase(ctx, p->op, p->x, g) : c3_pad(ctx, p->op, p->x, pw);
-    kiln_tensor *gp = !xp ? NULL : p->gyb && p->gyb_pitch == pw ? p->gyb : c3_pad(ctx, p->op, p->gy, pw);
+    kiln_tensor *xp = p->xpad       ? p->xpad
+                      : stride == 2 ? c3_phase(ctx, p->op, p->x, g)
+                                    : c3_pad(ctx, p->op, p->x, pw, false);
+    kiln_tensor *gp = !xp ? NULL : p->gyb && p->gyb_pitch == pw ? p->gyb : c3_pad(ctx, p->op, p->gy, pw, false);
     kiln_tensor *part = NULL;
     kiln_status s = gp ? KILN_OK : ctx->err;
     if (s == KILN_OK && np > 1 &&
