@@ -413,6 +413,28 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #endif
         return;
     }
+    /* the store at e of one output of column j0 + c, y = alpha times its sum: plus the bias
+     * (and ReLU of that), or plus beta C; the product y a statement of its own, rounded
+     * before the sum as the vector stores round it */
+#if NT_BIAS
+#define NN_ST1(e, c, y)                                                                                   \
+    {                                                                                                    \
+        float y_ = (y);                                                                                  \
+        float o_ = y_ + BI_LD(bias, bias_off + (ulong)(j0 + (c)) * bias_st);                             \
+        NN_ST1_OUT(e, o_);                                                                               \
+    }
+#if NT_BIAS == 2
+#define NN_ST1_OUT(e, o) C_ST_RELU(e, 0, o)
+#else
+#define NN_ST1_OUT(e, o) C_ST(e, 0, o)
+#endif
+#else
+#define NN_ST1(e, c, y)                                                                                   \
+    {                                                                                                    \
+        float y_ = (y);                                                                                  \
+        C_ST(e, 0, beta == 0.0f ? y_ : fma(beta, C_LD(e, 0), y_));                                       \
+    }
+#endif
     if (N >= NN_VW) {
         /* a row's last block of fewer than NN_VW columns: one vector ending at the row's
          * last column (its first lanes read the block before, which computes and stores
@@ -429,19 +451,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         for (int r = 0; r < rows; r++) {
             float t[NN_VW];
             NN_STOREV(alpha * acc[r][0], 0, t);
-            for (int c = 0; c < cols; c++) {
-                __global C_S *e = cp + (ulong)r * crs + (ulong)c * ccs;
-#if NT_BIAS
-                float o = t[l0 + c] + BI_LD(bias, bias_off + (ulong)(j0 + c) * bias_st);
-#if NT_BIAS == 2
-                C_ST_RELU(e, 0, o);
-#else
-                C_ST(e, 0, o);
-#endif
-#else
-                C_ST(e, 0, beta == 0.0f ? t[l0 + c] : fma(beta, C_LD(e, 0), t[l0 + c]));
-#endif
-            }
+            for (int c = 0; c < cols; c++) NN_ST1(cp + (ulong)r * crs + (ulong)c * ccs, c, t[l0 + c]);
         }
         return;
     }
@@ -457,21 +467,10 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #pragma unroll
             for (int r = 0; r < NN_RM; r++) s[r] = fma(A_LD(ap, ro[r] + (ulong)k * ks), b, s[r]);
         }
-        for (int r = 0; r < rows; r++) {
-            __global C_S *e = cp + (ulong)r * crs + (ulong)c * ccs;
-#if NT_BIAS
-            float y = alpha * s[r];
-            float o = y + BI_LD(bias, bias_off + (ulong)(j0 + c) * bias_st);
-#if NT_BIAS == 2
-            C_ST_RELU(e, 0, o);
-#else
-            C_ST(e, 0, o);
-#endif
-#else
-            C_ST(e, 0, beta == 0.0f ? alpha * s[r] : fma(beta, C_LD(e, 0), alpha * s[r]));
-#endif
-        }
+        for (int r = 0; r < rows; r++) NN_ST1(cp + (ulong)r * crs + (ulong)c * ccs, c, alpha * s[r]);
     }
+#undef NN_ST1
+#undef NN_ST1_OUT
 }
 
 /* gemm_copy: dst = src for `batch` matrices of rows x cols, src at soff + b * sstride with
