@@ -439,9 +439,8 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         /* a row's last block of fewer than NN_VW columns: one vector ending at the row's
          * last column (its first lanes read the block before, which computes and stores
          * them itself), and the stores take its last `cols` lanes. Each column's sum runs
-         * over k in the order of the loop below, so the same bits as that loop's scalars;
-         * with N = 490 those 10 columns one at a time had taken a quarter of the product's
-         * time (README.md, "Speed"). */
+         * over k in the order of the loop below, so the same bits as that loop's scalars
+         * (which had summed these columns one at a time: README.md, "Speed"). */
         NN_T acc[NN_RM][1];
 #pragma unroll
         for (int r = 0; r < NN_RM; r++) acc[r][0] = 0.0f;

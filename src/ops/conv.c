@@ -403,9 +403,8 @@ static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cout, int stri
         p.r = 1;
     }
     /* conv3_flat over column-shifted planes where the border columns would take more
-     * vectors: 8 x 8 planes fill 4 vectors of 16 rather than 6 (the forward and input
-     * gradient of 64 -> 64 channels, batch 128, one Zen 4 core: 9.2 -> 7.0 and 9.6 -> 7.2
-     * ms), 7 x 7 ones 4 either way (and bordered planes serve the weight gradient too) */
+     * vectors: 8 x 8 planes fill 4 vectors of 16 rather than 6, 7 x 7 ones 4 either way,
+     * and there the bordered planes also serve the weight gradient (README.md, "Speed") */
     int seg = p.nv * p.vw;
     p.kj3 = p.flat && stride == 1 && (h * w + seg - 1) / seg < (h * (w + 2) + seg - 1) / seg;
     return p;
@@ -608,8 +607,8 @@ static bool conv_direct_wgrad_wanted(kiln_ctx *ctx, const conv_geom *g, int algo
  * or bf16 (the kernels read each in its own dtype; the GEMM reads an f32 copy of a half
  * weight), bias and out of x's dtype. With keep, where the
  * direct route computes the forward and would compute the weight gradient, *keep = the
- * bordered (or phase) planes of x it made, which conv3_wgrad reads as they are (else *keep
- * is left alone). */
+ * bordered (or phase) planes of x it made, which conv3_wgrad reads as they are (else, and
+ * for column-shifted planes, *keep is left alone). */
 static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
                              bool relu, const conv_geom *g, kiln_tensor **keep) {
     int algo;
@@ -875,8 +874,8 @@ static kiln_status bwd_finish(bwd_plan *p, kiln_status s) {
     return s;
 }
 
-/* dx by conv3_direct from a bordered copy of gy (before the chunks, which then compute
- * only dw and d bias). */
+/* dx by conv3_direct from a bordered (or column-shifted) copy of gy (before the chunks,
+ * which then compute only dw and d bias). */
 static kiln_status bwd_direct_dx(bwd_plan *p) {
     c3_params cp = c3_choose(p->ctx, p->g->h, p->g->w, p->g->c, 1);
     int pw = c3_pitch(&cp, p->g->w);
