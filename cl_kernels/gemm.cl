@@ -403,6 +403,19 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #pragma unroll
                 for (int r = 0; r < NN_RM; r++) NN_STOREV(alpha * acc[r][v], 0, t[r]);
                 int l0 = v == 0 ? 0 : max(0, so[v - 1] + NN_VW - so[v]);
+                /* a whole block without beta: constant bounds, so that LLVM keeps t in
+                 * registers and writes each C row's NN_RM values as one vector (the
+                 * runtime-bounded loop below stores them one float at a time) */
+                if (rows == NN_RM && beta == 0.0f) {
+#pragma unroll
+                    for (int l = 0; l < NN_VW; l++)
+                        if (l >= l0) {
+                            __global C_S *e = cp + (ulong)(so[v] + l) * ldc;
+#pragma unroll
+                            for (int r = 0; r < NN_RM; r++) C_ST(e, r, t[r][l]);
+                        }
+                    continue;
+                }
                 for (int l = l0; l < NN_VW; l++) {
                     __global C_S *e = cp + (ulong)(so[v] + l) * ldc;
                     for (int r = 0; r < rows; r++)
