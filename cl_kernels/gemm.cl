@@ -291,27 +291,30 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
     ulong crs = NN_TC ? 1 : ldc, ccs = NN_TC ? ldc : 1;
     __global C_S *cp = C + coff + (ulong)bi * cstride + (ulong)i0 * crs + (ulong)j0 * ccs;
     int cols = N - j0;
-    /* k's terms: NV vectors of B's row k times each row's broadcast value of op(A) (NV is
-     * a literal, so each loop below is compiled for its own number of vectors) */
-#define NN_STEP(NV, OFF)                                                                   \
+    /* k's terms: NV vectors of B's row k times each row's broadcast value of op(A), row r's
+     * at ap[AO] with AO an expression in r, and ap advancing by KS per k (NV is a literal,
+     * so each loop below is compiled for its own number of vectors) */
+#define NN_STEP(NV, OFF, AO, KS)                                                           \
     {                                                                                      \
         NN_T x[NV];                                                                        \
         _Pragma("unroll") for (int v = 0; v < NV; v++) x[v] = B_LDV(NN_VW, 0, bk + (OFF)); \
         _Pragma("unroll") for (int r = 0; r < NN_RM; r++) {                                \
-            NN_T av = (NN_T)A_LD(ap, ro[r]);                                               \
+            NN_T av = (NN_T)A_LD(ap, AO);                                                  \
             _Pragma("unroll") for (int v = 0; v < NV; v++) acc[r][v] = fma(av, x[v], acc[r][v]); \
         }                                                                                  \
         bk += ldb;                                                                         \
-        ap += ks;                                                                          \
+        ap += (KS);                                                                        \
     }
-#define NN_LOOP(NV, OFF)                                                                   \
+#define NN_LOOP_A(NV, OFF, AO, KS)                                                         \
     {                                                                                      \
         int k = 0;                                                                         \
         for (; k + NN_KU <= K; k += NN_KU) {                                               \
-            _Pragma("unroll") for (int u = 0; u < NN_KU; u++) NN_STEP(NV, OFF)             \
+            _Pragma("unroll") for (int u = 0; u < NN_KU; u++) NN_STEP(NV, OFF, AO, KS)     \
         }                                                                                  \
-        for (; k < K; k++) NN_STEP(NV, OFF)                                                \
+        for (; k < K; k++) NN_STEP(NV, OFF, AO, KS)                                        \
     }
+    /* rows past M clamped (ro) */
+#define NN_LOOP(NV, OFF) NN_LOOP_A(NV, OFF, ro[r], ks)
     if (cols >= NN_VW) {
         /* a whole block, or a row's last block of NN_VW columns or more but fewer than the
          * block's: its NN_NV vectors end at its last column (so[v] = min(v NN_VW, cols -
@@ -330,8 +333,16 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #pragma unroll
             for (int v = 0; v < NN_NV; v++) acc[r][v] = 0.0f;
         const __global B_S *bk = bp;
-        /* (vector v at column v NN_VW of a whole block: a constant offset) */
-        if (wide) {
+        /* (vector v at column v NN_VW of a whole block: a constant offset.) A whole block
+         * of rows needs no clamping, and with ta known its NN_RM values of op(A) per k lie
+         * at constant offsets from one pointer (A^T) or at multiples of lda: one register
+         * to advance instead of NN_RM row pointers, which the runtime ro[] and ks left for
+         * LLVM to spill and reload every k. */
+        if (wide && rows == NN_RM && ta) {
+            NN_LOOP_A(NN_NV, v * NN_VW, r, lda)
+        } else if (wide && rows == NN_RM) {
+            NN_LOOP_A(NN_NV, v * NN_VW, (ulong)r * lda, 1)
+        } else if (wide) {
             NN_LOOP(NN_NV, v * NN_VW)
         } else {
             NN_LOOP(NN_NV, so[v])
@@ -468,6 +479,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         return;
     }
 #undef NN_STEP
+#undef NN_LOOP_A
 #undef NN_LOOP
     /* a row narrower than a vector (N < NN_VW): one column at a time */
     for (int c = 0; c < cols; c++) {
