@@ -193,10 +193,12 @@ static void test_sets(kiln_ctx *ctx) {
  * odd one), =off never; then the automatic choice on shapes large enough to pad. */
 static void test_padded(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 1;
-    CHECK(kiln__gemm_pad_wanted(1024, 130, 16, 16) && kiln__gemm_pad_wanted(2048, 130, 40, 16) &&
-              !kiln__gemm_pad_wanted(1040, 130, 40, 16) && !kiln__gemm_pad_wanted(1024, 16, 40, 16) &&
-              !kiln__gemm_pad_wanted(1024, 130, 8, 16) && kiln__gemm_pad_wanted(1024, 130, 8, 8) &&
-              kiln__gemm_pad_wanted(1024, 64, 1, 1) && !kiln__gemm_pad_wanted(1024, 63, 1, 1),
+    CHECK(kiln__gemm_pad_wanted(1024, 130, 16, 16, 1024) && kiln__gemm_pad_wanted(2048, 130, 40, 16, 1024) &&
+              !kiln__gemm_pad_wanted(1040, 130, 40, 16, 1024) && !kiln__gemm_pad_wanted(1024, 16, 40, 16, 1024) &&
+              !kiln__gemm_pad_wanted(1024, 130, 8, 16, 1024) && kiln__gemm_pad_wanted(1024, 130, 8, 8, 1024) &&
+              kiln__gemm_pad_wanted(1024, 64, 1, 1, 1024) && !kiln__gemm_pad_wanted(1024, 63, 1, 1, 1024) &&
+              !kiln__gemm_pad_wanted(512, 130, 1, 1, 1024) && kiln__gemm_pad_wanted(512, 130, 1, 1, 256) &&
+              kiln__gemm_pad_wanted(768, 130, 1, 1, 256) && !kiln__gemm_pad_wanted(384, 130, 1, 1, 256),
           "kiln__gemm_pad_wanted: not as the tests below assume");
     static const char *const passes[4] = {"KILN_GEMM_PAD=on", "KILN_GEMM_PAD=on, set odd-b", "KILN_GEMM_PAD=off",
                                           "automatic"};

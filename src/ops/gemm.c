@@ -233,12 +233,14 @@ bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, s
  * 1024 x 1 x 2048 A^T B took 3x, 1024 x 128 x 2048 2x the time); B at 8 reads with the
  * avx2 set (the reference CNN's fc1 gradients: 25% less time), while at 8 reads the
  * avx512 set's copy of B cost more than it saved (conv2 forward, 64 x 36864 x 288, before
- * convolutions were chunked), hence 16 there (pad_reuse below).
+ * convolutions were chunked), hence 16 there (pad_reuse below). `period` is the leading
+ * dim in floats whose multiples conflict: 1024 (4 KiB), and for the avx2 set's A^T 256
+ * (at_period below).
  * KILN_GEMM_PAD=off|on overrides (for measurements and tests).
  */
-bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse) {
+bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse, size_t period) {
     const char *e = getenv("KILN_GEMM_PAD");
-    bool conflict = ld % 1024 == 0;
+    bool conflict = period && ld % period == 0;
     if (e && strcmp(e, "off") == 0) return false;
     if (e && strcmp(e, "on") == 0) return conflict && k > 0;
     return conflict && k >= 64 && reuse >= min_reuse;
@@ -247,6 +249,17 @@ bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse) 
 /* The reads of B below which gemm_nn reads it in place, per set (kiln__gemm_pad_wanted) */
 static const size_t pad_reuse[KILN__GEMM_SETS] = {
     [SET_AVX512] = 16, [SET_AVX2] = 8, [SET_NEON] = 8, [SET_VEC4] = 8, 8, 8,
+};
+
+/* The leading dims (floats) whose multiples make gemm_nn read A^T through a padded copy, per
+ * set. The avx2 set reads 6 floats of each of A's rows per k, and with rows 1 or 2 KiB
+ * apart as well as 4 those rows crowd a few cache sets: with haswell code on a Zen 4 core
+ * the copy took 512 x 784 x 64 A^T B (the MLP's fc1 weight gradient) from 0.80 to 0.89 of
+ * OpenBLAS, 768 x 256 x 512 from 0.79 to 0.85, 256 x 512 x 512 from 0.82 to 0.86
+ * (README.md, "Speed"). The avx512 set's 8 x 32 blocks gained nothing from it (512 x 128 x
+ * 2048: 1.12 -> 1.08): 4 KiB as for B. */
+static const size_t at_period[KILN__GEMM_SETS] = {
+    [SET_AVX512] = 1024, [SET_AVX2] = 256, [SET_NEON] = 1024, [SET_VEC4] = 1024, 1024, 1024,
 };
 
 /* The padded leading dim of a copy of rows of `cols` floats: whole 64-byte lines, and not a
@@ -480,12 +493,12 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
         b = pt->st->mem, boff = (size_t)pt->offset, ldb = dld, bstride = k * dld;
     }
     /* (gemm_copy moves floats: half operands are read in place) */
-    if (!half && ta && kiln__gemm_pad_wanted(lda, k, blocks(v.n, v.bn), 1)) {
+    if (!half && ta && kiln__gemm_pad_wanted(lda, k, blocks(v.n, v.bn), 1, at_period[set_of(ctx, p)])) {
         size_t dld;
         st = operand_copy(ctx, op, options, false, k, v.m, batch, a, aoff, lda, astride, &pa, &dld);
         if (st == KILN_OK) a = pa->st->mem, aoff = (size_t)pa->offset, lda = dld, astride = k * dld;
     }
-    if (st == KILN_OK && !half && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm), pad_reuse[set_of(ctx, p)])) {
+    if (st == KILN_OK && !half && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm), pad_reuse[set_of(ctx, p)], 1024)) {
         size_t dld;
         st = operand_copy(ctx, op, options, false, k, v.n, batch, b, boff, ldb, bstride, &pb, &dld);
         if (st == KILN_OK) b = pb->st->mem, boff = (size_t)pb->offset, ldb = dld, bstride = k * dld;
