@@ -277,6 +277,16 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
     int bi = (int)get_global_id(1) / nblocks;
     int j0 = ((int)get_global_id(1) - bi * nblocks) * (NN_NV * NN_VW);
     if (i0 >= M || bi >= batch) return;
+    /* The last row block, when it has fewer than NN_RM rows and M allows, moves back to end
+     * at row M - 1 and stores only its rows from r0 on: the rows before belong to the
+     * block before, which computes the same sums in the same order and stores them itself.
+     * Then it runs the whole-block loops below instead of the clamped one (with the avx2
+     * set's 6-row blocks every M a power of two ends in such a block). */
+    int r0 = 0;
+    if (M - i0 < NN_RM && M >= NN_RM) {
+        r0 = NN_RM - (M - i0);
+        i0 = M - NN_RM;
+    }
     const __global A_S *ab = A + aoff + (ulong)bi * astride;
     const __global B_S *bp = B + boff + (ulong)bi * bstride + j0;
     /* op(A)[i0 + r, k] = ap[ro[r] + k * ks], rows past M clamped to the last */
@@ -361,7 +371,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
             }
 #pragma unroll
             for (int r = 0; r < NN_RM; r++)
-                if (r < rows) {
+                if (r >= r0 && r < rows) {
 #pragma unroll
                     for (int v = 0; v < NN_NV; v++) {
                         NN_T y = alpha * acc[r][v];
@@ -390,7 +400,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         {
 #pragma unroll
             for (int r = 0; r < NN_RM; r++)
-                if (r < rows) {
+                if (r >= r0 && r < rows) {
                     NN_T y[NN_NV];
 #pragma unroll
                     for (int v = 0; v < NN_NV; v++) {
@@ -417,7 +427,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
                 /* a whole block without beta: constant bounds, so that LLVM keeps t in
                  * registers and writes each C row's NN_RM values as one vector (the
                  * runtime-bounded loop below stores them one float at a time) */
-                if (rows == NN_RM && beta == 0.0f) {
+                if (r0 == 0 && rows == NN_RM && beta == 0.0f) {
 #pragma unroll
                     for (int l = 0; l < NN_VW; l++)
                         if (l >= l0) {
@@ -429,7 +439,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
                 }
                 for (int l = l0; l < NN_VW; l++) {
                     __global C_S *e = cp + (ulong)(so[v] + l) * ldc;
-                    for (int r = 0; r < rows; r++)
+                    for (int r = r0; r < rows; r++)
                         C_ST(e, r, beta == 0.0f ? t[r][l] : fma(beta, C_LD(e, r), t[r][l]));
                 }
             }
@@ -471,7 +481,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
         const __global B_S *bk = bp;
         NN_LOOP(1, cols - NN_VW)
         int l0 = NN_VW - cols;
-        for (int r = 0; r < rows; r++) {
+        for (int r = r0; r < rows; r++) {
             float t[NN_VW];
             NN_STOREV(alpha * acc[r][0], 0, t);
             for (int c = 0; c < cols; c++) NN_ST1(cp + (ulong)r * crs + (ulong)c * ccs, c, t[l0 + c]);
@@ -491,7 +501,7 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #pragma unroll
             for (int r = 0; r < NN_RM; r++) s[r] = fma(A_LD(ap, ro[r] + (ulong)k * ks), b, s[r]);
         }
-        for (int r = 0; r < rows; r++) NN_ST1(cp + (ulong)r * crs + (ulong)c * ccs, c, alpha * s[r]);
+        for (int r = r0; r < rows; r++) NN_ST1(cp + (ulong)r * crs + (ulong)c * ccs, c, alpha * s[r]);
     }
 #undef NN_ST1
 #undef NN_ST1_OUT
