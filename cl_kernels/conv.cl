@@ -36,36 +36,40 @@ inline int2 conv_range(int o0, int st, int lo, int hi, int n) {
 }
 
 /*
- * One work-item per (column row, image) of a chunk of nb images starting at image n0: it
- * writes the ho*wo entries of that row (contiguous), output row by output row as a zero
- * run, a copy and a zero run. x is read through its strides xs (n, c, h, w) from xoff:
- * any view.
+ * One work-item per (input channel c, kernel row ki, image) of a chunk of nb images starting
+ * at image n0: it writes the kw column rows of taps (ki, 0 .. kw-1) of channel c for that
+ * image, ho*wo entries each (contiguous), output row by output row as a zero run, a copy and
+ * a zero run. x is read through its strides xs (n, c, h, w) from xoff: any view. (A work-item
+ * per column row paid its index arithmetic, several integer divisions, for every row: with
+ * the reference GAN's 7 x 7 outputs that was as much as the copying.)
  */
 kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff,
                         conv_geom g, int n0, int nb, int nitems) {
     int q = get_global_id(0);
     if (q >= nitems) return;
-    int kk = g.kh * g.kw;
-    int nl = q % nb, row = q / nb; /* row = c*kk + (ki*kw + kj) for the global channel c */
-    global float *dst = col + coloff + q * g.ho * g.wo;
-    int c = row / kk, kidx = row - c * kk, ki = kidx / g.kw, kj = kidx - ki * g.kw;
+    int ckh = g.c * g.kh, nl = q / ckh, t = q - nl * ckh; /* t = c*kh + ki for the global channel c */
+    int c = t / g.kh, ki = t - c * g.kh;
+    int hw = g.ho * g.wo;
     int2 hr = conv_range(ki * g.dh - g.ph, g.sh, 0, g.h, g.ho);
-    int iw0 = kj * g.dw - g.pw;
-    int2 wr = conv_range(iw0, g.sw, 0, g.w, g.wo);
-    global const KILN_S *src = x + xoff + (n0 + nl) * xs.x + c * xs.y + (iw0 + wr.x * g.sw) * xs.w;
+    global const KILN_S *xc = x + xoff + (n0 + nl) * xs.x + c * xs.y;
     int step = g.sw * xs.w;
-    for (int oh = 0; oh < g.ho; oh++, dst += g.wo) {
-        if (oh < hr.x || oh >= hr.y) {
-            for (int ow = 0; ow < g.wo; ow++) dst[ow] = 0.0f;
-            continue;
+    for (int kj = 0; kj < g.kw; kj++) {
+        global float *dst = col + coloff + ((t * g.kw + kj) * nb + nl) * hw;
+        int iw0 = kj * g.dw - g.pw;
+        int2 wr = conv_range(iw0, g.sw, 0, g.w, g.wo);
+        for (int oh = 0; oh < g.ho; oh++, dst += g.wo) {
+            if (oh < hr.x || oh >= hr.y) {
+                for (int ow = 0; ow < g.wo; ow++) dst[ow] = 0.0f;
+                continue;
+            }
+            global const KILN_S *s = xc + (oh * g.sh - g.ph + ki * g.dh) * xs.z + (iw0 + wr.x * g.sw) * xs.w;
+            for (int ow = 0; ow < wr.x; ow++) dst[ow] = 0.0f;
+            if (step == 1)
+                for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = KILN_LD(s, ow - wr.x);
+            else
+                for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = KILN_LD(s, (ow - wr.x) * step);
+            for (int ow = max(wr.y, wr.x); ow < g.wo; ow++) dst[ow] = 0.0f;
         }
-        global const KILN_S *s = src + (oh * g.sh - g.ph + ki * g.dh) * xs.z;
-        for (int ow = 0; ow < wr.x; ow++) dst[ow] = 0.0f;
-        if (step == 1)
-            for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = KILN_LD(s, ow - wr.x);
-        else
-            for (int ow = wr.x; ow < wr.y; ow++) dst[ow] = KILN_LD(s, (ow - wr.x) * step);
-        for (int ow = max(wr.y, wr.x); ow < g.wo; ow++) dst[ow] = 0.0f;
     }
 }
 

@@ -195,7 +195,7 @@ static kiln_status im2col(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_te
                           int nb) {
     cl_int xoff = (cl_int)x->offset, coff = (cl_int)col->offset, cn0 = n0, cnb = nb;
     cl_int4 xs = strides4(x);
-    cl_int nitems = nb * g->c * g->kh * g->kw;
+    cl_int nitems = nb * g->c * g->kh;
     kiln__karg args[] = {KILN__ARG(x->st->mem),   KILN__ARG(xoff), KILN__ARG(xs),
                          KILN__ARG(col->st->mem), KILN__ARG(coff), KILN__ARG(*g),
                          KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
