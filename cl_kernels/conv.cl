@@ -39,9 +39,9 @@ inline int2 conv_range(int o0, int st, int lo, int hi, int n) {
  * One work-item per (input channel c, kernel row ki, image) of a chunk of nb images starting
  * at image n0: it writes the kw column rows of taps (ki, 0 .. kw-1) of channel c for that
  * image, ho*wo entries each (contiguous), output row by output row as a zero run, a copy and
- * a zero run. x is read through its strides xs (n, c, h, w) from xoff: any view. (A work-item
- * per column row paid its index arithmetic, several integer divisions, for every row: with
- * the reference GAN's 7 x 7 outputs that was as much as the copying.)
+ * a zero run. x is read through its strides xs (n, c, h, w) from xoff: any view. The
+ * images are the outermost index: consecutive work-items read the same image's planes, each
+ * while it is still in cache (README.md, "Speed").
  */
 kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff,
                         conv_geom g, int n0, int nb, int nitems) {
