@@ -186,9 +186,10 @@ static void test_sets(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
-/* K operands whose rows lie a multiple of 4096 bytes apart (leading dim 1024 floats) go
- * through gemm_copy into a padded buffer (src/ops/gemm.c, kiln__gemm_pad_wanted): B for
- * A B and A^T B, A for A^T B, kiln's A (the kernel's B) for A^T B^T; batched at offsets.
+/* K operands whose rows lie a multiple of 4096 bytes apart (leading dim 1024 floats; for
+ * the avx2 set's A^T, 1024 bytes) go through gemm_copy into a padded buffer
+ * (src/ops/gemm.c, kiln__gemm_pad_wanted): B for A B and A^T B, A for A^T B, kiln's A (the
+ * kernel's B) for A^T B^T; batched at offsets.
  * KILN_GEMM_PAD=on pads whenever the rows conflict (small shapes, the device's set and an
  * odd one), =off never; then the automatic choice on shapes large enough to pad. */
 static void test_padded(kiln_ctx *ctx) {

@@ -298,9 +298,8 @@ static kiln_status wgrad_small(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
  * pixels. The columns' leading dim is images * hw; where the budget leaves room, the count
  * is rounded down so that it is a multiple of CHUNK_ALIGN floats and every row of the
  * column and gradient matrices starts on a cache line: gemm_nn's vector loads of B then
- * never straddle two lines. With haswell code a row pitch of 882 floats (the reference GAN's
- * 18 images of 7 x 7) ran the 128 x 882 x 1024 product at 0.72-0.75 of OpenBLAS, 784 (16
- * images) at 0.89 (README.md, "Speed"). */
+ * never straddle two lines, which cost the avx2 set a fifth of its speed on the reference
+ * GAN's rows of 18 images of 7 x 7 (README.md, "Speed"). */
 static int chunk_images(const kiln_ctx *ctx, int64_t per, int64_t hw, int n) {
     int64_t nb = chunk_budget(ctx) / (per > 0 ? per : 1);
     if (nb < 1) nb = 1;

@@ -252,12 +252,10 @@ static const size_t pad_reuse[KILN__GEMM_SETS] = {
 };
 
 /* The leading dims (floats) whose multiples make gemm_nn read A^T through a padded copy, per
- * set. The avx2 set reads 6 floats of each of A's rows per k, and with rows 1 or 2 KiB
- * apart as well as 4 those rows crowd a few cache sets: with haswell code on a Zen 4 core
- * the copy took 512 x 784 x 64 A^T B (the MLP's fc1 weight gradient) from 0.80 to 0.89 of
- * OpenBLAS, 768 x 256 x 512 from 0.79 to 0.85, 256 x 512 x 512 from 0.82 to 0.86
- * (README.md, "Speed"). The avx512 set's 8 x 32 blocks gained nothing from it (512 x 128 x
- * 2048: 1.12 -> 1.08): 4 KiB as for B. */
+ * set. The avx2 set reads 6 floats of each of A's rows per k, and with rows 1, 2 or 3 KiB
+ * apart as well as 4 those rows crowd a few cache sets: the copy paid for the MLP's fc1
+ * weight gradient (512 x 784 x 64 A^T B) and the GPT's. The avx512 set's copy cost more
+ * than it saved there: 4 KiB as for B (README.md, "Speed", has both). */
 static const size_t at_period[KILN__GEMM_SETS] = {
     [SET_AVX512] = 1024, [SET_AVX2] = 256, [SET_NEON] = 1024, [SET_VEC4] = 1024, 1024, 1024,
 };

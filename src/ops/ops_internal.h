@@ -174,8 +174,8 @@ void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap);
  * override. */
 bool kiln__gemm_own_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch, float beta);
 /* Whether gemm_nn reads a K operand with leading dim ld (elements), K rows and `reuse`
- * blocks reading each of its panels through a padded copy (its rows conflict in cache, and
- * at least min_reuse blocks read them). */
+ * blocks reading each of its panels through a padded copy (its rows conflict in cache: ld a
+ * multiple of `period` elements; and at least min_reuse blocks read them). */
 bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse, size_t period);
 /* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices, as kiln__sgemm's
  * arguments, enqueued: gemm_nt for A B^T, gemm_nn for A B and A^T B, gemm_nn on (B, A) with
