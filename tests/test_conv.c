@@ -453,6 +453,32 @@ static void test_chunks(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->conv_budget = kiln__hooks_of(ctx)->conv_split_min = 0;
 }
 
+/* The chunk's image count (kiln__conv_chunk_images): what the budget holds, rounded down to
+ * a count whose pixels (the column matrices' leading dim) are whole 64-byte lines where the
+ * budget allows that, the whole batch when it fits. */
+static void test_chunk_align(kiln_ctx *ctx) {
+    static const struct {
+        int64_t hw;
+        int fit, n, want;
+    } cases[] = {
+        {49, 18, 64, 16},     /* the reference GAN's 7 x 7: 882 floats -> 784 */
+        {196, 111, 128, 108}, /* 14 x 14: 21756 -> 21168 */
+        {676, 37, 128, 36},   /* 26 x 26: 4 images fill lines */
+        {576, 37, 128, 37},   /* 24 x 24: every count does */
+        {49, 10, 64, 10},     /* fewer than the 16 images that would: as the budget holds */
+        {49, 18, 12, 12},     /* the whole batch fits: one chunk */
+        {49, 0, 64, 1},       /* not one image: one anyway */
+    };
+    int64_t budget = kiln__hooks_of(ctx)->conv_budget, per = 1000;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kiln__hooks_of(ctx)->conv_budget = cases[i].fit ? per * cases[i].fit : 1;
+        int got = kiln__conv_chunk_images(ctx, per, cases[i].hw, cases[i].n);
+        CHECK(got == cases[i].want, "chunk images, HW %lld, %d images fit, batch %d: %d, expected %d",
+              (long long)cases[i].hw, cases[i].fit, cases[i].n, got, cases[i].want);
+    }
+    kiln__hooks_of(ctx)->conv_budget = budget;
+}
+
 /* ---- determinism ---------------------------------------------------------------------- */
 
 static void test_determinism(kiln_ctx *ctx) {
@@ -1297,6 +1323,7 @@ static void test_device(kiln_ctx *ctx) {
     test_table(ctx);
     test_partial_grads(ctx);
     test_chunks(ctx);
+    test_chunk_align(ctx);
     test_determinism(ctx);
     test_golden(ctx);
     test_empty_batch(ctx);

@@ -290,7 +290,7 @@ static kiln_status wgrad_small(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
                         (size_t)nitems, 0);
 }
 
-/* Floats per line that a chunk's column count is rounded to (chunk_images): a 64-byte cache
+/* Floats per line that a chunk's column count is rounded to (kiln__conv_chunk_images): a 64-byte cache
  * line, two AVX2 vectors, one AVX-512 vector. */
 #define CHUNK_ALIGN 16
 
@@ -300,7 +300,7 @@ static kiln_status wgrad_small(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
  * column and gradient matrices starts on a cache line: gemm_nn's vector loads of B then
  * never straddle two lines, which cost the avx2 set a fifth of its speed on the reference
  * GAN's rows of 18 images of 7 x 7 (README.md, "Speed"). */
-static int chunk_images(const kiln_ctx *ctx, int64_t per, int64_t hw, int n) {
+int kiln__conv_chunk_images(const kiln_ctx *ctx, int64_t per, int64_t hw, int n) {
     int64_t nb = chunk_budget(ctx) / (per > 0 ? per : 1);
     if (nb < 1) nb = 1;
     if (nb >= n) return n;
@@ -639,7 +639,7 @@ static kiln_tensor *conv_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln
                              : !kiln__is_contiguous(w) && !(wc = kiln__copy_contiguous(ctx, op, w)))
         s = ctx->err;
     kiln_tensor *wt = wc ? wc : w;
-    int nb = chunk_images(ctx, (krows + g->cout) * hw, hw, g->n);
+    int nb = kiln__conv_chunk_images(ctx, (krows + g->cout) * hw, hw, g->n);
     /* One image without bias: the GEMM's [cout, HW] result is the NCHW image itself (f32). */
     bool direct = nb == 1 && !bias && out->dtype == KILN_F32;
     if (s == KILN_OK && !(col = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){nb * krows * hw}))) s = ctx->err;
@@ -772,7 +772,7 @@ static kiln_status bwd_prepare(bwd_plan *p) {
             return ctx->err;
         p->wt = p->wp;
     }
-    p->nb = chunk_images(ctx, (p->krp + g->cout) * p->hw, p->hw, g->n);
+    p->nb = kiln__conv_chunk_images(ctx, (p->krp + g->cout) * p->hw, p->hw, g->n);
     /* One image of a contiguous f32 gy already is its [cout, HW] matrix. */
     p->direct = p->nb == 1 && kiln__is_contiguous(p->gy) && p->gy->dtype == KILN_F32;
     if (!p->direct && !(p->gyp = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){p->nb * g->cout * p->hw})))

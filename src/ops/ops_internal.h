@@ -223,6 +223,11 @@ kiln_tensor *kiln__linear_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
  * two ops. */
 kiln_tensor *kiln__conv2d_relu(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *weight, kiln_tensor *bias,
                                const kiln_conv2d_params *p);
+/* Images per chunk of the convolutions' column buffers (src/ops/conv.c) when one image needs
+ * `per` elements of scratch and has hw output pixels, of a batch of n: what the chunk budget
+ * holds (ctx->hooks.conv_budget in tests), at least 1 and at most n, and below n rounded
+ * down, where the budget allows, to a count whose pixels fill whole 64-byte lines. */
+int kiln__conv_chunk_images(const kiln_ctx *ctx, int64_t per, int64_t hw, int n);
 /* The backward of an op fused with a ReLU after it (kiln__linear_relu, kiln__conv2d_relu):
  * relu's backward on g, its mask from n's output (the same test as from the input), then fn,
  * the unfused op's backward, on that gradient. */
