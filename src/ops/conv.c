@@ -290,8 +290,8 @@ static kiln_status wgrad_small(kiln_ctx *ctx, const char *op, kiln_tensor *x, ki
                         (size_t)nitems, 0);
 }
 
-/* Floats per line that a chunk's column count is rounded to (kiln__conv_chunk_images): a 64-byte cache
- * line, two AVX2 vectors, one AVX-512 vector. */
+/* Floats per line that a chunk's column count is rounded to (kiln__conv_chunk_images): a
+ * 64-byte cache line, two AVX2 vectors, one AVX-512 vector. */
 #define CHUNK_ALIGN 16
 
 /* Images per chunk when one image needs `per` elements of scratch and has hw output
