@@ -759,8 +759,8 @@ inline float c3_hsum(C3_T v) {
  * One work-item per (part s of the images, block of C3_WB output channels, input channel
  * i): 9 * C3_WB vector accumulators; per vector of positions, C3_WB loads of gp and 3 of xp
  * (2 * C3_WB shuffles) for 9 * C3_WB multiply-adds. Channels past cout repeat the last one
- * and are not stored. Each sum runs in a fixed order (images, positions per lane, then the lanes pairwise):
- * deterministic. Images of part s: [n*s/nparts, n*(s+1)/nparts).
+ * and are not stored. Each sum runs in a fixed order (images, positions per lane, then the
+ * lanes pairwise): deterministic. Images of part s: [n*s/nparts, n*(s+1)/nparts).
  * Built with C3_S2, the stride-2 convolution's weight gradient: xp holds the phase planes
  * of conv3_phase (hq = h + 1 rows of pitch pw, h the output's height, plane = (h + 2)*pw
  * still gp's), and each tap is one load of xp at a fixed offset from gp's position f = e

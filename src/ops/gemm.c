@@ -246,6 +246,9 @@ bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse, 
     return conflict && k >= 64 && reuse >= min_reuse;
 }
 
+/* The leading dim (floats) whose multiples conflict in cache for every set: 4 KiB */
+#define PAD_PERIOD 1024
+
 /* The reads of B below which gemm_nn reads it in place, per set (kiln__gemm_pad_wanted) */
 static const size_t pad_reuse[KILN__GEMM_SETS] = {
     [SET_AVX512] = 16, [SET_AVX2] = 8, [SET_NEON] = 8, [SET_VEC4] = 8, 8, 8,
@@ -257,7 +260,8 @@ static const size_t pad_reuse[KILN__GEMM_SETS] = {
  * weight gradient (512 x 784 x 64 A^T B) and the GPT's. The avx512 set's copy cost more
  * than it saved there: 4 KiB as for B (README.md, "Speed", has both). */
 static const size_t at_period[KILN__GEMM_SETS] = {
-    [SET_AVX512] = 1024, [SET_AVX2] = 256, [SET_NEON] = 1024, [SET_VEC4] = 1024, 1024, 1024,
+    [SET_AVX512] = PAD_PERIOD, [SET_AVX2] = 256, [SET_NEON] = PAD_PERIOD,
+    [SET_VEC4] = PAD_PERIOD,   PAD_PERIOD,       PAD_PERIOD,
 };
 
 /* The padded leading dim of a copy of rows of `cols` floats: whole 64-byte lines, and not a
@@ -496,7 +500,8 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
         st = operand_copy(ctx, op, options, false, k, v.m, batch, a, aoff, lda, astride, &pa, &dld);
         if (st == KILN_OK) a = pa->st->mem, aoff = (size_t)pa->offset, lda = dld, astride = k * dld;
     }
-    if (st == KILN_OK && !half && kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm), pad_reuse[set_of(ctx, p)], 1024)) {
+    if (st == KILN_OK && !half &&
+        kiln__gemm_pad_wanted(ldb, k, blocks(v.m, v.bm), pad_reuse[set_of(ctx, p)], PAD_PERIOD)) {
         size_t dld;
         st = operand_copy(ctx, op, options, false, k, v.n, batch, b, boff, ldb, bstride, &pb, &dld);
         if (st == KILN_OK) b = pb->st->mem, boff = (size_t)pb->offset, ldb = dld, bstride = k * dld;
