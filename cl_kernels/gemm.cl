@@ -507,6 +507,73 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 #undef NN_ST1_OUT
 }
 
+/* gemm_ger: C = alpha op(A) op(B) + beta C with K = 1, f32: an outer product, C[i, j] =
+ * alpha (a_i b_j) (+ beta C[i, j]), a_i at A[aoff + i * as], b_j at B[boff + j] (contiguous;
+ * src/ops/gemm.c's ger_takes). Nothing to sum: the time is C's stores, which gemm_nn's
+ * 8-row blocks wrote at about half the speed of a plain C loop over the same matrix. Each
+ * work-item writes GER_RM rows of one NN_VW-wide vector column, and a work-group neighbouring
+ * columns: GER_RM rows written side by side keep as many store streams going. With al
+ * (every vector's first element a multiple of NN_VW floats from the buffer's start: C's
+ * offset, ldc and cstride multiples of NN_VW, and buffers are aligned to at least 128 bytes)
+ * a vector is stored through a pointer to the vector type, which LLVM emits as one store
+ * where vstore16 became three. The product rounds as gemm_nn's K = 1 sum: a_i b_j, then
+ * times alpha, then fma(beta, C, .). Columns past the last whole vector are stored one at
+ * a time; rows past M are never written. Dim 0 holds every batch's row blocks (mblocks
+ * per batch), dim 1 the column blocks. */
+#define GER_RM 16
+__kernel void gemm_ger(int M, int N, int mblocks, int batch, int al, float alpha, float beta,
+                       __global const float *A, ulong aoff, ulong as, ulong astride,
+                       __global const float *B, ulong boff, ulong bstride,
+                       __global float *C, ulong coff, ulong ldc, ulong cstride) {
+    /* batch and row block in dim 0, the same for a work-group's items (groups are 1 x LY):
+     * its division is done once per group. With the batches in dim 1, as in gemm_nn, the
+     * division per work-item made a 64 x 6272 product a third slower. */
+    int bi = (int)get_global_id(0) / mblocks;
+    int i0 = ((int)get_global_id(0) - bi * mblocks) * GER_RM, j0 = (int)get_global_id(1) * NN_VW;
+    if (bi >= batch || j0 >= N) return;
+    const __global float *ap = A + aoff + (ulong)bi * astride + (ulong)i0 * as;
+    const __global float *bp = B + boff + (ulong)bi * bstride + j0;
+    __global float *cp = C + coff + (ulong)bi * cstride + (ulong)i0 * ldc + j0;
+    int rows = min(GER_RM, M - i0), cols = N - j0;
+    if (cols >= NN_VW) {
+        NN_T y = KCAT(vload, NN_VW)(0, bp);
+        if (rows == GER_RM && beta == 0.0f) {
+            /* a pointer stepped row by row, not unrolled: unrolled, LLVM kept each row's
+             * offset from the work-group's first item on the stack and reloaded them */
+            __global float *e = cp;
+            if (al) {
+                for (int r = 0; r < GER_RM; r++, ap += as, e += ldc) {
+                    NN_T p = (NN_T)ap[0] * y;
+                    *(__global NN_T *)e = alpha * p;
+                }
+            } else {
+                for (int r = 0; r < GER_RM; r++, ap += as, e += ldc) {
+                    NN_T p = (NN_T)ap[0] * y;
+                    NN_STOREV(alpha * p, 0, e);
+                }
+            }
+            return;
+        }
+        for (int r = 0; r < rows; r++) {
+            NN_T p = (NN_T)ap[(ulong)r * as] * y;
+            NN_T o = alpha * p;
+            __global float *e = cp + (ulong)r * ldc;
+            if (beta != 0.0f) o = fma((NN_T)beta, KCAT(vload, NN_VW)(0, e), o);
+            NN_STOREV(o, 0, e);
+        }
+        return;
+    }
+    for (int r = 0; r < rows; r++) {
+        float a = ap[(ulong)r * as];
+        __global float *e = cp + (ulong)r * ldc;
+        for (int c = 0; c < cols; c++) {
+            float p = a * bp[c];
+            float o = alpha * p;
+            e[c] = beta == 0.0f ? o : fma(beta, e[c], o);
+        }
+    }
+}
+
 /* gemm_copy: dst = src for `batch` matrices of rows x cols, src at soff + b * sstride with
  * leading dim sld, dst from doff with leading dim dld (>= cols; batch b at
  * doff + b * rows * dld). src/ops/gemm.c copies a K operand of gemm_nn whose rows lie a

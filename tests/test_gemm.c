@@ -130,6 +130,8 @@ static void run_case(kiln_ctx *ctx, const char *what, const gcase *g) {
     free(ha), free(hb), free(hc), free(got);
 }
 
+/* floats of sentinels before and after every storage (run: kiln__set_guard) */
+#define GUARD 67
 static const char *const tnames[4] = {"A B", "A^T B", "A B^T", "A^T B^T"};
 static const float alphas[3] = {1.0f, -0.75f, 2.0f}, betas[3] = {0.0f, 0.5f, 1.0f};
 
@@ -431,6 +433,55 @@ static void test_gemv(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
 }
 
+/* Products with K = 1 (an outer product) run in gemm_ger (src/ops/gemm.c's ger_takes):
+ * every set, each transpose; M below, at and past gemm_ger's 16 rows per work-item; N below
+ * one vector (every column one at a time), whole vectors (C's rows aligned to the vector:
+ * the kernel's vector-pointer stores) and past them; beta 0 (C's NaNs never read) and not;
+ * batched at offsets with padded leading dims (unaligned stores). A B^T whose B has a
+ * leading dim above 1 is not a contiguous row of B and stays out of gemm_ger. */
+static void test_ger(kiln_ctx *ctx) {
+    kiln__hooks_of(ctx)->gemm_own = 1;
+    CHECK(strcmp(kiln__gemm_kernel(false, false, 64, 6272, 1), "gemm_ger") == 0 &&
+              strcmp(kiln__gemm_kernel(true, true, 3, 2, 1), "gemm_ger") == 0 &&
+              strcmp(kiln__gemm_kernel(false, false, 64, 6272, 2), "gemm_nn") == 0 &&
+              strcmp(kiln__gemm_kernel(false, false, 1, 6272, 1), "gemv_cols") == 0,
+          "kiln__gemm_kernel: not as ger_takes's rule (K = 1, M and N above 1) says");
+    for (int s = 0; s < (g_small ? 1 : KILN__GEMM_SETS); s++) {
+        const kiln__gemm_params *p = &kiln__gemm_sets[s];
+        kiln__hooks_of(ctx)->gemm_params = s + 1;
+        size_t vw = (size_t)p->nn_vw;
+        size_t ms[] = {2, 15, 16, 37};
+        size_t ns[] = {vw - 1 > 1 ? vw - 1 : 2, 4 * vw, 3 * vw + 5};
+        int c = 0;
+        for (int f = 0; f < 4; f++)
+            for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+                for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++, c++) {
+                    if (g_small && (i + j + (size_t)f) % 4) continue;
+                    bool ta = f & 1, tb = f & 2;
+                    gcase g = geom(ta, tb, ms[i], ns[j], 1, 1, alphas[c % 3], betas[(c / 3) % 3], 0, 0, 0);
+                    char what[96];
+                    snprintf(what, sizeof what, "set %s: %s, k 1, %zu x %zu", p->name, tnames[f], g.m, g.n);
+                    run_case(ctx, what, &g);
+                    if (j != 2 || i % 2) continue;
+                    snprintf(what, sizeof what, "set %s: %s, k 1, batched", p->name, tnames[f]);
+                    g = geom(ta, tb, ms[i], ns[j], 1, 3, alphas[(c + 1) % 3], betas[(c + 1) % 3], 5, 3, 9);
+                    run_case(ctx, what, &g);
+                }
+        /* C's rows aligned, batch strides too: vector-pointer stores in every batch (C's
+         * storage starts GUARD floats into its buffer) */
+        gcase g = geom(false, false, 21, 2 * vw, 1, 2, 1.5f, 0.0f, 0, 0, 0);
+        g.coff = 4 * 16 - GUARD % 16;
+        g.cstride = 48 * vw;
+        CHECK((GUARD + g.coff) % vw == 0, "test_ger: the aligned case's C offset is not aligned");
+        run_case(ctx, "k 1, aligned, batched", &g);
+        /* B^T with a leading dim of 3: gemm_nt reads it */
+        g = geom(false, true, 19, 2 * vw + 1, 1, 1, -0.75f, 0.5f, 0, 2, 0);
+        run_case(ctx, "k 1, A B^T with B's leading dim 3", &g);
+    }
+    kiln__hooks_of(ctx)->gemm_params = 0;
+    kiln__hooks_of(ctx)->gemm_own = 0;
+}
+
 /* A padded copy the pool cannot hold fails the product with the pool's message naming
  * the op; a copy made before it is given back (A^T B copies A, then B). */
 static void test_pad_oom(kiln_ctx *ctx) {
@@ -714,7 +765,7 @@ static void test_linear_bias(kiln_ctx *ctx) {
 
 static void run(kiln_ctx *ctx) {
     /* sentinels around every storage: a write outside an operand's storage is seen too */
-    kiln__set_guard(ctx, 67);
+    kiln__set_guard(ctx, GUARD);
     test_route(ctx);
     test_sets(ctx);
     test_padded(ctx);
@@ -723,6 +774,7 @@ static void run(kiln_ctx *ctx) {
     test_narrow(ctx);
     test_ksplit(ctx);
     test_gemv(ctx);
+    test_ger(ctx);
     test_pad_oom(ctx);
     test_views(ctx);
     test_linear_bias(ctx);
