@@ -510,8 +510,8 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
 /* gemm_ger: C = alpha op(A) op(B) + beta C with K = 1, f32: an outer product, C[i, j] =
  * alpha (a_i b_j) (+ beta C[i, j]), a_i at A[aoff + i * as], b_j at B[boff + j] (contiguous;
  * src/ops/gemm.c's ger_takes). Nothing to sum: the time is C's stores, which gemm_nn's
- * 8-row blocks wrote at about half the speed of a plain C loop over the same matrix. Each
- * work-item writes GER_RM rows of one NN_VW-wide vector column, and a work-group neighbouring
+ * blocks issued far slower than the memory takes them (README.md, "Speed"). Each work-item
+ * writes GER_RM rows of one NN_VW-wide vector column, and a work-group neighbouring
  * columns: GER_RM rows written side by side keep as many store streams going. With al
  * (every vector's first element a multiple of NN_VW floats from the buffer's start: C's
  * offset, ldc and cstride multiples of NN_VW, and buffers are aligned to at least 128 bytes)
@@ -526,8 +526,8 @@ __kernel void gemm_ger(int M, int N, int mblocks, int batch, int al, float alpha
                        __global const float *B, ulong boff, ulong bstride,
                        __global float *C, ulong coff, ulong ldc, ulong cstride) {
     /* batch and row block in dim 0, the same for a work-group's items (groups are 1 x LY):
-     * its division is done once per group. With the batches in dim 1, as in gemm_nn, the
-     * division per work-item made a 64 x 6272 product a third slower. */
+     * its division is done once per group, where in dim 1 (as in gemm_nn) each work-item
+     * of a few stores would divide */
     int bi = (int)get_global_id(0) / mblocks;
     int i0 = ((int)get_global_id(0) - bi * mblocks) * GER_RM, j0 = (int)get_global_id(1) * NN_VW;
     if (bi >= batch || j0 >= N) return;
@@ -539,7 +539,7 @@ __kernel void gemm_ger(int M, int N, int mblocks, int batch, int al, float alpha
         NN_T y = KCAT(vload, NN_VW)(0, bp);
         if (rows == GER_RM && beta == 0.0f) {
             /* a pointer stepped row by row, not unrolled: unrolled, LLVM kept each row's
-             * offset from the work-group's first item on the stack and reloaded them */
+             * offset on the stack across the work-group's items and reloaded it per store */
             __global float *e = cp;
             if (al) {
                 for (int r = 0; r < GER_RM; r++, ap += as, e += ldc) {

@@ -322,9 +322,10 @@ static bool nt_as_tc(size_t m, size_t n, size_t k) { return m < 512 && k <= 128 
 static bool gemv_takes(size_t m, size_t n) { return m == 1 || n == 1; }
 
 /* An f32 product with K = 1 (an outer product) and op(B)'s row contiguous (B^T: ldb 1), no
- * bias, runs in gemm_ger (gemm.cl): in gemm_nn the reference GAN's 64 x 6272 x 1 (the input
- * gradient of its discriminator's last layer) ran at 0.63-0.77 of OpenBLAS, all of it C's
- * stores. GER_RM: gemm.cl's rows per work-item; GER_LY its column blocks per work-group. */
+ * bias, runs in gemm_ger (gemm.cl): all its time is C's stores, which gemm_nn's blocks
+ * issued too slowly (the reference GAN's 64 x 6272 x 1, the input gradient of its
+ * discriminator's last layer: README.md, "Speed"). GER_RM: gemm.cl's rows per work-item;
+ * GER_LY its column blocks per work-group. */
 #define GER_RM 16
 #define GER_LY 8
 static bool ger_takes(bool tb, size_t m, size_t n, size_t k, size_t ldb) {
