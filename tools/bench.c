@@ -1593,6 +1593,65 @@ static int ops_layers(kiln_ctx *ctx, model *m, kiln_module **layers, char (*name
     return n;
 }
 
+/* ---- launch: the least a kiln op costs ----------------------------------------------- */
+
+/* `kiln bench launch`: kiln_relu of 64 floats, `repeat` calls back to back and one wait,
+ * in rounds: the cost of one op whose kernel does next to nothing (the output from the
+ * pool, the arguments, the enqueue, the device's dispatch), the floor under every small
+ * product and elementwise op of a training step. The launches are counted (kiln_ctx_stats):
+ * one per call, or the command fails. */
+static int cmd_launch(args *a, bool json) {
+    if (!args_check(a, (const char *const[]){"--repeat", "--rounds", NULL}, NULL)) return 2;
+    int repeat = (int)arg_long(a, "--repeat", 2000, 1, 1 << 24);
+    int rounds = (int)arg_long(a, "--rounds", 5, 1, 1000);
+    if (a->bad) return 2;
+    kiln_ctx *ctx = open_ctx("kiln bench launch");
+    if (!ctx) return 1;
+    double *us = calloc((size_t)rounds, sizeof *us);
+    kiln_tensor *x = kiln_ones(ctx, 1, (const int64_t[]){64});
+    int rc = us && x ? 0 : 1;
+    kiln_ctx_stats st = {0};
+    for (int r = -1; r < rounds && rc == 0; r++) { /* round -1: the warm-up (kernel built) */
+        kiln_ctx_stats_reset(ctx);
+        double t0 = bench_now_ms();
+        for (int i = 0; i < repeat && rc == 0; i++) {
+            kiln_tensor *y = kiln_relu(ctx, x);
+            if (!y) rc = 1;
+            kiln_tensor_free(y);
+        }
+        if (rc == 0 && kiln_sync(ctx) != KILN_OK) rc = 1;
+        if (rc == 0 && r >= 0) us[r] = (bench_now_ms() - t0) * 1e3 / repeat;
+        if (rc == 0 && (kiln_ctx_stats_get(ctx, &st) != KILN_OK || st.launches != (uint64_t)repeat)) {
+            fprintf(stderr, "kiln bench launch: %llu launches for %d calls of kiln_relu\n",
+                    (unsigned long long)st.launches, repeat);
+            rc = 2;
+        }
+    }
+    if (rc == 1) fprintf(stderr, "kiln bench launch: %s\n", kiln_error_message(ctx));
+    if (rc == 0) {
+        double lo = us[0];
+        for (int r = 1; r < rounds; r++)
+            if (us[r] < lo) lo = us[r];
+        double med = bench_median(us, rounds);
+        if (json) {
+            printf("{\"bench\": \"launch\", \"op\": \"kiln_relu of 64 floats\", \"repeat\": %d, \"rounds\": %d, "
+                   "\"min_us\": %.3f, \"median_us\": %.3f, \"device\": ",
+                   repeat, rounds, lo, med);
+            tool_json_str(kiln_ctx_device(ctx)->name);
+            printf("}\n");
+        } else {
+            printf("launch (kiln_relu of 64 floats, %d back to back, one wait): %.3f us each, median of %d rounds "
+                   "(least %.3f)  [%s]\n",
+                   repeat, med, rounds, lo, kiln_ctx_device(ctx)->name);
+        }
+    }
+    rc = rc == 2 ? 1 : rc;
+    kiln_tensor_free(x);
+    free(us);
+    kiln_close(ctx);
+    return rc;
+}
+
 static int cmd_ops(args *a, bool json) {
     if (!args_check(a, (const char *const[]){"--model", "--batch", "--repeat", NULL}, NULL)) return 2;
     model_kind kind = MODEL_CNN;
@@ -1973,6 +2032,8 @@ static void bench_usage(FILE *f) {
                "                    under mpirun: data-parallel steps (kiln/dist.h), samples/s of all ranks,\n"
                "                    bytes all-reduced and the wait after the backward\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
+               "  launch [--repeat 2000] [--rounds 5]\n"
+               "                    the least a kiln op costs: kiln_relu of 64 floats back to back, one wait\n"
                "  ops [--model cnn|resnet20] [--batch 64 (resnet20: 128)] [--repeat R]\n"
                "                    forward/backward time of each layer (ResNet-20: each block) of the model\n"
                "  attention [--sizes 128,512,2048] [--heads 4] [--dim 64] [--batch 1] [--causal] [--repeat 3]\n"
@@ -1997,6 +2058,7 @@ int kiln_cmd_bench(int argc, char **argv) {
     if (strcmp(argv[0], "dist") == 0) return cmd_dist(&a, json);
     if (strcmp(argv[0], "startup") == 0) return cmd_startup(&a, json);
     if (strcmp(argv[0], "ops") == 0) return cmd_ops(&a, json);
+    if (strcmp(argv[0], "launch") == 0) return cmd_launch(&a, json);
     if (strcmp(argv[0], "attention") == 0) return cmd_attention(&a, json);
     if (strcmp(argv[0], "onnx") == 0) return cmd_onnx(&a, json);
     fprintf(stderr, "kiln bench: unknown benchmark '%s'\n", argv[0]);
