@@ -447,7 +447,8 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     /* nothing to compute; k == 0 still scales C by beta (the kernels' sums are empty) */
     if (m == 0 || n == 0 || batch == 0) return KILN_OK;
     bool half = dt && (dt[0] || dt[1] || dt[2] || dt[3]);
-    if (!half && !bias && ger_takes(tb, m, n, k, ldb)) {
+    /* (gemm_ger's dim 0, every batch's row blocks, is an int too) */
+    if (!half && !bias && ger_takes(tb, m, n, k, ldb) && blocks(m, GER_RM) <= (size_t)INT_MAX / batch) {
         char options[288];
         gemm_options(options, sizeof options, p, false, false, 0);
         return ger_run(ctx, op, options, p, ta, m, n, alpha, a, aoff, lda, astride, b, boff, bstride, beta, c, coff,
