@@ -1609,25 +1609,23 @@ static int cmd_launch(args *a, bool json) {
     if (!ctx) return 1;
     double *us = calloc((size_t)rounds, sizeof *us);
     kiln_tensor *x = kiln_ones(ctx, 1, (const int64_t[]){64});
-    int rc = us && x ? 0 : 1;
-    kiln_ctx_stats st = {0};
-    for (int r = -1; r < rounds && rc == 0; r++) { /* round -1: the warm-up (kernel built) */
+    const char *why = !us ? "out of host memory" : !x ? kiln_error_message(ctx) : NULL;
+    for (int r = -1; r < rounds && !why; r++) { /* round -1: the warm-up (kernel built) */
+        kiln_ctx_stats st = {0};
         kiln_ctx_stats_reset(ctx);
         double t0 = bench_now_ms();
-        for (int i = 0; i < repeat && rc == 0; i++) {
+        for (int i = 0; i < repeat && !why; i++) {
             kiln_tensor *y = kiln_relu(ctx, x);
-            if (!y) rc = 1;
+            if (!y) why = kiln_error_message(ctx);
             kiln_tensor_free(y);
         }
-        if (rc == 0 && kiln_sync(ctx) != KILN_OK) rc = 1;
-        if (rc == 0 && r >= 0) us[r] = (bench_now_ms() - t0) * 1e3 / repeat;
-        if (rc == 0 && (kiln_ctx_stats_get(ctx, &st) != KILN_OK || st.launches != (uint64_t)repeat)) {
-            fprintf(stderr, "kiln bench launch: %llu launches for %d calls of kiln_relu\n",
-                    (unsigned long long)st.launches, repeat);
-            rc = 2;
-        }
+        if (!why && kiln_sync(ctx) != KILN_OK) why = kiln_error_message(ctx);
+        if (!why && r >= 0) us[r] = (bench_now_ms() - t0) * 1e3 / repeat;
+        if (!why && (kiln_ctx_stats_get(ctx, &st) != KILN_OK || st.launches != (uint64_t)repeat))
+            why = "not one launch per call of kiln_relu (kiln_ctx_stats)";
     }
-    if (rc == 1) fprintf(stderr, "kiln bench launch: %s\n", kiln_error_message(ctx));
+    int rc = why ? 1 : 0;
+    if (why) fprintf(stderr, "kiln bench launch: %s\n", why);
     if (rc == 0) {
         double lo = us[0];
         for (int r = 1; r < rounds; r++)
@@ -1645,7 +1643,6 @@ static int cmd_launch(args *a, bool json) {
                    repeat, med, rounds, lo, kiln_ctx_device(ctx)->name);
         }
     }
-    rc = rc == 2 ? 1 : rc;
     kiln_tensor_free(x);
     free(us);
     kiln_close(ctx);

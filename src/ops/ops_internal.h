@@ -180,16 +180,17 @@ bool kiln__gemm_pad_wanted(size_t ld, size_t k, size_t reuse, size_t min_reuse, 
 /* Row-major C = alpha op(A) op(B) + beta C for `batch` matrices, as kiln__sgemm's
  * arguments, enqueued: gemm_nt for A B^T, gemm_nn for A B and A^T B, gemm_nn on (B, A) with
  * a transposed store for A^T B^T, gemv_rows or gemv_cols where m or n is 1, gemm_ger
- * where k is 1 (kiln__gemm_kernel says which); K operands whose rows conflict in cache through padded
- * pool copies (gemm_copy). m, n or batch 0 enqueue nothing; k 0 scales C by beta. */
+ * where k is 1 (kiln__gemm_kernel says which); K operands whose rows conflict in cache
+ * through padded pool copies (gemm_copy). m, n or batch 0 enqueue nothing; k 0 scales C by beta. */
 kiln_status kiln__gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, float alpha,
                            cl_mem a, size_t aoff, size_t lda, size_t astride, cl_mem b, size_t boff, size_t ldb,
                            size_t bstride, float beta, cl_mem c, size_t coff, size_t ldc, size_t cstride, size_t batch);
 /* The kernel of gemm.cl that runs an f32 product without bias when kiln's kernels take it:
  * gemv_rows or gemv_cols (m or n is 1), gemm_ger (k is 1, op(B)'s row contiguous: a B^T
  * with a leading dim above 1, or a bias, keeps its product in gemm_nt or gemm_nn), gemm_nt
- * (A B^T, except with a short K and a large M or a small A), or gemm_nn (the rest: A B^T of a short K and a large M on
- * a transposed copy of B, of a short K, a small A and a large N as A^T B^T on a transposed copy of A). */
+ * (A B^T, except with a short K and a large M or a small A), or gemm_nn (the rest: A B^T
+ * of a short K and a large M on a transposed copy of B, of a short K, a small A and a
+ * large N as A^T B^T on a transposed copy of A). */
 const char *kiln__gemm_kernel(bool ta, bool tb, size_t m, size_t n, size_t k);
 /* Whether kiln's own A B^T kernel takes this product with a bias added as it stores (C = A
  * B^T + bias, one launch): A B^T that kiln__gemm_own_takes, unless ctx->hooks.gemm_epilogue
