@@ -346,7 +346,8 @@ kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, gl
 
 /* Build options of conv3_direct (src/ops/conv.c picks them per shape): C3_VW floats per
  * vector, C3_NV vectors along an output row segment (C3_NV * C3_VW pixels), C3_R output
- * rows and C3_CB output channels per work-item. */
+ * rows and C3_CB output channels per work-item. conv3_bcast reads C3_NV as its vectors of
+ * output channels (C3_CB = C3_NV * C3_VW) and C3_R as its pixels per work-item. */
 #ifndef C3_VW
 #define C3_VW 8
 #endif
@@ -578,15 +579,94 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
     }
 }
 
+/* conv3_bcast's channels per work-item (and conv3_pack's C3_CB where it runs) */
+#define C3_BCB (C3_NV * C3_VW)
+
 /*
- * conv3_direct for small planes (rows shorter than a vector) and for stride 2: the same
- * sums with the vectors running along a plane's flat index f = oh * pw + ow instead of
- * along one row, every tap one load at a fixed offset from f. Over the bordered planes
- * (pw = w + 2), tap (ki, kj) of output f is xp's plane at f + ki * pw + kj, and the lanes
- * at the two border columns (ow >= w) are computed and dropped. Built with C3_KJ3, over the
- * column-shifted planes of conv3_pad3 (pw = w), it is plane kj at f + ki * pw: every lane a
- * pixel (src/ops/conv.c takes it where that saves lanes: 8 x 8 planes in 64 lanes rather
- * than 96). Built with C3_S2, the stride-2 convolution (padding 1) of the phase planes xp
+ * conv3_direct with the vectors along the output channels instead of the pixels, for small
+ * planes: the same arguments (nrb: h, one row per work-item; nseg: the row segments of C3_R
+ * pixels), the same bordered planes xp and packed weights wp (conv3_pack built with C3_CB =
+ * C3_BCB = C3_NV * C3_VW: tap t of the block's channels is C3_NV contiguous vectors).
+ *
+ * One work-item per (image, block of C3_BCB output channels, output row, segment of C3_R
+ * pixels): C3_R * C3_NV vector accumulators, one per pixel and vector of channels. Per
+ * input channel and tap, C3_NV vector loads of weights and one broadcast of an input value
+ * per pixel, each used by C3_NV multiply-adds. Every lane is an output channel, so a
+ * 7 x 7 or 14 x 14 plane wastes no lanes where conv3_direct's row vectors and conv3_flat's
+ * border columns did (src/ops/conv.c, c3_choose, says where it runs). Pixels past the row
+ * (the last segment) read on into the next row or the slack and are not stored; channels
+ * past cout compute the last one's sums (conv3_pack) and are not stored. Each output sums
+ * its c * 9 products in conv3_direct's order (input channel, then ki, kj): the same bits.
+ */
+kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
+                        global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
+                        global KILN_S *out, int ooff, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int sg = q % nseg, t = q / nseg;
+    int y = t % nrb;
+    t /= nrb;
+    int cb = t % ncb, n = t / ncb;
+    int x0 = sg * C3_R, co0 = cb * C3_BCB;
+    int plane = (h + 2) * pw;
+    global const float *xb = xp + xpoff + n * c * plane + y * pw + x0;
+    C3_T acc[C3_R][C3_NV];
+#pragma unroll
+    for (int p = 0; p < C3_R; p++)
+#pragma unroll
+        for (int v = 0; v < C3_NV; v++) acc[p][v] = (C3_T)(0.0f);
+    for (int ci = 0; ci < c; ci++) {
+        global const float *xc = xb + ci * plane;
+        global const float *wc = wp + wpoff + (cb * c + ci) * 9 * C3_BCB;
+#pragma unroll
+        for (int ki = 0; ki < 3; ki++)
+#pragma unroll
+            for (int kj = 0; kj < 3; kj++) {
+                C3_T wv[C3_NV];
+#pragma unroll
+                for (int v = 0; v < C3_NV; v++) wv[v] = C3_LOAD(v, wc + (ki * 3 + kj) * C3_BCB);
+#pragma unroll
+                for (int p = 0; p < C3_R; p++) {
+                    C3_T xs = (C3_T)(xc[ki * pw + kj + p]);
+#pragma unroll
+                    for (int v = 0; v < C3_NV; v++) acc[p][v] = fma(xs, wv[v], acc[p][v]);
+                }
+            }
+    }
+    /* each channel's pixels are contiguous in out: the accumulators' lanes through a
+     * private array, channel by channel */
+    int np = min(C3_R, w - x0);
+    float tl[C3_R][C3_BCB];
+#pragma unroll
+    for (int p = 0; p < C3_R; p++)
+#pragma unroll
+        for (int v = 0; v < C3_NV; v++) C3_STORE(acc[p][v], v, tl[p]);
+    int nco = min(C3_BCB, cout - co0);
+    for (int j = 0; j < nco; j++) {
+        int co = co0 + j;
+        float b = has_bias ? KILN_LD(bias, boff + co) : 0.0f;
+        global KILN_S *d = out + ooff + ((n * cout + co) * h + y) * w + x0;
+        for (int p = 0; p < np; p++) {
+            if (has_bias == 2)
+                KILN_ST_RELU(d, p, tl[p][j] + b);
+            else
+                KILN_ST(d, p, tl[p][j] + b);
+        }
+    }
+}
+
+#undef C3_BCB
+
+/*
+ * conv3_direct for small planes that conv3_bcast does not take (rows shorter than half a
+ * vector with fewer output channels than a vector, or whose column-shifted planes fill whole
+ * vectors: src/ops/conv.c's c3_choose) and for stride 2: the same sums with the vectors
+ * running along a plane's flat index f = oh * pw + ow instead of along one row, every tap
+ * one load at a fixed offset from f. Over the bordered planes (pw = w + 2), tap (ki, kj) of
+ * output f is xp's plane at f + ki * pw + kj, and the lanes at the two border columns
+ * (ow >= w) are computed and dropped. Built with C3_KJ3, over the column-shifted planes of
+ * conv3_pad3 (pw = w), it is plane kj at f + ki * pw: every lane a pixel (src/ops/conv.c
+ * takes it where that saves lanes: 8 x 8 planes in 64 lanes rather than 96). Built with C3_S2, the stride-2 convolution (padding 1) of the phase planes xp
  * of conv3_phase (hq = h + 1 rows of pitch pw = w + 2 each, h and w the output's). Lanes
  * past the last row are dropped too. One work-item per (image, block of C3_CB output
  * channels, segment of C3_NV * C3_VW flat positions); reads run up to a segment and 2

@@ -835,10 +835,13 @@ static const cspec direct_cases[] = {
 
 /* conv3_direct's blockings: the device's own (c3_choose), an AVX2 device's (8,2,1,4 and
  * flat 8,2,1,4,1), each vector width with one and several vectors per segment, row blocks that do not divide the
- * heights, channel blocks that do not divide the channels, the largest row block (its slack rows); and conv3_flat (the
- * fifth value 1: vectors along a plane's flat index) on every width. */
-static const char *const blockings[] = {NULL,       "16,1,2,8",   "8,2,2,3",   "8,2,1,4",   "4,3,8,1",
-                                        "4,1,1,16", "16,2,1,8,1", "8,1,1,3,1", "8,2,1,4,1", "4,4,1,5,1"};
+ * heights, channel blocks that do not divide the channels, the largest row block (its slack rows); conv3_flat (the
+ * fifth value 1: vectors along a plane's flat index) on every width; and conv3_bcast (2: vectors along the output
+ * channels), the AVX-512 and AVX2 devices' (16,2,7 and 8,1,7), one to four vectors of channels, segments that do not
+ * divide the widths, and the longest segment (8 pixels: its slack). */
+static const char *const blockings[] = {NULL,         "16,1,2,8",   "8,2,2,3",   "8,2,1,4",   "4,3,8,1",
+                                        "4,1,1,16",   "16,2,1,8,1", "8,1,1,3,1", "8,2,1,4,1", "4,4,1,5,1",
+                                        "16,2,7,1,2", "8,1,7,1,2",  "4,4,8,1,2"};
 
 /* Sets or unsets a variable with ctx's queue drained: POCL's worker threads call getenv
  * while they run kernels, and glibc's setenv may move the environment under them. */
@@ -1065,7 +1068,7 @@ static void test_direct(kiln_ctx *ctx) {
     kiln_conv2d_params p = direct_cases[0].p;
     static const char *const bad[][2] = {{"KILN_CONV_ALGO", "winograd"},      {"KILN_CONV3_PARAMS", "16,2"},
                                          {"KILN_CONV3_PARAMS", "12,1,1,8"},   {"KILN_CONV3_PARAMS", "16,1,9,8"},
-                                         {"KILN_CONV3_PARAMS", "16,1,1,8x"},  {"KILN_CONV3_PARAMS", "16,1,1,8,2"},
+                                         {"KILN_CONV3_PARAMS", "16,1,1,8x"},  {"KILN_CONV3_PARAMS", "16,1,1,8,3"},
                                          {"KILN_CONV3_PARAMS", "16,1,1,8,1,"}};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         set_env(ctx, bad[k][0], bad[k][1]);
@@ -1235,11 +1238,12 @@ static bool half_pass(kiln_ctx *ctx, const cspec *s, kiln_dtype dt, kiln_dtype h
  * cl_kernels/conv.cl: the kernels that read the input, weight and bias and write the
  * output convert as they move elements; the arithmetic is f32's): each output is the f32
  * op's on the same values rounded once, bit for bit, and the f32 gradients are f32's bit
- * for bit, through every route (the direct 3x3 kernels at stride 1 and 2, columns in one
- * chunk and per image, CLBlast with conv_wgrad_small), over input and weight views and rows
- * longer than col2im's 64-float pieces; and the forward launches no conversion of the input
- * or the output: at most one launch more than f32's (the weight's f32 copy for a GEMM), and
- * a permute per image where f32's GEMM reads or writes the tensor itself. */
+ * for bit, through every route (the direct 3x3 kernels at stride 1 and 2, conv3_bcast
+ * forced, columns in one chunk and per image, CLBlast with conv_wgrad_small), over input
+ * and weight views and rows longer than col2im's 64-float pieces; and the forward launches
+ * no conversion of the input or the output: at most one launch more than f32's (the
+ * weight's f32 copy for a GEMM), and a permute per image where f32's GEMM reads or writes
+ * the tensor itself. */
 static void test_half(kiln_ctx *ctx) {
     kiln__set_guard(ctx, 0); /* guard regions cost launches of their own */
     static const cspec hcases[] = {
@@ -1254,13 +1258,17 @@ static void test_half(kiln_ctx *ctx) {
          false, false},
         {"T 3x3, 70 wide, channels-last input", true, 2, 5, 6, 70, 4, 3, 3, P3, true, V_CHANNELS_LAST, false, false},
         {"T batch 1, no bias", true, 1, 3, 4, 5, 2, 3, 3, P(2, 2, 1, 1, 1, 1, 1, 1, 0), false, V_NONE, false, false}};
-    static const char *const algos[4] = {"direct", "im2col", "im2col", "im2col"};
+    static const char *const algos[5] = {"direct", "im2col", "im2col", "im2col", "direct"};
     bool cpu = kiln_ctx_device(ctx)->type == KILN_DEVICE_CPU;
-    for (int a = 0; a < 4; a++) {
+    for (int a = 0; a < 5; a++) {
         set_env(ctx, "KILN_CONV_ALGO", algos[a]);
-        kiln__hooks_of(ctx)->conv_budget = a == 2 ? 1 : 0;        /* one image a chunk */
-        kiln__hooks_of(ctx)->gemm_own = a < 3 ? 0 : cpu ? -1 : 1; /* the other GEMM route */
-        const char *route = a == 2 ? "im2col, one image a chunk" : a == 3 ? "im2col, the other GEMM" : algos[a];
+        set_env(ctx, "KILN_CONV3_PARAMS", a == 4 ? "4,2,5,1,2" : NULL); /* conv3_bcast */
+        kiln__hooks_of(ctx)->conv_budget = a == 2 ? 1 : 0;              /* one image a chunk */
+        kiln__hooks_of(ctx)->gemm_own = a == 3 ? (cpu ? -1 : 1) : 0;    /* the other GEMM route */
+        const char *route = a == 2   ? "im2col, one image a chunk"
+                            : a == 3 ? "im2col, the other GEMM"
+                            : a == 4 ? "direct, conv3_bcast"
+                                     : algos[a];
         for (int d = 0; d < 2; d++) {
             kiln_dtype dt = d ? KILN_BF16 : KILN_F16;
             for (size_t k = 0; k < sizeof hcases / sizeof hcases[0]; k++) {
@@ -1314,6 +1322,7 @@ static void test_half(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->conv_budget = 0;
     kiln__hooks_of(ctx)->gemm_own = 0;
     set_env(ctx, "KILN_CONV_ALGO", NULL);
+    set_env(ctx, "KILN_CONV3_PARAMS", NULL);
     kiln__set_guard(ctx, 3);
 }
 

@@ -340,11 +340,13 @@ static int64_t padded_rows(kiln_ctx *ctx, int64_t kg, bool own_dx) {
 enum { ALGO_AUTO, ALGO_IM2COL, ALGO_DIRECT };
 
 /* conv3_direct's blocking: vw floats per vector, nv vectors per row segment, r output rows
- * and cb output channels per work-item (c3_choose). */
+ * and cb output channels per work-item (c3_choose). With bc (conv3_bcast), nv vectors of
+ * output channels (cb = nv * vw) and r pixels of a row per work-item. */
 typedef struct c3_params {
     int vw, nv, r, cb;
     int flat; /* conv3_flat (vectors along a plane's flat index) rather than conv3_direct */
     int kj3;  /* conv3_flat, stride 1: over three column-shifted planes (conv3_pad3) */
+    int bc;   /* conv3_bcast (vectors along the output channels), stride 1 */
 } c3_params;
 static bool c3_override(c3_params *o);
 
@@ -357,8 +359,8 @@ static kiln_status algo_override(kiln_ctx *ctx, const char *op, int *algo) {
     *algo = ALGO_AUTO;
     if (pe && *pe && !c3_override(&o))
         return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
-                          "%s: KILN_CONV3_PARAMS='%s' is not \"vw,nv,r,cb[,flat]\" with vw 4, 8 or 16, nv 1-4, r "
-                          "1-8, cb 1-16 and flat 0 or 1",
+                          "%s: KILN_CONV3_PARAMS='%s' is not \"vw,nv,r,cb[,route]\" with vw 4, 8 or 16, nv 1-4, r "
+                          "1-8, cb 1-16 and route 0, 1 or 2",
                           op, pe);
     if (!e || !*e || strcmp(e, "auto") == 0) return KILN_OK;
     if (strcmp(e, "im2col") == 0)
@@ -371,17 +373,21 @@ static kiln_status algo_override(kiln_ctx *ctx, const char *op, int *algo) {
     return KILN_OK;
 }
 
-/* KILN_CONV3_PARAMS="vw,nv,r,cb[,flat]" (vw 4, 8 or 16; nv 1-4; r 1-8; cb 1-16; flat 0 or
- * 1, default 0): true with *o set when it is set and valid. */
+/* KILN_CONV3_PARAMS="vw,nv,r,cb[,route]" (vw 4, 8 or 16; nv 1-4; r 1-8; cb 1-16; route 0
+ * conv3_direct, 1 conv3_flat, 2 conv3_bcast with nv vectors of output channels and r pixels
+ * per work-item, cb unused; default 0): true with *o set when it is set and valid. */
 static bool c3_override(c3_params *o) {
     const char *e = getenv("KILN_CONV3_PARAMS");
-    int at = -1, more = -1;
-    o->flat = 0;
+    int at = -1, more = -1, route = 0;
     if (!e || sscanf(e, "%d,%d,%d,%d%n", &o->vw, &o->nv, &o->r, &o->cb, &at) != 4 || at < 0) return false;
-    if (e[at] == ',' && (sscanf(e + at + 1, "%d%n", &o->flat, &more) != 1 || more < 0)) return false;
+    if (e[at] == ',' && (sscanf(e + at + 1, "%d%n", &route, &more) != 1 || more < 0)) return false;
     if (e[at] == ',') at += 1 + more;
-    return e[at] == '\0' && (o->vw == 4 || o->vw == 8 || o->vw == 16) && o->nv >= 1 && o->nv <= 4 && o->r >= 1 &&
-           o->r <= 8 && o->cb >= 1 && o->cb <= 16 && (o->flat == 0 || o->flat == 1);
+    o->flat = route == 1;
+    o->bc = route == 2;
+    bool ok = e[at] == '\0' && (o->vw == 4 || o->vw == 8 || o->vw == 16) && o->nv >= 1 && o->nv <= 4 && o->r >= 1 &&
+              o->r <= 8 && o->cb >= 1 && o->cb <= 16 && route >= 0 && route <= 2;
+    if (o->bc) o->cb = o->nv * o->vw;
+    return ok;
 }
 
 /* conv3_direct's blocking (its build options) for h x w planes and cout output
@@ -389,12 +395,14 @@ static bool c3_override(c3_params *o) {
  * the vector registers as accumulators (16 of AVX-512's 32; 8 of 16 elsewhere): 8 output
  * channels (4 where two vectors a segment would make that 16 of 8-float vectors) x the rows
  * that fill the rest; rows shorter than half a vector go to conv3_flat (two vectors along
- * the plane's flat index, one row block). KILN_CONV3_PARAMS sets them (measurements). On
- * ResNet-20's 28 x 28 and 14 x 14 stages (AVX-512) the 8-channel blocks with 16
- * accumulators were as fast as or faster than blocks of 4 or 12 channels and 1-7 rows (12
- * channels: 1.5-2x slower); with haswell code the 8-channel blocks of two vectors took 16 of
- * the 16 ymm registers for accumulators, and 4-channel ones ran those stages' forward in
- * 25-40% less time (README.md, "Speed"). */
+ * the plane's flat index, one row block), and stride-1 rows of up to 16 pixels with a
+ * vector of output channels or more to conv3_bcast (below). KILN_CONV3_PARAMS sets them
+ * (measurements). On ResNet-20's 28 x 28 and 14 x 14 stages (AVX-512, before conv3_bcast
+ * took the 14 x 14 one) the 8-channel blocks with 16 accumulators were as fast as or faster
+ * than blocks of 4 or 12 channels and 1-7 rows (12 channels: 1.5-2x slower); with haswell
+ * code the 8-channel blocks of two vectors took 16 of the 16 ymm registers for
+ * accumulators, and 4-channel ones ran those stages' forward in 25-40% less time
+ * (README.md, "Speed"). */
 static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cout, int stride) {
     c3_params p;
     int vw = kiln__float_vw(ctx) < 4 ? 4 : kiln__float_vw(ctx);
@@ -409,16 +417,36 @@ static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cout, int stri
     if (p.cb * p.nv > accs) p.cb = accs / p.nv;
     p.r = p.flat ? 1 : accs / (p.cb * p.nv);
     p.r = p.r < 1 ? 1 : p.r > 8 ? 8 : p.r;
+    p.bc = 0;
+    int seg = p.nv * p.vw;
+    bool kj3_saves = p.flat && (h * w + seg - 1) / seg < (h * (w + 2) + seg - 1) / seg;
+    /* Rows of at most 16 pixels (ResNet-20's 14 x 14 and 7 x 7 planes) with at least a vector
+     * of output channels, where conv3_direct's row vectors or conv3_flat's border columns
+     * leave lanes idle: conv3_bcast, two vectors of output channels with 16-float vectors
+     * where there are more than 16 channels, and segments of at most 7 pixels (14 or 28
+     * accumulators spilled). Not where the column-shifted planes fill whole vectors
+     * (kj3_saves: 8 x 8), nor on 28 x 28 planes, where it ran as fast as conv3_direct
+     * (README.md, "Speed"). */
+    if (stride == 1 && vw >= 8 && w <= 16 && cout >= vw && !kj3_saves) {
+        p.bc = 1;
+        p.flat = 0;
+        p.nv = vw >= 16 && cout > vw ? 2 : 1;
+        p.cb = p.nv * vw;
+        int nseg = (w + 6) / 7;
+        p.r = (w + nseg - 1) / nseg;
+    }
     c3_params o;
-    if (c3_override(&o)) p = o;
+    /* (a forced conv3_bcast leaves stride 2 its default: conv3_bcast has no stride-2 form) */
+    if (c3_override(&o) && !(o.bc && stride == 2)) p = o;
     if (stride == 2) { /* only conv3_flat reads phase planes */
         p.flat = 1;
         p.r = 1;
+        p.bc = 0;
     }
     /* conv3_flat over column-shifted planes where the border columns would take more
      * vectors: 8 x 8 planes fill 4 vectors of 16 rather than 6, 7 x 7 ones 4 either way,
      * and there the bordered planes also serve the weight gradient (README.md, "Speed") */
-    int seg = p.nv * p.vw;
+    seg = p.nv * p.vw;
     p.kj3 = p.flat && stride == 1 && (h * w + seg - 1) / seg < (h * (w + 2) + seg - 1) / seg;
     return p;
 }
@@ -441,7 +469,7 @@ static int64_t c3_in_plane(const conv_geom *g, int stride, bool kj3, int64_t pw)
 
 /* The slack after the bordered planes: conv3_direct's last row block may read up to C3_R -
  * 1 (at most 7) rows past the last plane, conv3_flat's last segment up to a segment (at
- * most 64 floats) and 2. */
+ * most 64 floats) and 2, conv3_bcast's up to its segment less 2 (at most 6 floats). */
 #define C3_SLACK_ROWS 8
 #define C3_SLACK_FLOATS 66
 
@@ -454,10 +482,10 @@ static int64_t c3_in_plane(const conv_geom *g, int stride, bool kj3, int64_t pw)
 static int c3_pitch(const c3_params *p, int w) { return p->kj3 ? w : w + 2; }
 
 /* Work-items of conv3_direct along a plane: row blocks x row segments (conv3_flat: 1 x the
- * segments of the flat index). */
+ * segments of the flat index; conv3_bcast: rows x segments of r pixels). */
 static void c3_grid(const c3_params *p, int h, int w, int *nrb, int *nseg) {
-    int seg = p->nv * p->vw;
-    *nrb = p->flat ? 1 : (h + p->r - 1) / p->r;
+    int seg = p->bc ? p->r : p->nv * p->vw;
+    *nrb = p->flat ? 1 : p->bc ? h : (h + p->r - 1) / p->r;
     *nseg = p->flat ? (h * c3_pitch(p, w) + seg - 1) / seg : (w + seg - 1) / seg;
 }
 
@@ -473,8 +501,8 @@ static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool
     if (stride == 0 || (stride == 2 && dgrad) || (stride == 1 && (g->h != g->ho || g->w != g->wo))) return false;
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout;
     c3_params p = c3_choose(ctx, g->ho, g->wo, cout, stride);
-    int64_t pw = c3_pitch(&p, g->wo), seg = p.nv * p.vw;
-    int64_t nrb = p.flat ? 1 : (g->ho + p.r - 1) / p.r;
+    int64_t pw = c3_pitch(&p, g->wo), seg = p.bc ? p.r : p.nv * p.vw;
+    int64_t nrb = p.flat ? 1 : p.bc ? g->ho : (g->ho + p.r - 1) / p.r;
     int64_t nseg = p.flat ? ((int64_t)g->ho * pw + seg - 1) / seg : (g->wo + seg - 1) / seg;
     int64_t elems = (int64_t)g->n * cin * c3_in_plane(g, stride, p.kj3, pw) + C3_SLACK_ROWS * pw + C3_SLACK_FLOATS;
     int64_t items = (int64_t)g->n * ((cout + p.cb - 1) / p.cb) * nrb * nseg;
@@ -582,8 +610,8 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
                              KILN__ARG(cnc),         KILN__ARG(wp->st->mem), KILN__ARG(wpoff), KILN__ARG(bmem),
                              KILN__ARG(boff),        KILN__ARG(hb),          KILN__ARG(co),    KILN__ARG(out->st->mem),
                              KILN__ARG(ooff),        KILN__ARG(nitems)};
-        s = kiln__launch(ctx, op, CONV_PROGRAM, options, p.flat ? "conv3_flat" : "conv3_direct",
-                         sizeof args / sizeof args[0], args, (size_t)nitems, 0);
+        const char *kernel = p.bc ? "conv3_bcast" : p.flat ? "conv3_flat" : "conv3_direct";
+        s = kiln__launch(ctx, op, CONV_PROGRAM, options, kernel, sizeof args / sizeof args[0], args, (size_t)nitems, 0);
     }
     /* the in-order queue runs both launches before a later reuse of wp */
     kiln_tensor_free(wp);
