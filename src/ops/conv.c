@@ -423,10 +423,10 @@ static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cout, int stri
     /* Rows of at most 16 pixels (ResNet-20's 14 x 14 and 7 x 7 planes) with at least a vector
      * of output channels, where conv3_direct's row vectors or conv3_flat's border columns
      * leave lanes idle: conv3_bcast, two vectors of output channels with 16-float vectors
-     * where there are more than 16 channels, and segments of at most 7 pixels (14 or 28
-     * accumulators spilled). Not where the column-shifted planes fill whole vectors
-     * (kj3_saves: 8 x 8), nor on 28 x 28 planes, where it ran as fast as conv3_direct
-     * (README.md, "Speed"). */
+     * where there are more than 16 channels, and segments of at most 7 pixels (segments of
+     * 14 or 28 pixels, 28 accumulators, spilled). Not where the column-shifted planes fill
+     * whole vectors (kj3_saves: 8 x 8), nor on 28 x 28 planes, where it ran as fast as
+     * conv3_direct (README.md, "Speed"). */
     if (stride == 1 && vw >= 8 && w <= 16 && cout >= vw && !kj3_saves) {
         p.bc = 1;
         p.flat = 0;
