@@ -4,8 +4,8 @@
  * each image element sums the column entries that touch it, in a fixed order, so results
  * are deterministic without atomics), the permutes between NCHW and [C, N, HW] that let
  * one GEMM span every image of a chunk, a direct weight gradient for kernels with few
- * taps per output channel, and the direct 3x3 stride-1 convolution (conv3_pad,
- * conv3_direct, conv3_flat) that skips the columns.
+ * taps per output channel, and the direct 3x3 convolution (conv3_pad, conv3_phase,
+ * conv3_direct, conv3_flat, conv3_bcast, conv3_wgrad) that skips the columns.
  *
  * "Input" and "output" are always those of the convolution (conv_transpose2d runs the same
  * kernels the other way round). A column matrix of a chunk of nb images holds, for group
@@ -360,8 +360,8 @@ kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, gl
 #ifndef C3_CB
 #define C3_CB 4
 #endif
-/* C3_S2 1: conv3_flat and conv3_wgrad read the phase planes of a stride-2 convolution's
- * input (conv3_phase) instead of bordered planes. */
+/* C3_S2 1: conv3_flat, conv3_bcast and conv3_wgrad read the phase planes of a stride-2
+ * convolution's input (conv3_phase) instead of bordered planes. */
 #ifndef C3_S2
 #define C3_S2 0
 #endif
@@ -597,6 +597,8 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
  * (the last segment) read on into the next row or the slack and are not stored; channels
  * past cout compute the last one's sums (conv3_pack) and are not stored. Each output sums
  * its c * 9 products in conv3_direct's order (input channel, then ki, kj): the same bits.
+ * Built with C3_S2, the stride-2 convolution of conv3_phase's phase planes, tap (ki, kj) of
+ * output (y, x) read as conv3_flat reads it (h and w the output's).
  */
 kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
                         global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
@@ -608,7 +610,15 @@ kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, 
     t /= nrb;
     int cb = t % ncb, n = t / ncb;
     int x0 = sg * C3_R, co0 = cb * C3_BCB;
+#if C3_S2
+    /* tap (ki, kj) of output (y, x): phase plane (ki & 1, kj & 1) at (y + (ki >> 1),
+     * x + (kj >> 1)) */
+    int qplane = (h + 1) * pw, plane = 4 * qplane;
+#define C3_TAP(ki, kj) ((((ki)&1) * 2 + ((kj)&1)) * qplane + ((ki) >> 1) * pw + ((kj) >> 1))
+#else
     int plane = (h + 2) * pw;
+#define C3_TAP(ki, kj) ((ki)*pw + (kj))
+#endif
     global const float *xb = xp + xpoff + n * c * plane + y * pw + x0;
     C3_T acc[C3_R][C3_NV];
 #pragma unroll
@@ -627,7 +637,7 @@ kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, 
                 for (int v = 0; v < C3_NV; v++) wv[v] = C3_LOAD(v, wc + (ki * 3 + kj) * C3_BCB);
 #pragma unroll
                 for (int p = 0; p < C3_R; p++) {
-                    C3_T xs = (C3_T)(xc[ki * pw + kj + p]);
+                    C3_T xs = (C3_T)(xc[C3_TAP(ki, kj) + p]);
 #pragma unroll
                     for (int v = 0; v < C3_NV; v++) acc[p][v] = fma(xs, wv[v], acc[p][v]);
                 }
@@ -654,21 +664,23 @@ kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, 
         }
     }
 }
+#undef C3_TAP
 
 #undef C3_BCB
 
 /*
  * conv3_direct for small planes that conv3_bcast does not take (rows shorter than half a
  * vector with fewer output channels than a vector, or whose column-shifted planes fill whole
- * vectors: src/ops/conv.c's c3_choose) and for stride 2: the same sums with the vectors
+ * vectors: src/ops/conv.c's c3_choose), also for stride 2: the same sums with the vectors
  * running along a plane's flat index f = oh * pw + ow instead of along one row, every tap
  * one load at a fixed offset from f. Over the bordered planes (pw = w + 2), tap (ki, kj) of
  * output f is xp's plane at f + ki * pw + kj, and the lanes at the two border columns
  * (ow >= w) are computed and dropped. Built with C3_KJ3, over the column-shifted planes of
  * conv3_pad3 (pw = w), it is plane kj at f + ki * pw: every lane a pixel (src/ops/conv.c
- * takes it where that saves lanes: 8 x 8 planes in 64 lanes rather than 96). Built with C3_S2, the stride-2 convolution (padding 1) of the phase planes xp
- * of conv3_phase (hq = h + 1 rows of pitch pw = w + 2 each, h and w the output's). Lanes
- * past the last row are dropped too. One work-item per (image, block of C3_CB output
+ * takes it where that saves lanes: 8 x 8 planes in 64 lanes rather than 96). Built with
+ * C3_S2, the stride-2 convolution (padding 1) of the phase planes xp of conv3_phase (hq =
+ * h + 1 rows of pitch pw = w + 2 each, h and w the output's). Lanes past the last row are
+ * dropped too. One work-item per (image, block of C3_CB output
  * channels, segment of C3_NV * C3_VW flat positions); reads run up to a segment and 2
  * floats past an image-channel's planes (the next ones or the slack). Same arguments as
  * conv3_direct (nrb unused: 1), the same order of each output's sum.
@@ -743,8 +755,8 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
 #undef C3_TAP
 
 /*
- * The phase planes of a stride-2 convolution's input with a zero border of 1 (conv3_flat
- * and conv3_wgrad built with C3_S2): xq [N, C, 4, hq, pq] with plane (a, b) of channel
+ * The phase planes of a stride-2 convolution's input with a zero border of 1 (conv3_flat,
+ * conv3_bcast and conv3_wgrad built with C3_S2): xq [N, C, 4, hq, pq] with plane (a, b) of channel
  * (n, c) holding xq[.., a*2 + b, i, j] = x[n, c, 2i + a - 1, 2j + b - 1] (0 outside x), so
  * that tap (ki, kj) of output (y, x) is plane (ki & 1, kj & 1) at (y + (ki >> 1), x +
  * (kj >> 1)). x any view (strides xs). After the last plane, `slack` zeros. One work-item

@@ -818,7 +818,7 @@ static void sweep_conv(void) {
     /* the half builds (f16 input, weight, bias and output) of the kernels that read and write
      * them: through columns (im2col, from_cnhw; conv_transpose2d's to_cnhw, col2im), then
      * the direct 3x3 route (conv3_pad, conv3_phase, conv3_pack, conv3_direct, conv3_flat and
-     * conv3_bcast storing halves) */
+     * conv3_bcast storing halves; conv3_bcast's stride-2 f32 build with them) */
 #define F16(t) kiln_to_dtype(C, t, KILN_F16)
 #define F32(t) kiln_to_dtype(C, t, KILN_F32)
     BACK("conv2d f16", F32(kiln_conv2d(C, F16(x), F16(w), F16(bias), &p)), x, w, bias);
@@ -835,6 +835,8 @@ static void sweep_conv(void) {
     kiln_sync(C);
     setenv("KILN_CONV3_PARAMS", "4,2,4,1,2", 1);
     BACK("conv2d f16 [direct, bcast]", F32(kiln_conv2d(C, F16(x), F16(w3), F16(b3), &d1)), x, w3, b3);
+    BACK("conv2d f16 stride 2 [direct, bcast]", F32(kiln_conv2d(C, F16(x), F16(w3), F16(b3), &d2)), x, w3, b3);
+    BACK("conv2d stride 2 [direct, bcast]", kiln_conv2d(C, x, w3, b3, &d2), x, w3, b3);
     kiln_sync(C);
     unsetenv("KILN_CONV3_PARAMS");
     unsetenv("KILN_CONV_ALGO");

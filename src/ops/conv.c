@@ -49,8 +49,10 @@
  * convolution of ResNet-20 but the two strided ones) skips the columns for its forward and its
  * input gradient on CPUs with 8- or 16-float vectors: conv3_pad copies the input (or gy) into
  * zero-bordered planes, and conv3_direct (or conv3_flat, for rows shorter than half a
- * vector) computes the outputs from them with register-blocked accumulators (see
- * conv_direct_wanted for the rule and the measurements, KILN_CONV_ALGO to force a route).
+ * vector, or conv3_bcast, vectors along the output channels, for rows of up to 16 pixels)
+ * computes the outputs from them with register-blocked accumulators (see
+ * conv_direct_wanted and c3_choose for the rule and the measurements, KILN_CONV_ALGO to
+ * force a route).
  * Their weight gradient skips the columns too: conv3_wgrad reads bordered planes of x and
  * gy (pitch w + 2) along their flat index, each tap one shifted vector load (see there);
  * on ResNet-20's step it took 17% less CPU time than columns and kiln's A B^T GEMM. (An
@@ -58,8 +60,8 @@
  * masked to the row, had measured slower than the GEMM.) The forward keeps x's bordered
  * planes in the node for it. With stride 2 (padding 1), conv3_phase splits the bordered
  * input into its four (row, column) parity planes, on which every tap is again a fixed
- * offset: conv3_flat and conv3_wgrad built with C3_S2 compute the forward and the weight
- * gradient; the input gradient keeps columns (GEMM and col2im).
+ * offset: conv3_flat (or conv3_bcast) and conv3_wgrad built with C3_S2 compute the forward
+ * and the weight gradient; the input gradient keeps columns (GEMM and col2im).
  *
  * Half precision: inputs of one dtype (f16 or bf16) run in it, kernel by kernel: each
  * launch that reads the input, weight or bias or writes the output uses the KILN_HALF build
@@ -346,7 +348,7 @@ typedef struct c3_params {
     int vw, nv, r, cb;
     int flat; /* conv3_flat (vectors along a plane's flat index) rather than conv3_direct */
     int kj3;  /* conv3_flat, stride 1: over three column-shifted planes (conv3_pad3) */
-    int bc;   /* conv3_bcast (vectors along the output channels), stride 1 */
+    int bc;   /* conv3_bcast (vectors along the output channels), stride 1 or 2 */
 } c3_params;
 static bool c3_override(c3_params *o);
 
@@ -395,15 +397,15 @@ static bool c3_override(c3_params *o) {
  * the vector registers as accumulators (16 of AVX-512's 32; 8 of 16 elsewhere): 8 output
  * channels (4 where two vectors a segment would make that 16 of 8-float vectors) x the rows
  * that fill the rest; rows shorter than half a vector go to conv3_flat (two vectors along
- * the plane's flat index, one row block), and stride-1 rows of up to 16 pixels with a
- * vector of output channels or more to conv3_bcast (below). KILN_CONV3_PARAMS sets them
+ * the plane's flat index, one row block), and rows of up to 16 pixels with a vector of
+ * output channels or more to conv3_bcast (below). KILN_CONV3_PARAMS sets them
  * (measurements). On ResNet-20's 28 x 28 and 14 x 14 stages (AVX-512, before conv3_bcast
  * took the 14 x 14 one) the 8-channel blocks with 16 accumulators were as fast as or faster
  * than blocks of 4 or 12 channels and 1-7 rows (12 channels: 1.5-2x slower); with haswell
  * code the 8-channel blocks of two vectors took 16 of the 16 ymm registers for
  * accumulators, and 4-channel ones ran those stages' forward in 25-40% less time
  * (README.md, "Speed"). */
-static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cout, int stride) {
+static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cin, int cout, int stride) {
     c3_params p;
     int vw = kiln__float_vw(ctx) < 4 ? 4 : kiln__float_vw(ctx);
     int accs = vw >= 16 ? 16 : 8;
@@ -420,14 +422,16 @@ static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cout, int stri
     p.bc = 0;
     int seg = p.nv * p.vw;
     bool kj3_saves = p.flat && (h * w + seg - 1) / seg < (h * (w + 2) + seg - 1) / seg;
-    /* Rows of at most 16 pixels (ResNet-20's 14 x 14 and 7 x 7 planes) with at least a vector
-     * of output channels, where conv3_direct's row vectors or conv3_flat's border columns
-     * leave lanes idle: conv3_bcast, two vectors of output channels with 16-float vectors
-     * where there are more than 16 channels, and segments of at most 7 pixels (segments of
-     * 14 or 28 pixels, 28 accumulators, spilled). Not where the column-shifted planes fill
-     * whole vectors (kj3_saves: 8 x 8), nor on 28 x 28 planes, where it ran as fast as
+    /* Output rows of at most 16 pixels (ResNet-20's 14 x 14 and 7 x 7 planes, the
+     * autoencoder's strided convolutions) with at least a vector of output channels, where
+     * conv3_direct's row vectors or conv3_flat's border columns leave lanes idle, and 8 input
+     * channels or more (with fewer, its scalar stores of each channel's pixels would outweigh
+     * the sums): conv3_bcast, two vectors of output channels with 16-float vectors where
+     * there are more than 16 channels, and segments of at most 7 pixels (segments of 14 or
+     * 28 pixels, 28 accumulators, spilled). Not where the column-shifted planes fill whole
+     * vectors (kj3_saves: 8 x 8), nor on 28 x 28 planes, where it ran as fast as
      * conv3_direct (README.md, "Speed"). */
-    if (stride == 1 && vw >= 8 && w <= 16 && cout >= vw && !kj3_saves) {
+    if (vw >= 8 && w <= 16 && cin >= 8 && cout >= vw && !(stride == 1 && kj3_saves)) {
         p.bc = 1;
         p.flat = 0;
         p.nv = vw >= 16 && cout > vw ? 2 : 1;
@@ -436,12 +440,10 @@ static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cout, int stri
         p.r = (w + nseg - 1) / nseg;
     }
     c3_params o;
-    /* (a forced conv3_bcast leaves stride 2 its default: conv3_bcast has no stride-2 form) */
-    if (c3_override(&o) && !(o.bc && stride == 2)) p = o;
-    if (stride == 2) { /* only conv3_flat reads phase planes */
+    if (c3_override(&o)) p = o;
+    if (stride == 2 && !p.bc) { /* conv3_flat and conv3_bcast read phase planes */
         p.flat = 1;
         p.r = 1;
-        p.bc = 0;
     }
     /* conv3_flat over column-shifted planes where the border columns would take more
      * vectors: 8 x 8 planes fill 4 vectors of 16 rather than 6, 7 x 7 ones 4 either way,
@@ -500,7 +502,7 @@ static bool conv_direct_wanted(kiln_ctx *ctx, const conv_geom *g, int algo, bool
     int stride = c3_stride(g);
     if (stride == 0 || (stride == 2 && dgrad) || (stride == 1 && (g->h != g->ho || g->w != g->wo))) return false;
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout;
-    c3_params p = c3_choose(ctx, g->ho, g->wo, cout, stride);
+    c3_params p = c3_choose(ctx, g->ho, g->wo, cin, cout, stride);
     int64_t pw = c3_pitch(&p, g->wo), seg = p.bc ? p.r : p.nv * p.vw;
     int64_t nrb = p.flat ? 1 : p.bc ? g->ho : (g->ho + p.r - 1) / p.r;
     int64_t nseg = p.flat ? ((int64_t)g->ho * pw + seg - 1) / seg : (g->wo + seg - 1) / seg;
@@ -576,7 +578,7 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
     int cin = dgrad ? g->cout : g->c, cout = dgrad ? g->c : g->cout, h = g->ho, wd = g->wo, stride = c3_stride(g);
     kiln_tensor *out = kiln__tensor_new(ctx, op, odt, 4, (int64_t[]){g->n, cout, h, wd});
     if (!out || g->n == 0) return out;
-    c3_params p = c3_choose(ctx, h, wd, cout, stride);
+    c3_params p = c3_choose(ctx, h, wd, cin, cout, stride);
     int pw = c3_pitch(&p, wd), nrb, nseg, ncb = (cout + p.cb - 1) / p.cb;
     c3_grid(&p, h, wd, &nrb, &nseg);
     char options[128], pack_options[128];
@@ -626,7 +628,7 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
 static kiln_tensor *conv_direct_fwd(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_tensor *w, kiln_tensor *bias,
                                     bool relu, const conv_geom *g, kiln_tensor **keep) {
     int stride = c3_stride(g);
-    c3_params p = c3_choose(ctx, g->ho, g->wo, g->cout, stride);
+    c3_params p = c3_choose(ctx, g->ho, g->wo, g->c, g->cout, stride);
     kiln_tensor *xp = stride == 2 ? c3_phase(ctx, op, x, g) : c3_pad(ctx, op, x, c3_pitch(&p, g->w), p.kj3);
     kiln_tensor *out = xp ? c3_run(ctx, op, xp, w, bias, relu, g, false, x->dtype) : NULL;
     /* (conv3_wgrad reads bordered or phase planes, not column-shifted ones) */
@@ -918,7 +920,7 @@ static kiln_status bwd_finish(bwd_plan *p, kiln_status s) {
 /* dx by conv3_direct from a bordered (or column-shifted) copy of gy (before the chunks,
  * which then compute only dw and d bias). */
 static kiln_status bwd_direct_dx(bwd_plan *p) {
-    c3_params cp = c3_choose(p->ctx, p->g->h, p->g->w, p->g->c, 1);
+    c3_params cp = c3_choose(p->ctx, p->g->h, p->g->w, p->g->cout, p->g->c, 1);
     int pw = c3_pitch(&cp, p->g->w);
     kiln_tensor *gp = c3_pad(p->ctx, p->op, p->gy, pw, cp.kj3);
     if (gp && !(p->dx = c3_run(p->ctx, p->op, gp, p->w, p->dx_bias, false, p->g, true, p->gy->dtype))) {
