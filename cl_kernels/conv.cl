@@ -680,10 +680,10 @@ kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, 
  * takes it where that saves lanes: 8 x 8 planes in 64 lanes rather than 96). Built with
  * C3_S2, the stride-2 convolution (padding 1) of the phase planes xp of conv3_phase (hq =
  * h + 1 rows of pitch pw = w + 2 each, h and w the output's). Lanes past the last row are
- * dropped too. One work-item per (image, block of C3_CB output
- * channels, segment of C3_NV * C3_VW flat positions); reads run up to a segment and 2
- * floats past an image-channel's planes (the next ones or the slack). Same arguments as
- * conv3_direct (nrb unused: 1), the same order of each output's sum.
+ * dropped too. One work-item per (image, block of C3_CB output channels, segment of C3_NV *
+ * C3_VW flat positions); reads run up to a segment and 2 floats past an image-channel's
+ * planes (the next ones or the slack). Same arguments as conv3_direct (nrb unused: 1), the
+ * same order of each output's sum.
  */
 kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
                        global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
@@ -756,11 +756,11 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
 
 /*
  * The phase planes of a stride-2 convolution's input with a zero border of 1 (conv3_flat,
- * conv3_bcast and conv3_wgrad built with C3_S2): xq [N, C, 4, hq, pq] with plane (a, b) of channel
- * (n, c) holding xq[.., a*2 + b, i, j] = x[n, c, 2i + a - 1, 2j + b - 1] (0 outside x), so
- * that tap (ki, kj) of output (y, x) is plane (ki & 1, kj & 1) at (y + (ki >> 1), x +
- * (kj >> 1)). x any view (strides xs). After the last plane, `slack` zeros. One work-item
- * per (n, c).
+ * conv3_bcast and conv3_wgrad built with C3_S2): xq [N, C, 4, hq, pq] with plane (a, b) of
+ * channel (n, c) holding xq[.., a*2 + b, i, j] = x[n, c, 2i + a - 1, 2j + b - 1] (0 outside
+ * x), so that tap (ki, kj) of output (y, x) is plane (ki & 1, kj & 1) at (y + (ki >> 1),
+ * x + (kj >> 1)). x any view (strides xs). After the last plane, `slack` zeros. One
+ * work-item per (n, c).
  */
 kernel void conv3_phase(global const KILN_S *x, int xoff, int4 xs, int c, int h, int w, int hq, int pq,
                         global float *xq, int xqoff, int slack, int nitems) {
