@@ -227,6 +227,190 @@ static void test_stored(const char *spec) {
     unlink(path);
 }
 
+/* The file's text ("" when there is none). */
+static void read_text(const char *path, char *buf, size_t cap) {
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
+/* KILN_TUNE=auto (src/ops/gemm.c): the first product searches once, stores the set it
+ * keeps (CLBlast lines beside it kept), and later contexts load it; without the mode, a
+ * cache dir, or on another device type nothing is searched; a bad KILN_TUNE_SECONDS falls
+ * back to the default. full: a whole search (every neighbour, about 7 builds of gemm.cl). */
+static void test_auto(const char *spec, bool full) {
+    char why[160];
+    static const struct {
+        const char *value;
+        double want;
+        bool bad;
+    } secs[] = {{NULL, 10.0, false}, {"2.5", 2.5, false}, {"0", 0.0, false},   {"-1", 10.0, true},
+                {"x", 10.0, true},   {"5s", 10.0, true},  {"1e9", 10.0, true}, {"nan", 10.0, true}};
+    for (size_t i = 0; i < sizeof secs / sizeof secs[0]; i++) {
+        if (secs[i].value)
+            setenv("KILN_TUNE_SECONDS", secs[i].value, 1);
+        else
+            unsetenv("KILN_TUNE_SECONDS");
+        double got = kiln__tune_seconds(why, sizeof why);
+        CHECK(got == secs[i].want && (why[0] != '\0') == secs[i].bad &&
+                  (!secs[i].bad || strstr(why, "KILN_TUNE_SECONDS") != NULL),
+              "KILN_TUNE_SECONDS=%s: %g, '%s'", secs[i].value ? secs[i].value : "(unset)", got, why);
+    }
+    kiln_ctx *ctx = open_spec(spec);
+    if (!ctx) return;
+    kiln_device_info info = *kiln_ctx_device(ctx);
+    const kiln__gemm_params *table = &kiln__gemm_sets[kiln__gemm_choose(&info, NULL, 0, NULL)];
+    char path[1200], text[4096];
+    CHECK(kiln__tune_path(&info, path, sizeof path) == KILN_OK, "tune path: %s", kiln_last_error());
+    unlink(path);
+    /* off by default: the first product searches nothing and stores nothing */
+    CHECK(kiln__gemm_params_of(ctx) == table && kiln__hooks_of(ctx)->gemm_autotune_timed == 0 &&
+              access(path, F_OK) != 0,
+          "KILN_TUNE unset: a search ran or a file was written");
+    kiln_close(ctx);
+    setenv("KILN_TUNE", "auto", 1);
+    if (info.type != KILN_DEVICE_CPU) { /* kiln's kernels serve CPUs only */
+        if ((ctx = open_spec(spec))) {
+            CHECK(kiln__gemm_params_of(ctx) == table && access(path, F_OK) != 0, "KILN_TUNE=auto on a GPU");
+            kiln_close(ctx);
+        }
+        unsetenv("KILN_TUNE");
+        return;
+    }
+
+    /* a budget of 0 s: the table's set alone timed, and stored, beside the file's CLBlast line */
+    snprintf(text, sizeof text, "device: %s\ndriver: %s\nGemmRoutine XGEMM_MIN_INDIRECT_SIZE=3\n", info.name,
+             info.driver_version);
+    CHECK(write_file(path, text), "cannot write %s", path);
+    setenv("KILN_TUNE_SECONDS", "0", 1);
+    g_log[0] = '\0';
+    kiln_set_log(on_log, NULL);
+    if ((ctx = open_spec(spec))) {
+        CHECK(kiln__hooks_of(ctx)->gemm_autotune_timed == 0, "searched before the first product");
+        const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+        CHECK(p && same_params(p, table) && kiln__hooks_of(ctx)->gemm_autotune_timed == 1,
+              "budget 0: %d sets timed, set %s", kiln__hooks_of(ctx)->gemm_autotune_timed, p ? p->name : "none");
+        CHECK(strstr(g_log, "automatic tune (KILN_TUNE=auto): 1 set timed") && strstr(g_log, path),
+              "no log line for the search: '%s'", g_log);
+        kiln__tune_set st;
+        char err[256];
+        CHECK(kiln__tune_load(&info, path, &st, err, sizeof err) == KILN_OK && st.has_gemm &&
+                  same_params(&st.gemm, table) && st.has[2][0] && st.v[2][0] == 3,
+              "stored: KilnGemm of the table's set and the GemmRoutine line expected (%s)", err);
+        read_text(path, text, sizeof text);
+        CHECK(strstr(text, "# kiln's automatic tune (KILN_TUNE=auto)") != NULL, "no comment in '%s'", text);
+        kiln__gemm_params_of(ctx);
+        CHECK(kiln__hooks_of(ctx)->gemm_autotune_timed == 1, "searched twice in one context");
+        check_products(ctx);
+        kiln_close(ctx);
+    }
+    kiln_set_log(NULL, NULL);
+    /* a later context loads the stored set and searches nothing */
+    if ((ctx = open_spec(spec))) {
+        const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+        CHECK(p && same_params(p, table) && strcmp(p->name, "tuned") == 0 &&
+                  kiln__hooks_of(ctx)->gemm_autotune_timed == 0,
+              "second context: %d sets timed", kiln__hooks_of(ctx)->gemm_autotune_timed);
+        kiln_close(ctx);
+    }
+    /* a set stored by another context after this one opened: taken, nothing searched */
+    unlink(path);
+    if ((ctx = open_spec(spec))) {
+        kiln__tune_set s;
+        memset(&s, 0, sizeof s);
+        s.has_gemm = true;
+        s.gemm = odd;
+        char saved[1200];
+        CHECK(kiln__tune_save(&info, &s, "another context", saved, sizeof saved) == KILN_OK, "save: %s",
+              kiln_last_error());
+        const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+        CHECK(p && same_params(p, &odd) && kiln__hooks_of(ctx)->gemm_autotune_timed == 0,
+              "the set stored meanwhile not taken");
+        check_products(ctx);
+        kiln_close(ctx);
+    }
+    unlink(path);
+    /* no cache dir: nothing to store in, so nothing searched (it would repeat at every open) */
+    setenv("KILN_CACHE", "off", 1);
+    g_log[0] = '\0';
+    kiln_set_log(on_log, NULL);
+    if ((ctx = open_spec(spec))) {
+        CHECK(kiln__gemm_params_of(ctx) == table && kiln__hooks_of(ctx)->gemm_autotune_timed == 0,
+              "KILN_CACHE=off: searched");
+        CHECK(strstr(g_log, "KILN_TUNE=auto: no cache directory"), "no log line for KILN_CACHE=off: '%s'", g_log);
+        kiln_close(ctx);
+    }
+    kiln_set_log(NULL, NULL);
+    unsetenv("KILN_CACHE");
+    /* the device refuses one of the search's three buffers: not tuned, nothing stored, a log
+     * line, the context's error clear, and the product that asked computes */
+    for (int nth = 1; nth <= 3; nth++) {
+        g_log[0] = '\0';
+        kiln_set_log(on_log, NULL);
+        if ((ctx = open_spec(spec))) {
+            kiln__pool_fail_after(ctx, nth);
+            const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+            kiln__pool_fail_after(ctx, 0);
+            CHECK(p == table && kiln__hooks_of(ctx)->gemm_autotune_timed == 0 && access(path, F_OK) != 0,
+                  "allocation %d refused: the search went on or stored", nth);
+            CHECK(strstr(g_log, "KILN_TUNE=auto: not tuned, the table's set kept") && strstr(g_log, "injected"),
+                  "allocation %d refused: no log line: '%s'", nth, g_log);
+            CHECK(kiln_error_message(ctx)[0] == '\0', "allocation %d refused: the context keeps the error '%s'", nth,
+                  kiln_error_message(ctx));
+            check_products(ctx);
+            kiln_close(ctx);
+        }
+        kiln_set_log(NULL, NULL);
+    }
+    /* KILN_GEMM_OWN=off (CLBlast takes every product) and KILN_TUNE_FILE: nothing searched */
+    static const char *const envs[][2] = {{"KILN_GEMM_OWN", "off"}, {"KILN_TUNE_FILE", "/nonexistent/kiln-tune"}};
+    for (int i = 0; i < 2; i++) {
+        setenv(envs[i][0], envs[i][1], 1);
+        if ((ctx = open_spec(spec))) {
+            kiln__gemm_params_of(ctx);
+            CHECK(kiln__hooks_of(ctx)->gemm_autotune_timed == 0 && access(path, F_OK) != 0, "%s=%s: searched",
+                  envs[i][0], envs[i][1]);
+            kiln_close(ctx);
+        }
+        unsetenv(envs[i][0]);
+    }
+    /* a whole search: every neighbour timed; the set kept is stored, loads, and computes
+     * products that match the double-precision reference */
+    if (full) {
+        setenv("KILN_TUNE_SECONDS", "3600", 1);
+        kiln__gemm_params kept = *table;
+        if ((ctx = open_spec(spec))) {
+            kept = *kiln__gemm_params_of(ctx);
+            int timed = kiln__hooks_of(ctx)->gemm_autotune_timed, regs, width;
+            kiln__gemm_params c[2][4];
+            kiln__gemm_regfile(table->name, &regs, &width);
+            int want = kiln__gemm_candidates(table, true, true, regs, width, c[0], 4) +
+                       kiln__gemm_candidates(table, false, true, regs, width, c[1], 4) - 1;
+            CHECK(timed == want, "whole search: %d sets timed, the table's and %d neighbours expected", timed,
+                  want - 1);
+            kiln__tune_set st;
+            char err[256];
+            CHECK(kiln__tune_load(&info, path, &st, err, sizeof err) == KILN_OK && st.has_gemm &&
+                      same_params(&st.gemm, &kept),
+                  "the kept set not stored (%s)", err);
+            check_products(ctx);
+            kiln_close(ctx);
+        }
+        if ((ctx = open_spec(spec))) {
+            const kiln__gemm_params *p = kiln__gemm_params_of(ctx);
+            CHECK(p && same_params(p, &kept) && kiln__hooks_of(ctx)->gemm_autotune_timed == 0,
+                  "the kept set not loaded by the next context");
+            kiln_close(ctx);
+        }
+        unlink(path);
+    }
+    unsetenv("KILN_TUNE_SECONDS");
+    unsetenv("KILN_TUNE");
+}
+
 /* Empties and removes the temporary cache dir. */
 static void remove_dir(const char *dir) {
     DIR *d = opendir(dir);
@@ -253,9 +437,14 @@ int main(void) {
     setenv("KILN_CACHE_DIR", dir, 1);
     char specs[16][16];
     int nd = h_devices(specs, 16);
+    bool full = false;
     for (int i = 0; i < nd; i++) {
         h_device = specs[i];
         test_stored(specs[i]);
+        kiln_device_info info;
+        bool cpu = kiln_device_find(specs[i], &info) == KILN_OK && info.type == KILN_DEVICE_CPU;
+        test_auto(specs[i], cpu && !full); /* the whole search on the first CPU device */
+        full |= cpu;
     }
     remove_dir(dir);
     return h_finish();

@@ -33,7 +33,9 @@ static void usage(FILE *f) {
                "  KILN_CACHE_DIR       kernel cache directory (default $XDG_CACHE_HOME/kiln or ~/.cache/kiln)\n"
                "  KILN_CACHE=off       disable the kernel disk cache\n"
                "  KILN_LOG=1           log to stderr\n"
-               "  KILN_TUNE=off        use CLBlast's own parameters (builtin: ignore what kiln tune stored)\n");
+               "  KILN_TUNE=off        use CLBlast's own parameters (builtin: ignore what kiln tune stored;\n"
+               "                       auto: search kiln's GEMM kernels' set at the first product, for about\n"
+               "                       KILN_TUNE_SECONDS (10), and store it)\n");
 }
 
 /* Every subcommand rejects what it does not know: exit 2 naming the argument. */

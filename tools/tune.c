@@ -599,25 +599,6 @@ static double own_work_groups(const bench_gemm_shape *x, const kiln__gemm_params
     return ceil(m / g->nn_rm) * ceil(ceil(n / (g->nn_nv * g->nn_vw)) / 8);
 }
 
-/* The vector registers of the instruction set whose table entry the device gets, and how
- * many floats one holds (src/ops/gemm.c's table comments count the same way). */
-static void own_regfile(const char *isa, int *regs, int *width) {
-    *regs = 16, *width = 4; /* vec4: SSE, or a register file that is not known */
-    if (strcmp(isa, "avx512") == 0) *regs = 32, *width = 16;
-    if (strcmp(isa, "avx2") == 0) *regs = 16, *width = 8;
-    if (strcmp(isa, "neon") == 0) *regs = 32, *width = 4;
-}
-
-/* Registers a set holds per k step: gemm_nt RM*RN accumulators, RN vectors of B and one of
- * A; gemm_nn RM*NV accumulators, NV vectors of B and a broadcast of A; a vector wider than
- * a register takes several. */
-static int own_regs_nt(const kiln__gemm_params *g, int width) {
-    return (g->nt_rm * g->nt_rn + g->nt_rn + 1) * ((g->nt_vw + width - 1) / width);
-}
-static int own_regs_nn(const kiln__gemm_params *g, int width) {
-    return (g->nn_rm * g->nn_nv + g->nn_nv + 1) * ((g->nn_vw + width - 1) / width);
-}
-
 static void own_line(const kiln__gemm_params *g, char *buf, size_t cap) {
     kiln__tune_set one;
     memset(&one, 0, sizeof one);
@@ -626,50 +607,6 @@ static void own_line(const kiln__gemm_params *g, char *buf, size_t cap) {
     kiln__tune_format(&one, buf, cap);
     size_t n = strlen(buf);
     if (n && buf[n - 1] == '\n') buf[n - 1] = '\0';
-}
-
-/* The candidates of one kernel (nt: gemm_nt's RM RN VW KU; else gemm_nn's RM NV VW) around
- * the table's set `base`, which comes first; the other kernel's values stay base's. Sets
- * that need more registers than the file has are dropped. --quick: the table's set and its
- * nearest neighbours only. */
-static int own_candidates(const kiln__gemm_params *base, bool nt, bool quick, int regs, int width,
-                          kiln__gemm_params *out, int cap) {
-    int n = 0;
-    out[n++] = *base;
-    static const int vws[] = {4, 8, 16};
-    if (quick) {
-        kiln__gemm_params q[3];
-        for (int i = 0; i < 3; i++) q[i] = *base;
-        if (nt) {
-            q[0].nt_rm++, q[1].nt_rn++, q[2].nt_ku = base->nt_ku == 1 ? 2 : 1;
-        } else {
-            q[0].nn_rm += 2, q[1].nn_rm -= 2, q[2].nn_nv++;
-        }
-        for (int i = 0; i < 3 && n < cap; i++) {
-            bool fits = nt ? own_regs_nt(&q[i], width) <= regs : own_regs_nn(&q[i], width) <= regs;
-            if (fits && (nt ? q[i].nt_rm : q[i].nn_rm) >= 1) out[n++] = q[i];
-        }
-        return n;
-    }
-    if (nt) {
-        for (int rm = 1; rm <= 4; rm++)
-            for (int rn = 1; rn <= 4; rn++)
-                for (int v = 0; v < 3; v++)
-                    for (int ku = 1; ku <= 2 && n < cap; ku++) {
-                        kiln__gemm_params g = *base;
-                        g.nt_rm = rm, g.nt_rn = rn, g.nt_vw = vws[v], g.nt_ku = ku;
-                        if (memcmp(&g, base, sizeof g) != 0 && own_regs_nt(&g, width) <= regs) out[n++] = g;
-                    }
-    } else {
-        for (int rm = 2; rm <= 8; rm++)
-            for (int nv = 1; nv <= 4; nv++)
-                for (int v = 0; v < 3 && n < cap; v++) {
-                    kiln__gemm_params g = *base;
-                    g.nn_rm = rm, g.nn_nv = nv, g.nn_vw = vws[v];
-                    if (memcmp(&g, base, sizeof g) != 0 && own_regs_nn(&g, width) <= regs) out[n++] = g;
-                }
-    }
-    return n;
 }
 
 /* The weighted sum of the ranking metric (INFINITY when a GEMM failed). */
@@ -731,7 +668,7 @@ static int tune_own(tuner *t, const tune_args *a, double t_start) {
     const char *isa = NULL;
     const kiln__gemm_params *table = &kiln__gemm_sets[kiln__gemm_choose(kiln_ctx_device(ctx), NULL, 0, &isa)];
     int regs, width;
-    own_regfile(table->name, &regs, &width);
+    kiln__gemm_regfile(table->name, &regs, &width);
     kiln__hooks_of(ctx)->gemm_own = 1;
     bool use_all[NSHAPES], has_nt = false, has_nn = false;
     memcpy(use_all, t->use, sizeof use_all);
@@ -744,7 +681,7 @@ static int tune_own(tuner *t, const tune_args *a, double t_start) {
         printf("kiln's GEMM kernels on '%s' (table set %s, %d registers of %d floats):\n", kiln_ctx_device(ctx)->name,
                table->name, regs, width);
     if (has_nt) {
-        int n = own_candidates(table, true, a->quick, regs, width, cand, 256);
+        int n = kiln__gemm_candidates(table, true, a->quick, regs, width, cand, 256);
         int w = own_search(t, a, "kiln-nt", cand, n, &nt_best);
         if (w >= 0) win = cand[w];
     }
@@ -753,7 +690,7 @@ static int tune_own(tuner *t, const tune_args *a, double t_start) {
     if (has_nn) {
         kiln__gemm_params base = *table;
         base.nt_rm = win.nt_rm, base.nt_rn = win.nt_rn, base.nt_vw = win.nt_vw, base.nt_ku = win.nt_ku;
-        int n = own_candidates(&base, false, a->quick, regs, width, cand, 256);
+        int n = kiln__gemm_candidates(&base, false, a->quick, regs, width, cand, 256);
         int w = own_search(t, a, "kiln-nn", cand, n, &nn_best);
         win = w >= 0 ? cand[w] : base;
     }

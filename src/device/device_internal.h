@@ -139,7 +139,8 @@ kiln_status kiln__tune_save(const kiln_device_info *info, const kiln__tune_set *
                             size_t cap);
 /* CLBlastOverrideParameters for every kernel set present in s (each must be complete). */
 kiln_status kiln__tune_apply(kiln_ctx *ctx, const kiln__tune_set *s);
-/* "on", "builtin" or "off" from $KILN_TUNE. */
+/* "on", "auto", "builtin" or "off" from $KILN_TUNE ("auto" applies as "on" does, and lets
+ * src/ops/gemm.c search kiln's GEMM kernels' set at the first product). */
 const char *kiln__tune_mode(void);
 /* The KilnGemm line's limits: a vector width of 4, 8 or 16, blocks (nt_rm, nt_rn, nn_rm,
  * nn_nv) of 1..KILN__GEMM_MAX_BLOCK, K unrolls of 1..KILN__GEMM_MAX_KU. False, with the
@@ -193,6 +194,7 @@ typedef struct kiln__hooks {
     int64_t conv_budget, conv_split_min; /* conv's column budget and split-K minimum (0 = built-in) */
     size_t matmul_last_parts;            /* written by matmul: parts of the last split-K product */
     size_t gemm_scratch;                 /* counted by ops/gemm.c: padded or transposed operand copies made */
+    int gemm_autotune_timed;             /* written by ops/gemm.c: sets KILN_TUNE=auto timed */
     /* told every product kiln__sgemm is given, before it runs (kiln bench gemm --model lists
      * the products of a training step): NULL off */
     void (*gemm_seen)(void *arg, const char *op, bool ta, bool tb, size_t m, size_t n, size_t k, size_t batch);
@@ -302,6 +304,9 @@ struct kiln_ctx {
     /* 1 + the table's set for this device (src/ops/gemm.c derives it from info once, on the
      * first product); 0 until then */
     int gemm_table_set;
+    /* KILN_TUNE=auto (src/ops/gemm.c): 0 not decided yet, 1 searching, 2 done, 3 not
+     * wanted (another mode, a GPU, or kiln's kernels not in use) */
+    int gemm_autotune;
     kiln__close_fn close_hooks[KILN__CLOSE_HOOKS];
     int nclose_hooks;
     size_t wg;

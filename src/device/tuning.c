@@ -11,7 +11,9 @@
  * Precedence, per parameter: the stored file ($KILN_CACHE_DIR/kiln-tune-<hash>.txt, keyed by
  * device name, driver version and platform) over the built-in table over CLBlast's own
  * database. KILN_TUNE=off applies nothing, KILN_TUNE=builtin ignores the stored file,
- * KILN_TUNE_FILE=path reads that file instead of the stored one (for experiments). A kernel
+ * KILN_TUNE_FILE=path reads that file instead of the stored one (for experiments),
+ * KILN_TUNE=auto applies as the default does and lets src/ops/gemm.c store a KilnGemm
+ * line it searched for at the first product when the file has none. A kernel
  * set is only overridden when every one of its parameters is known (CLBlast rejects partial
  * sets); anything wrong is logged and skipped, never fatal: CLBlast's defaults still work.
  *
@@ -502,6 +504,7 @@ const char *kiln__tune_mode(void) {
     if (!m || !*m) return "on";
     if (strcmp(m, "off") == 0 || strcmp(m, "0") == 0) return "off";
     if (strcmp(m, "builtin") == 0) return "builtin";
+    if (strcmp(m, "auto") == 0) return "auto";
     return "on";
 }
 

@@ -20,8 +20,11 @@
  * name ("pthread-haswell-AMD EPYC") or, for a target it does not know, from the device's
  * vector width. A set that needs more vector registers than the CPU has spills its
  * accumulators to the stack every k: on AVX2 the AVX-512 set (16 float16 accumulators of
- * two ymm registers each) ran at 0.4-0.6x OpenBLAS (issue 14). */
+ * two ymm registers each) ran at 0.4-0.6x OpenBLAS (issue 14). `kiln tune` and, with
+ * KILN_TUNE=auto, the first product search the sets around the table's (the last section). */
+#include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +120,16 @@ int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, co
     return w >= 16 ? SET_AVX512 : w >= 8 ? SET_AVX2 : SET_VEC4;
 }
 
+/* Whether KILN_TUNE=auto's search applies to ctx: a CPU device whose products kiln's
+ * kernels take (not forced elsewhere by a hook, KILN_GEMM_OWN=off or `kiln tune`), and the
+ * stored file in use (not KILN_TUNE_FILE's). */
+static bool autotune_wanted(const kiln_ctx *ctx) {
+    if (ctx->info.type != KILN_DEVICE_CPU || ctx->hooks.gemm_own != 0 || strcmp(kiln__tune_mode(), "auto") != 0)
+        return false;
+    const char *own = getenv("KILN_GEMM_OWN"), *file = getenv("KILN_TUNE_FILE");
+    return !(own && (strcmp(own, "off") == 0 || strcmp(own, "0") == 0)) && !(file && *file);
+}
+
 const kiln__gemm_params *kiln__gemm_params_of(kiln_ctx *ctx) {
     int i = ctx->hooks.gemm_params;
     if (i != 0) return i > 0 && i <= KILN__GEMM_SETS ? &kiln__gemm_sets[i - 1] : NULL;
@@ -129,6 +142,12 @@ const kiln__gemm_params *kiln__gemm_params_of(kiln_ctx *ctx) {
     }
     /* what kiln tune found best on this device (src/device/tuning.c checked its ranges) */
     if (ctx->has_gemm_tuned) return &ctx->gemm_tuned;
+    /* KILN_TUNE=auto: searched for here, at the first product, once per context */
+    if (ctx->gemm_autotune == 0) {
+        ctx->gemm_autotune = autotune_wanted(ctx) ? 0 : 3;
+        kiln__gemm_autotune(ctx);
+        if (ctx->has_gemm_tuned) return &ctx->gemm_tuned;
+    }
     /* the device's name and vector widths never change: parse them once, not per product */
     if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
     return &kiln__gemm_sets[ctx->gemm_table_set - 1];
@@ -620,4 +639,388 @@ kiln_status kiln__gemm_run_bias(kiln_ctx *ctx, const char *op, size_t m, size_t 
                                 cl_mem bias, size_t bias_off, size_t bias_st, const kiln_dtype *dt, bool relu) {
     return gemm_run(ctx, op, false, true, m, n, k, 1.0f, a, aoff, lda, 0, b, boff, ldb, 0, 0.0f, c, coff, ldc, 0, 1,
                     bias, bias_off, bias_st, dt, relu);
+}
+
+/* ---- searching the parameters ----------------------------------------------------------
+ *
+ * The sets near a table entry (what `kiln tune` and the automatic tune search), and the
+ * automatic tune: with KILN_TUNE=auto, the first product a context gives kiln's kernels on
+ * a CPU device that has no stored set (no KilnGemm line in its tune file) first times the
+ * table's set and its nearest neighbours on three products, for about KILN_TUNE_SECONDS
+ * (default 10), and stores the fastest as the file's KilnGemm line, so that later contexts
+ * on the device load it at kiln_open and do not search again.
+ *
+ * Why bounded and off by default: every set is a build of gemm.cl (about 3 s on POCL), and
+ * the search waits for the device, which a context otherwise never does inside an op. The
+ * table's sets were measured on the CPUs kiln's developers had; on another CPU a neighbour
+ * may fit its register file or caches better. `kiln tune` searches more sets on more
+ * shapes.
+ *
+ * Nothing the search does reaches the caller: its inputs come from the host (the context's
+ * random stream is not drawn from), a set that fails to build or run is skipped, any other
+ * failure leaves the table's set with a log line and the context's error cleared as it was,
+ * and a winner must match the table's set's products before it is kept. */
+
+void kiln__gemm_regfile(const char *isa, int *regs, int *width) {
+    *regs = 16, *width = 4; /* vec4: SSE, or a register file that is not known */
+    if (strcmp(isa, "avx512") == 0) *regs = 32, *width = 16;
+    if (strcmp(isa, "avx2") == 0) *regs = 16, *width = 8;
+    if (strcmp(isa, "neon") == 0) *regs = 32, *width = 4;
+}
+
+/* Registers a set holds per k step: gemm_nt RM*RN accumulators, RN vectors of B and one of
+ * A; gemm_nn RM*NV accumulators, NV vectors of B and a broadcast of A; a vector wider than
+ * a register takes several (the table's comments count the same way). */
+static int regs_nt(const kiln__gemm_params *g, int width) {
+    return (g->nt_rm * g->nt_rn + g->nt_rn + 1) * ((g->nt_vw + width - 1) / width);
+}
+static int regs_nn(const kiln__gemm_params *g, int width) {
+    return (g->nn_rm * g->nn_nv + g->nn_nv + 1) * ((g->nn_vw + width - 1) / width);
+}
+
+/* Whether two sets hold the same parameters (their names aside). */
+static bool same_set(const kiln__gemm_params *a, const kiln__gemm_params *b) {
+    return a->nt_rm == b->nt_rm && a->nt_rn == b->nt_rn && a->nt_vw == b->nt_vw && a->nt_ku == b->nt_ku &&
+           a->nn_rm == b->nn_rm && a->nn_nv == b->nn_nv && a->nn_vw == b->nn_vw && a->nn_ku == b->nn_ku;
+}
+
+int kiln__gemm_candidates(const kiln__gemm_params *base, bool nt, bool quick, int regs, int width,
+                          kiln__gemm_params *out, int cap) {
+    int n = 0;
+    if (cap < 1) return 0;
+    out[n++] = *base;
+    static const int vws[] = {4, 8, 16};
+    if (quick) {
+        kiln__gemm_params q[3];
+        for (int i = 0; i < 3; i++) q[i] = *base;
+        if (nt) {
+            q[0].nt_rm++, q[1].nt_rn++, q[2].nt_ku = base->nt_ku == 1 ? 2 : 1;
+        } else {
+            q[0].nn_rm += 2, q[1].nn_rm -= 2, q[2].nn_nv++;
+        }
+        for (int i = 0; i < 3 && n < cap; i++) {
+            bool fits = nt ? regs_nt(&q[i], width) <= regs : regs_nn(&q[i], width) <= regs;
+            if (fits && (nt ? q[i].nt_rm : q[i].nn_rm) >= 1) out[n++] = q[i];
+        }
+        return n;
+    }
+    if (nt) {
+        for (int rm = 1; rm <= 4; rm++)
+            for (int rn = 1; rn <= 4; rn++)
+                for (int v = 0; v < 3; v++)
+                    for (int ku = 1; ku <= 2 && n < cap; ku++) {
+                        kiln__gemm_params g = *base;
+                        g.nt_rm = rm, g.nt_rn = rn, g.nt_vw = vws[v], g.nt_ku = ku;
+                        if (!same_set(&g, base) && regs_nt(&g, width) <= regs) out[n++] = g;
+                    }
+    } else {
+        for (int rm = 2; rm <= 8; rm++)
+            for (int nv = 1; nv <= 4; nv++)
+                for (int v = 0; v < 3 && n < cap; v++) {
+                    kiln__gemm_params g = *base;
+                    g.nn_rm = rm, g.nn_nv = nv, g.nn_vw = vws[v];
+                    if (!same_set(&g, base) && regs_nn(&g, width) <= regs) out[n++] = g;
+                }
+    }
+    return n;
+}
+
+/* ---- the automatic tune ---------------------------------------------------------------- */
+
+#define AUTO_SECONDS 10.0
+#define AUTO_REPEAT 5
+/* a set must take less than this share of the table's time to replace it: smaller
+ * differences are within what other load moves a timing */
+#define AUTO_MARGIN 0.97
+
+double kiln__tune_seconds(char *why, size_t cap) {
+    if (cap) why[0] = '\0';
+    const char *e = getenv("KILN_TUNE_SECONDS");
+    if (!e || !*e) return AUTO_SECONDS;
+    char *end = NULL;
+    double v = strtod(e, &end);
+    if (end == e || *end || !(v >= 0.0 && v <= 3600.0)) {
+        if (cap) snprintf(why, cap, "KILN_TUNE_SECONDS=%s: expected seconds in [0, 3600]; %g used", e, AUTO_SECONDS);
+        return AUTO_SECONDS;
+    }
+    return v;
+}
+
+/* The products timed: a linear layer of 512 inputs and outputs on a batch of 128, forward
+ * (A B^T: gemm_nt), input gradient (A B) and weight gradient (A^T B), both gemm_nn. */
+static const struct {
+    bool ta, tb;
+    size_t m, n, k;
+} shapes[] = {{false, true, 128, 512, 512}, {false, false, 128, 512, 512}, {true, false, 512, 512, 128}};
+#define NSHAPES (sizeof shapes / sizeof shapes[0])
+#define AUTO_FLOATS (512 * 512) /* the largest operand or result of the shapes */
+
+typedef struct {
+    kiln_ctx *ctx;
+    kiln_tensor *a, *b, *c;
+    bool nt[NSHAPES]; /* the shape runs in gemm_nt (else gemm_nn) */
+} bench;
+
+static kiln_status wait_all(kiln_ctx *ctx) {
+    cl_int err = clFinish(ctx->queue);
+    KILN__COUNT(ctx, finishes, 1);
+    if (err != CL_SUCCESS)
+        return kiln__fail(ctx, kiln__cl_status(err), "KILN_TUNE=auto: the device reported %s (%d)", kiln__cl_name(err),
+                          err);
+    return KILN_OK;
+}
+
+static kiln_status run_shape(bench *b, size_t i) {
+    size_t m = shapes[i].m, n = shapes[i].n, k = shapes[i].k;
+    size_t lda = shapes[i].ta ? m : k, ldb = shapes[i].tb ? k : n;
+    return kiln__gemm_run(b->ctx, "KILN_TUNE=auto", shapes[i].ta, shapes[i].tb, m, n, k, 1.0f, b->a->st->mem,
+                          (size_t)b->a->offset, lda, 0, b->b->st->mem, (size_t)b->b->offset, ldb, 0, 0.0f,
+                          b->c->st->mem, (size_t)b->c->offset, n, 0, 1);
+}
+
+/* The fastest of AUTO_REPEAT runs of shape i, after one that builds and warms (ms; -1 with
+ * the context's error set when a run failed). */
+static double time_shape(bench *b, size_t i) {
+    if (run_shape(b, i) != KILN_OK || wait_all(b->ctx) != KILN_OK) return -1.0;
+    double best = INFINITY;
+    for (int r = 0; r < AUTO_REPEAT; r++) {
+        double t0 = kiln__now_ms();
+        if (run_shape(b, i) != KILN_OK || wait_all(b->ctx) != KILN_OK) return -1.0;
+        double t = kiln__now_ms() - t0;
+        if (t < best) best = t;
+    }
+    return best;
+}
+
+/* The context's kernels run set g from here on (kiln__gemm_params_of returns the context's
+ * tuned slot). */
+static void use(kiln_ctx *ctx, const kiln__gemm_params *g) {
+    ctx->gemm_tuned = *g;
+    ctx->gemm_tuned.name = "tuned";
+    ctx->has_gemm_tuned = true;
+}
+
+/* The summed time of the shapes of one kernel (nt) or of all (all), under set g; -1 when a
+ * run failed: with skip, the error logged and cleared (the set is skipped), else kept. */
+static double time_set(bench *b, const kiln__gemm_params *g, bool nt, bool all, bool skip) {
+    use(b->ctx, g);
+    double sum = 0;
+    for (size_t i = 0; i < NSHAPES; i++) {
+        if (!all && b->nt[i] != nt) continue;
+        double t = time_shape(b, i);
+        if (t < 0) {
+            if (skip) {
+                kiln__log(1, "KILN_TUNE=auto: a parameter set skipped: %s", kiln_error_message(b->ctx));
+                kiln_error_clear(b->ctx);
+            }
+            return -1.0;
+        }
+        sum += t;
+    }
+    return sum;
+}
+
+/* Runs every shape under the context's set and reads the results into out (NSHAPES x
+ * AUTO_FLOATS floats). */
+static kiln_status results(bench *b, float *out) {
+    for (size_t i = 0; i < NSHAPES; i++) {
+        cl_event ev = NULL;
+        kiln_status s = run_shape(b, i);
+        if (s == KILN_OK)
+            s = kiln__read_async(b->ctx, "KILN_TUNE=auto", b->c->st->mem, (size_t)b->c->offset * sizeof(float),
+                                 shapes[i].m * shapes[i].n * sizeof(float), out + i * AUTO_FLOATS, &ev);
+        if (s == KILN_OK) s = wait_all(b->ctx);
+        kiln__event_release(ev);
+        if (s != KILN_OK) return s;
+    }
+    return KILN_OK;
+}
+
+/* Whether got agrees with ref on every shape: inputs in [-1, 1], so each output sums k
+ * products of at most 1 and two summation orders differ by at most 2 k^2 u. A set that
+ * builds wrong code is off by far more. */
+static bool agrees(const float *got, const float *ref, double *worst) {
+    *worst = 0;
+    for (size_t i = 0; i < NSHAPES; i++) {
+        double k = (double)shapes[i].k, tol = 2.0 * k * k * FLT_EPSILON;
+        for (size_t j = 0; j < shapes[i].m * shapes[i].n; j++) {
+            double d = fabs((double)got[i * AUTO_FLOATS + j] - (double)ref[i * AUTO_FLOATS + j]) / tol;
+            if (!(d <= *worst)) *worst = d; /* NaN too */
+        }
+    }
+    return *worst <= 1.0;
+}
+
+/* The search: the table's set, then its neighbours (kiln__gemm_candidates, quick), gemm_nt's
+ * and gemm_nn's in turn, each on its kernel's shapes, while the budget lasts; the fastest
+ * of each kernel's, combined, against the table's set on all shapes. Returns the set to
+ * keep in *win (the table's when nothing beat it) and in *timed how many sets were timed
+ * on their kernel's shapes (the table's and the neighbours tried). */
+static kiln_status search(bench *b, const kiln__gemm_params *table, double budget_ms, double t_start,
+                          kiln__gemm_params *win, int *timed, double *table_ms, double *win_ms) {
+    kiln_ctx *ctx = b->ctx;
+    *win = *table;
+    *timed = 0;
+    int regs, width;
+    kiln__gemm_regfile(table->name, &regs, &width);
+    kiln__gemm_params cand[2][4];
+    int ncand[2] = {kiln__gemm_candidates(table, true, true, regs, width, cand[0], 4),
+                    kiln__gemm_candidates(table, false, true, regs, width, cand[1], 4)};
+    double base[2], best[2];
+    kiln__gemm_params pick[2] = {*table, *table};
+    for (int kn = 0; kn < 2; kn++) {
+        base[kn] = best[kn] = time_set(b, table, kn == 0, false, false);
+        if (base[kn] < 0) return ctx->err;
+    }
+    *timed = 1;
+    /* gemm_nt's and gemm_nn's neighbours alternately: a short budget tries both kernels */
+    double slowest = kiln__now_ms() - t_start; /* the longest a set took: a build and the runs */
+    for (int j = 1; j < 4; j++)
+        for (int kn = 0; kn < 2; kn++) {
+            if (j >= ncand[kn]) continue;
+            double t0 = kiln__now_ms();
+            if (t0 - t_start + slowest > budget_ms) continue;
+            double t = time_set(b, &cand[kn][j], kn == 0, false, true);
+            (*timed)++;
+            double took = kiln__now_ms() - t0;
+            if (took > slowest) slowest = took;
+            if (t >= 0 && t < AUTO_MARGIN * best[kn]) best[kn] = t, pick[kn] = cand[kn][j];
+        }
+    kiln__gemm_params both = *table;
+    both.nt_rm = pick[0].nt_rm, both.nt_rn = pick[0].nt_rn, both.nt_vw = pick[0].nt_vw, both.nt_ku = pick[0].nt_ku;
+    both.nn_rm = pick[1].nn_rm, both.nn_nv = pick[1].nn_nv, both.nn_vw = pick[1].nn_vw, both.nn_ku = pick[1].nn_ku;
+    *table_ms = base[0] + base[1];
+    *win_ms = NAN;
+    if (same_set(&both, table)) return KILN_OK;
+    /* the winner against the table's set on all shapes, in turn, the fastest of three
+     * rounds each; then its results against the table's */
+    double tw = INFINITY, tt = INFINITY;
+    for (int r = 0; r < 3; r++) {
+        double x = time_set(b, &both, false, true, true), y = time_set(b, table, false, true, true);
+        if (x < 0 || y < 0) return KILN_OK; /* skipped: the table's set */
+        if (x < tw) tw = x;
+        if (y < tt) tt = y;
+    }
+    *table_ms = tt;
+    *win_ms = tw;
+    if (!(tw < AUTO_MARGIN * tt)) return KILN_OK;
+    float *ref = malloc(2 * NSHAPES * AUTO_FLOATS * sizeof(float));
+    if (!ref) return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "KILN_TUNE=auto: out of host memory");
+    float *got = ref + NSHAPES * AUTO_FLOATS;
+    use(ctx, table);
+    kiln_status s = results(b, ref);
+    use(ctx, &both);
+    if (s == KILN_OK) s = results(b, got);
+    double worst = 0;
+    if (s == KILN_OK && agrees(got, ref, &worst)) {
+        *win = both;
+    } else if (s == KILN_OK) {
+        kiln__log(1,
+                  "KILN_TUNE=auto: the fastest set's products differ from the table set's (error ratio %.3g): "
+                  "the table's set kept",
+                  worst);
+    }
+    free(ref);
+    return s;
+}
+
+/* Fills the operands with a fixed sequence in [-1, 1] (not the context's random stream,
+ * which the caller's results depend on). */
+static kiln_status fill(kiln_ctx *ctx, kiln_tensor *t, float *host, uint32_t seed) {
+    for (size_t i = 0; i < AUTO_FLOATS; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        host[i] = (float)(seed >> 8) / 8388608.0f - 1.0f;
+    }
+    cl_event ev = NULL;
+    kiln_status s = kiln__write_async(ctx, "KILN_TUNE=auto", t->st->mem, (size_t)t->offset * sizeof(float),
+                                      AUTO_FLOATS * sizeof(float), host, &ev);
+    if (s == KILN_OK) s = wait_all(ctx);
+    kiln__event_release(ev);
+    return s;
+}
+
+/* The tune; the context's tuned slot holds its result (the table's set on failure, then
+ * with the error cleared and a log line). */
+static void autotune(kiln_ctx *ctx, const kiln__gemm_params *table) {
+    double t_start = kiln__now_ms();
+    char why[160], path[1200], err[512];
+    double budget = kiln__tune_seconds(why, sizeof why);
+    if (why[0]) kiln__log(1, "%s", why);
+    kiln__tune_set file;
+    memset(&file, 0, sizeof file);
+    if (kiln__tune_path(&ctx->info, path, sizeof path) != KILN_OK) {
+        kiln__log(1, "KILN_TUNE=auto: no cache directory to store a result in (KILN_CACHE=off?): not tuned");
+        return;
+    }
+    /* another context may have stored a set since this one opened */
+    bool exists = kiln__tune_load(&ctx->info, path, &file, err, sizeof err) == KILN_OK;
+    if (exists && file.has_gemm) {
+        use(ctx, &file.gemm);
+        return;
+    }
+    if (!exists) memset(&file, 0, sizeof file);
+    bench b = {.ctx = ctx};
+    for (size_t i = 0; i < NSHAPES; i++)
+        b.nt[i] = strcmp(kiln__gemm_kernel(shapes[i].ta, shapes[i].tb, shapes[i].m, shapes[i].n, shapes[i].k),
+                         "gemm_nt") == 0;
+    float *host = malloc(AUTO_FLOATS * sizeof(float));
+    int64_t shape[1] = {AUTO_FLOATS};
+    kiln_status s = host ? KILN_OK : KILN_ERR_HOST_OUT_OF_MEMORY;
+    if (s == KILN_OK) {
+        b.a = kiln__tensor_new(ctx, "KILN_TUNE=auto", KILN_F32, 1, shape);
+        b.b = kiln__tensor_new(ctx, "KILN_TUNE=auto", KILN_F32, 1, shape);
+        b.c = kiln__tensor_new(ctx, "KILN_TUNE=auto", KILN_F32, 1, shape);
+        s = b.a && b.b && b.c ? KILN_OK : ctx->err;
+    }
+    if (s == KILN_OK) s = fill(ctx, b.a, host, 1);
+    if (s == KILN_OK) s = fill(ctx, b.b, host, 2);
+    kiln__gemm_params win = *table;
+    int timed = 0;
+    double table_ms = 0, win_ms = 0;
+    if (s == KILN_OK) s = search(&b, table, budget * 1e3, t_start, &win, &timed, &table_ms, &win_ms);
+    kiln_tensor_free(b.a);
+    kiln_tensor_free(b.b);
+    kiln_tensor_free(b.c);
+    free(host);
+    ctx->hooks.gemm_autotune_timed = timed;
+    if (s != KILN_OK) {
+        kiln__log(1, "KILN_TUNE=auto: not tuned, the table's set kept: %s",
+                  ctx->errmsg ? ctx->errmsg : kiln_status_name(s));
+        kiln_error_clear(ctx);
+        ctx->has_gemm_tuned = false;
+        return;
+    }
+    use(ctx, &win);
+    bool same = same_set(&win, table);
+    char comment[320], desc[160];
+    kiln__gemm_describe(&ctx->gemm_tuned, desc, sizeof desc);
+    int w = snprintf(comment, sizeof comment, "kiln's automatic tune (KILN_TUNE=auto): %d set%s timed in %.1f s; ",
+                     timed, timed == 1 ? "" : "s", (kiln__now_ms() - t_start) / 1e3);
+    size_t used = w > 0 && (size_t)w < sizeof comment ? (size_t)w : 0;
+    if (!same)
+        snprintf(comment + used, sizeof comment - used, "the table's %s set %.3f ms, the winner %.3f ms", table->name,
+                 table_ms, win_ms);
+    else if (isnan(win_ms))
+        snprintf(comment + used, sizeof comment - used, "the table's %s set kept (%.3f ms; %s)", table->name, table_ms,
+                 timed == 1 ? "the budget left no time for another"
+                            : "no other set 3% faster on its kernel's products");
+    else
+        snprintf(comment + used, sizeof comment - used, "the table's %s set kept (%.3f ms; the fastest other %.3f ms)",
+                 table->name, table_ms, win_ms);
+    /* stored whichever set won, so that no later context searches again; the file's
+     * CLBlast lines are kept */
+    file.has_gemm = true;
+    file.gemm = ctx->gemm_tuned;
+    char saved[1200];
+    if (kiln__tune_save(&ctx->info, &file, comment, saved, sizeof saved) != KILN_OK)
+        kiln__log(1, "KILN_TUNE=auto: %s (the result holds for this context only)", kiln_last_error());
+    kiln__log(2, "%s; %s (%s)", comment, desc, saved);
+}
+
+void kiln__gemm_autotune(kiln_ctx *ctx) {
+    if (ctx->gemm_autotune != 0 || ctx->err != KILN_OK) return;
+    ctx->gemm_autotune = 1; /* running: the search's own products do not start another */
+    if (!ctx->gemm_table_set) ctx->gemm_table_set = 1 + kiln__gemm_choose(&ctx->info, NULL, 0, NULL);
+    autotune(ctx, &kiln__gemm_sets[ctx->gemm_table_set - 1]);
+    ctx->gemm_autotune = 2;
 }

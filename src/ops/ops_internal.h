@@ -163,9 +163,26 @@ extern const kiln__gemm_params kiln__gemm_sets[KILN__GEMM_SETS];
 int kiln__gemm_choose(const kiln_device_info *info, char *target, size_t cap, const char **isa);
 /* The set ctx's GEMM kernels run with: set ctx->hooks.gemm_params - 1 when that hook is
  * set, else the set KILN_GEMM_PARAMS names when that is set (NULL when either names no
- * set), else the set `kiln tune` stored for the device (ctx->gemm_tuned), else
- * kiln__gemm_choose's. */
+ * set), else the set `kiln tune` (or KILN_TUNE=auto) stored for the device
+ * (ctx->gemm_tuned), else, with KILN_TUNE=auto on a CPU device, the set
+ * kiln__gemm_autotune finds at this first call, else kiln__gemm_choose's. */
 const kiln__gemm_params *kiln__gemm_params_of(kiln_ctx *ctx);
+/* The vector registers of the instruction set a table entry is for (its name), and how many
+ * floats one holds (src/ops/gemm.c). */
+void kiln__gemm_regfile(const char *isa, int *regs, int *width);
+/* The sets of one kernel (nt: gemm_nt's RM RN VW KU; else gemm_nn's RM NV VW) around base,
+ * which comes first, the other kernel's values base's, none needing more than regs
+ * registers of width floats; quick: base and its nearest neighbours only. At most cap into
+ * out; returns how many. */
+int kiln__gemm_candidates(const kiln__gemm_params *base, bool nt, bool quick, int regs, int width,
+                          kiln__gemm_params *out, int cap);
+/* KILN_TUNE_SECONDS, the automatic tune's budget (default 10); a bad value gives the
+ * default with the reason in why ("" otherwise). */
+double kiln__tune_seconds(char *why, size_t cap);
+/* KILN_TUNE=auto's search at the first product (src/ops/gemm.c): the set it finds, or
+ * one stored meanwhile, goes to ctx->gemm_tuned; never fails (the table's set stays). Runs
+ * once per context, and not while ctx holds an error. */
+void kiln__gemm_autotune(kiln_ctx *ctx);
 /* "avx512: nt 4x4 float16 k-unroll 1, nn 8x32 float16 k-unroll 1" into buf. */
 void kiln__gemm_describe(const kiln__gemm_params *p, char *buf, size_t cap);
 /* Whether kiln__sgemm gives this product to kiln's own kernels: every product (any
