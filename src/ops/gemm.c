@@ -892,18 +892,21 @@ static kiln_status search(bench *b, const kiln__gemm_params *table, double budge
     *table_ms = base[0] + base[1];
     *win_ms = NAN;
     if (same_set(&both, table)) return KILN_OK;
-    /* the winner against the table's set on all shapes, in turn, the fastest of three
-     * rounds each; then its results against the table's */
+    /* the winner against the table's set on all shapes, back to back in three rounds: it
+     * must be faster in each (other load comes and goes over seconds, and a round's two
+     * timings share it); then its results against the table's */
     double tw = INFINITY, tt = INFINITY;
+    bool faster = true;
     for (int r = 0; r < 3; r++) {
         double x = time_set(b, &both, false, true, true), y = time_set(b, table, false, true, true);
         if (x < 0 || y < 0) return KILN_OK; /* skipped: the table's set */
+        faster &= x < AUTO_MARGIN * y;
         if (x < tw) tw = x;
         if (y < tt) tt = y;
     }
     *table_ms = tt;
     *win_ms = tw;
-    if (!(tw < AUTO_MARGIN * tt)) return KILN_OK;
+    if (!faster) return KILN_OK;
     float *ref = malloc(2 * NSHAPES * AUTO_FLOATS * sizeof(float));
     if (!ref) return kiln__fail(ctx, KILN_ERR_HOST_OUT_OF_MEMORY, "KILN_TUNE=auto: out of host memory");
     float *got = ref + NSHAPES * AUTO_FLOATS;
