@@ -4,9 +4,12 @@
  * set, a log line says why); a file of another device, KILN_TUNE=off and KILN_TUNE=builtin
  * ignored; a stored set is what kiln__gemm_params_of returns after kiln_open, below the
  * KILN_GEMM_PARAMS override; and products computed with a stored odd set match a
- * double-precision reference (tolerance as tests/test_matmul.c: C k u sum |a||b|, C = 2). */
+ * double-precision reference (tolerance as tests/test_matmul.c: C k u sum |a||b|, C = 2).
+ * KILN_TUNE=auto's search at the first product (src/ops/gemm.c): test_auto says what it
+ * checks; and the file stays whole when threads store at once. */
 #define _POSIX_C_SOURCE 200809L /* setenv, mkdtemp */
 #include <dirent.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -411,6 +414,103 @@ static void test_auto(const char *spec, bool full) {
     unsetenv("KILN_TUNE");
 }
 
+/* kiln__tune_save on several threads at once, each writing its own set many times: every
+ * save succeeds and the file is always one whole set (each write has a temporary file of
+ * its own: with one per process, threads truncated each other's and renamed it away). */
+#define SAVES 200
+typedef struct {
+    const kiln_device_info *info;
+    int id, failed;
+    char err[256]; /* the first failure's (kiln_last_error is per thread) */
+} save_job;
+
+static void *save_thread(void *arg) {
+    save_job *j = arg;
+    kiln__tune_set s;
+    memset(&s, 0, sizeof s);
+    s.has_gemm = true;
+    s.gemm = odd;
+    s.gemm.nn_rm = 1 + j->id; /* each thread's own set */
+    char path[1200];
+    for (int i = 0; i < SAVES; i++)
+        if (kiln__tune_save(j->info, &s, "test_tune threads", path, sizeof path) != KILN_OK && !j->failed++)
+            snprintf(j->err, sizeof j->err, "%s", kiln_last_error());
+    return NULL;
+}
+
+static void test_save_threads(const char *spec) {
+    kiln_device_info info;
+    char path[1200];
+    if (kiln_device_find(spec, &info) != KILN_OK || kiln__tune_path(&info, path, sizeof path) != KILN_OK) return;
+    pthread_t th[4];
+    save_job jobs[4];
+    for (int t = 0; t < 4; t++) {
+        jobs[t] = (save_job){&info, t, 0, ""};
+        CHECK(pthread_create(&th[t], NULL, save_thread, &jobs[t]) == 0, "pthread_create");
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        CHECK(jobs[t].failed == 0, "thread %d: %d of %d saves failed, the first: %s", t, jobs[t].failed, SAVES,
+              jobs[t].err);
+    }
+    kiln__tune_set st;
+    char err[256];
+    bool loaded = kiln__tune_load(&info, path, &st, err, sizeof err) == KILN_OK;
+    CHECK(loaded && st.has_gemm && st.gemm.nn_rm >= 1 && st.gemm.nn_rm <= 4 && st.gemm.nt_rm == odd.nt_rm,
+          "save threads: the file is not one whole set (%s%s)", err, loaded ? st.gemm_err : "");
+    unlink(path);
+}
+
+/* KILN_TUNE=auto on several threads at once, each with its own context and nothing
+ * stored yet: each searches (budget 0 s) and stores; the file left is whole, and no
+ * temporary file stays behind. */
+#define NTHREADS 4
+typedef struct {
+    const char *spec;
+    bool ok;
+} auto_job;
+
+static void *auto_thread(void *arg) {
+    auto_job *j = arg;
+    kiln_ctx *ctx = NULL;
+    j->ok = kiln_open(&ctx, j->spec) == KILN_OK && kiln__gemm_params_of(ctx) != NULL &&
+            kiln__hooks_of(ctx)->gemm_autotune_timed <= 1;
+    kiln_close(ctx);
+    return NULL;
+}
+
+static void test_auto_threads(const char *spec, const char *dir) {
+    kiln_device_info info;
+    if (kiln_device_find(spec, &info) != KILN_OK || info.type != KILN_DEVICE_CPU) return;
+    const kiln__gemm_params *table = &kiln__gemm_sets[kiln__gemm_choose(&info, NULL, 0, NULL)];
+    char path[1200];
+    if (kiln__tune_path(&info, path, sizeof path) != KILN_OK) return;
+    unlink(path);
+    setenv("KILN_TUNE", "auto", 1);
+    setenv("KILN_TUNE_SECONDS", "0", 1);
+    pthread_t th[NTHREADS];
+    auto_job jobs[NTHREADS];
+    for (int t = 0; t < NTHREADS; t++) {
+        jobs[t] = (auto_job){spec, false};
+        CHECK(pthread_create(&th[t], NULL, auto_thread, &jobs[t]) == 0, "pthread_create");
+    }
+    for (int t = 0; t < NTHREADS; t++) {
+        pthread_join(th[t], NULL);
+        CHECK(jobs[t].ok, "thread %d: KILN_TUNE=auto failed", t);
+    }
+    kiln__tune_set st;
+    char err[256];
+    CHECK(kiln__tune_load(&info, path, &st, err, sizeof err) == KILN_OK && st.has_gemm && same_params(&st.gemm, table),
+          "threads: the stored file is not whole (%s)", err);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) CHECK(!strstr(e->d_name, ".tmp"), "threads: %s left behind", e->d_name);
+    if (d) closedir(d);
+    unlink(path);
+    unsetenv("KILN_TUNE_SECONDS");
+    unsetenv("KILN_TUNE");
+}
+
 /* Empties and removes the temporary cache dir. */
 static void remove_dir(const char *dir) {
     DIR *d = opendir(dir);
@@ -445,6 +545,8 @@ int main(void) {
         bool cpu = kiln_device_find(specs[i], &info) == KILN_OK && info.type == KILN_DEVICE_CPU;
         test_auto(specs[i], cpu && !full); /* the whole search on the first CPU device */
         full |= cpu;
+        test_save_threads(specs[i]);
+        test_auto_threads(specs[i], dir);
     }
     remove_dir(dir);
     return h_finish();

@@ -413,8 +413,12 @@ kiln_status kiln__tune_save(const kiln_device_info *info, const kiln__tune_set *
         *p = '/';
     }
     mkdir(dir, 0755);
+    /* a name of its own for every write, also between threads of one process (contexts
+     * opened on several threads may store a KILN_TUNE=auto result at once): each rename
+     * puts a whole file in place */
+    static _Atomic unsigned long writes;
     char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    snprintf(tmp, sizeof tmp, "%s.%ld.%lu.tmp", path, (long)getpid(), atomic_fetch_add(&writes, 1));
     FILE *f = fopen(tmp, "w");
     if (!f) return kiln__fail_global(KILN_ERR_IO, "kiln tune: cannot write %s: %s", tmp, strerror(errno));
     char body[4096];
