@@ -336,6 +336,24 @@ static void test_auto(const char *spec, bool full) {
         kiln_close(ctx);
     }
     unlink(path);
+    /* a file that does not parse: left as it is, nothing searched, a log line */
+    snprintf(text, sizeof text, "device: %s\ndriver: %s\nNoSuchKernel X=1\n", info.name, info.driver_version);
+    CHECK(write_file(path, text), "cannot write %s", path);
+    g_log[0] = '\0';
+    kiln_set_log(on_log, NULL);
+    if ((ctx = open_spec(spec))) {
+        CHECK(kiln__gemm_params_of(ctx) == table && kiln__hooks_of(ctx)->gemm_autotune_timed == 0,
+              "a file that does not parse: searched");
+        CHECK(strstr(g_log, "KILN_TUNE=auto: ") && strstr(g_log, "NoSuchKernel") && strstr(g_log, "not tuned"),
+              "a file that does not parse: no log line: '%s'", g_log);
+        char now[4096];
+        read_text(path, now, sizeof now);
+        CHECK(strcmp(now, text) == 0, "a file that does not parse was rewritten: '%s'", now);
+        check_products(ctx);
+        kiln_close(ctx);
+    }
+    kiln_set_log(NULL, NULL);
+    unlink(path);
     /* no cache dir: nothing to store in, so nothing searched (it would repeat at every open) */
     setenv("KILN_CACHE", "off", 1);
     g_log[0] = '\0';

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ops_internal.h"
 
@@ -955,8 +956,13 @@ static void autotune(kiln_ctx *ctx, const kiln__gemm_params *table) {
         kiln__log(1, "KILN_TUNE=auto: no cache directory to store a result in (KILN_CACHE=off?): not tuned");
         return;
     }
-    /* another context may have stored a set since this one opened */
-    bool exists = kiln__tune_load(&ctx->info, path, &file, err, sizeof err) == KILN_OK;
+    /* another context may have stored a set since this one opened; a file that is there
+     * but does not parse is left as it is (the search's result would replace it) */
+    bool exists = access(path, F_OK) == 0;
+    if (exists && kiln__tune_load(&ctx->info, path, &file, err, sizeof err) != KILN_OK) {
+        kiln__log(1, "KILN_TUNE=auto: %s: %s; not tuned (mend or delete the file)", path, err);
+        return;
+    }
     if (exists && file.has_gemm) {
         use(ctx, &file.gemm);
         return;
