@@ -947,3 +947,82 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
 #if C3_S2
 #undef C3_TAP
 #endif
+
+/*
+ * gt [N * h * w, cp] = gy [N, cout, h, w] (any view: strides gs, n c h w, from goff) with its
+ * channels last and zeros for channels cout .. cp - 1: what conv3_wgradc reads. One
+ * work-item per (image, pixel); neighbouring work-items read neighbouring floats of each
+ * channel's plane.
+ */
+kernel void conv3_tocl(global const KILN_S *gy, int goff, int4 gs, int cout, int h, int w, int cp, global float *gt,
+                       int gtoff, int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int hw = h * w, n = q / hw, p = q - n * hw, y = p / w, x = p - y * w;
+    global const KILN_S *s = gy + goff + n * gs.x + y * gs.z + x * gs.w;
+    global float *d = gt + gtoff + q * cp;
+    int o = 0;
+    for (; o < cout; o++) d[o] = KILN_LD(s, o * gs.y);
+    for (; o < cp; o++) d[o] = 0.0f;
+}
+
+/*
+ * conv3_wgrad (stride 1) with the vectors along the output channels, for small planes,
+ * where conv3_wgrad's vectors along a bordered plane's flat index leave lanes idle (a 7 x 7
+ * plane: 49 pixels in 64 lanes): every lane is an output channel. Reads x's bordered planes
+ * xp [N, c, h+2, pw] (conv3_pad) and the output gradient channels last, gt [N * h * w, cp]
+ * (conv3_tocl, cp a multiple of C3_NV * C3_VW):
+ *   part[s][o][(i*3 + ki)*3 + kj] = sum over images n of part s, pixels (y, x) of
+ *       gt[n, y, x][o] * xp[n, i, y + ki, x + kj]
+ * One work-item per (part s, block of C3_NV * C3_VW output channels, input channel i): 9 *
+ * C3_NV vector accumulators; per pixel, C3_NV loads of gt and 9 broadcasts of xp for
+ * 9 * C3_NV multiply-adds. Each sum runs over images, rows and pixels in order:
+ * deterministic (in another order than conv3_wgrad's, so the two routes' sums differ in
+ * their last bits).
+ */
+kernel void conv3_wgradc(global const float *xp, int xpoff, global const float *gt, int gtoff, int c, int cout,
+                         int cp, int h, int w, int pw, int n, int nparts, int ncb, global float *part, int poff,
+                         int nitems) {
+    int q = get_global_id(0);
+    if (q >= nitems) return;
+    int ci = q % c, t = q / c;
+    int cb = t % ncb, s = t / ncb;
+    int co0 = cb * (C3_NV * C3_VW);
+    int na = n * s / nparts, ne = n * (s + 1) / nparts;
+    int plane = (h + 2) * pw;
+    C3_T acc[9][C3_NV];
+#pragma unroll
+    for (int k = 0; k < 9; k++)
+#pragma unroll
+        for (int v = 0; v < C3_NV; v++) acc[k][v] = (C3_T)(0.0f);
+    for (int img = na; img < ne; img++) {
+        global const float *xc = xp + xpoff + (img * c + ci) * plane;
+        global const float *gc = gt + gtoff + img * h * w * cp + co0;
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                C3_T g[C3_NV];
+#pragma unroll
+                for (int v = 0; v < C3_NV; v++) g[v] = C3_LOAD(v, gc + (y * w + x) * cp);
+                global const float *xr = xc + y * pw + x;
+#pragma unroll
+                for (int ki = 0; ki < 3; ki++)
+#pragma unroll
+                    for (int kj = 0; kj < 3; kj++) {
+                        C3_T xs = (C3_T)(xr[ki * pw + kj]);
+#pragma unroll
+                        for (int v = 0; v < C3_NV; v++) acc[ki * 3 + kj][v] = fma(xs, g[v], acc[ki * 3 + kj][v]);
+                    }
+            }
+    }
+    float tl[9][C3_NV * C3_VW];
+#pragma unroll
+    for (int k = 0; k < 9; k++)
+#pragma unroll
+        for (int v = 0; v < C3_NV; v++) C3_STORE(acc[k][v], v, tl[k]);
+    int nco = min(C3_NV * C3_VW, cout - co0);
+    for (int j = 0; j < nco; j++) {
+        global float *d = part + poff + ((s * cout + co0 + j) * c + ci) * 9;
+#pragma unroll
+        for (int k = 0; k < 9; k++) d[k] = tl[k][j];
+    }
+}

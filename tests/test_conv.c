@@ -979,6 +979,18 @@ static void test_direct(kiln_ctx *ctx) {
         }
     }
     set_env(ctx, "KILN_CONV3_PARAMS", NULL);
+    /* the weight gradient with its vectors along the output channels (conv3_wgradc) for
+     * every stride-1 case, and along the planes (conv3_wgrad) for all: the default picks by
+     * the plane's width and the channels, which few of these cases have */
+    static const char *const wgrads[] = {"channels", "planes"};
+    for (size_t r = 0; r < 2; r++) {
+        set_env(ctx, "KILN_CONV3_WGRAD", wgrads[r]);
+        char tag[64];
+        snprintf(tag, sizeof tag, " [direct, KILN_CONV3_WGRAD=%s]", wgrads[r]);
+        g_gemm = tag;
+        for (size_t k = 0; k < NDIRECT; k++) run_case(ctx, &direct_cases[k], "", cheap_for_gc(&direct_cases[k]), 7);
+    }
+    set_env(ctx, "KILN_CONV3_WGRAD", NULL);
     g_gemm = "";
     test_direct_unkept(ctx);
     /* the override takes effect: the direct forward is three launches (border, weights
@@ -1239,7 +1251,7 @@ static bool half_pass(kiln_ctx *ctx, const cspec *s, kiln_dtype dt, kiln_dtype h
  * output convert as they move elements; the arithmetic is f32's): each output is the f32
  * op's on the same values rounded once, bit for bit, and the f32 gradients are f32's bit
  * for bit, through every route (the direct 3x3 kernels at stride 1 and 2, conv3_bcast
- * forced, columns in one chunk and per image, CLBlast with conv_wgrad_small), over input
+ * and conv3_wgradc forced, columns in one chunk and per image, CLBlast with conv_wgrad_small), over input
  * and weight views and rows longer than col2im's 64-float pieces; and the forward launches
  * no conversion of the input or the output: at most one launch more than f32's (the
  * weight's f32 copy for a GEMM), and a permute per image where f32's GEMM reads or writes
@@ -1263,11 +1275,12 @@ static void test_half(kiln_ctx *ctx) {
     for (int a = 0; a < 5; a++) {
         set_env(ctx, "KILN_CONV_ALGO", algos[a]);
         set_env(ctx, "KILN_CONV3_PARAMS", a == 4 ? "4,2,5,1,2" : NULL); /* conv3_bcast */
+        set_env(ctx, "KILN_CONV3_WGRAD", a == 4 ? "channels" : NULL);   /* conv3_tocl, conv3_wgradc */
         kiln__hooks_of(ctx)->conv_budget = a == 2 ? 1 : 0;              /* one image a chunk */
         kiln__hooks_of(ctx)->gemm_own = a == 3 ? (cpu ? -1 : 1) : 0;    /* the other GEMM route */
         const char *route = a == 2   ? "im2col, one image a chunk"
                             : a == 3 ? "im2col, the other GEMM"
-                            : a == 4 ? "direct, conv3_bcast"
+                            : a == 4 ? "direct, conv3_bcast, conv3_wgradc"
                                      : algos[a];
         for (int d = 0; d < 2; d++) {
             kiln_dtype dt = d ? KILN_BF16 : KILN_F16;
@@ -1323,6 +1336,7 @@ static void test_half(kiln_ctx *ctx) {
     kiln__hooks_of(ctx)->gemm_own = 0;
     set_env(ctx, "KILN_CONV_ALGO", NULL);
     set_env(ctx, "KILN_CONV3_PARAMS", NULL);
+    set_env(ctx, "KILN_CONV3_WGRAD", NULL);
     kiln__set_guard(ctx, 3);
 }
 

@@ -738,10 +738,12 @@ static void forced_conv(void) {
         {{2, 6, 6, 6, 3, 3, 3, 1}, 3},
         /* 3x3, stride 1, padding 1: forward and input gradient by conv3_direct (mode 4),
          * conv3_flat (mode 5) and conv3_bcast (mode 6), forced (KILN_CONV_ALGO,
-         * KILN_CONV3_PARAMS) */
+         * KILN_CONV3_PARAMS); mode 7 the weight gradient by conv3_tocl and conv3_wgradc
+         * (KILN_CONV3_WGRAD) */
         {{2, 6, 6, 6, 3, 3, 3, 1}, 4},
         {{2, 6, 6, 6, 3, 3, 3, 1}, 5},
         {{2, 6, 6, 6, 3, 3, 3, 1}, 6},
+        {{2, 6, 6, 6, 3, 3, 3, 1}, 7},
     };
     for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++) {
         const cshape *s = &cs[k].s;
@@ -756,6 +758,7 @@ static void forced_conv(void) {
         if (mode >= 4) setenv("KILN_CONV_ALGO", "direct", 1);
         if (mode == 5) setenv("KILN_CONV3_PARAMS", "8,1,1,2,1", 1);
         if (mode == 6) setenv("KILN_CONV3_PARAMS", "4,2,4,1,2", 1);
+        if (mode == 7) setenv("KILN_CONV3_WGRAD", "channels", 1);
         leaf x = ML(-1, 1, true, s->N, s->CI, s->H, s->W), w = ML(-0.5f, 0.5f, true, s->CO, s->CI, s->KH, s->KW);
         leaf b = ML(-0.5f, 0.5f, true, s->CO);
         int64_t ny = s->N * s->CO * HO * WO;
@@ -770,7 +773,8 @@ static void forced_conv(void) {
                  : mode == 3 ? " [padded to 64, split]"
                  : mode == 4 ? " [direct]"
                  : mode == 5 ? " [direct, flat]"
-                             : " [direct, bcast]");
+                 : mode == 6 ? " [direct, bcast]"
+                             : " [direct, wgradc]");
         kiln_conv2d_params p = {
             .stride = {1, 1}, .padding = {(int)s->pad, (int)s->pad}, .dilation = {1, 1}, .groups = 1};
         kiln_tensor *out = kiln_conv2d(C, x.t, w.t, b.t, &p);
@@ -783,6 +787,7 @@ static void forced_conv(void) {
         kiln_sync(C);
         unsetenv("KILN_CONV_ALGO");
         unsetenv("KILN_CONV3_PARAMS");
+        unsetenv("KILN_CONV3_WGRAD");
         free(gy);
         free(y);
         free(gx);
@@ -818,7 +823,8 @@ static void sweep_conv(void) {
     /* the half builds (f16 input, weight, bias and output) of the kernels that read and write
      * them: through columns (im2col, from_cnhw; conv_transpose2d's to_cnhw, col2im), then
      * the direct 3x3 route (conv3_pad, conv3_phase, conv3_pack, conv3_direct, conv3_flat and
-     * conv3_bcast storing halves; conv3_bcast's stride-2 f32 build with them) */
+     * conv3_bcast storing halves; conv3_bcast's stride-2 f32 build with them; conv3_tocl
+     * reading halves for conv3_wgradc) */
 #define F16(t) kiln_to_dtype(C, t, KILN_F16)
 #define F32(t) kiln_to_dtype(C, t, KILN_F32)
     BACK("conv2d f16", F32(kiln_conv2d(C, F16(x), F16(w), F16(bias), &p)), x, w, bias);
@@ -838,6 +844,10 @@ static void sweep_conv(void) {
     BACK("conv2d f16 stride 2 [direct, bcast]", F32(kiln_conv2d(C, F16(x), F16(w3), F16(b3), &d2)), x, w3, b3);
     BACK("conv2d stride 2 [direct, bcast]", kiln_conv2d(C, x, w3, b3, &d2), x, w3, b3);
     kiln_sync(C);
+    setenv("KILN_CONV3_WGRAD", "channels", 1);
+    BACK("conv2d f16 [direct, bcast, wgradc]", F32(kiln_conv2d(C, F16(x), F16(w3), F16(b3), &d1)), x, w3, b3);
+    kiln_sync(C);
+    unsetenv("KILN_CONV3_WGRAD");
     unsetenv("KILN_CONV3_PARAMS");
     unsetenv("KILN_CONV_ALGO");
 #undef F16

@@ -61,7 +61,10 @@
  * planes in the node for it. With stride 2 (padding 1), conv3_phase splits the bordered
  * input into its four (row, column) parity planes, on which every tap is again a fixed
  * offset: conv3_flat (or conv3_bcast) and conv3_wgrad built with C3_S2 compute the forward
- * and the weight gradient; the input gradient keeps columns (GEMM and col2im).
+ * and the weight gradient; the input gradient keeps columns (GEMM and col2im). On rows of
+ * up to 16 pixels with a vector of output channels (stride 1), conv3_wgradc computes the
+ * weight gradient with its vectors along the output channels instead, from a copy of gy
+ * with its channels last (conv3_tocl): no lane idles on a border column (c3w_choose).
  *
  * Half precision: inputs of one dtype (f16 or bf16) run in it, kernel by kernel: each
  * launch that reads the input, weight or bias or writes the output uses the KILN_HALF build
@@ -537,6 +540,28 @@ static kiln_tensor *c3_pad(kiln_ctx *ctx, const char *op, kiln_tensor *src, int 
     return xp;
 }
 
+/* A new [n * h * w, cp] f32 tensor of src [n, c, h, w] (any view) with its channels last,
+ * cp = c rounded up to a multiple of `mult` (the extra channels zero), by conv3_tocl. */
+static kiln_tensor *c3_tocl(kiln_ctx *ctx, const char *op, kiln_tensor *src, int mult) {
+    int n = (int)src->shape[0], c = (int)src->shape[1], h = (int)src->shape[2], w = (int)src->shape[3];
+    int cp = (c + mult - 1) / mult * mult;
+    int64_t pixels = (int64_t)n * h * w;
+    kiln_tensor *gt = kiln__tensor_new(ctx, op, KILN_F32, 1, (int64_t[]){pixels * cp});
+    if (!gt || pixels == 0) return gt;
+    cl_int soff = (cl_int)src->offset, cc = c, ch = h, cw = w, ccp = cp, np = (cl_int)pixels;
+    cl_int gtoff = (cl_int)gt->offset;
+    cl_int4 ss = strides4(src);
+    kiln__karg args[] = {KILN__ARG(src->st->mem), KILN__ARG(soff), KILN__ARG(ss),  KILN__ARG(cc),
+                         KILN__ARG(ch),           KILN__ARG(cw),   KILN__ARG(ccp), KILN__ARG(gt->st->mem),
+                         KILN__ARG(gtoff),        KILN__ARG(np)};
+    if (kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(src->dtype), "conv3_tocl", sizeof args / sizeof args[0],
+                     args, (size_t)pixels, 0) != KILN_OK) {
+        kiln_tensor_free(gt);
+        return NULL;
+    }
+    return gt;
+}
+
 /* A new [n, c, 4, ho + 1, pw] tensor (plus slack) of the phase planes of src [n, c, h, w]
  * (any view) for a stride-2 convolution with output ho x wo, pw = wo + 2, by conv3_phase. */
 static kiln_tensor *c3_phase(kiln_ctx *ctx, const char *op, kiln_tensor *src, const conv_geom *g) {
@@ -946,12 +971,21 @@ static kiln_status bwd_direct_dx(bwd_plan *p) {
  * gradients (batch 128, AVX-512; CPU samples of the kernel) blocks of 2 channels were as
  * fast as blocks of 3 or 4 and 1.6x as fast as blocks of 1; parts of 8 images were 10%
  * faster than 32 or 128 on 28 x 28 planes, parts of 16-32 10% faster than 8 or 128 on 7 x 7
- * ones (a work-item's closing sums weigh more there), all alike on 14 x 14. */
+ * ones (a work-item's closing sums weigh more there), all alike on 14 x 14.
+ * chan: conv3_wgradc instead, nv vectors of output channels per work-item (two with 16-float
+ * vectors and more than 16 channels: 18 accumulators), for stride-1 rows of up to 16 pixels
+ * with at least a vector of output channels and 8-float vectors or wider: a 7 x 7 plane
+ * fills 49 of conv3_wgrad's 64 lanes (its border columns and the last vector's slack), a
+ * 14 x 14 one 196 of 224, while every lane of conv3_wgradc is a channel; on 28 x 28 planes
+ * (30 of 32 lanes) it gained nothing (README.md, "Speed"). KILN_CONV3_WGRAD=planes|channels
+ * forces either (channels for stride 1 only; for measurements and tests). */
 #define C3W_IMAGES 8
 #define C3W_IMAGES_SMALL 32
 #define C3W_SMALL 128
 typedef struct c3w_params {
     int vw, wb, nparts;
+    bool chan; /* conv3_wgradc, nv vectors of output channels per work-item */
+    int nv;
 } c3w_params;
 
 static c3w_params c3w_choose(const kiln_ctx *ctx, const conv_geom *g) {
@@ -960,6 +994,14 @@ static c3w_params c3w_choose(const kiln_ctx *ctx, const conv_geom *g) {
     p.wb = p.vw >= 16 ? 2 : 1;
     int imgs = (int64_t)g->ho * g->wo < C3W_SMALL ? C3W_IMAGES_SMALL : C3W_IMAGES;
     p.nparts = g->n > imgs ? (g->n + imgs - 1) / imgs : 1;
+    p.nv = p.vw >= 16 && g->cout > p.vw ? 2 : 1;
+    p.chan = c3_stride(g) == 1 && p.vw >= 8 && g->wo <= 16 && g->cout >= p.vw;
+    const char *e = getenv("KILN_CONV3_WGRAD");
+    if (e && strcmp(e, "planes") == 0) p.chan = false;
+    if (e && strcmp(e, "channels") == 0) p.chan = c3_stride(g) == 1;
+    /* (conv3_tocl's copy, indexed with ints) */
+    int64_t bcb = (int64_t)p.nv * p.vw, cpad = (g->cout + bcb - 1) / bcb * bcb;
+    if ((int64_t)g->n * g->ho * g->wo * cpad > CONV_MAX_ELEMS) p.chan = false;
     return p;
 }
 
@@ -992,13 +1034,30 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     kiln_tensor *xp = p->xpad       ? p->xpad
                       : stride == 2 ? c3_phase(ctx, p->op, p->x, g)
                                     : c3_pad(ctx, p->op, p->x, pw, false);
-    kiln_tensor *gp = !xp ? NULL : p->gyb && p->gyb_pitch == pw ? p->gyb : c3_pad(ctx, p->op, p->gy, pw, false);
+    kiln_tensor *gp = !xp                            ? NULL
+                      : cp.chan                      ? c3_tocl(ctx, p->op, p->gy, cp.nv * cp.vw)
+                      : p->gyb && p->gyb_pitch == pw ? p->gyb
+                                                     : c3_pad(ctx, p->op, p->gy, pw, false);
     kiln_tensor *part = NULL;
     kiln_status s = gp ? KILN_OK : ctx->err;
     if (s == KILN_OK && np > 1 &&
         !(part = kiln__tensor_new(ctx, p->op, KILN_F32, 1, (int64_t[]){(int64_t)np * cout * c * 9})))
         s = ctx->err;
-    if (s == KILN_OK) {
+    if (s == KILN_OK && cp.chan) {
+        kiln_tensor *dst = part ? part : p->dw;
+        char options[64];
+        snprintf(options, sizeof options, "-DC3_VW=%d -DC3_NV=%d", cp.vw, cp.nv);
+        cl_int bcb = cp.nv * cp.vw, ncbc = (g->cout + bcb - 1) / bcb, cpad = ncbc * bcb, h = g->ho, w = g->wo;
+        cl_int xpoff = (cl_int)xp->offset, gpoff = (cl_int)gp->offset, doff = (cl_int)dst->offset;
+        cl_int nitems = np * ncbc * c;
+        kiln__karg args[] = {
+            KILN__ARG(xp->st->mem), KILN__ARG(xpoff),        KILN__ARG(gp->st->mem), KILN__ARG(gpoff),
+            KILN__ARG(c),           KILN__ARG(cout),         KILN__ARG(cpad),        KILN__ARG(h),
+            KILN__ARG(w),           KILN__ARG(pw),           KILN__ARG(n),           KILN__ARG(np),
+            KILN__ARG(ncbc),        KILN__ARG(dst->st->mem), KILN__ARG(doff),        KILN__ARG(nitems)};
+        s = kiln__launch(ctx, p->op, CONV_PROGRAM, options, "conv3_wgradc", sizeof args / sizeof args[0], args,
+                         (size_t)nitems, 0);
+    } else if (s == KILN_OK) {
         kiln_tensor *dst = part ? part : p->dw;
         char options[64];
         snprintf(options, sizeof options, "-DC3_VW=%d -DC3_WB=%d -DC3_S2=%d", cp.vw, cp.wb, stride == 2);
