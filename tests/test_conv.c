@@ -1078,10 +1078,10 @@ static void test_direct(kiln_ctx *ctx) {
     kiln_tensor *x = kiln_full(ctx, 1.0f, 4, (int64_t[]){1, 2, 5, 5});
     kiln_tensor *w = kiln_full(ctx, 1.0f, 4, (int64_t[]){3, 2, 3, 3});
     kiln_conv2d_params p = direct_cases[0].p;
-    static const char *const bad[][2] = {{"KILN_CONV_ALGO", "winograd"},      {"KILN_CONV3_PARAMS", "16,2"},
-                                         {"KILN_CONV3_PARAMS", "12,1,1,8"},   {"KILN_CONV3_PARAMS", "16,1,9,8"},
-                                         {"KILN_CONV3_PARAMS", "16,1,1,8x"},  {"KILN_CONV3_PARAMS", "16,1,1,8,3"},
-                                         {"KILN_CONV3_PARAMS", "16,1,1,8,1,"}};
+    static const char *const bad[][2] = {{"KILN_CONV_ALGO", "winograd"},       {"KILN_CONV3_PARAMS", "16,2"},
+                                         {"KILN_CONV3_PARAMS", "12,1,1,8"},    {"KILN_CONV3_PARAMS", "16,1,9,8"},
+                                         {"KILN_CONV3_PARAMS", "16,1,1,8x"},   {"KILN_CONV3_PARAMS", "16,1,1,8,3"},
+                                         {"KILN_CONV3_PARAMS", "16,1,1,8,1,"}, {"KILN_CONV3_WGRAD", "rows"}};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         set_env(ctx, bad[k][0], bad[k][1]);
         kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &p);

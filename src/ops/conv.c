@@ -359,7 +359,7 @@ static bool c3_override(c3_params *o);
  * unset or "auto" lets conv_direct_wanted decide. Anything else is an error, as is a
  * KILN_CONV3_PARAMS that is set but not valid. */
 static kiln_status algo_override(kiln_ctx *ctx, const char *op, int *algo) {
-    const char *e = getenv("KILN_CONV_ALGO"), *pe = getenv("KILN_CONV3_PARAMS");
+    const char *e = getenv("KILN_CONV_ALGO"), *pe = getenv("KILN_CONV3_PARAMS"), *we = getenv("KILN_CONV3_WGRAD");
     c3_params o;
     *algo = ALGO_AUTO;
     if (pe && *pe && !c3_override(&o))
@@ -367,6 +367,10 @@ static kiln_status algo_override(kiln_ctx *ctx, const char *op, int *algo) {
                           "%s: KILN_CONV3_PARAMS='%s' is not \"vw,nv,r,cb[,route]\" with vw 4, 8 or 16, nv 1-4, r "
                           "1-8, cb 1-16 and route 0, 1 or 2",
                           op, pe);
+    if (we && *we && strcmp(we, "auto") != 0 && strcmp(we, "planes") != 0 && strcmp(we, "channels") != 0)
+        return kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT,
+                          "%s: KILN_CONV3_WGRAD='%s' names no weight-gradient kernel (auto, planes or channels)", op,
+                          we);
     if (!e || !*e || strcmp(e, "auto") == 0) return KILN_OK;
     if (strcmp(e, "im2col") == 0)
         *algo = ALGO_IM2COL;
@@ -978,7 +982,8 @@ static kiln_status bwd_direct_dx(bwd_plan *p) {
  * fills 49 of conv3_wgrad's 64 lanes (its border columns and the last vector's slack), a
  * 14 x 14 one 196 of 224, while every lane of conv3_wgradc is a channel; on 28 x 28 planes
  * (30 of 32 lanes) it gained nothing (README.md, "Speed"). KILN_CONV3_WGRAD=planes|channels
- * forces either (channels for stride 1 only; for measurements and tests). */
+ * forces either (channels for stride 1 only; for measurements and tests; another value
+ * than those and auto fails the op in algo_override). */
 #define C3W_IMAGES 8
 #define C3W_IMAGES_SMALL 32
 #define C3W_SMALL 128
