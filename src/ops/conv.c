@@ -981,7 +981,7 @@ static kiln_status bwd_direct_dx(bwd_plan *p) {
  * with at least a vector of output channels and 8-float vectors or wider: a 7 x 7 plane
  * fills 49 of conv3_wgrad's 64 lanes (its border columns and the last vector's slack), a
  * 14 x 14 one 196 of 224, while every lane of conv3_wgradc is a channel; on 28 x 28 planes
- * (30 of 32 lanes) it gained nothing (README.md, "Speed"). KILN_CONV3_WGRAD=planes|channels
+ * (784 of 848 lanes) it gained nothing (README.md, "Speed"). KILN_CONV3_WGRAD=planes|channels
  * forces either (channels for stride 1 only; for measurements and tests; another value
  * than those and auto fails the op in algo_override). */
 #define C3W_IMAGES 8
