@@ -956,6 +956,74 @@ static void test_direct_unkept(kiln_ctx *ctx) {
     set_env(ctx, "KILN_CONV_ALGO", NULL);
 }
 
+/* The direct weight gradient with the device refusing each of its allocations in turn,
+ * through conv3_wgrad (bordered gy) and conv3_wgradc (conv3_tocl's channels-last copy): the
+ * backward fails with the allocation's error, leaves no tensor and no pool bytes behind,
+ * and the next backward gives the fault-free gradient bit for bit. */
+static void test_direct_wgrad_faults(kiln_ctx *ctx) {
+    const cspec s = {"7 x 7, 16 output channels, 33 images (two parts)",
+                     false,
+                     33,
+                     8,
+                     7,
+                     7,
+                     16,
+                     3,
+                     3,
+                     P3,
+                     false,
+                     V_NONE,
+                     false,
+                     false};
+    int64_t xs[4] = {s.n, s.c, s.h, s.w}, ws[4];
+    wshape(&s, ws);
+    static const char *const routes[] = {"planes", "channels"};
+    set_env(ctx, "KILN_CONV_ALGO", "direct");
+    for (int r = 0; r < 2; r++) {
+        set_env(ctx, "KILN_CONV3_WGRAD", routes[r]);
+        kiln_scope_begin(ctx);
+        kiln_tensor *x = kiln_rand_uniform(ctx, -1, 1, 4, xs), *w = kiln_rand_uniform(ctx, -1, 1, 4, ws);
+        kiln_tensor_set_requires_grad(w, true);
+        kiln_tensor *y = kiln_conv2d(ctx, x, w, NULL, &s.p);
+        kiln_tensor *seed = y ? kiln_rand_uniform(ctx, -1, 1, 4, kiln_tensor_shape(y)) : NULL;
+        CHECK(seed && kiln_backward_ex(y, seed, true) == KILN_OK, "%s [%s]: %s", s.name, routes[r],
+              kiln_error_message(ctx));
+        float *want = seed && kiln_tensor_grad(w) ? h_read(kiln_tensor_grad(w)) : NULL;
+        kiln_tensor_clear_grad(w);
+        int failed = 0;
+        for (int64_t nth = 1; want && nth <= 64; nth++) {
+            int64_t tensors = kiln_ctx_num_tensors(ctx);
+            kiln_pool_stats before, after;
+            kiln_pool_stats_get(ctx, &before);
+            kiln__pool_fail_after(ctx, nth);
+            kiln_status st = kiln_backward_ex(y, seed, true);
+            kiln__pool_fail_after(ctx, 0);
+            kiln_pool_stats_get(ctx, &after);
+            if (st == KILN_OK) break; /* nth is past the backward's allocations */
+            failed++;
+            CHECK(st == KILN_ERR_OUT_OF_MEMORY && strstr(kiln_error_message(ctx), "injected failure"),
+                  "%s [%s], allocation %lld refused: %s: %s", s.name, routes[r], (long long)nth, kiln_status_name(st),
+                  kiln_error_message(ctx));
+            kiln_error_clear(ctx);
+            kiln_tensor_clear_grad(w);
+            CHECK(kiln_ctx_num_tensors(ctx) == tensors && after.in_use_bytes == before.in_use_bytes,
+                  "%s [%s], allocation %lld refused: %lld tensors, %lld pool bytes left behind", s.name, routes[r],
+                  (long long)nth, (long long)(kiln_ctx_num_tensors(ctx) - tensors),
+                  (long long)(after.in_use_bytes - before.in_use_bytes));
+        }
+        CHECK(failed >= 2, "%s [%s]: only %d of the backward's allocations refused", s.name, routes[r], failed);
+        float *got = kiln_tensor_grad(w) ? h_read(kiln_tensor_grad(w)) : NULL;
+        CHECK(want && got && memcmp(want, got, sizeof(float) * (size_t)h_numel(4, ws)) == 0,
+              "%s [%s]: the gradient after the refusals differs from the fault-free one", s.name, routes[r]);
+        free(want);
+        free(got);
+        kiln_scope_end(ctx);
+        kiln_error_clear(ctx);
+    }
+    set_env(ctx, "KILN_CONV3_WGRAD", NULL);
+    set_env(ctx, "KILN_CONV_ALGO", NULL);
+}
+
 static void test_direct(kiln_ctx *ctx) {
     /* the main table with the direct route forced where it applies, and the direct
      * cases through columns (the route other devices and narrow rows take) */
@@ -993,6 +1061,7 @@ static void test_direct(kiln_ctx *ctx) {
     set_env(ctx, "KILN_CONV3_WGRAD", NULL);
     g_gemm = "";
     test_direct_unkept(ctx);
+    test_direct_wgrad_faults(ctx);
     /* the override takes effect: the direct forward is three launches (border, weights
      * packed, convolution) whatever the batch, through columns (cut into one chunk per image
      * here) at least two per image (im2col and a GEMM); the input gradient likewise (direct:
