@@ -412,6 +412,12 @@ static bool c3_override(c3_params *o) {
  * code the 8-channel blocks of two vectors took 16 of the 16 ymm registers for
  * accumulators, and 4-channel ones ran those stages' forward in 25-40% less time
  * (README.md, "Speed"). */
+/* Vectors of output channels per work-item for the kernels whose lanes are output channels
+ * (conv3_bcast, conv3_wgradc): two of 16 floats where there are more than 16 channels
+ * (their accumulators still fit AVX-512's 32 registers), else one (AVX2's 16 registers
+ * hold one vector's accumulators). */
+static int c3_chan_vectors(int vw, int cout) { return vw >= 16 && cout > vw ? 2 : 1; }
+
 static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cin, int cout, int stride) {
     c3_params p;
     int vw = kiln__float_vw(ctx) < 4 ? 4 : kiln__float_vw(ctx);
@@ -441,7 +447,7 @@ static c3_params c3_choose(const kiln_ctx *ctx, int h, int w, int cin, int cout,
     if (vw >= 8 && w <= 16 && cin >= 8 && cout >= vw && !(stride == 1 && kj3_saves)) {
         p.bc = 1;
         p.flat = 0;
-        p.nv = vw >= 16 && cout > vw ? 2 : 1;
+        p.nv = c3_chan_vectors(vw, cout);
         p.cb = p.nv * vw;
         int nseg = (w + 6) / 7;
         p.r = (w + nseg - 1) / nseg;
@@ -999,7 +1005,7 @@ static c3w_params c3w_choose(const kiln_ctx *ctx, const conv_geom *g) {
     p.wb = p.vw >= 16 ? 2 : 1;
     int imgs = (int64_t)g->ho * g->wo < C3W_SMALL ? C3W_IMAGES_SMALL : C3W_IMAGES;
     p.nparts = g->n > imgs ? (g->n + imgs - 1) / imgs : 1;
-    p.nv = p.vw >= 16 && g->cout > p.vw ? 2 : 1;
+    p.nv = c3_chan_vectors(p.vw, g->cout);
     p.chan = c3_stride(g) == 1 && p.vw >= 8 && g->wo <= 16 && g->cout >= p.vw;
     const char *e = getenv("KILN_CONV3_WGRAD");
     if (e && strcmp(e, "planes") == 0) p.chan = false;
