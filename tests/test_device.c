@@ -291,6 +291,54 @@ static void test_limits(void) {
     kiln_close(ctx);
 }
 
+/* The context's program cache: a lookup matches a program's whole options, not a prefix of
+ * them or a string they begin with; no options is a program of its own; options too long
+ * to build are refused, naming the program. */
+static void test_kernel_lookup(void) {
+    kiln_ctx *ctx;
+    CHECK(kiln_open(&ctx, NULL) == KILN_OK, "open: %s", kiln_last_error());
+    kiln_cache_stats c0, c1;
+    const struct {
+        const char *options;
+        bool hit;
+    } seq[] = {
+        {"-DKILN_TEST_LOOKUP=1", false},
+        {"-DKILN_TEST_LOOKUP=1", true},
+        {"-DKILN_TEST_LOOKUP=10", false},
+        {"-DKILN_TEST_LOOKUP=1", true},
+        {"-DKILN_TEST_LOOKUP=", false},
+        {"", false},
+        {NULL, true},
+        {"", true},
+    };
+    cl_kernel first = NULL;
+    for (size_t i = 0; i < sizeof seq / sizeof seq[0]; i++) {
+        kiln_cache_stats_get(ctx, &c0);
+        cl_kernel k = kiln__kernel(ctx, "optim", seq[i].options, "clip_scale");
+        kiln_cache_stats_get(ctx, &c1);
+        bool hit = c1.memory_hits == c0.memory_hits + 1;
+        CHECK(k != NULL && hit == seq[i].hit, "lookup %zu, options '%s': %s, want %s (%s)", i,
+              seq[i].options ? seq[i].options : "(NULL)", hit ? "a hit" : "a new program",
+              seq[i].hit ? "a hit" : "a new program", kiln_error_message(ctx));
+        if (i == 0) first = k;
+        if (i == 3) CHECK(k == first, "options '-DKILN_TEST_LOOKUP=1' again: the same kernel");
+    }
+    char big[1100];
+    memset(big, 'x', sizeof big - 1);
+    memcpy(big, "-DKILN_", 7);
+    big[sizeof big - 1] = '\0';
+    kiln_cache_stats_get(ctx, &c0);
+    CHECK(kiln__kernel(ctx, "optim", big, "clip_scale") == NULL &&
+              kiln_error_status(ctx) == KILN_ERR_INVALID_ARGUMENT &&
+              strstr(kiln_error_message(ctx), "program 'optim': build options of"),
+          "options of 1099 characters: %s", kiln_error_message(ctx));
+    kiln_cache_stats_get(ctx, &c1);
+    CHECK(c1.builds == c0.builds && c1.disk_hits == c0.disk_hits, "nothing built for them");
+    kiln_error_clear(ctx);
+    CHECK(kiln__kernel(ctx, "optim", "", "clip_scale") != NULL, "the context works after: %s", kiln_error_message(ctx));
+    kiln_close(ctx);
+}
+
 int main(void) {
     char specs[16][16];
     h_devices(specs, 16); /* exits 77 when there is no device */
@@ -300,5 +348,6 @@ int main(void) {
     test_status_names();
     test_stats();
     test_limits();
+    test_kernel_lookup();
     return h_finish();
 }

@@ -336,14 +336,31 @@ out:
     return prog;
 }
 
+/* Whether a program's stored options (base_options, then " " and the caller's options when
+ * there are any) are those of `options`. Compared in place, not formatted first: every
+ * launch looks its kernel up. */
+static bool options_match(const char *stored, const char *options) {
+    size_t bl = strlen(base_options);
+    if (strncmp(stored, base_options, bl) != 0) return false;
+    stored += bl;
+    if (!options || !*options) return *stored == '\0';
+    return *stored == ' ' && strcmp(stored + 1, options) == 0;
+}
+
 static kiln__kernel_entry *find_kernel(kiln_ctx *ctx, const char *program, const char *options, const char *kernel) {
-    char opts[1024];
-    snprintf(opts, sizeof opts, "%s%s%s", base_options, options && *options ? " " : "", options ? options : "");
     kiln__program *p = ctx->programs;
-    while (p && !(strcmp(p->name, program) == 0 && strcmp(p->options, opts) == 0)) p = p->next;
+    while (p && !(strcmp(p->name, program) == 0 && options_match(p->options, options))) p = p->next;
     if (p) {
         ctx->cache.memory_hits++;
     } else {
+        char opts[1024];
+        int n =
+            snprintf(opts, sizeof opts, "%s%s%s", base_options, options && *options ? " " : "", options ? options : "");
+        if (n < 0 || (size_t)n >= sizeof opts) {
+            kiln__fail(ctx, KILN_ERR_INVALID_ARGUMENT, "program '%s': build options of %d characters (at most %zu)",
+                       program, n, sizeof opts - 1);
+            return NULL;
+        }
         cl_program prog = build_program(ctx, program, opts);
         if (!prog) return NULL;
         p = calloc(1, sizeof *p);
