@@ -56,6 +56,32 @@
 #define NT_BIAS 0
 #endif
 
+/* The arguments of the product kernels (gemm_nt, gemm_nn, gemm_ger, gemv_rows, gemv_cols):
+ * the three operands, the bias with NT_BIAS, and the scalars packed in three vectors, dims
+ * (ints), scal (alpha, beta) and offs (offsets, leading dims and batch strides, in
+ * elements); each kernel names what its slots hold. POCL copies each argument of a launch
+ * on its own, at the enqueue and again for the worker: twenty scalars had cost a small
+ * product's launch more host time than its arithmetic (src/ops/gemm.c, gemm_pack). */
+#if NT_BIAS
+#define GEMM_BIAS_ARG , __global const BI_S *bias
+#else
+#define GEMM_BIAS_ARG
+#endif
+/* gemm_nt and gemm_nn: dims (M, N, K, ta, nblocks, batch), offs (aoff, lda, astride, boff,
+ * ldb, bstride, coff, ldc, cstride, bias_off, bias_st) */
+#define GEMM_ARGS                                                                          \
+    int8 dims, float2 scal, __global const A_S *A, __global const B_S *B, __global C_S *C, \
+        ulong16 offs GEMM_BIAS_ARG
+#define GEMM_UNPACK                                                                              \
+    const int M = dims.s0, N = dims.s1, K = dims.s2, ta = dims.s3, nblocks = dims.s4,            \
+              batch = dims.s5;                                                                   \
+    const float alpha = scal.s0;                                                                 \
+    float beta = scal.s1;                                                                        \
+    const ulong aoff = offs.s0, lda = offs.s1, astride = offs.s2, boff = offs.s3, ldb = offs.s4, \
+                bstride = offs.s5, coff = offs.s6, ldc = offs.s7, cstride = offs.s8,             \
+                bias_off = offs.s9, bias_st = offs.sa;                                           \
+    (void)ta, (void)bias_off, (void)bias_st;
+
 #define KCAT_(a, b) a##b
 #define KCAT(a, b) KCAT_(a, b)
 
@@ -162,14 +188,8 @@ static float nt_hsum(NT_T v) {
  * works; K's terms past the last whole vector are added one at a time. Dim 1 holds every
  * batch's column blocks (nblocks per batch); batch b's operands start at
  * aoff + b*astride, ... (elements). */
-__kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, float beta,
-                      __global const A_S *A, ulong aoff, ulong lda, ulong astride,
-                      __global const B_S *B, ulong boff, ulong ldb, ulong bstride,
-                      __global C_S *C, ulong coff, ulong ldc, ulong cstride
-#if NT_BIAS
-                      , __global const BI_S *bias, ulong bias_off, ulong bias_st
-#endif
-) {
+__kernel void gemm_nt(GEMM_ARGS) {
+    GEMM_UNPACK
     int i0 = (int)get_global_id(0) * NT_RM;
     int bi = (int)get_global_id(1) / nblocks;
     int j0 = ((int)get_global_id(1) - bi * nblocks) * NT_RN;
@@ -262,14 +282,8 @@ __kernel void gemm_nt(int M, int N, int K, int nblocks, int batch, float alpha, 
  * rows. Rows past M are clamped for the loads and never written. The last block of a row,
  * when it reaches past N, computes its vectors shifted back to end at N (overlapping), and
  * a row narrower than one vector one column at a time. */
-__kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float alpha, float beta,
-                      __global const A_S *A, ulong aoff, ulong lda, ulong astride,
-                      __global const B_S *B, ulong boff, ulong ldb, ulong bstride,
-                      __global C_S *C, ulong coff, ulong ldc, ulong cstride
-#if NT_BIAS
-                      , __global const BI_S *bias, ulong bias_off, ulong bias_st
-#endif
-) {
+__kernel void gemm_nn(GEMM_ARGS) {
+    GEMM_UNPACK
 #if !NN_BETA
     beta = 0.0f; /* so every test of it below folds away */
 #endif
@@ -521,10 +535,14 @@ __kernel void gemm_nn(int M, int N, int K, int ta, int nblocks, int batch, float
  * a time; rows past M are never written. Dim 0 holds every batch's row blocks (mblocks
  * per batch), dim 1 the column blocks. */
 #define GER_RM 16
-__kernel void gemm_ger(int M, int N, int mblocks, int batch, int al, float alpha, float beta,
-                       __global const float *A, ulong aoff, ulong as, ulong astride,
-                       __global const float *B, ulong boff, ulong bstride,
-                       __global float *C, ulong coff, ulong ldc, ulong cstride) {
+__kernel void gemm_ger(int8 dims, float2 scal, __global const float *A, __global const float *B, __global float *C,
+                       ulong16 offs) {
+    /* dims (M, N, 1, al, mblocks, batch), offs (aoff, as, astride, boff, 1, bstride, coff,
+     * ldc, cstride) */
+    const int M = dims.s0, N = dims.s1, al = dims.s3, mblocks = dims.s4, batch = dims.s5;
+    const float alpha = scal.s0, beta = scal.s1;
+    const ulong aoff = offs.s0, as = offs.s1, astride = offs.s2, boff = offs.s3, bstride = offs.s5, coff = offs.s6,
+                ldc = offs.s7, cstride = offs.s8;
     /* batch and row block in dim 0, the same for a work-group's items (groups are 1 x LY):
      * its division is done once per group, where in dim 1 (as in gemm_nn) each work-item
      * of a few stores would divide */
@@ -622,11 +640,18 @@ __kernel void gemm_transpose(int rows, int cols, int batch, __global const float
  * accumulators along k, the lanes summed as a tree, the K tail one term at a time; rows
  * past L clamped for the loads and never written. */
 #define GV_R 4
-#if NT_BIAS
-#define GV_BIAS_ARGS , __global const BI_S *bias, ulong bias_off, ulong bias_is
-#else
-#define GV_BIAS_ARGS
-#endif
+/* gemv_rows and gemv_cols: dims (L, K, 1, wide, 1, batch), offs (poff, pld, pstride, xoff,
+ * xs, xstride, yoff, ys, ystride, bias_off, bias_is) */
+#define GV_ARGS                                                                                  \
+    int8 dims, float2 scal, __global const float *P, __global const float *X, __global float *Y, \
+        ulong16 offs GEMM_BIAS_ARG
+#define GV_UNPACK                                                                                       \
+    const int L = dims.s0, K = dims.s1, wide = dims.s3, batch = dims.s5;                                \
+    const float alpha = scal.s0, beta = scal.s1;                                                        \
+    const ulong poff = offs.s0, pld = offs.s1, pstride = offs.s2, xoff = offs.s3, xs = offs.s4,         \
+                xstride = offs.s5, yoff = offs.s6, ys = offs.s7, ystride = offs.s8, bias_off = offs.s9, \
+                bias_is = offs.sa;                                                                      \
+    (void)wide, (void)bias_off, (void)bias_is;
 
 /* stores alpha s (+ beta y, or + the bias and ReLU) at y[i] */
 static void gv_store(__global float *y, int i, float alpha, float beta, float s
@@ -653,9 +678,8 @@ static void gv_store(__global float *y, int i, float alpha, float beta, float s
 #define GV_BIAS_PASS
 #endif
 
-__kernel void gemv_rows(int L, int K, int batch, float alpha, float beta, __global const float *P, ulong poff,
-                        ulong pld, ulong pstride, __global const float *X, ulong xoff, ulong xs, ulong xstride,
-                        __global float *Y, ulong yoff, ulong ys, ulong ystride GV_BIAS_ARGS) {
+__kernel void gemv_rows(GV_ARGS) {
+    GV_UNPACK
     int i0 = (int)get_global_id(0) * GV_R, bi = (int)get_global_id(1);
     if (i0 >= L || bi >= batch) return;
     const __global float *pb = P + poff + (ulong)bi * pstride, *x = X + xoff + (ulong)bi * xstride;
@@ -706,9 +730,8 @@ __kernel void gemv_rows(int L, int K, int batch, float alpha, float beta, __glob
  * order. */
 #define GV_CV 8
 #define GV_KU 4
-__kernel void gemv_cols(int L, int K, int batch, int wide, float alpha, float beta, __global const float *P,
-                        ulong poff, ulong pld, ulong pstride, __global const float *X, ulong xoff, ulong xs,
-                        ulong xstride, __global float *Y, ulong yoff, ulong ys, ulong ystride GV_BIAS_ARGS) {
+__kernel void gemv_cols(GV_ARGS) {
+    GV_UNPACK
     int w = wide ? GV_CV * NN_VW : NN_VW;
     int i0 = (int)get_global_id(0) * w, bi = (int)get_global_id(1);
     if (i0 >= L || bi >= batch) return;

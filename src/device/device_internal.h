@@ -307,6 +307,10 @@ struct kiln_ctx {
     /* KILN_TUNE=auto (src/ops/gemm.c): 0 not decided yet, 1 searching, 2 done, 3 not
      * wanted (another mode, a GPU, or kiln's kernels not in use) */
     int gemm_autotune;
+    /* src/ops/gemm.c's build options for gemm_opts_set, by [NN_TC][NN_BETA][NT_BIAS]: made
+     * once ("" until then), not formatted again for every product */
+    kiln__gemm_params gemm_opts_set;
+    char gemm_opts[2][2][3][192];
     kiln__close_fn close_hooks[KILN__CLOSE_HOOKS];
     int nclose_hooks;
     size_t wg;

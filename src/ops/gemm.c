@@ -370,6 +370,38 @@ bool kiln__gemm_bias_takes(kiln_ctx *ctx, bool ta, bool tb, size_t m, size_t n, 
     return !(e && (strcmp(e, "off") == 0 || strcmp(e, "0") == 0));
 }
 
+/* The arguments of gemm.cl's product kernels: the operands and the bias, and the scalars
+ * packed in three vectors (dims, scal, offs; each kernel says what its slots hold). POCL
+ * copies each argument of each launch into an allocation of its own, so twenty scalars
+ * cost a small product more host time than its arithmetic (README.md, "Speed", has the
+ * figures). */
+typedef struct {
+    cl_int8 dims;
+    cl_float2 scal;
+    cl_ulong16 offs;
+    cl_mem a, b, c, bias;
+    kiln__karg args[7];
+} gemm_pack;
+
+/* Fills *pk from dims[6] and offs[11]; returns the arguments' count (the bias only when
+ * there is one). pk must stay in place until the launch: its args point into it. */
+static size_t gemm_pack_fill(gemm_pack *pk, const cl_int dims[6], float alpha, float beta, cl_mem a, cl_mem b, cl_mem c,
+                             const cl_ulong offs[11], cl_mem bias) {
+    memset(pk, 0, sizeof *pk);
+    memcpy(pk->dims.s, dims, 6 * sizeof *dims);
+    pk->scal.s[0] = alpha, pk->scal.s[1] = beta;
+    memcpy(pk->offs.s, offs, 11 * sizeof *offs);
+    pk->a = a, pk->b = b, pk->c = c, pk->bias = bias;
+    pk->args[0] = KILN__ARG(pk->dims);
+    pk->args[1] = KILN__ARG(pk->scal);
+    pk->args[2] = KILN__ARG(pk->a);
+    pk->args[3] = KILN__ARG(pk->b);
+    pk->args[4] = KILN__ARG(pk->c);
+    pk->args[5] = KILN__ARG(pk->offs);
+    pk->args[6] = KILN__ARG(pk->bias);
+    return bias ? 7 : 6;
+}
+
 /* The product as gemv_rows or gemv_cols compute it (gemv_takes: m or n is 1): y = alpha
  * P x + beta y over L outputs, where for n == 1 y is C's column, P op(A) and x B's column,
  * and for m == 1 y is C's row, P op(B)^T and x A's row. options: gemm_run's (the same
@@ -383,39 +415,52 @@ static kiln_status gemv_run(kiln_ctx *ctx, const char *op, const char *options, 
     cl_mem pm = col ? a : b, xm = col ? b : a;
     cl_ulong po = col ? aoff : boff, pl = col ? lda : ldb, ps = col ? astride : bstride;
     cl_ulong xo = col ? boff : aoff, xs = col ? (tb ? 1 : ldb) : (ta ? lda : 1), xst = col ? bstride : astride;
-    cl_ulong yo = coff, ys = col ? ldc : 1, yst = cstride, bo = bias_off, bis = col ? 0 : bias_st;
+    cl_ulong ys = col ? ldc : 1, bis = col ? 0 : bias_st;
     const char *kernel = kiln__gemm_kernel(ta, tb, m, n, k);
     bool rows = strcmp(kernel, "gemv_rows") == 0;
     size_t vw = (size_t)kiln__gemm_params_of(ctx)->nn_vw;
     /* gemv_cols's strips of GV_CV (8) vectors where that leaves four or more work-items */
     cl_int wide = (size_t)L >= 4 * 8 * vw;
     size_t per = rows ? 4 /* gemm.cl's GV_R */ : wide ? 8 * vw : vw;
-    kiln__karg rows_args[] = {KILN__ARG(L),  KILN__ARG(K),   KILN__ARG(cb),   KILN__ARG(alpha), KILN__ARG(beta),
-                              KILN__ARG(pm), KILN__ARG(po),  KILN__ARG(pl),   KILN__ARG(ps),    KILN__ARG(xm),
-                              KILN__ARG(xo), KILN__ARG(xs),  KILN__ARG(xst),  KILN__ARG(c),     KILN__ARG(yo),
-                              KILN__ARG(ys), KILN__ARG(yst), KILN__ARG(bias), KILN__ARG(bo),    KILN__ARG(bis)};
-    kiln__karg cols_args[] = {KILN__ARG(L),    KILN__ARG(K),  KILN__ARG(cb),  KILN__ARG(wide), KILN__ARG(alpha),
-                              KILN__ARG(beta), KILN__ARG(pm), KILN__ARG(po),  KILN__ARG(pl),   KILN__ARG(ps),
-                              KILN__ARG(xm),   KILN__ARG(xo), KILN__ARG(xs),  KILN__ARG(xst),  KILN__ARG(c),
-                              KILN__ARG(yo),   KILN__ARG(ys), KILN__ARG(yst), KILN__ARG(bias), KILN__ARG(bo),
-                              KILN__ARG(bis)};
-    size_t nargs =
-        (rows ? sizeof rows_args / sizeof rows_args[0] : sizeof cols_args / sizeof cols_args[0]) - (bias ? 0 : 3);
+    gemm_pack pk;
+    size_t nargs = gemm_pack_fill(&pk, (cl_int[6]){L, K, 1, wide, 1, cb}, alpha, beta, pm, xm, c,
+                                  (cl_ulong[11]){po, pl, ps, xo, xs, xst, coff, ys, cstride, bias_off, bis}, bias);
     /* groups of one work-item: POCL runs a group on one thread, and these products have few
      * (the 1 x 6272 x 64 A^T B of the reference GAN: four) */
     size_t global[2] = {blocks((size_t)L, per), batch}, local[2] = {1, 1};
-    return kiln__launch2(ctx, op, GEMM_PROGRAM, options, kernel, nargs, rows ? rows_args : cols_args, global, local);
+    return kiln__launch2(ctx, op, GEMM_PROGRAM, options, kernel, nargs, pk.args, global, local);
+}
+
+/* Whether two sets hold the same parameters (their names aside). */
+static bool same_set(const kiln__gemm_params *a, const kiln__gemm_params *b) {
+    return a->nt_rm == b->nt_rm && a->nt_rn == b->nt_rn && a->nt_vw == b->nt_vw && a->nt_ku == b->nt_ku &&
+           a->nn_rm == b->nn_rm && a->nn_nv == b->nn_nv && a->nn_vw == b->nn_vw && a->nn_ku == b->nn_ku;
 }
 
 /* The -D options of gemm.cl's program for parameter set p: NN_TC (the A^T B^T path) and
  * NN_BETA (beta != 0) select gemm_nn's stores, programs of their own, so that the common
- * product's kernel carries neither (gemm.cl says why); bias is NT_BIAS. Returns the length. */
-static int gemm_options(char *buf, size_t cap, const kiln__gemm_params *p, bool tc, bool beta, int bias) {
-    return snprintf(buf, cap,
-                    "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d "
-                    "-DNN_TC=%d -DNN_BETA=%d -DNT_BIAS=%d",
-                    p->nt_rm, p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku, tc ? 1 : 0,
-                    beta ? 1 : 0, bias);
+ * product's kernel carries neither (gemm.cl says why); bias is NT_BIAS. Made once per set and
+ * variant (ctx->gemm_opts) and copied into buf; returns the length. */
+static int gemm_options(kiln_ctx *ctx, char *buf, size_t cap, const kiln__gemm_params *p, bool tc, bool beta,
+                        int bias) {
+    if (!same_set(&ctx->gemm_opts_set, p)) {
+        memset(ctx->gemm_opts, 0, sizeof ctx->gemm_opts);
+        ctx->gemm_opts_set = *p;
+    }
+    char *o = ctx->gemm_opts[tc][beta][bias];
+    size_t n = strlen(o);
+    if (n == 0) {
+        int w = snprintf(o, sizeof ctx->gemm_opts[0][0][0],
+                         "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d "
+                         "-DNN_TC=%d -DNN_BETA=%d -DNT_BIAS=%d",
+                         p->nt_rm, p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku, tc ? 1 : 0,
+                         beta ? 1 : 0, bias);
+        n = w > 0 ? (size_t)w : 0;
+    }
+    if (n >= cap) n = cap - 1;
+    memcpy(buf, o, n);
+    buf[n] = '\0';
+    return (int)n;
 }
 
 /* The outer product (K = 1) as gemm_ger computes it (ger_takes): C = alpha op(A) op(B) +
@@ -430,14 +475,14 @@ static kiln_status ger_run(kiln_ctx *ctx, const char *op, const char *options, c
     size_t vw = (size_t)p->nn_vw, cap = 0, ly = GER_LY;
     cl_int cm = (cl_int)m, cn = (cl_int)n, mb = (cl_int)blocks(m, GER_RM), cb = (cl_int)batch;
     cl_int al = coff % vw == 0 && ldc % vw == 0 && (batch == 1 || cstride % vw == 0);
-    cl_ulong ao = aoff, as = ta ? 1 : lda, ast = astride, bo = boff, bs = bstride, co = coff, cl = ldc, cs = cstride;
-    kiln__karg args[] = {KILN__ARG(cm),   KILN__ARG(cn), KILN__ARG(mb), KILN__ARG(cb), KILN__ARG(al),  KILN__ARG(alpha),
-                         KILN__ARG(beta), KILN__ARG(a),  KILN__ARG(ao), KILN__ARG(as), KILN__ARG(ast), KILN__ARG(b),
-                         KILN__ARG(bo),   KILN__ARG(bs), KILN__ARG(c),  KILN__ARG(co), KILN__ARG(cl),  KILN__ARG(cs)};
+    gemm_pack pk;
+    size_t nargs =
+        gemm_pack_fill(&pk, (cl_int[6]){cm, cn, 1, al, mb, cb}, alpha, beta, a, b, c,
+                       (cl_ulong[11]){aoff, ta ? 1 : lda, astride, boff, 1, bstride, coff, ldc, cstride}, NULL);
     if (kiln__tree_wg(ctx, GEMM_PROGRAM, options, "gemm_ger", 0, &cap) != KILN_OK) return ctx->err;
     while (ly > cap) ly /= 2;
     size_t global[2] = {(size_t)mb * batch, blocks(blocks(n, vw), ly) * ly}, local[2] = {1, ly};
-    return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_ger", sizeof args / sizeof args[0], args, global, local);
+    return kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_ger", nargs, pk.args, global, local);
 }
 
 /* bias: NULL, or (only kiln__gemm_run_bias passes one: A B^T, beta 0) the row added to every
@@ -470,7 +515,7 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     /* (gemm_ger's dim 0, every batch's row blocks, is an int too) */
     if (!half && !bias && ger_takes(tb, m, n, k, ldb) && blocks(m, GER_RM) <= (size_t)INT_MAX / batch) {
         char options[288];
-        gemm_options(options, sizeof options, p, false, false, 0);
+        gemm_options(ctx, options, sizeof options, p, false, false, 0);
         return ger_run(ctx, op, options, p, ta, m, n, alpha, a, aoff, lda, astride, b, boff, bstride, beta, c, coff,
                        ldc, cstride, batch);
     }
@@ -489,7 +534,7 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     if (narrow_nt) tb = true;
     kernel_view v = view_of(p, ta, tb, m, n, narrow);
     char options[288];
-    int on = gemm_options(options, sizeof options, p, v.tc, !v.nt && beta != 0.0f, bias ? (relu ? 2 : 1) : 0);
+    int on = gemm_options(ctx, options, sizeof options, p, v.tc, !v.nt && beta != 0.0f, bias ? (relu ? 2 : 1) : 0);
     if (!half && gemv_takes(m, n))
         return gemv_run(ctx, op, options, ta, tb, m, n, k, alpha, a, aoff, lda, astride, b, boff, ldb, bstride, beta, c,
                         coff, ldc, cstride, batch, bias, bias_off, bias_st);
@@ -534,15 +579,11 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
     size_t global[2] = {blocks(blocks(v.m, v.bm), lx) * lx, blocks((size_t)nb * batch, ly) * ly};
     size_t local[2] = {lx, ly};
     if (v.nt) {
-        cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc,
-                 cs = cstride, bo_ = bias_off, bs_ = bias_st;
-        kiln__karg nt[] = {KILN__ARG(cm),    KILN__ARG(cn),   KILN__ARG(ck), KILN__ARG(nb), KILN__ARG(cb),
-                           KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),  KILN__ARG(ao), KILN__ARG(al),
-                           KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo), KILN__ARG(bl), KILN__ARG(bs),
-                           KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl), KILN__ARG(cs), KILN__ARG(bias),
-                           KILN__ARG(bo_),   KILN__ARG(bs_)};
-        size_t nargs = sizeof nt / sizeof nt[0] - (bias ? 0 : 3);
-        kiln_status st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nt", nargs, nt, global, local);
+        gemm_pack pk;
+        size_t nargs = gemm_pack_fill(
+            &pk, (cl_int[6]){cm, cn, ck, 0, nb, cb}, alpha, beta, a, b, c,
+            (cl_ulong[11]){aoff, lda, astride, boff, ldb, bstride, coff, ldc, cstride, bias_off, bias_st}, bias);
+        kiln_status st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nt", nargs, pk.args, global, local);
         kiln_tensor_free(pat); /* (after the launch that reads it: the in-order queue) */
         return st;
     }
@@ -573,17 +614,11 @@ static kiln_status gemm_run(kiln_ctx *ctx, const char *op, bool ta, bool tb, siz
         if (st == KILN_OK) b = pb->st->mem, boff = (size_t)pb->offset, ldb = dld, bstride = k * dld;
     }
     if (st == KILN_OK) {
-        cl_int cta = ta;
-        cl_ulong ao = aoff, al = lda, as = astride, bo = boff, bl = ldb, bs = bstride, co = coff, cl = ldc,
-                 cs = cstride;
-        cl_ulong bo_ = bias_off, bs_ = bias_st;
-        kiln__karg nn[] = {KILN__ARG(cm),   KILN__ARG(cn),    KILN__ARG(ck),   KILN__ARG(cta), KILN__ARG(nb),
-                           KILN__ARG(cb),   KILN__ARG(alpha), KILN__ARG(beta), KILN__ARG(a),   KILN__ARG(ao),
-                           KILN__ARG(al),   KILN__ARG(as),    KILN__ARG(b),    KILN__ARG(bo),  KILN__ARG(bl),
-                           KILN__ARG(bs),   KILN__ARG(c),     KILN__ARG(co),   KILN__ARG(cl),  KILN__ARG(cs),
-                           KILN__ARG(bias), KILN__ARG(bo_),   KILN__ARG(bs_)};
-        size_t nargs = sizeof nn / sizeof nn[0] - (bias ? 0 : 3);
-        st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nn", nargs, nn, global, local);
+        gemm_pack pk;
+        size_t nargs = gemm_pack_fill(
+            &pk, (cl_int[6]){cm, cn, ck, ta, nb, cb}, alpha, beta, a, b, c,
+            (cl_ulong[11]){aoff, lda, astride, boff, ldb, bstride, coff, ldc, cstride, bias_off, bias_st}, bias);
+        st = kiln__launch2(ctx, op, GEMM_PROGRAM, options, "gemm_nn", nargs, pk.args, global, local);
     }
     /* the in-order queue runs the launches above before a later reuse of the copies */
     kiln_tensor_free(pa);
@@ -677,12 +712,6 @@ static int regs_nt(const kiln__gemm_params *g, int width) {
 }
 static int regs_nn(const kiln__gemm_params *g, int width) {
     return (g->nn_rm * g->nn_nv + g->nn_nv + 1) * ((g->nn_vw + width - 1) / width);
-}
-
-/* Whether two sets hold the same parameters (their names aside). */
-static bool same_set(const kiln__gemm_params *a, const kiln__gemm_params *b) {
-    return a->nt_rm == b->nt_rm && a->nt_rn == b->nt_rn && a->nt_vw == b->nt_vw && a->nt_ku == b->nt_ku &&
-           a->nn_rm == b->nn_rm && a->nn_nv == b->nn_nv && a->nn_vw == b->nn_vw && a->nn_ku == b->nn_ku;
 }
 
 int kiln__gemm_candidates(const kiln__gemm_params *base, bool nt, bool quick, int regs, int width,
