@@ -1595,55 +1595,72 @@ static int ops_layers(kiln_ctx *ctx, model *m, kiln_module **layers, char (*name
 
 /* ---- launch: the least a kiln op costs ----------------------------------------------- */
 
-/* `kiln bench launch`: kiln_relu of 64 floats, `repeat` calls back to back and one wait,
- * in rounds: the cost of one op whose kernel does next to nothing (the output from the
- * pool, the arguments, the enqueue, the device's dispatch), the floor under every small
- * product and elementwise op of a training step. The launches are counted (kiln_ctx_stats):
- * one per call, or the command fails. */
+/* `kiln bench launch`: an op whose kernel does next to nothing, `repeat` calls back to back
+ * and one wait, in rounds: what one op costs beyond its arithmetic (the output from the
+ * pool, the kernel's lookup, the arguments, the enqueue, the device's dispatch), the floor
+ * under every small product and elementwise op of a training step. Two ops: kiln_relu of
+ * 64 floats, and the smallest product, kiln_matmul_ex of [4, 16] by [4, 16]^T (one block
+ * of gemm_nt on CPUs, a product's whole set of arguments). The launches are counted
+ * (kiln_ctx_stats): one per call, or the command fails. */
+static const char *launch_rounds(kiln_ctx *ctx, bool product, kiln_tensor *x, int repeat, int rounds, double *us) {
+    for (int r = -1; r < rounds; r++) { /* round -1: the warm-up (kernel built) */
+        kiln_ctx_stats st = {0};
+        kiln_ctx_stats_reset(ctx);
+        double t0 = bench_now_ms();
+        for (int i = 0; i < repeat; i++) {
+            kiln_tensor *y = product ? kiln_matmul_ex(ctx, x, x, KILN_TRANS_B) : kiln_relu(ctx, x);
+            if (!y) return kiln_error_message(ctx);
+            kiln_tensor_free(y);
+        }
+        if (kiln_sync(ctx) != KILN_OK) return kiln_error_message(ctx);
+        if (r >= 0) us[r] = (bench_now_ms() - t0) * 1e3 / repeat;
+        if (kiln_ctx_stats_get(ctx, &st) != KILN_OK || st.launches != (uint64_t)repeat)
+            return "not one launch per op (kiln_ctx_stats)";
+    }
+    return NULL;
+}
+
 static int cmd_launch(args *a, bool json) {
-    if (!args_check(a, (const char *const[]){"--repeat", "--rounds", NULL}, NULL)) return 2;
+    if (!args_check(a, (const char *const[]){"--repeat", "--rounds", "--op", NULL}, NULL)) return 2;
     int repeat = (int)arg_long(a, "--repeat", 2000, 1, 1 << 24);
     int rounds = (int)arg_long(a, "--rounds", 5, 1, 1000);
+    const char *which = arg_value(a, "--op");
+    if (!which) which = "both";
+    if (strcmp(which, "both") != 0 && strcmp(which, "relu") != 0 && strcmp(which, "matmul") != 0) {
+        fprintf(stderr, "kiln bench launch: --op %s is not relu, matmul or both\n", which);
+        return 2;
+    }
     if (a->bad) return 2;
     kiln_ctx *ctx = open_ctx("kiln bench launch");
     if (!ctx) return 1;
     double *us = calloc((size_t)rounds, sizeof *us);
-    kiln_tensor *x = kiln_ones(ctx, 1, (const int64_t[]){64});
-    const char *why = !us ? "out of host memory" : !x ? kiln_error_message(ctx) : NULL;
-    for (int r = -1; r < rounds && !why; r++) { /* round -1: the warm-up (kernel built) */
-        kiln_ctx_stats st = {0};
-        kiln_ctx_stats_reset(ctx);
-        double t0 = bench_now_ms();
-        for (int i = 0; i < repeat && !why; i++) {
-            kiln_tensor *y = kiln_relu(ctx, x);
-            if (!y) why = kiln_error_message(ctx);
-            kiln_tensor_free(y);
-        }
-        if (!why && kiln_sync(ctx) != KILN_OK) why = kiln_error_message(ctx);
-        if (!why && r >= 0) us[r] = (bench_now_ms() - t0) * 1e3 / repeat;
-        if (!why && (kiln_ctx_stats_get(ctx, &st) != KILN_OK || st.launches != (uint64_t)repeat))
-            why = "not one launch per call of kiln_relu (kiln_ctx_stats)";
-    }
-    int rc = why ? 1 : 0;
-    if (why) fprintf(stderr, "kiln bench launch: %s\n", why);
-    if (rc == 0) {
+    kiln_tensor *v = kiln_ones(ctx, 1, (const int64_t[]){64});
+    kiln_tensor *m = kiln_ones(ctx, 2, (const int64_t[]){4, 16});
+    const char *why = !us ? "out of host memory" : !v || !m ? kiln_error_message(ctx) : NULL;
+    static const char *const names[2] = {"kiln_relu of 64 floats", "kiln_matmul_ex of [4, 16] by [4, 16]^T"};
+    for (int op = 0; op < 2 && !why; op++) {
+        if (strcmp(which, "both") != 0 && strcmp(which, op ? "matmul" : "relu") != 0) continue;
+        why = launch_rounds(ctx, op == 1, op ? m : v, repeat, rounds, us);
+        if (why) break;
         double lo = us[0];
         for (int r = 1; r < rounds; r++)
             if (us[r] < lo) lo = us[r];
         double med = bench_median(us, rounds);
         if (json) {
-            printf("{\"bench\": \"launch\", \"op\": \"kiln_relu of 64 floats\", \"repeat\": %d, \"rounds\": %d, "
+            printf("{\"bench\": \"launch\", \"op\": \"%s\", \"repeat\": %d, \"rounds\": %d, "
                    "\"min_us\": %.3f, \"median_us\": %.3f, \"device\": ",
-                   repeat, rounds, lo, med);
+                   names[op], repeat, rounds, lo, med);
             tool_json_str(kiln_ctx_device(ctx)->name);
             printf("}\n");
         } else {
-            printf("launch (kiln_relu of 64 floats, %d back to back, one wait): %.3f us each, median of %d rounds "
-                   "(least %.3f)  [%s]\n",
-                   repeat, med, rounds, lo, kiln_ctx_device(ctx)->name);
+            printf("launch (%s, %d back to back, one wait): %.3f us each, median of %d rounds (least %.3f)  [%s]\n",
+                   names[op], repeat, med, rounds, lo, kiln_ctx_device(ctx)->name);
         }
     }
-    kiln_tensor_free(x);
+    int rc = why ? 1 : 0;
+    if (why) fprintf(stderr, "kiln bench launch: %s\n", why);
+    kiln_tensor_free(v);
+    kiln_tensor_free(m);
     free(us);
     kiln_close(ctx);
     return rc;
@@ -2029,8 +2046,9 @@ static void bench_usage(FILE *f) {
                "                    under mpirun: data-parallel steps (kiln/dist.h), samples/s of all ranks,\n"
                "                    bytes all-reduced and the wait after the backward\n"
                "  startup           kiln_open to the first MLP step, cold and warm caches\n"
-               "  launch [--repeat 2000] [--rounds 5]\n"
-               "                    the least a kiln op costs: kiln_relu of 64 floats back to back, one wait\n"
+               "  launch [--repeat 2000] [--rounds 5] [--op relu|matmul|both]\n"
+               "                    the least a kiln op costs: kiln_relu of 64 floats and the smallest product\n"
+               "                    (4 x 4 x 16 A B^T), back to back, one wait\n"
                "  ops [--model cnn|resnet20] [--batch 64 (resnet20: 128)] [--repeat R]\n"
                "                    forward/backward time of each layer (ResNet-20: each block) of the model\n"
                "  attention [--sizes 128,512,2048] [--heads 4] [--dim 64] [--batch 1] [--causal] [--repeat 3]\n"
