@@ -438,12 +438,9 @@ size_t kiln__wg_size(const kiln_ctx *ctx) { return ctx->wg; }
 
 kiln_status kiln__tree_wg(kiln_ctx *ctx, const char *program, const char *options, const char *kernel, size_t cap,
                           size_t *wg) {
-    cl_kernel k = kiln__kernel(ctx, program, options, kernel);
-    if (!k) return ctx->err;
-    size_t w = kiln__wg_size(ctx), kw = 0;
-    if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kw, &kw, NULL) == CL_SUCCESS &&
-        kw > 0 && kw < w)
-        w = kw;
+    kiln__kernel_entry *e = find_kernel(ctx, program, options, kernel);
+    if (!e) return ctx->err;
+    size_t w = e->wg; /* the context's size, or what the kernel allows when less (find_kernel asked once) */
     if (cap && w > cap) w = cap;
     size_t p = 1;
     while (p <= w / 2) p *= 2;
