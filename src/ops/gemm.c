@@ -450,12 +450,12 @@ static int gemm_options(kiln_ctx *ctx, char *buf, size_t cap, const kiln__gemm_p
     char *o = ctx->gemm_opts[tc][beta][bias];
     size_t n = strlen(o);
     if (n == 0) {
-        int w = snprintf(o, sizeof ctx->gemm_opts[0][0][0],
-                         "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d "
-                         "-DNN_TC=%d -DNN_BETA=%d -DNT_BIAS=%d",
-                         p->nt_rm, p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku, tc ? 1 : 0,
-                         beta ? 1 : 0, bias);
-        n = w > 0 ? (size_t)w : 0;
+        snprintf(o, sizeof ctx->gemm_opts[0][0][0],
+                 "-DNT_RM=%d -DNT_RN=%d -DNT_VW=%d -DNT_KU=%d -DNN_RM=%d -DNN_NV=%d -DNN_VW=%d -DNN_KU=%d "
+                 "-DNN_TC=%d -DNN_BETA=%d -DNT_BIAS=%d",
+                 p->nt_rm, p->nt_rn, p->nt_vw, p->nt_ku, p->nn_rm, p->nn_nv, p->nn_vw, p->nn_ku, tc ? 1 : 0,
+                 beta ? 1 : 0, bias);
+        n = strlen(o); /* (what fitted: the string is far shorter than the buffer) */
     }
     if (n >= cap) n = cap - 1;
     memcpy(buf, o, n);
