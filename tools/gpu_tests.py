@@ -99,8 +99,8 @@ def report(i, total, result, counts, tail):
     counts[verdict] += 1
     print("%3d/%d %-50s %-8s %7.2fs  %s" % (i, total, "%s:%s" % (suite, name), verdict, secs,
                                              "" if rc in (0, 77, None) else "exit %s" % rc), flush=True)
-    if verdict in ("FAIL", "TIMEOUT") and tail:
-        lines = out.decode(errors="replace").splitlines()[-tail:]
+    lines = out.decode(errors="replace").splitlines()[-tail:] if tail else []
+    if verdict in ("FAIL", "TIMEOUT") and lines:
         print("\n".join("    | " + x for x in lines), flush=True)
 
 
