@@ -494,6 +494,20 @@ static kiln_status enqueue(kiln_ctx *ctx, const char *op, const char *kname, cl_
     return KILN_OK;
 }
 
+/* The least work-group KILN__SPREAD makes: POCL packs up to 16 of a group's work-items into
+ * the lanes of a vector */
+#define SPREAD_MIN 16
+
+size_t kiln__spread_local(size_t wg, size_t global, size_t units) {
+    /* A device runs a launch's work-groups in parallel, one compute unit each (a POCL worker
+     * thread on a CPU): 7 groups on 2 units leave one unit idle for an eighth of the launch,
+     * on 16 units 9 units idle throughout. Halving the group until each unit has several
+     * groups evens out their ends. */
+    size_t target = KILN__SPREAD_GROUPS * (units ? units : 1);
+    while (wg / 2 >= SPREAD_MIN && (global + wg - 1) / wg < target) wg /= 2;
+    return wg;
+}
+
 kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, const char *options, const char *kernel,
                          size_t nargs, const kiln__karg *args, size_t global, size_t local) {
     kiln__kernel_entry *e = find_kernel(ctx, program, options, kernel);
@@ -502,7 +516,10 @@ kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, con
     kiln_status s = set_args(ctx, op, kernel, k, nargs, args);
     if (s != KILN_OK) return s;
     if (global == 0) return KILN_OK;
-    if (local == 0) local = e->wg;
+    if (local == KILN__SPREAD)
+        local = kiln__spread_local(e->wg, global, ctx->info.compute_units);
+    else if (local == 0)
+        local = e->wg;
     size_t g = (global + local - 1) / local * local;
     return enqueue(ctx, op, kernel, k, 1, &g, &local);
 }

@@ -648,7 +648,8 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
                              KILN__ARG(boff),        KILN__ARG(hb),          KILN__ARG(co),    KILN__ARG(out->st->mem),
                              KILN__ARG(ooff),        KILN__ARG(nitems)};
         const char *kernel = p.bc ? "conv3_bcast" : p.flat ? "conv3_flat" : "conv3_direct";
-        s = kiln__launch(ctx, op, CONV_PROGRAM, options, kernel, sizeof args / sizeof args[0], args, (size_t)nitems, 0);
+        s = kiln__launch(ctx, op, CONV_PROGRAM, options, kernel, sizeof args / sizeof args[0], args, (size_t)nitems,
+                         KILN__SPREAD);
     }
     /* the in-order queue runs both launches before a later reuse of wp */
     kiln_tensor_free(wp);
@@ -1067,7 +1068,7 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
             KILN__ARG(w),           KILN__ARG(pw),           KILN__ARG(n),           KILN__ARG(np),
             KILN__ARG(ncbc),        KILN__ARG(dst->st->mem), KILN__ARG(doff),        KILN__ARG(nitems)};
         s = kiln__launch(ctx, p->op, CONV_PROGRAM, options, "conv3_wgradc", sizeof args / sizeof args[0], args,
-                         (size_t)nitems, 0);
+                         (size_t)nitems, KILN__SPREAD);
     } else if (s == KILN_OK) {
         kiln_tensor *dst = part ? part : p->dw;
         char options[64];
@@ -1079,7 +1080,7 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
             KILN__ARG(cout),        KILN__ARG(plane), KILN__ARG(pw),           KILN__ARG(nvec),  KILN__ARG(n),
             KILN__ARG(np),          KILN__ARG(ncb),   KILN__ARG(dst->st->mem), KILN__ARG(doff),  KILN__ARG(nitems)};
         s = kiln__launch(ctx, p->op, CONV_PROGRAM, options, "conv3_wgrad", sizeof args / sizeof args[0], args,
-                         (size_t)nitems, 0);
+                         (size_t)nitems, KILN__SPREAD);
     }
     if (s == KILN_OK && part) s = sum_parts(ctx, p->op, part, np, cout, (int64_t)c * 9, (int64_t)c * 9, p->dw, NULL);
     /* the in-order queue runs the launches before a later reuse of the copies */
