@@ -70,14 +70,14 @@ typedef struct kiln__karg {
 
 /* Sets the arguments and enqueues a 1-D launch of `global` work-items, rounded up to a
  * multiple of the work-group size (local 0 = let kiln choose; KILN__SPREAD = kiln's
- * choice, smaller where that leaves fewer than KILN__SPREAD_GROUPS work-groups per compute
- * unit, for kernels whose few work-items each do much work). Kernels guard i < n. */
+ * choice, on a CPU smaller where that leaves fewer than KILN__SPREAD_GROUPS work-groups per
+ * compute unit, for kernels whose few work-items each do much work). Kernels guard i < n. */
 #define KILN__SPREAD ((size_t)-1)
 #define KILN__SPREAD_GROUPS 4
 /* KILN__SPREAD's work-group for `global` items on `units` compute units (0 counts as 1),
  * starting from wg: halved while the launch would have fewer than KILN__SPREAD_GROUPS
- * groups per unit and the half holds at least 16 items. For CPU routes: a GPU would want
- * whole warps. */
+ * groups per unit and the half holds at least 16 items. CPUs only: a GPU's groups hold
+ * whole warps, and the device's units are not the groups it runs at once. */
 size_t kiln__spread_local(size_t wg, size_t global, size_t units);
 kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, const char *options, const char *kernel,
                          size_t nargs, const kiln__karg *args, size_t global, size_t local);

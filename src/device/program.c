@@ -517,7 +517,7 @@ kiln_status kiln__launch(kiln_ctx *ctx, const char *op, const char *program, con
     if (s != KILN_OK) return s;
     if (global == 0) return KILN_OK;
     if (local == KILN__SPREAD)
-        local = kiln__spread_local(e->wg, global, ctx->info.compute_units);
+        local = ctx->info.type == KILN_DEVICE_CPU ? kiln__spread_local(e->wg, global, ctx->info.compute_units) : e->wg;
     else if (local == 0)
         local = e->wg;
     size_t g = (global + local - 1) / local * local;

@@ -181,7 +181,7 @@ static kiln_status im2col_t(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_
                          KILN__ARG(coff),       KILN__ARG(*g),    KILN__ARG(ckgp), KILN__ARG(cn0),
                          KILN__ARG(cnb),        KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(x->dtype), "conv_im2col_t", sizeof args / sizeof args[0],
-                        args, (size_t)nitems, 0);
+                        args, (size_t)nitems, KILN__SPREAD);
 }
 
 /* dst [rows, kgp] = the contiguous [rows, kg] src with zero columns appended. */
@@ -205,7 +205,7 @@ static kiln_status im2col(kiln_ctx *ctx, const char *op, kiln_tensor *x, kiln_te
                          KILN__ARG(col->st->mem), KILN__ARG(coff), KILN__ARG(*g),
                          KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(x->dtype), "conv_im2col", sizeof args / sizeof args[0],
-                        args, (size_t)nitems, 0);
+                        args, (size_t)nitems, KILN__SPREAD);
 }
 
 /* Images n0 .. n0+nb-1 of out (contiguous NCHW, the convolution input's shape) from the
@@ -221,7 +221,7 @@ static kiln_status col2im(kiln_ctx *ctx, const char *op, kiln_tensor *col, kiln_
                          KILN__ARG(bmem),         KILN__ARG(boff), KILN__ARG(hb),           KILN__ARG(*g),
                          KILN__ARG(ckgp),         KILN__ARG(cn0),  KILN__ARG(cnb),          KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(out->dtype), "conv_col2im", sizeof args / sizeof args[0],
-                        args, (size_t)nitems, 0);
+                        args, (size_t)nitems, KILN__SPREAD);
 }
 
 /* dst [nc, nb, ph*pw] from images n0 .. n0+nb-1 of the NCHW view src. */
@@ -234,7 +234,7 @@ static kiln_status to_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *src, kiln
                          KILN__ARG(doff),         KILN__ARG(nc),   KILN__ARG(ph),    KILN__ARG(pw),
                          KILN__ARG(cn0),          KILN__ARG(cnb),  KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(src->dtype), "conv_to_cnhw",
-                        sizeof args / sizeof args[0], args, (size_t)nitems, 0);
+                        sizeof args / sizeof args[0], args, (size_t)nitems, KILN__SPREAD);
 }
 
 /* Images n0 .. n0+nb-1 of out (contiguous NCHW) from the [cout, nb, HW] tmp, plus bias (of
@@ -249,7 +249,7 @@ static kiln_status from_cnhw(kiln_ctx *ctx, const char *op, kiln_tensor *tmp, ki
                          KILN__ARG(bmem),         KILN__ARG(boff), KILN__ARG(hb),           KILN__ARG(nc),
                          KILN__ARG(hw),           KILN__ARG(cn0),  KILN__ARG(cnb),          KILN__ARG(nitems)};
     return kiln__launch(ctx, op, CONV_PROGRAM, CONV_DT_OPTIONS(out->dtype), "conv_from_cnhw",
-                        sizeof args / sizeof args[0], args, (size_t)nitems, 0);
+                        sizeof args / sizeof args[0], args, (size_t)nitems, KILN__SPREAD);
 }
 
 /* db (+)= the row sums of the [cout, ld] matrix gb. */
