@@ -291,9 +291,6 @@ static void test_limits(void) {
     kiln_close(ctx);
 }
 
-/* The context's program cache: a lookup matches a program's whole options, not a prefix of
- * them or a string they begin with; no options is a program of its own; options too long
- * to build are refused, naming the program. */
 /* KILN__SPREAD's group size (src/device/program.c): halved from the kernel's size until the
  * launch has KILN__SPREAD_GROUPS groups per compute unit, never below 16 items, never
  * raised. ResNet-20's 7 x 7 stage: conv3_bcast's 1792 work-items and conv3_wgradc's 512. */
@@ -301,15 +298,16 @@ static void test_spread_local(void) {
     static const struct {
         size_t wg, global, units, want;
     } cases[] = {
-        {256, 1792, 2, 128},                          /* 7 groups of 256 -> 14 of 128 (>= 8) */
-        {256, 3584, 2, 256},                          /* 14 groups already */
-        {256, 512, 2, 64},                            /* 2 -> 8 */
-        {256, 512, 1, 128},                           /* 2 -> 4 */
-        {256, 1792, 16, 16},                          /* 7 -> 112: 64 wanted, 16 items the least */
-        {256, 100, 2, 16},                            /* 7 groups of 16: no smaller group */
-        {256, 1 << 20, 64, 256}, {256, 1792, 0, 256}, /* no unit count: one unit, 7 >= 4 */
-        {64, 1792, 2, 64},                            /* the kernel's own size, 28 groups */
-        {8, 64, 2, 8},                                /* a kernel capped below 16 keeps its size */
+        {256, 1792, 2, 128},     /* 7 groups of 256 -> 14 of 128 (>= 8) */
+        {256, 3584, 2, 256},     /* 14 groups already */
+        {256, 512, 2, 64},       /* 2 -> 8 */
+        {256, 512, 1, 128},      /* 2 -> 4 */
+        {256, 1792, 16, 16},     /* 7 -> 112: 64 wanted, 16 items the least */
+        {256, 100, 2, 16},       /* 7 groups of 16: no smaller group */
+        {256, 1 << 20, 64, 256}, /* 4096 groups */
+        {256, 1792, 0, 256},     /* no unit count: one unit, 7 >= 4 */
+        {64, 1792, 2, 64},       /* the kernel's own size, 28 groups */
+        {8, 64, 2, 8},           /* a kernel capped below 16 keeps its size */
         {256, 0, 2, 16},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -319,6 +317,9 @@ static void test_spread_local(void) {
     }
 }
 
+/* The context's program cache: a lookup matches a program's whole options, not a prefix of
+ * them or a string they begin with; no options is a program of its own; options too long
+ * to build are refused, naming the program. */
 static void test_kernel_lookup(void) {
     kiln_ctx *ctx;
     CHECK(kiln_open(&ctx, NULL) == KILN_OK, "open: %s", kiln_last_error());
