@@ -310,7 +310,7 @@ static kiln_status operand_copy(kiln_ctx *ctx, const char *op, const char *optio
     kiln__karg args[] = {KILN__ARG(cr), KILN__ARG(cc), KILN__ARG(cb), KILN__ARG(src),  KILN__ARG(so),
                          KILN__ARG(sl), KILN__ARG(ss), KILN__ARG(dm), KILN__ARG(doff), KILN__ARG(dl)};
     kiln_status st = kiln__launch(ctx, op, GEMM_PROGRAM, options, transpose ? "gemm_transpose" : "gemm_copy",
-                                  sizeof args / sizeof args[0], args, drows * batch, 0);
+                                  sizeof args / sizeof args[0], args, drows * batch, KILN__SPREAD);
     if (st != KILN_OK) {
         kiln_tensor_free(*copy);
         *copy = NULL;
