@@ -317,6 +317,53 @@ static void test_spread_local(void) {
     }
 }
 
+/* The group size a 1-D launch of clip_partial (optim.cl) ran with: each work-group writes the
+ * sum of |g| over its work-items' float8 units to part[group], so with g all ones and one
+ * unit per work-item part[0] is 8 times the group's size. 0 when the launch fails. */
+static size_t launched_group(kiln_ctx *ctx, size_t global, size_t local) {
+    kiln_tensor *g = kiln_ones(ctx, 1, (int64_t[]){(int64_t)global * 8});
+    kiln_tensor *part = kiln_zeros(ctx, 1, (int64_t[]){(int64_t)global});
+    float *host = calloc(global, sizeof *host), first = 0;
+    if (g && part && host) {
+        cl_int goff = (cl_int)g->offset, n = (cl_int)global * 8, pbase = (cl_int)part->offset, mode = KILN_CLIP_L1;
+        cl_float p = 1;
+        kiln__karg a[] = {
+            KILN__ARG(g->st->mem), KILN__ARG(goff), KILN__ARG(n), KILN__ARG(part->st->mem),
+            KILN__ARG(pbase),      KILN__ARG(mode), KILN__ARG(p), KILN__LOCAL(kiln__wg_size(ctx) * sizeof(cl_float))};
+        if (kiln__launch(ctx, "test_spread", "optim", "", "clip_partial", 8, a, global, local) != KILN_OK ||
+            kiln_to_host(part, host, global * sizeof *host) != KILN_OK)
+            host[0] = 0;
+        first = host[0];
+    }
+    free(host);
+    kiln_tensor_free(g);
+    kiln_tensor_free(part);
+    return (size_t)first / 8;
+}
+
+/* kiln__launch with KILN__SPREAD: on a CPU the group kiln__spread_local gives for the
+ * device's compute units, on a GPU the kernel's own group (that of local 0). Two groups'
+ * worth of items, so that the CPU's spread must halve the group. */
+static void test_spread_launch(void) {
+    const struct {
+        const char *limits;
+        bool cpu;
+        size_t units;
+    } devs[] = {{"type=cpu,cu=1", true, 1}, {"type=cpu,cu=16", true, 16}, {"type=gpu,cu=16", false, 16}};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) {
+        kiln_ctx *ctx;
+        CHECK(open_limited(&ctx, devs[i].limits) == KILN_OK, "open %s: %s", devs[i].limits, kiln_last_error());
+        if (!ctx) continue;
+        size_t own = launched_group(ctx, 256, 0);
+        CHECK(own >= 32, "%s: the kernel's own group is %zu items (%s)", devs[i].limits, own, kiln_error_message(ctx));
+        size_t global = 2 * own, want = devs[i].cpu ? kiln__spread_local(own, global, devs[i].units) : own;
+        size_t got = launched_group(ctx, global, KILN__SPREAD);
+        CHECK(got == want && (!devs[i].cpu || got < own), "%s: KILN__SPREAD over %zu items ran groups of %zu, want %zu",
+              devs[i].limits, global, got, want);
+        kiln_close(ctx);
+    }
+}
+
 /* The context's program cache: a lookup matches a program's whole options, not a prefix of
  * them or a string they begin with; no options is a program of its own; options too long
  * to build are refused, naming the program. */
@@ -376,5 +423,6 @@ int main(void) {
     test_limits();
     test_kernel_lookup();
     test_spread_local();
+    test_spread_launch();
     return h_finish();
 }
