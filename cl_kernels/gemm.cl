@@ -605,7 +605,7 @@ __kernel void gemm_copy(int rows, int cols, int batch, __global const float *src
     const __global float *s = src + soff + (ulong)bi * sstride + (ulong)r * sld;
     __global float *d = dst + doff + ((ulong)bi * (ulong)rows + (ulong)r) * dld;
     int c = 0;
-    for (; c + 16 <= cols; c += 16) vstore16(vload16(0, s + c), 0, d + c);
+    for (; c + NN_VW <= cols; c += NN_VW) NN_STOREV(KCAT(vload, NN_VW)(0, s + c), 0, d + c);
     for (; c < cols; c++) d[c] = s[c];
 }
 
