@@ -6,7 +6,7 @@
 # (cl_kernels/common.cl). POCL told to generate haswell code (its avx2 kernel library, as
 # tools/bench_isa.py measures AVX2) and kiln told the device has 8-float vectors, with
 # both kernel caches off, four reference models run a training step each; anything on
-# stderr but the model's own lines fails.
+# stderr fails (a training step writes nothing there).
 #   quiet_build.sh KILN_TOOL
 # Exit 77 where the device is not POCL's haswell one (another OpenCL, a CPU without AVX2).
 set -u
