@@ -43,6 +43,7 @@ inline int2 conv_range(int o0, int st, int lo, int hi, int n) {
  * images are the outermost index: consecutive work-items read the same image's planes, each
  * while it is still in cache (README.md, "Speed").
  */
+#ifndef C3_KERNEL
 kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff,
                         conv_geom g, int n0, int nb, int nitems) {
     int q = get_global_id(0);
@@ -72,6 +73,7 @@ kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, glob
         }
     }
 }
+#endif
 
 /*
  * One work-item per row (nl, c, h) of images n0 .. n0+nb-1 of the convolution input:
@@ -82,6 +84,7 @@ kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, glob
  * order (bias, taps in row-major order): deterministic. has_bias 0 starts from 0. Group gi's
  * rows start at row gi*kgp (kgp >= kg: rows padded for the GEMM; the extra rows are unread).
  */
+#ifndef C3_KERNEL
 kernel void conv_col2im(global const float *restrict col, int coloff, global KILN_S *restrict out, int outoff,
                         global const KILN_S *restrict bias, int boff, int has_bias, conv_geom g, int kgp, int n0,
                         int nb, int nitems) {
@@ -127,12 +130,14 @@ kernel void conv_col2im(global const float *restrict col, int coloff, global KIL
 #endif
 #undef C2I_TAPS
 }
+#endif
 
 /*
  * dst[c, nl, p] = src[n0 + nl, c, p / pw_, p % pw_] for a chunk of nb images of an NCHW
  * tensor with channels nc and planes of ph_ x pw_ (any strides ss: n, c, h, w).
  * One work-item per (c, nl) plane.
  */
+#ifndef C3_KERNEL
 kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, global float *restrict dst, int doff,
                          int nc, int ph_, int pw_, int n0, int nb, int nitems) {
     int q = get_global_id(0);
@@ -147,6 +152,7 @@ kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, g
     for (int hh = 0; hh < ph_; hh++, d += pw_)
         for (int ww = 0; ww < pw_; ww++) d[ww] = KILN_LD(s, hh * ss.z + ww * ss.w);
 }
+#endif
 
 /*
  * dst[n0 + nl, c, :] = src[c, nl, :] + bias[c]: a chunk of the [C, nb, HW] GEMM result back
@@ -154,6 +160,7 @@ kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, g
  * to the sum (x < 0 ? 0 : x, as kiln_relu: the forward of a convolution then ReLU in one
  * op). One work-item per plane.
  */
+#ifndef C3_KERNEL
 kernel void conv_from_cnhw(global const float *restrict src, int soff, global KILN_S *restrict dst, int doff,
                            global const KILN_S *restrict bias, int boff, int has_bias, int nc, int hw, int n0, int nb,
                            int nitems) {
@@ -172,6 +179,7 @@ kernel void conv_from_cnhw(global const float *restrict src, int soff, global KI
         for (int p = 0; p < hw; p++) KILN_ST(d, p, s[p]);
     }
 }
+#endif
 
 /*
  * db[c] (+)= sum of row c of the [cout, ld] matrix at src: the bias gradient from the
@@ -179,6 +187,7 @@ kernel void conv_from_cnhw(global const float *restrict src, int soff, global KI
  * per channel; 16 running sums over interleaved elements (a loop the compiler vectorises,
  * and each term meets about ld/16 additions instead of ld), combined pairwise.
  */
+#ifndef C3_KERNEL
 kernel void conv_bias_grad(global const float *src, int soff, int ld, global float *db, int dboff, int accumulate,
                            int nitems) {
     int c = get_global_id(0);
@@ -194,6 +203,7 @@ kernel void conv_bias_grad(global const float *src, int soff, int ld, global flo
         for (int k = 0; k < w; k++) acc[k] += acc[k + w];
     db[dboff + c] = accumulate ? db[dboff + c] + acc[0] : acc[0];
 }
+#endif
 
 /*
  * dst[r, j] (rows of width kg) = sum over s in order of part[s][r, j], where the nparts
@@ -201,6 +211,7 @@ kernel void conv_bias_grad(global const float *src, int soff, int ld, global flo
  * weight gradient's split-K partials, or one padded result (nparts 1). With has_db,
  * db[r] = the same sum of column kg (conv_wgrad_small's bias sums). One work-item per row.
  */
+#ifndef C3_KERNEL
 kernel void conv_sum_parts(global const float *part, int poff, int nparts, int kg, int kgp, global float *dst, int doff,
                            int has_db, global float *db, int dboff, int nitems) {
     int r = get_global_id(0);
@@ -218,6 +229,7 @@ kernel void conv_sum_parts(global const float *part, int poff, int nparts, int k
         db[dboff + r] = b;
     }
 }
+#endif
 
 /*
  * The weight (and bias) gradient of a convolution whose kernel has few taps per output
@@ -229,6 +241,7 @@ kernel void conv_sum_parts(global const float *part, int poff, int nparts, int k
  * kj, ci within co's group), and part[s][co][kg] = the sum of gy (the bias gradient). Each
  * row's dot product runs four interleaved sums (fixed order: deterministic).
  */
+#ifndef C3_KERNEL
 kernel void conv_wgrad_small(global const float *x, int xoff, int4 xs, global const float *gy, int gyoff, int4 gs,
                              global float *part, int poff, conv_geom g, int nparts, int nitems) {
 #pragma OPENCL FP_CONTRACT OFF
@@ -290,9 +303,11 @@ kernel void conv_wgrad_small(global const float *x, int xoff, int4 xs, global co
     global float *d = part + poff + (s * g.cout + co) * (kg + 1);
     for (int j = 0; j <= kg; j++) d[j] = acc[j];
 }
+#endif
 
 /* dst [rows, kgp] = src [rows, kg] (contiguous) with zero columns kg .. kgp-1: a weight
  * matrix padded to the GEMM's tile. One work-item per row. */
+#ifndef C3_KERNEL
 kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, global float *dst, int doff, int nitems) {
     int r = get_global_id(0);
     if (r >= nitems) return;
@@ -301,6 +316,7 @@ kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, gl
     for (int j = 0; j < kg; j++) d[j] = s[j];
     for (int j = kg; j < kgp; j++) d[j] = 0.0f;
 }
+#endif
 
 /*
  * The transposed column matrix of a chunk of nb images from n0: row (nl, oh, ow) holds, at
@@ -309,6 +325,7 @@ kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, gl
  * of each group. Rows are groups*kgp long and written whole (contiguous); one work-item per
  * output row (nl, oh). x is read through its strides xs: any view.
  */
+#ifndef C3_KERNEL
 kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff,
                           conv_geom g, int kgp, int n0, int nb, int nitems) {
     int q = get_global_id(0);
@@ -341,8 +358,15 @@ kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, gl
             for (int ow = 0; ow < g.wo; ow++) d[(j - kg) + ow * ldc] = 0.0f;
     }
 }
+#endif
 
 /* ---- direct 3x3 convolution, stride 1, padding 1 (src/ops/conv.c's "direct" route) ---- */
+
+/* C3_KERNEL (a build option, src/ops/conv.c): which of the direct kernels a build holds, 1
+ * conv3_direct, 2 conv3_flat, 3 conv3_bcast (each with conv3_pack), 4 conv3_wgrad, 5
+ * conv3_wgradc; without it, the GEMM route's kernels and the direct route's copies. Each
+ * choice of the direct kernels' options is a build of its own, and LLVM's time goes into
+ * their unrolled loops: one such kernel per build instead of all five. */
 
 /* Build options of conv3_direct (src/ops/conv.c picks them per shape): C3_VW floats per
  * vector, C3_NV vectors along an output row segment (C3_NV * C3_VW pixels), C3_R output
@@ -400,6 +424,7 @@ kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, gl
  * work-items of conv3_direct and conv3_wgrad read past it). One work-item per plane; the
  * last one also writes the slack.
  */
+#ifndef C3_KERNEL
 kernel void conv3_pad(global const KILN_S *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
                       int xpoff, int slack, int nitems) {
     int q = get_global_id(0);
@@ -422,6 +447,7 @@ kernel void conv3_pad(global const KILN_S *x, int xoff, int4 xs, int c, int h, i
     if (q == nitems - 1)
         for (int j = 0; j < slack; j++) d[pw + j] = 0.0f;
 }
+#endif
 
 /*
  * xp [N, C, 3, h + 2, w] = three copies of the planes of x (any view: strides xs, n c h w,
@@ -432,6 +458,7 @@ kernel void conv3_pad(global const KILN_S *x, int xoff, int4 xs, int c, int h, i
  * with C3_KJ3). pw is w. After the last plane, `slack` more zeros. One work-item per
  * (n, c) plane; the last one also writes the slack.
  */
+#ifndef C3_KERNEL
 kernel void conv3_pad3(global const KILN_S *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
                        int xpoff, int slack, int nitems) {
     int q = get_global_id(0);
@@ -460,6 +487,7 @@ kernel void conv3_pad3(global const KILN_S *x, int xoff, int4 xs, int c, int h, 
     if (q == nitems - 1)
         for (int j = 0; j < slack; j++) d[j] = 0.0f;
 }
+#endif
 
 /*
  * wp [ncb, c, 9, C3_CB] = the weights of each block of C3_CB output channels, tap by tap,
@@ -469,6 +497,7 @@ kernel void conv3_pad3(global const KILN_S *x, int xoff, int4 xs, int c, int h, 
  * forward (ws its strides), or for its input gradient the channels' roles exchanged and the
  * taps flipped (negative ws.z, ws.w). One work-item per (block, input channel).
  */
+#if C3_KERNEL >= 1 && C3_KERNEL <= 3
 kernel void conv3_pack(global const KILN_S *wt, int woff, int4 ws, int c, int cout, global float *wp, int wpoff,
                        int nitems) {
     int q = get_global_id(0);
@@ -481,6 +510,7 @@ kernel void conv3_pack(global const KILN_S *wt, int woff, int4 ws, int c, int co
         for (int t = 0; t < 9; t++) d[t * C3_CB + j] = KILN_LD(s + (t / 3) * ws.z + (t % 3) * ws.w, 0);
     }
 }
+#endif
 
 /*
  * out [N, cout, h, w] (contiguous, from ooff) = the 3x3 convolution, stride 1, padding 1,
@@ -500,6 +530,7 @@ kernel void conv3_pack(global const KILN_S *wt, int woff, int4 ws, int c, int co
  * output sums its c * 9 products in a fixed order (input channel, then ki, kj): results do
  * not depend on the blocking's split of the work.
  */
+#if C3_KERNEL == 1
 kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
                          global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
                          global KILN_S *out, int ooff, int nitems) {
@@ -578,6 +609,7 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
         }
     }
 }
+#endif
 
 /* conv3_bcast's channels per work-item (and conv3_pack's C3_CB where it runs) */
 #define C3_BCB (C3_NV * C3_VW)
@@ -600,6 +632,7 @@ kernel void conv3_direct(global const float *xp, int xpoff, int c, int h, int w,
  * Built with C3_S2, the stride-2 convolution of conv3_phase's phase planes, tap (ki, kj) of
  * output (y, x) read as conv3_flat reads it (h and w the output's).
  */
+#if C3_KERNEL == 3
 kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
                         global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
                         global KILN_S *out, int ooff, int nitems) {
@@ -664,6 +697,7 @@ kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, 
         }
     }
 }
+#endif
 #undef C3_TAP
 
 #undef C3_BCB
@@ -685,6 +719,7 @@ kernel void conv3_bcast(global const float *xp, int xpoff, int c, int h, int w, 
  * planes (the next ones or the slack). Same arguments as conv3_direct (nrb unused: 1), the
  * same order of each output's sum.
  */
+#if C3_KERNEL == 2
 kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, int pw, int nseg, int nrb, int ncb,
                        global const float *wp, int wpoff, global const KILN_S *bias, int boff, int has_bias, int cout,
                        global KILN_S *out, int ooff, int nitems) {
@@ -751,6 +786,7 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
         }
     }
 }
+#endif
 
 #undef C3_TAP
 
@@ -762,6 +798,7 @@ kernel void conv3_flat(global const float *xp, int xpoff, int c, int h, int w, i
  * x + (kj >> 1)). x any view (strides xs). After the last plane, `slack` zeros. One
  * work-item per (n, c).
  */
+#ifndef C3_KERNEL
 kernel void conv3_phase(global const KILN_S *x, int xoff, int4 xs, int c, int h, int w, int hq, int pq,
                         global float *xq, int xqoff, int slack, int nitems) {
     int q = get_global_id(0);
@@ -789,6 +826,7 @@ kernel void conv3_phase(global const KILN_S *x, int xoff, int4 xs, int c, int h,
     if (q == nitems - 1)
         for (int j = 0; j < slack; j++) d[j] = 0.0f;
 }
+#endif
 
 /* Build option of conv3_wgrad: C3_WB output channels per work-item. */
 #ifndef C3_WB
@@ -859,6 +897,7 @@ inline float c3_hsum(C3_T v) {
  * (f from 0: nvec vectors cover gp's positions up to h*pw - 3, the host requires
  * 2*pw + 3 >= C3_VW).
  */
+#if C3_KERNEL == 4
 kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *gp, int gpoff, int c, int cout,
                         int plane, int pw, int nvec, int n, int nparts, int ncb, global float *part, int poff,
                         int nitems) {
@@ -944,6 +983,7 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
         for (int k = 0; k < 9; k++) d[k] = c3_hsum(acc[j][k]);
     }
 }
+#endif
 #if C3_S2
 #undef C3_TAP
 #endif
@@ -954,6 +994,7 @@ kernel void conv3_wgrad(global const float *xp, int xpoff, global const float *g
  * work-item per (image, pixel); neighbouring work-items read neighbouring floats of each
  * channel's plane.
  */
+#ifndef C3_KERNEL
 kernel void conv3_tocl(global const KILN_S *gy, int goff, int4 gs, int cout, int h, int w, int cp, global float *gt,
                        int gtoff, int nitems) {
     int q = get_global_id(0);
@@ -965,6 +1006,7 @@ kernel void conv3_tocl(global const KILN_S *gy, int goff, int4 gs, int cout, int
     for (; o < cout; o++) d[o] = KILN_LD(s, o * gs.y);
     for (; o < cp; o++) d[o] = 0.0f;
 }
+#endif
 
 /*
  * conv3_wgrad (stride 1) with the vectors along the output channels, for small planes,
@@ -980,6 +1022,7 @@ kernel void conv3_tocl(global const KILN_S *gy, int goff, int4 gs, int cout, int
  * deterministic (in another order than conv3_wgrad's, so the two routes' sums differ in
  * their last bits).
  */
+#if C3_KERNEL == 5
 kernel void conv3_wgradc(global const float *xp, int xpoff, global const float *gt, int gtoff, int c, int cout,
                          int cp, int h, int w, int pw, int n, int nparts, int ncb, global float *part, int poff,
                          int nitems) {
@@ -1026,3 +1069,4 @@ kernel void conv3_wgradc(global const float *xp, int xpoff, global const float *
         for (int k = 0; k < 9; k++) d[k] = tl[k][j];
     }
 }
+#endif

@@ -594,10 +594,14 @@ static kiln_tensor *c3_phase(kiln_ctx *ctx, const char *op, kiln_tensor *src, co
     return xq;
 }
 
-/* conv3_direct's build options, for tensor operands of dtype dt. */
+/* The build options of conv3_direct, conv3_flat or conv3_bcast (as p picks; C3_KERNEL, in
+ * cl_kernels/conv.cl, builds that one with conv3_pack), for tensor operands of dtype dt. */
 static void c3_options(const c3_params *p, int stride, kiln_dtype dt, char *buf, size_t cap) {
-    snprintf(buf, cap, "-DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d -DC3_KJ3=%d%s", p->vw, p->nv, p->r, p->cb,
-             stride == 2, p->kj3, CONV_DT_OPTIONS(dt));
+    snprintf(buf, cap, "-DC3_KERNEL=%d -DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d -DC3_KJ3=%d%s",
+             p->bc     ? 3
+             : p->flat ? 2
+                       : 1,
+             p->vw, p->nv, p->r, p->cb, stride == 2, p->kj3, CONV_DT_OPTIONS(dt));
 }
 
 /*
@@ -1058,7 +1062,7 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     if (s == KILN_OK && cp.chan) {
         kiln_tensor *dst = part ? part : p->dw;
         char options[64];
-        snprintf(options, sizeof options, "-DC3_VW=%d -DC3_NV=%d", cp.vw, cp.nv);
+        snprintf(options, sizeof options, "-DC3_KERNEL=5 -DC3_VW=%d -DC3_NV=%d", cp.vw, cp.nv);
         cl_int bcb = cp.nv * cp.vw, ncbc = (g->cout + bcb - 1) / bcb, cpad = ncbc * bcb, h = g->ho, w = g->wo;
         cl_int xpoff = (cl_int)xp->offset, gpoff = (cl_int)gp->offset, doff = (cl_int)dst->offset;
         cl_int nitems = np * ncbc * c;
@@ -1072,7 +1076,7 @@ static kiln_status bwd_direct_dw(bwd_plan *p) {
     } else if (s == KILN_OK) {
         kiln_tensor *dst = part ? part : p->dw;
         char options[64];
-        snprintf(options, sizeof options, "-DC3_VW=%d -DC3_WB=%d -DC3_S2=%d", cp.vw, cp.wb, stride == 2);
+        snprintf(options, sizeof options, "-DC3_KERNEL=4 -DC3_VW=%d -DC3_WB=%d -DC3_S2=%d", cp.vw, cp.wb, stride == 2);
         cl_int xpoff = (cl_int)xp->offset, gpoff = (cl_int)gp->offset, doff = (cl_int)dst->offset;
         cl_int nitems = np * ncb * c;
         kiln__karg args[] = {
