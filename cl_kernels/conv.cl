@@ -73,7 +73,6 @@ kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, glob
         }
     }
 }
-#endif
 
 /*
  * One work-item per row (nl, c, h) of images n0 .. n0+nb-1 of the convolution input:
@@ -84,7 +83,6 @@ kernel void conv_im2col(global const KILN_S *restrict x, int xoff, int4 xs, glob
  * order (bias, taps in row-major order): deterministic. has_bias 0 starts from 0. Group gi's
  * rows start at row gi*kgp (kgp >= kg: rows padded for the GEMM; the extra rows are unread).
  */
-#ifndef C3_KERNEL
 kernel void conv_col2im(global const float *restrict col, int coloff, global KILN_S *restrict out, int outoff,
                         global const KILN_S *restrict bias, int boff, int has_bias, conv_geom g, int kgp, int n0,
                         int nb, int nitems) {
@@ -130,14 +128,12 @@ kernel void conv_col2im(global const float *restrict col, int coloff, global KIL
 #endif
 #undef C2I_TAPS
 }
-#endif
 
 /*
  * dst[c, nl, p] = src[n0 + nl, c, p / pw_, p % pw_] for a chunk of nb images of an NCHW
  * tensor with channels nc and planes of ph_ x pw_ (any strides ss: n, c, h, w).
  * One work-item per (c, nl) plane.
  */
-#ifndef C3_KERNEL
 kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, global float *restrict dst, int doff,
                          int nc, int ph_, int pw_, int n0, int nb, int nitems) {
     int q = get_global_id(0);
@@ -152,7 +148,6 @@ kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, g
     for (int hh = 0; hh < ph_; hh++, d += pw_)
         for (int ww = 0; ww < pw_; ww++) d[ww] = KILN_LD(s, hh * ss.z + ww * ss.w);
 }
-#endif
 
 /*
  * dst[n0 + nl, c, :] = src[c, nl, :] + bias[c]: a chunk of the [C, nb, HW] GEMM result back
@@ -160,7 +155,6 @@ kernel void conv_to_cnhw(global const KILN_S *restrict src, int soff, int4 ss, g
  * to the sum (x < 0 ? 0 : x, as kiln_relu: the forward of a convolution then ReLU in one
  * op). One work-item per plane.
  */
-#ifndef C3_KERNEL
 kernel void conv_from_cnhw(global const float *restrict src, int soff, global KILN_S *restrict dst, int doff,
                            global const KILN_S *restrict bias, int boff, int has_bias, int nc, int hw, int n0, int nb,
                            int nitems) {
@@ -179,7 +173,6 @@ kernel void conv_from_cnhw(global const float *restrict src, int soff, global KI
         for (int p = 0; p < hw; p++) KILN_ST(d, p, s[p]);
     }
 }
-#endif
 
 /*
  * db[c] (+)= sum of row c of the [cout, ld] matrix at src: the bias gradient from the
@@ -187,7 +180,6 @@ kernel void conv_from_cnhw(global const float *restrict src, int soff, global KI
  * per channel; 16 running sums over interleaved elements (a loop the compiler vectorises,
  * and each term meets about ld/16 additions instead of ld), combined pairwise.
  */
-#ifndef C3_KERNEL
 kernel void conv_bias_grad(global const float *src, int soff, int ld, global float *db, int dboff, int accumulate,
                            int nitems) {
     int c = get_global_id(0);
@@ -203,7 +195,6 @@ kernel void conv_bias_grad(global const float *src, int soff, int ld, global flo
         for (int k = 0; k < w; k++) acc[k] += acc[k + w];
     db[dboff + c] = accumulate ? db[dboff + c] + acc[0] : acc[0];
 }
-#endif
 
 /*
  * dst[r, j] (rows of width kg) = sum over s in order of part[s][r, j], where the nparts
@@ -211,7 +202,6 @@ kernel void conv_bias_grad(global const float *src, int soff, int ld, global flo
  * weight gradient's split-K partials, or one padded result (nparts 1). With has_db,
  * db[r] = the same sum of column kg (conv_wgrad_small's bias sums). One work-item per row.
  */
-#ifndef C3_KERNEL
 kernel void conv_sum_parts(global const float *part, int poff, int nparts, int kg, int kgp, global float *dst, int doff,
                            int has_db, global float *db, int dboff, int nitems) {
     int r = get_global_id(0);
@@ -229,7 +219,6 @@ kernel void conv_sum_parts(global const float *part, int poff, int nparts, int k
         db[dboff + r] = b;
     }
 }
-#endif
 
 /*
  * The weight (and bias) gradient of a convolution whose kernel has few taps per output
@@ -241,7 +230,6 @@ kernel void conv_sum_parts(global const float *part, int poff, int nparts, int k
  * kj, ci within co's group), and part[s][co][kg] = the sum of gy (the bias gradient). Each
  * row's dot product runs four interleaved sums (fixed order: deterministic).
  */
-#ifndef C3_KERNEL
 kernel void conv_wgrad_small(global const float *x, int xoff, int4 xs, global const float *gy, int gyoff, int4 gs,
                              global float *part, int poff, conv_geom g, int nparts, int nitems) {
 #pragma OPENCL FP_CONTRACT OFF
@@ -303,11 +291,9 @@ kernel void conv_wgrad_small(global const float *x, int xoff, int4 xs, global co
     global float *d = part + poff + (s * g.cout + co) * (kg + 1);
     for (int j = 0; j <= kg; j++) d[j] = acc[j];
 }
-#endif
 
 /* dst [rows, kgp] = src [rows, kg] (contiguous) with zero columns kg .. kgp-1: a weight
  * matrix padded to the GEMM's tile. One work-item per row. */
-#ifndef C3_KERNEL
 kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, global float *dst, int doff, int nitems) {
     int r = get_global_id(0);
     if (r >= nitems) return;
@@ -316,7 +302,6 @@ kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, gl
     for (int j = 0; j < kg; j++) d[j] = s[j];
     for (int j = kg; j < kgp; j++) d[j] = 0.0f;
 }
-#endif
 
 /*
  * The transposed column matrix of a chunk of nb images from n0: row (nl, oh, ow) holds, at
@@ -325,7 +310,6 @@ kernel void conv_pad_cols(global const float *src, int soff, int kg, int kgp, gl
  * of each group. Rows are groups*kgp long and written whole (contiguous); one work-item per
  * output row (nl, oh). x is read through its strides xs: any view.
  */
-#ifndef C3_KERNEL
 kernel void conv_im2col_t(global const KILN_S *restrict x, int xoff, int4 xs, global float *restrict col, int coloff,
                           conv_geom g, int kgp, int n0, int nb, int nitems) {
     int q = get_global_id(0);
@@ -447,7 +431,6 @@ kernel void conv3_pad(global const KILN_S *x, int xoff, int4 xs, int c, int h, i
     if (q == nitems - 1)
         for (int j = 0; j < slack; j++) d[pw + j] = 0.0f;
 }
-#endif
 
 /*
  * xp [N, C, 3, h + 2, w] = three copies of the planes of x (any view: strides xs, n c h w,
@@ -458,7 +441,6 @@ kernel void conv3_pad(global const KILN_S *x, int xoff, int4 xs, int c, int h, i
  * with C3_KJ3). pw is w. After the last plane, `slack` more zeros. One work-item per
  * (n, c) plane; the last one also writes the slack.
  */
-#ifndef C3_KERNEL
 kernel void conv3_pad3(global const KILN_S *x, int xoff, int4 xs, int c, int h, int w, int pw, global float *xp,
                        int xpoff, int slack, int nitems) {
     int q = get_global_id(0);
