@@ -594,14 +594,15 @@ static kiln_tensor *c3_phase(kiln_ctx *ctx, const char *op, kiln_tensor *src, co
     return xq;
 }
 
-/* The build options of conv3_direct, conv3_flat or conv3_bcast (as p picks; C3_KERNEL, in
- * cl_kernels/conv.cl, builds that one with conv3_pack), for tensor operands of dtype dt. */
+/* The forward kernels by their C3_KERNEL value (cl_kernels/conv.cl), and the one p picks. */
+static const char *const c3_kernels[] = {NULL, "conv3_direct", "conv3_flat", "conv3_bcast"};
+static int c3_kernel(const c3_params *p) { return p->bc ? 3 : p->flat ? 2 : 1; }
+
+/* The build options of the forward kernel p picks (C3_KERNEL builds that one with
+ * conv3_pack), for tensor operands of dtype dt. */
 static void c3_options(const c3_params *p, int stride, kiln_dtype dt, char *buf, size_t cap) {
     snprintf(buf, cap, "-DC3_KERNEL=%d -DC3_VW=%d -DC3_NV=%d -DC3_R=%d -DC3_CB=%d -DC3_S2=%d -DC3_KJ3=%d%s",
-             p->bc     ? 3
-             : p->flat ? 2
-                       : 1,
-             p->vw, p->nv, p->r, p->cb, stride == 2, p->kj3, CONV_DT_OPTIONS(dt));
+             c3_kernel(p), p->vw, p->nv, p->r, p->cb, stride == 2, p->kj3, CONV_DT_OPTIONS(dt));
 }
 
 /*
@@ -651,7 +652,7 @@ static kiln_tensor *c3_run(kiln_ctx *ctx, const char *op, kiln_tensor *xp, kiln_
                              KILN__ARG(cnc),         KILN__ARG(wp->st->mem), KILN__ARG(wpoff), KILN__ARG(bmem),
                              KILN__ARG(boff),        KILN__ARG(hb),          KILN__ARG(co),    KILN__ARG(out->st->mem),
                              KILN__ARG(ooff),        KILN__ARG(nitems)};
-        const char *kernel = p.bc ? "conv3_bcast" : p.flat ? "conv3_flat" : "conv3_direct";
+        const char *kernel = c3_kernels[c3_kernel(&p)];
         s = kiln__launch(ctx, op, CONV_PROGRAM, options, kernel, sizeof args / sizeof args[0], args, (size_t)nitems,
                          KILN__SPREAD);
     }
